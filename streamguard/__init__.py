@@ -1,0 +1,43 @@
+"""streamguard: schema-guarded Kafka consumers that never lose a message.
+
+Everything public is named here; implementation modules may change.
+"""
+
+from streamguard.codecs import Codec, JsonCodec
+from streamguard.contracts import Contract, registered_contracts
+from streamguard.deadletter import DeadLetter, Failure
+from streamguard.devbroker import DevBroker
+from streamguard.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ContractViolation,
+    DecodeError,
+    DeliveryFailed,
+    PermanentError,
+    RetriesExhausted,
+    StreamguardError,
+    TransientError,
+)
+from streamguard.policy import RetryPolicy
+from streamguard.producer import GuardedProducer
+
+__all__ = [
+    "BrokerUnavailable",
+    "Codec",
+    "ConfigurationError",
+    "Contract",
+    "ContractViolation",
+    "DeadLetter",
+    "DecodeError",
+    "DeliveryFailed",
+    "DevBroker",
+    "Failure",
+    "GuardedProducer",
+    "JsonCodec",
+    "PermanentError",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "StreamguardError",
+    "TransientError",
+    "registered_contracts",
+]

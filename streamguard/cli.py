@@ -1,0 +1,90 @@
+"""The ``streamguard`` command: run a service, a local broker, the demo, and the tools.
+
+Each command group lives beside the concept it drives (``schema`` in
+``streamguard.schema.commands``, ``dlq`` in ``streamguard.dlqtools.commands``); this
+module only wires them together. Exit codes: 0 success, 1 a check or an operation
+failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from streamguard.errors import ConfigurationError, StreamguardError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from streamguard.devbroker import DevBroker
+
+    broker = DevBroker(port=args.port, host=args.host)
+    address = broker.start()
+    print(f"streamguard broker listening on {address} (pid {broker.pid})", flush=True)
+    print(f"  export STREAMGUARD_BOOTSTRAP_SERVERS={address}", flush=True)
+    print("  in-memory: nothing is kept when it stops. Ctrl-C stops it.", flush=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        status = broker.wait()
+    except KeyboardInterrupt:
+        broker.stop()
+        print("streamguard broker stopped", flush=True)
+        return EXIT_OK
+    print(f"streamguard broker exited unexpectedly (status {status})", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streamguard.demo import run_demo
+
+    return run_demo(bootstrap_servers=args.bootstrap_servers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamguard",
+        description="Schema-guarded Kafka consumers, schema checks and dead-letter tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = sub.add_parser("broker", help="run the embedded Kafka broker in the foreground")
+    broker.add_argument("--port", type=int, default=9092, help="port to listen on (9092)")
+    broker.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    broker.set_defaults(func=_cmd_broker)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on an embedded broker")
+    demo.add_argument(
+        "--bootstrap-servers", default=None, help="use this cluster instead of an embedded one"
+    )
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigurationError as exc:
+        print(f"streamguard: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StreamguardError as exc:
+        print(f"streamguard: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The dead-letter envelope: what a DLQ record carries, and how it is read back.
+
+A dead-lettered record keeps the original key, value and headers byte for byte and adds
+``sg-dlq-*`` headers saying where it came from and exactly why it was rejected. Values
+are UTF-8 text with numbers in decimal, as Kafka Connect writes its DLQ context headers.
+The record is keyed like the original, so the producer's partitioner keeps per-key
+order in the DLQ whatever its partition count.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streamguard import headers as h
+from streamguard.errors import ContractViolation, ErrorDetail, RetriesExhausted
+
+Reason = Literal[
+    "oversize",
+    "decode_error",
+    "contract_violation",
+    "permanent_error",
+    "retries_exhausted",
+    "schema_drift",
+]
+REASONS: tuple[Reason, ...] = (
+    "oversize",
+    "decode_error",
+    "contract_violation",
+    "permanent_error",
+    "retries_exhausted",
+    "schema_drift",
+)
+
+# Error texts from handlers are free-form and may quote data; cap what goes on the wire.
+MAX_ERROR_MESSAGE = 1000
+
+
+def _text(value: object) -> bytes:
+    return str(value).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a message is being dead-lettered, and what was tried."""
+
+    reason: Reason
+    error: BaseException
+    attempts: int = 1
+    first_failure_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    @property
+    def error_class(self) -> str:
+        err = self.error.last if isinstance(self.error, RetriesExhausted) else self.error
+        return f"{type(err).__module__}.{type(err).__qualname__}"
+
+    @property
+    def errors(self) -> list[ErrorDetail]:
+        return self.error.errors if isinstance(self.error, ContractViolation) else []
+
+
+def dead_letter_headers(
+    *,
+    original_headers: Sequence[tuple[str, bytes | None]] | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    failure: Failure,
+    group_id: str,
+    service: str,
+    expected_subject: str,
+    expected_version: int,
+    redact_error_message: bool = False,
+    host: str | None = None,
+) -> list[tuple[str, bytes | None]]:
+    """The original headers unchanged, followed by the ``sg-dlq-*`` context headers.
+
+    Any ``sg-dlq-*`` header already present (a record dead-lettered before, then
+    replayed) is dropped first, so the context always describes the latest failure.
+
+    Args:
+        redact_error_message: replace the handler's exception text by its class name.
+            Validation and decode messages never contain values, but a handler's own
+            exception text is free-form, so services handling sensitive data set this.
+    """
+    kept = [(k, v) for k, v in (original_headers or []) if not k.startswith(h.DLQ_PREFIX)]
+    message = str(failure.error)
+    if redact_error_message and failure.reason in ("permanent_error", "retries_exhausted"):
+        message = f"{type(failure.error).__name__} (message redacted)"
+    errors = [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in failure.errors]
+    added: list[tuple[str, bytes | None]] = [
+        (h.DLQ_ORIGINAL_TOPIC, _text(topic)),
+        (h.DLQ_ORIGINAL_PARTITION, _text(partition)),
+        (h.DLQ_ORIGINAL_OFFSET, _text(offset)),
+        (h.DLQ_ORIGINAL_TIMESTAMP, _text(timestamp_ms if timestamp_ms is not None else -1)),
+        (h.DLQ_CONSUMER_GROUP, _text(group_id)),
+        (h.DLQ_SERVICE, _text(service)),
+        (h.DLQ_HOST, _text(host or socket.gethostname())),
+        (h.DLQ_REASON, _text(failure.reason)),
+        (h.DLQ_ERROR_CLASS, _text(failure.error_class)),
+        (h.DLQ_ERROR_MESSAGE, _text(message[:MAX_ERROR_MESSAGE])),
+        (h.DLQ_ERRORS, json.dumps(errors, separators=(",", ":")).encode()),
+        (h.DLQ_EXPECTED_SUBJECT, _text(expected_subject)),
+        (h.DLQ_EXPECTED_VERSION, _text(expected_version)),
+        (h.DLQ_ATTEMPTS, _text(failure.attempts)),
+        (h.DLQ_FIRST_FAILURE_MS, _text(failure.first_failure_ms)),
+        (h.DLQ_DEAD_LETTERED_MS, _text(int(time.time() * 1000))),
+    ]
+    return kept + added
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A DLQ record read back: its own coordinates, the original record, and why."""
+
+    dlq_topic: str
+    dlq_partition: int
+    dlq_offset: int
+    key: bytes | None
+    value: bytes | None
+    original_headers: list[tuple[str, bytes | None]]
+    context: dict[str, str]
+
+    @classmethod
+    def from_record(
+        cls,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+    ) -> DeadLetter:
+        original: list[tuple[str, bytes | None]] = []
+        context: dict[str, str] = {}
+        for k, v in headers or []:
+            if k.startswith(h.DLQ_PREFIX):
+                context[k] = "" if v is None else v.decode("utf-8", "replace")
+            else:
+                original.append((k, v))
+        return cls(topic, partition, offset, key, value, original, context)
+
+    @property
+    def reason(self) -> str:
+        return self.context.get(h.DLQ_REASON, "unknown")
+
+    @property
+    def original_topic(self) -> str | None:
+        return self.context.get(h.DLQ_ORIGINAL_TOPIC)
+
+    @property
+    def error_class(self) -> str:
+        return self.context.get(h.DLQ_ERROR_CLASS, "")
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        try:
+            parsed = json.loads(self.context.get(h.DLQ_ERRORS, "[]"))
+        except ValueError:
+            return []
+        return parsed if isinstance(parsed, list) else []
+
+    def int_context(self, name: str, default: int = -1) -> int:
+        try:
+            return int(self.context.get(name, ""))
+        except ValueError:
+            return default

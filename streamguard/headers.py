@@ -1,0 +1,49 @@
+"""Header names on the wire, in one place so producer, runtime and tools agree.
+
+Header values are UTF-8 text and numbers are decimal, as Kafka Connect writes them,
+so that kcat and other tools show them readably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SUBJECT = "sg-subject"
+VERSION = "sg-version"
+FINGERPRINT = "sg-fingerprint"
+PRODUCER = "sg-producer"
+CONTENT_TYPE = "content-type"
+
+DLQ_PREFIX = "sg-dlq-"
+DLQ_ORIGINAL_TOPIC = "sg-dlq-original-topic"
+DLQ_ORIGINAL_PARTITION = "sg-dlq-original-partition"
+DLQ_ORIGINAL_OFFSET = "sg-dlq-original-offset"
+DLQ_ORIGINAL_TIMESTAMP = "sg-dlq-original-timestamp"
+DLQ_CONSUMER_GROUP = "sg-dlq-consumer-group"
+DLQ_SERVICE = "sg-dlq-service"
+DLQ_HOST = "sg-dlq-host"
+DLQ_REASON = "sg-dlq-reason"
+DLQ_ERROR_CLASS = "sg-dlq-error-class"
+DLQ_ERROR_MESSAGE = "sg-dlq-error-message"
+DLQ_ERRORS = "sg-dlq-errors"
+DLQ_EXPECTED_SUBJECT = "sg-dlq-expected-subject"
+DLQ_EXPECTED_VERSION = "sg-dlq-expected-version"
+DLQ_ATTEMPTS = "sg-dlq-attempts"
+DLQ_FIRST_FAILURE_MS = "sg-dlq-first-failure-ms"
+DLQ_DEAD_LETTERED_MS = "sg-dlq-dead-lettered-ms"
+
+REPLAY_COUNT = "sg-replay-count"
+REPLAY_AT = "sg-replay-at"
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+def last(headers: Headers | None, name: str) -> str | None:
+    """The last value of header ``name`` as text, or None (Kafka allows repeats)."""
+    if not headers:
+        return None
+    found: bytes | None = None
+    for key, value in headers:
+        if key == name:
+            found = value
+    return None if found is None else found.decode("utf-8", "replace")

@@ -1,0 +1,59 @@
+"""Kafka client settings: where the bootstrap address comes from, and secret redaction.
+
+Settings resolve in layers (explicit argument, then environment, then default), and
+are read when a client is built, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from streamguard.errors import ConfigurationError
+
+BOOTSTRAP_ENV = "STREAMGUARD_BOOTSTRAP_SERVERS"
+REDACTED = "***"
+
+# librdkafka properties that hold secrets; any key containing one of these words is
+# treated as a secret too, so a new SASL mechanism's password is never printed.
+_SECRET_WORDS = ("password", "secret", "token", "credential", "private", "key.pem", "jaas")
+
+
+def is_secret(key: str) -> bool:
+    """True for config keys whose values must never be logged or shown."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` that is safe to log: secret values replaced by ``***``."""
+    return {k: (REDACTED if is_secret(k) else v) for k, v in config.items()}
+
+
+def resolve_bootstrap(explicit: str | None, config: Mapping[str, Any] | None = None) -> str:
+    """The bootstrap servers: argument, then ``kafka_config``, then the environment."""
+    if explicit:
+        return explicit
+    if config and config.get("bootstrap.servers"):
+        return str(config["bootstrap.servers"])
+    from_env = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if from_env:
+        return from_env
+    raise ConfigurationError(
+        "no Kafka bootstrap servers given: pass bootstrap_servers=..., set "
+        f"'bootstrap.servers' in kafka_config, or export {BOOTSTRAP_ENV}=host:9092 "
+        "(`streamguard broker` starts a local one)."
+    )
+
+
+def client_config(
+    bootstrap_servers: str | None,
+    kafka_config: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Layer a client's config: our defaults, then the user's ``kafka_config``."""
+    merged: dict[str, Any] = dict(defaults)
+    merged.update(kafka_config or {})
+    merged["bootstrap.servers"] = resolve_bootstrap(bootstrap_servers, kafka_config)
+    return merged

@@ -1,0 +1,101 @@
+"""Shared fixtures: one real broker per test worker, and factories for topics and clients."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Message
+
+from streamguard.devbroker import DevBroker
+from streamguard.topics import create_topics
+
+# Group joins wait for half the session timeout; 2 s makes them take ~1 s, not ~23 s
+# (see BROKER.md). Static membership is not used: it is unstable at this session.
+FAST_GROUP = {
+    "session.timeout.ms": 2000,
+    "heartbeat.interval.ms": 500,
+    "topic.metadata.refresh.interval.ms": 1000,
+}
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[DevBroker]:
+    """A broker of this test worker's own, on a free loopback port, killed by PID at the end."""
+    dev = DevBroker()
+    dev.start()
+    try:
+        yield dev
+    finally:
+        dev.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(broker: DevBroker) -> str:
+    return broker.bootstrap_servers
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Unique names per test, so tests never see each other's topics or groups."""
+    run = uuid.uuid4().hex[:8]
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{os.getpid()}-{run}-{next(_counter)}"
+
+    return make
+
+
+@pytest.fixture
+def topic_factory(bootstrap: str, unique: Callable[[str], str]) -> Callable[..., str]:
+    """Create a fresh topic (created before anyone subscribes, as BROKER.md advises)."""
+
+    def make(prefix: str = "t", partitions: int = 1) -> str:
+        name = unique(prefix)
+        create_topics(bootstrap, [name], partitions=partitions)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def read_all(bootstrap: str, unique: Callable[[str], str]) -> Callable[..., list[Message]]:
+    """Read a topic from the beginning until ``count`` records arrived or time is up."""
+
+    def read(topic: str, count: int, timeout: float = 15.0) -> list[Message]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": unique("reader"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                **FAST_GROUP,
+            }
+        )
+        consumer.subscribe([topic])
+        got: list[Message] = []
+        import time
+
+        deadline = time.monotonic() + timeout
+        try:
+            while len(got) < count and time.monotonic() < deadline:
+                for msg in consumer.consume(num_messages=500, timeout=0.2):
+                    if msg.error() is None:
+                        got.append(msg)
+        finally:
+            consumer.close()
+        return got
+
+    return read
+
+
+def fast_group_config(**extra: Any) -> dict[str, Any]:
+    """Consumer settings for tests: fast joins, plus ``extra``."""
+    return {**FAST_GROUP, **extra}
