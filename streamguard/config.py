@@ -1,0 +1,115 @@
+"""Project configuration: the ``[tool.streamguard]`` table of a project's pyproject.toml.
+
+The CLI reads it from the current directory (or ``--config PATH``) to find a project's
+contracts, its schema store and its default compatibility mode::
+
+    [tool.streamguard]
+    contracts = ["myapp.contracts"]
+    schemas_dir = "schemas"
+    compatibility = "BACKWARD"
+    [tool.streamguard.subjects."orders.OrderPlaced"]
+    compatibility = "FULL"
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamguard.contracts import Contract, registered_contracts
+from streamguard.errors import ConfigurationError
+
+MODES = (
+    "BACKWARD",
+    "BACKWARD_TRANSITIVE",
+    "FORWARD",
+    "FORWARD_TRANSITIVE",
+    "FULL",
+    "FULL_TRANSITIVE",
+    "NONE",
+)
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """What ``[tool.streamguard]`` says, with paths resolved against the project root."""
+
+    root: Path
+    contracts: tuple[str, ...] = ()
+    schemas_dir: Path = Path("schemas")
+    compatibility: str = "BACKWARD"
+    subject_modes: dict[str, str] = field(default_factory=dict)
+
+    def mode_for(self, subject: str) -> str:
+        """The subject's own mode if set, else the project default."""
+        return self.subject_modes.get(subject, self.compatibility)
+
+    def load_contracts(self) -> list[type[Contract]]:
+        """Import the configured modules and return the contracts they define."""
+        root = str(self.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)  # so `myapp.contracts` resolves from the project root
+        for module in self.contracts:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"cannot import contracts module {module!r} listed in [tool.streamguard] "
+                    f"contracts: {exc}"
+                ) from exc
+        return registered_contracts(list(self.contracts))
+
+    def contracts_by_subject(self) -> dict[str, type[Contract]]:
+        """The current contract of each subject (the highest version if several)."""
+        current: dict[str, type[Contract]] = {}
+        for contract in self.load_contracts():
+            known = current.get(contract.__subject__)
+            if known is None or contract.__version__ > known.__version__:
+                current[contract.__subject__] = contract
+        return current
+
+
+def _check_mode(mode: Any, where: str) -> str:
+    if not isinstance(mode, str) or mode.upper() not in MODES:
+        raise ConfigurationError(f"{where}: unknown compatibility mode {mode!r}; use one of {MODES}")
+    return mode.upper()
+
+
+def load_project_config(path: str | Path | None = None) -> ProjectConfig:
+    """Read ``[tool.streamguard]`` from ``path`` (a pyproject.toml) or ./pyproject.toml.
+
+    A missing file or table gives the defaults, rooted at the current directory, so
+    commands work in a project that has not configured anything yet.
+    """
+    file = Path(path) if path is not None else Path.cwd() / "pyproject.toml"
+    if path is not None and not file.is_file():
+        raise ConfigurationError(f"config file {str(file)!r} does not exist")
+    root = file.resolve().parent
+    if not file.is_file():
+        return ProjectConfig(root=root, schemas_dir=root / "schemas")
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{file}: not valid TOML: {exc}") from exc
+    table = data.get("tool", {}).get("streamguard", {})
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{file}: [tool.streamguard] must be a table")
+    contracts = table.get("contracts", [])
+    if not isinstance(contracts, list) or not all(isinstance(m, str) for m in contracts):
+        raise ConfigurationError(f"{file}: [tool.streamguard] contracts must be a list of modules")
+    subject_modes = {
+        subject: _check_mode(cfg.get("compatibility"), f"{file}: subject {subject!r}")
+        for subject, cfg in table.get("subjects", {}).items()
+        if isinstance(cfg, dict) and "compatibility" in cfg
+    }
+    return ProjectConfig(
+        root=root,
+        contracts=tuple(contracts),
+        schemas_dir=root / str(table.get("schemas_dir", "schemas")),
+        compatibility=_check_mode(table.get("compatibility", "BACKWARD"), str(file)),
+        subject_modes=subject_modes,
+    )
