@@ -47,7 +47,8 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from streamguard.demo import run_demo
 
-    return run_demo(bootstrap_servers=args.bootstrap_servers)
+    code: int = run_demo(bootstrap_servers=args.bootstrap_servers)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

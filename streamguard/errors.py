@@ -92,6 +92,15 @@ class RetriesExhausted(StreamguardError):
         self.last = last
 
 
+class SchemaDrift(StreamguardError):
+    """The message was written with another schema, and the service's drift policy is
+    ``dead_letter``: the runtime dead-letters it with reason ``schema_drift``."""
+
+    def __init__(self, kinds: Sequence[str], subject: str) -> None:
+        self.kinds = list(kinds)
+        super().__init__(f"{subject}: schema drift ({', '.join(self.kinds)})")
+
+
 class DeliveryFailed(StreamguardError):
     """The broker did not acknowledge one or more produced records.
 
