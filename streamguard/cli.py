@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap-servers", default=None, help="use this cluster instead of an embedded one"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    from streamguard.runtime.commands import add_run_parser
+
+    add_run_parser(sub)
     return parser
 
 
