@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             elif args.verbose:
                 print(f"  [{policy}] #{index} {case['description']}: expected {expected}")
                 print(f"      confluent: {case['changes']}")
-                print(f"      ours:      {[(c.pointer, c.rule, sorted(c.breaking_in)) for c in changes]}")
+                ours = [(c.pointer, c.rule, sorted(c.breaking_in)) for c in changes]
+                print(f"      ours:      {ours}")
         disagreements += len(cases) - agree
         print(f"policy {policy}: {agree}/{len(cases)} agree with Confluent")
     return 0 if disagreements == 0 else 1

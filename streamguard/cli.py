@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from streamguard.errors import ConfigurationError, StreamguardError
+from streamguard.schema.commands import add_schema_parser
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap-servers", default=None, help="use this cluster instead of an embedded one"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    add_schema_parser(sub)
     return parser
 
 

@@ -33,27 +33,54 @@ _SWAP = {
     "DEMOTED": "PROMOTED",
 }
 
+# Rules about versions rather than shapes: their own sentence and fix.
+_SPECIAL = {
+    "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP": (
+        "the schema differs from the stored {old} but __version__ was not bumped, so consumers "
+        "cannot tell the two schemas apart",
+        "bump __version__ and register the new version",
+    ),
+    "VERSION_OLDER_THAN_STORED": (
+        "the contract is at {new} but the store already holds {old}",
+        "set __version__ above the newest stored version, or restore the newer contract",
+    ),
+}
+
 # (what happened, how to fix it) by family; the first matching pattern wins.
 _HINTS: tuple[tuple[str, str], ...] = (
-    (r"^REQUIRED_(PROPERTY|ATTRIBUTE)_ADDED|^FIELD_ADDED_WITHOUT_DEFAULT",
-     "give the new field a default (pydantic: `= None` or `Field(default=...)`) so old data "
-     "without it still validates"),
-    (r"REMOVED_FROM_CLOSED|NOT_COVERED",
-     "keep the field (deprecated) or let the model ignore unknown fields (extra='ignore') "
-     "before removing it"),
-    (r"ADDED_TO_OPEN_CONTENT_MODEL",
-     "old data may carry this name with another type; use the lenient policy if producers "
-     "only send declared fields, or give the field a new name"),
-    (r"^ADDITIONAL_(PROPERTIES|ITEMS)_(REMOVED|NARROWED)",
-     "keep accepting unknown fields (extra='ignore') until every producer stopped sending them"),
-    (r"^(TYPE|SUM_TYPE|PRODUCT_TYPE|COMBINED_TYPE|NOT_TYPE)_|^SCHEMA_ADDED|TYPE_CHANGED",
-     "widen instead of replacing (e.g. `int | str`, `int -> float`), or publish the new shape "
-     "under a new subject"),
-    (r"^ENUM_|SYMBOL",
-     "only add values; to drop one, keep accepting it (map it on read) or bump to a new subject"),
-    (r"_(ADDED|INCREASED|DECREASED|CHANGED|EXPANDED)$",
-     "loosen constraints, never tighten them, in a compatible change; tighten in a new subject "
-     "or after every old message has expired"),
+    (
+        r"^REQUIRED_(PROPERTY|ATTRIBUTE)_ADDED|^FIELD_ADDED_WITHOUT_DEFAULT",
+        "give the new field a default (pydantic: `= None` or `Field(default=...)`) so old data "
+        "without it still validates",
+    ),
+    (
+        r"REMOVED_FROM_CLOSED|NOT_COVERED",
+        "keep the field (deprecated) or let the model ignore unknown fields (extra='ignore') "
+        "before removing it",
+    ),
+    (
+        r"ADDED_TO_OPEN_CONTENT_MODEL",
+        "old data may carry this name with another type; use the lenient policy if producers "
+        "only send declared fields, or give the field a new name",
+    ),
+    (
+        r"^ADDITIONAL_(PROPERTIES|ITEMS)_(REMOVED|NARROWED)",
+        "keep accepting unknown fields (extra='ignore') until every producer stopped sending them",
+    ),
+    (
+        r"^(TYPE|SUM_TYPE|PRODUCT_TYPE|COMBINED_TYPE|NOT_TYPE)_|^SCHEMA_ADDED|TYPE_CHANGED",
+        "widen instead of replacing (e.g. `int | str`, `int -> float`), or publish the new shape "
+        "under a new subject",
+    ),
+    (
+        r"^ENUM_|SYMBOL",
+        "only add values; to drop one, keep accepting it (map it on read) or bump to a new subject",
+    ),
+    (
+        r"_(ADDED|INCREASED|DECREASED|CHANGED|EXPANDED)$",
+        "loosen constraints, never tighten them, in a compatible change; tighten in a new subject "
+        "or after every old message has expired",
+    ),
 )
 
 
@@ -80,6 +107,8 @@ class Change:
         """How to make the change compatible (empty for a change that breaks nothing)."""
         if not self.breaking_in:
             return ""
+        if self.rule in _SPECIAL:
+            return _SPECIAL[self.rule][1]
         for pattern, hint in _HINTS:
             if re.search(pattern, self.rule):
                 return hint
@@ -87,6 +116,8 @@ class Change:
 
     def message(self, old: str = "the old version", new: str = "the new version") -> str:
         """One sentence: what changed, and which readers break on which data."""
+        if self.rule in _SPECIAL:
+            return _SPECIAL[self.rule][0].format(old=old, new=new) + "."
         what = self.rule.lower().replace("_", " ")
         where = self.field_path
         parts = []

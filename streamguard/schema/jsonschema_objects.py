@@ -100,7 +100,10 @@ def _removed(
     if partial is not None:
         inner = cmp.compare(old, partial, where)
         covered = "IS_COVERED" if cmp.ok(inner) else "NOT_COVERED"
-        return [*inner, cmp.finding(where, f"{what}_REMOVED_{covered}_BY_PARTIALLY_OPEN_CONTENT_MODEL")]
+        return [
+            *inner,
+            cmp.finding(where, f"{what}_REMOVED_{covered}_BY_PARTIALLY_OPEN_CONTENT_MODEL"),
+        ]
     if cmp.writer.classify(old).kind == "never":
         return [cmp.finding(where, f"{what}_WITH_FALSE_REMOVED_FROM_CLOSED_CONTENT_MODEL")]
     return [cmp.finding(where, f"{what}_REMOVED_FROM_CLOSED_CONTENT_MODEL")]
@@ -122,7 +125,10 @@ def _added_property(
     if partial is not None:
         inner = cmp.compare(partial, new, where)
         covered = "IS_COVERED" if cmp.ok(inner) else "NOT_COVERED"
-        out += [*inner, cmp.finding(where, f"PROPERTY_ADDED_{covered}_BY_PARTIALLY_OPEN_CONTENT_MODEL")]
+        out += [
+            *inner,
+            cmp.finding(where, f"PROPERTY_ADDED_{covered}_BY_PARTIALLY_OPEN_CONTENT_MODEL"),
+        ]
     if name in req_n:
         rule = "REQUIRED_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL"
         if not required:
@@ -228,12 +234,19 @@ def compare_arrays(cmp: Comparer, o: Node, n: Node, path: Path) -> list[Finding]
             out += _removed(cmp, tuple_o[i], extra_n, None, where, "ITEM")
         elif extra_o.open:
             empty = cmp.reader.classify(tuple_n[i]).kind == "any"
-            rule = "ITEM_WITH_EMPTY_SCHEMA_ADDED_TO_OPEN_CONTENT_MODEL" if empty else "ITEM_ADDED_TO_OPEN_CONTENT_MODEL"
+            rule = (
+                "ITEM_WITH_EMPTY_SCHEMA_ADDED_TO_OPEN_CONTENT_MODEL"
+                if empty
+                else "ITEM_ADDED_TO_OPEN_CONTENT_MODEL"
+            )
             out.append(cmp.finding(where, rule))
         elif extra_o.schema is not None:
             inner = cmp.compare(extra_o.schema, tuple_n[i], where)
             covered = "IS_COVERED" if cmp.ok(inner) else "NOT_COVERED"
-            out += [*inner, cmp.finding(where, f"ITEM_ADDED_{covered}_BY_PARTIALLY_OPEN_CONTENT_MODEL")]
+            out += [
+                *inner,
+                cmp.finding(where, f"ITEM_ADDED_{covered}_BY_PARTIALLY_OPEN_CONTENT_MODEL"),
+            ]
         else:
             out.append(cmp.finding(where, "ITEM_ADDED_TO_CLOSED_CONTENT_MODEL"))
     out += _extra(cmp, extra_o, extra_n, (*path, "additionalItems"), "ITEMS")
