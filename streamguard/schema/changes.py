@@ -129,10 +129,20 @@ class Change:
         return f"{what} at {where}: {effect}."
 
 
+# Keywords that end a path to a constraint: the rule id already names them.
+_CONSTRAINTS = frozenset(
+    "const enum minLength maxLength pattern format minimum maximum exclusiveMinimum "
+    "exclusiveMaximum multipleOf minProperties maxProperties minItems maxItems uniqueItems "
+    "minContains maxContains symbols".split()
+)
+
+
 def field_path(path: tuple[str, ...]) -> str:
     """Render a schema path the way the data is addressed (``(root)`` for the top)."""
     out = ""
     i = 0
+    if path and path[-1] in _CONSTRAINTS:
+        path = path[:-1]
     while i < len(path):
         part = path[i]
         nxt = path[i + 1] if i + 1 < len(path) else None
