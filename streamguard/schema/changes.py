@@ -131,9 +131,27 @@ class Change:
 
 # Keywords that end a path to a constraint: the rule id already names them.
 _CONSTRAINTS = frozenset(
-    "const enum minLength maxLength pattern format minimum maximum exclusiveMinimum "
-    "exclusiveMaximum multipleOf minProperties maxProperties minItems maxItems uniqueItems "
-    "minContains maxContains symbols".split()
+    [
+        "const",
+        "enum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minProperties",
+        "maxProperties",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minContains",
+        "maxContains",
+        "symbols",
+    ]
 )
 
 
