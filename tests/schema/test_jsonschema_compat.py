@@ -515,7 +515,7 @@ BACKWARD_OK = [c for c in CASES if c.backward and c.old is not c.new]
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_compatible_backward_means_old_values_validate(case: Case, data: st.DataObject) -> None:
-    """For a BACKWARD-compatible evolution, every value valid for the old model validates under the new one."""
+    """BACKWARD-compatible: every value valid for the old model validates under the new."""
     old_schema = schema_of(case.old)
     value = data.draw(values(old_schema, Document(old_schema)))
     case.old.model_validate(value)  # the generator only makes valid old values
@@ -529,7 +529,7 @@ FORWARD_OK = [c for c in CASES if c.forward and c.old is not c.new]
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_compatible_forward_means_new_values_validate(case: Case, data: st.DataObject) -> None:
-    """For a FORWARD-compatible evolution, every value valid for the new model validates under the old one."""
+    """FORWARD-compatible: every value valid for the new model validates under the old."""
     new_schema = schema_of(case.new)
     value = data.draw(values(new_schema, Document(new_schema)))
     case.new.model_validate(value)
