@@ -54,6 +54,11 @@ _HINTS: tuple[tuple[str, str], ...] = (
         "without it still validates",
     ),
     (
+        r"^REQUIRED_(PROPERTY|ATTRIBUTE)_REMOVED|^FIELD_REMOVED_WITHOUT_DEFAULT",
+        "first release consumers where the field is optional (or has a default), then stop "
+        "sending it",
+    ),
+    (
         r"REMOVED_FROM_CLOSED|NOT_COVERED",
         "keep the field (deprecated) or let the model ignore unknown fields (extra='ignore') "
         "before removing it",
