@@ -114,6 +114,12 @@ class Change:
             return ""
         if self.rule in _SPECIAL:
             return _SPECIAL[self.rule][1]
+        widened = re.search(r"_(EXTENDED|INCREASED|DECREASED|REMOVED|REDUCED)$", self.rule)
+        if self.breaking_in == {"FORWARD"} and widened and not self.rule.startswith("REQUIRED"):
+            return (
+                "this widens what producers may send: upgrade every consumer before any "
+                "producer sends the new values (BACKWARD allows that order), or keep the old shape"
+            )
         for pattern, hint in _HINTS:
             if re.search(pattern, self.rule):
                 return hint
