@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from streamguard.errors import ConfigurationError, StreamguardError
+from streamguard.runtime.commands import add_run_parser
+from streamguard.schema.commands import add_schema_parser
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    from streamguard.runtime.commands import add_run_parser
-
     add_run_parser(sub)
+    add_schema_parser(sub)
     return parser
 
 

@@ -104,7 +104,9 @@ class JsonCodec:
         return self.decoder(contract)(data)
 
     def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
-        validate = contract.model_validate_json
+        # The model's own SchemaValidator: model_validate_json is a Python wrapper
+        # around it that costs 0.5 µs per call, an eighth of a small validation.
+        validate = contract.__pydantic_validator__.validate_json
         max_bytes = self.max_bytes
         max_depth = self.max_depth
         include_input = self.include_input
@@ -122,9 +124,10 @@ class JsonCodec:
             if max_depth is not None and _json_depth_exceeds(data, max_depth):
                 raise DecodeError(f"JSON nests deeper than the limit of {max_depth} levels")
             try:
-                return validate(data)
+                event: C = validate(data)
             except ValidationError as exc:
                 raise _classify(exc, subject, include_input) from None
+            return event
 
         return decode
 

@@ -60,12 +60,16 @@ class BatchHistogram(Collector):
             registry.register(self)
 
     def observe_many(self, label_value: str, durations: Iterable[float]) -> None:
+        # Sorting once and bisecting per bucket costs far less than a bisect per value.
+        ordered = sorted(durations)
+        total = sum(ordered)
+        local, below = [], 0
+        for bound in self._bounds:
+            upto = bisect.bisect_right(ordered, bound, lo=below)
+            local.append(upto - below)
+            below = upto
+        local.append(len(ordered) - below)
         bounds = self._bounds
-        local = [0] * (len(bounds) + 1)
-        total = 0.0
-        for d in durations:
-            local[bisect.bisect_left(bounds, d)] += 1
-            total += d
         with self._lock:
             counts, sums = self._series.setdefault(label_value, ([0] * (len(bounds) + 1), [0.0]))
             for i, n in enumerate(local):

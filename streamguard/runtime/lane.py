@@ -31,6 +31,7 @@ class Pipeline(Protocol):
     """What a lane needs from its service; shared by all lanes, safe across threads."""
 
     topic: str
+    drift_sample: int
     retry: RetryPolicy
     transient: tuple[type[BaseException], ...]
 
@@ -71,8 +72,9 @@ class PendingDeadLetter:
 class PartitionLane:
     """Processing state of one partition. Mutated under ``lock`` by poll and worker."""
 
-    def __init__(self, partition: int, pipeline: Pipeline) -> None:
+    def __init__(self, partition: int, pipeline: Pipeline, poller: Any = None) -> None:
         self.partition = partition
+        self._poller = poller  # woken when a batch is taken while it waits for room
         self.pipeline = pipeline
         self.lock = threading.Lock()
         self.queue: deque[list[Record]] = deque()
@@ -157,6 +159,9 @@ class PartitionLane:
                     batch = self.queue.popleft()
                     self.buffered -= len(batch)
                     self.in_hand = len(batch)
+                poller = self._poller
+                if poller is not None and poller.waiting_for_drain:
+                    poller.drained.set()
                 done = self._process(batch)
                 with self.lock:
                     self.in_hand = 0
@@ -177,12 +182,13 @@ class PartitionLane:
         decode = pipe.decode
         invoke = pipe.invoke
         inspect_drift = pipe.inspect_drift
+        sample = pipe.drift_sample
         clock = time.perf_counter
         durations: list[float] = []
         handled = retries = done = 0
         retry = self.retry
         try:
-            for msg in batch:
+            for index, msg in enumerate(batch):
                 if self.closed:
                     break
                 attempt = 1 if retry is None else retry.attempt + 1
@@ -193,11 +199,12 @@ class PartitionLane:
                         event = None
                     else:
                         event = decode(value)
-                        drift = inspect_drift(msg, value)
-                        if drift is not None:
-                            self._dead_letter(msg, Failure("schema_drift", drift))
-                            done += 1
-                            continue
+                        if not index % sample:
+                            drift = inspect_drift(msg, value)
+                            if drift is not None:
+                                self._dead_letter(msg, Failure("schema_drift", drift))
+                                done += 1
+                                continue
                         start = clock()
                         invoke(event, ctx)
                         durations.append(clock() - start)

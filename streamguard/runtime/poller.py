@@ -43,6 +43,8 @@ class Poller:
             max_workers=options.workers, thread_name_prefix="streamguard-worker"
         )
         self.stopping = threading.Event()
+        self.drained = threading.Event()
+        self.waiting_for_drain = False
         self.assigned_once = False
         self.last_poll = time.monotonic()
         self._on_assigned = on_assigned
@@ -79,20 +81,19 @@ class Poller:
         batch_size = self.options.batch_size
         while not self.stopping.is_set():
             if self._throttled:
-                # A partition is full but still draining: fetch nothing for a moment
-                # rather than pause it (see ServiceOptions.pause_after).
-                time.sleep(0.001)
+                # A partition is full but still draining: fetch nothing until a lane
+                # takes a batch (it sets `drained`), rather than pause it (see
+                # ServiceOptions.pause_after). The timeout bounds the wait.
+                self.drained.wait(0.05)
+                self.drained.clear()
+                self.waiting_for_drain = False
             else:
                 msgs = consume(batch_size, 0.1)
                 if msgs:
                     self._dispatch(msgs)
             self.last_poll = time.monotonic()
-            self.pipeline_poll()
+            self.pipeline.serve_dead_letter_reports()
             self._maintain(self.last_poll)
-
-    def pipeline_poll(self) -> None:
-        """Serve dead-letter delivery reports (they settle pending offsets)."""
-        self.pipeline._dlq.poll(0)
 
     def _dispatch(self, msgs: list[Record]) -> None:
         by_partition: dict[int, list[Record]] = {}
@@ -144,7 +145,7 @@ class Poller:
                 throttled = True
             if lane.claim_if_due(now):
                 self.executor.submit(lane.drain)
-        self._throttled = throttled
+        self._throttled = self.waiting_for_drain = throttled
         if pause:
             self.consumer.pause(pause)
         if resume:
@@ -205,7 +206,7 @@ class Poller:
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             if tp.partition not in self.lanes:
-                self.lanes[tp.partition] = PartitionLane(tp.partition, self.pipeline)
+                self.lanes[tp.partition] = PartitionLane(tp.partition, self.pipeline, self)
         self.assigned_once = True
         log.info("partitions assigned", extra={"partitions": [tp.partition for tp in partitions]})
         self._on_assigned([tp.partition for tp in partitions])

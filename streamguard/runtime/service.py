@@ -24,7 +24,6 @@ from streamguard import headers as h
 from streamguard.codecs import Codec, JsonCodec
 from streamguard.contracts import Contract
 from streamguard.errors import BrokerUnavailable, ConfigurationError
-from streamguard.headers import Record
 from streamguard.observe.health import HealthServer
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
@@ -32,6 +31,7 @@ from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.pipeline import ServicePipeline
 from streamguard.runtime.poller import Poller
+from streamguard.schema.drift import FirstSeen, producer_of
 from streamguard.settings import client_config, redact
 from streamguard.topics import check_topic_name, create_topics
 
@@ -103,7 +103,9 @@ class ConsumerService:
         transient: exception types retried; everything else is permanent.
         codec: the wire format; ``JsonCodec()`` by default.
         drift: ``"count"`` (default) counts and logs messages written with another
-            schema; ``"dead_letter"`` also dead-letters them (reason ``schema_drift``).
+            schema, checking a sample under load (``ServiceOptions.drift_sample``);
+            ``"dead_letter"`` checks every message and dead-letters those (reason
+            ``schema_drift``).
         include_error_text: publish any handler exception's text in DLQ headers; by
             default only streamguard's own errors keep their text (see deadletter).
         options: ``ServiceOptions`` (batching, buffers, timeouts).
@@ -172,7 +174,7 @@ class ConsumerService:
         self._poller: Poller | None = None
         self._pipeline: ServicePipeline | None = None
         self._running = False
-        self._drift_seen: set[tuple[str, str]] = set()
+        self._drift_seen = FirstSeen()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(config={redact(self._consumer_config)})"
@@ -212,30 +214,20 @@ class ConsumerService:
     def handles_tombstones(self) -> bool:
         return type(self).handle_tombstone is not ConsumerService.handle_tombstone
 
-    def drift_detector(self) -> Any:
-        """The run-time schema drift detector for this service's contract."""
-        try:
-            from streamguard.schema.drift import DriftDetector  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        return DriftDetector(type(self).contract)
-
-    def report_drift(self, msg: Record, kinds: tuple[str, ...]) -> None:
+    def report_drift(self, headers: h.Headers | None, kinds: tuple[str, ...]) -> None:
         """Count drift and log the first occurrence per producer and kind."""
         subject = type(self).contract.__subject__
-        producer = h.last(msg.headers(), h.PRODUCER) or "unknown"
+        producer = producer_of(headers)
         for kind in kinds:
             self.metrics.schema_drift.labels(subject, kind).inc()
-            key = (producer, kind)
-            if key not in self._drift_seen and len(self._drift_seen) < 10_000:
-                self._drift_seen.add(key)
+            if self._drift_seen(producer, kind):
                 log.warning(
                     "schema drift",
                     extra={
                         "subject": subject,
                         "kind": kind,
                         "producer": producer,
-                        "writer_version": h.last(msg.headers(), h.VERSION),
+                        "writer_version": h.last(headers, h.VERSION),
                         "reader_version": type(self).contract.__version__,
                     },
                 )

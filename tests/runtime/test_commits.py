@@ -68,8 +68,9 @@ def test_sigkill_and_restart_loses_nothing(
     second = _run_recorder(bootstrap, src, group, out, delay="0")
     try:
         assert wait_for(lambda: len(set(_handled(out))) == total, timeout=40)
-        assert wait_for(lambda: committed(bootstrap, group, src) == {0: _end(out, 0),
-                                                                     1: _end(out, 1)})
+        assert wait_for(
+            lambda: committed(bootstrap, group, src) == {0: _end(out, 0), 1: _end(out, 1)}
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
@@ -197,8 +198,14 @@ def test_unwritable_dlq_holds_commits_and_recovers(
         assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3, timeout=20)
         from confluent_kafka import Consumer
 
-        reader = Consumer({"bootstrap.servers": dlq_cluster.bootstrap_servers,
-                           "group.id": "r", "auto.offset.reset": "earliest", **FAST_GROUP})
+        reader = Consumer(
+            {
+                "bootstrap.servers": dlq_cluster.bootstrap_servers,
+                "group.id": "r",
+                "auto.offset.reset": "earliest",
+                **FAST_GROUP,
+            }
+        )
         reader.subscribe([f"{src}.dlq"])
         got: list[Any] = []
         deadline = threading.Event()

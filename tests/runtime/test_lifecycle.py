@@ -197,8 +197,9 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
     assert report["checks"] == {
         "running": True, "assigned": True, "polling": True, "dlq_writable": True
     }  # fmt: skip
-    assert wait_for(lambda: running.metric("streamguard_messages_total", topic=src,
-                                           outcome="handled") == 1)
+    assert wait_for(
+        lambda: running.metric("streamguard_messages_total", topic=src, outcome="handled") == 1
+    )
     with urllib.request.urlopen(base + "/metrics", timeout=2) as response:
         text = response.read().decode()
     assert f'streamguard_messages_total{{outcome="handled",topic="{src}"}} 1.0' in text

@@ -39,8 +39,9 @@ def test_transient_failure_is_retried_until_it_succeeds(
                 raise sg.TransientError("database is restarting")
 
     running = start_service(Billing)
-    assert wait_for(lambda: running.metric("streamguard_messages_total", topic=src,
-                                           outcome="handled") == 1)
+    assert wait_for(
+        lambda: running.metric("streamguard_messages_total", topic=src, outcome="handled") == 1
+    )
     assert attempts == [1, 2, 3]
     assert running.metric("streamguard_retries_total", topic=src) == 2
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)

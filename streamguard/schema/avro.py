@@ -1,0 +1,260 @@
+"""Avro contracts: deriving the ``.avsc`` from a contract, and Avro schema resolution.
+
+A contract with ``__format__ = "avro"`` is written as Avro, so its evolution follows
+Avro's schema resolution rules, not JSON Schema's: a reader field missing from the
+writer needs a default, writer fields the reader lacks are skipped, ``int`` is promoted
+to ``long``/``float``/``double``, an enum symbol the reader lacks needs the reader's
+enum default, each writer union branch must resolve to some reader branch, and named
+types match by name or by the reader's aliases.
+
+The ``.avsc`` is derived from the contract's JSON Schema so that both stored files
+describe the same model: ``int`` -> ``long``, ``float`` -> ``double``, ``X | None`` ->
+``["null", X]`` (default null), ``Literal``/``Enum`` of names -> ``enum``, nested models
+-> records, ``list`` -> ``array``, ``dict[str, X]`` -> ``map``. UUID, datetime and
+Decimal travel as strings (their JSON form), so a payload validated by pydantic in
+JSON mode encodes unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from streamguard.contracts import Contract
+from streamguard.errors import ConfigurationError
+from streamguard.schema.jsonschema_compat import Finding
+from streamguard.schema.jsonschema_doc import Document
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+_PROMOTIONS = {
+    "int": {"long", "float", "double"},
+    "long": {"float", "double"},
+    "float": {"double"},
+    "string": {"bytes"},
+    "bytes": {"string"},
+}
+
+
+def contract_avro_schema(contract: type[Contract]) -> dict[str, Any]:
+    """The Avro record schema of a contract, derived from its JSON Schema."""
+    # The raw (unsorted) schema keeps the model's field order, which Avro's binary
+    # encoding depends on; the stored JSON Schema is sorted for stable diffs.
+    schema = contract.model_json_schema(mode="validation")
+    namespace = ".".join(contract.__subject__.split(".")[:-1]) or None
+    derived = _Deriver(Document(schema), namespace).record(schema, contract.__name__)
+    if not isinstance(derived, dict):  # pragma: no cover - a root model is always a record
+        raise ConfigurationError(f"{contract.__qualname__}: root is not a record")
+    return derived
+
+
+class _Deriver:
+    def __init__(self, doc: Document, namespace: str | None) -> None:
+        self.doc = doc
+        self.namespace = namespace
+        self.defined: set[str] = set()
+
+    def record(self, schema: dict[str, Any], name: str) -> Any:
+        if name in self.defined:
+            return name
+        self.defined.add(name)
+        required = set(schema.get("required", []))
+        fields = []
+        for field_name, prop in schema.get("properties", {}).items():
+            if not _NAME.match(field_name):
+                raise ConfigurationError(
+                    f"field {field_name!r} of {name} is not a valid Avro name; use a pydantic "
+                    "alias-free name matching [A-Za-z_][A-Za-z0-9_]*"
+                )
+            avro_type = self.type_of(prop, f"{name}_{field_name}")
+            field: dict[str, Any] = {"name": field_name, "type": avro_type}
+            if isinstance(prop, dict) and "default" in prop:
+                field["default"] = prop["default"]
+            elif field_name not in required and isinstance(avro_type, list) and "null" in avro_type:
+                field["default"] = None
+            fields.append(field)
+        out: dict[str, Any] = {"type": "record", "name": name, "fields": fields}
+        if self.namespace:
+            out["namespace"] = self.namespace
+        return out
+
+    def type_of(self, schema: Any, hint: str) -> Any:
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else hint
+        resolved = self.doc.resolve(schema)
+        if not isinstance(resolved, dict) or not resolved:
+            return "string"  # Any: carried as its JSON text
+        branches = resolved.get("anyOf") or resolved.get("oneOf")
+        if isinstance(branches, list):
+            mapped: list[Any] = []
+            for i, branch in enumerate(branches):
+                avro = self.type_of(branch, f"{name}_{i}")
+                if avro not in mapped:
+                    mapped.append(avro)
+            if "null" in mapped:  # null first, so that `= None` is a valid default
+                mapped.remove("null")
+                mapped.insert(0, "null")
+            return mapped[0] if len(mapped) == 1 else mapped
+        if isinstance(resolved.get("enum"), list) or "const" in resolved:
+            values = resolved.get("enum", [resolved.get("const")])
+            if all(isinstance(v, str) and _NAME.match(v) for v in values):
+                if name in self.defined:
+                    return name
+                self.defined.add(name)
+                return {"type": "enum", "name": name, "symbols": list(values)}
+        kind = resolved.get("type")
+        if kind == "object":
+            if "properties" in resolved:
+                return self.record(resolved, name)
+            values = resolved.get("additionalProperties")
+            return {"type": "map", "values": self.type_of(values or {}, f"{name}_value")}
+        if kind == "array":
+            return {
+                "type": "array",
+                "items": self.type_of(resolved.get("items", {}), f"{name}_item"),
+            }
+        simple = {"integer": "long", "number": "double", "boolean": "boolean", "null": "null"}
+        return simple.get(str(kind), "string")
+
+
+# -- schema resolution ---------------------------------------------------------------
+
+
+def compare_avro_schemas(writer: Any, reader: Any) -> list[Finding]:
+    """Every difference met when a ``reader`` schema resolves data of ``writer``."""
+    return _Resolver(_names(writer), _names(reader)).resolve(writer, reader, ())
+
+
+def _names(schema: Any, found: dict[str, Any] | None = None, ns: str = "") -> dict[str, Any]:
+    found = {} if found is None else found
+    if isinstance(schema, list):
+        for branch in schema:
+            _names(branch, found, ns)
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind in ("record", "error", "enum", "fixed"):
+            ns = schema.get("namespace", ns)
+            found[_full(schema["name"], ns)] = schema
+            found.setdefault(schema["name"], schema)
+            for field in schema.get("fields", []):
+                _names(field["type"], found, ns)
+        elif kind == "array":
+            _names(schema["items"], found, ns)
+        elif kind == "map":
+            _names(schema["values"], found, ns)
+        elif isinstance(kind, dict | list):
+            _names(kind, found, ns)
+    return found
+
+
+def _full(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+class _Resolver:
+    def __init__(self, writer_names: dict[str, Any], reader_names: dict[str, Any]) -> None:
+        self.wn = writer_names
+        self.rn = reader_names
+        self._active: set[tuple[str, str]] = set()
+
+    def _deref(self, schema: Any, names: dict[str, Any]) -> Any:
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            return names.get(schema, schema)
+        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES:
+            return schema["type"]  # {"type": "string", "logicalType": ...} reads as string
+        if isinstance(schema, dict) and isinstance(schema.get("type"), dict | list):
+            return self._deref(schema["type"], names)
+        return schema
+
+    def readable(self, writer: Any, reader: Any) -> bool:
+        return all(f.safe for f in self.resolve(writer, reader, ()))
+
+    def resolve(self, writer: Any, reader: Any, path: tuple[str, ...]) -> list[Finding]:
+        w, r = self._deref(writer, self.wn), self._deref(reader, self.rn)
+        if isinstance(w, list):
+            out: list[Finding] = []
+            for i, branch in enumerate(w):
+                if isinstance(r, list):
+                    ok = any(self.readable(branch, rb) for rb in r)
+                else:
+                    ok = self.readable(branch, r)
+                if not ok:
+                    out.append(Finding((*path, "branches", str(i)), "SUM_TYPE_NARROWED", False))
+            return out
+        if isinstance(r, list):
+            for branch in r:
+                found = self.resolve(w, branch, path)
+                if all(f.safe for f in found):
+                    return [*found, Finding(path, "SUM_TYPE_EXTENDED", True)]
+            return [Finding(path, "TYPE_CHANGED", False)]
+        wk = w if isinstance(w, str) else w.get("type")
+        rk = r if isinstance(r, str) else r.get("type")
+        if wk != rk:
+            if rk in _PROMOTIONS.get(str(wk), set()):
+                return [Finding(path, "TYPE_EXTENDED", True)]
+            if wk in _PROMOTIONS.get(str(rk), set()):
+                return [Finding(path, "TYPE_NARROWED", False)]
+            return [Finding(path, "TYPE_CHANGED", False)]
+        if isinstance(w, str):
+            return []
+        return self._named(w, r, path)
+
+    def _named(self, w: dict[str, Any], r: dict[str, Any], path: tuple[str, ...]) -> list[Finding]:
+        kind = w["type"]
+        if kind == "array":
+            return self.resolve(w["items"], r["items"], (*path, "items"))
+        if kind == "map":
+            return self.resolve(w["values"], r["values"], (*path, "values"))
+        out: list[Finding] = []
+        if w["name"].split(".")[-1] != r["name"].split(".")[-1] and w["name"] not in r.get(
+            "aliases", []
+        ):
+            out.append(Finding(path, "NAME_CHANGED", False))
+        key = (w["name"], r["name"])
+        if key in self._active:
+            return out
+        self._active.add(key)
+        try:
+            if kind == "enum":
+                out += self._enum(w, r, path)
+            elif kind == "fixed" and w.get("size") != r.get("size"):
+                out.append(Finding(path, "FIXED_SIZE_CHANGED", False))
+            elif kind in ("record", "error"):
+                out += self._record(w, r, path)
+        finally:
+            self._active.discard(key)
+        return out
+
+    def _enum(self, w: dict[str, Any], r: dict[str, Any], path: tuple[str, ...]) -> list[Finding]:
+        old, new = set(w["symbols"]), set(r["symbols"])
+        where = (*path, "symbols")
+        if old <= new:
+            return [Finding(where, "ENUM_ARRAY_EXTENDED", True)] if old != new else []
+        if r.get("default") in new:  # unknown writer symbols read as the reader's default
+            return [Finding(where, "ENUM_SYMBOL_REMOVED_WITH_DEFAULT", True)]
+        return [Finding(where, "ENUM_ARRAY_NARROWED", False)]
+
+    def _record(self, w: dict[str, Any], r: dict[str, Any], path: tuple[str, ...]) -> list[Finding]:
+        out: list[Finding] = []
+        by_name = {f["name"]: f for f in w.get("fields", [])}
+        used: set[str] = set()
+        for field in r.get("fields", []):
+            where = (*path, "fields", field["name"])
+            names = [field["name"], *field.get("aliases", [])]
+            match = next((by_name[n] for n in names if n in by_name), None)
+            if match is None:
+                rule = (
+                    "FIELD_ADDED_WITH_DEFAULT"
+                    if "default" in field
+                    else "FIELD_ADDED_WITHOUT_DEFAULT"
+                )
+                out.append(Finding(where, rule, "default" in field))
+                continue
+            used.add(match["name"])
+            if match["name"] != field["name"]:
+                out.append(Finding(where, "FIELD_RENAMED_WITH_ALIAS", True))
+            out += self.resolve(match["type"], field["type"], where)
+        for name in by_name:
+            if name not in used:
+                out.append(Finding((*path, "fields", name), "FIELD_REMOVED", True))
+        return out

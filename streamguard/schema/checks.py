@@ -1,0 +1,99 @@
+"""Checking contracts against the store: the verdicts behind ``check`` and ``register``.
+
+A subject's current contract is compared with the stored versions its mode names (the
+latest earlier one, or all earlier ones for ``_TRANSITIVE``). Independently of the
+mode, a contract whose schema changed while its ``__version__`` did not is an error:
+consumers tell schemas apart by (subject, version, fingerprint), and two schemas under
+one version number would make that lie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamguard.contracts import Contract, schema_fingerprint
+from streamguard.schema.avro import compare_avro_schemas, contract_avro_schema
+from streamguard.schema.changes import Change, diff_json_schemas, merge_directions
+from streamguard.schema.jsonschema_compat import Policy
+from streamguard.schema.modes import breaking, versions_to_check
+from streamguard.schema.store import SchemaStore
+
+BOTH: frozenset[Any] = frozenset({"BACKWARD", "FORWARD"})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The changes from one version of a subject to another."""
+
+    subject: str
+    old: str
+    new: str
+    changes: list[Change]
+
+    def breaking(self, mode: str) -> list[Change]:
+        """The changes that break this mode."""
+        return breaking(self.changes, mode)
+
+
+@dataclass
+class SubjectResult:
+    """Everything ``check`` found for one subject."""
+
+    subject: str
+    mode: str
+    version: int
+    comparisons: list[Comparison] = field(default_factory=list)
+    problems: list[Comparison] = field(default_factory=list)  # break whatever the mode
+    changed: bool = True  # False when the current version is stored unchanged
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing breaks the subject's mode and the version is consistent."""
+        return not self.problems and not any(c.breaking(self.mode) for c in self.comparisons)
+
+
+def compare_versions(old: Any, new: Any, fmt: str, policy: Policy) -> list[Change]:
+    """Changes between two stored schemas of one format (``json`` or ``avro``)."""
+    if fmt == "avro":
+        return merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
+    return diff_json_schemas(old, new, policy)
+
+
+def current_schema(contract: type[Contract]) -> tuple[Any, str, str]:
+    """(schema to compare, stored suffix, format) of a contract as it is now."""
+    if contract.__format__ == "avro":
+        return contract_avro_schema(contract), ".avsc", "avro"
+    return contract.json_schema(), ".json", "json"
+
+
+def check_contract(
+    contract: type[Contract], store: SchemaStore, mode: str, policy: Policy
+) -> SubjectResult:
+    """Compare a contract with the stored versions its mode requires."""
+    subject, version = contract.__subject__, contract.__version__
+    result = SubjectResult(subject, mode, version)
+    stored = store.versions(subject)
+    schema, suffix, fmt = current_schema(contract)
+    if version in stored:
+        stored_fp = schema_fingerprint(store.load(subject, version))
+        if stored_fp == contract.fingerprint():
+            result.changed = False
+        else:
+            change = Change((), "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP", BOTH)
+            result.problems.append(
+                Comparison(subject, f"v{version} (stored)", f"v{version}", [change])
+            )
+    newer = [v for v in stored if v > version]
+    if newer:
+        change = Change((), "VERSION_OLDER_THAN_STORED", BOTH)
+        result.problems.append(Comparison(subject, f"v{max(newer)}", f"v{version}", [change]))
+    for old in versions_to_check(mode, stored, version):
+        if fmt == "avro" and not store.has(subject, old, suffix):
+            old_schema, old_fmt = store.load(subject, old), "json"  # stored before it was Avro
+            new_schema = contract.json_schema()
+        else:
+            old_schema, old_fmt, new_schema = store.load(subject, old, suffix), fmt, schema
+        changes = compare_versions(old_schema, new_schema, old_fmt, policy)
+        result.comparisons.append(Comparison(subject, f"v{old}", f"v{version}", changes))
+    return result

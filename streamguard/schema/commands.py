@@ -1,0 +1,264 @@
+"""``streamguard schema {export,check,register,diff}``: the schema store from the shell.
+
+Exit codes follow the CLI's: 0 compatible (or done), 1 a breaking change or a refused
+registration, 2 usage or configuration error (raised as ConfigurationError, which
+``streamguard.cli.main`` maps to 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+from streamguard.config import ProjectConfig, load_project_config
+from streamguard.contracts import Contract
+from streamguard.errors import ConfigurationError
+from streamguard.schema.avro import contract_avro_schema
+from streamguard.schema.checks import (
+    Comparison,
+    SubjectResult,
+    check_contract,
+    compare_versions,
+    current_schema,
+)
+from streamguard.schema.jsonschema_compat import POLICIES, Policy
+from streamguard.schema.modes import parse_mode
+from streamguard.schema.report import FORMATS, render
+from streamguard.schema.store import SchemaStore, dump_schema
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def add_schema_parser(subparsers: Any) -> None:
+    """Add ``schema`` and its actions to the CLI's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=None, help="pyproject.toml to read (./pyproject.toml)")
+    judged = argparse.ArgumentParser(add_help=False)
+    judged.add_argument("--mode", default=None, help="compatibility mode (default: configured)")
+    judged.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="lenient",
+        help="lenient (default): open models carry only declared fields; strict: Confluent's",
+    )
+    judged.add_argument("--format", choices=FORMATS, default="text", help="report format")
+
+    schema = subparsers.add_parser("schema", help="export, check, register and diff schemas")
+    actions = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+
+    export = actions.add_parser("export", parents=[common], help="print or write contract schemas")
+    export.add_argument("--out", type=Path, default=None, help="write DIR/<subject>/v<N>.json")
+    export.set_defaults(func=_export)
+
+    check = actions.add_parser(
+        "check", parents=[common, judged], help="compare contracts with the stored versions"
+    )
+    check.set_defaults(func=_check)
+
+    register = actions.add_parser(
+        "register", parents=[common, judged], help="store changed contracts after checking them"
+    )
+    register.add_argument("--force", action="store_true", help="store even if incompatible")
+    register.add_argument("--reason", default=None, help="why --force (recorded in CHANGELOG)")
+    register.set_defaults(func=_register)
+
+    diff = actions.add_parser(
+        "diff", parents=[common, judged], help="every difference between two versions or files"
+    )
+    diff.add_argument("subject", nargs="?", help="subject in the store")
+    diff.add_argument("versions", nargs="*", help="V1 V2 (default: latest stored vs contract)")
+    diff.add_argument("--old", type=Path, default=None, help="old JSON Schema (or .avsc) file")
+    diff.add_argument("--new", type=Path, default=None, help="new JSON Schema (or .avsc) file")
+    diff.set_defaults(func=_diff)
+
+
+def _project(args: argparse.Namespace) -> tuple[ProjectConfig, SchemaStore]:
+    config = load_project_config(args.config)
+    return config, SchemaStore(config.schemas_dir)
+
+
+def _contracts(config: ProjectConfig) -> dict[str, type[Contract]]:
+    contracts = config.contracts_by_subject()
+    if not contracts:
+        raise ConfigurationError(
+            "no contracts found: list the modules that define them in pyproject.toml, "
+            'e.g. [tool.streamguard] contracts = ["myapp.contracts"]'
+        )
+    return contracts
+
+
+def _mode(args: argparse.Namespace, config: ProjectConfig, subject: str) -> str:
+    return parse_mode(args.mode) if args.mode else config.mode_for(subject)
+
+
+def _export(args: argparse.Namespace) -> int:
+    config, _ = _project(args)
+    contracts = config.load_contracts()
+    if not contracts:
+        _contracts(config)  # raises the configuration hint
+    if args.out is None:
+        docs = []
+        for c in contracts:
+            doc: dict[str, Any] = {
+                "subject": c.__subject__,
+                "version": c.__version__,
+                "format": c.__format__,
+                "json_schema": c.json_schema(),
+            }
+            if c.__format__ == "avro":
+                doc["avsc"] = contract_avro_schema(c)
+            docs.append(doc)
+        sys.stdout.write(dump_schema(docs))
+        return EXIT_OK
+    out = SchemaStore(args.out)
+    for c in contracts:
+        print(out.write(c.__subject__, c.__version__, c.json_schema()))
+        if c.__format__ == "avro":
+            print(out.write(c.__subject__, c.__version__, contract_avro_schema(c), ".avsc"))
+    return EXIT_OK
+
+
+def _results(args: argparse.Namespace) -> tuple[ProjectConfig, SchemaStore, list[SubjectResult]]:
+    config, store = _project(args)
+    policy = cast(Policy, args.policy)
+    results = [
+        check_contract(contract, store, _mode(args, config, subject), policy)
+        for subject, contract in sorted(_contracts(config).items())
+    ]
+    return config, store, results
+
+
+def _groups(results: list[SubjectResult]) -> list[tuple[str, list[Comparison]]]:
+    groups: list[tuple[str, list[Comparison]]] = []
+    for r in results:
+        if r.problems:
+            groups.append(("ALWAYS", r.problems))
+        groups.append((r.mode, r.comparisons))
+    return groups
+
+
+def _print_report(args: argparse.Namespace, results: list[SubjectResult]) -> None:
+    text = render(_groups(results), args.format)
+    if args.format == "text":
+        first = [r for r in results if not r.comparisons and not r.problems]
+        notes = [f"{r.subject}: v{r.version} has nothing to compare with [{r.mode}]" for r in first]
+        text = "\n".join([*notes, text] if text else notes)
+    if text:
+        print(text)
+
+
+def _check(args: argparse.Namespace) -> int:
+    _, _, results = _results(args)
+    _print_report(args, results)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _register(args: argparse.Namespace) -> int:
+    if args.force and not (args.reason and args.reason.strip()):
+        raise ConfigurationError('--force needs --reason "why this break is acceptable"')
+    _, store, results = _results(args)
+    changed = [r for r in results if r.changed]
+    refused = [r for r in changed if not r.ok]
+    if refused and not args.force:
+        _print_report(args, refused)
+        print(
+            f"refused: {len(refused)} subject(s) incompatible; nothing was registered. "
+            'Fix the contracts, or use --force --reason "..." to record a deliberate break.',
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    contracts = _contracts(load_project_config(args.config))
+    for result in changed:
+        contract = contracts[result.subject]
+        schema, suffix, fmt = current_schema(contract)
+        store.write(result.subject, result.version, contract.json_schema())
+        if fmt == "avro":
+            store.write(result.subject, result.version, schema, suffix)
+        line = f"v{result.version} registered ({result.mode}, policy {args.policy})"
+        if not result.ok:
+            broken = [
+                f"{c.rule} at {c.field_path} ({comp.old}->{comp.new})"
+                for comp in [*result.problems, *result.comparisons]
+                for c in (comp.changes if comp in result.problems else comp.breaking(result.mode))
+            ]
+            line = (
+                f"v{result.version} FORCED past {result.mode}: reason: {args.reason.strip()}; "
+                f"breaking: {'; '.join(broken)}"
+            )
+        store.log(result.subject, line)
+        print(f"{result.subject}: {line}")
+    for result in results:
+        if not result.changed:
+            print(f"{result.subject}: v{result.version} unchanged")
+    return EXIT_OK
+
+
+def _version(text: str) -> int:
+    try:
+        return int(text.lower().removeprefix("v"))
+    except ValueError:
+        raise ConfigurationError(f"{text!r} is not a version (use 2 or v2)") from None
+
+
+def _read_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def _diff(args: argparse.Namespace) -> int:
+    config, store = _project(args)
+    policy = cast(Policy, args.policy)
+    if args.old is not None or args.new is not None:
+        if args.old is None or args.new is None or args.subject:
+            raise ConfigurationError("use either --old A.json --new B.json, or SUBJECT [V1 V2]")
+        fmt = "avro" if args.old.suffix == ".avsc" and args.new.suffix == ".avsc" else "json"
+        changes = compare_versions(_read_file(args.old), _read_file(args.new), fmt, policy)
+        comparison = Comparison(args.new.stem, str(args.old), str(args.new), changes)
+        mode = parse_mode(args.mode) if args.mode else config.compatibility
+    else:
+        if not args.subject or len(args.versions) not in (0, 2):
+            raise ConfigurationError("usage: schema diff SUBJECT [V1 V2] | --old A --new B")
+        comparison = _subject_comparison(args, config, store, policy)
+        mode = _mode(args, config, args.subject)
+    print(render([(mode, [comparison])], args.format, everything=True))
+    return EXIT_FAILED if comparison.breaking(mode) else EXIT_OK
+
+
+def _subject_comparison(
+    args: argparse.Namespace, config: ProjectConfig, store: SchemaStore, policy: Policy
+) -> Comparison:
+    subject = args.subject
+    contract = config.contracts_by_subject().get(subject)
+    stored = store.versions(subject)
+
+    def load(version: int) -> tuple[Any, str]:
+        if (
+            contract is not None
+            and version == contract.__version__
+            and not store.has(subject, version)
+        ):
+            schema, _, fmt = current_schema(contract)
+            return schema, fmt
+        if store.has(subject, version, ".avsc"):
+            return store.load(subject, version, ".avsc"), "avro"
+        return store.load(subject, version), "json"
+
+    if args.versions:
+        v1, v2 = (_version(v) for v in args.versions)
+    elif contract is not None and stored and (stored[-1] < contract.__version__):
+        v1, v2 = stored[-1], contract.__version__
+    elif len(stored) >= 2:
+        v1, v2 = stored[-2], stored[-1]
+    else:
+        raise ConfigurationError(f"{subject}: fewer than two versions to compare; give V1 V2")
+    (old, fmt_old), (new, fmt_new) = load(v1), load(v2)
+    if fmt_old != fmt_new:
+        raise ConfigurationError(f"{subject}: v{v1} and v{v2} are stored in different formats")
+    return Comparison(subject, f"v{v1}", f"v{v2}", compare_versions(old, new, fmt_old, policy))

@@ -1,0 +1,197 @@
+"""Run-time schema drift: is this message written with the schema we expect?
+
+The consumer runtime asks a :class:`DriftDetector` about every message, so the common
+case (the headers carry exactly this contract's fingerprint) is one scan of the header
+list comparing raw bytes against bytes computed once: no decoding, no allocation.
+Only when the fingerprint differs, or the producer stamped no schema headers, does it
+look further: which subject and version the producer claims, and whether the JSON value
+has object keys the contract does not declare (at top level and inside nested models),
+which is what a consumer silently drops under ``extra='ignore'``.
+
+Kinds: ``newer_version``, ``older_version``, ``unknown_fingerprint`` (same subject and
+version, other schema), ``unknown_fields``, ``no_schema_headers``, ``other_subject``.
+The runtime counts every drift in ``streamguard_schema_drift_total{subject,kind}`` and
+logs only the first occurrence per (producer, kind): :class:`FirstSeen` tells it which.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamguard import headers as h
+from streamguard.contracts import Contract
+from streamguard.schema.jsonschema_doc import Document
+
+Headers = h.Headers
+
+NEWER_VERSION = "newer_version"
+OLDER_VERSION = "older_version"
+UNKNOWN_FINGERPRINT = "unknown_fingerprint"
+UNKNOWN_FIELDS = "unknown_fields"
+NO_SCHEMA_HEADERS = "no_schema_headers"
+OTHER_SUBJECT = "other_subject"
+
+_MAX_DEPTH = 32  # the codec already bounds nesting; this only stops a runaway walk
+
+
+@dataclass
+class _Shape:
+    """Which object keys a (sub)schema declares, and the shapes of its children."""
+
+    names: frozenset[str] | None = None  # None: any keys allowed (a dict, or no model)
+    children: dict[str, _Shape] = field(default_factory=dict)
+    items: _Shape | None = None
+    values: _Shape | None = None
+
+
+def _shape(doc: Document, schema: Any, memo: dict[int, _Shape], depth: int = 0) -> _Shape | None:
+    resolved = doc.resolve(schema)
+    if not isinstance(resolved, dict) or depth > _MAX_DEPTH:
+        return None
+    key = id(resolved)
+    if key in memo:  # a recursive model: share the node
+        return memo[key]
+    shape = _Shape()
+    memo[key] = shape
+    for branch in resolved.get("anyOf", []) + resolved.get("oneOf", []):
+        sub = _shape(doc, branch, memo, depth + 1)
+        if sub is not None:  # Optional[Model] and friends: the model's branch decides
+            shape.names = sub.names if shape.names is None else shape.names | (sub.names or set())
+            shape.children.update(sub.children)
+            shape.items = shape.items or sub.items
+            shape.values = shape.values or sub.values
+    props = resolved.get("properties")
+    if isinstance(props, dict):
+        shape.names = frozenset(props) | (shape.names or frozenset())
+        for name, sub_schema in props.items():
+            sub = _shape(doc, sub_schema, memo, depth + 1)
+            if sub is not None:
+                shape.children[name] = sub
+    if resolved.get("items") is not None:
+        shape.items = _shape(doc, resolved["items"], memo, depth + 1)
+    extra = resolved.get("additionalProperties")
+    if isinstance(extra, dict):
+        shape.values = _shape(doc, extra, memo, depth + 1)
+    if shape.names is None and not (shape.children or shape.items or shape.values):
+        return None
+    return shape
+
+
+def _has_unknown(value: Any, shape: _Shape | None, depth: int = 0) -> bool:
+    if shape is None or depth > _MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        if shape.names is not None:
+            for key, sub in value.items():
+                if key not in shape.names:
+                    return True
+                if _has_unknown(sub, shape.children.get(key), depth + 1):
+                    return True
+        elif shape.values is not None:
+            return any(_has_unknown(v, shape.values, depth + 1) for v in value.values())
+    elif isinstance(value, list) and shape.items is not None:
+        return any(_has_unknown(v, shape.items, depth + 1) for v in value)
+    return False
+
+
+class DriftDetector:
+    """Tells, per message, how its writer's schema differs from a contract's."""
+
+    __slots__ = ("_fingerprint", "_json", "_shape", "_subject", "_version")
+
+    def __init__(self, contract: type[Contract]) -> None:
+        self._fingerprint = contract.fingerprint().encode()
+        self._subject = contract.__subject__.encode()
+        self._version = contract.__version__
+        self._json = contract.__format__ == "json"
+        schema = contract.json_schema()
+        self._shape = _shape(Document(schema), schema, {})
+
+    def inspect(self, headers: Headers | None, value: bytes | None) -> tuple[str, ...]:
+        """Drift kinds for one message; ``()`` when the headers carry this fingerprint.
+
+        The hot path compares the last ``sg-fingerprint`` header's raw bytes with the
+        expected bytes and returns; everything else is the slow path.
+        """
+        if headers:
+            for key, raw in reversed(headers):
+                if key == h.FINGERPRINT:
+                    if raw == self._fingerprint:
+                        return ()
+                    break
+        return self._slow(headers, value)
+
+    def _slow(self, headers: Headers | None, value: bytes | None) -> tuple[str, ...]:
+        subject = version = fingerprint = None
+        for key, raw in headers or ():
+            if key == h.SUBJECT:
+                subject = raw
+            elif key == h.VERSION:
+                version = raw
+            elif key == h.FINGERPRINT:
+                fingerprint = raw
+        kinds: list[str] = []
+        if subject is None and version is None and fingerprint is None:
+            kinds.append(NO_SCHEMA_HEADERS)
+        elif subject is not None and subject != self._subject:
+            kinds.append(OTHER_SUBJECT)
+        else:
+            try:
+                claimed = int(version) if version is not None else None
+            except ValueError:
+                claimed = None
+            if claimed is not None and claimed > self._version:
+                kinds.append(NEWER_VERSION)
+            elif claimed is not None and claimed < self._version:
+                kinds.append(OLDER_VERSION)
+            elif fingerprint != self._fingerprint:
+                kinds.append(UNKNOWN_FINGERPRINT)
+        if self._json and self._unknown_fields(value):
+            kinds.append(UNKNOWN_FIELDS)
+        return tuple(kinds)
+
+    def _unknown_fields(self, value: bytes | None) -> bool:
+        if not value or self._shape is None or value[:1] != b"{":
+            return False
+        try:
+            data = json.loads(value)
+        except ValueError:  # not JSON: the codec reports it, drift has nothing to say
+            return False
+        return _has_unknown(data, self._shape)
+
+
+def producer_of(headers: Headers | None) -> str:
+    """The ``sg-producer`` a message names, or ``"unknown"``."""
+    return h.last(headers, h.PRODUCER) or "unknown"
+
+
+class FirstSeen:
+    """Says whether a (producer, kind) pair is new, remembering at most ``capacity`` pairs.
+
+    The runtime logs a drift only the first time a producer shows it. Producer names
+    come from message headers, which anyone can write, so the memory is bounded: the
+    least recently seen pair is forgotten first (and would be logged again).
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError("FirstSeen capacity must be at least 1")
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __call__(self, producer: str, kind: str) -> bool:
+        """True the first time this pair is seen (or after it was forgotten)."""
+        key = (producer, kind)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)

@@ -1,0 +1,339 @@
+"""Compatibility rules for JSON Schema: can a reader with schema R read data valid for W?
+
+One call compares a *writer* schema (what the data was validated with) and a *reader*
+schema (what the consumer validates with) and lists every difference as a
+:class:`Finding` with a stable rule id and whether it is safe. The rule ids and the
+verdicts follow Confluent Schema Registry's JSON Schema diff (open, partially open and
+closed content models; sum and product types; numeric and string limits), so that
+``--policy strict`` gives the same answer as a registry would; the differences
+streamguard adds (``REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL``, ``FORMAT_*``,
+``ENUM_ARRAY_ADDED``) are listed in docs/schema-compatibility.md.
+
+Policies: ``strict`` is Confluent's default. ``lenient`` (streamguard's default) reads
+an open model the way a pydantic model with ``extra='ignore'`` behaves: data never
+carries fields its writer's model did not declare, so adding an optional property to an
+open model, or closing an open one, is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from streamguard.schema.jsonschema_doc import Document, Node, canonical
+from streamguard.schema.jsonschema_objects import compare_arrays, compare_objects
+from streamguard.schema.rules import POLICIES, Policy, is_safe
+
+__all__ = ["POLICIES", "Comparer", "Finding", "Policy", "compare_json_schemas", "is_safe"]
+
+Path = tuple[str, ...]
+
+_LIMITS = {
+    "minLength": "MIN_LENGTH",
+    "maxLength": "MAX_LENGTH",
+    "minimum": "MINIMUM",
+    "maximum": "MAXIMUM",
+    "exclusiveMinimum": "EXCLUSIVE_MINIMUM",
+    "exclusiveMaximum": "EXCLUSIVE_MAXIMUM",
+    "minProperties": "MIN_PROPERTIES",
+    "maxProperties": "MAX_PROPERTIES",
+    "minItems": "MIN_ITEMS",
+    "maxItems": "MAX_ITEMS",
+    "minContains": "MIN_CONTAINS",
+    "maxContains": "MAX_CONTAINS",
+}
+_OBJECT_KEYS = frozenset(
+    {
+        "properties",
+        "required",
+        "additionalProperties",
+        "patternProperties",
+        "dependencies",
+        "dependentRequired",
+        "dependentSchemas",
+        "minProperties",
+        "maxProperties",
+        "propertyNames",
+    }
+)
+_ARRAY_KEYS = frozenset(
+    {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains"}
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One difference between writer and reader schema, at a JSON-pointer-like path."""
+
+    path: Path
+    rule: str
+    safe: bool
+
+
+def compare_json_schemas(writer: Any, reader: Any, policy: Policy = "lenient") -> list[Finding]:
+    """Every difference met when a ``reader`` schema validates data valid for ``writer``."""
+    return Comparer(Document(writer), Document(reader), policy).compare(writer, reader, ())
+
+
+def _types(node: Node) -> frozenset[str] | None:
+    value = node.get("type")
+    return frozenset([value]) if isinstance(value, str) else None
+
+
+def _covers(wide: frozenset[str] | None, narrow: frozenset[str] | None) -> bool:
+    if wide is None:
+        return True
+    if narrow is None:
+        return False
+    return all(t in wide or (t == "integer" and "number" in wide) for t in narrow)
+
+
+def _enum(node: Node) -> list[Any] | None:
+    if "const" in (node.schema if isinstance(node.schema, dict) else {}):
+        return [node.get("const")]
+    value = node.get("enum")
+    return list(value) if isinstance(value, list) else None
+
+
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:  # pragma: no cover - str() of a number always parses
+        return None
+
+
+def _exclusive(node: Node, key: str, plain: str) -> Any:
+    # Draft-04 spells an exclusive bound as a boolean beside minimum/maximum.
+    value = node.get(key)
+    if value is True:
+        return node.get(plain)
+    return None if value is False else value
+
+
+class Comparer:
+    """One comparison of a writer and a reader document under a policy."""
+
+    def __init__(self, writer: Document, reader: Document, policy: Policy) -> None:
+        self.writer = writer
+        self.reader = reader
+        self.policy = policy
+        self._active: set[tuple[int, int]] = set()
+
+    def finding(self, path: Path, rule: str) -> Finding:
+        return Finding(path, rule, is_safe(rule, self.policy))
+
+    def ok(self, findings: Iterable[Finding]) -> bool:
+        return all(f.safe for f in findings)
+
+    def compare(self, old: Any, new: Any, path: Path) -> list[Finding]:
+        if old is None and new is None:
+            return []
+        if old is None:
+            return [self.finding(path, "SCHEMA_ADDED")]
+        if new is None:
+            return [self.finding(path, "SCHEMA_REMOVED")]
+        key = (id(old), id(new))
+        if key in self._active:  # a recursive model meets itself: judged where it started
+            return []
+        self._active.add(key)
+        try:
+            return self._compare_nodes(self.writer.classify(old), self.reader.classify(new), path)
+        finally:
+            self._active.discard(key)
+
+    def _compare_nodes(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        if o.kind != "combined" and n.kind == "combined":
+            if len(n.subschemas) == 1:
+                found = self.compare(o.schema, n.subschemas[0], path)
+                if self.ok(found):
+                    return found
+            elif n.criterion in ("anyOf", "oneOf"):
+                for sub in n.subschemas:
+                    found = self.compare(o.schema, sub, path)
+                    if self.ok(found):
+                        return [*found, self.finding(path, "SUM_TYPE_EXTENDED")]
+        elif o.kind == "combined" and n.kind != "combined":
+            if len(o.subschemas) == 1:
+                found = self.compare(o.subschemas[0], n.schema, path)
+                if self.ok(found):
+                    return found
+            elif o.criterion == "allOf":
+                for sub in o.subschemas:
+                    found = self.compare(sub, n.schema, path)
+                    if self.ok(found):
+                        return [*found, self.finding(path, "PRODUCT_TYPE_NARROWED")]
+            elif n.kind != "any":
+                return [self.finding(path, "SUM_TYPE_NARROWED")]
+        if o.kind != n.kind:
+            if o.kind == "never" or n.kind == "any":
+                return []
+            return [self.finding(path, "TYPE_NARROWED" if o.kind == "any" else "TYPE_CHANGED")]
+        if o.kind == "combined":
+            return self._combined(o, n, path)
+        if o.kind == "plain":
+            return self._plain(o, n, path)
+        return []
+
+    # -- combinations ---------------------------------------------------------------
+    def _combined(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        out: list[Finding] = []
+        oc, nc = o.criterion, n.criterion
+        single_o, single_n = len(o.subschemas) == 1, len(n.subschemas) == 1
+        if oc != nc:
+            widened = (
+                nc == "anyOf"
+                or (nc == "oneOf" and (single_o or oc == "allOf"))
+                or (nc == "allOf" and single_o and single_n)
+            )
+            out.append(
+                self.finding(path, "COMBINED_TYPE_EXTENDED" if widened else "COMBINED_TYPE_CHANGED")
+            )
+            if not widened:
+                return out
+        olds = list({canonical(s): s for s in o.subschemas}.values())
+        news = list({canonical(s): s for s in n.subschemas}.values())
+        if len(olds) < len(news):
+            out.append(
+                self.finding(
+                    path, "PRODUCT_TYPE_EXTENDED" if nc == "allOf" else "SUM_TYPE_EXTENDED"
+                )
+            )
+        elif len(olds) > len(news):
+            out.append(
+                self.finding(
+                    path, "PRODUCT_TYPE_NARROWED" if oc == "allOf" else "SUM_TYPE_NARROWED"
+                )
+            )
+        pairs: dict[tuple[int, int], list[Finding]] = {}
+        for i, old in enumerate(olds):
+            for j, new in enumerate(news):
+                pairs[(i, j)] = self.compare(old, new, (*path, oc, str(i)))
+        match = _max_matching(len(olds), len(news), {k for k, v in pairs.items() if self.ok(v)})
+        for i, j in sorted(match.items()):
+            out += pairs[(i, j)]
+        if len(match) < min(len(olds), len(news)):
+            out.append(self.finding(path, "COMBINED_TYPE_SUBSCHEMAS_CHANGED"))
+            for i in range(len(olds)):  # say why: the nearest miss of each unmatched branch
+                if i not in match and news:
+                    best = min(
+                        range(len(news)), key=lambda j: sum(not f.safe for f in pairs[(i, j)])
+                    )
+                    out += pairs[(i, best)]
+        return out
+
+    # -- plain schemas -----------------------------------------------------------------
+    def _plain(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        out: list[Finding] = []
+        to, tn = _types(o), _types(n)
+        if to != tn:
+            if _covers(tn, to):
+                out.append(self.finding(path, "TYPE_EXTENDED"))
+            elif _covers(to, tn):
+                out.append(self.finding(path, "TYPE_NARROWED"))
+            else:
+                return [self.finding(path, "TYPE_CHANGED")]
+        out += self._enum(o, n, path)
+        for key in ("minLength", "maxLength", "minimum", "maximum"):
+            out += self.limit(path, key, o.get(key), n.get(key))
+        for key, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            out += self.limit(path, key, _exclusive(o, key, plain), _exclusive(n, key, plain))
+        out += self._multiple_of(path, o.get("multipleOf"), n.get("multipleOf"))
+        for key in ("pattern", "format"):
+            out += self._exact(path, key, o.get(key), n.get(key))
+        out += self._not(o, n, path)
+        keys = set(o.schema) | set(n.schema)
+        if keys & _OBJECT_KEYS:
+            out += compare_objects(self, o, n, path)
+        if keys & _ARRAY_KEYS:
+            out += compare_arrays(self, o, n, path)
+        return out
+
+    def _enum(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        old, new = _enum(o), _enum(n)
+        where = (*path, "const" if "const" in n.schema or "const" in o.schema else "enum")
+        if old is None and new is None:
+            return []
+        if old is None:
+            return [self.finding(where, "ENUM_ARRAY_ADDED")]
+        if new is None:
+            return [self.finding(where, "ENUM_ARRAY_REMOVED")]
+        olds, news = {canonical(v) for v in old}, {canonical(v) for v in new}
+        if olds == news:
+            return []
+        if olds <= news:
+            return [self.finding(where, "ENUM_ARRAY_EXTENDED")]
+        return [
+            self.finding(where, "ENUM_ARRAY_NARROWED" if news <= olds else "ENUM_ARRAY_CHANGED")
+        ]
+
+    def limit(self, path: Path, key: str, old: Any, new: Any) -> list[Finding]:
+        name = _LIMITS[key]
+        a, b = _number(old), _number(new)
+        if a == b:
+            return []
+        if a is None:
+            return [self.finding((*path, key), f"{name}_ADDED")]
+        if b is None:
+            return [self.finding((*path, key), f"{name}_REMOVED")]
+        grew = b > a
+        return [self.finding((*path, key), f"{name}_{'INCREASED' if grew else 'DECREASED'}")]
+
+    def _multiple_of(self, path: Path, old: Any, new: Any) -> list[Finding]:
+        a, b = _number(old), _number(new)
+        if a == b:
+            return []
+        where = (*path, "multipleOf")
+        if a is None:
+            return [self.finding(where, "MULTIPLE_OF_ADDED")]
+        if b is None:
+            return [self.finding(where, "MULTIPLE_OF_REMOVED")]
+        if b and a % b == 0:
+            return [self.finding(where, "MULTIPLE_OF_REDUCED")]
+        if a and b % a == 0:
+            return [self.finding(where, "MULTIPLE_OF_EXPANDED")]
+        return [self.finding(where, "MULTIPLE_OF_CHANGED")]
+
+    def _exact(self, path: Path, key: str, old: Any, new: Any) -> list[Finding]:
+        if old == new:
+            return []
+        name = key.upper()
+        change = "ADDED" if old is None else "REMOVED" if new is None else "CHANGED"
+        return [self.finding((*path, key), f"{name}_{change}")]
+
+    def _not(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        old, new = o.get("not"), n.get("not")
+        if old is None and new is None:
+            return []
+        if new is None:
+            return [self.finding((*path, "not"), "NOT_REMOVED")]
+        if old is None:
+            return [self.finding((*path, "not"), "NOT_ADDED")]
+        # Reader rejects what its `not` accepts: compare the negated schemas reversed.
+        flipped = Comparer(self.reader, self.writer, self.policy)
+        inner = flipped.compare(new, old, (*path, "not"))
+        if not inner:
+            return []
+        rule = "NOT_TYPE_NARROWED" if self.ok(inner) else "NOT_TYPE_EXTENDED"
+        return [self.finding((*path, "not"), rule)]
+
+
+def _max_matching(left: int, right: int, edges: set[tuple[int, int]]) -> dict[int, int]:
+    """Maximum bipartite matching (Kuhn's augmenting paths); subschema lists are short."""
+    match_right: dict[int, int] = {}
+
+    def augment(i: int, seen: set[int]) -> bool:
+        for j in range(right):
+            if (i, j) in edges and j not in seen:
+                seen.add(j)
+                if j not in match_right or augment(match_right[j], seen):
+                    match_right[j] = i
+                    return True
+        return False
+
+    for i in range(left):
+        augment(i, set())
+    return {i: j for j, i in match_right.items()}

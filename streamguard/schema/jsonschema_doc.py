@@ -1,0 +1,147 @@
+"""Reading a JSON Schema document: resolving ``$ref`` and classifying each subschema.
+
+The compatibility rules compare two schemas node by node. Before a node can be
+compared it must be *resolved* (a ``$ref`` replaced by its target, so that moving a
+type into ``$defs`` is not a change) and *classified*: does it accept anything, nothing,
+is it a combination (``allOf``/``anyOf``/``oneOf``), or a plain schema with keywords?
+A ``type`` list such as ``["string", "null"]`` is read as ``anyOf`` of one schema per
+type, which is what it means, so that ``str`` -> ``str | None`` is judged the same
+however it is spelled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from streamguard.errors import ConfigurationError
+
+Kind = Literal["any", "never", "combined", "plain"]
+COMBINATORS = ("allOf", "anyOf", "oneOf")
+
+# Keywords that never change which values are valid: documentation, identifiers, and
+# containers of definitions that only matter through a $ref.
+IGNORED_KEYWORDS = frozenset(
+    {
+        "title",
+        "description",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "id",
+        "default",
+        "definitions",
+        "$defs",
+        "readOnly",
+        "writeOnly",
+        "deprecated",
+        "discriminator",
+        "$anchor",
+        "$vocabulary",
+    }
+)
+
+
+class SchemaError(ConfigurationError):
+    """A schema cannot be read (an unresolvable or remote ``$ref``, a cycle of refs)."""
+
+
+@dataclass
+class Node:
+    """One resolved subschema, classified; ``schema`` is the resolved raw value."""
+
+    kind: Kind
+    schema: Any
+    criterion: str = ""
+    subschemas: list[Any] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A keyword of a plain schema (``default`` for booleans and absent keys)."""
+        return self.schema.get(key, default) if isinstance(self.schema, dict) else default
+
+
+class Document:
+    """A whole schema document, so that local ``$ref`` pointers can be followed."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+
+    def resolve(self, schema: Any) -> Any:
+        """Follow ``$ref`` until a schema without one; siblings of a ref are kept as allOf."""
+        seen: set[str] = set()
+        while isinstance(schema, dict) and "$ref" in schema:
+            ref = schema["$ref"]
+            if not isinstance(ref, str) or ref in seen:
+                raise SchemaError(f"$ref {ref!r} is not a string or refers to itself")
+            seen.add(ref)
+            target = self._lookup(ref)
+            siblings = {
+                k: v for k, v in schema.items() if k != "$ref" and k not in IGNORED_KEYWORDS
+            }
+            if siblings:  # 2019-09+: a ref with siblings means both apply
+                return {"allOf": [target, siblings]}
+            schema = target
+        return schema
+
+    def _lookup(self, ref: str) -> Any:
+        if not ref.startswith("#"):
+            raise SchemaError(
+                f"$ref {ref!r} points outside the document; only local refs (#/...) are "
+                "supported. Inline the referenced schema or bundle it under $defs."
+            )
+        node = self.root
+        for part in ref[1:].split("/")[1:] if ref != "#" else []:
+            key = unquote(part).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                raise SchemaError(f"$ref {ref!r} does not resolve within the document")
+        return node
+
+    def classify(self, schema: Any) -> Node:
+        """Resolve ``schema`` and say what kind of node it is."""
+        resolved = self.resolve(schema)
+        if resolved is True or resolved is None:
+            return Node("any", True)
+        if resolved is False:
+            return Node("never", False)
+        if not isinstance(resolved, dict):
+            raise SchemaError(f"a schema must be an object or a boolean, not {resolved!r}")
+        rest = {k: v for k, v in resolved.items() if k not in IGNORED_KEYWORDS}
+        parts = [(c, rest.pop(c)) for c in COMBINATORS if isinstance(rest.get(c), list)]
+        if parts:
+            if not rest and len(parts) == 1:
+                return Node("combined", resolved, parts[0][0], list(parts[0][1]))
+            subs: list[Any] = [rest] if rest else []
+            subs += [{c: s} for c, s in parts]
+            return Node("combined", {"allOf": subs}, "allOf", subs)
+        types = rest.get("type")
+        if isinstance(types, list):
+            if len(types) == 1:
+                rest["type"] = types[0]
+            elif types:
+                branches = [{**rest, "type": t} for t in types]
+                return Node("combined", {"anyOf": branches}, "anyOf", branches)
+            else:
+                rest.pop("type")
+        if not rest:
+            return Node("any", True)
+        return Node("plain", rest)
+
+
+def canonical(schema: Any) -> str:
+    """Canonical JSON text of a schema, used to collapse duplicate subschemas."""
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def has_default(schema: Any, doc: Document) -> bool:
+    """Whether a property schema (or what its ref points at) declares a default."""
+    if isinstance(schema, dict) and "default" in schema:
+        return True
+    resolved = doc.resolve(schema)
+    return isinstance(resolved, dict) and "default" in resolved

@@ -1,0 +1,92 @@
+"""The schema store: every registered version of every subject, as files in the repo.
+
+Layout (under ``schemas_dir``, ``schemas/`` by default)::
+
+    schemas/<subject>/v<N>.json    the contract's normalised JSON Schema at version N
+    schemas/<subject>/v<N>.avsc    its Avro schema, for Avro contracts
+    schemas/<subject>/CHANGELOG    one line per registration; forced ones say why
+
+Files, not a registry service, so that a schema change is reviewed in the same pull
+request as the code, and CI can check it without network access.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from streamguard.errors import ConfigurationError
+
+_VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.json$")
+_SAFE_SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def dump_schema(schema: Any) -> str:
+    """The stored text of a schema: sorted keys, two-space indent, final newline."""
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@dataclass(frozen=True)
+class SchemaStore:
+    """The files of ``root`` (a project's ``schemas_dir``)."""
+
+    root: Path
+
+    def subject_dir(self, subject: str) -> Path:
+        """The folder of a subject; subjects are names, never paths."""
+        if not _SAFE_SUBJECT.match(subject) or ".." in subject:
+            raise ConfigurationError(
+                f"subject {subject!r} cannot be a folder name; use letters, digits, '.', '_', '-'"
+            )
+        return self.root / subject
+
+    def subjects(self) -> list[str]:
+        """Every subject with at least one stored version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, subject: str) -> list[int]:
+        """The stored versions of a subject, ascending."""
+        folder = self.subject_dir(subject)
+        if not folder.is_dir():
+            return []
+        found = (_VERSION_FILE.match(p.name) for p in folder.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def load(self, subject: str, version: int, suffix: str = ".json") -> Any:
+        """A stored schema; a missing or unreadable file is a configuration error."""
+        path = self.subject_dir(subject) / f"v{version}{suffix}"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            known = ", ".join(f"v{v}" for v in self.versions(subject)) or "none"
+            raise ConfigurationError(
+                f"{subject} has no stored v{version}{suffix} (stored: {known})"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
+
+    def has(self, subject: str, version: int, suffix: str = ".json") -> bool:
+        """Whether a version's file exists."""
+        return (self.subject_dir(subject) / f"v{version}{suffix}").is_file()
+
+    def write(self, subject: str, version: int, schema: Any, suffix: str = ".json") -> Path:
+        """Store a version's schema file (creating the subject folder)."""
+        folder = self.subject_dir(subject)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"v{version}{suffix}"
+        path.write_text(dump_schema(schema))
+        return path
+
+    def log(self, subject: str, line: str, *, now: datetime | None = None) -> Path:
+        """Append one dated line to the subject's CHANGELOG."""
+        path = self.subject_dir(subject) / "CHANGELOG"
+        stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {line}\n")
+        return path

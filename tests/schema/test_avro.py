@@ -1,0 +1,193 @@
+"""Avro contracts: the derived .avsc, and Avro schema resolution rules."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Literal
+
+import fastavro
+import pytest
+from pydantic import BaseModel
+
+import streamguard as sg
+from streamguard.schema.avro import compare_avro_schemas, contract_avro_schema
+from streamguard.schema.changes import merge_directions
+from streamguard.schema.modes import breaking
+
+
+class Line(BaseModel):
+    sku: str
+    quantity: int
+
+
+class Shipment(sg.Contract):
+    __subject__ = "shipping.Shipment"
+    __version__ = 1
+    __format__ = "avro"
+    id: str
+    weight: float
+    express: bool
+    carrier: Literal["dhl", "ups"]
+    note: str | None = None
+    lines: list[Line]
+    tags: dict[str, int]
+
+
+def record(*fields: dict[str, Any], name: str = "R", **extra: Any) -> dict[str, Any]:
+    return {"type": "record", "name": name, "fields": list(fields), **extra}
+
+
+def verdict(old: Any, new: Any, mode: str) -> bool:
+    changes = merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
+    return not breaking(changes, mode)
+
+
+def test_derived_schema_is_valid_avro_in_field_order() -> None:
+    """The derived .avsc parses with fastavro and keeps the model's field order."""
+    schema = contract_avro_schema(Shipment)
+    fastavro.parse_schema(schema)
+    assert [f["name"] for f in schema["fields"]] == [
+        "id",
+        "weight",
+        "express",
+        "carrier",
+        "note",
+        "lines",
+        "tags",
+    ]
+    types = {f["name"]: f["type"] for f in schema["fields"]}
+    assert types["weight"] == "double"
+    assert types["carrier"]["symbols"] == ["dhl", "ups"]
+    assert types["note"] == ["null", "string"]
+    assert types["lines"]["items"]["type"] == "record"
+    assert types["tags"] == {"type": "map", "values": "long"}
+    assert next(f for f in schema["fields"] if f["name"] == "note")["default"] is None
+
+
+def test_derived_schema_round_trips_a_value() -> None:
+    """A contract value in JSON mode encodes and decodes with the derived schema."""
+    value = Shipment(
+        id="s1",
+        weight=1.5,
+        express=True,
+        carrier="dhl",
+        lines=[Line(sku="a", quantity=2)],
+        tags={"x": 1},
+    ).model_dump(mode="json")
+    parsed = fastavro.parse_schema(contract_avro_schema(Shipment))
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, parsed, value)
+    buf.seek(0)
+    assert fastavro.schemaless_reader(buf, parsed) == value
+
+
+ID = {"name": "id", "type": "string"}
+CASES = [
+    (
+        "field added with default",
+        record(ID),
+        record(ID, {"name": "n", "type": "int", "default": 0}),
+        True,
+        True,
+    ),
+    (
+        "field added without default",
+        record(ID),
+        record(ID, {"name": "n", "type": "int"}),
+        False,
+        True,
+    ),
+    (
+        "field removed without default",
+        record(ID, {"name": "n", "type": "int"}),
+        record(ID),
+        True,
+        False,
+    ),
+    (
+        "int promoted to long",
+        record({"name": "n", "type": "int"}),
+        record({"name": "n", "type": "long"}),
+        True,
+        False,
+    ),
+    (
+        "string to int",
+        record({"name": "n", "type": "string"}),
+        record({"name": "n", "type": "int"}),
+        False,
+        False,
+    ),
+    (
+        "union branch added",
+        record({"name": "n", "type": ["null", "int"]}),
+        record({"name": "n", "type": ["null", "int", "string"]}),
+        True,
+        False,
+    ),
+    (
+        "nullable added",
+        record({"name": "n", "type": "int"}),
+        record({"name": "n", "type": ["null", "int"]}),
+        True,
+        False,
+    ),
+    (
+        "enum symbol added",
+        record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A"]}}),
+        record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}}),
+        True,
+        False,
+    ),
+    (
+        "enum symbol removed, reader default",
+        record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}}),
+        record(
+            {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A"], "default": "A"}}
+        ),
+        True,
+        True,
+    ),
+    (
+        "renamed with alias",
+        record({"name": "n", "type": "int"}),
+        record({"name": "m", "type": "int", "aliases": ["n"]}),
+        True,
+        False,
+    ),
+    ("record renamed", record(ID, name="A"), record(ID, name="B"), False, False),
+    (
+        "record renamed with alias",
+        record(ID, name="A"),
+        record(ID, name="B", aliases=["A"]),
+        True,
+        False,
+    ),
+    (
+        "array items promoted",
+        record({"name": "xs", "type": {"type": "array", "items": "int"}}),
+        record({"name": "xs", "type": {"type": "array", "items": "double"}}),
+        True,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "backward", "forward"), CASES, ids=[c[0] for c in CASES]
+)
+def test_avro_resolution(name: str, old: Any, new: Any, backward: bool, forward: bool) -> None:
+    """Each Avro evolution is compatible in the directions Avro's resolution rules allow."""
+    assert verdict(old, new, "BACKWARD") is backward
+    assert verdict(old, new, "FORWARD") is forward
+    assert verdict(old, new, "FULL") is (backward and forward)
+
+
+def test_missing_field_reports_path_and_rule() -> None:
+    """A reader field without default missing from the writer is named at its field path."""
+    old = record(ID)
+    new = record(ID, {"name": "n", "type": "int"})
+    changes = merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
+    [change] = breaking(changes, "BACKWARD")
+    assert (change.rule, change.field_path) == ("FIELD_ADDED_WITHOUT_DEFAULT", "n")
+    assert "default" in change.hint

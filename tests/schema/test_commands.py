@@ -1,0 +1,315 @@
+"""The ``streamguard schema`` commands: exit codes, reports, the store, --force."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from schema_project import Project
+
+Cli = Callable[..., tuple[int, str, str]]
+
+V1 = """
+class Customer(BaseModel):
+    id: str
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 1
+    order_id: str
+    customer: Customer
+"""
+V2_BREAKING = """
+class Customer(BaseModel):
+    id: str
+    tier: Literal["gold", "silver"]
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 2
+    order_id: str
+    customer: Customer
+"""
+V2_COMPATIBLE = """
+class Customer(BaseModel):
+    id: str
+    tier: Literal["gold", "silver"] = "silver"
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 2
+    order_id: str
+    customer: Customer
+"""
+
+
+def registered(project_factory: Callable[[], Project], cli: Cli) -> Project:
+    project = project_factory()
+    project.contracts(V1)
+    assert cli("schema", "register")[0] == 0
+    return project
+
+
+def test_check_without_stored_versions_passes(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A subject with nothing stored has nothing to break: exit 0 with a note."""
+    project_factory().contracts(V1)
+    code, out, _ = cli("schema", "check")
+    assert code == 0
+    assert "orders.OrderPlaced: v1 has nothing to compare with" in out
+
+
+def test_register_stores_version_and_changelog(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """register writes schemas/<subject>/v<N>.json (the contract's schema) and a CHANGELOG line."""
+    project = registered(project_factory, cli)
+    stored = project.schemas / "orders.OrderPlaced" / "v1.json"
+    assert sorted(json.loads(stored.read_text())["required"]) == ["customer", "order_id"]
+    assert "v1 registered (BACKWARD" in (stored.parent / "CHANGELOG").read_text()
+    code, out, _ = cli("schema", "register")
+    assert code == 0
+    assert "v1 unchanged" in out
+
+
+def test_check_reports_breaking_change(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """A breaking change exits 1 and names subject, versions, path, rule and a hint."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    code, out, _ = cli("schema", "check")
+    assert code == 1
+    assert "orders.OrderPlaced: v1 -> v2 [BACKWARD]: 1 breaking change(s)" in out
+    assert "customer.tier  REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL" in out
+    assert "consumers on v2 reject data written with v1" in out
+    assert "hint: give the new field a default" in out
+
+
+def test_check_passes_compatible_change(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """A field added with a default is BACKWARD compatible: exit 0."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_COMPATIBLE)
+    code, out, _ = cli("schema", "check")
+    assert code == 0, out
+    assert "v1 -> v2 [BACKWARD]: compatible" in out
+
+
+def test_mode_flag_overrides_config(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """--mode FORWARD judges the other direction: the required field is fine there."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    assert cli("schema", "check", "--mode", "FORWARD")[0] == 0
+    assert cli("schema", "check", "--mode", "NONE")[0] == 0
+    assert cli("schema", "check", "--mode", "FULL")[0] == 1
+
+
+def test_unknown_mode_is_usage_error(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """An unknown --mode is a usage error: exit 2 with the valid choices."""
+    project_factory().contracts(V1)
+    code, _, err = cli("schema", "check", "--mode", "SIDEWAYS")
+    assert code == 2
+    assert "BACKWARD_TRANSITIVE" in err
+
+
+def test_missing_contracts_is_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A project without contracts configured exits 2 and says what to add."""
+    project = project_factory()
+    (project.root / "pyproject.toml").write_text("[tool.streamguard]\n")
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert "contracts = " in err
+
+
+def test_json_and_github_formats(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """--format json prints a machine list; --format github prints ::error annotations."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    code, out, _ = cli("schema", "check", "--format", "json")
+    assert code == 1
+    [entry] = json.loads(out)
+    assert entry["subject"] == "orders.OrderPlaced"
+    assert (entry["old_version"], entry["new_version"]) == ("v1", "v2")
+    assert entry["path"] == "customer.tier"
+    assert entry["pointer"] == "#/properties/customer/properties/tier"
+    assert entry["rule"] == "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+    assert entry["breaking"] is True
+    code, out, _ = cli("schema", "check", "--format", "github")
+    assert code == 1
+    assert out.startswith("::error title=orders.OrderPlaced REQUIRED_PROPERTY_ADDED")
+    assert "customer.tier" in out
+
+
+def test_register_refuses_breaking_change(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """register exits 1 with the report and stores nothing when a change breaks the mode."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    code, out, err = cli("schema", "register")
+    assert code == 1
+    assert "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL" in out
+    assert "nothing was registered" in err
+    assert not (project.schemas / "orders.OrderPlaced" / "v2.json").exists()
+
+
+def test_force_needs_reason(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """--force without --reason is a usage error (exit 2): a forced break must say why."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    code, _, err = cli("schema", "register", "--force")
+    assert code == 2
+    assert "--reason" in err
+
+
+def test_force_records_reason_and_breaks(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """--force --reason stores the version and records FORCED, the reason and the broken rules."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    code, _, _ = cli("schema", "register", "--force", "--reason", "topic was drained")
+    assert code == 0
+    folder = project.schemas / "orders.OrderPlaced"
+    assert (folder / "v2.json").exists()
+    last = (folder / "CHANGELOG").read_text().splitlines()[-1]
+    assert "v2 FORCED past BACKWARD: reason: topic was drained" in last
+    assert "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL at customer.tier (v1->v2)" in last
+
+
+def test_changed_schema_without_version_bump_fails(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A schema that changed while __version__ stayed the same fails check, whatever the mode."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_COMPATIBLE.replace("__version__ = 2", "__version__ = 1"))
+    for mode in ("BACKWARD", "NONE"):
+        code, out, _ = cli("schema", "check", "--mode", mode)
+        assert code == 1
+        assert "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP" in out
+        assert "bump __version__" in out
+
+
+THREE = """
+class Event(sg.Contract):
+    __subject__ = "events.Event"
+    __version__ = {version}
+    id: str
+{extra}
+"""
+
+
+def test_transitive_checks_every_stored_version(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """v3 is compatible with v2 but not v1: BACKWARD passes, BACKWARD_TRANSITIVE fails."""
+    project = project_factory()
+    project.contracts(THREE.format(version=1, extra="    note: str | None = None"))
+    assert cli("schema", "register")[0] == 0
+    project.contracts(THREE.format(version=2, extra=""))
+    assert cli("schema", "register")[0] == 0
+    project.contracts(THREE.format(version=3, extra="    note: int | None = None"))
+    assert cli("schema", "check", "--mode", "BACKWARD")[0] == 0
+    code, out, _ = cli("schema", "check", "--mode", "BACKWARD_TRANSITIVE")
+    assert code == 1
+    assert "events.Event: v1 -> v3 [BACKWARD_TRANSITIVE]: " in out
+    assert "events.Event: v2 -> v3 [BACKWARD_TRANSITIVE]: compatible" in out
+    assert "note" in out
+
+
+def test_diff_subject_lists_every_change(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """diff SUBJECT V1 V2 lists compatible changes too, and exits on the mode's verdict."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_COMPATIBLE)
+    assert cli("schema", "register")[0] == 0
+    code, out, _ = cli("schema", "diff", "orders.OrderPlaced", "1", "v2")
+    assert code == 0
+    assert "ok       customer.tier  OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL" in out
+    code, out, _ = cli("schema", "diff", "orders.OrderPlaced", "1", "v2", "--policy", "strict")
+    assert code == 1
+    assert "BREAKING customer.tier" in out
+
+
+def test_diff_raw_files(tmp_path: Path, cli: Cli) -> None:
+    """diff --old/--new on raw files exits 0 compatible, 1 breaking, 2 unreadable."""
+    old, new = tmp_path / "a.json", tmp_path / "b.json"
+    old.write_text(json.dumps({"type": "string", "maxLength": 10}))
+    new.write_text(json.dumps({"type": "string", "maxLength": 5}))
+    assert cli("schema", "diff", "--old", str(old), "--new", str(new))[0] == 1
+    assert cli("schema", "diff", "--old", str(new), "--new", str(old))[0] == 0
+    assert cli("schema", "diff", "--old", str(old), "--new", str(new), "--mode", "FORWARD")[0] == 0
+    assert cli("schema", "diff", "--old", str(old), "--new", str(tmp_path / "none.json"))[0] == 2
+
+
+def test_export_stdout_and_out_dir(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """export prints every contract's normalised schema, or writes them under --out."""
+    project = project_factory()
+    project.contracts(V1)
+    code, out, _ = cli("schema", "export")
+    assert code == 0
+    [doc] = json.loads(out)
+    assert doc["subject"] == "orders.OrderPlaced"
+    assert doc["json_schema"]["properties"]["order_id"] == {"title": "Order Id", "type": "string"}
+    code, _, _ = cli("schema", "export", "--out", str(project.root / "out"))
+    assert code == 0
+    assert (project.root / "out" / "orders.OrderPlaced" / "v1.json").exists()
+
+
+AVRO_V1 = """
+class Payment(sg.Contract):
+    __subject__ = "payments.Payment"
+    __version__ = 1
+    __format__ = "avro"
+    id: str
+    amount: int
+"""
+
+
+def test_avro_contract_uses_schema_resolution(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """An Avro contract is stored as .avsc too and judged by Avro's resolution rules."""
+    project = project_factory()
+    project.contracts(AVRO_V1)
+    assert cli("schema", "register")[0] == 0
+    assert (project.schemas / "payments.Payment" / "v1.avsc").exists()
+    project.contracts(
+        AVRO_V1.replace("__version__ = 1", "__version__ = 2").replace(
+            "amount: int", "amount: float"
+        )
+    )
+    assert cli("schema", "check")[0] == 0  # long -> double is an Avro promotion
+    project.contracts(AVRO_V1.replace("__version__ = 1", "__version__ = 2") + "    tag: str\n")
+    code, out, _ = cli("schema", "check")
+    assert code == 1
+    assert "tag  FIELD_ADDED_WITHOUT_DEFAULT" in out
+
+
+def test_console_script_in_project(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """The installed `streamguard` script reads ./pyproject.toml and exits 1 on a break."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    script = Path(sys.executable).parent / "streamguard"
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run(
+        [str(script), "schema", "check"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL" in done.stdout
+    ok = subprocess.run(
+        [str(script), "schema", "check", "--mode", "NONE"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr

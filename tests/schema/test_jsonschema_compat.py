@@ -1,0 +1,536 @@
+"""Evolutions of pydantic models and their verdicts in every mode, with property checks."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, Field
+
+from streamguard.contracts import normalise_schema
+from streamguard.schema.changes import Change, diff_json_schemas
+from streamguard.schema.jsonschema_doc import Document
+from streamguard.schema.modes import breaking
+
+
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    return normalise_schema(model.model_json_schema(mode="validation"))  # type: ignore[no-any-return]
+
+
+# -- the models --------------------------------------------------------------------------
+class Base(BaseModel):
+    id: str
+
+
+class OptAdded(BaseModel):
+    id: str
+    note: str | None = None
+
+
+class ReqAdded(BaseModel):
+    id: str
+    note: str
+
+
+class TwoReq(BaseModel):
+    id: str
+    note: str
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    note: str | None = None
+
+
+class ClosedSmall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+
+
+class ClosedBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+
+
+class IntF(BaseModel):
+    x: int
+
+
+class IntDefault(BaseModel):
+    x: int = 0
+
+
+class IntOptional(BaseModel):
+    x: int | None = None
+
+
+class IntNullable(BaseModel):
+    x: int | None
+
+
+class FloatF(BaseModel):
+    x: float
+
+
+class StrF(BaseModel):
+    x: str
+
+
+class StrS(BaseModel):
+    s: str
+
+
+class IntOrStr(BaseModel):
+    x: int | str
+
+
+class Cur2(BaseModel):
+    currency: Literal["EUR", "USD"]
+
+
+class Cur3(BaseModel):
+    currency: Literal["EUR", "USD", "GBP"]
+
+
+class Cur1(BaseModel):
+    currency: Literal["EUR"]
+
+
+class CurOther(BaseModel):
+    currency: Literal["CHF", "JPY"]
+
+
+class Color2(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Color3(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+    GREEN = "green"
+
+
+class Paint2(BaseModel):
+    color: Color2
+
+
+class Paint3(BaseModel):
+    color: Color3
+
+
+class ListInt(BaseModel):
+    xs: list[int]
+
+
+class ListFloat(BaseModel):
+    xs: list[float]
+
+
+class DictInt(BaseModel):
+    m: dict[str, int]
+
+
+class DictFloat(BaseModel):
+    m: dict[str, float]
+
+
+class Customer1(BaseModel):
+    id: str
+
+
+class Customer2(BaseModel):
+    id: str
+    tier: str
+
+
+class Customer2Opt(BaseModel):
+    id: str
+    tier: str = "basic"
+
+
+class Order1(BaseModel):
+    customer: Customer1
+
+
+class Order2(BaseModel):
+    customer: Customer2
+
+
+class Order2Opt(BaseModel):
+    customer: Customer2Opt
+
+
+class ClosedCustomer2(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    tier: str | None = None
+
+
+class ClosedCustomer1(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+
+
+class ClosedOrder2(BaseModel):
+    customer: ClosedCustomer2
+
+
+class ClosedOrder1(BaseModel):
+    customer: ClosedCustomer1
+
+
+class Lines1(BaseModel):
+    lines: list[Customer1]
+
+
+class Lines2(BaseModel):
+    lines: list[Customer2]
+
+
+class MaybeCustomer1(BaseModel):
+    customer: Customer1 | None = None
+
+
+class MaybeCustomer2(BaseModel):
+    customer: Customer2Opt | None = None
+
+
+class Len10(BaseModel):
+    s: str = Field(max_length=10)
+
+
+class Len5(BaseModel):
+    s: str = Field(max_length=5)
+
+
+class MinLen3(BaseModel):
+    s: str = Field(min_length=3)
+
+
+class Pattern(BaseModel):
+    s: str = Field(pattern=r"^[a-z]+$")
+
+
+class Ge0(BaseModel):
+    n: int = Field(ge=0)
+
+
+class Ge5(BaseModel):
+    n: int = Field(ge=5)
+
+
+class PlainN(BaseModel):
+    n: int
+
+
+class Le100(BaseModel):
+    n: int = Field(le=100)
+
+
+class Le10(BaseModel):
+    n: int = Field(le=10)
+
+
+class Mult2(BaseModel):
+    n: int = Field(multiple_of=2)
+
+
+class Mult4(BaseModel):
+    n: int = Field(multiple_of=4)
+
+
+class IdUuid(BaseModel):
+    id: UUID
+
+
+class Pair(BaseModel):
+    t: tuple[int, str]
+
+
+class Triple(BaseModel):
+    t: tuple[int, str, bool]
+
+
+class Described(BaseModel):
+    """Another docstring."""
+
+    id: str = Field(description="the identifier")
+
+
+class Renamed(BaseModel):
+    ident: str
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    old: type[BaseModel]
+    new: type[BaseModel]
+    backward: bool  # new readers read old data
+    forward: bool  # old readers read new data
+    rule: str = ""  # a rule id the report must name, when the change breaks
+    path: str = ""  # and the path it names
+
+    @property
+    def full(self) -> bool:
+        return self.backward and self.forward
+
+
+CASES = [
+    Case("identical", Base, Base, True, True),
+    Case("docs only", Base, Described, True, True),
+    Case("optional field added", Base, OptAdded, True, True),
+    Case(
+        "required field added",
+        Base,
+        ReqAdded,
+        False,
+        True,
+        "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+        "note",
+    ),
+    Case("optional field removed (open)", OptAdded, Base, True, True),
+    Case("required field removed (open)", TwoReq, Base, True, False),
+    Case("optional field added (closed)", ClosedBase, Closed, True, False),
+    Case(
+        "field removed (closed)",
+        Closed,
+        ClosedSmall,
+        False,
+        True,
+        "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
+        "note",
+    ),
+    Case("open model closed (lenient)", Base, ClosedBase, True, True),
+    Case("closed model opened", ClosedBase, Base, True, True),
+    Case("required -> optional", IntF, IntOptional, True, False),
+    Case("default added", IntF, IntDefault, True, False),
+    Case("optional -> required", IntDefault, IntF, False, True, "REQUIRED_ATTRIBUTE_ADDED", "x"),
+    Case("nullable added", IntF, IntNullable, True, False),
+    Case("nullable removed", IntNullable, IntF, False, True, "SUM_TYPE_NARROWED", "x"),
+    Case("int -> float", IntF, FloatF, True, False),
+    Case("float -> int", FloatF, IntF, False, True, "TYPE_NARROWED", "x"),
+    Case("int -> str", IntF, StrF, False, False, "TYPE_CHANGED", "x"),
+    Case("union widened", IntF, IntOrStr, True, False),
+    Case("union narrowed", IntOrStr, IntF, False, True, "SUM_TYPE_NARROWED", "x"),
+    Case("literal value added", Cur2, Cur3, True, False),
+    Case("literal value removed", Cur2, Cur1, False, True, "ENUM_ARRAY_NARROWED", "currency"),
+    Case("literal replaced", Cur2, CurOther, False, False, "ENUM_ARRAY_CHANGED", "currency"),
+    Case("enum member added", Paint2, Paint3, True, False),
+    Case("enum member removed", Paint3, Paint2, False, True, "ENUM_ARRAY_NARROWED", "color"),
+    Case("list items widened", ListInt, ListFloat, True, False),
+    Case("list items narrowed", ListFloat, ListInt, False, True, "TYPE_NARROWED", "xs[]"),
+    Case("dict values widened", DictInt, DictFloat, True, False),
+    Case("dict values narrowed", DictFloat, DictInt, False, True, "TYPE_NARROWED", "m{}"),
+    Case(
+        "nested required field added",
+        Order1,
+        Order2,
+        False,
+        True,
+        "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+        "customer.tier",
+    ),
+    Case("nested field with default added", Order1, Order2Opt, True, True),
+    Case(
+        "nested field removed from closed model",
+        ClosedOrder2,
+        ClosedOrder1,
+        False,
+        True,
+        "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
+        "customer.tier",
+    ),
+    Case(
+        "list item model gains a required field",
+        Lines1,
+        Lines2,
+        False,
+        True,
+        "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+        "lines[].tier",
+    ),
+    Case(
+        "optional nested model gains a defaulted field", MaybeCustomer1, MaybeCustomer2, True, True
+    ),
+    Case("max_length tightened", Len10, Len5, False, True, "MAX_LENGTH_DECREASED", "s"),
+    Case("max_length loosened", Len5, Len10, True, False),
+    Case("min_length added", StrS, MinLen3, False, True, "MIN_LENGTH_ADDED", "s"),
+    Case("pattern added", StrS, Pattern, False, True, "PATTERN_ADDED", "s"),
+    Case("pattern removed", Pattern, StrS, True, False),
+    Case("ge added", PlainN, Ge0, False, True, "MINIMUM_ADDED", "n"),
+    Case("ge loosened", Ge5, Ge0, True, False),
+    Case("ge tightened", Ge0, Ge5, False, True, "MINIMUM_INCREASED", "n"),
+    Case("le tightened", Le100, Le10, False, True, "MAXIMUM_DECREASED", "n"),
+    Case("multiple_of expanded", Mult2, Mult4, False, True, "MULTIPLE_OF_EXPANDED", "n"),
+    Case("multiple_of reduced", Mult4, Mult2, True, False),
+    Case("str -> UUID", Base, IdUuid, False, True, "FORMAT_ADDED", "id"),
+    Case("tuple grows", Pair, Triple, False, False),
+    Case("field renamed", Base, Renamed, False, False),
+]
+MODES = ("BACKWARD", "FORWARD", "FULL", "NONE")
+
+
+def _verdict(case: Case, mode: str) -> bool:
+    return {
+        "BACKWARD": case.backward,
+        "FORWARD": case.forward,
+        "FULL": case.full,
+        "NONE": True,
+    }[mode]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_verdict_in_every_mode(case: Case, mode: str) -> None:
+    """Each evolution is compatible in exactly the modes its table row says."""
+    changes = diff_json_schemas(schema_of(case.old), schema_of(case.new))
+    assert (not breaking(changes, mode)) is _verdict(case, mode), changes
+    assert (not breaking(changes, f"{mode}_TRANSITIVE" if mode != "NONE" else mode)) is _verdict(
+        case, mode
+    )
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.rule], ids=lambda c: c.name)
+def test_breaking_change_names_rule_and_path(case: Case) -> None:
+    """A breaking change reports its stable rule id at the field path a reader would use."""
+    changes = diff_json_schemas(schema_of(case.old), schema_of(case.new))
+    found = [(c.rule, c.field_path) for c in changes if c.breaking_in]
+    assert (case.rule, case.path) in found
+    change = next(c for c in changes if c.rule == case.rule and c.field_path == case.path)
+    assert change.hint, "every breaking change carries a hint"
+    assert "reject data written with" in change.message("v1", "v2")
+
+
+def test_table_is_large_enough() -> None:
+    """The table covers at least forty evolutions (the issue's floor)."""
+    assert len(CASES) >= 40
+
+
+def test_strict_policy_breaks_optional_field_added_to_open_model() -> None:
+    """Under --policy strict, adding an optional field to an open model breaks BACKWARD."""
+    lenient = diff_json_schemas(schema_of(Base), schema_of(OptAdded), "lenient")
+    strict = diff_json_schemas(schema_of(Base), schema_of(OptAdded), "strict")
+    assert not breaking(lenient, "BACKWARD")
+    assert [c.rule for c in breaking(strict, "BACKWARD")] == [
+        "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+    ]
+
+
+def test_refs_and_defs_are_not_changes() -> None:
+    """Moving a subschema behind a $ref in $defs changes nothing."""
+    inline = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}
+    by_ref = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/A"}},
+        "$defs": {"A": {"type": "string", "maxLength": 3}},
+    }
+    assert diff_json_schemas(inline, by_ref) == []
+    assert diff_json_schemas(by_ref, inline) == []
+
+
+def test_recursive_models_terminate() -> None:
+    """A self-referencing model compares without recursing forever."""
+
+    class Node(BaseModel):
+        value: int
+        children: list[Node] = []
+
+    assert diff_json_schemas(schema_of(Node), schema_of(Node)) == []
+
+
+def test_pattern_properties_and_dependencies() -> None:
+    """patternProperties decide removed properties; dependencies added break BACKWARD."""
+    old = {"properties": {"I_1": {"type": "integer"}}, "additionalProperties": False}
+    new = {"additionalProperties": False, "patternProperties": {"^I_": {"type": "number"}}}
+    assert not breaking(diff_json_schemas(old, new), "BACKWARD")
+    dep_old: dict[str, Any] = {"properties": {"a": {}, "b": {}}}
+    dep_new = {**dep_old, "dependencies": {"a": ["b"]}}
+    rules = [c.rule for c in breaking(diff_json_schemas(dep_old, dep_new), "BACKWARD")]
+    assert rules == ["DEPENDENCY_ARRAY_ADDED"]
+
+
+def test_change_pointer_escapes_names() -> None:
+    """The JSON pointer of a change escapes '/' and '~' in property names."""
+    change = Change(("properties", "a/b~c"), "TYPE_CHANGED")
+    assert change.pointer == "#/properties/a~1b~0c"
+    assert change.field_path == "a/b~c"
+
+
+# -- property-based: compatible means old values validate under the new model ----------------
+def values(schema: Any, doc: Document, depth: int = 0) -> st.SearchStrategy[Any]:
+    """Values valid for a JSON Schema (the subset pydantic emits for the models above)."""
+    s = doc.resolve(schema)
+    if s is True or s == {}:
+        return st.none()
+    if "const" in s:
+        return st.just(s["const"])
+    if "enum" in s:
+        return st.sampled_from(s["enum"])
+    for key in ("anyOf", "oneOf"):
+        if key in s:
+            return st.one_of([values(b, doc, depth + 1) for b in s[key]])
+    kind = s.get("type")
+    if kind == "string":
+        if s.get("format") == "uuid":
+            return st.uuids().map(str)
+        if "pattern" in s:
+            return st.from_regex(s["pattern"], fullmatch=True)
+        return st.text(min_size=s.get("minLength", 0), max_size=s.get("maxLength", 12))
+    if kind == "integer":
+        lo, hi = s.get("minimum", -1000), s.get("maximum", 1000)
+        ints = st.integers(lo, hi)
+        step = s.get("multipleOf")
+        return ints.map(lambda i: i - i % step) if step else ints
+    if kind == "number":
+        return st.floats(-1e6, 1e6, allow_nan=False)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    if kind == "array":
+        if "prefixItems" in s:
+            return st.tuples(*(values(p, doc, depth + 1) for p in s["prefixItems"])).map(list)
+        return st.lists(values(s.get("items", {}), doc, depth + 1), max_size=0 if depth > 3 else 3)
+    if kind == "object" and "properties" not in s:
+        return st.dictionaries(st.text(max_size=5), values(s.get("additionalProperties", {}), doc))
+    props = s.get("properties", {})
+    required = set(s.get("required", []))
+    fixed = {k: values(v, doc, depth + 1) for k, v in props.items() if k in required}
+    optional = {k: values(v, doc, depth + 1) for k, v in props.items() if k not in required}
+    return st.fixed_dictionaries(fixed, optional=optional)
+
+
+BACKWARD_OK = [c for c in CASES if c.backward and c.old is not c.new]
+
+
+@pytest.mark.parametrize("case", BACKWARD_OK, ids=lambda c: c.name)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_compatible_backward_means_old_values_validate(case: Case, data: st.DataObject) -> None:
+    """BACKWARD-compatible: every value valid for the old model validates under the new."""
+    old_schema = schema_of(case.old)
+    value = data.draw(values(old_schema, Document(old_schema)))
+    case.old.model_validate(value)  # the generator only makes valid old values
+    case.new.model_validate(value)
+
+
+FORWARD_OK = [c for c in CASES if c.forward and c.old is not c.new]
+
+
+@pytest.mark.parametrize("case", FORWARD_OK, ids=lambda c: c.name)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_compatible_forward_means_new_values_validate(case: Case, data: st.DataObject) -> None:
+    """FORWARD-compatible: every value valid for the new model validates under the old."""
+    new_schema = schema_of(case.new)
+    value = data.draw(values(new_schema, Document(new_schema)))
+    case.new.model_validate(value)
+    case.old.model_validate(value)
