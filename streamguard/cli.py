@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, StreamguardError
 
 EXIT_OK = 0
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap-servers", default=None, help="use this cluster instead of an embedded one"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    add_dlq_parser(sub)
     return parser
 
 
