@@ -185,6 +185,8 @@ def render_report(report: ReplayReport) -> str:
         lines.append(f"  committed under group {report.group_id}: {done}")
     if report.stopped_idle:
         lines.append("  note: stopped after an idle period before the end recorded at start")
+    for error in report.errors[:SHOWN_REFUSED]:
+        lines.append(f"  failed: {error}")
     if report.failed:
         lines.append("  records that failed were not committed: run the same replay again")
     return "\n".join(lines)

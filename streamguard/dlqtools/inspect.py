@@ -10,6 +10,7 @@ text, which may quote them) are shown only when asked for with ``show_values``.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,8 @@ class Group:
     first_ms: int = -1
     last_ms: int = -1
     example: dict[str, Any] = field(default_factory=dict)
+    # How often each error location occurs in the group: one cause often hides two.
+    locations: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -64,6 +67,11 @@ def _shown(data: bytes | None) -> str | None:
     return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "..."
 
 
+def _loc(error: dict[str, Any]) -> str:
+    loc = error.get("loc", [])
+    return ".".join(str(p) for p in loc) if isinstance(loc, list) and loc else "<root>"
+
+
 def _example(record: DlqRecord, show_values: bool) -> dict[str, Any]:
     letter = record.letter
     example: dict[str, Any] = {
@@ -73,7 +81,7 @@ def _example(record: DlqRecord, show_values: bool) -> dict[str, Any]:
             f"@{letter.context.get(h.DLQ_ORIGINAL_OFFSET, '?')}"
         ),
         "errors": [
-            {"loc": ".".join(str(p) for p in e.get("loc", [])), "type": e.get("type", "")}
+            {"loc": _loc(e), "type": e.get("type", "")}
             for e in letter.errors
             if isinstance(e, dict)
         ],
@@ -108,6 +116,9 @@ def summarize(
         if group is None:
             group = summary.groups[key] = Group(key, example=_example(record, show_values))
         moment = dead_lettered_ms(record)
+        group.locations.update(
+            {f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)}
+        )
         group.count += 1
         group.first_ms = moment if group.first_ms < 0 else min(group.first_ms, moment)
         group.last_ms = max(group.last_ms, moment)
@@ -131,6 +142,7 @@ def to_json(summary: Summary) -> str:
                     "count": g.count,
                     "first": format_ms(g.first_ms),
                     "last": format_ms(g.last_ms),
+                    "error_locations": dict(g.locations.most_common()),
                     "example": g.example,
                 }
                 for g in summary.ordered()
@@ -179,6 +191,10 @@ def render_table(summary: Summary) -> str:
     lines += ["", line(header)]
     for group, row in zip(summary.ordered(), rows, strict=True):
         lines.append(line(row))
+        if group.locations:
+            top = ", ".join(f"{loc} x{n}" for loc, n in group.locations.most_common(4))
+            more = len(group.locations) - 4
+            lines.append(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
         lines.extend("      " + text for text in _example_lines(group.example))
     return "\n".join(lines)
 
@@ -190,9 +206,9 @@ def _example_lines(example: dict[str, Any]) -> list[str]:
     ]
     errors = example["errors"]
     if errors:
-        shown = ", ".join(f"{e['loc'] or '<root>'} ({e['type']})" for e in errors[:3])
+        shown = ", ".join(f"{e['loc']} ({e['type']})" for e in errors[:MAX_SHOWN_ERRORS])
         more = f" +{len(errors) - MAX_SHOWN_ERRORS} more" if len(errors) > MAX_SHOWN_ERRORS else ""
-        out.append(f"errors: {shown}{more}")
+        out.append(f"example errors: {shown}{more}")
     if "value" in example:
         out.append(f"message: {example['error_message']}")
         out.append(f"key: {example['key']!r}  value: {example['value']!r}")

@@ -28,7 +28,6 @@ every ``COMMIT_INTERVAL`` seconds to keep that window small.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 import time
@@ -37,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from streamguard import headers as h
 from streamguard.dlqtools.progress import Progress
@@ -99,6 +98,7 @@ class ReplayReport:
     failed: int = 0
     refused: list[dict[str, Any]] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
     stopped_idle: bool = False
 
     @property
@@ -146,6 +146,7 @@ class Replayer:
         self._topics: dict[str, int] = {}
         self._track: dict[int, list[list[int]]] = {}
         self._producer: GuardedProducer | None = None
+        self.errors = self.report.errors
 
     def run(self) -> ReplayReport:
         """Replay up to the DLQ's end at start (or ``limit``); return what happened."""
@@ -170,7 +171,8 @@ class Replayer:
         last_settle = started
         try:
             for record in self.reader.read(ranges):
-                self._handle(record, started)
+                if not self._handle(record, started):
+                    break  # refused before sending: stop, so nothing after it is sent
                 report = self.report
                 progress.update(
                     report.read,
@@ -192,7 +194,8 @@ class Replayer:
         self.report.stopped_idle = self.reader.stopped_idle
         return self.report
 
-    def _handle(self, record: DlqRecord, started: float) -> None:
+    def _handle(self, record: DlqRecord, started: float) -> bool:
+        """Decide on one record and send it; False if the producer refused it outright."""
         letter = record.letter
         report = self.report
         report.read += 1
@@ -200,7 +203,7 @@ class Replayer:
         self._track.setdefault(letter.dlq_partition, []).append(entry)
         if not self.options.selection.matches(record):
             report.not_selected += 1
-            return
+            return True
         decision = self._decide(record)
         if not isinstance(decision, _Send):
             reason, detail = decision
@@ -213,11 +216,11 @@ class Replayer:
                         "detail": detail,
                     }
                 )
-            return
+            return True
         report.replayed += 1
         if self._producer is None:
             self.out.write(self._describe(record, decision) + "\n")
-            return
+            return True
         if self.options.rate:
             # Pace by the schedule since the start, not per record, so that the average
             # holds even when produce() itself takes time.
@@ -225,14 +228,22 @@ class Replayer:
             if delay > 0:
                 time.sleep(delay)
         entry[1] = _PENDING
-        self._producer.produce_raw(
-            decision.topic,
-            letter.value,
-            key=letter.key,
-            headers=decision.headers,
-            partition=decision.partition,
-            on_delivery=_mark(entry),
-        )
+        try:
+            self._producer.produce_raw(
+                decision.topic,
+                letter.value,
+                key=letter.key,
+                headers=decision.headers,
+                partition=decision.partition,
+                on_delivery=_mark(entry),
+            )
+        except KafkaException as exc:
+            # Refused before sending (e.g. larger than message.max.bytes): a failure to
+            # publish like any other, so it stays uncommitted and the run stops.
+            entry[1] = _FAILED
+            self.errors.append(f"dlq {letter.dlq_partition}@{letter.dlq_offset}: {exc}")
+            return False
+        return True
 
     def _decide(self, record: DlqRecord) -> _Send | tuple[str, str]:
         letter = record.letter
@@ -304,8 +315,10 @@ class Replayer:
         """
         if self._producer is not None:
             # Each failed record is marked by its own delivery report.
-            with contextlib.suppress(DeliveryFailed):
+            try:
                 self._producer.flush()
+            except DeliveryFailed as exc:
+                self.errors.extend(f"{topic}: {text}" for topic, text in exc.failures[:20])
         offsets: dict[int, int] = {}
         healthy = True
         for partition, entries in self._track.items():
