@@ -20,11 +20,13 @@ from streamguard.errors import (
 )
 from streamguard.policy import RetryPolicy
 from streamguard.producer import GuardedProducer
+from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
 
 __all__ = [
     "BrokerUnavailable",
     "Codec",
     "ConfigurationError",
+    "ConsumerService",
     "Contract",
     "ContractViolation",
     "DeadLetter",
@@ -34,9 +36,11 @@ __all__ = [
     "Failure",
     "GuardedProducer",
     "JsonCodec",
+    "MessageContext",
     "PermanentError",
     "RetriesExhausted",
     "RetryPolicy",
+    "ServiceOptions",
     "StreamguardError",
     "TransientError",
     "registered_contracts",

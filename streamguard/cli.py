@@ -48,7 +48,8 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from streamguard.demo import run_demo
 
-    return run_demo(bootstrap_servers=args.bootstrap_servers)
+    code: int = run_demo(bootstrap_servers=args.bootstrap_servers)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
+    from streamguard.runtime.commands import add_run_parser
+
+    add_run_parser(sub)
     add_dlq_parser(sub)
     return parser
 

@@ -75,7 +75,9 @@ class ProjectConfig:
 
 def _check_mode(mode: Any, where: str) -> str:
     if not isinstance(mode, str) or mode.upper() not in MODES:
-        raise ConfigurationError(f"{where}: unknown compatibility mode {mode!r}; use one of {MODES}")
+        raise ConfigurationError(
+            f"{where}: unknown compatibility mode {mode!r}; use one of {MODES}"
+        )
     return mode.upper()
 
 

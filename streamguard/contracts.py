@@ -101,8 +101,8 @@ def registered_contracts(modules: list[str] | None = None) -> list[type[Contract
 def _schema_document(cls: type[Contract]) -> dict[str, Any]:
     # Cached per class: pydantic rebuilds the schema on every call, which costs
     # milliseconds, and a contract's schema cannot change once the class exists.
-    schema = cls.model_json_schema(mode="validation")
-    return normalise_schema(schema)
+    schema: dict[str, Any] = normalise_schema(cls.model_json_schema(mode="validation"))
+    return schema
 
 
 def normalise_schema(schema: Any) -> Any:

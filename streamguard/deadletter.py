@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamguard import headers as h
-from streamguard.errors import ContractViolation, ErrorDetail, RetriesExhausted
+from streamguard.errors import ContractViolation, ErrorDetail, RetriesExhausted, StreamguardError
 
 Reason = Literal[
     "oversize",
@@ -75,7 +75,7 @@ def dead_letter_headers(
     service: str,
     expected_subject: str,
     expected_version: int,
-    redact_error_message: bool = False,
+    include_error_text: bool = False,
     host: str | None = None,
 ) -> list[tuple[str, bytes | None]]:
     """The original headers unchanged, followed by the ``sg-dlq-*`` context headers.
@@ -84,14 +84,14 @@ def dead_letter_headers(
     replayed) is dropped first, so the context always describes the latest failure.
 
     Args:
-        redact_error_message: replace the handler's exception text by its class name.
-            Validation and decode messages never contain values, but a handler's own
-            exception text is free-form, so services handling sensitive data set this.
+        include_error_text: keep the text of any exception. By default only
+            streamguard's own errors keep their text: decode and contract errors are
+            value-free by construction, and ``PermanentError``/``TransientError`` texts
+            are written by the handler's author for operators. Other exceptions (a
+            ``KeyError`` quoting a customer id, say) are reduced to their class name.
     """
     kept = [(k, v) for k, v in (original_headers or []) if not k.startswith(h.DLQ_PREFIX)]
-    message = str(failure.error)
-    if redact_error_message and failure.reason in ("permanent_error", "retries_exhausted"):
-        message = f"{type(failure.error).__name__} (message redacted)"
+    message = error_text(failure.error, include_error_text)
     errors = [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in failure.errors]
     added: list[tuple[str, bytes | None]] = [
         (h.DLQ_ORIGINAL_TOPIC, _text(topic)),
@@ -112,6 +112,17 @@ def dead_letter_headers(
         (h.DLQ_DEAD_LETTERED_MS, _text(int(time.time() * 1000))),
     ]
     return kept + added
+
+
+def error_text(error: BaseException, include_any: bool = False) -> str:
+    """An exception's text if it is safe to publish, else its class and a note."""
+    if include_any or (
+        isinstance(error, StreamguardError) and not isinstance(error, RetriesExhausted)
+    ):
+        return str(error)
+    if isinstance(error, RetriesExhausted):
+        return f"{error} ({error_text(error.last, include_any)})"
+    return f"{type(error).__name__} (text redacted: not a streamguard error)"
 
 
 @dataclass(frozen=True, slots=True)

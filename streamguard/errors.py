@@ -7,6 +7,7 @@ so they are safe to log and to put into dead-letter headers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, NotRequired, TypedDict
 
@@ -92,6 +93,15 @@ class RetriesExhausted(StreamguardError):
         self.last = last
 
 
+class SchemaDrift(StreamguardError):
+    """The message was written with another schema, and the service's drift policy is
+    ``dead_letter``: the runtime dead-letters it with reason ``schema_drift``."""
+
+    def __init__(self, kinds: Sequence[str], subject: str) -> None:
+        self.kinds = list(kinds)
+        super().__init__(f"{subject}: schema drift ({', '.join(self.kinds)})")
+
+
 class DeliveryFailed(StreamguardError):
     """The broker did not acknowledge one or more produced records.
 
@@ -107,15 +117,22 @@ class DeliveryFailed(StreamguardError):
         )
 
 
+# pydantic-core's UUID errors quote the offending character ("found `S` at 0"): a piece
+# of the input, so it is cut unless the caller opted in to values.
+_QUOTED_INPUT = re.compile(r"[:,] found `[^`]*`")
+
+
 def error_details(exc: Any, *, include_input: bool = False) -> list[ErrorDetail]:
     """Turn a pydantic ``ValidationError`` into value-free ``{loc, type, msg}`` dicts.
 
-    pydantic's ``msg`` never contains the input itself for the built-in error types,
-    and ``include_input=False`` drops the ``input`` and ``ctx`` keys that might.
+    pydantic's ``msg`` does not contain the input for the built-in error types, except
+    for the one character a UUID error quotes, which is cut here; ``include_input=False``
+    also drops the ``input`` and ``ctx`` keys.
     """
     details: list[ErrorDetail] = []
     for err in exc.errors(include_url=False, include_input=include_input, include_context=False):
-        detail: ErrorDetail = {"loc": list(err["loc"]), "type": err["type"], "msg": err["msg"]}
+        msg = err["msg"] if include_input else _QUOTED_INPUT.sub("", err["msg"])
+        detail: ErrorDetail = {"loc": list(err["loc"]), "type": err["type"], "msg": msg}
         if include_input and "input" in err:
             detail["input"] = err["input"]
         details.append(detail)

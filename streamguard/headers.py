@@ -7,6 +7,7 @@ so that kcat and other tools show them readably.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 SUBJECT = "sg-subject"
 VERSION = "sg-version"
@@ -36,6 +37,11 @@ REPLAY_COUNT = "sg-replay-count"
 REPLAY_AT = "sg-replay-at"
 
 Headers = Sequence[tuple[str, bytes | None]]
+
+# A consumed record (confluent_kafka.Message). Its stubs type every accessor as
+# Optional, though on a record without error() topic, partition and offset are always
+# set; the runtime's hot path uses this alias rather than a check per accessor.
+Record = Any
 
 
 def last(headers: Headers | None, name: str) -> str | None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from streamguard import headers as h
@@ -127,7 +127,10 @@ class GuardedProducer:
         partition: int | None = None,
         on_delivery: DeliveryCallback | None = None,
     ) -> None:
-        """Queue already-encoded bytes, waiting for room when the local queue is full."""
+        """Queue already-encoded bytes, waiting for room when the local queue is full.
+
+        A record the client refuses outright is reported by ``flush()`` as well.
+        """
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
@@ -147,6 +150,13 @@ class GuardedProducer:
                 # The local queue is full: serve delivery reports to make room. This is
                 # backpressure on the caller, never a dropped record.
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                # librdkafka refused the record before queueing it (e.g. larger than
+                # message.max.bytes): no delivery report will come, so report it like
+                # one, at flush(), rather than leak a raw client exception from send().
+                with self._lock:
+                    self._failures.append((topic, exc.args[0].str()))
+                return
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

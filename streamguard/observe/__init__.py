@@ -1,0 +1,1 @@
+"""The observation plane: metrics, health endpoints and structured logs."""

@@ -1,0 +1,82 @@
+"""HTTP endpoints for orchestrators and Prometheus: /metrics, /healthz, /readyz.
+
+Served from a daemon thread on loopback by default; a pod exposes it by binding
+``metrics_host="0.0.0.0"`` deliberately.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class HealthServer:
+    """Serves the registry and the service's health report.
+
+    ``/healthz`` answers 200 while the process can answer at all (liveness);
+    ``/readyz`` answers 200 only when the service is assigned, polling and able to
+    write dead letters, else 503 with the failing checks (readiness).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: Callable[[], dict[str, Any]],
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self._registry = registry
+        self._health = health
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        registry, health = self._registry, self._health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b'{"alive": true}\n', "application/json")
+                elif path == "/readyz":
+                    report = health()
+                    body = json.dumps(report).encode() + b"\n"
+                    self._send(200 if report.get("ready") else 503, body, "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # scrapes every few seconds would drown the service's own logs
+
+        return Handler
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="streamguard-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,169 @@
+"""Prometheus metrics of a consumer service, cheap enough for the hot path.
+
+Names follow DESIGN.md section 6; labels stay low-cardinality (topic, outcome, reason,
+partition). The runtime counts per batch, not per message: a prometheus-client
+``Counter.inc`` costs about 0.45 µs and ``Histogram.observe`` about 0.7 µs here, which
+next to a 4 µs validation would cost a fifth of the throughput. So the worker keeps
+plain ints and a local bucket array, and folds them into the metrics once per batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+HANDLER_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class BatchHistogram(Collector):
+    """A histogram fed in bulk: ``observe_many`` takes a batch's durations at once.
+
+    Exposed in the standard Prometheus histogram format (``_bucket``, ``_sum``,
+    ``_count``), so dashboards and ``histogram_quantile`` work as usual.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: Sequence[float] = HANDLER_BUCKETS,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._name = name
+        self._doc = documentation
+        self._label = label
+        self._bounds = list(buckets)
+        self._lock = threading.Lock()
+        self._series: dict[str, tuple[list[int], list[float]]] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def observe_many(self, label_value: str, durations: Iterable[float]) -> None:
+        bounds = self._bounds
+        local = [0] * (len(bounds) + 1)
+        total = 0.0
+        for d in durations:
+            local[bisect.bisect_left(bounds, d)] += 1
+            total += d
+        with self._lock:
+            counts, sums = self._series.setdefault(label_value, ([0] * (len(bounds) + 1), [0.0]))
+            for i, n in enumerate(local):
+                counts[i] += n
+            sums[0] += total
+
+    def count(self, label_value: str) -> int:
+        with self._lock:
+            series = self._series.get(label_value)
+            return sum(series[0]) if series else 0
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self._name, self._doc, labels=[self._label])]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])
+        with self._lock:
+            snapshot = {k: (list(c), s[0]) for k, (c, s) in self._series.items()}
+        for value, (counts, total) in snapshot.items():
+            cumulative, running = [], 0
+            for bound, n in zip([*self._bounds, float("inf")], counts, strict=True):
+                running += n
+                cumulative.append((_le(bound), float(running)))
+            family.add_metric([value], cumulative, total)
+        return [family]
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class ServiceMetrics:
+    """The metric families of one consumer service, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.messages = Counter(
+            "streamguard_messages",
+            "Messages that reached a final outcome (handled or dead_lettered).",
+            ["topic", "outcome"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "streamguard_dead_letters",
+            "Messages acknowledged by the dead-letter topic, by reason.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "streamguard_retries",
+            "Retries scheduled after a transient handler failure.",
+            ["topic"],
+            registry=registry,
+        )
+        self.handler_seconds = BatchHistogram(
+            "streamguard_handler_seconds",
+            "Time spent in the handler per message that it handled.",
+            "topic",
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "streamguard_inflight",
+            "Messages fetched but without a final outcome yet (buffered, in the handler "
+            "or awaiting the dead-letter acknowledgement).",
+            ["topic"],
+            registry=registry,
+        )
+        self.paused_partitions = Gauge(
+            "streamguard_paused_partitions",
+            "Partitions paused for backpressure, retry backoff or an unwritable DLQ.",
+            ["topic"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "streamguard_consumer_lag",
+            "High watermark minus committed offset, per assigned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.schema_drift = Counter(
+            "streamguard_schema_drift",
+            "Messages whose writer schema differs from the contract, by kind.",
+            ["subject", "kind"],
+            registry=registry,
+        )
+        self.commit_failures = Counter(
+            "streamguard_commit_failures",
+            "Offset commits the broker refused or that failed.",
+            registry=registry,
+        )
+        self.dead_letter_failures = Counter(
+            "streamguard_dead_letter_failures",
+            "Dead-letter writes that failed and will be retried (the DLQ is unwritable).",
+            ["topic"],
+            registry=registry,
+        )
+
+    def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
+        """Compute the gauges at scrape time from the runtime's own state."""
+        self.inflight.labels(topic).set_function(inflight)
+        self.paused_partitions.labels(topic).set_function(paused)

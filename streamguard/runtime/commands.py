@@ -1,0 +1,78 @@
+"""``streamguard run MODULE:CLASS``: run a consumer service from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+from streamguard.errors import ConfigurationError
+from streamguard.observe.logs import configure_logging
+from streamguard.runtime.service import ConsumerService
+
+
+def load_service_class(target: str) -> type[ConsumerService]:
+    """Import ``module:Class`` (the current directory is importable, as with ``python -m``)."""
+    module_name, sep, class_name = target.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ConfigurationError(
+            f"expected MODULE:CLASS, e.g. myapp.billing:Billing; got {target!r}"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ConsumerService)):
+        raise ConfigurationError(f"{target} is not an sg.ConsumerService subclass")
+    return cls
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    cls = load_service_class(args.target)
+    kafka_config: dict[str, Any] = {}
+    for item in args.kafka_config or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigurationError(f"--kafka-config takes KEY=VALUE, got {item!r}")
+        kafka_config[key] = value
+    if args.kafka_config_json:
+        kafka_config.update(json.loads(args.kafka_config_json))
+    service = cls(
+        bootstrap_servers=args.bootstrap_servers,
+        kafka_config=kafka_config,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+    service.run()
+    return 0
+
+
+def add_run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="run a ConsumerService subclass until SIGTERM/SIGINT")
+    run.add_argument("target", metavar="MODULE:CLASS", help="e.g. myapp.billing:Billing")
+    run.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="Kafka bootstrap servers (default: $STREAMGUARD_BOOTSTRAP_SERVERS)",
+    )
+    run.add_argument(
+        "--kafka-config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a librdkafka setting, repeatable (e.g. security.protocol=SASL_SSL)",
+    )
+    run.add_argument("--kafka-config-json", default=None, help="librdkafka settings as JSON")
+    run.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz"
+    )
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for the HTTP endpoints")
+    run.add_argument("--log-format", choices=["json", "text"], default="json")
+    run.add_argument("--log-level", default="INFO")
+    run.set_defaults(func=_cmd_run)

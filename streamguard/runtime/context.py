@@ -1,0 +1,79 @@
+"""What a handler knows about the message it is handling, besides the event itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamguard import headers as h
+
+
+class MessageContext:
+    """Where a message came from, and which attempt this is.
+
+    Built once per handler call and cheap by design: fields are read from the
+    underlying record on access, so a handler that only looks at the event pays for
+    none of them.
+    """
+
+    __slots__ = ("_msg", "attempt")
+
+    def __init__(self, msg: Any, attempt: int = 1) -> None:
+        self._msg = msg
+        self.attempt = attempt
+        """1 on the first try; 2 on the first retry, and so on."""
+
+    @property
+    def topic(self) -> str:
+        return str(self._msg.topic())
+
+    @property
+    def partition(self) -> int:
+        return int(self._msg.partition())
+
+    @property
+    def offset(self) -> int:
+        return int(self._msg.offset())
+
+    @property
+    def key(self) -> bytes | None:
+        key: bytes | None = self._msg.key()
+        return key
+
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return list(self._msg.headers() or [])
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        """The record's timestamp (CreateTime or LogAppendTime) in epoch ms, if any."""
+        kind, value = self._msg.timestamp()
+        return int(value) if kind != 0 else None  # 0: TIMESTAMP_NOT_AVAILABLE
+
+    timestamp = timestamp_ms
+
+    @property
+    def raw_value(self) -> bytes | None:
+        """The bytes as they arrived, for handlers that need to forward them."""
+        value: bytes | None = self._msg.value()
+        return value
+
+    def header(self, name: str) -> str | None:
+        """The last value of header ``name`` as text, or None."""
+        return h.last(self._msg.headers(), name)
+
+    @property
+    def writer_subject(self) -> str | None:
+        """The subject the producer stamped (``sg-subject``), if it did."""
+        return self.header(h.SUBJECT)
+
+    @property
+    def writer_version(self) -> int | None:
+        """The contract version the producer stamped (``sg-version``), if it did."""
+        text = self.header(h.VERSION)
+        return int(text) if text and text.isdigit() else None
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageContext(topic={self.topic!r}, partition={self.partition}, "
+            f"offset={self.offset}, attempt={self.attempt})"
+        )

@@ -1,0 +1,50 @@
+"""Runtime tuning of a consumer service: a small value object, not fifty keywords.
+
+Kafka client settings do not belong here: they pass through ``kafka_config`` to
+librdkafka unchanged. These are the knobs of streamguard's own runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamguard.errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """How a service polls, buffers, commits and shuts down.
+
+    Args:
+        batch_size: records fetched per ``consume()`` call; work is handed to workers
+            per batch, never per message, which is what keeps the overhead low.
+        max_buffered: per-partition buffer; a partition holding this many unprocessed
+            messages is paused until it drains to half. Memory is bounded by this times
+            the assigned partitions, plus librdkafka's own fetch queue.
+        workers: threads running handlers; partitions beyond this many wait their turn.
+        commit_interval: seconds between periodic commits of final-outcome prefixes.
+        revoke_timeout: seconds a rebalance waits for in-flight handlers of revoked
+            partitions. Must stay well under ``max.poll.interval.ms``: the rebalance
+            callback blocks the poll thread.
+        shutdown_timeout: seconds ``stop()`` waits for in-flight handlers.
+        startup_timeout: seconds to reach the cluster before ``run()`` fails.
+        dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
+            write a dead letter while the DLQ is unwritable.
+    """
+
+    batch_size: int = 500
+    max_buffered: int = 2000
+    workers: int = 8
+    commit_interval: float = 1.0
+    revoke_timeout: float = 5.0
+    shutdown_timeout: float = 10.0
+    startup_timeout: float = 30.0
+    dead_letter_backoff_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_buffered", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"ServiceOptions.{name} must be at least 1")
+        for name in ("commit_interval", "revoke_timeout", "shutdown_timeout", "startup_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")

@@ -1,0 +1,230 @@
+"""The poll loop: fetch, hand batches to lanes, pause and resume, commit, rebalance.
+
+Only this thread talks to the consumer. It never runs a handler, so a slow handler
+cannot make the consumer miss ``max.poll.interval.ms`` and get evicted from its group;
+a slow partition is paused instead, which is backpressure, not buffering.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from streamguard.headers import Record
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.options import ServiceOptions
+from streamguard.runtime.pipeline import ServicePipeline
+
+log = logging.getLogger("streamguard.runtime")
+
+
+class Poller:
+    """Drives one consumer for one topic; owns the lanes of its assigned partitions."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        pipeline: ServicePipeline,
+        options: ServiceOptions,
+        on_assigned: Callable[[list[int]], None],
+        on_revoked: Callable[[list[int]], None],
+    ) -> None:
+        self.consumer = consumer
+        self.pipeline = pipeline
+        self.options = options
+        self.topic = pipeline.topic
+        self.lanes: dict[int, PartitionLane] = {}
+        self.executor = ThreadPoolExecutor(
+            max_workers=options.workers, thread_name_prefix="streamguard-worker"
+        )
+        self.stopping = threading.Event()
+        self.assigned_once = False
+        self.last_poll = time.monotonic()
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._high = options.max_buffered
+        self._low = max(1, options.max_buffered // 2)
+        self._next_commit = time.monotonic() + options.commit_interval
+        self._dlq_backoff = 0.1
+        self._next_dlq_retry = 0.0
+        pipeline.metrics.track(self.topic, self.inflight, self.paused_count)
+
+    # -- gauges (called at scrape time from the HTTP thread) -------------------------
+
+    def inflight(self) -> float:
+        return float(sum(lane.inflight() for lane in list(self.lanes.values())))
+
+    def paused_count(self) -> float:
+        return float(sum(1 for lane in list(self.lanes.values()) if lane.paused))
+
+    # -- the loop --------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._assign,
+            on_revoke=self._revoke,
+            on_lost=self._lost,
+        )
+
+    def run(self) -> None:
+        consume = self.consumer.consume
+        batch_size = self.options.batch_size
+        while not self.stopping.is_set():
+            msgs = consume(batch_size, 0.1)
+            self.last_poll = time.monotonic()
+            if msgs:
+                self._dispatch(msgs)
+            self.pipeline_poll()
+            self._maintain(self.last_poll)
+
+    def pipeline_poll(self) -> None:
+        """Serve dead-letter delivery reports (they settle pending offsets)."""
+        self.pipeline._dlq.poll(0)
+
+    def _dispatch(self, msgs: list[Record]) -> None:
+        by_partition: dict[int, list[Record]] = {}
+        for msg in msgs:
+            if msg.error() is not None:
+                self._consumer_error(msg.error())
+                continue
+            part = msg.partition()
+            batch = by_partition.get(part)
+            if batch is None:
+                by_partition[part] = [msg]
+            else:
+                batch.append(msg)
+        submit = self.executor.submit
+        for part, batch in by_partition.items():
+            lane = self.lanes.get(part)
+            # A record of a partition no longer ours is dropped uncommitted; its new
+            # owner reads it from the committed offset.
+            if lane is not None and lane.enqueue(batch):
+                submit(lane.drain)
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer error", extra={"error": error.str()})
+
+    def _maintain(self, now: float) -> None:
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        writable = self.pipeline.dlq_writable
+        for part, lane in self.lanes.items():
+            waiting = lane.retry is not None
+            if not lane.paused and (lane.buffered >= self._high or waiting or not writable):
+                lane.paused = True
+                pause.append(TopicPartition(self.topic, part))
+            elif lane.paused and lane.buffered <= self._low and not waiting and writable:
+                lane.paused = False
+                resume.append(TopicPartition(self.topic, part))
+            if lane.claim_if_due(now):
+                self.executor.submit(lane.drain)
+        if pause:
+            self.consumer.pause(pause)
+        if resume:
+            self.consumer.resume(resume)
+        if not writable:
+            self._retry_dead_letters(now)
+        if now >= self._next_commit:
+            self._next_commit = now + self.options.commit_interval
+            self.commit(self.lanes.values(), asynchronous=True)
+
+    def _retry_dead_letters(self, now: float) -> None:
+        if now < self._next_dlq_retry:
+            return
+        failed = [(lane, p) for lane in self.lanes.values() for p in lane.failed_dead_letters()]
+        for lane, pending in failed:
+            lane.republish(pending)
+        self._next_dlq_retry = now + self._dlq_backoff
+        self._dlq_backoff = min(self._dlq_backoff * 2, self.options.dead_letter_backoff_max)
+
+    # -- commits -------------------------------------------------------------------------
+
+    def commit(self, lanes: Iterable[PartitionLane], *, asynchronous: bool) -> None:
+        """Commit each lane's final-outcome prefix if it moved since the last commit."""
+        offsets: list[TopicPartition] = []
+        for lane in lanes:
+            position = lane.commit_position()
+            if position is not None and position != lane.committed:
+                offsets.append(TopicPartition(self.topic, lane.partition, position))
+                lane.committed = position
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self.commit_failed(exc.args[0], offsets)
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [tp for tp in partitions if tp.error is not None]
+        if error is not None or failed:
+            self.commit_failed(error, failed or partitions)
+
+    def commit_failed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self.pipeline.metrics.commit_failures.inc()
+        log.warning(
+            "offset commit failed; will retry",
+            extra={"error": error.str() if error else "partition error"},
+        )
+        for tp in partitions:
+            lane = self.lanes.get(tp.partition)
+            if lane is not None:
+                lane.committed = None  # commit again on the next round
+
+    # -- rebalance -------------------------------------------------------------------
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.partition not in self.lanes:
+                self.lanes[tp.partition] = PartitionLane(tp.partition, self.pipeline)
+        self.assigned_once = True
+        log.info("partitions assigned", extra={"partitions": [tp.partition for tp in partitions]})
+        self._on_assigned([tp.partition for tp in partitions])
+
+    def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lanes = [self.lanes.pop(tp.partition) for tp in partitions if tp.partition in self.lanes]
+        self.settle(lanes, self.options.revoke_timeout)
+        log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
+        self._on_revoked([tp.partition for tp in partitions])
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already, so committing now
+        # could move its offsets. Drop our work; it is redelivered.
+        for tp in partitions:
+            lane = self.lanes.pop(tp.partition, None)
+            if lane is not None:
+                lane.close()
+        log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def settle(self, lanes: list[PartitionLane], timeout: float) -> None:
+        """Stop lanes, let in-flight handlers finish, await dead letters, commit."""
+        deadline = time.monotonic() + timeout
+        for lane in lanes:
+            lane.close()
+        for lane in lanes:
+            if not lane.idle.wait(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "handler still running after the timeout; its message will be redelivered",
+                    extra={"partition": lane.partition, "timeout": timeout},
+                )
+        self.pipeline._dlq.flush(max(0.0, deadline - time.monotonic()))
+        self.commit(lanes, asynchronous=False)
+
+    def shutdown(self) -> None:
+        """Finish or abandon in-flight work within the timeout, commit, close."""
+        lanes = list(self.lanes.values())
+        self.lanes.clear()
+        self.settle(lanes, self.options.shutdown_timeout)
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,27 @@
+"""Services run as separate processes by the crash and signal tests.
+
+Configured by environment variables because ``streamguard run`` imports them by name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+
+
+class Recorder(sg.ConsumerService):
+    """Appends ``partition:offset`` of each handled message to $SG_TEST_OUT, slowly."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+    options = sg.ServiceOptions(commit_interval=0.2, batch_size=20)
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        time.sleep(float(os.environ.get("SG_TEST_DELAY", "0")))
+        with open(os.environ["SG_TEST_OUT"], "a") as out:
+            out.write(f"{ctx.partition}:{ctx.offset}\n")
+            out.flush()

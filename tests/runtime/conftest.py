@@ -1,0 +1,113 @@
+"""Fixtures for running consumer services against the real broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer
+from confluent_kafka.admin import AdminClient
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from tests.conftest import FAST_GROUP
+
+
+def order(i: int = 0, **overrides: Any) -> OrderPlaced:
+    """A valid order event; ``i`` makes it distinct."""
+    fields: dict[str, Any] = {
+        "order_id": uuid.UUID(int=i + 1),
+        "customer_id": f"customer-{i}",
+        "amount": Decimal("12.50"),
+        "currency": "EUR",
+        "placed_at": dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
+    }
+    fields.update(overrides)
+    return OrderPlaced(**fields)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@dataclass
+class Running:
+    """A service running on a background thread."""
+
+    service: sg.ConsumerService
+    thread: threading.Thread
+    error: list[BaseException]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.service.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "service did not stop in time"
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.service.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+def start_service(bootstrap: str) -> Iterator[Callable[..., Running]]:
+    """Start a service class on a thread; every started service is stopped at the end."""
+    started: list[Running] = []
+
+    def start(cls: type[sg.ConsumerService], **kwargs: Any) -> Running:
+        kwargs.setdefault("kafka_config", dict(FAST_GROUP))
+        kwargs.setdefault("bootstrap_servers", bootstrap)
+        service = cls(**kwargs)
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                service.run()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        running = Running(service, thread, errors)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+@pytest.fixture
+def raw_producer(bootstrap: str) -> Producer:
+    """A plain producer for bytes a guarded producer would refuse (poison input)."""
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets for ``topic`` (the broker's answer, not ours)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
+    result = next(iter(futures.values())).result(timeout=10)
+    return {
+        tp.partition: tp.offset
+        for tp in result.topic_partitions
+        if tp.topic == topic and tp.offset >= 0
+    }
+
+
+def dlq_headers(msg: Any) -> dict[str, str]:
+    """The ``sg-dlq-*`` headers of a DLQ record, decoded."""
+    return {k: v.decode() for k, v in (msg.headers() or []) if k.startswith("sg-dlq-") and v}

@@ -1,0 +1,158 @@
+"""Order within a partition, concurrency across partitions, and handlers off the poll thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from tests.conftest import FAST_GROUP
+from tests.runtime.conftest import Running, committed, order, wait_for
+
+
+def test_order_is_kept_within_each_partition(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Messages of one partition are handled in offset order, each exactly once."""
+    src = topic_factory("orders", partitions=3)
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(600):
+        producer.send(src, order(i), key=f"customer-{i % 7}")
+    producer.flush()
+    seen: dict[int, list[int]] = {}
+    lock = threading.Lock()
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(batch_size=50)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            with lock:
+                seen.setdefault(ctx.partition, []).append(ctx.offset)
+
+    start_service(Billing)
+    assert wait_for(lambda: sum(len(v) for v in seen.values()) == 600)
+    for offsets in seen.values():
+        assert offsets == list(range(len(offsets)))
+
+
+def test_slow_partition_does_not_hold_the_others(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A handler stuck on partition 0 does not delay partition 1 (no head-of-line block)."""
+    src = topic_factory("orders", partitions=2)
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(0, customer_id="slow"), partition=0)
+    for i in range(20):
+        producer.send(src, order(i + 1), partition=1)
+    producer.flush()
+    release = threading.Event()
+    fast_done = threading.Event()
+    count = [0]
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "slow":
+                release.wait(30)
+                return
+            count[0] += 1
+            if count[0] == 20:
+                fast_done.set()
+
+    start_service(Billing)
+    assert fast_done.wait(20), "partition 1 was held behind partition 0"
+    assert not release.is_set()
+    assert wait_for(lambda: committed(bootstrap, group, src).get(1) == 20)
+    assert committed(bootstrap, group, src).get(0) is None  # in flight: not committed
+    release.set()
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+
+
+def test_handler_slower_than_max_poll_interval_keeps_membership(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A handler running 2x max.poll.interval.ms does not get the consumer evicted:
+    there is one assignment, no revocation, and the message is handled and committed."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.send(src, order(2))
+    producer.flush()
+    assigned: list[list[int]] = []
+    revoked: list[list[int]] = []
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 0:
+                time.sleep(6.0)
+
+        def on_assign(self, partitions: list[int]) -> None:
+            assigned.append(partitions)
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            revoked.append(partitions)
+
+    config = {**FAST_GROUP, "max.poll.interval.ms": 3000}
+    running = start_service(Billing, kafka_config=config)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2, timeout=30)
+    assert assigned == [[0]]
+    assert revoked == []
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
+
+
+def test_async_handlers_are_awaited_in_order(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """An async def handler is awaited per message, in order, and can be retried."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(10):
+        producer.send(src, order(i))
+    producer.flush()
+    seen: list[tuple[int, int]] = []
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.01)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            await asyncio.sleep(0.001)
+            seen.append((ctx.offset, ctx.attempt))
+            if ctx.offset == 3 and ctx.attempt == 1:
+                raise sg.TransientError("try again")
+
+    start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 10)
+    assert [o for o, _ in seen] == [0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9]
+    assert (3, 2) in seen

@@ -1,0 +1,159 @@
+"""Every message reaches exactly one final outcome, and the DLQ says exactly why."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
+
+SECRET = "SECRET-4242"
+
+
+def test_poison_mix_reaches_one_outcome_each(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A mix of valid and poison messages: valid ones are handled, each bad one is
+    dead-lettered once with its reason, offsets commit to the end, metrics match."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    valid = order(1).model_dump_json().encode()
+    mix: list[tuple[bytes, str]] = [
+        (valid, "handled"),
+        (b"{not json", "decode_error"),
+        (b'{"customer_id": "\xff\xfe"}', "decode_error"),
+        (json.dumps({"order_id": "nope", "customer_id": SECRET}).encode(), "contract_violation"),
+        (b'{"pad": "' + b"x" * 3000 + b'"}', "oversize"),
+        (order(2, customer_id="permanent").model_dump_json().encode(), "permanent_error"),
+        (order(3, customer_id="flaky").model_dump_json().encode(), "retries_exhausted"),
+        (order(4).model_dump_json().encode(), "handled"),
+    ]
+    for i, (value, _) in enumerate(mix):
+        raw_producer.produce(src, value, key=f"k{i}".encode(), headers=[("trace", b"t%d" % i)])
+    raw_producer.flush(10)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        codec = sg.JsonCodec(max_bytes=2048)
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "permanent":
+                raise sg.PermanentError("customer is closed")
+            if event.customer_id == "flaky":
+                raise TimeoutError("upstream timed out")
+
+    running = start_service(Billing)
+    expected_dlq = [reason for _, reason in mix if reason != "handled"]
+    dlq = read_all(f"{src}.dlq", len(expected_dlq), timeout=20)
+    assert [dlq_headers(m)["sg-dlq-reason"] for m in dlq] == expected_dlq
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == len(mix))
+
+    m = running.metric
+    assert m("streamguard_messages_total", topic=src, outcome="handled") == 2
+    assert m("streamguard_messages_total", topic=src, outcome="dead_lettered") == 6
+    for reason in set(expected_dlq):
+        assert m("streamguard_dead_letters_total", topic=src, reason=reason) == expected_dlq.count(
+            reason
+        )
+    assert m("streamguard_retries_total", topic=src) == 2  # attempts=3: two retries
+    assert m("streamguard_handler_seconds_count", topic=src) == 2
+    assert m("streamguard_inflight", topic=src) == 0
+    running.stop()
+    assert not running.error
+
+
+def test_dead_letter_keeps_record_byte_for_byte(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A DLQ record has the original key, value and headers unchanged, plus sg-dlq-*
+    context, and no field value of the message in any header."""
+    src = topic_factory("orders")
+    value = json.dumps({"order_id": "not-a-uuid", "customer_id": SECRET}).encode()
+    original_headers = [("trace", b"\x00\x01binary"), ("dup", b"a"), ("dup", b"b"), ("n", None)]
+    raw_producer.produce(src, value, key=b"customer-7", headers=original_headers)
+    raw_producer.flush(10)
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        service_name = "billing-svc"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise AssertionError("an invalid message must never reach the handler")
+
+    start_service(Billing)
+    (record,) = read_all(f"{src}.dlq", 1)
+    assert record.key() == b"customer-7"
+    assert record.value() == value
+    headers = record.headers()
+    assert headers[: len(original_headers)] == original_headers
+    ctx = dlq_headers(record)
+    assert ctx["sg-dlq-original-topic"] == src
+    assert ctx["sg-dlq-original-partition"] == "0"
+    assert ctx["sg-dlq-original-offset"] == "0"
+    assert int(ctx["sg-dlq-original-timestamp"]) > 0
+    assert ctx["sg-dlq-consumer-group"] == group
+    assert ctx["sg-dlq-service"] == "billing-svc"
+    assert ctx["sg-dlq-host"]
+    assert ctx["sg-dlq-reason"] == "contract_violation"
+    assert ctx["sg-dlq-error-class"] == "streamguard.errors.ContractViolation"
+    assert ctx["sg-dlq-expected-subject"] == "orders.OrderPlaced"
+    assert ctx["sg-dlq-expected-version"] == "1"
+    assert ctx["sg-dlq-attempts"] == "1"
+    assert int(ctx["sg-dlq-dead-lettered-ms"]) >= int(ctx["sg-dlq-first-failure-ms"])
+    errors = json.loads(ctx["sg-dlq-errors"])
+    assert {tuple(e["loc"]) for e in errors} >= {("order_id",)}
+    assert all(set(e) == {"loc", "type", "msg"} for e in errors)
+    assert SECRET not in json.dumps([v.decode("latin-1") for _, v in headers[4:] if v])
+
+
+def test_handler_exception_text_is_redacted_by_default(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    read_all: Callable[..., list[Any]],
+    bootstrap: str,
+) -> None:
+    """A non-streamguard exception's text (which may quote data) stays out of the DLQ,
+    while a PermanentError's operator-facing text is kept."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1, customer_id="a"))
+    producer.send(src, order(2, customer_id="b"))
+    producer.flush()
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "a":
+                raise KeyError(SECRET)
+            raise sg.PermanentError("customer account is closed")
+
+    start_service(Billing)
+    first, second = read_all(f"{src}.dlq", 2)
+    assert SECRET not in dlq_headers(first)["sg-dlq-error-message"]
+    assert dlq_headers(first)["sg-dlq-error-class"] == "builtins.KeyError"
+    assert dlq_headers(second)["sg-dlq-error-message"] == "customer account is closed"

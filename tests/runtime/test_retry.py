@@ -1,0 +1,121 @@
+"""Transient failures are retried with bounded backoff while only their partition waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
+
+
+def test_transient_failure_is_retried_until_it_succeeds(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A handler failing twice with TransientError sees attempts 1, 2, 3 and then the
+    message counts as handled, with two retries."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.flush()
+    attempts: list[int] = []
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=5, base_delay=0.02, max_delay=0.05)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            attempts.append(ctx.attempt)
+            if ctx.attempt < 3:
+                raise sg.TransientError("database is restarting")
+
+    running = start_service(Billing)
+    assert wait_for(lambda: running.metric("streamguard_messages_total", topic=src,
+                                           outcome="handled") == 1)
+    assert attempts == [1, 2, 3]
+    assert running.metric("streamguard_retries_total", topic=src) == 2
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+
+
+def test_time_budget_ends_retries_before_attempts_do(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """With a 300 ms budget, a message that always times out is dead-lettered as
+    retries_exhausted long before its 1000 attempts, with its attempt count."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.flush()
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=1000, base_delay=0.05, max_delay=0.1, max_budget_ms=300)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise TimeoutError("payment gateway")
+
+    start = time.monotonic()
+    start_service(Billing)
+    (record,) = read_all(f"{src}.dlq", 1)
+    headers = dlq_headers(record)
+    assert headers["sg-dlq-reason"] == "retries_exhausted"
+    assert 2 <= int(headers["sg-dlq-attempts"]) < 1000
+    assert headers["sg-dlq-error-class"] == "builtins.TimeoutError"
+    assert time.monotonic() - start < 15
+
+
+def test_retrying_partition_is_paused_while_others_flow(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """While partition 0 waits out a long backoff (paused), partition 1's messages are
+    all handled; no message of partition 0 overtakes the one being retried."""
+    src = topic_factory("orders", partitions=2)
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(5):
+        producer.send(src, order(i, customer_id=f"p0-{i}"), partition=0)
+        producer.send(src, order(100 + i, customer_id=f"p1-{i}"), partition=1)
+    producer.flush()
+    release = threading.Event()
+    handled: list[str] = []
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=100, base_delay=0.2, max_delay=0.2, max_budget_ms=60_000)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "p0-0" and not release.is_set():
+                raise ConnectionError("downstream unavailable")
+            handled.append(event.customer_id)
+
+    running = start_service(Billing)
+    assert wait_for(lambda: sum(c.startswith("p1-") for c in handled) == 5)
+    assert not any(c.startswith("p0-") for c in handled)
+    assert wait_for(lambda: running.metric("streamguard_paused_partitions", topic=src) == 1)
+    assert running.metric("streamguard_retries_total", topic=src) >= 1
+    release.set()
+    assert wait_for(lambda: len(handled) == 10)
+    assert [c for c in handled if c.startswith("p0-")] == [f"p0-{i}" for i in range(5)]
+    assert wait_for(lambda: running.metric("streamguard_paused_partitions", topic=src) == 0)
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: 5, 1: 5})
