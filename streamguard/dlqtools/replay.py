@@ -20,10 +20,14 @@ per-key order is what the original producer chose, whatever its partitioner.
 Idempotence: progress is committed under the replay group only for the longest prefix
 (per DLQ partition) of records that reached a final outcome: acknowledged by the
 broker (acks=all, idempotent producer), or refused/skipped. A second run of the same
-replay starts after that prefix and sends nothing twice. If the process dies between an
-acknowledgement and the commit that follows it, the records of that last batch are sent
-again by the next run (at-least-once); batches are flushed and committed at least
-every ``COMMIT_INTERVAL`` seconds to keep that window small.
+replay starts after that prefix and sends nothing twice. Two windows remain, both
+at-least-once and both small: if the process dies between an acknowledgement and the
+commit that follows it, or if the broker refuses a record *after* later records of the
+same batch were acknowledged, those later records are sent again by the next run.
+Batches are flushed and committed at least every ``COMMIT_INTERVAL`` seconds to keep
+the first window short; a record the client refuses at ``produce()`` stops the run
+before anything after it is sent. Every replayed record carries ``sg-replay-count``, so
+a consumer that must be exactly-once can recognise a replay.
 """
 
 from __future__ import annotations
@@ -36,15 +40,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamguard import headers as h
+from streamguard.deadletter import DeadLetter
 from streamguard.dlqtools.progress import Progress
 from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
-from streamguard.errors import ConfigurationError, DeliveryFailed
-from streamguard.producer import GuardedProducer
+from streamguard.errors import ConfigurationError
+from streamguard.producer import PRODUCER_DEFAULTS
 from streamguard.topics import check_topic_name, is_valid_topic_name
 
 REPLAY_LIMIT = "replay_limit"
@@ -60,6 +65,7 @@ MAX_REPORTED = 1000  # refused records listed one by one; counts are always comp
 # The producer's own default refuses records over 1 MiB before sending; a DLQ record
 # can be as large as anything its topics accept.
 PRODUCER_OVERRIDES = {"message.max.bytes": 104_857_600}
+FLUSH_TIMEOUT = 60.0
 
 _PENDING, _DONE, _FAILED = 0, 1, 2
 
@@ -145,7 +151,10 @@ class Replayer:
         self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
         self._topics: dict[str, int] = {}
         self._track: dict[int, list[list[int]]] = {}
-        self._producer: GuardedProducer | None = None
+        # A plain client, not GuardedProducer: the bytes are already encoded, and the
+        # replay must see a record refused at produce() at once, to stop before sending
+        # anything after it (GuardedProducer defers such refusals to flush()).
+        self._producer: Producer | None = None
         self.errors = self.report.errors
 
     def run(self) -> ReplayReport:
@@ -162,9 +171,10 @@ class Replayer:
         ranges = self.reader.plan(self.reader.committed())
         self.report.to_read = sum(r.size for r in ranges)
         if not options.dry_run:
-            self._producer = GuardedProducer(
-                kafka_config={**PRODUCER_OVERRIDES, **self.reader.client_config},
-                service_name="streamguard-replay",
+            # acks=all + idempotence, as GuardedProducer: an acknowledged replay is
+            # durable and not duplicated by the client's own retries.
+            self._producer = Producer(
+                {**PRODUCER_DEFAULTS, **PRODUCER_OVERRIDES, **self.reader.client_config}
             )
         progress = Progress(self.report.to_read)
         started = time.monotonic()
@@ -229,14 +239,7 @@ class Replayer:
                 time.sleep(delay)
         entry[1] = _PENDING
         try:
-            self._producer.produce_raw(
-                decision.topic,
-                letter.value,
-                key=letter.key,
-                headers=decision.headers,
-                partition=decision.partition,
-                on_delivery=_mark(entry),
-            )
+            self._produce(record, decision, entry)
         except KafkaException as exc:
             # Refused before sending (e.g. larger than message.max.bytes): a failure to
             # publish like any other, so it stays uncommitted and the run stops.
@@ -244,6 +247,34 @@ class Replayer:
             self.errors.append(f"dlq {letter.dlq_partition}@{letter.dlq_offset}: {exc}")
             return False
         return True
+
+    def _produce(self, record: DlqRecord, send: _Send, entry: list[int]) -> None:
+        assert self._producer is not None
+        letter = record.letter
+        kwargs: dict[str, Any] = {"key": letter.key, "headers": send.headers}
+        if send.partition is not None:
+            kwargs["partition"] = send.partition
+        while True:
+            try:
+                self._producer.produce(
+                    send.topic, letter.value, on_delivery=self._report(letter, entry), **kwargs
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: wait for room, drop nothing
+        self._producer.poll(0)
+
+    def _report(
+        self, letter: DeadLetter, entry: list[int]
+    ) -> Callable[[KafkaError | None, Message], None]:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            entry[1] = _FAILED if err is not None else _DONE
+            if err is not None:
+                self.errors.append(
+                    f"dlq {letter.dlq_partition}@{letter.dlq_offset} -> {msg.topic()}: {err.str()}"
+                )
+
+        return report
 
     def _decide(self, record: DlqRecord) -> _Send | tuple[str, str]:
         letter = record.letter
@@ -314,11 +345,10 @@ class Replayer:
         after the failed record is committed, so the next run retries it.
         """
         if self._producer is not None:
-            # Each failed record is marked by its own delivery report.
-            try:
-                self._producer.flush()
-            except DeliveryFailed as exc:
-                self.errors.extend(f"{topic}: {text}" for topic, text in exc.failures[:20])
+            # Each record's outcome arrives through its own delivery report.
+            left = self._producer.flush(FLUSH_TIMEOUT)
+            if left:
+                self.errors.append(f"{left} record(s) not acknowledged within {FLUSH_TIMEOUT}s")
         offsets: dict[int, int] = {}
         healthy = True
         for partition, entries in self._track.items():
@@ -340,10 +370,3 @@ class Replayer:
             self.reader.commit(offsets)
             self.report.committed.update(offsets)
         return healthy
-
-
-def _mark(entry: list[int]) -> Callable[[KafkaError | None, Message], None]:
-    def report(err: KafkaError | None, msg: Message) -> None:
-        entry[1] = _FAILED if err is not None else _DONE
-
-    return report

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from dlqcases import OrderV1, Sent, encode
 
 import streamguard as sg
 from streamguard import headers as h
 from streamguard.codecs import JsonCodec
 from streamguard.deadletter import Failure, dead_letter_headers
+from tests.dlqtools.dlqcases import OrderV1, Sent, encode
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from dlqcases import FIXABLE, HOPELESS, Sent
 
 from streamguard.cli import main
 from streamguard.dlqtools.commands import INSPECT_GROUP
 from streamguard.dlqtools.reader import DlqReader
+from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Sent
 
 pytestmark = pytest.mark.broker
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
-from dlqcases import FIXABLE, HOPELESS, OrderV2, Sent
 
 from streamguard import headers as h
 from streamguard.cli import main
@@ -25,6 +24,7 @@ from streamguard.dlqtools.replay import (
 )
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
+from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, OrderV2, Sent
 
 pytestmark = pytest.mark.broker
 
