@@ -11,7 +11,13 @@ from typing import Any
 
 from streamguard.dlqtools.inspect import render_table, summarize, to_json
 from streamguard.dlqtools.reader import DlqReader
-from streamguard.dlqtools.replay import Replayer, ReplayOptions, ReplayReport, default_group
+from streamguard.dlqtools.replay import (
+    STILL_INVALID,
+    Replayer,
+    ReplayOptions,
+    ReplayReport,
+    default_group,
+)
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
@@ -168,13 +174,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def render_report(report: ReplayReport) -> str:
     """The final summary: replayed, skipped by reason, still invalid, failed."""
     verb = "would replay" if report.dry_run else "replayed"
-    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(report.skipped.items()))
+    refused = {r: n for r, n in sorted(report.skipped.items()) if r != STILL_INVALID}
+    detail = ", ".join(f"{reason} {n}" for reason, n in refused.items())
     lines = [
-        f"{report.dlq_topic}: read {report.read} of {report.to_read} record(s) after the "
-        f"group's committed position; {verb} {report.replayed}; "
-        f"not selected {report.not_selected}; skipped {sum(report.skipped.values())}"
-        + (f" ({skipped})" if skipped else ""),
-        f"  still invalid: {report.still_invalid}; failed to publish: {report.failed}",
+        f"{report.dlq_topic}: {verb} {report.replayed}; "
+        f"skipped {sum(refused.values())}" + (f" ({detail})" if detail else "") + "; "
+        f"still invalid {report.still_invalid}; not selected {report.not_selected}; "
+        f"failed to publish {report.failed}",
+        f"  read {report.read} of the {report.to_read} record(s) between the position of "
+        f"group {report.group_id} and the end of the DLQ at start",
     ]
     for item in report.refused[:SHOWN_REFUSED]:
         lines.append(f"  refused dlq {item['dlq']}: {item['reason']}: {item['detail']}")
