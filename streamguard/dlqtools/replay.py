@@ -151,6 +151,7 @@ class Replayer:
         self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
         self._topics: dict[str, int] = {}
         self._track: dict[int, list[list[int]]] = {}
+        self._unsettled = 0  # records produced since the last settle
         # A plain client, not GuardedProducer: the bytes are already encoded, and the
         # replay must see a record refused at produce() at once, to stop before sending
         # anything after it (GuardedProducer defers such refusals to flush()).
@@ -184,15 +185,17 @@ class Replayer:
                 if not self._handle(record, started):
                     break  # refused before sending: stop, so nothing after it is sent
                 report = self.report
-                progress.update(
-                    report.read,
-                    f"replayed {report.replayed}  skipped {sum(report.skipped.values())}"
-                    f"  not selected {report.not_selected}",
-                )
+                if progress.enabled:
+                    progress.update(
+                        report.read,
+                        f"replayed {report.replayed}  skipped {sum(report.skipped.values())}"
+                        f"  not selected {report.not_selected}",
+                    )
                 if options.limit is not None and report.replayed >= options.limit:
                     break
-                if time.monotonic() - last_settle >= COMMIT_INTERVAL or self._in_flight() >= (
-                    BATCH_SIZE
+                if (
+                    time.monotonic() - last_settle >= COMMIT_INTERVAL
+                    or self._unsettled >= BATCH_SIZE
                 ):
                     last_settle = time.monotonic()
                     if not self._settle():
@@ -238,6 +241,7 @@ class Replayer:
             if delay > 0:
                 time.sleep(delay)
         entry[1] = _PENDING
+        self._unsettled += 1
         try:
             self._produce(record, decision, entry)
         except KafkaException as exc:
@@ -335,9 +339,6 @@ class Replayer:
             f"key={key!r} value={shown} headers: {headers}"
         )
 
-    def _in_flight(self) -> int:
-        return sum(1 for entries in self._track.values() for e in entries if e[1] == _PENDING)
-
     def _settle(self) -> bool:
         """Wait for acknowledgements, then commit each partition's finished prefix.
 
@@ -349,6 +350,7 @@ class Replayer:
             left = self._producer.flush(FLUSH_TIMEOUT)
             if left:
                 self.errors.append(f"{left} record(s) not acknowledged within {FLUSH_TIMEOUT}s")
+        self._unsettled = 0
         offsets: dict[int, int] = {}
         healthy = True
         for partition, entries in self._track.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -270,3 +271,15 @@ def test_cli_revalidate_reads_contracts_from_config(
     assert code == 0
     assert "replayed 3; skipped 0; still invalid 2;" in out
     assert "refused dlq 0@1: still_invalid: amount: Input should be greater than 0" in out
+
+
+def test_rate_paces_the_replay(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """--rate 10 spreads 5 records over at least 0.4 s (the first goes at once)."""
+    orders, dlq, _ = incident
+    started = time.monotonic()
+    report = replay(bootstrap, dlq, rate=10.0)
+    assert report.replayed == 5
+    assert time.monotonic() - started >= 0.4
+    assert len(read_all(orders, 5)) == 5
