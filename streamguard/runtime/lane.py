@@ -81,6 +81,7 @@ class PartitionLane:
         self.scheduled = False
         self.closed = False
         self.paused = False
+        self.full_since: float | None = None  # when the buffer last reached the limit
         self.idle = threading.Event()
         self.idle.set()
         self.retry: RetryState | None = None

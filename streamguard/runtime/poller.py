@@ -47,8 +47,10 @@ class Poller:
         self.last_poll = time.monotonic()
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._throttled = False
         self._high = options.max_buffered
         self._low = max(1, options.max_buffered // 2)
+        self._pause_after = options.pause_after
         self._next_commit = time.monotonic() + options.commit_interval
         self._dlq_backoff = 0.1
         self._next_dlq_retry = 0.0
@@ -76,10 +78,15 @@ class Poller:
         consume = self.consumer.consume
         batch_size = self.options.batch_size
         while not self.stopping.is_set():
-            msgs = consume(batch_size, 0.1)
+            if self._throttled:
+                # A partition is full but still draining: fetch nothing for a moment
+                # rather than pause it (see ServiceOptions.pause_after).
+                time.sleep(0.001)
+            else:
+                msgs = consume(batch_size, 0.1)
+                if msgs:
+                    self._dispatch(msgs)
             self.last_poll = time.monotonic()
-            if msgs:
-                self._dispatch(msgs)
             self.pipeline_poll()
             self._maintain(self.last_poll)
 
@@ -118,16 +125,26 @@ class Poller:
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         writable = self.pipeline.dlq_writable
+        throttled = False
         for part, lane in self.lanes.items():
             waiting = lane.retry is not None
-            if not lane.paused and (lane.buffered >= self._high or waiting or not writable):
+            full = lane.buffered >= self._high
+            if full and lane.full_since is None:
+                lane.full_since = now
+            elif lane.buffered <= self._low:
+                lane.full_since = None
+            stuck = lane.full_since is not None and now - lane.full_since >= self._pause_after
+            if not lane.paused and (stuck or waiting or not writable):
                 lane.paused = True
                 pause.append(TopicPartition(self.topic, part))
-            elif lane.paused and lane.buffered <= self._low and not waiting and writable:
+            elif lane.paused and lane.full_since is None and not waiting and writable:
                 lane.paused = False
                 resume.append(TopicPartition(self.topic, part))
+            elif full and not lane.paused:
+                throttled = True
             if lane.claim_if_due(now):
                 self.executor.submit(lane.drain)
+        self._throttled = throttled
         if pause:
             self.consumer.pause(pause)
         if resume:

@@ -1,0 +1,171 @@
+"""Throughput of a ConsumerService against a hand-written consume-and-validate loop.
+
+Both read the same topic on the same embedded broker in the same run, alternating, so
+the ratio is what counts (absolute numbers depend on the machine). The baseline is
+the loop a careful engineer writes by hand: ``consume(500)`` and
+``model_validate_json`` per message, no dead letters, no retries, no metrics. The
+service does all of those, with a trivial sync handler.
+
+    python benchmarks/consume.py [--messages 200000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import threading
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from streamguard import headers as h
+from streamguard.devbroker import DevBroker
+from streamguard.runtime.service import CONSUMER_DEFAULTS
+from streamguard.topics import create_topics
+
+PARTITIONS = 4
+
+
+def sample_event(i: int) -> bytes:
+    event = OrderPlaced(
+        order_id=uuid.UUID(int=i + 1),
+        customer_id=f"customer-{i % 5000:06d}-eu-west",
+        amount=Decimal("1234.56"),
+        currency="EUR",
+        placed_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
+        items=[{"sku": f"SKU-{(i + k) % 99999:08d}", "quantity": k + 1} for k in range(4)],
+    )
+    return event.model_dump_json().encode()
+
+
+def produce(bootstrap: str, topic: str, count: int) -> int:
+    """Fill the topic with stamped events, as a GuardedProducer would send them."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    stamp = [
+        (h.SUBJECT, OrderPlaced.__subject__.encode()),
+        (h.VERSION, str(OrderPlaced.__version__).encode()),
+        (h.FINGERPRINT, OrderPlaced.fingerprint().encode()),
+        (h.PRODUCER, b"benchmark"),
+        (h.CONTENT_TYPE, b"application/json"),
+    ]
+    values = [sample_event(i) for i in range(1000)]
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(topic, values[i % 1000], key=b"k%d" % (i % 997), headers=stamp)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    return len(values[0])
+
+
+def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
+    # The baseline gets the same librdkafka tuning as the service, so the ratio
+    # measures streamguard's own overhead rather than a setting.
+    return {
+        **CONSUMER_DEFAULTS,
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+    }
+
+
+def run_baseline(bootstrap: str, topic: str, count: int) -> float:
+    consumer = Consumer(consumer_config(bootstrap, f"baseline-{uuid.uuid4().hex}"))
+    consumer.subscribe([topic])
+    validate = OrderPlaced.model_validate_json
+    seen = 0
+    start = 0.0
+    deadline = time.monotonic() + 300
+    while seen < count and time.monotonic() < deadline:
+        for msg in consumer.consume(500, 1.0):
+            if msg.error() is not None:
+                continue
+            if not seen:
+                start = time.perf_counter()
+            validate(msg.value())
+            seen += 1
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return seen / elapsed
+
+
+def run_service(bootstrap: str, topic: str, count: int) -> float:
+    done = threading.Event()
+    marks: dict[str, float] = {}
+    seen = [0]
+
+    class Bench(sg.ConsumerService):
+        __abstract__ = True
+        contract = OrderPlaced
+        group_id = "unset"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            n = seen[0] = seen[0] + 1
+            if n == 1:
+                marks["start"] = time.perf_counter()
+            elif n == count:
+                marks["end"] = time.perf_counter()
+                done.set()
+
+    service_cls = type(
+        "BenchService",
+        (Bench,),
+        {"topic": topic, "group_id": f"service-{uuid.uuid4().hex}"},
+    )
+    config = consumer_config(bootstrap, "unused")
+    config.pop("group.id")
+    service = service_cls(bootstrap_servers=bootstrap, kafka_config=config)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    done.wait(300)
+    service.stop()
+    thread.join(60)
+    return count / (marks["end"] - marks["start"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+    with DevBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topics(bootstrap, [topic], partitions=PARTITIONS)
+        size = produce(bootstrap, topic, args.messages)
+        baseline, service = [], []
+        for _ in range(args.rounds):
+            baseline.append(run_baseline(bootstrap, topic, args.messages))
+            service.append(run_service(bootstrap, topic, args.messages))
+    result = {
+        "messages": args.messages,
+        "message_bytes": size,
+        "partitions": PARTITIONS,
+        "baseline_msg_per_s": round(statistics.median(baseline)),
+        "service_msg_per_s": round(statistics.median(service)),
+        "ratio": round(statistics.median(service) / statistics.median(baseline), 3),
+        "baseline_rounds": [round(x) for x in baseline],
+        "service_rounds": [round(x) for x in service],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.messages} messages of {size} B on {PARTITIONS} partitions, {args.rounds} rounds")
+    print(f"  hand-written loop : {result['baseline_msg_per_s']:>9,} msg/s {result['baseline_rounds']}")
+    print(f"  ConsumerService   : {result['service_msg_per_s']:>9,} msg/s {result['service_rounds']}")
+    print(f"  ratio             : {result['ratio']:.3f}  (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Declaration checks, start-up, health endpoints, tombstones and secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from streamguard.devbroker import free_port
+from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
+
+
+def test_missing_declaration_fails_at_class_creation() -> None:
+    """A service without group_id fails when the class is defined, naming the attribute."""
+    with pytest.raises(sg.ConfigurationError, match="group_id"):
+
+        class Broken(sg.ConsumerService):
+            topic = "orders"
+            contract = OrderPlaced
+
+            def handle(self, event: Any, ctx: sg.MessageContext) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("attrs", "match"),
+    [
+        ({"topic": "bad name!"}, "not a valid Kafka topic name"),
+        ({"dead_letter_topic": "orders"}, "must differ"),
+        ({"contract": dict}, "sg.Contract subclass"),
+        ({"transient": [TimeoutError]}, "tuple of exception types"),
+        ({"retry": 3}, "RetryPolicy"),
+        ({"drift": "ignore"}, "'count' or 'dead_letter'"),
+    ],
+)
+def test_invalid_declarations_name_the_fix(attrs: dict[str, Any], match: str) -> None:
+    """Each invalid class attribute is refused at class creation with a hint."""
+    namespace: dict[str, Any] = {
+        "topic": "orders",
+        "contract": OrderPlaced,
+        "group_id": "billing",
+        "handle": lambda self, event, ctx: None,
+        **attrs,
+    }
+    with pytest.raises(sg.ConfigurationError, match=match):
+        type("Broken", (sg.ConsumerService,), namespace)
+
+
+def test_handle_is_required() -> None:
+    """A service that does not implement handle() is refused at class creation."""
+    with pytest.raises(sg.ConfigurationError, match="handle"):
+        type(
+            "NoHandler",
+            (sg.ConsumerService,),
+            {"topic": "orders", "contract": OrderPlaced, "group_id": "g"},
+        )
+
+
+def test_unreachable_broker_fails_fast_with_a_clear_error() -> None:
+    """Against a port where nothing listens, run() raises BrokerUnavailable within the
+    start-up timeout, naming the address and what to check."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(startup_timeout=2.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(sg.BrokerUnavailable, match=address):
+        Billing(bootstrap_servers=address).run()
+    assert time.monotonic() - start < 10
+
+
+def test_secrets_never_reach_repr_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """A SASL password in kafka_config appears neither in repr() nor in any log line."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(startup_timeout=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    config = {"sasl.username": "svc", "sasl.password": "hunter2-secret"}
+    service = Billing(bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_config=config)
+    assert "hunter2-secret" not in repr(service)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(sg.BrokerUnavailable) as info:
+        service.run()
+    assert "hunter2-secret" not in str(info.value)
+    assert "hunter2-secret" not in caplog.text
+
+
+def test_tombstones_are_dead_lettered_unless_handled(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    bootstrap: str,
+) -> None:
+    """By default a null value goes to the DLQ as decode_error (never silently dropped);
+    a service that overrides handle_tombstone receives it instead."""
+    src = topic_factory("orders")
+    raw_producer.produce(src, None, key=b"customer-9")
+    raw_producer.produce(src, order(1).model_dump_json().encode())  # keyless
+    raw_producer.flush(10)
+    group, group2 = unique("g"), unique("g")
+    handled_keys: list[bytes | None] = []
+
+    class Default(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled_keys.append(ctx.key)
+
+    start_service(Default)
+    (record,) = read_all(f"{src}.dlq", 1)
+    assert record.value() is None
+    assert record.key() == b"customer-9"
+    assert dlq_headers(record)["sg-dlq-reason"] == "decode_error"
+    assert "tombstone" in dlq_headers(record)["sg-dlq-error-message"]
+    assert wait_for(lambda: handled_keys == [None])  # the keyless message is handled
+
+    deletes: list[bytes | None] = []
+
+    class Deletes(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group2
+        dead_letter_topic = f"{src}.dlq2"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+        def handle_tombstone(self, ctx: sg.MessageContext) -> None:
+            deletes.append(ctx.key)
+
+    running = start_service(Deletes)
+    assert wait_for(lambda: committed(bootstrap, group2, src).get(0) == 2)
+    assert deletes == [b"customer-9"]
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+
+
+def test_health_endpoints_report_liveness_readiness_and_metrics(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    bootstrap: str,
+) -> None:
+    """/healthz is 200 while alive, /readyz turns 200 once partitions are assigned, and
+    /metrics serves the streamguard families."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.flush()
+    port = free_port()
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing, metrics_port=port)
+    base = f"http://127.0.0.1:{port}"
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(base + path, timeout=2) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    assert wait_for(lambda: status("/healthz") == 200)
+    assert wait_for(lambda: status("/readyz") == 200)
+    with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+        report = json.loads(response.read())
+    assert report["checks"] == {
+        "running": True, "assigned": True, "polling": True, "dlq_writable": True
+    }  # fmt: skip
+    assert wait_for(lambda: running.metric("streamguard_messages_total", topic=src,
+                                           outcome="handled") == 1)
+    with urllib.request.urlopen(base + "/metrics", timeout=2) as response:
+        text = response.read().decode()
+    assert f'streamguard_messages_total{{outcome="handled",topic="{src}"}} 1.0' in text
+    assert "streamguard_handler_seconds_bucket" in text
+    assert status("/nope") == 404
+    running.stop()
+    assert status("/healthz") == 0  # the server is gone with the service

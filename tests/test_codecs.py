@@ -1,0 +1,253 @@
+"""The JSON codec turns bytes into contract instances, or into value-free errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+import streamguard as sg
+from streamguard.codecs import JsonCodec
+
+SECRET = "SECRET-4242"
+
+
+class Line(BaseModel):
+    sku: str
+    quantity: int
+
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 2
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: UUID
+    amount: Decimal
+    currency: Literal["EUR", "USD"]
+    placed_at: datetime
+    lines: list[Line] = Field(default_factory=list)
+    note: str = Field(default="", max_length=4)
+
+
+class Bag(sg.Contract):
+    """Accepts any JSON value under ``data``, so only nesting limits can refuse it."""
+
+    __subject__ = "tests.Bag"
+    __version__ = 1
+
+    data: Any
+
+
+VALID: dict[str, Any] = {
+    "order_id": "6f1b6a1e-31c4-4e0e-9d0c-3a5b2f6c9d10",
+    "amount": "12.50",
+    "currency": "EUR",
+    "placed_at": "2026-01-02T03:04:05Z",
+    "lines": [{"sku": "A-1", "quantity": 2}],
+}
+
+
+def payload(**changes: Any) -> bytes:
+    """VALID with ``changes`` applied (a value of ``...`` removes the field), as JSON bytes."""
+    data = {**VALID, **changes}
+    return json.dumps({k: v for k, v in data.items() if v is not ...}).encode()
+
+
+@pytest.fixture
+def decode() -> Callable[[bytes | None], OrderPlaced]:
+    return JsonCodec().decoder(OrderPlaced)
+
+
+def assert_no_secret(exc: sg.DecodeError | sg.ContractViolation) -> None:
+    """Neither the text nor the structured errors of ``exc`` mention the secret value."""
+    assert SECRET not in str(exc)
+    assert SECRET not in repr(exc)
+    if isinstance(exc, sg.ContractViolation):
+        assert SECRET not in json.dumps(exc.errors)
+        assert all("input" not in detail for detail in exc.errors)
+
+
+def test_valid_message_decodes(decode: Callable[[bytes | None], OrderPlaced]) -> None:
+    """A message that satisfies the contract decodes into a contract instance."""
+    event = decode(payload())
+    assert isinstance(event, OrderPlaced)
+    assert event.amount == Decimal("12.50")
+    assert event.lines == [Line(sku="A-1", quantity=2)]
+
+
+def test_encode_then_decode_round_trips() -> None:
+    """What encode writes, the decoder reads back as an equal event."""
+    codec = JsonCodec()
+    event = OrderPlaced.model_validate_json(payload())
+    assert codec.decode(codec.encode(event), OrderPlaced) == event
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b'{"order_id": ' + SECRET.encode(), id="truncated"),
+        pytest.param(b'{"note": "' + SECRET.encode() + b'",}', id="trailing-comma"),
+        pytest.param(b"{'note': '" + SECRET.encode() + b"'}", id="single-quotes"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_malformed_json_is_a_decode_error(
+    decode: Callable[[bytes | None], OrderPlaced], data: bytes
+) -> None:
+    """Bytes that are not JSON raise DecodeError (reason decode_error) without quoting them."""
+    with pytest.raises(sg.DecodeError, match="Invalid JSON") as info:
+        decode(data)
+    assert info.value.reason == "decode_error"
+    assert_no_secret(info.value)
+
+
+def test_invalid_utf8_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
+    """A payload that is not UTF-8 raises DecodeError, not a UnicodeDecodeError."""
+    with pytest.raises(sg.DecodeError) as info:
+        decode(b'{"note": "' + SECRET.encode() + b'\xff\xfe"}')
+    assert info.value.reason == "decode_error"
+    assert_no_secret(info.value)
+
+
+@pytest.mark.parametrize("data", [b"[1, 2]", b'"' + SECRET.encode() + b'"', b"42", b"null"])
+def test_non_object_top_level_is_a_contract_violation(
+    decode: Callable[[bytes | None], OrderPlaced], data: bytes
+) -> None:
+    """Well-formed JSON that is not an object breaks the contract (the documented choice)."""
+    with pytest.raises(sg.ContractViolation) as info:
+        decode(data)
+    assert info.value.errors == [
+        {"loc": [], "type": "model_type", "msg": "Input should be an object"}
+    ]
+    assert_no_secret(info.value)
+
+
+def test_oversize_is_refused_before_parsing() -> None:
+    """A message over max_bytes is oversize even when it is not JSON at all."""
+    decode = JsonCodec(max_bytes=100).decoder(OrderPlaced)
+    with pytest.raises(sg.DecodeError, match="101 bytes, over the limit of 100") as info:
+        decode(b"\xff" + SECRET.encode() * 9 + b"[" * 1)
+    assert info.value.reason == "oversize"
+    assert_no_secret(info.value)
+
+
+def test_message_of_exactly_max_bytes_is_accepted() -> None:
+    """The size limit is inclusive: a message of exactly max_bytes is decoded."""
+    data = payload()
+    assert JsonCodec(max_bytes=len(data)).decode(data, OrderPlaced).currency == "EUR"
+
+
+def test_default_size_limit_is_one_mebibyte() -> None:
+    """The default limit refuses a message just over 1 MiB as oversize."""
+    with pytest.raises(sg.DecodeError) as info:
+        JsonCodec().decode(b" " * (1024 * 1024 + 1), OrderPlaced)
+    assert info.value.reason == "oversize"
+
+
+def test_default_parser_refuses_deep_nesting() -> None:
+    """Without max_depth the parser's own recursion limit refuses very deep JSON."""
+    data = b'{"data": ' + b"[" * 500 + b"]" * 500 + b"}"
+    with pytest.raises(sg.DecodeError, match="recursion limit") as info:
+        JsonCodec().decode(data, Bag)
+    assert info.value.reason == "decode_error"
+
+
+def test_custom_max_depth_refuses_one_level_more() -> None:
+    """max_depth=N accepts N levels of nesting and refuses N + 1."""
+    codec = JsonCodec(max_depth=5)
+    at_limit = b'{"data": [[[[1]]]]}'
+    assert codec.decode(at_limit, Bag).data == [[[[1]]]]
+    with pytest.raises(sg.DecodeError, match="deeper than the limit of 5") as info:
+        codec.decode(b'{"data": [[[[[1]]]]]}', Bag)
+    assert info.value.reason == "decode_error"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    """Brackets in string literals, escaped quotes included, are not nesting."""
+    codec = JsonCodec(max_depth=2)
+    data = json.dumps({"data": ['[[[{{{ "\\" ]]]', "{[{[{["]}).encode()
+    assert codec.decode(data, Bag).data == ['[[[{{{ "\\" ]]]', "{[{[{["]
+
+
+def test_missing_field_is_a_contract_violation(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """A missing required field is reported with its location and type."""
+    with pytest.raises(sg.ContractViolation, match=r"^orders\.OrderPlaced: ") as info:
+        decode(payload(currency=..., note=SECRET[:4]))
+    assert info.value.subject == "orders.OrderPlaced"
+    assert info.value.errors == [{"loc": ["currency"], "type": "missing", "msg": "Field required"}]
+
+
+def test_extra_field_is_refused_by_a_closed_contract(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """With extra='forbid', an unknown field is a violation, and its value is not quoted."""
+    with pytest.raises(sg.ContractViolation) as info:
+        decode(payload(password=SECRET))
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [(["password"], "extra_forbidden")]
+    assert_no_secret(info.value)
+
+
+def test_wrong_types_are_reported_without_values(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """Every wrong-typed field is reported by location and type, and no value is quoted."""
+    bad = payload(
+        order_id=SECRET,
+        amount=SECRET,
+        currency=SECRET,
+        placed_at=SECRET,
+        lines=[{"sku": SECRET, "quantity": SECRET}],
+        note=SECRET,
+    )
+    with pytest.raises(sg.ContractViolation, match=r"6 validation error\(s\)") as info:
+        decode(bad)
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [
+        (["order_id"], "uuid_parsing"),
+        (["amount"], "decimal_parsing"),
+        (["currency"], "literal_error"),
+        (["placed_at"], "datetime_from_date_parsing"),
+        (["lines", 0, "quantity"], "int_parsing"),
+        (["note"], "string_too_long"),
+    ]
+    assert_no_secret(info.value)
+
+
+def test_uuid_error_does_not_quote_an_input_character(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """Even the single offending character of a bad UUID stays out of the error."""
+    with pytest.raises(sg.ContractViolation) as info:
+        decode(payload(order_id="Q"))
+    assert "`Q`" not in str(info.value)
+    assert "`Q`" not in json.dumps(info.value.errors)
+
+
+def test_tombstone_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
+    """A record without a value (a tombstone) is a decode error, not a crash."""
+    with pytest.raises(sg.DecodeError, match="tombstone") as info:
+        decode(None)
+    assert info.value.reason == "decode_error"
+
+
+def test_include_input_opts_in_to_values() -> None:
+    """With include_input=True the offending value is kept in the structured errors."""
+    decode = JsonCodec(include_input=True).decoder(OrderPlaced)
+    with pytest.raises(sg.ContractViolation) as info:
+        decode(payload(currency=SECRET))
+    assert info.value.errors[0]["input"] == SECRET
+
+
+@pytest.mark.parametrize("kwargs", [{"max_bytes": 0}, {"max_depth": 0}])
+def test_invalid_limits_are_refused(kwargs: dict[str, Any]) -> None:
+    """Non-positive limits are refused when the codec is built."""
+    with pytest.raises(ValueError, match="must be positive"):
+        JsonCodec(**kwargs)

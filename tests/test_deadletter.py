@@ -1,0 +1,234 @@
+"""The dead-letter envelope keeps the original record and says, value-free, why it was rejected."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+import streamguard as sg
+from streamguard import headers as h
+from streamguard.deadletter import MAX_ERROR_MESSAGE, dead_letter_headers, error_text
+from streamguard.errors import error_details
+
+SECRET = "SECRET-4242"
+
+DLQ_HEADERS = [
+    h.DLQ_ORIGINAL_TOPIC,
+    h.DLQ_ORIGINAL_PARTITION,
+    h.DLQ_ORIGINAL_OFFSET,
+    h.DLQ_ORIGINAL_TIMESTAMP,
+    h.DLQ_CONSUMER_GROUP,
+    h.DLQ_SERVICE,
+    h.DLQ_HOST,
+    h.DLQ_REASON,
+    h.DLQ_ERROR_CLASS,
+    h.DLQ_ERROR_MESSAGE,
+    h.DLQ_ERRORS,
+    h.DLQ_EXPECTED_SUBJECT,
+    h.DLQ_EXPECTED_VERSION,
+    h.DLQ_ATTEMPTS,
+    h.DLQ_FIRST_FAILURE_MS,
+    h.DLQ_DEAD_LETTERED_MS,
+]
+
+
+class Payment(BaseModel):
+    amount: int
+    iban: str
+
+
+def violation() -> sg.ContractViolation:
+    """A ContractViolation as the codec builds it, from input holding the secret."""
+    try:
+        Payment.model_validate({"amount": SECRET})
+    except ValidationError as exc:
+        return sg.ContractViolation("payments.Payment", error_details(exc))
+    raise AssertionError("the payload was expected to be invalid")
+
+
+def envelope(failure: sg.Failure, **overrides: Any) -> list[tuple[str, bytes | None]]:
+    kwargs: dict[str, Any] = {
+        "original_headers": [("sg-subject", b"payments.Payment"), ("trace", b"t-1")],
+        "topic": "payments",
+        "partition": 3,
+        "offset": 1234567890123,
+        "timestamp_ms": 1700000000000,
+        "failure": failure,
+        "group_id": "billing",
+        "service": "billing-svc",
+        "expected_subject": "payments.Payment",
+        "expected_version": 4,
+        "host": "worker-1",
+    }
+    kwargs.update(overrides)
+    return dead_letter_headers(**kwargs)
+
+
+def test_original_headers_come_first_in_order() -> None:
+    """The original headers, repeats and nulls included, are kept byte for byte and in order."""
+    original = [("a", b"1"), ("b", None), ("a", b"\xff\x00"), ("c", b"")]
+    headers = envelope(
+        sg.Failure("permanent_error", sg.PermanentError("no")), original_headers=original
+    )
+    assert headers[: len(original)] == original
+    assert [k for k, _ in headers[len(original) :]] == DLQ_HEADERS
+
+
+def test_stale_dlq_headers_are_dropped() -> None:
+    """sg-dlq-* headers from an earlier dead-lettering are replaced by the latest failure's."""
+    original = [("trace", b"t"), (h.DLQ_REASON, b"oversize"), (h.DLQ_ATTEMPTS, b"9"), ("x", b"y")]
+    headers = envelope(sg.Failure("decode_error", sg.DecodeError("bad")), original_headers=original)
+    assert headers[:2] == [("trace", b"t"), ("x", b"y")]
+    assert [v for k, v in headers if k == h.DLQ_REASON] == [b"decode_error"]
+    assert [v for k, v in headers if k == h.DLQ_ATTEMPTS] == [b"1"]
+
+
+def test_context_headers_are_utf8_text_with_decimal_numbers() -> None:
+    """Every sg-dlq-* header is present once, as UTF-8 text, numbers in decimal."""
+    before = int(time.time() * 1000)
+    failure = sg.Failure(
+        "contract_violation", violation(), attempts=2, first_failure_ms=1700000000500
+    )
+    headers = envelope(failure)
+    after = int(time.time() * 1000)
+
+    context = {k: v.decode("utf-8") for k, v in headers if k.startswith(h.DLQ_PREFIX) and v}
+    assert sorted(context) == sorted(DLQ_HEADERS)
+    assert context[h.DLQ_ORIGINAL_TOPIC] == "payments"
+    assert context[h.DLQ_ORIGINAL_PARTITION] == "3"
+    assert context[h.DLQ_ORIGINAL_OFFSET] == "1234567890123"
+    assert context[h.DLQ_ORIGINAL_TIMESTAMP] == "1700000000000"
+    assert context[h.DLQ_CONSUMER_GROUP] == "billing"
+    assert context[h.DLQ_SERVICE] == "billing-svc"
+    assert context[h.DLQ_HOST] == "worker-1"
+    assert context[h.DLQ_REASON] == "contract_violation"
+    assert context[h.DLQ_ERROR_CLASS] == "streamguard.errors.ContractViolation"
+    assert context[h.DLQ_ERROR_MESSAGE].startswith("payments.Payment: 2 validation error(s)")
+    assert context[h.DLQ_EXPECTED_SUBJECT] == "payments.Payment"
+    assert context[h.DLQ_EXPECTED_VERSION] == "4"
+    assert context[h.DLQ_ATTEMPTS] == "2"
+    assert context[h.DLQ_FIRST_FAILURE_MS] == "1700000000500"
+    assert before <= int(context[h.DLQ_DEAD_LETTERED_MS]) <= after
+
+
+def test_missing_timestamp_is_minus_one() -> None:
+    """A record without a timestamp is marked -1, as Kafka does."""
+    headers = dict(envelope(sg.Failure("oversize", sg.DecodeError("big")), timestamp_ms=None))
+    assert headers[h.DLQ_ORIGINAL_TIMESTAMP] == b"-1"
+
+
+def test_errors_header_is_value_free_json() -> None:
+    """sg-dlq-errors is a JSON list of {loc, type, msg}, and no header quotes the input."""
+    headers = envelope(sg.Failure("contract_violation", violation()))
+    errors = json.loads(dict(headers)[h.DLQ_ERRORS] or b"null")
+    assert errors == [
+        {
+            "loc": ["amount"],
+            "type": "int_parsing",
+            "msg": "Input should be a valid integer, unable to parse string as an integer",
+        },
+        {"loc": ["iban"], "type": "missing", "msg": "Field required"},
+    ]
+    assert all(SECRET.encode() not in (v or b"") for _, v in headers)
+
+
+def test_errors_header_is_empty_list_for_other_failures() -> None:
+    """A failure without structured errors still carries a valid, empty JSON list."""
+    headers = dict(envelope(sg.Failure("permanent_error", sg.PermanentError("no"))))
+    assert headers[h.DLQ_ERRORS] == b"[]"
+
+
+def test_retries_exhausted_names_the_last_error_class() -> None:
+    """For retries_exhausted, the error class is that of the last failure, not the wrapper."""
+    last = TimeoutError(f"lookup of {SECRET} timed out")
+    failure = sg.Failure("retries_exhausted", sg.RetriesExhausted(3, 900, last), attempts=3)
+    headers = dict(envelope(failure))
+    assert headers[h.DLQ_ERROR_CLASS] == b"builtins.TimeoutError"
+    message = headers[h.DLQ_ERROR_MESSAGE]
+    assert message is not None
+    assert b"gave up after 3 attempt(s)" in message
+    assert SECRET.encode() not in message
+
+
+def test_long_error_messages_are_capped() -> None:
+    """The error message header is cut at MAX_ERROR_MESSAGE characters."""
+    headers = dict(envelope(sg.Failure("permanent_error", sg.PermanentError("x" * 5000))))
+    assert headers[h.DLQ_ERROR_MESSAGE] == b"x" * MAX_ERROR_MESSAGE
+
+
+def test_error_text_keeps_streamguard_texts() -> None:
+    """Streamguard's own errors keep their text: it is value-free or written for operators."""
+    assert error_text(sg.PermanentError("card expired")) == "card expired"
+    assert error_text(sg.DecodeError("Invalid JSON at line 1")) == "Invalid JSON at line 1"
+    assert error_text(violation()).startswith("payments.Payment: 2 validation error(s)")
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError(SECRET), ValueError(f"no customer {SECRET}"), RuntimeError(SECRET)]
+)
+def test_error_text_redacts_other_exceptions(error: Exception) -> None:
+    """Other exceptions are reduced to their class name, since their text may quote data."""
+    text = error_text(error)
+    assert SECRET not in text
+    assert text == f"{type(error).__name__} (text redacted: not a streamguard error)"
+
+
+def test_error_text_redacts_inside_retries_exhausted() -> None:
+    """RetriesExhausted keeps its own summary but redacts the last error's text."""
+    text = error_text(sg.RetriesExhausted(2, 10, KeyError(SECRET)))
+    assert text.startswith("gave up after 2 attempt(s) in 10 ms: KeyError")
+    assert SECRET not in text
+
+
+def test_error_text_opt_in_keeps_any_text() -> None:
+    """include_any=True keeps every exception's text, and the envelope honours the flag."""
+    assert SECRET in error_text(KeyError(SECRET), include_any=True)
+    failure = sg.Failure("permanent_error", RuntimeError(SECRET))
+    message = dict(envelope(failure, include_error_text=True))[h.DLQ_ERROR_MESSAGE]
+    assert message == SECRET.encode()
+
+
+def test_dead_letter_reads_back_the_envelope() -> None:
+    """DeadLetter.from_record splits original headers from the sg-dlq-* context."""
+    original = [("trace", b"t-1"), ("blank", None)]
+    headers = envelope(
+        sg.Failure("contract_violation", violation(), attempts=2), original_headers=original
+    )
+    letter = sg.DeadLetter.from_record(
+        topic="payments.dlq",
+        partition=0,
+        offset=7,
+        key=b"customer-7",
+        value=b'{"amount": 1}',
+        headers=headers,
+    )
+    assert (letter.dlq_topic, letter.dlq_partition, letter.dlq_offset) == ("payments.dlq", 0, 7)
+    assert (letter.key, letter.value) == (b"customer-7", b'{"amount": 1}')
+    assert letter.original_headers == original
+    assert letter.reason == "contract_violation"
+    assert letter.original_topic == "payments"
+    assert letter.error_class == "streamguard.errors.ContractViolation"
+    assert [e["loc"] for e in letter.errors] == [["amount"], ["iban"]]
+    assert letter.int_context(h.DLQ_ORIGINAL_OFFSET) == 1234567890123
+    assert letter.int_context(h.DLQ_ATTEMPTS) == 2
+
+
+def test_dead_letter_tolerates_a_foreign_record() -> None:
+    """A record without context reads as reason unknown, with no errors and default numbers."""
+    letter = sg.DeadLetter.from_record(
+        topic="x.dlq",
+        partition=0,
+        offset=0,
+        key=None,
+        value=None,
+        headers=[(h.DLQ_ERRORS, b"{not json"), (h.DLQ_ATTEMPTS, b"many")],
+    )
+    assert letter.reason == "unknown"
+    assert letter.original_topic is None
+    assert letter.errors == []
+    assert letter.int_context(h.DLQ_ATTEMPTS) == -1
+    assert letter.int_context(h.DLQ_ORIGINAL_OFFSET, default=0) == 0

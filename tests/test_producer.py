@@ -1,0 +1,251 @@
+"""The guarded producer validates, stamps schema identity, and never loses a record silently."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, Message
+from pydantic import BaseModel
+
+import streamguard as sg
+from streamguard.errors import ConfigurationError
+
+pytestmark = pytest.mark.broker
+
+Reader = Callable[..., list[Message]]
+
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 2
+
+    order_id: int
+    currency: str
+
+
+class Refund(sg.Contract):
+    __subject__ = "orders.Refund"
+    __version__ = 1
+
+    order_id: int
+
+
+def value_of(record: Message) -> Any:
+    """The record's value, parsed as JSON."""
+    value = record.value()
+    assert isinstance(value, bytes)
+    return json.loads(value)
+
+
+def headers_of(record: Message) -> list[tuple[str, str | bytes | None]]:
+    """The record's headers as a list (confluent-kafka types them loosely)."""
+    headers = record.headers()
+    assert isinstance(headers, list)
+    return headers
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_headers_round_trip(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A sent record carries the schema identity headers first, then the caller's, in order."""
+    topic = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap, service_name="checkout")
+    producer.send(
+        topic,
+        OrderPlaced(order_id=1, currency="EUR"),
+        key="customer-7",
+        headers=[("trace-id", "abc"), ("raw", b"\x00\x01")],
+    )
+    producer.flush()
+
+    [record] = read_all(topic, 1)
+    assert headers_of(record) == [
+        ("sg-subject", b"orders.OrderPlaced"),
+        ("sg-version", b"2"),
+        ("sg-fingerprint", OrderPlaced.fingerprint().encode()),
+        ("sg-producer", b"checkout"),
+        ("content-type", b"application/json"),
+        ("trace-id", b"abc"),
+        ("raw", b"\x00\x01"),
+    ]
+    assert record.key() == b"customer-7"
+    assert value_of(record) == {"order_id": 1, "currency": "EUR"}
+
+
+def test_mapping_headers_are_appended(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """Headers given as a mapping follow streamguard's own, and the name defaults to client.id."""
+    topic = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap, kafka_config={"client.id": "billing-7"})
+    producer.send(topic, OrderPlaced(order_id=1, currency="EUR"), headers={"tenant": "t1"})
+    producer.flush()
+
+    [record] = read_all(topic, 1)
+    assert dict(headers_of(record))["sg-producer"] == b"billing-7"
+    assert headers_of(record)[-1] == ("tenant", b"t1")
+
+
+def test_dict_event_is_validated_against_the_contract(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A mapping is validated (and coerced) by the given contract before it is sent."""
+    topic = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(topic, {"order_id": "42", "currency": "USD"}, contract=OrderPlaced)
+    producer.flush()
+
+    [record] = read_all(topic, 1)
+    assert value_of(record) == {"order_id": 42, "currency": "USD"}
+    assert dict(headers_of(record))["sg-subject"] == b"orders.OrderPlaced"
+
+
+def test_contract_violation_sends_nothing(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A mapping that breaks the contract raises ContractViolation and no record leaves."""
+    topic = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send(topic, {"order_id": "SECRET-4242"}, contract=OrderPlaced)
+    assert info.value.subject == "orders.OrderPlaced"
+    assert {e["type"] for e in info.value.errors} == {"int_parsing", "missing"}
+    assert "SECRET-4242" not in str(info.value)
+
+    producer.send(topic, OrderPlaced(order_id=2, currency="EUR"))
+    producer.flush()
+    records = read_all(topic, 2, timeout=5.0)
+    assert [value_of(r)["order_id"] for r in records] == [2]
+
+
+def test_mapping_without_contract_is_a_configuration_error(bootstrap: str) -> None:
+    """send() refuses a mapping without contract=, saying what to pass."""
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(ConfigurationError, match="contract=YourContract"):
+        producer.send("orders", {"order_id": 1, "currency": "EUR"})
+
+
+def test_event_of_another_contract_is_refused(bootstrap: str) -> None:
+    """An event whose type is not the contract given is refused."""
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(ConfigurationError, match="not the Refund"):
+        producer.send("orders", OrderPlaced(order_id=1, currency="EUR"), contract=Refund)
+
+
+def test_plain_model_is_refused(bootstrap: str) -> None:
+    """A plain pydantic model has no subject or version to stamp, so it is refused."""
+
+    class Loose(BaseModel):
+        x: int
+
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(ConfigurationError, match=r"not an sg\.Contract"):
+        producer.send("orders", Loose(x=1))
+
+
+@pytest.mark.parametrize("topic", ["bad name!", "", ".", "..", "a" * 250, "orders/eu"])
+def test_illegal_topic_name_is_refused(bootstrap: str, topic: str) -> None:
+    """A topic name Kafka would refuse is refused before anything is queued."""
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(ConfigurationError, match="not a valid Kafka topic name"):
+        producer.send(topic, OrderPlaced(order_id=1, currency="EUR"))
+    producer.flush(5)
+
+
+def test_record_over_message_max_bytes_fails_at_flush(
+    bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """A record larger than message.max.bytes surfaces as DeliveryFailed naming its topic."""
+    topic = topic_factory("big")
+    producer = sg.GuardedProducer(bootstrap, kafka_config={"message.max.bytes": 1000})
+    producer.send(topic, OrderPlaced(order_id=1, currency="E" * 2000))
+    with pytest.raises(sg.DeliveryFailed, match=topic) as info:
+        producer.flush(10)
+    [(failed_topic, text)] = info.value.failures
+    assert failed_topic == topic
+    assert "too large" in text.lower()
+
+
+def test_unreachable_broker_fails_at_flush() -> None:
+    """When the broker never acknowledges, flush() raises DeliveryFailed naming the topic."""
+    producer = sg.GuardedProducer(
+        f"127.0.0.1:{closed_port()}", kafka_config={"message.timeout.ms": 500}
+    )
+    producer.send("orders-nowhere", OrderPlaced(order_id=1, currency="EUR"))
+    with pytest.raises(sg.DeliveryFailed, match="orders-nowhere") as info:
+        producer.flush(10)
+    assert info.value.failures == [("orders-nowhere", "Local: Message timed out")]
+
+
+def test_failures_are_reported_once() -> None:
+    """After flush() reported a failure, the next flush() has nothing left to report."""
+    producer = sg.GuardedProducer(
+        f"127.0.0.1:{closed_port()}", kafka_config={"message.timeout.ms": 200}
+    )
+    producer.send("orders-nowhere", OrderPlaced(order_id=1, currency="EUR"))
+    with pytest.raises(sg.DeliveryFailed):
+        producer.flush(10)
+    producer.flush(1)
+    assert producer._failures == []
+
+
+def test_on_delivery_sees_each_report(bootstrap: str, topic_factory: Callable[..., str]) -> None:
+    """on_delivery is called once per record with the broker's report."""
+    topic = topic_factory("orders")
+    reports: list[tuple[KafkaError | None, str | None]] = []
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(3):
+        producer.send(
+            topic,
+            OrderPlaced(order_id=i, currency="EUR"),
+            on_delivery=lambda err, msg: reports.append((err, msg.topic())),
+        )
+    producer.flush()
+    assert reports == [(None, topic)] * 3
+
+
+def test_context_manager_flushes(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """Leaving the with-block flushes, so every record is delivered."""
+    topic = topic_factory("orders")
+    with sg.GuardedProducer(bootstrap) as producer:
+        for i in range(5):
+            producer.send(topic, OrderPlaced(order_id=i, currency="EUR"))
+    assert len(read_all(topic, 5)) == 5
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        {"sasl.password": "hunter2"},
+        {"ssl.key.password": "hunter2"},
+        {"sasl.oauthbearer.client.secret": "hunter2"},
+    ],
+)
+def test_repr_never_shows_secrets(secrets: dict[str, Any]) -> None:
+    """repr(producer) shows its config with secret values redacted."""
+    producer = sg.GuardedProducer("127.0.0.1:9", kafka_config=secrets, service_name="svc")
+    text = repr(producer)
+    assert "hunter2" not in text
+    assert f"{next(iter(secrets))!r}: '***'" in text
+    assert "'bootstrap.servers': '127.0.0.1:9'" in text
+
+
+def test_missing_bootstrap_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without any bootstrap servers the producer is not built, and the error says how to fix it."""
+    monkeypatch.delenv("STREAMGUARD_BOOTSTRAP_SERVERS", raising=False)
+    with pytest.raises(ConfigurationError, match="STREAMGUARD_BOOTSTRAP_SERVERS"):
+        sg.GuardedProducer()

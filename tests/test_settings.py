@@ -1,0 +1,96 @@
+"""Settings resolve the bootstrap address in layers and never show secret values."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamguard.errors import ConfigurationError
+from streamguard.settings import (
+    BOOTSTRAP_ENV,
+    REDACTED,
+    client_config,
+    is_secret,
+    redact,
+    resolve_bootstrap,
+)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sasl.password",
+        "ssl.key.password",
+        "sasl.oauthbearer.client.secret",
+        "ssl.keystore.password",
+        "sasl.jaas.config",
+        "SASL.PASSWORD",
+    ],
+)
+def test_redact_hides_secret_values(key: str) -> None:
+    """Secret-bearing keys keep their name but lose their value."""
+    redacted = redact({key: "hunter2", "bootstrap.servers": "kafka:9092"})
+    assert redacted == {key: REDACTED, "bootstrap.servers": "kafka:9092"}
+    assert is_secret(key)
+
+
+def test_redact_keeps_ordinary_settings_and_the_original() -> None:
+    """Non-secret settings are shown as they are, and the input mapping is not modified."""
+    config = {"security.protocol": "SASL_SSL", "sasl.username": "svc", "sasl.password": "x"}
+    assert redact(config) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.username": "svc",
+        "sasl.password": "***",
+    }
+    assert config["sasl.password"] == "x"
+    assert not is_secret("sasl.username")
+
+
+def test_explicit_argument_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit bootstrap argument beats kafka_config and the environment."""
+    monkeypatch.setenv(BOOTSTRAP_ENV, "env:9092")
+    assert resolve_bootstrap("arg:9092", {"bootstrap.servers": "cfg:9092"}) == "arg:9092"
+
+
+def test_kafka_config_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an argument, bootstrap.servers in kafka_config beats the environment."""
+    monkeypatch.setenv(BOOTSTRAP_ENV, "env:9092")
+    assert resolve_bootstrap(None, {"bootstrap.servers": "cfg:9092"}) == "cfg:9092"
+
+
+def test_environment_is_the_last_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without argument or config, STREAMGUARD_BOOTSTRAP_SERVERS is used, stripped."""
+    monkeypatch.setenv(BOOTSTRAP_ENV, "  env:9092 \n")
+    assert resolve_bootstrap(None, {"client.id": "x"}) == "env:9092"
+    assert resolve_bootstrap("", None) == "env:9092"
+
+
+@pytest.mark.parametrize("env_value", [None, "", "   "])
+def test_nothing_given_is_an_error_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch, env_value: str | None
+) -> None:
+    """With no layer set (or a blank variable) the error names every way to set it."""
+    if env_value is None:
+        monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    else:
+        monkeypatch.setenv(BOOTSTRAP_ENV, env_value)
+    with pytest.raises(ConfigurationError) as info:
+        resolve_bootstrap(None, {"bootstrap.servers": ""})
+    text = str(info.value)
+    assert "bootstrap_servers=" in text
+    assert "'bootstrap.servers' in kafka_config" in text
+    assert f"{BOOTSTRAP_ENV}=host:9092" in text
+    assert "streamguard broker" in text
+
+
+def test_client_config_layers_defaults_then_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User kafka_config overrides the defaults, and bootstrap.servers is the resolved one."""
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    merged = client_config(
+        "arg:9092", {"acks": "1", "client.id": "me"}, {"acks": "all", "linger.ms": 5}
+    )
+    assert merged == {
+        "acks": "1",
+        "linger.ms": 5,
+        "client.id": "me",
+        "bootstrap.servers": "arg:9092",
+    }
