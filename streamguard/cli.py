@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, StreamguardError
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(sub)
     add_schema_parser(sub)
+    add_dlq_parser(sub)
     return parser
 
 

@@ -1,0 +1,200 @@
+"""``streamguard dlq inspect`` and ``streamguard dlq replay``: flags, output, exit codes.
+
+Exit codes follow the CLI's: 0 success, 1 something failed to publish, 2 usage or
+configuration error (including a DLQ or ``--to`` topic that does not exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from streamguard.dlqtools.inspect import render_table, summarize, to_json
+from streamguard.dlqtools.reader import DlqReader
+from streamguard.dlqtools.replay import (
+    STILL_INVALID,
+    Replayer,
+    ReplayOptions,
+    ReplayReport,
+    default_group,
+)
+from streamguard.dlqtools.revalidate import Revalidator
+from streamguard.dlqtools.selection import Selection
+from streamguard.errors import ConfigurationError
+
+# The reader of `inspect` never commits; librdkafka still wants a group id to exist.
+INSPECT_GROUP = "streamguard-inspect"
+SHOWN_REFUSED = 20
+
+
+def _kafka_options(items: list[str] | None) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"-X {item!r}: expected librdkafka PROPERTY=VALUE")
+        config[key.strip()] = value
+    return config
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC", help="the dead-letter topic, e.g. orders.dlq")
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="the cluster (default: $STREAMGUARD_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument(
+        "-X",
+        dest="kafka_options",
+        action="append",
+        metavar="PROPERTY=VALUE",
+        help="a librdkafka setting such as security.protocol=SSL (repeatable)",
+    )
+    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N")
+    parser.add_argument(
+        "--show-values",
+        action="store_true",
+        help="also show keys' and values' contents and handler error texts (may be personal data)",
+    )
+
+
+def add_dlq_parser(subparsers: Any) -> None:
+    """Add ``dlq inspect`` and ``dlq replay`` to the ``streamguard`` command."""
+    dlq = subparsers.add_parser("dlq", help="inspect and replay dead-letter topics")
+    sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+
+    inspect = sub.add_parser(
+        "inspect", help="summarise a DLQ by cause, reading it without joining a group"
+    )
+    _common(inspect)
+    inspect.add_argument("--format", choices=("table", "json"), default="table")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    replay = sub.add_parser("replay", help="republish selected dead letters to their topics")
+    _common(replay)
+    replay.add_argument("--to", default=None, metavar="TOPIC", help="write here instead")
+    replay.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="select by DLQ header, e.g. reason=contract_violation (repeatable)",
+    )
+    replay.add_argument("--since", default=None, metavar="TIME", help="ISO time or 2h/1d ago")
+    replay.add_argument("--until", default=None, metavar="TIME", help="ISO time or 2h/1d ago")
+    replay.add_argument("--rate", type=_positive_float, default=None, metavar="MSG_PER_S")
+    replay.add_argument("--dry-run", action="store_true", help="write and commit nothing")
+    replay.add_argument(
+        "--revalidate",
+        action="store_true",
+        help="replay only values that pass their subject's current contract",
+    )
+    replay.add_argument(
+        "--config", default=None, metavar="PATH", help="pyproject.toml with [tool.streamguard]"
+    )
+    replay.add_argument("--max-replays", type=_positive_int, default=3, metavar="N")
+    replay.add_argument(
+        "--group", default=None, help="the replay group (default streamguard-replay.<TOPIC>)"
+    )
+    replay.set_defaults(func=_cmd_replay)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    with DlqReader(
+        args.bootstrap_servers,
+        args.topic,
+        group_id=INSPECT_GROUP,
+        kafka_config=_kafka_options(args.kafka_options),
+    ) as reader:
+        ranges = reader.plan()
+        summary = summarize(
+            args.topic, reader.read(ranges), show_values=args.show_values, limit=args.limit
+        )
+        summary.ends = {r.partition: r.end for r in ranges}
+        summary.stopped_idle = reader.stopped_idle
+    print(to_json(summary) if args.format == "json" else render_table(summary))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    selection = Selection.parse(args.where, args.since, args.until)
+    revalidator = None
+    if args.revalidate:
+        from streamguard.config import load_project_config
+
+        contracts = load_project_config(args.config).contracts_by_subject()
+        if not contracts:
+            raise ConfigurationError(
+                "--revalidate found no contracts: list your contract modules in "
+                "[tool.streamguard] contracts, or point --config at that pyproject.toml"
+            )
+        revalidator = Revalidator(contracts)
+    options = ReplayOptions(
+        to=args.to,
+        selection=selection,
+        limit=args.limit,
+        rate=args.rate,
+        dry_run=args.dry_run,
+        max_replays=args.max_replays,
+        revalidator=revalidator,
+        show_values=args.show_values,
+    )
+    group = args.group or default_group(args.topic)
+    with DlqReader(
+        args.bootstrap_servers,
+        args.topic,
+        group_id=group,
+        kafka_config=_kafka_options(args.kafka_options),
+    ) as reader:
+        print(
+            f"replaying {args.topic} as group {group} ({selection.describe()})"
+            + (" [dry run: nothing is written or committed]" if args.dry_run else ""),
+            flush=True,
+        )
+        report = Replayer(reader, options).run()
+    print(render_report(report))
+    return 0 if report.ok else 1
+
+
+def render_report(report: ReplayReport) -> str:
+    """The final summary: replayed, skipped by reason, still invalid, failed."""
+    verb = "would replay" if report.dry_run else "replayed"
+    refused = {r: n for r, n in sorted(report.skipped.items()) if r != STILL_INVALID}
+    detail = ", ".join(f"{reason} {n}" for reason, n in refused.items())
+    lines = [
+        f"{report.dlq_topic}: {verb} {report.replayed}; "
+        f"skipped {sum(refused.values())}" + (f" ({detail})" if detail else "") + "; "
+        f"still invalid {report.still_invalid}; not selected {report.not_selected}; "
+        f"failed to publish {report.failed}",
+        f"  read {report.read} of the {report.to_read} record(s) between the position of "
+        f"group {report.group_id} and the end of the DLQ at start",
+    ]
+    for item in report.refused[:SHOWN_REFUSED]:
+        lines.append(f"  refused dlq {item['dlq']}: {item['reason']}: {item['detail']}")
+    if len(report.refused) > SHOWN_REFUSED:
+        lines.append(f"  ... and {len(report.refused) - SHOWN_REFUSED} more refused")
+    if report.committed:
+        done = ", ".join(f"p{p}={o}" for p, o in sorted(report.committed.items()))
+        lines.append(f"  committed under group {report.group_id}: {done}")
+    if report.stopped_idle:
+        lines.append("  note: stopped after an idle period before the end recorded at start")
+    for error in report.errors[:SHOWN_REFUSED]:
+        lines.append(f"  failed: {error}")
+    if report.failed:
+        lines.append("  records that failed were not committed: run the same replay again")
+    return "\n".join(lines)

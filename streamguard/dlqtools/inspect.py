@@ -1,0 +1,215 @@
+"""What a DLQ holds, grouped so an operator sees the few causes behind many records.
+
+Records are grouped by original topic, reason, error class and expected contract; each
+group shows its count, when its first and last record was dead-lettered, and one
+example: where it sits in the DLQ and the original topic, and pydantic's error
+locations. Field values (the record's key and value, and a handler's free-form error
+text, which may quote them) are shown only when asked for with ``show_values``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamguard import headers as h
+from streamguard.dlqtools.reader import DlqRecord
+from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
+
+MAX_SHOWN_VALUE = 200
+MAX_SHOWN_ERRORS = 3
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class GroupKey:
+    """What records of one group have in common."""
+
+    original_topic: str
+    reason: str
+    error_class: str
+    expected: str  # "subject v<version>"
+
+
+@dataclass
+class Group:
+    """Counts, time span and the first record of one group."""
+
+    key: GroupKey
+    count: int = 0
+    first_ms: int = -1
+    last_ms: int = -1
+    example: dict[str, Any] = field(default_factory=dict)
+    # How often each error location occurs in the group: one cause often hides two.
+    locations: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Summary:
+    """The whole DLQ (or its first ``limit`` records) as groups, largest first."""
+
+    topic: str
+    records: int = 0
+    groups: dict[GroupKey, Group] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)
+    stopped_idle: bool = False
+
+    def ordered(self) -> list[Group]:
+        return sorted(self.groups.values(), key=lambda g: (-g.count, g.key))
+
+
+def _shown(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    text = data.decode("utf-8", "backslashreplace")
+    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "..."
+
+
+def _loc(error: dict[str, Any]) -> str:
+    loc = error.get("loc", [])
+    return ".".join(str(p) for p in loc) if isinstance(loc, list) and loc else "<root>"
+
+
+def _example(record: DlqRecord, show_values: bool) -> dict[str, Any]:
+    letter = record.letter
+    example: dict[str, Any] = {
+        "dlq": f"{letter.dlq_partition}@{letter.dlq_offset}",
+        "original": (
+            f"{letter.context.get(h.DLQ_ORIGINAL_PARTITION, '?')}"
+            f"@{letter.context.get(h.DLQ_ORIGINAL_OFFSET, '?')}"
+        ),
+        "errors": [
+            {"loc": _loc(e), "type": e.get("type", "")}
+            for e in letter.errors
+            if isinstance(e, dict)
+        ],
+        "service": letter.context.get(h.DLQ_SERVICE, ""),
+        "attempts": letter.int_context(h.DLQ_ATTEMPTS, 0),
+    }
+    if show_values:
+        example["error_message"] = letter.context.get(h.DLQ_ERROR_MESSAGE, "")
+        example["key"] = _shown(letter.key)
+        example["value"] = _shown(letter.value)
+    return example
+
+
+def summarize(
+    topic: str, records: Iterable[DlqRecord], *, show_values: bool = False, limit: int | None = None
+) -> Summary:
+    """Group ``records`` (at most ``limit`` of them) into a ``Summary``."""
+    summary = Summary(topic)
+    for record in records:
+        if limit is not None and summary.records >= limit:
+            break
+        letter = record.letter
+        subject = letter.context.get(h.DLQ_EXPECTED_SUBJECT, "")
+        version = letter.context.get(h.DLQ_EXPECTED_VERSION, "")
+        key = GroupKey(
+            letter.original_topic or "?",
+            letter.reason,
+            letter.error_class or "?",
+            f"{subject} v{version}" if subject else "?",
+        )
+        group = summary.groups.get(key)
+        if group is None:
+            group = summary.groups[key] = Group(key, example=_example(record, show_values))
+        moment = dead_lettered_ms(record)
+        group.locations.update(
+            {f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)}
+        )
+        group.count += 1
+        group.first_ms = moment if group.first_ms < 0 else min(group.first_ms, moment)
+        group.last_ms = max(group.last_ms, moment)
+        summary.records += 1
+    return summary
+
+
+def to_json(summary: Summary) -> str:
+    """The summary for machines: one object, groups largest first."""
+    return json.dumps(
+        {
+            "topic": summary.topic,
+            "records": summary.records,
+            "stopped_idle": summary.stopped_idle,
+            "groups": [
+                {
+                    "original_topic": g.key.original_topic,
+                    "reason": g.key.reason,
+                    "error_class": g.key.error_class,
+                    "expected": g.key.expected,
+                    "count": g.count,
+                    "first": format_ms(g.first_ms),
+                    "last": format_ms(g.last_ms),
+                    "error_locations": dict(g.locations.most_common()),
+                    "example": g.example,
+                }
+                for g in summary.ordered()
+            ],
+        },
+        indent=2,
+    )
+
+
+def _short_class(name: str) -> str:
+    # Module paths make the table wide; the class name is what an operator recognises.
+    return name.rsplit(".", 1)[-1]
+
+
+def render_table(summary: Summary) -> str:
+    """A plain-text table: one row per group, its example indented beneath it."""
+    ends = ", ".join(f"p{p}<{o}" for p, o in sorted(summary.ends.items()))
+    lines = [
+        f"{summary.topic}: {summary.records} dead-lettered record(s) in "
+        f"{len(summary.groups)} group(s) (read up to offsets {ends or '-'})"
+    ]
+    if summary.stopped_idle:
+        lines.append("  note: stopped after an idle period before reaching those offsets")
+    if not summary.groups:
+        return "\n".join(lines)
+    header = ("COUNT", "ORIGINAL TOPIC", "REASON", "ERROR", "EXPECTED", "FIRST", "LAST")
+    rows = [
+        (
+            str(g.count),
+            g.key.original_topic,
+            g.key.reason,
+            _short_class(g.key.error_class),
+            g.key.expected,
+            format_ms(g.first_ms),
+            format_ms(g.last_ms),
+        )
+        for g in summary.ordered()
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        first = cells[0].rjust(widths[0])
+        rest = [c.ljust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    lines += ["", line(header)]
+    for group, row in zip(summary.ordered(), rows, strict=True):
+        lines.append(line(row))
+        if group.locations:
+            top = ", ".join(f"{loc} x{n}" for loc, n in group.locations.most_common(4))
+            more = len(group.locations) - 4
+            lines.append(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
+        lines.extend("      " + text for text in _example_lines(group.example))
+    return "\n".join(lines)
+
+
+def _example_lines(example: dict[str, Any]) -> list[str]:
+    out = [
+        f"e.g. dlq {example['dlq']}, original {example['original']}, "
+        f"service {example['service'] or '?'}, attempts {example['attempts']}"
+    ]
+    errors = example["errors"]
+    if errors:
+        shown = ", ".join(f"{e['loc']} ({e['type']})" for e in errors[:MAX_SHOWN_ERRORS])
+        more = f" +{len(errors) - MAX_SHOWN_ERRORS} more" if len(errors) > MAX_SHOWN_ERRORS else ""
+        out.append(f"example errors: {shown}{more}")
+    if "value" in example:
+        out.append(f"message: {example['error_message']}")
+        out.append(f"key: {example['key']!r}  value: {example['value']!r}")
+    return out

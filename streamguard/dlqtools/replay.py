@@ -1,0 +1,374 @@
+"""Replaying dead letters: republish the records a fix addresses, safely and once.
+
+Safety rules, in the order they are checked for each record:
+
+1. **Selection.** Records outside ``--where``/``--since``/``--until`` are left alone.
+2. **Loop protection.** A record whose ``sg-replay-count`` already reached
+   ``max_replays`` is refused, so a poison message cannot cycle DLQ -> topic -> DLQ
+   forever. An unreadable count counts as over the limit.
+3. **Topic checks.** The original topic comes from a header, which is untrusted input:
+   it must be a legal topic name, must not be the DLQ itself or an internal topic, and,
+   unless ``--to`` is given, must already exist. A refused record is reported and
+   never written anywhere else.
+4. **Revalidation** (optional). The value must pass its subject's current contract.
+
+A replayed record keeps key, value and every non-``sg-dlq-*`` header byte for byte, and
+gets ``sg-replay-count`` (incremented) and ``sg-replay-at`` (epoch ms). Written to its
+original topic, it also goes to its original partition when that still exists, so
+per-key order is what the original producer chose, whatever its partitioner.
+
+Idempotence: progress is committed under the replay group only for the longest prefix
+(per DLQ partition) of records that reached a final outcome: acknowledged by the
+broker (acks=all, idempotent producer), or refused/skipped. A second run of the same
+replay starts after that prefix and sends nothing twice. Two windows remain, both
+at-least-once and both small: if the process dies between an acknowledgement and the
+commit that follows it, or if the broker refuses a record *after* later records of the
+same batch were acknowledged, those later records are sent again by the next run.
+Batches are flushed and committed at least every ``COMMIT_INTERVAL`` seconds to keep
+the first window short; a record the client refuses at ``produce()`` stops the run
+before anything after it is sent. Every replayed record carries ``sg-replay-count``, so
+a consumer that must be exactly-once can recognise a replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streamguard import headers as h
+from streamguard.deadletter import DeadLetter
+from streamguard.dlqtools.progress import Progress
+from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
+from streamguard.dlqtools.revalidate import Revalidator
+from streamguard.dlqtools.selection import Selection
+from streamguard.errors import ConfigurationError
+from streamguard.producer import PRODUCER_DEFAULTS
+from streamguard.topics import check_topic_name, is_valid_topic_name
+
+REPLAY_LIMIT = "replay_limit"
+NO_ORIGINAL_TOPIC = "no_original_topic"
+INVALID_TOPIC = "invalid_topic"
+REFUSED_TOPIC = "refused_topic"
+MISSING_TOPIC = "missing_topic"
+STILL_INVALID = "still_invalid"
+
+BATCH_SIZE = 500
+COMMIT_INTERVAL = 1.0  # seconds between flush+commit, bounding re-sends after a crash
+MAX_REPORTED = 1000  # refused records listed one by one; counts are always complete
+# The producer's own default refuses records over 1 MiB before sending; a DLQ record
+# can be as large as anything its topics accept.
+PRODUCER_OVERRIDES = {"message.max.bytes": 104_857_600}
+FLUSH_TIMEOUT = 60.0
+
+_PENDING, _DONE, _FAILED = 0, 1, 2
+
+
+def default_group(dlq_topic: str) -> str:
+    """The replay group of a DLQ when ``--group`` is not given."""
+    return f"streamguard-replay.{dlq_topic}"
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What to replay and how; the CLI builds one from its flags."""
+
+    to: str | None = None
+    selection: Selection = field(default_factory=Selection)
+    limit: int | None = None
+    rate: float | None = None
+    dry_run: bool = False
+    max_replays: int = 3
+    revalidator: Revalidator | None = None
+    show_values: bool = False
+
+
+@dataclass
+class ReplayReport:
+    """What a run did; ``failed`` > 0 means some records were not acknowledged."""
+
+    dlq_topic: str
+    group_id: str
+    dry_run: bool
+    to_read: int = 0
+    read: int = 0
+    replayed: int = 0
+    not_selected: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    committed: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    stopped_idle: bool = False
+
+    @property
+    def still_invalid(self) -> int:
+        return self.skipped[STILL_INVALID]
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    topic: str
+    partition: int | None
+    headers: list[tuple[str, bytes | None]]
+
+
+def replay_count(headers: h.Headers) -> int | None:
+    """The record's ``sg-replay-count``: 0 if absent, None if unreadable."""
+    text = h.last(headers, h.REPLAY_COUNT)
+    if text is None:
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        return None
+    return count if count >= 0 else None
+
+
+class Replayer:
+    """Runs one replay of one DLQ; see the module docstring for the rules.
+
+    Args:
+        reader: a reader of the DLQ whose ``group_id`` is the replay group.
+        options: the selection and the limits.
+        out: where dry-run lines go (the summary is the caller's to print).
+    """
+
+    def __init__(self, reader: DlqReader, options: ReplayOptions, out: TextIO = sys.stdout):
+        self.reader = reader
+        self.options = options
+        self.out = out
+        self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
+        self._topics: dict[str, int] = {}
+        self._track: dict[int, list[list[int]]] = {}
+        self._unsettled = 0  # records produced since the last settle
+        # A plain client, not GuardedProducer: the bytes are already encoded, and the
+        # replay must see a record refused at produce() at once, to stop before sending
+        # anything after it (GuardedProducer defers such refusals to flush()).
+        self._producer: Producer | None = None
+        self.errors = self.report.errors
+
+    def run(self) -> ReplayReport:
+        """Replay up to the DLQ's end at start (or ``limit``); return what happened."""
+        options = self.options
+        self._topics = existing_topics(self.reader.admin)
+        if options.to is not None:
+            check_topic_name(options.to)
+            if options.to not in self._topics:
+                raise ConfigurationError(
+                    f"--to topic {options.to!r} does not exist: create it first, or check "
+                    "the name (replay never creates topics)"
+                )
+        ranges = self.reader.plan(self.reader.committed())
+        self.report.to_read = sum(r.size for r in ranges)
+        if not options.dry_run:
+            # acks=all + idempotence, as GuardedProducer: an acknowledged replay is
+            # durable and not duplicated by the client's own retries.
+            self._producer = Producer(
+                {**PRODUCER_DEFAULTS, **PRODUCER_OVERRIDES, **self.reader.client_config}
+            )
+        progress = Progress(self.report.to_read)
+        started = time.monotonic()
+        last_settle = started
+        try:
+            for record in self.reader.read(ranges):
+                if not self._handle(record, started):
+                    break  # refused before sending: stop, so nothing after it is sent
+                report = self.report
+                if progress.enabled:
+                    progress.update(
+                        report.read,
+                        f"replayed {report.replayed}  skipped {sum(report.skipped.values())}"
+                        f"  not selected {report.not_selected}",
+                    )
+                if options.limit is not None and report.replayed >= options.limit:
+                    break
+                if (
+                    time.monotonic() - last_settle >= COMMIT_INTERVAL
+                    or self._unsettled >= BATCH_SIZE
+                ):
+                    last_settle = time.monotonic()
+                    if not self._settle():
+                        break
+        finally:
+            self._settle()
+            progress.update(self.report.read, "done", force=True)
+            progress.close()
+        self.report.stopped_idle = self.reader.stopped_idle
+        return self.report
+
+    def _handle(self, record: DlqRecord, started: float) -> bool:
+        """Decide on one record and send it; False if the producer refused it outright."""
+        letter = record.letter
+        report = self.report
+        report.read += 1
+        entry = [letter.dlq_offset, _DONE]
+        self._track.setdefault(letter.dlq_partition, []).append(entry)
+        if not self.options.selection.matches(record):
+            report.not_selected += 1
+            return True
+        decision = self._decide(record)
+        if not isinstance(decision, _Send):
+            reason, detail = decision
+            report.skipped[reason] += 1
+            if len(report.refused) < MAX_REPORTED:
+                report.refused.append(
+                    {
+                        "dlq": f"{letter.dlq_partition}@{letter.dlq_offset}",
+                        "reason": reason,
+                        "detail": detail,
+                    }
+                )
+            return True
+        report.replayed += 1
+        if self._producer is None:
+            self.out.write(self._describe(record, decision) + "\n")
+            return True
+        if self.options.rate:
+            # Pace by the schedule since the start, not per record, so that the average
+            # holds even when produce() itself takes time.
+            delay = started + (report.replayed - 1) / self.options.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        entry[1] = _PENDING
+        self._unsettled += 1
+        try:
+            self._produce(record, decision, entry)
+        except KafkaException as exc:
+            # Refused before sending (e.g. larger than message.max.bytes): a failure to
+            # publish like any other, so it stays uncommitted and the run stops.
+            entry[1] = _FAILED
+            self.errors.append(f"dlq {letter.dlq_partition}@{letter.dlq_offset}: {exc}")
+            return False
+        return True
+
+    def _produce(self, record: DlqRecord, send: _Send, entry: list[int]) -> None:
+        assert self._producer is not None
+        letter = record.letter
+        kwargs: dict[str, Any] = {"key": letter.key, "headers": send.headers}
+        if send.partition is not None:
+            kwargs["partition"] = send.partition
+        while True:
+            try:
+                self._producer.produce(
+                    send.topic, letter.value, on_delivery=self._report(letter, entry), **kwargs
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: wait for room, drop nothing
+        self._producer.poll(0)
+
+    def _report(
+        self, letter: DeadLetter, entry: list[int]
+    ) -> Callable[[KafkaError | None, Message], None]:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            entry[1] = _FAILED if err is not None else _DONE
+            if err is not None:
+                self.errors.append(
+                    f"dlq {letter.dlq_partition}@{letter.dlq_offset} -> {msg.topic()}: {err.str()}"
+                )
+
+        return report
+
+    def _decide(self, record: DlqRecord) -> _Send | tuple[str, str]:
+        letter = record.letter
+        options = self.options
+        count = replay_count(letter.original_headers)
+        if count is None:
+            return REPLAY_LIMIT, f"unreadable {h.REPLAY_COUNT} header; treated as over the limit"
+        if count >= options.max_replays:
+            return (
+                REPLAY_LIMIT,
+                f"replayed {count} time(s) already (--max-replays {options.max_replays})",
+            )
+        original = letter.original_topic
+        if not original:
+            return NO_ORIGINAL_TOPIC, f"no {h.DLQ_ORIGINAL_TOPIC} header"
+        if not is_valid_topic_name(original):
+            return INVALID_TOPIC, f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is not a legal topic name"
+        if original == self.reader.topic or original.startswith("__"):
+            return REFUSED_TOPIC, f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is the DLQ or internal"
+        if options.to is None and original not in self._topics:
+            return MISSING_TOPIC, f"original topic {original!r} does not exist"
+        if options.revalidator is not None:
+            problems = options.revalidator.problems(letter)
+            if problems:
+                shown = "; ".join(f"{p['loc'] or '<root>'}: {p['msg']}" for p in problems[:3])
+                more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+                return STILL_INVALID, shown + more
+        headers = [
+            (k, v) for k, v in letter.original_headers if k not in (h.REPLAY_COUNT, h.REPLAY_AT)
+        ]
+        headers.append((h.REPLAY_COUNT, str(count + 1).encode()))
+        headers.append((h.REPLAY_AT, str(int(time.time() * 1000)).encode()))
+        partition: int | None = None
+        if options.to is None:
+            wanted = letter.int_context(h.DLQ_ORIGINAL_PARTITION)
+            if 0 <= wanted < self._topics[original]:
+                partition = wanted
+        return _Send(options.to or original, partition, headers)
+
+    def _describe(self, record: DlqRecord, send: _Send) -> str:
+        """One dry-run line: destination, key, value (digest unless shown) and headers."""
+        letter = record.letter
+        value = letter.value
+        if value is None:
+            shown = "null (tombstone)"
+        elif self.options.show_values:
+            shown = repr(value.decode("utf-8", "backslashreplace"))
+        else:
+            shown = f"{len(value)} bytes sha256:{hashlib.sha256(value).hexdigest()[:16]}"
+        key = None if letter.key is None else letter.key.decode("utf-8", "backslashreplace")
+        where = send.topic if send.partition is None else f"{send.topic}[{send.partition}]"
+        headers = ", ".join(
+            f"{k}={'' if v is None else v.decode('utf-8', 'backslashreplace')}"
+            for k, v in send.headers
+        )
+        return (
+            f"would send dlq {letter.dlq_partition}@{letter.dlq_offset} -> {where} "
+            f"key={key!r} value={shown} headers: {headers}"
+        )
+
+    def _settle(self) -> bool:
+        """Wait for acknowledgements, then commit each partition's finished prefix.
+
+        Returns False when a record failed: the run stops there, and nothing at or
+        after the failed record is committed, so the next run retries it.
+        """
+        if self._producer is not None:
+            # Each record's outcome arrives through its own delivery report.
+            left = self._producer.flush(FLUSH_TIMEOUT)
+            if left:
+                self.errors.append(f"{left} record(s) not acknowledged within {FLUSH_TIMEOUT}s")
+        self._unsettled = 0
+        offsets: dict[int, int] = {}
+        healthy = True
+        for partition, entries in self._track.items():
+            done = 0
+            while done < len(entries) and entries[done][1] == _DONE:
+                done += 1
+            if done:
+                offsets[partition] = entries[done - 1][0] + 1
+            failed = [e for e in entries[done:] if e[1] != _DONE]
+            if failed:
+                healthy = False
+                self.report.failed += len(failed)
+                for e in failed:
+                    e[1] = _DONE  # counted once; still uncommitted, so retried next run
+                entries.clear()  # after a failure nothing later may be committed
+            else:
+                del entries[:done]
+        if offsets and not self.options.dry_run:
+            self.reader.commit(offsets)
+            self.report.committed.update(offsets)
+        return healthy

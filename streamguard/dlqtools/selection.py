@@ -1,0 +1,134 @@
+"""Which DLQ records a replay picks: ``--where``, ``--since`` and ``--until``.
+
+Filters match the ``sg-dlq-*`` context headers, so an operator can replay exactly the
+records a fix addresses (``--where reason=contract_violation``) and leave the rest in
+the DLQ. Repeating a key means "any of these values"; different keys must all match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from streamguard import headers as h
+from streamguard.dlqtools.reader import DlqRecord
+from streamguard.errors import ConfigurationError
+
+# --where keys: the sg-dlq-* header names without their prefix, plus short aliases.
+WHERE_KEYS: dict[str, str] = {
+    name.removeprefix(h.DLQ_PREFIX): name
+    for name in (
+        h.DLQ_REASON,
+        h.DLQ_ORIGINAL_TOPIC,
+        h.DLQ_ORIGINAL_PARTITION,
+        h.DLQ_ERROR_CLASS,
+        h.DLQ_EXPECTED_SUBJECT,
+        h.DLQ_EXPECTED_VERSION,
+        h.DLQ_CONSUMER_GROUP,
+        h.DLQ_SERVICE,
+        h.DLQ_HOST,
+    )
+}
+WHERE_KEYS |= {
+    "topic": h.DLQ_ORIGINAL_TOPIC,
+    "subject": h.DLQ_EXPECTED_SUBJECT,
+    "group": h.DLQ_CONSUMER_GROUP,
+}
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> int:
+    """A ``--since``/``--until`` value as epoch milliseconds.
+
+    Accepts ISO 8601 (``2026-11-27T14:05:00Z``, ``2026-11-27``; no zone means UTC),
+    a duration ago (``30m``, ``2h``, ``1d``), or epoch milliseconds (``1795788000000``).
+    """
+    value = text.strip()
+    if value.isdigit() and len(value) >= 12:
+        return int(value)
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+        return int(moment.timestamp() * 1000)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError(
+            f"cannot read time {text!r}: use ISO 8601 (2026-11-27T14:05:00Z), a duration "
+            "ago (30m, 2h, 1d) or epoch milliseconds"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def dead_lettered_ms(record: DlqRecord) -> int:
+    """When the record was dead-lettered: its header, else the DLQ record's timestamp."""
+    return record.letter.int_context(h.DLQ_DEAD_LETTERED_MS, record.timestamp_ms)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The records an operator asked for; ``describe()`` says it in words for reports."""
+
+    where: dict[str, frozenset[str]] = field(default_factory=dict)
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @classmethod
+    def parse(
+        cls, where: Iterable[str] = (), since: str | None = None, until: str | None = None
+    ) -> Selection:
+        """Build a selection from CLI text, refusing unknown keys with the known ones."""
+        wanted: dict[str, set[str]] = {}
+        for item in where:
+            key, sep, value = item.partition("=")
+            header = WHERE_KEYS.get(key.strip().lower())
+            if not sep or header is None:
+                raise ConfigurationError(
+                    f"--where {item!r}: expected KEY=VALUE with KEY one of "
+                    f"{', '.join(sorted(WHERE_KEYS))}"
+                )
+            wanted.setdefault(header, set()).add(value.strip())
+        since_ms = parse_time(since) if since else None
+        until_ms = parse_time(until) if until else None
+        if since_ms is not None and until_ms is not None and since_ms > until_ms:
+            raise ConfigurationError(f"--since {since!r} is after --until {until!r}")
+        return cls({k: frozenset(v) for k, v in wanted.items()}, since_ms, until_ms)
+
+    def matches(self, record: DlqRecord) -> bool:
+        """True if the record passes every filter."""
+        context = record.letter.context
+        for header, values in self.where.items():
+            if context.get(header) not in values:
+                return False
+        if self.since_ms is not None or self.until_ms is not None:
+            moment = dead_lettered_ms(record)
+            if self.since_ms is not None and moment < self.since_ms:
+                return False
+            if self.until_ms is not None and moment >= self.until_ms:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = [
+            f"{header.removeprefix(h.DLQ_PREFIX)} in {{{', '.join(sorted(values))}}}"
+            for header, values in sorted(self.where.items())
+        ]
+        if self.since_ms is not None:
+            parts.append(f"dead-lettered since {format_ms(self.since_ms)}")
+        if self.until_ms is not None:
+            parts.append(f"dead-lettered before {format_ms(self.until_ms)}")
+        return "; ".join(parts) or "all records"
+
+
+def format_ms(ms: int) -> str:
+    """Epoch milliseconds as a UTC ISO time to the second, '-' when unknown."""
+    if ms < 0:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,124 @@
+"""``dlq inspect`` and the group-less reader under it, through the real broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streamguard.cli import main
+from streamguard.dlqtools.commands import INSPECT_GROUP
+from streamguard.dlqtools.reader import DlqReader
+from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Sent
+
+pytestmark = pytest.mark.broker
+
+
+def test_reader_finds_the_true_end_after_a_batched_produce(
+    bootstrap: str, topic_factory: Callable[..., str], dead_letters: Callable[..., list[Sent]]
+) -> None:
+    """The end is right although the local broker's ListOffsets is wrong after batching."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 10, original_topic="orders")
+    with DlqReader(bootstrap, dlq, group_id="unused") as reader:
+        (listed,) = [
+            reader._consumer.get_watermark_offsets(TopicPartition(dlq, 0), cached=False)[1]
+        ]
+        ranges = reader.plan()
+        assert [(r.start, r.end) for r in ranges] == [(0, 10)]
+        assert listed < 10  # BROKER.md item 1: this is what the probe corrects
+        assert len(list(reader.read(ranges))) == 10
+        assert not reader.stopped_idle
+
+
+def test_reader_stops_at_the_end_recorded_at_start(
+    bootstrap: str, topic_factory: Callable[..., str], dead_letters: Callable[..., list[Sent]]
+) -> None:
+    """Records written after the plan was made are not read, so a busy DLQ cannot run forever."""
+    dlq = topic_factory("orders.dlq", partitions=2)
+    dead_letters(dlq, [FIXABLE] * 6, original_topic="orders")
+    with DlqReader(bootstrap, dlq, group_id="unused") as reader:
+        ranges = reader.plan()
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for i in range(5):
+            producer.produce(dlq, b"late", partition=i % 2)
+        producer.flush(10)
+        got = list(reader.read(ranges))
+    assert len(got) == 6
+    assert all(r.letter.value != b"late" for r in got)
+
+
+def test_inspect_groups_by_cause_without_values(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The table has one row per cause with counts and error locations, and no field values."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, HOPELESS, FIXABLE, b"{not json"], original_topic=orders)
+    assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]) == 0
+    out = capsys.readouterr().out
+    assert f"{dlq}: 4 dead-lettered record(s) in 2 group(s)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "3 "))]
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("3", orders, "contract_violation", "ContractViolation", "dlqtest.Order"),
+        ("1", orders, "decode_error", "DecodeError", "dlqtest.Order"),
+    ]
+    assert "error locations: currency (literal_error) x2, amount (greater_than) x1" in out
+    assert "e.g. dlq 0@0, original 0@100, service billing-svc" in out
+    assert "GBP" not in out
+    assert "customer-" not in out
+
+
+def test_inspect_json_shows_values_only_when_asked(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--format json is machine-readable; --show-values adds key and value to examples."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, FIXABLE, b"{not json"], original_topic="orders")
+    args = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap, "--format", "json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert [g["count"] for g in plain["groups"]] == [2, 1]
+    assert plain["groups"][0]["example"]["dlq"] == "0@0"
+    assert plain["groups"][0]["error_locations"] == {"currency (literal_error)": 2}
+    assert "value" not in plain["groups"][0]["example"]
+    assert main([*args, "--show-values", "--limit", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["records"] == 1
+    assert shown["groups"][0]["example"]["key"] == "customer-0"
+    assert "GBP" in shown["groups"][0]["example"]["value"]
+
+
+def test_inspect_commits_nothing(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Inspecting leaves no committed offsets behind under any group it could have used."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE], original_topic="orders")
+    assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]) == 0
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": INSPECT_GROUP})
+    try:
+        (tp,) = consumer.committed([TopicPartition(dlq, 0)], timeout=10)
+    finally:
+        consumer.close()
+    assert tp.offset < 0
+
+
+def test_inspect_of_a_missing_topic_is_a_usage_error(
+    bootstrap: str, unique: Callable[[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped DLQ name exits 2 with a hint, and the topic is not created by asking."""
+    name = unique("no-such.dlq")
+    assert main(["dlq", "inspect", name, "--bootstrap-servers", bootstrap]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["dlq", "inspect", name, "--bootstrap-servers", bootstrap]) == 2

@@ -1,0 +1,302 @@
+"""``dlq replay`` through the real broker: selection, safety, idempotence, failures."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from streamguard import headers as h
+from streamguard.cli import main
+from streamguard.dlqtools.reader import DlqReader, existing_topics
+from streamguard.dlqtools.replay import (
+    INVALID_TOPIC,
+    MISSING_TOPIC,
+    REFUSED_TOPIC,
+    REPLAY_LIMIT,
+    Replayer,
+    ReplayOptions,
+    ReplayReport,
+    default_group,
+)
+from streamguard.dlqtools.revalidate import Revalidator
+from streamguard.dlqtools.selection import Selection
+from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, OrderV2, Sent
+
+pytestmark = pytest.mark.broker
+
+
+def replay(
+    bootstrap: str,
+    dlq: str,
+    *,
+    group: str | None = None,
+    out: io.StringIO | None = None,
+    **opts: Any,
+) -> ReplayReport:
+    with DlqReader(bootstrap, dlq, group_id=group or default_group(dlq), idle_timeout=5) as reader:
+        return Replayer(reader, ReplayOptions(**opts), out=out or io.StringIO()).run()
+
+
+def committed(bootstrap: str, topic: str, group: str) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed([TopicPartition(topic, 0)], timeout=10)]
+    finally:
+        consumer.close()
+
+
+def headers_of(msg: Message) -> list[tuple[str, bytes | None]]:
+    return list(msg.headers() or [])
+
+
+@pytest.fixture
+def incident(
+    topic_factory: Callable[..., str], dead_letters: Callable[..., list[Sent]]
+) -> tuple[str, str, list[Sent]]:
+    """A DLQ with 3 records the contract fix makes valid and 2 it does not."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    sent = dead_letters(dlq, [FIXABLE, HOPELESS, FIXABLE, FIXABLE, HOPELESS], original_topic=orders)
+    return orders, dlq, sent
+
+
+def test_dry_run_writes_and_commits_nothing(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """A dry run prints each record it would send, and writes and commits nothing."""
+    orders, dlq, _ = incident
+    out = io.StringIO()
+    report = replay(
+        bootstrap, dlq, dry_run=True, out=out, revalidator=Revalidator({"dlqtest.Order": OrderV2})
+    )
+    lines = out.getvalue().splitlines()
+    assert report.replayed == 3
+    assert report.still_invalid == 2
+    assert [line.split()[3] for line in lines] == ["0@0", "0@2", "0@3"]
+    assert all(f"-> {orders}[0] " in line and "sg-replay-count=1" in line for line in lines)
+    assert "GBP" not in out.getvalue()  # values are digested unless --show-values
+    assert read_all(orders, 1, timeout=3) == []
+    assert committed(bootstrap, dlq, default_group(dlq)) == [-1001]
+
+
+def test_replay_sends_exactly_the_fixable_ones_once(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """With --revalidate only records that pass the fixed contract are sent, byte for byte."""
+    orders, dlq, sent = incident
+    report = replay(bootstrap, dlq, revalidator=Revalidator({"dlqtest.Order": OrderV2}))
+    assert (report.replayed, report.still_invalid, report.failed) == (3, 2, 0)
+    assert {r["dlq"] for r in report.refused} == {"0@1", "0@4"}
+    assert all("amount" in r["detail"] for r in report.refused)
+    got = read_all(orders, 4, timeout=5)
+    assert len(got) == 3
+    for msg, original in zip(got, [sent[0], sent[2], sent[3]], strict=True):
+        assert (msg.key(), msg.value()) == (original.key, original.value)
+        replayed = headers_of(msg)
+        assert replayed[: len(original.original_headers)] == original.original_headers
+        names = [k for k, _ in replayed]
+        assert not any(k.startswith(h.DLQ_PREFIX) for k in names)
+        assert h.last(replayed, h.REPLAY_COUNT) == "1"
+        assert int(h.last(replayed, h.REPLAY_AT) or 0) > 1_700_000_000_000
+    assert committed(bootstrap, dlq, default_group(dlq)) == [5]
+
+
+def test_second_replay_sends_nothing(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """Running the same replay again resumes after the committed position and sends nothing."""
+    orders, dlq, _ = incident
+    first = replay(bootstrap, dlq)
+    second = replay(bootstrap, dlq)
+    assert (first.replayed, second.replayed, second.read) == (5, 0, 0)
+    assert len(read_all(orders, 6, timeout=4)) == 5
+
+
+def test_limit_walks_the_dlq_in_chunks_without_duplicates(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """Runs with --limit pick up where the previous one stopped, so each record goes once."""
+    orders, dlq, _ = incident
+    counts = [replay(bootstrap, dlq, limit=2).replayed for _ in range(4)]
+    assert counts == [2, 2, 1, 0]
+    got = read_all(orders, 6, timeout=4)
+    assert sorted(m.key() for m in got) == [f"customer-{i}".encode() for i in range(5)]
+
+
+def test_record_over_the_replay_limit_is_skipped(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """A record replayed max-replays times already is refused; one below it is counted up."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE], original_topic=orders, replay_count=3, key_prefix="looped")
+    dead_letters(dlq, [FIXABLE], original_topic=orders, replay_count=1, key_prefix="once")
+    dead_letters(dlq, [FIXABLE], original_topic=orders, replay_count="x", key_prefix="forged")
+    report = replay(bootstrap, dlq, max_replays=3)
+    assert report.replayed == 1
+    assert report.skipped[REPLAY_LIMIT] == 2
+    (msg,) = read_all(orders, 2, timeout=4)
+    assert msg.key() == b"once-0"
+    assert h.last(headers_of(msg), h.REPLAY_COUNT) == "2"
+
+
+def test_forged_original_topics_are_refused(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    unique: Callable[[str], str],
+) -> None:
+    """Illegal, missing, internal and self-referencing original topics are never written to."""
+    dlq = topic_factory("orders.dlq")
+    missing = unique("never-created")
+    dead_letters(dlq, [FIXABLE], original_topic="bad name!")
+    dead_letters(dlq, [FIXABLE], original_topic=missing)
+    dead_letters(dlq, [FIXABLE], original_topic="__consumer_offsets")
+    dead_letters(dlq, [FIXABLE], original_topic=dlq)
+    report = replay(bootstrap, dlq)
+    assert report.replayed == 0
+    assert report.skipped == {INVALID_TOPIC: 1, MISSING_TOPIC: 1, REFUSED_TOPIC: 2}
+    with DlqReader(bootstrap, dlq, group_id="check") as reader:
+        assert missing not in existing_topics(reader.admin)
+        assert reader.plan()[0].end == 4  # nothing was written back into the DLQ either
+
+
+def test_to_topic_takes_records_whose_original_topic_is_gone(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    unique: Callable[[str], str],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """With --to, a valid but missing original topic is no obstacle; an illegal one still is."""
+    dlq, target = topic_factory("orders.dlq"), topic_factory("orders.retry")
+    dead_letters(dlq, [FIXABLE], original_topic=unique("deleted"))
+    dead_letters(dlq, [FIXABLE], original_topic="bad name!")
+    report = replay(bootstrap, dlq, to=target)
+    assert report.replayed == 1
+    assert report.skipped == {INVALID_TOPIC: 1}
+    assert len(read_all(target, 2, timeout=4)) == 1
+
+
+def test_where_selects_by_reason_and_keeps_the_rest(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """--where reason=... replays only matching records; the others are not selected."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, FIXABLE], original_topic=orders)
+    dead_letters(dlq, [FIXABLE], original_topic=orders, reason="retries_exhausted", key_prefix="r")
+    selection = Selection.parse(["reason=retries_exhausted"])
+    report = replay(bootstrap, dlq, selection=selection)
+    assert (report.replayed, report.not_selected) == (1, 2)
+    assert [m.key() for m in read_all(orders, 2, timeout=4)] == [b"r-0"]
+
+
+def test_original_partition_is_kept(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """A record goes back to the partition it came from, whatever the client's partitioner."""
+    orders, dlq = topic_factory("orders", partitions=3), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, FIXABLE], original_topic=orders, original_partition=2)
+    replay(bootstrap, dlq)
+    assert [m.partition() for m in read_all(orders, 2)] == [2, 2]
+
+
+def test_publish_failure_exits_1_and_commits_nothing_after_it(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A record the producer refuses stops the run with exit 1; the next run sends it."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    big = {**FIXABLE, "order_id": "o" * 5000}
+    dead_letters(dlq, [FIXABLE, big, FIXABLE], original_topic=orders)
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]
+    assert main([*args, "-X", "message.max.bytes=2000"]) == 1
+    out = capsys.readouterr().out
+    assert "failed to publish 1" in out
+    assert "committed under group" in out
+    assert committed(bootstrap, dlq, default_group(dlq)) == [1]
+    assert main(args) == 0
+    keys = [m.key() for m in read_all(orders, 4, timeout=5)]
+    assert keys == [b"customer-0", b"customer-1", b"customer-2"]
+
+
+def test_cli_revalidate_reads_contracts_from_config(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    tmp_path: Any,
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--revalidate --config uses the project's current contracts and reports the rest."""
+    _orders, dlq, _ = incident
+    module = unique("fixed_contracts").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(
+        "from typing import Literal\nfrom pydantic import Field\nimport streamguard as sg\n"
+        "class Order(sg.Contract):\n"
+        "    __subject__ = 'dlqtest.Order'\n    __version__ = 3\n"
+        "    order_id: str\n    amount: int = Field(gt=0)\n"
+        "    currency: Literal['EUR', 'USD', 'GBP']\n"
+    )
+    (tmp_path / "pyproject.toml").write_text(f'[tool.streamguard]\ncontracts = ["{module}"]\n')
+    code = main(
+        [
+            "dlq",
+            "replay",
+            dlq,
+            "--bootstrap-servers",
+            bootstrap,
+            "--revalidate",
+            "--config",
+            str(tmp_path / "pyproject.toml"),
+            "--group",
+            unique("g"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "replayed 3; skipped 0; still invalid 2;" in out
+    assert "refused dlq 0@1: still_invalid: amount: Input should be greater than 0" in out
+
+
+def test_rate_paces_the_replay(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """--rate 10 spreads 5 records over at least 0.4 s (the first goes at once)."""
+    orders, dlq, _ = incident
+    started = time.monotonic()
+    report = replay(bootstrap, dlq, rate=10.0)
+    assert report.replayed == 5
+    assert time.monotonic() - started >= 0.4
+    assert len(read_all(orders, 5)) == 5
+
+
+def test_cli_time_window_and_missing_to_topic(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--until before the incident selects nothing; a missing --to topic is a usage error."""
+    _, dlq, _ = incident
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--group", unique("g")]
+    assert main([*args, "--until", "2020-01-01", "--dry-run"]) == 0
+    assert "would replay 0; skipped 0; still invalid 0; not selected 5;" in capsys.readouterr().out
+    assert main([*args, "--to", unique("missing")]) == 2
+    assert "does not exist: create it first" in capsys.readouterr().err
+    assert main([*args, "--since", "last tuesday"]) == 2
+    assert "cannot read time" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""Replay selection, replay-count parsing and the progress bar, without a broker."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import pytest
+
+from streamguard import headers as h
+from streamguard.deadletter import DeadLetter
+from streamguard.dlqtools.progress import Progress
+from streamguard.dlqtools.reader import DlqRecord
+from streamguard.dlqtools.replay import replay_count
+from streamguard.dlqtools.selection import Selection, parse_time
+from streamguard.errors import ConfigurationError
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def record(reason: str, dead_lettered_ms: int, topic: str = "orders") -> DlqRecord:
+    letter = DeadLetter.from_record(
+        topic="orders.dlq",
+        partition=0,
+        offset=0,
+        key=None,
+        value=b"{}",
+        headers=[
+            (h.DLQ_REASON, reason.encode()),
+            (h.DLQ_ORIGINAL_TOPIC, topic.encode()),
+            (h.DLQ_DEAD_LETTERED_MS, str(dead_lettered_ms).encode()),
+        ],
+    )
+    return DlqRecord(letter, timestamp_ms=0)
+
+
+def test_times_are_iso_relative_or_epoch_ms() -> None:
+    """--since/--until accept ISO 8601 (UTC when no zone), durations ago and epoch ms."""
+    assert parse_time("2026-11-27T12:00:00Z") == int(NOW.timestamp() * 1000)
+    assert parse_time("2026-11-27T12:00:00") == int(NOW.timestamp() * 1000)
+    assert parse_time("2h", now=NOW) == int(NOW.timestamp() * 1000) - 2 * 3600 * 1000
+    assert parse_time("1795788000000") == 1795788000000
+    with pytest.raises(ConfigurationError, match="cannot read time"):
+        parse_time("yesterday")
+
+
+def test_where_keys_combine_with_and_across_keys_or_within_one() -> None:
+    """Repeating a key widens it; different keys must all match."""
+    selection = Selection.parse(["reason=decode_error", "reason=oversize", "topic=orders"])
+    assert selection.matches(record("oversize", 1))
+    assert not selection.matches(record("oversize", 1, topic="payments"))
+    assert not selection.matches(record("contract_violation", 1))
+
+
+def test_unknown_where_key_is_refused_with_the_known_ones() -> None:
+    """A typo in --where is a usage error that lists what is accepted."""
+    with pytest.raises(ConfigurationError, match="reason"):
+        Selection.parse(["reasn=oversize"])
+
+
+def test_time_window_uses_the_dead_lettered_time() -> None:
+    """--since is inclusive and --until exclusive, on sg-dlq-dead-lettered-ms."""
+    selection = Selection.parse([], since="1795788000000", until="1795788001000")
+    assert selection.matches(record("oversize", 1795788000000))
+    assert not selection.matches(record("oversize", 1795788001000))
+    assert not selection.matches(record("oversize", 1795787999999))
+
+
+def test_replay_count_reads_the_last_header_and_distrusts_garbage() -> None:
+    """A missing count is 0; an unreadable or negative one is None (treated as over the limit)."""
+    assert replay_count([]) == 0
+    assert replay_count([(h.REPLAY_COUNT, b"1"), (h.REPLAY_COUNT, b"2")]) == 2
+    assert replay_count([(h.REPLAY_COUNT, b"x")]) is None
+    assert replay_count([(h.REPLAY_COUNT, b"-1")]) is None
+
+
+def test_progress_draws_nothing_off_a_terminal() -> None:
+    """Piped or redirected stderr gets no progress bar, only the final summary on stdout."""
+    stream = io.StringIO()
+    progress = Progress(10, stream)
+    progress.update(5, "replayed 5", force=True)
+    progress.close()
+    assert stream.getvalue() == ""
+
+
+def test_progress_draws_a_bar_on_a_terminal() -> None:
+    """On a terminal the bar shows done/total and the counts."""
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    progress = Progress(10, stream)
+    progress.update(5, "replayed 5", force=True)
+    assert "5/10  replayed 5" in stream.getvalue()
+    assert "#" * 15 in stream.getvalue()
