@@ -7,6 +7,7 @@ a slow partition is paused instead, which is backpressure, not buffering.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -155,6 +156,27 @@ class Poller:
         if now >= self._next_commit:
             self._next_commit = now + self.options.commit_interval
             self.commit(self.lanes.values(), asynchronous=True)
+            self._update_lag()
+
+    def _update_lag(self) -> None:
+        """Lag = high watermark minus the final-outcome position, per partition.
+
+        The high watermark is the one the last fetch response carried (cached=True):
+        it costs no request, and unlike ListOffsets it is right on every broker.
+        """
+        gauge = self.pipeline.metrics.consumer_lag
+        for part, lane in self.lanes.items():
+            try:
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, part), cached=True
+                )
+            except KafkaException:
+                continue
+            if high < 0:
+                continue  # nothing fetched yet for this partition
+            position = lane.commit_position()
+            done = position if position is not None else max(low, 0)
+            gauge.labels(self.topic, str(part)).set(max(0, high - done))
 
     def _retry_dead_letters(self, now: float) -> None:
         if now < self._next_dlq_retry:
@@ -214,6 +236,7 @@ class Poller:
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lanes = [self.lanes.pop(tp.partition) for tp in partitions if tp.partition in self.lanes]
         self.settle(lanes, self.options.revoke_timeout)
+        self._forget_lag(partitions)
         log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
         self._on_revoked([tp.partition for tp in partitions])
 
@@ -224,7 +247,14 @@ class Poller:
             lane = self.lanes.pop(tp.partition, None)
             if lane is not None:
                 lane.close()
+        self._forget_lag(partitions)
         log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _forget_lag(self, partitions: list[TopicPartition]) -> None:
+        # A partition that is no longer ours must not keep reporting a stale lag.
+        for tp in partitions:
+            with contextlib.suppress(KeyError):
+                self.pipeline.metrics.consumer_lag.remove(self.topic, str(tp.partition))
 
     def settle(self, lanes: list[PartitionLane], timeout: float) -> None:
         """Stop lanes, let in-flight handlers finish, await dead letters, commit."""

@@ -1,0 +1,111 @@
+"""Messages written with another schema are counted (and, if asked, dead-lettered)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from streamguard import headers as h
+from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
+
+
+def _stamp(version: int, fingerprint: str, producer: str = "checkout") -> list[tuple[str, bytes]]:
+    return [
+        (h.SUBJECT, OrderPlaced.__subject__.encode()),
+        (h.VERSION, str(version).encode()),
+        (h.FINGERPRINT, fingerprint.encode()),
+        (h.PRODUCER, producer.encode()),
+    ]
+
+
+def _send_mix(producer: Producer, topic: str) -> None:
+    ours = OrderPlaced.fingerprint()
+    value = order(1).model_dump_json().encode()
+    with_extra = json.dumps({**json.loads(value), "coupon": "X"}).encode()
+    producer.produce(topic, value, headers=_stamp(1, ours))  # no drift
+    producer.produce(topic, value, headers=_stamp(2, "f" * 64))  # newer_version
+    producer.produce(topic, value, headers=_stamp(2, "f" * 64))  # newer_version again
+    producer.produce(topic, value, headers=_stamp(1, "0" * 64))  # unknown_fingerprint
+    producer.produce(topic, value)  # no_schema_headers
+    producer.produce(topic, with_extra, headers=_stamp(2, "e" * 64, "legacy"))  # newer + fields
+    producer.flush(10)
+
+
+def test_drift_is_counted_by_kind_and_logged_once_per_producer(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With drift="count", every message is handled; drift is counted per kind, and the
+    first occurrence per producer and kind is logged once."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    src = topic_factory("orders")
+    _send_mix(raw_producer, src)
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(drift_sample=1)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 6)
+    subject = OrderPlaced.__subject__
+
+    def drift(kind: str) -> float:
+        return running.metric("streamguard_schema_drift_total", subject=subject, kind=kind)
+
+    assert drift("newer_version") == 3
+    assert drift("unknown_fingerprint") == 1
+    assert drift("no_schema_headers") == 1
+    assert drift("unknown_fields") == 1  # only "legacy" sends a field the contract lacks
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 6
+    logged = [(r.__dict__["producer"], r.__dict__["kind"]) for r in caplog.records
+              if r.getMessage() == "schema drift"]  # fmt: skip
+    assert logged.count(("checkout", "newer_version")) == 1
+    assert ("legacy", "unknown_fields") in logged
+
+
+def test_drift_policy_dead_letter_sends_drifting_messages_to_the_dlq(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """With drift="dead_letter", every drifting message is dead-lettered (schema_drift)
+    and only the matching one reaches the handler."""
+    src = topic_factory("orders")
+    _send_mix(raw_producer, src)
+    handled: list[int] = []
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        drift = "dead_letter"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+    start_service(Billing)
+    records = read_all(f"{src}.dlq", 5)
+    assert [dlq_headers(r)["sg-dlq-reason"] for r in records] == ["schema_drift"] * 5
+    assert "newer_version" in dlq_headers(records[0])["sg-dlq-error-message"]
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 6)
+    assert handled == [0]
