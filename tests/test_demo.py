@@ -1,0 +1,26 @@
+"""`streamguard demo` runs end to end on its own embedded broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamguard.demo import run_demo
+
+
+def test_demo_handles_retries_and_dead_letters_everything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The demo exits 0, every order reaches an outcome, and the DLQ summary shows
+    each reason the demo provokes."""
+    assert run_demo() == 0
+    out = capsys.readouterr().out
+    assert "handled        21" in out
+    for line in (
+        "dead-lettered  2  decode_error",
+        "dead-lettered  1  contract_violation",
+        "dead-lettered  1  permanent_error",
+        "dead-lettered  1  retries_exhausted",
+    ):
+        assert line in out
+    assert "the producer refused an invalid order before sending it" in out
+    assert "orders.dlq: 5 dead-lettered record(s)" in out
