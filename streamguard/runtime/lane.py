@@ -72,9 +72,8 @@ class PendingDeadLetter:
 class PartitionLane:
     """Processing state of one partition. Mutated under ``lock`` by poll and worker."""
 
-    def __init__(self, partition: int, pipeline: Pipeline, poller: Any = None) -> None:
+    def __init__(self, partition: int, pipeline: Pipeline) -> None:
         self.partition = partition
-        self._poller = poller  # woken when a batch is taken while it waits for room
         self.pipeline = pipeline
         self.lock = threading.Lock()
         self.queue: deque[list[Record]] = deque()
@@ -159,9 +158,6 @@ class PartitionLane:
                     batch = self.queue.popleft()
                     self.buffered -= len(batch)
                     self.in_hand = len(batch)
-                poller = self._poller
-                if poller is not None and poller.waiting_for_drain:
-                    poller.drained.set()
                 done = self._process(batch)
                 with self.lock:
                     self.in_hand = 0

@@ -23,6 +23,11 @@ from streamguard.runtime.pipeline import ServicePipeline
 
 log = logging.getLogger("streamguard.runtime")
 
+# How long every worker may be busy in handlers before the fallback poller polls in
+# their place. Far below max.poll.interval.ms; long enough that in steady state the
+# fallback thread stays asleep and the workers poll.
+FALLBACK_POLL_GAP = 0.05
+
 
 class Poller:
     """Drives one consumer for one topic; owns the lanes of its assigned partitions."""
@@ -44,8 +49,11 @@ class Poller:
             max_workers=options.workers, thread_name_prefix="streamguard-worker"
         )
         self.stopping = threading.Event()
-        self.drained = threading.Event()
-        self.waiting_for_drain = False
+        self.failure: BaseException | None = None
+        self.active_workers = 0
+        self._active_lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._quiet = threading.Event()  # set when the last active worker returns
         self.assigned_once = False
         self.last_poll = time.monotonic()
         self._on_assigned = on_assigned
@@ -78,25 +86,85 @@ class Poller:
         )
 
     def run(self) -> None:
-        consume = self.consumer.consume
-        batch_size = self.options.batch_size
-        while not self.stopping.is_set():
-            if self._throttled:
-                # A partition is full but still draining: fetch nothing until a lane
-                # takes a batch (it sets `drained`), rather than pause it (see
-                # ServiceOptions.pause_after). The timeout bounds the wait.
-                self.drained.wait(0.05)
-                self.drained.clear()
-                self.waiting_for_drain = False
-            else:
-                msgs = consume(batch_size, 0.1)
-                if msgs:
-                    self._dispatch(msgs)
-            self.last_poll = time.monotonic()
-            self.pipeline.serve_dead_letter_reports()
-            self._maintain(self.last_poll)
+        """The fallback poller: it polls whenever no worker does.
 
-    def _dispatch(self, msgs: list[Record]) -> None:
+        Workers poll between batches themselves (leader/follower, see ``_work``), so
+        in steady state one thread fetches and processes and the interpreter lock never
+        changes hands; a handoff between a poll thread and a worker costs more here than
+        the work it hands over. This thread polls when no worker is active (waiting in
+        librdkafka, without the GIL), and when every worker is busy in a handler for
+        longer than ``FALLBACK_POLL_GAP``, which keeps the consumer in its group,
+        rebalance callbacks timely and backpressure applied.
+        """
+        while not self.stopping.is_set():
+            if self.failure is not None:
+                raise self.failure
+            busy = self.active_workers > 0
+            if busy and time.monotonic() - self.last_poll < FALLBACK_POLL_GAP:
+                self._quiet.wait(FALLBACK_POLL_GAP)
+                self._quiet.clear()
+                continue
+            with self._poll_lock:
+                if self.stopping.is_set():
+                    break
+                claimed = self.poll_once(0.0 if busy else 0.1)
+            for lane in claimed:
+                self._submit(lane)
+        if self.failure is not None:
+            raise self.failure
+
+    def poll_once(self, timeout: float) -> list[PartitionLane]:
+        """Fetch one batch, hand it to lanes, then pause, resume and commit as due.
+
+        Called with ``_poll_lock`` held, by a worker or by the fallback poller; returns
+        the lanes that now need a worker (claimed, not yet running).
+        """
+        claimed: list[PartitionLane] = []
+        if not self._throttled:
+            # While a partition is full but still draining, fetch nothing rather than
+            # pause it (see ServiceOptions.pause_after).
+            msgs = self.consumer.consume(self.options.batch_size, timeout)
+            if msgs:
+                claimed = self._dispatch(msgs)
+        self.last_poll = time.monotonic()
+        self.pipeline.serve_dead_letter_reports()
+        self._maintain(self.last_poll, claimed)
+        return claimed
+
+    def _submit(self, lane: PartitionLane) -> None:
+        with self._active_lock:
+            self.active_workers += 1
+        self.executor.submit(self._work, lane)
+
+    def _work(self, lane: PartitionLane | None) -> None:
+        """A worker: drain a lane, then poll for the next batch if nobody else is."""
+        try:
+            while lane is not None:
+                lane.drain()
+                lane = None
+                if self.stopping.is_set() or not self._poll_lock.acquire(blocking=False):
+                    break
+                try:
+                    if self.stopping.is_set():
+                        break
+                    claimed = self.poll_once(0.0)
+                finally:
+                    self._poll_lock.release()
+                if claimed:
+                    lane = claimed[0]
+                    for other in claimed[1:]:
+                        self._submit(other)
+        except BaseException as exc:
+            self.failure = exc
+            self.stopping.set()
+            log.exception("worker failed; stopping the service")
+        finally:
+            with self._active_lock:
+                self.active_workers -= 1
+                if not self.active_workers:
+                    self._quiet.set()
+
+    def _dispatch(self, msgs: list[Record]) -> list[PartitionLane]:
         by_partition: dict[int, list[Record]] = {}
         for msg in msgs:
             if msg.error() is not None:
@@ -108,13 +176,14 @@ class Poller:
                 by_partition[part] = [msg]
             else:
                 batch.append(msg)
-        submit = self.executor.submit
+        claimed = []
         for part, batch in by_partition.items():
             lane = self.lanes.get(part)
             # A record of a partition no longer ours is dropped uncommitted; its new
             # owner reads it from the committed offset.
             if lane is not None and lane.enqueue(batch):
-                submit(lane.drain)
+                claimed.append(lane)
+        return claimed
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -123,7 +192,7 @@ class Poller:
             raise KafkaException(error)
         log.warning("consumer error", extra={"error": error.str()})
 
-    def _maintain(self, now: float) -> None:
+    def _maintain(self, now: float, claimed: list[PartitionLane]) -> None:
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         writable = self.pipeline.dlq_writable
@@ -145,8 +214,8 @@ class Poller:
             elif full and not lane.paused:
                 throttled = True
             if lane.claim_if_due(now):
-                self.executor.submit(lane.drain)
-        self._throttled = self.waiting_for_drain = throttled
+                claimed.append(lane)
+        self._throttled = throttled
         if pause:
             self.consumer.pause(pause)
         if resume:
@@ -228,7 +297,7 @@ class Poller:
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             if tp.partition not in self.lanes:
-                self.lanes[tp.partition] = PartitionLane(tp.partition, self.pipeline, self)
+                self.lanes[tp.partition] = PartitionLane(tp.partition, self.pipeline)
         self.assigned_once = True
         log.info("partitions assigned", extra={"partitions": [tp.partition for tp in partitions]})
         self._on_assigned([tp.partition for tp in partitions])
@@ -271,7 +340,12 @@ class Poller:
         self.commit(lanes, asynchronous=False)
 
     def shutdown(self) -> None:
-        """Finish or abandon in-flight work within the timeout, commit, close."""
+        """Finish or abandon in-flight work within the timeout, commit, close.
+
+        Takes the poll lock for good: no worker may touch the consumer once it closes.
+        """
+        self.stopping.set()
+        self._poll_lock.acquire(timeout=self.options.shutdown_timeout)
         lanes = list(self.lanes.values())
         self.lanes.clear()
         self.settle(lanes, self.options.shutdown_timeout)

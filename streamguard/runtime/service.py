@@ -274,8 +274,10 @@ class ConsumerService:
             )
             if self._stop_requested.is_set():
                 poller.stopping.set()
-            poller.run()
-            poller.shutdown()
+            try:
+                poller.run()
+            finally:
+                poller.shutdown()  # also on failure: settle, commit, stop the workers
             self.on_stop()
             dlq.flush(type(self).options.shutdown_timeout)
         finally:
