@@ -1,0 +1,115 @@
+"""The Deployment and the Dockerfile agree with what ``streamguard run`` really does.
+
+No cluster or container engine is available here, so these check the files against
+the code: the arguments parse with the real CLI, the probe paths are served by the real
+health server, and the grace period covers the real shutdown timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import streamguard as sg
+from streamguard.cli import build_parser
+from streamguard.observe.health import HealthServer
+from streamguard.settings import BOOTSTRAP_ENV
+from tests.deploy.conftest import ROOT
+
+DEPLOYMENT = (ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text()
+DOCKERFILE = (ROOT / "deploy" / "Dockerfile").read_text()
+
+
+def scalar(key: str) -> str:
+    """The value of the only ``key: value`` line in deployment.yaml."""
+    pattern = rf"^\s*{re.escape(key)}:\s*\"?([^\"#\n]+?)\"?\s*(?:#.*)?$"
+    values = re.findall(pattern, DEPLOYMENT, re.M)
+    assert len(values) == 1, f"{key}: {values}"
+    return str(values[0])
+
+
+def container_args() -> list[str]:
+    """The container's ``args:`` list, comments removed."""
+    block = DEPLOYMENT.split("args:\n", 1)[1]
+    args = []
+    for line in block.splitlines():
+        match = re.match(r"\s+- (\S+)", line)
+        if not match:
+            break
+        args.append(match.group(1))
+    return args
+
+
+def probe_path(probe: str) -> str:
+    match = re.search(rf"{probe}:\n\s+httpGet:\n\s+path: (\S+)\n\s+port: metrics", DEPLOYMENT)
+    assert match, f"{probe} is not an httpGet on the metrics port"
+    return match.group(1)
+
+
+@pytest.fixture
+def health_server() -> Iterator[HealthServer]:
+    """A real health server on a free loopback port, reporting a service not yet ready."""
+    report: dict[str, Any] = {
+        "ready": False,
+        "checks": {"running": True, "assigned": False, "polling": True, "dlq_writable": True},
+    }
+    server = HealthServer(CollectorRegistry(), lambda: report, port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def get(server: HealthServer, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_container_args_parse_with_the_real_cli() -> None:
+    """The Deployment's args are accepted by `streamguard run` and expose the metrics port."""
+    args = build_parser().parse_args(["run", *container_args()])
+    assert args.metrics_host == "0.0.0.0"
+    assert args.metrics_port == int(scalar("containerPort"))
+    assert args.metrics_port == int(scalar("prometheus.io/port"))
+    assert all("=" in item for item in args.kafka_config)
+
+
+def test_probes_hit_the_endpoints_the_health_server_serves(health_server: HealthServer) -> None:
+    """Liveness is /healthz (200 while alive); readiness is /readyz (503 with the checks)."""
+    assert probe_path("livenessProbe") == "/healthz"
+    assert probe_path("readinessProbe") == "/readyz"
+    status, _ = get(health_server, probe_path("livenessProbe"))
+    assert status == 200
+    status, body = get(health_server, probe_path("readinessProbe"))
+    assert status == 503
+    assert json.loads(body)["checks"]["assigned"] is False
+
+
+def test_grace_period_outlasts_the_shutdown() -> None:
+    """terminationGracePeriodSeconds covers two shutdown timeouts (handlers, DLQ flush)."""
+    grace = int(scalar("terminationGracePeriodSeconds"))
+    assert grace >= 2 * sg.ServiceOptions().shutdown_timeout + 10
+
+
+def test_bootstrap_servers_come_from_the_environment_variable_the_runtime_reads() -> None:
+    """The Deployment sets STREAMGUARD_BOOTSTRAP_SERVERS, the variable settings.py reads."""
+    assert re.search(rf"- name: {BOOTSTRAP_ENV}\n\s+value: \S+", DEPLOYMENT)
+
+
+def test_dockerfile_runs_streamguard_as_a_non_root_user() -> None:
+    """The image is python:3.12-slim, runs as a numeric non-root user, enters `streamguard run`."""
+    assert re.search(r"^FROM python:3\.12-slim$", DOCKERFILE, re.M)
+    user = re.findall(r"^USER (\d+)(?::\d+)?$", DOCKERFILE, re.M)
+    assert user, "the Dockerfile sets no numeric USER"
+    assert int(user[-1]) != 0
+    assert scalar("runAsUser") == user[-1]
+    assert '\nENTRYPOINT ["streamguard", "run"]\n' in DOCKERFILE

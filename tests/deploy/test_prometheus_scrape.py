@@ -1,0 +1,182 @@
+"""A real Prometheus server scrapes a real service and reads the counts it produced."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from streamguard.devbroker import free_port
+from tests.deploy.conftest import PROMETHEUS_DIR, ROOT
+from tests.runtime.conftest import Running, order, wait_for
+
+SCRAPE_CONFIG = """\
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {rules}
+scrape_configs:
+  - job_name: streamguard
+    static_configs:
+      - targets: ["127.0.0.1:{target}"]
+"""
+
+
+PROMQL_START = ("streamguard_", "sum", "rate", "increase", "histogram_quantile", "up{")
+
+
+def runbook_queries() -> list[str]:
+    """The PromQL lines of docs/operations.md's code blocks, trailing comments removed."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    lines = [
+        line.split("  #", 1)[0].strip()
+        for block in re.findall(r"```\n(.*?)```", text, re.DOTALL)
+        for line in block.splitlines()
+    ]
+    return [line for line in lines if line.startswith(PROMQL_START)]
+
+
+class PrometheusServer:
+    """A ``prometheus`` process on loopback, queried through its HTTP API."""
+
+    def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
+        self.port = free_port()
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            SCRAPE_CONFIG.format(rules=PROMETHEUS_DIR / "alerts.yml", target=target_port)
+        )
+        self.log = workdir / "prometheus.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.load(response)["data"]
+        except OSError:
+            return None  # not listening yet
+
+    def query(self, expr: str, label: str) -> dict[str, float]:
+        """The instant vector ``expr`` as {value of ``label``: sample value}."""
+        data = self.api("query", query=expr)
+        if data is None:
+            return {}
+        return {s["metric"].get(label, ""): float(s["value"][1]) for s in data["result"]}
+
+    def stop(self) -> None:
+        """Stop the server by its PID; kill it if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+
+
+@pytest.fixture
+def prometheus_server(
+    prometheus_binary: str, tmp_path: Path
+) -> Iterator[Callable[[int], PrometheusServer]]:
+    """Start a Prometheus server scraping 127.0.0.1:PORT every second; stopped at the end."""
+    started: list[PrometheusServer] = []
+
+    def start(target_port: int) -> PrometheusServer:
+        server = PrometheusServer(prometheus_binary, tmp_path, target_port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_prometheus_scrapes_message_outcomes(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    prometheus_server: Callable[[int], PrometheusServer],
+) -> None:
+    """Three valid orders and one poison message reach Prometheus as handled=3 and
+    dead_lettered=1 (decode_error), with the target up, every alert rule healthy and
+    every query of the runbook accepted."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    for i in range(3):
+        raw_producer.produce(src, order(i).model_dump_json().encode(), key=b"k%d" % i)
+    raw_producer.produce(src, b"{not json", key=b"poison")
+    raw_producer.flush(10)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            return None
+
+    metrics_port = free_port()
+    running = start_service(Billing, metrics_port=metrics_port)
+    assert wait_for(
+        lambda: (
+            running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 1
+        )
+    ), f"the service did not finish the messages: {running.error}"
+
+    prometheus = prometheus_server(metrics_port)
+    expected = {"handled": 3.0, "dead_lettered": 1.0}
+    outcomes = f'streamguard_messages_total{{job="streamguard",topic="{src}"}}'
+    assert wait_for(lambda: prometheus.query(outcomes, "outcome") == expected, 45, 0.5), (
+        f"Prometheus saw {prometheus.query(outcomes, 'outcome')}, expected {expected}; "
+        f"its log:\n{prometheus.log_tail()}"
+    )
+
+    assert prometheus.query('up{job="streamguard"}', "instance") == {
+        f"127.0.0.1:{metrics_port}": 1.0
+    }
+    reasons = f'streamguard_dead_letters_total{{topic="{src}"}}'
+    assert prometheus.query(reasons, "reason") == {"decode_error": 1.0}
+    handled = f'streamguard_handler_seconds_count{{topic="{src}"}}'
+    assert prometheus.query(handled, "topic") == {src: 3.0}
+
+    def rule_health() -> list[tuple[str, str]]:
+        data = prometheus.api("rules")
+        if data is None:
+            return []
+        return [(r["name"], r["health"]) for g in data["groups"] for r in g["rules"]]
+
+    assert wait_for(
+        lambda: len(rule_health()) == 9 and all(h == "ok" for _, h in rule_health()), 15, 0.5
+    ), f"alert rules did not all evaluate: {rule_health()}"
+    queries = runbook_queries()
+    assert len(queries) >= 10
+    refused = [q for q in queries if prometheus.api("query", query=q) is None]
+    assert not refused, f"Prometheus refused the runbook's queries: {refused}"
+    running.stop()
+    assert not running.error
