@@ -83,7 +83,7 @@ class PartitionLane:
         self.closed = False
         self.paused = False
         self.full_since: float | None = None  # when the buffer last reached the limit
-        self.idle = threading.Event()
+        self.idle = threading.Event()  # set while no handler of this lane is running
         self.idle.set()
         self.retry: RetryState | None = None
         self.position: int | None = None  # next offset after the last final outcome
@@ -114,7 +114,6 @@ class PartitionLane:
         ):
             return False
         self.scheduled = True
-        self.idle.clear()
         return True
 
     def close(self) -> None:
@@ -141,36 +140,43 @@ class PartitionLane:
 
     # -- worker thread ---------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Process buffered batches in order until empty, closed, or waiting to retry."""
-        try:
-            while True:
-                with self.lock:
-                    if (
-                        self.closed
-                        or not self.queue
-                        or (self.retry is not None and time.monotonic() < self.retry.due)
-                        or not self.pipeline.can_process()
-                    ):
-                        self.scheduled = False
-                        self.idle.set()
-                        return
-                    batch = self.queue.popleft()
-                    self.buffered -= len(batch)
-                    self.in_hand = len(batch)
+    def drain(self, max_batches: int = 1 << 30) -> bool:
+        """Process buffered batches in order until empty, closed, or waiting to retry.
+
+        Returns True when ``max_batches`` ran out with work left: the lane stays claimed
+        and the caller must queue it again. False when it released its claim.
+        """
+        for _ in range(max_batches):
+            with self.lock:
+                if (
+                    self.closed
+                    or not self.queue
+                    or (self.retry is not None and time.monotonic() < self.retry.due)
+                    or not self.pipeline.can_process()
+                ):
+                    self.scheduled = False
+                    return False
+                batch = self.queue.popleft()
+                self.buffered -= len(batch)
+                self.in_hand = len(batch)
+                self.idle.clear()  # a handler of this lane runs from here on
+            done = 0
+            try:
                 done = self._process(batch)
+            except BaseException:
+                log.exception("partition lane crashed", extra={"partition": self.partition})
+                with self.lock:
+                    self.scheduled = False
+                raise
+            finally:
                 with self.lock:
                     self.in_hand = 0
                     if done < len(batch) and not self.closed:
                         rest = batch[done:]
                         self.queue.appendleft(rest)
                         self.buffered += len(rest)
-        except BaseException:
-            log.exception("partition lane crashed", extra={"partition": self.partition})
-            with self.lock:
-                self.scheduled = False
-                self.idle.set()
-            raise
+                    self.idle.set()
+        return True
 
     def _process(self, batch: list[Record]) -> int:
         """Run messages through the pipeline; return how many reached an outcome."""

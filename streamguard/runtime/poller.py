@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,10 @@ log = logging.getLogger("streamguard.runtime")
 # their place. Far below max.poll.interval.ms; long enough that in steady state the
 # fallback thread stays asleep and the workers poll.
 FALLBACK_POLL_GAP = 0.05
+# How long a lane with work may wait for a worker before another thread is started for
+# it. Below this, the busy worker serves it in turn (no thread handoff); above it, a
+# slow handler on one partition must not hold up the others.
+HANDOFF_AFTER = 0.02
 
 
 class Poller:
@@ -53,7 +58,9 @@ class Poller:
         self.active_workers = 0
         self._active_lock = threading.Lock()
         self._poll_lock = threading.Lock()
-        self._quiet = threading.Event()  # set when the last active worker returns
+        self._ready: deque[tuple[float, PartitionLane]] = deque()
+        self._ready_lock = threading.Lock()
+        self._wake = threading.Event()  # set when the last active worker returns
         self.assigned_once = False
         self.last_poll = time.monotonic()
         self._on_assigned = on_assigned
@@ -86,38 +93,45 @@ class Poller:
         )
 
     def run(self) -> None:
-        """The fallback poller: it polls whenever no worker does.
+        """The supervisor: polls when no worker does, adds workers when lanes wait.
 
-        Workers poll between batches themselves (leader/follower, see ``_work``), so
-        in steady state one thread fetches and processes and the interpreter lock never
-        changes hands; a handoff between a poll thread and a worker costs more here than
-        the work it hands over. This thread polls when no worker is active (waiting in
-        librdkafka, without the GIL), and when every worker is busy in a handler for
-        longer than ``FALLBACK_POLL_GAP``, which keeps the consumer in its group,
-        rebalance callbacks timely and backpressure applied.
+        Workers poll between batches themselves and serve ready lanes round-robin
+        (leader/follower, see ``_work``), so while handlers are fast one thread fetches
+        and processes and the interpreter lock never changes hands: a handoff between
+        threads costs more here than the work it hands over. This thread steps in
+        when that is not enough: it polls when no worker is active (waiting inside
+        librdkafka, without the GIL) or when all of them have been busy in handlers for
+        ``FALLBACK_POLL_GAP`` (keeping the consumer in its group), and it starts another
+        worker when a lane has waited ``HANDOFF_AFTER`` for one, so a slow partition
+        never holds the others for longer than that.
         """
+        workers = self.options.workers
         while not self.stopping.is_set():
             if self.failure is not None:
                 raise self.failure
-            busy = self.active_workers > 0
-            if busy and time.monotonic() - self.last_poll < FALLBACK_POLL_GAP:
-                self._quiet.wait(FALLBACK_POLL_GAP)
-                self._quiet.clear()
+            now = time.monotonic()
+            waited = self._oldest_ready_wait(now)
+            active = self.active_workers
+            if waited is not None and active < workers and (not active or waited >= HANDOFF_AFTER):
+                self._spawn()
+                continue
+            if active and now - self.last_poll < FALLBACK_POLL_GAP:
+                pause = FALLBACK_POLL_GAP if waited is None else HANDOFF_AFTER - waited
+                self._wake.wait(max(0.001, pause))
+                self._wake.clear()
                 continue
             with self._poll_lock:
                 if self.stopping.is_set():
                     break
-                claimed = self.poll_once(0.0 if busy else 0.1)
-            for lane in claimed:
-                self._submit(lane)
+                self._make_ready(self.poll_once(0.0 if active else 0.1))
         if self.failure is not None:
             raise self.failure
 
     def poll_once(self, timeout: float) -> list[PartitionLane]:
         """Fetch one batch, hand it to lanes, then pause, resume and commit as due.
 
-        Called with ``_poll_lock`` held, by a worker or by the fallback poller; returns
-        the lanes that now need a worker (claimed, not yet running).
+        Called with ``_poll_lock`` held, by a worker or by the supervisor; returns the
+        lanes that now need a worker (claimed, not yet running).
         """
         claimed: list[PartitionLane] = []
         if not self._throttled:
@@ -131,29 +145,47 @@ class Poller:
         self._maintain(self.last_poll, claimed)
         return claimed
 
-    def _submit(self, lane: PartitionLane) -> None:
+    # -- the ready queue: claimed lanes waiting for a worker --------------------------
+
+    def _make_ready(self, lanes: list[PartitionLane]) -> None:
+        if lanes:
+            now = time.monotonic()
+            with self._ready_lock:
+                self._ready.extend((now, lane) for lane in lanes)
+
+    def _take_ready(self) -> PartitionLane | None:
+        with self._ready_lock:
+            return self._ready.popleft()[1] if self._ready else None
+
+    def _oldest_ready_wait(self, now: float) -> float | None:
+        with self._ready_lock:
+            return now - self._ready[0][0] if self._ready else None
+
+    def _spawn(self) -> None:
         with self._active_lock:
             self.active_workers += 1
-        self.executor.submit(self._work, lane)
+        self.executor.submit(self._work)
 
-    def _work(self, lane: PartitionLane | None) -> None:
-        """A worker: drain a lane, then poll for the next batch if nobody else is."""
+    def _work(self) -> None:
+        """A worker: serve ready lanes a batch at a time, polling when none is ready."""
         try:
-            while lane is not None:
-                lane.drain()
-                lane = None
-                if self.stopping.is_set() or not self._poll_lock.acquire(blocking=False):
-                    break
+            while not self.stopping.is_set():
+                lane = self._take_ready()
+                if lane is not None:
+                    if lane.drain(max_batches=1):
+                        self._make_ready([lane])  # more to do: back of the queue
+                    continue
+                if not self._poll_lock.acquire(blocking=False):
+                    return  # someone else is polling; it will queue what it fetches
                 try:
                     if self.stopping.is_set():
-                        break
+                        return
                     claimed = self.poll_once(0.0)
                 finally:
                     self._poll_lock.release()
-                if claimed:
-                    lane = claimed[0]
-                    for other in claimed[1:]:
-                        self._submit(other)
+                if not claimed:
+                    return  # nothing fetched: the supervisor waits for more
+                self._make_ready(claimed)
         except BaseException as exc:
             self.failure = exc
             self.stopping.set()
@@ -162,7 +194,7 @@ class Poller:
             with self._active_lock:
                 self.active_workers -= 1
                 if not self.active_workers:
-                    self._quiet.set()
+                    self._wake.set()
 
     def _dispatch(self, msgs: list[Record]) -> list[PartitionLane]:
         by_partition: dict[int, list[Record]] = {}
