@@ -160,6 +160,11 @@ class ServiceMetrics:
             "Offset commits the broker refused or that failed.",
             registry=registry,
         )
+        self.ready = Gauge(
+            "streamguard_ready",
+            "1 while /readyz would answer 200 (assigned, polling, DLQ writable), else 0.",
+            registry=registry,
+        )
         self.dead_letter_failures = Counter(
             "streamguard_dead_letter_failures",
             "Dead-letter writes that failed and will be retried (the DLQ is unwritable).",
@@ -171,3 +176,17 @@ class ServiceMetrics:
         """Compute the gauges at scrape time from the runtime's own state."""
         self.inflight.labels(topic).set_function(inflight)
         self.paused_partitions.labels(topic).set_function(paused)
+
+    def start_series(self, topic: str, reasons: Iterable[str]) -> None:
+        """Create each labelled series at zero before its first event.
+
+        A counter series that appears only with its first increment is invisible to
+        ``rate()`` and ``increase()`` for that increment, so an alert on "any dead
+        letter" would miss the first one.
+        """
+        for outcome in ("handled", "dead_lettered"):
+            self.messages.labels(topic, outcome)
+        for reason in reasons:
+            self.dead_letters.labels(topic, reason)
+        self.retries.labels(topic)
+        self.dead_letter_failures.labels(topic)

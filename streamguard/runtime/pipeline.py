@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from streamguard.deadletter import Failure, Reason, dead_letter_headers
+from streamguard.deadletter import REASONS, Failure, Reason, dead_letter_headers
 from streamguard.errors import SchemaDrift
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
@@ -61,6 +61,7 @@ class ServicePipeline:
         # while a partition keeps up, a sample while it is behind.
         self.drift_sample = 1 if self._drift_dead_letters else cls.options.drift_sample
         self.metrics = metrics
+        metrics.start_series(self.topic, REASONS)
         self._handled = metrics.messages.labels(self.topic, "handled")
         self._dead_lettered = metrics.messages.labels(self.topic, "dead_lettered")
         self._retries = metrics.retries.labels(self.topic)

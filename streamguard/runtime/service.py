@@ -168,6 +168,7 @@ class ConsumerService:
         self._dlq_config = dlq
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
+        self.metrics.ready.set_function(lambda: 1.0 if self.health()["ready"] else 0.0)
         self._metrics_port = metrics_port
         self._metrics_host = metrics_host
         self._stop_requested = threading.Event()

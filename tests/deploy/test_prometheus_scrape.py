@@ -161,7 +161,15 @@ def test_prometheus_scrapes_message_outcomes(
         f"127.0.0.1:{metrics_port}": 1.0
     }
     reasons = f'streamguard_dead_letters_total{{topic="{src}"}}'
-    assert prometheus.query(reasons, "reason") == {"decode_error": 1.0}
+    # Every reason's series exists from the start (at zero), so rate() sees the first.
+    assert prometheus.query(reasons, "reason") == {
+        "decode_error": 1.0,
+        "oversize": 0.0,
+        "contract_violation": 0.0,
+        "permanent_error": 0.0,
+        "retries_exhausted": 0.0,
+        "schema_drift": 0.0,
+    }
     handled = f'streamguard_handler_seconds_count{{topic="{src}"}}'
     assert prometheus.query(handled, "topic") == {src: 3.0}
 

@@ -204,6 +204,9 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
         text = response.read().decode()
     assert f'streamguard_messages_total{{outcome="handled",topic="{src}"}} 1.0' in text
     assert "streamguard_handler_seconds_bucket" in text
+    assert "streamguard_ready 1.0" in text
+    # Series exist at zero before their first event, so rate() sees the first one.
+    assert f'streamguard_dead_letters_total{{reason="oversize",topic="{src}"}} 0.0' in text
     assert status("/nope") == 404
     running.stop()
     assert status("/healthz") == 0  # the server is gone with the service
