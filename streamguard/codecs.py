@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from streamguard.errors import ContractViolation, DecodeError, error_details
+from streamguard.errors import ConfigurationError, ContractViolation, DecodeError, error_details
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -44,6 +44,27 @@ class Codec(Protocol):
         Returned once per contract so the hot path is a single call per message.
         """
         ...
+
+
+def check_codec_fits(contract: type[BaseModel], codec: Codec) -> None:
+    """Refuse a codec whose wire format is not the contract's.
+
+    An Avro contract sent or read as JSON would look fine in tests and break every
+    Avro reader, so the mismatch fails when the producer or service is set up.
+    """
+    wants = getattr(contract, "__format__", "json")
+    if wants == "avro" and codec.content_type != AVRO_CONTENT_TYPE:
+        raise ConfigurationError(
+            f"{contract.__qualname__} is an Avro contract (__format__ = 'avro') but the "
+            f"codec is {type(codec).__name__} ({codec.content_type}). streamguard ships "
+            "no Avro codec yet: pass one whose content_type is 'application/avro', or "
+            "declare the contract with __format__ = 'json'."
+        )
+    if wants == "json" and codec.content_type != JSON_CONTENT_TYPE:
+        raise ConfigurationError(
+            f"{contract.__qualname__} is a JSON contract but the codec writes "
+            f"{codec.content_type}; set __format__ on the contract to match."
+        )
 
 
 def _json_depth_exceeds(data: bytes, limit: int) -> bool:

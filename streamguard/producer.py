@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from streamguard import headers as h
-from streamguard.codecs import Codec, JsonCodec
+from streamguard.codecs import Codec, JsonCodec, check_codec_fits
 from streamguard.contracts import Contract
 from streamguard.errors import (
     ConfigurationError,
@@ -213,6 +213,7 @@ class GuardedProducer:
         stamp = self._stamps.get(model_type)
         if stamp is None:
             assert issubclass(model_type, Contract)
+            check_codec_fits(model_type, self._codec)
             stamp = [
                 (h.SUBJECT, model_type.__subject__.encode()),
                 (h.VERSION, str(model_type.__version__).encode()),

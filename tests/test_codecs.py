@@ -251,3 +251,28 @@ def test_invalid_limits_are_refused(kwargs: dict[str, Any]) -> None:
     """Non-positive limits are refused when the codec is built."""
     with pytest.raises(ValueError, match="must be positive"):
         JsonCodec(**kwargs)
+
+
+def test_avro_contract_with_json_codec_is_refused() -> None:
+    """An Avro contract paired with the JSON codec fails at set-up, naming the fix."""
+    from streamguard.codecs import check_codec_fits
+
+    class AvroOrder(sg.Contract):
+        __subject__ = "tests.AvroOrder"
+        __version__ = 1
+        __format__ = "avro"
+        order_id: str
+
+    with pytest.raises(sg.ConfigurationError, match="Avro contract"):
+        check_codec_fits(AvroOrder, sg.JsonCodec())
+    with pytest.raises(sg.ConfigurationError, match="Avro contract"):
+        type(
+            "AvroService",
+            (sg.ConsumerService,),
+            {
+                "topic": "orders",
+                "contract": AvroOrder,
+                "group_id": "g",
+                "handle": lambda self, event, ctx: None,
+            },
+        )

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
 from streamguard import headers as h
-from streamguard.codecs import Codec, JsonCodec
+from streamguard.codecs import Codec, JsonCodec, check_codec_fits
 from streamguard.contracts import Contract
 from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.health import HealthServer
@@ -409,6 +409,7 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         raise ConfigurationError(
             f"{name}.contract must be an sg.Contract subclass, got {cls.contract!r}"
         )
+    check_codec_fits(cls.contract, cls.codec)
     if not isinstance(cls.group_id, str) or not cls.group_id:
         raise ConfigurationError(f"{name}.group_id must be a non-empty string")
     if not isinstance(cls.retry, RetryPolicy):
