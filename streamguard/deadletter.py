@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from streamguard import headers as h
 from streamguard.errors import ContractViolation, ErrorDetail, RetriesExhausted, StreamguardError
@@ -27,14 +27,7 @@ Reason = Literal[
     "retries_exhausted",
     "schema_drift",
 ]
-REASONS: tuple[Reason, ...] = (
-    "oversize",
-    "decode_error",
-    "contract_violation",
-    "permanent_error",
-    "retries_exhausted",
-    "schema_drift",
-)
+REASONS: tuple[Reason, ...] = get_args(Reason)
 
 # Error texts from handlers are free-form and may quote data; cap what goes on the wire.
 MAX_ERROR_MESSAGE = 1000

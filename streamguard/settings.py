@@ -6,6 +6,7 @@ are read when a client is built, never at import.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,34 @@ def resolve_bootstrap(explicit: str | None, config: Mapping[str, Any] | None = N
         f"'bootstrap.servers' in kafka_config, or export {BOOTSTRAP_ENV}=host:9092 "
         "(`streamguard broker` starts a local one)."
     )
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--bootstrap-servers`` and ``-X/--kafka-config KEY=VALUE``, alike on every command."""
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help=f"the Kafka cluster (default: ${BOOTSTRAP_ENV})",
+    )
+    parser.add_argument(
+        "-X",
+        "--kafka-config",
+        dest="kafka_config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a librdkafka setting such as security.protocol=SASL_SSL (repeatable)",
+    )
+
+
+def kafka_config_from_args(items: list[str] | None) -> dict[str, Any]:
+    """Parse repeated ``KEY=VALUE`` options into a librdkafka config dict."""
+    config: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"--kafka-config {item!r}: expected librdkafka KEY=VALUE")
+        config[key.strip()] = value
+    return config
 
 
 def client_config(

@@ -21,20 +21,11 @@ from streamguard.dlqtools.replay import (
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
+from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
 # The reader of `inspect` never commits; librdkafka still wants a group id to exist.
 INSPECT_GROUP = "streamguard-inspect"
 SHOWN_REFUSED = 20
-
-
-def _kafka_options(items: list[str] | None) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigurationError(f"-X {item!r}: expected librdkafka PROPERTY=VALUE")
-        config[key.strip()] = value
-    return config
 
 
 def _positive_int(text: str) -> int:
@@ -53,18 +44,7 @@ def _positive_float(text: str) -> float:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC", help="the dead-letter topic, e.g. orders.dlq")
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        help="the cluster (default: $STREAMGUARD_BOOTSTRAP_SERVERS)",
-    )
-    parser.add_argument(
-        "-X",
-        dest="kafka_options",
-        action="append",
-        metavar="PROPERTY=VALUE",
-        help="a librdkafka setting such as security.protocol=SSL (repeatable)",
-    )
+    add_kafka_arguments(parser)
     parser.add_argument("--limit", type=_positive_int, default=None, metavar="N")
     parser.add_argument(
         "--show-values",
@@ -119,7 +99,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         args.bootstrap_servers,
         args.topic,
         group_id=INSPECT_GROUP,
-        kafka_config=_kafka_options(args.kafka_options),
+        kafka_config=kafka_config_from_args(args.kafka_config),
     ) as reader:
         ranges = reader.plan()
         summary = summarize(
@@ -159,7 +139,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         args.bootstrap_servers,
         args.topic,
         group_id=group,
-        kafka_config=_kafka_options(args.kafka_options),
+        kafka_config=kafka_config_from_args(args.kafka_config),
     ) as reader:
         print(
             f"replaying {args.topic} as group {group} ({selection.describe()})"

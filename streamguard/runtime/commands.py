@@ -12,6 +12,7 @@ from typing import Any
 from streamguard.errors import ConfigurationError
 from streamguard.observe.logs import configure_logging
 from streamguard.runtime.service import ConsumerService
+from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
 
 def load_service_class(target: str) -> type[ConsumerService]:
@@ -36,12 +37,7 @@ def load_service_class(target: str) -> type[ConsumerService]:
 def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     cls = load_service_class(args.target)
-    kafka_config: dict[str, Any] = {}
-    for item in args.kafka_config or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigurationError(f"--kafka-config takes KEY=VALUE, got {item!r}")
-        kafka_config[key] = value
+    kafka_config = kafka_config_from_args(args.kafka_config)
     if args.kafka_config_json:
         kafka_config.update(json.loads(args.kafka_config_json))
     service = cls(
@@ -57,17 +53,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def add_run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a ConsumerService subclass until SIGTERM/SIGINT")
     run.add_argument("target", metavar="MODULE:CLASS", help="e.g. myapp.billing:Billing")
-    run.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        help="Kafka bootstrap servers (default: $STREAMGUARD_BOOTSTRAP_SERVERS)",
-    )
-    run.add_argument(
-        "--kafka-config",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a librdkafka setting, repeatable (e.g. security.protocol=SASL_SSL)",
-    )
+    add_kafka_arguments(run)
     run.add_argument("--kafka-config-json", default=None, help="librdkafka settings as JSON")
     run.add_argument(
         "--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz"
