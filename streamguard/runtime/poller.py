@@ -61,6 +61,7 @@ class Poller:
         self._ready: deque[tuple[float, PartitionLane]] = deque()
         self._ready_lock = threading.Lock()
         self._wake = threading.Event()  # set when the last active worker returns
+        self._next_spawn = 0.0
         self.assigned_once = False
         self.last_poll = time.monotonic()
         self._on_assigned = on_assigned
@@ -112,11 +113,20 @@ class Poller:
             now = time.monotonic()
             waited = self._oldest_ready_wait(now)
             active = self.active_workers
-            if waited is not None and active < workers and (not active or waited >= HANDOFF_AFTER):
+            if (
+                waited is not None
+                and active < workers
+                and (not active or (waited >= HANDOFF_AFTER and now >= self._next_spawn))
+            ):
+                # With workers running, one more per HANDOFF_AFTER at most: the one just
+                # started has not taken its lane yet, and more would only contend.
+                self._next_spawn = now + HANDOFF_AFTER
                 self._spawn()
                 continue
             if active and now - self.last_poll < FALLBACK_POLL_GAP:
                 pause = FALLBACK_POLL_GAP if waited is None else HANDOFF_AFTER - waited
+                if waited is not None:
+                    pause = max(pause, self._next_spawn - now)
                 self._wake.wait(max(0.001, pause))
                 self._wake.clear()
                 continue
