@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo broker bench clean
+.PHONY: venv test lint typecheck schemas pytest demo broker bench clean
 
 venv: $(STAMP)
 
@@ -22,10 +22,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+schemas: venv
+	$(BIN)/streamguard schema check
+
 pytest: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-test: lint typecheck pytest
+test: lint typecheck schemas pytest
 
 demo: venv
 	$(BIN)/streamguard demo
