@@ -1,0 +1,75 @@
+"""Typed use of the public API, checked by mypy --strict (see [tool.mypy] files).
+
+Not a pytest module: it is here so that a change to a public signature that would break
+users' type-checked code breaks the build.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+from uuid import UUID
+
+import streamguard as sg
+
+
+class Payment(sg.Contract):
+    __subject__ = "typing.Payment"
+    __version__ = 1
+    payment_id: UUID
+    amount: Decimal
+    currency: Literal["EUR", "USD"]
+
+
+class Payments(sg.ConsumerService):
+    topic = "payments"
+    contract = Payment
+    group_id = "ledger"
+    retry = sg.RetryPolicy(attempts=5, base_delay=0.1, max_delay=2.0, max_budget_ms=10_000)
+    transient = (sg.TransientError, TimeoutError)
+    options = sg.ServiceOptions(max_buffered=500, workers=4)
+    drift = "dead_letter"
+
+    def handle(self, event: Payment, ctx: sg.MessageContext) -> None:
+        attempt: int = ctx.attempt
+        key: bytes | None = ctx.key
+        version: int | None = ctx.writer_version
+        if attempt > 1 and key is None and version is None:
+            raise sg.PermanentError("no key")
+
+
+class AsyncPayments(sg.ConsumerService):
+    topic = "payments"
+    contract = Payment
+    group_id = "ledger-async"
+
+    async def handle(self, event: Payment, ctx: sg.MessageContext) -> None:
+        return None
+
+    async def handle_tombstone(self, ctx: sg.MessageContext) -> None:
+        return None
+
+
+def produce(producer: sg.GuardedProducer) -> None:
+    producer.send("payments", Payment(payment_id=UUID(int=1), amount=Decimal(1), currency="EUR"))
+    producer.send("payments", {"payment_id": str(UUID(int=2))}, contract=Payment, key=b"k")
+    try:
+        producer.flush(timeout=5.0)
+    except sg.DeliveryFailed as exc:
+        failures: list[tuple[str, str]] = exc.failures
+        print(failures)
+
+
+def run(service: Payments) -> None:
+    service.run()
+    service.stop()
+    ready: bool = service.ready
+    print(ready, service.health()["checks"])
+
+
+def decode(data: bytes) -> Payment:
+    try:
+        return sg.JsonCodec(max_bytes=1024).decode(data, Payment)
+    except sg.ContractViolation as exc:
+        print([e["loc"] for e in exc.errors])
+        raise
