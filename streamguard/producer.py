@@ -73,6 +73,7 @@ class GuardedProducer:
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
         self._stamps: dict[type[BaseModel], list[tuple[str, bytes]]] = {}
+        self._decoders: dict[type[BaseModel], Callable[[bytes | None], BaseModel]] = {}
 
     def __repr__(self) -> str:
         return f"GuardedProducer(service_name={self.service_name!r}, config={redact(self._config)})"
@@ -98,13 +99,19 @@ class GuardedProducer:
             on_delivery: also called with each delivery report, for callers that track
                 records one by one.
 
+        The bytes about to be sent are decoded and validated exactly as a consumer of
+        the contract will, so an instance built with ``model_construct`` or changed
+        after construction cannot slip through, and neither can one over the size limit.
+
         Raises:
             ContractViolation: the event breaks its contract; nothing was sent.
+            DecodeError: the encoded event is over the codec's size limit; nothing sent.
             ConfigurationError: the topic name is illegal or the contract is missing.
         """
         model = self._validated(event, contract)
         value = self._codec.encode(model)
         record_headers = list(self._stamp(type(model)))
+        self._decoders[type(model)](value)
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
             record_headers.extend((k, v.encode() if isinstance(v, str) else v) for k, v in items)
@@ -222,4 +229,5 @@ class GuardedProducer:
                 (h.CONTENT_TYPE, self._codec.content_type.encode()),
             ]
             self._stamps[model_type] = stamp
+            self._decoders[model_type] = self._codec.decoder(model_type)
         return stamp

@@ -249,3 +249,26 @@ def test_missing_bootstrap_is_a_configuration_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("STREAMGUARD_BOOTSTRAP_SERVERS", raising=False)
     with pytest.raises(ConfigurationError, match="STREAMGUARD_BOOTSTRAP_SERVERS"):
         sg.GuardedProducer()
+
+
+def test_instances_that_bypassed_validation_are_refused(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Callable[..., list[Any]]
+) -> None:
+    """An instance built with model_construct, or changed after construction, is checked
+    like a consumer would check it, refused, and never sent."""
+    from examples.contracts import OrderPlaced
+    from tests.runtime.conftest import order
+
+    topic = topic_factory("guard")
+    producer = sg.GuardedProducer(bootstrap)
+    constructed = OrderPlaced.model_construct(**{**order(1).model_dump(), "currency": "GBP"})
+    with pytest.raises(sg.ContractViolation, match="currency"):
+        producer.send(topic, constructed)
+    mutated = order(2)
+    mutated.currency = "GBP"  # type: ignore[assignment]  # what the guard is for
+    with pytest.raises(sg.ContractViolation, match="currency"):
+        producer.send(topic, mutated)
+    producer.send(topic, order(3))
+    producer.flush()
+    got = read_all(topic, 3, timeout=5)  # asks for more than should be there
+    assert [OrderPlaced.model_validate_json(m.value()).customer_id for m in got] == ["customer-3"]

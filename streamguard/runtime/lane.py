@@ -87,6 +87,7 @@ class PartitionLane:
         self.idle.set()
         self.retry: RetryState | None = None
         self.position: int | None = None  # next offset after the last final outcome
+        self.first_fetched: int | None = None  # offset of the first record since assigned
         self.pending: dict[int, PendingDeadLetter] = {}
         self.committed: int | None = None
 
@@ -97,6 +98,8 @@ class PartitionLane:
         with self.lock:
             if self.closed:
                 return False
+            if self.first_fetched is None:
+                self.first_fetched = batch[0].offset()
             self.queue.append(batch)
             self.buffered += len(batch)
             return self._claim()

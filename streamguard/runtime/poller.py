@@ -277,17 +277,28 @@ class Poller:
         """
         gauge = self.pipeline.metrics.consumer_lag
         for part, lane in self.lanes.items():
+            tp = TopicPartition(self.topic, part)
             try:
-                low, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, part), cached=True
-                )
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                done = lane.commit_position()
+                if done is None:
+                    # Nothing reached an outcome since the assignment: what came before
+                    # the group's committed offset was done by a previous owner.
+                    done = lane.first_fetched
+                if done is None:
+                    done = lane.first_fetched = self._committed_or_low(tp, low)
             except KafkaException:
                 continue
-            if high < 0:
-                continue  # nothing fetched yet for this partition
-            position = lane.commit_position()
-            done = position if position is not None else max(low, 0)
+            if high < 0 or done is None:
+                continue  # no fetch response yet: the high watermark is unknown
             gauge.labels(self.topic, str(part)).set(max(0, high - done))
+
+    def _committed_or_low(self, tp: TopicPartition, low: int) -> int | None:
+        """The group's committed offset (one request per assignment), else the low mark."""
+        (committed,) = self.consumer.committed([tp], timeout=2.0)
+        if committed.offset >= 0:
+            return int(committed.offset)
+        return low if low >= 0 else None
 
     def _retry_dead_letters(self, now: float) -> None:
         if now < self._next_dlq_retry:

@@ -85,3 +85,41 @@ def test_consumer_lag_reports_the_backlog_and_drains_to_zero(
         lambda: running.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
     )
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 300)
+
+
+def test_caught_up_partition_has_no_lag_after_a_restart(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A service restarted on a fully committed partition reports lag 0, not the
+    partition's history (nothing has reached an outcome since its assignment)."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(40):
+        producer.send(src, order(i))
+    producer.flush()
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(commit_interval=0.2)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    first = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 40)
+    first.stop()
+    second = start_service(Billing)
+    assert wait_for(
+        lambda: (
+            second.service.registry.get_sample_value(
+                "streamguard_consumer_lag", {"topic": src, "partition": "0"}
+            )
+            is not None
+        )
+    )
+    assert second.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
