@@ -42,8 +42,9 @@ def resolve_bootstrap(explicit: str | None, config: Mapping[str, Any] | None = N
     if from_env:
         return from_env
     raise ConfigurationError(
-        "no Kafka bootstrap servers given: pass bootstrap_servers=..., set "
-        f"'bootstrap.servers' in kafka_config, or export {BOOTSTRAP_ENV}=host:9092 "
+        "no Kafka bootstrap servers given: use --bootstrap-servers host:9092 (in Python: "
+        "bootstrap_servers=... or 'bootstrap.servers' in kafka_config), or export "
+        f"{BOOTSTRAP_ENV}=host:9092 "
         "(`streamguard broker` starts a local one)."
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -41,3 +42,40 @@ def test_missing_binary_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CALF_TANSU_BIN", "/nonexistent/tansu")
     with pytest.raises(ConfigurationError, match="CALF_TANSU_BIN"):
         broker_binary()
+
+
+def test_broker_dies_with_the_process_that_started_it(tmp_path: Any) -> None:
+    """A process killed with SIGKILL takes its broker with it (no orphaned brokers)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "pid"
+    script = (
+        "import time, pathlib\n"
+        "from streamguard.devbroker import DevBroker\n"
+        "b = DevBroker(); b.start()\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(b.pid))\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        broker_pid = int(pid_file.read_text())
+        os.kill(broker_pid, 0)  # alive while its parent is
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(broker_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(broker_pid, signal.SIGKILL)
+        raise AssertionError("the broker outlived the process that started it")

@@ -24,7 +24,7 @@ def test_python_blocks_run(page: str, bootstrap: str, monkeypatch: pytest.Monkey
     blocks = _blocks(page)
     assert blocks, f"{page} has no python block"
     for code in blocks:
-        namespace: dict[str, object] = {"__name__": f"docs_{Path(page).stem}"}
+        namespace: dict[str, object] = {"__name__": "__main__"}  # as `python file.py`
         exec(compile(code, page, "exec"), namespace)  # noqa: S102  # our own documentation
 
 
@@ -38,7 +38,7 @@ def test_readme_quick_start_delivers_a_stamped_event(
     monkeypatch.setenv("STREAMGUARD_BOOTSTRAP_SERVERS", bootstrap)
     topic = unique("shop.orders")
     code = _blocks("README.md")[0].replace('"shop.orders"', f'"{topic}"')
-    exec(compile(code, "README.md", "exec"), {"__name__": "docs_readme2"})  # noqa: S102
+    exec(compile(code, "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102
     (record,) = read_all(topic, 1)
     headers = dict(record.headers())
     assert headers["sg-subject"] == b"shop.OrderPlaced"

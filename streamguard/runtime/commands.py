@@ -29,6 +29,8 @@ def load_service_class(target: str) -> type[ConsumerService]:
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
     cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, ConsumerService)):
         raise ConfigurationError(f"{target} is not an sg.ConsumerService subclass")
     return cls
