@@ -116,6 +116,10 @@ class ServicePipeline:
         if self.dlq_in_flight:
             self._dlq.poll(0)
 
+    def flush_dead_letters(self, timeout: float) -> None:
+        """Wait (bounded) for every dead letter's acknowledgement, settling its offset."""
+        self._dlq.flush(timeout)
+
     def can_process(self) -> bool:
         return self.dlq_writable
 

@@ -389,7 +389,7 @@ class Poller:
                     "handler still running after the timeout; its message will be redelivered",
                     extra={"partition": lane.partition, "timeout": timeout},
                 )
-        self.pipeline._dlq.flush(max(0.0, deadline - time.monotonic()))
+        self.pipeline.flush_dead_letters(max(0.0, deadline - time.monotonic()))
         self.commit(lanes, asynchronous=False)
 
     def shutdown(self) -> None:

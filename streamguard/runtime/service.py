@@ -63,6 +63,8 @@ DLQ_PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "message.max.bytes": 64 * 1024 * 1024,
     "message.timeout.ms": 30_000,
 }
+# Consumer-only librdkafka properties: the DLQ producer shares the user's kafka_config
+# (security settings above all) but not these, which librdkafka would warn about.
 _CONSUMER_ONLY = (
     "group.",
     "session.",
