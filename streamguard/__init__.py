@@ -3,7 +3,7 @@
 Everything public is named here; implementation modules may change.
 """
 
-from streamguard.codecs import Codec, JsonCodec
+from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract, registered_contracts
 from streamguard.deadletter import DeadLetter, Failure
 from streamguard.devbroker import DevBroker
@@ -23,6 +23,7 @@ from streamguard.producer import GuardedProducer
 from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
 
 __all__ = [
+    "AvroCodec",
     "BrokerUnavailable",
     "Codec",
     "ConfigurationError",

@@ -10,10 +10,13 @@ is expected). Neither error text contains input values unless ``include_input=Tr
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
+import fastavro
+import fastavro.schema
 from pydantic import BaseModel, ValidationError
 
 from streamguard.errors import ConfigurationError, ContractViolation, DecodeError, error_details
@@ -46,6 +49,14 @@ class Codec(Protocol):
         ...
 
 
+def codec_for(contract: type[BaseModel], codec: Codec | None = None) -> Codec:
+    """``codec`` if given (checked to fit), else the default codec of the contract's format."""
+    if codec is None:
+        codec = AvroCodec() if getattr(contract, "__format__", "json") == "avro" else JsonCodec()
+    check_codec_fits(contract, codec)
+    return codec
+
+
 def check_codec_fits(contract: type[BaseModel], codec: Codec) -> None:
     """Refuse a codec whose wire format is not the contract's.
 
@@ -56,9 +67,8 @@ def check_codec_fits(contract: type[BaseModel], codec: Codec) -> None:
     if wants == "avro" and codec.content_type != AVRO_CONTENT_TYPE:
         raise ConfigurationError(
             f"{contract.__qualname__} is an Avro contract (__format__ = 'avro') but the "
-            f"codec is {type(codec).__name__} ({codec.content_type}). streamguard ships "
-            "no Avro codec yet: pass one whose content_type is 'application/avro', or "
-            "declare the contract with __format__ = 'json'."
+            f"codec is {type(codec).__name__} ({codec.content_type}); use sg.AvroCodec() "
+            "(the default when no codec is given) or declare __format__ = 'json'."
         )
     if wants == "json" and codec.content_type != JSON_CONTENT_TYPE:
         raise ConfigurationError(
@@ -161,3 +171,124 @@ def _classify(exc: ValidationError, subject: str, include_input: bool) -> Except
             # all as json_invalid, with a position but never the input.
             return DecodeError(detail["msg"])
     return ContractViolation(subject, details)
+
+
+SINGLE_OBJECT_MARKER = b"\xc3\x01"
+
+
+class AvroCodec:
+    """Avro single-object encoding: ``C3 01``, the writer schema's 8-byte CRC-64-AVRO
+    fingerprint, then the binary record (the Avro specification's framing, used when
+    no schema registry is configured).
+
+    The record schema is derived from the contract (``streamguard schema export``
+    writes the same ``.avsc``). A message written with another schema decodes only if
+    that schema is among ``writer_schemas`` (for instance the ``.avsc`` files of older
+    versions in ``schemas/``); it is then resolved to the contract's schema by Avro's
+    rules. Any other fingerprint is a ``DecodeError``, since without the writer's
+    schema the bytes cannot be read at all.
+
+    Args:
+        max_bytes: messages larger than this are refused before parsing.
+        writer_schemas: other schemas the producers may have written with.
+        include_input: put offending values into validation error details.
+    """
+
+    content_type = AVRO_CONTENT_TYPE
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        writer_schemas: Iterable[Mapping[str, Any]] = (),
+        include_input: bool = False,
+    ) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.include_input = include_input
+        self._writers: dict[bytes, Any] = {}
+        for schema in writer_schemas:
+            parsed, fingerprint = _parsed_avro(dict(schema))
+            self._writers[fingerprint] = parsed
+        self._schemas: dict[type[BaseModel], tuple[Any, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"AvroCodec(max_bytes={self.max_bytes}, writer_schemas={len(self._writers)})"
+
+    def _schema(self, contract: type[BaseModel]) -> tuple[Any, bytes]:
+        known = self._schemas.get(contract)
+        if known is None:
+            from streamguard.schema.avro import contract_avro_schema
+
+            known = _parsed_avro(contract_avro_schema(contract))  # type: ignore[arg-type]
+            self._schemas[contract] = known
+        return known
+
+    def encode(self, event: BaseModel) -> bytes:
+        parsed, fingerprint = self._schema(type(event))
+        out = io.BytesIO()
+        out.write(SINGLE_OBJECT_MARKER)
+        out.write(fingerprint)
+        try:
+            fastavro.schemaless_writer(out, parsed, event.model_dump(mode="json"))
+        except Exception as exc:  # fastavro's texts may quote the value: keep the type
+            subject = getattr(type(event), "__subject__", type(event).__qualname__)
+            raise ContractViolation(
+                subject,
+                [
+                    {
+                        "loc": [],
+                        "type": "avro_encode",
+                        "msg": f"does not fit its Avro schema ({type(exc).__name__})",
+                    }
+                ],
+            ) from None
+        return out.getvalue()
+
+    def decode(self, data: bytes | None, contract: type[C]) -> C:
+        """Decode one message; see ``decoder`` for the errors raised."""
+        return self.decoder(contract)(data)
+
+    def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
+        reader, own = self._schema(contract)
+        writers = {**self._writers, own: reader}
+        validate = contract.__pydantic_validator__.validate_python
+        max_bytes, include_input = self.max_bytes, self.include_input
+        subject = getattr(contract, "__subject__", contract.__qualname__)
+
+        def decode(data: bytes | None) -> C:
+            if data is None:
+                raise DecodeError("message has no value (a tombstone); expected an Avro record")
+            if len(data) > max_bytes:
+                raise DecodeError(
+                    f"message is {len(data)} bytes, over the limit of {max_bytes}",
+                    reason="oversize",
+                )
+            if data[:2] != SINGLE_OBJECT_MARKER or len(data) < 10:
+                raise DecodeError("not Avro single-object encoding (no C3 01 marker)")
+            writer = writers.get(data[2:10])
+            if writer is None:
+                raise DecodeError(
+                    f"written with an unknown Avro schema (fingerprint {data[2:10].hex()}); "
+                    "pass its .avsc in AvroCodec(writer_schemas=...) to read it"
+                )
+            try:
+                record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader)
+            except Exception as exc:  # fastavro raises many types on corrupt input
+                raise DecodeError(f"corrupt Avro record: {type(exc).__name__}") from None
+            try:
+                event: C = validate(record)
+            except ValidationError as exc:
+                raise _classify(exc, subject, include_input) from None
+            return event
+
+        return decode
+
+
+def _parsed_avro(schema: dict[str, Any]) -> tuple[Any, bytes]:
+    parsed = fastavro.parse_schema(schema)
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    # fastavro gives the CRC-64-AVRO fingerprint's bytes in little-endian order, which
+    # is what single-object encoding puts on the wire.
+    return parsed, bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))

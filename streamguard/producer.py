@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from streamguard import headers as h
-from streamguard.codecs import Codec, JsonCodec, check_codec_fits
+from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.errors import (
     ConfigurationError,
@@ -53,7 +53,8 @@ class GuardedProducer:
         kafka_config: librdkafka settings, passed through (TLS, SASL, ...). Secrets in
             it are never logged or shown in ``repr``.
         service_name: stamped as ``sg-producer``; defaults to ``client.id`` or the host.
-        codec: wire format for JSON contracts; defaults to ``JsonCodec()``.
+        codec: the wire format for every contract sent; by default each contract's
+            own (``JsonCodec()``, or ``AvroCodec()`` for ``__format__ = "avro"``).
     """
 
     def __init__(
@@ -68,7 +69,8 @@ class GuardedProducer:
         self.service_name = (
             service_name or str(self._config.get("client.id") or "") or socket.gethostname()
         )
-        self._codec: Codec = codec or JsonCodec()
+        self._codec = codec
+        self._codecs: dict[type[BaseModel], Codec] = {}
         self._producer = Producer(self._config)
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
@@ -109,8 +111,8 @@ class GuardedProducer:
             ConfigurationError: the topic name is illegal or the contract is missing.
         """
         model = self._validated(event, contract)
-        value = self._codec.encode(model)
         record_headers = list(self._stamp(type(model)))
+        value = self._codecs[type(model)].encode(model)
         self._decoders[type(model)](value)
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
@@ -220,14 +222,14 @@ class GuardedProducer:
         stamp = self._stamps.get(model_type)
         if stamp is None:
             assert issubclass(model_type, Contract)
-            check_codec_fits(model_type, self._codec)
+            codec = self._codecs[model_type] = codec_for(model_type, self._codec)
             stamp = [
                 (h.SUBJECT, model_type.__subject__.encode()),
                 (h.VERSION, str(model_type.__version__).encode()),
                 (h.FINGERPRINT, model_type.fingerprint().encode()),
                 (h.PRODUCER, self.service_name.encode()),
-                (h.CONTENT_TYPE, self._codec.content_type.encode()),
+                (h.CONTENT_TYPE, codec.content_type.encode()),
             ]
             self._stamps[model_type] = stamp
-            self._decoders[model_type] = self._codec.decoder(model_type)
+            self._decoders[model_type] = codec.decoder(model_type)
         return stamp

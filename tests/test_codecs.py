@@ -254,7 +254,7 @@ def test_invalid_limits_are_refused(kwargs: dict[str, Any]) -> None:
 
 
 def test_avro_contract_with_json_codec_is_refused() -> None:
-    """An Avro contract paired with the JSON codec fails at set-up, naming the fix."""
+    """An Avro contract paired explicitly with the JSON codec fails at set-up."""
     from streamguard.codecs import check_codec_fits
 
     class AvroOrder(sg.Contract):
@@ -273,6 +273,7 @@ def test_avro_contract_with_json_codec_is_refused() -> None:
                 "topic": "orders",
                 "contract": AvroOrder,
                 "group_id": "g",
+                "codec": sg.JsonCodec(),
                 "handle": lambda self, event, ctx: None,
             },
         )

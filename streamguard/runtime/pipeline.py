@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from streamguard.codecs import codec_for
 from streamguard.deadletter import REASONS, Failure, Reason, dead_letter_headers
 from streamguard.errors import SchemaDrift
 from streamguard.headers import Record
@@ -52,7 +53,8 @@ class ServicePipeline:
         self._service = service
         self._dlq = dlq_producer
         self._loop = loop
-        self.decode: Callable[[bytes | None], Any] = service.codec.decoder(cls.contract)
+        codec = codec_for(cls.contract, cls.codec)
+        self.decode: Callable[[bytes | None], Any] = codec.decoder(cls.contract)
         self._drift = DriftDetector(cls.contract)
         self._drift_dead_letters = cls.drift == "dead_letter"
         # Reading a record's headers costs ~0.5 µs per header (2.4 µs for the five a

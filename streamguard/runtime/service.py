@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
 from streamguard import headers as h
-from streamguard.codecs import Codec, JsonCodec, check_codec_fits
+from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.health import HealthServer
@@ -103,7 +103,8 @@ class ConsumerService:
         dead_letter_topic: defaults to ``f"{topic}.dlq"``.
         retry: the ``RetryPolicy`` for transient failures.
         transient: exception types retried; everything else is permanent.
-        codec: the wire format; ``JsonCodec()`` by default.
+        codec: the wire format; by default ``JsonCodec()`` for JSON contracts and
+            ``AvroCodec()`` for Avro ones (``__format__ = "avro"``).
         drift: ``"count"`` (default) counts and logs messages written with another
             schema, checking a sample under load (``ServiceOptions.drift_sample``);
             ``"dead_letter"`` checks every message and dead-letters those (reason
@@ -120,7 +121,7 @@ class ConsumerService:
     dead_letter_topic: ClassVar[str | None] = None
     retry: ClassVar[RetryPolicy] = RetryPolicy()
     transient: ClassVar[tuple[type[BaseException], ...]] = DEFAULT_TRANSIENT
-    codec: ClassVar[Codec] = JsonCodec()
+    codec: ClassVar[Codec | None] = None
     drift: ClassVar[DriftPolicy] = "count"
     include_error_text: ClassVar[bool] = False
     options: ClassVar[ServiceOptions] = ServiceOptions()
@@ -411,7 +412,7 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         raise ConfigurationError(
             f"{name}.contract must be an sg.Contract subclass, got {cls.contract!r}"
         )
-    check_codec_fits(cls.contract, cls.codec)
+    codec_for(cls.contract, cls.codec)
     if not isinstance(cls.group_id, str) or not cls.group_id:
         raise ConfigurationError(f"{name}.group_id must be a non-empty string")
     if not isinstance(cls.retry, RetryPolicy):

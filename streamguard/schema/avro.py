@@ -42,7 +42,12 @@ def contract_avro_schema(contract: type[Contract]) -> dict[str, Any]:
     # encoding depends on; the stored JSON Schema is sorted for stable diffs.
     schema = contract.model_json_schema(mode="validation")
     namespace = ".".join(contract.__subject__.split(".")[:-1]) or None
-    derived = _Deriver(Document(schema), namespace).record(schema, contract.__name__)
+    # Named after the subject, not the Python class: Avro resolves records and enums by
+    # name, and successive versions of a contract often live in classes named V1, V2.
+    name = re.sub(r"[^A-Za-z0-9_]", "_", contract.__subject__.split(".")[-1])
+    if not re.match(r"[A-Za-z_]", name):
+        name = f"_{name}"
+    derived = _Deriver(Document(schema), namespace).record(schema, name)
     if not isinstance(derived, dict):  # pragma: no cover - a root model is always a record
         raise ConfigurationError(f"{contract.__qualname__}: root is not a record")
     return derived

@@ -1,0 +1,147 @@
+"""Avro single-object encoding: round trips, schema resolution, and every failure kind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+from uuid import UUID
+
+import pytest
+from pydantic import Field
+
+import streamguard as sg
+from streamguard.codecs import SINGLE_OBJECT_MARKER
+from streamguard.schema.avro import contract_avro_schema
+from tests.conftest import FAST_GROUP
+
+
+class PaymentV1(sg.Contract):
+    __subject__ = "tests.avro.Payment"
+    __version__ = 1
+    __format__ = "avro"
+    payment_id: UUID
+    cents: int = Field(gt=0)
+    currency: Literal["EUR", "USD"]
+
+
+class PaymentV2(sg.Contract):
+    __subject__ = "tests.avro.Payment"
+    __version__ = 2
+    __format__ = "avro"
+    payment_id: UUID
+    cents: int = Field(gt=0)
+    currency: Literal["EUR", "USD"]
+    note: str | None = None
+
+
+def payment(cents: int = 250) -> PaymentV1:
+    return PaymentV1(payment_id=UUID(int=7), cents=cents, currency="EUR")
+
+
+def test_round_trip_uses_single_object_encoding() -> None:
+    """Encoded bytes start with C3 01 and the schema's 8-byte fingerprint, and decode
+    back to an equal event."""
+    codec = sg.AvroCodec()
+    data = codec.encode(payment())
+    assert data[:2] == SINGLE_OBJECT_MARKER
+    assert len(data[2:10]) == 8
+    assert codec.decode(data, PaymentV1) == payment()
+
+
+def test_older_writer_schema_resolves_when_known() -> None:
+    """Data written with v1 is read by a v2 reader when v1's schema is supplied, with
+    the new field taking its default; without it, it is an unknown-schema DecodeError."""
+    data = sg.AvroCodec().encode(payment())
+    with pytest.raises(sg.DecodeError, match="unknown Avro schema"):
+        sg.AvroCodec().decode(data, PaymentV2)
+    reader = sg.AvroCodec(writer_schemas=[contract_avro_schema(PaymentV1)])
+    event = reader.decode(data, PaymentV2)
+    assert event.note is None
+    assert event.cents == 250
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b'{"payment_id": 1}', "not Avro single-object encoding"),
+        (SINGLE_OBJECT_MARKER + b"\x00" * 8 + b"\x01", "unknown Avro schema"),
+        (None, "tombstone"),
+    ],
+)
+def test_undecodable_bytes_are_decode_errors(data: bytes | None, match: str) -> None:
+    """JSON, an unknown fingerprint and a null value are refused as DecodeError."""
+    with pytest.raises(sg.DecodeError, match=match):
+        sg.AvroCodec().decode(data, PaymentV1)
+
+
+def test_truncated_record_is_a_decode_error() -> None:
+    """A record cut short is a DecodeError that names no value."""
+    data = sg.AvroCodec().encode(payment())
+    with pytest.raises(sg.DecodeError, match="corrupt Avro record"):
+        sg.AvroCodec().decode(data[:12], PaymentV1)
+
+
+def test_oversize_is_refused_before_parsing() -> None:
+    """A message over max_bytes is refused with reason oversize."""
+    data = sg.AvroCodec().encode(payment())
+    with pytest.raises(sg.DecodeError) as info:
+        sg.AvroCodec(max_bytes=5).decode(data, PaymentV1)
+    assert info.value.reason == "oversize"
+
+
+def test_decoded_but_invalid_is_a_contract_violation() -> None:
+    """A record that decodes but breaks a pydantic constraint is a ContractViolation
+    whose text does not contain the value."""
+    invalid = PaymentV1.model_construct(payment_id=UUID(int=7), cents=-987654, currency="EUR")
+    data = sg.AvroCodec().encode(invalid)
+    with pytest.raises(sg.ContractViolation) as info:
+        sg.AvroCodec().decode(data, PaymentV1)
+    assert "987654" not in str(info.value)
+    assert info.value.errors[0]["loc"] == ["cents"]
+
+
+def test_an_event_that_does_not_fit_its_schema_is_refused_on_encode() -> None:
+    """An instance whose value is outside its Avro enum is a ContractViolation."""
+    wrong = PaymentV1.model_construct(payment_id=UUID(int=7), cents=1, currency="GBP")
+    with pytest.raises(sg.ContractViolation, match="Avro schema"):
+        sg.AvroCodec().encode(wrong)
+
+
+def test_avro_contract_round_trips_through_producer_and_service(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A guarded producer sends an Avro contract as application/avro, and a service of
+    the same contract handles it; JSON bytes on that topic are dead-lettered."""
+    topic = topic_factory("payments")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(topic, payment(100))
+    producer.produce_raw(topic, b'{"payment_id": "x"}', key=None, headers=[])
+    producer.flush()
+    (first, _) = read_all(topic, 2)
+    assert dict(first.headers())["content-type"] == b"application/avro"
+    seen: list[int] = []
+    group = unique("g")
+
+    class Ledger(sg.ConsumerService):
+        topic = first.topic()
+        contract = PaymentV1
+        group_id = group
+
+        def handle(self, event: PaymentV1, ctx: sg.MessageContext) -> None:
+            seen.append(event.cents)
+
+    service = Ledger(bootstrap_servers=bootstrap, kafka_config=FAST_GROUP)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        (dead,) = read_all(f"{topic}.dlq", 1)
+        reason = dict(dead.headers())["sg-dlq-reason"]
+        assert reason == b"decode_error"
+        assert seen == [100]
+    finally:
+        service.stop()
+        thread.join(30)
