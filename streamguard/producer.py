@@ -37,7 +37,8 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 }
 
 Key = str | bytes | None
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
+# The record is None only when the client refused it before queueing (no report comes).
+DeliveryCallback = Callable[[KafkaError | None, Message | None], None]
 
 
 def encode_key(key: Key) -> bytes | None:
@@ -165,6 +166,8 @@ class GuardedProducer:
                 # one, at flush(), rather than leak a raw client exception from send().
                 with self._lock:
                     self._failures.append((topic, exc.args[0].str()))
+                if on_delivery is not None:
+                    on_delivery(exc.args[0], None)  # no record object exists for it
                 return
         self._producer.poll(0)
 

@@ -19,7 +19,13 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError
 
 from streamguard.deadletter import Failure, Reason
-from streamguard.errors import ContractViolation, DecodeError, RetriesExhausted, SchemaDrift
+from streamguard.errors import (
+    ContractViolation,
+    DecodeError,
+    HandlerAbandoned,
+    RetriesExhausted,
+    SchemaDrift,
+)
 from streamguard.headers import Record
 from streamguard.policy import RetryPolicy, classify
 from streamguard.runtime.context import MessageContext
@@ -64,7 +70,8 @@ class PendingDeadLetter:
 
     msg: Record
     failure: Failure
-    failed: bool = False
+    failed: bool = False  # a write failed; stays True until a write is acknowledged
+    in_flight: bool = True  # a write awaits its delivery report
     error: str = ""
     attempts: int = field(default=1)
 
@@ -90,6 +97,7 @@ class PartitionLane:
         self.first_fetched: int | None = None  # offset of the first record since assigned
         self.pending: dict[int, PendingDeadLetter] = {}
         self.committed: int | None = None
+        self.done_in_batch = 0
 
     # -- poll thread -----------------------------------------------------------------
 
@@ -110,7 +118,9 @@ class PartitionLane:
             return self._claim(now)
 
     def _claim(self, now: float | None = None) -> bool:
-        if self.scheduled or self.closed or not self.queue:
+        # Not while the DLQ is unwritable: drain() would give the lane straight back,
+        # and claiming it again on every poll would spin a worker at full CPU.
+        if self.scheduled or self.closed or not self.queue or not self.pipeline.can_process():
             return False
         if self.retry is not None and (now if now is not None else time.monotonic()) < (
             self.retry.due
@@ -163,15 +173,20 @@ class PartitionLane:
                 self.buffered -= len(batch)
                 self.in_hand = len(batch)
                 self.idle.clear()  # a handler of this lane runs from here on
-            done = 0
+            self.done_in_batch = 0
             try:
-                done = self._process(batch)
+                self._process(batch)
+            except HandlerAbandoned:
+                with self.lock:
+                    self.scheduled = False
+                raise
             except BaseException:
                 log.exception("partition lane crashed", extra={"partition": self.partition})
                 with self.lock:
                     self.scheduled = False
                 raise
             finally:
+                done = self.done_in_batch
                 with self.lock:
                     self.in_hand = 0
                     if done < len(batch) and not self.closed:
@@ -232,6 +247,7 @@ class PartitionLane:
                 done += 1
         finally:
             self.retry = retry
+            self.done_in_batch = done
             if done:
                 self.position = batch[done - 1].offset() + 1
             pipe.record_batch(handled, durations, retries)
@@ -258,11 +274,15 @@ class PartitionLane:
         self.pipeline.publish_dead_letter(msg, failure, lambda err: self._acked(pending, err))
 
     def republish(self, pending: PendingDeadLetter) -> None:
-        """Try a failed dead-letter write again (the poll thread calls this on backoff)."""
+        """Try a failed dead-letter write again (the poll thread calls this on backoff).
+
+        It stays ``failed`` while the new write is in flight: the DLQ counts as writable
+        again only once a write is acknowledged, not as soon as one is attempted.
+        """
         with self.lock:
-            if self.closed:
+            if self.closed or pending.in_flight:
                 return
-            pending.failed = False
+            pending.in_flight = True
             pending.attempts += 1
         self.pipeline.publish_dead_letter(
             pending.msg, pending.failure, lambda err: self._acked(pending, err)
@@ -277,6 +297,7 @@ class PartitionLane:
             return
         with self.lock:
             pending.failed = True
+            pending.in_flight = False
             pending.error = error.str()
         self.pipeline.dead_letter_failed(error)
 

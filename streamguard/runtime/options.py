@@ -64,6 +64,11 @@ class ServiceOptions:
                 "waits to be paused, nothing is fetched, and that must stay far below "
                 "max.poll.interval.ms"
             )
+        if self.revoke_timeout > self.shutdown_timeout:
+            raise ConfigurationError(
+                "ServiceOptions.revoke_timeout must not exceed shutdown_timeout: shutdown "
+                "waits for a rebalance in progress before it closes the consumer"
+            )
         for name in ("commit_interval", "revoke_timeout", "shutdown_timeout", "startup_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")

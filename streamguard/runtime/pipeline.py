@@ -8,6 +8,7 @@ batch's counts into the metrics.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import threading
@@ -18,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamguard.codecs import codec_for
 from streamguard.deadletter import REASONS, Failure, Reason, dead_letter_headers
-from streamguard.errors import SchemaDrift
+from streamguard.errors import HandlerAbandoned, SchemaDrift
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.context import MessageContext
@@ -69,6 +70,7 @@ class ServicePipeline:
         self._retries = metrics.retries.labels(self.topic)
         self._dlq_failures = metrics.dead_letter_failures.labels(self.topic)
         self._lock = threading.Lock()
+        self.abandon = threading.Event()  # set when shutdown stops waiting for handlers
         self.dlq_writable = True
         self.dlq_last_error = ""
         self.dlq_in_flight = 0  # dead letters produced and not yet reported on
@@ -89,8 +91,18 @@ class ServicePipeline:
         loop = self._loop
         assert loop is not None, "async handler without an event loop"
 
+        abandon = self.abandon
+
         def run_async(*args: Any) -> None:
-            asyncio.run_coroutine_threadsafe(fn(*args), loop).result()
+            future = asyncio.run_coroutine_threadsafe(fn(*args), loop)
+            while True:
+                try:
+                    future.result(timeout=0.2)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if abandon.is_set():  # shutdown gave up on it: cancel, stay uncommitted
+                        future.cancel()
+                        raise HandlerAbandoned from None
 
         return run_async
 
@@ -136,6 +148,9 @@ class ServicePipeline:
     def record_dead_letter(self, reason: Reason) -> None:
         self._dead_lettered.inc()
         self.metrics.dead_letters.labels(self.topic, reason).inc()
+
+    def dead_letters_recovered(self) -> None:
+        """No assigned partition holds a failed dead letter any more (the poller says)."""
         if not self.dlq_writable:
             log.info("dead-letter topic is writable again", extra={"dlq": self.dead_letter_topic})
         self.dlq_writable = True

@@ -13,12 +13,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from streamguard.errors import HandlerAbandoned
 from streamguard.headers import Record
-from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.lane import PartitionLane, PendingDeadLetter
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.pipeline import ServicePipeline
 
@@ -50,9 +50,6 @@ class Poller:
         self.options = options
         self.topic = pipeline.topic
         self.lanes: dict[int, PartitionLane] = {}
-        self.executor = ThreadPoolExecutor(
-            max_workers=options.workers, thread_name_prefix="streamguard-worker"
-        )
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.active_workers = 0
@@ -62,6 +59,7 @@ class Poller:
         self._ready_lock = threading.Lock()
         self._wake = threading.Event()  # set when the last active worker returns
         self._next_spawn = 0.0
+        self._shut = False
         self.assigned_once = False
         self.last_poll = time.monotonic()
         self._on_assigned = on_assigned
@@ -174,7 +172,9 @@ class Poller:
     def _spawn(self) -> None:
         with self._active_lock:
             self.active_workers += 1
-        self.executor.submit(self._work)
+        # Daemon threads: a handler stuck past the shutdown timeout must not keep the
+        # process alive; its message is uncommitted and delivered again after restart.
+        threading.Thread(target=self._work, name="streamguard-worker", daemon=True).start()
 
     def _work(self) -> None:
         """A worker: serve ready lanes a batch at a time, polling when none is ready."""
@@ -196,6 +196,8 @@ class Poller:
                 if not claimed:
                     return  # nothing fetched: the supervisor waits for more
                 self._make_ready(claimed)
+        except HandlerAbandoned:
+            pass  # shutdown gave up on this handler; nothing else to do
         except BaseException as exc:
             self.failure = exc
             self.stopping.set()
@@ -237,6 +239,17 @@ class Poller:
     def _maintain(self, now: float, claimed: list[PartitionLane]) -> None:
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
+        # Writability is what the assigned lanes hold, not the last report: a failed
+        # dead letter of a partition since revoked no longer counts (its new owner
+        # redelivers it), and a later success elsewhere does not excuse one still failed.
+        failed = [(lane, p) for lane in self.lanes.values() for p in lane.failed_dead_letters()]
+        if failed:
+            self.pipeline.dlq_writable = False
+            self._retry_dead_letters(now, failed)
+        elif not self.pipeline.dlq_writable:
+            self.pipeline.dead_letters_recovered()
+            self._dlq_backoff = 0.1
+            self._next_dlq_retry = 0.0
         writable = self.pipeline.dlq_writable
         throttled = False
         for part, lane in self.lanes.items():
@@ -262,8 +275,6 @@ class Poller:
             self.consumer.pause(pause)
         if resume:
             self.consumer.resume(resume)
-        if not writable:
-            self._retry_dead_letters(now)
         if now >= self._next_commit:
             self._next_commit = now + self.options.commit_interval
             self.commit(self.lanes.values(), asynchronous=True)
@@ -300,10 +311,11 @@ class Poller:
             return int(committed.offset)
         return low if low >= 0 else None
 
-    def _retry_dead_letters(self, now: float) -> None:
+    def _retry_dead_letters(
+        self, now: float, failed: list[tuple[PartitionLane, PendingDeadLetter]]
+    ) -> None:
         if now < self._next_dlq_retry:
             return
-        failed = [(lane, p) for lane in self.lanes.values() for p in lane.failed_dead_letters()]
         for lane, pending in failed:
             lane.republish(pending)
         self._next_dlq_retry = now + self._dlq_backoff
@@ -316,7 +328,9 @@ class Poller:
         offsets: list[TopicPartition] = []
         for lane in lanes:
             position = lane.commit_position()
-            if position is not None and position != lane.committed:
+            # Never below the last accepted commit: a dead letter acknowledged in the
+            # middle of a batch can briefly make the prefix look shorter than it was.
+            if position is not None and (lane.committed is None or position > lane.committed):
                 offsets.append(TopicPartition(self.topic, lane.partition, position))
                 lane.committed = position
         if not offsets:
@@ -348,6 +362,8 @@ class Poller:
     # -- rebalance -------------------------------------------------------------------
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._shut:
+            return
         for tp in partitions:
             if tp.partition not in self.lanes:
                 self.lanes[tp.partition] = PartitionLane(tp.partition, self.pipeline)
@@ -356,6 +372,9 @@ class Poller:
         self._on_assigned([tp.partition for tp in partitions])
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._shut:
+            return  # close() revokes after shutdown settled and committed everything
+        self._resume_paused(partitions)
         lanes = [self.lanes.pop(tp.partition) for tp in partitions if tp.partition in self.lanes]
         self.settle(lanes, self.options.revoke_timeout)
         self._forget_lag(partitions)
@@ -365,12 +384,27 @@ class Poller:
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already, so committing now
         # could move its offsets. Drop our work; it is redelivered.
+        self._resume_paused(partitions)
         for tp in partitions:
             lane = self.lanes.pop(tp.partition, None)
             if lane is not None:
                 lane.close()
         self._forget_lag(partitions)
         log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _resume_paused(self, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition's pause flag across unassign and assign: a
+        # partition revoked while paused would come back paused, and never be fetched.
+        paused = [
+            TopicPartition(self.topic, tp.partition)
+            for tp in partitions
+            if (lane := self.lanes.get(tp.partition)) is not None and lane.paused
+        ]
+        if paused:
+            try:
+                self.consumer.resume(paused)
+            except KafkaException as exc:
+                log.warning("could not resume revoked partitions", extra={"error": str(exc)})
 
     def _forget_lag(self, partitions: list[TopicPartition]) -> None:
         # A partition that is no longer ours must not keep reporting a stale lag.
@@ -398,8 +432,12 @@ class Poller:
         Takes the poll lock for good: no worker may touch the consumer once it closes.
         """
         self.stopping.set()
-        self._poll_lock.acquire(timeout=self.options.shutdown_timeout)
+        # A worker may be in a rebalance callback, which takes at most revoke_timeout.
+        wait = self.options.revoke_timeout + self.options.shutdown_timeout
+        if not self._poll_lock.acquire(timeout=wait):
+            log.error("a worker held the consumer for %.0fs; closing it anyway", wait)
         lanes = list(self.lanes.values())
         self.lanes.clear()
         self.settle(lanes, self.options.shutdown_timeout)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._shut = True
+        self.pipeline.abandon.set()  # handlers still running are given up on

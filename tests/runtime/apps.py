@@ -25,3 +25,19 @@ class Recorder(sg.ConsumerService):
         with open(os.environ["SG_TEST_OUT"], "a") as out:
             out.write(f"{ctx.partition}:{ctx.offset}\n")
             out.flush()
+
+
+class StuckAsync(sg.ConsumerService):
+    """An async handler that outlives any shutdown timeout (it awaits for a minute)."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+    options = sg.ServiceOptions(shutdown_timeout=1.0, revoke_timeout=1.0)
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        import asyncio
+
+        with open(os.environ["SG_TEST_OUT"], "a") as out:
+            out.write("started\n")
+        await asyncio.sleep(60)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,151 @@ def test_unwritable_dlq_holds_commits_and_recovers(
         reader.close()
         assert [dlq_headers(m)["sg-dlq-reason"] for m in got] == ["decode_error"]
         assert got[0].value() == b"poison"
+
+
+def test_stuck_async_handler_does_not_keep_the_process_alive(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """On SIGTERM, a handler still awaiting after shutdown_timeout is cancelled: the
+    process exits 0 promptly and the message stays uncommitted for redelivery."""
+    src = topic_factory("orders")
+    group = unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.flush()
+    out = tmp_path / "started.txt"
+    env = {**os.environ, "SG_TEST_TOPIC": src, "SG_TEST_GROUP": group, "SG_TEST_OUT": str(out)}
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:StuckAsync",
+        "--bootstrap-servers", bootstrap, "-X", "session.timeout.ms=2000",
+        "-X", "heartbeat.interval.ms=500",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(out.exists, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    assert committed(bootstrap, group, src).get(0) is None
+
+
+def test_paused_partition_given_back_after_a_rebalance_is_consumed(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A partition revoked while paused (its head was waiting to be retried) and later
+    assigned back is fetched again: librdkafka keeps the pause flag across rebalances."""
+    src = topic_factory("orders", partitions=2)
+    group = unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(6):
+        producer.send(src, order(i), partition=i % 2)
+    producer.flush()
+    healthy = threading.Event()
+    handled: set[tuple[int, int]] = set()
+    lock = threading.Lock()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=1000, base_delay=0.2, max_delay=0.2, max_budget_ms=120_000)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if not healthy.is_set():
+                raise ConnectionError("downstream unavailable")
+            with lock:
+                handled.add((ctx.partition, ctx.offset))
+
+    first = start_service(Billing)
+    assert wait_for(lambda: first.metric("streamguard_paused_partitions", topic=src) == 2)
+    second = start_service(Billing)
+    assert wait_for(lambda: second.service.health()["checks"]["assigned"], timeout=20)
+    second.stop()  # its partition goes back to the first member, paused there before
+    assert wait_for(lambda: first.metric("streamguard_paused_partitions", topic=src) == 2, 20)
+    healthy.set()
+    assert wait_for(lambda: len(handled) == 6, timeout=30), sorted(handled)
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: 3, 1: 3})
+
+
+def test_one_failed_dead_letter_is_not_excused_by_a_later_success(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A dead letter the DLQ refuses keeps the service unready and its partition's
+    commit held, even after other dead letters were written successfully."""
+    src = topic_factory("orders")
+    group = unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.produce_raw(src, b"x" * 3000, key=b"big", headers=[])  # the DLQ refuses it
+    producer.produce_raw(src, b"small poison", key=b"small", headers=[])
+    producer.send(src, order(2))
+    producer.flush()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing, dead_letter_config={"message.max.bytes": 2000})
+    assert wait_for(lambda: not running.service.health()["checks"]["dlq_writable"])
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+    threading.Event().wait(2.0)  # retries of the refused one come and fail
+    assert not running.service.ready
+    assert committed(bootstrap, group, src).get(0) == 1  # held at the refused dead letter
+    assert running.metric("streamguard_dead_letter_failures_total", topic=src) >= 2
+
+
+def test_waiting_for_an_unwritable_dlq_does_not_spin(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """While the DLQ is unwritable and messages are buffered, the service waits without
+    burning CPU (no worker claims a lane it may not process)."""
+    src = topic_factory("orders")
+    group = unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.produce_raw(src, b"poison", key=b"k", headers=[])
+    for i in range(500):
+        producer.send(src, order(i))
+    producer.flush()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(batch_size=20)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            threading.Event().wait(0.02)  # 10 s of work: some is buffered when the DLQ fails
+
+    running = start_service(
+        Billing,
+        dead_letter_config={
+            "bootstrap.servers": f"127.0.0.1:{free_port()}",  # a DLQ cluster that is down
+            "message.timeout.ms": 1000,
+            "enable.idempotence": False,
+        },
+    )
+    assert wait_for(
+        lambda: running.metric("streamguard_dead_letter_failures_total", topic=src) >= 1,
+        timeout=20,
+    )
+    assert not running.service.health()["checks"]["dlq_writable"]
+    assert running.metric("streamguard_inflight", topic=src) > 1  # work is buffered
+    threading.Event().wait(0.5)  # the batch in hand finishes
+    cpu = time.process_time()
+    threading.Event().wait(1.5)
+    assert time.process_time() - cpu < 0.75  # the whole test process, under half a core
