@@ -141,7 +141,6 @@ class JsonCodec:
         max_bytes = self.max_bytes
         max_depth = self.max_depth
         include_input = self.include_input
-        subject = getattr(contract, "__subject__", contract.__qualname__)
 
         def decode(data: bytes | None) -> C:
             if data is None:
@@ -157,14 +156,17 @@ class JsonCodec:
             try:
                 event: C = validate(data)
             except ValidationError as exc:
-                raise _classify(exc, subject, include_input) from None
+                raise _classify(exc, contract, include_input) from None
             return event
 
         return decode
 
 
-def _classify(exc: ValidationError, subject: str, include_input: bool) -> Exception:
-    details = error_details(exc, include_input=include_input)
+def _classify(exc: ValidationError, contract: type[BaseModel], include_input: bool) -> Exception:
+    # The schema lets error_details hide map keys in error locations (they are data).
+    schema = getattr(contract, "json_schema", contract.model_json_schema)()
+    subject = getattr(contract, "__subject__", contract.__qualname__)
+    details = error_details(exc, include_input=include_input, schema=schema)
     for detail in details:
         if detail["type"] == "json_invalid":
             # pydantic-core reports malformed JSON, bad UTF-8 and its recursion limit
@@ -255,7 +257,6 @@ class AvroCodec:
         writers = {**self._writers, own: reader}
         validate = contract.__pydantic_validator__.validate_python
         max_bytes, include_input = self.max_bytes, self.include_input
-        subject = getattr(contract, "__subject__", contract.__qualname__)
 
         def decode(data: bytes | None) -> C:
             if data is None:
@@ -280,7 +281,7 @@ class AvroCodec:
             try:
                 event: C = validate(record)
             except ValidationError as exc:
-                raise _classify(exc, subject, include_input) from None
+                raise _classify(exc, contract, include_input) from None
             return event
 
         return decode

@@ -56,10 +56,10 @@ class ProjectConfig:
         for module in self.contracts:
             try:
                 importlib.import_module(module)
-            except ImportError as exc:
+            except Exception as exc:  # any failure at import is a configuration problem
                 raise ConfigurationError(
                     f"cannot import contracts module {module!r} listed in [tool.streamguard] "
-                    f"contracts: {exc}"
+                    f"contracts: {type(exc).__name__}: {exc}"
                 ) from exc
         return registered_contracts(list(self.contracts))
 
@@ -97,16 +97,23 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
         data = tomllib.loads(file.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from exc
-    table = data.get("tool", {}).get("streamguard", {})
+    tool = data.get("tool", {})
+    table = tool.get("streamguard", {}) if isinstance(tool, dict) else None
     if not isinstance(table, dict):
         raise ConfigurationError(f"{file}: [tool.streamguard] must be a table")
+    subjects = table.get("subjects", {})
+    if not isinstance(subjects, dict) or not all(isinstance(v, dict) for v in subjects.values()):
+        raise ConfigurationError(
+            f"{file}: [tool.streamguard.subjects] must be a table of tables, e.g. "
+            '[tool.streamguard.subjects."orders.OrderPlaced"] compatibility = "FULL"'
+        )
     contracts = table.get("contracts", [])
     if not isinstance(contracts, list) or not all(isinstance(m, str) for m in contracts):
         raise ConfigurationError(f"{file}: [tool.streamguard] contracts must be a list of modules")
     subject_modes = {
         subject: _check_mode(cfg.get("compatibility"), f"{file}: subject {subject!r}")
-        for subject, cfg in table.get("subjects", {}).items()
-        if isinstance(cfg, dict) and "compatibility" in cfg
+        for subject, cfg in subjects.items()
+        if "compatibility" in cfg
     }
     return ProjectConfig(
         root=root,

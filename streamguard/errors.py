@@ -21,6 +21,53 @@ class ErrorDetail(TypedDict):
     input: NotRequired[Any]  # only when a caller opted in to seeing values
 
 
+def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str | int]:
+    """``loc`` with every part that addresses a map entry (not a declared field) as ``*``.
+
+    Walks the JSON Schema along ``loc``: a part that is a property of the current node
+    is a field name and stays; one that is not, where the node allows
+    ``additionalProperties``, is a map key and is hidden. Union branch tags and the
+    names of undeclared fields are neither and stay: they are schema words, and the
+    latter tell an operator which field a producer added.
+    """
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        for _ in range(32):  # $ref chains are short; the bound only stops a cycle
+            ref = node.get("$ref") if isinstance(node, dict) else None
+            if not isinstance(ref, str) or not ref.startswith("#/$defs/"):
+                return node
+            node = defs.get(ref.removeprefix("#/$defs/"))
+        return node
+
+    out: list[str | int] = []
+    node: Any = schema
+    for part in loc:
+        node = resolve(node)
+        if not isinstance(node, dict):
+            out.append(part)
+            continue
+        if isinstance(part, int):
+            out.append(part)
+            node = node.get("items")
+            continue
+        branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
+        candidates = [b for b in branches or [node] if isinstance(b, dict)]
+        field = next((b["properties"][part] for b in candidates
+                      if part in b.get("properties", {})), None)  # fmt: skip
+        values = next((b["additionalProperties"] for b in candidates
+                       if isinstance(b.get("additionalProperties"), dict)), None)  # fmt: skip
+        if field is not None:
+            out.append(part)
+            node = field
+        elif values is not None:
+            out.append("*")
+            node = values
+        else:
+            out.append(part)  # a union branch tag: the next part resolves against the union
+    return out
+
+
 class StreamguardError(Exception):
     """Base of every error streamguard raises; catch it to catch them all."""
 
@@ -130,17 +177,31 @@ class DeliveryFailed(StreamguardError):
 _QUOTED_INPUT = re.compile(r"[:,] found `[^`]*`")
 
 
-def error_details(exc: Any, *, include_input: bool = False) -> list[ErrorDetail]:
+# Messages that quote the input itself, replaced by value-free ones unless opted in.
+_VALUE_FREE_MSG = {
+    "union_tag_invalid": "Input tag does not match any of the expected tags",
+}
+
+
+def error_details(
+    exc: Any, *, include_input: bool = False, schema: dict[str, Any] | None = None
+) -> list[ErrorDetail]:
     """Turn a pydantic ``ValidationError`` into value-free ``{loc, type, msg}`` dicts.
 
     pydantic's ``msg`` does not contain the input for the built-in error types, except
-    for the one character a UUID error quotes, which is cut here; ``include_input=False``
-    also drops the ``input`` and ``ctx`` keys.
+    the character a UUID error quotes and the tag a tagged union quotes, both cut here.
+    With the model's JSON ``schema``, the keys of declared maps in ``loc`` (a
+    ``dict[str, int]`` keyed by e-mail address, say) become ``*``: they are data too.
+    ``include_input=False`` also drops the ``input`` and ``ctx`` keys.
     """
     details: list[ErrorDetail] = []
     for err in exc.errors(include_url=False, include_input=include_input, include_context=False):
-        msg = err["msg"] if include_input else _QUOTED_INPUT.sub("", err["msg"])
-        detail: ErrorDetail = {"loc": list(err["loc"]), "type": err["type"], "msg": msg}
+        msg, loc = err["msg"], list(err["loc"])
+        if not include_input:
+            msg = _VALUE_FREE_MSG.get(err["type"]) or _QUOTED_INPUT.sub("", msg)
+            if schema is not None:
+                loc = _without_map_keys(loc, schema)
+        detail: ErrorDetail = {"loc": loc, "type": err["type"], "msg": msg}
         if include_input and "input" in err:
             detail["input"] = err["input"]
         details.append(detail)

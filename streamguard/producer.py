@@ -219,7 +219,8 @@ class GuardedProducer:
         try:
             return contract.model_validate(event)
         except ValidationError as exc:
-            raise ContractViolation(contract.__subject__, error_details(exc)) from None
+            details = error_details(exc, schema=contract.json_schema())
+            raise ContractViolation(contract.__subject__, details) from None
 
     def _stamp(self, model_type: type[BaseModel]) -> list[tuple[str, bytes]]:
         stamp = self._stamps.get(model_type)

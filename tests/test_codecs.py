@@ -277,3 +277,40 @@ def test_avro_contract_with_json_codec_is_refused() -> None:
                 "handle": lambda self, event, ctx: None,
             },
         )
+
+
+def test_map_keys_and_union_tags_stay_out_of_errors() -> None:
+    """Keys of a declared map and a tagged union's input tag are data: they appear in no
+    error location or message, while field names and branch tags do."""
+    from typing import Annotated
+
+    class Cat(BaseModel):
+        kind: Literal["cat"]
+        lives: int
+
+    class Dog(BaseModel):
+        kind: Literal["dog"]
+        bark: str
+
+    class Ledger(sg.Contract):
+        __subject__ = "tests.Ledger"
+        __version__ = 1
+        balances: dict[str, int]
+        pet: Annotated[Cat | Dog, Field(discriminator="kind")] | None = None
+        either: int | list[int] = 0
+
+    data = json.dumps(
+        {"balances": {"alice@example.com": "x"}, "pet": {"kind": "SECRET-TAG"}, "either": "z"}
+    ).encode()
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(data, Ledger)
+    text = json.dumps(info.value.errors) + str(info.value)
+    assert "alice@example.com" not in text
+    assert "SECRET-TAG" not in text
+    locs = [e["loc"] for e in info.value.errors]
+    assert ["balances", "*"] in locs
+    assert ["either", "int"] in locs  # a union branch tag is a schema word, kept
+    opted_in = JsonCodec(include_input=True).decoder(Ledger)
+    with pytest.raises(sg.ContractViolation) as info:
+        opted_in(data)
+    assert ["balances", "alice@example.com"] in [e["loc"] for e in info.value.errors]

@@ -134,7 +134,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         revalidator=revalidator,
         show_values=args.show_values,
     )
-    group = args.group or default_group(args.topic)
+    group = args.group or default_group(args.topic, selection)
     with DlqReader(
         args.bootstrap_servers,
         args.topic,

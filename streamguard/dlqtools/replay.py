@@ -70,9 +70,27 @@ FLUSH_TIMEOUT = 60.0
 _PENDING, _DONE, _FAILED = 0, 1, 2
 
 
-def default_group(dlq_topic: str) -> str:
-    """The replay group of a DLQ when ``--group`` is not given."""
-    return f"streamguard-replay.{dlq_topic}"
+def default_group(dlq_topic: str, selection: Selection | None = None) -> str:
+    """The replay group of a DLQ when ``--group`` is not given.
+
+    A run commits past the records it did not select, so a filtered run gets a group
+    of its own (named after its filters): otherwise ``--until T`` would silently hide
+    every later record from the next, unfiltered run.
+    """
+    base = f"streamguard-replay.{dlq_topic}"
+    if selection is None or not selection.filters():
+        return base
+    digest = hashlib.sha256(selection.describe().encode()).hexdigest()[:10]
+    return f"{base}.{digest}"
+
+
+def _protected(topic: str, dlq_topic: str) -> bool:
+    """Topics a header may never send a replay to: this DLQ, another DLQ, internal ones.
+
+    Internal topics start with ``_`` (``__consumer_offsets``, ``_schemas``, Confluent's
+    ``_confluent-*``); a DLQ conventionally ends with ``.dlq``.
+    """
+    return topic == dlq_topic or topic.startswith("_") or topic.endswith(".dlq")
 
 
 @dataclass(frozen=True)
@@ -124,15 +142,21 @@ class _Send:
 
 
 def replay_count(headers: h.Headers) -> int | None:
-    """The record's ``sg-replay-count``: 0 if absent, None if unreadable."""
-    text = h.last(headers, h.REPLAY_COUNT)
-    if text is None:
-        return 0
-    try:
-        count = int(text)
-    except ValueError:
-        return None
-    return count if count >= 0 else None
+    """The record's ``sg-replay-count``: 0 if absent, None if unreadable.
+
+    Headers are untrusted, so every occurrence counts: one that is null, empty or not a
+    number makes the count unreadable (over the limit), and of several the highest wins.
+    Otherwise a forged second header could reset the count and loop a message forever.
+    """
+    counts: list[int] = []
+    for key, value in headers or []:
+        if key != h.REPLAY_COUNT:
+            continue
+        text = value.decode("ascii", "replace").strip() if value is not None else ""
+        if not text.isdigit():
+            return None
+        counts.append(int(text))
+    return max(counts, default=0)
 
 
 class Replayer:
@@ -144,10 +168,10 @@ class Replayer:
         out: where dry-run lines go (the summary is the caller's to print).
     """
 
-    def __init__(self, reader: DlqReader, options: ReplayOptions, out: TextIO = sys.stdout):
+    def __init__(self, reader: DlqReader, options: ReplayOptions, out: TextIO | None = None):
         self.reader = reader
         self.options = options
-        self.out = out
+        self.out = out if out is not None else sys.stdout  # resolved now, not at import
         self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
         self._topics: dict[str, int] = {}
         self._track: dict[int, list[list[int]]] = {}
@@ -164,6 +188,10 @@ class Replayer:
         self._topics = existing_topics(self.reader.admin)
         if options.to is not None:
             check_topic_name(options.to)
+            if options.to == self.reader.topic or options.to.startswith("_"):
+                raise ConfigurationError(
+                    f"--to {options.to!r} is the DLQ being replayed or an internal topic"
+                )
             if options.to not in self._topics:
                 raise ConfigurationError(
                     f"--to topic {options.to!r} does not exist: create it first, or check "
@@ -296,8 +324,12 @@ class Replayer:
             return NO_ORIGINAL_TOPIC, f"no {h.DLQ_ORIGINAL_TOPIC} header"
         if not is_valid_topic_name(original):
             return INVALID_TOPIC, f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is not a legal topic name"
-        if original == self.reader.topic or original.startswith("__"):
-            return REFUSED_TOPIC, f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is the DLQ or internal"
+        if _protected(original, self.reader.topic):
+            return (
+                REFUSED_TOPIC,
+                f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is this DLQ, another DLQ or an internal "
+                "topic (use --to to choose a target deliberately)",
+            )
         if options.to is None and original not in self._topics:
             return MISSING_TOPIC, f"original topic {original!r} does not exist"
         if options.revalidator is not None:
@@ -328,15 +360,26 @@ class Replayer:
             shown = repr(value.decode("utf-8", "backslashreplace"))
         else:
             shown = f"{len(value)} bytes sha256:{hashlib.sha256(value).hexdigest()[:16]}"
-        key = None if letter.key is None else letter.key.decode("utf-8", "backslashreplace")
         where = send.topic if send.partition is None else f"{send.topic}[{send.partition}]"
-        headers = ", ".join(
-            f"{k}={'' if v is None else v.decode('utf-8', 'backslashreplace')}"
-            for k, v in send.headers
-        )
+        if self.options.show_values:
+            key = repr(
+                None if letter.key is None else letter.key.decode("utf-8", "backslashreplace")
+            )
+            headers = ", ".join(
+                f"{k}={'' if v is None else v.decode('utf-8', 'backslashreplace')}"
+                for k, v in send.headers
+            )
+        else:  # keys and header values may be personal data too; streamguard's own are not
+            key = "None" if letter.key is None else f"<{len(letter.key)} bytes>"
+            headers = ", ".join(
+                f"{k}={v.decode('utf-8', 'backslashreplace')}"
+                if k.startswith("sg-") and v is not None
+                else k
+                for k, v in send.headers
+            )
         return (
             f"would send dlq {letter.dlq_partition}@{letter.dlq_offset} -> {where} "
-            f"key={key!r} value={shown} headers: {headers}"
+            f"key={key} value={shown} headers: {headers}"
         )
 
     def _settle(self) -> bool:

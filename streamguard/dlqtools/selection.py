@@ -115,6 +115,10 @@ class Selection:
                 return False
         return True
 
+    def filters(self) -> bool:
+        """True when the selection narrows the DLQ at all."""
+        return bool(self.where) or self.since_ms is not None or self.until_ms is not None
+
     def describe(self) -> str:
         parts = [
             f"{header.removeprefix(h.DLQ_PREFIX)} in {{{', '.join(sorted(values))}}}"

@@ -161,6 +161,17 @@ def _register(args: argparse.Namespace) -> int:
         raise ConfigurationError('--force needs --reason "why this break is acceptable"')
     _, store, results = _results(args)
     changed = [r for r in results if r.changed]
+    rewrites = [r for r in changed if store.has(r.subject, r.version)]
+    if rewrites:
+        # A stored version is what producers and consumers in the field were built
+        # against: even --force never gives the same version number a second schema.
+        for result in rewrites:
+            print(
+                f"{result.subject}: v{result.version} is already registered with another "
+                f"schema; bump __version__ to {max(store.versions(result.subject)) + 1}",
+                file=sys.stderr,
+            )
+        return EXIT_FAILED
     refused = [r for r in changed if not r.ok]
     if refused and not args.force:
         _print_report(args, refused)

@@ -95,3 +95,38 @@ def test_progress_draws_a_bar_on_a_terminal() -> None:
     progress.update(5, "replayed 5", force=True)
     assert "5/10  replayed 5" in stream.getvalue()
     assert "#" * 15 in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("headers", "count"),
+    [
+        ([], 0),
+        ([("sg-replay-count", b"2")], 2),
+        ([("sg-replay-count", b"9"), ("sg-replay-count", b"0")], 9),  # the highest wins
+        ([("sg-replay-count", b"9"), ("sg-replay-count", None)], None),  # null: unreadable
+        ([("sg-replay-count", b"")], None),
+        ([("sg-replay-count", b"-1")], None),
+        ([("sg-replay-count", b"two")], None),
+    ],
+)
+def test_replay_count_cannot_be_reset_by_forged_headers(
+    headers: list[tuple[str, bytes | None]], count: int | None
+) -> None:
+    """Every sg-replay-count header counts: a null, empty or non-numeric one makes the count
+    unreadable (over the limit), and of several the highest wins."""
+    from streamguard.dlqtools.replay import replay_count
+
+    assert replay_count(headers) == count
+
+
+def test_a_filtered_replay_gets_a_group_of_its_own() -> None:
+    """Runs with filters commit under their own group, so records they skipped stay
+    available to an unfiltered run (and to a run with other filters)."""
+    from streamguard.dlqtools.replay import default_group
+
+    everything = Selection.parse((), None, None)
+    recent = Selection.parse((), "2026-11-27T00:00:00Z", None)
+    decode = Selection.parse(["reason=decode_error"], None, None)
+    assert default_group("orders.dlq", everything) == "streamguard-replay.orders.dlq"
+    assert default_group("orders.dlq", recent).startswith("streamguard-replay.orders.dlq.")
+    assert len({default_group("orders.dlq", s) for s in (everything, recent, decode)}) == 3

@@ -313,3 +313,43 @@ def test_console_script_in_project(project_factory: Callable[[], Project], cli: 
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_force_never_rewrites_a_registered_version(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """--force overrides a compatibility break, never a version number already taken:
+    the stored v1 stays as it was, and the error names the version to bump to."""
+    project = registered(project_factory, cli)
+    stored = (project.schemas / "orders.OrderPlaced" / "v1.json").read_text()
+    project.contracts(V2_BREAKING.replace("__version__ = 2", "__version__ = 1"))
+    code, _, err = cli("schema", "register", "--force", "--reason", "oops")
+    assert code == 1
+    assert "already registered" in err
+    assert "bump __version__ to 2" in err
+    assert (project.schemas / "orders.OrderPlaced" / "v1.json").read_text() == stored
+
+
+def test_contracts_module_failing_at_import_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A contracts module raising at import (not only ImportError) exits 2, not 1, so CI
+    never reports a broken setup as a breaking change."""
+    project = project_factory()
+    project.contracts("undefined_name_at_import_time\n")
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert "NameError" in err
+
+
+def test_subjects_that_are_not_tables_are_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A malformed [tool.streamguard] subjects entry exits 2 with a hint."""
+    project = project_factory()
+    project.contracts(V1)
+    with (project.root / "pyproject.toml").open("a") as toml:
+        toml.write('subjects = "orders.OrderPlaced"\n')
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert "table of tables" in err
