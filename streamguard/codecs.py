@@ -143,6 +143,8 @@ class JsonCodec:
         include_input = self.include_input
 
         def decode(data: bytes | None) -> C:
+            # The checks below repeat AvroCodec's on purpose: this is the hot path, and a
+            # shared helper would add a call per message.
             if data is None:
                 raise DecodeError("message has no value (a tombstone); expected a JSON object")
             if len(data) > max_bytes:
