@@ -91,6 +91,19 @@ def start_service(bootstrap: str) -> Iterator[Callable[..., Running]]:
 
 
 @pytest.fixture
+def send_orders(bootstrap: str) -> Callable[..., None]:
+    """Send ``count`` valid orders (``order(0)`` ...) to a topic, and flush."""
+
+    def send(topic: str, count: int, *, key: Callable[[int], str] | None = None) -> None:
+        producer = sg.GuardedProducer(bootstrap)
+        for i in range(count):
+            producer.send(topic, order(i), key=None if key is None else key(i))
+        producer.flush()
+
+    return send
+
+
+@pytest.fixture
 def raw_producer(bootstrap: str) -> Producer:
     """A plain producer for bytes a guarded producer would refuse (poison input)."""
     return Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})

@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import streamguard as sg
 from examples.contracts import OrderPlaced
-from tests.runtime.conftest import Running, committed, order, wait_for
+from tests.runtime.conftest import Running, committed, wait_for
 
 
 def test_full_buffer_pauses_the_partition_and_bounds_inflight(
+    send_orders: Callable[..., None],
     bootstrap: str,
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
@@ -19,10 +20,7 @@ def test_full_buffer_pauses_the_partition_and_bounds_inflight(
     """With a blocked handler and 2,000 messages waiting, at most max_buffered plus one
     batch are held; the partition is paused, then resumed once the handler drains it."""
     src = topic_factory("orders")
-    producer = sg.GuardedProducer(bootstrap)
-    for i in range(2000):
-        producer.send(src, order(i))
-    producer.flush()
+    send_orders(src, 2000)
     gate = threading.Event()
     group = unique("g")
 
@@ -50,6 +48,7 @@ def test_full_buffer_pauses_the_partition_and_bounds_inflight(
 
 
 def test_consumer_lag_reports_the_backlog_and_drains_to_zero(
+    send_orders: Callable[..., None],
     bootstrap: str,
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
@@ -58,10 +57,7 @@ def test_consumer_lag_reports_the_backlog_and_drains_to_zero(
     """streamguard_consumer_lag shows the unprocessed backlog while a handler is blocked,
     and falls to zero once everything is handled."""
     src = topic_factory("orders")
-    producer = sg.GuardedProducer(bootstrap)
-    for i in range(300):
-        producer.send(src, order(i))
-    producer.flush()
+    send_orders(src, 300)
     gate = threading.Event()
     group = unique("g")
 
@@ -88,6 +84,7 @@ def test_consumer_lag_reports_the_backlog_and_drains_to_zero(
 
 
 def test_caught_up_partition_has_no_lag_after_a_restart(
+    send_orders: Callable[..., None],
     bootstrap: str,
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
@@ -96,10 +93,7 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     """A service restarted on a fully committed partition reports lag 0, not the
     partition's history (nothing has reached an outcome since its assignment)."""
     src = topic_factory("orders")
-    producer = sg.GuardedProducer(bootstrap)
-    for i in range(40):
-        producer.send(src, order(i))
-    producer.flush()
+    send_orders(src, 40)
     group = unique("g")
 
     class Billing(sg.ConsumerService):

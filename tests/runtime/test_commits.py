@@ -86,15 +86,16 @@ def _end(out: Path, partition: int) -> int:
 
 
 def test_sigterm_stops_gracefully_with_exit_code_zero(
-    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
+    send_orders: Callable[..., None],
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     """SIGTERM: the service finishes in-flight work, commits, closes and exits 0."""
     src = topic_factory("orders")
     group = unique("g")
-    producer = sg.GuardedProducer(bootstrap)
-    for i in range(30):
-        producer.send(src, order(i))
-    producer.flush()
+    send_orders(src, 30)
     out = tmp_path / "handled.txt"
     proc = _run_recorder(bootstrap, src, group, out, delay="0")
     try:

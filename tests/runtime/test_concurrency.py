@@ -14,6 +14,7 @@ from tests.runtime.conftest import Running, committed, order, wait_for
 
 
 def test_order_is_kept_within_each_partition(
+    send_orders: Callable[..., None],
     bootstrap: str,
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
@@ -21,10 +22,7 @@ def test_order_is_kept_within_each_partition(
 ) -> None:
     """Messages of one partition are handled in offset order, each exactly once."""
     src = topic_factory("orders", partitions=3)
-    producer = sg.GuardedProducer(bootstrap)
-    for i in range(600):
-        producer.send(src, order(i), key=f"customer-{i % 7}")
-    producer.flush()
+    send_orders(src, 600, key=lambda i: f"customer-{i % 7}")
     seen: dict[int, list[int]] = {}
     lock = threading.Lock()
     group = unique("g")
@@ -131,6 +129,7 @@ def test_handler_slower_than_max_poll_interval_keeps_membership(
 
 
 def test_async_handlers_are_awaited_in_order(
+    send_orders: Callable[..., None],
     bootstrap: str,
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
@@ -138,10 +137,7 @@ def test_async_handlers_are_awaited_in_order(
 ) -> None:
     """An async def handler is awaited per message, in order, and can be retried."""
     src = topic_factory("orders")
-    producer = sg.GuardedProducer(bootstrap)
-    for i in range(10):
-        producer.send(src, order(i))
-    producer.flush()
+    send_orders(src, 10)
     seen: list[tuple[int, int]] = []
     group = unique("g")
 
