@@ -52,7 +52,7 @@ class Codec(Protocol):
 def codec_for(contract: type[BaseModel], codec: Codec | None = None) -> Codec:
     """``codec`` if given (checked to fit), else the default codec of the contract's format."""
     if codec is None:
-        codec = AvroCodec() if getattr(contract, "__format__", "json") == "avro" else JsonCodec()
+        codec = AvroCodec() if getattr(contract, "__wire_format__", "json") == "avro" else JsonCodec()
     check_codec_fits(contract, codec)
     return codec
 
@@ -63,17 +63,17 @@ def check_codec_fits(contract: type[BaseModel], codec: Codec) -> None:
     An Avro contract sent or read as JSON would look fine in tests and break every
     Avro reader, so the mismatch fails when the producer or service is set up.
     """
-    wants = getattr(contract, "__format__", "json")
+    wants = getattr(contract, "__wire_format__", "json")
     if wants == "avro" and codec.content_type != AVRO_CONTENT_TYPE:
         raise ConfigurationError(
-            f"{contract.__qualname__} is an Avro contract (__format__ = 'avro') but the "
+            f"{contract.__qualname__} is an Avro contract (__wire_format__ = 'avro') but the "
             f"codec is {type(codec).__name__} ({codec.content_type}); use sg.AvroCodec() "
-            "(the default when no codec is given) or declare __format__ = 'json'."
+            "(the default when no codec is given) or declare __wire_format__ = 'json'."
         )
     if wants == "json" and codec.content_type != JSON_CONTENT_TYPE:
         raise ConfigurationError(
             f"{contract.__qualname__} is a JSON contract but the codec writes "
-            f"{codec.content_type}; set __format__ on the contract to match."
+            f"{codec.content_type}; set __wire_format__ on the contract to match."
         )
 
 

@@ -41,6 +41,7 @@ class Contract(BaseModel):
             __version__ = 2
             order_id: UUID
 
+    ``__wire_format__ = "avro"`` makes it an Avro contract (the default is ``"json"``).
     A subclass meant only as a shared base sets ``__abstract__ = True``. Nested models
     may be plain pydantic models. Strictness and unknown-field handling are pydantic's
     own ``model_config`` (``strict=True``, ``extra="forbid"``), set per contract.
@@ -48,7 +49,7 @@ class Contract(BaseModel):
 
     __subject__: ClassVar[str]
     __version__: ClassVar[int]
-    __format__: ClassVar[Format] = "json"  # type: ignore[assignment]  # wire format, not str.__format__
+    __wire_format__: ClassVar[Format] = "json"  # type: ignore[assignment]  # wire format, not str.__wire_format__
     __abstract__: ClassVar[bool] = True
 
     @classmethod
@@ -71,9 +72,15 @@ class Contract(BaseModel):
                 f"contract {name} needs __version__ as a positive int (got {version!r}). "
                 "Start at __version__ = 1 and bump it with each schema change."
             )
-        if cls.__format__ not in ("json", "avro"):
+        if isinstance(cls.__dict__.get("__format__"), str):
             raise ConfigurationError(
-                f"contract {name} has __format__ = {cls.__format__!r}; use 'json' or 'avro'."
+                f"contract {name} sets __format__, which is Python's formatting protocol "
+                "(it would break f-strings on every instance). Declare the wire format as "
+                f"__wire_format__ = {cls.__dict__['__format__']!r} instead."
+            )
+        if cls.__wire_format__ not in ("json", "avro"):
+            raise ConfigurationError(
+                f"contract {name} has __wire_format__ = {cls.__wire_format__!r}; use 'json' or 'avro'."
             )
         _REGISTRY[f"{cls.__module__}:{cls.__qualname__}"] = cls
 

@@ -55,7 +55,7 @@ class GuardedProducer:
             it are never logged or shown in ``repr``.
         service_name: stamped as ``sg-producer``; defaults to ``client.id`` or the host.
         codec: the wire format for every contract sent; by default each contract's
-            own (``JsonCodec()``, or ``AvroCodec()`` for ``__format__ = "avro"``).
+            own (``JsonCodec()``, or ``AvroCodec()`` for ``__wire_format__ = "avro"``).
     """
 
     def __init__(

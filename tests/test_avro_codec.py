@@ -19,7 +19,7 @@ from tests.conftest import FAST_GROUP
 class PaymentV1(sg.Contract):
     __subject__ = "tests.avro.Payment"
     __version__ = 1
-    __format__ = "avro"
+    __wire_format__ = "avro"
     payment_id: UUID
     cents: int = Field(gt=0)
     currency: Literal["EUR", "USD"]
@@ -28,7 +28,7 @@ class PaymentV1(sg.Contract):
 class PaymentV2(sg.Contract):
     __subject__ = "tests.avro.Payment"
     __version__ = 2
-    __format__ = "avro"
+    __wire_format__ = "avro"
     payment_id: UUID
     cents: int = Field(gt=0)
     currency: Literal["EUR", "USD"]

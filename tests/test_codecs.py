@@ -260,7 +260,7 @@ def test_avro_contract_with_json_codec_is_refused() -> None:
     class AvroOrder(sg.Contract):
         __subject__ = "tests.AvroOrder"
         __version__ = 1
-        __format__ = "avro"
+        __wire_format__ = "avro"
         order_id: str
 
     with pytest.raises(sg.ConfigurationError, match="Avro contract"):

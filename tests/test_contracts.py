@@ -75,9 +75,29 @@ def test_blank_subject_is_refused() -> None:
 
 
 def test_unknown_format_is_refused() -> None:
-    """A __format__ other than json or avro fails at class creation."""
+    """A __wire_format__ other than json or avro fails at class creation."""
     with pytest.raises(ConfigurationError, match="use 'json' or 'avro'"):
-        type("Xml", (sg.Contract,), {"__subject__": "x.Xml", "__version__": 1, "__format__": "xml"})
+        type("Xml", (sg.Contract,), {"__subject__": "x.Xml", "__version__": 1, "__wire_format__": "xml"})
+
+
+def test_contract_instances_format_like_any_model() -> None:
+    """f-strings, format() and str.format() work on a contract instance."""
+
+    class Greeting(sg.Contract):
+        __subject__ = "tests.Greeting"
+        __version__ = 1
+        text: str
+
+    event = Greeting(text="hi")
+    assert f"{event}" == str(event) == "text='hi'"
+    assert format(event) == "{}".format(event) == str(event)  # noqa: UP032  # the call under test
+    assert f"{event!r}" == "Greeting(text='hi')"
+
+
+def test_dunder_format_is_refused_with_the_new_name() -> None:
+    """A contract that sets __format__ (the old spelling) is refused, naming __wire_format__."""
+    with pytest.raises(ConfigurationError, match="__wire_format__ = 'avro'"):
+        type("Old", (sg.Contract,), {"__subject__": "x.Old", "__version__": 1, "__format__": "avro"})
 
 
 def test_abstract_base_needs_no_subject() -> None:

@@ -50,13 +50,13 @@ class Revalidator:
                     f"contracts (known: {known})",
                 }
             ]
-        if contract.__format__ != "json":
+        if contract.__wire_format__ != "json":
             return [
                 {
                     "loc": "",
                     "type": "unsupported_format",
                     "msg": f"--revalidate checks JSON contracts; {subject} is "
-                    f"{contract.__format__}",
+                    f"{contract.__wire_format__}",
                 }
             ]
         decode = self._decoders.get(subject)

@@ -104,7 +104,7 @@ class ConsumerService:
         retry: the ``RetryPolicy`` for transient failures.
         transient: exception types retried; everything else is permanent.
         codec: the wire format; by default ``JsonCodec()`` for JSON contracts and
-            ``AvroCodec()`` for Avro ones (``__format__ = "avro"``).
+            ``AvroCodec()`` for Avro ones (``__wire_format__ = "avro"``).
         drift: ``"count"`` (default) counts and logs messages written with another
             schema, checking a sample under load (``ServiceOptions.drift_sample``);
             ``"dead_letter"`` checks every message and dead-letters those (reason

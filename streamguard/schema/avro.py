@@ -1,6 +1,6 @@
 """Avro contracts: deriving the ``.avsc`` from a contract, and Avro schema resolution.
 
-A contract with ``__format__ = "avro"`` is written as Avro, so its evolution follows
+A contract with ``__wire_format__ = "avro"`` is written as Avro, so its evolution follows
 Avro's schema resolution rules, not JSON Schema's: a reader field missing from the
 writer needs a default, writer fields the reader lacks are skipped, ``int`` is promoted
 to ``long``/``float``/``double``, an enum symbol the reader lacks needs the reader's

@@ -62,7 +62,7 @@ def compare_versions(old: Any, new: Any, fmt: str, policy: Policy) -> list[Chang
 
 def current_schema(contract: type[Contract]) -> tuple[Any, str, str]:
     """(schema to compare, stored suffix, format) of a contract as it is now."""
-    if contract.__format__ == "avro":
+    if contract.__wire_format__ == "avro":
         return contract_avro_schema(contract), ".avsc", "avro"
     return contract.json_schema(), ".json", "json"
 

@@ -105,10 +105,10 @@ def _export(args: argparse.Namespace) -> int:
             doc: dict[str, Any] = {
                 "subject": c.__subject__,
                 "version": c.__version__,
-                "format": c.__format__,
+                "format": c.__wire_format__,
                 "json_schema": c.json_schema(),
             }
-            if c.__format__ == "avro":
+            if c.__wire_format__ == "avro":
                 doc["avsc"] = contract_avro_schema(c)
             docs.append(doc)
         sys.stdout.write(dump_schema(docs))
@@ -116,7 +116,7 @@ def _export(args: argparse.Namespace) -> int:
     out = SchemaStore(args.out)
     for c in contracts:
         print(out.write(c.__subject__, c.__version__, c.json_schema()))
-        if c.__format__ == "avro":
+        if c.__wire_format__ == "avro":
             print(out.write(c.__subject__, c.__version__, contract_avro_schema(c), ".avsc"))
     return EXIT_OK
 

@@ -106,7 +106,7 @@ class DriftDetector:
         self._fingerprint = contract.fingerprint().encode()
         self._subject = contract.__subject__.encode()
         self._version = contract.__version__
-        self._json = contract.__format__ == "json"
+        self._json = contract.__wire_format__ == "json"
         schema = contract.json_schema()
         self._shape = _shape(Document(schema), schema, {})
 

@@ -23,7 +23,7 @@ class Line(BaseModel):
 class Shipment(sg.Contract):
     __subject__ = "shipping.Shipment"
     __version__ = 1
-    __format__ = "avro"
+    __wire_format__ = "avro"
     id: str
     weight: float
     express: bool

@@ -260,7 +260,7 @@ AVRO_V1 = """
 class Payment(sg.Contract):
     __subject__ = "payments.Payment"
     __version__ = 1
-    __format__ = "avro"
+    __wire_format__ = "avro"
     id: str
     amount: int
 """
