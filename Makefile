@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+LINTED := streamguard tests benchmarks $(wildcard examples)
+
 lint: venv
-	$(BIN)/ruff check streamguard tests benchmarks examples
-	$(BIN)/ruff format --check streamguard tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: venv
 	$(BIN)/mypy

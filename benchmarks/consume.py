@@ -26,8 +26,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
 from streamguard import headers as h
+from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
 from streamguard.runtime.service import CONSUMER_DEFAULTS
 from streamguard.topics import create_topics

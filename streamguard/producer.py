@@ -225,13 +225,17 @@ class GuardedProducer:
         if stamp is None:
             assert issubclass(model_type, Contract)
             codec = self._codecs[model_type] = codec_for(model_type, self._codec)
-            stamp = [
-                (h.SUBJECT, model_type.__subject__.encode()),
-                (h.VERSION, str(model_type.__version__).encode()),
-                (h.FINGERPRINT, model_type.fingerprint().encode()),
-                (h.PRODUCER, self.service_name.encode()),
-                (h.CONTENT_TYPE, codec.content_type.encode()),
-            ]
-            self._stamps[model_type] = stamp
+            stamp = self._stamps[model_type] = stamp_headers(model_type, codec, self.service_name)
             self._decoders[model_type] = codec.decoder(model_type)
         return stamp
+
+
+def stamp_headers(contract: type[Contract], codec: Codec, producer: str) -> list[tuple[str, bytes]]:
+    """The ``sg-*`` headers a guarded producer stamps on every record of ``contract``."""
+    return [
+        (h.SUBJECT, contract.__subject__.encode()),
+        (h.VERSION, str(contract.__version__).encode()),
+        (h.FINGERPRINT, contract.fingerprint().encode()),
+        (h.PRODUCER, producer.encode()),
+        (h.CONTENT_TYPE, codec.content_type.encode()),
+    ]

@@ -99,3 +99,11 @@ def read_all(bootstrap: str, unique: Callable[[str], str]) -> Callable[..., list
 def fast_group_config(**extra: Any) -> dict[str, Any]:
     """Consumer settings for tests: fast joins, plus ``extra``."""
     return {**FAST_GROUP, **extra}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the broker fixture (directly or through another) is a
+    ``broker`` test, so ``pytest -m "not broker"`` starts no broker at all."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)

@@ -6,6 +6,8 @@ import pytest
 
 from streamguard.demo import run_demo
 
+pytestmark = pytest.mark.broker  # starts brokers of its own
+
 
 def test_demo_handles_retries_and_dead_letters_everything(
     capsys: pytest.CaptureFixture[str],

@@ -11,6 +11,8 @@ from confluent_kafka.admin import AdminClient
 from streamguard.devbroker import DevBroker, broker_binary
 from streamguard.errors import ConfigurationError
 
+pytestmark = pytest.mark.broker  # starts brokers of its own
+
 
 def test_broker_answers_metadata_requests(broker: DevBroker) -> None:
     """The session broker serves metadata to a real Kafka client."""

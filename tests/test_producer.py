@@ -256,7 +256,7 @@ def test_instances_that_bypassed_validation_are_refused(
 ) -> None:
     """An instance built with model_construct, or changed after construction, is checked
     like a consumer would check it, refused, and never sent."""
-    from examples.contracts import OrderPlaced
+    from streamguard.demo.contracts import OrderPlaced
     from tests.runtime.conftest import order
 
     topic = topic_factory("guard")

@@ -63,7 +63,7 @@ def produce(producer: sg.GuardedProducer) -> None:
 def run(service: Payments) -> None:
     service.run()
     service.stop()
-    ready: bool = service.ready
+    ready: bool = service.health()["ready"]
     print(ready, service.health()["checks"])
 
 

@@ -1,9 +1,11 @@
 """A partition lane: one partition's buffer, its in-order processing, and its offsets.
 
-Each assigned partition gets a lane. The poll thread appends fetched batches; one worker
-at a time drains the lane, so order within the partition is kept while different
-partitions run concurrently. A lane knows the end of its longest prefix of final
-outcomes, which is the only offset the service may commit for its partition.
+Each assigned partition gets a lane. The thread that polls appends fetched batches; one
+worker at a time drains the lane, so order within the partition is kept while
+different partitions run concurrently. A lane knows the end of its longest prefix of
+final outcomes (``FinalPrefix``), which is the only offset the service may commit for
+its partition. Everything here is the lane's own state: flow control, commits and
+lag keep theirs in their own modules.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from streamguard.errors import (
     SchemaDrift,
 )
 from streamguard.headers import Record
+from streamguard.offsets import FinalPrefix
 from streamguard.policy import RetryPolicy, classify
 from streamguard.runtime.context import MessageContext
 
@@ -49,7 +52,7 @@ class Pipeline(Protocol):
         self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
     ) -> None: ...
     def record_batch(self, handled: int, durations: list[float], retries: int) -> None: ...
-    def record_dead_letter(self, reason: Reason) -> None: ...
+    def dead_lettered(self, msg: Record, failure: Failure) -> None: ...
     def dead_letter_failed(self, error: KafkaError) -> None: ...
     def can_process(self) -> bool: ...
 
@@ -77,26 +80,33 @@ class PendingDeadLetter:
 
 
 class PartitionLane:
-    """Processing state of one partition. Mutated under ``lock`` by poll and worker."""
+    """Processing state of one partition.
 
-    def __init__(self, partition: int, pipeline: Pipeline) -> None:
+    ``lock`` guards every mutable field below: the queue and its counts, the claim
+    (``scheduled``), ``closed``, the retry wait, the final-outcome prefix and its open
+    dead letters, and ``first_fetched``. The poll side (enqueue, claim, close) and the
+    worker that holds the claim (drain) both take it; delivery reports of dead letters
+    take it from whichever thread serves them. ``idle`` is an Event, set while no
+    handler of this lane runs.
+    """
+
+    def __init__(
+        self, partition: int, pipeline: Pipeline, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.partition = partition
         self.pipeline = pipeline
+        self.clock = clock  # monotonic seconds; the test kit passes a virtual one
         self.lock = threading.Lock()
         self.queue: deque[list[Record]] = deque()
         self.buffered = 0
         self.in_hand = 0
         self.scheduled = False
         self.closed = False
-        self.paused = False
-        self.full_since: float | None = None  # when the buffer last reached the limit
         self.idle = threading.Event()  # set while no handler of this lane is running
         self.idle.set()
         self.retry: RetryState | None = None
-        self.position: int | None = None  # next offset after the last final outcome
+        self.offsets: FinalPrefix[PendingDeadLetter] = FinalPrefix()
         self.first_fetched: int | None = None  # offset of the first record since assigned
-        self.pending: dict[int, PendingDeadLetter] = {}
-        self.committed: int | None = None
         self.done_in_batch = 0
 
     # -- poll thread -----------------------------------------------------------------
@@ -122,9 +132,7 @@ class PartitionLane:
         # and claiming it again on every poll would spin a worker at full CPU.
         if self.scheduled or self.closed or not self.queue or not self.pipeline.can_process():
             return False
-        if self.retry is not None and (now if now is not None else time.monotonic()) < (
-            self.retry.due
-        ):
+        if self.retry is not None and (now if now is not None else self.clock()) < (self.retry.due):
             return False
         self.scheduled = True
         return True
@@ -139,17 +147,16 @@ class PartitionLane:
     def commit_position(self) -> int | None:
         """The end of the longest prefix of final outcomes (None: nothing final yet)."""
         with self.lock:
-            if self.pending:
-                return next(iter(self.pending))  # first unacknowledged dead letter
-            return self.position
+            return self.offsets.position
 
     def inflight(self) -> int:
+        """Messages fetched and not final yet: buffered, in a handler, or dead letters."""
         with self.lock:
-            return self.buffered + self.in_hand + len(self.pending)
+            return self.buffered + self.in_hand + len(self.offsets)
 
     def failed_dead_letters(self) -> list[PendingDeadLetter]:
         with self.lock:
-            return [p for p in self.pending.values() if p.failed]
+            return [p for p in self.offsets.open_items() if p.failed]
 
     # -- worker thread ---------------------------------------------------------------
 
@@ -164,7 +171,7 @@ class PartitionLane:
                 if (
                     self.closed
                     or not self.queue
-                    or (self.retry is not None and time.monotonic() < self.retry.due)
+                    or (self.retry is not None and self.clock() < self.retry.due)
                     or not self.pipeline.can_process()
                 ):
                     self.scheduled = False
@@ -249,14 +256,15 @@ class PartitionLane:
             self.retry = retry
             self.done_in_batch = done
             if done:
-                self.position = batch[done - 1].offset() + 1
+                with self.lock:
+                    self.offsets.advance(batch[done - 1].offset() + 1)
             pipe.record_batch(handled, durations, retries)
         return done
 
     def _schedule_retry(
         self, exc: Exception, attempt: int, retry: RetryState | None
     ) -> tuple[RetryState | None, Failure | None]:
-        now_mono = time.monotonic()
+        now_mono = self.clock()
         first_ms = retry.first_failure_ms if retry else int(time.time() * 1000)
         first_mono = retry.first_failure_mono if retry else now_mono
         elapsed_ms = (now_mono - first_mono) * 1000.0
@@ -270,7 +278,7 @@ class PartitionLane:
     def _dead_letter(self, msg: Record, failure: Failure) -> None:
         pending = PendingDeadLetter(msg, failure)
         with self.lock:
-            self.pending[msg.offset()] = pending
+            self.offsets.hold(msg.offset(), pending)
         self.pipeline.publish_dead_letter(msg, failure, lambda err: self._acked(pending, err))
 
     def republish(self, pending: PendingDeadLetter) -> None:
@@ -292,8 +300,8 @@ class PartitionLane:
         offset = pending.msg.offset()
         if error is None:
             with self.lock:
-                self.pending.pop(offset, None)
-            self.pipeline.record_dead_letter(pending.failure.reason)
+                self.offsets.release(offset)
+            self.pipeline.dead_lettered(pending.msg, pending.failure)
             return
         with self.lock:
             pending.failed = True

@@ -7,42 +7,27 @@ fails at import with a hint, not at the first message in production.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import logging
-import signal
-import threading
-import time
 from collections.abc import Awaitable, Mapping
-from types import FrameType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from confluent_kafka import Consumer, KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
-from streamguard import headers as h
 from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
-from streamguard.errors import BrokerUnavailable, ConfigurationError
-from streamguard.observe.health import HealthServer
-from streamguard.observe.metrics import ServiceMetrics
+from streamguard.deadletter import Failure
+from streamguard.errors import ConfigurationError
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
-from streamguard.runtime.pipeline import ServicePipeline
-from streamguard.runtime.poller import Poller
-from streamguard.schema.drift import FirstSeen, producer_of
+from streamguard.runtime.runner import Hooks, ServiceRuntime
+from streamguard.runtime.spec import DriftPolicy, ServiceSpec
 from streamguard.settings import client_config, redact
 from streamguard.topics import (
     MAX_RECORD_BYTES,
     check_topic_name,
-    create_topics,
     dead_letter_topic_for,
 )
-
-log = logging.getLogger("streamguard.runtime")
-
-DriftPolicy = Literal["count", "dead_letter"]
 
 # Offsets are committed by the runtime, only for final outcomes: auto commit off.
 # A new group starts at the earliest offset, since skipping a backlog loses messages.
@@ -163,30 +148,59 @@ class ConsumerService:
                 ``prometheus_client.REGISTRY`` to share the global one.
         """
         cls = type(self)
-        self.name = cls.service_name or cls.__name__
-        self.dead_letter_topic_name = cls.dead_letter_topic or dead_letter_topic_for(cls.topic)
-        consumer_defaults = {**CONSUMER_DEFAULTS, "group.id": cls.group_id}
-        self._consumer_config = client_config(bootstrap_servers, kafka_config, consumer_defaults)
+        consumer_config = client_config(
+            bootstrap_servers, kafka_config, {**CONSUMER_DEFAULTS, "group.id": cls.group_id}
+        )
         shared = {
             k: v
-            for k, v in self._consumer_config.items()
+            for k, v in consumer_config.items()
             if k != "group.id" and not k.startswith(_CONSUMER_ONLY)
         }
-        dlq = {**DLQ_PRODUCER_DEFAULTS, **shared, **(dead_letter_config or {})}
-        self._dlq_config = dlq
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = ServiceMetrics(self.registry)
-        self.metrics.ready.set_function(lambda: 1.0 if self.health()["ready"] else 0.0)
-        self._metrics_port = metrics_port
-        self._metrics_host = metrics_host
-        self._stop_requested = threading.Event()
-        self._poller: Poller | None = None
-        self._pipeline: ServicePipeline | None = None
-        self._running = False
-        self._drift_seen = FirstSeen()
+        # One private attribute holds all runtime state, and the runtime reads only the
+        # spec built here: a subclass may use any attribute name of its own.
+        self.__runtime = ServiceRuntime(
+            self._spec(),
+            consumer_config=consumer_config,
+            dead_letter_config={
+                **DLQ_PRODUCER_DEFAULTS,
+                **shared,
+                **(dead_letter_config or {}),
+            },
+            registry=registry if registry is not None else CollectorRegistry(),
+            hooks=Hooks(self.on_start, self.on_stop, self.on_assign, self.on_revoke),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
+
+    def _spec(self) -> ServiceSpec:
+        cls = type(self)
+        return ServiceSpec(
+            name=cls.service_name or cls.__name__,
+            topic=cls.topic,
+            contract=cls.contract,
+            group_id=cls.group_id,
+            dead_letter_topic=cls.dead_letter_topic or dead_letter_topic_for(cls.topic),
+            retry=cls.retry,
+            transient=tuple(cls.transient),
+            codec=codec_for(cls.contract, cls.codec),
+            drift=cls.drift,
+            include_error_text=cls.include_error_text,
+            options=cls.options,
+            handle=self.handle,
+            handle_tombstone=(
+                self.handle_tombstone
+                if cls.handle_tombstone is not ConsumerService.handle_tombstone
+                else None
+            ),
+            on_dead_letter=(
+                self.on_dead_letter
+                if cls.on_dead_letter is not ConsumerService.on_dead_letter
+                else None
+            ),
+        )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(config={redact(self._consumer_config)})"
+        return f"{type(self).__name__}(config={redact(self.__runtime.consumer_config)})"
 
     # -- what a subclass writes --------------------------------------------------------
 
@@ -219,27 +233,14 @@ class ConsumerService:
     def on_revoke(self, partitions: list[int]) -> None:
         """Called after revoked partitions were settled and committed."""
 
-    @property
-    def handles_tombstones(self) -> bool:
-        return type(self).handle_tombstone is not ConsumerService.handle_tombstone
+    def on_dead_letter(self, ctx: MessageContext, failure: Failure) -> None:
+        """Called once a message is durably dead-lettered (the broker acknowledged it).
 
-    def report_drift(self, headers: h.Headers | None, kinds: tuple[str, ...]) -> None:
-        """Count drift and log the first occurrence per producer and kind."""
-        subject = type(self).contract.__subject__
-        producer = producer_of(headers)
-        for kind in kinds:
-            self.metrics.schema_drift.labels(subject, kind).inc()
-            if self._drift_seen(producer, kind):
-                log.warning(
-                    "schema drift",
-                    extra={
-                        "subject": subject,
-                        "kind": kind,
-                        "producer": producer,
-                        "writer_version": h.last(headers, h.VERSION),
-                        "reader_version": type(self).contract.__version__,
-                    },
-                )
+        An extension point for alerting, auditing or counting by customer: ``failure``
+        says why (``reason``, ``error``, ``attempts``). It runs on the thread serving
+        delivery reports, so keep it short; an exception it raises is logged and
+        changes nothing (the message's outcome is already final).
+        """
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -249,155 +250,15 @@ class ConsumerService:
         Raises:
             BrokerUnavailable: the cluster was not reachable within the startup timeout.
         """
-        if self._running:
-            raise RuntimeError("this service is already running")
-        self._running = True
-        restore = self._install_signal_handlers()
-        loop, loop_thread = self._start_event_loop()
-        consumer: Consumer | None = None
-        health: HealthServer | None = None
-        try:
-            consumer = Consumer(
-                {**self._consumer_config, "logger": _librdkafka_log, "on_commit": self._on_commit}
-            )
-            self._connect(consumer)
-            dlq = Producer({**self._dlq_config, "logger": _librdkafka_log})
-            pipeline = ServicePipeline(self, dlq, self.metrics, loop)
-            poller = Poller(consumer, pipeline, type(self).options, self.on_assign, self.on_revoke)
-            self._pipeline, self._poller = pipeline, poller
-            if self._metrics_port is not None:
-                health = HealthServer(
-                    self.registry, self.health, self._metrics_host, self._metrics_port
-                )
-                health.start()
-            poller.subscribe()
-            self.on_start()
-            log.info(
-                "service started",
-                extra={
-                    "service": self.name,
-                    "topic": type(self).topic,
-                    "group": type(self).group_id,
-                    "dlq": self.dead_letter_topic_name,
-                },
-            )
-            if self._stop_requested.is_set():
-                poller.stopping.set()
-            try:
-                poller.run()
-            finally:
-                poller.shutdown()  # also on failure: settle, commit, stop the workers
-            self.on_stop()
-            dlq.flush(type(self).options.shutdown_timeout)
-        finally:
-            if consumer is not None:
-                try:
-                    consumer.close()
-                except (KafkaException, RuntimeError) as exc:
-                    log.warning("consumer close failed", extra={"error": str(exc)})
-            if health is not None:
-                health.stop()
-            if loop is not None and loop_thread is not None:
-                loop.call_soon_threadsafe(loop.stop)
-                loop_thread.join(timeout=5)
-            restore()
-            self._running = False
-            log.info("service stopped", extra={"service": self.name})
+        self.__runtime.run()
 
     def stop(self) -> None:
         """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close."""
-        self._stop_requested.set()
-        if self._poller is not None:
-            self._poller.stopping.set()
+        self.__runtime.stop()
 
     def health(self) -> dict[str, Any]:
-        """Readiness and its reasons, as ``/readyz`` reports it."""
-        poller, pipeline = self._poller, self._pipeline
-        checks = {
-            "running": self._running and not self._stop_requested.is_set(),
-            "assigned": bool(poller and poller.assigned_once),
-            "polling": bool(poller and time.monotonic() - poller.last_poll < 10.0),
-            "dlq_writable": bool(pipeline and pipeline.dlq_writable),
-        }
-        report: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
-        if pipeline and not pipeline.dlq_writable:
-            report["dlq_error"] = pipeline.dlq_last_error
-        return report
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.health()["ready"])
-
-    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
-        if self._poller is not None:
-            self._poller.on_commit(error, partitions)
-
-    def _connect(self, consumer: Consumer) -> None:
-        cls = type(self)
-        timeout = cls.options.startup_timeout
-        try:
-            metadata = consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"could not reach Kafka at {self._consumer_config['bootstrap.servers']} within "
-                f"{timeout:g}s ({exc.args[0].str()}); check bootstrap_servers, the network "
-                "and security settings"
-            ) from None
-        topics = metadata.topics
-        if cls.topic not in topics:
-            log.warning("topic does not exist yet; waiting for it", extra={"topic": cls.topic})
-        if self.dead_letter_topic_name not in topics:
-            partitions = len(topics[cls.topic].partitions) if cls.topic in topics else 1
-            try:
-                create_topics(
-                    self._consumer_config["bootstrap.servers"],
-                    [self.dead_letter_topic_name],
-                    partitions=partitions,
-                    config={
-                        k: v
-                        for k, v in self._dlq_config.items()
-                        if k.startswith(("security.", "sasl.", "ssl."))
-                    },
-                )
-                log.info("created dead-letter topic", extra={"dlq": self.dead_letter_topic_name})
-            except ConfigurationError as exc:
-                log.warning(
-                    "could not create the dead-letter topic; create it before the "
-                    "first dead letter",
-                    extra={"dlq": self.dead_letter_topic_name, "error": str(exc)},
-                )
-
-    def _install_signal_handlers(self) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("stop requested by signal", extra={"signal": signal.Signals(signum).name})
-            self.stop()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
-    def _start_event_loop(
-        self,
-    ) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None]:
-        if not (
-            inspect.iscoroutinefunction(self.handle)
-            or inspect.iscoroutinefunction(self.handle_tombstone)
-        ):
-            return None, None
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="streamguard-loop", daemon=True)
-        thread.start()
-        return loop, thread
-
-
-_librdkafka_log = logging.getLogger("streamguard.librdkafka")
+        """Readiness and its checks, as ``/readyz`` reports it (``health()["ready"]``)."""
+        return self.__runtime.health()
 
 
 def _check_declaration(cls: type[ConsumerService]) -> None:

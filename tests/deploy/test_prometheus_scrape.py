@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
 from tests.deploy.conftest import PROMETHEUS_DIR, ROOT
 from tests.runtime.conftest import Running, order, wait_for

@@ -9,7 +9,7 @@ import os
 import time
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 
 
 class Recorder(sg.ConsumerService):

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer
 from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from tests.conftest import FAST_GROUP
 
 
@@ -50,6 +51,7 @@ class Running:
     service: sg.ConsumerService
     thread: threading.Thread
     error: list[BaseException]
+    registry: CollectorRegistry
 
     def stop(self, timeout: float = 30.0) -> None:
         self.service.stop()
@@ -57,7 +59,7 @@ class Running:
         assert not self.thread.is_alive(), "service did not stop in time"
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.service.registry.get_sample_value(name, labels)
+        value = self.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 
 
@@ -69,6 +71,7 @@ def start_service(bootstrap: str) -> Iterator[Callable[..., Running]]:
     def start(cls: type[sg.ConsumerService], **kwargs: Any) -> Running:
         kwargs.setdefault("kafka_config", dict(FAST_GROUP))
         kwargs.setdefault("bootstrap_servers", bootstrap)
+        registry = kwargs.setdefault("registry", CollectorRegistry())
         service = cls(**kwargs)
         errors: list[BaseException] = []
 
@@ -80,7 +83,7 @@ def start_service(bootstrap: str) -> Iterator[Callable[..., Running]]:
 
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
-        running = Running(service, thread, errors)
+        running = Running(service, thread, errors, registry)
         started.append(running)
         return running
 

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from tests.runtime.conftest import Running, committed, wait_for
 
 
@@ -110,7 +110,7 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     second = start_service(Billing)
     assert wait_for(
         lambda: (
-            second.service.registry.get_sample_value(
+            second.registry.get_sample_value(
                 "streamguard_consumer_lag", {"topic": src, "partition": "0"}
             )
             is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker, free_port
 from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
@@ -189,14 +189,14 @@ def test_unwritable_dlq_holds_commits_and_recovers(
         },
     )
     assert wait_for(lambda: not running.service.health()["checks"]["dlq_writable"], timeout=20)
-    assert not running.service.ready
+    assert not running.service.health()["ready"]
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
     threading.Event().wait(1.5)
     assert committed(bootstrap, group, src).get(0) == 1  # held at the poison message
     assert running.metric("streamguard_dead_letter_failures_total", topic=src) >= 1
 
     with DevBroker(port=dlq_port) as dlq_cluster:
-        assert wait_for(lambda: running.service.ready, timeout=40)
+        assert wait_for(lambda: running.service.health()["ready"], timeout=40)
         assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3, timeout=20)
         from confluent_kafka import Consumer
 
@@ -318,7 +318,7 @@ def test_one_failed_dead_letter_is_not_excused_by_a_later_success(
     assert wait_for(lambda: not running.service.health()["checks"]["dlq_writable"])
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
     threading.Event().wait(2.0)  # retries of the refused one come and fail
-    assert not running.service.ready
+    assert not running.service.health()["ready"]
     assert committed(bootstrap, group, src).get(0) == 1  # held at the refused dead letter
     assert running.metric("streamguard_dead_letter_failures_total", topic=src) >= 2
 

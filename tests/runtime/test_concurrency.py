@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import Running, committed, order, wait_for
 

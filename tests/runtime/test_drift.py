@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Producer
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
 from streamguard import headers as h
+from streamguard.demo.contracts import OrderPlaced
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 

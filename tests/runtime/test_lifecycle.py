@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 

@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 SECRET = "SECRET-4242"

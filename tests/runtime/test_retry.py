@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 

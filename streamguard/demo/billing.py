@@ -1,8 +1,8 @@
-"""A billing service: the runnable example behind the README's quick start.
+"""A billing service: the demo's service and the runnable example of the README.
 
 Run it against any cluster (``streamguard broker`` starts a local one)::
 
-    streamguard run examples.billing:Billing --bootstrap-servers 127.0.0.1:9092
+    streamguard run streamguard.demo.billing:Billing --bootstrap-servers 127.0.0.1:9092
 
 The payment gateway is simulated so the example shows every outcome: customers named
 ``closed-*`` are refused for good (dead-lettered at once), ``flaky-*`` time out twice
@@ -16,9 +16,9 @@ import threading
 from collections import Counter
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 
-log = logging.getLogger("examples.billing")
+log = logging.getLogger("streamguard.demo.billing")
 
 
 class PaymentGateway:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 from streamguard.contracts import Contract
 from streamguard.devbroker import DevBroker
@@ -80,21 +81,26 @@ def _send(bootstrap: str, contract: type[Contract]) -> dict[str, int]:
 
 def run_demo(bootstrap_servers: str | None = None) -> int:
     """Run the demo; returns the process exit code (0 when everything added up)."""
-    from examples.billing import Billing
-    from examples.contracts import OrderPlaced
     from streamguard.cli import main as cli_main
+    from streamguard.demo.billing import Billing
+    from streamguard.demo.contracts import OrderPlaced
 
     configure_logging("text", "WARNING")
     with _cluster(bootstrap_servers) as bootstrap:
         create_topics(bootstrap, [TOPIC, DLQ], partitions=3)
         sent = _send(bootstrap, OrderPlaced)["sent"]
-        service = Billing(bootstrap_servers=bootstrap, kafka_config={"session.timeout.ms": 6000})
+        registry = CollectorRegistry()
+        service = Billing(
+            bootstrap_servers=bootstrap,
+            kafka_config={"session.timeout.ms": 6000},
+            registry=registry,
+        )
         thread = threading.Thread(target=service.run, name="billing", daemon=True)
-        _say("* starting the billing service (examples/billing.py) ...")
+        _say("* starting the billing service (streamguard/demo/billing.py) ...")
         thread.start()
 
         def count(name: str, **labels: str) -> float:
-            return service.registry.get_sample_value(name, labels) or 0.0
+            return registry.get_sample_value(name, labels) or 0.0
 
         deadline = time.monotonic() + 60
         done = 0.0

@@ -1,0 +1,122 @@
+"""Which partitions are ours: a lane per assigned partition, settled when it goes.
+
+On assign a lane is created. On revoke its in-flight handler gets
+``revoke_timeout`` to finish, its dead letters are awaited and its final-outcome
+prefix is committed before the partition moves; nothing after that prefix is. A *lost*
+partition (the session expired) may already belong to another member, so nothing is
+committed for it: its work is dropped and redelivered. Shutdown settles every lane
+the same way, within ``shutdown_timeout``.
+
+The lanes dict is changed only by the rebalance callbacks, which librdkafka runs
+inside ``consume()`` on the thread holding the poll lock, and by shutdown, which
+holds that lock for good. Other threads read it through ``list()`` snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, TopicPartition
+
+from streamguard.runtime.commits import Committer
+from streamguard.runtime.deadletters import DeadLetterPublisher
+from streamguard.runtime.flow import FlowControl
+from streamguard.runtime.lag import LagMonitor
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.options import ServiceOptions
+from streamguard.runtime.pipeline import Pipeline
+
+log = logging.getLogger("streamguard.runtime")
+
+
+class Assignment:
+    """The lanes of the assigned partitions, and the rebalance callbacks that change them."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        publisher: DeadLetterPublisher,
+        options: ServiceOptions,
+        flow: FlowControl,
+        committer: Committer,
+        lag: LagMonitor,
+        on_assigned: Callable[[list[int]], None],
+        on_revoked: Callable[[list[int]], None],
+    ) -> None:
+        self.lanes: dict[int, PartitionLane] = {}
+        self._pipeline = pipeline
+        self._publisher = publisher
+        self._options = options
+        self._flow = flow
+        self._committer = committer
+        self._lag = lag
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self.assigned_once = False
+        self.closed = False  # after shutdown: callbacks from close() change nothing
+
+    def inflight(self) -> float:
+        """Messages fetched and not final, all partitions (a gauge, read at scrape time)."""
+        return float(sum(lane.inflight() for lane in list(self.lanes.values())))
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.closed:
+            return
+        for tp in partitions:
+            if tp.partition not in self.lanes:
+                self.lanes[tp.partition] = PartitionLane(tp.partition, self._pipeline)
+        self.assigned_once = True
+        parts = [tp.partition for tp in partitions]
+        log.info("partitions assigned", extra={"partitions": parts})
+        self._on_assigned(parts)
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.closed:
+            return  # close() revokes after shutdown settled and committed everything
+        parts = [tp.partition for tp in partitions]
+        self._flow.release(parts)
+        lanes = [self.lanes.pop(p) for p in parts if p in self.lanes]
+        self.settle(lanes, self._options.revoke_timeout)
+        self._forget(parts)
+        log.info("partitions revoked", extra={"partitions": parts})
+        self._on_revoked(parts)
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already, so committing now
+        # could move its offsets. Drop our work; it is redelivered.
+        parts = [tp.partition for tp in partitions]
+        self._flow.release(parts)
+        for part in parts:
+            lane = self.lanes.pop(part, None)
+            if lane is not None:
+                lane.close()
+        self._forget(parts)
+        log.warning("partitions lost", extra={"partitions": parts})
+
+    def _forget(self, parts: list[int]) -> None:
+        self._committer.forget(parts)
+        self._lag.forget(parts)
+
+    def settle(self, lanes: list[PartitionLane], timeout: float) -> None:
+        """Stop lanes, let in-flight handlers finish, await dead letters, commit."""
+        deadline = time.monotonic() + timeout
+        for lane in lanes:
+            lane.close()
+        for lane in lanes:
+            if not lane.idle.wait(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "handler still running after the timeout; its message will be redelivered",
+                    extra={"partition": lane.partition, "timeout": timeout},
+                )
+        self._publisher.flush(max(0.0, deadline - time.monotonic()))
+        self._committer.commit(lanes, asynchronous=False)
+
+    def settle_all(self) -> None:
+        """Shutdown: settle every lane within ``shutdown_timeout``; later callbacks no-op."""
+        lanes = list(self.lanes.values())
+        self.lanes.clear()
+        self.settle(lanes, self._options.shutdown_timeout)
+        self.closed = True
+        self._pipeline.abandon.set()  # handlers still running are given up on

@@ -1,0 +1,68 @@
+"""Commits: each partition's final-outcome prefix, never backwards, retried on failure.
+
+State (the last offset accepted per partition) belongs to this object. It is touched
+by the thread holding the poll lock, and by librdkafka's commit callback, which runs
+inside that thread's ``consume()`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.lane import PartitionLane
+
+log = logging.getLogger("streamguard.runtime")
+
+
+class Committer:
+    """Commits the lanes' commit positions for one topic."""
+
+    def __init__(self, consumer: Consumer, topic: str, metrics: ServiceMetrics) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._failures = metrics.commit_failures
+        self._committed: dict[int, int] = {}
+
+    def commit(self, lanes: Iterable[PartitionLane], *, asynchronous: bool) -> None:
+        """Commit each lane's final-outcome prefix if it moved since the last commit."""
+        offsets: list[TopicPartition] = []
+        for lane in lanes:
+            position = lane.commit_position()
+            last = self._committed.get(lane.partition)
+            # Never below the last accepted commit, whatever the lane reports.
+            if position is not None and (last is None or position > last):
+                offsets.append(TopicPartition(self._topic, lane.partition, position))
+                self._committed[lane.partition] = position
+        if not offsets:
+            return
+        try:
+            if asynchronous:  # two calls: the client's stubs overload on the literal
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self.failed(exc.args[0], offsets)
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's commit callback: a failed commit is retried on the next round."""
+        failed = [tp for tp in partitions if tp.error is not None]
+        if error is not None or failed:
+            self.failed(error, failed or partitions)
+
+    def failed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._failures.inc()
+        log.warning(
+            "offset commit failed; will retry",
+            extra={"error": error.str() if error else "partition error"},
+        )
+        for tp in partitions:
+            self._committed.pop(tp.partition, None)  # commit again on the next round
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions no longer ours: a later owner's commits are not ours to compare."""
+        for part in partitions:
+            self._committed.pop(part, None)

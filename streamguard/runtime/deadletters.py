@@ -1,0 +1,176 @@
+"""Writing dead letters, and knowing whether the dead-letter topic can be written.
+
+A message is dead-lettered only once the broker acknowledged its DLQ record; until
+then its offset stays open in its lane. When writes fail, the DLQ counts as
+unwritable: no lane starts new work (see ``PartitionLane``), every partition is
+paused, and the failed records are sent again with a growing backoff until one is
+acknowledged.
+
+Locking: ``_lock`` guards ``in_flight``. ``writable`` and ``last_error`` are set by
+``failed()`` on whatever thread serves delivery reports; ``writable`` goes back to
+True only in ``maintain()``, which the poll loop calls with its poll lock held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from confluent_kafka import KafkaError, Producer
+
+from streamguard.deadletter import Failure, dead_letter_headers
+from streamguard.delivery import enqueue
+from streamguard.headers import Headers, Record
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.spec import ServiceSpec
+
+if TYPE_CHECKING:
+    from streamguard.runtime.lane import PartitionLane
+
+log = logging.getLogger("streamguard.runtime")
+
+# First wait between attempts to re-send failed dead letters; doubles up to
+# ServiceOptions.dead_letter_backoff_max.
+FIRST_BACKOFF = 0.1
+
+
+class DeadLetterSink(Protocol):
+    """Where a pipeline sends dead letters: the broker, or the test kit's memory."""
+
+    writable: bool
+
+    def publish(
+        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
+    ) -> None: ...
+
+    def failed(self, error: KafkaError) -> None: ...
+
+
+def headers_for(spec: ServiceSpec, msg: Record, failure: Failure) -> Headers:
+    """The DLQ record's headers: the original ones, then the ``sg-dlq-*`` context."""
+    kind, ts = msg.timestamp()
+    return dead_letter_headers(
+        original_headers=msg.headers(),
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        timestamp_ms=ts if kind != 0 else None,
+        failure=failure,
+        group_id=spec.group_id,
+        service=spec.name,
+        expected_subject=spec.contract.__subject__,
+        expected_version=spec.contract.__version__,
+        include_error_text=spec.include_error_text,
+    )
+
+
+class DeadLetterPublisher:
+    """Sends a service's dead letters through its own durable producer."""
+
+    def __init__(self, spec: ServiceSpec, producer: Producer, metrics: ServiceMetrics) -> None:
+        self._spec = spec
+        self.topic = spec.dead_letter_topic
+        self._producer = producer
+        self._failures = metrics.dead_letter_failures.labels(spec.topic)
+        self._lock = threading.Lock()
+        self.in_flight = 0  # records produced whose delivery report has not run yet
+        self.writable = True
+        self.last_error = ""
+        self._backoff = FIRST_BACKOFF
+        self._backoff_max = spec.options.dead_letter_backoff_max
+        self._next_retry = 0.0
+
+    def publish(
+        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
+    ) -> None:
+        """Send the original record, byte for byte, with the ``sg-dlq-*`` context.
+
+        ``done`` gets the outcome: None once the broker acknowledged it, else the error
+        (also when the client refused the record before sending it).
+        """
+        log.warning(
+            "dead-lettering message",
+            extra={
+                "topic": msg.topic(),
+                "partition": msg.partition(),
+                "offset": msg.offset(),
+                "reason": failure.reason,
+                "error_class": failure.error_class,
+                "attempts": failure.attempts,
+            },
+        )
+
+        def delivered(err: KafkaError | None, _msg: Record) -> None:
+            with self._lock:
+                self.in_flight -= 1
+            done(err)
+
+        with self._lock:
+            self.in_flight += 1
+        try:
+            refused = enqueue(
+                self._producer,
+                self.topic,
+                msg.value(),
+                key=msg.key(),
+                headers=headers_for(self._spec, msg, failure),
+                on_delivery=delivered,
+            )
+        except Exception as exc:  # a bad header or argument: still never drop it
+            refused = KafkaError(KafkaError._INVALID_ARG, f"{type(exc).__name__}: {exc}")
+        if refused is not None:
+            # Refused before sending (e.g. larger than message.max.bytes): no report
+            # will come. A failure like any other; the message stays uncommitted.
+            with self._lock:
+                self.in_flight -= 1
+            done(refused)
+
+    def serve_reports(self) -> None:
+        """Run delivery reports of dead letters, which settle their offsets.
+
+        Skipped when none is in flight: the call releases the GIL, and on a busy
+        process every release costs the poll thread a wait of up to the interpreter's
+        switch interval (5 ms) to get it back.
+        """
+        if self.in_flight:
+            self._producer.poll(0)
+
+    def flush(self, timeout: float) -> None:
+        """Wait (bounded) for every dead letter's acknowledgement."""
+        self._producer.flush(timeout)
+
+    def failed(self, error: KafkaError) -> None:
+        """A write failed: the DLQ is unwritable until a write is acknowledged."""
+        self._failures.inc()
+        if self.writable:
+            log.error(
+                "cannot write to the dead-letter topic; pausing every partition, holding "
+                "commits and backing off",
+                extra={"dlq": self.topic, "error": error.str()},
+            )
+        self.writable = False
+        self.last_error = error.str()
+
+    def maintain(self, lanes: Iterable[PartitionLane], now: float) -> bool:
+        """Re-send failed dead letters on backoff; return whether the DLQ is writable.
+
+        Writability is what the assigned lanes hold, not the last report: a failed dead
+        letter of a partition since revoked no longer counts (its new owner redelivers
+        it), and a later success elsewhere does not excuse one still failed.
+        """
+        failed = [(lane, p) for lane in lanes for p in lane.failed_dead_letters()]
+        if failed:
+            self.writable = False
+            if now >= self._next_retry:
+                for lane, pending in failed:
+                    lane.republish(pending)
+                self._next_retry = now + self._backoff
+                self._backoff = min(self._backoff * 2, self._backoff_max)
+        elif not self.writable:
+            log.info("dead-letter topic is writable again", extra={"dlq": self.topic})
+            self.writable = True
+            self._backoff = FIRST_BACKOFF
+            self._next_retry = 0.0
+        return self.writable

@@ -1,0 +1,86 @@
+"""Flow control: when to stop fetching, pause a partition, or resume it.
+
+Backpressure, not buffering. A partition whose buffer is full but still draining is
+*throttled* (nothing is fetched for a moment); one that stayed full for
+``ServiceOptions.pause_after`` seconds, one whose head message waits to be retried,
+and every partition while the DLQ is unwritable are *paused*, so the consumer keeps
+polling and stays in its group while the others flow. Pausing makes librdkafka drop
+what it prefetched for the partition, which is why a draining partition is only
+throttled.
+
+All state here belongs to this object and is touched only by the thread holding the
+poll lock (the maintenance tick and the rebalance callbacks run there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.options import ServiceOptions
+
+log = logging.getLogger("streamguard.runtime")
+
+
+class FlowControl:
+    """Pause, resume and throttle decisions for one consumer's partitions."""
+
+    def __init__(self, consumer: Consumer, topic: str, options: ServiceOptions) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._high = options.max_buffered
+        self._low = max(1, options.max_buffered // 2)
+        self._pause_after = options.pause_after
+        self.paused: set[int] = set()
+        self._full_since: dict[int, float] = {}  # when a partition's buffer filled up
+        self.throttled = False  # some partition is full but draining: fetch nothing
+
+    def update(self, lanes: Mapping[int, PartitionLane], now: float, writable: bool) -> None:
+        """Pause and resume partitions for this tick; decide whether to throttle."""
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        throttled = False
+        for part, lane in lanes.items():
+            waiting = lane.retry is not None
+            buffered = lane.buffered
+            full = buffered >= self._high
+            if full:
+                self._full_since.setdefault(part, now)
+            elif buffered <= self._low:
+                self._full_since.pop(part, None)
+            since = self._full_since.get(part)
+            stuck = since is not None and now - since >= self._pause_after
+            paused = part in self.paused
+            if not paused and (stuck or waiting or not writable):
+                self.paused.add(part)
+                pause.append(TopicPartition(self._topic, part))
+            elif paused and since is None and not waiting and writable:
+                self.paused.discard(part)
+                resume.append(TopicPartition(self._topic, part))
+            elif full and not paused:
+                throttled = True
+        self.throttled = throttled
+        if pause:
+            self._consumer.pause(pause)
+        if resume:
+            self._consumer.resume(resume)
+
+    def release(self, partitions: list[int]) -> list[int]:
+        """Forget partitions no longer ours, resuming those paused; returns them.
+
+        librdkafka keeps a partition's pause flag across unassign and assign: a
+        partition revoked while paused would come back paused, and never be fetched.
+        """
+        paused = [p for p in partitions if p in self.paused]
+        for part in partitions:
+            self.paused.discard(part)
+            self._full_since.pop(part, None)
+        if paused:
+            try:
+                self._consumer.resume([TopicPartition(self._topic, p) for p in paused])
+            except KafkaException as exc:
+                log.warning("could not resume revoked partitions", extra={"error": str(exc)})
+        return paused

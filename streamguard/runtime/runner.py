@@ -1,0 +1,252 @@
+"""A running service: its clients, its threads, and its life from start to stop.
+
+``ServiceRuntime`` is what ``ConsumerService.run()`` drives. It builds the runtime's
+pieces from the service's ``ServiceSpec`` (never from the user's object), connects,
+runs the scheduler until stopped, then settles, commits and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from streamguard.errors import BrokerUnavailable, ConfigurationError
+from streamguard.observe.health import HealthServer
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.assignment import Assignment
+from streamguard.runtime.commits import Committer
+from streamguard.runtime.deadletters import DeadLetterPublisher
+from streamguard.runtime.flow import FlowControl
+from streamguard.runtime.lag import LagMonitor
+from streamguard.runtime.pipeline import Pipeline
+from streamguard.runtime.poller import Poller
+from streamguard.runtime.scheduler import Scheduler
+from streamguard.runtime.spec import ServiceSpec
+from streamguard.topics import create_topics
+
+log = logging.getLogger("streamguard.runtime")
+_librdkafka_log = logging.getLogger("streamguard.librdkafka")
+
+# /readyz reports "not polling" when no poll happened for this long.
+POLL_STALE_AFTER = 10.0
+
+
+class Hooks:
+    """The lifecycle callbacks of a service (all optional, none may block for long)."""
+
+    def __init__(
+        self,
+        on_start: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        on_assign: Callable[[list[int]], None] | None = None,
+        on_revoke: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        self.on_start = on_start or (lambda: None)
+        self.on_stop = on_stop or (lambda: None)
+        self.on_assign = on_assign or (lambda parts: None)
+        self.on_revoke = on_revoke or (lambda parts: None)
+
+
+class ServiceRuntime:
+    """Runs one service's consumer, workers, DLQ producer and health endpoints."""
+
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        *,
+        consumer_config: Mapping[str, Any],
+        dead_letter_config: Mapping[str, Any],
+        registry: CollectorRegistry,
+        hooks: Hooks,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ) -> None:
+        self.spec = spec
+        self.consumer_config = dict(consumer_config)
+        self.dead_letter_config = dict(dead_letter_config)
+        self.registry = registry
+        self.metrics = ServiceMetrics(registry)
+        self.metrics.ready.set_function(lambda: 1.0 if self.health()["ready"] else 0.0)
+        self._hooks = hooks
+        self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
+        self._stop_requested = threading.Event()
+        self._scheduler: Scheduler | None = None
+        self._poller: Poller | None = None
+        self._publisher: DeadLetterPublisher | None = None
+        self._committer: Committer | None = None
+        self._running = False
+
+    def run(self) -> None:
+        """Consume until ``stop()``, SIGTERM or SIGINT; then settle, commit and close."""
+        if self._running:
+            raise RuntimeError("this service is already running")
+        self._running = True
+        spec = self.spec
+        restore = self._install_signal_handlers()
+        loop, loop_thread = self._start_event_loop()
+        consumer: Consumer | None = None
+        health: HealthServer | None = None
+        try:
+            consumer = Consumer(
+                {**self.consumer_config, "logger": _librdkafka_log, "on_commit": self._on_commit}
+            )
+            self._connect(consumer)
+            dlq = Producer({**self.dead_letter_config, "logger": _librdkafka_log})
+            poller, scheduler = self._assemble(consumer, dlq, loop)
+            if self._metrics_port is not None:
+                health = HealthServer(
+                    self.registry, self.health, self._metrics_host, self._metrics_port
+                )
+                health.start()
+            poller.subscribe()
+            self._hooks.on_start()
+            log.info(
+                "service started",
+                extra={
+                    "service": spec.name,
+                    "topic": spec.topic,
+                    "group": spec.group_id,
+                    "dlq": spec.dead_letter_topic,
+                },
+            )
+            if self._stop_requested.is_set():
+                scheduler.stopping.set()
+            try:
+                scheduler.run()
+            finally:
+                # Also on failure: settle, commit, stop the workers.
+                options = spec.options
+                poller.shutdown(
+                    scheduler.stopping, options.revoke_timeout + options.shutdown_timeout
+                )
+            self._hooks.on_stop()
+            dlq.flush(spec.options.shutdown_timeout)
+        finally:
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except (KafkaException, RuntimeError) as exc:
+                    log.warning("consumer close failed", extra={"error": str(exc)})
+            if health is not None:
+                health.stop()
+            if loop is not None and loop_thread is not None:
+                loop.call_soon_threadsafe(loop.stop)
+                loop_thread.join(timeout=5)
+            restore()
+            self._running = False
+            log.info("service stopped", extra={"service": spec.name})
+
+    def _assemble(
+        self, consumer: Consumer, dlq: Producer, loop: asyncio.AbstractEventLoop | None
+    ) -> tuple[Poller, Scheduler]:
+        spec, metrics, options = self.spec, self.metrics, self.spec.options
+        publisher = DeadLetterPublisher(spec, dlq, metrics)
+        pipeline = Pipeline(spec, publisher, metrics, loop)
+        flow = FlowControl(consumer, spec.topic, options)
+        committer = Committer(consumer, spec.topic, metrics)
+        lag = LagMonitor(consumer, spec.topic, metrics)
+        hooks = self._hooks
+        assignment = Assignment(
+            pipeline, publisher, options, flow, committer, lag, hooks.on_assign, hooks.on_revoke
+        )
+        poller = Poller(consumer, spec.topic, options, assignment, publisher, flow, committer, lag)
+        scheduler = Scheduler(poller, options.workers)
+        metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
+        self._publisher, self._committer = publisher, committer
+        self._poller, self._scheduler = poller, scheduler
+        return poller, scheduler
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close."""
+        self._stop_requested.set()
+        if self._scheduler is not None:
+            self._scheduler.stopping.set()
+
+    def health(self) -> dict[str, Any]:
+        """Readiness and its reasons, as ``/readyz`` reports it."""
+        poller, publisher = self._poller, self._publisher
+        checks = {
+            "running": self._running and not self._stop_requested.is_set(),
+            "assigned": bool(poller and poller.assignment.assigned_once),
+            "polling": bool(poller and time.monotonic() - poller.last_poll < POLL_STALE_AFTER),
+            "dlq_writable": bool(publisher and publisher.writable),
+        }
+        report: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
+        if publisher and not publisher.writable:
+            report["dlq_error"] = publisher.last_error
+        return report
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if self._committer is not None:
+            self._committer.on_commit(error, partitions)
+
+    def _connect(self, consumer: Consumer) -> None:
+        spec = self.spec
+        timeout = spec.options.startup_timeout
+        try:
+            metadata = consumer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"could not reach Kafka at {self.consumer_config['bootstrap.servers']} within "
+                f"{timeout:g}s ({exc.args[0].str()}); check bootstrap_servers, the network "
+                "and security settings"
+            ) from None
+        topics = metadata.topics
+        if spec.topic not in topics:
+            log.warning("topic does not exist yet; waiting for it", extra={"topic": spec.topic})
+        if spec.dead_letter_topic not in topics:
+            partitions = len(topics[spec.topic].partitions) if spec.topic in topics else 1
+            try:
+                create_topics(
+                    self.consumer_config["bootstrap.servers"],
+                    [spec.dead_letter_topic],
+                    partitions=partitions,
+                    config={
+                        k: v
+                        for k, v in self.dead_letter_config.items()
+                        if k.startswith(("security.", "sasl.", "ssl."))
+                    },
+                )
+                log.info("created dead-letter topic", extra={"dlq": spec.dead_letter_topic})
+            except ConfigurationError as exc:
+                log.warning(
+                    "could not create the dead-letter topic; create it before the "
+                    "first dead letter",
+                    extra={"dlq": spec.dead_letter_topic, "error": str(exc)},
+                )
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("stop requested by signal", extra={"signal": signal.Signals(signum).name})
+            self.stop()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _start_event_loop(
+        self,
+    ) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None]:
+        if not self.spec.needs_event_loop:
+            return None, None
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="streamguard-loop", daemon=True)
+        thread.start()
+        return loop, thread

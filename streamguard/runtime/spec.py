@@ -1,0 +1,53 @@
+"""``ServiceSpec``: a service's declaration, frozen, plus the callables the runtime calls.
+
+The runtime never reads the user's service object: it is built from this value once,
+when the service is constructed. A subclass may then use any attribute name of its
+own (``self.metrics``, ``self.name``, ...) without reaching into the runtime, and the
+runtime's pieces can be built and tested from a spec alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from streamguard.codecs import Codec
+from streamguard.contracts import Contract
+from streamguard.deadletter import Failure
+from streamguard.policy import RetryPolicy
+from streamguard.runtime.context import MessageContext
+from streamguard.runtime.options import ServiceOptions
+
+DriftPolicy = Literal["count", "dead_letter"]
+Handler = Callable[[Any, MessageContext], Awaitable[None] | None]
+TombstoneHandler = Callable[[MessageContext], Awaitable[None] | None]
+DeadLetterHook = Callable[[MessageContext, Failure], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """What a service consumes and how; see ``ConsumerService`` for each field."""
+
+    name: str
+    topic: str
+    contract: type[Contract]
+    group_id: str
+    dead_letter_topic: str
+    retry: RetryPolicy
+    transient: tuple[type[BaseException], ...]
+    codec: Codec
+    drift: DriftPolicy
+    include_error_text: bool
+    options: ServiceOptions
+    handle: Handler
+    handle_tombstone: TombstoneHandler | None = None
+    on_dead_letter: DeadLetterHook | None = None
+
+    @property
+    def needs_event_loop(self) -> bool:
+        """True when a handler is ``async def``: the runtime then runs an event loop."""
+        return inspect.iscoroutinefunction(self.handle) or inspect.iscoroutinefunction(
+            self.handle_tombstone
+        )

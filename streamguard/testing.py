@@ -1,0 +1,309 @@
+"""Test a service's handler without a broker: the real pipeline, in memory.
+
+``ServiceHarness`` pushes records through a service's own decode, validation, drift
+check, handler and retry logic, the same code a running service uses, with an
+in-memory dead-letter sink and a virtual clock: each record comes back with its
+outcome, the dead-letter headers it would carry, and the retry delays the policy
+chose, recorded instead of slept. ``message_context`` builds the ``MessageContext`` a
+handler receives, for calling a handler directly::
+
+    from streamguard.testing import ServiceHarness
+
+    def test_closed_accounts_are_dead_lettered() -> None:
+        with ServiceHarness(Billing) as harness:
+            result = harness.send(order(customer_id="closed-7"))
+        assert result.reason == "permanent_error"
+
+Nothing here talks to Kafka: what needs a broker (commits, rebalances, backpressure)
+is tested against a real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from streamguard import headers as h
+from streamguard.deadletter import Failure
+from streamguard.headers import Headers, Record
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.producer import stamp_headers
+from streamguard.runtime.context import MessageContext
+from streamguard.runtime.deadletters import headers_for
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.pipeline import Pipeline
+from streamguard.runtime.service import ConsumerService
+from streamguard.runtime.spec import ServiceSpec
+
+__all__ = ["Outcome", "ServiceHarness", "dead_letter_headers_of", "message_context", "record"]
+
+# Used when a test gives no bootstrap address: nothing connects to it.
+_NO_CLUSTER = "127.0.0.1:9"
+
+
+def record(
+    value: bytes | None,
+    *,
+    key: bytes | str | None = None,
+    headers: Headers | None = None,
+    topic: str = "test-topic",
+    partition: int = 0,
+    offset: int = 0,
+    timestamp_ms: int | None = None,
+) -> Record:
+    """A consumed record, as ``Consumer.poll`` returns it, built in memory."""
+    encoded_key = key.encode() if isinstance(key, str) else key
+    kwargs: dict[str, Any] = {}
+    if timestamp_ms is not None:
+        kwargs["timestamp"] = (TIMESTAMP_CREATE_TIME, timestamp_ms)
+    return Message(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=encoded_key,
+        value=value,
+        headers=list(headers) if headers is not None else None,
+        **kwargs,
+    )
+
+
+def message_context(
+    value: bytes | None = b"",
+    *,
+    key: bytes | str | None = None,
+    headers: Headers | None = None,
+    topic: str = "test-topic",
+    partition: int = 0,
+    offset: int = 0,
+    timestamp_ms: int | None = None,
+    attempt: int = 1,
+) -> MessageContext:
+    """The ``MessageContext`` a handler would get for such a record."""
+    msg = record(
+        value,
+        key=key,
+        headers=headers,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+    )
+    return MessageContext(msg, attempt)
+
+
+@dataclass
+class Outcome:
+    """What became of one record.
+
+    Attributes:
+        outcome: ``"handled"``, ``"dead_lettered"``, or ``"waiting"`` when
+            ``max_attempts`` of the harness stopped it mid-retry.
+        reason: the dead-letter reason (``decode_error``, ``retries_exhausted``, ...).
+        error: the exception that decided a dead letter.
+        attempts: handler calls made (0 when the record never reached the handler).
+        retry_delays: seconds the policy chose before each retry, not slept.
+        dead_letter_headers: the headers the DLQ record would carry, in order.
+        offset: the record's offset in the harness's partition.
+    """
+
+    outcome: Literal["handled", "dead_lettered", "waiting"]
+    offset: int
+    attempts: int = 0
+    reason: str | None = None
+    error: BaseException | None = None
+    retry_delays: list[float] = field(default_factory=list)
+    dead_letter_headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+    @property
+    def handled(self) -> bool:
+        return self.outcome == "handled"
+
+    def header(self, name: str) -> str | None:
+        """The last value of one of the dead-letter headers, as text."""
+        return h.last(self.dead_letter_headers, name)
+
+
+class _VirtualClock:
+    """Monotonic seconds that move only when the harness skips a retry wait."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _MemoryDeadLetters:
+    """A dead-letter sink that acknowledges at once and keeps what it was given."""
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        self._spec = spec
+        self.writable = True
+        self.letters: dict[int, tuple[Failure, list[tuple[str, bytes | None]]]] = {}
+
+    def publish(
+        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
+    ) -> None:
+        self.letters[msg.offset()] = (failure, list(headers_for(self._spec, msg, failure)))
+        done(None)
+
+    def failed(self, error: KafkaError) -> None:  # never called: publish always succeeds
+        raise AssertionError(f"in-memory dead letters cannot fail: {error.str()}")
+
+
+class ServiceHarness:
+    """A service's real per-message logic, driven one record at a time, in memory.
+
+    Args:
+        service: the ``ConsumerService`` subclass, or an instance of it (to test one
+            built with your own constructor arguments).
+        max_attempts: stop retrying a record after this many handler calls and report
+            it as ``"waiting"``; by default the service's ``RetryPolicy`` decides.
+        registry: where the service's metrics go (a private one by default), to
+            assert on counts.
+    """
+
+    def __init__(
+        self,
+        service: type[ConsumerService] | ConsumerService,
+        *,
+        max_attempts: int | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if isinstance(service, type):
+            service = service(bootstrap_servers=_NO_CLUSTER)
+        self.service = service
+        self.spec: ServiceSpec = service._spec()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._max_attempts = max_attempts
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        if self.spec.needs_event_loop:
+            self._loop = asyncio.new_event_loop()
+            self._loop_thread = threading.Thread(
+                target=self._loop.run_forever, name="streamguard-testing-loop", daemon=True
+            )
+            self._loop_thread.start()
+        self._clock = _VirtualClock()
+        self._dead_letters = _MemoryDeadLetters(self.spec)
+        self.pipeline = Pipeline(
+            self.spec, self._dead_letters, ServiceMetrics(self.registry), self._loop
+        )
+        self._lane = PartitionLane(0, self.pipeline, clock=self._clock)
+        self._next_offset = 0
+
+    def __enter__(self) -> ServiceHarness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the event loop of async handlers, if one was started."""
+        if self._loop is not None and self._loop_thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=5)
+            self._loop = None
+
+    def send(
+        self,
+        event: BaseModel,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        producer: str = "streamguard-testing",
+    ) -> Outcome:
+        """Encode ``event`` as a guarded producer would (with its ``sg-*`` headers),
+        then process it."""
+        contract = self.spec.contract
+        value = self.spec.codec.encode(event)
+        stamped = stamp_headers(contract, self.spec.codec, producer)
+        return self.send_raw(value, key=key, headers=[*stamped, *(headers or [])])
+
+    def send_raw(
+        self,
+        value: bytes | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int | None = None,
+    ) -> Outcome:
+        """Process the bytes as they would arrive (poison input included)."""
+        offset = self._next_offset
+        self._next_offset += 1
+        msg = record(
+            value,
+            key=key,
+            headers=headers,
+            topic=self.spec.topic,
+            offset=offset,
+            timestamp_ms=timestamp_ms,
+        )
+        return self._process(msg)
+
+    def _process(self, msg: Record) -> Outcome:
+        lane, clock = self._lane, self._clock
+        offset = msg.offset()
+        delays: list[float] = []
+        calls = _CallCounter(self.pipeline)
+        claimed = lane.enqueue([msg])
+        try:
+            while claimed:
+                lane.drain(max_batches=1)
+                retry = lane.retry
+                if retry is None:
+                    break
+                delays.append(max(0.0, retry.due - clock.now))
+                if self._max_attempts is not None and calls.count >= self._max_attempts:
+                    return Outcome("waiting", offset, calls.count, retry_delays=delays)
+                clock.now = max(clock.now, retry.due)
+                claimed = lane.claim_if_due(clock.now)
+        finally:
+            calls.restore()
+        letter = self._dead_letters.letters.pop(offset, None)
+        if letter is None:
+            return Outcome("handled", offset, calls.count, retry_delays=delays)
+        failure, headers = letter
+        return Outcome(
+            "dead_lettered",
+            offset,
+            calls.count,
+            reason=failure.reason,
+            error=failure.error,
+            retry_delays=delays,
+            dead_letter_headers=headers,
+        )
+
+
+class _CallCounter:
+    """Counts handler calls of one record by wrapping the pipeline's invoker."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.count = 0
+        self._pipeline = pipeline
+        self._invoke = invoke = pipeline.invoke
+
+        def counted(event: Any, ctx: MessageContext) -> None:
+            self.count += 1
+            invoke(event, ctx)
+
+        pipeline.invoke = counted
+
+    def restore(self) -> None:
+        self._pipeline.invoke = self._invoke
+
+
+def dead_letter_headers_of(outcome: Outcome) -> dict[str, str]:
+    """The ``sg-dlq-*`` headers of an outcome as text, for compact assertions."""
+    return {
+        k: v.decode("utf-8", "replace")
+        for k, v in outcome.dead_letter_headers
+        if k.startswith(h.DLQ_PREFIX) and v is not None
+    }
