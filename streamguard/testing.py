@@ -44,6 +44,8 @@ from streamguard.runtime.spec import ServiceSpec
 
 __all__ = ["Outcome", "ServiceHarness", "dead_letter_headers_of", "message_context", "record"]
 
+# Passes of the lane per record; far above any retry policy's attempts.
+_MAX_PASSES = 10_000
 # Used when a test gives no bootstrap address: nothing connects to it.
 _NO_CLUSTER = "127.0.0.1:9"
 
@@ -255,16 +257,24 @@ class ServiceHarness:
         calls = _CallCounter(self.pipeline)
         claimed = lane.enqueue([msg])
         try:
-            while claimed:
-                lane.drain(max_batches=1)
+            # Bounded: every pass either finishes the record or makes a retry attempt,
+            # and the policy bounds those.
+            for _ in range(_MAX_PASSES):
+                if claimed:
+                    claimed = lane.drain(max_batches=1)  # True: still claimed, work left
+                position = lane.commit_position()
+                if position is not None and position > offset:
+                    if claimed:
+                        lane.drain(max_batches=1)  # finds the queue empty: releases the claim
+                    break  # final: handled, or dead-lettered and acknowledged
                 retry = lane.retry
                 if retry is None:
-                    break
+                    raise RuntimeError(f"record {offset} made no progress in the harness")
                 delays.append(max(0.0, retry.due - clock.now))
                 if self._max_attempts is not None and calls.count >= self._max_attempts:
                     return Outcome("waiting", offset, calls.count, retry_delays=delays)
                 clock.now = max(clock.now, retry.due)
-                claimed = lane.claim_if_due(clock.now)
+                claimed = claimed or lane.claim_if_due(clock.now)
         finally:
             calls.restore()
         letter = self._dead_letters.letters.pop(offset, None)

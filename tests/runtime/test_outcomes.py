@@ -157,3 +157,51 @@ def test_handler_exception_text_is_redacted_by_default(
     assert SECRET not in dlq_headers(first)["sg-dlq-error-message"]
     assert dlq_headers(first)["sg-dlq-error-class"] == "builtins.KeyError"
     assert dlq_headers(second)["sg-dlq-error-message"] == "customer account is closed"
+
+
+def test_subclass_attribute_names_are_the_users_own(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A subclass may set name, metrics, registry, health, ready and more in __init__;
+    the service still runs, and on_dead_letter hears each acknowledged dead letter."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    raw_producer.produce(src, order(1).model_dump_json().encode(), key=b"a")
+    raw_producer.produce(src, b"{broken", key=b"b")
+    raw_producer.flush(10)
+    names = ("name", "metrics", "registry", "health", "ready", "report_drift")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            for name in names:
+                setattr(self, name, f"user's own {name}")
+            self.handles_tombstones = "user's own too"
+            self.handled: list[int] = []
+            self.dead: list[tuple[int, str, int]] = []
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            self.handled.append(ctx.offset)
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            self.dead.append((ctx.offset, failure.reason, failure.attempts))
+
+    running = start_service(Billing)
+    service = running.service
+    assert isinstance(service, Billing)
+    assert read_all(f"{src}.dlq", 1, timeout=20)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2)
+    assert wait_for(lambda: service.dead == [(1, "decode_error", 1)])
+    assert service.handled == [0]
+    assert all(getattr(service, name) == f"user's own {name}" for name in names)
+    running.stop()
+    assert not running.error

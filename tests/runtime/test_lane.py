@@ -1,0 +1,153 @@
+"""A partition lane keeps order, holds its commit position at open outcomes, and
+never starts work while the DLQ is unwritable. No broker: records are built in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError
+from prometheus_client import CollectorRegistry
+
+import streamguard as sg
+from streamguard.deadletter import Failure
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.headers import Record
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.pipeline import Pipeline
+from streamguard.testing import record
+from tests.runtime.conftest import order
+
+
+class HeldDeadLetters:
+    """A DLQ that acknowledges only when the test says so."""
+
+    def __init__(self) -> None:
+        self.writable = True
+        self.waiting: list[tuple[int, Callable[[KafkaError | None], None]]] = []
+
+    def publish(
+        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
+    ) -> None:
+        self.waiting.append((msg.offset(), done))
+
+    def failed(self, error: KafkaError) -> None:
+        self.writable = False
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_lane(handled: list[int]) -> tuple[PartitionLane, HeldDeadLetters, Clock]:
+    class Orders(sg.ConsumerService):
+        topic = "lane-unit"
+        contract = OrderPlaced
+        group_id = "lane-unit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=1.0, max_delay=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "flaky" and ctx.attempt == 1:
+                raise TimeoutError("later")
+            handled.append(ctx.offset)
+
+    spec = Orders(bootstrap_servers="127.0.0.1:9")._spec()
+    sink = HeldDeadLetters()
+    pipeline = Pipeline(spec, sink, ServiceMetrics(CollectorRegistry()))
+    clock = Clock()
+    return PartitionLane(0, pipeline, clock=clock), sink, clock
+
+
+def batch(*values: bytes) -> list[Record]:
+    return [record(v, topic="lane-unit", offset=i) for i, v in enumerate(values)]
+
+
+def valid(i: int, customer: str = "c") -> bytes:
+    return order(i, customer_id=customer).model_dump_json().encode()
+
+
+def test_a_batch_is_handled_in_offset_order() -> None:
+    """Records of one partition reach the handler in offset order."""
+    handled: list[int] = []
+    lane, _, _ = make_lane(handled)
+    assert lane.enqueue(batch(*(valid(i) for i in range(5))))
+    lane.drain()
+    assert handled == [0, 1, 2, 3, 4]
+    assert lane.commit_position() == 5
+
+
+def test_a_retrying_head_holds_the_rest_of_its_partition() -> None:
+    """A transient failure waits for its backoff; later records wait behind it."""
+    handled: list[int] = []
+    lane, _, clock = make_lane(handled)
+    lane.enqueue(batch(valid(0), valid(1, "flaky"), valid(2)))
+    lane.drain()
+    assert handled == [0]
+    assert lane.commit_position() == 1
+    assert lane.retry is not None
+    assert not lane.claim_if_due(clock.now)  # not due yet
+    clock.now = lane.retry.due
+    assert lane.claim_if_due(clock.now)
+    lane.drain()
+    assert handled == [0, 1, 2]
+    assert lane.commit_position() == 3
+
+
+def test_an_unacknowledged_dead_letter_holds_the_commit_position() -> None:
+    """Nothing at or after a dead letter is committable until the broker acknowledges it."""
+    handled: list[int] = []
+    lane, sink, _ = make_lane(handled)
+    lane.enqueue(batch(valid(0), b"{broken", valid(2)))
+    lane.drain()
+    assert handled == [0, 2]
+    assert lane.commit_position() == 1
+    assert lane.inflight() == 1
+    offset, done = sink.waiting.pop()
+    assert offset == 1
+    done(None)
+    assert lane.commit_position() == 3
+    assert lane.inflight() == 0
+
+
+def test_a_failed_dead_letter_stays_open_and_can_be_republished() -> None:
+    """A failed DLQ write keeps the offset open; a successful resend releases it."""
+    lane, sink, _ = make_lane([])
+    lane.enqueue(batch(b"{broken"))
+    lane.drain()
+    _, done = sink.waiting.pop()
+    done(KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert not sink.writable
+    (failed,) = lane.failed_dead_letters()
+    assert lane.commit_position() == 0
+    lane.republish(failed)
+    _, done = sink.waiting.pop()
+    done(None)
+    assert lane.failed_dead_letters() == []
+    assert lane.commit_position() == 1
+
+
+def test_no_work_starts_while_the_dlq_is_unwritable() -> None:
+    """A lane with buffered work is not claimed while dead letters cannot be written."""
+    handled: list[int] = []
+    lane, sink, clock = make_lane(handled)
+    sink.writable = False
+    assert not lane.enqueue(batch(valid(0)))
+    assert not lane.claim_if_due(clock.now)
+    sink.writable = True
+    assert lane.claim_if_due(clock.now)
+    lane.drain()
+    assert handled == [0]
+
+
+def test_close_drops_the_buffer_for_redelivery() -> None:
+    """A closed lane drops what it buffered (its next owner reads it again)."""
+    lane, _, _ = make_lane([])
+    lane.enqueue(batch(valid(0), valid(1)))
+    lane.close()
+    assert lane.inflight() == 0
+    assert not lane.drain()
+    assert lane.commit_position() is None

@@ -1,0 +1,226 @@
+"""The test kit runs a service's real per-message logic in memory, without a broker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import streamguard as sg
+from streamguard import headers as h
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.testing import ServiceHarness, dead_letter_headers_of, message_context
+from tests.runtime.conftest import order
+
+SECRET = "SECRET-4242"
+
+
+class Billing(sg.ConsumerService):
+    topic = "orders-kit"
+    contract = OrderPlaced
+    group_id = "billing-kit"
+    retry = sg.RetryPolicy(attempts=4, base_delay=0.2, max_delay=1.0, max_budget_ms=60_000)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seen: list[str] = []
+        self.failures_left: dict[str, int] = {}
+        self.dead: list[tuple[int, str]] = []
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        self.seen.append(f"{event}")  # formatting a contract works inside a handler
+        customer = event.customer_id
+        if customer.startswith("closed"):
+            raise sg.PermanentError("customer account is closed")
+        if customer.startswith("down"):
+            raise TimeoutError("gateway timed out")
+        left = self.failures_left.get(customer, 0)
+        if left:
+            self.failures_left[customer] = left - 1
+            raise sg.TransientError("try again")
+
+    def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+        self.dead.append((ctx.offset, failure.reason))
+
+
+def test_a_valid_event_is_handled_once() -> None:
+    """A valid event reaches the handler once and is handled."""
+    with ServiceHarness(Billing) as kit:
+        result = kit.send(order(1), key="customer-1")
+    assert result.handled
+    assert result.attempts == 1
+    assert result.retry_delays == []
+    assert isinstance(kit.service, Billing)
+    assert len(kit.service.seen) == 1
+
+
+def test_undecodable_bytes_are_dead_lettered_without_reaching_the_handler() -> None:
+    """Bytes that are not JSON become a decode_error dead letter with full context."""
+    with ServiceHarness(Billing) as kit:
+        result = kit.send_raw(b"{not json", key="k", headers=[("trace", b"t1")])
+    assert result.outcome == "dead_lettered"
+    assert result.reason == "decode_error"
+    assert result.attempts == 0
+    headers = dead_letter_headers_of(result)
+    assert headers[h.DLQ_ORIGINAL_TOPIC] == "orders-kit"
+    assert headers[h.DLQ_EXPECTED_SUBJECT] == "orders.OrderPlaced"
+    assert result.dead_letter_headers[0] == ("trace", b"t1")  # originals first, unchanged
+
+
+def test_contract_violation_names_the_field_but_never_its_value() -> None:
+    """A contract violation says which field broke, and no header carries the value."""
+    bad = json.dumps({"order_id": SECRET, "customer_id": SECRET}).encode()
+    with ServiceHarness(Billing) as kit:
+        result = kit.send_raw(bad)
+    assert result.reason == "contract_violation"
+    errors = json.loads(result.header(h.DLQ_ERRORS) or "[]")
+    assert {tuple(e["loc"]) for e in errors} >= {("order_id",)}
+    assert all(SECRET.encode() not in (v or b"") for k, v in result.dead_letter_headers)
+
+
+def test_transient_failures_are_retried_with_the_policys_delays_recorded() -> None:
+    """Two transient failures, then success: three calls, two recorded backoff delays."""
+    with ServiceHarness(Billing) as kit:
+        assert isinstance(kit.service, Billing)
+        kit.service.failures_left["flaky-1"] = 2
+        result = kit.send(order(1, customer_id="flaky-1"))
+    assert result.handled
+    assert result.attempts == 3
+    assert len(result.retry_delays) == 2
+    assert 0 <= result.retry_delays[0] <= 0.2  # full jitter under the first cap
+    assert 0 <= result.retry_delays[1] <= 0.4
+
+
+def test_retries_are_bounded_by_attempts() -> None:
+    """A dependency that stays down exhausts the attempts, then is dead-lettered."""
+    with ServiceHarness(Billing) as kit:
+        result = kit.send(order(1, customer_id="down-1"))
+    assert result.reason == "retries_exhausted"
+    assert result.attempts == 4
+    assert len(result.retry_delays) == 3
+    assert result.header(h.DLQ_ATTEMPTS) == "4"
+    assert isinstance(result.error, sg.RetriesExhausted)
+
+
+def test_the_time_budget_stops_retries_in_virtual_time() -> None:
+    """With a budget shorter than the backoff, retries stop early; nothing is slept."""
+
+    class Tight(Billing):
+        retry = sg.RetryPolicy(attempts=50, base_delay=1.0, max_delay=1.0, max_budget_ms=2_500)
+
+    with ServiceHarness(Tight) as kit:
+        result = kit.send(order(1, customer_id="down-1"))
+    assert result.reason == "retries_exhausted"
+    assert sum(result.retry_delays) <= 2.5
+    assert result.attempts < 50
+
+
+def test_a_permanent_error_is_dead_lettered_at_once() -> None:
+    """PermanentError is never retried."""
+    with ServiceHarness(Billing) as kit:
+        result = kit.send(order(1, customer_id="closed-1"))
+    assert result.reason == "permanent_error"
+    assert result.attempts == 1
+    assert result.retry_delays == []
+    assert result.header(h.DLQ_ERROR_MESSAGE) == "customer account is closed"
+
+
+def test_max_attempts_reports_a_record_still_waiting() -> None:
+    """max_attempts stops a retrying record and reports it as waiting."""
+    with ServiceHarness(Billing, max_attempts=2) as kit:
+        result = kit.send(order(1, customer_id="down-1"))
+    assert result.outcome == "waiting"
+    assert result.attempts == 2
+
+
+def test_on_dead_letter_hears_each_dead_letter() -> None:
+    """The on_dead_letter hook gets the context and the failure of each dead letter."""
+    with ServiceHarness(Billing) as kit:
+        kit.send(order(1))
+        kit.send_raw(b"nope")
+        kit.send(order(2, customer_id="closed-2"))
+    assert isinstance(kit.service, Billing)
+    assert kit.service.dead == [(1, "decode_error"), (2, "permanent_error")]
+
+
+def test_tombstones_are_dead_lettered_unless_handled() -> None:
+    """A null value is a decode_error by default, and handled with handle_tombstone."""
+
+    class Deletes(Billing):
+        def handle_tombstone(self, ctx: sg.MessageContext) -> None:
+            self.seen.append(f"delete {ctx.key!r}")
+
+    with ServiceHarness(Billing) as kit:
+        assert kit.send_raw(None, key="k").reason == "decode_error"
+    with ServiceHarness(Deletes) as kit:
+        assert kit.send_raw(None, key="k").handled
+
+
+def test_drift_is_dead_lettered_under_the_dead_letter_policy() -> None:
+    """A record stamped with another schema version is schema_drift under drift='dead_letter'."""
+
+    class Strict(Billing):
+        drift = "dead_letter"
+
+    value = order(1).model_dump_json().encode()
+    stamped = [(h.SUBJECT, b"orders.OrderPlaced"), (h.VERSION, b"7"), (h.FINGERPRINT, b"f")]
+    with ServiceHarness(Strict) as kit:
+        result = kit.send_raw(value, headers=stamped)
+    assert result.reason == "schema_drift"
+
+
+def test_async_handlers_run_in_the_harness() -> None:
+    """An async def handler is awaited like in a running service."""
+
+    class AsyncBilling(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "closed":
+                raise sg.PermanentError("closed")
+
+    with ServiceHarness(AsyncBilling) as kit:
+        assert kit.send(order(1)).handled
+        assert kit.send(order(2, customer_id="closed")).reason == "permanent_error"
+
+
+def test_metrics_are_counted() -> None:
+    """The service's metrics count the outcomes the harness produced."""
+    registry = CollectorRegistry()
+    with ServiceHarness(Billing, registry=registry) as kit:
+        kit.send(order(1))
+        kit.send_raw(b"nope")
+    labels = {"topic": "orders-kit"}
+    assert registry.get_sample_value("streamguard_messages_total", {**labels, "outcome": "handled"})
+    assert registry.get_sample_value(
+        "streamguard_dead_letters_total", {**labels, "reason": "decode_error"}
+    )
+
+
+def test_message_context_for_direct_handler_calls() -> None:
+    """message_context builds what a handler receives, from key, value and headers."""
+    ctx = message_context(
+        b"{}", key="k1", headers=[(h.VERSION, b"2")], offset=7, attempt=2, timestamp_ms=1234
+    )
+    assert (ctx.key, ctx.offset, ctx.attempt, ctx.timestamp_ms) == (b"k1", 7, 2, 1234)
+    assert ctx.writer_version == 2
+    assert ctx.raw_value == b"{}"
+
+
+@pytest.mark.parametrize("name", ["name", "metrics", "registry", "health", "ready"])
+def test_subclass_attributes_do_not_reach_the_runtime(name: str) -> None:
+    """A subclass may set ordinary attributes the runtime once used; processing still works."""
+
+    class Mine(Billing):
+        def __init__(self, **kwargs: Any) -> None:
+            setattr(self, name, object())
+            super().__init__(**kwargs)
+            setattr(self, name, object())
+
+    with ServiceHarness(Mine) as kit:
+        assert kit.send(order(1)).handled
+        assert kit.send_raw(b"nope").reason == "decode_error"
