@@ -15,7 +15,7 @@ from streamguard.devbroker import DevBroker
 from streamguard.topics import create_topics
 
 # Group joins wait for half the session timeout; 2 s makes them take ~1 s, not ~23 s
-# (see BROKER.md). Static membership is not used: it is unstable at this session.
+# (docs/local-broker.md). Static membership is not used: it is unstable at this session.
 FAST_GROUP = {
     "session.timeout.ms": 2000,
     "heartbeat.interval.ms": 500,
@@ -55,7 +55,7 @@ def unique() -> Callable[[str], str]:
 
 @pytest.fixture
 def topic_factory(bootstrap: str, unique: Callable[[str], str]) -> Callable[..., str]:
-    """Create a fresh topic (created before anyone subscribes, as BROKER.md advises)."""
+    """Create a fresh topic (created before anyone subscribes, as docs/local-broker.md advises)."""
 
     def make(prefix: str = "t", partitions: int = 1) -> str:
         name = unique(prefix)

@@ -13,7 +13,7 @@ def test_all_names_exist_and_are_sorted() -> None:
 
 
 def test_design_api_names_are_public() -> None:
-    """The names DESIGN.md promises to users are all exported."""
+    """Every name of the documented public API is exported."""
     promised = {
         "Contract", "ConsumerService", "MessageContext", "RetryPolicy", "GuardedProducer",
         "TransientError", "PermanentError", "DecodeError", "ContractViolation",

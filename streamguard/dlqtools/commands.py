@@ -90,7 +90,11 @@ def add_dlq_parser(subparsers: Any) -> None:
     )
     replay.add_argument("--max-replays", type=_positive_int, default=3, metavar="N")
     replay.add_argument(
-        "--group", default=None, help="the replay group (default streamguard-replay.<TOPIC>)"
+        "--group",
+        default=None,
+        help="the replay group (default streamguard-replay.<TOPIC>; a run with --where, "
+        "--since or --until gets its own group, streamguard-replay.<TOPIC>.<hash of the "
+        "filters>, so it never hides records from an unfiltered run)",
     )
     replay.set_defaults(func=_cmd_replay)
 
@@ -117,14 +121,26 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     revalidator = None
     if args.revalidate:
         from streamguard.config import load_project_config
+        from streamguard.schema.store import SchemaStore
 
-        contracts = load_project_config(args.config).contracts_by_subject()
+        project = load_project_config(args.config)
+        contracts = project.contracts_by_subject()
         if not contracts:
             raise ConfigurationError(
                 "--revalidate found no contracts: list your contract modules in "
                 "[tool.streamguard] contracts, or point --config at that pyproject.toml"
             )
-        revalidator = Revalidator(contracts)
+        store = SchemaStore(project.schemas_dir)
+        writers = {
+            subject: [
+                store.load(subject, v, ".avsc")
+                for v in store.versions(subject)
+                if store.has(subject, v, ".avsc")
+            ]
+            for subject, contract in contracts.items()
+            if contract.__wire_format__ == "avro"
+        }
+        revalidator = Revalidator(contracts, avro_writer_schemas=writers)
     options = ReplayOptions(
         to=args.to,
         selection=selection,

@@ -12,7 +12,7 @@ cannot make a run endless:
 
 1. ``ListOffsets`` (``get_watermark_offsets(cached=False)``) gives the high watermark. On
    Apache Kafka this is the true end.
-2. Some Kafka-compatible brokers (Tansu, our local broker; see BROKER.md item 1) answer
+2. Some Kafka-compatible brokers (Tansu, our local broker; see docs/local-broker.md, item 1) answer
    ``ListOffsets`` with the last *batch's* base offset + 1 after a batched produce,
    which is too low. Fetch responses carry the true high watermark on every broker, so
    a probe fetches once from that offset and reads the watermark the fetch brought

@@ -3,16 +3,20 @@
 After a contract fix is deployed, only the records that now pass are worth replaying;
 the rest would come straight back to the DLQ. The current contract of each subject is
 the highest version among the project's configured contracts (``[tool.streamguard]``).
+Avro values are decoded as a service would: single-object encoding, resolved from the
+writer schemas stored for the subject (``schemas/<subject>/v<N>.avsc``) to the current
+contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
 from streamguard import headers as h
-from streamguard.codecs import JsonCodec
+from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract
 from streamguard.deadletter import DeadLetter
 from streamguard.errors import ContractViolation, DecodeError
@@ -27,13 +31,19 @@ class Revalidator:
         contracts: the current contract of each subject, as
             ``ProjectConfig.contracts_by_subject()`` returns it.
         codec: the JSON codec with the limits the services use.
+        avro_writer_schemas: per subject, the Avro schemas producers may have written
+            with (older versions), so that old records resolve to the current contract.
     """
 
     def __init__(
-        self, contracts: Mapping[str, type[Contract]], codec: JsonCodec | None = None
+        self,
+        contracts: Mapping[str, type[Contract]],
+        codec: JsonCodec | None = None,
+        avro_writer_schemas: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     ) -> None:
         self._contracts = dict(contracts)
         self._codec = codec or JsonCodec()
+        self._writers = {k: list(v) for k, v in (avro_writer_schemas or {}).items()}
         self._decoders: dict[str, Callable[[bytes | None], BaseModel]] = {}
 
     def problems(self, letter: DeadLetter) -> Problem:
@@ -50,18 +60,9 @@ class Revalidator:
                     f"contracts (known: {known})",
                 }
             ]
-        if contract.__wire_format__ != "json":
-            return [
-                {
-                    "loc": "",
-                    "type": "unsupported_format",
-                    "msg": f"--revalidate checks JSON contracts; {subject} is "
-                    f"{contract.__wire_format__}",
-                }
-            ]
         decode = self._decoders.get(subject)
         if decode is None:
-            decode = self._decoders[subject] = self._codec.decoder(contract)
+            decode = self._decoders[subject] = self._codec_of(contract).decoder(contract)
         try:
             decode(letter.value)
         except ContractViolation as exc:
@@ -72,3 +73,8 @@ class Revalidator:
         except DecodeError as exc:
             return [{"loc": "", "type": exc.reason, "msg": str(exc)}]
         return []
+
+    def _codec_of(self, contract: type[Contract]) -> Codec:
+        if contract.__wire_format__ == "avro":
+            return AvroCodec(writer_schemas=self._writers.get(contract.__subject__, ()))
+        return self._codec

@@ -125,5 +125,8 @@ class Poller:
         """
         stopping.set()
         if not self.lock.acquire(timeout=wait):
-            log.error("a worker held the consumer for %.0fs; closing it anyway", wait)
+            log.error(
+                "a worker held the consumer past the shutdown wait; closing it anyway",
+                extra={"wait": wait},
+            )
         self.assignment.settle_all()

@@ -34,7 +34,7 @@ from streamguard.topics import (
 # cooperative-sticky rebalances move only the partitions that change owner.
 # librdkafka's fetch queue is capped at 16 MiB (default 64 MiB) because the runtime
 # buffers per partition itself; fetch.queue.backoff.ms=10 (default 1000) keeps that
-# smaller queue from stalling a fast consumer when it fills (BROKER.md measured this).
+# smaller queue from stalling a fast consumer when it fills (measured: docs/local-broker.md).
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,

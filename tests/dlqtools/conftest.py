@@ -24,7 +24,7 @@ from tests.dlqtools.dlqcases import OrderV1, Sent, encode
 def dead_letters(bootstrap: str) -> Callable[..., list[Sent]]:
     """Write dead letters to a DLQ with a raw producer that batches (as a service does).
 
-    Batching matters: it is what makes the local broker's ListOffsets wrong (BROKER.md
+    Batching matters: it is what makes the local broker's ListOffsets wrong (docs/local-broker.md
     item 1), so every test also checks that the tools find the true end anyway.
     """
 

@@ -28,7 +28,9 @@ def test_reader_finds_the_true_end_after_a_batched_produce(
         ]
         ranges = reader.plan()
         assert [(r.start, r.end) for r in ranges] == [(0, 10)]
-        assert listed < 10  # BROKER.md item 1: this is what the probe corrects
+        assert (
+            listed < 10
+        )  # the local broker's ListOffsets (docs/local-broker.md, item 1): what the probe corrects
         assert len(list(reader.read(ranges))) == 10
         assert not reader.stopped_idle
 

@@ -1,0 +1,50 @@
+"""--revalidate decodes JSON and Avro dead letters as a service would."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import streamguard as sg
+from streamguard import headers as h
+from streamguard.deadletter import DeadLetter
+from streamguard.dlqtools.revalidate import Revalidator
+from streamguard.schema.avro import contract_avro_schema
+from tests.test_avro_codec import PaymentV1, PaymentV2
+
+
+def letter(value: bytes, subject: str = "tests.avro.Payment") -> DeadLetter:
+    return DeadLetter.from_record(
+        topic="payments.dlq",
+        partition=0,
+        offset=0,
+        key=None,
+        value=value,
+        headers=[(h.DLQ_EXPECTED_SUBJECT, subject.encode())],
+    )
+
+
+def test_an_old_avro_record_passes_the_current_contract_via_its_stored_writer() -> None:
+    """A v1 Avro value resolves to the current v2 contract through the stored v1 schema."""
+    value = sg.AvroCodec().encode(PaymentV1(payment_id=UUID(int=1), cents=5, currency="EUR"))
+    revalidator = Revalidator(
+        {"tests.avro.Payment": PaymentV2},
+        avro_writer_schemas={"tests.avro.Payment": [contract_avro_schema(PaymentV1)]},
+    )
+    assert revalidator.problems(letter(value)) == []
+
+
+def test_an_avro_record_still_invalid_is_reported_without_its_value() -> None:
+    """Avro bytes that break the current contract come back as value-free problems."""
+    bad = sg.AvroCodec().encode(
+        PaymentV2.model_construct(payment_id=UUID(int=1), cents=-4242, currency="EUR", note=None)
+    )
+    problems = Revalidator({"tests.avro.Payment": PaymentV2}).problems(letter(bad))
+    assert problems and problems[0]["loc"] == "cents"
+    assert "-4242" not in repr(problems)
+
+
+def test_an_unknown_avro_writer_is_a_decode_problem() -> None:
+    """Without the writer's schema, an Avro value is a decode problem naming the cause."""
+    value = sg.AvroCodec().encode(PaymentV1(payment_id=UUID(int=1), cents=5, currency="EUR"))
+    problems = Revalidator({"tests.avro.Payment": PaymentV2}).problems(letter(value))
+    assert problems[0]["type"] == "decode_error"
