@@ -129,6 +129,7 @@ class JsonCodec:
         return f"JsonCodec(max_bytes={self.max_bytes}, max_depth={self.max_depth})"
 
     def encode(self, event: BaseModel) -> bytes:
+        """The bytes a producer sends for ``event`` (no validation: the producer validates)."""
         return event.model_dump_json().encode()
 
     def decode(self, data: bytes | None, contract: type[C]) -> C:
@@ -136,6 +137,11 @@ class JsonCodec:
         return self.decoder(contract)(data)
 
     def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
+        """A function that decodes and validates one message for ``contract``.
+
+        Built once per contract so that the hot path is one call; it raises
+        ``DecodeError`` or ``ContractViolation``, never with input values.
+        """
         # The model's own SchemaValidator: model_validate_json is a Python wrapper
         # around it that costs 0.5 µs per call, an eighth of a small validation.
         validate = contract.__pydantic_validator__.validate_json
@@ -231,6 +237,7 @@ class AvroCodec:
         return known
 
     def encode(self, event: BaseModel) -> bytes:
+        """The bytes a producer sends for ``event`` (no validation: the producer validates)."""
         parsed, fingerprint = self._schema(type(event))
         out = io.BytesIO()
         out.write(SINGLE_OBJECT_MARKER)
@@ -256,6 +263,11 @@ class AvroCodec:
         return self.decoder(contract)(data)
 
     def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
+        """A function that decodes and validates one message for ``contract``.
+
+        Built once per contract so that the hot path is one call; it raises
+        ``DecodeError`` or ``ContractViolation``, never with input values.
+        """
         reader, own = self._schema(contract)
         writers = {**self._writers, own: reader}
         validate = contract.__pydantic_validator__.validate_python

@@ -39,7 +39,16 @@ def _text(value: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why a message is being dead-lettered, and what was tried."""
+    """Why a message is being dead-lettered, and what was tried.
+
+    Handed to ``ConsumerService.on_dead_letter`` once the DLQ record is acknowledged.
+
+    Attributes:
+        reason: one of ``REASONS`` (``decode_error``, ``permanent_error``, ...).
+        error: the exception that decided it; ``RetriesExhausted`` wraps the last one.
+        attempts: handler calls made (1 when it was never retried).
+        first_failure_ms: epoch ms of the first failure of this message.
+    """
 
     reason: Reason
     error: BaseException
@@ -48,11 +57,13 @@ class Failure:
 
     @property
     def error_class(self) -> str:
+        """The qualified class name of the error that decided it (the last one, after retries)."""
         err = self.error.last if isinstance(self.error, RetriesExhausted) else self.error
         return f"{type(err).__module__}.{type(err).__qualname__}"
 
     @property
     def errors(self) -> list[ErrorDetail]:
+        """The value-free pydantic error details, for a contract violation; else empty."""
         return self.error.errors if isinstance(self.error, ContractViolation) else []
 
 
@@ -141,6 +152,7 @@ class DeadLetter:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes | None]] | None,
     ) -> DeadLetter:
+        """Split a consumed DLQ record into the original record and its ``sg-dlq-*`` context."""
         original: list[tuple[str, bytes | None]] = []
         context: dict[str, str] = {}
         for k, v in headers or []:
@@ -152,18 +164,22 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
+        """Why it was dead-lettered (``decode_error``, ``retries_exhausted``, ...)."""
         return self.context.get(h.DLQ_REASON, "unknown")
 
     @property
     def original_topic(self) -> str | None:
+        """The topic the record was consumed from, as its header says (untrusted input)."""
         return self.context.get(h.DLQ_ORIGINAL_TOPIC)
 
     @property
     def error_class(self) -> str:
+        """The qualified class name of the error that decided it (the last one, after retries)."""
         return self.context.get(h.DLQ_ERROR_CLASS, "")
 
     @property
     def errors(self) -> list[dict[str, Any]]:
+        """The value-free ``{loc, type, msg}`` details of a contract violation, if any."""
         try:
             parsed = json.loads(self.context.get(h.DLQ_ERRORS, "[]"))
         except ValueError:
@@ -171,6 +187,7 @@ class DeadLetter:
         return parsed if isinstance(parsed, list) else []
 
     def int_context(self, name: str, default: int = -1) -> int:
+        """A numeric ``sg-dlq-*`` header (offset, attempts, time), else ``default``."""
         try:
             return int(self.context.get(name, ""))
         except ValueError:

@@ -92,12 +92,14 @@ class DevBroker:
 
     @property
     def bootstrap_servers(self) -> str:
+        """``host:port`` of the running broker, for clients."""
         if self.port is None:
             raise RuntimeError("the broker is not started")
         return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
+        """The broker process id, None before ``start()``."""
         return self._process.pid if self._process else None
 
     def start(self, timeout: float = 15.0) -> str:

@@ -44,3 +44,14 @@ def test_readme_quick_start_delivers_a_stamped_event(
     assert headers["sg-subject"] == b"shop.OrderPlaced"
     assert headers["sg-version"] == b"1"
     assert record.key() == b"customer-7"
+
+
+def test_testing_guide_example_tests_pass() -> None:
+    """The example tests of docs/testing.md run and pass, with no broker."""
+    (code,) = _blocks("docs/testing.md")
+    namespace: dict[str, Any] = {"__name__": "docs_testing"}
+    exec(compile(code, "docs/testing.md", "exec", dont_inherit=True), namespace)  # noqa: S102
+    tests = [fn for name, fn in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 5
+    for test in tests:
+        test()

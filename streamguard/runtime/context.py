@@ -24,23 +24,28 @@ class MessageContext:
 
     @property
     def topic(self) -> str:
+        """The topic the record was consumed from."""
         return str(self._msg.topic())
 
     @property
     def partition(self) -> int:
+        """The record's partition."""
         return int(self._msg.partition())
 
     @property
     def offset(self) -> int:
+        """The record's offset in its partition."""
         return int(self._msg.offset())
 
     @property
     def key(self) -> bytes | None:
+        """The record's key bytes, or None for a keyless record."""
         key: bytes | None = self._msg.key()
         return key
 
     @property
     def headers(self) -> list[tuple[str, bytes | None]]:
+        """All headers in order, repeats included (a copy)."""
         return list(self._msg.headers() or [])
 
     @property
