@@ -20,18 +20,16 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError
 
-from streamguard.deadletter import Failure, Reason
+from streamguard.deadletter import Failure
 from streamguard.errors import (
-    ContractViolation,
-    DecodeError,
     HandlerAbandoned,
-    RetriesExhausted,
     SchemaDrift,
 )
 from streamguard.headers import Record
 from streamguard.offsets import FinalPrefix
-from streamguard.policy import RetryPolicy, classify
+from streamguard.policy import RetryPolicy
 from streamguard.runtime.context import MessageContext
+from streamguard.runtime.outcomes import RetryState, judge
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -55,16 +53,6 @@ class Pipeline(Protocol):
     def dead_lettered(self, msg: Record, failure: Failure) -> None: ...
     def dead_letter_failed(self, error: KafkaError) -> None: ...
     def can_process(self) -> bool: ...
-
-
-@dataclass(slots=True)
-class RetryState:
-    """The head message failed transiently; when to try it again, and what came before."""
-
-    attempt: int
-    first_failure_ms: int
-    first_failure_mono: float
-    due: float
 
 
 @dataclass(slots=True)
@@ -235,19 +223,13 @@ class PartitionLane:
                         start = clock()
                         invoke(event, ctx)
                         durations.append(clock() - start)
-                except DecodeError as exc:
-                    self._dead_letter(msg, Failure(exc.reason, exc))  # type: ignore[arg-type]
-                except ContractViolation as exc:
-                    self._dead_letter(msg, Failure("contract_violation", exc))
                 except Exception as exc:
-                    if classify(exc, pipe.transient) == "permanent":
-                        self._dead_letter(msg, _failure("permanent_error", exc, attempt, retry))
-                    else:
-                        retry, exhausted = self._schedule_retry(exc, attempt, retry)
-                        if not exhausted:
-                            retries += 1
-                            break  # the head waits; the rest of the batch waits behind it
-                        self._dead_letter(msg, exhausted)
+                    verdict = judge(exc, attempt, retry, pipe.retry, pipe.transient, self.clock())
+                    if isinstance(verdict, RetryState):
+                        retry = verdict
+                        retries += 1
+                        break  # the head waits; the rest of the batch waits behind it
+                    self._dead_letter(msg, verdict)
                 else:
                     handled += 1
                 retry = None
@@ -260,20 +242,6 @@ class PartitionLane:
                     self.offsets.advance(batch[done - 1].offset() + 1)
             pipe.record_batch(handled, durations, retries)
         return done
-
-    def _schedule_retry(
-        self, exc: Exception, attempt: int, retry: RetryState | None
-    ) -> tuple[RetryState | None, Failure | None]:
-        now_mono = self.clock()
-        first_ms = retry.first_failure_ms if retry else int(time.time() * 1000)
-        first_mono = retry.first_failure_mono if retry else now_mono
-        elapsed_ms = (now_mono - first_mono) * 1000.0
-        delay = self.pipeline.retry.next_delay(attempt, elapsed_ms)
-        if delay is None:
-            error = RetriesExhausted(attempt, int(elapsed_ms), exc)
-            error.__cause__ = exc
-            return None, Failure("retries_exhausted", error, attempt, first_ms)
-        return RetryState(attempt, first_ms, first_mono, now_mono + delay), None
 
     def _dead_letter(self, msg: Record, failure: Failure) -> None:
         pending = PendingDeadLetter(msg, failure)
@@ -309,8 +277,3 @@ class PartitionLane:
             pending.error = error.str()
         self.pipeline.dead_letter_failed(error)
 
-
-def _failure(reason: Reason, exc: Exception, attempt: int, retry: RetryState | None) -> Failure:
-    if retry is None:
-        return Failure(reason, exc, attempt)
-    return Failure(reason, exc, attempt, retry.first_failure_ms)
