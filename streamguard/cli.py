@@ -2,8 +2,7 @@
 
 Each command group lives beside the concept it drives (``schema`` in
 ``streamguard.schema.commands``, ``dlq`` in ``streamguard.dlqtools.commands``); this
-module only wires them together. Exit codes: 0 success, 1 a check or an operation
-failed, 2 usage or configuration error.
+module only wires them together. Exit codes are in ``streamguard.exitcodes``.
 """
 
 from __future__ import annotations
@@ -14,14 +13,11 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from streamguard import exitcodes
 from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, StreamguardError
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -42,9 +38,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         broker.stop()
         print("streamguard broker stopped", flush=True)
-        return EXIT_OK
+        return exitcodes.OK
     print(f"streamguard broker exited unexpectedly (status {status})", file=sys.stderr)
-    return EXIT_FAILED
+    return exitcodes.FAILED
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -85,12 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigurationError as exc:
         print(f"streamguard: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except StreamguardError as exc:
         print(f"streamguard: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
     return code
 
 

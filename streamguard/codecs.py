@@ -19,6 +19,7 @@ import fastavro
 import fastavro.schema
 from pydantic import BaseModel, ValidationError
 
+from streamguard.contracts import wire_format
 from streamguard.errors import ConfigurationError, ContractViolation, DecodeError, error_details
 
 C = TypeVar("C", bound=BaseModel)
@@ -52,7 +53,7 @@ class Codec(Protocol):
 def codec_for(contract: type[BaseModel], codec: Codec | None = None) -> Codec:
     """``codec`` if given (checked to fit), else the default codec of the contract's format."""
     if codec is None:
-        codec = AvroCodec() if getattr(contract, "__wire_format__", "json") == "avro" else JsonCodec()
+        codec = AvroCodec() if wire_format(contract) == "avro" else JsonCodec()
     check_codec_fits(contract, codec)
     return codec
 
@@ -63,7 +64,7 @@ def check_codec_fits(contract: type[BaseModel], codec: Codec) -> None:
     An Avro contract sent or read as JSON would look fine in tests and break every
     Avro reader, so the mismatch fails when the producer or service is set up.
     """
-    wants = getattr(contract, "__wire_format__", "json")
+    wants = wire_format(contract)
     if wants == "avro" and codec.content_type != AVRO_CONTENT_TYPE:
         raise ConfigurationError(
             f"{contract.__qualname__} is an Avro contract (__wire_format__ = 'avro') but the "

@@ -49,7 +49,9 @@ class Contract(BaseModel):
 
     __subject__: ClassVar[str]
     __version__: ClassVar[int]
-    __wire_format__: ClassVar[Format] = "json"  # type: ignore[assignment]  # wire format, not str.__wire_format__
+    # Not ``__format__``: that name is Python's formatting protocol, and a string there
+    # makes ``f"{event}"`` raise on every instance.
+    __wire_format__: ClassVar[Format] = "json"
     __abstract__: ClassVar[bool] = True
 
     @classmethod
@@ -80,7 +82,8 @@ class Contract(BaseModel):
             )
         if cls.__wire_format__ not in ("json", "avro"):
             raise ConfigurationError(
-                f"contract {name} has __wire_format__ = {cls.__wire_format__!r}; use 'json' or 'avro'."
+                f"contract {name} has __wire_format__ = {cls.__wire_format__!r}; "
+                "use 'json' or 'avro'."
             )
         _REGISTRY[f"{cls.__module__}:{cls.__qualname__}"] = cls
 
@@ -96,6 +99,12 @@ class Contract(BaseModel):
 
 
 _REGISTRY: dict[str, type[Contract]] = {}
+
+
+def wire_format(model: type[BaseModel]) -> Format:
+    """A contract's wire format; a plain pydantic model is JSON."""
+    fmt: Format = getattr(model, "__wire_format__", "json")
+    return fmt
 
 
 def registered_contracts(modules: list[str] | None = None) -> list[type[Contract]]:

@@ -13,12 +13,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from streamguard import headers as h
 from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
+from streamguard.delivery import enqueue
 from streamguard.errors import (
     ConfigurationError,
     ContractViolation,
@@ -149,26 +150,23 @@ class GuardedProducer:
             if on_delivery is not None:
                 on_delivery(err, msg)
 
-        kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": report}
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                self._producer.produce(topic, value, **kwargs)
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports to make room. This is
-                # backpressure on the caller, never a dropped record.
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                # librdkafka refused the record before queueing it (e.g. larger than
-                # message.max.bytes): no delivery report will come, so report it like
-                # one, at flush(), rather than leak a raw client exception from send().
-                with self._lock:
-                    self._failures.append((topic, exc.args[0].str()))
-                if on_delivery is not None:
-                    on_delivery(exc.args[0], None)  # no record object exists for it
-                return
+        refused = enqueue(
+            self._producer,
+            topic,
+            value,
+            key=key,
+            headers=headers,
+            partition=partition,
+            on_delivery=report,
+        )
+        if refused is not None:
+            # No delivery report will come: report it like one, at flush(), rather than
+            # leak a raw client exception from send().
+            with self._lock:
+                self._failures.append((topic, refused.str()))
+            if on_delivery is not None:
+                on_delivery(refused, None)  # no record object exists for it
+            return
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

@@ -25,6 +25,24 @@ def is_valid_topic_name(name: str) -> bool:
     return bool(_LEGAL.fullmatch(name)) and name not in (".", "..")
 
 
+DEAD_LETTER_SUFFIX = ".dlq"
+# The largest record any client of ours must be able to write. A dead letter can be a
+# record the consumer fetched that was too large to decode (``oversize``), so the DLQ
+# and replay producers take what a consumer can receive (librdkafka's
+# receive.message.max.bytes is 100 MB); the producer's own 1 MiB default would refuse it.
+MAX_RECORD_BYTES = 100 * 1024 * 1024
+
+
+def dead_letter_topic_for(topic: str) -> str:
+    """The default dead-letter topic of ``topic``: ``orders`` -> ``orders.dlq``."""
+    return topic + DEAD_LETTER_SUFFIX
+
+
+def is_dead_letter_topic(topic: str) -> bool:
+    """True for names that follow the dead-letter naming rule."""
+    return topic.endswith(DEAD_LETTER_SUFFIX)
+
+
 def check_topic_name(name: str) -> str:
     """Return ``name`` if legal, else raise ``ConfigurationError`` saying why."""
     if not is_valid_topic_name(name):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from streamguard import exitcodes
 from streamguard.dlqtools.inspect import render_table, summarize, to_json
 from streamguard.dlqtools.reader import DlqReader
 from streamguard.dlqtools.replay import (
@@ -108,7 +109,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         summary.ends = {r.partition: r.end for r in ranges}
         summary.stopped_idle = reader.stopped_idle
     print(to_json(summary) if args.format == "json" else render_table(summary))
-    return 0
+    return exitcodes.OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -148,7 +149,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
         report = Replayer(reader, options).run()
     print(render_report(report))
-    return 0 if report.ok else 1
+    return exitcodes.OK if report.ok else exitcodes.FAILED
 
 
 def render_report(report: ReplayReport) -> str:

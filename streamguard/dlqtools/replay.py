@@ -44,13 +44,20 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamguard import headers as h
 from streamguard.deadletter import DeadLetter
+from streamguard.delivery import enqueue
 from streamguard.dlqtools.progress import Progress
 from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
+from streamguard.offsets import FinalPrefix
 from streamguard.producer import PRODUCER_DEFAULTS
-from streamguard.topics import check_topic_name, is_valid_topic_name
+from streamguard.topics import (
+    MAX_RECORD_BYTES,
+    check_topic_name,
+    is_dead_letter_topic,
+    is_valid_topic_name,
+)
 
 REPLAY_LIMIT = "replay_limit"
 NO_ORIGINAL_TOPIC = "no_original_topic"
@@ -62,12 +69,8 @@ STILL_INVALID = "still_invalid"
 BATCH_SIZE = 500
 COMMIT_INTERVAL = 1.0  # seconds between flush+commit, bounding re-sends after a crash
 MAX_REPORTED = 1000  # refused records listed one by one; counts are always complete
-# The producer's own default refuses records over 1 MiB before sending; a DLQ record
-# can be as large as anything its topics accept.
-PRODUCER_OVERRIDES = {"message.max.bytes": 104_857_600}
+PRODUCER_OVERRIDES = {"message.max.bytes": MAX_RECORD_BYTES}
 FLUSH_TIMEOUT = 60.0
-
-_PENDING, _DONE, _FAILED = 0, 1, 2
 
 
 def default_group(dlq_topic: str, selection: Selection | None = None) -> str:
@@ -88,9 +91,9 @@ def _protected(topic: str, dlq_topic: str) -> bool:
     """Topics a header may never send a replay to: this DLQ, another DLQ, internal ones.
 
     Internal topics start with ``_`` (``__consumer_offsets``, ``_schemas``, Confluent's
-    ``_confluent-*``); a DLQ conventionally ends with ``.dlq``.
+    ``_confluent-*``); a DLQ follows the dead-letter naming rule.
     """
-    return topic == dlq_topic or topic.startswith("_") or topic.endswith(".dlq")
+    return topic == dlq_topic or topic.startswith("_") or is_dead_letter_topic(topic)
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ class Replayer:
         self.out = out if out is not None else sys.stdout  # resolved now, not at import
         self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
         self._topics: dict[str, int] = {}
-        self._track: dict[int, list[list[int]]] = {}
+        self._prefixes: dict[int, FinalPrefix[None]] = {}
         self._unsettled = 0  # records produced since the last settle
         # A plain client, not GuardedProducer: the bytes are already encoded, and the
         # replay must see a record refused at produce() at once, to stop before sending
@@ -240,8 +243,8 @@ class Replayer:
         letter = record.letter
         report = self.report
         report.read += 1
-        entry = [letter.dlq_offset, _DONE]
-        self._track.setdefault(letter.dlq_partition, []).append(entry)
+        prefix = self._prefixes.setdefault(letter.dlq_partition, FinalPrefix())
+        prefix.advance(letter.dlq_offset + 1)
         if not self.options.selection.matches(record):
             report.not_selected += 1
             return True
@@ -268,40 +271,40 @@ class Replayer:
             delay = started + (report.replayed - 1) / self.options.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        entry[1] = _PENDING
+        prefix.hold(letter.dlq_offset, None)  # open until the broker acknowledges it
         self._unsettled += 1
         try:
-            self._produce(record, decision, entry)
+            self._produce(record, decision, prefix)
         except KafkaException as exc:
             # Refused before sending (e.g. larger than message.max.bytes): a failure to
-            # publish like any other, so it stays uncommitted and the run stops.
-            entry[1] = _FAILED
+            # publish like any other, so it stays open (uncommitted) and the run stops.
             self.errors.append(f"dlq {letter.dlq_partition}@{letter.dlq_offset}: {exc}")
             return False
         return True
 
-    def _produce(self, record: DlqRecord, send: _Send, entry: list[int]) -> None:
+    def _produce(self, record: DlqRecord, send: _Send, prefix: FinalPrefix[None]) -> None:
         assert self._producer is not None
         letter = record.letter
-        kwargs: dict[str, Any] = {"key": letter.key, "headers": send.headers}
-        if send.partition is not None:
-            kwargs["partition"] = send.partition
-        while True:
-            try:
-                self._producer.produce(
-                    send.topic, letter.value, on_delivery=self._report(letter, entry), **kwargs
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.1)  # local queue full: wait for room, drop nothing
+        refused = enqueue(
+            self._producer,
+            send.topic,
+            letter.value,
+            key=letter.key,
+            headers=send.headers,
+            partition=send.partition,
+            on_delivery=self._report(letter, prefix),
+        )
+        if refused is not None:
+            raise KafkaException(refused)
         self._producer.poll(0)
 
     def _report(
-        self, letter: DeadLetter, entry: list[int]
+        self, letter: DeadLetter, prefix: FinalPrefix[None]
     ) -> Callable[[KafkaError | None, Message], None]:
         def report(err: KafkaError | None, msg: Message) -> None:
-            entry[1] = _FAILED if err is not None else _DONE
-            if err is not None:
+            if err is None:
+                prefix.release(letter.dlq_offset)
+            else:  # stays open: nothing from it on is committed, the next run retries
                 self.errors.append(
                     f"dlq {letter.dlq_partition}@{letter.dlq_offset} -> {msg.topic()}: {err.str()}"
                 )
@@ -394,23 +397,15 @@ class Replayer:
             if left:
                 self.errors.append(f"{left} record(s) not acknowledged within {FLUSH_TIMEOUT}s")
         self._unsettled = 0
-        offsets: dict[int, int] = {}
-        healthy = True
-        for partition, entries in self._track.items():
-            done = 0
-            while done < len(entries) and entries[done][1] == _DONE:
-                done += 1
-            if done:
-                offsets[partition] = entries[done - 1][0] + 1
-            failed = [e for e in entries[done:] if e[1] != _DONE]
-            if failed:
-                healthy = False
-                self.report.failed += len(failed)
-                for e in failed:
-                    e[1] = _DONE  # counted once; still uncommitted, so retried next run
-                entries.clear()  # after a failure nothing later may be committed
-            else:
-                del entries[:done]
+        offsets = {
+            partition: position
+            for partition, prefix in self._prefixes.items()
+            if (position := prefix.position) is not None
+        }
+        # Open now means refused, failed or not acknowledged in time: each is counted
+        # once, as the run stops at the first settle that finds any.
+        self.report.failed = sum(len(prefix) for prefix in self._prefixes.values())
+        healthy = not self.report.failed
         if offsets and not self.options.dry_run:
             self.reader.commit(offsets)
             self.report.committed.update(offsets)

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from streamguard import exitcodes
 from streamguard.errors import ConfigurationError
 from streamguard.observe.logs import configure_logging
 from streamguard.runtime.service import ConsumerService
@@ -41,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cls = load_service_class(args.target)
     kafka_config = kafka_config_from_args(args.kafka_config)
     if args.kafka_config_json:
-        kafka_config.update(json.loads(args.kafka_config_json))
+        kafka_config.update(_json_config(args.kafka_config_json))
     service = cls(
         bootstrap_servers=args.bootstrap_servers,
         kafka_config=kafka_config,
@@ -49,7 +50,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
     )
     service.run()
-    return 0
+    return exitcodes.OK
+
+
+def _json_config(text: str) -> dict[str, Any]:
+    """``--kafka-config-json``: a JSON object of librdkafka settings, or a usage error."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"--kafka-config-json is not valid JSON ({exc}); pass an object such as "
+            """'{"session.timeout.ms": 6000}' (quote it for your shell)"""
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ConfigurationError(
+            "--kafka-config-json must be a JSON object of librdkafka settings, got "
+            f"{type(parsed).__name__}"
+        )
+    return parsed
 
 
 def add_run_parser(sub: Any) -> None:

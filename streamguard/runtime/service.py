@@ -33,7 +33,12 @@ from streamguard.runtime.pipeline import ServicePipeline
 from streamguard.runtime.poller import Poller
 from streamguard.schema.drift import FirstSeen, producer_of
 from streamguard.settings import client_config, redact
-from streamguard.topics import check_topic_name, create_topics
+from streamguard.topics import (
+    MAX_RECORD_BYTES,
+    check_topic_name,
+    create_topics,
+    dead_letter_topic_for,
+)
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -60,7 +65,7 @@ DLQ_PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
     "linger.ms": 5,
-    "message.max.bytes": 64 * 1024 * 1024,
+    "message.max.bytes": MAX_RECORD_BYTES,
     "message.timeout.ms": 30_000,
 }
 # Consumer-only librdkafka properties: the DLQ producer shares the user's kafka_config
@@ -159,7 +164,7 @@ class ConsumerService:
         """
         cls = type(self)
         self.name = cls.service_name or cls.__name__
-        self.dead_letter_topic_name = cls.dead_letter_topic or f"{cls.topic}.dlq"
+        self.dead_letter_topic_name = cls.dead_letter_topic or dead_letter_topic_for(cls.topic)
         consumer_defaults = {**CONSUMER_DEFAULTS, "group.id": cls.group_id}
         self._consumer_config = client_config(bootstrap_servers, kafka_config, consumer_defaults)
         shared = {

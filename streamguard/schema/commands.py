@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+from streamguard import exitcodes
 from streamguard.config import ProjectConfig, load_project_config
 from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError
@@ -28,8 +29,6 @@ from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
 from streamguard.schema.report import FORMATS, render
 from streamguard.schema.store import SchemaStore, dump_schema
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_schema_parser(subparsers: Any) -> None:
@@ -112,13 +111,13 @@ def _export(args: argparse.Namespace) -> int:
                 doc["avsc"] = contract_avro_schema(c)
             docs.append(doc)
         sys.stdout.write(dump_schema(docs))
-        return EXIT_OK
+        return exitcodes.OK
     out = SchemaStore(args.out)
     for c in contracts:
         print(out.write(c.__subject__, c.__version__, c.json_schema()))
         if c.__wire_format__ == "avro":
             print(out.write(c.__subject__, c.__version__, contract_avro_schema(c), ".avsc"))
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def _results(args: argparse.Namespace) -> tuple[ProjectConfig, SchemaStore, list[SubjectResult]]:
@@ -153,7 +152,7 @@ def _print_report(args: argparse.Namespace, results: list[SubjectResult]) -> Non
 def _check(args: argparse.Namespace) -> int:
     _, _, results = _results(args)
     _print_report(args, results)
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+    return exitcodes.OK if all(r.ok for r in results) else exitcodes.FAILED
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -171,7 +170,7 @@ def _register(args: argparse.Namespace) -> int:
                 f"schema; bump __version__ to {max(store.versions(result.subject)) + 1}",
                 file=sys.stderr,
             )
-        return EXIT_FAILED
+        return exitcodes.FAILED
     refused = [r for r in changed if not r.ok]
     if refused and not args.force:
         _print_report(args, refused)
@@ -180,7 +179,7 @@ def _register(args: argparse.Namespace) -> int:
             'Fix the contracts, or use --force --reason "..." to record a deliberate break.',
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return exitcodes.FAILED
     contracts = _contracts(load_project_config(args.config))
     for result in changed:
         contract = contracts[result.subject]
@@ -204,7 +203,7 @@ def _register(args: argparse.Namespace) -> int:
     for result in results:
         if not result.changed:
             print(f"{result.subject}: v{result.version} unchanged")
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def _version(text: str) -> int:
@@ -239,7 +238,7 @@ def _diff(args: argparse.Namespace) -> int:
         comparison = _subject_comparison(args, config, store, policy)
         mode = _mode(args, config, args.subject)
     print(render([(mode, [comparison])], args.format, everything=True))
-    return EXIT_FAILED if comparison.breaking(mode) else EXIT_OK
+    return exitcodes.FAILED if comparison.breaking(mode) else exitcodes.OK
 
 
 def _subject_comparison(

@@ -1,0 +1,12 @@
+"""Exit codes of every ``streamguard`` command, so scripts and CI can tell them apart."""
+
+from __future__ import annotations
+
+OK = 0
+"""Success; for a check, nothing breaking was found."""
+FAILED = 1
+"""A check found a breaking change, or an operation failed (e.g. a replay send)."""
+USAGE = 2
+"""Bad usage or configuration, or a cluster or file that could not be reached."""
+INTERRUPTED = 130
+"""Stopped by Ctrl-C (128 + SIGINT), as shells report it."""
