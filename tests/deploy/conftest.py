@@ -1,9 +1,10 @@
 """Fixtures for the deployment assets: the Prometheus tools, and the runtime fixtures.
 
-``promtool`` and ``prometheus`` come from Debian's ``prometheus`` package. Without them
-these tests skip with the install command, unless ``STREAMGUARD_REQUIRE_PROMETHEUS=1``
-(set by ``.ci/run``), which turns the skip into a failure so CI cannot pass by not
-checking.
+``promtool`` and ``prometheus`` come from Debian's ``prometheus`` package,
+``docker-compose`` from its ``docker-compose`` package. Without them these tests skip
+with the install command, unless ``STREAMGUARD_REQUIRE_PROMETHEUS=1`` (set by
+``.ci/run``, which installs all three), which turns the skip into a failure so CI
+cannot pass by not checking.
 """
 
 from __future__ import annotations
@@ -46,15 +47,12 @@ scrape_configs:
 """
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str = "prometheus") -> str:
     """The path of ``name``; skip without it, or fail when the environment requires it."""
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = (
-        f"{name} is not installed; install it with `apt-get install -y prometheus` "
-        "(Debian's package provides promtool and the server)"
-    )
+    reason = f"{name} is not installed; install it with `apt-get install -y {package}`"
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 forbids skipping", pytrace=False)
     pytest.skip(reason)
@@ -70,6 +68,12 @@ def promtool() -> str:
 def prometheus_binary() -> str:
     """The ``prometheus`` server binary."""
     return require_tool("prometheus")
+
+
+@pytest.fixture
+def docker_compose() -> str:
+    """Docker Compose (Debian's 1.29), which validates a compose file without a daemon."""
+    return require_tool("docker-compose", "docker-compose")
 
 
 class PrometheusServer:
