@@ -76,6 +76,10 @@ class BatchHistogram(Collector):
                 counts[i] += n
             sums[0] += total
 
+    def start(self, label_value: str) -> None:
+        """Create the series with every bucket at zero, before its first observation."""
+        self.observe_many(label_value, ())
+
     def count(self, label_value: str) -> int:
         with self._lock:
             series = self._series.get(label_value)
@@ -182,7 +186,8 @@ class ServiceMetrics:
 
         A counter series that appears only with its first increment is invisible to
         ``rate()`` and ``increase()`` for that increment, so an alert on "any dead
-        letter" would miss the first one.
+        letter" would miss the first one, and the handler latency panel and alert
+        would see nothing until a second batch.
         """
         for outcome in ("handled", "dead_lettered"):
             self.messages.labels(topic, outcome)
@@ -190,3 +195,4 @@ class ServiceMetrics:
             self.dead_letters.labels(topic, reason)
         self.retries.labels(topic)
         self.dead_letter_failures.labels(topic)
+        self.handler_seconds.start(topic)

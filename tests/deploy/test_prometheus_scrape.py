@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import subprocess
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Producer
@@ -18,21 +11,8 @@ from confluent_kafka import Producer
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
-from tests.deploy.conftest import PROMETHEUS_DIR, ROOT
+from tests.deploy.conftest import ROOT, PrometheusServer
 from tests.runtime.conftest import Running, order, wait_for
-
-SCRAPE_CONFIG = """\
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {rules}
-scrape_configs:
-  - job_name: streamguard
-    static_configs:
-      - targets: ["127.0.0.1:{target}"]
-"""
-
 
 PROMQL_START = ("streamguard_", "sum", "rate", "increase", "histogram_quantile", "up{")
 
@@ -48,74 +28,7 @@ def runbook_queries() -> list[str]:
     return [line for line in lines if line.startswith(PROMQL_START)]
 
 
-class PrometheusServer:
-    """A ``prometheus`` process on loopback, queried through its HTTP API."""
-
-    def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
-        self.port = free_port()
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            SCRAPE_CONFIG.format(rules=PROMETHEUS_DIR / "alerts.yml", target=target_port)
-        )
-        self.log = workdir / "prometheus.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.load(response)["data"]
-        except OSError:
-            return None  # not listening yet
-
-    def query(self, expr: str, label: str) -> dict[str, float]:
-        """The instant vector ``expr`` as {value of ``label``: sample value}."""
-        data = self.api("query", query=expr)
-        if data is None:
-            return {}
-        return {s["metric"].get(label, ""): float(s["value"][1]) for s in data["result"]}
-
-    def stop(self) -> None:
-        """Stop the server by its PID; kill it if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-
-
-@pytest.fixture
-def prometheus_server(
-    prometheus_binary: str, tmp_path: Path
-) -> Iterator[Callable[[int], PrometheusServer]]:
-    """Start a Prometheus server scraping 127.0.0.1:PORT every second; stopped at the end."""
-    started: list[PrometheusServer] = []
-
-    def start(target_port: int) -> PrometheusServer:
-        server = PrometheusServer(prometheus_binary, tmp_path, target_port)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
+@pytest.mark.broker
 def test_prometheus_scrapes_message_outcomes(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
