@@ -149,14 +149,6 @@ class SchemaDrift(StreamguardError):
         super().__init__(f"{subject}: schema drift ({', '.join(self.kinds)})")
 
 
-class HandlerAbandoned(BaseException):  # not an error: control flow
-    """Raised in a worker whose handler outlived the shutdown timeout.
-
-    A ``BaseException`` so that no handler or retry policy catches it: the message
-    reaches no outcome, stays uncommitted and is delivered again after the restart.
-    """
-
-
 class DeliveryFailed(StreamguardError):
     """The broker did not acknowledge one or more produced records.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import stamp_headers
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import headers_for
+from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.service import ConsumerService
@@ -44,6 +46,8 @@ from streamguard.runtime.spec import ServiceSpec
 
 __all__ = ["Outcome", "ServiceHarness", "dead_letter_headers_of", "message_context", "record"]
 
+# Real seconds a record may take on the event loop (handlers really run).
+_LOOP_TIMEOUT = 30.0
 # Passes of the lane per record; far above any retry policy's attempts.
 _MAX_PASSES = 10_000
 # Used when a test gives no bootstrap address: nothing connects to it.
@@ -185,21 +189,34 @@ class ServiceHarness:
         self.spec: ServiceSpec = service._spec()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._max_attempts = max_attempts
+        self._clock = _VirtualClock()
+        self._dead_letters = _MemoryDeadLetters(self.spec)
+        self.pipeline = Pipeline(self.spec, self._dead_letters, ServiceMetrics(self.registry))
+        self._lane = PartitionLane(0, self.pipeline, clock=self._clock)
+        self._next_offset = 0
+        self._calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        if self.spec.needs_event_loop:
+        self._runner: LoopRunner | None = None
+        self._delays: list[float] = []
+        self._stalled = threading.Event()
+        if self.spec.on_event_loop:
+            # The service's handlers run on an event loop (async, or key/no ordering):
+            # drive the same LoopRunner a running service uses, with a virtual sleep.
             self._loop = asyncio.new_event_loop()
             self._loop_thread = threading.Thread(
                 target=self._loop.run_forever, name="streamguard-testing-loop", daemon=True
             )
             self._loop_thread.start()
-        self._clock = _VirtualClock()
-        self._dead_letters = _MemoryDeadLetters(self.spec)
-        self.pipeline = Pipeline(
-            self.spec, self._dead_letters, ServiceMetrics(self.registry), self._loop
-        )
-        self._lane = PartitionLane(0, self.pipeline, clock=self._clock)
-        self._next_offset = 0
+            self._runner = LoopRunner(
+                self.pipeline,
+                self._loop,
+                self.spec.ordering,
+                self.spec.options.max_in_flight,
+                sleep=self._virtual_sleep,
+                clock=self._clock,
+            )
+            self._lane = LoopLane(0, self.pipeline, self._runner)
 
     def __enter__(self) -> ServiceHarness:
         return self
@@ -209,6 +226,8 @@ class ServiceHarness:
 
     def close(self) -> None:
         """Stop the event loop of async handlers, if one was started."""
+        if self._runner is not None:
+            self._runner.shutdown()
         if self._loop is not None and self._loop_thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(timeout=5)
@@ -250,7 +269,68 @@ class ServiceHarness:
         )
         return self._process(msg)
 
+    async def _virtual_sleep(self, seconds: float) -> None:
+        """Record a retry wait and skip it; at ``max_attempts``, wait for good."""
+        self._delays.append(seconds)
+        self._clock.now += seconds
+        if self._max_attempts is not None and self._calls >= self._max_attempts:
+            self._stalled.set()
+            await asyncio.Event().wait()  # cancelled when the harness moves on
+
     def _process(self, msg: Record) -> Outcome:
+        if self._runner is not None:
+            return self._process_on_loop(msg)
+        return self._process_on_worker(msg)
+
+    def _process_on_loop(self, msg: Record) -> Outcome:
+        lane, offset = self._lane, msg.offset()
+        self._delays, self._calls = [], 0
+        self._stalled.clear()
+        runner = self._runner
+        assert runner is not None
+        handle = runner._handle
+
+        async def counted(*args: Any) -> Any:
+            self._calls += 1
+            return await handle(*args)
+
+        runner._handle = counted
+        try:
+            lane.enqueue([msg])
+            lane.drain()
+            deadline = time.monotonic() + _LOOP_TIMEOUT
+            while not self._final(offset):
+                if self._stalled.is_set():
+                    lane.close()  # cancels the wait; later records get a fresh lane
+                    self._lane = LoopLane(0, self.pipeline, runner)
+                    return Outcome("waiting", offset, self._calls, retry_delays=self._delays)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"record {offset} found no outcome in {_LOOP_TIMEOUT}s")
+                time.sleep(0.001)
+        finally:
+            runner._handle = handle
+        return self._outcome(offset, self._calls, self._delays)
+
+    def _final(self, offset: int) -> bool:
+        position = self._lane.commit_position()
+        return position is not None and position > offset
+
+    def _outcome(self, offset: int, calls: int, delays: list[float]) -> Outcome:
+        letter = self._dead_letters.letters.pop(offset, None)
+        if letter is None:
+            return Outcome("handled", offset, calls, retry_delays=delays)
+        failure, headers = letter
+        return Outcome(
+            "dead_lettered",
+            offset,
+            calls,
+            reason=failure.reason,
+            error=failure.error,
+            retry_delays=delays,
+            dead_letter_headers=headers,
+        )
+
+    def _process_on_worker(self, msg: Record) -> Outcome:
         lane, clock = self._lane, self._clock
         offset = msg.offset()
         delays: list[float] = []
@@ -277,19 +357,7 @@ class ServiceHarness:
                 claimed = claimed or lane.claim_if_due(clock.now)
         finally:
             calls.restore()
-        letter = self._dead_letters.letters.pop(offset, None)
-        if letter is None:
-            return Outcome("handled", offset, calls.count, retry_delays=delays)
-        failure, headers = letter
-        return Outcome(
-            "dead_lettered",
-            offset,
-            calls.count,
-            reason=failure.reason,
-            error=failure.error,
-            retry_delays=delays,
-            dead_letter_headers=headers,
-        )
+        return self._outcome(offset, calls.count, delays)
 
 
 class _CallCounter:

@@ -176,10 +176,42 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.handlers_in_flight = Gauge(
+            "streamguard_handlers_in_flight",
+            "Handlers running now on the event loop or its thread pool (async handlers, "
+            "key or no ordering); at most ServiceOptions.max_in_flight.",
+            ["topic"],
+            registry=registry,
+        )
+        self.handlers_limit = Gauge(
+            "streamguard_handlers_limit",
+            "ServiceOptions.max_in_flight: the most handlers that may run at once.",
+            ["topic"],
+            registry=registry,
+        )
+        self.waiting_for_key = Gauge(
+            "streamguard_waiting_for_key",
+            "Records queued behind an earlier record of the same key (ordering = key).",
+            ["topic"],
+            registry=registry,
+        )
+
     def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
         """Compute the gauges at scrape time from the runtime's own state."""
         self.inflight.labels(topic).set_function(inflight)
         self.paused_partitions.labels(topic).set_function(paused)
+
+    def track_handlers(
+        self,
+        topic: str,
+        running: Callable[[], float],
+        waiting: Callable[[], float],
+        limit: int,
+    ) -> None:
+        """The event loop's gauges: handlers running, records waiting for their key."""
+        self.handlers_in_flight.labels(topic).set_function(running)
+        self.waiting_for_key.labels(topic).set_function(waiting)
+        self.handlers_limit.labels(topic).set(limit)
 
     def start_series(self, topic: str, reasons: Iterable[str]) -> None:
         """Create each labelled series at zero before its first event.

@@ -44,8 +44,17 @@ class Assignment:
         lag: LagMonitor,
         on_assigned: Callable[[list[int]], None],
         on_revoked: Callable[[list[int]], None],
+        new_lane: Callable[[int], PartitionLane] | None = None,
+        give_up: Callable[[], None] | None = None,
     ) -> None:
+        """Args:
+        new_lane: builds the lane of a newly assigned partition (worker-thread lanes
+            by default; event-loop lanes for services whose handlers run there).
+        give_up: called when shutdown stopped waiting for handlers still running.
+        """
         self.lanes: dict[int, PartitionLane] = {}
+        self._new_lane = new_lane or (lambda part: PartitionLane(part, pipeline))
+        self._give_up = give_up or (lambda: None)
         self._pipeline = pipeline
         self._publisher = publisher
         self._options = options
@@ -66,7 +75,7 @@ class Assignment:
             return
         for tp in partitions:
             if tp.partition not in self.lanes:
-                self.lanes[tp.partition] = PartitionLane(tp.partition, self._pipeline)
+                self.lanes[tp.partition] = self._new_lane(tp.partition)
         self.assigned_once = True
         parts = [tp.partition for tp in partitions]
         log.info("partitions assigned", extra={"partitions": parts})
@@ -119,4 +128,4 @@ class Assignment:
         self.lanes.clear()
         self.settle(lanes, self._options.shutdown_timeout)
         self.closed = True
-        self._pipeline.abandon.set()  # handlers still running are given up on
+        self._give_up()  # handlers still running are given up on

@@ -22,7 +22,6 @@ from confluent_kafka import KafkaError
 
 from streamguard.deadletter import Failure
 from streamguard.errors import (
-    HandlerAbandoned,
     SchemaDrift,
 )
 from streamguard.headers import Record
@@ -93,7 +92,9 @@ class PartitionLane:
         self.idle = threading.Event()  # set while no handler of this lane is running
         self.idle.set()
         self.retry: RetryState | None = None
-        self.offsets: FinalPrefix[PendingDeadLetter] = FinalPrefix()
+        # Open offsets: dead letters awaiting acknowledgement, and (on the event loop,
+        # under key or no ordering) records still running, whose item is None.
+        self.offsets: FinalPrefix[PendingDeadLetter | None] = FinalPrefix()
         self.first_fetched: int | None = None  # offset of the first record since assigned
         self.done_in_batch = 0
 
@@ -144,7 +145,7 @@ class PartitionLane:
 
     def failed_dead_letters(self) -> list[PendingDeadLetter]:
         with self.lock:
-            return [p for p in self.offsets.open_items() if p.failed]
+            return [p for p in self.offsets.open_items() if p is not None and p.failed]
 
     # -- worker thread ---------------------------------------------------------------
 
@@ -171,10 +172,6 @@ class PartitionLane:
             self.done_in_batch = 0
             try:
                 self._process(batch)
-            except HandlerAbandoned:
-                with self.lock:
-                    self.scheduled = False
-                raise
             except BaseException:
                 log.exception("partition lane crashed", extra={"partition": self.partition})
                 with self.lock:
@@ -276,4 +273,3 @@ class PartitionLane:
             pending.in_flight = False
             pending.error = error.str()
         self.pipeline.dead_letter_failed(error)
-

@@ -41,6 +41,9 @@ class ServiceOptions:
         startup_timeout: seconds to reach the cluster before ``run()`` fails.
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
             write a dead letter while the DLQ is unwritable.
+        max_in_flight: handlers running at once, service-wide, on the event loop (async
+            handlers, and any handler under ``ordering = "key"`` or ``"none"``); sync
+            handlers there run on a thread pool of this size.
     """
 
     batch_size: int = 500
@@ -53,9 +56,10 @@ class ServiceOptions:
     shutdown_timeout: float = 10.0
     startup_timeout: float = 30.0
     dead_letter_backoff_max: float = 10.0
+    max_in_flight: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_buffered", "workers", "drift_sample"):
+        for name in ("batch_size", "max_buffered", "workers", "drift_sample", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"ServiceOptions.{name} must be at least 1")
         if not 0 <= self.pause_after <= 5:

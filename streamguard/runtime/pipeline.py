@@ -9,9 +9,7 @@ module decides what happens to one message.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +22,6 @@ from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterSink
-from streamguard.runtime.handlers import invoker
 from streamguard.runtime.spec import ServiceSpec
 from streamguard.schema.drift import DriftDetector, FirstSeen, producer_of
 
@@ -65,7 +62,6 @@ class Pipeline:
         spec: ServiceSpec,
         publisher: DeadLetterSink,
         metrics: ServiceMetrics,
-        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.spec = spec
         self.topic = spec.topic
@@ -87,13 +83,10 @@ class Pipeline:
         self._handled = metrics.messages.labels(self.topic, "handled")
         self._dead_lettered = metrics.messages.labels(self.topic, "dead_lettered")
         self._retries = metrics.retries.labels(self.topic)
-        self.abandon = threading.Event()  # set when shutdown stops waiting for handlers
-        self.invoke = invoker(spec.handle, loop, self.abandon)
-        self._tombstone = (
-            invoker(spec.handle_tombstone, loop, self.abandon)
-            if spec.handle_tombstone is not None
-            else None
-        )
+        # Called on worker threads, for sync handlers under partition ordering; every
+        # other service runs its handlers on the event loop (see eventloop).
+        self.invoke: Callable[[Any, MessageContext], Any] = spec.handle
+        self._tombstone = spec.handle_tombstone
         self._on_dead_letter = spec.on_dead_letter
 
     def invoke_tombstone(self, ctx: MessageContext) -> bool:

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -25,8 +26,10 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.deadletters import DeadLetterPublisher
+from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.flow import FlowControl
 from streamguard.runtime.lag import LagMonitor
+from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.scheduler import Scheduler
@@ -84,6 +87,7 @@ class ServiceRuntime:
         self._poller: Poller | None = None
         self._publisher: DeadLetterPublisher | None = None
         self._committer: Committer | None = None
+        self._loop_runner: LoopRunner | None = None
         self._running = False
 
     def run(self) -> None:
@@ -139,6 +143,8 @@ class ServiceRuntime:
                     log.warning("consumer close failed", extra={"error": str(exc)})
             if health is not None:
                 health.stop()
+            if self._loop_runner is not None:
+                self._loop_runner.shutdown()
             if loop is not None and loop_thread is not None:
                 loop.call_soon_threadsafe(loop.stop)
                 loop_thread.join(timeout=5)
@@ -151,13 +157,35 @@ class ServiceRuntime:
     ) -> tuple[Poller, Scheduler]:
         spec, metrics, options = self.spec, self.metrics, self.spec.options
         publisher = DeadLetterPublisher(spec, dlq, metrics)
-        pipeline = Pipeline(spec, publisher, metrics, loop)
+        pipeline = Pipeline(spec, publisher, metrics)
         flow = FlowControl(consumer, spec.topic, options)
         committer = Committer(consumer, spec.topic, metrics)
         lag = LagMonitor(consumer, spec.topic, metrics)
         hooks = self._hooks
+        new_lane: Callable[[int], PartitionLane] | None = None
+        give_up: Callable[[], None] | None = None
+        if loop is not None:
+            runner = LoopRunner(pipeline, loop, spec.ordering, options.max_in_flight)
+            self._loop_runner = runner
+            new_lane = partial(LoopLane, pipeline=pipeline, runner=runner)
+            give_up = runner.cancel_all
+            metrics.track_handlers(
+                spec.topic,
+                lambda: float(runner.running),
+                lambda: float(runner.waiting),
+                options.max_in_flight,
+            )
         assignment = Assignment(
-            pipeline, publisher, options, flow, committer, lag, hooks.on_assign, hooks.on_revoke
+            pipeline,
+            publisher,
+            options,
+            flow,
+            committer,
+            lag,
+            hooks.on_assign,
+            hooks.on_revoke,
+            new_lane=new_lane,
+            give_up=give_up,
         )
         poller = Poller(consumer, spec.topic, options, assignment, publisher, flow, committer, lag)
         scheduler = Scheduler(poller, options.workers)
@@ -244,7 +272,7 @@ class ServiceRuntime:
     def _start_event_loop(
         self,
     ) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None]:
-        if not self.spec.needs_event_loop:
+        if not self.spec.on_event_loop:
             return None, None
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="streamguard-loop", daemon=True)

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 
-from streamguard.errors import HandlerAbandoned
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.poller import Poller
 
@@ -126,8 +125,6 @@ class Scheduler:
                 if not claimed:
                     return  # nothing fetched: the supervisor waits for more
                 self._make_ready(claimed)
-        except HandlerAbandoned:
-            pass  # shutdown gave up on this handler; nothing else to do
         except BaseException as exc:
             self.failure = exc
             self.stopping.set()

@@ -21,7 +21,7 @@ from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.runner import Hooks, ServiceRuntime
-from streamguard.runtime.spec import DriftPolicy, ServiceSpec
+from streamguard.runtime.spec import DriftPolicy, Ordering, ServiceSpec
 from streamguard.settings import client_config, redact
 from streamguard.topics import (
     MAX_RECORD_BYTES,
@@ -101,7 +101,11 @@ class ConsumerService:
             ``schema_drift``).
         include_error_text: publish any handler exception's text in DLQ headers; by
             default only streamguard's own errors keep their text (see deadletter).
-        options: ``ServiceOptions`` (batching, buffers, timeouts).
+        ordering: ``"partition"`` (default): one record at a time per partition, in
+            offset order. ``"key"``: one at a time per record key, different keys of a
+            partition concurrently (up to ``options.max_in_flight``), for handlers
+            that wait on I/O. ``"none"``: any order, for idempotent handlers.
+        options: ``ServiceOptions`` (batching, buffers, timeouts, handlers in flight).
         service_name: stamped as ``sg-dlq-service``; the class name by default.
     """
 
@@ -113,6 +117,7 @@ class ConsumerService:
     transient: ClassVar[tuple[type[BaseException], ...]] = DEFAULT_TRANSIENT
     codec: ClassVar[Codec | None] = None
     drift: ClassVar[DriftPolicy] = "count"
+    ordering: ClassVar[Ordering] = "partition"
     include_error_text: ClassVar[bool] = False
     options: ClassVar[ServiceOptions] = ServiceOptions()
     service_name: ClassVar[str | None] = None
@@ -184,6 +189,7 @@ class ConsumerService:
             transient=tuple(cls.transient),
             codec=codec_for(cls.contract, cls.codec),
             drift=cls.drift,
+            ordering=cls.ordering,
             include_error_text=cls.include_error_text,
             options=cls.options,
             handle=self.handle,
@@ -289,6 +295,11 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         raise ConfigurationError(
             f"{name}.transient must be a tuple of exception types, e.g. "
             "(sg.TransientError, TimeoutError)"
+        )
+    if cls.ordering not in ("partition", "key", "none"):
+        raise ConfigurationError(
+            f"{name}.ordering must be 'partition' (one record at a time per partition), "
+            "'key' (one at a time per key, keys concurrently) or 'none' (any order)"
         )
     if cls.drift not in ("count", "dead_letter"):
         raise ConfigurationError(f"{name}.drift must be 'count' or 'dead_letter'")

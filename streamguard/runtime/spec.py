@@ -21,6 +21,7 @@ from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 
 DriftPolicy = Literal["count", "dead_letter"]
+Ordering = Literal["partition", "key", "none"]
 Handler = Callable[[Any, MessageContext], Awaitable[None] | None]
 TombstoneHandler = Callable[[MessageContext], Awaitable[None] | None]
 DeadLetterHook = Callable[[MessageContext, Failure], None]
@@ -44,10 +45,14 @@ class ServiceSpec:
     handle: Handler
     handle_tombstone: TombstoneHandler | None = None
     on_dead_letter: DeadLetterHook | None = None
+    ordering: Ordering = "partition"
 
     @property
-    def needs_event_loop(self) -> bool:
-        """True when a handler is ``async def``: the runtime then runs an event loop."""
-        return inspect.iscoroutinefunction(self.handle) or inspect.iscoroutinefunction(
-            self.handle_tombstone
+    def on_event_loop(self) -> bool:
+        """True when handlers run on the event loop: an ``async def`` handler, or
+        ordering by key or none (see ``eventloop``); else on worker threads."""
+        return (
+            self.ordering != "partition"
+            or inspect.iscoroutinefunction(self.handle)
+            or inspect.iscoroutinefunction(self.handle_tombstone)
         )

@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 import streamguard as sg
-from examples.contracts import OrderPlaced
+from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
 from streamguard.observe.metrics import ServiceMetrics
 from tests.deploy.conftest import ROOT, SERVICE_LABEL, PrometheusServer

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 import streamguard as sg
-from examples.billing import Billing
+from streamguard.demo.billing import Billing
 from streamguard.runtime.service import CONSUMER_DEFAULTS
 from streamguard.settings import BOOTSTRAP_ENV
 from tests.deploy.conftest import ROOT

@@ -1,0 +1,343 @@
+"""Handlers on the service's event loop: async handlers, and key or no ordering.
+
+A lane whose handlers run here hands its fetched batches to the loop thread one batch
+at a time (``LoopLane.drain``), never a message at a time: a thread hand-off costs more
+than a handler that does not wait. On the loop, records are grouped by their *ordering
+key*, and each busy key has one task that runs its records one after another:
+
+- ``ordering = "partition"``: one key per partition, so records run in offset order,
+  as on a worker thread. Only async handlers take this path.
+- ``ordering = "key"``: the record's key. Records with the same key run one at a time
+  in offset order; different keys of a partition run concurrently. A record without a
+  key has nothing to be ordered with, so it runs on its own, as under ``"none"``.
+- ``ordering = "none"``: every record on its own, in any order (idempotent handlers).
+
+At most ``ServiceOptions.max_in_flight`` handlers run at once, service-wide. Async
+handlers are awaited on the loop; sync ones run on a bounded thread pool, so no
+handler ever runs on a thread that must keep polling. A transient failure retries
+with the policy's backoff while only its key waits (its later records queue behind
+it; other keys flow). A record's offset is held open in its lane's ``FinalPrefix``
+until its outcome is final, so the commit never passes an unfinished record.
+
+All state here is the loop thread's: other threads reach it only through
+``call_soon_threadsafe``. Counters read by gauges are plain ints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from streamguard.deadletter import Failure
+from streamguard.headers import Record
+from streamguard.runtime.context import MessageContext
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.outcomes import RetryState, judge
+from streamguard.runtime.pipeline import Pipeline
+from streamguard.runtime.spec import Ordering
+
+log = logging.getLogger("streamguard.runtime")
+
+Sleep = Callable[[float], Awaitable[None]]
+# While the DLQ is unwritable no record starts; this is how often that is checked.
+DLQ_WAIT = 0.05
+# Handler counts and durations are folded into the metrics this often at least.
+METRICS_EVERY = 0.5
+
+
+class LoopLane(PartitionLane):
+    """A partition whose records are processed on the event loop (see module doc)."""
+
+    def __init__(self, partition: int, pipeline: Pipeline, runner: LoopRunner) -> None:
+        super().__init__(partition, pipeline)
+        self.runner = runner
+        self.running = 0  # handlers of this lane running now (loop thread only)
+
+    def drain(self, max_batches: int = 1 << 30) -> bool:
+        """Hand every buffered batch to the loop; the records stay counted in
+        ``buffered`` until their outcome is final, which bounds memory."""
+        with self.lock:
+            batches = list(self.queue)
+            self.queue.clear()
+            self.scheduled = False
+            if self.closed or not batches:
+                return False
+            if self.runner.keyed:
+                for batch in batches:
+                    for msg in batch:
+                        self.offsets.hold(msg.offset(), None)
+        for batch in batches:
+            self.runner.submit(self, batch)
+        return False
+
+    def close(self) -> None:
+        super().close()
+        self.runner.close_lane(self)
+
+    def inflight(self) -> int:
+        with self.lock:
+            dead_letters = sum(1 for p in self.offsets.open_items() if p is not None)
+            return self.buffered + dead_letters
+
+    def finished(self, msg: Record, dead_letter: Failure | None) -> None:
+        """The record's outcome is final (handled) or decided (a dead letter to send)."""
+        offset = msg.offset()
+        with self.lock:
+            if not self.closed:  # close() already dropped the buffer's count
+                self.buffered -= 1
+            if dead_letter is None:
+                if self.runner.keyed:
+                    self.offsets.release(offset)
+                else:
+                    self.offsets.advance(offset + 1)
+        if dead_letter is not None:
+            self._dead_letter(msg, dead_letter)  # held open until the broker acknowledges
+
+
+class _KeyRun:
+    """The records of one busy ordering key, and the task that runs them in order."""
+
+    __slots__ = ("in_handler", "lane", "queue", "task")
+
+    def __init__(self, lane: LoopLane) -> None:
+        self.lane = lane
+        self.queue: deque[Record] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.in_handler = False
+
+
+class LoopRunner:
+    """Runs the records of every ``LoopLane`` of a service on its event loop."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        loop: asyncio.AbstractEventLoop,
+        ordering: Ordering,
+        max_in_flight: int,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        spec = pipeline.spec
+        self.pipeline = pipeline
+        self.loop = loop
+        self.ordering = ordering
+        self.keyed = ordering != "partition"
+        self._sleep = sleep
+        self._clock = clock
+        self._runs: dict[Hashable, _KeyRun] = {}
+        self._slots = max_in_flight
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self.running = 0  # handlers running now, service-wide (a gauge)
+        self.waiting = 0  # records queued behind a busy key (a gauge)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_in_flight, thread_name_prefix="streamguard-handler"
+        )
+        self._handle = self._caller(spec.handle)
+        self._tombstone = (
+            self._caller(spec.handle_tombstone) if spec.handle_tombstone is not None else None
+        )
+        self._handled = 0
+        self._retries = 0
+        self._durations: list[float] = []
+        self._flush_due = False
+        self._seen = 0
+
+    def _caller(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        if inspect.iscoroutinefunction(fn):
+            return fn
+        pool, loop = self._pool, self.loop
+
+        def in_pool(*args: Any) -> Awaitable[Any]:
+            return loop.run_in_executor(pool, fn, *args)
+
+        return in_pool
+
+    # -- any thread --------------------------------------------------------------------
+
+    def submit(self, lane: LoopLane, batch: list[Record]) -> None:
+        """Hand a batch to the loop: one thread hand-off per batch."""
+        self.loop.call_soon_threadsafe(self._accept, lane, batch)
+
+    def close_lane(self, lane: LoopLane) -> None:
+        """Stop a closed lane's work: nothing new starts; retry waits are cancelled."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._close, lane)
+
+    def cancel_all(self) -> None:
+        """Shutdown gave up waiting: cancel every task (their records stay uncommitted)."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._cancel_all)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the loop thread ---------------------------------------------------------------
+
+    def _accept(self, lane: LoopLane, batch: list[Record]) -> None:
+        if lane.closed:
+            return
+        runs = self._runs
+        if not self.keyed:
+            run = runs.get(lane)
+            if run is None:
+                run = runs[lane] = _KeyRun(lane)
+                run.queue.extend(batch)
+                run.task = self.loop.create_task(self._run(lane, run))
+            else:
+                run.queue.extend(batch)
+            return
+        by_key = self.ordering == "key"
+        for msg in batch:
+            key = msg.key() if by_key else None
+            if key is None:  # keyless, or ordering "none": a run of its own
+                run = _KeyRun(lane)
+                run.queue.append(msg)
+                run.task = self.loop.create_task(self._run(run, run))
+                runs[run] = run
+                continue
+            ident = (lane, key)
+            run = runs.get(ident)
+            if run is None:
+                run = runs[ident] = _KeyRun(lane)
+                run.queue.append(msg)
+                run.task = self.loop.create_task(self._run(ident, run))
+            else:
+                run.queue.append(msg)
+                self.waiting += 1
+
+    async def _run(self, ident: Hashable, run: _KeyRun) -> None:
+        lane = run.lane
+        queue = run.queue
+        try:
+            while queue and not lane.closed:
+                if await self._process(run, queue[0]):
+                    queue.popleft()
+                    if queue and self.keyed:
+                        self.waiting -= 1
+        except asyncio.CancelledError:
+            pass  # the lane was closed or the service gave up: records stay uncommitted
+        except BaseException:
+            log.exception("event-loop lane crashed", extra={"partition": lane.partition})
+            raise
+        finally:
+            if self.keyed and len(queue) > 1:
+                self.waiting -= len(queue) - 1
+            if self._runs.get(ident) is run:
+                del self._runs[ident]
+            self._schedule_flush()
+
+    async def _process(self, run: _KeyRun, msg: Record) -> bool:
+        """Take one record to its outcome; False if its lane closed first."""
+        lane, pipe = run.lane, self.pipeline
+        retry: RetryState | None = None
+        while not lane.closed:
+            while not pipe.can_process():
+                await self._sleep(DLQ_WAIT)  # the DLQ is unwritable: start nothing
+                if lane.closed:
+                    return False
+            attempt = 1 if retry is None else retry.attempt + 1
+            await self._take_slot()
+            run.in_handler = True
+            lane.running += 1
+            lane.idle.clear()
+            verdict: Failure | RetryState | None
+            try:
+                verdict = await self._attempt(msg, attempt)
+            except Exception as exc:
+                verdict = judge(exc, attempt, retry, pipe.retry, pipe.transient, self._clock())
+            finally:
+                run.in_handler = False
+                lane.running -= 1
+                if not lane.running:
+                    lane.idle.set()
+                self._give_slot()
+            if isinstance(verdict, RetryState):
+                retry = verdict
+                self._retries += 1
+                if not self.keyed:
+                    lane.retry = retry  # the whole partition waits: pause it
+                try:
+                    await self._sleep(max(0.0, retry.due - self._clock()))
+                finally:
+                    lane.retry = None
+                continue
+            # Final even if the lane closed meanwhile: revoke commits what finished.
+            if verdict is None:
+                self._handled += 1
+            lane.finished(msg, verdict)
+            self._schedule_flush()
+            return True
+        return False
+
+    async def _attempt(self, msg: Record, attempt: int) -> Failure | None:
+        """One try: decode, drift check, handler. A dead letter's failure, or None."""
+        pipe = self.pipeline
+        value = msg.value()
+        ctx = MessageContext(msg, attempt)
+        if value is None and self._tombstone is not None:
+            await self._tombstone(ctx)
+            return None
+        event = pipe.decode(value)
+        self._seen += 1
+        if not self._seen % pipe.drift_sample:
+            drift = pipe.inspect_drift(msg, value)
+            if drift is not None:
+                return Failure("schema_drift", drift)
+        start = time.perf_counter()
+        await self._handle(event, ctx)
+        self._durations.append(time.perf_counter() - start)
+        return None
+
+    async def _take_slot(self) -> None:
+        if self._slots > 0:
+            self._slots -= 1
+        else:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter  # the slot is handed over by _pass_slot
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_slot()  # handed a slot while being cancelled: pass it on
+                raise
+        self.running += 1
+
+    def _give_slot(self) -> None:
+        self.running -= 1
+        self._pass_slot()
+
+    def _pass_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                return
+        self._slots += 1
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_later(METRICS_EVERY if self._runs else 0.0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        handled, durations, retries = self._handled, self._durations, self._retries
+        self._handled, self._durations, self._retries = 0, [], 0
+        self.pipeline.record_batch(handled, durations, retries)
+
+    def _close(self, lane: LoopLane) -> None:
+        for run in list(self._runs.values()):
+            if run.lane is lane and not run.in_handler and run.task is not None:
+                run.task.cancel()  # waiting to retry or for a slot: give it up
+
+    def _cancel_all(self) -> None:
+        for run in list(self._runs.values()):
+            if run.task is not None:
+                run.task.cancel()
