@@ -47,12 +47,16 @@ log = logging.getLogger("streamguard.runtime")
 Sleep = Callable[[float], Awaitable[None]]
 # While the DLQ is unwritable no record starts; this is how often that is checked.
 DLQ_WAIT = 0.05
+# Records of an in-order run whose bookkeeping is folded into one lane update.
+_FOLD = 64
 # Handler counts and durations are folded into the metrics this often at least.
 METRICS_EVERY = 0.5
 
 
 class LoopLane(PartitionLane):
     """A partition whose records are processed on the event loop (see module doc)."""
+
+    hands_off = True
 
     def __init__(self, partition: int, pipeline: Pipeline, runner: LoopRunner) -> None:
         super().__init__(partition, pipeline)
@@ -216,6 +220,8 @@ class LoopRunner:
         lane = run.lane
         queue = run.queue
         try:
+            if not self.keyed:
+                await self._run_in_order(run)
             while queue and not lane.closed:
                 if await self._process(run, queue[0]):
                     queue.popleft()
@@ -233,10 +239,86 @@ class LoopRunner:
                 del self._runs[ident]
             self._schedule_flush()
 
-    async def _process(self, run: _KeyRun, msg: Record) -> bool:
-        """Take one record to its outcome; False if its lane closed first."""
+    async def _run_in_order(self, run: _KeyRun) -> None:
+        """Partition order, the fast path: first attempts inline, a batch's bookkeeping
+        folded into one update per ``_FOLD`` records.
+
+        A record that needs more than one straight attempt (a retry, an unwritable
+        DLQ) leaves this loop to ``_process``, which then continues the queue.
+        """
+        lane, queue, pipe = run.lane, run.queue, self.pipeline
+        decode, handle, tombstone = pipe.decode, self._handle, self._tombstone
+        inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
+        clock, durations = time.perf_counter, self._durations
+        done = end = 0
+        run.in_handler = True
+        lane.running += 1
+        lane.idle.clear()
+        try:
+            while queue and not lane.closed and pipe.can_process():
+                msg = queue[0]
+                value = msg.value()
+                ctx = MessageContext(msg, 1)
+                verdict: Failure | RetryState | None = None
+                try:
+                    if value is None and tombstone is not None:
+                        await tombstone(ctx)
+                    else:
+                        event = decode(value)
+                        self._seen += 1
+                        drift = None if self._seen % sample else inspect_drift(msg, value)
+                        if drift is not None:
+                            verdict = Failure("schema_drift", drift)
+                        else:
+                            start = clock()
+                            await handle(event, ctx)
+                            durations.append(clock() - start)
+                except Exception as exc:
+                    verdict = judge(exc, 1, None, pipe.retry, pipe.transient, self._clock())
+                if verdict is None:
+                    queue.popleft()
+                    done += 1
+                    end = msg.offset() + 1
+                    if done >= _FOLD:
+                        self._fold(lane, done, end)
+                        done = 0
+                    continue
+                self._fold(lane, done, end)
+                done = 0
+                if isinstance(verdict, Failure):
+                    queue.popleft()
+                    lane.finished(msg, verdict)
+                    continue
+                self._retries += 1
+                run.in_handler = False
+                if await self._process(run, msg, verdict):
+                    queue.popleft()
+                run.in_handler = True
+        finally:
+            self._fold(lane, done, end)
+            run.in_handler = False
+            lane.running -= 1
+            if not lane.running:
+                lane.idle.set()
+
+    def _fold(self, lane: LoopLane, done: int, end: int) -> None:
+        """Record ``done`` handled records of a lane, the last ending at ``end``."""
+        if done:
+            self._handled += done
+            with lane.lock:
+                lane.offsets.advance(end)
+                if not lane.closed:
+                    lane.buffered -= done
+            self._schedule_flush()
+
+    async def _process(self, run: _KeyRun, msg: Record, retry: RetryState | None = None) -> bool:
+        """Take one record to its outcome; False if its lane closed first.
+
+        ``retry``: the record already failed transiently; wait for it, then go on.
+        """
         lane, pipe = run.lane, self.pipeline
-        retry: RetryState | None = None
+        if retry is not None and not await self._wait_to_retry(lane, retry):
+            return False
         while not lane.closed:
             while not pipe.can_process():
                 await self._sleep(DLQ_WAIT)  # the DLQ is unwritable: start nothing
@@ -261,12 +343,7 @@ class LoopRunner:
             if isinstance(verdict, RetryState):
                 retry = verdict
                 self._retries += 1
-                if not self.keyed:
-                    lane.retry = retry  # the whole partition waits: pause it
-                try:
-                    await self._sleep(max(0.0, retry.due - self._clock()))
-                finally:
-                    lane.retry = None
+                await self._wait_to_retry(lane, retry)
                 continue
             # Final even if the lane closed meanwhile: revoke commits what finished.
             if verdict is None:
@@ -275,6 +352,16 @@ class LoopRunner:
             self._schedule_flush()
             return True
         return False
+
+    async def _wait_to_retry(self, lane: LoopLane, retry: RetryState) -> bool:
+        """Sleep until the retry is due (only this key waits); False if the lane closed."""
+        if not self.keyed:
+            lane.retry = retry  # the whole partition waits: flow control pauses it
+        try:
+            await self._sleep(max(0.0, retry.due - self._clock()))
+        finally:
+            lane.retry = None
+        return not lane.closed
 
     async def _attempt(self, msg: Record, attempt: int) -> Failure | None:
         """One try: decode, drift check, handler. A dead letter's failure, or None."""

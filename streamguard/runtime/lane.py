@@ -67,7 +67,7 @@ class PendingDeadLetter:
 
 
 class PartitionLane:
-    """Processing state of one partition.
+    """Processing state of one partition, processed on worker threads.
 
     ``lock`` guards every mutable field below: the queue and its counts, the claim
     (``scheduled``), ``closed``, the retry wait, the final-outcome prefix and its open
@@ -76,6 +76,8 @@ class PartitionLane:
     take it from whichever thread serves them. ``idle`` is an Event, set while no
     handler of this lane runs.
     """
+
+    hands_off = False  # drain() runs handlers; an event-loop lane only hands batches over
 
     def __init__(
         self, partition: int, pipeline: Pipeline, clock: Callable[[], float] = time.monotonic
@@ -145,6 +147,8 @@ class PartitionLane:
 
     def failed_dead_letters(self) -> list[PendingDeadLetter]:
         with self.lock:
+            if not self.offsets:
+                return []
             return [p for p in self.offsets.open_items() if p is not None and p.failed]
 
     # -- worker thread ---------------------------------------------------------------

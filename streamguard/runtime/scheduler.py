@@ -33,6 +33,9 @@ FALLBACK_POLL_GAP = 0.05
 # it. Below this, the busy worker serves it in turn (no thread hand-off); above it, a
 # slow handler on one partition must not hold up the others.
 HANDOFF_AFTER = 0.02
+# How long the supervisor waits when it fetched nothing because a partition is full
+# but draining, before it looks again.
+THROTTLE_WAIT = 0.002
 
 
 class Scheduler:
@@ -79,11 +82,23 @@ class Scheduler:
             with poller.lock:
                 if self.stopping.is_set():
                     break
-                self._make_ready(poller.poll_once(0.0 if active else 0.1))
+                claimed = poller.poll_once(0.0 if active else 0.1)
+            self._make_ready(claimed)
+            if not claimed and poller.flow.throttled:
+                # Nothing was fetched on purpose (a full partition is draining): let it
+                # drain rather than spin on the maintenance tick.
+                self._wake.wait(THROTTLE_WAIT)
+                self._wake.clear()
         if self.failure is not None:
             raise self.failure
 
     def _make_ready(self, lanes: list[PartitionLane]) -> None:
+        if lanes and lanes[0].hands_off:
+            # Event-loop lanes: draining only hands the batches over, with no
+            # handler run here, so it is done at once, on this thread.
+            for lane in lanes:
+                lane.drain()
+            return
         if lanes:
             now = time.monotonic()
             with self._ready_lock:
