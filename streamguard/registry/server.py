@@ -87,6 +87,7 @@ class RegistryServer:
             routes = api
 
         self._server = _Server((self._host, self._port), Handler)
+        self._port = int(self._server.server_address[1])  # a restart keeps the port
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="streamguard-registry", daemon=True
         )

@@ -23,6 +23,7 @@ from streamguard.errors import (
     ContractViolation,
     DecodeError,
     HandlerAbandoned,
+    RegistryUnavailable,
     RetriesExhausted,
     SchemaDrift,
 )
@@ -232,6 +233,11 @@ class PartitionLane:
                     self._dead_letter(msg, Failure(exc.reason, exc))  # type: ignore[arg-type]
                 except ContractViolation as exc:
                     self._dead_letter(msg, Failure("contract_violation", exc))
+                except RegistryUnavailable:
+                    # Not the message's fault: it waits for the registry, never dead-lettered.
+                    retry = self._wait_for_registry(attempt, retry)
+                    retries += 1
+                    break
                 except Exception as exc:
                     if classify(exc, pipe.transient) == "permanent":
                         self._dead_letter(msg, _failure("permanent_error", exc, attempt, retry))
@@ -266,6 +272,17 @@ class PartitionLane:
             error.__cause__ = exc
             return None, Failure("retries_exhausted", error, attempt, first_ms)
         return RetryState(attempt, first_ms, first_mono, now_mono + delay), None
+
+    def _wait_for_registry(self, attempt: int, retry: RetryState | None) -> RetryState:
+        """Back off as the retry policy does, but without its limits: an outage of the
+        schema registry holds the partition (like an unwritable DLQ), it spends no
+        message's attempts or budget."""
+        now_mono = time.monotonic()
+        first_ms = retry.first_failure_ms if retry else int(time.time() * 1000)
+        first_mono = retry.first_failure_mono if retry else now_mono
+        policy = self.pipeline.retry
+        delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
+        return RetryState(attempt, first_ms, first_mono, now_mono + delay)
 
     def _dead_letter(self, msg: Record, failure: Failure) -> None:
         pending = PendingDeadLetter(msg, failure)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from streamguard.codecs import codec_for
 from streamguard.deadletter import REASONS, Failure, Reason, dead_letter_headers
 from streamguard.errors import HandlerAbandoned, SchemaDrift
 from streamguard.headers import Record
@@ -54,7 +53,7 @@ class ServicePipeline:
         self._service = service
         self._dlq = dlq_producer
         self._loop = loop
-        codec = codec_for(cls.contract, cls.codec)
+        codec = service.wire_codec
         self.decode: Callable[[bytes | None], Any] = codec.decoder(cls.contract)
         self._drift = DriftDetector(cls.contract)
         self._drift_dead_letters = cls.drift == "dead_letter"

@@ -21,12 +21,14 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
 from streamguard import headers as h
-from streamguard.codecs import Codec, codec_for
+from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.health import HealthServer
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
+from streamguard.registry.client import redact_registry_config, resolve_registry_config
+from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.pipeline import ServicePipeline
@@ -142,6 +144,7 @@ class ConsumerService:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
+        schema_registry: Mapping[str, Any] | str | None = None,
     ) -> None:
         """Configure the service; nothing connects until ``run()``.
 
@@ -156,6 +159,10 @@ class ConsumerService:
             registry: the prometheus registry; a private one by default, so that two
                 services in one process do not collide. Pass
                 ``prometheus_client.REGISTRY`` to share the global one.
+            schema_registry: a Confluent-compatible schema registry (the
+                ``SchemaRegistryClient`` config dict, or a URL); else
+                ``$STREAMGUARD_SCHEMA_REGISTRY_URL``. With one, records in the Confluent
+                wire format are read too; credentials in it are never shown.
         """
         cls = type(self)
         self.name = cls.service_name or cls.__name__
@@ -169,6 +176,8 @@ class ConsumerService:
         }
         dlq = {**DLQ_PRODUCER_DEFAULTS, **shared, **(dead_letter_config or {})}
         self._dlq_config = dlq
+        self._schema_registry = resolve_registry_config(schema_registry)
+        self.wire_codec: Codec = _wire_codec(cls, self._schema_registry)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
         self.metrics.ready.set_function(lambda: 1.0 if self.health()["ready"] else 0.0)
@@ -181,7 +190,10 @@ class ConsumerService:
         self._drift_seen = FirstSeen()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(config={redact(self._consumer_config)})"
+        shown = f"config={redact(self._consumer_config)}"
+        if self._schema_registry is not None:
+            shown += f", schema_registry={redact_registry_config(self._schema_registry)}"
+        return f"{type(self).__name__}({shown})"
 
     # -- what a subclass writes --------------------------------------------------------
 
@@ -274,6 +286,8 @@ class ConsumerService:
                     "topic": type(self).topic,
                     "group": type(self).group_id,
                     "dlq": self.dead_letter_topic_name,
+                    "schema_registry": self._schema_registry
+                    and redact_registry_config(self._schema_registry)["url"],
                 },
             )
             if self._stop_requested.is_set():
@@ -393,6 +407,19 @@ class ConsumerService:
 
 
 _librdkafka_log = logging.getLogger("streamguard.librdkafka")
+
+
+def _wire_codec(cls: type[ConsumerService], schema_registry: dict[str, Any] | None) -> Codec:
+    """The class's codec; with a schema registry, one that also reads Confluent framing."""
+    if schema_registry is None or isinstance(cls.codec, RegistryCodec):
+        return codec_for(cls.contract, cls.codec)
+    base = cls.codec
+    return RegistryCodec(
+        schema_registry,
+        wire_format=cls.contract.__wire_format__,
+        max_bytes=getattr(base, "max_bytes", DEFAULT_MAX_BYTES),
+        include_input=getattr(base, "include_input", False),
+    )
 
 
 def _check_declaration(cls: type[ConsumerService]) -> None:
