@@ -89,7 +89,10 @@ class RegistryServer:
         self._server = _Server((self._host, self._port), Handler)
         self._port = int(self._server.server_address[1])  # a restart keeps the port
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="streamguard-registry", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long stop() waits for the loop to notice
+            name="streamguard-registry",
+            daemon=True,
         )
         self._thread.start()
         return self.url
