@@ -25,7 +25,9 @@ pytestmark = pytest.mark.broker
 FAST_RETRY = sg.RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.2, max_budget_ms=300)
 
 
-def collector(src: str, contract: type[sg.Contract], group: str) -> tuple[type[Any], list[Any]]:
+def collector(
+    src: str, contract: type[sg.Contract], group: str, **attrs: Any
+) -> tuple[type[Any], list[Any]]:
     """A service class that keeps every event it handles, and the list it keeps them in."""
     seen: list[Any] = []
 
@@ -38,6 +40,7 @@ def collector(src: str, contract: type[sg.Contract], group: str) -> tuple[type[A
         "group_id": group,
         "retry": FAST_RETRY,
         "handle": handle,
+        **attrs,
     }
     return type("Collect", (sg.ConsumerService,), namespace), seen
 
@@ -177,7 +180,8 @@ def test_registry_outage_holds_records_then_they_flow(
     raw_producer: Producer,
 ) -> None:
     """While the registry is down, records with an id not yet cached wait (far past the
-    retry policy's budget) instead of being dead-lettered; once it is back, they flow."""
+    retry policy's budget, whatever the service's transient tuple) instead of being
+    dead-lettered; once it is back, they flow."""
     src = topic_factory("payments")
     ctx = SerializationContext(src, MessageField.VALUE)
     first = AvroSerializer(client, registry_schema(PaymentV1)[0])(
@@ -188,7 +192,8 @@ def test_registry_outage_holds_records_then_they_flow(
     )
     raw_producer.produce(src, first)
     raw_producer.flush(10)
-    cls, seen = collector(src, PaymentV2, unique("g"))
+    # Even a service that retries nothing of its own waits for the registry.
+    cls, seen = collector(src, PaymentV2, unique("g"), transient=(TimeoutError,))
     running = start_service(cls, schema_registry={"url": registry.url})
     assert wait_for(lambda: len(seen) == 1)
 

@@ -175,3 +175,22 @@ def test_unknown_endpoint_answers_404(registry: RegistryServer) -> None:
         urllib.request.urlopen(f"{registry.url}/nothing/here", timeout=5)
     assert info.value.code == 404
     assert json.loads(info.value.read())["error_code"] == 404
+
+
+def test_schema_text_versions_of_an_id_references_and_mode(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """The raw schema of a version, the subject-versions of an id, the (empty) referenced-by
+    list and the READWRITE mode answer as Confluent's registry does."""
+    import urllib.request
+
+    schema_id = client.register_schema("a-value", V1)
+    client.register_schema("b-value", V1)
+    versions = client.get_schema_versions(schema_id)
+    assert [(v.subject, v.version) for v in versions] == [("a-value", 1), ("b-value", 1)]
+    assert client.get_referenced_by("a-value", 1) == []
+    assert client.get_mode("a-value") == "READWRITE"
+    with urllib.request.urlopen(f"{registry.url}/subjects/a-value/versions/1/schema") as reply:
+        assert json.loads(reply.read()) == json.loads(V1.schema_str)
+    found = client.lookup_schema("a-value", V1, deleted=True)
+    assert found.schema_id == schema_id
