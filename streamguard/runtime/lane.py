@@ -233,9 +233,9 @@ class PartitionLane:
                     self._dead_letter(msg, Failure(exc.reason, exc))  # type: ignore[arg-type]
                 except ContractViolation as exc:
                     self._dead_letter(msg, Failure("contract_violation", exc))
-                except RegistryUnavailable:
+                except RegistryUnavailable as exc:
                     # Not the message's fault: it waits for the registry, never dead-lettered.
-                    retry = self._wait_for_registry(attempt, retry)
+                    retry = self._wait_for_registry(exc, attempt, retry)
                     retries += 1
                     break
                 except Exception as exc:
@@ -273,10 +273,17 @@ class PartitionLane:
             return None, Failure("retries_exhausted", error, attempt, first_ms)
         return RetryState(attempt, first_ms, first_mono, now_mono + delay), None
 
-    def _wait_for_registry(self, attempt: int, retry: RetryState | None) -> RetryState:
+    def _wait_for_registry(
+        self, exc: RegistryUnavailable, attempt: int, retry: RetryState | None
+    ) -> RetryState:
         """Back off as the retry policy does, but without its limits: an outage of the
         schema registry holds the partition (like an unwritable DLQ), it spends no
         message's attempts or budget."""
+        if retry is None:  # once per waiting message, not per attempt
+            log.warning(
+                "schema registry unavailable; the partition waits",
+                extra={"partition": self.partition, "error": str(exc)},
+            )
         now_mono = time.monotonic()
         first_ms = retry.first_failure_ms if retry else int(time.time() * 1000)
         first_mono = retry.first_failure_mono if retry else now_mono
