@@ -87,6 +87,13 @@ def add_dlq_parser(subparsers: Any) -> None:
     replay.add_argument(
         "--config", default=None, metavar="PATH", help="pyproject.toml with [tool.streamguard]"
     )
+    replay.add_argument(
+        "--schema-registry",
+        default=None,
+        metavar="URL",
+        help="with --revalidate, read Confluent-framed values (and Avro contracts) through this "
+        "registry (default: $STREAMGUARD_SCHEMA_REGISTRY_URL, then schema_registry_url)",
+    )
     replay.add_argument("--max-replays", type=_positive_int, default=3, metavar="N")
     replay.add_argument(
         "--group", default=None, help="the replay group (default streamguard-replay.<TOPIC>)"
@@ -116,14 +123,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     revalidator = None
     if args.revalidate:
         from streamguard.config import load_project_config
+        from streamguard.registry.client import resolve_registry_config
 
-        contracts = load_project_config(args.config).contracts_by_subject()
+        project = load_project_config(args.config)
+        contracts = project.contracts_by_subject()
         if not contracts:
             raise ConfigurationError(
                 "--revalidate found no contracts: list your contract modules in "
                 "[tool.streamguard] contracts, or point --config at that pyproject.toml"
             )
-        revalidator = Revalidator(contracts)
+        registry = resolve_registry_config(args.schema_registry, project.schema_registry_url)
+        revalidator = Revalidator(contracts, schema_registry=registry)
     options = ReplayOptions(
         to=args.to,
         selection=selection,

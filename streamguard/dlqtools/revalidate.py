@@ -3,11 +3,14 @@
 After a contract fix is deployed, only the records that now pass are worth replaying;
 the rest would come straight back to the DLQ. The current contract of each subject is
 the highest version among the project's configured contracts (``[tool.streamguard]``).
+With a schema registry, values in the Confluent wire format are read too (and Avro
+contracts), exactly as a service with that registry reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -16,6 +19,7 @@ from streamguard.codecs import JsonCodec
 from streamguard.contracts import Contract
 from streamguard.deadletter import DeadLetter
 from streamguard.errors import ContractViolation, DecodeError
+from streamguard.registry.codec import RegistryCodec
 
 Problem = list[dict[str, object]]
 
@@ -27,13 +31,25 @@ class Revalidator:
         contracts: the current contract of each subject, as
             ``ProjectConfig.contracts_by_subject()`` returns it.
         codec: the JSON codec with the limits the services use.
+        schema_registry: the registry client's config; then every framing a service
+            with a registry reads is checked, for JSON and Avro contracts alike. A
+            registry that cannot be reached raises ``RegistryUnavailable``.
     """
 
     def __init__(
-        self, contracts: Mapping[str, type[Contract]], codec: JsonCodec | None = None
+        self,
+        contracts: Mapping[str, type[Contract]],
+        codec: JsonCodec | None = None,
+        schema_registry: Mapping[str, Any] | None = None,
     ) -> None:
         self._contracts = dict(contracts)
         self._codec = codec or JsonCodec()
+        self._registry: dict[str, RegistryCodec] = {}
+        if schema_registry is not None:
+            limit = self._codec.max_bytes
+            avro = RegistryCodec(schema_registry, wire_format="avro", max_bytes=limit)
+            json_codec = RegistryCodec(avro.client, wire_format="json", max_bytes=limit)
+            self._registry = {"avro": avro, "json": json_codec}
         self._decoders: dict[str, Callable[[bytes | None], BaseModel]] = {}
 
     def problems(self, letter: DeadLetter) -> Problem:
@@ -50,7 +66,7 @@ class Revalidator:
                     f"contracts (known: {known})",
                 }
             ]
-        if contract.__wire_format__ != "json":
+        if contract.__wire_format__ != "json" and not self._registry:
             return [
                 {
                     "loc": "",
@@ -61,7 +77,8 @@ class Revalidator:
             ]
         decode = self._decoders.get(subject)
         if decode is None:
-            decode = self._decoders[subject] = self._codec.decoder(contract)
+            codec = self._registry.get(contract.__wire_format__) or self._codec
+            decode = self._decoders[subject] = codec.decoder(contract)
         try:
             decode(letter.value)
         except ContractViolation as exc:
