@@ -40,9 +40,10 @@ CLIENT_DEFAULTS: Mapping[str, Any] = {
     "timeout": 10,
 }
 
-# HTTP statuses that say "not now" rather than "no": the registry is overloaded,
-# restarting or behind a failing proxy.
-_UNAVAILABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# HTTP statuses that say "not now" rather than "no such schema": the registry is
+# overloaded, restarting or behind a failing proxy, or refuses our credentials. None of
+# them is a record's fault, so records wait rather than being dead-lettered.
+_UNAVAILABLE_STATUS = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
 
 T = TypeVar("T")
 

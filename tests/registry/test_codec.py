@@ -170,3 +170,16 @@ def test_config_layers_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     service = Service("127.0.0.1:1", schema_registry=auth)
     assert SECRET not in repr(service)
     assert "schema_registry=" in repr(service)
+
+
+def test_refused_credentials_and_server_errors_wait_not_found_does_not() -> None:
+    """401/403, 429 and 5xx answers mean "not now" (records wait); 404 means the schema
+    does not exist (the record is dead-lettered)."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from streamguard.registry.client import is_unavailable
+
+    for status in (401, 403, 429, 500, 503):
+        assert is_unavailable(SchemaRegistryError(status, status * 100 + 1, "no"))
+    assert not is_unavailable(SchemaRegistryError(404, 40403, "Schema not found"))
+    assert not is_unavailable(SchemaRegistryError(409, 409, "incompatible"))
