@@ -14,12 +14,14 @@ from streamguard.errors import (
     DecodeError,
     DeliveryFailed,
     PermanentError,
+    RegistryUnavailable,
     RetriesExhausted,
     StreamguardError,
     TransientError,
 )
 from streamguard.policy import RetryPolicy
 from streamguard.producer import GuardedProducer
+from streamguard.registry import RegistryCodec, RegistryServer
 from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
 
 __all__ = [
@@ -39,6 +41,9 @@ __all__ = [
     "JsonCodec",
     "MessageContext",
     "PermanentError",
+    "RegistryCodec",
+    "RegistryServer",
+    "RegistryUnavailable",
     "RetriesExhausted",
     "RetryPolicy",
     "ServiceOptions",

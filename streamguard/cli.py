@@ -16,6 +16,7 @@ from types import FrameType
 from streamguard import exitcodes
 from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, StreamguardError
+from streamguard.registry.commands import add_registry_parser
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(sub)
     add_schema_parser(sub)
+    add_registry_parser(sub)
     add_dlq_parser(sub)
     return parser
 

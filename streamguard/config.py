@@ -7,8 +7,10 @@ contracts, its schema store and its default compatibility mode::
     contracts = ["myapp.contracts"]
     schemas_dir = "schemas"
     compatibility = "BACKWARD"
+    schema_registry_url = "http://localhost:8081"   # optional; for --registry checks
     [tool.streamguard.subjects."orders.OrderPlaced"]
     compatibility = "FULL"
+    registry_subject = "orders-value"   # its subject in the registry (default: the same)
 """
 
 from __future__ import annotations
@@ -43,10 +45,16 @@ class ProjectConfig:
     schemas_dir: Path = Path("schemas")
     compatibility: str = "BACKWARD"
     subject_modes: dict[str, str] = field(default_factory=dict)
+    schema_registry_url: str | None = None
+    registry_subjects: dict[str, str] = field(default_factory=dict)
 
     def mode_for(self, subject: str) -> str:
         """The subject's own mode if set, else the project default."""
         return self.subject_modes.get(subject, self.compatibility)
+
+    def registry_subject(self, subject: str) -> str:
+        """The registry subject a contract's subject is checked and registered under."""
+        return self.registry_subjects.get(subject, subject)
 
     def load_contracts(self) -> list[type[Contract]]:
         """Import the configured modules and return the contracts they define."""
@@ -115,7 +123,17 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
         for subject, cfg in subjects.items()
         if "compatibility" in cfg
     }
+    url = table.get("schema_registry_url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigurationError(f"{file}: [tool.streamguard] schema_registry_url must be a URL")
+    registry_subjects = {
+        subject: str(cfg["registry_subject"])
+        for subject, cfg in subjects.items()
+        if "registry_subject" in cfg
+    }
     return ProjectConfig(
+        schema_registry_url=url,
+        registry_subjects=registry_subjects,
         root=root,
         contracts=tuple(contracts),
         schemas_dir=root / str(table.get("schemas_dir", "schemas")),

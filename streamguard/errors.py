@@ -125,6 +125,15 @@ class TransientError(StreamguardError):
     """
 
 
+class RegistryUnavailable(TransientError, ConnectionError):
+    """The schema registry could not be reached (network error, timeout, 5xx, 429).
+
+    Raised while decoding a record whose writer schema is not cached yet. It is not the
+    record's fault, so the runtime never dead-letters it: the partition waits, with the
+    retry policy's backoff, until the registry answers again. The CLI exits 2 on it.
+    """
+
+
 class RetriesExhausted(StreamguardError):
     """A transient failure outlived the retry policy; carries the last error as cause.
 

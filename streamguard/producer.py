@@ -26,6 +26,12 @@ from streamguard.errors import (
     DeliveryFailed,
     error_details,
 )
+from streamguard.registry.client import (
+    SubjectNameStrategy,
+    redact_registry_config,
+    resolve_registry_config,
+)
+from streamguard.registry.codec import RegistryCodec
 from streamguard.settings import client_config, redact
 from streamguard.topics import check_topic_name
 
@@ -57,6 +63,17 @@ class GuardedProducer:
         service_name: stamped as ``sg-producer``; defaults to ``client.id`` or the host.
         codec: the wire format for every contract sent; by default each contract's
             own (``JsonCodec()``, or ``AvroCodec()`` for ``__wire_format__ = "avro"``).
+        schema_registry: a Confluent-compatible schema registry (the
+            ``SchemaRegistryClient`` config dict, or a URL); else
+            ``$STREAMGUARD_SCHEMA_REGISTRY_URL``. With one, values are written in the
+            Confluent wire format (``00`` + the schema id), which Confluent's
+            deserializers read. Credentials in it are never shown.
+        subject_name_strategy: the subject a topic's schema is looked up under:
+            ``TopicNameStrategy`` (``<topic>-value``, the default),
+            ``RecordNameStrategy`` or ``TopicRecordNameStrategy``.
+        auto_register: register a contract's schema the subject lacks (checked by the
+            registry's compatibility level). Off by default: a missing schema fails
+            ``send()`` with a ``ConfigurationError`` saying how to register it.
     """
 
     def __init__(
@@ -66,8 +83,29 @@ class GuardedProducer:
         kafka_config: Mapping[str, Any] | None = None,
         service_name: str | None = None,
         codec: Codec | None = None,
+        schema_registry: Mapping[str, Any] | str | None = None,
+        subject_name_strategy: SubjectNameStrategy = "TopicNameStrategy",
+        auto_register: bool = False,
     ) -> None:
         self._config = client_config(bootstrap_servers, kafka_config, PRODUCER_DEFAULTS)
+        self._registry_config = resolve_registry_config(schema_registry)
+        self._registry_codecs: dict[str, RegistryCodec] = {}
+        if self._registry_config is not None:
+            # One client for both formats: its id cache is shared.
+            avro = RegistryCodec(
+                self._registry_config,
+                wire_format="avro",
+                subject_name_strategy=subject_name_strategy,
+                auto_register=auto_register,
+            )
+            json_codec = RegistryCodec(
+                avro.client,
+                wire_format="json",
+                subject_name_strategy=subject_name_strategy,
+                auto_register=auto_register,
+            )
+            self._registry_codecs = {"avro": avro, "json": json_codec}
+        self._encoders: dict[tuple[type[BaseModel], str], Callable[[BaseModel], bytes]] = {}
         self.service_name = (
             service_name or str(self._config.get("client.id") or "") or socket.gethostname()
         )
@@ -80,7 +118,10 @@ class GuardedProducer:
         self._decoders: dict[type[BaseModel], Callable[[bytes | None], BaseModel]] = {}
 
     def __repr__(self) -> str:
-        return f"GuardedProducer(service_name={self.service_name!r}, config={redact(self._config)})"
+        shown = f"service_name={self.service_name!r}, config={redact(self._config)}"
+        if self._registry_config is not None:
+            shown += f", schema_registry={redact_registry_config(self._registry_config)}"
+        return f"GuardedProducer({shown})"
 
     def send(
         self,
@@ -110,11 +151,13 @@ class GuardedProducer:
         Raises:
             ContractViolation: the event breaks its contract; nothing was sent.
             DecodeError: the encoded event is over the codec's size limit; nothing sent.
-            ConfigurationError: the topic name is illegal or the contract is missing.
+            ConfigurationError: the topic name is illegal or the contract is missing,
+                or (with a registry) its schema is not registered under the subject.
+            RegistryUnavailable: the schema registry could not be reached; nothing sent.
         """
         model = self._validated(event, contract)
         record_headers = list(self._stamp(type(model)))
-        value = self._codecs[type(model)].encode(model)
+        value = self._encoder(type(model), check_topic_name(topic))(model)
         self._decoders[type(model)](value)
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
@@ -220,11 +263,25 @@ class GuardedProducer:
             details = error_details(exc, schema=contract.json_schema())
             raise ContractViolation(contract.__subject__, details) from None
 
+    def _encoder(self, model_type: type[BaseModel], topic: str) -> Callable[[BaseModel], bytes]:
+        """The encoding of a contract for a topic: the codec's, or framed with the id of
+        its schema under the topic's subject (looked up once per contract and topic)."""
+        codec = self._codecs[model_type]
+        if not isinstance(codec, RegistryCodec):
+            return codec.encode
+        encoder = self._encoders.get((model_type, topic))
+        if encoder is None:
+            assert issubclass(model_type, Contract)
+            encoder = self._encoders[(model_type, topic)] = codec.encoder(model_type, topic)
+        return encoder
+
     def _stamp(self, model_type: type[BaseModel]) -> list[tuple[str, bytes]]:
         stamp = self._stamps.get(model_type)
         if stamp is None:
             assert issubclass(model_type, Contract)
-            codec = self._codecs[model_type] = codec_for(model_type, self._codec)
+            codec = self._codecs[model_type] = self._registry_codecs.get(
+                model_type.__wire_format__
+            ) or codec_for(model_type, self._codec)
             stamp = self._stamps[model_type] = stamp_headers(model_type, codec, self.service_name)
             self._decoders[model_type] = codec.decoder(model_type)
         return stamp

@@ -18,7 +18,17 @@ REDACTED = "***"
 
 # librdkafka properties that hold secrets; any key containing one of these words is
 # treated as a secret too, so a new SASL mechanism's password is never printed.
-_SECRET_WORDS = ("password", "secret", "token", "credential", "private", "key.pem", "jaas")
+# ``user.info`` is the schema registry client's ``basic.auth.user.info`` (user:password).
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "credential",
+    "private",
+    "key.pem",
+    "jaas",
+    "user.info",
+)
 
 
 def is_secret(key: str) -> bool:
@@ -30,6 +40,23 @@ def is_secret(key: str) -> bool:
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` that is safe to log: secret values replaced by ``***``."""
     return {k: (REDACTED if is_secret(k) else v) for k, v in config.items()}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``.
+
+    Registry URLs may carry basic-auth credentials; every URL shown or logged goes
+    through here. Several comma-separated URLs are each redacted.
+    """
+    parts = []
+    for one in url.split(","):
+        scheme, sep, rest = one.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if sep and at:
+            user = userinfo.split(":", 1)[0]
+            one = f"{scheme}://{user}:{REDACTED}@{host}"
+        parts.append(one)
+    return ",".join(parts)
 
 
 def resolve_bootstrap(explicit: str | None, config: Mapping[str, Any] | None = None) -> str:

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.broker  # starts brokers of its own
 def test_demo_handles_retries_and_dead_letters_everything(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The demo exits 0, every order reaches an outcome, and the DLQ summary shows
-    each reason the demo provokes."""
+    """The demo exits 0, every order reaches an outcome, the DLQ summary shows each
+    reason the demo provokes, and the Confluent-framed Avro topic is handled too."""
     assert run_demo() == 0
     out = capsys.readouterr().out
     assert "handled        21" in out
@@ -26,3 +26,8 @@ def test_demo_handles_retries_and_dead_letters_everything(
         assert line in out
     assert "the producer refused an invalid order before sending it" in out
     assert "orders.dlq: 5 dead-lettered record(s)" in out
+    # Next to the JSON topic: Confluent-framed Avro through an embedded registry.
+    assert "framed as [00 00 00 00 01] + Avro" in out
+    assert "handled        12  (writer schema fetched once by id" in out
+    assert "dead-lettered  1  decode_error (schema id 999 is unknown)" in out
+    assert "production" in out

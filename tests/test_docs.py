@@ -17,7 +17,7 @@ def _blocks(page: str) -> list[str]:
     return BLOCK.findall((ROOT / page).read_text())
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/consumer.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/consumer.md", "docs/registry.md"])
 def test_python_blocks_run(page: str, bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each ```python block of the page executes without error against a real broker."""
     monkeypatch.setenv("STREAMGUARD_BOOTSTRAP_SERVERS", bootstrap)

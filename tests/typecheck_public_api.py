@@ -73,3 +73,20 @@ def decode(data: bytes) -> Payment:
     except sg.ContractViolation as exc:
         print([e["loc"] for e in exc.errors])
         raise
+
+
+def with_registry(url: str) -> sg.GuardedProducer:
+    codec = sg.RegistryCodec({"url": url}, wire_format="json")
+    try:
+        print(codec.decode(b"\x00\x00\x00\x00\x01{}", Payment))
+    except sg.RegistryUnavailable as exc:
+        retry_later: sg.TransientError = exc
+        print(retry_later)
+    server = sg.RegistryServer(port=0)
+    print(server.start())
+    server.stop()
+    return sg.GuardedProducer(
+        schema_registry={"url": url},
+        subject_name_strategy="RecordNameStrategy",
+        auto_register=False,
+    )

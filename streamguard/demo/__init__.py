@@ -2,7 +2,9 @@
 
 It starts a broker, sends valid and invalid orders, runs the example billing service
 (which dead-letters the poison and retries a flaky dependency), prints what happened
-with the service's own metrics, and inspects the dead-letter topic.
+with the service's own metrics, and inspects the dead-letter topic. Next to the JSON
+``orders`` topic it runs a Confluent-framed Avro topic, ``payments``, with an embedded
+schema registry: what teams with Confluent's serializers already have on their topics.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from streamguard.devbroker import DevBroker
 from streamguard.errors import ContractViolation
 from streamguard.observe.logs import configure_logging
 from streamguard.producer import GuardedProducer
+from streamguard.registry.codec import registry_schema
+from streamguard.registry.server import RegistryServer
 from streamguard.topics import create_topics
 
 TOPIC = "orders"
 DLQ = "orders.dlq"
+PAYMENTS = "payments"
+PAYMENTS_DLQ = "payments.dlq"
 REASONS = ("decode_error", "contract_violation", "permanent_error", "retries_exhausted")
 
 
@@ -79,6 +85,82 @@ def _send(bootstrap: str, contract: type[Contract]) -> dict[str, int]:
     return {"sent": len(customers) + 3}
 
 
+def _wait(metrics: CollectorRegistry, topic: str, expected: int, timeout: float) -> float:
+    """Wait (bounded) until ``expected`` messages of ``topic`` reached an outcome."""
+    deadline = time.monotonic() + timeout
+    done = 0.0
+    while time.monotonic() < deadline:
+        done = sum(
+            metrics.get_sample_value("streamguard_messages_total", {"topic": topic, "outcome": o})
+            or 0.0
+            for o in ("handled", "dead_lettered")
+        )
+        if done >= expected:
+            break
+        time.sleep(0.2)
+    return done
+
+
+def _registry_demo(bootstrap: str) -> bool:
+    """Avro in the Confluent wire format: registry, guarded producer, ledger service."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    from streamguard.demo.contracts import PaymentCaptured
+    from streamguard.demo.ledger import Ledger
+
+    _say("\n== a Confluent-framed Avro topic next to the JSON one")
+    with RegistryServer(port=0) as registry:
+        _say(f"* embedded schema registry on {registry.url} (development only: production")
+        _say("  uses a real one, e.g. Confluent Schema Registry, Karapace or Redpanda)")
+        client = SchemaRegistryClient({"url": registry.url})
+        text, schema_type = registry_schema(PaymentCaptured)
+        schema_id = client.register_schema(f"{PAYMENTS}-value", Schema(text, schema_type))
+        _say(f"* registered {PaymentCaptured.__subject__} v1 as {PAYMENTS}-value, id {schema_id}")
+        producer = GuardedProducer(
+            bootstrap, service_name="demo-payments", schema_registry={"url": registry.url}
+        )
+        count = 12
+        for i in range(count):
+            payment = PaymentCaptured(
+                payment_id=f"pay-{i}",
+                order_id=str(uuid.UUID(int=i + 1)),
+                amount_cents=1990 + i,
+                currency="EUR" if i % 2 else "USD",
+            )
+            producer.send(PAYMENTS, payment, key=payment.order_id)
+        producer.flush()
+        raw = Producer({"bootstrap.servers": bootstrap})
+        raw.produce(PAYMENTS, b"\x00" + (999).to_bytes(4, "big") + b"\x02\x00", key=b"legacy-3")
+        raw.flush(10)
+        framing = (b"\x00" + schema_id.to_bytes(4, "big")).hex(" ")
+        _say(f"* sent {count} payments framed as [{framing}] + Avro, and 1 with unknown id 999")
+        metrics = CollectorRegistry()
+        ledger = Ledger(
+            bootstrap_servers=bootstrap,
+            kafka_config={"session.timeout.ms": 6000},
+            schema_registry={"url": registry.url},
+            registry=metrics,
+        )
+        thread = threading.Thread(target=ledger.run, name="ledger", daemon=True)
+        thread.start()
+        done = _wait(metrics, PAYMENTS, count + 1, 60)
+        ledger.stop()
+        thread.join(30)
+
+    def count_of(name: str, **labels: str) -> float:
+        return metrics.get_sample_value(name, labels) or 0.0
+
+    handled = count_of("streamguard_messages_total", topic=PAYMENTS, outcome="handled")
+    unknown = count_of("streamguard_dead_letters_total", topic=PAYMENTS, reason="decode_error")
+    _say(f"  handled        {handled:.0f}  (writer schema fetched once by id, then cached)")
+    _say(f"  dead-lettered  {unknown:.0f}  decode_error (schema id 999 is unknown)")
+    _say(f"  booked         {dict(Ledger.booked)}")
+    if done < count + 1:
+        _say(f"demo: only {done:.0f} of {count + 1} payments reached an outcome in time")
+        return False
+    return True
+
+
 def run_demo(bootstrap_servers: str | None = None) -> int:
     """Run the demo; returns the process exit code (0 when everything added up)."""
     from streamguard.cli import main as cli_main
@@ -87,7 +169,7 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
 
     configure_logging("text", "WARNING")
     with _cluster(bootstrap_servers) as bootstrap:
-        create_topics(bootstrap, [TOPIC, DLQ], partitions=3)
+        create_topics(bootstrap, [TOPIC, DLQ, PAYMENTS, PAYMENTS_DLQ], partitions=3)
         sent = _send(bootstrap, OrderPlaced)["sent"]
         registry = CollectorRegistry()
         service = Billing(
@@ -102,16 +184,7 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
         def count(name: str, **labels: str) -> float:
             return registry.get_sample_value(name, labels) or 0.0
 
-        deadline = time.monotonic() + 60
-        done = 0.0
-        while time.monotonic() < deadline:
-            done = sum(
-                count("streamguard_messages_total", topic=TOPIC, outcome=o)
-                for o in ("handled", "dead_lettered")
-            )
-            if done >= sent:
-                break
-            time.sleep(0.2)
+        done = _wait(registry, TOPIC, sent, 60)
         service.stop()
         thread.join(30)
 
@@ -132,5 +205,7 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
         )
         if done < sent:
             _say(f"demo: only {done:.0f} of {sent} messages reached an outcome in time")
+            return 1
+        if not _registry_demo(bootstrap):
             return 1
     return 0

@@ -29,3 +29,16 @@ class OrderPlaced(sg.Contract):
     currency: Literal["EUR", "USD"]
     placed_at: datetime
     items: list[LineItem] = Field(default_factory=list)
+
+
+class PaymentCaptured(sg.Contract):
+    """A payment was captured (an Avro contract: the demo's Confluent-framed topic)."""
+
+    __subject__ = "payments.PaymentCaptured"
+    __version__ = 1
+    __wire_format__ = "avro"
+
+    payment_id: str
+    order_id: str
+    amount_cents: int = Field(gt=0)
+    currency: Literal["EUR", "USD"]

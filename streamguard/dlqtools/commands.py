@@ -88,6 +88,13 @@ def add_dlq_parser(subparsers: Any) -> None:
     replay.add_argument(
         "--config", default=None, metavar="PATH", help="pyproject.toml with [tool.streamguard]"
     )
+    replay.add_argument(
+        "--schema-registry",
+        default=None,
+        metavar="URL",
+        help="with --revalidate, read Confluent-framed values (and Avro contracts) through this "
+        "registry (default: $STREAMGUARD_SCHEMA_REGISTRY_URL, then schema_registry_url)",
+    )
     replay.add_argument("--max-replays", type=_positive_int, default=3, metavar="N")
     replay.add_argument(
         "--group",
@@ -121,6 +128,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     revalidator = None
     if args.revalidate:
         from streamguard.config import load_project_config
+        from streamguard.registry.client import resolve_registry_config
         from streamguard.schema.store import SchemaStore
 
         project = load_project_config(args.config)
@@ -140,7 +148,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             for subject, contract in contracts.items()
             if contract.__wire_format__ == "avro"
         }
-        revalidator = Revalidator(contracts, avro_writer_schemas=writers)
+        registry = resolve_registry_config(args.schema_registry, project.schema_registry_url)
+        revalidator = Revalidator(contracts, avro_writer_schemas=writers, schema_registry=registry)
     options = ReplayOptions(
         to=args.to,
         selection=selection,

@@ -6,6 +6,8 @@ the highest version among the project's configured contracts (``[tool.streamguar
 Avro values are decoded as a service would: single-object encoding, resolved from the
 writer schemas stored for the subject (``schemas/<subject>/v<N>.avsc``) to the current
 contract.
+With a schema registry, values in the Confluent wire format are read too (and Avro
+contracts), exactly as a service with that registry reads them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract
 from streamguard.deadletter import DeadLetter
 from streamguard.errors import ContractViolation, DecodeError
+from streamguard.registry.codec import RegistryCodec
 
 Problem = list[dict[str, object]]
 
@@ -33,6 +36,9 @@ class Revalidator:
         codec: the JSON codec with the limits the services use.
         avro_writer_schemas: per subject, the Avro schemas producers may have written
             with (older versions), so that old records resolve to the current contract.
+        schema_registry: the registry client's config; then every framing a service
+            with a registry reads is checked, for JSON and Avro contracts alike. A
+            registry that cannot be reached raises ``RegistryUnavailable``.
     """
 
     def __init__(
@@ -40,10 +46,17 @@ class Revalidator:
         contracts: Mapping[str, type[Contract]],
         codec: JsonCodec | None = None,
         avro_writer_schemas: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+        schema_registry: Mapping[str, Any] | None = None,
     ) -> None:
         self._contracts = dict(contracts)
         self._codec = codec or JsonCodec()
         self._writers = {k: list(v) for k, v in (avro_writer_schemas or {}).items()}
+        self._registry: dict[str, RegistryCodec] = {}
+        if schema_registry is not None:
+            limit = self._codec.max_bytes
+            avro = RegistryCodec(schema_registry, wire_format="avro", max_bytes=limit)
+            json_codec = RegistryCodec(avro.client, wire_format="json", max_bytes=limit)
+            self._registry = {"avro": avro, "json": json_codec}
         self._decoders: dict[str, Callable[[bytes | None], BaseModel]] = {}
 
     def problems(self, letter: DeadLetter) -> Problem:
@@ -62,7 +75,8 @@ class Revalidator:
             ]
         decode = self._decoders.get(subject)
         if decode is None:
-            decode = self._decoders[subject] = self._codec_of(contract).decoder(contract)
+            codec = self._registry.get(contract.__wire_format__) or self._codec_of(contract)
+            decode = self._decoders[subject] = codec.decoder(contract)
         try:
             decode(letter.value)
         except ContractViolation as exc:

@@ -10,8 +10,10 @@ import sys
 from typing import Any
 
 from streamguard import exitcodes
+from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError
 from streamguard.observe.logs import configure_logging
+from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.service import ConsumerService
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
@@ -43,11 +45,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     kafka_config = kafka_config_from_args(args.kafka_config)
     if args.kafka_config_json:
         kafka_config.update(_json_config(args.kafka_config_json))
+    # --schema-registry, then $STREAMGUARD_SCHEMA_REGISTRY_URL, then pyproject's URL.
+    schema_registry = resolve_registry_config(
+        args.schema_registry, load_project_config().schema_registry_url
+    )
     service = cls(
         bootstrap_servers=args.bootstrap_servers,
         kafka_config=kafka_config,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        schema_registry=schema_registry,
     )
     service.run()
     return exitcodes.OK
@@ -75,6 +82,12 @@ def add_run_parser(sub: Any) -> None:
     run.add_argument("target", metavar="MODULE:CLASS", help="e.g. myapp.billing:Billing")
     add_kafka_arguments(run)
     run.add_argument("--kafka-config-json", default=None, help="librdkafka settings as JSON")
+    run.add_argument(
+        "--schema-registry",
+        default=None,
+        metavar="URL",
+        help=f"read the Confluent wire format with this registry (default: ${REGISTRY_URL_ENV})",
+    )
     run.add_argument(
         "--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz"
     )

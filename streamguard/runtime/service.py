@@ -13,11 +13,13 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
-from streamguard.codecs import Codec, codec_for
+from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
+from streamguard.registry.client import redact_registry_config, resolve_registry_config
+from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.runner import Hooks, ServiceRuntime
@@ -137,6 +139,7 @@ class ConsumerService:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
+        schema_registry: Mapping[str, Any] | str | None = None,
     ) -> None:
         """Configure the service; nothing connects until ``run()``.
 
@@ -151,6 +154,10 @@ class ConsumerService:
             registry: the prometheus registry; a private one by default, so that two
                 services in one process do not collide. Pass
                 ``prometheus_client.REGISTRY`` to share the global one.
+            schema_registry: a Confluent-compatible schema registry (the
+                ``SchemaRegistryClient`` config dict, or a URL); else
+                ``$STREAMGUARD_SCHEMA_REGISTRY_URL``. With one, records in the Confluent
+                wire format are read too; credentials in it are never shown.
         """
         cls = type(self)
         consumer_config = client_config(
@@ -163,6 +170,7 @@ class ConsumerService:
         }
         # One private attribute holds all runtime state, and the runtime reads only the
         # spec built here: a subclass may use any attribute name of its own.
+        self.__schema_registry = resolve_registry_config(schema_registry)
         self.__runtime = ServiceRuntime(
             self._spec(),
             consumer_config=consumer_config,
@@ -187,7 +195,7 @@ class ConsumerService:
             dead_letter_topic=cls.dead_letter_topic or dead_letter_topic_for(cls.topic),
             retry=cls.retry,
             transient=tuple(cls.transient),
-            codec=codec_for(cls.contract, cls.codec),
+            codec=_wire_codec(cls, self.__schema_registry),
             drift=cls.drift,
             ordering=cls.ordering,
             include_error_text=cls.include_error_text,
@@ -206,7 +214,10 @@ class ConsumerService:
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(config={redact(self.__runtime.consumer_config)})"
+        shown = f"config={redact(self.__runtime.consumer_config)}"
+        if self.__schema_registry is not None:
+            shown += f", schema_registry={redact_registry_config(self.__schema_registry)}"
+        return f"{type(self).__name__}({shown})"
 
     # -- what a subclass writes --------------------------------------------------------
 
@@ -265,6 +276,19 @@ class ConsumerService:
     def health(self) -> dict[str, Any]:
         """Readiness and its checks, as ``/readyz`` reports it (``health()["ready"]``)."""
         return self.__runtime.health()
+
+
+def _wire_codec(cls: type[ConsumerService], schema_registry: dict[str, Any] | None) -> Codec:
+    """The class's codec; with a schema registry, one that also reads Confluent framing."""
+    if schema_registry is None or isinstance(cls.codec, RegistryCodec):
+        return codec_for(cls.contract, cls.codec)
+    base = cls.codec
+    return RegistryCodec(
+        schema_registry,
+        wire_format=cls.contract.__wire_format__,
+        max_bytes=getattr(base, "max_bytes", DEFAULT_MAX_BYTES),
+        include_input=getattr(base, "include_input", False),
+    )
 
 
 def _check_declaration(cls: type[ConsumerService]) -> None:

@@ -17,6 +17,11 @@ from streamguard import exitcodes
 from streamguard.config import ProjectConfig, load_project_config
 from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError
+from streamguard.registry.commands import (
+    add_registry_argument,
+    check_registry,
+    register_registry,
+)
 from streamguard.schema.avro import contract_avro_schema
 from streamguard.schema.checks import (
     Comparison,
@@ -55,6 +60,7 @@ def add_schema_parser(subparsers: Any) -> None:
     check = actions.add_parser(
         "check", parents=[common, judged], help="compare contracts with the stored versions"
     )
+    add_registry_argument(check)
     check.set_defaults(func=_check)
 
     register = actions.add_parser(
@@ -62,6 +68,7 @@ def add_schema_parser(subparsers: Any) -> None:
     )
     register.add_argument("--force", action="store_true", help="store even if incompatible")
     register.add_argument("--reason", default=None, help="why --force (recorded in CHANGELOG)")
+    add_registry_argument(register)
     register.set_defaults(func=_register)
 
     diff = actions.add_parser(
@@ -150,6 +157,9 @@ def _print_report(args: argparse.Namespace, results: list[SubjectResult]) -> Non
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.registry is not None:
+        config = load_project_config(args.config)
+        return check_registry(args, config, _contracts(config))
     _, _, results = _results(args)
     _print_report(args, results)
     return exitcodes.OK if all(r.ok for r in results) else exitcodes.FAILED
@@ -158,6 +168,9 @@ def _check(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     if args.force and not (args.reason and args.reason.strip()):
         raise ConfigurationError('--force needs --reason "why this break is acceptable"')
+    if args.registry is not None:
+        config = load_project_config(args.config)
+        return register_registry(args, config, _contracts(config))
     _, store, results = _results(args)
     changed = [r for r in results if r.changed]
     rewrites = [r for r in changed if store.has(r.subject, r.version)]

@@ -1,0 +1,158 @@
+"""Reaching a Confluent-compatible schema registry: configuration, client, errors, subjects.
+
+The client is confluent-kafka's own ``SchemaRegistryClient``; this module only decides
+where its configuration comes from, keeps credentials out of every text we print, turns
+"cannot reach the registry" into ``RegistryUnavailable`` and names subjects the way
+Confluent's serializers do.
+
+The configuration is the client's own dict (``url``, ``basic.auth.user.info``,
+``ssl.*``, ...). It resolves in layers: an explicit dict or URL, then
+``$STREAMGUARD_SCHEMA_REGISTRY_URL``, then (for the CLI) ``[tool.streamguard]
+schema_registry_url``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+from streamguard.errors import ConfigurationError, RegistryUnavailable
+from streamguard.settings import redact, redact_url
+
+REGISTRY_URL_ENV = "STREAMGUARD_SCHEMA_REGISTRY_URL"
+
+SubjectNameStrategy = Literal["TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"]
+STRATEGIES: tuple[SubjectNameStrategy, ...] = (
+    "TopicNameStrategy",
+    "RecordNameStrategy",
+    "TopicRecordNameStrategy",
+)
+
+# The client retries a failed request itself (3 times, up to 20 s by default) while the
+# caller waits. A consumer's worker would hold its partition that long per attempt, so
+# streamguard's defaults keep the client's own retries short and let the service's
+# RetryPolicy do the waiting; a user's own values win.
+CLIENT_DEFAULTS: Mapping[str, Any] = {
+    "max.retries": 1,
+    "retries.wait.ms": 100,
+    "retries.max.wait.ms": 1000,
+    "timeout": 10,
+}
+
+# HTTP statuses that say "not now" rather than "no such schema": the registry is
+# overloaded, restarting or behind a failing proxy, or refuses our credentials. None of
+# them is a record's fault, so records wait rather than being dead-lettered.
+_UNAVAILABLE_STATUS = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+
+
+def resolve_registry_config(
+    explicit: Mapping[str, Any] | str | None, configured_url: str | None = None
+) -> dict[str, Any] | None:
+    """The registry client's config, or None when no registry is configured.
+
+    Args:
+        explicit: a client config dict or a URL (``schema_registry=`` or a CLI flag).
+        configured_url: ``[tool.streamguard] schema_registry_url``, below the environment.
+    """
+    if isinstance(explicit, str):
+        explicit = {"url": explicit}
+    if explicit:
+        config = dict(explicit)
+        if not isinstance(config.get("url"), str) or not config["url"].strip():
+            raise ConfigurationError(
+                "schema_registry needs a 'url', e.g. {'url': 'http://registry:8081', "
+                "'basic.auth.user.info': 'user:password'}"
+            )
+        return config
+    url = os.environ.get(REGISTRY_URL_ENV, "").strip() or (configured_url or "").strip()
+    return {"url": url} if url else None
+
+
+def redact_registry_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy safe to show or log: secret keys and the URL's password replaced by ``***``."""
+    shown = redact(config)
+    if isinstance(shown.get("url"), str):
+        shown["url"] = redact_url(shown["url"])
+    return shown
+
+
+def new_client(config: Mapping[str, Any]) -> Any:
+    """A ``SchemaRegistryClient`` for ``config`` (streamguard's retry defaults below it).
+
+    Raises:
+        ConfigurationError: the registry extra is not installed, or the config is invalid.
+    """
+    try:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+    except ImportError as exc:  # httpx/authlib/attrs/cachetools come with the extra
+        raise ConfigurationError(
+            f"schema registry support needs its extra: pip install 'streamguard[registry]' ({exc})"
+        ) from None
+    try:
+        return SchemaRegistryClient({**CLIENT_DEFAULTS, **config})
+    except (ValueError, TypeError) as exc:
+        shown = redact_registry_config(config)
+        raise ConfigurationError(f"invalid schema registry config {shown}: {exc}") from None
+
+
+def registry_error_code(exc: BaseException) -> int | None:
+    """The registry's ``error_code`` (40401, 409, ...) of a refused request, else None."""
+    code = getattr(exc, "error_code", None)
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(code, int) and isinstance(status, int):
+        return code
+    return None
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` means the registry was not reached or could not answer now."""
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int):
+        return status in _UNAVAILABLE_STATUS
+    try:
+        from confluent_kafka.schema_registry.common._httpx_compat import httpx
+    except ImportError:  # pragma: no cover - the extra is installed whenever a client exists
+        return isinstance(exc, OSError)
+    return isinstance(exc, httpx.TransportError | OSError)
+
+
+def call(url: str, request: Callable[[], T]) -> T:
+    """Run one client request; a registry that cannot be reached raises RegistryUnavailable.
+
+    Refusals (unknown subject, incompatible schema, ...) pass through as the client's
+    ``SchemaRegistryError`` for the caller to read ``error_code``.
+    """
+    try:
+        return request()
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise RegistryUnavailable(
+                f"schema registry at {redact_url(url)} is unavailable ({type(exc).__name__}"
+                f"{_status(exc)}); records needing it wait and are retried"
+            ) from None
+        raise
+
+
+def _status(exc: BaseException) -> str:
+    status = getattr(exc, "http_status_code", None)
+    return f" {status}" if isinstance(status, int) else ""
+
+
+def subject_name(strategy: SubjectNameStrategy, topic: str, record_name: str) -> str:
+    """The subject a value schema is registered under, as Confluent's serializers name it.
+
+    ``TopicNameStrategy``: ``<topic>-value``; ``RecordNameStrategy``: the record's full
+    name; ``TopicRecordNameStrategy``: ``<topic>-<record name>``.
+    """
+    if strategy == "TopicNameStrategy":
+        return f"{topic}-value"
+    if strategy == "RecordNameStrategy":
+        return record_name
+    if strategy == "TopicRecordNameStrategy":
+        return f"{topic}-{record_name}"
+    raise ConfigurationError(
+        f"unknown subject name strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
+    )

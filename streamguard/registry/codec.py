@@ -1,0 +1,319 @@
+"""The Confluent wire format: byte ``00``, a 4-byte big-endian schema id, then the payload.
+
+``RegistryCodec`` reads what Confluent's serializers write and writes what their
+deserializers read, for Avro and JSON Schema. Decoding tells the framing from the first
+bytes, so one topic may mix producers:
+
+- ``00`` + id: the writer schema is fetched from the registry by id, once (cached for
+  the codec's life: a registered id never changes its schema). Avro is resolved to the
+  contract's reader schema by Avro's rules, JSON is parsed as JSON; either way the
+  contract validates the result.
+- ``C3 01`` + fingerprint: Avro single-object encoding, as ``AvroCodec`` reads it.
+- anything else: plain JSON, as ``JsonCodec`` reads it.
+
+An id the registry does not know, or a writer schema that cannot be resolved to the
+reader's, is a ``DecodeError`` naming the id (dead-lettered as ``decode_error``). A
+registry that cannot be reached raises ``RegistryUnavailable``: the record waits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import fastavro
+import fastavro.schema
+from pydantic import BaseModel, ValidationError
+
+from streamguard.codecs import (
+    AVRO_CONTENT_TYPE,
+    DEFAULT_MAX_BYTES,
+    JSON_CONTENT_TYPE,
+    AvroCodec,
+    JsonCodec,
+    _classify,
+)
+from streamguard.contracts import Contract
+from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavailable
+from streamguard.registry.client import (
+    SubjectNameStrategy,
+    call,
+    new_client,
+    redact_registry_config,
+    registry_error_code,
+    subject_name,
+)
+
+C = TypeVar("C", bound=BaseModel)
+
+MAGIC_BYTE = b"\x00"
+HEADER_SIZE = 5  # magic byte + 4-byte schema id
+
+
+def registry_schema(contract: type[Contract]) -> tuple[str, str]:
+    """(schema text, schema type) of a contract as registered: its ``.avsc`` or JSON Schema.
+
+    The producer looks this exact text up and ``schema register --registry`` registers
+    it, so both name the same registry entry.
+    """
+    if contract.__wire_format__ == "avro":
+        from streamguard.schema.avro import contract_avro_schema
+
+        return json.dumps(contract_avro_schema(contract)), "AVRO"
+    return json.dumps(contract.json_schema()), "JSON"
+
+
+def record_name(contract: type[Contract]) -> str:
+    """The record name Confluent's record strategies use: the Avro full name, or the
+    JSON Schema ``title`` (as Confluent's JSON serializer reads it)."""
+    if contract.__wire_format__ == "avro":
+        from streamguard.schema.avro import contract_avro_schema
+
+        avsc = contract_avro_schema(contract)
+        namespace = avsc.get("namespace")
+        return f"{namespace}.{avsc['name']}" if namespace else str(avsc["name"])
+    return str(contract.json_schema().get("title") or contract.__subject__)
+
+
+class RegistryCodec:
+    """Confluent-framed Avro or JSON Schema, with the writer schemas from a registry.
+
+    Args:
+        schema_registry: the registry client's config dict (``url``, basic auth, TLS),
+            or an existing ``SchemaRegistryClient``.
+        wire_format: ``"avro"`` or ``"json"``, the contract's ``__wire_format__``.
+        subject_name_strategy: how the producer names the subject of a topic's values.
+        auto_register: let the producer register a contract schema the subject lacks.
+            Off by default: schemas are registered by CI (``streamguard schema register
+            --registry``), where compatibility is checked and reviewed.
+        max_bytes, include_input: as for ``JsonCodec`` and ``AvroCodec``.
+    """
+
+    def __init__(
+        self,
+        schema_registry: Mapping[str, Any] | Any,
+        *,
+        wire_format: str = "json",
+        subject_name_strategy: SubjectNameStrategy = "TopicNameStrategy",
+        auto_register: bool = False,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        include_input: bool = False,
+    ) -> None:
+        if isinstance(schema_registry, Mapping):
+            self._client = new_client(schema_registry)
+            self._shown = redact_registry_config(schema_registry)
+        else:
+            self._client = schema_registry
+            self._shown = redact_registry_config(schema_registry.config())
+        self._url = str(self._shown.get("url", "?"))
+        if wire_format not in ("json", "avro"):
+            raise ConfigurationError(f"wire_format must be 'json' or 'avro', got {wire_format!r}")
+        subject_name(subject_name_strategy, "t", "r")  # refuses an unknown strategy now
+        self.wire_format = wire_format
+        self.content_type = AVRO_CONTENT_TYPE if wire_format == "avro" else JSON_CONTENT_TYPE
+        self.subject_name_strategy = subject_name_strategy
+        self.auto_register = auto_register
+        self.max_bytes = max_bytes
+        self.include_input = include_input
+        self._json = JsonCodec(max_bytes=max_bytes, include_input=include_input)
+        self._avro = AvroCodec(max_bytes=max_bytes, include_input=include_input)
+        self._writers: dict[int, tuple[str, Any]] = {}
+        self._ids: dict[tuple[type[BaseModel], str], int] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"RegistryCodec({self._shown}, wire_format={self.wire_format!r}, "
+            f"subject_name_strategy={self.subject_name_strategy!r}, "
+            f"auto_register={self.auto_register})"
+        )
+
+    @property
+    def client(self) -> Any:
+        """The ``SchemaRegistryClient`` in use."""
+        return self._client
+
+    # -- writing -------------------------------------------------------------------
+
+    def encode(self, event: BaseModel) -> bytes:
+        """Encode under ``RecordNameStrategy``, the one strategy that needs no topic.
+
+        Producers use ``encoder(contract, topic)``, which follows the configured strategy.
+        """
+        if self.subject_name_strategy != "RecordNameStrategy":
+            raise ConfigurationError(
+                f"{self.subject_name_strategy} names subjects after the topic: encode with "
+                "encoder(contract, topic), as GuardedProducer does"
+            )
+        contract = type(event)
+        assert issubclass(contract, Contract)
+        return self.encoder(contract, "")(event)
+
+    def encoder(self, contract: type[Contract], topic: str) -> Callable[[BaseModel], bytes]:
+        """A function framing events of ``contract`` for ``topic`` with their schema id.
+
+        Looks the id up once (registering the schema first if ``auto_register``).
+
+        Raises:
+            ConfigurationError: the schema is not registered under the subject (and
+                ``auto_register`` is off), or the registry refused to register it.
+            RegistryUnavailable: the registry could not be reached.
+        """
+        subject = subject_name(self.subject_name_strategy, topic, record_name(contract))
+        prefix = MAGIC_BYTE + self._schema_id(contract, subject).to_bytes(4, "big")
+        if contract.__wire_format__ == "avro":
+            avro = self._avro
+            # AvroCodec writes C3 01 + 8-byte fingerprint + body: keep the body.
+            return lambda event: prefix + avro.encode(event)[10:]
+        return lambda event: prefix + event.model_dump_json().encode()
+
+    def _schema_id(self, contract: type[Contract], subject: str) -> int:
+        known = self._ids.get((contract, subject))
+        if known is not None:
+            return known
+        from confluent_kafka.schema_registry import Schema
+
+        text, schema_type = registry_schema(contract)
+        schema = Schema(text, schema_type)
+        try:
+            found = call(self._url, lambda: self._client.lookup_schema(subject, schema))
+            schema_id = int(found.schema_id)
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:
+            if registry_error_code(exc) not in (40401, 40403):
+                raise ConfigurationError(
+                    f"schema registry refused the lookup of {contract.__qualname__} under "
+                    f"{subject!r}: {exc}"
+                ) from None
+            if not self.auto_register:
+                raise ConfigurationError(
+                    f"{contract.__qualname__} (v{contract.__version__}) is not registered "
+                    f"under subject {subject!r} at {self._url}; register it with `streamguard "
+                    "schema register --registry URL`, or pass auto_register=True"
+                ) from None
+            schema_id = self._register(contract, subject, schema)
+        self._ids[(contract, subject)] = schema_id
+        return schema_id
+
+    def _register(self, contract: type[Contract], subject: str, schema: Any) -> int:
+        try:
+            return int(call(self._url, lambda: self._client.register_schema(subject, schema)))
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(
+                f"schema registry refused to register {contract.__qualname__} under "
+                f"{subject!r}: {exc}"
+            ) from None
+
+    # -- reading -------------------------------------------------------------------
+
+    def decode(self, data: bytes | None, contract: type[C]) -> C:
+        """Decode one message; see ``decoder`` for the errors raised."""
+        return self.decoder(contract)(data)
+
+    def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
+        """A function decoding any of the three framings into a validated ``contract``."""
+        json_decode = self._json.decoder(contract)
+        is_avro = getattr(contract, "__wire_format__", "json") == "avro"
+        single_object = self._avro.decoder(contract) if is_avro else json_decode
+        reader = self._avro._schema(contract)[0] if is_avro else None
+        validate = contract.__pydantic_validator__.validate_python
+        # Per id: (type, writer, reader) as fastavro takes them. A writer with the reader's
+        # canonical form reads as the reader without resolution: fastavro compares the
+        # two schemas on every record otherwise, which made Confluent framing 13% slower
+        # than single-object encoding (benchmarks/registry_decode.py).
+        plans: dict[int, tuple[str, Any, Any]] = {}
+        fetch = self._writer
+        max_bytes, include_input = self.max_bytes, self.include_input
+
+        def plan(schema_id: int) -> tuple[str, Any, Any]:
+            kind, writer = fetch(schema_id)
+            if kind == "AVRO" and reader is not None and _canonical(writer) == _canonical(reader):
+                writer = reader
+            found = plans[schema_id] = (kind, writer, None if writer is reader else reader)
+            return found
+
+        def decode(data: bytes | None) -> C:
+            if not data or data[0] != 0:  # tombstones and empty values fail in there
+                return single_object(data) if data and data[0] == 0xC3 else json_decode(data)
+            if len(data) > max_bytes:
+                raise DecodeError(
+                    f"message is {len(data)} bytes, over the limit of {max_bytes}",
+                    reason="oversize",
+                )
+            if len(data) < HEADER_SIZE:
+                raise DecodeError("Confluent framing cut short: no 4-byte schema id")
+            schema_id = int.from_bytes(data[1:5], "big")
+            kind, writer, resolve_to = plans.get(schema_id) or plan(schema_id)
+            if kind == "JSON":
+                return json_decode(data[5:])
+            try:
+                record = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, resolve_to)
+            except fastavro.read.SchemaResolutionError:
+                raise DecodeError(
+                    f"writer schema id {schema_id} cannot be resolved to the contract's Avro "
+                    "schema by Avro's rules; check the subject's compatibility"
+                ) from None
+            except Exception as exc:  # fastavro raises many types on corrupt input
+                raise DecodeError(
+                    f"corrupt Avro record (schema id {schema_id}): {type(exc).__name__}"
+                ) from None
+            try:
+                event: C = validate(record)
+            except ValidationError as exc:
+                raise _classify(exc, contract, include_input) from None
+            return event
+
+        return decode
+
+    def _writer(self, schema_id: int) -> tuple[str, Any]:
+        """The writer schema of an id, fetched once (never one request per record)."""
+        with self._lock:  # one request per id, however many workers ask at once
+            known = self._writers.get(schema_id)
+            if known is not None:
+                return known
+            try:
+                schema = call(self._url, lambda: self._client.get_schema(schema_id))
+            except RegistryUnavailable:
+                raise
+            except Exception as exc:
+                code = registry_error_code(exc)
+                if code == 40403 or getattr(exc, "http_status_code", None) == 404:
+                    raise DecodeError(
+                        f"schema id {schema_id} is unknown to the schema registry (40403): "
+                        "written against another registry, or its schema was deleted"
+                    ) from None
+                raise DecodeError(
+                    f"schema id {schema_id}: the schema registry refused it ({code})"
+                ) from None
+            writer = _parse_writer(schema_id, schema)
+            self._writers[schema_id] = writer
+            return writer
+
+
+def _canonical(parsed: Any) -> str:
+    return str(fastavro.schema.to_parsing_canonical_form(parsed))
+
+
+def _parse_writer(schema_id: int, schema: Any) -> tuple[str, Any]:
+    schema_type = (schema.schema_type or "AVRO").upper()
+    if schema.references:
+        raise DecodeError(
+            f"writer schema id {schema_id} uses schema references, which streamguard does not "
+            "resolve; register a self-contained schema"
+        )
+    if schema_type == "JSON":
+        return "JSON", None
+    if schema_type != "AVRO":
+        raise DecodeError(f"writer schema id {schema_id} is {schema_type}; expected AVRO or JSON")
+    try:
+        return "AVRO", fastavro.parse_schema(json.loads(schema.schema_str))
+    except Exception as exc:  # fastavro's many parse errors; the text names no data
+        raise DecodeError(
+            f"writer schema id {schema_id} is not a valid Avro schema ({type(exc).__name__})"
+        ) from None

@@ -1,0 +1,195 @@
+"""``streamguard registry`` and the ``--registry`` forms of ``schema check/register``.
+
+Exit codes as everywhere in the CLI: 0 compatible (or done), 1 a breaking change or a
+refused registration, 2 usage, configuration or an unreachable registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from streamguard.config import ProjectConfig
+from streamguard.contracts import Contract
+from streamguard.errors import ConfigurationError
+from streamguard.registry.checks import RegistrationRefused, RegistryCheck, RegistryChecker
+from streamguard.registry.client import REGISTRY_URL_ENV, new_client, resolve_registry_config
+from streamguard.schema.jsonschema_compat import POLICIES, Policy
+from streamguard.schema.report import render
+from streamguard.settings import redact_url
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """``--registry [URL]`` (alias ``--schema-registry``) on ``schema check/register``."""
+    parser.add_argument(
+        "--registry",
+        "--schema-registry",
+        dest="registry",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="check against a schema registry instead of schemas/ (URL, or without one: "
+        f"${REGISTRY_URL_ENV}, then [tool.streamguard] schema_registry_url)",
+    )
+
+
+def add_registry_parser(subparsers: Any) -> None:
+    """``streamguard registry``: the embedded registry in the foreground."""
+    parser = subparsers.add_parser(
+        "registry", help="run an embedded Confluent-compatible schema registry (development)"
+    )
+    parser.add_argument("--port", type=int, default=8081, help="port to listen on (8081)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    parser.add_argument("--dir", type=Path, default=None, help="keep its state in DIR")
+    parser.add_argument(
+        "--policy", choices=POLICIES, default="lenient", help="JSON Schema policy of its checks"
+    )
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from streamguard.registry.server import RegistryServer
+
+    server = RegistryServer(args.port, args.host, args.dir, cast(Policy, args.policy))
+    try:
+        url = server.start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    kept = f"state kept in {args.dir}" if args.dir else "in memory: nothing is kept when it stops"
+    print(f"streamguard registry listening on {url}", flush=True)
+    print(f"  export {REGISTRY_URL_ENV}={url}", flush=True)
+    print(f"  {kept}. For development: production uses a real registry. Ctrl-C stops it.")
+    stopped = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        server.stop()
+    print("streamguard registry stopped", flush=True)
+    return EXIT_OK if stopped else EXIT_FAILED
+
+
+def _checker(args: argparse.Namespace, config: ProjectConfig) -> RegistryChecker:
+    registry = resolve_registry_config(args.registry or None, config.schema_registry_url)
+    if registry is None:
+        raise ConfigurationError(
+            f"--registry needs a URL: give one, export {REGISTRY_URL_ENV}, or set "
+            "[tool.streamguard] schema_registry_url"
+        )
+    return RegistryChecker(new_client(registry), registry["url"], cast(Policy, args.policy))
+
+
+def _run_checks(
+    args: argparse.Namespace, config: ProjectConfig, contracts: dict[str, type[Contract]]
+) -> tuple[RegistryChecker, list[RegistryCheck]]:
+    checker = _checker(args, config)
+    checks = [
+        checker.check(contract, config.registry_subject(subject))
+        for subject, contract in sorted(contracts.items())
+    ]
+    return checker, checks
+
+
+def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
+    groups = [(c.result.mode, c.result.comparisons) for c in checks]
+    if args.format == "json":
+        entries = json.loads(render(groups, "json"))
+        doc = {"changes": entries, "subjects": [c.summary() for c in checks]}
+        print(json.dumps(doc, indent=2))
+        return
+    text = render(groups, args.format)
+    lines = [text] if text else []
+    for c in checks:
+        subject, verdict = c.result.subject, c.registry_compatible
+        if args.format == "github":
+            if c.disagreement:
+                ours = "compatible" if c.result.ok else "incompatible"
+                lines.append(
+                    f"::warning title={subject} registry verdict::the registry says "
+                    f"{'compatible' if verdict else 'incompatible'}, streamguard says {ours}"
+                )
+            continue
+        if c.registered_as is not None:
+            lines.append(
+                f"{subject}: v{c.contract.__version__} is registered as version "
+                f"{c.registered_as} [{c.result.mode}]"
+            )
+        elif not c.result.comparisons:
+            lines.append(
+                f"{subject}: v{c.contract.__version__} has nothing to compare with "
+                f"[{c.result.mode}]"
+            )
+        if verdict is not None:
+            lines.append(f"{subject}: the registry says {'' if verdict else 'in'}compatible")
+        if c.disagreement:
+            lines.append(
+                f"{subject}: DISAGREEMENT: the registry and streamguard's rules differ; "
+                "either verdict of incompatible fails the check"
+            )
+    if lines:
+        print("\n".join(lines))
+
+
+def check_registry(
+    args: argparse.Namespace, config: ProjectConfig, contracts: dict[str, type[Contract]]
+) -> int:
+    """``schema check --registry``: exit 1 if streamguard or the registry finds a break."""
+    _, checks = _run_checks(args, config, contracts)
+    _report(args, checks)
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def register_registry(
+    args: argparse.Namespace, config: ProjectConfig, contracts: dict[str, type[Contract]]
+) -> int:
+    """``schema register --registry``: register what changed, refusing breaks unless forced.
+
+    ``--force`` skips streamguard's verdict only: the registry still judges under the
+    subject's level, and a deliberate break there means changing that level on purpose.
+    """
+    checker, checks = _run_checks(args, config, contracts)
+    changed = [c for c in checks if c.registered_as is None]
+    refused = [c for c in changed if not c.ok]
+    if refused and not args.force:
+        _report(args, refused)
+        print(
+            f"refused: {len(refused)} subject(s) incompatible; nothing was registered. Fix "
+            'the contracts, or use --force --reason "..." to try a deliberate break.',
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    failed = 0
+    for c in changed:
+        subject = c.result.subject
+        try:
+            schema_id, version = checker.register(c.contract, subject)
+        except RegistrationRefused as exc:
+            print(f"streamguard: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        forced = f" FORCED: {args.reason.strip()}" if not c.ok else ""
+        print(
+            f"{subject}: v{c.contract.__version__} registered as version {version} "
+            f"(id {schema_id}) at {redact_url(checker.url)}{forced}"
+        )
+    for c in checks:
+        if c.registered_as is not None:
+            print(
+                f"{c.result.subject}: v{c.contract.__version__} unchanged "
+                f"(version {c.registered_as})"
+            )
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,82 @@
+"""Fixtures: an embedded schema registry per test, its client, and contracts to register."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+import streamguard as sg
+from streamguard.registry import RegistryServer
+from streamguard.registry.codec import registry_schema
+
+
+class PaymentV1(sg.Contract):
+    """An Avro contract, first version."""
+
+    __subject__ = "payments.Payment"
+    __version__ = 1
+    __wire_format__ = "avro"
+
+    payment_id: str
+    amount_cents: int
+
+
+class PaymentV2(sg.Contract):
+    """v2 adds a field with a default: BACKWARD compatible (v2 readers read v1 data)."""
+
+    __subject__ = "payments.Payment"
+    __version__ = 2
+    __wire_format__ = "avro"
+
+    payment_id: str
+    amount_cents: int
+    currency: str = "EUR"
+
+
+class PaymentBroken(sg.Contract):
+    """A v3 that adds a required field: breaks BACKWARD."""
+
+    __subject__ = "payments.Payment"
+    __version__ = 3
+    __wire_format__ = "avro"
+
+    payment_id: str
+    amount_cents: int
+    merchant: str
+
+
+@pytest.fixture
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """An embedded registry on a free loopback port, its state in a fresh directory."""
+    server = RegistryServer(port=0, directory=tmp_path_factory.mktemp("registry"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(registry: RegistryServer) -> SchemaRegistryClient:
+    """confluent-kafka's own client, pointed at the embedded registry over HTTP."""
+    return SchemaRegistryClient({"url": registry.url, "max.retries": 0})
+
+
+def avro(contract: type[sg.Contract]) -> Schema:
+    """The registry Schema of an Avro contract (its exported .avsc)."""
+    text, schema_type = registry_schema(contract)
+    return Schema(text, schema_type)
+
+
+def record(fields: list[tuple[str, str]], name: str = "R") -> str:
+    """An Avro record schema text with ``(name, type)`` fields."""
+    return json.dumps(
+        {"type": "record", "name": name, "fields": [{"name": n, "type": t} for n, t in fields]}
+    )
+
+
+# The runtime suite's service fixtures, shared here (importing a fixture registers it).
+from tests.runtime.conftest import raw_producer, start_service  # noqa: E402, F401

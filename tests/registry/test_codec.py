@@ -1,0 +1,185 @@
+"""RegistryCodec: the three framings, the id cache, and what an unknown id or a missing
+registry become."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+import streamguard as sg
+from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavailable
+from streamguard.registry import RegistryCodec, RegistryServer
+from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config, subject_name
+from tests.registry.conftest import PaymentV1, PaymentV2, avro
+
+SECRET = "hunter2-secret"
+
+
+def framed(schema_id: int, body: bytes) -> bytes:
+    """Confluent framing: magic byte 0, the id as 4 bytes big-endian, the payload."""
+    return b"\x00" + schema_id.to_bytes(4, "big") + body
+
+
+def test_reads_all_three_framings(registry: RegistryServer, client: SchemaRegistryClient) -> None:
+    """One decoder reads Confluent-framed Avro, Avro single-object and plain JSON."""
+    client.register_schema("p-value", avro(PaymentV2))
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    event = PaymentV2(payment_id="p", amount_cents=5, currency="USD")
+    decode = codec.decoder(PaymentV2)
+    assert decode(codec.encoder(PaymentV2, "p")(event)) == event
+    assert decode(sg.AvroCodec().encode(event)) == event
+    assert decode(event.model_dump_json().encode()) == event
+
+
+def test_writer_schema_is_fetched_once_per_id(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """After the first record of an id, records of that id decode without the registry."""
+    schema_id = client.register_schema("p-value", avro(PaymentV1))
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    record = codec.encoder(PaymentV1, "p")(PaymentV1(payment_id="p", amount_cents=1))
+    decode = codec.decoder(PaymentV2)
+    assert decode(record).currency == "EUR"  # v1 data, v2 reader: the default fills in
+    registry.stop()
+    for _ in range(3):
+        assert decode(record).payment_id == "p"
+    assert record[1:5] == schema_id.to_bytes(4, "big")
+
+
+def test_unknown_id_is_a_decode_error_naming_it(registry: RegistryServer) -> None:
+    """An id the registry does not know is a DecodeError (dead-lettered) naming the id."""
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    with pytest.raises(DecodeError, match="schema id 77 is unknown") as info:
+        codec.decode(framed(77, b"{}"), PaymentV1)
+    assert info.value.reason == "decode_error"
+
+
+def test_unreachable_registry_is_transient(registry: RegistryServer) -> None:
+    """A registry that does not answer raises RegistryUnavailable, a TransientError, with
+    the URL's password redacted."""
+    url = registry.url.replace("http://", f"http://user:{SECRET}@")
+    registry.stop()
+    codec = RegistryCodec({"url": url}, wire_format="json")
+    with pytest.raises(RegistryUnavailable) as info:
+        codec.decode(framed(1, b"{}"), PaymentV1)
+    assert isinstance(info.value, sg.TransientError)
+    assert SECRET not in str(info.value)
+
+
+def test_unresolvable_writer_is_a_decode_error_naming_the_id(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A writer schema Avro cannot resolve to the contract's is a DecodeError naming its id."""
+    client.set_compatibility(level="NONE")
+    other = json.loads(avro(PaymentV1).schema_str)
+    other["fields"][1]["type"] = "string"  # amount_cents as a string: no promotion to long
+    schema_id = client.register_schema("p-value", Schema(json.dumps(other), "AVRO"))
+    import io
+
+    import fastavro
+
+    body = io.BytesIO()
+    fastavro.schemaless_writer(
+        body, fastavro.parse_schema(other), {"payment_id": "p", "amount_cents": "12"}
+    )
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    with pytest.raises(DecodeError, match=f"schema id {schema_id} cannot be resolved"):
+        codec.decode(framed(schema_id, body.getvalue()), PaymentV1)
+
+
+def test_size_is_checked_before_the_registry_is_asked(registry: RegistryServer) -> None:
+    """An oversize Confluent-framed record is refused as oversize, without a lookup."""
+    codec = RegistryCodec({"url": registry.url}, wire_format="json", max_bytes=64)
+    registry.stop()  # a lookup would raise RegistryUnavailable instead
+    with pytest.raises(DecodeError) as info:
+        codec.decode(framed(1, b"{" + b" " * 100 + b"}"), PaymentV1)
+    assert info.value.reason == "oversize"
+
+
+def test_contract_violation_in_confluent_json_is_classified(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A well-framed JSON record that breaks the contract is a ContractViolation, and
+    its values stay out of the error."""
+    schema_id = client.register_schema("o-value", Schema('{"type": "object"}', "JSON"))
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    body = json.dumps({"payment_id": SECRET, "amount_cents": SECRET}).encode()
+    with pytest.raises(sg.ContractViolation) as info:
+        codec.decode(framed(schema_id, body), PaymentV1)
+    assert SECRET not in str(info.value)
+
+
+def test_encoder_refuses_an_unregistered_schema_unless_auto_register(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """Without auto_register a schema missing from the subject fails with a hint; with it,
+    the schema is registered under the strategy's subject."""
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    with pytest.raises(ConfigurationError, match="not registered under subject 'pay-value'"):
+        codec.encoder(PaymentV1, "pay")
+    auto = RegistryCodec(
+        {"url": registry.url},
+        wire_format="avro",
+        subject_name_strategy="RecordNameStrategy",
+        auto_register=True,
+    )
+    auto.encoder(PaymentV1, "pay")
+    assert client.get_subjects() == ["payments.Payment"]
+
+
+def test_subject_name_strategies() -> None:
+    """Subjects are named as Confluent's serializers name them."""
+    assert subject_name("TopicNameStrategy", "orders", "a.B") == "orders-value"
+    assert subject_name("RecordNameStrategy", "orders", "a.B") == "a.B"
+    assert subject_name("TopicRecordNameStrategy", "orders", "a.B") == "orders-a.B"
+    with pytest.raises(ConfigurationError, match="unknown subject name strategy"):
+        subject_name("Nope", "orders", "a.B")  # type: ignore[arg-type]
+
+
+def test_config_layers_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit config wins over the environment, which wins over pyproject's URL;
+    secrets never show in a producer's or service's repr."""
+    monkeypatch.setenv(REGISTRY_URL_ENV, "http://env:8081")
+    assert resolve_registry_config("http://flag:8081", "http://toml:8081") == {
+        "url": "http://flag:8081"
+    }
+    assert resolve_registry_config(None, "http://toml:8081") == {"url": "http://env:8081"}
+    monkeypatch.delenv(REGISTRY_URL_ENV)
+    assert resolve_registry_config(None, "http://toml:8081") == {"url": "http://toml:8081"}
+    assert resolve_registry_config(None) is None
+    with pytest.raises(ConfigurationError, match="needs a 'url'"):
+        resolve_registry_config({"basic.auth.user.info": "u:p"})
+
+    config = {"url": f"http://bob:{SECRET}@127.0.0.1:1"}
+    producer = sg.GuardedProducer("127.0.0.1:1", schema_registry=config)
+    assert SECRET not in repr(producer)
+    assert "bob" in repr(producer)
+    auth = {"url": "http://127.0.0.1:1", "basic.auth.user.info": f"bob:{SECRET}"}
+    assert SECRET not in repr(RegistryCodec(auth))
+
+    class Service(sg.ConsumerService):
+        topic = "t"
+        contract = PaymentV1
+        group_id = "g"
+
+        def handle(self, event: PaymentV1, ctx: sg.MessageContext) -> None:
+            """Nothing to do: the test only reads the repr."""
+
+    service = Service("127.0.0.1:1", schema_registry=auth)
+    assert SECRET not in repr(service)
+    assert "schema_registry=" in repr(service)
+
+
+def test_refused_credentials_and_server_errors_wait_not_found_does_not() -> None:
+    """401/403, 429 and 5xx answers mean "not now" (records wait); 404 means the schema
+    does not exist (the record is dead-lettered)."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from streamguard.registry.client import is_unavailable
+
+    for status in (401, 403, 429, 500, 503):
+        assert is_unavailable(SchemaRegistryError(status, status * 100 + 1, "no"))
+    assert not is_unavailable(SchemaRegistryError(404, 40403, "Schema not found"))
+    assert not is_unavailable(SchemaRegistryError(409, 409, "incompatible"))

@@ -1,0 +1,213 @@
+"""Interop through the broker: Confluent's serializers and streamguard read each other."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.registry import RegistryServer
+from streamguard.registry.codec import registry_schema
+from tests.registry.conftest import PaymentV1, PaymentV2, avro
+from tests.runtime.conftest import Running, dlq_headers, order, wait_for
+
+pytestmark = pytest.mark.broker
+
+FAST_RETRY = sg.RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.2, max_budget_ms=300)
+
+
+def collector(
+    src: str, contract: type[sg.Contract], group: str, **attrs: Any
+) -> tuple[type[Any], list[Any]]:
+    """A service class that keeps every event it handles, and the list it keeps them in."""
+    seen: list[Any] = []
+
+    def handle(self: sg.ConsumerService, event: Any, ctx: sg.MessageContext) -> None:
+        seen.append(event)
+
+    namespace = {
+        "topic": src,
+        "contract": contract,
+        "group_id": group,
+        "retry": FAST_RETRY,
+        "handle": handle,
+        **attrs,
+    }
+    return type("Collect", (sg.ConsumerService,), namespace), seen
+
+
+def test_confluent_avro_serializer_to_service_v1_read_by_v2(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """Records from confluent-kafka's AvroSerializer, written with v1 and v2 schemas, are
+    consumed by a v2 contract: v1 records resolve by Avro's rules (the default fills in)."""
+    src = topic_factory("payments")
+    ctx = SerializationContext(src, MessageField.VALUE)
+    for contract, fields in (
+        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
+        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
+    ):
+        serialize = AvroSerializer(client, registry_schema(contract)[0])
+        raw_producer.produce(src, serialize(fields, ctx))
+    raw_producer.flush(10)
+    assert client.get_versions(f"{src}-value") == [1, 2]
+
+    cls, seen = collector(src, PaymentV2, unique("g"))
+    start_service(cls, schema_registry={"url": registry.url})
+    assert wait_for(lambda: len(seen) == 2)
+    assert [(e.payment_id, e.amount_cents, e.currency) for e in seen] == [
+        ("p1", 100, "EUR"),
+        ("p2", 200, "USD"),
+    ]
+
+
+def test_confluent_json_serializer_to_service(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """Records from confluent-kafka's JSONSerializer are consumed and validated by a
+    streamguard service with a JSON contract."""
+    src = topic_factory("orders")
+    serialize = JSONSerializer(registry_schema(OrderPlaced)[0], client)
+    ctx = SerializationContext(src, MessageField.VALUE)
+    for i in range(3):
+        raw_producer.produce(src, serialize(order(i).model_dump(mode="json"), ctx))
+    raw_producer.flush(10)
+
+    cls, seen = collector(src, OrderPlaced, unique("g"))
+    start_service(cls, schema_registry=registry.url)
+    assert wait_for(lambda: len(seen) == 3)
+    assert seen == [order(i) for i in range(3)]
+
+
+def test_guarded_producer_avro_to_confluent_deserializer(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """GuardedProducer with a registry writes Confluent framing with the id registered
+    under <topic>-value, which confluent-kafka's AvroDeserializer reads."""
+    src = topic_factory("payments")
+    schema_id = client.register_schema(f"{src}-value", avro(PaymentV2))
+    producer = sg.GuardedProducer(bootstrap, schema_registry={"url": registry.url})
+    producer.send(src, PaymentV2(payment_id="p9", amount_cents=900, currency="USD"))
+    producer.flush()
+
+    (msg,) = read_all(src, 1)
+    value = msg.value()
+    assert value[:5] == b"\x00" + schema_id.to_bytes(4, "big")
+    deserialize = AvroDeserializer(client)
+    got = deserialize(value, SerializationContext(src, MessageField.VALUE))
+    assert got == {"payment_id": "p9", "amount_cents": 900, "currency": "USD"}
+
+
+def test_guarded_producer_json_to_confluent_deserializer(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """With auto_register, GuardedProducer registers the JSON Schema under the record
+    strategy's subject, and confluent-kafka's JSONDeserializer reads the records."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(
+        bootstrap,
+        schema_registry={"url": registry.url},
+        subject_name_strategy="TopicRecordNameStrategy",
+        auto_register=True,
+    )
+    producer.send(src, order(5))
+    producer.flush()
+
+    assert client.get_subjects() == [f"{src}-OrderPlaced"]
+    (msg,) = read_all(src, 1)
+    deserialize = JSONDeserializer(None, schema_registry_client=client)
+    got = deserialize(msg.value(), SerializationContext(src, MessageField.VALUE))
+    assert got == order(5).model_dump(mode="json")
+
+
+def test_unknown_schema_id_is_dead_lettered(
+    registry: RegistryServer,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A Confluent-framed record whose id the registry does not know is dead-lettered as
+    decode_error naming the id, and the records after it are handled."""
+    src = topic_factory("orders")
+    raw_producer.produce(src, b"\x00" + (4242).to_bytes(4, "big") + b"{}")
+    raw_producer.produce(src, order(1).model_dump_json().encode())
+    raw_producer.flush(10)
+
+    cls, seen = collector(src, OrderPlaced, unique("g"))
+    start_service(cls, schema_registry={"url": registry.url})
+    (dead,) = read_all(f"{src}.dlq", 1)
+    headers = dlq_headers(dead)
+    assert headers["sg-dlq-reason"] == "decode_error"
+    assert "schema id 4242" in headers["sg-dlq-error-message"]
+    assert wait_for(lambda: len(seen) == 1)
+
+
+def test_registry_outage_holds_records_then_they_flow(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """While the registry is down, records with an id not yet cached wait (far past the
+    retry policy's budget, whatever the service's transient tuple) instead of being
+    dead-lettered; once it is back, they flow."""
+    src = topic_factory("payments")
+    ctx = SerializationContext(src, MessageField.VALUE)
+    first = AvroSerializer(client, registry_schema(PaymentV1)[0])(
+        {"payment_id": "a", "amount_cents": 1}, ctx
+    )
+    later = AvroSerializer(client, registry_schema(PaymentV2)[0])(
+        {"payment_id": "b", "amount_cents": 2, "currency": "USD"}, ctx
+    )
+    raw_producer.produce(src, first)
+    raw_producer.flush(10)
+    # Even a service that retries nothing of its own waits for the registry.
+    cls, seen = collector(src, PaymentV2, unique("g"), transient=(TimeoutError,))
+    running = start_service(cls, schema_registry={"url": registry.url})
+    assert wait_for(lambda: len(seen) == 1)
+
+    registry.stop()  # mid-stream: the v2 id was never fetched by the service
+    for _ in range(3):
+        raw_producer.produce(src, later)
+    raw_producer.flush(10)
+    time.sleep(1.5)  # five times FAST_RETRY's budget
+    assert len(seen) == 1
+    dead = running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered")
+    assert dead == 0
+    assert running.metric("streamguard_retries_total", topic=src) > 0
+
+    registry.start()  # same port, same directory: the same ids
+    assert wait_for(lambda: len(seen) == 4)
+    assert [e.currency for e in seen] == ["EUR", "USD", "USD", "USD"]
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0

@@ -1,0 +1,160 @@
+"""``streamguard schema check/register --registry``: the same checks against a live registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from schema_project import Project
+
+from streamguard.registry import RegistryServer
+from streamguard.registry.client import REGISTRY_URL_ENV
+
+Cli = Callable[..., tuple[int, str, str]]
+
+V1 = """
+class Customer(BaseModel):
+    id: str
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 1
+    order_id: str
+    customer: Customer
+"""
+V2_BREAKING = V1.replace("__version__ = 1", "__version__ = 2").replace(
+    "    id: str\n", '    id: str\n    tier: Literal["gold", "silver"]\n'
+)
+V2_COMPATIBLE = V1.replace("__version__ = 1", "__version__ = 2").replace(
+    "    id: str\n", '    id: str\n    tier: Literal["gold", "silver"] = "silver"\n'
+)
+V2_OPTIONAL_FIELD = V1.replace("__version__ = 1", "__version__ = 2").replace(
+    "    order_id: str\n", "    order_id: str\n    note: str | None = None\n"
+)
+
+
+@pytest.fixture
+def registry() -> Iterator[RegistryServer]:
+    """An embedded registry in memory on a free loopback port."""
+    with RegistryServer(port=0) as server:
+        yield server
+
+
+def registered(project_factory: Callable[[], Project], cli: Cli, url: str) -> Project:
+    project = project_factory()
+    project.contracts(V1)
+    code, out, err = cli("schema", "register", "--registry", url)
+    assert code == 0, err
+    assert "orders.OrderPlaced: v1 registered as version 1" in out
+    return project
+
+
+def test_register_then_unchanged(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """register --registry registers the contract's schema once; again, it is unchanged
+    and check reports the version that holds it."""
+    registered(project_factory, cli, registry.url)
+    code, out, _ = cli("schema", "register", "--registry", registry.url)
+    assert code == 0
+    assert "v1 unchanged (version 1)" in out
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 0
+    assert "is registered as version 1 [BACKWARD]" in out
+
+
+def test_breaking_change_fails_naming_the_field(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """A breaking change fails check --registry (exit 1) naming the field, and the json
+    report carries the registry's own verdict, which agrees."""
+    project = registered(project_factory, cli, registry.url)
+    project.contracts(V2_BREAKING)
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 1
+    assert "customer.tier" in out
+    assert "the registry says incompatible" in out
+    code, out, _ = cli("schema", "check", "--registry", registry.url, "--format", "json")
+    report = json.loads(out)
+    assert code == 1
+    assert [c["path"] for c in report["changes"] if c["breaking"]] == ["customer.tier"]
+    (subject,) = report["subjects"]
+    assert subject["registry_subject"] == "orders.OrderPlaced"
+    assert (subject["compatible"], subject["registry_compatible"]) == (False, False)
+    assert subject["disagreement"] is False
+    code, _, err = cli("schema", "register", "--registry", registry.url)
+    assert code == 1
+    assert "refused" in err
+
+
+def test_compatible_change_passes_and_registers(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """A compatible change passes check --registry (exit 0) and registers as version 2."""
+    project = registered(project_factory, cli, registry.url)
+    project.contracts(V2_COMPATIBLE)
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 0
+    assert "the registry says compatible" in out
+    code, out, _ = cli("schema", "register", "--registry", registry.url)
+    assert code == 0
+    assert "v2 registered as version 2" in out
+    client = SchemaRegistryClient({"url": registry.url})
+    assert client.get_versions("orders.OrderPlaced") == [1, 2]
+
+
+def test_disagreement_is_reported_and_fails(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """When the registry judges stricter than streamguard (here: Confluent's strict
+    reading of open models), the disagreement is reported and the check fails."""
+    with RegistryServer(port=0, policy="strict") as strict:
+        project = registered(project_factory, cli, strict.url)
+        project.contracts(V2_OPTIONAL_FIELD)
+        code, out, _ = cli("schema", "check", "--registry", strict.url)
+        assert code == 1
+        assert "DISAGREEMENT" in out
+        code, out, _ = cli("schema", "check", "--registry", strict.url, "--format", "github")
+        assert code == 1
+        assert "::warning title=orders.OrderPlaced registry verdict::" in out
+        code, _, err = cli(
+            "schema", "register", "--registry", strict.url, "--force", "--reason", "test"
+        )
+        assert code == 1
+        assert "refused v2 (409)" in err
+
+
+def test_url_from_environment_and_registry_subject_mapping(
+    project_factory: Callable[[], Project],
+    cli: Cli,
+    registry: RegistryServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--registry without a URL takes $STREAMGUARD_SCHEMA_REGISTRY_URL, and a subject's
+    registry_subject in pyproject names its registry subject."""
+    project = project_factory()
+    project.contracts(V1)
+    toml = project.root / "pyproject.toml"
+    toml.write_text(
+        toml.read_text()
+        + '[tool.streamguard.subjects."orders.OrderPlaced"]\nregistry_subject = "orders-value"\n'
+    )
+    monkeypatch.setenv(REGISTRY_URL_ENV, registry.url)
+    code, out, _ = cli("schema", "register", "--registry")
+    assert code == 0
+    assert "orders-value: v1 registered" in out
+
+
+def test_unreachable_registry_exits_2(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """A registry that cannot be reached is exit 2, and the URL's password is not shown."""
+    url = registry.url.replace("http://", "http://ci:s3cret-pw@")
+    registry.stop()
+    project_factory().contracts(V1)
+    code, _, err = cli("schema", "check", "--registry", url)
+    assert code == 2
+    assert "cannot reach the schema registry" in err
+    assert "s3cret-pw" not in err
