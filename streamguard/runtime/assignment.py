@@ -114,7 +114,7 @@ class Assignment:
         for lane in lanes:
             lane.close()
         for lane in lanes:
-            if not lane.idle.wait(max(0.0, deadline - time.monotonic())):
+            if not lane.wait_idle(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "handler still running after the timeout; its message will be redelivered",
                     extra={"partition": lane.partition, "timeout": timeout},

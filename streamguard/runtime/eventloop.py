@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
@@ -40,6 +41,7 @@ from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.outcomes import RetryState, judge
 from streamguard.runtime.pipeline import Pipeline
+from streamguard.runtime.poller import Poller
 from streamguard.runtime.spec import Ordering
 
 log = logging.getLogger("streamguard.runtime")
@@ -49,6 +51,8 @@ Sleep = Callable[[float], Awaitable[None]]
 DLQ_WAIT = 0.05
 # Records of an in-order run whose bookkeeping is folded into one lane update.
 _FOLD = 64
+# Records the loop runs between two polls of its own (a consume batch's worth).
+_POLL_EVERY = 512
 # Handler counts and durations are folded into the metrics this often at least.
 METRICS_EVERY = 0.5
 
@@ -83,6 +87,13 @@ class LoopLane(PartitionLane):
     def close(self) -> None:
         super().close()
         self.runner.close_lane(self)
+
+    def wait_idle(self, timeout: float) -> bool:
+        # On the loop thread this is a rebalance callback of the loop's own poll, which
+        # happens only while no handler is suspended: nothing of this lane can run.
+        if self.runner.on_loop_thread():
+            return True
+        return super().wait_idle(timeout)
 
     def inflight(self) -> int:
         with self.lock:
@@ -129,6 +140,12 @@ class LoopRunner:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         spec = pipeline.spec
+        self._poller: Poller | None = None
+        self._stopping: threading.Event | None = None
+        self._on_idle: Callable[[], None] = lambda: None
+        self._thread_id: int | None = None  # the loop thread, once it ran anything
+        self.in_handlers = 0  # handler calls started and not returned (suspended ones)
+        self._since_poll = 0
         self.pipeline = pipeline
         self.loop = loop
         self.ordering = ordering
@@ -163,11 +180,34 @@ class LoopRunner:
 
         return in_pool
 
+    def attach(
+        self, poller: Poller, stopping: threading.Event, on_idle: Callable[[], None]
+    ) -> None:
+        """Let the loop poll between records (see ``_poll_here``).
+
+        Args:
+            stopping: set when the service stops; the loop then polls no more.
+            on_idle: called when the loop has no work left, so that another thread
+                takes over polling at once.
+        """
+        self._poller, self._stopping, self._on_idle = poller, stopping, on_idle
+
+    @property
+    def busy(self) -> bool:
+        """True while the loop has records to run (it polls between them itself)."""
+        return bool(self._runs)
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
     # -- any thread --------------------------------------------------------------------
 
     def submit(self, lane: LoopLane, batch: list[Record]) -> None:
-        """Hand a batch to the loop: one thread hand-off per batch."""
-        self.loop.call_soon_threadsafe(self._accept, lane, batch)
+        """Hand a batch to the loop: one thread hand-off per batch (none on the loop)."""
+        if threading.get_ident() == self._thread_id:
+            self._accept(lane, batch)
+        else:
+            self.loop.call_soon_threadsafe(self._accept, lane, batch)
 
     def close_lane(self, lane: LoopLane) -> None:
         """Stop a closed lane's work: nothing new starts; retry waits are cancelled."""
@@ -185,6 +225,7 @@ class LoopRunner:
     # -- the loop thread ---------------------------------------------------------------
 
     def _accept(self, lane: LoopLane, batch: list[Record]) -> None:
+        self._thread_id = threading.get_ident()
         if lane.closed:
             return
         runs = self._runs
@@ -238,6 +279,8 @@ class LoopRunner:
             if self._runs.get(ident) is run:
                 del self._runs[ident]
             self._schedule_flush()
+            if not self._runs:
+                self._on_idle()
 
     async def _run_in_order(self, run: _KeyRun) -> None:
         """Partition order, the fast path: first attempts inline, a batch's bookkeeping
@@ -260,6 +303,7 @@ class LoopRunner:
                 value = msg.value()
                 ctx = MessageContext(msg, 1)
                 verdict: Failure | RetryState | None = None
+                self.in_handlers += 1
                 try:
                     if value is None and tombstone is not None:
                         await tombstone(ctx)
@@ -275,13 +319,18 @@ class LoopRunner:
                             durations.append(clock() - start)
                 except Exception as exc:
                     verdict = judge(exc, 1, None, pipe.retry, pipe.transient, self._clock())
+                finally:
+                    self.in_handlers -= 1
                 if verdict is None:
                     queue.popleft()
                     done += 1
                     end = msg.offset() + 1
-                    if done >= _FOLD:
+                    if done >= _FOLD or not queue:
                         self._fold(lane, done, end)
                         done = 0
+                        self._since_poll += _FOLD
+                        if self._since_poll >= _POLL_EVERY or not queue:
+                            self._poll_here()
                     continue
                 self._fold(lane, done, end)
                 done = 0
@@ -300,6 +349,29 @@ class LoopRunner:
             lane.running -= 1
             if not lane.running:
                 lane.idle.set()
+
+    def _poll_here(self) -> None:
+        """Poll on the loop thread, between records: leader/follower, as workers do.
+
+        Handing the interpreter lock back and forth between a polling thread and the
+        loop costs more than a handler that does not wait, so the loop fetches its
+        next batch itself. Only while no handler is suspended mid-call: a rebalance
+        callback run here settles revoked lanes, and must find none of them running.
+        """
+        self._since_poll = 0
+        poller, stopping = self._poller, self._stopping
+        if poller is None or stopping is None or self.in_handlers:
+            return
+        if not poller.lock.acquire(blocking=False):
+            return  # another thread is polling
+        try:
+            if stopping.is_set():
+                return
+            claimed = poller.poll_once(0.0)
+        finally:
+            poller.lock.release()
+        for lane in claimed:
+            lane.drain()  # on this thread: accepted at once
 
     def _fold(self, lane: LoopLane, done: int, end: int) -> None:
         """Record ``done`` handled records of a lane, the last ending at ``end``."""
@@ -330,11 +402,13 @@ class LoopRunner:
             lane.running += 1
             lane.idle.clear()
             verdict: Failure | RetryState | None
+            self.in_handlers += 1
             try:
                 verdict = await self._attempt(msg, attempt)
             except Exception as exc:
                 verdict = judge(exc, attempt, retry, pipe.retry, pipe.transient, self._clock())
             finally:
+                self.in_handlers -= 1
                 run.in_handler = False
                 lane.running -= 1
                 if not lane.running:

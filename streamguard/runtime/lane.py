@@ -135,6 +135,10 @@ class PartitionLane:
             self.queue.clear()
             self.buffered = 0
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until no handler of this lane runs; False on timeout."""
+        return self.idle.wait(timeout)
+
     def commit_position(self) -> int | None:
         """The end of the longest prefix of final outcomes (None: nothing final yet)."""
         with self.lock:

@@ -188,7 +188,12 @@ class ServiceRuntime:
             give_up=give_up,
         )
         poller = Poller(consumer, spec.topic, options, assignment, publisher, flow, committer, lag)
-        scheduler = Scheduler(poller, options.workers)
+        loop_runner = self._loop_runner
+        if loop_runner is None:
+            scheduler = Scheduler(poller, options.workers)
+        else:
+            scheduler = Scheduler(poller, options.workers, lambda: loop_runner.busy)
+            loop_runner.attach(poller, scheduler.stopping, scheduler.wake)
         metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
         self._publisher, self._committer = publisher, committer
         self._poller, self._scheduler = poller, scheduler

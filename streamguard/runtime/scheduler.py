@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.poller import Poller
@@ -41,9 +42,16 @@ THROTTLE_WAIT = 0.002
 class Scheduler:
     """Runs lanes on up to ``workers`` threads, polling through ``poller``."""
 
-    def __init__(self, poller: Poller, workers: int) -> None:
+    def __init__(
+        self, poller: Poller, workers: int, loop_busy: Callable[[], bool] | None = None
+    ) -> None:
+        """Args:
+        loop_busy: True while the event loop has records to run; it then polls
+            between them itself (see ``eventloop``), like an active worker.
+        """
         self._poller = poller
         self._workers = workers
+        self._loop_busy = loop_busy or (lambda: False)
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.active_workers = 0
@@ -61,7 +69,7 @@ class Scheduler:
                 raise self.failure
             now = time.monotonic()
             waited = self._oldest_ready_wait(now)
-            active = self.active_workers
+            active = self.active_workers + self._loop_busy()
             if (
                 waited is not None
                 and active < self._workers
@@ -91,6 +99,10 @@ class Scheduler:
                 self._wake.clear()
         if self.failure is not None:
             raise self.failure
+
+    def wake(self) -> None:
+        """Look again now: the event loop ran out of work and stopped polling."""
+        self._wake.set()
 
     def _make_ready(self, lanes: list[PartitionLane]) -> None:
         if lanes and lanes[0].hands_off:
