@@ -48,7 +48,7 @@ def sample_event(i: int) -> bytes:
     return event.model_dump_json().encode()
 
 
-def produce(bootstrap: str, topic: str, count: int) -> int:
+def produce(bootstrap: str, topic: str, count: int, keys: int = 997) -> int:
     """Fill the topic with stamped events, as a GuardedProducer would send them."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     stamp = [
@@ -62,7 +62,7 @@ def produce(bootstrap: str, topic: str, count: int) -> int:
     for i in range(count):
         while True:
             try:
-                producer.produce(topic, values[i % 1000], key=b"k%d" % (i % 997), headers=stamp)
+                producer.produce(topic, values[i % 1000], key=b"k%d" % (i % keys), headers=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)

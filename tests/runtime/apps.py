@@ -41,3 +41,21 @@ class StuckAsync(sg.ConsumerService):
         with open(os.environ["SG_TEST_OUT"], "a") as out:
             out.write("started\n")
         await asyncio.sleep(60)
+
+
+class KeyedRecorder(sg.ConsumerService):
+    """Like Recorder, with ordering by key and an async handler that awaits its delay."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+    ordering = "key"
+    options = sg.ServiceOptions(commit_interval=0.2, batch_size=50, max_in_flight=32)
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        import asyncio
+
+        await asyncio.sleep(float(os.environ.get("SG_TEST_DELAY", "0")))
+        with open(os.environ["SG_TEST_OUT"], "a") as out:
+            out.write(f"{ctx.partition}:{ctx.offset}\n")
+            out.flush()

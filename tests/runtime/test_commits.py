@@ -19,7 +19,9 @@ from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 
-def _run_recorder(bootstrap: str, topic: str, group: str, out: Path, delay: str) -> Any:
+def _run_recorder(
+    bootstrap: str, topic: str, group: str, out: Path, delay: str, app: str = "Recorder"
+) -> Any:
     env = {
         **os.environ,
         "SG_TEST_TOPIC": topic,
@@ -28,7 +30,7 @@ def _run_recorder(bootstrap: str, topic: str, group: str, out: Path, delay: str)
         "SG_TEST_DELAY": delay,
     }
     cmd = [
-        sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:Recorder",
+        sys.executable, "-m", "streamguard.cli", "run", f"tests.runtime.apps:{app}",
         "--bootstrap-servers", bootstrap,
         "--kafka-config", "session.timeout.ms=2000",
         "--kafka-config", "heartbeat.interval.ms=500",

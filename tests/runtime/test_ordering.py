@@ -1,0 +1,381 @@
+"""ordering = "key" | "none": keys run concurrently, each key in order, and the commit
+never passes a record without a final outcome. Through the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
+from tests.runtime.test_commits import _end, _handled, _run_recorder
+
+
+class Spans:
+    """Start and end of every handler call, by key, from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_key: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+        self.running = 0
+        self.max_running = 0
+
+    def start(self) -> float:
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        return time.monotonic()
+
+    def end(self, key: str, offset: int, started: float) -> None:
+        with self.lock:
+            self.running -= 1
+            self.by_key[key].append((offset, started, time.monotonic()))
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.by_key.values())
+
+    def assert_each_key_in_order(self) -> None:
+        for key, spans in self.by_key.items():
+            offsets = [o for o, _, _ in spans]
+            assert offsets == sorted(offsets), f"key {key} out of offset order"
+            for (_, _, end), (_, start, _) in zip(spans, spans[1:], strict=False):
+                assert start >= end, f"two handlers of key {key} overlapped"
+
+
+def send_keyed(bootstrap: str, topic: str, count: int, keys: int) -> None:
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(count):
+        producer.send(topic, order(i), key=f"k{i % keys}")
+    producer.flush()
+
+
+def test_key_ordering_runs_keys_concurrently_and_each_key_in_order(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Async handlers under key ordering: many keys at once, never two of one key,
+    offsets increasing per key; everything committed at the end."""
+    src = topic_factory("clicks", partitions=3)
+    group = unique("enrich")
+    send_keyed(bootstrap, src, 600, keys=40)
+    spans = Spans()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+        options = sg.ServiceOptions(max_in_flight=64)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started = spans.start()
+            await asyncio.sleep(0.004)
+            spans.end(str(ctx.key), ctx.offset, started)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: spans.count() == 600, timeout=30)
+    assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == 600)
+    spans.assert_each_key_in_order()
+    assert spans.max_running > 8, "keys did not run concurrently"
+    assert spans.max_running <= 64
+    assert running.metric("streamguard_handlers_limit", topic=src) == 64
+    assert running.metric("streamguard_handlers_in_flight", topic=src) == 0
+    assert running.metric("streamguard_waiting_for_key", topic=src) == 0
+    running.stop()
+    assert not running.error
+
+
+def test_sync_handlers_run_on_a_bounded_pool_under_key_ordering(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A sync handler that waits runs concurrently on the pool, each key in order."""
+    src = topic_factory("clicks", partitions=2)
+    group = unique("enrich")
+    send_keyed(bootstrap, src, 300, keys=30)
+    spans = Spans()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+        options = sg.ServiceOptions(max_in_flight=16)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started = spans.start()
+            time.sleep(0.003)
+            spans.end(str(ctx.key), ctx.offset, started)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: spans.count() == 300, timeout=30)
+    spans.assert_each_key_in_order()
+    assert 4 < spans.max_running <= 16
+    running.stop()
+    assert not running.error
+
+
+def test_a_retrying_key_does_not_hold_other_keys(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A transient failure backs off while only its key waits: later records of other
+    keys in the same partition finish first; its own later record waits behind it."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(0, customer_id="slow"), key="slow")
+    for i in range(1, 21):
+        producer.send(src, order(i), key=f"other-{i}")
+    producer.send(src, order(21, customer_id="slow-2"), key="slow")
+    producer.flush()
+    finished: list[int] = []
+    attempts: dict[int, int] = defaultdict(int)
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.6, max_delay=0.6)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            attempts[ctx.offset] += 1
+            if ctx.offset == 0 and ctx.attempt < 3:
+                raise TimeoutError("dependency timed out")
+            finished.append(ctx.offset)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: len(finished) == 22, timeout=30)
+    assert finished.index(0) > finished.index(20), "other keys waited for the retrying key"
+    assert finished.index(21) > finished.index(0), "the key's later record overtook it"
+    assert attempts[0] == 3
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: 22})
+    assert running.metric("streamguard_retries_total", topic=src) == 2
+    running.stop()
+
+
+def test_dead_letters_per_record_under_key_ordering(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """Invalid records and permanent failures are dead-lettered one by one, never
+    retried, while valid records of the same keys are handled."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    mix = [
+        (b"k1", order(0).model_dump_json().encode(), None),
+        (b"k1", b"{broken", "decode_error"),
+        (b"k2", b'{"order_id": "x"}', "contract_violation"),
+        (b"k2", order(3, customer_id="closed").model_dump_json().encode(), "permanent_error"),
+        (b"k1", order(4).model_dump_json().encode(), None),
+        (None, b"[]", "contract_violation"),
+    ]
+    for key, value, _ in mix:
+        raw_producer.produce(src, value, key=key)
+    raw_producer.flush(10)
+    handled: list[int] = []
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "closed":
+                raise sg.PermanentError("account closed")
+            handled.append(ctx.offset)
+
+    running = start_service(Enrich)
+    expected = sorted(reason for _, _, reason in mix if reason)
+    dlq = read_all(f"{src}.dlq", len(expected), timeout=20)
+    assert sorted(dlq_headers(m)["sg-dlq-reason"] for m in dlq) == expected
+    assert all(dlq_headers(m)["sg-dlq-attempts"] == "1" for m in dlq)
+    assert sorted(handled) == [0, 4]
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: len(mix)})
+    running.stop()
+
+
+def test_the_commit_stops_at_the_first_unfinished_record(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """With a slow record in flight, later records of other keys finish but the
+    committed offset stays at the slow one until it is done."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    send_keyed(bootstrap, src, 30, keys=30)
+    release = threading.Event()
+    finished: list[int] = []
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+        options = sg.ServiceOptions(commit_interval=0.1)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 5:
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+            finished.append(ctx.offset)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: len(finished) == 29, timeout=20)
+    time.sleep(0.5)  # several commit intervals
+    assert committed(bootstrap, group, src) == {0: 5}
+    release.set()
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: 30})
+    running.stop()
+
+
+def test_a_hot_key_keeps_partition_order(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Every record with the same key: one at a time, in offset order."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    send_keyed(bootstrap, src, 200, keys=1)
+    spans = Spans()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started = spans.start()
+            await asyncio.sleep(0)
+            spans.end(str(ctx.key), ctx.offset, started)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: spans.count() == 200, timeout=20)
+    spans.assert_each_key_in_order()
+    assert spans.max_running == 1
+    running.stop()
+
+
+def test_no_ordering_handles_everything_concurrently(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """ordering = "none": records of one key may overlap; all are handled and committed."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    send_keyed(bootstrap, src, 100, keys=1)
+    spans = Spans()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "none"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started = spans.start()
+            await asyncio.sleep(0.005)
+            spans.end(str(ctx.key), ctx.offset, started)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: spans.count() == 100, timeout=20)
+    assert spans.max_running > 4
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: 100})
+    running.stop()
+
+
+def test_rebalance_with_handlers_in_flight_loses_nothing(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A second member joins while key-ordered handlers are in flight: every record is
+    handled (at least once) and the group's commits reach the end of each partition."""
+    src = topic_factory("clicks", partitions=4)
+    group = unique("enrich")
+    total = 800
+    send_keyed(bootstrap, src, total, keys=100)
+    seen: set[tuple[int, int]] = set()
+    lock = threading.Lock()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+        options = sg.ServiceOptions(max_in_flight=32, revoke_timeout=3.0)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            await asyncio.sleep(0.01)
+            with lock:
+                seen.add((ctx.partition, ctx.offset))
+
+    first = start_service(Enrich)
+    assert wait_for(lambda: len(seen) >= 100, timeout=30)
+    second = start_service(Enrich)
+    assert wait_for(lambda: len(seen) == total, timeout=60)
+    ends = {p: max(o for q, o in seen if q == p) + 1 for p in range(4)}
+    assert wait_for(lambda: committed(bootstrap, group, src) == ends, timeout=30)
+    first.stop()
+    second.stop()
+    assert not first.error
+    assert not second.error
+
+
+def test_sigkill_mid_stream_loses_nothing_under_key_ordering(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A key-ordered service killed with SIGKILL and restarted handles every record."""
+    src = topic_factory("clicks", partitions=2)
+    group = unique("g")
+    total = 400
+    send_keyed(bootstrap, src, total, keys=50)
+    out = tmp_path / "handled.txt"
+    first = _run_recorder(bootstrap, src, group, out, delay="0.02", app="KeyedRecorder")
+    try:
+        assert wait_for(lambda: len(_handled(out)) >= 80, timeout=30)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert len(set(_handled(out))) < total, "the service finished before it was killed"
+    second = _run_recorder(bootstrap, src, group, out, delay="0", app="KeyedRecorder")
+    try:
+        assert wait_for(lambda: len(set(_handled(out))) == total, timeout=40)
+        assert wait_for(
+            lambda: committed(bootstrap, group, src) == {0: _end(out, 0), 1: _end(out, 1)}
+        )
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
