@@ -397,10 +397,15 @@ class LoopRunner:
                 if lane.closed:
                     return False
             attempt = 1 if retry is None else retry.attempt + 1
-            await self._take_slot()
+            if self._slots > 0:  # the common case, without a coroutine
+                self._slots -= 1
+                self.running += 1
+            else:
+                await self._take_slot()
             run.in_handler = True
+            if not lane.running:
+                lane.idle.clear()
             lane.running += 1
-            lane.idle.clear()
             verdict: Failure | RetryState | None
             self.in_handlers += 1
             try:
