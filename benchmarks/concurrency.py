@@ -3,7 +3,8 @@
 3 partitions, about 1,000 distinct keys, and a handler that waits 2 ms (``await
 asyncio.sleep`` or a sync ``time.sleep``). Reports msg/s for ``ordering = "partition"``,
 ``"key"`` and ``"none"`` with ``max_in_flight=256``, next to the same service with a
-handler that does not wait (the CPU bound of the same run, same data).
+handler that does not wait (the CPU bound: same ordering, same kind of handler, same
+run, same data).
 
     python benchmarks/concurrency.py [--wait-ms 2] [--records 20000] [--json]
 
@@ -102,6 +103,7 @@ def main() -> None:
         plan = [
             ("no wait", "partition", "sync", 0.0, args.records),
             ("no wait", "key", "async", 0.0, args.records),
+            ("no wait", "key", "sync", 0.0, args.records),
             ("partition", "partition", "async", wait, slow),
             ("partition", "partition", "sync", wait, slow),
             ("key", "key", "async", wait, args.records),
@@ -123,7 +125,7 @@ def main() -> None:
     for kind in ("async", "sync"):
         key = medians[f"key / key / {kind}"]
         part = medians[f"partition / partition / {kind}"]
-        cpu = medians["no wait / key / async"]
+        cpu = medians[f"no wait / key / {kind}"]
         target = min(cpu / 2, 40 * part)
         verdict = "met" if key >= target else "MISSED"
         print(

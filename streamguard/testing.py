@@ -41,6 +41,7 @@ from streamguard.runtime.deadletters import headers_for
 from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
+from streamguard.runtime.runner import new_event_loop
 from streamguard.runtime.service import ConsumerService
 from streamguard.runtime.spec import ServiceSpec
 
@@ -203,7 +204,7 @@ class ServiceHarness:
         if self.spec.on_event_loop:
             # The service's handlers run on an event loop (async, or key/no ordering):
             # drive the same LoopRunner a running service uses, with a virtual sleep.
-            self._loop = asyncio.new_event_loop()
+            self._loop = new_event_loop(self.spec.options.event_loop)
             self._loop_thread = threading.Thread(
                 target=self._loop.run_forever, name="streamguard-testing-loop", daemon=True
             )

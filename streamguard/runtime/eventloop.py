@@ -429,6 +429,9 @@ class LoopRunner:
                 self._handled += 1
             lane.finished(msg, verdict)
             self._schedule_flush()
+            self._since_poll += 1
+            if self._since_poll >= _POLL_EVERY:
+                self._poll_here()
             return True
         return False
 

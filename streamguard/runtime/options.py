@@ -7,6 +7,7 @@ librdkafka unchanged. These are the knobs of streamguard's own runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from streamguard.errors import ConfigurationError
 
@@ -44,6 +45,8 @@ class ServiceOptions:
         max_in_flight: handlers running at once, service-wide, on the event loop (async
             handlers, and any handler under ``ordering = "key"`` or ``"none"``); sync
             handlers there run on a thread pool of this size.
+        event_loop: ``"auto"``: uvloop where installed (a dependency on Linux and
+            macOS), else asyncio's loop; ``"asyncio"``: always asyncio's.
     """
 
     batch_size: int = 500
@@ -57,6 +60,7 @@ class ServiceOptions:
     startup_timeout: float = 30.0
     dead_letter_backoff_max: float = 10.0
     max_in_flight: int = 256
+    event_loop: Literal["auto", "asyncio"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_buffered", "workers", "drift_sample", "max_in_flight"):
@@ -68,6 +72,8 @@ class ServiceOptions:
                 "waits to be paused, nothing is fetched, and that must stay far below "
                 "max.poll.interval.ms"
             )
+        if self.event_loop not in ("auto", "asyncio"):
+            raise ConfigurationError("ServiceOptions.event_loop must be 'auto' or 'asyncio'")
         if self.revoke_timeout > self.shutdown_timeout:
             raise ConfigurationError(
                 "ServiceOptions.revoke_timeout must not exceed shutdown_timeout: shutdown "
