@@ -19,7 +19,7 @@ from streamguard.errors import (
     StreamguardError,
     TransientError,
 )
-from streamguard.policy import RetryPolicy
+from streamguard.policy import CircuitBreaker, RetryPolicy
 from streamguard.producer import GuardedProducer
 from streamguard.registry import RegistryCodec, RegistryServer
 from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
@@ -27,6 +27,7 @@ from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
 __all__ = [
     "AvroCodec",
     "BrokerUnavailable",
+    "CircuitBreaker",
     "Codec",
     "ConfigurationError",
     "ConsumerService",

@@ -75,6 +75,61 @@ class RetryPolicy:
         return delay
 
 
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    """Service-wide protection of a failing dependency: a retry budget and a breaker.
+
+    Retry policies are per message; an outage is not. When the database behind a
+    handler is down, every message would exhaust its retries and the topic would empty
+    into the DLQ. Instead:
+
+    - **Retry budget** (a token bucket, as gRPC and Finagle throttle retries): each
+      handler call deposits ``retry_ratio`` tokens, plus ``min_retries_per_second``
+      over time; each retry withdraws one. A retry without a token waits for one,
+      so a failing dependency sees at most about ``retry_ratio`` extra load.
+    - **Breaker**: when at least ``failure_ratio`` of the handler calls of the last
+      ``window`` seconds (and at least ``min_calls`` of them) failed transiently, it
+      *opens*: the service pauses all its partitions, stays in its group, stops
+      calling the handler and reports unready. After ``cool_down`` seconds it lets one
+      message through (*half-open*); success closes it, failure opens it again.
+
+    A message's own attempts and time budget are not spent while it waits for the
+    breaker or for a retry token: only real handler calls count. Messages that fail
+    while the dependency is healthy (below the ratio) still end ``retries_exhausted``.
+    Only transient failures count: invalid input and permanent errors are the
+    message's fault, not the dependency's.
+
+    Defaults follow Finagle's retry budget (20% of calls, 10 retries/s floor) and open
+    the breaker when half the calls of 10 s fail: an outage, not a few bad messages.
+
+    Args:
+        enabled: False turns off both the budget and the breaker.
+    """
+
+    failure_ratio: float = 0.5
+    min_calls: int = 20
+    window: float = 10.0
+    cool_down: float = 5.0
+    retry_ratio: float = 0.2
+    min_retries_per_second: float = 10.0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.failure_ratio <= 1:
+            raise ConfigurationError(
+                f"CircuitBreaker(failure_ratio={self.failure_ratio}) must be in (0, 1]: "
+                "the share of recent handler calls that failed transiently"
+            )
+        if self.min_calls < 1:
+            raise ConfigurationError("CircuitBreaker.min_calls must be at least 1")
+        if self.window <= 0 or self.cool_down <= 0:
+            raise ConfigurationError("CircuitBreaker window and cool_down are positive seconds")
+        if self.retry_ratio < 0 or self.min_retries_per_second < 0:
+            raise ConfigurationError(
+                "CircuitBreaker retry_ratio and min_retries_per_second must not be negative"
+            )
+
+
 def classify(exc: BaseException, transient: tuple[type[BaseException], ...]) -> Verdict:
     """Transient if ``exc`` is an instance of ``transient``; otherwise permanent.
 

@@ -192,7 +192,9 @@ class ServiceHarness:
         self._max_attempts = max_attempts
         self._clock = _VirtualClock()
         self._dead_letters = _MemoryDeadLetters(self.spec)
-        self.pipeline = Pipeline(self.spec, self._dead_letters, ServiceMetrics(self.registry))
+        self.pipeline = Pipeline(
+            self.spec, self._dead_letters, ServiceMetrics(self.registry), clock=self._clock
+        )
         self._lane = PartitionLane(0, self.pipeline, clock=self._clock)
         self._next_offset = 0
         self._calls = 0

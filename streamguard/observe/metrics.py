@@ -196,6 +196,25 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.breaker_state = Gauge(
+            "streamguard_breaker_state",
+            "The service's circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
+            ["topic"],
+            registry=registry,
+        )
+        self.breaker_opened = Counter(
+            "streamguard_breaker_opened",
+            "Times the circuit breaker opened (a dependency failed most calls).",
+            ["topic"],
+            registry=registry,
+        )
+        self.retries_deferred = Counter(
+            "streamguard_retries_deferred",
+            "Retries that waited because the service-wide retry budget was spent.",
+            ["topic"],
+            registry=registry,
+        )
+
     def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
         """Compute the gauges at scrape time from the runtime's own state."""
         self.inflight.labels(topic).set_function(inflight)
@@ -227,4 +246,6 @@ class ServiceMetrics:
             self.dead_letters.labels(topic, reason)
         self.retries.labels(topic)
         self.dead_letter_failures.labels(topic)
+        self.breaker_opened.labels(topic)
+        self.retries_deferred.labels(topic)
         self.handler_seconds.start(topic)

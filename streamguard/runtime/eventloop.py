@@ -39,7 +39,7 @@ from streamguard.deadletter import Failure
 from streamguard.headers import Record
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import PartitionLane
-from streamguard.runtime.outcomes import RetryState, judge
+from streamguard.runtime.outcomes import RetryState, gate, judge
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.spec import Ordering
@@ -298,8 +298,17 @@ class LoopRunner:
         lane.running += 1
         lane.idle.clear()
         try:
+            breaker = pipe.breaker
             while queue and not lane.closed and pipe.can_process():
                 msg = queue[0]
+                if not breaker.closed:  # the breaker decides call by call: slow path
+                    self._fold(lane, done, end)
+                    done = 0
+                    run.in_handler = False
+                    if await self._process(run, msg):
+                        queue.popleft()
+                    run.in_handler = True
+                    continue
                 value = msg.value()
                 ctx = MessageContext(msg, 1)
                 verdict: Failure | RetryState | None = None
@@ -318,7 +327,16 @@ class LoopRunner:
                             await handle(event, ctx)
                             durations.append(clock() - start)
                 except Exception as exc:
-                    verdict = judge(exc, 1, None, pipe.retry, pipe.transient, self._clock())
+                    verdict = judge(
+                        exc,
+                        1,
+                        None,
+                        pipe.retry,
+                        pipe.transient,
+                        self._clock(),
+                        breaker,
+                        (lane.partition, msg.offset()),
+                    )
                 finally:
                     self.in_handlers -= 1
                 if verdict is None:
@@ -377,6 +395,7 @@ class LoopRunner:
         """Record ``done`` handled records of a lane, the last ending at ``end``."""
         if done:
             self._handled += done
+            self.pipeline.breaker.succeeded(done)
             with lane.lock:
                 lane.offsets.advance(end)
                 if not lane.closed:
@@ -396,6 +415,12 @@ class LoopRunner:
                 await self._sleep(DLQ_WAIT)  # the DLQ is unwritable: start nothing
                 if lane.closed:
                     return False
+            if retry is not None or not pipe.breaker.closed:
+                parked = gate(pipe.breaker, retry, self._clock())
+                if parked is not None:  # the breaker or the retry budget holds it
+                    retry = parked
+                    await self._wait_to_retry(lane, parked)
+                    continue
             attempt = 1 if retry is None else retry.attempt + 1
             if self._slots > 0:  # the common case, without a coroutine
                 self._slots -= 1
@@ -411,7 +436,16 @@ class LoopRunner:
             try:
                 verdict = await self._attempt(msg, attempt)
             except Exception as exc:
-                verdict = judge(exc, attempt, retry, pipe.retry, pipe.transient, self._clock())
+                verdict = judge(
+                    exc,
+                    attempt,
+                    retry,
+                    pipe.retry,
+                    pipe.transient,
+                    self._clock(),
+                    pipe.breaker,
+                    (lane.partition, msg.offset()),
+                )
             finally:
                 self.in_handlers -= 1
                 run.in_handler = False
@@ -427,6 +461,7 @@ class LoopRunner:
             # Final even if the lane closed meanwhile: revoke commits what finished.
             if verdict is None:
                 self._handled += 1
+                pipe.breaker.succeeded()
             lane.finished(msg, verdict)
             self._schedule_flush()
             self._since_poll += 1

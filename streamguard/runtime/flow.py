@@ -39,7 +39,12 @@ class FlowControl:
         self.throttled = False  # some partition is full but draining: fetch nothing
 
     def update(self, lanes: Mapping[int, PartitionLane], now: float, writable: bool) -> None:
-        """Pause and resume partitions for this tick; decide whether to throttle."""
+        """Pause and resume partitions for this tick; decide whether to throttle.
+
+        Args:
+            writable: False pauses every partition (the DLQ cannot be written, or the
+                circuit breaker stopped handler calls).
+        """
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         throttled = False

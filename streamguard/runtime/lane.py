@@ -27,8 +27,9 @@ from streamguard.errors import (
 from streamguard.headers import Record
 from streamguard.offsets import FinalPrefix
 from streamguard.policy import RetryPolicy
+from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.outcomes import RetryState, judge
+from streamguard.runtime.outcomes import RetryState, gate, judge
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -40,6 +41,7 @@ class Pipeline(Protocol):
     drift_sample: int
     retry: RetryPolicy
     transient: tuple[type[BaseException], ...]
+    breaker: Breaker
 
     def decode(self, value: bytes | None) -> Any: ...
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None: ...
@@ -207,10 +209,16 @@ class PartitionLane:
         durations: list[float] = []
         handled = retries = done = 0
         retry = self.retry
+        breaker = pipe.breaker
         try:
             for index, msg in enumerate(batch):
                 if self.closed:
                     break
+                if retry is not None or not breaker.closed:
+                    parked = gate(breaker, retry, self.clock())
+                    if parked is not None:
+                        retry = parked  # the breaker or the retry budget holds it
+                        break
                 attempt = 1 if retry is None else retry.attempt + 1
                 value = msg.value()
                 ctx = MessageContext(msg, attempt)
@@ -229,7 +237,16 @@ class PartitionLane:
                         invoke(event, ctx)
                         durations.append(clock() - start)
                 except Exception as exc:
-                    verdict = judge(exc, attempt, retry, pipe.retry, pipe.transient, self.clock())
+                    verdict = judge(
+                        exc,
+                        attempt,
+                        retry,
+                        pipe.retry,
+                        pipe.transient,
+                        self.clock(),
+                        breaker,
+                        (self.partition, msg.offset()),
+                    )
                     if isinstance(verdict, RetryState):
                         retry = verdict
                         retries += 1
@@ -246,6 +263,7 @@ class PartitionLane:
                 with self.lock:
                     self.offsets.advance(batch[done - 1].offset() + 1)
             pipe.record_batch(handled, durations, retries)
+            breaker.succeeded(handled)
         return done
 
     def _dead_letter(self, msg: Record, failure: Failure) -> None:

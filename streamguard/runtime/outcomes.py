@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from streamguard.deadletter import Failure
@@ -20,18 +21,54 @@ from streamguard.errors import (
     RetriesExhausted,
 )
 from streamguard.policy import RetryPolicy, classify
+from streamguard.runtime.breaker import Breaker
 
 log = logging.getLogger("streamguard.runtime")
 
 
 @dataclass(slots=True)
 class RetryState:
-    """A message failed transiently: when to try it again, and when it first failed."""
+    """A message waits: when to try it again, and when it first failed.
+
+    ``attempt`` counts real handler calls so far (0: parked before its first one).
+    ``parked_at`` is set while it waits for the circuit breaker or a retry token: that
+    time is not charged to the message's own time budget.
+    """
 
     attempt: int
     first_failure_ms: int
     first_failure_mono: float
     due: float
+    parked_at: float | None = None
+
+
+# How often a message parked by the breaker or the retry budget looks again.
+PARK_WAIT = 0.1
+
+
+def gate(breaker: Breaker, retry: RetryState | None, now: float) -> RetryState | None:
+    """Whether the next handler call of a message may start now.
+
+    Returns None when it may (a retry has then spent a token of the budget), else the
+    state of the message parked for ``PARK_WAIT``, its attempts and budget untouched.
+    """
+    if retry is not None and retry.attempt and not breaker.may_retry():
+        return _parked(retry, now)
+    if not breaker.allow():
+        return _parked(retry, now)
+    if retry is not None and retry.parked_at is not None:
+        retry.first_failure_mono += now - retry.parked_at  # parked time is not charged
+        retry.parked_at = None
+    return None
+
+
+def _parked(retry: RetryState | None, now: float) -> RetryState:
+    if retry is None:
+        return RetryState(0, 0, now, now + PARK_WAIT, parked_at=now)
+    parked_at = retry.parked_at if retry.parked_at is not None else now
+    return RetryState(
+        retry.attempt, retry.first_failure_ms, retry.first_failure_mono, now + PARK_WAIT, parked_at
+    )
 
 
 def judge(
@@ -41,14 +78,20 @@ def judge(
     policy: RetryPolicy,
     transient: tuple[type[BaseException], ...],
     now: float,
+    breaker: Breaker | None = None,
+    message: Hashable = None,
 ) -> Failure | RetryState:
     """The verdict on attempt ``attempt`` of a message that raised ``exc``.
 
     Args:
         retry: the message's retry state from earlier attempts, if any.
         now: monotonic seconds, from the caller's clock.
+        breaker: told of every transient failure of a handler call; it keeps a
+            message whose retries ran out during an outage from the DLQ.
+        message: the message's identity (partition and offset), for the breaker.
     """
-    first_ms = retry.first_failure_ms if retry else int(time.time() * 1000)
+    failed_before = retry is not None and retry.attempt > 0
+    first_ms = retry.first_failure_ms if retry and failed_before else int(time.time() * 1000)
     if isinstance(exc, RegistryUnavailable):
         return _wait_for_registry(exc, attempt, retry, policy, now, first_ms)
     if isinstance(exc, DecodeError):
@@ -57,9 +100,17 @@ def judge(
         return Failure("contract_violation", exc)
     if classify(exc, transient) == "permanent":
         return Failure("permanent_error", exc, attempt, first_ms)
-    first_mono = retry.first_failure_mono if retry else now
+    if breaker is not None and breaker.failed(message):
+        # The breaker's probe: the dependency is still down. Parked again, with this
+        # attempt given back, so that probing never exhausts a message.
+        first_mono = retry.first_failure_mono if retry and failed_before else now
+        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, parked_at=now)
+    first_mono = retry.first_failure_mono if retry and failed_before else now
     elapsed_ms = (now - first_mono) * 1000.0
     delay = policy.next_delay(attempt, elapsed_ms)
+    if delay is None and breaker is not None and breaker.outage_suspected(message):
+        # Not this message's fault: wait for the dependency, the attempt given back.
+        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, parked_at=now)
     if delay is None:
         error = RetriesExhausted(attempt, int(elapsed_ms), exc)
         error.__cause__ = exc
@@ -80,6 +131,6 @@ def _wait_for_registry(
     unwritable DLQ) and spends none of its attempts or budget; never a dead letter."""
     if retry is None:  # once per waiting message, not per attempt
         log.warning("schema registry unavailable; the message waits", extra={"error": str(exc)})
-    first_mono = retry.first_failure_mono if retry else now
+    first_mono = retry.first_failure_mono if retry and retry.attempt else now
     delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
     return RetryState(attempt, first_ms, first_mono, now + delay)

@@ -10,6 +10,7 @@ module decides what happens to one message.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from streamguard.deadletter import REASONS, Failure
 from streamguard.errors import SchemaDrift
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterSink
 from streamguard.runtime.spec import ServiceSpec
@@ -62,6 +64,7 @@ class Pipeline:
         spec: ServiceSpec,
         publisher: DeadLetterSink,
         metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
         self.topic = spec.topic
@@ -88,6 +91,7 @@ class Pipeline:
         self.invoke: Callable[[Any, MessageContext], Any] = spec.handle
         self._tombstone = spec.handle_tombstone
         self._on_dead_letter = spec.on_dead_letter
+        self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
 
     def invoke_tombstone(self, ctx: MessageContext) -> bool:
         """Run the tombstone handler; False when the service has none (dead-letter it)."""
@@ -106,8 +110,8 @@ class Pipeline:
         return SchemaDrift(kinds, self._subject) if self._drift_dead_letters else None
 
     def can_process(self) -> bool:
-        """False while the DLQ is unwritable: no lane starts new work then."""
-        return self.publisher.writable
+        """False while the DLQ is unwritable or the breaker holds: no lane starts work."""
+        return self.publisher.writable and self.breaker.accepting()
 
     def publish_dead_letter(
         self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from streamguard.headers import Record
 from streamguard.runtime.assignment import Assignment
+from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.flow import FlowControl
@@ -41,8 +42,10 @@ class Poller:
         flow: FlowControl,
         committer: Committer,
         lag: LagMonitor,
+        breaker: Breaker,
     ) -> None:
         self.consumer = consumer
+        self._breaker = breaker
         self.topic = topic
         self.lock = threading.Lock()  # held by whoever calls the consumer
         self._batch_size = options.batch_size
@@ -78,7 +81,7 @@ class Poller:
         self._publisher.serve_reports()
         lanes = self.assignment.lanes
         writable = self._publisher.maintain(lanes.values(), now)
-        self.flow.update(lanes, now, writable)
+        self.flow.update(lanes, now, writable and self._breaker.closed)
         for lane in lanes.values():
             if lane.claim_if_due(now):
                 claimed.append(lane)

@@ -24,6 +24,7 @@ from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.health import HealthServer
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
+from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.eventloop import LoopLane, LoopRunner
@@ -106,6 +107,7 @@ class ServiceRuntime:
         self._publisher: DeadLetterPublisher | None = None
         self._committer: Committer | None = None
         self._loop_runner: LoopRunner | None = None
+        self._breaker: Breaker | None = None
         self._running = False
 
     def run(self) -> None:
@@ -205,7 +207,18 @@ class ServiceRuntime:
             new_lane=new_lane,
             give_up=give_up,
         )
-        poller = Poller(consumer, spec.topic, options, assignment, publisher, flow, committer, lag)
+        poller = Poller(
+            consumer,
+            spec.topic,
+            options,
+            assignment,
+            publisher,
+            flow,
+            committer,
+            lag,
+            pipeline.breaker,
+        )
+        self._breaker = pipeline.breaker
         loop_runner = self._loop_runner
         if loop_runner is None:
             scheduler = Scheduler(poller, options.workers)
@@ -231,10 +244,14 @@ class ServiceRuntime:
             "assigned": bool(poller and poller.assignment.assigned_once),
             "polling": bool(poller and time.monotonic() - poller.last_poll < POLL_STALE_AFTER),
             "dlq_writable": bool(publisher and publisher.writable),
+            # Open or probing: a dependency failed most recent calls; nothing is handled.
+            "breaker_closed": self._breaker is None or self._breaker.closed,
         }
         report: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
         if publisher and not publisher.writable:
             report["dlq_error"] = publisher.last_error
+        if self._breaker is not None and not self._breaker.closed:
+            report["breaker"] = self._breaker.state_name
         return report
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:

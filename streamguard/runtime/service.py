@@ -17,7 +17,7 @@ from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
-from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
+from streamguard.policy import DEFAULT_TRANSIENT, CircuitBreaker, RetryPolicy
 from streamguard.registry.client import redact_registry_config, resolve_registry_config
 from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
@@ -93,7 +93,9 @@ class ConsumerService:
     Class attributes:
         topic, contract, group_id: required.
         dead_letter_topic: defaults to ``f"{topic}.dlq"``.
-        retry: the ``RetryPolicy`` for transient failures.
+        retry: the ``RetryPolicy`` for transient failures, per message.
+        breaker: the ``CircuitBreaker``: a service-wide retry budget, and a breaker
+            that pauses the service while a dependency fails most calls (on by default).
         transient: exception types retried; everything else is permanent.
         codec: the wire format; by default ``JsonCodec()`` for JSON contracts and
             ``AvroCodec()`` for Avro ones (``__wire_format__ = "avro"``).
@@ -116,6 +118,7 @@ class ConsumerService:
     group_id: ClassVar[str]
     dead_letter_topic: ClassVar[str | None] = None
     retry: ClassVar[RetryPolicy] = RetryPolicy()
+    breaker: ClassVar[CircuitBreaker] = CircuitBreaker()
     transient: ClassVar[tuple[type[BaseException], ...]] = DEFAULT_TRANSIENT
     codec: ClassVar[Codec | None] = None
     drift: ClassVar[DriftPolicy] = "count"
@@ -198,6 +201,7 @@ class ConsumerService:
             codec=_wire_codec(cls, self.__schema_registry),
             drift=cls.drift,
             ordering=cls.ordering,
+            breaker=cls.breaker,
             include_error_text=cls.include_error_text,
             options=cls.options,
             handle=self.handle,
@@ -313,6 +317,11 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         raise ConfigurationError(f"{name}.group_id must be a non-empty string")
     if not isinstance(cls.retry, RetryPolicy):
         raise ConfigurationError(f"{name}.retry must be an sg.RetryPolicy(...)")
+    if not isinstance(cls.breaker, CircuitBreaker):
+        raise ConfigurationError(
+            f"{name}.breaker must be an sg.CircuitBreaker(...) "
+            "(sg.CircuitBreaker(enabled=False) turns it off)"
+        )
     if not isinstance(cls.transient, tuple) or not all(
         isinstance(t, type) and issubclass(t, BaseException) for t in cls.transient
     ):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamguard.codecs import Codec
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
-from streamguard.policy import RetryPolicy
+from streamguard.policy import CircuitBreaker, RetryPolicy
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 
@@ -46,6 +46,7 @@ class ServiceSpec:
     handle_tombstone: TombstoneHandler | None = None
     on_dead_letter: DeadLetterHook | None = None
     ordering: Ordering = "partition"
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     @property
     def on_event_loop(self) -> bool:

@@ -27,6 +27,8 @@ EXPECTED_ALERTS = {
     "StreamguardSchemaDrift",
     "StreamguardTargetDown",
     "StreamguardNotReady",
+    "StreamguardCircuitBreakerOpen",
+    "StreamguardHandlersAtLimit",
 }
 
 

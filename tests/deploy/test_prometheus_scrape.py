@@ -93,7 +93,7 @@ def test_prometheus_scrapes_message_outcomes(
         return [(r["name"], r["health"]) for g in data["groups"] for r in g["rules"]]
 
     assert wait_for(
-        lambda: len(rule_health()) == 9 and all(h == "ok" for _, h in rule_health()), 15, 0.5
+        lambda: len(rule_health()) == 11 and all(h == "ok" for _, h in rule_health()), 15, 0.5
     ), f"alert rules did not all evaluate: {rule_health()}"
     queries = runbook_queries()
     assert len(queries) >= 10

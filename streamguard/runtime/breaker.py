@@ -1,0 +1,194 @@
+"""The running state of a service's ``CircuitBreaker``: a retry budget and a breaker.
+
+One ``Breaker`` serves every lane of a service, on worker threads and the event loop
+alike; ``_lock`` guards everything in it. The hot path reads ``closed`` (a plain
+attribute) and records successes once per batch, so a healthy service pays nothing
+per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.policy import CircuitBreaker
+
+log = logging.getLogger("streamguard.runtime")
+
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
+# The failure ratio is counted in buckets of this many seconds.
+_BUCKET = 1.0
+# The most retry tokens the bucket holds: a burst of retries after a quiet time.
+_MAX_TOKENS = 100.0
+# Distinct failing messages remembered (enough to tell one bad message from many).
+_MAX_TRACKED = 64
+
+
+class Breaker:
+    """Decides whether a handler call or a retry may start now."""
+
+    def __init__(
+        self,
+        config: CircuitBreaker,
+        metrics: ServiceMetrics,
+        topic: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.state = CLOSED
+        self.closed = True  # read without the lock on the hot path
+        self._opened_at = 0.0
+        self._probing = False
+        self._buckets: deque[list[float]] = deque()  # [start, calls, failures]
+        self._failing: OrderedDict[Hashable, float] = OrderedDict()  # message -> last failure
+        self._tokens = _MAX_TOKENS
+        self._refilled = clock()
+        self._gauge = metrics.breaker_state.labels(topic)
+        self._gauge.set(CLOSED)
+        self._opened = metrics.breaker_opened.labels(topic)
+        self._deferred = metrics.retries_deferred.labels(topic)
+
+    # -- handler calls -----------------------------------------------------------------
+
+    def allow(self) -> bool:
+        """May a handler call start now? Half-open lets exactly one through."""
+        if self.closed or not self.config.enabled:
+            return True
+        with self._lock:
+            if self.state == OPEN and self._clock() - self._opened_at >= self.config.cool_down:
+                self._set(HALF_OPEN)
+                log.warning("circuit breaker half-open; probing with one message")
+            if self.state == HALF_OPEN and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def accepting(self) -> bool:
+        """Whether a lane should start work: closed, or a probe is due."""
+        if self.closed or not self.config.enabled:
+            return True
+        with self._lock:
+            if self.state == HALF_OPEN:
+                return not self._probing
+            return self._clock() - self._opened_at >= self.config.cool_down
+
+    def succeeded(self, calls: int = 1) -> None:
+        """``calls`` handler calls ended without a transient failure."""
+        if not calls or not self.config.enabled:
+            return
+        with self._lock:
+            self._count(calls, 0)
+            if self.state == HALF_OPEN and self._probing:
+                self._probing = False
+                self._set(CLOSED)
+                self._buckets.clear()  # start counting afresh
+                log.warning("circuit breaker closed; the dependency answers again")
+
+    def failed(self, message: Hashable = None) -> bool:
+        """A handler call of ``message`` failed transiently: maybe open the breaker.
+
+        Returns True when the breaker was probing: the failure says the dependency is
+        still down, not that the message is bad, so its attempt is not spent.
+        """
+        if not self.config.enabled:
+            return False
+        with self._lock:
+            now = self._clock()
+            self._count(1, 1)
+            if message is not None:
+                self._failing[message] = now
+                self._failing.move_to_end(message)
+                while len(self._failing) > _MAX_TRACKED:
+                    self._failing.popitem(last=False)
+            if self.state == HALF_OPEN:
+                self._probing = False
+                self._open(now, "the probe failed")
+                return True
+            if self.state == CLOSED:
+                calls = sum(b[1] for b in self._buckets)
+                failures = sum(b[2] for b in self._buckets)
+                if calls >= self.config.min_calls and failures >= self.config.failure_ratio * calls:
+                    self._open(now, f"{failures:.0f} of {calls:.0f} recent calls failed")
+            return False
+
+    def outage_suspected(self, message: Hashable) -> bool:
+        """Would dead-lettering ``message`` as ``retries_exhausted`` be wrong?
+
+        Yes when other messages failed within the window too and most recent calls
+        failed: a dependency is down, and the breaker is about to open (or is open).
+        A message that fails alone, while others succeed or nothing else is called,
+        is the message's problem and is dead-lettered as always.
+        """
+        if not self.config.enabled:
+            return False
+        with self._lock:
+            if not self.closed:
+                return True
+            now = self._clock()
+            others = sum(
+                1
+                for key, at in self._failing.items()
+                if key != message and now - at <= self.config.window
+            )
+            calls = sum(b[1] for b in self._buckets)
+            failures = sum(b[2] for b in self._buckets)
+            return others > 0 and failures >= self.config.failure_ratio * calls
+
+    # -- retries -----------------------------------------------------------------------
+
+    def may_retry(self) -> bool:
+        """Withdraw a retry token; False (and counted) when the budget is spent."""
+        if not self.config.enabled:
+            return True
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+        self._deferred.inc()
+        return False
+
+    # -- internals (lock held) ---------------------------------------------------------
+
+    def _count(self, calls: int, failures: int) -> None:
+        now = self._clock()
+        buckets = self._buckets
+        while buckets and now - buckets[0][0] > self.config.window:
+            buckets.popleft()
+        if buckets and now - buckets[-1][0] < _BUCKET:
+            buckets[-1][1] += calls
+            buckets[-1][2] += failures
+        else:
+            buckets.append([now, float(calls), float(failures)])
+        self._refill()
+        self._tokens = min(_MAX_TOKENS, self._tokens + calls * self.config.retry_ratio)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed, self._refilled = now - self._refilled, now
+        self._tokens = min(_MAX_TOKENS, self._tokens + elapsed * self.config.min_retries_per_second)
+
+    def _open(self, now: float, why: str) -> None:
+        self._opened_at = now
+        self._set(OPEN)
+        self._opened.inc()
+        log.error(
+            "circuit breaker open; pausing every partition and calling no handler",
+            extra={"why": why, "cool_down": self.config.cool_down},
+        )
+
+    def _set(self, state: int) -> None:
+        self.state = state
+        self.closed = state == CLOSED
+        self._gauge.set(state)
+
+    @property
+    def state_name(self) -> str:
+        return _NAMES[self.state]

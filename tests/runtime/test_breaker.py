@@ -1,0 +1,102 @@
+"""An outage of a handler's dependency does not empty the topic into the DLQ."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from tests.runtime.conftest import Running, committed, wait_for
+
+OUTAGE = 10.0
+
+
+def test_an_outage_opens_the_breaker_and_nothing_is_dead_lettered(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """The dependency fails every call for 10 s under 5,000 messages: the breaker opens
+    (unready, partitions paused), probes, closes; every message is handled afterwards,
+    none is dead-lettered, and the handler was called a bounded number of times."""
+    src = topic_factory("orders", partitions=3)
+    group = unique("billing")
+    total = 5000
+    send_orders(src, total, key=lambda i: f"c{i % 50}")
+    lock = threading.Lock()
+    started: list[float] = []
+    calls_in_outage = 0
+    handled: set[tuple[int, int]] = set()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
+        breaker = sg.CircuitBreaker(cool_down=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            nonlocal calls_in_outage
+            with lock:
+                if not started:
+                    started.append(time.monotonic())
+                if time.monotonic() - started[0] < OUTAGE:
+                    calls_in_outage += 1
+                    raise ConnectionError("database is down")
+                handled.add((ctx.partition, ctx.offset))
+
+    running = start_service(Billing)
+    assert wait_for(lambda: not running.service.health()["checks"]["breaker_closed"], timeout=20)
+    assert running.service.health()["breaker"] in ("open", "half_open")
+    assert wait_for(lambda: running.metric("streamguard_paused_partitions", topic=src) == 3)
+    assert wait_for(lambda: len(handled) == total, timeout=60)
+    assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == total)
+    assert running.service.health()["checks"]["breaker_closed"]
+    assert (
+        running.metric("streamguard_dead_letters_total", topic=src, reason="retries_exhausted") == 0
+    )
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+    assert running.metric("streamguard_breaker_opened_total", topic=src) >= 1
+    assert running.metric("streamguard_breaker_state", topic=src) == 0
+    # Without the breaker, 5,000 messages x 3 attempts would have called it 15,000 times.
+    assert calls_in_outage < 300
+    assert read_all(f"{src}.dlq", 1, timeout=3) == []  # the DLQ is empty
+    running.stop()
+    assert not running.error
+
+
+def test_failures_while_the_dependency_is_healthy_still_exhaust_retries(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A few failing messages among many healthy ones are dead-lettered as
+    retries_exhausted: the breaker stays closed."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    send_orders(src, 300)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset % 50 == 7:
+                raise TimeoutError("this one always times out")
+
+    running = start_service(Billing)
+    dlq = read_all(f"{src}.dlq", 6, timeout=30)
+    assert len(dlq) == 6
+    assert running.metric("streamguard_breaker_opened_total", topic=src) == 0
+    assert running.service.health()["checks"]["breaker_closed"]
+    running.stop()

@@ -1,0 +1,144 @@
+"""The circuit breaker and retry budget, on a fake clock (no broker)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import streamguard as sg
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from streamguard.runtime.outcomes import RetryState, gate
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(**config: float) -> tuple[Breaker, Clock, CollectorRegistry]:
+    clock, registry = Clock(), CollectorRegistry()
+    made = Breaker(sg.CircuitBreaker(**config), ServiceMetrics(registry), "t", clock)  # type: ignore[arg-type]
+    return made, clock, registry
+
+
+def test_opens_when_most_recent_calls_fail() -> None:
+    """Half of at least min_calls recent calls failing opens the breaker."""
+    b, _, registry = breaker(min_calls=10, failure_ratio=0.5)
+    b.succeeded(5)
+    for _ in range(4):
+        b.failed()
+    assert b.state == CLOSED  # 9 calls: below min_calls
+    b.failed()
+    assert b.state == OPEN
+    assert not b.allow()
+    assert registry.get_sample_value("streamguard_breaker_state", {"topic": "t"}) == OPEN
+    assert registry.get_sample_value("streamguard_breaker_opened_total", {"topic": "t"}) == 1
+
+
+def test_a_few_failures_among_many_successes_keep_it_closed() -> None:
+    """Failures of a few messages while the dependency is healthy do not open it."""
+    b, _, _ = breaker(min_calls=10)
+    b.succeeded(100)
+    for _ in range(20):
+        b.failed()
+    assert b.state == CLOSED
+
+
+def test_old_calls_leave_the_window() -> None:
+    """Only the calls of the last `window` seconds count."""
+    b, clock, _ = breaker(min_calls=10, window=5.0)
+    b.succeeded(1000)
+    clock.now += 6
+    for _ in range(10):
+        b.failed()
+    assert b.state == OPEN
+
+
+def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
+    """After cool_down exactly one call may start; its success closes the breaker."""
+    b, clock, _ = breaker(min_calls=2, cool_down=3.0)
+    b.failed()
+    b.failed()
+    assert not b.accepting()
+    clock.now += 3
+    assert b.accepting()
+    assert b.allow()
+    assert b.state == HALF_OPEN
+    assert not b.allow()  # one probe at a time
+    assert not b.accepting()
+    b.succeeded()
+    assert b.state == CLOSED
+    assert b.allow()
+
+
+def test_a_failed_probe_opens_it_again() -> None:
+    """A probe that fails starts a new cool-down."""
+    b, clock, _ = breaker(min_calls=2, cool_down=3.0)
+    b.failed()
+    b.failed()
+    clock.now += 3
+    assert b.allow()
+    b.failed()
+    assert b.state == OPEN
+    clock.now += 1
+    assert not b.allow()
+
+
+def test_retry_budget_is_a_share_of_calls() -> None:
+    """Retries withdraw tokens that calls deposit; an empty bucket defers the retry."""
+    b, _, registry = breaker(retry_ratio=0.1, min_retries_per_second=0, min_calls=10**6)
+    while b.may_retry():  # spend the initial burst
+        pass
+    b.succeeded(30)  # deposits 3 tokens
+    assert [b.may_retry() for _ in range(4)] == [True, True, True, False]
+    assert registry.get_sample_value("streamguard_retries_deferred_total", {"topic": "t"}) >= 2
+
+
+def test_gate_parks_without_spending_attempts_or_budget() -> None:
+    """While the breaker is open a message is parked: its attempt count stays, and the
+    parked time is not charged to its time budget when it runs again."""
+    b, clock, _ = breaker(min_calls=2, cool_down=10.0)
+    b.failed()
+    b.failed()
+    retry = RetryState(attempt=2, first_failure_ms=5, first_failure_mono=90.0, due=100.0)
+    parked = gate(b, retry, clock.now)
+    assert parked is not None
+    assert parked.attempt == 2
+    clock.now += 10
+    again = gate(b, parked, clock.now)
+    assert again is None  # the probe
+    assert parked.first_failure_mono == pytest.approx(100.0)  # shifted by the 10 s parked
+
+
+def test_disabled_breaker_never_holds() -> None:
+    """CircuitBreaker(enabled=False) neither opens nor limits retries."""
+    b, _, _ = breaker(min_calls=1, enabled=False)  # type: ignore[arg-type]
+    for _ in range(100):
+        b.failed()
+        assert b.may_retry()
+    assert b.allow()
+
+
+def test_bad_settings_fail_with_a_hint() -> None:
+    """Nonsense settings are refused when the policy is built."""
+    with pytest.raises(sg.ConfigurationError, match="failure_ratio"):
+        sg.CircuitBreaker(failure_ratio=0)
+    with pytest.raises(sg.ConfigurationError, match="min_calls"):
+        sg.CircuitBreaker(min_calls=0)
+
+
+def test_a_lone_failing_message_is_not_an_outage() -> None:
+    """One message failing again and again is its own problem; several failing at once
+    with most calls failing is an outage, and keeps them out of the DLQ."""
+    b, _, _ = breaker(min_calls=100)
+    for _ in range(5):
+        b.failed((0, 7))
+    assert not b.outage_suspected((0, 7))
+    b.failed((1, 3))
+    assert b.outage_suspected((0, 7))
+    b.succeeded(50)  # the dependency answers most calls: no outage
+    assert not b.outage_suspected((0, 7))
