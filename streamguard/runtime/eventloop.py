@@ -39,7 +39,7 @@ from streamguard.deadletter import Failure
 from streamguard.headers import Record
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import PartitionLane
-from streamguard.runtime.outcomes import RetryState, gate, judge
+from streamguard.runtime.outcomes import RetryState, gate
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.spec import Ordering
@@ -327,15 +327,8 @@ class LoopRunner:
                             await handle(event, ctx)
                             durations.append(clock() - start)
                 except Exception as exc:
-                    verdict = judge(
-                        exc,
-                        1,
-                        None,
-                        pipe.retry,
-                        pipe.transient,
-                        self._clock(),
-                        breaker,
-                        (lane.partition, msg.offset()),
+                    verdict = pipe.judge(
+                        exc, 1, None, self._clock(), (lane.partition, msg.offset())
                     )
                 finally:
                     self.in_handlers -= 1
@@ -436,15 +429,8 @@ class LoopRunner:
             try:
                 verdict = await self._attempt(msg, attempt)
             except Exception as exc:
-                verdict = judge(
-                    exc,
-                    attempt,
-                    retry,
-                    pipe.retry,
-                    pipe.transient,
-                    self._clock(),
-                    pipe.breaker,
-                    (lane.partition, msg.offset()),
+                verdict = pipe.judge(
+                    exc, attempt, retry, self._clock(), (lane.partition, msg.offset())
                 )
             finally:
                 self.in_handlers -= 1

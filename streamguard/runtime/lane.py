@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from streamguard.offsets import FinalPrefix
 from streamguard.policy import RetryPolicy
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.outcomes import RetryState, gate, judge
+from streamguard.runtime.outcomes import RetryState, gate
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -42,6 +42,10 @@ class Pipeline(Protocol):
     retry: RetryPolicy
     transient: tuple[type[BaseException], ...]
     breaker: Breaker
+
+    def judge(
+        self, exc: Exception, attempt: int, retry: RetryState | None, now: float, message: Hashable
+    ) -> Failure | RetryState: ...
 
     def decode(self, value: bytes | None) -> Any: ...
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None: ...
@@ -237,15 +241,8 @@ class PartitionLane:
                         invoke(event, ctx)
                         durations.append(clock() - start)
                 except Exception as exc:
-                    verdict = judge(
-                        exc,
-                        attempt,
-                        retry,
-                        pipe.retry,
-                        pipe.transient,
-                        self.clock(),
-                        breaker,
-                        (self.partition, msg.offset()),
+                    verdict = pipe.judge(
+                        exc, attempt, retry, self.clock(), (self.partition, msg.offset())
                     )
                     if isinstance(verdict, RetryState):
                         retry = verdict

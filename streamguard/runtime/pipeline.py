@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -24,6 +24,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterSink
+from streamguard.runtime.outcomes import RetryState, judge
 from streamguard.runtime.spec import ServiceSpec
 from streamguard.schema.drift import DriftDetector, FirstSeen, producer_of
 
@@ -108,6 +109,12 @@ class Pipeline:
             return None
         self._report_drift(headers, kinds)
         return SchemaDrift(kinds, self._subject) if self._drift_dead_letters else None
+
+    def judge(
+        self, exc: Exception, attempt: int, retry: RetryState | None, now: float, message: Hashable
+    ) -> Failure | RetryState:
+        """The verdict on a failed attempt under this service's policies (see outcomes)."""
+        return judge(exc, attempt, retry, self.retry, self.transient, now, self.breaker, message)
 
     def can_process(self) -> bool:
         """False while the DLQ is unwritable or the breaker holds: no lane starts work."""
