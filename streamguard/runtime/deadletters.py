@@ -131,7 +131,7 @@ class DeadLetterPublisher:
         """Run delivery reports of dead letters, which settle their offsets.
 
         Skipped when none is in flight: the call releases the GIL, and on a busy
-        process every release costs the poll thread a wait of up to the interpreter's
+        process every release costs the thread that polls a wait of up to the interpreter's
         switch interval (5 ms) to get it back.
         """
         if self.in_flight:

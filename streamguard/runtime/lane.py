@@ -106,7 +106,7 @@ class PartitionLane:
         self.first_fetched: int | None = None  # offset of the first record since assigned
         self.done_in_batch = 0
 
-    # -- poll thread -----------------------------------------------------------------
+    # -- the thread that polls ----------------------------------------------------------
 
     def enqueue(self, batch: list[Record]) -> bool:
         """Buffer a batch; True if the lane needs a worker scheduled."""
@@ -161,7 +161,7 @@ class PartitionLane:
                 return []
             return [p for p in self.offsets.open_items() if p is not None and p.failed]
 
-    # -- worker thread ---------------------------------------------------------------
+    # -- the worker that holds the claim -------------------------------------------------
 
     def drain(self, max_batches: int = 1 << 30) -> bool:
         """Process buffered batches in order until empty, closed, or waiting to retry.
@@ -270,7 +270,7 @@ class PartitionLane:
         self.pipeline.publish_dead_letter(msg, failure, lambda err: self._acked(pending, err))
 
     def republish(self, pending: PendingDeadLetter) -> None:
-        """Try a failed dead-letter write again (the poll thread calls this on backoff).
+        """Try a failed dead-letter write again (the maintenance tick calls this on backoff).
 
         It stays ``failed`` while the new write is in flight: the DLQ counts as writable
         again only once a write is acknowledged, not as soon as one is attempted.

@@ -37,7 +37,7 @@ class ServiceOptions:
         commit_interval: seconds between periodic commits of final-outcome prefixes.
         revoke_timeout: seconds a rebalance waits for in-flight handlers of revoked
             partitions. Must stay well under ``max.poll.interval.ms``: the rebalance
-            callback blocks the poll thread.
+            callback blocks the thread that polls.
         shutdown_timeout: seconds ``stop()`` waits for in-flight handlers.
         startup_timeout: seconds to reach the cluster before ``run()`` fails.
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to

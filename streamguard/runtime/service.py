@@ -249,7 +249,7 @@ class ConsumerService:
         """Called after the final commit, before the clients close."""
 
     def on_assign(self, partitions: list[int]) -> None:
-        """Called when partitions are assigned (on the poll thread: keep it short)."""
+        """Called when partitions are assigned (on whichever thread polls: keep it short)."""
 
     def on_revoke(self, partitions: list[int]) -> None:
         """Called after revoked partitions were settled and committed."""
