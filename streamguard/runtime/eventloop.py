@@ -42,6 +42,7 @@ from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.outcomes import RetryState, gate
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
+from streamguard.runtime.slots import Slots
 from streamguard.runtime.spec import Ordering
 
 log = logging.getLogger("streamguard.runtime")
@@ -153,9 +154,7 @@ class LoopRunner:
         self._sleep = sleep
         self._clock = clock
         self._runs: dict[Hashable, _KeyRun] = {}
-        self._slots = max_in_flight
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        self.running = 0  # handlers running now, service-wide (a gauge)
+        self.slots = Slots(max_in_flight, loop)
         self.waiting = 0  # records queued behind a busy key (a gauge)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_in_flight, thread_name_prefix="streamguard-handler"
@@ -415,11 +414,8 @@ class LoopRunner:
                     await self._wait_to_retry(lane, parked)
                     continue
             attempt = 1 if retry is None else retry.attempt + 1
-            if self._slots > 0:  # the common case, without a coroutine
-                self._slots -= 1
-                self.running += 1
-            else:
-                await self._take_slot()
+            if not self.slots.try_take():  # the common case needs no coroutine
+                await self.slots.take()
             run.in_handler = True
             if not lane.running:
                 lane.idle.clear()
@@ -438,7 +434,7 @@ class LoopRunner:
                 lane.running -= 1
                 if not lane.running:
                     lane.idle.set()
-                self._give_slot()
+                self.slots.give()
             if isinstance(verdict, RetryState):
                 retry = verdict
                 self._retries += 1
@@ -484,32 +480,6 @@ class LoopRunner:
         await self._handle(event, ctx)
         self._durations.append(time.perf_counter() - start)
         return None
-
-    async def _take_slot(self) -> None:
-        if self._slots > 0:
-            self._slots -= 1
-        else:
-            waiter: asyncio.Future[None] = self.loop.create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter  # the slot is handed over by _pass_slot
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._pass_slot()  # handed a slot while being cancelled: pass it on
-                raise
-        self.running += 1
-
-    def _give_slot(self) -> None:
-        self.running -= 1
-        self._pass_slot()
-
-    def _pass_slot(self) -> None:
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the waiter
-                return
-        self._slots += 1
 
     def _schedule_flush(self) -> None:
         if not self._flush_due:

@@ -191,7 +191,7 @@ class ServiceRuntime:
             give_up = runner.cancel_all
             metrics.track_handlers(
                 spec.topic,
-                lambda: float(runner.running),
+                lambda: float(runner.slots.running),
                 lambda: float(runner.waiting),
                 options.max_in_flight,
             )
