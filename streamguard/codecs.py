@@ -52,7 +52,8 @@ class Codec(Protocol):
 def codec_for(contract: type[BaseModel], codec: Codec | None = None) -> Codec:
     """``codec`` if given (checked to fit), else the default codec of the contract's format."""
     if codec is None:
-        codec = AvroCodec() if getattr(contract, "__wire_format__", "json") == "avro" else JsonCodec()
+        avro = getattr(contract, "__wire_format__", "json") == "avro"
+        codec = AvroCodec() if avro else JsonCodec()
     check_codec_fits(contract, codec)
     return codec
 

@@ -94,7 +94,7 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
         thread.start()
 
         def count(name: str, **labels: str) -> float:
-            return service.registry.get_sample_value(name, labels) or 0.0
+            return service.registry.get_sample_value(name, {"runtime": "consumer", **labels}) or 0.0
 
         deadline = time.monotonic() + 60
         done = 0.0
