@@ -45,6 +45,9 @@ DriftPolicy = Literal["count", "dead_letter"]
 # label their series by topic instead of registering the families twice.
 _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ServiceMetrics] = weakref.WeakKeyDictionary()
 _APP_REGISTRIES: weakref.WeakKeyDictionary[Any, CollectorRegistry] = weakref.WeakKeyDictionary()
+_PEERS: weakref.WeakKeyDictionary[CollectorRegistry, list[GuardedAgent]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _metrics_for(registry: CollectorRegistry) -> ServiceMetrics:
@@ -171,11 +174,25 @@ class GuardedAgent:
         self.metrics.start_series(topic, REASONS)
         self.metrics.track(topic, self._inflight, self._waiting)
         self.dead_letter_writable = True
+        peers = _PEERS.setdefault(registry, [])
+        peers.append(self)
+        self.metrics.ready.set_function(lambda: 1.0 if all(a.ready for a in peers) else 0.0)
         source = app.topic(topic, key_serializer="raw", value_serializer="raw")
         self.agent = app.agent(source, name=self.name, concurrency=1)(self._consume)
 
     def __repr__(self) -> str:
         return f"GuardedAgent({self.name!r}, topic={self.topic!r}, dlq={self.dead_letter_topic!r})"
+
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping or rebalancing, and the DLQ writable (``streamguard_ready``)."""
+        app = self.app
+        return bool(
+            app.started
+            and not app.should_stop
+            and not app.rebalancing
+            and self.dead_letter_writable
+        )
 
     @property
     def group_id(self) -> str:

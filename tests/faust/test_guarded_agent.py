@@ -96,6 +96,7 @@ def test_poison_mix_reaches_one_outcome_each(
 
     async def scenario() -> None:
         assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == len(mix), 40)
+        assert bill.registry.get_sample_value("streamguard_ready", {"runtime": "faust"}) == 1.0
 
     run_app(app, scenario)
 
@@ -370,3 +371,59 @@ def test_stop_during_retry_leaves_the_event_for_redelivery(
     run_app(second, redelivered)
     assert handled == [(1, 1)]
     assert read_all(f"{src}.dlq", 1, timeout=2) == []
+
+
+def test_unwritable_dead_letter_topic_holds_the_event(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """While the DLQ refuses a dead letter, its event is not acked and nothing after it
+    is committed; the event comes back and is dead-lettered once the DLQ takes it."""
+    src = topic_factory("orders")
+    poison = b'{"pad": "' + b"x" * 4000 + b'"}'  # a contract violation, 4 kB
+    raw_producer.produce(src, order(0).model_dump_json().encode())
+    raw_producer.produce(src, poison)
+    raw_producer.produce(src, order(2).model_dump_json().encode())
+    raw_producer.flush(10)
+    group = unique("billing")
+    # The app's producer refuses requests over 2 kB: the DLQ cannot take the poison.
+    first = make_app(group, producer_max_request_size=2048)
+    seen: list[int] = []
+
+    @guarded_agent(first, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        seen.append(ctx.offset)
+
+    def failures() -> float:
+        labels = {"runtime": "faust", "topic": src}
+        return bill.registry.get_sample_value("streamguard_dead_letter_failures_total", labels) or 0
+
+    async def refused() -> None:
+        assert await until(lambda: failures() >= 2, 30)
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 1, 10)
+        await asyncio.sleep(0.5)
+        assert committed(bootstrap, group, src).get(0) == 1
+        assert seen == [0]  # the event behind the poison waits
+        assert not bill.dead_letter_writable
+        ready = bill.registry.get_sample_value("streamguard_ready", {"runtime": "faust"})
+        assert ready == 0.0
+
+    run_app(first, refused)
+
+    second = make_app(group)
+
+    @guarded_agent(second, src, contract=OrderPlaced)
+    async def bill_again(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        seen.append(ctx.offset)
+
+    async def recovered() -> None:
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 3, 30)
+
+    run_app(second, recovered)
+    assert seen == [0, 2]
+    dlq = read_all(f"{src}.dlq", 1, timeout=15)
+    assert [r.value() for r in dlq] == [poison]
