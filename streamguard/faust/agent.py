@@ -215,6 +215,7 @@ class GuardedAgent:
         finally:
             for lane in lanes.values():
                 lane.task.cancel()
+                lane.flush_counts()
             await asyncio.gather(*(lane.task for lane in lanes.values()), return_exceptions=True)
             lanes.clear()
 
@@ -275,9 +276,9 @@ class GuardedAgent:
 
     # -- counting ------------------------------------------------------------------------
 
-    def handled(self, seconds: float) -> None:
-        self._handled.inc()
-        self.metrics.handler_seconds.observe_many(self.topic, (seconds,))
+    def record_handled(self, count: int, durations: list[float]) -> None:
+        self._handled.inc(count)
+        self.metrics.handler_seconds.observe_many(self.topic, durations)
 
     def retried(self) -> None:
         self._retries.inc()

@@ -39,6 +39,7 @@ POLL_SECONDS = 0.05
 # is tried again (a send to a missing topic would otherwise wait for metadata forever).
 DEAD_LETTER_TIMEOUT = 30.0
 DEAD_LETTER_MAX_BACKOFF = 5.0
+FLUSH_EVERY = 256
 
 
 class FaustRecord:
@@ -97,6 +98,11 @@ class Lane:
         self.busy = False
         self.waiting = False  # in a retry or dead-letter backoff
         self.dropped_generation: int | None = None
+        # Handled counts and handler times are folded into the metrics when the lane
+        # runs dry or every FLUSH_EVERY events: a histogram observation per event cost
+        # a tenth of the lane's time.
+        self.handled = 0
+        self.durations: list[float] = []
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"streamguard-lane-{agent.topic}-{partition}"
         )
@@ -105,8 +111,16 @@ class Lane:
     def inflight(self) -> int:
         return self.queue.qsize() + (1 if self.busy else 0)
 
+    def flush_counts(self) -> None:
+        if self.handled:
+            self.agent.record_handled(self.handled, self.durations)
+            self.handled = 0
+            self.durations = []
+
     async def _run(self) -> None:
         while True:
+            if self.queue.empty() or self.handled >= FLUSH_EVERY:
+                self.flush_counts()
             event = await self.queue.get()
             self.busy = True
             try:
@@ -176,7 +190,8 @@ class Lane:
                     return "given_up"
                 attempt += 1
                 continue
-            agent.handled(time.perf_counter() - start)
+            self.durations.append(time.perf_counter() - start)
+            self.handled += 1
             return "handled"
 
     async def _backoff(self, delay: float, msg: Any) -> bool:
