@@ -25,7 +25,7 @@ SECRET = "SECRET-4242"
 FAST_RETRY = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=5_000)
 
 
-def poison_mix() -> list[tuple[bytes, str]]:
+def poison_mix() -> list[tuple[bytes | None, str]]:
     """Values and the outcome each must reach, in offset order."""
     return [
         (order(0).model_dump_json().encode(), "handled"),
@@ -36,10 +36,11 @@ def poison_mix() -> list[tuple[bytes, str]]:
         (order(5, customer_id="flaky").model_dump_json().encode(), "retries_exhausted"),
         (b'{"pad": "' + b"x" * 3000 + b'"}', "oversize"),
         (order(7).model_dump_json().encode(), "handled"),
+        (None, "decode_error"),  # a tombstone: a contract describes a value
     ]
 
 
-def produce(producer: Producer, topic: str, values: list[bytes], timestamp: int) -> None:
+def produce(producer: Producer, topic: str, values: list[bytes | None], timestamp: int) -> None:
     for i, value in enumerate(values):
         producer.produce(
             topic,
@@ -134,7 +135,7 @@ def test_poison_mix_reaches_one_outcome_each(
     assert by_offset[4][1]["sg-dlq-error-message"] == b"customer is closed"
 
     assert metric("streamguard_messages_total", outcome="handled") == 3
-    assert metric("streamguard_messages_total", outcome="dead_lettered") == 5
+    assert metric("streamguard_messages_total", outcome="dead_lettered") == 6
     assert metric("streamguard_retries_total") == 4  # two for each flaky event
     assert metric("streamguard_dead_letters_total", reason="oversize") == 1
     assert metric("streamguard_handler_seconds_count") == 3
