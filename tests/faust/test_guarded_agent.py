@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 import streamguard as sg
 from examples.contracts import OrderPlaced
@@ -428,3 +429,33 @@ def test_unwritable_dead_letter_topic_holds_the_event(
     assert seen == [0, 2]
     dlq = read_all(f"{src}.dlq", 1, timeout=15)
     assert [r.value() for r in dlq] == [poison]
+
+
+def test_dead_letter_topic_is_created_at_startup(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """The DLQ topic exists, with the source's partition count, before any dead letter."""
+    src = topic_factory("orders", partitions=3)
+    send_orders(src, 3, key=lambda i: f"k{i}")
+    app = make_app()
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    def dlq_partitions() -> int:
+        # list_topics() without a name: asking for one topic would create it here.
+        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).topics
+        dlq = topics.get(f"{src}.dlq")
+        return 0 if dlq is None else len(dlq.partitions)
+
+    async def scenario() -> None:
+        assert await until(lambda: sum(committed(bootstrap, app.conf.id, src).values()) == 3, 30)
+        assert await until(lambda: dlq_partitions() == 3, 10)
+
+    run_app(app, scenario)
+    labels = {"runtime": "faust", "topic": src, "outcome": "dead_lettered"}
+    assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 0
