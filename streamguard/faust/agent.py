@@ -92,8 +92,9 @@ def guarded_agent(
         name: the agent's name and ``sg-dlq-service``; the handler's qualified name.
         registry: the prometheus registry; one private registry per app by default
             (``GuardedAgent.registry``). Series carry ``runtime="faust"``.
-        partition_buffer: events held per partition ahead of its handler. When one
-            partition's buffer is full, the agent waits, and so do the others.
+        partition_buffer: events held per partition ahead of its handler; at this mark
+            the partition is paused in Faust's consumer (the others keep flowing) and
+            resumed when half of them are done.
     """
     policy = retry if retry is not None else RetryPolicy()
 
@@ -211,7 +212,7 @@ class GuardedAgent:
                 lane = lanes.get(partition)
                 if lane is None or lane.task.done():
                     lane = lanes[partition] = Lane(self, partition, stream, self._partition_buffer)
-                await lane.queue.put(event)
+                lane.offer(event)
         finally:
             for lane in lanes.values():
                 lane.task.cancel()

@@ -21,6 +21,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
+from faust.types import TP
+
 from streamguard.deadletter import Failure, dead_letter_headers
 from streamguard.errors import ContractViolation, DecodeError, SchemaDrift
 from streamguard.guard import RetryState, immediate_failure, next_retry
@@ -90,11 +92,17 @@ class FaustRecord:
 class Lane:
     """The events of one partition, processed in offset order by one task."""
 
-    def __init__(self, agent: GuardedAgent, partition: int, stream: Any, maxsize: int) -> None:
+    def __init__(self, agent: GuardedAgent, partition: int, stream: Any, high: int) -> None:
         self.agent = agent
         self.partition = partition
         self.stream = stream
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        # Unbounded, so the actor never waits for one partition: at ``high`` events the
+        # partition stops being fetched instead (Faust's own stream-buffer flow control),
+        # and is fetched again at half of it. What it holds beyond ``high`` is what was
+        # fetched before.
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.high = high
+        self.paused_tp: Any = None
         self.busy = False
         self.waiting = False  # in a retry or dead-letter backoff
         self.dropped_generation: int | None = None
@@ -122,6 +130,8 @@ class Lane:
             if self.queue.empty() or self.handled >= FLUSH_EVERY:
                 self.flush_counts()
             event = await self.queue.get()
+            if self.paused_tp is not None and self.queue.qsize() <= self.high // 2:
+                self._resume()
             self.busy = True
             try:
                 await self.process(event)
@@ -132,6 +142,31 @@ class Lane:
                 return
             finally:
                 self.busy = False
+
+    def offer(self, event: Any) -> None:
+        """Queue an event (the actor calls this); stop fetching its partition at the mark."""
+        self.queue.put_nowait(event)
+        if (
+            self.paused_tp is None
+            and self.queue.qsize() >= self.high
+            and not self.agent.interrupted(event.message)
+        ):
+            # on_buffer_full, not pause_partitions: Faust drops the rest of an already
+            # fetched batch for a partition paused while it hands the batch out (and
+            # the client's position is past those records, so they would never come
+            # back); a "buffered" partition still gets its batch, and is not fetched
+            # again until on_buffer_drop. Faust's own TP: the client's TopicPartition
+            # fails the consumer's checks.
+            self.paused_tp = TP(event.message.topic, event.message.partition)
+            self.agent.app.consumer.on_buffer_full(self.paused_tp)
+
+    def _resume(self) -> None:
+        # Not while a rebalance is under way: the new assignment makes every assigned
+        # partition active again anyway.
+        app = self.agent.app
+        if app.flow_control.is_active() and not app.rebalancing:
+            app.consumer.on_buffer_drop(self.paused_tp)
+        self.paused_tp = None
 
     async def process(self, event: Any) -> None:
         """Bring one event to a final outcome and ack it, or give it up unacked."""
@@ -271,4 +306,5 @@ class Lane:
         """
         msg = event.message
         self.dropped_generation = msg.generation_id
+        self.paused_tp = None  # the new assignment after the rebalance makes it active
         self.agent.app.consumer.unacked.discard(msg)

@@ -291,16 +291,17 @@ def test_slow_event_holds_back_only_its_own_partition(
 ) -> None:
     """Faust issue #606: while the first event of a partition is still in its handler,
     faster later events of that partition wait and nothing past it is committed; the
-    other partition is handled and committed meanwhile."""
+    other partition is handled and committed meanwhile, though the held one has far more
+    events waiting than its buffer (it is paused, not waited for)."""
     src = topic_factory("orders", partitions=2)
-    per_partition = 10
+    per_partition = 40
     send_orders(src, 2 * per_partition, key=lambda i: "slow" if i % 2 else "fast")
     app = make_app()
     release = asyncio.Event()
     seen: list[tuple[int, int]] = []
     slow: dict[str, int] = {}
 
-    @guarded_agent(app, src, contract=OrderPlaced)
+    @guarded_agent(app, src, contract=OrderPlaced, partition_buffer=5)
     async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
         if ctx.key == b"slow" and not slow:
             slow["partition"] = ctx.partition
@@ -308,15 +309,17 @@ def test_slow_event_holds_back_only_its_own_partition(
         seen.append((ctx.partition, ctx.offset))
 
     async def scenario() -> None:
-        assert await until(lambda: bool(slow), 30)
-        held, other = slow["partition"], 1 - slow["partition"]
-        assert await until(
-            lambda: committed(bootstrap, app.conf.id, src).get(other) == per_partition, 20
-        )
-        await asyncio.sleep(1.0)  # five commit intervals with the slow event in flight
-        assert committed(bootstrap, app.conf.id, src).get(held, 0) == 0
-        assert [o for p, o in seen if p == held] == []
-        release.set()
+        try:
+            assert await until(lambda: bool(slow), 30)
+            held, other = slow["partition"], 1 - slow["partition"]
+            assert await until(
+                lambda: committed(bootstrap, app.conf.id, src).get(other) == per_partition, 20
+            )
+            await asyncio.sleep(1.0)  # five commit intervals with the slow event in flight
+            assert committed(bootstrap, app.conf.id, src).get(held, 0) == 0
+            assert [o for p, o in seen if p == held] == []
+        finally:
+            release.set()  # also on failure, so that the app can stop
         assert await until(
             lambda: committed(bootstrap, app.conf.id, src).get(held) == per_partition, 20
         )
@@ -459,3 +462,52 @@ def test_dead_letter_topic_is_created_at_startup(
     run_app(app, scenario)
     labels = {"runtime": "faust", "topic": src, "outcome": "dead_lettered"}
     assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 0
+
+
+def test_held_partition_stops_fetching_and_loses_nothing(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+) -> None:
+    """A partition held by its first event stops being fetched once its buffer is
+    full, so events produced meanwhile stay in Kafka, not in memory; released, it is
+    fetched again and every event is handled in order, none skipped."""
+    src = topic_factory("orders", partitions=1)
+    value = order(0).model_dump_json().encode()
+
+    def produce_many(count: int) -> None:
+        for _ in range(count):
+            raw_producer.produce(src, value)
+            raw_producer.poll(0)
+        raw_producer.flush(30)
+
+    produce_many(300)
+    app = make_app()
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced, partition_buffer=100)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.offset == 0:
+            await release.wait()
+        seen.append(ctx.offset)
+
+    def inflight() -> float:
+        labels = {"runtime": "faust", "topic": src}
+        return bill.registry.get_sample_value("streamguard_inflight", labels) or 0.0
+
+    async def scenario() -> None:
+        try:
+            assert await until(lambda: inflight() >= 100, 30)
+            await asyncio.sleep(0.5)
+            before = inflight()
+            await asyncio.to_thread(produce_many, 3000)
+            await asyncio.sleep(2.0)  # several fetch rounds, were the partition fetched
+            assert inflight() == before <= 300
+        finally:
+            release.set()  # also on failure, so that the app can stop
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3300, 60)
+
+    run_app(app, scenario, timeout=120)
+    assert seen == list(range(3300))
