@@ -194,7 +194,7 @@ def test_metrics_are_counted() -> None:
     with ServiceHarness(Billing, registry=registry) as kit:
         kit.send(order(1))
         kit.send_raw(b"nope")
-    labels = {"topic": "orders-kit"}
+    labels = {"runtime": "consumer", "topic": "orders-kit"}
     assert registry.get_sample_value("streamguard_messages_total", {**labels, "outcome": "handled"})
     assert registry.get_sample_value(
         "streamguard_dead_letters_total", {**labels, "reason": "decode_error"}

@@ -10,7 +10,11 @@ from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
+import faust
+from prometheus_client import CollectorRegistry
+
 import streamguard as sg
+from streamguard.faust import GuardedAgent, guarded_agent
 
 
 class Payment(sg.Contract):
@@ -90,3 +94,21 @@ def with_registry(url: str) -> sg.GuardedProducer:
         subject_name_strategy="RecordNameStrategy",
         auto_register=False,
     )
+
+
+def guarded(app: faust.App) -> GuardedAgent:
+    @guarded_agent(
+        app,
+        "payments",
+        contract=Payment,
+        retry=sg.RetryPolicy(attempts=3, base_delay=0.2, max_budget_ms=5_000),
+        transient=(sg.TransientError, TimeoutError),
+        drift="dead_letter",
+        sink=[app.topic("ledger")],
+    )
+    async def ledger(event: Payment, ctx: sg.MessageContext) -> dict[str, str] | None:
+        return {"payment_id": str(event.payment_id)} if ctx.attempt == 1 else None
+
+    registry: CollectorRegistry = ledger.registry
+    print(registry, ledger.dead_letter_topic, ledger.agent)
+    return ledger

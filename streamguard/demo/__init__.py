@@ -91,7 +91,9 @@ def _wait(metrics: CollectorRegistry, topic: str, expected: int, timeout: float)
     done = 0.0
     while time.monotonic() < deadline:
         done = sum(
-            metrics.get_sample_value("streamguard_messages_total", {"topic": topic, "outcome": o})
+            metrics.get_sample_value(
+                "streamguard_messages_total", {"runtime": "consumer", "topic": topic, "outcome": o}
+            )
             or 0.0
             for o in ("handled", "dead_lettered")
         )
@@ -148,7 +150,7 @@ def _registry_demo(bootstrap: str) -> bool:
         thread.join(30)
 
     def count_of(name: str, **labels: str) -> float:
-        return metrics.get_sample_value(name, labels) or 0.0
+        return metrics.get_sample_value(name, {"runtime": "consumer", **labels}) or 0.0
 
     handled = count_of("streamguard_messages_total", topic=PAYMENTS, outcome="handled")
     unknown = count_of("streamguard_dead_letters_total", topic=PAYMENTS, reason="decode_error")
@@ -182,7 +184,7 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
         thread.start()
 
         def count(name: str, **labels: str) -> float:
-            return registry.get_sample_value(name, labels) or 0.0
+            return registry.get_sample_value(name, {"runtime": "consumer", **labels}) or 0.0
 
         done = _wait(registry, TOPIC, sent, 60)
         service.stop()

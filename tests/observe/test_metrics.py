@@ -22,8 +22,18 @@ def test_start_series_exposes_the_handler_histogram_at_zero() -> None:
     }
     assert len(buckets) == len(HANDLER_BUCKETS) + 1
     assert set(buckets.values()) == {0.0}
-    assert registry.get_sample_value("streamguard_handler_seconds_count", {"topic": "orders"}) == 0
-    assert registry.get_sample_value("streamguard_handler_seconds_sum", {"topic": "orders"}) == 0
+    assert (
+        registry.get_sample_value(
+            "streamguard_handler_seconds_count", {"runtime": "consumer", "topic": "orders"}
+        )
+        == 0
+    )
+    assert (
+        registry.get_sample_value(
+            "streamguard_handler_seconds_sum", {"runtime": "consumer", "topic": "orders"}
+        )
+        == 0
+    )
 
 
 def test_started_histogram_counts_observations_on_top_of_zero() -> None:
@@ -33,5 +43,5 @@ def test_started_histogram_counts_observations_on_top_of_zero() -> None:
     metrics.start_series("orders", [])
     metrics.handler_seconds.observe_many("orders", [0.002, 0.3])
     assert metrics.handler_seconds.count("orders") == 2
-    labels = {"topic": "orders", "le": "0.0025"}
+    labels = {"runtime": "consumer", "topic": "orders", "le": "0.0025"}
     assert registry.get_sample_value("streamguard_handler_seconds_bucket", labels) == 1

@@ -59,7 +59,7 @@ class Running:
         assert not self.thread.is_alive(), "service did not stop in time"
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, labels)
+        value = self.registry.get_sample_value(name, {"runtime": "consumer", **labels})
         return 0.0 if value is None else value
 
 

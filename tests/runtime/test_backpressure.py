@@ -111,7 +111,8 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     assert wait_for(
         lambda: (
             second.registry.get_sample_value(
-                "streamguard_consumer_lag", {"topic": src, "partition": "0"}
+                "streamguard_consumer_lag",
+                {"runtime": "consumer", "topic": src, "partition": "0"},
             )
             is not None
         )

@@ -35,8 +35,18 @@ def test_opens_when_most_recent_calls_fail() -> None:
     b.failed()
     assert b.state == OPEN
     assert not b.allow()
-    assert registry.get_sample_value("streamguard_breaker_state", {"topic": "t"}) == OPEN
-    assert registry.get_sample_value("streamguard_breaker_opened_total", {"topic": "t"}) == 1
+    assert (
+        registry.get_sample_value(
+            "streamguard_breaker_state", {"runtime": "consumer", "topic": "t"}
+        )
+        == OPEN
+    )
+    assert (
+        registry.get_sample_value(
+            "streamguard_breaker_opened_total", {"runtime": "consumer", "topic": "t"}
+        )
+        == 1
+    )
 
 
 def test_a_few_failures_among_many_successes_keep_it_closed() -> None:
@@ -95,7 +105,12 @@ def test_retry_budget_is_a_share_of_calls() -> None:
         pass
     b.succeeded(30)  # deposits 3 tokens
     assert [b.may_retry() for _ in range(4)] == [True, True, True, False]
-    assert registry.get_sample_value("streamguard_retries_deferred_total", {"topic": "t"}) >= 2
+    assert (
+        registry.get_sample_value(
+            "streamguard_retries_deferred_total", {"runtime": "consumer", "topic": "t"}
+        )
+        >= 2
+    )
 
 
 def test_gate_parks_without_spending_attempts_or_budget() -> None:

@@ -203,11 +203,17 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
     )
     with urllib.request.urlopen(base + "/metrics", timeout=2) as response:
         text = response.read().decode()
-    assert f'streamguard_messages_total{{outcome="handled",topic="{src}"}} 1.0' in text
+    assert (
+        f'streamguard_messages_total{{outcome="handled",runtime="consumer",topic="{src}"}} 1.0'
+        in text
+    )
     assert "streamguard_handler_seconds_bucket" in text
-    assert "streamguard_ready 1.0" in text
+    assert 'streamguard_ready{runtime="consumer"} 1.0' in text
     # Series exist at zero before their first event, so rate() sees the first one.
-    assert f'streamguard_dead_letters_total{{reason="oversize",topic="{src}"}} 0.0' in text
+    assert (
+        f'streamguard_dead_letters_total{{reason="oversize",runtime="consumer",topic="{src}"}} 0.0'
+        in text
+    )
     assert status("/nope") == 404
     running.stop()
     assert status("/healthz") == 0  # the server is gone with the service

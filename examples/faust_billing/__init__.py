@@ -1,0 +1,1 @@
+"""Billing as a guarded Faust agent (see README.md here)."""

@@ -1,0 +1,355 @@
+"""``guarded_agent``: a Faust agent with the guard of a ``ConsumerService``.
+
+What Faust does on its own, and what this changes (faust-streaming 0.15.3):
+
+- A topic with ``value_type=bytes`` still JSON-decodes values, and a non-JSON value
+  crashes the agent after Faust acked it. The source is declared with raw key and value
+  serializers; streamguard's codec decodes and validates, so every failure becomes a
+  dead letter.
+- Faust acks an event whose agent raised, and commits past events still in flight when
+  acks arrive out of order (issue #606). The agent iterates ``stream.noack().events()``
+  in one actor, runs one handler per partition at a time (see ``lane``), never lets an
+  exception escape, and acks only a final outcome.
+- Faust waits for every unacknowledged event before a rebalance or shutdown completes.
+  A retry backoff stops when either begins, and the event is left for redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry
+
+from streamguard.codecs import Codec, codec_for
+from streamguard.contracts import Contract
+from streamguard.deadletter import REASONS, Reason
+from streamguard.errors import ConfigurationError
+from streamguard.faust.lane import Lane
+from streamguard.guard import DriftReporter
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
+from streamguard.runtime.context import MessageContext
+from streamguard.topics import check_topic_name
+
+log = logging.getLogger("streamguard.faust")
+
+Handler = Callable[[Any, MessageContext], Awaitable[Any]]
+DriftPolicy = Literal["count", "dead_letter"]
+
+# One metrics set per registry: guarded agents of one app (or sharing a registry)
+# label their series by topic instead of registering the families twice.
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ServiceMetrics] = weakref.WeakKeyDictionary()
+_APP_REGISTRIES: weakref.WeakKeyDictionary[Any, CollectorRegistry] = weakref.WeakKeyDictionary()
+_PEERS: weakref.WeakKeyDictionary[CollectorRegistry, list[GuardedAgent]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _metrics_for(registry: CollectorRegistry) -> ServiceMetrics:
+    metrics = _METRICS.get(registry)
+    if metrics is None:
+        metrics = _METRICS[registry] = ServiceMetrics(registry, runtime="faust")
+    return metrics
+
+
+def guarded_agent(
+    app: Any,
+    topic: str,
+    *,
+    contract: type[Contract],
+    dead_letter_topic: str | None = None,
+    retry: RetryPolicy | None = None,
+    transient: tuple[type[BaseException], ...] = DEFAULT_TRANSIENT,
+    codec: Codec | None = None,
+    drift: DriftPolicy = "count",
+    include_error_text: bool = False,
+    sink: Iterable[Any] | None = None,
+    name: str | None = None,
+    registry: CollectorRegistry | None = None,
+    partition_buffer: int = 1000,
+) -> Callable[[Handler], GuardedAgent]:
+    """Declare ``async def handler(event, ctx)`` as a guarded Faust agent on ``topic``.
+
+    Args:
+        app: the ``faust.App``.
+        topic: the source topic; declared with raw serializers.
+        contract: the ``sg.Contract`` every value must satisfy.
+        dead_letter_topic: defaults to ``f"{topic}.dlq"``; created at startup.
+        retry: the ``RetryPolicy`` for transient failures. Its ``max_budget_ms`` must
+            stay within half the app's ``broker_rebalance_timeout`` (checked here).
+        transient: exception types retried; everything else is permanent.
+        codec: the wire format; the contract's default codec if None.
+        drift: ``"count"`` counts and logs schema drift; ``"dead_letter"`` dead-letters
+            drifted messages (reason ``schema_drift``).
+        include_error_text: publish any handler exception's text in DLQ headers.
+        sink: topics, agents or callables the handler's non-None results go to, as
+            with a Faust agent; a result is confirmed before its event is acked.
+        name: the agent's name and ``sg-dlq-service``; the handler's qualified name.
+        registry: the prometheus registry; one private registry per app by default
+            (``GuardedAgent.registry``). Series carry ``runtime="faust"``.
+        partition_buffer: events held per partition ahead of its handler; at this mark
+            the partition is paused in Faust's consumer (the others keep flowing) and
+            resumed when half of them are done.
+    """
+    policy = retry if retry is not None else RetryPolicy()
+
+    def decorate(handler: Handler) -> GuardedAgent:
+        return GuardedAgent(
+            app,
+            handler,
+            topic=topic,
+            contract=contract,
+            dead_letter_topic=dead_letter_topic,
+            retry=policy,
+            transient=transient,
+            codec=codec,
+            drift=drift,
+            include_error_text=include_error_text,
+            sink=sink,
+            name=name,
+            registry=registry,
+            partition_buffer=partition_buffer,
+        )
+
+    return decorate
+
+
+class GuardedAgent:
+    """A Faust agent that gives every event of its topic a final outcome before its ack.
+
+    Built by ``guarded_agent``; ``agent`` is the underlying ``faust.Agent``.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        handler: Handler,
+        *,
+        topic: str,
+        contract: type[Contract],
+        dead_letter_topic: str | None,
+        retry: RetryPolicy,
+        transient: tuple[type[BaseException], ...],
+        codec: Codec | None,
+        drift: DriftPolicy,
+        include_error_text: bool,
+        sink: Iterable[Any] | None,
+        name: str | None,
+        registry: CollectorRegistry | None,
+        partition_buffer: int,
+    ) -> None:
+        label = f"guarded_agent({getattr(handler, '__qualname__', handler)!r})"
+        _check(app, handler, topic, contract, dead_letter_topic, retry, transient, drift, label)
+        if partition_buffer < 1:
+            raise ConfigurationError(f"{label}: partition_buffer must be at least 1")
+        self.app = app
+        self.handler = handler
+        self.topic = topic
+        self.contract = contract
+        self.dead_letter_topic = dead_letter_topic or f"{topic}.dlq"
+        self.retry = retry
+        self.transient = tuple(transient)
+        self.include_error_text = include_error_text
+        self.sinks = list(sink or ())
+        self.name = name or f"{handler.__module__}.{handler.__qualname__}"
+        self.decode = codec_for(contract, codec).decoder(contract)
+        if registry is None:
+            registry = _APP_REGISTRIES.get(app)
+            if registry is None:
+                registry = _APP_REGISTRIES[app] = CollectorRegistry()
+        self.registry = registry
+        self.metrics = _metrics_for(registry)
+        self.drift = DriftReporter(contract, self.metrics, dead_letter=drift == "dead_letter")
+        self._partition_buffer = partition_buffer
+        self._lanes: dict[int, Lane] = {}
+        self._dlq_declared: asyncio.Future[None] | None = None
+        self._handled = self.metrics.messages.labels(topic, "handled")
+        self._dead_lettered = self.metrics.messages.labels(topic, "dead_lettered")
+        self._retries = self.metrics.retries.labels(topic)
+        self._dlq_failures = self.metrics.dead_letter_failures.labels(topic)
+        self.metrics.start_series(topic, REASONS)
+        self.metrics.track(topic, self._inflight, self._waiting)
+        self.dead_letter_writable = True
+        peers = _PEERS.setdefault(registry, [])
+        peers.append(self)
+        self.metrics.ready.set_function(lambda: 1.0 if all(a.ready for a in peers) else 0.0)
+        source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+        self.agent = app.agent(source, name=self.name, concurrency=1)(self._consume)
+
+    def __repr__(self) -> str:
+        return f"GuardedAgent({self.name!r}, topic={self.topic!r}, dlq={self.dead_letter_topic!r})"
+
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping or rebalancing, and the DLQ writable (``streamguard_ready``)."""
+        app = self.app
+        return bool(
+            app.started
+            and not app.should_stop
+            and not app.rebalancing
+            and self.dead_letter_writable
+        )
+
+    @property
+    def group_id(self) -> str:
+        """Faust's consumer group: the app's id."""
+        return str(self.app.conf.id)
+
+    # -- the actor ---------------------------------------------------------------------
+
+    async def _consume(self, stream: Any) -> None:
+        """The Faust actor: hand each event to its partition's lane, in arrival order."""
+        self._dlq_declared = asyncio.ensure_future(self._declare_dead_letter_topic())
+        lanes = self._lanes
+        try:
+            async for event in stream.noack().events():
+                partition = event.message.partition
+                lane = lanes.get(partition)
+                if lane is None or lane.task.done():
+                    lane = lanes[partition] = Lane(self, partition, stream, self._partition_buffer)
+                lane.offer(event)
+        finally:
+            for lane in lanes.values():
+                lane.task.cancel()
+                lane.flush_counts()
+            await asyncio.gather(*(lane.task for lane in lanes.values()), return_exceptions=True)
+            lanes.clear()
+
+    def interrupted(self, msg: Any) -> bool:
+        """True when ``msg``'s event must be given up: a rebalance or stop began, or
+        its assignment is over."""
+        app = self.app
+        return bool(
+            app.should_stop
+            or not app.flow_control.is_active()
+            or msg.generation_id != app.consumer_generation_id
+        )
+
+    async def forward(self, result: Any) -> None:
+        """Send a handler's result to every sink and wait for each confirmation."""
+        for target in self.sinks:
+            if hasattr(target, "send"):
+                sent = await target.send(value=result)
+                if inspect.isawaitable(sent):
+                    await sent
+            else:
+                returned = target(result)
+                if inspect.isawaitable(returned):
+                    await returned
+
+    # -- the dead-letter topic -----------------------------------------------------------
+
+    async def _declare_dead_letter_topic(self) -> None:
+        """Create the DLQ topic at startup, with the source's partition count once the
+        consumer knows it: a send to a missing topic would wait for metadata forever."""
+        partitions: int | None = None
+        for _ in range(100):  # up to ~10 s for the consumer's metadata
+            try:
+                partitions = self.app.consumer.topic_partitions(self.topic)
+            except Exception:  # the consumer is not started yet
+                partitions = None
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+        topic = self.app.topic(
+            self.dead_letter_topic,
+            partitions=partitions or None,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        try:
+            await topic.maybe_declare()
+            log.info("dead-letter topic ready", extra={"dlq": self.dead_letter_topic})
+        except Exception as exc:
+            log.warning(
+                "could not create the dead-letter topic; create it before the first dead letter",
+                extra={"dlq": self.dead_letter_topic, "error": str(exc)},
+            )
+
+    async def dead_letter_topic_ready(self) -> None:
+        if self._dlq_declared is not None:
+            await asyncio.shield(self._dlq_declared)
+
+    # -- counting ------------------------------------------------------------------------
+
+    def record_handled(self, count: int, durations: list[float]) -> None:
+        self._handled.inc(count)
+        self.metrics.handler_seconds.observe_many(self.topic, durations)
+
+    def retried(self) -> None:
+        self._retries.inc()
+
+    def dead_lettered(self, reason: Reason) -> None:
+        if not self.dead_letter_writable:
+            log.info("dead-letter topic is writable again", extra={"dlq": self.dead_letter_topic})
+        self.dead_letter_writable = True
+        self._dead_lettered.inc()
+        self.metrics.dead_letters.labels(self.topic, reason).inc()
+
+    def dead_letter_failed(self, error: BaseException) -> None:
+        self._dlq_failures.inc()
+        if self.dead_letter_writable:
+            log.error(
+                "cannot write to the dead-letter topic; holding the partition and backing off",
+                extra={"dlq": self.dead_letter_topic, "error": f"{type(error).__name__}"},
+            )
+        self.dead_letter_writable = False
+
+    def _inflight(self) -> float:
+        return float(sum(lane.inflight for lane in self._lanes.values()))
+
+    def _waiting(self) -> float:
+        return float(sum(1 for lane in self._lanes.values() if lane.waiting))
+
+
+def _check(
+    app: Any,
+    handler: Any,
+    topic: str,
+    contract: Any,
+    dead_letter_topic: str | None,
+    retry: Any,
+    transient: Any,
+    drift: str,
+    label: str,
+) -> None:
+    """Refuse a declaration that cannot work, at import, with a fix."""
+    check_topic_name(topic)
+    if dead_letter_topic is not None:
+        check_topic_name(dead_letter_topic)
+        if dead_letter_topic == topic:
+            raise ConfigurationError(f"{label}: dead_letter_topic must differ from the topic")
+    if not (isinstance(contract, type) and issubclass(contract, Contract)):
+        raise ConfigurationError(f"{label}: contract must be an sg.Contract subclass")
+    if not inspect.iscoroutinefunction(handler):
+        raise ConfigurationError(
+            f"{label}: the handler must be 'async def handler(event, ctx)'. A blocking "
+            "handler would stall Faust's event loop, heartbeats included; run blocking "
+            "work with asyncio.to_thread inside an async handler."
+        )
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"{label}: retry must be an sg.RetryPolicy(...)")
+    if not isinstance(transient, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in transient
+    ):
+        raise ConfigurationError(
+            f"{label}: transient must be a tuple of exception types, e.g. "
+            "(sg.TransientError, TimeoutError)"
+        )
+    if drift not in ("count", "dead_letter"):
+        raise ConfigurationError(f"{label}: drift must be 'count' or 'dead_letter'")
+    rebalance_s = float(app.conf.broker_rebalance_timeout)
+    if retry.max_budget_ms > rebalance_s * 500:
+        raise ConfigurationError(
+            f"{label}: RetryPolicy(max_budget_ms={retry.max_budget_ms}) may hold a "
+            f"partition's events unacknowledged for {retry.max_budget_ms / 1000:g} s, but "
+            f"the app's broker_rebalance_timeout is {rebalance_s:g} s, and Faust makes a "
+            "rebalance wait for every unacknowledged event. Keep the budget within half "
+            f"of it: lower max_budget_ms to {int(rebalance_s * 500)} or less, or raise "
+            "broker_rebalance_timeout in the faust.App settings."
+        )

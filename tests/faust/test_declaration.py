@@ -1,0 +1,94 @@
+"""A guarded agent refuses, at decoration, what cannot work, and its metrics fit in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry, generate_latest
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.faust import guarded_agent
+
+
+async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+    return None
+
+
+@pytest.fixture
+def make_app(unique: Callable[[str], str], tmp_path: Path) -> Callable[..., Any]:
+    """An app that is declared but never started: these tests need no broker."""
+
+    def make(name: str | None = None, **settings: Any) -> Any:
+        app_id = name or unique("declared")
+        return faust.App(app_id, broker="kafka://127.0.0.1:1", datadir=str(tmp_path), **settings)
+
+    return make
+
+
+def test_retry_budget_over_half_the_rebalance_timeout_is_refused(
+    make_app: Callable[..., Any],
+) -> None:
+    """A policy that may hold events longer than half the rebalance timeout is refused
+    with the limit and both ways to fix it."""
+    app = make_app(broker_rebalance_timeout=20)
+    policy = sg.RetryPolicy(attempts=5, max_budget_ms=15_000)
+    with pytest.raises(sg.ConfigurationError) as info:
+        guarded_agent(app, "orders", contract=OrderPlaced, retry=policy)(bill)
+    text = str(info.value)
+    assert "broker_rebalance_timeout is 20 s" in text
+    assert "lower max_budget_ms to 10000 or less" in text
+
+
+def test_default_policy_fits_faust_defaults(make_app: Callable[..., Any]) -> None:
+    """The default RetryPolicy fits under Faust's default rebalance timeout."""
+    agent = guarded_agent(make_app(), "orders", contract=OrderPlaced)(bill)
+    assert agent.dead_letter_topic == "orders.dlq"
+    assert agent.retry == sg.RetryPolicy()
+
+
+def test_blocking_handler_is_refused(make_app: Callable[..., Any]) -> None:
+    """A plain def handler is refused: it would block Faust's event loop."""
+
+    def blocking(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    with pytest.raises(sg.ConfigurationError, match="async def"):
+        guarded_agent(make_app(), "orders", contract=OrderPlaced)(blocking)  # type: ignore[arg-type]
+
+
+def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
+    """Invalid topic names, a DLQ equal to the source, and a non-contract are refused."""
+    app = make_app()
+    with pytest.raises(sg.ConfigurationError, match="not a valid Kafka topic name"):
+        guarded_agent(app, "bad name!", contract=OrderPlaced)(bill)
+    with pytest.raises(sg.ConfigurationError, match="must differ"):
+        guarded_agent(app, "orders", contract=OrderPlaced, dead_letter_topic="orders")(bill)
+    with pytest.raises(sg.ConfigurationError, match=r"sg\.Contract"):
+        guarded_agent(app, "orders", contract=dict)(bill)  # type: ignore[arg-type]
+
+
+def test_metrics_share_names_and_live_beside_faust_sensors(make_app: Callable[..., Any]) -> None:
+    """Guarded agents register the consumer runtime's metric names with runtime="faust",
+    once per registry, next to Faust's own Prometheus sensors even for an app named
+    "streamguard"."""
+    app = make_app("streamguard")
+    registry = CollectorRegistry()
+    setup_prometheus_sensors(app, registry=registry)
+    first = guarded_agent(app, "orders", contract=OrderPlaced, registry=registry)(bill)
+
+    async def refund(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    second = guarded_agent(app, "refunds", contract=OrderPlaced, registry=registry)(refund)
+    assert first.metrics is second.metrics
+    text = generate_latest(registry).decode()
+    for topic in ("orders", "refunds"):
+        series = f'streamguard_messages_total{{outcome="handled",runtime="faust",topic="{topic}"}}'
+        assert series in text
+    assert "streamguard_messages_received_total" in text  # Faust's own sensor

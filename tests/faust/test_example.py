@@ -1,0 +1,45 @@
+"""The Faust billing example does what its README says, against the real broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+import streamguard as sg
+from examples.faust_billing.app import create_app
+from tests.faust.conftest import FAST_FAUST, run_app, until
+from tests.runtime.conftest import committed, order
+
+pytestmark = pytest.mark.broker
+
+
+def test_example_bills_forwards_and_dead_letters(
+    bootstrap: str,
+    tmp_path: Path,
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """Valid and flaky orders are billed and invoiced; closed and down customers and
+    poison input end in orders.dlq with the reasons the README lists."""
+    producer = sg.GuardedProducer(bootstrap)
+    for i, customer in enumerate(["alice", "flaky-1", "down-1", "closed-1"]):
+        producer.send("orders", order(i, customer_id=customer))
+    producer.flush()
+    raw_producer.produce("orders", b"nope")
+    raw_producer.flush(10)
+    app, bill = create_app(f"kafka://{bootstrap}", datadir=str(tmp_path), **FAST_FAUST)
+
+    async def scenario() -> None:
+        assert await until(lambda: sum(committed(bootstrap, app.conf.id, "orders").values()) == 5)
+
+    run_app(app, scenario)
+    invoices = read_all("invoices", 2, timeout=15)
+    assert len(invoices) == 2
+    reasons = sorted(dict(r.headers())["sg-dlq-reason"] for r in read_all("orders.dlq", 3))
+    assert reasons == [b"decode_error", b"permanent_error", b"retries_exhausted"]
+    labels = {"runtime": "faust", "topic": "orders", "outcome": "handled"}
+    assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 2

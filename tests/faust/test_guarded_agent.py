@@ -1,0 +1,513 @@
+"""A guarded Faust agent gives every event one final outcome, like a ConsumerService."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.faust import guarded_agent
+from tests.faust.conftest import run_app, until
+from tests.runtime.conftest import Running, committed, order
+
+pytestmark = pytest.mark.broker
+
+SECRET = "SECRET-4242"
+FAST_RETRY = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=5_000)
+
+
+def poison_mix() -> list[tuple[bytes | None, str]]:
+    """Values and the outcome each must reach, in offset order."""
+    return [
+        (order(0).model_dump_json().encode(), "handled"),
+        (b"{not json", "decode_error"),
+        (json.dumps({"order_id": "nope", "customer_id": SECRET}).encode(), "contract_violation"),
+        (order(3, customer_id="flaky-twice").model_dump_json().encode(), "handled"),
+        (order(4, customer_id="permanent").model_dump_json().encode(), "permanent_error"),
+        (order(5, customer_id="flaky").model_dump_json().encode(), "retries_exhausted"),
+        (b'{"pad": "' + b"x" * 3000 + b'"}', "oversize"),
+        (order(7).model_dump_json().encode(), "handled"),
+        (None, "decode_error"),  # a tombstone: a contract describes a value
+    ]
+
+
+def produce(producer: Producer, topic: str, values: list[bytes | None], timestamp: int) -> None:
+    for i, value in enumerate(values):
+        producer.produce(
+            topic,
+            value,
+            key=f"k{i}".encode(),
+            headers=[("trace", b"t%d" % i), ("trace", b"again"), ("empty", b"")],
+            timestamp=timestamp + i,
+        )
+    producer.flush(10)
+
+
+def behaviour(calls: Counter[str]) -> Callable[[OrderPlaced], None]:
+    """The handler logic both runtimes share in these tests."""
+
+    def act(event: OrderPlaced) -> None:
+        calls[event.customer_id] += 1
+        if event.customer_id == "permanent":
+            raise sg.PermanentError("customer is closed")
+        if event.customer_id == "flaky":
+            raise TimeoutError(f"upstream timed out for {event.customer_id}")
+        if event.customer_id == "flaky-twice" and calls[event.customer_id] < 3:
+            raise sg.TransientError("try again")
+
+    return act
+
+
+def test_poison_mix_reaches_one_outcome_each(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """Valid events are handled once (a transient one after its retries), every bad one
+    is dead-lettered once with its exact reason, and the offset commits to the end."""
+    src = topic_factory("orders")
+    mix = poison_mix()
+    produce(raw_producer, src, [v for v, _ in mix], 1_700_000_000_000)
+    app = make_app()
+    calls: Counter[str] = Counter()
+    act = behaviour(calls)
+    handled: list[tuple[int, int]] = []
+
+    @guarded_agent(
+        app, src, contract=OrderPlaced, codec=sg.JsonCodec(max_bytes=2048), retry=FAST_RETRY
+    )
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        act(event)
+        handled.append((ctx.offset, ctx.attempt))
+
+    def metric(name: str, **labels: str) -> float:
+        value = bill.registry.get_sample_value(name, {"runtime": "faust", "topic": src, **labels})
+        return 0.0 if value is None else value
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == len(mix), 40)
+        assert bill.registry.get_sample_value("streamguard_ready", {"runtime": "faust"}) == 1.0
+
+    run_app(app, scenario)
+
+    assert handled == [(0, 1), (3, 3), (7, 1)]
+    assert calls["flaky"] == 3  # the policy's three attempts, then the DLQ
+    expected = {i: reason for i, (_, reason) in enumerate(mix) if reason != "handled"}
+    dlq = read_all(f"{src}.dlq", len(expected), timeout=20)
+    assert len(dlq) == len(expected)
+    by_offset = {}
+    for record in dlq:
+        headers = {k: v for k, v in record.headers() if k.startswith("sg-dlq-")}
+        by_offset[int(headers["sg-dlq-original-offset"])] = (record, headers)
+    assert {o: h["sg-dlq-reason"].decode() for o, (_, h) in by_offset.items()} == expected
+    for offset, (record, headers) in by_offset.items():
+        assert record.key() == f"k{offset}".encode()
+        assert record.value() == mix[offset][0]  # byte for byte
+        original = [(k, v) for k, v in record.headers() if not k.startswith("sg-dlq-")]
+        assert original == [("trace", b"t%d" % offset), ("trace", b"again"), ("empty", b"")]
+        assert headers["sg-dlq-original-topic"] == src.encode()
+        assert headers["sg-dlq-original-timestamp"] == b"%d" % (1_700_000_000_000 + offset)
+        assert headers["sg-dlq-consumer-group"] == app.conf.id.encode()
+        assert headers["sg-dlq-expected-subject"] == b"orders.OrderPlaced"
+        assert SECRET.encode() not in b"".join(v or b"" for v in headers.values())
+    violation = by_offset[2][1]
+    assert [e["loc"] for e in json.loads(violation["sg-dlq-errors"])] == [
+        ["order_id"],
+        ["amount"],
+        ["currency"],
+        ["placed_at"],
+    ]
+    exhausted = by_offset[5][1]
+    assert exhausted["sg-dlq-attempts"] == b"3"
+    assert exhausted["sg-dlq-error-class"] == b"builtins.TimeoutError"
+    assert b"redacted" in exhausted["sg-dlq-error-message"]  # a foreign error's text
+    assert by_offset[4][1]["sg-dlq-error-message"] == b"customer is closed"
+
+    assert metric("streamguard_messages_total", outcome="handled") == 3
+    assert metric("streamguard_messages_total", outcome="dead_lettered") == 6
+    assert metric("streamguard_retries_total") == 4  # two for each flaky event
+    assert metric("streamguard_dead_letters_total", reason="oversize") == 1
+    assert metric("streamguard_handler_seconds_count") == 3
+
+
+def test_dead_letter_headers_match_consumer_service(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    start_service: Callable[..., Running],
+) -> None:
+    """The same bad input gets the same DLQ record from a guarded agent as from a
+    ConsumerService: same key, value and headers, in the same order, with the same
+    values except where it came from and when."""
+    mix = [(v, r) for v, r in poison_mix() if r != "handled"]
+    values = [v for v, _ in mix]
+    src_faust, src_service = topic_factory("orders"), topic_factory("orders")
+    produce(raw_producer, src_faust, values, 1_700_000_000_000)
+    produce(raw_producer, src_service, values, 1_700_000_000_000)
+
+    service_calls: Counter[str] = Counter()
+    service_act = behaviour(service_calls)
+
+    class Billing(sg.ConsumerService):
+        topic = src_service
+        contract = OrderPlaced
+        group_id = unique("billing")
+        codec = sg.JsonCodec(max_bytes=2048)
+        retry = FAST_RETRY
+        service_name = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            service_act(event)
+
+    running = start_service(Billing)
+    from_service = read_all(f"{src_service}.dlq", len(mix), timeout=30)
+    running.stop()
+
+    app = make_app()
+    agent_calls: Counter[str] = Counter()
+    agent_act = behaviour(agent_calls)
+
+    @guarded_agent(
+        app,
+        src_faust,
+        contract=OrderPlaced,
+        codec=sg.JsonCodec(max_bytes=2048),
+        retry=FAST_RETRY,
+        name="billing",
+    )
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        agent_act(event)
+
+    async def scenario() -> None:
+        assert await until(
+            lambda: committed(bootstrap, app.conf.id, src_faust).get(0) == len(mix), 40
+        )
+
+    run_app(app, scenario)
+    from_agent = read_all(f"{src_faust}.dlq", len(mix), timeout=20)
+
+    differ = {
+        "sg-dlq-original-topic",
+        "sg-dlq-consumer-group",
+        "sg-dlq-first-failure-ms",
+        "sg-dlq-dead-lettered-ms",
+    }
+
+    def same(key: str, value: bytes) -> bytes | None:
+        if key in differ:
+            return None
+        if key == "sg-dlq-error-message":  # "gave up after 3 attempt(s) in 61 ms: ..."
+            return re.sub(rb" in \d+ ms", b" in N ms", value)
+        return value
+
+    def comparable(record: Any) -> tuple[Any, ...]:
+        headers = [(k, same(k, v)) for k, v in record.headers()]
+        return record.key(), record.value(), headers
+
+    def by_offset(records: list[Any]) -> dict[bytes, tuple[Any, ...]]:
+        return {dict(r.headers())["sg-dlq-original-offset"]: comparable(r) for r in records}
+
+    assert len(from_service) == len(from_agent) == len(mix)
+    assert by_offset(from_agent) == by_offset(from_service)
+
+
+def test_results_are_forwarded_to_a_sink(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A handler's non-None result goes to the sink topic before its event is acked."""
+    src, out = topic_factory("orders"), topic_factory("invoices")
+    send_orders(src, 3)
+    app = make_app()
+    invoices = app.topic(out, value_serializer="json")
+
+    @guarded_agent(app, src, contract=OrderPlaced, sink=[invoices])
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> dict[str, str] | None:
+        if ctx.offset == 1:
+            return None  # nothing to forward
+        return {"invoice_for": str(event.order_id)}
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3, 40)
+
+    run_app(app, scenario)
+    records = read_all(out, 2, timeout=15)
+    assert sorted(json.loads(r.value())["invoice_for"] for r in records) == [
+        str(order(0).order_id),
+        str(order(2).order_id),
+    ]
+
+
+def test_schema_drift_is_counted(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    send_orders: Callable[..., None],
+) -> None:
+    """Events without schema headers are handled and counted as drift, under the same
+    metric the consumer runtime uses."""
+    src = topic_factory("orders")
+    send_orders(src, 2)  # stamped by a GuardedProducer: no drift
+    raw_producer.produce(src, order(9).model_dump_json().encode())
+    raw_producer.flush(10)
+    app = make_app()
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3, 40)
+
+    run_app(app, scenario)
+    labels = {"runtime": "faust", "subject": "orders.OrderPlaced", "kind": "no_schema_headers"}
+    assert bill.registry.get_sample_value("streamguard_schema_drift_total", labels) == 1
+
+
+def test_slow_event_holds_back_only_its_own_partition(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """Faust issue #606: while the first event of a partition is still in its handler,
+    faster later events of that partition wait and nothing past it is committed; the
+    other partition is handled and committed meanwhile, though the held one has far more
+    events waiting than its buffer (it is paused, not waited for)."""
+    src = topic_factory("orders", partitions=2)
+    per_partition = 40
+    send_orders(src, 2 * per_partition, key=lambda i: "slow" if i % 2 else "fast")
+    app = make_app()
+    release = asyncio.Event()
+    seen: list[tuple[int, int]] = []
+    slow: dict[str, int] = {}
+
+    @guarded_agent(app, src, contract=OrderPlaced, partition_buffer=5)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.key == b"slow" and not slow:
+            slow["partition"] = ctx.partition
+            await release.wait()
+        seen.append((ctx.partition, ctx.offset))
+
+    async def scenario() -> None:
+        try:
+            assert await until(lambda: bool(slow), 30)
+            held, other = slow["partition"], 1 - slow["partition"]
+            assert await until(
+                lambda: committed(bootstrap, app.conf.id, src).get(other) == per_partition, 20
+            )
+            await asyncio.sleep(1.0)  # five commit intervals with the slow event in flight
+            assert committed(bootstrap, app.conf.id, src).get(held, 0) == 0
+            assert [o for p, o in seen if p == held] == []
+        finally:
+            release.set()  # also on failure, so that the app can stop
+        assert await until(
+            lambda: committed(bootstrap, app.conf.id, src).get(held) == per_partition, 20
+        )
+        assert [o for p, o in seen if p == held] == list(range(per_partition))
+
+    run_app(app, scenario)
+
+
+def test_stop_during_retry_leaves_the_event_for_redelivery(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """An app stopped while an event waits to be retried stops promptly without acking
+    it, and a restarted app handles it: it is neither lost nor dead-lettered."""
+    src = topic_factory("orders")
+    send_orders(src, 2)
+    group = unique("billing")
+    patient = sg.RetryPolicy(attempts=10, base_delay=2.0, max_delay=2.0, max_budget_ms=25_000)
+    first = make_app(group)
+    failures: list[int] = []
+
+    @guarded_agent(first, src, contract=OrderPlaced, retry=patient)
+    async def failing(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.offset == 1:
+            failures.append(ctx.attempt)
+            raise sg.TransientError("downstream is down")
+
+    stop_began: list[float] = []
+
+    async def until_retrying() -> None:
+        assert await until(lambda: len(failures) >= 1, 30)
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 1, 10)
+        stop_began.append(time.monotonic())
+
+    run_app(first, until_retrying)
+    # The retry budget is 25 s; the stop does not wait for it.
+    assert time.monotonic() - stop_began[0] < 10
+    assert committed(bootstrap, group, src).get(0) == 1  # the retried event is not acked
+
+    second = make_app(group)
+    handled: list[tuple[int, int]] = []
+
+    @guarded_agent(second, src, contract=OrderPlaced, retry=patient)
+    async def healthy(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        handled.append((ctx.offset, ctx.attempt))
+
+    async def redelivered() -> None:
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 2, 30)
+
+    run_app(second, redelivered)
+    assert handled == [(1, 1)]
+    assert read_all(f"{src}.dlq", 1, timeout=2) == []
+
+
+def test_unwritable_dead_letter_topic_holds_the_event(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """While the DLQ refuses a dead letter, its event is not acked and nothing after it
+    is committed; the event comes back and is dead-lettered once the DLQ takes it."""
+    src = topic_factory("orders")
+    poison = b'{"pad": "' + b"x" * 4000 + b'"}'  # a contract violation, 4 kB
+    raw_producer.produce(src, order(0).model_dump_json().encode())
+    raw_producer.produce(src, poison)
+    raw_producer.produce(src, order(2).model_dump_json().encode())
+    raw_producer.flush(10)
+    group = unique("billing")
+    # The app's producer refuses requests over 2 kB: the DLQ cannot take the poison.
+    first = make_app(group, producer_max_request_size=2048)
+    seen: list[int] = []
+
+    @guarded_agent(first, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        seen.append(ctx.offset)
+
+    def failures() -> float:
+        labels = {"runtime": "faust", "topic": src}
+        return bill.registry.get_sample_value("streamguard_dead_letter_failures_total", labels) or 0
+
+    async def refused() -> None:
+        assert await until(lambda: failures() >= 2, 30)
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 1, 10)
+        await asyncio.sleep(0.5)
+        assert committed(bootstrap, group, src).get(0) == 1
+        assert seen == [0]  # the event behind the poison waits
+        assert not bill.dead_letter_writable
+        ready = bill.registry.get_sample_value("streamguard_ready", {"runtime": "faust"})
+        assert ready == 0.0
+
+    run_app(first, refused)
+
+    second = make_app(group)
+
+    @guarded_agent(second, src, contract=OrderPlaced)
+    async def bill_again(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        seen.append(ctx.offset)
+
+    async def recovered() -> None:
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 3, 30)
+
+    run_app(second, recovered)
+    assert seen == [0, 2]
+    dlq = read_all(f"{src}.dlq", 1, timeout=15)
+    assert [r.value() for r in dlq] == [poison]
+
+
+def test_dead_letter_topic_is_created_at_startup(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """The DLQ topic exists, with the source's partition count, before any dead letter."""
+    src = topic_factory("orders", partitions=3)
+    send_orders(src, 3, key=lambda i: f"k{i}")
+    app = make_app()
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    def dlq_partitions() -> int:
+        # list_topics() without a name: asking for one topic would create it here.
+        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).topics
+        dlq = topics.get(f"{src}.dlq")
+        return 0 if dlq is None else len(dlq.partitions)
+
+    async def scenario() -> None:
+        assert await until(lambda: sum(committed(bootstrap, app.conf.id, src).values()) == 3, 30)
+        assert await until(lambda: dlq_partitions() == 3, 10)
+
+    run_app(app, scenario)
+    labels = {"runtime": "faust", "topic": src, "outcome": "dead_lettered"}
+    assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 0
+
+
+def test_held_partition_stops_fetching_and_loses_nothing(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+) -> None:
+    """A partition held by its first event stops being fetched once its buffer is
+    full, so events produced meanwhile stay in Kafka, not in memory; released, it is
+    fetched again and every event is handled in order, none skipped."""
+    src = topic_factory("orders", partitions=1)
+    value = order(0).model_dump_json().encode()
+
+    def produce_many(count: int) -> None:
+        for _ in range(count):
+            raw_producer.produce(src, value)
+            raw_producer.poll(0)
+        raw_producer.flush(30)
+
+    produce_many(300)
+    app = make_app()
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced, partition_buffer=100)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.offset == 0:
+            await release.wait()
+        seen.append(ctx.offset)
+
+    def inflight() -> float:
+        labels = {"runtime": "faust", "topic": src}
+        return bill.registry.get_sample_value("streamguard_inflight", labels) or 0.0
+
+    async def scenario() -> None:
+        try:
+            assert await until(lambda: inflight() >= 100, 30)
+            await asyncio.sleep(0.5)
+            before = inflight()
+            await asyncio.to_thread(produce_many, 3000)
+            await asyncio.sleep(2.0)  # several fetch rounds, were the partition fetched
+            assert inflight() == before <= 300
+        finally:
+            release.set()  # also on failure, so that the app can stop
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3300, 60)
+
+    run_app(app, scenario, timeout=120)
+    assert seen == list(range(3300))
