@@ -25,6 +25,7 @@ from streamguard.observe.health import HealthServer
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.commits import Committer
+from streamguard.runtime.connectivity import STATS_INTERVAL_MS, ClusterLink
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.flow import FlowControl
@@ -88,6 +89,7 @@ class ServiceRuntime:
         self._publisher: DeadLetterPublisher | None = None
         self._committer: Committer | None = None
         self._loop_runner: LoopRunner | None = None
+        self._link: ClusterLink | None = None
         self._running = False
 
     def run(self) -> None:
@@ -102,7 +104,11 @@ class ServiceRuntime:
         health: HealthServer | None = None
         try:
             consumer = Consumer(
-                {**self.consumer_config, "logger": _librdkafka_log, "on_commit": self._on_commit}
+                {
+                    **self._with_cluster_link(),
+                    "logger": _librdkafka_log,
+                    "on_commit": self._on_commit,
+                }
             )
             self._connect(consumer)
             dlq = Producer({**self.dead_letter_config, "logger": _librdkafka_log})
@@ -213,11 +219,45 @@ class ServiceRuntime:
             "assigned": bool(poller and poller.assignment.assigned_once),
             "polling": bool(poller and time.monotonic() - poller.last_poll < POLL_STALE_AFTER),
             "dlq_writable": bool(publisher and publisher.writable),
+            "broker_reachable": bool(self._link and self._link.reachable),
         }
         report: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
         if publisher and not publisher.writable:
             report["dlq_error"] = publisher.last_error
         return report
+
+    def _with_cluster_link(self) -> dict[str, Any]:
+        """The consumer config, with statistics feeding a new ``ClusterLink``.
+
+        A ``stats_cb`` of the user's still gets every report.
+        """
+        options = self.spec.options
+        link = ClusterLink(options.broker_silence, options.broker_timeout, self._lost_cluster)
+        self._link = link
+        config = dict(self.consumer_config)
+        user_cb = config.pop("stats_cb", None)
+
+        def on_stats(stats: str) -> None:
+            link.on_stats(stats)
+            if user_cb is not None:
+                user_cb(stats)
+
+        config.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
+        config["stats_cb"] = on_stats
+        return config
+
+    def _lost_cluster(self, away: float) -> None:
+        """``broker_timeout`` passed without the cluster: stop, and fail ``run()``."""
+        error = BrokerUnavailable(
+            f"lost the cluster at {self.consumer_config['bootstrap.servers']} for "
+            f"{away:.0f}s (ServiceOptions.broker_timeout); stopping so that a supervisor "
+            "restarts the service"
+        )
+        log.error("giving up on the cluster", extra={"away_seconds": round(away, 1)})
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.failure = error
+            scheduler.stopping.set()
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if self._committer is not None:

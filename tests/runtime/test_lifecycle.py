@@ -195,7 +195,8 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
     with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
         report = json.loads(response.read())
     assert report["checks"] == {
-        "running": True, "assigned": True, "polling": True, "dlq_writable": True
+        "running": True, "assigned": True, "polling": True, "dlq_writable": True,
+        "broker_reachable": True,
     }  # fmt: skip
     assert wait_for(
         lambda: running.metric("streamguard_messages_total", topic=src, outcome="handled") == 1

@@ -4,6 +4,7 @@ never passes a record without a final outcome. Through the real broker."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import threading
 import time
@@ -48,7 +49,7 @@ class Spans:
         for key, spans in self.by_key.items():
             offsets = [o for o, _, _ in spans]
             assert offsets == sorted(offsets), f"key {key} out of offset order"
-            for (_, _, end), (_, start, _) in zip(spans, spans[1:], strict=False):
+            for (_, _, end), (_, start, _) in itertools.pairwise(spans):
                 assert start >= end, f"two handlers of key {key} overlapped"
 
 
