@@ -135,7 +135,7 @@ SECRET = "zqsecret-hunter2-qz"
 
 
 @pytest.mark.broker
-def test_secrets_never_reach_logs_metrics_health_or_dead_letters(bootstrap: str) -> None:
+def test_secrets_never_reach_logs_metrics_or_health(bootstrap: str) -> None:
     """A running service with secrets in its Kafka, DLQ and registry settings handles
     and dead-letters records: the secrets appear in no log line (librdkafka's included),
     metric, health report or repr."""
