@@ -15,6 +15,7 @@ import pytest
 from tests.faults.conftest import ProxiedBroker
 from tests.faults.workload import (
     Seen,
+    Workload,
     commits_at_end,
     dead_lettered,
     new_topic,
@@ -31,10 +32,7 @@ pytestmark = pytest.mark.broker
 FAST = {"broker_silence": 1.5}
 
 
-def _check_nothing_lost(net: ProxiedBroker, group: str, seen: Seen, work: object) -> None:
-    from tests.faults.workload import Workload
-
-    assert isinstance(work, Workload)
+def _check_nothing_lost(net: ProxiedBroker, group: str, seen: Seen, work: Workload) -> None:
     assert wait_for(lambda: work.valid <= seen.handled, timeout=30), (
         f"{len(work.valid - seen.handled)} valid records never handled"
     )
