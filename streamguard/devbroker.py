@@ -83,11 +83,17 @@ class DevBroker:
     Args:
         port: the port to listen on; a free one when None.
         host: the address to bind and advertise; loopback by default.
+        advertised_port: the port the broker tells clients to connect to, when it is
+            not its own: the port of a proxy in front of it (fault-injection tests).
+            Clients then reach the broker only through that port.
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        self.advertised_port = advertised_port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -122,9 +128,10 @@ class DevBroker:
 
     def _launch(self, binary: str, port: int, timeout: float) -> bool:
         url = f"tcp://{self.host}:{port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or port}"
         env = {**os.environ, "RUST_LOG": "off"}
         process = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

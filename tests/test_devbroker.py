@@ -81,3 +81,17 @@ def test_broker_dies_with_the_process_that_started_it(tmp_path: Any) -> None:
     else:
         os.kill(broker_pid, signal.SIGKILL)
         raise AssertionError("the broker outlived the process that started it")
+
+
+def test_advertised_port_sends_clients_to_that_port() -> None:
+    """With advertised_port, metadata names that port, so clients reach the broker
+    only through whatever listens there (a fault proxy)."""
+    from streamguard.devbroker import free_port
+
+    advertised = free_port()
+    with DevBroker(advertised_port=advertised) as dev:
+        admin = AdminClient({"bootstrap.servers": dev.bootstrap_servers})
+        metadata = admin.list_topics(timeout=10)
+    ports = {b.port for b in metadata.brokers.values()}
+    assert ports == {advertised}
+    assert dev.port != advertised

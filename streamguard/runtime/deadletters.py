@@ -69,10 +69,18 @@ def headers_for(spec: ServiceSpec, msg: Record, failure: Failure) -> Headers:
 class DeadLetterPublisher:
     """Sends a service's dead letters through its own durable producer."""
 
-    def __init__(self, spec: ServiceSpec, producer: Producer, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, spec: ServiceSpec, new_producer: Callable[[], Producer], metrics: ServiceMetrics
+    ) -> None:
+        """Args:
+        new_producer: builds the DLQ producer; called again to replace one that hit a
+            fatal error (an idempotent producer fenced, say), which can send no more.
+        """
         self._spec = spec
         self.topic = spec.dead_letter_topic
-        self._producer = producer
+        self._new_producer = new_producer
+        self._producer = new_producer()
+        self._broken = False  # the producer hit a fatal error: replace it
         self._failures = metrics.dead_letter_failures.labels(spec.topic)
         self._lock = threading.Lock()
         self.in_flight = 0  # records produced whose delivery report has not run yet
@@ -127,6 +135,21 @@ class DeadLetterPublisher:
                 self.in_flight -= 1
             done(refused)
 
+    def _replace_producer(self) -> None:
+        """librdkafka's advice on a fatal error: the producer is done; make a new one.
+
+        What the old one still holds is purged, which reports each record as failed,
+        so that its lane sends it again through the new producer.
+        """
+        old = self._producer
+        self._broken = False
+        log.warning(
+            "replacing the dead-letter producer after a fatal error", extra={"dlq": self.topic}
+        )
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.flush(0)  # serves the purge reports
+        self._producer = self._new_producer()
+
     def serve_reports(self) -> None:
         """Run delivery reports of dead letters, which settle their offsets.
 
@@ -144,6 +167,8 @@ class DeadLetterPublisher:
     def failed(self, error: KafkaError) -> None:
         """A write failed: the DLQ is unwritable until a write is acknowledged."""
         self._failures.inc()
+        if error.fatal():
+            self._broken = True
         if self.writable:
             log.error(
                 "cannot write to the dead-letter topic; pausing every partition, holding "
@@ -160,6 +185,8 @@ class DeadLetterPublisher:
         letter of a partition since revoked no longer counts (its new owner redelivers
         it), and a later success elsewhere does not excuse one still failed.
         """
+        if self._broken:
+            self._replace_producer()
         failed = [(lane, p) for lane in lanes for p in lane.failed_dead_letters()]
         if failed:
             self.writable = False

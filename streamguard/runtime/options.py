@@ -42,6 +42,14 @@ class ServiceOptions:
         startup_timeout: seconds to reach the cluster before ``run()`` fails.
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
             write a dead letter while the DLQ is unwritable.
+        broker_silence: seconds without a byte from any broker after which the cluster
+            counts as unreachable (a refused, reset or stalled connection): ``/readyz``
+            reports ``broker_reachable: false``. Above ``heartbeat.interval.ms`` and
+            ``fetch.wait.max.ms``, which bound the silence of a healthy consumer.
+        broker_timeout: seconds without the cluster after which ``run()`` stops (after
+            settling what it can) and raises ``BrokerUnavailable``, so that a supervisor
+            restarts the service or alerts; None (the default) waits for the cluster
+            forever, unready, without spinning.
         max_in_flight: handlers running at once, service-wide, on the event loop (async
             handlers, and any handler under ``ordering = "key"`` or ``"none"``); sync
             handlers there run on a thread pool of this size.
@@ -61,6 +69,8 @@ class ServiceOptions:
     dead_letter_backoff_max: float = 10.0
     max_in_flight: int = 256
     event_loop: Literal["auto", "asyncio"] = "auto"
+    broker_silence: float = 10.0
+    broker_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_buffered", "workers", "drift_sample", "max_in_flight"):
@@ -79,6 +89,17 @@ class ServiceOptions:
                 "ServiceOptions.revoke_timeout must not exceed shutdown_timeout: shutdown "
                 "waits for a rebalance in progress before it closes the consumer"
             )
-        for name in ("commit_interval", "revoke_timeout", "shutdown_timeout", "startup_timeout"):
+        if self.broker_timeout is not None and self.broker_timeout <= 0:
+            raise ConfigurationError(
+                "ServiceOptions.broker_timeout must be positive seconds, or None to wait "
+                "for the cluster forever"
+            )
+        for name in (
+            "commit_interval",
+            "revoke_timeout",
+            "shutdown_timeout",
+            "startup_timeout",
+            "broker_silence",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")

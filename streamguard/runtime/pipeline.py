@@ -21,6 +21,7 @@ from streamguard.deadletter import REASONS, Failure
 from streamguard.errors import SchemaDrift
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
+from streamguard.observe.untrusted import LogBudget, shown
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterSink
@@ -32,26 +33,32 @@ log = logging.getLogger("streamguard.runtime")
 
 
 class DriftReporter:
-    """Counts drift by subject and kind; logs the first of each per producer and kind."""
+    """Counts drift by subject and kind; logs the first of each per producer and kind.
+
+    Producer names and versions come from headers anyone can write: they are logged
+    reduced to safe characters, and at most ``LogBudget``'s rate of such lines (a
+    producer naming itself anew on every record must not log every record).
+    """
 
     def __init__(self, spec: ServiceSpec, metrics: ServiceMetrics) -> None:
         self._subject = spec.contract.__subject__
         self._version = spec.contract.__version__
         self._counter = metrics.schema_drift
         self._seen = FirstSeen()
+        self._budget = LogBudget()
 
     def __call__(self, headers: h.Headers | None, kinds: tuple[str, ...]) -> None:
         producer = producer_of(headers)
         for kind in kinds:
             self._counter.labels(self._subject, kind).inc()
-            if self._seen(producer, kind):
+            if self._seen(producer, kind) and self._budget.allow():
                 log.warning(
                     "schema drift",
                     extra={
                         "subject": self._subject,
                         "kind": kind,
-                        "producer": producer,
-                        "writer_version": h.last(headers, h.VERSION),
+                        "producer": shown(producer),
+                        "writer_version": shown(h.last(headers, h.VERSION), 16),
                         "reader_version": self._version,
                     },
                 )

@@ -26,6 +26,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
+from streamguard.runtime.connectivity import STATS_INTERVAL_MS, ClusterLink
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.flow import FlowControl
@@ -108,6 +109,7 @@ class ServiceRuntime:
         self._committer: Committer | None = None
         self._loop_runner: LoopRunner | None = None
         self._breaker: Breaker | None = None
+        self._link: ClusterLink | None = None
         self._running = False
 
     def run(self) -> None:
@@ -122,11 +124,14 @@ class ServiceRuntime:
         health: HealthServer | None = None
         try:
             consumer = Consumer(
-                {**self.consumer_config, "logger": _librdkafka_log, "on_commit": self._on_commit}
+                {
+                    **self._with_cluster_link(),
+                    "logger": _librdkafka_log,
+                    "on_commit": self._on_commit,
+                }
             )
             self._connect(consumer)
-            dlq = Producer({**self.dead_letter_config, "logger": _librdkafka_log})
-            poller, scheduler = self._assemble(consumer, dlq, loop)
+            poller, scheduler = self._assemble(consumer, loop)
             if self._metrics_port is not None:
                 health = HealthServer(
                     self.registry, self.health, self._metrics_host, self._metrics_port
@@ -154,7 +159,8 @@ class ServiceRuntime:
                     scheduler.stopping, options.revoke_timeout + options.shutdown_timeout
                 )
             self._hooks.on_stop()
-            dlq.flush(spec.options.shutdown_timeout)
+            if self._publisher is not None:
+                self._publisher.flush(spec.options.shutdown_timeout)
         finally:
             if consumer is not None:
                 try:
@@ -173,10 +179,11 @@ class ServiceRuntime:
             log.info("service stopped", extra={"service": spec.name})
 
     def _assemble(
-        self, consumer: Consumer, dlq: Producer, loop: asyncio.AbstractEventLoop | None
+        self, consumer: Consumer, loop: asyncio.AbstractEventLoop | None
     ) -> tuple[Poller, Scheduler]:
         spec, metrics, options = self.spec, self.metrics, self.spec.options
-        publisher = DeadLetterPublisher(spec, dlq, metrics)
+        config = {**self.dead_letter_config, "logger": _librdkafka_log}
+        publisher = DeadLetterPublisher(spec, lambda: Producer(config), metrics)
         pipeline = Pipeline(spec, publisher, metrics)
         flow = FlowControl(consumer, spec.topic, options)
         committer = Committer(consumer, spec.topic, metrics)
@@ -246,6 +253,7 @@ class ServiceRuntime:
             "dlq_writable": bool(publisher and publisher.writable),
             # Open or probing: a dependency failed most recent calls; nothing is handled.
             "breaker_closed": self._breaker is None or self._breaker.closed,
+            "broker_reachable": bool(self._link and self._link.reachable),
         }
         report: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
         if publisher and not publisher.writable:
@@ -253,6 +261,39 @@ class ServiceRuntime:
         if self._breaker is not None and not self._breaker.closed:
             report["breaker"] = self._breaker.state_name
         return report
+
+    def _with_cluster_link(self) -> dict[str, Any]:
+        """The consumer config, with statistics feeding a new ``ClusterLink``.
+
+        A ``stats_cb`` of the user's still gets every report.
+        """
+        options = self.spec.options
+        link = ClusterLink(options.broker_silence, options.broker_timeout, self._lost_cluster)
+        self._link = link
+        config = dict(self.consumer_config)
+        user_cb = config.pop("stats_cb", None)
+
+        def on_stats(stats: str) -> None:
+            link.on_stats(stats)
+            if user_cb is not None:
+                user_cb(stats)
+
+        config.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
+        config["stats_cb"] = on_stats
+        return config
+
+    def _lost_cluster(self, away: float) -> None:
+        """``broker_timeout`` passed without the cluster: stop, and fail ``run()``."""
+        error = BrokerUnavailable(
+            f"lost the cluster at {self.consumer_config['bootstrap.servers']} for "
+            f"{away:.0f}s (ServiceOptions.broker_timeout); stopping so that a supervisor "
+            "restarts the service"
+        )
+        log.error("giving up on the cluster", extra={"away_seconds": round(away, 1)})
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.failure = error
+            scheduler.stopping.set()
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if self._committer is not None:

@@ -196,6 +196,7 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
         report = json.loads(response.read())
     assert report["checks"] == {
         "running": True, "assigned": True, "polling": True, "dlq_writable": True,
+        "broker_reachable": True,
         "breaker_closed": True,
     }  # fmt: skip
     assert wait_for(

@@ -1,0 +1,52 @@
+"""Showing values that anyone can write (record headers) in logs, safely and sparingly.
+
+A producer the service does not control chooses its ``sg-producer`` and ``sg-version``
+headers. Logged as they come, a hostile one could forge log fields (a newline or
+``key=value`` in text logs), write megabytes per line, or, with a new name on every
+record, turn each record into a warning. So such values are shown reduced to a short
+run of safe characters, and the lines that show them are rate-limited.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+
+# Names of services and versions: letters, digits and a few separators.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
+MAX_SHOWN = 64
+
+
+def shown(value: str | None, limit: int = MAX_SHOWN) -> str | None:
+    """``value`` with every unsafe character replaced by ``?``, cut to ``limit``."""
+    if value is None:
+        return None
+    safe = _UNSAFE.sub("?", value[: limit + 1])
+    return safe if len(safe) <= limit else safe[:limit] + "..."
+
+
+class LogBudget:
+    """Allows ``rate`` log lines per ``per`` seconds; counts what it suppressed."""
+
+    def __init__(
+        self, rate: int = 10, per: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate, self._per, self._clock = rate, per, clock
+        self._window_start = clock()
+        self._used = 0
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """True if a line may be written now (and spend it)."""
+        with self._lock:
+            now = self._clock()
+            if now - self._window_start >= self._per:
+                self._window_start, self._used = now, 0
+            if self._used < self._rate:
+                self._used += 1
+                return True
+            self.suppressed += 1
+            return False

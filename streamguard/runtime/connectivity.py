@@ -1,0 +1,78 @@
+"""Whether the service can reach its cluster, read from librdkafka's statistics.
+
+librdkafka reconnects by itself and never tells the application that it is cut off: a
+consumer behind a dead network simply fetches nothing, which looks like an idle topic.
+Its statistics say more. Every connection reports its state and ``rxidle``, the time
+since it last received a byte; a healthy consumer receives a fetch response at least
+every ``fetch.wait.max.ms`` and a heartbeat response every ``heartbeat.interval.ms``.
+So the cluster counts as reachable while some connection is up and heard from within
+``ServiceOptions.broker_silence``; a refused, reset or stalled connection fails that
+test, whichever way the network broke.
+
+The statistics arrive through the consumer's own poll calls, so they keep coming while
+the cluster is away, and ``ClusterLink`` can end the service after
+``ServiceOptions.broker_timeout`` without the cluster (``BrokerUnavailable``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("streamguard.runtime")
+
+# How often librdkafka reports statistics: how soon a lost or regained cluster shows.
+STATS_INTERVAL_MS = 1000
+
+
+class ClusterLink:
+    """Tracks reachability from statistics; calls ``give_up`` after ``timeout`` away."""
+
+    def __init__(
+        self,
+        silence: float,
+        timeout: float | None,
+        give_up: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._silence_us = silence * 1e6
+        self._timeout = timeout
+        self._give_up = give_up
+        self._clock = clock
+        self.reachable = True
+        self.away_since: float | None = None
+        self._gave_up = False
+
+    def on_stats(self, stats: str) -> None:
+        """librdkafka's ``stats_cb``: update reachability, give up when away too long."""
+        try:
+            brokers: dict[str, Any] = json.loads(stats).get("brokers", {})
+        except ValueError:
+            return
+        now = self._clock()
+        up = any(
+            b.get("state") == "UP" and 0 <= b.get("rxidle", -1) < self._silence_us
+            for b in brokers.values()
+        )
+        if up:
+            if not self.reachable:
+                log.info(
+                    "cluster reachable again",
+                    extra={"away_seconds": round(now - (self.away_since or now), 1)},
+                )
+            self.reachable, self.away_since = True, None
+            return
+        if self.reachable:
+            log.error(
+                "cannot reach the cluster: no connection answered recently; fetching and "
+                "dead-lettering wait, and the service reports unready",
+                extra={"silence_seconds": self._silence_us / 1e6},
+            )
+            self.reachable, self.away_since = False, now
+        away = now - (self.away_since if self.away_since is not None else now)
+        if self._timeout is not None and away >= self._timeout and not self._gave_up:
+            self._gave_up = True
+            self._give_up(away)

@@ -1,0 +1,103 @@
+"""The SQLite ledger example through the broker: half-way failures roll back, retries
+succeed, and no row is ever written twice, even when every message comes again."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import streamguard as sg
+from examples.sqlite_ledger.service import SqliteLedger
+from streamguard.demo.contracts import LineItem, OrderPlaced
+from streamguard.topics import create_topics
+from tests.faults.workload import start
+from tests.runtime.conftest import order, wait_for
+
+pytestmark = pytest.mark.broker
+
+ORDERS = 30
+LINES = 3
+
+
+def _ledger(topic: str, group: str, db: Path, failures: list[str]) -> type[SqliteLedger]:
+    """The example, with a failure injected after the first row of every third order's
+    first attempt (the transaction then holds one uncommitted row)."""
+    lock = threading.Lock()
+    source = topic
+
+    class Flaky(SqliteLedger):
+        topic = source
+        group_id = group
+        database = str(db)
+        retry = sg.RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
+
+        def write_line(
+            self,
+            conn: sqlite3.Connection,
+            event: OrderPlaced,
+            line: int,
+            item: LineItem,
+            ctx: sg.MessageContext,
+        ) -> None:
+            super().write_line(conn, event, line, item, ctx)
+            if line == 0 and ctx.attempt == 1 and ctx.offset % 3 == 0:
+                with lock:
+                    failures.append(str(event.order_id))
+                raise sg.TransientError("the payment API timed out after the first row")
+
+    return Flaky
+
+
+def _rows(db: Path, sql: str) -> list[Any]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_half_way_failures_roll_back_and_redelivery_writes_nothing(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """Every third order fails after its first row on the first attempt: the retry
+    writes all its rows once; then the whole topic is delivered again to a new group
+    and no row is added."""
+    topic = f"ledger-{uuid.uuid4().hex[:10]}"
+    create_topics(bootstrap, [topic], partitions=2)
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(ORDERS):
+        items = [{"sku": f"sku-{n}", "quantity": n + 1} for n in range(LINES)]
+        producer.send(topic, order(i, items=items), key=f"c{i}")
+    producer.flush()
+    db = tmp_path / "ledger.db"
+    failures: list[str] = []
+    first = start(_ledger(topic, "ledger-a", db, failures), bootstrap)
+    try:
+        assert wait_for(
+            lambda: db.exists() and _rows(db, "SELECT COUNT(*) FROM applied")[0][0] == ORDERS,
+            timeout=30,
+        )
+    finally:
+        first.stop()
+    assert not first.error
+    assert len(failures) >= ORDERS // 3 - 2  # about every third record failed half-way
+    # Every order has all its lines, once; the failed attempts left nothing behind.
+    per_order = _rows(db, "SELECT order_id, COUNT(*) FROM ledger_lines GROUP BY order_id")
+    assert len(per_order) == ORDERS
+    assert {count for _, count in per_order} == {LINES}
+    # Everything again (a new group starts at the earliest offset): nothing is written.
+    again = start(_ledger(topic, "ledger-b", db, []), bootstrap)
+    try:
+        assert wait_for(
+            lambda: (
+                again.metric("streamguard_messages_total", topic=topic, outcome="handled") == ORDERS
+            ),
+            timeout=30,
+        )
+    finally:
+        again.stop()
+    assert not again.error
+    assert _rows(db, "SELECT COUNT(*) FROM ledger_lines")[0][0] == ORDERS * LINES
+    assert _rows(db, "SELECT COUNT(*) FROM applied")[0][0] == ORDERS

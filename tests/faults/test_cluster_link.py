@@ -1,0 +1,60 @@
+"""ClusterLink reads reachability from librdkafka statistics and gives up on time."""
+
+from __future__ import annotations
+
+import json
+
+from streamguard.runtime.connectivity import ClusterLink
+
+
+def _stats(*brokers: tuple[str, int]) -> str:
+    return json.dumps(
+        {"brokers": {f"b{i}": {"state": s, "rxidle": idle} for i, (s, idle) in enumerate(brokers)}}
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_connection_heard_from_recently_means_reachable() -> None:
+    """One UP connection with a recent receive is enough, whatever the others say."""
+    link = ClusterLink(2.0, None, lambda away: None)
+    link.on_stats(_stats(("INIT", -1), ("UP", 5_000_000), ("UP", 300_000)))
+    assert link.reachable
+
+
+def test_silent_or_down_connections_mean_unreachable_then_reachable_again() -> None:
+    """Only silent (stalled) or not-UP connections: unreachable; a fresh receive: back."""
+    link = ClusterLink(2.0, None, lambda away: None)
+    link.on_stats(_stats(("UP", 2_500_000), ("APIVERSION_QUERY", -1)))
+    assert not link.reachable
+    link.on_stats(_stats(("TRY_CONNECT", -1)))
+    assert not link.reachable
+    link.on_stats(_stats(("UP", 10_000)))
+    assert link.reachable
+    assert link.away_since is None
+
+
+def test_gives_up_once_after_the_timeout_and_never_without_one() -> None:
+    """give_up runs once, when the cluster has been away for broker_timeout; with no
+    timeout it never runs."""
+    clock, calls = Clock(), []
+    link = ClusterLink(1.0, 5.0, calls.append, clock=clock)
+    patient = ClusterLink(1.0, None, calls.append, clock=clock)
+    for _ in range(12):
+        link.on_stats(_stats(("DOWN", -1)))
+        patient.on_stats(_stats(("DOWN", -1)))
+        clock.now += 1.0
+    assert calls == [5.0]
+
+
+def test_garbage_statistics_change_nothing() -> None:
+    """A report that is not JSON leaves the state as it was."""
+    link = ClusterLink(1.0, None, lambda away: None)
+    link.on_stats("not json")
+    assert link.reachable
