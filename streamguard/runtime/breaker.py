@@ -46,6 +46,9 @@ class Breaker:
         self.closed = True  # read without the lock on the hot path
         self._opened_at = 0.0
         self._probing = False
+        self._probe_started = 0.0
+        self._open_total = 0.0  # seconds spent not closed, before the current period
+        self._last_success = float("-inf")  # no call has succeeded yet
         self._buckets: deque[list[float]] = deque()  # [start, calls, failures]
         self._failing: OrderedDict[Hashable, float] = OrderedDict()  # message -> last failure
         self._tokens = _MAX_TOKENS
@@ -62,22 +65,46 @@ class Breaker:
         if self.closed or not self.config.enabled:
             return True
         with self._lock:
-            if self.state == OPEN and self._clock() - self._opened_at >= self.config.cool_down:
+            now = self._clock()
+            if self.state == OPEN and now - self._opened_at >= self.config.cool_down:
                 self._set(HALF_OPEN)
                 log.warning("circuit breaker half-open; probing with one message")
-            if self.state == HALF_OPEN and not self._probing:
+            if self.state == HALF_OPEN and not self._probe_busy(now):
                 self._probing = True
+                self._probe_started = now
                 return True
             return False
 
     def accepting(self) -> bool:
-        """Whether a lane should start work: closed, or a probe is due."""
+        """Whether a lane should start work (and partitions be fetched): closed, or a
+        probe is due. A service holding no record when the breaker opened must fetch
+        one again to probe with."""
         if self.closed or not self.config.enabled:
             return True
         with self._lock:
+            now = self._clock()
             if self.state == HALF_OPEN:
-                return not self._probing
-            return self._clock() - self._opened_at >= self.config.cool_down
+                return not self._probe_busy(now)
+            return now - self._opened_at >= self.config.cool_down
+
+    def release_probe(self) -> None:
+        """The probe ended without calling the dependency (invalid input): another
+        message may probe."""
+        if not self.closed:
+            with self._lock:
+                self._probing = False
+
+    def _probe_busy(self, now: float) -> bool:
+        # A probe that never reported back (its lane was revoked, it was cancelled)
+        # is given up after a cool-down, so that the breaker cannot stay half-open.
+        return self._probing and now - self._probe_started < self.config.cool_down
+
+    def open_total(self) -> float:
+        """Seconds the breaker has spent open or half-open since the service started."""
+        with self._lock:
+            if self.closed:
+                return self._open_total
+            return self._open_total + self._clock() - self._opened_at
 
     def succeeded(self, calls: int = 1) -> None:
         """``calls`` handler calls ended without a transient failure."""
@@ -85,8 +112,10 @@ class Breaker:
             return
         with self._lock:
             self._count(calls, 0)
+            self._last_success = self._clock()
             if self.state == HALF_OPEN and self._probing:
                 self._probing = False
+                self._open_total += self._clock() - self._opened_at
                 self._set(CLOSED)
                 self._buckets.clear()  # start counting afresh
                 log.warning("circuit breaker closed; the dependency answers again")
@@ -114,17 +143,25 @@ class Breaker:
             if self.state == CLOSED:
                 calls = sum(b[1] for b in self._buckets)
                 failures = sum(b[2] for b in self._buckets)
-                if calls >= self.config.min_calls and failures >= self.config.failure_ratio * calls:
+                if (
+                    calls >= self.config.min_calls
+                    and failures >= self.config.failure_ratio * calls
+                    and self._failing_messages(now) >= 2  # one bad message is no outage
+                ):
                     self._open(now, f"{failures:.0f} of {calls:.0f} recent calls failed")
             return False
 
-    def outage_suspected(self, message: Hashable) -> bool:
+    def _failing_messages(self, now: float, besides: Hashable = None) -> int:
+        window = self.config.window
+        return sum(1 for key, at in self._failing.items() if key != besides and now - at <= window)
+
+    def outage_suspected(self, message: Hashable, since: float) -> bool:
         """Would dead-lettering ``message`` as ``retries_exhausted`` be wrong?
 
-        Yes when other messages failed within the window too and most recent calls
-        failed: a dependency is down, and the breaker is about to open (or is open).
-        A message that fails alone, while others succeed or nothing else is called,
-        is the message's problem and is dead-lettered as always.
+        Yes when nothing succeeded since it first failed (``since``, monotonic) and
+        other messages failed meanwhile too: a dependency is down, and the breaker is
+        about to open (or is open). A message that fails while others succeed is the
+        message's problem and is dead-lettered as always.
         """
         if not self.config.enabled:
             return False
@@ -132,14 +169,7 @@ class Breaker:
             if not self.closed:
                 return True
             now = self._clock()
-            others = sum(
-                1
-                for key, at in self._failing.items()
-                if key != message and now - at <= self.config.window
-            )
-            calls = sum(b[1] for b in self._buckets)
-            failures = sum(b[2] for b in self._buckets)
-            return others > 0 and failures >= self.config.failure_ratio * calls
+            return self._last_success < since and self._failing_messages(now, message) > 0
 
     # -- retries -----------------------------------------------------------------------
 
@@ -176,6 +206,8 @@ class Breaker:
         self._tokens = min(_MAX_TOKENS, self._tokens + elapsed * self.config.min_retries_per_second)
 
     def _open(self, now: float, why: str) -> None:
+        if self.state == HALF_OPEN:
+            self._open_total += now - self._opened_at  # a new open period starts now
         self._opened_at = now
         self._set(OPEN)
         self._opened.inc()

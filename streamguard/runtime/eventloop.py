@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -48,7 +49,7 @@ from streamguard.runtime.spec import Ordering
 log = logging.getLogger("streamguard.runtime")
 
 Sleep = Callable[[float], Awaitable[None]]
-# While the DLQ is unwritable no record starts; this is how often that is checked.
+# While no record may start (DLQ unwritable, breaker open), how often that is checked.
 DLQ_WAIT = 0.05
 # Records of an in-order run whose bookkeeping is folded into one lane update.
 _FOLD = 64
@@ -69,21 +70,32 @@ class LoopLane(PartitionLane):
         self.running = 0  # handlers of this lane running now (loop thread only)
 
     def drain(self, max_batches: int = 1 << 30) -> bool:
-        """Hand every buffered batch to the loop; the records stay counted in
-        ``buffered`` until their outcome is final, which bounds memory."""
+        """Hand the lane to the loop, which takes its buffered batches in order.
+
+        The records stay counted in ``buffered`` until their outcome is final, which
+        bounds memory. The loop takes them from the queue itself (``take``), so that
+        batches handed over from different threads can never change places.
+        """
+        with self.lock:
+            self.scheduled = False
+            if self.closed or not self.queue:
+                return False
+        self.runner.submit(self)
+        return False
+
+    def take(self) -> list[list[Record]]:
+        """On the loop: every buffered batch, oldest first; their offsets held open
+        under key or no ordering (they may finish in any order)."""
         with self.lock:
             batches = list(self.queue)
             self.queue.clear()
-            self.scheduled = False
-            if self.closed or not batches:
-                return False
+            if self.closed:
+                return []
             if self.runner.keyed:
                 for batch in batches:
                     for msg in batch:
                         self.offsets.hold(msg.offset(), None)
-        for batch in batches:
-            self.runner.submit(self, batch)
-        return False
+            return batches
 
     def close(self) -> None:
         super().close()
@@ -114,6 +126,58 @@ class LoopLane(PartitionLane):
                     self.offsets.advance(offset + 1)
         if dead_letter is not None:
             self._dead_letter(msg, dead_letter)  # held open until the broker acknowledges
+
+
+class DaemonPool(concurrent.futures.Executor):
+    """A thread pool for sync handlers whose threads never keep the process alive.
+
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit, so one stuck handler
+    would hang a process that shutdown already gave up on; its message is uncommitted
+    and delivered again after the restart, as with worker threads.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self._max = max_workers
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Any, Any] | None]
+        self._queue = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._closed:
+            future.cancel()
+            return future
+        self._queue.put((future, fn, (args, kwargs)))
+        with self._lock:
+            # More calls queued than threads waiting for one: start another thread.
+            if self._queue.qsize() > self._idle and self._threads < self._max:
+                self._threads += 1
+                threading.Thread(target=self._work, name="streamguard-handler", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            future, fn, (args, kwargs) = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        for _ in range(self._threads):
+            self._queue.put(None)
 
 
 class _KeyRun:
@@ -147,6 +211,7 @@ class LoopRunner:
         self._thread_id: int | None = None  # the loop thread, once it ran anything
         self.in_handlers = 0  # handler calls started and not returned (suspended ones)
         self._since_poll = 0
+        self._resumed: asyncio.Event | None = None
         self.pipeline = pipeline
         self.loop = loop
         self.ordering = ordering
@@ -156,9 +221,7 @@ class LoopRunner:
         self._runs: dict[Hashable, _KeyRun] = {}
         self.slots = Slots(max_in_flight, loop)
         self.waiting = 0  # records queued behind a busy key (a gauge)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_in_flight, thread_name_prefix="streamguard-handler"
-        )
+        self._pool = DaemonPool(max_in_flight)
         self._handle = self._caller(spec.handle)
         self._tombstone = (
             self._caller(spec.handle_tombstone) if spec.handle_tombstone is not None else None
@@ -201,12 +264,12 @@ class LoopRunner:
 
     # -- any thread --------------------------------------------------------------------
 
-    def submit(self, lane: LoopLane, batch: list[Record]) -> None:
-        """Hand a batch to the loop: one thread hand-off per batch (none on the loop)."""
+    def submit(self, lane: LoopLane) -> None:
+        """Have the loop take a lane's batches: one thread hand-off (none on the loop)."""
         if threading.get_ident() == self._thread_id:
-            self._accept(lane, batch)
+            self._accept(lane)
         else:
-            self.loop.call_soon_threadsafe(self._accept, lane, batch)
+            self.loop.call_soon_threadsafe(self._accept, lane)
 
     def close_lane(self, lane: LoopLane) -> None:
         """Stop a closed lane's work: nothing new starts; retry waits are cancelled."""
@@ -223,40 +286,60 @@ class LoopRunner:
 
     # -- the loop thread ---------------------------------------------------------------
 
-    def _accept(self, lane: LoopLane, batch: list[Record]) -> None:
+    def _accept(self, lane: LoopLane) -> None:
         self._thread_id = threading.get_ident()
-        if lane.closed:
+        batches = lane.take()
+        if not batches:
             return
         runs = self._runs
         if not self.keyed:
             run = runs.get(lane)
             if run is None:
                 run = runs[lane] = _KeyRun(lane)
-                run.queue.extend(batch)
-                run.task = self.loop.create_task(self._run(lane, run))
+                for batch in batches:
+                    run.queue.extend(batch)
+                self._start(lane, run)
             else:
-                run.queue.extend(batch)
+                for batch in batches:
+                    run.queue.extend(batch)
             return
         by_key = self.ordering == "key"
-        for msg in batch:
-            key = msg.key() if by_key else None
-            if key is None:  # keyless, or ordering "none": a run of its own
-                run = _KeyRun(lane)
-                run.queue.append(msg)
-                run.task = self.loop.create_task(self._run(run, run))
-                runs[run] = run
-                continue
-            ident = (lane, key)
-            run = runs.get(ident)
-            if run is None:
-                run = runs[ident] = _KeyRun(lane)
-                run.queue.append(msg)
-                run.task = self.loop.create_task(self._run(ident, run))
-            else:
-                run.queue.append(msg)
-                self.waiting += 1
+        for batch in batches:
+            for msg in batch:
+                key = msg.key() if by_key else None
+                if key is None:  # keyless, or ordering "none": a run of its own
+                    run = _KeyRun(lane)
+                    run.queue.append(msg)
+                    runs[run] = run
+                    self._start(run, run)
+                    continue
+                ident = (lane, key)
+                run = runs.get(ident)
+                if run is None:
+                    run = runs[ident] = _KeyRun(lane)
+                    run.queue.append(msg)
+                    self._start(ident, run)
+                else:
+                    run.queue.append(msg)
+                    self.waiting += 1
 
-    async def _run(self, ident: Hashable, run: _KeyRun) -> None:
+    def _start(self, ident: Hashable, run: _KeyRun) -> None:
+        run.task = self.loop.create_task(self._run(run))
+        # Cleanup in a done callback, not in the coroutine: a task cancelled before its
+        # first step never runs its own ``finally``.
+        run.task.add_done_callback(lambda _task: self._forget(ident, run))
+
+    def _forget(self, ident: Hashable, run: _KeyRun) -> None:
+        if self.keyed and len(run.queue) > 1:
+            self.waiting -= len(run.queue) - 1
+        run.queue.clear()
+        if self._runs.get(ident) is run:
+            del self._runs[ident]
+        self._schedule_flush()
+        if not self._runs:
+            self._on_idle()
+
+    async def _run(self, run: _KeyRun) -> None:
         lane = run.lane
         queue = run.queue
         try:
@@ -272,14 +355,6 @@ class LoopRunner:
         except BaseException:
             log.exception("event-loop lane crashed", extra={"partition": lane.partition})
             raise
-        finally:
-            if self.keyed and len(queue) > 1:
-                self.waiting -= len(queue) - 1
-            if self._runs.get(ident) is run:
-                del self._runs[ident]
-            self._schedule_flush()
-            if not self._runs:
-                self._on_idle()
 
     async def _run_in_order(self, run: _KeyRun) -> None:
         """Partition order, the fast path: first attempts inline, a batch's bookkeeping
@@ -291,7 +366,7 @@ class LoopRunner:
         lane, queue, pipe = run.lane, run.queue, self.pipeline
         decode, handle, tombstone = pipe.decode, self._handle, self._tombstone
         inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
-        clock, durations = time.perf_counter, self._durations
+        clock, durations, slots = time.perf_counter, self._durations, self.slots
         done = end = 0
         run.in_handler = True
         lane.running += 1
@@ -308,6 +383,13 @@ class LoopRunner:
                         queue.popleft()
                     run.in_handler = True
                     continue
+                if not slots.try_take():  # max_in_flight holds partition order too
+                    self._fold(lane, done, end)
+                    done = 0
+                    await slots.take()
+                    if lane.closed:
+                        slots.give()
+                        break
                 value = msg.value()
                 ctx = MessageContext(msg, 1)
                 verdict: Failure | RetryState | None = None
@@ -331,6 +413,7 @@ class LoopRunner:
                     )
                 finally:
                     self.in_handlers -= 1
+                    slots.give()
                 if verdict is None:
                     queue.popleft()
                     done += 1
@@ -403,10 +486,8 @@ class LoopRunner:
         if retry is not None and not await self._wait_to_retry(lane, retry):
             return False
         while not lane.closed:
-            while not pipe.can_process():
-                await self._sleep(DLQ_WAIT)  # the DLQ is unwritable: start nothing
-                if lane.closed:
-                    return False
+            if not await self._until_processing(lane):
+                return False
             if retry is not None or not pipe.breaker.closed:
                 parked = gate(pipe.breaker, retry, self._clock())
                 if parked is not None:  # the breaker or the retry budget holds it
@@ -416,6 +497,9 @@ class LoopRunner:
             attempt = 1 if retry is None else retry.attempt + 1
             if not self.slots.try_take():  # the common case needs no coroutine
                 await self.slots.take()
+                if lane.closed:  # revoked while waiting: its new owner runs it
+                    self.slots.give()
+                    return False
             run.in_handler = True
             if not lane.running:
                 lane.idle.clear()
@@ -451,6 +535,28 @@ class LoopRunner:
                 self._poll_here()
             return True
         return False
+
+    async def _until_processing(self, lane: LoopLane) -> bool:
+        """Wait while no work may start (DLQ unwritable, breaker open); False if the
+        lane closed. Every waiting record shares one timer, so thousands of them cost
+        no more than one while an outage lasts."""
+        while not self.pipeline.can_process():
+            if self._resumed is None:
+                self._resumed = asyncio.Event()
+                self.loop.call_later(DLQ_WAIT, self._check_resumed)
+            await self._resumed.wait()
+            if lane.closed:
+                return False
+        return not lane.closed
+
+    def _check_resumed(self) -> None:
+        if self._resumed is None:
+            return
+        if self.pipeline.can_process():
+            self._resumed.set()
+            self._resumed = None
+        else:
+            self.loop.call_later(DLQ_WAIT, self._check_resumed)
 
     async def _wait_to_retry(self, lane: LoopLane, retry: RetryState) -> bool:
         """Sleep until the retry is due (only this key waits); False if the lane closed."""

@@ -40,6 +40,7 @@ class RetryState:
     first_failure_mono: float
     due: float
     parked_at: float | None = None
+    open_mark: float = 0.0  # the breaker's open_total() when it last failed
 
 
 # How often a message parked by the breaker or the retry budget looks again.
@@ -52,13 +53,18 @@ def gate(breaker: Breaker, retry: RetryState | None, now: float) -> RetryState |
     Returns None when it may (a retry has then spent a token of the budget), else the
     state of the message parked for ``PARK_WAIT``, its attempts and budget untouched.
     """
-    if retry is not None and retry.attempt and not breaker.may_retry():
+    if breaker.closed:
+        if retry is not None and retry.attempt and not breaker.may_retry():
+            return _parked(retry, now)
+    elif not breaker.allow():  # a probe is exempt from the retry budget
         return _parked(retry, now)
-    if not breaker.allow():
-        return _parked(retry, now)
-    if retry is not None and retry.parked_at is not None:
-        retry.first_failure_mono += now - retry.parked_at  # parked time is not charged
+    if retry is not None:
+        # Time parked, or while the breaker was open, is not charged to the budget.
+        parked = now - retry.parked_at if retry.parked_at is not None else 0.0
+        opened = breaker.open_total() - retry.open_mark
+        retry.first_failure_mono += max(parked, opened)
         retry.parked_at = None
+        retry.open_mark = breaker.open_total()
     return None
 
 
@@ -93,12 +99,18 @@ def judge(
     failed_before = retry is not None and retry.attempt > 0
     first_ms = retry.first_failure_ms if retry and failed_before else int(time.time() * 1000)
     if isinstance(exc, RegistryUnavailable):
+        if breaker is not None:
+            breaker.release_probe()
         return _wait_for_registry(exc, attempt, retry, policy, now, first_ms)
-    if isinstance(exc, DecodeError):
-        return Failure(exc.reason, exc)  # type: ignore[arg-type]  # a DecodeError reason
-    if isinstance(exc, ContractViolation):
+    if isinstance(exc, DecodeError | ContractViolation):
+        if breaker is not None:
+            breaker.release_probe()  # no call reached the dependency
+        if isinstance(exc, DecodeError):
+            return Failure(exc.reason, exc)  # type: ignore[arg-type]  # a DecodeError reason
         return Failure("contract_violation", exc)
     if classify(exc, transient) == "permanent":
+        if breaker is not None:
+            breaker.succeeded()  # the dependency answered; the message is at fault
         return Failure("permanent_error", exc, attempt, first_ms)
     if breaker is not None and breaker.failed(message):
         # The breaker's probe: the dependency is still down. Parked again, with this
@@ -108,14 +120,15 @@ def judge(
     first_mono = retry.first_failure_mono if retry and failed_before else now
     elapsed_ms = (now - first_mono) * 1000.0
     delay = policy.next_delay(attempt, elapsed_ms)
-    if delay is None and breaker is not None and breaker.outage_suspected(message):
+    if delay is None and breaker is not None and breaker.outage_suspected(message, first_mono):
         # Not this message's fault: wait for the dependency, the attempt given back.
         return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, parked_at=now)
     if delay is None:
         error = RetriesExhausted(attempt, int(elapsed_ms), exc)
         error.__cause__ = exc
         return Failure("retries_exhausted", error, attempt, first_ms)
-    return RetryState(attempt, first_ms, first_mono, now + delay)
+    mark = breaker.open_total() if breaker is not None else 0.0
+    return RetryState(attempt, first_ms, first_mono, now + delay, open_mark=mark)
 
 
 def _wait_for_registry(
@@ -133,4 +146,5 @@ def _wait_for_registry(
         log.warning("schema registry unavailable; the message waits", extra={"error": str(exc)})
     first_mono = retry.first_failure_mono if retry and retry.attempt else now
     delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
-    return RetryState(attempt, first_ms, first_mono, now + delay)
+    parked_at = retry.parked_at if retry is not None and retry.parked_at is not None else now
+    return RetryState(attempt - 1, first_ms, first_mono, now + delay, parked_at=parked_at)

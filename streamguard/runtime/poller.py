@@ -81,7 +81,7 @@ class Poller:
         self._publisher.serve_reports()
         lanes = self.assignment.lanes
         writable = self._publisher.maintain(lanes.values(), now)
-        self.flow.update(lanes, now, writable and self._breaker.closed)
+        self.flow.update(lanes, now, writable and self._breaker.accepting())
         for lane in lanes.values():
             if lane.claim_if_due(now):
                 claimed.append(lane)

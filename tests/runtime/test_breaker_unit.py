@@ -29,10 +29,10 @@ def test_opens_when_most_recent_calls_fail() -> None:
     """Half of at least min_calls recent calls failing opens the breaker."""
     b, _, registry = breaker(min_calls=10, failure_ratio=0.5)
     b.succeeded(5)
-    for _ in range(4):
-        b.failed()
+    for i in range(4):
+        b.failed((0, i))
     assert b.state == CLOSED  # 9 calls: below min_calls
-    b.failed()
+    b.failed((1, 0))
     assert b.state == OPEN
     assert not b.allow()
     assert (
@@ -53,8 +53,8 @@ def test_a_few_failures_among_many_successes_keep_it_closed() -> None:
     """Failures of a few messages while the dependency is healthy do not open it."""
     b, _, _ = breaker(min_calls=10)
     b.succeeded(100)
-    for _ in range(20):
-        b.failed()
+    for i in range(20):
+        b.failed((0, i))
     assert b.state == CLOSED
 
 
@@ -63,16 +63,16 @@ def test_old_calls_leave_the_window() -> None:
     b, clock, _ = breaker(min_calls=10, window=5.0)
     b.succeeded(1000)
     clock.now += 6
-    for _ in range(10):
-        b.failed()
+    for i in range(10):
+        b.failed((0, i))
     assert b.state == OPEN
 
 
 def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
     """After cool_down exactly one call may start; its success closes the breaker."""
     b, clock, _ = breaker(min_calls=2, cool_down=3.0)
-    b.failed()
-    b.failed()
+    b.failed((0, 1))
+    b.failed((1, 1))
     assert not b.accepting()
     clock.now += 3
     assert b.accepting()
@@ -88,11 +88,11 @@ def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
 def test_a_failed_probe_opens_it_again() -> None:
     """A probe that fails starts a new cool-down."""
     b, clock, _ = breaker(min_calls=2, cool_down=3.0)
-    b.failed()
-    b.failed()
+    b.failed((0, 1))
+    b.failed((1, 1))
     clock.now += 3
     assert b.allow()
-    b.failed()
+    b.failed((0, 1))
     assert b.state == OPEN
     clock.now += 1
     assert not b.allow()
@@ -117,8 +117,8 @@ def test_gate_parks_without_spending_attempts_or_budget() -> None:
     """While the breaker is open a message is parked: its attempt count stays, and the
     parked time is not charged to its time budget when it runs again."""
     b, clock, _ = breaker(min_calls=2, cool_down=10.0)
-    b.failed()
-    b.failed()
+    b.failed((0, 1))
+    b.failed((1, 1))
     retry = RetryState(attempt=2, first_failure_ms=5, first_failure_mono=90.0, due=100.0)
     parked = gate(b, retry, clock.now)
     assert parked is not None
@@ -132,8 +132,8 @@ def test_gate_parks_without_spending_attempts_or_budget() -> None:
 def test_disabled_breaker_never_holds() -> None:
     """CircuitBreaker(enabled=False) neither opens nor limits retries."""
     b, _, _ = breaker(min_calls=1, enabled=False)  # type: ignore[arg-type]
-    for _ in range(100):
-        b.failed()
+    for i in range(100):
+        b.failed((0, i))
         assert b.may_retry()
     assert b.allow()
 
@@ -147,13 +147,47 @@ def test_bad_settings_fail_with_a_hint() -> None:
 
 
 def test_a_lone_failing_message_is_not_an_outage() -> None:
-    """One message failing again and again is its own problem; several failing at once
-    with most calls failing is an outage, and keeps them out of the DLQ."""
-    b, _, _ = breaker(min_calls=100)
+    """One message failing again and again is its own problem and never opens the
+    breaker; others failing too with nothing succeeding since is an outage."""
+    b, clock, _ = breaker(min_calls=3)
+    since = clock.now
+    clock.now += 1
+    for _ in range(50):
+        b.failed((0, 7))
+    assert b.state == CLOSED  # 50 failures, all of one message
+    b = Breaker(sg.CircuitBreaker(min_calls=1000), ServiceMetrics(CollectorRegistry()), "t", clock)
     for _ in range(5):
         b.failed((0, 7))
-    assert not b.outage_suspected((0, 7))
+    assert not b.outage_suspected((0, 7), since)
     b.failed((1, 3))
-    assert b.outage_suspected((0, 7))
-    b.succeeded(50)  # the dependency answers most calls: no outage
-    assert not b.outage_suspected((0, 7))
+    assert b.outage_suspected((0, 7), since)
+    clock.now += 1
+    b.succeeded(1)  # something succeeded after it first failed: not an outage
+    assert not b.outage_suspected((0, 7), since)
+
+
+def test_a_probe_that_never_reports_back_is_given_up() -> None:
+    """A probe that ends without a verdict (revoked, invalid input) does not keep the
+    breaker half-open: after a cool-down another message may probe."""
+    b, clock, _ = breaker(min_calls=2, cool_down=3.0)
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 3
+    assert b.allow()
+    assert not b.allow()
+    clock.now += 3
+    assert b.accepting()
+    assert b.allow()
+    b.release_probe()
+    assert b.allow()
+
+
+def test_time_open_is_not_charged_to_a_retry() -> None:
+    """A retry that waited while the breaker was open keeps its whole time budget."""
+    b, clock, _ = breaker(min_calls=2, cool_down=5.0)
+    retry = RetryState(1, 5, clock.now, clock.now + 0.1, open_mark=b.open_total())
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 5
+    assert gate(b, retry, clock.now) is None  # the probe, after 5 s open
+    assert retry.first_failure_mono == pytest.approx(105.0)
