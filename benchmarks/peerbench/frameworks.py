@@ -1,0 +1,176 @@
+"""The peer frameworks, each validating with the same pydantic model.
+
+Each is set up the way its documentation shows, with its own defaults, except the
+group timings (a 2 s session) that only shorten the join, which is not measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from typing import Any
+
+from examples.contracts import OrderPlaced
+from peerbench.registry import Run, contender
+
+
+def _faststream(run: Run, broker_module: str) -> None:
+    import importlib
+
+    from faststream import FastStream
+
+    broker_cls = importlib.import_module(broker_module).KafkaBroker
+    broker = broker_cls(run.bootstrap, logger=None)
+    probe = run.probe
+    hit = probe.handle
+    io_bound = run.work_s > 0
+    workers = {"max_workers": run.concurrency} if run.concurrency > 1 else {}
+
+    @broker.subscriber(  # type: ignore[untyped-decorator]
+        run.topic,
+        group_id=run.group,
+        auto_offset_reset="earliest",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        **workers,
+    )
+    async def handle(event: OrderPlaced) -> None:  # FastStream validates by the annotation
+        if io_bound:
+            await probe.ahandle(event)
+        else:
+            hit(event)
+
+    asyncio.run(FastStream(broker, logger=None).run())
+
+
+@contender(
+    "faststream-aiokafka",
+    "FastStream (aiokafka broker), pydantic-typed subscriber",
+    modes=("throughput", "io", "latency"),
+    baseline="loop-untuned",
+    keeps_order=False,
+    concurrency=16,
+    needs=("faststream.kafka",),
+    note="io: max_workers=16",
+)
+def faststream_aiokafka(run: Run) -> None:
+    _faststream(run, "faststream.kafka")
+
+
+@contender(
+    "faststream-confluent",
+    "FastStream (confluent broker), pydantic-typed subscriber",
+    modes=("throughput", "io", "latency"),
+    baseline="loop-untuned",
+    keeps_order=False,
+    concurrency=16,
+    needs=("faststream.confluent",),
+    note="io: max_workers=16",
+)
+def faststream_confluent(run: Run) -> None:
+    _faststream(run, "faststream.confluent")
+
+
+@contender(
+    "quix",
+    "Quix Streams, a deserializer validating with the model",
+    modes=("throughput", "io", "latency"),
+    baseline="loop-untuned",
+    keeps_order=True,
+    needs=("quixstreams",),
+    note="io: no concurrency setting (one thread)",
+)
+def quix(run: Run) -> None:
+    from quixstreams import Application
+    from quixstreams.models.serializers import Deserializer
+
+    class ModelDeserializer(Deserializer):
+        def __call__(self, value: bytes, ctx: Any) -> Any:
+            return OrderPlaced.model_validate_json(value)
+
+    app = Application(
+        broker_address=run.bootstrap,
+        consumer_group=run.group,
+        auto_offset_reset="earliest",
+        consumer_extra_config={"session.timeout.ms": 2000, "heartbeat.interval.ms": 500},
+        state_dir=tempfile.mkdtemp(prefix="quix-bench-"),
+        use_changelog_topics=False,
+        loglevel="WARNING",
+    )
+    topic = app.topic(run.topic, value_deserializer=ModelDeserializer())
+    sdf = app.dataframe(topic)
+    sdf.update(run.probe.handle)
+    app.run()
+
+
+@contender(
+    "aiokafka",
+    "aiokafka getmany loop + model_validate_json",
+    modes=("throughput", "latency"),
+    baseline="loop-untuned",
+    needs=("aiokafka",),
+)
+def aiokafka_loop(run: Run) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    async def main() -> None:
+        consumer = AIOKafkaConsumer(
+            run.topic,
+            bootstrap_servers=run.bootstrap,
+            group_id=run.group,
+            auto_offset_reset="earliest",
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+        )
+        await consumer.start()
+        validate = OrderPlaced.model_validate_json
+        handle = run.probe.handle
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    handle(validate(record.value))
+
+    asyncio.run(main())
+
+
+@contender(
+    "faust",
+    "Faust agent (faust-streaming) + model_validate_json",
+    modes=("throughput", "io", "latency"),
+    baseline="loop-untuned",
+    keeps_order=False,
+    concurrency=16,
+    needs=("faust",),
+    note="io: agent concurrency=16",
+)
+def faust_agent(run: Run) -> None:
+    import faust
+
+    app = faust.App(
+        run.group,
+        broker=f"kafka://{run.bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        broker_session_timeout=2,
+        broker_heartbeat_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=3,
+        datadir=tempfile.mkdtemp(prefix="faust-bench-"),
+    )
+    topic = app.topic(run.topic, value_serializer="raw")
+    probe = run.probe
+    hit = probe.handle
+    io_bound = run.work_s > 0
+    validate = OrderPlaced.model_validate_json
+
+    @app.agent(topic, concurrency=run.concurrency)  # type: ignore[misc]
+    async def agent(stream: Any) -> None:
+        async for value in stream:
+            event = validate(value)
+            if io_bound:
+                await probe.ahandle(event)
+            else:
+                hit(event)
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

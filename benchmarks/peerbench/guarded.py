@@ -1,0 +1,100 @@
+"""streamguard's rows: a ConsumerService per row, metrics on, default options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamguard as sg
+from examples.contracts import OrderPlaced
+from peerbench.baselines import FAST_JOIN
+from peerbench.dataset import OrderPlacedAvro
+from peerbench.registry import Run, contender
+from streamguard.devbroker import free_port
+
+
+def serve(run: Run, model: type[OrderPlaced], *, asynchronous: bool) -> None:
+    """Run a service whose handler reports to the probe, on this (the main) thread."""
+    probe = run.probe
+    hit = probe.handle
+    io_bound = run.work_s > 0
+
+    if asynchronous:
+
+        class Service(sg.ConsumerService):
+            topic = run.topic
+            group_id = run.group
+            contract = model
+
+            async def handle(self, event: Any, ctx: sg.MessageContext) -> None:
+                if io_bound:
+                    await probe.ahandle(event)
+                else:
+                    hit(event)
+
+    else:
+
+        class Service(sg.ConsumerService):  # type: ignore[no-redef]
+            topic = run.topic
+            group_id = run.group
+            contract = model
+
+            def handle(self, event: Any, ctx: sg.MessageContext) -> None:
+                hit(event)
+
+    # A metrics port makes it the service as deployed: counters, histograms, /metrics.
+    Service(bootstrap_servers=run.bootstrap, kafka_config=FAST_JOIN, metrics_port=free_port()).run()
+
+
+@contender(
+    "sg-sync",
+    "streamguard, sync handler",
+    modes=("throughput", "io", "latency"),
+    baseline="loop-untuned",
+    keeps_order=True,
+    concurrency=3,  # one partition at a time per worker: 3 partitions
+)
+def sg_sync(run: Run) -> None:
+    serve(run, OrderPlaced, asynchronous=False)
+
+
+@contender(
+    "sg-async",
+    "streamguard, async handler",
+    modes=("throughput", "io", "latency"),
+    baseline="loop-untuned",
+    keeps_order=True,
+    concurrency=3,
+)
+def sg_async(run: Run) -> None:
+    serve(run, OrderPlaced, asynchronous=True)
+
+
+@contender(
+    "sg-avro",
+    "streamguard, Avro single-object",
+    data="avro",
+    baseline="fastavro-loop",
+)
+def sg_avro(run: Run) -> None:
+    serve(run, OrderPlacedAvro, asynchronous=False)
+
+
+@contender(
+    "sg-dlq",
+    "streamguard, 100% invalid input (every record dead-lettered)",
+    data="invalid",
+    baseline="loop-untuned",
+)
+def sg_dlq(run: Run) -> None:
+    # The handler never runs: count acknowledged dead letters instead.
+    from streamguard.runtime.pipeline import ServicePipeline
+
+    original = ServicePipeline.record_dead_letter
+    hit = run.probe.hit
+
+    def record_dead_letter(self: ServicePipeline, reason: Any) -> None:
+        original(self, reason)
+        hit(None)
+
+    ServicePipeline.record_dead_letter = record_dead_letter  # type: ignore[method-assign]
+    serve(run, OrderPlaced, asynchronous=False)

@@ -1,0 +1,139 @@
+"""What a contender's process measures about itself, from its first record to its last.
+
+Group join, imports and start-up are excluded: the clock starts at the first record a
+handler sees. CPU is the whole process's (every thread, ``time.process_time``), so a
+framework's background threads count. After the last record the probe writes its
+result and ends the process at once (``os._exit``): how a framework shuts down is not
+measured, and every run uses a fresh consumer group, so nothing needs committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import threading
+import time
+from typing import Any
+
+from peerbench.dataset import IO_KEYS
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_mib() -> float:
+    """This process's resident set size now (not its peak)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE / 2**20
+
+
+class Probe:
+    """Counts validated events; in io mode also checks per-key order.
+
+    Contenders call ``handle(event)`` from sync handlers and ``await ahandle(event)``
+    from async ones when ``work_s`` is set. Both are bound at construction, so the
+    throughput path is one counter step per event.
+    """
+
+    def __init__(self, count: int, result_path: str, mode: str, work_s: float = 0.0) -> None:
+        self.count = count
+        self.mode = mode
+        self.work_s = work_s
+        self._path = result_path
+        self._born = time.monotonic()
+        self._next = itertools.count(1).__next__  # atomic under the GIL
+        self._marks: dict[str, float] = {}
+        self._latencies: list[int] = []
+        self._warm_after_ns = 0
+        self._in_flight: set[int] = set()
+        self._last: dict[int, int] = {}
+        self._violations = 0
+        self._lock = threading.Lock()
+        self.handle = {"throughput": self.hit, "io": self._io, "latency": self._latency}[mode]
+
+    # -- the paths -------------------------------------------------------------------
+
+    def hit(self, event: Any) -> None:
+        n = self._next()
+        if n == 1:
+            self._first()
+        if n == self.count:
+            self._finish()
+
+    def _latency(self, event: Any) -> None:
+        # The latency topic's order ids carry the producer's time.time_ns() at send.
+        now = time.time_ns()
+        sent = event.order_id.int
+        n = self._next()
+        if n == 1:
+            self._first()
+            self._warm_after_ns = now + 1_000_000_000  # backlog from before the join
+        elif sent >= self._warm_after_ns:
+            self._latencies.append(now - sent)
+        if n == self.count:
+            self._finish()
+
+    def _begin(self, event: Any) -> int:
+        index = event.order_id.int - 1
+        key = index % IO_KEYS
+        with self._lock:
+            if key in self._in_flight or self._last.get(key, -1) > index:
+                self._violations += 1
+            self._in_flight.add(key)
+            self._last[key] = index
+        return key
+
+    def _end(self, key: int, event: Any) -> None:
+        with self._lock:
+            self._in_flight.discard(key)
+        self.hit(event)
+
+    def _io(self, event: Any) -> None:
+        key = self._begin(event)
+        time.sleep(self.work_s)
+        self._end(key, event)
+
+    async def ahandle(self, event: Any) -> None:
+        key = self._begin(event)
+        await asyncio.sleep(self.work_s)
+        self._end(key, event)
+
+    # -- marks -----------------------------------------------------------------------
+
+    def _first(self) -> None:
+        self._marks["t0"] = time.perf_counter()
+        self._marks["cpu0"] = time.process_time()
+        self._marks["rss0"] = rss_mib()
+        self._marks["startup"] = time.monotonic() - self._born
+
+    def _finish(self) -> None:
+        wall = time.perf_counter() - self._marks["t0"]
+        cpu = time.process_time() - self._marks["cpu0"]
+        result: dict[str, Any] = {
+            "count": self.count,
+            "wall_s": round(wall, 4),
+            "msg_per_s": round((self.count - 1) / wall, 1) if wall > 0 else None,
+            "cpu_s": round(cpu, 4),
+            "cpu_us_per_msg": round(cpu / self.count * 1e6, 2),
+            "cpu_util": round(cpu / wall, 3) if wall > 0 else None,
+            "rss_start_mib": round(self._marks["rss0"], 1),
+            "rss_end_mib": round(rss_mib(), 1),
+            "startup_s": round(self._marks["startup"], 2),
+        }
+        if self.mode == "io":
+            result["order_violations"] = self._violations
+        if self.mode == "latency":
+            lat = sorted(self._latencies)
+            result["latency_n"] = len(lat)
+            if len(lat) >= 100:
+                cuts = statistics.quantiles(lat, n=100)
+                result["p50_ms"] = round(cuts[49] / 1e6, 3)
+                result["p99_ms"] = round(cuts[98] / 1e6, 3)
+                result["max_ms"] = round(lat[-1] / 1e6, 3)
+        tmp = self._path + ".tmp"
+        with open(tmp, "w") as out:
+            json.dump(result, out)
+        os.replace(tmp, self._path)
+        os._exit(0)
