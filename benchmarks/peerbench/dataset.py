@@ -33,7 +33,9 @@ class OrderPlacedAvro(OrderPlaced):
     __wire_format__ = "avro"
 
 
-def order_event(i: int, contract: type[OrderPlaced] = OrderPlaced, order_id: int = 0) -> OrderPlaced:
+def order_event(
+    i: int, contract: type[OrderPlaced] = OrderPlaced, order_id: int = 0
+) -> OrderPlaced:
     return contract(
         order_id=uuid.UUID(int=order_id or i + 1),
         customer_id=f"customer-{i % 5000:06d}-eu-west-1",

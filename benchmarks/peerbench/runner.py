@@ -119,7 +119,12 @@ def run_worker(
             result,
         ]
         if mode == "io":
-            argv += ["--work-s", str(settings.io_work_s), "--concurrency", str(contender.concurrency)]
+            argv += [
+                "--work-s",
+                str(settings.io_work_s),
+                "--concurrency",
+                str(contender.concurrency),
+            ]
         with open(log, "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
             try:
@@ -182,8 +187,11 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             "rounds": settings.rounds,
             "partitions": dataset.PARTITIONS,
             "keys": dataset.KEYS,
-            "io": {"records": settings.io_records, "work_ms": settings.io_work_s * 1000,
-                   "keys": dataset.IO_KEYS},
+            "io": {
+                "records": settings.io_records,
+                "work_ms": settings.io_work_s * 1000,
+                "keys": dataset.IO_KEYS,
+            },
             "latency": {"rate_per_s": settings.latency_rate, "seconds": settings.latency_seconds},
         },
         "contenders": {},
@@ -226,8 +234,11 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             count = settings.io_records if data == "io" else settings.records
             begin = time.monotonic()
             sizes[data] = dataset.produce(bootstrap, topic, data, count)
-            say(settings, f"produced {count} {data} records of {sizes[data]} B "
-                          f"in {time.monotonic() - begin:.1f}s")
+            say(
+                settings,
+                f"produced {count} {data} records of {sizes[data]} B "
+                f"in {time.monotonic() - begin:.1f}s",
+            )
         results["meta"]["value_bytes"] = sizes
 
         def collect(c: Contender, mode: Mode, run: dict[str, Any]) -> None:
@@ -241,17 +252,30 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                 say(settings, f"round {r + 1}/{settings.rounds}")
                 for c in jobs if r % 2 == 0 else reversed(jobs):
                     timeout = 60 + settings.records / 1000
-                    collect(c, "throughput", run_worker(
-                        c, "throughput", bootstrap, topics[c.data], settings.records,
-                        settings, timeout,
-                    ))
+                    collect(
+                        c,
+                        "throughput",
+                        run_worker(
+                            c,
+                            "throughput",
+                            bootstrap,
+                            topics[c.data],
+                            settings.records,
+                            settings,
+                            timeout,
+                        ),
+                    )
         if "io" in settings.modes:
             say(settings, "io rows")
             for c in [c for c in runnable if "io" in c.modes]:
                 timeout = 60 + settings.io_records * settings.io_work_s * 2
-                collect(c, "io", run_worker(
-                    c, "io", bootstrap, topics["io"], settings.io_records, settings, timeout
-                ))
+                collect(
+                    c,
+                    "io",
+                    run_worker(
+                        c, "io", bootstrap, topics["io"], settings.io_records, settings, timeout
+                    ),
+                )
         if "latency" in settings.modes:
             say(settings, f"latency at {settings.latency_rate:.0f} msg/s")
             count = int(settings.latency_rate * settings.latency_seconds)
@@ -263,8 +287,9 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                     args=(bootstrap, topic, settings.latency_rate, count),
                 )
                 sender.start()
-                run = run_worker(c, "latency", bootstrap, topic, count, settings,
-                                 settings.latency_seconds + 60)
+                run = run_worker(
+                    c, "latency", bootstrap, topic, count, settings, settings.latency_seconds + 60
+                )
                 sender.join()
                 collect(c, "latency", run)
         if settings.rss_records:
@@ -274,9 +299,13 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             dataset.produce(bootstrap, topic, "json", settings.rss_records)
             for c in [c for c in runnable if "throughput" in c.modes and c.data == "json"]:
                 timeout = 60 + settings.rss_records / 1000
-                collect(c, "rss", run_worker(  # type: ignore[arg-type]
-                    c, "throughput", bootstrap, topic, settings.rss_records, settings, timeout
-                ))
+                collect(
+                    c,
+                    "rss",
+                    run_worker(  # type: ignore[arg-type]
+                        c, "throughput", bootstrap, topic, settings.rss_records, settings, timeout
+                    ),
+                )
     for entry in results["contenders"].values():
         for mode in ("throughput", "io", "latency", "rss"):
             if mode in entry:
