@@ -39,7 +39,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--io-records", type=int, default=3000)
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
-    parser.add_argument("--latency-seconds", type=float, default=8.0)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--fetch-wait-ms", type=int, default=10, help="every latency row's fetch wait cap"
+    )
     parser.add_argument("--rss", action="store_true", help="also RSS over --rss-records")
     parser.add_argument("--rss-records", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
@@ -79,6 +82,7 @@ def work(args: argparse.Namespace) -> int:
             probe=probe,
             work_s=args.work_s,
             concurrency=args.concurrency,
+            fetch_wait_ms=args.fetch_wait_ms if args.mode == "latency" else 0,
         )
     )
     print(f"{contender.name} returned before its last record", file=sys.stderr)
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             io_records=args.io_records,
             latency_rate=args.latency_rate,
             latency_seconds=args.latency_seconds,
+            fetch_wait_ms=args.fetch_wait_ms,
             rss_records=args.rss_records if args.rss else 0,
             modes=tuple(args.modes),
             verbose=not args.quiet,

@@ -11,6 +11,7 @@ with a currency the contract refuses.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from streamguard.codecs import AvroCodec
 KEYS = 997
 IO_KEYS = 16  # the io topic's keys are few, so a framework that reorders a key shows it
 PARTITIONS = 3
+MEASURED_AFTER = 10**18  # latency records' order ids are send times in ns, above this
 
 
 class OrderPlacedAvro(OrderPlaced):
@@ -107,15 +109,26 @@ def paced(rate: float, count: int) -> Iterator[int]:
         yield i
 
 
-def produce_paced(bootstrap: str, topic: str, rate: float, count: int) -> None:
-    """Send ``count`` JSON events at ``rate`` per second, each stamped with its send time.
+def produce_paced(bootstrap: str, topic: str, rate: float, count: int, ready: str) -> None:
+    """Warm up until the consumer saw a record, then send ``count`` at ``rate`` per second.
 
-    The order id is ``time.time_ns()`` at send (one clock on one machine), which is how
+    Until the file ``ready`` exists (the consumer's probe writes it on its first record)
+    it trickles warm-up records with small order ids. Measured records carry the send
+    time (``time.time_ns()``, one clock on one machine) as their order id, which is how
     a handler reads its latency from the validated event.
     """
     producer = _producer(bootstrap, **{"linger.ms": 1})
+    deadline = time.monotonic() + 90
+    i = 0
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        _send(producer, topic, json_value(i), b"k%d" % (i % KEYS))
+        producer.poll(0.05)
+        i += 1
+    time.sleep(1.0)  # let it drain the warm-up backlog
+    template = order_event(0, order_id=MEASURED_AFTER).model_dump_json().encode()
+    marker = str(uuid.UUID(int=MEASURED_AFTER)).encode()
     for i in paced(rate, count):
-        value = order_event(i, order_id=time.time_ns()).model_dump_json().encode()
-        _send(producer, topic, value, b"k%d" % (i % KEYS))
+        stamp = str(uuid.UUID(int=time.time_ns())).encode()
+        _send(producer, topic, template.replace(marker, stamp), b"k%d" % (i % KEYS))
         producer.poll(0)
     producer.flush(30)

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamguard as sg
 from examples.contracts import OrderPlaced
-from peerbench.baselines import FAST_JOIN
+from peerbench.baselines import FAST_JOIN, fetch_wait
 from peerbench.dataset import OrderPlacedAvro
 from peerbench.registry import Run, contender
 from streamguard.devbroker import free_port
@@ -42,7 +42,8 @@ def serve(run: Run, model: type[OrderPlaced], *, asynchronous: bool) -> None:
                 hit(event)
 
     # A metrics port makes it the service as deployed: counters, histograms, /metrics.
-    Service(bootstrap_servers=run.bootstrap, kafka_config=FAST_JOIN, metrics_port=free_port()).run()
+    config = {**FAST_JOIN, **fetch_wait(run)}
+    Service(bootstrap_servers=run.bootstrap, kafka_config=config, metrics_port=free_port()).run()
 
 
 @contender(

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from peerbench.dataset import IO_KEYS
+from peerbench.dataset import IO_KEYS, MEASURED_AFTER
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -46,7 +46,7 @@ class Probe:
         self._next = itertools.count(1).__next__  # atomic under the GIL
         self._marks: dict[str, float] = {}
         self._latencies: list[int] = []
-        self._warm_after_ns = 0
+        self._ready = False
         self._in_flight: set[int] = set()
         self._last: dict[int, int] = {}
         self._violations = 0
@@ -63,15 +63,20 @@ class Probe:
             self._finish()
 
     def _latency(self, event: Any) -> None:
-        # The latency topic's order ids carry the producer's time.time_ns() at send.
+        # Warm-up records (sent until this process saw its first) have small order ids;
+        # measured ones carry the producer's time.time_ns() at send.
         now = time.time_ns()
         sent = event.order_id.int
+        if sent < MEASURED_AFTER:
+            if not self._ready:
+                self._ready = True
+                with open(self._path + ".ready", "w"):
+                    pass
+            return
+        self._latencies.append(now - sent)
         n = self._next()
         if n == 1:
             self._first()
-            self._warm_after_ns = now + 1_000_000_000  # backlog from before the join
-        elif sent >= self._warm_after_ns:
-            self._latencies.append(now - sent)
         if n == self.count:
             self._finish()
 

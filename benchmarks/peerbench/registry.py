@@ -44,6 +44,8 @@ class Run:
     probe: Probe
     work_s: float = 0.0  # the I/O wait of each handler call (io rows)
     concurrency: int = 1
+    # latency rows: the longest a fetch may wait for data (see docs/benchmarks.md)
+    fetch_wait_ms: int = 0
 
 
 @dataclass(frozen=True)

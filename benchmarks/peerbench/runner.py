@@ -46,7 +46,8 @@ class Settings:
     io_records: int = 3000
     io_work_s: float = 0.002
     latency_rate: float = 1000.0
-    latency_seconds: float = 8.0
+    latency_seconds: float = 10.0
+    fetch_wait_ms: int = 10
     rss_records: int = 0  # 0: no RSS section
     modes: tuple[Mode, ...] = ("throughput", "io", "latency")
     verbose: bool = True
@@ -95,8 +96,13 @@ def run_worker(
     count: int,
     settings: Settings,
     timeout: float,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
-    """One contender, one pass over ``count`` records, in a fresh process and group."""
+    """One contender, one pass over ``count`` records, in a fresh process and group.
+
+    With a ``rate`` (the latency pass), a thread sends the records at that rate once
+    the contender has joined.
+    """
     with tempfile.TemporaryDirectory(prefix="peerbench-") as tmp:
         result = os.path.join(tmp, "result.json")
         log = os.path.join(tmp, "worker.log")
@@ -125,13 +131,25 @@ def run_worker(
                 "--concurrency",
                 str(contender.concurrency),
             ]
+        if mode == "latency" and settings.fetch_wait_ms:
+            argv += ["--fetch-wait-ms", str(settings.fetch_wait_ms)]
         with open(log, "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            sender = None
+            if rate:
+                sender = threading.Thread(
+                    target=dataset.produce_paced,
+                    args=(bootstrap, topic, rate, count, result + ".ready"),
+                    daemon=True,
+                )
+                sender.start()
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            if sender is not None:
+                sender.join(timeout)
         if os.path.exists(result):
             return dict(json.loads(Path(result).read_text()))
         tail = Path(log).read_text(errors="replace")[-1500:]
@@ -282,15 +300,10 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             for c in [c for c in runnable if "latency" in c.modes]:
                 topic = f"peers-latency-{c.name}-{run_id}"
                 create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=dataset.PARTITIONS)
-                sender = threading.Thread(
-                    target=dataset.produce_paced,
-                    args=(bootstrap, topic, settings.latency_rate, count),
-                )
-                sender.start()
+                timeout = settings.latency_seconds + 90
                 run = run_worker(
-                    c, "latency", bootstrap, topic, count, settings, settings.latency_seconds + 60
+                    c, "latency", bootstrap, topic, count, settings, timeout, settings.latency_rate
                 )
-                sender.join()
                 collect(c, "latency", run)
         if settings.rss_records:
             say(settings, f"rss over {settings.rss_records} records")
