@@ -210,7 +210,11 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                 "work_ms": settings.io_work_s * 1000,
                 "keys": dataset.IO_KEYS,
             },
-            "latency": {"rate_per_s": settings.latency_rate, "seconds": settings.latency_seconds},
+            "latency": {
+                "rate_per_s": settings.latency_rate,
+                "seconds": settings.latency_seconds,
+                "fetch_wait_ms": settings.fetch_wait_ms,
+            },
         },
         "contenders": {},
         "skipped": {},
