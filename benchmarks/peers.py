@@ -8,7 +8,7 @@ the io and latency passes, per-key order and handler latency. Writes the results
 JSON and renders the table of docs/benchmarks.md and the chart next to it.
 
     python benchmarks/peers.py [--records N] [--rounds R] [--only NAME ...]
-                               [--out benchmarks/results.json] [--rss]
+                               [--out benchmarks/results.json] [--rss] [--merge]
     python benchmarks/peers.py --render-only        # page and chart from --out
     python benchmarks/peers.py --list
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from peerbench.contenders import CONTENDERS
 from peerbench.probe import Probe
@@ -29,6 +30,7 @@ from peerbench.runner import Settings, run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("throughput", "io", "latency")
+PASSES = (*MODES, "rss")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,19 +38,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=200_000, help="records per pass")
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--modes", nargs="+", choices=PASSES, default=list(MODES), help="the passes to run"
+    )
     parser.add_argument("--io-records", type=int, default=3000)
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=10, help="every latency row's fetch wait cap"
     )
-    parser.add_argument("--rss", action="store_true", help="also RSS over --rss-records")
+    parser.add_argument("--rss", action="store_true", help="add the rss pass (--rss-records)")
     parser.add_argument("--rss-records", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "img" / "benchmarks.png")
     parser.add_argument("--no-render", action="store_true", help="write the JSON only")
+    parser.add_argument(
+        "--merge", action="store_true", help="add this run's passes to the rows of --out"
+    )
     parser.add_argument("--render-only", action="store_true", help="render --out, run nothing")
     parser.add_argument("--list", action="store_true", help="list the contenders and exit")
     parser.add_argument("--quiet", action="store_true")
@@ -67,6 +74,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown contender(s) {', '.join(unknown)}; --list shows them")
     return args
+
+
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the passes ``new`` ran replacing or joining its rows' passes."""
+    for name, row in new["contenders"].items():
+        old["contenders"].setdefault(name, {}).update(row)
+    old["meta"].setdefault("merged", []).append(
+        {k: new["meta"][k] for k in ("date", "passes", "records") if k in new["meta"]}
+    )
+    if "rss_records" in new["meta"]:
+        old["meta"]["rss_records"] = new["meta"]["rss_records"]
+    return old
 
 
 def work(args: argparse.Namespace) -> int:
@@ -107,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             latency_rate=args.latency_rate,
             latency_seconds=args.latency_seconds,
             fetch_wait_ms=args.fetch_wait_ms,
-            rss_records=args.rss_records if args.rss else 0,
-            modes=tuple(args.modes),
+            rss_records=args.rss_records,
+            modes=tuple(dict.fromkeys([*args.modes, *(["rss"] if args.rss else [])])),
             verbose=not args.quiet,
         )
         chosen = [CONTENDERS[n] for n in args.only] if args.only else list(CONTENDERS.values())
         results = run_all(chosen, settings)
+        if args.merge and args.out.exists():
+            results = merge(json.loads(args.out.read_text()), results)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import streamguard as sg
@@ -10,6 +12,9 @@ from peerbench.baselines import FAST_JOIN, fetch_wait
 from peerbench.dataset import OrderPlacedAvro
 from peerbench.registry import Run, contender
 from streamguard.devbroker import free_port
+
+KAFKA_ENV = "PEERBENCH_SG_KAFKA_CONFIG"
+OPTIONS_ENV = "PEERBENCH_SG_OPTIONS"
 
 
 def serve(run: Run, model: type[OrderPlaced], *, asynchronous: bool) -> None:
@@ -42,7 +47,11 @@ def serve(run: Run, model: type[OrderPlaced], *, asynchronous: bool) -> None:
                 hit(event)
 
     # A metrics port makes it the service as deployed: counters, histograms, /metrics.
-    config = {**FAST_JOIN, **fetch_wait(run)}
+    # Profiling knobs (docs/benchmarks.md): extra kafka_config and ServiceOptions as JSON.
+    config = {**FAST_JOIN, **fetch_wait(run), **json.loads(os.environ.get(KAFKA_ENV, "{}"))}
+    options = json.loads(os.environ.get(OPTIONS_ENV, "{}"))
+    if options:
+        Service.options = sg.ServiceOptions(**options)
     Service(bootstrap_servers=run.bootstrap, kafka_config=config, metrics_port=free_port()).run()
 
 

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import os
+import resource
 import statistics
 import threading
 import time
@@ -21,6 +22,44 @@ from typing import Any
 from peerbench.dataset import IO_KEYS, MEASURED_AFTER
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of this process so far, with its name.
+
+    librdkafka's threads (``rdk:broker*``, ``rdk:main``) show up here too, which is how
+    the client's share of the CPU is told from the interpreter's.
+    """
+    found: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                raw = stat.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / _TICK)
+    return found
+
+
+def cpu_by_thread_kind(before: dict[int, tuple[str, float]], total: float) -> dict[str, float]:
+    """CPU seconds since ``before``, summed by kind of thread; what threads that ended
+    meanwhile used is the process's ``total`` less the living threads' sum."""
+    totals: dict[str, float] = {}
+    for tid, (name, cpu) in thread_cpu().items():
+        kind = name.rstrip("0123456789-").removeprefix("rdk:") or name
+        if not name.startswith("rdk:"):
+            kind = "python main" if tid == os.getpid() else "python threads"
+        if name.startswith("rdk:"):
+            kind = "librdkafka " + kind
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        totals[kind] = round(totals.get(kind, 0.0) + used, 3)
+    ended = total - sum(totals.values())
+    if ended > 0.05:
+        totals["threads that ended"] = round(ended, 3)
+    return {k: v for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def rss_mib() -> float:
@@ -51,6 +90,8 @@ class Probe:
         self._last: dict[int, int] = {}
         self._violations = 0
         self._lock = threading.Lock()
+        self._threads0: dict[int, tuple[str, float]] = {}
+        self._switches0 = (0, 0)
         self.handle = {"throughput": self.hit, "io": self._io, "latency": self._latency}[mode]
 
     # -- the paths -------------------------------------------------------------------
@@ -105,12 +146,25 @@ class Probe:
         await asyncio.sleep(self.work_s)
         self._end(key, event)
 
+    def _switches(self) -> dict[str, float]:
+        """Context switches per 1,000 records: each handoff between threads is one."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        voluntary = usage.ru_nvcsw - self._switches0[0]
+        forced = usage.ru_nivcsw - self._switches0[1]
+        return {
+            "voluntary_switches_per_1k": round(voluntary * 1000 / self.count, 1),
+            "involuntary_switches_per_1k": round(forced * 1000 / self.count, 1),
+        }
+
     # -- marks -----------------------------------------------------------------------
 
     def _first(self) -> None:
         self._marks["t0"] = time.perf_counter()
         self._marks["cpu0"] = time.process_time()
         self._marks["rss0"] = rss_mib()
+        self._threads0 = thread_cpu()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._switches0 = (usage.ru_nvcsw, usage.ru_nivcsw)
         self._marks["startup"] = time.monotonic() - self._born
 
     def _finish(self) -> None:
@@ -126,6 +180,8 @@ class Probe:
             "rss_start_mib": round(self._marks["rss0"], 1),
             "rss_end_mib": round(rss_mib(), 1),
             "startup_s": round(self._marks["startup"], 2),
+            "cpu_s_by_thread": cpu_by_thread_kind(self._threads0, cpu),
+            **self._switches(),
         }
         if self.mode == "io":
             result["order_violations"] = self._violations

@@ -48,8 +48,8 @@ class Settings:
     latency_rate: float = 1000.0
     latency_seconds: float = 10.0
     fetch_wait_ms: int = 10
-    rss_records: int = 0  # 0: no RSS section
-    modes: tuple[Mode, ...] = ("throughput", "io", "latency")
+    rss_records: int = 1_000_000
+    modes: tuple[str, ...] = ("throughput", "io", "latency")  # and "rss"
     verbose: bool = True
 
 
@@ -203,6 +203,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             "versions": versions(),
             "records": settings.records,
             "rounds": settings.rounds,
+            "passes": list(settings.modes),
             "partitions": dataset.PARTITIONS,
             "keys": dataset.KEYS,
             "io": {
@@ -242,7 +243,9 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
         run_id = uuid.uuid4().hex[:6]
         topics: dict[str, str] = {}
         sizes: dict[str, int] = {}
-        wanted = {c.data for c in runnable if "throughput" in c.modes}
+        wanted = set()
+        if "throughput" in settings.modes:
+            wanted = {c.data for c in runnable if "throughput" in c.modes}
         if "io" in settings.modes and any("io" in c.modes for c in runnable):
             wanted.add("io")
         for data in sorted(wanted):
@@ -309,7 +312,8 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                     c, "latency", bootstrap, topic, count, settings, timeout, settings.latency_rate
                 )
                 collect(c, "latency", run)
-        if settings.rss_records:
+        if "rss" in settings.modes:
+            results["meta"]["rss_records"] = settings.rss_records
             say(settings, f"rss over {settings.rss_records} records")
             topic = f"peers-rss-{run_id}"
             create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=dataset.PARTITIONS)
