@@ -80,3 +80,26 @@ def test_tiny_round_writes_results_and_the_page_table(
     rate = results["contenders"]["sg-sync"]["throughput"]["msg_per_s"]
     assert f"(`sg-sync`) | json | {rate:,} |" in text
     assert results["meta"]["date"] in text
+
+
+def test_a_row_ahead_of_its_feature_is_skipped_with_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A contender whose `needs` names a missing attribute or module reports it, one
+    whose needs are met reports nothing, and a name cannot be registered twice."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.registry import CONTENDERS, Contender, Run, contender
+
+    def run(_: Run) -> None:
+        raise AssertionError("never started here")
+
+    ahead = Contender("x", "x", run, needs=("streamguard:NoSuchFeature",))
+    assert ahead.missing() == "needs streamguard:NoSuchFeature"
+    assert Contender("y", "y", run, needs=("no_such_module_xyz",)).missing() == (
+        "needs no_such_module_xyz"
+    )
+    assert Contender("z", "z", run, needs=("streamguard:ConsumerService",)).missing() is None
+
+    monkeypatch.setitem(CONTENDERS, "taken", ahead)
+    with pytest.raises(ValueError, match="registered twice"):
+        contender("taken", "again")(run)
