@@ -52,7 +52,9 @@ class Codec(Protocol):
 def codec_for(contract: type[BaseModel], codec: Codec | None = None) -> Codec:
     """``codec`` if given (checked to fit), else the default codec of the contract's format."""
     if codec is None:
-        codec = AvroCodec() if getattr(contract, "__wire_format__", "json") == "avro" else JsonCodec()
+        codec = (
+            AvroCodec() if getattr(contract, "__wire_format__", "json") == "avro" else JsonCodec()
+        )
     check_codec_fits(contract, codec)
     return codec
 

@@ -49,7 +49,7 @@ class Contract(BaseModel):
 
     __subject__: ClassVar[str]
     __version__: ClassVar[int]
-    __wire_format__: ClassVar[Format] = "json"  # type: ignore[assignment]  # wire format, not str.__wire_format__
+    __wire_format__: ClassVar[Format] = "json"
     __abstract__: ClassVar[bool] = True
 
     @classmethod
@@ -80,7 +80,8 @@ class Contract(BaseModel):
             )
         if cls.__wire_format__ not in ("json", "avro"):
             raise ConfigurationError(
-                f"contract {name} has __wire_format__ = {cls.__wire_format__!r}; use 'json' or 'avro'."
+                f"contract {name} has __wire_format__ = {cls.__wire_format__!r}; "
+                "use 'json' or 'avro'."
             )
         _REGISTRY[f"{cls.__module__}:{cls.__qualname__}"] = cls
 

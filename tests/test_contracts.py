@@ -77,7 +77,11 @@ def test_blank_subject_is_refused() -> None:
 def test_unknown_format_is_refused() -> None:
     """A __wire_format__ other than json or avro fails at class creation."""
     with pytest.raises(ConfigurationError, match="use 'json' or 'avro'"):
-        type("Xml", (sg.Contract,), {"__subject__": "x.Xml", "__version__": 1, "__wire_format__": "xml"})
+        type(
+            "Xml",
+            (sg.Contract,),
+            {"__subject__": "x.Xml", "__version__": 1, "__wire_format__": "xml"},
+        )
 
 
 def test_contract_instances_format_like_any_model() -> None:
@@ -97,7 +101,9 @@ def test_contract_instances_format_like_any_model() -> None:
 def test_dunder_format_is_refused_with_the_new_name() -> None:
     """A contract that sets __format__ (the old spelling) is refused, naming __wire_format__."""
     with pytest.raises(ConfigurationError, match="__wire_format__ = 'avro'"):
-        type("Old", (sg.Contract,), {"__subject__": "x.Old", "__version__": 1, "__format__": "avro"})
+        type(
+            "Old", (sg.Contract,), {"__subject__": "x.Old", "__version__": 1, "__format__": "avro"}
+        )
 
 
 def test_abstract_base_needs_no_subject() -> None:
