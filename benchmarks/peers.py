@@ -44,6 +44,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--io-records", type=int, default=3000)
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--latency-rounds", type=int, default=2)
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=10, help="every latency row's fetch wait cap"
     )
@@ -77,15 +78,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``old`` with the passes ``new`` ran replacing or joining its rows' passes."""
-    for name, row in new["contenders"].items():
-        old["contenders"].setdefault(name, {}).update(row)
-    old["meta"].setdefault("merged", []).append(
-        {k: new["meta"][k] for k in ("date", "passes", "records") if k in new["meta"]}
-    )
-    if "rss_records" in new["meta"]:
-        old["meta"]["rss_records"] = new["meta"]["rss_records"]
-    return old
+    """``new``, plus the passes of ``old`` that ``new`` did not run (kept with their date).
+
+    The page then says which passes come from which run.
+    """
+    kept: dict[str, str] = dict(old["meta"].get("earlier_passes", {}))
+    for name, row in old["contenders"].items():
+        target = new["contenders"].setdefault(
+            name, {k: v for k, v in row.items() if k not in PASSES}
+        )
+        for done in PASSES:
+            if done in row and done not in target:
+                target[done] = row[done]
+                kept[done] = kept.get(done) or old["meta"]["date"]
+    for key in ("rss_records",):
+        if key in old["meta"] and key not in new["meta"]:
+            new["meta"][key] = old["meta"][key]
+    if kept:
+        new["meta"]["earlier_passes"] = kept
+    return new
 
 
 def work(args: argparse.Namespace) -> int:
@@ -126,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             latency_rate=args.latency_rate,
             latency_seconds=args.latency_seconds,
             fetch_wait_ms=args.fetch_wait_ms,
+            latency_rounds=args.latency_rounds,
             rss_records=args.rss_records,
             modes=tuple(dict.fromkeys([*args.modes, *(["rss"] if args.rss else [])])),
             verbose=not args.quiet,

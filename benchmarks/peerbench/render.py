@@ -59,6 +59,12 @@ def _ratio(
     return a / b if a and b else None
 
 
+def _cpu_ratio(contenders: dict[str, Any], name: str, base: str) -> float | None:
+    a = contenders.get(name, {}).get("throughput", {}).get("cpu_us_per_msg")
+    b = contenders.get(base, {}).get("throughput", {}).get("cpu_us_per_msg")
+    return b / a if a and b else None
+
+
 def throughput_table(results: dict[str, Any]) -> list[str]:
     meta, contenders = results["meta"], results["contenders"]
     lines = [
@@ -78,7 +84,7 @@ def throughput_table(results: dict[str, Any]) -> list[str]:
             )
         else:
             lines.append(f"| {row['label']} (`{name}`) | {row['data']} | {_rate(e)} | | | | | |")
-    sizes = meta.get("value_bytes", {})
+    sizes = {k: v for k, v in meta.get("value_bytes", {}).items() if k != "io"}
     lines += [
         "",
         f"{meta['records']:,} records per pass ({', '.join(f'{k} {v} B' for k, v in sizes.items())}"
@@ -90,13 +96,18 @@ def throughput_table(results: dict[str, Any]) -> list[str]:
 
 def targets_table(results: dict[str, Any]) -> list[str]:
     contenders = results["contenders"]
-    lines = ["| target | measured | met |", "| --- | ---: | :---: |"]
+    lines = [
+        "| target | msg/s ratio (medians) | CPU-per-record ratio | met |",
+        "| --- | ---: | ---: | :---: |",
+    ]
     for name, base, minimum in TARGETS:
         ratio = _ratio(contenders, name, base)
         if ratio is None:
             continue
+        cpu = _cpu_ratio(contenders, name, base)
+        cpu_text = f"{cpu:.2f}x" if cpu is not None else ""
         met = "yes" if ratio >= minimum else "**no**"
-        lines.append(f"| `{name}` ≥ {minimum:.2f}x `{base}` | {ratio:.2f}x | {met} |")
+        lines.append(f"| `{name}` ≥ {minimum:.2f}x `{base}` | {ratio:.2f}x | {cpu_text} | {met} |")
     best_peer = max(
         (
             (row["throughput"].get("msg_per_s", 0), name)
@@ -109,9 +120,17 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     if best_peer and sync:
         rate, name = best_peer
         met = "yes" if sync > rate else "**no**"
+        cpu = _cpu_ratio(contenders, "sg-sync", name)
+        cpu_text = f"{cpu:.2f}x" if cpu is not None else ""
         lines.append(
-            f"| `sg-sync` ahead of the fastest peer (`{name}`) | {sync / rate:.2f}x | {met} |"
+            f"| `sg-sync` ahead of the fastest peer (`{name}`) | {sync / rate:.2f}x "
+            f"| {cpu_text} | {met} |"
         )
+    lines += [
+        "",
+        "The CPU-per-record ratio is the baseline's CPU per record over the row's: it moves "
+        "less than throughput when other work shares the machine.",
+    ]
     return lines
 
 
@@ -152,7 +171,7 @@ def latency_table(results: dict[str, Any]) -> list[str]:
         if "p50_ms" not in e:
             lines.append(f"| `{name}` | {_rate(e)} | | | |")
             continue
-        samples = e["runs"][0].get("latency_n", "")
+        samples = sum(r.get("latency_n", 0) for r in e["runs"])
         lines.append(
             f"| `{name}` | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | {e['max_ms']:.1f} | {samples} |"
         )
@@ -160,7 +179,8 @@ def latency_table(results: dict[str, Any]) -> list[str]:
         "",
         f"From the producer's send to the handler's call, at {lat['rate_per_s']:.0f} msg/s "
         f"for {lat['seconds']:.0f} s after the contender joined, fetch wait capped at "
-        f"{lat.get('fetch_wait_ms', 10)} ms for everyone.",
+        f"{lat.get('fetch_wait_ms', 10)} ms for everyone; the median over "
+        f"{lat.get('rounds', 1)} run(s) of each percentile.",
     ]
     return lines
 
@@ -207,7 +227,16 @@ def section(results: dict[str, Any], chart: str) -> str:
         parts += ["", "### Handler latency below saturation", "", *latency_table(results)]
     rss = rss_table(results)
     if rss:
-        parts += ["", "### Memory over a long run", "", *rss]
+        when = results["meta"].get("earlier_passes", {}).get("rss")
+        note = f" (measured {when}, same machine and versions)" if when else ""
+        parts += [
+            "",
+            "### Memory over a long run",
+            "",
+            *rss,
+            "",
+            f"RSS of the contender's process{note}.",
+        ]
     if results.get("skipped"):
         parts += ["", "Not run (missing from this install):"]
         parts += [f"- `{n}`: {why}" for n, why in results["skipped"].items()]

@@ -48,6 +48,7 @@ class Settings:
     latency_rate: float = 1000.0
     latency_seconds: float = 10.0
     fetch_wait_ms: int = 10
+    latency_rounds: int = 2
     rss_records: int = 1_000_000
     modes: tuple[str, ...] = ("throughput", "io", "latency")  # and "rss"
     verbose: bool = True
@@ -215,6 +216,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                 "rate_per_s": settings.latency_rate,
                 "seconds": settings.latency_seconds,
                 "fetch_wait_ms": settings.fetch_wait_ms,
+                "rounds": settings.latency_rounds,
             },
         },
         "contenders": {},
@@ -304,8 +306,14 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
         if "latency" in settings.modes:
             say(settings, f"latency at {settings.latency_rate:.0f} msg/s")
             count = int(settings.latency_rate * settings.latency_seconds)
-            for c in [c for c in runnable if "latency" in c.modes]:
-                topic = f"peers-latency-{c.name}-{run_id}"
+            jobs = [c for c in runnable if "latency" in c.modes]
+            order = [
+                (n, c)
+                for n in range(settings.latency_rounds)
+                for c in (jobs if n % 2 == 0 else jobs[::-1])
+            ]
+            for n, c in order:
+                topic = f"peers-latency-{c.name}-{n}-{run_id}"
                 create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=dataset.PARTITIONS)
                 timeout = settings.latency_seconds + 90
                 run = run_worker(
