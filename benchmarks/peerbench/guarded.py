@@ -17,7 +17,9 @@ KAFKA_ENV = "PEERBENCH_SG_KAFKA_CONFIG"
 OPTIONS_ENV = "PEERBENCH_SG_OPTIONS"
 
 
-def serve(run: Run, model: type[OrderPlaced], *, asynchronous: bool) -> None:
+def serve(
+    run: Run, model: type[OrderPlaced], *, asynchronous: bool, order: str = "partition"
+) -> None:
     """Run a service whose handler reports to the probe, on this (the main) thread."""
     probe = run.probe
     hit = probe.handle
@@ -29,6 +31,7 @@ def serve(run: Run, model: type[OrderPlaced], *, asynchronous: bool) -> None:
             topic = run.topic
             group_id = run.group
             contract = model
+            ordering = order  # partition order is also the default where this is unknown
 
             async def handle(self, event: Any, ctx: sg.MessageContext) -> None:
                 if io_bound:
@@ -108,3 +111,30 @@ def sg_dlq(run: Run) -> None:
 
     ServicePipeline.record_dead_letter = record_dead_letter  # type: ignore[method-assign]
     serve(run, OrderPlaced, asynchronous=False)
+
+
+# Key-ordered and unordered concurrency (ConsumerService.ordering): skipped until the
+# runtime has them.
+@contender(
+    "sg-keyed",
+    'streamguard, async handler, ordering = "key"',
+    modes=("throughput", "io"),
+    baseline="loop-untuned",
+    keeps_order=True,
+    needs=("streamguard:ConsumerService.ordering",),
+    note='io: ordering="key" (ServiceOptions.max_in_flight)',
+)
+def sg_keyed(run: Run) -> None:
+    serve(run, OrderPlaced, asynchronous=True, order="key")
+
+
+@contender(
+    "sg-unordered",
+    'streamguard, async handler, ordering = "none"',
+    modes=("io",),
+    keeps_order=False,
+    needs=("streamguard:ConsumerService.ordering",),
+    note='io: ordering="none" (ServiceOptions.max_in_flight)',
+)
+def sg_unordered(run: Run) -> None:
+    serve(run, OrderPlaced, asynchronous=True, order="none")

@@ -14,7 +14,7 @@ A feature still in development adds its row with a few lines in any module impor
     def streamguard_keyed(ctx: Run) -> None:
         ...
 
-``needs`` lists modules (or ``module:attribute``) the row requires; while one is missing
+``needs`` lists modules (or ``module:attribute.path``) the row requires; while one is missing
 the row is listed as skipped with the reason, so the registry can hold rows ahead of
 their features.
 """
@@ -70,8 +70,10 @@ class Contender:
                 loaded = importlib.import_module(module)
             except ImportError:
                 return f"needs {module}"
-            if attribute and not hasattr(loaded, attribute):
-                return f"needs {need}"
+            for part in attribute.split(".") if attribute else ():
+                if not hasattr(loaded, part):
+                    return f"needs {need}"
+                loaded = getattr(loaded, part)
         return None
 
 

@@ -213,25 +213,25 @@ def section(results: dict[str, Any], chart: str) -> str:
         "",
         f"![consume-and-validate throughput per contender]({chart})",
         "",
-        "### Throughput (consume and validate, first record to last)",
+        "#### Throughput (consume and validate, first record to last)",
         "",
         *throughput_table(results),
         "",
-        "### Targets",
+        "#### Targets",
         "",
         *targets_table(results),
     ]
     if any("io" in r for r in results["contenders"].values()):
-        parts += ["", "### I/O-bound handlers (2 ms wait per record)", "", *io_table(results)]
+        parts += ["", "#### I/O-bound handlers (2 ms wait per record)", "", *io_table(results)]
     if any("latency" in r for r in results["contenders"].values()):
-        parts += ["", "### Handler latency below saturation", "", *latency_table(results)]
+        parts += ["", "#### Handler latency below saturation", "", *latency_table(results)]
     rss = rss_table(results)
     if rss:
         when = results["meta"].get("earlier_passes", {}).get("rss")
         note = f" (measured {when}, same machine and versions)" if when else ""
         parts += [
             "",
-            "### Memory over a long run",
+            "#### Memory over a long run",
             "",
             *rss,
             "",
@@ -281,8 +281,8 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("messages per second, consume + validate (log scale; median, bar = range)")
-    for i, m in enumerate(medians):
-        ax.text(m * 1.05, i, f"{m:,}", va="center", fontsize=8)
+    for i, (m, high) in enumerate(zip(medians, highs, strict=True)):
+        ax.text((m + high) * 1.08, i, f"{m:,}", va="center", fontsize=8)
     meta = results["meta"]
     m, v = meta["machine"], meta["versions"]
     ax.set_title(
