@@ -4,8 +4,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make bench` runs in a venv of its own: the peer frameworks' pins (quixstreams caps
+# confluent-kafka and pydantic) must not change the versions `make test` runs with.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
 
-.PHONY: venv test lint typecheck schemas pytest demo broker bench clean
+.PHONY: venv test lint typecheck schemas pytest demo broker bench bench-consume clean
 
 venv: $(STAMP)
 
@@ -38,8 +43,20 @@ demo: venv
 broker: venv
 	$(BIN)/streamguard broker
 
-bench: venv
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# streamguard next to the other Python Kafka frameworks; writes benchmarks/results.json,
+# the table in docs/benchmarks.md and docs/img/benchmarks.png. e.g. BENCH_ARGS="--rounds 5"
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/peers.py $(BENCH_ARGS)
+
+# A ConsumerService against the hand-written loop alone, on events with schema headers.
+bench-consume: venv
 	$(BIN)/python benchmarks/consume.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,183 @@
+"""Where a ConsumerService's time per message goes, measured in one thread, no polling.
+
+The end-to-end numbers of ``peers.py`` move with the load of a shared machine; these
+do not: each part of the per-message path runs over the same fetched records (the
+peers data set, or ``--stamped`` for records with a guarded producer's headers), and
+the best of many short repeats (in thread CPU time) is reported in microseconds per
+message: short repeats, because the best of a few long ones still moved by 30% on a
+loaded machine.
+
+    python benchmarks/hotpath.py [--records 4000] [--repeats 60] [--stamped]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import timeit
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from confluent_kafka import Consumer, Producer
+from peerbench import dataset
+from prometheus_client import CollectorRegistry
+
+import streamguard as sg
+from streamguard import headers as h
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.devbroker import DevBroker
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.context import MessageContext
+from streamguard.runtime.deadletters import DeadLetterPublisher
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.pipeline import Pipeline
+from streamguard.schema.drift import DriftDetector
+from streamguard.topics import create_topics
+
+STAMP = [
+    (h.SUBJECT, OrderPlaced.__subject__.encode()),
+    (h.VERSION, str(OrderPlaced.__version__).encode()),
+    (h.FINGERPRINT, OrderPlaced.fingerprint().encode()),
+    (h.PRODUCER, b"benchmark"),
+    (h.CONTENT_TYPE, b"application/json"),
+]
+
+
+def fetch(bootstrap: str, count: int, stamped: bool) -> list[Any]:
+    """Write the data set's first ``count`` JSON records and read them back."""
+    topic = f"hotpath-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [topic], partitions=1)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for i in range(count):
+        producer.produce(
+            topic, dataset.json_value(i), key=b"k%d" % (i % dataset.KEYS),
+            headers=STAMP if stamped else None,
+        )  # fmt: skip
+        if i % 10_000 == 0:
+            producer.flush()
+    producer.flush()
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    records: list[Any] = []
+    deadline = time.monotonic() + 60
+    while len(records) < count and time.monotonic() < deadline:
+        records += [m for m in consumer.consume(500, 1.0) if m.error() is None]
+    consumer.close()
+    return records
+
+
+def pipeline(bootstrap: str) -> Pipeline:
+    class Bench(sg.ConsumerService):
+        topic = "hotpath"
+        group_id = "hotpath"
+        contract = OrderPlaced
+
+        def handle(self, event: Any, ctx: sg.MessageContext) -> None:
+            pass
+
+    spec = Bench(bootstrap_servers=bootstrap)._spec()
+    metrics = ServiceMetrics(CollectorRegistry())
+    publisher = DeadLetterPublisher(
+        spec, lambda: Producer({"bootstrap.servers": bootstrap}), metrics
+    )
+    return Pipeline(spec, publisher, metrics)
+
+
+def each(fn: Callable[[Any], object], items: list[Any]) -> Callable[[], None]:
+    """Call ``fn`` on every item, keeping no result (as a consume loop keeps none)."""
+
+    def run() -> None:
+        for item in items:
+            fn(item)
+
+    return run
+
+
+def measure(records: list[Any], pipe: Pipeline, repeats: int) -> dict[str, float]:
+    """Best of ``repeats`` per part in this thread's CPU time, the parts interleaved so
+    that the load of a shared machine hits them alike."""
+    values = [m.value() for m in records]
+    validate = OrderPlaced.model_validate_json
+    drift = DriftDetector(OrderPlaced)
+    batches = [records[i : i + 500] for i in range(0, len(records), 500)]
+
+    def lane_run() -> None:
+        lane = PartitionLane(0, pipe)
+        for batch in batches:
+            lane._process(batch)
+
+    durations = [2e-6] * 500
+
+    def lane_first_only() -> None:
+        sample, pipe.drift_sample = pipe.drift_sample, 1 << 30
+        try:
+            lane_run()
+        finally:
+            pipe.drift_sample = sample
+
+    def metrics_run() -> None:
+        for batch in batches:
+            pipe.record_batch(len(batch), durations[: len(batch)], 0)
+
+    ctx = MessageContext(records[0], 1)
+    parts: dict[str, Callable[[], None]] = {
+        "hand-written loop body (msg.value() + model_validate_json)": each(
+            lambda m: validate(m.value()), records
+        ),
+        "PartitionLane._process, whole path (no-op handler)": lane_run,
+        "the same, drift checked on each batch's first record only": lane_first_only,
+        "model_validate_json": each(validate, values),
+        "streamguard decoder (JsonCodec)": each(pipe.decode, values),
+        "msg.value()": each(lambda m: m.value(), records),
+        "msg.headers()": each(lambda m: m.headers(), records),
+        "MessageContext(msg, 1)": each(lambda m: MessageContext(m, 1), records),
+        "handler call through the pipeline (no-op handler)": each(
+            lambda m: pipe.invoke(m, ctx), records
+        ),
+        "metrics: record_batch per message (500-record batches)": metrics_run,
+        "DriftDetector.inspect, per inspected message": each(
+            lambda m: drift.inspect(m.headers(), m.value()), records
+        ),
+        "pipeline.inspect_drift with its report, per inspected message": each(
+            lambda m: pipe.inspect_drift(m, m.value()), records
+        ),
+    }
+    found = dict.fromkeys(parts, float("inf"))
+    for _ in range(repeats):
+        for name, run in parts.items():
+            took = timeit.timeit(run, timer=time.thread_time, number=1) / len(records) * 1e6
+            found[name] = min(found[name], took)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=60, help="best of this many")
+    parser.add_argument("--stamped", action="store_true", help="records carry sg-* headers")
+    args = parser.parse_args()
+    with DevBroker() as broker:
+        records = fetch(broker.bootstrap_servers, args.records, args.stamped)
+        pipe = pipeline(broker.bootstrap_servers)
+        results = measure(records, pipe, args.repeats)
+    for name, us in results.items():
+        print(f"{us:8.2f} µs  {name}")
+    sampled = 1 / pipe.drift_sample + 1 / 500
+    share = results["pipeline.inspect_drift with its report, per inspected message"] * sampled
+    print(f"{share:8.2f} µs  drift checks per message (1/{pipe.drift_sample} + 1/500 inspected)")
+    overhead = (
+        results["PartitionLane._process, whole path (no-op handler)"]
+        - results["hand-written loop body (msg.value() + model_validate_json)"]
+    )
+    print(f"{overhead:8.2f} µs  streamguard's path minus the loop body, per message")
+
+
+if __name__ == "__main__":
+    main()

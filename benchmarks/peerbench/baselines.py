@@ -1,0 +1,104 @@
+"""The hand-written loops: what a careful engineer writes without a framework."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from peerbench.dataset import OrderPlacedAvro
+from peerbench.registry import Run, contender
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.runtime.service import CONSUMER_DEFAULTS
+
+FAST_JOIN = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
+# consume(n, timeout) returns when n records arrived or the timeout passed, so at a low
+# input rate the timeout is the loop's latency; 0.1 s is streamguard's idle poll.
+POLL_TIMEOUT = 0.1
+
+
+def fetch_wait(run: Run) -> dict[str, Any]:
+    """librdkafka's fetch wait cap in the latency pass (the embedded broker holds a
+    fetch for its whole wait even when records arrive: see docs/benchmarks.md)."""
+    return {"fetch.wait.max.ms": run.fetch_wait_ms} if run.fetch_wait_ms else {}
+
+
+def untuned_config(run: Run) -> dict[str, Any]:
+    """librdkafka's defaults, as a first loop would run them."""
+    return {
+        "bootstrap.servers": run.bootstrap,
+        "group.id": run.group,
+        "auto.offset.reset": "earliest",
+        **FAST_JOIN,
+        **fetch_wait(run),
+    }
+
+
+def tuned_config(run: Run) -> dict[str, Any]:
+    """The librdkafka settings streamguard's runtime uses (``CONSUMER_DEFAULTS``)."""
+    return {**untuned_config(run), **CONSUMER_DEFAULTS}
+
+
+def consume_loop(run: Run, config: dict[str, Any], decode: Callable[[bytes], Any]) -> None:
+    """``consume(500)``, decode each value, hand it on; the probe ends the process."""
+    consumer = Consumer(config)
+    consumer.subscribe([run.topic])
+    handle = run.probe.handle
+    while True:
+        for msg in consumer.consume(500, POLL_TIMEOUT):
+            if msg.error() is None:
+                handle(decode(msg.value()))
+
+
+@contender(
+    "loop-untuned",
+    "confluent-kafka loop + model_validate_json, librdkafka defaults",
+    modes=("throughput", "latency"),
+    tags=("baseline",),
+)
+def loop_untuned(run: Run) -> None:
+    consume_loop(run, untuned_config(run), OrderPlaced.model_validate_json)
+
+
+@contender(
+    "loop-tuned",
+    "confluent-kafka loop + model_validate_json, streamguard's librdkafka settings",
+    modes=("throughput", "latency"),
+    tags=("baseline",),
+)
+def loop_tuned(run: Run) -> None:
+    consume_loop(run, tuned_config(run), OrderPlaced.model_validate_json)
+
+
+@contender(
+    "loop-floor",
+    "transport floor: the tuned loop without validation",
+    tags=("baseline",),
+)
+def loop_floor(run: Run) -> None:
+    consume_loop(run, tuned_config(run), bytes)
+
+
+@contender(
+    "fastavro-loop",
+    "confluent-kafka loop + fastavro + model_validate (Avro single-object)",
+    data="avro",
+    tags=("baseline",),
+)
+def fastavro_loop(run: Run) -> None:
+    import fastavro
+
+    from streamguard.schema.avro import contract_avro_schema
+
+    schema = fastavro.parse_schema(contract_avro_schema(OrderPlacedAvro))
+    read = fastavro.schemaless_reader
+    validate = OrderPlacedAvro.model_validate
+    buffer = io.BytesIO
+
+    def decode(value: bytes) -> Any:
+        # Skip the 10-byte single-object header; the writer schema is known.
+        return validate(read(buffer(value[10:]), schema, None))
+
+    consume_loop(run, tuned_config(run), decode)

@@ -1,0 +1,327 @@
+"""The results as docs/benchmarks.md's tables (between markers) and a PNG bar chart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- peers:begin (written by benchmarks/peers.py; edit the script, not this) -->"
+END = "<!-- peers:end -->"
+
+# What the issue asks of each row, as (row, baseline row, minimum ratio).
+TARGETS = (
+    ("sg-sync", "loop-untuned", 1.0),
+    ("sg-sync", "loop-tuned", 0.95),
+    ("sg-async", "loop-untuned", 0.8),
+    ("sg-dlq", "loop-untuned", 0.5),
+    ("sg-avro", "fastavro-loop", 0.6),
+)
+GROUP_ORDER = {"baseline": 0, "streamguard": 1, "peer": 2}
+COLOURS = {"baseline": "#9e9e9e", "streamguard": "#1f77b4", "peer": "#ff7f0e"}
+
+
+def group(name: str, row: dict[str, Any]) -> str:
+    if "baseline" in row.get("tags", []):
+        return "baseline"
+    return "streamguard" if name.startswith("sg-") else "peer"
+
+
+def ordered(contenders: dict[str, Any], mode: str) -> list[tuple[str, dict[str, Any]]]:
+    rows = [(n, r) for n, r in contenders.items() if mode in r]
+    return sorted(rows, key=lambda item: GROUP_ORDER[group(*item)])
+
+
+def provenance(meta: dict[str, Any]) -> str:
+    """Machine, versions and date: every table and the chart carry it."""
+    m, v = meta["machine"], meta["versions"]
+    libs = ", ".join(f"{k} {val}" for k, val in v.items())
+    load = m.get("load_1m_at_start")
+    shared = f", load {load:.1f} at start" if load is not None else ""
+    return (
+        f"{meta['date']} on {m['cpu']} ({m['cores']} cores{shared}), {m['platform']}, "
+        f"Python {m['python']}; {libs}"
+    )
+
+
+def _rate(entry: dict[str, Any]) -> str:
+    if "msg_per_s" not in entry:
+        errors = [r.get("error", "") for r in entry.get("runs", [])]
+        return f"failed ({errors[0] if errors else 'no runs'})"
+    return f"{entry['msg_per_s']:,}"
+
+
+def _ratio(
+    contenders: dict[str, Any], name: str, base: str, mode: str = "throughput"
+) -> float | None:
+    a = contenders.get(name, {}).get(mode, {}).get("msg_per_s")
+    b = contenders.get(base, {}).get(mode, {}).get("msg_per_s")
+    return a / b if a and b else None
+
+
+def _cpu_ratio(contenders: dict[str, Any], name: str, base: str) -> float | None:
+    a = contenders.get(name, {}).get("throughput", {}).get("cpu_us_per_msg")
+    b = contenders.get(base, {}).get("throughput", {}).get("cpu_us_per_msg")
+    return b / a if a and b else None
+
+
+def throughput_table(results: dict[str, Any]) -> list[str]:
+    meta, contenders = results["meta"], results["contenders"]
+    lines = [
+        "| contender | data | msg/s (median) | range | ratio | CPU µs/msg | CPU cores "
+        "| RSS MiB first → last |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in ordered(contenders, "throughput"):
+        e = row["throughput"]
+        ratio = _ratio(contenders, name, row["baseline"]) if row.get("baseline") else None
+        ratio_text = f"{ratio:.2f}x {row['baseline']}" if ratio is not None else ""
+        if "msg_per_s" in e:
+            lines.append(
+                f"| {row['label']} (`{name}`) | {row['data']} | {_rate(e)} "
+                f"| {e['min']:,}-{e['max']:,} | {ratio_text} | {e['cpu_us_per_msg']:.1f} "
+                f"| {e['cpu_util']:.2f} | {e['rss_start_mib']:.0f} → {e['rss_end_mib']:.0f} |"
+            )
+        else:
+            lines.append(f"| {row['label']} (`{name}`) | {row['data']} | {_rate(e)} | | | | | |")
+    sizes = {k: v for k, v in meta.get("value_bytes", {}).items() if k != "io"}
+    lines += [
+        "",
+        f"{meta['records']:,} records per pass ({', '.join(f'{k} {v} B' for k, v in sizes.items())}"
+        f" per value), {meta['partitions']} partitions, {meta['keys']} keys, "
+        f"{meta['rounds']} alternating rounds; ratio = this row's median over the named row's.",
+    ]
+    return lines
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    contenders = results["contenders"]
+    lines = [
+        "| target | msg/s ratio (medians) | CPU-per-record ratio | met |",
+        "| --- | ---: | ---: | :---: |",
+    ]
+    for name, base, minimum in TARGETS:
+        ratio = _ratio(contenders, name, base)
+        if ratio is None:
+            continue
+        cpu = _cpu_ratio(contenders, name, base)
+        cpu_text = f"{cpu:.2f}x" if cpu is not None else ""
+        met = "yes" if ratio >= minimum else "**no**"
+        lines.append(f"| `{name}` ≥ {minimum:.2f}x `{base}` | {ratio:.2f}x | {cpu_text} | {met} |")
+    best_peer = max(
+        (
+            (row["throughput"].get("msg_per_s", 0), name)
+            for name, row in contenders.items()
+            if "throughput" in row and group(name, row) == "peer"
+        ),
+        default=None,
+    )
+    sync = contenders.get("sg-sync", {}).get("throughput", {}).get("msg_per_s")
+    if best_peer and sync:
+        rate, name = best_peer
+        met = "yes" if sync > rate else "**no**"
+        cpu = _cpu_ratio(contenders, "sg-sync", name)
+        cpu_text = f"{cpu:.2f}x" if cpu is not None else ""
+        lines.append(
+            f"| `sg-sync` ahead of the fastest peer (`{name}`) | {sync / rate:.2f}x "
+            f"| {cpu_text} | {met} |"
+        )
+    lines += [
+        "",
+        "The CPU-per-record ratio is the baseline's CPU per record over the row's: it moves "
+        "less than throughput when other work shares the machine.",
+    ]
+    return lines
+
+
+def io_table(results: dict[str, Any]) -> list[str]:
+    meta, contenders = results["meta"], results["contenders"]
+    io = meta["io"]
+    lines = [
+        "| contender | concurrency | msg/s | per-key order | order violations measured |",
+        "| --- | --- | ---: | --- | ---: |",
+    ]
+    for name, row in ordered(contenders, "io"):
+        e = row["io"]
+        promise = {True: "kept", False: "not kept", None: "?"}[row.get("keeps_order")]
+        setting = row.get("note", "").removeprefix("io: ").split(";")[0] or (
+            f"one partition per worker ({meta['partitions']} partitions)"
+        )
+        violations = e.get("order_violations", "")
+        lines.append(f"| `{name}` | {setting} | {_rate(e)} | {promise} | {violations} |")
+    lines += [
+        "",
+        f"{io['records']:,} records, {io['keys']} keys, each handler call waits "
+        f"{io['work_ms']:.0f} ms (`asyncio.sleep` or `time.sleep`). A violation is a record "
+        "whose handler started while an earlier record of its key was still in a handler, "
+        "or after a later one.",
+    ]
+    return lines
+
+
+def latency_table(results: dict[str, Any]) -> list[str]:
+    meta, contenders = results["meta"], results["contenders"]
+    lat = meta["latency"]
+    lines = [
+        "| contender | p50 ms | p99 ms | max ms | samples |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in ordered(contenders, "latency"):
+        e = row["latency"]
+        if "p50_ms" not in e:
+            lines.append(f"| `{name}` | {_rate(e)} | | | |")
+            continue
+        samples = sum(r.get("latency_n", 0) for r in e["runs"])
+        lines.append(
+            f"| `{name}` | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | {e['max_ms']:.1f} | {samples} |"
+        )
+    lines += [
+        "",
+        f"From the producer's send to the handler's call, at {lat['rate_per_s']:.0f} msg/s "
+        f"for {lat['seconds']:.0f} s after the contender joined, fetch wait capped at "
+        f"{lat.get('fetch_wait_ms', 10)} ms for everyone; the median over "
+        f"{lat.get('rounds', 1)} run(s) of each percentile.",
+    ]
+    return lines
+
+
+def rss_table(results: dict[str, Any]) -> list[str]:
+    contenders = results["contenders"]
+    rows = ordered(contenders, "rss")
+    if not rows:
+        return []
+    lines = [
+        "| contender | RSS MiB at first record | after the last | records |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in rows:
+        e = row["rss"]
+        if "rss_end_mib" in e:
+            count = e["runs"][0]["count"]
+            lines.append(
+                f"| `{name}` | {e['rss_start_mib']:.0f} | {e['rss_end_mib']:.0f} | {count:,} |"
+            )
+    return lines
+
+
+def section(results: dict[str, Any], chart: str) -> str:
+    meta = results["meta"]
+    parts = [
+        BEGIN,
+        "",
+        f"Measured {provenance(meta)}.",
+        "",
+        f"![consume-and-validate throughput per contender]({chart})",
+        "",
+        "#### Throughput (consume and validate, first record to last)",
+        "",
+        *throughput_table(results),
+        "",
+        "#### Targets",
+        "",
+        *targets_table(results),
+    ]
+    if any("io" in r for r in results["contenders"].values()):
+        parts += ["", "#### I/O-bound handlers (2 ms wait per record)", "", *io_table(results)]
+    if any("latency" in r for r in results["contenders"].values()):
+        parts += ["", "#### Handler latency below saturation", "", *latency_table(results)]
+    rss = rss_table(results)
+    if rss:
+        when = results["meta"].get("earlier_passes", {}).get("rss")
+        note = f" (measured {when}, same machine and versions)" if when else ""
+        parts += [
+            "",
+            "#### Memory over a long run",
+            "",
+            *rss,
+            "",
+            f"RSS of the contender's process{note}.",
+        ]
+    if results.get("skipped"):
+        parts += ["", "Not run (missing from this install):"]
+        parts += [f"- `{n}`: {why}" for n, why in results["skipped"].items()]
+    parts += ["", END]
+    return "\n".join(parts)
+
+
+def write_page(results: dict[str, Any], page: Path, chart: Path) -> None:
+    """Replace the text between the markers (or append it under a heading)."""
+    relative = chart.relative_to(page.parent) if chart.is_relative_to(page.parent) else chart
+    body = section(results, relative.as_posix())
+    text = page.read_text() if page.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body, text)
+    else:
+        text = text.rstrip("\n") + "\n\n## Against other Python Kafka frameworks\n\n" + body + "\n"
+    page.write_text(text)
+
+
+def write_chart(results: dict[str, Any], chart: Path) -> None:
+    """A horizontal bar per contender: median msg/s, the range as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        (name, row)
+        for name, row in ordered(results["contenders"], "throughput")
+        if "msg_per_s" in row["throughput"]
+    ]
+    names = [name for name, _ in rows]
+    medians = [row["throughput"]["msg_per_s"] for _, row in rows]
+    lows = [m - row["throughput"]["min"] for m, (_, row) in zip(medians, rows, strict=True)]
+    highs = [row["throughput"]["max"] - m for m, (_, row) in zip(medians, rows, strict=True)]
+    colours = [COLOURS[group(name, row)] for name, row in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 2.2))
+    y = range(len(rows))
+    ax.barh(y, medians, xerr=[lows, highs], color=colours, capsize=3)
+    ax.set_yticks(list(y), labels=[f"{n} ({rows[i][1]['data']})" for i, n in enumerate(names)])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("messages per second, consume + validate (log scale; median, bar = range)")
+    for i, (m, high) in enumerate(zip(medians, highs, strict=True)):
+        ax.text((m + high) * 1.08, i, f"{m:,}", va="center", fontsize=8)
+    meta = results["meta"]
+    m, v = meta["machine"], meta["versions"]
+    ax.set_title(
+        "streamguard and Python Kafka frameworks, one data set, "
+        f"{meta['records']:,} records x {meta['rounds']} rounds",
+        fontsize=11,
+    )
+    keep = (
+        "streamguard",
+        "confluent-kafka",
+        "librdkafka",
+        "pydantic",
+        "faststream",
+        "aiokafka",
+        "quixstreams",
+        "faust-streaming",
+        "fastavro",
+    )
+    libs = ", ".join(f"{k} {v[k]}" for k in keep if k in v)
+    fig.text(
+        0.01,
+        0.01,
+        f"{meta['date']} · {m['cpu']} ({m['cores']} cores) · Python {m['python']}\n{libs}",
+        fontsize=7,
+        color="#555555",
+    )
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[Patch(color=c, label=g) for g, c in COLOURS.items()],
+        loc="lower right",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(chart, dpi=110)
+    plt.close(fig)
+
+
+def render(results: dict[str, Any], page: Path, chart: Path) -> None:
+    write_chart(results, chart)
+    write_page(results, page, chart)

@@ -1,0 +1,161 @@
+"""streamguard next to the other Python Kafka frameworks, on one data set, in one run.
+
+Starts the embedded broker, writes one fixed data set (keyed order events of about
+400 B on 3 partitions, JSON and Avro), and runs every contender in its own process over
+it, alternating the order between rounds. Each reports throughput from its first
+record to its last (group join excluded), the CPU and RSS of its own process, and in
+the io and latency passes, per-key order and handler latency. Writes the results as
+JSON and renders the table of docs/benchmarks.md and the chart next to it.
+
+    python benchmarks/peers.py [--records N] [--rounds R] [--only NAME ...]
+                               [--out benchmarks/results.json] [--rss] [--merge]
+    python benchmarks/peers.py --render-only        # page and chart from --out
+    python benchmarks/peers.py --list
+
+The peers come from the ``bench`` extra (``make bench`` installs it into .venv-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from peerbench.contenders import CONTENDERS
+from peerbench.probe import Probe
+from peerbench.registry import Run
+from peerbench.runner import Settings, run_all
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("throughput", "io", "latency")
+PASSES = (*MODES, "rss")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000, help="records per pass")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
+    parser.add_argument(
+        "--modes", nargs="+", choices=PASSES, default=list(MODES), help="the passes to run"
+    )
+    parser.add_argument("--io-records", type=int, default=3000)
+    parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--latency-rounds", type=int, default=2)
+    parser.add_argument(
+        "--fetch-wait-ms", type=int, default=10, help="every latency row's fetch wait cap"
+    )
+    parser.add_argument("--rss", action="store_true", help="add the rss pass (--rss-records)")
+    parser.add_argument("--rss-records", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "img" / "benchmarks.png")
+    parser.add_argument("--no-render", action="store_true", help="write the JSON only")
+    parser.add_argument(
+        "--merge", action="store_true", help="add this run's passes to the rows of --out"
+    )
+    parser.add_argument("--render-only", action="store_true", help="render --out, run nothing")
+    parser.add_argument("--list", action="store_true", help="list the contenders and exit")
+    parser.add_argument("--quiet", action="store_true")
+    worker = parser.add_argument_group("worker (internal: one contender in this process)")
+    worker.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
+    worker.add_argument("--mode", choices=MODES, default="throughput", help=argparse.SUPPRESS)
+    worker.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    worker.add_argument("--topic", help=argparse.SUPPRESS)
+    worker.add_argument("--group", help=argparse.SUPPRESS)
+    worker.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--result", help=argparse.SUPPRESS)
+    worker.add_argument("--work-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    worker.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.only or [] if n not in CONTENDERS]
+    if unknown:
+        parser.error(f"unknown contender(s) {', '.join(unknown)}; --list shows them")
+    return args
+
+
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new``, plus the passes of ``old`` that ``new`` did not run (kept with their date).
+
+    The page then says which passes come from which run.
+    """
+    kept: dict[str, str] = dict(old["meta"].get("earlier_passes", {}))
+    for name, row in old["contenders"].items():
+        target = new["contenders"].setdefault(
+            name, {k: v for k, v in row.items() if k not in PASSES}
+        )
+        for done in PASSES:
+            if done in row and done not in target:
+                target[done] = row[done]
+                kept[done] = kept.get(done) or old["meta"]["date"]
+    for key in ("rss_records",):
+        if key in old["meta"] and key not in new["meta"]:
+            new["meta"][key] = old["meta"][key]
+    if kept:
+        new["meta"]["earlier_passes"] = kept
+    return new
+
+
+def work(args: argparse.Namespace) -> int:
+    """Run one contender until its probe ends the process; returning is a failure."""
+    contender = CONTENDERS[args.worker]
+    probe = Probe(args.count, args.result, args.mode, args.work_s)
+    contender.run(
+        Run(
+            bootstrap=args.bootstrap,
+            topic=args.topic,
+            group=args.group,
+            count=args.count,
+            probe=probe,
+            work_s=args.work_s,
+            concurrency=args.concurrency,
+            fetch_wait_ms=args.fetch_wait_ms if args.mode == "latency" else 0,
+        )
+    )
+    print(f"{contender.name} returned before its last record", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.worker:
+        return work(args)
+    if args.list:
+        for c in CONTENDERS.values():
+            missing = c.missing()
+            state = f"  (skipped: {missing})" if missing else ""
+            print(f"{c.name:<22} {'/'.join(c.modes):<26} {c.label}{state}")
+        return 0
+    if not args.render_only:
+        settings = Settings(
+            records=args.records,
+            rounds=args.rounds,
+            io_records=args.io_records,
+            latency_rate=args.latency_rate,
+            latency_seconds=args.latency_seconds,
+            fetch_wait_ms=args.fetch_wait_ms,
+            latency_rounds=args.latency_rounds,
+            rss_records=args.rss_records,
+            modes=tuple(dict.fromkeys([*args.modes, *(["rss"] if args.rss else [])])),
+            verbose=not args.quiet,
+        )
+        chosen = [CONTENDERS[n] for n in args.only] if args.only else list(CONTENDERS.values())
+        results = run_all(chosen, settings)
+        if args.merge and args.out.exists():
+            results = merge(json.loads(args.out.read_text()), results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    if not args.no_render:
+        from peerbench.render import render
+
+        render(json.loads(args.out.read_text()), args.page, args.chart)
+        print(f"rendered {args.page} and {args.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

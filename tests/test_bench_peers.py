@@ -1,0 +1,105 @@
+"""benchmarks/peers.py starts, parses its arguments and runs a tiny untimed round.
+
+Nothing here is timed: speed is read from the benchmark's own table, never from a test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "peers.py"
+
+
+def peers(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_lists_every_row_and_says_which_need_the_bench_extra() -> None:
+    """--list names the baselines and streamguard's rows, and marks any row whose
+    framework is not installed as skipped with the module it needs."""
+    done = peers("--list")
+    assert done.returncode == 0, done.stderr
+    names = {line.split()[0] for line in done.stdout.splitlines()}
+    assert {"loop-untuned", "loop-tuned", "loop-floor", "sg-sync", "sg-dlq"} <= names
+    for line in done.stdout.splitlines():
+        if "skipped" in line:
+            assert "needs " in line
+
+
+def test_refuses_an_unknown_contender() -> None:
+    """An unknown --only name exits 2 before starting a broker and points at --list."""
+    done = peers("--only", "no-such-row", "--no-render")
+    assert done.returncode == 2
+    assert "no-such-row" in done.stderr
+    assert "--list" in done.stderr
+
+
+@pytest.mark.broker
+def test_tiny_round_writes_results_and_the_page_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2,000-record round of one contender reports its rate, CPU and RSS, and the
+    page renders a row for it between the markers."""
+    out = tmp_path / "results.json"
+    done = peers(
+        "--records", "2000", "--rounds", "1", "--modes", "throughput",
+        "--only", "sg-sync", "--out", str(out), "--no-render", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    run = results["contenders"]["sg-sync"]["throughput"]["runs"][0]
+    assert "error" not in run, run
+    assert run["count"] == 2000
+    assert run["msg_per_s"] > 0
+    assert run["cpu_s"] > 0
+    assert run["rss_end_mib"] > 0
+    assert results["meta"]["value_bytes"]["json"] > 300
+    assert "librdkafka" in results["meta"]["versions"]
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import BEGIN, END, write_page
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\nbefore\n\n{BEGIN}\nold\n{END}\n\nafter\n")
+    write_page(results, page, tmp_path / "img" / "chart.png")
+    text = page.read_text()
+    assert "old" not in text
+    assert text.index("before") < text.index(BEGIN) < text.index(END) < text.index("after")
+    rate = results["contenders"]["sg-sync"]["throughput"]["msg_per_s"]
+    assert f"(`sg-sync`) | json | {rate:,} |" in text
+    assert results["meta"]["date"] in text
+
+
+def test_a_row_ahead_of_its_feature_is_skipped_with_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A contender whose `needs` names a missing attribute or module reports it, one
+    whose needs are met reports nothing, and a name cannot be registered twice."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.registry import CONTENDERS, Contender, Run, contender
+
+    def run(_: Run) -> None:
+        raise AssertionError("never started here")
+
+    ahead = Contender("x", "x", run, needs=("streamguard:NoSuchFeature",))
+    assert ahead.missing() == "needs streamguard:NoSuchFeature"
+    assert Contender("y", "y", run, needs=("no_such_module_xyz",)).missing() == (
+        "needs no_such_module_xyz"
+    )
+    assert Contender("z", "z", run, needs=("streamguard:ConsumerService",)).missing() is None
+
+    monkeypatch.setitem(CONTENDERS, "taken", ahead)
+    with pytest.raises(ValueError, match="registered twice"):
+        contender("taken", "again")(run)
