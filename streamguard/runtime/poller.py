@@ -74,7 +74,14 @@ class Poller:
         if not self.flow.throttled:
             # While a partition is full but still draining, fetch nothing rather than
             # pause it (see FlowControl).
-            msgs = self.consumer.consume(self._batch_size, timeout)
+            if timeout > 0:
+                # consume(n, timeout) waits for n records or the whole timeout: at a low
+                # rate every record would wait. Wait for one, then take what is queued.
+                msgs = self.consumer.consume(1, timeout)
+                if msgs:
+                    msgs.extend(self.consumer.consume(self._batch_size - 1, 0))
+            else:
+                msgs = self.consumer.consume(self._batch_size, 0)
             if msgs:
                 claimed = self._dispatch(msgs)
         self.last_poll = now = time.monotonic()
