@@ -30,10 +30,10 @@ from streamguard.contracts import Contract
 from streamguard.deadletter import REASONS, Reason
 from streamguard.errors import ConfigurationError
 from streamguard.faust.lane import Lane
-from streamguard.guard import DriftReporter
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
 from streamguard.runtime.context import MessageContext
+from streamguard.runtime.drift import DriftCheck
 from streamguard.topics import check_topic_name
 
 log = logging.getLogger("streamguard.faust")
@@ -164,7 +164,7 @@ class GuardedAgent:
                 registry = _APP_REGISTRIES[app] = CollectorRegistry()
         self.registry = registry
         self.metrics = _metrics_for(registry)
-        self.drift = DriftReporter(contract, self.metrics, dead_letter=drift == "dead_letter")
+        self.drift = DriftCheck(contract, self.metrics, dead_letter=drift == "dead_letter")
         self._partition_buffer = partition_buffer
         self._lanes: dict[int, Lane] = {}
         self._dlq_declared: asyncio.Future[None] | None = None

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from faust.types import TP
 
 from streamguard.deadletter import Failure, dead_letter_headers
-from streamguard.errors import ContractViolation, DecodeError, SchemaDrift
-from streamguard.guard import RetryState, immediate_failure, next_retry
+from streamguard.errors import ContractViolation, DecodeError
 from streamguard.runtime.context import MessageContext
+from streamguard.runtime.outcomes import RetryState, judge
 
 if TYPE_CHECKING:
     from streamguard.faust.agent import GuardedAgent
@@ -182,9 +182,11 @@ class Lane:
             decoded = agent.decode(value)
             drift = agent.drift.check(msg.headers, value)
             if drift is not None:
-                raise drift
-        except (DecodeError, ContractViolation, SchemaDrift) as exc:
-            failure = immediate_failure(exc, 1, agent.transient)
+                failure = Failure("schema_drift", drift)
+        except (DecodeError, ContractViolation) as exc:
+            verdict = judge(exc, 1, None, agent.retry, agent.transient, time.monotonic())
+            assert isinstance(verdict, Failure)  # invalid input is never retried
+            failure = verdict
         if failure is None:
             outcome = await self._handle(event, record, decoded)
             if outcome == "handled":
@@ -213,17 +215,15 @@ class Lane:
                 if result is not None and agent.sinks:
                     await agent.forward(result)
             except Exception as exc:
-                failure = immediate_failure(exc, attempt, agent.transient, retry)
-                if failure is not None:
-                    return failure
-                step = next_retry(exc, attempt, agent.retry, retry)
-                if isinstance(step, Failure):
-                    return step
-                delay, retry = step
+                now = time.monotonic()
+                verdict = judge(exc, attempt, retry, agent.retry, agent.transient, now)
+                if isinstance(verdict, Failure):
+                    return verdict
+                retry = verdict
                 agent.retried()
-                if not await self._backoff(delay, event.message):
+                if not await self._backoff(max(0.0, retry.due - now), event.message):
                     return "given_up"
-                attempt += 1
+                attempt = retry.attempt + 1
                 continue
             self.durations.append(time.perf_counter() - start)
             self.handled += 1

@@ -1,0 +1,61 @@
+"""Schema drift at run time: detect it, count it, log it safely, and say whether the
+message is to be dead-lettered for it. Shared by ``ConsumerService`` and the guarded
+Faust agent, so both count and log drift alike.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from streamguard import headers as h
+from streamguard.contracts import Contract
+from streamguard.errors import SchemaDrift
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.observe.untrusted import LogBudget, shown
+from streamguard.schema.drift import DriftDetector, FirstSeen, producer_of
+
+log = logging.getLogger("streamguard.runtime")
+
+
+class DriftCheck:
+    """Checks a message's writer schema against the contract; counts and logs drift.
+
+    Every drift is counted in ``streamguard_schema_drift_total``; the first occurrence
+    per producer and kind is logged. Producer names and versions come from headers
+    anyone can write: they are logged reduced to safe characters, and at most
+    ``LogBudget``'s rate of such lines (a producer naming itself anew on every record
+    must not log every record).
+
+    Args:
+        dead_letter: the ``dead_letter`` drift policy: a drifted message comes back as
+            the ``SchemaDrift`` to dead-letter it with.
+    """
+
+    def __init__(self, contract: type[Contract], metrics: ServiceMetrics, dead_letter: bool):
+        self._detector = DriftDetector(contract)
+        self._subject = contract.__subject__
+        self._version = contract.__version__
+        self._counter = metrics.schema_drift
+        self._dead_letter = dead_letter
+        self._seen = FirstSeen()
+        self._budget = LogBudget()
+
+    def check(self, headers: h.Headers | None, value: bytes | None) -> SchemaDrift | None:
+        kinds = self._detector.inspect(headers, value)
+        if not kinds:
+            return None
+        producer = producer_of(headers)
+        for kind in kinds:
+            self._counter.labels(self._subject, kind).inc()
+            if self._seen(producer, kind) and self._budget.allow():
+                log.warning(
+                    "schema drift",
+                    extra={
+                        "subject": self._subject,
+                        "kind": kind,
+                        "producer": shown(producer),
+                        "writer_version": shown(h.last(headers, h.VERSION), 16),
+                        "reader_version": self._version,
+                    },
+                )
+        return SchemaDrift(kinds, self._subject) if self._dead_letter else None
