@@ -71,7 +71,8 @@ def _send(bootstrap: str, contract: type[Contract]) -> dict[str, int]:
         producer.send(TOPIC, _order(contract, i, customer), key=customer)
     producer.flush()
     _say(
-        f"* sent {len(customers)} orders with the guarded producer (3 will fail in billing at first: 1 recovers on retry, 2 for good)"
+        f"* sent {len(customers)} orders with the guarded producer (3 will fail in billing "
+        "at first: 1 recovers on retry, 2 for good)"
     )
     try:
         producer.send(TOPIC, {"order_id": "not-a-uuid", "amount": -5}, contract=contract)
