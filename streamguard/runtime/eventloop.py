@@ -324,22 +324,28 @@ class LoopRunner:
                     self.waiting += 1
 
     def _start(self, ident: Hashable, run: _KeyRun) -> None:
-        run.task = self.loop.create_task(self._run(run))
-        # Cleanup in a done callback, not in the coroutine: a task cancelled before its
-        # first step never runs its own ``finally``.
+        run.task = self.loop.create_task(self._run(ident, run))
+        # Also in a done callback: a task cancelled before its first step never runs
+        # its own ``finally``.
         run.task.add_done_callback(lambda _task: self._forget(ident, run))
 
     def _forget(self, ident: Hashable, run: _KeyRun) -> None:
+        """The run is over: nothing more may be added to it. Idempotent.
+
+        Called synchronously as the run's coroutine ends, so that a batch accepted
+        right after goes to a new run, never to the queue of a finished one.
+        """
+        if self._runs.get(ident) is not run:
+            return
+        del self._runs[ident]
         if self.keyed and len(run.queue) > 1:
             self.waiting -= len(run.queue) - 1
-        run.queue.clear()
-        if self._runs.get(ident) is run:
-            del self._runs[ident]
+        run.queue.clear()  # only left over when the lane closed: redelivered
         self._schedule_flush()
         if not self._runs:
             self._on_idle()
 
-    async def _run(self, run: _KeyRun) -> None:
+    async def _run(self, ident: Hashable, run: _KeyRun) -> None:
         lane = run.lane
         queue = run.queue
         try:
@@ -355,6 +361,8 @@ class LoopRunner:
         except BaseException:
             log.exception("event-loop lane crashed", extra={"partition": lane.partition})
             raise
+        finally:
+            self._forget(ident, run)
 
     async def _run_in_order(self, run: _KeyRun) -> None:
         """Partition order, the fast path: first attempts inline, a batch's bookkeeping

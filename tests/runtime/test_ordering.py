@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 
 import streamguard as sg
@@ -383,3 +384,43 @@ def test_sigkill_mid_stream_loses_nothing_under_key_ordering(
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_busy_stream_is_handled_to_the_last_record(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    ordering: str,
+) -> None:
+    """20,000 records on 3 partitions through async handlers: every one is handled and
+    committed (batches accepted while a run ends must start a new run, never join the
+    finished one)."""
+    src = topic_factory("clicks", partitions=3)
+    group = unique("busy")
+    value = order(1).model_dump_json().encode()
+    total = 20_000
+    for i in range(total):
+        raw_producer.produce(src, value, key=b"k%d" % (i % 997))
+        if i % 5000 == 4999:
+            raw_producer.flush(10)
+    raw_producer.flush(10)
+    counted = itertools.count(1)
+    seen = [0]
+
+    class Busy(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen[0] = next(counted)
+
+    Busy.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Busy)
+    assert wait_for(lambda: seen[0] >= total, timeout=60), f"handled {seen[0]} of {total}"
+    assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == total)
+    running.stop()
+    assert not running.error
