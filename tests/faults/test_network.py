@@ -132,12 +132,14 @@ def test_refused_connections_make_dead_letters_wait_and_the_service_unready(
         assert wait_for(lambda: len(seen.handled) >= 2, timeout=20)
         proxied.proxy.refuse()
         proxied.proxy.reset()
+        # Generous bounds: under a loaded CI machine, statistics and delivery timeouts
+        # arrive late; the test is about what happens, not how fast.
         assert wait_for(
-            lambda: not running.service.health()["checks"]["broker_reachable"], timeout=10
+            lambda: not running.service.health()["checks"]["broker_reachable"], timeout=20
         )
-        assert wait_for(lambda: not running.service.health()["checks"]["dlq_writable"], 10)
+        assert wait_for(lambda: not running.service.health()["checks"]["dlq_writable"], 20)
         proxied.proxy.refuse(False)
-        ok = wait_for(lambda: running.service.health()["ready"], timeout=30)
+        ok = wait_for(lambda: running.service.health()["ready"], timeout=45)
         assert ok, running.service.health()
         _check_nothing_lost(proxied, "g-refuse", seen, work)
     finally:
