@@ -140,6 +140,38 @@ def dead_lettered(bootstrap: str, dlq: str, expected: int, timeout: float = 20.0
     return len(seen)
 
 
+def dead_lettered_originals(
+    bootstrap: str, dlq: str, expected: set[tuple[int, int]], timeout: float = 20.0
+) -> set[tuple[int, int]]:
+    """The (partition, offset) of the original records the DLQ holds, read until all of
+    ``expected`` arrived or time is up. A dead letter whose acknowledgement was lost to a
+    broken connection is written again, so the DLQ may hold one twice: at least once."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"dlq-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **FAST_GROUP,
+        }
+    )
+    consumer.subscribe([dlq])
+    originals: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while not expected <= originals and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    found = dict(msg.headers() or [])
+                    partition = found.get("sg-dlq-original-partition")
+                    offset = found.get("sg-dlq-original-offset")
+                    if partition is not None and offset is not None:
+                        originals.add((int(partition), int(offset)))
+    finally:
+        consumer.close()
+    return originals
+
+
 def commits_at_end(bootstrap: str, group: str, work: Workload) -> bool:
     return committed(bootstrap, group, work.topic) == work.ends()
 
