@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import socket
 import time
 from collections.abc import Sequence
@@ -123,6 +124,48 @@ def dead_letter_headers(
 def _hostname() -> str:
     # Looked up once: a system call per dead letter was a tenth of a flood's cost.
     return socket.gethostname()
+
+
+def headers_for_record(
+    record: Any,
+    failure: Failure,
+    *,
+    group_id: str,
+    service: str,
+    contract: Any,
+    include_error_text: bool,
+) -> list[tuple[str, bytes | None]]:
+    """``dead_letter_headers`` for a consumed record (a confluent-kafka ``Message``, or
+    anything with its accessors): what every runtime of ours writes for a dead letter."""
+    kind, ts = record.timestamp()
+    return dead_letter_headers(
+        original_headers=record.headers(),
+        topic=record.topic(),
+        partition=record.partition(),
+        offset=record.offset(),
+        timestamp_ms=ts if kind != 0 else None,
+        failure=failure,
+        group_id=group_id,
+        service=service,
+        expected_subject=contract.__subject__,
+        expected_version=contract.__version__,
+        include_error_text=include_error_text,
+    )
+
+
+def log_dead_letter(logger: logging.Logger, record: Any, failure: Failure) -> None:
+    """The ``dead-lettering message`` line the runbook reads (no value, no key)."""
+    logger.warning(
+        "dead-lettering message",
+        extra={
+            "topic": record.topic(),
+            "partition": record.partition(),
+            "offset": record.offset(),
+            "reason": failure.reason,
+            "error_class": failure.error_class,
+            "attempts": failure.attempts,
+        },
+    )
 
 
 def error_text(error: BaseException, include_any: bool = False) -> str:

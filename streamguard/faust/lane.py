@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from faust.types import TP
 
-from streamguard.deadletter import Failure, dead_letter_headers
+from streamguard.deadletter import Failure, headers_for_record, log_dead_letter
 from streamguard.errors import ContractViolation, DecodeError
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.outcomes import RetryState, judge
@@ -247,31 +247,15 @@ class Lane:
     async def _dead_letter(self, record: FaustRecord, failure: Failure, msg: Any) -> bool:
         """Publish to the DLQ until the broker confirms; False if given up (unacked)."""
         agent = self.agent
-        kind, ts = record.timestamp()
-        headers = dead_letter_headers(
-            original_headers=record.headers(),
-            topic=record.topic(),
-            partition=record.partition(),
-            offset=record.offset(),
-            timestamp_ms=ts if kind != 0 else None,
-            failure=failure,
+        headers = headers_for_record(
+            record,
+            failure,
             group_id=agent.group_id,
             service=agent.name,
-            expected_subject=agent.contract.__subject__,
-            expected_version=agent.contract.__version__,
+            contract=agent.contract,
             include_error_text=agent.include_error_text,
         )
-        log.warning(
-            "dead-lettering message",
-            extra={
-                "topic": record.topic(),
-                "partition": record.partition(),
-                "offset": record.offset(),
-                "reason": failure.reason,
-                "error_class": failure.error_class,
-                "attempts": failure.attempts,
-            },
-        )
+        log_dead_letter(log, record, failure)
         backoff = 0.1
         while not agent.interrupted(msg):
             try:

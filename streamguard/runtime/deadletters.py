@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
-from streamguard.deadletter import Failure, dead_letter_headers
+from streamguard.deadletter import Failure, headers_for_record, log_dead_letter
 from streamguard.delivery import enqueue
 from streamguard.headers import Headers, Record
 from streamguard.observe.metrics import ServiceMetrics
@@ -50,18 +50,12 @@ class DeadLetterSink(Protocol):
 
 def headers_for(spec: ServiceSpec, msg: Record, failure: Failure) -> Headers:
     """The DLQ record's headers: the original ones, then the ``sg-dlq-*`` context."""
-    kind, ts = msg.timestamp()
-    return dead_letter_headers(
-        original_headers=msg.headers(),
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        timestamp_ms=ts if kind != 0 else None,
-        failure=failure,
+    return headers_for_record(
+        msg,
+        failure,
         group_id=spec.group_id,
         service=spec.name,
-        expected_subject=spec.contract.__subject__,
-        expected_version=spec.contract.__version__,
+        contract=spec.contract,
         include_error_text=spec.include_error_text,
     )
 
@@ -98,17 +92,7 @@ class DeadLetterPublisher:
         ``done`` gets the outcome: None once the broker acknowledged it, else the error
         (also when the client refused the record before sending it).
         """
-        log.warning(
-            "dead-lettering message",
-            extra={
-                "topic": msg.topic(),
-                "partition": msg.partition(),
-                "offset": msg.offset(),
-                "reason": failure.reason,
-                "error_class": failure.error_class,
-                "attempts": failure.attempts,
-            },
-        )
+        log_dead_letter(log, msg, failure)
 
         def delivered(err: KafkaError | None, _msg: Record) -> None:
             with self._lock:
