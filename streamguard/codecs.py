@@ -171,7 +171,31 @@ class JsonCodec:
         return decode
 
 
+# Violations already classified, per contract and pydantic's raw (type, loc, msg) list:
+# a flood of invalid records repeats a few, and classifying each again cost as much as
+# validating it. Bounded, since locations may hold map keys and list indices.
+_CLASSIFIED: dict[tuple[Any, ...], ContractViolation] = {}
+
+
 def _classify(exc: ValidationError, contract: type[BaseModel], include_input: bool) -> Exception:
+    if include_input:  # the details carry values: nothing to share between records
+        return _classify_anew(exc, contract, include_input)
+    raw = exc.errors(include_url=False, include_input=False, include_context=False)
+    key = (contract, *((e["type"], e["loc"], e["msg"]) for e in raw))
+    known = _CLASSIFIED.get(key)
+    if known is not None:
+        return known.again()
+    error = _classify_anew(exc, contract, include_input)
+    if isinstance(error, ContractViolation):
+        if len(_CLASSIFIED) >= 1024:
+            _CLASSIFIED.clear()
+        _CLASSIFIED[key] = error.again()
+    return error
+
+
+def _classify_anew(
+    exc: ValidationError, contract: type[BaseModel], include_input: bool
+) -> Exception:
     # The schema lets error_details hide map keys in error locations (they are data).
     schema = getattr(contract, "json_schema", contract.model_json_schema)()
     subject = getattr(contract, "__subject__", contract.__qualname__)

@@ -13,8 +13,9 @@ import functools
 import json
 import logging
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -69,6 +70,144 @@ class Failure:
         return self.error.errors if isinstance(self.error, ContractViolation) else []
 
 
+class DeadLetterHeaders:
+    """Builds the headers of one service's dead letters.
+
+    What is fixed for the service (group, name, host, expected subject and version) is
+    encoded once; a poison flood builds these headers for every record, and encoding
+    all of them per record cost as much as validating it.
+
+    Args:
+        include_error_text: keep the text of any exception. By default only
+            streamguard's own errors keep their text: decode and contract errors are
+            value-free by construction, and ``PermanentError``/``TransientError`` texts
+            are written by the handler's author for operators. Other exceptions (a
+            ``KeyError`` quoting a customer id, say) are reduced to their class name.
+    """
+
+    __slots__ = ("_fixed", "_include_error_text", "_topics")
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        service: str,
+        expected_subject: str,
+        expected_version: int,
+        include_error_text: bool = False,
+        host: str | None = None,
+    ) -> None:
+        self._include_error_text = include_error_text
+        self._fixed = {
+            h.DLQ_CONSUMER_GROUP: _text(group_id),
+            h.DLQ_SERVICE: _text(service),
+            h.DLQ_HOST: _text(host or _hostname()),
+            h.DLQ_EXPECTED_SUBJECT: _text(expected_subject),
+            h.DLQ_EXPECTED_VERSION: _text(expected_version),
+        }
+        self._topics: dict[str, bytes] = {}
+
+    @classmethod
+    def for_contract(
+        cls, contract: Any, *, group_id: str, service: str, include_error_text: bool
+    ) -> DeadLetterHeaders:
+        """The builder for a service reading ``contract``."""
+        return cls(
+            group_id=group_id,
+            service=service,
+            expected_subject=contract.__subject__,
+            expected_version=contract.__version__,
+            include_error_text=include_error_text,
+        )
+
+    def build(
+        self,
+        *,
+        original_headers: Sequence[tuple[str, bytes | None]] | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int | None,
+        failure: Failure,
+    ) -> list[tuple[str, bytes | None]]:
+        """The original headers unchanged, followed by the ``sg-dlq-*`` context headers.
+
+        Any ``sg-dlq-*`` header already present (a record dead-lettered before, then
+        replayed) is dropped first, so the context always describes the latest failure.
+        """
+        kept = [(k, v) for k, v in original_headers or () if not k.startswith(h.DLQ_PREFIX)]
+        fixed = self._fixed
+        topic_bytes = self._topics.get(topic)
+        if topic_bytes is None:
+            if len(self._topics) >= 1024:  # a pattern subscription may see many topics
+                self._topics.clear()
+            topic_bytes = self._topics[topic] = _text(topic)
+        error = failure.error
+        error_class = _CLASS_NAMES.get(type(error))
+        if error_class is None or isinstance(error, RetriesExhausted):
+            error_class = _text(failure.error_class)
+            if not isinstance(error, RetriesExhausted) and len(_CLASS_NAMES) < 1024:
+                _CLASS_NAMES[type(error)] = error_class
+        message = _text(error_text(error, self._include_error_text)[:MAX_ERROR_MESSAGE])
+        errors = failure.errors
+        kept += [
+            (h.DLQ_ORIGINAL_TOPIC, topic_bytes),
+            (h.DLQ_ORIGINAL_PARTITION, b"%d" % partition),
+            (h.DLQ_ORIGINAL_OFFSET, b"%d" % offset),
+            (h.DLQ_ORIGINAL_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
+            (h.DLQ_CONSUMER_GROUP, fixed[h.DLQ_CONSUMER_GROUP]),
+            (h.DLQ_SERVICE, fixed[h.DLQ_SERVICE]),
+            (h.DLQ_HOST, fixed[h.DLQ_HOST]),
+            (h.DLQ_REASON, _REASON_BYTES.get(failure.reason) or _text(failure.reason)),
+            (h.DLQ_ERROR_CLASS, error_class),
+            (h.DLQ_ERROR_MESSAGE, message),
+            (h.DLQ_ERRORS, _errors_json(errors) if errors else b"[]"),
+            (h.DLQ_EXPECTED_SUBJECT, fixed[h.DLQ_EXPECTED_SUBJECT]),
+            (h.DLQ_EXPECTED_VERSION, fixed[h.DLQ_EXPECTED_VERSION]),
+            (h.DLQ_ATTEMPTS, b"%d" % failure.attempts),
+            (h.DLQ_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
+            (h.DLQ_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
+        ]
+        return kept
+
+    def for_record(self, record: Any, failure: Failure) -> list[tuple[str, bytes | None]]:
+        """``build`` for a consumed record (a confluent-kafka ``Message``, or anything
+        with its accessors): what every runtime of ours writes for a dead letter."""
+        kind, ts = record.timestamp()
+        return self.build(
+            original_headers=record.headers(),
+            topic=record.topic(),
+            partition=record.partition(),
+            offset=record.offset(),
+            timestamp_ms=ts if kind != 0 else None,
+            failure=failure,
+        )
+
+
+_REASON_BYTES: dict[str, bytes] = {reason: _text(reason) for reason in REASONS}
+# One encoder for every dead letter: json.dumps with separators builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+# Exception classes seen, by their header value: type names are few, lookups cheap.
+_CLASS_NAMES: dict[type[BaseException], bytes] = {}
+# A flood of invalid records repeats a few error lists; encoding each again cost a
+# third of building the headers. Bounded: locations may hold list indices.
+_ERRORS_JSON: dict[tuple[tuple[tuple[str | int, ...], str, str], ...], bytes] = {}
+
+
+def _errors_json(errors: list[ErrorDetail]) -> bytes:
+    key = tuple((tuple(e["loc"]), e["type"], e["msg"]) for e in errors)
+    known = _ERRORS_JSON.get(key)
+    if known is None:
+        if len(_ERRORS_JSON) >= 1024:
+            _ERRORS_JSON.clear()
+        known = _ERRORS_JSON[key] = _COMPACT.encode(
+            [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in errors]
+        ).encode()
+    return known
+
+
 def dead_letter_headers(
     *,
     original_headers: Sequence[tuple[str, bytes | None]] | None,
@@ -84,40 +223,23 @@ def dead_letter_headers(
     include_error_text: bool = False,
     host: str | None = None,
 ) -> list[tuple[str, bytes | None]]:
-    """The original headers unchanged, followed by the ``sg-dlq-*`` context headers.
-
-    Any ``sg-dlq-*`` header already present (a record dead-lettered before, then
-    replayed) is dropped first, so the context always describes the latest failure.
-
-    Args:
-        include_error_text: keep the text of any exception. By default only
-            streamguard's own errors keep their text: decode and contract errors are
-            value-free by construction, and ``PermanentError``/``TransientError`` texts
-            are written by the handler's author for operators. Other exceptions (a
-            ``KeyError`` quoting a customer id, say) are reduced to their class name.
-    """
-    kept = [(k, v) for k, v in (original_headers or []) if not k.startswith(h.DLQ_PREFIX)]
-    message = error_text(failure.error, include_error_text)
-    errors = [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in failure.errors]
-    added: list[tuple[str, bytes | None]] = [
-        (h.DLQ_ORIGINAL_TOPIC, _text(topic)),
-        (h.DLQ_ORIGINAL_PARTITION, _text(partition)),
-        (h.DLQ_ORIGINAL_OFFSET, _text(offset)),
-        (h.DLQ_ORIGINAL_TIMESTAMP, _text(timestamp_ms if timestamp_ms is not None else -1)),
-        (h.DLQ_CONSUMER_GROUP, _text(group_id)),
-        (h.DLQ_SERVICE, _text(service)),
-        (h.DLQ_HOST, _text(host or _hostname())),
-        (h.DLQ_REASON, _text(failure.reason)),
-        (h.DLQ_ERROR_CLASS, _text(failure.error_class)),
-        (h.DLQ_ERROR_MESSAGE, _text(message[:MAX_ERROR_MESSAGE])),
-        (h.DLQ_ERRORS, json.dumps(errors, separators=(",", ":")).encode()),
-        (h.DLQ_EXPECTED_SUBJECT, _text(expected_subject)),
-        (h.DLQ_EXPECTED_VERSION, _text(expected_version)),
-        (h.DLQ_ATTEMPTS, _text(failure.attempts)),
-        (h.DLQ_FIRST_FAILURE_MS, _text(failure.first_failure_ms)),
-        (h.DLQ_DEAD_LETTERED_MS, _text(int(time.time() * 1000))),
-    ]
-    return kept + added
+    """One dead letter's headers (see ``DeadLetterHeaders``), for tools and tests that
+    build a single one; a runtime keeps a ``DeadLetterHeaders`` for its service."""
+    return DeadLetterHeaders(
+        group_id=group_id,
+        service=service,
+        expected_subject=expected_subject,
+        expected_version=expected_version,
+        include_error_text=include_error_text,
+        host=host,
+    ).build(
+        original_headers=original_headers,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        failure=failure,
+    )
 
 
 @functools.cache
@@ -126,46 +248,81 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def headers_for_record(
-    record: Any,
-    failure: Failure,
-    *,
-    group_id: str,
-    service: str,
-    contract: Any,
-    include_error_text: bool,
-) -> list[tuple[str, bytes | None]]:
-    """``dead_letter_headers`` for a consumed record (a confluent-kafka ``Message``, or
-    anything with its accessors): what every runtime of ours writes for a dead letter."""
-    kind, ts = record.timestamp()
-    return dead_letter_headers(
-        original_headers=record.headers(),
-        topic=record.topic(),
-        partition=record.partition(),
-        offset=record.offset(),
-        timestamp_ms=ts if kind != 0 else None,
-        failure=failure,
-        group_id=group_id,
-        service=service,
-        expected_subject=contract.__subject__,
-        expected_version=contract.__version__,
-        include_error_text=include_error_text,
-    )
+class DeadLetterLog:
+    """The ``dead-lettering message`` lines the runbook reads (no value, no key), at most
+    ``per_second`` of them a second.
 
+    Every dead letter is counted in the metrics and kept in the DLQ with its reason; a
+    line each would let a poison flood (tens of thousands of records a second) flood the
+    logs as well and cost more CPU than the dead-lettering. Past the rate, lines are
+    skipped; the next line written says how many were (``not_logged``), and so does
+    ``flush()`` once the flood is over. Kafka Connect, for comparison, logs none by
+    default.
 
-def log_dead_letter(logger: logging.Logger, record: Any, failure: Failure) -> None:
-    """The ``dead-lettering message`` line the runbook reads (no value, no key)."""
-    logger.warning(
-        "dead-lettering message",
-        extra={
-            "topic": record.topic(),
-            "partition": record.partition(),
-            "offset": record.offset(),
-            "reason": failure.reason,
-            "error_class": failure.error_class,
-            "attempts": failure.attempts,
-        },
-    )
+    Args:
+        per_second: lines a second, in bursts of up to as many; None logs every one.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: float | None = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_second is not None and per_second <= 0:
+            raise ValueError(f"per_second must be positive or None, got {per_second}")
+        self._log = logger
+        self._rate = per_second
+        self._burst = max(1.0, per_second or 1.0)
+        self._tokens = self._burst
+        self._clock = clock
+        self._last = clock()
+        self._lock = threading.Lock()
+        self.not_logged = 0  # skipped since the last line written
+
+    def __call__(self, record: Any, failure: Failure) -> None:
+        """Log this dead letter, unless the rate is spent (then count it)."""
+        with self._lock:
+            if not self._spend():
+                self.not_logged += 1
+                return
+            skipped, self.not_logged = self.not_logged, 0
+        self._log.warning(
+            "dead-lettering message",
+            extra={
+                "topic": record.topic(),
+                "partition": record.partition(),
+                "offset": record.offset(),
+                "reason": failure.reason,
+                "error_class": failure.error_class,
+                "attempts": failure.attempts,
+                "not_logged": skipped,
+            },
+        )
+
+    def flush(self) -> None:
+        """Say how many lines were skipped, if any, once the rate allows a line.
+
+        Called on the maintenance tick, so that the count of a flood that ended does
+        not wait for the next dead letter.
+        """
+        with self._lock:
+            if not self.not_logged or not self._spend():
+                return
+            skipped, self.not_logged = self.not_logged, 0
+        self._log.warning("dead-lettered messages not logged", extra={"not_logged": skipped})
+
+    def _spend(self) -> bool:
+        """Take a line from the token bucket (lock held); False when none is left."""
+        if self._rate is None:
+            return True
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 def error_text(error: BaseException, include_any: bool = False) -> str:

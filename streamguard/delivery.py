@@ -11,7 +11,7 @@ delivery. Every producer of ours (guarded producer, dead letters, replay) goes t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -38,7 +38,7 @@ def enqueue(
     """
     kwargs: dict[str, Any] = {"key": key, "on_delivery": on_delivery}
     if headers is not None:
-        kwargs["headers"] = cast(list[tuple[str, str | bytes | None]], list(headers))
+        kwargs["headers"] = headers if isinstance(headers, list) else list(headers)
     if partition is not None:
         kwargs["partition"] = partition
     while True:

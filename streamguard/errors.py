@@ -108,6 +108,16 @@ class ContractViolation(StreamguardError, ValueError):
         more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
         super().__init__(f"{subject}: {len(self.errors)} validation error(s): {summary}{more}")
 
+    def again(self) -> ContractViolation:
+        """A new violation with the same subject, details and text, built without
+        formatting them again: what a decoder raises for a record that fails exactly
+        like an earlier one (treat ``errors`` as read-only; the dicts are shared)."""
+        twin = ContractViolation.__new__(ContractViolation, *self.args)
+        Exception.__init__(twin, *self.args)
+        twin.subject = self.subject
+        twin.errors = list(self.errors)
+        return twin
+
 
 class PermanentError(StreamguardError):
     """Raised by a handler to say: this message will never succeed, do not retry.
@@ -184,6 +194,44 @@ _VALUE_FREE_MSG = {
 }
 
 
+class _MaskedLocations:
+    """``_without_map_keys`` for one schema, remembering the answers.
+
+    A flood of invalid messages repeats the same few locations; walking the schema for
+    each cost more than pydantic's validation. Bounded: the locations may hold map keys,
+    which are data a hostile producer can vary per record.
+    """
+
+    __slots__ = ("_memo", "_schema")
+    CAPACITY = 1024
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self._schema = schema
+        self._memo: dict[tuple[str | int, ...], list[str | int]] = {}
+
+    def __call__(self, loc: tuple[str | int, ...]) -> list[str | int]:
+        known = self._memo.get(loc)
+        if known is None:
+            if len(self._memo) >= self.CAPACITY:
+                self._memo.clear()
+            known = self._memo[loc] = _without_map_keys(list(loc), self._schema)
+        return list(known)
+
+
+# Per schema document (contracts cache theirs for the process's life); the entry holds
+# its schema, so an id is never mistaken for a later object's.
+_MASKS: dict[int, _MaskedLocations] = {}
+
+
+def _masked_locations(schema: dict[str, Any]) -> _MaskedLocations:
+    masks = _MASKS.get(id(schema))
+    if masks is None or masks._schema is not schema:
+        if len(_MASKS) >= 256:  # schemas built per call (not a contract's) must not pile up
+            _MASKS.clear()
+        masks = _MASKS[id(schema)] = _MaskedLocations(schema)
+    return masks
+
+
 def error_details(
     exc: Any, *, include_input: bool = False, schema: dict[str, Any] | None = None
 ) -> list[ErrorDetail]:
@@ -196,12 +244,13 @@ def error_details(
     ``include_input=False`` also drops the ``input`` and ``ctx`` keys.
     """
     details: list[ErrorDetail] = []
+    masked = _masked_locations(schema) if schema is not None and not include_input else None
     for err in exc.errors(include_url=False, include_input=include_input, include_context=False):
         msg, loc = err["msg"], list(err["loc"])
         if not include_input:
             msg = _VALUE_FREE_MSG.get(err["type"]) or _QUOTED_INPUT.sub("", msg)
-            if schema is not None:
-                loc = _without_map_keys(loc, schema)
+            if masked is not None:
+                loc = masked(err["loc"])
         detail: ErrorDetail = {"loc": loc, "type": err["type"], "msg": msg}
         if include_input and "input" in err:
             detail["input"] = err["input"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,7 +36,7 @@ from streamguard.headers import Headers, Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import stamp_headers
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.deadletters import headers_for
+from streamguard.runtime.deadletters import DeliveryReport, headers_for
 from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
@@ -151,15 +150,13 @@ class _MemoryDeadLetters:
     """A dead-letter sink that acknowledges at once and keeps what it was given."""
 
     def __init__(self, spec: ServiceSpec) -> None:
-        self._spec = spec
+        self._headers = headers_for(spec)
         self.writable = True
         self.letters: dict[int, tuple[Failure, list[tuple[str, bytes | None]]]] = {}
 
-    def publish(
-        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
-    ) -> None:
-        self.letters[msg.offset()] = (failure, list(headers_for(self._spec, msg, failure)))
-        done(None)
+    def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
+        self.letters[msg.offset()] = (failure, self._headers.for_record(msg, failure))
+        done(None, None)
 
     def failed(self, error: KafkaError) -> None:  # never called: publish always succeeds
         raise AssertionError(f"in-memory dead letters cannot fail: {error.str()}")

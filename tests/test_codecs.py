@@ -314,3 +314,39 @@ def test_map_keys_and_union_tags_stay_out_of_errors() -> None:
     with pytest.raises(sg.ContractViolation) as info:
         opted_in(data)
     assert ["balances", "alice@example.com"] in [e["loc"] for e in info.value.errors]
+
+
+def test_a_repeated_violation_is_a_new_error_equal_to_the_first(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """A flood of records failing alike is classified once: later records get a fresh
+    ContractViolation (their own object, traceback and details list) with the same
+    text and details, and a record failing otherwise is classified anew."""
+    errors = []
+    for value in (payload(currency="GBP"), payload(currency="GBP"), payload(currency="XYZ")):
+        with pytest.raises(sg.ContractViolation) as caught:
+            decode(value)
+        errors.append(caught.value)
+    first, second, other = errors
+    assert first is not second
+    assert first.errors is not second.errors
+    assert str(first) == str(second)
+    assert first.errors == second.errors
+    assert first.subject == second.subject == "orders.OrderPlaced"
+    assert first.args == second.args
+    assert other.errors == first.errors  # same location and message: the value is not in it
+    with pytest.raises(sg.ContractViolation) as missing:
+        decode(payload(amount=...))
+    assert missing.value.errors[0]["loc"] == ["amount"]
+    assert missing.value.errors != first.errors
+
+
+def test_details_with_input_values_are_never_shared() -> None:
+    """With include_input the details hold the record's values: each record's own."""
+    decode = JsonCodec(include_input=True).decoder(OrderPlaced)
+    seen = []
+    for currency in ("GBP", "CHF"):
+        with pytest.raises(sg.ContractViolation) as caught:
+            decode(payload(currency=currency))
+        seen.append(caught.value.errors[0]["input"])
+    assert seen == ["GBP", "CHF"]

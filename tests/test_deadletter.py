@@ -232,3 +232,115 @@ def test_dead_letter_tolerates_a_foreign_record() -> None:
     assert letter.errors == []
     assert letter.int_context(h.DLQ_ATTEMPTS) == -1
     assert letter.int_context(h.DLQ_ORIGINAL_OFFSET, default=0) == 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Record:
+    def topic(self) -> str:
+        return "orders"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 7
+
+
+def test_dead_letter_lines_are_rate_limited_and_account_for_every_skip(caplog: Any) -> None:
+    """A burst of ``per_second`` lines, then none until the bucket refills; the next
+    line (or ``flush``) reports how many were skipped, so no dead letter goes unsaid."""
+    import logging
+
+    from streamguard.deadletter import DeadLetterLog, Failure
+
+    clock = _Clock()
+    lines = DeadLetterLog(logging.getLogger("tests.dlq"), per_second=3, clock=clock)
+    failure = Failure("decode_error", sg.DecodeError("bad bytes"))
+    caplog.set_level("WARNING", logger="tests.dlq")
+    for _ in range(10):
+        lines(_Record(), failure)
+    written = [r for r in caplog.records if r.getMessage() == "dead-lettering message"]
+    assert len(written) == 3
+    assert lines.not_logged == 7
+    assert [r.not_logged for r in written] == [0, 0, 0]  # type: ignore[attr-defined]
+    lines.flush()  # no token yet: nothing written, nothing lost
+    assert lines.not_logged == 7
+    assert len(caplog.records) == 3
+    clock.now += 1 / 3  # one line's worth
+    lines(_Record(), failure)
+    assert caplog.records[-1].not_logged == 7  # type: ignore[attr-defined]
+    assert caplog.records[-1].reason == "decode_error"  # type: ignore[attr-defined]
+    for _ in range(4):
+        lines(_Record(), failure)
+    clock.now += 1.0
+    lines.flush()
+    assert caplog.records[-1].getMessage() == "dead-lettered messages not logged"
+    assert caplog.records[-1].not_logged == 4  # type: ignore[attr-defined]
+    assert lines.not_logged == 0
+
+
+def test_unlimited_dead_letter_lines_log_every_one(caplog: Any) -> None:
+    import logging
+
+    from streamguard.deadletter import DeadLetterLog, Failure
+
+    lines = DeadLetterLog(logging.getLogger("tests.dlq.all"), per_second=None)
+    caplog.set_level("WARNING", logger="tests.dlq.all")
+    for _ in range(50):
+        lines(_Record(), Failure("decode_error", sg.DecodeError("bad bytes")))
+    assert len(caplog.records) == 50
+    with pytest.raises(ValueError, match="positive"):
+        DeadLetterLog(logging.getLogger("x"), per_second=0)
+    with pytest.raises(sg.ConfigurationError, match="dead_letter_log_rate"):
+        sg.ServiceOptions(dead_letter_log_rate=-1)
+
+
+def test_one_builder_writes_the_same_headers_for_every_record() -> None:
+    """The builder a service keeps gives each record its own coordinates and failure,
+    and the same bytes as building one dead letter's headers alone."""
+    from streamguard.deadletter import DeadLetterHeaders, Failure
+
+    build = DeadLetterHeaders(
+        group_id="g", service="s", expected_subject="payments.Payment", expected_version=3
+    )
+    failures = [
+        Failure("decode_error", sg.DecodeError("not JSON"), first_failure_ms=5),
+        Failure("permanent_error", KeyError(SECRET), attempts=2, first_failure_ms=6),
+        Failure("permanent_error", ValueError(SECRET), first_failure_ms=7),
+    ]
+    for offset, failure in enumerate(failures):
+        args: dict[str, Any] = {
+            "original_headers": [("trace", b"t")],
+            "topic": "payments",
+            "partition": 2,
+            "offset": offset,
+            "timestamp_ms": 1000 + offset,
+            "failure": failure,
+        }
+        built = dict(build.build(**args))
+        alone = dict(
+            dead_letter_headers(
+                **args,
+                group_id="g",
+                service="s",
+                expected_subject="payments.Payment",
+                expected_version=3,
+            )
+        )
+        built.pop(h.DLQ_DEAD_LETTERED_MS)
+        alone.pop(h.DLQ_DEAD_LETTERED_MS)
+        assert built == alone
+        assert built[h.DLQ_ORIGINAL_OFFSET] == str(offset).encode()
+        assert built[h.DLQ_ERROR_CLASS] == (
+            f"builtins.{type(failure.error).__name__}".encode()
+            if not isinstance(failure.error, sg.DecodeError)
+            else b"streamguard.errors.DecodeError"
+        )
+        assert SECRET.encode() not in b"".join(v or b"" for v in built.values())

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
-from streamguard.deadletter import REASONS, Reason
+from streamguard.deadletter import REASONS, DeadLetterHeaders, DeadLetterLog, Reason
 from streamguard.errors import ConfigurationError
 from streamguard.faust.lane import Lane
 from streamguard.observe.metrics import ServiceMetrics
@@ -158,6 +158,13 @@ class GuardedAgent:
         self.sinks = list(sink or ())
         self.name = name or f"{handler.__module__}.{handler.__qualname__}"
         self.decode = codec_for(contract, codec).decoder(contract)
+        self.dead_letter_headers = DeadLetterHeaders.for_contract(
+            contract,
+            group_id=self.group_id,
+            service=self.name,
+            include_error_text=include_error_text,
+        )
+        self.log_dead_letter = DeadLetterLog(log)
         if registry is None:
             registry = _APP_REGISTRIES.get(app)
             if registry is None:

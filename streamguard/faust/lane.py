@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from faust.types import TP
 
-from streamguard.deadletter import Failure, headers_for_record, log_dead_letter
+from streamguard.deadletter import Failure
 from streamguard.errors import ContractViolation, DecodeError
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.outcomes import RetryState, judge
@@ -247,15 +247,8 @@ class Lane:
     async def _dead_letter(self, record: FaustRecord, failure: Failure, msg: Any) -> bool:
         """Publish to the DLQ until the broker confirms; False if given up (unacked)."""
         agent = self.agent
-        headers = headers_for_record(
-            record,
-            failure,
-            group_id=agent.group_id,
-            service=agent.name,
-            contract=agent.contract,
-            include_error_text=agent.include_error_text,
-        )
-        log_dead_letter(log, record, failure)
+        headers = agent.dead_letter_headers.for_record(record, failure)
+        agent.log_dead_letter(record, failure)
         backoff = 0.1
         while not agent.interrupted(msg):
             try:

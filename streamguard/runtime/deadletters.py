@@ -6,7 +6,7 @@ unwritable: no lane starts new work (see ``PartitionLane``), every partition is
 paused, and the failed records are sent again with a growing backoff until one is
 acknowledged.
 
-Locking: ``_lock`` guards ``in_flight``. ``writable`` and ``last_error`` are set by
+Locking: none of its own. ``writable`` and ``last_error`` are set by
 ``failed()`` on whatever thread serves delivery reports; ``writable`` goes back to
 True only in ``maintain()``, which the poll loop calls with its poll lock held.
 """
@@ -14,15 +14,14 @@ True only in ``maintain()``, which the poll loop calls with its poll lock held.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
-from streamguard.deadletter import Failure, headers_for_record, log_dead_letter
+from streamguard.deadletter import DeadLetterHeaders, DeadLetterLog, Failure
 from streamguard.delivery import enqueue
-from streamguard.headers import Headers, Record
+from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.spec import ServiceSpec
 
@@ -36,26 +35,27 @@ log = logging.getLogger("streamguard.runtime")
 FIRST_BACKOFF = 0.1
 
 
+# A dead letter's delivery report: the error (None once acknowledged) and the DLQ
+# record, which is None when the client refused the record before sending it.
+DeliveryReport = Callable[[KafkaError | None, Message | None], None]
+
+
 class DeadLetterSink(Protocol):
     """Where a pipeline sends dead letters: the broker, or the test kit's memory."""
 
     writable: bool
 
-    def publish(
-        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
-    ) -> None: ...
+    def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None: ...
 
     def failed(self, error: KafkaError) -> None: ...
 
 
-def headers_for(spec: ServiceSpec, msg: Record, failure: Failure) -> Headers:
-    """The DLQ record's headers: the original ones, then the ``sg-dlq-*`` context."""
-    return headers_for_record(
-        msg,
-        failure,
+def headers_for(spec: ServiceSpec) -> DeadLetterHeaders:
+    """The builder of a service's dead-letter headers (original headers, then ``sg-dlq-*``)."""
+    return DeadLetterHeaders.for_contract(
+        spec.contract,
         group_id=spec.group_id,
         service=spec.name,
-        contract=spec.contract,
         include_error_text=spec.include_error_text,
     )
 
@@ -70,54 +70,42 @@ class DeadLetterPublisher:
         new_producer: builds the DLQ producer; called again to replace one that hit a
             fatal error (an idempotent producer fenced, say), which can send no more.
         """
-        self._spec = spec
         self.topic = spec.dead_letter_topic
+        self._headers = headers_for(spec)
+        self._log = DeadLetterLog(log, spec.options.dead_letter_log_rate)
         self._new_producer = new_producer
         self._producer = new_producer()
         self._broken = False  # the producer hit a fatal error: replace it
         self._failures = metrics.dead_letter_failures.labels(spec.topic)
-        self._lock = threading.Lock()
-        self.in_flight = 0  # records produced whose delivery report has not run yet
         self.writable = True
         self.last_error = ""
         self._backoff = FIRST_BACKOFF
         self._backoff_max = spec.options.dead_letter_backoff_max
         self._next_retry = 0.0
 
-    def publish(
-        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
-    ) -> None:
+    def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
         """Send the original record, byte for byte, with the ``sg-dlq-*`` context.
 
-        ``done`` gets the outcome: None once the broker acknowledged it, else the error
-        (also when the client refused the record before sending it).
+        ``done`` is the delivery report: ``(None, record)`` once the broker acknowledged
+        it, else ``(error, record)`` (``(error, None)`` when the client refused the
+        record before sending it).
         """
-        log_dead_letter(log, msg, failure)
-
-        def delivered(err: KafkaError | None, _msg: Record) -> None:
-            with self._lock:
-                self.in_flight -= 1
-            done(err)
-
-        with self._lock:
-            self.in_flight += 1
+        self._log(msg, failure)
         try:
             refused = enqueue(
                 self._producer,
                 self.topic,
                 msg.value(),
                 key=msg.key(),
-                headers=headers_for(self._spec, msg, failure),
-                on_delivery=delivered,
+                headers=self._headers.for_record(msg, failure),
+                on_delivery=done,
             )
         except Exception as exc:  # a bad header or argument: still never drop it
             refused = KafkaError(KafkaError._INVALID_ARG, f"{type(exc).__name__}: {exc}")
         if refused is not None:
             # Refused before sending (e.g. larger than message.max.bytes): no report
             # will come. A failure like any other; the message stays uncommitted.
-            with self._lock:
-                self.in_flight -= 1
-            done(refused)
+            done(refused, None)
 
     def _replace_producer(self) -> None:
         """librdkafka's advice on a fatal error: the producer is done; make a new one.
@@ -137,12 +125,18 @@ class DeadLetterPublisher:
     def serve_reports(self) -> None:
         """Run delivery reports of dead letters, which settle their offsets.
 
-        Skipped when none is in flight: the call releases the GIL, and on a busy
-        process every release costs the thread that polls a wait of up to the interpreter's
-        switch interval (5 ms) to get it back.
+        Skipped when none is in flight (librdkafka's count of records queued, in flight
+        or with a report not yet served): the call releases the GIL, and on a busy
+        process every release costs the thread that polls a wait of up to the
+        interpreter's switch interval (5 ms) to get it back.
         """
-        if self.in_flight:
+        if len(self._producer):
             self._producer.poll(0)
+
+    @property
+    def in_flight(self) -> int:
+        """Dead letters whose delivery report has not run yet."""
+        return len(self._producer)
 
     def flush(self, timeout: float) -> None:
         """Wait (bounded) for every dead letter's acknowledgement."""
@@ -169,6 +163,7 @@ class DeadLetterPublisher:
         letter of a partition since revoked no longer counts (its new owner redelivers
         it), and a later success elsewhere does not excuse one still failed.
         """
+        self._log.flush()
         if self._broken:
             self._replace_producer()
         failed = [(lane, p) for lane in lanes for p in lane.failed_dead_letters()]

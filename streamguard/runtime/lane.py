@@ -29,6 +29,7 @@ from streamguard.offsets import FinalPrefix
 from streamguard.policy import RetryPolicy
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
+from streamguard.runtime.deadletters import DeliveryReport
 from streamguard.runtime.outcomes import RetryState, gate
 
 log = logging.getLogger("streamguard.runtime")
@@ -51,9 +52,7 @@ class Pipeline(Protocol):
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None: ...
     def invoke(self, event: Any, ctx: MessageContext) -> None: ...
     def invoke_tombstone(self, ctx: MessageContext) -> bool: ...
-    def publish_dead_letter(
-        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
-    ) -> None: ...
+    def publish_dead_letter(self, msg: Record, failure: Failure, done: DeliveryReport) -> None: ...
     def record_batch(self, handled: int, durations: list[float], retries: int) -> None: ...
     def dead_lettered(self, msg: Record, failure: Failure) -> None: ...
     def dead_letter_failed(self, error: KafkaError) -> None: ...
@@ -267,7 +266,7 @@ class PartitionLane:
         pending = PendingDeadLetter(msg, failure)
         with self.lock:
             self.offsets.hold(msg.offset(), pending)
-        self.pipeline.publish_dead_letter(msg, failure, lambda err: self._acked(pending, err))
+        self.pipeline.publish_dead_letter(msg, failure, lambda err, _: self._acked(pending, err))
 
     def republish(self, pending: PendingDeadLetter) -> None:
         """Try a failed dead-letter write again (the maintenance tick calls this on backoff).
@@ -281,7 +280,7 @@ class PartitionLane:
             pending.in_flight = True
             pending.attempts += 1
         self.pipeline.publish_dead_letter(
-            pending.msg, pending.failure, lambda err: self._acked(pending, err)
+            pending.msg, pending.failure, lambda err, _: self._acked(pending, err)
         )
 
     def _acked(self, pending: PendingDeadLetter, error: KafkaError | None) -> None:

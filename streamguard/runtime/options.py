@@ -42,6 +42,11 @@ class ServiceOptions:
         startup_timeout: seconds to reach the cluster before ``run()`` fails.
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
             write a dead letter while the DLQ is unwritable.
+        dead_letter_log_rate: ``dead-lettering message`` lines a second, at most; past
+            it a line is skipped and the next says how many were (``not_logged``). Every
+            dead letter is still counted and kept in the DLQ with its reason. A line
+            each cost more than the dead letter itself in a poison flood, and would
+            flood the logs too. None logs every one.
         broker_silence: seconds without a byte from any broker after which the cluster
             counts as unreachable (a refused, reset or stalled connection): ``/readyz``
             reports ``broker_reachable: false``. Above ``heartbeat.interval.ms`` and
@@ -67,6 +72,7 @@ class ServiceOptions:
     shutdown_timeout: float = 10.0
     startup_timeout: float = 30.0
     dead_letter_backoff_max: float = 10.0
+    dead_letter_log_rate: float | None = 10.0
     max_in_flight: int = 256
     event_loop: Literal["auto", "asyncio"] = "auto"
     broker_silence: float = 10.0
@@ -88,6 +94,11 @@ class ServiceOptions:
             raise ConfigurationError(
                 "ServiceOptions.revoke_timeout must not exceed shutdown_timeout: shutdown "
                 "waits for a rebalance in progress before it closes the consumer"
+            )
+        if self.dead_letter_log_rate is not None and self.dead_letter_log_rate <= 0:
+            raise ConfigurationError(
+                "ServiceOptions.dead_letter_log_rate must be positive lines a second, or "
+                "None to log every dead letter"
             )
         if self.broker_timeout is not None and self.broker_timeout <= 0:
             raise ConfigurationError(

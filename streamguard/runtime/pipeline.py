@@ -22,7 +22,7 @@ from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.deadletters import DeadLetterSink
+from streamguard.runtime.deadletters import DeadLetterSink, DeliveryReport
 from streamguard.runtime.drift import DriftCheck
 from streamguard.runtime.outcomes import RetryState, judge
 from streamguard.runtime.spec import ServiceSpec
@@ -59,6 +59,7 @@ class Pipeline:
         self._handled = metrics.messages.labels(self.topic, "handled")
         self._dead_lettered = metrics.messages.labels(self.topic, "dead_lettered")
         self._retries = metrics.retries.labels(self.topic)
+        self._by_reason = {r: metrics.dead_letters.labels(self.topic, r) for r in REASONS}
         # Called on worker threads, for sync handlers under partition ordering; every
         # other service runs its handlers on the event loop (see eventloop).
         self.invoke: Callable[[Any, MessageContext], Any] = spec.handle
@@ -87,9 +88,7 @@ class Pipeline:
         """False while the DLQ is unwritable or the breaker holds: no lane starts work."""
         return self.publisher.writable and self.breaker.accepting()
 
-    def publish_dead_letter(
-        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
-    ) -> None:
+    def publish_dead_letter(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
         self.publisher.publish(msg, failure, done)
 
     def dead_letter_failed(self, error: KafkaError) -> None:
@@ -111,7 +110,7 @@ class Pipeline:
         message's outcome, which is already final.
         """
         self._dead_lettered.inc()
-        self.metrics.dead_letters.labels(self.topic, failure.reason).inc()
+        self._by_reason[failure.reason].inc()
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(MessageContext(msg, failure.attempts), failure)

@@ -191,3 +191,22 @@ def test_time_open_is_not_charged_to_a_retry() -> None:
     clock.now += 5
     assert gate(b, retry, clock.now) is None  # the probe, after 5 s open
     assert retry.first_failure_mono == pytest.approx(105.0)
+
+
+def test_an_invalid_record_keeps_no_frames_or_input_alive() -> None:
+    """A dead letter waits for its acknowledgement holding its Failure: a codec error
+    in it keeps neither the decoder's frames nor pydantic's error (which holds the
+    input), so a flood of them leaves the garbage collector little to walk."""
+    from streamguard.codecs import JsonCodec
+    from streamguard.demo.contracts import OrderPlaced
+    from streamguard.runtime.outcomes import judge
+
+    decode = JsonCodec().decoder(OrderPlaced)
+    for value in (b'{"order_id": 1}', b"{not json"):
+        try:
+            decode(value)
+        except (sg.ContractViolation, sg.DecodeError) as exc:
+            verdict = judge(exc, 1, None, sg.RetryPolicy(), (), 0.0)
+        assert not isinstance(verdict, RetryState)
+        assert verdict.error.__traceback__ is None
+        assert verdict.error.__context__ is None

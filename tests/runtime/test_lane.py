@@ -3,8 +3,6 @@ never starts work while the DLQ is unwritable. No broker: records are built in m
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +11,7 @@ from streamguard.deadletter import Failure
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.deadletters import DeliveryReport
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.testing import record
@@ -24,11 +23,9 @@ class HeldDeadLetters:
 
     def __init__(self) -> None:
         self.writable = True
-        self.waiting: list[tuple[int, Callable[[KafkaError | None], None]]] = []
+        self.waiting: list[tuple[int, DeliveryReport]] = []
 
-    def publish(
-        self, msg: Record, failure: Failure, done: Callable[[KafkaError | None], None]
-    ) -> None:
+    def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
         self.waiting.append((msg.offset(), done))
 
     def failed(self, error: KafkaError) -> None:
@@ -108,7 +105,7 @@ def test_an_unacknowledged_dead_letter_holds_the_commit_position() -> None:
     assert lane.inflight() == 1
     offset, done = sink.waiting.pop()
     assert offset == 1
-    done(None)
+    done(None, None)
     assert lane.commit_position() == 3
     assert lane.inflight() == 0
 
@@ -119,13 +116,13 @@ def test_a_failed_dead_letter_stays_open_and_can_be_republished() -> None:
     lane.enqueue(batch(b"{broken"))
     lane.drain()
     _, done = sink.waiting.pop()
-    done(KafkaError(KafkaError._MSG_TIMED_OUT))
+    done(KafkaError(KafkaError._MSG_TIMED_OUT), None)
     assert not sink.writable
     (failed,) = lane.failed_dead_letters()
     assert lane.commit_position() == 0
     lane.republish(failed)
     _, done = sink.waiting.pop()
-    done(None)
+    done(None, None)
     assert lane.failed_dead_letters() == []
     assert lane.commit_position() == 1
 

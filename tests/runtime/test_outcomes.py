@@ -205,3 +205,61 @@ def test_subclass_attribute_names_are_the_users_own(
     assert all(getattr(service, name) == f"user's own {name}" for name in names)
     running.stop()
     assert not running.error
+
+
+def test_a_poison_flood_is_dead_lettered_whole_with_rate_limited_log_lines(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    caplog: Any,
+) -> None:
+    """600 invalid records: every one is in the DLQ with its headers and counted, the
+    offsets commit to the end, and the log holds a few lines that account for every
+    dead letter (lines written plus the ``not_logged`` counts they report)."""
+    src = topic_factory("orders")
+    group = unique("flood")
+    count = 600
+    for i in range(count):
+        bad = order(i).model_dump_json().replace('"EUR"', '"GBP"').encode()
+        raw_producer.produce(src, bad, key=b"k%d" % (i % 7))
+    raw_producer.flush(10)
+
+    class Flooded(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(dead_letter_log_rate=5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise AssertionError("no record of the flood is valid")
+
+    caplog.set_level("WARNING", logger="streamguard.runtime")
+    running = start_service(Flooded)
+    dlq = read_all(f"{src}.dlq", count, timeout=30)
+    assert len(dlq) >= count  # at least once: all of them, none lost
+    assert {dlq_headers(m)["sg-dlq-original-offset"] for m in dlq} == {str(i) for i in range(count)}
+    assert {dlq_headers(m)["sg-dlq-reason"] for m in dlq} == {"contract_violation"}
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == count)
+    assert (
+        running.metric("streamguard_dead_letters_total", topic=src, reason="contract_violation")
+        >= count
+    )
+
+    def accounted() -> int:
+        lines = [r for r in caplog.records if r.getMessage() == "dead-lettering message"]
+        skipped = sum(
+            r.not_logged  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() in ("dead-lettering message", "dead-lettered messages not logged")
+        )
+        return len(lines) + skipped
+
+    # The last skipped count is flushed by the maintenance tick once the rate allows.
+    assert wait_for(lambda: accounted() >= count, timeout=10)
+    lines = [r for r in caplog.records if r.getMessage() == "dead-lettering message"]
+    assert 1 <= len(lines) < count // 4
+    running.stop()
+    assert not running.error
