@@ -176,10 +176,12 @@ class DriftDetector:
         if not value or self._shape is None or value[:1] != b"{":
             return False
         try:
-            if not _has_unknown(from_json(value, cache_strings="keys"), self._shape):
-                return False
+            parsed = from_json(value, cache_strings="keys")
         except ValueError:
-            pass
+            pass  # json.loads decides
+        else:
+            if not _has_unknown(parsed, self._shape):
+                return False
         try:
             data = json.loads(value)
         except ValueError:  # not JSON: the codec reports it, drift has nothing to say
