@@ -210,6 +210,7 @@ class PartitionLane:
         sample = pipe.drift_sample
         clock = time.perf_counter
         durations: list[float] = []
+        timed = durations.append
         handled = retries = done = 0
         retry = self.retry
         breaker = pipe.breaker
@@ -238,7 +239,7 @@ class PartitionLane:
                                 continue
                         start = clock()
                         invoke(event, ctx)
-                        durations.append(clock() - start)
+                        timed(clock() - start)
                 except Exception as exc:
                     verdict = pipe.judge(
                         exc, attempt, retry, self.clock(), (self.partition, msg.offset())

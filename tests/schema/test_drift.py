@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
 import streamguard as sg
@@ -54,6 +56,7 @@ def test_hot_path_never_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("decoded on the hot path")
 
     monkeypatch.setattr(drift_module.json, "loads", boom)
+    monkeypatch.setattr(drift_module, "from_json", boom)
     assert detector.inspect(stamped(), b'{"unknown": 1}') == ()
 
 
@@ -133,3 +136,146 @@ def test_first_seen_rejects_empty_capacity() -> None:
     """A capacity below one is a usage error."""
     with pytest.raises(ValueError, match="at least 1"):
         FirstSeen(capacity=0)
+
+
+# -- the unknown-field check: its fast parse may only ever say "none" ---------------------
+
+
+class Node(BaseModel):
+    name: str
+    children: list[Node] = Field(default_factory=list)
+
+
+class Catalog(sg.Contract):
+    """Every shape the walk knows: nested, optional, lists, maps, recursion, free dicts."""
+
+    __subject__ = "shop.Catalog"
+    __version__ = 1
+    user: str
+    address: Address
+    previous: list[Address] = Field(default_factory=list)
+    home: Address | None = None
+    by_city: dict[str, Address] = Field(default_factory=dict)
+    grid: list[list[Address]] = Field(default_factory=list)
+    tree: Node | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    either: Address | list[Address] | None = None
+
+
+def reference(value: bytes) -> bool:
+    """The unknown-field check as first written: json.loads and a key-by-key walk."""
+    shape = DriftDetector(Catalog)._shape
+
+    def walk(data: Any, node: Any, depth: int = 0) -> bool:
+        if node is None or depth > drift_module._MAX_DEPTH:
+            return False
+        if isinstance(data, dict):
+            if node.names is not None:
+                return any(
+                    key not in node.names or walk(sub, node.children.get(key), depth + 1)
+                    for key, sub in data.items()
+                )
+            if node.values is not None:
+                return any(walk(v, node.values, depth + 1) for v in data.values())
+        elif isinstance(data, list) and node.items is not None:
+            return any(walk(v, node.items, depth + 1) for v in data)
+        return False
+
+    if not value or value[:1] != b"{":
+        return False
+    try:
+        return walk(json.loads(value), shape)
+    except ValueError:
+        return False
+
+
+TRICKY = [
+    # keys and key-like text inside string values
+    rb'{"user": "\"extra\": 1", "address": {"city": "c"}}',
+    rb'{"user": "{\"extra\": 1}", "address": {"city": "\\\"zip\\\":"}}',
+    rb'{"user": "x\\", "address": {"city": "c"}, "extra": 1}',
+    rb'{"user":"a","address":{"city":"c"},":":1}',
+    rb'{"user":"x",",":{"city":"c"},"address":{"city":"c"}}',
+    # escaped key names: the same key, or another
+    rb'{"\u0075ser": "u", "address": {"c\u0069ty": "c"}}',
+    rb'{"us\u0065r": "u", "address": {"city": "c", "\u007a\u0069p": 1}}',
+    rb'{"user": "u", "address": {"city": "c"}, "user\u0000": 1}',
+    rb'{"user": "u", "address": {"city": "c"}, "\ud800": 1}',
+    rb'{"user": "u", "address": {"city": "c"}, "\ud83d\ude00": 1}',
+    '{"user": "u", "address": {"city": "c"}, "us\u00e9r": 1}'.encode(),
+    # duplicate keys: the last one counts
+    rb'{"user": "u", "address": {"city": "c", "zip": 1}, "address": {"city": "c"}}',
+    rb'{"user": "u", "address": {"city": "c"}, "address": {"city": "c", "zip": 1}}',
+    # nested models, maps, lists, recursion, free dicts, unions
+    rb'{"user": "u", "address": {"city": "c"}, "by_city": {"zip": {"city": "c"}}}',
+    rb'{"user": "u", "address": {"city": "c"}, "by_city": {"c": {"city": "c", "zip": 1}}}',
+    rb'{"user": "u", "address": {"city": "c"}, "grid": [[{"city": "c"}], [{"zip": 1}]]}',
+    rb'{"user": "u", "address": {"city": "c"}, "grid": [[{"city": "c"}], []]}',
+    rb'{"user": "u", "address": {"city": "c"}, "tree": {"name": "a", "children": '
+    rb'[{"name": "b", "children": [{"name": "c", "colour": 1}]}]}}',
+    rb'{"user": "u", "address": {"city": "c"}, "meta": {"anything": {"goes": [1]}}}',
+    rb'{"user": "u", "address": {"city": "c"}, "either": [{"city": "c", "zip": 1}]}',
+    rb'{"user": "u", "address": {"city": "c"}, "either": {"zip": 1}}',
+    rb'{"user": "u", "address": {"city": "c"}, "either": [{"city": "c"}]}',
+    rb'{"user": "u", "address": null, "home": 3, "previous": {"zip": 1}}',
+    # numbers and literals only json.loads or only pydantic-core may take
+    rb'{"user": NaN, "address": {"city": -Infinity}, "zip": 1e400}',
+    rb'{"user": 123456789012345678901234567890, "address": {"city": "c"}, "zip": 1}',
+    # not JSON, or not all of it
+    rb'{"user": "u", "address": {"city": "c"}, "zip": 1} trailing',
+    rb'{"user": "u", "address": {"city": "c"}, "zip": 1,}',
+    b'{"user": "\xff", "zip": 1}',
+    b'{"user": "\x01", "zip": 1}',
+    b"{" * 40 + b"}" * 40,
+    b'{"tree": ' + b'{"name": "n", "children": [' * 40 + b"{}" + b"]}" * 40 + b"}",
+    b'{"tree": ' + b'{"name": "n", "children": [' * 40 + b'{"x": 1}' + b"]}" * 40 + b"}",
+    b'{"tree": ' + b'{"name": "n", "children": [' * 300 + b'{"x": 1}' + b"]}" * 300 + b"}",
+]
+
+
+@pytest.mark.parametrize("value", TRICKY)
+def test_unknown_fields_agrees_with_the_reference_on_tricky_json(value: bytes) -> None:
+    """Escapes, key-like text in strings, duplicates, every shape: the reference's answer."""
+    assert DriftDetector(Catalog)._unknown_fields(value) is reference(value)
+
+
+def test_tricky_json_has_both_answers() -> None:
+    """The table is not one-sided: it holds values with and without unknown keys."""
+    answers = {reference(v) for v in TRICKY}
+    assert answers == {True, False}
+
+
+KEYS = st.sampled_from(
+    ["user", "address", "city", "previous", "home", "by_city", "grid", "tree", "name",
+     "children", "meta", "either", "zip", "", '"', "\\", ":", '":', "\u00e9", "\ud83d\ude00"]
+)  # fmt: skip
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+DOCUMENTS = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@st.composite
+def encoded(draw: st.DrawFn) -> bytes:
+    """A JSON object as bytes: escaped or not, spaced or not, maybe with a duplicate key."""
+    doc = draw(st.dictionaries(KEYS, DOCUMENTS, min_size=1, max_size=6))
+    ascii_only = draw(st.booleans())
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]))
+    text = json.dumps(doc, ensure_ascii=ascii_only, separators=separators)
+    where = draw(st.sampled_from(["none", "first", "last"]))
+    if where != "none":  # repeat a key: the last occurrence wins in both parsers
+        pair = json.dumps(draw(KEYS), ensure_ascii=ascii_only) + ":" + json.dumps(draw(DOCUMENTS))
+        if where == "first":
+            text = "{" + pair + separators[0] + text[1:]
+        else:
+            text = text[:-1] + separators[0] + pair + "}"
+    return text.encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=400, deadline=None)
+@given(encoded())
+def test_unknown_fields_agrees_with_the_reference_on_generated_json(value: bytes) -> None:
+    """On any JSON object, the fast parse plus fallback answers as the reference does."""
+    assert DriftDetector(Catalog)._unknown_fields(value) is reference(value)
