@@ -104,7 +104,8 @@ def run(bootstrap: str, topic: str, count: int) -> dict[str, float]:
         raise SystemExit(f"only {tick() - 1} of {count} records reached an outcome")
 
     def sample(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, {"topic": topic, **labels}) or 0.0
+        labels = {"runtime": "consumer", "topic": topic, **labels}
+        return registry.get_sample_value(name, labels) or 0.0
 
     return {
         "rate": count / (marks["end"] - marks["start"]),

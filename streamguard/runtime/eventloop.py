@@ -376,28 +376,38 @@ class LoopRunner:
         inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
         clock, durations, slots = time.perf_counter, self._durations, self.slots
         done = end = 0
+        held = False  # a slot kept from one record to the next while nobody waits
         run.in_handler = True
         lane.running += 1
         lane.idle.clear()
         try:
-            breaker = pipe.breaker
-            while queue and not lane.closed and pipe.can_process():
+            breaker, publisher = pipe.breaker, pipe.publisher
+            while queue and not lane.closed:
+                # can_process() per record cost more than the handler call; while the
+                # breaker is closed it is exactly the DLQ's writability.
+                if not (breaker.closed and publisher.writable):
+                    if not pipe.can_process():
+                        break
+                    if not breaker.closed:  # the breaker decides call by call: slow path
+                        self._fold(lane, done, end)
+                        done = 0
+                        if held:
+                            slots.give()
+                            held = False
+                        run.in_handler = False
+                        if await self._process(run, queue[0]):
+                            queue.popleft()
+                        run.in_handler = True
+                        continue
                 msg = queue[0]
-                if not breaker.closed:  # the breaker decides call by call: slow path
-                    self._fold(lane, done, end)
-                    done = 0
-                    run.in_handler = False
-                    if await self._process(run, msg):
-                        queue.popleft()
-                    run.in_handler = True
-                    continue
-                if not slots.try_take():  # max_in_flight holds partition order too
+                if not held and not slots.try_take():  # max_in_flight holds partition order
                     self._fold(lane, done, end)
                     done = 0
                     await slots.take()
                     if lane.closed:
                         slots.give()
                         break
+                held = True
                 value = msg.value()
                 ctx = MessageContext(msg, 1)
                 verdict: Failure | RetryState | None = None
@@ -421,7 +431,9 @@ class LoopRunner:
                     )
                 finally:
                     self.in_handlers -= 1
-                    slots.give()
+                    if slots.wanted:
+                        slots.give()
+                        held = False
                 if verdict is None:
                     queue.popleft()
                     done += 1
@@ -431,10 +443,16 @@ class LoopRunner:
                         done = 0
                         self._since_poll += _FOLD
                         if self._since_poll >= _POLL_EVERY or not queue:
+                            if held:  # the poll may settle revoked lanes: hold nothing
+                                slots.give()
+                                held = False
                             self._poll_here()
                     continue
                 self._fold(lane, done, end)
                 done = 0
+                if held:
+                    slots.give()
+                    held = False
                 if isinstance(verdict, Failure):
                     queue.popleft()
                     lane.finished(msg, verdict)
@@ -445,6 +463,8 @@ class LoopRunner:
                     queue.popleft()
                 run.in_handler = True
         finally:
+            if held:
+                slots.give()
             self._fold(lane, done, end)
             run.in_handler = False
             lane.running -= 1

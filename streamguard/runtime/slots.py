@@ -43,6 +43,12 @@ class Slots:
             raise
         self.running += 1
 
+    @property
+    def wanted(self) -> bool:
+        """Someone waits for a slot: a holder running records one after another should
+        give its slot back between them rather than keep it."""
+        return bool(self._waiters)
+
     def give(self) -> None:
         """Give a slot back: to the first waiter, else to the free count."""
         self.running -= 1

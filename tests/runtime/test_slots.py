@@ -50,3 +50,22 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
         return slots.running
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_holder_sees_when_someone_wants_its_slot() -> None:
+    """A partition run keeps its slot from one record to the next only while nobody
+    waits: ``wanted`` turns True with the first waiter and False once it is served."""
+
+    async def scenario() -> None:
+        slots = Slots(1, asyncio.get_running_loop())
+        assert slots.try_take()
+        assert not slots.wanted
+        waiter = asyncio.create_task(slots.take())
+        await asyncio.sleep(0)
+        assert slots.wanted
+        slots.give()
+        await waiter
+        assert not slots.wanted
+        assert slots.running == 1
+
+    asyncio.run(scenario())
