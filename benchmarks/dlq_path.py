@@ -15,14 +15,14 @@ import argparse
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
+from hotpath import fetch
 from peerbench import dataset
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
@@ -36,26 +36,6 @@ from streamguard.runtime.deadletters import DeadLetterPublisher, headers_for
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.topics import create_topics
-
-
-def fetch(bootstrap: str, count: int) -> list[Any]:
-    """Write the invalid data set's first ``count`` records and read them back."""
-    topic = f"dlqpath-{uuid.uuid4().hex[:8]}"
-    create_topics(bootstrap, [topic], partitions=1)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    for i in range(count):
-        producer.produce(topic, dataset.invalid_value(i), key=b"k%d" % (i % dataset.KEYS))
-    producer.flush()
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([topic])
-    records: list[Any] = []
-    deadline = time.monotonic() + 60
-    while len(records) < count and time.monotonic() < deadline:
-        records += [m for m in consumer.consume(500, 1.0) if m.error() is None]
-    consumer.close()
-    return records
 
 
 def dead_letter_producer(bootstrap: str) -> Producer:
@@ -176,7 +156,7 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     with DevBroker() as broker:
         bootstrap = broker.bootstrap_servers
-        records = fetch(bootstrap, args.records)
+        records = fetch(bootstrap, args.records, False, dataset.invalid_value)
         pipe, publisher = pipeline(bootstrap)
         results = measure(records, pipe, publisher, bootstrap, args.repeats)
     for name, us in results.items():

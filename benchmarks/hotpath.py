@@ -48,14 +48,16 @@ STAMP = [
 ]
 
 
-def fetch(bootstrap: str, count: int, stamped: bool) -> list[Any]:
-    """Write the data set's first ``count`` JSON records and read them back."""
+def fetch(
+    bootstrap: str, count: int, stamped: bool, encode: Callable[[int], bytes] = dataset.json_value
+) -> list[Any]:
+    """Write the data set's first ``count`` records (JSON by default) and read them back."""
     topic = f"hotpath-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [topic], partitions=1)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     for i in range(count):
         producer.produce(
-            topic, dataset.json_value(i), key=b"k%d" % (i % dataset.KEYS),
+            topic, encode(i), key=b"k%d" % (i % dataset.KEYS),
             headers=STAMP if stamped else None,
         )  # fmt: skip
         if i % 10_000 == 0:
