@@ -49,6 +49,9 @@ class Failure:
     Attributes:
         reason: one of ``REASONS`` (``decode_error``, ``permanent_error``, ...).
         error: the exception that decided it; ``RetriesExhausted`` wraps the last one.
+            A ``DecodeError`` or ``ContractViolation`` comes without its traceback and
+            context (the codec's frames and pydantic's error, which holds the input):
+            it waits in memory until the DLQ acknowledges it.
         attempts: handler calls made (1 when it was never retried).
         first_failure_ms: epoch ms of the first failure of this message.
     """

@@ -111,11 +111,11 @@ class ContractViolation(StreamguardError, ValueError):
     def again(self) -> ContractViolation:
         """A new violation with the same subject, details and text, built without
         formatting them again: what a decoder raises for a record that fails exactly
-        like an earlier one (treat ``errors`` as read-only; the dicts are shared)."""
+        like an earlier one. Its details are its own copies: a hook may change them."""
         twin = ContractViolation.__new__(ContractViolation, *self.args)
         Exception.__init__(twin, *self.args)
         twin.subject = self.subject
-        twin.errors = list(self.errors)
+        twin.errors = [{**e, "loc": list(e["loc"])} for e in self.errors]
         return twin
 
 

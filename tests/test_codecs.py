@@ -350,3 +350,17 @@ def test_details_with_input_values_are_never_shared() -> None:
             decode(payload(currency=currency))
         seen.append(caught.value.errors[0]["input"])
     assert seen == ["GBP", "CHF"]
+
+
+def test_changing_one_violations_details_leaves_the_next_alone(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """A hook that edits ``errors`` of one dead letter must not edit the next one's."""
+    with pytest.raises(sg.ContractViolation) as first:
+        decode(payload(currency="GBP"))
+    first.value.errors[0]["loc"].append("changed")
+    first.value.errors[0]["msg"] = "changed"
+    with pytest.raises(sg.ContractViolation) as second:
+        decode(payload(currency="GBP"))
+    assert second.value.errors[0]["loc"] == ["currency"]
+    assert second.value.errors[0]["msg"] != "changed"
