@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamguard.faust")
 
+# How long a lane that ran dry waits before it reports the dead-letter lines it skipped.
+LOG_FLUSH_WAIT = 0.2
+
 # How often a waiting lane looks whether a rebalance or stop began. Faust waits for
 # every unacknowledged event before a rebalance completes, so this is the delay a
 # retry backoff can add to a rebalance.
@@ -129,6 +132,11 @@ class Lane:
         while True:
             if self.queue.empty() or self.handled >= FLUSH_EVERY:
                 self.flush_counts()
+            lines = self.agent.log_dead_letter
+            if lines.not_logged and self.queue.empty():
+                # A flood's last skipped lines are reported once the rate allows one,
+                # not with the next dead letter, which may never come.
+                asyncio.get_running_loop().call_later(LOG_FLUSH_WAIT, lines.flush)
             event = await self.queue.get()
             if self.paused_tp is not None and self.queue.qsize() <= self.high // 2:
                 self._resume()

@@ -511,3 +511,46 @@ def test_held_partition_stops_fetching_and_loses_nothing(
 
     run_app(app, scenario, timeout=120)
     assert seen == list(range(3300))
+
+
+def test_a_poison_flood_logs_a_few_lines_that_account_for_every_dead_letter(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    caplog: Any,
+) -> None:
+    """150 invalid events: all in the DLQ, and the agent's `dead-lettering message`
+    lines, rate-limited, plus the `not_logged` counts they and the flush after the
+    flood report, add up to every one of them."""
+    src = topic_factory("orders")
+    count = 150
+    bad = [order(i).model_dump_json().replace('"EUR"', '"GBP"').encode() for i in range(count)]
+    produce(raw_producer, src, bad, 1_700_000_000_000)
+    app = make_app()
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        raise AssertionError("no event of the flood is valid")
+
+    def accounted() -> int:
+        said = [
+            r
+            for r in caplog.records
+            if r.getMessage() in ("dead-lettering message", "dead-lettered messages not logged")
+        ]
+        lines = sum(r.getMessage() == "dead-lettering message" for r in said)
+        return lines + sum(r.not_logged for r in said)  # type: ignore[attr-defined]
+
+    caplog.set_level("WARNING", logger="streamguard.faust")
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == count, 40)
+        assert await until(lambda: accounted() >= count, 10)
+
+    run_app(app, scenario)
+    dlq = read_all(f"{src}.dlq", count, timeout=20)
+    assert {int(dict(r.headers())["sg-dlq-original-offset"]) for r in dlq} == set(range(count))
+    lines = [r for r in caplog.records if r.getMessage() == "dead-lettering message"]
+    assert 1 <= len(lines) < count // 2
