@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -153,7 +154,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=15, help="best of this many")
     args = parser.parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    # The measured log lines are written (their cost counts) but not shown.
+    quiet = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (for the process's life)
+    for name in ("streamguard", "dlqpath"):
+        logging.getLogger(name).addHandler(quiet)
+        logging.getLogger(name).propagate = False
     with DevBroker() as broker:
         bootstrap = broker.bootstrap_servers
         records = fetch(bootstrap, args.records, False, dataset.invalid_value)
@@ -163,7 +168,7 @@ def main() -> None:
         print(f"{us:8.2f} µs  {name}")
     base = results["hand-written DLQ loop (validate, produce with a reason header, reports)"]
     ours = results["PartitionLane._process with the DLQ publisher, reports served"]
-    print(f"{base / ours:8.2f}     streamguard's path against the hand-written loop (ratio)")
+    print(f"{base / ours:8.2f}     hand-written loop's µs over streamguard's (1.0: as cheap)")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,13 @@ def fetch(
             producer.flush()
     producer.flush()
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,  # the embedded broker's fast join (docs/local-broker.md)
+            "heartbeat.interval.ms": 500,
+        }
     )
     consumer.subscribe([topic])
     records: list[Any] = []

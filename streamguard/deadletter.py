@@ -258,9 +258,9 @@ class DeadLetterLog:
     Every dead letter is counted in the metrics and kept in the DLQ with its reason; a
     line each would let a poison flood (tens of thousands of records a second) flood the
     logs as well and cost more CPU than the dead-lettering. Past the rate, lines are
-    skipped; the next line written says how many were (``not_logged``), and so does
-    ``flush()`` once the flood is over. Kafka Connect, for comparison, logs none by
-    default.
+    skipped and counted; ``flush()`` (on the maintenance tick) reports the count in a
+    line of its own once the rate allows one, and a record's line written first carries
+    it instead (``not_logged``). Kafka Connect, for comparison, logs none by default.
 
     Args:
         per_second: lines a second, in bursts of up to as many; None logs every one.
