@@ -126,6 +126,11 @@ def test_refused_connections_make_dead_letters_wait_and_the_service_unready(
         # idempotent producer's next writes with PRODUCER_FENCED for good, which Apache
         # Kafka does not (docs/local-broker.md); this test is about the service.
         dead_letter_config={"message.timeout.ms": 1500, "enable.idempotence": False},
+        # A session that outlives the refusal: a lost partition's failed dead letters
+        # no longer count against the DLQ (its next owner redelivers them), so with the
+        # tests' 2 s session the DLQ could look writable again before the check saw it
+        # unwritable (seen on a loaded machine). The join takes half of it, 3 s.
+        kafka_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
     )
     try:
         assert wait_for(lambda: running.service.health()["ready"], timeout=20)
