@@ -374,7 +374,8 @@ class LoopRunner:
         lane, queue, pipe = run.lane, run.queue, self.pipeline
         decode, handle, tombstone = pipe.decode, self._handle, self._tombstone
         inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
-        clock, durations, slots = time.perf_counter, self._durations, self.slots
+        clock, timed, slots = time.perf_counter, self._durations.append, self.slots
+        waiters = slots.waiters
         done = end = 0
         held = False  # a slot kept from one record to the next while nobody waits
         run.in_handler = True
@@ -424,14 +425,14 @@ class LoopRunner:
                         else:
                             start = clock()
                             await handle(event, ctx)
-                            durations.append(clock() - start)
+                            timed(clock() - start)
                 except Exception as exc:
                     verdict = pipe.judge(
                         exc, 1, None, self._clock(), (lane.partition, msg.offset())
                     )
                 finally:
                     self.in_handlers -= 1
-                    if slots.wanted:
+                    if waiters:
                         slots.give()
                         held = False
                 if verdict is None:
@@ -622,9 +623,12 @@ class LoopRunner:
 
     def _flush(self) -> None:
         self._flush_due = False
-        handled, durations, retries = self._handled, self._durations, self._retries
-        self._handled, self._durations, self._retries = 0, [], 0
-        self.pipeline.record_batch(handled, durations, retries)
+        handled, retries = self._handled, self._retries
+        self._handled = self._retries = 0
+        # The same list, emptied: a partition's run binds its append once, and a flush
+        # can run while one of its handlers is suspended.
+        self.pipeline.record_batch(handled, self._durations, retries)
+        self._durations.clear()
 
     def _close(self, lane: LoopLane) -> None:
         for run in list(self._runs.values()):

@@ -18,7 +18,9 @@ class Slots:
         self.limit = limit
         self._free = limit
         self._loop = loop
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Read by a holder that keeps its slot between records: non-empty means someone
+        # wants one, and the holder gives it back rather than keep it.
+        self.waiters: deque[asyncio.Future[None]] = deque()
         self.running = 0
 
     def try_take(self) -> bool:
@@ -34,7 +36,7 @@ class Slots:
         if self.try_take():
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(waiter)
+        self.waiters.append(waiter)
         try:
             await waiter  # the slot is handed over by _pass
         except asyncio.CancelledError:
@@ -43,20 +45,14 @@ class Slots:
             raise
         self.running += 1
 
-    @property
-    def wanted(self) -> bool:
-        """Someone waits for a slot: a holder running records one after another should
-        give its slot back between them rather than keep it."""
-        return bool(self._waiters)
-
     def give(self) -> None:
         """Give a slot back: to the first waiter, else to the free count."""
         self.running -= 1
         self._pass()
 
     def _pass(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self.waiters:
+            waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes straight to the waiter
                 return

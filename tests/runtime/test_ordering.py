@@ -424,3 +424,37 @@ def test_a_busy_stream_is_handled_to_the_last_record(
     assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == total)
     running.stop()
     assert not running.error
+
+
+def test_every_async_handler_call_is_timed_when_handlers_wait(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Partition order, handlers that wait across metric flushes: the handler-time
+    histogram counts every call (a flush while a handler was suspended used to hand
+    the run a fresh list, and the run's later timings were dropped)."""
+    src = topic_factory("orders")
+    group = unique("timed")
+    count = 300  # folds every 64 records, so flushes fall due while handlers wait
+    send_keyed(bootstrap, src, count, keys=5)
+    handled = []
+
+    class Timed(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            await asyncio.sleep(0.005)  # 300 x 5 ms spans a few 0.5 s metric flushes
+            handled.append(ctx.offset)
+
+    running = start_service(Timed)
+    assert wait_for(lambda: len(handled) == count, timeout=30)
+    assert wait_for(
+        lambda: running.metric("streamguard_handler_seconds_count", topic=src) == count, 5
+    ), running.metric("streamguard_handler_seconds_count", topic=src)
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == count
+    running.stop()
+    assert not running.error

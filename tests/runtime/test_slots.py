@@ -54,18 +54,18 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
 
 def test_a_holder_sees_when_someone_wants_its_slot() -> None:
     """A partition run keeps its slot from one record to the next only while nobody
-    waits: ``wanted`` turns True with the first waiter and False once it is served."""
+    waits: ``waiters`` fills with the first waiter and empties once it is served."""
 
     async def scenario() -> None:
         slots = Slots(1, asyncio.get_running_loop())
         assert slots.try_take()
-        assert not slots.wanted
+        assert not slots.waiters
         waiter = asyncio.create_task(slots.take())
         await asyncio.sleep(0)
-        assert slots.wanted
+        assert slots.waiters
         slots.give()
         await waiter
-        assert not slots.wanted
+        assert not slots.waiters
         assert slots.running == 1
 
     asyncio.run(scenario())
