@@ -149,32 +149,25 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry, runtime: str = "consumer") -> None:
         self.registry = registry
         self.runtime = runtime
-        self.messages = Bound(
-            Counter(
-                "streamguard_messages",
-                "Messages that reached a final outcome (handled or dead_lettered).",
-                ["runtime", "topic", "outcome"],
-                registry=registry,
-            ),
-            runtime,
+        self.messages = self._bound(
+            Counter,
+            "streamguard_messages",
+            "Messages that reached a final outcome (handled or dead_lettered).",
+            "topic",
+            "outcome",
         )
-        self.dead_letters = Bound(
-            Counter(
-                "streamguard_dead_letters",
-                "Messages acknowledged by the dead-letter topic, by reason.",
-                ["runtime", "topic", "reason"],
-                registry=registry,
-            ),
-            runtime,
+        self.dead_letters = self._bound(
+            Counter,
+            "streamguard_dead_letters",
+            "Messages acknowledged by the dead-letter topic, by reason.",
+            "topic",
+            "reason",
         )
-        self.retries = Bound(
-            Counter(
-                "streamguard_retries",
-                "Retries scheduled after a transient handler failure.",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.retries = self._bound(
+            Counter,
+            "streamguard_retries",
+            "Retries scheduled after a transient handler failure.",
+            "topic",
         )
         self.handler_seconds = BatchHistogram(
             "streamguard_handler_seconds",
@@ -183,42 +176,32 @@ class ServiceMetrics:
             registry=registry,
             runtime=runtime,
         )
-        self.inflight = Bound(
-            Gauge(
-                "streamguard_inflight",
-                "Messages fetched but without a final outcome yet (buffered, in the handler "
-                "or awaiting the dead-letter acknowledgement).",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.inflight = self._bound(
+            Gauge,
+            "streamguard_inflight",
+            "Messages fetched but without a final outcome yet (buffered, in the handler "
+            "or awaiting the dead-letter acknowledgement).",
+            "topic",
         )
-        self.paused_partitions = Bound(
-            Gauge(
-                "streamguard_paused_partitions",
-                "Partitions paused for backpressure, retry backoff or an unwritable DLQ.",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.paused_partitions = self._bound(
+            Gauge,
+            "streamguard_paused_partitions",
+            "Partitions paused for backpressure, retry backoff or an unwritable DLQ.",
+            "topic",
         )
-        self.consumer_lag = Bound(
-            Gauge(
-                "streamguard_consumer_lag",
-                "High watermark minus committed offset, per assigned partition.",
-                ["runtime", "topic", "partition"],
-                registry=registry,
-            ),
-            runtime,
+        self.consumer_lag = self._bound(
+            Gauge,
+            "streamguard_consumer_lag",
+            "High watermark minus committed offset, per assigned partition.",
+            "topic",
+            "partition",
         )
-        self.schema_drift = Bound(
-            Counter(
-                "streamguard_schema_drift",
-                "Messages whose writer schema differs from the contract, by kind.",
-                ["runtime", "subject", "kind"],
-                registry=registry,
-            ),
-            runtime,
+        self.schema_drift = self._bound(
+            Counter,
+            "streamguard_schema_drift",
+            "Messages whose writer schema differs from the contract, by kind.",
+            "subject",
+            "kind",
         )
         self.commit_failures = Counter(
             "streamguard_commit_failures",
@@ -232,72 +215,56 @@ class ServiceMetrics:
             ["runtime"],
             registry=registry,
         ).labels(runtime)
-        self.dead_letter_failures = Bound(
-            Counter(
-                "streamguard_dead_letter_failures",
-                "Dead-letter writes that failed and will be retried (the DLQ is unwritable).",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.dead_letter_failures = self._bound(
+            Counter,
+            "streamguard_dead_letter_failures",
+            "Dead-letter writes that failed and will be retried (the DLQ is unwritable).",
+            "topic",
         )
 
-        self.handlers_in_flight = Bound(
-            Gauge(
-                "streamguard_handlers_in_flight",
-                "Handlers running now on the event loop or its thread pool (async handlers, "
-                "key or no ordering); at most ServiceOptions.max_in_flight.",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.handlers_in_flight = self._bound(
+            Gauge,
+            "streamguard_handlers_in_flight",
+            "Handlers running now on the event loop or its thread pool (async handlers, "
+            "key or no ordering); at most ServiceOptions.max_in_flight.",
+            "topic",
         )
-        self.handlers_limit = Bound(
-            Gauge(
-                "streamguard_handlers_limit",
-                "ServiceOptions.max_in_flight: the most handlers that may run at once.",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.handlers_limit = self._bound(
+            Gauge,
+            "streamguard_handlers_limit",
+            "ServiceOptions.max_in_flight: the most handlers that may run at once.",
+            "topic",
         )
-        self.waiting_for_key = Bound(
-            Gauge(
-                "streamguard_waiting_for_key",
-                "Records queued behind an earlier record of the same key (ordering = key).",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.waiting_for_key = self._bound(
+            Gauge,
+            "streamguard_waiting_for_key",
+            "Records queued behind an earlier record of the same key (ordering = key).",
+            "topic",
         )
 
-        self.breaker_state = Bound(
-            Gauge(
-                "streamguard_breaker_state",
-                "The service's circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.breaker_state = self._bound(
+            Gauge,
+            "streamguard_breaker_state",
+            "The service's circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
+            "topic",
         )
-        self.breaker_opened = Bound(
-            Counter(
-                "streamguard_breaker_opened",
-                "Times the circuit breaker opened (a dependency failed most calls).",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.breaker_opened = self._bound(
+            Counter,
+            "streamguard_breaker_opened",
+            "Times the circuit breaker opened (a dependency failed most calls).",
+            "topic",
         )
-        self.retries_deferred = Bound(
-            Counter(
-                "streamguard_retries_deferred",
-                "Retries that waited because the service-wide retry budget was spent.",
-                ["runtime", "topic"],
-                registry=registry,
-            ),
-            runtime,
+        self.retries_deferred = self._bound(
+            Counter,
+            "streamguard_retries_deferred",
+            "Retries that waited because the service-wide retry budget was spent.",
+            "topic",
         )
+
+    def _bound(self, kind: type[M], name: str, documentation: str, *labels: str) -> Bound[M]:
+        """A family of this registry with the ``runtime`` label first and bound."""
+        family = kind(name, documentation, ["runtime", *labels], registry=self.registry)
+        return Bound(family, self.runtime)
 
     def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
         """Compute the gauges at scrape time from the runtime's own state."""
