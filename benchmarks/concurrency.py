@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import statistics
-import threading
 import time
 import uuid
 from typing import Any
 
 import streamguard as sg
-from benchmarks.consume import consumer_config, produce
+from benchmarks.consume import Stopwatch, consumer_config, produce, serve_until_done
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
 from streamguard.topics import create_topics
@@ -36,17 +34,8 @@ KEYS = 997
 
 def run(bootstrap: str, topic: str, count: int, ordering: str, kind: str, wait: float) -> float:
     """msg/s from the first handled record to the ``count``-th."""
-    done = threading.Event()
-    marks: dict[str, float] = {}
-    tick = itertools.count(1).__next__
-
-    def mark() -> None:
-        n = tick()
-        if n == count:
-            marks["end"] = time.perf_counter()
-            done.set()
-        elif n == 1:
-            marks["start"] = time.perf_counter()
+    watch = Stopwatch(count)
+    mark = watch.mark
 
     namespace: dict[str, Any] = {
         "topic": topic,
@@ -74,14 +63,9 @@ def run(bootstrap: str, topic: str, count: int, ordering: str, kind: str, wait: 
     config = consumer_config(bootstrap, "unused")
     config.pop("group.id")
     service = cls(bootstrap_servers=bootstrap, kafka_config=config)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    finished = done.wait(300)
-    service.stop()
-    thread.join(60)
-    if not finished:
+    if not serve_until_done(service, watch, 300):
         raise RuntimeError(f"{ordering}/{kind}: {count} records not handled in 300 s")
-    return count / (marks["end"] - marks["start"])
+    return watch.rate()
 
 
 def main() -> None:

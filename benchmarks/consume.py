@@ -102,18 +102,44 @@ def run_baseline(bootstrap: str, topic: str, count: int) -> float:
     return seen / elapsed
 
 
-def run_service(bootstrap: str, topic: str, count: int, kind: str = "sync") -> float:
-    done = threading.Event()
-    marks: dict[str, float] = {}
-    tick = itertools.count(1).__next__  # the cheapest thread-safe counter
+class Stopwatch:
+    """Times ``count`` records from the first one marked to the last, marked from any
+    thread (handlers call ``mark``); the other benchmarks time their services with it."""
 
-    def mark() -> None:
-        n = tick()
-        if n == count:
-            marks["end"] = time.perf_counter()
-            done.set()
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.done = threading.Event()
+        self.marked = 0
+        self._tick = itertools.count(1).__next__  # the cheapest thread-safe counter
+        self._start = self._end = 0.0
+
+    def mark(self) -> None:
+        n = self.marked = self._tick()
+        if n == self.count:
+            self._end = time.perf_counter()
+            self.done.set()
         elif n == 1:
-            marks["start"] = time.perf_counter()
+            self._start = time.perf_counter()
+
+    def rate(self) -> float:
+        """Records a second, first to last."""
+        return self.count / (self._end - self._start)
+
+
+def serve_until_done(service: sg.ConsumerService, watch: Stopwatch, timeout: float) -> bool:
+    """Run ``service`` on a thread until ``watch`` saw every record (or ``timeout``
+    passed), then stop it; whether every record was seen."""
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    finished = watch.done.wait(timeout)
+    service.stop()
+    thread.join(60)
+    return finished
+
+
+def run_service(bootstrap: str, topic: str, count: int, kind: str = "sync") -> float:
+    watch = Stopwatch(count)
+    mark = watch.mark
 
     class SyncBench(sg.ConsumerService):
         __abstract__ = True
@@ -139,12 +165,8 @@ def run_service(bootstrap: str, topic: str, count: int, kind: str = "sync") -> f
     config = consumer_config(bootstrap, "unused")
     config.pop("group.id")
     service = service_cls(bootstrap_servers=bootstrap, kafka_config=config)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    done.wait(300)
-    service.stop()
-    thread.join(60)
-    return count / (marks["end"] - marks["start"])
+    serve_until_done(service, watch, 300)
+    return watch.rate()
 
 
 def main() -> None:

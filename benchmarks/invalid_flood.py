@@ -15,12 +15,9 @@ Throughput counts a dead letter when the broker acknowledged it (``on_dead_lette
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ from streamguard.devbroker import DevBroker
 from streamguard.topics import create_topics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from consume import consumer_config, sample_event
+from consume import Stopwatch, consumer_config, sample_event, serve_until_done
 
 PARTITIONS = 4
 
@@ -67,17 +64,8 @@ def produce(bootstrap: str, topic: str, count: int, make: Any) -> None:
 
 def run(bootstrap: str, topic: str, count: int) -> dict[str, float]:
     """Consume ``count`` records; return throughput and what the metrics counted."""
-    done = threading.Event()
-    marks: dict[str, float] = {}
-    tick = itertools.count(1).__next__
-
-    def mark() -> None:
-        n = tick()
-        if n == count:
-            marks["end"] = time.perf_counter()
-            done.set()
-        elif n == 1:
-            marks["start"] = time.perf_counter()
+    watch = Stopwatch(count)
+    mark = watch.mark
 
     class Flood(sg.ConsumerService):
         __abstract__ = True
@@ -95,20 +83,15 @@ def run(bootstrap: str, topic: str, count: int) -> dict[str, float]:
     config.pop("group.id")
     registry = CollectorRegistry()
     service = cls(bootstrap_servers=bootstrap, kafka_config=config, registry=registry)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    finished = done.wait(600)
-    service.stop()
-    thread.join(60)
-    if not finished:
-        raise SystemExit(f"only {tick() - 1} of {count} records reached an outcome")
+    if not serve_until_done(service, watch, 600):
+        raise SystemExit(f"only {watch.marked} of {count} records reached an outcome")
 
     def sample(name: str, **labels: str) -> float:
         labels = {"runtime": "consumer", "topic": topic, **labels}
         return registry.get_sample_value(name, labels) or 0.0
 
     return {
-        "rate": count / (marks["end"] - marks["start"]),
+        "rate": watch.rate(),
         "dead_lettered": sample("streamguard_messages_total", outcome="dead_lettered"),
         "handled": sample("streamguard_messages_total", outcome="handled"),
         "retries": sample("streamguard_retries_total"),
