@@ -189,7 +189,9 @@ def _classify(exc: ValidationError, contract: type[BaseModel], include_input: bo
     if isinstance(error, ContractViolation):
         if len(_CLASSIFIED) >= 1024:
             _CLASSIFIED.clear()
-        _CLASSIFIED[key] = error.again()
+        template = error.again()
+        template.errors  # noqa: B018 (its own details: the first one's may be changed by a hook)
+        _CLASSIFIED[key] = template
     return error
 
 

@@ -88,7 +88,7 @@ class DeadLetterHeaders:
             ``KeyError`` quoting a customer id, say) are reduced to their class name.
     """
 
-    __slots__ = ("_fixed", "_include_error_text", "_topics")
+    __slots__ = ("_after_reason", "_before_reason", "_include_error_text", "_topics")
 
     def __init__(
         self,
@@ -101,14 +101,18 @@ class DeadLetterHeaders:
         host: str | None = None,
     ) -> None:
         self._include_error_text = include_error_text
-        self._fixed = {
-            h.DLQ_CONSUMER_GROUP: _text(group_id),
-            h.DLQ_SERVICE: _text(service),
-            h.DLQ_HOST: _text(host or _hostname()),
-            h.DLQ_EXPECTED_SUBJECT: _text(expected_subject),
-            h.DLQ_EXPECTED_VERSION: _text(expected_version),
-        }
-        self._topics: dict[str, bytes] = {}
+        # The (name, value) pairs fixed for the service, built once and shared by every
+        # dead letter's header list; the per-record ones go between and after them.
+        self._before_reason = (
+            (h.DLQ_CONSUMER_GROUP, _text(group_id)),
+            (h.DLQ_SERVICE, _text(service)),
+            (h.DLQ_HOST, _text(host or _hostname())),
+        )
+        self._after_reason = (
+            (h.DLQ_EXPECTED_SUBJECT, _text(expected_subject)),
+            (h.DLQ_EXPECTED_VERSION, _text(expected_version)),
+        )
+        self._topics: dict[str, tuple[str, bytes]] = {}
 
     @classmethod
     def for_contract(
@@ -138,13 +142,12 @@ class DeadLetterHeaders:
         Any ``sg-dlq-*`` header already present (a record dead-lettered before, then
         replayed) is dropped first, so the context always describes the latest failure.
         """
-        kept = [(k, v) for k, v in original_headers or () if not k.startswith(h.DLQ_PREFIX)]
-        fixed = self._fixed
-        topic_bytes = self._topics.get(topic)
-        if topic_bytes is None:
+        kept = [(k, v) for k, v in original_headers or () if not k.startswith(_DLQ_PREFIX)]
+        topic_pair = self._topics.get(topic)
+        if topic_pair is None:
             if len(self._topics) >= 1024:  # a pattern subscription may see many topics
                 self._topics.clear()
-            topic_bytes = self._topics[topic] = _text(topic)
+            topic_pair = self._topics[topic] = (h.DLQ_ORIGINAL_TOPIC, _text(topic))
         error = failure.error
         error_class = _CLASS_NAMES.get(type(error))
         if error_class is None or isinstance(error, RetriesExhausted):
@@ -152,24 +155,20 @@ class DeadLetterHeaders:
             if not isinstance(error, RetriesExhausted) and len(_CLASS_NAMES) < 1024:
                 _CLASS_NAMES[type(error)] = error_class
         message = _text(error_text(error, self._include_error_text)[:MAX_ERROR_MESSAGE])
-        errors = failure.errors
         kept += [
-            (h.DLQ_ORIGINAL_TOPIC, topic_bytes),
-            (h.DLQ_ORIGINAL_PARTITION, b"%d" % partition),
-            (h.DLQ_ORIGINAL_OFFSET, b"%d" % offset),
-            (h.DLQ_ORIGINAL_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
-            (h.DLQ_CONSUMER_GROUP, fixed[h.DLQ_CONSUMER_GROUP]),
-            (h.DLQ_SERVICE, fixed[h.DLQ_SERVICE]),
-            (h.DLQ_HOST, fixed[h.DLQ_HOST]),
-            (h.DLQ_REASON, _REASON_BYTES.get(failure.reason) or _text(failure.reason)),
-            (h.DLQ_ERROR_CLASS, error_class),
-            (h.DLQ_ERROR_MESSAGE, message),
-            (h.DLQ_ERRORS, _errors_json(errors) if errors else b"[]"),
-            (h.DLQ_EXPECTED_SUBJECT, fixed[h.DLQ_EXPECTED_SUBJECT]),
-            (h.DLQ_EXPECTED_VERSION, fixed[h.DLQ_EXPECTED_VERSION]),
-            (h.DLQ_ATTEMPTS, b"%d" % failure.attempts),
-            (h.DLQ_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
-            (h.DLQ_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
+            topic_pair,
+            (_PARTITION, b"%d" % partition),
+            (_OFFSET, b"%d" % offset),
+            (_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
+            *self._before_reason,
+            (_REASON, _REASON_BYTES.get(failure.reason) or _text(failure.reason)),
+            (_ERROR_CLASS, error_class),
+            (_ERROR_MESSAGE, message),
+            (_ERRORS, error.errors_json() if isinstance(error, ContractViolation) else b"[]"),
+            *self._after_reason,
+            (_ATTEMPTS, b"%d" % failure.attempts),
+            (_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
+            (_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
         ]
         return kept
 
@@ -188,27 +187,22 @@ class DeadLetterHeaders:
 
 
 _REASON_BYTES: dict[str, bytes] = {reason: _text(reason) for reason in REASONS}
-# One encoder for every dead letter: json.dumps with separators builds a new one per call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# The per-record header names as module constants: build() runs once per dead letter.
+_DLQ_PREFIX = h.DLQ_PREFIX
+_PARTITION = h.DLQ_ORIGINAL_PARTITION
+_OFFSET = h.DLQ_ORIGINAL_OFFSET
+_TIMESTAMP = h.DLQ_ORIGINAL_TIMESTAMP
+_REASON = h.DLQ_REASON
+_ERROR_CLASS = h.DLQ_ERROR_CLASS
+_ERROR_MESSAGE = h.DLQ_ERROR_MESSAGE
+_ERRORS = h.DLQ_ERRORS
+_ATTEMPTS = h.DLQ_ATTEMPTS
+_FIRST_FAILURE_MS = h.DLQ_FIRST_FAILURE_MS
+_DEAD_LETTERED_MS = h.DLQ_DEAD_LETTERED_MS
 
 
 # Exception classes seen, by their header value: type names are few, lookups cheap.
 _CLASS_NAMES: dict[type[BaseException], bytes] = {}
-# A flood of invalid records repeats a few error lists; encoding each again cost a
-# third of building the headers. Bounded: locations may hold list indices.
-_ERRORS_JSON: dict[tuple[tuple[tuple[str | int, ...], str, str], ...], bytes] = {}
-
-
-def _errors_json(errors: list[ErrorDetail]) -> bytes:
-    key = tuple((tuple(e["loc"]), e["type"], e["msg"]) for e in errors)
-    known = _ERRORS_JSON.get(key)
-    if known is None:
-        if len(_ERRORS_JSON) >= 1024:
-            _ERRORS_JSON.clear()
-        known = _ERRORS_JSON[key] = _COMPACT.encode(
-            [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in errors]
-        ).encode()
-    return known
 
 
 def dead_letter_headers(

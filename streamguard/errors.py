@@ -7,9 +7,13 @@ so they are safe to log and to put into dead-letter headers.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any, NotRequired, TypedDict
+
+# One encoder for every violation's JSON: json.dumps with separators builds one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class ErrorDetail(TypedDict):
@@ -101,21 +105,51 @@ class ContractViolation(StreamguardError, ValueError):
 
     def __init__(self, subject: str, errors: Sequence[ErrorDetail]) -> None:
         self.subject = subject
-        self.errors: list[ErrorDetail] = list(errors)
-        first = self.errors[0] if self.errors else None
+        self._errors: list[ErrorDetail] | None = list(errors)
+        self._template: ContractViolation | None = None
+        self._json: bytes | None = None
+        first = errors[0] if errors else None
         where = ".".join(str(p) for p in first["loc"]) if first else "?"
         summary = f"{first['msg']} at {where!r}" if first else "invalid"
-        more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
-        super().__init__(f"{subject}: {len(self.errors)} validation error(s): {summary}{more}")
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{subject}: {len(errors)} validation error(s): {summary}{more}")
+
+    @property
+    def errors(self) -> list[ErrorDetail]:
+        """pydantic's ``loc``/``type``/``msg`` per error, without input values."""
+        if self._errors is None:  # a twin (see again()): its own copies, made on first read
+            assert self._template is not None
+            self._errors = [{**e, "loc": list(e["loc"])} for e in self._template.errors]
+        return self._errors
+
+    @errors.setter
+    def errors(self, errors: list[ErrorDetail]) -> None:
+        self._errors = errors
+        self._json = None
+
+    def errors_json(self) -> bytes:
+        """The details as compact JSON, ``[{"loc", "type", "msg"}, ...]`` (never an
+        ``input``, even when the details carry one): the ``sg-dlq-errors`` header."""
+        if self._errors is None:  # a twin whose details nobody read: the template's text
+            assert self._template is not None
+            return self._template.errors_json()
+        if self._json is None:
+            self._json = _COMPACT.encode(
+                [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in self._errors]
+            ).encode()
+        return self._json
 
     def again(self) -> ContractViolation:
         """A new violation with the same subject, details and text, built without
         formatting them again: what a decoder raises for a record that fails exactly
-        like an earlier one. Its details are its own copies: a hook may change them."""
+        like an earlier one. Its details are its own copies (a hook may change them),
+        made only when read: a flood of dead letters never reads them."""
         twin = ContractViolation.__new__(ContractViolation, *self.args)
         Exception.__init__(twin, *self.args)
         twin.subject = self.subject
-        twin.errors = [{**e, "loc": list(e["loc"])} for e in self.errors]
+        twin._errors = None
+        twin._template = self if self._errors is not None else self._template
+        twin._json = None
         return twin
 
 

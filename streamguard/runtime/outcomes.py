@@ -43,6 +43,9 @@ class RetryState:
     open_mark: float = 0.0  # the breaker's open_total() when it last failed
 
 
+# Input that can never be handled: dead-lettered at once, never retried.
+_INVALID_INPUT = (ContractViolation, DecodeError)
+
 # How often a message parked by the breaker or the retry budget looks again.
 PARK_WAIT = 0.1
 
@@ -96,13 +99,7 @@ def judge(
             message whose retries ran out during an outage from the DLQ.
         message: the message's identity (partition and offset), for the breaker.
     """
-    failed_before = retry is not None and retry.attempt > 0
-    first_ms = retry.first_failure_ms if retry and failed_before else int(time.time() * 1000)
-    if isinstance(exc, RegistryUnavailable):
-        if breaker is not None:
-            breaker.release_probe()
-        return _wait_for_registry(exc, attempt, retry, policy, now, first_ms)
-    if isinstance(exc, DecodeError | ContractViolation):
+    if isinstance(exc, _INVALID_INPUT):  # first: a poison flood takes this path per record
         if breaker is not None:
             breaker.release_probe()  # no call reached the dependency
         # Held until the DLQ acknowledges: without the codec's frames and pydantic's
@@ -113,6 +110,12 @@ def judge(
         if isinstance(exc, DecodeError):
             return Failure(exc.reason, exc)  # type: ignore[arg-type]  # a DecodeError reason
         return Failure("contract_violation", exc)
+    failed_before = retry is not None and retry.attempt > 0
+    first_ms = retry.first_failure_ms if retry and failed_before else int(time.time() * 1000)
+    if isinstance(exc, RegistryUnavailable):
+        if breaker is not None:
+            breaker.release_probe()
+        return _wait_for_registry(exc, attempt, retry, policy, now, first_ms)
     if classify(exc, transient) == "permanent":
         if breaker is not None:
             breaker.succeeded()  # the dependency answered; the message is at fault
