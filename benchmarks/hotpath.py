@@ -13,6 +13,7 @@ loaded machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 import timeit
@@ -34,6 +35,7 @@ from streamguard.devbroker import DevBroker
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterPublisher
+from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.schema.drift import DriftDetector
@@ -81,7 +83,7 @@ def fetch(
     return records
 
 
-def pipeline(bootstrap: str) -> Pipeline:
+def pipeline(bootstrap: str, asynchronous: bool = False) -> Pipeline:
     class Bench(sg.ConsumerService):
         topic = "hotpath"
         group_id = "hotpath"
@@ -90,12 +92,38 @@ def pipeline(bootstrap: str) -> Pipeline:
         def handle(self, event: Any, ctx: sg.MessageContext) -> None:
             pass
 
-    spec = Bench(bootstrap_servers=bootstrap)._spec()
+    class AsyncBench(Bench):
+        async def handle(self, event: Any, ctx: sg.MessageContext) -> None:
+            pass
+
+    service = AsyncBench if asynchronous else Bench
+    spec = service(bootstrap_servers=bootstrap)._spec()
     metrics = ServiceMetrics(CollectorRegistry())
     publisher = DeadLetterPublisher(
         spec, lambda: Producer({"bootstrap.servers": bootstrap}), metrics
     )
     return Pipeline(spec, publisher, metrics)
+
+
+def loop_lane_run(
+    batches: list[list[Any]], pipe: Pipeline, loop: asyncio.AbstractEventLoop
+) -> Callable[[], None]:
+    """The async path: a partition's batches run by a LoopRunner on ``loop``, in this
+    thread, without polling (the runner has no poller attached)."""
+    runner = LoopRunner(pipe, loop, "partition", pipe.spec.options.max_in_flight)
+
+    async def until_idle() -> None:
+        while runner.busy:
+            await asyncio.sleep(0)
+
+    def run() -> None:
+        lane = LoopLane(0, pipe, runner)
+        lane.queue.extend(batches)
+        lane.buffered = sum(map(len, batches))
+        runner._accept(lane)
+        loop.run_until_complete(until_idle())
+
+    return run
 
 
 def each(fn: Callable[[Any], object], items: list[Any]) -> Callable[[], None]:
@@ -108,7 +136,9 @@ def each(fn: Callable[[Any], object], items: list[Any]) -> Callable[[], None]:
     return run
 
 
-def measure(records: list[Any], pipe: Pipeline, repeats: int) -> dict[str, float]:
+def measure(
+    records: list[Any], pipe: Pipeline, async_pipe: Pipeline, repeats: int
+) -> dict[str, float]:
     """Best of ``repeats`` per part in this thread's CPU time, the parts interleaved so
     that the load of a shared machine hits them alike."""
     values = [m.value() for m in records]
@@ -140,6 +170,9 @@ def measure(records: list[Any], pipe: Pipeline, repeats: int) -> dict[str, float
             lambda m: validate(m.value()), records
         ),
         "PartitionLane._process, whole path (no-op handler)": lane_run,
+        "LoopRunner, partition order, whole path (no-op async handler)": loop_lane_run(
+            batches, async_pipe, asyncio.new_event_loop()
+        ),
         "the same, drift checked on each batch's first record only": lane_first_only,
         "model_validate_json": each(validate, values),
         "streamguard decoder (JsonCodec)": each(pipe.decode, values),
@@ -174,7 +207,8 @@ def main() -> None:
     with DevBroker() as broker:
         records = fetch(broker.bootstrap_servers, args.records, args.stamped)
         pipe = pipeline(broker.bootstrap_servers)
-        results = measure(records, pipe, args.repeats)
+        async_pipe = pipeline(broker.bootstrap_servers, asynchronous=True)
+        results = measure(records, pipe, async_pipe, args.repeats)
     for name, us in results.items():
         print(f"{us:8.2f} µs  {name}")
     sampled = 1 / pipe.drift_sample + 1 / 500
@@ -185,6 +219,11 @@ def main() -> None:
         - results["hand-written loop body (msg.value() + model_validate_json)"]
     )
     print(f"{overhead:8.2f} µs  streamguard's path minus the loop body, per message")
+    overhead = (
+        results["LoopRunner, partition order, whole path (no-op async handler)"]
+        - results["hand-written loop body (msg.value() + model_validate_json)"]
+    )
+    print(f"{overhead:8.2f} µs  the same, async handler")
 
 
 if __name__ == "__main__":
