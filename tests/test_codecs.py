@@ -364,3 +364,37 @@ def test_changing_one_violations_details_leaves_the_next_alone(
         decode(payload(currency="GBP"))
     assert second.value.errors[0]["loc"] == ["currency"]
     assert second.value.errors[0]["msg"] != "changed"
+
+
+def test_errors_json_is_the_details_without_values(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """The ``sg-dlq-errors`` text: compact ``{loc, type, msg}`` JSON, the same for a
+    repeated violation as for the first, and never an ``input`` even when opted in."""
+    texts = []
+    for _ in range(2):
+        with pytest.raises(sg.ContractViolation) as caught:
+            decode(payload(currency="GBP"))
+        texts.append(caught.value.errors_json())
+    assert texts[0] == texts[1]
+    details = [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in caught.value.errors]
+    assert texts[0] == json.dumps(details, separators=(",", ":")).encode()
+    opted_in = JsonCodec(include_input=True).decoder(OrderPlaced)
+    with pytest.raises(sg.ContractViolation) as with_input:
+        opted_in(payload(currency="GBP"))
+    assert with_input.value.errors[0]["input"] == "GBP"
+    assert b"GBP" not in with_input.value.errors_json()
+
+
+def test_errors_json_follows_details_changed_before_it_is_read(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    with pytest.raises(sg.ContractViolation) as caught:
+        decode(payload(currency="GBP"))
+    caught.value.errors = [{"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}]
+    assert json.loads(caught.value.errors_json()) == [
+        {"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}
+    ]
+    with pytest.raises(sg.ContractViolation) as next_one:
+        decode(payload(currency="GBP"))
+    assert json.loads(next_one.value.errors_json())[0]["loc"] == ["currency"]

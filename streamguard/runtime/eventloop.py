@@ -376,7 +376,9 @@ class LoopRunner:
         inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
         clock, timed, slots = time.perf_counter, self._durations.append, self.slots
         waiters = slots.waiters
-        done = end = 0
+        done = 0
+        last: Record | None = None  # the last record handled since the last fold
+        seen = 0  # records decoded by this run: its first, then every sample-th, drift-checked
         held = False  # a slot kept from one record to the next while nobody waits
         run.in_handler = True
         lane.running += 1
@@ -390,7 +392,7 @@ class LoopRunner:
                     if not pipe.can_process():
                         break
                     if not breaker.closed:  # the breaker decides call by call: slow path
-                        self._fold(lane, done, end)
+                        self._fold(lane, done, last)
                         done = 0
                         if held:
                             slots.give()
@@ -402,7 +404,7 @@ class LoopRunner:
                         continue
                 msg = queue[0]
                 if not held and not slots.try_take():  # max_in_flight holds partition order
-                    self._fold(lane, done, end)
+                    self._fold(lane, done, last)
                     done = 0
                     await slots.take()
                     if lane.closed:
@@ -418,8 +420,8 @@ class LoopRunner:
                         await tombstone(ctx)
                     else:
                         event = decode(value)
-                        self._seen += 1
-                        drift = None if self._seen % sample else inspect_drift(msg, value)
+                        drift = None if seen % sample else inspect_drift(msg, value)
+                        seen += 1
                         if drift is not None:
                             verdict = Failure("schema_drift", drift)
                         else:
@@ -438,9 +440,9 @@ class LoopRunner:
                 if verdict is None:
                     queue.popleft()
                     done += 1
-                    end = msg.offset() + 1
+                    last = msg
                     if done >= _FOLD or not queue:
-                        self._fold(lane, done, end)
+                        self._fold(lane, done, last)
                         done = 0
                         self._since_poll += _FOLD
                         if self._since_poll >= _POLL_EVERY or not queue:
@@ -449,7 +451,7 @@ class LoopRunner:
                                 held = False
                             self._poll_here()
                     continue
-                self._fold(lane, done, end)
+                self._fold(lane, done, last)
                 done = 0
                 if held:
                     slots.give()
@@ -466,7 +468,7 @@ class LoopRunner:
         finally:
             if held:
                 slots.give()
-            self._fold(lane, done, end)
+            self._fold(lane, done, last)
             run.in_handler = False
             lane.running -= 1
             if not lane.running:
@@ -495,13 +497,13 @@ class LoopRunner:
         for lane in claimed:
             lane.drain()  # on this thread: accepted at once
 
-    def _fold(self, lane: LoopLane, done: int, end: int) -> None:
-        """Record ``done`` handled records of a lane, the last ending at ``end``."""
-        if done:
+    def _fold(self, lane: LoopLane, done: int, last: Record | None) -> None:
+        """Record ``done`` handled records of a lane, the last of them ``last``."""
+        if done and last is not None:
             self._handled += done
             self.pipeline.breaker.succeeded(done)
             with lane.lock:
-                lane.offsets.advance(end)
+                lane.offsets.advance(last.offset() + 1)
                 if not lane.closed:
                     lane.buffered -= done
             self._schedule_flush()
