@@ -36,14 +36,17 @@ def enqueue(
     Returns None once the record is queued (``on_delivery`` reports its fate later),
     or the error when librdkafka refused it before queueing: then no report comes.
     """
-    kwargs: dict[str, Any] = {"key": key, "on_delivery": on_delivery}
-    if headers is not None:
-        kwargs["headers"] = headers if isinstance(headers, list) else list(headers)
-    if partition is not None:
-        kwargs["partition"] = partition
+    # Any: the stubs want a list of (str, str | bytes | None), and a list is invariant.
+    sent: Any = headers if headers is None or isinstance(headers, list) else list(headers)
     while True:
         try:
-            producer.produce(topic, value, **kwargs)
+            if partition is None:  # keywords, not a dict of them: a dead-letter flood's hot path
+                producer.produce(topic, value, key=key, headers=sent, on_delivery=on_delivery)
+            else:
+                producer.produce(
+                    topic, value, key=key, headers=sent, on_delivery=on_delivery,
+                    partition=partition,
+                )  # fmt: skip
             return None
         except BufferError:
             producer.poll(ROOM_WAIT)  # serve delivery reports to make room; drop nothing

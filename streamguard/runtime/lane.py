@@ -225,9 +225,8 @@ class PartitionLane:
                         break
                 attempt = 1 if retry is None else retry.attempt + 1
                 value = msg.value()
-                ctx = MessageContext(msg, attempt)
                 try:
-                    if value is None and pipe.invoke_tombstone(ctx):
+                    if value is None and pipe.invoke_tombstone(MessageContext(msg, attempt)):
                         event = None
                     else:
                         event = decode(value)
@@ -237,6 +236,7 @@ class PartitionLane:
                                 self._dead_letter(msg, Failure("schema_drift", drift))
                                 done += 1
                                 continue
+                        ctx = MessageContext(msg, attempt)  # not built for invalid input
                         start = clock()
                         invoke(event, ctx)
                         timed(clock() - start)
