@@ -70,6 +70,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     worker.add_argument("--result", help=argparse.SUPPRESS)
     worker.add_argument("--work-s", type=float, default=0.0, help=argparse.SUPPRESS)
     worker.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
+    worker.add_argument("--registry-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [n for n in args.only or [] if n not in CONTENDERS]
     if unknown:
@@ -113,6 +114,7 @@ def work(args: argparse.Namespace) -> int:
             work_s=args.work_s,
             concurrency=args.concurrency,
             fetch_wait_ms=args.fetch_wait_ms if args.mode == "latency" else 0,
+            registry_url=args.registry_url,
         )
     )
     print(f"{contender.name} returned before its last record", file=sys.stderr)

@@ -33,6 +33,7 @@ def test_lists_every_row_and_says_which_need_the_bench_extra() -> None:
     assert done.returncode == 0, done.stderr
     names = {line.split()[0] for line in done.stdout.splitlines()}
     assert {"loop-untuned", "loop-tuned", "loop-floor", "sg-sync", "sg-dlq"} <= names
+    assert {"sg-avro-registry", "fastavro-registry-loop"} <= names
     for line in done.stdout.splitlines():
         if "skipped" in line:
             assert "needs " in line
@@ -44,6 +45,27 @@ def test_refuses_an_unknown_contender() -> None:
     assert done.returncode == 2
     assert "no-such-row" in done.stderr
     assert "--list" in done.stderr
+
+
+@pytest.mark.broker
+def test_confluent_framed_rows_read_records_through_the_embedded_registry(
+    tmp_path: Path,
+) -> None:
+    """The avro-registry data set is written through a registry the run starts, and
+    both rows that read it (streamguard's and the hand-written one) get every record."""
+    out = tmp_path / "results.json"
+    done = peers(
+        "--records", "2000", "--rounds", "1", "--modes", "throughput",
+        "--only", "sg-avro-registry", "fastavro-registry-loop",
+        "--out", str(out), "--no-render", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    for name in ("sg-avro-registry", "fastavro-registry-loop"):
+        run = results["contenders"][name]["throughput"]["runs"][0]
+        assert "error" not in run, run
+        assert run["count"] == 2000
+    assert 150 < results["meta"]["value_bytes"]["avro-registry"] < 250
 
 
 @pytest.mark.broker

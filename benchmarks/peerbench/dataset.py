@@ -4,8 +4,9 @@ The events are ``streamguard.demo.contracts.OrderPlaced`` with six line items. T
 ``sg-*`` headers, as events written by another framework's producer would not. Record
 ``i`` has order id ``UUID(int=i + 1)`` and key ``k{i % KEYS}``, so a key's records sit in
 one partition in increasing order. The same bytes go to every contender; the Avro topic
-holds the same events in Avro single-object encoding, the invalid topic the same JSON
-with a currency the contract refuses.
+holds the same events in Avro single-object encoding, the avro-registry topic in
+Confluent framing (a schema id from the embedded registry, then the Avro record), the
+invalid topic the same JSON with a currency the contract refuses.
 """
 
 from __future__ import annotations
@@ -85,9 +86,21 @@ def _send(producer: Producer, topic: str, value: bytes, key: bytes) -> None:
             producer.poll(0.05)
 
 
-def produce(bootstrap: str, topic: str, data: str, count: int) -> int:
+def registry_avro_encoder(registry_url: str, topic: str) -> Callable[[int], bytes]:
+    """Confluent-framed Avro for ``topic``, its schema registered under ``<topic>-value``."""
+    from streamguard.registry.codec import RegistryCodec
+
+    codec = RegistryCodec({"url": registry_url}, wire_format="avro", auto_register=True)
+    frame = codec.encoder(OrderPlacedAvro, topic)
+    return lambda i: frame(order_event(i, OrderPlacedAvro))
+
+
+def produce(bootstrap: str, topic: str, data: str, count: int, registry_url: str = "") -> int:
     """Write ``count`` records of kind ``data``; return the mean value size in bytes."""
-    encode = ENCODERS[data]
+    if data == "avro-registry":
+        encode = registry_avro_encoder(registry_url, topic)
+    else:
+        encode = ENCODERS[data]
     keys = IO_KEYS if data == "io" else KEYS
     producer = _producer(bootstrap)
     total = 0

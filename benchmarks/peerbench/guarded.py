@@ -18,7 +18,12 @@ OPTIONS_ENV = "PEERBENCH_SG_OPTIONS"
 
 
 def serve(
-    run: Run, model: type[OrderPlaced], *, asynchronous: bool, order: str = "partition"
+    run: Run,
+    model: type[OrderPlaced],
+    *,
+    asynchronous: bool,
+    order: str = "partition",
+    schema_registry: dict[str, Any] | None = None,
 ) -> None:
     """Run a service whose handler reports to the probe, on this (the main) thread."""
     probe = run.probe
@@ -55,7 +60,12 @@ def serve(
     options = json.loads(os.environ.get(OPTIONS_ENV, "{}"))
     if options:
         Service.options = sg.ServiceOptions(**options)
-    Service(bootstrap_servers=run.bootstrap, kafka_config=config, metrics_port=free_port()).run()
+    Service(
+        bootstrap_servers=run.bootstrap,
+        kafka_config=config,
+        metrics_port=free_port(),
+        schema_registry=schema_registry,
+    ).run()
 
 
 @contender(
@@ -90,6 +100,16 @@ def sg_async(run: Run) -> None:
 )
 def sg_avro(run: Run) -> None:
     serve(run, OrderPlacedAvro, asynchronous=False)
+
+
+@contender(
+    "sg-avro-registry",
+    "streamguard, Avro in Confluent framing (schema registry)",
+    data="avro-registry",
+    baseline="fastavro-registry-loop",
+)
+def sg_avro_registry(run: Run) -> None:
+    serve(run, OrderPlacedAvro, asynchronous=False, schema_registry={"url": run.registry_url})
 
 
 @contender(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from peerbench.probe import Probe
 
 Mode = Literal["throughput", "io", "latency"]
-Data = Literal["json", "avro", "invalid", "io", "latency"]
+Data = Literal["json", "avro", "avro-registry", "invalid", "io", "latency"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Run:
     concurrency: int = 1
     # latency rows: the longest a fetch may wait for data (see docs/benchmarks.md)
     fetch_wait_ms: int = 0
+    # the embedded schema registry's URL, while a row reads Confluent-framed records
+    registry_url: str = ""
 
 
 @dataclass(frozen=True)

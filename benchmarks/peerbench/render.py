@@ -18,6 +18,7 @@ TARGETS: tuple[tuple[str, str, float | None], ...] = (
     ("sg-dlq", "loop-untuned", 0.5),
     ("sg-dlq", "loop-dlq", None),
     ("sg-avro", "fastavro-loop", 0.6),
+    ("sg-avro-registry", "fastavro-registry-loop", 0.6),
 )
 GROUP_ORDER = {"baseline": 0, "streamguard": 1, "peer": 2}
 COLOURS = {"baseline": "#9e9e9e", "streamguard": "#1f77b4", "peer": "#ff7f0e"}

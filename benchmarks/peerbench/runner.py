@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -21,6 +22,7 @@ from typing import Any
 from peerbench import dataset
 from peerbench.registry import Contender, Mode
 from streamguard.devbroker import DevBroker
+from streamguard.registry.server import RegistryServer
 from streamguard.topics import create_topics
 
 SCRIPT = Path(__file__).resolve().parent.parent / "peers.py"
@@ -98,11 +100,13 @@ def run_worker(
     settings: Settings,
     timeout: float,
     rate: float = 0.0,
+    registry_url: str = "",
 ) -> dict[str, Any]:
     """One contender, one pass over ``count`` records, in a fresh process and group.
 
     With a ``rate`` (the latency pass), a thread sends the records at that rate once
-    the contender has joined.
+    the contender has joined. ``registry_url``: the embedded schema registry, for rows
+    that read Confluent-framed records.
     """
     with tempfile.TemporaryDirectory(prefix="peerbench-") as tmp:
         result = os.path.join(tmp, "result.json")
@@ -134,6 +138,8 @@ def run_worker(
             ]
         if mode == "latency" and settings.fetch_wait_ms:
             argv += ["--fetch-wait-ms", str(settings.fetch_wait_ms)]
+        if registry_url:
+            argv += ["--registry-url", registry_url]
         with open(log, "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
             sender = None
@@ -240,7 +246,8 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             "note": c.note,
             "tags": list(c.tags),
         }
-    with DevBroker() as broker:
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(DevBroker())
         bootstrap = broker.bootstrap_servers
         run_id = uuid.uuid4().hex[:6]
         topics: dict[str, str] = {}
@@ -252,6 +259,9 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             wanted.add("io")
         for data in sorted(wanted):
             topics[data] = f"peers-{data}-{run_id}"
+        registry_url = ""
+        if "avro-registry" in wanted:  # Confluent framing: writer schemas by id
+            registry_url = stack.enter_context(RegistryServer(port=0)).url
         create_topics(
             bootstrap,
             [*topics.values(), *(f"{t}.dlq" for t in topics.values())],
@@ -260,7 +270,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
         for data, topic in topics.items():
             count = settings.io_records if data == "io" else settings.records
             begin = time.monotonic()
-            sizes[data] = dataset.produce(bootstrap, topic, data, count)
+            sizes[data] = dataset.produce(bootstrap, topic, data, count, registry_url)
             say(
                 settings,
                 f"produced {count} {data} records of {sizes[data]} B "
@@ -290,6 +300,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                             settings.records,
                             settings,
                             timeout,
+                            registry_url=registry_url,
                         ),
                     )
         if "io" in settings.modes:
