@@ -81,8 +81,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new``, plus the passes of ``old`` that ``new`` did not run (kept with their date).
 
-    The page then says which passes come from which run.
+    The page then says which passes come from which run. Passes measured on another
+    machine or with other versions are not kept: one table compares one setting.
     """
+    mine, theirs = new["meta"], old["meta"]
+    same_machine = all(
+        mine["machine"].get(k) == theirs["machine"].get(k) for k in ("cpu", "cores", "python")
+    )
+    if not same_machine or mine["versions"] != theirs["versions"]:
+        print(
+            "not merged: the earlier results were measured on another machine or with "
+            "other versions; run the other passes again",
+            file=sys.stderr,
+        )
+        return new
     kept: dict[str, str] = dict(old["meta"].get("earlier_passes", {}))
     for name, row in old["contenders"].items():
         target = new["contenders"].setdefault(

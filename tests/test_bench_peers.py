@@ -125,3 +125,34 @@ def test_a_row_ahead_of_its_feature_is_skipped_with_what_it_needs(
     monkeypatch.setitem(CONTENDERS, "taken", ahead)
     with pytest.raises(ValueError, match="registered twice"):
         contender("taken", "again")(run)
+
+
+def test_merge_keeps_earlier_passes_of_the_same_machine_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--merge adds the passes a run did not make from the earlier results, with their
+    date; results from another machine or other versions are never mixed in."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import peers
+
+    def results(date: str, cpu: str, passes: dict[str, object]) -> dict[str, object]:
+        return {
+            "meta": {
+                "date": date,
+                "machine": {"cpu": cpu, "cores": 2, "python": "3.11.7"},
+                "versions": {"streamguard": "0.1.0"},
+            },
+            "contenders": {"sg-sync": {"label": "sync", **passes}},
+        }
+
+    earlier = results("2026-12-01", "cpu A", {"throughput": {"old": 1}, "io": {"old": 2}})
+    merged = peers.merge(earlier, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))
+    row = merged["contenders"]["sg-sync"]
+    assert row["throughput"] == {"new": 1}
+    assert row["io"] == {"old": 2}
+    assert merged["meta"]["earlier_passes"] == {"io": "2026-12-01"}
+
+    elsewhere = results("2026-12-01", "cpu B", {"io": {"old": 2}})
+    alone = peers.merge(elsewhere, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))
+    assert "io" not in alone["contenders"]["sg-sync"]
+    assert "earlier_passes" not in alone["meta"]

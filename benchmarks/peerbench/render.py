@@ -160,7 +160,7 @@ def io_table(results: dict[str, Any]) -> list[str]:
         f"{io['records']:,} records, {io['keys']} keys, each handler call waits "
         f"{io['work_ms']:.0f} ms (`asyncio.sleep` or `time.sleep`). A violation is a record "
         "whose handler started while an earlier record of its key was still in a handler, "
-        "or after a later one.",
+        f"or after a later one.{_earlier(results, 'io')}",
     ]
     return lines
 
@@ -186,9 +186,15 @@ def latency_table(results: dict[str, Any]) -> list[str]:
         f"From the producer's send to the handler's call, at {lat['rate_per_s']:.0f} msg/s "
         f"for {lat['seconds']:.0f} s after the contender joined, fetch wait capped at "
         f"{lat.get('fetch_wait_ms', 10)} ms for everyone; the median over "
-        f"{lat.get('rounds', 1)} run(s) of each percentile.",
+        f"{lat.get('rounds', 1)} run(s) of each percentile.{_earlier(results, 'latency')}",
     ]
     return lines
+
+
+def _earlier(results: dict[str, Any], done: str) -> str:
+    """A caption's note when the pass comes from an earlier run (``peers.py --merge``)."""
+    when = results["meta"].get("earlier_passes", {}).get(done)
+    return f" Measured {when}, same machine and versions." if when else ""
 
 
 def rss_table(results: dict[str, Any]) -> list[str]:
@@ -233,15 +239,13 @@ def section(results: dict[str, Any], chart: str) -> str:
         parts += ["", "#### Handler latency below saturation", "", *latency_table(results)]
     rss = rss_table(results)
     if rss:
-        when = results["meta"].get("earlier_passes", {}).get("rss")
-        note = f" (measured {when}, same machine and versions)" if when else ""
         parts += [
             "",
             "#### Memory over a long run",
             "",
             *rss,
             "",
-            f"RSS of the contender's process{note}.",
+            f"RSS of the contender's process.{_earlier(results, 'rss')}",
         ]
     if results.get("skipped"):
         parts += ["", "Not run (missing from this install):"]
