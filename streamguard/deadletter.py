@@ -21,6 +21,19 @@ from typing import Any, Literal, get_args
 
 from streamguard import headers as h
 from streamguard.errors import ContractViolation, ErrorDetail, RetriesExhausted, StreamguardError
+from streamguard.headers import (  # names read once per dead letter: globals, not h.*
+    DLQ_ATTEMPTS,
+    DLQ_DEAD_LETTERED_MS,
+    DLQ_ERROR_CLASS,
+    DLQ_ERROR_MESSAGE,
+    DLQ_ERRORS,
+    DLQ_FIRST_FAILURE_MS,
+    DLQ_ORIGINAL_OFFSET,
+    DLQ_ORIGINAL_PARTITION,
+    DLQ_ORIGINAL_TIMESTAMP,
+    DLQ_PREFIX,
+    DLQ_REASON,
+)
 
 Reason = Literal[
     "oversize",
@@ -142,7 +155,7 @@ class DeadLetterHeaders:
         Any ``sg-dlq-*`` header already present (a record dead-lettered before, then
         replayed) is dropped first, so the context always describes the latest failure.
         """
-        kept = [(k, v) for k, v in original_headers or () if not k.startswith(_DLQ_PREFIX)]
+        kept = [(k, v) for k, v in original_headers or () if not k.startswith(DLQ_PREFIX)]
         topic_pair = self._topics.get(topic)
         if topic_pair is None:
             if len(self._topics) >= 1024:  # a pattern subscription may see many topics
@@ -157,18 +170,18 @@ class DeadLetterHeaders:
         message = _text(error_text(error, self._include_error_text)[:MAX_ERROR_MESSAGE])
         kept += [
             topic_pair,
-            (_PARTITION, b"%d" % partition),
-            (_OFFSET, b"%d" % offset),
-            (_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
+            (DLQ_ORIGINAL_PARTITION, b"%d" % partition),
+            (DLQ_ORIGINAL_OFFSET, b"%d" % offset),
+            (DLQ_ORIGINAL_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
             *self._before_reason,
-            (_REASON, _REASON_BYTES.get(failure.reason) or _text(failure.reason)),
-            (_ERROR_CLASS, error_class),
-            (_ERROR_MESSAGE, message),
-            (_ERRORS, error.errors_json() if isinstance(error, ContractViolation) else b"[]"),
+            (DLQ_REASON, _REASON_BYTES.get(failure.reason) or _text(failure.reason)),
+            (DLQ_ERROR_CLASS, error_class),
+            (DLQ_ERROR_MESSAGE, message),
+            (DLQ_ERRORS, error.errors_json() if isinstance(error, ContractViolation) else b"[]"),
             *self._after_reason,
-            (_ATTEMPTS, b"%d" % failure.attempts),
-            (_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
-            (_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
+            (DLQ_ATTEMPTS, b"%d" % failure.attempts),
+            (DLQ_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
+            (DLQ_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
         ]
         return kept
 
@@ -187,20 +200,6 @@ class DeadLetterHeaders:
 
 
 _REASON_BYTES: dict[str, bytes] = {reason: _text(reason) for reason in REASONS}
-# The per-record header names as module constants: build() runs once per dead letter.
-_DLQ_PREFIX = h.DLQ_PREFIX
-_PARTITION = h.DLQ_ORIGINAL_PARTITION
-_OFFSET = h.DLQ_ORIGINAL_OFFSET
-_TIMESTAMP = h.DLQ_ORIGINAL_TIMESTAMP
-_REASON = h.DLQ_REASON
-_ERROR_CLASS = h.DLQ_ERROR_CLASS
-_ERROR_MESSAGE = h.DLQ_ERROR_MESSAGE
-_ERRORS = h.DLQ_ERRORS
-_ATTEMPTS = h.DLQ_ATTEMPTS
-_FIRST_FAILURE_MS = h.DLQ_FIRST_FAILURE_MS
-_DEAD_LETTERED_MS = h.DLQ_DEAD_LETTERED_MS
-
-
 # Exception classes seen, by their header value: type names are few, lookups cheap.
 _CLASS_NAMES: dict[type[BaseException], bytes] = {}
 
