@@ -210,7 +210,8 @@ class LoopRunner:
         self._on_idle: Callable[[], None] = lambda: None
         self._thread_id: int | None = None  # the loop thread, once it ran anything
         self.in_handlers = 0  # handler calls started and not returned (suspended ones)
-        self._since_poll = 0
+        self._since_poll = 0  # records finished since the loop last polled
+        self._polls = 0  # polls the loop made (a run between turns looks whether one did)
         self._resumed: asyncio.Event | None = None
         self.pipeline = pipeline
         self.loop = loop
@@ -219,6 +220,8 @@ class LoopRunner:
         self._sleep = sleep
         self._clock = clock
         self._runs: dict[Hashable, _KeyRun] = {}
+        self._in_transit = 0  # lanes submitted from other threads, not yet accepted
+        self._transit_lock = threading.Lock()
         self.slots = Slots(max_in_flight, loop)
         self.waiting = 0  # records queued behind a busy key (a gauge)
         self._pool = DaemonPool(max_in_flight)
@@ -256,8 +259,15 @@ class LoopRunner:
 
     @property
     def busy(self) -> bool:
-        """True while the loop has records to run (it polls between them itself)."""
-        return bool(self._runs)
+        """True while the loop has records to run, or batches on their way to it (it
+        polls between records itself).
+
+        Batches on their way count: the supervisor polled again at once when it saw an
+        idle loop it had just handed work, and again, holding the interpreter lock
+        while the loop waited for it to take them (measured: thousands of polls that
+        fetched nothing, a stall of ~5 ms each time the loop ran dry).
+        """
+        return bool(self._runs) or self._in_transit > 0
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id
@@ -268,8 +278,15 @@ class LoopRunner:
         """Have the loop take a lane's batches: one thread hand-off (none on the loop)."""
         if threading.get_ident() == self._thread_id:
             self._accept(lane)
-        else:
-            self.loop.call_soon_threadsafe(self._accept, lane)
+            return
+        with self._transit_lock:
+            self._in_transit += 1
+        try:
+            self.loop.call_soon_threadsafe(self._arrived, lane)
+        except RuntimeError:  # the loop closed: nothing is on its way
+            with self._transit_lock:
+                self._in_transit -= 1
+            raise
 
     def close_lane(self, lane: LoopLane) -> None:
         """Stop a closed lane's work: nothing new starts; retry waits are cancelled."""
@@ -285,6 +302,14 @@ class LoopRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the loop thread ---------------------------------------------------------------
+
+    def _arrived(self, lane: LoopLane) -> None:
+        """A lane handed over by another thread reached the loop."""
+        try:
+            self._accept(lane)
+        finally:
+            with self._transit_lock:
+                self._in_transit -= 1
 
     def _accept(self, lane: LoopLane) -> None:
         self._thread_id = threading.get_ident()
@@ -369,13 +394,21 @@ class LoopRunner:
         folded into one update per ``_FOLD`` records.
 
         A record that needs more than one straight attempt (a retry, an unwritable
-        DLQ) leaves this loop to ``_process``, which then continues the queue.
+        DLQ, an open breaker) goes through ``_process`` (see ``_aside``), then the loop
+        goes on with the next. After a batch's worth of records, and when its queue
+        runs dry, the run lets the other partitions' runs take their turn, then fetches
+        (``_next_turn``), as workers serve lanes round-robin. The run counts once in
+        ``in_handlers`` for as long as it runs, not once per handler call: when it is
+        suspended, it is in a handler, except where it takes itself out (waiting for a
+        slot, aside, between turns).
         """
         lane, queue, pipe = run.lane, run.queue, self.pipeline
+        next_record = queue.popleft
         decode, handle, tombstone = pipe.decode, self._handle, self._tombstone
         inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
         clock, timed, slots = time.perf_counter, self._durations.append, self.slots
         waiters = slots.waiters
+        breaker, publisher = pipe.breaker, pipe.publisher
         done = 0
         last: Record | None = None  # the last record handled since the last fold
         seen = 0  # records decoded by this run: its first, then every sample-th, drift-checked
@@ -383,38 +416,47 @@ class LoopRunner:
         run.in_handler = True
         lane.running += 1
         lane.idle.clear()
+        self.in_handlers += 1
         try:
-            breaker, publisher = pipe.breaker, pipe.publisher
-            while queue and not lane.closed:
+            while not lane.closed:
+                if not queue:
+                    self._fold(lane, done, last)
+                    done = 0
+                    if held:  # the poll may settle revoked lanes: hold nothing
+                        slots.give()
+                        held = False
+                    if await self._next_turn(run):
+                        continue
+                    return
                 # can_process() per record cost more than the handler call; while the
                 # breaker is closed it is exactly the DLQ's writability.
                 if not (breaker.closed and publisher.writable):
                     if not pipe.can_process():
-                        break
+                        return  # _run goes on through _process, which waits
                     if not breaker.closed:  # the breaker decides call by call: slow path
                         self._fold(lane, done, last)
                         done = 0
                         if held:
                             slots.give()
                             held = False
-                        run.in_handler = False
-                        if await self._process(run, queue[0]):
-                            queue.popleft()
-                        run.in_handler = True
+                        await self._aside(run, next_record())
                         continue
-                msg = queue[0]
                 if not held and not slots.try_take():  # max_in_flight holds partition order
                     self._fold(lane, done, last)
                     done = 0
-                    await slots.take()
+                    self.in_handlers -= 1
+                    try:
+                        await slots.take()
+                    finally:
+                        self.in_handlers += 1
                     if lane.closed:
                         slots.give()
-                        break
+                        return
                 held = True
+                msg = next_record()
                 value = msg.value()
                 ctx = MessageContext(msg, 1)
                 verdict: Failure | RetryState | None = None
-                self.in_handlers += 1
                 try:
                     if value is None and tombstone is not None:
                         await tombstone(ctx)
@@ -432,24 +474,20 @@ class LoopRunner:
                     verdict = pipe.judge(
                         exc, 1, None, self._clock(), (lane.partition, msg.offset())
                     )
-                finally:
-                    self.in_handlers -= 1
-                    if waiters:
-                        slots.give()
-                        held = False
+                if waiters:
+                    slots.give()
+                    held = False
                 if verdict is None:
-                    queue.popleft()
                     done += 1
                     last = msg
-                    if done >= _FOLD or not queue:
+                    if done >= _FOLD:
                         self._fold(lane, done, last)
                         done = 0
-                        self._since_poll += _FOLD
-                        if self._since_poll >= _POLL_EVERY or not queue:
-                            if held:  # the poll may settle revoked lanes: hold nothing
+                        if self._since_poll >= _POLL_EVERY:  # a batch's worth: a turn
+                            if held:
                                 slots.give()
                                 held = False
-                            self._poll_here()
+                            await self._next_turn(run)
                     continue
                 self._fold(lane, done, last)
                 done = 0
@@ -457,15 +495,12 @@ class LoopRunner:
                     slots.give()
                     held = False
                 if isinstance(verdict, Failure):
-                    queue.popleft()
                     lane.finished(msg, verdict)
                     continue
                 self._retries += 1
-                run.in_handler = False
-                if await self._process(run, msg, verdict):
-                    queue.popleft()
-                run.in_handler = True
+                await self._aside(run, msg, verdict)
         finally:
+            self.in_handlers -= 1
             if held:
                 slots.give()
             self._fold(lane, done, last)
@@ -473,6 +508,38 @@ class LoopRunner:
             lane.running -= 1
             if not lane.running:
                 lane.idle.set()
+
+    async def _next_turn(self, run: _KeyRun) -> bool:
+        """Between two batches' worth of an in-order run (or when its queue ran dry):
+        let the other runs go first, then fetch, unless someone did meanwhile; True if
+        the run has records.
+
+        Round-robin, as workers serve lanes: when a run fetched as soon as its queue
+        was empty and otherwise kept the loop, the other partitions' buffers filled up
+        until flow control stopped fetching (polls that fetched nothing, hundreds a
+        second).
+        """
+        polls = self._polls
+        self.in_handlers -= 1  # neither the others' turns nor the poll count this run
+        try:
+            if len(self._runs) > 1:
+                await asyncio.sleep(0)
+            if self._polls == polls and not run.lane.closed:
+                self._poll_here()
+        finally:
+            self.in_handlers += 1
+        return bool(run.queue)
+
+    async def _aside(self, run: _KeyRun, msg: Record, retry: RetryState | None = None) -> None:
+        """Take a record of an in-order run to its outcome through ``_process`` (which
+        counts its own handler calls), the run meanwhile counted as not in a handler."""
+        run.in_handler = False
+        self.in_handlers -= 1
+        try:
+            await self._process(run, msg, retry)
+        finally:
+            self.in_handlers += 1
+            run.in_handler = True
 
     def _poll_here(self) -> None:
         """Poll on the loop thread, between records: leader/follower, as workers do.
@@ -492,6 +559,7 @@ class LoopRunner:
             if stopping.is_set():
                 return
             claimed = poller.poll_once(0.0)
+            self._polls += 1
         finally:
             poller.lock.release()
         for lane in claimed:
@@ -501,6 +569,7 @@ class LoopRunner:
         """Record ``done`` handled records of a lane, the last of them ``last``."""
         if done and last is not None:
             self._handled += done
+            self._since_poll += done
             self.pipeline.breaker.succeeded(done)
             with lane.lock:
                 lane.offsets.advance(last.offset() + 1)
