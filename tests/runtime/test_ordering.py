@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.runtime.poller import Poller
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 from tests.runtime.test_commits import _end, _handled, _run_recorder
 
@@ -424,6 +425,64 @@ def test_a_busy_stream_is_handled_to_the_last_record(
     assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == total)
     running.stop()
     assert not running.error
+
+
+def test_the_event_loop_fetches_once_per_batch_and_never_in_vain(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog on 4 partitions through an async handler: the partitions' runs take
+    turns, so about one poll fetches each batch, and no poll finds a partition's buffer
+    full (the loop used to fetch whenever one run ran dry and keep going, while the
+    others' buffers filled up; then the polling thread spun on polls that fetched
+    nothing while the loop waited for the interpreter lock)."""
+    src = topic_factory("clicks", partitions=4)
+    group = unique("turns")
+    value = order(1).model_dump_json().encode()
+    total = 40_000
+    for i in range(total):
+        raw_producer.produce(src, value, key=b"k%d" % (i % 997))
+        if i % 5000 == 4999:
+            raw_producer.flush(10)
+    raw_producer.flush(10)
+    polls = {"all": 0, "in_vain": 0, "batches": 0}
+    poll_once = Poller.poll_once
+    dispatch = Poller._dispatch
+
+    def counted_poll(self: Poller, timeout: float) -> list[Any]:
+        polls["all"] += 1
+        polls["in_vain"] += self.flow.throttled  # a full buffer: fetches nothing
+        return poll_once(self, timeout)
+
+    def counted_dispatch(self: Poller, msgs: list[Any]) -> list[Any]:
+        polls["batches"] += 1
+        return dispatch(self, msgs)
+
+    monkeypatch.setattr(Poller, "poll_once", counted_poll)
+    monkeypatch.setattr(Poller, "_dispatch", counted_dispatch)
+    counted = itertools.count(1)
+    seen = [0]
+
+    class Backlog(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen[0] = next(counted)
+
+    running = start_service(Backlog)
+    assert wait_for(lambda: seen[0] >= total, timeout=60), f"handled {seen[0]} of {total}"
+    running.stop()
+    assert not running.error
+    assert polls["batches"] >= total // 500
+    # Idle polls before the first record and after the last add a few dozen at most.
+    assert polls["all"] <= polls["batches"] * 1.5 + 40, polls
+    assert polls["in_vain"] <= 5, polls
 
 
 def test_every_async_handler_call_is_timed_when_handlers_wait(
