@@ -33,7 +33,7 @@ from streamguard.faust.lane import Lane
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.drift import DriftCheck
+from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
 from streamguard.topics import check_topic_name
 
 log = logging.getLogger("streamguard.faust")
@@ -67,6 +67,7 @@ def guarded_agent(
     transient: tuple[type[BaseException], ...] = DEFAULT_TRANSIENT,
     codec: Codec | None = None,
     drift: DriftPolicy = "count",
+    drift_sample: int = DRIFT_SAMPLE,
     include_error_text: bool = False,
     sink: Iterable[Any] | None = None,
     name: str | None = None,
@@ -86,6 +87,10 @@ def guarded_agent(
         codec: the wire format; the contract's default codec if None.
         drift: ``"count"`` counts and logs schema drift; ``"dead_letter"`` dead-letters
             drifted messages (reason ``schema_drift``).
+        drift_sample: under ``"count"``, check every message while its partition keeps
+            up (none waits behind it), and every ``drift_sample``-th while it is behind,
+            as ``ServiceOptions.drift_sample`` does: a check of a message without the
+            contract's fingerprint parses its value, a validation's cost.
         include_error_text: publish any handler exception's text in DLQ headers.
         sink: topics, agents or callables the handler's non-None results go to, as
             with a Faust agent; a result is confirmed before its event is acked.
@@ -109,6 +114,7 @@ def guarded_agent(
             transient=transient,
             codec=codec,
             drift=drift,
+            drift_sample=drift_sample,
             include_error_text=include_error_text,
             sink=sink,
             name=name,
@@ -137,6 +143,7 @@ class GuardedAgent:
         transient: tuple[type[BaseException], ...],
         codec: Codec | None,
         drift: DriftPolicy,
+        drift_sample: int,
         include_error_text: bool,
         sink: Iterable[Any] | None,
         name: str | None,
@@ -147,6 +154,8 @@ class GuardedAgent:
         _check(app, handler, topic, contract, dead_letter_topic, retry, transient, drift, label)
         if partition_buffer < 1:
             raise ConfigurationError(f"{label}: partition_buffer must be at least 1")
+        if drift_sample < 1:
+            raise ConfigurationError(f"{label}: drift_sample must be at least 1")
         self.app = app
         self.handler = handler
         self.topic = topic
@@ -172,6 +181,7 @@ class GuardedAgent:
         self.registry = registry
         self.metrics = _metrics_for(registry)
         self.drift = DriftCheck(contract, self.metrics, dead_letter=drift == "dead_letter")
+        self.drift_sample = 1 if drift == "dead_letter" else drift_sample
         self._partition_buffer = partition_buffer
         self._lanes: dict[int, Lane] = {}
         self._dlq_declared: asyncio.Future[None] | None = None

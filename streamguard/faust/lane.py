@@ -114,6 +114,7 @@ class Lane:
         # a tenth of the lane's time.
         self.handled = 0
         self.durations: list[float] = []
+        self.seen = 0  # events processed: every drift_sample-th is drift-checked
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"streamguard-lane-{agent.topic}-{partition}"
         )
@@ -186,11 +187,14 @@ class Lane:
         record = FaustRecord(msg)
         value = msg.value
         failure: Failure | None = None
+        self.seen += 1
         try:
             decoded = agent.decode(value)
-            drift = agent.drift.check(msg.headers, value)
-            if drift is not None:
-                failure = Failure("schema_drift", drift)
+            # Every message while the partition keeps up, a sample while it is behind.
+            if self.queue.empty() or not self.seen % agent.drift_sample:
+                drift = agent.drift.check(msg.headers, value)
+                if drift is not None:
+                    failure = Failure("schema_drift", drift)
         except (DecodeError, ContractViolation) as exc:
             verdict = judge(exc, 1, None, agent.retry, agent.transient, time.monotonic())
             assert isinstance(verdict, Failure)  # invalid input is never retried

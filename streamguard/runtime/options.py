@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from streamguard.errors import ConfigurationError
+from streamguard.runtime.drift import DRIFT_SAMPLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ class ServiceOptions:
     batch_size: int = 500
     max_buffered: int = 2000
     pause_after: float = 0.25
-    drift_sample: int = 256
+    drift_sample: int = DRIFT_SAMPLE
     workers: int = 8
     commit_interval: float = 1.0
     revoke_timeout: float = 5.0

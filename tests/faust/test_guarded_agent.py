@@ -283,6 +283,51 @@ def test_schema_drift_is_counted(
     assert bill.registry.get_sample_value("streamguard_schema_drift_total", labels) == 1
 
 
+@pytest.mark.parametrize("drift_sample", [1, 256])
+def test_drift_is_sampled_while_a_partition_is_behind(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    drift_sample: int,
+) -> None:
+    """600 events without schema headers wait behind a held handler: with the default
+    sample only some are drift-checked (a check parses the value), with 1 every one; all
+    are handled either way."""
+    src = topic_factory("orders")
+    total = 600
+    value = order(1).model_dump_json().encode()
+    for _ in range(total):
+        raw_producer.produce(src, value)
+    raw_producer.flush(10)
+    app = make_app()
+    release = asyncio.Event()
+    handled = []
+
+    @guarded_agent(app, src, contract=OrderPlaced, drift_sample=drift_sample)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        await release.wait()
+        handled.append(ctx.offset)
+
+    def waiting() -> float:
+        labels = {"runtime": "faust", "topic": src}
+        return bill.registry.get_sample_value("streamguard_inflight", labels) or 0.0
+
+    async def scenario() -> None:
+        assert await until(lambda: waiting() >= total, 40), waiting()
+        release.set()
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == total, 40)
+
+    run_app(app, scenario)
+    assert handled == list(range(total))
+    labels = {"runtime": "faust", "subject": "orders.OrderPlaced", "kind": "no_schema_headers"}
+    checked = bill.registry.get_sample_value("streamguard_schema_drift_total", labels)
+    if drift_sample == 1:
+        assert checked == total
+    else:  # the first (nothing behind it), every 256th, and the last (nothing behind)
+        assert checked is not None and 3 <= checked <= 10, checked
+
+
 def test_slow_event_holds_back_only_its_own_partition(
     bootstrap: str,
     topic_factory: Callable[..., str],
