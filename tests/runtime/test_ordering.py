@@ -387,6 +387,35 @@ def test_sigkill_mid_stream_loses_nothing_under_key_ordering(
         assert second.wait(30) == 0
 
 
+def fill(raw_producer: Producer, topic: str, total: int) -> None:
+    """``total`` copies of one valid order, keyed over 997 keys."""
+    value = order(1).model_dump_json().encode()
+    for i in range(total):
+        raw_producer.produce(topic, value, key=b"k%d" % (i % 997))
+        if i % 5000 == 4999:
+            raw_producer.flush(10)
+    raw_producer.flush(10)
+
+
+def counting(
+    src: str, group: str, ordering: str = "partition"
+) -> tuple[type[sg.ConsumerService], list[int]]:
+    """An async service on ``src`` and the count of records it handled (``seen[0]``)."""
+    counted = itertools.count(1)
+    seen = [0]
+
+    class Counting(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen[0] = next(counted)
+
+    Counting.ordering = ordering  # type: ignore[assignment]
+    return Counting, seen
+
+
 @pytest.mark.parametrize("ordering", ["partition", "key"])
 def test_a_busy_stream_is_handled_to_the_last_record(
     bootstrap: str,
@@ -401,26 +430,10 @@ def test_a_busy_stream_is_handled_to_the_last_record(
     finished one)."""
     src = topic_factory("clicks", partitions=3)
     group = unique("busy")
-    value = order(1).model_dump_json().encode()
     total = 20_000
-    for i in range(total):
-        raw_producer.produce(src, value, key=b"k%d" % (i % 997))
-        if i % 5000 == 4999:
-            raw_producer.flush(10)
-    raw_producer.flush(10)
-    counted = itertools.count(1)
-    seen = [0]
-
-    class Busy(sg.ConsumerService):
-        topic = src
-        contract = OrderPlaced
-        group_id = group
-
-        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            seen[0] = next(counted)
-
-    Busy.ordering = ordering  # type: ignore[assignment]
-    running = start_service(Busy)
+    fill(raw_producer, src, total)
+    service, seen = counting(src, group, ordering)
+    running = start_service(service)
     assert wait_for(lambda: seen[0] >= total, timeout=60), f"handled {seen[0]} of {total}"
     assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == total)
     running.stop()
@@ -441,14 +454,8 @@ def test_the_event_loop_fetches_once_per_batch_and_never_in_vain(
     others' buffers filled up; then the polling thread spun on polls that fetched
     nothing while the loop waited for the interpreter lock)."""
     src = topic_factory("clicks", partitions=4)
-    group = unique("turns")
-    value = order(1).model_dump_json().encode()
     total = 40_000
-    for i in range(total):
-        raw_producer.produce(src, value, key=b"k%d" % (i % 997))
-        if i % 5000 == 4999:
-            raw_producer.flush(10)
-    raw_producer.flush(10)
+    fill(raw_producer, src, total)
     polls = {"all": 0, "in_vain": 0, "batches": 0}
     poll_once = Poller.poll_once
     dispatch = Poller._dispatch
@@ -464,18 +471,8 @@ def test_the_event_loop_fetches_once_per_batch_and_never_in_vain(
 
     monkeypatch.setattr(Poller, "poll_once", counted_poll)
     monkeypatch.setattr(Poller, "_dispatch", counted_dispatch)
-    counted = itertools.count(1)
-    seen = [0]
-
-    class Backlog(sg.ConsumerService):
-        topic = src
-        contract = OrderPlaced
-        group_id = group
-
-        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            seen[0] = next(counted)
-
-    running = start_service(Backlog)
+    service, seen = counting(src, unique("turns"))
+    running = start_service(service)
     assert wait_for(lambda: seen[0] >= total, timeout=60), f"handled {seen[0]} of {total}"
     running.stop()
     assert not running.error
