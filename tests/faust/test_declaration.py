@@ -63,8 +63,13 @@ def test_blocking_handler_is_refused(make_app: Callable[..., Any]) -> None:
 
 
 def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
-    """Invalid topic names, a DLQ equal to the source, and a non-contract are refused."""
+    """Invalid topic names, a DLQ equal to the source, a non-contract, and buffer or
+    drift-sample sizes below one are refused."""
     app = make_app()
+    with pytest.raises(sg.ConfigurationError, match="partition_buffer must be at least 1"):
+        guarded_agent(app, "orders", contract=OrderPlaced, partition_buffer=0)(bill)
+    with pytest.raises(sg.ConfigurationError, match="drift_sample must be at least 1"):
+        guarded_agent(app, "orders", contract=OrderPlaced, drift_sample=0)(bill)
     with pytest.raises(sg.ConfigurationError, match="not a valid Kafka topic name"):
         guarded_agent(app, "bad name!", contract=OrderPlaced)(bill)
     with pytest.raises(sg.ConfigurationError, match="must differ"):
