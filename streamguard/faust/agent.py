@@ -87,10 +87,10 @@ def guarded_agent(
         codec: the wire format; the contract's default codec if None.
         drift: ``"count"`` counts and logs schema drift; ``"dead_letter"`` dead-letters
             drifted messages (reason ``schema_drift``).
-        drift_sample: under ``"count"``, check every message while its partition keeps
-            up (none waits behind it), and every ``drift_sample``-th while it is behind,
-            as ``ServiceOptions.drift_sample`` does: a check of a message without the
-            contract's fingerprint parses its value, a validation's cost.
+        drift_sample: under ``"count"``, check every message that comes 10 ms or more
+            after its partition's last check, and every ``drift_sample``-th above that
+            rate, as ``ServiceOptions.drift_sample`` does: a check of a message without
+            the contract's fingerprint parses its value, a validation's cost.
         include_error_text: publish any handler exception's text in DLQ headers.
         sink: topics, agents or callables the handler's non-None results go to, as
             with a Faust agent; a result is confirmed before its event is acked.

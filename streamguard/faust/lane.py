@@ -44,7 +44,15 @@ POLL_SECONDS = 0.05
 # is tried again (a send to a missing topic would otherwise wait for metadata forever).
 DEAD_LETTER_TIMEOUT = 30.0
 DEAD_LETTER_MAX_BACKOFF = 5.0
+# Handled counts and handler times reach the metrics every FLUSH_EVERY events, and
+# FLUSH_WAIT seconds after the lane ran dry: per event they cost a tenth of its time,
+# and the actor hands events over one at a time, so a lane runs dry after most of them.
 FLUSH_EVERY = 256
+FLUSH_WAIT = 0.05
+# Drift is checked on every event that comes at least this long after the partition's
+# last check, and on one in ``drift_sample`` above that rate (the queue cannot tell
+# whether a partition keeps up, for the same reason).
+DRIFT_EVERY = 0.01
 
 
 class FaustRecord:
@@ -109,12 +117,11 @@ class Lane:
         self.busy = False
         self.waiting = False  # in a retry or dead-letter backoff
         self.dropped_generation: int | None = None
-        # Handled counts and handler times are folded into the metrics when the lane
-        # runs dry or every FLUSH_EVERY events: a histogram observation per event cost
-        # a tenth of the lane's time.
-        self.handled = 0
+        self.handled = 0  # since the last flush (see FLUSH_EVERY)
         self.durations: list[float] = []
+        self._flush_due = False
         self.seen = 0  # events processed: every drift_sample-th is drift-checked
+        self.drift_checked = 0.0  # monotonic time of the last drift check
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"streamguard-lane-{agent.topic}-{partition}"
         )
@@ -129,10 +136,17 @@ class Lane:
             self.handled = 0
             self.durations = []
 
+    def _flush_later(self) -> None:
+        self._flush_due = False
+        self.flush_counts()
+
     async def _run(self) -> None:
         while True:
-            if self.queue.empty() or self.handled >= FLUSH_EVERY:
+            if self.handled >= FLUSH_EVERY:
                 self.flush_counts()
+            elif self.handled and not self._flush_due and self.queue.empty():
+                self._flush_due = True
+                asyncio.get_running_loop().call_later(FLUSH_WAIT, self._flush_later)
             lines = self.agent.log_dead_letter
             if lines.not_logged and self.queue.empty():
                 # A flood's last skipped lines are reported once the rate allows one,
@@ -190,8 +204,9 @@ class Lane:
         self.seen += 1
         try:
             decoded = agent.decode(value)
-            # Every message while the partition keeps up, a sample while it is behind.
-            if self.queue.empty() or not self.seen % agent.drift_sample:
+            now = time.monotonic()
+            if now - self.drift_checked >= DRIFT_EVERY or not self.seen % agent.drift_sample:
+                self.drift_checked = now
                 drift = agent.drift.check(msg.headers, value)
                 if drift is not None:
                     failure = Failure("schema_drift", drift)

@@ -263,12 +263,12 @@ def test_schema_drift_is_counted(
     raw_producer: Producer,
     send_orders: Callable[..., None],
 ) -> None:
-    """Events without schema headers are handled and counted as drift, under the same
-    metric the consumer runtime uses."""
+    """An event without schema headers is handled and counted as drift, under the same
+    metric the consumer runtime uses (the partition's first event: always checked)."""
     src = topic_factory("orders")
-    send_orders(src, 2)  # stamped by a GuardedProducer: no drift
     raw_producer.produce(src, order(9).model_dump_json().encode())
     raw_producer.flush(10)
+    send_orders(src, 2)  # stamped by a GuardedProducer: no drift
     app = make_app()
 
     @guarded_agent(app, src, contract=OrderPlaced)
@@ -291,9 +291,9 @@ def test_drift_is_sampled_while_a_partition_is_behind(
     raw_producer: Producer,
     drift_sample: int,
 ) -> None:
-    """600 events without schema headers wait behind a held handler: with the default
-    sample only some are drift-checked (a check parses the value), with 1 every one; all
-    are handled either way."""
+    """600 events without schema headers wait behind a held handler, then run at full
+    speed: with the default sample only some are drift-checked (a check parses the
+    value), with 1 every one; all are handled either way."""
     src = topic_factory("orders")
     total = 600
     value = order(1).model_dump_json().encode()
@@ -324,8 +324,9 @@ def test_drift_is_sampled_while_a_partition_is_behind(
     checked = bill.registry.get_sample_value("streamguard_schema_drift_total", labels)
     if drift_sample == 1:
         assert checked == total
-    else:  # the first (nothing behind it), every 256th, and the last (nothing behind)
-        assert checked is not None and 3 <= checked <= 10, checked
+    else:  # the first, every 256th, and any event 10 ms after the last check
+        assert checked is not None
+        assert 3 <= checked <= 30, checked
 
 
 def test_slow_event_holds_back_only_its_own_partition(
