@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 from streamguard.deadletter import Failure
@@ -444,11 +445,8 @@ class LoopRunner:
                 if not held and not slots.try_take():  # max_in_flight holds partition order
                     self._fold(lane, done, last)
                     done = 0
-                    self.in_handlers -= 1
-                    try:
+                    with self._outside_handlers():
                         await slots.take()
-                    finally:
-                        self.in_handlers += 1
                     if lane.closed:
                         slots.give()
                         return
@@ -520,26 +518,30 @@ class LoopRunner:
         second).
         """
         polls = self._polls
-        self.in_handlers -= 1  # neither the others' turns nor the poll count this run
-        try:
+        with self._outside_handlers():  # neither the others' turns nor the poll count it
             if len(self._runs) > 1:
                 await asyncio.sleep(0)
             if self._polls == polls and not run.lane.closed:
                 self._poll_here()
-        finally:
-            self.in_handlers += 1
         return bool(run.queue)
 
     async def _aside(self, run: _KeyRun, msg: Record, retry: RetryState | None = None) -> None:
         """Take a record of an in-order run to its outcome through ``_process`` (which
         counts its own handler calls), the run meanwhile counted as not in a handler."""
-        run.in_handler = False
+        run.in_handler = False  # if _process raises, _run_in_order's finally clears it too
+        with self._outside_handlers():
+            await self._process(run, msg, retry)
+        run.in_handler = True
+
+    @contextlib.contextmanager
+    def _outside_handlers(self) -> Iterator[None]:
+        """An in-order run, which counts once in ``in_handlers`` while it runs, waits
+        here for something other than a handler: meanwhile it does not count."""
         self.in_handlers -= 1
         try:
-            await self._process(run, msg, retry)
+            yield
         finally:
             self.in_handlers += 1
-            run.in_handler = True
 
     def _poll_here(self) -> None:
         """Poll on the loop thread, between records: leader/follower, as workers do.
