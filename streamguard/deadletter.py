@@ -101,7 +101,13 @@ class DeadLetterHeaders:
             ``KeyError`` quoting a customer id, say) are reduced to their class name.
     """
 
-    __slots__ = ("_after_reason", "_before_reason", "_include_error_text", "_topics")
+    __slots__ = (
+        "_after_reason",
+        "_before_reason",
+        "_described",
+        "_include_error_text",
+        "_topics",
+    )
 
     def __init__(
         self,
@@ -126,6 +132,7 @@ class DeadLetterHeaders:
             (h.DLQ_EXPECTED_VERSION, _text(expected_version)),
         )
         self._topics: dict[str, tuple[str, bytes]] = {}
+        self._described: dict[tuple[str, ContractViolation], tuple[tuple[str, bytes], ...]] = {}
 
     @classmethod
     def for_contract(
@@ -155,12 +162,44 @@ class DeadLetterHeaders:
         Any ``sg-dlq-*`` header already present (a record dead-lettered before, then
         replayed) is dropped first, so the context always describes the latest failure.
         """
-        kept = [(k, v) for k, v in original_headers or () if not k.startswith(DLQ_PREFIX)]
+        kept = (
+            [(k, v) for k, v in original_headers if not k.startswith(DLQ_PREFIX)]
+            if original_headers
+            else []
+        )
         topic_pair = self._topics.get(topic)
         if topic_pair is None:
             if len(self._topics) >= 1024:  # a pattern subscription may see many topics
                 self._topics.clear()
             topic_pair = self._topics[topic] = (h.DLQ_ORIGINAL_TOPIC, _text(topic))
+        error = failure.error
+        # A violation repeating an earlier one (ContractViolation.again) is described
+        # exactly like it: its four pairs are built once, not per record of a flood.
+        origin = error.origin if type(error) is ContractViolation else None
+        if origin is not None and origin is not error:
+            described = self._described.get((failure.reason, origin))
+            if described is None:
+                if len(self._described) >= 1024:
+                    self._described.clear()
+                described = self._described[(failure.reason, origin)] = self._describe(failure)
+        else:
+            described = self._describe(failure)
+        kept += [
+            topic_pair,
+            (DLQ_ORIGINAL_PARTITION, b"%d" % partition),
+            (DLQ_ORIGINAL_OFFSET, b"%d" % offset),
+            (DLQ_ORIGINAL_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
+            *self._before_reason,
+            *described,
+            *self._after_reason,
+            (DLQ_ATTEMPTS, b"%d" % failure.attempts),
+            (DLQ_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
+            (DLQ_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
+        ]
+        return kept
+
+    def _describe(self, failure: Failure) -> tuple[tuple[str, bytes], ...]:
+        """The pairs saying why: reason, error class, error text (redacted), details."""
         error = failure.error
         error_class = _CLASS_NAMES.get(type(error))
         if error_class is None or isinstance(error, RetriesExhausted):
@@ -168,22 +207,12 @@ class DeadLetterHeaders:
             if not isinstance(error, RetriesExhausted) and len(_CLASS_NAMES) < 1024:
                 _CLASS_NAMES[type(error)] = error_class
         message = _text(error_text(error, self._include_error_text)[:MAX_ERROR_MESSAGE])
-        kept += [
-            topic_pair,
-            (DLQ_ORIGINAL_PARTITION, b"%d" % partition),
-            (DLQ_ORIGINAL_OFFSET, b"%d" % offset),
-            (DLQ_ORIGINAL_TIMESTAMP, b"%d" % (timestamp_ms if timestamp_ms is not None else -1)),
-            *self._before_reason,
+        return (
             (DLQ_REASON, _REASON_BYTES.get(failure.reason) or _text(failure.reason)),
             (DLQ_ERROR_CLASS, error_class),
             (DLQ_ERROR_MESSAGE, message),
             (DLQ_ERRORS, error.errors_json() if isinstance(error, ContractViolation) else b"[]"),
-            *self._after_reason,
-            (DLQ_ATTEMPTS, b"%d" % failure.attempts),
-            (DLQ_FIRST_FAILURE_MS, b"%d" % failure.first_failure_ms),
-            (DLQ_DEAD_LETTERED_MS, b"%d" % int(time.time() * 1000)),
-        ]
-        return kept
+        )
 
     def for_record(self, record: Any, failure: Failure) -> list[tuple[str, bytes | None]]:
         """``build`` for a consumed record (a confluent-kafka ``Message``, or anything

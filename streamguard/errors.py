@@ -126,6 +126,7 @@ class ContractViolation(StreamguardError, ValueError):
     def errors(self, errors: list[ErrorDetail]) -> None:
         self._errors = errors
         self._json = None
+        self._template = None  # it no longer repeats its origin
 
     def errors_json(self) -> bytes:
         """The details as compact JSON, ``[{"loc", "type", "msg"}, ...]`` (never an
@@ -139,13 +140,18 @@ class ContractViolation(StreamguardError, ValueError):
             ).encode()
         return self._json
 
+    @property
+    def origin(self) -> ContractViolation:
+        """The violation this one repeats (see ``again``), or itself: violations with
+        the same origin have the same subject, details and text."""
+        return self._template if self._template is not None else self
+
     def again(self) -> ContractViolation:
         """A new violation with the same subject, details and text, built without
         formatting them again: what a decoder raises for a record that fails exactly
         like an earlier one. Its details are its own copies (a hook may change them),
         made only when read: a flood of dead letters never reads them."""
-        twin = ContractViolation.__new__(ContractViolation, *self.args)
-        Exception.__init__(twin, *self.args)
+        twin = ContractViolation.__new__(ContractViolation, *self.args)  # sets its args
         twin.subject = self.subject
         twin._errors = None
         twin._template = self if self._errors is not None else self._template

@@ -344,3 +344,49 @@ def test_one_builder_writes_the_same_headers_for_every_record() -> None:
             else b"streamguard.errors.DecodeError"
         )
         assert SECRET.encode() not in b"".join(v or b"" for v in built.values())
+
+
+def test_a_repeated_violation_is_described_like_the_first() -> None:
+    """A flood's twins (``ContractViolation.again``) get the first one's reason, class,
+    text and details, each with its own coordinates; a twin whose details were
+    replaced is described by its own."""
+    from streamguard.deadletter import DeadLetterHeaders, Failure
+
+    build = DeadLetterHeaders(
+        group_id="g", service="s", expected_subject="payments.Payment", expected_version=3
+    )
+    template = violation().again()
+    why = (h.DLQ_REASON, h.DLQ_ERROR_CLASS, h.DLQ_ERROR_MESSAGE, h.DLQ_ERRORS)
+    seen = []
+    for offset in range(3):
+        twin = template.again()
+        built = dict(
+            build.build(
+                original_headers=None,
+                topic="payments",
+                partition=0,
+                offset=offset,
+                timestamp_ms=None,
+                failure=Failure("contract_violation", twin),
+            )
+        )
+        assert built[h.DLQ_ORIGINAL_OFFSET] == str(offset).encode()
+        seen.append(tuple(built[name] for name in why))
+    assert seen[0] == seen[1] == seen[2]
+    assert json.loads(seen[0][3])[0]["loc"] == ["amount"]
+    assert SECRET.encode() not in b"".join(seen[0])
+    changed = template.again()
+    changed.errors = [{"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}]
+    built = dict(
+        build.build(
+            original_headers=None,
+            topic="payments",
+            partition=0,
+            offset=9,
+            timestamp_ms=None,
+            failure=Failure("contract_violation", changed),
+        )
+    )
+    assert json.loads(built[h.DLQ_ERRORS] or b"") == [
+        {"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}
+    ]
