@@ -6,7 +6,15 @@ dead-letter path, and the best of several repeats (in this thread's CPU time, de
 reports included) is reported in microseconds per record, next to a hand-written
 dead-letter loop: validate, and on failure produce the record with one reason header.
 
-    python benchmarks/dlq_path.py [--records 4000] [--repeats 15]
+    python benchmarks/dlq_path.py [--records 4000] [--repeats 15] [--part lane]
+
+Times move by a third between runs on a shared VM; instruction counts do not. Run one
+part under callgrind twice and take the difference per record (docs/benchmarks.md):
+
+    valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=cg.1 \
+        python benchmarks/dlq_path.py --records 2000 --repeats 1 --part PartitionLane
+    (the same with --repeats 3 and cg.3); then
+    (totals of cg.3-01 - totals of cg.1-01) / (2 * 2000)
 """
 
 from __future__ import annotations
@@ -62,9 +70,15 @@ def pipeline(bootstrap: str) -> tuple[Pipeline, DeadLetterPublisher]:
 
 
 def measure(
-    records: list[Any], pipe: Pipeline, publisher: DeadLetterPublisher, bootstrap: str, repeats: int
+    records: list[Any],
+    pipe: Pipeline,
+    publisher: DeadLetterPublisher,
+    bootstrap: str,
+    repeats: int,
+    part: str = "",
 ) -> dict[str, float]:
-    """Best of ``repeats`` per part, in this thread's CPU time, parts interleaved."""
+    """Best of ``repeats`` per part (those whose name holds ``part``), in this thread's
+    CPU time, parts interleaved."""
     values = [m.value() for m in records]
     validate = OrderPlaced.model_validate_json
     batches = [records[i : i + 500] for i in range(0, len(records), 500)]
@@ -100,9 +114,7 @@ def measure(
         for batch in batches:
             lane._process(batch)
             publisher.serve_reports()
-        deadline = time.monotonic() + 30
-        while publisher.in_flight and time.monotonic() < deadline:
-            publisher.serve_reports()
+        publisher.flush(30)  # serves the last reports here, blocking instead of spinning
 
     failures = []
     for v in values:
@@ -132,6 +144,7 @@ def measure(
             [quiet(m, f) for m, f in zip(records, failures, strict=True)] and None
         ),
     }
+    parts = {name: run for name, run in parts.items() if part in name}
     found = dict.fromkeys(parts, float("inf"))
     for _ in range(repeats):
         for name, run in parts.items():
@@ -153,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=15, help="best of this many")
+    parser.add_argument("--part", default="", help="only the parts whose name holds this")
     args = parser.parse_args()
     # The measured log lines are written (their cost counts) but not shown.
     quiet = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (for the process's life)
@@ -163,12 +177,13 @@ def main() -> None:
         bootstrap = broker.bootstrap_servers
         records = fetch(bootstrap, args.records, False, dataset.invalid_value)
         pipe, publisher = pipeline(bootstrap)
-        results = measure(records, pipe, publisher, bootstrap, args.repeats)
+        results = measure(records, pipe, publisher, bootstrap, args.repeats, args.part)
     for name, us in results.items():
         print(f"{us:8.2f} µs  {name}")
-    base = results["hand-written DLQ loop (validate, produce with a reason header, reports)"]
-    ours = results["PartitionLane._process with the DLQ publisher, reports served"]
-    print(f"{base / ours:8.2f}     hand-written loop's µs over streamguard's (1.0: as cheap)")
+    base = results.get("hand-written DLQ loop (validate, produce with a reason header, reports)")
+    ours = results.get("PartitionLane._process with the DLQ publisher, reports served")
+    if base and ours:
+        print(f"{base / ours:8.2f}     hand-written loop's µs over streamguard's (1.0: as cheap)")
 
 
 if __name__ == "__main__":
