@@ -126,7 +126,6 @@ class ContractViolation(StreamguardError, ValueError):
     def errors(self, errors: list[ErrorDetail]) -> None:
         self._errors = errors
         self._json = None
-        self._template = None  # it no longer repeats its origin
 
     def errors_json(self) -> bytes:
         """The details as compact JSON, ``[{"loc", "type", "msg"}, ...]`` (never an
@@ -143,8 +142,9 @@ class ContractViolation(StreamguardError, ValueError):
     @property
     def origin(self) -> ContractViolation:
         """The violation this one repeats (see ``again``), or itself: violations with
-        the same origin have the same subject, details and text."""
-        return self._template if self._template is not None else self
+        the same origin have the same subject, details and text. A repeat whose details
+        were read (and so may have been changed) is its own origin."""
+        return self._template if self._template is not None and self._errors is None else self
 
     def again(self) -> ContractViolation:
         """A new violation with the same subject, details and text, built without

@@ -349,7 +349,7 @@ def test_one_builder_writes_the_same_headers_for_every_record() -> None:
 def test_a_repeated_violation_is_described_like_the_first() -> None:
     """A flood's twins (``ContractViolation.again``) get the first one's reason, class,
     text and details, each with its own coordinates; a twin whose details were
-    replaced is described by its own."""
+    replaced, or read and edited, is described by its own."""
     from streamguard.deadletter import DeadLetterHeaders, Failure
 
     build = DeadLetterHeaders(
@@ -375,8 +375,10 @@ def test_a_repeated_violation_is_described_like_the_first() -> None:
     assert seen[0] == seen[1] == seen[2]
     assert json.loads(seen[0][3])[0]["loc"] == ["amount"]
     assert SECRET.encode() not in b"".join(seen[0])
-    changed = template.again()
-    changed.errors = [{"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}]
+    replaced = template.again()
+    replaced.errors = [{"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}]
+    edited = template.again()
+    edited.errors[0]["msg"] = "edited in place"
     built = dict(
         build.build(
             original_headers=None,
@@ -384,9 +386,20 @@ def test_a_repeated_violation_is_described_like_the_first() -> None:
             partition=0,
             offset=9,
             timestamp_ms=None,
-            failure=Failure("contract_violation", changed),
+            failure=Failure("contract_violation", replaced),
         )
     )
     assert json.loads(built[h.DLQ_ERRORS] or b"") == [
         {"loc": ["elsewhere"], "type": "custom", "msg": "replaced"}
     ]
+    built = dict(
+        build.build(
+            original_headers=None,
+            topic="payments",
+            partition=0,
+            offset=10,
+            timestamp_ms=None,
+            failure=Failure("contract_violation", edited),
+        )
+    )
+    assert json.loads(built[h.DLQ_ERRORS] or b"")[0]["msg"] == "edited in place"
