@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
@@ -174,8 +175,11 @@ class ConsumerService:
         # One private attribute holds all runtime state, and the runtime reads only the
         # spec built here: a subclass may use any attribute name of its own.
         self.__schema_registry = resolve_registry_config(schema_registry)
+        # The group it consumes in, which kafka_config (or ``run -X group.id=``) may
+        # override, is the one its logs, metrics and dead letters name.
+        spec = replace(self._spec(), group_id=str(consumer_config["group.id"]))
         self.__runtime = ServiceRuntime(
-            self._spec(),
+            spec,
             consumer_config=consumer_config,
             dead_letter_config={
                 **DLQ_PRODUCER_DEFAULTS,

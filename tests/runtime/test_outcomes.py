@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 SECRET = "SECRET-4242"
@@ -124,6 +127,42 @@ def test_dead_letter_keeps_record_byte_for_byte(
     assert {tuple(e["loc"]) for e in errors} >= {("order_id",)}
     assert all(set(e) == {"loc", "type", "msg"} for e in errors)
     assert SECRET not in json.dumps([v.decode("latin-1") for _, v in headers[4:] if v])
+
+
+def test_a_group_id_given_in_kafka_config_is_the_one_dead_letters_and_logs_name(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``kafka_config={"group.id": ...}`` (or ``streamguard run -X group.id=...``)
+    overrides the class's ``group_id``: the service consumes, commits, logs and
+    dead-letters under the group it is really in."""
+    src = topic_factory("orders")
+    raw_producer.produce(src, b"{not json")
+    raw_producer.flush(10)
+    group = unique("override")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = "declared-group"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    caplog.set_level(logging.INFO, logger="streamguard")
+    running = start_service(Billing, kafka_config={**FAST_GROUP, "group.id": group})
+    (record,) = read_all(f"{src}.dlq", 1)
+    assert dlq_headers(record)["sg-dlq-consumer-group"] == group
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+    (started,) = [r for r in caplog.records if r.getMessage() == "service started"]
+    assert started.group == group  # type: ignore[attr-defined]
+    running.stop()
+    assert not running.error
 
 
 def test_handler_exception_text_is_redacted_by_default(
