@@ -138,7 +138,8 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         "",
         "The CPU-per-record ratio is the baseline's CPU per record over the row's: it moves "
         "less than throughput when other work shares the machine. Where a target is not "
-        "met, *Where the time goes, measured* below says what the time is spent on.",
+        "met, *Where the time goes, measured* below says what the time is spent on (for "
+        "the guarded Faust agent, *Guarded Faust agent against a plain Faust agent*).",
     ]
     return lines
 
