@@ -95,7 +95,11 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             file=sys.stderr,
         )
         return new
-    kept: dict[str, str] = dict(old["meta"].get("earlier_passes", {}))
+    # A pass this run made is this run's, whatever an earlier merge said of it; rows of
+    # it that this run skipped (--only) are kept and named with their own date.
+    made = set(mine.get("passes", ()))
+    kept = {p: d for p, d in theirs.get("earlier_passes", {}).items() if p not in made}
+    rows: dict[str, dict[str, str]] = {}
     for name, row in old["contenders"].items():
         target = new["contenders"].setdefault(
             name, {k: v for k, v in row.items() if k not in PASSES}
@@ -103,12 +107,18 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         for done in PASSES:
             if done in row and done not in target:
                 target[done] = row[done]
-                kept[done] = kept.get(done) or old["meta"]["date"]
+                when = theirs.get("earlier_passes", {}).get(done) or theirs["date"]
+                if done in made:
+                    rows.setdefault(done, {})[name] = when
+                else:
+                    kept[done] = kept.get(done) or when
     for key in ("rss_records",):
         if key in old["meta"] and key not in new["meta"]:
             new["meta"][key] = old["meta"][key]
     if kept:
         new["meta"]["earlier_passes"] = kept
+    if rows:
+        new["meta"]["earlier_rows"] = rows
     return new
 
 

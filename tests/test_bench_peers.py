@@ -139,6 +139,7 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
         return {
             "meta": {
                 "date": date,
+                "passes": list(passes),
                 "machine": {"cpu": cpu, "cores": 2, "python": "3.11.7"},
                 "versions": {"streamguard": "0.1.0"},
             },
@@ -151,6 +152,25 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     assert row["throughput"] == {"new": 1}
     assert row["io"] == {"old": 2}
     assert merged["meta"]["earlier_passes"] == {"io": "2026-12-01"}
+
+    # A pass made again is the new run's, even where an earlier merge had dated it.
+    again = peers.merge(merged, results("2026-12-03", "cpu A", {"io": {"new": 2}}))
+    assert again["contenders"]["sg-sync"]["io"] == {"new": 2}
+    assert again["meta"]["earlier_passes"] == {"throughput": "2026-12-02"}
+    # Rows a pass skipped (--only) keep their own date, named in that pass's caption.
+    both = {"throughput": {"old": 1}}
+    earlier = results("2026-12-01", "cpu A", both)
+    earlier["contenders"]["aiokafka"] = {"label": "aiokafka", **both}
+    subset = peers.merge(earlier, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))
+    assert subset["contenders"]["aiokafka"]["throughput"] == {"old": 1}
+    assert subset["meta"]["earlier_rows"] == {"throughput": {"aiokafka": "2026-12-01"}}
+    assert "earlier_passes" not in subset["meta"]
+    from peerbench.render import _earlier
+
+    assert _earlier(subset, "throughput") == (
+        " `aiokafka` measured 2026-12-01, same machine and versions."
+    )
+    assert _earlier(again, "io") == ""
 
     elsewhere = results("2026-12-01", "cpu B", {"io": {"old": 2}})
     alone = peers.merge(elsewhere, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))

@@ -94,7 +94,8 @@ def throughput_table(results: dict[str, Any]) -> list[str]:
         "",
         f"{meta['records']:,} records per pass ({', '.join(f'{k} {v} B' for k, v in sizes.items())}"
         f" per value), {meta['partitions']} partitions, {meta['keys']} keys, "
-        f"{meta['rounds']} alternating rounds; ratio = this row's median over the named row's.",
+        f"{meta['rounds']} alternating rounds; ratio = this row's median over the named row's."
+        f"{_earlier(results, 'throughput')}",
     ]
     return lines
 
@@ -199,8 +200,14 @@ def latency_table(results: dict[str, Any]) -> list[str]:
 
 def _earlier(results: dict[str, Any], done: str) -> str:
     """A caption's note when the pass comes from an earlier run (``peers.py --merge``)."""
-    when = results["meta"].get("earlier_passes", {}).get(done)
-    return f" Measured {when}, same machine and versions." if when else ""
+    meta = results["meta"]
+    when = meta.get("earlier_passes", {}).get(done)
+    if when:
+        return f" Measured {when}, same machine and versions."
+    rows = meta.get("earlier_rows", {}).get(done, {})
+    return "".join(
+        f" `{name}` measured {date}, same machine and versions." for name, date in rows.items()
+    )
 
 
 def rss_table(results: dict[str, Any]) -> list[str]:
