@@ -1,15 +1,18 @@
 """Instructions per consumed record, whole process, counted with callgrind.
 
-On a shared VM the CPU time of one row moves by a third from one round to the next;
+On a shared VM the CPU time of one row moves by a third or more between rounds;
 instruction counts do not. Each row runs twice under callgrind, consuming 4,000 and then
 12,000 records of one 3-partition topic (the peers' events, no ``sg-*`` headers), and
 the difference per record is reported for the busiest thread and the rest, so start-up,
 group join and shutdown cancel out. The busiest thread is the one that polls, validates
-and handles; the others' share is not per record (librdkafka prefetches up to its queue's
-size whatever is consumed, and emits statistics per second of a run that valgrind slows
-fiftyfold). Needs ``valgrind``; takes about a minute a row.
+and handles: compare rows by it. The others' share is not really per record: librdkafka
+prefetches up to its queue's size whatever is consumed, and the service asks it for
+statistics once a second of a run that valgrind slows fiftyfold. Needs ``valgrind``
+(``apt-get install valgrind``); about a minute a row on 2 cores. From the project's
+``.venv`` (``make test`` creates it), every row by default:
 
-    python benchmarks/instructions.py [--rows loop-untuned loop-tuned sg-sync]
+    .venv/bin/python benchmarks/instructions.py
+    .venv/bin/python benchmarks/instructions.py --rows loop-tuned sg-sync
 
 What callgrind cannot see (cache misses, scheduling, time in the kernel) is the part of
 a CPU-time gap these counts leave unexplained (docs/benchmarks.md).
@@ -114,8 +117,9 @@ def count(valgrind: str, row: str, workdir: Path) -> tuple[float, float]:
             raise SystemExit(f"{row} under callgrind failed:\n{done.stderr[-2000:]}")
         runs[records] = totals(out)
     few, many = runs[FEW], runs[MANY]
-    few += [0] * (len(many) - len(few))
-    per_thread = [(b - a) / (MANY - FEW) for a, b in zip(few, many, strict=False)]
+    if len(few) != len(many):  # threads are matched by creation order
+        raise SystemExit(f"{row}: {len(few)} threads in one run, {len(many)} in the other")
+    per_thread = [(b - a) / (MANY - FEW) for a, b in zip(few, many, strict=True)]
     busiest = max(per_thread)
     return busiest, sum(per_thread) - busiest
 
@@ -132,13 +136,13 @@ def main() -> int:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    print(f"instructions per record ({MANY:,} records consumed minus {FEW:,}, per record)")
+    print(f"instructions per record (consuming {MANY:,} records minus consuming {FEW:,})")
     with tempfile.TemporaryDirectory() as workdir:
         for row in args.rows:
             busiest, rest = count(valgrind, row, Path(workdir))
             print(
-                f"  {row:14} {(busiest + rest) / 1e3:6.1f}k   busiest thread "
-                f"{busiest / 1e3:5.1f}k, other threads {rest / 1e3:4.1f}k",
+                f"  {row:14} busiest thread {busiest / 1e3:5.1f}k   "
+                f"other threads {rest / 1e3:4.1f}k   all {(busiest + rest) / 1e3:5.1f}k",
                 flush=True,
             )
     return 0
