@@ -78,6 +78,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The meta keys each pass's caption reads (peerbench/render.py).
+PASS_SETTINGS: dict[str, tuple[str, ...]] = {
+    "throughput": ("records", "rounds"),
+    "io": ("io",),
+    "latency": ("latency",),
+    "rss": ("rss_records",),
+}
+
+
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new``, plus the passes of ``old`` that ``new`` did not run (kept with their date).
 
@@ -112,9 +121,11 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
                     rows.setdefault(done, {})[name] = when
                 else:
                     kept[done] = kept.get(done) or when
-    for key in ("rss_records",):
-        if key in old["meta"] and key not in new["meta"]:
-            new["meta"][key] = old["meta"][key]
+    for done in kept:  # a kept pass's captions need the settings it was measured with
+        for key in PASS_SETTINGS[done]:
+            if key in theirs:
+                mine[key] = theirs[key]
+    mine["value_bytes"] = {**theirs.get("value_bytes", {}), **mine.get("value_bytes", {})}
     if kept:
         new["meta"]["earlier_passes"] = kept
     if rows:

@@ -153,10 +153,16 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     assert row["io"] == {"old": 2}
     assert merged["meta"]["earlier_passes"] == {"io": "2026-12-01"}
 
-    # A pass made again is the new run's, even where an earlier merge had dated it.
-    again = peers.merge(merged, results("2026-12-03", "cpu A", {"io": {"new": 2}}))
+    # A pass made again is the new run's, even where an earlier merge had dated it; a
+    # kept pass keeps the settings its caption names.
+    merged["meta"] |= {"rounds": 5, "value_bytes": {"json": 390}}
+    io_only = results("2026-12-03", "cpu A", {"io": {"new": 2}})
+    io_only["meta"] |= {"rounds": 3, "value_bytes": {"io": 390}}
+    again = peers.merge(merged, io_only)
     assert again["contenders"]["sg-sync"]["io"] == {"new": 2}
     assert again["meta"]["earlier_passes"] == {"throughput": "2026-12-02"}
+    assert again["meta"]["rounds"] == 5
+    assert again["meta"]["value_bytes"] == {"json": 390, "io": 390}
     # Rows a pass skipped (--only) keep their own date, named in that pass's caption.
     both = {"throughput": {"old": 1}}
     earlier = results("2026-12-01", "cpu A", both)
