@@ -69,6 +69,15 @@ def test_undecodable_bytes_are_dead_lettered_without_reaching_the_handler() -> N
     assert result.dead_letter_headers[0] == ("trace", b"t1")  # originals first, unchanged
 
 
+def test_a_group_given_in_kafka_config_is_the_one_its_dead_letters_name() -> None:
+    """The harness describes dead letters as the service would run: under the group
+    ``kafka_config`` (or ``run -X group.id=``) puts it in, not the class's."""
+    service = Billing(bootstrap_servers="unused:9092", kafka_config={"group.id": "billing-eu"})
+    with ServiceHarness(service) as kit:
+        result = kit.send_raw(b"{not json")
+    assert dead_letter_headers_of(result)[h.DLQ_CONSUMER_GROUP] == "billing-eu"
+
+
 def test_contract_violation_names_the_field_but_never_its_value() -> None:
     """A contract violation says which field broke, and no header carries the value."""
     bad = json.dumps({"order_id": SECRET, "customer_id": SECRET}).encode()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Mapping
-from dataclasses import replace
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
@@ -179,9 +178,9 @@ class ConsumerService:
         self.__schema_registry = resolve_registry_config(schema_registry)
         # The group it consumes in, which kafka_config (or ``run -X group.id=``) may
         # override, is the one its logs, metrics and dead letters name.
-        spec = replace(self._spec(), group_id=str(consumer_config["group.id"]))
+        self.__group_id = str(consumer_config["group.id"])
         self.__runtime = ServiceRuntime(
-            spec,
+            self._spec(),
             consumer_config=consumer_config,
             dead_letter_config={
                 **DLQ_PRODUCER_DEFAULTS,
@@ -200,7 +199,7 @@ class ConsumerService:
             name=cls.service_name or cls.__name__,
             topic=cls.topic,
             contract=cls.contract,
-            group_id=cls.group_id,
+            group_id=self.__group_id,
             dead_letter_topic=cls.dead_letter_topic or dead_letter_topic_for(cls.topic),
             retry=cls.retry,
             transient=tuple(cls.transient),
