@@ -177,7 +177,7 @@ class ConsumerService:
         # spec built here: a subclass may use any attribute name of its own.
         self.__schema_registry = resolve_registry_config(schema_registry)
         # The group it consumes in, which kafka_config (or ``run -X group.id=``) may
-        # override, is the one its logs, metrics and dead letters name.
+        # override, is the one its logs and dead letters name.
         self.__group_id = str(consumer_config["group.id"])
         self.__runtime = ServiceRuntime(
             self._spec(),
