@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer, Producer
 from peerbench import dataset
+from peerbench.baselines import FAST_JOIN, POLL_TIMEOUT
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -42,7 +43,6 @@ from streamguard.topics import create_topics
 
 ROWS = ("loop-untuned", "loop-tuned", "sg-sync")
 FEW, MANY = 4_000, 12_000
-FAST_JOIN = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
 
 
 def consume(row: str, records: int) -> int:
@@ -65,7 +65,7 @@ def consume(row: str, records: int) -> int:
         consumer.subscribe(["orders"])
         seen, deadline = 0, time.monotonic() + 600
         while seen < records and time.monotonic() < deadline:
-            for msg in consumer.consume(min(500, records - seen), 0.1):
+            for msg in consumer.consume(min(500, records - seen), POLL_TIMEOUT):
                 if msg.error() is None:
                     OrderPlaced.model_validate_json(msg.value())
                     seen += 1

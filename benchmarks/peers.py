@@ -107,7 +107,8 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     # A pass this run made is this run's, whatever an earlier merge said of it; rows of
     # it that this run skipped (--only) are kept and named with their own date.
     made = set(mine.get("passes", ()))
-    kept = {p: d for p, d in theirs.get("earlier_passes", {}).items() if p not in made}
+    dated = theirs.get("earlier_passes", {})
+    kept = {p: d for p, d in dated.items() if p not in made}
     rows: dict[str, dict[str, str]] = {}
     for name, row in old["contenders"].items():
         target = new["contenders"].setdefault(
@@ -116,7 +117,7 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         for done in PASSES:
             if done in row and done not in target:
                 target[done] = row[done]
-                when = theirs.get("earlier_passes", {}).get(done) or theirs["date"]
+                when = dated.get(done) or theirs["date"]
                 if done in made:
                     rows.setdefault(done, {})[name] = when
                 else:
