@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from streamguard import headers as h
@@ -49,11 +49,15 @@ REASONS: tuple[Reason, ...] = get_args(Reason)
 MAX_ERROR_MESSAGE = 1000
 
 
+# Sets a field of a frozen instance (what the generated __init__ of a frozen dataclass does).
+_set = object.__setattr__
+
+
 def _text(value: object) -> bytes:
     return str(value).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Failure:
     """Why a message is being dead-lettered, and what was tried.
 
@@ -71,8 +75,27 @@ class Failure:
 
     reason: Reason
     error: BaseException
-    attempts: int = 1
-    first_failure_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    attempts: int
+    first_failure_ms: int
+
+    def __init__(
+        self,
+        reason: Reason,
+        error: BaseException,
+        attempts: int = 1,
+        first_failure_ms: int | None = None,
+    ) -> None:
+        """``first_failure_ms`` defaults to now. Written out rather than generated: a
+        poison flood builds one per record, and the frozen dataclass's own ``__init__``
+        with a default factory took 0.70 µs against 0.48."""
+        _set(self, "reason", reason)
+        _set(self, "error", error)
+        _set(self, "attempts", attempts)
+        _set(
+            self,
+            "first_failure_ms",
+            int(time.time() * 1000) if first_failure_ms is None else first_failure_ms,
+        )
 
     @property
     def error_class(self) -> str:

@@ -36,7 +36,8 @@ class FinalPrefix(Generic[T]):
     def hold(self, offset: int, item: T) -> None:
         """Keep ``offset`` open until ``release``: nothing from it on may be committed."""
         self._open[offset] = item
-        self.advance(offset + 1)
+        if self._end is None or offset >= self._end:  # advance(), inline: once per dead letter
+            self._end = offset + 1
 
     def release(self, offset: int) -> T | None:
         """``offset`` reached its final outcome; returns its item if it was open."""

@@ -100,7 +100,7 @@ def judge(
         message: the message's identity (partition and offset), for the breaker.
     """
     if isinstance(exc, _INVALID_INPUT):  # first: a poison flood takes this path per record
-        if breaker is not None:
+        if breaker is not None and not breaker.closed:
             breaker.release_probe()  # no call reached the dependency
         # Held until the DLQ acknowledges: without the codec's frames and pydantic's
         # error (which holds the input), a poison flood keeps a few small objects per

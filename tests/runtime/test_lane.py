@@ -127,6 +127,31 @@ def test_a_failed_dead_letter_stays_open_and_can_be_republished() -> None:
     assert lane.commit_position() == 1
 
 
+def test_failed_dead_letters_lists_only_those_whose_last_write_failed() -> None:
+    """Among open dead letters only the failed ones are listed, each once, however
+    often its resend fails, and none once each failed one is acknowledged."""
+    lane, sink, _ = make_lane([])
+    lane.enqueue(batch(b"{broken", b"{broken", b"{broken"))
+    lane.drain()
+    (o3, ok_later), (o2, fails), (o1, acked) = (sink.waiting.pop() for _ in range(3))
+    assert (o1, o2, o3) == (0, 1, 2)
+    acked(None, None)
+    fails(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+    assert [p.msg.offset() for p in lane.failed_dead_letters()] == [1]
+    for _ in range(2):  # the resend fails again: still one failed dead letter
+        lane.republish(lane.failed_dead_letters()[0])
+        _, done = sink.waiting.pop()
+        done(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+        assert [p.msg.offset() for p in lane.failed_dead_letters()] == [1]
+    lane.republish(lane.failed_dead_letters()[0])
+    _, done = sink.waiting.pop()
+    done(None, None)
+    assert lane.failed_dead_letters() == []
+    assert lane.commit_position() == 2  # offset 2 is still awaiting its report
+    ok_later(None, None)
+    assert lane.commit_position() == 3
+
+
 def test_no_work_starts_while_the_dlq_is_unwritable() -> None:
     """A lane with buffered work is not claimed while dead letters cannot be written."""
     handled: list[int] = []
