@@ -88,6 +88,43 @@ def test_slow_partition_does_not_hold_the_others(
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
 
 
+def test_workers_park_between_bursts_and_end_when_the_service_stops(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """At a low rate each burst finds a parked worker instead of starting a thread, and
+    no worker thread outlives the service."""
+    src = topic_factory("orders", partitions=1)
+    producer = sg.GuardedProducer(bootstrap)
+    handled = [0]
+    threads: list[threading.Thread] = []  # kept alive, so that each is told apart
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            current = threading.current_thread()
+            if all(t is not current for t in threads):
+                threads.append(current)
+            handled[0] += 1
+
+    running = start_service(Billing)
+    for burst in range(12):
+        producer.send(src, order(burst))
+        producer.flush()
+        assert wait_for(lambda n=burst + 1: handled[0] == n, timeout=30), f"burst {burst}"
+        time.sleep(0.15)  # longer than the idle poll: the worker has parked meanwhile
+    assert len(threads) <= 2, f"{len(threads)} worker threads for 12 bursts"
+    running.stop()
+    assert wait_for(lambda: not any(t.is_alive() for t in threads), timeout=5)
+    assert not [t for t in threading.enumerate() if t in threads]
+
+
 def test_handler_slower_than_max_poll_interval_keeps_membership(
     bootstrap: str,
     topic_factory: Callable[..., str],
