@@ -59,6 +59,8 @@ class Poller:
         self.committer = committer
         self._lag = lag
         self.last_poll = time.monotonic()
+        self.last_fetched = 0  # records the last poll fetched
+        self.polls = 0  # polls so far, by any thread
 
     def subscribe(self) -> None:
         a = self.assignment
@@ -73,6 +75,8 @@ class Poller:
         not yet running).
         """
         claimed: list[PartitionLane] = []
+        self.last_fetched = 0
+        self.polls += 1
         if not self.flow.throttled:
             # While a partition is full but still draining, fetch nothing rather than
             # pause it (see FlowControl).
@@ -85,6 +89,7 @@ class Poller:
             else:
                 msgs = self.consumer.consume(self._batch_size, 0)
             if msgs:
+                self.last_fetched = len(msgs)
                 claimed = self._dispatch(msgs)
         self.last_poll = now = time.monotonic()
         self._publisher.serve_reports()

@@ -125,6 +125,39 @@ def test_workers_park_between_bursts_and_end_when_the_service_stops(
     assert not [t for t in threading.enumerate() if t in threads]
 
 
+def test_waiting_key_ordered_handlers_get_every_partition_at_once(
+    send_orders: Callable[..., None],
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """An event loop whose handlers all wait cannot poll itself: the supervisor keeps
+    polling while records come, so the partitions fetched after the first start within
+    a few ms of it, not one FALLBACK_POLL_GAP (50 ms) per batch later."""
+    src = topic_factory("orders", partitions=3)
+    send_orders(src, 1500, key=lambda i: f"customer-{i % 16}")
+    first: dict[int, float] = {}
+    handled = [0]
+    group = unique("g")
+
+    class Shipping(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = "key"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            first.setdefault(ctx.partition, time.monotonic())
+            await asyncio.sleep(0.002)
+            handled[0] += 1
+
+    start_service(Shipping)
+    assert wait_for(lambda: handled[0] == 1500, timeout=60)
+    spread = max(first.values()) - min(first.values())
+    assert len(first) == 3
+    assert spread < 0.045, f"the last partition started {spread * 1000:.0f} ms after the first"
+
+
 def test_handler_slower_than_max_poll_interval_keeps_membership(
     bootstrap: str,
     topic_factory: Callable[..., str],
