@@ -88,8 +88,10 @@ class Scheduler:
         try:
             self._supervise()
         finally:
+            # Also when the supervisor failed: no parked worker may wait for work again.
+            self.stopping.set()
             with self._active_lock:
-                self._unparked.notify_all()  # parked workers see ``stopping`` and end
+                self._unparked.notify_all()
 
     def _supervise(self) -> None:
         poller = self._poller

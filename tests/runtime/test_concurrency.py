@@ -118,11 +118,10 @@ def test_workers_park_between_bursts_and_end_when_the_service_stops(
         producer.send(src, order(burst))
         producer.flush()
         assert wait_for(lambda n=burst + 1: handled[0] == n, timeout=30), f"burst {burst}"
-        time.sleep(0.15)  # longer than the idle poll: the worker has parked meanwhile
+        time.sleep(0.15)  # a quiet spell between bursts, as at a low input rate
     assert len(threads) <= 2, f"{len(threads)} worker threads for 12 bursts"
     running.stop()
     assert wait_for(lambda: not any(t.is_alive() for t in threads), timeout=5)
-    assert not [t for t in threading.enumerate() if t in threads]
 
 
 def test_waiting_key_ordered_handlers_get_every_partition_at_once(
@@ -133,9 +132,10 @@ def test_waiting_key_ordered_handlers_get_every_partition_at_once(
 ) -> None:
     """An event loop whose handlers all wait cannot poll itself: the supervisor keeps
     polling while records come, so the partitions fetched after the first start within
-    a few ms of it, not one FALLBACK_POLL_GAP (50 ms) per batch later."""
+    a few ms of it, not one FALLBACK_POLL_GAP (50 ms) per batch of 500 later (100 and
+    150 ms for these 1,000 records a partition)."""
     src = topic_factory("orders", partitions=3)
-    send_orders(src, 1500, key=lambda i: f"customer-{i % 16}")
+    send_orders(src, 3000, key=lambda i: f"customer-{i % 16}")
     first: dict[int, float] = {}
     handled = [0]
     group = unique("g")
@@ -152,10 +152,10 @@ def test_waiting_key_ordered_handlers_get_every_partition_at_once(
             handled[0] += 1
 
     start_service(Shipping)
-    assert wait_for(lambda: handled[0] == 1500, timeout=60)
+    assert wait_for(lambda: handled[0] == 3000, timeout=60)
     spread = max(first.values()) - min(first.values())
     assert len(first) == 3
-    assert spread < 0.045, f"the last partition started {spread * 1000:.0f} ms after the first"
+    assert spread < 0.09, f"the last partition started {spread * 1000:.0f} ms after the first"
 
 
 def test_handler_slower_than_max_poll_interval_keeps_membership(

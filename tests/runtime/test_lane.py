@@ -136,6 +136,7 @@ def test_failed_dead_letters_lists_only_those_whose_last_write_failed() -> None:
     (o3, ok_later), (o2, fails), (o1, acked) = (sink.waiting.pop() for _ in range(3))
     assert (o1, o2, o3) == (0, 1, 2)
     acked(None, None)
+    assert lane.failed_count == 0
     fails(KafkaError(KafkaError._MSG_TIMED_OUT), None)
     assert [p.msg.offset() for p in lane.failed_dead_letters()] == [1]
     for _ in range(2):  # the resend fails again: still one failed dead letter
@@ -143,10 +144,12 @@ def test_failed_dead_letters_lists_only_those_whose_last_write_failed() -> None:
         _, done = sink.waiting.pop()
         done(KafkaError(KafkaError._MSG_TIMED_OUT), None)
         assert [p.msg.offset() for p in lane.failed_dead_letters()] == [1]
+        assert lane.failed_count == 1
     lane.republish(lane.failed_dead_letters()[0])
     _, done = sink.waiting.pop()
     done(None, None)
     assert lane.failed_dead_letters() == []
+    assert lane.failed_count == 0
     assert lane.commit_position() == 2  # offset 2 is still awaiting its report
     ok_later(None, None)
     assert lane.commit_position() == 3
