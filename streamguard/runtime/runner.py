@@ -32,6 +32,7 @@ from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.flow import FlowControl
 from streamguard.runtime.lag import LagMonitor
 from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.memory import hold_malloc_thresholds
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.scheduler import Scheduler
@@ -118,6 +119,8 @@ class ServiceRuntime:
             raise RuntimeError("this service is already running")
         self._running = True
         spec = self.spec
+        if spec.options.release_memory:
+            hold_malloc_thresholds()
         restore = self._install_signal_handlers()
         loop, loop_thread = self._start_event_loop()
         consumer: Consumer | None = None

@@ -1,0 +1,68 @@
+"""Letting memory that librdkafka frees go back to the OS, so RSS follows the load.
+
+glibc's malloc raises its mmap threshold to the size of any mmapped block that is
+freed, up to 32 MiB, and its trim threshold to twice that ("dynamic threshold").
+librdkafka's fetch buffers are such blocks, so soon after a consumer starts they come
+from the heap instead, and the heap keeps what they free. Over a million records the
+sync service's RSS grew from 55 to 67 MiB and the async one's from 57 to 86; with the
+thresholds held at glibc's defaults it ended at 53-55 and 61-63 (docs/benchmarks.md,
+*Memory*).
+
+Holding them is what ``MALLOC_TRIM_THRESHOLD_=131072`` in the environment does, for the
+whole process: a consumer service is usually a process of its own, so it is on by
+default (``ServiceOptions.release_memory``). Any malloc tuning already in the
+environment is left as it is, and so is every allocator but glibc's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+log = logging.getLogger("streamguard.runtime")
+
+# mallopt(3) parameter numbers, and glibc's default for both thresholds.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+DEFAULT_THRESHOLD = 128 * 1024
+
+# Environment variables through which an operator tunes glibc's malloc already.
+_TUNING = (
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+)
+
+
+def hold_malloc_thresholds() -> bool:
+    """Hold glibc's trim and mmap thresholds at their defaults; True if it did.
+
+    Idempotent. Does nothing (False) on another C library, or when the environment
+    tunes malloc itself.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    held = bool(
+        libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
+        and libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
+    )
+    if not held:
+        log.debug("mallopt refused to hold the malloc thresholds; RSS may stay high")
+    return held
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc's handle, unless this is another C library or the environment tunes malloc."""
+    try:
+        if os.confstr("CS_GNU_LIBC_VERSION") is None:
+            return None
+    except (ValueError, OSError, AttributeError):  # no such name: not glibc
+        return None
+    if any(name in os.environ for name in _TUNING):
+        return None
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    return ctypes.CDLL(None)
