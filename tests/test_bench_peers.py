@@ -182,3 +182,29 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     alone = peers.merge(elsewhere, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))
     assert "io" not in alone["contenders"]["sg-sync"]
     assert "earlier_passes" not in alone["meta"]
+
+
+def test_streamguard_rows_are_held_to_the_best_peer_of_each_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Higher is better for msg/s, lower for latency and memory; a row with no peer
+    in its pass is left out rather than called ahead."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import peers_table
+
+    contenders = {
+        "sg-sync": {"throughput": {"msg_per_s": 120_000}, "rss": {"rss_end_mib": 60.0}},
+        "sg-async": {"latency": {"p99_ms": 40.0}},
+        "aiokafka": {"throughput": {"msg_per_s": 80_000}, "rss": {"rss_end_mib": 55.0}},
+        "quix": {"throughput": {"msg_per_s": 50_000}, "latency": {"p99_ms": 60.0}},
+        "loop-tuned": {"tags": ["baseline"], "throughput": {"msg_per_s": 150_000}},
+    }
+    rows = {
+        line.split("|")[1].strip() + " " + line.split("|")[2].strip(): line
+        for line in peers_table({"contenders": contenders})
+        if line.startswith("| `")
+    }
+    assert rows.keys() == {"`sg-sync` throughput", "`sg-async` latency", "`sg-sync` rss"}
+    assert "80,000 (`aiokafka`) | 1.50x | yes |" in rows["`sg-sync` throughput"]
+    assert "60.0 (`quix`) | 1.50x | yes |" in rows["`sg-async` latency"]
+    assert "55.0 (`aiokafka`) | 0.92x | **no** |" in rows["`sg-sync` rss"]

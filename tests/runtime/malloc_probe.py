@@ -1,7 +1,7 @@
 """Run in a fresh process: how much memory glibc keeps after freeing large blocks.
 
     python -m tests.runtime.malloc_probe [--hold]
-    python -m tests.runtime.malloc_probe --service BOOTSTRAP TOPIC COUNT [--no-release]
+    python -m tests.runtime.malloc_probe --service BOOTSTRAP TOPIC COUNT [--release]
 
 Prints the MiB still resident after 63 blocks of 512 KiB were freed. The first form
 holds the thresholds itself when asked (``--hold``); the second consumes ``COUNT``
@@ -79,7 +79,7 @@ def run_service(bootstrap: str, topic_name: str, count: int, release: bool) -> N
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--service"]:
         bootstrap, topic, count = argv[1], argv[2], int(argv[3])
-        run_service(bootstrap, topic, count, release="--no-release" not in argv)
+        run_service(bootstrap, topic, count, release="--release" in argv)
     elif "--hold" in argv:
         from streamguard.runtime.memory import hold_malloc_thresholds
 

@@ -61,14 +61,14 @@ def test_malloc_tuning_in_the_environment_wins(
 
 
 @glibc_only
-def test_a_service_holds_the_thresholds_unless_told_not_to(
+def test_a_service_holds_the_thresholds_when_told_to(
     bootstrap: str,
     topic_factory: Callable[..., str],
     send_orders: Callable[..., None],
 ) -> None:
-    """A service run (the default options) leaves its process giving freed memory
-    back; ``release_memory=False`` leaves glibc's dynamic thresholds alone."""
+    """With ``release_memory=True`` a service run leaves its process giving freed
+    memory back; by default it leaves glibc's dynamic thresholds alone."""
     topic = topic_factory("memory")
     send_orders(topic, 50)
-    assert retained_mib("--service", bootstrap, topic, "50") < 4
-    assert retained_mib("--service", bootstrap, topic, "50", "--no-release") > 24
+    assert retained_mib("--service", bootstrap, topic, "50", "--release") < 4
+    assert retained_mib("--service", bootstrap, topic, "50") > 24
