@@ -70,9 +70,9 @@ class ServiceOptions:
             back to the OS: RSS after a million records 53-55 MiB against 67 for a sync
             service, 61-63 against 86 for an async one. The price is page faults: the
             freed buffers are mapped afresh, 0.15-0.4 µs more kernel time per record
-            (2-4%). Off by default, since it also applies to the whole process, as
-            ``MALLOC_TRIM_THRESHOLD_=131072`` would; malloc tuning in the environment
-            takes precedence.
+            (2-4%). Off by default for that price, and because it applies to the
+            whole process, as ``MALLOC_TRIM_THRESHOLD_=131072`` would; malloc tuning
+            in the environment takes precedence.
     """
 
     batch_size: int = 500

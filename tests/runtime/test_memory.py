@@ -24,13 +24,13 @@ glibc_only = pytest.mark.skipif(
 )
 
 
-def retained_mib(*args: str, env: dict[str, str] | None = None) -> float:
+def retained_mib(*args: str) -> float:
     """MiB a fresh process keeps after freeing 63 blocks of 512 KiB (malloc_probe)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
     done = subprocess.run(
         [sys.executable, "-m", "tests.runtime.malloc_probe", *args],
         cwd=ROOT,
-        env={**clean, **(env or {})},
+        env=clean,
         capture_output=True,
         text=True,
         timeout=90,
