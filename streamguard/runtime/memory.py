@@ -4,16 +4,17 @@ glibc's malloc raises its mmap threshold to the size of any mmapped block that i
 freed, up to 32 MiB, and its trim threshold to twice that ("dynamic threshold").
 librdkafka's fetch buffers are such blocks, so soon after a consumer starts they come
 from the heap instead, and the heap keeps what they free. Over a million records the
-sync service's RSS grew from 55 to 67 MiB and the async one's from 57 to 86; with the
+sync service's RSS grew from 55 to 67-70 MiB and the async one's from 57 to 83-86; with the
 thresholds held at glibc's defaults it ended at 53-55 and 61-63 (docs/benchmarks.md,
 *Memory*).
 
 Holding them is what ``MALLOC_TRIM_THRESHOLD_=131072`` in the environment does, for the
 whole process. It has a price: the freed buffers come back as fresh pages, 0.08-0.10 page
-faults per record against 0.01-0.04, which cost 0.15-0.4 µs of kernel time per record
-(2-4% of a sync service's CPU). So it is opt-in (``ServiceOptions.release_memory``),
-for services whose memory matters more than that. Any malloc tuning already in the
-environment is left as it is, and so is every allocator but glibc's.
+faults per record against 0.01-0.04, which cost 0.1-0.5 µs more kernel time per record
+(median 0.34 over eleven pairs: about 3% of a sync service's CPU). So it is opt-in
+(``ServiceOptions.release_memory``), for services whose memory matters more than that.
+Any malloc tuning already in the environment is left as it is, and so is every
+allocator but glibc's.
 """
 
 from __future__ import annotations
@@ -57,14 +58,21 @@ def hold_malloc_thresholds() -> bool:
 
 
 def _glibc() -> ctypes.CDLL | None:
-    """glibc's handle, unless this is another C library or the environment tunes malloc."""
+    """glibc's handle, unless this is another C library or the environment tunes malloc
+    (each said in a line: the operator asked for ``release_memory`` and gets nothing)."""
     try:
-        if os.confstr("CS_GNU_LIBC_VERSION") is None:
-            return None
+        version = os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError, AttributeError):  # no such name: not glibc
+        version = None
+    if version is None:
+        log.info("release_memory does nothing here: the C library is not glibc")
         return None
-    if any(name in os.environ for name in _TUNING):
-        return None
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    tuned = [name for name in _TUNING if name in os.environ]
+    if tuned or "glibc.malloc." in tunables:
+        log.info(
+            "release_memory leaves malloc as the environment tunes it",
+            extra={"tuned_by": ", ".join(tuned) or "GLIBC_TUNABLES"},
+        )
         return None
     return ctypes.CDLL(None)

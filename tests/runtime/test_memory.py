@@ -6,6 +6,7 @@ test process's own heap history would blur what they change.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -52,12 +53,15 @@ def test_held_thresholds_give_freed_blocks_back() -> None:
     "tuning", [{"MALLOC_TRIM_THRESHOLD_": "262144"}, {"GLIBC_TUNABLES": "glibc.malloc.check=0"}]
 )
 def test_malloc_tuning_in_the_environment_wins(
-    tuning: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tuning: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An operator who tuned malloc keeps their settings: the runtime leaves them."""
+    """An operator who tuned malloc keeps their settings: the runtime leaves them, and
+    says so (or that this is not glibc)."""
     for name, value in tuning.items():
         monkeypatch.setenv(name, value)
-    assert hold_malloc_thresholds() is False
+    with caplog.at_level(logging.INFO, logger="streamguard.runtime"):
+        assert hold_malloc_thresholds() is False
+    assert "release_memory" in caplog.text
 
 
 @glibc_only
