@@ -68,10 +68,10 @@ class ServiceOptions:
         release_memory: on glibc, hold malloc's trim and mmap thresholds at their
             defaults when the service starts, so that memory librdkafka frees goes
             back to the OS: RSS after a million records 53-55 MiB against 67-70 for a
-            sync service, 61-63 against 83-86 for an async one. The price is page faults: the
-            freed buffers are mapped afresh, 0.1-0.5 µs more kernel time per record
-            (about 3% of a sync service's CPU). Off by default for that price, and
-            because it applies to the whole process, as
+            sync service, 61-63 against 83-86 for an async one. The price is page
+            faults: the freed buffers are mapped afresh, 0.1-0.5 µs more kernel time
+            per record (about 3% of a sync service's CPU). Off by default for that
+            price, and because it applies to the whole process, as
             ``MALLOC_TRIM_THRESHOLD_=131072`` would. Malloc tuning in the environment
             takes precedence; on another C library it does nothing.
     """
