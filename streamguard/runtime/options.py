@@ -6,8 +6,10 @@ librdkafka unchanged. These are the knobs of streamguard's own runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import types
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from streamguard.errors import ConfigurationError
 from streamguard.runtime.drift import DRIFT_SAMPLE
@@ -94,6 +96,13 @@ class ServiceOptions:
     release_memory: bool = False
 
     def __post_init__(self) -> None:
+        for option in fields(self):
+            value, hint = getattr(self, option.name), _hints()[option.name]
+            if not _fits(value, hint):
+                given = repr(value) if get_origin(hint) is Literal else type(value).__name__
+                raise ConfigurationError(
+                    f"ServiceOptions.{option.name} must be {_describe(hint)}, not {given}"
+                )
         for name in ("batch_size", "max_buffered", "workers", "drift_sample", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"ServiceOptions.{name} must be at least 1")
@@ -103,8 +112,6 @@ class ServiceOptions:
                 "waits to be paused, nothing is fetched, and that must stay far below "
                 "max.poll.interval.ms"
             )
-        if self.event_loop not in ("auto", "asyncio"):
-            raise ConfigurationError("ServiceOptions.event_loop must be 'auto' or 'asyncio'")
         if self.revoke_timeout > self.shutdown_timeout:
             raise ConfigurationError(
                 "ServiceOptions.revoke_timeout must not exceed shutdown_timeout: shutdown "
@@ -129,3 +136,37 @@ class ServiceOptions:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")
+
+
+@cache
+def _hints() -> dict[str, Any]:
+    return get_type_hints(ServiceOptions)
+
+
+def _fits(value: object, hint: Any) -> bool:
+    """Whether ``value`` is of the annotated type. A bool is no number here: ``True``
+    as a batch size is a mistake, not 1; an int is a float, as in Python's typing."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_fits(value, arm) for arm in get_args(hint))
+    if get_origin(hint) is Literal:
+        return value in get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in get_args(hint))
+    if get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in get_args(hint))
+    if hint is type(None):
+        return "None"
+    names = {bool: "True or False", int: "an int", float: "a number"}
+    return names.get(hint, str(hint.__name__))
