@@ -44,7 +44,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--io-records", type=int, default=3000)
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--latency-rounds", type=int, default=2)
+    parser.add_argument("--latency-rounds", type=int, default=4)
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=10, help="every latency row's fetch wait cap"
     )
@@ -123,10 +123,16 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
                 else:
                     kept[done] = kept.get(done) or when
     for done in kept:  # a kept pass's captions need the settings it was measured with
+        # and its rows' own dates, when an earlier merge had kept some from further back
+        if done in theirs.get("earlier_rows", {}):
+            rows[done] = {**theirs["earlier_rows"][done], **rows.get(done, {})}
         for key in PASS_SETTINGS[done]:
             if key in theirs:
                 mine[key] = theirs[key]
     mine["value_bytes"] = {**theirs.get("value_bytes", {}), **mine.get("value_bytes", {})}
+    # Rows in the earlier results' order (a full run's), so a merge does not reshuffle them.
+    rows_now = new["contenders"]
+    new["contenders"] = {n: rows_now[n] for n in dict.fromkeys([*old["contenders"], *rows_now])}
     if kept:
         new["meta"]["earlier_passes"] = kept
     if rows:

@@ -177,6 +177,17 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
         " `aiokafka` measured 2026-12-01, same machine and versions."
     )
     assert _earlier(again, "io") == ""
+    # Merged again by a run of another pass, that pass keeps its rows' own dates.
+    later = peers.merge(subset, results("2026-12-03", "cpu A", {"io": {"new": 2}}))
+    assert later["meta"]["earlier_passes"] == {"throughput": "2026-12-02"}
+    assert later["meta"]["earlier_rows"] == {"throughput": {"aiokafka": "2026-12-01"}}
+    # A run listing its rows in another order leaves them in the earlier results' order.
+    shuffled = results("2026-12-04", "cpu A", {"io": {"new": 3}})
+    shuffled["contenders"] = {"aiokafka": {"io": {"new": 3}}, **shuffled["contenders"]}
+    assert list(peers.merge(later, shuffled)["contenders"]) == ["sg-sync", "aiokafka"]
+    assert _earlier(later, "throughput") == (
+        " Measured 2026-12-02, but `aiokafka` 2026-12-01; same machine and versions."
+    )
 
     elsewhere = results("2026-12-01", "cpu B", {"io": {"old": 2}})
     alone = peers.merge(elsewhere, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))

@@ -50,7 +50,7 @@ class Settings:
     latency_rate: float = 1000.0
     latency_seconds: float = 10.0
     fetch_wait_ms: int = 10
-    latency_rounds: int = 2
+    latency_rounds: int = 4
     rss_records: int = 1_000_000
     modes: tuple[str, ...] = ("throughput", "io", "latency")  # and "rss"
     verbose: bool = True

@@ -1,0 +1,136 @@
+"""Where a record's latency goes at a low rate: the broker's part, and the runtime's.
+
+``peers.py``'s latency pass gives one figure per record, from the producer's send to
+the handler's call. This splits it at the moment ``consume()`` handed the record to the
+runtime: before it, the producer, the broker and librdkafka's fetch; after it, the
+runtime (hand-off to a worker or to the event loop, decoding, the handler call).
+
+A producer process sends records at a fixed rate, each carrying its send time, as in
+the latency pass (same producer, fetch wait capped at 10 ms); the service runs in
+this process with its dispatch step timed. Runs of sync and async handlers alternate.
+
+    python benchmarks/latency_split.py [--records 8000] [--rate 1000] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peerbench.baselines import FAST_JOIN
+from peerbench.dataset import MEASURED_AFTER, produce_paced
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.devbroker import DevBroker, free_port
+from streamguard.headers import Record
+from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.poller import Poller
+from streamguard.topics import create_topics
+
+
+def run(bootstrap: str, name: str, kind: str, records: int, rate: float) -> dict[str, float]:
+    """One run: p50/p99 in ms of send->consume and consume->handler, and in all."""
+    topic = name
+    dispatched: dict[tuple[int, int], int] = {}
+    samples: list[tuple[int, int, int]] = []  # sent, consumed, handled (time_ns)
+    scratch = tempfile.mkdtemp(prefix="latency-split-")
+    ready = os.path.join(scratch, "ready")  # the producer starts once it exists
+    original = Poller._dispatch
+
+    def dispatch(self: Poller, msgs: list[Record]) -> list[PartitionLane]:
+        now = time.time_ns()
+        for msg in msgs:
+            dispatched[(msg.partition() or 0, msg.offset() or 0)] = now
+        return original(self, msgs)
+
+    def note(event: Any, ctx: sg.MessageContext) -> None:
+        now, sent = time.time_ns(), event.order_id.int
+        if sent < MEASURED_AFTER:  # a warm-up record: the producer may start
+            Path(ready).touch()
+            return
+        samples.append((sent, dispatched[(ctx.partition, ctx.offset)], now))
+        if len(samples) == records:
+            service.stop()
+
+    if kind == "async":
+
+        class Service(sg.ConsumerService):
+            topic = group_id = name
+            contract = OrderPlaced
+
+            async def handle(self, event: Any, ctx: sg.MessageContext) -> None:
+                note(event, ctx)
+
+    else:
+
+        class Service(sg.ConsumerService):  # type: ignore[no-redef]
+            topic = group_id = name
+            contract = OrderPlaced
+
+            def handle(self, event: Any, ctx: sg.MessageContext) -> None:
+                note(event, ctx)
+
+    config = {**FAST_JOIN, "fetch.wait.max.ms": 10}
+    service = Service(bootstrap_servers=bootstrap, kafka_config=config, metrics_port=free_port())
+    producer = multiprocessing.get_context("spawn").Process(
+        target=produce_paced, args=(bootstrap, topic, rate, records, ready)
+    )
+    Poller._dispatch = dispatch  # type: ignore[method-assign]
+    try:
+        producer.start()
+        service.run()
+    finally:
+        Poller._dispatch = original  # type: ignore[method-assign]
+        producer.join(30)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    def cuts(values: list[float]) -> tuple[float, float]:
+        q = statistics.quantiles(values, n=100)
+        return q[49], q[98]
+
+    out: dict[str, float] = {}
+    for name, values in (
+        ("broker", [(c - s) / 1e6 for s, c, _ in samples]),
+        ("runtime", [(h - c) / 1e6 for _, c, h in samples]),
+        ("total", [(h - s) / 1e6 for s, _, h in samples]),
+    ):
+        out[f"{name}_p50"], out[f"{name}_p99"] = cuts(values)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=8000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="records a second")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each handler kind")
+    args = parser.parse_args()
+    logging.getLogger("streamguard").setLevel(logging.ERROR)  # records lack sg-* headers
+    print("ms, p50/p99: send->consume (broker) | consume->handler (runtime) | in all")
+    with DevBroker() as broker:
+        for n in range(args.runs):
+            for kind in ("sync", "async"):
+                topic = f"latency-split-{kind}-{n}"
+                create_topics(broker.bootstrap_servers, [topic], partitions=3)
+                r = run(broker.bootstrap_servers, topic, kind, args.records, args.rate)
+                print(
+                    f"{kind:5s}  {r['broker_p50']:5.2f}/{r['broker_p99']:6.2f} | "
+                    f"{r['runtime_p50']:5.3f}/{r['runtime_p99']:6.3f} | "
+                    f"{r['total_p50']:5.2f}/{r['total_p99']:6.2f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
