@@ -179,7 +179,8 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         "row, against every peer, those that reorder a key's records included. Ahead by: "
         "the best peer's figure over streamguard's where lower is better (latency, RSS "
         "after the memory pass's long run), streamguard's over the best peer's where "
-        "higher is (msg/s). Met: ahead, above 1.00x.",
+        "higher is (msg/s), from the unrounded figures. Met: ahead, above 1.00x. A pass's "
+        "rows may come from different runs of it: its own table's caption gives their dates.",
     ]
     return lines
 
@@ -238,9 +239,10 @@ def latency_table(results: dict[str, Any]) -> list[str]:
         f"{lat.get('fetch_wait_ms', 10)} ms for everyone; the median over "
         f"{lat.get('rounds', 1)} run(s) of each percentile. A run's p50 moves by several "
         "milliseconds with the broker's fetch timing alone (each run is a new topic and "
-        "consumer), so rows whose runs overlap are level. The hand-written loops call "
-        "`consume(500, timeout)`, which waits for a batch to fill (up to its 100 ms "
-        f"timeout) before the first record is handled.{_earlier(results, 'latency')}",
+        "consumer): read each row's runs as well as its median. The hand-written loops "
+        "call `consume(500, timeout)`, which waits for a batch to fill (up to its 100 ms "
+        "timeout, on top of the broker's fetch wait) before the first record is "
+        f"handled.{_earlier(results, 'latency')}",
     ]
     return lines
 
