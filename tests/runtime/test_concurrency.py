@@ -133,7 +133,28 @@ def test_waiting_key_ordered_handlers_get_every_partition_at_once(
     """An event loop whose handlers all wait cannot poll itself: the supervisor keeps
     polling while records come, so the partitions fetched after the first start within
     a few ms of it, not one FALLBACK_POLL_GAP (50 ms) per batch of 500 later (100 and
-    150 ms for these 1,000 records a partition)."""
+    150 ms for these 1,000 records a partition).
+
+    That delay came every time; a partition's first fetch can also come late on a busy
+    shared broker, once in a while (128 ms seen once in a full run). So a second service,
+    on a topic of its own, is measured when the first one is over the bound."""
+    spreads = []
+    for _ in range(2):
+        spreads.append(_partition_start_spread(send_orders, topic_factory, unique, start_service))
+        if spreads[-1] < 0.09:
+            return
+    late = " and ".join(f"{spread * 1000:.0f} ms" for spread in spreads)
+    raise AssertionError(f"the last partition started {late} after the first")
+
+
+def _partition_start_spread(
+    send_orders: Callable[..., None],
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> float:
+    """Seconds between the first handler start of the first and the last partition of a
+    key-ordered service whose handlers all wait, over 1,000 records a partition."""
     src = topic_factory("orders", partitions=3)
     send_orders(src, 3000, key=lambda i: f"customer-{i % 16}")
     first: dict[int, float] = {}
@@ -151,11 +172,11 @@ def test_waiting_key_ordered_handlers_get_every_partition_at_once(
             await asyncio.sleep(0.002)
             handled[0] += 1
 
-    start_service(Shipping)
+    running = start_service(Shipping)
     assert wait_for(lambda: handled[0] == 3000, timeout=60)
-    spread = max(first.values()) - min(first.values())
+    running.stop()
     assert len(first) == 3
-    assert spread < 0.09, f"the last partition started {spread * 1000:.0f} ms after the first"
+    return max(first.values()) - min(first.values())
 
 
 def test_handler_slower_than_max_poll_interval_keeps_membership(
