@@ -1,4 +1,5 @@
-"""The Python code blocks of the README and the consumer guide run as written."""
+"""The Python code blocks of the README and the consumer guide run as written, and the
+guide's ServiceOptions table matches the dataclass."""
 
 from __future__ import annotations
 
@@ -55,3 +56,19 @@ def test_testing_guide_example_tests_pass() -> None:
     assert len(tests) == 5
     for test in tests:
         test()
+
+
+def test_consumer_guide_lists_every_service_option_with_its_default() -> None:
+    """docs/consumer.md's ServiceOptions table names each option once, with the default
+    the dataclass has: a new option, or a changed default, fails here until documented."""
+    from dataclasses import fields
+
+    import streamguard as sg
+
+    page = (ROOT / "docs" / "consumer.md").read_text()
+    section = page.split("## ServiceOptions\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", section, re.MULTILINE)
+    documented = dict(rows)
+    assert len(rows) == len(documented), "an option is listed twice"
+    expected = {f.name: repr(f.default).replace("'", '"') for f in fields(sg.ServiceOptions)}
+    assert documented == expected
