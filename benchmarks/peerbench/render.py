@@ -175,12 +175,15 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         "",
         "Peers are the other frameworks' rows (not the hand-written `loop-*` baselines). "
         "Each of streamguard's sync and async services, default options, is held to the "
-        "best of them in every measure of every pass; in the I/O pass, the key-ordered "
-        "row, against every peer, those that reorder a key's records included. Ahead by: "
+        "best of them in every measure of the throughput, latency and memory passes. In "
+        "the I/O pass, where each framework runs its own concurrency setting, streamguard's "
+        "is the key-ordered row (its sync and async rows there handle one partition per "
+        "worker), held to every peer, those that reorder a key's records included. Ahead by: "
         "the best peer's figure over streamguard's where lower is better (latency, RSS "
         "after the memory pass's long run), streamguard's over the best peer's where "
         "higher is (msg/s), from the unrounded figures. Met: ahead, above 1.00x. A pass's "
-        "rows may come from different runs of it: its own table's caption gives their dates.",
+        "rows may come from different runs of it: its own table's caption gives their "
+        "dates (none: the heading's run).",
     ]
     return lines
 

@@ -33,13 +33,15 @@ class ServiceOptions:
             throughput (measured: 36k against 125k msg/s); so a partition that keeps
             draining is throttled, and one that stopped draining is paused, letting
             the other partitions flow.
-        drift_sample: under ``drift="count"``, check the writer schema of the first
-            message of each batch and of every ``drift_sample``-th after it. A check
-            reads the record's headers (1 µs for the five a guarded producer stamps)
-            and, without the contract's fingerprint, parses the value for unknown
-            fields (5 µs, a validation's cost); 256 keeps it under 1% of the
-            per-record cost. 1 checks every message.
-        workers: threads running handlers; partitions beyond this many wait their turn.
+        drift_sample: under ``drift="count"``, check the writer schema of one record
+            in this many: on worker threads the first of each batch and every
+            ``drift_sample``-th after it, on the event loop every ``drift_sample``-th
+            record the service runs. A check reads the record's headers (1 µs for the
+            five a guarded producer stamps) and, without the contract's fingerprint,
+            parses the value for unknown fields (5 µs, a validation's cost); 256 keeps
+            it under 1% of the per-record cost. 1 checks every message.
+        workers: threads running sync handlers under partition order; partitions beyond
+            this many wait their turn.
         commit_interval: seconds between periodic commits of final-outcome prefixes.
         revoke_timeout: seconds a rebalance waits for in-flight handlers of revoked
             partitions. Must stay well under ``max.poll.interval.ms``: the rebalance
