@@ -317,6 +317,7 @@ class LoopRunner:
         batches = lane.take()
         if not batches:
             return
+        self._seen = 0  # the next record's writer schema is checked, as a batch's first is
         runs = self._runs
         if not self.keyed:
             run = runs.get(lane)
@@ -679,8 +680,8 @@ class LoopRunner:
             await self._tombstone(ctx)
             return None
         event = pipe.decode(value)
-        self._seen += 1
-        if not self._seen % pipe.drift_sample:
+        seen, self._seen = self._seen, self._seen + 1
+        if not seen % pipe.drift_sample:
             drift = pipe.inspect_drift(msg, value)
             if drift is not None:
                 return Failure("schema_drift", drift)

@@ -109,3 +109,50 @@ def test_drift_policy_dead_letter_sends_drifting_messages_to_the_dlq(
     assert "newer_version" in dlq_headers(records[0])["sg-dlq-error-message"]
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 6)
     assert handled == [0]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "async, key order"])
+def test_the_first_record_of_a_batch_is_checked_with_the_default_sample(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    kind: str,
+) -> None:
+    """At a low rate every batch is a few records, so checking each batch's first is
+    what keeps drift seen there. Under key order the event loop checks the first record
+    after each hand-over, as a worker thread checks a batch's first (it used to check
+    only every 256th record of the service)."""
+    src = topic_factory("orders")
+    value = order(1).model_dump_json().encode()
+    raw_producer.produce(src, value, headers=_stamp(2, "f" * 64))  # newer_version
+    raw_producer.flush(10)
+    group = unique("g")
+
+    if kind.startswith("async"):
+
+        class Billing(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = group
+            ordering = "key" if kind.endswith("key order") else "partition"
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    else:
+
+        class Billing(sg.ConsumerService):  # type: ignore[no-redef]
+            topic = src
+            contract = OrderPlaced
+            group_id = group
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    assert Billing.options.drift_sample > 1
+    running = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+    subject = OrderPlaced.__subject__
+    assert (
+        running.metric("streamguard_schema_drift_total", subject=subject, kind="newer_version") == 1
+    )
