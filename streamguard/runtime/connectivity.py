@@ -19,13 +19,34 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from streamguard.errors import ConfigurationError
 
 log = logging.getLogger("streamguard.runtime")
 
 # How often librdkafka reports statistics: how soon a lost or regained cluster shows.
 STATS_INTERVAL_MS = 1000
+
+
+def check_stats_interval(config: Mapping[str, Any], broker_silence: float) -> None:
+    """Refuse a ``statistics.interval.ms`` that would blind ``ClusterLink``.
+
+    At 0 librdkafka sends no statistics, so ``/readyz`` and ``broker_timeout`` would
+    never learn that the cluster is gone; above ``broker_silence`` the link would call a
+    healthy cluster unreachable between two reports.
+    """
+    interval = config.get("statistics.interval.ms")
+    if interval is None:
+        return
+    if not 0 < int(interval) <= broker_silence * 1000:
+        raise ConfigurationError(
+            f"kafka_config statistics.interval.ms={interval}: the runtime reads librdkafka's "
+            "statistics to know whether the cluster is reachable, so it must be between 1 "
+            f"and ServiceOptions.broker_silence ({broker_silence * 1000:.0f} ms); leave it "
+            f"out for the default of {STATS_INTERVAL_MS} ms"
+        )
 
 
 class ClusterLink:

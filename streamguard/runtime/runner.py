@@ -26,7 +26,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
-from streamguard.runtime.connectivity import STATS_INTERVAL_MS, ClusterLink
+from streamguard.runtime.connectivity import STATS_INTERVAL_MS, ClusterLink, check_stats_interval
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.flow import FlowControl
@@ -95,6 +95,7 @@ class ServiceRuntime:
         metrics_host: str = "127.0.0.1",
     ) -> None:
         self.spec = spec
+        check_stats_interval(consumer_config, spec.options.broker_silence)
         self.consumer_config = dict(consumer_config)
         self.dead_letter_config = dict(dead_letter_config)
         self.registry = registry

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
 from streamguard.runtime.connectivity import ClusterLink
 
 
@@ -58,3 +62,22 @@ def test_garbage_statistics_change_nothing() -> None:
     link = ClusterLink(1.0, None, lambda away: None)
     link.on_stats("not json")
     assert link.reachable
+
+
+@pytest.mark.parametrize("interval", [0, 20_000])
+def test_a_statistics_interval_that_would_blind_the_link_is_refused(interval: int) -> None:
+    """At 0 librdkafka sends no statistics (the cluster's loss would never show); above
+    broker_silence (10 s by default) a healthy cluster would look lost between reports.
+    The service says so when it is built, naming the setting."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    config = {"statistics.interval.ms": interval}
+    with pytest.raises(sg.ConfigurationError, match=f"statistics.interval.ms={interval}"):
+        Billing(bootstrap_servers="127.0.0.1:9", kafka_config=config)
+    Billing(bootstrap_servers="127.0.0.1:9", kafka_config={"statistics.interval.ms": 500})
