@@ -37,10 +37,12 @@ def check_stats_interval(config: Mapping[str, Any], broker_silence: float) -> No
     never learn that the cluster is gone; above ``broker_silence`` the link would call a
     healthy cluster unreachable between two reports.
     """
-    interval = config.get("statistics.interval.ms")
-    if interval is None:
-        return
-    if not 0 < int(interval) <= broker_silence * 1000:
+    interval: Any = config.get("statistics.interval.ms")
+    try:
+        ms = int(interval)  # librdkafka takes strings too
+    except (TypeError, ValueError):
+        return  # unset, or not a number: librdkafka says so when the consumer is made
+    if not 0 < ms <= broker_silence * 1000:
         raise ConfigurationError(
             f"kafka_config statistics.interval.ms={interval}: the runtime reads librdkafka's "
             "statistics to know whether the cluster is reachable, so it must be between 1 "
