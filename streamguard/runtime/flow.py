@@ -35,7 +35,10 @@ class FlowControl:
         self._low = max(1, options.max_buffered // 2)
         self._pause_after = options.pause_after
         self.paused: set[int] = set()
-        self._full_since: dict[int, float] = {}  # when a partition's buffer filled up
+        # When a partition's buffer filled up; cleared as soon as it drains below full, so
+        # that only a partition that stays full (stopped draining) is paused.
+        self._full_since: dict[int, float] = {}
+        self._stuck: set[int] = set()  # paused for staying full, until it drains to half
         self.throttled = False  # some partition is full but draining: fetch nothing
 
     def update(self, lanes: Mapping[int, PartitionLane], now: float, writable: bool) -> None:
@@ -53,16 +56,19 @@ class FlowControl:
             buffered = lane.buffered
             full = buffered >= self._high
             if full:
-                self._full_since.setdefault(part, now)
-            elif buffered <= self._low:
+                since = self._full_since.setdefault(part, now)
+                if now - since >= self._pause_after:
+                    self._stuck.add(part)
+            else:
                 self._full_since.pop(part, None)
-            since = self._full_since.get(part)
-            stuck = since is not None and now - since >= self._pause_after
+                if buffered <= self._low:
+                    self._stuck.discard(part)
+            stuck = part in self._stuck
             paused = part in self.paused
             if not paused and (stuck or waiting or not writable):
                 self.paused.add(part)
                 pause.append(TopicPartition(self._topic, part))
-            elif paused and since is None and not waiting and writable:
+            elif paused and not stuck and not waiting and writable:
                 self.paused.discard(part)
                 resume.append(TopicPartition(self._topic, part))
             elif full and not paused:
@@ -83,6 +89,7 @@ class FlowControl:
         for part in partitions:
             self.paused.discard(part)
             self._full_since.pop(part, None)
+            self._stuck.discard(part)
         if paused:
             try:
                 self._consumer.resume([TopicPartition(self._topic, p) for p in paused])

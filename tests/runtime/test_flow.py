@@ -1,0 +1,84 @@
+"""FlowControl's decisions, tick by tick: throttle a partition that is full but draining,
+pause one that stays full or waits to retry, resume it when it may fetch again.
+
+Pure logic: the consumer here only records which partitions were paused and resumed
+(tests/runtime/test_backpressure.py runs the same through the broker).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import streamguard as sg
+from streamguard.runtime.flow import FlowControl
+
+
+class Recorder:
+    """Stands in for the consumer's pause() and resume(), which FlowControl calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def pause(self, partitions: list[Any]) -> None:
+        self.calls.append(("pause", [tp.partition for tp in partitions]))
+
+    def resume(self, partitions: list[Any]) -> None:
+        self.calls.append(("resume", [tp.partition for tp in partitions]))
+
+
+def _flow() -> tuple[FlowControl, Recorder, SimpleNamespace]:
+    consumer = Recorder()
+    options = sg.ServiceOptions(max_buffered=100, pause_after=0.25)
+    flow = FlowControl(consumer, "orders", options)  # type: ignore[arg-type]
+    return flow, consumer, SimpleNamespace(buffered=0, retry=None)
+
+
+def test_a_partition_that_keeps_draining_is_throttled_never_paused() -> None:
+    """Full, then a little below, then full again, for a whole second: each time it is
+    full nothing is fetched (throttled), but it is never paused, since pausing drops
+    what librdkafka prefetched for it."""
+    flow, consumer, lane = _flow()
+    for tick in range(50):  # 20 ms apart: one second
+        lane.buffered = 100 if tick % 2 == 0 else 90
+        flow.update({0: lane}, now=tick * 0.02, writable=True)  # type: ignore[dict-item]
+        assert flow.throttled == (lane.buffered >= 100)
+    assert consumer.calls == []
+    assert not flow.paused
+
+
+def test_a_partition_that_stays_full_is_paused_until_it_drains_to_half() -> None:
+    flow, consumer, lane = _flow()
+    lane.buffered = 100
+    flow.update({0: lane}, now=0.0, writable=True)  # type: ignore[dict-item]
+    assert flow.throttled
+    assert not flow.paused
+    flow.update({0: lane}, now=0.3, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0])]
+    assert not flow.throttled  # a paused partition fetches nothing: the others may
+    lane.buffered = 70  # draining, but above half: it stays paused
+    flow.update({0: lane}, now=0.4, writable=True)  # type: ignore[dict-item]
+    assert flow.paused == {0}
+    lane.buffered = 50
+    flow.update({0: lane}, now=0.5, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0]), ("resume", [0])]
+
+
+def test_a_retry_wait_pauses_and_its_end_resumes_a_partition_that_is_not_full() -> None:
+    flow, consumer, lane = _flow()
+    lane.buffered, lane.retry = 70, object()
+    flow.update({0: lane}, now=0.0, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0])]
+    lane.retry = None
+    flow.update({0: lane}, now=0.1, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0]), ("resume", [0])]
+
+
+def test_an_unwritable_dead_letter_topic_pauses_every_partition() -> None:
+    flow, consumer, lane = _flow()
+    other = SimpleNamespace(buffered=0, retry=None)
+    lanes: Any = {0: lane, 1: other}
+    flow.update(lanes, now=0.0, writable=False)
+    assert consumer.calls == [("pause", [0, 1])]
+    flow.update(lanes, now=0.1, writable=True)
+    assert consumer.calls == [("pause", [0, 1]), ("resume", [0, 1])]
