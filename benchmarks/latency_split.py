@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peerbench.baselines import FAST_JOIN
 from peerbench.dataset import MEASURED_AFTER, produce_paced
+from peerbench.runner import Settings
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -42,11 +41,10 @@ from streamguard.topics import create_topics
 
 def run(bootstrap: str, name: str, kind: str, records: int, rate: float) -> dict[str, float]:
     """One run: p50/p99 in ms of send->consume and consume->handler, and in all."""
-    topic = name
     dispatched: dict[tuple[int, int], int] = {}
     samples: list[tuple[int, int, int]] = []  # sent, consumed, handled (time_ns)
-    scratch = tempfile.mkdtemp(prefix="latency-split-")
-    ready = os.path.join(scratch, "ready")  # the producer starts once it exists
+    scratch = tempfile.TemporaryDirectory(prefix="latency-split-")
+    ready = Path(scratch.name, "ready")  # the producer starts once it exists
     original = Poller._dispatch
 
     def dispatch(self: Poller, msgs: list[Record]) -> list[PartitionLane]:
@@ -58,7 +56,7 @@ def run(bootstrap: str, name: str, kind: str, records: int, rate: float) -> dict
     def note(event: Any, ctx: sg.MessageContext) -> None:
         now, sent = time.time_ns(), event.order_id.int
         if sent < MEASURED_AFTER:  # a warm-up record: the producer may start
-            Path(ready).touch()
+            ready.touch()
             return
         samples.append((sent, dispatched[(ctx.partition, ctx.offset)], now))
         if len(samples) == records:
@@ -82,10 +80,10 @@ def run(bootstrap: str, name: str, kind: str, records: int, rate: float) -> dict
             def handle(self, event: Any, ctx: sg.MessageContext) -> None:
                 note(event, ctx)
 
-    config = {**FAST_JOIN, "fetch.wait.max.ms": 10}
+    config = {**FAST_JOIN, "fetch.wait.max.ms": Settings.fetch_wait_ms}  # as in the pass
     service = Service(bootstrap_servers=bootstrap, kafka_config=config, metrics_port=free_port())
     producer = multiprocessing.get_context("spawn").Process(
-        target=produce_paced, args=(bootstrap, topic, rate, records, ready)
+        target=produce_paced, args=(bootstrap, name, rate, records, str(ready))
     )
     Poller._dispatch = dispatch  # type: ignore[method-assign]
     try:
@@ -94,19 +92,19 @@ def run(bootstrap: str, name: str, kind: str, records: int, rate: float) -> dict
     finally:
         Poller._dispatch = original  # type: ignore[method-assign]
         producer.join(30)
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.cleanup()
 
     def cuts(values: list[float]) -> tuple[float, float]:
         q = statistics.quantiles(values, n=100)
         return q[49], q[98]
 
     out: dict[str, float] = {}
-    for name, values in (
+    for part, values in (
         ("broker", [(c - s) / 1e6 for s, c, _ in samples]),
         ("runtime", [(h - c) / 1e6 for _, c, h in samples]),
         ("total", [(h - s) / 1e6 for s, _, h in samples]),
     ):
-        out[f"{name}_p50"], out[f"{name}_p99"] = cuts(values)
+        out[f"{part}_p50"], out[f"{part}_p99"] = cuts(values)
     return out
 
 

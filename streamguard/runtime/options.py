@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from streamguard.errors import ConfigurationError
@@ -100,7 +99,7 @@ class ServiceOptions:
 
     def __post_init__(self) -> None:
         for option in fields(self):
-            value, hint = getattr(self, option.name), _hints()[option.name]
+            value, hint = getattr(self, option.name), _HINTS[option.name]
             if not _fits(value, hint):
                 given = repr(value) if get_origin(hint) is Literal else type(value).__name__
                 raise ConfigurationError(
@@ -141,9 +140,8 @@ class ServiceOptions:
                 raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")
 
 
-@cache
-def _hints() -> dict[str, Any]:
-    return get_type_hints(ServiceOptions)
+# The annotations resolved once, for the type check in __post_init__.
+_HINTS: dict[str, Any] = get_type_hints(ServiceOptions)
 
 
 def _fits(value: object, hint: Any) -> bool:
