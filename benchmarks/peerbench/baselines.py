@@ -172,3 +172,69 @@ def loop_dlq(run: Run) -> None:
                     dlq, msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
                 )
         producer.poll(0)
+
+
+@contender(
+    "loop-dlq-envelope",
+    "the same dead-letter loop writing streamguard's sixteen sg-dlq-* headers",
+    data="invalid",
+    tags=("baseline",),
+)
+def loop_dlq_envelope(run: Run) -> None:
+    """``loop-dlq`` with the record's context written as streamguard writes it (the
+    ``sg-dlq-*`` headers of docs/dead-letters.md, error details without input values),
+    the headers fixed for the service encoded once: what the envelope itself costs,
+    apart from the runtime around it."""
+    import socket
+    import time
+
+    from confluent_kafka import Producer
+    from pydantic import ValidationError
+
+    from streamguard import headers as h
+
+    consumer = Consumer(untuned_config(run))
+    consumer.subscribe([run.topic])
+    producer = Producer({"bootstrap.servers": run.bootstrap, "acks": "all", "linger.ms": 5})
+    hit = run.probe.hit
+    dlq = f"{run.topic}.dlq"
+    validate = OrderPlaced.model_validate_json
+    fixed = [
+        (h.DLQ_CONSUMER_GROUP, run.group.encode()),
+        (h.DLQ_SERVICE, b"loop-dlq-envelope"),
+        (h.DLQ_HOST, socket.gethostname().encode()),
+        (h.DLQ_REASON, b"contract_violation"),
+        (h.DLQ_ERROR_CLASS, b"pydantic_core._pydantic_core.ValidationError"),
+        (h.DLQ_EXPECTED_SUBJECT, OrderPlaced.__subject__.encode()),
+        (h.DLQ_EXPECTED_VERSION, b"%d" % OrderPlaced.__version__),
+        (h.DLQ_ATTEMPTS, b"1"),
+    ]
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is None:
+            hit(None)
+
+    while True:
+        for msg in consumer.consume(500, POLL_TIMEOUT):
+            if msg.error() is not None:
+                continue
+            try:
+                run.probe.handle(validate(msg.value()))
+            except ValidationError as exc:
+                now = b"%d" % int(time.time() * 1000)
+                headers = list(msg.headers() or ())
+                headers += fixed
+                headers += [
+                    (h.DLQ_ORIGINAL_TOPIC, msg.topic().encode()),
+                    (h.DLQ_ORIGINAL_PARTITION, b"%d" % msg.partition()),
+                    (h.DLQ_ORIGINAL_OFFSET, b"%d" % msg.offset()),
+                    (h.DLQ_ORIGINAL_TIMESTAMP, b"%d" % msg.timestamp()[1]),
+                    (h.DLQ_ERROR_MESSAGE, b"%d validation error(s)" % exc.error_count()),
+                    (h.DLQ_ERRORS, exc.json(include_url=False, include_input=False).encode()),
+                    (h.DLQ_FIRST_FAILURE_MS, now),
+                    (h.DLQ_DEAD_LETTERED_MS, now),
+                ]
+                producer.produce(
+                    dlq, msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
+                )
+        producer.poll(0)

@@ -10,7 +10,7 @@ BEGIN = "<!-- peers:begin (written by benchmarks/peers.py; edit the script, not 
 END = "<!-- peers:end -->"
 
 # What each row is held to, as (row, baseline row, minimum ratio); None: no target,
-# shown for context (the DLQ path next to a hand-written dead-letter loop). The guarded
+# shown for context (the DLQ path next to hand-written dead-letter loops). The guarded
 # Faust agent is held to plain Faust: a peer, so it has to be ahead.
 TARGETS: tuple[tuple[str, str, float | None], ...] = (
     ("sg-sync", "loop-untuned", 1.0),
@@ -18,6 +18,7 @@ TARGETS: tuple[tuple[str, str, float | None], ...] = (
     ("sg-async", "loop-untuned", 0.8),
     ("sg-dlq", "loop-untuned", 0.5),
     ("sg-dlq", "loop-dlq", None),
+    ("sg-dlq", "loop-dlq-envelope", None),
     ("sg-avro", "fastavro-loop", 0.6),
     ("sg-avro-registry", "fastavro-registry-loop", 0.6),
     ("sg-faust", "faust", 1.0),
