@@ -98,7 +98,7 @@ def test_tiny_round_writes_results_and_the_page_table(
     write_page(results, page, tmp_path / "img" / "chart.png")
     text = page.read_text()
     assert "old" not in text
-    assert text.index("before") < text.index(BEGIN) < text.index(END) < text.index("after")
+    assert text.index("\nbefore\n") < text.index(BEGIN) < text.index(END) < text.index("\nafter\n")
     rate = results["contenders"]["sg-sync"]["throughput"]["msg_per_s"]
     assert f"(`sg-sync`) | json | {rate:,} |" in text
     assert results["meta"]["date"] in text
@@ -219,3 +219,35 @@ def test_streamguard_rows_are_held_to_the_best_peer_of_each_pass(
     assert "80,000 (`aiokafka`) | 1.50x | yes |" in rows["`sg-sync` throughput"]
     assert "60.0 (`quix`) | 1.50x | yes |" in rows["`sg-async` latency"]
     assert "55.0 (`aiokafka`) | 0.92x | **no** |" in rows["`sg-sync` rss"]
+
+
+def test_rows_held_to_a_baseline_run_next_to_it_and_are_compared_round_by_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The throughput pass runs each row held to a baseline right after it (its other
+    baselines right after the row), and the targets table gives the rounds' ratios, but
+    only for two rows of one run."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.contenders import CONTENDERS
+    from peerbench.render import _round_ratios
+    from peerbench.runner import paired
+
+    order = [c.name for c in paired([c for c in CONTENDERS.values() if "throughput" in c.modes])]
+    assert sorted(order) == sorted(n for n, c in CONTENDERS.items() if "throughput" in c.modes)
+    at = order.index
+    assert at("sg-sync") == at("loop-untuned") + 1
+    assert at("loop-tuned") == at("sg-sync") + 1
+    assert at("sg-faust") == at("faust") + 1
+    assert at("sg-avro") == at("fastavro-loop") + 1
+
+    def row(*rates: float) -> dict[str, object]:
+        runs = [{"msg_per_s": r} if r else {"error": "exit 1"} for r in rates]
+        return {"throughput": {"runs": runs}}
+
+    results = {
+        "meta": {},
+        "contenders": {"sg-sync": row(90, 0, 120), "loop-untuned": row(100, 100, 100)},
+    }
+    assert _round_ratios(results, "sg-sync", "loop-untuned") == [0.9, 1.2]
+    results["meta"] = {"earlier_rows": {"throughput": {"loop-untuned": "2026-12-01"}}}
+    assert _round_ratios(results, "sg-sync", "loop-untuned") == []

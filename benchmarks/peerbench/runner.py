@@ -21,6 +21,7 @@ from typing import Any
 
 from peerbench import dataset
 from peerbench.registry import Contender, Mode
+from peerbench.render import TARGETS
 from streamguard.devbroker import DevBroker
 from streamguard.registry.server import RegistryServer
 from streamguard.topics import create_topics
@@ -200,6 +201,32 @@ def _describe(run: dict[str, Any]) -> str:
     return text
 
 
+def paired(jobs: list[Contender]) -> list[Contender]:
+    """The throughput pass's order: each row held to a baseline (``TARGETS``) right
+    after the first of its baselines, and its other baselines right after it.
+
+    The VM's speed moves over minutes; in registration order the slow peers ran between
+    a baseline and its streamguard rows (several minutes a round), so a ratio compared
+    runs made at different speeds. Side by side, a round's runs of a pair share one.
+    """
+    near: dict[str, list[str]] = {}  # a row's pairs: its baselines, or the rows held to it
+    for row, base, _minimum in TARGETS:
+        near.setdefault(base, []).append(row)
+        near.setdefault(row, []).append(base)
+    by_name = {c.name: c for c in jobs}
+    order: list[Contender] = []
+
+    def place(name: str) -> None:
+        if name in by_name and by_name[name] not in order:
+            order.append(by_name[name])
+            for other in near.get(name, []):
+                place(other)
+
+    for c in jobs:
+        place(c.name)
+    return order
+
+
 def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
     """Start the broker, produce the data set, run every (contender, mode) and summarize."""
     started = dt.datetime.now(dt.UTC)
@@ -284,7 +311,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             say(settings, f"  {c.name:<22} {mode:<10} {_describe(run)}")
 
         if "throughput" in settings.modes:
-            jobs = [c for c in runnable if "throughput" in c.modes]
+            jobs = paired([c for c in runnable if "throughput" in c.modes])
             for r in range(settings.rounds):
                 say(settings, f"round {r + 1}/{settings.rounds}")
                 for c in jobs if r % 2 == 0 else reversed(jobs):
