@@ -135,16 +135,10 @@ def fastavro_registry_loop(run: Run) -> None:
     consume_loop(run, tuned_config(run), decode)
 
 
-@contender(
-    "loop-dlq",
-    "confluent-kafka loop dead-lettering every invalid record (acks=all, a report each)",
-    data="invalid",
-    tags=("baseline",),
-)
-def loop_dlq(run: Run) -> None:
-    """The least a correct hand-written dead-letter loop does: validate, and on failure
-    produce the record with its headers plus a reason header through a durable producer;
-    a record counts once its delivery report says the broker has it."""
+def dead_letter_loop(run: Run, context: Callable[[Any, Any], list[Any]]) -> None:
+    """Validate each record; on failure produce it with ``context(msg, error)`` as its
+    headers through a durable producer (``acks=all``); a record counts once its delivery
+    report says the broker has it."""
     from confluent_kafka import Producer
     from pydantic import ValidationError
 
@@ -165,13 +159,30 @@ def loop_dlq(run: Run) -> None:
                 continue
             try:
                 run.probe.handle(validate(msg.value()))
-            except ValidationError:
-                headers = list(msg.headers() or ())
-                headers.append(("dlq-reason", b"contract_violation"))
+            except ValidationError as exc:
                 producer.produce(
-                    dlq, msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
-                )
+                    dlq, msg.value(), key=msg.key(), headers=context(msg, exc),
+                    on_delivery=delivered,
+                )  # fmt: skip
         producer.poll(0)
+
+
+@contender(
+    "loop-dlq",
+    "confluent-kafka loop dead-lettering every invalid record (acks=all, a report each)",
+    data="invalid",
+    tags=("baseline",),
+)
+def loop_dlq(run: Run) -> None:
+    """The least a correct hand-written dead-letter loop does: the record's own headers
+    plus a reason header."""
+
+    def context(msg: Any, _exc: Any) -> list[Any]:
+        headers = list(msg.headers() or ())
+        headers.append(("dlq-reason", b"contract_violation"))
+        return headers
+
+    dead_letter_loop(run, context)
 
 
 @contender(
@@ -188,17 +199,8 @@ def loop_dlq_envelope(run: Run) -> None:
     import socket
     import time
 
-    from confluent_kafka import Producer
-    from pydantic import ValidationError
-
     from streamguard import headers as h
 
-    consumer = Consumer(untuned_config(run))
-    consumer.subscribe([run.topic])
-    producer = Producer({"bootstrap.servers": run.bootstrap, "acks": "all", "linger.ms": 5})
-    hit = run.probe.hit
-    dlq = f"{run.topic}.dlq"
-    validate = OrderPlaced.model_validate_json
     fixed = [
         (h.DLQ_CONSUMER_GROUP, run.group.encode()),
         (h.DLQ_SERVICE, b"loop-dlq-envelope"),
@@ -210,31 +212,20 @@ def loop_dlq_envelope(run: Run) -> None:
         (h.DLQ_ATTEMPTS, b"1"),
     ]
 
-    def delivered(err: Any, msg: Any) -> None:
-        if err is None:
-            hit(None)
+    def context(msg: Any, exc: Any) -> list[Any]:
+        now = b"%d" % int(time.time() * 1000)
+        headers = list(msg.headers() or ())
+        headers += fixed
+        headers += [
+            (h.DLQ_ORIGINAL_TOPIC, msg.topic().encode()),
+            (h.DLQ_ORIGINAL_PARTITION, b"%d" % msg.partition()),
+            (h.DLQ_ORIGINAL_OFFSET, b"%d" % msg.offset()),
+            (h.DLQ_ORIGINAL_TIMESTAMP, b"%d" % msg.timestamp()[1]),
+            (h.DLQ_ERROR_MESSAGE, b"%d validation error(s)" % exc.error_count()),
+            (h.DLQ_ERRORS, exc.json(include_url=False, include_input=False).encode()),
+            (h.DLQ_FIRST_FAILURE_MS, now),
+            (h.DLQ_DEAD_LETTERED_MS, now),
+        ]
+        return headers
 
-    while True:
-        for msg in consumer.consume(500, POLL_TIMEOUT):
-            if msg.error() is not None:
-                continue
-            try:
-                run.probe.handle(validate(msg.value()))
-            except ValidationError as exc:
-                now = b"%d" % int(time.time() * 1000)
-                headers = list(msg.headers() or ())
-                headers += fixed
-                headers += [
-                    (h.DLQ_ORIGINAL_TOPIC, msg.topic().encode()),
-                    (h.DLQ_ORIGINAL_PARTITION, b"%d" % msg.partition()),
-                    (h.DLQ_ORIGINAL_OFFSET, b"%d" % msg.offset()),
-                    (h.DLQ_ORIGINAL_TIMESTAMP, b"%d" % msg.timestamp()[1]),
-                    (h.DLQ_ERROR_MESSAGE, b"%d validation error(s)" % exc.error_count()),
-                    (h.DLQ_ERRORS, exc.json(include_url=False, include_input=False).encode()),
-                    (h.DLQ_FIRST_FAILURE_MS, now),
-                    (h.DLQ_DEAD_LETTERED_MS, now),
-                ]
-                producer.produce(
-                    dlq, msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
-                )
-        producer.poll(0)
+    dead_letter_loop(run, context)
