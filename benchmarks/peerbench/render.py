@@ -166,10 +166,11 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         lines.append(f"| `{name}` ≥ {minimum:.2f}x `{base}` | {figures} | {met} |")
     lines += [
         "",
-        "Met is read from the ratio of the medians. Round by round: the median and range of "
-        "the ratios of the two rows' runs in each round, which run side by side (a row held "
-        "to a baseline runs right after it), so that the VM's speed, which moves over "
-        "minutes, moves both. "
+        "Met is read from the ratio of the medians. Round by round: in each round a row "
+        "held to a baseline runs right after it, and this column gives the median and range "
+        "of the two runs' ratio over the rounds; it differs from the ratio of the medians "
+        "when the VM's speed changed between rounds (empty when the rows come from "
+        "different runs). "
         "The CPU-per-record ratio is the baseline's CPU per record over the row's: it moves "
         "less than throughput when other work shares the machine. Where a target is not "
         "met, *Where the time goes, measured* below says what the time is spent on (for "
