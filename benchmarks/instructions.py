@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer, Producer
 from peerbench import dataset
-from peerbench.baselines import FAST_JOIN, POLL_TIMEOUT
+from peerbench.kafka import FAST_JOIN, POLL_TIMEOUT
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced

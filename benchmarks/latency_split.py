@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerbench.baselines import FAST_JOIN
 from peerbench.dataset import MEASURED_AFTER, produce_paced
+from peerbench.kafka import FAST_JOIN
 from peerbench.runner import Settings
 
 import streamguard as sg

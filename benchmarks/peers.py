@@ -23,10 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peerbench.contenders import CONTENDERS
-from peerbench.probe import Probe
-from peerbench.registry import Run
-from peerbench.runner import Settings, run_all
+from peerbench.registry import CONTENDERS, Contender, Run
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("throughput", "io", "latency")
@@ -62,6 +59,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true")
     worker = parser.add_argument_group("worker (internal: one contender in this process)")
     worker.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
+    worker.add_argument("--module", help=argparse.SUPPRESS)  # the one that registers it
     worker.add_argument("--mode", choices=MODES, default="throughput", help=argparse.SUPPRESS)
     worker.add_argument("--bootstrap", help=argparse.SUPPRESS)
     worker.add_argument("--topic", help=argparse.SUPPRESS)
@@ -72,6 +70,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     worker.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     worker.add_argument("--registry-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.worker:
+        import peerbench.contenders  # noqa: F401 (registers every row; a worker, its own)
     unknown = [n for n in args.only or [] if n not in CONTENDERS]
     if unknown:
         parser.error(f"unknown contender(s) {', '.join(unknown)}; --list shows them")
@@ -140,9 +140,21 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
+def worker_contender(name: str, module: str | None) -> Contender:
+    """The contender a worker runs, with only its own module imported (not the runner,
+    nor the other rows'), so that the process's memory is the row's: a peer's holds no
+    streamguard."""
+    import importlib
+
+    importlib.import_module(module or "peerbench.contenders")
+    return CONTENDERS[name]
+
+
 def work(args: argparse.Namespace) -> int:
     """Run one contender until its probe ends the process; returning is a failure."""
-    contender = CONTENDERS[args.worker]
+    from peerbench.probe import Probe
+
+    contender = worker_contender(args.worker, args.module)
     probe = Probe(args.count, args.result, args.mode, args.work_s)
     contender.run(
         Run(
@@ -165,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.worker:
         return work(args)
+    from peerbench.runner import Settings, run_all
+
     if args.list:
         for c in CONTENDERS.values():
             missing = c.missing()

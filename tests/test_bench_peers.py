@@ -47,6 +47,52 @@ def test_refuses_an_unknown_contender() -> None:
     assert "--list" in done.stderr
 
 
+def test_peers_and_json_loops_validate_with_a_twin_of_the_contract(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The peers and the hand-written JSON loops use a plain pydantic model and settings
+    written out, so that their processes need no streamguard; both are held here to
+    streamguard's own (one JSON Schema, the same verdicts on the data set)."""
+    from pydantic import ValidationError
+
+    from streamguard.demo.contracts import OrderPlaced
+    from streamguard.runtime.service import CONSUMER_DEFAULTS
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench import dataset, events
+    from peerbench.baselines import TUNED
+
+    assert events.OrderPlaced.model_json_schema() == OrderPlaced.model_json_schema()
+    assert dict(CONSUMER_DEFAULTS) == TUNED
+    valid = dataset.json_value(7)
+    twin = events.OrderPlaced.model_validate_json(valid)
+    assert twin.model_dump() == OrderPlaced.model_validate_json(valid).model_dump()
+    with pytest.raises(ValidationError):
+        events.OrderPlaced.model_validate_json(dataset.invalid_value(7))
+
+
+def test_a_peer_or_json_loop_worker_loads_no_streamguard() -> None:
+    """A worker imports only its row's module: streamguard's would otherwise count in
+    the RSS of every peer's process."""
+    code = (
+        "import sys, peers\n"
+        "peers.worker_contender('aiokafka', 'peerbench.frameworks')\n"
+        "peers.worker_contender('loop-tuned', 'peerbench.baselines')\n"
+        "import peerbench.probe\n"
+        "print(sorted(m for m in sys.modules if m.startswith('streamguard')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.broker
 def test_confluent_framed_rows_read_records_through_the_embedded_registry(
     tmp_path: Path,
@@ -72,15 +118,19 @@ def test_confluent_framed_rows_read_records_through_the_embedded_registry(
 def test_tiny_round_writes_results_and_the_page_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 2,000-record round of one contender reports its rate, CPU and RSS, and the
-    page renders a row for it between the markers."""
+    """A 2,000-record round of two contenders (one of them a hand-written loop, whose
+    worker loads no streamguard) reports each one's rate, CPU and RSS, and the page
+    renders a row between the markers."""
     out = tmp_path / "results.json"
     done = peers(
         "--records", "2000", "--rounds", "1", "--modes", "throughput",
-        "--only", "sg-sync", "--out", str(out), "--no-render", "--quiet",
+        "--only", "sg-sync", "loop-untuned", "--out", str(out), "--no-render", "--quiet",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())
+    loop = results["contenders"]["loop-untuned"]["throughput"]["runs"][0]
+    assert "error" not in loop, loop  # a worker that loads no streamguard
+    assert loop["count"] == 2000
     run = results["contenders"]["sg-sync"]["throughput"]["runs"][0]
     assert "error" not in run, run
     assert run["count"] == 2000

@@ -1,4 +1,9 @@
-"""The hand-written loops: what a careful engineer writes without a framework."""
+"""The hand-written loops: what a careful engineer writes without a framework.
+
+The JSON loops import nothing of streamguard (see ``events``); the Avro and envelope
+loops load it inside their rows for what they reuse (the contract's Avro schema, the
+``sg-dlq-*`` header names), and count its memory.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,20 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from peerbench.dataset import OrderPlacedAvro
+from peerbench.events import OrderPlaced
+from peerbench.kafka import FAST_JOIN, POLL_TIMEOUT, fetch_wait
 from peerbench.registry import Run, contender
-from streamguard.demo.contracts import OrderPlaced
-from streamguard.runtime.service import CONSUMER_DEFAULTS
 
-FAST_JOIN = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
-# consume(n, timeout) returns when n records arrived or the timeout passed, so at a low
-# input rate the timeout is the loop's latency; 0.1 s is streamguard's idle poll.
-POLL_TIMEOUT = 0.1
-
-
-def fetch_wait(run: Run) -> dict[str, Any]:
-    """librdkafka's fetch wait cap in the latency pass (the embedded broker holds a
-    fetch for its whole wait even when records arrive: see docs/benchmarks.md)."""
-    return {"fetch.wait.max.ms": run.fetch_wait_ms} if run.fetch_wait_ms else {}
+# streamguard's own consumer settings (``streamguard.runtime.service.CONSUMER_DEFAULTS``,
+# which a test holds this to), written out so that the tuned loop does not load it.
+TUNED = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+    "queued.max.messages.kbytes": 4096,
+    "fetch.queue.backoff.ms": 10,
+}
 
 
 def untuned_config(run: Run) -> dict[str, Any]:
@@ -38,8 +42,8 @@ def untuned_config(run: Run) -> dict[str, Any]:
 
 
 def tuned_config(run: Run) -> dict[str, Any]:
-    """The librdkafka settings streamguard's runtime uses (``CONSUMER_DEFAULTS``)."""
-    return {**untuned_config(run), **CONSUMER_DEFAULTS}
+    """The librdkafka settings streamguard's runtime uses (``TUNED``)."""
+    return {**untuned_config(run), **TUNED}
 
 
 def consume_loop(run: Run, config: dict[str, Any], decode: Callable[[bytes], Any]) -> None:
@@ -91,6 +95,7 @@ def loop_floor(run: Run) -> None:
 def fastavro_loop(run: Run) -> None:
     import fastavro
 
+    from peerbench.dataset import OrderPlacedAvro
     from streamguard.schema.avro import contract_avro_schema
 
     schema = fastavro.parse_schema(contract_avro_schema(OrderPlacedAvro))
@@ -117,6 +122,8 @@ def fastavro_registry_loop(run: Run) -> None:
     frame."""
     import fastavro
     from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from peerbench.dataset import OrderPlacedAvro
 
     client = SchemaRegistryClient({"url": run.registry_url})
     writers: dict[bytes, Any] = {}
@@ -200,6 +207,7 @@ def loop_dlq_envelope(run: Run) -> None:
     import time
 
     from streamguard import headers as h
+    from streamguard.demo.contracts import OrderPlaced as Contract
 
     fixed = [
         (h.DLQ_CONSUMER_GROUP, run.group.encode()),
@@ -207,8 +215,8 @@ def loop_dlq_envelope(run: Run) -> None:
         (h.DLQ_HOST, socket.gethostname().encode()),
         (h.DLQ_REASON, b"contract_violation"),
         (h.DLQ_ERROR_CLASS, b"pydantic_core._pydantic_core.ValidationError"),
-        (h.DLQ_EXPECTED_SUBJECT, OrderPlaced.__subject__.encode()),
-        (h.DLQ_EXPECTED_VERSION, b"%d" % OrderPlaced.__version__),
+        (h.DLQ_EXPECTED_SUBJECT, Contract.__subject__.encode()),
+        (h.DLQ_EXPECTED_VERSION, b"%d" % Contract.__version__),
         (h.DLQ_ATTEMPTS, b"1"),
     ]
 

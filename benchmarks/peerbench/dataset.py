@@ -20,13 +20,9 @@ from decimal import Decimal
 
 from confluent_kafka import Producer
 
+from peerbench.events import IO_KEYS, KEYS, MEASURED_AFTER
 from streamguard.codecs import AvroCodec
 from streamguard.demo.contracts import OrderPlaced
-
-KEYS = 997
-IO_KEYS = 16  # the io topic's keys are few, so a framework that reorders a key shows it
-PARTITIONS = 3
-MEASURED_AFTER = 10**18  # latency records' order ids are send times in ns, above this
 
 
 class OrderPlacedAvro(OrderPlaced):

@@ -10,9 +10,9 @@ import asyncio
 import tempfile
 from typing import Any
 
-from peerbench.baselines import FAST_JOIN, fetch_wait
+from peerbench.events import OrderPlaced
+from peerbench.kafka import FAST_JOIN, fetch_wait
 from peerbench.registry import Run, contender
-from streamguard.demo.contracts import OrderPlaced
 
 
 def _faststream(run: Run, broker_module: str) -> None:
@@ -201,6 +201,7 @@ def faust_agent(run: Run) -> None:
 def sg_faust_agent(run: Run) -> None:
     import faust
 
+    from streamguard.demo.contracts import OrderPlaced as Contract
     from streamguard.faust import guarded_agent
 
     app = _faust_app(run)
@@ -208,8 +209,8 @@ def sg_faust_agent(run: Run) -> None:
     hit = probe.handle
     io_bound = run.work_s > 0
 
-    @guarded_agent(app, run.topic, contract=OrderPlaced)
-    async def agent(event: OrderPlaced, ctx: Any) -> None:
+    @guarded_agent(app, run.topic, contract=Contract)
+    async def agent(event: Contract, ctx: Any) -> None:
         if io_bound:
             await probe.ahandle(event)
         else:

@@ -7,8 +7,8 @@ import os
 from typing import Any
 
 import streamguard as sg
-from peerbench.baselines import FAST_JOIN, fetch_wait
 from peerbench.dataset import OrderPlacedAvro
+from peerbench.kafka import FAST_JOIN, fetch_wait
 from peerbench.registry import Run, contender
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from peerbench.dataset import IO_KEYS, MEASURED_AFTER
+from peerbench.events import IO_KEYS, MEASURED_AFTER
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peerbench import dataset
+from peerbench import dataset, events
 from peerbench.registry import Contender, Mode
 from peerbench.render import TARGETS
 from streamguard.devbroker import DevBroker
@@ -117,6 +117,8 @@ def run_worker(
             str(SCRIPT),
             "--worker",
             contender.name,
+            "--module",
+            contender.run.__module__,
             "--mode",
             mode,
             "--bootstrap",
@@ -238,12 +240,12 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             "records": settings.records,
             "rounds": settings.rounds,
             "passes": list(settings.modes),
-            "partitions": dataset.PARTITIONS,
-            "keys": dataset.KEYS,
+            "partitions": events.PARTITIONS,
+            "keys": events.KEYS,
             "io": {
                 "records": settings.io_records,
                 "work_ms": settings.io_work_s * 1000,
-                "keys": dataset.IO_KEYS,
+                "keys": events.IO_KEYS,
             },
             "latency": {
                 "rate_per_s": settings.latency_rate,
@@ -292,7 +294,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
         create_topics(
             bootstrap,
             [*topics.values(), *(f"{t}.dlq" for t in topics.values())],
-            partitions=dataset.PARTITIONS,
+            partitions=events.PARTITIONS,
         )
         for data, topic in topics.items():
             count = settings.io_records if data == "io" else settings.records
@@ -352,7 +354,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             ]
             for n, c in order:
                 topic = f"peers-latency-{c.name}-{n}-{run_id}"
-                create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=dataset.PARTITIONS)
+                create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=events.PARTITIONS)
                 timeout = settings.latency_seconds + 90
                 run = run_worker(
                     c, "latency", bootstrap, topic, count, settings, timeout, settings.latency_rate
@@ -362,7 +364,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             results["meta"]["rss_records"] = settings.rss_records
             say(settings, f"rss over {settings.rss_records} records")
             topic = f"peers-rss-{run_id}"
-            create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=dataset.PARTITIONS)
+            create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=events.PARTITIONS)
             dataset.produce(bootstrap, topic, "json", settings.rss_records)
             for c in [c for c in runnable if "throughput" in c.modes and c.data == "json"]:
                 timeout = 60 + settings.rss_records / 1000

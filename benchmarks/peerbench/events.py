@@ -1,0 +1,38 @@
+"""The order event as a plain pydantic model, and the data set's shape.
+
+A contender's process loads only what its row is about, since the CPU and RSS it
+reports are its own: the peers and the hand-written JSON loops validate with this
+model, which has the fields and constraints of ``streamguard.demo.contracts.OrderPlaced``
+(a test holds the two to one JSON Schema) without importing streamguard, whose modules
+would otherwise count in every row's memory.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+KEYS = 997
+IO_KEYS = 16  # the io topic's keys are few, so a framework that reorders a key shows it
+PARTITIONS = 3
+MEASURED_AFTER = 10**18  # latency records' order ids are send times in ns, above this
+
+
+class LineItem(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1)
+
+
+class OrderPlaced(BaseModel):
+    """An order was placed and must be billed."""
+
+    order_id: UUID
+    customer_id: str
+    amount: Decimal = Field(gt=0)
+    currency: Literal["EUR", "USD"]
+    placed_at: datetime
+    items: list[LineItem] = Field(default_factory=list)
