@@ -18,6 +18,7 @@ The peers come from the ``bench`` extra (``make bench`` installs it into .venv-b
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -141,11 +142,10 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_contender(name: str, module: str | None) -> Contender:
-    """The contender a worker runs, with only its own module imported (not the runner,
-    nor the other rows'), so that the process's memory is the row's: a peer's holds no
-    streamguard."""
-    import importlib
-
+    """Import only the module that registers row ``name`` (the runner passes it as
+    ``--module``) and return the row, so that the process's RSS is the row's own: a
+    peer's or a JSON loop's process never loads streamguard. With no module, every row's
+    module is imported."""
     importlib.import_module(module or "peerbench.contenders")
     return CONTENDERS[name]
 

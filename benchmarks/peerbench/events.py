@@ -3,7 +3,8 @@
 A contender's process loads only what its row is about, since the CPU and RSS it
 reports are its own: the peers and the hand-written JSON loops validate with this
 model, which has the fields and constraints of ``streamguard.demo.contracts.OrderPlaced``
-(a test holds the two to one JSON Schema) without importing streamguard, whose modules
+(tests/test_bench_peers.py checks that both give one JSON Schema and the same verdicts on
+the data set) without importing streamguard, whose modules
 would otherwise count in every row's memory.
 """
 
@@ -19,7 +20,8 @@ from pydantic import BaseModel, Field
 KEYS = 997
 IO_KEYS = 16  # the io topic's keys are few, so a framework that reorders a key shows it
 PARTITIONS = 3
-MEASURED_AFTER = 10**18  # latency records' order ids are send times in ns, above this
+# Latency records carry UUID(int=time.time_ns() at send) as order id; warm-up ones are below.
+MEASURED_AFTER = 10**18
 
 
 class LineItem(BaseModel):

@@ -1,17 +1,19 @@
 """The contender registry: one row of the table is one registered function.
 
-A contender runs in its own process (so the CPU and RSS it reports are its own),
-consumes ``ctx.count`` records of ``ctx.topic`` and calls ``ctx.probe.hit(event)`` with
-each validated event; the probe does the timing and ends the process after the last.
+A contender runs in its own process (so the CPU and RSS it reports are its own), which
+imports only the module that registers it. It consumes ``run.count`` records of
+``run.topic`` as ``run.group`` and calls ``run.probe.handle(event)`` with each validated
+event; the probe does the timing and ends the process after the last.
 
 A feature still in development adds its row with a few lines in any module imported by
 ``peerbench.contenders``::
 
     @contender(
-        "streamguard-keyed", "streamguard, key-ordered concurrency (2 ms I/O)",
-        mode="io", keeps_order=True, needs=("streamguard.runtime.keyed",),
+        "sg-keyed", 'streamguard, async handler, ordering = "key"',
+        modes=("throughput", "io"), keeps_order=True,
+        needs=("streamguard:ConsumerService.ordering",),
     )
-    def streamguard_keyed(ctx: Run) -> None:
+    def sg_keyed(run: Run) -> None:
         ...
 
 ``needs`` lists modules (or ``module:attribute.path``) the row requires; while one is missing

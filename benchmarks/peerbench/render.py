@@ -167,8 +167,9 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Met is read from the ratio of the medians. Round by round: in each round a row "
-        "held to a baseline runs right after it, and this column gives the median and range "
-        "of the two runs' ratio over the rounds; it differs from the ratio of the medians "
+        "held to a baseline runs as close after it as one sequence allows (see How it "
+        "measures), and this column gives the median and range of the two runs' ratio over "
+        "the rounds; it differs from the ratio of the medians "
         "when the VM's speed changed between rounds (empty when the rows come from "
         "different runs). "
         "The CPU-per-record ratio is the baseline's CPU per record over the row's: it moves "

@@ -204,8 +204,10 @@ def _describe(run: dict[str, Any]) -> str:
 
 
 def paired(jobs: list[Contender]) -> list[Contender]:
-    """The throughput pass's order: each row held to a baseline (``TARGETS``) right
-    after the first of its baselines, and its other baselines right after it.
+    """The throughput pass's order: each row held to a baseline (``TARGETS``) placed
+    after the first of its baselines, and its other baselines right after the row: one
+    sequence, so the first such row follows its baseline at once and the next ones a
+    few rows later (loop-untuned, sg-sync, loop-tuned, sg-async, sg-dlq, ...).
 
     The VM's speed moves over minutes; in registration order the slow peers ran between
     a baseline and its streamguard rows (several minutes a round), so a ratio compared
