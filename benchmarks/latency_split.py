@@ -26,7 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerbench.dataset import MEASURED_AFTER, produce_paced
+from peerbench.dataset import produce_paced
+from peerbench.events import MEASURED_AFTER
 from peerbench.kafka import FAST_JOIN
 from peerbench.runner import Settings
 

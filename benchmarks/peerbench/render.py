@@ -89,7 +89,7 @@ def _round_ratios(results: dict[str, Any], name: str, base: str) -> list[float]:
     """``name``'s msg/s over ``base``'s in each throughput round where both finished.
 
     Only when both rows come from one run of the pass (a merge may keep rows of an
-    earlier one): their round ``i`` runs were then made side by side (see ``paired``).
+    earlier one): their round ``i`` runs were then made close together (see ``paired``).
     """
     earlier = results["meta"].get("earlier_rows", {}).get("throughput", {})
     if earlier.get(name) != earlier.get(base):

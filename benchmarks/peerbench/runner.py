@@ -211,7 +211,7 @@ def paired(jobs: list[Contender]) -> list[Contender]:
 
     The VM's speed moves over minutes; in registration order the slow peers ran between
     a baseline and its streamguard rows (several minutes a round), so a ratio compared
-    runs made at different speeds. Side by side, a round's runs of a pair share one.
+    runs made at different speeds. Close together, a round's runs of a pair share one.
     """
     near: dict[str, list[str]] = {}  # a row's pairs: its baselines, or the rows held to it
     for row, base, _minimum in TARGETS:
