@@ -21,12 +21,18 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from peerbench.registry import CONTENDERS, Contender, Run
 
 ROOT = Path(__file__).resolve().parent.parent
+# The confluent-kafka that quixstreams pins imports a module of authlib's that authlib
+# now deprecates, which printed a warning in the middle of every listing and run.
+warnings.filterwarnings(
+    "ignore", message="The httpx module is deprecated", category=DeprecationWarning
+)
 MODES = ("throughput", "io", "latency")
 PASSES = (*MODES, "rss")
 
@@ -39,7 +45,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes", nargs="+", choices=PASSES, default=list(MODES), help="the passes to run"
     )
-    parser.add_argument("--io-records", type=int, default=3000)
+    parser.add_argument(
+        "--io-records", type=int, default=3000, help="records per pass of the io mode"
+    )
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--latency-rounds", type=int, default=4)
@@ -48,9 +56,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rss", action="store_true", help="add the rss pass (--rss-records)")
     parser.add_argument("--rss-records", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "img" / "benchmarks.png")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results.json",
+        help="the results as JSON (default: the committed benchmarks/results.json)",
+    )
+    parser.add_argument(
+        "--page",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks.md",
+        help="the page whose tables are rewritten, or created (default: docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        default=ROOT / "docs" / "img" / "benchmarks.png",
+        help="the PNG chart (default: docs/img/benchmarks.png)",
+    )
     parser.add_argument("--no-render", action="store_true", help="write the JSON only")
     parser.add_argument(
         "--merge", action="store_true", help="add this run's passes to the rows of --out"
@@ -180,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     from peerbench.runner import Settings, run_all
 
     if args.list:
+        skipped = 0
         for c in CONTENDERS.values():
             missing = c.missing()
+            skipped += bool(missing)
             state = f"  (skipped: {missing})" if missing else ""
             print(f"{c.name:<22} {'/'.join(c.modes):<26} {c.label}{state}")
+        print(f"{len(CONTENDERS)} rows, {skipped or 'none'} skipped here (a missing install)")
         return 0
     if not args.render_only:
         settings = Settings(

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,16 +28,20 @@ def peers(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
 
 
 def test_lists_every_row_and_says_which_need_the_bench_extra() -> None:
-    """--list names the baselines and streamguard's rows, and marks any row whose
-    framework is not installed as skipped with the module it needs."""
+    """--list names the baselines and streamguard's rows, marks any row whose
+    framework is not installed as skipped with the module it needs, and ends with the
+    count of rows and of those skipped."""
     done = peers("--list")
     assert done.returncode == 0, done.stderr
-    names = {line.split()[0] for line in done.stdout.splitlines()}
+    *rows, summary = done.stdout.splitlines()
+    names = {line.split()[0] for line in rows}
     assert {"loop-untuned", "loop-tuned", "loop-floor", "sg-sync", "sg-dlq"} <= names
     assert {"sg-avro-registry", "fastavro-registry-loop"} <= names
-    for line in done.stdout.splitlines():
-        if "skipped" in line:
-            assert "needs " in line
+    skipped = [line for line in rows if "(skipped: " in line]
+    assert all("needs " in line for line in skipped)
+    assert summary == (
+        f"{len(rows)} rows, {len(skipped) or 'none'} skipped here (a missing install)"
+    )
 
 
 def test_refuses_an_unknown_contender() -> None:
@@ -150,8 +155,48 @@ def test_tiny_round_writes_results_and_the_page_table(
     assert "old" not in text
     assert text.index("\nbefore\n") < text.index(BEGIN) < text.index(END) < text.index("\nafter\n")
     rate = results["contenders"]["sg-sync"]["throughput"]["msg_per_s"]
-    assert f"(`sg-sync`) | json | {rate:,} |" in text
+    assert f"(`sg-sync`) | json | {rate:,} |  |" in text  # one run: no range to give
     assert results["meta"]["date"] in text
+    assert "1 round;" in text
+    assert "Read no target from fewer than 3 rounds." in text
+
+
+def test_a_page_of_its_own_and_the_row_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--page naming a new file gets the tables under a pointer to the project's page;
+    rows come as baselines, streamguard, peers, with a streamguard row held to a peer
+    (the guarded Faust agent) last among streamguard's, next to the peers."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import BEGIN, STANDALONE, ordered, write_page
+
+    def row(baseline: str | None = None, *tags: str) -> dict[str, Any]:
+        entry = {"msg_per_s": 10, "min": 9, "max": 11, "cpu_us_per_msg": 1.0,
+                 "cpu_util": 1.0, "rss_start_mib": 50.0, "rss_end_mib": 60.0,
+                 "runs": [{"msg_per_s": n} for n in (9, 10, 11)]}  # fmt: skip
+        return {"label": "x", "data": "json", "baseline": baseline, "tags": list(tags),
+                "throughput": entry}  # fmt: skip
+
+    contenders = {
+        "loop-untuned": row(None, "baseline"),
+        "faust": row("loop-untuned"),
+        "sg-faust": row("faust"),
+        "aiokafka": row("loop-untuned"),
+        "sg-sync": row("loop-untuned"),
+    }
+    assert [name for name, _ in ordered(contenders, "throughput")] == [
+        "loop-untuned", "sg-sync", "sg-faust", "faust", "aiokafka",
+    ]  # fmt: skip
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    results["contenders"] = contenders
+    page = tmp_path / "new" / "page.md"
+    page.parent.mkdir()
+    write_page(results, page, tmp_path / "chart.png")
+    text = page.read_text()
+    assert text.startswith(STANDALONE)
+    assert "docs/benchmarks.md" in STANDALONE
+    assert text.index(BEGIN) > len(STANDALONE)
+    assert "| 10 | 9-11 |" in text  # three runs: their range
 
 
 def test_a_row_ahead_of_its_feature_is_skipped_with_what_it_needs(

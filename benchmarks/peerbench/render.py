@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from pathlib import Path
@@ -43,6 +44,8 @@ MEASURES = {
     "p99_ms": "p99 ms",
     "rss_end_mib": "RSS MiB at the end",
 }
+# Fewer rounds than this, and the targets table says not to read a verdict from it.
+FEW_ROUNDS = 3
 GROUP_ORDER = {"baseline": 0, "streamguard": 1, "peer": 2}
 COLOURS = {"baseline": "#9e9e9e", "streamguard": "#1f77b4", "peer": "#ff7f0e"}
 
@@ -54,8 +57,20 @@ def group(name: str, row: dict[str, Any]) -> str:
 
 
 def ordered(contenders: dict[str, Any], mode: str) -> list[tuple[str, dict[str, Any]]]:
+    """Baselines, then streamguard, then peers, each in registration order, except that
+    a streamguard row held to a peer (the guarded Faust agent) comes last in its group,
+    next to the peers."""
+
+    def held_to_peer(row: dict[str, Any]) -> bool:
+        base = row.get("baseline")
+        return base in contenders and group(base, contenders[base]) == "peer"
+
     rows = [(n, r) for n, r in contenders.items() if mode in r]
-    return sorted(rows, key=lambda item: GROUP_ORDER[group(*item)])
+    return sorted(rows, key=lambda item: (GROUP_ORDER[group(*item)], held_to_peer(item[1])))
+
+
+def rounds_phrase(rounds: int) -> str:
+    return "1 round" if rounds == 1 else f"{rounds} alternating rounds"
 
 
 def provenance(meta: dict[str, Any]) -> str:
@@ -75,6 +90,11 @@ def _rate(entry: dict[str, Any]) -> str:
         errors = [r.get("error", "") for r in entry.get("runs", [])]
         return f"failed ({errors[0] if errors else 'no runs'})"
     return f"{entry['msg_per_s']:,}"
+
+
+def _range(entry: dict[str, Any]) -> str:
+    """min-max over the rounds; empty for a single run, whose range says nothing."""
+    return f"{entry['min']:,}-{entry['max']:,}" if len(entry.get("runs", ())) > 1 else ""
 
 
 def _ratio(
@@ -124,7 +144,7 @@ def throughput_table(results: dict[str, Any]) -> list[str]:
         if "msg_per_s" in e:
             lines.append(
                 f"| {row['label']} (`{name}`) | {row['data']} | {_rate(e)} "
-                f"| {e['min']:,}-{e['max']:,} | {ratio_text} | {e['cpu_us_per_msg']:.1f} "
+                f"| {_range(e)} | {ratio_text} | {e['cpu_us_per_msg']:.1f} "
                 f"| {e['cpu_util']:.2f} | {e['rss_start_mib']:.0f} → {e['rss_end_mib']:.0f} |"
             )
         else:
@@ -134,7 +154,7 @@ def throughput_table(results: dict[str, Any]) -> list[str]:
         "",
         f"{meta['records']:,} records per pass ({', '.join(f'{k} {v} B' for k, v in sizes.items())}"
         f" per value), {meta['partitions']} partitions, {meta['keys']} keys, "
-        f"{meta['rounds']} alternating rounds; ratio = this row's median over the named row's."
+        f"{rounds_phrase(meta['rounds'])}; ratio = this row's median over the named row's."
         f"{_earlier(results, 'throughput')}",
     ]
     return lines
@@ -177,6 +197,14 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         "met, *Where the time goes, measured* below says what the time is spent on (for "
         "the guarded Faust agent, *Guarded Faust agent against a plain Faust agent*).",
     ]
+    rounds = results["meta"]["rounds"]
+    if rounds < FEW_ROUNDS:
+        lines += [
+            "",
+            f"**{rounds_phrase(rounds).capitalize()} only: a ratio here is one or two runs "
+            "against as many, which this machine's noise can move by a third. Read no "
+            f"target from fewer than {FEW_ROUNDS} rounds.**",
+        ]
     return lines
 
 
@@ -362,11 +390,20 @@ def section(results: dict[str, Any], chart: str) -> str:
     return "\n".join(parts)
 
 
+STANDALONE = (
+    "# Benchmarks\n\nWritten by benchmarks/peers.py. The sections the captions name (How it "
+    "measures, Where the time goes, measured, and the others) are in the project's "
+    "docs/benchmarks.md.\n"
+)
+
+
 def write_page(results: dict[str, Any], page: Path, chart: Path) -> None:
     """Replace the text between the markers (or append it under a heading)."""
     relative = chart.relative_to(page.parent) if chart.is_relative_to(page.parent) else chart
     body = section(results, relative.as_posix())
-    text = page.read_text() if page.exists() else "# Benchmarks\n"
+    # A page of one's own (--page elsewhere) gets the tables alone; the sections their
+    # captions name are in the project's page.
+    text = page.read_text() if page.exists() else STANDALONE
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: body, text)
@@ -398,14 +435,22 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
     ax.set_yticks(list(y), labels=[f"{n} ({rows[i][1]['data']})" for i, n in enumerate(names)])
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("messages per second, consume + validate (log scale; median, bar = range)")
+    # Whole decades, so that the bars start at a round figure, with room on the right
+    # for the largest bar's label.
+    ax.set_xlim(
+        10 ** math.floor(math.log10(max(1, min(r["throughput"]["min"] for _, r in rows)))),
+        max(m + high for m, high in zip(medians, highs, strict=True)) * 2.2,
+    )
+    ax.set_xlabel(
+        "messages per second, consume + validate (log scale; bar = median, whisker = range)"
+    )
     for i, (m, high) in enumerate(zip(medians, highs, strict=True)):
         ax.text((m + high) * 1.08, i, f"{m:,}", va="center", fontsize=8)
     meta = results["meta"]
     m, v = meta["machine"], meta["versions"]
     ax.set_title(
-        "streamguard and Python Kafka frameworks, one data set, "
-        f"{meta['records']:,} records x {meta['rounds']} rounds",
+        "streamguard and Python Kafka frameworks on one data set: "
+        f"{meta['records']:,} records, {rounds_phrase(meta['rounds']).replace('alternating ', '')}",
         fontsize=11,
     )
     keep = (
@@ -420,10 +465,13 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
         "fastavro",
     )
     libs = ", ".join(f"{k} {v[k]}" for k in keep if k in v)
+    load_1m = m.get("load_1m_at_start")
+    load = f", load {load_1m:.1f} at start" if load_1m is not None else ""
     fig.text(
         0.01,
         0.01,
-        f"{meta['date']} · {m['cpu']} ({m['cores']} cores) · Python {m['python']}\n{libs}",
+        f"{meta['date']} · {m['cpu']} ({m['cores']} cores{load}) · {m['platform']} · "
+        f"Python {m['python']}\n{libs}",
         fontsize=7,
         color="#555555",
     )
