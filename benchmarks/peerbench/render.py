@@ -450,7 +450,7 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
     m, v = meta["machine"], meta["versions"]
     ax.set_title(
         "streamguard and Python Kafka frameworks on one data set: "
-        f"{meta['records']:,} records, {rounds_phrase(meta['rounds']).replace('alternating ', '')}",
+        f"{meta['records']:,} records, {meta['rounds']} round{'s' * (meta['rounds'] != 1)}",
         fontsize=11,
     )
     keep = (
