@@ -21,18 +21,12 @@ import argparse
 import importlib
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from peerbench.registry import CONTENDERS, Contender, Run
 
 ROOT = Path(__file__).resolve().parent.parent
-# The confluent-kafka that quixstreams pins imports a module of authlib's that authlib
-# now deprecates, which printed a warning in the middle of every listing and run.
-warnings.filterwarnings(
-    "ignore", message="The httpx module is deprecated", category=DeprecationWarning
-)
 MODES = ("throughput", "io", "latency")
 PASSES = (*MODES, "rss")
 
@@ -48,14 +42,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--io-records", type=int, default=3000, help="records per pass of the io mode"
     )
-    parser.add_argument("--latency-rate", type=float, default=1000.0, help="msg/s")
-    parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--latency-rounds", type=int, default=4)
+    parser.add_argument(
+        "--latency-rate", type=float, default=1000.0, help="msg/s sent in the latency pass"
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="how long each latency run sends"
+    )
+    parser.add_argument("--latency-rounds", type=int, default=4, help="latency runs of each row")
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=10, help="every latency row's fetch wait cap"
     )
     parser.add_argument("--rss", action="store_true", help="add the rss pass (--rss-records)")
-    parser.add_argument("--rss-records", type=int, default=1_000_000)
+    parser.add_argument(
+        "--rss-records", type=int, default=1_000_000, help="records of the rss pass"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -80,7 +80,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--render-only", action="store_true", help="render --out, run nothing")
     parser.add_argument("--list", action="store_true", help="list the contenders and exit")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="print no per-run lines")
     worker = parser.add_argument_group("worker (internal: one contender in this process)")
     worker.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
     worker.add_argument("--module", help=argparse.SUPPRESS)  # the one that registers it
@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             skipped += bool(missing)
             state = f"  (skipped: {missing})" if missing else ""
             print(f"{c.name:<22} {'/'.join(c.modes):<26} {c.label}{state}")
-        print(f"{len(CONTENDERS)} rows, {skipped or 'none'} skipped here (a missing install)")
+        print(
+            f"{len(CONTENDERS)} rows; " + (f"{skipped} skipped here" if skipped else "none skipped")
+        )
         return 0
     if not args.render_only:
         settings = Settings(

@@ -39,8 +39,8 @@ def test_lists_every_row_and_says_which_need_the_bench_extra() -> None:
     assert {"sg-avro-registry", "fastavro-registry-loop"} <= names
     skipped = [line for line in rows if "(skipped: " in line]
     assert all("needs " in line for line in skipped)
-    assert summary == (
-        f"{len(rows)} rows, {len(skipped) or 'none'} skipped here (a missing install)"
+    assert summary == f"{len(rows)} rows; " + (
+        f"{len(skipped)} skipped here" if skipped else "none skipped"
     )
 
 
@@ -346,3 +346,28 @@ def test_rows_held_to_a_baseline_run_next_to_it_and_are_compared_round_by_round(
     assert _round_ratios(results, "sg-sync", "loop-untuned") == [0.9, 1.2]
     results["meta"] = {"earlier_rows": {"throughput": {"loop-untuned": "2026-12-01"}}}
     assert _round_ratios(results, "sg-sync", "loop-untuned") == []
+
+
+def test_a_framework_import_warning_forced_on_is_not_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module that forces its own warning on at import (as authlib does in the bench
+    venv) is imported by ``missing()`` and the rows without the warning escaping."""
+    import warnings
+
+    (tmp_path / "noisy_framework_xyz.py").write_text(
+        "import warnings\n"
+        "class Noisy(DeprecationWarning): pass\n"
+        "warnings.simplefilter('always', Noisy)\n"
+        "warnings.warn(Noisy('deprecated at import'))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "noisy_framework_xyz", raising=False)
+    from peerbench.registry import import_quietly
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        module = import_quietly("noisy_framework_xyz")
+    assert module.__name__ == "noisy_framework_xyz"
+    assert seen == []

@@ -12,7 +12,7 @@ from typing import Any
 
 from peerbench.events import OrderPlaced
 from peerbench.kafka import FAST_JOIN, fetch_wait
-from peerbench.registry import Run, contender
+from peerbench.registry import Run, contender, import_quietly
 
 
 def _faststream(run: Run, broker_module: str) -> None:
@@ -84,6 +84,7 @@ def faststream_confluent(run: Run) -> None:
     note="io: no concurrency setting (one thread)",
 )
 def quix(run: Run) -> None:
+    import_quietly("quixstreams")  # its import-time warning (see import_quietly) unprinted
     from quixstreams import Application
     from quixstreams.models.serializers import Deserializer
 

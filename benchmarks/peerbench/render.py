@@ -175,8 +175,8 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         rounds = _round_ratios(results, name, base)
         rounds_text = (
             f"{statistics.median(rounds):.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
-            if rounds
-            else ""
+            if len(rounds) > 1
+            else "".join(f"{r:.2f}x" for r in rounds)
         )
         figures = f"{ratio:.2f}x | {rounds_text} | {cpu_text}"
         if minimum is None:
@@ -201,9 +201,9 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     if rounds < FEW_ROUNDS:
         lines += [
             "",
-            f"**{rounds_phrase(rounds).capitalize()} only: a ratio here is one or two runs "
-            "against as many, which this machine's noise can move by a third. Read no "
-            f"target from fewer than {FEW_ROUNDS} rounds.**",
+            f"**{rounds_phrase(rounds).capitalize()} only: a ratio here compares {rounds} "
+            f"run{'s' * (rounds != 1)} with as many, which this machine's noise can move by "
+            f"a third. Read no target from fewer than {FEW_ROUNDS} rounds.**",
         ]
     return lines
 
