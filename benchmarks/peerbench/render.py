@@ -77,12 +77,14 @@ def provenance(meta: dict[str, Any]) -> str:
     """Machine, versions and date: every table and the chart carry it."""
     m, v = meta["machine"], meta["versions"]
     libs = ", ".join(f"{k} {val}" for k, val in v.items())
-    load = m.get("load_1m_at_start")
+    return f"{meta['date']} on {_cores(m)}, {m['platform']}, Python {m['python']}; {libs}"
+
+
+def _cores(machine: dict[str, Any]) -> str:
+    """The CPU, its cores and how busy it was: ``AMD EPYC (2 cores, load 0.3 at start)``."""
+    load = machine.get("load_1m_at_start")
     shared = f", load {load:.1f} at start" if load is not None else ""
-    return (
-        f"{meta['date']} on {m['cpu']} ({m['cores']} cores{shared}), {m['platform']}, "
-        f"Python {m['python']}; {libs}"
-    )
+    return f"{machine['cpu']} ({machine['cores']} cores{shared})"
 
 
 def _rate(entry: dict[str, Any]) -> str:
@@ -176,7 +178,9 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         rounds_text = (
             f"{statistics.median(rounds):.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
             if len(rounds) > 1
-            else "".join(f"{r:.2f}x" for r in rounds)
+            else f"{rounds[0]:.2f}x"
+            if rounds
+            else ""
         )
         figures = f"{ratio:.2f}x | {rounds_text} | {cpu_text}"
         if minimum is None:
@@ -465,13 +469,10 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
         "fastavro",
     )
     libs = ", ".join(f"{k} {v[k]}" for k in keep if k in v)
-    load_1m = m.get("load_1m_at_start")
-    load = f", load {load_1m:.1f} at start" if load_1m is not None else ""
     fig.text(
         0.01,
         0.01,
-        f"{meta['date']} · {m['cpu']} ({m['cores']} cores{load}) · {m['platform']} · "
-        f"Python {m['python']}\n{libs}",
+        f"{meta['date']} · {_cores(m)} · {m['platform']} · Python {m['python']}\n{libs}",
         fontsize=7,
         color="#555555",
     )
