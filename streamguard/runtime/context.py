@@ -54,7 +54,12 @@ class MessageContext:
         kind, value = self._msg.timestamp()
         return int(value) if kind != 0 else None  # 0: TIMESTAMP_NOT_AVAILABLE
 
-    timestamp = timestamp_ms
+    @property
+    def timestamp(self) -> int | None:
+        """Same as ``timestamp_ms``."""
+        # A property of its own, not ``timestamp = timestamp_ms``: compiled with mypyc
+        # (benchmarks/compiled.py) an aliased property raises on every read.
+        return self.timestamp_ms
 
     @property
     def raw_value(self) -> bytes | None:
