@@ -12,8 +12,7 @@ measurement, not a build.
 
 Needs the project's ``.venv`` (mypy, with mypyc, is a dev dependency), ``.venv-bench``
 (``make .venv-bench/.installed``), setuptools (which mypyc builds with), a C compiler and
-the interpreter's headers. About five
-minutes a pair on 2 cores:
+the interpreter's headers. About three minutes a pair on 2 cores:
 
     .venv/bin/python benchmarks/compiled.py --pairs 4
     .venv/bin/python benchmarks/compiled.py --build /tmp/sg-compiled   # compile only
