@@ -51,8 +51,12 @@ MODULES = (
 
 def build(dest: Path) -> None:
     """Copy the package to ``dest`` and compile MODULES there, next to their sources."""
+    # A fresh copy: a compiled module left from an earlier build would shadow its source.
+    shutil.rmtree(dest / "streamguard", ignore_errors=True)
+    for stale in dest.glob("*__mypyc*"):
+        stale.unlink()
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "streamguard", dest / "streamguard", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "streamguard", dest / "streamguard")
     # Run where no pyproject.toml is: mypyc's setuptools step would read the project's.
     done = subprocess.run(
         [sys.executable, "-m", "mypyc", *MODULES], cwd=dest, capture_output=True, text=True
@@ -64,18 +68,41 @@ def build(dest: Path) -> None:
         raise SystemExit(f"mypyc left these uncompiled: {missing}")
 
 
-def throughput(out: Path, compiled: Path | None) -> dict[str, Any]:
-    """One throughput round of ROWS; the compiled copy shadows the package when given."""
+def environment(compiled: Path | None) -> dict[str, str]:
+    """The bench's environment: the compiled copy, when given, shadows the package."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if compiled is not None:
         env["PYTHONPATH"] = str(compiled)
+    return env
+
+
+def check_loaded(compiled: Path | None) -> None:
+    """Fail unless the bench's interpreter loads the form of the lane it is meant to."""
+    loaded = subprocess.run(
+        [str(BENCH_PYTHON), "-c", "import streamguard.runtime.lane as m; print(m.__file__)"],
+        cwd=ROOT, env=environment(compiled), capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if loaded.endswith(".so") != (compiled is not None):
+        form = "compiled" if compiled is not None else "pure"
+        raise SystemExit(f"the {form} runs would load the lane from {loaded}")
+
+
+def throughput(out: Path, compiled: Path | None) -> dict[str, Any]:
+    """One throughput round of ROWS; stops at a row that did not run to the end."""
     subprocess.run(
         [str(BENCH_PYTHON), str(ROOT / "benchmarks" / "peers.py"), "--only", *ROWS,
          "--modes", "throughput", "--rounds", "1", "--out", str(out), "--no-render", "--quiet"],
-        cwd=ROOT, env=env, check=True, timeout=1800,
+        cwd=ROOT, env=environment(compiled), check=True, timeout=1800,
     )  # fmt: skip
-    contenders: dict[str, Any] = json.loads(out.read_text())["contenders"]
+    results = json.loads(out.read_text())
+    contenders: dict[str, Any] = results["contenders"]
+    for row in ROWS:
+        if row not in contenders:
+            raise SystemExit(f"{row} did not run: {results.get('skipped', {}).get(row)}")
+        run = contenders[row]["throughput"]["runs"][0]
+        if "msg_per_s" not in run:
+            raise SystemExit(f"{row} failed ({out.stem}): {run.get('error')}")
     return contenders
 
 
@@ -83,12 +110,13 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per row: median msg/s and CPU µs per record; for sg-sync, its median ratios."""
     runs = {row: [r[row]["throughput"]["runs"][0] for r in rounds] for row in ROWS}
     rows: dict[str, dict[str, float]] = {}
-    for row, its in runs.items():
-        if any("msg_per_s" not in run for run in its):
-            raise SystemExit(f"{row} failed in a round: {[run.get('error') for run in its]}")
+    for row, row_runs in runs.items():
+        if any("msg_per_s" not in run for run in row_runs):
+            errors = [run.get("error") for run in row_runs]
+            raise SystemExit(f"{row} failed in a round: {errors}")
         rows[row] = {
-            "msg_per_s": statistics.median(run["msg_per_s"] for run in its),
-            "cpu_us_per_msg": statistics.median(run["cpu_us_per_msg"] for run in its),
+            "msg_per_s": statistics.median(run["msg_per_s"] for run in row_runs),
+            "cpu_us_per_msg": statistics.median(run["cpu_us_per_msg"] for run in row_runs),
         }
     for loop in ("loop-untuned", "loop-tuned"):
         rows["sg-sync"]["vs " + loop] = statistics.median(
@@ -110,9 +138,18 @@ def check_interpreters() -> None:
         raise SystemExit(f".venv-bench runs Python {bench}, this one {sys.version_info[:2]}")
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=4, help="alternating pure/compiled pairs")
+    parser.add_argument(
+        "--pairs", type=positive, default=4, help="pure/compiled pairs, in alternating order"
+    )
     parser.add_argument("--build", type=Path, metavar="DIR", help="only compile into DIR")
     args = parser.parse_args()
     if args.build:
@@ -123,18 +160,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         compiled = Path(scratch) / "compiled"
         build(compiled)
+        forms: list[tuple[str, Path | None]] = [("pure", None), ("compiled", compiled)]
+        for _, path in forms:
+            check_loaded(path)
         rounds: dict[str, list[dict[str, Any]]] = {"pure": [], "compiled": []}
         for pair in range(args.pairs):
-            for form, path in (("pure", None), ("compiled", compiled)):
-                result = throughput(Path(scratch) / f"{form}-{pair}.json", path)
+            # pure first, then compiled first: neither always runs on a VM just warmed up
+            for form, path in forms if pair % 2 == 0 else forms[::-1]:
+                result = throughput(Path(scratch) / f"{form}-{pair + 1}.json", path)
                 rounds[form].append(result)
-                sg = result["sg-sync"]["throughput"]["runs"][0].get("msg_per_s", 0.0)
+                sg = result["sg-sync"]["throughput"]["runs"][0]["msg_per_s"]
                 print(f"pair {pair + 1} {form:8} sg-sync {sg:,.0f} msg/s", flush=True)
         for form, results in rounds.items():
             print(f"{form}, median of {args.pairs}:")
             for row, figures in summary(results).items():
                 ratios = "".join(
-                    f"  {key} {value:.3f}x" for key, value in figures.items() if key[:3] == "vs "
+                    f"  {key} {value:.3f}x"
+                    for key, value in figures.items()
+                    if key.startswith("vs ")
                 )
                 print(
                     f"  {row:14} {figures['msg_per_s']:9,.0f} msg/s"

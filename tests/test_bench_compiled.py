@@ -58,3 +58,21 @@ def test_a_failed_run_stops_the_summary_with_its_error(compiled: Any) -> None:
     failed["sg-sync"]["throughput"]["runs"] = [{"error": "exit -9 after at most 260s"}]
     with pytest.raises(SystemExit, match="exit -9"):
         compiled.summary([failed])
+
+
+def test_a_missing_bench_venv_is_named(
+    compiled: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compiled, "BENCH_PYTHON", tmp_path / "python")
+    with pytest.raises(SystemExit, match=r"make \.venv-bench"):
+        compiled.check_interpreters()
+
+
+def test_runs_stop_unless_they_load_the_form_they_measure(
+    compiled: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compiled, "BENCH_PYTHON", Path(sys.executable))
+    compiled.check_loaded(None)  # the package as shipped: lane.py
+    # A directory without compiled modules shadows nothing: the lane still loads from .py.
+    with pytest.raises(SystemExit, match=r"compiled runs would load the lane from .*lane\.py"):
+        compiled.check_loaded(tmp_path)

@@ -216,8 +216,10 @@ def test_message_context_for_direct_handler_calls() -> None:
         b"{}", key="k1", headers=[(h.VERSION, b"2")], offset=7, attempt=2, timestamp_ms=1234
     )
     assert (ctx.key, ctx.offset, ctx.attempt, ctx.timestamp_ms) == (b"k1", 7, 2, 1234)
+    assert ctx.timestamp == 1234  # the same as timestamp_ms, under its shorter name
     assert ctx.writer_version == 2
     assert ctx.raw_value == b"{}"
+    assert message_context(b"{}").timestamp is None  # a record without a timestamp
 
 
 @pytest.mark.parametrize("name", ["name", "metrics", "registry", "health", "ready"])
