@@ -79,9 +79,12 @@ def environment(compiled: Path | None) -> dict[str, str]:
 
 def check_loaded(compiled: Path | None) -> None:
     """Fail unless the bench's interpreter loads the form of the lane it is meant to."""
+    # From benchmarks/, as peers.py runs: from the root, "" on sys.path would find the
+    # package's sources ahead of PYTHONPATH.
     loaded = subprocess.run(
         [str(BENCH_PYTHON), "-c", "import streamguard.runtime.lane as m; print(m.__file__)"],
-        cwd=ROOT, env=environment(compiled), capture_output=True, text=True, check=True,
+        cwd=ROOT / "benchmarks", env=environment(compiled), capture_output=True, text=True,
+        check=True,
     ).stdout.strip()  # fmt: skip
     if loaded.endswith(".so") != (compiled is not None):
         form = "compiled" if compiled is not None else "pure"
