@@ -1,5 +1,6 @@
-"""benchmarks/compiled.py: it starts, and reads its rounds right. Nothing here is timed;
-compiling and the throughput pairs run only when the script is run by hand."""
+"""benchmarks/compiled.py: it starts, reads its rounds right, and refuses runs that would
+measure the wrong form of the package. Nothing here is timed or compiled; the build and the
+throughput pairs run only when the script is run by hand."""
 
 from __future__ import annotations
 
