@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from peerbench.runner import summarize
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 ROWS = ("loop-untuned", "loop-tuned", "sg-sync")
@@ -98,29 +100,26 @@ def throughput(out: Path, compiled: Path | None) -> dict[str, Any]:
          "--modes", "throughput", "--rounds", "1", "--out", str(out), "--no-render", "--quiet"],
         cwd=ROOT, env=environment(compiled), check=True, timeout=1800,
     )  # fmt: skip
-    results = json.loads(out.read_text())
-    contenders: dict[str, Any] = results["contenders"]
+    results: dict[str, Any] = json.loads(out.read_text())
     for row in ROWS:
-        if row not in contenders:
-            raise SystemExit(f"{row} did not run: {results.get('skipped', {}).get(row)}")
-        run = contenders[row]["throughput"]["runs"][0]
-        if "msg_per_s" not in run:
-            raise SystemExit(f"{row} failed ({out.stem}): {run.get('error')}")
-    return contenders
+        finished(results, row, out.stem)
+    return results
 
 
-def summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per row: median msg/s and CPU µs per record; for sg-sync, its median ratios."""
-    runs = {row: [r[row]["throughput"]["runs"][0] for r in rounds] for row in ROWS}
-    rows: dict[str, dict[str, float]] = {}
-    for row, row_runs in runs.items():
-        if any("msg_per_s" not in run for run in row_runs):
-            errors = [run.get("error") for run in row_runs]
-            raise SystemExit(f"{row} failed in a round: {errors}")
-        rows[row] = {
-            "msg_per_s": statistics.median(run["msg_per_s"] for run in row_runs),
-            "cpu_us_per_msg": statistics.median(run["cpu_us_per_msg"] for run in row_runs),
-        }
+def finished(results: dict[str, Any], row: str, where: str = "a round") -> dict[str, Any]:
+    """The row's run in one round's results; stops the script if it did not finish."""
+    if row not in results["contenders"]:
+        raise SystemExit(f"{row} did not run in {where}: {results.get('skipped', {}).get(row)}")
+    run: dict[str, Any] = results["contenders"][row]["throughput"]["runs"][0]
+    if "msg_per_s" not in run:
+        raise SystemExit(f"{row} failed in {where}: {run.get('error')}")
+    return run
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per row, as the bench sums up its own rounds; for sg-sync, its median ratios."""
+    runs = {row: [finished(r, row) for r in rounds] for row in ROWS}
+    rows = {row: summarize(row_runs) for row, row_runs in runs.items()}
     for loop in ("loop-untuned", "loop-tuned"):
         rows["sg-sync"]["vs " + loop] = statistics.median(
             sg["msg_per_s"] / base["msg_per_s"]
@@ -172,7 +171,7 @@ def main() -> int:
             for form, path in forms if pair % 2 == 0 else forms[::-1]:
                 result = throughput(Path(scratch) / f"{form}-{pair + 1}.json", path)
                 rounds[form].append(result)
-                sg = result["sg-sync"]["throughput"]["runs"][0]["msg_per_s"]
+                sg = finished(result, "sg-sync")["msg_per_s"]
                 print(f"pair {pair + 1} {form:8} sg-sync {sg:,.0f} msg/s", flush=True)
         for form, results in rounds.items():
             print(f"{form}, median of {args.pairs}:")

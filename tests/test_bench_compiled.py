@@ -25,9 +25,17 @@ def test_the_script_starts_and_parses_its_arguments() -> None:
 
 
 def _round(rates: dict[str, float]) -> dict[str, Any]:
+    """One round's results as peers.py writes them, a run per row."""
+    figures = {"cpu_util": 1.0, "rss_start_mib": 50.0, "rss_end_mib": 60.0, "startup_s": 1.1}
     return {
-        row: {"throughput": {"runs": [{"msg_per_s": rate, "cpu_us_per_msg": 1e6 / rate}]}}
-        for row, rate in rates.items()
+        "contenders": {
+            row: {
+                "throughput": {
+                    "runs": [{"msg_per_s": rate, "cpu_us_per_msg": 1e6 / rate, **figures}]
+                }
+            }
+            for row, rate in rates.items()
+        }
     }
 
 
@@ -56,7 +64,7 @@ def test_ratios_are_the_median_of_each_rounds_own_ratio(compiled: Any) -> None:
 
 def test_a_failed_run_stops_the_summary_with_its_error(compiled: Any) -> None:
     failed = _round({"loop-untuned": 100.0, "loop-tuned": 100.0, "sg-sync": 90.0})
-    failed["sg-sync"]["throughput"]["runs"] = [{"error": "exit -9 after at most 260s"}]
+    failed["contenders"]["sg-sync"]["throughput"]["runs"] = [{"error": "exit -9 after 260s"}]
     with pytest.raises(SystemExit, match="exit -9"):
         compiled.summary([failed])
 
