@@ -1,7 +1,7 @@
 """What the sync row would gain if the runtime's per-record modules were compiled.
 
 The sync service spends a few thousand instructions per record more than the hand-written
-loop, most of them the interpreter running streamguard's own Python (docs/benchmarks.md).
+loop, most of them the interpreter running streamguard's own Python (docs/benchmark-notes.md).
 This measures how much of that a compiler takes away: it copies the package into a
 scratch directory, compiles the modules every record passes through with mypyc (the
 lane, its ``MessageContext``, the pipeline, the drift check, the verdicts, the poller

@@ -9,7 +9,7 @@ dead-letter loop: validate, and on failure produce the record with one reason he
     python benchmarks/dlq_path.py [--records 4000] [--repeats 15] [--part lane]
 
 Times move by a third between runs on a shared VM; instruction counts do not. Run one
-part under callgrind twice and take the difference per record (docs/benchmarks.md):
+part under callgrind twice and take the difference per record (docs/benchmark-notes.md):
 
     valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=cg.1 \
         python benchmarks/dlq_path.py --records 2000 --repeats 1 --part PartitionLane

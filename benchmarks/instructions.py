@@ -15,7 +15,7 @@ statistics once a second of a run that valgrind slows fiftyfold. Needs ``valgrin
     .venv/bin/python benchmarks/instructions.py --rows loop-tuned sg-sync
 
 What callgrind cannot see (cache misses, scheduling, time in the kernel) is the part of
-a CPU-time gap these counts leave unexplained (docs/benchmarks.md).
+a CPU-time gap these counts leave unexplained (docs/benchmark-notes.md).
 """
 
 from __future__ import annotations

@@ -199,6 +199,22 @@ def test_a_page_of_its_own_and_the_row_order(
     assert "| 10 | 9-11 |" in text  # three runs: their range
 
 
+def test_a_ratio_is_never_rounded_across_its_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A miss that two decimals would round up to the target, or a lead that they would
+    round to level, gets a third decimal, so a figure never reads as the target next to
+    "no"."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import _ahead_text, _verdict_ratio
+
+    assert _verdict_ratio(0.9455, 0.95) == "0.946"
+    assert _verdict_ratio(0.9449, 0.95) == "0.94"
+    assert _verdict_ratio(0.9501, 0.95) == "0.95"
+    assert _verdict_ratio(0.9455, None) == "0.95"  # context rows have no target
+    assert _ahead_text(0.9991) == "0.999"
+    assert _ahead_text(1.0013) == "1.001"
+    assert _ahead_text(1.16) == "1.16"
+
+
 def test_a_row_ahead_of_its_feature_is_skipped_with_what_it_needs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -72,3 +72,35 @@ def test_consumer_guide_lists_every_service_option_with_its_default() -> None:
     assert len(rows) == len(documented), "an option is listed twice"
     expected = {f.name: repr(f.default).replace("'", '"') for f in fields(sg.ServiceOptions)}
     assert documented == expected
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"```.*?```", re.DOTALL)
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = FENCE.sub("", page.read_text())
+    headings = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def _pages() -> list[Path]:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [*pages, *sorted((ROOT / "deploy").glob("**/*.md"))]
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page: Path) -> None:
+    """Every link to a file of the repository, and to a heading in it, finds its target:
+    pages move between files (the benchmark notes did), and a link must move with them."""
+    broken = []
+    for target in LINK.findall(FENCE.sub("", page.read_text())):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        headed = linked.suffix == ".md" and linked.exists()
+        if not linked.exists() or (anchor and headed and anchor not in _anchors(linked)):
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"

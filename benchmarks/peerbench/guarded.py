@@ -55,7 +55,7 @@ def serve(
                 hit(event)
 
     # A metrics port makes it the service as deployed: counters, histograms, /metrics.
-    # Profiling knobs (docs/benchmarks.md): extra kafka_config and ServiceOptions as JSON.
+    # Profiling knobs (docs/benchmark-notes.md): extra kafka_config and ServiceOptions as JSON.
     config = {**FAST_JOIN, **fetch_wait(run), **json.loads(os.environ.get(KAFKA_ENV, "{}"))}
     options = json.loads(os.environ.get(OPTIONS_ENV, "{}"))
     if options:

@@ -48,6 +48,11 @@ MEASURES = {
 FEW_ROUNDS = 3
 GROUP_ORDER = {"baseline": 0, "streamguard": 1, "peer": 2}
 COLOURS = {"baseline": "#9e9e9e", "streamguard": "#1f77b4", "peer": "#ff7f0e"}
+LEGEND = {
+    "baseline": "hand-written loop (baseline)",
+    "streamguard": "streamguard",
+    "peer": "other framework (peer)",
+}
 
 
 def group(name: str, row: dict[str, Any]) -> str:
@@ -162,6 +167,21 @@ def throughput_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict_ratio(ratio: float, minimum: float | None) -> str:
+    """Two decimals, or three where two would round a miss up to the target (0.945x
+    shown as 0.95x next to "no")."""
+    two = f"{ratio:.2f}"
+    if minimum is not None and (float(two) >= minimum) != (ratio >= minimum):
+        return f"{ratio:.3f}"
+    return two
+
+
+def _ahead_text(ahead: float) -> str:
+    """Two decimals, three at 1.00 (where the verdict turns on the third)."""
+    two = f"{ahead:.2f}"
+    return f"{ahead:.3f}" if two == "1.00" else two
+
+
 def targets_table(results: dict[str, Any]) -> list[str]:
     contenders = results["contenders"]
     lines = [
@@ -182,7 +202,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
             if rounds
             else ""
         )
-        figures = f"{ratio:.2f}x | {rounds_text} | {cpu_text}"
+        figures = f"{_verdict_ratio(ratio, minimum)}x | {rounds_text} | {cpu_text}"
         if minimum is None:
             lines.append(f"| `{name}` next to `{base}` (context) | {figures} | |")
             continue
@@ -198,8 +218,9 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         "different runs). "
         "The CPU-per-record ratio is the baseline's CPU per record over the row's: it moves "
         "less than throughput when other work shares the machine. Where a target is not "
-        "met, *Where the time goes, measured* below says what the time is spent on (for "
-        "the guarded Faust agent, *Guarded Faust agent against a plain Faust agent*).",
+        "met, [the benchmark notes](benchmark-notes.md#where-the-time-goes-measured) say "
+        "what the time is spent on (for the guarded Faust agent, [its own section]"
+        "(benchmark-notes.md#guarded-faust-agent-against-a-plain-faust-agent)).",
     ]
     rounds = results["meta"]["rounds"]
     if rounds < FEW_ROUNDS:
@@ -233,7 +254,7 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         met = "yes" if ahead > 1 else "**no**"
         lines.append(
             f"| `{name}` | {mode} | {MEASURES[key]} | {_figure(ours)} | {_figure(best)} "
-            f"(`{peer}`) | {ahead:.2f}x | {met} |"
+            f"(`{peer}`) | {_ahead_text(ahead)}x | {met} |"
         )
     if len(lines) == 2:
         return []
@@ -362,26 +383,26 @@ def section(results: dict[str, Any], chart: str) -> str:
         "",
         f"![consume-and-validate throughput per contender]({chart})",
         "",
-        "#### Throughput (consume and validate, first record to last)",
+        "### Throughput (consume and validate, first record to last)",
         "",
         *throughput_table(results),
         "",
-        "#### Targets",
+        "### Targets",
         "",
         *targets_table(results),
     ]
     ahead = peers_table(results)
     if ahead:
-        parts += ["", "#### Against the best peer in each pass", "", *ahead]
+        parts += ["", "### Against the best peer in each pass", "", *ahead]
     if any("io" in r for r in results["contenders"].values()):
-        parts += ["", "#### I/O-bound handlers (2 ms wait per record)", "", *io_table(results)]
+        parts += ["", "### I/O-bound handlers (2 ms wait per record)", "", *io_table(results)]
     if any("latency" in r for r in results["contenders"].values()):
-        parts += ["", "#### Handler latency below saturation", "", *latency_table(results)]
+        parts += ["", "### Handler latency below saturation", "", *latency_table(results)]
     rss = rss_table(results)
     if rss:
         parts += [
             "",
-            "#### Memory over a long run",
+            "### Memory over a long run",
             "",
             *rss,
             "",
@@ -395,9 +416,9 @@ def section(results: dict[str, Any], chart: str) -> str:
 
 
 STANDALONE = (
-    "# Benchmarks\n\nWritten by benchmarks/peers.py. The sections the captions name (How it "
-    "measures, Where the time goes, measured, and the others) are in the project's "
-    "docs/benchmarks.md.\n"
+    "# Benchmarks\n\nWritten by benchmarks/peers.py. The sections the captions name are in "
+    "the project's docs/benchmarks.md (How it measures) and docs/benchmark-notes.md (where "
+    "the time goes); their links work from docs/.\n"
 )
 
 
@@ -428,6 +449,12 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
         for name, row in ordered(results["contenders"], "throughput")
         if "msg_per_s" in row["throughput"]
     ]
+    # One block per data set, in the order the table first names it, so that each bar
+    # sits next to the bars it is compared with (sg-sync with the loops and the peers).
+    first: dict[str, int] = {}
+    for index, (_, row) in enumerate(rows):
+        first.setdefault(row["data"], index)
+    rows.sort(key=lambda item: first[item[1]["data"]])
     names = [name for name, _ in rows]
     medians = [row["throughput"]["msg_per_s"] for _, row in rows]
     lows = [m - row["throughput"]["min"] for m, (_, row) in zip(medians, rows, strict=True)]
@@ -437,6 +464,9 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
     y = range(len(rows))
     ax.barh(y, medians, xerr=[lows, highs], color=colours, capsize=3)
     ax.set_yticks(list(y), labels=[f"{n} ({rows[i][1]['data']})" for i, n in enumerate(names)])
+    for i in range(1, len(rows)):
+        if rows[i][1]["data"] != rows[i - 1][1]["data"]:
+            ax.axhline(i - 0.5, color="#bbbbbb", linewidth=0.8)
     ax.invert_yaxis()
     ax.set_xscale("log")
     # Whole decades, so that the bars start at a round figure, with room on the right
@@ -453,8 +483,8 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
     meta = results["meta"]
     m, v = meta["machine"], meta["versions"]
     ax.set_title(
-        "streamguard and Python Kafka frameworks on one data set: "
-        f"{meta['records']:,} records, {meta['rounds']} round{'s' * (meta['rounds'] != 1)}",
+        f"streamguard and Python Kafka frameworks: {meta['records']:,} records per data "
+        f"set, {meta['rounds']} round{'s' * (meta['rounds'] != 1)}",
         fontsize=11,
     )
     keep = (
@@ -479,7 +509,7 @@ def write_chart(results: dict[str, Any], chart: Path) -> None:
     from matplotlib.patches import Patch
 
     ax.legend(
-        handles=[Patch(color=c, label=g) for g, c in COLOURS.items()],
+        handles=[Patch(color=c, label=LEGEND[g]) for g, c in COLOURS.items()],
         loc="lower right",
         fontsize=8,
     )

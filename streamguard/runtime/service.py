@@ -36,7 +36,7 @@ from streamguard.topics import (
 # cooperative-sticky rebalances move only the partitions that change owner.
 # librdkafka's fetch queue is capped at 4 MiB (default 64 MiB) because the runtime
 # buffers per partition itself: against 16 MiB, 25-30 MiB less RSS over a million
-# records and no slower (docs/benchmarks.md); fetch.queue.backoff.ms=10 (default 1000)
+# records and no slower (docs/benchmark-notes.md); fetch.queue.backoff.ms=10 (default 1000)
 # keeps that smaller queue from stalling a fast consumer when it fills
 # (docs/local-broker.md).
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
