@@ -1,5 +1,5 @@
-"""The Python code blocks of the README and the consumer guide run as written, and the
-guide's ServiceOptions table matches the dataclass."""
+"""The Python code blocks of the README and the consumer guide run as written, the
+guide's ServiceOptions table matches the dataclass, and the docs' links find their pages."""
 
 from __future__ import annotations
 
