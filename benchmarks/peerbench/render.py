@@ -269,8 +269,9 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         "the best peer's figure over streamguard's where lower is better (latency, RSS "
         "after the memory pass's long run), streamguard's over the best peer's where "
         "higher is (msg/s), from the unrounded figures. Met: ahead, above 1.00x. A pass's "
-        "rows may come from different runs of it: its own table's caption gives their "
-        "dates (none: the heading's run).",
+        "rows may come from different runs of it (merged with `--merge`): its own table's "
+        "caption then gives their dates, and a caption without a date means the run named "
+        "at the top.",
     ]
     return lines
 
