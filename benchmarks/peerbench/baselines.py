@@ -25,8 +25,8 @@ TUNED = {
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
-    "queued.max.messages.kbytes": 4096,
-    "fetch.queue.backoff.ms": 10,
+    "queued.max.messages.kbytes": 2048,
+    "fetch.queue.backoff.ms": 1,
 }
 
 

@@ -34,18 +34,19 @@ from streamguard.topics import (
 # Offsets are committed by the runtime, only for final outcomes: auto commit off.
 # A new group starts at the earliest offset, since skipping a backlog loses messages.
 # cooperative-sticky rebalances move only the partitions that change owner.
-# librdkafka's fetch queue is capped at 4 MiB (default 64 MiB) because the runtime
-# buffers per partition itself: against 16 MiB, 25-30 MiB less RSS over a million
-# records and no slower (docs/benchmark-notes.md); fetch.queue.backoff.ms=10 (default 1000)
-# keeps that smaller queue from stalling a fast consumer when it fills
-# (docs/local-broker.md).
+# librdkafka's fetch queue is capped at 2 MiB (default 64 MiB) because the runtime
+# buffers per partition itself, and fetching resumes 1 ms after the queue fills (default
+# 1000): a consumer that drains the queue within one backoff would otherwise wait for
+# the rest of it. Against 4 MiB and 10 ms: 9 MiB less RSS over a million records, the
+# same rate on 0.4 and 4.6 KB events, 45% more on 20 KB ones (benchmarks/fetch_queue.py,
+# docs/benchmark-notes.md).
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
-    "queued.max.messages.kbytes": 4096,
-    "fetch.queue.backoff.ms": 10,
+    "queued.max.messages.kbytes": 2048,
+    "fetch.queue.backoff.ms": 1,
 }
 # The DLQ producer must be durable (acks=all, idempotent), must take records as large
 # as any the consumer can fetch, and must give up on a broken DLQ in bounded time so
