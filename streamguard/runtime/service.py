@@ -37,9 +37,9 @@ from streamguard.topics import (
 # librdkafka's fetch queue is capped at 2 MiB (default 64 MiB) because the runtime
 # buffers per partition itself, and fetching resumes 1 ms after the queue fills (default
 # 1000): a consumer that drains the queue within one backoff would otherwise wait for
-# the rest of it. Against 4 MiB and 10 ms: 9 MiB less RSS over a million records, the
-# same rate on 0.4 and 4.6 KB events, 45% more on 20 KB ones (benchmarks/fetch_queue.py,
-# docs/benchmark-notes.md).
+# the rest of it. Against 4 MiB and 10 ms: about 10 MiB less RSS over a million records,
+# the same rate on 0.3 to 4.6 KB events, a third more on 20 KB ones that validate fast
+# (benchmarks/fetch_queue.py, docs/benchmark-notes.md).
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
