@@ -6,22 +6,31 @@ down, since the runtime buffers per partition itself; a long backoff starves a c
 that drains the queue faster than one backoff. Which settings suit depends on the bytes a
 second the handler path can take, so each setting runs on three data sets:
 
-- ``small``: 320-byte orders with four line items (validation-bound, about 40 MB/s);
+- ``small``: 318-byte orders with four line items (validation-bound, about 40 MB/s);
 - ``items``: 4.6 KB orders with 120 line items (validation-bound, about 40 MB/s);
 - ``blob``: 20 KB orders whose size is one long string (validation is nearly a copy,
   several hundred MB/s).
 
 Each round runs every setting once, alternating, on the same topic with a fresh group
-(a sync ``ConsumerService``, trivial handler, as in ``consume.py``). ``--slow-ms`` runs a
-handler that sleeps instead, so the queue stays full, and reports the CPU of librdkafka's
-threads: the price of a short backoff is its wake-ups while a consumer is behind.
+(a sync ``ConsumerService``, trivial handler, as in ``consume.py``); a rate is timed from
+the first record to the last, the group join excluded, and each line gives the median
+and, in brackets, every round. The events carry no ``sg-*`` headers (as in the peers'
+data set), so the service's sampled drift check parses values and logs what it finds
+(``schema drift`` on stderr). ``--slow-ms`` runs a handler that sleeps instead, so the
+queue stays full, and reports the CPU of librdkafka's threads: the price of a short
+backoff is its wake-ups while a consumer is behind. A setting without a backoff gets
+streamguard's (``CONSUMER_DEFAULTS``); the line of streamguard's own settings is marked.
 
     python benchmarks/fetch_queue.py [--settings 4096:10,2048:1] [--data small,items,blob]
-        [--rounds 3] [--partitions 3] [--slow-ms 1]
+        [--rounds 3] [--partitions 3] [--records N] [--slow-ms 1]
 
 RSS is not measured here (one process runs every setting); the peers' memory pass does
-it: ``PEERBENCH_SG_KAFKA_CONFIG='{"queued.max.messages.kbytes": 2048}' python
-benchmarks/peers.py --only sg-sync --modes rss``.
+it, from the bench venv, writing its results aside (without ``--out`` and
+``--no-render`` it would overwrite the published table):
+
+    PEERBENCH_SG_KAFKA_CONFIG='{"queued.max.messages.kbytes": 4096, "fetch.queue.backoff.ms": 10}' \
+        .venv-bench/bin/python benchmarks/peers.py --only sg-sync --modes rss \
+        --out /tmp/rss.json --no-render
 """
 
 from __future__ import annotations
@@ -33,18 +42,19 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 from confluent_kafka import Producer
-from consume import Stopwatch, serve_until_done
+from consume import Stopwatch, serve_until_done  # benchmarks/ is on the path as a script
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
+from streamguard.runtime.service import CONSUMER_DEFAULTS
 from streamguard.topics import create_topics
 
-# Records per data set: a second or more of consuming each (80, 90 and 400 MB).
+# Records per data set: a second or more of consuming each (64, 92 and 400 MB).
 RECORDS = {"small": 200_000, "items": 20_000, "blob": 20_000}
 
 
@@ -86,12 +96,24 @@ def produce(bootstrap: str, topic: str, data: str, count: int) -> int:
 
 
 def parse_setting(text: str) -> dict[str, int]:
-    """``4096:10`` -> the cap in KiB and the backoff in ms (10 when left out)."""
+    """``4096:10`` -> the cap in KiB and the backoff in ms (streamguard's when left out)."""
     cap, _, backoff = text.partition(":")
-    return {"queued.max.messages.kbytes": int(cap), "fetch.queue.backoff.ms": int(backoff or 10)}
+    default = int(CONSUMER_DEFAULTS["fetch.queue.backoff.ms"])
+    return {
+        "queued.max.messages.kbytes": int(cap),
+        "fetch.queue.backoff.ms": int(backoff) if backoff else default,
+    }
 
 
-def service(bootstrap: str, topic: str, setting: str, handle: Any) -> sg.ConsumerService:
+def label(setting: str) -> str:
+    """The setting as printed: marked when it is streamguard's own."""
+    ours = all(CONSUMER_DEFAULTS[k] == v for k, v in parse_setting(setting).items())
+    return f"{setting:>9}{' (default)' if ours else ''}"
+
+
+def service(
+    bootstrap: str, topic: str, setting: str, handle: Callable[[], None]
+) -> sg.ConsumerService:
     class Bench(sg.ConsumerService):
         __abstract__ = True
         contract = OrderPlaced
@@ -161,13 +183,21 @@ def slow_cost(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="4096:10,2048:1", help="CAP_KIB[:BACKOFF_MS],...")
-    parser.add_argument("--data", default="small,items,blob", help="data sets: small,items,blob")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--records", type=int, help="records per data set")
     parser.add_argument(
-        "--slow-ms", type=float, help="instead: a handler sleeping this long; rdk CPU"
+        "--settings", default="4096:10,2048:1", help="CAP_KIB[:BACKOFF_MS],... (4096:10,2048:1)"
+    )
+    parser.add_argument("--data", default="small,items,blob", help="small,items,blob (all)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every setting (3)")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of each topic (3)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        help="records per data set (a second or more of each; fewer make shorter, noisier runs)",
+    )
+    parser.add_argument(
+        "--slow-ms",
+        type=float,
+        help="instead: a handler sleeping this long (ms); report librdkafka's threads' CPU",
     )
     args = parser.parse_args()
     settings = args.settings.split(",")
@@ -196,19 +226,22 @@ def report_rates(bootstrap: str, topic: str, settings: list[str], rounds: int, c
             rates[setting].append(rate(bootstrap, topic, setting, count))
     for setting, runs in rates.items():
         listed = ", ".join(f"{r:,.0f}" for r in runs)
-        print(f"  {setting:>9}: {statistics.median(runs):>9,.0f} msg/s [{listed}]")
+        print(f"  {label(setting)}: {statistics.median(runs):>9,.0f} msg/s [{listed}]")
 
 
 def report_slow(
     bootstrap: str, topic: str, settings: list[str], rounds: int, sleep_s: float, count: int
 ) -> None:
-    for setting in settings:
-        costs = [slow_cost(bootstrap, topic, setting, sleep_s, count) for _ in range(rounds)]
-        threads = max(n for n, _, _ in costs)
-        cores = statistics.median(c for _, c, _ in costs)
-        per_s = statistics.median(r for _, _, r in costs)
+    costs: dict[str, list[tuple[int, float, float]]] = {s: [] for s in settings}
+    for _ in range(rounds):
+        for setting in settings:  # alternating, as for the rates
+            costs[setting].append(slow_cost(bootstrap, topic, setting, sleep_s, count))
+    for setting, runs in costs.items():
+        threads = max(n for n, _, _ in runs)
+        cores = statistics.median(c for _, c, _ in runs)
+        per_s = statistics.median(r for _, _, r in runs)
         print(
-            f"  {setting:>9}: {threads} librdkafka threads, {cores:.2%} of a core, "
+            f"  {label(setting)}: {threads} librdkafka threads, {cores:.2%} of a core, "
             f"{per_s:,.0f} msg/s"
         )
 

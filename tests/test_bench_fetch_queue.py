@@ -25,9 +25,13 @@ def test_every_setting_reads_every_record_of_each_data_set() -> None:
     sizes = re.findall(r"^(small|blob): 600 records of (\d+) B on 3 partitions$", done.stdout, re.M)
     assert [name for name, _ in sizes] == ["small", "blob"]
     assert int(sizes[1][1]) > 20_000 > int(sizes[0][1])
-    rows = re.findall(r"^\s+(\S+): +([\d,]+) msg/s \[", done.stdout, re.M)
-    assert [setting for setting, _ in rows] == ["4096:10", "2048:1"] * 2
-    assert all(int(rate.replace(",", "")) > 0 for _, rate in rows)
+    rows = re.findall(r"^\s+(\S+)( \(default\))?: +([\d,]+) msg/s \[", done.stdout, re.M)
+    # streamguard's own settings (CONSUMER_DEFAULTS) are marked
+    assert [(setting, mark) for setting, mark, _ in rows] == [
+        ("4096:10", ""),
+        ("2048:1", " (default)"),
+    ] * 2
+    assert all(int(rate.replace(",", "")) > 0 for _, _, rate in rows)
 
 
 def test_the_slow_handler_mode_reports_librdkafkas_cpu() -> None:
@@ -37,7 +41,8 @@ def test_the_slow_handler_mode_reports_librdkafkas_cpu() -> None:
                "--settings", "2048:1", "--slow-ms", "5")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     found = re.search(
-        r"2048:1: (\d+) librdkafka threads, [\d.]+% of a core, ([\d,]+) msg/s", done.stdout
+        r"2048:1 \(default\): (\d+) librdkafka threads, [\d.]+% of a core, ([\d,]+) msg/s",
+        done.stdout,
     )
     assert found, done.stdout
     assert int(found[1]) >= 2  # the consumer's and the DLQ producer's, at least
