@@ -21,6 +21,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -137,9 +138,11 @@ def serve_until_done(service: sg.ConsumerService, watch: Stopwatch, timeout: flo
     return finished
 
 
-def run_service(bootstrap: str, topic: str, count: int, kind: str = "sync") -> float:
-    watch = Stopwatch(count)
-    mark = watch.mark
+def service_class(
+    topic: str, mark: Callable[[], None], kind: str = "sync"
+) -> type[sg.ConsumerService]:
+    """A service on ``topic``, in a group of its own, whose trivial handler (``def`` or,
+    for ``kind="async"``, ``async def``) calls ``mark`` per record."""
 
     class SyncBench(sg.ConsumerService):
         __abstract__ = True
@@ -157,14 +160,20 @@ def run_service(bootstrap: str, topic: str, count: int, kind: str = "sync") -> f
         async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             mark()
 
-    service_cls = type(
+    return type(
         "BenchService",
         (AsyncBench if kind == "async" else SyncBench,),
         {"topic": topic, "group_id": f"service-{uuid.uuid4().hex}"},
     )
+
+
+def run_service(bootstrap: str, topic: str, count: int, kind: str = "sync") -> float:
+    watch = Stopwatch(count)
     config = consumer_config(bootstrap, "unused")
     config.pop("group.id")
-    service = service_cls(bootstrap_servers=bootstrap, kafka_config=config)
+    service = service_class(topic, watch.mark, kind)(
+        bootstrap_servers=bootstrap, kafka_config=config
+    )
     serve_until_done(service, watch, 300)
     return watch.rate()
 

@@ -46,7 +46,12 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from confluent_kafka import Producer
-from consume import Stopwatch, serve_until_done  # benchmarks/ is on the path as a script
+from consume import (  # benchmarks/ is on the path as a script
+    Stopwatch,
+    consumer_config,
+    serve_until_done,
+    service_class,
+)
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -114,17 +119,10 @@ def label(setting: str) -> str:
 def service(
     bootstrap: str, topic: str, setting: str, handle: Callable[[], None]
 ) -> sg.ConsumerService:
-    class Bench(sg.ConsumerService):
-        __abstract__ = True
-        contract = OrderPlaced
-        group_id = "unset"
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            handle()
-
-    cls = type("FetchQueueBench", (Bench,), {"topic": topic, "group_id": f"fq-{uuid.uuid4().hex}"})
-    config = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500, **parse_setting(setting)}
-    return cls(bootstrap_servers=bootstrap, kafka_config=config)
+    """consume.py's sync service and settings, with the fetch queue of ``setting``."""
+    config = {**consumer_config(bootstrap, "unused"), **parse_setting(setting)}
+    config.pop("group.id")
+    return service_class(topic, handle)(bootstrap_servers=bootstrap, kafka_config=config)
 
 
 def rate(bootstrap: str, topic: str, setting: str, count: int) -> float:

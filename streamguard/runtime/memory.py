@@ -4,9 +4,9 @@ glibc's malloc raises its mmap threshold to the size of any mmapped block that i
 freed, up to 32 MiB, and its trim threshold to twice that ("dynamic threshold").
 librdkafka's fetch buffers are such blocks, so soon after a consumer starts they come
 from the heap instead, and the heap keeps what they free. Over a million records the
-sync service's RSS grew from 55 to 67-70 MiB and the async one's from 57 to 83-86;
-with the thresholds held at glibc's defaults it ended at 53-55 and 61-63
-(docs/benchmark-notes.md, *Memory*).
+sync service's RSS grew from 52 to 54-63 MiB and the async one's from 54 to 68-74; with
+the thresholds held at glibc's defaults it ended at 52 and 61 (docs/benchmark-notes.md,
+*Memory*).
 
 Holding them is what ``MALLOC_TRIM_THRESHOLD_=131072`` in the environment does, for the
 whole process. It has a price: the freed buffers come back as fresh pages, 0.08-0.10 page
