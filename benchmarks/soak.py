@@ -11,7 +11,12 @@ trend: the peak of the second half of the samples may exceed the peak of the fir
 by at most ``--max-growth-mib``. The descriptor count may not grow at all. It exits 1
 otherwise, or if any record ends without its expected outcome.
 
+``--handler async`` runs the same workload through an ``async def`` handler (the event
+loop's lanes), and ``--ordering`` picks the service's ordering (``key`` and ``none`` run
+every handler on the event loop, which holds each record's offset open until it ends).
+
     python benchmarks/soak.py [--messages 1000000] [--every 2]
+    python benchmarks/soak.py --handler async --ordering key
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--every", type=float, default=2.0, help="seconds between samples")
     parser.add_argument("--max-growth-mib", type=float, default=20.0)
+    parser.add_argument("--handler", choices=("sync", "async"), default="sync")
+    parser.add_argument("--ordering", choices=("partition", "key", "none"), default="partition")
     args = parser.parse_args()
     n = args.messages
     lock = threading.Lock()
@@ -112,7 +119,16 @@ def main() -> None:
             def on_dead_letter(self, ctx: sg.MessageContext, failure: Failure) -> None:
                 settle("dead_lettered")
 
-        cls = type("SoakService", (Soak,), {"topic": topic, "group_id": f"g-{topic}"})
+        class AsyncSoak(Soak):
+            __abstract__ = True
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+                Soak.handle(self, event, ctx)
+
+        base = AsyncSoak if args.handler == "async" else Soak
+        attrs = {"topic": topic, "group_id": f"g-{topic}", "ordering": args.ordering}
+        cls = type("SoakService", (base,), attrs)
+        print(f"handler {args.handler}, ordering {args.ordering}", flush=True)
         config = consumer_config(bootstrap, "unused")
         config.pop("group.id")
         service = cls(
