@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import Consumer
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.runtime.flow import FlowControl
+from streamguard.runtime.service import CONSUMER_DEFAULTS
+from tests.conftest import fast_group_config
 from tests.runtime.conftest import Running, committed, wait_for
 
 
@@ -118,3 +127,52 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
         )
     )
     assert second.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
+
+
+def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
+    send_orders: Callable[..., None],
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+) -> None:
+    """Every partition paused (each waits to retry), then resumed: the next record comes
+    within a fetch, not when librdkafka's idle broker thread next wakes (about a second
+    later without the seek in FlowControl.resume). A backlog waits in every partition."""
+    src = topic_factory("orders", partitions=3)
+    send_orders(src, 3000, key=str)
+    consumer = Consumer(
+        {
+            **CONSUMER_DEFAULTS,
+            **fast_group_config(),
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("g"),
+            "fetch.wait.max.ms": 10,  # an in-flight fetch ends before the resume
+        }
+    )
+    try:
+        consumer.subscribe([src])
+        seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(seen) < 3 and time.monotonic() < deadline:  # a position in each
+            seen.update(m.partition() for m in consumer.consume(100, 0.5))
+        assert seen == {0, 1, 2}
+        flow = FlowControl(consumer, src, sg.ServiceOptions())
+        lanes: Any = {p: SimpleNamespace(buffered=0, retry=None) for p in seen}
+        waits = []
+        for tick in range(5):
+            for lane in lanes.values():
+                lane.retry = object()
+            flow.update(lanes, now=tick, writable=True)  # pauses all three
+            while consumer.consume(500, 0):  # what was queued before the pause
+                pass
+            time.sleep(0.1)  # librdkafka's broker thread goes idle
+            for lane in lanes.values():
+                lane.retry = None
+            flow.update(lanes, now=tick + 0.5, writable=True)  # resumes all three
+            resumed = time.monotonic()
+            while not consumer.consume(1, 0.01) and time.monotonic() - resumed < 5:
+                pass
+            waits.append(time.monotonic() - resumed)
+    finally:
+        consumer.close()
+    assert statistics.median(waits) < 0.3, waits  # about 0.95 s each without the seek

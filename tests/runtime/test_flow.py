@@ -10,21 +10,36 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from confluent_kafka import OFFSET_INVALID, TopicPartition
+
 import streamguard as sg
 from streamguard.runtime.flow import FlowControl
 
 
 class Recorder:
-    """Stands in for the consumer's pause() and resume(), which FlowControl calls."""
+    """Stands in for the consumer's pause(), resume(), position() and seek(), which
+    FlowControl calls; positions are 100 + the partition, none for partition 9."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []
+        self.sought: list[tuple[int, int]] = []
 
     def pause(self, partitions: list[Any]) -> None:
         self.calls.append(("pause", [tp.partition for tp in partitions]))
 
     def resume(self, partitions: list[Any]) -> None:
         self.calls.append(("resume", [tp.partition for tp in partitions]))
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, OFFSET_INVALID if tp.partition == 9 else 100 + tp.partition
+            )
+            for tp in partitions
+        ]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.sought.append((tp.partition, tp.offset))
 
 
 def _flow() -> tuple[FlowControl, Recorder, SimpleNamespace]:
@@ -82,3 +97,18 @@ def test_an_unwritable_dead_letter_topic_pauses_every_partition() -> None:
     assert consumer.calls == [("pause", [0, 1])]
     flow.update(lanes, now=0.1, writable=True)
     assert consumer.calls == [("pause", [0, 1]), ("resume", [0, 1])]
+
+
+def test_a_resumed_partition_is_sought_to_its_own_position() -> None:
+    """The seek wakes librdkafka's fetcher (see FlowControl.resume); it goes to where
+    the resume fetches from anyway, and a partition with no position yet is left alone."""
+    flow, consumer, lane = _flow()
+    never_read = SimpleNamespace(buffered=0, retry=object())
+    lane.retry = object()
+    lanes: Any = {0: lane, 9: never_read}
+    flow.update(lanes, now=0.0, writable=True)
+    assert consumer.sought == []
+    lane.retry = never_read.retry = None
+    flow.update(lanes, now=0.1, writable=True)
+    assert consumer.calls[-1] == ("resume", [0, 9])
+    assert consumer.sought == [(0, 100)]
