@@ -104,6 +104,9 @@ class PartitionLane:
         # under key or no ordering) records still running, whose item is None.
         self.offsets: FinalPrefix[PendingDeadLetter | None] = FinalPrefix()
         self.first_fetched: int | None = None  # offset of the first record since assigned
+        # The offset after the last record fetched: where a resumed partition is sought
+        # (see FlowControl.resume). Written and read by the thread holding the poll lock.
+        self.fetched_to: int | None = None
         self.done_in_batch = 0
         # Open dead letters whose last write failed: the maintenance tick runs on every
         # poll, and scanning a flood's thousands of open offsets each time to find none
@@ -119,6 +122,7 @@ class PartitionLane:
                 return False
             if self.first_fetched is None:
                 self.first_fetched = batch[0].offset()
+            self.fetched_to = batch[-1].offset() + 1
             self.queue.append(batch)
             self.buffered += len(batch)
             return self._claim()

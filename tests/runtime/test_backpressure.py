@@ -135,9 +135,11 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
 ) -> None:
-    """Every partition paused (each waits to retry), then resumed: the next record comes
-    within a fetch, not when librdkafka's idle broker thread next wakes (about a second
-    later without the seek in FlowControl.resume). A backlog waits in every partition."""
+    """Every partition paused (each waits to retry), resumed, paused again before a
+    record came, then resumed: the next record comes within a fetch, not when
+    librdkafka's idle broker thread next wakes (about a second later without the seek
+    in FlowControl.resume). Each partition's records still come in order, none twice
+    and none skipped."""
     src = topic_factory("orders", partitions=3)
     send_orders(src, 3000, key=str)
     consumer = Consumer(
@@ -149,30 +151,46 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
             "fetch.wait.max.ms": 10,  # an in-flight fetch ends before the resume
         }
     )
+    lanes: Any = {p: SimpleNamespace(buffered=0, retry=None, fetched_to=None) for p in range(3)}
+    offsets: dict[int, list[int]] = {p: [] for p in range(3)}
+
+    def consume(count: int, timeout: float) -> int:
+        """consume() as the poller does it: each record's offset goes to its lane."""
+        records = consumer.consume(count, timeout)
+        for record in records:
+            offsets[record.partition()].append(record.offset())
+            lanes[record.partition()].fetched_to = record.offset() + 1
+        return len(records)
+
+    def set_waiting(waiting: bool, now: float) -> None:
+        for lane in lanes.values():
+            lane.retry = object() if waiting else None
+        flow.update(lanes, now=now, writable=True)
+
+    flow = FlowControl(consumer, src, sg.ServiceOptions())
+    waits = []
     try:
         consumer.subscribe([src])
-        seen: set[int] = set()
         deadline = time.monotonic() + 20
-        while len(seen) < 3 and time.monotonic() < deadline:  # a position in each
-            seen.update(m.partition() for m in consumer.consume(100, 0.5))
-        assert seen == {0, 1, 2}
-        flow = FlowControl(consumer, src, sg.ServiceOptions())
-        lanes: Any = {p: SimpleNamespace(buffered=0, retry=None) for p in seen}
-        waits = []
+        while not all(offsets.values()) and time.monotonic() < deadline:
+            consume(100, 0.5)
+        assert all(offsets.values())  # a record of each partition
         for tick in range(5):
-            for lane in lanes.values():
-                lane.retry = object()
-            flow.update(lanes, now=tick, writable=True)  # pauses all three
-            while consumer.consume(500, 0):  # what was queued before the pause
+            set_waiting(True, tick)  # pauses all three
+            while consume(500, 0):  # anything handed over before the pause
                 pass
+            set_waiting(False, tick + 0.1)  # resumes and seeks
+            set_waiting(True, tick + 0.2)  # paused again before a record came
             time.sleep(0.1)  # librdkafka's broker thread goes idle
-            for lane in lanes.values():
-                lane.retry = None
-            flow.update(lanes, now=tick + 0.5, writable=True)  # resumes all three
             resumed = time.monotonic()
-            while not consumer.consume(1, 0.01) and time.monotonic() - resumed < 5:
+            set_waiting(False, tick + 0.3)
+            while not consume(1, 0.01) and time.monotonic() - resumed < 5:
                 pass
             waits.append(time.monotonic() - resumed)
+        while consume(500, 0.2):  # the rest of what was fetched
+            pass
     finally:
         consumer.close()
-    assert statistics.median(waits) < 0.3, waits  # about 0.95 s each without the seek
+    assert statistics.median(waits) < 0.3, waits  # about 0.9 s each without the seek
+    for got in offsets.values():
+        assert got == list(range(len(got)))

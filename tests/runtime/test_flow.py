@@ -10,19 +10,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import streamguard as sg
 from streamguard.runtime.flow import FlowControl
 
 
 class Recorder:
-    """Stands in for the consumer's pause(), resume(), position() and seek(), which
-    FlowControl calls; positions are 100 + the partition, none for partition 9."""
+    """Stands in for the consumer's pause(), resume() and seek(), which FlowControl
+    calls; a seek of partition 7 fails, as for a partition being revoked."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []
-        self.sought: list[tuple[int, int]] = []
+        self.sought: list[tuple[int, int, int | None]] = []
 
     def pause(self, partitions: list[Any]) -> None:
         self.calls.append(("pause", [tp.partition for tp in partitions]))
@@ -30,23 +30,21 @@ class Recorder:
     def resume(self, partitions: list[Any]) -> None:
         self.calls.append(("resume", [tp.partition for tp in partitions]))
 
-    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        return [
-            TopicPartition(
-                tp.topic, tp.partition, OFFSET_INVALID if tp.partition == 9 else 100 + tp.partition
-            )
-            for tp in partitions
-        ]
-
     def seek(self, tp: TopicPartition) -> None:
-        self.sought.append((tp.partition, tp.offset))
+        if tp.partition == 7:
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        self.sought.append((tp.partition, tp.offset, tp.leader_epoch))
+
+
+def _lane(buffered: int = 0, fetched_to: int | None = None) -> SimpleNamespace:
+    return SimpleNamespace(buffered=buffered, retry=None, fetched_to=fetched_to)
 
 
 def _flow() -> tuple[FlowControl, Recorder, SimpleNamespace]:
     consumer = Recorder()
     options = sg.ServiceOptions(max_buffered=100, pause_after=0.25)
     flow = FlowControl(consumer, "orders", options)  # type: ignore[arg-type]
-    return flow, consumer, SimpleNamespace(buffered=0, retry=None)
+    return flow, consumer, _lane()
 
 
 def test_a_partition_that_keeps_draining_is_throttled_never_paused() -> None:
@@ -91,7 +89,7 @@ def test_a_retry_wait_pauses_and_its_end_resumes_a_partition_that_is_not_full() 
 
 def test_an_unwritable_dead_letter_topic_pauses_every_partition() -> None:
     flow, consumer, lane = _flow()
-    other = SimpleNamespace(buffered=0, retry=None)
+    other = _lane()
     lanes: Any = {0: lane, 1: other}
     flow.update(lanes, now=0.0, writable=False)
     assert consumer.calls == [("pause", [0, 1])]
@@ -99,16 +97,20 @@ def test_an_unwritable_dead_letter_topic_pauses_every_partition() -> None:
     assert consumer.calls == [("pause", [0, 1]), ("resume", [0, 1])]
 
 
-def test_a_resumed_partition_is_sought_to_its_own_position() -> None:
-    """The seek wakes librdkafka's fetcher (see FlowControl.resume); it goes to where
-    the resume fetches from anyway, and a partition with no position yet is left alone."""
+def test_a_resumed_partition_is_sought_to_where_its_lane_s_records_end() -> None:
+    """The seek wakes librdkafka's fetcher (see FlowControl.resume). It goes to the
+    offset after the last record fetched, with no leader epoch; a partition that has
+    fetched nothing is left alone, and one whose seek fails does not stop the others."""
     flow, consumer, lane = _flow()
-    never_read = SimpleNamespace(buffered=0, retry=object())
-    lane.retry = object()
-    lanes: Any = {0: lane, 9: never_read}
+    lane.fetched_to = 120
+    never_read, failing, last = _lane(), _lane(fetched_to=5), _lane(fetched_to=9)
+    lanes: Any = {0: lane, 7: failing, 8: never_read, 9: last}
+    for each in lanes.values():
+        each.retry = object()
     flow.update(lanes, now=0.0, writable=True)
     assert consumer.sought == []
-    lane.retry = never_read.retry = None
+    for each in lanes.values():
+        each.retry = None
     flow.update(lanes, now=0.1, writable=True)
-    assert consumer.calls[-1] == ("resume", [0, 9])
-    assert consumer.sought == [(0, 100)]
+    assert consumer.calls[-1] == ("resume", [0, 7, 8, 9])
+    assert consumer.sought == [(0, 120, None), (9, 9, None)]  # None: no epoch
