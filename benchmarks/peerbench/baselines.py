@@ -27,6 +27,7 @@ TUNED = {
     "partition.assignment.strategy": "cooperative-sticky",
     "queued.max.messages.kbytes": 2048,
     "fetch.queue.backoff.ms": 1,
+    "fetch.wait.max.ms": 100,
 }
 
 
@@ -42,8 +43,9 @@ def untuned_config(run: Run) -> dict[str, Any]:
 
 
 def tuned_config(run: Run) -> dict[str, Any]:
-    """The librdkafka settings streamguard's runtime uses (``TUNED``)."""
-    return {**untuned_config(run), **TUNED}
+    """The librdkafka settings streamguard's runtime uses (``TUNED``); the latency
+    pass's fetch wait cap applies to it as to every contender."""
+    return {**untuned_config(run), **TUNED, **fetch_wait(run)}
 
 
 def consume_loop(run: Run, config: dict[str, Any], decode: Callable[[bytes], Any]) -> None:

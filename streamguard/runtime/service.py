@@ -40,6 +40,10 @@ from streamguard.topics import (
 # the rest of it. Against 4 MiB and 10 ms: about 10 MiB less RSS over a million records,
 # the same rate on 0.3 to 4.6 KB events, a third more on 20 KB ones that validate fast
 # (benchmarks/fetch_queue.py, docs/benchmark-notes.md).
+# A fetch of partitions with nothing new is held by the broker for fetch.wait.max.ms
+# (default 500), and a partition resumed after a retry waits for it: 100 ms tripled a
+# sync service's rate with retries next to an idle partition, for 0.1% of a core more
+# while idle (docs/consumer.md, librdkafka defaults).
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
@@ -47,6 +51,7 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "partition.assignment.strategy": "cooperative-sticky",
     "queued.max.messages.kbytes": 2048,
     "fetch.queue.backoff.ms": 1,
+    "fetch.wait.max.ms": 100,
 }
 # The DLQ producer must be durable (acks=all, idempotent), must take records as large
 # as any the consumer can fetch, and must give up on a broken DLQ in bounded time so
