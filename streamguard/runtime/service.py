@@ -34,16 +34,16 @@ from streamguard.topics import (
 # Offsets are committed by the runtime, only for final outcomes: auto commit off.
 # A new group starts at the earliest offset, since skipping a backlog loses messages.
 # cooperative-sticky rebalances move only the partitions that change owner.
-# librdkafka's fetch queue is capped at 2 MiB (default 64 MiB) because the runtime
-# buffers per partition itself, and fetching resumes 1 ms after the queue fills (default
-# 1000): a consumer that drains the queue within one backoff would otherwise wait for
-# the rest of it. Against 4 MiB and 10 ms: about 10 MiB less RSS over a million records,
-# the same rate on 0.3 to 4.6 KB events, a third more on 20 KB ones that validate fast
-# (benchmarks/fetch_queue.py, docs/benchmark-notes.md).
+# librdkafka's fetch queue is capped at 2 MiB (librdkafka's default: 64 MiB) because the
+# runtime buffers per partition itself, and fetching resumes 1 ms after the queue fills
+# (librdkafka's default: 1000): a consumer that drains the queue within one backoff would
+# otherwise wait for the rest of it. Against 4 MiB and 10 ms: about 10 MiB less RSS over
+# a million records, the same rate on 0.3 to 4.6 KB events, a third more on 20 KB ones
+# that validate fast (benchmarks/fetch_queue.py, docs/benchmark-notes.md).
 # A fetch of partitions with nothing new is held by the broker for fetch.wait.max.ms
-# (default 500), and a partition resumed after a retry waits for it: 100 ms tripled a
-# sync service's rate with retries next to an idle partition, for 0.1% of a core more
-# while idle (docs/consumer.md, librdkafka defaults).
+# (librdkafka's default: 500), and a partition resumed after a retry waits for it: 100 ms
+# tripled a sync service's rate with retries next to an idle partition, for 0.1% of a
+# core more while idle (docs/consumer.md, librdkafka defaults).
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
