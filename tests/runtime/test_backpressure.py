@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -194,3 +194,59 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
     assert statistics.median(waits) < 0.3, waits  # about 0.9 s each without the seek
     for got in offsets.values():
         assert got == list(range(len(got)))
+
+
+def test_a_partition_resumed_next_to_an_idle_one_waits_at_most_the_fetch_wait(
+    raw_producer: Producer,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+) -> None:
+    """One partition with records paused and resumed, another idle: while the first
+    is paused, librdkafka's one fetch request to the broker asks for the idle partition
+    alone, and the broker holds it for fetch.wait.max.ms. The resumed partition waits
+    for it: with the runtime's 100 ms, not librdkafka's 500."""
+    src = topic_factory("orders", partitions=2)
+    for i in range(3000):
+        raw_producer.produce(src, b'{"n": %d}' % i, partition=1)
+    raw_producer.flush(10)
+    consumer = Consumer(
+        {
+            **CONSUMER_DEFAULTS,
+            **fast_group_config(),
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("g"),
+        }
+    )
+    lanes: Any = {p: SimpleNamespace(buffered=0, retry=None, fetched_to=None) for p in (0, 1)}
+    busy = lanes[1]
+    flow = FlowControl(consumer, src, sg.ServiceOptions())
+
+    def consume(count: int, timeout: float) -> int:
+        records = consumer.consume(count, timeout)
+        for record in records:
+            lanes[record.partition()].fetched_to = record.offset() + 1
+        return len(records)
+
+    waits = []
+    try:
+        consumer.subscribe([src])
+        deadline = time.monotonic() + 20
+        while busy.fetched_to is None and time.monotonic() < deadline:
+            consume(100, 0.5)
+        assert busy.fetched_to is not None
+        for tick in range(5):
+            busy.retry = object()
+            flow.update(lanes, now=tick, writable=True)  # pauses partition 1 alone
+            while consume(500, 0):
+                pass
+            time.sleep(0.05)  # a fetch for the idle partition alone is out now
+            busy.retry = None
+            resumed = time.monotonic()
+            flow.update(lanes, now=tick + 0.5, writable=True)
+            while not consume(1, 0.01) and time.monotonic() - resumed < 5:
+                pass
+            waits.append(time.monotonic() - resumed)
+    finally:
+        consumer.close()
+    assert statistics.median(waits) < 0.25, waits  # about 0.45 s each with 500 ms
