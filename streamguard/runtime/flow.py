@@ -101,8 +101,7 @@ class FlowControl:
         """
         self._consumer.resume(partitions)
         for tp in partitions:
-            lane = lanes.get(tp.partition)
-            offset = lane.fetched_to if lane is not None else None
+            offset = lanes[tp.partition].fetched_to
             if offset is None:  # nothing fetched since assigned: the timer wakes it
                 continue
             try:

@@ -129,6 +129,44 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     assert second.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
 
 
+class FedLanes:
+    """A real consumer feeding stand-in lanes as the poller's dispatch does: each
+    record's offset goes to its partition's lane (``fetched_to``) and ``offsets``."""
+
+    def __init__(self, bootstrap: str, group: str, partitions: range, **extra: Any) -> None:
+        self.consumer = Consumer(
+            {
+                **CONSUMER_DEFAULTS,
+                **fast_group_config(),
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                **extra,
+            }
+        )
+        self.lanes: Any = {
+            p: SimpleNamespace(buffered=0, retry=None, fetched_to=None) for p in partitions
+        }
+        self.offsets: dict[int, list[int]] = {p: [] for p in partitions}
+
+    def consume(self, count: int, timeout: float) -> int:
+        records = self.consumer.consume(count, timeout)
+        for record in records:
+            self.offsets[record.partition()].append(record.offset())
+            self.lanes[record.partition()].fetched_to = record.offset() + 1
+        return len(records)
+
+    def drain(self) -> None:
+        """Take what was handed over already, without waiting."""
+        while self.consume(500, 0):
+            pass
+
+    def wait_for_a_record(self, since: float) -> float:
+        """Seconds from ``since`` until a record comes (5 at most)."""
+        while not self.consume(1, 0.01) and time.monotonic() - since < 5:
+            pass
+        return time.monotonic() - since
+
+
 def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
     send_orders: Callable[..., None],
     bootstrap: str,
@@ -142,57 +180,37 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
     and none skipped."""
     src = topic_factory("orders", partitions=3)
     send_orders(src, 3000, key=str)
-    consumer = Consumer(
-        {
-            **CONSUMER_DEFAULTS,
-            **fast_group_config(),
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("g"),
-            "fetch.wait.max.ms": 10,  # an in-flight fetch ends before the resume
-        }
-    )
-    lanes: Any = {p: SimpleNamespace(buffered=0, retry=None, fetched_to=None) for p in range(3)}
-    offsets: dict[int, list[int]] = {p: [] for p in range(3)}
-
-    def consume(count: int, timeout: float) -> int:
-        """consume() as the poller does it: each record's offset goes to its lane."""
-        records = consumer.consume(count, timeout)
-        for record in records:
-            offsets[record.partition()].append(record.offset())
-            lanes[record.partition()].fetched_to = record.offset() + 1
-        return len(records)
+    # fetch.wait.max.ms=10: an in-flight fetch ends before the resume
+    fed = FedLanes(bootstrap, unique("g"), range(3), **{"fetch.wait.max.ms": 10})
+    flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
 
     def set_waiting(waiting: bool, now: float) -> None:
-        for lane in lanes.values():
+        for lane in fed.lanes.values():
             lane.retry = object() if waiting else None
-        flow.update(lanes, now=now, writable=True)
+        flow.update(fed.lanes, now=now, writable=True)
 
-    flow = FlowControl(consumer, src, sg.ServiceOptions())
     waits = []
     try:
-        consumer.subscribe([src])
+        fed.consumer.subscribe([src])
         deadline = time.monotonic() + 20
-        while not all(offsets.values()) and time.monotonic() < deadline:
-            consume(100, 0.5)
-        assert all(offsets.values())  # a record of each partition
+        while not all(fed.offsets.values()) and time.monotonic() < deadline:
+            fed.consume(100, 0.5)
+        assert all(fed.offsets.values())  # a record of each partition
         for tick in range(5):
             set_waiting(True, tick)  # pauses all three
-            while consume(500, 0):  # anything handed over before the pause
-                pass
+            fed.drain()  # anything handed over before the pause
             set_waiting(False, tick + 0.1)  # resumes and seeks
             set_waiting(True, tick + 0.2)  # paused again before a record came
             time.sleep(0.1)  # librdkafka's broker thread goes idle
             resumed = time.monotonic()
             set_waiting(False, tick + 0.3)
-            while not consume(1, 0.01) and time.monotonic() - resumed < 5:
-                pass
-            waits.append(time.monotonic() - resumed)
-        while consume(500, 0.2):  # the rest of what was fetched
+            waits.append(fed.wait_for_a_record(resumed))
+        while fed.consume(500, 0.2):  # the rest of what was fetched
             pass
     finally:
-        consumer.close()
+        fed.consumer.close()
     assert statistics.median(waits) < 0.3, waits  # about 0.9 s each without the seek
-    for got in offsets.values():
+    for got in fed.offsets.values():
         assert got == list(range(len(got)))
 
 
@@ -210,43 +228,25 @@ def test_a_partition_resumed_next_to_an_idle_one_waits_at_most_the_fetch_wait(
     for i in range(3000):
         raw_producer.produce(src, b'{"n": %d}' % i, partition=1)
     raw_producer.flush(10)
-    consumer = Consumer(
-        {
-            **CONSUMER_DEFAULTS,
-            **fast_group_config(),
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("g"),
-        }
-    )
-    lanes: Any = {p: SimpleNamespace(buffered=0, retry=None, fetched_to=None) for p in (0, 1)}
-    busy = lanes[1]
-    flow = FlowControl(consumer, src, sg.ServiceOptions())
-
-    def consume(count: int, timeout: float) -> int:
-        records = consumer.consume(count, timeout)
-        for record in records:
-            lanes[record.partition()].fetched_to = record.offset() + 1
-        return len(records)
-
+    fed = FedLanes(bootstrap, unique("g"), range(2))
+    busy = fed.lanes[1]
+    flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
     waits = []
     try:
-        consumer.subscribe([src])
+        fed.consumer.subscribe([src])
         deadline = time.monotonic() + 20
         while busy.fetched_to is None and time.monotonic() < deadline:
-            consume(100, 0.5)
+            fed.consume(100, 0.5)
         assert busy.fetched_to is not None
         for tick in range(5):
             busy.retry = object()
-            flow.update(lanes, now=tick, writable=True)  # pauses partition 1 alone
-            while consume(500, 0):
-                pass
+            flow.update(fed.lanes, now=tick, writable=True)  # pauses partition 1 alone
+            fed.drain()
             time.sleep(0.05)  # a fetch for the idle partition alone is out now
             busy.retry = None
             resumed = time.monotonic()
-            flow.update(lanes, now=tick + 0.5, writable=True)
-            while not consume(1, 0.01) and time.monotonic() - resumed < 5:
-                pass
-            waits.append(time.monotonic() - resumed)
+            flow.update(fed.lanes, now=tick + 0.5, writable=True)
+            waits.append(fed.wait_for_a_record(resumed))
     finally:
-        consumer.close()
+        fed.consumer.close()
     assert statistics.median(waits) < 0.25, waits  # about 0.45 s each with 500 ms
