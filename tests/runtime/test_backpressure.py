@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, Producer
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
-from streamguard.runtime.flow import FlowControl
+from streamguard.runtime.flow import REFETCH_AHEAD, FlowControl
+from streamguard.runtime.outcomes import RetryState
 from streamguard.runtime.service import CONSUMER_DEFAULTS
 from tests.conftest import fast_group_config
 from tests.runtime.conftest import Running, committed, wait_for
@@ -129,6 +130,10 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     assert second.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
 
 
+# A retry wait far longer than any test: its partition stays paused while it is set.
+LONG_WAIT = RetryState(1, 0, 0.0, due=float("inf"))
+
+
 class FedLanes:
     """A real consumer feeding stand-in lanes as the poller's dispatch does: each
     record's offset goes to its partition's lane (``fetched_to``) and ``offsets``."""
@@ -186,7 +191,7 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
 
     def set_waiting(waiting: bool, now: float) -> None:
         for lane in fed.lanes.values():
-            lane.retry = object() if waiting else None
+            lane.retry = LONG_WAIT if waiting else None
         flow.update(fed.lanes, now=now, writable=True)
 
     waits = []
@@ -239,7 +244,7 @@ def test_a_partition_resumed_next_to_an_idle_one_waits_at_most_the_fetch_wait(
             fed.consume(100, 0.5)
         assert busy.fetched_to is not None
         for tick in range(5):
-            busy.retry = object()
+            busy.retry = LONG_WAIT
             flow.update(fed.lanes, now=tick, writable=True)  # pauses partition 1 alone
             fed.drain()
             time.sleep(0.05)  # a fetch for the idle partition alone is out now
@@ -250,3 +255,38 @@ def test_a_partition_resumed_next_to_an_idle_one_waits_at_most_the_fetch_wait(
     finally:
         fed.consumer.close()
     assert statistics.median(waits) < 0.25, waits  # about 0.45 s each with 500 ms
+
+
+def test_a_retry_due_within_a_refetch_keeps_what_was_prefetched_and_a_longer_one_drops_it(
+    send_orders: Callable[..., None],
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+) -> None:
+    """A partition whose retry is due within REFETCH_AHEAD is not paused: the records
+    librdkafka prefetched for it are handed over at once. One waiting longer is paused,
+    and librdkafka drops them (they are fetched again on resume)."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 3000, key=str)
+    fed = FedLanes(bootstrap, unique("g"), range(1))
+    lane = fed.lanes[0]
+    flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
+    try:
+        fed.consumer.subscribe([src])
+        deadline = time.monotonic() + 20
+        while lane.fetched_to is None and time.monotonic() < deadline:
+            fed.consume(1, 0.5)
+        assert lane.fetched_to is not None
+        time.sleep(0.2)  # librdkafka prefetches the rest
+        now = time.monotonic()
+        lane.retry = RetryState(1, 0, now, due=now + REFETCH_AHEAD / 2)
+        flow.update(fed.lanes, now=now, writable=True)
+        assert not flow.paused
+        assert fed.consume(500, 0) == 500  # prefetched, kept
+        lane.retry = LONG_WAIT
+        flow.update(fed.lanes, now=now, writable=True)
+        assert flow.paused == {0}
+        assert fed.consume(500, 0.2) == 0  # prefetched, dropped
+    finally:
+        fed.consumer.close()
+    assert fed.offsets[0] == list(range(len(fed.offsets[0])))

@@ -1,5 +1,6 @@
 """FlowControl's decisions, tick by tick: throttle a partition that is full but draining,
-pause one that stays full or waits to retry, resume it when it may fetch again.
+pause one that stays full or waits to retry (longer than a refetch takes), resume it
+when it may fetch again.
 
 Pure logic: the consumer here only records which partitions were paused and resumed
 (tests/runtime/test_backpressure.py runs the same through the broker).
@@ -13,7 +14,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import streamguard as sg
-from streamguard.runtime.flow import FlowControl
+from streamguard.runtime.flow import REFETCH_AHEAD, FlowControl
+from streamguard.runtime.outcomes import RetryState
 
 
 class Recorder:
@@ -38,6 +40,10 @@ class Recorder:
 
 def _lane(buffered: int = 0, fetched_to: int | None = None) -> SimpleNamespace:
     return SimpleNamespace(buffered=buffered, retry=None, fetched_to=fetched_to)
+
+
+def _waits(due: float, parked_at: float | None = None) -> RetryState:
+    return RetryState(1, 0, 0.0, due, parked_at=parked_at)
 
 
 def _flow() -> tuple[FlowControl, Recorder, SimpleNamespace]:
@@ -77,14 +83,42 @@ def test_a_partition_that_stays_full_is_paused_until_it_drains_to_half() -> None
     assert consumer.calls == [("pause", [0]), ("resume", [0])]
 
 
-def test_a_retry_wait_pauses_and_its_end_resumes_a_partition_that_is_not_full() -> None:
+def test_a_retry_wait_pauses_a_partition_and_resumes_it_a_refetch_ahead_of_the_retry() -> None:
     flow, consumer, lane = _flow()
-    lane.buffered, lane.retry = 70, object()
+    lane.buffered, lane.retry = 70, _waits(due=1.0)
     flow.update({0: lane}, now=0.0, writable=True)  # type: ignore[dict-item]
     assert consumer.calls == [("pause", [0])]
-    lane.retry = None
-    flow.update({0: lane}, now=0.1, writable=True)  # type: ignore[dict-item]
+    flow.update({0: lane}, now=1.0 - REFETCH_AHEAD - 0.01, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0])]
+    flow.update({0: lane}, now=1.0 - REFETCH_AHEAD + 0.01, writable=True)  # type: ignore[dict-item]
     assert consumer.calls == [("pause", [0]), ("resume", [0])]
+    lane.retry = None  # the retry ran: it stays resumed
+    flow.update({0: lane}, now=1.1, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0]), ("resume", [0])]
+
+
+def test_a_retry_due_sooner_than_a_refetch_does_not_pause_a_partition_unless_it_is_full() -> None:
+    """A pause would drop what librdkafka prefetched for the partition, only to fetch
+    it again a few milliseconds later; the lane's buffer holds what comes meanwhile."""
+    flow, consumer, lane = _flow()
+    lane.buffered, lane.retry = 70, _waits(due=0.003)
+    flow.update({0: lane}, now=0.0, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == []
+    assert not flow.throttled
+    lane.buffered = 100  # full while its head waits: it cannot drain, so it is paused
+    flow.update({0: lane}, now=0.001, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0])]
+
+
+def test_a_message_parked_by_the_breaker_keeps_its_partition_paused() -> None:
+    """A parked message looks again every PARK_WAIT (0.1 s), with no end in sight: its
+    partition must not be resumed ahead of each look, only to be paused again."""
+    flow, consumer, lane = _flow()
+    for tick in range(10):
+        now = tick * 0.1
+        lane.retry = _waits(due=now + 0.01, parked_at=0.0)
+        flow.update({0: lane}, now=now, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0])]
 
 
 def test_an_unwritable_dead_letter_topic_pauses_every_partition() -> None:
@@ -106,7 +140,7 @@ def test_a_resumed_partition_is_sought_to_where_its_lane_s_records_end() -> None
     never_read, failing, last = _lane(), _lane(fetched_to=5), _lane(fetched_to=9)
     lanes: Any = {0: lane, 7: failing, 8: never_read, 9: last}
     for each in lanes.values():
-        each.retry = object()
+        each.retry = _waits(due=1.0)
     flow.update(lanes, now=0.0, writable=True)
     assert consumer.sought == []
     for each in lanes.values():
