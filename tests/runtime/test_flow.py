@@ -42,8 +42,8 @@ def _lane(buffered: int = 0, fetched_to: int | None = None) -> SimpleNamespace:
     return SimpleNamespace(buffered=buffered, retry=None, fetched_to=fetched_to)
 
 
-def _waits(due: float, parked_at: float | None = None) -> RetryState:
-    return RetryState(1, 0, 0.0, due, parked_at=parked_at)
+def _waits(due: float, parked_at: float | None = None, attempt: int = 1) -> RetryState:
+    return RetryState(attempt, 0, 0.0, due, parked_at=parked_at)
 
 
 def _flow() -> tuple[FlowControl, Recorder, SimpleNamespace]:
@@ -108,6 +108,23 @@ def test_a_retry_due_sooner_than_a_refetch_does_not_pause_a_partition_unless_it_
     lane.buffered = 100  # full while its head waits: it cannot drain, so it is paused
     flow.update({0: lane}, now=0.001, writable=True)  # type: ignore[dict-item]
     assert consumer.calls == [("pause", [0])]
+
+
+def test_a_message_that_fails_again_keeps_its_partition_paused_until_its_outcome() -> None:
+    """Resumed ahead of its first retry only: resuming ahead of every attempt of a
+    message that keeps failing would refetch what each new pause drops."""
+    flow, consumer, lane = _flow()
+    lane.retry = _waits(due=0.2)
+    flow.update({0: lane}, now=0.0, writable=True)  # type: ignore[dict-item]
+    flow.update({0: lane}, now=0.19, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls == [("pause", [0]), ("resume", [0])]
+    lane.retry = _waits(due=0.6, attempt=2)  # the retry failed too
+    for now in (0.2, 0.58, 0.61):  # even once due: it runs, and may fail again
+        flow.update({0: lane}, now=now, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls[2:] == [("pause", [0])]
+    lane.retry = None  # handled, or dead-lettered
+    flow.update({0: lane}, now=0.7, writable=True)  # type: ignore[dict-item]
+    assert consumer.calls[2:] == [("pause", [0]), ("resume", [0])]
 
 
 def test_a_message_parked_by_the_breaker_keeps_its_partition_paused() -> None:
