@@ -160,6 +160,14 @@ class FedLanes:
             self.lanes[record.partition()].fetched_to = record.offset() + 1
         return len(records)
 
+    def read_until(self, topic: str, done: Callable[[], bool]) -> None:
+        """Subscribe, then consume (100 records at most per call) until ``done()``."""
+        self.consumer.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while not done() and time.monotonic() < deadline:
+            self.consume(100, 0.5)
+        assert done()
+
     def drain(self) -> None:
         """Take what was handed over already, without waiting."""
         while self.consume(500, 0):
@@ -196,11 +204,7 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
 
     waits = []
     try:
-        fed.consumer.subscribe([src])
-        deadline = time.monotonic() + 20
-        while not all(fed.offsets.values()) and time.monotonic() < deadline:
-            fed.consume(100, 0.5)
-        assert all(fed.offsets.values())  # a record of each partition
+        fed.read_until(src, lambda: all(fed.offsets.values()))  # a record of each partition
         for tick in range(5):
             set_waiting(True, tick)  # pauses all three
             fed.drain()  # anything handed over before the pause
@@ -238,11 +242,7 @@ def test_a_partition_resumed_next_to_an_idle_one_waits_at_most_the_fetch_wait(
     flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
     waits = []
     try:
-        fed.consumer.subscribe([src])
-        deadline = time.monotonic() + 20
-        while busy.fetched_to is None and time.monotonic() < deadline:
-            fed.consume(100, 0.5)
-        assert busy.fetched_to is not None
+        fed.read_until(src, lambda: busy.fetched_to is not None)
         for tick in range(5):
             busy.retry = LONG_WAIT
             flow.update(fed.lanes, now=tick, writable=True)  # pauses partition 1 alone
@@ -272,11 +272,7 @@ def test_a_retry_due_within_a_refetch_keeps_what_was_prefetched_and_a_longer_one
     lane = fed.lanes[0]
     flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
     try:
-        fed.consumer.subscribe([src])
-        deadline = time.monotonic() + 20
-        while lane.fetched_to is None and time.monotonic() < deadline:
-            fed.consume(1, 0.5)
-        assert lane.fetched_to is not None
+        fed.read_until(src, lambda: lane.fetched_to is not None)
         time.sleep(0.2)  # librdkafka prefetches the rest
         now = time.monotonic()
         lane.retry = RetryState(1, 0, now, due=now + REFETCH_AHEAD / 2)
