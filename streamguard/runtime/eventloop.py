@@ -672,7 +672,7 @@ class LoopRunner:
         the poll).
         """
         if not self.keyed:
-            lane.retry = retry  # the whole partition waits: flow control pauses it
+            lane.retry = retry  # the whole partition waits (flow control may pause it)
             if not any(run.queue for run in self._runs.values() if run.lane is not lane):
                 self._poll_here()
         try:
