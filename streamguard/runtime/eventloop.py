@@ -662,14 +662,16 @@ class LoopRunner:
             self.loop.call_later(DLQ_WAIT, self._check_resumed)
 
     async def _wait_to_retry(self, lane: LoopLane, retry: RetryState) -> bool:
-        """Sleep until the retry is due (only this key waits); False if the lane closed.
+        """Sleep until the retry is due; False if the lane closed. Under key or no
+        ordering only this key waits; under partition order the whole partition does.
 
-        Under partition order, when no other partition has records here, the loop polls
-        before it sleeps. Records come a partition at a time, so the others' next ones
-        are often still in librdkafka's queue, and nothing else would poll before the
-        retry: the loop sat idle through 56% of the waits of a soak whose retries wait
-        0-1 ms (its 10,000 retries added 5.4-7.1 s to 200,000 records; 3.8-4.3 s with
-        the poll).
+        Under partition order, when no other partition has records queued here, the loop
+        polls before it sleeps. A poll tends to return one partition's records, so the
+        others' next ones are often still in librdkafka's queue, and nothing else would
+        poll before the retry. In a soak whose retries wait 0-1 ms, no other partition
+        had records at the start of 56% of the waits, and its 10,000 retries added
+        5.4-7.1 s to 200,000 records (3.8-4.3 s with this poll and flow control's
+        short-wait rule together).
         """
         if not self.keyed:
             lane.retry = retry  # the whole partition waits (flow control may pause it)

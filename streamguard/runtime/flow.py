@@ -25,17 +25,18 @@ from streamguard.runtime.options import ServiceOptions
 
 log = logging.getLogger("streamguard.runtime")
 
-# A partition whose first retry is due within this many seconds is not paused, and one
-# paused for a first retry is resumed at the first tick this close to it. Pausing makes
-# librdkafka drop what it prefetched for the partition, and resuming fetches it again:
-# for a wait of a few milliseconds that costs more than the wait (a soak whose retries
-# wait 0-1 ms ran 12-29% faster without those pauses). The lane's bounded buffer still
-# holds what arrives meanwhile: a waiting partition whose buffer fills is paused at
-# once. Resuming ahead lets a refetch (4-10 ms on the embedded broker, plus at most
-# ``fetch.wait.max.ms`` behind a fetch in flight) land by the time the retry runs. A
-# message that failed again keeps its partition paused until it has an outcome, as
-# does one parked by the breaker or the retry budget: either may wait a while yet, and
-# resuming ahead of each attempt would only refetch what the next pause drops.
+# A partition whose message failed once and is retried within this many seconds is not
+# paused, and one paused for a longer first wait is resumed at the first tick this close
+# to the retry. Pausing makes librdkafka drop what it prefetched for the partition, and
+# resuming fetches it again: for a wait of a few milliseconds that costs more than the
+# wait (a soak whose retries wait 0-1 ms ran 12-29% faster without those pauses). The
+# lane's bounded buffer still holds what arrives meanwhile: a waiting partition whose
+# buffer fills is paused at once. Resuming ahead gives a refetch (4-10 ms on the
+# embedded broker) time to land; behind a fetch in flight, or when the service polls
+# only as the retry falls due, it may still come after the retry. A message that failed
+# again keeps its partition paused until it has an outcome, as does one parked by the
+# breaker or the retry budget: either may wait a while yet, and resuming ahead of each
+# attempt would only refetch what the next pause drops.
 REFETCH_AHEAD = 0.05
 
 
