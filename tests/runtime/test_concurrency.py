@@ -6,9 +6,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.runtime.poller import Poller
+from streamguard.runtime.scheduler import LINGER
 from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import Running, committed, order, wait_for
 
@@ -94,8 +99,8 @@ def test_workers_park_between_bursts_and_end_when_the_service_stops(
     unique: Callable[[str], str],
     start_service: Callable[..., Running],
 ) -> None:
-    """At a low rate each burst finds a parked worker instead of starting a thread, and
-    no worker thread outlives the service."""
+    """Bursts further apart than a worker lingers: each finds a parked worker instead
+    of starting a thread, and no worker thread outlives the service."""
     src = topic_factory("orders", partitions=1)
     producer = sg.GuardedProducer(bootstrap)
     handled = [0]
@@ -114,14 +119,59 @@ def test_workers_park_between_bursts_and_end_when_the_service_stops(
             handled[0] += 1
 
     running = start_service(Billing)
-    for burst in range(12):
+    for burst in range(6):
         producer.send(src, order(burst))
         producer.flush()
         assert wait_for(lambda n=burst + 1: handled[0] == n, timeout=30), f"burst {burst}"
-        time.sleep(0.15)  # a quiet spell between bursts, as at a low input rate
-    assert len(threads) <= 2, f"{len(threads)} worker threads for 12 bursts"
+        time.sleep(LINGER + 0.1)  # a quiet spell: the worker parks
+    assert len(threads) <= 2, f"{len(threads)} worker threads for 6 bursts"
     running.stop()
     assert wait_for(lambda: not any(t.is_alive() for t in threads), timeout=5)
+
+
+def test_at_a_low_rate_the_worker_fetches_what_it_handles(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records 30 ms apart: the worker that handled one stays and polls for the next,
+    so each is fetched on the thread that handles it. (A worker that parked after each
+    record was woken by the supervisor's next fetch: a thread switch per fetch, a tenth
+    of the service's CPU at 1,000 records a second.)"""
+    src = topic_factory("orders", partitions=1)
+    producer = sg.GuardedProducer(bootstrap)
+    fetched_on: dict[int, threading.Thread] = {}
+    handled_on: dict[int, threading.Thread] = {}
+    dispatch = Poller._dispatch
+
+    def noted_dispatch(self: Poller, msgs: list[Any]) -> list[Any]:
+        for msg in msgs:
+            fetched_on[msg.offset()] = threading.current_thread()
+        return dispatch(self, msgs)
+
+    monkeypatch.setattr(Poller, "_dispatch", noted_dispatch)
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled_on[ctx.offset] = threading.current_thread()
+
+    start_service(Billing)
+    total = 15
+    for i in range(total):
+        producer.send(src, order(i))
+        producer.flush()
+        assert wait_for(lambda n=i + 1: len(handled_on) == n, timeout=30), f"record {i}"
+        time.sleep(0.03)
+    # The first record wakes a worker; a loaded machine may make one more hand-off.
+    handed_over = [o for o in handled_on if fetched_on[o] is not handled_on[o]]
+    assert len(handed_over) <= 2, f"records fetched on another thread: {handed_over}"
 
 
 def test_waiting_key_ordered_handlers_get_every_partition_at_once(
