@@ -8,7 +8,8 @@ The runtime's part is cut three times more: *tick*, from ``consume()`` to the en
 the poll (the maintenance tick: delivery reports, flow control, commits); *wake*, from
 there until a worker takes the record's batch (for async handlers, until the event
 loop takes it); *in batch*, from there to the handler's call (decoding, and the records
-ahead of it in its batch).
+ahead of it in its batch). The event loop may take a batch while the poll that fetched
+it still runs its tick, so for async handlers the cuts can overlap.
 
 A producer process sends records at a fixed rate, each carrying its send time, as in
 the latency pass (same producer, fetch wait capped at 10 ms); the service runs in

@@ -138,7 +138,7 @@ def test_at_a_low_rate_the_worker_fetches_what_it_handles(
 ) -> None:
     """Records 30 ms apart: the worker that handled one stays and polls for the next,
     so each is fetched on the thread that handles it. (A worker that parked after each
-    record was woken by the supervisor's next fetch: a thread switch per fetch, a tenth
+    record was woken by the supervisor's next fetch: a thread switch per fetch, a sixth
     of the service's CPU at 1,000 records a second.)"""
     src = topic_factory("orders", partitions=1)
     producer = sg.GuardedProducer(bootstrap)
