@@ -57,10 +57,10 @@ IDLE_POLL = 0.1
 # Below FALLBACK_POLL_GAP, so a refill never waits longer than the poll it replaces.
 REFILL_WAIT = 0.025
 # How long the only active worker keeps polling, in waits of up to LINGER_POLL, after
-# its last work before it parks. At a low input rate (a fetch every few ms) it then
+# its last work before it parks. At a low input rate (a fetch every 10 ms or so) it then
 # handles each fetch itself: parking meant the supervisor polled and woke it again, a
-# second thread switch per fetch that took 0.05 ms at p50 and 0.5-1 ms at p99 of a
-# record's latency, and a sixth of the service's CPU at 1,000 records a second. The
+# second thread switch per fetch that took 0.03-0.07 ms at p50 and 0.5-1.3 ms at p99 of
+# a record's latency, and a sixth of the service's CPU at 1,000 records a second. The
 # price is the tick of each lingering poll: up to 40 a second while records come 25 to
 # 500 ms apart, where the supervisor polled about 10 times.
 LINGER = 0.5
@@ -233,8 +233,9 @@ class Scheduler:
         """Serve ready lanes a batch at a time, polling when none is ready; return when
         nothing is ready and no poll gave this worker a lane, or someone else polls.
 
-        The only active worker lingers first: while no partition is throttled, it polls
-        with a wait for ``LINGER`` after its last batch or claim.
+        The only active worker lingers first: while no partition is throttled and no
+        lane is queued, it polls with a wait, until ``LINGER`` has passed since it was
+        woken, its last batch, or its last claim.
         """
         poller = self._poller
         linger_until = time.monotonic() + LINGER
