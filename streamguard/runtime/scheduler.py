@@ -62,7 +62,8 @@ REFILL_WAIT = 0.025
 # second thread switch per fetch that took 0.03-0.07 ms at p50 and 0.5-1.3 ms at p99 of
 # a record's latency, and a sixth of the service's CPU at 1,000 records a second. The
 # price is the tick of each lingering poll: up to 40 a second while records come 25 to
-# 500 ms apart, where the supervisor polled about 10 times.
+# 500 ms apart, where the supervisor polled about 10 times (at 20 records a second, 2.4%
+# of a core instead of 2.0%).
 LINGER = 0.5
 LINGER_POLL = 0.025
 # How often a parked worker looks whether the service is stopping (``stopping`` is an
