@@ -235,17 +235,17 @@ class Scheduler:
         nothing is ready and no poll gave this worker a lane, or someone else polls.
 
         The only active worker lingers first: while no partition is throttled and no
-        lane is queued, it polls with a wait, until ``LINGER`` has passed since it was
-        woken, its last batch, or its last claim.
+        lane is queued, it polls with a wait, until ``LINGER`` has passed since it ran
+        out of work.
         """
         poller = self._poller
-        linger_until = time.monotonic() + LINGER
+        idle_since: float | None = None  # the first poll since the last batch or claim
         while not self.stopping.is_set():
             lane = self._take_ready()
             if lane is not None:
                 if lane.drain(max_batches=1):
                     self._make_ready([lane])  # more to do: back of the queue
-                linger_until = time.monotonic() + LINGER
+                idle_since = None
                 continue
             if not poller.lock.acquire(blocking=False):
                 return  # someone else is polling; it will queue what it fetches
@@ -253,13 +253,15 @@ class Scheduler:
                 if self.stopping.is_set():
                     return
                 now = time.monotonic()
+                if idle_since is None:
+                    idle_since = now
                 wait = 0.0
                 # Not while a full partition drains: that poll skips the fetch and
                 # returns at once, so lingering would spin on the maintenance tick.
                 # The supervisor queues what it fetched before it lets go of the lock,
                 # so a lane it just queued is seen here and is not left to wait.
                 if (
-                    now < linger_until
+                    now - idle_since < LINGER
                     and self.active_workers == 1
                     and not poller.flow.throttled
                     and not self._ready
@@ -270,7 +272,7 @@ class Scheduler:
                 poller.lock.release()
             if claimed:
                 self._make_ready(claimed)
-                linger_until = time.monotonic() + LINGER
+                idle_since = None
             elif not wait and not self._ready:
                 return  # nothing fetched: the supervisor waits for more
 
