@@ -73,7 +73,7 @@ class BatchHistogram(Collector):
         total = sum(values)
         if not values or max(values) <= bounds[0]:
             # Handlers that do not wait: every value in the first bucket, which max()
-            # tells in a fraction of a sort (the event loop flushes ~100k at once).
+            # tells in a fraction of a sort (a batch's worth, or ~1k from the event loop).
             local = [len(values)]
         else:
             # Sorting once and bisecting per bucket costs far less than a bisect per value.
