@@ -3,6 +3,8 @@
 Everything public is named here; implementation modules may change.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract, registered_contracts
 from streamguard.deadletter import DeadLetter, Failure
@@ -21,8 +23,11 @@ from streamguard.errors import (
 )
 from streamguard.policy import CircuitBreaker, RetryPolicy
 from streamguard.producer import GuardedProducer
-from streamguard.registry import RegistryCodec, RegistryServer
+from streamguard.registry import RegistryCodec
 from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
+
+if TYPE_CHECKING:
+    from streamguard.registry.server import RegistryServer
 
 __all__ = [
     "AvroCodec",
@@ -52,3 +57,12 @@ __all__ = [
     "TransientError",
     "registered_contracts",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use (see streamguard.registry): a service never needs it.
+    if name == "RegistryServer":
+        from streamguard.registry.server import RegistryServer
+
+        return RegistryServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
-import fastavro
-import fastavro.schema
 from pydantic import BaseModel, ValidationError
 
 from streamguard.contracts import wire_format
@@ -265,6 +263,8 @@ class AvroCodec:
 
     def encode(self, event: BaseModel) -> bytes:
         """The bytes a producer sends for ``event`` (no validation: the producer validates)."""
+        import fastavro  # here and below, not at import: JSON services never load it (1.5 MiB)
+
         parsed, fingerprint = self._schema(type(event))
         out = io.BytesIO()
         out.write(SINGLE_OBJECT_MARKER)
@@ -295,6 +295,8 @@ class AvroCodec:
         Built once per contract so that the hot path is one call; it raises
         ``DecodeError`` or ``ContractViolation``, never with input values.
         """
+        from fastavro import schemaless_reader
+
         reader, own = self._schema(contract)
         writers = {**self._writers, own: reader}
         validate = contract.__pydantic_validator__.validate_python
@@ -317,7 +319,7 @@ class AvroCodec:
                     "pass its .avsc in AvroCodec(writer_schemas=...) to read it"
                 )
             try:
-                record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader)
+                record = schemaless_reader(io.BytesIO(data[10:]), writer, reader)
             except Exception as exc:  # fastavro raises many types on corrupt input
                 raise DecodeError(f"corrupt Avro record: {type(exc).__name__}") from None
             try:
@@ -330,6 +332,8 @@ class AvroCodec:
 
 
 def _parsed_avro(schema: dict[str, Any]) -> tuple[Any, bytes]:
+    import fastavro.schema
+
     parsed = fastavro.parse_schema(schema)
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     # fastavro gives the CRC-64-AVRO fingerprint's bytes in little-endian order, which

@@ -6,12 +6,14 @@ are read when a client is built, never at import.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamguard.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the CLI's; a service never loads argparse
+    import argparse
 
 BOOTSTRAP_ENV = "STREAMGUARD_BOOTSTRAP_SERVERS"
 REDACTED = "***"

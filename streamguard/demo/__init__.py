@@ -27,7 +27,6 @@ from streamguard.errors import ContractViolation
 from streamguard.observe.logs import configure_logging
 from streamguard.producer import GuardedProducer
 from streamguard.registry.codec import registry_schema
-from streamguard.registry.server import RegistryServer
 from streamguard.topics import create_topics
 
 TOPIC = "orders"
@@ -112,6 +111,7 @@ def _registry_demo(bootstrap: str) -> bool:
 
     from streamguard.demo.contracts import PaymentCaptured
     from streamguard.demo.ledger import Ledger
+    from streamguard.registry.server import RegistryServer  # here: see streamguard.registry
 
     _say("\n== a Confluent-framed Avro topic next to the JSON one")
     with RegistryServer(port=0) as registry:

@@ -6,7 +6,21 @@ Modules: :mod:`.client` (configuration, ``SchemaRegistryClient``, subject naming
 (``streamguard schema check/register --registry``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from streamguard.registry.codec import RegistryCodec
-from streamguard.registry.server import RegistryServer
+
+if TYPE_CHECKING:
+    from streamguard.registry.server import RegistryServer
 
 __all__ = ["RegistryCodec", "RegistryServer"]
+
+
+def __getattr__(name: str) -> Any:
+    # The embedded registry (an HTTP server, the compatibility checks, fastavro) loads on
+    # first use: services and producers never need it.
+    if name == "RegistryServer":
+        from streamguard.registry.server import RegistryServer
+
+        return RegistryServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

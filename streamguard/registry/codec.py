@@ -24,8 +24,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-import fastavro
-import fastavro.schema
 from pydantic import BaseModel, ValidationError
 
 from streamguard.codecs import (
@@ -218,6 +216,9 @@ class RegistryCodec:
 
     def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
         """A function decoding any of the three framings into a validated ``contract``."""
+        from fastavro import schemaless_reader  # not at import: see AvroCodec.encode
+        from fastavro.read import SchemaResolutionError
+
         json_decode = self._json.decoder(contract)
         is_avro = getattr(contract, "__wire_format__", "json") == "avro"
         single_object = self._avro.decoder(contract) if is_avro else json_decode
@@ -253,8 +254,8 @@ class RegistryCodec:
             if kind == "JSON":
                 return json_decode(data[5:])
             try:
-                record = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, resolve_to)
-            except fastavro.read.SchemaResolutionError:
+                record = schemaless_reader(io.BytesIO(data[5:]), writer, resolve_to)
+            except SchemaResolutionError:
                 raise DecodeError(
                     f"writer schema id {schema_id} cannot be resolved to the contract's Avro "
                     "schema by Avro's rules; check the subject's compatibility"
@@ -297,6 +298,8 @@ class RegistryCodec:
 
 
 def _canonical(parsed: Any) -> str:
+    import fastavro.schema
+
     return str(fastavro.schema.to_parsing_canonical_form(parsed))
 
 
@@ -311,6 +314,8 @@ def _parse_writer(schema_id: int, schema: Any) -> tuple[str, Any]:
         return "JSON", None
     if schema_type != "AVRO":
         raise DecodeError(f"writer schema id {schema_id} is {schema_type}; expected AVRO or JSON")
+    import fastavro
+
     try:
         return "AVRO", fastavro.parse_schema(json.loads(schema.schema_str))
     except Exception as exc:  # fastavro's many parse errors; the text names no data
