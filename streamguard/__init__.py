@@ -59,10 +59,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Loaded on first use (see streamguard.registry): a service never needs it.
-    if name == "RegistryServer":
-        from streamguard.registry.server import RegistryServer
+if not TYPE_CHECKING:  # type checkers see the import above; an unknown name stays an error
 
-        return RegistryServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        # Loaded on first use (see streamguard.registry): a service never needs it.
+        if name == "RegistryServer":
+            from streamguard.registry.server import RegistryServer
+
+            globals()[name] = RegistryServer  # once: later reads find it here
+            return RegistryServer
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), "RegistryServer"})

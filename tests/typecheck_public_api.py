@@ -112,3 +112,9 @@ def guarded(app: faust.App) -> GuardedAgent:
     registry: CollectorRegistry = ledger.registry
     print(registry, ledger.dead_letter_topic, ledger.agent)
     return ledger
+
+
+def unknown_names_stay_errors() -> None:
+    # The package resolves RegistryServer lazily, at run time only: a misspelt name must
+    # still fail type checking (strict mypy reports this ignore as unused otherwise).
+    print(sg.JsonCodek)  # type: ignore[attr-defined]

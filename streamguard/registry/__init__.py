@@ -16,11 +16,17 @@ if TYPE_CHECKING:
 __all__ = ["RegistryCodec", "RegistryServer"]
 
 
-def __getattr__(name: str) -> Any:
-    # The embedded registry (an HTTP server, the compatibility checks, fastavro) loads on
-    # first use: services and producers never need it.
-    if name == "RegistryServer":
-        from streamguard.registry.server import RegistryServer
+if not TYPE_CHECKING:  # type checkers see the import above; an unknown name stays an error
 
-        return RegistryServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        # The embedded registry (an HTTP server, the compatibility checks, fastavro) loads on
+        # first use: services and producers never need it.
+        if name == "RegistryServer":
+            from streamguard.registry.server import RegistryServer
+
+            globals()[name] = RegistryServer  # once: later reads find it here
+            return RegistryServer
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), "RegistryServer"})
