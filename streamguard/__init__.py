@@ -3,7 +3,7 @@
 Everything public is named here; implementation modules may change.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract, registered_contracts
@@ -21,6 +21,7 @@ from streamguard.errors import (
     StreamguardError,
     TransientError,
 )
+from streamguard.lazy import lazy_exports
 from streamguard.policy import CircuitBreaker, RetryPolicy
 from streamguard.producer import GuardedProducer
 from streamguard.registry import RegistryCodec
@@ -59,16 +60,8 @@ __all__ = [
 ]
 
 
-if not TYPE_CHECKING:  # type checkers see the import above; an unknown name stays an error
-
-    def __getattr__(name: str) -> Any:
-        # Loaded on first use (see streamguard.registry): a service never needs it.
-        if name == "RegistryServer":
-            from streamguard.registry.server import RegistryServer
-
-            globals()[name] = RegistryServer  # once: later reads find it here
-            return RegistryServer
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), "RegistryServer"})
+# The embedded registry loads on first use: a service never needs it.
+if not TYPE_CHECKING:  # type checkers see the import above
+    __getattr__, __dir__ = lazy_exports(
+        globals(), {"RegistryServer": "streamguard.registry.server"}
+    )

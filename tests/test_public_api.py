@@ -55,6 +55,7 @@ def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> No
         "assert 'RegistryServer' in dir(sg) and 'RegistryServer' in dir(sg.registry)\n"
         "print([m for m in late if m in sys.modules])\n"
         "assert sg.RegistryServer.__name__ == 'RegistryServer'\n"
+        "assert not hasattr(sg, 'RegistryServr'), 'a misspelt name must still fail'\n"
         "print('fastavro' in sys.modules, 'streamguard.registry.server' in sys.modules)\n"
     )
     out = subprocess.run(

@@ -6,8 +6,9 @@ Modules: :mod:`.client` (configuration, ``SchemaRegistryClient``, subject naming
 (``streamguard schema check/register --registry``).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from streamguard.lazy import lazy_exports
 from streamguard.registry.codec import RegistryCodec
 
 if TYPE_CHECKING:
@@ -16,17 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["RegistryCodec", "RegistryServer"]
 
 
-if not TYPE_CHECKING:  # type checkers see the import above; an unknown name stays an error
-
-    def __getattr__(name: str) -> Any:
-        # The embedded registry (an HTTP server, the compatibility checks, fastavro) loads on
-        # first use: services and producers never need it.
-        if name == "RegistryServer":
-            from streamguard.registry.server import RegistryServer
-
-            globals()[name] = RegistryServer  # once: later reads find it here
-            return RegistryServer
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), "RegistryServer"})
+# The embedded registry (an HTTP server, the compatibility checks, fastavro) loads on
+# first use: services and producers never need it.
+if not TYPE_CHECKING:  # type checkers see the import above
+    __getattr__, __dir__ = lazy_exports(
+        globals(), {"RegistryServer": "streamguard.registry.server"}
+    )

@@ -1,0 +1,37 @@
+"""Names a package exports but imports only when first read.
+
+A consumer service never uses the embedded schema registry (an HTTP server, the
+compatibility checks, fastavro): loading it with the package cost every service's
+process about 1.8 MiB and 35-40 ms of start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def lazy_exports(
+    namespace: dict[str, Any], names: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A module's ``__getattr__`` and ``__dir__`` for ``names`` (name -> module).
+
+    The first read imports the name's module and keeps the name in ``namespace``, so
+    later reads never come back here. Assign them under ``if not TYPE_CHECKING``, with
+    the real imports under ``if TYPE_CHECKING``: a type checker that sees a module
+    ``__getattr__`` accepts any name, misspelt ones included.
+    """
+
+    def __getattr__(name: str) -> Any:
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *names})
+
+    return __getattr__, __dir__
