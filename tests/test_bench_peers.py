@@ -332,6 +332,25 @@ def test_streamguard_rows_are_held_to_the_best_peer_of_each_pass(
     assert "55.0 (`aiokafka`) | 0.92x | **no** |" in rows["`sg-sync` rss"]
 
 
+def test_a_verdict_within_the_runs_spread_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Medians 7.2 against 7.3 ms, from runs of 6.5-7.6 and 5.9-7.6: ahead, but the
+    runs overlap; runs that do not meet, or a single run, say nothing more."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import peers_table
+
+    def latency(p50: float, *runs: float) -> dict[str, Any]:
+        return {"latency": {"p50_ms": p50, "runs": [{"p50_ms": r} for r in runs]}}
+
+    def verdict(ours: dict[str, Any], peer: dict[str, Any]) -> str:
+        table = peers_table({"contenders": {"sg-sync": ours, "aiokafka": peer}})
+        return next(line for line in table if line.startswith("| `")).split("|")[-2].strip()
+
+    assert verdict(latency(7.2, 6.5, 7.6), latency(7.3, 5.9, 7.6)) == "yes (runs overlap)"
+    assert verdict(latency(7.5, 7.0, 8.6), latency(7.3, 5.9, 7.6)) == "**no** (runs overlap)"
+    assert verdict(latency(5.0, 4.8, 5.2), latency(7.3, 5.9, 7.6)) == "yes"
+    assert verdict(latency(5.0, 4.8), latency(7.3, 5.9, 7.6)) == "yes"
+
+
 def test_rows_held_to_a_baseline_run_next_to_it_and_are_compared_round_by_round(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -252,6 +252,8 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         best, peer = min(theirs) if lower else max(theirs)
         ahead = best / ours if lower else ours / best
         met = "yes" if ahead > 1 else "**no**"
+        if _runs_overlap(contenders[name][mode], contenders[peer][mode], key):
+            met += " (runs overlap)"
         lines.append(
             f"| `{name}` | {mode} | {MEASURES[key]} | {_figure(ours)} | {_figure(best)} "
             f"(`{peer}`) | {_ahead_text(ahead)}x | {met} |"
@@ -268,12 +270,26 @@ def peers_table(results: dict[str, Any]) -> list[str]:
         "worker), held to every peer, those that reorder a key's records included. Ahead by: "
         "the best peer's figure over streamguard's where lower is better (latency, RSS "
         "after the memory pass's long run), streamguard's over the best peer's where "
-        "higher is (msg/s), from the unrounded figures. Met: ahead, above 1.00x. A pass's "
+        "higher is (msg/s), from the unrounded figures. Met: ahead, above 1.00x. *Runs "
+        "overlap*: the two rows' runs (each a median's ingredients) span ranges that "
+        "meet, so the verdict is within the pass's run-to-run noise. A pass's "
         "rows may come from different runs of it (merged with `--merge`): its own table's "
         "caption then gives their dates, and a caption without a date means the run named "
         "at the top.",
     ]
     return lines
+
+
+def _runs_overlap(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> bool:
+    """True when both rows have several runs and their ranges of ``key`` meet."""
+    spans = []
+    for row in (ours, theirs):
+        values = [run[key] for run in row.get("runs", ()) if key in run]
+        if len(values) < 2:
+            return False
+        spans.append((min(values), max(values)))
+    (low, high), (peer_low, peer_high) = spans
+    return low <= peer_high and peer_low <= high
 
 
 def _figure(value: float) -> str:
