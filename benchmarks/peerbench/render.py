@@ -423,7 +423,10 @@ def section(results: dict[str, Any], chart: str) -> str:
             "",
             *rss,
             "",
-            f"RSS of the contender's process.{_earlier(results, 'rss')}",
+            f"RSS of the contender's process, one run a row: a process's growth over the "
+            f"run moves by several MiB from one run to the next (glibc keeps what the "
+            f"client's fetch buffers free), so compare rows of one pass and read the "
+            f"notes' alternating runs for a change.{_earlier(results, 'rss')}",
         ]
     if results.get("skipped"):
         parts += ["", "Not run (missing from this install):"]
