@@ -63,6 +63,8 @@ _POLL_EVERY = 512
 # 61.6 MiB by median, alternating runs).
 METRICS_EVERY = 0.5
 METRICS_MAX = 1024
+# How often a revoke or shutdown waiting for a lane's handlers looks again.
+IDLE_CHECK = 0.001
 
 
 class LoopLane(PartitionLane):
@@ -73,7 +75,7 @@ class LoopLane(PartitionLane):
     def __init__(self, partition: int, pipeline: Pipeline, runner: LoopRunner) -> None:
         super().__init__(partition, pipeline)
         self.runner = runner
-        self.running = 0  # handlers of this lane running now (loop thread only)
+        self.running = 0  # handlers of this lane running now (written on the loop thread)
 
     def drain(self, max_batches: int = 1 << 30) -> bool:
         """Hand the lane to the loop, which takes its buffered batches in order.
@@ -108,11 +110,24 @@ class LoopLane(PartitionLane):
         self.runner.close_lane(self)
 
     def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until no handler of this lane runs; False on timeout.
+
+        ``running`` is looked at every ``IDLE_CHECK`` rather than through the ``idle``
+        Event: under key ordering, setting and clearing an Event per record cost 2.6 µs
+        of CPU a record (20.4 against 17.7), and this wait only comes with a revoke or a
+        shutdown.
+        """
         # On the loop thread this is a rebalance callback of the loop's own poll, which
         # happens only while no handler is suspended: nothing of this lane can run.
         if self.runner.on_loop_thread():
             return True
-        return super().wait_idle(timeout)
+        deadline = time.monotonic() + timeout
+        while self.running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(IDLE_CHECK, left))
+        return True
 
     def inflight(self) -> int:
         with self.lock:
@@ -240,6 +255,7 @@ class LoopRunner:
         self._durations: list[float] = []
         self._flush_due = False
         self._seen = 0
+        self._succeeded = 0  # successes not yet told to the breaker (_fold_successes)
 
     def _caller(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         if inspect.iscoroutinefunction(fn):
@@ -356,10 +372,16 @@ class LoopRunner:
                     self.waiting += 1
 
     def _start(self, ident: Hashable, run: _KeyRun) -> None:
+        # The run forgets itself as it ends (``_run``'s ``finally``); a task cancelled
+        # before its first step never runs that, so ``_cancel`` adds a done callback.
+        # Not one per run: under key ordering a run is often one record, and the
+        # callback was one more handle through the loop for each (1.0 µs a record).
         run.task = self.loop.create_task(self._run(ident, run))
-        # Also in a done callback: a task cancelled before its first step never runs
-        # its own ``finally``.
-        run.task.add_done_callback(lambda _task: self._forget(ident, run))
+
+    def _cancel(self, ident: Hashable, run: _KeyRun) -> None:
+        if run.task is not None:
+            run.task.cancel()
+            run.task.add_done_callback(lambda _task: self._forget(ident, run))
 
     def _forget(self, ident: Hashable, run: _KeyRun) -> None:
         """The run is over: nothing more may be added to it. Idempotent.
@@ -422,7 +444,6 @@ class LoopRunner:
         held = False  # a slot kept from one record to the next while nobody waits
         run.in_handler = True
         lane.running += 1
-        lane.idle.clear()
         self.in_handlers += 1
         try:
             while not lane.closed:
@@ -510,8 +531,6 @@ class LoopRunner:
             self._fold(lane, done, last)
             run.in_handler = False
             lane.running -= 1
-            if not lane.running:
-                lane.idle.set()
 
     async def _next_turn(self, run: _KeyRun) -> bool:
         """Between two batches' worth of an in-order run (or when its queue ran dry):
@@ -593,10 +612,13 @@ class LoopRunner:
         lane, pipe = run.lane, self.pipeline
         if retry is not None and not await self._wait_to_retry(lane, retry):
             return False
+        breaker, publisher = pipe.breaker, pipe.publisher
         while not lane.closed:
-            if not await self._until_processing(lane):
+            # With the breaker closed and the DLQ writable, no coroutine is needed.
+            ready = breaker.closed and publisher.writable
+            if not ready and not await self._until_processing(lane):
                 return False
-            if retry is not None or not pipe.breaker.closed:
+            if retry is not None or not breaker.closed:
                 parked = gate(pipe.breaker, retry, self._clock())
                 if parked is not None:  # the breaker or the retry budget holds it
                     retry = parked
@@ -609,14 +631,13 @@ class LoopRunner:
                     self.slots.give()
                     return False
             run.in_handler = True
-            if not lane.running:
-                lane.idle.clear()
             lane.running += 1
             verdict: Failure | RetryState | None
             self.in_handlers += 1
             try:
                 verdict = await self._attempt(msg, attempt)
             except Exception as exc:
+                self._fold_successes()  # the verdict weighs every success before it
                 verdict = pipe.judge(
                     exc, attempt, retry, self._clock(), (lane.partition, msg.offset())
                 )
@@ -624,8 +645,6 @@ class LoopRunner:
                 self.in_handlers -= 1
                 run.in_handler = False
                 lane.running -= 1
-                if not lane.running:
-                    lane.idle.set()
                 self.slots.give()
             if isinstance(verdict, RetryState):
                 retry = verdict
@@ -635,7 +654,9 @@ class LoopRunner:
             # Final even if the lane closed meanwhile: revoke commits what finished.
             if verdict is None:
                 self._handled += 1
-                pipe.breaker.succeeded()
+                self._succeeded += 1
+                if self._succeeded >= _FOLD or not breaker.closed:  # a probe closes it now
+                    self._fold_successes()
             lane.finished(msg, verdict)
             self._schedule_flush()
             self._since_poll += 1
@@ -707,6 +728,15 @@ class LoopRunner:
         self._durations.append(time.perf_counter() - start)
         return None
 
+    def _fold_successes(self) -> None:
+        """Tell the breaker of the successes ``_process`` counted: it takes a lock and
+        reads the clock three times a call (3.8 µs of CPU a key-ordered record, 21.5
+        against 17.7), so they go in ``_FOLD`` at a time,
+        as an in-order run's do (``_fold``), and before ``_process`` judges a failure."""
+        if self._succeeded:
+            self.pipeline.breaker.succeeded(self._succeeded)
+            self._succeeded = 0
+
     def _schedule_flush(self) -> None:
         if len(self._durations) >= METRICS_MAX:
             self._report_metrics()
@@ -719,6 +749,7 @@ class LoopRunner:
         self._report_metrics()
 
     def _report_metrics(self) -> None:
+        self._fold_successes()
         self.pipeline.record_batch(self._handled, self._durations, self._retries)
         self._handled = self._retries = 0
         # The same list, emptied: a partition's run binds its append once, and a flush
@@ -726,11 +757,10 @@ class LoopRunner:
         self._durations.clear()
 
     def _close(self, lane: LoopLane) -> None:
-        for run in list(self._runs.values()):
-            if run.lane is lane and not run.in_handler and run.task is not None:
-                run.task.cancel()  # waiting to retry or for a slot: give it up
+        for ident, run in list(self._runs.items()):
+            if run.lane is lane and not run.in_handler:
+                self._cancel(ident, run)  # waiting to retry or for a slot: give it up
 
     def _cancel_all(self) -> None:
-        for run in list(self._runs.values()):
-            if run.task is not None:
-                run.task.cancel()
+        for ident, run in list(self._runs.items()):
+            self._cancel(ident, run)

@@ -3,6 +3,10 @@ never starts work while the DLQ is unwritable. No broker: records are built in m
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import cast
+
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -12,6 +16,7 @@ from streamguard.demo.contracts import OrderPlaced
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.deadletters import DeliveryReport
+from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.testing import record
@@ -176,3 +181,28 @@ def test_close_drops_the_buffer_for_redelivery() -> None:
     assert lane.inflight() == 0
     assert not lane.drain()
     assert lane.commit_position() is None
+
+
+class OffTheLoop:
+    """A runner seen from another thread than its loop's (a revoke from the poller)."""
+
+    keyed = True
+
+    def on_loop_thread(self) -> bool:
+        return False
+
+
+def test_an_event_loop_lane_is_idle_once_its_handlers_return() -> None:
+    """A revoke waits, bounded, until no handler of an event-loop lane runs. The lane
+    reads its count of running handlers: an Event set and cleared per record cost
+    2.6 µs of CPU a key-ordered record."""
+    pipeline = cast(Pipeline, make_lane([])[0].pipeline)
+    lane = LoopLane(0, pipeline, cast(LoopRunner, OffTheLoop()))
+    assert lane.wait_idle(0.0)
+    lane.running = 1
+    started = time.monotonic()
+    assert not lane.wait_idle(0.05)
+    assert time.monotonic() - started >= 0.05
+    threading.Timer(0.05, setattr, (lane, "running", 0)).start()
+    assert lane.wait_idle(5.0)
+    assert lane.running == 0

@@ -178,6 +178,47 @@ def test_a_retrying_key_does_not_hold_other_keys(
     running.stop()
 
 
+@pytest.mark.parametrize("mode", ["key", "none"])
+def test_a_failure_is_judged_with_every_success_before_it(
+    mode: str,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Under key and no ordering, successes reach the breaker in folds (a call per
+    record cost 3.8 µs of CPU a record), yet a failure is judged with every success
+    before it counted. A third of the records time out once, a quarter of the calls:
+    judged on the failures alone (the successes since the last fold not yet told), the
+    breaker would open; here it stays closed, and every record is handled after at
+    most one retry. Five keys, so that each key's run goes on past its failures."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    total = 1000
+    send_keyed(bootstrap, src, total, keys=5)
+    handled: set[int] = set()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        ordering = mode
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset % 3 == 1 and ctx.attempt == 1:
+                raise TimeoutError("timed out once")
+            handled.add(ctx.offset)
+
+    running = start_service(Enrich)
+    assert wait_for(lambda: len(handled) == total, timeout=30)
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: total})
+    assert running.metric("streamguard_breaker_opened_total", topic=src) == 0
+    assert running.metric("streamguard_retries_total", topic=src) == len(range(1, total, 3))
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+    running.stop()
+
+
 def test_dead_letters_per_record_under_key_ordering(
     bootstrap: str,
     topic_factory: Callable[..., str],
