@@ -223,8 +223,14 @@ class GuardedAgent:
         """The Faust actor: hand each event to its partition's lane, in arrival order."""
         self._dlq_declared = asyncio.ensure_future(self._declare_dead_letter_topic())
         lanes = self._lanes
+        source = stream.noack()
         try:
-            async for event in stream.noack().events():
+            # The events as ``events()`` yields them, without its generator around
+            # the stream's: one layer less per event.
+            async for _ in source:
+                event = source.current_event
+                if event is None:
+                    continue
                 partition = event.message.partition
                 lane = lanes.get(partition)
                 if lane is None or lane.task.done():

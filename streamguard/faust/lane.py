@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
 from faust.types import TP
@@ -110,8 +111,11 @@ class Lane:
         # Unbounded, so the actor never waits for one partition: at ``high`` events the
         # partition stops being fetched instead (Faust's own stream-buffer flow control),
         # and is fetched again at half of it. What it holds beyond ``high`` is what was
-        # fetched before.
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        # fetched before. A deque and one future while the lane waits, not an
+        # asyncio.Queue: the actor hands events over one at a time, and the lane waits
+        # for nearly every one.
+        self.queue: deque[Any] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self.high = high
         self.paused_tp: Any = None
         self.busy = False
@@ -128,7 +132,7 @@ class Lane:
 
     @property
     def inflight(self) -> int:
-        return self.queue.qsize() + (1 if self.busy else 0)
+        return len(self.queue) + (1 if self.busy else 0)
 
     def flush_counts(self) -> None:
         if self.handled:
@@ -141,19 +145,24 @@ class Lane:
         self.flush_counts()
 
     async def _run(self) -> None:
+        queue = self.queue
+        loop = asyncio.get_running_loop()
         while True:
             if self.handled >= FLUSH_EVERY:
                 self.flush_counts()
-            elif self.handled and not self._flush_due and self.queue.empty():
+            elif self.handled and not self._flush_due and not queue:
                 self._flush_due = True
-                asyncio.get_running_loop().call_later(FLUSH_WAIT, self._flush_later)
+                loop.call_later(FLUSH_WAIT, self._flush_later)
             lines = self.agent.log_dead_letter
-            if lines.not_logged and self.queue.empty():
+            if lines.not_logged and not queue:
                 # A flood's last skipped lines are reported once the rate allows one,
                 # not with the next dead letter, which may never come.
-                asyncio.get_running_loop().call_later(LOG_FLUSH_WAIT, lines.flush)
-            event = await self.queue.get()
-            if self.paused_tp is not None and self.queue.qsize() <= self.high // 2:
+                loop.call_later(LOG_FLUSH_WAIT, lines.flush)
+            while not queue:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            event = queue.popleft()
+            if self.paused_tp is not None and len(queue) <= self.high // 2:
                 self._resume()
             self.busy = True
             try:
@@ -168,10 +177,15 @@ class Lane:
 
     def offer(self, event: Any) -> None:
         """Queue an event (the actor calls this); stop fetching its partition at the mark."""
-        self.queue.put_nowait(event)
+        self.queue.append(event)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():  # not when the lane was cancelled meanwhile
+                wakeup.set_result(None)
         if (
             self.paused_tp is None
-            and self.queue.qsize() >= self.high
+            and len(self.queue) >= self.high
             and not self.agent.interrupted(event.message)
         ):
             # on_buffer_full, not pause_partitions: Faust drops the rest of an already
