@@ -124,6 +124,7 @@ class Lane:
         self.handled = 0  # since the last flush (see FLUSH_EVERY)
         self.durations: list[float] = []
         self._flush_due = False
+        self._log_flush_due = False
         self.seen = 0  # events processed: every drift_sample-th is drift-checked
         self.drift_checked = 0.0  # monotonic time of the last drift check
         self.task = asyncio.get_running_loop().create_task(
@@ -144,6 +145,10 @@ class Lane:
         self._flush_due = False
         self.flush_counts()
 
+    def _flush_log(self) -> None:
+        self._log_flush_due = False
+        self.agent.log_dead_letter.flush()
+
     async def _run(self) -> None:
         queue = self.queue
         loop = asyncio.get_running_loop()
@@ -153,11 +158,12 @@ class Lane:
             elif self.handled and not self._flush_due and not queue:
                 self._flush_due = True
                 loop.call_later(FLUSH_WAIT, self._flush_later)
-            lines = self.agent.log_dead_letter
-            if lines.not_logged and not queue:
+            if self.agent.log_dead_letter.not_logged and not queue and not self._log_flush_due:
                 # A flood's last skipped lines are reported once the rate allows one,
-                # not with the next dead letter, which may never come.
-                loop.call_later(LOG_FLUSH_WAIT, lines.flush)
+                # not with the next dead letter, which may never come. One timer at a
+                # time: the lane runs dry after nearly every event of a flood.
+                self._log_flush_due = True
+                loop.call_later(LOG_FLUSH_WAIT, self._flush_log)
             while not queue:
                 self._wakeup = loop.create_future()
                 await self._wakeup

@@ -3,6 +3,7 @@ never starts work while the DLQ is unwritable. No broker: records are built in m
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import cast
@@ -206,3 +207,22 @@ def test_an_event_loop_lane_is_idle_once_its_handlers_return() -> None:
     threading.Timer(0.05, setattr, (lane, "running", 0)).start()
     assert lane.wait_idle(5.0)
     assert lane.running == 0
+
+
+def test_a_key_run_cancelled_before_its_first_step_is_forgotten() -> None:
+    """A shutdown that gives up waiting right after the loop was handed a lane's records
+    cancels their runs before they ever ran: each run's task still forgets itself (a
+    done callback added when it is cancelled), so the loop is not left busy with runs
+    that will never end."""
+    pipeline = cast(Pipeline, make_lane([])[0].pipeline)
+    loop = asyncio.new_event_loop()
+    try:
+        runner = LoopRunner(pipeline, loop, "key", max_in_flight=8)
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue([record(valid(i), key=f"k{i}", topic="lane-unit", offset=i) for i in range(3)])
+        lane.drain()  # from this thread: the loop accepts the records on its next turn
+        runner.cancel_all()  # queued right behind: it runs before the runs' first steps
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not runner.busy
+    finally:
+        loop.close()
