@@ -6,6 +6,7 @@ Nothing here is timed: speed is read from the benchmark's own table, never from 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,13 @@ def test_tiny_round_writes_results_and_the_page_table(
     rate = results["contenders"]["sg-sync"]["throughput"]["msg_per_s"]
     assert f"(`sg-sync`) | json | {rate:,} |  |" in text  # one run: no range to give
     assert results["meta"]["date"] in text
+    commit = results["meta"]["commit"]  # the checkout measured, as git names it
+    git = shutil.which("git") or "git"
+    assert commit == subprocess.run(
+        [git, "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip() + ("+changes" if commit.endswith("+changes") else "")  # fmt: skip
+    assert f"(commit {commit})" in text
     assert "1 round;" in text
     assert "Read no target from fewer than 3 rounds." in text
 

@@ -79,10 +79,11 @@ def rounds_phrase(rounds: int) -> str:
 
 
 def provenance(meta: dict[str, Any]) -> str:
-    """Machine, versions and date: every table and the chart carry it."""
+    """Machine, versions, date and commit: every table and the chart carry it."""
     m, v = meta["machine"], meta["versions"]
     libs = ", ".join(f"{k} {val}" for k, val in v.items())
-    return f"{meta['date']} on {_cores(m)}, {m['platform']}, Python {m['python']}; {libs}"
+    commit = f" (commit {meta['commit']})" if meta.get("commit") else ""
+    return f"{meta['date']}{commit} on {_cores(m)}, {m['platform']}, Python {m['python']}; {libs}"
 
 
 def _cores(machine: dict[str, Any]) -> str:

@@ -79,6 +79,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source_commit() -> str:
+    """The commit measured, ``+changes`` when the package or the benchmarks differ from
+    it (results.json aside, which a run rewrites); "" outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--", "streamguard", "benchmarks",
+             ":!benchmarks/results.json"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{head}+changes" if changed else head
+
+
 def versions() -> dict[str, str]:
     found: dict[str, str] = {}
     for name in PACKAGES:
@@ -237,6 +257,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
     results: dict[str, Any] = {
         "meta": {
             "date": started.isoformat(timespec="seconds"),
+            "commit": source_commit(),
             "machine": machine(),
             "versions": versions(),
             "records": settings.records,
