@@ -28,7 +28,7 @@ from streamguard.registry import RegistryCodec
 from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
 
 if TYPE_CHECKING:
-    from streamguard.registry.server import RegistryServer
+    from streamguard.registry import RegistryServer
 
 __all__ = [
     "AvroCodec",
@@ -60,8 +60,7 @@ __all__ = [
 ]
 
 
-# The embedded registry loads on first use: a service never needs it.
+# The embedded registry loads on first use (streamguard.registry says where from): a
+# service never needs it.
 if not TYPE_CHECKING:  # type checkers see the import above
-    __getattr__, __dir__ = lazy_exports(
-        globals(), {"RegistryServer": "streamguard.registry.server"}
-    )
+    __getattr__, __dir__ = lazy_exports(globals(), {"RegistryServer": "streamguard.registry"})
