@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract, registered_contracts
 from streamguard.deadletter import DeadLetter, Failure
-from streamguard.devbroker import DevBroker
 from streamguard.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -28,6 +27,7 @@ from streamguard.registry import RegistryCodec
 from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
 
 if TYPE_CHECKING:
+    from streamguard.devbroker import DevBroker
     from streamguard.registry import RegistryServer
 
 __all__ = [
@@ -60,7 +60,10 @@ __all__ = [
 ]
 
 
-# The embedded registry loads on first use (streamguard.registry says where from): a
-# service never needs it.
-if not TYPE_CHECKING:  # type checkers see the import above
-    __getattr__, __dir__ = lazy_exports(globals(), {"RegistryServer": "streamguard.registry"})
+# The embedded broker and registry load on first use (streamguard.registry says where
+# the registry's server is): a service never needs them.
+if not TYPE_CHECKING:  # type checkers see the imports above
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {"DevBroker": "streamguard.devbroker", "RegistryServer": "streamguard.registry"},
+    )

@@ -45,7 +45,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from streamguard.demo import run_demo
+    from streamguard.demo.run import run_demo
 
     code: int = run_demo(bootstrap_servers=args.bootstrap_servers)
     return code

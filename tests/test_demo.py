@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamguard.demo import run_demo
+from streamguard.demo.run import run_demo
 
 pytestmark = pytest.mark.broker  # starts brokers of its own
 

@@ -46,15 +46,19 @@ def test_exported_classes_document_their_public_methods() -> None:
 def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> None:
     """Avro (fastavro), the embedded registry and the CLI's argparse load on first use:
     the import is 2.4 MiB smaller (1.8 MiB at a sync service's first record in the
-    benchmark) and 35-40 ms shorter. The demo's contracts (which the benchmarks use) do
-    not bring them either."""
+    benchmark) and 35-40 ms shorter. So do the embedded broker (ctypes, subprocess) and
+    the event-loop runtime, which a sync service never runs: 1.5 MiB more (3.1 with
+    confluent-kafka before 2.13, which does not import asyncio itself). The demo's
+    contracts (which the benchmarks and deploy/ use) do not bring any of them."""
     probe = (
         "import sys, streamguard as sg, streamguard.demo.contracts\n"
         "late = ['fastavro', 'streamguard.registry.server', 'streamguard.registry.state',"
-        " 'tomllib', 'argparse']\n"
+        " 'tomllib', 'argparse', 'ctypes', 'streamguard.devbroker',"
+        " 'streamguard.runtime.eventloop', 'streamguard.demo.run']\n"
         "assert 'RegistryServer' in dir(sg) and 'RegistryServer' in dir(sg.registry)\n"
         "print([m for m in late if m in sys.modules])\n"
         "assert sg.RegistryServer.__name__ == 'RegistryServer'\n"
+        "assert 'DevBroker' in dir(sg) and sg.DevBroker.__name__ == 'DevBroker'\n"
         "assert not hasattr(sg, 'RegistryServr'), 'a misspelt name must still fail'\n"
         "print('fastavro' in sys.modules, 'streamguard.registry.server' in sys.modules)\n"
     )

@@ -11,7 +11,6 @@ from peerbench.dataset import OrderPlacedAvro
 from peerbench.kafka import FAST_JOIN, fetch_wait
 from peerbench.registry import Run, contender
 from streamguard.demo.contracts import OrderPlaced
-from streamguard.devbroker import free_port
 
 KAFKA_ENV = "PEERBENCH_SG_KAFKA_CONFIG"
 OPTIONS_ENV = "PEERBENCH_SG_OPTIONS"
@@ -63,7 +62,7 @@ def serve(
     Service(
         bootstrap_servers=run.bootstrap,
         kafka_config=config,
-        metrics_port=free_port(),
+        metrics_port=0,  # a port the OS picks
         schema_registry=schema_registry,
     ).run()
 

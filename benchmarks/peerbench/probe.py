@@ -9,7 +9,6 @@ measured, and every run uses a fresh consumer group, so nothing needs committing
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -142,6 +141,8 @@ class Probe:
         self._end(key, event)
 
     async def ahandle(self, event: Any) -> None:
+        import asyncio  # here: a sync contender's process never loads it
+
         key = self._begin(event)
         await asyncio.sleep(self.work_s)
         self._end(key, event)

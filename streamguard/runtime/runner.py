@@ -7,7 +7,6 @@ runs the scheduler until stopped, then settles, commits and closes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import threading
@@ -15,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -28,16 +27,21 @@ from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.connectivity import STATS_INTERVAL_MS, ClusterLink, check_stats_interval
 from streamguard.runtime.deadletters import DeadLetterPublisher
-from streamguard.runtime.eventloop import LoopLane, LoopRunner
 from streamguard.runtime.flow import FlowControl
 from streamguard.runtime.lag import LagMonitor
 from streamguard.runtime.lane import PartitionLane
-from streamguard.runtime.memory import hold_malloc_thresholds
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.scheduler import Scheduler
 from streamguard.runtime.spec import ServiceSpec
 from streamguard.topics import create_topics
+
+if TYPE_CHECKING:
+    # A sync service under partition order runs no event loop: asyncio and the
+    # event-loop runtime are imported only by services that use them (2-3 MiB).
+    import asyncio
+
+    from streamguard.runtime.eventloop import LoopRunner
 
 log = logging.getLogger("streamguard.runtime")
 _librdkafka_log = logging.getLogger("streamguard.librdkafka")
@@ -53,6 +57,8 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     about half of asyncio's; ``"asyncio"`` keeps the standard loop, for handlers that
     rely on something only it does.
     """
+    import asyncio
+
     if kind == "auto":
         try:
             import uvloop
@@ -121,6 +127,8 @@ class ServiceRuntime:
         self._running = True
         spec = self.spec
         if spec.options.release_memory:
+            from streamguard.runtime.memory import hold_malloc_thresholds
+
             hold_malloc_thresholds()
         restore = self._install_signal_handlers()
         loop, loop_thread = self._start_event_loop()
@@ -196,6 +204,8 @@ class ServiceRuntime:
         new_lane: Callable[[int], PartitionLane] | None = None
         give_up: Callable[[], None] | None = None
         if loop is not None:
+            from streamguard.runtime.eventloop import LoopLane, LoopRunner
+
             runner = LoopRunner(pipeline, loop, spec.ordering, options.max_in_flight)
             self._loop_runner = runner
             new_lane = partial(LoopLane, pipeline=pipeline, runner=runner)
