@@ -37,10 +37,9 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import stamp_headers
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport, headers_for
-from streamguard.runtime.eventloop import LoopLane, LoopRunner
+from streamguard.runtime.eventloop import LoopLane, LoopRunner, new_event_loop
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
-from streamguard.runtime.runner import new_event_loop
 from streamguard.runtime.service import ConsumerService
 from streamguard.runtime.spec import ServiceSpec
 

@@ -47,16 +47,20 @@ def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> No
     """Avro (fastavro), the embedded registry and the CLI's argparse load on first use:
     the import is 2.4 MiB smaller (1.8 MiB at a sync service's first record in the
     benchmark) and 35-40 ms shorter. So do the embedded broker (ctypes, subprocess) and
-    the event-loop runtime, which a sync service never runs: 1.5 MiB more (3.1 with
-    confluent-kafka before 2.13, which does not import asyncio itself). The demo's
-    contracts (which the benchmarks and deploy/ use) do not bring any of them."""
+    the event-loop runtime (asyncio), which a sync service never runs: 1.5 MiB more, 3.1
+    with a confluent-kafka older than 2.13 (newer ones import asyncio themselves, so the
+    check is on what streamguard's modules import). The demo's contracts and billing
+    service (which the benchmarks and deploy/ use) bring none of them either."""
     probe = (
-        "import sys, streamguard as sg, streamguard.demo.contracts\n"
+        "import sys, streamguard as sg, streamguard.demo.contracts, streamguard.demo.billing\n"
         "late = ['fastavro', 'streamguard.registry.server', 'streamguard.registry.state',"
-        " 'tomllib', 'argparse', 'ctypes', 'streamguard.devbroker',"
-        " 'streamguard.runtime.eventloop', 'streamguard.demo.run']\n"
+        " 'tomllib', 'argparse', 'streamguard.devbroker', 'streamguard.runtime.eventloop',"
+        " 'streamguard.demo.run']\n"
         "assert 'RegistryServer' in dir(sg) and 'RegistryServer' in dir(sg.registry)\n"
         "print([m for m in late if m in sys.modules])\n"
+        "print(sorted(name for name, module in list(sys.modules.items())"
+        " if name.startswith('streamguard') and module is not None"
+        " and {'asyncio', 'ctypes', 'subprocess'} & vars(module).keys()))\n"
         "assert sg.RegistryServer.__name__ == 'RegistryServer'\n"
         "assert 'DevBroker' in dir(sg) and sg.DevBroker.__name__ == 'DevBroker'\n"
         "assert not hasattr(sg, 'RegistryServr'), 'a misspelt name must still fail'\n"
@@ -66,4 +70,5 @@ def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> No
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split("\n")
     assert out[0] == "[]", out
-    assert out[1] == "True True", out  # the embedded registry still loads, with its Avro
+    assert out[1] == "[]", out  # no module of the package imported them
+    assert out[2] == "True True", out  # the embedded registry still loads, with its Avro

@@ -89,6 +89,8 @@ def with_registry(url: str) -> sg.GuardedProducer:
     server = sg.RegistryServer(port=0)
     print(server.start())
     server.stop()
+    with sg.DevBroker() as broker:  # lazy at run time, like RegistryServer
+        print(broker.bootstrap_servers)
     return sg.GuardedProducer(
         schema_registry={"url": url},
         subject_name_strategy="RecordNameStrategy",
@@ -115,6 +117,7 @@ def guarded(app: faust.App) -> GuardedAgent:
 
 
 def unknown_names_stay_errors() -> None:
-    # The package resolves RegistryServer lazily, at run time only: a misspelt name must
-    # still fail type checking (strict mypy reports this ignore as unused otherwise).
+    # The package resolves DevBroker and RegistryServer lazily, at run time only: a
+    # misspelt name must still fail type checking (strict mypy reports this ignore as
+    # unused otherwise).
     print(sg.JsonCodek)  # type: ignore[attr-defined]

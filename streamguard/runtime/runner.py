@@ -37,8 +37,9 @@ from streamguard.runtime.spec import ServiceSpec
 from streamguard.topics import create_topics
 
 if TYPE_CHECKING:
-    # A sync service under partition order runs no event loop: asyncio and the
-    # event-loop runtime are imported only by services that use them (2-3 MiB).
+    # A sync service under partition order runs no event loop: the event-loop runtime
+    # (and with it asyncio, unless the Kafka client loads it) is imported only by the
+    # services that run one.
     import asyncio
 
     from streamguard.runtime.eventloop import LoopRunner
@@ -48,26 +49,6 @@ _librdkafka_log = logging.getLogger("streamguard.librdkafka")
 
 # /readyz reports "not polling" when no poll happened for this long.
 POLL_STALE_AFTER = 10.0
-
-
-def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed (``"auto"``), else asyncio's own.
-
-    Timers and task switches dominate a handler that awaits I/O, and uvloop's cost
-    about half of asyncio's; ``"asyncio"`` keeps the standard loop, for handlers that
-    rely on something only it does.
-    """
-    import asyncio
-
-    if kind == "auto":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
 
 
 class Hooks:
@@ -127,7 +108,7 @@ class ServiceRuntime:
         self._running = True
         spec = self.spec
         if spec.options.release_memory:
-            from streamguard.runtime.memory import hold_malloc_thresholds
+            from streamguard.runtime.memory import hold_malloc_thresholds  # and ctypes
 
             hold_malloc_thresholds()
         restore = self._install_signal_handlers()
@@ -369,6 +350,8 @@ class ServiceRuntime:
     ) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None]:
         if not self.spec.on_event_loop:
             return None, None
+        from streamguard.runtime.eventloop import new_event_loop
+
         loop = new_event_loop(self.spec.options.event_loop)
         thread = threading.Thread(target=loop.run_forever, name="streamguard-loop", daemon=True)
         thread.start()
