@@ -49,13 +49,15 @@ def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> No
     benchmark) and 35-40 ms shorter. So do the embedded broker (ctypes, subprocess) and
     the event-loop runtime (asyncio), which a sync service never runs: 1.5 MiB more, 3.1
     with a confluent-kafka older than 2.13 (newer ones import asyncio themselves, so the
-    check is on what streamguard's modules import). The demo's contracts and billing
-    service (which the benchmarks and deploy/ use) bring none of them either."""
+    check is on what streamguard's modules import); and the schema checks and store,
+    which are the CLI's and the registry's: 0.3 MiB and 12 ms more. The demo's contracts
+    and billing service (which the benchmarks and deploy/ use) bring none of them."""
     probe = (
         "import sys, streamguard as sg, streamguard.demo.contracts, streamguard.demo.billing\n"
         "late = ['fastavro', 'streamguard.registry.server', 'streamguard.registry.state',"
         " 'tomllib', 'argparse', 'streamguard.devbroker', 'streamguard.runtime.eventloop',"
-        " 'streamguard.demo.run']\n"
+        " 'streamguard.demo.run', 'streamguard.schema.changes', 'streamguard.schema.store',"
+        " 'streamguard.schema.jsonschema_compat']\n"
         "assert 'RegistryServer' in dir(sg) and 'RegistryServer' in dir(sg.registry)\n"
         "print([m for m in late if m in sys.modules])\n"
         "print(sorted(name for name, module in list(sys.modules.items())"
@@ -63,6 +65,8 @@ def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> No
         " and {'asyncio', 'ctypes', 'subprocess'} & vars(module).keys()))\n"
         "assert sg.RegistryServer.__name__ == 'RegistryServer'\n"
         "assert 'DevBroker' in dir(sg) and sg.DevBroker.__name__ == 'DevBroker'\n"
+        "import streamguard.schema as schema\n"
+        "assert schema.SchemaStore.__name__ == 'SchemaStore' and 'Change' in dir(schema)\n"
         "assert not hasattr(sg, 'RegistryServr'), 'a misspelt name must still fail'\n"
         "print('fastavro' in sys.modules, 'streamguard.registry.server' in sys.modules)\n"
     )
