@@ -1,9 +1,9 @@
 """Names a package exports but imports only when first read.
 
-A consumer service never uses the embedded schema registry (an HTTP server, the
-compatibility checks, fastavro) or the embedded broker (ctypes, subprocess): loading
-them with the package cost every service's process about 2.3 MiB and 40-50 ms of
-start-up.
+A consumer service never uses the embedded schema registry (an HTTP server, fastavro),
+the embedded broker (ctypes, subprocess) or the schema package's compatibility checks
+and store: loaded with their packages, each cost every service's process memory and
+start-up for nothing (docs/benchmark-notes.md, *Imports*, has the figures).
 """
 
 from __future__ import annotations
