@@ -192,8 +192,9 @@ def render_report(report: ReplayReport) -> str:
     ]
     for item in report.refused[:SHOWN_REFUSED]:
         lines.append(f"  refused dlq {item['dlq']}: {item['reason']}: {item['detail']}")
-    if len(report.refused) > SHOWN_REFUSED:
-        lines.append(f"  ... and {len(report.refused) - SHOWN_REFUSED} more refused")
+    skipped = sum(report.skipped.values())  # report.refused lists at most MAX_REPORTED
+    if skipped > SHOWN_REFUSED:
+        lines.append(f"  ... and {skipped - SHOWN_REFUSED} more refused")
     if report.committed:
         done = ", ".join(f"p{p}={o}" for p, o in sorted(report.committed.items()))
         lines.append(f"  committed under group {report.group_id}: {done}")

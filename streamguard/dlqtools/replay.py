@@ -71,6 +71,7 @@ COMMIT_INTERVAL = 1.0  # seconds between flush+commit, bounding re-sends after a
 MAX_REPORTED = 1000  # refused records listed one by one; counts are always complete
 PRODUCER_OVERRIDES = {"message.max.bytes": MAX_RECORD_BYTES}
 FLUSH_TIMEOUT = 60.0
+MAX_COUNT_DIGITS = 9  # a longer sg-replay-count is forged: unreadable, over the limit
 
 
 def default_group(dlq_topic: str, selection: Selection | None = None) -> str:
@@ -83,7 +84,7 @@ def default_group(dlq_topic: str, selection: Selection | None = None) -> str:
     base = f"streamguard-replay.{dlq_topic}"
     if selection is None or not selection.filters():
         return base
-    digest = hashlib.sha256(selection.describe().encode()).hexdigest()[:10]
+    digest = hashlib.sha256(selection.identity().encode()).hexdigest()[:10]
     return f"{base}.{digest}"
 
 
@@ -156,8 +157,8 @@ def replay_count(headers: h.Headers) -> int | None:
         if key != h.REPLAY_COUNT:
             continue
         text = value.decode("ascii", "replace").strip() if value is not None else ""
-        if not text.isdigit():
-            return None
+        if not text.isdigit() or len(text) > MAX_COUNT_DIGITS:
+            return None  # also too long for int(), which refuses over 4,300 digits
         counts.append(int(text))
     return max(counts, default=0)
 
@@ -244,12 +245,17 @@ class Replayer:
         report = self.report
         report.read += 1
         prefix = self._prefixes.setdefault(letter.dlq_partition, FinalPrefix())
-        prefix.advance(letter.dlq_offset + 1)
+        # Open from the start: anything that stops the run before the record's outcome
+        # (Ctrl-C in the rate's wait, an unreachable registry, a bug) must leave it
+        # uncommitted, for the next run to consider again.
+        prefix.hold(letter.dlq_offset, None)
         if not self.options.selection.matches(record):
             report.not_selected += 1
+            prefix.release(letter.dlq_offset)
             return True
         decision = self._decide(record)
         if not isinstance(decision, _Send):
+            prefix.release(letter.dlq_offset)
             reason, detail = decision
             report.skipped[reason] += 1
             if len(report.refused) < MAX_REPORTED:
@@ -264,6 +270,7 @@ class Replayer:
         report.replayed += 1
         if self._producer is None:
             self.out.write(self._describe(record, decision) + "\n")
+            prefix.release(letter.dlq_offset)
             return True
         if self.options.rate:
             # Pace by the schedule since the start, not per record, so that the average
@@ -271,8 +278,7 @@ class Replayer:
             delay = started + (report.replayed - 1) / self.options.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        prefix.hold(letter.dlq_offset, None)  # open until the broker acknowledges it
-        self._unsettled += 1
+        self._unsettled += 1  # open until the broker acknowledges it
         try:
             self._produce(record, decision, prefix)
         except KafkaException as exc:
@@ -402,7 +408,8 @@ class Replayer:
             for partition, prefix in self._prefixes.items()
             if (position := prefix.position) is not None
         }
-        # Open now means refused, failed or not acknowledged in time: each is counted
+        # Open now means refused, failed, not acknowledged in time, or left unfinished by
+        # an interruption: each is counted
         # once, as the run stops at the first settle that finds any.
         self.report.failed = sum(len(prefix) for prefix in self._prefixes.values())
         healthy = not self.report.failed

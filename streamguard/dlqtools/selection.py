@@ -50,21 +50,27 @@ def parse_time(text: str, *, now: datetime | None = None) -> int:
     value = text.strip()
     if value.isdigit() and len(value) >= 12:
         return int(value)
-    relative = _RELATIVE.fullmatch(value)
-    if relative:
-        amount, unit = int(relative.group(1)), relative.group(2)
-        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
-        return int(moment.timestamp() * 1000)
     try:
+        relative = _RELATIVE.fullmatch(value)
+        if relative:
+            amount, unit = int(relative.group(1)), relative.group(2)
+            moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+            return int(moment.timestamp() * 1000)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
+    except (ValueError, OverflowError):  # OverflowError: a duration beyond year 1
         raise ConfigurationError(
             f"cannot read time {text!r}: use ISO 8601 (2026-11-27T14:05:00Z), a duration "
             "ago (30m, 2h, 1d) or epoch milliseconds"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+
+
+def duration_ago(text: str) -> str | None:
+    """``text`` as a normalised duration ago (``" 01d"`` -> ``"1d"``), None if it is not one."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    return f"{int(relative.group(1))}{relative.group(2)}" if relative else None
 
 
 def dead_lettered_ms(record: DlqRecord) -> int:
@@ -79,6 +85,10 @@ class Selection:
     where: dict[str, frozenset[str]] = field(default_factory=dict)
     since_ms: int | None = None
     until_ms: int | None = None
+    # A --since/--until given as a duration ago ("1d"), as typed: it names the same
+    # filter on every run, where since_ms moves with the clock.
+    since_ago: str | None = None
+    until_ago: str | None = None
 
     @classmethod
     def parse(
@@ -99,7 +109,13 @@ class Selection:
         until_ms = parse_time(until) if until else None
         if since_ms is not None and until_ms is not None and since_ms > until_ms:
             raise ConfigurationError(f"--since {since!r} is after --until {until!r}")
-        return cls({k: frozenset(v) for k, v in wanted.items()}, since_ms, until_ms)
+        return cls(
+            {k: frozenset(v) for k, v in wanted.items()},
+            since_ms,
+            until_ms,
+            since_ago=duration_ago(since) if since else None,
+            until_ago=duration_ago(until) if until else None,
+        )
 
     def matches(self, record: DlqRecord) -> bool:
         """True if the record passes every filter."""
@@ -120,14 +136,27 @@ class Selection:
         return bool(self.where) or self.since_ms is not None or self.until_ms is not None
 
     def describe(self) -> str:
+        """The selection in words, its times resolved (for reports)."""
+        return self._words(resolved=True)
+
+    def identity(self) -> str:
+        """The selection as the operator gave it: the same on every run of one command,
+        a relative time as typed (``since 1d ago``), so that the replay group named
+        after it (``default_group``) resumes instead of starting over."""
+        return self._words(resolved=False)
+
+    def _words(self, *, resolved: bool) -> str:
         parts = [
             f"{header.removeprefix(h.DLQ_PREFIX)} in {{{', '.join(sorted(values))}}}"
             for header, values in sorted(self.where.items())
         ]
-        if self.since_ms is not None:
-            parts.append(f"dead-lettered since {format_ms(self.since_ms)}")
-        if self.until_ms is not None:
-            parts.append(f"dead-lettered before {format_ms(self.until_ms)}")
+        for word, ms, ago in (
+            ("since", self.since_ms, self.since_ago),
+            ("before", self.until_ms, self.until_ago),
+        ):
+            if ms is not None:
+                when = f"{ago} ago" if ago and not resolved else format_ms(ms)
+                parts.append(f"dead-lettered {word} {when}")
         return "; ".join(parts) or "all records"
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import io
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from streamguard import headers as h
 from streamguard.cli import main
+from streamguard.deadletter import DeadLetter
 from streamguard.dlqtools.reader import DlqReader, existing_topics
 from streamguard.dlqtools.replay import (
     INVALID_TOPIC,
@@ -25,6 +28,7 @@ from streamguard.dlqtools.replay import (
 )
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
+from streamguard.errors import RegistryUnavailable
 from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, OrderV2, Sent
 
 pytestmark = pytest.mark.broker
@@ -304,3 +308,82 @@ def test_cli_time_window_and_missing_to_topic(
     assert "does not exist: create it first" in capsys.readouterr().err
     assert main([*args, "--since", "last tuesday"]) == 2
     assert "cannot read time" in capsys.readouterr().err
+
+
+class _StopsAtThird(Revalidator):
+    """Passes every record, and on the third one raises ``stop`` (or arms a Ctrl-C)."""
+
+    def __init__(self, stop: BaseException | None) -> None:
+        super().__init__({"dlqtest.Order": OrderV2})
+        self.stop = stop
+        self.calls = 0
+
+    def problems(self, letter: DeadLetter) -> Any:
+        self.calls += 1
+        if self.calls == 3:
+            if self.stop is not None:
+                raise self.stop
+            # Ctrl-C while the replay waits for --rate's schedule to send this record.
+            threading.Timer(0.1, _thread.interrupt_main).start()
+        return []
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [RegistryUnavailable("registry down"), None],
+    ids=["registry-unreachable", "ctrl-c-in-rate-wait"],
+)
+def test_a_run_stopped_before_a_records_outcome_commits_short_of_it(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+    stop: BaseException | None,
+) -> None:
+    """Whatever stops a run while a record is being decided or paced leaves that record
+    uncommitted: the next run sends it, and nothing is lost or sent twice."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 5, original_topic=orders)
+    expected = RegistryUnavailable if stop is not None else KeyboardInterrupt
+    with pytest.raises(expected):
+        replay(bootstrap, dlq, rate=2.0, revalidator=_StopsAtThird(stop))
+    assert committed(bootstrap, dlq, default_group(dlq)) == [2]
+    assert replay(bootstrap, dlq).replayed == 3
+    keys = [m.key() for m in read_all(orders, 6, timeout=4)]
+    assert keys == [f"customer-{i}".encode() for i in range(5)]
+
+
+def test_a_forged_replay_count_too_long_to_read_counts_as_over_the_limit(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """A count of thousands of digits (past what int() reads) is refused, not a crash."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE], original_topic=orders, replay_count="9" * 5000)
+    dead_letters(dlq, [FIXABLE], original_topic=orders, key_prefix="fine")
+    report = replay(bootstrap, dlq)
+    assert (report.replayed, report.skipped[REPLAY_LIMIT]) == (1, 1)
+    assert [m.key() for m in read_all(orders, 2, timeout=4)] == [b"fine-0"]
+
+
+def test_a_relative_time_window_resumes_under_the_same_group(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    read_all: Callable[..., list[Message]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--since 1d names the same filter on every run: the second run sends nothing."""
+    orders, dlq, _ = incident
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--since", "1d"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    time.sleep(1.1)  # a resolved --since has moved by now
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    group = first.split(" as group ")[1].split()[0]
+    assert group == second.split(" as group ")[1].split()[0]
+    assert "replayed 5;" in first
+    assert "replayed 0;" in second
+    assert len(read_all(orders, 6, timeout=4)) == 5

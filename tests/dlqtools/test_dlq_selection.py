@@ -44,6 +44,14 @@ def test_times_are_iso_relative_or_epoch_ms() -> None:
         parse_time("yesterday")
 
 
+@pytest.mark.parametrize("text", ["99999999999d", "10000000w"])
+def test_a_time_out_of_range_is_refused_like_an_unreadable_one(text: str) -> None:
+    """A duration reaching before year 1 is a usage error with the accepted forms, not a
+    traceback."""
+    with pytest.raises(ConfigurationError, match="cannot read time"):
+        parse_time(text)
+
+
 def test_where_keys_combine_with_and_across_keys_or_within_one() -> None:
     """Repeating a key widens it; different keys must all match."""
     selection = Selection.parse(["reason=decode_error", "reason=oversize", "topic=orders"])
@@ -107,6 +115,8 @@ def test_progress_draws_a_bar_on_a_terminal() -> None:
         ([("sg-replay-count", b"")], None),
         ([("sg-replay-count", b"-1")], None),
         ([("sg-replay-count", b"two")], None),
+        ([("sg-replay-count", b"123456789")], 123456789),
+        ([("sg-replay-count", b"9" * 5000)], None),  # beyond what int() reads: forged
     ],
 )
 def test_replay_count_cannot_be_reset_by_forged_headers(
@@ -130,3 +140,35 @@ def test_a_filtered_replay_gets_a_group_of_its_own() -> None:
     assert default_group("orders.dlq", everything) == "streamguard-replay.orders.dlq"
     assert default_group("orders.dlq", recent).startswith("streamguard-replay.orders.dlq.")
     assert len({default_group("orders.dlq", s) for s in (everything, recent, decode)}) == 3
+
+
+def test_a_relative_window_names_the_same_group_on_every_run() -> None:
+    """``--since 1d`` resolves to a new time on every run, but names one filter: its group
+    stays the same (else a second run would send everything again). Absolute times keep
+    the group they had."""
+    from streamguard.dlqtools.replay import default_group
+
+    earlier = Selection.parse(["reason=decode_error"], "1d", "2h")
+    later = Selection.parse(["reason=decode_error"], " 01d", "2h")
+    other = Selection.parse(["reason=decode_error"], "2d", "2h")
+    assert default_group("orders.dlq", earlier) == default_group("orders.dlq", later)
+    assert default_group("orders.dlq", earlier) != default_group("orders.dlq", other)
+    assert "1d ago" in earlier.identity()
+    assert "1d ago" not in earlier.describe()
+    absolute = Selection.parse((), "2026-11-27T00:00:00Z", None)
+    assert absolute.identity() == absolute.describe()
+
+
+def test_the_summary_counts_every_refused_record_beyond_those_listed() -> None:
+    """Past the MAX_REPORTED records listed in the report, the summary's "more refused"
+    still counts them all."""
+    from collections import Counter
+
+    from streamguard.dlqtools.commands import SHOWN_REFUSED, render_report
+    from streamguard.dlqtools.replay import MAX_REPORTED, ReplayReport
+
+    report = ReplayReport("orders.dlq", "g", dry_run=False, skipped=Counter(replay_limit=1500))
+    report.refused = [
+        {"dlq": f"0@{i}", "reason": "replay_limit", "detail": "-"} for i in range(MAX_REPORTED)
+    ]
+    assert f"... and {1500 - SHOWN_REFUSED} more refused" in render_report(report)
