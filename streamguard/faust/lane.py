@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from faust.types import TP
 
 from streamguard.deadletter import Failure
-from streamguard.errors import ContractViolation, DecodeError
+from streamguard.errors import ContractViolation, DecodeError, RegistryUnavailable
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.outcomes import RetryState, judge
 
@@ -173,13 +173,33 @@ class Lane:
             self.busy = True
             try:
                 await self.process(event)
-            except Exception as exc:  # a bug of ours: never ack, let Faust restart clean
-                log.exception("guarded agent lane crashed", extra={"partition": self.partition})
+            except asyncio.CancelledError as exc:
+                if self.task.cancelling():
+                    raise  # the lane is stopped: the event stays unacked, for redelivery
+                await self._crash(event, exc)  # a handler's own CancelledError
+                return
+            except (KeyboardInterrupt, SystemExit):
                 self._drop(event)
-                await self.agent.app.crash(exc)
+                raise
+            except BaseException as exc:  # a bug, or a handler's BaseException: never ack
+                await self._crash(event, exc)
                 return
             finally:
                 self.busy = False
+
+    async def _crash(self, event: Any, exc: BaseException) -> None:
+        """Stop the worker without acking ``event``; Faust restarts from the commit.
+
+        A lane that just ended instead would leave its event unacked while the next
+        lane of the partition acked later ones, and Faust would commit past it.
+        """
+        log.error(
+            "guarded agent lane crashed",
+            exc_info=exc,
+            extra={"partition": self.partition, "error": type(exc).__name__},
+        )
+        self._drop(event)
+        await self.agent.app.crash(exc)
 
     def offer(self, event: Any) -> None:
         """Queue an event (the actor calls this); stop fetching its partition at the mark."""
@@ -222,18 +242,36 @@ class Lane:
         value = msg.value
         failure: Failure | None = None
         self.seen += 1
-        try:
-            decoded = agent.decode(value)
-            now = time.monotonic()
-            if now - self.drift_checked >= DRIFT_EVERY or not self.seen % agent.drift_sample:
-                self.drift_checked = now
-                drift = agent.drift.check(msg.headers, value)
-                if drift is not None:
-                    failure = Failure("schema_drift", drift)
-        except (DecodeError, ContractViolation) as exc:
-            verdict = judge(exc, 1, None, agent.retry, agent.transient, time.monotonic())
-            assert isinstance(verdict, Failure)  # invalid input is never retried
-            failure = verdict
+        waits = 0
+        while True:
+            try:
+                decoded = agent.decode(value)
+                now = time.monotonic()
+                if now - self.drift_checked >= DRIFT_EVERY or not self.seen % agent.drift_sample:
+                    self.drift_checked = now
+                    drift = agent.drift.check(msg.headers, value)
+                    if drift is not None:
+                        failure = Failure("schema_drift", drift)
+            except (DecodeError, ContractViolation) as exc:
+                verdict = judge(exc, 1, None, agent.retry, agent.transient, time.monotonic())
+                assert isinstance(verdict, Failure)  # invalid input is never retried
+                failure = verdict
+            except RegistryUnavailable as exc:
+                # Not the event's fault: it waits, as in a ConsumerService, and is never
+                # dead-lettered; given up unacked if a rebalance or stop begins.
+                waits += 1
+                if waits == 1:
+                    log.warning(
+                        "schema registry unavailable; the event waits",
+                        extra={"partition": self.partition, "error": str(exc)},
+                    )
+                agent.retried()
+                delay = max(0.05, agent.retry.rng.uniform(0.0, agent.retry.backoff_cap(waits)))
+                if not await self._backoff(delay, msg):
+                    self._drop(event)
+                    return
+                continue
+            break
         if failure is None:
             outcome = await self._handle(event, record, decoded)
             if outcome == "handled":

@@ -1,0 +1,124 @@
+"""What a guarded agent's lane does when decoding or a handler fails outside the rules:
+a handler's ``BaseException`` stops the worker without acking, and an unreachable
+schema registry makes the event wait, as in a ``ConsumerService``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.faust import guarded_agent
+from streamguard.registry import RegistryServer
+from tests.faust.conftest import run_app, until
+from tests.registry.conftest import PaymentV1, avro, client, registry  # noqa: F401 (fixtures)
+from tests.runtime.conftest import committed
+
+pytestmark = pytest.mark.broker
+
+FAST_RETRY = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=1_000)
+
+
+def test_a_handlers_own_cancellation_stops_the_worker_and_loses_nothing(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """A handler that raises ``CancelledError`` (it awaited a task cancelled elsewhere)
+    is not an outcome: the worker crashes with nothing acked from that event on, and a
+    restarted worker handles it. Before, the lane ended silently, the partition's next
+    lane acked later events, and Faust committed past the lost one."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 4)
+    group = unique("billing")
+    first = make_app(group)
+    seen: list[int] = []
+
+    @guarded_agent(first, src, contract=OrderPlaced)
+    async def cancelled(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        seen.append(ctx.offset)
+        if ctx.offset == 1:
+            elsewhere = asyncio.ensure_future(asyncio.sleep(10))
+            elsewhere.cancel()
+            await elsewhere
+
+    async def until_crashed() -> None:
+        assert await until(lambda: first.should_stop, 30)
+
+    with contextlib.suppress(asyncio.CancelledError):  # how a crashed app's run ends
+        run_app(first, until_crashed)
+    assert seen == [0, 1]
+    assert isinstance(first.crash_reason, asyncio.CancelledError)
+    assert committed(bootstrap, group, src).get(0, 0) <= 1
+
+    second = make_app(group)
+    handled: list[int] = []
+
+    @guarded_agent(second, src, contract=OrderPlaced)
+    async def healthy(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        handled.append(ctx.offset)
+
+    async def all_committed() -> None:
+        assert await until(lambda: committed(bootstrap, group, src).get(0) == 4, 30)
+
+    run_app(second, all_committed)
+    assert handled[-3:] == [1, 2, 3]
+
+
+def test_an_unreachable_registry_holds_the_event_until_it_answers(
+    bootstrap: str,
+    registry: RegistryServer,  # noqa: F811 (the fixtures imported above)
+    client: SchemaRegistryClient,  # noqa: F811
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A registry outage is not the event's fault: the event waits (far past the retry
+    budget), is never dead-lettered and never crashes the worker, and is handled once
+    the registry is back."""
+    src = topic_factory("payments", partitions=1)
+    client.register_schema(f"{src}-value", avro(PaymentV1))
+    url = registry.url  # read while it runs
+    producer = sg.GuardedProducer(bootstrap_servers=bootstrap, schema_registry={"url": url})
+    producer.send(src, PaymentV1(payment_id="p-1", amount_cents=990))
+    producer.flush(10)
+    registry.stop()  # the agent has never fetched the schema: it cannot decode the record
+
+    app = make_app()
+    handled: list[str] = []
+
+    @guarded_agent(
+        app,
+        src,
+        contract=PaymentV1,
+        codec=sg.RegistryCodec({"url": url}, wire_format="avro"),
+        retry=FAST_RETRY,
+    )
+    async def pay(event: PaymentV1, ctx: sg.MessageContext) -> None:
+        handled.append(event.payment_id)
+
+    def waits() -> float:
+        labels = {"runtime": "faust", "topic": src}
+        return pay.registry.get_sample_value("streamguard_retries_total", labels) or 0.0
+
+    async def outage_then_recovery() -> None:
+        assert await until(lambda: waits() >= 3, 30)
+        await asyncio.sleep(1.5)  # past the retry policy's 1 s budget
+        assert handled == []
+        assert not app.should_stop
+        registry.start()  # same port and directory: the same schema id
+        assert await until(lambda: handled == ["p-1"], 30)
+
+    started = time.monotonic()
+    run_app(app, outage_then_recovery)
+    assert time.monotonic() - started < 60
+    assert read_all(f"{src}.dlq", 1, timeout=2) == []
