@@ -299,6 +299,8 @@ class ServiceHarness:
             lane.drain()
             deadline = time.monotonic() + _LOOP_TIMEOUT
             while not self._final(offset):
+                if runner.failure is not None:  # raised as a worker's handler would raise it
+                    raise runner.failure
                 if self._stalled.is_set():
                     lane.close()  # cancels the wait; later records get a fresh lane
                     self._lane = LoopLane(0, self.pipeline, runner)

@@ -197,6 +197,30 @@ def test_async_handlers_run_in_the_harness() -> None:
         assert kit.send(order(2, customer_id="closed")).reason == "permanent_error"
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_handler_raising_no_outcome_raises_out_of_the_harness(kind: str) -> None:
+    """A handler's ``KeyboardInterrupt`` (no ``Exception``: no outcome) comes out of
+    ``send``, as it stops a running service, instead of a timeout."""
+
+    class SyncStop(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise KeyboardInterrupt
+
+    class AsyncStop(SyncStop):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            raise KeyboardInterrupt
+
+    with (
+        ServiceHarness(SyncStop if kind == "sync" else AsyncStop) as kit,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        kit.send(order(1))
+
+
 def test_metrics_are_counted() -> None:
     """The service's metrics count the outcomes the harness produced."""
     registry = CollectorRegistry()

@@ -255,6 +255,9 @@ class LoopRunner:
         self._poller: Poller | None = None
         self._stopping: threading.Event | None = None
         self._on_idle: Callable[[], None] = lambda: None
+        self._on_failure: Callable[[BaseException], None] = lambda exc: None
+        # What stopped a run with no outcome for its record (see ``_crashed``).
+        self.failure: BaseException | None = None
         self._thread_id: int | None = None  # the loop thread, once it ran anything
         self.in_handlers = 0  # handler calls started and not returned (suspended ones)
         self._since_poll = 0  # records finished since the loop last polled
@@ -294,7 +297,11 @@ class LoopRunner:
         return in_pool
 
     def attach(
-        self, poller: Poller, stopping: threading.Event, on_idle: Callable[[], None]
+        self,
+        poller: Poller,
+        stopping: threading.Event,
+        on_idle: Callable[[], None],
+        on_failure: Callable[[BaseException], None],
     ) -> None:
         """Let the loop poll between records (see ``_poll_here``).
 
@@ -302,8 +309,10 @@ class LoopRunner:
             stopping: set when the service stops; the loop then polls no more.
             on_idle: called when the loop has no work left, so that another thread
                 takes over polling at once.
+            on_failure: stops the service with this error, as a failed worker does.
         """
         self._poller, self._stopping, self._on_idle = poller, stopping, on_idle
+        self._on_failure = on_failure
 
     @property
     def busy(self) -> bool:
@@ -436,13 +445,33 @@ class LoopRunner:
                     queue.popleft()
                     if queue and self.keyed:
                         self.waiting -= 1
-        except asyncio.CancelledError:
-            pass  # the lane was closed or the service gave up: records stay uncommitted
-        except BaseException:
-            log.exception("event-loop lane crashed", extra={"partition": lane.partition})
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                self._crashed(lane, exc)  # a handler's own, e.g. from a task cancelled elsewhere
+            # else the lane was closed or the service gave up: records stay uncommitted
+        except BaseException as exc:
+            self._crashed(lane, exc)
         finally:
             self._forget(ident, run)
+
+    def _crashed(self, lane: LoopLane, exc: BaseException) -> None:
+        """A run ended with no outcome for its record (a handler raised what is not an
+        ``Exception``, or a bug): stop the service, as a failed worker thread does.
+
+        The lane closes first, so that nothing after the record runs: a later run of
+        the partition would commit past it. Not raised on: the loop must live on to
+        settle the other lanes as the service stops.
+        """
+        log.error(
+            "event-loop lane crashed; stopping the service",
+            exc_info=exc,
+            extra={"partition": lane.partition, "error": type(exc).__name__},
+        )
+        lane.close()
+        if self.failure is None:
+            self.failure = exc
+        self._on_failure(exc)
 
     async def _run_in_order(self, run: _KeyRun) -> None:
         """Partition order, the fast path: first attempts inline, a batch's bookkeeping

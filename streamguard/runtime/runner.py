@@ -226,7 +226,7 @@ class ServiceRuntime:
             scheduler = Scheduler(poller, options.workers)
         else:
             scheduler = Scheduler(poller, options.workers, lambda: loop_runner.busy)
-            loop_runner.attach(poller, scheduler.stopping, scheduler.wake)
+            loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
         metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
         self._publisher, self._committer = publisher, committer
         self._poller, self._scheduler = poller, scheduler
@@ -285,10 +285,8 @@ class ServiceRuntime:
             "restarts the service"
         )
         log.error("giving up on the cluster", extra={"away_seconds": round(away, 1)})
-        scheduler = self._scheduler
-        if scheduler is not None:
-            scheduler.failure = error
-            scheduler.stopping.set()
+        if self._scheduler is not None:
+            self._scheduler.fail(error)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if self._committer is not None:

@@ -179,6 +179,13 @@ class Scheduler:
         """Look again now: the event loop ran out of work and stopped polling."""
         self._wake.set()
 
+    def fail(self, error: BaseException) -> None:
+        """Stop the service; ``run()`` raises ``error`` (the first one, if several)."""
+        if self.failure is None:
+            self.failure = error
+        self.stopping.set()
+        self._wake.set()
+
     def _make_ready(self, lanes: list[PartitionLane]) -> None:
         if lanes and lanes[0].hands_off:
             # Event-loop lanes: draining only hands the batches over, with no
@@ -222,9 +229,8 @@ class Scheduler:
                     return
                 active = True
         except BaseException as exc:
-            self.failure = exc
-            self.stopping.set()
             log.exception("worker failed; stopping the service")
+            self.fail(exc)
         finally:
             if active:
                 with self._active_lock:

@@ -1,0 +1,95 @@
+"""A handler that raises what is no outcome (not an ``Exception``) stops the service,
+and nothing from its record on is committed: a restart handles the record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from tests.runtime.conftest import Running, committed, wait_for
+
+pytestmark = pytest.mark.broker
+
+CRASH_AT = 3
+
+
+async def _await_a_task_cancelled_elsewhere() -> None:
+    elsewhere = asyncio.ensure_future(asyncio.sleep(10))
+    elsewhere.cancel()
+    await elsewhere  # raises CancelledError in this task, which nobody cancelled
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "error"),
+    [
+        ("sync", "partition", KeyboardInterrupt),
+        ("async", "partition", asyncio.CancelledError),
+        ("async", "key", asyncio.CancelledError),
+        ("async", "none", asyncio.CancelledError),
+        ("async", "partition", KeyboardInterrupt),
+    ],
+)
+def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    kind: str,
+    mode: str,
+    error: type[BaseException],
+) -> None:
+    """Before, an async handler's own ``CancelledError`` ended its run silently: later
+    records ran in a new run and the commit passed the dropped ones (lost), or, under
+    key ordering, the partition stalled for good; a ``KeyboardInterrupt`` killed the
+    event loop's thread while the service went on "running"."""
+    src = topic_factory("orders")
+    send_orders(src, 6, key=lambda i: f"customer-{i % 2}")
+    group = unique("billing")
+    seen: list[int] = []
+
+    def crash(ctx: sg.MessageContext) -> bool:
+        seen.append(ctx.offset)
+        return ctx.offset == CRASH_AT and seen.count(CRASH_AT) == 1
+
+    class SyncCrash(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if crash(ctx):
+                raise error()
+
+    class AsyncCrash(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        ordering = mode  # type: ignore[assignment]
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            await asyncio.sleep(0.01)  # the records of different keys overlap
+            if crash(ctx):
+                if error is asyncio.CancelledError:
+                    await _await_a_task_cancelled_elsewhere()
+                raise error()
+
+    cls: Any = SyncCrash if kind == "sync" else AsyncCrash
+    crashed = start_service(cls)
+    crashed.thread.join(30)
+    assert not crashed.thread.is_alive(), "the service went on after the crash"
+    assert [type(e) for e in crashed.error] == [error]
+    assert committed(bootstrap, group, src).get(0, 0) <= CRASH_AT
+
+    handled: list[int] = []
+
+    class Healthy(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+    start_service(Healthy)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 6, 30)
+    assert CRASH_AT in handled
