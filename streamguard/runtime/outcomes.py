@@ -58,9 +58,9 @@ def gate(breaker: Breaker, retry: RetryState | None, now: float) -> RetryState |
     """
     if breaker.closed:
         if retry is not None and retry.attempt and not breaker.may_retry():
-            return _parked(retry, now)
+            return _parked(retry, now, breaker)
     elif not breaker.allow():  # a probe is exempt from the retry budget
-        return _parked(retry, now)
+        return _parked(retry, now, breaker)
     if retry is not None:
         # Time parked, or while the breaker was open, is not charged to the budget.
         parked = now - retry.parked_at if retry.parked_at is not None else 0.0
@@ -71,12 +71,19 @@ def gate(breaker: Breaker, retry: RetryState | None, now: float) -> RetryState |
     return None
 
 
-def _parked(retry: RetryState | None, now: float) -> RetryState:
+def _parked(retry: RetryState | None, now: float, breaker: Breaker) -> RetryState:
+    # The mark carries over: without it, the next gate() would credit the message with
+    # every second the breaker was ever open, and its budget would stop applying.
     if retry is None:
-        return RetryState(0, 0, now, now + PARK_WAIT, parked_at=now)
+        return RetryState(0, 0, now, now + PARK_WAIT, now, breaker.open_total())
     parked_at = retry.parked_at if retry.parked_at is not None else now
     return RetryState(
-        retry.attempt, retry.first_failure_ms, retry.first_failure_mono, now + PARK_WAIT, parked_at
+        retry.attempt,
+        retry.first_failure_ms,
+        retry.first_failure_mono,
+        now + PARK_WAIT,
+        parked_at,
+        retry.open_mark,
     )
 
 
@@ -115,7 +122,8 @@ def judge(
     if isinstance(exc, RegistryUnavailable):
         if breaker is not None:
             breaker.release_probe()
-        return _wait_for_registry(exc, attempt, retry, policy, now, first_ms)
+        mark = breaker.open_total() if breaker is not None else 0.0
+        return _wait_for_registry(exc, attempt, retry, policy, now, first_ms, mark)
     if classify(exc, transient) == "permanent":
         if breaker is not None:
             breaker.succeeded()  # the dependency answered; the message is at fault
@@ -124,13 +132,15 @@ def judge(
         # The breaker's probe: the dependency is still down. Parked again, with this
         # attempt given back, so that probing never exhausts a message.
         first_mono = retry.first_failure_mono if retry and failed_before else now
-        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, parked_at=now)
+        mark = breaker.open_total()
+        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, now, mark)
     first_mono = retry.first_failure_mono if retry and failed_before else now
     elapsed_ms = (now - first_mono) * 1000.0
     delay = policy.next_delay(attempt, elapsed_ms)
     if delay is None and breaker is not None and breaker.outage_suspected(message, first_mono):
         # Not this message's fault: wait for the dependency, the attempt given back.
-        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, parked_at=now)
+        mark = breaker.open_total()
+        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, now, mark)
     if delay is None:
         error = RetriesExhausted(attempt, int(elapsed_ms), exc)
         error.__cause__ = exc
@@ -146,6 +156,7 @@ def _wait_for_registry(
     policy: RetryPolicy,
     now: float,
     first_ms: int,
+    open_mark: float,
 ) -> RetryState:
     """Back off as the retry policy does, but without its limits: an outage of the
     schema registry is not the message's fault, so it holds the message (like an
@@ -155,4 +166,4 @@ def _wait_for_registry(
     first_mono = retry.first_failure_mono if retry and retry.attempt else now
     delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
     parked_at = retry.parked_at if retry is not None and retry.parked_at is not None else now
-    return RetryState(attempt - 1, first_ms, first_mono, now + delay, parked_at=parked_at)
+    return RetryState(attempt - 1, first_ms, first_mono, now + delay, parked_at, open_mark)

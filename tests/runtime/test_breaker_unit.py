@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 import streamguard as sg
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from streamguard.runtime.outcomes import RetryState, gate
+from streamguard.runtime.outcomes import RetryState, gate, judge
 
 
 class Clock:
@@ -210,3 +210,40 @@ def test_an_invalid_record_keeps_no_frames_or_input_alive() -> None:
         assert not isinstance(verdict, RetryState)
         assert verdict.error.__traceback__ is None
         assert verdict.error.__context__ is None
+
+
+@pytest.mark.parametrize("history_open", [0.0, 600.0])
+def test_a_retry_parked_by_the_budget_keeps_its_time_budget(history_open: float) -> None:
+    """A message parked for want of a retry token is credited only the time the breaker
+    was open since it failed: not every second the breaker was ever open, which made
+    ``max_budget_ms`` stop applying (a 2 s budget ran for 100 s)."""
+    b, clock, _ = breaker(min_calls=2, cool_down=5.0, retry_ratio=0.0, min_retries_per_second=10.0)
+    if history_open:  # an outage long ago: open, then closed by a probe
+        b.failed((0, 1))
+        b.failed((1, 1))
+        clock.now += history_open
+        assert b.allow()
+        b.succeeded()
+        clock.now += 3600
+    while b.may_retry():  # a burst of retries elsewhere spent the budget
+        pass
+    policy = sg.RetryPolicy(attempts=1000, base_delay=0.05, max_delay=0.05, max_budget_ms=2_000)
+    start, retry, verdict = clock.now, None, None
+    for _ in range(10_000):  # bounded: each pass moves the clock on
+        if retry is not None:
+            clock.now = max(clock.now, retry.due)
+            parked = gate(b, retry, clock.now)
+            if parked is not None:
+                retry = parked
+                continue
+        attempt = 1 if retry is None else retry.attempt + 1
+        verdict = judge(
+            sg.TransientError("flaky"), attempt, retry, policy, (sg.TransientError,), clock.now, b
+        )
+        if not isinstance(verdict, RetryState):
+            break
+        retry = verdict
+    assert verdict is not None
+    assert not isinstance(verdict, RetryState)
+    assert verdict.reason == "retries_exhausted"
+    assert clock.now - start < 15  # 2 s of budget, plus the waits for retry tokens
