@@ -242,7 +242,7 @@ class DeadLetterHeaders:
         with its accessors): what every runtime of ours writes for a dead letter."""
         kind, ts = record.timestamp()
         return self.build(
-            original_headers=record.headers(),
+            original_headers=h.read(record),
             topic=record.topic(),
             partition=record.partition(),
             offset=record.offset(),

@@ -6,7 +6,9 @@ so that kcat and other tools show them readably.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from operator import methodcaller
 from typing import Any
 
 SUBJECT = "sg-subject"
@@ -42,6 +44,41 @@ Headers = Sequence[tuple[str, bytes | None]]
 # Optional, though on a record without error() topic, partition and offset are always
 # set; the runtime's hot path uses this alias rather than a check per accessor.
 Record = Any
+
+
+log = logging.getLogger("streamguard")
+
+# Through methodcaller, a C-level call: CPython checks its result, so a headers() that
+# returns a value with an error set raises here. Called directly, the interpreter's
+# specialised call skips that check, and the error is raised at a later line.
+_headers = methodcaller("headers")
+
+
+def read(record: Record) -> list[tuple[str, bytes | None]]:
+    """A record's headers; empty when the client cannot read them.
+
+    confluent-kafka (2.16 and before) cannot read a header key that is not UTF-8, which
+    any producer may write: its first ``headers()`` call fails, and every later call
+    returns a list holding a NULL key that crashes the process when touched. So every
+    read of a record's headers comes here: on that failure the broken list is replaced
+    with an empty one (``set_headers``) and the record goes on without its headers
+    (handled if valid, dead-lettered if not), instead of a crash on every restart.
+    """
+    try:
+        return _headers(record) or []
+    except (SystemError, UnicodeDecodeError) as exc:
+        replace = getattr(record, "set_headers", None)
+        if replace is not None:
+            replace([])
+        log.warning(
+            "record headers unreadable (a header key that is not UTF-8); going on without them",
+            extra={
+                "partition": record.partition(),
+                "offset": record.offset(),
+                "error": type(exc.__cause__ or exc).__name__,
+            },
+        )
+        return []
 
 
 def last(headers: Headers | None, name: str) -> str | None:

@@ -35,6 +35,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamguard import headers as h
 from streamguard.deadletter import DeadLetter
 from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.settings import client_config
@@ -243,5 +244,5 @@ def _letter(msg: Any, topic: str) -> DeadLetter:
         offset=msg.offset(),
         key=msg.key(),
         value=msg.value(),
-        headers=msg.headers(),
+        headers=h.read(msg),
     )

@@ -46,7 +46,7 @@ class MessageContext:
     @property
     def headers(self) -> list[tuple[str, bytes | None]]:
         """All headers in order, repeats included (a copy)."""
-        return list(self._msg.headers() or [])
+        return list(h.read(self._msg))
 
     @property
     def timestamp_ms(self) -> int | None:
@@ -69,7 +69,7 @@ class MessageContext:
 
     def header(self, name: str) -> str | None:
         """The last value of header ``name`` as text, or None."""
-        return h.last(self._msg.headers(), name)
+        return h.last(h.read(self._msg), name)
 
     @property
     def writer_subject(self) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
+from streamguard import headers as h
 from streamguard.deadletter import REASONS, Failure
 from streamguard.errors import SchemaDrift
 from streamguard.headers import Record
@@ -80,7 +81,7 @@ class Pipeline:
 
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None:
         """Report drift; return it as an error when the policy dead-letters drift."""
-        return self._drift.check(msg.headers(), value)
+        return self._drift.check(h.read(msg), value)
 
     def judge(
         self, exc: Exception, attempt: int, retry: RetryState | None, now: float, message: Hashable
