@@ -46,7 +46,8 @@ class ServiceOptions:
         revoke_timeout: seconds a rebalance waits for in-flight handlers of revoked
             partitions. Must stay well under ``max.poll.interval.ms``: the rebalance
             callback blocks the thread that polls.
-        shutdown_timeout: seconds ``stop()`` waits for in-flight handlers.
+        shutdown_timeout: seconds ``stop()`` waits for in-flight handlers, then as long
+            again for dead letters to be acknowledged.
         startup_timeout: seconds to reach the cluster before ``run()`` fails.
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
             write a dead letter while the DLQ is unwritable.
