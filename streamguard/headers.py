@@ -1,4 +1,5 @@
-"""Header names on the wire, in one place so producer, runtime and tools agree.
+"""Header names on the wire, in one place so producer, runtime and tools agree, and the
+one way to read a consumed record's headers (``read``).
 
 Header values are UTF-8 text and numbers are decimal, as Kafka Connect writes them,
 so that kcat and other tools show them readably.

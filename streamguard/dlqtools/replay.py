@@ -409,8 +409,8 @@ class Replayer:
             if (position := prefix.position) is not None
         }
         # Open now means refused, failed, not acknowledged in time, or left unfinished by
-        # an interruption: each is counted
-        # once, as the run stops at the first settle that finds any.
+        # an interruption: each is counted once, as the run stops at the first settle
+        # that finds any.
         self.report.failed = sum(len(prefix) for prefix in self._prefixes.values())
         healthy = not self.report.failed
         if offsets and not self.options.dry_run:
