@@ -217,13 +217,31 @@ class Comparer:
             out += pairs[(i, j)]
         if len(match) < min(len(olds), len(news)):
             out.append(self.finding(path, "COMBINED_TYPE_SUBSCHEMAS_CHANGED"))
-            for i in range(len(olds)):  # say why: the nearest miss of each unmatched branch
-                if i not in match and news:
-                    best = min(
-                        range(len(news)), key=lambda j: sum(not f.safe for f in pairs[(i, j)])
-                    )
-                    out += pairs[(i, best)]
+            # Say why: pair each unmatched old branch with a new branch nothing matched, one
+            # of its own type first (model with model, not with null), then the one it
+            # breaks least; each new branch explains one old branch.
+            free = [j for j in range(len(news)) if j not in match.values()]
+            misses = sorted(
+                (not self._alike(olds[i], news[j]), sum(not f.safe for f in pairs[(i, j)]), i, j)
+                for i in range(len(olds))
+                if i not in match
+                for j in free
+            )
+            nearest: dict[int, int] = {}
+            for _, _, i, j in misses:
+                if i not in nearest and j not in nearest.values():
+                    nearest[i] = j
+            for i, j in sorted(nearest.items()):
+                out += pairs[(i, j)]
         return out
+
+    def _alike(self, old: Any, new: Any) -> bool:
+        """Whether two branches hold the same type of value (an object and an object)."""
+        o, n = self.writer.classify(old), self.reader.classify(new)
+        if o.kind != n.kind:
+            return False
+        to, tn = _types(o), _types(n)
+        return o.kind != "plain" or _covers(to, tn) or _covers(tn, to)
 
     # -- plain schemas -----------------------------------------------------------------
     def _plain(self, o: Node, n: Node, path: Path) -> list[Finding]:

@@ -457,6 +457,66 @@ def test_pattern_properties_and_dependencies() -> None:
     assert rules == ["DEPENDENCY_ARRAY_ADDED"]
 
 
+class Address1(BaseModel):
+    street: str
+
+
+class Address2(BaseModel):
+    street: str
+    city: str
+    zip: str
+
+
+class Shipment1(BaseModel):
+    billing: Address1
+    shipping: Address1 | None = None
+
+
+class Shipment2(BaseModel):
+    billing: Address2
+    shipping: Address2 | None = None
+
+
+class Shipment3(BaseModel):
+    billing: Address2
+    shipping: Address2 | int | None = None
+
+
+@pytest.mark.parametrize("new", [Shipment2, Shipment3], ids=["same union", "union widened"])
+def test_optional_nested_model_names_its_own_breaks(new: type[BaseModel]) -> None:
+    """A model in `X | None` that breaks twice is compared with the new model, not `null`."""
+    changes = diff_json_schemas(schema_of(Shipment1), schema_of(new))
+    found = sorted((c.field_path, c.rule) for c in breaking(changes, "BACKWARD"))
+    added = "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+    assert found == [
+        ("billing.city", added),
+        ("billing.zip", added),
+        ("shipping", "COMBINED_TYPE_SUBSCHEMAS_CHANGED"),
+        ("shipping<anyOf[0]>.city", added),
+        ("shipping<anyOf[0]>.zip", added),
+    ]
+
+
+@pytest.mark.parametrize("key", ["anyOf", "oneOf"])
+def test_unmatched_branch_is_not_paired_with_a_matched_one(key: str) -> None:
+    """The reason given for an unmatched branch comes from a branch nothing else matched."""
+
+    def model(**props: str) -> dict[str, Any]:
+        fields = {name: {"type": kind} for name, kind in props.items()}
+        return {"type": "object", "properties": fields, "required": sorted(props)}
+
+    a, b = model(y="string"), model(x="integer")
+    old = {key: [a, b]}
+    new = {key: [a, model(x="integer", p="string", q="string")]}
+    found = sorted((c.path, c.rule) for c in breaking(diff_json_schemas(old, new), "BACKWARD"))
+    added = "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+    assert found == [
+        ((), "COMBINED_TYPE_SUBSCHEMAS_CHANGED"),
+        ((key, "1", "properties", "p"), added),
+        ((key, "1", "properties", "q"), added),
+    ]
+
+
 def test_change_pointer_escapes_names() -> None:
     """The JSON pointer of a change escapes '/' and '~' in property names."""
     change = Change(("properties", "a/b~c"), "TYPE_CHANGED")
