@@ -10,9 +10,10 @@ types match by name or by the reader's aliases.
 The ``.avsc`` is derived from the contract's JSON Schema so that both stored files
 describe the same model: ``int`` -> ``long``, ``float`` -> ``double``, ``X | None`` ->
 ``["null", X]`` (default null), ``Literal``/``Enum`` of names -> ``enum``, nested models
--> records, ``list`` -> ``array``, ``dict[str, X]`` -> ``map``. UUID, datetime and
-Decimal travel as strings (their JSON form), so a payload validated by pydantic in
-JSON mode encodes unchanged.
+-> records, ``list`` -> ``array``, ``dict[str, X]`` -> ``map``. UUID and datetime
+travel as strings (their JSON form), so a payload validated by pydantic in JSON mode
+encodes unchanged; Decimal, whose JSON Schema is ``anyOf: [number, string]``, becomes
+``["double", "string"]`` and is written as its string branch.
 """
 
 from __future__ import annotations
