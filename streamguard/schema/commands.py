@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from streamguard import exitcodes
 from streamguard.config import ProjectConfig, load_project_config
-from streamguard.contracts import Contract
+from streamguard.contracts import Contract, schema_fingerprint
 from streamguard.errors import ConfigurationError
 from streamguard.registry.commands import (
     add_registry_argument,
@@ -277,6 +277,21 @@ def _subject_comparison(
         v1, v2 = (_version(v) for v in args.versions)
     elif contract is not None and stored and (stored[-1] < contract.__version__):
         v1, v2 = stored[-1], contract.__version__
+    elif (
+        contract is not None
+        and stored
+        and stored[-1] == contract.__version__
+        and schema_fingerprint(store.load(subject, stored[-1])) != contract.fingerprint()
+    ):
+        # The contract changed without a version bump (what `check` refuses): show how.
+        version = stored[-1]
+        (old, fmt_old), (new, _, fmt_new) = load(version), current_schema(contract)
+        if fmt_old != fmt_new:
+            raise ConfigurationError(f"{subject}: v{version} is stored in another format")
+        changes = compare_versions(old, new, fmt_old, policy)
+        return Comparison(subject, f"v{version} (stored)", f"v{version}", changes)
+    elif not stored and contract is None:
+        raise ConfigurationError(f"{subject}: no stored version and no contract of that subject")
     elif len(stored) >= 2:
         v1, v2 = stored[-2], stored[-1]
     else:

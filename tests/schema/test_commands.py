@@ -231,6 +231,23 @@ def test_diff_subject_lists_every_change(project_factory: Callable[[], Project],
     assert "BREAKING customer.tier" in out
 
 
+def test_diff_shows_a_change_made_without_a_version_bump(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """With one version stored and the contract changed under the same version, diff
+    SUBJECT compares the stored one with the contract (what check refuses), instead of
+    asking for two versions; an unknown subject says it is unknown."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING.replace("__version__ = 2", "__version__ = 1"))
+    code, out, _ = cli("schema", "diff", "orders.OrderPlaced")
+    assert code == 1
+    assert "v1 (stored) -> v1" in out
+    assert "BREAKING customer.tier" in out
+    code, _, err = cli("schema", "diff", "orders.Unknown")
+    assert code == 2
+    assert "no stored version and no contract" in err
+
+
 def test_diff_raw_files(tmp_path: Path, cli: Cli) -> None:
     """diff --old/--new on raw files exits 0 compatible, 1 breaking, 2 unreadable."""
     old, new = tmp_path / "a.json", tmp_path / "b.json"
