@@ -282,8 +282,10 @@ class GuardedProducer:
             codec = self._codecs[model_type] = self._registry_codecs.get(
                 model_type.__wire_format__
             ) or codec_for(model_type, self._codec)
-            stamp = self._stamps[model_type] = stamp_headers(model_type, codec, self.service_name)
             self._decoders[model_type] = codec.decoder(model_type)
+            # Published last: a thread that finds the stamp finds the codec and decoder
+            # too (threads may share a producer; two may set a contract up at once).
+            stamp = self._stamps[model_type] = stamp_headers(model_type, codec, self.service_name)
         return stamp
 
 

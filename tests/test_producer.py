@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -187,6 +189,44 @@ def test_unreachable_broker_fails_at_flush() -> None:
     with pytest.raises(sg.DeliveryFailed, match="orders-nowhere") as info:
         producer.flush(10)
     assert info.value.failures == [("orders-nowhere", "Local: Message timed out")]
+
+
+def test_threads_sharing_a_producer_can_send_a_new_contract_at_once() -> None:
+    """A contract's first sends from several threads all pass: the producer publishes a
+    contract's set-up only once its decoder exists (a thread used to find the headers
+    stamped and the decoder missing, a bare KeyError)."""
+    failures: list[BaseException] = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as a loaded machine does
+    try:
+        for round_ in range(5):
+            namespace: dict[str, Any] = {
+                "__module__": __name__,
+                "__subject__": f"tests.Wide{round_}",
+                "__version__": 1,
+                "__wire_format__": "avro",  # a slow decoder to build: a wide window
+                "__annotations__": {"x": int, **{f"f{i}": int | None for i in range(40)}},
+                **{f"f{i}": None for i in range(40)},
+            }
+            contract = type(f"Wide{round_}", (sg.Contract,), namespace)
+            producer = sg.GuardedProducer(
+                f"127.0.0.1:{closed_port()}", kafka_config={"message.timeout.ms": 200}
+            )
+
+            def send(producer: sg.GuardedProducer = producer, contract: Any = contract) -> None:
+                try:
+                    producer.send("tests.wide", contract(x=1))
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=send) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+    finally:
+        sys.setswitchinterval(switch)
+    assert failures == []
 
 
 def test_failures_are_reported_once() -> None:
