@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 import streamguard as sg
 from streamguard.codecs import SINGLE_OBJECT_MARKER
@@ -73,6 +75,32 @@ def test_undecodable_bytes_are_decode_errors(data: bytes | None, match: str) -> 
     """JSON, an unknown fingerprint and a null value are refused as DecodeError."""
     with pytest.raises(sg.DecodeError, match=match):
         sg.AvroCodec().decode(data, PaymentV1)
+
+
+class StrictPayment(sg.Contract):
+    """A strict contract whose UUID, datetime and Decimal travel as Avro strings."""
+
+    model_config = ConfigDict(strict=True)
+    __subject__ = "payments.StrictPayment"
+    __version__ = 1
+    __wire_format__ = "avro"
+    payment_id: UUID
+    at: datetime
+    amount: Decimal
+    cents: int
+
+
+def test_a_strict_contract_reads_what_avro_carries_as_strings() -> None:
+    """``strict=True`` refuses a UUID given as a string in Python mode; the decoded record
+    holds exactly that, so every event of such a contract was a contract violation (and
+    the producer refused to send it). Avro's own types keep the rest strict."""
+    event = StrictPayment(
+        payment_id=UUID(int=7), at=datetime(2026, 1, 1, tzinfo=UTC), amount=Decimal("9.90"), cents=5
+    )
+    codec = sg.AvroCodec()
+    assert codec.decode(codec.encode(event), StrictPayment) == event
+    producer = sg.GuardedProducer("127.0.0.1:1", kafka_config={"message.timeout.ms": 100})
+    producer.send("payments", event)  # validated before it is queued: no broker needed
 
 
 def test_truncated_record_is_a_decode_error() -> None:

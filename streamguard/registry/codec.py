@@ -265,7 +265,7 @@ class RegistryCodec:
                     f"corrupt Avro record (schema id {schema_id}): {type(exc).__name__}"
                 ) from None
             try:
-                event: C = validate(record)
+                event: C = validate(record, strict=False)  # as AvroCodec's, for the same reason
             except ValidationError as exc:
                 raise _classify(exc, contract, include_input) from None
             return event

@@ -4,6 +4,9 @@ registry become."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from uuid import UUID
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -13,6 +16,7 @@ from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavaila
 from streamguard.registry import RegistryCodec, RegistryServer
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config, subject_name
 from tests.registry.conftest import PaymentV1, PaymentV2, avro
+from tests.test_avro_codec import StrictPayment
 
 SECRET = "hunter2-secret"
 
@@ -31,6 +35,18 @@ def test_reads_all_three_framings(registry: RegistryServer, client: SchemaRegist
     assert decode(codec.encoder(PaymentV2, "p")(event)) == event
     assert decode(sg.AvroCodec().encode(event)) == event
     assert decode(event.model_dump_json().encode()) == event
+
+
+def test_a_strict_contract_reads_confluent_framed_avro(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A strict Avro contract's UUID, datetime and Decimal (strings on the wire) decode."""
+    client.register_schema("s-value", avro(StrictPayment))
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    event = StrictPayment(
+        payment_id=UUID(int=7), at=datetime(2026, 1, 1, tzinfo=UTC), amount=Decimal("9.90"), cents=5
+    )
+    assert codec.decoder(StrictPayment)(codec.encoder(StrictPayment, "s")(event)) == event
 
 
 def test_writer_schema_is_fetched_once_per_id(
