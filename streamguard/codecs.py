@@ -127,8 +127,11 @@ class JsonCodec:
         return f"JsonCodec(max_bytes={self.max_bytes}, max_depth={self.max_depth})"
 
     def encode(self, event: BaseModel) -> bytes:
-        """The bytes a producer sends for ``event`` (no validation: the producer validates)."""
-        return event.model_dump_json().encode()
+        """The bytes a producer sends for ``event`` (no validation: the producer validates).
+
+        By alias: the schema, and so every consumer, names a field by its alias.
+        """
+        return event.model_dump_json(by_alias=True).encode()
 
     def decode(self, data: bytes | None, contract: type[C]) -> C:
         """Decode one message; see ``decoder`` for the errors raised."""
@@ -270,7 +273,7 @@ class AvroCodec:
         out.write(SINGLE_OBJECT_MARKER)
         out.write(fingerprint)
         try:
-            fastavro.schemaless_writer(out, parsed, event.model_dump(mode="json"))
+            fastavro.schemaless_writer(out, parsed, event.model_dump(mode="json", by_alias=True))
         except Exception as exc:  # fastavro's texts may quote the value: keep the type
             subject = getattr(type(event), "__subject__", type(event).__qualname__)
             raise ContractViolation(

@@ -398,3 +398,31 @@ def test_errors_json_follows_details_changed_before_it_is_read(
     with pytest.raises(sg.ContractViolation) as next_one:
         decode(payload(currency="GBP"))
     assert json.loads(next_one.value.errors_json())[0]["loc"] == ["currency"]
+
+
+class CamelOrder(sg.Contract):
+    """Fields with aliases: the wire form and the stored schema use the aliases."""
+
+    __subject__ = "tests.CamelOrder"
+    __version__ = 1
+    order_id: str = Field(alias="orderId")
+    total_cents: int = Field(alias="totalCents")
+
+
+class CamelOrderAvro(CamelOrder):
+    __subject__ = "tests.CamelOrderAvro"
+    __wire_format__ = "avro"
+
+
+@pytest.mark.parametrize("contract", [CamelOrder, CamelOrderAvro])
+def test_a_contract_with_aliases_is_written_as_its_schema_says(contract: Any) -> None:
+    """Encoded with the aliases (what the schema and every consumer expect), so a valid
+    event round-trips and the producer sends it; it was written with the field names and
+    refused by the producer's own check."""
+    event = contract.model_validate({"orderId": "o-1", "totalCents": 5})
+    codec = sg.JsonCodec() if contract is CamelOrder else sg.AvroCodec()
+    assert codec.decode(codec.encode(event), contract) == event
+    if contract is CamelOrder:
+        assert json.loads(codec.encode(event)) == {"orderId": "o-1", "totalCents": 5}
+    producer = sg.GuardedProducer("127.0.0.1:1", kafka_config={"message.timeout.ms": 100})
+    producer.send("tests.camel", event)  # validated before it is queued: no broker needed

@@ -166,7 +166,7 @@ class RegistryCodec:
             avro = self._avro
             # AvroCodec writes C3 01 + 8-byte fingerprint + body: keep the body.
             return lambda event: prefix + avro.encode(event)[10:]
-        return lambda event: prefix + event.model_dump_json().encode()
+        return lambda event: prefix + event.model_dump_json(by_alias=True).encode()
 
     def _schema_id(self, contract: type[Contract], subject: str) -> int:
         known = self._ids.get((contract, subject))
