@@ -306,11 +306,17 @@ class ServiceRuntime:
         topics = metadata.topics
         if spec.topic not in topics:
             log.warning("topic does not exist yet; waiting for it", extra={"topic": spec.topic})
-        if spec.dead_letter_topic not in topics:
+        # The DLQ lives where its producer writes: another cluster when dead_letter_config
+        # says so, which the consumer's metadata knows nothing of.
+        servers = self.dead_letter_config.get(
+            "bootstrap.servers", self.consumer_config["bootstrap.servers"]
+        )
+        elsewhere = servers != self.consumer_config["bootstrap.servers"]
+        if elsewhere or spec.dead_letter_topic not in topics:
             partitions = len(topics[spec.topic].partitions) if spec.topic in topics else 1
             try:
-                create_topics(
-                    self.consumer_config["bootstrap.servers"],
+                create_topics(  # a topic that exists already counts as created
+                    servers,
                     [spec.dead_letter_topic],
                     partitions=partitions,
                     config={
@@ -319,7 +325,10 @@ class ServiceRuntime:
                         if k.startswith(("security.", "sasl.", "ssl."))
                     },
                 )
-                log.info("created dead-letter topic", extra={"dlq": spec.dead_letter_topic})
+                log.info(
+                    "created dead-letter topic" if not elsewhere else "dead-letter topic ready",
+                    extra={"dlq": spec.dead_letter_topic, "bootstrap_servers": servers},
+                )
             except ConfigurationError as exc:
                 log.warning(
                     "could not create the dead-letter topic; create it before the "

@@ -1,0 +1,64 @@
+"""Dead letters written to another cluster (``dead_letter_config``): the DLQ topic is
+made there, where its producer writes, not on the cluster the service consumes from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+import streamguard as sg
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.devbroker import DevBroker
+from tests.runtime.conftest import Running, committed, dlq_headers, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def topics_on(bootstrap: str) -> set[str]:
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    return {name for name in metadata.topics if not name.startswith("_")}
+
+
+def test_the_dead_letter_topic_is_made_on_the_cluster_it_is_written_to(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Any,
+) -> None:
+    """Before, the runtime looked for the DLQ in the source cluster's metadata and made it
+    there, and the first dead letter then went to a cluster without the topic."""
+    src = topic_factory("orders", partitions=3)
+    raw_producer.produce(src, b"not json", partition=1)
+    raw_producer.flush(10)
+    group = unique("billing")
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    with DevBroker() as other:
+        dead_letters = other.bootstrap_servers
+        start_service(Billing, dead_letter_config={"bootstrap.servers": dead_letters})
+        assert wait_for(lambda: committed(bootstrap, group, src).get(1) == 1, 30)
+        assert f"{src}.dlq" in topics_on(dead_letters)
+        assert f"{src}.dlq" not in topics_on(bootstrap)
+        metadata = AdminClient({"bootstrap.servers": dead_letters}).list_topics(timeout=10)
+        assert len(metadata.topics[f"{src}.dlq"].partitions) == 3  # the source's count
+        reader = Consumer({"bootstrap.servers": dead_letters, "group.id": unique("r")})
+        reader.assign([TopicPartition(f"{src}.dlq", p, OFFSET_BEGINNING) for p in range(3)])
+        try:
+            found: list[Any] = []
+            for _ in range(60):  # bounded: 30 s
+                found += [m for m in reader.consume(10, 0.5) if m.error() is None]
+                if found:
+                    break
+        finally:
+            reader.close()
+        assert dlq_headers(found[0])["sg-dlq-reason"] == "decode_error"
