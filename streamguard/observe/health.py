@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from streamguard.errors import ConfigurationError
+
 
 class HealthServer:
     """Serves the registry and the service's health report.
@@ -32,7 +34,13 @@ class HealthServer:
     ) -> None:
         self._registry = registry
         self._health = health
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        except (OSError, OverflowError) as exc:  # in use, not an address here, out of range
+            raise ConfigurationError(
+                f"cannot serve /metrics on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; "
+                "choose another metrics port or host"
+            ) from None
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

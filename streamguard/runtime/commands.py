@@ -77,6 +77,20 @@ def _json_config(text: str) -> dict[str, Any]:
     return parsed
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535, or a usage error."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return port
+
+
 def add_run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a ConsumerService subclass until SIGTERM/SIGINT")
     run.add_argument("target", metavar="MODULE:CLASS", help="e.g. myapp.billing:Billing")
@@ -89,9 +103,11 @@ def add_run_parser(sub: Any) -> None:
         help=f"read the Confluent wire format with this registry (default: ${REGISTRY_URL_ENV})",
     )
     run.add_argument(
-        "--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz"
+        "--metrics-port", type=_port, default=None, help="serve /metrics, /healthz, /readyz"
     )
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for the HTTP endpoints")
     run.add_argument("--log-format", choices=["json", "text"], default="json")
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", metavar="LEVEL"
+    )
     run.set_defaults(func=_cmd_run)

@@ -171,6 +171,11 @@ class ConsumerService:
                 wire format are read too; credentials in it are never shown.
         """
         cls = type(self)
+        if cls is ConsumerService or inspect.isabstract(cls) or cls.__dict__.get("__abstract__"):
+            raise ConfigurationError(
+                f"{cls.__qualname__} is a base class, not a service to run: run a subclass "
+                "that declares topic, contract, group_id and handle"
+            )
         consumer_config = client_config(
             bootstrap_servers, kafka_config, {**CONSUMER_DEFAULTS, "group.id": cls.group_id}
         )

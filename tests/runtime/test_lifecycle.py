@@ -218,3 +218,50 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
     assert status("/nope") == 404
     running.stop()
     assert status("/healthz") == 0  # the server is gone with the service
+
+
+def test_a_base_class_is_refused_as_a_service_to_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """ConsumerService itself, or a base marked ``__abstract__``, is a usage error with a
+    hint (exit 2 from ``streamguard run``), not an AttributeError about group_id."""
+    from streamguard.cli import main
+
+    class Base(sg.ConsumerService):
+        __abstract__ = True
+
+    for cls in (sg.ConsumerService, Base):
+        with pytest.raises(sg.ConfigurationError, match="is a base class"):
+            cls(bootstrap_servers="127.0.0.1:1")
+    assert main(["run", "streamguard:ConsumerService", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "is a base class" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args", [["--log-level", "bogus"], ["--metrics-port", "99999"], ["--metrics-port", "x"]]
+)
+def test_run_refuses_bad_options_as_usage_errors(args: list[str]) -> None:
+    """Bad --log-level and --metrics-port values stop at argument parsing (exit 2)."""
+    from streamguard.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", "tests.runtime.apps:Anything", *args])
+    assert info.value.code == 2
+
+
+def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
+    """The health server names the port it cannot bind, as a ConfigurationError (exit 2
+    from ``streamguard run``) rather than an OSError traceback."""
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.health import HealthServer
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(sg.ConfigurationError, match=f"127.0.0.1:{port}"):
+            HealthServer(CollectorRegistry(), dict, "127.0.0.1", port)
+    finally:
+        taken.close()
