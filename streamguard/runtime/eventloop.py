@@ -682,7 +682,12 @@ class LoopRunner:
                     continue
             attempt = 1 if retry is None else retry.attempt + 1
             if not self.slots.try_take():  # the common case needs no coroutine
-                await self.slots.take()
+                waiting_since = self._clock()
+                await self.slots.take(first=retry is not None)
+                if retry is not None:
+                    # Waiting for a slot is not the record's doing: like time parked by
+                    # the breaker, it is not charged to its retry budget.
+                    retry.first_failure_mono += self._clock() - waiting_since
                 if lane.closed:  # revoked while waiting: its new owner runs it
                     self.slots.give()
                     return False

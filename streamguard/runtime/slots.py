@@ -31,12 +31,16 @@ class Slots:
             return True
         return False
 
-    async def take(self) -> None:
-        """Take a slot, waiting (in arrival order) for one to be given back."""
+    async def take(self, *, first: bool = False) -> None:
+        """Take a slot, waiting in arrival order for one to be given back, or ahead of
+        every waiter with ``first`` (a retry: older than anything queued behind it)."""
         if self.try_take():
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
-        self.waiters.append(waiter)
+        if first:
+            self.waiters.appendleft(waiter)
+        else:
+            self.waiters.append(waiter)
         try:
             await waiter  # the slot is handed over by _pass
         except asyncio.CancelledError:

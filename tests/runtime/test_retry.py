@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -120,3 +123,46 @@ def test_retrying_partition_is_paused_while_others_flow(
     assert [c for c in handled if c.startswith("p0-")] == [f"p0-{i}" for i in range(5)]
     assert wait_for(lambda: running.metric("streamguard_paused_partitions", topic=src) == 0)
     assert wait_for(lambda: committed(bootstrap, group, src) == {0: 5, 1: 5})
+
+
+@pytest.mark.parametrize("mode", ["key", "none"])
+def test_a_retry_waiting_for_a_handler_slot_keeps_its_budget(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    mode: str,
+) -> None:
+    """Under key or no ordering a retry waits for one of ``max_in_flight`` slots ahead of
+    the records queued behind it, and that wait is not charged to its budget. Before, it
+    queued behind the whole backlog (5 s here against a 1 s budget) and was dead-lettered
+    as retries_exhausted after two of its three attempts."""
+    src = topic_factory("orders")
+    send_orders(src, 400, key=lambda i: f"customer-{i}")
+    group = unique("billing")
+    calls: list[tuple[int, float]] = []
+    dead: list[str] = []
+
+    class Flaky(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        ordering = mode  # type: ignore[assignment]
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, max_budget_ms=1000)
+        breaker = sg.CircuitBreaker(enabled=False)
+        options = sg.ServiceOptions(max_in_flight=4)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 10:
+                calls.append((ctx.attempt, time.monotonic()))
+                if ctx.attempt < 3:
+                    raise sg.TransientError("flaky dependency")
+            await asyncio.sleep(0.02)
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            dead.append(failure.reason)
+
+    start_service(Flaky)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 400, 60)
+    assert dead == []
+    assert [attempt for attempt, _ in calls] == [1, 2, 3]
+    assert calls[-1][1] - calls[0][1] < 1.0  # within the budget, slot waits and all

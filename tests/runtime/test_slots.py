@@ -69,3 +69,27 @@ def test_a_holder_sees_when_someone_wants_its_slot() -> None:
         assert slots.running == 1
 
     asyncio.run(scenario())
+
+
+def test_a_retry_waits_ahead_of_every_waiter() -> None:
+    """``take(first=True)`` (a retry) is served before waiters that came earlier."""
+
+    async def scenario() -> list[str]:
+        slots = Slots(1, asyncio.get_running_loop())
+        order: list[str] = []
+        assert slots.try_take()
+
+        async def waiter(name: str, first: bool) -> None:
+            await slots.take(first=first)
+            order.append(name)
+            slots.give()
+
+        tasks = [asyncio.create_task(waiter(f"new-{i}", False)) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(waiter("retry", True)))
+        await asyncio.sleep(0)
+        slots.give()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["retry", "new-0", "new-1", "new-2"]
