@@ -27,6 +27,10 @@ _BUCKET = 1.0
 _MAX_TOKENS = 100.0
 # Distinct failing messages remembered (enough to tell one bad message from many).
 _MAX_TRACKED = 64
+# How long, once half-open, the message whose probe failed last waits for another to
+# probe first: longer than a parked record's look (``outcomes.PARK_WAIT``), so that any
+# other record waiting for the breaker asks in the meantime.
+PROBE_TURN = 0.5
 
 
 class Breaker:
@@ -47,6 +51,7 @@ class Breaker:
         self._opened_at = 0.0
         self._probing = False
         self._probe_started = 0.0
+        self._failed_probe: Hashable = None  # the message whose probe failed last
         self._open_total = 0.0  # seconds spent not closed, before the current period
         self._last_success = float("-inf")  # no call has succeeded yet
         self._buckets: deque[list[float]] = deque()  # [start, calls, failures]
@@ -60,8 +65,13 @@ class Breaker:
 
     # -- handler calls -----------------------------------------------------------------
 
-    def allow(self) -> bool:
-        """May a handler call start now? Half-open lets exactly one through."""
+    def allow(self, message: Hashable = None) -> bool:
+        """May a handler call of ``message`` start now? Half-open lets exactly one through.
+
+        The message whose probe failed last lets others probe first for ``PROBE_TURN``:
+        a message failing for a reason of its own would otherwise probe again and again,
+        and keep the breaker open (every partition paused) after the dependency is back.
+        """
         if self.closed or not self.config.enabled:
             return True
         with self._lock:
@@ -70,6 +80,12 @@ class Breaker:
                 self._set(HALF_OPEN)
                 log.warning("circuit breaker half-open; probing with one message")
             if self.state == HALF_OPEN and not self._probe_busy(now):
+                if (
+                    message is not None
+                    and message == self._failed_probe
+                    and now - self._opened_at < self.config.cool_down + PROBE_TURN
+                ):
+                    return False
                 self._probing = True
                 self._probe_started = now
                 return True
@@ -115,6 +131,7 @@ class Breaker:
             self._last_success = self._clock()
             if self.state == HALF_OPEN and self._probing:
                 self._probing = False
+                self._failed_probe = None
                 self._open_total += self._clock() - self._opened_at
                 self._set(CLOSED)
                 self._buckets.clear()  # start counting afresh
@@ -138,6 +155,7 @@ class Breaker:
                     self._failing.popitem(last=False)
             if self.state == HALF_OPEN:
                 self._probing = False
+                self._failed_probe = message
                 self._open(now, "the probe failed")
                 return True
             if self.state == CLOSED:

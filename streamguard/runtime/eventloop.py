@@ -675,7 +675,7 @@ class LoopRunner:
                 return False
             if retry is not None or not breaker.closed:
                 self._fold_successes()  # the retry budget counts every success before it
-                parked = gate(pipe.breaker, retry, self._clock())
+                parked = gate(pipe.breaker, retry, self._clock(), (lane.partition, msg.offset()))
                 if parked is not None:  # the breaker or the retry budget holds it
                     retry = parked
                     await self._wait_to_retry(lane, parked)

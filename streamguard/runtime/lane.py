@@ -228,7 +228,7 @@ class PartitionLane:
                 if self.closed:
                     break
                 if retry is not None or not breaker.closed:
-                    parked = gate(breaker, retry, self.clock())
+                    parked = gate(breaker, retry, self.clock(), (self.partition, msg.offset()))
                     if parked is not None:
                         retry = parked  # the breaker or the retry budget holds it
                         break

@@ -50,8 +50,10 @@ _INVALID_INPUT = (ContractViolation, DecodeError)
 PARK_WAIT = 0.1
 
 
-def gate(breaker: Breaker, retry: RetryState | None, now: float) -> RetryState | None:
-    """Whether the next handler call of a message may start now.
+def gate(
+    breaker: Breaker, retry: RetryState | None, now: float, message: Hashable = None
+) -> RetryState | None:
+    """Whether the next handler call of ``message`` (its partition and offset) may start now.
 
     Returns None when it may (a retry has then spent a token of the budget), else the
     state of the message parked for ``PARK_WAIT``, its attempts and budget untouched.
@@ -59,7 +61,7 @@ def gate(breaker: Breaker, retry: RetryState | None, now: float) -> RetryState |
     if breaker.closed:
         if retry is not None and retry.attempt and not breaker.may_retry():
             return _parked(retry, now, breaker)
-    elif not breaker.allow():  # a probe is exempt from the retry budget
+    elif not breaker.allow(message):  # a probe is exempt from the retry budget
         return _parked(retry, now, breaker)
     if retry is not None:
         # Time parked, or while the breaker was open, is not charged to the budget.

@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
-from tests.runtime.conftest import Running, committed, wait_for
+from tests.runtime.conftest import Running, committed, order, wait_for
 
 OUTAGE = 10.0
 
@@ -100,3 +102,57 @@ def test_failures_while_the_dependency_is_healthy_still_exhaust_retries(
     assert running.metric("streamguard_breaker_opened_total", topic=src) == 0
     assert running.service.health()["checks"]["breaker_closed"]
     running.stop()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_message_failing_on_its_own_does_not_keep_the_breaker_open(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Any,
+    kind: str,
+) -> None:
+    """The head of partition 0 always times out, for a reason of its own. Once the outage
+    ends, another message probes, the breaker closes, the others flow, and the bad one is
+    dead-lettered. Before, it probed after every cool-down, its failed probe gave its
+    attempt back, and every partition stayed paused (0 of 299 handled after 25 s)."""
+    src = topic_factory("orders", partitions=3)
+    for i in range(300):
+        raw_producer.produce(src, order(i).model_dump_json().encode(), partition=i % 3)
+    raw_producer.flush(10)
+    group = unique("billing")
+    outage = 2.0
+    lock = threading.Lock()
+    started: list[float] = []
+    handled: set[tuple[int, int]] = set()
+
+    def call(ctx: sg.MessageContext) -> None:
+        with lock:
+            if not started:
+                started.append(time.monotonic())
+            if (ctx.partition, ctx.offset) == (0, 0):
+                raise TimeoutError("this customer's call always times out")
+            if time.monotonic() - started[0] < outage:
+                raise ConnectionError("database is down")
+            handled.add((ctx.partition, ctx.offset))
+
+    class SyncBilling(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
+        breaker = sg.CircuitBreaker(cool_down=0.5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            call(ctx)
+
+    class AsyncBilling(SyncBilling):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            call(ctx)
+
+    running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
+    assert wait_for(lambda: len(handled) == 299, timeout=40)
+    assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == 300, timeout=20)
+    assert (
+        running.metric("streamguard_dead_letters_total", topic=src, reason="retries_exhausted") == 1
+    )
+    assert running.service.health()["checks"]["breaker_closed"]

@@ -247,3 +247,30 @@ def test_a_retry_parked_by_the_budget_keeps_its_time_budget(history_open: float)
     assert not isinstance(verdict, RetryState)
     assert verdict.reason == "retries_exhausted"
     assert clock.now - start < 15  # 2 s of budget, plus the waits for retry tokens
+
+
+def test_the_message_whose_probe_failed_lets_another_probe_first() -> None:
+    """Half-open, the message whose probe failed last waits ``PROBE_TURN`` for another
+    to probe: a message failing for a reason of its own no longer probes on and on while
+    the dependency is healthy. With no other message asking, it probes again."""
+    from streamguard.runtime.breaker import PROBE_TURN
+
+    b, clock, _ = breaker(min_calls=2, cool_down=5.0)
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 5
+    assert b.allow((0, 0))  # the probe
+    assert b.failed((0, 0))  # its own failure: the attempt is given back, it opens again
+    clock.now += 5
+    assert not b.allow((0, 0))  # its turn is given to others
+    assert b.allow((1, 0))
+    b.succeeded()
+    assert b.state == CLOSED
+
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 5
+    assert b.allow((0, 0))
+    b.failed((0, 0))
+    clock.now += 5 + PROBE_TURN
+    assert b.allow((0, 0))  # nobody else asked: it probes again
