@@ -49,6 +49,8 @@ _librdkafka_log = logging.getLogger("streamguard.librdkafka")
 
 # /readyz reports "not polling" when no poll happened for this long.
 POLL_STALE_AFTER = 10.0
+# The longest single wait for the cluster at start-up: a stop (SIGTERM) is seen between two.
+CONNECT_WAIT = 0.5
 
 
 class Hooks:
@@ -123,7 +125,8 @@ class ServiceRuntime:
                     "on_commit": self._on_commit,
                 }
             )
-            self._connect(consumer)
+            if not self._connect(consumer):
+                return  # stopped while connecting: nothing was fetched, nothing to commit
             poller, scheduler = self._assemble(consumer, loop)
             if self._metrics_port is not None:
                 health = HealthServer(
@@ -292,17 +295,30 @@ class ServiceRuntime:
         if self._committer is not None:
             self._committer.on_commit(error, partitions)
 
-    def _connect(self, consumer: Consumer) -> None:
+    def _connect(self, consumer: Consumer) -> bool:
+        """Reach the cluster and make the DLQ; False if ``stop()`` came first.
+
+        The cluster is asked in short waits, not one of ``startup_timeout``: a signal's
+        handler runs only between them (librdkafka holds the main thread meanwhile).
+        """
         spec = self.spec
         timeout = spec.options.startup_timeout
-        try:
-            metadata = consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"could not reach Kafka at {self.consumer_config['bootstrap.servers']} within "
-                f"{timeout:g}s ({exc.args[0].str()}); check bootstrap_servers, the network "
-                "and security settings"
-            ) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                metadata = consumer.list_topics(
+                    timeout=max(0.001, min(CONNECT_WAIT, deadline - time.monotonic()))
+                )
+                break
+            except KafkaException as exc:
+                if self._stop_requested.is_set():
+                    return False
+                if time.monotonic() >= deadline:
+                    raise BrokerUnavailable(
+                        f"could not reach Kafka at {self.consumer_config['bootstrap.servers']} "
+                        f"within {timeout:g}s ({exc.args[0].str()}); check bootstrap_servers, "
+                        "the network and security settings"
+                    ) from None
         topics = metadata.topics
         if spec.topic not in topics:
             log.warning("topic does not exist yet; waiting for it", extra={"topic": spec.topic})
@@ -335,6 +351,7 @@ class ServiceRuntime:
                     "first dead letter",
                     extra={"dlq": spec.dead_letter_topic, "error": str(exc)},
                 )
+        return True
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():

@@ -265,3 +265,31 @@ def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
             HealthServer(CollectorRegistry(), dict, "127.0.0.1", port)
     finally:
         taken.close()
+
+
+def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
+    """``streamguard run`` against a cluster it cannot reach yet stops on SIGTERM within
+    a second, exit 0, instead of sitting out the 30 s start-up timeout (librdkafka held
+    the main thread for all of it, and the signal's handler ran only afterwards)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:Recorder",
+        "--bootstrap-servers", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    env = {**os.environ, "SG_TEST_OUT": os.devnull}
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(3)  # imported, and waiting for the cluster
+        assert process.poll() is None
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert time.monotonic() - signalled < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
