@@ -72,3 +72,8 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConfigurationError(f"could not create topic {topic!r}: {exc}") from exc
+        except TimeoutError:  # the cluster did not answer (down, or unreachable from here)
+            raise ConfigurationError(
+                f"could not create topic {topic!r}: no answer from {bootstrap_servers} "
+                f"within {timeout:g}s"
+            ) from None

@@ -51,6 +51,8 @@ _librdkafka_log = logging.getLogger("streamguard.librdkafka")
 POLL_STALE_AFTER = 10.0
 # The longest single wait for the cluster at start-up: a stop (SIGTERM) is seen between two.
 CONNECT_WAIT = 0.5
+# The longest wait at start-up to make the DLQ topic on another cluster than the source's.
+DLQ_CREATE_WAIT = 5.0
 
 
 class Hooks:
@@ -335,6 +337,9 @@ class ServiceRuntime:
                     servers,
                     [spec.dead_letter_topic],
                     partitions=partitions,
+                    # Another cluster may be down: start consuming after a short wait
+                    # (dead letters then wait, see DeadLetterPublisher).
+                    timeout=DLQ_CREATE_WAIT if elsewhere else 15.0,
                     config={
                         k: v
                         for k, v in self.dead_letter_config.items()
