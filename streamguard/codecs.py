@@ -11,7 +11,6 @@ is expected). Neither error text contains input values unless ``include_input=Tr
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -26,8 +25,7 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 JSON_CONTENT_TYPE = "application/json"
 AVRO_CONTENT_TYPE = "application/avro"
 
-# A string literal in JSON, escapes included; its brackets do not count as nesting.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Every byte but the four brackets, deleted to count nesting.
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -84,8 +82,14 @@ def _json_depth_exceeds(data: bytes, limit: int) -> bool:
     """
     if data.count(b"[") + data.count(b"{") <= limit:
         return False
+    # Brackets inside strings do not nest. Strings are cut out in linear time: escaped
+    # backslashes, then escaped quotes, then every other run between quotes. (A regex
+    # over strings took quadratic time on an unclosed one made of \" pairs: over an
+    # hour of CPU for a 1 MiB record.)
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
     depth = 0
-    for byte in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+    for byte in outside.translate(None, _NOT_BRACKETS):
         if byte in (0x5B, 0x7B):  # [ {
             depth += 1
             if depth > limit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -426,3 +427,21 @@ def test_a_contract_with_aliases_is_written_as_its_schema_says(contract: Any) ->
         assert json.loads(codec.encode(event)) == {"orderId": "o-1", "totalCents": 5}
     producer = sg.GuardedProducer("127.0.0.1:1", kafka_config={"message.timeout.ms": 100})
     producer.send("tests.camel", event)  # validated before it is queued: no broker needed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 100 + b'"' + b'\\"' * 500_000,  # an unclosed string of escaped quotes
+        b'{"a": "' + b"[" * 1000 + b'\\\\", "b": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}",
+    ],
+    ids=["unclosed-escapes", "brackets-in-a-string"],
+)
+def test_the_depth_check_is_linear_and_skips_strings(value: bytes) -> None:
+    """max_depth counts brackets outside strings only, in one pass: a 1 MiB unclosed string
+    of escaped quotes took the old scan (a regex) over an hour of CPU."""
+    codec = JsonCodec(max_depth=64)
+    started = time.process_time()
+    with pytest.raises(sg.DecodeError, match="deeper than the limit of 64"):
+        codec.decode(value, Bag)
+    assert time.process_time() - started < 5  # a complexity bound, not a speed target
