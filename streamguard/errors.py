@@ -46,17 +46,35 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
 
     out: list[str | int] = []
     node: Any = schema
+    tagged: Any = None  # the union whose branch tag ``loc`` named last
     for part in loc:
         node = resolve(node)
+        if isinstance(node, dict):
+            branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
+            choices = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
+            if len(choices) == 1:  # X | None: pydantic's location goes on into X
+                node = choices[0]
+            elif len(choices) > 1 and tagged is not node and isinstance(part, str):
+                # pydantic names the branch of a union first: a schema word.
+                out.append(part)
+                tagged = node
+                continue
+        if isinstance(node, dict) and isinstance(node.get("contentSchema"), dict):
+            node = resolve(node["contentSchema"])  # a Json[...] field: the value it holds
         if not isinstance(node, dict):
             out.append(part)
             continue
-        if isinstance(part, int):
-            out.append(part)
-            node = node.get("items")
-            continue
         branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
         candidates = [b for b in branches or [node] if isinstance(b, dict)]
+        if isinstance(part, int):
+            out.append(part)
+            arrays = [b for b in candidates if "items" in b or "prefixItems" in b] or [node]
+            prefix = arrays[0].get("prefixItems")  # a tuple's positions
+            if isinstance(prefix, list) and part < len(prefix):
+                node = prefix[part]
+            else:
+                node = arrays[0].get("items")
+            continue
         field = next((b["properties"][part] for b in candidates
                       if part in b.get("properties", {})), None)  # fmt: skip
         values = next((b["additionalProperties"] for b in candidates
@@ -68,7 +86,7 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
             out.append("*")
             node = values
         else:
-            out.append(part)  # a union branch tag: the next part resolves against the union
+            out.append(part)  # an undeclared field's name (extra="forbid"): a schema word
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Json
 
 import streamguard as sg
 from streamguard.codecs import JsonCodec
@@ -315,6 +315,36 @@ def test_map_keys_and_union_tags_stay_out_of_errors() -> None:
     with pytest.raises(sg.ContractViolation) as info:
         opted_in(data)
     assert ["balances", "alice@example.com"] in [e["loc"] for e in info.value.errors]
+
+
+class Prefs(sg.Contract):
+    """Maps where the location walker used to lose track of the schema."""
+
+    __subject__ = "tests.Prefs"
+    __version__ = 1
+    by_user: dict[str, int] | str = ""
+    pair: tuple[int, dict[str, int]] | None = None
+    blob: Json[dict[str, int]] | None = None
+
+
+@pytest.mark.parametrize(
+    ("value", "loc"),
+    [
+        ({"by_user": {"alice@example.com": "x"}}, ["by_user", "dict[str,int]", "*"]),
+        ({"pair": [1, {"alice@example.com": "x"}]}, ["pair", 1, "*"]),
+        ({"blob": json.dumps({"alice@example.com": "x"})}, ["blob", "*"]),
+    ],
+    ids=["map-in-a-union", "map-in-a-tuple", "map-in-a-json-field"],
+)
+def test_map_keys_stay_out_of_errors_in_unions_tuples_and_json_fields(
+    value: dict[str, Any], loc: list[str | int]
+) -> None:
+    """A map key is hidden wherever the map sits: after a union's branch tag (which was
+    taken for a key, and the key kept), at a tuple's position, inside a ``Json[...]``."""
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps(value).encode(), Prefs)
+    assert "alice@example.com" not in json.dumps(info.value.errors) + str(info.value)
+    assert loc in [e["loc"] for e in info.value.errors]
 
 
 def test_a_repeated_violation_is_a_new_error_equal_to_the_first(
