@@ -301,16 +301,35 @@ class ServiceHarness:
             while not self._final(offset):
                 if runner.failure is not None:  # raised as a worker's handler would raise it
                     raise runner.failure
-                if self._stalled.is_set():
+                if self._stalled.is_set() or not self.pipeline.breaker.closed:
+                    # Stopped at max_attempts, or held by the circuit breaker: the
+                    # dependency looks down, and a service would hold the record too.
                     lane.close()  # cancels the wait; later records get a fresh lane
                     self._lane = LoopLane(0, self.pipeline, runner)
+                    self._report_loop_metrics()
                     return Outcome("waiting", offset, self._calls, retry_delays=self._delays)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"record {offset} found no outcome in {_LOOP_TIMEOUT}s")
                 time.sleep(0.001)
         finally:
             runner._handle = handle
+        self._report_loop_metrics()
         return self._outcome(offset, self._calls, self._delays)
+
+    def _report_loop_metrics(self) -> None:
+        """Write the counts the loop keeps (handled, retries, handler times) to the
+        metrics now: a service writes them every half second, a test reads them at once."""
+        runner, loop = self._runner, self._loop
+        assert runner is not None
+        assert loop is not None
+        reported = threading.Event()
+
+        def report() -> None:
+            runner._report_metrics()
+            reported.set()
+
+        loop.call_soon_threadsafe(report)
+        reported.wait(_LOOP_TIMEOUT)
 
     def _final(self, offset: int) -> bool:
         position = self._lane.commit_position()
@@ -348,17 +367,30 @@ class ServiceHarness:
                     if claimed:
                         lane.drain(max_batches=1)  # finds the queue empty: releases the claim
                     break  # final: handled, or dead-lettered and acknowledged
+                if not self.pipeline.breaker.closed:
+                    # Held by the circuit breaker: the dependency looks down (other
+                    # records failed too), and a service would hold the record as well.
+                    return self._left_waiting(offset, calls.count, delays)
                 retry = lane.retry
                 if retry is None:
                     raise RuntimeError(f"record {offset} made no progress in the harness")
                 delays.append(max(0.0, retry.due - clock.now))
                 if self._max_attempts is not None and calls.count >= self._max_attempts:
-                    return Outcome("waiting", offset, calls.count, retry_delays=delays)
+                    return self._left_waiting(offset, calls.count, delays)
                 clock.now = max(clock.now, retry.due)
                 claimed = claimed or lane.claim_if_due(clock.now)
+            else:
+                return self._left_waiting(offset, calls.count, delays)
         finally:
             calls.restore()
         return self._outcome(offset, calls.count, delays)
+
+    def _left_waiting(self, offset: int, calls: int, delays: list[float]) -> Outcome:
+        """The record has no outcome yet: report it waiting, and give the next record a
+        lane of its own rather than one held by this record."""
+        self._lane.close()
+        self._lane = PartitionLane(0, self.pipeline, clock=self._clock)
+        return Outcome("waiting", offset, calls, retry_delays=delays)
 
 
 class _CallCounter:

@@ -259,3 +259,54 @@ def test_subclass_attributes_do_not_reach_the_runtime(name: str) -> None:
     with ServiceHarness(Mine) as kit:
         assert kit.send(order(1)).handled
         assert kit.send_raw(b"nope").reason == "decode_error"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_record_held_by_the_circuit_breaker_is_waiting_not_handled(kind: str) -> None:
+    """When the dependency fails for every record, the second failing record opens the
+    breaker and waits, as in a running service: the harness said ``handled`` (sync, after
+    10,000 passes) or timed out after 30 s (async)."""
+    registry = CollectorRegistry()
+
+    class Down(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise TimeoutError("the dependency is down")
+
+    class AsyncDown(Down):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            raise TimeoutError("the dependency is down")
+
+    with ServiceHarness(Down if kind == "sync" else AsyncDown, registry=registry) as kit:
+        first, second, third = (kit.send(order(i)) for i in range(3))
+    assert (first.outcome, first.reason) == ("dead_lettered", "retries_exhausted")
+    assert second.outcome == "waiting"
+    assert third.outcome == "waiting"
+    labels = {"runtime": "consumer", "topic": "orders-kit", "outcome": "handled"}
+    assert not registry.get_sample_value("streamguard_messages_total", labels)
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_async_services_count_handled_records_at_once(ordering: str) -> None:
+    """An event-loop service writes its counts on a timer; the harness writes them before
+    it returns, so a test reads them right after ``send``, as it does for a sync one."""
+    registry = CollectorRegistry()
+
+    class AsyncBilling(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    AsyncBilling.ordering = ordering  # type: ignore[assignment]
+    with ServiceHarness(AsyncBilling, registry=registry) as kit:
+        for i in range(3):
+            assert kit.send(order(i), key=f"k{i}").handled
+        labels = {"runtime": "consumer", "topic": "orders-kit", "outcome": "handled"}
+        assert registry.get_sample_value("streamguard_messages_total", labels) == 3
