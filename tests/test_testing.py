@@ -310,3 +310,32 @@ def test_async_services_count_handled_records_at_once(ordering: str) -> None:
             assert kit.send(order(i), key=f"k{i}").handled
         labels = {"runtime": "consumer", "topic": "orders-kit", "outcome": "handled"}
         assert registry.get_sample_value("streamguard_messages_total", labels) == 3
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_retried_record_counts_its_drift_once(kind: str) -> None:
+    """A record without ``sg-*`` headers that is retried twice counts one drift, not one
+    per attempt (sync counted 3, async 2: a retry restarted the batch at the record)."""
+    registry = CollectorRegistry()
+    calls = [0]
+
+    class Flaky(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls[0] += 1
+            if ctx.attempt < 3:
+                raise TimeoutError("flaky")
+
+    class AsyncFlaky(Flaky):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Flaky.handle(self, event, ctx)
+
+    with ServiceHarness(Flaky if kind == "sync" else AsyncFlaky, registry=registry) as kit:
+        assert kit.send_raw(order(1).model_dump_json().encode()).handled
+    labels = {"runtime": "consumer", "subject": "orders.OrderPlaced", "kind": "no_schema_headers"}
+    drift = registry.get_sample_value("streamguard_schema_drift_total", labels)
+    assert (calls[0], drift) == (3, 1.0)

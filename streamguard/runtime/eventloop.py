@@ -783,8 +783,9 @@ class LoopRunner:
             await self._tombstone(ctx)
             return None
         event = pipe.decode(value)
-        seen, self._seen = self._seen, self._seen + 1
-        if not seen % pipe.drift_sample:
+        # A retry is the same record: its writer schema was looked at on its first try.
+        seen, self._seen = self._seen, self._seen + (attempt == 1)
+        if attempt == 1 and not seen % pipe.drift_sample:
             drift = pipe.inspect_drift(msg, value)
             if drift is not None:
                 return Failure("schema_drift", drift)
