@@ -349,6 +349,11 @@ def _check(
             raise ConfigurationError(f"{label}: dead_letter_topic must differ from the topic")
     if not (isinstance(contract, type) and issubclass(contract, Contract)):
         raise ConfigurationError(f"{label}: contract must be an sg.Contract subclass")
+    if contract.__abstract__:
+        raise ConfigurationError(
+            f"{label}: contract {contract.__qualname__} is a base for contracts "
+            "(__abstract__ = True): name a contract with a __subject__ and __version__"
+        )
     if not inspect.iscoroutinefunction(handler):
         raise ConfigurationError(
             f"{label}: the handler must be 'async def handler(event, ctx)'. A blocking "

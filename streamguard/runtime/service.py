@@ -328,6 +328,11 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         raise ConfigurationError(
             f"{name}.contract must be an sg.Contract subclass, got {cls.contract!r}"
         )
+    if cls.contract.__abstract__:
+        raise ConfigurationError(
+            f"{name}.contract is {cls.contract.__qualname__}, a base for contracts "
+            "(__abstract__ = True): name a contract with a __subject__ and __version__"
+        )
     codec_for(cls.contract, cls.codec)
     if not isinstance(cls.group_id, str) or not cls.group_id:
         raise ConfigurationError(f"{name}.group_id must be a non-empty string")

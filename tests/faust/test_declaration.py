@@ -76,6 +76,8 @@ def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
         guarded_agent(app, "orders", contract=OrderPlaced, dead_letter_topic="orders")(bill)
     with pytest.raises(sg.ConfigurationError, match=r"sg\.Contract"):
         guarded_agent(app, "orders", contract=dict)(bill)  # type: ignore[arg-type]
+    with pytest.raises(sg.ConfigurationError, match="a base for contracts"):
+        guarded_agent(app, "orders", contract=sg.Contract)(bill)
 
 
 def test_metrics_share_names_and_live_beside_faust_sensors(make_app: Callable[..., Any]) -> None:

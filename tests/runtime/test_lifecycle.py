@@ -36,6 +36,7 @@ def test_missing_declaration_fails_at_class_creation() -> None:
         ({"topic": "bad name!"}, "not a valid Kafka topic name"),
         ({"dead_letter_topic": "orders"}, "must differ"),
         ({"contract": dict}, "sg.Contract subclass"),
+        ({"contract": sg.Contract}, "a base for contracts"),
         ({"transient": [TimeoutError]}, "tuple of exception types"),
         ({"retry": 3}, "RetryPolicy"),
         ({"drift": "ignore"}, "'count' or 'dead_letter'"),
