@@ -101,7 +101,11 @@ def kafka_config_from_args(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigurationError(f"--kafka-config {item!r}: expected librdkafka KEY=VALUE")
+            # Not the item itself: a mistyped "sasl.password:..." would print the secret.
+            raise ConfigurationError(
+                f"--kafka-config: an item has no '=' (or no key) in its {len(item)} "
+                "characters; expected librdkafka KEY=VALUE"
+            )
         config[key.strip()] = value
     return config
 

@@ -94,3 +94,14 @@ def test_client_config_layers_defaults_then_user(monkeypatch: pytest.MonkeyPatch
         "client.id": "me",
         "bootstrap.servers": "arg:9092",
     }
+
+
+@pytest.mark.parametrize("item", ["sasl.password:zqSECRETqz", "sasl.password zqSECRETqz"])
+def test_a_mistyped_option_is_refused_without_echoing_it(item: str) -> None:
+    """An -X item without '=' may hold a secret (args filled from a Secret): the error
+    says what is wrong without printing it."""
+    from streamguard.settings import kafka_config_from_args
+
+    with pytest.raises(ConfigurationError, match="expected librdkafka KEY=VALUE") as info:
+        kafka_config_from_args([item])
+    assert "SECRET" not in str(info.value)
