@@ -137,8 +137,9 @@ class Breaker:
                 self._buckets.clear()  # start counting afresh
                 log.warning("circuit breaker closed; the dependency answers again")
 
-    def failed(self, message: Hashable = None) -> bool:
-        """A handler call of ``message`` failed transiently: maybe open the breaker.
+    def failed(self, message: Hashable = None, error: str = "") -> bool:
+        """A handler call of ``message`` failed transiently (with an exception of class
+        ``error``, which the log names when the breaker opens): maybe open the breaker.
 
         Returns True when the breaker was probing: the failure says the dependency is
         still down, not that the message is bad, so its attempt is not spent.
@@ -156,7 +157,7 @@ class Breaker:
             if self.state == HALF_OPEN:
                 self._probing = False
                 self._failed_probe = message
-                self._open(now, "the probe failed")
+                self._open(now, "the probe failed", error)
                 return True
             if self.state == CLOSED:
                 calls = sum(b[1] for b in self._buckets)
@@ -166,7 +167,7 @@ class Breaker:
                     and failures >= self.config.failure_ratio * calls
                     and self._failing_messages(now) >= 2  # one bad message is no outage
                 ):
-                    self._open(now, f"{failures:.0f} of {calls:.0f} recent calls failed")
+                    self._open(now, f"{failures:.0f} of {calls:.0f} recent calls failed", error)
             return False
 
     def _failing_messages(self, now: float, besides: Hashable = None) -> int:
@@ -223,7 +224,7 @@ class Breaker:
         elapsed, self._refilled = now - self._refilled, now
         self._tokens = min(_MAX_TOKENS, self._tokens + elapsed * self.config.min_retries_per_second)
 
-    def _open(self, now: float, why: str) -> None:
+    def _open(self, now: float, why: str, error: str) -> None:
         if self.state == HALF_OPEN:
             self._open_total += now - self._opened_at  # a new open period starts now
         self._opened_at = now
@@ -231,7 +232,7 @@ class Breaker:
         self._opened.inc()
         log.error(
             "circuit breaker open; pausing every partition and calling no handler",
-            extra={"why": why, "cool_down": self.config.cool_down},
+            extra={"why": why, "error": error, "cool_down": self.config.cool_down},
         )
 
     def _set(self, state: int) -> None:

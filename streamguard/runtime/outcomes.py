@@ -130,7 +130,7 @@ def judge(
         if breaker is not None:
             breaker.succeeded()  # the dependency answered; the message is at fault
         return Failure("permanent_error", exc, attempt, first_ms)
-    if breaker is not None and breaker.failed(message):
+    if breaker is not None and breaker.failed(message, type(exc).__name__):
         # The breaker's probe: the dependency is still down. Parked again, with this
         # attempt given back, so that probing never exhausts a message.
         first_mono = retry.first_failure_mono if retry and failed_before else now

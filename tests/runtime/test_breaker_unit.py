@@ -274,3 +274,23 @@ def test_the_message_whose_probe_failed_lets_another_probe_first() -> None:
     b.failed((0, 0))
     clock.now += 5 + PROBE_TURN
     assert b.allow((0, 0))  # nobody else asked: it probes again
+
+
+def test_the_open_log_names_the_exception_class(caplog: pytest.LogCaptureFixture) -> None:
+    """On-call finds what the dependency raised in the breaker's own log line."""
+    b, clock, _ = breaker(min_calls=2, cool_down=5.0)
+    policy = sg.RetryPolicy(attempts=3)
+    with caplog.at_level("ERROR", logger="streamguard.runtime"):
+        for partition in (0, 1):
+            judge(
+                ConnectionRefusedError("down"),
+                1,
+                None,
+                policy,
+                (ConnectionError,),
+                100.0,
+                b,
+                (partition, 1),
+            )
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("circuit breaker open")]
+    assert line.error == "ConnectionRefusedError"  # type: ignore[attr-defined]
