@@ -278,7 +278,7 @@ def test_the_message_whose_probe_failed_lets_another_probe_first() -> None:
 
 def test_the_open_log_names_the_exception_class(caplog: pytest.LogCaptureFixture) -> None:
     """On-call finds what the dependency raised in the breaker's own log line."""
-    b, clock, _ = breaker(min_calls=2, cool_down=5.0)
+    b, _, _ = breaker(min_calls=2, cool_down=5.0)
     policy = sg.RetryPolicy(attempts=3)
     with caplog.at_level("ERROR", logger="streamguard.runtime"):
         for partition in (0, 1):
