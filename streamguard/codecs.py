@@ -209,9 +209,11 @@ def _classify_anew(
     subject = getattr(contract, "__subject__", contract.__qualname__)
     details = error_details(exc, include_input=include_input, schema=schema)
     for detail in details:
-        if detail["type"] == "json_invalid":
+        if detail["type"] == "json_invalid" and not detail["loc"]:
             # pydantic-core reports malformed JSON, bad UTF-8 and its recursion limit
-            # all as json_invalid, with a position but never the input.
+            # all as json_invalid, with a position but never the input. With a
+            # location, it is a Json[...] field's text: the message parsed, the field
+            # breaks the contract.
             return DecodeError(detail["msg"])
     return ContractViolation(subject, details)
 

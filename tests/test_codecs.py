@@ -475,3 +475,13 @@ def test_the_depth_check_is_linear_and_skips_strings(value: bytes) -> None:
     with pytest.raises(sg.DecodeError, match="deeper than the limit of 64"):
         codec.decode(value, Bag)
     assert time.process_time() - started < 5  # a complexity bound, not a speed target
+
+
+def test_a_json_field_holding_malformed_text_is_a_contract_violation() -> None:
+    """The message parsed: a ``Json[...]`` field whose text is not JSON breaks the contract
+    at that field (it was a decode_error with no location, hiding the record's other
+    violations)."""
+    data = json.dumps({"blob": "{not json"}).encode()
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(data, Prefs)
+    assert [e["loc"] for e in info.value.errors] == [["blob"]]

@@ -92,6 +92,13 @@ def test_unknown_fields_top_level_and_nested(value: dict[str, Any]) -> None:
     assert kinds == ("unknown_fingerprint", "unknown_fields")
 
 
+def test_unknown_fields_after_leading_whitespace() -> None:
+    """JSON may start with whitespace (the codec reads it): the object is still looked at."""
+    value = b"\n  " + json.dumps({"user": "u", "address": {"city": "c"}, "extra": 1}).encode()
+    kinds = DriftDetector(Signup).inspect(stamped(sg_fingerprint=b"x"), value)
+    assert kinds == ("unknown_fingerprint", "unknown_fields")
+
+
 def test_known_fields_only_is_not_unknown_fields() -> None:
     """A value with only declared keys (and nulls) does not report unknown_fields."""
     value = json.dumps({"user": "u", "address": {"city": "c"}, "home": None}).encode()
