@@ -173,3 +173,24 @@ def test_avro_contract_round_trips_through_producer_and_service(
     finally:
         service.stop()
         thread.join(30)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "match"),
+    [(Any, "any type"), (dict[str, Any], "any type"), (tuple[int, int], "fixed-length tuple")],
+    ids=["any", "map-of-any", "tuple"],
+)
+def test_an_avro_contract_refuses_fields_avro_cannot_carry(annotation: Any, match: str) -> None:
+    """Any became a string field that refused every value but a string (and ``= None`` an
+    invalid schema), a tuple an array of strings: every valid event was refused. Now the
+    contract's schema is refused, naming the fix."""
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__subject__": "tests.Loose",
+        "__version__": 1,
+        "__wire_format__": "avro",
+        "__annotations__": {"x": annotation},
+    }
+    contract = type("Loose", (sg.Contract,), namespace)
+    with pytest.raises(sg.ConfigurationError, match=match):
+        sg.AvroCodec().decoder(contract)

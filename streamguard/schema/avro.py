@@ -13,7 +13,8 @@ describe the same model: ``int`` -> ``long``, ``float`` -> ``double``, ``X | Non
 -> records, ``list`` -> ``array``, ``dict[str, X]`` -> ``map``. UUID and datetime
 travel as strings (their JSON form), so a payload validated by pydantic in JSON mode
 encodes unchanged; Decimal, whose JSON Schema is ``anyOf: [number, string]``, becomes
-``["double", "string"]`` and is written as its string branch.
+``["double", "string"]`` and is written as its string branch. ``Any`` and fixed-length
+tuples have no Avro type and are refused.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class _Deriver:
         name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else hint
         resolved = self.doc.resolve(schema)
         if not isinstance(resolved, dict) or not resolved:
-            return "string"  # Any: carried as its JSON text
+            raise _untyped(hint)
         branches = resolved.get("anyOf") or resolved.get("oneOf")
         if isinstance(branches, list):
             mapped: list[Any] = []
@@ -115,12 +116,28 @@ class _Deriver:
             values = resolved.get("additionalProperties")
             return {"type": "map", "values": self.type_of(values or {}, f"{name}_value")}
         if kind == "array":
+            if "prefixItems" in resolved:
+                raise ConfigurationError(
+                    f"Avro type {hint}: an Avro contract cannot hold a fixed-length tuple "
+                    "(Avro has none); use a list of one type, or a nested model"
+                )
             return {
                 "type": "array",
                 "items": self.type_of(resolved.get("items", {}), f"{name}_item"),
             }
+        if kind is None:
+            raise _untyped(hint)
         simple = {"integer": "long", "number": "double", "boolean": "boolean", "null": "null"}
         return simple.get(str(kind), "string")
+
+
+def _untyped(hint: str) -> ConfigurationError:
+    """Any, or a dict or list without a value type: an Avro field needs one type, and the
+    string field this used to become refused every value but a string."""
+    return ConfigurationError(
+        f"Avro type {hint}: an Avro contract cannot hold a value of any type (Any, or a "
+        "dict or list without a value type); give it a type, or a nested model"
+    )
 
 
 # -- schema resolution ---------------------------------------------------------------
