@@ -49,12 +49,20 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
     tagged: Any = None  # the union whose branch tag ``loc`` named last
     for part in loc:
         node = resolve(node)
-        if isinstance(node, dict):
+        for _ in range(8):  # X | None wraps X, which may be a union itself
+            if not isinstance(node, dict):
+                break
             branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
             choices = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
-            if len(choices) == 1:  # X | None: pydantic's location goes on into X
-                node = choices[0]
-            elif len(choices) > 1 and tagged is not node and isinstance(part, str):
+            if len(choices) != 1:
+                break
+            node = choices[0]  # X | None: pydantic's location goes on into X
+        if isinstance(node, dict) and tagged is not node and isinstance(part, str):
+            branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
+            if (
+                sum(1 for b in branches if not (isinstance(b, dict) and b.get("type") == "null"))
+                > 1
+            ):
                 # pydantic names the branch of a union first: a schema word.
                 out.append(part)
                 tagged = node

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import pytest
@@ -283,7 +283,6 @@ def test_avro_contract_with_json_codec_is_refused() -> None:
 def test_map_keys_and_union_tags_stay_out_of_errors() -> None:
     """Keys of a declared map and a tagged union's input tag are data: they appear in no
     error location or message, while field names and branch tags do."""
-    from typing import Annotated
 
     class Cat(BaseModel):
         kind: Literal["cat"]
@@ -317,6 +316,16 @@ def test_map_keys_and_union_tags_stay_out_of_errors() -> None:
     assert ["balances", "alice@example.com"] in [e["loc"] for e in info.value.errors]
 
 
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    tags: dict[str, int]
+
+
 class Prefs(sg.Contract):
     """Maps where the location walker used to lose track of the schema."""
 
@@ -325,6 +334,7 @@ class Prefs(sg.Contract):
     by_user: dict[str, int] | str = ""
     pair: tuple[int, dict[str, int]] | None = None
     blob: Json[dict[str, int]] | None = None
+    pet: Annotated[Cat | Dog, Field(discriminator="kind")] | None = None
 
 
 @pytest.mark.parametrize(
@@ -333,8 +343,12 @@ class Prefs(sg.Contract):
         ({"by_user": {"alice@example.com": "x"}}, ["by_user", "dict[str,int]", "*"]),
         ({"pair": [1, {"alice@example.com": "x"}]}, ["pair", 1, "*"]),
         ({"blob": json.dumps({"alice@example.com": "x"})}, ["blob", "*"]),
+        (
+            {"pet": {"kind": "dog", "tags": {"alice@example.com": "x"}}},
+            ["pet", "dog", "tags", "*"],
+        ),
     ],
-    ids=["map-in-a-union", "map-in-a-tuple", "map-in-a-json-field"],
+    ids=["map-in-a-union", "map-in-a-tuple", "map-in-a-json-field", "optional-tagged-union"],
 )
 def test_map_keys_stay_out_of_errors_in_unions_tuples_and_json_fields(
     value: dict[str, Any], loc: list[str | int]
