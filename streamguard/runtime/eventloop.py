@@ -697,7 +697,7 @@ class LoopRunner:
             self.in_handlers += 1
             try:
                 try:
-                    verdict = await self._attempt(msg, attempt)
+                    verdict = await self._attempt(msg, attempt, retry is None)
                 except Exception as exc:
                     self._fold_successes()  # the verdict weighs every success before it
                     verdict = pipe.judge(
@@ -774,8 +774,9 @@ class LoopRunner:
             lane.retry = None
         return not lane.closed
 
-    async def _attempt(self, msg: Record, attempt: int) -> Failure | None:
-        """One try: decode, drift check, handler. A dead letter's failure, or None."""
+    async def _attempt(self, msg: Record, attempt: int, first: bool) -> Failure | None:
+        """One try: decode, drift check (on the ``first``), handler. A dead letter's
+        failure, or None."""
         pipe = self.pipeline
         value = msg.value()
         ctx = MessageContext(msg, attempt)
@@ -783,9 +784,10 @@ class LoopRunner:
             await self._tombstone(ctx)
             return None
         event = pipe.decode(value)
-        # A retry is the same record: its writer schema was looked at on its first try.
-        seen, self._seen = self._seen, self._seen + (attempt == 1)
-        if attempt == 1 and not seen % pipe.drift_sample:
+        # A retry is the same record: its writer schema was looked at on its first try
+        # (not told by ``attempt``, which a failed probe gives back).
+        seen, self._seen = self._seen, self._seen + first
+        if first and not seen % pipe.drift_sample:
             drift = pipe.inspect_drift(msg, value)
             if drift is not None:
                 return Failure("schema_drift", drift)

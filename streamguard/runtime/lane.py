@@ -239,7 +239,7 @@ class PartitionLane:
                         event = None
                     else:
                         event = decode(value)
-                        if not index % sample and attempt == 1:  # a retry was checked
+                        if not index % sample and retry is None:  # a retry was checked
                             drift = inspect_drift(msg, value)
                             if drift is not None:
                                 self._dead_letter(msg, Failure("schema_drift", drift))

@@ -226,3 +226,44 @@ def test_a_key_run_cancelled_before_its_first_step_is_forgotten() -> None:
         assert not runner.busy
     finally:
         loop.close()
+
+
+def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
+    """A failed probe gives the record its attempt back, so its next try is attempt 1
+    again: drift is checked on a record's first try, not on every attempt 1."""
+    from streamguard.runtime.breaker import OPEN
+    from streamguard.testing import ServiceHarness, record
+
+    calls = [0]
+
+    class Probed(sg.ConsumerService):
+        topic, contract, group_id = "orders-kit", OrderPlaced, "g"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise TimeoutError("still down")
+
+    registry = CollectorRegistry()
+    kit = ServiceHarness(Probed, registry=registry)
+    pipe, clock = kit.pipeline, kit._clock
+    breaker = pipe.breaker
+    breaker._set(OPEN)
+    breaker._opened_at = clock.now - breaker.config.cool_down  # the next call probes
+    lane = PartitionLane(0, pipe, clock=clock)
+    msg = record(order(1).model_dump_json().encode(), topic="orders-kit", offset=0)
+    claimed = lane.enqueue([msg])
+    for _ in range(2000):  # bounded: virtual time, 0.1 s a pass
+        if claimed:
+            claimed = lane.drain(max_batches=1)
+        if (lane.commit_position() or 0) > 0:
+            break
+        clock.now += 0.1
+        claimed = claimed or lane.claim_if_due(clock.now)
+    labels = {
+        "runtime": "consumer",
+        "subject": OrderPlaced.__subject__,
+        "kind": "no_schema_headers",
+    }
+    assert (calls[0], breaker.closed) == (2, True)
+    assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 1.0
