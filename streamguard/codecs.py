@@ -74,6 +74,50 @@ def check_codec_fits(contract: type[BaseModel], codec: Codec) -> None:
         )
 
 
+_BY_ALIAS: dict[type[BaseModel], bool] = {}
+
+
+def wire_by_alias(model: type[BaseModel]) -> bool:
+    """Whether a model is written by alias: the keys a consumer reads are its validation
+    aliases (its schema's names), and a dump writes serialization aliases or field names.
+
+    ``Field(alias=...)`` sets both, so a dump by alias writes what is read; a
+    serialization-only alias (``serialization_alias``, or an ``alias_generator`` of
+    one) is not read, so such a model is written by field name. A model that neither
+    dump writes readably is refused (``ConfigurationError``), once per model.
+    """
+    known = _BY_ALIAS.get(model)
+    if known is None:
+        read = _property_names(model.model_json_schema(mode="validation"))
+        if read <= _property_names(model.model_json_schema(mode="serialization")):
+            known = True
+        elif read <= _property_names(model.model_json_schema(mode="serialization", by_alias=False)):
+            known = False
+        else:
+            raise ConfigurationError(
+                f"{model.__qualname__}: its fields are read by validation alias but written by "
+                "another name; give each field one alias (Field(alias=...)) for both"
+            )
+        _BY_ALIAS[model] = known
+    return known
+
+
+def _property_names(schema: Any) -> set[str]:
+    """Every property name anywhere in a JSON Schema (nested models included)."""
+    names: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(properties)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
 def _json_depth_exceeds(data: bytes, limit: int) -> bool:
     """True if ``data`` nests arrays/objects deeper than ``limit``.
 
@@ -133,9 +177,9 @@ class JsonCodec:
     def encode(self, event: BaseModel) -> bytes:
         """The bytes a producer sends for ``event`` (no validation: the producer validates).
 
-        By alias: the schema, and so every consumer, names a field by its alias.
+        Its keys are the ones every consumer reads (see ``wire_by_alias``).
         """
-        return event.model_dump_json(by_alias=True).encode()
+        return event.model_dump_json(by_alias=wire_by_alias(type(event))).encode()
 
     def decode(self, data: bytes | None, contract: type[C]) -> C:
         """Decode one message; see ``decoder`` for the errors raised."""
@@ -275,11 +319,14 @@ class AvroCodec:
         import fastavro  # here and below, not at import: JSON services never load it (1.5 MiB)
 
         parsed, fingerprint = self._schema(type(event))
+        by_alias = wire_by_alias(type(event))
         out = io.BytesIO()
         out.write(SINGLE_OBJECT_MARKER)
         out.write(fingerprint)
         try:
-            fastavro.schemaless_writer(out, parsed, event.model_dump(mode="json", by_alias=True))
+            fastavro.schemaless_writer(
+                out, parsed, event.model_dump(mode="json", by_alias=by_alias)
+            )
         except Exception as exc:  # fastavro's texts may quote the value: keep the type
             subject = getattr(type(event), "__subject__", type(event).__qualname__)
             raise ContractViolation(

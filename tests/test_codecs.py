@@ -499,3 +499,35 @@ def test_a_json_field_holding_malformed_text_is_a_contract_violation() -> None:
     with pytest.raises(sg.ContractViolation) as info:
         JsonCodec().decode(data, Prefs)
     assert [e["loc"] for e in info.value.errors] == [["blob"]]
+
+
+@pytest.mark.parametrize("wire", ["json", "avro"])
+def test_a_serialization_only_alias_is_written_by_field_name(wire: str) -> None:
+    """Consumers read a contract's validation names; an alias for serialization only is
+    not one, so such a contract is written by field name, as before aliases were written."""
+    from pydantic import AliasGenerator
+    from pydantic.alias_generators import to_camel
+
+    class Outbound(sg.Contract):
+        model_config = ConfigDict(alias_generator=AliasGenerator(serialization_alias=to_camel))
+        __subject__ = f"tests.Outbound{wire}"
+        __version__ = 1
+        __wire_format__ = wire  # type: ignore[assignment]
+        order_id: str
+
+    codec = JsonCodec() if wire == "json" else sg.AvroCodec()
+    event = Outbound(order_id="1")
+    assert codec.decode(codec.encode(event), Outbound) == event
+
+
+def test_a_contract_no_dump_can_write_readably_is_refused() -> None:
+    """Read by one name and written by another (a validation-only alias): refused with the
+    fix, not written in a form its own consumers refuse."""
+
+    class Split(sg.Contract):
+        __subject__ = "tests.Split"
+        __version__ = 1
+        order_id: str = Field(validation_alias="orderId")
+
+    with pytest.raises(sg.ConfigurationError, match="one alias"):
+        JsonCodec().encode(Split.model_validate({"orderId": "1"}))

@@ -33,6 +33,7 @@ from streamguard.codecs import (
     AvroCodec,
     JsonCodec,
     _classify,
+    wire_by_alias,
 )
 from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavailable
@@ -166,7 +167,8 @@ class RegistryCodec:
             avro = self._avro
             # AvroCodec writes C3 01 + 8-byte fingerprint + body: keep the body.
             return lambda event: prefix + avro.encode(event)[10:]
-        return lambda event: prefix + event.model_dump_json(by_alias=True).encode()
+        by_alias = wire_by_alias(contract)
+        return lambda event: prefix + event.model_dump_json(by_alias=by_alias).encode()
 
     def _schema_id(self, contract: type[Contract], subject: str) -> int:
         known = self._ids.get((contract, subject))
