@@ -294,6 +294,7 @@ class ServiceHarness:
             return await handle(*args)
 
         runner._handle = counted
+        breaker, probe = self.pipeline.breaker, None
         try:
             lane.enqueue([msg])
             lane.drain()
@@ -301,9 +302,12 @@ class ServiceHarness:
             while not self._final(offset):
                 if runner.failure is not None:  # raised as a worker's handler would raise it
                     raise runner.failure
-                if self._stalled.is_set() or not self.pipeline.breaker.closed:
-                    # Stopped at max_attempts, or held by the circuit breaker: the
-                    # dependency looks down, and a service would hold the record too.
+                if not breaker.closed and probe is None:
+                    probe = self._skip_to_probe()  # the record probes (the loop sees it)
+                held = not breaker.closed and probe is not None and breaker.half_open_at() > probe
+                if self._stalled.is_set() or held:
+                    # Stopped at max_attempts, or its probe failed: the dependency looks
+                    # down, and a service would hold the record too.
                     lane.close()  # cancels the wait; later records get a fresh lane
                     self._lane = LoopLane(0, self.pipeline, runner)
                     self._report_loop_metrics()
@@ -350,11 +354,20 @@ class ServiceHarness:
             dead_letter_headers=headers,
         )
 
+    def _skip_to_probe(self) -> float:
+        """The circuit breaker is open: move the virtual clock to its cool-down's end, as
+        a service would wait for it, so that the record probes. Returns that time; a
+        later ``half_open_at`` then means the probe failed."""
+        due = self.pipeline.breaker.half_open_at()
+        self._clock.now = max(self._clock.now, due)
+        return due
+
     def _process_on_worker(self, msg: Record) -> Outcome:
         lane, clock = self._lane, self._clock
         offset = msg.offset()
         delays: list[float] = []
         calls = _CallCounter(self.pipeline)
+        breaker, probe = self.pipeline.breaker, None
         claimed = lane.enqueue([msg])
         try:
             # Bounded: every pass either finishes the record or makes a retry attempt,
@@ -367,10 +380,16 @@ class ServiceHarness:
                     if claimed:
                         lane.drain(max_batches=1)  # finds the queue empty: releases the claim
                     break  # final: handled, or dead-lettered and acknowledged
-                if not self.pipeline.breaker.closed:
-                    # Held by the circuit breaker: the dependency looks down (other
-                    # records failed too), and a service would hold the record as well.
-                    return self._left_waiting(offset, calls.count, delays)
+                if not breaker.closed:
+                    if probe is not None and breaker.half_open_at() > probe:
+                        # Its probe failed: the dependency looks down (other records
+                        # failed too), and a service would hold the record as well.
+                        return self._left_waiting(offset, calls.count, delays)
+                    probe = self._skip_to_probe()
+                    if lane.retry is not None:  # parked a moment longer than the cool-down
+                        clock.now = max(clock.now, lane.retry.due)
+                    claimed = claimed or lane.claim_if_due(clock.now)
+                    continue
                 retry = lane.retry
                 if retry is None:
                     raise RuntimeError(f"record {offset} made no progress in the harness")

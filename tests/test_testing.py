@@ -339,3 +339,33 @@ def test_a_retried_record_counts_its_drift_once(kind: str) -> None:
     labels = {"runtime": "consumer", "subject": "orders.OrderPlaced", "kind": "no_schema_headers"}
     drift = registry.get_sample_value("streamguard_schema_drift_total", labels)
     assert (calls[0], drift) == (3, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_harness_probes_after_the_cool_down_and_recovers(kind: str) -> None:
+    """With the breaker open, the next record waits out the cool-down (virtual time) and
+    probes, as in a service: once the dependency answers, records are handled again
+    (they stayed ``waiting`` for good)."""
+    down = [True]
+
+    class Db(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+        breaker = sg.CircuitBreaker(min_calls=2, cool_down=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if down[0]:
+                raise TimeoutError("the database is down")
+
+    class AsyncDb(Db):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Db.handle(self, event, ctx)
+
+    with ServiceHarness(Db if kind == "sync" else AsyncDb) as kit:
+        outcomes = [kit.send(order(i)).outcome for i in range(3)]
+        assert outcomes[1:] == ["waiting", "waiting"]
+        down[0] = False
+        assert [kit.send(order(i)).outcome for i in range(3, 5)] == ["handled", "handled"]
+        assert kit.pipeline.breaker.closed

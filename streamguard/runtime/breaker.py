@@ -103,6 +103,12 @@ class Breaker:
                 return not self._probe_busy(now)
             return now - self._opened_at >= self.config.cool_down
 
+    def half_open_at(self) -> float:
+        """When the breaker lets a probe through, on its clock (while it is not closed);
+        a later value than before means a probe failed and it opened again."""
+        with self._lock:
+            return self._opened_at + self.config.cool_down
+
     def release_probe(self) -> None:
         """The probe ended without calling the dependency (invalid input): another
         message may probe."""
