@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from streamguard.errors import BrokerUnavailable, ConfigurationError
@@ -329,25 +330,39 @@ class ServiceRuntime:
         servers = self.dead_letter_config.get(
             "bootstrap.servers", self.consumer_config["bootstrap.servers"]
         )
+        security = {
+            k: v
+            for k, v in self.dead_letter_config.items()
+            if k.startswith(("security.", "sasl.", "ssl."))
+        }
         elsewhere = servers != self.consumer_config["bootstrap.servers"]
-        if elsewhere or spec.dead_letter_topic not in topics:
+        dead_letter_topics = topics
+        if elsewhere:
+            # Another cluster may be down: start consuming after a short wait (dead
+            # letters then wait, see DeadLetterPublisher), and ask before creating, so
+            # that a principal allowed to write the DLQ but not create topics starts
+            # without a warning.
+            try:
+                admin = AdminClient({"bootstrap.servers": servers, **security})
+                dead_letter_topics = admin.list_topics(timeout=DLQ_CREATE_WAIT).topics
+            except KafkaException as exc:
+                log.warning(
+                    "dead-letter cluster not reachable at start-up; dead letters wait for it",
+                    extra={"dlq": spec.dead_letter_topic, "error": str(exc.args[0].str())},
+                )
+                return True
+        if spec.dead_letter_topic not in dead_letter_topics:
             partitions = len(topics[spec.topic].partitions) if spec.topic in topics else 1
             try:
-                create_topics(  # a topic that exists already counts as created
+                create_topics(  # a topic made meanwhile counts as created
                     servers,
                     [spec.dead_letter_topic],
                     partitions=partitions,
-                    # Another cluster may be down: start consuming after a short wait
-                    # (dead letters then wait, see DeadLetterPublisher).
                     timeout=DLQ_CREATE_WAIT if elsewhere else 15.0,
-                    config={
-                        k: v
-                        for k, v in self.dead_letter_config.items()
-                        if k.startswith(("security.", "sasl.", "ssl."))
-                    },
+                    config=security,
                 )
                 log.info(
-                    "created dead-letter topic" if not elsewhere else "dead-letter topic ready",
+                    "created dead-letter topic",
                     extra={"dlq": spec.dead_letter_topic, "bootstrap_servers": servers},
                 )
             except ConfigurationError as exc:
