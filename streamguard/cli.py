@@ -8,6 +8,7 @@ module only wires them together. Exit codes are in ``streamguard.exitcodes``.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,8 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     broker = DevBroker(port=args.port, host=args.host)
     address = broker.start()
-    print(f"streamguard broker listening on {address} (pid {broker.pid})", flush=True)
+    # This process's pid, not the broker binary's: stopping this one stops both.
+    print(f"streamguard broker listening on {address} (pid {os.getpid()})", flush=True)
     print(f"  export STREAMGUARD_BOOTSTRAP_SERVERS={address}", flush=True)
     print("  in-memory: nothing is kept when it stops. Ctrl-C stops it.", flush=True)
 

@@ -367,7 +367,15 @@ class AvroCodec:
                     reason="oversize",
                 )
             if data[:2] != SINGLE_OBJECT_MARKER or len(data) < 10:
-                raise DecodeError("not Avro single-object encoding (no C3 01 marker)")
+                framed = data[:1] == b"\x00" and len(data) >= 5  # magic byte 0, an id
+                raise DecodeError(
+                    "not Avro single-object encoding (no C3 01 marker)"
+                    + (
+                        "; it looks Confluent-framed: read it with a schema registry"
+                        if framed
+                        else ""
+                    )
+                )
             writer = writers.get(data[2:10])
             if writer is None:
                 raise DecodeError(

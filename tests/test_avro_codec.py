@@ -194,3 +194,9 @@ def test_an_avro_contract_refuses_fields_avro_cannot_carry(annotation: Any, matc
     contract = type("Loose", (sg.Contract,), namespace)
     with pytest.raises(sg.ConfigurationError, match=match):
         sg.AvroCodec().decoder(contract)
+
+
+def test_a_confluent_framed_record_says_how_to_read_it() -> None:
+    """Magic byte 0 and a schema id: the decode error says to read it with a registry."""
+    with pytest.raises(sg.DecodeError, match="Confluent-framed: read it with a schema registry"):
+        sg.AvroCodec().decode(b"\x00\x00\x00\x03\xe7" + b"\x02p", PaymentV1)

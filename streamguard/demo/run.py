@@ -206,7 +206,9 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
         cli_main(["dlq", "inspect", DLQ, "--bootstrap-servers", bootstrap])
         _say(
             "\nNext: fix the producer or the contract, then "
-            f"`streamguard dlq replay {DLQ} --revalidate --dry-run`."
+            f"`streamguard dlq replay {DLQ} --revalidate --dry-run`. This demo's broker "
+            "stops with it: to keep its dead letters, start `streamguard broker` and run "
+            "`streamguard demo --bootstrap-servers 127.0.0.1:9092`."
         )
         if done < sent:
             _say(f"demo: only {done:.0f} of {sent} messages reached an outcome in time")

@@ -192,7 +192,8 @@ def render_table(summary: Summary) -> str:
     for group, row in zip(summary.ordered(), rows, strict=True):
         lines.append(line(row))
         if group.locations:
-            top = ", ".join(f"{loc} x{n}" for loc, n in group.locations.most_common(4))
+            ranked = sorted(group.locations.items(), key=lambda item: (-item[1], item[0]))
+            top = ", ".join(f"{loc} x{n}" for loc, n in ranked[:4])  # ties by name: stable
             more = len(group.locations) - 4
             lines.append(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
         lines.extend("      " + text for text in _example_lines(group.example))
