@@ -83,21 +83,20 @@ def wire_by_alias(model: type[BaseModel]) -> bool:
 
     ``Field(alias=...)`` sets both, so a dump by alias writes what is read; a
     serialization-only alias (``serialization_alias``, or an ``alias_generator`` of
-    one) is not read, so such a model is written by field name. A model that neither
-    dump writes readably is refused (``ConfigurationError``), once per model.
+    one) is not read, so such a model is written by field name. Of the two dumps, the
+    one that leaves out fewer of the names read wins, by alias on a tie (fields left
+    out of every dump, ``exclude=True`` or a custom serializer, count for neither).
+    Never raises: what no dump writes readably, the producer's own decode refuses.
     """
     known = _BY_ALIAS.get(model)
     if known is None:
-        read = _property_names(model.model_json_schema(mode="validation"))
-        if read <= _property_names(model.model_json_schema(mode="serialization")):
+        try:
+            read = _property_names(model.model_json_schema(mode="validation"))
+            by_alias = _property_names(model.model_json_schema(mode="serialization"))
+            by_name = _property_names(model.model_json_schema(mode="serialization", by_alias=False))
+            known = len(read - by_alias) <= len(read - by_name)
+        except Exception:  # a schema pydantic cannot generate: the dump decides
             known = True
-        elif read <= _property_names(model.model_json_schema(mode="serialization", by_alias=False)):
-            known = False
-        else:
-            raise ConfigurationError(
-                f"{model.__qualname__}: its fields are read by validation alias but written by "
-                "another name; give each field one alias (Field(alias=...)) for both"
-            )
         _BY_ALIAS[model] = known
     return known
 

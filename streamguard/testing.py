@@ -381,7 +381,8 @@ class ServiceHarness:
                         lane.drain(max_batches=1)  # finds the queue empty: releases the claim
                     break  # final: handled, or dead-lettered and acknowledged
                 if not breaker.closed:
-                    if probe is not None and breaker.half_open_at() > probe:
+                    stopped = self._max_attempts is not None and calls.count >= self._max_attempts
+                    if stopped or (probe is not None and breaker.half_open_at() > probe):
                         # Its probe failed: the dependency looks down (other records
                         # failed too), and a service would hold the record as well.
                         return self._left_waiting(offset, calls.count, delays)

@@ -520,14 +520,27 @@ def test_a_serialization_only_alias_is_written_by_field_name(wire: str) -> None:
     assert codec.decode(codec.encode(event), Outbound) == event
 
 
-def test_a_contract_no_dump_can_write_readably_is_refused() -> None:
-    """Read by one name and written by another (a validation-only alias): refused with the
-    fix, not written in a form its own consumers refuse."""
+@pytest.mark.parametrize("shape", ["excluded-field", "model-serializer"])
+def test_contracts_a_dump_writes_in_its_own_way_still_encode(shape: str) -> None:
+    """A field left out of every dump (``exclude=True``) or a custom serializer is no
+    reason to refuse a contract: it is written as pydantic dumps it."""
+    from pydantic import model_serializer
 
-    class Split(sg.Contract):
-        __subject__ = "tests.Split"
+    class Excluded(sg.Contract):
+        __subject__ = "tests.Excluded"
         __version__ = 1
-        order_id: str = Field(validation_alias="orderId")
+        order_id: str
+        internal: str = Field(default="x", exclude=True)
 
-    with pytest.raises(sg.ConfigurationError, match="one alias"):
-        JsonCodec().encode(Split.model_validate({"orderId": "1"}))
+    class Custom(sg.Contract):
+        __subject__ = "tests.Custom"
+        __version__ = 1
+        order_id: str
+
+        @model_serializer
+        def dump(self) -> dict[str, Any]:
+            return {"order_id": self.order_id}
+
+    contract: Any = Excluded if shape == "excluded-field" else Custom
+    event = contract(order_id="1")
+    assert JsonCodec().decode(JsonCodec().encode(event), contract).order_id == "1"

@@ -42,7 +42,7 @@ from streamguard.deadletter import Failure
 from streamguard.headers import Record
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import PartitionLane
-from streamguard.runtime.outcomes import RetryState, gate
+from streamguard.runtime.outcomes import RetryState, after_try, gate
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.slots import Slots
@@ -554,6 +554,8 @@ class LoopRunner:
                     verdict = pipe.judge(
                         exc, 1, None, self._clock(), (lane.partition, msg.offset())
                     )
+                    if isinstance(verdict, RetryState):
+                        after_try(verdict, None, exc)
                 if waiters:
                     slots.give()
                     held = False
@@ -697,12 +699,15 @@ class LoopRunner:
             self.in_handlers += 1
             try:
                 try:
-                    verdict = await self._attempt(msg, attempt, retry is None)
+                    first = retry is None or not retry.drift_checked
+                    verdict = await self._attempt(msg, attempt, first)
                 except Exception as exc:
                     self._fold_successes()  # the verdict weighs every success before it
                     verdict = pipe.judge(
                         exc, attempt, retry, self._clock(), (lane.partition, msg.offset())
                     )
+                    if isinstance(verdict, RetryState):
+                        verdict = after_try(verdict, retry, exc)
                 # Final even if the lane closed meanwhile: revoke commits what finished.
                 # Recorded before ``running`` drops, so that a revoke which sees no
                 # handler running finds this outcome among the lane's offsets.

@@ -31,7 +31,7 @@ from streamguard.policy import RetryPolicy
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport
-from streamguard.runtime.outcomes import RetryState, gate
+from streamguard.runtime.outcomes import RetryState, after_try, gate
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -239,7 +239,7 @@ class PartitionLane:
                         event = None
                     else:
                         event = decode(value)
-                        if not index % sample and retry is None:  # a retry was checked
+                        if not index % sample and (retry is None or not retry.drift_checked):
                             drift = inspect_drift(msg, value)
                             if drift is not None:
                                 self._dead_letter(msg, Failure("schema_drift", drift))
@@ -254,7 +254,7 @@ class PartitionLane:
                         exc, attempt, retry, self.clock(), (self.partition, msg.offset())
                     )
                     if isinstance(verdict, RetryState):
-                        retry = verdict
+                        retry = after_try(verdict, retry, exc)
                         retries += 1
                         break  # the head waits; the rest of the batch waits behind it
                     self._dead_letter(msg, verdict)

@@ -32,7 +32,9 @@ class RetryState:
 
     ``attempt`` counts real handler calls so far (0: parked before its first one).
     ``parked_at`` is set while it waits for the circuit breaker or a retry token: that
-    time is not charged to the message's own time budget.
+    time is not charged to the message's own time budget. ``drift_checked``: a try got
+    past decoding, so its drift check (or the sample's decision to skip it) is done;
+    not told by ``attempt``, which a failed probe gives back.
     """
 
     attempt: int
@@ -41,6 +43,7 @@ class RetryState:
     due: float
     parked_at: float | None = None
     open_mark: float = 0.0  # the breaker's open_total() when it last failed
+    drift_checked: bool = False
 
 
 # Input that can never be handled: dead-lettered at once, never retried.
@@ -86,7 +89,17 @@ def _parked(retry: RetryState | None, now: float, breaker: Breaker) -> RetryStat
         now + PARK_WAIT,
         parked_at,
         retry.open_mark,
+        retry.drift_checked,
     )
+
+
+def after_try(verdict: RetryState, retry: RetryState | None, exc: BaseException) -> RetryState:
+    """Mark a retry's state with whether its record's drift was dealt with: every try
+    that failed transiently got past decoding, unless the registry stopped its decode."""
+    verdict.drift_checked = (retry is not None and retry.drift_checked) or not isinstance(
+        exc, RegistryUnavailable
+    )
+    return verdict
 
 
 def judge(

@@ -230,7 +230,7 @@ def test_a_key_run_cancelled_before_its_first_step_is_forgotten() -> None:
 
 def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
     """A failed probe gives the record its attempt back, so its next try is attempt 1
-    again: drift is checked on a record's first try, not on every attempt 1."""
+    again: drift is counted once a try gets past decoding, not on every attempt 1."""
     from streamguard.runtime.breaker import OPEN
     from streamguard.testing import ServiceHarness, record
 
@@ -267,3 +267,44 @@ def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
     }
     assert (calls[0], breaker.closed) == (2, True)
     assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 1.0
+
+
+def test_a_record_parked_before_its_first_try_still_counts_its_drift() -> None:
+    """The breaker opens while a batch runs (other partitions fail): the next record is
+    parked before its first try, with a retry state already. Its drift is counted when
+    it does get tried (it was skipped while "first try" meant "no retry state")."""
+    from streamguard.testing import ServiceHarness, record
+
+    calls: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = "orders-kit", OrderPlaced, "g"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls.append(ctx.offset)
+            if len(calls) == 1:  # meanwhile, other partitions' failures open the breaker
+                with breaker._lock:
+                    breaker._open(kit._clock(), "others failed", "TimeoutError")
+
+    registry = CollectorRegistry()
+    kit = ServiceHarness(Billing, registry=registry)
+    breaker = kit.pipeline.breaker
+    lane = PartitionLane(0, kit.pipeline, clock=kit._clock)
+    msgs = [
+        record(order(i).model_dump_json().encode(), topic="orders-kit", offset=i) for i in (0, 1)
+    ]
+    claimed = lane.enqueue(msgs)
+    for _ in range(2000):  # bounded: virtual time, 0.1 s a pass
+        if claimed:
+            claimed = lane.drain(max_batches=1)
+        if (lane.commit_position() or 0) >= 2:
+            break
+        kit._clock.now += 0.1
+        claimed = claimed or lane.claim_if_due(kit._clock.now)
+    labels = {
+        "runtime": "consumer",
+        "subject": OrderPlaced.__subject__,
+        "kind": "no_schema_headers",
+    }
+    assert calls == [0, 1]
+    assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 2.0
