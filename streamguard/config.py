@@ -76,9 +76,28 @@ class ProjectConfig:
         current: dict[str, type[Contract]] = {}
         for contract in self.load_contracts():
             known = current.get(contract.__subject__)
+            if (
+                known is not None
+                and contract.__version__ == known.__version__
+                and contract.fingerprint() != known.fingerprint()
+            ):
+                raise ConfigurationError(
+                    f"{contract.__module__}.{contract.__qualname__} and "
+                    f"{known.__module__}.{known.__qualname__} are both {contract.__subject__} "
+                    f"v{contract.__version__} with different schemas; give one of them "
+                    "another subject or version"
+                )
             if known is None or contract.__version__ > known.__version__:
                 current[contract.__subject__] = contract
         return current
+
+
+def _schemas_dir(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            f'[tool.streamguard] schemas_dir must be a path such as "schemas", got {value!r}'
+        )
+    return value
 
 
 def _check_mode(mode: Any, where: str) -> str:
@@ -136,7 +155,7 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
         registry_subjects=registry_subjects,
         root=root,
         contracts=tuple(contracts),
-        schemas_dir=root / str(table.get("schemas_dir", "schemas")),
+        schemas_dir=root / _schemas_dir(table.get("schemas_dir", "schemas")),
         compatibility=_check_mode(table.get("compatibility", "BACKWARD"), str(file)),
         subject_modes=subject_modes,
     )

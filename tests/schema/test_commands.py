@@ -370,3 +370,66 @@ def test_subjects_that_are_not_tables_are_a_configuration_error(
     code, _, err = cli("schema", "check")
     assert code == 2
     assert "table of tables" in err
+
+
+AVRO_PAY = """
+class Pay(sg.Contract):
+    __subject__ = "pay.Pay"
+    __version__ = 1
+    __wire_format__ = "avro"
+    cents: int = 0
+    note: str = ""
+"""
+AVRO_PAY_REORDERED = """
+class Pay(sg.Contract):
+    __subject__ = "pay.Pay"
+    __version__ = 1
+    __wire_format__ = "avro"
+    note: str = ""
+    cents: int = 0
+"""
+
+
+def test_reordering_an_avro_contracts_fields_is_a_change(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """Field order is part of an Avro schema (its encoding and fingerprint) though not of
+    the sorted JSON Schema: reordering without a bump fails check, as any change does
+    (it passed, and consumers of the stored v1.avsc could not read the new records)."""
+    project = project_factory()
+    project.contracts(AVRO_PAY)
+    assert cli("schema", "register")[0] == 0
+    project.contracts(AVRO_PAY_REORDERED)
+    code, out, _ = cli("schema", "check")
+    assert code == 1
+    assert "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP" in out
+
+
+def test_two_contracts_of_one_subject_and_version_are_refused(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """Two different schemas claiming one subject and version: a usage error naming both,
+    not one of them silently kept."""
+    project = project_factory()
+    project.contracts(
+        V1
+        + V1.replace("class OrderPlaced", "class OrderCopy").replace(
+            "order_id: str", "order_id: int"
+        )
+    )
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert "are both orders.OrderPlaced v1" in err
+
+
+def test_schemas_dir_must_be_a_path(project_factory: Callable[[], Project], cli: Cli) -> None:
+    """A non-string schemas_dir is a usage error, not a folder named after a list."""
+    project = project_factory()
+    project.contracts(V1)
+    text = (project.root / "pyproject.toml").read_text()
+    (project.root / "pyproject.toml").write_text(
+        text.replace('schemas_dir = "schemas"', 'schemas_dir = ["schemas"]')
+    )
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert "schemas_dir must be a path" in err
