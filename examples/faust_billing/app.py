@@ -52,7 +52,9 @@ def create_app(broker: str = "kafka://127.0.0.1:9092", **settings: Any) -> tuple
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(bill.registry), content_type=CONTENT_TYPE_LATEST)
+        # As a header: aiohttp refuses a charset in content_type, and Prometheus's has one.
+        body = generate_latest(bill.registry)
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return app, bill
 

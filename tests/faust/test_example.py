@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from confluent_kafka import Producer
 
 import streamguard as sg
 from examples.faust_billing.app import create_app
+from streamguard.devbroker import free_port
 from tests.faust.conftest import FAST_FAUST, run_app, until
 from tests.runtime.conftest import committed, order
 
@@ -31,12 +34,24 @@ def test_example_bills_forwards_and_dead_letters(
     producer.flush()
     raw_producer.produce("orders", b"nope")
     raw_producer.flush(10)
-    app, bill = create_app(f"kafka://{bootstrap}", datadir=str(tmp_path), **FAST_FAUST)
+    port = free_port()
+    settings = {**FAST_FAUST, "web_enabled": True, "web_port": port, "web_host": "127.0.0.1"}
+    app, bill = create_app(f"kafka://{bootstrap}", datadir=str(tmp_path), **settings)
+    scraped: list[str] = []
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            return str(reply.read().decode())
 
     async def scenario() -> None:
         assert await until(lambda: sum(committed(bootstrap, app.conf.id, "orders").values()) == 5)
+        scraped.append(await asyncio.to_thread(scrape))  # the README's curl
 
     run_app(app, scenario)
+    assert (
+        'streamguard_messages_total{outcome="handled",runtime="faust",topic="orders"} 2.0'
+        in (scraped[0])
+    )
     invoices = read_all("invoices", 2, timeout=15)
     assert len(invoices) == 2
     reasons = sorted(dict(r.headers())["sg-dlq-reason"] for r in read_all("orders.dlq", 3))
