@@ -152,16 +152,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise RegistryError(400, 400, "Content-Length is not a number") from None
         if length > MAX_BODY:
             raise RegistryError(413, 413, "request body too large")
         raw = self.rfile.read(length) if length else b""
         if not raw:
             return {}
         try:
-            return json.loads(raw)
+            parsed = json.loads(raw)
         except ValueError:
             raise RegistryError(400, 400, "request body is not JSON") from None
+        if not isinstance(parsed, dict):  # every body the API takes is an object
+            raise RegistryError(422, 422, "request body must be a JSON object")
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("registry: " + format, *args)

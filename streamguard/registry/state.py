@@ -27,6 +27,7 @@ from typing import Any
 import fastavro
 
 from streamguard.config import MODES
+from streamguard.errors import ConfigurationError
 from streamguard.schema.checks import compare_versions
 from streamguard.schema.jsonschema_compat import Policy
 from streamguard.schema.modes import breaking, directions
@@ -123,16 +124,22 @@ class RegistryState:
         file = self._file
         if file is None or not file.is_file():
             return
-        data = json.loads(file.read_text())
-        self.schemas = {int(k): (v["type"], v["schema"]) for k, v in data["schemas"].items()}
-        self.ids = {k: int(v) for k, v in data["ids"].items()}
-        self.subjects = {
-            s: [Version(v["version"], v["id"], v["deleted"]) for v in versions]
-            for s, versions in data["subjects"].items()
-        }
-        self.global_level = data["global_level"]
-        self.levels = dict(data["levels"])
-        self.next_id = int(data["next_id"])
+        try:
+            data = json.loads(file.read_text())
+            self.schemas = {int(k): (v["type"], v["schema"]) for k, v in data["schemas"].items()}
+            self.ids = {k: int(v) for k, v in data["ids"].items()}
+            self.subjects = {
+                s: [Version(v["version"], v["id"], v["deleted"]) for v in versions]
+                for s, versions in data["subjects"].items()
+            }
+            self.global_level = data["global_level"]
+            self.levels = dict(data["levels"])
+            self.next_id = int(data["next_id"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"{file} is not a registry state this server wrote ({type(exc).__name__}: "
+                f"{exc}); move it away, or point --dir at another directory"
+            ) from None
 
     def _save(self) -> None:
         file = self._file

@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+import streamguard as sg
 from streamguard.registry import RegistryServer
 from tests.registry.conftest import record
 
@@ -194,3 +195,44 @@ def test_schema_text_versions_of_an_id_references_and_mode(
         assert json.loads(reply.read()) == json.loads(V1.schema_str)
     found = client.lookup_schema("a-value", V1, deleted=True)
     assert found.schema_id == schema_id
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b'"FULL"', {}, 422),  # a JSON string, not an object
+        (b'["FULL"]', {}, 422),
+        (b'{"compatibility": "FULL"}', {"Content-Length": "x"}, 400),
+    ],
+    ids=["string-body", "list-body", "bad-length"],
+)
+def test_malformed_requests_get_a_client_error_not_500(
+    registry: RegistryServer, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    """A body that is not an object, or a Content-Length that is not a number, is the
+    client's error with an error code, as Confluent's registry answers; it was a 500."""
+    import http.client
+
+    host, port = registry.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.putrequest("PUT", "/config")
+        connection.putheader("Content-Type", "application/vnd.schemaregistry.v1+json")
+        connection.putheader("Content-Length", headers.get("Content-Length", str(len(body))))
+        connection.endheaders(body)
+        reply = connection.getresponse()
+        assert reply.status == status
+        assert json.loads(reply.read())["error_code"] == status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}"])
+def test_a_state_file_it_did_not_write_is_a_configuration_error(
+    tmp_path: Path, content: str
+) -> None:
+    """A corrupt or foreign registry.json names itself and the fix (exit 2 from the CLI),
+    not a traceback."""
+    (tmp_path / "registry.json").write_text(content)
+    with pytest.raises(sg.ConfigurationError, match="is not a registry state this server wrote"):
+        RegistryServer(port=0, directory=tmp_path).start()
