@@ -98,7 +98,12 @@ def check_contract(
     if newer:
         change = Change((), "VERSION_OLDER_THAN_STORED", BOTH)
         result.problems.append(Comparison(subject, f"v{max(newer)}", f"v{version}", [change]))
+    # A version registered with --force is a deliberate break: it starts the subject
+    # anew, and nothing from before it is compared with it or with a later version.
+    since = max((v for v in store.forced(subject) if v <= version), default=0)
     for old in versions_to_check(mode, stored, version):
+        if old < since or since == version:
+            continue
         if fmt == "avro" and not store.has(subject, old, suffix):
             old_schema, old_fmt = store.load(subject, old), "json"  # stored before it was Avro
             new_schema = contract.json_schema()

@@ -23,6 +23,7 @@ from streamguard.errors import ConfigurationError
 
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.json$")
 _SAFE_SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FORCED = re.compile(r"^\S+ v([1-9][0-9]*) FORCED past ")  # a CHANGELOG line of --force
 
 
 def dump_schema(schema: Any) -> str:
@@ -82,6 +83,14 @@ class SchemaStore:
         path = folder / f"v{version}{suffix}"
         path.write_text(dump_schema(schema))
         return path
+
+    def forced(self, subject: str) -> set[int]:
+        """The versions registered with ``--force`` (their CHANGELOG lines say FORCED)."""
+        path = self.subject_dir(subject) / "CHANGELOG"
+        if not path.is_file():
+            return set()
+        found = (_FORCED.match(line) for line in path.read_text(encoding="utf-8").splitlines())
+        return {int(match.group(1)) for match in found if match}
 
     def log(self, subject: str, line: str, *, now: datetime | None = None) -> Path:
         """Append one dated line to the subject's CHANGELOG."""

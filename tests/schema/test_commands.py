@@ -433,3 +433,25 @@ def test_schemas_dir_must_be_a_path(project_factory: Callable[[], Project], cli:
     code, _, err = cli("schema", "check")
     assert code == 2
     assert "schemas_dir must be a path" in err
+
+
+def test_a_forced_version_leaves_ci_green_and_starts_the_subject_anew(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """After ``register --force --reason``, ``check`` passes (the break is on record), and
+    a later version is compared with the forced one onwards only, even in a transitive
+    mode: CI stayed red on every later pull request."""
+    project = project_factory()
+    project.contracts(V1, mode="BACKWARD_TRANSITIVE")
+    assert cli("schema", "register")[0] == 0
+    project.contracts(V2_BREAKING, mode="BACKWARD_TRANSITIVE")
+    assert cli("schema", "check")[0] == 1
+    assert cli("schema", "register", "--force", "--reason", "topic drained")[0] == 0
+    assert cli("schema", "check")[0] == 0
+    v3 = V2_BREAKING.replace("__version__ = 2", "__version__ = 3").replace(
+        "    customer: Customer\n", "    customer: Customer\n    note: str | None = None\n"
+    )
+    project.contracts(v3, mode="BACKWARD_TRANSITIVE")
+    code, out, _ = cli("schema", "check")
+    assert code == 0, out
+    assert "v1 -> v3" not in out
