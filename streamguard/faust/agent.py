@@ -165,6 +165,13 @@ class GuardedAgent:
         self.transient = tuple(transient)
         self.include_error_text = include_error_text
         self.sinks = list(sink or ())
+        for target in self.sinks:
+            if not (hasattr(target, "send") or callable(target)):
+                raise ConfigurationError(
+                    f"{label}: sink {target!r} has no send() and is not callable; pass a "
+                    "topic, a Faust agent (a guarded agent's is its .agent) or a callable. "
+                    "A sink gets the handler's result as it is returned."
+                )
         self.name = name or f"{handler.__module__}.{handler.__qualname__}"
         self.decode = codec_for(contract, codec).decoder(contract)
         self.dead_letter_headers = DeadLetterHeaders.for_contract(
@@ -190,8 +197,8 @@ class GuardedAgent:
         self._retries = self.metrics.retries.labels(topic)
         self._dlq_failures = self.metrics.dead_letter_failures.labels(topic)
         self.metrics.start_series(topic, REASONS)
-        self.metrics.track(topic, self._inflight, self._waiting)
-        self.dead_letter_writable = True
+        self.metrics.track(topic, self._inflight, self._paused)
+        self._dead_letters_down = False  # the last dead-letter line said "cannot write"
         peers = _PEERS.setdefault(registry, [])
         peers.append(self)
         self.metrics.ready.set_function(lambda: 1.0 if all(a.ready for a in peers) else 0.0)
@@ -200,6 +207,13 @@ class GuardedAgent:
 
     def __repr__(self) -> str:
         return f"GuardedAgent({self.name!r}, topic={self.topic!r}, dlq={self.dead_letter_topic!r})"
+
+    @property
+    def dead_letter_writable(self) -> bool:
+        """No lane holds a dead letter the DLQ refused: a refusal in one partition is
+        not excused by a success in another, and a lane given up (its partition moved
+        to another worker) no longer counts, as in a ``ConsumerService``."""
+        return not any(lane.dead_letter_failing for lane in self._lanes.values())
 
     @property
     def ready(self) -> bool:
@@ -308,26 +322,30 @@ class GuardedAgent:
         self._retries.inc()
 
     def dead_lettered(self, reason: Reason) -> None:
-        if not self.dead_letter_writable:
+        if self._dead_letters_down and self.dead_letter_writable:
+            self._dead_letters_down = False
             log.info("dead-letter topic is writable again", extra={"dlq": self.dead_letter_topic})
-        self.dead_letter_writable = True
         self._dead_lettered.inc()
         self.metrics.dead_letters.labels(self.topic, reason).inc()
 
     def dead_letter_failed(self, error: BaseException) -> None:
         self._dlq_failures.inc()
-        if self.dead_letter_writable:
+        if not self._dead_letters_down:
+            self._dead_letters_down = True
             log.error(
                 "cannot write to the dead-letter topic; holding the partition and backing off",
                 extra={"dlq": self.dead_letter_topic, "error": f"{type(error).__name__}"},
             )
-        self.dead_letter_writable = False
 
     def _inflight(self) -> float:
         return float(sum(lane.inflight for lane in self._lanes.values()))
 
-    def _waiting(self) -> float:
-        return float(sum(1 for lane in self._lanes.values() if lane.waiting))
+    def _paused(self) -> float:
+        """Partitions not fetched: in a retry or dead-letter backoff, or held at
+        ``partition_buffer`` (a handler that never returns ends there)."""
+        return float(
+            sum(1 for lane in self._lanes.values() if lane.waiting or lane.paused_tp is not None)
+        )
 
 
 def _check(

@@ -120,6 +120,7 @@ class Lane:
         self.paused_tp: Any = None
         self.busy = False
         self.waiting = False  # in a retry or dead-letter backoff
+        self.dead_letter_failing = False  # its dead letter was refused and waits to retry
         self.dropped_generation: int | None = None
         self.handled = 0  # since the last flush (see FLUSH_EVERY)
         self.durations: list[float] = []
@@ -335,28 +336,38 @@ class Lane:
         headers = agent.dead_letter_headers.for_record(record, failure)
         agent.log_dead_letter(record, failure)
         backoff = 0.1
-        while not agent.interrupted(msg):
-            try:
-                await agent.dead_letter_topic_ready()
-                sent = await agent.app.producer.send(
-                    agent.dead_letter_topic,
-                    key=msg.key,
-                    value=msg.value,
-                    partition=None,
-                    timestamp=None,
-                    headers=headers,
-                )
-                if inspect.isawaitable(sent):
-                    await asyncio.wait_for(sent, DEAD_LETTER_TIMEOUT)
-            except Exception as exc:  # TimeoutError included: not confirmed, try again
-                agent.dead_letter_failed(exc)
-                if not await self._backoff(backoff, msg):
-                    return False
-                backoff = min(backoff * 2, DEAD_LETTER_MAX_BACKOFF)
-                continue
-            agent.dead_lettered(failure.reason)
-            return True
-        return False
+        try:
+            while not agent.interrupted(msg):
+                try:
+                    await agent.dead_letter_topic_ready()
+                    # The send too, not only its confirmation: it waits for the topic's
+                    # metadata first, up to Faust's producer_request_timeout (20 min).
+                    sent = await asyncio.wait_for(
+                        agent.app.producer.send(
+                            agent.dead_letter_topic,
+                            key=msg.key,
+                            value=msg.value,
+                            partition=None,
+                            timestamp=None,
+                            headers=headers,
+                        ),
+                        DEAD_LETTER_TIMEOUT,
+                    )
+                    if inspect.isawaitable(sent):
+                        await asyncio.wait_for(sent, DEAD_LETTER_TIMEOUT)
+                except Exception as exc:  # TimeoutError included: not confirmed, try again
+                    self.dead_letter_failing = True
+                    agent.dead_letter_failed(exc)
+                    if not await self._backoff(backoff, msg):
+                        return False
+                    backoff = min(backoff * 2, DEAD_LETTER_MAX_BACKOFF)
+                    continue
+                self.dead_letter_failing = False
+                agent.dead_lettered(failure.reason)
+                return True
+            return False
+        finally:
+            self.dead_letter_failing = False  # written, or given up: this lane holds none
 
     def _drop(self, event: Any) -> None:
         """Give the event up unacknowledged; it and its successors come back after the
