@@ -99,7 +99,17 @@ class SqliteLedger(sg.ConsumerService):
         ctx: sg.MessageContext,
     ) -> None:
         """Write one ledger row (inside the message's transaction)."""
-        amount = event.amount / max(len(event.items), 1)
+        # The order's amount shared by quantity, the rounding left on the last line, so
+        # that the lines add up to the amount.
+        units = sum(i.quantity for i in event.items) or 1
+        share = (event.amount * item.quantity / units).quantize(Decimal("0.01"))
+        if line == len(event.items) - 1:
+            earlier = sum(
+                (event.amount * i.quantity / units).quantize(Decimal("0.01"))
+                for i in event.items[:-1]
+            )
+            share = event.amount - earlier
+        amount = share
         conn.execute(
             "INSERT INTO ledger_lines VALUES (?, ?, ?, ?, ?, ?)",
             (

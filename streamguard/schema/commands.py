@@ -158,6 +158,11 @@ def _print_report(args: argparse.Namespace, results: list[SubjectResult]) -> Non
 
 def _check(args: argparse.Namespace) -> int:
     if args.registry is not None:
+        if getattr(args, "mode", None):
+            raise ConfigurationError(
+                "--mode does not apply with --registry: the registry's compatibility level "
+                "for each subject decides (set it there, e.g. PUT /config/<subject>)"
+            )
         config = load_project_config(args.config)
         return check_registry(args, config, _contracts(config))
     _, _, results = _results(args)

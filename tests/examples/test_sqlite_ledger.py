@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,12 @@ def test_half_way_failures_roll_back_and_redelivery_writes_nothing(
     per_order = _rows(db, "SELECT order_id, COUNT(*) FROM ledger_lines GROUP BY order_id")
     assert len(per_order) == ORDERS
     assert {count for _, count in per_order} == {LINES}
+    # Each order's lines add up to its amount (shared by quantity, rounding on the last).
+    totals = _rows(db, "SELECT order_id, amount FROM ledger_lines")
+    by_order: dict[str, Decimal] = {}
+    for order_id, amount in totals:
+        by_order[order_id] = by_order.get(order_id, Decimal(0)) + Decimal(amount)
+    assert set(by_order.values()) == {Decimal("12.50")}
     # Everything again (a new group starts at the earliest offset): nothing is written.
     again = start(_ledger(topic, "ledger-b", db, []), bootstrap)
     try:

@@ -158,3 +158,14 @@ def test_unreachable_registry_exits_2(
     assert code == 2
     assert "cannot reach the schema registry" in err
     assert "s3cret-pw" not in err
+
+
+def test_mode_with_registry_is_a_usage_error(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """--mode cannot override the registry's own level: said at once (exit 2), rather than
+    ignored while the registry's level decides."""
+    registered(project_factory, cli, registry.url)
+    code, _, err = cli("schema", "check", "--registry", registry.url, "--mode", "NONE")
+    assert code == 2
+    assert "--mode does not apply with --registry" in err
