@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamguard.contracts import Contract, registered_contracts
+from streamguard.contracts import Contract, registered_contracts, schema_fingerprint
 from streamguard.errors import ConfigurationError
 
 MODES = (
@@ -79,7 +79,7 @@ class ProjectConfig:
             if (
                 known is not None
                 and contract.__version__ == known.__version__
-                and contract.fingerprint() != known.fingerprint()
+                and _wire_schema(contract) != _wire_schema(known)
             ):
                 raise ConfigurationError(
                     f"{contract.__module__}.{contract.__qualname__} and "
@@ -90,6 +90,16 @@ class ProjectConfig:
             if known is None or contract.__version__ > known.__version__:
                 current[contract.__subject__] = contract
         return current
+
+
+def _wire_schema(contract: type[Contract]) -> tuple[str, str]:
+    """What a contract puts on the wire: its format and schema fingerprint (an Avro
+    contract's derived .avsc, whose field order the sorted JSON Schema hides)."""
+    if contract.__wire_format__ == "avro":
+        from streamguard.schema.avro import contract_avro_schema  # only for Avro contracts
+
+        return "avro", schema_fingerprint(contract_avro_schema(contract))
+    return "json", contract.fingerprint()
 
 
 def _schemas_dir(value: Any) -> str:

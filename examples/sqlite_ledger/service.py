@@ -99,17 +99,14 @@ class SqliteLedger(sg.ConsumerService):
         ctx: sg.MessageContext,
     ) -> None:
         """Write one ledger row (inside the message's transaction)."""
-        # The order's amount shared by quantity, the rounding left on the last line, so
-        # that the lines add up to the amount.
-        units = sum(i.quantity for i in event.items) or 1
-        share = (event.amount * item.quantity / units).quantize(Decimal("0.01"))
-        if line == len(event.items) - 1:
-            earlier = sum(
-                (event.amount * i.quantity / units).quantize(Decimal("0.01"))
-                for i in event.items[:-1]
-            )
-            share = event.amount - earlier
-        amount = share
+        # The order's amount shared by quantity: each line is the rounded running total
+        # up to it less the rounded total before it, so no line is negative and the
+        # lines add up to the amount exactly.
+        units = sum(i.quantity for i in event.items)
+        before = sum(i.quantity for i in event.items[:line])
+        cent = Decimal("0.01")
+        upto = (event.amount * (before + item.quantity) / units).quantize(cent)
+        amount = upto - (event.amount * before / units).quantize(cent)
         conn.execute(
             "INSERT INTO ledger_lines VALUES (?, ?, ?, ?, ?, ?)",
             (

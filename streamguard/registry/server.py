@@ -155,7 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            raise RegistryError(400, 400, "Content-Length is not a number") from None
+            length = -1
+        if length < 0:  # read(-1) would wait for the client to close the connection
+            raise RegistryError(400, 400, "Content-Length is not a byte count")
         if length > MAX_BODY:
             raise RegistryError(413, 413, "request body too large")
         raw = self.rfile.read(length) if length else b""
@@ -304,7 +306,9 @@ class _Api:
                 )
             return 200, {"compatibilityLevel": state.level(subject)}
         if method == "PUT":
-            level = (body or {}).get("compatibility")
+            body = body or {}
+            # PUT /config's field; confluent-kafka's set_config sends compatibilityLevel.
+            level = body.get("compatibility", body.get("compatibilityLevel"))
             return 200, {"compatibility": state.set_level(subject, level)}
         if method == "DELETE":
             return 200, {"compatibilityLevel": state.delete_level(subject)}

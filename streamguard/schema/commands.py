@@ -156,13 +156,17 @@ def _print_report(args: argparse.Namespace, results: list[SubjectResult]) -> Non
         print(text)
 
 
+def _refuse_mode_with_registry(args: argparse.Namespace) -> None:
+    if args.registry is not None and getattr(args, "mode", None):
+        raise ConfigurationError(
+            "--mode does not apply with --registry: the registry's compatibility level "
+            "for each subject decides (set it there, e.g. PUT /config/<subject>)"
+        )
+
+
 def _check(args: argparse.Namespace) -> int:
+    _refuse_mode_with_registry(args)
     if args.registry is not None:
-        if getattr(args, "mode", None):
-            raise ConfigurationError(
-                "--mode does not apply with --registry: the registry's compatibility level "
-                "for each subject decides (set it there, e.g. PUT /config/<subject>)"
-            )
         config = load_project_config(args.config)
         return check_registry(args, config, _contracts(config))
     _, _, results = _results(args)
@@ -173,6 +177,7 @@ def _check(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     if args.force and not (args.reason and args.reason.strip()):
         raise ConfigurationError('--force needs --reason "why this break is acceptable"')
+    _refuse_mode_with_registry(args)
     if args.registry is not None:
         config = load_project_config(args.config)
         return register_registry(args, config, _contracts(config))

@@ -203,8 +203,9 @@ def test_schema_text_versions_of_an_id_references_and_mode(
         (b'"FULL"', {}, 422),  # a JSON string, not an object
         (b'["FULL"]', {}, 422),
         (b'{"compatibility": "FULL"}', {"Content-Length": "x"}, 400),
+        (b'{"compatibility": "FULL"}', {"Content-Length": "-1"}, 400),  # read(-1) hung
     ],
-    ids=["string-body", "list-body", "bad-length"],
+    ids=["string-body", "list-body", "bad-length", "negative-length"],
 )
 def test_malformed_requests_get_a_client_error_not_500(
     registry: RegistryServer, body: bytes, headers: dict[str, str], status: int
@@ -236,3 +237,16 @@ def test_a_state_file_it_did_not_write_is_a_configuration_error(
     (tmp_path / "registry.json").write_text(content)
     with pytest.raises(sg.ConfigurationError, match="is not a registry state this server wrote"):
         RegistryServer(port=0, directory=tmp_path).start()
+
+
+def test_set_config_sets_the_compatibility_level(client: SchemaRegistryClient) -> None:
+    """confluent-kafka's set_config sends compatibilityLevel (PUT /config's other
+    spelling): it was refused with 42203."""
+    from confluent_kafka.schema_registry import ServerConfig
+    from confluent_kafka.schema_registry.common.schema_registry_client import (
+        ConfigCompatibilityLevel,
+    )
+
+    level = ConfigCompatibilityLevel.FULL
+    client.set_config("s-value", ServerConfig(compatibility_level=level))  # type: ignore[no-untyped-call]
+    assert client.get_compatibility("s-value") == "FULL"

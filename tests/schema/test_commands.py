@@ -455,3 +455,20 @@ def test_a_forced_version_leaves_ci_green_and_starts_the_subject_anew(
     code, out, _ = cli("schema", "check")
     assert code == 0, out
     assert "v1 -> v3" not in out
+
+
+def test_an_avro_and_a_json_contract_of_one_subject_and_version_are_refused(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """Same fields, one Avro and one JSON: the sorted JSON Schema alone cannot tell them
+    apart, the wire can."""
+    project = project_factory()
+    project.contracts(
+        AVRO_PAY
+        + AVRO_PAY_REORDERED.replace("class Pay", "class PayJson").replace(
+            '    __wire_format__ = "avro"\n', ""
+        )
+    )
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert "are both pay.Pay v1" in err

@@ -166,6 +166,7 @@ def test_mode_with_registry_is_a_usage_error(
     """--mode cannot override the registry's own level: said at once (exit 2), rather than
     ignored while the registry's level decides."""
     registered(project_factory, cli, registry.url)
-    code, _, err = cli("schema", "check", "--registry", registry.url, "--mode", "NONE")
-    assert code == 2
-    assert "--mode does not apply with --registry" in err
+    for command in ("check", "register"):
+        code, _, err = cli("schema", command, "--registry", registry.url, "--mode", "NONE")
+        assert code == 2
+        assert "--mode does not apply with --registry" in err
