@@ -44,36 +44,38 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
             node = defs.get(ref.removeprefix("#/$defs/"))
         return node
 
+    def branches(node: dict[str, Any]) -> list[Any]:
+        return [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
+
+    def choices(node: dict[str, Any]) -> list[Any]:
+        """A union's branches but null: X | None has one choice, X."""
+        return [b for b in branches(node) if not (isinstance(b, dict) and b.get("type") == "null")]
+
     out: list[str | int] = []
     node: Any = schema
     tagged: Any = None  # the union whose branch tag ``loc`` named last
     for part in loc:
         node = resolve(node)
         for _ in range(8):  # X | None wraps X, which may be a union itself
-            if not isinstance(node, dict):
+            if not isinstance(node, dict) or len(options := choices(node)) != 1:
                 break
-            branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
-            choices = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
-            if len(choices) != 1:
-                break
-            node = choices[0]  # X | None: pydantic's location goes on into X
-        if isinstance(node, dict) and tagged is not node and isinstance(part, str):
-            branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
-            if (
-                sum(1 for b in branches if not (isinstance(b, dict) and b.get("type") == "null"))
-                > 1
-            ):
-                # pydantic names the branch of a union first: a schema word.
-                out.append(part)
-                tagged = node
-                continue
+            node = options[0]  # X | None: pydantic's location goes on into X
+        if (
+            isinstance(node, dict)
+            and tagged is not node
+            and isinstance(part, str)
+            and len(choices(node)) > 1
+        ):
+            # pydantic names the branch of a union first: a schema word.
+            out.append(part)
+            tagged = node
+            continue
         if isinstance(node, dict) and isinstance(node.get("contentSchema"), dict):
             node = resolve(node["contentSchema"])  # a Json[...] field: the value it holds
         if not isinstance(node, dict):
             out.append(part)
             continue
-        branches = [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
-        candidates = [b for b in branches or [node] if isinstance(b, dict)]
+        candidates = [b for b in branches(node) or [node] if isinstance(b, dict)]
         if isinstance(part, int):
             out.append(part)
             arrays = [b for b in candidates if "items" in b or "prefixItems" in b] or [node]
