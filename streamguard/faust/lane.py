@@ -243,7 +243,7 @@ class Lane:
         value = msg.value
         failure: Failure | None = None
         self.seen += 1
-        waits = 0
+        waiting: RetryState | None = None  # for the registry, as judge decides
         while True:
             try:
                 decoded = agent.decode(value)
@@ -258,17 +258,16 @@ class Lane:
                 assert isinstance(verdict, Failure)  # invalid input is never retried
                 failure = verdict
             except RegistryUnavailable as exc:
-                # Not the event's fault: it waits, as in a ConsumerService, and is never
-                # dead-lettered; given up unacked if a rebalance or stop begins.
-                waits += 1
-                if waits == 1:
-                    log.warning(
-                        "schema registry unavailable; the event waits",
-                        extra={"partition": self.partition, "error": str(exc)},
-                    )
+                # Not the event's fault: it waits by the rule a ConsumerService's record
+                # follows (outcomes.judge), never dead-lettered; given up unacked if a
+                # rebalance or stop begins.
+                now = time.monotonic()
+                attempt = 1 if waiting is None else waiting.attempt + 1
+                verdict = judge(exc, attempt, waiting, agent.retry, agent.transient, now)
+                assert isinstance(verdict, RetryState)  # the registry is never the event's fault
+                waiting = verdict
                 agent.retried()
-                delay = max(0.05, agent.retry.rng.uniform(0.0, agent.retry.backoff_cap(waits)))
-                if not await self._backoff(delay, msg):
+                if not await self._backoff(max(0.0, waiting.due - now), msg):
                     self._drop(event)
                     return
                 continue
