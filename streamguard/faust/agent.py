@@ -173,7 +173,13 @@ class GuardedAgent:
                     "A sink gets the handler's result as it is returned."
                 )
         self.name = name or f"{handler.__module__}.{handler.__qualname__}"
-        self.decode = codec_for(contract, codec).decoder(contract)
+        wire = codec_for(contract, codec)
+        self.decode = wire.decoder(contract)
+        # A registry codec's request for a schema id it has not seen (which blocks), or
+        # None: the lanes make it in a thread, off Faust's event loop, before decoding.
+        self.unfetched: Callable[[bytes | None], Callable[[], object] | None] | None = getattr(
+            wire, "unfetched", None
+        )
         self.dead_letter_headers = DeadLetterHeaders.for_contract(
             contract,
             group_id=self.group_id,

@@ -246,6 +246,8 @@ class Lane:
         waiting: RetryState | None = None  # for the registry, as judge decides
         while True:
             try:
+                if agent.unfetched is not None and (fetch := agent.unfetched(value)) is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, fetch)
                 decoded = agent.decode(value)
                 now = time.monotonic()
                 if now - self.drift_checked >= DRIFT_EVERY or not self.seen % agent.drift_sample:

@@ -18,6 +18,7 @@ registry that cannot be reached raises ``RegistryUnavailable``: the record waits
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -273,6 +274,20 @@ class RegistryCodec:
             return event
 
         return decode
+
+    def unfetched(self, data: bytes | None) -> Callable[[], object] | None:
+        """The registry request decoding ``data`` would block on first, or None.
+
+        A record with a schema id not seen yet fetches its writer schema, for up to the
+        registry client's timeout. Lanes on an event loop (async services, guarded Faust
+        agents) ask this first and run the request in a thread, so that one slow answer
+        does not stall every partition's handlers. It raises as decoding would.
+        """
+        if data and data[0] == 0 and len(data) >= HEADER_SIZE:
+            schema_id = int.from_bytes(data[1:5], "big")
+            if schema_id not in self._writers:
+                return functools.partial(self._writer, schema_id)
+        return None
 
     def _writer(self, schema_id: int) -> tuple[str, Any]:
         """The writer schema of an id, fetched once (never one request per record)."""

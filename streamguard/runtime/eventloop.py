@@ -296,6 +296,11 @@ class LoopRunner:
 
         return in_pool
 
+    async def _off_loop(self, request: Callable[[], object]) -> None:
+        """A blocking registry request (``Pipeline.unfetched``), made in a thread of
+        the loop's default executor: the other partitions' handlers go on meanwhile."""
+        await self.loop.run_in_executor(None, request)
+
     def attach(
         self,
         poller: Poller,
@@ -489,6 +494,7 @@ class LoopRunner:
         lane, queue, pipe = run.lane, run.queue, self.pipeline
         next_record = queue.popleft
         decode, handle, tombstone = pipe.decode, self._handle, self._tombstone
+        unfetched = pipe.unfetched
         inspect_drift, sample = pipe.inspect_drift, pipe.drift_sample
         clock, timed, slots = time.perf_counter, self._durations.append, self.slots
         waiters = slots.waiters
@@ -541,6 +547,8 @@ class LoopRunner:
                     if value is None and tombstone is not None:
                         await tombstone(ctx)
                     else:
+                        if unfetched is not None and (fetch := unfetched(value)) is not None:
+                            await self._off_loop(fetch)
                         event = decode(value)
                         drift = None if seen % sample else inspect_drift(msg, value)
                         seen += 1
@@ -788,6 +796,8 @@ class LoopRunner:
         if value is None and self._tombstone is not None:
             await self._tombstone(ctx)
             return None
+        if pipe.unfetched is not None and (fetch := pipe.unfetched(value)) is not None:
+            await self._off_loop(fetch)
         event = pipe.decode(value)
         # A retry is the same record: its writer schema was looked at on its first try
         # (not told by ``attempt``, which a failed probe gives back).

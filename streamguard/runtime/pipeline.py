@@ -51,6 +51,11 @@ class Pipeline:
             publisher.publish
         )
         self.decode: Callable[[bytes | None], Any] = spec.codec.decoder(spec.contract)
+        # A registry codec's request for a schema id it has not seen (which blocks), or
+        # None: an event loop's lanes make it in a thread before they decode.
+        self.unfetched: Callable[[bytes | None], Callable[[], object] | None] | None = getattr(
+            spec.codec, "unfetched", None
+        )
         self._drift_dead_letters = spec.drift == "dead_letter"
         self._drift = DriftCheck(spec.contract, metrics, dead_letter=self._drift_dead_letters)
         self._subject = spec.contract.__subject__

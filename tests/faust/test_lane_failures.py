@@ -17,7 +17,13 @@ from streamguard.demo.contracts import OrderPlaced
 from streamguard.faust import guarded_agent
 from streamguard.registry import RegistryServer
 from tests.faust.conftest import run_app, until
-from tests.registry.conftest import PaymentV1, avro, client, registry  # noqa: F401 (fixtures)
+from tests.registry.conftest import (  # noqa: F401 (fixtures)
+    PaymentV1,
+    SlowRegistryClient,
+    avro,
+    client,
+    registry,
+)
 from tests.runtime.conftest import committed
 
 pytestmark = pytest.mark.broker
@@ -128,6 +134,49 @@ def test_an_unreachable_registry_holds_the_event_until_it_answers(
     run_app(app, outage_then_recovery)
     assert time.monotonic() - started < 60
     assert read_all(f"{src}.dlq", 1, timeout=2) == []
+
+
+def test_a_new_writer_schema_is_fetched_off_fausts_event_loop(
+    bootstrap: str,
+    registry: RegistryServer,  # noqa: F811 (the fixtures imported above)
+    client: SchemaRegistryClient,  # noqa: F811
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+) -> None:
+    """The first event of a schema id not seen yet waits for the registry's answer, but
+    Faust's event loop does not: the request runs in a thread, and the worker's other
+    tasks (here, one ticking every 20 ms) go on meanwhile."""
+    src = topic_factory("payments", partitions=1)
+    client.register_schema(f"{src}-value", avro(PaymentV1))
+    producer = sg.GuardedProducer(
+        bootstrap_servers=bootstrap, schema_registry={"url": registry.url}
+    )
+    producer.send(src, PaymentV1(payment_id="p-1", amount_cents=990))
+    producer.flush(10)
+    slow = SlowRegistryClient({"url": registry.url, "max.retries": 0})
+
+    app = make_app()
+    handled: list[str] = []
+
+    @guarded_agent(app, src, contract=PaymentV1, codec=sg.RegistryCodec(slow, wire_format="avro"))
+    async def pay(event: PaymentV1, ctx: sg.MessageContext) -> None:
+        handled.append(event.payment_id)
+
+    gaps: list[float] = []
+
+    async def ticking_until_handled() -> None:
+        for _ in range(1500):  # bounded: 30 s
+            if handled:
+                return
+            start = time.monotonic()
+            await asyncio.sleep(0.02)
+            gaps.append(time.monotonic() - start)
+
+    run_app(app, ticking_until_handled)
+    assert handled == ["p-1"]
+    assert slow.fetches == 1
+    assert len(gaps) > 10
+    assert max(gaps) < slow.delay / 2, max(gaps)
 
 
 def test_a_refused_dead_letter_keeps_the_worker_unready_while_others_are_written(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -46,6 +48,22 @@ class PaymentBroken(sg.Contract):
     payment_id: str
     amount_cents: int
     merchant: str
+
+
+class SlowRegistryClient(SchemaRegistryClient):
+    """confluent-kafka's client, answering a schema-by-id request after ``delay`` seconds
+    (a registry across a slow link); counts those requests."""
+
+    delay = 1.0
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        super().__init__(conf)
+        self.fetches = 0
+
+    def get_schema(self, schema_id: int, *args: Any, **kwargs: Any) -> Any:
+        self.fetches += 1
+        time.sleep(self.delay)
+        return super().get_schema(schema_id, *args, **kwargs)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +18,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.registry import RegistryServer
-from streamguard.registry.codec import registry_schema
-from tests.registry.conftest import PaymentV1, PaymentV2, avro
+from streamguard.registry.codec import RegistryCodec, registry_schema
+from tests.registry.conftest import PaymentV1, PaymentV2, SlowRegistryClient, avro
 from tests.runtime.conftest import Running, dlq_headers, order, wait_for
 
 pytestmark = pytest.mark.broker
@@ -211,3 +213,57 @@ def test_registry_outage_holds_records_then_they_flow(
     assert wait_for(lambda: len(seen) == 4)
     assert [e.currency for e in seen] == ["EUR", "USD", "USD", "USD"]
     assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+
+
+def test_async_service_fetches_a_new_writer_schema_off_its_event_loop(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """The first record of a schema id the service has not seen waits for the registry's
+    answer, but the service's event loop does not: the request runs in a thread, so the
+    handlers of other records (here, a task ticking every 20 ms) go on meanwhile."""
+    src = topic_factory("orders")
+    slow = SlowRegistryClient({"url": registry.url, "max.retries": 0})
+    seen: list[Any] = []
+    gaps: list[float] = []
+    ticking: list[asyncio.Task[None]] = []
+    done = threading.Event()
+
+    async def tick() -> None:
+        for _ in range(1000):  # bounded: 20 s
+            if done.is_set():
+                return
+            start = time.monotonic()
+            await asyncio.sleep(0.02)
+            gaps.append(time.monotonic() - start)
+
+    class Watch(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        codec = RegistryCodec(slow, wire_format="json")
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if not ticking:
+                ticking.append(asyncio.get_running_loop().create_task(tick()))
+            seen.append(event)
+
+    raw_producer.produce(src, order(0).model_dump_json().encode())  # plain JSON: no fetch
+    raw_producer.flush(10)
+    start_service(Watch)
+    assert wait_for(lambda: len(seen) == 1)
+    gaps.clear()
+    serialize = JSONSerializer(registry_schema(OrderPlaced)[0], client)
+    ctx = SerializationContext(src, MessageField.VALUE)
+    raw_producer.produce(src, serialize(order(1).model_dump(mode="json"), ctx))
+    raw_producer.flush(10)
+    assert wait_for(lambda: len(seen) == 2)
+    assert seen == [order(0), order(1)]
+    assert slow.fetches == 1
+    done.set()
+    assert len(gaps) > 10
+    assert max(gaps) < slow.delay / 2, max(gaps)
