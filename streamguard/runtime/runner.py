@@ -157,6 +157,8 @@ class ServiceRuntime:
                 poller.shutdown(
                     scheduler.stopping, options.revoke_timeout + options.shutdown_timeout
                 )
+            if scheduler.failure is not None:  # a handler in flight crashed as it stopped
+                raise scheduler.failure
             self._hooks.on_stop()
             if self._publisher is not None:
                 self._publisher.flush(spec.options.shutdown_timeout)

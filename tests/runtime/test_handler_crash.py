@@ -4,6 +4,8 @@ and nothing from its record on is committed: a restart handles the record."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,3 +95,43 @@ def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
     start_service(Healthy)
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 6, 30)
     assert CRASH_AT in handled
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_handler_crashing_while_the_service_stops_is_raised_by_run(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    kind: str,
+) -> None:
+    """A stop waits for the handlers in flight; one that then raises what is no outcome
+    stops the service as it would have while running: ``run()`` raises it, and its
+    record stays uncommitted. Before, ``run()`` returned as from a clean stop."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 1)
+    group = unique("billing")
+    started = threading.Event()
+
+    class SyncSlowCrash(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+
+    class AsyncSlowCrash(SyncSlowCrash):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            started.set()
+            await asyncio.sleep(0.5)
+            raise KeyboardInterrupt
+
+    running = start_service(SyncSlowCrash if kind == "sync" else AsyncSlowCrash)
+    assert started.wait(30)
+    running.stop()
+    assert [type(e) for e in running.error] == [KeyboardInterrupt]
+    assert committed(bootstrap, group, src).get(0, 0) == 0
