@@ -21,6 +21,8 @@ REDACTED = "***"
 # librdkafka properties that hold secrets; any key containing one of these words is
 # treated as a secret too, so a new SASL mechanism's password is never printed.
 # ``user.info`` is the schema registry client's ``basic.auth.user.info`` (user:password).
+# ``oauthbearer.config`` is free-form (``principal=... clientSecret=...``, a token):
+# librdkafka itself marks it sensitive and redacts it from its own config dumps.
 _SECRET_WORDS = (
     "password",
     "secret",
@@ -30,6 +32,7 @@ _SECRET_WORDS = (
     "key.pem",
     "jaas",
     "user.info",
+    "oauthbearer.config",
 )
 
 

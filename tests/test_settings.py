@@ -23,6 +23,7 @@ from streamguard.settings import (
         "sasl.oauthbearer.client.secret",
         "ssl.keystore.password",
         "sasl.jaas.config",
+        "sasl.oauthbearer.config",
         "SASL.PASSWORD",
     ],
 )
