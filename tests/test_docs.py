@@ -1,5 +1,6 @@
 """The Python code blocks of the README and the consumer guide run as written, the
-guide's ServiceOptions table matches the dataclass, and the docs' links find their pages."""
+guide's ServiceOptions table matches the dataclass, the runbook's metric and log tables
+match what the runtime registers and logs, and the docs' links find their pages."""
 
 from __future__ import annotations
 
@@ -104,3 +105,64 @@ def test_relative_links_resolve(page: Path) -> None:
         if not linked.exists() or (anchor and headed and anchor not in _anchors(linked)):
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"
+
+
+def _runbook_section(title: str) -> str:
+    page = (ROOT / "docs" / "operations.md").read_text()
+    return page.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_runbook_lists_every_metric_the_runtime_registers() -> None:
+    """docs/operations.md's metric table names each family a service registers, once, with
+    its type: a new metric fails here until the runbook has it."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+
+    registry = CollectorRegistry()
+    ServiceMetrics(registry)
+    exported = {
+        f"{family.name}_total" if family.type == "counter" else family.name: family.type
+        for family in registry.collect()
+    }
+    rows = re.findall(
+        r"^\| `(streamguard_\w+)` \| (\w+) \|", _runbook_section("Health endpoints"), re.MULTILINE
+    )
+    assert len(rows) == len(dict(rows)), "a metric is listed twice"
+    assert dict(rows) == exported
+
+
+def _logged_events() -> set[str]:
+    """The text of every log line the consumer runtime writes at info level or above."""
+    import ast
+
+    sources = [*sorted((ROOT / "streamguard" / "runtime").glob("*.py"))]
+    sources += [ROOT / "streamguard" / "deadletter.py", ROOT / "streamguard" / "headers.py"]
+    events = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"info", "warning", "error", "exception", "critical"}
+                and isinstance(node.func.value, ast.Name | ast.Attribute)
+                and (
+                    getattr(node.func.value, "id", None) == "log"
+                    or getattr(node.func.value, "attr", None) == "_log"
+                )
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                events.add(node.args[0].value)
+    return events
+
+
+def test_runbook_lists_every_log_line_of_the_runtime() -> None:
+    """docs/operations.md's log table names each event the runtime logs (info and up),
+    and only those: an operator greps for these texts."""
+    rows = re.findall(
+        r"^\| `([^`]+)`(?: / `([^`]+)`)?", _runbook_section("Structured logs"), re.MULTILINE
+    )
+    documented = {event for row in rows for event in row if event} - {"event"}
+    assert documented == _logged_events()
