@@ -6,6 +6,7 @@ librdkafka unchanged. These are the knobs of streamguard's own runtime.
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -106,6 +107,10 @@ class ServiceOptions:
                 raise ConfigurationError(
                     f"ServiceOptions.{option.name} must be {_describe(hint)}, not {given}"
                 )
+            # NaN passes every comparison below as false: a commit_interval of NaN
+            # would never commit on time, and a NaN rate never log.
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigurationError(f"ServiceOptions.{option.name} must be a number, not NaN")
         for name in ("batch_size", "max_buffered", "workers", "drift_sample", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"ServiceOptions.{name} must be at least 1")
@@ -136,9 +141,15 @@ class ServiceOptions:
             "shutdown_timeout",
             "startup_timeout",
             "broker_silence",
+            "dead_letter_backoff_max",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")
+        if math.isinf(self.commit_interval):
+            raise ConfigurationError(
+                "ServiceOptions.commit_interval must be finite seconds: offsets are committed "
+                "every commit_interval, and never otherwise but on revoke and shutdown"
+            )
 
 
 # The annotations resolved once, for the type check in __post_init__.

@@ -42,6 +42,11 @@ def test_a_value_of_the_wrong_type_is_refused(option: str, value: Any, message: 
         ("dead_letter_log_rate", 0, "dead_letter_log_rate must be positive"),
         ("broker_timeout", -1, "broker_timeout must be positive seconds"),
         ("revoke_timeout", 20.0, "revoke_timeout must not exceed shutdown_timeout"),
+        ("dead_letter_backoff_max", 0, "dead_letter_backoff_max must be positive seconds"),
+        ("commit_interval", float("inf"), "commit_interval must be finite seconds"),
+        ("commit_interval", float("nan"), "commit_interval must be a number, not NaN"),
+        ("dead_letter_log_rate", float("nan"), "dead_letter_log_rate must be a number, not NaN"),
+        ("shutdown_timeout", float("nan"), "shutdown_timeout must be a number, not NaN"),
     ],
 )
 def test_a_value_out_of_range_is_refused(option: str, value: Any, message: str) -> None:
