@@ -46,15 +46,17 @@ class RetryPolicy:
                 f"RetryPolicy(attempts={self.attempts}): attempts counts the first try, "
                 "so it must be at least 1 (use 1 to never retry)"
             )
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise ConfigurationError("RetryPolicy delays must not be negative")
+        # Written as "not >=" so that NaN, which compares false to everything, is
+        # refused too: a NaN delay would schedule a retry that never falls due.
+        if not (self.base_delay >= 0 and self.max_delay >= 0):
+            raise ConfigurationError("RetryPolicy delays must not be negative (nor NaN)")
         if self.max_delay < self.base_delay:
             raise ConfigurationError(
                 f"RetryPolicy(max_delay={self.max_delay}) is below base_delay="
                 f"{self.base_delay}; raise max_delay or lower base_delay"
             )
-        if self.max_budget_ms < 0:
-            raise ConfigurationError("RetryPolicy.max_budget_ms must not be negative")
+        if not self.max_budget_ms >= 0:
+            raise ConfigurationError("RetryPolicy.max_budget_ms must not be negative (nor NaN)")
 
     def backoff_cap(self, attempt: int) -> float:
         """The upper bound of the wait after failed attempt ``attempt`` (1-based)."""
@@ -122,11 +124,12 @@ class CircuitBreaker:
             )
         if self.min_calls < 1:
             raise ConfigurationError("CircuitBreaker.min_calls must be at least 1")
-        if self.window <= 0 or self.cool_down <= 0:
+        if not (self.window > 0 and self.cool_down > 0):  # NaN too
             raise ConfigurationError("CircuitBreaker window and cool_down are positive seconds")
-        if self.retry_ratio < 0 or self.min_retries_per_second < 0:
+        if not (self.retry_ratio >= 0 and self.min_retries_per_second >= 0):
             raise ConfigurationError(
-                "CircuitBreaker retry_ratio and min_retries_per_second must not be negative"
+                "CircuitBreaker retry_ratio and min_retries_per_second must not be negative "
+                "(nor NaN)"
             )
 
 

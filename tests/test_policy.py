@@ -75,6 +75,9 @@ def test_budget_bounds_retries() -> None:
         ({"max_delay": -1.0, "base_delay": 0.0}, "must not be negative"),
         ({"base_delay": 2.0, "max_delay": 1.0}, "raise max_delay or lower base_delay"),
         ({"max_budget_ms": -1}, "max_budget_ms must not be negative"),
+        ({"base_delay": float("nan")}, "must not be negative \\(nor NaN\\)"),
+        ({"max_delay": float("nan")}, "must not be negative \\(nor NaN\\)"),
+        ({"max_budget_ms": float("nan")}, "max_budget_ms must not be negative"),
     ],
 )
 def test_invalid_values_are_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -119,3 +122,19 @@ def test_custom_transient_tuple_is_honoured() -> None:
     assert classify(KeyError("x"), transient) == "transient"
     assert classify(TimeoutError(), transient) == "permanent"
     assert classify(TimeoutError(), ()) == "permanent"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window": float("nan")},
+        {"cool_down": float("nan")},
+        {"retry_ratio": float("nan")},
+        {"min_retries_per_second": float("nan")},
+    ],
+)
+def test_a_breaker_with_nan_is_refused(kwargs: dict[str, Any]) -> None:
+    """NaN compares false to every bound, so each bound is checked as a positive claim:
+    a NaN window or cool-down would leave the breaker's clock comparisons always false."""
+    with pytest.raises(ConfigurationError, match="CircuitBreaker"):
+        sg.CircuitBreaker(**kwargs)
