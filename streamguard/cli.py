@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from confluent_kafka import KafkaError, KafkaException
+
 from streamguard import exitcodes
 from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, StreamguardError
@@ -89,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamguardError as exc:
         print(f"streamguard: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exitcodes.FAILED
+    except KafkaException as exc:
+        # librdkafka refusing a -X/--kafka-config setting (an unknown key, a bad value)
+        # when a client is built: a usage error, like a bad option, not a traceback.
+        error = exc.args[0] if exc.args else None
+        if not (isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG):
+            raise
+        print(f"streamguard: error: a Kafka setting was refused: {error.str()}", file=sys.stderr)
+        return exitcodes.USAGE
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
     return code

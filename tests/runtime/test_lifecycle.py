@@ -248,6 +248,28 @@ def test_run_refuses_bad_options_as_usage_errors(args: list[str]) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "tests.runtime.apps:Recorder"],
+        ["dlq", "inspect", "orders.dlq"],
+        ["dlq", "replay", "orders.dlq", "--dry-run"],
+    ],
+)
+def test_a_kafka_setting_librdkafka_refuses_is_a_usage_error(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped -X key reaches librdkafka only when a client is built: the command
+    exits 2 naming it, as for a bad option, rather than with a KafkaException traceback."""
+    from streamguard.cli import main
+
+    args = [*command, "--bootstrap-servers", "127.0.0.1:1", "-X", "sesion.timeout.ms=6000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "a Kafka setting was refused" in err
+    assert "sesion.timeout.ms" in err
+
+
 def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
     """The health server names the port it cannot bind, as a ConfigurationError (exit 2
     from ``streamguard run``) rather than an OSError traceback."""
