@@ -15,6 +15,7 @@ contracts, its schema store and its default compatibility mode::
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 import tomllib
@@ -24,6 +25,12 @@ from typing import Any
 
 from streamguard.contracts import Contract, registered_contracts, schema_fingerprint
 from streamguard.errors import ConfigurationError
+
+# The keys [tool.streamguard] and each of its subject tables take. Anything else is a
+# typo to refuse: a misspelt compatibility would check the subject in the default mode,
+# and CI would pass a change its configured mode forbids.
+PROJECT_KEYS = ("contracts", "schemas_dir", "compatibility", "schema_registry_url", "subjects")
+SUBJECT_KEYS = ("compatibility", "registry_subject")
 
 MODES = (
     "BACKWARD",
@@ -138,12 +145,15 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
     table = tool.get("streamguard", {}) if isinstance(tool, dict) else None
     if not isinstance(table, dict):
         raise ConfigurationError(f"{file}: [tool.streamguard] must be a table")
+    _check_keys(table, PROJECT_KEYS, f"{file}: [tool.streamguard]")
     subjects = table.get("subjects", {})
     if not isinstance(subjects, dict) or not all(isinstance(v, dict) for v in subjects.values()):
         raise ConfigurationError(
             f"{file}: [tool.streamguard.subjects] must be a table of tables, e.g. "
             '[tool.streamguard.subjects."orders.OrderPlaced"] compatibility = "FULL"'
         )
+    for subject, cfg in subjects.items():
+        _check_keys(cfg, SUBJECT_KEYS, f'{file}: [tool.streamguard.subjects."{subject}"]')
     contracts = table.get("contracts", [])
     if not isinstance(contracts, list) or not all(isinstance(m, str) for m in contracts):
         raise ConfigurationError(f"{file}: [tool.streamguard] contracts must be a list of modules")
@@ -169,3 +179,14 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
         compatibility=_check_mode(table.get("compatibility", "BACKWARD"), str(file)),
         subject_modes=subject_modes,
     )
+
+
+def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a key the table does not take, naming the closest one it does."""
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigurationError(
+                f"{where}: unknown key {key!r}; {hint}it takes {', '.join(known)}"
+            )

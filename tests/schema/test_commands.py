@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from schema_project import Project
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -370,6 +371,30 @@ def test_subjects_that_are_not_tables_are_a_configuration_error(
     code, _, err = cli("schema", "check")
     assert code == 2
     assert "table of tables" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ('compatability = "FULL"\n', "'compatability'; did you mean 'compatibility'?"),
+        (
+            '[tool.streamguard.subjects."orders.OrderPlaced"]\ncompatiblity = "FULL"\n',
+            "'compatiblity'; did you mean 'compatibility'?",
+        ),
+    ],
+)
+def test_a_misspelt_config_key_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli, extra: str, named: str
+) -> None:
+    """A key [tool.streamguard] does not take exits 2 naming it and the likely key: a
+    misspelt compatibility was ignored, and the subject checked in the default mode."""
+    project = project_factory()
+    project.contracts(V1)
+    with (project.root / "pyproject.toml").open("a") as toml:
+        toml.write(extra)
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert named in err
 
 
 AVRO_PAY = """
