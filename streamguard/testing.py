@@ -294,6 +294,14 @@ class ServiceHarness:
             return await handle(*args)
 
         runner._handle = counted
+        tombstone = runner._tombstone
+        if tombstone is not None:  # a tombstone's handler calls are its attempts too
+
+            async def counted_tombstone(*args: Any) -> Any:
+                self._calls += 1
+                return await tombstone(*args)
+
+            runner._tombstone = counted_tombstone
         breaker, probe = self.pipeline.breaker, None
         try:
             lane.enqueue([msg])
@@ -316,7 +324,7 @@ class ServiceHarness:
                     raise TimeoutError(f"record {offset} found no outcome in {_LOOP_TIMEOUT}s")
                 time.sleep(0.001)
         finally:
-            runner._handle = handle
+            runner._handle, runner._tombstone = handle, tombstone
         self._report_loop_metrics()
         return self._outcome(offset, self._calls, self._delays)
 
@@ -414,21 +422,34 @@ class ServiceHarness:
 
 
 class _CallCounter:
-    """Counts handler calls of one record by wrapping the pipeline's invoker."""
+    """Counts handler calls of one record by wrapping the pipeline's invokers: ``handle``
+    and, for a tombstone, ``handle_tombstone``."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.count = 0
         self._pipeline = pipeline
         self._invoke = invoke = pipeline.invoke
+        self._invoke_tombstone = invoke_tombstone = pipeline.invoke_tombstone
 
         def counted(event: Any, ctx: MessageContext) -> None:
             self.count += 1
             invoke(event, ctx)
 
+        def counted_tombstone(ctx: MessageContext) -> bool:
+            try:
+                called = invoke_tombstone(ctx)  # False: no tombstone handler to call
+            except BaseException:
+                self.count += 1
+                raise
+            self.count += called
+            return called
+
         pipeline.invoke = counted
+        pipeline.invoke_tombstone = counted_tombstone  # type: ignore[method-assign]
 
     def restore(self) -> None:
         self._pipeline.invoke = self._invoke
+        self._pipeline.invoke_tombstone = self._invoke_tombstone  # type: ignore[method-assign]
 
 
 def dead_letter_headers_of(outcome: Outcome) -> dict[str, str]:

@@ -167,6 +167,36 @@ def test_tombstones_are_dead_lettered_unless_handled() -> None:
         assert kit.send_raw(None, key="k").handled
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_tombstone_handler_s_calls_are_its_attempts(kind: str) -> None:
+    """``result.attempts`` counts handle_tombstone's calls as it counts handle's, and
+    max_attempts stops a tombstone whose handler keeps failing (both saw 0 calls)."""
+
+    class FailingDeletes(Billing):
+        def handle_tombstone(self, ctx: sg.MessageContext) -> None:
+            raise TimeoutError("the store did not answer")
+
+    class AsyncFailingDeletes(Billing):
+        async def handle_tombstone(self, ctx: sg.MessageContext) -> None:
+            raise TimeoutError("the store did not answer")
+
+    class NoDeletes(Billing):
+        pass
+
+    service = FailingDeletes if kind == "sync" else AsyncFailingDeletes
+    with ServiceHarness(service) as kit:
+        result = kit.send_raw(None, key="k")
+    assert result.reason == "retries_exhausted"
+    assert result.attempts == 4
+    assert result.header("sg-dlq-attempts") == "4"
+    with ServiceHarness(service, max_attempts=2) as kit:
+        result = kit.send_raw(None, key="k")
+    assert result.outcome == "waiting"
+    assert result.attempts == 2
+    with ServiceHarness(NoDeletes) as kit:  # no tombstone handler: never called
+        assert kit.send_raw(None, key="k").attempts == 0
+
+
 def test_drift_is_dead_lettered_under_the_dead_letter_policy() -> None:
     """A record stamped with another schema version is schema_drift under drift='dead_letter'."""
 
