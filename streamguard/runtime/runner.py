@@ -152,14 +152,15 @@ class ServiceRuntime:
             try:
                 scheduler.run()
             finally:
-                # Also on failure: settle, commit, stop the workers.
+                # Also on failure: settle, commit, stop the workers; and on_stop, which
+                # releases what on_start acquired, whatever ended the run.
                 options = spec.options
                 poller.shutdown(
                     scheduler.stopping, options.revoke_timeout + options.shutdown_timeout
                 )
+                self._hooks.on_stop()
             if scheduler.failure is not None:  # a handler in flight crashed as it stopped
                 raise scheduler.failure
-            self._hooks.on_stop()
             if self._publisher is not None:
                 self._publisher.flush(spec.options.shutdown_timeout)
         finally:

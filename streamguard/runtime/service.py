@@ -262,7 +262,8 @@ class ConsumerService:
         """Called once the service reached the cluster, before the first poll."""
 
     def on_stop(self) -> None:
-        """Called after the final commit, before the clients close."""
+        """Called after the final commit, before the clients close; also when ``run()``
+        ends with an error, so that it can release what ``on_start`` acquired."""
 
     def on_assign(self, partitions: list[int]) -> None:
         """Called when partitions are assigned (on whichever thread polls: keep it short)."""

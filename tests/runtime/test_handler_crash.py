@@ -54,6 +54,7 @@ def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
     send_orders(src, 6, key=lambda i: f"customer-{i % 2}")
     group = unique("billing")
     seen: list[int] = []
+    stopped: list[str] = []
 
     def crash(ctx: sg.MessageContext) -> bool:
         seen.append(ctx.offset)
@@ -66,6 +67,9 @@ def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
             if crash(ctx):
                 raise error()
 
+        def on_stop(self) -> None:
+            stopped.append("on_stop")
+
     class AsyncCrash(sg.ConsumerService):
         topic, contract, group_id = src, OrderPlaced, group
         ordering = mode  # type: ignore[assignment]
@@ -77,12 +81,16 @@ def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
                     await _await_a_task_cancelled_elsewhere()
                 raise error()
 
+        def on_stop(self) -> None:
+            stopped.append("on_stop")
+
     cls: Any = SyncCrash if kind == "sync" else AsyncCrash
     crashed = start_service(cls)
     crashed.thread.join(30)
     assert not crashed.thread.is_alive(), "the service went on after the crash"
     assert [type(e) for e in crashed.error] == [error]
     assert committed(bootstrap, group, src).get(0, 0) <= CRASH_AT
+    assert stopped == ["on_stop"]  # a failed run still releases what on_start took
 
     handled: list[int] = []
 
