@@ -5,8 +5,9 @@ from __future__ import annotations
 OK = 0
 """Success; for a check, nothing breaking was found."""
 FAILED = 1
-"""A check found a breaking change, or an operation failed (e.g. a replay send)."""
+"""A check found a breaking change, or an operation failed (a replay send, a cluster
+or registry that could not be reached)."""
 USAGE = 2
-"""Bad usage or configuration, or a cluster or file that could not be reached."""
+"""Bad usage or configuration (an option, a setting, a file that cannot be read)."""
 INTERRUPTED = 130
 """Stopped by Ctrl-C (128 + SIGINT), as shells report it."""
