@@ -17,6 +17,7 @@ What Faust does on its own, and what this changes (faust-streaming 0.15.3):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import weakref
@@ -288,20 +289,12 @@ class GuardedAgent:
     # -- the dead-letter topic -----------------------------------------------------------
 
     async def _declare_dead_letter_topic(self) -> None:
-        """Create the DLQ topic at startup, with the source's partition count once the
-        consumer knows it: a send to a missing topic would wait for metadata forever."""
-        partitions: int | None = None
-        for _ in range(100):  # up to ~10 s for the consumer's metadata
-            try:
-                partitions = self.app.consumer.topic_partitions(self.topic)
-            except Exception:  # the consumer is not started yet
-                partitions = None
-            if partitions:
-                break
-            await asyncio.sleep(0.1)
+        """Create the DLQ topic at startup, with the source's partition count: a send to
+        a missing topic would wait for metadata forever."""
+        partitions = await self._source_partitions()
         topic = self.app.topic(
             self.dead_letter_topic,
-            partitions=partitions or None,
+            partitions=partitions,
             key_serializer="raw",
             value_serializer="raw",
         )
@@ -313,6 +306,29 @@ class GuardedAgent:
                 "could not create the dead-letter topic; create it before the first dead letter",
                 extra={"dlq": self.dead_letter_topic, "error": str(exc)},
             )
+
+    async def _source_partitions(self) -> int | None:
+        """The source topic's partition count, or None (Faust's default) if unknown.
+
+        The consumer knows it once the group is joined, which takes half of Faust's
+        session timeout (30 s by default) and more on a slow broker; the aiokafka
+        producer Faust runs asks the cluster for it at once.
+        """
+        app = self.app
+        for _ in range(100):  # up to ~10 s
+            with contextlib.suppress(Exception):  # the consumer is not started yet
+                partitions = app.consumer.topic_partitions(self.topic)
+                if partitions:
+                    return int(partitions)
+            # A private attribute of Faust's aiokafka driver, looked up defensively.
+            ask = getattr(getattr(app.producer, "_producer", None), "partitions_for", None)
+            if ask is not None:
+                with contextlib.suppress(Exception):  # not started, or no answer yet
+                    found = await asyncio.wait_for(ask(self.topic), 1.0)
+                    if found:
+                        return len(found)
+            await asyncio.sleep(0.1)
+        return None
 
     async def dead_letter_topic_ready(self) -> None:
         if self._dlq_declared is not None:

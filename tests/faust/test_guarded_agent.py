@@ -495,19 +495,44 @@ def test_dead_letter_topic_is_created_at_startup(
     async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
         return None
 
-    def dlq_partitions() -> int:
-        # list_topics() without a name: asking for one topic would create it here.
-        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).topics
-        dlq = topics.get(f"{src}.dlq")
-        return 0 if dlq is None else len(dlq.partitions)
-
     async def scenario() -> None:
         assert await until(lambda: sum(committed(bootstrap, app.conf.id, src).values()) == 3, 30)
-        assert await until(lambda: dlq_partitions() == 3, 10)
+        assert await until(lambda: partitions_of(bootstrap, f"{src}.dlq") == 3, 10)
 
     run_app(app, scenario)
     labels = {"runtime": "faust", "topic": src, "outcome": "dead_lettered"}
     assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 0
+
+
+def test_dead_letter_topic_takes_the_source_partition_count_without_the_group_join(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+) -> None:
+    """Faust's group join waits for half its session timeout (30 s by default, here 12 s):
+    the DLQ is still declared at once with the source's partition count, from the
+    producer's metadata. Before, with no consumer metadata after 10 s, it got Faust's
+    default count (8)."""
+    src = topic_factory("orders", partitions=3)
+    app = make_app(broker_session_timeout=24)
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    async def scenario() -> None:
+        assert await until(lambda: partitions_of(bootstrap, f"{src}.dlq") > 0, 12)
+
+    run_app(app, scenario)
+    assert partitions_of(bootstrap, f"{src}.dlq") == 3
+
+
+def partitions_of(bootstrap: str, topic: str) -> int:
+    """A topic's partition count, 0 if it does not exist."""
+    # list_topics() without a name: asking for one topic would create it here.
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).topics
+    found = topics.get(topic)
+    return 0 if found is None else len(found.partitions)
 
 
 def test_held_partition_stops_fetching_and_loses_nothing(
