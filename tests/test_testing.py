@@ -399,3 +399,83 @@ def test_the_harness_probes_after_the_cool_down_and_recovers(kind: str) -> None:
         down[0] = False
         assert [kit.send(order(i)).outcome for i in range(3, 5)] == ["handled", "handled"]
         assert kit.pipeline.breaker.closed
+
+
+class Invoice(sg.Contract):
+    """What a handler derives from an order and sends on with a ``GuardedProducer``."""
+
+    __subject__ = "tests.kit.Invoice"
+    __version__ = 1
+    order_id: str
+    total: int
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "key"])
+@pytest.mark.parametrize("first_failure", [1, 2])
+def test_a_contract_violation_raised_by_the_handler_is_its_own_error(
+    kind: str, first_failure: int
+) -> None:
+    """A handler whose own ``GuardedProducer.send`` refuses an invalid derived event
+    raises ``ContractViolation``: a permanent error of the handler, with the attempts it
+    made. The record itself was valid: it was dead-lettered as ``contract_violation``
+    under its own contract's subject, with ``attempts`` 1 after three calls."""
+    calls = [0]
+
+    class Invoicing(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.02)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls[0] += 1
+            if ctx.attempt < first_failure:
+                raise TimeoutError("the invoice service is busy")
+            producer = sg.GuardedProducer("127.0.0.1:9", kafka_config={"log_level": 0})
+            # Refused before anything is sent: the derived event breaks its contract.
+            producer.send("invoices", {"order_id": "o-1", "total": "n/a"}, contract=Invoice)
+
+    class AsyncInvoicing(Invoicing):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Invoicing.handle(self, event, ctx)
+
+    service = Invoicing if kind == "sync" else AsyncInvoicing
+    if kind == "key":
+        service.ordering = "key"  # type: ignore[assignment]
+    with ServiceHarness(service) as kit:
+        result = kit.send(order(1), key="customer-1")
+    headers = dead_letter_headers_of(result)
+    assert (result.reason, result.attempts, calls[0]) == (
+        "permanent_error",
+        first_failure,
+        first_failure,
+    )
+    assert headers["sg-dlq-attempts"] == str(first_failure)
+    assert headers["sg-dlq-error-class"] == "streamguard.errors.ContractViolation"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_decode_error_raised_by_the_tombstone_handler_is_its_own_error(kind: str) -> None:
+    """A tombstone handler's own ``DecodeError`` is a permanent error, not a
+    ``decode_error`` of the record; a service without one still dead-letters a
+    tombstone as ``decode_error``."""
+
+    class Deleting(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+        def handle_tombstone(self, ctx: sg.MessageContext) -> None:
+            raise sg.DecodeError("the archived copy is corrupt")
+
+    class AsyncDeleting(Deleting):
+        async def handle_tombstone(self, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            raise sg.DecodeError("the archived copy is corrupt")
+
+    with ServiceHarness(Deleting if kind == "sync" else AsyncDeleting) as kit:
+        assert kit.send_raw(None, key="k1").reason == "permanent_error"
+    with ServiceHarness(Billing) as kit:
+        assert kit.send_raw(None, key="k1").reason == "decode_error"

@@ -303,7 +303,9 @@ class Lane:
                     await agent.forward(result)
             except Exception as exc:
                 now = time.monotonic()
-                verdict = judge(exc, attempt, retry, agent.retry, agent.transient, now)
+                verdict = judge(
+                    exc, attempt, retry, agent.retry, agent.transient, now, by_handler=True
+                )
                 if isinstance(verdict, Failure):
                     return verdict
                 retry = verdict

@@ -53,6 +53,8 @@ log = logging.getLogger("streamguard.runtime")
 Sleep = Callable[[float], Awaitable[None]]
 # While no record may start (DLQ unwritable, breaker open), how often that is checked.
 DLQ_WAIT = 0.05
+# What ``_prepare`` hands to ``_call`` for a tombstone the service handles.
+_TOMBSTONE = object()
 # Records of an in-order run whose bookkeeping is folded into one lane update.
 _FOLD = 64
 # Records the loop runs between two polls of its own (a consume batch's worth).
@@ -543,8 +545,10 @@ class LoopRunner:
                 value = msg.value()
                 ctx = MessageContext(msg, 1)
                 verdict: Failure | RetryState | None = None
+                called = False  # the user's code ran: what it raises is its own
                 try:
                     if value is None and tombstone is not None:
+                        called = True
                         await tombstone(ctx)
                     else:
                         if unfetched is not None and (fetch := unfetched(value)) is not None:
@@ -555,12 +559,13 @@ class LoopRunner:
                         if drift is not None:
                             verdict = Failure("schema_drift", drift)
                         else:
+                            called = True
                             start = clock()
                             await handle(event, ctx)
                             timed(clock() - start)
                 except Exception as exc:
                     verdict = pipe.judge(
-                        exc, 1, None, self._clock(), (lane.partition, msg.offset())
+                        exc, 1, None, self._clock(), (lane.partition, msg.offset()), called
                     )
                     if isinstance(verdict, RetryState):
                         after_try(verdict, None, exc)
@@ -706,13 +711,21 @@ class LoopRunner:
             verdict: Failure | RetryState | None
             self.in_handlers += 1
             try:
+                ctx = MessageContext(msg, attempt)
+                called = False  # the user's code ran: what it raises is its own
                 try:
                     first = retry is None or not retry.drift_checked
-                    verdict = await self._attempt(msg, attempt, first)
+                    unfetched = pipe.unfetched
+                    if unfetched is not None and (fetch := unfetched(msg.value())) is not None:
+                        await self._off_loop(fetch)
+                    verdict, event = self._prepare(msg, first)
+                    if verdict is None:
+                        called = True
+                        await self._call(event, ctx)
                 except Exception as exc:
                     self._fold_successes()  # the verdict weighs every success before it
                     verdict = pipe.judge(
-                        exc, attempt, retry, self._clock(), (lane.partition, msg.offset())
+                        exc, attempt, retry, self._clock(), (lane.partition, msg.offset()), called
                     )
                     if isinstance(verdict, RetryState):
                         verdict = after_try(verdict, retry, exc)
@@ -787,17 +800,14 @@ class LoopRunner:
             lane.retry = None
         return not lane.closed
 
-    async def _attempt(self, msg: Record, attempt: int, first: bool) -> Failure | None:
-        """One try: decode, drift check (on the ``first``), handler. A dead letter's
-        failure, or None."""
+    def _prepare(self, msg: Record, first: bool) -> tuple[Failure | None, Any]:
+        """A try's steps before the handler: decode, drift check (on the ``first``).
+        A dead letter's failure, or None and what ``_call`` passes to the handler (the
+        event; ``_TOMBSTONE`` for a tombstone the service handles)."""
         pipe = self.pipeline
         value = msg.value()
-        ctx = MessageContext(msg, attempt)
         if value is None and self._tombstone is not None:
-            await self._tombstone(ctx)
-            return None
-        if pipe.unfetched is not None and (fetch := pipe.unfetched(value)) is not None:
-            await self._off_loop(fetch)
+            return None, _TOMBSTONE
         event = pipe.decode(value)
         # A retry is the same record: its writer schema was looked at on its first try
         # (not told by ``attempt``, which a failed probe gives back).
@@ -805,11 +815,18 @@ class LoopRunner:
         if first and not seen % pipe.drift_sample:
             drift = pipe.inspect_drift(msg, value)
             if drift is not None:
-                return Failure("schema_drift", drift)
+                return Failure("schema_drift", drift), None
+        return None, event
+
+    async def _call(self, event: Any, ctx: MessageContext) -> None:
+        """A try's handler call (or tombstone handler's), timed."""
+        if event is _TOMBSTONE:
+            assert self._tombstone is not None
+            await self._tombstone(ctx)
+            return
         start = time.perf_counter()
         await self._handle(event, ctx)
         self._durations.append(time.perf_counter() - start)
-        return None
 
     def _fold_successes(self) -> None:
         """Tell the breaker of the successes ``_process`` counted. A call takes a lock

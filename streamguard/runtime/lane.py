@@ -44,9 +44,16 @@ class Pipeline(Protocol):
     retry: RetryPolicy
     transient: tuple[type[BaseException], ...]
     breaker: Breaker
+    handles_tombstones: bool
 
     def judge(
-        self, exc: Exception, attempt: int, retry: RetryState | None, now: float, message: Hashable
+        self,
+        exc: Exception,
+        attempt: int,
+        retry: RetryState | None,
+        now: float,
+        message: Hashable,
+        by_handler: bool,
     ) -> Failure | RetryState: ...
 
     def decode(self, value: bytes | None) -> Any: ...
@@ -234,9 +241,11 @@ class PartitionLane:
                         break
                 attempt = 1 if retry is None else retry.attempt + 1
                 value = msg.value()
+                called = False  # the user's code ran: what it raises is its own
                 try:
-                    if value is None and pipe.invoke_tombstone(MessageContext(msg, attempt)):
-                        event = None
+                    if value is None and pipe.handles_tombstones:
+                        called = True
+                        pipe.invoke_tombstone(MessageContext(msg, attempt))
                     else:
                         event = decode(value)
                         if not index % sample and (retry is None or not retry.drift_checked):
@@ -246,12 +255,13 @@ class PartitionLane:
                                 done += 1
                                 continue
                         ctx = MessageContext(msg, attempt)  # not built for invalid input
+                        called = True
                         start = clock()
                         invoke(event, ctx)
                         timed(clock() - start)
                 except Exception as exc:
                     verdict = pipe.judge(
-                        exc, attempt, retry, self.clock(), (self.partition, msg.offset())
+                        exc, attempt, retry, self.clock(), (self.partition, msg.offset()), called
                     )
                     if isinstance(verdict, RetryState):
                         retry = after_try(verdict, retry, exc)

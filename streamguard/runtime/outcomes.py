@@ -111,6 +111,8 @@ def judge(
     now: float,
     breaker: Breaker | None = None,
     message: Hashable = None,
+    *,
+    by_handler: bool = False,
 ) -> Failure | RetryState:
     """The verdict on attempt ``attempt`` of a message that raised ``exc``.
 
@@ -120,8 +122,13 @@ def judge(
         breaker: told of every transient failure of a handler call; it keeps a
             message whose retries ran out during an outage from the DLQ.
         message: the message's identity (partition and offset), for the breaker.
+        by_handler: ``exc`` came out of the user's handler (or tombstone handler), not
+            out of decoding the record. A ``ContractViolation`` or ``DecodeError`` it
+            raises (an invalid event it tried to send with a ``GuardedProducer``, say)
+            says nothing about the record's own validity: it is judged like any other
+            exception of the handler, with the attempts made so far.
     """
-    if isinstance(exc, _INVALID_INPUT):  # first: a poison flood takes this path per record
+    if not by_handler and isinstance(exc, _INVALID_INPUT):  # a poison flood's path
         if breaker is not None and not breaker.closed:
             breaker.release_probe()  # no call reached the dependency
         # Held until the DLQ acknowledges: without the codec's frames and pydantic's

@@ -74,6 +74,7 @@ class Pipeline:
         # other service runs its handlers on the event loop (see eventloop).
         self.invoke: Callable[[Any, MessageContext], Any] = spec.handle
         self._tombstone = spec.handle_tombstone
+        self.handles_tombstones = spec.handle_tombstone is not None
         self._on_dead_letter = spec.on_dead_letter
         self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
 
@@ -89,10 +90,27 @@ class Pipeline:
         return self._drift.check(h.read(msg), value)
 
     def judge(
-        self, exc: Exception, attempt: int, retry: RetryState | None, now: float, message: Hashable
+        self,
+        exc: Exception,
+        attempt: int,
+        retry: RetryState | None,
+        now: float,
+        message: Hashable,
+        by_handler: bool,
     ) -> Failure | RetryState:
-        """The verdict on a failed attempt under this service's policies (see outcomes)."""
-        return judge(exc, attempt, retry, self.retry, self.transient, now, self.breaker, message)
+        """The verdict on a failed attempt under this service's policies (see outcomes);
+        ``by_handler``: ``exc`` came out of the user's handler, not out of decoding."""
+        return judge(
+            exc,
+            attempt,
+            retry,
+            self.retry,
+            self.transient,
+            now,
+            self.breaker,
+            message,
+            by_handler=by_handler,
+        )
 
     def can_process(self) -> bool:
         """False while the DLQ is unwritable or the breaker holds: no lane starts work."""

@@ -625,3 +625,45 @@ def test_a_poison_flood_logs_a_few_lines_that_account_for_every_dead_letter(
     assert {int(dict(r.headers())["sg-dlq-original-offset"]) for r in dlq} == set(range(count))
     lines = [r for r in caplog.records if r.getMessage() == "dead-lettering message"]
     assert 1 <= len(lines) < count // 2
+
+
+class Invoice(sg.Contract):
+    """What a handler derives from an order and sends on with a ``GuardedProducer``."""
+
+    __subject__ = "tests.faust.Invoice"
+    __version__ = 1
+    order_id: str
+    total: int
+
+
+def test_a_contract_violation_raised_by_the_handler_is_a_permanent_error(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """As in a ``ConsumerService``: the handler's own ``ContractViolation`` (its
+    producer refused a derived event, on the second attempt) dead-letters the valid
+    event as ``permanent_error`` with ``attempts`` 2, not as a ``contract_violation``
+    of the event with ``attempts`` 1."""
+    src = topic_factory("orders")
+    send_orders(src, 1)
+    app = make_app()
+    producer = sg.GuardedProducer(bootstrap)
+
+    @guarded_agent(app, src, contract=OrderPlaced, retry=FAST_RETRY)
+    async def invoice(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.attempt == 1:
+            raise TimeoutError("the invoice service is busy")
+        producer.send("invoices", {"order_id": "o-1", "total": "n/a"}, contract=Invoice)
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 1, 40)
+
+    run_app(app, scenario)
+    (record,) = read_all(f"{src}.dlq", 1)
+    headers = {k: v for k, v in record.headers() if k.startswith("sg-dlq-")}
+    assert headers["sg-dlq-reason"] == b"permanent_error"
+    assert headers["sg-dlq-attempts"] == b"2"
+    assert headers["sg-dlq-error-class"] == b"streamguard.errors.ContractViolation"

@@ -302,3 +302,49 @@ def test_a_poison_flood_is_dead_lettered_whole_with_rate_limited_log_lines(
     assert 1 <= len(lines) < count // 4
     running.stop()
     assert not running.error
+
+
+class Invoice(sg.Contract):
+    """What a handler derives from an order and sends on with a ``GuardedProducer``."""
+
+    __subject__ = "tests.outcomes.Invoice"
+    __version__ = 1
+    order_id: str
+    total: int
+
+
+def test_a_contract_violation_raised_by_the_handler_is_a_permanent_error(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A handler whose ``GuardedProducer.send`` refuses the event it derived (on its
+    second attempt, after a timeout) fails with ``ContractViolation``: the valid record
+    is dead-lettered as the handler's ``permanent_error`` with ``attempts`` 2. It was a
+    ``contract_violation`` of the record, under the record's own subject, with
+    ``attempts`` 1 and the first failure's time reset."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.flush()
+
+    class Invoicing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        retry = sg.RetryPolicy(attempts=5, base_delay=0.02, max_delay=0.05)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.attempt == 1:
+                raise TimeoutError("the invoice service is busy")
+            producer.send("invoices", {"order_id": "o-1", "total": "n/a"}, contract=Invoice)
+
+    start_service(Invoicing)
+    (record,) = read_all(f"{src}.dlq", 1)
+    headers = dlq_headers(record)
+    assert headers["sg-dlq-reason"] == "permanent_error"
+    assert headers["sg-dlq-attempts"] == "2"
+    assert headers["sg-dlq-error-class"] == "streamguard.errors.ContractViolation"
+    assert int(headers["sg-dlq-first-failure-ms"]) < int(headers["sg-dlq-dead-lettered-ms"])
