@@ -479,3 +479,41 @@ def test_a_decode_error_raised_by_the_tombstone_handler_is_its_own_error(kind: s
         assert kit.send_raw(None, key="k1").reason == "permanent_error"
     with ServiceHarness(Billing) as kit:
         assert kit.send_raw(None, key="k1").reason == "decode_error"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_probe_dead_lettered_for_drift_lets_the_next_record_probe(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``drift = "dead_letter"``, a half-open breaker's probe that is dead-lettered
+    for drift never called the dependency: the next record probes at once and closes
+    the breaker. The probe was never given back, so the next record waited out another
+    cool-down (``waiting`` here, or no outcome at all on the event loop)."""
+    monkeypatch.setattr("streamguard.testing._LOOP_TIMEOUT", 5.0)
+    down = [True]
+
+    class Db(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        drift = "dead_letter"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+        breaker = sg.CircuitBreaker(min_calls=2, cool_down=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if down[0]:
+                raise TimeoutError("the database is down")
+
+    class AsyncDb(Db):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Db.handle(self, event, ctx)
+
+    with ServiceHarness(Db if kind == "sync" else AsyncDb) as kit:
+        assert [kit.send(order(i)).outcome for i in range(3)][1:] == ["waiting", "waiting"]
+        down[0] = False
+        breaker = kit.pipeline.breaker
+        kit._clock.now = breaker.half_open_at()  # the cool-down is over
+        unstamped = kit.send_raw(order(3).model_dump_json().encode())  # no sg-* headers
+        assert (unstamped.reason, breaker.state_name) == ("schema_drift", "half_open")
+        assert kit.send(order(4)).handled
+        assert breaker.closed

@@ -722,6 +722,8 @@ class LoopRunner:
                     if verdict is None:
                         called = True
                         await self._call(event, ctx)
+                    else:  # schema drift: no call reached the dependency
+                        breaker.release_probe()
                 except Exception as exc:
                     self._fold_successes()  # the verdict weighs every success before it
                     verdict = pipe.judge(

@@ -251,6 +251,7 @@ class PartitionLane:
                         if not index % sample and (retry is None or not retry.drift_checked):
                             drift = inspect_drift(msg, value)
                             if drift is not None:
+                                breaker.release_probe()  # no call reached the dependency
                                 self._dead_letter(msg, Failure("schema_drift", drift))
                                 done += 1
                                 continue
