@@ -363,7 +363,12 @@ class LoopRunner:
             self.loop.call_soon_threadsafe(self._cancel_all)
 
     def shutdown(self) -> None:
+        """The service stops: release the thread pool, and write the counts and times
+        the loop still holds to the metrics (before the loop stops: callbacks run in
+        order), since the timer that would have written them never fires."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._report_metrics)
 
     # -- the loop thread ---------------------------------------------------------------
 

@@ -316,3 +316,40 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_an_async_service_reports_its_last_counts_when_it_stops(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The event loop writes handled counts, retries and handler times on a timer; the
+    ones it still holds when the service stops reach the metrics too. They were lost:
+    a stop within half a second of the last records left them uncounted for good (here
+    the timer is an hour, so every count is one the stop must write)."""
+    monkeypatch.setattr("streamguard.runtime.eventloop.METRICS_EVERY", 3600.0)
+    src = topic_factory("orders")
+    send_orders(src, 5)
+    group = unique("g")
+    seen: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen.append(ctx.offset)
+            if ctx.offset == 4 and ctx.attempt == 1:
+                raise sg.TransientError("try again")
+
+    running = start_service(Billing)
+    assert wait_for(lambda: len(seen) == 6)
+    running.stop()
+    assert not running.error
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 5
+    assert running.metric("streamguard_retries_total", topic=src) == 1
+    assert running.metric("streamguard_handler_seconds_count", topic=src) == 5
