@@ -517,3 +517,35 @@ def test_a_probe_dead_lettered_for_drift_lets_the_next_record_probe(
         assert (unstamped.reason, breaker.state_name) == ("schema_drift", "half_open")
         assert kit.send(order(4)).handled
         assert breaker.closed
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_record_that_recovered_makes_no_later_failure_an_outage(kind: str) -> None:
+    """A record that failed once and was then handled is not failing any more: a later
+    record failing on its own is dead-lettered after its attempts, and the records
+    behind it flow. It was held as if the dependency were down, the breaker opened,
+    and since only that record probed, it never closed: the partition stalled for good."""
+
+    class Orders(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id == "flaky" and ctx.attempt == 1:
+                raise TimeoutError("a blip")
+            if event.customer_id == "bad":
+                raise TimeoutError("fails for this record only")
+
+    class AsyncOrders(Orders):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Orders.handle(self, event, ctx)
+
+    with ServiceHarness(Orders if kind == "sync" else AsyncOrders) as kit:
+        assert kit.send(order(1, customer_id="flaky")).attempts == 2
+        kit._clock.now += 0.5  # the next record comes a moment later
+        bad = kit.send(order(2, customer_id="bad"))
+        assert (bad.outcome, bad.reason, bad.attempts) == ("dead_lettered", "retries_exhausted", 3)
+        assert kit.send(order(3)).handled
+        assert kit.pipeline.breaker.closed

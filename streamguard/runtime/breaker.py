@@ -176,6 +176,18 @@ class Breaker:
                     self._open(now, f"{failures:.0f} of {calls:.0f} recent calls failed", error)
             return False
 
+    def recovered(self, message: Hashable) -> None:
+        """``message``, which may have failed transiently before, has now been handled,
+        or failed permanently (the dependency answered): it no longer counts among the
+        failing messages that tell an outage from one bad message. Without this, a
+        message that failed once and then succeeded made the next message failing on
+        its own look like an outage: it was held, and the breaker opened and never
+        closed, since only that message was left to probe."""
+        if message is None or not self.config.enabled:
+            return
+        with self._lock:
+            self._failing.pop(message, None)
+
     def _failing_messages(self, now: float, besides: Hashable = None) -> int:
         window = self.config.window
         return sum(1 for key, at in self._failing.items() if key != besides and now - at <= window)

@@ -741,6 +741,8 @@ class LoopRunner:
                 # handler running finds this outcome among the lane's offsets.
                 if not isinstance(verdict, RetryState):
                     if verdict is None:
+                        if retry is not None:  # it may have failed before: no longer
+                            breaker.recovered((lane.partition, msg.offset()))
                         self._handled += 1
                         self._succeeded += 1
                         if self._succeeded >= _FOLD or not breaker.closed:  # a probe closes it

@@ -271,6 +271,8 @@ class PartitionLane:
                     self._dead_letter(msg, verdict)
                 else:
                     handled += 1
+                    if retry is not None:  # it may have failed before: no longer
+                        breaker.recovered((self.partition, msg.offset()))
                 retry = None
                 done += 1
         finally:

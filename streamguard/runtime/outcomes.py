@@ -149,6 +149,7 @@ def judge(
     if classify(exc, transient) == "permanent":
         if breaker is not None:
             breaker.succeeded()  # the dependency answered; the message is at fault
+            breaker.recovered(message)
         return Failure("permanent_error", exc, attempt, first_ms)
     if breaker is not None and breaker.failed(message, type(exc).__name__):
         # The breaker's probe: the dependency is still down. Parked again, with this

@@ -156,3 +156,47 @@ def test_a_message_failing_on_its_own_does_not_keep_the_breaker_open(
         running.metric("streamguard_dead_letters_total", topic=src, reason="retries_exhausted") == 1
     )
     assert running.service.health()["checks"]["breaker_closed"]
+
+
+def test_a_message_failing_alone_after_one_that_recovered_is_dead_lettered(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """On one partition, a record fails once and is handled on its retry; a record that
+    then fails on its own is dead-lettered after its three attempts, and the record
+    behind it is handled. It was held as an outage (the first record still counted as
+    failing), the breaker opened, and with only that record left to probe it never
+    closed: nothing on the partition was handled again."""
+    src = topic_factory("orders")
+    group = unique("g")
+    calls: list[tuple[str, int]] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls.append((event.customer_id, ctx.attempt))
+            if event.customer_id == "flaky" and ctx.attempt == 1:
+                raise TimeoutError("a blip")
+            if event.customer_id == "bad":
+                raise TimeoutError("fails for this record only")
+
+    running = start_service(Billing)
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1, customer_id="flaky"))
+    producer.flush()
+    assert wait_for(lambda: ("flaky", 2) in calls)
+    producer.send(src, order(2, customer_id="bad"))  # in a batch of its own
+    producer.send(src, order(3, customer_id="good"))
+    producer.flush()
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3, timeout=15)
+    (record,) = read_all(f"{src}.dlq", 1)
+    assert dict(record.headers() or [])["sg-dlq-attempts"] == b"3"
+    assert [c for c in calls if c[0] == "bad"] == [("bad", 1), ("bad", 2), ("bad", 3)]
+    assert running.metric("streamguard_breaker_opened_total", topic=src) == 0

@@ -294,3 +294,20 @@ def test_the_open_log_names_the_exception_class(caplog: pytest.LogCaptureFixture
             )
     (line,) = [r for r in caplog.records if r.getMessage().startswith("circuit breaker open")]
     assert line.error == "ConnectionRefusedError"  # type: ignore[attr-defined]
+
+
+def test_a_message_that_recovered_no_longer_counts_as_failing() -> None:
+    """A message that failed and was then handled (or failed permanently) is no sign of
+    an outage: another message failing alone neither opens the breaker nor is held."""
+    b, clock, _ = breaker(min_calls=5)
+    b.failed((0, 0))
+    b.recovered((0, 0))
+    b.succeeded()
+    clock.now += 0.5
+    since = clock.now
+    for _ in range(10):
+        b.failed((0, 1))
+    assert b.state == CLOSED
+    assert not b.outage_suspected((0, 1), since)
+    b.failed((1, 0))  # a second message failing now: maybe an outage after all
+    assert b.outage_suspected((0, 1), since)
