@@ -579,7 +579,7 @@ class LoopRunner:
                     held = False
                 if verdict is None:
                     done += 1
-                    last = msg
+                    lane.last_handled = last = msg  # committable before the next fold
                     if done >= _FOLD:
                         self._fold(lane, done, last)
                         done = 0

@@ -110,6 +110,13 @@ class PartitionLane:
         # Open offsets: dead letters awaiting acknowledgement, and (on the event loop,
         # under key or no ordering) records still running, whose item is None.
         self.offsets: FinalPrefix[PendingDeadLetter | None] = FinalPrefix()
+        # The last record handled in offset order and not yet in ``offsets``: a batch's
+        # records join them only when it ends, so this lets a commit (periodic, revoke
+        # or shutdown) pass what a batch handled before a slow handler. Written without
+        # the lock by the thread running the lane's records (one reference store per
+        # record, never backwards), read under it. Every record before it is final or
+        # open; key and no ordering, whose records finish in any order, never set it.
+        self.last_handled: Record | None = None
         self.first_fetched: int | None = None  # offset of the first record since assigned
         # The offset after the last record fetched: where a resumed partition is sought
         # (see FlowControl.resume). Written and read by the thread holding the poll lock.
@@ -163,7 +170,13 @@ class PartitionLane:
     def commit_position(self) -> int | None:
         """The end of the longest prefix of final outcomes (None: nothing final yet)."""
         with self.lock:
-            return self.offsets.position
+            position = self.offsets.position
+            last = self.last_handled
+            if last is not None and not len(self.offsets):  # no open outcome before it
+                end = last.offset() + 1
+                if position is None or end > position:
+                    position = end
+            return position
 
     def inflight(self) -> int:
         """Messages fetched and not final yet: buffered, in a handler, or dead letters."""
@@ -271,6 +284,7 @@ class PartitionLane:
                     self._dead_letter(msg, verdict)
                 else:
                     handled += 1
+                    self.last_handled = msg
                     if retry is not None:  # it may have failed before: no longer
                         breaker.recovered((self.partition, msg.offset()))
                 retry = None

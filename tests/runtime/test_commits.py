@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -368,3 +371,56 @@ def test_waiting_for_an_unwritable_dlq_does_not_spin(
     cpu = time.process_time()
     threading.Event().wait(1.5)
     assert time.process_time() - cpu < 0.75  # the whole test process, under half a core
+
+
+@pytest.mark.parametrize("handler", ["sync", "async"])
+def test_records_handled_before_a_stuck_handler_in_their_batch_are_committed(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    handler: str,
+) -> None:
+    """One batch of ten records; the handler of the sixth does not return. The five
+    before it reached their outcome: they are committed on the commit interval while it
+    runs and at the stop that gives up on it, so only the stuck record is delivered
+    again (they waited for the batch to end, and were all redelivered)."""
+    src = topic_factory("orders")
+    group = unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(10):
+        producer.send(src, order(i))
+    producer.flush()
+    release = threading.Event()
+    handled: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(commit_interval=0.2, shutdown_timeout=1.0, revoke_timeout=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 5:
+                release.wait(20)
+            handled.append(ctx.offset)
+
+        if handler == "async":
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+                if ctx.offset == 5:
+                    for _ in range(200):  # bounded: 20 s at most
+                        if release.is_set():
+                            break
+                        await asyncio.sleep(0.1)
+                handled.append(ctx.offset)
+
+    running = start_service(Billing)
+    try:
+        assert wait_for(lambda: handled == [0, 1, 2, 3, 4], timeout=20), handled
+        assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 5, timeout=5)
+        running.stop()
+        assert committed(bootstrap, group, src) == {0: 5}
+        assert handled == [0, 1, 2, 3, 4]
+    finally:
+        release.set()
