@@ -353,3 +353,35 @@ def test_an_async_service_reports_its_last_counts_when_it_stops(
     assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 5
     assert running.metric("streamguard_retries_total", topic=src) == 1
     assert running.metric("streamguard_handler_seconds_count", topic=src) == 5
+
+
+def test_an_exception_in_on_assign_stops_the_service_and_run_raises_it(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+) -> None:
+    """A rebalance hook that fails leaves the service's own state in doubt (whatever it
+    set up per partition): the service stops, nothing is committed past a final
+    outcome, and ``run()`` raises the hook's exception, as docs/consumer.md says."""
+    src = topic_factory("orders")
+    send_orders(src, 3)
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def on_assign(self, partitions: list[int]) -> None:
+            raise RuntimeError("cannot open the per-partition store")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    running = start_service(Billing)
+    running.thread.join(30)
+    assert not running.thread.is_alive()
+    assert [type(e) for e in running.error] == [RuntimeError]
+    assert committed(bootstrap, group, src) == {}
