@@ -298,3 +298,60 @@ def test_async_handlers_are_awaited_in_order(
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 10)
     assert [o for o, _ in seen] == [0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9]
     assert (3, 2) in seen
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_slow_handlers_report_progress_while_their_batch_runs(
+    kind: str,
+    send_orders: Callable[..., None],
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Records handled by slow handlers reach streamguard_messages_total and the
+    handler histogram within a second, not once their batch (up to batch_size records,
+    or 64 on the event loop) ends: a 1 s handler left both still for minutes, so the
+    dashboard showed no work and StreamguardHandlerLatencyHigh had nothing to read."""
+    src = topic_factory("orders")
+    send_orders(src, 30)
+    seen: dict[int, tuple[float, float]] = {}
+    services: list[Running] = []
+
+    def sample(offset: int) -> None:
+        if services:
+            running = services[0]
+            seen[offset] = (
+                running.metric("streamguard_messages_total", topic=src, outcome="handled"),
+                running.metric("streamguard_handler_seconds_count", topic=src),
+            )
+
+    if kind == "sync":
+
+        class Slow(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+                sample(ctx.offset)
+                time.sleep(0.1)
+
+        service: type[sg.ConsumerService] = Slow
+    else:
+
+        class SlowAsync(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+                sample(ctx.offset)
+                await asyncio.sleep(0.1)
+
+        service = SlowAsync
+    services.append(start_service(service))
+    assert wait_for(lambda: 20 in seen, timeout=30)
+    # Offset 20 starts two seconds of handler calls into the topic.
+    handled, timed = seen[20]
+    assert handled >= 10, seen
+    assert timed >= 10, seen
