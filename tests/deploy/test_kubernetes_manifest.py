@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -113,3 +115,23 @@ def test_dockerfile_runs_streamguard_as_a_non_root_user() -> None:
     assert int(user[-1]) != 0
     assert scalar("runAsUser") == user[-1]
     assert '\nENTRYPOINT ["streamguard", "run"]\n' in DOCKERFILE
+
+
+def test_the_runbooks_readyz_command_prints_the_failing_checks(
+    health_server: HealthServer,
+) -> None:
+    """docs/operations.md's in-pod command (the image has Python, not curl) prints the
+    /readyz body of a pod that is not ready, which is when the runbook runs it: a
+    urlopen() raised HTTPError on the 503 and printed a traceback instead."""
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    commands = re.findall(r'^kubectl exec <pod> -- python -c "(.+)"$', runbook, re.M)
+    assert commands, "docs/operations.md has no in-pod /readyz command"
+    for code in commands:
+        assert "9102" in code
+        local = code.replace("9102", str(health_server.port))
+        result = subprocess.run(
+            [sys.executable, "-c", local], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("503 "), result.stdout
+        assert json.loads(result.stdout[4:])["checks"]["assigned"] is False
