@@ -21,8 +21,9 @@ class HealthServer:
     """Serves the registry and the service's health report.
 
     ``/healthz`` answers 200 while the process can answer at all (liveness);
-    ``/readyz`` answers 200 only when the service is assigned, polling and able to
-    write dead letters, else 503 with the failing checks (readiness).
+    ``/readyz`` answers 200 only when every check of the service's report passes
+    (assigned, polling, able to write dead letters, ...), else 503 with the failing
+    checks (readiness).
     """
 
     def __init__(

@@ -218,7 +218,7 @@ class ServiceMetrics:
         ).labels(runtime)
         self.ready = Gauge(
             "streamguard_ready",
-            "1 while /readyz would answer 200 (assigned, polling, DLQ writable), else 0.",
+            "1 while /readyz would answer 200 (every check of its report passes), else 0.",
             ["runtime"],
             registry=registry,
         ).labels(runtime)
