@@ -11,12 +11,14 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 from prometheus_client import CollectorRegistry
 
 import streamguard as sg
@@ -135,3 +137,23 @@ def test_the_runbooks_readyz_command_prints_the_failing_checks(
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("503 "), result.stdout
         assert json.loads(result.stdout[4:])["checks"]["assigned"] is False
+
+
+def test_the_image_guide_depends_on_streamguard_by_a_direct_reference() -> None:
+    """deploy/README.md's pyproject.toml for a service names this project's wheel by
+    URL, with hatchling allowed to take it: streamguard is not on PyPI, where a bare
+    ``streamguard`` requirement resolves to an unrelated project."""
+    guide = (ROOT / "deploy" / "README.md").read_text()
+    section = guide.split("## 5. Image", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "section 5 shows no pyproject.toml"
+    example = tomllib.loads(blocks[0])
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (requirement,) = [Requirement(d) for d in example["project"]["dependencies"]]
+    assert requirement.name == ours["name"]
+    assert requirement.url is not None, "a bare requirement would be looked up on PyPI"
+    wheel = f"{ours['name']}-{ours['version']}-py3-none-any.whl"
+    assert requirement.url.endswith(f"/wheels/{wheel}")
+    assert requirement.url.startswith("file:///app/")  # where the Dockerfile copies it
+    assert "\nWORKDIR /app\n" in DOCKERFILE
+    assert example["tool"]["hatch"]["metadata"]["allow-direct-references"] is True
