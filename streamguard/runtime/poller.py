@@ -102,7 +102,7 @@ class Poller:
         if now >= self._next_commit:
             self._next_commit = now + self._commit_interval
             self.committer.commit(lanes.values(), asynchronous=True)
-            self._lag.update(lanes)
+            self._lag.update(lanes, self.flow.paused)
         return claimed
 
     def _dispatch(self, msgs: list[Record]) -> list[PartitionLane]:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, Producer
 
@@ -17,7 +17,7 @@ from streamguard.runtime.flow import REFETCH_AHEAD, FlowControl
 from streamguard.runtime.outcomes import RetryState
 from streamguard.runtime.service import CONSUMER_DEFAULTS
 from tests.conftest import fast_group_config
-from tests.runtime.conftest import Running, committed, wait_for
+from tests.runtime.conftest import Running, committed, order, wait_for
 
 
 def test_full_buffer_pauses_the_partition_and_bounds_inflight(
@@ -286,3 +286,86 @@ def test_a_retry_due_within_a_refetch_keeps_what_was_prefetched_and_a_longer_one
     finally:
         fed.consumer.close()
     assert fed.offsets[0] == list(range(len(fed.offsets[0])))
+
+
+def test_consumer_lag_of_a_paused_partition_grows_with_what_arrives(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A paused partition is not fetched, so the high watermark its last fetch carried
+    goes stale: its lag stood at what it was when it paused while records kept arriving
+    (the dashboard's stuck partition looked steady). The lag is read from the broker for
+    a paused partition."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(0))
+    producer.flush()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        retry = sg.RetryPolicy(
+            attempts=10_000, base_delay=0.2, max_delay=0.2, max_budget_ms=600_000
+        )
+        options = sg.ServiceOptions(commit_interval=0.2)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            attempts.append(ctx.attempt)
+            raise ConnectionError("the database is down")
+
+    attempts: list[int] = []
+    running = start_service(Billing)
+
+    def lag() -> float:
+        return running.metric("streamguard_consumer_lag", topic=src, partition="0")
+
+    # From its second failure on, a message keeps its partition paused until its outcome.
+    assert wait_for(lambda: len(attempts) >= 3)
+    assert running.metric("streamguard_paused_partitions", topic=src) == 1
+    assert wait_for(lambda: lag() == 1)
+    for i in range(1, 6):  # one produce request each: ListOffsets is exact on every broker
+        producer.send(src, order(i))
+        producer.flush()
+    assert wait_for(lambda: lag() == 6, timeout=30), lag()
+    assert running.metric("streamguard_paused_partitions", topic=src) == 1
+
+
+def test_a_cluster_that_does_not_answer_costs_one_lag_query_per_refresh() -> None:
+    """While ListOffsets gets no answer, the poll thread waits for one paused
+    partition's query per PAUSED_REFRESH, not for one per partition and update."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.lag import PAUSED_REFRESH, LagMonitor
+
+    asked: list[int] = []
+
+    class Away:
+        def get_watermark_offsets(
+            self, tp: Any, timeout: float | None = None, cached: bool = False
+        ) -> tuple[int, int] | None:
+            if cached:
+                return (0, 10)
+            asked.append(tp.partition)
+            return None  # timed out
+
+    now = [100.0]
+    registry = CollectorRegistry()
+    monitor = LagMonitor(cast(Consumer, Away()), "t", ServiceMetrics(registry), lambda: now[0])
+    lanes = {p: SimpleNamespace(commit_position=lambda: 4, first_fetched=4) for p in range(6)}
+    for _ in range(10):
+        monitor.update(cast(Any, lanes), paused=set(lanes))
+        now[0] += 0.5
+    assert asked == [0]
+    now[0] += PAUSED_REFRESH
+    monitor.update(cast(Any, lanes), paused=set(lanes))
+    assert len(asked) == 2
+    assert (
+        registry.get_sample_value(
+            "streamguard_consumer_lag", {"runtime": "consumer", "topic": "t", "partition": "5"}
+        )
+        == 6
+    )
