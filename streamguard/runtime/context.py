@@ -6,6 +6,9 @@ from typing import Any
 
 from streamguard import headers as h
 
+# A longer sg-version is not a version anyone wrote: forged, or garbage.
+MAX_VERSION_DIGITS = 18
+
 
 class MessageContext:
     """Where a message came from, and which attempt this is.
@@ -78,9 +81,16 @@ class MessageContext:
 
     @property
     def writer_version(self) -> int | None:
-        """The contract version the producer stamped (``sg-version``), if it did."""
+        """The contract version the producer stamped (``sg-version``), if it did.
+
+        None as well when the header is not a plain decimal number: anyone can write
+        it, and ``int()`` refuses digits ``str.isdigit`` accepts (``²``) and more than
+        4,300 of them, which would fail the handler that reads this.
+        """
         text = self.header(h.VERSION)
-        return int(text) if text and text.isdigit() else None
+        if not text or len(text) > MAX_VERSION_DIGITS or not text.isascii() or not text.isdigit():
+            return None
+        return int(text)
 
     def __repr__(self) -> str:
         return (

@@ -119,6 +119,24 @@ def test_a_new_producer_name_per_record_logs_a_few_safe_lines() -> None:
         assert "level=critical" not in json.dumps(line)
 
 
+def test_a_forged_version_header_reads_as_none_and_the_event_is_handled() -> None:
+    """An sg-version that is not a plain decimal number (a superscript digit, 5,000
+    digits, text) gives ``ctx.writer_version`` None: reading it no longer raises, so a
+    valid event is handled instead of dead-lettered as permanent_error."""
+    seen: list[int | None] = []
+
+    class ReadsVersion(Counted):
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen.append(ctx.writer_version)
+
+    forged = ["\u00b2".encode(), "\u0663".encode(), b"9" * 5000, b"1\nforged=1", b"-1", b" 2"]
+    with ServiceHarness(ReadsVersion) as kit:
+        for version in [*forged, b"3"]:
+            outcome = kit.send_raw(VALUE, key="k", headers=[(h.VERSION, version)])
+            assert outcome.handled, (version[:20], outcome.reason)
+    assert seen == [None] * len(forged) + [3]
+
+
 def test_shown_and_log_budget() -> None:
     """shown() keeps safe names whole and cuts or masks the rest; LogBudget allows its
     rate per window and counts what it suppressed."""
