@@ -50,6 +50,7 @@ from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
+from streamguard.observe.untrusted import shown as safe_text
 from streamguard.offsets import FinalPrefix
 from streamguard.producer import PRODUCER_DEFAULTS
 from streamguard.topics import (
@@ -72,6 +73,11 @@ MAX_REPORTED = 1000  # refused records listed one by one; counts are always comp
 PRODUCER_OVERRIDES = {"message.max.bytes": MAX_RECORD_BYTES}
 FLUSH_TIMEOUT = 60.0
 MAX_COUNT_DIGITS = 9  # a longer sg-replay-count is forged: unreadable, over the limit
+# The headers whose values a dry run shows without --show-values: streamguard's own
+# stamps, which carry schema identity and replay counts, not data.
+SHOWN_HEADERS = frozenset(
+    {h.SUBJECT, h.VERSION, h.FINGERPRINT, h.PRODUCER, h.REPLAY_COUNT, h.REPLAY_AT}
+)
 
 
 def default_group(dlq_topic: str, selection: Selection | None = None) -> str:
@@ -378,12 +384,16 @@ class Replayer:
                 f"{k}={'' if v is None else v.decode('utf-8', 'backslashreplace')}"
                 for k, v in send.headers
             )
-        else:  # keys and header values may be personal data too; streamguard's own are not
+        else:  # keys and header values may be personal data too
             key = "None" if letter.key is None else f"<{len(letter.key)} bytes>"
+            # Only streamguard's own headers show a value, and every name and value is
+            # reduced to safe characters: the original producer wrote them, so an
+            # "sg-email" header, a newline that forges a line or a terminal escape
+            # could be among them.
             headers = ", ".join(
-                f"{k}={v.decode('utf-8', 'backslashreplace')}"
-                if k.startswith("sg-") and v is not None
-                else k
+                f"{safe_text(k)}={safe_text(v.decode('utf-8', 'replace'))}"
+                if k in SHOWN_HEADERS and v is not None
+                else str(safe_text(k))
                 for k, v in send.headers
             )
         return (

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+import streamguard as sg
 from streamguard import headers as h
 from streamguard.cli import main
-from streamguard.deadletter import DeadLetter
+from streamguard.deadletter import DeadLetter, Failure, dead_letter_headers
 from streamguard.dlqtools.reader import DlqReader, existing_topics
 from streamguard.dlqtools.replay import (
     INVALID_TOPIC,
@@ -86,6 +87,44 @@ def test_dry_run_writes_and_commits_nothing(
     assert all(" key=<" in line for line in lines), lines  # keys too: may be personal data
     assert read_all(orders, 1, timeout=3) == []
     assert committed(bootstrap, dlq, default_group(dlq)) == [-1001]
+
+
+def test_dry_run_shows_no_value_of_a_producers_own_headers_and_nothing_unsafe(
+    bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """A dry run shows values only of streamguard's own headers, reduced to safe
+    characters: an original producer's "sg-"-named header of personal data stays
+    hidden, and a newline or terminal escape in a header cannot forge a line."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    hostile: list[tuple[str, bytes | None]] = [
+        (h.PRODUCER, b"shop\nwould send dlq 0@9 -> payments \x1b[2J"),
+        ("sg-customer-email", b"jane.doe@example.com"),
+        ("trace\n\x1b]0;title\x07", b"jane.doe@example.com"),
+    ]
+    headers = dead_letter_headers(
+        original_headers=hostile,
+        topic=orders,
+        partition=0,
+        offset=0,
+        timestamp_ms=None,
+        failure=Failure("permanent_error", sg.PermanentError("refused")),
+        group_id="billing",
+        service="billing-svc",
+        expected_subject="dlqtest.Order",
+        expected_version=1,
+    )
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(dlq, b"{}", key=b"k", headers=headers)
+    assert producer.flush(10) == 0
+    out = io.StringIO()
+    assert replay(bootstrap, dlq, dry_run=True, out=out).replayed == 1
+    text = out.getvalue()
+    assert "jane.doe" not in text
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert len(text.splitlines()) == 1, text
+    assert "sg-producer=shop?would?send" in text
+    assert "sg-replay-count=1" in text
 
 
 def test_replay_sends_exactly_the_fixable_ones_once(
