@@ -22,6 +22,7 @@ import functools
 import io
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -51,6 +52,12 @@ C = TypeVar("C", bound=BaseModel)
 
 MAGIC_BYTE = b"\x00"
 HEADER_SIZE = 5  # magic byte + 4-byte schema id
+# An id the registry refused (unknown to it, or a schema streamguard cannot read) is
+# answered from memory for this many seconds: a producer writing against another
+# registry frames every record with such an id, and asking again for each record made
+# one registry request per record, one at a time under the codec's lock.
+REFUSED_ID_SECONDS = 60.0
+MAX_REFUSED_IDS = 1024  # ids are 4 bytes of input: a flood may name a new one each time
 
 
 def registry_schema(contract: type[Contract]) -> tuple[str, str]:
@@ -121,6 +128,7 @@ class RegistryCodec:
         self._json = JsonCodec(max_bytes=max_bytes, include_input=include_input)
         self._avro = AvroCodec(max_bytes=max_bytes, include_input=include_input)
         self._writers: dict[int, tuple[str, Any]] = {}
+        self._refused: dict[int, tuple[float, str]] = {}  # id -> (until, why)
         self._ids: dict[tuple[type[BaseModel], str], int] = {}
         self._lock = threading.Lock()
 
@@ -290,28 +298,46 @@ class RegistryCodec:
         return None
 
     def _writer(self, schema_id: int) -> tuple[str, Any]:
-        """The writer schema of an id, fetched once (never one request per record)."""
+        """The writer schema of an id, fetched once (never one request per record).
+
+        A refusal is remembered too, for ``REFUSED_ID_SECONDS``: the records of an id
+        the registry does not know are dead-lettered without asking it each time.
+        """
         with self._lock:  # one request per id, however many workers ask at once
             known = self._writers.get(schema_id)
             if known is not None:
                 return known
+            now = time.monotonic()
+            refused = self._refused.get(schema_id)
+            if refused is not None and now < refused[0]:
+                raise DecodeError(refused[1])
             try:
-                schema = call(self._url, lambda: self._client.get_schema(schema_id))
-            except RegistryUnavailable:
+                writer = _parse_writer(schema_id, self._fetch(schema_id))
+            except DecodeError as exc:
+                if len(self._refused) >= MAX_REFUSED_IDS:
+                    self._refused.clear()
+                self._refused[schema_id] = (now + REFUSED_ID_SECONDS, str(exc))
                 raise
-            except Exception as exc:
-                code = registry_error_code(exc)
-                if code == 40403 or getattr(exc, "http_status_code", None) == 404:
-                    raise DecodeError(
-                        f"schema id {schema_id} is unknown to the schema registry (40403): "
-                        "written against another registry, or its schema was deleted"
-                    ) from None
-                raise DecodeError(
-                    f"schema id {schema_id}: the schema registry refused it ({code})"
-                ) from None
-            writer = _parse_writer(schema_id, schema)
+            self._refused.pop(schema_id, None)
             self._writers[schema_id] = writer
             return writer
+
+    def _fetch(self, schema_id: int) -> Any:
+        """Ask the registry for an id's schema; a refusal is a ``DecodeError``."""
+        try:
+            return call(self._url, lambda: self._client.get_schema(schema_id))
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:
+            code = registry_error_code(exc)
+            if code == 40403 or getattr(exc, "http_status_code", None) == 404:
+                raise DecodeError(
+                    f"schema id {schema_id} is unknown to the schema registry (40403): "
+                    "written against another registry, or its schema was deleted"
+                ) from None
+            raise DecodeError(
+                f"schema id {schema_id}: the schema registry refused it ({code})"
+            ) from None
 
 
 def _canonical(parsed: Any) -> str:

@@ -72,6 +72,33 @@ def test_unknown_id_is_a_decode_error_naming_it(registry: RegistryServer) -> Non
     assert info.value.reason == "decode_error"
 
 
+def test_an_unknown_id_is_asked_for_once_then_remembered(registry: RegistryServer) -> None:
+    """Records of an id the registry refused are decode errors without asking it again:
+    a producer of another registry must not cost a registry request per record."""
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    decode = codec.decoder(PaymentV1)
+    with pytest.raises(DecodeError, match="schema id 77 is unknown"):
+        decode(framed(77, b"{}"))
+    registry.stop()  # asking again would raise RegistryUnavailable
+    for _ in range(3):
+        with pytest.raises(DecodeError, match="schema id 77 is unknown"):
+            decode(framed(77, b"{}"))
+
+
+def test_a_refused_id_is_asked_for_again_after_a_while(
+    registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal is remembered for REFUSED_ID_SECONDS only: then the registry is asked
+    again (a schema restored under that id is read)."""
+    monkeypatch.setattr("streamguard.registry.codec.REFUSED_ID_SECONDS", 0.0)
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    with pytest.raises(DecodeError, match="schema id 78 is unknown"):
+        codec.decode(framed(78, b"{}"), PaymentV1)
+    registry.stop()
+    with pytest.raises(RegistryUnavailable):
+        codec.decode(framed(78, b"{}"), PaymentV1)
+
+
 def test_unreachable_registry_is_transient(registry: RegistryServer) -> None:
     """A registry that does not answer raises RegistryUnavailable, a TransientError, with
     the URL's password redacted."""
