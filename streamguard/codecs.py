@@ -176,9 +176,12 @@ class JsonCodec:
     def encode(self, event: BaseModel) -> bytes:
         """The bytes a producer sends for ``event`` (no validation: the producer validates).
 
-        Its keys are the ones every consumer reads (see ``wire_by_alias``).
+        Its keys are the ones every consumer reads (see ``wire_by_alias``). pydantic's
+        serializer warnings are off: for an instance that bypassed validation
+        (``model_construct``), they quote the offending value, and the producer's own
+        decode refuses such bytes with a value-free error anyway.
         """
-        return event.model_dump_json(by_alias=wire_by_alias(type(event))).encode()
+        return event.model_dump_json(by_alias=wire_by_alias(type(event)), warnings=False).encode()
 
     def decode(self, data: bytes | None, contract: type[C]) -> C:
         """Decode one message; see ``decoder`` for the errors raised."""
@@ -324,7 +327,7 @@ class AvroCodec:
         out.write(fingerprint)
         try:
             fastavro.schemaless_writer(
-                out, parsed, event.model_dump(mode="json", by_alias=by_alias)
+                out, parsed, event.model_dump(mode="json", by_alias=by_alias, warnings=False)
             )
         except Exception as exc:  # fastavro's texts may quote the value: keep the type
             subject = getattr(type(event), "__subject__", type(event).__qualname__)

@@ -312,3 +312,30 @@ def test_instances_that_bypassed_validation_are_refused(
     producer.flush()
     got = read_all(topic, 3, timeout=5)  # asks for more than should be there
     assert [OrderPlaced.model_validate_json(m.value()).customer_id for m in got] == ["customer-3"]
+
+
+@pytest.mark.parametrize("wire", ["json", "avro"])
+def test_a_refused_instance_leaves_its_values_out_of_warnings_and_errors(wire: str) -> None:
+    """A model_construct instance with a value of the wrong type is refused without the
+    value anywhere: not in the error, and not in a pydantic serializer warning (which
+    quotes it, on stderr or in logs that capture warnings)."""
+    import warnings
+
+    from streamguard.demo.contracts import OrderPlaced as Order
+    from streamguard.demo.contracts import PaymentCaptured
+
+    canary = "zqcanary-jane-doe-qz"
+    event: BaseModel = (
+        Order.model_construct(order_id=canary, customer_id=7, amount=canary, currency="EUR")
+        if wire == "json"
+        else PaymentCaptured.model_construct(
+            payment_id="p", order_id=7, amount_cents=canary, currency="EUR"
+        )
+    )
+    producer = sg.GuardedProducer("127.0.0.1:9")  # refused before any byte is sent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(sg.ContractViolation) as info:
+            producer.send("orders", event)
+    assert canary not in f"{info.value} {info.value.errors}"
+    assert [str(w.message) for w in caught if canary in str(w.message)] == []

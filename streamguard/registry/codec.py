@@ -177,7 +177,10 @@ class RegistryCodec:
             # AvroCodec writes C3 01 + 8-byte fingerprint + body: keep the body.
             return lambda event: prefix + avro.encode(event)[10:]
         by_alias = wire_by_alias(contract)
-        return lambda event: prefix + event.model_dump_json(by_alias=by_alias).encode()
+        # No serializer warnings: they quote values (see JsonCodec.encode).
+        return lambda event: (
+            prefix + event.model_dump_json(by_alias=by_alias, warnings=False).encode()
+        )
 
     def _schema_id(self, contract: type[Contract], subject: str) -> int:
         known = self._ids.get((contract, subject))
