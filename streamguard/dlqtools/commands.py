@@ -22,6 +22,7 @@ from streamguard.dlqtools.replay import (
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
+from streamguard.observe.untrusted import printable
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
 # The reader of `inspect` never commits; librdkafka still wants a group id to exist.
@@ -191,7 +192,8 @@ def render_report(report: ReplayReport) -> str:
         f"group {report.group_id} and the end of the DLQ at start",
     ]
     for item in report.refused[:SHOWN_REFUSED]:
-        lines.append(f"  refused dlq {item['dlq']}: {item['reason']}: {item['detail']}")
+        # A still-invalid record's locations may name its undeclared fields: printable.
+        lines.append(printable(f"  refused dlq {item['dlq']}: {item['reason']}: {item['detail']}"))
     skipped = sum(report.skipped.values())  # report.refused lists at most MAX_REPORTED
     if skipped > SHOWN_REFUSED:
         lines.append(f"  ... and {skipped - SHOWN_REFUSED} more refused")

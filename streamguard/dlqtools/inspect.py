@@ -18,6 +18,7 @@ from typing import Any
 from streamguard import headers as h
 from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
+from streamguard.observe.untrusted import printable
 
 MAX_SHOWN_VALUE = 200
 MAX_SHOWN_ERRORS = 3
@@ -169,13 +170,15 @@ def render_table(summary: Summary) -> str:
     if not summary.groups:
         return "\n".join(lines)
     header = ("COUNT", "ORIGINAL TOPIC", "REASON", "ERROR", "EXPECTED", "FIRST", "LAST")
+    # Every cell and line below may hold text from records (error locations keep the
+    # names of undeclared fields; a forged DLQ header says anything): shown printable.
     rows = [
         (
             str(g.count),
-            g.key.original_topic,
-            g.key.reason,
-            _short_class(g.key.error_class),
-            g.key.expected,
+            printable(g.key.original_topic),
+            printable(g.key.reason),
+            printable(_short_class(g.key.error_class)),
+            printable(g.key.expected),
             format_ms(g.first_ms),
             format_ms(g.last_ms),
         )
@@ -195,8 +198,10 @@ def render_table(summary: Summary) -> str:
             ranked = sorted(group.locations.items(), key=lambda item: (-item[1], item[0]))
             top = ", ".join(f"{loc} x{n}" for loc, n in ranked[:4])  # ties by name: stable
             more = len(group.locations) - 4
-            lines.append(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
-        lines.extend("      " + text for text in _example_lines(group.example))
+            lines.append(
+                printable(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
+            )
+        lines.extend("      " + printable(text) for text in _example_lines(group.example))
     return "\n".join(lines)
 
 

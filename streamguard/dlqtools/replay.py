@@ -50,6 +50,7 @@ from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
+from streamguard.observe.untrusted import printable
 from streamguard.observe.untrusted import shown as safe_text
 from streamguard.offsets import FinalPrefix
 from streamguard.producer import PRODUCER_DEFAULTS
@@ -396,7 +397,7 @@ class Replayer:
                 else str(safe_text(k))
                 for k, v in send.headers
             )
-        return (
+        return printable(  # --show-values shows header values as they are
             f"would send dlq {letter.dlq_partition}@{letter.dlq_offset} -> {where} "
             f"key={key} value={shown} headers: {headers}"
         )

@@ -27,6 +27,19 @@ def shown(value: str | None, limit: int = MAX_SHOWN) -> str | None:
     return safe if len(safe) <= limit else safe[:limit] + "..."
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape.
+
+    For command output that shows text from records as it is (the names of undeclared
+    fields in error locations, say): a newline, a line separator or a terminal escape
+    there would forge an output line or drive the operator's terminal. Printable text,
+    accents and all, is unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 class LogBudget:
     """Allows ``rate`` log lines per ``per`` seconds; counts what it suppressed."""
 

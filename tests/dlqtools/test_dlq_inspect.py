@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamguard.cli import main
 from streamguard.dlqtools.commands import INSPECT_GROUP
 from streamguard.dlqtools.reader import DlqReader
-from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Sent
+from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Sent, closed_dead_letter
 
 pytestmark = pytest.mark.broker
 
@@ -124,3 +124,18 @@ def test_inspect_of_a_missing_topic_is_a_usage_error(
     assert main(["dlq", "inspect", name, "--bootstrap-servers", bootstrap]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["dlq", "inspect", name, "--bootstrap-servers", bootstrap]) == 2
+
+
+def test_inspect_shows_a_forging_field_name_escaped(
+    bootstrap: str, topic_factory: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An undeclared field's name stays in the error locations, but its newline, line
+    separator and terminal escape are shown escaped: no forged line, no escape sent."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    closed_dead_letter(bootstrap, dlq, orders)
+    assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\u2028" not in out
+    assert not any(line.startswith("FORGED") for line in out.splitlines())
+    assert "error locations: evil\\nFORGED 9 orders decode_error \\x1b[2J\\u2028" in out

@@ -16,6 +16,7 @@ import streamguard as sg
 from streamguard import headers as h
 from streamguard.cli import main
 from streamguard.deadletter import DeadLetter, Failure, dead_letter_headers
+from streamguard.dlqtools.commands import render_report
 from streamguard.dlqtools.reader import DlqReader, existing_topics
 from streamguard.dlqtools.replay import (
     INVALID_TOPIC,
@@ -30,7 +31,7 @@ from streamguard.dlqtools.replay import (
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import RegistryUnavailable
-from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, OrderV2, Sent
+from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Closed, OrderV2, Sent, closed_dead_letter
 
 pytestmark = pytest.mark.broker
 
@@ -426,3 +427,21 @@ def test_a_relative_time_window_resumes_under_the_same_group(
     assert "replayed 5;" in first
     assert "replayed 0;" in second
     assert len(read_all(orders, 6, timeout=4)) == 5
+
+
+def test_a_still_invalid_records_forging_field_name_is_reported_escaped(
+    bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """The report of a record still invalid names its undeclared field, with the
+    newline, line separator and terminal escape in that name shown escaped."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    closed_dead_letter(bootstrap, dlq, orders)
+    report = replay(
+        bootstrap, dlq, dry_run=True, revalidator=Revalidator({Closed.__subject__: Closed})
+    )
+    assert report.still_invalid == 1
+    out = render_report(report)
+    assert "\x1b" not in out
+    assert "\u2028" not in out
+    assert not any(line.startswith("FORGED") for line in out.splitlines())
+    assert "still_invalid: evil\\nFORGED 9 orders decode_error \\x1b[2J\\u2028:" in out
