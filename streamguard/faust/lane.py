@@ -338,6 +338,10 @@ class Lane:
         agent = self.agent
         headers = agent.dead_letter_headers.for_record(record, failure)
         agent.log_dead_letter(record, failure)
+        # aiokafka refuses a record with neither key nor value (an assertion in send()),
+        # though Kafka takes one: a keyless tombstone. Its dead letter gets an empty key;
+        # sent as it is, it could never be written and would hold its partition for good.
+        key = b"" if msg.key is None and msg.value is None else msg.key
         backoff = 0.1
         try:
             while not agent.interrupted(msg):
@@ -348,7 +352,7 @@ class Lane:
                     sent = await asyncio.wait_for(
                         agent.app.producer.send(
                             agent.dead_letter_topic,
-                            key=msg.key,
+                            key=key,
                             value=msg.value,
                             partition=None,
                             timestamp=None,

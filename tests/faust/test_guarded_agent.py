@@ -283,6 +283,39 @@ def test_schema_drift_is_counted(
     assert bill.registry.get_sample_value("streamguard_schema_drift_total", labels) == 1
 
 
+def test_a_keyless_tombstone_is_dead_lettered_with_an_empty_key(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A record with neither key nor value, which aiokafka will not send, is
+    dead-lettered (with an empty key) instead of holding its partition for good, and
+    the events after it are handled."""
+    src = topic_factory("orders")
+    raw_producer.produce(src, None, headers=[("trace", b"t")])
+    raw_producer.produce(src, order(1).model_dump_json().encode())
+    raw_producer.flush(10)
+    app = make_app()
+    handled: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        handled.append(ctx.offset)
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 2, 30)
+
+    run_app(app, scenario)
+    assert handled == [1]
+    (dead,) = read_all(f"{src}.dlq", 1, timeout=10)
+    assert (dead.key(), dead.value()) == (b"", None)
+    headers = dict(dead.headers())
+    assert headers["sg-dlq-reason"] == b"decode_error"
+    assert headers["trace"] == b"t"
+
+
 @pytest.mark.parametrize("drift_sample", [1, 256])
 def test_drift_is_sampled_while_a_partition_is_behind(
     bootstrap: str,
