@@ -226,14 +226,23 @@ class JsonCodec:
 # a flood of invalid records repeats a few, and classifying each again cost as much as
 # validating it. Bounded, since locations may hold map keys and list indices.
 _CLASSIFIED: dict[tuple[Any, ...], ContractViolation] = {}
+# Only small violations are kept. A record of 21 KB, a list of 7,000 empty objects,
+# has 14,000 errors: its entry held 11 MiB, and 1,024 distinct ones would have held
+# 11 GiB. Violations that large are not the few a flood repeats.
+MAX_CACHED_ERRORS = 32
+MAX_CACHED_KEY = 8192  # characters of the key's JSON (an undeclared field's name is input)
 
 
 def _classify(exc: ValidationError, contract: type[BaseModel], include_input: bool) -> Exception:
-    if include_input:  # the details carry values: nothing to share between records
+    if include_input or exc.error_count() > MAX_CACHED_ERRORS:
+        # With values, the details are the record's own: nothing to share.
         return _classify_anew(exc, contract, include_input)
     # pydantic's own JSON of the (type, loc, msg) list: a third of the cost of building
     # the list of dicts to key on (0.36 against 1.3 µs per record).
-    key = (contract, exc.json(include_url=False, include_input=False, include_context=False))
+    text = exc.json(include_url=False, include_input=False, include_context=False)
+    if len(text) > MAX_CACHED_KEY:
+        return _classify_anew(exc, contract, include_input)
+    key = (contract, text)
     known = _CLASSIFIED.get(key)
     if known is not None:
         return known.again()

@@ -386,6 +386,29 @@ def test_a_repeated_violation_is_a_new_error_equal_to_the_first(
     assert missing.value.errors != first.errors
 
 
+def test_violations_with_thousands_of_errors_are_not_kept(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """A small record can carry thousands of errors (one per item of a list): decoding
+    many such records, each failing its own way, keeps no memory of them (each was an
+    entry of megabytes in the cache of classified violations)."""
+    import gc
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for i in range(20):
+            with pytest.raises(sg.ContractViolation) as caught:
+                decode(payload(lines=[{}] * (2000 + i)))
+            assert len(caught.value.errors) == 2 * (2000 + i)
+        del caught
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * 1024 * 1024, f"{held} bytes held after 20 records"
+
+
 def test_details_with_input_values_are_never_shared() -> None:
     """With include_input the details hold the record's values: each record's own."""
     decode = JsonCodec(include_input=True).decoder(OrderPlaced)
