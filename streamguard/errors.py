@@ -14,6 +14,13 @@ from typing import Any, NotRequired, TypedDict
 
 # One encoder for every violation's JSON: json.dumps with separators builds one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+# The sg-dlq-errors header is capped. pydantic reports one error per invalid item, so a
+# 21 KB record (a list of 7,000 empty objects) had a megabyte of errors: a dead letter
+# fifty times its record, over what a DLQ takes (Kafka's max.message.bytes is 1 MB by
+# default), which held the service until an operator raised it. An undeclared field's
+# name in a location is input too, of any length.
+MAX_ERRORS_JSON = 8192
+MAX_SHOWN_TEXT = 200  # characters of one location part or message in a capped list
 
 
 class ErrorDetail(TypedDict):
@@ -162,9 +169,11 @@ class ContractViolation(StreamguardError, ValueError):
             assert self._template is not None
             return self._template.errors_json()
         if self._json is None:
-            self._json = _COMPACT.encode(
-                [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in self._errors]
-            ).encode()
+            details = [{"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in self._errors]
+            text = _COMPACT.encode(details)  # ASCII (ensure_ascii): characters are bytes
+            if len(text) > MAX_ERRORS_JSON:
+                text = _capped(details)
+            self._json = text.encode()
         return self._json
 
     @property
@@ -185,6 +194,38 @@ class ContractViolation(StreamguardError, ValueError):
         twin._template = self if self._errors is not None else self._template
         twin._json = None
         return twin
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN_TEXT else text[:MAX_SHOWN_TEXT] + "..."
+
+
+def _capped(details: list[dict[str, Any]]) -> str:
+    """The first details that fit in ``MAX_ERRORS_JSON``, long texts cut, and an entry
+    of type ``errors_left_out`` saying how many more there were."""
+    budget = MAX_ERRORS_JSON - 200  # room for the closing entry
+    kept: list[str] = []
+    size = 2
+    for detail in details:
+        loc = [_cut(p) if isinstance(p, str) else p for p in detail["loc"]]
+        piece = _COMPACT.encode({"loc": loc, "type": detail["type"], "msg": _cut(detail["msg"])})
+        if size + len(piece) + 1 > budget:
+            break
+        kept.append(piece)
+        size += len(piece) + 1
+    left = len(details) - len(kept)
+    if left:
+        kept.append(
+            _COMPACT.encode(
+                {
+                    "loc": [],
+                    "type": "errors_left_out",
+                    "msg": f"{left} more error(s) not listed (the header is capped at "
+                    f"{MAX_ERRORS_JSON} bytes)",
+                }
+            )
+        )
+    return "[" + ",".join(kept) + "]"
 
 
 class PermanentError(StreamguardError):

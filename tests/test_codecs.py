@@ -454,6 +454,36 @@ def test_errors_json_is_the_details_without_values(
     assert b"GBP" not in with_input.value.errors_json()
 
 
+def test_errors_json_is_capped_for_a_record_with_thousands_of_errors(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """A 21 KB record with 14,000 errors (and an undeclared field named with 50,000
+    characters) gets an sg-dlq-errors header of at most MAX_ERRORS_JSON bytes: the
+    first errors, long texts cut, and how many more there were."""
+    from streamguard.errors import MAX_ERRORS_JSON
+
+    value = payload(lines=[{}] * 7000, **{"x" * 50_000: 1})
+    with pytest.raises(sg.ContractViolation) as caught:
+        decode(value)
+    assert len(caught.value.errors) == 14_001  # the details in memory stay complete
+    text = caught.value.errors_json()
+    assert len(text) <= MAX_ERRORS_JSON
+    listed = json.loads(text)
+    assert listed[0] == {"loc": ["lines", 0, "sku"], "type": "missing", "msg": "Field required"}
+    assert listed[-1]["type"] == "errors_left_out"
+    assert listed[-1]["msg"].startswith(f"{14_001 - (len(listed) - 1)} more error(s)")
+    with pytest.raises(sg.ContractViolation) as named:
+        decode(payload(**{"y" * 50_000: 1}))
+    (only,) = json.loads(named.value.errors_json())
+    assert only["loc"] == ["y" * 200 + "..."]
+    small = payload(currency="GBP")
+    with pytest.raises(sg.ContractViolation) as few:
+        decode(small)
+    assert json.loads(few.value.errors_json()) == [
+        {"loc": e["loc"], "type": e["type"], "msg": e["msg"]} for e in few.value.errors
+    ]
+
+
 def test_errors_json_follows_details_changed_before_it_is_read(
     decode: Callable[[bytes | None], OrderPlaced],
 ) -> None:

@@ -316,6 +316,39 @@ def test_a_keyless_tombstone_is_dead_lettered_with_an_empty_key(
     assert headers["trace"] == b"t"
 
 
+def test_a_small_record_with_thousands_of_errors_is_dead_lettered(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A 22 KB order with 7,500 empty items (15,000 errors) is dead-lettered with a
+    capped sg-dlq-errors header: its dead letter fits Faust's 1 MB request limit (a
+    header of every error did not, and held the partition for good)."""
+    src = topic_factory("orders")
+    doc = json.loads(order(1).model_dump_json())
+    doc["items"] = [{}] * 7500
+    raw_producer.produce(src, json.dumps(doc, separators=(",", ":")).encode(), key=b"k")
+    raw_producer.produce(src, order(2).model_dump_json().encode(), key=b"k")
+    raw_producer.flush(10)
+    app = make_app()
+    handled: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        handled.append(ctx.offset)
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 2, 30)
+
+    run_app(app, scenario)
+    assert handled == [1]
+    (dead,) = read_all(f"{src}.dlq", 1, timeout=10)
+    errors = json.loads(dict(dead.headers())["sg-dlq-errors"])
+    assert errors[-1]["type"] == "errors_left_out"
+
+
 @pytest.mark.parametrize("drift_sample", [1, 256])
 def test_drift_is_sampled_while_a_partition_is_behind(
     bootstrap: str,
