@@ -55,7 +55,9 @@ class DriftCheck:
         kinds = self._detector.inspect(headers, value)
         if not kinds:
             return None
-        producer = producer_of(headers)
+        # Remembered and logged reduced: the header is any size a record may be, and
+        # FirstSeen keeps 1,024 names (whole, a megabyte each, they held a gigabyte).
+        producer = shown(producer_of(headers)) or "unknown"
         for kind in kinds:
             series = self._series.get(kind)
             if series is None:
@@ -67,7 +69,7 @@ class DriftCheck:
                     extra={
                         "subject": self._subject,
                         "kind": kind,
-                        "producer": shown(producer),
+                        "producer": producer,
                         "writer_version": shown(h.last(headers, h.VERSION), 16),
                         "reader_version": self._version,
                     },

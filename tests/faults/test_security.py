@@ -137,6 +137,29 @@ def test_a_forged_version_header_reads_as_none_and_the_event_is_handled() -> Non
     assert seen == [None] * len(forged) + [3]
 
 
+def test_long_producer_names_are_remembered_reduced() -> None:
+    """The drift check remembers each producer it logged by its reduced name: 50
+    records, each naming a new producer of 200,000 characters, leave well under a
+    megabyte held (whole names held 10 MB, and up to 1,024 of any length)."""
+    import gc
+    import tracemalloc
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.drift import DriftCheck
+
+    check = DriftCheck(OrderPlaced, ServiceMetrics(CollectorRegistry()), dead_letter=False)
+    tracemalloc.start()
+    try:
+        for i in range(50):
+            name = b"%d-" % i + b"p" * 200_000
+            check.check([(h.PRODUCER, name), (h.SUBJECT, b"someone.Else")], VALUE)
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1024 * 1024, f"{held} bytes held"
+
+
 def test_shown_and_log_budget() -> None:
     """shown() keeps safe names whole and cuts or masks the rest; LogBudget allows its
     rate per window and counts what it suppressed."""
