@@ -313,6 +313,9 @@ class _MaskedLocations:
 
     __slots__ = ("_memo", "_schema")
     CAPACITY = 1024
+    # Characters of a location's names past which it is not remembered: an undeclared
+    # field's name is input of any length, and 1,024 names of a megabyte held a GiB.
+    MAX_REMEMBERED = 256
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self._schema = schema
@@ -321,9 +324,12 @@ class _MaskedLocations:
     def __call__(self, loc: tuple[str | int, ...]) -> list[str | int]:
         known = self._memo.get(loc)
         if known is None:
+            known = _without_map_keys(list(loc), self._schema)
+            if sum(len(p) for p in loc if isinstance(p, str)) > self.MAX_REMEMBERED:
+                return known
             if len(self._memo) >= self.CAPACITY:
                 self._memo.clear()
-            known = self._memo[loc] = _without_map_keys(list(loc), self._schema)
+            self._memo[loc] = known
         return list(known)
 
 

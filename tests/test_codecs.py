@@ -409,6 +409,27 @@ def test_violations_with_thousands_of_errors_are_not_kept(
     assert held < 2 * 1024 * 1024, f"{held} bytes held after 20 records"
 
 
+def test_long_undeclared_field_names_are_not_kept(
+    decode: Callable[[bytes | None], OrderPlaced],
+) -> None:
+    """Records of a closed contract, each with a new undeclared field named with
+    200,000 characters, keep no memory of those names once classified (the memo of
+    masked locations held each one whole)."""
+    import gc
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for i in range(30):
+            with pytest.raises(sg.ContractViolation):
+                decode(payload(**{f"{i}" + "f" * 200_000: 1}))
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1024 * 1024, f"{held} bytes held after 30 records"
+
+
 def test_details_with_input_values_are_never_shared() -> None:
     """With include_input the details hold the record's values: each record's own."""
     decode = JsonCodec(include_input=True).decoder(OrderPlaced)
