@@ -297,6 +297,9 @@ class RegistryCodec:
         if data and data[0] == 0 and len(data) >= HEADER_SIZE:
             schema_id = int.from_bytes(data[1:5], "big")
             if schema_id not in self._writers:
+                refused = self._refused.get(schema_id)
+                if refused is not None and time.monotonic() < refused[0]:
+                    return None  # answered from memory: decoding raises at once
                 return functools.partial(self._writer, schema_id)
         return None
 

@@ -85,6 +85,25 @@ def test_an_unknown_id_is_asked_for_once_then_remembered(registry: RegistryServe
             decode(framed(77, b"{}"))
 
 
+def test_unfetched_names_the_request_an_event_loop_must_make_in_a_thread(
+    registry: RegistryServer,
+) -> None:
+    """``unfetched`` gives the blocking request for an id not seen yet, and None when
+    decoding needs no request: plain JSON, an id already fetched, or one refused a
+    moment ago (answered from memory)."""
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    assert codec.unfetched(b"{}") is None
+    assert codec.unfetched(None) is None
+    fetch = codec.unfetched(framed(79, b"{}"))
+    assert fetch is not None
+    with pytest.raises(DecodeError, match="schema id 79 is unknown"):
+        fetch()
+    assert codec.unfetched(framed(79, b"{}")) is None  # refused: decode raises at once
+    with pytest.raises(DecodeError, match="schema id 79 is unknown"):
+        codec.decode(framed(79, b"{}"), PaymentV1)
+    assert codec.unfetched(framed(80, b"{}")) is not None
+
+
 def test_a_refused_id_is_asked_for_again_after_a_while(
     registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
