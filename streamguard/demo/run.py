@@ -204,11 +204,17 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
 
         _say(f"\n== streamguard dlq inspect {DLQ}")
         cli_main(["dlq", "inspect", DLQ, "--bootstrap-servers", bootstrap])
+        if bootstrap_servers:  # the dead letters stay on the user's broker
+            kept = f"Its dead letters stay in {DLQ} on {bootstrap}."
+        else:
+            kept = (
+                "This demo's broker stops with it: to keep its dead letters, start "
+                "`streamguard broker` and run `streamguard demo --bootstrap-servers "
+                "127.0.0.1:9092`."
+            )
         _say(
             "\nNext: fix the producer or the contract, then "
-            f"`streamguard dlq replay {DLQ} --revalidate --dry-run`. This demo's broker "
-            "stops with it: to keep its dead letters, start `streamguard broker` and run "
-            "`streamguard demo --bootstrap-servers 127.0.0.1:9092`."
+            f"`streamguard dlq replay {DLQ} --revalidate --dry-run`. {kept}"
         )
         if done < sent:
             _say(f"demo: only {done:.0f} of {sent} messages reached an outcome in time")
