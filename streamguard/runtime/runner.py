@@ -110,6 +110,10 @@ class ServiceRuntime:
         """Consume until ``stop()``, SIGTERM or SIGINT; then settle, commit and close."""
         if self._running:
             raise RuntimeError("this service is already running")
+        # A run after an earlier one starts afresh: /readyz must not report the last
+        # run's assignment and polls while this one connects.
+        self._scheduler = self._poller = self._loop_runner = None
+        self._publisher = self._committer = self._breaker = None
         self._running = True
         spec = self.spec
         if spec.options.release_memory:
@@ -177,6 +181,9 @@ class ServiceRuntime:
                 loop.call_soon_threadsafe(loop.stop)
                 loop_thread.join(timeout=5)
             restore()
+            # The stop() that ended this run is spent: a later run() consumes again
+            # (it returned at once, having consumed nothing, while the flag stayed set).
+            self._stop_requested.clear()
             self._running = False
             log.info("service stopped", extra={"service": spec.name})
 

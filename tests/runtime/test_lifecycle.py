@@ -385,3 +385,48 @@ def test_an_exception_in_on_assign_stops_the_service_and_run_raises_it(
     assert not running.thread.is_alive()
     assert [type(e) for e in running.error] == [RuntimeError]
     assert committed(bootstrap, group, src) == {}
+
+
+def test_a_stopped_service_runs_again(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    bootstrap: str,
+) -> None:
+    """run() after stop() consumes again, and /readyz does not report the previous
+    run's assignment meanwhile. The stop() that ended the first run used to stay in
+    force: the second run() connected, logged "service started" and returned at once,
+    having consumed nothing."""
+    import threading
+
+    from tests.conftest import FAST_GROUP
+
+    src = topic_factory("orders")
+    group = unique("g")
+    handled: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+    service = Billing(bootstrap, kafka_config=FAST_GROUP)
+    for run in range(1, 3):
+        send_orders(src, 3)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        try:
+            if run == 2:
+                assert wait_for(lambda: service.health()["checks"]["running"])
+                assert not service.health()["checks"]["assigned"]
+            assert wait_for(lambda want=3 * run: len(handled) == want), f"run {run}: {handled}"
+            assert thread.is_alive(), f"run {run} returned before stop()"
+        finally:
+            service.stop()
+            thread.join(30)
+        assert not thread.is_alive()
+    assert handled == list(range(6))
+    assert committed(bootstrap, group, src) == {0: 6}
