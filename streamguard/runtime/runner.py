@@ -180,6 +180,10 @@ class ServiceRuntime:
             if loop is not None and loop_thread is not None:
                 loop.call_soon_threadsafe(loop.stop)
                 loop_thread.join(timeout=5)
+                if not loop_thread.is_alive():
+                    # Closed, not left to the collector: uvloop's loop is never
+                    # collected, and kept five descriptors per run (epoll, pipes).
+                    loop.close()
             restore()
             # The stop() that ended this run is spent: a later run() consumes again
             # (it returned at once, having consumed nothing, while the flag stayed set).
