@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from operator import methodcaller
 from typing import Any
 
+from streamguard.observe.untrusted import LogBudget
+
 SUBJECT = "sg-subject"
 VERSION = "sg-version"
 FINGERPRINT = "sg-fingerprint"
@@ -53,6 +55,10 @@ log = logging.getLogger("streamguard")
 # returns a value with an error set raises here. Called directly, the interpreter's
 # specialised call skips that check, and the error is raised at a later line.
 _headers = methodcaller("headers")
+# Any producer may write such a key on every record, and a line per record would let it
+# flood the logs (2,016 lines in 1.3 s for 4,000 records): at most LogBudget's rate of
+# lines, each saying how many were skipped before it.
+_unreadable_lines = LogBudget()
 
 
 def read(record: Record) -> list[tuple[str, bytes | None]]:
@@ -71,14 +77,16 @@ def read(record: Record) -> list[tuple[str, bytes | None]]:
         replace = getattr(record, "set_headers", None)
         if replace is not None:
             replace([])
-        log.warning(
-            "record headers unreadable (a header key that is not UTF-8); going on without them",
-            extra={
-                "partition": record.partition(),
-                "offset": record.offset(),
-                "error": type(exc.__cause__ or exc).__name__,
-            },
-        )
+        if _unreadable_lines.allow():
+            log.warning(
+                "record headers unreadable (a header key that is not UTF-8); going on without them",
+                extra={
+                    "partition": record.partition(),
+                    "offset": record.offset(),
+                    "error": type(exc.__cause__ or exc).__name__,
+                    "not_logged": _unreadable_lines.take_suppressed(),
+                },
+            )
         return []
 
 

@@ -50,6 +50,7 @@ class LogBudget:
         self._window_start = clock()
         self._used = 0
         self.suppressed = 0
+        self._reported = 0  # of ``suppressed``, already told by ``take_suppressed``
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
@@ -63,3 +64,9 @@ class LogBudget:
                 return True
             self.suppressed += 1
             return False
+
+    def take_suppressed(self) -> int:
+        """Lines suppressed since the last call: for the next line written to report."""
+        with self._lock:
+            taken, self._reported = self.suppressed - self._reported, self.suppressed
+            return taken

@@ -114,3 +114,47 @@ def test_the_dlq_tools_read_a_record_whose_header_key_is_not_utf8(
     produce_with_a_bad_header_key(bootstrap, dlq, ["not json"])
     assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]) == 0
     assert f"{dlq}: 1 dead-lettered record(s)" in capsys.readouterr().out
+
+
+class _Unreadable:
+    """A consumed record whose headers() fails as confluent-kafka's does on such a key."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def headers(self) -> Any:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    def set_headers(self, headers: list[Any]) -> None: ...
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_a_flood_of_unreadable_headers_logs_a_few_lines(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any producer may write such a key on every record: at most LogBudget's rate of
+    warnings, the later ones counting the lines skipped, not one line per record (a
+    flood of 4,000 records logged 2,016)."""
+    import logging
+
+    from streamguard import headers as h
+    from streamguard.observe.untrusted import LogBudget
+
+    now = [0.0]
+    monkeypatch.setattr(h, "_unreadable_lines", LogBudget(clock=lambda: now[0]), raising=False)
+    caplog.set_level(logging.WARNING, logger="streamguard")
+    for offset in range(500):
+        assert h.read(_Unreadable(offset)) == []
+    lines = [r for r in caplog.records if r.getMessage().startswith("record headers unreadable")]
+    assert len(lines) == 10
+    assert [r.not_logged for r in lines] == [0] * 10
+    now[0] = 60.0  # the next window
+    assert h.read(_Unreadable(500)) == []
+    last = [r for r in caplog.records if r.getMessage().startswith("record headers unreadable")]
+    assert len(last) == 11
+    assert last[-1].not_logged == 490
