@@ -127,5 +127,8 @@ class Assignment:
         lanes = list(self.lanes.values())
         self.lanes.clear()
         self.settle(lanes, self._options.shutdown_timeout)
+        # No partition is ours any more: a lag left set would stay frozen in the
+        # registry, which outlives the run (scraped, or the service run again).
+        self._forget([lane.partition for lane in lanes])
         self.closed = True
         self._give_up()  # handlers still running are given up on

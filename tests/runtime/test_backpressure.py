@@ -130,6 +130,42 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     assert second.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
 
 
+def test_a_stopped_service_reports_no_lag_for_partitions_it_gave_up(
+    send_orders: Callable[..., None],
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Shutdown forgets the lag of its partitions, as a revoke does. Left set, a gauge
+    stayed frozen in the registry, which outlives run(): scraped, or when the service
+    runs again and owns other partitions, it reported the lag of partitions that were
+    no longer its own."""
+    src = topic_factory("orders", partitions=2)
+    send_orders(src, 20, key=str)
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing)
+
+    def lag(partition: str) -> float | None:
+        return running.registry.get_sample_value(
+            "streamguard_consumer_lag",
+            {"runtime": "consumer", "topic": src, "partition": partition},
+        )
+
+    assert wait_for(lambda: lag("0") is not None and lag("1") is not None)
+    running.stop()
+    assert lag("0") is None
+    assert lag("1") is None
+
+
 # A retry wait far longer than any test: its partition stays paused while it is set.
 LONG_WAIT = RetryState(1, 0, 0.0, due=float("inf"))
 
