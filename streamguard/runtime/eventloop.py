@@ -362,6 +362,19 @@ class LoopRunner:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._cancel_all)
 
+    def barrier(self, timeout: float) -> None:
+        """Return once the loop has run what it was running, at most ``timeout`` later.
+
+        After the shutdown: a run whose handler crashed as the service stopped leaves
+        its lane idle and records the crash (``_crashed``) in the same step of the
+        loop, and the shutdown may have seen the first before the second.
+        """
+        if self.loop.is_closed() or not self.loop.is_running():
+            return
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(done.set)
+        done.wait(timeout)
+
     def shutdown(self) -> None:
         """The service stops: release the thread pool, and write the counts and times
         the loop still holds to the metrics (before the loop stops: callbacks run in

@@ -54,6 +54,9 @@ POLL_STALE_AFTER = 10.0
 CONNECT_WAIT = 0.5
 # The longest wait at start-up to make the DLQ topic on another cluster than the source's.
 DLQ_CREATE_WAIT = 5.0
+# After the shutdown, the longest wait for workers and the loop to record a handler's
+# crash (microseconds after its lane turned idle; only a stuck handler costs all of it).
+CRASH_RECORD_WAIT = 0.5
 
 
 class Hooks:
@@ -162,6 +165,11 @@ class ServiceRuntime:
                 poller.shutdown(
                     scheduler.stopping, options.revoke_timeout + options.shutdown_timeout
                 )
+                # A handler that crashed as the service stopped is recorded just after
+                # its lane turned idle: wait for that (bounded), so that run() raises it.
+                scheduler.await_workers(CRASH_RECORD_WAIT)
+                if self._loop_runner is not None:
+                    self._loop_runner.barrier(CRASH_RECORD_WAIT)
                 self._hooks.on_stop()
             if scheduler.failure is not None:  # a handler in flight crashed as it stopped
                 raise scheduler.failure

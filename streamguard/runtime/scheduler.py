@@ -179,6 +179,18 @@ class Scheduler:
         """Look again now: the event loop ran out of work and stopped polling."""
         self._wake.set()
 
+    def await_workers(self, timeout: float) -> None:
+        """Wait, at most ``timeout``, until no worker is active.
+
+        After the shutdown: a worker whose handler crashed as the service stopped
+        records it (``fail``) just after its lane turned idle, which is all the
+        shutdown waits for. Only a handler stuck past the shutdown wait costs the
+        whole ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while self.active_workers and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def fail(self, error: BaseException) -> None:
         """Stop the service; ``run()`` raises ``error`` (the first one, if several)."""
         if self.failure is None:
