@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
@@ -315,7 +316,8 @@ class GuardedAgent:
         producer Faust runs asks the cluster for it at once.
         """
         app = self.app
-        for _ in range(100):  # up to ~10 s
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
             with contextlib.suppress(Exception):  # the consumer is not started yet
                 partitions = app.consumer.topic_partitions(self.topic)
                 if partitions:
@@ -324,7 +326,8 @@ class GuardedAgent:
             ask = getattr(getattr(app.producer, "_producer", None), "partitions_for", None)
             if ask is not None:
                 with contextlib.suppress(Exception):  # not started, or no answer yet
-                    found = await asyncio.wait_for(ask(self.topic), 1.0)
+                    wait = max(0.1, min(1.0, deadline - time.monotonic()))
+                    found = await asyncio.wait_for(ask(self.topic), wait)
                     if found:
                         return len(found)
             await asyncio.sleep(0.1)

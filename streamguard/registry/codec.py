@@ -309,6 +309,16 @@ class RegistryCodec:
         A refusal is remembered too, for ``REFUSED_ID_SECONDS``: the records of an id
         the registry does not know are dead-lettered without asking it each time.
         """
+        # Answered from memory without the lock, which is held for the whole of a
+        # request: an event loop decoding a known or refused id must not wait behind
+        # another id's request (``unfetched``).
+        known = self._writers.get(schema_id)
+        if known is not None:
+            return known
+        now = time.monotonic()
+        refused = self._refused.get(schema_id)
+        if refused is not None and now < refused[0]:
+            raise DecodeError(refused[1])
         with self._lock:  # one request per id, however many workers ask at once
             known = self._writers.get(schema_id)
             if known is not None:

@@ -48,13 +48,15 @@ class LagMonitor:
         self._quiet_until = 0.0
 
     def update(self, lanes: Mapping[int, PartitionLane], paused: Collection[int] = ()) -> None:
-        asked = False
+        # One paused partition asked per update: the one asked longest ago, so that
+        # every paused partition is refreshed in turn, not the first few of them.
+        due = [p for p in paused if p in lanes]
+        if due:
+            self._ask(TopicPartition(self._topic, min(due, key=self._asked_at)))
         for part, lane in lanes.items():
             tp = TopicPartition(self._topic, part)
             try:
                 low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if part in paused and not asked:
-                    asked = self._ask(tp)
                 high = max(high, self._listed.get(part, -1))
                 done = lane.commit_position()
                 if done is None:
@@ -69,12 +71,15 @@ class LagMonitor:
                 continue  # no fetch response yet: the high watermark is unknown
             self._gauge.labels(self._topic, str(part)).set(max(0, high - done))
 
-    def _ask(self, tp: TopicPartition) -> bool:
-        """Ask the broker for a paused partition's high watermark, if it is time to;
-        True if a request was made."""
+    def _asked_at(self, partition: int) -> float:
+        """When the partition may be asked next (0 if never asked): the least is due first."""
+        return self._next_query.get(partition, 0.0)
+
+    def _ask(self, tp: TopicPartition) -> None:
+        """Ask the broker for a paused partition's high watermark, if it is time to."""
         now = self._clock()
         if now < self._quiet_until or now < self._next_query.get(tp.partition, 0.0):
-            return False
+            return
         self._next_query[tp.partition] = now + PAUSED_REFRESH
         try:
             marks = self._consumer.get_watermark_offsets(
@@ -86,7 +91,6 @@ class LagMonitor:
             self._quiet_until = now + PAUSED_REFRESH
         else:
             self._listed[tp.partition] = max(marks[1], self._listed.get(tp.partition, -1))
-        return True
 
     def _start_of(self, tp: TopicPartition, low: int) -> int | None:
         """The group's committed offset (one request per assignment), else the low mark."""

@@ -245,3 +245,43 @@ def test_refused_credentials_and_server_errors_wait_not_found_does_not() -> None
         assert is_unavailable(SchemaRegistryError(status, status * 100 + 1, "no"))
     assert not is_unavailable(SchemaRegistryError(404, 40403, "Schema not found"))
     assert not is_unavailable(SchemaRegistryError(409, 409, "incompatible"))
+
+
+def test_known_and_refused_ids_decode_while_another_id_is_fetched(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """The codec's lock is held for the whole of a registry request; an id already
+    fetched, or refused a moment ago, is answered from memory without waiting for it
+    (an event loop decodes those itself: ``unfetched`` says they need no request)."""
+    import threading
+    import time
+
+    from tests.registry.conftest import SlowRegistryClient
+
+    client.register_schema("p-value", avro(PaymentV1))
+    slow = SlowRegistryClient({"url": registry.url, "max.retries": 0})
+    codec = RegistryCodec(slow, wire_format="avro")
+    record = RegistryCodec(client, wire_format="avro").encoder(PaymentV1, "p")(
+        PaymentV1(payment_id="p", amount_cents=1)
+    )
+    decode = codec.decoder(PaymentV1)
+    decode(record)  # fetched: known from now on
+    with pytest.raises(DecodeError):
+        decode(framed(77, b"{}"))  # refused: remembered
+
+    def fetch_another() -> None:
+        with pytest.raises(DecodeError):
+            decode(framed(78, b""))
+
+    other = threading.Thread(target=fetch_another)
+    other.start()  # holds the lock for slow.delay
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert decode(record).payment_id == "p"
+        with pytest.raises(DecodeError, match="schema id 77"):
+            decode(framed(77, b"{}"))
+        assert time.monotonic() - started < slow.delay / 2
+    finally:
+        other.join(10)
+    assert slow.fetches == 3

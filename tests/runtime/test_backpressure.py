@@ -405,3 +405,33 @@ def test_a_cluster_that_does_not_answer_costs_one_lag_query_per_refresh() -> Non
         )
         == 6
     )
+
+
+def test_every_paused_partition_has_its_lag_asked_for_in_turn() -> None:
+    """With more paused partitions than updates in PAUSED_REFRESH, each is asked in
+    turn: before, the first paused ones fell due again first, and the others' lag was
+    never refreshed."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.lag import PAUSED_REFRESH, LagMonitor
+
+    asked: list[int] = []
+
+    class Answers:
+        def get_watermark_offsets(
+            self, tp: Any, timeout: float | None = None, cached: bool = False
+        ) -> tuple[int, int] | None:
+            if not cached:
+                asked.append(tp.partition)
+            return (0, 10)
+
+    now = [100.0]
+    monitor = LagMonitor(
+        cast(Consumer, Answers()), "t", ServiceMetrics(CollectorRegistry()), lambda: now[0]
+    )
+    lanes = {p: SimpleNamespace(commit_position=lambda: 4, first_fetched=4) for p in range(8)}
+    for _ in range(int(3 * PAUSED_REFRESH)):  # an update a second, as commit_interval's default
+        monitor.update(cast(Any, lanes), paused=set(lanes))
+        now[0] += 1.0
+    assert set(asked) == set(range(8))
