@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import _thread
 import io
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -357,14 +355,14 @@ class _StopsAtThird(Revalidator):
         super().__init__({"dlqtest.Order": OrderV2})
         self.stop = stop
         self.calls = 0
+        self.armed = False
 
     def problems(self, letter: DeadLetter) -> Any:
         self.calls += 1
         if self.calls == 3:
             if self.stop is not None:
                 raise self.stop
-            # Ctrl-C while the replay waits for --rate's schedule to send this record.
-            threading.Timer(0.1, _thread.interrupt_main).start()
+            self.armed = True  # Ctrl-C in the wait for --rate's schedule that comes next
         return []
 
 
@@ -379,14 +377,28 @@ def test_a_run_stopped_before_a_records_outcome_commits_short_of_it(
     dead_letters: Callable[..., list[Sent]],
     read_all: Callable[..., list[Message]],
     stop: BaseException | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Whatever stops a run while a record is being decided or paced leaves that record
     uncommitted: the next run sends it, and nothing is lost or sent twice."""
     orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
     dead_letters(dlq, [FIXABLE] * 5, original_topic=orders)
     expected = RegistryUnavailable if stop is not None else KeyboardInterrupt
+    revalidator = _StopsAtThird(stop)
+    sleep = time.sleep
+
+    def ctrl_c_when_armed(seconds: float) -> None:
+        # Ctrl-C as it lands in the rate's wait: deterministic, where a timer's signal
+        # arrived after a loaded machine had caught up with the schedule and sent on.
+        if revalidator.armed:
+            raise KeyboardInterrupt
+        sleep(seconds)
+
+    monkeypatch.setattr("streamguard.dlqtools.replay.time.sleep", ctrl_c_when_armed)
     with pytest.raises(expected):
-        replay(bootstrap, dlq, rate=2.0, revalidator=_StopsAtThird(stop))
+        # 0.5 a second: the third record's turn comes 4 s after the start, so the run
+        # waits for it even when reading the first records was slow.
+        replay(bootstrap, dlq, rate=0.5, revalidator=revalidator)
     assert committed(bootstrap, dlq, default_group(dlq)) == [2]
     assert replay(bootstrap, dlq).replayed == 3
     keys = [m.key() for m in read_all(orders, 6, timeout=4)]
