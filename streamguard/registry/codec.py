@@ -296,12 +296,23 @@ class RegistryCodec:
         """
         if data and data[0] == 0 and len(data) >= HEADER_SIZE:
             schema_id = int.from_bytes(data[1:5], "big")
-            if schema_id not in self._writers:
-                refused = self._refused.get(schema_id)
-                if refused is not None and time.monotonic() < refused[0]:
-                    return None  # answered from memory: decoding raises at once
+            if schema_id not in self._writers and self._refusal(schema_id) is None:
                 return functools.partial(self._writer, schema_id)
-        return None
+        return None  # decoding needs no request, or raises a remembered refusal at once
+
+    def _refusal(self, schema_id: int) -> str | None:
+        """Why the registry refused ``schema_id``, if it did less than
+        ``REFUSED_ID_SECONDS`` ago."""
+        refused = self._refused.get(schema_id)
+        return refused[1] if refused is not None and time.monotonic() < refused[0] else None
+
+    def _remembered(self, schema_id: int) -> tuple[str, Any] | None:
+        """The writer schema of an id already fetched, else None; raises the refusal of
+        an id refused a moment ago. Read without the lock: dict lookups are atomic."""
+        known = self._writers.get(schema_id)
+        if known is None and (why := self._refusal(schema_id)) is not None:
+            raise DecodeError(why)
+        return known
 
     def _writer(self, schema_id: int) -> tuple[str, Any]:
         """The writer schema of an id, fetched once (never one request per record).
@@ -312,21 +323,14 @@ class RegistryCodec:
         # Answered from memory without the lock, which is held for the whole of a
         # request: an event loop decoding a known or refused id must not wait behind
         # another id's request (``unfetched``).
-        known = self._writers.get(schema_id)
+        known = self._remembered(schema_id)
         if known is not None:
             return known
-        now = time.monotonic()
-        refused = self._refused.get(schema_id)
-        if refused is not None and now < refused[0]:
-            raise DecodeError(refused[1])
         with self._lock:  # one request per id, however many workers ask at once
-            known = self._writers.get(schema_id)
+            known = self._remembered(schema_id)  # another worker may have asked meanwhile
             if known is not None:
                 return known
             now = time.monotonic()
-            refused = self._refused.get(schema_id)
-            if refused is not None and now < refused[0]:
-                raise DecodeError(refused[1])
             try:
                 writer = _parse_writer(schema_id, self._fetch(schema_id))
             except DecodeError as exc:
