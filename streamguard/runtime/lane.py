@@ -64,7 +64,7 @@ class Pipeline(Protocol):
     def decode(self, value: bytes | None) -> Any: ...
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None: ...
     def invoke(self, event: Any, ctx: MessageContext) -> None: ...
-    def invoke_tombstone(self, ctx: MessageContext) -> bool: ...
+    def invoke_tombstone(self, ctx: MessageContext) -> None: ...
     def publish_dead_letter(self, msg: Record, failure: Failure, done: DeliveryReport) -> None: ...
     def record_batch(self, handled: int, durations: list[float], retries: int) -> None: ...
     def dead_lettered(self, msg: Record, failure: Failure) -> None: ...
@@ -302,25 +302,26 @@ class PartitionLane:
                 done += 1
                 if end >= fold_at:
                     fold_at = end + FOLD_EVERY
-                    self._fold(batch, done, handled, durations)
+                    self._fold(batch, done, handled, 0, durations)
                     handled = 0
         finally:
             self.retry = retry
             self.done_in_batch = done
-            if done:
-                with self.lock:
-                    self.offsets.advance(batch[done - 1].offset() + 1)
-            pipe.record_batch(handled, durations, retries)
-            breaker.succeeded(handled)
+            self._fold(batch, done, handled, retries, durations)
         return done
 
-    def _fold(self, batch: list[Record], done: int, handled: int, durations: list[float]) -> None:
-        """Mid-batch: the first ``done`` records of ``batch`` are final or held (a retry
-        ends the batch, so there is none to count here)."""
-        with self.lock:
-            self.offsets.advance(batch[done - 1].offset() + 1)
-            self.in_hand = len(batch) - done
-        self.pipeline.record_batch(handled, durations, 0)
+    def _fold(
+        self, batch: list[Record], done: int, handled: int, retries: int, durations: list[float]
+    ) -> None:
+        """Count what the first ``done`` records of ``batch`` came to (each final, or
+        held until its dead letter is acknowledged): the offsets they pass, the records
+        still in hand, the metrics and the breaker's successes. Mid-batch, and at its
+        end (a retry ends the batch)."""
+        if done:
+            with self.lock:
+                self.offsets.advance(batch[done - 1].offset() + 1)
+                self.in_hand = len(batch) - done
+        self.pipeline.record_batch(handled, durations, retries)
         self.pipeline.breaker.succeeded(handled)
         durations.clear()  # the same list: _process appends through its bound method
 

@@ -78,12 +78,11 @@ class Pipeline:
         self._on_dead_letter = spec.on_dead_letter
         self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
 
-    def invoke_tombstone(self, ctx: MessageContext) -> bool:
-        """Run the tombstone handler; False when the service has none (dead-letter it)."""
-        if self._tombstone is None:
-            return False
+    def invoke_tombstone(self, ctx: MessageContext) -> None:
+        """Run the tombstone handler; lanes call it only when ``handles_tombstones``
+        (without one, a tombstone is decoded, and dead-lettered as undecodable)."""
+        assert self._tombstone is not None
         self._tombstone(ctx)
-        return True
 
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None:
         """Report drift; return it as an error when the policy dead-letters drift."""
