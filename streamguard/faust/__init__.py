@@ -13,14 +13,12 @@ Needs the ``faust`` extra: ``pip install -e '.[faust]'`` in a streamguard checko
 
 from __future__ import annotations
 
+from streamguard.errors import extra_hint
+
 try:
     import faust as _faust  # noqa: F401  # only to fail early with an install hint
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "streamguard.faust needs faust-streaming: install the faust extra from the "
-        "streamguard checkout, pip install -e '.[faust]' (not from PyPI, whose "
-        "'streamguard' is an unrelated project)"
-    ) from exc
+    raise ImportError(f"streamguard.faust needs faust-streaming: {extra_hint('faust')}") from exc
 
 from streamguard.faust.agent import GuardedAgent, guarded_agent
 

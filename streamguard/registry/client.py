@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
-from streamguard.errors import ConfigurationError, RegistryUnavailable
+from streamguard.errors import ConfigurationError, RegistryUnavailable, extra_hint
 from streamguard.settings import redact, redact_url
 
 REGISTRY_URL_ENV = "STREAMGUARD_SCHEMA_REGISTRY_URL"
@@ -89,9 +89,7 @@ def new_client(config: Mapping[str, Any]) -> Any:
         from confluent_kafka.schema_registry import SchemaRegistryClient
     except ImportError as exc:  # httpx/authlib/attrs/cachetools come with the extra
         raise ConfigurationError(
-            "schema registry support needs its extra: install it from the streamguard "
-            "checkout, pip install -e '.[registry]' (not from PyPI, whose 'streamguard' is "
-            f"an unrelated project) ({exc})"
+            f"schema registry support needs its extra: {extra_hint('registry')} ({exc})"
         ) from None
     try:
         return SchemaRegistryClient({**CLIENT_DEFAULTS, **config})
