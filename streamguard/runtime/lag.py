@@ -50,9 +50,9 @@ class LagMonitor:
     def update(self, lanes: Mapping[int, PartitionLane], paused: Collection[int] = ()) -> None:
         # One paused partition asked per update: the one asked longest ago, so that
         # every paused partition is refreshed in turn, not the first few of them.
-        due = [p for p in paused if p in lanes]
-        if due:
-            self._ask(TopicPartition(self._topic, min(due, key=self._asked_at)))
+        ours = [p for p in paused if p in lanes]
+        if ours:
+            self._ask(TopicPartition(self._topic, min(ours, key=self._next_query_at)))
         for part, lane in lanes.items():
             tp = TopicPartition(self._topic, part)
             try:
@@ -71,14 +71,14 @@ class LagMonitor:
                 continue  # no fetch response yet: the high watermark is unknown
             self._gauge.labels(self._topic, str(part)).set(max(0, high - done))
 
-    def _asked_at(self, partition: int) -> float:
+    def _next_query_at(self, partition: int) -> float:
         """When the partition may be asked next (0 if never asked): the least is due first."""
         return self._next_query.get(partition, 0.0)
 
     def _ask(self, tp: TopicPartition) -> None:
         """Ask the broker for a paused partition's high watermark, if it is time to."""
         now = self._clock()
-        if now < self._quiet_until or now < self._next_query.get(tp.partition, 0.0):
+        if now < self._quiet_until or now < self._next_query_at(tp.partition):
             return
         self._next_query[tp.partition] = now + PAUSED_REFRESH
         try:
