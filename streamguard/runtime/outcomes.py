@@ -140,7 +140,12 @@ def judge(
             return Failure(exc.reason, exc)  # type: ignore[arg-type]  # a DecodeError reason
         return Failure("contract_violation", exc)
     failed_before = retry is not None and retry.attempt > 0
-    first_ms = retry.first_failure_ms if retry and failed_before else int(time.time() * 1000)
+    # The time of its first failure (sg-dlq-first-failure-ms) survives a failed probe
+    # or a registry wait, which give their attempt back; a state parked before any
+    # failure has none (0).
+    first_ms = (
+        retry.first_failure_ms if retry and retry.first_failure_ms else int(time.time() * 1000)
+    )
     if isinstance(exc, RegistryUnavailable):
         if breaker is not None:
             breaker.release_probe()

@@ -311,3 +311,28 @@ def test_a_message_that_recovered_no_longer_counts_as_failing() -> None:
     assert not b.outage_suspected((0, 1), since)
     b.failed((1, 0))  # a second message failing now: maybe an outage after all
     assert b.outage_suspected((0, 1), since)
+
+
+def test_a_failed_probe_keeps_the_time_of_the_first_failure() -> None:
+    """A probe that fails gives its attempt back (attempt 0) but not the epoch time of
+    the message's first failure: its dead letter's sg-dlq-first-failure-ms says when it
+    first failed, not when it last probed."""
+    b, clock, _ = breaker(min_calls=2, cool_down=10.0)
+    policy = sg.RetryPolicy(attempts=3)
+    b.failed((0, 1))
+    b.failed((1, 1))  # open
+    clock.now += 10
+    assert gate(b, None, clock.now, (0, 5)) is None  # (0, 5) probes
+    probed = judge(TimeoutError(), 1, None, policy, (TimeoutError,), clock.now, b, (0, 5))
+    assert isinstance(probed, RetryState)
+    assert probed.attempt == 0
+    probed.first_failure_ms = 5  # as if it first failed long ago
+    clock.now += 11  # past the cool-down and the other messages' turn to probe
+    assert gate(b, probed, clock.now, (0, 5)) is None  # probes again
+    failed = judge(TimeoutError(), 1, probed, policy, (TimeoutError,), clock.now, b, (0, 5))
+    assert isinstance(failed, RetryState)
+    assert failed.first_failure_ms == 5
+    b.succeeded(10)  # the dependency is back: the breaker closes
+    last = judge(ValueError(), 1, failed, policy, (TimeoutError,), clock.now, b, (0, 5))
+    assert isinstance(last, sg.Failure)
+    assert last.first_failure_ms == 5
