@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from streamguard.errors import ConfigurationError, RegistryUnavailable, extra_hint
 from streamguard.settings import redact, redact_url
@@ -92,10 +93,31 @@ def new_client(config: Mapping[str, Any]) -> Any:
             f"schema registry support needs its extra: {extra_hint('registry')} ({exc})"
         ) from None
     try:
-        return SchemaRegistryClient({**CLIENT_DEFAULTS, **config})
+        return SchemaRegistryClient({**CLIENT_DEFAULTS, **_credentials_out_of_url(config)})
     except (ValueError, TypeError) as exc:
         shown = redact_registry_config(config)
         raise ConfigurationError(f"invalid schema registry config {shown}: {exc}") from None
+
+
+def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` with a URL's ``user:password@`` moved to ``basic.auth.user.info``.
+
+    The client authenticates with the first URL's userinfo either way, but it sends its
+    requests to the URLs as given, and its HTTP library logs every request's URL at
+    INFO: with the credentials in it, ``streamguard run`` wrote the password in clear on
+    every registry request. A config that also sets ``basic.auth.user.info`` is left
+    for the client to refuse, as it does.
+    """
+    url = config.get("url")
+    if not isinstance(url, str) or "@" not in url or "basic.auth.user.info" in config:
+        return config
+    urls = [urlsplit(one.strip()) for one in url.split(",")]
+    first = urls[0]
+    if first.username is None or first.password is None:
+        return config  # no password: nothing to hide, and the client sends no auth
+    user, password = unquote(first.username), unquote(first.password or "")
+    bare = ",".join(urlunsplit(one._replace(netloc=one.netloc.rpartition("@")[2])) for one in urls)
+    return {**config, "url": bare, "basic.auth.user.info": f"{user}:{password}"}
 
 
 def registry_error_code(exc: BaseException) -> int | None:

@@ -3,7 +3,11 @@ registry become."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import logging
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -128,6 +132,46 @@ def test_unreachable_registry_is_transient(registry: RegistryServer) -> None:
         codec.decode(framed(1, b"{}"), PaymentV1)
     assert isinstance(info.value, sg.TransientError)
     assert SECRET not in str(info.value)
+
+
+def test_credentials_in_the_registry_url_are_sent_but_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A registry URL's ``user:password@`` still authenticates every request, and the
+    password appears in no log line (the HTTP client logs each request's URL at INFO,
+    which ``streamguard run`` shows)."""
+    seen: list[str | None] = []
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"error_code": 40403, "message": "Schema not found"}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            """Quiet: the test reads the records of the code under test only."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        caplog.set_level(logging.DEBUG)
+        url = f"http://bob:{SECRET}@127.0.0.1:{server.server_address[1]}"
+        codec = RegistryCodec({"url": url}, wire_format="json")
+        with pytest.raises(DecodeError, match="schema id 9 is unknown"):
+            codec.decode(framed(9, b"{}"), PaymentV1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    token = base64.b64encode(f"bob:{SECRET}".encode()).decode()
+    assert seen == [f"Basic {token}"]
+    assert caplog.records, "the client logged no request: nothing was checked"
+    assert SECRET not in caplog.text
 
 
 def test_unresolvable_writer_is_a_decode_error_naming_the_id(
