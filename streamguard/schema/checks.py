@@ -77,17 +77,19 @@ def check_contract(
     schema, suffix, fmt = current_schema(contract)
     if version in stored:
         stored_fp = schema_fingerprint(store.load(subject, version))
-        # An Avro contract's .avsc keeps its fields' order, which its binary encoding
-        # and fingerprint depend on and the sorted JSON Schema does not show.
-        same_avro = (
-            fmt != "avro"
-            or not store.has(subject, version, suffix)
-            or (
-                schema_fingerprint(store.load(subject, version, suffix))
-                == schema_fingerprint(schema)
-            )
+        # The wire format is part of the version: a stored .avsc says the version was
+        # written as Avro. Switching __wire_format__ without a bump leaves the JSON
+        # Schema (and sg-fingerprint) as it was, while every consumer of the version
+        # fails to decode the new records. An Avro contract's .avsc also keeps its
+        # fields' order, which its binary encoding and fingerprint depend on and the
+        # sorted JSON Schema does not show.
+        stored_avro = store.has(subject, version, ".avsc")
+        same_wire = stored_avro == (fmt == "avro") and (
+            not stored_avro
+            or schema_fingerprint(store.load(subject, version, ".avsc"))
+            == schema_fingerprint(schema)
         )
-        if stored_fp == contract.fingerprint() and same_avro:
+        if stored_fp == contract.fingerprint() and same_wire:
             result.changed = False
         else:
             change = Change((), "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP", BOTH)

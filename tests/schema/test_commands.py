@@ -430,6 +430,33 @@ def test_reordering_an_avro_contracts_fields_is_a_change(
     assert "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP" in out
 
 
+JSON_PAY = AVRO_PAY.replace('    __wire_format__ = "avro"\n', "")
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(JSON_PAY, AVRO_PAY), (AVRO_PAY, JSON_PAY)],
+    ids=["json-to-avro", "avro-to-json"],
+)
+def test_switching_the_wire_format_without_a_bump_is_a_change(
+    project_factory: Callable[[], Project], cli: Cli, before: str, after: str
+) -> None:
+    """A version stored as JSON and now Avro, or the reverse, fails check and is not
+    registered over: its JSON Schema and sg-fingerprint are unchanged, yet consumers of
+    that version cannot decode the new records (check passed, and register called it
+    unchanged and never stored the .avsc)."""
+    project = project_factory()
+    project.contracts(before)
+    assert cli("schema", "register")[0] == 0
+    project.contracts(after)
+    code, out, _ = cli("schema", "check", "--mode", "NONE")
+    assert code == 1
+    assert "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP" in out
+    code, _, err = cli("schema", "register")
+    assert code == 1
+    assert "bump __version__ to 2" in err
+
+
 def test_two_contracts_of_one_subject_and_version_are_refused(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
