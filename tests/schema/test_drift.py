@@ -99,6 +99,18 @@ def test_unknown_fields_after_leading_whitespace() -> None:
     assert kinds == ("unknown_fingerprint", "unknown_fields")
 
 
+def test_unknown_fields_in_confluent_framed_json() -> None:
+    """JSON after the Confluent framing (00 and a schema id), as Confluent's
+    JSONSerializer writes it and a registry service reads it, is looked at too: its
+    undeclared keys went uncounted while the same record unframed counted them."""
+    framed = b"\x00\x00\x00\x00\x07" + json.dumps({**json.loads(VALUE), "extra": 1}).encode()
+    assert DriftDetector(Signup).inspect(None, framed) == ("no_schema_headers", "unknown_fields")
+    assert DriftDetector(Signup).inspect(None, b"\x00\x00\x00\x00\x07" + VALUE) == (
+        "no_schema_headers",
+    )
+    assert DriftDetector(Signup).inspect(None, b"\x00\x00\x01") == ("no_schema_headers",)
+
+
 def test_known_fields_only_is_not_unknown_fields() -> None:
     """A value with only declared keys (and nulls) does not report unknown_fields."""
     value = json.dumps({"user": "u", "address": {"city": "c"}, "home": None}).encode()
