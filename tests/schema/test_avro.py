@@ -191,3 +191,37 @@ def test_missing_field_reports_path_and_rule() -> None:
     [change] = breaking(changes, "BACKWARD")
     assert (change.rule, change.field_path) == ("FIELD_ADDED_WITHOUT_DEFAULT", "n")
     assert "default" in change.hint
+
+
+def test_an_enum_class_may_become_nullable_and_an_inline_literal_may_not() -> None:
+    """What docs/schema-compatibility.md tells a team about nullable Avro enums: an
+    ``Enum`` class keeps its name inside the union, an inline ``Literal`` does not
+    (``Order_currency`` becomes ``Order_currency_0``), and Avro resolves enums by name."""
+    from enum import StrEnum
+
+    class Currency(StrEnum):
+        EUR = "EUR"
+        USD = "USD"
+
+    def derived(annotation: Any, *, nullable: bool) -> Any:
+        kind = annotation | None if nullable else annotation
+        model = type(
+            "Order",
+            (sg.Contract,),
+            {
+                "__subject__": "shop.Order",
+                "__version__": 1,
+                "__wire_format__": "avro",
+                "__annotations__": {"currency": kind},
+                **({"currency": None} if nullable else {}),
+            },
+        )
+        return contract_avro_schema(model)
+
+    before, after = derived(Currency, nullable=False), derived(Currency, nullable=True)
+    assert verdict(before, after, "BACKWARD")
+    literal = Literal["EUR", "USD"]
+    before, after = derived(literal, nullable=False), derived(literal, nullable=True)
+    assert after["fields"][0]["type"][1]["name"] == "Order_currency_0"
+    assert not verdict(before, after, "BACKWARD")
+    assert "TYPE_CHANGED" in {f.rule for f in compare_avro_schemas(before, after)}
