@@ -6,6 +6,17 @@ partition is not fetched, though, so its cached mark stays where the pause found
 while records keep arriving: for those, the broker is asked (ListOffsets), one paused
 partition per update and each at most every ``PAUSED_REFRESH`` seconds, and the higher
 of both marks is used (ListOffsets can be low on the embedded broker, never high).
+
+``update`` runs in the maintenance tick, on whichever thread polls, and makes no
+request: it sets the gauge from what is known and says (``due``) when a request is
+wanted. ``refresh`` makes it, on the scheduler's supervisor. A request waits for the
+cluster, up to its timeout when the cluster does not answer, and in an async service
+the tick often runs on the event loop, which stalled for that long with every handler
+on it. Another thread of its own would not help: confluent-kafka (2.16) lets one thread
+at a time into a consumer's calls, so the loop's next poll would wait for the request.
+The supervisor holds the poll lock meanwhile, and the others' polls skip rather than
+wait: the workers and the loop go on with their records, unfetched for that long.
+
 State (where counting starts for a partition with no outcome yet, the marks asked for)
 belongs to this object and is touched only by the thread holding the poll lock.
 """
@@ -21,11 +32,12 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.lane import PartitionLane
 
-# Seconds between two ListOffsets of one paused partition, and after one that failed
-# before the next of any: a cluster that does not answer costs the poll thread one
-# PAUSED_QUERY_WAIT per this many seconds, not one per update.
+# Seconds between two ListOffsets of one paused partition, and after a request that
+# failed before the next of any: a cluster that does not answer costs the supervisor
+# one request's timeout per this many seconds, not one per update.
 PAUSED_REFRESH = 5.0
 PAUSED_QUERY_WAIT = 0.5
+COMMITTED_QUERY_WAIT = 2.0
 
 
 class LagMonitor:
@@ -42,34 +54,58 @@ class LagMonitor:
         self._topic = topic
         self._gauge = metrics.consumer_lag
         self._clock = clock
-        self._start: dict[int, int] = {}
+        # The group's committed offset of each partition, None if it has none (counting
+        # then starts at the low mark); asked once per assignment.
+        self._committed: dict[int, int | None] = {}
+        self._unstarted: set[int] = set()  # the group's offset is wanted
+        self._paused: list[int] = []  # the paused partitions the last update saw
         self._listed: dict[int, int] = {}  # high marks ListOffsets gave for paused partitions
         self._next_query: dict[int, float] = {}
         self._quiet_until = 0.0
+        self.due = False  # ``refresh`` has a request to make
 
     def update(self, lanes: Mapping[int, PartitionLane], paused: Collection[int] = ()) -> None:
-        # One paused partition asked per update: the one asked longest ago, so that
-        # every paused partition is refreshed in turn, not the first few of them.
-        ours = [p for p in paused if p in lanes]
-        if ours:
-            self._ask(TopicPartition(self._topic, min(ours, key=self._next_query_at)))
+        """Set the gauge from the cached marks and the answers so far (no request)."""
+        self._paused = [p for p in paused if p in lanes]
         for part, lane in lanes.items():
             tp = TopicPartition(self._topic, part)
             try:
                 low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                high = max(high, self._listed.get(part, -1))
-                done = lane.commit_position()
-                if done is None:
-                    # Nothing reached an outcome since the assignment: what came before
-                    # the first fetched record was done by a previous owner.
-                    done = lane.first_fetched
-                if done is None:
-                    done = self._start_of(tp, low)
             except KafkaException:
                 continue
+            high = max(high, self._listed.get(part, -1))
+            done = lane.commit_position()
+            if done is None:
+                # Nothing reached an outcome since the assignment: what came before
+                # the first fetched record was done by a previous owner.
+                done = lane.first_fetched
+            if done is None:
+                done = self._start_of(part, low)
             if high < 0 or done is None:
                 continue  # no fetch response yet: the high watermark is unknown
             self._gauge.labels(self._topic, str(part)).set(max(0, high - done))
+        now = self._clock()
+        self.due = now >= self._quiet_until and (
+            bool(self._unstarted) or any(now >= self._next_query_at(p) for p in self._paused)
+        )
+
+    def refresh(self, lanes: Mapping[int, PartitionLane]) -> None:
+        """Make the requests the last update found due; the next update uses the answers.
+
+        Call with the poll lock held, from a thread that may wait (the supervisor):
+        each request may take up to its timeout.
+        """
+        self.due = False
+        for part in sorted(self._unstarted):
+            tp = TopicPartition(self._topic, part)
+            if part in lanes and part not in self._committed and not self._ask_start(tp):
+                return  # the cluster does not answer: ask nothing more for now
+        self._unstarted.clear()
+        # One paused partition per update: the one asked longest ago, so that every
+        # paused partition is refreshed in turn, not the first few of them.
+        ours = [p for p in self._paused if p in lanes]
+        if ours:
+            self._ask(TopicPartition(self._topic, min(ours, key=self._next_query_at)))
 
     def _next_query_at(self, partition: int) -> float:
         """When the partition may be asked next (0 if never asked): the least is due first."""
@@ -92,23 +128,35 @@ class LagMonitor:
         else:
             self._listed[tp.partition] = max(marks[1], self._listed.get(tp.partition, -1))
 
-    def _start_of(self, tp: TopicPartition, low: int) -> int | None:
-        """The group's committed offset (one request per assignment), else the low mark."""
-        start = self._start.get(tp.partition)
-        if start is None:
-            (committed,) = self._consumer.committed([tp], timeout=2.0)
-            if committed.offset >= 0:
-                start = int(committed.offset)
-            elif low >= 0:
-                start = low
-            if start is not None:
-                self._start[tp.partition] = start
-        return start
+    def _start_of(self, partition: int, low: int) -> int | None:
+        """The group's committed offset (asked once per assignment), else the low mark;
+        None until the group's offset is known (the next ``refresh`` asks for it)."""
+        if partition not in self._committed:
+            self._unstarted.add(partition)
+            return None
+        committed = self._committed[partition]
+        if committed is not None:
+            return committed
+        return low if low >= 0 else None
+
+    def _ask_start(self, tp: TopicPartition) -> bool:
+        """Ask for the group's committed offset; False if the cluster did not answer."""
+        now = self._clock()
+        if now < self._quiet_until:
+            return False
+        try:
+            (committed,) = self._consumer.committed([tp], timeout=COMMITTED_QUERY_WAIT)
+        except KafkaException:
+            self._quiet_until = now + PAUSED_REFRESH
+            return False
+        self._committed[tp.partition] = committed.offset if committed.offset >= 0 else None
+        return True
 
     def forget(self, partitions: Iterable[int]) -> None:
         """A partition that is no longer ours must not keep reporting a stale lag."""
         for part in partitions:
-            self._start.pop(part, None)
+            self._committed.pop(part, None)
+            self._unstarted.discard(part)
             self._listed.pop(part, None)
             self._next_query.pop(part, None)
             with contextlib.suppress(KeyError):

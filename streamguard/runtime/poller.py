@@ -3,7 +3,8 @@
 Whoever holds ``lock`` may talk to the consumer; there is no dedicated poll thread.
 Workers poll between batches and the scheduler's supervisor polls when none does (see
 ``scheduler``). Every poll runs the maintenance tick: delivery reports of dead letters,
-flow control, DLQ retries, and on its interval the commit and the lag gauge. Since
+flow control, DLQ retries, and on its interval the commit and the lag gauge (whose
+broker requests the supervisor makes, ``refresh_lag``). Since
 handlers never run inside a poll, a slow handler cannot make the consumer miss
 ``max.poll.interval.ms`` and get evicted from its group.
 """
@@ -104,6 +105,17 @@ class Poller:
             self.committer.commit(lanes.values(), asynchronous=True)
             self._lag.update(lanes, self.flow.paused)
         return claimed
+
+    @property
+    def lag_due(self) -> bool:
+        """The lag gauge wants a broker request (see ``refresh_lag``)."""
+        return self._lag.due
+
+    def refresh_lag(self) -> None:
+        """Make the lag gauge's broker requests. Call with ``lock`` held, on the
+        supervisor only: a request may wait up to its timeout for the cluster (see
+        ``lag``), which the tick, on a worker or the event loop, must never do."""
+        self._lag.refresh(self.assignment.lanes)
 
     def _dispatch(self, msgs: list[Record]) -> list[PartitionLane]:
         # Without errors, the batch is split by mapping the C methods over it: 0.03 µs

@@ -14,6 +14,10 @@ An event loop whose handlers all wait on I/O cannot poll itself (see ``eventloop
 while the supervisor's polls for it keep fetching, it polls again at once instead of
 after ``FALLBACK_POLL_GAP``.
 
+The supervisor also makes the lag gauge's broker requests (``Poller.refresh_lag``),
+which may wait for the cluster up to their timeout: meanwhile the workers' and the event
+loop's polls skip, and their handlers go on.
+
 A worker with nothing to do parks until the supervisor needs one again, instead of
 ending: at a low input rate every fetch needs a worker, and starting a thread for each
 took a third of the service's CPU (at 1,000 records a second, 10 ms apart in batches).
@@ -113,6 +117,13 @@ class Scheduler:
         while not self.stopping.is_set():
             if self.failure is not None:
                 raise self.failure
+            if poller.lag_due:
+                # Requests that may wait for the cluster: here, never in a worker's or
+                # the event loop's poll. Theirs skip while this holds the lock.
+                with poller.lock:
+                    if self.stopping.is_set():
+                        break
+                    poller.refresh_lag()
             now = time.monotonic()
             waited = self._oldest_ready_wait(now)
             active = self.active_workers + self._loop_busy()

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.runtime.flow import REFETCH_AHEAD, FlowControl
+from streamguard.runtime.lag import LagMonitor
 from streamguard.runtime.outcomes import RetryState
 from streamguard.runtime.service import CONSUMER_DEFAULTS
 from tests.conftest import fast_group_config
@@ -369,13 +370,20 @@ def test_consumer_lag_of_a_paused_partition_grows_with_what_arrives(
     assert running.metric("streamguard_paused_partitions", topic=src) == 1
 
 
+def tick(monitor: LagMonitor, lanes: Any, paused: set[int]) -> None:
+    """The runtime's order: the tick's update, then the supervisor's requests if due."""
+    monitor.update(lanes, paused)
+    if monitor.due:
+        monitor.refresh(lanes)
+
+
 def test_a_cluster_that_does_not_answer_costs_one_lag_query_per_refresh() -> None:
-    """While ListOffsets gets no answer, the poll thread waits for one paused
+    """While ListOffsets gets no answer, the supervisor waits for one paused
     partition's query per PAUSED_REFRESH, not for one per partition and update."""
     from prometheus_client import CollectorRegistry
 
     from streamguard.observe.metrics import ServiceMetrics
-    from streamguard.runtime.lag import PAUSED_REFRESH, LagMonitor
+    from streamguard.runtime.lag import PAUSED_REFRESH
 
     asked: list[int] = []
 
@@ -393,11 +401,11 @@ def test_a_cluster_that_does_not_answer_costs_one_lag_query_per_refresh() -> Non
     monitor = LagMonitor(cast(Consumer, Away()), "t", ServiceMetrics(registry), lambda: now[0])
     lanes = {p: SimpleNamespace(commit_position=lambda: 4, first_fetched=4) for p in range(6)}
     for _ in range(10):
-        monitor.update(cast(Any, lanes), paused=set(lanes))
+        tick(monitor, cast(Any, lanes), paused=set(lanes))
         now[0] += 0.5
     assert asked == [0]
     now[0] += PAUSED_REFRESH
-    monitor.update(cast(Any, lanes), paused=set(lanes))
+    tick(monitor, cast(Any, lanes), paused=set(lanes))
     assert len(asked) == 2
     assert (
         registry.get_sample_value(
@@ -414,7 +422,7 @@ def test_every_paused_partition_has_its_lag_asked_for_in_turn() -> None:
     from prometheus_client import CollectorRegistry
 
     from streamguard.observe.metrics import ServiceMetrics
-    from streamguard.runtime.lag import PAUSED_REFRESH, LagMonitor
+    from streamguard.runtime.lag import PAUSED_REFRESH
 
     asked: list[int] = []
 
@@ -432,6 +440,6 @@ def test_every_paused_partition_has_its_lag_asked_for_in_turn() -> None:
     )
     lanes = {p: SimpleNamespace(commit_position=lambda: 4, first_fetched=4) for p in range(8)}
     for _ in range(int(3 * PAUSED_REFRESH)):  # an update a second, as commit_interval's default
-        monitor.update(cast(Any, lanes), paused=set(lanes))
+        tick(monitor, cast(Any, lanes), paused=set(lanes))
         now[0] += 1.0
     assert set(asked) == set(range(8))
