@@ -60,7 +60,9 @@ class RetryPolicy:
 
     def backoff_cap(self, attempt: int) -> float:
         """The upper bound of the wait after failed attempt ``attempt`` (1-based)."""
-        return float(min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+        # The exponent capped: past 2**1023 the product overflows a float, and a
+        # policy of thousands of attempts crashed its service mid-retry.
+        return float(min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 62)))
 
     def next_delay(self, attempt: int, elapsed_ms: float) -> float | None:
         """Seconds to wait before the next try after ``attempt`` failed, or None to stop.

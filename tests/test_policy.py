@@ -22,6 +22,16 @@ def test_backoff_cap_doubles_up_to_max_delay() -> None:
     assert [policy.backoff_cap(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
 
 
+def test_many_attempts_never_overflow_the_backoff() -> None:
+    """A policy of thousands of attempts: the doubling stops at max_delay instead of
+    overflowing a float (which crashed the service around attempt 1,025)."""
+    policy = sg.RetryPolicy(attempts=10_000, base_delay=0.1, max_delay=2.0, max_budget_ms=10**9)
+    assert policy.backoff_cap(1_100) == 2.0
+    delay = policy.next_delay(5_000, 0.0)
+    assert delay is not None
+    assert 0.0 <= delay <= 2.0
+
+
 def test_delays_are_full_jitter_within_the_cap() -> None:
     """Each delay is drawn from [0, cap], and the draws actually vary."""
     policy = seeded(attempts=100, base_delay=0.1, max_delay=1.0, max_budget_ms=10**9)
