@@ -93,9 +93,14 @@ class _Deriver:
             raise _untyped(hint)
         branches = resolved.get("anyOf") or resolved.get("oneOf")
         if isinstance(branches, list):
+            # The one branch of `X | None` keeps the field's name: an inline enum renamed
+            # when its field became nullable would no longer resolve (Avro matches named
+            # types by name), and that widening would read as a type change.
+            null = {"type": "null"}
+            single = sum(1 for b in branches if self.doc.resolve(b) != null) == 1
             mapped: list[Any] = []
             for i, branch in enumerate(branches):
-                avro = self.type_of(branch, f"{name}_{i}")
+                avro = self.type_of(branch, name if single else f"{name}_{i}")
                 if avro not in mapped:
                     mapped.append(avro)
             if "null" in mapped:  # null first, so that `= None` is a valid default
