@@ -21,8 +21,8 @@ from streamguard.devbroker import DevBroker
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.lag import LagMonitor
 from streamguard.topics import create_topics
-from tests.conftest import FAST_GROUP
-from tests.runtime.conftest import Running, order, wait_for
+from tests.faults.workload import start
+from tests.runtime.conftest import order, wait_for
 
 # The loop's timer ticks this often; a stall shows as a longer gap between two ticks.
 TICK = 0.005
@@ -112,7 +112,13 @@ def test_a_cluster_that_does_not_answer_does_not_stall_the_event_loop(
             attempts.append(ctx.attempt)
             raise ConnectionError("the database is down")
 
-    running = _start(Billing, bootstrap)
+    # librdkafka gives up its assignment when the coordinator has not answered for a
+    # session timeout: the suspension must end before that, with the partition still ours.
+    running = start(
+        Billing,
+        bootstrap,
+        kafka_config={"session.timeout.ms": 10_000, "heartbeat.interval.ms": 1000},
+    )
     try:
 
         def lag() -> float:
@@ -138,25 +144,6 @@ def test_a_cluster_that_does_not_answer_does_not_stall_the_event_loop(
         time.sleep(2 * TICK)  # ended before the service's loop stops
         running.stop()
     assert not running.error, running.error
-
-
-def _start(cls: type[sg.ConsumerService], bootstrap: str) -> Running:
-    registry = CollectorRegistry()
-    # librdkafka gives up its assignment when the coordinator has not answered for a
-    # session timeout: the suspension must end before that, with the partition still ours.
-    config = {**FAST_GROUP, "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1000}
-    service = cls(bootstrap_servers=bootstrap, kafka_config=config, registry=registry)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            service.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return Running(service, thread, errors, registry)
 
 
 def test_the_tick_makes_no_broker_request_and_the_supervisor_makes_them() -> None:
