@@ -158,19 +158,11 @@ class ServiceRuntime:
                 scheduler.stopping.set()
             try:
                 scheduler.run()
-            finally:
-                # Also on failure: settle, commit, stop the workers; and on_stop, which
-                # releases what on_start acquired, whatever ended the run.
-                options = spec.options
-                poller.shutdown(
-                    scheduler.stopping, options.revoke_timeout + options.shutdown_timeout
-                )
-                # A handler that crashed as the service stopped is recorded just after
-                # its lane turned idle: wait for that (bounded), so that run() raises it.
-                scheduler.await_workers(CRASH_RECORD_WAIT)
-                if self._loop_runner is not None:
-                    self._loop_runner.barrier(CRASH_RECORD_WAIT)
-                self._hooks.on_stop()
+            except BaseException:
+                # Also on failure: settle, commit, stop the workers, call on_stop.
+                self._wind_down(poller, scheduler, failing=True)
+                raise
+            self._wind_down(poller, scheduler, failing=False)
             if scheduler.failure is not None:  # a handler in flight crashed as it stopped
                 raise scheduler.failure
             if self._publisher is not None:
@@ -198,6 +190,31 @@ class ServiceRuntime:
             self._stop_requested.clear()
             self._running = False
             log.info("service stopped", extra={"service": spec.name})
+
+    def _wind_down(self, poller: Poller, scheduler: Scheduler, *, failing: bool) -> None:
+        """Settle and commit, stop the workers, then call ``on_stop``, which releases
+        what ``on_start`` acquired, whatever ended the run.
+
+        When the run is failing, an error of ``on_stop`` is logged rather than raised:
+        it would replace the run's own error, the one the operator has to see.
+        """
+        options = self.spec.options
+        poller.shutdown(scheduler.stopping, options.revoke_timeout + options.shutdown_timeout)
+        # A handler that crashed as the service stopped is recorded just after its lane
+        # turned idle: wait for that (bounded), so that run() raises it.
+        scheduler.await_workers(CRASH_RECORD_WAIT)
+        if self._loop_runner is not None:
+            self._loop_runner.barrier(CRASH_RECORD_WAIT)
+        if not failing and scheduler.failure is None:
+            self._hooks.on_stop()
+            return
+        try:
+            self._hooks.on_stop()
+        except BaseException:
+            log.exception(
+                "on_stop failed; run() raises the error that ended the run",
+                extra={"service": self.spec.name},
+            )
 
     def _assemble(
         self, consumer: Consumer, loop: asyncio.AbstractEventLoop | None

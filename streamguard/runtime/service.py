@@ -263,7 +263,11 @@ class ConsumerService:
 
     def on_stop(self) -> None:
         """Called after the final commit, before the clients close; also when ``run()``
-        ends with an error, so that it can release what ``on_start`` acquired."""
+        ends with an error, so that it can release what ``on_start`` acquired.
+
+        When the run is failing, an exception it raises is logged and ``run()`` raises
+        the run's own error; after a clean stop, ``run()`` raises the hook's.
+        """
 
     def on_assign(self, partitions: list[int]) -> None:
         """Called when partitions are assigned (on whichever thread polls: keep it short)."""

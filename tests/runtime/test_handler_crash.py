@@ -143,3 +143,56 @@ def test_a_handler_crashing_while_the_service_stops_is_raised_by_run(
     running.stop()
     assert [type(e) for e in running.error] == [KeyboardInterrupt]
     assert committed(bootstrap, group, src).get(0, 0) == 0
+
+
+class HookFailed(Exception):
+    """What the test's ``on_stop`` raises."""
+
+
+@pytest.mark.parametrize("ending", ["crash while running", "crash while stopping", "clean stop"])
+def test_a_failing_on_stop_never_hides_the_error_that_ended_the_run(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+    ending: str,
+) -> None:
+    """When the run is failing, ``run()`` raises the run's own error and an ``on_stop``
+    that also fails is logged with the service's name; after a clean stop, the hook's
+    error is what ``run()`` raises. Before, the hook's error replaced the run's, which
+    the operator saw only as its ``__context__``."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 1)
+    started = threading.Event()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("billing")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            if ending == "crash while running":
+                raise KeyboardInterrupt
+            if ending == "crash while stopping":
+                time.sleep(0.5)
+                raise KeyboardInterrupt
+
+        def on_stop(self) -> None:
+            raise HookFailed("could not release the connection pool")
+
+    running = start_service(Billing)
+    assert started.wait(30)
+    if ending == "crash while running":
+        running.thread.join(30)  # it stops by itself
+    running.stop()
+    logged = [r for r in caplog.records if r.getMessage().startswith("on_stop failed")]
+    if ending == "clean stop":
+        assert [type(e) for e in running.error] == [HookFailed]
+        assert logged == []
+    else:
+        assert [type(e) for e in running.error] == [KeyboardInterrupt]
+        assert [r.service for r in logged] == ["Billing"]  # type: ignore[attr-defined]
+        assert logged[0].exc_info is not None
+        assert logged[0].exc_info[0] is HookFailed
