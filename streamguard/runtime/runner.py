@@ -99,7 +99,9 @@ class ServiceRuntime:
         self._hooks = hooks
         self._metrics_port = metrics_port
         self._metrics_host = metrics_host
-        self._stop_requested = threading.Event()
+        # The stop request of the run in progress (or of the last one): each run makes
+        # its own, so a stop() landing as a run returns can never reach the next run.
+        self._stopping = threading.Event()
         self._scheduler: Scheduler | None = None
         self._poller: Poller | None = None
         self._publisher: DeadLetterPublisher | None = None
@@ -113,6 +115,9 @@ class ServiceRuntime:
         """Consume until ``stop()``, SIGTERM or SIGINT; then settle, commit and close."""
         if self._running:
             raise RuntimeError("this service is already running")
+        # Published before _running, so that health() never pairs this run with the last
+        # run's request; the scheduler stops on this very event (see stop()).
+        stopping = self._stopping = threading.Event()
         # A run after an earlier one starts afresh: /readyz must not report the last
         # run's assignment and polls while this one connects.
         self._scheduler = self._poller = self._loop_runner = None
@@ -135,9 +140,9 @@ class ServiceRuntime:
                     "on_commit": self._on_commit,
                 }
             )
-            if not self._connect(consumer):
+            if not self._connect(consumer, stopping):
                 return  # stopped while connecting: nothing was fetched, nothing to commit
-            poller, scheduler = self._assemble(consumer, loop)
+            poller, scheduler = self._assemble(consumer, loop, stopping)
             if self._metrics_port is not None:
                 health = HealthServer(
                     self.registry, self.health, self._metrics_host, self._metrics_port
@@ -154,8 +159,6 @@ class ServiceRuntime:
                     "dlq": spec.dead_letter_topic,
                 },
             )
-            if self._stop_requested.is_set():
-                scheduler.stopping.set()
             try:
                 scheduler.run()
             except BaseException:
@@ -185,9 +188,6 @@ class ServiceRuntime:
                     # collected, and kept five descriptors per run (epoll, pipes).
                     loop.close()
             restore()
-            # The stop() that ended this run is spent: a later run() consumes again
-            # (it returned at once, having consumed nothing, while the flag stayed set).
-            self._stop_requested.clear()
             self._running = False
             log.info("service stopped", extra={"service": spec.name})
 
@@ -217,7 +217,7 @@ class ServiceRuntime:
             )
 
     def _assemble(
-        self, consumer: Consumer, loop: asyncio.AbstractEventLoop | None
+        self, consumer: Consumer, loop: asyncio.AbstractEventLoop | None, stopping: threading.Event
     ) -> tuple[Poller, Scheduler]:
         spec, metrics, options = self.spec, self.metrics, self.spec.options
         config = {**self.dead_letter_config, "logger": _librdkafka_log}
@@ -268,9 +268,9 @@ class ServiceRuntime:
         self._breaker = pipeline.breaker
         loop_runner = self._loop_runner
         if loop_runner is None:
-            scheduler = Scheduler(poller, options.workers)
+            scheduler = Scheduler(poller, options.workers, stopping=stopping)
         else:
-            scheduler = Scheduler(poller, options.workers, lambda: loop_runner.busy)
+            scheduler = Scheduler(poller, options.workers, lambda: loop_runner.busy, stopping)
             loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
         metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
         self._publisher, self._committer = publisher, committer
@@ -278,16 +278,20 @@ class ServiceRuntime:
         return poller, scheduler
 
     def stop(self) -> None:
-        """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close."""
-        self._stop_requested.set()
-        if self._scheduler is not None:
-            self._scheduler.stopping.set()
+        """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close.
+
+        It applies to the run in progress, also one that is connecting or returning,
+        never to a later one: with no ``run()`` in progress it does nothing.
+        """
+        # One read picks the run, and its scheduler stops on the same event: a stop()
+        # that lands as a run returns sets that run's spent event, never the next run's.
+        self._stopping.set()
 
     def health(self) -> dict[str, Any]:
         """Readiness and its reasons, as ``/readyz`` reports it."""
         poller, publisher = self._poller, self._publisher
         checks = {
-            "running": self._running and not self._stop_requested.is_set(),
+            "running": self._running and not self._stopping.is_set(),
             "assigned": bool(poller and poller.assignment.assigned_once),
             "polling": bool(poller and time.monotonic() - poller.last_poll < POLL_STALE_AFTER),
             "dlq_writable": bool(publisher and publisher.writable),
@@ -337,7 +341,7 @@ class ServiceRuntime:
         if self._committer is not None:
             self._committer.on_commit(error, partitions)
 
-    def _connect(self, consumer: Consumer) -> bool:
+    def _connect(self, consumer: Consumer, stopping: threading.Event) -> bool:
         """Reach the cluster and make the DLQ; False if ``stop()`` came first.
 
         The cluster is asked in short waits, not one of ``startup_timeout``: a signal's
@@ -353,7 +357,7 @@ class ServiceRuntime:
                 )
                 break
             except KafkaException as exc:
-                if self._stop_requested.is_set():
+                if stopping.is_set():
                     return False
                 if time.monotonic() >= deadline:
                     raise BrokerUnavailable(

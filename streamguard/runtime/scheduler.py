@@ -79,16 +79,22 @@ class Scheduler:
     """Runs lanes on up to ``workers`` threads, polling through ``poller``."""
 
     def __init__(
-        self, poller: Poller, workers: int, loop_busy: Callable[[], bool] | None = None
+        self,
+        poller: Poller,
+        workers: int,
+        loop_busy: Callable[[], bool] | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         """Args:
         loop_busy: True while the event loop has records to run; it then polls
             between them itself (see ``eventloop``), like an active worker.
+        stopping: the run's stop request, made before the scheduler (``stop()`` may
+            set it while the service connects); set here too on a failure.
         """
         self._poller = poller
         self._workers = workers
         self._loop_busy = loop_busy or (lambda: False)
-        self.stopping = threading.Event()
+        self.stopping = stopping if stopping is not None else threading.Event()
         self.failure: BaseException | None = None
         self.active_workers = 0
         self._active_lock = threading.Lock()

@@ -432,6 +432,70 @@ def test_a_stopped_service_runs_again(
     assert committed(bootstrap, group, src) == {0: 6}
 
 
+@pytest.mark.parametrize("late_stop", ["on_stop", "service stopped"])
+def test_a_stop_landing_as_a_run_returns_never_stops_the_next_run(
+    late_stop: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop() made while run() is returning applies to that run: the next run()
+    consumes. A stop() landing after the run had cleared its stop flag (here: as it
+    logs "service stopped", its last line) used to stay set, and the next run()
+    connected and returned at once, having consumed nothing."""
+    import threading
+
+    from tests.conftest import FAST_GROUP
+
+    src = topic_factory("orders")
+    handled: list[int] = []
+    late = [late_stop]  # one late stop, in the first run only
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+        def on_stop(self) -> None:
+            if late == ["on_stop"]:
+                late.clear()
+                self.stop()
+
+    service = Billing(bootstrap, kafka_config=FAST_GROUP)
+
+    class StopOnLastLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "service stopped" and late == ["service stopped"]:
+                late.clear()
+                service.stop()
+
+    caplog.set_level(logging.INFO, logger="streamguard.runtime")
+    hook = StopOnLastLine()
+    logging.getLogger("streamguard.runtime").addHandler(hook)
+    try:
+        for run in range(1, 3):
+            send_orders(src, 3)
+            thread = threading.Thread(target=service.run, daemon=True)
+            thread.start()
+            try:
+                assert wait_for(lambda want=3 * run: len(handled) == want), f"run {run}"
+                assert thread.is_alive(), f"run {run} returned before stop()"
+                assert service.health()["checks"]["running"]
+            finally:
+                service.stop()
+                thread.join(30)
+            assert not thread.is_alive()
+            assert late == [], "the late stop() was not made"
+    finally:
+        logging.getLogger("streamguard.runtime").removeHandler(hook)
+    assert handled == list(range(6))
+
+
 @pytest.mark.parametrize("event_loop", ["auto", "asyncio"])
 def test_runs_of_an_async_service_leave_no_event_loop_open(
     event_loop: str,
