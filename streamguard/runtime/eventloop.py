@@ -558,8 +558,13 @@ class LoopRunner:
                 if not held and not slots.try_take():  # max_in_flight holds partition order
                     self._fold(lane, done, last)
                     done = 0
+                    # Not in a handler while it waits: a revoke cancels the run at once
+                    # (``_close``) rather than wait, up to revoke_timeout, for another
+                    # partition's handler to free a slot. Its records are redelivered.
+                    run.in_handler = False
                     with self._outside_handlers():
                         await slots.take()
+                    run.in_handler = True
                     if lane.closed:
                         slots.give()
                         return

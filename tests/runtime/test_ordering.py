@@ -400,6 +400,82 @@ def test_rebalance_with_handlers_in_flight_loses_nothing(
     assert not second.error
 
 
+def test_a_revoke_gives_up_at_once_a_partition_only_waiting_for_a_slot(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under partition order, a revoked partition whose run only waits for a
+    ``max_in_flight`` slot (no handler of it running) is given up at once; its records
+    stay uncommitted and its new owner handles them. It used to wait the whole
+    ``revoke_timeout`` for another partition's handler to free the slot, then warn
+    that a handler of it was still running."""
+    src = topic_factory("orders", partitions=2)
+    group = unique("enrich")
+    # librdkafka's cooperative-sticky assignor moves partition 0 to a member joining
+    # a group whose only member holds partitions 0 and 1 (asserted below).
+    waiting, holding = 0, 1
+    revoke_timeout = 15.0
+    release = threading.Event()
+    started: list[int] = []
+    revoked: list[tuple[float, list[int]]] = []
+    taken_over: list[tuple[int, int]] = []
+    value = order(1).model_dump_json().encode()
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(
+            max_in_flight=1, revoke_timeout=revoke_timeout, shutdown_timeout=revoke_timeout
+        )
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.append(ctx.partition)
+            for _ in range(3000):  # holds the only slot until released (30 s at most)
+                if release.is_set():
+                    return
+                await asyncio.sleep(0.01)
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            revoked.append((time.monotonic(), partitions))
+
+    class Takeover(Enrich):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            taken_over.append((ctx.partition, ctx.offset))
+
+    first = start_service(Enrich)
+    try:
+        assert wait_for(lambda: first.service.health()["checks"]["assigned"])
+        raw_producer.produce(src, value, partition=holding)
+        raw_producer.flush(10)
+        assert wait_for(lambda: started == [holding])
+        for _ in range(3):
+            raw_producer.produce(src, value, partition=waiting)
+        raw_producer.flush(10)
+        # The waiting partition's three records are fetched: its run waits for the slot.
+        assert wait_for(lambda: first.metric("streamguard_inflight", topic=src) == 4)
+        joined = time.monotonic()
+        second = start_service(Takeover)
+        assert wait_for(lambda: revoked, timeout=2 * revoke_timeout)
+        assert revoked[0][1] == [waiting], f"the assignor moved {revoked[0][1]}"
+        took = revoked[0][0] - joined  # the second member's join, then the revoke
+        assert took < revoke_timeout / 3, f"the revoke ended {took:.1f} s after the join"
+        assert wait_for(lambda: sorted(taken_over) == [(waiting, i) for i in range(3)])
+        assert not [r for r in caplog.records if r.getMessage().startswith("handler still")]
+        assert started == [holding]  # nothing of the revoked partition ran here
+    finally:
+        release.set()
+    assert wait_for(lambda: committed(bootstrap, group, src) == {waiting: 3, holding: 1})
+    first.stop()
+    second.stop()
+    assert not first.error
+    assert not second.error
+
+
 def test_sigkill_mid_stream_loses_nothing_under_key_ordering(
     bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
 ) -> None:
