@@ -44,6 +44,11 @@ class FinalPrefix(Generic[T]):
         return self._open.pop(offset, None)
 
     @property
+    def end(self) -> int | None:
+        """The end of every record that joined, open ones included (None: none did)."""
+        return self._end
+
+    @property
     def position(self) -> int | None:
         """The offset to commit (the next one to read), or None if nothing joined."""
         for first in self._open:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import partial
+from operator import methodcaller
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message
@@ -35,9 +37,11 @@ from streamguard.runtime.outcomes import RetryState, after_try, gate
 
 log = logging.getLogger("streamguard.runtime")
 
+_offset = methodcaller("offset")
+
 # Seconds of a batch's handler calls after which what they finished is folded into the
-# metrics, the commit position and the in-flight count, without waiting for the batch
-# to end (as an event-loop runner's metrics reach the registry every METRICS_EVERY).
+# metrics and the committed offsets, without waiting for the batch to end (as an
+# event-loop runner's metrics reach the registry every METRICS_EVERY).
 FOLD_EVERY = 0.5
 
 
@@ -106,7 +110,10 @@ class PartitionLane:
         self.lock = threading.Lock()
         self.queue: deque[list[Record]] = deque()
         self.buffered = 0
-        self.in_hand = 0
+        # The batch a worker is processing (None between batches). Its records that
+        # reached an outcome are told by the offsets they passed (see ``inflight``),
+        # not counted one by one on the hot path.
+        self.in_hand: list[Record] | None = None
         self.scheduled = False
         self.closed = False
         self.idle = threading.Event()  # set while no handler of this lane is running
@@ -184,9 +191,25 @@ class PartitionLane:
             return position
 
     def inflight(self) -> int:
-        """Messages fetched and not final yet: buffered, in a handler, or dead letters."""
+        """Messages fetched and not final yet: buffered, in a handler, or dead letters.
+
+        Of the batch in hand, the records before the last one handled or dead-lettered
+        are done (a batch runs in offset order): only those from there on count, found
+        here, at scrape time, rather than folded in every half second or at the
+        batch's end, which counted up to a batch of finished records as in flight.
+        """
         with self.lock:
-            return self.buffered + self.in_hand + len(self.offsets)
+            count = self.buffered + len(self.offsets)
+            batch = self.in_hand
+            if batch is None:
+                return count
+            done_to = self.offsets.end  # past the last fold and the last dead letter
+            last = self.last_handled
+            if last is not None and (done_to is None or last.offset() >= done_to):
+                done_to = last.offset() + 1
+            if done_to is None:
+                return count + len(batch)
+            return count + len(batch) - bisect_left(batch, done_to, key=_offset)
 
     def failed_dead_letters(self) -> list[PendingDeadLetter]:
         with self.lock:
@@ -214,7 +237,7 @@ class PartitionLane:
                     return False
                 batch = self.queue.popleft()
                 self.buffered -= len(batch)
-                self.in_hand = len(batch)
+                self.in_hand = batch
                 self.idle.clear()  # a handler of this lane runs from here on
             self.done_in_batch = 0
             try:
@@ -227,7 +250,7 @@ class PartitionLane:
             finally:
                 done = self.done_in_batch
                 with self.lock:
-                    self.in_hand = 0
+                    self.in_hand = None
                     if done < len(batch) and not self.closed:
                         rest = batch[done:]
                         self.queue.appendleft(rest)
@@ -314,13 +337,11 @@ class PartitionLane:
         self, batch: list[Record], done: int, handled: int, retries: int, durations: list[float]
     ) -> None:
         """Count what the first ``done`` records of ``batch`` came to (each final, or
-        held until its dead letter is acknowledged): the offsets they pass, the records
-        still in hand, the metrics and the breaker's successes. Mid-batch, and at its
-        end (a retry ends the batch)."""
+        held until its dead letter is acknowledged): the offsets they pass, the metrics
+        and the breaker's successes. Mid-batch, and at its end (a retry ends the batch)."""
         if done:
             with self.lock:
                 self.offsets.advance(batch[done - 1].offset() + 1)
-                self.in_hand = len(batch) - done
         self.pipeline.record_batch(handled, durations, retries)
         self.pipeline.breaker.succeeded(handled)
         durations.clear()  # the same list: _process appends through its bound method

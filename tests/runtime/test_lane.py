@@ -184,6 +184,36 @@ def test_close_drops_the_buffer_for_redelivery() -> None:
     assert lane.commit_position() is None
 
 
+def test_inflight_counts_no_finished_record_of_the_batch_in_hand() -> None:
+    """Of the batch a worker is processing, ``streamguard_inflight`` counts the record
+    in the handler and those after it: the ones handled or dead-lettered before it are
+    done (a dead letter counts once, until the DLQ acknowledges it). The whole batch
+    used to count until it ended or folded (every 0.5 s): up to a batch of finished
+    records, and a dead letter twice."""
+    seen: dict[int, int] = {}
+    lanes: list[PartitionLane] = []
+
+    class Watched(sg.ConsumerService):
+        topic = "lane-unit"
+        contract = OrderPlaced
+        group_id = "lane-unit"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen[ctx.offset] = lanes[0].inflight()
+
+    spec = Watched(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    lanes.append(PartitionLane(0, pipeline))
+    # Offsets with gaps (compaction, transaction markers); offset 4 is a dead letter.
+    offsets = [0, 2, 4, 6, 7, 9]
+    values = [valid(0), valid(1), b"{broken", valid(3), valid(4), valid(5)]
+    records = zip(values, offsets, strict=True)
+    lanes[0].enqueue([record(v, topic="lane-unit", offset=o) for v, o in records])
+    lanes[0].drain()
+    assert seen == {0: 6, 2: 5, 6: 3 + 1, 7: 2 + 1, 9: 1 + 1}
+    assert lanes[0].inflight() == 1  # the dead letter, until it is acknowledged
+
+
 def test_a_slow_batch_reports_its_progress_before_it_ends() -> None:
     """Handled records of a batch reach the metrics, the commit position and the
     in-flight count while the batch still runs, not only at its end: with a 1 s handler
