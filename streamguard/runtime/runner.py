@@ -99,8 +99,9 @@ class ServiceRuntime:
         self._hooks = hooks
         self._metrics_port = metrics_port
         self._metrics_host = metrics_host
-        # The stop request of the run in progress (or of the last one): each run makes
-        # its own, so a stop() landing as a run returns can never reach the next run.
+        # The stop request of the run in progress or, between runs, of the next one:
+        # each run ends by making its successor's, so a stop() landing as a run returns
+        # reaches that run, and one made before a run() stops that run at once.
         self._stopping = threading.Event()
         self._scheduler: Scheduler | None = None
         self._poller: Poller | None = None
@@ -115,9 +116,7 @@ class ServiceRuntime:
         """Consume until ``stop()``, SIGTERM or SIGINT; then settle, commit and close."""
         if self._running:
             raise RuntimeError("this service is already running")
-        # Published before _running, so that health() never pairs this run with the last
-        # run's request; the scheduler stops on this very event (see stop()).
-        stopping = self._stopping = threading.Event()
+        stopping = self._stopping  # the scheduler stops on this very event (see stop())
         # A run after an earlier one starts afresh: /readyz must not report the last
         # run's assignment and polls while this one connects.
         self._scheduler = self._poller = self._loop_runner = None
@@ -188,8 +187,10 @@ class ServiceRuntime:
                     # collected, and kept five descriptors per run (epoll, pipes).
                     loop.close()
             restore()
-            self._running = False
             log.info("service stopped", extra={"service": spec.name})
+            # This run's stop request is spent: a stop() from here on is the next run's.
+            self._stopping = threading.Event()
+            self._running = False
 
     def _wind_down(self, poller: Poller, scheduler: Scheduler, *, failing: bool) -> None:
         """Settle and commit, stop the workers, then call ``on_stop``, which releases
@@ -280,11 +281,12 @@ class ServiceRuntime:
     def stop(self) -> None:
         """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close.
 
-        It applies to the run in progress, also one that is connecting or returning,
-        never to a later one: with no ``run()`` in progress it does nothing.
+        It applies to the run in progress, also one that is connecting or returning;
+        made while no ``run()`` is in progress, to the next one, which then returns at
+        once (a thread told to stop before it got to ``run()`` must not run on).
         """
         # One read picks the run, and its scheduler stops on the same event: a stop()
-        # that lands as a run returns sets that run's spent event, never the next run's.
+        # that lands as a run returns sets that run's event, never the next run's.
         self._stopping.set()
 
     def health(self) -> dict[str, Any]:

@@ -496,6 +496,48 @@ def test_a_stop_landing_as_a_run_returns_never_stops_the_next_run(
     assert handled == list(range(6))
 
 
+def test_a_stop_before_run_stops_that_run_at_once_and_only_it(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    bootstrap: str,
+) -> None:
+    """A thread told to stop before it got to ``run()`` must not run on: that run()
+    returns at once, having handled nothing, and the run() after it consumes."""
+    import threading
+
+    from tests.conftest import FAST_GROUP
+
+    src = topic_factory("orders")
+    handled: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+    send_orders(src, 3)
+    service = Billing(bootstrap, kafka_config=FAST_GROUP)
+    service.stop()
+    stopped = threading.Thread(target=service.run, daemon=True)
+    stopped.start()
+    stopped.join(30)
+    assert not stopped.is_alive(), "a stop() made before run() was lost"
+    assert handled == []
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(handled) == 3)
+        assert thread.is_alive()
+    finally:
+        service.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
 @pytest.mark.parametrize("event_loop", ["auto", "asyncio"])
 def test_runs_of_an_async_service_leave_no_event_loop_open(
     event_loop: str,
