@@ -549,3 +549,36 @@ def test_a_record_that_recovered_makes_no_later_failure_an_outage(kind: str) -> 
         assert (bad.outcome, bad.reason, bad.attempts) == ("dead_lettered", "retries_exhausted", 3)
         assert kit.send(order(3)).handled
         assert kit.pipeline.breaker.closed
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("cool_down", [0.3, 1.0])
+def test_a_cool_down_of_any_length_lets_the_harness_probe(kind: str, cool_down: float) -> None:
+    """The harness moves its clock to the end of the cool-down, and the breaker then lets
+    a record probe, whatever the cool-down's length. With one that is no sum of powers of
+    two (0.3 s), the clock ended a rounding error short of it: sync records stayed
+    ``waiting`` for good, async ones raised ``TimeoutError`` after 30 s."""
+    calls = [0]
+
+    class Db(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+        breaker = sg.CircuitBreaker(min_calls=4, cool_down=cool_down)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls[0] += 1
+            if calls[0] <= 5:
+                raise TimeoutError("the database is down for five calls")
+
+    class AsyncDb(Db):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Db.handle(self, event, ctx)
+
+    with ServiceHarness(Db if kind == "sync" else AsyncDb) as kit:
+        first, second = kit.send(order(1)), kit.send(order(2))
+        assert (first.reason, first.attempts) == ("retries_exhausted", 3)
+        assert (second.outcome, second.attempts) == ("waiting", 2)  # opened, probed, failed
+        assert [kit.send(order(i)).outcome for i in range(3, 5)] == ["handled", "handled"]
+        assert kit.pipeline.breaker.closed

@@ -76,14 +76,14 @@ class Breaker:
             return True
         with self._lock:
             now = self._clock()
-            if self.state == OPEN and now - self._opened_at >= self.config.cool_down:
+            if self.state == OPEN and now >= self._half_open_at():
                 self._set(HALF_OPEN)
                 log.warning("circuit breaker half-open; probing with one message")
             if self.state == HALF_OPEN and not self._probe_busy(now):
                 if (
                     message is not None
                     and message == self._failed_probe
-                    and now - self._opened_at < self.config.cool_down + PROBE_TURN
+                    and now < self._half_open_at() + PROBE_TURN
                 ):
                     return False
                 self._probing = True
@@ -101,13 +101,19 @@ class Breaker:
             now = self._clock()
             if self.state == HALF_OPEN:
                 return not self._probe_busy(now)
-            return now - self._opened_at >= self.config.cool_down
+            return now >= self._half_open_at()
 
     def half_open_at(self) -> float:
         """When the breaker lets a probe through, on its clock (while it is not closed);
         a later value than before means a probe failed and it opened again."""
         with self._lock:
-            return self._opened_at + self.config.cool_down
+            return self._half_open_at()
+
+    def _half_open_at(self) -> float:
+        # Every check of the cool-down compares the clock with this one sum, so that a
+        # clock set to ``half_open_at()`` (the test kit's) is past it: ``now - opened``
+        # fell a rounding error short of a cool-down such as 0.3 s.
+        return self._opened_at + self.config.cool_down
 
     def release_probe(self) -> None:
         """The probe ended without calling the dependency (invalid input): another
