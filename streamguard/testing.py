@@ -239,13 +239,16 @@ class ServiceHarness:
         key: bytes | str | None = None,
         headers: Headers | None = None,
         producer: str = "streamguard-testing",
+        timestamp_ms: int | None = None,
     ) -> Outcome:
         """Encode ``event`` as a guarded producer would (with its ``sg-*`` headers),
-        then process it."""
+        then process it (``timestamp_ms`` as for ``send_raw``)."""
         contract = self.spec.contract
         value = self.spec.codec.encode(event)
         stamped = stamp_headers(contract, self.spec.codec, producer)
-        return self.send_raw(value, key=key, headers=[*stamped, *(headers or [])])
+        return self.send_raw(
+            value, key=key, headers=[*stamped, *(headers or [])], timestamp_ms=timestamp_ms
+        )
 
     def send_raw(
         self,
@@ -255,7 +258,15 @@ class ServiceHarness:
         headers: Headers | None = None,
         timestamp_ms: int | None = None,
     ) -> Outcome:
-        """Process the bytes as they would arrive (poison input included)."""
+        """Process the bytes as they would arrive (poison input included).
+
+        Args:
+            timestamp_ms: the record's CreateTime; now by default, since every record a
+                consumer reads from Kafka has one (a handler reading
+                ``ctx.timestamp_ms`` gets a number, as in a running service).
+        """
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
         offset = self._next_offset
         self._next_offset += 1
         msg = record(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -582,3 +583,39 @@ def test_a_cool_down_of_any_length_lets_the_harness_probe(kind: str, cool_down: 
         assert (second.outcome, second.attempts) == ("waiting", 2)  # opened, probed, failed
         assert [kit.send(order(i)).outcome for i in range(3, 5)] == ["handled", "handled"]
         assert kit.pipeline.breaker.closed
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_records_carry_a_timestamp_as_consumed_ones_do(kind: str) -> None:
+    """Every record a consumer reads from Kafka has a timestamp, and so does every record
+    the harness sends, unless the test gives its own: a handler reading
+    ``ctx.timestamp_ms`` failed with a ``TypeError`` (``permanent_error``) in the
+    harness only, and dead letters said ``sg-dlq-original-timestamp: -1``."""
+    seen: list[int | None] = []
+
+    class Aging(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen.append(ctx.timestamp_ms)
+            assert ctx.timestamp_ms is not None
+            if time.time() * 1000 - ctx.timestamp_ms > 86_400_000:
+                raise sg.PermanentError("older than a day")
+
+    class AsyncAging(Aging):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Aging.handle(self, event, ctx)
+
+    before = int(time.time() * 1000)
+    with ServiceHarness(Aging if kind == "sync" else AsyncAging) as kit:
+        assert kit.send(order(1)).handled
+        old = kit.send(order(2), timestamp_ms=1_000)
+        assert (old.reason, old.header(h.DLQ_ORIGINAL_TIMESTAMP)) == ("permanent_error", "1000")
+        poison = kit.send_raw(b"{", key="k1")
+    stamped = poison.header(h.DLQ_ORIGINAL_TIMESTAMP)
+    assert stamped is not None
+    assert before <= int(stamped) <= time.time() * 1000
+    assert seen[0] is not None
+    assert before <= seen[0]
