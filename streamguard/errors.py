@@ -289,16 +289,37 @@ class SchemaDrift(StreamguardError):
 class DeliveryFailed(StreamguardError):
     """The broker did not acknowledge one or more produced records.
 
-    ``failures`` lists ``(topic, error text)`` pairs; nothing is dropped silently.
+    ``failures`` lists ``(topic, error text)`` pairs, one per record that failed;
+    nothing is dropped silently. ``pending`` counts the records still unacknowledged
+    when ``flush()`` timed out (listed as one ``("*", ...)`` pair): they are still
+    queued and may yet be delivered, so sending them again may duplicate them; a later
+    ``flush()`` reports those that fail.
     """
 
-    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        failures: Sequence[tuple[str, str]],
+        *,
+        pending: int = 0,
+        timeout: float | None = None,
+    ) -> None:
         self.failures = list(failures)
-        first = self.failures[0] if self.failures else ("?", "?")
-        super().__init__(
-            f"{len(self.failures)} record(s) were not delivered; first: topic {first[0]!r}: "
-            f"{first[1]}"
-        )
+        self.pending = pending
+        parts = []
+        if self.failures:
+            topic, text = self.failures[0]
+            parts.append(
+                f"{len(self.failures)} record(s) were not delivered; first: topic {topic!r}: {text}"
+            )
+        if pending:
+            within = f" within {timeout}s" if timeout is not None else ""
+            self.failures.append(("*", f"{pending} record(s) not acknowledged{within}"))
+            parts.insert(
+                0,
+                f"{pending} record(s) not acknowledged{within}; they are still queued and "
+                "may yet be delivered (a later flush() reports those that fail)",
+            )
+        super().__init__("; ".join(parts) or "record(s) were not delivered")
 
 
 # pydantic-core's UUID errors quote the offending character ("found `S` at 0"): a piece

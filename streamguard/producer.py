@@ -216,16 +216,15 @@ class GuardedProducer:
         """Wait for every queued record's delivery report.
 
         Raises:
-            DeliveryFailed: some records were refused, or not acknowledged in time;
-                ``failures`` names each. Failures are reported once.
+            DeliveryFailed: some records were refused (``failures`` names each), or
+                not acknowledged in time (``pending`` counts them: still queued, they may
+                yet be delivered). Failures are reported once.
         """
         remaining = self._producer.flush(timeout)
         with self._lock:
             failures, self._failures = self._failures, []
-        if remaining:
-            failures.append(("*", f"{remaining} record(s) not acknowledged within {timeout}s"))
-        if failures:
-            raise DeliveryFailed(failures)
+        if failures or remaining:
+            raise DeliveryFailed(failures, pending=remaining, timeout=timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush; the underlying client is released when the object is collected."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import sys
 import threading
@@ -14,6 +16,7 @@ from confluent_kafka import KafkaError, Message
 from pydantic import BaseModel
 
 import streamguard as sg
+from streamguard.devbroker import DevBroker
 from streamguard.errors import ConfigurationError
 
 pytestmark = pytest.mark.broker
@@ -339,3 +342,28 @@ def test_a_refused_instance_leaves_its_values_out_of_warnings_and_errors(wire: s
             producer.send("orders", event)
     assert canary not in f"{info.value} {info.value.errors}"
     assert [str(w.message) for w in caught if canary in str(w.message)] == []
+
+
+def test_records_unacknowledged_at_flush_are_counted_and_still_delivered() -> None:
+    """A broker that stops answering (SIGSTOP) leaves records unacknowledged at the
+    flush timeout: DeliveryFailed counts every one of them, says they are still queued,
+    and a flush after the broker resumes delivers them. It said "1 record(s) were not
+    delivered" for any number of them, which then arrived all the same."""
+    with DevBroker() as broker:
+        assert broker.pid is not None
+        producer = sg.GuardedProducer(broker.bootstrap_servers)
+        producer.send("orders-paused", OrderPlaced(order_id=0, currency="EUR"))
+        producer.flush(15)  # connected, topic known
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            for i in range(1, 4):
+                producer.send("orders-paused", OrderPlaced(order_id=i, currency="EUR"))
+            with pytest.raises(sg.DeliveryFailed) as info:
+                producer.flush(1)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert info.value.pending == 3
+        assert str(info.value).startswith("3 record(s) not acknowledged within 1s")
+        assert "still queued" in str(info.value)
+        assert info.value.failures == [("*", "3 record(s) not acknowledged within 1s")]
+        producer.flush(15)  # nothing failed: they were delivered once the broker answered
