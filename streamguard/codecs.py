@@ -17,7 +17,13 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from streamguard.contracts import wire_format
-from streamguard.errors import ConfigurationError, ContractViolation, DecodeError, error_details
+from streamguard.errors import (
+    ConfigurationError,
+    ContractViolation,
+    DecodeError,
+    ErrorDetail,
+    error_details,
+)
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -340,16 +346,7 @@ class AvroCodec:
             )
         except Exception as exc:  # fastavro's texts may quote the value: keep the type
             subject = getattr(type(event), "__subject__", type(event).__qualname__)
-            raise ContractViolation(
-                subject,
-                [
-                    {
-                        "loc": [],
-                        "type": "avro_encode",
-                        "msg": f"does not fit its Avro schema ({type(exc).__name__})",
-                    }
-                ],
-            ) from None
+            raise ContractViolation(subject, _encode_errors(event, exc)) from None
         return out.getvalue()
 
     def decode(self, data: bytes | None, contract: type[C]) -> C:
@@ -418,3 +415,24 @@ def _parsed_avro(schema: dict[str, Any]) -> tuple[Any, bytes]:
     # fastavro gives the CRC-64-AVRO fingerprint's bytes in little-endian order, which
     # is what single-object encoding puts on the wire.
     return parsed, bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _encode_errors(event: BaseModel, exc: Exception) -> list[ErrorDetail]:
+    """Why fastavro could not write ``event`` (changed after construction, or built with
+    ``model_construct``), naming the fields: its own errors name none, and their texts
+    may quote the value. The event is validated again for that, value-free; only when
+    its contract accepts it is the error fastavro's type alone."""
+    try:
+        type(event).model_validate(event.model_dump(warnings=False))
+    except ValidationError as invalid:
+        schema = getattr(type(event), "json_schema", None)
+        return error_details(invalid, schema=schema() if callable(schema) else None)
+    except Exception:  # noqa: S110  # a dump that fails says no more than fastavro did
+        pass
+    return [
+        {
+            "loc": [],
+            "type": "avro_encode",
+            "msg": f"does not fit its Avro schema ({type(exc).__name__})",
+        }
+    ]

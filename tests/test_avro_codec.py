@@ -132,8 +132,28 @@ def test_decoded_but_invalid_is_a_contract_violation() -> None:
 def test_an_event_that_does_not_fit_its_schema_is_refused_on_encode() -> None:
     """An instance whose value is outside its Avro enum is a ContractViolation."""
     wrong = PaymentV1.model_construct(payment_id=UUID(int=7), cents=1, currency="GBP")
-    with pytest.raises(sg.ContractViolation, match="Avro schema"):
+    with pytest.raises(sg.ContractViolation, match="'currency'"):
         sg.AvroCodec().encode(wrong)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [("currency", "SECRET-GBP", "literal_error"), ("cents", "SECRET-42", "int_parsing")],
+)
+def test_an_event_changed_after_construction_is_refused_naming_the_field(
+    field: str, value: str, kind: str
+) -> None:
+    """A guarded producer refuses an Avro event whose field was set to a value its
+    contract forbids, with an error naming that field and not its value. fastavro fails
+    before the producer validates, and the error said only "does not fit its Avro
+    schema" at no location."""
+    event = payment()
+    setattr(event, field, value)
+    producer = sg.GuardedProducer("127.0.0.1:1", kafka_config={"message.timeout.ms": 100})
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("payments", event)
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [([field], kind)]
+    assert "SECRET" not in f"{info.value} {info.value.errors}"
 
 
 def test_avro_contract_round_trips_through_producer_and_service(
