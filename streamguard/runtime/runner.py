@@ -139,8 +139,10 @@ class ServiceRuntime:
                     "on_commit": self._on_commit,
                 }
             )
-            if not self._connect(consumer, stopping):
-                return  # stopped while connecting: nothing was fetched, nothing to commit
+            if not self._connect(consumer, stopping) or stopping.is_set():
+                # Stopped before it joined the group: nothing was fetched, nothing to
+                # commit, and a join left at once would rebalance the other members.
+                return
             poller, scheduler = self._assemble(consumer, loop, stopping)
             if self._metrics_port is not None:
                 health = HealthServer(

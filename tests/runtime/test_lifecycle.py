@@ -501,9 +501,11 @@ def test_a_stop_before_run_stops_that_run_at_once_and_only_it(
     unique: Callable[[str], str],
     send_orders: Callable[..., None],
     bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A thread told to stop before it got to ``run()`` must not run on: that run()
-    returns at once, having handled nothing, and the run() after it consumes."""
+    returns at once, having handled nothing and never joined the group (a member
+    leaving at once would rebalance the others), and the run() after it consumes."""
     import threading
 
     from tests.conftest import FAST_GROUP
@@ -520,6 +522,7 @@ def test_a_stop_before_run_stops_that_run_at_once_and_only_it(
             handled.append(ctx.offset)
 
     send_orders(src, 3)
+    caplog.set_level(logging.INFO, logger="streamguard.runtime")
     service = Billing(bootstrap, kafka_config=FAST_GROUP)
     service.stop()
     stopped = threading.Thread(target=service.run, daemon=True)
@@ -527,6 +530,7 @@ def test_a_stop_before_run_stops_that_run_at_once_and_only_it(
     stopped.join(30)
     assert not stopped.is_alive(), "a stop() made before run() was lost"
     assert handled == []
+    assert "service started" not in caplog.messages  # it never subscribed
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
