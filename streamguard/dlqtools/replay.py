@@ -187,6 +187,7 @@ class Replayer:
         self._topics: dict[str, int] = {}
         self._prefixes: dict[int, FinalPrefix[None]] = {}
         self._unsettled = 0  # records produced since the last settle
+        self._next_send = 0.0  # monotonic time the next record may go under --rate
         # A plain client, not GuardedProducer: the bytes are already encoded, and the
         # replay must see a record refused at produce() at once, to stop before sending
         # anything after it (GuardedProducer defers such refusals to flush()).
@@ -217,11 +218,10 @@ class Replayer:
                 {**PRODUCER_DEFAULTS, **PRODUCER_OVERRIDES, **self.reader.client_config}
             )
         progress = Progress(self.report.to_read)
-        started = time.monotonic()
-        last_settle = started
+        last_settle = time.monotonic()
         try:
             for record in self.reader.read(ranges):
-                if not self._handle(record, started):
+                if not self._handle(record):
                     break  # refused before sending: stop, so nothing after it is sent
                 report = self.report
                 if progress.enabled:
@@ -246,7 +246,7 @@ class Replayer:
         self.report.stopped_idle = self.reader.stopped_idle
         return self.report
 
-    def _handle(self, record: DlqRecord, started: float) -> bool:
+    def _handle(self, record: DlqRecord) -> bool:
         """Decide on one record and send it; False if the producer refused it outright."""
         letter = record.letter
         report = self.report
@@ -280,11 +280,7 @@ class Replayer:
             prefix.release(letter.dlq_offset)
             return True
         if self.options.rate:
-            # Pace by the schedule since the start, not per record, so that the average
-            # holds even when produce() itself takes time.
-            delay = started + (report.replayed - 1) / self.options.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            self._pace(self.options.rate)
         self._unsettled += 1  # open until the broker acknowledges it
         try:
             self._produce(record, decision, prefix)
@@ -294,6 +290,21 @@ class Replayer:
             self.errors.append(f"dlq {letter.dlq_partition}@{letter.dlq_offset}: {exc}")
             return False
         return True
+
+    def _pace(self, rate: float) -> None:
+        """Wait for this record's turn under ``--rate``: one interval after the last one.
+
+        Each turn follows the previous *turn*, not the moment the wait ended, so the time
+        produce() takes does not slow the average. A run that fell behind (a slow first
+        fetch, a broker that stalled a flush, records not selected) starts from now: it
+        never sends a burst to catch up, since the rate is a cap that protects whatever
+        consumes the topic, not an average over the run.
+        """
+        now = time.monotonic()
+        if self._next_send > now:
+            time.sleep(self._next_send - now)
+            now = self._next_send
+        self._next_send = now + 1.0 / rate
 
     def _produce(self, record: DlqRecord, send: _Send, prefix: FinalPrefix[None]) -> None:
         assert self._producer is not None

@@ -331,6 +331,37 @@ def test_rate_paces_the_replay(
     assert len(read_all(orders, 5)) == 5
 
 
+class _SlowFirstCheck(Revalidator):
+    """Passes every record; the first check takes a second (a registry's first schema
+    fetch over a slow link, say), so the run starts behind --rate's schedule."""
+
+    def __init__(self) -> None:
+        super().__init__({"dlqtest.Order": OrderV2})
+        self.calls = 0
+
+    def problems(self, letter: DeadLetter) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(1.0)
+        return []
+
+
+def test_rate_is_a_cap_that_never_bursts_to_catch_up(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """--rate 10 keeps records a tenth of a second apart even after a stall: a run that
+    fell behind does not send what it "owes" at once."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 8, original_topic=orders)
+    report = replay(bootstrap, dlq, rate=10.0, revalidator=_SlowFirstCheck())
+    assert report.replayed == 8
+    sent_ms = sorted(m.timestamp()[1] for m in read_all(orders, 8))
+    assert sent_ms[-1] - sent_ms[0] >= 600, sent_ms  # 7 intervals of 100 ms
+
+
 def test_cli_time_window_and_missing_to_topic(
     bootstrap: str,
     incident: tuple[str, str, list[Sent]],
