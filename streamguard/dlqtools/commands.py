@@ -7,6 +7,11 @@ configuration error (including a DLQ or ``--to`` topic that does not exist).
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from streamguard import exitcodes
@@ -162,12 +167,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         show_values=args.show_values,
     )
     group = args.group or default_group(args.topic, selection)
-    with DlqReader(
-        args.bootstrap_servers,
-        args.topic,
-        group_id=group,
-        kafka_config=kafka_config_from_args(args.kafka_config),
-    ) as reader:
+    with (
+        _sigterm_as_ctrl_c(),
+        DlqReader(
+            args.bootstrap_servers,
+            args.topic,
+            group_id=group,
+            kafka_config=kafka_config_from_args(args.kafka_config),
+        ) as reader,
+    ):
         print(
             f"replaying {args.topic} as group {group} ({selection.describe()})"
             + (" [dry run: nothing is written or committed]" if args.dry_run else ""),
@@ -176,6 +184,28 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         report = Replayer(reader, options).run()
     print(render_report(report))
     return exitcodes.OK if report.ok else exitcodes.FAILED
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """Stop on SIGTERM as on Ctrl-C: settle what was sent and commit it, then exit.
+
+    SIGTERM is how a container, a CI job or ``timeout`` asks a replay to stop. Left to
+    its default it kills the process before the final commit, and the next run sends
+    again every record acknowledged since the last one (up to a second's worth).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its caller owns the signals
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def render_report(report: ReplayReport) -> str:

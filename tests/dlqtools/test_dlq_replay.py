@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 import streamguard as sg
+from streamguard import exitcodes
 from streamguard import headers as h
 from streamguard.cli import main
 from streamguard.deadletter import DeadLetter, Failure, dead_letter_headers
@@ -434,6 +438,34 @@ def test_a_run_stopped_before_a_records_outcome_commits_short_of_it(
     assert replay(bootstrap, dlq).replayed == 3
     keys = [m.key() for m in read_all(orders, 6, timeout=4)]
     assert keys == [f"customer-{i}".encode() for i in range(5)]
+
+
+def test_sigterm_stops_a_replay_like_ctrl_c_committing_what_was_sent(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """SIGTERM (a container, a CI job or `timeout` stopping a replay) commits every
+    record acknowledged so far before exiting: the next run sends none of them again."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 20, original_topic=orders)
+    # No periodic commit can happen before the signal: only the stop itself commits.
+    script = (
+        "import sys; import streamguard.dlqtools.replay as r; r.COMMIT_INTERVAL = 1e6; "
+        "from streamguard.cli import main; sys.exit(main())"
+    )
+    cmd = [sys.executable, "-c", script, "dlq", "replay", dlq, "--bootstrap-servers", bootstrap]
+    proc = subprocess.Popen([*cmd, "--rate", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert len(read_all(orders, 3, timeout=30)) >= 3  # it is sending
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == exitcodes.INTERRUPTED, proc.stderr.read() if proc.stderr else ""
+    assert replay(bootstrap, dlq).replayed < 20
+    keys = [m.key() for m in read_all(orders, 21, timeout=4)]
+    assert sorted(keys) == sorted(f"customer-{i}".encode() for i in range(20))
 
 
 def test_a_forged_replay_count_too_long_to_read_counts_as_over_the_limit(
