@@ -235,5 +235,8 @@ def render_report(report: ReplayReport) -> str:
     for error in report.errors[:SHOWN_REFUSED]:
         lines.append(f"  failed: {error}")
     if report.failed:
-        lines.append("  records that failed were not committed: run the same replay again")
+        lines.append(
+            "  the run stopped early at a record that failed to publish: run the same "
+            "replay again to continue from what was committed"
+        )
     return "\n".join(lines)

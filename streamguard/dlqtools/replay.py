@@ -120,7 +120,8 @@ class ReplayOptions:
 
 @dataclass
 class ReplayReport:
-    """What a run did; ``failed`` > 0 means some records were not acknowledged."""
+    """What a run did; ``failed`` > 0 means some records were not acknowledged in time,
+    and the run stopped there, short of the end."""
 
     dlq_topic: str
     group_id: str
@@ -431,10 +432,13 @@ class Replayer:
             if (position := prefix.position) is not None
         }
         # Open now means refused, failed, not acknowledged in time, or left unfinished by
-        # an interruption: each is counted once, as the run stops at the first settle
-        # that finds any.
-        self.report.failed = sum(len(prefix) for prefix in self._prefixes.values())
-        healthy = not self.report.failed
+        # an interruption. The run stops at the first settle that finds any, and stays
+        # failed: the final settle may yet see a record acknowledged late (a broker
+        # back after FLUSH_TIMEOUT) and commit it, but the records after it were never
+        # read, and a run that stopped short must not report success.
+        still_open = sum(len(prefix) for prefix in self._prefixes.values())
+        self.report.failed = max(self.report.failed, still_open)
+        healthy = not still_open
         if offsets and not self.options.dry_run:
             self.reader.commit(offsets)
             self.report.committed.update(offsets)

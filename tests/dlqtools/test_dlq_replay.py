@@ -285,6 +285,41 @@ def test_publish_failure_exits_1_and_commits_nothing_after_it(
     assert keys == [b"customer-0", b"customer-1", b"customer-2"]
 
 
+class _FirstFlushTimesOut:
+    """A flush timeout that runs out at once the first time, then is long enough: a
+    broker that answers only after the replay stopped waiting for it."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def __float__(self) -> float:
+        self.used += 1
+        return 0.0 if self.used == 1 else 10.0
+
+
+def test_a_run_stopped_by_a_flush_timeout_fails_even_if_the_record_lands_later(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record not acknowledged in time stops the run short of the end with a failure,
+    even when the final flush then sees it acknowledged: the next run sends the rest."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 3, original_topic=orders)
+    monkeypatch.setattr("streamguard.dlqtools.replay.BATCH_SIZE", 1)  # settle after each
+    monkeypatch.setattr("streamguard.dlqtools.replay.FLUSH_TIMEOUT", _FirstFlushTimesOut())
+    report = replay(bootstrap, dlq)
+    assert (report.read, report.replayed) == (1, 1)  # stopped at the first settle
+    assert not report.ok
+    assert "failed to publish 1" in render_report(report)
+    monkeypatch.undo()
+    assert replay(bootstrap, dlq).replayed == 2
+    keys = [m.key() for m in read_all(orders, 4, timeout=4)]
+    assert keys == [b"customer-0", b"customer-1", b"customer-2"]
+
+
 def test_cli_revalidate_reads_contracts_from_config(
     bootstrap: str,
     incident: tuple[str, str, list[Sent]],
