@@ -155,9 +155,22 @@ class Selection:
             ("before", self.until_ms, self.until_ago),
         ):
             if ms is not None:
-                when = f"{ago} ago" if ago and not resolved else format_ms(ms)
+                when = f"{ago} ago" if ago and not resolved else _boundary(ms)
                 parts.append(f"dead-lettered {word} {when}")
         return "; ".join(parts) or "all records"
+
+
+def _boundary(ms: int) -> str:
+    """A ``--since``/``--until`` time to the millisecond it compares with.
+
+    To the second when that is exact (as before), else with milliseconds: the replay
+    group is named after these words, and two windows that differ within a second
+    (``--until 1795788000100`` and ``--until 1795788000900``) must not share one, or the
+    second run would resume past the records the first did not select.
+    """
+    if ms % 1000 == 0:
+        return format_ms(ms)
+    return format_ms(ms - ms % 1000).removesuffix("Z") + f".{ms % 1000:03d}Z"
 
 
 def format_ms(ms: int) -> str:

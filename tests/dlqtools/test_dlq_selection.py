@@ -159,6 +159,20 @@ def test_a_relative_window_names_the_same_group_on_every_run() -> None:
     assert absolute.identity() == absolute.describe()
 
 
+def test_windows_that_differ_within_a_second_get_groups_of_their_own() -> None:
+    """Two --until times in the same second select different records, so they name
+    different groups (and say their milliseconds): otherwise the second run would resume
+    past every record the first left unselected, and replay none of them."""
+    from streamguard.dlqtools.replay import default_group
+
+    first = Selection.parse((), None, "1795788000100")
+    second = Selection.parse((), None, "2026-11-27T14:00:00.900Z")
+    assert default_group("orders.dlq", first) != default_group("orders.dlq", second)
+    assert first.describe() == "dead-lettered before 2026-11-27T14:00:00.100Z"
+    whole = Selection.parse((), None, "1795788000000")
+    assert whole.describe() == "dead-lettered before 2026-11-27T14:00:00Z"
+
+
 def test_the_summary_counts_every_refused_record_beyond_those_listed() -> None:
     """Past the MAX_REPORTED records listed in the report, the summary's "more refused"
     still counts them all."""
