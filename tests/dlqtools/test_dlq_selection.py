@@ -52,6 +52,24 @@ def test_a_time_out_of_range_is_refused_like_an_unreadable_one(text: str) -> Non
         parse_time(text)
 
 
+def test_an_error_class_selects_by_the_name_inspect_shows_or_in_full() -> None:
+    """--where error-class= takes the class name as `inspect` shows it (KeyError) as
+    well as the header's qualified name (builtins.KeyError), and no partial name."""
+    letter = DeadLetter.from_record(
+        topic="orders.dlq",
+        partition=0,
+        offset=0,
+        key=None,
+        value=b"{}",
+        headers=[(h.DLQ_ERROR_CLASS, b"builtins.KeyError")],
+    )
+    found = DlqRecord(letter, timestamp_ms=0)
+    assert Selection.parse(["error-class=KeyError"]).matches(found)
+    assert Selection.parse(["error-class=builtins.KeyError"]).matches(found)
+    assert not Selection.parse(["error-class=Error"]).matches(found)
+    assert not Selection.parse(["error-class=TimeoutError"]).matches(found)
+
+
 def test_where_keys_combine_with_and_across_keys_or_within_one() -> None:
     """Repeating a key widens it; different keys must all match."""
     selection = Selection.parse(["reason=decode_error", "reason=oversize", "topic=orders"])
