@@ -181,7 +181,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             + (" [dry run: nothing is written or committed]" if args.dry_run else ""),
             flush=True,
         )
-        report = Replayer(reader, options).run()
+        replayer = Replayer(reader, options)
+        try:
+            report = replayer.run()
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: what was sent is settled and committed by now; say
+            # what that came to, or the operator cannot tell where the run stopped.
+            print(render_report(replayer.report), flush=True)
+            print("interrupted: run the same replay again to continue", flush=True)
+            raise
     print(render_report(report))
     return exitcodes.OK if report.ok else exitcodes.FAILED
 

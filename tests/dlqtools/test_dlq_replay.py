@@ -498,6 +498,10 @@ def test_sigterm_stops_a_replay_like_ctrl_c_committing_what_was_sent(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
     assert code == exitcodes.INTERRUPTED, proc.stderr.read() if proc.stderr else ""
+    assert proc.stdout is not None
+    summary = proc.stdout.read().decode()
+    assert "interrupted: run the same replay again" in summary
+    assert "committed under group" in summary  # where the next run starts
     assert replay(bootstrap, dlq).replayed < 20
     keys = [m.key() for m in read_all(orders, 21, timeout=4)]
     assert sorted(keys) == sorted(f"customer-{i}".encode() for i in range(20))
