@@ -336,3 +336,26 @@ def test_a_failed_probe_keeps_the_time_of_the_first_failure() -> None:
     last = judge(ValueError(), 1, failed, policy, (TimeoutError,), clock.now, b, (0, 5))
     assert isinstance(last, sg.Failure)
     assert last.first_failure_ms == 5
+
+
+def test_a_retry_whose_failure_the_breaker_caught_needs_no_token() -> None:
+    """A message that failed before the breaker opened retries without a token once
+    the breaker closed: the outage was the dependency's, and under key or no ordering
+    every record in flight fails in one, which at the budget's floor of 10 retries a
+    second took minutes to recover. One that failed while the breaker stayed closed
+    still needs a token."""
+    b, clock, _ = breaker(min_calls=2, cool_down=5.0, retry_ratio=0.0, min_retries_per_second=10.0)
+    caught = RetryState(1, 5, clock.now, clock.now + 0.1, open_mark=b.open_total())
+    b.failed((0, 1))
+    b.failed((1, 1))
+    assert b.state == OPEN
+    clock.now += 5
+    assert b.allow()
+    b.succeeded()  # the probe: the dependency is back
+    assert b.state == CLOSED
+    while b.may_retry():  # other retries spent the budget
+        pass
+    assert gate(b, caught, clock.now) is None
+    assert gate(b, caught, clock.now) is not None  # its next retry needs a token again
+    alone = RetryState(1, 5, clock.now, clock.now + 0.1, open_mark=b.open_total())
+    assert gate(b, alone, clock.now) is not None
