@@ -184,7 +184,8 @@ class Breaker:
 
     def recovered(self, message: Hashable) -> None:
         """``message``, which may have failed transiently before, has now been handled,
-        or failed permanently (the dependency answered): it no longer counts among the
+        failed permanently (the dependency answered), or was dead-lettered when its
+        retries ran out while nothing pointed to an outage: it no longer counts among the
         failing messages that tell an outage from one bad message. Without this, a
         message that failed once and then succeeded made the next message failing on
         its own look like an outage: it was held, and the breaker opened and never

@@ -593,6 +593,9 @@ class LoopRunner:
                             end = clock()
                             timed(end - start)
                 except Exception as exc:
+                    if called and done:  # the verdict weighs every success before it
+                        self._fold(lane, done, last)
+                        done = 0
                     verdict = pipe.judge(
                         exc, 1, None, self._clock(), (lane.partition, msg.offset()), called
                     )

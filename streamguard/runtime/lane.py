@@ -308,6 +308,12 @@ class PartitionLane:
                         end = clock()
                         timed(end - start)
                 except Exception as exc:
+                    if called and handled:
+                        # The verdict weighs every success before it: folded after it,
+                        # they told the breaker something succeeded since this record
+                        # first failed, and an outage's first failure was dead-lettered.
+                        self._fold(batch, done, handled, 0, durations)
+                        handled = 0
                     verdict = pipe.judge(
                         exc, attempt, retry, self.clock(), (self.partition, msg.offset()), called
                     )

@@ -152,6 +152,58 @@ def test_records_in_flight_through_an_outage_recover_at_full_speed(
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_outage_starting_mid_batch_dead_letters_nothing(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    kind: str,
+) -> None:
+    """The dependency goes down in the middle of a batch, for longer than a message's
+    retry budget: the message that failed first waits for it like the others, and
+    nothing is dead-lettered. The successes before it reached the breaker after its
+    first failure, as if something had succeeded since, and it was dead-lettered."""
+    src = topic_factory("orders", partitions=3)
+    group = unique("billing")
+    total = 1500
+    send_orders(src, total, key=lambda i: f"c{i}")
+    lock = threading.Lock()
+    calls = 0
+    down_since: list[float] = []
+    handled: set[tuple[int, int]] = set()
+
+    def call(ctx: sg.MessageContext) -> None:
+        nonlocal calls
+        with lock:
+            calls += 1
+            if calls == 600:
+                down_since.append(time.monotonic())
+            if down_since and time.monotonic() - down_since[0] < 4.0:
+                raise ConnectionError("database is down")
+            handled.add((ctx.partition, ctx.offset))
+
+    class SyncBilling(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
+        breaker = sg.CircuitBreaker(cool_down=0.5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            call(ctx)
+
+    class AsyncBilling(SyncBilling):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            call(ctx)
+
+    running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
+    assert wait_for(lambda: len(handled) == total, timeout=40), f"{len(handled)} handled"
+    assert (
+        running.metric("streamguard_dead_letters_total", topic=src, reason="retries_exhausted") == 0
+    )
+    running.stop()
+    assert not running.error
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_message_failing_on_its_own_does_not_keep_the_breaker_open(
     bootstrap: str,
     topic_factory: Callable[..., str],
