@@ -1,7 +1,8 @@
 """Which partitions are ours: a lane per assigned partition, settled when it goes.
 
 On assign a lane is created. On revoke its in-flight handler gets
-``revoke_timeout`` to finish, its dead letters are awaited and its final-outcome
+``revoke_timeout`` to finish (then an async one is cancelled, ``give_up``), its dead
+letters are awaited and its final-outcome
 prefix is committed before the partition moves; nothing after that prefix is. A *lost*
 partition (the session expired) may already belong to another member, so nothing is
 committed for it: its work is dropped and redelivered. Shutdown settles every lane
@@ -119,6 +120,7 @@ class Assignment:
                     "handler still running after the timeout; its message will be redelivered",
                     extra={"partition": lane.partition, "timeout": timeout},
                 )
+                lane.give_up()  # an async handler is cancelled
         self._publisher.flush(max(0.0, deadline - time.monotonic()))
         self._committer.commit(lanes, asynchronous=False)
 

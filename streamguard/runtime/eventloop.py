@@ -135,6 +135,15 @@ class LoopLane(PartitionLane):
         super().close()
         self.runner.close_lane(self)
 
+    def give_up(self) -> None:
+        """A revoke or shutdown stopped waiting for this lane's handlers: cancel them.
+
+        Left running, an async handler of a revoked partition went on beside the new
+        owner's call of the same record, and beside this member's own if the partition
+        came back (two handlers of one key at once); it also kept its slot.
+        """
+        self.runner.cancel_lane(self)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait (bounded) until no handler of this lane runs; False on timeout.
 
@@ -356,6 +365,11 @@ class LoopRunner:
         """Stop a closed lane's work: nothing new starts; retry waits are cancelled."""
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._close, lane)
+
+    def cancel_lane(self, lane: LoopLane) -> None:
+        """Cancel every task of a closed lane, handlers included (records uncommitted)."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._close, lane, True)
 
     def cancel_all(self) -> None:
         """Shutdown gave up waiting: cancel every task (their records stay uncommitted)."""
@@ -893,10 +907,11 @@ class LoopRunner:
         # can run while one of its handlers is suspended, or from within the run.
         self._durations.clear()
 
-    def _close(self, lane: LoopLane) -> None:
+    def _close(self, lane: LoopLane, handlers: bool = False) -> None:
         for ident, run in list(self._runs.items()):
-            if run.lane is lane and not run.in_handler:
-                self._cancel(ident, run)  # waiting to retry or for a slot: give it up
+            # Waiting to retry or for a slot: give it up; in a handler, only when asked.
+            if run.lane is lane and (handlers or not run.in_handler):
+                self._cancel(ident, run)
 
     def _cancel_all(self) -> None:
         for ident, run in list(self._runs.items()):

@@ -179,6 +179,10 @@ class PartitionLane:
         """Wait (bounded) until no handler of this lane runs; False on timeout."""
         return self.idle.wait(timeout)
 
+    def give_up(self) -> None:
+        """Settling stopped waiting for this lane's handler. A worker thread cannot be
+        stopped: its handler runs on, and its record stays uncommitted."""
+
     def commit_position(self) -> int | None:
         """The end of the longest prefix of final outcomes (None: nothing final yet)."""
         with self.lock:

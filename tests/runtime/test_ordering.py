@@ -476,6 +476,65 @@ def test_a_revoke_gives_up_at_once_a_partition_only_waiting_for_a_slot(
     assert not second.error
 
 
+def test_a_handler_still_running_after_revoke_timeout_is_cancelled(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """A revoke that gave up waiting for an async handler cancels it, as a shutdown
+    does: left running, it went on beside the record's next call, and when the
+    partition came back to its member, that member ran the key's next record while
+    the first was still in its handler (two handlers of one key at once)."""
+    src = topic_factory("orders", partitions=2)
+    group = unique("enrich")
+    value = order(1).model_dump_json().encode()
+    for _ in range(2):
+        raw_producer.produce(src, value, key=b"K", partition=0)
+    raw_producer.flush(10)
+    lock = threading.Lock()
+    spans: list[tuple[str, int, float, float]] = []  # member, offset, start, end
+    slow_once = threading.Event()
+    second_started = threading.Event()
+
+    class Enrich(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        ordering = "key"
+        options = sg.ServiceOptions(revoke_timeout=1.0, shutdown_timeout=1.0)
+        member = "first"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started = time.monotonic()
+            try:
+                if self.member == "second":
+                    second_started.set()
+                    await asyncio.sleep(5)  # still running when it stops: cancelled
+                elif not slow_once.is_set():
+                    slow_once.set()
+                    await asyncio.sleep(12)  # outlasts the revoke
+            finally:
+                with lock:
+                    spans.append((self.member, ctx.offset, started, time.monotonic()))
+
+    class Second(Enrich):
+        member = "second"
+
+    first = start_service(Enrich)
+    assert wait_for(slow_once.is_set)
+    second = start_service(Second)  # takes partition 0 (cooperative-sticky)
+    assert wait_for(second_started.is_set), "partition 0 did not move"
+    second.stop()  # its call is cancelled; partition 0 comes back, offset 0 uncommitted
+    assert wait_for(lambda: sum(1 for s in spans if s[0] == "first") >= 3, timeout=20)
+    ours = sorted((start, end, offset) for member, offset, start, end in spans if member == "first")
+    for (_, end, _), (start, _, offset) in itertools.pairwise(ours):
+        assert start >= end, f"offset {offset} of key K started while another ran"
+    assert wait_for(lambda: committed(bootstrap, group, src) == {0: 2})
+    first.stop()
+    assert not first.error
+    assert not second.error
+
+
 def test_sigkill_mid_stream_loses_nothing_under_key_ordering(
     bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
 ) -> None:
