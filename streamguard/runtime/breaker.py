@@ -184,8 +184,7 @@ class Breaker:
 
     def recovered(self, message: Hashable) -> None:
         """``message``, which may have failed transiently before, has now been handled,
-        failed permanently (the dependency answered), or was dead-lettered when its
-        retries ran out while nothing pointed to an outage: it no longer counts among the
+        or failed permanently (the dependency answered): it no longer counts among the
         failing messages that tell an outage from one bad message. Without this, a
         message that failed once and then succeeded made the next message failing on
         its own look like an outage: it was held, and the breaker opened and never
@@ -212,8 +211,16 @@ class Breaker:
         with self._lock:
             if not self.closed:
                 return True
-            now = self._clock()
-            return self._last_success < since and self._failing_messages(now, message) > 0
+            if self._last_success >= since:
+                return False
+            # Other messages failing since the last success: one that failed before it
+            # (dead-lettered when its retries ran out, say, with records handled after
+            # it) says nothing about this failure.
+            now, window, last = self._clock(), self.config.window, self._last_success
+            return any(
+                key != message and at > last and now - at <= window
+                for key, at in self._failing.items()
+            )
 
     # -- retries -----------------------------------------------------------------------
 

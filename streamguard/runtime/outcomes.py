@@ -179,8 +179,6 @@ def judge(
         mark = breaker.open_total()
         return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, now, mark)
     if delay is None:
-        if breaker is not None:
-            breaker.recovered(message)  # dead-lettered: no longer among the failing
         error = RetriesExhausted(attempt, int(elapsed_ms), exc)
         error.__cause__ = exc
         return Failure("retries_exhausted", error, attempt, first_ms)

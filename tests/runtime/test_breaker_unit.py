@@ -359,3 +359,21 @@ def test_a_retry_whose_failure_the_breaker_caught_needs_no_token() -> None:
     assert gate(b, caught, clock.now) is not None  # its next retry needs a token again
     alone = RetryState(1, 5, clock.now, clock.now + 0.1, open_mark=b.open_total())
     assert gate(b, alone, clock.now) is not None
+
+
+def test_a_failure_before_the_last_success_is_no_sign_of_an_outage() -> None:
+    """A message dead-lettered when its retries ran out, then records handled, then
+    another message failing on its own: the first says nothing about the second, which
+    is dead-lettered too (it was held for the breaker's window). With nothing handled
+    between them, two messages failing one after the other do look like an outage."""
+    b, clock, _ = breaker(min_calls=1000)
+    b.failed((0, 7))  # dead-lettered later; it stays among the failing messages
+    clock.now += 0.1
+    b.succeeded(49)
+    clock.now += 0.1
+    since = clock.now
+    b.failed((0, 57))
+    clock.now += 0.1
+    assert not b.outage_suspected((0, 57), since)
+    b.failed((0, 58))  # no success since (0, 57) first failed
+    assert b.outage_suspected((0, 57), since)
