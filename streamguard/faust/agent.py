@@ -25,6 +25,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
+from faust.agents import Agent
+from faust.types import ChannelT
 from prometheus_client import CollectorRegistry
 
 from streamguard.codecs import Codec, codec_for
@@ -279,7 +281,13 @@ class GuardedAgent:
         """Send a handler's result to every sink and wait for each confirmation."""
         for target in self.sinks:
             if hasattr(target, "send"):
-                sent = await target.send(value=result)
+                if isinstance(target, ChannelT | Agent):
+                    # Sent now (force): with the app's stream_publish_on_commit, Faust
+                    # holds a send made during an event until that event's offset is
+                    # committed, which waits for the ack that waits for this send.
+                    sent = await target.send(value=result, force=True)
+                else:
+                    sent = await target.send(value=result)
                 if inspect.isawaitable(sent):
                     await sent
             else:

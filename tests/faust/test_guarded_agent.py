@@ -256,6 +256,35 @@ def test_results_are_forwarded_to_a_sink(
     ]
 
 
+def test_results_reach_a_sink_at_once_when_the_app_publishes_on_commit(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """With ``stream_publish_on_commit``, Faust holds a send made while an event is
+    processed until that event's offset is committed; a result is still sent and
+    confirmed before its event is acked, so the partition does not wait for itself."""
+    src, out = topic_factory("orders"), topic_factory("invoices")
+    send_orders(src, 3)
+    app = make_app(stream_publish_on_commit=True)
+    invoices = app.topic(out, value_serializer="json")
+
+    @guarded_agent(app, src, contract=OrderPlaced, sink=[invoices])
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> dict[str, str]:
+        return {"invoice_for": str(event.order_id)}
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3, 40)
+
+    run_app(app, scenario)
+    records = read_all(out, 3, timeout=15)
+    assert sorted(json.loads(r.value())["invoice_for"] for r in records) == sorted(
+        str(order(i).order_id) for i in range(3)
+    )
+
+
 def test_schema_drift_is_counted(
     bootstrap: str,
     topic_factory: Callable[..., str],
