@@ -19,9 +19,11 @@ import asyncio
 import inspect
 import logging
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
+from faust.streams import _current_event
 from faust.types import TP
 
 from streamguard.deadletter import Failure
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
     from streamguard.faust.agent import GuardedAgent
 
 log = logging.getLogger("streamguard.faust")
+
+# Faust's "current event" of a task (faust.streams.current_event() reads it), set by its
+# own stream for each event; private, like the other Faust internals the lanes rely on.
+set_current_event = _current_event.set
 
 # How long a lane that ran dry waits before it reports the dead-letter lines it skipped.
 LOG_FLUSH_WAIT = 0.2
@@ -293,6 +299,11 @@ class Lane:
     ) -> Failure | Literal["handled", "given_up"]:
         """Run the handler, retrying transient failures: handled, given up, or a Failure."""
         agent = self.agent
+        # The event is Faust's current event while its handler and sinks run, as in a
+        # plain agent: tables take a change's partition from it (and refuse one made
+        # without it), windows its timestamp. The lane's task would otherwise see the
+        # event that was current when the actor created it, gone after its handling.
+        set_current_event(weakref.ref(event))
         retry: RetryState | None = None
         attempt = 1
         while True:

@@ -285,6 +285,39 @@ def test_results_reach_a_sink_at_once_when_the_app_publishes_on_commit(
     )
 
 
+def test_a_handler_updates_a_faust_table_for_every_event(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """The handler runs with its event as Faust's current event, as in a plain agent,
+    so a table it updates takes every event's change (on the event's partition), not
+    only the first event's of a partition, and no valid event is dead-lettered."""
+    src = topic_factory("orders", partitions=2)
+    send_orders(src, 12, key=lambda i: f"customer-{i % 3}")
+    app = make_app()
+    orders_by_partition = app.Table(f"{src}-per-partition", default=int, partitions=2)
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def count(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        orders_by_partition[str(ctx.partition)] += 1
+
+    def handled() -> float:
+        labels = {"runtime": "faust", "topic": src, "outcome": "handled"}
+        return count.registry.get_sample_value("streamguard_messages_total", labels) or 0.0
+
+    async def scenario() -> None:
+        assert await until(lambda: sum(committed(bootstrap, app.conf.id, src).values()) == 12)
+        assert await until(lambda: handled() == 12, 5)
+
+    run_app(app, scenario)
+    assert read_all(f"{src}.dlq", 1, timeout=2) == []
+    per_partition = committed(bootstrap, app.conf.id, src)
+    assert dict(orders_by_partition.items()) == {str(p): n for p, n in per_partition.items() if n}
+
+
 def test_schema_drift_is_counted(
     bootstrap: str,
     topic_factory: Callable[..., str],
