@@ -354,26 +354,35 @@ class Lane:
         # sent as it is, it could never be written and would hold its partition for good.
         key = b"" if msg.key is None and msg.value is None else msg.key
         backoff = 0.1
+        # A send the broker has not confirmed yet. Kept across tries: a confirmation that
+        # outlasts a try (a stalled broker) is waited for again, not sent again, or each
+        # try of a stall would leave one more copy in the DLQ once the broker answers.
+        sent: Any = None
         try:
             while not agent.interrupted(msg):
                 try:
-                    await agent.dead_letter_topic_ready()
-                    # The send too, not only its confirmation: it waits for the topic's
-                    # metadata first, up to Faust's producer_request_timeout (20 min).
-                    sent = await asyncio.wait_for(
-                        agent.app.producer.send(
-                            agent.dead_letter_topic,
-                            key=key,
-                            value=msg.value,
-                            partition=None,
-                            timestamp=None,
-                            headers=headers,
-                        ),
-                        DEAD_LETTER_TIMEOUT,
-                    )
-                    if inspect.isawaitable(sent):
+                    if sent is None:
+                        await agent.dead_letter_topic_ready()
+                        # The send too, not only its confirmation: it waits for the
+                        # topic's metadata first, up to Faust's producer_request_timeout.
+                        sent = await asyncio.wait_for(
+                            agent.app.producer.send(
+                                agent.dead_letter_topic,
+                                key=key,
+                                value=msg.value,
+                                partition=None,
+                                timestamp=None,
+                                headers=headers,
+                            ),
+                            DEAD_LETTER_TIMEOUT,
+                        )
+                    if isinstance(sent, asyncio.Future):
+                        await asyncio.wait_for(asyncio.shield(sent), DEAD_LETTER_TIMEOUT)
+                    elif inspect.isawaitable(sent):
                         await asyncio.wait_for(sent, DEAD_LETTER_TIMEOUT)
                 except Exception as exc:  # TimeoutError included: not confirmed, try again
+                    if not (isinstance(sent, asyncio.Future) and not sent.done()):
+                        sent = None  # refused, or never queued: sent again
                     self.dead_letter_failing = True
                     agent.dead_letter_failed(exc)
                     if not await self._backoff(backoff, msg):
