@@ -207,10 +207,17 @@ class GuardedAgent:
         self._retries = self.metrics.retries.labels(topic)
         self._dlq_failures = self.metrics.dead_letter_failures.labels(topic)
         self.metrics.start_series(topic, REASONS)
-        self.metrics.track(topic, self._inflight, self._paused)
         self._dead_letters_down = False  # the last dead-letter line said "cannot write"
         peers = _PEERS.setdefault(registry, [])
         peers.append(self)
+        # Every agent of this registry on the topic (e.g. billing and audit agents on
+        # one topic) shares the topic's series: its gauges add theirs up at scrape
+        # time, as its counters do, instead of showing the last one declared.
+        self.metrics.track(
+            topic,
+            lambda: sum(a._inflight() for a in peers if a.topic == topic),
+            lambda: sum(a._paused() for a in peers if a.topic == topic),
+        )
         self.metrics.ready.set_function(lambda: 1.0 if all(a.ready for a in peers) else 0.0)
         source = app.topic(topic, key_serializer="raw", value_serializer="raw")
         self.agent = app.agent(source, name=self.name, concurrency=1)(self._consume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -99,3 +100,20 @@ def test_metrics_share_names_and_live_beside_faust_sensors(make_app: Callable[..
         series = f'streamguard_messages_total{{outcome="handled",runtime="faust",topic="{topic}"}}'
         assert series in text
     assert "streamguard_messages_received_total" in text  # Faust's own sensor
+
+
+def test_agents_on_one_topic_add_up_their_gauges(make_app: Callable[..., Any]) -> None:
+    """Two guarded agents of one app on the same topic share its series: the inflight
+    and paused-partition gauges count both agents' partitions, not the last one's."""
+    app = make_app()
+
+    async def audit(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    billing = guarded_agent(app, "orders", contract=OrderPlaced)(bill)
+    auditing = guarded_agent(app, "orders", contract=OrderPlaced)(audit)
+    billing._lanes[0] = SimpleNamespace(inflight=5, waiting=True, paused_tp=None)
+    auditing._lanes[0] = SimpleNamespace(inflight=2, waiting=False, paused_tp=None)
+    labels = {"runtime": "faust", "topic": "orders"}
+    assert billing.registry.get_sample_value("streamguard_inflight", labels) == 7
+    assert billing.registry.get_sample_value("streamguard_paused_partitions", labels) == 1
