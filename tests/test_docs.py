@@ -132,12 +132,14 @@ def test_runbook_lists_every_metric_the_runtime_registers() -> None:
     assert dict(rows) == exported
 
 
-def _logged_events() -> set[str]:
-    """The text of every log line the consumer runtime writes at info level or above."""
+def _logged_events(package: str = "runtime") -> set[str]:
+    """The text of every log line the consumer runtime (or another package of
+    streamguard's, without the shared modules) writes at info level or above."""
     import ast
 
-    sources = [*sorted((ROOT / "streamguard" / "runtime").glob("*.py"))]
-    sources += [ROOT / "streamguard" / "deadletter.py", ROOT / "streamguard" / "headers.py"]
+    sources = [*sorted((ROOT / "streamguard" / package).glob("*.py"))]
+    if package == "runtime":
+        sources += [ROOT / "streamguard" / "deadletter.py", ROOT / "streamguard" / "headers.py"]
     events = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
@@ -166,6 +168,15 @@ def test_runbook_lists_every_log_line_of_the_runtime() -> None:
     )
     documented = {event for row in rows for event in row if event} - {"event"}
     assert documented == _logged_events()
+
+
+def test_runbook_lists_every_log_line_of_the_faust_agents() -> None:
+    """The guarded Faust agents' own log lines have a table of their own: their line for
+    an unwritable DLQ is worded unlike the service's, and an operator greps for it."""
+    rows = re.findall(
+        r"^\| `([^`]+)`", _runbook_section("Structured logs of guarded Faust agents"), re.M
+    )
+    assert set(rows) - {"event"} == _logged_events("faust")
 
 
 def test_no_install_hint_fetches_the_unrelated_pypi_project() -> None:
