@@ -575,10 +575,8 @@ class LoopRunner:
                     # Not in a handler while it waits: a revoke cancels the run at once
                     # (``_close``) rather than wait, up to revoke_timeout, for another
                     # partition's handler to free a slot. Its records are redelivered.
-                    run.in_handler = False
-                    with self._outside_handlers():
+                    with self._outside_handlers(run):
                         await slots.take()
-                    run.in_handler = True
                     if lane.closed:
                         slots.give()
                         return
@@ -670,20 +668,24 @@ class LoopRunner:
     async def _aside(self, run: _KeyRun, msg: Record, retry: RetryState | None = None) -> None:
         """Take a record of an in-order run to its outcome through ``_process`` (which
         counts its own handler calls), the run meanwhile counted as not in a handler."""
-        run.in_handler = False  # if _process raises, _run_in_order's finally clears it too
-        with self._outside_handlers():
+        with self._outside_handlers(run):
             await self._process(run, msg, retry)
-        run.in_handler = True
 
     @contextlib.contextmanager
-    def _outside_handlers(self) -> Iterator[None]:
+    def _outside_handlers(self, run: _KeyRun | None = None) -> Iterator[None]:
         """An in-order run, which counts once in ``in_handlers`` while it runs, waits
-        here for something other than a handler: meanwhile it does not count."""
+        here for something other than a handler: meanwhile it does not count. Given the
+        ``run``, it is also not in a handler for a revoke, which then cancels it at once
+        (``_close``); if the wait raises, ``_run_in_order``'s finally clears that flag."""
         self.in_handlers -= 1
+        if run is not None:
+            run.in_handler = False
         try:
             yield
         finally:
             self.in_handlers += 1
+        if run is not None:
+            run.in_handler = True
 
     def _poll_here(self) -> None:
         """Poll on the loop thread, between records: leader/follower, as workers do.
