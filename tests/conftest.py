@@ -6,6 +6,7 @@ import contextlib
 import gc
 import itertools
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +35,22 @@ def broker() -> Iterator[DevBroker]:
         yield dev
     finally:
         _close_clients_left_behind()
+        dev.stop()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[DevBroker]:
+    """A broker of the test's own, which the test may suspend (SIGSTOP) by its PID, or
+    kill and restart on its port."""
+    dev = DevBroker()
+    dev.start()
+    try:
+        yield dev
+    finally:
+        if dev.pid is not None:
+            # A stopped process would not take the SIGKILL at once; a killed one is gone.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(dev.pid, signal.SIGCONT)
         dev.stop()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer
@@ -23,17 +22,6 @@ pytestmark = pytest.mark.broker
 # At most this share of one core while the broker is away: a reconnect loop costs a
 # few percent; a busy spin costs 100 %.
 MAX_CPU_WHILE_AWAY = 0.25
-
-
-@pytest.fixture
-def own_broker() -> Iterator[DevBroker]:
-    """A broker of the test's own, which the test may kill and restart on its port."""
-    dev = DevBroker()
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
 
 
 class Customers:

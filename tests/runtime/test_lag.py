@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -26,20 +25,6 @@ from tests.runtime.conftest import order, wait_for
 
 # The loop's timer ticks this often; a stall shows as a longer gap between two ticks.
 TICK = 0.005
-
-
-@pytest.fixture
-def own_broker() -> Iterator[DevBroker]:
-    """A broker of the test's own, which the test may suspend (SIGSTOP) by its PID."""
-    dev = DevBroker()
-    dev.start()
-    try:
-        yield dev
-    finally:
-        pid = dev.pid
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)  # a stopped process would not take the SIGKILL at once
-        dev.stop()
 
 
 class LoopTicks:
