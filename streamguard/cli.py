@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 
 from confluent_kafka import KafkaError, KafkaException
 
 from streamguard import exitcodes
 from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, StreamguardError
+from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.commands import add_registry_parser
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
@@ -34,12 +33,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     print(f"  export STREAMGUARD_BOOTSTRAP_SERVERS={address}", flush=True)
     print("  in-memory: nothing is kept when it stops. Ctrl-C stops it.", flush=True)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
-        status = broker.wait()
+        with sigterm_as_ctrl_c():
+            status = broker.wait()
     except KeyboardInterrupt:
         broker.stop()
         print("streamguard broker stopped", flush=True)

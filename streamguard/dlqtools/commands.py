@@ -7,11 +7,6 @@ configuration error (including a DLQ or ``--to`` topic that does not exist).
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from streamguard import exitcodes
@@ -27,6 +22,7 @@ from streamguard.dlqtools.replay import (
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
+from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.observe.untrusted import printable
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
@@ -168,7 +164,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
     group = args.group or default_group(args.topic, selection)
     with (
-        _sigterm_as_ctrl_c(),
+        sigterm_as_ctrl_c(),
         DlqReader(
             args.bootstrap_servers,
             args.topic,
@@ -192,28 +188,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise
     print(render_report(report))
     return exitcodes.OK if report.ok else exitcodes.FAILED
-
-
-@contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """Stop on SIGTERM as on Ctrl-C: settle what was sent and commit it, then exit.
-
-    SIGTERM is how a container, a CI job or ``timeout`` asks a replay to stop. Left to
-    its default it kills the process before the final commit, and the next run sends
-    again every record acknowledged since the last one (up to a second's worth).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; its caller owns the signals
-        return
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def render_report(report: ReplayReport) -> str:

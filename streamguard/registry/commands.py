@@ -11,12 +11,12 @@ import json
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 from streamguard.config import ProjectConfig
 from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError
+from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.checks import RegistrationRefused, RegistryCheck, RegistryChecker
 from streamguard.registry.client import REGISTRY_URL_ENV, new_client, resolve_registry_config
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
@@ -69,12 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  {kept}. For development: production uses a real registry. Ctrl-C stops it.")
     stopped = False
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
-        signal.pause()
+        with sigterm_as_ctrl_c():
+            signal.pause()
     except KeyboardInterrupt:
         stopped = True
     finally:
