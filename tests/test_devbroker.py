@@ -58,7 +58,9 @@ def test_broker_dies_with_the_process_that_started_it(tmp_path: Any) -> None:
         "import time, pathlib\n"
         "from streamguard.devbroker import DevBroker\n"
         "b = DevBroker(); b.start()\n"
-        f"pathlib.Path({str(pid_file)!r}).write_text(str(b.pid))\n"
+        # Written aside and renamed: the test must never read a half-written file.
+        f"pathlib.Path({str(pid_file)!r} + '.tmp').write_text(str(b.pid))\n"
+        f"pathlib.Path({str(pid_file)!r} + '.tmp').rename({str(pid_file)!r})\n"
         "time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script])
