@@ -36,6 +36,14 @@ class Progress:
         self.stream.write(f"\r[{bar}] {done}/{self.total}  {text}\x1b[K")
         self.stream.flush()
 
+    def clear(self) -> None:
+        """Erase the bar, so that a line printed next starts at the left edge; the
+        next ``update`` draws it again below that line."""
+        if self.enabled and self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = 0.0
+
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")

@@ -193,6 +193,7 @@ class Replayer:
         # replay must see a record refused at produce() at once, to stop before sending
         # anything after it (GuardedProducer defers such refusals to flush()).
         self._producer: Producer | None = None
+        self._progress = Progress(0)
         self.errors = self.report.errors
 
     def run(self) -> ReplayReport:
@@ -218,7 +219,7 @@ class Replayer:
             self._producer = Producer(
                 {**PRODUCER_DEFAULTS, **PRODUCER_OVERRIDES, **self.reader.client_config}
             )
-        progress = Progress(self.report.to_read)
+        progress = self._progress = Progress(self.report.to_read)
         last_settle = time.monotonic()
         try:
             for record in self.reader.read(ranges):
@@ -277,6 +278,7 @@ class Replayer:
             return True
         report.replayed += 1
         if self._producer is None:
+            self._progress.clear()  # on a terminal the line would follow the bar's text
             self.out.write(self._describe(record, decision) + "\n")
             prefix.release(letter.dlq_offset)
             return True

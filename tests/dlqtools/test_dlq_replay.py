@@ -92,6 +92,43 @@ def test_dry_run_writes_and_commits_nothing(
     assert committed(bootstrap, dlq, default_group(dlq)) == [-1001]
 
 
+def test_dry_run_lines_start_clear_of_the_progress_bar_on_a_terminal(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the bar (stderr) and the dry-run lines (stdout) share the screen:
+    each line is printed where the bar was, erased, never after the bar's text."""
+    _, dlq, _ = incident
+    screen: list[str] = []
+
+    class Terminal(io.StringIO):
+        def write(self, text: str) -> int:
+            screen.append(text)
+            return len(text)
+
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    report = replay(bootstrap, dlq, dry_run=True, out=Terminal())
+    assert report.replayed == 5
+    rows: list[list[str]] = [[]]
+    column = 0
+    for char in "".join(screen).replace("\x1b[K", "\x00"):  # a terminal, drawn
+        if char == "\n":
+            rows.append([])
+            column = 0
+        elif char == "\r":
+            column = 0
+        elif char == "\x00":  # erase to the end of the line
+            del rows[-1][column:]
+        else:
+            rows[-1][column : column + 1] = [char]
+            column += 1
+    lines = ["".join(row) for row in rows if "would send" in "".join(row)]
+    assert len(lines) == 5, rows
+    assert all(line.startswith("would send") for line in lines), lines
+
+
 def test_dry_run_shows_no_value_of_a_producers_own_headers_and_nothing_unsafe(
     bootstrap: str, topic_factory: Callable[..., str]
 ) -> None:
