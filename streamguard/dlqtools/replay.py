@@ -25,7 +25,8 @@ at-least-once and both small: if the process dies between an acknowledgement and
 commit that follows it, or if the broker refuses a record *after* later records of the
 same batch were acknowledged, those later records are sent again by the next run.
 Batches are flushed and committed at least every ``COMMIT_INTERVAL`` seconds to keep
-the first window short; a record the client refuses at ``produce()`` stops the run
+the first window short (under a slow ``--rate``, before a record's turn rather than
+after it); a record the client refuses at ``produce()`` stops the run
 before anything after it is sent. Every replayed record carries ``sg-replay-count``, so
 a consumer that must be exactly-once can recognise a replay.
 """
@@ -189,6 +190,7 @@ class Replayer:
         self._prefixes: dict[int, FinalPrefix[None]] = {}
         self._unsettled = 0  # records produced since the last settle
         self._next_send = 0.0  # monotonic time the next record may go under --rate
+        self._last_settle = 0.0  # monotonic time of the last flush and commit
         # A plain client, not GuardedProducer: the bytes are already encoded, and the
         # replay must see a record refused at produce() at once, to stop before sending
         # anything after it (GuardedProducer defers such refusals to flush()).
@@ -220,11 +222,11 @@ class Replayer:
                 {**PRODUCER_DEFAULTS, **PRODUCER_OVERRIDES, **self.reader.client_config}
             )
         progress = self._progress = Progress(self.report.to_read)
-        last_settle = time.monotonic()
+        self._last_settle = time.monotonic()
         try:
             for record in self.reader.read(ranges):
                 if not self._handle(record):
-                    break  # refused before sending: stop, so nothing after it is sent
+                    break  # stop, so nothing after it is sent
                 report = self.report
                 if progress.enabled:
                     progress.update(
@@ -235,12 +237,10 @@ class Replayer:
                 if options.limit is not None and report.replayed >= options.limit:
                     break
                 if (
-                    time.monotonic() - last_settle >= COMMIT_INTERVAL
+                    time.monotonic() - self._last_settle >= COMMIT_INTERVAL
                     or self._unsettled >= BATCH_SIZE
-                ):
-                    last_settle = time.monotonic()
-                    if not self._settle():
-                        break
+                ) and not self._settle():
+                    break
         finally:
             self._settle()
             progress.update(self.report.read, "done", force=True)
@@ -249,7 +249,16 @@ class Replayer:
         return self.report
 
     def _handle(self, record: DlqRecord) -> bool:
-        """Decide on one record and send it; False if the producer refused it outright."""
+        """Decide on one record and send it; False to stop the run: the producer refused
+        the record outright, or a record sent before it failed."""
+        if (
+            self._unsettled
+            and self._next_send - self._last_settle >= COMMIT_INTERVAL
+            and not self._settle()
+        ):
+            # Under a --rate below one a second the records sent so far are committed
+            # before the next one's turn, not after it; a failure among them stops the run.
+            return False
         letter = record.letter
         report = self.report
         report.read += 1
@@ -422,6 +431,7 @@ class Replayer:
         Returns False when a record failed: the run stops there, and nothing at or
         after the failed record is committed, so the next run retries it.
         """
+        self._last_settle = time.monotonic()
         if self._producer is not None:
             # Each record's outcome arrives through its own delivery report.
             left = self._producer.flush(FLUSH_TIMEOUT)

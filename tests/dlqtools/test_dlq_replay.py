@@ -407,6 +407,31 @@ def test_rate_paces_the_replay(
     assert len(read_all(orders, 5)) == 5
 
 
+def test_a_slow_rate_commits_each_record_before_the_next_ones_turn(
+    bootstrap: str, topic_factory: Callable[..., str], dead_letters: Callable[..., list[Sent]]
+) -> None:
+    """Under --rate 0.4 (2.5 s a record) the first record is committed while the run
+    waits for the second's turn, not after it: a crash in the wait does not send it twice."""
+    import threading
+
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, FIXABLE], original_topic=orders)
+    done: list[ReplayReport] = []
+    runner = threading.Thread(target=lambda: done.append(replay(bootstrap, dlq, rate=0.4)))
+    runner.start()
+    try:
+        seen = [-1001]
+        deadline = time.monotonic() + 20
+        while seen == [-1001] and time.monotonic() < deadline:
+            seen = committed(bootstrap, dlq, default_group(dlq))
+            time.sleep(0.1)
+    finally:
+        runner.join(30)
+    assert seen == [1], "the first commit came only after the second record's turn"
+    assert done[0].replayed == 2
+    assert committed(bootstrap, dlq, default_group(dlq)) == [2]
+
+
 class _SlowFirstCheck(Revalidator):
     """Passes every record; the first check takes a second (a registry's first schema
     fetch over a slow link, say), so the run starts behind --rate's schedule."""
