@@ -323,7 +323,7 @@ class ServiceHarness:
                     raise runner.failure
                 if not breaker.closed and probe is None:
                     probe = self._skip_to_probe()  # the record probes (the loop sees it)
-                held = not breaker.closed and probe is not None and breaker.half_open_at() > probe
+                held = not breaker.closed and self._probe_failed(probe)
                 if self._stalled.is_set() or held:
                     # Stopped at max_attempts, or its probe failed: the dependency looks
                     # down, and a service would hold the record too.
@@ -381,6 +381,10 @@ class ServiceHarness:
         self._clock.now = max(self._clock.now, due)
         return due
 
+    def _probe_failed(self, probe: float | None) -> bool:
+        """Whether the breaker opened again after the probe ``_skip_to_probe`` let in."""
+        return probe is not None and self.pipeline.breaker.half_open_at() > probe
+
     def _process_on_worker(self, msg: Record) -> Outcome:
         lane, clock = self._lane, self._clock
         offset = msg.offset()
@@ -401,7 +405,7 @@ class ServiceHarness:
                     break  # final: handled, or dead-lettered and acknowledged
                 if not breaker.closed:
                     stopped = self._max_attempts is not None and calls.count >= self._max_attempts
-                    if stopped or (probe is not None and breaker.half_open_at() > probe):
+                    if stopped or self._probe_failed(probe):
                         # Its probe failed: the dependency looks down (other records
                         # failed too), and a service would hold the record as well.
                         return self._left_waiting(offset, calls.count, delays)
