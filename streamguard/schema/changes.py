@@ -40,6 +40,12 @@ _SPECIAL = {
         "cannot tell the two schemas apart",
         "bump __version__ and register the new version",
     ),
+    "SCHEMA_TYPE_CHANGED": (
+        "the wire format changed from {old} to {new} (__wire_format__): consumers of either "
+        "version cannot decode records written with the other",
+        "keep __wire_format__; to change it, publish the new format under a new subject and "
+        "topic and move consumers over",
+    ),
     "VERSION_OLDER_THAN_STORED": (
         "the contract is at {new} but the store already holds {old}",
         "set __version__ above the newest stored version, or restore the newer contract",

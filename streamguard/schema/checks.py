@@ -20,6 +20,7 @@ from streamguard.schema.modes import breaking, versions_to_check
 from streamguard.schema.store import SchemaStore
 
 BOTH: frozenset[Any] = frozenset({"BACKWARD", "FORWARD"})
+FORMAT_NAMES = {"json": "JSON", "avro": "Avro"}
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,19 @@ def check_contract(
     for old in versions_to_check(mode, stored, version):
         if old < since or since == version:
             continue
-        if fmt == "avro" and not store.has(subject, old, suffix):
-            old_schema, old_fmt = store.load(subject, old), "json"  # stored before it was Avro
-            new_schema = contract.json_schema()
-        else:
-            old_schema, old_fmt, new_schema = store.load(subject, old, suffix), fmt, schema
-        changes = compare_versions(old_schema, new_schema, old_fmt, policy)
+        old_fmt = "avro" if store.has(subject, old, ".avsc") else "json"
+        if old_fmt != fmt:
+            # A plain consumer reads one format only (JsonCodec refuses an Avro record,
+            # AvroCodec a JSON one), so neither version reads the other's records, however
+            # alike their JSON Schemas are.
+            comparison = Comparison(
+                subject,
+                f"v{old} ({FORMAT_NAMES[old_fmt]})",
+                f"v{version} ({FORMAT_NAMES[fmt]})",
+                [Change((), "SCHEMA_TYPE_CHANGED", BOTH)],
+            )
+            result.comparisons.append(comparison)
+            continue
+        changes = compare_versions(store.load(subject, old, suffix), schema, fmt, policy)
         result.comparisons.append(Comparison(subject, f"v{old}", f"v{version}", changes))
     return result

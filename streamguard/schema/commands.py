@@ -23,7 +23,10 @@ from streamguard.registry.commands import (
     register_registry,
 )
 from streamguard.schema.avro import contract_avro_schema
+from streamguard.schema.changes import Change
 from streamguard.schema.checks import (
+    BOTH,
+    FORMAT_NAMES,
     Comparison,
     SubjectResult,
     check_contract,
@@ -308,5 +311,9 @@ def _subject_comparison(
         raise ConfigurationError(f"{subject}: fewer than two versions to compare; give V1 V2")
     (old, fmt_old), (new, fmt_new) = load(v1), load(v2)
     if fmt_old != fmt_new:
-        raise ConfigurationError(f"{subject}: v{v1} and v{v2} are stored in different formats")
+        old_label, new_label = (
+            f"v{v} ({FORMAT_NAMES[f]})" for v, f in ((v1, fmt_old), (v2, fmt_new))
+        )
+        change = Change((), "SCHEMA_TYPE_CHANGED", BOTH)
+        return Comparison(subject, old_label, new_label, [change])
     return Comparison(subject, f"v{v1}", f"v{v2}", compare_versions(old, new, fmt_old, policy))

@@ -457,6 +457,41 @@ def test_switching_the_wire_format_without_a_bump_is_a_change(
     assert "bump __version__ to 2" in err
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "formats"),
+    [
+        (JSON_PAY, AVRO_PAY, "v1 (JSON) -> v2 (Avro)"),
+        (AVRO_PAY, JSON_PAY, "v1 (Avro) -> v2 (JSON)"),
+    ],
+    ids=["json-to-avro", "avro-to-json"],
+)
+@pytest.mark.parametrize("mode", ["BACKWARD", "FORWARD", "FULL_TRANSITIVE"])
+def test_switching_the_wire_format_with_a_bump_breaks(
+    project_factory: Callable[[], Project],
+    cli: Cli,
+    before: str,
+    after: str,
+    formats: str,
+    mode: str,
+) -> None:
+    """v1 JSON and v2 Avro (or the reverse) of one subject: JsonCodec refuses the Avro
+    records and AvroCodec the JSON ones (both dead-letter them as decode_error), so the
+    switch breaks every mode but NONE. It passed: the Avro side was compared by its JSON
+    Schema, which the switch leaves as it was."""
+    project = project_factory()
+    project.contracts(before, mode=mode)
+    assert cli("schema", "register")[0] == 0
+    project.contracts(after.replace("__version__ = 1", "__version__ = 2"), mode=mode)
+    code, out, _ = cli("schema", "check")
+    assert code == 1
+    assert f"pay.Pay: {formats} [{mode}]: 1 breaking change(s)" in out
+    assert "SCHEMA_TYPE_CHANGED" in out
+    assert "publish the new format under a new subject" in out
+    assert cli("schema", "diff", "pay.Pay")[0] == 1
+    assert cli("schema", "register")[0] == 1
+    assert cli("schema", "check", "--mode", "NONE")[0] == 0
+
+
 def test_two_contracts_of_one_subject_and_version_are_refused(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
