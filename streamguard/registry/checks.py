@@ -37,6 +37,7 @@ class RegistryCheck:
     result: SubjectResult  # streamguard's verdict, against the registry's versions
     registered_as: int | None  # the version already holding this schema, if any
     registry_compatible: bool | None  # the registry's verdict; None: not asked
+    latest: int | None = None  # the subject's latest version
 
     @property
     def ok(self) -> bool:
@@ -107,13 +108,19 @@ class RegistryChecker:
         level = self.level(subject)
         result = SubjectResult(subject, level, contract.__version__)
         versions: list[int] = self._missing(lambda: self.client.get_versions(subject), (40401,), [])
+        registered_as = None
         if versions:
             found = self._missing(
                 lambda: self.client.lookup_schema(subject, schema), (40401, 40403), None
             )
             if found is not None:
                 result.changed = False
-                return RegistryCheck(contract, result, int(found.version), None)
+                registered_as = int(found.version)
+                if registered_as == versions[-1]:
+                    return RegistryCheck(contract, result, registered_as, None, versions[-1])
+                # An older version's schema again (a revert): producers would write it
+                # after the latest, whose consumers may not read it, so it is judged
+                # against the latest (or all) like a new schema.
         to_compare = versions if level.endswith("_TRANSITIVE") else versions[-1:]
         for version in to_compare if directions(level) else []:
             registered = self._call(lambda v=version: self.client.get_version(subject, v))
@@ -132,7 +139,9 @@ class RegistryChecker:
             verdict = bool(
                 self._call(lambda: self.client.test_compatibility_all_versions(subject, schema))
             )
-        return RegistryCheck(contract, result, None, verdict)
+        return RegistryCheck(
+            contract, result, registered_as, verdict, versions[-1] if versions else None
+        )
 
     def register(self, contract: type[Contract], subject: str) -> tuple[int, int]:
         """Register the contract's schema under ``subject``: (id, version).

@@ -121,9 +121,10 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
                 )
             continue
         if c.registered_as is not None:
+            older = "" if c.registered_as == c.latest else f", older than the latest ({c.latest})"
             lines.append(
                 f"{subject}: v{c.contract.__version__} is registered as version "
-                f"{c.registered_as} [{c.result.mode}]"
+                f"{c.registered_as}{older} [{c.result.mode}]"
             )
         elif not c.result.comparisons:
             lines.append(
@@ -160,7 +161,7 @@ def register_registry(
     """
     checker, checks = _run_checks(args, config, contracts)
     changed = [c for c in checks if c.registered_as is None]
-    refused = [c for c in changed if not c.ok]
+    refused = [c for c in checks if not c.ok]  # a revert to an older version's schema too
     if refused and not args.force:
         _report(args, refused)
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Iterator
 
@@ -9,6 +10,8 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from schema_project import Project
 
+from streamguard.codecs import JsonCodec
+from streamguard.errors import ContractViolation
 from streamguard.registry import RegistryServer
 from streamguard.registry.client import REGISTRY_URL_ENV
 
@@ -170,3 +173,28 @@ def test_mode_with_registry_is_a_usage_error(
         code, _, err = cli("schema", command, "--registry", registry.url, "--mode", "NONE")
         assert code == 2
         assert "--mode does not apply with --registry" in err
+
+
+def test_a_revert_to_an_older_registered_schema_is_judged_against_the_latest(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """v2 drops ``customer`` (safe: v2 readers ignore it in v1 data); v3 brings v1's schema
+    back, which the subject holds as version 1. Consumers on v3 require ``customer`` and
+    reject v2's records, so check --registry fails, as the offline check does. It passed
+    ("registered as version 1") without comparing anything or asking the registry."""
+    project = registered(project_factory, cli, registry.url)
+    v2 = V1.replace("__version__ = 1", "__version__ = 2").replace("    customer: Customer\n", "")
+    project.contracts(v2)
+    assert cli("schema", "register", "--registry", registry.url)[0] == 0
+    module = project.contracts(V1.replace("__version__ = 1", "__version__ = 3"))
+    v3 = importlib.import_module(module).OrderPlaced
+    with pytest.raises(ContractViolation):
+        JsonCodec().decode(b'{"order_id": "o-1"}', v3)  # a record v2 wrote
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 1
+    assert "v3 is registered as version 1, older than the latest (2) [BACKWARD]" in out
+    assert "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL" in out
+    assert "the registry says incompatible" in out
+    code, _, err = cli("schema", "register", "--registry", registry.url)
+    assert code == 1
+    assert "refused" in err
