@@ -45,9 +45,15 @@ class RegistryCheck:
         return self.result.ok and self.registry_compatible is not False
 
     @property
+    def compatible(self) -> bool:
+        """streamguard's verdict on the schema change, the question the registry answers
+        too (the __version__ rules of schemas/ aside)."""
+        return not any(c.breaking(self.result.mode) for c in self.result.comparisons)
+
+    @property
     def disagreement(self) -> bool:
         """The registry and streamguard reach different verdicts."""
-        return self.registry_compatible is not None and self.registry_compatible != self.result.ok
+        return self.registry_compatible is not None and self.registry_compatible != self.compatible
 
     def summary(self) -> dict[str, Any]:
         """The subject's verdicts, as ``--format json`` reports them."""

@@ -19,8 +19,10 @@ from streamguard.errors import ConfigurationError
 from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.checks import RegistrationRefused, RegistryCheck, RegistryChecker
 from streamguard.registry.client import REGISTRY_URL_ENV, new_client, resolve_registry_config
+from streamguard.schema.checks import version_problems
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.report import render
+from streamguard.schema.store import SchemaStore
 from streamguard.settings import redact_url
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -94,15 +96,24 @@ def _run_checks(
     args: argparse.Namespace, config: ProjectConfig, contracts: dict[str, type[Contract]]
 ) -> tuple[RegistryChecker, list[RegistryCheck]]:
     checker = _checker(args, config)
-    checks = [
-        checker.check(contract, config.registry_subject(subject))
-        for subject, contract in sorted(contracts.items())
-    ]
+    store = SchemaStore(config.schemas_dir)
+    checks = []
+    for subject, contract in sorted(contracts.items()):
+        check = checker.check(contract, config.registry_subject(subject))
+        # The registry numbers versions itself and keeps no __version__: whether a
+        # changed schema kept its __version__ is known from schemas/ only.
+        check.result.problems = version_problems(contract, store)[0]
+        checks.append(check)
     return checker, checks
 
 
 def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
-    groups = [(c.result.mode, c.result.comparisons) for c in checks]
+    groups = [
+        group
+        for c in checks
+        for group in [("ALWAYS", c.result.problems), (c.result.mode, c.result.comparisons)]
+        if group[1]
+    ]
     if args.format == "json":
         entries = json.loads(render(groups, "json"))
         doc = {"changes": entries, "subjects": [c.summary() for c in checks]}
@@ -114,7 +125,7 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
         subject, verdict = c.result.subject, c.registry_compatible
         if args.format == "github":
             if c.disagreement:
-                ours = "compatible" if c.result.ok else "incompatible"
+                ours = "compatible" if c.compatible else "incompatible"
                 lines.append(
                     f"::warning title={subject} registry verdict::the registry says "
                     f"{'compatible' if verdict else 'incompatible'}, streamguard says {ours}"
@@ -160,6 +171,16 @@ def register_registry(
     subject's level, and a deliberate break there means changing that level on purpose.
     """
     checker, checks = _run_checks(args, config, contracts)
+    rewrites = [c for c in checks if c.result.problems]
+    if rewrites:
+        # As in schemas/: even --force never gives one __version__ a second schema.
+        _report(args, rewrites)
+        print(
+            f"refused: {len(rewrites)} subject(s) changed without a __version__ bump (or "
+            "older than schemas/); nothing was registered. Bump __version__.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     changed = [c for c in checks if c.registered_as is None]
     refused = [c for c in checks if not c.ok]  # a revert to an older version's schema too
     if refused and not args.force:

@@ -68,15 +68,16 @@ def current_schema(contract: type[Contract]) -> tuple[Any, str, str]:
     return contract.json_schema(), ".json", "json"
 
 
-def check_contract(
-    contract: type[Contract], store: SchemaStore, mode: str, policy: Policy
-) -> SubjectResult:
-    """Compare a contract with the stored versions its mode requires."""
+def version_problems(contract: type[Contract], store: SchemaStore) -> tuple[list[Comparison], bool]:
+    """What breaks whatever the mode (the contract's schema differs from the stored one of
+    its ``__version__``, or the store holds a newer version), and whether the store holds
+    the contract's version unchanged."""
     subject, version = contract.__subject__, contract.__version__
-    result = SubjectResult(subject, mode, version)
     stored = store.versions(subject)
-    schema, suffix, fmt = current_schema(contract)
+    problems: list[Comparison] = []
+    unchanged = False
     if version in stored:
+        schema, _, fmt = current_schema(contract)
         stored_fp = schema_fingerprint(store.load(subject, version))
         # The wire format is part of the version: a stored .avsc says the version was
         # written as Avro. Switching __wire_format__ without a bump leaves the JSON
@@ -91,16 +92,27 @@ def check_contract(
             == schema_fingerprint(schema)
         )
         if stored_fp == contract.fingerprint() and same_wire:
-            result.changed = False
+            unchanged = True
         else:
             change = Change((), "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP", BOTH)
-            result.problems.append(
-                Comparison(subject, f"v{version} (stored)", f"v{version}", [change])
-            )
+            problems.append(Comparison(subject, f"v{version} (stored)", f"v{version}", [change]))
     newer = [v for v in stored if v > version]
     if newer:
         change = Change((), "VERSION_OLDER_THAN_STORED", BOTH)
-        result.problems.append(Comparison(subject, f"v{max(newer)}", f"v{version}", [change]))
+        problems.append(Comparison(subject, f"v{max(newer)}", f"v{version}", [change]))
+    return problems, unchanged
+
+
+def check_contract(
+    contract: type[Contract], store: SchemaStore, mode: str, policy: Policy
+) -> SubjectResult:
+    """Compare a contract with the stored versions its mode requires."""
+    subject, version = contract.__subject__, contract.__version__
+    result = SubjectResult(subject, mode, version)
+    stored = store.versions(subject)
+    schema, suffix, fmt = current_schema(contract)
+    result.problems, unchanged = version_problems(contract, store)
+    result.changed = not unchanged
     # A version registered with --force is a deliberate break: it starts the subject
     # anew, and nothing from before it is compared with it or with a later version.
     since = max((v for v in store.forced(subject) if v <= version), default=0)

@@ -198,3 +198,36 @@ def test_a_revert_to_an_older_registered_schema_is_judged_against_the_latest(
     code, _, err = cli("schema", "register", "--registry", registry.url)
     assert code == 1
     assert "refused" in err
+
+
+def test_a_change_without_a_version_bump_fails_against_the_store(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """v1 is in schemas/ and in the registry; the contract then gains a field but stays
+    v1. The registry keeps no __version__, but schemas/ does: check --registry fails as
+    the offline check does, and register --registry registers nothing, even forced
+    (check passed and register made it the subject's version 2, a second schema under
+    sg-version 1). Bumped to v2, it passes."""
+    project = registered(project_factory, cli, registry.url)
+    assert cli("schema", "register")[0] == 0
+    unbumped = V2_OPTIONAL_FIELD.replace("__version__ = 2", "__version__ = 1")
+    project.contracts(unbumped)
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 1
+    assert "orders.OrderPlaced: v1 (stored) -> v1 [version check]: 1 breaking change(s)" in out
+    assert "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP" in out
+    assert "the registry says compatible" in out
+    assert "DISAGREEMENT" not in out
+    code, out, _ = cli("schema", "check", "--registry", registry.url, "--format", "json")
+    report = json.loads(out)
+    assert [c["rule"] for c in report["changes"] if c["breaking"]] == [
+        "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP"
+    ]
+    assert report["subjects"][0]["compatible"] is False
+    for force in ([], ["--force", "--reason", "test"]):
+        code, _, err = cli("schema", "register", "--registry", registry.url, *force)
+        assert code == 1
+        assert "changed without a __version__ bump" in err
+    assert SchemaRegistryClient({"url": registry.url}).get_versions("orders.OrderPlaced") == [1]
+    project.contracts(V2_OPTIONAL_FIELD)
+    assert cli("schema", "check", "--registry", registry.url)[0] == 0
