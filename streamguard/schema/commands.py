@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from streamguard import exitcodes
 from streamguard.config import ProjectConfig, load_project_config
-from streamguard.contracts import Contract, schema_fingerprint
+from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError
 from streamguard.registry.commands import (
     add_registry_argument,
@@ -32,6 +32,7 @@ from streamguard.schema.checks import (
     check_contract,
     compare_versions,
     current_schema,
+    version_problems,
 )
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
@@ -294,13 +295,15 @@ def _subject_comparison(
         contract is not None
         and stored
         and stored[-1] == contract.__version__
-        and schema_fingerprint(store.load(subject, stored[-1])) != contract.fingerprint()
+        and not version_problems(contract, store)[1]
     ):
         # The contract changed without a version bump (what `check` refuses): show how.
         version = stored[-1]
         (old, fmt_old), (new, _, fmt_new) = load(version), current_schema(contract)
         if fmt_old != fmt_new:
-            raise ConfigurationError(f"{subject}: v{version} is stored in another format")
+            changes = [Change((), "SCHEMA_TYPE_CHANGED", BOTH)]
+            old_label = f"v{version} ({FORMAT_NAMES[fmt_old]}, stored)"
+            return Comparison(subject, old_label, f"v{version} ({FORMAT_NAMES[fmt_new]})", changes)
         changes = compare_versions(old, new, fmt_old, policy)
         return Comparison(subject, f"v{version} (stored)", f"v{version}", changes)
     elif not stored and contract is None:

@@ -455,6 +455,11 @@ def test_switching_the_wire_format_without_a_bump_is_a_change(
     code, _, err = cli("schema", "register")
     assert code == 1
     assert "bump __version__ to 2" in err
+    # diff shows how (it said "fewer than two versions to compare", exit 2)
+    code, out, _ = cli("schema", "diff", "pay.Pay")
+    assert code == 1
+    assert "stored) -> v1 (" in out
+    assert "SCHEMA_TYPE_CHANGED" in out
 
 
 @pytest.mark.parametrize(
