@@ -36,7 +36,7 @@ _SWAP = {
 # Rules about versions rather than shapes: their own sentence and fix.
 _SPECIAL = {
     "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP": (
-        "the schema differs from the stored {old} but __version__ was not bumped, so consumers "
+        "the schema differs from {old} but __version__ was not bumped, so consumers "
         "cannot tell the two schemas apart",
         "bump __version__ and register the new version",
     ),
