@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -351,6 +352,35 @@ class GuardedAgent:
     async def dead_letter_topic_ready(self) -> None:
         if self._dlq_declared is not None:
             await asyncio.shield(self._dlq_declared)
+
+    async def send_dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> Any:
+        """Queue one dead letter on the app's producer; the caller awaits what this
+        returns for the broker's confirmation."""
+        producer = self.app.producer
+        if key is None and value is None:
+            # A keyless tombstone: aiokafka's send() refuses a record with neither key
+            # nor value (an assertion), though Kafka takes one, and an empty key in its
+            # place was replayed as one. aiokafka's batch API sends it as it is, to a
+            # partition picked at random as its partitioner does for a null key. The
+            # aiokafka producer is a private attribute of Faust's driver.
+            client = producer._producer
+            partitions = sorted(await client.partitions_for(self.dead_letter_topic))
+            batch = client.create_batch()
+            batch.append(timestamp=None, key=None, value=None, headers=headers)
+            batch.close()
+            return await client.send_batch(
+                batch, self.dead_letter_topic, partition=random.choice(partitions)
+            )
+        return await producer.send(
+            self.dead_letter_topic,
+            key=key,
+            value=value,
+            partition=None,
+            timestamp=None,
+            headers=headers,
+        )
 
     # -- counting ------------------------------------------------------------------------
 

@@ -349,10 +349,6 @@ class Lane:
         agent = self.agent
         headers = agent.dead_letter_headers.for_record(record, failure)
         agent.log_dead_letter(record, failure)
-        # aiokafka refuses a record with neither key nor value (an assertion in send()),
-        # though Kafka takes one: a keyless tombstone. Its dead letter gets an empty key;
-        # sent as it is, it could never be written and would hold its partition for good.
-        key = b"" if msg.key is None and msg.value is None else msg.key
         backoff = 0.1
         # A send the broker has not confirmed yet. Kept across tries: a confirmation that
         # outlasts a try (a stalled broker) is waited for again, not sent again, or each
@@ -366,14 +362,7 @@ class Lane:
                         # The send too, not only its confirmation: it waits for the
                         # topic's metadata first, up to Faust's producer_request_timeout.
                         sent = await asyncio.wait_for(
-                            agent.app.producer.send(
-                                agent.dead_letter_topic,
-                                key=key,
-                                value=msg.value,
-                                partition=None,
-                                timestamp=None,
-                                headers=headers,
-                            ),
+                            agent.send_dead_letter(msg.key, msg.value, headers),
                             DEAD_LETTER_TIMEOUT,
                         )
                     if isinstance(sent, asyncio.Future):

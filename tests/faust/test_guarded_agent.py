@@ -348,16 +348,18 @@ def test_schema_drift_is_counted(
     assert bill.registry.get_sample_value("streamguard_schema_drift_total", labels) == 1
 
 
-def test_a_keyless_tombstone_is_dead_lettered_with_an_empty_key(
+def test_a_keyless_tombstone_is_dead_lettered_keyless(
     bootstrap: str,
     topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
     make_app: Callable[..., Any],
+    start_service: Callable[..., Running],
     raw_producer: Producer,
     read_all: Callable[..., list[Any]],
 ) -> None:
-    """A record with neither key nor value, which aiokafka will not send, is
-    dead-lettered (with an empty key) instead of holding its partition for good, and
-    the events after it are handled."""
+    """A record with neither key nor value, which aiokafka's send() refuses, is
+    dead-lettered with a null key and value, as a ConsumerService writes it (an empty
+    key would be replayed as one), and the events after it are handled."""
     src = topic_factory("orders")
     raw_producer.produce(src, None, headers=[("trace", b"t")])
     raw_producer.produce(src, order(1).model_dump_json().encode())
@@ -375,10 +377,24 @@ def test_a_keyless_tombstone_is_dead_lettered_with_an_empty_key(
     run_app(app, scenario)
     assert handled == [1]
     (dead,) = read_all(f"{src}.dlq", 1, timeout=10)
-    assert (dead.key(), dead.value()) == (b"", None)
+    assert (dead.key(), dead.value()) == (None, None)
     headers = dict(dead.headers())
     assert headers["sg-dlq-reason"] == b"decode_error"
     assert headers["trace"] == b"t"
+
+    group = unique("g")
+
+    class Bill(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        dead_letter_topic = f"{src}.dlq2"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    start_service(Bill)
+    (theirs,) = read_all(f"{src}.dlq2", 1, timeout=10)
+    assert (theirs.key(), theirs.value()) == (dead.key(), dead.value())
 
 
 def test_a_small_record_with_thousands_of_errors_is_dead_lettered(
