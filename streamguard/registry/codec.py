@@ -58,6 +58,10 @@ HEADER_SIZE = 5  # magic byte + 4-byte schema id
 # one registry request per record, one at a time under the codec's lock.
 REFUSED_ID_SECONDS = 60.0
 MAX_REFUSED_IDS = 1024  # ids are 4 bytes of input: a flood may name a new one each time
+# Registries number schemas with Java ints (Confluent's deserializers read the id as
+# one): a larger id names no schema, and Confluent's registry answers a request for it
+# with a bare 404, not 40403. Such a record is refused without asking.
+MAX_SCHEMA_ID = 2**31 - 1
 
 
 def registry_schema(contract: type[Contract]) -> tuple[str, str]:
@@ -296,7 +300,11 @@ class RegistryCodec:
         """
         if data and data[0] == 0 and len(data) >= HEADER_SIZE:
             schema_id = int.from_bytes(data[1:5], "big")
-            if schema_id not in self._writers and self._refusal(schema_id) is None:
+            if (
+                schema_id not in self._writers
+                and schema_id <= MAX_SCHEMA_ID
+                and self._refusal(schema_id) is None
+            ):
                 return functools.partial(self._writer, schema_id)
         return None  # decoding needs no request, or raises a remembered refusal at once
 
@@ -320,6 +328,11 @@ class RegistryCodec:
         A refusal is remembered too, for ``REFUSED_ID_SECONDS``: the records of an id
         the registry does not know are dead-lettered without asking it each time.
         """
+        if schema_id > MAX_SCHEMA_ID:
+            raise DecodeError(
+                f"schema id {schema_id} is out of range: registries number schemas up to "
+                f"{MAX_SCHEMA_ID}; not a Confluent-framed record, or a corrupt one"
+            )
         # Answered from memory without the lock, which is held for the whole of a
         # request: an event loop decoding a known or refused id must not wait behind
         # another id's request (``unfetched``).

@@ -89,6 +89,24 @@ def test_an_unknown_id_is_asked_for_once_then_remembered(registry: RegistryServe
             decode(framed(77, b"{}"))
 
 
+def test_an_id_beyond_the_registry_s_range_is_refused_without_asking(
+    registry: RegistryServer,
+) -> None:
+    """An id over 2**31 - 1, which no registry gives (ids are Java ints), is a DecodeError
+    naming it without a registry request, and needs no thread on an event loop: half
+    of all random ids in a flood of garbage cost the registry nothing."""
+    url = registry.url
+    registry.stop()  # a request would raise RegistryUnavailable
+    codec = RegistryCodec({"url": url}, wire_format="json")
+    decode = codec.decoder(PaymentV1)
+    for schema_id in (2**31, 2**32 - 1):
+        assert codec.unfetched(framed(schema_id, b"{}")) is None
+        with pytest.raises(DecodeError, match=f"schema id {schema_id} is out of range"):
+            decode(framed(schema_id, b"{}"))
+    with pytest.raises(RegistryUnavailable):
+        decode(framed(2**31 - 1, b"{}"))  # in range: asked for
+
+
 def test_unfetched_names_the_request_an_event_loop_must_make_in_a_thread(
     registry: RegistryServer,
 ) -> None:
