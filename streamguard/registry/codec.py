@@ -356,20 +356,30 @@ class RegistryCodec:
             return writer
 
     def _fetch(self, schema_id: int) -> Any:
-        """Ask the registry for an id's schema; a refusal is a ``DecodeError``."""
+        """Ask the registry for an id's schema; its 40403 is a ``DecodeError``.
+
+        Only the registry's own "schema not found" (error code 40403) is the record's
+        fault. Any other failed answer says the URL leads to no registry's API (a 404
+        with no registry error code: a wrong path or a proxy's own page) or the
+        registry failed: it is ``RegistryUnavailable``, and the record waits for the
+        configuration or the registry to be fixed instead of being dead-lettered.
+        """
         try:
             return call(self._url, lambda: self._client.get_schema(schema_id))
         except RegistryUnavailable:
             raise
         except Exception as exc:
-            code = registry_error_code(exc)
-            if code == 40403 or getattr(exc, "http_status_code", None) == 404:
+            if registry_error_code(exc) == 40403:
                 raise DecodeError(
                     f"schema id {schema_id} is unknown to the schema registry (40403): "
                     "written against another registry, or its schema was deleted"
                 ) from None
-            raise DecodeError(
-                f"schema id {schema_id}: the schema registry refused it ({code})"
+            status = getattr(exc, "http_status_code", None)
+            answer = f"HTTP {status}" if isinstance(status, int) else type(exc).__name__
+            raise RegistryUnavailable(
+                f"schema registry at {self._url} gave no schema for id {schema_id} "
+                f"({answer}, not the registry's 40403): check the URL; records needing "
+                "it wait and are retried"
             ) from None
 
 

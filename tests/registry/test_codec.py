@@ -152,6 +152,24 @@ def test_unreachable_registry_is_transient(registry: RegistryServer) -> None:
     assert SECRET not in str(info.value)
 
 
+def test_a_url_that_leads_to_no_registry_holds_records_instead_of_dead_lettering(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A 404 without the registry's 40403 (a wrong path in the URL, a proxy's own page)
+    says nothing of the id: the record waits (RegistryUnavailable, nothing remembered),
+    where every record of a registered id was dead-lettered as "unknown (40403)"."""
+    schema_id = client.register_schema("p-value", avro(PaymentV1))
+    record = RegistryCodec(client, wire_format="avro").encoder(PaymentV1, "p")(
+        PaymentV1(payment_id="p", amount_cents=1)
+    )
+    codec = RegistryCodec({"url": registry.url + "/wrong-path"}, wire_format="avro")
+    decode = codec.decoder(PaymentV1)
+    for _ in range(2):  # not remembered as a refusal: asked again
+        with pytest.raises(RegistryUnavailable, match=f"no schema for id {schema_id}.*404"):
+            decode(record)
+        assert codec.unfetched(record) is not None
+
+
 def test_credentials_in_the_registry_url_are_sent_but_never_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
