@@ -107,12 +107,30 @@ def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
     INFO: with the credentials in it, ``streamguard run`` wrote the password in clear on
     every registry request. A config that also sets ``basic.auth.user.info`` is left
     for the client to refuse, as it does.
+
+    Raises:
+        ConfigurationError: a URL after the first carries other credentials than the
+            first. The client authenticates every URL with the first's (or none), so
+            they would not be used as written, and requests to that URL would log them.
     """
     url = config.get("url")
-    if not isinstance(url, str) or "@" not in url or "basic.auth.user.info" in config:
+    if not isinstance(url, str) or "@" not in url:
         return config
     urls = [urlsplit(one.strip()) for one in url.split(",")]
     first = urls[0]
+    for later in urls[1:]:
+        if later.password is not None and (later.username, later.password) != (
+            first.username,
+            first.password,
+        ):
+            raise ConfigurationError(
+                f"the schema registry URL {redact_url(urlunsplit(later))} carries other "
+                "credentials than the first URL, and the client authenticates every URL "
+                "with the first's: give each URL the same user:password, or none and "
+                "set 'basic.auth.user.info'"
+            )
+    if "basic.auth.user.info" in config:
+        return config
     if first.username is None or first.password is None:
         return config  # no password: nothing to hide, and the client sends no auth
     user, password = unquote(first.username), unquote(first.password or "")

@@ -210,6 +210,25 @@ def test_credentials_in_the_registry_url_are_sent_but_never_logged(
     assert SECRET not in caplog.text
 
 
+def test_other_credentials_on_a_later_registry_url_are_refused_at_start() -> None:
+    """Credentials on a URL of a list other than the first's are refused when the codec
+    is made, without the password: the client authenticates every URL with the first's,
+    and each request to that URL logged it in clear. The same ones on every URL are
+    taken, and sent from no URL."""
+    for url in (
+        f"http://127.0.0.1:1,http://bob:{SECRET}@127.0.0.1:2",
+        f"http://amy:other@127.0.0.1:1,http://bob:{SECRET}@127.0.0.1:2",
+    ):
+        for config in ({"url": url}, {"url": url, "basic.auth.user.info": "amy:other"}):
+            with pytest.raises(ConfigurationError, match="other credentials") as info:
+                RegistryCodec(config)
+            assert SECRET not in str(info.value)
+    same = f"http://bob:{SECRET}@127.0.0.1:1,http://bob:{SECRET}@127.0.0.1:2"
+    client = RegistryCodec({"url": same}).client
+    assert SECRET not in "".join(client._rest_client.base_urls)
+    assert client._rest_client.auth == ("bob", SECRET)
+
+
 def test_unresolvable_writer_is_a_decode_error_naming_the_id(
     registry: RegistryServer, client: SchemaRegistryClient
 ) -> None:
