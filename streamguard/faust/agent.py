@@ -359,13 +359,13 @@ class GuardedAgent:
         """Queue one dead letter on the app's producer; the caller awaits what this
         returns for the broker's confirmation."""
         producer = self.app.producer
-        if key is None and value is None:
+        # The aiokafka producer is a private attribute of Faust's driver.
+        client = getattr(producer, "_producer", None) if key is None and value is None else None
+        if client is not None:
             # A keyless tombstone: aiokafka's send() refuses a record with neither key
             # nor value (an assertion), though Kafka takes one, and an empty key in its
             # place was replayed as one. aiokafka's batch API sends it as it is, to a
-            # partition picked at random as its partitioner does for a null key. The
-            # aiokafka producer is a private attribute of Faust's driver.
-            client = producer._producer
+            # partition picked at random as its partitioner does for a null key.
             partitions = sorted(await client.partitions_for(self.dead_letter_topic))
             batch = client.create_batch()
             batch.append(timestamp=None, key=None, value=None, headers=headers)
@@ -373,6 +373,8 @@ class GuardedAgent:
             return await client.send_batch(
                 batch, self.dead_letter_topic, partition=random.choice(partitions)
             )
+        if key is None and value is None:  # a driver without aiokafka's producer
+            key = b""
         return await producer.send(
             self.dead_letter_topic,
             key=key,
