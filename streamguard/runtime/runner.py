@@ -121,6 +121,7 @@ class ServiceRuntime:
         # run's assignment and polls while this one connects.
         self._scheduler = self._poller = self._loop_runner = None
         self._publisher = self._committer = self._breaker = None
+        self._link = None
         self._running = True
         spec = self.spec
         if spec.options.release_memory:
@@ -132,6 +133,15 @@ class ServiceRuntime:
         consumer: Consumer | None = None
         health: HealthServer | None = None
         try:
+            if self._metrics_port is not None:
+                # Served before the cluster is reached: a liveness probe must find a
+                # process that waits for Kafka alive (and /readyz saying why it is not
+                # ready), and a port in use must fail the start at once, not after a
+                # connection and the DLQ's creation.
+                health = HealthServer(
+                    self.registry, self.health, self._metrics_host, self._metrics_port
+                )
+                health.start()
             consumer = Consumer(
                 {
                     **self._with_cluster_link(),
@@ -144,11 +154,6 @@ class ServiceRuntime:
                 # commit, and a join left at once would rebalance the other members.
                 return
             poller, scheduler = self._assemble(consumer, loop, stopping)
-            if self._metrics_port is not None:
-                health = HealthServer(
-                    self.registry, self.health, self._metrics_host, self._metrics_port
-                )
-                health.start()
             poller.subscribe()
             self._hooks.on_start()
             log.info(

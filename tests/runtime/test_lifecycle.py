@@ -290,6 +290,81 @@ def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
         taken.close()
 
 
+def test_health_endpoints_answer_while_the_service_waits_for_the_cluster() -> None:
+    """While run() waits for a cluster it cannot reach yet, /healthz answers 200 (a
+    liveness probe must not kill a process that waits) and /readyz 503, not assigned."""
+    import threading
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(startup_timeout=6.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    port = free_port()
+    service = Billing(bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=port)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def answer(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=2) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    try:
+        assert wait_for(lambda: answer("/healthz")[0] == 200, timeout=4)
+        status, body = answer("/readyz")
+        assert status == 503
+        assert json.loads(body)["checks"]["assigned"] is False
+    finally:
+        service.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert errors == []  # stopped while connecting: a clean return
+
+
+def test_a_metrics_port_in_use_fails_the_start_before_the_cluster_is_reached() -> None:
+    """run() with a metrics port that is taken raises ConfigurationError at once, not
+    after waiting for (or connecting to) the cluster and creating the DLQ."""
+    import socket
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(startup_timeout=20.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        service = Billing(bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=port)
+        start = time.monotonic()
+        with pytest.raises(sg.ConfigurationError, match=f"127.0.0.1:{port}"):
+            service.run()
+        assert time.monotonic() - start < 5
+    finally:
+        taken.close()
+
+
 def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
     """``streamguard run`` against a cluster it cannot reach yet stops on SIGTERM within
     a second, exit 0, instead of sitting out the 30 s start-up timeout (librdkafka held
