@@ -7,6 +7,7 @@ Served from a daemon thread on loopback by default; a pod exposes it by binding
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,18 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streamguard.errors import ConfigurationError
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that left before its answer was written (a probe or scrape past its
+        # timeout) is no error of the service's: socketserver would print a traceback
+        # to stderr, amid the service's JSON log lines.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class HealthServer:
@@ -36,13 +49,12 @@ class HealthServer:
         self._registry = registry
         self._health = health
         try:
-            self._server = ThreadingHTTPServer((host, port), self._handler_class())
+            self._server = _Server((host, port), self._handler_class())
         except (OSError, OverflowError) as exc:  # in use, not an address here, out of range
             raise ConfigurationError(
                 f"cannot serve /metrics on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; "
                 "choose another metrics port or host"
             ) from None
-        self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property

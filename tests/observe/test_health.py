@@ -1,0 +1,50 @@
+"""The health server answers probes and scrapes, whatever its clients do."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamguard.observe.health import HealthServer
+
+
+@pytest.fixture
+def slow_server() -> Iterator[tuple[HealthServer, threading.Event]]:
+    """A health server whose report takes 0.3 s, like a throttled pod's; the event is set
+    once the report is made (the answer is written right after)."""
+    reported = threading.Event()
+
+    def health() -> dict[str, Any]:
+        time.sleep(0.3)
+        reported.set()
+        return {"ready": True}
+
+    server = HealthServer(CollectorRegistry(), health)
+    server.start()
+    yield server, reported
+    server.stop()
+
+
+def test_a_client_gone_before_its_answer_prints_no_traceback(
+    slow_server: tuple[HealthServer, threading.Event], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A probe that gives up (its connection reset) before /readyz answers leaves no
+    traceback on stderr, where the service writes its JSON log lines."""
+    server, reported = slow_server
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.sendall(b"GET /readyz HTTP/1.1\r\nHost: pod\r\n\r\n")
+    time.sleep(0.05)
+    client.close()  # with SO_LINGER 0: a reset, as a client past its timeout may send
+    assert reported.wait(5)
+    time.sleep(0.5)  # the answer's write, and what socketserver would print of it
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert "Exception occurred" not in err
