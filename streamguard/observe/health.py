@@ -17,15 +17,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from streamguard.errors import ConfigurationError
 
+# Seconds a client may take to send its request or read its answer. Each connection
+# holds a thread: without a limit, one that never sends (a prober whose host vanished,
+# a port scan) would hold it for the life of the process.
+CLIENT_TIMEOUT = 10.0
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that left before its answer was written (a probe or scrape past its
-        # timeout) is no error of the service's: socketserver would print a traceback
-        # to stderr, amid the service's JSON log lines.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        # timeout), or did not read it within CLIENT_TIMEOUT, is no error of the
+        # service's: socketserver would print a traceback to stderr, amid the service's
+        # JSON log lines.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             return
         super().handle_error(request, client_address)
 
@@ -65,6 +71,8 @@ class HealthServer:
         registry, health = self._registry, self._health
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CLIENT_TIMEOUT
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":

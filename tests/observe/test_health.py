@@ -48,3 +48,24 @@ def test_a_client_gone_before_its_answer_prints_no_traceback(
     err = capfd.readouterr().err
     assert "Traceback" not in err
     assert "Exception occurred" not in err
+
+
+def test_a_client_that_sends_nothing_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that never sends a request (a vanished prober, a port scan) is
+    closed after CLIENT_TIMEOUT, so that silent clients cannot pile up threads."""
+    from streamguard.observe import health
+
+    monkeypatch.setattr(health, "CLIENT_TIMEOUT", 0.5)
+    server = HealthServer(CollectorRegistry(), lambda: {"ready": True})
+    server.start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+        try:
+            for client in silent:
+                client.settimeout(5)
+                assert client.recv(1) == b""  # closed by the server, well before 5 s
+        finally:
+            for client in silent:
+                client.close()
+    finally:
+        server.stop()
