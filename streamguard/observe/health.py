@@ -86,12 +86,17 @@ class HealthServer:
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
+            # The same status and headers without the body: uptime checkers and some
+            # load balancers probe with HEAD, and would read 501 as the service down.
+            do_HEAD = do_GET
+
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # scrapes every few seconds would drown the service's own logs

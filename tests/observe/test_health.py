@@ -69,3 +69,37 @@ def test_a_client_that_sends_nothing_is_let_go(monkeypatch: pytest.MonkeyPatch) 
                 client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "ready", "status"),
+    [
+        ("/healthz", True, 200),
+        ("/readyz", True, 200),
+        ("/readyz", False, 503),
+        ("/nope", True, 404),
+    ],
+)
+def test_head_answers_as_get_without_a_body(path: str, ready: bool, status: int) -> None:
+    """HEAD, which uptime checkers and load balancers probe with, gets GET's status and
+    headers and no body, not 501."""
+    import http.client
+
+    server = HealthServer(CollectorRegistry(), lambda: {"ready": ready})
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("GET", path)
+        got = connection.getresponse()
+        length = got.getheader("Content-Length")
+        got.read()
+        connection.close()
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("HEAD", path)
+        head = connection.getresponse()
+        assert (head.status, got.status) == (status, status)
+        assert head.getheader("Content-Length") == length
+        assert head.read() == b""
+        connection.close()
+    finally:
+        server.stop()
