@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -21,6 +22,7 @@ from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.commands import add_registry_parser
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
+from streamguard.settings import tcp_port
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -59,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     broker = sub.add_parser("broker", help="run the embedded Kafka broker in the foreground")
-    broker.add_argument("--port", type=int, default=9092, help="port to listen on (9092)")
+    broker.add_argument(
+        "--port",
+        type=partial(tcp_port, lowest=1),  # it advertises its port: 0 cannot be advertised
+        default=9092,
+        help="port to listen on (9092)",
+    )
     broker.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
     broker.set_defaults(func=_cmd_broker)
 

@@ -98,6 +98,20 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def tcp_port(text: str, lowest: int = 0) -> int:
+    """A command's ``--port``-like argument: a TCP port, ``lowest`` to 65535, or a usage
+    error naming the range (0, where allowed, picks a free port)."""
+    import argparse  # only a command parses arguments
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not lowest <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port ({lowest}-65535)")
+    return port
+
+
 def kafka_config_from_args(items: list[str] | None) -> dict[str, Any]:
     """Parse repeated ``KEY=VALUE`` options into a librdkafka config dict."""
     config: dict[str, Any] = {}

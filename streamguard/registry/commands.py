@@ -23,7 +23,7 @@ from streamguard.schema.checks import version_problems
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.report import render
 from streamguard.schema.store import SchemaStore
-from streamguard.settings import redact_url
+from streamguard.settings import redact_url, tcp_port
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -48,7 +48,9 @@ def add_registry_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "registry", help="run an embedded Confluent-compatible schema registry (development)"
     )
-    parser.add_argument("--port", type=int, default=8081, help="port to listen on (8081)")
+    parser.add_argument(
+        "--port", type=tcp_port, default=8081, help="port to listen on (8081; 0: a free one)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
     parser.add_argument("--dir", type=Path, default=None, help="keep its state in DIR")
     parser.add_argument(

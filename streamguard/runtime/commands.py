@@ -15,7 +15,7 @@ from streamguard.errors import ConfigurationError
 from streamguard.observe.logs import configure_logging
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.service import ConsumerService
-from streamguard.settings import add_kafka_arguments, kafka_config_from_args
+from streamguard.settings import add_kafka_arguments, kafka_config_from_args, tcp_port
 
 
 def load_service_class(target: str) -> type[ConsumerService]:
@@ -80,17 +80,6 @@ def _json_config(text: str) -> dict[str, Any]:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _port(text: str) -> int:
-    """A TCP port, 0 (any free one) to 65535, or a usage error."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
-    return port
-
-
 def add_run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a ConsumerService subclass until SIGTERM/SIGINT")
     run.add_argument("target", metavar="MODULE:CLASS", help="e.g. myapp.billing:Billing")
@@ -103,7 +92,7 @@ def add_run_parser(sub: Any) -> None:
         help=f"read the Confluent wire format with this registry (default: ${REGISTRY_URL_ENV})",
     )
     run.add_argument(
-        "--metrics-port", type=_port, default=None, help="serve /metrics, /healthz, /readyz"
+        "--metrics-port", type=tcp_port, default=None, help="serve /metrics, /healthz, /readyz"
     )
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for the HTTP endpoints")
     run.add_argument("--log-format", choices=["json", "text"], default="json")

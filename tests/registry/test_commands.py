@@ -68,6 +68,22 @@ def test_registry_command_refuses_a_busy_port() -> None:
         assert main(["registry", "--port", str(busy.getsockname()[1])]) == 2
 
 
+@pytest.mark.parametrize(
+    ("command", "port"),
+    [("registry", "99999"), ("registry", "-1"), ("broker", "70000"), ("broker", "0")],
+)
+def test_a_port_out_of_range_is_a_usage_error(
+    command: str, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`streamguard registry` and `streamguard broker` refuse a port outside 0-65535 (1
+    for the broker, which must advertise it) at argument parsing, exit 2 naming the
+    range: not an OverflowError traceback, nor 'the embedded broker did not start'."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--port", port])
+    assert info.value.code == 2
+    assert "-65535)" in capsys.readouterr().err
+
+
 class Ledger(sg.ConsumerService):
     """A service the run command builds; its run() is replaced to look at the result."""
 
