@@ -179,6 +179,7 @@ class ConsumerService:
         consumer_config = client_config(
             bootstrap_servers, kafka_config, {**CONSUMER_DEFAULTS, "group.id": cls.group_id}
         )
+        _refuse_auto_commit(consumer_config)
         shared = {
             k: v
             for k, v in consumer_config.items()
@@ -301,6 +302,29 @@ class ConsumerService:
     def health(self) -> dict[str, Any]:
         """Readiness and its checks, as ``/readyz`` reports it (``health()["ready"]``)."""
         return self.__runtime.health()
+
+
+def _refuse_auto_commit(config: Mapping[str, Any]) -> None:
+    """A ``kafka_config`` turning on both of librdkafka's automatic offset store and
+    commit is a ConfigurationError.
+
+    Together they commit each record's offset a few seconds after it is fetched, whether
+    or not it was handled or dead-lettered: a crash or rebalance then skips records that
+    never had an outcome. (Either alone commits nothing: the runtime commits explicit
+    offsets and stores none.)
+    """
+
+    def on(key: str) -> bool:
+        # librdkafka reads true, t and 1 as true; Python's True reaches it as "true".
+        return str(config[key]).strip().lower() in ("true", "t", "1")
+
+    if on("enable.auto.commit") and on("enable.auto.offset.store"):
+        raise ConfigurationError(
+            "kafka_config turns on enable.auto.commit and enable.auto.offset.store: "
+            "librdkafka would then commit each record as it is fetched, before it is "
+            "handled or dead-lettered, and a crash would skip it. A service commits "
+            "each record's offset itself, once it has its outcome: leave both out"
+        )
 
 
 def _wire_codec(cls: type[ConsumerService], schema_registry: dict[str, Any] | None) -> Codec:

@@ -48,6 +48,32 @@ def _handled(out: Path) -> list[tuple[int, int]]:
     return [(int(p), int(o)) for p, o in (line.split(":") for line in lines)]
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"enable.auto.commit": True, "enable.auto.offset.store": True},
+        {"enable.auto.commit": "true", "enable.auto.offset.store": "1"},
+    ],
+)
+def test_librdkafkas_automatic_commits_are_refused(config: dict[str, Any]) -> None:
+    """A kafka_config turning on librdkafka's automatic offset store and commit, which
+    would commit records before their outcome (measured: offset 5 committed while the
+    first of five records was still in its handler), is refused when the service is
+    built; either alone, which commits nothing, is not."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    with pytest.raises(sg.ConfigurationError, match="would skip it"):
+        Billing(bootstrap_servers="127.0.0.1:1", kafka_config=config)
+    for key in config:
+        Billing(bootstrap_servers="127.0.0.1:1", kafka_config={key: config[key]})
+
+
 def test_sigkill_and_restart_loses_nothing(
     bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
 ) -> None:
