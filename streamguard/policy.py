@@ -8,7 +8,7 @@ message: is this failure transient (``classify``), and if so, when to try again
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from streamguard.errors import ConfigurationError, PermanentError, TransientError
@@ -41,6 +41,7 @@ class RetryPolicy:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        _refuse_wrong_types(self)
         if self.attempts < 1:
             raise ConfigurationError(
                 f"RetryPolicy(attempts={self.attempts}): attempts counts the first try, "
@@ -119,6 +120,7 @@ class CircuitBreaker:
     enabled: bool = True
 
     def __post_init__(self) -> None:
+        _refuse_wrong_types(self)
         if not 0 < self.failure_ratio <= 1:
             raise ConfigurationError(
                 f"CircuitBreaker(failure_ratio={self.failure_ratio}) must be in (0, 1]: "
@@ -132,6 +134,27 @@ class CircuitBreaker:
             raise ConfigurationError(
                 "CircuitBreaker retry_ratio and min_retries_per_second must not be negative "
                 "(nor NaN)"
+            )
+
+
+def _refuse_wrong_types(policy: RetryPolicy | CircuitBreaker) -> None:
+    """A setting of the wrong type is a ConfigurationError naming it, not a TypeError
+    later or a silent misreading: ``enabled="false"`` read from a config file would
+    count as true, ``attempts="3"`` fail in a comparison, ``attempts=True`` be 1."""
+    for option in fields(policy):
+        if option.name == "rng":
+            continue
+        value = getattr(policy, option.name)
+        if option.type == "bool":
+            if not isinstance(value, bool):
+                raise ConfigurationError(
+                    f"{type(policy).__name__}.{option.name} must be True or False, "
+                    f"not {type(value).__name__}"
+                )
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigurationError(
+                f"{type(policy).__name__}.{option.name} must be a number, "
+                f"not {type(value).__name__}"
             )
 
 

@@ -148,3 +148,24 @@ def test_a_breaker_with_nan_is_refused(kwargs: dict[str, Any]) -> None:
     a NaN window or cool-down would leave the breaker's clock comparisons always false."""
     with pytest.raises(ConfigurationError, match="CircuitBreaker"):
         sg.CircuitBreaker(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("policy", "kwargs", "match"),
+    [
+        (sg.CircuitBreaker, {"enabled": "false"}, "CircuitBreaker.enabled must be True or False"),
+        (sg.CircuitBreaker, {"enabled": 0}, "CircuitBreaker.enabled must be True or False"),
+        (sg.CircuitBreaker, {"window": "10"}, "CircuitBreaker.window must be a number"),
+        (sg.RetryPolicy, {"attempts": "3"}, "RetryPolicy.attempts must be a number"),
+        (sg.RetryPolicy, {"attempts": True}, "RetryPolicy.attempts must be a number"),
+        (sg.RetryPolicy, {"max_budget_ms": None}, "RetryPolicy.max_budget_ms must be a number"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_refused(
+    policy: type[Any], kwargs: dict[str, Any], match: str
+) -> None:
+    """A value read from a config file or the environment as text (``enabled="false"``,
+    which would count as true) is a ConfigurationError naming the setting, as for
+    ServiceOptions, not a TypeError later or a silent misreading."""
+    with pytest.raises(ConfigurationError, match=match):
+        policy(**kwargs)
