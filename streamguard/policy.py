@@ -7,6 +7,7 @@ message: is this failure transient (``classify``), and if so, when to try again
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -130,6 +131,12 @@ class CircuitBreaker:
             raise ConfigurationError("CircuitBreaker.min_calls must be at least 1")
         if not (self.window > 0 and self.cool_down > 0):  # NaN too
             raise ConfigurationError("CircuitBreaker window and cool_down are positive seconds")
+        if math.isinf(self.window) or math.isinf(self.cool_down):
+            raise ConfigurationError(
+                "CircuitBreaker window and cool_down must be finite seconds: an open breaker "
+                "probes after cool_down, so an infinite one would pause the service until "
+                "it is restarted"
+            )
         if not (self.retry_ratio >= 0 and self.min_retries_per_second >= 0):
             raise ConfigurationError(
                 "CircuitBreaker retry_ratio and min_retries_per_second must not be negative "

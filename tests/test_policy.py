@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -169,3 +170,10 @@ def test_a_setting_of_the_wrong_type_is_refused(
     ServiceOptions, not a TypeError later or a silent misreading."""
     with pytest.raises(ConfigurationError, match=match):
         policy(**kwargs)
+
+
+@pytest.mark.parametrize("setting", ["cool_down", "window"])
+def test_breaker_refuses_an_infinite_cool_down_or_window(setting: str) -> None:
+    """An infinite cool-down never lets a probe in: the service would stay paused."""
+    with pytest.raises(ConfigurationError, match="finite"):
+        sg.CircuitBreaker(**{setting: math.inf})
