@@ -14,7 +14,7 @@ from streamguard.contracts import Contract
 from streamguard.errors import SchemaDrift
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.observe.untrusted import LogBudget, shown
-from streamguard.schema.drift import DriftDetector, FirstSeen, producer_of
+from streamguard.schema.drift import KINDS, DriftDetector, FirstSeen, producer_of
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -43,10 +43,13 @@ class DriftCheck:
         self._detector = DriftDetector(contract)
         self._subject = contract.__subject__
         self._version = contract.__version__
-        self._counter = metrics.schema_drift
         # labels() costs about a microsecond (a lock and a tuple key); there are six
-        # kinds and one subject, so each series is looked up once.
-        self._series: dict[str, Counter] = {}
+        # kinds and one subject, so each series is looked up once, here. That also
+        # creates each at zero: a counter series that first appears with its first
+        # increment is invisible to increase() for it, and the drift alert, which
+        # looks at increase() over 15 minutes, missed a drift seen only once.
+        counter = metrics.schema_drift
+        self._series: dict[str, Counter] = {k: counter.labels(self._subject, k) for k in KINDS}
         self._dead_letter = dead_letter
         self._seen = FirstSeen()
         self._budget = LogBudget()
@@ -59,10 +62,7 @@ class DriftCheck:
         # FirstSeen keeps 1,024 names (whole, a megabyte each, they held a gigabyte).
         producer = shown(producer_of(headers)) or "unknown"
         for kind in kinds:
-            series = self._series.get(kind)
-            if series is None:
-                series = self._series[kind] = self._counter.labels(self._subject, kind)
-            series.inc()
+            self._series[kind].inc()
             if self._seen(producer, kind) and self._budget.allow():
                 log.warning(
                     "schema drift",

@@ -35,6 +35,16 @@ UNKNOWN_FINGERPRINT = "unknown_fingerprint"
 UNKNOWN_FIELDS = "unknown_fields"
 NO_SCHEMA_HEADERS = "no_schema_headers"
 OTHER_SUBJECT = "other_subject"
+# Every kind the detector reports: a service creates each series at zero before the
+# first drift, so that increase() and the drift alert see that first one.
+KINDS = (
+    NEWER_VERSION,
+    OLDER_VERSION,
+    UNKNOWN_FINGERPRINT,
+    UNKNOWN_FIELDS,
+    NO_SCHEMA_HEADERS,
+    OTHER_SUBJECT,
+)
 
 _MAX_DEPTH = 32  # the codec already bounds nesting; this only stops a runaway walk
 

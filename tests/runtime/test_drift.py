@@ -156,3 +156,46 @@ def test_the_first_record_of_a_batch_is_checked_with_the_default_sample(
     assert (
         running.metric("streamguard_schema_drift_total", subject=subject, kind="newer_version") == 1
     )
+
+
+def test_every_drift_series_exists_at_zero_before_its_first_drift(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """Each kind's series of the contract's subject is exported at zero from the start,
+    so increase() (and the drift alert) sees a drift that happens once: a series that
+    first appeared with its first drift already at 1 showed no increase."""
+    src = topic_factory("orders")
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing)
+    assert wait_for(lambda: running.service.health()["checks"]["assigned"])
+    subject = OrderPlaced.__subject__
+    kinds = ("newer_version", "older_version", "unknown_fingerprint", "unknown_fields",
+             "no_schema_headers", "other_subject")  # fmt: skip
+
+    def series() -> dict[str, float | None]:
+        return {
+            kind: running.registry.get_sample_value(
+                "streamguard_schema_drift_total",
+                {"runtime": "consumer", "subject": subject, "kind": kind},
+            )
+            for kind in kinds
+        }
+
+    assert series() == dict.fromkeys(kinds, 0.0)
+    value = order(1).model_dump_json().encode()
+    raw_producer.produce(src, value, headers=_stamp(2, "f" * 64))  # newer_version
+    raw_producer.flush(10)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+    assert series() == {**dict.fromkeys(kinds, 0.0), "newer_version": 1.0}
