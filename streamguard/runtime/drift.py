@@ -37,9 +37,16 @@ class DriftCheck:
     Args:
         dead_letter: the ``dead_letter`` drift policy: a drifted message comes back as
             the ``SchemaDrift`` to dead-letter it with.
+        log_budget: the rate of ``schema drift`` lines (``LogBudget()`` by default).
     """
 
-    def __init__(self, contract: type[Contract], metrics: ServiceMetrics, dead_letter: bool):
+    def __init__(
+        self,
+        contract: type[Contract],
+        metrics: ServiceMetrics,
+        dead_letter: bool,
+        log_budget: LogBudget | None = None,
+    ):
         self._detector = DriftDetector(contract)
         self._subject = contract.__subject__
         self._version = contract.__version__
@@ -52,7 +59,7 @@ class DriftCheck:
         self._series: dict[str, Counter] = {k: counter.labels(self._subject, k) for k in KINDS}
         self._dead_letter = dead_letter
         self._seen = FirstSeen()
-        self._budget = LogBudget()
+        self._budget = log_budget or LogBudget()
 
     def check(self, headers: h.Headers | None, value: bytes | None) -> SchemaDrift | None:
         kinds = self._detector.inspect(headers, value)
@@ -63,7 +70,11 @@ class DriftCheck:
         producer = shown(producer_of(headers)) or "unknown"
         for kind in kinds:
             self._series[kind].inc()
-            if self._seen(producer, kind) and self._budget.allow():
+            # Remembered only once its line is written: a pair first seen while the
+            # budget was spent (by other producers' first lines) is logged later, not
+            # never.
+            if not self._seen.known(producer, kind) and self._budget.allow():
+                self._seen(producer, kind)
                 log.warning(
                     "schema drift",
                     extra={

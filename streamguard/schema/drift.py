@@ -234,5 +234,14 @@ class FirstSeen:
             self._seen.popitem(last=False)
         return True
 
+    def known(self, producer: str, kind: str) -> bool:
+        """True if this pair is remembered (and now the most recently seen); unlike a
+        call, it does not remember a new pair: the runtime does that once it logged it."""
+        try:
+            self._seen.move_to_end((producer, kind))  # one step: no other thread between
+        except KeyError:
+            return False
+        return True
+
     def __len__(self) -> int:
         return len(self._seen)

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 import streamguard as sg
 from streamguard import headers as h
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.observe.untrusted import LogBudget
+from streamguard.runtime.drift import DriftCheck
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 
@@ -199,3 +203,27 @@ def test_every_drift_series_exists_at_zero_before_its_first_drift(
     raw_producer.flush(10)
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
     assert series() == {**dict.fromkeys(kinds, 0.0), "newer_version": 1.0}
+
+
+def test_a_drift_first_seen_while_the_log_budget_is_spent_is_logged_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first drift of a producer and kind is logged once the rate allows a line,
+    when other producers' first lines had spent it: it was remembered as logged and
+    never written, so which producer wrote the new version was never told."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    now = [0.0]
+    check = DriftCheck(
+        OrderPlaced,
+        ServiceMetrics(CollectorRegistry()),
+        dead_letter=False,
+        log_budget=LogBudget(rate=10, per=60.0, clock=lambda: now[0]),
+    )
+    value = order(1).model_dump_json().encode()
+    for pod in range(11):  # eleven replicas of a producer, each named by its host
+        check.check(_stamp(2, "f" * 64, f"checkout-{pod}"), value)
+    now[0] = 61.0  # a minute later the rate allows lines again
+    for _ in range(3):
+        check.check(_stamp(2, "f" * 64, "checkout-10"), value)
+    logged = [r.__dict__["producer"] for r in caplog.records if r.getMessage() == "schema drift"]
+    assert logged == [f"checkout-{pod}" for pod in range(11)]
