@@ -219,7 +219,7 @@ class GuardedAgent:
             lambda: sum(a._inflight() for a in peers if a.topic == topic),
             lambda: sum(a._paused() for a in peers if a.topic == topic),
         )
-        self.metrics.ready.set_function(lambda: 1.0 if all(a.ready for a in peers) else 0.0)
+        self.metrics.track_ready(self, lambda agent: agent.ready)
         source = app.topic(topic, key_serializer="raw", value_serializer="raw")
         self.agent = app.agent(source, name=self.name, concurrency=1)(self._consume)
 

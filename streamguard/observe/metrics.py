@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import bisect
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 M = TypeVar("M", Counter, Gauge)
+F = TypeVar("F")
+T = TypeVar("T")
 
 HANDLER_BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -46,29 +49,28 @@ class BatchHistogram(Collector):
     """A histogram fed in bulk: ``observe_many`` takes a batch's durations at once.
 
     Exposed in the standard Prometheus histogram format (``_bucket``, ``_sum``,
-    ``_count``), so dashboards and ``histogram_quantile`` work as usual.
+    ``_count``), so dashboards and ``histogram_quantile`` work as usual. A series is
+    named by its label values, in the order of ``labels``.
     """
 
     def __init__(
         self,
         name: str,
         documentation: str,
-        label: str,
+        labels: Sequence[str],
         buckets: Sequence[float] = HANDLER_BUCKETS,
         registry: CollectorRegistry | None = None,
-        runtime: str | None = None,
     ) -> None:
         self._name = name
-        self._runtime = runtime
         self._doc = documentation
-        self._label = label
+        self._labels = list(labels)
         self._bounds = list(buckets)
         self._lock = threading.Lock()
-        self._series: dict[str, tuple[list[int], list[float]]] = {}
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
         if registry is not None:
             registry.register(self)
 
-    def observe_many(self, label_value: str, durations: Iterable[float]) -> None:
+    def observe_many(self, labels: tuple[str, ...], durations: Iterable[float]) -> None:
         bounds = self._bounds
         values = durations if isinstance(durations, list) else list(durations)
         total = sum(values)
@@ -86,38 +88,53 @@ class BatchHistogram(Collector):
                 below = upto
             local.append(len(ordered) - below)
         with self._lock:
-            counts, sums = self._series.setdefault(label_value, ([0] * (len(bounds) + 1), [0.0]))
+            counts, sums = self._series.setdefault(labels, ([0] * (len(bounds) + 1), [0.0]))
             for i, n in enumerate(local):
                 counts[i] += n
             sums[0] += total
 
-    def start(self, label_value: str) -> None:
+    def start(self, labels: tuple[str, ...]) -> None:
         """Create the series with every bucket at zero, before its first observation."""
-        self.observe_many(label_value, ())
+        self.observe_many(labels, ())
 
-    def count(self, label_value: str) -> int:
+    def count(self, labels: tuple[str, ...]) -> int:
         with self._lock:
-            series = self._series.get(label_value)
+            series = self._series.get(labels)
             return sum(series[0]) if series else 0
 
-    def _labels(self) -> list[str]:
-        return [self._label] if self._runtime is None else ["runtime", self._label]
-
     def describe(self) -> Iterable[Metric]:
-        return [HistogramMetricFamily(self._name, self._doc, labels=self._labels())]
+        return [HistogramMetricFamily(self._name, self._doc, labels=self._labels)]
 
     def collect(self) -> Iterable[Metric]:
-        family = HistogramMetricFamily(self._name, self._doc, labels=self._labels())
-        prefix = [] if self._runtime is None else [self._runtime]
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
         with self._lock:
             snapshot = {k: (list(c), s[0]) for k, (c, s) in self._series.items()}
-        for value, (counts, total) in snapshot.items():
+        for values, (counts, total) in snapshot.items():
             cumulative, running = [], 0
             for bound, n in zip([*self._bounds, float("inf")], counts, strict=True):
                 running += n
                 cumulative.append((_le(bound), float(running)))
-            family.add_metric([*prefix, value], cumulative, total)
+            family.add_metric(list(values), cumulative, total)
         return [family]
+
+
+class BoundHistogram:
+    """A ``BatchHistogram`` with its ``runtime`` label filled in, as ``Bound`` does."""
+
+    __slots__ = ("_histogram", "_runtime")
+
+    def __init__(self, histogram: BatchHistogram, runtime: str) -> None:
+        self._histogram = histogram
+        self._runtime = runtime
+
+    def observe_many(self, topic: str, durations: Iterable[float]) -> None:
+        self._histogram.observe_many((self._runtime, topic), durations)
+
+    def start(self, topic: str) -> None:
+        self._histogram.start((self._runtime, topic))
+
+    def count(self, topic: str) -> int:
+        return self._histogram.count((self._runtime, topic))
 
 
 def _le(bound: float) -> str:
@@ -145,8 +162,22 @@ class Bound(Generic[M]):
         self._metric.remove(self._runtime, *values)
 
 
+# Each registry's streamguard families, made by the first service (or agent) that uses
+# the registry: prometheus-client refuses a second family of one name in a registry, and
+# the services of one process that share a registry share its families (their topics,
+# and the runtime label, tell their series apart). Kept on the registry itself, not in a
+# map keyed by it: the gauges' callbacks reach the service, which holds its registry, so
+# a global map would keep every service and its client alive.
+_FAMILIES = "_streamguard_families"
+_FAMILIES_LOCK = threading.Lock()
+
+
 class ServiceMetrics:
     """The metric families of one service, in one registry.
+
+    Several services may share a registry (``ConsumerService(registry=...)``, a guarded
+    Faust agent's ``registry=``): they share its families, each writing the series of
+    its own topic, and ``streamguard_ready`` is 1 only while every one of them is ready.
 
     Args:
         runtime: the value of the ``runtime`` label on every series: ``consumer``
@@ -154,7 +185,13 @@ class ServiceMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, runtime: str = "consumer") -> None:
-        self.registry = registry
+        with _FAMILIES_LOCK:
+            families: dict[str, Any] | None = getattr(registry, _FAMILIES, None)
+            if families is None:
+                families = {}
+                setattr(registry, _FAMILIES, families)
+        self._families = families
+        self._registry = weakref.ref(registry)
         self.runtime = runtime
         self.messages = self._bound(
             Counter,
@@ -176,12 +213,17 @@ class ServiceMetrics:
             "Retries scheduled after a transient handler failure.",
             "topic",
         )
-        self.handler_seconds = BatchHistogram(
-            "streamguard_handler_seconds",
-            "Time spent in the handler per message that it handled.",
-            "topic",
-            registry=registry,
-            runtime=runtime,
+        self.handler_seconds = BoundHistogram(
+            self._family(
+                "streamguard_handler_seconds",
+                lambda: BatchHistogram(
+                    "streamguard_handler_seconds",
+                    "Time spent in the handler per message that it handled.",
+                    ["runtime", "topic"],
+                    registry=registry,
+                ),
+            ),
+            runtime,
         )
         self.inflight = self._bound(
             Gauge,
@@ -210,18 +252,16 @@ class ServiceMetrics:
             "subject",
             "kind",
         )
-        self.commit_failures = Counter(
+        self.commit_failures = self._bound(
+            Counter,
             "streamguard_commit_failures",
             "Offset commits the broker refused or that failed.",
-            ["runtime"],
-            registry=registry,
-        ).labels(runtime)
-        self.ready = Gauge(
+        ).labels()
+        self.ready = self._bound(
+            Gauge,
             "streamguard_ready",
             "1 while /readyz would answer 200 (every check of its report passes), else 0.",
-            ["runtime"],
-            registry=registry,
-        ).labels(runtime)
+        ).labels()
         self.dead_letter_failures = self._bound(
             Counter,
             "streamguard_dead_letter_failures",
@@ -268,10 +308,33 @@ class ServiceMetrics:
             "topic",
         )
 
+    def _family(self, name: str, make: Callable[[], F]) -> F:
+        """The registry's family ``name``, made by ``make`` if no service made it yet."""
+        with _FAMILIES_LOCK:
+            family = self._families.get(name)
+            if family is None:
+                family = self._families[name] = make()
+        return cast(F, family)
+
     def _bound(self, kind: type[M], name: str, documentation: str, *labels: str) -> Bound[M]:
         """A family of this registry with the ``runtime`` label first and bound."""
-        family = kind(name, documentation, ["runtime", *labels], registry=self.registry)
+        registry = self._registry()
+        family = self._family(
+            name, lambda: kind(name, documentation, ["runtime", *labels], registry=registry)
+        )
         return Bound(family, self.runtime)
+
+    def track_ready(self, owner: T, is_ready: Callable[[T], bool]) -> None:
+        """Count ``owner`` in ``streamguard_ready``: 1 while ``is_ready(owner)`` holds for
+        every owner of this registry and runtime. Held weakly, so that a service that is
+        gone no longer counts; ``is_ready`` must not refer to its owner itself."""
+        owners: weakref.WeakKeyDictionary[Any, Callable[[Any], bool]] = self._family(
+            f"ready owners {self.runtime}", weakref.WeakKeyDictionary
+        )
+        owners[owner] = is_ready
+        self.ready.set_function(
+            lambda: 1.0 if all(ready(o) for o, ready in list(owners.items())) else 0.0
+        )
 
     def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
         """Compute the gauges at scrape time from the runtime's own state."""

@@ -95,7 +95,7 @@ class ServiceRuntime:
         self.dead_letter_config = dict(dead_letter_config)
         self.registry = registry
         self.metrics = ServiceMetrics(registry)
-        self.metrics.ready.set_function(lambda: 1.0 if self.health()["ready"] else 0.0)
+        self.metrics.track_ready(self, lambda runtime: bool(runtime.health()["ready"]))
         self._hooks = hooks
         self._metrics_port = metrics_port
         self._metrics_host = metrics_host

@@ -162,9 +162,9 @@ class ConsumerService:
             dead_letter_config: overrides for the DLQ producer only, e.g. a separate
                 cluster's ``bootstrap.servers``.
             metrics_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` there.
-            registry: the prometheus registry; a private one by default, so that two
-                services in one process do not collide. Pass
-                ``prometheus_client.REGISTRY`` to share the global one.
+            registry: the prometheus registry; a private one by default. Pass
+                ``prometheus_client.REGISTRY`` to share the global one; the services
+                of one process may share one (docs/consumer.md, *Metrics and health*).
             schema_registry: a Confluent-compatible schema registry (the
                 ``SchemaRegistryClient`` config dict, or a URL); else
                 ``$STREAMGUARD_SCHEMA_REGISTRY_URL``. With one, records in the Confluent

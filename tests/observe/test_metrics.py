@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from prometheus_client import CollectorRegistry
 
 from streamguard.observe.metrics import HANDLER_BUCKETS, ServiceMetrics
@@ -45,3 +47,49 @@ def test_started_histogram_counts_observations_on_top_of_zero() -> None:
     assert metrics.handler_seconds.count("orders") == 2
     labels = {"runtime": "consumer", "topic": "orders", "le": "0.0025"}
     assert registry.get_sample_value("streamguard_handler_seconds_bucket", labels) == 1
+
+
+def test_services_and_agents_share_a_registrys_families() -> None:
+    """A second service, or a guarded Faust agent, in one registry shares its families
+    (prometheus-client refuses a second family of one name), and streamguard_ready
+    holds for a runtime only while every owner of that runtime is ready."""
+
+    class Owner:
+        def __init__(self, ready: bool) -> None:
+            self.ready = ready
+
+    registry = CollectorRegistry()
+    first, second = ServiceMetrics(registry), ServiceMetrics(registry)
+    agents = ServiceMetrics(registry, runtime="faust")
+    first.messages.labels("orders", "handled").inc()
+    second.messages.labels("refunds", "handled").inc(2)
+    agents.messages.labels("orders", "handled").inc(3)
+    second.handler_seconds.observe_many("refunds", [0.002])
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert (
+        value("streamguard_messages_total", runtime="consumer", topic="orders", outcome="handled")
+        == 1
+    )
+    assert (
+        value("streamguard_messages_total", runtime="consumer", topic="refunds", outcome="handled")
+        == 2
+    )
+    assert (
+        value("streamguard_messages_total", runtime="faust", topic="orders", outcome="handled") == 3
+    )
+    assert value("streamguard_handler_seconds_count", runtime="consumer", topic="refunds") == 1
+    a, b, agent = Owner(True), Owner(False), Owner(True)
+    first.track_ready(a, lambda owner: owner.ready)
+    second.track_ready(b, lambda owner: owner.ready)
+    agents.track_ready(agent, lambda owner: owner.ready)
+    assert value("streamguard_ready", runtime="consumer") == 0
+    assert value("streamguard_ready", runtime="faust") == 1
+    b.ready = True
+    assert value("streamguard_ready", runtime="consumer") == 1
+    b.ready = False
+    del b  # a service that is gone no longer counts
+    gc.collect()
+    assert value("streamguard_ready", runtime="consumer") == 1

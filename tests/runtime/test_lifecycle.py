@@ -672,3 +672,46 @@ def test_runs_of_an_async_service_leave_no_event_loop_open(
         assert open_loops() == loops_before
         descriptors.append(len(os.listdir("/proc/self/fd")))
     assert descriptors[2] <= descriptors[0], descriptors
+
+
+def test_services_of_one_process_share_a_registry(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    bootstrap: str,
+) -> None:
+    """Two services on two topics, one registry: both run (the second used to fail at
+    construction with prometheus-client's duplicate-name error), each counts its own
+    topic, and streamguard_ready is 1 only while both are ready."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    topics = topic_factory("orders"), topic_factory("refunds")
+    producer = sg.GuardedProducer(bootstrap)
+    for i, src in enumerate(topics):
+        for n in range(i + 1):
+            producer.send(src, order(n))
+    producer.flush()
+
+    def service(src: str) -> type[sg.ConsumerService]:
+        class Counting(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+        return Counting
+
+    running = [start_service(service(src), registry=registry) for src in topics]
+    for count, src in enumerate(topics, start=1):
+        assert wait_for(
+            lambda src=src, count=count: (
+                running[0].metric("streamguard_messages_total", topic=src, outcome="handled")
+                == count
+            )
+        )
+    assert wait_for(lambda: running[0].metric("streamguard_ready") == 1)
+    running[1].stop()
+    assert running[0].metric("streamguard_ready") == 0  # one of them is not ready
+    assert running[0].service.health()["ready"]
