@@ -36,8 +36,8 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
     """``loc`` with every part that addresses a map entry (not a declared field) as ``*``.
 
     Walks the JSON Schema along ``loc``: a part that is a property of the current node
-    is a field name and stays; one that is not, where the node allows
-    ``additionalProperties``, is a map key and is hidden. Union branch tags and the
+    is a field name and stays; one that is not, where the node is a map (see
+    ``_map_values``), is a map key and is hidden. Union branch tags and the
     names of undeclared fields are neither and stay: they are schema words, and the
     latter tell an operator which field a producer added.
     """
@@ -94,8 +94,7 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
             continue
         field = next((b["properties"][part] for b in candidates
                       if part in b.get("properties", {})), None)  # fmt: skip
-        values = next((b["additionalProperties"] for b in candidates
-                       if isinstance(b.get("additionalProperties"), dict)), None)  # fmt: skip
+        values = next((v for b in candidates if (v := _map_values(b)) is not None), None)
         if field is not None:
             out.append(part)
             node = field
@@ -105,6 +104,23 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
         else:
             out.append(part)  # an undeclared field's name (extra="forbid"): a schema word
     return out
+
+
+def _map_values(node: dict[str, Any]) -> Any:
+    """The schema of a map's values if ``node`` is a map, else None.
+
+    pydantic writes a map's values as ``additionalProperties``: their schema, or
+    ``true`` when they may be anything (``dict[UUID, Any]``: a key that is not a UUID
+    still fails). Keys constrained by a pattern make ``patternProperties`` instead,
+    with one entry, the key's pattern.
+    """
+    values = node.get("additionalProperties")
+    if isinstance(values, dict):
+        return values
+    patterns = node.get("patternProperties")
+    if isinstance(patterns, dict) and patterns:
+        return next(iter(patterns.values()))
+    return {} if values is True else None
 
 
 class StreamguardError(Exception):

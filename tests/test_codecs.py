@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, Json
+from pydantic import BaseModel, ConfigDict, Field, Json, StringConstraints
 
 import streamguard as sg
 from streamguard.codecs import JsonCodec
@@ -335,12 +335,17 @@ class Prefs(sg.Contract):
     pair: tuple[int, dict[str, int]] | None = None
     blob: Json[dict[str, int]] | None = None
     pet: Annotated[Cat | Dog, Field(discriminator="kind")] | None = None
+    by_id: dict[UUID, Any] | None = None  # values may be anything: the key still fails
+    by_code: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")], int] | None = None
 
 
 @pytest.mark.parametrize(
     ("value", "loc"),
     [
         ({"by_user": {"alice@example.com": "x"}}, ["by_user", "dict[str,int]", "*"]),
+        ({"by_id": {"alice@example.com": 1}}, ["by_id", "*", "[key]"]),
+        ({"by_code": {"alice@example.com": 1}}, ["by_code", "*", "[key]"]),
+        ({"by_code": {"alice@example.com": "x"}}, ["by_code", "*"]),
         ({"pair": [1, {"alice@example.com": "x"}]}, ["pair", 1, "*"]),
         ({"blob": json.dumps({"alice@example.com": "x"})}, ["blob", "*"]),
         (
@@ -348,13 +353,24 @@ class Prefs(sg.Contract):
             ["pet", "dog", "tags", "*"],
         ),
     ],
-    ids=["map-in-a-union", "map-in-a-tuple", "map-in-a-json-field", "optional-tagged-union"],
+    ids=[
+        "map-in-a-union",
+        "map-of-any-values",
+        "map-with-pattern-keys",
+        "map-with-pattern-keys-bad-value",
+        "map-in-a-tuple",
+        "map-in-a-json-field",
+        "optional-tagged-union",
+    ],
 )
 def test_map_keys_stay_out_of_errors_in_unions_tuples_and_json_fields(
     value: dict[str, Any], loc: list[str | int]
 ) -> None:
     """A map key is hidden wherever the map sits: after a union's branch tag (which was
-    taken for a key, and the key kept), at a tuple's position, inside a ``Json[...]``."""
+    taken for a key, and the key kept), at a tuple's position, inside a ``Json[...]``,
+    and whatever the map's schema says of its values: ``true`` (any value, where only
+    the key can fail) or, for keys with a pattern, ``patternProperties`` (both kept
+    the key)."""
     with pytest.raises(sg.ContractViolation) as info:
         JsonCodec().decode(json.dumps(value).encode(), Prefs)
     assert "alice@example.com" not in json.dumps(info.value.errors) + str(info.value)
