@@ -343,9 +343,15 @@ class DeliveryFailed(StreamguardError):
 _QUOTED_INPUT = re.compile(r"[:,] found `[^`]*`")
 
 
-# Messages that quote the input itself, replaced by value-free ones unless opted in.
+# Messages that quote the input itself, replaced by value-free ones unless opted in:
+# a tagged union's tag, and pydantic's own validators of ZoneInfo ("invalid timezone:
+# <the input>"), ByteSize ("could not interpret byte unit: <its unit>") and
+# ImportString (the path, in Python's import error).
 _VALUE_FREE_MSG = {
     "union_tag_invalid": "Input tag does not match any of the expected tags",
+    "zoneinfo_str": "invalid timezone",
+    "byte_size_unit": "could not interpret byte unit",
+    "import_error": "Invalid python path",
 }
 
 

@@ -9,9 +9,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, Json, StringConstraints
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ImportString,
+    Json,
+    StringConstraints,
+)
 
 import streamguard as sg
 from streamguard.codecs import JsonCodec
@@ -230,6 +239,37 @@ def test_uuid_error_does_not_quote_an_input_character(
         decode(payload(order_id="Q"))
     assert "`Q`" not in str(info.value)
     assert "`Q`" not in json.dumps(info.value.errors)
+
+
+class Settings(sg.Contract):
+    """Fields whose pydantic validators quote the input in their own error messages."""
+
+    __subject__ = "tests.Settings"
+    __version__ = 1
+    zone: ZoneInfo | None = None
+    quota: ByteSize | None = None
+    plugin: ImportString[Any] | None = None
+
+
+@pytest.mark.parametrize(
+    ("value", "error_type"),
+    [
+        ({"zone": SECRET}, "zoneinfo_str"),
+        ({"quota": f"1 {SECRET}"}, "byte_size_unit"),
+        ({"plugin": SECRET}, "import_error"),
+    ],
+    ids=["zoneinfo", "bytesize", "importstring"],
+)
+def test_messages_of_pydantics_own_types_do_not_quote_the_input(
+    value: dict[str, Any], error_type: str
+) -> None:
+    """pydantic's validators of ZoneInfo, ByteSize and ImportString put the input (or
+    its unit) into their messages: those are replaced by the same message without it."""
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps(value).encode(), Settings)
+    assert [e["type"] for e in info.value.errors] == [error_type]
+    assert_no_secret(info.value)
+    assert "SECRET" not in str(info.value) + info.value.errors_json().decode()
 
 
 def test_tombstone_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
