@@ -58,6 +58,21 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
         """A union's branches but null: X | None has one choice, X."""
         return [b for b in branches(node) if not (isinstance(b, dict) and b.get("type") == "null")]
 
+    def named(node: dict[str, Any], tag: str | int) -> Any:
+        """The branch of a union that pydantic's branch tag names, or None if unsure.
+
+        A discriminated union maps its tags (an int one as text) to branches; a smart
+        union tags a model's branch with the model's name, its schema's title. Without
+        it, the next part was looked up in the first branch that has it: a map in the
+        tagged branch under a name another branch gives a model kept its keys.
+        """
+        discriminator = node.get("discriminator")
+        mapping = discriminator.get("mapping") if isinstance(discriminator, dict) else None
+        if isinstance(mapping, dict) and isinstance(mapping.get(str(tag)), str):
+            return resolve({"$ref": mapping[str(tag)]})
+        titled = [b for b in choices(node) if isinstance(b, dict) and b.get("title") == tag]
+        return titled[0] if len(titled) == 1 else None
+
     out: list[str | int] = []
     node: Any = schema
     tagged: Any = None  # the union whose branch tag ``loc`` named last
@@ -67,15 +82,12 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
             if not isinstance(node, dict) or len(options := choices(node)) != 1:
                 break
             node = options[0]  # X | None: pydantic's location goes on into X
-        if (
-            isinstance(node, dict)
-            and tagged is not node
-            and isinstance(part, str)
-            and len(choices(node)) > 1
-        ):
-            # pydantic names the branch of a union first: a schema word.
+        if isinstance(node, dict) and tagged is not node and len(choices(node)) > 1:
+            # pydantic names the branch of a union first: a schema word (an int for a
+            # union discriminated by Literal[1] | Literal[2], not a list index).
             out.append(part)
             tagged = node
+            node = named(node, part) or node  # else every branch is looked in
             continue
         if isinstance(node, dict) and isinstance(node.get("contentSchema"), dict):
             node = resolve(node["contentSchema"])  # a Json[...] field: the value it holds

@@ -366,6 +366,20 @@ class Dog(BaseModel):
     tags: dict[str, int]
 
 
+class Meta(BaseModel):
+    source: str
+
+
+class Fish(BaseModel):
+    kind: Literal[1]
+    tags: Meta  # the name Bird gives a map
+
+
+class Bird(BaseModel):
+    kind: Literal[2]
+    tags: dict[str, int]
+
+
 class Prefs(sg.Contract):
     """Maps where the location walker used to lose track of the schema."""
 
@@ -377,6 +391,8 @@ class Prefs(sg.Contract):
     pet: Annotated[Cat | Dog, Field(discriminator="kind")] | None = None
     by_id: dict[UUID, Any] | None = None  # values may be anything: the key still fails
     by_code: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")], int] | None = None
+    animal: Annotated[Fish | Bird, Field(discriminator="kind")] | None = None  # int tags
+    either_animal: Fish | Bird | None = None  # a smart union: tagged by model name
 
 
 @pytest.mark.parametrize(
@@ -386,6 +402,14 @@ class Prefs(sg.Contract):
         ({"by_id": {"alice@example.com": 1}}, ["by_id", "*", "[key]"]),
         ({"by_code": {"alice@example.com": 1}}, ["by_code", "*", "[key]"]),
         ({"by_code": {"alice@example.com": "x"}}, ["by_code", "*"]),
+        (
+            {"animal": {"kind": 2, "tags": {"alice@example.com": "x"}}},
+            ["animal", 2, "tags", "*"],
+        ),
+        (
+            {"either_animal": {"kind": 2, "tags": {"alice@example.com": "x"}}},
+            ["either_animal", "Bird", "tags", "*"],
+        ),
         ({"pair": [1, {"alice@example.com": "x"}]}, ["pair", 1, "*"]),
         ({"blob": json.dumps({"alice@example.com": "x"})}, ["blob", "*"]),
         (
@@ -398,6 +422,8 @@ class Prefs(sg.Contract):
         "map-of-any-values",
         "map-with-pattern-keys",
         "map-with-pattern-keys-bad-value",
+        "map-in-a-union-with-int-tags",
+        "map-in-a-smart-union-whose-other-branch-has-a-model-there",
         "map-in-a-tuple",
         "map-in-a-json-field",
         "optional-tagged-union",
@@ -408,9 +434,10 @@ def test_map_keys_stay_out_of_errors_in_unions_tuples_and_json_fields(
 ) -> None:
     """A map key is hidden wherever the map sits: after a union's branch tag (which was
     taken for a key, and the key kept), at a tuple's position, inside a ``Json[...]``,
-    and whatever the map's schema says of its values: ``true`` (any value, where only
-    the key can fail) or, for keys with a pattern, ``patternProperties`` (both kept
-    the key)."""
+    whatever the map's schema says of its values: ``true`` (any value, where only the
+    key can fail) or, for keys with a pattern, ``patternProperties``, and in the branch
+    a union's tag names: an int tag (taken for a list index) and a branch whose field
+    another branch declares as a model (looked up there) kept the key."""
     with pytest.raises(sg.ContractViolation) as info:
         JsonCodec().decode(json.dumps(value).encode(), Prefs)
     assert "alice@example.com" not in json.dumps(info.value.errors) + str(info.value)
