@@ -98,11 +98,13 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
         if isinstance(part, int):
             out.append(part)
             arrays = [b for b in candidates if "items" in b or "prefixItems" in b] or [node]
-            prefix = arrays[0].get("prefixItems")  # a tuple's positions
-            if isinstance(prefix, list) and part < len(prefix):
-                node = prefix[part]
+            items = [item for a in arrays if (item := _item(a, part)) is not None]
+            if len(items) > 1:
+                # A union of arrays whose tag named none for sure (list[A] | list[B]):
+                # the walk goes on in every one's item, a union that has no tag.
+                node = tagged = {"anyOf": items}
             else:
-                node = arrays[0].get("items")
+                node = items[0] if items else None
             continue
         field = next((b["properties"][part] for b in candidates
                       if part in b.get("properties", {})), None)  # fmt: skip
@@ -116,6 +118,12 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
         else:
             out.append(part)  # an undeclared field's name (extra="forbid"): a schema word
     return out
+
+
+def _item(array: dict[str, Any], index: int) -> Any:
+    """The schema of an array's item at ``index``: a tuple's position, else its items."""
+    prefix = array.get("prefixItems")
+    return prefix[index] if isinstance(prefix, list) and index < len(prefix) else array.get("items")
 
 
 def _map_values(node: dict[str, Any]) -> Any:

@@ -393,6 +393,7 @@ class Prefs(sg.Contract):
     by_code: dict[Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")], int] | None = None
     animal: Annotated[Fish | Bird, Field(discriminator="kind")] | None = None  # int tags
     either_animal: Fish | Bird | None = None  # a smart union: tagged by model name
+    rows: list[Meta] | list[dict[str, int]] | None = None  # tags name no schema
 
 
 @pytest.mark.parametrize(
@@ -410,6 +411,10 @@ class Prefs(sg.Contract):
             {"either_animal": {"kind": 2, "tags": {"alice@example.com": "x"}}},
             ["either_animal", "Bird", "tags", "*"],
         ),
+        (
+            {"rows": [{"alice@example.com": "x"}]},
+            ["rows", "list[dict[str,int]]", 0, "*"],
+        ),
         ({"pair": [1, {"alice@example.com": "x"}]}, ["pair", 1, "*"]),
         ({"blob": json.dumps({"alice@example.com": "x"})}, ["blob", "*"]),
         (
@@ -424,6 +429,7 @@ class Prefs(sg.Contract):
         "map-with-pattern-keys-bad-value",
         "map-in-a-union-with-int-tags",
         "map-in-a-smart-union-whose-other-branch-has-a-model-there",
+        "map-in-a-union-of-lists",
         "map-in-a-tuple",
         "map-in-a-json-field",
         "optional-tagged-union",
@@ -436,8 +442,9 @@ def test_map_keys_stay_out_of_errors_in_unions_tuples_and_json_fields(
     taken for a key, and the key kept), at a tuple's position, inside a ``Json[...]``,
     whatever the map's schema says of its values: ``true`` (any value, where only the
     key can fail) or, for keys with a pattern, ``patternProperties``, and in the branch
-    a union's tag names: an int tag (taken for a list index) and a branch whose field
-    another branch declares as a model (looked up there) kept the key."""
+    a union's tag names: an int tag (taken for a list index), a branch whose field
+    another branch declares as a model (looked up there) and the second of two lists
+    (its items taken for the first's) kept the key."""
     with pytest.raises(sg.ContractViolation) as info:
         JsonCodec().decode(json.dumps(value).encode(), Prefs)
     assert "alice@example.com" not in json.dumps(info.value.errors) + str(info.value)
