@@ -33,13 +33,18 @@ class ErrorDetail(TypedDict):
 
 
 def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str | int]:
-    """``loc`` with every part that addresses a map entry (not a declared field) as ``*``.
+    """``loc`` with every part that may address a map entry (not a declared field) as ``*``.
 
-    Walks the JSON Schema along ``loc``: a part that is a property of the current node
-    is a field name and stays; one that is not, where the node is a map (see
-    ``_map_values``), is a map key and is hidden. Union branch tags and the
-    names of undeclared fields are neither and stay: they are schema words, and the
-    latter tell an operator which field a producer added.
+    Walks the JSON Schema along ``loc``. A property of the current node is a field name
+    and stays, as do a union's branch tag (pydantic names the branch first: a schema
+    word, an int for a union discriminated by ``Literal[1] | Literal[2]``) and a list
+    index. Where the node is a map (see ``_map_values``), the part is a key and is
+    hidden. The name of an undeclared field of a closed model (``extra="forbid"``)
+    stays: it tells an operator which field a producer added. A part the schema cannot
+    explain (a type that overrides its schema, say) is hidden too: it may be data.
+
+    Where a union's tag does not name its branch for sure, the walk goes on in every
+    branch, and a part that is a key in any of them is hidden.
     """
     defs = schema.get("$defs", {})
 
@@ -51,20 +56,20 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
             node = defs.get(ref.removeprefix("#/$defs/"))
         return node
 
-    def branches(node: dict[str, Any]) -> list[Any]:
-        return [resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", [])]
-
     def choices(node: dict[str, Any]) -> list[Any]:
         """A union's branches but null: X | None has one choice, X."""
-        return [b for b in branches(node) if not (isinstance(b, dict) and b.get("type") == "null")]
+        return [
+            b
+            for b in (resolve(b) for b in node.get("anyOf", []) + node.get("oneOf", []))
+            if not (isinstance(b, dict) and b.get("type") == "null")
+        ]
 
     def named(node: dict[str, Any], tag: str | int) -> Any:
         """The branch of a union that pydantic's branch tag names, or None if unsure.
 
         A discriminated union maps its tags (an int one as text) to branches; a smart
-        union tags a model's branch with the model's name, its schema's title. Without
-        it, the next part was looked up in the first branch that has it: a map in the
-        tagged branch under a name another branch gives a model kept its keys.
+        union tags a model's branch with the model's name, its schema's title (unless
+        the model sets another).
         """
         discriminator = node.get("discriminator")
         mapping = discriminator.get("mapping") if isinstance(discriminator, dict) else None
@@ -73,55 +78,61 @@ def _without_map_keys(loc: list[str | int], schema: dict[str, Any]) -> list[str 
         titled = [b for b in choices(node) if isinstance(b, dict) and b.get("title") == tag]
         return titled[0] if len(titled) == 1 else None
 
-    out: list[str | int] = []
-    node: Any = schema
-    tagged: Any = None  # the union whose branch tag ``loc`` named last
-    for part in loc:
+    def step(node: Any, part: str | int, depth: int = 0) -> tuple[str, list[Any]]:
+        """What ``part`` is at ``node`` (tag, field, index, key, undeclared or unknown),
+        and the schemas the walk goes on in."""
         node = resolve(node)
         for _ in range(8):  # X | None wraps X, which may be a union itself
             if not isinstance(node, dict) or len(options := choices(node)) != 1:
                 break
             node = options[0]  # X | None: pydantic's location goes on into X
-        if isinstance(node, dict) and tagged is not node and len(choices(node)) > 1:
-            # pydantic names the branch of a union first: a schema word (an int for a
-            # union discriminated by Literal[1] | Literal[2], not a list index).
-            out.append(part)
-            tagged = node
-            node = named(node, part) or node  # else every branch is looked in
-            continue
-        if isinstance(node, dict) and isinstance(node.get("contentSchema"), dict):
-            node = resolve(node["contentSchema"])  # a Json[...] field: the value it holds
         if not isinstance(node, dict):
-            out.append(part)
-            continue
-        candidates = [b for b in branches(node) or [node] if isinstance(b, dict)]
-        if isinstance(part, int):
-            out.append(part)
-            arrays = [b for b in candidates if "items" in b or "prefixItems" in b] or [node]
-            items = [item for a in arrays if (item := _item(a, part)) is not None]
-            if len(items) > 1:
-                # A union of arrays whose tag named none for sure (list[A] | list[B]):
-                # the walk goes on in every one's item, a union that has no tag.
-                node = tagged = {"anyOf": items}
-            else:
-                node = items[0] if items else None
-            continue
-        field = next((b["properties"][part] for b in candidates
-                      if part in b.get("properties", {})), None)  # fmt: skip
-        values = next((v for b in candidates if (v := _map_values(b)) is not None), None)
-        if field is not None:
-            out.append(part)
-            node = field
-        elif values is not None:
+            return "unknown", []
+        union = choices(node)
+        if len(union) > 1:
+            branch = named(node, part)
+            return "tag", union if branch is None else [branch]
+        if isinstance(node.get("contentSchema"), dict) and depth < 8:
+            return step(node["contentSchema"], part, depth + 1)  # a Json[...] field's value
+        if isinstance(part, int) and (item := _item(node, part)) is not None:
+            return "index", [item]
+        properties = node.get("properties")
+        if isinstance(properties, dict) and part in properties:
+            return "field", [properties[part]]
+        values = _map_values(node)
+        if values is not None:
+            return "key", [values]
+        return ("undeclared" if node.get("additionalProperties") is False else "unknown"), []
+
+    out: list[str | int] = []
+    nodes: list[Any] = [schema]
+    for part in loc:
+        kinds: set[str] = set()
+        following: dict[int, Any] = {}
+        for node in nodes:
+            kind, more = step(node, part)
+            kinds.add(kind)
+            following.update((id(n), n) for n in more)
+        nodes = list(following.values())[:MAX_WALKED]
+        if "key" in kinds:
             out.append("*")
-            node = values
+        elif isinstance(part, int) or part == "[key]":  # an index or tag; pydantic's marker
+            out.append(part)
+        elif not kinds & {"tag", "field", "undeclared"}:
+            out.append("*")
         else:
-            out.append(part)  # an undeclared field's name (extra="forbid"): a schema word
+            out.append(part)
     return out
 
 
+# Schemas a location is walked in at once: the branches of unions whose tag names none
+# for sure, and of the unions among them.
+MAX_WALKED = 64
+
+
 def _item(array: dict[str, Any], index: int) -> Any:
-    """The schema of an array's item at ``index``: a tuple's position, else its items."""
+    """The schema of an array's item at ``index``: a tuple's position, else its items
+    (None when ``array`` is not an array)."""
     prefix = array.get("prefixItems")
     return prefix[index] if isinstance(prefix, list) and index < len(prefix) else array.get("items")
 

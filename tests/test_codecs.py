@@ -16,10 +16,13 @@ from pydantic import (
     BaseModel,
     ByteSize,
     ConfigDict,
+    Discriminator,
     Field,
     ImportString,
     Json,
     StringConstraints,
+    Tag,
+    WithJsonSchema,
 )
 
 import streamguard as sg
@@ -380,6 +383,22 @@ class Bird(BaseModel):
     tags: dict[str, int]
 
 
+class Shark(BaseModel):
+    model_config = ConfigDict(title="A shark")  # pydantic's tag is the class name
+    tags: Meta
+    size: int | list[int] = 0
+
+
+class Eagle(BaseModel):
+    model_config = ConfigDict(title="An eagle")
+    tags: dict[str, int]
+    size: dict[str, int] | str = ""
+
+
+def _animal_kind(value: Any) -> str:
+    return "fish" if isinstance(value, dict) and value.get("kind") == 1 else "bird"
+
+
 class Prefs(sg.Contract):
     """Maps where the location walker used to lose track of the schema."""
 
@@ -394,6 +413,15 @@ class Prefs(sg.Contract):
     animal: Annotated[Fish | Bird, Field(discriminator="kind")] | None = None  # int tags
     either_animal: Fish | Bird | None = None  # a smart union: tagged by model name
     rows: list[Meta] | list[dict[str, int]] | None = None  # tags name no schema
+    titled: Shark | Eagle | None = None  # tags name no title
+    chosen: (
+        Annotated[
+            Annotated[Fish, Tag("fish")] | Annotated[Bird, Tag("bird")],
+            Discriminator(_animal_kind),
+        ]
+        | None
+    ) = None
+    hidden: Annotated[dict[str, int], WithJsonSchema({"type": "string"})] | None = None
 
 
 @pytest.mark.parametrize(
@@ -415,6 +443,19 @@ class Prefs(sg.Contract):
             {"rows": [{"alice@example.com": "x"}]},
             ["rows", "list[dict[str,int]]", 0, "*"],
         ),
+        (
+            {"titled": {"tags": {"alice@example.com": "x"}}},
+            ["titled", "Eagle", "tags", "*"],
+        ),
+        (
+            {"titled": {"tags": {}, "size": {"alice@example.com": "x"}}},
+            ["titled", "Eagle", "size", "dict[str,int]", "*"],
+        ),
+        (
+            {"chosen": {"kind": 2, "tags": {"alice@example.com": "x"}}},
+            ["chosen", "bird", "tags", "*"],
+        ),
+        ({"hidden": {"alice@example.com": "x"}}, ["hidden", "*"]),
         ({"pair": [1, {"alice@example.com": "x"}]}, ["pair", 1, "*"]),
         ({"blob": json.dumps({"alice@example.com": "x"})}, ["blob", "*"]),
         (
@@ -430,6 +471,10 @@ class Prefs(sg.Contract):
         "map-in-a-union-with-int-tags",
         "map-in-a-smart-union-whose-other-branch-has-a-model-there",
         "map-in-a-union-of-lists",
+        "map-in-a-union-whose-tag-names-no-title",
+        "map-in-a-union-in-such-a-union",
+        "map-in-a-union-with-a-callable-discriminator",
+        "map-whose-schema-a-type-overrides",
         "map-in-a-tuple",
         "map-in-a-json-field",
         "optional-tagged-union",
@@ -444,7 +489,9 @@ def test_map_keys_stay_out_of_errors_in_unions_tuples_and_json_fields(
     key can fail) or, for keys with a pattern, ``patternProperties``, and in the branch
     a union's tag names: an int tag (taken for a list index), a branch whose field
     another branch declares as a model (looked up there) and the second of two lists
-    (its items taken for the first's) kept the key."""
+    (its items taken for the first's) kept the key. Where the tag names no branch for
+    sure (a model with a title of its own, a callable discriminator), every branch is
+    walked; a part the schema cannot explain (a type overriding its schema) is hidden."""
     with pytest.raises(sg.ContractViolation) as info:
         JsonCodec().decode(json.dumps(value).encode(), Prefs)
     assert "alice@example.com" not in json.dumps(info.value.errors) + str(info.value)

@@ -135,6 +135,22 @@ def test_contract_violation_sends_nothing(
     assert [value_of(r)["order_id"] for r in records] == [2]
 
 
+class Tally(sg.Contract):
+    __subject__ = "tests.Tally"
+    __version__ = 1
+    counts: dict[int, int]
+
+
+def test_a_violation_hides_the_int_keys_of_a_mapping(bootstrap: str) -> None:
+    """A mapping sent with contract= is validated as Python data, where a map's keys may
+    be ints: an int key is hidden like a text one (it was taken for a list index)."""
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("tally", {"counts": {4111111111111111: "x"}}, contract=Tally)
+    assert [e["loc"] for e in info.value.errors] == [["counts", "*"]]
+    assert "4111111111111111" not in str(info.value) + info.value.errors_json().decode()
+
+
 def test_mapping_without_contract_is_a_configuration_error(bootstrap: str) -> None:
     """send() refuses a mapping without contract=, saying what to pass."""
     producer = sg.GuardedProducer(bootstrap)
