@@ -279,6 +279,23 @@ class Lane:
                     self._drop(event)
                     return
                 continue
+            except Exception as exc:
+                # A contract's validator raised what pydantic passes on (not a
+                # ValueError): judged as a ConsumerService judges it, by the agent's
+                # transient types, not a crash of the worker (whose log line quoted the
+                # value, and which crashed again on every restart).
+                now = time.monotonic()
+                attempt = 1 if waiting is None else waiting.attempt + 1
+                judged = judge(exc, attempt, waiting, agent.retry, agent.transient, now)
+                if isinstance(judged, Failure):
+                    failure = judged
+                    break
+                waiting = judged
+                agent.retried()
+                if not await self._backoff(max(0.0, waiting.due - now), msg):
+                    self._drop(event)
+                    return
+                continue
             break
         if failure is None:
             outcome = await self._handle(event, record, decoded)

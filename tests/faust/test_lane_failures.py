@@ -5,12 +5,16 @@ schema registry makes the event wait, as in a ``ConsumerService``."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import Message, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from pydantic import field_validator
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -24,7 +28,7 @@ from tests.registry.conftest import (  # noqa: F401 (fixtures)
     client,
     registry,
 )
-from tests.runtime.conftest import committed
+from tests.runtime.conftest import committed, dlq_headers
 
 pytestmark = pytest.mark.broker
 
@@ -242,3 +246,58 @@ def test_a_sink_that_cannot_take_results_is_refused_when_declared(
         @guarded_agent(app, "orders", contract=OrderPlaced, sink=[invoices])
         async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> dict[str, str]:
             return {}
+
+
+class Sku(sg.Contract):
+    """A contract whose validator raises what pydantic does not wrap (not a ValueError)."""
+
+    __subject__ = "tests.Sku"
+    __version__ = 1
+    sku: str
+
+    @field_validator("sku")
+    @classmethod
+    def known(cls, value: str) -> str:
+        if value != "a-1":
+            raise LookupError(f"unknown sku {value}")
+        return value
+
+
+def test_a_validator_raising_another_exception_is_dead_lettered_not_a_crash(
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Message]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A contract's validator that raises an exception pydantic passes on (LookupError)
+    fails decoding like a handler's failure in a ConsumerService: a permanent error,
+    dead-lettered with its text redacted. The lane crashed the worker instead, its log
+    line's traceback quoting the value, and every restart crashed again on the record."""
+    src = topic_factory("skus", partitions=1)
+    for sku in ("a-1", "SECRET-4111111111111111", "a-1"):
+        raw_producer.produce(src, json.dumps({"sku": sku}).encode())
+    raw_producer.flush(10)
+    app = make_app()
+    handled: list[int] = []
+
+    @guarded_agent(app, src, contract=Sku, retry=FAST_RETRY)
+    async def stock(event: Sku, ctx: sg.MessageContext) -> None:
+        handled.append(ctx.offset)
+
+    async def scenario() -> None:
+        assert await until(lambda: len(handled) == 2 or app.should_stop, 30)
+
+    # Faust's and aiokafka's own lines at info and up; aiokafka's debug lines show
+    # the records it sends (the dead letter's value among them), as a client's do.
+    caplog.set_level(logging.DEBUG, logger="streamguard")
+    with caplog.at_level(logging.INFO):
+        run_app(app, scenario)
+    assert app.crash_reason is None
+    assert handled == [0, 2]
+    [letter] = read_all(f"{src}.dlq", 1)
+    headers = dlq_headers(letter)
+    assert headers["sg-dlq-reason"] == "permanent_error"
+    assert headers["sg-dlq-error-class"] == "builtins.LookupError"
+    assert "SECRET" not in json.dumps(headers)
+    assert "SECRET" not in caplog.text
