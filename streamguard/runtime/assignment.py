@@ -104,6 +104,10 @@ class Assignment:
                 lane.close()
         self._forget(parts)
         log.warning("partitions lost", extra={"partitions": parts})
+        # The hook hears of them as revoked (as confluent-kafka and the Java client do
+        # when no lost callback is given): what it set up per partition in on_assign
+        # must be torn down either way, and on_assign comes again when they return.
+        self._on_revoked(parts)
 
     def _forget(self, parts: list[int]) -> None:
         self._committer.forget(parts)

@@ -127,3 +127,40 @@ def test_broker_timeout_ends_run_with_a_clear_error(own_broker: DevBroker) -> No
     error = running.error[0]
     assert isinstance(error, sg.BrokerUnavailable)
     assert "broker_timeout" in str(error)
+
+
+def test_lost_partitions_reach_on_revoke(own_broker: DevBroker) -> None:
+    """A coordinator silent for a session timeout makes librdkafka give the assignment
+    up as lost: the work is dropped uncommitted, and on_revoke hears of the partitions
+    (it was never called for them), so what on_assign set up per partition is torn down
+    before on_assign comes again."""
+    import os
+    import signal
+
+    bootstrap = own_broker.bootstrap_servers
+    src = new_topic(bootstrap, partitions=1)
+    _send(bootstrap, src, 0, 1)
+    events: list[tuple[str, list[int]]] = []
+    base = Customers().service(src)
+
+    class Hooked(base):  # type: ignore[valid-type, misc]
+        def on_assign(self, partitions: list[int]) -> None:
+            events.append(("assign", partitions))
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            events.append(("revoke", partitions))
+
+    running = start(Hooked, bootstrap)
+    try:
+        assert wait_for(lambda: ("assign", [0]) in events)
+        os.kill(own_broker.pid or 0, signal.SIGSTOP)
+        try:
+            # Longer than the session timeout (2 s in tests) with no heartbeat answered.
+            assert wait_for(lambda: ("revoke", [0]) in events, timeout=15)
+        finally:
+            os.kill(own_broker.pid or 0, signal.SIGCONT)
+        assert wait_for(lambda: events.count(("assign", [0])) == 2, timeout=30)
+    finally:
+        running.stop()
+    assert not running.error, running.error
+    assert events[:3] == [("assign", [0]), ("revoke", [0]), ("assign", [0])], events
