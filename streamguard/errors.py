@@ -386,6 +386,33 @@ _VALUE_FREE_MSG = {
 }
 
 
+# Errors whose message the contract's own validator wrote (``ValueError(f"unknown sku
+# {v}")``): the input it was given is cut wherever it appears there word for word.
+_OWN_MESSAGE = frozenset({"value_error", "assertion_error"})
+_MIN_CUT = 4  # shorter texts ("EUR" aside) would cut ordinary words out of the message
+_MAX_CUTS = 256
+
+
+def _without_input(msg: str, value: Any) -> str:
+    """``msg`` with every text of ``value`` (a string or number, or those inside a
+    model's input, to a few levels) that it quotes replaced by ``<redacted>``."""
+    texts: set[str] = set()
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo and len(texts) < _MAX_CUTS:
+        item, depth = todo.pop()
+        if isinstance(item, str | int | float) and not isinstance(item, bool):
+            text = str(item)
+            if len(text) >= _MIN_CUT:
+                texts.add(text)
+        elif depth < 4 and isinstance(item, dict):
+            todo.extend((v, depth + 1) for pair in item.items() for v in pair)
+        elif depth < 4 and isinstance(item, list | tuple):
+            todo.extend((v, depth + 1) for v in item)
+    for text in sorted(texts, key=len, reverse=True):  # a longer text before its parts
+        msg = msg.replace(text, "<redacted>")
+    return msg
+
+
 class _MaskedLocations:
     """``_without_map_keys`` for one schema, remembering the answers.
 
@@ -439,14 +466,17 @@ def error_details(
     the character a UUID error quotes and the tag a tagged union quotes, both cut here.
     With the model's JSON ``schema``, the keys of declared maps in ``loc`` (a
     ``dict[str, int]`` keyed by e-mail address, say) become ``*``: they are data too.
-    ``include_input=False`` also drops the ``input`` and ``ctx`` keys.
+    ``include_input=False`` also drops the ``input`` and ``ctx`` keys, and cuts the
+    input out of the messages a contract's own validators wrote, where they quote it.
     """
     details: list[ErrorDetail] = []
     masked = _masked_locations(schema) if schema is not None and not include_input else None
-    for err in exc.errors(include_url=False, include_input=include_input, include_context=False):
+    for err in exc.errors(include_url=False, include_context=False):
         msg, loc = err["msg"], list(err["loc"])
         if not include_input:
             msg = _VALUE_FREE_MSG.get(err["type"]) or _QUOTED_INPUT.sub("", msg)
+            if err["type"] in _OWN_MESSAGE and "input" in err:
+                msg = _without_input(msg, err["input"])
             if masked is not None:
                 loc = masked(err["loc"])
         detail: ErrorDetail = {"loc": loc, "type": err["type"], "msg": msg}

@@ -23,6 +23,8 @@ from pydantic import (
     StringConstraints,
     Tag,
     WithJsonSchema,
+    field_validator,
+    model_validator,
 )
 
 import streamguard as sg
@@ -273,6 +275,58 @@ def test_messages_of_pydantics_own_types_do_not_quote_the_input(
     assert [e["type"] for e in info.value.errors] == [error_type]
     assert_no_secret(info.value)
     assert "SECRET" not in str(info.value) + info.value.errors_json().decode()
+
+
+class Checked(sg.Contract):
+    """A contract whose own validators quote the value in their messages."""
+
+    __subject__ = "tests.Checked"
+    __version__ = 1
+    sku: str
+    amount: int = 0
+
+    @field_validator("sku")
+    @classmethod
+    def known_sku(cls, value: str) -> str:
+        if value.startswith("SECRET"):
+            raise ValueError(f"unknown sku {value!r} (ask the catalogue)")
+        return value
+
+    @field_validator("amount")
+    @classmethod
+    def small(cls, value: int) -> int:
+        assert value < 10**9, f"amount {value} is too large"
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def whole(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sku") == "SECRET-4242-whole":
+            raise ValueError(f"refused {data}")
+        return data
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ({"sku": SECRET}, "(ask the catalogue)"),
+        ({"sku": "ok", "amount": 42424242420}, "is too large"),
+        ({"sku": "SECRET-4242-whole"}, "refused"),
+    ],
+    ids=["field", "assert", "model"],
+)
+def test_a_validators_own_message_loses_the_input_it_quotes(
+    value: dict[str, Any], kept: str
+) -> None:
+    """A contract's validator writing the value into its message (``ValueError(f"unknown
+    sku {v}")``) no longer carries it into the error text and the DLQ headers: the input,
+    where the message quotes it word for word, is cut; the rest of the message stays."""
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps(value).encode(), Checked)
+    assert_no_secret(info.value)
+    assert "42424242420" not in str(info.value) + info.value.errors_json().decode()
+    assert kept in info.value.errors[0]["msg"]
+    assert "<redacted>" in info.value.errors[0]["msg"]
 
 
 def test_tombstone_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
