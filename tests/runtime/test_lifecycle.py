@@ -19,6 +19,17 @@ from streamguard.devbroker import free_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 
+def answer(base: str, path: str) -> tuple[int, bytes]:
+    """A health endpoint's status and body; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(base + path, timeout=2) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
 def test_missing_declaration_fails_at_class_creation() -> None:
     """A service without group_id fails when the class is defined, naming the attribute."""
     with pytest.raises(sg.ConfigurationError, match="group_id"):
@@ -183,13 +194,7 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
     base = f"http://127.0.0.1:{port}"
 
     def status(path: str) -> int:
-        try:
-            with urllib.request.urlopen(base + path, timeout=2) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return 0
+        return answer(base, path)[0]
 
     assert wait_for(lambda: status("/healthz") == 200)
     assert wait_for(lambda: status("/readyz") == 200)
@@ -290,10 +295,11 @@ def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
         taken.close()
 
 
-def test_health_endpoints_answer_while_the_service_waits_for_the_cluster() -> None:
+def test_health_endpoints_answer_while_the_service_waits_for_the_cluster(
+    start_service: Callable[..., Running],
+) -> None:
     """While run() waits for a cluster it cannot reach yet, /healthz answers 200 (a
     liveness probe must not kill a process that waits) and /readyz 503, not assigned."""
-    import threading
 
     class Billing(sg.ConsumerService):
         topic = "orders"
@@ -304,38 +310,16 @@ def test_health_endpoints_answer_while_the_service_waits_for_the_cluster() -> No
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
 
     port = free_port()
-    service = Billing(bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=port)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    running = start_service(
+        Billing, bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=port
+    )
     base = f"http://127.0.0.1:{port}"
-
-    def answer(path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(base + path, timeout=2) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
-
-    try:
-        assert wait_for(lambda: answer("/healthz")[0] == 200, timeout=4)
-        status, body = answer("/readyz")
-        assert status == 503
-        assert json.loads(body)["checks"]["assigned"] is False
-    finally:
-        service.stop()
-        thread.join(20)
-    assert not thread.is_alive()
-    assert errors == []  # stopped while connecting: a clean return
+    assert wait_for(lambda: answer(base, "/healthz")[0] == 200, timeout=4)
+    status, body = answer(base, "/readyz")
+    assert status == 503
+    assert json.loads(body)["checks"]["assigned"] is False
+    running.stop(20)
+    assert running.error == []  # stopped while connecting: a clean return
 
 
 def test_a_metrics_port_in_use_fails_the_start_before_the_cluster_is_reached() -> None:
