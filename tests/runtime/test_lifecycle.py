@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -365,7 +367,12 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
     env = {**os.environ, "SG_TEST_OUT": os.devnull}
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        time.sleep(3)  # imported, and waiting for the cluster
+        # Signal only once it waits for the cluster: its Kafka client exists (librdkafka's
+        # threads are named rdk:*), so its SIGTERM handler is in place. Any earlier, and
+        # the signal finds Python's default action (exit status -15).
+        assert wait_for(
+            lambda: process.poll() is not None or _has_librdkafka_threads(process.pid), 60
+        ), "streamguard run built no Kafka client in time"
         assert process.poll() is None
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -375,6 +382,16 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def _has_librdkafka_threads(pid: int) -> bool:
+    """Whether process ``pid`` runs librdkafka's threads (Linux /proc), i.e. has built
+    a Kafka client."""
+    names = []
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            names.append(comm.read_text())
+    return any(name.startswith("rdk:") for name in names)
 
 
 def test_an_async_service_reports_its_last_counts_when_it_stops(
