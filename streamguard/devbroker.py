@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import socket
@@ -70,6 +71,35 @@ def _die_with_parent() -> None:
 def _accepts(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
+    return False
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a TCP socket listening on ``port``; None where the
+    system does not say (no Linux /proc).
+
+    That something accepts connections on the port does not make it our broker: another
+    process may have bound the port after it was found free, and ours, refused, is about
+    to exit.
+    """
+    if not os.path.exists("/proc/net/tcp"):
+        return None
+    listening: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # tcp6 is absent without IPv6
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in itertools.islice(rows, 1, None):  # after the header
+                # sl, local address:port (hex), remote, state (0A: LISTEN), ..., inode
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    listening.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # it has exited
+    for fd in fds:
+        with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in listening:
+                return True
     return False
 
 
@@ -147,11 +177,17 @@ class DevBroker:
                 # got the port first, so the caller tries again on another.
                 return False
             if _accepts(self.host, port):
-                time.sleep(0.02)
-                if process.poll() is None:
+                ours = _listens(process.pid, port)
+                if ours is None:  # cannot tell: alive a moment later counts as ours
+                    time.sleep(0.02)
+                    ours = process.poll() is None
+                    if not ours:
+                        return False
+                if ours:
                     self._process = process
                     return True
-                return False
+                # Another process listens there: ours was refused the port and exits
+                # (seen at the top of the loop), unless it binds after all.
             time.sleep(0.01)
         process.kill()
         process.wait()

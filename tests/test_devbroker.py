@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -97,3 +99,50 @@ def test_advertised_port_sends_clients_to_that_port() -> None:
     ports = {b.port for b in metadata.brokers.values()}
     assert ports == {advertised}
     assert dev.port != advertised
+
+
+def test_a_port_another_process_took_first_is_not_taken_for_the_broker(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When another process binds the port between the free-port check and the broker's
+    own bind, the broker (refused, about to exit) is not reported as listening there,
+    however long it takes to exit."""
+    import stat
+    import sys
+    import time
+
+    from streamguard.devbroker import free_port
+
+    holder_pid = tmp_path / "holder.pid"
+    # A stand-in for the broker binary: another process binds the port first, and this
+    # "broker", refused, exits a second later, as Tansu does (status 0).
+    fake = tmp_path / "tansu"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib, socket, subprocess, sys, time\n"
+        "port = int(sys.argv[3].rsplit(':', 1)[1])\n"
+        "holder = subprocess.Popen([sys.executable, '-c', 'import socket, time; "
+        's = socket.socket(); s.bind(("127.0.0.1", %d)); s.listen(); time.sleep(10)\' % port])\n'
+        f"pathlib.Path({str(holder_pid)!r} + '.tmp').write_text(str(holder.pid))\n"
+        f"pathlib.Path({str(holder_pid)!r} + '.tmp').rename({str(holder_pid)!r})\n"
+        "deadline = time.monotonic() + 10\n"
+        "while time.monotonic() < deadline:\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=0.2).close()\n"
+        "        break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.01)\n"
+        "time.sleep(1.0)\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CALF_TANSU_BIN", str(fake))
+    try:
+        with pytest.raises(ConfigurationError, match="did not start"):
+            DevBroker(port=free_port()).start(timeout=15)
+    finally:
+        deadline = time.monotonic() + 10
+        while not holder_pid.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if holder_pid.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(holder_pid.read_text()), signal.SIGKILL)
