@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from streamguard.devbroker import DevBroker, free_port
+from streamguard.devbroker import DevBroker
 from tests.faults.proxy import FaultProxy
 
 
@@ -25,14 +25,18 @@ class ProxiedBroker:
 
 @pytest.fixture
 def proxied() -> Iterator[ProxiedBroker]:
-    """Start a broker advertising a proxy port, then the proxy; stop both at the end."""
-    port = free_port()
-    broker = DevBroker(advertised_port=port)
-    broker.start()
-    assert broker.port is not None
-    proxy = FaultProxy(broker.port, port)
+    """Start the proxy on a free port, then a broker advertising that port behind it;
+    stop both at the end.
+
+    The proxy binds first: a port found free and bound only later could be taken in
+    between (by another worker's broker, say).
+    """
+    proxy = FaultProxy(target_port=0).start()
+    broker = DevBroker(advertised_port=proxy.port)
     try:
-        proxy.start()
+        broker.start()
+        assert broker.port is not None
+        proxy.target_port = broker.port  # no client has connected yet
         yield ProxiedBroker(broker, proxy)
     finally:
         proxy.stop()

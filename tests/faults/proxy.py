@@ -25,9 +25,13 @@ CHUNK = 65536
 
 
 class FaultProxy:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target_port``, with faults on demand."""
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target_port``, with faults on demand.
 
-    def __init__(self, target_port: int, port: int, max_connections: int = 64) -> None:
+    With ``port`` 0 it listens on a free port of the system's choice, ``port`` once
+    started; ``target_port`` may be set until the first connection arrives.
+    """
+
+    def __init__(self, target_port: int, port: int = 0, max_connections: int = 64) -> None:
         self.target_port = target_port
         self.port = port
         self.max_connections = max_connections
@@ -103,6 +107,7 @@ class FaultProxy:
         self._resume = asyncio.Event()
         self._resume.set()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def _close(self) -> None:
         if self._server is not None:
