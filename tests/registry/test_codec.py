@@ -375,7 +375,11 @@ def test_known_and_refused_ids_decode_while_another_id_is_fetched(
     other = threading.Thread(target=fetch_another)
     other.start()  # holds the lock for slow.delay
     try:
-        time.sleep(0.2)
+        # Its request has begun (under the lock) once it is counted: decode from then on.
+        deadline = time.monotonic() + 10
+        while slow.fetches < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert slow.fetches == 3, "the other thread's fetch never began"
         started = time.monotonic()
         assert decode(record).payment_id == "p"
         with pytest.raises(DecodeError, match="schema id 77"):
