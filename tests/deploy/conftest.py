@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -80,7 +81,6 @@ class PrometheusServer:
     """A ``prometheus`` process on loopback, queried through its HTTP API."""
 
     def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
-        self.port = free_port()
         config = workdir / "prometheus.yml"
         config.write_text(
             SCRAPE_CONFIG.format(
@@ -88,17 +88,30 @@ class PrometheusServer:
             )
         )
         self.log = workdir / "prometheus.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        # The port is found free, then bound by Prometheus: another process may take it
+        # in between, and Prometheus then exits at once. Try again on another port.
+        for _ in range(5):
+            self.port = free_port()
+            with self.log.open("wb") as out:
+                self.process = subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={workdir / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{self.port}",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            deadline = time.monotonic() + 30
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if self.api("status/buildinfo") is not None:
+                    return  # it answers on its port
+                time.sleep(0.1)
+            if self.process.poll() is None:
+                return  # slow to start: the callers wait for its answers anyway
+            if "address already in use" not in self.log.read_text(errors="replace"):
+                return  # another failure: the callers report it with the log's tail
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
