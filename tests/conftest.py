@@ -7,6 +7,7 @@ import gc
 import itertools
 import os
 import signal
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -129,6 +130,21 @@ def read_all(bootstrap: str, unique: Callable[[str], str]) -> Callable[..., list
         return got
 
     return read
+
+
+def refusing_port() -> socket.socket:
+    """A loopback socket bound to a free port and never listening: connections to the
+    port are refused (a cluster that is down), and no other process can take the port
+    while the socket is open, as it could a port found free and released (another test
+    worker's broker, say). Close it to hand the port over."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    """The port ``sock`` is bound to."""
+    return int(sock.getsockname()[1])
 
 
 def fast_group_config(**extra: Any) -> dict[str, Any]:

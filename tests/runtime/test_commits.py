@@ -17,8 +17,8 @@ import pytest
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
-from streamguard.devbroker import DevBroker, free_port
-from tests.conftest import FAST_GROUP
+from streamguard.devbroker import DevBroker
+from tests.conftest import FAST_GROUP, port_of, refusing_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 
@@ -201,7 +201,8 @@ def test_unwritable_dlq_holds_commits_and_recovers(
     producer.produce_raw(src, b"poison", key=b"k", headers=[])
     producer.send(src, order(2))
     producer.flush()
-    dlq_port = free_port()  # nothing listens here yet: the DLQ cluster is down
+    down = refusing_port()  # the DLQ cluster is down; its port stays ours meanwhile
+    dlq_port = port_of(down)
 
     class Billing(sg.ConsumerService):
         topic = src
@@ -226,6 +227,7 @@ def test_unwritable_dlq_holds_commits_and_recovers(
     assert committed(bootstrap, group, src).get(0) == 1  # held at the poison message
     assert running.metric("streamguard_dead_letter_failures_total", topic=src) >= 1
 
+    down.close()  # the DLQ cluster comes back, on its port
     with DevBroker(port=dlq_port) as dlq_cluster:
         assert wait_for(lambda: running.service.health()["ready"], timeout=40)
         assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3, timeout=20)
@@ -379,10 +381,11 @@ def test_waiting_for_an_unwritable_dlq_does_not_spin(
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             threading.Event().wait(0.02)  # 10 s of work: some is buffered when the DLQ fails
 
+    down = refusing_port()  # a DLQ cluster that is down
     running = start_service(
         Billing,
         dead_letter_config={
-            "bootstrap.servers": f"127.0.0.1:{free_port()}",  # a DLQ cluster that is down
+            "bootstrap.servers": f"127.0.0.1:{port_of(down)}",
             "message.timeout.ms": 1000,
             "enable.idempotence": False,
         },
@@ -397,6 +400,7 @@ def test_waiting_for_an_unwritable_dlq_does_not_spin(
     cpu = time.process_time()
     threading.Event().wait(1.5)
     assert time.process_time() - cpu < 0.75  # the whole test process, under half a core
+    down.close()
 
 
 @pytest.mark.parametrize("handler", ["sync", "async"])

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
+from tests.conftest import port_of, refusing_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 
@@ -90,10 +91,11 @@ def test_unreachable_broker_fails_fast_with_a_clear_error() -> None:
 
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
 
-    address = f"127.0.0.1:{free_port()}"
-    start = time.monotonic()
-    with pytest.raises(sg.BrokerUnavailable, match=address):
-        Billing(bootstrap_servers=address).run()
+    with refusing_port() as down:
+        address = f"127.0.0.1:{port_of(down)}"
+        start = time.monotonic()
+        with pytest.raises(sg.BrokerUnavailable, match=address):
+            Billing(bootstrap_servers=address).run()
     assert time.monotonic() - start < 10
 
 
@@ -109,10 +111,11 @@ def test_secrets_never_reach_repr_or_logs(caplog: pytest.LogCaptureFixture) -> N
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
 
     config = {"sasl.username": "svc", "sasl.password": "hunter2-secret"}
-    service = Billing(bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_config=config)
+    down = refusing_port()
+    service = Billing(bootstrap_servers=f"127.0.0.1:{port_of(down)}", kafka_config=config)
     assert "hunter2-secret" not in repr(service)
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(sg.BrokerUnavailable) as info:
+    with down, pytest.raises(sg.BrokerUnavailable) as info:
         service.run()
     assert "hunter2-secret" not in str(info.value)
     assert "hunter2-secret" not in caplog.text
@@ -360,9 +363,10 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
     import subprocess
     import sys
 
+    down = refusing_port()
     cmd = [
         sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:Recorder",
-        "--bootstrap-servers", f"127.0.0.1:{free_port()}",
+        "--bootstrap-servers", f"127.0.0.1:{port_of(down)}",
     ]  # fmt: skip
     env = {**os.environ, "SG_TEST_OUT": os.devnull}
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -382,6 +386,7 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+        down.close()
 
 
 def _has_librdkafka_threads(pid: int) -> bool:
