@@ -42,9 +42,14 @@ def _run_recorder(
 
 
 def _handled(out: Path) -> list[tuple[int, int]]:
+    """The ``partition:offset`` lines a running recorder has written whole.
+
+    A read can catch an append half-done ("1:12" of "1:123\n"): what follows the last
+    newline is not a record yet.
+    """
     if not out.exists():
         return []
-    lines = out.read_text().split()
+    lines = out.read_text().split("\n")[:-1]
     return [(int(p), int(o)) for p, o in (line.split(":") for line in lines)]
 
 
