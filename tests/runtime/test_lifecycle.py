@@ -310,20 +310,24 @@ def test_health_endpoints_answer_while_the_service_waits_for_the_cluster(
         topic = "orders"
         contract = OrderPlaced
         group_id = "billing"
-        options = sg.ServiceOptions(startup_timeout=6.0)
+        # Longer than the test: it stops the service itself, still connecting. A start-up
+        # timeout that ran out first (a loaded machine) would fail run() instead.
+        options = sg.ServiceOptions(startup_timeout=120.0)
 
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
 
     port = free_port()
+    down = refusing_port()
     running = start_service(
-        Billing, bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=port
+        Billing, bootstrap_servers=f"127.0.0.1:{port_of(down)}", metrics_port=port
     )
     base = f"http://127.0.0.1:{port}"
-    assert wait_for(lambda: answer(base, "/healthz")[0] == 200, timeout=4)
+    assert wait_for(lambda: answer(base, "/healthz")[0] == 200, timeout=20)
     status, body = answer(base, "/readyz")
     assert status == 503
     assert json.loads(body)["checks"]["assigned"] is False
     running.stop(20)
+    down.close()
     assert running.error == []  # stopped while connecting: a clean return
 
 
@@ -345,9 +349,10 @@ def test_a_metrics_port_in_use_fails_the_start_before_the_cluster_is_reached() -
     taken.listen()
     try:
         port = taken.getsockname()[1]
-        service = Billing(bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=port)
+        down = refusing_port()
+        service = Billing(bootstrap_servers=f"127.0.0.1:{port_of(down)}", metrics_port=port)
         start = time.monotonic()
-        with pytest.raises(sg.ConfigurationError, match=f"127.0.0.1:{port}"):
+        with down, pytest.raises(sg.ConfigurationError, match=f"127.0.0.1:{port}"):
             service.run()
         assert time.monotonic() - start < 5
     finally:
