@@ -220,3 +220,24 @@ def test_a_confluent_framed_record_says_how_to_read_it() -> None:
     """Magic byte 0 and a schema id: the decode error says to read it with a registry."""
     with pytest.raises(sg.DecodeError, match="Confluent-framed: read it with a schema registry"):
         sg.AvroCodec().decode(b"\x00\x00\x00\x03\xe7" + b"\x02p", PaymentV1)
+
+
+class Comment(sg.Contract):
+    __subject__ = "tests.avro.Thread"
+    __version__ = 1
+    __wire_format__ = "avro"
+    text: str
+    replies: list[Comment] = Field(default_factory=list)
+
+
+def test_a_recursive_contract_round_trips() -> None:
+    """A contract that holds itself is a $ref into its own $defs in JSON Schema: its
+    record had no fields, so every event encoded as nothing and the producer's own
+    decode refused it ("Field required"), and the check compared empty records. Its
+    record now has the contract's fields, named after the subject where it recurs."""
+    schema = contract_avro_schema(Comment)
+    assert [f["name"] for f in schema["fields"]] == ["text", "replies"]
+    assert schema["fields"][1]["type"] == {"type": "array", "items": "Thread"}
+    event = Comment(text="a", replies=[Comment(text="b", replies=[Comment(text="c")])])
+    codec = sg.AvroCodec()
+    assert codec.decode(codec.encode(event), Comment) == event

@@ -49,7 +49,10 @@ def contract_avro_schema(contract: type[Contract]) -> dict[str, Any]:
     name = re.sub(r"[^A-Za-z0-9_]", "_", contract.__subject__.split(".")[-1])
     if not re.match(r"[A-Za-z_]", name):
         name = f"_{name}"
-    derived = _Deriver(Document(schema), namespace).record(schema, name)
+    # A model that refers to itself is a $ref into its own $defs: the root record is that
+    # definition (read as the bare $ref, it had no fields, and every record encoded empty).
+    doc = Document(schema)
+    derived = _Deriver(doc, namespace).record(doc.resolve(schema), name, schema.get("$ref"))
     if not isinstance(derived, dict):  # pragma: no cover - a root model is always a record
         raise ConfigurationError(f"{contract.__qualname__}: root is not a record")
     return derived
@@ -60,11 +63,14 @@ class _Deriver:
         self.doc = doc
         self.namespace = namespace
         self.defined: set[str] = set()
+        self.refs: dict[str, str] = {}  # $ref -> the Avro name its type was defined under
 
-    def record(self, schema: dict[str, Any], name: str) -> Any:
+    def record(self, schema: dict[str, Any], name: str, ref: str | None = None) -> Any:
         if name in self.defined:
             return name
         self.defined.add(name)
+        if ref is not None:
+            self.refs[ref] = name
         required = set(schema.get("required", []))
         fields = []
         for field_name, prop in schema.get("properties", {}).items():
@@ -87,6 +93,8 @@ class _Deriver:
 
     def type_of(self, schema: Any, hint: str) -> Any:
         ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if isinstance(ref, str) and ref in self.refs:
+            return self.refs[ref]
         name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else hint
         resolved = self.doc.resolve(schema)
         if not isinstance(resolved, dict) or not resolved:
@@ -117,7 +125,7 @@ class _Deriver:
         kind = resolved.get("type")
         if kind == "object":
             if "properties" in resolved:
-                return self.record(resolved, name)
+                return self.record(resolved, name, ref if isinstance(ref, str) else None)
             values = resolved.get("additionalProperties")
             return {"type": "map", "values": self.type_of(values or {}, f"{name}_value")}
         if kind == "array":
