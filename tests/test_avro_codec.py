@@ -6,11 +6,12 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import streamguard as sg
 from streamguard.codecs import SINGLE_OBJECT_MARKER
@@ -241,3 +242,42 @@ def test_a_recursive_contract_round_trips() -> None:
     event = Comment(text="a", replies=[Comment(text="b", replies=[Comment(text="c")])])
     codec = sg.AvroCodec()
     assert codec.decode(codec.encode(event), Comment) == event
+
+
+class Order(BaseModel):
+    sku: str
+    quantity: int
+
+
+class Tier(Enum):
+    GOLD = "gold"
+    SILVER = "silver"
+
+
+class OrderEvent(sg.Contract):
+    __subject__ = "tests.avro.Order"
+    __version__ = 1
+    __wire_format__ = "avro"
+    event_id: str
+    order: Order
+    tier: Tier
+    previous_tier: Tier | None = None
+
+
+def test_a_nested_model_named_like_the_subject_keeps_its_own_record() -> None:
+    """The record is named after the subject, here ``Order``, and so is the nested model:
+    the field took the name, and with it the contract's own record, so every event was
+    refused on send ("does not fit its Avro schema"). The nested record gets a name of
+    its own; a type used twice is still defined once and then named."""
+    schema = contract_avro_schema(OrderEvent)
+    types = {f["name"]: f["type"] for f in schema["fields"]}
+    assert schema["name"] == "Order"
+    assert types["order"]["name"] == "Order_2"
+    assert [f["name"] for f in types["order"]["fields"]] == ["sku", "quantity"]
+    assert types["tier"]["name"] == "Tier"
+    assert types["previous_tier"] == ["null", "Tier"]
+    event = OrderEvent(
+        event_id="e", order=Order(sku="s", quantity=2), tier=Tier.GOLD, previous_tier=Tier.SILVER
+    )
+    codec = sg.AvroCodec()
+    assert codec.decode(codec.encode(event), OrderEvent) == event

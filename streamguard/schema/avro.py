@@ -65,12 +65,21 @@ class _Deriver:
         self.defined: set[str] = set()
         self.refs: dict[str, str] = {}  # $ref -> the Avro name its type was defined under
 
-    def record(self, schema: dict[str, Any], name: str, ref: str | None = None) -> Any:
-        if name in self.defined:
-            return name
-        self.defined.add(name)
+    def claim(self, name: str, ref: str | None) -> str:
+        """The name of a new named type: ``name``, or ``name_2``, ``name_3``... when another
+        type holds it (a nested model named like the subject's record, say). A name already
+        held names another type: reusing it gave a field the wrong record or enum."""
+        claimed, n = name, 1
+        while claimed in self.defined:
+            n += 1
+            claimed = f"{name}_{n}"
+        self.defined.add(claimed)
         if ref is not None:
-            self.refs[ref] = name
+            self.refs[ref] = claimed
+        return claimed
+
+    def record(self, schema: dict[str, Any], name: str, ref: str | None = None) -> Any:
+        name = self.claim(name, ref)
         required = set(schema.get("required", []))
         fields = []
         for field_name, prop in schema.get("properties", {}).items():
@@ -118,9 +127,7 @@ class _Deriver:
         if isinstance(resolved.get("enum"), list) or "const" in resolved:
             values = resolved.get("enum", [resolved.get("const")])
             if all(isinstance(v, str) and _NAME.match(v) for v in values):
-                if name in self.defined:
-                    return name
-                self.defined.add(name)
+                name = self.claim(name, ref if isinstance(ref, str) else None)
                 return {"type": "enum", "name": name, "symbols": list(values)}
         kind = resolved.get("type")
         if kind == "object":
