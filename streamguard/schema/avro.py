@@ -9,8 +9,9 @@ types match by name or by the reader's aliases.
 
 The ``.avsc`` is derived from the contract's JSON Schema so that both stored files
 describe the same model: ``int`` -> ``long``, ``float`` -> ``double``, ``X | None`` ->
-``["null", X]`` (default null), ``Literal``/``Enum`` of names -> ``enum``, nested models
--> records, ``list`` -> ``array``, ``dict[str, X]`` -> ``map``. UUID and datetime
+``["null", X]`` (default null; another default puts the branch holding it first),
+``Literal``/``Enum`` of names -> ``enum``, nested models -> records, ``list`` ->
+``array``, ``dict[str, X]`` -> ``map``. UUID and datetime
 travel as strings (their JSON form), so a payload validated by pydantic in JSON mode
 encodes unchanged; Decimal, whose JSON Schema is ``anyOf: [number, string]``, becomes
 ``["double", "string"]`` and is written as its string branch. ``Any`` and fixed-length
@@ -64,6 +65,7 @@ class _Deriver:
         self.namespace = namespace
         self.defined: set[str] = set()
         self.refs: dict[str, str] = {}  # $ref -> the Avro name its type was defined under
+        self.named: dict[str, dict[str, Any]] = {}  # Avro name -> its record or enum
 
     def claim(self, name: str, ref: str | None) -> str:
         """The name of a new named type: ``name``, or ``name_2``, ``name_3``... when another
@@ -81,7 +83,11 @@ class _Deriver:
     def record(self, schema: dict[str, Any], name: str, ref: str | None = None) -> Any:
         name = self.claim(name, ref)
         required = set(schema.get("required", []))
-        fields = []
+        fields: list[dict[str, Any]] = []
+        out: dict[str, Any] = {"type": "record", "name": name, "fields": fields}
+        if self.namespace:
+            out["namespace"] = self.namespace
+        self.named[name] = out
         for field_name, prop in schema.get("properties", {}).items():
             if not _NAME.match(field_name):
                 raise ConfigurationError(
@@ -92,13 +98,43 @@ class _Deriver:
             field: dict[str, Any] = {"name": field_name, "type": avro_type}
             if isinstance(prop, dict) and "default" in prop:
                 field["default"] = prop["default"]
+                if isinstance(avro_type, list):
+                    field["type"] = self.default_first(avro_type, prop["default"])
             elif field_name not in required and isinstance(avro_type, list) and "null" in avro_type:
                 field["default"] = None
             fields.append(field)
-        out: dict[str, Any] = {"type": "record", "name": name, "fields": fields}
-        if self.namespace:
-            out["namespace"] = self.namespace
         return out
+
+    def default_first(self, union: list[Any], default: Any) -> list[Any]:
+        """``union`` with the first branch that holds ``default`` moved to the front.
+
+        Avro reads a union field's default as a value of the union's first branch, so
+        ``int | None = 5`` must be ``["long", "null"]`` and a Decimal's ``"1.50"`` its
+        string branch first: with ``null`` or ``double`` first, the schema is invalid
+        Avro, which registries refuse and other readers cannot resolve.
+        """
+        branch = next((b for b in union if self.holds(b, default)), None)
+        if branch is None or branch is union[0]:
+            return union
+        return [branch, *(b for b in union if b is not branch)]
+
+    def holds(self, avro: Any, value: Any) -> bool:
+        """Whether the JSON ``value`` is a value of the (non-union) Avro type ``avro``."""
+        if isinstance(avro, str):
+            avro = self.named.get(avro, avro)
+        kind = avro if isinstance(avro, str) else avro.get("type")
+        if value is None or isinstance(value, bool):
+            return kind == ("null" if value is None else "boolean")
+        if isinstance(value, int | float):
+            return kind == "double" or (kind == "long" and isinstance(value, int))
+        if isinstance(value, str):
+            return kind == "string" or (kind == "enum" and value in avro["symbols"])
+        if isinstance(value, list):
+            return kind == "array"
+        if isinstance(value, dict):
+            fields = {f["name"] for f in avro.get("fields", [])} if kind == "record" else set()
+            return kind == "map" or (kind == "record" and set(value) <= fields)
+        return False
 
     def type_of(self, schema: Any, hint: str) -> Any:
         ref = schema.get("$ref") if isinstance(schema, dict) else None
@@ -128,7 +164,8 @@ class _Deriver:
             values = resolved.get("enum", [resolved.get("const")])
             if all(isinstance(v, str) and _NAME.match(v) for v in values):
                 name = self.claim(name, ref if isinstance(ref, str) else None)
-                return {"type": "enum", "name": name, "symbols": list(values)}
+                enum = self.named[name] = {"type": "enum", "name": name, "symbols": list(values)}
+                return enum
         kind = resolved.get("type")
         if kind == "object":
             if "properties" in resolved:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 from typing import Any, Literal
 
 import fastavro
@@ -229,3 +230,47 @@ def test_an_enum_may_become_nullable() -> None:
         fastavro.schemaless_writer(out, writer, {"currency": "EUR"})
         out.seek(0)
         assert fastavro.schemaless_reader(out, writer, reader) == {"currency": "EUR"}
+
+
+class Tag(BaseModel):
+    label: str = "none"
+
+
+class Defaults(sg.Contract):
+    __subject__ = "shop.Defaults"
+    __version__ = 2
+    __wire_format__ = "avro"
+    id: str
+    limit: int | None = 5
+    rate: Decimal = Decimal("1.50")
+    tier: Literal["gold", "silver"] | None = "gold"
+    tag: Tag | None = Tag()
+    note: str | None = None
+
+
+def test_a_union_field_default_is_a_value_of_its_first_branch() -> None:
+    """Avro reads a union's default as a value of its first branch. ``int | None = 5``
+    was ``["null", "long"]`` with default 5 and a Decimal ``["double", "string"]`` with
+    ``"1.50"``: invalid Avro, which registries refuse and the reference implementation
+    cannot resolve (``InvalidDefaultException`` reading a record without the field).
+    The branch holding the default now comes first, and a v1 record reads as the defaults."""
+    schema = contract_avro_schema(Defaults)
+    types = {f["name"]: f["type"] for f in schema["fields"]}
+    assert types["limit"] == ["long", "null"]
+    assert types["rate"] == ["string", "double"]
+    assert [t if isinstance(t, str) else t["type"] for t in types["tier"]] == ["enum", "null"]
+    assert [t if isinstance(t, str) else t["type"] for t in types["tag"]] == ["record", "null"]
+    assert types["note"] == ["null", "string"]
+    fastavro.parse_schema(schema)
+
+    class DefaultsV1(sg.Contract):
+        __subject__ = "shop.Defaults"
+        __version__ = 1
+        __wire_format__ = "avro"
+        id: str
+
+    data = sg.AvroCodec().encode(DefaultsV1(id="a"))
+    reader = sg.AvroCodec(writer_schemas=[contract_avro_schema(DefaultsV1)])
+    assert reader.decode(data, Defaults) == Defaults(id="a")
+    event = Defaults(id="b", limit=None, rate=Decimal("-0.001"), tier=None, tag=None, note="n")
+    assert sg.AvroCodec().decode(sg.AvroCodec().encode(event), Defaults) == event
