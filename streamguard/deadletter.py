@@ -437,7 +437,7 @@ class DeadLetter:
         """The value-free ``{loc, type, msg}`` details of a contract violation, if any."""
         try:
             parsed = json.loads(self.context.get(h.DLQ_ERRORS, "[]"))
-        except ValueError:
+        except (ValueError, RecursionError):  # a header is untrusted: "[[[[..." too deep
             return []
         return parsed if isinstance(parsed, list) else []
 

@@ -139,3 +139,23 @@ def test_inspect_shows_a_forging_field_name_escaped(
     assert "\u2028" not in out
     assert not any(line.startswith("FORGED") for line in out.splitlines())
     assert "error locations: evil\\nFORGED 9 orders decode_error \\x1b[2J\\u2028" in out
+
+
+def test_inspect_survives_an_errors_header_nested_too_deep(
+    bootstrap: str, topic_factory: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A forged or garbled sg-dlq-errors header nested deeper than json can parse is
+    shown as no errors, and the record is still counted, instead of a crash."""
+    dlq = topic_factory("orders.dlq")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    headers = [
+        ("sg-dlq-original-topic", b"orders"),
+        ("sg-dlq-reason", b"contract_violation"),
+        ("sg-dlq-errors", b"[" * 100_000),
+    ]
+    producer.produce(dlq, b"v", key=b"k", headers=headers)
+    assert producer.flush(10) == 0
+    assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]) == 0
+    out = capsys.readouterr().out
+    assert f"{dlq}: 1 dead-lettered record(s) in 1 group(s)" in out
+    assert "contract_violation" in out
