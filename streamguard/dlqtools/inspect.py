@@ -121,8 +121,9 @@ def summarize(
             {f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)}
         )
         group.count += 1
-        group.first_ms = moment if group.first_ms < 0 else min(group.first_ms, moment)
-        group.last_ms = max(group.last_ms, moment)
+        if moment >= 0:  # a record without any time leaves the group's span alone
+            group.first_ms = moment if group.first_ms < 0 else min(group.first_ms, moment)
+            group.last_ms = max(group.last_ms, moment)
         summary.records += 1
     return summary
 

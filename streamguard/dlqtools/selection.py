@@ -37,6 +37,8 @@ WHERE_KEYS |= {
     "group": h.DLQ_CONSUMER_GROUP,
 }
 
+# The last epoch millisecond a UTC ISO time shows: 9999-12-31T23:59:59.999Z.
+MAX_SHOWN_MS = 253_402_300_799_999
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -74,8 +76,13 @@ def duration_ago(text: str) -> str | None:
 
 
 def dead_lettered_ms(record: DlqRecord) -> int:
-    """When the record was dead-lettered: its header, else the DLQ record's timestamp."""
-    return record.letter.int_context(h.DLQ_DEAD_LETTERED_MS, record.timestamp_ms)
+    """When the record was dead-lettered: its header, else the DLQ record's timestamp.
+
+    The header is untrusted input: a value that is no time a date can show (garbled,
+    negative, past the year 9999) counts as missing.
+    """
+    moment = record.letter.int_context(h.DLQ_DEAD_LETTERED_MS)
+    return moment if 0 <= moment <= MAX_SHOWN_MS else record.timestamp_ms
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,10 @@ def _boundary(ms: int) -> str:
 
 
 def format_ms(ms: int) -> str:
-    """Epoch milliseconds as a UTC ISO time to the second, '-' when unknown."""
+    """Epoch milliseconds as a UTC ISO time to the second, '-' when unknown, the number
+    itself past the year 9999 (a producer may set any timestamp)."""
     if ms < 0:
         return "-"
+    if ms > MAX_SHOWN_MS:
+        return str(ms)
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

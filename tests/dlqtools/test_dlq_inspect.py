@@ -159,3 +159,28 @@ def test_inspect_survives_an_errors_header_nested_too_deep(
     out = capsys.readouterr().out
     assert f"{dlq}: 1 dead-lettered record(s) in 1 group(s)" in out
     assert "contract_violation" in out
+
+
+def test_inspect_reads_a_garbled_dead_lettered_time_as_missing(
+    bootstrap: str, topic_factory: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An sg-dlq-dead-lettered-ms header past the year 9999 or negative counts as
+    missing (the DLQ record's own timestamp is used), instead of crashing the table or
+    moving the group's first and last times."""
+    dlq = topic_factory("orders.dlq")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    base = [("sg-dlq-original-topic", b"orders"), ("sg-dlq-reason", b"permanent_error")]
+    for header, timestamp in (
+        (b"1795000000000", 1_795_000_045_000),  # 2026-11-18T11:06:40Z, from the header
+        (b"99999999999999999999", 1_795_000_060_000),  # 11:07:40Z, the record's own
+        (b"-5", 1_795_000_030_000),  # 11:07:10Z, the record's own
+    ):
+        headers = [*base, ("sg-dlq-dead-lettered-ms", header)]
+        producer.produce(dlq, b"v", key=b"k", headers=headers, timestamp=timestamp)
+    assert producer.flush(10) == 0
+    for fmt in ("table", "json"):
+        args = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap, "--format", fmt]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "2026-11-18T11:06:40Z" in out
+        assert "2026-11-18T11:07:40Z" in out
