@@ -119,7 +119,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         summary = summarize(
             args.topic, reader.read(ranges), show_values=args.show_values, limit=args.limit
         )
-        summary.ends = {r.partition: r.end for r in ranges}
+        summary.total = sum(r.size for r in ranges)
+        summary.ends = {
+            r.partition: summary.read_to.get(r.partition, r.start) if summary.limited else r.end
+            for r in ranges
+        }
         summary.stopped_idle = reader.stopped_idle
     print(to_json(summary) if args.format == "json" else render_table(summary))
     return exitcodes.OK

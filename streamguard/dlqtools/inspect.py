@@ -56,6 +56,11 @@ class Summary:
     groups: dict[GroupKey, Group] = field(default_factory=dict)
     ends: dict[int, int] = field(default_factory=dict)
     stopped_idle: bool = False
+    # ``limit`` stopped the read with records left: ``read_to`` says where, per partition.
+    limited: bool = False
+    read_to: dict[int, int] = field(default_factory=dict)
+    # The records between the start and the ends: how many the DLQ holds, unlimited.
+    total: int | None = None
 
     def ordered(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: (-g.count, g.key))
@@ -103,8 +108,10 @@ def summarize(
     summary = Summary(topic)
     for record in records:
         if limit is not None and summary.records >= limit:
+            summary.limited = True
             break
         letter = record.letter
+        summary.read_to[letter.dlq_partition] = letter.dlq_offset + 1
         subject = letter.context.get(h.DLQ_EXPECTED_SUBJECT, "")
         version = letter.context.get(h.DLQ_EXPECTED_VERSION, "")
         key = GroupKey(
@@ -134,6 +141,8 @@ def to_json(summary: Summary) -> str:
         {
             "topic": summary.topic,
             "records": summary.records,
+            "limited": summary.limited,
+            "total": summary.total,
             "stopped_idle": summary.stopped_idle,
             "groups": [
                 {
@@ -162,9 +171,13 @@ def _short_class(name: str) -> str:
 def render_table(summary: Summary) -> str:
     """A plain-text table: one row per group, its example indented beneath it."""
     ends = ", ".join(f"p{p}<{o}" for p, o in sorted(summary.ends.items()))
+    counted = f"{summary.records} dead-lettered record(s)"
+    if summary.limited:
+        of = f" of {summary.total}" if summary.total is not None else ""
+        counted = f"the first {summary.records}{of} dead-lettered record(s)"
     lines = [
-        f"{summary.topic}: {summary.records} dead-lettered record(s) in "
-        f"{len(summary.groups)} group(s) (read up to offsets {ends or '-'})"
+        f"{summary.topic}: {counted} in {len(summary.groups)} group(s) "
+        f"(read up to offsets {ends or '-'}{', stopped by --limit' if summary.limited else ''})"
     ]
     if summary.stopped_idle:
         lines.append("  note: stopped after an idle period before reaching those offsets")

@@ -184,3 +184,29 @@ def test_inspect_reads_a_garbled_dead_lettered_time_as_missing(
         out = capsys.readouterr().out
         assert "2026-11-18T11:06:40Z" in out
         assert "2026-11-18T11:07:40Z" in out
+
+
+def test_inspect_with_a_limit_says_how_far_it_read(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With --limit, the first line says the records shown are the first few of more,
+    and where reading stopped, not the DLQ's end as if all of it had been read."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 5, original_topic="orders")
+    base = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]
+    assert main([*base, "--limit", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"{dlq}: the first 2 of 5 dead-lettered record(s) in 1 group(s) "
+        "(read up to offsets p0<2, stopped by --limit)"
+    )
+    assert main([*base, "--limit", "2", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["records"], shown["limited"], shown["total"]) == (2, True, 5)
+    assert main([*base, "--limit", "5"]) == 0  # a limit that reads everything: no note
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{dlq}: 5 dead-lettered record(s) in 1 group(s) (read up to offsets p0<5)"
+    )
