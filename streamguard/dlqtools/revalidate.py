@@ -21,7 +21,7 @@ from streamguard import headers as h
 from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract
 from streamguard.deadletter import DeadLetter
-from streamguard.errors import ContractViolation, DecodeError
+from streamguard.errors import ConfigurationError, ContractViolation, DecodeError
 from streamguard.registry.codec import RegistryCodec
 
 Problem = list[dict[str, object]]
@@ -63,14 +63,22 @@ class Revalidator:
         """The value-free reasons the record still fails; empty when it now passes."""
         subject = letter.context.get(h.DLQ_EXPECTED_SUBJECT, "")
         contract = self._contracts.get(subject)
-        if contract is None:
+        if contract is None and subject:
+            # The project's configuration, not the record: judged "still invalid", the
+            # record (and every other of the subject) was committed past, and a run
+            # from the right directory then found nothing left to replay.
             known = ", ".join(sorted(self._contracts)) or "none"
+            raise ConfigurationError(
+                f"--revalidate: no contract for subject {subject!r} in [tool.streamguard] "
+                f"contracts (known: {known}); run where the project's pyproject.toml lists "
+                "it. Nothing from this record on was committed"
+            )
+        if contract is None:
             return [
                 {
                     "loc": "",
                     "type": "no_contract",
-                    "msg": f"no contract for subject {subject!r} in [tool.streamguard] "
-                    f"contracts (known: {known})",
+                    "msg": "the record names no subject (no sg-dlq-expected-subject header)",
                 }
             ]
         decode = self._decoders.get(subject)

@@ -92,6 +92,22 @@ def test_dry_run_writes_and_commits_nothing(
     assert committed(bootstrap, dlq, default_group(dlq)) == [-1001]
 
 
+def test_revalidating_without_the_subjects_contract_stops_and_commits_nothing(
+    bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
+) -> None:
+    """--revalidate run where the project's contracts are not configured: every record
+    was "still invalid" and committed past, so the run from the right directory found
+    nothing to replay. A subject without a contract now stops the run (exit 2 from the
+    CLI), nothing committed, and the next run replays what the fix makes valid."""
+    orders, dlq, _ = incident
+    with pytest.raises(sg.ConfigurationError, match="no contract for subject 'dlqtest.Order'"):
+        replay(bootstrap, dlq, revalidator=Revalidator({}))
+    assert committed(bootstrap, dlq, default_group(dlq))[0] in (-1001, 0)  # nothing past 0
+    report = replay(bootstrap, dlq, revalidator=Revalidator({"dlqtest.Order": OrderV2}))
+    assert (report.replayed, report.still_invalid) == (3, 2)
+    assert len(read_all(orders, 3)) == 3
+
+
 def test_dry_run_lines_start_clear_of_the_progress_bar_on_a_terminal(
     bootstrap: str, incident: tuple[str, str, list[Sent]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
