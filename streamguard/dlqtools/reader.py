@@ -119,8 +119,8 @@ class DlqReader:
         if partitions is None:
             raise ConfigurationError(
                 f"topic {topic!r} does not exist on {self.client_config['bootstrap.servers']}: "
-                "check the name (`streamguard dlq inspect` reads a dead-letter topic, "
-                "such as 'orders.dlq')"
+                "check the name (the dlq commands read a dead-letter topic, such as "
+                "'orders.dlq')"
             )
         self.partitions = list(range(partitions))
         self._consumer = Consumer(self._config)
