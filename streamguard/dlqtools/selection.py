@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from streamguard import headers as h
+from streamguard.deadletter import REASONS
 from streamguard.dlqtools.reader import DlqRecord
 from streamguard.errors import ConfigurationError
 
@@ -110,6 +111,11 @@ class Selection:
                 raise ConfigurationError(
                     f"--where {item!r}: expected KEY=VALUE with KEY one of "
                     f"{', '.join(sorted(WHERE_KEYS))}"
+                )
+            if header == h.DLQ_REASON and value.strip() not in REASONS:
+                # A typo would select nothing, silently.
+                raise ConfigurationError(
+                    f"--where {item!r}: no such reason; the reasons are {', '.join(REASONS)}"
                 )
             wanted.setdefault(header, set()).add(value.strip())
         since_ms = parse_time(since) if since else None

@@ -78,6 +78,14 @@ def test_where_keys_combine_with_and_across_keys_or_within_one() -> None:
     assert not selection.matches(record("contract_violation", 1))
 
 
+def test_an_unknown_reason_is_refused_with_the_known_ones() -> None:
+    """--where reason=bogus selected nothing, silently; a reason is one of six, so a typo
+    is refused naming them."""
+    with pytest.raises(ConfigurationError, match="retries_exhausted"):
+        Selection.parse(["reason=retries-exhausted"])
+    assert Selection.parse(["reason=retries_exhausted"]).filters()
+
+
 def test_unknown_where_key_is_refused_with_the_known_ones() -> None:
     """A typo in --where is a usage error that lists what is accepted."""
     with pytest.raises(ConfigurationError, match="reason"):
