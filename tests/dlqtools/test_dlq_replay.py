@@ -100,7 +100,7 @@ def test_revalidating_without_the_subjects_contract_stops_and_commits_nothing(
     nothing to replay. A subject without a contract now stops the run (exit 2 from the
     CLI), nothing committed, and the next run replays what the fix makes valid."""
     orders, dlq, _ = incident
-    with pytest.raises(sg.ConfigurationError, match="no contract for subject 'dlqtest.Order'"):
+    with pytest.raises(sg.ConfigurationError, match=r"no contract for subject 'dlqtest\.Order'"):
         replay(bootstrap, dlq, revalidator=Revalidator({}))
     assert committed(bootstrap, dlq, default_group(dlq))[0] in (-1001, 0)  # nothing past 0
     report = replay(bootstrap, dlq, revalidator=Revalidator({"dlqtest.Order": OrderV2}))
