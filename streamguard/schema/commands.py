@@ -150,11 +150,20 @@ def _groups(results: list[SubjectResult]) -> list[tuple[str, list[Comparison]]]:
     return groups
 
 
-def _print_report(args: argparse.Namespace, results: list[SubjectResult]) -> None:
+def _print_report(
+    args: argparse.Namespace, results: list[SubjectResult], store: SchemaStore
+) -> None:
     text = render(_groups(results), args.format)
     if args.format == "text":
         first = [r for r in results if not r.comparisons and not r.problems]
-        notes = [f"{r.subject}: v{r.version} has nothing to compare with [{r.mode}]" for r in first]
+        notes = [
+            f"{r.subject}: v{r.version} has nothing to compare with [{r.mode}]"
+            if store.versions(r.subject)
+            # Passing, yet every later change would pass too while nothing is stored.
+            else f"{r.subject}: v{r.version} is not stored in schemas/ yet [{r.mode}]: run "
+            "`streamguard schema register` and commit it, so that later changes are checked"
+            for r in first
+        ]
         text = "\n".join([*notes, text] if text else notes)
     if text:
         print(text)
@@ -173,8 +182,8 @@ def _check(args: argparse.Namespace) -> int:
     if args.registry is not None:
         config = load_project_config(args.config)
         return check_registry(args, config, _contracts(config))
-    _, _, results = _results(args)
-    _print_report(args, results)
+    _, store, results = _results(args)
+    _print_report(args, results, store)
     return exitcodes.OK if all(r.ok for r in results) else exitcodes.FAILED
 
 
@@ -200,7 +209,7 @@ def _register(args: argparse.Namespace) -> int:
         return exitcodes.FAILED
     refused = [r for r in changed if not r.ok]
     if refused and not args.force:
-        _print_report(args, refused)
+        _print_report(args, refused, store)
         print(
             f"refused: {len(refused)} subject(s) incompatible; nothing was registered. "
             'Fix the contracts, or use --force --reason "..." to record a deliberate break.',

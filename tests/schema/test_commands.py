@@ -58,8 +58,15 @@ def registered(project_factory: Callable[[], Project], cli: Cli) -> Project:
 def test_check_without_stored_versions_passes(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
-    """A subject with nothing stored has nothing to break: exit 0 with a note."""
+    """A subject with nothing stored has nothing to break: exit 0, with a note that says
+    to register it (until it is stored, every later change would pass as well); once
+    stored, the note says there is nothing older to compare with."""
     project_factory().contracts(V1)
+    code, out, _ = cli("schema", "check")
+    assert code == 0
+    assert "orders.OrderPlaced: v1 is not stored in schemas/ yet" in out
+    assert "streamguard schema register" in out
+    assert cli("schema", "register")[0] == 0
     code, out, _ = cli("schema", "check")
     assert code == 0
     assert "orders.OrderPlaced: v1 has nothing to compare with" in out
