@@ -159,7 +159,7 @@ def _registry_demo(bootstrap: str) -> bool:
     unknown = count_of("streamguard_dead_letters_total", topic=PAYMENTS, reason="decode_error")
     _say(f"  handled        {handled:.0f}  (writer schema fetched once by id, then cached)")
     _say(f"  dead-lettered  {unknown:.0f}  decode_error (schema id 999 is unknown)")
-    _say(f"  booked         {dict(Ledger.booked)}")
+    _say(f"  booked (cents) {dict(Ledger.booked)}")
     if done < count + 1:
         _say(f"demo: only {done:.0f} of {count + 1} payments reached an outcome in time")
         return False
