@@ -113,8 +113,13 @@ class Assignment:
         self._committer.forget(parts)
         self._lag.forget(parts)
 
-    def settle(self, lanes: list[PartitionLane], timeout: float) -> None:
-        """Stop lanes, let in-flight handlers finish, await dead letters, commit."""
+    def settle(self, lanes: list[PartitionLane], timeout: float, ack_wait: float = 0.0) -> None:
+        """Stop lanes, let in-flight handlers finish, await dead letters, commit.
+
+        Handlers get ``timeout``; dead letters what is left of it plus ``ack_wait``, and
+        the commit comes after both, so that a dead letter acknowledged meanwhile is
+        committed rather than dead-lettered again by the next owner.
+        """
         deadline = time.monotonic() + timeout
         for lane in lanes:
             lane.close()
@@ -125,14 +130,16 @@ class Assignment:
                     extra={"partition": lane.partition, "timeout": timeout},
                 )
                 lane.give_up()  # an async handler is cancelled
-        self._publisher.flush(max(0.0, deadline - time.monotonic()))
+        self._publisher.flush(max(0.0, deadline + ack_wait - time.monotonic()))
         self._committer.commit(lanes, asynchronous=False)
 
     def settle_all(self) -> None:
-        """Shutdown: settle every lane within ``shutdown_timeout``; later callbacks no-op."""
+        """Shutdown: settle every lane, handlers within ``shutdown_timeout`` and dead
+        letters within as long again; later callbacks no-op."""
         lanes = list(self.lanes.values())
         self.lanes.clear()
-        self.settle(lanes, self._options.shutdown_timeout)
+        timeout = self._options.shutdown_timeout
+        self.settle(lanes, timeout, ack_wait=timeout)
         # No partition is ours any more: a lag left set would stay frozen in the
         # registry, which outlives the run (scraped, or the service run again).
         self._forget([lane.partition for lane in lanes])

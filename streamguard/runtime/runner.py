@@ -174,8 +174,6 @@ class ServiceRuntime:
             self._wind_down(poller, scheduler, failing=False)
             if scheduler.failure is not None:  # a handler in flight crashed as it stopped
                 raise scheduler.failure
-            if self._publisher is not None:
-                self._publisher.flush(spec.options.shutdown_timeout)
         finally:
             if consumer is not None:
                 try:

@@ -3,6 +3,8 @@ made there, where its producer writes, not on the cluster the service consumes f
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
+from tests.faults.proxy import FaultProxy
 from tests.runtime.conftest import Running, committed, dlq_headers, wait_for
 
 pytestmark = pytest.mark.broker
@@ -62,3 +65,55 @@ def test_the_dead_letter_topic_is_made_on_the_cluster_it_is_written_to(
         finally:
             reader.close()
         assert dlq_headers(found[0])["sg-dlq-reason"] == "decode_error"
+
+
+def test_a_stop_commits_a_dead_letter_acknowledged_in_its_second_wait(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop waits shutdown_timeout for handlers, then as long again for dead letters,
+    and commits after both. Before, the dead letters had only what the handlers left of
+    shutdown_timeout before the commit; one acknowledged in the second wait (which came
+    after the commit) stayed uncommitted, and its record was dead-lettered again after
+    the restart. Here the DLQ's cluster (behind a stalled proxy) answers 3 s into a stop
+    with shutdown_timeout=2."""
+    src = topic_factory("orders", partitions=1)
+    group = unique("billing")
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        options = sg.ServiceOptions(shutdown_timeout=2.0, revoke_timeout=2.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    proxy = FaultProxy(target_port=0).start()
+    other = DevBroker(advertised_port=proxy.port)
+    resume = threading.Timer(3.0, proxy.resume)
+    try:
+        other.start()
+        assert other.port is not None
+        proxy.target_port = other.port
+        running = start_service(Billing, dead_letter_config={"bootstrap.servers": proxy.address})
+        assert wait_for(lambda: running.service.health()["ready"], 30)
+        proxy.stall()
+        caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+        raw_producer.produce(src, b"not json", partition=0)
+        raw_producer.flush(10)
+        assert wait_for(
+            lambda: any(r.getMessage() == "dead-lettering message" for r in caplog.records), 20
+        )
+        resume.start()
+        running.stop()
+        assert not running.error
+        assert running.metric("streamguard_dead_letters_total", topic=src, reason="decode_error")
+        assert committed(bootstrap, group, src).get(0) == 1
+    finally:
+        resume.cancel()
+        resume.join(10)
+        proxy.stop()
+        other.stop()
