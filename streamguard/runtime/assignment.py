@@ -102,6 +102,10 @@ class Assignment:
             lane = self.lanes.pop(part, None)
             if lane is not None:
                 lane.close()
+                # Not waited for, as a revoke waits: an async handler is cancelled now,
+                # or it would run on beside the new owner's call of its record (and
+                # beside this member's own if the partition came back).
+                lane.give_up()
         self._forget(parts)
         log.warning("partitions lost", extra={"partitions": parts})
         # The hook hears of them as revoked (as confluent-kafka and the Java client do

@@ -164,3 +164,43 @@ def test_lost_partitions_reach_on_revoke(own_broker: DevBroker) -> None:
         running.stop()
     assert not running.error, running.error
     assert events[:3] == [("assign", [0]), ("revoke", [0]), ("assign", [0])], events
+
+
+def test_an_async_handler_of_a_lost_partition_is_cancelled(own_broker: DevBroker) -> None:
+    """A revoke cancels an async handler still running after revoke_timeout; a lost
+    partition's was left running beside the new owner's call of the same record. It is
+    now cancelled as the partition is lost (its record uncommitted, redelivered)."""
+    import asyncio
+    import os
+    import signal
+
+    bootstrap = own_broker.bootstrap_servers
+    src = new_topic(bootstrap, partitions=1)
+    _send(bootstrap, src, 0, 1)
+    started, cancelled = threading.Event(), threading.Event()
+
+    class Slow(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = f"g-{src}"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    running = start(Slow, bootstrap)
+    try:
+        assert started.wait(20)
+        os.kill(own_broker.pid or 0, signal.SIGSTOP)
+        try:
+            # Longer than the session timeout (2 s in tests) with no heartbeat answered.
+            assert cancelled.wait(15), "the lost partition's handler ran on"
+        finally:
+            os.kill(own_broker.pid or 0, signal.SIGCONT)
+    finally:
+        running.stop()
+    assert not running.error, running.error
