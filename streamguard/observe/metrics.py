@@ -353,6 +353,24 @@ class ServiceMetrics:
         self.waiting_for_key.labels(topic).set_function(waiting)
         self.handlers_limit.labels(topic).set(limit)
 
+    def untrack(self, topic: str) -> None:
+        """Drop the gauges ``track`` and ``track_handlers`` made for ``topic``, as a run
+        ends.
+
+        Their functions reach the run's state, and through it its Kafka clients: in a
+        registry that outlives the service (shared, or the global one), each service
+        that ran would keep its DLQ producer (its threads and connections) alive, and
+        its gauges would go on reporting a run that is over.
+        """
+        for gauge in (
+            self.inflight,
+            self.paused_partitions,
+            self.handlers_in_flight,
+            self.waiting_for_key,
+            self.handlers_limit,
+        ):
+            gauge.remove(topic)
+
     def start_series(self, topic: str, reasons: Iterable[str]) -> None:
         """Create each labelled series at zero before its first event.
 

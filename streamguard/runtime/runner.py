@@ -182,6 +182,9 @@ class ServiceRuntime:
                     log.warning("consumer close failed", extra={"error": str(exc)})
             if health is not None:
                 health.stop()
+            # Held by the registry, which may outlive this service: its gauges' functions
+            # would keep this run's clients alive.
+            self.metrics.untrack(spec.topic)
             if self._loop_runner is not None:
                 self._loop_runner.shutdown()
             if loop is not None and loop_thread is not None:

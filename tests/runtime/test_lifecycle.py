@@ -726,3 +726,68 @@ def test_services_of_one_process_share_a_registry(
     running[1].stop()
     assert running[0].metric("streamguard_ready") == 0  # one of them is not ready
     assert running[0].service.health()["ready"]
+
+
+@pytest.mark.parametrize("handler", ["sync", "async"])
+def test_services_sharing_a_registry_release_their_clients_once_dropped(
+    handler: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    bootstrap: str,
+) -> None:
+    """A service that ran and was dropped releases its Kafka clients even though the
+    registry it shared lives on, and leaves no gauge series of its topic behind. The
+    gauges computed at scrape time (in flight, paused partitions, handlers) held the
+    run's state: each dropped service kept its DLQ producer (three librdkafka threads,
+    five descriptors) and its consumer for the life of the registry."""
+    import gc
+    import threading
+
+    from confluent_kafka import Consumer
+    from prometheus_client import CollectorRegistry
+
+    from tests.conftest import FAST_GROUP
+
+    def live_clients() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Producer | Consumer))
+
+    registry = CollectorRegistry()
+    handled: list[int] = []
+    before = live_clients()
+    for run in range(1, 4):
+        src = topic_factory("orders")
+        send_orders(src, 1)
+
+        class Sync(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+                handled.append(ctx.offset)
+
+        class Async(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+                handled.append(ctx.offset)
+
+        cls = Sync if handler == "sync" else Async
+        service = cls(bootstrap, kafka_config=FAST_GROUP, registry=registry)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        try:
+            assert wait_for(lambda want=run: len(handled) == want)
+        finally:
+            service.stop()
+            thread.join(30)
+        assert not thread.is_alive()
+        del service, cls, Sync, Async
+        for gauge in ("streamguard_inflight", "streamguard_paused_partitions"):
+            labels = {"runtime": "consumer", "topic": src}
+            assert registry.get_sample_value(gauge, labels) is None, gauge
+    assert live_clients() == before
