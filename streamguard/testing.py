@@ -230,6 +230,10 @@ class ServiceHarness:
         if self._loop is not None and self._loop_thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(timeout=5)
+            if not self._loop_thread.is_alive():
+                # Closed, not left to the collector: uvloop's loop is never collected,
+                # and kept five descriptors per harness (epoll, pipes).
+                self._loop.close()
             self._loop = None
 
     def send(
