@@ -327,14 +327,18 @@ class ServiceMetrics:
     def track_ready(self, owner: T, is_ready: Callable[[T], bool]) -> None:
         """Count ``owner`` in ``streamguard_ready``: 1 while ``is_ready(owner)`` holds for
         every owner of this registry and runtime. Held weakly, so that a service that is
-        gone no longer counts; ``is_ready`` must not refer to its owner itself."""
+        gone no longer counts (and with none left, 0: no service is ready); ``is_ready``
+        must not refer to its owner itself."""
         owners: weakref.WeakKeyDictionary[Any, Callable[[Any], bool]] = self._family(
             f"ready owners {self.runtime}", weakref.WeakKeyDictionary
         )
         owners[owner] = is_ready
-        self.ready.set_function(
-            lambda: 1.0 if all(ready(o) for o, ready in list(owners.items())) else 0.0
-        )
+
+        def ready() -> float:
+            tracked = list(owners.items())
+            return 1.0 if tracked and all(check(o) for o, check in tracked) else 0.0
+
+        self.ready.set_function(ready)
 
     def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
         """Compute the gauges at scrape time from the runtime's own state."""

@@ -93,3 +93,6 @@ def test_services_and_agents_share_a_registrys_families() -> None:
     del b  # a service that is gone no longer counts
     gc.collect()
     assert value("streamguard_ready", runtime="consumer") == 1
+    del a  # with no service left, none is ready: the registry may outlive them all
+    gc.collect()
+    assert value("streamguard_ready", runtime="consumer") == 0
