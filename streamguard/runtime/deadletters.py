@@ -142,6 +142,16 @@ class DeadLetterPublisher:
         """Wait (bounded) for every dead letter's acknowledgement."""
         self._producer.flush(timeout)
 
+    def release(self) -> None:
+        """Let the producer go as the run ends, with its threads and connections.
+
+        Kept, it outlived the run for as long as the service object: connected, and
+        reconnecting to a cluster that went away. Dead letters it still holds were
+        never acknowledged: their offsets stay uncommitted, and are read again.
+        """
+        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        del self._producer
+
     def failed(self, error: KafkaError) -> None:
         """A write failed: the DLQ is unwritable until a write is acknowledged."""
         self._failures.inc()

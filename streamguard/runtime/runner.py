@@ -180,6 +180,8 @@ class ServiceRuntime:
                     consumer.close()
                 except (KafkaException, RuntimeError) as exc:
                     log.warning("consumer close failed", extra={"error": str(exc)})
+            if self._publisher is not None:
+                self._publisher.release()
             if health is not None:
                 health.stop()
             # Held by the registry, which may outlive this service: its gauges' functions

@@ -791,3 +791,51 @@ def test_services_sharing_a_registry_release_their_clients_once_dropped(
             labels = {"runtime": "consumer", "topic": src}
             assert registry.get_sample_value(gauge, labels) is None, gauge
     assert live_clients() == before
+
+
+def test_a_stopped_service_holds_no_producer(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    bootstrap: str,
+) -> None:
+    """Once run() returned, the service (kept, say, to run again) holds no DLQ
+    producer: it used to keep it until the next run or its own end, connected (three
+    librdkafka threads, five descriptors) and reconnecting to a cluster that went away.
+    It still runs again, and dead-letters in the next run."""
+    import gc
+    import threading
+
+    from tests.conftest import FAST_GROUP
+
+    def live_producers() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Producer))
+
+    src = topic_factory("orders")
+    dead: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise sg.PermanentError("refused")
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            dead.append(ctx.offset)
+
+    before = live_producers()
+    service = Billing(bootstrap, kafka_config=FAST_GROUP)
+    for run in range(1, 3):
+        send_orders(src, 1)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        try:
+            assert wait_for(lambda want=run: len(dead) == want), f"run {run}: {dead}"
+        finally:
+            service.stop()
+            thread.join(30)
+        assert not thread.is_alive()
+        assert live_producers() == before
