@@ -180,12 +180,10 @@ class ServiceRuntime:
                     consumer.close()
                 except (KafkaException, RuntimeError) as exc:
                     log.warning("consumer close failed", extra={"error": str(exc)})
-            if self._publisher is not None:
-                self._publisher.release()
             if health is not None:
                 health.stop()
             # Held by the registry, which may outlive this service: its gauges' functions
-            # would keep this run's clients alive.
+            # would keep this run's clients alive. Gone before the producer they read.
             self.metrics.untrack(spec.topic)
             if self._loop_runner is not None:
                 self._loop_runner.shutdown()
@@ -196,6 +194,8 @@ class ServiceRuntime:
                     # Closed, not left to the collector: uvloop's loop is never
                     # collected, and kept five descriptors per run (epoll, pipes).
                     loop.close()
+            if self._publisher is not None:
+                self._publisher.release()  # last: nothing of the run publishes any more
             restore()
             log.info("service stopped", extra={"service": spec.name})
             # This run's stop request is spent: a stop() from here on is the next run's.
