@@ -27,7 +27,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from streamguard.deadletter import Failure
-from streamguard.errors import ContractViolation, DecodeError, RegistryUnavailable
+from streamguard.errors import ContractViolation, DecodeError
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.outcomes import RetryState, judge
 
@@ -265,23 +265,11 @@ class Lane:
                 verdict = judge(exc, 1, None, agent.retry, agent.transient, time.monotonic())
                 assert isinstance(verdict, Failure)  # invalid input is never retried
                 failure = verdict
-            except RegistryUnavailable as exc:
-                # Not the event's fault: it waits by the rule a ConsumerService's record
-                # follows (outcomes.judge), never dead-lettered; given up unacked if a
-                # rebalance or stop begins.
-                now = time.monotonic()
-                attempt = 1 if waiting is None else waiting.attempt + 1
-                verdict = judge(exc, attempt, waiting, agent.retry, agent.transient, now)
-                assert isinstance(verdict, RetryState)  # the registry is never the event's fault
-                waiting = verdict
-                agent.retried()
-                if not await self._backoff(max(0.0, waiting.due - now), msg):
-                    self._drop(event)
-                    return
-                continue
             except Exception as exc:
-                # A contract's validator raised what pydantic passes on (not a
-                # ValueError): judged as a ConsumerService judges it, by the agent's
+                # Judged as a ConsumerService judges it (outcomes.judge): an unreachable
+                # registry is not the event's fault, and it waits (given up unacked if a
+                # rebalance or stop begins); whatever else a contract's validator raised
+                # that pydantic passes on (not a ValueError) is judged by the agent's
                 # transient types, not a crash of the worker (whose log line quoted the
                 # value, and which crashed again on every restart).
                 now = time.monotonic()
