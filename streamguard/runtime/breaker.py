@@ -194,9 +194,16 @@ class Breaker:
         with self._lock:
             self._failing.pop(message, None)
 
-    def _failing_messages(self, now: float, besides: Hashable = None) -> int:
+    def _failing_messages(
+        self, now: float, besides: Hashable = None, after: float = float("-inf")
+    ) -> int:
+        """Messages failing within the window (and after ``after``), ``besides`` aside."""
         window = self.config.window
-        return sum(1 for key, at in self._failing.items() if key != besides and now - at <= window)
+        return sum(
+            1
+            for key, at in self._failing.items()
+            if key != besides and at > after and now - at <= window
+        )
 
     def outage_suspected(self, message: Hashable, since: float) -> bool:
         """Would dead-lettering ``message`` as ``retries_exhausted`` be wrong?
@@ -216,11 +223,7 @@ class Breaker:
             # Other messages failing since the last success: one that failed before it
             # (dead-lettered when its retries ran out, say, with records handled after
             # it) says nothing about this failure.
-            now, window, last = self._clock(), self.config.window, self._last_success
-            return any(
-                key != message and at > last and now - at <= window
-                for key, at in self._failing.items()
-            )
+            return self._failing_messages(self._clock(), message, after=self._last_success) > 0
 
     # -- retries -----------------------------------------------------------------------
 
