@@ -37,7 +37,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import stamp_headers
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport, headers_for
-from streamguard.runtime.eventloop import LoopLane, LoopRunner, new_event_loop
+from streamguard.runtime.eventloop import LoopLane, LoopRunner, new_event_loop, stop_event_loop
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.service import ConsumerService
@@ -228,12 +228,7 @@ class ServiceHarness:
         if self._runner is not None:
             self._runner.shutdown()
         if self._loop is not None and self._loop_thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop_thread.join(timeout=5)
-            if not self._loop_thread.is_alive():
-                # Closed, not left to the collector: uvloop's loop is never collected,
-                # and kept five descriptors per harness (epoll, pipes).
-                self._loop.close()
+            stop_event_loop(self._loop, self._loop_thread)
             self._loop = None
 
     def send(

@@ -188,12 +188,9 @@ class ServiceRuntime:
             if self._loop_runner is not None:
                 self._loop_runner.shutdown()
             if loop is not None and loop_thread is not None:
-                loop.call_soon_threadsafe(loop.stop)
-                loop_thread.join(timeout=5)
-                if not loop_thread.is_alive():
-                    # Closed, not left to the collector: uvloop's loop is never
-                    # collected, and kept five descriptors per run (epoll, pipes).
-                    loop.close()
+                from streamguard.runtime.eventloop import stop_event_loop
+
+                stop_event_loop(loop, loop_thread)
             if self._publisher is not None:
                 self._publisher.release()  # last: nothing of the run publishes any more
             restore()
