@@ -21,7 +21,7 @@ from streamguard.registry.checks import RegistrationRefused, RegistryCheck, Regi
 from streamguard.registry.client import REGISTRY_URL_ENV, new_client, resolve_registry_config
 from streamguard.schema.checks import version_problems
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
-from streamguard.schema.report import render
+from streamguard.schema.report import render, result_groups
 from streamguard.schema.store import SchemaStore
 from streamguard.settings import redact_url, tcp_port
 
@@ -110,12 +110,7 @@ def _run_checks(
 
 
 def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
-    groups = [
-        group
-        for c in checks
-        for group in [("ALWAYS", c.result.problems), (c.result.mode, c.result.comparisons)]
-        if group[1]
-    ]
+    groups = result_groups(c.result for c in checks)
     if args.format == "json":
         entries = json.loads(render(groups, "json"))
         doc = {"changes": entries, "subjects": [c.summary() for c in checks]}

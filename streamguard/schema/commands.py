@@ -36,7 +36,7 @@ from streamguard.schema.checks import (
 )
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
-from streamguard.schema.report import FORMATS, render
+from streamguard.schema.report import FORMATS, render, result_groups
 from streamguard.schema.store import SchemaStore, dump_schema
 
 
@@ -141,19 +141,10 @@ def _results(args: argparse.Namespace) -> tuple[ProjectConfig, SchemaStore, list
     return config, store, results
 
 
-def _groups(results: list[SubjectResult]) -> list[tuple[str, list[Comparison]]]:
-    groups: list[tuple[str, list[Comparison]]] = []
-    for r in results:
-        if r.problems:
-            groups.append(("ALWAYS", r.problems))
-        groups.append((r.mode, r.comparisons))
-    return groups
-
-
 def _print_report(
     args: argparse.Namespace, results: list[SubjectResult], store: SchemaStore
 ) -> None:
-    text = render(_groups(results), args.format)
+    text = render(result_groups(results), args.format)
     if args.format == "text":
         first = [r for r in results if not r.comparisons and not r.problems]
         notes = [

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from streamguard.schema.checks import Comparison
+from streamguard.schema.checks import Comparison, SubjectResult
 from streamguard.schema.modes import directions
 
 FORMATS = ("text", "json", "github")
@@ -41,6 +41,17 @@ def _entries(
                 }
             )
     return out
+
+
+def result_groups(results: Iterable[SubjectResult]) -> list[tuple[str, list[Comparison]]]:
+    """``render``'s groups for checked subjects: each one's version problems (``ALWAYS``),
+    then its comparisons in its mode."""
+    groups: list[tuple[str, list[Comparison]]] = []
+    for r in results:
+        if r.problems:
+            groups.append(("ALWAYS", r.problems))
+        groups.append((r.mode, r.comparisons))
+    return groups
 
 
 def render(
