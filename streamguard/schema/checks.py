@@ -68,6 +68,21 @@ def current_schema(contract: type[Contract]) -> tuple[Any, str, str]:
     return contract.json_schema(), ".json", "json"
 
 
+def format_switch(
+    subject: str, old: tuple[int, str], new: tuple[int, str], stored: str = ""
+) -> Comparison:
+    """Version ``old[0]`` in wire format ``old[1]`` against ``new[0]`` in ``new[1]``: a
+    plain consumer reads one format only (JsonCodec refuses an Avro record, AvroCodec a
+    JSON one), so neither version reads the other's records, however alike their JSON
+    Schemas are. ``stored`` marks the old side (", stored") in the report."""
+    return Comparison(
+        subject,
+        f"v{old[0]} ({FORMAT_NAMES[old[1]]}{stored})",
+        f"v{new[0]} ({FORMAT_NAMES[new[1]]})",
+        [Change((), "SCHEMA_TYPE_CHANGED", BOTH)],
+    )
+
+
 def version_problems(contract: type[Contract], store: SchemaStore) -> tuple[list[Comparison], bool]:
     """What breaks whatever the mode (the contract's schema differs from the stored one of
     its ``__version__``, or the store holds a newer version), and whether the store holds
@@ -121,16 +136,7 @@ def check_contract(
             continue
         old_fmt = "avro" if store.has(subject, old, ".avsc") else "json"
         if old_fmt != fmt:
-            # A plain consumer reads one format only (JsonCodec refuses an Avro record,
-            # AvroCodec a JSON one), so neither version reads the other's records, however
-            # alike their JSON Schemas are.
-            comparison = Comparison(
-                subject,
-                f"v{old} ({FORMAT_NAMES[old_fmt]})",
-                f"v{version} ({FORMAT_NAMES[fmt]})",
-                [Change((), "SCHEMA_TYPE_CHANGED", BOTH)],
-            )
-            result.comparisons.append(comparison)
+            result.comparisons.append(format_switch(subject, (old, old_fmt), (version, fmt)))
             continue
         changes = compare_versions(store.load(subject, old, suffix), schema, fmt, policy)
         result.comparisons.append(Comparison(subject, f"v{old}", f"v{version}", changes))

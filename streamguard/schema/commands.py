@@ -23,15 +23,13 @@ from streamguard.registry.commands import (
     register_registry,
 )
 from streamguard.schema.avro import contract_avro_schema
-from streamguard.schema.changes import Change
 from streamguard.schema.checks import (
-    BOTH,
-    FORMAT_NAMES,
     Comparison,
     SubjectResult,
     check_contract,
     compare_versions,
     current_schema,
+    format_switch,
     version_problems,
 )
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
@@ -301,9 +299,7 @@ def _subject_comparison(
         version = stored[-1]
         (old, fmt_old), (new, _, fmt_new) = load(version), current_schema(contract)
         if fmt_old != fmt_new:
-            changes = [Change((), "SCHEMA_TYPE_CHANGED", BOTH)]
-            old_label = f"v{version} ({FORMAT_NAMES[fmt_old]}, stored)"
-            return Comparison(subject, old_label, f"v{version} ({FORMAT_NAMES[fmt_new]})", changes)
+            return format_switch(subject, (version, fmt_old), (version, fmt_new), ", stored")
         changes = compare_versions(old, new, fmt_old, policy)
         return Comparison(subject, f"v{version} (stored)", f"v{version}", changes)
     elif not stored and contract is None:
@@ -314,9 +310,5 @@ def _subject_comparison(
         raise ConfigurationError(f"{subject}: fewer than two versions to compare; give V1 V2")
     (old, fmt_old), (new, fmt_new) = load(v1), load(v2)
     if fmt_old != fmt_new:
-        old_label, new_label = (
-            f"v{v} ({FORMAT_NAMES[f]})" for v, f in ((v1, fmt_old), (v2, fmt_new))
-        )
-        change = Change((), "SCHEMA_TYPE_CHANGED", BOTH)
-        return Comparison(subject, old_label, new_label, [change])
+        return format_switch(subject, (v1, fmt_old), (v2, fmt_new))
     return Comparison(subject, f"v{v1}", f"v{v2}", compare_versions(old, new, fmt_old, policy))
