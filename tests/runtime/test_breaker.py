@@ -151,6 +151,27 @@ def test_records_in_flight_through_an_outage_recover_at_full_speed(
     assert not running.error
 
 
+def billing(
+    kind: str, src: str, group: str, call: Callable[[sg.MessageContext], None]
+) -> type[sg.ConsumerService]:
+    """A service on ``src`` whose handler, sync or async by ``kind``, makes ``call``,
+    with short retries and a half-second cool-down."""
+
+    class SyncBilling(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
+        breaker = sg.CircuitBreaker(cool_down=0.5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            call(ctx)
+
+    class AsyncBilling(SyncBilling):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            call(ctx)
+
+    return SyncBilling if kind == "sync" else AsyncBilling
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_an_outage_starting_mid_batch_dead_letters_nothing(
     topic_factory: Callable[..., str],
@@ -182,19 +203,7 @@ def test_an_outage_starting_mid_batch_dead_letters_nothing(
                 raise ConnectionError("database is down")
             handled.add((ctx.partition, ctx.offset))
 
-    class SyncBilling(sg.ConsumerService):
-        topic, contract, group_id = src, OrderPlaced, group
-        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
-        breaker = sg.CircuitBreaker(cool_down=0.5)
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            call(ctx)
-
-    class AsyncBilling(SyncBilling):
-        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
-            call(ctx)
-
-    running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
+    running = start_service(billing(kind, src, group, call))
     assert wait_for(lambda: len(handled) == total, timeout=40), f"{len(handled)} handled"
     assert (
         running.metric("streamguard_dead_letters_total", topic=src, reason="retries_exhausted") == 0
@@ -236,19 +245,7 @@ def test_a_message_failing_on_its_own_does_not_keep_the_breaker_open(
                 raise ConnectionError("database is down")
             handled.add((ctx.partition, ctx.offset))
 
-    class SyncBilling(sg.ConsumerService):
-        topic, contract, group_id = src, OrderPlaced, group
-        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
-        breaker = sg.CircuitBreaker(cool_down=0.5)
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            call(ctx)
-
-    class AsyncBilling(SyncBilling):
-        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
-            call(ctx)
-
-    running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
+    running = start_service(billing(kind, src, group, call))
     assert wait_for(lambda: len(handled) == 299, timeout=40)
     assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == 300, timeout=20)
     assert (
