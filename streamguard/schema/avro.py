@@ -202,28 +202,65 @@ def _untyped(hint: str) -> ConfigurationError:
 
 def compare_avro_schemas(writer: Any, reader: Any) -> list[Finding]:
     """Every difference met when a ``reader`` schema resolves data of ``writer``."""
+    writer, reader = _qualified(writer, "", set()), _qualified(reader, "", set())
     return _Resolver(_names(writer), _names(reader)).resolve(writer, reader, ())
 
 
-def _names(schema: Any, found: dict[str, Any] | None = None, ns: str = "") -> dict[str, Any]:
+def _qualified(schema: Any, ns: str, defined: set[str]) -> Any:
+    """A copy of ``schema`` in which every named type, alias and reference carries its
+    full name, as Avro parsers resolve them: a name without a dot is in the namespace of
+    the type that encloses it (a reference falls back to the null namespace). Two types
+    of one short name in two namespaces (``billing.Address`` holding a ``legacy.Address``)
+    are then told apart; keyed by short names, the inner one read as the outer."""
+    if isinstance(schema, list):
+        return [_qualified(branch, ns, defined) for branch in schema]
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES or "." in schema:
+            return schema
+        full = _full(schema, ns)
+        return full if full in defined else schema
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    kind = schema.get("type")
+    if kind in ("record", "error", "enum", "fixed") and isinstance(schema.get("name"), str):
+        name: str = schema["name"]
+        ns = name.rsplit(".", 1)[0] if "." in name else schema.get("namespace") or ""
+        out["name"] = _full(name, ns)
+        defined.add(out["name"])
+        if "aliases" in schema:
+            out["aliases"] = [_full(alias, ns) for alias in schema["aliases"]]
+        if "fields" in schema:
+            out["fields"] = [
+                {**f, "type": _qualified(f["type"], ns, defined)} for f in schema["fields"]
+            ]
+    elif kind == "array":
+        out["items"] = _qualified(schema["items"], ns, defined)
+    elif kind == "map":
+        out["values"] = _qualified(schema["values"], ns, defined)
+    elif kind is not None:  # {"type": {...}}, {"type": [...]} or {"type": "Name"}
+        out["type"] = _qualified(kind, ns, defined)
+    return out
+
+
+def _names(schema: Any, found: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every named type of a ``_qualified`` schema, by full name."""
     found = {} if found is None else found
     if isinstance(schema, list):
         for branch in schema:
-            _names(branch, found, ns)
+            _names(branch, found)
     elif isinstance(schema, dict):
         kind = schema.get("type")
         if kind in ("record", "error", "enum", "fixed"):
-            ns = schema.get("namespace", ns)
-            found[_full(schema["name"], ns)] = schema
-            found.setdefault(schema["name"], schema)
+            found[schema["name"]] = schema
             for field in schema.get("fields", []):
-                _names(field["type"], found, ns)
+                _names(field["type"], found)
         elif kind == "array":
-            _names(schema["items"], found, ns)
+            _names(schema["items"], found)
         elif kind == "map":
-            _names(schema["values"], found, ns)
+            _names(schema["values"], found)
         elif isinstance(kind, dict | list):
-            _names(kind, found, ns)
+            _names(kind, found)
     return found
 
 

@@ -274,3 +274,48 @@ def test_a_union_field_default_is_a_value_of_its_first_branch() -> None:
     assert reader.decode(data, Defaults) == Defaults(id="a")
     event = Defaults(id="b", limit=None, rate=Decimal("-0.001"), tier=None, tag=None, note="n")
     assert sg.AvroCodec().decode(sg.AvroCodec().encode(event), Defaults) == event
+
+
+def test_named_types_of_one_short_name_in_two_namespaces_are_both_compared() -> None:
+    """A record nested in another of the same short name (``billing.Address`` holding a
+    ``legacy.Address``) is compared too. The recursion guard keyed types by their short
+    names, took the inner one for a recursive reference to the outer, and skipped it: a
+    required field added there passed BACKWARD, and fastavro refused every old record."""
+
+    def schema(*legacy: dict[str, Any]) -> dict[str, Any]:
+        inner = record({"name": "zip", "type": "string"}, *legacy, name="Address")
+        inner["namespace"] = "com.acme.legacy"
+        outer = record({"name": "street", "type": "string"}, {"name": "previous", "type": inner})
+        outer.update(name="Address", namespace="com.acme.billing")
+        return record({"name": "billing", "type": outer}, name="Order")
+
+    old, new = schema(), schema({"name": "country", "type": "string"})
+    assert not verdict(old, new, "BACKWARD")
+    out = io.BytesIO()
+    writer, reader = fastavro.parse_schema(old), fastavro.parse_schema(new)
+    address = {"street": "s", "previous": {"zip": "z"}}
+    fastavro.schemaless_writer(out, writer, {"billing": address})
+    out.seek(0)
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        fastavro.schemaless_reader(out, writer, reader)
+
+
+def test_a_short_reference_names_the_type_of_its_enclosing_namespace() -> None:
+    """A reference without a dot is resolved in the namespace of the type that holds it
+    (else the null namespace), as Avro parsers do: ``Kind`` inside ``b`` is ``b.Kind``,
+    not the first type of that short name found anywhere in the schema."""
+    top = {"type": "enum", "name": "Kind", "symbols": ["A"]}
+    own = {"type": "enum", "name": "Kind", "namespace": "b", "symbols": ["A", "B"]}
+    holder = record({"name": "own", "type": own}, {"name": "again", "type": "Kind"})
+    holder.update(name="Holder", namespace="b")
+    old = record({"name": "top", "type": top}, {"name": "h", "type": holder}, name="Root")
+    narrowed = {**own, "symbols": ["A"]}
+    holder = record({"name": "again", "type": narrowed}, name="Holder", namespace="b")
+    new = record({"name": "top", "type": top}, {"name": "h", "type": holder}, name="Root")
+    assert not verdict(old, new, "BACKWARD")
+    out = io.BytesIO()
+    writer, reader = fastavro.parse_schema(old), fastavro.parse_schema(new)
+    fastavro.schemaless_writer(out, writer, {"top": "A", "h": {"own": "A", "again": "B"}})
+    out.seek(0)
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        fastavro.schemaless_reader(out, writer, reader)
