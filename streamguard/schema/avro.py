@@ -154,8 +154,12 @@ class _Deriver:
             mapped: list[Any] = []
             for i, branch in enumerate(branches):
                 avro = self.type_of(branch, name if single else f"{name}_{i}")
-                if avro not in mapped:
-                    mapped.append(avro)
+                # A branch that is a union itself (`Annotated[Decimal, Field(...)] | None`,
+                # whose description keeps pydantic from flattening it) joins this one:
+                # Avro has no union in a union, and every reader but fastavro refuses it.
+                for member in avro if isinstance(avro, list) else [avro]:
+                    if member not in mapped:
+                        mapped.append(member)
             if "null" in mapped:  # null first, so that `= None` is a valid default
                 mapped.remove("null")
                 mapped.insert(0, "null")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import fastavro
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import streamguard as sg
 from streamguard.schema.avro import compare_avro_schemas, contract_avro_schema
@@ -274,6 +274,25 @@ def test_a_union_field_default_is_a_value_of_its_first_branch() -> None:
     assert reader.decode(data, Defaults) == Defaults(id="a")
     event = Defaults(id="b", limit=None, rate=Decimal("-0.001"), tier=None, tag=None, note="n")
     assert sg.AvroCodec().decode(sg.AvroCodec().encode(event), Defaults) == event
+
+
+class Described(sg.Contract):
+    __subject__ = "shop.Described"
+    __version__ = 1
+    __wire_format__ = "avro"
+    price: Annotated[Decimal, Field(description="unit price")] | None = None
+    code: Annotated[int | str, Field(description="a code")] | None = None
+
+
+def test_a_union_in_a_union_branch_is_flattened() -> None:
+    """A description on one branch keeps pydantic from flattening ``Decimal | None``:
+    the field was ``["null", ["double", "string"]]``, a union in a union, which the Avro
+    specification forbids, registries other than the embedded one refuse, and no reader
+    but fastavro parses. It derives as the plain union, as without the description."""
+    types = {f["name"]: f["type"] for f in contract_avro_schema(Described)["fields"]}
+    assert types == {"price": ["null", "double", "string"], "code": ["null", "long", "string"]}
+    event = Described(price=Decimal("12.50"), code="x")
+    assert sg.AvroCodec().decode(sg.AvroCodec().encode(event), Described) == event
 
 
 def test_named_types_of_one_short_name_in_two_namespaces_are_both_compared() -> None:
