@@ -152,7 +152,8 @@ class Comparer:
                 if self.ok(found):
                     return found
             elif n.criterion in ("anyOf", "oneOf"):
-                for sub in n.subschemas:
+                # A plain writer is never a Decimal, so it never meets a decimal string.
+                for sub in _decimal_strings(n.subschemas, self.reader):
                     found = self.compare(o.schema, sub, path)
                     if self.ok(found):
                         return [*found, self.finding(path, "SUM_TYPE_EXTENDED")]
@@ -194,8 +195,8 @@ class Comparer:
             )
             if not widened:
                 return out
-        olds = list({canonical(s): s for s in o.subschemas}.values())
-        news = list({canonical(s): s for s in n.subschemas}.values())
+        olds = _decimal_strings(list({canonical(s): s for s in o.subschemas}.values()), self.writer)
+        news = _decimal_strings(list({canonical(s): s for s in n.subschemas}.values()), self.reader)
         if len(olds) < len(news):
             out.append(
                 self.finding(
@@ -337,6 +338,24 @@ class Comparer:
             return []
         rule = "NOT_TYPE_NARROWED" if self.ok(inner) else "NOT_TYPE_EXTENDED"
         return [self.finding((*path, "not"), rule)]
+
+
+# What pydantic writes for a Decimal: ``anyOf: [{"type": "number"}, {"type": "string"}]``.
+# Its string branch accepts numeric strings only, which the schema does not say; read as
+# any string, `str` -> `Decimal` would pass BACKWARD while every non-numeric old value
+# breaks. ``float | str`` has the same schema and is read the same way (too strictly).
+_DECIMAL_STRING = {"type": "string", "format": "decimal"}
+
+
+def _decimal_strings(branches: list[Any], doc: Document) -> list[Any]:
+    """The branches of a union, a bare string beside a number marked as a decimal string."""
+    kinds = [doc.classify(b) for b in branches]
+    if not any(k.kind == "plain" and k.get("type") == "number" for k in kinds):
+        return branches
+    return [
+        _DECIMAL_STRING if k.kind == "plain" and k.schema == {"type": "string"} else b
+        for b, k in zip(branches, kinds, strict=True)
+    ]
 
 
 def _max_matching(left: int, right: int, edges: set[tuple[int, int]]) -> dict[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
@@ -250,6 +251,22 @@ class IdUuid(BaseModel):
     id: UUID
 
 
+class DecS(BaseModel):
+    s: Decimal
+
+
+class OptStrS(BaseModel):
+    s: str | None = None
+
+
+class OptDecS(BaseModel):
+    s: Decimal | None = None
+
+
+class DecX(BaseModel):
+    x: Decimal
+
+
 class Pair(BaseModel):
     t: tuple[int, str]
 
@@ -372,6 +389,18 @@ CASES = [
     Case("multiple_of expanded", Mult2, Mult4, False, True, "MULTIPLE_OF_EXPANDED", "n"),
     Case("multiple_of reduced", Mult4, Mult2, True, False),
     Case("str -> UUID", Base, IdUuid, False, True, "FORMAT_ADDED", "id"),
+    # Decimal's string branch takes numeric strings only: old "twelve" breaks a v2 reader.
+    Case("str -> Decimal", StrS, DecS, False, False, "TYPE_CHANGED", "s"),
+    Case(
+        "optional str -> optional Decimal",
+        OptStrS,
+        OptDecS,
+        False,
+        False,
+        "FORMAT_ADDED",
+        "s<anyOf[0]>",
+    ),
+    Case("int -> Decimal", IntF, DecX, True, False),
     Case("tuple grows", Pair, Triple, False, False),
     Case("field renamed", Base, Renamed, False, False),
 ]
