@@ -71,8 +71,9 @@ _HINTS: tuple[tuple[str, str], ...] = (
     ),
     (
         r"ADDED_TO_OPEN_CONTENT_MODEL",
-        "old data may carry this name with another type; use the lenient policy if producers "
-        "only send declared fields, or give the field a new name",
+        "old data may carry this name with another type (producers of an open model may send "
+        "undeclared fields, and with extra='allow' they do); give the field a new name, or use "
+        "the lenient policy if producers only send declared fields (extra='ignore')",
     ),
     (
         r"^ADDITIONAL_(PROPERTIES|ITEMS)_(REMOVED|NARROWED)",
@@ -120,7 +121,9 @@ class Change:
             return ""
         if self.rule in _SPECIAL:
             return _SPECIAL[self.rule][1]
-        widened = re.search(r"_(EXTENDED|INCREASED|DECREASED|REMOVED|REDUCED)$", self.rule)
+        widened = re.search(
+            r"_(EXTENDED|INCREASED|DECREASED|REMOVED|REDUCED)$|^ADDITIONAL_\w+_ADDED$", self.rule
+        )
         if self.breaking_in == {"FORWARD"} and widened and not self.rule.startswith("REQUIRED"):
             return (
                 "this widens what producers may send: upgrade every consumer before any "

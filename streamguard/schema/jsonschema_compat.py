@@ -12,7 +12,9 @@ streamguard adds (``REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL``, ``FORMAT_*`
 Policies: ``strict`` is Confluent's default. ``lenient`` (streamguard's default) reads
 an open model the way a pydantic model with ``extra='ignore'`` behaves: data never
 carries fields its writer's model did not declare, so adding an optional property to an
-open model, or closing an open one, is safe.
+open model, or closing an open one, is safe. A writer that says
+``additionalProperties: true`` (pydantic's ``extra='allow'``, which keeps undeclared
+fields and writes them out) is read strictly under both policies.
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ class Comparer:
         self.policy = policy
         self._active: set[tuple[int, int]] = set()
 
-    def finding(self, path: Path, rule: str) -> Finding:
-        return Finding(path, rule, is_safe(rule, self.policy))
+    def finding(self, path: Path, rule: str, policy: Policy | None = None) -> Finding:
+        return Finding(path, rule, is_safe(rule, policy or self.policy))
 
     def ok(self, findings: Iterable[Finding]) -> bool:
         return all(f.safe for f in findings)

@@ -8,9 +8,12 @@ reader is open (the old field is simply extra), but breaks a closed reader, whic
 rejects it. Arrays with tuple ``items``/``prefixItems`` follow the same reading with
 ``additionalItems`` (or 2020-12 ``items``) in the role of additional properties.
 
-pydantic writes ``additionalProperties: false`` for ``extra='forbid'`` and nothing for
-``extra='ignore'`` (the default), so a contract's stored schema already says whether
-its model is open or closed: no annotation is needed.
+pydantic writes ``additionalProperties: false`` for ``extra='forbid'``, nothing for
+``extra='ignore'`` (the default) and ``true`` for ``extra='allow'``, so a contract's
+stored schema already says whether its model is open or closed: no annotation is needed.
+The lenient policy's premise, that data carries only the fields its writer declares,
+holds for ``extra='ignore'`` only: a model with ``extra='allow'`` keeps undeclared
+fields and writes them out, so a writer that says ``true`` is judged strictly.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from streamguard.schema.jsonschema_doc import Document, Node, has_default
 
 if TYPE_CHECKING:
     from streamguard.schema.jsonschema_compat import Comparer, Finding, Path
+    from streamguard.schema.rules import Policy
 
 
 def _pattern_matches(pattern: str, name: str) -> bool:
@@ -39,12 +43,19 @@ class _Content:
         resolved = doc.resolve(raw) if raw is not None else None
         self.permits = resolved is not False
         self.schema: Any = None if resolved in (None, True, {}) or resolved is False else raw
+        # Said open (pydantic's extra='allow'), not left open: its data may carry any name.
+        self.sends_extras = raw is not None and resolved in (True, {})
         patterns = node.get("patternProperties") if extra_key == "additionalProperties" else None
         self.patterns: dict[str, Any] = patterns if isinstance(patterns, dict) else {}
 
     @property
     def open(self) -> bool:
         return self.permits and self.schema is None and not self.patterns
+
+    @property
+    def policy(self) -> Policy | None:
+        """The policy its changes are judged by as a writer: strict when it sends extras."""
+        return "strict" if self.sends_extras else None
 
     def schema_for(self, name: str | None) -> Any:
         """The schema an undeclared property (or item) gets, or None if it is refused."""
@@ -119,7 +130,8 @@ def _added_property(
             return [cmp.finding(where, "PROPERTY_WITH_EMPTY_SCHEMA_ADDED_TO_OPEN_CONTENT_MODEL")]
         if required:
             return [cmp.finding(where, "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL")]
-        return [cmp.finding(where, "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL")]
+        rule = "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+        return [cmp.finding(where, rule, content_o.policy)]
     out: list[Finding] = []
     partial = content_o.schema_for(name)
     if partial is not None:
@@ -153,7 +165,8 @@ def _patterns(cmp: Comparer, co: _Content, cn: _Content, path: Path) -> list[Fin
             continue
         where = (*path, "patternProperties", pattern)
         if co.open:
-            out.append(cmp.finding(where, "PATTERN_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"))
+            rule = "PATTERN_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+            out.append(cmp.finding(where, rule, co.policy))
         elif co.schema is not None:
             out += cmp.compare(co.schema, schema, where)
         else:
@@ -199,9 +212,10 @@ def _dependencies(cmp: Comparer, o: Node, n: Node, path: Path) -> list[Finding]:
 def _extra(cmp: Comparer, co: _Content, cn: _Content, where: Path, what: str) -> list[Finding]:
     """additionalProperties / additionalItems themselves."""
     if co.permits != cn.permits:
-        return [cmp.finding(where, f"ADDITIONAL_{what}_{'ADDED' if cn.permits else 'REMOVED'}")]
+        rule = f"ADDITIONAL_{what}_{'ADDED' if cn.permits else 'REMOVED'}"
+        return [cmp.finding(where, rule, co.policy)]
     if co.schema is None and cn.schema is not None:
-        return [cmp.finding(where, f"ADDITIONAL_{what}_NARROWED")]
+        return [cmp.finding(where, f"ADDITIONAL_{what}_NARROWED", co.policy)]
     if cn.schema is None and co.schema is not None:
         return [cmp.finding(where, f"ADDITIONAL_{what}_EXTENDED")]
     if co.schema is not None:

@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamguard.codecs import JsonCodec
 from streamguard.contracts import normalise_schema
+from streamguard.errors import ContractViolation
 from streamguard.schema.changes import Change, diff_json_schemas
 from streamguard.schema.jsonschema_doc import Document
 from streamguard.schema.modes import breaking
@@ -57,6 +59,17 @@ class ClosedSmall(BaseModel):
 class ClosedBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
+
+
+class AllowBase(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+
+
+class AllowOpt(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    note: str | None = None
 
 
 class IntF(BaseModel):
@@ -327,6 +340,27 @@ CASES = [
     ),
     Case("open model closed (lenient)", Base, ClosedBase, True, True),
     Case("closed model opened", ClosedBase, Base, True, True),
+    # extra='allow' keeps undeclared fields and writes them: lenient reads it strictly.
+    Case(
+        "allow model closed",
+        AllowBase,
+        ClosedBase,
+        False,
+        True,
+        "ADDITIONAL_PROPERTIES_REMOVED",
+        "{}",
+    ),
+    Case(
+        "optional field added to allow model",
+        AllowBase,
+        AllowOpt,
+        False,
+        True,
+        "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+        "note",
+    ),
+    Case("closed model allows extras", ClosedBase, AllowBase, True, False),
+    Case("allow -> ignore", AllowBase, Base, True, True),
     Case("required -> optional", IntF, IntOptional, True, False),
     Case("default added", IntF, IntDefault, True, False),
     Case("optional -> required", IntDefault, IntF, False, True, "REQUIRED_ATTRIBUTE_ADDED", "x"),
@@ -451,6 +485,18 @@ def test_strict_policy_breaks_optional_field_added_to_open_model() -> None:
     assert [c.rule for c in breaking(strict, "BACKWARD")] == [
         "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
     ]
+
+
+def test_allow_model_writes_what_a_closed_reader_rejects() -> None:
+    """Closing an extra='allow' model breaks BACKWARD: its producers sent undeclared fields."""
+    old = JsonCodec().encode(AllowBase.model_validate({"id": "a", "coupon": "X1"}))
+    with pytest.raises(ContractViolation):
+        JsonCodec().decode(old, ClosedBase)
+    changes = diff_json_schemas(schema_of(AllowBase), schema_of(ClosedBase), "lenient")
+    assert [c.rule for c in breaking(changes, "BACKWARD")] == ["ADDITIONAL_PROPERTIES_REMOVED"]
+    forward = diff_json_schemas(schema_of(ClosedBase), schema_of(AllowBase), "lenient")
+    assert [c.breaking_in for c in forward] == [{"FORWARD"}]
+    assert "upgrade every consumer" in forward[0].hint
 
 
 def test_refs_and_defs_are_not_changes() -> None:
