@@ -38,6 +38,25 @@ def dead_letter_topic_for(topic: str) -> str:
     return topic + DEAD_LETTER_SUFFIX
 
 
+def check_default_dead_letter_topic(topic: str, owner: str) -> str:
+    """``topic``'s default dead-letter topic, or ``ConfigurationError`` if it is illegal.
+
+    A legal source name of 246 to 249 characters makes an illegal default (``.dlq`` adds
+    four), which no broker lets anyone create or write to: every dead letter would fail.
+
+    Args:
+        owner: the declaration to name in the error.
+    """
+    default = dead_letter_topic_for(topic)
+    if not is_valid_topic_name(default):
+        raise ConfigurationError(
+            f"{owner}: the default dead-letter topic {topic!r} + '.dlq' is not a valid "
+            f"Kafka topic name ({len(default)} characters, at most 249): set "
+            "dead_letter_topic to a legal name"
+        )
+    return default
+
+
 def is_dead_letter_topic(topic: str) -> bool:
     """True for names that follow the dead-letter naming rule."""
     return topic.endswith(DEAD_LETTER_SUFFIX)

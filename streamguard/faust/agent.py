@@ -39,7 +39,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
-from streamguard.topics import check_topic_name
+from streamguard.topics import check_default_dead_letter_topic, check_topic_name
 
 log = logging.getLogger("streamguard.faust")
 
@@ -437,6 +437,8 @@ def _check(
         check_topic_name(dead_letter_topic)
         if dead_letter_topic == topic:
             raise ConfigurationError(f"{label}: dead_letter_topic must differ from the topic")
+    else:
+        check_default_dead_letter_topic(topic, label)
     if not (isinstance(contract, type) and issubclass(contract, Contract)):
         raise ConfigurationError(f"{label}: contract must be an sg.Contract subclass")
     if contract.__abstract__:

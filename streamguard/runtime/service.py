@@ -27,6 +27,7 @@ from streamguard.runtime.spec import DriftPolicy, Ordering, ServiceSpec
 from streamguard.settings import client_config, redact
 from streamguard.topics import (
     MAX_RECORD_BYTES,
+    check_default_dead_letter_topic,
     check_topic_name,
     dead_letter_topic_for,
 )
@@ -353,6 +354,8 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         check_topic_name(cls.dead_letter_topic)
         if cls.dead_letter_topic == cls.topic:
             raise ConfigurationError(f"{name}.dead_letter_topic must differ from its topic")
+    else:
+        check_default_dead_letter_topic(cls.topic, name)
     if not (isinstance(cls.contract, type) and issubclass(cls.contract, Contract)):
         raise ConfigurationError(
             f"{name}.contract must be an sg.Contract subclass, got {cls.contract!r}"

@@ -64,8 +64,8 @@ def test_blocking_handler_is_refused(make_app: Callable[..., Any]) -> None:
 
 
 def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
-    """Invalid topic names, a DLQ equal to the source, a non-contract, and buffer or
-    drift-sample sizes below one are refused."""
+    """Invalid topic names (the default DLQ's too), a DLQ equal to the source, a
+    non-contract, and buffer or drift-sample sizes below one are refused."""
     app = make_app()
     with pytest.raises(sg.ConfigurationError, match="partition_buffer must be at least 1"):
         guarded_agent(app, "orders", contract=OrderPlaced, partition_buffer=0)(bill)
@@ -75,6 +75,10 @@ def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
         guarded_agent(app, "bad name!", contract=OrderPlaced)(bill)
     with pytest.raises(sg.ConfigurationError, match="must differ"):
         guarded_agent(app, "orders", contract=OrderPlaced, dead_letter_topic="orders")(bill)
+    with pytest.raises(sg.ConfigurationError, match="default dead-letter topic"):
+        guarded_agent(app, "o" * 247, contract=OrderPlaced)(bill)  # + ".dlq" is too long
+    long_source = guarded_agent(app, "o" * 247, contract=OrderPlaced, dead_letter_topic="o.dlq")
+    assert long_source(bill).dead_letter_topic == "o.dlq"
     with pytest.raises(sg.ConfigurationError, match=r"sg\.Contract"):
         guarded_agent(app, "orders", contract=dict)(bill)  # type: ignore[arg-type]
     with pytest.raises(sg.ConfigurationError, match="a base for contracts"):

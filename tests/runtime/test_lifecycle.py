@@ -49,6 +49,8 @@ def test_missing_declaration_fails_at_class_creation() -> None:
     [
         ({"topic": "bad name!"}, "not a valid Kafka topic name"),
         ({"dead_letter_topic": "orders"}, "must differ"),
+        # A legal 247-character topic whose default DLQ (+ ".dlq") no broker accepts.
+        ({"topic": "o" * 247}, r"default dead-letter topic .*\(251 characters"),
         ({"contract": dict}, "sg.Contract subclass"),
         ({"contract": sg.Contract}, "a base for contracts"),
         ({"transient": [TimeoutError]}, "tuple of exception types"),
