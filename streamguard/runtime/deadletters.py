@@ -64,17 +64,22 @@ class DeadLetterPublisher:
     """Sends a service's dead letters through its own durable producer."""
 
     def __init__(
-        self, spec: ServiceSpec, new_producer: Callable[[], Producer], metrics: ServiceMetrics
+        self,
+        spec: ServiceSpec,
+        new_producer: Callable[[], Producer],
+        metrics: ServiceMetrics,
+        producer: Producer | None = None,
     ) -> None:
         """Args:
         new_producer: builds the DLQ producer; called again to replace one that hit a
             fatal error (an idempotent producer fenced, say), which can send no more.
+        producer: the first producer, if already built; else ``new_producer()``.
         """
         self.topic = spec.dead_letter_topic
         self._headers = headers_for(spec)
         self._log = DeadLetterLog(log, spec.options.dead_letter_log_rate)
         self._new_producer = new_producer
-        self._producer = new_producer()
+        self._producer = producer if producer is not None else new_producer()
         self._broken = False  # the producer hit a fatal error: replace it
         self._failures = metrics.dead_letter_failures.labels(spec.topic)
         self.writable = True

@@ -131,6 +131,7 @@ class ServiceRuntime:
         restore = self._install_signal_handlers()
         loop, loop_thread = self._start_event_loop()
         consumer: Consumer | None = None
+        dead_letter_producer: Producer | None = None
         health: HealthServer | None = None
         try:
             if self._metrics_port is not None:
@@ -149,11 +150,17 @@ class ServiceRuntime:
                     "on_commit": self._on_commit,
                 }
             )
+            # Built before the cluster is reached, like the consumer: a DLQ setting
+            # librdkafka refuses (acks=1 with idempotence, say) fails the start at
+            # once, not after startup_timeout as BrokerUnavailable, nor after the DLQ
+            # was created.
+            dead_letter_producer = self._new_dead_letter_producer()
             if not self._connect(consumer, stopping) or stopping.is_set():
                 # Stopped before it joined the group: nothing was fetched, nothing to
                 # commit, and a join left at once would rebalance the other members.
                 return
-            poller, scheduler = self._assemble(consumer, loop, stopping)
+            poller, scheduler = self._assemble(consumer, dead_letter_producer, loop, stopping)
+            dead_letter_producer = None  # the publisher's now, released with it
             poller.subscribe()
             self._hooks.on_start()
             log.info(
@@ -193,6 +200,9 @@ class ServiceRuntime:
                 stop_event_loop(loop, loop_thread)
             if self._publisher is not None:
                 self._publisher.release()  # last: nothing of the run publishes any more
+            # One never handed to a publisher (the run stopped or failed first) has
+            # nothing queued: dropped here, not kept alive by a traceback's frames.
+            dead_letter_producer = None
             restore()
             log.info("service stopped", extra={"service": spec.name})
             # This run's stop request is spent: a stop() from here on is the next run's.
@@ -224,12 +234,20 @@ class ServiceRuntime:
                 extra={"service": self.spec.name},
             )
 
+    def _new_dead_letter_producer(self) -> Producer:
+        return Producer({**self.dead_letter_config, "logger": _librdkafka_log})
+
     def _assemble(
-        self, consumer: Consumer, loop: asyncio.AbstractEventLoop | None, stopping: threading.Event
+        self,
+        consumer: Consumer,
+        dead_letter_producer: Producer,
+        loop: asyncio.AbstractEventLoop | None,
+        stopping: threading.Event,
     ) -> tuple[Poller, Scheduler]:
         spec, metrics, options = self.spec, self.metrics, self.spec.options
-        config = {**self.dead_letter_config, "logger": _librdkafka_log}
-        publisher = DeadLetterPublisher(spec, lambda: Producer(config), metrics)
+        publisher = DeadLetterPublisher(
+            spec, self._new_dead_letter_producer, metrics, dead_letter_producer
+        )
         pipeline = Pipeline(spec, publisher, metrics)
         flow = FlowControl(consumer, spec.topic, options)
         committer = Committer(consumer, spec.topic, metrics)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -99,6 +100,35 @@ def test_unreachable_broker_fails_fast_with_a_clear_error() -> None:
         with pytest.raises(sg.BrokerUnavailable, match=address):
             Billing(bootstrap_servers=address).run()
     assert time.monotonic() - start < 10
+
+
+def test_a_dlq_setting_librdkafka_refuses_fails_the_start_before_the_cluster_is_reached(
+    bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """A DLQ producer setting librdkafka refuses (acks=1 with idempotence) fails run()
+    at once, naming it: it did so only once the cluster was reached, so an unreachable
+    cluster hid it behind BrokerUnavailable after startup_timeout, and a reachable one
+    had the DLQ created first."""
+    src = topic_factory("orders")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(startup_timeout=3.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    with refusing_port() as down:
+        start = time.monotonic()
+        with pytest.raises(KafkaException, match="acks") as info:
+            Billing(f"127.0.0.1:{port_of(down)}", dead_letter_config={"acks": "1"}).run()
+        assert time.monotonic() - start < 2.0  # not after the 3 s start-up wait
+    assert info.value.args[0].code() == KafkaError._INVALID_ARG  # `streamguard run`: exit 2
+    with pytest.raises(KafkaException, match="acks"):
+        Billing(bootstrap, dead_letter_config={"acks": "1"}).run()
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    assert f"{src}.dlq" not in topics
 
 
 def test_secrets_never_reach_repr_or_logs(caplog: pytest.LogCaptureFixture) -> None:
