@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
+from streamguard.topics import create_topics
 from tests.conftest import FAST_GROUP, port_of, refusing_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
@@ -359,6 +361,69 @@ def test_one_failed_dead_letter_is_not_excused_by_a_later_success(
     assert not running.service.health()["ready"]
     assert committed(bootstrap, group, src).get(0) == 1  # held at the refused dead letter
     assert running.metric("streamguard_dead_letter_failures_total", topic=src) >= 2
+    # The client's own refusal, as docs/operations.md tells it from the broker's.
+    error = running.service.health()["dlq_error"]
+    assert error == "Unable to produce message: Broker: Message size too large"
+
+
+def test_a_missing_dlq_holds_commits_until_it_is_created(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DLQ that does not exist and that the service may not create (no Create ACL)
+    holds the poison message's commit and readiness, with the errors docs/operations.md
+    lists; once an operator creates it, the next re-send writes it and the commit moves."""
+    src = topic_factory("orders")
+    group = unique("g")
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        # What the admin client reports for a principal without Create; Tansu has no
+        # ACLs, so the creation the runtime attempts at start-up is refused here.
+        raise sg.ConfigurationError("could not create topic: Broker: Cluster authorization failed")
+
+    monkeypatch.setattr("streamguard.runtime.runner.create_topics", forbidden)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(dead_letter_backoff_max=0.5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(
+        Billing,
+        dead_letter_config={
+            "allow.auto.create.topics": False,  # as a cluster with auto-creation off
+            "topic.metadata.propagation.max.ms": 500,  # 30 s by default
+        },
+    )
+    assert wait_for(lambda: running.service.health()["checks"]["assigned"])
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.produce_raw(src, b"poison", key=b"k", headers=[])
+    producer.send(src, order(2))
+    producer.flush()
+    assert wait_for(lambda: not running.service.health()["checks"]["dlq_writable"])
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+    assert wait_for(
+        lambda: (
+            running.service.health().get("dlq_error")
+            == "Unable to produce message: Local: Unknown topic"
+        )  # each re-send, refused at once
+    )
+    assert committed(bootstrap, group, src).get(0) == 1
+    assert (
+        f"{src}.dlq"
+        not in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    )
+
+    create_topics(bootstrap, [f"{src}.dlq"])
+    assert wait_for(lambda: running.service.health()["ready"])
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3)
 
 
 def test_waiting_for_an_unwritable_dlq_does_not_spin(
