@@ -135,6 +135,23 @@ class Assignment:
                 )
                 lane.give_up()  # an async handler is cancelled
         self._publisher.flush(max(0.0, deadline + ack_wait - time.monotonic()))
+        held = [(lane.partition, lane.unacknowledged_dead_letters()) for lane in lanes]
+        if any(count for _, count in held):
+            # Said, as for a handler given up on: a stop that waited out its timeout for
+            # the DLQ, and the messages that come back, must not be a mystery.
+            publisher = self._publisher
+            log.warning(
+                "dead letters not acknowledged by the DLQ; their messages stay uncommitted "
+                "and will be delivered again",
+                extra={
+                    "dlq": publisher.topic,
+                    "partitions": [part for part, count in held if count],
+                    "dead_letters": sum(count for _, count in held),
+                    "error": "not acknowledged in time"
+                    if publisher.writable
+                    else publisher.last_error,
+                },
+            )
         self._committer.commit(lanes, asynchronous=False)
 
     def settle_all(self) -> None:

@@ -215,6 +215,11 @@ class PartitionLane:
                 return count + len(batch)
             return count + len(batch) - bisect_left(batch, done_to, key=_offset)
 
+    def unacknowledged_dead_letters(self) -> int:
+        """Dead letters the DLQ has not acknowledged yet: in flight, or failed."""
+        with self.lock:
+            return sum(1 for p in self.offsets.open_items() if p is not None)
+
     def failed_dead_letters(self) -> list[PendingDeadLetter]:
         with self.lock:
             if not self.failed_count:

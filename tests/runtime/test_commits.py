@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -424,6 +425,55 @@ def test_a_missing_dlq_holds_commits_until_it_is_created(
     create_topics(bootstrap, [f"{src}.dlq"])
     assert wait_for(lambda: running.service.health()["ready"])
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3)
+
+
+def test_a_stop_says_which_dead_letters_the_dlq_never_acknowledged(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop while a dead letter awaits a DLQ that cannot take it waits the documented
+    shutdown_timeout twice at most, commits nothing from the poison message on, and
+    logs which partitions hold unacknowledged dead letters: it stopped silently."""
+    src = topic_factory("orders", partitions=2)
+    group = unique("g")
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:  # a principal without Create
+        raise sg.ConfigurationError("could not create topic: Broker: Cluster authorization failed")
+
+    monkeypatch.setattr("streamguard.runtime.runner.create_topics", forbidden)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(shutdown_timeout=1.0, revoke_timeout=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    # The missing DLQ fails no write for 30 s (topic.metadata.propagation.max.ms):
+    # the dead letter is still in flight when the stop comes.
+    running = start_service(Billing, dead_letter_config={"allow.auto.create.topics": False})
+    assert wait_for(lambda: running.service.health()["checks"]["assigned"])
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1), partition=1)
+    producer.produce_raw(src, b"poison", key=b"k", headers=[], partition=1)
+    producer.send(src, order(2), partition=1)
+    producer.flush()
+    assert wait_for(lambda: running.metric("streamguard_inflight", topic=src) == 1)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(1) == 1)
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    start = time.monotonic()
+    running.stop()
+    assert time.monotonic() - start < 2 * 1.0 + 1.5  # twice shutdown_timeout, and a margin
+    assert committed(bootstrap, group, src).get(1) == 1
+    [line] = [r for r in caplog.records if r.getMessage().startswith("dead letters not ack")]
+    assert line.__dict__["partitions"] == [1]
+    assert line.__dict__["dead_letters"] == 1
+    assert line.__dict__["dlq"] == f"{src}.dlq"
 
 
 def test_waiting_for_an_unwritable_dlq_does_not_spin(
