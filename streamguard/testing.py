@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from streamguard import headers as h
+from streamguard.codecs import codec_for
+from streamguard.contracts import Contract, wire_format
 from streamguard.deadletter import Failure
 from streamguard.headers import Headers, Record
 from streamguard.observe.metrics import ServiceMetrics
@@ -241,10 +243,18 @@ class ServiceHarness:
         timestamp_ms: int | None = None,
     ) -> Outcome:
         """Encode ``event`` as a guarded producer would (with its ``sg-*`` headers),
-        then process it (``timestamp_ms`` as for ``send_raw``)."""
-        contract = self.spec.contract
-        value = self.spec.codec.encode(event)
-        stamped = stamp_headers(contract, self.spec.codec, producer)
+        then process it (``timestamp_ms`` as for ``send_raw``).
+
+        As a producer does, it stamps the event's own contract, which may be another
+        version than the service's (a newer producer): drift is then seen, as it
+        would be on the wire.
+        """
+        contract = type(event) if isinstance(event, Contract) else self.spec.contract
+        codec = self.spec.codec
+        if wire_format(contract) != wire_format(self.spec.contract):
+            codec = codec_for(contract)  # the producer's own: the consumer cannot read it
+        value = codec.encode(event)
+        stamped = stamp_headers(contract, codec, producer)
         return self.send_raw(
             value, key=key, headers=[*stamped, *(headers or [])], timestamp_ms=timestamp_ms
         )

@@ -655,3 +655,36 @@ def test_a_closed_harness_leaves_no_event_loop_open(event_loop: str) -> None:
         assert open_loops() == loops_before
         descriptors.append(len(os.listdir("/proc/self/fd")))
     assert descriptors[2] <= descriptors[0], descriptors
+
+
+class OrderPlacedV2(sg.Contract):
+    """The next version of the orders contract, as a newer producer sends it."""
+
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 2
+    order_id: str
+    customer_id: str
+    amount: str
+    currency: str
+    placed_at: str
+    coupon: str | None = None
+
+
+def test_send_stamps_the_event_s_own_contract_as_a_producer_does() -> None:
+    """``send`` of another version's event stamps that version, as ``GuardedProducer``
+    does: the drift a running service would see is seen (it was stamped with the
+    service's version, and a newer producer looked like no drift at all)."""
+
+    class Strict(Billing):
+        drift = "dead_letter"
+
+    newer = OrderPlacedV2(**order(1).model_dump(mode="json"), coupon="SPRING")
+    registry = CollectorRegistry()
+    with ServiceHarness(Billing, registry=registry) as kit:
+        assert kit.send(newer).handled
+    drift = {"runtime": "consumer", "subject": "orders.OrderPlaced", "kind": "newer_version"}
+    assert registry.get_sample_value("streamguard_schema_drift_total", drift) == 1
+    with ServiceHarness(Strict) as kit:
+        result = kit.send(newer)
+    assert result.reason == "schema_drift"
+    assert result.dead_letter_headers[1] == (h.VERSION, b"2")
