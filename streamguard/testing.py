@@ -24,7 +24,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
 from prometheus_client import CollectorRegistry
@@ -53,6 +53,8 @@ _LOOP_TIMEOUT = 30.0
 _MAX_PASSES = 10_000
 # Used when a test gives no bootstrap address: nothing connects to it.
 _NO_CLUSTER = "127.0.0.1:9"
+
+S = TypeVar("S", bound=ConsumerService)
 
 
 def record(
@@ -163,12 +165,13 @@ class _MemoryDeadLetters:
         raise AssertionError(f"in-memory dead letters cannot fail: {error.str()}")
 
 
-class ServiceHarness:
+class ServiceHarness(Generic[S]):
     """A service's real per-message logic, driven one record at a time, in memory.
 
     Args:
         service: the ``ConsumerService`` subclass, or an instance of it (to test one
-            built with your own constructor arguments).
+            built with your own constructor arguments). ``harness.service`` is that
+            instance, typed as your class, so a test reads its attributes as they are.
         max_attempts: stop retrying a record after this many handler calls and report
             it as ``"waiting"``; by default the service's ``RetryPolicy`` decides.
         registry: where the service's metrics go (a private one by default), to
@@ -177,15 +180,15 @@ class ServiceHarness:
 
     def __init__(
         self,
-        service: type[ConsumerService] | ConsumerService,
+        service: type[S] | S,
         *,
         max_attempts: int | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        if isinstance(service, type):
-            service = service(bootstrap_servers=_NO_CLUSTER)
-        self.service = service
-        self.spec: ServiceSpec = service._spec()
+        self.service: S = (
+            service(bootstrap_servers=_NO_CLUSTER) if isinstance(service, type) else service
+        )
+        self.spec: ServiceSpec = self.service._spec()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._max_attempts = max_attempts
         self._clock = _VirtualClock()
@@ -219,7 +222,7 @@ class ServiceHarness:
             )
             self._lane = LoopLane(0, self.pipeline, self._runner)
 
-    def __enter__(self) -> ServiceHarness:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 import streamguard as sg
 from streamguard.faust import GuardedAgent, guarded_agent
+from streamguard.testing import Outcome, ServiceHarness, dead_letter_headers_of, message_context
 
 
 class Payment(sg.Contract):
@@ -52,6 +53,30 @@ class AsyncPayments(sg.ConsumerService):
 
     async def handle_tombstone(self, ctx: sg.MessageContext) -> None:
         return None
+
+
+class CountingPayments(Payments):
+    def __init__(self, bootstrap_servers: str | None = None) -> None:
+        super().__init__(bootstrap_servers)
+        self.handled: list[UUID] = []
+
+    def handle(self, event: Payment, ctx: sg.MessageContext) -> None:
+        self.handled.append(event.payment_id)
+
+
+def unit_test(registry: CollectorRegistry) -> None:
+    payment = Payment(payment_id=UUID(int=1), amount=Decimal(1), currency="EUR")
+    with ServiceHarness(CountingPayments, registry=registry, max_attempts=2) as kit:
+        result: Outcome = kit.send(payment, key="k", headers=[("trace", b"t1")])
+        poison = kit.send_raw(b"{", key=b"k", timestamp_ms=1)
+        handled: list[UUID] = kit.service.handled  # the harness keeps the class's type
+    reason: str | None = poison.reason
+    text: str | None = result.header("sg-dlq-error-message")
+    delays: list[float] = result.retry_delays
+    print(handled, reason, text, delays, dead_letter_headers_of(poison)["sg-dlq-reason"])
+    with ServiceHarness(AsyncPayments(bootstrap_servers="127.0.0.1:9")) as async_kit:
+        print(async_kit.send_raw(None).attempts)
+    kit.service.handle(payment, message_context(b"{}", key="k", attempt=2))
 
 
 def produce(producer: sg.GuardedProducer) -> None:
