@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Self, TypeVar
 
@@ -241,7 +242,7 @@ class ServiceHarness(Generic[S]):
         event: BaseModel,
         *,
         key: bytes | str | None = None,
-        headers: Headers | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes | None]] | None = None,
         producer: str = "streamguard-testing",
         timestamp_ms: int | None = None,
     ) -> Outcome:
@@ -250,17 +251,19 @@ class ServiceHarness(Generic[S]):
 
         As a producer does, it stamps the event's own contract, which may be another
         version than the service's (a newer producer): drift is then seen, as it
-        would be on the wire.
+        would be on the wire. ``headers`` are what ``GuardedProducer.send`` takes (a
+        mapping, or pairs; text values are sent as UTF-8), appended after the stamps.
         """
         contract = type(event) if isinstance(event, Contract) else self.spec.contract
         codec = self.spec.codec
         if wire_format(contract) != wire_format(self.spec.contract):
             codec = codec_for(contract)  # the producer's own: the consumer cannot read it
         value = codec.encode(event)
-        stamped = stamp_headers(contract, codec, producer)
-        return self.send_raw(
-            value, key=key, headers=[*stamped, *(headers or [])], timestamp_ms=timestamp_ms
-        )
+        record_headers: list[tuple[str, bytes | None]] = [*stamp_headers(contract, codec, producer)]
+        if headers:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            record_headers.extend((k, v.encode() if isinstance(v, str) else v) for k, v in items)
+        return self.send_raw(value, key=key, headers=record_headers, timestamp_ms=timestamp_ms)
 
     def send_raw(
         self,

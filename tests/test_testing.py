@@ -688,3 +688,17 @@ def test_send_stamps_the_event_s_own_contract_as_a_producer_does() -> None:
         result = kit.send(newer)
     assert result.reason == "schema_drift"
     assert result.dead_letter_headers[1] == (h.VERSION, b"2")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"trace": "t1", "tenant": b"eu"}, [("trace", "t1"), ("tenant", b"eu")]],
+    ids=["mapping", "text-values"],
+)
+def test_send_takes_the_headers_a_guarded_producer_takes(headers: Any) -> None:
+    """``send`` takes ``headers`` as ``GuardedProducer.send`` does, a mapping or pairs
+    with text values (sent as UTF-8); both crashed the kit's lane with a ValueError."""
+    with ServiceHarness(Billing) as kit:
+        result = kit.send(order(1, customer_id="closed-1"), headers=headers)
+    assert result.reason == "permanent_error"
+    assert result.dead_letter_headers[5:7] == [("trace", b"t1"), ("tenant", b"eu")]
