@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -702,3 +703,35 @@ def test_send_takes_the_headers_a_guarded_producer_takes(headers: Any) -> None:
         result = kit.send(order(1, customer_id="closed-1"), headers=headers)
     assert result.reason == "permanent_error"
     assert result.dead_letter_headers[5:7] == [("trace", b"t1"), ("tenant", b"eu")]
+
+
+def _traced(fn: Any) -> Any:
+    """A decorator whose plain ``def`` wrapper returns what it wraps returns."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_decorated_async_handler_is_awaited(ordering: str) -> None:
+    """An ``async def`` handler under a ``functools.wraps`` decorator is awaited, as an
+    undecorated one is: run as a sync handler, its coroutine was never awaited, and the
+    record counted as handled though the handler never ran."""
+
+    class Traced(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        @_traced
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise sg.PermanentError("the handler ran")
+
+    Traced.ordering = ordering  # type: ignore[assignment]
+    with ServiceHarness(Traced) as kit:
+        result = kit.send(order(1))
+    assert result.reason == "permanent_error"
+    assert result.attempts == 1

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import logging
 import queue
 import threading
@@ -46,7 +45,7 @@ from streamguard.runtime.outcomes import RetryState, after_try, gate
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.slots import Slots
-from streamguard.runtime.spec import Ordering
+from streamguard.runtime.spec import Ordering, is_async
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -310,7 +309,7 @@ class LoopRunner:
         self._succeeded = 0  # successes not yet told to the breaker (_fold_successes)
 
     def _caller(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        if inspect.iscoroutinefunction(fn):
+        if is_async(fn):
             return fn
         pool, loop = self._pool, self.loop
 

@@ -54,6 +54,14 @@ class ServiceSpec:
         ordering by key or none (see ``eventloop``); else on worker threads."""
         return (
             self.ordering != "partition"
-            or inspect.iscoroutinefunction(self.handle)
-            or inspect.iscoroutinefunction(self.handle_tombstone)
+            or is_async(self.handle)
+            or (self.handle_tombstone is not None and is_async(self.handle_tombstone))
         )
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a coroutine to await: an ``async def``, or one
+    wrapped by a decorator that keeps ``__wrapped__`` (``functools.wraps``), whose
+    plain ``def`` wrapper returns the coroutine. Run as a sync handler, that coroutine
+    was never awaited and its record counted as handled."""
+    return inspect.iscoroutinefunction(inspect.unwrap(fn))
