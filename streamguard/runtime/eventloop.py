@@ -649,6 +649,7 @@ class LoopRunner:
                     lane.finished(msg, verdict)
                     continue
                 self._retries += 1
+                self._schedule_flush()  # see _process: no success may come to write it
                 await self._aside(run, msg, verdict)
         finally:
             self.in_handlers -= 1
@@ -811,6 +812,10 @@ class LoopRunner:
             if isinstance(verdict, RetryState):
                 retry = verdict
                 self._retries += 1
+                # Written by the flush a success schedules, too; but while a dependency
+                # is down no call succeeds, and the retries of an outage, the ones the
+                # counter is for, would never reach the metrics.
+                self._schedule_flush()
                 await self._wait_to_retry(lane, retry)
                 continue
             self._schedule_flush()

@@ -125,6 +125,43 @@ def test_retrying_partition_is_paused_while_others_flow(
     assert wait_for(lambda: committed(bootstrap, group, src) == {0: 5, 1: 5})
 
 
+@pytest.mark.parametrize("mode", ["partition", "key"])
+def test_retries_reach_the_metrics_while_every_call_fails(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    mode: str,
+) -> None:
+    """On the event loop, retries reach ``streamguard_retries_total`` while no handler call
+    succeeds: a dependency down is what the counter (the dashboard's Retries panel, the
+    runbook's "high: a dependency keeps failing") is for. Before, the loop wrote its
+    retry count only with a flush that a success scheduled, so it stayed 0 for as long
+    as every call failed."""
+    src = topic_factory("orders")
+    send_orders(src, 3, key=lambda i: f"customer-{i}")
+    group = unique("billing")
+    calls: list[int] = []
+
+    class Down(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        ordering = mode  # type: ignore[assignment]
+        retry = sg.RetryPolicy(attempts=1000, base_delay=0.02, max_delay=0.05)
+        breaker = sg.CircuitBreaker(enabled=False)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls.append(ctx.attempt)
+            raise TimeoutError("the database is down")
+
+    running = start_service(Down)
+    assert wait_for(lambda: len(calls) >= 10)
+    assert wait_for(lambda: running.metric("streamguard_retries_total", topic=src) >= 5, 5), (
+        f"{len(calls)} failed calls, retries_total "
+        f"{running.metric('streamguard_retries_total', topic=src)}"
+    )
+
+
 @pytest.mark.parametrize("mode", ["key", "none"])
 def test_a_retry_waiting_for_a_handler_slot_keeps_its_budget(
     bootstrap: str,
