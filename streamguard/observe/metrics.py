@@ -235,7 +235,8 @@ class ServiceMetrics:
         self.paused_partitions = self._bound(
             Gauge,
             "streamguard_paused_partitions",
-            "Partitions paused for backpressure, retry backoff or an unwritable DLQ.",
+            "Partitions paused for backpressure, retry backoff, an unwritable DLQ or an "
+            "open circuit breaker.",
             "topic",
         )
         self.consumer_lag = self._bound(
