@@ -359,13 +359,14 @@ class ServiceMetrics:
         self.handlers_limit.labels(topic).set(limit)
 
     def untrack(self, topic: str) -> None:
-        """Drop the gauges ``track`` and ``track_handlers`` made for ``topic``, as a run
-        ends.
+        """Drop the gauges ``track`` and ``track_handlers`` made for ``topic``, and the
+        breaker's state, as a run ends.
 
         Their functions reach the run's state, and through it its Kafka clients: in a
         registry that outlives the service (shared, or the global one), each service
         that ran would keep its DLQ producer (its threads and connections) alive, and
-        its gauges would go on reporting a run that is over.
+        its gauges would go on reporting a run that is over (a breaker left open would
+        keep StreamguardCircuitBreakerOpen firing).
         """
         for gauge in (
             self.inflight,
@@ -373,6 +374,7 @@ class ServiceMetrics:
             self.handlers_in_flight,
             self.waiting_for_key,
             self.handlers_limit,
+            self.breaker_state,
         ):
             gauge.remove(topic)
 

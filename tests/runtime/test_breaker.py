@@ -296,3 +296,39 @@ def test_a_message_failing_alone_after_one_that_recovered_is_dead_lettered(
     assert dict(record.headers() or [])["sg-dlq-attempts"] == b"3"
     assert [c for c in calls if c[0] == "bad"] == [("bad", 1), ("bad", 2), ("bad", 3)]
     assert running.metric("streamguard_breaker_opened_total", topic=src) == 0
+
+
+def test_a_run_stopped_with_the_breaker_open_leaves_no_breaker_state(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+) -> None:
+    """A run that ends with its breaker open takes its breaker state out of the registry,
+    as it does its other gauges: the registry may outlive the run (the application's,
+    or one shared with other services), and a 2 left in it kept
+    StreamguardCircuitBreakerOpen firing for a service that no longer runs."""
+    src = topic_factory("orders", partitions=2)
+    send_orders(src, 20, key=lambda i: f"c{i}")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("billing")
+        retry = sg.RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.05)
+        breaker = sg.CircuitBreaker(min_calls=5, cool_down=60.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise ConnectionError("database is down")
+
+    running = start_service(Billing)
+    assert wait_for(lambda: running.metric("streamguard_breaker_state", topic=src) == 2)
+    running.stop()
+    labels = {"runtime": "consumer", "topic": src}
+    assert running.registry.get_sample_value("streamguard_breaker_state", labels) is None
+    assert running.registry.get_sample_value("streamguard_breaker_opened_total", labels) == 1
+    for partition in ("0", "1"):  # nor a lag, as docs/consumer.md says
+        lag = running.registry.get_sample_value(
+            "streamguard_consumer_lag", {**labels, "partition": partition}
+        )
+        assert lag is None, partition
