@@ -394,4 +394,7 @@ class ServiceMetrics:
         self.dead_letter_failures.labels(topic)
         self.breaker_opened.labels(topic)
         self.retries_deferred.labels(topic)
+        # Closed: a ConsumerService's breaker sets it from here on; a guarded Faust
+        # agent has none, and its breaker panel shows closed rather than no data.
+        self.breaker_state.labels(topic)
         self.handler_seconds.start(topic)

@@ -38,6 +38,20 @@ def test_start_series_exposes_the_handler_histogram_at_zero() -> None:
     )
 
 
+def test_a_guarded_agents_commit_and_breaker_series_stay_at_zero() -> None:
+    """A guarded Faust agent has no circuit breaker and does not commit: as
+    docs/consumer.md says, its commit-failure and breaker series exist at 0, so the
+    dashboard's breaker panel shows a closed breaker for it rather than no data (the
+    state gauge used to appear only when a ConsumerService's breaker set it)."""
+    registry = CollectorRegistry()
+    ServiceMetrics(registry, runtime="faust").start_series("orders", [])
+    topic = {"runtime": "faust", "topic": "orders"}
+    assert registry.get_sample_value("streamguard_breaker_state", topic) == 0
+    assert registry.get_sample_value("streamguard_breaker_opened_total", topic) == 0
+    assert registry.get_sample_value("streamguard_retries_deferred_total", topic) == 0
+    assert registry.get_sample_value("streamguard_commit_failures_total", {"runtime": "faust"}) == 0
+
+
 def test_started_histogram_counts_observations_on_top_of_zero() -> None:
     """Observations after start_series add to the zero series instead of replacing it."""
     registry = CollectorRegistry()
