@@ -1,5 +1,13 @@
 """Commits: each partition's final-outcome prefix, never backwards, retried on failure.
 
+Records a transactional producer wrote are followed by a commit (or abort) marker that
+takes an offset and is never delivered, as are aborted records under
+``read_committed``. A prefix ends after the last record delivered, so once a partition
+has caught up, it stops short of those offsets: the commit would stay one (or more)
+behind the partition's end, and the lag gauge above 0, for good. librdkafka moves its
+position past what it skipped, so a lane whose every delivered record is final commits
+that position instead.
+
 State (the last offset accepted per partition) belongs to this object. It is touched
 by the thread holding the poll lock, and by librdkafka's commit callback, which runs
 inside that thread's ``consume()`` call.
@@ -8,7 +16,7 @@ inside that thread's ``consume()`` call.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -27,11 +35,16 @@ class Committer:
         self._failures = metrics.commit_failures
         self._committed: dict[int, int] = {}
 
+    @property
+    def committed(self) -> Mapping[int, int]:
+        """The last offset sent for commit per partition (dropped again if it failed)."""
+        return self._committed
+
     def commit(self, lanes: Iterable[PartitionLane], *, asynchronous: bool) -> None:
         """Commit each lane's final-outcome prefix if it moved since the last commit."""
         offsets: list[TopicPartition] = []
         for lane in lanes:
-            position = lane.commit_position()
+            position = self._settled(lane)
             last = self._committed.get(lane.partition)
             # Never below the last accepted commit, whatever the lane reports.
             if position is not None and (last is None or position > last):
@@ -46,6 +59,27 @@ class Committer:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             self.failed(exc.args[0], offsets)
+
+    def _settled(self, lane: PartitionLane) -> int | None:
+        """The lane's commit position, moved past what the client skipped after it.
+
+        Only when every record ``consume()`` returned for the partition is final (the
+        prefix reaches ``fetched_to``) and the lane is open: then the client's position
+        can be ahead only by offsets it never delivers (transaction markers, aborted
+        records). Both are read with the poll lock held, so no ``consume()`` comes
+        between them. A closed lane is left as it is: records fetched after it closed
+        were dropped, not handled, and the client's position has passed them too.
+        """
+        position = lane.commit_position()
+        if position is None or position != lane.fetched_to or lane.closed:
+            return position
+        try:
+            (tp,) = self._consumer.position([TopicPartition(self._topic, lane.partition)])
+        except KafkaException:
+            return position
+        # After a seek (a resumed partition) the client reports no position (negative)
+        # until it returns a record.
+        return tp.offset if tp.offset > position else position
 
     def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's commit callback: a failed commit is retried on the next round."""

@@ -64,8 +64,17 @@ class LagMonitor:
         self._quiet_until = 0.0
         self.due = False  # ``refresh`` has a request to make
 
-    def update(self, lanes: Mapping[int, PartitionLane], paused: Collection[int] = ()) -> None:
-        """Set the gauge from the cached marks and the answers so far (no request)."""
+    def update(
+        self,
+        lanes: Mapping[int, PartitionLane],
+        paused: Collection[int] = (),
+        committed: Mapping[int, int] | None = None,
+    ) -> None:
+        """Set the gauge from the cached marks and the answers so far (no request).
+
+        ``committed``: the offsets last sent for commit (``Committer.committed``), which
+        may be past a lane's own position (transaction markers after its last record).
+        """
         self._paused = [p for p in paused if p in lanes]
         for part, lane in lanes.items():
             tp = TopicPartition(self._topic, part)
@@ -75,6 +84,9 @@ class LagMonitor:
                 continue
             high = max(high, self._listed.get(part, -1))
             done = lane.commit_position()
+            sent = committed.get(part) if committed else None
+            if sent is not None and (done is None or sent > done):
+                done = sent
             if done is None:
                 # Nothing reached an outcome since the assignment: what came before
                 # the first fetched record was done by a previous owner.

@@ -103,7 +103,7 @@ class Poller:
         if now >= self._next_commit:
             self._next_commit = now + self._commit_interval
             self.committer.commit(lanes.values(), asynchronous=True)
-            self._lag.update(lanes, self.flow.paused)
+            self._lag.update(lanes, self.flow.paused, self.committer.committed)
         return claimed
 
     @property

@@ -574,3 +574,86 @@ def test_records_handled_before_a_stuck_handler_in_their_batch_are_committed(
         assert handled == [0, 1, 2, 3, 4]
     finally:
         release.set()
+
+
+def _end_of(bootstrap: str, topic: str) -> int:
+    """Partition 0's end as a fetch reports it (partition EOF), transaction markers
+    included: on the embedded broker ListOffsets is low after batched writes."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    reader = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "end-probe", "enable.partition.eof": True}
+    )
+    reader.assign([TopicPartition(topic, 0, 0)])
+    try:
+        for _ in range(100):  # 20 s at most
+            for msg in reader.consume(500, 0.2):
+                error = msg.error()
+                if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                    return int(msg.offset())
+    finally:
+        reader.close()
+    raise AssertionError(f"no partition EOF on {topic}")
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_transactional_topic_is_committed_to_its_end_and_shows_no_lag(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    ordering: str,
+) -> None:
+    """Records from a transactional producer are followed by commit markers that take
+    an offset but are never delivered: once every record has its outcome, the group's
+    commit reaches the partition's end, past the last marker, and the lag gauge shows
+    0, as for any other topic (it stayed 1 and the commit one short)."""
+    from confluent_kafka import Producer
+
+    src = topic_factory("orders")
+    group = unique("g")
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": unique("tx")})
+    producer.init_transactions(10)
+    encode = sg.JsonCodec().encode
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(src, encode(order(i)), key=b"a")
+    producer.produce(src, b"poison", key=b"b")  # dead-lettered
+    producer.commit_transaction(10)
+    producer.begin_transaction()
+    producer.produce(src, encode(order(3)), key=b"c")
+    producer.commit_transaction(10)
+    end = _end_of(bootstrap, src)
+    handled: list[int] = []
+
+    if ordering == "key":
+
+        class Billing(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = group
+            ordering = "key"
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+                handled.append(ctx.offset)
+
+    else:
+
+        class Billing(sg.ConsumerService):  # type: ignore[no-redef]
+            topic = src
+            contract = OrderPlaced
+            group_id = group
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+                handled.append(ctx.offset)
+
+    running = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == end), (
+        committed(bootstrap, group, src),
+        end,
+    )
+    assert wait_for(
+        lambda: running.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
+    )
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 1
+    assert len(handled) == 4
