@@ -246,7 +246,7 @@ class DeadLetterHeaders:
             topic=record.topic(),
             partition=record.partition(),
             offset=record.offset(),
-            timestamp_ms=ts if kind != 0 else None,
+            timestamp_ms=ts if kind != 0 and ts >= 0 else None,  # -1: none, as in ctx
             failure=failure,
         )
 

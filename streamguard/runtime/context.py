@@ -53,9 +53,14 @@ class MessageContext:
 
     @property
     def timestamp_ms(self) -> int | None:
-        """The record's timestamp (CreateTime or LogAppendTime) in epoch ms, if any."""
+        """The record's timestamp (CreateTime or LogAppendTime) in epoch ms, if any.
+
+        None as well for a negative one: Kafka's "no timestamp" is -1, and a producer
+        may write any number (librdkafka reports either as a CreateTime).
+        """
         kind, value = self._msg.timestamp()
-        return int(value) if kind != 0 else None  # 0: TIMESTAMP_NOT_AVAILABLE
+        # kind 0: TIMESTAMP_NOT_AVAILABLE
+        return int(value) if kind != 0 and value >= 0 else None
 
     @property
     def timestamp(self) -> int | None:

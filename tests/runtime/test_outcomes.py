@@ -78,6 +78,41 @@ def test_poison_mix_reaches_one_outcome_each(
     assert not running.error
 
 
+def test_a_record_without_a_valid_timestamp_has_none(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A record whose timestamp is Kafka's "none" (-1) or negative, which no clock
+    wrote, gives the handler ``ctx.timestamp_ms`` None and its dead letter
+    ``sg-dlq-original-timestamp: -1``, as a guarded Faust agent does (the service
+    gave the handler -1 and -5, and wrote -5)."""
+    src = topic_factory("orders")
+    encoded = sg.JsonCodec().encode(order(1))
+    for timestamp in (-1, -5):
+        raw_producer.produce(src, encoded, key=b"ok", timestamp=timestamp)
+        raw_producer.produce(src, b"poison", key=b"bad", timestamp=timestamp)
+    raw_producer.produce(src, encoded, key=b"ok", timestamp=1)  # the oldest a clock writes
+    raw_producer.flush(10)
+    seen: list[int | None] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen.append(ctx.timestamp_ms)
+
+    start_service(Billing)
+    dlq = read_all(f"{src}.dlq", 2)
+    assert [dlq_headers(r)["sg-dlq-original-timestamp"] for r in dlq] == ["-1", "-1"]
+    assert wait_for(lambda: len(seen) == 3)
+    assert seen == [None, None, 1]
+
+
 def test_dead_letter_keeps_record_byte_for_byte(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
