@@ -374,13 +374,15 @@ class DeadLetterLog:
 
 
 def error_text(error: BaseException, include_any: bool = False) -> str:
-    """An exception's text if it is safe to publish, else its class and a note."""
-    if include_any or (
-        isinstance(error, StreamguardError) and not isinstance(error, RetriesExhausted)
-    ):
-        return str(error)
+    """An exception's text if it is safe to publish, else its class and a note.
+
+    ``RetriesExhausted`` keeps its summary and adds its last error's text under the
+    same rule: its own text names only the last error's class.
+    """
     if isinstance(error, RetriesExhausted):
         return f"{error} ({error_text(error.last, include_any)})"
+    if include_any or isinstance(error, StreamguardError):
+        return str(error)
     return f"{type(error).__name__} (text redacted: not a streamguard error)"
 
 

@@ -184,6 +184,18 @@ def test_error_text_redacts_inside_retries_exhausted() -> None:
     assert SECRET not in text
 
 
+def test_error_text_opt_in_keeps_the_last_errors_text_after_retries() -> None:
+    """With include_error_text, a retries_exhausted dead letter carries the text of the
+    error that exhausted them, not only its class."""
+    exhausted = sg.RetriesExhausted(3, 40, TimeoutError(f"no answer for {SECRET}"))
+    text = error_text(exhausted, include_any=True)
+    assert text == f"gave up after 3 attempt(s) in 40 ms: TimeoutError (no answer for {SECRET})"
+    failure = sg.Failure("retries_exhausted", exhausted, attempts=3)
+    message = dict(envelope(failure, include_error_text=True))[h.DLQ_ERROR_MESSAGE]
+    assert message is not None
+    assert SECRET.encode() in message
+
+
 def test_error_text_opt_in_keeps_any_text() -> None:
     """include_any=True keeps every exception's text, and the envelope honours the flag."""
     assert SECRET in error_text(KeyError(SECRET), include_any=True)
