@@ -178,6 +178,13 @@ class GuardedAgent:
                     "A sink gets the handler's result as it is returned."
                 )
         self.name = name or f"{handler.__module__}.{handler.__qualname__}"
+        if self.name in app.agents:
+            # Faust keeps one agent per name: the new one would silently replace the
+            # other, whose topic would then never be consumed.
+            raise ConfigurationError(
+                f"{label}: the app already has an agent named {self.name!r} (the name "
+                "defaults to the handler's qualified name); pass name=... to tell them apart"
+            )
         wire = codec_for(contract, codec)
         self.decode = wire.decoder(contract)
         # A registry codec's request for a schema id it has not seen (which blocks), or

@@ -121,3 +121,15 @@ def test_agents_on_one_topic_add_up_their_gauges(make_app: Callable[..., Any]) -
     labels = {"runtime": "faust", "topic": "orders"}
     assert billing.registry.get_sample_value("streamguard_inflight", labels) == 7
     assert billing.registry.get_sample_value("streamguard_paused_partitions", labels) == 1
+
+
+def test_a_second_agent_of_the_same_name_is_refused(make_app: Callable[..., Any]) -> None:
+    """Faust keeps one agent per name: a second guarded agent with the first one's name
+    (the handler's, by default, as when one handler is declared for several topics)
+    would replace it silently, and the first topic would never be consumed."""
+    app = make_app()
+    first = guarded_agent(app, "orders", contract=OrderPlaced)(bill)
+    with pytest.raises(sg.ConfigurationError, match="pass name="):
+        guarded_agent(app, "refunds", contract=OrderPlaced)(bill)
+    other = guarded_agent(app, "refunds", contract=OrderPlaced, name="refunds")(bill)
+    assert {first.name, other.name} == set(app.agents)
