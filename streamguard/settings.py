@@ -51,15 +51,19 @@ def redact_url(url: str) -> str:
     """``url`` with the password of its ``user:password@`` part replaced by ``***``.
 
     Registry URLs may carry basic-auth credentials; every URL shown or logged goes
-    through here. Several comma-separated URLs are each redacted.
+    through here. Several comma-separated URLs are each redacted, and so is one without
+    a scheme (``user:password@registry:8081``, which the registry client refuses in
+    an error that quotes it).
     """
     parts = []
     for one in url.split(","):
         scheme, sep, rest = one.partition("://")
+        if not sep:
+            scheme, rest = "", one
         userinfo, at, host = rest.rpartition("@")
-        if sep and at:
+        if at:
             user = userinfo.split(":", 1)[0]
-            one = f"{scheme}://{user}:{REDACTED}@{host}"
+            one = f"{scheme}{sep}{user}:{REDACTED}@{host}"
         parts.append(one)
     return ",".join(parts)
 

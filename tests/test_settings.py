@@ -11,6 +11,7 @@ from streamguard.settings import (
     client_config,
     is_secret,
     redact,
+    redact_url,
     resolve_bootstrap,
 )
 
@@ -106,3 +107,17 @@ def test_a_mistyped_option_is_refused_without_echoing_it(item: str) -> None:
     with pytest.raises(ConfigurationError, match="expected librdkafka KEY=VALUE") as info:
         kafka_config_from_args([item])
     assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://svc:hunter2@registry:8081", "http://svc:***@registry:8081"),
+        ("svc:hunter2@registry:8081", "svc:***@registry:8081"),
+        ("http://a:hunter2@r1, svc:hunter2@r2", "http://a:***@r1, svc:***@r2"),
+        ("http://registry:8081", "http://registry:8081"),
+    ],
+)
+def test_redact_url_hides_the_password_with_or_without_a_scheme(url: str, shown: str) -> None:
+    """A URL's user:password@ loses its password, also in a URL missing its scheme."""
+    assert redact_url(url) == shown

@@ -96,7 +96,25 @@ def new_client(config: Mapping[str, Any]) -> Any:
         return SchemaRegistryClient({**CLIENT_DEFAULTS, **_credentials_out_of_url(config)})
     except (ValueError, TypeError) as exc:
         shown = redact_registry_config(config)
-        raise ConfigurationError(f"invalid schema registry config {shown}: {exc}") from None
+        raise ConfigurationError(
+            f"invalid schema registry config {shown}: {_without_urls(str(exc), config)}"
+        ) from None
+
+
+def _without_urls(text: str, config: Mapping[str, Any]) -> str:
+    """``text`` (the client's error) with each URL of ``config`` it quotes redacted.
+
+    The client refuses a URL without an http(s) scheme by quoting it ("Invalid url
+    user:password@registry:8081"), credentials and all.
+    """
+    url = config.get("url")
+    if not isinstance(url, str):
+        return text
+    for one in url.split(","):
+        quoted = one.strip().rstrip("/")  # as the client quotes it
+        if quoted:
+            text = text.replace(quoted, redact_url(quoted))
+    return text
 
 
 def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:

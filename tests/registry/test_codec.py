@@ -333,6 +333,22 @@ def test_config_layers_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "schema_registry=" in repr(service)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"bob:{SECRET}@registry:8081",  # the scheme forgotten
+        f"http://bob:{SECRET}@r1:8081,bob:{SECRET}@r2:8081/",
+    ],
+)
+def test_a_url_the_client_refuses_is_quoted_without_its_password(url: str) -> None:
+    """The client refuses a URL without an http(s) scheme by quoting it; the
+    ConfigurationError saying so (which ``streamguard`` prints) shows it redacted."""
+    with pytest.raises(ConfigurationError, match="Invalid url") as info:
+        RegistryCodec({"url": url})
+    assert SECRET not in str(info.value)
+    assert "bob:***@r" in str(info.value)
+
+
 def test_refused_credentials_and_server_errors_wait_not_found_does_not() -> None:
     """401/403, 429 and 5xx answers mean "not now" (records wait); 404 means the schema
     does not exist (the record is dead-lettered)."""
