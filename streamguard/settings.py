@@ -43,8 +43,21 @@ def is_secret(key: str) -> bool:
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` that is safe to log: secret values replaced by ``***``."""
-    return {k: (REDACTED if is_secret(k) else v) for k, v in config.items()}
+    """A copy of ``config`` that is safe to log: secret values replaced by ``***``, and
+    values other than text, numbers and booleans shown by their type alone.
+
+    The repr of such a value can hold anything: an ``oauth_cb`` written as
+    ``functools.partial(get_token, args)`` (as confluent-kafka's OAuth example does)
+    shows the client secret bound in ``args``, and a registry's
+    ``bearer.auth.custom.provider.config`` is a dict of the provider's credentials.
+    """
+    return {k: (REDACTED if is_secret(k) else _plain(v)) for k, v in config.items()}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    return f"<{type(value).__name__}>"
 
 
 def redact_url(url: str) -> str:

@@ -121,3 +121,27 @@ def test_a_mistyped_option_is_refused_without_echoing_it(item: str) -> None:
 def test_redact_url_hides_the_password_with_or_without_a_scheme(url: str, shown: str) -> None:
     """A URL's user:password@ loses its password, also in a URL missing its scheme."""
     assert redact_url(url) == shown
+
+
+def test_redact_shows_callables_and_containers_by_type_only() -> None:
+    """A callback bound to a secret (``functools.partial``) or a dict of credentials
+    under a key that names no secret is shown by its type, never its repr."""
+    from functools import partial
+
+    def get_token(client_secret: str, config: str) -> tuple[str, float]:
+        return "token", 0.0
+
+    config = {
+        "oauth_cb": partial(get_token, "zqSECRETqz"),
+        "bearer.auth.custom.provider.config": {"client_secret": "zqSECRETqz"},
+        "linger.ms": 5,
+        "enable.idempotence": True,
+    }
+    shown = redact(config)
+    assert "zqSECRETqz" not in repr(shown)
+    assert shown == {
+        "oauth_cb": "<partial>",
+        "bearer.auth.custom.provider.config": "<dict>",
+        "linger.ms": 5,
+        "enable.idempotence": True,
+    }

@@ -153,6 +153,38 @@ def test_secrets_never_reach_repr_or_logs(caplog: pytest.LogCaptureFixture) -> N
     assert "hunter2-secret" not in caplog.text
 
 
+def test_an_oauth_callback_bound_to_a_secret_stays_out_of_repr() -> None:
+    """An ``oauth_cb`` written as ``functools.partial(get_token, args)``, as
+    confluent-kafka's OAuth example does, shows in no repr the secret bound in it."""
+    from functools import partial
+
+    def get_token(args: dict[str, str], config: str) -> tuple[str, float]:
+        return "token", time.time() + 3600
+
+    config = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "OAUTHBEARER",
+        "oauth_cb": partial(get_token, {"client_secret": "hunter2-secret"}),
+    }
+    registry = {
+        "url": "http://127.0.0.1:1",
+        "bearer.auth.credentials.source": "CUSTOM",
+        "bearer.auth.custom.provider.function": lambda config: {},
+        "bearer.auth.custom.provider.config": {"client_secret": "hunter2-secret"},
+    }
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    service = Billing("127.0.0.1:1", kafka_config=config, schema_registry=registry)
+    assert "hunter2-secret" not in repr(service)
+    assert "'oauth_cb': '<partial>'" in repr(service)
+
+
 def test_tombstones_are_dead_lettered_unless_handled(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
