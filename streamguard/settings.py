@@ -113,6 +113,15 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a librdkafka setting such as security.protocol=SASL_SSL (repeatable)",
     )
+    parser.add_argument(
+        "--kafka-config-env",
+        dest="kafka_config_env",
+        action="append",
+        metavar="KEY=VARIABLE",
+        help="a librdkafka setting read from an environment variable, such as "
+        "sasl.password=KAFKA_PASSWORD: a secret stays off the command line, which every "
+        "process on the host can read (repeatable)",
+    )
 
 
 def tcp_port(text: str, lowest: int = 0) -> int:
@@ -129,8 +138,18 @@ def tcp_port(text: str, lowest: int = 0) -> int:
     return port
 
 
-def kafka_config_from_args(items: list[str] | None) -> dict[str, Any]:
-    """Parse repeated ``KEY=VALUE`` options into a librdkafka config dict."""
+def kafka_config_from_args(
+    items: list[str] | None, from_env: list[str] | None = None
+) -> dict[str, Any]:
+    """Parse repeated ``KEY=VALUE`` options into a librdkafka config dict.
+
+    Args:
+        items: ``-X/--kafka-config KEY=VALUE`` options.
+        from_env: ``--kafka-config-env KEY=VARIABLE`` options: KEY's value is the
+            environment variable's. A process's arguments are readable by every user
+            and process of the host (``ps``, ``/proc/PID/cmdline``, process
+            monitors), its environment only by its own user: secrets belong there.
+    """
     config: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -141,6 +160,19 @@ def kafka_config_from_args(items: list[str] | None) -> dict[str, Any]:
                 "characters; expected librdkafka KEY=VALUE"
             )
         config[key.strip()] = value
+    for item in from_env or []:
+        key, sep, variable = (part.strip() for part in item.partition("="))
+        if not sep or not key or not variable:
+            raise ConfigurationError(
+                "--kafka-config-env: expected KEY=VARIABLE such as "
+                f"sasl.password=KAFKA_PASSWORD, got {item!r}"
+            )
+        if variable not in os.environ:
+            raise ConfigurationError(
+                f"--kafka-config-env {key}={variable}: the environment variable "
+                f"{variable} is not set"
+            )
+        config[key] = os.environ[variable]
     return config
 
 

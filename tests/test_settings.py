@@ -145,3 +145,50 @@ def test_redact_shows_callables_and_containers_by_type_only() -> None:
         "linger.ms": 5,
         "enable.idempotence": True,
     }
+
+
+def test_a_setting_read_from_the_environment_stays_off_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--kafka-config-env KEY=VARIABLE`` (on ``run`` and the ``dlq`` commands) takes
+    KEY's value from the environment, so the command line names only the variable; it
+    wins over an -X of the same key."""
+    from streamguard.cli import build_parser
+    from streamguard.settings import kafka_config_from_args
+
+    monkeypatch.setenv("KAFKA_PASSWORD", "zqSECRETqz")
+    for command in (["run", "m:C"], ["dlq", "inspect", "t.dlq"], ["dlq", "replay", "t.dlq"]):
+        argv = [
+            *command,
+            "-X",
+            "sasl.username=svc",
+            "-X",
+            "sasl.password=stale",
+            "--kafka-config-env",
+            "sasl.password=KAFKA_PASSWORD",
+        ]
+        args = build_parser().parse_args(argv)
+        assert kafka_config_from_args(args.kafka_config, args.kafka_config_env) == {
+            "sasl.username": "svc",
+            "sasl.password": "zqSECRETqz",
+        }
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("sasl.password=NOT_SET_ANYWHERE", "environment variable NOT_SET_ANYWHERE is not set"),
+        ("sasl.password", "expected KEY=VARIABLE"),
+        ("=KAFKA_PASSWORD", "expected KEY=VARIABLE"),
+    ],
+)
+def test_a_setting_from_a_missing_variable_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, item: str, message: str
+) -> None:
+    """A variable that is not set, or an item that is not KEY=VARIABLE, is refused
+    with the item named (it holds no secret), never taken as an empty setting."""
+    from streamguard.settings import kafka_config_from_args
+
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(ConfigurationError, match=message):
+        kafka_config_from_args(None, [item])

@@ -113,7 +113,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         args.bootstrap_servers,
         args.topic,
         group_id=INSPECT_GROUP,
-        kafka_config=kafka_config_from_args(args.kafka_config),
+        kafka_config=kafka_config_from_args(args.kafka_config, args.kafka_config_env),
     ) as reader:
         ranges = reader.plan()
         summary = summarize(
@@ -173,7 +173,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             args.bootstrap_servers,
             args.topic,
             group_id=group,
-            kafka_config=kafka_config_from_args(args.kafka_config),
+            kafka_config=kafka_config_from_args(args.kafka_config, args.kafka_config_env),
         ) as reader,
     ):
         print(

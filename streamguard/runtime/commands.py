@@ -42,7 +42,7 @@ def load_service_class(target: str) -> type[ConsumerService]:
 def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     cls = load_service_class(args.target)
-    kafka_config = kafka_config_from_args(args.kafka_config)
+    kafka_config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
     if args.kafka_config_json:
         kafka_config.update(_json_config(args.kafka_config_json))
     # --schema-registry, then $STREAMGUARD_SCHEMA_REGISTRY_URL, then pyproject's URL.

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 import streamguard as sg
 from streamguard.cli import build_parser
 from streamguard.observe.health import HealthServer
-from streamguard.settings import BOOTSTRAP_ENV
+from streamguard.settings import BOOTSTRAP_ENV, kafka_config_from_args
 from tests.deploy.conftest import ROOT
 
 DEPLOYMENT = (ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text()
@@ -85,6 +85,21 @@ def test_container_args_parse_with_the_real_cli() -> None:
     assert args.metrics_port == int(scalar("containerPort"))
     assert args.metrics_port == int(scalar("prometheus.io/port"))
     assert all("=" in item for item in args.kafka_config)
+
+
+def test_no_secret_reaches_the_container_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials from the Secret reach librdkafka through the environment by name:
+    no ``$(VAR)`` of a Secret is expanded into the args (a command line every process
+    on the node can read), and the args still give the consumer the password."""
+    secret_vars = re.findall(r"- name: (\w+)\n\s+valueFrom:\n\s+secretKeyRef:", DEPLOYMENT, re.M)
+    assert "KAFKA_PASSWORD" in secret_vars
+    args = container_args()
+    for variable in secret_vars:
+        assert not any(f"$({variable})" in arg for arg in args), variable
+        monkeypatch.setenv(variable, f"zq{variable}qz")
+    parsed = build_parser().parse_args(["run", *args])
+    config = kafka_config_from_args(parsed.kafka_config, parsed.kafka_config_env)
+    assert config["sasl.password"] == "zqKAFKA_PASSWORDqz"
 
 
 def test_probes_hit_the_endpoints_the_health_server_serves(health_server: HealthServer) -> None:
