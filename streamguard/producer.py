@@ -32,6 +32,7 @@ from streamguard.registry.client import (
     resolve_registry_config,
 )
 from streamguard.registry.codec import RegistryCodec
+from streamguard.roundtrip import round_trip_changes
 from streamguard.settings import client_config, redact
 from streamguard.topics import check_topic_name
 
@@ -146,10 +147,14 @@ class GuardedProducer:
 
         The bytes about to be sent are decoded and validated exactly as a consumer of
         the contract will, so an instance built with ``model_construct`` or changed
-        after construction cannot slip through, and neither can one over the size limit.
+        after construction cannot slip through, and neither can one over the size limit;
+        and the decoded event must equal the one given (see ``streamguard.roundtrip``),
+        so no consumer gets a value other than the one sent.
 
         Raises:
-            ContractViolation: the event breaks its contract; nothing was sent.
+            ContractViolation: the event breaks its contract, or would reach consumers
+                changed (errors of type ``round_trip`` name each such field); nothing
+                was sent.
             DecodeError: the encoded event is over the codec's size limit; nothing sent.
             ConfigurationError: the topic name is illegal or the contract is missing,
                 or (with a registry) its schema is not registered under the subject.
@@ -158,7 +163,9 @@ class GuardedProducer:
         model = self._validated(event, contract)
         record_headers = list(self._stamp(type(model)))
         value = self._encoder(type(model), check_topic_name(topic))(model)
-        self._decoders[type(model)](value)
+        changes = round_trip_changes(model, self._decoders[type(model)](value))
+        if changes:
+            raise ContractViolation(getattr(model, "__subject__", "?"), changes)
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
             record_headers.extend((k, v.encode() if isinstance(v, str) else v) for k, v in items)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import KafkaError, Message
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 import streamguard as sg
 from streamguard.devbroker import DevBroker
@@ -383,3 +388,115 @@ def test_records_unacknowledged_at_flush_are_counted_and_still_delivered() -> No
         assert "still queued" in str(info.value)
         assert info.value.failures == [("*", "3 record(s) not acknowledged within 1s")]
         producer.flush(15)  # nothing failed: they were delivered once the broker answered
+
+
+class Left(BaseModel):
+    n: int = 1
+
+
+class Right(BaseModel):
+    n: int = 1
+
+
+class Noted(BaseModel):
+    note: str | None = Field(serialization_alias="noteText")  # a name no reader reads
+
+
+def changed_event(case: str, wire: str) -> tuple[BaseModel, list[str | int]]:
+    """An event of a fresh ``wire`` contract that decodes, but not into an equal event,
+    and the location of the field a consumer would get changed."""
+    secret = "SECRET-4242"
+    annotation, value = {
+        "uuid-in-a-str-union": (str | UUID, UUID(int=4242)),
+        "decimal-in-a-float-union": (float | Decimal, Decimal("0.1000000000000000000004242")),
+        "model-of-a-union-shaped-like-another": (Left | Right, Right(n=4242)),
+        "offset-with-seconds": (
+            datetime,
+            datetime(1900, 1, 1, tzinfo=ZoneInfo("Europe/Amsterdam")),
+        ),
+        "nan-into-an-optional": (float | None, math.nan),
+        "base64-bytes-read-as-text": (bytes, secret.encode()),
+        "unread-alias-of-a-nullable": (Noted, Noted(note=secret)),
+        "undeclared-field": (int, 1),
+    }[case]
+    contract = type(
+        "Changed",
+        (sg.Contract,),
+        {
+            "__module__": __name__,
+            "__subject__": f"tests.roundtrip.{wire}.{case}",
+            "__version__": 1,
+            "__wire_format__": wire,
+            "model_config": ConfigDict(
+                ser_json_bytes="base64" if case.startswith("base64") else "utf8",
+                extra="allow" if case == "undeclared-field" else "ignore",
+            ),
+            "__annotations__": {"field": annotation, "ref": str},
+            # An alias the reader reads: with it, the event is written by alias.
+            "ref": Field(default="r", alias="refId"),
+        },
+    )
+    if case == "undeclared-field":
+        return contract(field=value, extra_field=UUID(int=4242)), ["extra_field"]
+    loc: list[str | int] = ["field", "note"] if case.startswith("unread-alias") else ["field"]
+    return contract(field=value), loc
+
+
+@pytest.mark.parametrize(
+    ("case", "wire"),
+    [
+        ("uuid-in-a-str-union", "avro"),  # JSON reads a UUID's text back as a UUID
+        ("decimal-in-a-float-union", "avro"),  # JSON reads it back as the Decimal
+        ("model-of-a-union-shaped-like-another", "json"),
+        ("model-of-a-union-shaped-like-another", "avro"),
+        ("offset-with-seconds", "json"),
+        ("offset-with-seconds", "avro"),
+        ("nan-into-an-optional", "json"),  # Avro writes a NaN as a NaN
+        ("base64-bytes-read-as-text", "json"),
+        ("base64-bytes-read-as-text", "avro"),
+        ("unread-alias-of-a-nullable", "avro"),  # JSON refuses the missing field itself
+        ("undeclared-field", "json"),
+        ("undeclared-field", "avro"),
+    ],
+)
+def test_an_event_consumers_would_read_back_changed_is_refused(case: str, wire: str) -> None:
+    """An event whose bytes decode into another event (a value changed, or of another
+    type) is refused at send(), naming the field without its value; it used to be sent,
+    and every consumer got the changed event."""
+    event, loc = changed_event(case, wire)
+    producer = sg.GuardedProducer("127.0.0.1:9")  # refused before any byte is sent
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("changed", event)
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [(loc, "round_trip")]
+    assert "4242" not in f"{info.value} {info.value.errors_json()!r}"
+
+
+class Lenient(sg.Contract):
+    """Fields that read back equal for ==, or that no wire format carries by design."""
+
+    __subject__ = "tests.Lenient"
+    __version__ = 1
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+    ratio: float
+    amount: float | int
+    draft: str = Field(default="", exclude=True)
+    _seen: int = PrivateAttr(default=0)
+
+
+def test_equal_events_are_sent_however_they_read_back(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A NaN (equal to a NaN), an int that a float | int union reads back as a float, an
+    exclude=True field and a private attribute do not make send() refuse an event."""
+    topic = topic_factory("lenient")
+    event = Lenient(ratio=math.nan, amount=5, draft="unsent")
+    event._seen = 3
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(topic, event)
+    producer.flush()
+    (record,) = read_all(topic, 1)
+    got = Lenient.model_validate_json(record.value() or b"")
+    assert math.isnan(got.ratio)
+    assert got.amount == 5
+    assert got.draft == ""
