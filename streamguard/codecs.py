@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from streamguard.contracts import wire_format
 from streamguard.errors import (
@@ -148,6 +149,17 @@ def _json_depth_exceeds(data: bytes, limit: int) -> bool:
     return False
 
 
+def json_bytes(event: BaseModel, by_alias: bool) -> bytes:
+    """``event`` as JSON, or a ``ContractViolation`` naming the fields JSON cannot hold
+    (bytes that are not UTF-8, say): pydantic's own error names no field, and is no
+    error the producer's callers expect."""
+    try:
+        return event.model_dump_json(by_alias=by_alias, warnings=False).encode()
+    except PydanticSerializationError as exc:
+        subject = getattr(type(event), "__subject__", type(event).__qualname__)
+        raise ContractViolation(subject, _encode_errors(event, exc)) from None
+
+
 class JsonCodec:
     """JSON on the wire, validated by pydantic's Rust parser in one pass.
 
@@ -187,7 +199,7 @@ class JsonCodec:
         (``model_construct``), they quote the offending value, and the producer's own
         decode refuses such bytes with a value-free error anyway.
         """
-        return event.model_dump_json(by_alias=wire_by_alias(type(event)), warnings=False).encode()
+        return json_bytes(event, wire_by_alias(type(event)))
 
     def decode(self, data: bytes | None, contract: type[C]) -> C:
         """Decode one message; see ``decoder`` for the errors raised."""
@@ -418,21 +430,38 @@ def _parsed_avro(schema: dict[str, Any]) -> tuple[Any, bytes]:
 
 
 def _encode_errors(event: BaseModel, exc: Exception) -> list[ErrorDetail]:
-    """Why fastavro could not write ``event`` (changed after construction, or built with
-    ``model_construct``), naming the fields: its own errors name none, and their texts
-    may quote the value. The event is validated again for that, value-free; only when
-    its contract accepts it is the error fastavro's type alone."""
+    """Why ``event`` could not be written (changed after construction, or built with
+    ``model_construct``, or a value its format cannot hold), naming the fields: the
+    errors of fastavro and of pydantic's serializer name none, and their texts may quote
+    the value. The event is validated again for that, value-free; when its contract
+    accepts it, the fields whose JSON form alone cannot be written are named (bytes that
+    are not UTF-8), else the error is the writer's type alone."""
     try:
         type(event).model_validate(event.model_dump(warnings=False))
     except ValidationError as invalid:
         schema = getattr(type(event), "json_schema", None)
         return error_details(invalid, schema=schema() if callable(schema) else None)
-    except Exception:  # noqa: S110  # a dump that fails says no more than fastavro did
+    except Exception:  # noqa: S110  # a dump that fails says no more than the writer did
         pass
-    return [
-        {
-            "loc": [],
-            "type": "avro_encode",
-            "msg": f"does not fit its Avro schema ({type(exc).__name__})",
-        }
+    avro = not isinstance(exc, PydanticSerializationError)
+    kind, fits = ("avro_encode", "its Avro schema") if avro else ("json_encode", "JSON")
+    hint = (
+        "; bytes that are not UTF-8 need ser_json_bytes='base64' and val_json_bytes='base64'"
+        if "utf-8" in str(exc).lower()
+        else ""
+    )
+    unwritable: list[ErrorDetail] = []
+    for name in type(event).model_fields:
+        try:
+            event.model_dump_json(include={name}, warnings=False)
+        except Exception as field_exc:
+            unwritable.append(
+                {
+                    "loc": [name],
+                    "type": kind,
+                    "msg": f"does not fit {fits} ({type(field_exc).__name__}){hint}",
+                }
+            )
+    return unwritable or [
+        {"loc": [], "type": kind, "msg": f"does not fit {fits} ({type(exc).__name__}){hint}"}
     ]

@@ -500,3 +500,26 @@ def test_equal_events_are_sent_however_they_read_back(
     assert math.isnan(got.ratio)
     assert got.amount == 5
     assert got.draft == ""
+
+
+@pytest.mark.parametrize("wire", ["json", "avro"])
+def test_bytes_no_format_can_hold_are_refused_naming_the_field(wire: str) -> None:
+    """Bytes that are not UTF-8, in a contract that writes bytes as text, are a
+    ContractViolation naming the field and how to carry them; in JSON, send() used to
+    raise pydantic's own serialization error, which names no field."""
+    contract = type(
+        "Blob",
+        (sg.Contract,),
+        {
+            "__module__": __name__,
+            "__subject__": f"tests.blob.{wire}",
+            "__version__": 1,
+            "__wire_format__": wire,
+            "__annotations__": {"name": str, "data": bytes},
+        },
+    )
+    producer = sg.GuardedProducer("127.0.0.1:9")  # refused before any byte is sent
+    with pytest.raises(sg.ContractViolation, match="ser_json_bytes='base64'") as info:
+        producer.send("blobs", contract(name="n", data=b"\xffSECRET-4242"))
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [(["data"], f"{wire}_encode")]
+    assert "4242" not in f"{info.value} {info.value.errors_json()!r}"

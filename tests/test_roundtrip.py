@@ -86,7 +86,7 @@ LEAVES: dict[str, tuple[Any, list[Any]]] = {
     "time": (time, [time(0, 0), time(23, 59, 59, 999999), time(1, 2, 3, tzinfo=ODD)]),
     "timedelta": (timedelta, [timedelta(0), timedelta(days=-1, microseconds=1)]),
     "UUID": (UUID, [UUID(int=0), UUID(int=2**128 - 1)]),
-    "bytes": (bytes, [b"", b"abc"]),
+    "bytes": (bytes, [b"", b"abc", b"\xff\x00"]),
     "Color": (Color, [Color.RED, Color.GREEN]),
     "Level": (Level, [Level.LOW, Level.HIGH]),
     "Literal": (Literal["a", "b"], ["a", "b"]),

@@ -35,6 +35,7 @@ from streamguard.codecs import (
     AvroCodec,
     JsonCodec,
     _classify,
+    json_bytes,
     wire_by_alias,
 )
 from streamguard.contracts import Contract
@@ -182,9 +183,7 @@ class RegistryCodec:
             return lambda event: prefix + avro.encode(event)[10:]
         by_alias = wire_by_alias(contract)
         # No serializer warnings: they quote values (see JsonCodec.encode).
-        return lambda event: (
-            prefix + event.model_dump_json(by_alias=by_alias, warnings=False).encode()
-        )
+        return lambda event: prefix + json_bytes(event, by_alias)
 
     def _schema_id(self, contract: type[Contract], subject: str) -> int:
         known = self._ids.get((contract, subject))
