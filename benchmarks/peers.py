@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from peerbench import events
 from peerbench.registry import CONTENDERS, Contender, Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000, help="records per pass")
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=events.PARTITIONS,
+        help="partitions of the data set's topics (3 for the published table)",
+    )
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
     parser.add_argument(
         "--modes", nargs="+", choices=PASSES, default=list(MODES), help="the passes to run"
@@ -94,6 +102,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     worker.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     worker.add_argument("--registry-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.partitions < 1:
+        parser.error("--partitions must be at least 1")
+    # Read by every contender's process too (they inherit the environment).
+    os.environ["PEERBENCH_PARTITIONS"] = str(args.partitions)
+    events.PARTITIONS = args.partitions
     if not args.worker:
         import peerbench.contenders  # noqa: F401 (registers every row; a worker, its own)
     unknown = [n for n in args.only or [] if n not in CONTENDERS]
@@ -121,10 +134,11 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     same_machine = all(
         mine["machine"].get(k) == theirs["machine"].get(k) for k in ("cpu", "cores", "python")
     )
-    if not same_machine or mine["versions"] != theirs["versions"]:
+    same_data = mine.get("partitions") == theirs.get("partitions")
+    if not same_machine or mine["versions"] != theirs["versions"] or not same_data:
         print(
-            "not merged: the earlier results were measured on another machine or with "
-            "other versions; run the other passes again",
+            "not merged: the earlier results were measured on another machine, with "
+            "other versions or on another number of partitions; run the other passes again",
             file=sys.stderr,
         )
         return new

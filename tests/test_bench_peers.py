@@ -250,7 +250,8 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """--merge adds the passes a run did not make from the earlier results, with their
-    date; results from another machine or other versions are never mixed in."""
+    date; results from another machine, other versions or another number of partitions
+    are never mixed in."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import peers
 
@@ -312,6 +313,11 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     alone = peers.merge(elsewhere, results("2026-12-02", "cpu A", {"throughput": {"new": 1}}))
     assert "io" not in alone["contenders"]["sg-sync"]
     assert "earlier_passes" not in alone["meta"]
+    # Nor a run on another number of partitions (--partitions).
+    wider = results("2026-12-02", "cpu A", {"throughput": {"new": 1}})
+    wider["meta"]["partitions"] = 48
+    apart = peers.merge(results("2026-12-01", "cpu A", {"io": {"old": 2}}), wider)
+    assert "io" not in apart["contenders"]["sg-sync"]
 
 
 def test_streamguard_rows_are_held_to_the_best_peer_of_each_pass(

@@ -10,6 +10,7 @@ would otherwise count in every row's memory.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
@@ -19,7 +20,9 @@ from pydantic import BaseModel, Field
 
 KEYS = 997
 IO_KEYS = 16  # the io topic's keys are few, so a framework that reorders a key shows it
-PARTITIONS = 3
+# The published table's data set has 3; `peers.py --partitions N` (which sets this variable
+# for every contender's process) measures the rows on more.
+PARTITIONS = int(os.environ.get("PEERBENCH_PARTITIONS", "3"))
 # Latency records carry UUID(int=time.time_ns() at send) as order id; warm-up ones are below.
 MEASURED_AFTER = 10**18
 
