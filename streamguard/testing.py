@@ -461,13 +461,13 @@ class _CallCounter:
         self._invoke = invoke = pipeline.invoke
         self._invoke_tombstone = invoke_tombstone = pipeline.invoke_tombstone
 
-        def counted(event: Any, ctx: MessageContext) -> None:
+        def counted(event: Any, ctx: MessageContext) -> object:
             self.count += 1
-            invoke(event, ctx)
+            return invoke(event, ctx)
 
-        def counted_tombstone(ctx: MessageContext) -> None:
+        def counted_tombstone(ctx: MessageContext) -> object:
             self.count += 1
-            invoke_tombstone(ctx)
+            return invoke_tombstone(ctx)
 
         pipeline.invoke = counted
         pipeline.invoke_tombstone = counted_tombstone  # type: ignore[method-assign]

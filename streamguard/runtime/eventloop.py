@@ -600,7 +600,7 @@ class LoopRunner:
                 try:
                     if value is None and tombstone is not None:
                         called = True
-                        await tombstone(ctx)
+                        returned = await tombstone(ctx)
                     else:
                         if unfetched is not None and (fetch := unfetched(value)) is not None:
                             await self._off_loop(fetch)
@@ -612,7 +612,7 @@ class LoopRunner:
                         else:
                             called = True
                             start = clock()
-                            await handle(event, ctx)
+                            returned = await handle(event, ctx)  # None, unless work handed back
                             end = clock()
                             timed(end - start)
                 except Exception as exc:
@@ -628,6 +628,8 @@ class LoopRunner:
                     slots.give()
                     held = False
                 if verdict is None:
+                    if returned is not None:  # raises (the run crashes) if work went unrun
+                        pipe.returned(returned, value is None)
                     done += 1
                     lane.last_handled = last = msg  # committable before the next fold
                     if done >= _FOLD or end >= fold_at:
@@ -782,7 +784,7 @@ class LoopRunner:
                     verdict, event = self._prepare(msg, first)
                     if verdict is None:
                         called = True
-                        await self._call(event, ctx)
+                        returned = await self._call(event, ctx)
                     else:  # schema drift: no call reached the dependency
                         breaker.release_probe()
                 except Exception as exc:
@@ -792,6 +794,8 @@ class LoopRunner:
                     )
                     if isinstance(verdict, RetryState):
                         verdict = after_try(verdict, retry, exc)
+                if verdict is None and returned is not None:  # raises if work went unrun
+                    pipe.returned(returned, event is _TOMBSTONE)
                 # Final even if the lane closed meanwhile: revoke commits what finished.
                 # Recorded before ``running`` drops, so that a revoke which sees no
                 # handler running finds this outcome among the lane's offsets.
@@ -887,15 +891,15 @@ class LoopRunner:
                 return Failure("schema_drift", drift), None
         return None, event
 
-    async def _call(self, event: Any, ctx: MessageContext) -> None:
-        """A try's handler call (or tombstone handler's), timed."""
+    async def _call(self, event: Any, ctx: MessageContext) -> object:
+        """A try's handler call (or tombstone handler's), timed; what it returned."""
         if event is _TOMBSTONE:
             assert self._tombstone is not None
-            await self._tombstone(ctx)
-            return
+            return await self._tombstone(ctx)
         start = time.perf_counter()
-        await self._handle(event, ctx)
+        returned = await self._handle(event, ctx)
         self._durations.append(time.perf_counter() - start)
+        return returned
 
     def _fold_successes(self) -> None:
         """Tell the breaker of the successes ``_process`` counted. A call takes a lock

@@ -67,8 +67,9 @@ class Pipeline(Protocol):
 
     def decode(self, value: bytes | None) -> Any: ...
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None: ...
-    def invoke(self, event: Any, ctx: MessageContext) -> None: ...
-    def invoke_tombstone(self, ctx: MessageContext) -> None: ...
+    def invoke(self, event: Any, ctx: MessageContext) -> object: ...
+    def invoke_tombstone(self, ctx: MessageContext) -> object: ...
+    def returned(self, result: object, tombstone: bool) -> None: ...
     def publish_dead_letter(self, msg: Record, failure: Failure, done: DeliveryReport) -> None: ...
     def record_batch(self, handled: int, durations: list[float], retries: int) -> None: ...
     def dead_lettered(self, msg: Record, failure: Failure) -> None: ...
@@ -300,7 +301,7 @@ class PartitionLane:
                 try:
                     if value is None and pipe.handles_tombstones:
                         called = True
-                        pipe.invoke_tombstone(MessageContext(msg, attempt))
+                        returned = pipe.invoke_tombstone(MessageContext(msg, attempt))
                     else:
                         event = decode(value)
                         if not index % sample and (retry is None or not retry.drift_checked):
@@ -313,7 +314,7 @@ class PartitionLane:
                         ctx = MessageContext(msg, attempt)  # not built for invalid input
                         called = True
                         start = clock()
-                        invoke(event, ctx)
+                        returned = invoke(event, ctx)  # None, unless work handed back
                         end = clock()
                         timed(end - start)
                 except Exception as exc:
@@ -332,6 +333,8 @@ class PartitionLane:
                         break  # the head waits; the rest of the batch waits behind it
                     self._dead_letter(msg, verdict)
                 else:
+                    if returned is not None:  # raises (out of the lane) if work went unrun
+                        pipe.returned(returned, value is None)
                     handled += 1
                     self.last_handled = msg
                     if retry is not None:  # it may have failed before: no longer

@@ -26,7 +26,7 @@ from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterSink, DeliveryReport
 from streamguard.runtime.drift import DriftCheck
 from streamguard.runtime.outcomes import RetryState, judge
-from streamguard.runtime.spec import ServiceSpec
+from streamguard.runtime.spec import ServiceSpec, check_returned
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -78,11 +78,17 @@ class Pipeline:
         self._on_dead_letter = spec.on_dead_letter
         self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
 
-    def invoke_tombstone(self, ctx: MessageContext) -> None:
+    def invoke_tombstone(self, ctx: MessageContext) -> object:
         """Run the tombstone handler; lanes call it only when ``handles_tombstones``
         (without one, a tombstone is decoded, and dead-lettered as undecodable)."""
         assert self._tombstone is not None
-        self._tombstone(ctx)
+        return self._tombstone(ctx)
+
+    def returned(self, result: object, tombstone: bool) -> None:
+        """A handler (``tombstone``: the tombstone handler) returned ``result``, not
+        None: a ``TypeError`` if it is work handed back unrun (see ``check_returned``)."""
+        which = "handle_tombstone" if tombstone else "handle"
+        check_returned(result, f"{self.spec.name}.{which}")
 
     def inspect_drift(self, msg: Record, value: bytes | None) -> SchemaDrift | None:
         """Report drift; return it as an error when the policy dead-letters drift."""

@@ -23,7 +23,7 @@ from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.runner import Hooks, ServiceRuntime
-from streamguard.runtime.spec import DriftPolicy, Ordering, ServiceSpec
+from streamguard.runtime.spec import DriftPolicy, Ordering, ServiceSpec, check_handler
 from streamguard.settings import client_config, redact
 from streamguard.topics import (
     MAX_RECORD_BYTES,
@@ -391,5 +391,8 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         raise ConfigurationError(f"{name}.drift must be 'count' or 'dead_letter'")
     if cls.handle is ConsumerService.handle:
         raise ConfigurationError(f"{name} must implement handle(self, event, ctx)")
+    check_handler(cls.handle, f"{name}.handle")
+    if cls.handle_tombstone is not ConsumerService.handle_tombstone:
+        check_handler(cls.handle_tombstone, f"{name}.handle_tombstone")
     if not isinstance(cls.options, ServiceOptions):
         raise ConfigurationError(f"{name}.options must be an sg.ServiceOptions(...)")

@@ -8,6 +8,7 @@ runtime's pieces can be built and tested from a spec alone.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from streamguard.codecs import Codec
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
+from streamguard.errors import ConfigurationError
 from streamguard.policy import CircuitBreaker, RetryPolicy
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
@@ -60,8 +62,53 @@ class ServiceSpec:
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` gives a coroutine to await: an ``async def``, or one
-    wrapped by a decorator that keeps ``__wrapped__`` (``functools.wraps``), whose
-    plain ``def`` wrapper returns the coroutine. Run as a sync handler, that coroutine
-    was never awaited and its record counted as handled."""
-    return inspect.iscoroutinefunction(inspect.unwrap(fn))
+    """Whether calling ``fn`` gives a coroutine to await: an ``async def`` (a
+    ``functools.partial`` of one too), one wrapped by a decorator that keeps
+    ``__wrapped__`` (``functools.wraps``), whose plain ``def`` wrapper returns the
+    coroutine, or an object whose ``__call__`` is an ``async def``. Run as a sync
+    handler, that coroutine was never awaited and its record counted as handled."""
+    return inspect.iscoroutinefunction(_code_of(fn))
+
+
+def check_handler(fn: Callable[..., Any], name: str) -> None:
+    """Refuse a handler whose call returns a generator: a ``def`` with ``yield`` (or an
+    ``async def`` with one) runs none of its body when called, so each record would
+    count as handled though nothing ran. ``name`` names it in the error."""
+    code = _code_of(fn)
+    if inspect.isgeneratorfunction(code) or inspect.isasyncgenfunction(code):
+        raise ConfigurationError(
+            f"{name} is a generator (it has a yield): calling it runs none of its body. "
+            "Remove the yield, or make it 'async def' and await what it waits for"
+        )
+
+
+def check_returned(result: object, name: str) -> None:
+    """A handler returned ``result``, not None: refuse work it handed back unrun.
+
+    A coroutine, a task or future, or a generator means the handler's work did not
+    happen (a plain ``def`` wrapper of an ``async def`` without ``functools.wraps``,
+    say). The record must not count as handled: a ``TypeError`` out of the lane stops
+    the service as a bug does, and the record stays uncommitted. Any other value is
+    ignored, as it always was. Called only for a result that is not None, never for
+    the usual ``return``.
+    """
+    unrun = inspect.isawaitable(result) or inspect.isgenerator(result)
+    if not (unrun or inspect.isasyncgen(result)):
+        return
+    what = getattr(result, "__qualname__", None) or type(result).__name__
+    if inspect.iscoroutine(result) or inspect.isgenerator(result):
+        result.close()  # never run: closed here rather than warned about when collected
+    raise TypeError(
+        f"{name} returned {type(result).__name__} {what} instead of running it, so its "
+        "record was not handled. Make it 'async def' (a decorator around an async def "
+        "must keep __wrapped__: functools.wraps), or await the work inside it"
+    )
+
+
+def _code_of(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What runs when ``fn`` is called: through ``__wrapped__``, and to the ``__call__``
+    of a callable object (``inspect`` looks through partials and methods itself)."""
+    fn = inspect.unwrap(fn)
+    if callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, functools.partial | type):
+        fn = inspect.unwrap(type(fn).__call__)
+    return fn
