@@ -240,6 +240,14 @@ class DaemonPool(concurrent.futures.Executor):
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn(*args, **kwargs))
+                except StopIteration as exc:
+                    # asyncio refuses a StopIteration into the Future that the loop
+                    # awaits (a TypeError in the loop's callback), which then never
+                    # finished: the record had no outcome and its key or partition
+                    # stalled. It arrives as an async handler's does, a RuntimeError.
+                    error = RuntimeError("handler raised StopIteration")
+                    error.__cause__ = exc
+                    future.set_exception(error)
                 except BaseException as exc:
                     future.set_exception(exc)
 

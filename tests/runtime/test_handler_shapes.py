@@ -157,3 +157,36 @@ def test_a_generator_handler_is_refused_when_the_class_is_defined(method: str, k
     }
     with pytest.raises(sg.ConfigurationError, match=f"Billing.{method} is a generator"):
         type("Billing", (sg.ConsumerService,), attrs)
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+def test_a_sync_handler_raising_stop_iteration_on_the_loop_gets_an_outcome(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    ordering: str,
+) -> None:
+    """A sync handler run by the event loop's thread pool that raises ``StopIteration``
+    (``next()`` on an empty iterator) is dead-lettered as a permanent error, as on a
+    worker thread. Before, asyncio refused the exception into the awaited future, the
+    call never finished, and its key stalled uncommitted while ``/readyz`` said ready."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    send_orders(src, 3, key=lambda i: "k")
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 1:
+                next(iter(()))
+
+    Billing.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 3, 20)
+    assert (
+        running.metric("streamguard_dead_letters_total", topic=src, reason="permanent_error") == 1
+    )
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
