@@ -174,3 +174,20 @@ def classify(exc: BaseException, transient: tuple[type[BaseException], ...]) -> 
     if isinstance(exc, PermanentError):
         return "permanent"
     return "transient" if isinstance(exc, transient) else "permanent"
+
+
+def check_transient(transient: tuple[type[BaseException], ...], name: str) -> None:
+    """Refuse a ``transient`` type that is not an ``Exception``.
+
+    What a handler raises that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, ``asyncio.CancelledError``, a ``BaseException`` of one's own) is no
+    outcome: it stops the service, and no ``transient`` tuple retries it. Accepted, such
+    a declaration promised retries that never came.
+    """
+    for kind in transient:
+        if not issubclass(kind, Exception):
+            raise ConfigurationError(
+                f"{name} names {kind.__qualname__}, which is not an Exception: what a "
+                "handler raises that is not an Exception stops the service and is never "
+                "retried. Catch it in the handler and raise sg.TransientError from it"
+            )

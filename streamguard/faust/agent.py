@@ -36,7 +36,7 @@ from streamguard.deadletter import REASONS, DeadLetterHeaders, DeadLetterLog, Re
 from streamguard.errors import ConfigurationError
 from streamguard.faust.lane import Lane
 from streamguard.observe.metrics import ServiceMetrics
-from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy
+from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy, check_transient
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
 from streamguard.topics import check_default_dead_letter_topic, check_topic_name
@@ -468,6 +468,7 @@ def _check(
             f"{label}: transient must be a tuple of exception types, e.g. "
             "(sg.TransientError, TimeoutError)"
         )
+    check_transient(transient, f"{label}: transient")
     if drift not in ("count", "dead_letter"):
         raise ConfigurationError(f"{label}: drift must be 'count' or 'dead_letter'")
     rebalance_s = float(app.conf.broker_rebalance_timeout)

@@ -17,7 +17,7 @@ from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
-from streamguard.policy import DEFAULT_TRANSIENT, CircuitBreaker, RetryPolicy
+from streamguard.policy import DEFAULT_TRANSIENT, CircuitBreaker, RetryPolicy, check_transient
 from streamguard.registry.client import redact_registry_config, resolve_registry_config
 from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
@@ -382,6 +382,7 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
             f"{name}.transient must be a tuple of exception types, e.g. "
             "(sg.TransientError, TimeoutError)"
         )
+    check_transient(cls.transient, f"{name}.transient")
     if cls.ordering not in ("partition", "key", "none"):
         raise ConfigurationError(
             f"{name}.ordering must be 'partition' (one record at a time per partition), "

@@ -65,7 +65,8 @@ def test_blocking_handler_is_refused(make_app: Callable[..., Any]) -> None:
 
 def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
     """Invalid topic names (the default DLQ's too), a DLQ equal to the source, a
-    non-contract, and buffer or drift-sample sizes below one are refused."""
+    non-contract, buffer or drift-sample sizes below one, and a transient type that
+    is not an Exception (never retried: it crashes the worker) are refused."""
     app = make_app()
     with pytest.raises(sg.ConfigurationError, match="partition_buffer must be at least 1"):
         guarded_agent(app, "orders", contract=OrderPlaced, partition_buffer=0)(bill)
@@ -83,6 +84,8 @@ def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
         guarded_agent(app, "orders", contract=dict)(bill)  # type: ignore[arg-type]
     with pytest.raises(sg.ConfigurationError, match="a base for contracts"):
         guarded_agent(app, "orders", contract=sg.Contract)(bill)
+    with pytest.raises(sg.ConfigurationError, match="KeyboardInterrupt, which is not"):
+        guarded_agent(app, "orders", contract=OrderPlaced, transient=(KeyboardInterrupt,))(bill)
 
 
 def test_metrics_share_names_and_live_beside_faust_sensors(make_app: Callable[..., Any]) -> None:

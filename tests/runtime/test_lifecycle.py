@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -55,6 +56,8 @@ def test_missing_declaration_fails_at_class_creation() -> None:
         ({"contract": dict}, "sg.Contract subclass"),
         ({"contract": sg.Contract}, "a base for contracts"),
         ({"transient": [TimeoutError]}, "tuple of exception types"),
+        # Raised by a handler, it stops the service: it can never be retried.
+        ({"transient": (TimeoutError, asyncio.CancelledError)}, "CancelledError, which is not"),
         ({"retry": 3}, "RetryPolicy"),
         ({"drift": "ignore"}, "'count' or 'dead_letter'"),
     ],
