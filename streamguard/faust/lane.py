@@ -30,6 +30,7 @@ from streamguard.deadletter import Failure
 from streamguard.errors import ContractViolation, DecodeError
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.outcomes import RetryState, judge
+from streamguard.runtime.spec import returned_unrun, unrun_error
 
 if TYPE_CHECKING:
     from streamguard.faust.agent import GuardedAgent
@@ -315,8 +316,11 @@ class Lane:
             start = time.perf_counter()
             try:
                 result = await agent.handler(decoded, MessageContext(record, attempt))
-                if result is not None and agent.sinks:
-                    await agent.forward(result)
+                if result is not None:
+                    if returned_unrun(result):
+                        break  # a bug, not an outcome: raised below, out of the judging
+                    if agent.sinks:
+                        await agent.forward(result)
             except Exception as exc:
                 now = time.monotonic()
                 verdict = judge(
@@ -333,6 +337,10 @@ class Lane:
             self.durations.append(time.perf_counter() - start)
             self.handled += 1
             return "handled"
+        # The handler handed back a coroutine (or task, or generator) it did not run: a
+        # forgotten await in its return. Acked, its event would count as handled though
+        # nothing ran; the TypeError crashes the worker with it unacked (see _run).
+        raise unrun_error(result, f"guarded agent {agent.name}")
 
     async def _backoff(self, delay: float, msg: Any) -> bool:
         """Sleep ``delay`` seconds; False as soon as a rebalance or stop begins."""

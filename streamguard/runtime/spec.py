@@ -86,23 +86,33 @@ def check_returned(result: object, name: str) -> None:
     """A handler returned ``result``, not None: refuse work it handed back unrun.
 
     A coroutine, a task or future, or a generator means the handler's work did not
-    happen (a plain ``def`` wrapper of an ``async def`` without ``functools.wraps``,
-    say). The record must not count as handled: a ``TypeError`` out of the lane stops
-    the service as a bug does, and the record stays uncommitted. Any other value is
-    ignored, as it always was. Called only for a result that is not None, never for
-    the usual ``return``.
+    happen (a plain ``def`` wrapper of an ``async def`` without ``functools.wraps``, or
+    a forgotten ``await`` in a ``return``). The record must not count as handled: a
+    ``TypeError`` out of the lane stops the service as a bug does, and the record stays
+    uncommitted. Any other value is ignored, as it always was. Called only for a result
+    that is not None, never for the usual ``return``.
     """
-    unrun = inspect.isawaitable(result) or inspect.isgenerator(result)
-    if not (unrun or inspect.isasyncgen(result)):
-        return
+    if returned_unrun(result):
+        raise unrun_error(result, name)
+
+
+def unrun_error(result: object, name: str) -> TypeError:
+    """The error for unrun work ``result`` that handler ``name`` returned; a coroutine
+    or generator is closed, rather than warned about when it is collected."""
     what = getattr(result, "__qualname__", None) or type(result).__name__
     if inspect.iscoroutine(result) or inspect.isgenerator(result):
-        result.close()  # never run: closed here rather than warned about when collected
-    raise TypeError(
+        result.close()
+    return TypeError(
         f"{name} returned {type(result).__name__} {what} instead of running it, so its "
         "record was not handled. Make it 'async def' (a decorator around an async def "
         "must keep __wrapped__: functools.wraps), or await the work inside it"
     )
+
+
+def returned_unrun(result: object) -> bool:
+    """Whether a handler's ``result`` is work it handed back unrun: a coroutine, task,
+    future or other awaitable, or a generator (see ``check_returned``)."""
+    return inspect.isawaitable(result) or inspect.isgenerator(result) or inspect.isasyncgen(result)
 
 
 def _code_of(fn: Callable[..., Any]) -> Callable[..., Any]:

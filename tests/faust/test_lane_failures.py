@@ -5,6 +5,7 @@ schema registry makes the event wait, as in a ``ConsumerService``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -88,6 +89,44 @@ def test_a_handlers_own_cancellation_stops_the_worker_and_loses_nothing(
 
     run_app(second, all_committed)
     assert handled[-3:] == [1, 2, 3]
+
+
+def test_a_handler_returning_an_unawaited_coroutine_stops_the_worker_unacked(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """A handler that returns a coroutine it did not await (``return save(...)``) ran
+    none of that work: the worker crashes with a ``TypeError`` naming it, and nothing
+    from that event on is acked. Before, the event was acked as handled and committed,
+    its work never done."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 3)
+    group = unique("billing")
+    app = make_app(group)
+    saved: list[int] = []
+
+    async def save(offset: int) -> None:
+        saved.append(offset)
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> Any:
+        if ctx.offset == 1:
+            return save(ctx.offset)  # the await forgotten
+        await save(ctx.offset)
+        return None
+
+    async def until_crashed() -> None:
+        assert await until(lambda: app.should_stop, 30)
+
+    with contextlib.suppress(asyncio.CancelledError, RuntimeError):  # a crashed app's end
+        run_app(app, until_crashed)
+    assert isinstance(app.crash_reason, TypeError)
+    assert "returned coroutine" in str(app.crash_reason)
+    assert saved == [0]
+    assert committed(bootstrap, group, src).get(0, 0) <= 1
 
 
 def test_an_unreachable_registry_holds_the_event_until_it_answers(

@@ -73,6 +73,7 @@ def test_an_object_with_an_async_call_is_awaited(
         ("key", "no wraps"),
         ("partition", "returns a coroutine"),
         ("key", "returns a coroutine"),
+        ("partition", "async, returns a coroutine"),
         ("partition", "tombstone, no wraps"),
         ("key", "tombstone, no wraps"),
     ],
@@ -115,6 +116,11 @@ def test_a_handler_returning_its_work_unrun_stops_the_service_and_loses_nothing(
 
             def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> Any:
                 return _record(ctx)  # not awaited
+
+        elif shape == "async, returns a coroutine":
+
+            async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> Any:
+                return _record(ctx)  # the await forgotten
 
         else:
 
