@@ -55,6 +55,7 @@ class FlowControl:
         self._full_since: dict[int, float] = {}
         self._stuck: set[int] = set()  # paused for staying full, until it drains to half
         self.throttled = False  # some partition is full but draining: fetch nothing
+        self.buffered = 0  # records the lanes held at the last tick, fetched and not final
 
     def update(self, lanes: Mapping[int, PartitionLane], now: float, writable: bool) -> None:
         """Pause and resume partitions for this tick; decide whether to throttle.
@@ -67,8 +68,10 @@ class FlowControl:
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         throttled = False
+        total = 0
         for part, lane in lanes.items():
             buffered = lane.buffered
+            total += buffered
             full = buffered >= self._high
             retry = lane.retry
             waiting = retry is not None and (
@@ -96,6 +99,7 @@ class FlowControl:
             elif full and not paused:
                 throttled = True
         self.throttled = throttled
+        self.buffered = total
         if pause:
             self._consumer.pause(pause)
         if resume:

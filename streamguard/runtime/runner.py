@@ -296,7 +296,13 @@ class ServiceRuntime:
         if loop_runner is None:
             scheduler = Scheduler(poller, options.workers, stopping=stopping)
         else:
-            scheduler = Scheduler(poller, options.workers, lambda: loop_runner.busy, stopping)
+            # A partition's buffer, every handler the loop may run and a batch: enough for
+            # the refills to reach a third partition when librdkafka hands out the first
+            # two's records first (see Scheduler._supervise).
+            refill_below = options.max_buffered + options.max_in_flight + options.batch_size
+            scheduler = Scheduler(
+                poller, options.workers, lambda: loop_runner.busy, stopping, refill_below
+            )
             loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
         metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
         self._publisher, self._committer = publisher, committer
