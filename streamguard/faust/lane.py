@@ -337,7 +337,7 @@ class Lane:
             self.durations.append(time.perf_counter() - start)
             self.handled += 1
             return "handled"
-        # The handler handed back a coroutine (or task, or generator) it did not run: a
+        # The handler handed back a coroutine (or generator) it did not run: a
         # forgotten await in its return. Acked, its event would count as handled though
         # nothing ran; the TypeError crashes the worker with it unacked (see _run).
         raise unrun_error(result, f"guarded agent {agent.name}")

@@ -8,6 +8,7 @@ runtime's pieces can be built and tested from a spec alone.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
@@ -85,9 +86,9 @@ def check_handler(fn: Callable[..., Any], name: str) -> None:
 def check_returned(result: object, name: str) -> None:
     """A handler returned ``result``, not None: refuse work it handed back unrun.
 
-    A coroutine, a task or future, or a generator means the handler's work did not
-    happen (a plain ``def`` wrapper of an ``async def`` without ``functools.wraps``, or
-    a forgotten ``await`` in a ``return``). The record must not count as handled: a
+    A coroutine or a generator means the handler's work did not happen (a plain ``def``
+    wrapper of an ``async def`` without ``functools.wraps``, or a forgotten ``await`` in
+    a ``return``). The record must not count as handled: a
     ``TypeError`` out of the lane stops the service as a bug does, and the record stays
     uncommitted. Any other value is ignored, as it always was. Called only for a result
     that is not None, never for the usual ``return``.
@@ -110,8 +111,17 @@ def unrun_error(result: object, name: str) -> TypeError:
 
 
 def returned_unrun(result: object) -> bool:
-    """Whether a handler's ``result`` is work it handed back unrun: a coroutine, task,
-    future or other awaitable, or a generator (see ``check_returned``)."""
+    """Whether a handler's ``result`` is work it handed back unrun: a coroutine or other
+    awaitable, or a generator (see ``check_returned``).
+
+    Not an asyncio future or task: it stands for work already under way or done, which
+    a handler may well return, e.g. ``return await producer.send(...)`` with aiokafka,
+    or ``return await topic.send(...)`` in a Faust agent (both a future of the record's
+    metadata). Refused, such a handler stopped the service on its first record, and
+    again on that record after every restart.
+    """
+    if asyncio.isfuture(result):
+        return False
     return inspect.isawaitable(result) or inspect.isgenerator(result) or inspect.isasyncgen(result)
 
 

@@ -196,3 +196,38 @@ def test_a_sync_handler_raising_stop_iteration_on_the_loop_gets_an_outcome(
         running.metric("streamguard_dead_letters_total", topic=src, reason="permanent_error") == 1
     )
     assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_handler_returning_a_future_is_handled(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    ordering: str,
+) -> None:
+    """An ``async def`` handler that returns an asyncio future (``return await
+    producer.send(...)`` with aiokafka, a Faust ``topic.send``) ran: its records are
+    handled and committed. Before, the future was taken for work handed back unrun and
+    the service stopped on the first record, and on it again after every restart."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    send_orders(src, 2)
+    ran.clear()
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> Any:
+            ran.append(ctx.offset)
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            sent.set_result(None)  # a send's metadata, say
+            return sent
+
+    Billing.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2, 20)
+    assert sorted(ran) == [0, 1]
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
+    assert not running.error
