@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import queue
 import threading
@@ -45,7 +46,7 @@ from streamguard.runtime.outcomes import RetryState, after_try, gate
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.slots import Slots
-from streamguard.runtime.spec import Ordering, is_async
+from streamguard.runtime.spec import Ordering, async_only_inside, is_async
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -317,9 +318,20 @@ class LoopRunner:
         self._succeeded = 0  # successes not yet told to the breaker (_fold_successes)
 
     def _caller(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        pool, loop = self._pool, self.loop
+        if async_only_inside(fn):
+            # A plain def wrapper of an async def: called in the pool, where a wrapper
+            # that runs the coroutine itself (asyncio.run) can; one that returns it
+            # has its coroutine awaited here, on the loop.
+            async def through_wrapper(*args: Any) -> Any:
+                result = await loop.run_in_executor(pool, fn, *args)
+                if inspect.iscoroutine(result):
+                    return await result
+                return result
+
+            return through_wrapper
         if is_async(fn):
             return fn
-        pool, loop = self._pool, self.loop
 
         def in_pool(*args: Any) -> Awaitable[Any]:
             return loop.run_in_executor(pool, fn, *args)

@@ -71,6 +71,18 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(_code_of(fn))
 
 
+def async_only_inside(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is async (``is_async``) only through ``__wrapped__``: its outer
+    callable is a plain ``def``. That wrapper may return the coroutine (a decorator
+    that just passes the call on), or run it to the end itself (``asyncio.run``,
+    asgiref's ``async_to_sync``), which it cannot do on the event loop's own thread;
+    nothing tells the two apart before the call."""
+    outer: Callable[..., Any] = fn
+    if callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, functools.partial | type):
+        outer = type(fn).__call__
+    return is_async(fn) and not inspect.iscoroutinefunction(outer)
+
+
 def check_handler(fn: Callable[..., Any], name: str) -> None:
     """Refuse a handler whose call returns a generator: a ``def`` with ``yield`` (or an
     ``async def`` with one) runs none of its body when called, so each record would

@@ -4,6 +4,7 @@ counts as handled when its handler's body did not run."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -231,3 +232,49 @@ def test_a_handler_returning_a_future_is_handled(
     assert sorted(ran) == [0, 1]
     assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
     assert not running.error
+
+
+def run_to_the_end(fn: Any) -> Any:
+    """A decorator whose plain ``def`` wrapper (``functools.wraps``) runs the ``async def``
+    itself, as asgiref's ``async_to_sync`` does."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return asyncio.run(fn(*args))
+
+    return wrapper
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_wrapper_that_runs_its_async_def_itself_is_handled(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    ordering: str,
+) -> None:
+    """A plain ``def`` wrapper that keeps ``__wrapped__`` and runs its ``async def`` to
+    the end itself is called off the loop: its records are handled, once. Before, it was
+    called on the loop's thread, where ``asyncio.run`` refuses to start, and every
+    record was dead-lettered as a permanent error, its handler never run."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    send_orders(src, 2)
+    ran.clear()
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        @run_to_the_end
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            await _record(ctx)
+
+    Billing.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Billing)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2, 20)
+    assert sorted(ran) == [0, 1]
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
+    assert (
+        running.metric("streamguard_dead_letters_total", topic=src, reason="permanent_error") == 0
+    )
