@@ -7,6 +7,7 @@ are read when a client is built, never at import.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +169,13 @@ def kafka_config_from_args(
                 f"sasl.password=KAFKA_PASSWORD, got {item!r}"
             )
         if variable not in os.environ:
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", variable):
+                # Perhaps the secret itself, given here as to -X: never echoed.
+                raise ConfigurationError(
+                    f"--kafka-config-env {key}=...: no environment variable of that name "
+                    "is set, and it does not look like one (not shown: it may be the "
+                    "value itself); give the variable's name, or the value with -X"
+                )
             raise ConfigurationError(
                 f"--kafka-config-env {key}={variable}: the environment variable "
                 f"{variable} is not set"

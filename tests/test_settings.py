@@ -178,6 +178,8 @@ def test_a_setting_read_from_the_environment_stays_off_the_command_line(
     ("item", "message"),
     [
         ("sasl.password=NOT_SET_ANYWHERE", "environment variable NOT_SET_ANYWHERE is not set"),
+        # The secret itself, given as to -X: refused without echoing it.
+        ("sasl.password=hunter2!", r"sasl.password=\.\.\.: no environment variable"),
         ("sasl.password", "expected KEY=VARIABLE"),
         ("=KAFKA_PASSWORD", "expected KEY=VARIABLE"),
     ],
@@ -190,5 +192,6 @@ def test_a_setting_from_a_missing_variable_is_a_usage_error(
     from streamguard.settings import kafka_config_from_args
 
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError, match=message) as refused:
         kafka_config_from_args(None, [item])
+    assert "hunter2" not in str(refused.value)
