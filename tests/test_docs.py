@@ -5,6 +5,8 @@ match what the runtime registers and logs, and the docs' links find their pages.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,24 @@ def test_readme_quick_start_delivers_a_stamped_event(
     assert record.key() == b"customer-7"
 
 
+def test_testing_guide_integration_example_passes(tmp_path: Path) -> None:
+    """The integration example of docs/testing.md passes under pytest as written, with
+    its own embedded broker (a test module of a user's project)."""
+    (tmp_path / "test_refunds.py").write_text(_blocks("docs/testing.md")[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed" in done.stdout
+
+
 def test_testing_guide_example_tests_pass() -> None:
     """The example tests of docs/testing.md run and pass, with no broker."""
-    (code,) = _blocks("docs/testing.md")
+    code = _blocks("docs/testing.md")[0]
     namespace: dict[str, Any] = {"__name__": "docs_testing"}
     exec(compile(code, "docs/testing.md", "exec", dont_inherit=True), namespace)  # noqa: S102
     tests = [fn for name, fn in namespace.items() if name.startswith("test_")]
