@@ -171,7 +171,7 @@ class Scheduler:
             # batch a poll: with FALLBACK_POLL_GAP between polls, its second and third
             # partitions started 100 and 150 ms after the first. While its polls fetch,
             # there is room, and nobody else polls, the supervisor polls on at once.
-            # Room is what the loop can start soon: below ``refill_below`` records held.
+            # Room: fewer than ``refill_below`` records held across the lanes.
             # The lanes' own limit (max_buffered each) was the only one, and on many
             # partitions no lane nears it: on 128, a batch brings four records a lane,
             # and these polls ran ahead of a loop handling records as fast as they came

@@ -68,7 +68,8 @@ def test_an_event_loop_on_many_partitions_is_not_fetched_far_ahead(
     handlers wait; on many partitions no lane nears its own limit (a batch brings a few
     records a lane), and those polls ran ahead of a loop that handled records as fast as
     they came: 19,000-27,000 held on 128 partitions at the default settings. It refills
-    only while the lanes hold less than a partition's buffer, the handlers and a batch."""
+    only while the lanes hold less than four partitions' buffers, the handlers and a
+    batch (scaled down here: a smaller buffer and batch)."""
     src = topic_factory("orders", partitions=128)
     send_orders(src, 60_000, key=lambda i: f"customer-{i}")
     group = unique("g")
@@ -78,6 +79,7 @@ def test_an_event_loop_on_many_partitions_is_not_fetched_far_ahead(
         topic = src
         contract = OrderPlaced
         group_id = group
+        options = sg.ServiceOptions(max_buffered=1000, batch_size=250)
 
         async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             handled[0] += 1
@@ -89,9 +91,9 @@ def test_an_event_loop_on_many_partitions_is_not_fetched_far_ahead(
         peak = max(peak, running.metric("streamguard_inflight", topic=src))
         time.sleep(0.002)
     assert handled[0] == 60_000
-    # The refill bound (2,000 + 256 + 500 by default), and the poll that crossed it or
-    # one the loop made meanwhile (a batch each): 5,500 and 8,546 before.
-    assert peak <= 2756 + 2 * 500, peak
+    # The refill bound (4 x 1,000 + 256 + 250), and the poll that crossed it or one the
+    # loop made meanwhile (a batch each): 12,816 and 20,388 held before.
+    assert peak <= 4506 + 2 * 250, peak
 
 
 def test_consumer_lag_reports_the_backlog_and_drains_to_zero(
