@@ -13,6 +13,7 @@ refused at ``send()`` instead of reaching every consumer changed.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,8 +27,9 @@ ROUND_TRIP = "round_trip"
 def round_trip_changes(sent: BaseModel, got: BaseModel) -> list[ErrorDetail]:
     """Where ``got`` (``sent`` encoded and decoded) differs from ``sent``, without values.
 
-    Equal means ``==``, with two allowances: a NaN equals a NaN, and private attributes
-    and ``exclude=True`` fields, which no wire format carries by design, are not compared.
+    Equal means ``==``, with three allowances: a NaN equals a NaN, two aware datetimes
+    at the same instant are equal, and private attributes and ``exclude=True`` fields,
+    which no wire format carries by design, are not compared.
     """
     if _same(sent, got):
         return []
@@ -64,7 +66,7 @@ def _compare(sent: Any, got: Any, loc: list[str | int], out: list[ErrorDetail]) 
             else:
                 _compare(sent_extra[name], got_extra[name], [*loc, name], out)
         return
-    if _same(sent, got) or (_nan(sent) and _nan(got)):
+    if _same(sent, got) or (_nan(sent) and _nan(got)) or _same_instant(sent, got):
         return
     if type(sent) is type(got):
         if isinstance(sent, dict) and sent.keys() == got.keys():
@@ -79,6 +81,18 @@ def _compare(sent: Any, got: Any, loc: list[str | int], out: list[ErrorDetail]) 
         return
     got_type = "None" if got is None else type(got).__name__
     out.append(_change(loc, f"reads it back as {got_type}, not as the {type(sent).__name__} sent"))
+
+
+def _same_instant(sent: Any, got: Any) -> bool:
+    # == between aware datetimes of different zones is False for a time in a repeated
+    # hour (PEP 495), so a zoneinfo time in the hour a clock goes back, such as
+    # 02:30 Europe/Berlin on the last Sunday of October, never equals the fixed offset
+    # or UTC time it reads back as, though both name the same instant.
+    if not (isinstance(sent, datetime) and isinstance(got, datetime)):
+        return False
+    if sent.utcoffset() is None or got.utcoffset() is None:
+        return False
+    return sent.astimezone(UTC) == got.astimezone(UTC)
 
 
 def _nan(value: Any) -> bool:

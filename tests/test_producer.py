@@ -523,3 +523,27 @@ def test_bytes_no_format_can_hold_are_refused_naming_the_field(wire: str) -> Non
         producer.send("blobs", contract(name="n", data=b"\xffSECRET-4242"))
     assert [(e["loc"], e["type"]) for e in info.value.errors] == [(["data"], f"{wire}_encode")]
     assert "4242" not in f"{info.value} {info.value.errors_json()!r}"
+
+
+@pytest.mark.parametrize("wire", ["json", "avro"])
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_zone_time_in_the_hour_the_clock_goes_back_is_sent(wire: str, fold: int) -> None:
+    """An aware datetime in a zone's repeated hour reads back as the same instant in
+    another zone and is sent; == between zones is False there, and send() refused it."""
+    contract = type(
+        "Stamped",
+        (sg.Contract,),
+        {
+            "__module__": __name__,
+            "__subject__": f"tests.stamped.{wire}",
+            "__version__": 1,
+            "__wire_format__": wire,
+            "__annotations__": {"at": datetime, "seen": list[datetime]},
+        },
+    )
+    at = datetime(2025, 10, 26, 2, 30, fold=fold, tzinfo=ZoneInfo("Europe/Berlin"))
+    event = contract(at=at, seen=[at])
+    codec: sg.Codec = sg.JsonCodec() if wire == "json" else sg.AvroCodec()
+    assert codec.decoder(contract)(codec.encode(event)).at.timestamp() == at.timestamp()
+    producer = sg.GuardedProducer("127.0.0.1:9")  # queued, never delivered: not flushed
+    producer.send("stamped", event)
