@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import random
@@ -34,11 +35,12 @@ from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.deadletter import REASONS, DeadLetterHeaders, DeadLetterLog, Reason
 from streamguard.errors import ConfigurationError
-from streamguard.faust.lane import Lane
+from streamguard.faust.lane import Lane, through_wrapper
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy, check_transient
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
+from streamguard.runtime.spec import async_only_inside, check_handler, is_async
 from streamguard.topics import check_default_dead_letter_topic, check_topic_name
 
 log = logging.getLogger("streamguard.faust")
@@ -80,6 +82,10 @@ def guarded_agent(
     partition_buffer: int = 1000,
 ) -> Callable[[Handler], GuardedAgent]:
     """Declare ``async def handler(event, ctx)`` as a guarded Faust agent on ``topic``.
+
+    The handler may be decorated (``functools.wraps`` kept), with an ``async def``
+    wrapper or a plain ``def`` one that returns the coroutine, or be an object whose
+    ``__call__`` is ``async def``; it runs on Faust's event loop.
 
     Args:
         app: the ``faust.App``.
@@ -177,7 +183,14 @@ class GuardedAgent:
                     "topic, a Faust agent (a guarded agent's is its .agent) or a callable. "
                     "A sink gets the handler's result as it is returned."
                 )
-        self.name = name or f"{handler.__module__}.{handler.__qualname__}"
+        self.name = name or _default_name(handler)
+        # What the lanes call: the handler, or for a plain def wrapper of an async def
+        # (functools.wraps kept), the wrapper with its coroutine awaited.
+        self.call: Handler = (
+            through_wrapper(handler, f"guarded agent {self.name}")
+            if async_only_inside(handler)
+            else handler
+        )
         if self.name in app.agents:
             # Faust keeps one agent per name: the new one would silently replace the
             # other, whose topic would then never be consumed.
@@ -427,6 +440,13 @@ class GuardedAgent:
         )
 
 
+def _default_name(handler: Any) -> str:
+    """The handler's qualified name; a partial's function's, an object's class's."""
+    target = handler.func if isinstance(handler, functools.partial) else handler
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{target.__module__}.{qualname}"
+
+
 def _check(
     app: Any,
     handler: Any,
@@ -453,11 +473,13 @@ def _check(
             f"{label}: contract {contract.__qualname__} is a base for contracts "
             "(__abstract__ = True): name a contract with a __subject__ and __version__"
         )
-    if not inspect.iscoroutinefunction(handler):
+    check_handler(handler, f"{label}: the handler")
+    if not is_async(handler):
         raise ConfigurationError(
-            f"{label}: the handler must be 'async def handler(event, ctx)'. A blocking "
-            "handler would stall Faust's event loop, heartbeats included; run blocking "
-            "work with asyncio.to_thread inside an async handler."
+            f"{label}: the handler must be 'async def handler(event, ctx)' (a decorator "
+            "around it must keep __wrapped__: functools.wraps). A blocking handler would "
+            "stall Faust's event loop, heartbeats included; run blocking work with "
+            "asyncio.to_thread inside an async handler."
         )
     if not isinstance(retry, RetryPolicy):
         raise ConfigurationError(f"{label}: retry must be an sg.RetryPolicy(...)")

@@ -21,6 +21,7 @@ import logging
 import time
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from faust.streams import _current_event
@@ -36,6 +37,46 @@ if TYPE_CHECKING:
     from streamguard.faust.agent import GuardedAgent
 
 log = logging.getLogger("streamguard.faust")
+
+
+class WrapperRunsCoroutine(TypeError):
+    """A handler's plain ``def`` wrapper tried to run its ``async def`` to the end itself
+    (``asyncio.run``, asgiref's ``async_to_sync``), which cannot be done on the thread of
+    Faust's running event loop. A bug in the declaration, not an outcome: the worker
+    crashes with the event unacked, rather than dead-letter every event."""
+
+
+def through_wrapper(
+    wrapper: Callable[..., Any], name: str
+) -> Callable[[Any, MessageContext], Awaitable[Any]]:
+    """Call a handler that is ``async def`` only inside a plain ``def`` wrapper
+    (``functools.wraps`` kept): the wrapper runs on Faust's loop, and the coroutine it
+    returns is awaited there. A ``ConsumerService`` calls such a wrapper in a thread
+    instead, where one that runs the coroutine itself can; here the handler must run on
+    Faust's loop (its tables, topics and current event live there), so that wrapper is
+    refused, naming the fix, when its call fails on the running loop."""
+
+    async def call(event: Any, ctx: MessageContext) -> Any:
+        try:
+            result = wrapper(event, ctx)
+        except RuntimeError as exc:
+            # asyncio.run, asgiref's async_to_sync and run_until_complete all refuse,
+            # with these words, to run on a thread whose event loop is running.
+            if "event loop" not in str(exc):
+                raise
+            raise WrapperRunsCoroutine(
+                f"{name}: its handler is a plain 'def' wrapper of an 'async def' that "
+                f"runs the coroutine itself ({exc}), which cannot be done on Faust's "
+                "event loop. Make the wrapper 'async def' and await the function, or "
+                "have it return the function's coroutine (return fn(*args)) for the "
+                "agent to await"
+            ) from exc
+        if inspect.iscoroutine(result):
+            return await result
+        return result
+
+    return call
+
 
 # Faust's "current event" of a task (faust.streams.current_event() reads it), set by its
 # own stream for each event; private, like the other Faust internals the lanes rely on.
@@ -315,13 +356,15 @@ class Lane:
         while True:
             start = time.perf_counter()
             try:
-                result = await agent.handler(decoded, MessageContext(record, attempt))
+                result = await agent.call(decoded, MessageContext(record, attempt))
                 if result is not None:
                     if returned_unrun(result):
                         break  # a bug, not an outcome: raised below, out of the judging
                     if agent.sinks:
                         await agent.forward(result)
             except Exception as exc:
+                if isinstance(exc, WrapperRunsCoroutine):
+                    raise  # a bug, not an outcome: crashes the worker, unacked (see _run)
                 now = time.monotonic()
                 verdict = judge(
                     exc, attempt, retry, agent.retry, agent.transient, now, by_handler=True

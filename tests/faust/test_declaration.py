@@ -63,6 +63,28 @@ def test_blocking_handler_is_refused(make_app: Callable[..., Any]) -> None:
         guarded_agent(make_app(), "orders", contract=OrderPlaced)(blocking)  # type: ignore[arg-type]
 
 
+def test_a_handler_async_only_inside_a_plain_wrapper_needs_functools_wraps(
+    make_app: Callable[..., Any],
+) -> None:
+    """A plain def wrapper of an async def that drops ``__wrapped__`` is refused with
+    the fix (functools.wraps), and a handler with a yield is refused as a generator."""
+
+    async def base(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    def unwrapped(event: OrderPlaced, ctx: sg.MessageContext) -> Any:
+        return base(event, ctx)
+
+    async def generator(event: OrderPlaced, ctx: sg.MessageContext) -> Any:
+        yield None
+
+    app = make_app()
+    with pytest.raises(sg.ConfigurationError, match=r"must keep __wrapped__: functools\.wraps"):
+        guarded_agent(app, "orders", contract=OrderPlaced)(unwrapped)
+    with pytest.raises(sg.ConfigurationError, match="is a generator"):
+        guarded_agent(app, "orders", contract=OrderPlaced)(generator)
+
+
 def test_bad_declarations_are_refused(make_app: Callable[..., Any]) -> None:
     """Invalid topic names (the default DLQ's too), a DLQ equal to the source, a
     non-contract, buffer or drift-sample sizes below one, and a transient type that

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -127,6 +128,113 @@ def test_a_handler_returning_an_unawaited_coroutine_stops_the_worker_unacked(
     assert "returned coroutine" in str(app.crash_reason)
     assert saved == [0]
     assert committed(bootstrap, group, src).get(0, 0) <= 1
+
+
+def test_decorated_handlers_run_on_fausts_loop(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """An async def under a functools.wraps decorator runs, whether the wrapper is
+    async def or a plain def that returns the coroutine (awaited by the lane), and so
+    does an object whose ``__call__`` is async def, as in a ConsumerService."""
+    app = make_app()
+    seen: dict[str, list[int]] = {"async": [], "plain": [], "object": []}
+
+    def async_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any) -> Any:
+            return await fn(*args)
+
+        return wrapper
+
+    def plain_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)
+
+        return wrapper
+
+    class Handler:
+        async def __call__(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            await asyncio.sleep(0)
+            seen["object"].append(ctx.offset)
+
+    topics = {shape: topic_factory(shape, partitions=1) for shape in seen}
+    for topic in topics.values():
+        send_orders(topic, 3)
+
+    @guarded_agent(app, topics["async"], contract=OrderPlaced)
+    @async_wrapper
+    async def by_async(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        await asyncio.sleep(0)
+        seen["async"].append(ctx.offset)
+
+    @guarded_agent(app, topics["plain"], contract=OrderPlaced)
+    @plain_wrapper
+    async def by_plain(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        await asyncio.sleep(0)
+        seen["plain"].append(ctx.offset)
+
+    guarded_agent(app, topics["object"], contract=OrderPlaced)(Handler())
+
+    def all_committed() -> bool:
+        return all(committed(bootstrap, app.conf.id, t).get(0) == 3 for t in topics.values())
+
+    async def scenario() -> None:
+        assert await until(all_committed, 40)
+
+    run_app(app, scenario)
+    assert seen == {"async": [0, 1, 2], "plain": [0, 1, 2], "object": [0, 1, 2]}
+
+
+def test_a_plain_wrapper_running_its_coroutine_itself_stops_the_worker_unacked(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """A plain def wrapper that runs its async def itself (``asyncio.run``) cannot on
+    Faust's running loop: the worker crashes with a ``TypeError`` naming that shape and
+    the fix, nothing is acked or dead-lettered, rather than every event being
+    dead-lettered as the wrapper's ``RuntimeError``."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 2)
+    group = unique("billing")
+    app = make_app(group)
+
+    def run_to_end(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            coro = fn(*args)
+            try:
+                return asyncio.run(coro)
+            finally:
+                coro.close()  # asyncio.run refused it unstarted: no "never awaited" warning
+
+        return wrapper
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    @run_to_end
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    async def until_crashed() -> None:
+        assert await until(lambda: app.should_stop, 30)
+
+    with contextlib.suppress(asyncio.CancelledError, RuntimeError):  # a crashed app's end
+        run_app(app, until_crashed)
+    assert isinstance(app.crash_reason, TypeError)
+    text = str(app.crash_reason)
+    assert "plain 'def' wrapper" in text
+    assert "runs the coroutine itself" in text
+    assert "Make the wrapper 'async def'" in text
+    assert committed(bootstrap, group, src).get(0, 0) == 0
+    assert bill.registry.get_sample_value(
+        "streamguard_messages_total", {"runtime": "faust", "topic": src, "outcome": "dead_lettered"}
+    ) in (None, 0.0)
 
 
 def test_an_unreachable_registry_holds_the_event_until_it_answers(
