@@ -66,6 +66,9 @@ class Assignment:
         self._on_revoked = on_revoked
         self.assigned_once = False
         self.closed = False  # after shutdown: callbacks from close() change nothing
+        # Once shutdown settles: when the stop's documented bound (twice
+        # shutdown_timeout from here) runs out; the runner's last waits stay within it.
+        self.stop_deadline: float | None = None
 
     def inflight(self) -> float:
         """Messages fetched and not final, all partitions (a gauge, read at scrape time)."""
@@ -160,6 +163,7 @@ class Assignment:
         lanes = list(self.lanes.values())
         self.lanes.clear()
         timeout = self._options.shutdown_timeout
+        self.stop_deadline = time.monotonic() + 2 * timeout
         self.settle(lanes, timeout, ack_wait=timeout)
         # No partition is ours any more: a lag left set would stay frozen in the
         # registry, which outlives the run (scraped, or the service run again).

@@ -90,14 +90,18 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def stop_event_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+def stop_event_loop(
+    loop: asyncio.AbstractEventLoop, thread: threading.Thread, timeout: float = 5.0
+) -> None:
     """Stop a loop running forever on ``thread`` and close it once the thread is done.
 
     Closed, not left to the collector: uvloop's loop is never collected, and kept five
-    descriptors (epoll, pipes) per run or test harness.
+    descriptors (epoll, pipes) per run or test harness. A thread still running after
+    ``timeout`` (a handler blocks it: a blocking call inside ``async def``) is left, a
+    daemon, with its loop open.
     """
     loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
+    thread.join(timeout=timeout)
     if not thread.is_alive():
         loop.close()
 
@@ -407,18 +411,19 @@ class LoopRunner:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._cancel_all)
 
-    def barrier(self, timeout: float) -> None:
-        """Return once the loop has run what it was running, at most ``timeout`` later.
+    def barrier(self, timeout: float) -> bool:
+        """Return once the loop has run what it was running, at most ``timeout`` later;
+        False when it did not answer (a handler blocks its thread).
 
         After the shutdown: a run whose handler crashed as the service stopped leaves
         its lane idle and records the crash (``_crashed``) in the same step of the
         loop, and the shutdown may have seen the first before the second.
         """
         if self.loop.is_closed() or not self.loop.is_running():
-            return
+            return True
         done = threading.Event()
         self.loop.call_soon_threadsafe(done.set)
-        done.wait(timeout)
+        return done.wait(timeout)
 
     def shutdown(self) -> None:
         """The service stops: release the thread pool, and write the counts and times

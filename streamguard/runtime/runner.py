@@ -57,6 +57,9 @@ DLQ_CREATE_WAIT = 5.0
 # After the shutdown, the longest wait for workers and the loop to record a handler's
 # crash (microseconds after its lane turned idle; only a stuck handler costs all of it).
 CRASH_RECORD_WAIT = 0.5
+# The longest wait for the event loop's thread to end once its loop answered: it ends
+# within milliseconds, and is then closed (its descriptors released).
+LOOP_STOP_WAIT = 5.0
 
 
 class Hooks:
@@ -111,6 +114,9 @@ class ServiceRuntime:
         self._breaker: Breaker | None = None
         self._link: ClusterLink | None = None
         self._running = False
+        # Set when a handler blocks the event loop's thread at the stop: the end of the
+        # stop's bound, which the run's end then waits for that thread at most.
+        self._loop_stuck_until: float | None = None
 
     def run(self) -> None:
         """Consume until ``stop()``, SIGTERM or SIGINT; then settle, commit and close."""
@@ -123,6 +129,7 @@ class ServiceRuntime:
         self._publisher = self._committer = self._breaker = None
         self._link = None
         self._running = True
+        self._loop_stuck_until = None
         spec = self.spec
         if spec.options.release_memory:
             from streamguard.runtime.memory import hold_malloc_thresholds  # and ctypes
@@ -197,7 +204,9 @@ class ServiceRuntime:
             if loop is not None and loop_thread is not None:
                 from streamguard.runtime.eventloop import stop_event_loop
 
-                stop_event_loop(loop, loop_thread)
+                until = self._loop_stuck_until
+                wait = LOOP_STOP_WAIT if until is None else max(0.0, until - time.monotonic())
+                stop_event_loop(loop, loop_thread, wait)
             if self._publisher is not None:
                 self._publisher.release()  # last: nothing of the run publishes any more
             # One never handed to a publisher (the run stopped or failed first) has
@@ -218,11 +227,25 @@ class ServiceRuntime:
         """
         options = self.spec.options
         poller.shutdown(scheduler.stopping, options.revoke_timeout + options.shutdown_timeout)
+        deadline = poller.assignment.stop_deadline
+
+        def left() -> float:
+            """What is left of the stop's bound (twice shutdown_timeout), at most the
+            wait for a crash to be recorded."""
+            if deadline is None:
+                return CRASH_RECORD_WAIT
+            return min(CRASH_RECORD_WAIT, max(0.0, deadline - time.monotonic()))
+
         # A handler that crashed as the service stopped is recorded just after its lane
         # turned idle: wait for that (bounded), so that run() raises it.
-        scheduler.await_workers(CRASH_RECORD_WAIT)
-        if self._loop_runner is not None:
-            self._loop_runner.barrier(CRASH_RECORD_WAIT)
+        scheduler.await_workers(left())
+        # A loop that answers does so within milliseconds: 50 ms at least, so that one
+        # is not taken for blocked when the DLQ's wait used up the bound.
+        if self._loop_runner is not None and not self._loop_runner.barrier(max(0.05, left())):
+            # A handler blocks the loop's thread (a blocking call inside async def, not
+            # an await: cancelling cannot stop it). Its record stays uncommitted; the
+            # thread is joined only for what is left of the bound, then left, a daemon.
+            self._loop_stuck_until = time.monotonic() if deadline is None else deadline
         if not failing and scheduler.failure is None:
             self._hooks.on_stop()
             return

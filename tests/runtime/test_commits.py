@@ -290,6 +290,50 @@ def test_stuck_async_handler_does_not_keep_the_process_alive(
     assert committed(bootstrap, group, src).get(0) is None
 
 
+def test_an_async_handler_blocking_the_loop_thread_stops_within_twice_shutdown_timeout(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A blocking call inside ``async def`` (no await: cancelling cannot stop it) holds
+    the event loop's thread: the stop still returns within twice shutdown_timeout, logs
+    the handler still running, and leaves its record uncommitted. The loop's thread was
+    joined for 5 s more, so the stop took shutdown_timeout + 0.5 + 5 s."""
+    src = topic_factory("orders", partitions=1)
+    group = unique("g")
+    entered = threading.Event()
+    released = threading.Event()
+
+    class Blocking(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(shutdown_timeout=1.0, revoke_timeout=1.0)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            entered.set()
+            released.wait(30)  # blocks the loop's thread; released at the test's end
+
+    running = start_service(Blocking)
+    try:
+        producer = sg.GuardedProducer(bootstrap)
+        producer.send(src, order(1))
+        producer.flush()
+        assert entered.wait(30)
+        caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+        start = time.monotonic()
+        running.stop()
+        took = time.monotonic() - start
+    finally:
+        released.set()  # the loop's thread ends with the handler
+    assert took < 2 * 1.0 + 0.5  # twice shutdown_timeout, and a margin for closing
+    assert running.error == []
+    assert any(r.getMessage().startswith("handler still running") for r in caplog.records)
+    assert committed(bootstrap, group, src).get(0) is None
+
+
 def test_paused_partition_given_back_after_a_rebalance_is_consumed(
     bootstrap: str,
     topic_factory: Callable[..., str],
