@@ -13,6 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # not re-exported for mypy
+from confluent_kafka.admin._resource import ResourceType  # likewise
 from confluent_kafka.cimpl import NewTopic
 
 from streamguard.errors import ConfigurationError
@@ -31,6 +33,9 @@ DEAD_LETTER_SUFFIX = ".dlq"
 # and replay producers take what a consumer can receive (librdkafka's
 # receive.message.max.bytes is 100 MB); the producer's own 1 MiB default would refuse it.
 MAX_RECORD_BYTES = 100 * 1024 * 1024
+# What a dead letter adds to its record: the sg-dlq-* headers (error locations capped at
+# 8 KiB, an error text at 1000 characters, positions and names), with room to spare.
+DEAD_LETTER_HEADROOM = 100_000
 
 
 def dead_letter_topic_for(topic: str) -> str:
@@ -79,10 +84,19 @@ def create_topics(
     partitions: int = 1,
     config: Mapping[str, Any] | None = None,
     timeout: float = 15.0,
+    topic_config: Mapping[str, str] | None = None,
 ) -> None:
-    """Create topics, treating "already exists" as success."""
+    """Create topics, treating "already exists" as success.
+
+    Args:
+        config: the admin client's settings (security) besides the bootstrap servers.
+        topic_config: the new topics' settings (``max.message.bytes``, ...).
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(config or {})})
-    new = [NewTopic(check_topic_name(n), num_partitions=partitions) for n in names]
+    new = [
+        NewTopic(check_topic_name(n), num_partitions=partitions, config=dict(topic_config or {}))
+        for n in names
+    ]
     if not new:
         return
     for topic, future in admin.create_topics(new, operation_timeout=timeout).items():
@@ -96,3 +110,27 @@ def create_topics(
                 f"could not create topic {topic!r}: no answer from {bootstrap_servers} "
                 f"within {timeout:g}s"
             ) from None
+
+
+def max_message_bytes(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 5.0,
+) -> int | None:
+    """The ``max.message.bytes`` a topic's description gives, or None when it gives none
+    or cannot be read (a principal without ``DescribeConfigs``, an unreachable cluster).
+
+    Apache Kafka describes the value in force, set on the topic or the broker's default.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(config or {})})
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        described = admin.describe_configs([resource], request_timeout=timeout)[resource]
+        entry = described.result(timeout=timeout).get("max.message.bytes")
+    except (KafkaException, TimeoutError):
+        return None
+    if entry is None or entry.value is None or not str(entry.value).isdigit():
+        return None
+    return int(entry.value)

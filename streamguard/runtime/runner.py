@@ -35,7 +35,7 @@ from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.scheduler import Scheduler
 from streamguard.runtime.spec import ServiceSpec
-from streamguard.topics import create_topics
+from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
 
 if TYPE_CHECKING:
     # A sync service under partition order runs no event loop: the event-loop runtime
@@ -454,6 +454,28 @@ class ServiceRuntime:
                 return True
         if spec.dead_letter_topic not in dead_letter_topics:
             partitions = len(topics[spec.topic].partitions) if spec.topic in topics else 1
+            # A dead letter is its record plus sg-dlq-* headers: a DLQ at the broker's
+            # default size limit could not take the largest records of a source that
+            # allows more, and one of them would hold its partition. Read on the
+            # source's cluster, with the consumer's security settings.
+            source_limit = (
+                max_message_bytes(
+                    self.consumer_config["bootstrap.servers"],
+                    spec.topic,
+                    config={
+                        k: v
+                        for k, v in self.consumer_config.items()
+                        if k.startswith(("security.", "sasl.", "ssl."))
+                    },
+                )
+                if spec.topic in topics
+                else None
+            )
+            topic_config = (
+                {"max.message.bytes": str(source_limit + DEAD_LETTER_HEADROOM)}
+                if source_limit is not None
+                else {}
+            )
             try:
                 create_topics(  # a topic made meanwhile counts as created
                     servers,
@@ -461,10 +483,15 @@ class ServiceRuntime:
                     partitions=partitions,
                     timeout=DLQ_CREATE_WAIT if elsewhere else 15.0,
                     config=security,
+                    topic_config=topic_config,
                 )
                 log.info(
                     "created dead-letter topic",
-                    extra={"dlq": spec.dead_letter_topic, "bootstrap_servers": servers},
+                    extra={
+                        "dlq": spec.dead_letter_topic,
+                        "bootstrap_servers": servers,
+                        "max_message_bytes": topic_config.get("max.message.bytes"),
+                    },
                 )
             except ConfigurationError as exc:
                 log.warning(

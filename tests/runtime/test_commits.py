@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
-from streamguard.topics import create_topics
+from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
 from tests.conftest import FAST_GROUP, port_of, refusing_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
@@ -409,6 +410,39 @@ def test_one_failed_dead_letter_is_not_excused_by_a_later_success(
     # The client's own refusal, as docs/operations.md tells it from the broker's.
     error = running.service.health()["dlq_error"]
     assert error == "Unable to produce message: Broker: Message size too large"
+
+
+def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headroom(
+    bootstrap: str,
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A DLQ the service creates gets the source topic's max.message.bytes plus room
+    for the sg-dlq-* headers, so the source's largest records can be dead-lettered; a
+    source whose description gives no value leaves the DLQ at the broker's default.
+    (The embedded broker describes only settings a topic was given, and enforces no
+    size limit: what is checked is the DLQ's setting, read back from the broker.)"""
+
+    def assigned(running: Running) -> bool:
+        return bool(running.service.health()["checks"]["assigned"])
+
+    big, plain = unique("orders"), unique("orders")
+    create_topics(bootstrap, [big], topic_config={"max.message.bytes": "5242880"})
+    create_topics(bootstrap, [plain])
+    for src in (big, plain):
+
+        class Billing(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+        running = start_service(Billing)
+        assert wait_for(functools.partial(assigned, running))
+        running.stop()
+    assert max_message_bytes(bootstrap, f"{big}.dlq") == 5242880 + DEAD_LETTER_HEADROOM
+    assert max_message_bytes(bootstrap, f"{plain}.dlq") is None
 
 
 def test_a_missing_dlq_holds_commits_until_it_is_created(
