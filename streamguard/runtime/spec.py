@@ -76,10 +76,7 @@ def async_only_inside(fn: Callable[..., Any]) -> bool:
     that just passes the call on), or run it to the end itself (``asyncio.run``,
     asgiref's ``async_to_sync``), which it cannot do on the event loop's own thread;
     nothing tells the two apart before the call."""
-    outer: Callable[..., Any] = fn
-    if callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, functools.partial | type):
-        outer = type(fn).__call__
-    return is_async(fn) and not inspect.iscoroutinefunction(outer)
+    return is_async(fn) and not inspect.iscoroutinefunction(_called(fn))
 
 
 def check_handler(fn: Callable[..., Any], name: str) -> None:
@@ -144,7 +141,13 @@ def returned_unrun(result: object) -> bool:
 def _code_of(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What runs when ``fn`` is called: through ``__wrapped__``, and to the ``__call__``
     of a callable object (``inspect`` looks through partials and methods itself)."""
-    fn = inspect.unwrap(fn)
+    code: Callable[..., Any] = inspect.unwrap(_called(inspect.unwrap(fn)))
+    return code
+
+
+def _called(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, or for a callable object (not a function, method, partial or class) its
+    class's ``__call__``."""
     if callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, functools.partial | type):
-        fn = inspect.unwrap(type(fn).__call__)
+        return type(fn).__call__
     return fn
