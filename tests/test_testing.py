@@ -14,7 +14,7 @@ import streamguard as sg
 from streamguard import headers as h
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.testing import ServiceHarness, dead_letter_headers_of, message_context
-from tests.runtime.conftest import order
+from tests.runtime.conftest import order, order_v2
 
 SECRET = "SECRET-4242"
 
@@ -658,19 +658,6 @@ def test_a_closed_harness_leaves_no_event_loop_open(event_loop: str) -> None:
     assert descriptors[2] <= descriptors[0], descriptors
 
 
-class OrderPlacedV2(sg.Contract):
-    """The next version of the orders contract, as a newer producer sends it."""
-
-    __subject__ = "orders.OrderPlaced"
-    __version__ = 2
-    order_id: str
-    customer_id: str
-    amount: str
-    currency: str
-    placed_at: str
-    coupon: str | None = None
-
-
 def test_send_stamps_the_event_s_own_contract_as_a_producer_does() -> None:
     """``send`` of another version's event stamps that version, as ``GuardedProducer``
     does: the drift a running service would see is seen (it was stamped with the
@@ -679,7 +666,7 @@ def test_send_stamps_the_event_s_own_contract_as_a_producer_does() -> None:
     class Strict(Billing):
         drift = "dead_letter"
 
-    newer = OrderPlacedV2(**order(1).model_dump(mode="json"), coupon="SPRING")
+    newer = order_v2(1)
     registry = CollectorRegistry()
     with ServiceHarness(Billing, registry=registry) as kit:
         assert kit.send(newer).handled

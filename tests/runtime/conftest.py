@@ -34,6 +34,25 @@ def order(i: int = 0, **overrides: Any) -> OrderPlaced:
     return OrderPlaced(**fields)
 
 
+class OrderPlacedV2(sg.Contract):
+    """The next version of the orders contract, as a newer producer sends it: a field
+    v1 does not know."""
+
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 2
+    order_id: str
+    customer_id: str
+    amount: str
+    currency: str
+    placed_at: str
+    coupon: str | None = None
+
+
+def order_v2(i: int = 0) -> OrderPlacedV2:
+    """``order(i)`` as version 2 writes it, with a coupon."""
+    return OrderPlacedV2(**order(i).model_dump(mode="json"), coupon="SPRING")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it holds or ``timeout`` passes (bounded in time)."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ import streamguard as sg
 from streamguard import headers as h
 from streamguard.demo.contracts import OrderPlaced, PaymentCaptured
 from streamguard.testing import Outcome, ServiceHarness
-from tests.runtime.conftest import Running, committed, order, wait_for
+from tests.runtime.conftest import Running, committed, order, order_v2, wait_for
 
 SECRET = "SECRET-7731"
 PRODUCER = "fidelity-producer"
@@ -183,24 +183,6 @@ _STAMPED_V7 = [
 ]
 
 
-class OrderPlacedV2(sg.Contract):
-    """The next version of the orders contract, with a field v1 does not know."""
-
-    __subject__ = "orders.OrderPlaced"
-    __version__ = 2
-    order_id: str
-    customer_id: str
-    amount: str
-    currency: str
-    placed_at: str
-    coupon: str | None = None
-
-
-def _v2() -> OrderPlacedV2:
-    fields = order(1).model_dump(mode="json")
-    return OrderPlacedV2(**fields, coupon="SPRING")
-
-
 def _payment() -> PaymentCaptured:
     return PaymentCaptured(payment_id="p-1", order_id="o-1", amount_cents=990, currency="EUR")
 
@@ -255,8 +237,8 @@ CASES = [
     ),
     Case("permanent-and-transient", event=order(1), body=_raise(Both("no"))),
     Case("odd-return", event=order(1), body=lambda service, event, ctx: "not None"),
-    Case("newer-version-sent", event=_v2()),
-    Case("newer-version-sent-dead-lettered", event=_v2(), attrs={"drift": "dead_letter"}),
+    Case("newer-version-sent", event=order_v2(1)),
+    Case("newer-version-sent-dead-lettered", event=order_v2(1), attrs={"drift": "dead_letter"}),
     Case("oversize", value=_json(), attrs={"codec": sg.JsonCodec(max_bytes=64)}, kinds=INPUT_ONLY),
     Case("keyless-tombstone", value=None, key=None, kinds=INPUT_ONLY),
     Case("tombstone-retried", value=None, attrs={"handle_tombstone": _delete_later}),
