@@ -141,6 +141,11 @@ class PrometheusServer:
     def log_tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
 
+    def sees_ready(self) -> bool:
+        """Whether Prometheus has scraped the service as ready (``streamguard_ready``)."""
+        ready = self.query('streamguard_ready{job="streamguard"}', "service")
+        return ready == {SERVICE_LABEL: 1.0}
+
 
 @pytest.fixture
 def prometheus_server(

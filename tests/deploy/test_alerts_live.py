@@ -16,7 +16,7 @@ import pytest
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
-from tests.deploy.conftest import ROOT, SERVICE_LABEL, PrometheusServer
+from tests.deploy.conftest import ROOT, PrometheusServer
 from tests.runtime.conftest import Running, order, wait_for
 
 RUNBOOK = (ROOT / "docs" / "operations.md").read_text()
@@ -77,14 +77,9 @@ def test_an_open_breaker_raises_its_alerts_and_each_leads_to_its_section(
     metrics_port = free_port()
     running = start_service(Billing, metrics_port=metrics_port)
     prometheus = prometheus_server(metrics_port)
-    assert wait_for(
-        lambda: (
-            prometheus.query('streamguard_ready{job="streamguard"}', "service")
-            == {SERVICE_LABEL: 1.0}
-        ),
-        45,
-        0.5,
-    ), f"Prometheus did not see the service ready: {running.error}\n{prometheus.log_tail()}"
+    assert wait_for(prometheus.sees_ready, 45, 0.5), (
+        f"Prometheus did not see the service ready: {running.error}\n{prometheus.log_tail()}"
+    )
     exprs = alert_exprs(prometheus)
     assert len(exprs) == 11, exprs
 

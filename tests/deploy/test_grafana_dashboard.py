@@ -172,14 +172,9 @@ def test_every_panel_query_returns_data_from_a_real_service(
     running = start_service(Billing, metrics_port=metrics_port)
     prometheus = prometheus_server(metrics_port)
     # Send only once Prometheus has a sample from before, so every rate() has an increase.
-    assert wait_for(
-        lambda: (
-            prometheus.query('streamguard_ready{job="streamguard"}', "service")
-            == {SERVICE_LABEL: 1.0}
-        ),
-        45,
-        0.5,
-    ), f"Prometheus did not see the service ready: {running.error}\n{prometheus.log_tail()}"
+    assert wait_for(prometheus.sees_ready, 45, 0.5), (
+        f"Prometheus did not see the service ready: {running.error}\n{prometheus.log_tail()}"
+    )
 
     # Plain JSON without streamguard's schema headers also counts as drift
     # (no_schema_headers), so these messages feed every panel. Drift series appear with
