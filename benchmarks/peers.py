@@ -43,6 +43,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=events.PARTITIONS,
         help="partitions of the data set's topics (3 for the published table)",
     )
+    parser.add_argument(
+        "--line-items",
+        type=int,
+        default=events.LINE_ITEMS,
+        help="line items per event, which sets its size (6, about 390 B, for the published table)",
+    )
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
     parser.add_argument(
         "--modes", nargs="+", choices=PASSES, default=list(MODES), help="the passes to run"
@@ -104,9 +110,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.partitions < 1:
         parser.error("--partitions must be at least 1")
+    if args.line_items < 0:
+        parser.error("--line-items must be at least 0")
     # Read by every contender's process too (they inherit the environment).
     os.environ["PEERBENCH_PARTITIONS"] = str(args.partitions)
+    os.environ["PEERBENCH_LINE_ITEMS"] = str(args.line_items)
     events.PARTITIONS = args.partitions
+    events.LINE_ITEMS = args.line_items
     if not args.worker:
         import peerbench.contenders  # noqa: F401 (registers every row; a worker, its own)
     unknown = [n for n in args.only or [] if n not in CONTENDERS]
@@ -134,11 +144,15 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     same_machine = all(
         mine["machine"].get(k) == theirs["machine"].get(k) for k in ("cpu", "cores", "python")
     )
-    same_data = mine.get("partitions") == theirs.get("partitions")
+    same_data = all(
+        mine.get(k, default) == theirs.get(k, default)
+        for k, default in (("partitions", 3), ("line_items", 6))
+    )
     if not same_machine or mine["versions"] != theirs["versions"] or not same_data:
         print(
             "not merged: the earlier results were measured on another machine, with "
-            "other versions or on another number of partitions; run the other passes again",
+            "other versions or on another data set (partitions, line items); run the other "
+            "passes again",
             file=sys.stderr,
         )
         return new

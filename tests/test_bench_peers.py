@@ -250,8 +250,8 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """--merge adds the passes a run did not make from the earlier results, with their
-    date; results from another machine, other versions or another number of partitions
-    are never mixed in."""
+    date; results from another machine, other versions or another data set (partitions,
+    line items) are never mixed in."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import peers
 
@@ -318,6 +318,15 @@ def test_merge_keeps_earlier_passes_of_the_same_machine_only(
     wider["meta"]["partitions"] = 48
     apart = peers.merge(results("2026-12-01", "cpu A", {"io": {"old": 2}}), wider)
     assert "io" not in apart["contenders"]["sg-sync"]
+    # Nor one on larger events (--line-items); results from before the option had 6.
+    larger = results("2026-12-02", "cpu A", {"throughput": {"new": 1}})
+    larger["meta"]["line_items"] = 60
+    apart = peers.merge(results("2026-12-01", "cpu A", {"io": {"old": 2}}), larger)
+    assert "io" not in apart["contenders"]["sg-sync"]
+    same = results("2026-12-02", "cpu A", {"throughput": {"new": 1}})
+    same["meta"]["line_items"] = 6
+    kept = peers.merge(results("2026-12-01", "cpu A", {"io": {"old": 2}}), same)
+    assert kept["contenders"]["sg-sync"]["io"] == {"old": 2}
 
 
 def test_streamguard_rows_are_held_to_the_best_peer_of_each_pass(

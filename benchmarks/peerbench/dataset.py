@@ -1,6 +1,7 @@
 """The one data set every contender reads: keyed order events of about 400 bytes.
 
-The events are ``streamguard.demo.contracts.OrderPlaced`` with six line items. They carry no
+The events are ``streamguard.demo.contracts.OrderPlaced`` with six line items (``peers.py
+--line-items`` sets another number). They carry no
 ``sg-*`` headers, as events written by another framework's producer would not. Record
 ``i`` has order id ``UUID(int=i + 1)`` and key ``k{i % KEYS}``, so a key's records sit in
 one partition in increasing order. The same bytes go to every contender; the Avro topic
@@ -20,6 +21,7 @@ from decimal import Decimal
 
 from confluent_kafka import Producer
 
+from peerbench import events
 from peerbench.events import IO_KEYS, KEYS, MEASURED_AFTER
 from streamguard.codecs import AvroCodec
 from streamguard.demo.contracts import OrderPlaced
@@ -41,7 +43,10 @@ def order_event(
         amount=Decimal("1234.56"),
         currency="EUR",
         placed_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
-        items=[{"sku": f"SKU-{(i + k) % 99999:08d}", "quantity": k + 1} for k in range(6)],
+        items=[
+            {"sku": f"SKU-{(i + k) % 99999:08d}", "quantity": k + 1}
+            for k in range(events.LINE_ITEMS)
+        ],
     )
 
 

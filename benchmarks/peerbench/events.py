@@ -23,6 +23,9 @@ IO_KEYS = 16  # the io topic's keys are few, so a framework that reorders a key 
 # The published table's data set has 3; `peers.py --partitions N` (which sets this variable
 # for every contender's process) measures the rows on more.
 PARTITIONS = int(os.environ.get("PEERBENCH_PARTITIONS", "3"))
+# Line items per event: 6 (about 390 bytes of JSON) in the published table; `peers.py
+# --line-items N` measures the rows on larger events.
+LINE_ITEMS = int(os.environ.get("PEERBENCH_LINE_ITEMS", "6"))
 # Latency records carry UUID(int=time.time_ns() at send) as order id; warm-up ones are below.
 MEASURED_AFTER = 10**18
 

@@ -264,6 +264,7 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             "rounds": settings.rounds,
             "passes": list(settings.modes),
             "partitions": events.PARTITIONS,
+            "line_items": events.LINE_ITEMS,
             "keys": events.KEYS,
             "io": {
                 "records": settings.io_records,
