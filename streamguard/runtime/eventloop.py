@@ -640,6 +640,7 @@ class LoopRunner:
                             returned = await handle(event, ctx)  # None, unless work handed back
                             end = clock()
                             timed(end - start)
+                            event = None  # not held while the next decodes (see lane.py)
                 except Exception as exc:
                     if called and done:  # the verdict weighs every success before it
                         self._fold(lane, done, last)

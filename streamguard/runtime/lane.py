@@ -317,6 +317,10 @@ class PartitionLane:
                         returned = invoke(event, ctx)  # None, unless work handed back
                         end = clock()
                         timed(end - start)
+                        # Let go now: kept until the next record decoded, a large event
+                        # was walked by every young collection of that decode
+                        # (docs/benchmark-notes.md, *Larger events*).
+                        event = None
                 except Exception as exc:
                     if called and handled:
                         # The verdict weighs every success before it: folded after it,

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import cast
+import weakref
+from typing import Any, cast
 
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
+from pydantic import model_validator
 
 import streamguard as sg
 from streamguard.deadletter import Failure
@@ -382,3 +384,71 @@ def test_a_record_parked_before_its_first_try_still_counts_its_drift() -> None:
     }
     assert calls == [0, 1]
     assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 2.0
+
+
+class Basket(sg.Contract):
+    """A contract whose validation notes whether an event handled earlier is still alive."""
+
+    __subject__ = "tests.Basket"
+    __version__ = 1
+
+    n: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_the_last_event(cls, data: Any) -> Any:
+        ALIVE_WHILE_DECODING.append(any(ref() is not None for ref in HANDLED))
+        return data
+
+
+HANDLED: list[weakref.ref[Basket]] = []
+ALIVE_WHILE_DECODING: list[bool] = []
+
+
+def test_a_handled_event_is_let_go_before_the_next_record_decodes() -> None:
+    """Neither lane keeps the last event it handled while it decodes the next. Kept,
+    each young-generation collection during a decode walked the whole previous event:
+    on events of 300 line items (12 KB) the collector's time per record rose from 60
+    to 99 µs in a sync service and to 166 in an async one (docs/benchmark-notes.md,
+    *Larger events*)."""
+    HANDLED.clear()
+    ALIVE_WHILE_DECODING.clear()
+
+    class Baskets(sg.ConsumerService):
+        topic = "lane-unit"
+        contract = Basket
+        group_id = "lane-unit"
+
+        def handle(self, event: Basket, ctx: sg.MessageContext) -> None:
+            HANDLED.append(weakref.ref(event))
+
+    class AsyncBaskets(Baskets):
+        async def handle(self, event: Basket, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            HANDLED.append(weakref.ref(event))
+
+    values = [b'{"n": %d}' % i for i in range(4)]
+    spec = Baskets(bootstrap_servers="127.0.0.1:9")._spec()
+    lane = PartitionLane(0, Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry())))
+    assert lane.enqueue(batch(*values))
+    lane.drain()
+    assert len(HANDLED) == 4
+    assert ALIVE_WHILE_DECODING == [False] * 4
+
+    HANDLED.clear()
+    ALIVE_WHILE_DECODING.clear()
+    spec = AsyncBaskets(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    loop = asyncio.new_event_loop()
+    try:
+        runner = LoopRunner(pipeline, loop, "partition", max_in_flight=8)
+        loop_lane = LoopLane(0, pipeline, runner)
+        assert loop_lane.enqueue(batch(*values))
+        loop_lane.drain()
+        for _ in range(100):
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if len(HANDLED) == 4:
+                break
+    finally:
+        loop.close()
+    assert len(HANDLED) == 4
+    assert ALIVE_WHILE_DECODING == [False] * 4
