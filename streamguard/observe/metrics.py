@@ -305,7 +305,7 @@ class ServiceMetrics:
         self.retries_deferred = self._bound(
             Counter,
             "streamguard_retries_deferred",
-            "Retries that waited because the service-wide retry budget was spent.",
+            "Retries that waited because the service-wide retry budget was spent (each once).",
             "topic",
         )
 

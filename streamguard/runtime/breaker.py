@@ -227,8 +227,9 @@ class Breaker:
 
     # -- retries -----------------------------------------------------------------------
 
-    def may_retry(self) -> bool:
-        """Withdraw a retry token; False (and counted) when the budget is spent."""
+    def may_retry(self, count: bool = True) -> bool:
+        """Withdraw a retry token; False when the budget is spent, then counted as a
+        deferred retry unless not ``count`` (a retry already counted, looking again)."""
         if not self.config.enabled:
             return True
         with self._lock:
@@ -236,7 +237,8 @@ class Breaker:
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 return True
-        self._deferred.inc()
+        if count:
+            self._deferred.inc()
         return False
 
     # -- internals (lock held) ---------------------------------------------------------

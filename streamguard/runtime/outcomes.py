@@ -34,7 +34,8 @@ class RetryState:
     ``parked_at`` is set while it waits for the circuit breaker or a retry token: that
     time is not charged to the message's own time budget. ``drift_checked``: a try got
     past decoding, so its drift check (or the sample's decision to skip it) is done;
-    not told by ``attempt``, which a failed probe gives back.
+    not told by ``attempt``, which a failed probe gives back. ``deferred``: the retry
+    already waits for a token, and is counted in ``streamguard_retries_deferred_total``.
     """
 
     attempt: int
@@ -44,6 +45,7 @@ class RetryState:
     parked_at: float | None = None
     open_mark: float = 0.0  # the breaker's open_total() when it last failed
     drift_checked: bool = False
+    deferred: bool = False
 
 
 # Input that can never be handled: dead-lettered at once, never retried.
@@ -70,7 +72,10 @@ def gate(
             # at the budget's floor (about 12 retries a second) 2,360 of them took
             # three minutes to recover after the dependency was back.
             caught = breaker.open_total() > retry.open_mark
-            if not caught and not breaker.may_retry():
+            # Counted as deferred once, not at each look every PARK_WAIT: a retry that
+            # waited a second for a token counted ten times.
+            if not caught and not breaker.may_retry(count=not retry.deferred):
+                retry.deferred = True
                 return _parked(retry, now, breaker)
     elif not breaker.allow(message):  # a probe is exempt from the retry budget
         return _parked(retry, now, breaker)
@@ -99,6 +104,7 @@ def _parked(retry: RetryState | None, now: float, breaker: Breaker) -> RetryStat
         parked_at,
         retry.open_mark,
         retry.drift_checked,
+        retry.deferred,
     )
 
 

@@ -332,3 +332,44 @@ def test_a_run_stopped_with_the_breaker_open_leaves_no_breaker_state(
             "streamguard_consumer_lag", {**labels, "partition": partition}
         )
         assert lag is None, partition
+
+
+def test_a_retry_waiting_for_the_budget_counts_once_as_deferred(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+) -> None:
+    """``streamguard_retries_deferred_total`` counts retries that waited for the retry
+    budget, each once, however long it waited: never more than the retries made. It
+    counted every look a waiting retry took (one per ``PARK_WAIT``, 0.1 s), so 50 retries
+    waiting about a second for tokens read as hundreds."""
+    src = topic_factory("orders")
+    total = 150  # each fails once: 150 retries against a bucket of 100 tokens
+    send_orders(src, total, key=lambda i: f"customer-{i}")
+    group = unique("billing")
+    lock = threading.Lock()
+    calls: dict[int, int] = {}
+
+    class Flaky(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        ordering = "key"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.002)
+        # Never opens (min_calls); no tokens from calls, 25 a second from the floor.
+        breaker = sg.CircuitBreaker(min_calls=10**6, retry_ratio=0.0, min_retries_per_second=25)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            with lock:
+                calls[ctx.offset] = calls.get(ctx.offset, 0) + 1
+                if calls[ctx.offset] == 1:
+                    raise TimeoutError("the database is slow")
+
+    running = start_service(Flaky)
+    assert wait_for(lambda: sum(committed(bootstrap, group, src).values()) == total, timeout=20)
+    retries = running.metric("streamguard_retries_total", topic=src)
+    deferred = running.metric("streamguard_retries_deferred_total", topic=src)
+    assert retries == total
+    assert 1 <= deferred <= retries, f"{deferred:.0f} deferred of {retries:.0f} retries"
+    running.stop()
+    assert not running.error
