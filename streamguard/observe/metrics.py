@@ -218,7 +218,7 @@ class ServiceMetrics:
                 "streamguard_handler_seconds",
                 lambda: BatchHistogram(
                     "streamguard_handler_seconds",
-                    "Time spent in the handler per message that it handled.",
+                    "Time in the handler (or handle_tombstone) per message it handled.",
                     ["runtime", "topic"],
                     registry=registry,
                 ),

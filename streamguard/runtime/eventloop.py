@@ -625,7 +625,10 @@ class LoopRunner:
                 try:
                     if value is None and tombstone is not None:
                         called = True
+                        start = clock()
                         returned = await tombstone(ctx)
+                        end = clock()
+                        timed(end - start)  # a handled tombstone is a handler call too
                     else:
                         if unfetched is not None and (fetch := unfetched(value)) is not None:
                             await self._off_loop(fetch)
@@ -919,11 +922,12 @@ class LoopRunner:
 
     async def _call(self, event: Any, ctx: MessageContext) -> object:
         """A try's handler call (or tombstone handler's), timed; what it returned."""
+        start = time.perf_counter()
         if event is _TOMBSTONE:
             assert self._tombstone is not None
-            return await self._tombstone(ctx)
-        start = time.perf_counter()
-        returned = await self._handle(event, ctx)
+            returned = await self._tombstone(ctx)
+        else:
+            returned = await self._handle(event, ctx)
         self._durations.append(time.perf_counter() - start)
         return returned
 

@@ -301,7 +301,10 @@ class PartitionLane:
                 try:
                     if value is None and pipe.handles_tombstones:
                         called = True
+                        start = clock()
                         returned = pipe.invoke_tombstone(MessageContext(msg, attempt))
+                        end = clock()
+                        timed(end - start)  # a handled tombstone is a handler call too
                     else:
                         event = decode(value)
                         if not index % sample and (retry is None or not retry.drift_checked):

@@ -59,7 +59,7 @@ class Variant:
 
 VARIANTS = [
     Variant("sync-partition", async_handler=False, ordering="partition", tombstones=True),
-    Variant("async-partition", async_handler=True, ordering="partition"),
+    Variant("async-partition", async_handler=True, ordering="partition", tombstones=True),
     Variant("async-key", async_handler=True, ordering="key", max_in_flight=3, tombstones=True),
     Variant("sync-key-breaker", async_handler=False, ordering="key", max_in_flight=2, breaker=True),
     Variant("sync-partition-full", async_handler=False, ordering="partition", max_buffered=4),
@@ -213,7 +213,7 @@ def service_class(
 
         async def handle_tombstone(self: Any, ctx: sg.MessageContext) -> None:
             log.call(ctx)
-            succeeded(ctx, None)
+            succeeded(ctx, 0.0)
 
     else:
 
@@ -225,7 +225,7 @@ def service_class(
 
         def handle_tombstone(self: Any, ctx: sg.MessageContext) -> None:  # type: ignore[misc]
             log.call(ctx)
-            succeeded(ctx, None)
+            succeeded(ctx, 0.0)
 
     attrs["handle"] = handle
     if variant.tombstones:
@@ -345,7 +345,7 @@ def test_metrics_match_an_independent_account(
         **{("streamguard_dead_letters_total", r): reasons[r] for r in REASONS},
         # Every transient failure was retried, but the last call of a doomed record.
         ("streamguard_retries_total", ""): transient - reasons["retries_exhausted"],
-        # The handler's calls that returned (a tombstone handler's are not timed).
+        # The handler's calls that returned, a tombstone handler's included.
         ("streamguard_handler_seconds_count", ""): len(timed),
         **{("streamguard_schema_drift_total", k): n for k, n in expected_drift(planned).items()},
         ("streamguard_commit_failures_total", ""): 0,
