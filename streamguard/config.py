@@ -133,12 +133,17 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
     """
     file = Path(path) if path is not None else Path.cwd() / "pyproject.toml"
     if path is not None and not file.is_file():
-        raise ConfigurationError(f"config file {str(file)!r} does not exist")
+        what = "is not a file" if file.exists() else "does not exist"
+        raise ConfigurationError(f"config file {str(file)!r} {what}")
     root = file.resolve().parent
     if not file.is_file():
         return ProjectConfig(root=root, schemas_dir=root / "schemas")
     try:
-        data = tomllib.loads(file.read_text())
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{file}: not UTF-8 text, as TOML must be: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from exc
     tool = data.get("tool", {})

@@ -35,7 +35,7 @@ from streamguard.schema.checks import (
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
 from streamguard.schema.report import FORMATS, render, result_groups
-from streamguard.schema.store import SchemaStore, dump_schema
+from streamguard.schema.store import SchemaStore, dump_schema, read_text
 
 
 def add_schema_parser(subparsers: Any) -> None:
@@ -240,9 +240,7 @@ def _version(text: str) -> int:
 
 def _read_file(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
 

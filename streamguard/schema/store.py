@@ -26,6 +26,23 @@ _SAFE_SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FORCED = re.compile(r"^\S+ v([1-9][0-9]*) FORCED past ")  # a CHANGELOG line of --force
 
 
+def read_text(path: Path) -> str:
+    """A schema file's text. One that cannot be read (permissions, a folder, not UTF-8)
+    is a configuration error, exit 2: CI must never report it as a breaking change."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
+
+
+def _unwritable(path: Path, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def dump_schema(schema: Any) -> str:
     """The stored text of a schema: sorted keys, two-space indent, final newline."""
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -62,13 +79,13 @@ class SchemaStore:
     def load(self, subject: str, version: int, suffix: str = ".json") -> Any:
         """A stored schema; a missing or unreadable file is a configuration error."""
         path = self.subject_dir(subject) / f"v{version}{suffix}"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
+        if not path.exists():
             known = ", ".join(f"v{v}" for v in self.versions(subject)) or "none"
             raise ConfigurationError(
                 f"{subject} has no stored v{version}{suffix} (stored: {known})"
-            ) from None
+            )
+        try:
+            return json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
 
@@ -79,9 +96,12 @@ class SchemaStore:
     def write(self, subject: str, version: int, schema: Any, suffix: str = ".json") -> Path:
         """Store a version's schema file (creating the subject folder)."""
         folder = self.subject_dir(subject)
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"v{version}{suffix}"
-        path.write_text(dump_schema(schema))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(dump_schema(schema), encoding="utf-8")
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
         return path
 
     def forced(self, subject: str) -> set[int]:
@@ -89,13 +109,16 @@ class SchemaStore:
         path = self.subject_dir(subject) / "CHANGELOG"
         if not path.is_file():
             return set()
-        found = (_FORCED.match(line) for line in path.read_text(encoding="utf-8").splitlines())
+        found = (_FORCED.match(line) for line in read_text(path).splitlines())
         return {int(match.group(1)) for match in found if match}
 
     def log(self, subject: str, line: str, *, now: datetime | None = None) -> Path:
         """Append one dated line to the subject's CHANGELOG."""
         path = self.subject_dir(subject) / "CHANGELOG"
         stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {line}\n")
+        try:
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} {line}\n")
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
         return path

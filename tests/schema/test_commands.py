@@ -534,6 +534,62 @@ def test_schemas_dir_must_be_a_path(project_factory: Callable[[], Project], cli:
     assert "schemas_dir must be a path" in err
 
 
+def test_schema_files_that_cannot_be_read_are_configuration_errors(
+    project_factory: Callable[[], Project], cli: Cli, tmp_path: Path
+) -> None:
+    """A stored version or CHANGELOG that is not UTF-8 or not a file, a schemas/ that is
+    a file, and unreadable --old/--new or pyproject files exit 2 naming the file, never
+    a traceback with exit 1, which CI would read as a breaking change."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_COMPATIBLE)
+    stored = project.schemas / "orders.OrderPlaced" / "v1.json"
+    changelog = project.schemas / "orders.OrderPlaced" / "CHANGELOG"
+    text = stored.read_bytes()
+
+    stored.write_bytes(b"\xff\xfe" + text)
+    code, _, err = cli("schema", "check")
+    assert (code, "Traceback" in err) == (2, False)
+    assert f"{stored}: not UTF-8" in err
+    stored.unlink()
+    stored.mkdir()
+    code, _, err = cli("schema", "check")
+    assert (code, "Traceback" in err) == (2, False)
+    assert f"cannot read {stored}" in err
+    stored.rmdir()
+    stored.write_bytes(text)
+    changelog.write_bytes(b"\xff FORCED\n")
+    code, _, err = cli("schema", "check")
+    assert (code, "Traceback" in err) == (2, False)
+    assert f"{changelog}: not UTF-8" in err
+    code, _, err = cli("schema", "diff", "--old", str(changelog), "--new", str(stored))
+    assert (code, "Traceback" in err) == (2, False)
+    assert f"{changelog}: not UTF-8" in err
+
+    pyproject = project.root / "pyproject.toml"
+    pyproject.write_bytes(pyproject.read_bytes() + b"# \xff\n")
+    code, _, err = cli("schema", "check")
+    assert (code, "Traceback" in err) == (2, False)
+    assert "not UTF-8" in err
+    code, _, err = cli("schema", "check", "--config", str(tmp_path))
+    assert (code, "Traceback" in err) == (2, False)
+    assert "is not a file" in err
+
+
+def test_a_schemas_dir_that_cannot_be_written_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """register and export --out into a path that is a file exit 2 naming it."""
+    project = project_factory()
+    project.contracts(V1)
+    project.schemas.write_text("not a folder\n")
+    code, _, err = cli("schema", "register")
+    assert (code, "Traceback" in err) == (2, False)
+    assert f"cannot write {project.schemas / 'orders.OrderPlaced'}" in err
+    code, _, err = cli("schema", "export", "--out", str(project.schemas))
+    assert (code, "Traceback" in err) == (2, False)
+    assert "cannot write" in err
+
+
 def test_a_forced_version_leaves_ci_green_and_starts_the_subject_anew(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
