@@ -113,6 +113,13 @@ class RegistryState:
         self.next_id = 1
         if directory is not None:
             self._load()
+            try:
+                self._save()  # now: a --dir that cannot keep the state fails the start
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot keep the registry's state in {directory}: "
+                    f"{exc.strerror or exc}; point --dir at a directory it can write"
+                ) from None
 
     # -- persistence ---------------------------------------------------------------
 
@@ -135,6 +142,8 @@ class RegistryState:
             self.global_level = data["global_level"]
             self.levels = dict(data["levels"])
             self.next_id = int(data["next_id"])
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigurationError(
                 f"{file} is not a registry state this server wrote ({type(exc).__name__}: "

@@ -68,6 +68,24 @@ def test_registry_command_refuses_a_busy_port() -> None:
         assert main(["registry", "--port", str(busy.getsockname()[1])]) == 2
 
 
+@pytest.mark.parametrize("where", ["a file", "its state file a folder"])
+def test_a_state_directory_it_cannot_write_is_refused_at_start(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--dir` naming a file (or holding a folder named registry.json) exits 2 naming it
+    before serving: it used to start, say "state kept in ...", then answer every
+    registration 50001 while keeping it in memory only."""
+    directory = tmp_path / "state"
+    if where == "a file":
+        directory.write_text("")
+    else:
+        (directory / "registry.json").mkdir(parents=True)
+    assert main(["registry", "--port", "0", "--dir", str(directory)]) == 2
+    out, err = capsys.readouterr()
+    assert "listening" not in out
+    assert f"cannot keep the registry's state in {directory}" in err
+
+
 @pytest.mark.parametrize(
     ("command", "port"),
     [("registry", "99999"), ("registry", "-1"), ("broker", "70000"), ("broker", "0")],
