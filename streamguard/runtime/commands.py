@@ -7,6 +7,8 @@ import importlib
 import json
 import os
 import sys
+import sysconfig
+import traceback
 from typing import Any
 
 from streamguard import exitcodes
@@ -31,12 +33,31 @@ def load_service_class(target: str) -> type[ConsumerService]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module raised at import: name where, as schema check does
+        raise ConfigurationError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc} (at {_user_line(exc)})"
+        ) from exc
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ConfigurationError(f"module {module_name!r} has no attribute {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, ConsumerService)):
         raise ConfigurationError(f"{target} is not an sg.ConsumerService subclass")
     return cls
+
+
+def _user_line(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of the project's own code: where a module
+    raised at import, even when the raise itself is in a library it called
+    (``os.environ[...]`` raises in os.py, a bad declaration in streamguard or pydantic)."""
+    libraries = (
+        *(sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")),
+        os.path.dirname(os.path.dirname(__file__)),  # streamguard, also when not installed
+        "<frozen",
+    )
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if not f.filename.startswith(libraries)]
+    frame = (ours or frames)[-1]
+    return f"{frame.filename}:{frame.lineno}"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,24 @@ def test_a_base_class_is_refused_as_a_service_to_run(capsys: pytest.CaptureFixtu
             cls(bootstrap_servers="127.0.0.1:1")
     assert main(["run", "streamguard:ConsumerService", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "is a base class" in capsys.readouterr().err
+
+
+def test_a_service_module_raising_at_import_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``streamguard run`` of a module that raises at import (a NameError, a missing
+    setting) exits 2 naming the error and its line, as ``schema check`` does for a
+    contracts module: not a traceback with exit 1."""
+    from streamguard.cli import main
+
+    name = f"sg_raises_at_import_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("import os\n\nos.environ['SG_NO_SUCH_SETTING']\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", f"{name}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot import {name!r}: KeyError: 'SG_NO_SUCH_SETTING'" in err
+    assert f"{name}.py:3" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
