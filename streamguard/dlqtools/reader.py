@@ -38,7 +38,7 @@ from confluent_kafka.admin import AdminClient
 from streamguard import headers as h
 from streamguard.deadletter import DeadLetter
 from streamguard.errors import BrokerUnavailable, ConfigurationError
-from streamguard.settings import client_config
+from streamguard.settings import BOOTSTRAP_ENV, client_config
 
 # Settings that make the reader a passive reader. ``group.id`` is required by the
 # client even for assign(); it is only used for explicit commits (replay).
@@ -75,7 +75,9 @@ class DlqRecord:
     timestamp_ms: int
 
 
-def existing_topics(admin: AdminClient, timeout: float = METADATA_TIMEOUT) -> dict[str, int]:
+def existing_topics(
+    admin: AdminClient, timeout: float = METADATA_TIMEOUT, servers: str = "the cluster"
+) -> dict[str, int]:
     """Every topic of the cluster and its partition count.
 
     Asks for *all* topics: asking for one by name creates it on brokers with topic
@@ -84,7 +86,14 @@ def existing_topics(admin: AdminClient, timeout: float = METADATA_TIMEOUT) -> di
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerUnavailable(f"could not read cluster metadata: {exc}") from exc
+        # The first thing a dlq command asks: say where, how long, and what to check.
+        error = exc.args[0] if exc.args else None
+        why = error.str() if isinstance(error, KafkaError) else str(exc)
+        raise BrokerUnavailable(
+            f"could not reach Kafka at {servers} within {timeout:g}s ({why}); "
+            f"check --bootstrap-servers (or ${BOOTSTRAP_ENV}), the network and the security "
+            "settings (-X)"
+        ) from exc
     return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
 
 
@@ -115,10 +124,11 @@ class DlqReader:
         self.client_config = client_config(bootstrap_servers, kafka_config, {})
         self.admin = AdminClient(self.client_config)
         self._config = {**READER_DEFAULTS, **self.client_config, "group.id": group_id}
-        partitions = existing_topics(self.admin).get(topic)
+        servers = self.client_config["bootstrap.servers"]
+        partitions = existing_topics(self.admin, servers=servers).get(topic)
         if partitions is None:
             raise ConfigurationError(
-                f"topic {topic!r} does not exist on {self.client_config['bootstrap.servers']}: "
+                f"topic {topic!r} does not exist on {servers}: "
                 "check the name (the dlq commands read a dead-letter topic, such as "
                 "'orders.dlq')"
             )

@@ -201,7 +201,9 @@ class Replayer:
     def run(self) -> ReplayReport:
         """Replay up to the DLQ's end at start (or ``limit``); return what happened."""
         options = self.options
-        self._topics = existing_topics(self.reader.admin)
+        self._topics = existing_topics(
+            self.reader.admin, servers=self.reader.client_config["bootstrap.servers"]
+        )
         if options.to is not None:
             check_topic_name(options.to)
             if options.to == self.reader.topic or options.to.startswith("_"):

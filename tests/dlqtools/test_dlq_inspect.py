@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamguard.cli import main
 from streamguard.dlqtools.commands import INSPECT_GROUP
 from streamguard.dlqtools.reader import DlqReader
+from tests.conftest import port_of, refusing_port
 from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Sent, closed_dead_letter
 
 pytestmark = pytest.mark.broker
@@ -124,6 +126,27 @@ def test_inspect_of_a_missing_topic_is_a_usage_error(
     assert main(["dlq", "inspect", name, "--bootstrap-servers", bootstrap]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["dlq", "inspect", name, "--bootstrap-servers", bootstrap]) == 2
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["replay", "--dry-run"]])
+def test_a_cluster_that_is_down_fails_in_bounded_time_naming_it(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against a closed port, inspect and replay exit 1 after the documented 10 s, with a
+    message naming the address and what to check, not librdkafka's bare error object."""
+    sock = refusing_port()
+    try:
+        address = f"127.0.0.1:{port_of(sock)}"
+        started = time.monotonic()
+        code = main(["dlq", *command, "orders.dlq", "--bootstrap-servers", address])
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert 9 < took < 20
+    assert f"could not reach Kafka at {address} within 10s" in err
+    assert "check --bootstrap-servers" in err
 
 
 def test_inspect_shows_a_forging_field_name_escaped(
