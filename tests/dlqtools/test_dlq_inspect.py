@@ -233,3 +233,17 @@ def test_inspect_with_a_limit_says_how_far_it_read(
     assert capsys.readouterr().out.splitlines()[0] == (
         f"{dlq}: 5 dead-lettered record(s) in 1 group(s) (read up to offsets p0<5)"
     )
+
+
+@pytest.mark.parametrize("rate", ["abc", "0", "-1"])
+def test_a_rate_that_is_no_positive_number_is_named_plainly(
+    rate: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse names the type function when it raises ValueError ('invalid
+    _positive_float value'); the message says what is expected instead."""
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "replay", "orders.dlq", "--rate", rate])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"expected a positive number, got {rate}" in err
+    assert "_positive_float" not in err
