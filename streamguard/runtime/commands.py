@@ -110,14 +110,27 @@ def add_run_parser(sub: Any) -> None:
         "--schema-registry",
         default=None,
         metavar="URL",
-        help=f"read the Confluent wire format with this registry (default: ${REGISTRY_URL_ENV})",
+        help=(
+            "read the Confluent wire format with this registry (default: "
+            f"${REGISTRY_URL_ENV}, else pyproject's [tool.streamguard] schema_registry_url)"
+        ),
     )
     run.add_argument(
         "--metrics-port", type=tcp_port, default=None, help="serve /metrics, /healthz, /readyz"
     )
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for the HTTP endpoints")
-    run.add_argument("--log-format", choices=["json", "text"], default="json")
     run.add_argument(
-        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", metavar="LEVEL"
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="one JSON object per line (default), or text for a terminal",
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"the lowest level logged: {', '.join(LOG_LEVELS)} (default: INFO)",
     )
     run.set_defaults(func=_cmd_run)
