@@ -19,7 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # public, not
 )
 from confluent_kafka.cimpl import NewTopic
 
-from streamguard.errors import ConfigurationError
+from streamguard.errors import BrokerUnavailable, ConfigurationError
 
 _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -90,6 +90,10 @@ def create_topics(
 ) -> None:
     """Create topics, treating "already exists" as success.
 
+    Raises ``BrokerUnavailable`` when the cluster does not answer within ``timeout``
+    (exit 1 from the command line, as for every unreachable cluster), and
+    ``ConfigurationError`` when it refuses (a bad name or setting, no permission).
+
     Args:
         config: the admin client's settings (security) besides the bootstrap servers.
         topic_config: the new topics' settings (``max.message.bytes``, ...).
@@ -108,7 +112,7 @@ def create_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConfigurationError(f"could not create topic {topic!r}: {exc}") from exc
         except TimeoutError:  # the cluster did not answer (down, or unreachable from here)
-            raise ConfigurationError(
+            raise BrokerUnavailable(
                 f"could not create topic {topic!r}: no answer from {bootstrap_servers} "
                 f"within {timeout:g}s"
             ) from None

@@ -493,7 +493,7 @@ class ServiceRuntime:
                         "max_message_bytes": topic_config.get("max.message.bytes"),
                     },
                 )
-            except ConfigurationError as exc:
+            except (ConfigurationError, BrokerUnavailable) as exc:
                 log.warning(
                     "could not create the dead-letter topic; create it before the "
                     "first dead letter",
