@@ -445,6 +445,37 @@ def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headr
     assert max_message_bytes(bootstrap, f"{plain}.dlq") is None
 
 
+def test_a_dlq_cluster_that_does_not_answer_at_start_only_warns(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Creating the DLQ at start-up is a convenience: a cluster that does not answer
+    then (``BrokerUnavailable`` since create_topics tells it from a refusal) leaves the
+    service running and says so, as a refused creation does; dead letters wait for it."""
+    src = topic_factory("orders")
+
+    def silent(*args: Any, **kwargs: Any) -> None:
+        raise sg.BrokerUnavailable("could not create topic: no answer from dlq:9092 within 15s")
+
+    monkeypatch.setattr("streamguard.runtime.runner.create_topics", silent)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    with caplog.at_level(logging.WARNING, logger="streamguard"):
+        running = start_service(Billing)
+        assert wait_for(lambda: running.service.health()["checks"]["assigned"])
+    assert "could not create the dead-letter topic" in caplog.text
+    running.stop()
+
+
 def test_a_missing_dlq_holds_commits_until_it_is_created(
     bootstrap: str,
     topic_factory: Callable[..., str],
