@@ -122,7 +122,11 @@ class ReplayOptions:
 @dataclass
 class ReplayReport:
     """What a run did; ``failed`` > 0 means some records were not acknowledged in time,
-    and the run stopped there, short of the end."""
+    and the run stopped there, short of the end.
+
+    ``replayed`` counts the records the broker acknowledged (a dry run: those it would
+    send), so that an interrupted or failed run says what actually reached the topics.
+    """
 
     dlq_topic: str
     group_id: str
@@ -187,7 +191,11 @@ class Replayer:
         self.out = out if out is not None else sys.stdout  # resolved now, not at import
         self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
         self._topics: dict[str, int] = {}
-        self._prefixes: dict[int, FinalPrefix[None]] = {}
+        # Each open offset says whether it was handed to the producer: open and sent is
+        # a failure to publish, open and unsent was stopped before its turn (Ctrl-C in
+        # the --rate wait, an unreachable registry), and nothing failed.
+        self._prefixes: dict[int, FinalPrefix[bool]] = {}
+        self._sent = 0  # records handed to the producer (a dry run: decided to send)
         self._unsettled = 0  # records produced since the last settle
         self._next_send = 0.0  # monotonic time the next record may go under --rate
         self._last_settle = 0.0  # monotonic time of the last flush and commit
@@ -236,7 +244,7 @@ class Replayer:
                         f"replayed {report.replayed}  skipped {sum(report.skipped.values())}"
                         f"  not selected {report.not_selected}",
                     )
-                if options.limit is not None and report.replayed >= options.limit:
+                if options.limit is not None and self._sent >= options.limit:
                     break
                 if (
                     time.monotonic() - self._last_settle >= COMMIT_INTERVAL
@@ -268,7 +276,7 @@ class Replayer:
         # Open from the start: anything that stops the run before the record's outcome
         # (Ctrl-C in the rate's wait, an unreachable registry, a bug) must leave it
         # uncommitted, for the next run to consider again.
-        prefix.hold(letter.dlq_offset, None)
+        prefix.hold(letter.dlq_offset, False)
         if not self.options.selection.matches(record):
             report.not_selected += 1
             prefix.release(letter.dlq_offset)
@@ -287,15 +295,18 @@ class Replayer:
                     }
                 )
             return True
-        report.replayed += 1
         if self._producer is None:
+            report.replayed += 1
+            self._sent += 1
             self._progress.clear()  # on a terminal the line would follow the bar's text
             self.out.write(self._describe(record, decision) + "\n")
             prefix.release(letter.dlq_offset)
             return True
         if self.options.rate:
             self._pace(self.options.rate)
-        self._unsettled += 1  # open until the broker acknowledges it
+        prefix.hold(letter.dlq_offset, True)  # sent: open until the broker acknowledges it
+        self._sent += 1
+        self._unsettled += 1
         try:
             self._produce(record, decision, prefix)
         except KafkaException as exc:
@@ -320,7 +331,7 @@ class Replayer:
             now = self._next_send
         self._next_send = now + 1.0 / rate
 
-    def _produce(self, record: DlqRecord, send: _Send, prefix: FinalPrefix[None]) -> None:
+    def _produce(self, record: DlqRecord, send: _Send, prefix: FinalPrefix[bool]) -> None:
         assert self._producer is not None
         letter = record.letter
         refused = enqueue(
@@ -337,11 +348,12 @@ class Replayer:
         self._producer.poll(0)
 
     def _report(
-        self, letter: DeadLetter, prefix: FinalPrefix[None]
+        self, letter: DeadLetter, prefix: FinalPrefix[bool]
     ) -> Callable[[KafkaError | None, Message], None]:
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 prefix.release(letter.dlq_offset)
+                self.report.replayed += 1
             else:  # stays open: nothing from it on is committed, the next run retries
                 self.errors.append(
                     f"dlq {letter.dlq_partition}@{letter.dlq_offset} -> {msg.topic()}: {err.str()}"
@@ -449,10 +461,11 @@ class Replayer:
         # an interruption. The run stops at the first settle that finds any, and stays
         # failed: the final settle may yet see a record acknowledged late (a broker
         # back after FLUSH_TIMEOUT) and commit it, but the records after it were never
-        # read, and a run that stopped short must not report success.
-        still_open = sum(len(prefix) for prefix in self._prefixes.values())
-        self.report.failed = max(self.report.failed, still_open)
-        healthy = not still_open
+        # read, and a run that stopped short must not report success. Only records
+        # that were sent failed to publish; one interrupted before its turn was not.
+        unpublished = sum(sent for p in self._prefixes.values() for sent in p.open_items())
+        self.report.failed = max(self.report.failed, unpublished)
+        healthy = not any(len(p) for p in self._prefixes.values())
         if offsets and not self.options.dry_run:
             self.reader.commit(offsets)
             self.report.committed.update(offsets)

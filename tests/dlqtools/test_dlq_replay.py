@@ -330,7 +330,7 @@ def test_publish_failure_exits_1_and_commits_nothing_after_it(
     args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]
     assert main([*args, "-X", "message.max.bytes=2000"]) == 1
     out = capsys.readouterr().out
-    assert "failed to publish 1" in out
+    assert "replayed 1; skipped 0; still invalid 0; not selected 0; failed to publish 1" in out
     assert "committed under group" in out
     assert committed(bootstrap, dlq, default_group(dlq)) == [1]
     assert main(args) == 0
@@ -583,6 +583,45 @@ def test_sigterm_stops_a_replay_like_ctrl_c_committing_what_was_sent(
     assert replay(bootstrap, dlq).replayed < 20
     keys = [m.key() for m in read_all(orders, 21, timeout=4)]
     assert sorted(keys) == sorted(f"customer-{i}".encode() for i in range(20))
+
+
+def test_ctrl_c_in_the_rate_wait_reports_only_what_was_sent(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the third record waits for its turn under --rate (where a paced run
+    spends its time): the summary said "replayed 3; ... failed to publish 1" and that
+    the run stopped at a record that failed to publish, though two were sent and none
+    failed. It says what the broker acknowledged, and the next run sends the rest."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 5, original_topic=orders)
+    pace = Replayer._pace
+    turns: list[float] = []
+
+    def ctrl_c_at_the_third_turn(self: Replayer, rate: float) -> None:
+        turns.append(rate)
+        if len(turns) == 3:
+            raise KeyboardInterrupt  # deterministic: a real signal lands where it lands
+        pace(self, rate)
+
+    monkeypatch.setattr(Replayer, "_pace", ctrl_c_at_the_third_turn)
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]
+    assert main([*args, "--rate", "20"]) == exitcodes.INTERRUPTED
+    out = capsys.readouterr().out
+    assert "replayed 2; skipped 0; still invalid 0; not selected 0; failed to publish 0" in out
+    assert "failed to publish 1" not in out
+    assert "stopped early at a record that failed" not in out
+    assert "interrupted: run the same replay again" in out
+    assert f"committed under group {default_group(dlq)}: p0=2" in out
+    monkeypatch.undo()
+    assert main(args) == exitcodes.OK
+    assert "replayed 3;" in capsys.readouterr().out
+    keys = [m.key() for m in read_all(orders, 6, timeout=4)]
+    assert keys == [f"customer-{i}".encode() for i in range(5)]
 
 
 def test_a_forged_replay_count_too_long_to_read_counts_as_over_the_limit(
