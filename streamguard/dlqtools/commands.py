@@ -1,7 +1,8 @@
 """``streamguard dlq inspect`` and ``streamguard dlq replay``: flags, output, exit codes.
 
-Exit codes follow the CLI's: 0 success, 1 something failed to publish, 2 usage or
-configuration error (including a DLQ or ``--to`` topic that does not exist).
+Exit codes follow the CLI's: 0 success, 1 something failed to publish or a commit was
+refused, 2 usage or configuration error (including a DLQ or ``--to`` topic that does
+not exist).
 """
 
 from __future__ import annotations
@@ -219,6 +220,12 @@ def render_report(report: ReplayReport) -> str:
     if report.committed:
         done = ", ".join(f"p{p}={o}" for p, o in sorted(report.committed.items()))
         lines.append(f"  committed under group {report.group_id}: {done}")
+    if report.commit_error is not None:
+        lines.append(
+            f"  not committed under group {report.group_id}: {report.commit_error}: the run "
+            "stopped, and the next run sends again what it sent after its last commit "
+            "(--group must name a group of the replay's own, never a running consumer's)"
+        )
     if report.stopped_idle:
         lines.append("  note: stopped after an idle period before the end recorded at start")
     for error in report.errors[:SHOWN_REFUSED]:

@@ -139,6 +139,8 @@ class ReplayReport:
     failed: int = 0
     refused: list[dict[str, Any]] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
+    # The broker refused or did not answer a commit: the run stopped there.
+    commit_error: str | None = None
     errors: list[str] = field(default_factory=list)
     stopped_idle: bool = False
 
@@ -148,7 +150,7 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and self.commit_error is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +468,17 @@ class Replayer:
         unpublished = sum(sent for p in self._prefixes.values() for sent in p.open_items())
         self.report.failed = max(self.report.failed, unpublished)
         healthy = not any(len(p) for p in self._prefixes.values())
-        if offsets and not self.options.dry_run:
-            self.reader.commit(offsets)
+        if offsets and not self.options.dry_run and self.report.commit_error is None:
+            try:
+                self.reader.commit(offsets)
+            except KafkaException as exc:
+                # Refused (a --group that a running consumer belongs to) or unanswered:
+                # stop sending records whose progress cannot be kept, and say so; what
+                # was sent since the last commit is sent again by the next run.
+                error = exc.args[0] if exc.args else exc
+                self.report.commit_error = (
+                    error.str() if isinstance(error, KafkaError) else str(error)
+                )
+                return False
             self.report.committed.update(offsets)
         return healthy

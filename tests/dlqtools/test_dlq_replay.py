@@ -33,6 +33,7 @@ from streamguard.dlqtools.replay import (
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import RegistryUnavailable
+from tests.conftest import fast_group_config
 from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Closed, OrderV2, Sent, closed_dead_letter
 
 pytestmark = pytest.mark.broker
@@ -622,6 +623,52 @@ def test_ctrl_c_in_the_rate_wait_reports_only_what_was_sent(
     assert "replayed 3;" in capsys.readouterr().out
     keys = [m.key() for m in read_all(orders, 6, timeout=4)]
     assert keys == [f"customer-{i}".encode() for i in range(5)]
+
+
+def test_a_commit_the_broker_refuses_ends_the_run_with_its_summary_and_exit_1(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    unique: Callable[[str], str],
+    read_all: Callable[..., list[Message]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--group naming a group a live consumer belongs to (the service's own, say): the
+    broker refuses the replay's commit. That was a traceback, with no word of the
+    records already sent; it is a failed run (exit 1) whose summary says what was sent
+    and that its progress was not committed."""
+    import threading
+
+    orders, dlq, busy = topic_factory("orders"), topic_factory("orders.dlq"), topic_factory("t")
+    dead_letters(dlq, [FIXABLE] * 3, original_topic=orders)
+    group = unique("billing")
+    member = Consumer(fast_group_config(**{"bootstrap.servers": bootstrap, "group.id": group}))
+    member.subscribe([busy])
+    deadline = time.monotonic() + 20
+    while not member.assignment() and time.monotonic() < deadline:
+        member.poll(0.1)
+    assert member.assignment(), "the consumer never joined its group"
+    stop = threading.Event()
+
+    def stay_in_the_group() -> None:
+        while not stop.is_set():
+            member.poll(0.1)
+
+    heartbeat = threading.Thread(target=stay_in_the_group)
+    heartbeat.start()
+    try:
+        args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--group", group]
+        assert main(args) == exitcodes.FAILED
+    finally:
+        stop.set()
+        heartbeat.join(10)
+        member.close()
+    out = capsys.readouterr().out
+    assert "replayed 3; skipped 0; still invalid 0; not selected 0; failed to publish 0" in out
+    assert f"  not committed under group {group}: " in out
+    assert "committed under group" not in out.replace("not committed under group", "")
+    assert committed(bootstrap, dlq, group) == [-1001]
+    assert len(read_all(orders, 4, timeout=4)) == 3
 
 
 def test_a_forged_replay_count_too_long_to_read_counts_as_over_the_limit(
