@@ -247,3 +247,21 @@ def test_a_rate_that_is_no_positive_number_is_named_plainly(
     err = capsys.readouterr().err
     assert f"expected a positive number, got {rate}" in err
     assert "_positive_float" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [(["inspect"], "--limit"), (["replay"], "--limit"), (["replay"], "--max-replays")],
+)
+@pytest.mark.parametrize("value", ["abc", "1.5", "0"])
+def test_a_count_that_is_no_positive_integer_is_named_plainly(
+    command: list[str], option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--limit and --max-replays, as --rate: argparse named the type function when it
+    raised ValueError ('invalid _positive_int value: 'abc'')."""
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", *command, "orders.dlq", option, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: expected a positive integer, got {value}" in err
+    assert "_positive_int" not in err
