@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -35,7 +36,8 @@ def load_service_class(target: str) -> type[ConsumerService]:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
     except Exception as exc:  # the module raised at import: name where, as schema check does
         raise ConfigurationError(
-            f"cannot import {module_name!r}: {type(exc).__name__}: {exc} (at {_user_line(exc)})"
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc} "
+            f"(at {_user_line(exc, module_name)})"
         ) from exc
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -45,19 +47,38 @@ def load_service_class(target: str) -> type[ConsumerService]:
     return cls
 
 
-def _user_line(exc: BaseException) -> str:
+def _user_line(exc: BaseException, module_name: str) -> str:
     """``file:line`` of the innermost frame of the project's own code: where a module
     raised at import, even when the raise itself is in a library it called
-    (``os.environ[...]`` raises in os.py, a bad declaration in streamguard or pydantic)."""
+    (``os.environ[...]`` raises in os.py, a bad declaration in streamguard or pydantic).
+    The project's code is what lies outside the libraries, or inside the package
+    imported (a project installed into site-packages, as in a container image)."""
     libraries = (
-        *(sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")),
-        os.path.dirname(os.path.dirname(__file__)),  # streamguard, also when not installed
+        *(os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "purelib", "platlib")),
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), ""),  # streamguard
         "<frozen",
     )
     frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if not f.filename.startswith(libraries)]
+    project = _package_paths(module_name)
+    ours = [
+        f for f in frames if not f.filename.startswith(libraries) or f.filename.startswith(project)
+    ]
     frame = (ours or frames)[-1]
     return f"{frame.filename}:{frame.lineno}"
+
+
+def _package_paths(module_name: str) -> tuple[str, ...]:
+    """The file of ``module_name``'s top-level module, or the folders of its package
+    (found without running it); none if it cannot be found."""
+    try:
+        spec = importlib.util.find_spec(module_name.partition(".")[0])
+    except (ImportError, ValueError):
+        return ()
+    if spec is None:
+        return ()
+    if spec.submodule_search_locations:
+        return tuple(os.path.join(p, "") for p in spec.submodule_search_locations)
+    return (spec.origin,) if spec.origin else ()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -332,6 +332,43 @@ def test_a_service_module_raising_at_import_is_a_usage_error(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("layout", ["package", "module"])
+def test_a_service_installed_in_site_packages_raising_at_import_names_its_own_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    layout: str,
+) -> None:
+    """A project installed into site-packages (a container image's ``pip install .``)
+    is the project's code too: the line named is its own, not os.py's, where
+    ``os.environ[...]`` raised. Everything under site-packages counted as a library."""
+    import sysconfig
+
+    from streamguard.cli import main
+
+    site = tmp_path / "site-packages"
+    name = f"sg_installed_{uuid.uuid4().hex[:8]}"
+    source = "import os\n\nos.environ['SG_NO_SUCH_SETTING']\n"
+    if layout == "package":
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text("")
+        (site / name / "service.py").write_text(source)
+        module, where = f"{name}.service", f"{site / name / 'service.py'}:3"
+    else:
+        site.mkdir()
+        (site / f"{name}.py").write_text(source)
+        module, where = name, f"{site / name}.py:3"
+    paths = sysconfig.get_paths()
+    monkeypatch.setattr(
+        sysconfig, "get_paths", lambda: {**paths, "purelib": str(site), "platlib": str(site)}
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", f"{module}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot import {module!r}: KeyError: 'SG_NO_SUCH_SETTING' (at {where})" in err
+
+
 @pytest.mark.parametrize(
     "args", [["--log-level", "bogus"], ["--metrics-port", "99999"], ["--metrics-port", "x"]]
 )
