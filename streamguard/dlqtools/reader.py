@@ -224,7 +224,6 @@ class DlqReader:
                         self.stopped_idle = True
                         return
                     continue
-                last_event = time.monotonic()
                 for msg in batch:
                     err = msg.error()
                     if err is not None and err.fatal():
@@ -243,6 +242,9 @@ class DlqReader:
                     if offset == limit.end - 1:
                         del todo[partition]
                     yield DlqRecord(_letter(msg, self.topic), msg.timestamp()[1])
+                # Idle from here: the caller's work on the batch (a --rate wait, a
+                # revalidation) is no silence of the cluster.
+                last_event = time.monotonic()
         finally:
             self._consumer.unassign()
 
