@@ -112,6 +112,8 @@ def consume(run: str, bootstrap: str, source: str, count: int) -> str:
         )
         threading.Thread(target=running.run, daemon=True).start()
         done.wait(300)
+    if not seen:
+        return f"{run:6} no record within 300 s"
     cpu = time.process_time() - started[0]
     wall = time.perf_counter() - started[1]
     young, middle, full = collections.by_generation
@@ -119,6 +121,7 @@ def consume(run: str, bootstrap: str, source: str, count: int) -> str:
         f"{run:6} {seen / wall:9,.0f} msg/s  cpu {cpu / seen * 1e6:6.1f} µs/record  "
         f"gc {collections.seconds / seen * 1e6:6.1f} µs/record  "
         f"collections {young} young, {middle} middle, {full} full"
+        + ("" if seen == count else f" (timed out after {seen:,} of {count:,} records)")
     )
 
 
