@@ -805,7 +805,10 @@ def test_runs_of_an_async_service_leave_no_event_loop_open(
         del service
         assert open_loops() == loops_before
         descriptors.append(len(os.listdir("/proc/self/fd")))
-    assert descriptors[2] <= descriptors[0], descriptors
+    # A leak was five a run, ten from the first run to the third. Clients of earlier
+    # tests in this process may still hold a socket or two at either moment (in a full
+    # run, 67 then 69 without any leak), so a difference under one run's leak passes.
+    assert descriptors[2] - descriptors[0] < 5, descriptors
 
 
 def test_services_of_one_process_share_a_registry(
