@@ -1,0 +1,186 @@
+"""A guarded Faust agent's metrics match an account kept without them, as a
+``ConsumerService``'s do (tests/runtime/test_metrics_differential.py): a seeded mix of
+valid and poison records, transient and permanent failures, run through the real
+broker, then the registry compared with the DLQ and its headers, the group's committed
+offsets and the handler's own log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import streamguard as sg
+from streamguard.deadletter import REASONS
+from streamguard.demo.contracts import OrderPlaced
+from streamguard.faust import guarded_agent
+from tests.faust.conftest import run_app, until
+from tests.runtime.conftest import committed, dlq_headers
+from tests.runtime.test_metrics_differential import (
+    ATTEMPTS,
+    PARTITIONS,
+    SLOW,
+    SUBJECT,
+    Planned,
+    expected_drift,
+    produce,
+    read_to_end,
+)
+
+pytestmark = pytest.mark.broker
+
+RECORDS = 30
+# kind -> weight. "flaky<k>" fails transiently k times, then succeeds. No tombstones:
+# an agent has no tombstone handler, so one is a decode_error, as "garbage" is.
+MIX = {"ok": 4, "violation": 2, "garbage": 2, "flaky1": 2, "flaky2": 2, "doomed": 1, "permanent": 2}
+
+
+def plan(seed: int) -> list[Planned]:
+    rng = random.Random(seed)
+    kinds, weights = list(MIX), list(MIX.values())
+    planned = []
+    for i in range(RECORDS):
+        kind = rng.choices(kinds, weights)[0]
+        partition = i if i < PARTITIONS else rng.randrange(PARTITIONS)
+        key = None if rng.random() < 0.1 else f"k{rng.randrange(6)}".encode()
+        sleep = rng.choice([0.0, 0.0, 0.001, SLOW])
+        planned.append(Planned(kind, partition, key, rng.random() < 0.5, sleep))
+    return planned
+
+
+@pytest.mark.parametrize("partition_buffer", [1000, 1], ids=["buffered", "held"])
+def test_agent_metrics_match_an_independent_account(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    partition_buffer: int,
+) -> None:
+    """Counters, histogram and gauges against the broker's and the handler's account."""
+    seed = int(os.environ.get("SG_DIFFERENTIAL_SEED", "0")) + 100
+    planned = plan(seed)
+    src = topic_factory("orders", partitions=PARTITIONS)
+    where = produce(bootstrap, src, planned)
+    ends = {p: max(o for q, o in where if q == p) + 1 for p in range(PARTITIONS)}
+    sleeps = {f"{p.kind}-{i}": p.sleep for i, p in enumerate(planned)}
+    calls: Counter[tuple[int, int]] = Counter()
+    succeeded: list[tuple[int, int]] = []
+    timed: list[float] = []
+    failed = [0]  # calls that raised a transient error
+
+    app = make_app()
+    group = str(app.conf.id)
+    registry = CollectorRegistry()
+
+    @guarded_agent(
+        app,
+        src,
+        contract=OrderPlaced,
+        retry=sg.RetryPolicy(attempts=ATTEMPTS, base_delay=0.01, max_delay=0.03),
+        drift_sample=1,
+        registry=registry,
+        partition_buffer=partition_buffer,
+    )
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        calls[(ctx.partition, ctx.offset)] += 1
+        kind = event.customer_id.split("-")[0]
+        if kind == "permanent":
+            raise sg.PermanentError("closed account")
+        failures = {"flaky1": 1, "flaky2": 2, "doomed": 1 << 30}.get(kind, 0)
+        if calls[(ctx.partition, ctx.offset)] <= failures:
+            failed[0] += 1
+            raise TimeoutError("upstream timed out")
+        slept = sleeps[event.customer_id]
+        if slept:
+            await asyncio.sleep(slept)
+        succeeded.append((ctx.partition, ctx.offset))
+        timed.append(slept)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"runtime": "faust", **labels})
+
+    def expected() -> dict[tuple[str, str], float]:
+        dead = read_to_end(bootstrap, f"{src}.dlq")
+        reasons = Counter(dlq_headers(d)["sg-dlq-reason"] for d in dead)
+        dead_at = {
+            (int(h["sg-dlq-original-partition"]), int(h["sg-dlq-original-offset"]))
+            for h in map(dlq_headers, dead)
+        }
+        assert len(set(succeeded)) == len(succeeded), f"seed {seed}: a record handled twice"
+        assert len(dead_at) == len(dead), f"seed {seed}: a record dead-lettered twice"
+        assert dead_at | set(succeeded) == set(where), f"seed {seed}: a record without outcome"
+        planned_reasons = Counter(
+            {
+                "violation": "contract_violation",
+                "garbage": "decode_error",
+                "doomed": "retries_exhausted",
+                "permanent": "permanent_error",
+            }.get(planned[i].kind, "handled")
+            for i in where.values()
+        )
+        assert planned_reasons.pop("handled") == len(succeeded), f"seed {seed}"
+        assert planned_reasons == reasons, f"seed {seed}"
+        drift = expected_drift(planned)
+        return {
+            ("streamguard_messages_total", "handled"): len(succeeded),
+            ("streamguard_messages_total", "dead_lettered"): len(dead),
+            **{("streamguard_dead_letters_total", r): reasons[r] for r in REASONS},
+            # Every transient failure was retried, but the last call of a doomed record.
+            ("streamguard_retries_total", ""): failed[0] - reasons["retries_exhausted"],
+            ("streamguard_handler_seconds_count", ""): len(timed),
+            **{("streamguard_schema_drift_total", k): n for k, n in drift.items()},
+            ("streamguard_commit_failures_total", ""): 0,
+            ("streamguard_dead_letter_failures_total", ""): 0,
+            ("streamguard_inflight", ""): 0,
+            ("streamguard_paused_partitions", ""): 0,
+            ("streamguard_breaker_state", ""): 0,
+            ("streamguard_breaker_opened_total", ""): 0,
+            ("streamguard_retries_deferred_total", ""): 0,
+            ("streamguard_ready", ""): 1,
+        }
+
+    def labels(name: str, extra: str) -> dict[str, str]:
+        if name == "streamguard_messages_total":
+            return {"topic": src, "outcome": extra}
+        if name == "streamguard_dead_letters_total":
+            return {"topic": src, "reason": extra}
+        if name == "streamguard_schema_drift_total":
+            return {"subject": SUBJECT, "kind": extra}
+        if name in ("streamguard_commit_failures_total", "streamguard_ready"):
+            return {}
+        return {"topic": src}
+
+    def exposed(keys: Any) -> dict[tuple[str, str], float | None]:
+        return {(name, extra): value(name, **labels(name, extra)) for name, extra in keys}
+
+    account: dict[tuple[str, str], float] = {}
+    seen: dict[tuple[str, str], float | None] = {}
+
+    async def scenario() -> None:
+        # All final: the group's committed offsets reach the end of every partition.
+        assert await until(lambda: committed(bootstrap, group, src) == ends, 15), (
+            f"seed {seed}: committed {committed(bootstrap, group, src)}, ends {ends}"
+        )
+        account.update(await asyncio.to_thread(expected))
+        # Handled counts reach the registry 50 ms after a lane runs dry.
+        await until(lambda: exposed(account) == account, 3)
+        seen.update(exposed(account))
+        below = value("streamguard_handler_seconds_bucket", topic=src, le="0.025")
+        assert below is not None
+        assert below <= sum(1 for s in timed if s < SLOW)
+        total = value("streamguard_handler_seconds_sum", topic=src)
+        assert total is not None
+        assert total >= sum(timed) - 0.001 * len(timed)
+
+    run_app(app, scenario, timeout=30)
+    differences = {k: (v, account[k]) for k, v in seen.items() if v != account[k]}
+    assert not differences, f"seed {seed} (exposed, expected): {differences}"
+    # Stopped: the counters stay as they were, and the agent is no longer ready.
+    counters = [k for k in account if k[0].endswith(("_total", "_count"))]
+    assert exposed(counters) == {k: seen[k] for k in counters}
+    assert value("streamguard_ready") == 0
