@@ -93,10 +93,13 @@ POLL_SECONDS = 0.05
 # is tried again (a send to a missing topic would otherwise wait for metadata forever).
 DEAD_LETTER_TIMEOUT = 30.0
 DEAD_LETTER_MAX_BACKOFF = 5.0
-# Handled counts and handler times reach the metrics every FLUSH_EVERY events, and
-# FLUSH_WAIT seconds after the lane ran dry: per event they cost a tenth of its time,
-# and the actor hands events over one at a time, so a lane runs dry after most of them.
+# Handled counts and handler times reach the metrics every FLUSH_EVERY events, every
+# FLUSH_SECONDS while slow handlers work through a backlog (as a ConsumerService folds
+# them), and FLUSH_WAIT seconds after the lane ran dry: per event they cost a tenth of
+# its time, and the actor hands events over one at a time, so a lane runs dry after
+# most of them.
 FLUSH_EVERY = 256
+FLUSH_SECONDS = 0.5
 FLUSH_WAIT = 0.05
 # Drift is checked on every event that comes at least this long after the partition's
 # last check, and on one in ``drift_sample`` above that rate (the queue cannot tell
@@ -172,6 +175,7 @@ class Lane:
         self.dropped_generation: int | None = None
         self.handled = 0  # since the last flush (see FLUSH_EVERY)
         self.durations: list[float] = []
+        self.flush_at = time.perf_counter() + FLUSH_SECONDS  # see FLUSH_SECONDS
         self._flush_due = False
         self._log_flush_due = False
         self.seen = 0  # events processed: every drift_sample-th is drift-checked
@@ -185,6 +189,7 @@ class Lane:
         return len(self.queue) + (1 if self.busy else 0)
 
     def flush_counts(self) -> None:
+        self.flush_at = time.perf_counter() + FLUSH_SECONDS
         if self.handled:
             self.agent.record_handled(self.handled, self.durations)
             self.handled = 0
@@ -377,8 +382,12 @@ class Lane:
                     return "given_up"
                 attempt = retry.attempt + 1
                 continue
-            self.durations.append(time.perf_counter() - start)
+            end = time.perf_counter()
+            self.durations.append(end - start)
             self.handled += 1
+            if end >= self.flush_at:
+                # Slow handlers with a backlog: the lane does not run dry for a while.
+                self.flush_counts()
             return "handled"
         # The handler handed back a coroutine (or generator) it did not run: a
         # forgotten await in its return. Acked, its event would count as handled though

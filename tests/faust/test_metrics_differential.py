@@ -184,3 +184,42 @@ def test_agent_metrics_match_an_independent_account(
     counters = [k for k in account if k[0].endswith(("_total", "_count"))]
     assert exposed(counters) == {k: seen[k] for k in counters}
     assert value("streamguard_ready") == 0
+
+
+def test_slow_handlers_reach_the_metrics_while_their_partition_has_a_backlog(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """What slow handlers finished reaches the counters and the histogram within about
+    half a second, as in a ``ConsumerService`` (docs/consumer.md, *Metrics and health*),
+    not only when the partition's backlog is through: a throughput panel would show a
+    busy partition as stalled, and a hung handler's alert sign ("inflight above 0 while
+    streamguard_messages_total stands still") would fire on a slow one."""
+    src = topic_factory("orders")
+    events = 40
+    send_orders(src, events)
+    app = make_app()
+    handled: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        await asyncio.sleep(0.05)  # 2 s for the backlog
+        handled.append(ctx.offset)
+
+    def value(name: str, **labels: str) -> float:
+        found = bill.registry.get_sample_value(name, {"runtime": "faust", "topic": src, **labels})
+        return 0.0 if found is None else found
+
+    async def scenario() -> None:
+        assert await until(lambda: len(handled) >= 5, 20)
+        await asyncio.sleep(0.7)  # past a half-second fold, with the backlog not through
+        assert len(handled) < events
+        assert bill._lanes[0].queue
+        done = len(handled)
+        assert value("streamguard_messages_total", outcome="handled") >= done - 12
+        assert value("streamguard_handler_seconds_count") >= done - 12
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == events, 20)
+
+    run_app(app, scenario, timeout=30)
