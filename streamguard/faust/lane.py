@@ -362,6 +362,9 @@ class Lane:
             start = time.perf_counter()
             try:
                 result = await agent.call(decoded, MessageContext(record, attempt))
+                # The handler's time (streamguard_handler_seconds): not its sinks'
+                # sends, which a ConsumerService's handler has none of.
+                end = time.perf_counter()
                 if result is not None:
                     if returned_unrun(result):
                         break  # a bug, not an outcome: raised below, out of the judging
@@ -382,7 +385,6 @@ class Lane:
                     return "given_up"
                 attempt = retry.attempt + 1
                 continue
-            end = time.perf_counter()
             self.durations.append(end - start)
             self.handled += 1
             if end >= self.flush_at:

@@ -223,3 +223,38 @@ def test_slow_handlers_reach_the_metrics_while_their_partition_has_a_backlog(
         assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == events, 20)
 
     run_app(app, scenario, timeout=30)
+
+
+def test_handler_seconds_leave_out_the_sinks(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """``streamguard_handler_seconds`` times the handler only, as in a
+    ``ConsumerService`` (docs/operations.md, *StreamguardHandlerLatencyHigh*): a sink
+    slow to confirm a result holds its event back, but is not the handler's latency."""
+    src = topic_factory("orders")
+    events = 3
+    send_orders(src, events)
+    app = make_app()
+    slow = 0.3
+
+    async def confirm_slowly(result: str) -> None:
+        await asyncio.sleep(slow)
+
+    @guarded_agent(app, src, contract=OrderPlaced, sink=[confirm_slowly])
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> str:
+        return str(event.order_id)
+
+    def value(name: str) -> float | None:
+        return bill.registry.get_sample_value(name, {"runtime": "faust", "topic": src})
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == events, 20)
+        assert await until(lambda: value("streamguard_handler_seconds_count") == events, 2)
+        total = value("streamguard_handler_seconds_sum")
+        assert total is not None
+        assert total < slow
+
+    run_app(app, scenario, timeout=30)
