@@ -184,6 +184,13 @@ def test_agent_metrics_match_an_independent_account(
     counters = [k for k in account if k[0].endswith(("_total", "_count"))]
     assert exposed(counters) == {k: seen[k] for k in counters}
     assert value("streamguard_ready") == 0
+    # Unlike a ConsumerService's, the agent's gauges stay after it stops, at 0; it has
+    # no handler-concurrency series (docs/consumer.md, *ConsumerService or a guarded
+    # Faust agent*).
+    gauges = [k for k in account if k not in counters and k[0] != "streamguard_ready"]
+    assert exposed(gauges) == dict.fromkeys(gauges, 0)
+    for name in ("handlers_in_flight", "handlers_limit", "waiting_for_key"):
+        assert value(f"streamguard_{name}", topic=src) is None
 
 
 def test_slow_handlers_reach_the_metrics_while_their_partition_has_a_backlog(
