@@ -26,9 +26,9 @@ from tests.runtime.test_metrics_differential import (
     ATTEMPTS,
     PARTITIONS,
     SLOW,
-    SUBJECT,
     Planned,
     expected_drift,
+    metric_labels,
     produce,
     read_to_end,
 )
@@ -144,19 +144,10 @@ def test_agent_metrics_match_an_independent_account(
             ("streamguard_ready", ""): 1,
         }
 
-    def labels(name: str, extra: str) -> dict[str, str]:
-        if name == "streamguard_messages_total":
-            return {"topic": src, "outcome": extra}
-        if name == "streamguard_dead_letters_total":
-            return {"topic": src, "reason": extra}
-        if name == "streamguard_schema_drift_total":
-            return {"subject": SUBJECT, "kind": extra}
-        if name in ("streamguard_commit_failures_total", "streamguard_ready"):
-            return {}
-        return {"topic": src}
-
     def exposed(keys: Any) -> dict[tuple[str, str], float | None]:
-        return {(name, extra): value(name, **labels(name, extra)) for name, extra in keys}
+        return {
+            (name, extra): value(name, **metric_labels(name, extra, src)) for name, extra in keys
+        }
 
     account: dict[tuple[str, str], float] = {}
     seen: dict[tuple[str, str], float | None] = {}

@@ -278,6 +278,22 @@ def read_to_end(bootstrap: str, topic: str) -> list[Any]:
     return got
 
 
+def metric_labels(name: str, extra: str, src: str) -> dict[str, str]:
+    """The labels of one expected figure: ``extra`` is its outcome, reason, drift kind
+    or partition, by the metric's family (also read by the Faust agent's twin)."""
+    if name == "streamguard_messages_total":
+        return {"topic": src, "outcome": extra}
+    if name == "streamguard_dead_letters_total":
+        return {"topic": src, "reason": extra}
+    if name == "streamguard_schema_drift_total":
+        return {"subject": SUBJECT, "kind": extra}
+    if name == "streamguard_consumer_lag":
+        return {"topic": src, "partition": extra}
+    if name in ("streamguard_commit_failures_total", "streamguard_ready"):
+        return {}
+    return {"topic": src}
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_metrics_match_an_independent_account(
     bootstrap: str,
@@ -367,23 +383,10 @@ def test_metrics_match_an_independent_account(
             ("streamguard_handlers_limit", ""): variant.max_in_flight,
         }
 
-    def labels(name: str, extra: str) -> dict[str, str]:
-        if name == "streamguard_messages_total":
-            return {"topic": src, "outcome": extra}
-        if name == "streamguard_dead_letters_total":
-            return {"topic": src, "reason": extra}
-        if name == "streamguard_schema_drift_total":
-            return {"subject": SUBJECT, "kind": extra}
-        if name == "streamguard_consumer_lag":
-            return {"topic": src, "partition": extra}
-        if name in ("streamguard_commit_failures_total", "streamguard_ready"):
-            return {}
-        return {"topic": src}
-
     def exposed() -> dict[tuple[str, str], float | None]:
         return {
             (name, extra): running.registry.get_sample_value(
-                name, {"runtime": "consumer", **labels(name, extra)}
+                name, {"runtime": "consumer", **metric_labels(name, extra, src)}
             )
             for name, extra in expected
         }
