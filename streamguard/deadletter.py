@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import socket
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -34,6 +32,7 @@ from streamguard.headers import (  # names read once per dead letter: globals, n
     DLQ_PREFIX,
     DLQ_REASON,
 )
+from streamguard.observe.logs import LineBudget
 
 Reason = Literal[
     "oversize",
@@ -296,7 +295,7 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-class DeadLetterLog:
+class DeadLetterLog(LineBudget):
     """The ``dead-lettering message`` lines the runbook reads (no value, no key), at most
     ``per_second`` of them a second.
 
@@ -307,26 +306,9 @@ class DeadLetterLog:
     line of its own once the rate allows one, and a record's line written first carries
     it instead (``not_logged``). Kafka Connect, for comparison, logs none by default.
 
-    Args:
+    Args (see ``LineBudget``):
         per_second: lines a second, in bursts of up to as many; None logs every one.
     """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        per_second: float | None = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if per_second is not None and per_second <= 0:
-            raise ValueError(f"per_second must be positive or None, got {per_second}")
-        self._log = logger
-        self._rate = per_second
-        self._burst = max(1.0, per_second or 1.0)
-        self._tokens = self._burst
-        self._clock = clock
-        self._last = clock()
-        self._lock = threading.Lock()
-        self.not_logged = 0  # skipped since the last line written
 
     def __call__(self, record: Any, failure: Failure) -> None:
         """Log this dead letter, unless the rate is spent (then count it)."""
@@ -354,23 +336,9 @@ class DeadLetterLog:
         Called on the maintenance tick, so that the count of a flood that ended does
         not wait for the next dead letter.
         """
-        with self._lock:
-            if not self.not_logged or not self._spend():
-                return
-            skipped, self.not_logged = self.not_logged, 0
-        self._log.warning("dead-lettered messages not logged", extra={"not_logged": skipped})
-
-    def _spend(self) -> bool:
-        """Take a line from the token bucket (lock held); False when none is left."""
-        if self._rate is None:
-            return True
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+        skipped = self._take_skipped()
+        if skipped:
+            self._log.warning("dead-lettered messages not logged", extra={"not_logged": skipped})
 
 
 def error_text(error: BaseException, include_any: bool = False) -> str:

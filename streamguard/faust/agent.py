@@ -40,6 +40,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy, check_transient
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
+from streamguard.runtime.outcomes import RetryLog
 from streamguard.runtime.spec import async_only_inside, check_handler, is_async
 from streamguard.topics import check_default_dead_letter_topic, check_topic_name
 
@@ -212,6 +213,7 @@ class GuardedAgent:
             include_error_text=include_error_text,
         )
         self.log_dead_letter = DeadLetterLog(log)
+        self.log_retry = RetryLog(log)
         if registry is None:
             registry = _APP_REGISTRIES.get(app)
             if registry is None:
@@ -410,8 +412,10 @@ class GuardedAgent:
         self._handled.inc(count)
         self.metrics.handler_seconds.observe_many(self.topic, durations)
 
-    def retried(self) -> None:
+    def retried(self, msg: Any, attempt: int, error: BaseException, wait: float) -> None:
+        """Count a retry of ``msg``'s event and log it (rate-limited, as a service does)."""
         self._retries.inc()
+        self.log_retry(msg.topic, (msg.partition, msg.offset), attempt, error, wait)
 
     def dead_lettered(self, reason: Reason) -> None:
         if self._dead_letters_down and self.dead_letter_writable:

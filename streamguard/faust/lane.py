@@ -326,7 +326,7 @@ class Lane:
                     failure = judged
                     break
                 waiting = judged
-                agent.retried()
+                agent.retried(msg, attempt, exc, waiting.due - now)
                 if not await self._backoff(max(0.0, waiting.due - now), msg):
                     self._drop(event)
                     return
@@ -380,7 +380,7 @@ class Lane:
                 if isinstance(verdict, Failure):
                     return verdict
                 retry = verdict
-                agent.retried()
+                agent.retried(event.message, attempt, exc, verdict.due - now)
                 if not await self._backoff(max(0.0, retry.due - now), event.message):
                     return "given_up"
                 attempt = retry.attempt + 1

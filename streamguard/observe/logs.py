@@ -10,11 +10,63 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class LineBudget:
+    """At most ``per_second`` lines of one kind a second, in bursts of up to as many
+    (None: every line), and the count of lines skipped since the last one written
+    (``not_logged``), which that line or a ``flush`` of the subclass reports.
+
+    For lines a failure can repeat thousands of times a second (a poison flood, an
+    outage): every such event is counted in the metrics, and a line each would flood
+    the logs and cost more CPU than the event. Subclasses take the lock, ``_spend()``
+    a token, and log outside the lock.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: float | None = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_second is not None and per_second <= 0:
+            raise ValueError(f"per_second must be positive or None, got {per_second}")
+        self._log = logger
+        self._rate = per_second
+        self._burst = max(1.0, per_second or 1.0)
+        self._tokens = self._burst
+        self._clock = clock
+        self._last = clock()
+        self._lock = threading.Lock()
+        self.not_logged = 0  # skipped since the last line written
+
+    def _spend(self) -> bool:
+        """Take a line from the token bucket (lock held); False when none is left."""
+        if self._rate is None:
+            return True
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _take_skipped(self) -> int:
+        """The count of skipped lines, reset, when there are some and the rate allows a
+        line to report them; else 0."""
+        with self._lock:
+            if not self.not_logged or not self._spend():
+                return 0
+            skipped, self.not_logged = self.not_logged, 0
+        return skipped
 
 
 class JsonFormatter(logging.Formatter):

@@ -20,6 +20,7 @@ from streamguard.errors import (
     RegistryUnavailable,
     RetriesExhausted,
 )
+from streamguard.observe.logs import LineBudget
 from streamguard.policy import RetryPolicy, classify
 from streamguard.runtime.breaker import Breaker
 
@@ -210,3 +211,32 @@ def _wait_for_registry(
     delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
     parked_at = retry.parked_at if retry is not None and retry.parked_at is not None else now
     return RetryState(attempt - 1, first_ms, first_mono, now + delay, parked_at, open_mark)
+
+
+class RetryLog(LineBudget):
+    """The ``retrying message`` lines: a record failed transiently and waits for its
+    next try. At most ``per_second`` a second (an outage fails every record in flight);
+    a line written after skipped ones says how many (``not_logged``), and
+    ``streamguard_retries_total`` counts them all. No value, no key, no error text."""
+
+    def __call__(
+        self, topic: str, message: Hashable, attempt: int, error: BaseException, wait: float
+    ) -> None:
+        with self._lock:
+            if not self._spend():
+                self.not_logged += 1
+                return
+            skipped, self.not_logged = self.not_logged, 0
+        partition, offset = message if isinstance(message, tuple) else (None, None)
+        self._log.info(
+            "retrying message",
+            extra={
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "attempt": attempt,
+                "error_class": f"{type(error).__module__}.{type(error).__qualname__}",
+                "retry_in_s": round(max(0.0, wait), 3),
+                "not_logged": skipped,
+            },
+        )

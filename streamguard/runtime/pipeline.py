@@ -25,7 +25,7 @@ from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeadLetterSink, DeliveryReport
 from streamguard.runtime.drift import DriftCheck
-from streamguard.runtime.outcomes import RetryState, judge
+from streamguard.runtime.outcomes import RetryLog, RetryState, judge
 from streamguard.runtime.spec import ServiceSpec, check_returned
 
 log = logging.getLogger("streamguard.runtime")
@@ -77,6 +77,7 @@ class Pipeline:
         self.handles_tombstones = spec.handle_tombstone is not None
         self._on_dead_letter = spec.on_dead_letter
         self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
+        self._retry_log = RetryLog(log)
 
     def invoke_tombstone(self, ctx: MessageContext) -> object:
         """Run the tombstone handler; lanes call it only when ``handles_tombstones``
@@ -104,8 +105,10 @@ class Pipeline:
         by_handler: bool,
     ) -> Failure | RetryState:
         """The verdict on a failed attempt under this service's policies (see outcomes);
-        ``by_handler``: ``exc`` came out of the user's handler, not out of decoding."""
-        return judge(
+        ``by_handler``: ``exc`` came out of the user's handler, not out of decoding. A
+        retry is logged (rate-limited): its metric alone left a recovered failure
+        invisible in the logs."""
+        verdict = judge(
             exc,
             attempt,
             retry,
@@ -116,6 +119,9 @@ class Pipeline:
             message,
             by_handler=by_handler,
         )
+        if isinstance(verdict, RetryState):
+            self._retry_log(self.topic, message, attempt, exc, verdict.due - now)
+        return verdict
 
     def can_process(self) -> bool:
         """False while the DLQ is unwritable or the breaker holds: no lane starts work."""

@@ -77,9 +77,11 @@ def test_poison_mix_reaches_one_outcome_each(
     make_app: Callable[..., Any],
     raw_producer: Producer,
     read_all: Callable[..., list[Any]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Valid events are handled once (a transient one after its retries), every bad one
-    is dead-lettered once with its exact reason, and the offset commits to the end."""
+    """Valid events are handled once (a transient one after its retries, each retry
+    logged as a service logs it), every bad one is dead-lettered once with its exact
+    reason, and the offset commits to the end."""
     src = topic_factory("orders")
     mix = poison_mix()
     produce(raw_producer, src, [v for v, _ in mix], 1_700_000_000_000)
@@ -103,10 +105,15 @@ def test_poison_mix_reaches_one_outcome_each(
         assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == len(mix), 40)
         assert bill.registry.get_sample_value("streamguard_ready", {"runtime": "faust"}) == 1.0
 
-    run_app(app, scenario)
+    with caplog.at_level("INFO", logger="streamguard.faust"):
+        run_app(app, scenario)
 
     assert handled == [(0, 1), (3, 3), (7, 1)]
     assert calls["flaky"] == 3  # the policy's three attempts, then the DLQ
+    retries = [r for r in caplog.records if r.getMessage() == "retrying message"]
+    assert [(r.offset, r.attempt) for r in retries] == [(3, 1), (3, 2), (5, 1), (5, 2)]  # type: ignore[attr-defined]
+    assert all(r.topic == src and r.not_logged == 0 for r in retries)  # type: ignore[attr-defined]
+    assert "upstream timed out" not in caplog.text  # the error's text, naming the customer
     expected = {i: reason for i, (_, reason) in enumerate(mix) if reason != "handled"}
     dlq = read_all(f"{src}.dlq", len(expected), timeout=20)
     assert len(dlq) == len(expected)

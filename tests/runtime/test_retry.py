@@ -50,6 +50,50 @@ def test_transient_failure_is_retried_until_it_succeeds(
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_each_retry_is_logged_without_the_value(
+    asynchronous: bool,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record that fails transiently, then succeeds, leaves a ``retrying message``
+    line per retry (position, attempt, error class, the wait): before, only the metrics
+    showed it, and the logs of a recovered failure were silent. The error's text, which
+    may quote the record, stays out."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1, customer_id="canary-7f3a"))
+    producer.flush()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        retry = sg.RetryPolicy(attempts=5, base_delay=0.02, max_delay=0.05)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.attempt < 3:
+                raise TimeoutError(f"no answer for {event.customer_id}")
+
+    class AsyncBilling(Billing):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Billing.handle(self, event, ctx)
+
+    with caplog.at_level("INFO", logger="streamguard.runtime"):
+        running = start_service(AsyncBilling if asynchronous else Billing)
+        assert wait_for(
+            lambda: running.metric("streamguard_messages_total", topic=src, outcome="handled") == 1
+        )
+    lines = [r for r in caplog.records if r.getMessage() == "retrying message"]
+    assert [(r.partition, r.offset, r.attempt) for r in lines] == [(0, 0, 1), (0, 0, 2)]  # type: ignore[attr-defined]
+    assert {r.error_class for r in lines} == {"builtins.TimeoutError"}  # type: ignore[attr-defined]
+    assert all(0 <= r.retry_in_s <= 0.05 and r.topic == src for r in lines)  # type: ignore[attr-defined]
+    assert "canary-7f3a" not in caplog.text
+
+
 def test_time_budget_ends_retries_before_attempts_do(
     bootstrap: str,
     topic_factory: Callable[..., str],
