@@ -69,13 +69,20 @@ class LineBudget:
         return skipped
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    """The record's time in UTC to the millisecond, ISO 8601 (``...T12:00:00.123Z``)."""
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z"
+    )
+
+
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON line: time, level, logger, message, then context."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -89,7 +96,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable lines with the context appended as key=value pairs."""
+    """Human-readable lines, from the same UTC time as the JSON lines' ``ts``, with the
+    context appended as key=value pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
         context = " ".join(
@@ -97,7 +105,7 @@ class TextFormatter(logging.Formatter):
             for k, v in vars(record).items()
             if k not in _STANDARD and not k.startswith("_")
         )
-        base = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        base = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
         text = f"{base} {context}" if context else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -1,0 +1,29 @@
+"""Both log formats carry the time: a text line without it could not be timed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from streamguard.observe.logs import JsonFormatter, TextFormatter
+
+
+def record() -> logging.LogRecord:
+    entry = logging.LogRecord(
+        "streamguard.runtime", logging.INFO, "", 0, "partitions assigned", (), None
+    )
+    entry.created, entry.msecs = 1_796_500_000.25, 250.0
+    entry.partitions = [0, 1]
+    return entry
+
+
+def test_text_lines_start_with_the_json_lines_time() -> None:
+    text = TextFormatter().format(record())
+    assert text == (
+        "2026-12-05T19:46:40.250Z INFO    streamguard.runtime: partitions assigned "
+        "partitions=[0, 1]"
+    )
+    stamp = json.loads(JsonFormatter().format(record()))["ts"]
+    assert text.startswith(stamp)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
