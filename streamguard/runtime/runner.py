@@ -431,11 +431,7 @@ class ServiceRuntime:
         servers = self.dead_letter_config.get(
             "bootstrap.servers", self.consumer_config["bootstrap.servers"]
         )
-        security = {
-            k: v
-            for k, v in self.dead_letter_config.items()
-            if k.startswith(("security.", "sasl.", "ssl."))
-        }
+        security = _security(self.dead_letter_config)
         elsewhere = servers != self.consumer_config["bootstrap.servers"]
         dead_letter_topics = topics
         if elsewhere:
@@ -462,11 +458,7 @@ class ServiceRuntime:
                 max_message_bytes(
                     self.consumer_config["bootstrap.servers"],
                     spec.topic,
-                    config={
-                        k: v
-                        for k, v in self.consumer_config.items()
-                        if k.startswith(("security.", "sasl.", "ssl."))
-                    },
+                    config=_security(self.consumer_config),
                 )
                 if spec.topic in topics
                 else None
@@ -528,3 +520,9 @@ class ServiceRuntime:
         thread = threading.Thread(target=loop.run_forever, name="streamguard-loop", daemon=True)
         thread.start()
         return loop, thread
+
+
+def _security(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The TLS and SASL settings of a client's ``config``, for an admin client of the
+    same cluster."""
+    return {k: v for k, v in config.items() if k.startswith(("security.", "sasl.", "ssl."))}
