@@ -312,11 +312,9 @@ class DeadLetterLog(LineBudget):
 
     def __call__(self, record: Any, failure: Failure) -> None:
         """Log this dead letter, unless the rate is spent (then count it)."""
-        with self._lock:
-            if not self._spend():
-                self.not_logged += 1
-                return
-            skipped, self.not_logged = self.not_logged, 0
+        skipped = self._take()
+        if skipped is None:
+            return
         self._log.warning(
             "dead-lettering message",
             extra={

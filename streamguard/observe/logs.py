@@ -26,8 +26,8 @@ class LineBudget:
 
     For lines a failure can repeat thousands of times a second (a poison flood, an
     outage): every such event is counted in the metrics, and a line each would flood
-    the logs and cost more CPU than the event. Subclasses take the lock, ``_spend()``
-    a token, and log outside the lock.
+    the logs and cost more CPU than the event. Subclasses ``_take()`` a token and log
+    when they get one.
     """
 
     def __init__(
@@ -58,6 +58,16 @@ class LineBudget:
             return False
         self._tokens -= 1.0
         return True
+
+    def _take(self) -> int | None:
+        """Spend a token for a line: None when the rate is spent (the line is counted
+        as skipped), else the count of lines skipped before it, now reported by it."""
+        with self._lock:
+            if not self._spend():
+                self.not_logged += 1
+                return None
+            skipped, self.not_logged = self.not_logged, 0
+        return skipped
 
     def _take_skipped(self) -> int:
         """The count of skipped lines, reset, when there are some and the rate allows a

@@ -222,11 +222,9 @@ class RetryLog(LineBudget):
     def __call__(
         self, topic: str, message: Hashable, attempt: int, error: BaseException, wait: float
     ) -> None:
-        with self._lock:
-            if not self._spend():
-                self.not_logged += 1
-                return
-            skipped, self.not_logged = self.not_logged, 0
+        skipped = self._take()
+        if skipped is None:
+            return
         partition, offset = message if isinstance(message, tuple) else (None, None)
         self._log.info(
             "retrying message",
