@@ -29,6 +29,7 @@ from tests.runtime.test_metrics_differential import (
     Planned,
     expected_drift,
     metric_labels,
+    plan_records,
     produce,
     read_to_end,
 )
@@ -42,16 +43,7 @@ MIX = {"ok": 4, "violation": 2, "garbage": 2, "flaky1": 2, "flaky2": 2, "doomed"
 
 
 def plan(seed: int) -> list[Planned]:
-    rng = random.Random(seed)
-    kinds, weights = list(MIX), list(MIX.values())
-    planned = []
-    for i in range(RECORDS):
-        kind = rng.choices(kinds, weights)[0]
-        partition = i if i < PARTITIONS else rng.randrange(PARTITIONS)
-        key = None if rng.random() < 0.1 else f"k{rng.randrange(6)}".encode()
-        sleep = rng.choice([0.0, 0.0, 0.001, SLOW])
-        planned.append(Planned(kind, partition, key, rng.random() < 0.5, sleep))
-    return planned
+    return plan_records(random.Random(seed), MIX, RECORDS)
 
 
 @pytest.mark.parametrize("partition_buffer", [1000, 1], ids=["buffered", "held"])

@@ -95,11 +95,16 @@ class HandlerLog:
 
 
 def plan(seed: int, variant: Variant) -> list[Planned]:
-    rng = random.Random(seed)
-    kinds = [k for k in MIX if not (variant.breaker and k == "doomed")]
-    weights = [MIX[k] for k in kinds]
+    kinds = {k: w for k, w in MIX.items() if not (variant.breaker and k == "doomed")}
+    return plan_records(random.Random(seed), kinds, RECORDS)
+
+
+def plan_records(rng: random.Random, mix: dict[str, int], records: int) -> list[Planned]:
+    """``records`` records of the kinds of ``mix`` (kind -> weight), drawn from ``rng``
+    (also the Faust agent's twin's plan)."""
+    kinds, weights = list(mix), list(mix.values())
     planned = []
-    for i in range(RECORDS):
+    for i in range(records):
         kind = rng.choices(kinds, weights)[0]
         # Every partition gets records, so that each has a lag series to read.
         partition = i if i < PARTITIONS else rng.randrange(PARTITIONS)
