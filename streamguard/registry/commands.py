@@ -104,7 +104,7 @@ def _run_checks(
         check = checker.check(contract, config.registry_subject(subject))
         # The registry numbers versions itself and keeps no __version__: whether a
         # changed schema kept its __version__ is known from schemas/ only.
-        check.result.problems = version_problems(contract, store)[0]
+        check.result.problems = version_problems(contract, store, checker.policy)[0]
         checks.append(check)
     return checker, checks
 

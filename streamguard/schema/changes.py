@@ -38,8 +38,8 @@ _SPECIAL = {
     "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP": (
         "the schema differs from {old} but __version__ was not bumped, so consumers "
         "cannot tell the two schemas apart",
-        "bump __version__ and register the new version; the check then judges the change "
-        "itself against the compatibility mode (`streamguard schema diff` shows it now)",
+        "bump __version__ and register the new version; the check then judges the changes "
+        "listed against the compatibility mode",
     ),
     "SCHEMA_TYPE_CHANGED": (
         "the wire format changed from {old} to {new} (__wire_format__): consumers of either "

@@ -25,12 +25,17 @@ FORMAT_NAMES = {"json": "JSON", "avro": "Avro"}
 
 @dataclass(frozen=True)
 class Comparison:
-    """The changes from one version of a subject to another."""
+    """The changes from one version of a subject to another.
+
+    ``detail`` is, for a version problem, the comparison behind it (what changed under an
+    unbumped ``__version__``): the report lists it so that CI says what to look at.
+    """
 
     subject: str
     old: str
     new: str
     changes: list[Change]
+    detail: Comparison | None = None
 
     def breaking(self, mode: str) -> list[Change]:
         """The changes that break this mode."""
@@ -83,10 +88,28 @@ def format_switch(
     )
 
 
-def version_problems(contract: type[Contract], store: SchemaStore) -> tuple[list[Comparison], bool]:
+def unbumped_comparison(
+    contract: type[Contract], store: SchemaStore, policy: Policy = "lenient"
+) -> Comparison:
+    """The stored schema of the contract's ``__version__`` against the contract as it is
+    now: what ``diff`` shows, and ``check`` lists, for a change without a version bump."""
+    subject, version = contract.__subject__, contract.__version__
+    new, _, fmt_new = current_schema(contract)
+    fmt_old = "avro" if store.has(subject, version, ".avsc") else "json"
+    if fmt_old != fmt_new:
+        return format_switch(subject, (version, fmt_old), (version, fmt_new), ", stored")
+    old = store.load(subject, version, ".avsc" if fmt_old == "avro" else ".json")
+    changes = compare_versions(old, new, fmt_old, policy)
+    return Comparison(subject, f"v{version} (stored)", f"v{version}", changes)
+
+
+def version_problems(
+    contract: type[Contract], store: SchemaStore, policy: Policy = "lenient"
+) -> tuple[list[Comparison], bool]:
     """What breaks whatever the mode (the contract's schema differs from the stored one of
     its ``__version__``, or the store holds a newer version), and whether the store holds
-    the contract's version unchanged."""
+    the contract's version unchanged. ``policy`` judges the changes listed behind an
+    unbumped version."""
     subject, version = contract.__subject__, contract.__version__
     stored = store.versions(subject)
     problems: list[Comparison] = []
@@ -110,7 +133,10 @@ def version_problems(contract: type[Contract], store: SchemaStore) -> tuple[list
             unchanged = True
         else:
             change = Change((), "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP", BOTH)
-            problems.append(Comparison(subject, f"v{version} (stored)", f"v{version}", [change]))
+            detail = unbumped_comparison(contract, store, policy)
+            problems.append(
+                Comparison(subject, f"v{version} (stored)", f"v{version}", [change], detail)
+            )
     newer = [v for v in stored if v > version]
     if newer:
         change = Change((), "VERSION_OLDER_THAN_STORED", BOTH)
@@ -126,7 +152,7 @@ def check_contract(
     result = SubjectResult(subject, mode, version)
     stored = store.versions(subject)
     schema, suffix, fmt = current_schema(contract)
-    result.problems, unchanged = version_problems(contract, store)
+    result.problems, unchanged = version_problems(contract, store, policy)
     result.changed = not unchanged
     # A version registered with --force is a deliberate break: it starts the subject
     # anew, and nothing from before it is compared with it or with a later version.

@@ -30,6 +30,7 @@ from streamguard.schema.checks import (
     compare_versions,
     current_schema,
     format_switch,
+    unbumped_comparison,
     version_problems,
 )
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
@@ -291,15 +292,10 @@ def _subject_comparison(
         contract is not None
         and stored
         and stored[-1] == contract.__version__
-        and not version_problems(contract, store)[1]
+        and not version_problems(contract, store, policy)[1]
     ):
         # The contract changed without a version bump (what `check` refuses): show how.
-        version = stored[-1]
-        (old, fmt_old), (new, _, fmt_new) = load(version), current_schema(contract)
-        if fmt_old != fmt_new:
-            return format_switch(subject, (version, fmt_old), (version, fmt_new), ", stored")
-        changes = compare_versions(old, new, fmt_old, policy)
-        return Comparison(subject, f"v{version} (stored)", f"v{version}", changes)
+        return unbumped_comparison(contract, store, policy)
     elif not stored and contract is None:
         raise ConfigurationError(f"{subject}: no stored version and no contract of that subject")
     elif len(stored) >= 2:

@@ -15,6 +15,56 @@ from streamguard.schema.checks import Comparison, SubjectResult
 from streamguard.schema.modes import directions
 
 FORMATS = ("text", "json", "github")
+# A version problem lists the changes behind it up to this many in text and github;
+# json lists all. A rewrite beyond it is better read with `schema diff`.
+LISTED = 20
+
+
+def _changed(detail: Comparison) -> list[dict[str, Any]]:
+    """The changes behind a version problem, by field and rule only: never a value or a
+    default, so that a CI log cannot leak data."""
+    return [
+        {
+            "path": c.field_path,
+            "pointer": c.pointer,
+            "rule": c.rule,
+            "breaking_in": sorted(c.breaking_in),
+        }
+        for c in detail.changes
+    ]
+
+
+def _changed_label(entry: dict[str, Any]) -> str:
+    """``what changed``, naming the versions where they differ from the entry's (the
+    wire formats of a ``__wire_format__`` switch)."""
+    old, new = entry["changed_versions"]
+    if (old, new) == (entry["old_version"], entry["new_version"]):
+        return "what changed"
+    return f"what changed ({old} -> {new})"
+
+
+def _changed_items(entry: dict[str, Any], sep: str = "  ") -> list[str]:
+    """One short item per change behind a version problem (``path  RULE (breaks ...)``),
+    capped at ``LISTED``; what the developer acts on when CI refuses an unbumped change."""
+    changed: list[dict[str, Any]] = entry["changed"]
+    if not changed:
+        # The fingerprint covers what the differ ignores, as it never changes which values
+        # are valid: annotations (a docstring is a description) and an Avro field order.
+        return [
+            "nothing that changes which values are valid: a default, title, description "
+            "(docstring) or example, or the Avro field order; compare the stored file with "
+            "`streamguard schema export`"
+        ]
+    items = [
+        f"{c['path']}{sep}{c['rule']}"
+        + (f" (breaks {' and '.join(c['breaking_in'])})" if c["breaking_in"] else "")
+        for c in changed[:LISTED]
+    ]
+    if len(changed) > LISTED:
+        items.append(
+            f"(+{len(changed) - LISTED} more: `streamguard schema diff {entry['subject']}`)"
+        )
+    return items
 
 
 def _entries(
@@ -26,20 +76,22 @@ def _entries(
         for change in wanted:
             required = directions(mode) if mode else change.breaking_in
             is_breaking = bool(change.breaking_in & required)
-            out.append(
-                {
-                    "subject": comp.subject,
-                    "old_version": comp.old,
-                    "new_version": comp.new,
-                    "path": change.field_path,
-                    "pointer": change.pointer,
-                    "rule": change.rule,
-                    "breaking": is_breaking,
-                    "breaking_in": sorted(change.breaking_in),
-                    "message": change.message(comp.old, comp.new),
-                    "hint": change.hint,
-                }
-            )
+            entry: dict[str, Any] = {
+                "subject": comp.subject,
+                "old_version": comp.old,
+                "new_version": comp.new,
+                "path": change.field_path,
+                "pointer": change.pointer,
+                "rule": change.rule,
+                "breaking": is_breaking,
+                "breaking_in": sorted(change.breaking_in),
+                "message": change.message(comp.old, comp.new),
+                "hint": change.hint,
+            }
+            if comp.detail is not None:
+                entry["changed"] = _changed(comp.detail)
+                entry["changed_versions"] = [comp.detail.old, comp.detail.new]
+            out.append(entry)
     return out
 
 
@@ -84,6 +136,9 @@ def _escape(text: str) -> str:
 def _github(entry: dict[str, Any]) -> str:
     title = _escape(f"{entry['subject']} {entry['rule']}").replace(",", "%2C").replace(":", "%3A")
     body = f"{entry['old_version']} -> {entry['new_version']} ({entry['mode']}): {entry['message']}"
+    if "changed" in entry:
+        label = _changed_label(entry).replace("what", "What", 1)
+        body += f" {label}: {'; '.join(_changed_items(entry, ' '))}."
     if entry["hint"]:
         body += f" Fix: {entry['hint']}."
     return f"::error title={title}::{_escape(body)}"
@@ -109,6 +164,10 @@ def _text(groups: list[tuple[str, list[Comparison]]], entries: list[dict[str, An
                 mark = "BREAKING" if e["breaking"] else "ok"
                 lines.append(f"  {mark:8} {e['path']}  {e['rule']}")
                 lines.append(f"           {e['message']}")
+                if "changed" in e:
+                    label = f"{_changed_label(e)}: "
+                    for i, item in enumerate(_changed_items(e)):
+                        lines.append(" " * 11 + (label if i == 0 else " " * len(label)) + item)
                 if e["breaking"] and e["hint"]:
                     lines.append(f"           hint: {e['hint']}")
     return "\n".join(lines)

@@ -627,3 +627,76 @@ def test_an_avro_and_a_json_contract_of_one_subject_and_version_are_refused(
     code, _, err = cli("schema", "check")
     assert code == 2
     assert "are both pay.Pay v1" in err
+
+
+BEFORE_UNBUMPED = """
+class Customer(BaseModel):
+    id: str
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 1
+    order_id: str
+    channel: str = "web-sentinel"
+    customer: Customer
+"""
+UNBUMPED = """
+class Customer(BaseModel):
+    id: str
+    tier: str = "gold-sentinel"
+
+class OrderPlaced(sg.Contract):
+    __subject__ = "orders.OrderPlaced"
+    __version__ = 1
+    order_id: int
+    channel: str = "app-sentinel"
+    customer: Customer
+    note: str
+"""
+
+
+def test_an_unbumped_change_names_the_fields_behind_it(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """check lists what changed under the unbumped version, as diff finds it, in every
+    format, by field and rule only: a CI log said just SCHEMA_CHANGED_WITHOUT_VERSION_BUMP,
+    and the developer had to run diff. No default value appears (they may be data)."""
+    project = project_factory()
+    project.contracts(BEFORE_UNBUMPED)
+    assert cli("schema", "register")[0] == 0
+    project.contracts(UNBUMPED)
+    code, out, _ = cli("schema", "check")
+    assert code == 1
+    lines = out.splitlines()
+    start = lines.index(
+        " " * 11 + "what changed: customer.tier  OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+    )
+    assert lines[start + 1 : start + 4] == [
+        " " * 25 + "order_id  TYPE_CHANGED (breaks BACKWARD and FORWARD)",
+        " " * 25 + "note  REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL (breaks BACKWARD)",
+        " " * 11 + "hint: bump __version__ and register the new version; the check then "
+        "judges the changes listed against the compatibility mode",
+    ]
+    code, github, _ = cli("schema", "check", "--format", "github")
+    assert code == 1
+    assert (
+        "What changed: customer.tier OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL; "
+        "order_id TYPE_CHANGED (breaks BACKWARD and FORWARD); "
+        "note REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL (breaks BACKWARD). Fix: "
+    ) in github
+    code, text, _ = cli("schema", "check", "--format", "json")
+    (entry,) = json.loads(text)
+    assert entry["rule"] == "SCHEMA_CHANGED_WITHOUT_VERSION_BUMP"
+    assert {c["path"]: c["breaking_in"] for c in entry["changed"]} == {
+        "customer.tier": [],
+        "order_id": ["BACKWARD", "FORWARD"],
+        "note": ["BACKWARD"],
+    }
+    for shown in (out, github, text):
+        assert "sentinel" not in shown  # channel's default changed too: never its value
+    # Only a default changed: the fingerprint differs, no rule of the differ fires.
+    project.contracts(BEFORE_UNBUMPED.replace("web-sentinel", "app-sentinel"))
+    code, out, _ = cli("schema", "check")
+    assert code == 1
+    assert "what changed: nothing that changes which values are valid: a default," in out
+    assert "sentinel" not in out
