@@ -4,7 +4,10 @@ Records are grouped by original topic, reason, error class and expected contract
 group shows its count, when its first and last record was dead-lettered, and one
 example: where it sits in the DLQ and the original topic, and pydantic's error
 locations. Field values (the record's key and value, and a handler's free-form error
-text, which may quote them) are shown only when asked for with ``show_values``.
+text, which may quote them) are shown only when asked for with ``show_values``. A decode
+error's text is shown always: streamguard's codecs build it from positions, sizes,
+limits, schema ids and exception class names, never from the input, and ``dlq replay
+--revalidate`` prints the same text for the same record.
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from typing import Any
 from streamguard import headers as h
 from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
+from streamguard.errors import DecodeError
 from streamguard.observe.untrusted import printable
 
 MAX_SHOWN_VALUE = 200
 MAX_SHOWN_ERRORS = 3
+# The dead letters whose error text holds no input: a codec's DecodeError, the one error
+# the runtime gives these reasons. Other texts may quote data: a handler's exception kept
+# with include_error_text, a violation described by a codec with include_input=True.
+DECODE_REASONS = frozenset({"decode_error", "oversize"})
+DECODE_ERROR_CLASS = f"{DecodeError.__module__}.{DecodeError.__qualname__}"
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -94,8 +103,11 @@ def _example(record: DlqRecord, show_values: bool) -> dict[str, Any]:
         "service": letter.context.get(h.DLQ_SERVICE, ""),
         "attempts": letter.int_context(h.DLQ_ATTEMPTS, 0),
     }
-    if show_values:
+    if show_values or (
+        letter.reason in DECODE_REASONS and letter.error_class == DECODE_ERROR_CLASS
+    ):
         example["error_message"] = letter.context.get(h.DLQ_ERROR_MESSAGE, "")
+    if show_values:
         example["key"] = _shown(letter.key)
         example["value"] = _shown(letter.value)
     return example
@@ -229,7 +241,8 @@ def _example_lines(example: dict[str, Any]) -> list[str]:
         shown = ", ".join(f"{e['loc']} ({e['type']})" for e in errors[:MAX_SHOWN_ERRORS])
         more = f" +{len(errors) - MAX_SHOWN_ERRORS} more" if len(errors) > MAX_SHOWN_ERRORS else ""
         out.append(f"example errors: {shown}{more}")
-    if "value" in example:
+    if "error_message" in example:
         out.append(f"message: {example['error_message']}")
+    if "value" in example:
         out.append(f"key: {example['key']!r}  value: {example['value']!r}")
     return out

@@ -5,15 +5,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+import streamguard as sg
 from streamguard.cli import main
+from streamguard.codecs import JsonCodec
+from streamguard.deadletter import Failure, dead_letter_headers
 from streamguard.dlqtools.commands import INSPECT_GROUP
 from streamguard.dlqtools.reader import DlqReader
 from tests.conftest import port_of, refusing_port
-from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Sent, closed_dead_letter
+from tests.dlqtools.dlqcases import (
+    FIXABLE,
+    HOPELESS,
+    OrderV1,
+    Sent,
+    closed_dead_letter,
+    encode,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -265,3 +276,74 @@ def test_a_count_that_is_no_positive_integer_is_named_plainly(
     err = capsys.readouterr().err
     assert f"argument {option}: expected a positive integer, got {value}" in err
     assert "_positive_int" not in err
+
+
+SENTINEL = "sentinel-7c41e9"
+# Cut short: a decode error, whose text names a position and never the bytes.
+UNDECODABLE = b'{"order_id": "' + SENTINEL.encode() + b'", "amount": 1, "currency": "EUR"'
+FIXED_CONTRACT = (
+    "from typing import Literal\nfrom pydantic import Field\nimport streamguard as sg\n"
+    "class Order(sg.Contract):\n"
+    "    __subject__ = 'dlqtest.Order'\n    __version__ = 2\n"
+    "    order_id: str\n    amount: int = Field(gt=0)\n"
+    "    currency: Literal['EUR', 'USD', 'GBP']\n"
+)
+
+
+def test_inspect_and_a_dry_run_show_the_same_decode_error_and_no_input(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A decode error's text holds no input, so inspect shows it by default as replay
+    --revalidate --dry-run does (inspect hid it behind --show-values); a handler's error
+    text may quote input and stays hidden without --show-values. The sentinel in the
+    undecodable value and in the handler's text is in neither command's default output."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [UNDECODABLE], original_topic=orders)
+    quoting = dead_letter_headers(
+        original_headers=[],
+        topic=orders,
+        partition=0,
+        offset=7,
+        timestamp_ms=None,
+        failure=Failure("permanent_error", ValueError(f"no customer {SENTINEL}")),
+        group_id="billing",
+        service="billing-svc",
+        expected_subject=OrderV1.__subject__,
+        expected_version=OrderV1.__version__,
+        include_error_text=True,  # the service opted in: the text may quote data
+    )
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(dlq, encode(FIXABLE), key=b"k", headers=quoting)
+    assert producer.flush(10) == 0
+    with pytest.raises(sg.DecodeError) as info:
+        JsonCodec().decode(UNDECODABLE, OrderV1)
+    text = str(info.value)
+    assert text.startswith("Invalid JSON: ")
+
+    module = unique("fixed_contracts").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(FIXED_CONTRACT)
+    (tmp_path / "pyproject.toml").write_text(f'[tool.streamguard]\ncontracts = ["{module}"]\n')
+    replay = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--dry-run"]
+    replay += ["--revalidate", "--config", str(tmp_path / "pyproject.toml"), "--group", unique("g")]
+    assert main(replay) == 0
+    replayed = capsys.readouterr().out
+    assert f"refused dlq 0@0: still_invalid: <root>: {text}" in replayed
+
+    inspect = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]
+    assert main(inspect) == 0
+    table = capsys.readouterr().out
+    assert f"message: {text}" in table
+    assert main([*inspect, "--format", "json"]) == 0
+    examples = {g["reason"]: g["example"] for g in json.loads(capsys.readouterr().out)["groups"]}
+    assert examples["decode_error"]["error_message"] == text
+    assert "error_message" not in examples["permanent_error"]
+    for out in (replayed, table, json.dumps(examples)):
+        assert SENTINEL not in out
+
+    assert main([*inspect, "--show-values"]) == 0  # asked for: the handler's text too
+    assert f"message: no customer {SENTINEL}" in capsys.readouterr().out
