@@ -67,7 +67,10 @@ class Failure:
         error: the exception that decided it; ``RetriesExhausted`` wraps the last one.
             A ``DecodeError`` or ``ContractViolation`` comes without its traceback and
             context (the codec's frames and pydantic's error, which holds the input):
-            it waits in memory until the DLQ acknowledges it.
+            it waits in memory until the DLQ acknowledges it. Any other keeps its
+            traceback (files, lines, functions: it formats as ever), but the frames'
+            local variables are cleared, so the event and what the handler built
+            are not kept alive meanwhile.
         attempts: handler calls made (1 when it was never retried).
         first_failure_ms: epoch ms of the first failure of this message.
     """

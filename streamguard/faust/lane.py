@@ -341,6 +341,7 @@ class Lane:
                 self._drop(event)
                 return
             failure = outcome
+            del decoded  # not held while the dead letter is written
         if await self._dead_letter(record, failure, msg):
             await self.stream.ack(event)
         else:
@@ -378,6 +379,9 @@ class Lane:
                     exc, attempt, retry, agent.retry, agent.transient, now, by_handler=True
                 )
                 if isinstance(verdict, Failure):
+                    # Not kept by this frame, which the handler's frame (in the error)
+                    # links back to, while the dead letter is written.
+                    decoded = None
                     return verdict
                 retry = verdict
                 agent.retried(event.message, attempt, exc, verdict.due - now)

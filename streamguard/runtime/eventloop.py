@@ -252,8 +252,13 @@ class DaemonPool(concurrent.futures.Executor):
                     # stalled. It arrives as an async handler's does, a RuntimeError.
                     error = RuntimeError("handler raised StopIteration")
                     error.__cause__ = exc
+                    del item, args, kwargs  # see below
                     future.set_exception(error)
                 except BaseException as exc:
+                    # The event is not kept here until this thread's next call: the
+                    # handler's frame, in the error a dead letter holds, links back
+                    # to this one. Before the loop may judge it.
+                    del item, args, kwargs
                     future.set_exception(exc)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -645,6 +650,7 @@ class LoopRunner:
                             timed(end - start)
                             event = None  # not held while the next decodes (see lane.py)
                 except Exception as exc:
+                    event = None  # see lane.py: the dead letter's error links back here
                     if called and done:  # the verdict weighs every success before it
                         self._fold(lane, done, last)
                         done = 0
@@ -817,6 +823,7 @@ class LoopRunner:
                     else:  # schema drift: no call reached the dependency
                         breaker.release_probe()
                 except Exception as exc:
+                    event = None  # not held while its dead letter waits, or its retry
                     self._fold_successes()  # the verdict weighs every success before it
                     verdict = pipe.judge(
                         exc, attempt, retry, self._clock(), (lane.partition, msg.offset()), called

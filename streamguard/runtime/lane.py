@@ -325,6 +325,10 @@ class PartitionLane:
                         # (docs/benchmark-notes.md, *Larger events*).
                         event = None
                 except Exception as exc:
+                    # Not held by this frame while the next record decodes, nor after
+                    # the batch: the handler frames kept in the dead letter's error
+                    # link back to it (see outcomes.release_frames).
+                    event = None
                     if called and handled:
                         # The verdict weighs every success before it: folded after it,
                         # they told the breaker something succeeded since this record
@@ -339,6 +343,7 @@ class PartitionLane:
                         retries += 1
                         break  # the head waits; the rest of the batch waits behind it
                     self._dead_letter(msg, verdict)
+                    del verdict  # or this frame and the error it keeps would hold each other
                 else:
                     if returned is not None:  # raises (out of the lane) if work went unrun
                         pipe.returned(returned, value is None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -143,6 +144,9 @@ def judge(
             raises (an invalid event it tried to send with a ``GuardedProducer``, say)
             says nothing about the record's own validity: it is judged like any other
             exception of the handler, with the attempts made so far.
+
+    The frames ``exc`` went through are cleared of their locals (``release_frames``):
+    called where the failed attempt was caught, before anything holds ``exc``.
     """
     if not by_handler and isinstance(exc, _INVALID_INPUT):  # a poison flood's path
         if breaker is not None and not breaker.closed:
@@ -155,6 +159,7 @@ def judge(
         if isinstance(exc, DecodeError):
             return Failure(exc.reason, exc)  # type: ignore[arg-type]  # a DecodeError reason
         return Failure("contract_violation", exc)
+    release_frames(exc)
     failed_before = retry is not None and retry.attempt > 0
     # The time of its first failure (sg-dlq-first-failure-ms) survives a failed probe
     # or a registry wait, which give their attempt back; a state parked before any
@@ -191,6 +196,39 @@ def judge(
         return Failure("retries_exhausted", error, attempt, first_ms)
     mark = breaker.open_total() if breaker is not None else 0.0
     return RetryState(attempt, first_ms, first_mono, now + delay, open_mark=mark)
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames ``exc`` went through, and of
+    those of its causes, contexts and (in a group) members; the frames stay.
+
+    A dead letter's ``Failure.error`` is held until the DLQ acknowledges it (up to
+    ``max_buffered`` of them a lane), a retry's error for as long as a Faust lane
+    backs off inside its ``except``. Their handler frames held the decoded event and
+    all the handler built: alive that long, and walked by every young collection of the
+    cyclic collector. What is kept: the exception, its class and text, and a traceback
+    that still formats with each frame's file, line and function.
+
+    ``traceback.clear_frames`` skips a running frame: the runtime's own, which caught
+    ``exc``. The handler's frame keeps that one as its ``f_back``, and with it, once it
+    returns, its last locals: the runtimes drop the event from theirs on a failure. The
+    other frames are ones the exception left, finished: none is a suspended generator,
+    which clearing would close before Python 3.13.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        err = pending.pop()
+        if id(err) in seen:  # a cycle of contexts
+            continue
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        if err.__cause__ is not None:
+            pending.append(err.__cause__)
+        if err.__context__ is not None:
+            pending.append(err.__context__)
+        if isinstance(err, BaseExceptionGroup):
+            pending.extend(err.exceptions)
 
 
 def _wait_for_registry(

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import time
+import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +22,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from pydantic import field_validator
 
 import streamguard as sg
-from streamguard.demo.contracts import OrderPlaced
+from streamguard.deadletter import DeadLetterLog, Failure
+from streamguard.demo.contracts import LineItem, OrderPlaced
 from streamguard.faust import guarded_agent
 from streamguard.registry import RegistryServer
 from tests.faust.conftest import run_app, until
@@ -30,7 +34,7 @@ from tests.registry.conftest import (  # noqa: F401 (fixtures)
     client,
     registry,
 )
-from tests.runtime.conftest import committed, dlq_headers
+from tests.runtime.conftest import committed, dlq_headers, order
 
 pytestmark = pytest.mark.broker
 
@@ -450,3 +454,74 @@ def test_a_validator_raising_another_exception_is_dead_lettered_not_a_crash(
     assert headers["sg-dlq-error-class"] == "builtins.LookupError"
     assert "SECRET" not in json.dumps(headers)
     assert "SECRET" not in caplog.text
+
+
+class Scratch:
+    """Something a handler builds, which nothing but its locals refers to."""
+
+
+def test_a_failed_events_handler_frames_are_let_go(
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Message]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lane holds a transient error while it backs off (inside its ``except``) and a
+    dead letter's error until the broker confirms it. Their traceback's frames held the
+    handler's locals (the decoded event, what the handler built) and, through them,
+    the lane's: alive that long, for the collector to walk. With the collector off,
+    only reference counting can have freed them; the error still formats with the
+    handler's file, line and function."""
+    src = topic_factory("orders", partitions=1)
+    items = [LineItem(sku=f"sku-{n}", quantity=1) for n in range(300)]
+    for i, customer in enumerate(("flaky", "refused")):
+        value = order(i, customer_id=customer, items=items).model_dump_json().encode()
+        raw_producer.produce(src, value)
+    raw_producer.flush(10)
+    app = make_app()
+    refs: dict[str, list[weakref.ref[Any]]] = {}
+    alive: dict[str, list[bool]] = {}  # the refs, looked at as the lane holds the error
+    formatted: list[str] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced, retry=FAST_RETRY)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        scratch = Scratch()
+        if event.customer_id == "flaky" and ctx.attempt == 1:
+            refs["retry"] = [weakref.ref(scratch)]  # the event itself is tried again
+            raise TimeoutError("later")
+        if event.customer_id == "refused":
+            refs["dead letter"] = [weakref.ref(event), weakref.ref(scratch)]
+            raise sg.PermanentError("refused")
+
+    retried = bill.retried
+
+    def retrying(msg: Any, attempt: int, error: BaseException, wait: float) -> None:
+        alive["retry"] = [ref() is not None for ref in refs["retry"]]
+        retried(msg, attempt, error, wait)
+
+    log_line = DeadLetterLog.__call__
+
+    def dead_lettering(self: DeadLetterLog, record: Any, failure: Failure) -> None:
+        alive["dead letter"] = [ref() is not None for ref in refs["dead letter"]]
+        formatted.append("".join(traceback.format_exception(failure.error)))
+        log_line(self, record, failure)
+
+    monkeypatch.setattr(bill, "retried", retrying)
+    monkeypatch.setattr(DeadLetterLog, "__call__", dead_lettering)
+
+    async def scenario() -> None:
+        assert await until(lambda: "dead letter" in alive or app.should_stop, 30)
+
+    gc.disable()
+    try:
+        run_app(app, scenario)
+    finally:
+        gc.enable()
+    assert app.crash_reason is None
+    assert alive == {"retry": [False], "dead letter": [False, False]}
+    [text] = formatted
+    assert f'File "{__file__}"' in text
+    assert 'in bill\n    raise sg.PermanentError("refused")' in text
+    assert text.endswith("streamguard.errors.PermanentError: refused\n")
+    assert len(read_all(f"{src}.dlq", 1)) == 1

@@ -4,18 +4,21 @@ never starts work while the DLQ is unwritable. No broker: records are built in m
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import traceback
 import weakref
 from typing import Any, cast
 
+import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 from pydantic import model_validator
 
 import streamguard as sg
 from streamguard.deadletter import Failure
-from streamguard.demo.contracts import OrderPlaced
+from streamguard.demo.contracts import LineItem, OrderPlaced
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.deadletters import DeliveryReport
@@ -452,3 +455,103 @@ def test_a_handled_event_is_let_go_before_the_next_record_decodes() -> None:
         loop.close()
     assert len(HANDLED) == 4
     assert ALIVE_WHILE_DECODING == [False] * 4
+
+
+class Scratch:
+    """Something a handler builds, which nothing but its locals refers to."""
+
+
+# Weak references to the refused event and to what its handler built.
+REFUSED: list[weakref.ref[Any]] = []
+# What on_dead_letter hooks formatted of the errors they were given.
+FORMATTED: list[str] = []
+
+
+def refused_order(i: int) -> bytes:
+    """A large event (300 line items) that the handlers below refuse."""
+    items = [LineItem(sku=f"sku-{n}", quantity=1) for n in range(300)]
+    return order(i, customer_id="refused", items=items).model_dump_json().encode()
+
+
+class Refusing(sg.ConsumerService):
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        scratch = Scratch()
+        if event.customer_id == "refused":
+            REFUSED.extend([weakref.ref(event), weakref.ref(scratch)])
+            raise sg.PermanentError("refused")
+
+    def on_dead_letter(self, ctx: sg.MessageContext, failure: Failure) -> None:
+        FORMATTED.append("".join(traceback.format_exception(failure.error)))
+
+
+class AsyncRefusing(Refusing):
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+        scratch = Scratch()
+        if event.customer_id == "refused":
+            REFUSED.extend([weakref.ref(event), weakref.ref(scratch)])
+            raise sg.PermanentError("refused")
+
+
+@pytest.mark.parametrize(
+    ("service", "ordering"),
+    [
+        (Refusing, None),  # worker threads
+        (AsyncRefusing, "partition"),  # the event loop's in-order runs
+        (AsyncRefusing, "key"),  # the event loop's key runs
+        (Refusing, "key"),  # a sync handler in the event loop's thread pool
+    ],
+)
+def test_a_refused_event_is_let_go_before_its_dead_letter_is_acknowledged(
+    service: type[Refusing], ordering: str | None
+) -> None:
+    """A dead letter's error is held until the DLQ acknowledges it, up to max_buffered
+    of them a lane. Its traceback's frames held the handler's locals (the decoded
+    event, what the handler built) and, through them, the lane's: each refused event
+    stayed alive, and was walked by every young collection, until then. With the
+    collector off, only reference counting can have freed them; the error the hook
+    gets still formats with the handler's file, line and function."""
+    REFUSED.clear()
+    FORMATTED.clear()
+    sink = HeldDeadLetters()
+    pipeline = Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        sink,
+        ServiceMetrics(CollectorRegistry()),
+    )
+    records = [
+        record(valid(0), key="a", topic="lane-unit", offset=0),
+        record(refused_order(1), key="b", topic="lane-unit", offset=1),
+    ]
+    loop = asyncio.new_event_loop()
+    gc.disable()
+    try:
+        lane: PartitionLane
+        if ordering is None:
+            lane = PartitionLane(0, pipeline)
+            assert lane.enqueue(records)
+            lane.drain()
+        else:
+            runner = LoopRunner(pipeline, loop, ordering, max_in_flight=8)  # type: ignore[arg-type]
+            lane = LoopLane(0, pipeline, runner)
+            assert lane.enqueue(records)
+            lane.drain()
+            for _ in range(200):
+                loop.run_until_complete(asyncio.sleep(0.01))
+                if sink.waiting and not runner.busy:
+                    break
+        assert [offset for offset, _ in sink.waiting] == [1]  # not acknowledged yet
+        assert len(REFUSED) == 2
+        assert [ref() for ref in REFUSED] == [None, None]
+        _, done = sink.waiting.pop()
+        done(None, None)
+    finally:
+        gc.enable()
+        loop.close()
+    [text] = FORMATTED
+    assert f'File "{__file__}"' in text
+    assert 'in handle\n    raise sg.PermanentError("refused")' in text
+    assert text.endswith("streamguard.errors.PermanentError: refused\n")
