@@ -95,7 +95,8 @@ def create_topics(
     ``ConfigurationError`` when it refuses (a bad name or setting, no permission).
 
     Args:
-        config: the admin client's settings (security) besides the bootstrap servers.
+        config: the admin client's settings (security, a ``logger``) besides the
+            bootstrap servers.
         topic_config: the new topics' settings (``max.message.bytes``, ...).
     """
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(config or {})})
@@ -105,17 +106,22 @@ def create_topics(
     ]
     if not new:
         return
-    for topic, future in admin.create_topics(new, operation_timeout=timeout).items():
-        try:
-            future.result(timeout=timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise ConfigurationError(f"could not create topic {topic!r}: {exc}") from exc
-        except TimeoutError:  # the cluster did not answer (down, or unreachable from here)
-            raise BrokerUnavailable(
-                f"could not create topic {topic!r}: no answer from {bootstrap_servers} "
-                f"within {timeout:g}s"
-            ) from None
+    try:
+        for topic, future in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise ConfigurationError(f"could not create topic {topic!r}: {exc}") from exc
+            except TimeoutError:  # the cluster did not answer (down, or unreachable from here)
+                raise BrokerUnavailable(
+                    f"could not create topic {topic!r}: no answer from {bootstrap_servers} "
+                    f"within {timeout:g}s"
+                ) from None
+    finally:
+        # Nothing else serves the admin client: the lines it logged to a ``logger``
+        # setting (streamguard.observe.librdkafka_logs) are handed over here or never.
+        admin.poll(0)
 
 
 def max_message_bytes(
@@ -137,6 +143,8 @@ def max_message_bytes(
         entry = described.result(timeout=timeout).get("max.message.bytes")
     except (KafkaException, TimeoutError):
         return None
+    finally:
+        admin.poll(0)  # its log lines, as in create_topics
     if entry is None or entry.value is None or not str(entry.value).isdigit():
         return None
     return int(entry.value)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from streamguard.contracts import Contract
 from streamguard.devbroker import DevBroker
 from streamguard.errors import ContractViolation
+from streamguard.observe.librdkafka_logs import RepeatsCollapsed
 from streamguard.observe.logs import configure_logging
 from streamguard.producer import GuardedProducer
 from streamguard.registry.codec import registry_schema
@@ -174,7 +175,17 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
 
     configure_logging("text", "WARNING")
     with _cluster(bootstrap_servers) as bootstrap:
-        create_topics(bootstrap, [TOPIC, DLQ, PAYMENTS, PAYMENTS_DLQ], partitions=3)
+        # A cluster that is down: one connect failure and their count, not one a backoff.
+        lines = RepeatsCollapsed()
+        try:
+            create_topics(
+                bootstrap,
+                [TOPIC, DLQ, PAYMENTS, PAYMENTS_DLQ],
+                partitions=3,
+                config={"logger": lines},
+            )
+        finally:
+            lines.flush()
         sent = _send(bootstrap, OrderPlaced)["sent"]
         registry = CollectorRegistry()
         service = Billing(

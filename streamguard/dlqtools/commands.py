@@ -8,6 +8,9 @@ not exist).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from streamguard import exitcodes
@@ -24,6 +27,8 @@ from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
 from streamguard.interrupts import sigterm_as_ctrl_c
+from streamguard.observe.librdkafka_logs import LOGGER, RepeatsCollapsed
+from streamguard.observe.logs import configure_logging
 from streamguard.observe.untrusted import printable
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
@@ -50,6 +55,26 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+@contextlib.contextmanager
+def _client_config(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The -X settings for the command's clients, their librdkafka lines logged in the
+    CLI's text format, each kind once and the count of the rest at the end: a cluster
+    that is down made librdkafka print a connect failure every backoff, some 200 lines
+    that buried the command's own error. With ``-X debug=...`` librdkafka writes every
+    line itself, as asked."""
+    config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
+    if "debug" in config:
+        yield config
+        return
+    configure_logging("text", "WARNING")
+    LOGGER.setLevel(logging.INFO)  # librdkafka's notices too, as it prints them itself
+    lines = RepeatsCollapsed()
+    try:
+        yield {**config, "logger": lines}
+    finally:
+        lines.flush()
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -116,12 +141,12 @@ def add_dlq_parser(subparsers: Any) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    with DlqReader(
-        args.bootstrap_servers,
-        args.topic,
-        group_id=INSPECT_GROUP,
-        kafka_config=kafka_config_from_args(args.kafka_config, args.kafka_config_env),
-    ) as reader:
+    with (
+        _client_config(args) as kafka_config,
+        DlqReader(
+            args.bootstrap_servers, args.topic, group_id=INSPECT_GROUP, kafka_config=kafka_config
+        ) as reader,
+    ):
         ranges = reader.plan()
         summary = summarize(
             args.topic, reader.read(ranges), show_values=args.show_values, limit=args.limit
@@ -176,11 +201,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     group = args.group or default_group(args.topic, selection)
     with (
         sigterm_as_ctrl_c(),
+        _client_config(args) as kafka_config,
         DlqReader(
-            args.bootstrap_servers,
-            args.topic,
-            group_id=group,
-            kafka_config=kafka_config_from_args(args.kafka_config, args.kafka_config_env),
+            args.bootstrap_servers, args.topic, group_id=group, kafka_config=kafka_config
         ) as reader,
     ):
         print(

@@ -94,6 +94,10 @@ def existing_topics(
             f"check --bootstrap-servers (or ${BOOTSTRAP_ENV}), the network and the security "
             "settings (-X)"
         ) from exc
+    finally:
+        # Nothing else serves an admin client: its log lines (a ``logger`` setting,
+        # see streamguard.observe.librdkafka_logs) are handed over here or never.
+        admin.poll(0)
     return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
 
 
@@ -137,6 +141,7 @@ class DlqReader:
 
     def close(self) -> None:
         """Leave nothing behind: the reader has no group membership to give up."""
+        self.admin.poll(0)  # its last log lines, if any (see existing_topics)
         self._consumer.close()
 
     def __enter__(self) -> DlqReader:

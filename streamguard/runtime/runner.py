@@ -440,8 +440,16 @@ class ServiceRuntime:
             # that a principal allowed to write the DLQ but not create topics starts
             # without a warning.
             try:
-                admin = AdminClient({"bootstrap.servers": servers, **security})
-                dead_letter_topics = admin.list_topics(timeout=DLQ_CREATE_WAIT).topics
+                admin_config: dict[str, Any] = {
+                    "bootstrap.servers": servers,
+                    **security,
+                    "logger": _librdkafka_log,
+                }
+                admin = AdminClient(admin_config)
+                try:
+                    dead_letter_topics = admin.list_topics(timeout=DLQ_CREATE_WAIT).topics
+                finally:
+                    admin.poll(0)  # nothing else serves it: its log lines, now or never
             except KafkaException as exc:
                 log.warning(
                     "dead-letter cluster not reachable at start-up; dead letters wait for it",
@@ -458,7 +466,7 @@ class ServiceRuntime:
                 max_message_bytes(
                     self.consumer_config["bootstrap.servers"],
                     spec.topic,
-                    config=_security(self.consumer_config),
+                    config={**_security(self.consumer_config), "logger": _librdkafka_log},
                 )
                 if spec.topic in topics
                 else None
@@ -474,7 +482,7 @@ class ServiceRuntime:
                     [spec.dead_letter_topic],
                     partitions=partitions,
                     timeout=DLQ_CREATE_WAIT if elsewhere else 15.0,
-                    config=security,
+                    config={**security, "logger": _librdkafka_log},
                     topic_config=topic_config,
                 )
                 log.info(
