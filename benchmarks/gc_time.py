@@ -74,7 +74,9 @@ def consume(run: str, bootstrap: str, source: str, count: int) -> str:
         if seen == count:
             done.set()
 
-    group = f"gc-{run}-{source}"
+    # A group of its own each run: a run repeated on the same topic would otherwise
+    # resume from what the run before it committed, and see only the rest.
+    group = f"gc-{run}-{uuid.uuid4().hex[:8]}"
     if run == "loop":  # the peers' untuned loop: consume(500), validate, hand it on
         consumer = Consumer(
             {
