@@ -8,11 +8,14 @@ until its attempts or time budget run out (``retries_exhausted``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import logging
 import time
-import traceback
 from collections.abc import Hashable
 from dataclasses import dataclass
+from types import TracebackType
 
 from streamguard.deadletter import Failure
 from streamguard.errors import (
@@ -209,11 +212,12 @@ def release_frames(exc: BaseException) -> None:
     cyclic collector. What is kept: the exception, its class and text, and a traceback
     that still formats with each frame's file, line and function.
 
-    ``traceback.clear_frames`` skips a running frame: the runtime's own, which caught
-    ``exc``. The handler's frame keeps that one as its ``f_back``, and with it, once it
-    returns, its last locals: the runtimes drop the event from theirs on a failure. The
-    other frames are ones the exception left, finished: none is a suspended generator,
-    which clearing would close before Python 3.13.
+    A running frame is skipped: the runtime's own, which caught ``exc``. The handler's
+    frame keeps that one as its ``f_back``, and with it, once it returns, its last
+    locals: the runtimes drop the event from theirs on a failure. So is a suspended
+    generator's or coroutine's, which clearing would close before Python 3.13: an
+    error can hold the frame of one that caught it and went on (a client's own task
+    that hands a failed request's error to the caller waiting on a future).
     """
     seen: set[int] = set()
     pending = [exc]
@@ -222,13 +226,30 @@ def release_frames(exc: BaseException) -> None:
         if id(err) in seen:  # a cycle of contexts
             continue
         seen.add(id(err))
-        traceback.clear_frames(err.__traceback__)
+        _clear_finished(err.__traceback__)
         if err.__cause__ is not None:
             pending.append(err.__cause__)
         if err.__context__ is not None:
             pending.append(err.__context__)
         if isinstance(err, BaseExceptionGroup):
             pending.extend(err.exceptions)
+
+
+# The code of generators and coroutines, whose frame may be suspended, not finished.
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _clear_finished(tb: TracebackType | None) -> None:
+    """``traceback.clear_frames``, but for a generator's or coroutine's frame only once it
+    finished: ``frame.clear()`` closes a suspended one before Python 3.13. A finished
+    frame owns its locals, which the collector then sees through it (CPython); a
+    suspended one's are its generator's, so it shows the collector none."""
+    while tb is not None:
+        frame = tb.tb_frame
+        if not frame.f_code.co_flags & _SUSPENDABLE or frame.f_code in gc.get_referents(frame):
+            with contextlib.suppress(RuntimeError):  # a running frame
+                frame.clear()
+        tb = tb.tb_next
 
 
 def _wait_for_registry(

@@ -9,7 +9,7 @@ import threading
 import time
 import traceback
 import weakref
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 from confluent_kafka import KafkaError
@@ -555,3 +555,78 @@ def test_a_refused_event_is_let_go_before_its_dead_letter_is_acknowledged(
     assert f'File "{__file__}"' in text
     assert 'in handle\n    raise sg.PermanentError("refused")' in text
     assert text.endswith("streamguard.errors.PermanentError: refused\n")
+
+
+class Backend:
+    """A client whose requests a task of its own serves, one at a time: a failed one's
+    error is handed to its caller (on the future it waits on), and the task goes on."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[tuple[str, asyncio.Future[str]]] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def _serve(self) -> None:
+        while True:
+            customer, reply = await self.requests.get()
+            try:
+                if customer == "refused":
+                    raise sg.PermanentError("refused")
+                reply.set_result(customer)
+            except Exception as exc:  # its traceback holds this suspended frame
+                reply.set_exception(exc)
+
+    async def call(self, customer: str) -> str:
+        reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        await self.requests.put((customer, reply))
+        return await reply
+
+
+class ThroughBackend(sg.ConsumerService):
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    backend: ClassVar[Backend | None] = None
+    served: ClassVar[list[str]] = []
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ThroughBackend.backend is None:
+            ThroughBackend.backend = Backend()
+        ThroughBackend.served.append(await ThroughBackend.backend.call(event.customer_id))
+
+
+def test_letting_go_of_a_failure_does_not_close_a_coroutine_that_is_still_suspended() -> None:
+    """An error can hold the frame of a coroutine that caught it and is still running:
+    a client's own task that hands a failed request's error to its caller. Clearing
+    that frame (traceback.clear_frames before Python 3.13) closed the coroutine: the
+    client's task ended, and every later request through it waited for ever."""
+    ThroughBackend.backend = None
+    ThroughBackend.served = []
+    sink = HeldDeadLetters()
+    pipeline = Pipeline(
+        ThroughBackend(bootstrap_servers="127.0.0.1:9")._spec(),
+        sink,
+        ServiceMetrics(CollectorRegistry()),
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        runner = LoopRunner(pipeline, loop, "partition", max_in_flight=8)
+        lane = LoopLane(0, pipeline, runner)
+        assert lane.enqueue(
+            [
+                record(valid(0, "refused"), topic="lane-unit", offset=0),
+                record(valid(1, "served"), topic="lane-unit", offset=1),
+            ]
+        )
+        lane.drain()
+        for _ in range(100):
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if ThroughBackend.served:
+                break
+        assert [offset for offset, _ in sink.waiting] == [0]
+        assert ThroughBackend.backend is not None
+        assert not ThroughBackend.backend.task.done()
+        assert ThroughBackend.served == ["served"]
+        ThroughBackend.backend.task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
