@@ -408,6 +408,16 @@ class ServiceRuntime:
         spec = self.spec
         timeout = spec.options.startup_timeout
         deadline = time.monotonic() + timeout
+        # Said before the wait: against a cluster that is down, the service was silent
+        # for all of startup_timeout, and an operator could not tell what it waited for.
+        log.info(
+            "connecting to the cluster",
+            extra={
+                "service": spec.name,
+                "bootstrap_servers": self.consumer_config["bootstrap.servers"],
+                "startup_timeout": timeout,
+            },
+        )
         while True:
             try:
                 metadata = consumer.list_topics(

@@ -18,7 +18,11 @@ class Recorder(sg.ConsumerService):
     topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
     contract = OrderPlaced
     group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
-    options = sg.ServiceOptions(commit_interval=0.2, batch_size=20)
+    options = sg.ServiceOptions(
+        commit_interval=0.2,
+        batch_size=20,
+        startup_timeout=float(os.environ.get("SG_TEST_STARTUP_TIMEOUT", "30")),
+    )
 
     def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
         time.sleep(float(os.environ.get("SG_TEST_DELAY", "0")))

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -480,6 +483,35 @@ def test_a_metrics_port_in_use_fails_the_start_before_the_cluster_is_reached() -
         assert time.monotonic() - start < 5
     finally:
         taken.close()
+
+
+def _run_against(address: str, **env: str) -> subprocess.Popen[bytes]:
+    """``streamguard run`` of ``tests.runtime.apps:Recorder`` at ``address``, logging in
+    the text format to a pipe (a real process and Kafka client, nothing mocked)."""
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:Recorder",
+        "--bootstrap-servers", address, "--log-format", "text",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, "SG_TEST_OUT": os.devnull, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for() -> None:
+    """``streamguard run`` against a port where nothing listens first says which servers
+    it connects to (it was silent for all of startup_timeout), then fails, exit 1."""
+    with refusing_port() as down:
+        address = f"127.0.0.1:{port_of(down)}"
+        process = _run_against(address, SG_TEST_STARTUP_TIMEOUT="2")
+        _, err = process.communicate(timeout=60)
+    lines = err.decode().splitlines()
+    assert process.returncode == 1, lines
+    assert "connecting to the cluster" in lines[0], lines
+    assert f"bootstrap_servers={address}" in lines[0]
+    assert lines[-1].startswith("streamguard: BrokerUnavailable: ")
 
 
 def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
