@@ -12,6 +12,11 @@ test, whichever way the network broke.
 The statistics arrive through the consumer's own poll calls, so they keep coming while
 the cluster is away, and ``ClusterLink`` can end the service after
 ``ServiceOptions.broker_timeout`` without the cluster (``BrokerUnavailable``).
+
+Before the service first reached the cluster, ``startup_timeout`` decides and the
+start-up says why it failed: a link made with ``watching=False`` only tracks
+reachability until ``watch()``, neither logging an outage (its "fetching and
+dead-lettering wait" would tell of a service that is about to exit) nor giving up.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class ClusterLink:
         timeout: float | None,
         give_up: Callable[[float], None],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        watching: bool = True,
     ) -> None:
         self._silence_us = silence * 1e6
         self._timeout = timeout
@@ -68,6 +75,12 @@ class ClusterLink:
         self.reachable = True
         self.away_since: float | None = None
         self._gave_up = False
+        self._watching = watching
+
+    def watch(self) -> None:
+        """The service reached the cluster: from now on, report outages and give up."""
+        self.reachable, self.away_since = True, None
+        self._watching = True
 
     def on_stats(self, stats: str) -> None:
         """librdkafka's ``stats_cb``: update reachability, give up when away too long."""
@@ -80,6 +93,9 @@ class ClusterLink:
             b.get("state") == "UP" and 0 <= b.get("rxidle", -1) < self._silence_us
             for b in brokers.values()
         )
+        if not self._watching:
+            self.reachable = up
+            return
         if up:
             if not self.reachable:
                 log.info(

@@ -166,6 +166,8 @@ class ServiceRuntime:
                 # Stopped before it joined the group: nothing was fetched, nothing to
                 # commit, and a join left at once would rebalance the other members.
                 return
+            if self._link is not None:
+                self._link.watch()  # reached: an outage from now on is one to report
             poller, scheduler = self._assemble(consumer, dead_letter_producer, loop, stopping)
             dead_letter_producer = None  # the publisher's now, released with it
             poller.subscribe()
@@ -370,7 +372,9 @@ class ServiceRuntime:
         A ``stats_cb`` of the user's still gets every report.
         """
         options = self.spec.options
-        link = ClusterLink(options.broker_silence, options.broker_timeout, self._lost_cluster)
+        link = ClusterLink(
+            options.broker_silence, options.broker_timeout, self._lost_cluster, watching=False
+        )
         self._link = link
         config = dict(self.consumer_config)
         user_cb = config.pop("stats_cb", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -55,6 +56,30 @@ def test_gives_up_once_after_the_timeout_and_never_without_one() -> None:
         patient.on_stats(_stats(("DOWN", -1)))
         clock.now += 1.0
     assert calls == [5.0]
+
+
+def test_before_the_cluster_was_first_reached_the_link_neither_reports_nor_gives_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until watch() (the service's start-up reached the cluster), a link tracks
+    reachability but logs no outage and never gives up: startup_timeout decides, and
+    its "fetching and dead-lettering wait" line came just before the service exited."""
+    clock, calls = Clock(), []
+    link = ClusterLink(1.0, 2.0, calls.append, clock=clock, watching=False)
+    caplog.set_level(logging.INFO, logger="streamguard.runtime")
+    for _ in range(5):
+        link.on_stats(_stats(("TRY_CONNECT", -1)))
+        clock.now += 1.0
+    assert not link.reachable
+    assert calls == []
+    assert caplog.records == []
+    link.watch()
+    assert link.reachable
+    for _ in range(3):
+        link.on_stats(_stats(("DOWN", -1)))
+        clock.now += 1.0
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["cannot reach the cluster"]
+    assert calls == [2.0]
 
 
 def test_garbage_statistics_change_nothing() -> None:

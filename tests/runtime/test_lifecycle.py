@@ -502,7 +502,9 @@ def _run_against(address: str, **env: str) -> subprocess.Popen[bytes]:
 
 def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for() -> None:
     """``streamguard run`` against a port where nothing listens first says which servers
-    it connects to (it was silent for all of startup_timeout), then fails, exit 1."""
+    it connects to (it was silent for all of startup_timeout), then fails, exit 1,
+    without the outage line of a running service ("fetching and dead-lettering wait"),
+    which it wrote just before exiting."""
     with refusing_port() as down:
         address = f"127.0.0.1:{port_of(down)}"
         process = _run_against(address, SG_TEST_STARTUP_TIMEOUT="2")
@@ -512,6 +514,7 @@ def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for()
     assert "connecting to the cluster" in lines[0], lines
     assert f"bootstrap_servers={address}" in lines[0]
     assert lines[-1].startswith("streamguard: BrokerUnavailable: ")
+    assert not [line for line in lines if "cannot reach the cluster" in line]
 
 
 def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
