@@ -33,9 +33,13 @@ class RepeatsCollapsed:
         self._log = logger
         self._lock = threading.Lock()  # a client is served on the thread that polls it
         self._kinds: dict[tuple[str, str], list[int]] = {}  # kind -> [level, repeats]
+        self._collapsing = True
 
     def log(self, level: int, msg: str, *args: object) -> None:
         """confluent-kafka's call: ``log(level, "%s [%s] %s", facility, client, text)``."""
+        if not self._collapsing:
+            self._log.log(level, msg, *args)
+            return
         facility, text = (str(args[0]), str(args[2])) if len(args) == 3 else ("", msg % args)
         kind = (facility, _TIMING.sub("", _THREAD.sub("", text)))
         with self._lock:
@@ -60,3 +64,13 @@ class RepeatsCollapsed:
             self._log.log(
                 level, "%s: %d more line(s) like this not shown: %s", facility, repeats, text
             )
+
+    def pass_through(self) -> None:
+        """Log the counts, then every later line as it comes.
+
+        For a client whose start-up waits are collapsed but whose later lines are
+        worth seeing each: during an outage they come one per reconnect backoff, and a
+        count logged only at the end would leave the outage's course untold.
+        """
+        self.flush()
+        self._collapsing = False

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.health import HealthServer
+from streamguard.observe.librdkafka_logs import RepeatsCollapsed
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.breaker import Breaker
@@ -140,6 +141,10 @@ class ServiceRuntime:
         consumer: Consumer | None = None
         dead_letter_producer: Producer | None = None
         health: HealthServer | None = None
+        # The consumer's librdkafka lines: while it waits for the cluster, each kind once
+        # and the count of the rest (a cluster that is down made it log a connect failure
+        # every backoff, hundreds of lines in startup_timeout); once connected, each line.
+        librdkafka_lines = RepeatsCollapsed(_librdkafka_log)
         try:
             if self._metrics_port is not None:
                 # Served before the cluster is reached: a liveness probe must find a
@@ -153,7 +158,7 @@ class ServiceRuntime:
             consumer = Consumer(
                 {
                     **self._with_cluster_link(),
-                    "logger": _librdkafka_log,
+                    "logger": librdkafka_lines,
                     "on_commit": self._on_commit,
                 }
             )
@@ -168,6 +173,7 @@ class ServiceRuntime:
                 return
             if self._link is not None:
                 self._link.watch()  # reached: an outage from now on is one to report
+            librdkafka_lines.pass_through()
             poller, scheduler = self._assemble(consumer, dead_letter_producer, loop, stopping)
             dead_letter_producer = None  # the publisher's now, released with it
             poller.subscribe()
@@ -196,6 +202,7 @@ class ServiceRuntime:
                     consumer.close()
                 except (KafkaException, RuntimeError) as exc:
                     log.warning("consumer close failed", extra={"error": str(exc)})
+            librdkafka_lines.flush()  # a start-up's counts, before the error run() raises
             if health is not None:
                 health.stop()
             # Held by the registry, which may outlive this service: its gauges' functions
@@ -408,6 +415,8 @@ class ServiceRuntime:
 
         The cluster is asked in short waits, not one of ``startup_timeout``: a signal's
         handler runs only between them (librdkafka holds the main thread meanwhile).
+        Between two, the consumer is polled: its librdkafka lines (and statistics) are
+        handed over only then, and came all at once at the end of the wait.
         """
         spec = self.spec
         timeout = spec.options.startup_timeout
@@ -429,6 +438,9 @@ class ServiceRuntime:
                 )
                 break
             except KafkaException as exc:
+                # Not subscribed yet: nothing is fetched, only events come (an error
+                # event's message is the connect failure the lines already tell).
+                consumer.poll(0)
                 if stopping.is_set():
                     return False
                 if time.monotonic() >= deadline:

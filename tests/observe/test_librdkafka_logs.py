@@ -43,3 +43,26 @@ def test_a_kind_is_logged_once_and_its_repeats_counted_at_flush(
         "FAIL: 49 more line(s) like this not shown: 127.0.0.1:1/bootstrap: "
         "Connect to ipv4#127.0.0.1:1 failed: Connection refused"
     )
+
+
+def test_after_pass_through_every_line_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A service collapses its consumer's lines only while it connects: pass_through()
+    logs the counts so far, then each later line (a later outage's course shows)."""
+    lines = RepeatsCollapsed(logging.getLogger("test.librdkafka"))
+    refused = REFUSED.format(ms=0, suppressed="")
+    with caplog.at_level(logging.DEBUG, "test.librdkafka"):
+        for _ in range(3):
+            lines.log(logging.ERROR, FORMAT, "FAIL", "rdkafka#consumer-1", refused)
+        lines.pass_through()
+        for _ in range(2):
+            lines.log(logging.ERROR, FORMAT, "FAIL", "rdkafka#consumer-1", refused)
+        lines.flush()
+    shown = [r.getMessage() for r in caplog.records]
+    line = FORMAT % ("FAIL", "rdkafka#consumer-1", refused)
+    assert shown == [
+        line,
+        "FAIL: 2 more line(s) like this not shown: 127.0.0.1:1/bootstrap: "
+        "Connect to ipv4#127.0.0.1:1 failed: Connection refused",
+        line,
+        line,
+    ]

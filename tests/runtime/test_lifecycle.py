@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -504,10 +505,12 @@ def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for()
     """``streamguard run`` against a port where nothing listens first says which servers
     it connects to (it was silent for all of startup_timeout), then fails, exit 1,
     without the outage line of a running service ("fetching and dead-lettering wait"),
-    which it wrote just before exiting."""
+    which it wrote just before exiting. librdkafka's connect failures come as they
+    happen, each kind once and then counted: some 80 identical lines a second were
+    held until the wait ended and then written all at once."""
     with refusing_port() as down:
         address = f"127.0.0.1:{port_of(down)}"
-        process = _run_against(address, SG_TEST_STARTUP_TIMEOUT="2")
+        process = _run_against(address, SG_TEST_STARTUP_TIMEOUT="3")
         _, err = process.communicate(timeout=60)
     lines = err.decode().splitlines()
     assert process.returncode == 1, lines
@@ -515,6 +518,13 @@ def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for()
     assert f"bootstrap_servers={address}" in lines[0]
     assert lines[-1].startswith("streamguard: BrokerUnavailable: ")
     assert not [line for line in lines if "cannot reach the cluster" in line]
+    failures = [line for line in lines if "Connection refused" in line]
+    counted = [line for line in failures if "more line(s) like this not shown" in line]
+    assert 1 <= len(failures) - len(counted) <= 2, failures  # the consumer's, maybe a retry's
+    assert len(counted) == 1, failures
+    # The first one written during the wait, not with the count when it ended.
+    first, last = (datetime.fromisoformat(line.split()[0]) for line in (failures[0], counted[0]))
+    assert (last - first).total_seconds() > 1.5, failures
 
 
 def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
