@@ -36,6 +36,7 @@ from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
 from streamguard.runtime.scheduler import Scheduler
 from streamguard.runtime.spec import ServiceSpec
+from streamguard.settings import BOOTSTRAP_ENV
 from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
 
 if TYPE_CHECKING:
@@ -444,10 +445,14 @@ class ServiceRuntime:
                 if stopping.is_set():
                     return False
                 if time.monotonic() >= deadline:
+                    # Both forms of each setting, as resolve_bootstrap's error: the same
+                    # runtime serves code and `streamguard run`, whose options these are.
                     raise BrokerUnavailable(
                         f"could not reach Kafka at {self.consumer_config['bootstrap.servers']} "
-                        f"within {timeout:g}s ({exc.args[0].str()}); check bootstrap_servers, "
-                        "the network and security settings"
+                        f"within {timeout:g}s ({exc.args[0].str()}); check the servers "
+                        f"(--bootstrap-servers or ${BOOTSTRAP_ENV}; in Python, "
+                        "bootstrap_servers), the network and the security settings (-X; in "
+                        "Python, kafka_config)"
                     ) from None
         topics = metadata.topics
         if spec.topic not in topics:
