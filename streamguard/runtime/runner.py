@@ -168,7 +168,7 @@ class ServiceRuntime:
             # once, not after startup_timeout as BrokerUnavailable, nor after the DLQ
             # was created.
             dead_letter_producer = self._new_dead_letter_producer()
-            if not self._connect(consumer, stopping) or stopping.is_set():
+            if not self._connect(consumer, stopping, librdkafka_lines) or stopping.is_set():
                 # Stopped before it joined the group: nothing was fetched, nothing to
                 # commit, and a join left at once would rebalance the other members.
                 return
@@ -411,7 +411,9 @@ class ServiceRuntime:
         if self._committer is not None:
             self._committer.on_commit(error, partitions)
 
-    def _connect(self, consumer: Consumer, stopping: threading.Event) -> bool:
+    def _connect(
+        self, consumer: Consumer, stopping: threading.Event, librdkafka_lines: RepeatsCollapsed
+    ) -> bool:
         """Reach the cluster and make the DLQ; False if ``stop()`` came first.
 
         The cluster is asked in short waits, not one of ``startup_timeout``: a signal's
@@ -443,6 +445,18 @@ class ServiceRuntime:
                 # event's message is the connect failure the lines already tell).
                 consumer.poll(0)
                 if stopping.is_set():
+                    # Else a stop while the cluster is down left only librdkafka's
+                    # connect failures to tell what the service had been doing. Their
+                    # counts first: this line is the one to end on.
+                    librdkafka_lines.flush()
+                    log.warning(
+                        "stopped before reaching the cluster",
+                        extra={
+                            "service": spec.name,
+                            "bootstrap_servers": self.consumer_config["bootstrap.servers"],
+                            "waited_seconds": round(timeout - (deadline - time.monotonic()), 1),
+                        },
+                    )
                     return False
                 if time.monotonic() >= deadline:
                     # Both forms of each setting, as resolve_bootstrap's error: the same
