@@ -23,6 +23,7 @@ from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
 from streamguard.errors import DecodeError
 from streamguard.observe.untrusted import printable
+from streamguard.topics import dead_letter_topic_for, is_dead_letter_topic
 
 MAX_SHOWN_VALUE = 200
 MAX_SHOWN_ERRORS = 3
@@ -70,6 +71,9 @@ class Summary:
     read_to: dict[int, int] = field(default_factory=dict)
     # The records between the start and the ends: how many the DLQ holds, unlimited.
     total: int | None = None
+    # Records with no ``sg-dlq-*`` header at all: streamguard did not write them, so
+    # they are no dead letters, and the topic read is most likely not a DLQ.
+    without_dlq_headers: int = 0
 
     def ordered(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: (-g.count, g.key))
@@ -123,6 +127,8 @@ def summarize(
             summary.limited = True
             break
         letter = record.letter
+        if not letter.context:
+            summary.without_dlq_headers += 1
         summary.read_to[letter.dlq_partition] = letter.dlq_offset + 1
         subject = letter.context.get(h.DLQ_EXPECTED_SUBJECT, "")
         version = letter.context.get(h.DLQ_EXPECTED_VERSION, "")
@@ -156,6 +162,7 @@ def to_json(summary: Summary) -> str:
             "limited": summary.limited,
             "total": summary.total,
             "stopped_idle": summary.stopped_idle,
+            "without_dlq_headers": summary.without_dlq_headers,
             "groups": [
                 {
                     "original_topic": g.key.original_topic,
@@ -193,6 +200,8 @@ def render_table(summary: Summary) -> str:
     ]
     if summary.stopped_idle:
         lines.append("  note: stopped after an idle period before reaching those offsets")
+    if summary.without_dlq_headers:
+        lines.append(_not_a_dlq_note(summary))
     if not summary.groups:
         return "\n".join(lines)
     header = ("COUNT", "ORIGINAL TOPIC", "REASON", "ERROR", "EXPECTED", "FIRST", "LAST")
@@ -229,6 +238,21 @@ def render_table(summary: Summary) -> str:
             )
         lines.extend("      " + printable(text) for text in _example_lines(group.example))
     return "\n".join(lines)
+
+
+def _not_a_dlq_note(summary: Summary) -> str:
+    """Say that records without any ``sg-dlq-*`` header are no dead letters: the table
+    alone shows them as an ``unknown`` reason from topic ``?``, which reads like a DLQ
+    whose headers were lost rather than the wrong topic."""
+    where = f"{summary.topic!r} is probably not a dead-letter topic"
+    if not is_dead_letter_topic(summary.topic):
+        dlq = dead_letter_topic_for(summary.topic)
+        where += f" (by default, dead letters of {summary.topic!r} go to {dlq!r})"
+    return printable(
+        f"  note: {summary.without_dlq_headers} of the {summary.records} record(s) carry no "
+        f"streamguard dead-letter headers ({h.DLQ_REASON}, {h.DLQ_ORIGINAL_TOPIC}, ...): "
+        f"{where}"
+    )
 
 
 def _example_lines(example: dict[str, Any]) -> list[str]:

@@ -359,3 +359,35 @@ def test_inspect_and_a_dry_run_show_the_same_decode_error_and_no_input(
 
     assert main([*inspect, "--show-values"]) == 0  # asked for: the handler's text too
     assert f"message: no customer {SENTINEL}" in capsys.readouterr().out
+
+
+def test_inspect_of_a_topic_that_is_no_dlq_says_so(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records without any sg-dlq-* header are named as such, not shown as bare dead
+    letters of reason 'unknown': the operator most likely gave the source topic."""
+    parcels = topic_factory("parcels")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(3):
+        producer.produce(parcels, encode(FIXABLE), key=f"p-{i}".encode())
+    assert producer.flush(10) == 0
+    args = ["dlq", "inspect", parcels, "--bootstrap-servers", bootstrap]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"note: 3 of the 3 record(s) carry no streamguard dead-letter headers "
+        f"(sg-dlq-reason, sg-dlq-original-topic, ...): '{parcels}' is probably not a "
+        f"dead-letter topic (by default, dead letters of '{parcels}' go to '{parcels}.dlq')"
+    ) in out
+    assert main([*args, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["without_dlq_headers"] == 3
+    # A real DLQ gets no such note, and says 0 in JSON.
+    dlq = topic_factory("parcels.dlq")
+    dead_letters(dlq, [FIXABLE], original_topic=parcels)
+    assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]) == 0
+    assert "dead-letter headers" not in capsys.readouterr().out
+    assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["without_dlq_headers"] == 0

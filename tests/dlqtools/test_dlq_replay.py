@@ -23,6 +23,7 @@ from streamguard.dlqtools.reader import DlqReader, existing_topics
 from streamguard.dlqtools.replay import (
     INVALID_TOPIC,
     MISSING_TOPIC,
+    NO_ORIGINAL_TOPIC,
     REFUSED_TOPIC,
     REPLAY_LIMIT,
     Replayer,
@@ -723,3 +724,24 @@ def test_a_still_invalid_records_forging_field_name_is_reported_escaped(
     assert "\u2028" not in out
     assert not any(line.startswith("FORGED") for line in out.splitlines())
     assert "still_invalid: evil\\nFORGED 9 orders decode_error \\x1b[2J\\u2028:" in out
+
+
+def test_records_without_dead_letter_headers_are_never_replayed(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+) -> None:
+    """A topic that is no DLQ (its records carry no sg-dlq-* header) has nothing to send
+    a record back to: every record is refused by name, even with --to, and nothing is
+    written."""
+    parcels, target = topic_factory("parcels"), topic_factory("parcels-fixed")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(3):
+        producer.produce(parcels, b'{"id": 1}', key=f"p-{i}".encode())
+    assert producer.flush(10) == 0
+    for to in (None, target):
+        report = replay(bootstrap, parcels, group=unique("g"), to=to)
+        assert (report.replayed, report.skipped) == (0, {NO_ORIGINAL_TOPIC: 3})
+        assert report.refused[0]["detail"] == f"no {h.DLQ_ORIGINAL_TOPIC} header"
+    with DlqReader(bootstrap, parcels, group_id="check") as reader:
+        assert reader.plan()[0].end == 3  # nothing written back into the topic read
+    with DlqReader(bootstrap, target, group_id="check") as reader:
+        assert reader.plan()[0].end == 0
