@@ -342,17 +342,24 @@ class DeadLetterLog(LineBudget):
             self._log.warning("dead-lettered messages not logged", extra={"not_logged": skipped})
 
 
+REDACTED = "text redacted: not a streamguard error"
+
+
 def error_text(error: BaseException, include_any: bool = False) -> str:
     """An exception's text if it is safe to publish, else its class and a note.
 
     ``RetriesExhausted`` keeps its summary and adds its last error's text under the
-    same rule: its own text names only the last error's class.
+    same rule: its own text already ends with the last error's class, so a redacted
+    last error adds only the note, not its class a second time.
     """
     if isinstance(error, RetriesExhausted):
-        return f"{error} ({error_text(error.last, include_any)})"
+        last = error.last
+        if include_any or isinstance(last, StreamguardError):
+            return f"{error} ({error_text(last, include_any)})"
+        return f"{error} ({REDACTED})"
     if include_any or isinstance(error, StreamguardError):
         return str(error)
-    return f"{type(error).__name__} (text redacted: not a streamguard error)"
+    return f"{type(error).__name__} ({REDACTED})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,10 +178,30 @@ def test_error_text_redacts_other_exceptions(error: Exception) -> None:
 
 
 def test_error_text_redacts_inside_retries_exhausted() -> None:
-    """RetriesExhausted keeps its own summary but redacts the last error's text."""
+    """RetriesExhausted keeps its own summary but redacts the last error's text, naming
+    the last error's class once: the summary already ends with it."""
     text = error_text(sg.RetriesExhausted(2, 10, KeyError(SECRET)))
-    assert text.startswith("gave up after 2 attempt(s) in 10 ms: KeyError")
-    assert SECRET not in text
+    assert (
+        text
+        == "gave up after 2 attempt(s) in 10 ms: KeyError (text redacted: not a streamguard error)"
+    )
+    failure = sg.Failure("retries_exhausted", sg.RetriesExhausted(3, 34, TimeoutError(SECRET)))
+    assert dict(envelope(failure))[h.DLQ_ERROR_MESSAGE] == (
+        b"gave up after 3 attempt(s) in 34 ms: TimeoutError"
+        b" (text redacted: not a streamguard error)"
+    )
+
+
+def test_error_text_keeps_a_streamguard_last_errors_text_after_retries() -> None:
+    """A streamguard error that exhausted the retries keeps its text, in the header too."""
+    exhausted = sg.RetriesExhausted(3, 34, sg.TransientError("bank down"))
+    assert (
+        error_text(exhausted) == "gave up after 3 attempt(s) in 34 ms: TransientError (bank down)"
+    )
+    failure = sg.Failure("retries_exhausted", exhausted, attempts=3)
+    assert dict(envelope(failure))[h.DLQ_ERROR_MESSAGE] == (
+        b"gave up after 3 attempt(s) in 34 ms: TransientError (bank down)"
+    )
 
 
 def test_error_text_opt_in_keeps_the_last_errors_text_after_retries() -> None:
