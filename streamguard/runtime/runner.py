@@ -530,14 +530,15 @@ class ServiceRuntime:
                     config={**security, "logger": _librdkafka_log},
                     topic_config=topic_config,
                 )
-                log.info(
-                    "created dead-letter topic",
-                    extra={
-                        "dlq": spec.dead_letter_topic,
-                        "bootstrap_servers": servers,
-                        "max_message_bytes": topic_config.get("max.message.bytes"),
-                    },
-                )
+                created: dict[str, Any] = {
+                    "dlq": spec.dead_letter_topic,
+                    "bootstrap_servers": servers,
+                }
+                # Only a size the DLQ was given: with none (the source's could not be
+                # read) it has the broker's default, which a null would not say.
+                if "max.message.bytes" in topic_config:
+                    created["max_message_bytes"] = topic_config["max.message.bytes"]
+                log.info("created dead-letter topic", extra=created)
             except (ConfigurationError, BrokerUnavailable) as exc:
                 log.warning(
                     "could not create the dead-letter topic; create it before the "

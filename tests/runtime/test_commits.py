@@ -416,12 +416,15 @@ def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headr
     bootstrap: str,
     unique: Callable[[str], str],
     start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A DLQ the service creates gets the source topic's max.message.bytes plus room
     for the sg-dlq-* headers, so the source's largest records can be dead-lettered; a
     source whose description gives no value leaves the DLQ at the broker's default.
     (The embedded broker describes only settings a topic was given, and enforces no
-    size limit: what is checked is the DLQ's setting, read back from the broker.)"""
+    size limit: what is checked is the DLQ's setting, read back from the broker.)
+    The log line names the size it set, and no ``max_message_bytes`` when it set none."""
+    caplog.set_level(logging.INFO, logger="streamguard")
 
     def assigned(running: Running) -> bool:
         return bool(running.service.health()["checks"]["assigned"])
@@ -443,6 +446,11 @@ def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headr
         running.stop()
     assert max_message_bytes(bootstrap, f"{big}.dlq") == 5242880 + DEAD_LETTER_HEADROOM
     assert max_message_bytes(bootstrap, f"{plain}.dlq") is None
+    created = {
+        r.dlq: r.__dict__ for r in caplog.records if r.getMessage() == "created dead-letter topic"
+    }
+    assert created[f"{big}.dlq"]["max_message_bytes"] == str(5242880 + DEAD_LETTER_HEADROOM)
+    assert "max_message_bytes" not in created[f"{plain}.dlq"]
 
 
 def test_a_dlq_cluster_that_does_not_answer_at_start_only_warns(
