@@ -160,6 +160,14 @@ def test_long_error_messages_are_capped() -> None:
     assert headers[h.DLQ_ERROR_MESSAGE] == b"x" * MAX_ERROR_MESSAGE
 
 
+def test_a_streamguard_error_raised_by_a_handler_reaches_the_dlq_as_written() -> None:
+    """With default settings the text of a streamguard exception a handler raises is
+    written as is, field value included: it is the author's text, as docs/consumer.md
+    and docs/security.md warn, so the author must keep values out of it."""
+    failure = sg.Failure("permanent_error", sg.PermanentError(f"too heavy for {SECRET}"))
+    assert dict(envelope(failure))[h.DLQ_ERROR_MESSAGE] == f"too heavy for {SECRET}".encode()
+
+
 def test_error_text_keeps_streamguard_texts() -> None:
     """Streamguard's own errors keep their text: it is value-free or written for operators."""
     assert error_text(sg.PermanentError("card expired")) == "card expired"

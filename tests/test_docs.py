@@ -1,6 +1,7 @@
 """The Python code blocks of the README and the consumer guide run as written, the
 guide's ServiceOptions table matches the dataclass, the runbook's metric and log tables
-match what the runtime registers and logs, and the docs' links find their pages."""
+match what the runtime registers and logs, the docs' links find their pages, and the
+pages that promise value-free error texts warn about a handler's own."""
 
 from __future__ import annotations
 
@@ -122,6 +123,17 @@ def test_relative_links_resolve(page: Path) -> None:
         if not linked.exists() or (anchor and headed and anchor not in _anchors(linked)):
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"
+
+
+@pytest.mark.parametrize("page", ["docs/consumer.md", "docs/security.md"])
+def test_docs_warn_that_a_raised_streamguard_errors_text_is_written_as_is(page: str) -> None:
+    """A handler's ``sg.PermanentError(f"... {event.email}")`` puts the value in the DLQ
+    with default settings (tests/test_deadletter.py pins it): the pages that promise
+    value-free error texts must say so, and promise nothing broader."""
+    text = " ".join((ROOT / page).read_text().split())
+    assert "is written as is" in text or "written to `sg-dlq-error-message` as is" in text
+    assert "Never put field values in it" in text
+    assert "Error texts never contain field values" not in text
 
 
 def _runbook_section(title: str) -> str:
