@@ -40,7 +40,7 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy, check_transient
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
-from streamguard.runtime.outcomes import RetryLog
+from streamguard.runtime.outcomes import RetryLog, RetryState
 from streamguard.runtime.spec import async_only_inside, check_handler, is_async
 from streamguard.topics import check_default_dead_letter_topic, check_topic_name
 
@@ -412,10 +412,14 @@ class GuardedAgent:
         self._handled.inc(count)
         self.metrics.handler_seconds.observe_many(self.topic, durations)
 
-    def retried(self, msg: Any, attempt: int, error: BaseException, wait: float) -> None:
-        """Count a retry of ``msg``'s event and log it (rate-limited, as a service does)."""
+    def retried(
+        self, msg: Any, attempt: int, error: BaseException, verdict: RetryState, now: float
+    ) -> None:
+        """Count a retry of ``msg``'s event and log it (rate-limited, as a service does):
+        a wait with the attempt given back (the registry is down) is logged as a wait."""
         self._retries.inc()
-        self.log_retry(msg.topic, (msg.partition, msg.offset), attempt, error, wait)
+        where = (msg.partition, msg.offset)
+        self.log_retry(msg.topic, where, attempt, error, verdict, now, self.retry.attempts)
 
     def dead_lettered(self, reason: Reason) -> None:
         if self._dead_letters_down and self.dead_letter_writable:

@@ -326,7 +326,7 @@ class Lane:
                     failure = judged
                     break
                 waiting = judged
-                agent.retried(msg, attempt, exc, waiting.due - now)
+                agent.retried(msg, attempt, exc, waiting, now)
                 if not await self._backoff(max(0.0, waiting.due - now), msg):
                     self._drop(event)
                     return
@@ -384,7 +384,7 @@ class Lane:
                     decoded = None
                     return verdict
                 retry = verdict
-                agent.retried(event.message, attempt, exc, verdict.due - now)
+                agent.retried(event.message, attempt, exc, verdict, now)
                 if not await self._backoff(max(0.0, retry.due - now), event.message):
                     return "given_up"
                 attempt = retry.attempt + 1

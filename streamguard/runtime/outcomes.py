@@ -41,6 +41,9 @@ class RetryState:
     past decoding, so its drift check (or the sample's decision to skip it) is done;
     not told by ``attempt``, which a failed probe gives back. ``deferred``: the retry
     already waits for a token, and is counted in ``streamguard_retries_deferred_total``.
+    ``waits_for``: why ``judge`` gave the failed attempt back (``"outage_suspected"``,
+    ``"probe_failed"``, ``"registry_unavailable"``), None for an ordinary retry: its log line
+    says the message waits, instead of a retry of the same attempt again and again.
     """
 
     attempt: int
@@ -51,6 +54,7 @@ class RetryState:
     open_mark: float = 0.0  # the breaker's open_total() when it last failed
     drift_checked: bool = False
     deferred: bool = False
+    waits_for: str | None = None
 
 
 # Input that can never be handled: dead-lettered at once, never retried.
@@ -185,14 +189,24 @@ def judge(
         # attempt given back, so that probing never exhausts a message.
         first_mono = retry.first_failure_mono if retry and failed_before else now
         mark = breaker.open_total()
-        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, now, mark)
+        return RetryState(
+            attempt - 1, first_ms, first_mono, now + PARK_WAIT, now, mark, waits_for="probe_failed"
+        )
     first_mono = retry.first_failure_mono if retry and failed_before else now
     elapsed_ms = (now - first_mono) * 1000.0
     delay = policy.next_delay(attempt, elapsed_ms)
     if delay is None and breaker is not None and breaker.outage_suspected(message, first_mono):
         # Not this message's fault: wait for the dependency, the attempt given back.
         mark = breaker.open_total()
-        return RetryState(attempt - 1, first_ms, first_mono, now + PARK_WAIT, now, mark)
+        return RetryState(
+            attempt - 1,
+            first_ms,
+            first_mono,
+            now + PARK_WAIT,
+            now,
+            mark,
+            waits_for="outage_suspected",
+        )
     if delay is None:
         error = RetriesExhausted(attempt, int(elapsed_ms), exc)
         error.__cause__ = exc
@@ -269,31 +283,73 @@ def _wait_for_registry(
     first_mono = retry.first_failure_mono if retry and retry.attempt else now
     delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
     parked_at = retry.parked_at if retry is not None and retry.parked_at is not None else now
-    return RetryState(attempt - 1, first_ms, first_mono, now + delay, parked_at, open_mark)
+    return RetryState(
+        attempt - 1,
+        first_ms,
+        first_mono,
+        now + delay,
+        parked_at,
+        open_mark,
+        waits_for="registry_unavailable",
+    )
 
 
 class RetryLog(LineBudget):
-    """The ``retrying message`` lines: a record failed transiently and waits for its
-    next try. At most ``per_second`` a second (an outage fails every record in flight);
-    a line written after skipped ones says how many (``not_logged``), and
-    ``streamguard_retries_total`` counts them all. No value, no key, no error text."""
+    """The lines of a record that failed transiently and waits for its next try:
+    ``retrying message`` for an ordinary retry, ``message waits for a dependency`` when
+    ``judge`` gave the attempt back (an outage is suspected, the breaker's probe failed,
+    the schema registry is down). Before, a parked record repeated ``retrying message``
+    with the same ``attempt`` every ``PARK_WAIT``, which read as a retry loop past the
+    policy. At most ``per_second`` lines a second, both kinds together (an outage fails
+    every record in flight); a line written after skipped ones says how many
+    (``not_logged``), and ``streamguard_retries_total`` counts them all. No value, no
+    key, no error text."""
 
     def __call__(
-        self, topic: str, message: Hashable, attempt: int, error: BaseException, wait: float
+        self,
+        topic: str,
+        message: Hashable,
+        attempt: int,
+        error: BaseException,
+        verdict: RetryState,
+        now: float,
+        attempts: int,
     ) -> None:
+        """Log the ``verdict`` on try ``attempt`` of ``message`` (``now``: the clock the
+        verdict's ``due`` is on; ``attempts``: the retry policy's)."""
         skipped = self._take()
         if skipped is None:
             return
         partition, offset = message if isinstance(message, tuple) else (None, None)
+        where = {"topic": topic, "partition": partition, "offset": offset}
+        error_class = f"{type(error).__module__}.{type(error).__qualname__}"
+        wait = round(max(0.0, verdict.due - now), 3)
+        why = verdict.waits_for
+        if why is None:
+            self._log.info(
+                "retrying message",
+                extra={
+                    **where,
+                    "attempt": attempt,
+                    "error_class": error_class,
+                    "retry_in_s": wait,
+                    "not_logged": skipped,
+                },
+            )
+            return
+        registry = why == "registry_unavailable"
         self._log.info(
-            "retrying message",
+            "message waits for a dependency",
             extra={
-                "topic": topic,
-                "partition": partition,
-                "offset": offset,
-                "attempt": attempt,
-                "error_class": f"{type(error).__module__}.{type(error).__qualname__}",
-                "retry_in_s": round(max(0.0, wait), 3),
+                **where,
+                "waiting_for": "schema_registry" if registry else "dependency",
+                "why": why,
+                # Handler calls its policy counted: the failed one too, unless the
+                # registry stopped its decode before any call.
+                "attempts_used": verdict.attempt if registry else attempt,
+                "attempts": attempts,
+                "error_class": error_class,
+                "look_again_in_s": wait,
                 "not_logged": skipped,
             },
         )

@@ -107,7 +107,8 @@ class Pipeline:
         """The verdict on a failed attempt under this service's policies (see outcomes);
         ``by_handler``: ``exc`` came out of the user's handler, not out of decoding. A
         retry is logged (rate-limited): its metric alone left a recovered failure
-        invisible in the logs."""
+        invisible in the logs; a record parked with its attempt given back is logged as
+        waiting, not as a retry (see ``RetryLog``)."""
         verdict = judge(
             exc,
             attempt,
@@ -120,7 +121,7 @@ class Pipeline:
             by_handler=by_handler,
         )
         if isinstance(verdict, RetryState):
-            self._retry_log(self.topic, message, attempt, exc, verdict.due - now)
+            self._retry_log(self.topic, message, attempt, exc, verdict, now, self.retry.attempts)
         return verdict
 
     def can_process(self) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 import streamguard as sg
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from streamguard.runtime.outcomes import RetryState, gate, judge
+from streamguard.runtime.outcomes import RetryLog, RetryState, gate, judge
 
 
 class Clock:
@@ -377,3 +379,78 @@ def test_a_failure_before_the_last_success_is_no_sign_of_an_outage() -> None:
     assert not b.outage_suspected((0, 57), since)
     b.failed((0, 58))  # no success since (0, 57) first failed
     assert b.outage_suspected((0, 57), since)
+
+
+def test_a_parked_wait_is_logged_as_waiting_not_as_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ordinary retry logs ``retrying message`` with its attempt; a record whose
+    retries ran out during a suspected outage, or whose probe failed, gets its attempt
+    back and waits: logged as ``message waits for a dependency`` with the attempts used
+    of the policy's. Before, it repeated ``retrying message`` with ``attempt: 3`` under
+    ``RetryPolicy(attempts=3)`` every PARK_WAIT, which read as a retry loop."""
+    b, clock, _ = breaker(min_calls=3, cool_down=5.0)
+    retry_log = RetryLog(logging.getLogger("streamguard.runtime"))
+    policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=60_000)
+
+    def fail(attempt: int, retry: RetryState | None, message: tuple[int, int]) -> RetryState:
+        verdict = judge(
+            TimeoutError("secret"), attempt, retry, policy, (TimeoutError,), clock.now, b, message
+        )
+        assert isinstance(verdict, RetryState)
+        retry_log("t", message, attempt, TimeoutError("secret"), verdict, clock.now, 3)
+        return verdict
+
+    with caplog.at_level("INFO", logger="streamguard.runtime"):
+        b.failed((0, 1))  # another message failed, and nothing succeeded since
+        first = fail(1, None, (0, 2))
+        later = fail(3, RetryState(2, 5, clock.now, clock.now), (0, 2))
+        assert b.state == OPEN
+        clock.now += 5.0
+        assert b.allow((0, 2))  # the probe
+        fail(1, None, (0, 2))
+    assert first.waits_for is None
+    assert later.attempt == 2
+    retry, outage, probe = [r for r in caplog.records if r.levelname == "INFO"]
+    assert retry.getMessage() == "retrying message"
+    assert (retry.offset, retry.attempt, retry.error_class) == (2, 1, "builtins.TimeoutError")  # type: ignore[attr-defined]
+    assert 0 <= retry.retry_in_s <= 0.02  # type: ignore[attr-defined]
+    for line, why, used in ((outage, "outage_suspected", 3), (probe, "probe_failed", 1)):
+        assert line.getMessage() == "message waits for a dependency"
+        fields = ("waiting_for", "why", "attempts_used", "attempts", "look_again_in_s")
+        assert [getattr(line, f) for f in fields] == ["dependency", why, used, 3, 0.1]
+        assert not hasattr(line, "attempt")
+        assert not hasattr(line, "retry_in_s")
+    assert "secret" not in caplog.text
+
+
+def test_a_wait_for_the_schema_registry_is_logged_as_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A decode stopped by an unreachable registry gives its attempt back (the guarded
+    Faust agent's path: no breaker): each look logs a wait for the registry with the
+    handler calls made, not ``retrying message`` with ``attempt: 1`` over and over."""
+    retry_log = RetryLog(logging.getLogger("streamguard.runtime"))
+    policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05)
+    waiting: RetryState | None = None
+    with caplog.at_level("INFO", logger="streamguard.runtime"):
+        for _ in range(2):
+            attempt = 1 if waiting is None else waiting.attempt + 1
+            error = sg.RegistryUnavailable("registry down")
+            verdict = judge(error, attempt, waiting, policy, (), 100.0)
+            assert isinstance(verdict, RetryState)
+            retry_log("t", (0, 4), attempt, error, verdict, 100.0, policy.attempts)
+            waiting = verdict
+    lines = [r for r in caplog.records if r.levelname == "INFO"]
+    assert [r.getMessage() for r in lines] == ["message waits for a dependency"] * 2
+    fields = ("offset", "waiting_for", "why", "attempts_used", "attempts", "error_class")
+    assert {tuple(getattr(r, f) for f in fields) for r in lines} == {
+        (
+            4,
+            "schema_registry",
+            "registry_unavailable",
+            0,
+            3,
+            "streamguard.errors.RegistryUnavailable",
+        )
+    }

@@ -94,6 +94,66 @@ def test_each_retry_is_logged_without_the_value(
     assert "canary-7f3a" not in caplog.text
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_record_parked_for_a_suspected_outage_is_logged_as_waiting(
+    asynchronous: bool,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two records in a row time out with nothing handled between: the first is
+    dead-lettered, the second's retries run out while the breaker suspects an outage, so
+    it waits for the dependency with its attempt given back. Its line says so (attempts
+    used of the policy's, what it waits for): before, it was ``retrying message`` with
+    ``attempt: 3`` every 0.1 s under ``RetryPolicy(attempts=3)``, which read as a loop."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1, customer_id="canary-1a"))
+    producer.send(src, order(2, customer_id="canary-2b"))
+    producer.flush()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise TimeoutError(f"no answer for {event.customer_id}")
+
+    class AsyncBilling(Billing):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Billing.handle(self, event, ctx)
+
+    def waits() -> list[Any]:
+        return [r for r in caplog.records if r.getMessage() == "message waits for a dependency"]
+
+    with caplog.at_level("INFO", logger="streamguard.runtime"):
+        running = start_service(AsyncBilling if asynchronous else Billing)
+        assert wait_for(lambda: len(waits()) >= 3, timeout=20)
+        assert wait_for(
+            lambda: (
+                running.metric(
+                    "streamguard_dead_letters_total", topic=src, reason="retries_exhausted"
+                )
+                == 1
+            )
+        )
+        running.stop()
+    first = waits()[0]
+    assert (first.topic, first.partition, first.offset) == (src, 0, 1)
+    assert (first.waiting_for, first.why) == ("dependency", "outage_suspected")
+    assert (first.attempts_used, first.attempts) == (3, 3)
+    assert first.error_class == "builtins.TimeoutError"
+    assert 0 <= first.look_again_in_s <= 0.1
+    retries = [r for r in caplog.records if r.getMessage() == "retrying message"]
+    # Only real retries: attempts 1 and 2 of each record, never the parked attempt 3.
+    assert sorted((r.offset, r.attempt) for r in retries) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert "canary-" not in caplog.text
+
+
 def test_time_budget_ends_retries_before_attempts_do(
     bootstrap: str,
     topic_factory: Callable[..., str],
