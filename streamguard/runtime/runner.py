@@ -172,6 +172,11 @@ class ServiceRuntime:
                 # Stopped before it joined the group: nothing was fetched, nothing to
                 # commit, and a join left at once would rebalance the other members.
                 return
+            # Served before the link watches and the lines pass through: what librdkafka
+            # queued since the last wait's poll, in the wait the cluster answered (its
+            # connect failures, and statistics of no broker up that the link, watching,
+            # would take for an outage begun at once).
+            consumer.poll(0)
             if self._link is not None:
                 self._link.watch()  # reached: an outage from now on is one to report
             librdkafka_lines.pass_through()

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
-from streamguard.devbroker import free_port
+from streamguard.devbroker import DevBroker, free_port
 from tests.conftest import port_of, refusing_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
@@ -531,6 +531,62 @@ def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for()
     # The first one written during the wait, not with the count when it ended.
     first, last = (datetime.fromisoformat(line.split()[0]) for line in (failures[0], counted[0]))
     assert (last - first).total_seconds() > 1.5, failures
+
+
+def test_a_cluster_that_comes_up_during_the_wait_is_no_outage(
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cluster that comes up while the service waits for it (started before Kafka):
+    what librdkafka queued in the wait the cluster answered is served with the
+    start-up's, not once connected. Its connect failures were written one by one after
+    their count, as though an outage had begun; its statistics of before the answer made
+    the link, watching by then, report one ("cannot reach the cluster", then "reachable
+    again" a second later)."""
+
+    class Billing(sg.ConsumerService):
+        topic = f"orders-{uuid.uuid4().hex[:8]}"
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(startup_timeout=120.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    down = refusing_port()
+    port = port_of(down)
+    cluster: list[DevBroker] = []
+
+    class ComesUpInAWait(Consumer):
+        """The real consumer; in its fourth wait for the cluster, that comes up, after
+        some connect failures and statistics (each second) that tell of it down."""
+
+        waits = 0
+
+        def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+            self.waits += 1
+            if self.waits == 4:
+                time.sleep(1.5)
+                down.close()
+                cluster.append(DevBroker(port=port))
+                cluster[0].start()
+            return super().list_topics(*args, **kwargs)
+
+    monkeypatch.setattr("streamguard.runtime.runner.Consumer", ComesUpInAWait)
+    caplog.set_level(logging.INFO)
+    try:
+        running = start_service(Billing, bootstrap_servers=f"127.0.0.1:{port}")
+        assert wait_for(lambda: "service started" in caplog.messages, timeout=60)
+        time.sleep(1.0)  # the first polls: what was queued is served by now
+        running.stop(30)
+    finally:
+        down.close()
+        for broker in cluster:
+            broker.stop()
+    assert running.error == []
+    assert not [m for m in caplog.messages if m.startswith("cannot reach the cluster")]
+    refused = [m for m in caplog.messages if "rdkafka#consumer" in m and "refused" in m]
+    assert len(refused) <= 2, refused  # the consumer's first, maybe a retry's; counted
 
 
 def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
