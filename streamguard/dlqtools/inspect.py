@@ -244,6 +244,13 @@ def _not_a_dlq_note(summary: Summary) -> str:
     """Say that records without any ``sg-dlq-*`` header are no dead letters: the table
     alone shows them as an ``unknown`` reason from topic ``?``, which reads like a DLQ
     whose headers were lost rather than the wrong topic."""
+    if summary.without_dlq_headers < summary.records:
+        # Dead letters too: a DLQ that also holds records another writer put there.
+        return printable(
+            f"  note: {summary.without_dlq_headers} of the {summary.records} record(s) carry "
+            f"no streamguard dead-letter headers ({h.DLQ_REASON}, {h.DLQ_ORIGINAL_TOPIC}, "
+            "...): no dead letters, written to the topic by something else"
+        )
     where = f"{summary.topic!r} is probably not a dead-letter topic"
     if not is_dead_letter_topic(summary.topic):
         dlq = dead_letter_topic_for(summary.topic)

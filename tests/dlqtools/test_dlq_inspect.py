@@ -391,3 +391,27 @@ def test_inspect_of_a_topic_that_is_no_dlq_says_so(
     assert "dead-letter headers" not in capsys.readouterr().out
     assert main(["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["without_dlq_headers"] == 0
+
+
+def test_a_dlq_holding_a_few_records_of_another_writer_is_still_called_a_dlq() -> None:
+    """Records without any sg-dlq-* header among real dead letters (a test record produced
+    by hand, say) are counted and named as no dead letters, but the topic is not said to
+    be probably no DLQ: that is said only when none of the records read is a dead letter."""
+    from streamguard.deadletter import DeadLetter
+    from streamguard.dlqtools.inspect import render_table, summarize
+    from streamguard.dlqtools.reader import DlqRecord
+
+    def record(offset: int, headers: list[tuple[str, bytes | None]]) -> DlqRecord:
+        letter = DeadLetter.from_record(
+            topic="orders.dlq", partition=0, offset=offset, key=None, value=b"{}", headers=headers
+        )
+        return DlqRecord(letter, 1_700_000_000_000)
+
+    dead = [("sg-dlq-reason", b"decode_error"), ("sg-dlq-original-topic", b"orders")]
+    mixed = [record(i, dead) for i in range(98)] + [record(98, []), record(99, [("trace", b"1")])]
+    table = render_table(summarize("orders.dlq", mixed))
+    assert "note: 2 of the 100 record(s) carry no streamguard dead-letter headers" in table
+    assert "probably not a dead-letter topic" not in table
+    assert "no dead letters" in table
+    none = render_table(summarize("orders.dlq", [record(0, []), record(1, [])]))
+    assert "'orders.dlq' is probably not a dead-letter topic" in none
