@@ -496,9 +496,9 @@ def test_a_failed_events_handler_frames_are_let_go(
 
     retried = bill.retried
 
-    def retrying(msg: Any, attempt: int, error: BaseException, wait: float) -> None:
+    def retrying(msg: Any, attempt: int, error: BaseException, *verdict: Any) -> None:
         alive["retry"] = [ref() is not None for ref in refs["retry"]]
-        retried(msg, attempt, error, wait)
+        retried(msg, attempt, error, *verdict)
 
     log_line = DeadLetterLog.__call__
 
