@@ -17,7 +17,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import streamguard as sg
-from streamguard.deadletter import REASONS
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.faust import guarded_agent
 from tests.faust.conftest import run_app, until
@@ -25,9 +24,10 @@ from tests.runtime.conftest import committed, dlq_headers
 from tests.runtime.test_metrics_differential import (
     ATTEMPTS,
     PARTITIONS,
+    PLANNED_REASONS,
     SLOW,
     Planned,
-    expected_drift,
+    expected_counts,
     metric_labels,
     plan_records,
     produce,
@@ -107,34 +107,18 @@ def test_agent_metrics_match_an_independent_account(
         assert len(dead_at) == len(dead), f"seed {seed}: a record dead-lettered twice"
         assert dead_at | set(succeeded) == set(where), f"seed {seed}: a record without outcome"
         planned_reasons = Counter(
-            {
-                "violation": "contract_violation",
-                "garbage": "decode_error",
-                "doomed": "retries_exhausted",
-                "permanent": "permanent_error",
-            }.get(planned[i].kind, "handled")
-            for i in where.values()
+            PLANNED_REASONS.get(planned[i].kind, "handled") for i in where.values()
         )
         assert planned_reasons.pop("handled") == len(succeeded), f"seed {seed}"
         assert planned_reasons == reasons, f"seed {seed}"
-        drift = expected_drift(planned)
-        return {
-            ("streamguard_messages_total", "handled"): len(succeeded),
-            ("streamguard_messages_total", "dead_lettered"): len(dead),
-            **{("streamguard_dead_letters_total", r): reasons[r] for r in REASONS},
-            # Every transient failure was retried, but the last call of a doomed record.
-            ("streamguard_retries_total", ""): failed[0] - reasons["retries_exhausted"],
-            ("streamguard_handler_seconds_count", ""): len(timed),
-            **{("streamguard_schema_drift_total", k): n for k, n in drift.items()},
-            ("streamguard_commit_failures_total", ""): 0,
-            ("streamguard_dead_letter_failures_total", ""): 0,
-            ("streamguard_inflight", ""): 0,
-            ("streamguard_paused_partitions", ""): 0,
-            ("streamguard_breaker_state", ""): 0,
-            ("streamguard_breaker_opened_total", ""): 0,
-            ("streamguard_retries_deferred_total", ""): 0,
-            ("streamguard_ready", ""): 1,
-        }
+        return expected_counts(
+            handled=len(succeeded),
+            reasons=reasons,
+            transient=failed[0],
+            timed=len(timed),
+            planned=planned,
+            breaker_opened=0,  # an agent has no circuit breaker
+        )
 
     def exposed(keys: Any) -> dict[tuple[str, str], float | None]:
         return {

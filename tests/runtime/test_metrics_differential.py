@@ -159,6 +159,47 @@ def expected_drift(planned: list[Planned]) -> dict[str, int]:
     return counts
 
 
+# What a planned record of each kind ends as, unless "handled" (a tombstone's depends on
+# whether the service handles tombstones, and the Faust agent never plans one).
+PLANNED_REASONS = {
+    "violation": "contract_violation",
+    "garbage": "decode_error",
+    "doomed": "retries_exhausted",
+    "permanent": "permanent_error",
+}
+
+
+def expected_counts(
+    *,
+    handled: int,
+    reasons: Counter[str],
+    transient: int,
+    timed: int,
+    planned: list[Planned],
+    breaker_opened: int,
+) -> dict[tuple[str, str], float]:
+    """The metrics a service and a guarded Faust agent must both show once every record
+    is final, from the account of the broker and the handler's log alone."""
+    return {
+        ("streamguard_messages_total", "handled"): handled,
+        ("streamguard_messages_total", "dead_lettered"): sum(reasons.values()),
+        **{("streamguard_dead_letters_total", r): reasons[r] for r in REASONS},
+        # Every transient failure was retried, but the last call of a doomed record.
+        ("streamguard_retries_total", ""): transient - reasons["retries_exhausted"],
+        # The handler's calls that returned, a tombstone handler's included.
+        ("streamguard_handler_seconds_count", ""): timed,
+        **{("streamguard_schema_drift_total", k): n for k, n in expected_drift(planned).items()},
+        ("streamguard_commit_failures_total", ""): 0,
+        ("streamguard_dead_letter_failures_total", ""): 0,
+        ("streamguard_inflight", ""): 0,
+        ("streamguard_paused_partitions", ""): 0,
+        ("streamguard_breaker_state", ""): 0,
+        ("streamguard_breaker_opened_total", ""): breaker_opened,
+        ("streamguard_retries_deferred_total", ""): 0,  # 100 tokens, fewer retries
+        ("streamguard_ready", ""): 1,
+    }
+
+
 def service_class(
     src: str, group: str, variant: Variant, planned: list[Planned], log: HandlerLog
 ) -> type[sg.ConsumerService]:
@@ -348,39 +389,23 @@ def test_metrics_match_an_independent_account(
 
     # The outcomes are the plan's (the account above does not depend on it).
     def planned_outcome(p: Planned) -> str:
-        return {
-            "violation": "contract_violation",
-            "garbage": "decode_error",
-            "tombstone": "handled" if variant.tombstones else "decode_error",
-            "doomed": "retries_exhausted",
-            "permanent": "permanent_error",
-        }.get(p.kind, "handled")
+        tombstone = "handled" if variant.tombstones else "decode_error"
+        return {**PLANNED_REASONS, "tombstone": tombstone}.get(p.kind, "handled")
 
     outcome = {pos: planned_outcome(planned[i]) for pos, i in where.items()}
     assert {pos for pos, o in outcome.items() if o == "handled"} == set(handled)
     assert Counter(o for o in outcome.values() if o != "handled") == reasons
 
-    expected = {
-        ("streamguard_messages_total", "handled"): len(handled),
-        ("streamguard_messages_total", "dead_lettered"): len(dead),
-        **{("streamguard_dead_letters_total", r): reasons[r] for r in REASONS},
-        # Every transient failure was retried, but the last call of a doomed record.
-        ("streamguard_retries_total", ""): transient - reasons["retries_exhausted"],
-        # The handler's calls that returned, a tombstone handler's included.
-        ("streamguard_handler_seconds_count", ""): len(timed),
-        **{("streamguard_schema_drift_total", k): n for k, n in expected_drift(planned).items()},
-        ("streamguard_commit_failures_total", ""): 0,
-        ("streamguard_dead_letter_failures_total", ""): 0,
-        ("streamguard_inflight", ""): 0,
-        ("streamguard_paused_partitions", ""): 0,
-        ("streamguard_breaker_state", ""): 0,
-        ("streamguard_breaker_opened_total", ""): runtime_log.events.count(
+    expected = expected_counts(
+        handled=len(handled),
+        reasons=reasons,
+        transient=transient,
+        timed=len(timed),
+        planned=planned,
+        breaker_opened=runtime_log.events.count(
             "circuit breaker open; pausing every partition and calling no handler"
         ),
-        ("streamguard_retries_deferred_total", ""): 0,  # 100 tokens, fewer retries
-        ("streamguard_ready", ""): 1,
-        **{("streamguard_consumer_lag", str(p)): 0 for p in range(PARTITIONS)},
-    }
+    ) | {("streamguard_consumer_lag", str(p)): 0 for p in range(PARTITIONS)}
     if variant.async_handler or variant.ordering != "partition":
         expected |= {
             ("streamguard_handlers_in_flight", ""): 0,
