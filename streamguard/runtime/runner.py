@@ -481,7 +481,7 @@ class ServiceRuntime:
         servers = self.dead_letter_config.get(
             "bootstrap.servers", self.consumer_config["bootstrap.servers"]
         )
-        security = _security(self.dead_letter_config)
+        admin_config = _admin_config(self.dead_letter_config)
         elsewhere = servers != self.consumer_config["bootstrap.servers"]
         dead_letter_topics = topics
         if elsewhere:
@@ -490,12 +490,7 @@ class ServiceRuntime:
             # that a principal allowed to write the DLQ but not create topics starts
             # without a warning.
             try:
-                admin_config: dict[str, Any] = {
-                    "bootstrap.servers": servers,
-                    **security,
-                    "logger": _librdkafka_log,
-                }
-                admin = AdminClient(admin_config)
+                admin = AdminClient({"bootstrap.servers": servers, **admin_config})
                 try:
                     dead_letter_topics = admin.list_topics(timeout=DLQ_CREATE_WAIT).topics
                 finally:
@@ -516,7 +511,7 @@ class ServiceRuntime:
                 max_message_bytes(
                     self.consumer_config["bootstrap.servers"],
                     spec.topic,
-                    config={**_security(self.consumer_config), "logger": _librdkafka_log},
+                    config=_admin_config(self.consumer_config),
                 )
                 if spec.topic in topics
                 else None
@@ -532,7 +527,7 @@ class ServiceRuntime:
                     [spec.dead_letter_topic],
                     partitions=partitions,
                     timeout=DLQ_CREATE_WAIT if elsewhere else 15.0,
-                    config={**security, "logger": _librdkafka_log},
+                    config=admin_config,
                     topic_config=topic_config,
                 )
                 created: dict[str, Any] = {
@@ -581,7 +576,9 @@ class ServiceRuntime:
         return loop, thread
 
 
-def _security(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The TLS and SASL settings of a client's ``config``, for an admin client of the
-    same cluster."""
-    return {k: v for k, v in config.items() if k.startswith(("security.", "sasl.", "ssl."))}
+def _admin_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of an admin client of the same cluster as a client's ``config``
+    (bootstrap servers aside): its TLS and SASL settings, and librdkafka's lines through
+    the logger the service's other clients use."""
+    security = {k: v for k, v in config.items() if k.startswith(("security.", "sasl.", "ssl."))}
+    return {**security, "logger": _librdkafka_log}
