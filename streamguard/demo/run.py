@@ -176,16 +176,13 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
     configure_logging("text", "WARNING")
     with _cluster(bootstrap_servers) as bootstrap:
         # A cluster that is down: one connect failure and their count, not one a backoff.
-        lines = RepeatsCollapsed()
-        try:
+        with RepeatsCollapsed() as lines:
             create_topics(
                 bootstrap,
                 [TOPIC, DLQ, PAYMENTS, PAYMENTS_DLQ],
                 partitions=3,
                 config={"logger": lines},
             )
-        finally:
-            lines.flush()
         sent = _send(bootstrap, OrderPlaced)["sent"]
         registry = CollectorRegistry()
         service = Billing(

@@ -70,11 +70,8 @@ def _client_config(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         return
     configure_logging("text", "WARNING")
     LOGGER.setLevel(logging.INFO)  # librdkafka's notices too, as it prints them itself
-    lines = RepeatsCollapsed()
-    try:
+    with RepeatsCollapsed() as lines:
         yield {**config, "logger": lines}
-    finally:
-        lines.flush()
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

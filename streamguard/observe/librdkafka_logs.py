@@ -65,6 +65,13 @@ class RepeatsCollapsed:
                 level, "%s: %d more line(s) like this not shown: %s", facility, repeats, text
             )
 
+    def __enter__(self) -> RepeatsCollapsed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The counts, when the clients it served are done (or failed)."""
+        self.flush()
+
     def pass_through(self) -> None:
         """Log the counts, then every later line as it comes.
 
