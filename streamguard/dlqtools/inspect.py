@@ -246,19 +246,16 @@ def _not_a_dlq_note(summary: Summary) -> str:
     whose headers were lost rather than the wrong topic."""
     if summary.without_dlq_headers < summary.records:
         # Dead letters too: a DLQ that also holds records another writer put there.
-        return printable(
-            f"  note: {summary.without_dlq_headers} of the {summary.records} record(s) carry "
-            f"no streamguard dead-letter headers ({h.DLQ_REASON}, {h.DLQ_ORIGINAL_TOPIC}, "
-            "...): no dead letters, written to the topic by something else"
-        )
-    where = f"{summary.topic!r} is probably not a dead-letter topic"
-    if not is_dead_letter_topic(summary.topic):
-        dlq = dead_letter_topic_for(summary.topic)
-        where += f" (by default, dead letters of {summary.topic!r} go to {dlq!r})"
+        what = "no dead letters, written to the topic by something else"
+    else:
+        what = f"{summary.topic!r} is probably not a dead-letter topic"
+        if not is_dead_letter_topic(summary.topic):
+            dlq = dead_letter_topic_for(summary.topic)
+            what += f" (by default, dead letters of {summary.topic!r} go to {dlq!r})"
     return printable(
         f"  note: {summary.without_dlq_headers} of the {summary.records} record(s) carry no "
         f"streamguard dead-letter headers ({h.DLQ_REASON}, {h.DLQ_ORIGINAL_TOPIC}, ...): "
-        f"{where}"
+        f"{what}"
     )
 
 
