@@ -142,9 +142,10 @@ class ServiceRuntime:
         consumer: Consumer | None = None
         dead_letter_producer: Producer | None = None
         health: HealthServer | None = None
-        # The consumer's librdkafka lines: while it waits for the cluster, each kind once
-        # and the count of the rest (a cluster that is down made it log a connect failure
-        # every backoff, hundreds of lines in startup_timeout); once connected, each line.
+        # The consumer's and the first DLQ producer's librdkafka lines: while they wait
+        # for the cluster, each kind once and the count of the rest (a cluster that is
+        # down made each log a connect failure every backoff, hundreds of lines in
+        # startup_timeout); once connected, each line.
         librdkafka_lines = RepeatsCollapsed(_librdkafka_log)
         try:
             if self._metrics_port is not None:
@@ -167,16 +168,20 @@ class ServiceRuntime:
             # librdkafka refuses (acks=1 with idempotence, say) fails the start at
             # once, not after startup_timeout as BrokerUnavailable, nor after the DLQ
             # was created.
-            dead_letter_producer = self._new_dead_letter_producer()
-            if not self._connect(consumer, stopping, librdkafka_lines) or stopping.is_set():
+            dead_letter_producer = self._new_dead_letter_producer(librdkafka_lines)
+            if (
+                not self._connect(consumer, dead_letter_producer, stopping, librdkafka_lines)
+                or stopping.is_set()
+            ):
                 # Stopped before it joined the group: nothing was fetched, nothing to
                 # commit, and a join left at once would rebalance the other members.
                 return
             # Served before the link watches and the lines pass through: what librdkafka
             # queued since the last wait's poll, in the wait the cluster answered (its
             # connect failures, and statistics of no broker up that the link, watching,
-            # would take for an outage begun at once).
+            # would take for an outage begun at once). The producer has no reports yet.
             consumer.poll(0)
+            dead_letter_producer.poll(0)
             if self._link is not None:
                 self._link.watch()  # reached: an outage from now on is one to report
             librdkafka_lines.pass_through()
@@ -272,8 +277,10 @@ class ServiceRuntime:
                 extra={"service": self.spec.name},
             )
 
-    def _new_dead_letter_producer(self) -> Producer:
-        return Producer({**self.dead_letter_config, "logger": _librdkafka_log})
+    def _new_dead_letter_producer(
+        self, logger: logging.Logger | RepeatsCollapsed = _librdkafka_log
+    ) -> Producer:
+        return Producer({**self.dead_letter_config, "logger": logger})
 
     def _assemble(
         self,
@@ -417,14 +424,19 @@ class ServiceRuntime:
             self._committer.on_commit(error, partitions)
 
     def _connect(
-        self, consumer: Consumer, stopping: threading.Event, librdkafka_lines: RepeatsCollapsed
+        self,
+        consumer: Consumer,
+        dead_letter_producer: Producer,
+        stopping: threading.Event,
+        librdkafka_lines: RepeatsCollapsed,
     ) -> bool:
         """Reach the cluster and make the DLQ; False if ``stop()`` came first.
 
         The cluster is asked in short waits, not one of ``startup_timeout``: a signal's
         handler runs only between them (librdkafka holds the main thread meanwhile).
-        Between two, the consumer is polled: its librdkafka lines (and statistics) are
-        handed over only then, and came all at once at the end of the wait.
+        Between two, the consumer and the DLQ producer are polled: their librdkafka lines
+        (and statistics) are handed over only then, and came all at once at the end of
+        the wait.
         """
         spec = self.spec
         timeout = spec.options.startup_timeout
@@ -449,6 +461,7 @@ class ServiceRuntime:
                 # Not subscribed yet: nothing is fetched, only events come (an error
                 # event's message is the connect failure the lines already tell).
                 consumer.poll(0)
+                dead_letter_producer.poll(0)
                 if stopping.is_set():
                     # Else a stop while the cluster is down left only librdkafka's
                     # connect failures to tell what the service had been doing. Their
