@@ -28,7 +28,15 @@ from streamguard.schema.jsonschema_doc import Document, Node, canonical
 from streamguard.schema.jsonschema_objects import compare_arrays, compare_objects
 from streamguard.schema.rules import POLICIES, Policy, is_safe
 
-__all__ = ["POLICIES", "Comparer", "Finding", "Policy", "compare_json_schemas", "is_safe"]
+__all__ = [
+    "POLICIES",
+    "Comparer",
+    "Finding",
+    "Policy",
+    "compare_json_schemas",
+    "is_safe",
+    "type_name",
+]
 
 Path = tuple[str, ...]
 
@@ -67,16 +75,58 @@ _ARRAY_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class Finding:
-    """One difference between writer and reader schema, at a JSON-pointer-like path."""
+    """One difference between writer and reader schema, at a JSON-pointer-like path.
+
+    For a change of type, ``old_type`` and ``new_type`` name the writer's and the
+    reader's type (``integer``, ``string | null``), so that a report says what changed
+    without the schemas at hand. Type names only: never a value, default or enum symbol.
+    """
 
     path: Path
     rule: str
     safe: bool
+    old_type: str | None = None
+    new_type: str | None = None
 
 
 def compare_json_schemas(writer: Any, reader: Any, policy: Policy = "lenient") -> list[Finding]:
     """Every difference met when a ``reader`` schema validates data valid for ``writer``."""
     return Comparer(Document(writer), Document(reader), policy).compare(writer, reader, ())
+
+
+# Deeper unions than this are named "..." (a recursive union would never end).
+_NAME_DEPTH = 3
+
+
+def type_name(node: Node, doc: Document, depth: int = 0) -> str:
+    """A short name for a node's type, as a report shows it: ``integer``,
+    ``string | null`` (anyOf/oneOf), ``object & object`` (allOf), ``any``, ``never``.
+    From the ``type`` keyword and the combinators only, never from ``enum``, ``const``
+    or ``default``, which hold values (``enum`` says that it is one, not which)."""
+    if node.kind in ("any", "never"):
+        return node.kind
+    if node.kind == "combined":
+        if depth >= _NAME_DEPTH:
+            return "..."
+        names: list[str] = []
+        for sub in node.subschemas:
+            inner = doc.classify(sub)
+            name = type_name(inner, doc, depth + 1)
+            name = f"({name})" if inner.kind == "combined" else name
+            if name not in names:
+                names.append(name)
+        return (" & " if node.criterion == "allOf" else " | ").join(names)
+    kind = node.get("type")
+    if isinstance(kind, str):
+        return kind
+    keys = set(node.schema)
+    if "const" in keys or "enum" in keys:
+        return "enum"
+    if keys & _OBJECT_KEYS:
+        return "object"
+    if keys & _ARRAY_KEYS:
+        return "array"
+    return "untyped"
 
 
 def _types(node: Node) -> frozenset[str] | None:
@@ -125,8 +175,21 @@ class Comparer:
         self.policy = policy
         self._active: set[tuple[int, int]] = set()
 
-    def finding(self, path: Path, rule: str, policy: Policy | None = None) -> Finding:
-        return Finding(path, rule, is_safe(rule, policy or self.policy))
+    def finding(
+        self,
+        path: Path,
+        rule: str,
+        policy: Policy | None = None,
+        *,
+        types: tuple[str, str] | None = None,
+    ) -> Finding:
+        old, new = types or (None, None)
+        return Finding(path, rule, is_safe(rule, policy or self.policy), old, new)
+
+    def retyped(self, path: Path, rule: str, o: Node, n: Node) -> Finding:
+        """A finding of ``rule`` naming the writer's and the reader's type."""
+        types = (type_name(o, self.writer), type_name(n, self.reader))
+        return self.finding(path, rule, types=types)
 
     def ok(self, findings: Iterable[Finding]) -> bool:
         return all(f.safe for f in findings)
@@ -158,7 +221,7 @@ class Comparer:
                 for sub in _decimal_strings(n.subschemas, self.reader):
                     found = self.compare(o.schema, sub, path)
                     if self.ok(found):
-                        return [*found, self.finding(path, "SUM_TYPE_EXTENDED")]
+                        return [*found, self.retyped(path, "SUM_TYPE_EXTENDED", o, n)]
         elif o.kind == "combined" and n.kind != "combined":
             if len(o.subschemas) == 1:
                 found = self.compare(o.subschemas[0], n.schema, path)
@@ -168,13 +231,15 @@ class Comparer:
                 for sub in o.subschemas:
                     found = self.compare(sub, n.schema, path)
                     if self.ok(found):
-                        return [*found, self.finding(path, "PRODUCT_TYPE_NARROWED")]
+                        return [*found, self.retyped(path, "PRODUCT_TYPE_NARROWED", o, n)]
             elif n.kind != "any":
-                return [self.finding(path, "SUM_TYPE_NARROWED")]
+                return [self.retyped(path, "SUM_TYPE_NARROWED", o, n)]
         if o.kind != n.kind:
             if o.kind == "never" or n.kind == "any":
                 return []
-            return [self.finding(path, "TYPE_NARROWED" if o.kind == "any" else "TYPE_CHANGED")]
+            return [
+                self.retyped(path, "TYPE_NARROWED" if o.kind == "any" else "TYPE_CHANGED", o, n)
+            ]
         if o.kind == "combined":
             return self._combined(o, n, path)
         if o.kind == "plain":
@@ -192,25 +257,18 @@ class Comparer:
                 or (nc == "oneOf" and (single_o or oc == "allOf"))
                 or (nc == "allOf" and single_o and single_n)
             )
-            out.append(
-                self.finding(path, "COMBINED_TYPE_EXTENDED" if widened else "COMBINED_TYPE_CHANGED")
-            )
+            rule = "COMBINED_TYPE_EXTENDED" if widened else "COMBINED_TYPE_CHANGED"
+            out.append(self.finding(path, rule, types=(oc, nc)))
             if not widened:
                 return out
         olds = _decimal_strings(list({canonical(s): s for s in o.subschemas}.values()), self.writer)
         news = _decimal_strings(list({canonical(s): s for s in n.subschemas}.values()), self.reader)
         if len(olds) < len(news):
-            out.append(
-                self.finding(
-                    path, "PRODUCT_TYPE_EXTENDED" if nc == "allOf" else "SUM_TYPE_EXTENDED"
-                )
-            )
+            rule = "PRODUCT_TYPE_EXTENDED" if nc == "allOf" else "SUM_TYPE_EXTENDED"
+            out.append(self.retyped(path, rule, o, n))
         elif len(olds) > len(news):
-            out.append(
-                self.finding(
-                    path, "PRODUCT_TYPE_NARROWED" if oc == "allOf" else "SUM_TYPE_NARROWED"
-                )
-            )
+            rule = "PRODUCT_TYPE_NARROWED" if oc == "allOf" else "SUM_TYPE_NARROWED"
+            out.append(self.retyped(path, rule, o, n))
         pairs: dict[tuple[int, int], list[Finding]] = {}
         for i, old in enumerate(olds):
             for j, new in enumerate(news):
@@ -252,11 +310,11 @@ class Comparer:
         to, tn = _types(o), _types(n)
         if to != tn:
             if _covers(tn, to):
-                out.append(self.finding(path, "TYPE_EXTENDED"))
+                out.append(self.retyped(path, "TYPE_EXTENDED", o, n))
             elif _covers(to, tn):
-                out.append(self.finding(path, "TYPE_NARROWED"))
+                out.append(self.retyped(path, "TYPE_NARROWED", o, n))
             else:
-                return [self.finding(path, "TYPE_CHANGED")]
+                return [self.retyped(path, "TYPE_CHANGED", o, n)]
         out += self._enum(o, n, path)
         for key in ("minLength", "maxLength", "minimum", "maximum"):
             out += self.limit(path, key, o.get(key), n.get(key))

@@ -17,6 +17,7 @@ from streamguard.codecs import JsonCodec
 from streamguard.contracts import normalise_schema
 from streamguard.errors import ContractViolation
 from streamguard.schema.changes import Change, diff_json_schemas
+from streamguard.schema.jsonschema_compat import compare_json_schemas
 from streamguard.schema.jsonschema_doc import Document
 from streamguard.schema.modes import breaking
 
@@ -590,6 +591,70 @@ def test_unmatched_branch_is_not_paired_with_a_matched_one(key: str) -> None:
         ((key, "1", "properties", "p"), added),
         ((key, "1", "properties", "q"), added),
     ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rule", "types"),
+    [
+        ({"type": "integer"}, {"type": "string"}, "TYPE_CHANGED", ("integer", "string")),
+        ({"type": "integer"}, {"type": "number"}, "TYPE_EXTENDED", ("integer", "number")),
+        ({"type": "number"}, {"type": "integer"}, "TYPE_NARROWED", ("number", "integer")),
+        ({}, {"type": "string"}, "TYPE_NARROWED", ("any", "string")),
+        (
+            {"type": ["string", "null"]},
+            {"type": "string"},
+            "SUM_TYPE_NARROWED",
+            ("string | null", "string"),
+        ),
+        (
+            {"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]},
+            {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "SUM_TYPE_NARROWED",
+            ("integer | string | null", "integer | null"),
+        ),
+        (
+            {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+            {"oneOf": [{"type": "integer"}, {"type": "boolean"}]},
+            "COMBINED_TYPE_CHANGED",
+            ("anyOf", "oneOf"),
+        ),
+    ],
+)
+def test_a_type_change_names_the_old_and_the_new_type(
+    old: dict[str, Any], new: dict[str, Any], rule: str, types: tuple[str, str]
+) -> None:
+    """A change of type says from which type to which: a report of ``TYPE_CHANGED at
+    amount`` alone sent its reader to both schemas to learn what changed."""
+    wrap = lambda t: {"type": "object", "properties": {"amount": t}}  # noqa: E731
+    (finding,) = (f for f in compare_json_schemas(wrap(old), wrap(new)) if f.rule == rule)
+    assert (finding.path, finding.old_type, finding.new_type) == (("properties", "amount"), *types)
+
+
+def test_a_type_name_never_shows_a_value() -> None:
+    """An enum, a const or a default is data: the type names say that there is one only."""
+    old = {"type": "object", "properties": {"tier": {"type": "integer", "default": 7}}}
+    secret = {"enum": ["gold-secret"], "default": "gold-secret"}
+    new = {"type": "object", "properties": {"tier": {"anyOf": [secret, {"const": "x-secret"}]}}}
+    for f in compare_json_schemas(old, new) + compare_json_schemas(new, old):
+        assert "secret" not in f"{f.old_type} {f.new_type}"
+    (f,) = (f for f in compare_json_schemas(old, new) if f.rule == "TYPE_CHANGED")
+    assert (f.old_type, f.new_type) == ("integer", "enum")
+
+
+def test_rules_without_a_type_change_name_no_types() -> None:
+    """Only changes of type carry types; a narrowed limit or an added field stays as it was."""
+    old = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}}
+    new = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "maxLength": 3}, "b": {"type": "string"}},
+        "required": ["b"],
+    }
+    found = compare_json_schemas(old, new)
+    assert {f.rule for f in found} == {
+        "MAX_LENGTH_DECREASED",
+        "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+    }
+    assert all(f.old_type is None and f.new_type is None for f in found)
 
 
 def test_change_pointer_escapes_names() -> None:
