@@ -272,6 +272,29 @@ def _full(name: str, namespace: str) -> str:
     return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
+def avro_type_name(schema: Any, depth: int = 0) -> str:
+    """A short name for an Avro type, as a report shows it: ``int``, ``null | string``
+    (a union), ``array<long>``, ``map<string>``, a record's, enum's or fixed's own name
+    (without its namespace). Never an enum's symbols, a default or any other value."""
+    if isinstance(schema, list):
+        names = [avro_type_name(branch, depth + 1) for branch in schema]
+        return " | ".join(f"({n})" if " | " in n else n for n in names)
+    if isinstance(schema, str):
+        return schema.rsplit(".", 1)[-1]
+    if not isinstance(schema, dict):
+        return "untyped"
+    kind = schema.get("type")
+    if kind in ("record", "error", "enum", "fixed") and isinstance(schema.get("name"), str):
+        return str(schema["name"]).rsplit(".", 1)[-1]
+    if depth >= 3 and kind in ("array", "map"):
+        return f"{kind}<...>"
+    if kind == "array":
+        return f"array<{avro_type_name(schema.get('items'), depth + 1)}>"
+    if kind == "map":
+        return f"map<{avro_type_name(schema.get('values'), depth + 1)}>"
+    return avro_type_name(kind, depth + 1)
+
+
 class _Resolver:
     def __init__(self, writer_names: dict[str, Any], reader_names: dict[str, Any]) -> None:
         self.wn = writer_names
@@ -292,6 +315,7 @@ class _Resolver:
 
     def resolve(self, writer: Any, reader: Any, path: tuple[str, ...]) -> list[Finding]:
         w, r = self._deref(writer, self.wn), self._deref(reader, self.rn)
+        types = (avro_type_name(w), avro_type_name(r))
         if isinstance(w, list):
             out: list[Finding] = []
             for i, branch in enumerate(w):
@@ -300,22 +324,23 @@ class _Resolver:
                 else:
                     ok = self.readable(branch, r)
                 if not ok:
-                    out.append(Finding((*path, "branches", str(i)), "SUM_TYPE_NARROWED", False))
+                    where = (*path, "branches", str(i))
+                    out.append(Finding(where, "SUM_TYPE_NARROWED", False, *types))
             return out
         if isinstance(r, list):
             for branch in r:
                 found = self.resolve(w, branch, path)
                 if all(f.safe for f in found):
-                    return [*found, Finding(path, "SUM_TYPE_EXTENDED", True)]
-            return [Finding(path, "TYPE_CHANGED", False)]
+                    return [*found, Finding(path, "SUM_TYPE_EXTENDED", True, *types)]
+            return [Finding(path, "TYPE_CHANGED", False, *types)]
         wk = w if isinstance(w, str) else w.get("type")
         rk = r if isinstance(r, str) else r.get("type")
         if wk != rk:
             if rk in _PROMOTIONS.get(str(wk), set()):
-                return [Finding(path, "TYPE_EXTENDED", True)]
+                return [Finding(path, "TYPE_EXTENDED", True, *types)]
             if wk in _PROMOTIONS.get(str(rk), set()):
-                return [Finding(path, "TYPE_NARROWED", False)]
-            return [Finding(path, "TYPE_CHANGED", False)]
+                return [Finding(path, "TYPE_NARROWED", False, *types)]
+            return [Finding(path, "TYPE_CHANGED", False, *types)]
         if isinstance(w, str):
             return []
         return self._named(w, r, path)

@@ -194,6 +194,62 @@ def test_missing_field_reports_path_and_rule() -> None:
     assert "default" in change.hint
 
 
+TIER = {"type": "enum", "name": "shop.Tier", "symbols": ["GOLD_SECRET"], "default": "GOLD_SECRET"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "rule", "types"),
+    [
+        ("int", "string", (), "TYPE_CHANGED", ("int", "string")),
+        ("int", "long", (), "TYPE_EXTENDED", ("int", "long")),
+        ("double", "float", (), "TYPE_NARROWED", ("double", "float")),
+        (
+            ["null", "string"],
+            "string",
+            ("branches", "0"),
+            "SUM_TYPE_NARROWED",
+            ("null | string", "string"),
+        ),
+        ("string", ["null", "string"], (), "SUM_TYPE_EXTENDED", ("string", "null | string")),
+        ("int", ["null", "string"], (), "TYPE_CHANGED", ("int", "null | string")),
+        (
+            {"type": "array", "items": "int"},
+            {"type": "map", "values": "int"},
+            (),
+            "TYPE_CHANGED",
+            ("array<int>", "map<int>"),
+        ),
+        (TIER, "string", (), "TYPE_CHANGED", ("Tier", "string")),
+    ],
+)
+def test_a_type_change_names_the_old_and_the_new_type(
+    old: Any, new: Any, where: tuple[str, ...], rule: str, types: tuple[str, str]
+) -> None:
+    """An Avro change of type says from which type to which (a union as ``null | string``,
+    a named type by its name): ``TYPE_CHANGED at amount`` alone sent the reader to both
+    schemas. An enum is named, never its symbols or default."""
+    field = lambda t: record({"name": "amount", "type": t})  # noqa: E731
+    found = compare_avro_schemas(field(old), field(new))
+    (finding,) = (f for f in found if f.rule == rule)
+    assert finding.path == ("fields", "amount", *where)
+    assert (finding.old_type, finding.new_type) == types
+    for f in found + compare_avro_schemas(field(new), field(old)):
+        assert "SECRET" not in f"{f.old_type} {f.new_type}"
+
+
+def test_avro_rules_without_a_type_change_name_no_types() -> None:
+    """Only changes of type carry types: an added field or a narrowed enum stays as it was."""
+    narrowed = {**TIER, "symbols": ["OTHER"], "default": "OTHER"}
+    old = record({"name": "tier", "type": TIER})
+    new = record({"name": "tier", "type": narrowed}, {"name": "n", "type": "int"})
+    found = compare_avro_schemas(old, new)
+    assert {f.rule for f in found} == {
+        "ENUM_SYMBOL_REMOVED_WITH_DEFAULT",
+        "FIELD_ADDED_WITHOUT_DEFAULT",
+    }
+    assert all(f.old_type is None and f.new_type is None for f in found)
+
+
 def test_an_enum_may_become_nullable() -> None:
     """An enum keeps its name when its field becomes nullable, inline ``Literal`` or
     ``Enum`` class: Avro resolves enums by name, and the inline one, once named after its
