@@ -24,6 +24,9 @@ from streamguard.schema.jsonschema_compat import Policy
 from streamguard.schema.modes import directions
 from streamguard.settings import redact_url
 
+# A registry's schemaType as the report names it (as schemas/ names the wire formats).
+_SCHEMA_TYPES = {"AVRO": "Avro", "JSON": "JSON", "PROTOBUF": "Protobuf"}
+
 
 class RegistrationRefused(StreamguardError):
     """The registry refused to register a schema (409 incompatible, 42201 invalid); exit 1."""
@@ -132,7 +135,11 @@ class RegistryChecker:
             registered = self._call(lambda v=version: self.client.get_version(subject, v))
             old_type = (registered.schema.schema_type or "AVRO").upper()
             if old_type != schema_type:
-                changes = [Change((), "SCHEMA_TYPE_CHANGED", BOTH)]
+                formats = (
+                    _SCHEMA_TYPES.get(old_type, old_type),
+                    _SCHEMA_TYPES.get(schema_type, schema_type),
+                )
+                changes = [Change((), "SCHEMA_TYPE_CHANGED", BOTH, *formats)]
             else:
                 fmt = "avro" if schema_type == "AVRO" else "json"
                 old = json.loads(registered.schema.schema_str)

@@ -99,11 +99,24 @@ _HINTS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Change:
-    """One difference from an old to a new schema, with the directions it breaks in."""
+    """One difference from an old to a new schema, with the directions it breaks in.
+
+    A change of type names the old and the new type (``integer``, ``null | string``;
+    types only, never a value), so that a report says what changed at the path.
+    """
 
     path: tuple[str, ...]
     rule: str
     breaking_in: frozenset[Direction] = field(default_factory=frozenset)
+    old_type: str | None = None
+    new_type: str | None = None
+
+    @property
+    def types(self) -> str:
+        """``old -> new`` type of a change of type, else empty."""
+        if self.old_type is None or self.new_type is None:
+            return ""
+        return f"{self.old_type} -> {self.new_type}"
 
     @property
     def pointer(self) -> str:
@@ -140,6 +153,8 @@ class Change:
         if self.rule in _SPECIAL:
             return _SPECIAL[self.rule][0].format(old=old, new=new) + "."
         what = self.rule.lower().replace("_", " ")
+        if self.types:
+            what += f" from {self.old_type} to {self.new_type}"
         where = self.field_path
         parts = []
         if "BACKWARD" in self.breaking_in:
@@ -213,10 +228,15 @@ def invert_rule(rule: str) -> str:
 
 
 def merge_directions(backward: list[Finding], forward: list[Finding]) -> list[Change]:
-    """One list of changes named old -> new, each knowing the directions it breaks in."""
+    """One list of changes named old -> new, each knowing the directions it breaks in.
+
+    The forward pass read new -> old, so its types are swapped back as its rule is."""
     merged: dict[tuple[tuple[str, ...], str], set[Direction]] = {}
+    types: dict[tuple[tuple[str, ...], str], tuple[str | None, str | None]] = {}
     for f in backward:
         merged.setdefault((f.path, f.rule), set())
+        if f.old_type is not None:
+            types.setdefault((f.path, f.rule), (f.old_type, f.new_type))
         if not f.safe:
             merged[(f.path, f.rule)].add("BACKWARD")
     for f in forward:
@@ -224,9 +244,14 @@ def merge_directions(backward: list[Finding], forward: list[Finding]) -> list[Ch
         if key not in merged and f.safe:
             continue  # a safe change seen only from the other side adds nothing new
         merged.setdefault(key, set())
+        if f.old_type is not None:
+            types.setdefault(key, (f.new_type, f.old_type))
         if not f.safe:
             merged[key].add("FORWARD")
-    return [Change(path, rule, frozenset(dirs)) for (path, rule), dirs in merged.items()]
+    return [
+        Change(key[0], key[1], frozenset(dirs), *types.get(key, (None, None)))
+        for key, dirs in merged.items()
+    ]
 
 
 def diff_json_schemas(old: Any, new: Any, policy: Policy = "lenient") -> list[Change]:

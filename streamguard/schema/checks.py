@@ -84,7 +84,7 @@ def format_switch(
         subject,
         f"v{old[0]} ({FORMAT_NAMES[old[1]]}{stored})",
         f"v{new[0]} ({FORMAT_NAMES[new[1]]})",
-        [Change((), "SCHEMA_TYPE_CHANGED", BOTH)],
+        [Change((), "SCHEMA_TYPE_CHANGED", BOTH, FORMAT_NAMES[old[1]], FORMAT_NAMES[new[1]])],
     )
 
 

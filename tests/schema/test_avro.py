@@ -235,6 +235,9 @@ def test_a_type_change_names_the_old_and_the_new_type(
     assert (finding.old_type, finding.new_type) == types
     for f in found + compare_avro_schemas(field(new), field(old)):
         assert "SECRET" not in f"{f.old_type} {f.new_type}"
+    backward, forward = found, compare_avro_schemas(field(new), field(old))
+    changes = [c for c in merge_directions(backward, forward) if c.rule == rule]
+    assert {(c.old_type, c.new_type) for c in changes} == {types}
 
 
 def test_avro_rules_without_a_type_change_name_no_types() -> None:

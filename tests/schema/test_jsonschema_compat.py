@@ -628,6 +628,13 @@ def test_a_type_change_names_the_old_and_the_new_type(
     wrap = lambda t: {"type": "object", "properties": {"amount": t}}  # noqa: E731
     (finding,) = (f for f in compare_json_schemas(wrap(old), wrap(new)) if f.rule == rule)
     assert (finding.path, finding.old_type, finding.new_type) == (("properties", "amount"), *types)
+    # A diff's forward pass reads new -> old: its change is named old -> new all the same.
+    (change,) = (c for c in diff_json_schemas(wrap(old), wrap(new)) if c.rule == rule)
+    assert (change.old_type, change.new_type) == types
+    assert change.types == " -> ".join(types)
+    assert f"{rule.lower().replace('_', ' ')} from {types[0]} to {types[1]} at amount:" in (
+        change.message("v1", "v2")
+    )
 
 
 def test_a_type_name_never_shows_a_value() -> None:
