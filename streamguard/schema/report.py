@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from streamguard.schema.changes import Change
 from streamguard.schema.checks import Comparison, SubjectResult
 from streamguard.schema.modes import directions
 
@@ -20,16 +21,32 @@ FORMATS = ("text", "json", "github")
 LISTED = 20
 
 
+def _typed(entry: dict[str, Any], change: Change) -> dict[str, Any]:
+    """``entry`` with ``old_type`` and ``new_type`` for a change of type (the keys are
+    absent otherwise, so the entries of other rules read as before)."""
+    if change.types:
+        entry["old_type"], entry["new_type"] = change.old_type, change.new_type
+    return entry
+
+
+def _types(entry: dict[str, Any]) -> str:
+    """`` old -> new`` after a rule, for a change of type."""
+    return f" {entry['old_type']} -> {entry['new_type']}" if "old_type" in entry else ""
+
+
 def _changed(detail: Comparison) -> list[dict[str, Any]]:
-    """The changes behind a version problem, by field and rule only: never a value or a
-    default, so that a CI log cannot leak data."""
+    """The changes behind a version problem, by field, rule and (for a change of type)
+    types only: never a value or a default, so that a CI log cannot leak data."""
     return [
-        {
-            "path": c.field_path,
-            "pointer": c.pointer,
-            "rule": c.rule,
-            "breaking_in": sorted(c.breaking_in),
-        }
+        _typed(
+            {
+                "path": c.field_path,
+                "pointer": c.pointer,
+                "rule": c.rule,
+                "breaking_in": sorted(c.breaking_in),
+            },
+            c,
+        )
         for c in detail.changes
     ]
 
@@ -56,7 +73,7 @@ def _changed_items(entry: dict[str, Any], sep: str = "  ") -> list[str]:
             "`streamguard schema export`"
         ]
     items = [
-        f"{c['path']}{sep}{c['rule']}"
+        f"{c['path']}{sep}{c['rule']}{_types(c)}"
         + (f" (breaks {' and '.join(c['breaking_in'])})" if c["breaking_in"] else "")
         for c in changed[:LISTED]
     ]
@@ -88,6 +105,7 @@ def _entries(
                 "message": change.message(comp.old, comp.new),
                 "hint": change.hint,
             }
+            _typed(entry, change)
             if comp.detail is not None:
                 entry["changed"] = _changed(comp.detail)
                 entry["changed_versions"] = [comp.detail.old, comp.detail.new]
@@ -162,7 +180,7 @@ def _text(groups: list[tuple[str, list[Comparison]]], entries: list[dict[str, An
             lines.append(f"{comp.subject}: {comp.old} -> {comp.new} [{label}]: {verdict}")
             for e in mine:
                 mark = "BREAKING" if e["breaking"] else "ok"
-                lines.append(f"  {mark:8} {e['path']}  {e['rule']}")
+                lines.append(f"  {mark:8} {e['path']}  {e['rule']}{_types(e)}")
                 lines.append(f"           {e['message']}")
                 if "changed" in e:
                     label = f"{_changed_label(e)}: "

@@ -497,7 +497,10 @@ def test_switching_the_wire_format_with_a_bump_breaks(
     code, out, _ = cli("schema", "check")
     assert code == 1
     assert f"pay.Pay: {formats} [{mode}]: 1 breaking change(s)" in out
-    assert "SCHEMA_TYPE_CHANGED" in out
+    assert (
+        "SCHEMA_TYPE_CHANGED " + formats.replace("v1 (", "").replace("v2 (", "").replace(")", "")
+        in out
+    )
     assert "publish the new format under a new subject" in out
     assert cli("schema", "diff", "pay.Pay")[0] == 1
     assert cli("schema", "register")[0] == 1
@@ -672,7 +675,7 @@ def test_an_unbumped_change_names_the_fields_behind_it(
         " " * 11 + "what changed: customer.tier  OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
     )
     assert lines[start + 1 : start + 4] == [
-        " " * 25 + "order_id  TYPE_CHANGED (breaks BACKWARD and FORWARD)",
+        " " * 25 + "order_id  TYPE_CHANGED string -> integer (breaks BACKWARD and FORWARD)",
         " " * 25 + "note  REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL (breaks BACKWARD)",
         " " * 11 + "hint: bump __version__ and register the new version; the check then "
         "judges the changes listed against the compatibility mode",
@@ -681,7 +684,7 @@ def test_an_unbumped_change_names_the_fields_behind_it(
     assert code == 1
     assert (
         "What changed: customer.tier OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL; "
-        "order_id TYPE_CHANGED (breaks BACKWARD and FORWARD); "
+        "order_id TYPE_CHANGED string -> integer (breaks BACKWARD and FORWARD); "
         "note REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL (breaks BACKWARD). Fix: "
     ) in github
     code, text, _ = cli("schema", "check", "--format", "json")
@@ -692,6 +695,12 @@ def test_an_unbumped_change_names_the_fields_behind_it(
         "order_id": ["BACKWARD", "FORWARD"],
         "note": ["BACKWARD"],
     }
+    (typed,) = (c for c in entry["changed"] if "old_type" in c)
+    assert (typed["path"], typed["old_type"], typed["new_type"]) == (
+        "order_id",
+        "string",
+        "integer",
+    )
     for shown in (out, github, text):
         assert "sentinel" not in shown  # channel's default changed too: never its value
     # Only a default changed: the fingerprint differs, no rule of the differ fires.
@@ -700,3 +709,60 @@ def test_an_unbumped_change_names_the_fields_behind_it(
     assert code == 1
     assert "what changed: nothing that changes which values are valid: a default," in out
     assert "sentinel" not in out
+
+
+TYPED_V1 = """
+class Order(sg.Contract):
+    __subject__ = "orders.Order"
+    __version__ = 1
+    __wire_format__ = "{fmt}"
+    amount: int
+    tier: Literal["gold-secret", "silver-secret"] = "gold-secret"
+"""
+TYPED_V2 = """
+class Order(sg.Contract):
+    __subject__ = "orders.Order"
+    __version__ = 2
+    __wire_format__ = "{fmt}"
+    amount: str
+    tier: Literal["gold-secret", "silver-secret"] | None = None
+"""
+
+
+@pytest.mark.parametrize(
+    ("fmt", "amount", "tier"),
+    [
+        ("json", "integer -> string", "string -> string | null"),
+        ("avro", "long -> string", "string -> null | string"),
+    ],
+)
+def test_a_type_change_names_the_old_and_the_new_type_in_every_format(
+    project_factory: Callable[[], Project], cli: Cli, fmt: str, amount: str, tier: str
+) -> None:
+    """check and diff name the old and the new type of a changed field in text, github
+    and json (``old_type``/``new_type`` beside the keys that were there): ``TYPE_CHANGED
+    at amount`` alone sent the reader to both schemas. Types only: the Literal's values
+    and the defaults stay out of every format."""
+    project = project_factory()
+    project.contracts(TYPED_V1.format(fmt=fmt))
+    assert cli("schema", "register")[0] == 0
+    project.contracts(TYPED_V2.format(fmt=fmt))
+    code, text, _ = cli("schema", "check")
+    assert code == 1
+    assert f"  BREAKING amount  TYPE_CHANGED {amount}" in text.splitlines()
+    old, new = amount.split(" -> ")
+    assert f"type changed from {old} to {new} at amount: consumers" in text
+    code, github, _ = cli("schema", "check", "--format", "github")
+    assert code == 1
+    assert f"type changed from {old} to {new} at amount" in github
+    code, out, _ = cli("schema", "check", "--format", "json")
+    assert code == 1
+    (entry,) = (e for e in json.loads(out) if e["rule"] == "TYPE_CHANGED")
+    assert (entry["path"], entry["old_type"], entry["new_type"]) == ("amount", old, new)
+    assert {"subject", "pointer", "breaking_in", "message", "hint", "mode"} <= set(entry)
+    code, diff, _ = cli("schema", "diff", "orders.Order")
+    assert code == 1
+    assert f"amount  TYPE_CHANGED {amount}" in diff
+    assert f"tier  SUM_TYPE_EXTENDED {tier}" in diff
+    for shown in (text, github, out, diff):
+        assert "secret" not in shown
