@@ -231,3 +231,32 @@ def test_a_change_without_a_version_bump_fails_against_the_store(
     assert SchemaRegistryClient({"url": registry.url}).get_versions("orders.OrderPlaced") == [1]
     project.contracts(V2_OPTIONAL_FIELD)
     assert cli("schema", "check", "--registry", registry.url)[0] == 0
+
+
+def test_a_type_change_names_the_old_and_the_new_type(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """check --registry names the old and the new type of a changed field (text and json
+    ``old_type``/``new_type``), and the two schema types of a switch of wire format."""
+    project = registered(project_factory, cli, registry.url)
+    retyped = V1.replace("__version__ = 1", "__version__ = 2").replace(
+        "order_id: str", "order_id: int"
+    )
+    project.contracts(retyped)
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 1
+    assert "  BREAKING order_id  TYPE_CHANGED string -> integer" in out.splitlines()
+    code, out, _ = cli("schema", "check", "--registry", registry.url, "--format", "json")
+    assert code == 1
+    (change,) = json.loads(out)["changes"]
+    assert (change["rule"], change["old_type"], change["new_type"]) == (
+        "TYPE_CHANGED",
+        "string",
+        "integer",
+    )
+    project.contracts(
+        V1.replace("__version__ = 1", '__version__ = 2\n    __wire_format__ = "avro"')
+    )
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 1
+    assert "  BREAKING (root)  SCHEMA_TYPE_CHANGED JSON -> Avro" in out.splitlines()
