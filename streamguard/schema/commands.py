@@ -216,7 +216,8 @@ def _register(args: argparse.Namespace) -> int:
         line = f"v{result.version} registered ({result.mode}, policy {args.policy})"
         if not result.ok:
             broken = [
-                f"{c.rule} at {c.field_path} ({comp.old}->{comp.new})"
+                f"{c.rule}{f' {c.types}' if c.types else ''} at {c.field_path} "
+                f"({comp.old}->{comp.new})"
                 for comp in [*result.problems, *result.comparisons]
                 for c in (comp.changes if comp in result.problems else comp.breaking(result.mode))
             ]

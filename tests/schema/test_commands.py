@@ -186,6 +186,19 @@ def test_force_records_reason_and_breaks(project_factory: Callable[[], Project],
     assert "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL at customer.tier (v1->v2)" in last
 
 
+def test_a_forced_change_of_type_is_recorded_with_its_types(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """The CHANGELOG line of a forced version names a changed field's old and new type,
+    as the check's report does: the rule and path alone sent a reader to the schemas."""
+    project = registered(project_factory, cli)
+    project.contracts(V1.replace("order_id: str", "order_id: int").replace("= 1", "= 2"))
+    code, _, _ = cli("schema", "register", "--force", "--reason", "ids are numbers now")
+    assert code == 0
+    last = (project.schemas / "orders.OrderPlaced" / "CHANGELOG").read_text().splitlines()[-1]
+    assert "TYPE_CHANGED string -> integer at order_id (v1->v2)" in last
+
+
 def test_changed_schema_without_version_bump_fails(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
