@@ -241,25 +241,37 @@ class DaemonPool(concurrent.futures.Executor):
                 self._idle -= 1
             if item is None:
                 return
-            future, fn, (args, kwargs) = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except StopIteration as exc:
-                    # asyncio refuses a StopIteration into the Future that the loop
-                    # awaits (a TypeError in the loop's callback), which then never
-                    # finished: the record had no outcome and its key or partition
-                    # stalled. It arrives as an async handler's does, a RuntimeError.
-                    error = RuntimeError("handler raised StopIteration")
-                    error.__cause__ = exc
-                    del item, args, kwargs  # see below
-                    future.set_exception(error)
-                except BaseException as exc:
-                    # The event is not kept here until this thread's next call: the
-                    # handler's frame, in the error a dead letter holds, links back
-                    # to this one. Before the loop may judge it.
-                    del item, args, kwargs
-                    future.set_exception(exc)
+            self._call(*item)
+            # Its arguments hold the handled event: kept until this thread's next call,
+            # which on a quiet topic may never come, it stayed alive and was walked by
+            # every young collection.
+            del item
+
+    @staticmethod
+    def _call(
+        future: concurrent.futures.Future[Any],
+        fn: Any,
+        call: tuple[tuple[Any, ...], dict[str, Any]],
+    ) -> None:
+        args, kwargs = call
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except StopIteration as exc:
+                # asyncio refuses a StopIteration into the Future that the loop
+                # awaits (a TypeError in the loop's callback), which then never
+                # finished: the record had no outcome and its key or partition
+                # stalled. It arrives as an async handler's does, a RuntimeError.
+                error = RuntimeError("handler raised StopIteration")
+                error.__cause__ = exc
+                del call, args, kwargs  # see below
+                future.set_exception(error)
+            except BaseException as exc:
+                # The event is not kept until the error is let go: the handler's
+                # frame, in the error a dead letter holds, links back to this one.
+                # Before the loop may judge it.
+                del call, args, kwargs
+                future.set_exception(exc)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closed = True

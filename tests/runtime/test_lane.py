@@ -457,6 +457,42 @@ def test_a_handled_event_is_let_go_before_the_next_record_decodes() -> None:
     assert ALIVE_WHILE_DECODING == [False] * 4
 
 
+def test_an_idle_pool_thread_does_not_keep_the_last_event_it_handled() -> None:
+    """A sync handler under key ordering runs in the event loop's thread pool. The
+    thread that ran it kept the call's arguments (the event, its context) in its locals
+    until its next call, which on a quiet topic may never come: the last event of each
+    thread stayed alive, and was walked by every young collection. With the collector
+    off, only reference counting can have freed it."""
+    HANDLED.clear()
+
+    class Baskets(sg.ConsumerService):
+        topic = "lane-unit"
+        contract = Basket
+        group_id = "lane-unit"
+
+        def handle(self, event: Basket, ctx: sg.MessageContext) -> None:
+            HANDLED.append(weakref.ref(event))
+
+    spec = Baskets(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    loop = asyncio.new_event_loop()
+    gc.disable()
+    try:
+        runner = LoopRunner(pipeline, loop, "key", max_in_flight=8)
+        lane = LoopLane(0, pipeline, runner)
+        assert lane.enqueue(batch(b'{"n": 1}', b'{"n": 2}'))
+        lane.drain()
+        for _ in range(200):
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if len(HANDLED) == 2 and not runner.busy and not any(r() for r in HANDLED):
+                break
+        assert len(HANDLED) == 2
+        assert [ref() for ref in HANDLED] == [None, None]
+    finally:
+        gc.enable()
+        loop.close()
+
+
 class Scratch:
     """Something a handler builds, which nothing but its locals refers to."""
 
