@@ -23,7 +23,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -102,6 +102,8 @@ class RegistryCodec:
             Off by default: schemas are registered by CI (``streamguard schema register
             --registry``), where compatibility is checked and reviewed.
         max_bytes, include_input: as for ``JsonCodec`` and ``AvroCodec``.
+        writer_schemas: as for ``AvroCodec``: the other schemas single-object (``C3 01``)
+            records may have been written with, such as older versions' ``.avsc``.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class RegistryCodec:
         auto_register: bool = False,
         max_bytes: int = DEFAULT_MAX_BYTES,
         include_input: bool = False,
+        writer_schemas: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         if isinstance(schema_registry, Mapping):
             self._client = new_client(schema_registry)
@@ -131,7 +134,9 @@ class RegistryCodec:
         self.max_bytes = max_bytes
         self.include_input = include_input
         self._json = JsonCodec(max_bytes=max_bytes, include_input=include_input)
-        self._avro = AvroCodec(max_bytes=max_bytes, include_input=include_input)
+        self._avro = AvroCodec(
+            max_bytes=max_bytes, writer_schemas=writer_schemas, include_input=include_input
+        )
         self._writers: dict[int, tuple[str, Any]] = {}
         self._refused: dict[int, tuple[float, str]] = {}  # id -> (until, why)
         self._ids: dict[tuple[type[BaseModel], str], int] = {}

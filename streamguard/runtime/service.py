@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
-from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
+from streamguard.codecs import DEFAULT_MAX_BYTES, AvroCodec, Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
@@ -338,6 +338,8 @@ def _wire_codec(cls: type[ConsumerService], schema_registry: dict[str, Any] | No
         wire_format=cls.contract.__wire_format__,
         max_bytes=getattr(base, "max_bytes", DEFAULT_MAX_BYTES),
         include_input=getattr(base, "include_input", False),
+        # Its single-object records of older writers still decode, as without a registry.
+        writer_schemas=base._writers.values() if isinstance(base, AvroCodec) else (),
     )
 
 

@@ -19,6 +19,7 @@ import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.registry import RegistryServer
 from streamguard.registry.codec import RegistryCodec, registry_schema
+from streamguard.schema.avro import contract_avro_schema
 from tests.registry.conftest import PaymentV1, PaymentV2, SlowRegistryClient, avro
 from tests.runtime.conftest import Running, dlq_headers, order, wait_for
 
@@ -75,6 +76,28 @@ def test_confluent_avro_serializer_to_service_v1_read_by_v2(
         ("p1", 100, "EUR"),
         ("p2", 200, "USD"),
     ]
+
+
+def test_a_service_with_a_registry_reads_single_object_records_of_its_writer_schemas(
+    registry: RegistryServer,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """A v2 service whose AvroCodec lists v1 among its writer_schemas, given a registry:
+    v1 producers still writing single-object encoding during the migration are read as
+    before. The registry's codec left the writer schemas out, so each of their records was
+    dead-lettered as decode_error ("pass its .avsc in AvroCodec(writer_schemas=...)")."""
+    src = topic_factory("payments")
+    raw_producer.produce(src, sg.AvroCodec().encode(PaymentV1(payment_id="p1", amount_cents=1)))
+    raw_producer.flush(10)
+
+    v1 = contract_avro_schema(PaymentV1)
+    cls, seen = collector(src, PaymentV2, unique("g"), codec=sg.AvroCodec(writer_schemas=[v1]))
+    start_service(cls, schema_registry={"url": registry.url})
+    assert wait_for(lambda: len(seen) == 1, timeout=10)
+    assert (seen[0].payment_id, seen[0].currency) == ("p1", "EUR")
 
 
 def test_confluent_json_serializer_to_service(
