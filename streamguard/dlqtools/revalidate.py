@@ -83,8 +83,7 @@ class Revalidator:
             ]
         decode = self._decoders.get(subject)
         if decode is None:
-            codec = self._registry.get(contract.__wire_format__) or self._codec_of(contract)
-            decode = self._decoders[subject] = codec.decoder(contract)
+            decode = self._decoders[subject] = self._codec_of(contract).decoder(contract)
         try:
             decode(letter.value)
         except ContractViolation as exc:
@@ -97,6 +96,19 @@ class Revalidator:
         return []
 
     def _codec_of(self, contract: type[Contract]) -> Codec:
+        registry = self._registry.get(contract.__wire_format__)
+        writers = self._writers.get(contract.__subject__, ())
+        if registry is not None and contract.__wire_format__ == "avro" and writers:
+            # The subject's stored writers read its single-object records, as without a
+            # registry; the client (and its cache of ids) is shared.
+            return RegistryCodec(
+                registry.client,
+                wire_format="avro",
+                max_bytes=registry.max_bytes,
+                writer_schemas=writers,
+            )
+        if registry is not None:
+            return registry
         if contract.__wire_format__ == "avro":
-            return AvroCodec(writer_schemas=self._writers.get(contract.__subject__, ()))
+            return AvroCodec(writer_schemas=writers)
         return self._codec
