@@ -7,9 +7,10 @@ Safety rules, in the order they are checked for each record:
    ``max_replays`` is refused, so a poison message cannot cycle DLQ -> topic -> DLQ
    forever. An unreadable count counts as over the limit.
 3. **Topic checks.** The original topic comes from a header, which is untrusted input:
-   it must be a legal topic name, must not be the DLQ itself or an internal topic, and,
-   unless ``--to`` is given, must already exist. A refused record is reported and
-   never written anywhere else.
+   it must be a legal topic name and, unless ``--to`` is given (the target is then the
+   operator's choice, checked once), must not be the DLQ itself, another DLQ or an
+   internal topic, and must already exist. A refused record is reported and never
+   written anywhere else.
 4. **Revalidation** (optional). The value must pass its subject's current contract.
 
 A replayed record keeps key, value and every non-``sg-dlq-*`` header byte for byte, and
@@ -379,7 +380,7 @@ class Replayer:
             return NO_ORIGINAL_TOPIC, f"no {h.DLQ_ORIGINAL_TOPIC} header"
         if not is_valid_topic_name(original):
             return INVALID_TOPIC, f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is not a legal topic name"
-        if _protected(original, self.reader.topic):
+        if options.to is None and _protected(original, self.reader.topic):
             return (
                 REFUSED_TOPIC,
                 f"{h.DLQ_ORIGINAL_TOPIC} {original!r} is this DLQ, another DLQ or an internal "

@@ -289,6 +289,26 @@ def test_to_topic_takes_records_whose_original_topic_is_gone(
     assert len(read_all(target, 2, timeout=4)) == 1
 
 
+def test_to_topic_takes_records_whose_original_topic_is_protected(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+) -> None:
+    """A record whose original topic is another DLQ or an internal topic is refused
+    with the advice to choose a target with --to; with --to it goes there. It was
+    refused (and committed past) with --to too, whatever the operator did."""
+    dlq, target = topic_factory("orders.dlq.dlq"), topic_factory("orders.retry")
+    dead_letters(dlq, [FIXABLE], original_topic="orders.dlq")
+    dead_letters(dlq, [FIXABLE], original_topic="_schemas")
+    refused = replay(bootstrap, dlq, dry_run=True)
+    assert refused.skipped == {REFUSED_TOPIC: 2}
+    assert all("use --to" in r["detail"] for r in refused.refused)
+    report = replay(bootstrap, dlq, to=target)
+    assert (report.replayed, report.skipped) == (2, {})
+    assert len(read_all(target, 2)) == 2
+
+
 def test_where_selects_by_reason_and_keeps_the_rest(
     bootstrap: str,
     topic_factory: Callable[..., str],
