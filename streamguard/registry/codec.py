@@ -102,6 +102,7 @@ class RegistryCodec:
             Off by default: schemas are registered by CI (``streamguard schema register
             --registry``), where compatibility is checked and reviewed.
         max_bytes, include_input: as for ``JsonCodec`` and ``AvroCodec``.
+        max_depth: as for ``JsonCodec``: JSON nested deeper is refused before parsing.
         writer_schemas: as for ``AvroCodec``: the other schemas single-object (``C3 01``)
             records may have been written with, such as older versions' ``.avsc``.
     """
@@ -116,6 +117,7 @@ class RegistryCodec:
         max_bytes: int = DEFAULT_MAX_BYTES,
         include_input: bool = False,
         writer_schemas: Iterable[Mapping[str, Any]] = (),
+        max_depth: int | None = None,
     ) -> None:
         if isinstance(schema_registry, Mapping):
             self._client = new_client(schema_registry)
@@ -133,7 +135,9 @@ class RegistryCodec:
         self.auto_register = auto_register
         self.max_bytes = max_bytes
         self.include_input = include_input
-        self._json = JsonCodec(max_bytes=max_bytes, include_input=include_input)
+        self._json = JsonCodec(
+            max_bytes=max_bytes, max_depth=max_depth, include_input=include_input
+        )
         self._avro = AvroCodec(
             max_bytes=max_bytes, writer_schemas=writer_schemas, include_input=include_input
         )

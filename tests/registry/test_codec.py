@@ -404,3 +404,24 @@ def test_known_and_refused_ids_decode_while_another_id_is_fetched(
     finally:
         other.join(10)
     assert slow.fetches == 3
+
+
+def test_a_service_with_a_registry_keeps_its_json_codec_s_max_depth() -> None:
+    """A service whose JsonCodec sets max_depth keeps that limit with a registry. The
+    registry's codec left it out, so deeper JSON than the service allows was parsed."""
+    from streamguard.demo.contracts import OrderPlaced
+    from streamguard.runtime.service import _wire_codec
+
+    class Deep(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "g"
+        codec = sg.JsonCodec(max_depth=2)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    codec = _wire_codec(Deep, {"url": "http://127.0.0.1:9"})
+    assert isinstance(codec, RegistryCodec)
+    with pytest.raises(DecodeError, match=r"deep|depth|nest"):
+        codec.decode(b'{"x": [[[[1]]]]}', OrderPlaced)
