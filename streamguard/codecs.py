@@ -325,8 +325,10 @@ class AvroCodec:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.max_bytes = max_bytes
         self.include_input = include_input
+        # As given: a codec built on this one (a service's RegistryCodec) reads them too.
+        self.writer_schemas = tuple(dict(schema) for schema in writer_schemas)
         self._writers: dict[bytes, Any] = {}
-        for schema in writer_schemas:
+        for schema in self.writer_schemas:
             parsed, fingerprint = _parsed_avro(dict(schema))
             self._writers[fingerprint] = parsed
         self._schemas: dict[type[BaseModel], tuple[Any, bytes]] = {}

@@ -339,7 +339,7 @@ def _wire_codec(cls: type[ConsumerService], schema_registry: dict[str, Any] | No
         max_bytes=getattr(base, "max_bytes", DEFAULT_MAX_BYTES),
         include_input=getattr(base, "include_input", False),
         # Its single-object records of older writers still decode, as without a registry.
-        writer_schemas=base._writers.values() if isinstance(base, AvroCodec) else (),
+        writer_schemas=base.writer_schemas if isinstance(base, AvroCodec) else (),
         max_depth=getattr(base, "max_depth", None),
     )
 
