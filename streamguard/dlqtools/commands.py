@@ -211,11 +211,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         replayer = Replayer(reader, options)
         try:
             report = replayer.run()
-        except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM: what was sent is settled and committed by now; say
-            # what that came to, or the operator cannot tell where the run stopped.
-            print(render_report(replayer.report), flush=True)
-            print("interrupted: run the same replay again to continue", flush=True)
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM, or an error once records were read (the registry out of
+            # reach under --revalidate, say): what was sent is settled and committed by
+            # now; say what that came to, or the operator cannot tell where it stopped.
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            if interrupted or replayer.report.read:
+                print(render_report(replayer.report), flush=True)
+                why = "interrupted" if interrupted else "stopped by the error below"
+                print(f"{why}: run the same replay again to continue", flush=True)
             raise
     print(render_report(report))
     return exitcodes.OK if report.ok else exitcodes.FAILED
