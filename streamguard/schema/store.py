@@ -26,6 +26,16 @@ _SAFE_SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FORCED = re.compile(r"^\S+ v([1-9][0-9]*) FORCED past ")  # a CHANGELOG line of --force
 
 
+def _listed(folder: Path) -> list[Path]:
+    """A folder's entries. One that cannot be listed (permissions) is a configuration
+    error, exit 2, as an unreadable file: it ended the check with a traceback and exit
+    1, which CI reads as a breaking change."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot list {folder}: {exc.strerror or exc}") from exc
+
+
 def read_text(path: Path) -> str:
     """A schema file's text. One that cannot be read (permissions, a folder, not UTF-8)
     is a configuration error, exit 2: CI must never report it as a breaking change."""
@@ -66,14 +76,15 @@ class SchemaStore:
         """Every subject with at least one stored version."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        names = _listed(self.root)
+        return sorted(p.name for p in names if p.is_dir() and self.versions(p.name))
 
     def versions(self, subject: str) -> list[int]:
         """The stored versions of a subject, ascending."""
         folder = self.subject_dir(subject)
         if not folder.is_dir():
             return []
-        found = (_VERSION_FILE.match(p.name) for p in folder.iterdir())
+        found = (_VERSION_FILE.match(p.name) for p in _listed(folder))
         return sorted(int(m.group(1)) for m in found if m)
 
     def load(self, subject: str, version: int, suffix: str = ".json") -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,29 @@ def test_versions_sorted_numerically(tmp_path: Path) -> None:
     assert store.versions("s.A") == [1, 2, 10]
     assert store.subjects() == ["s.A"]
     assert store.load("s.A", 10) == {"type": "object"}
+
+
+def test_a_folder_that_cannot_be_listed_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subject's folder the check may not list (its permissions; the tests run as root,
+    for whom none apply, hence the patched listing) is a configuration error naming it:
+    it ended `schema check` with a traceback and exit 1, which CI reads as a break."""
+    store = SchemaStore(tmp_path)
+    store.write("s.A", 1, {"type": "object"})
+    folder = tmp_path / "s.A"
+    listing = Path.iterdir
+
+    def refused(self: Path) -> Iterator[Path]:
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(ConfigurationError, match=rf"cannot list {folder}: Permission denied"):
+        store.versions("s.A")
+    with pytest.raises(ConfigurationError, match="cannot list"):
+        store.subjects()
 
 
 def test_stored_text_is_stable(tmp_path: Path) -> None:
