@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from datetime import date, time, timedelta
+from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
+from uuid import UUID
 
 # One encoder for every violation's JSON: json.dumps with separators builds one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -391,16 +394,19 @@ _VALUE_FREE_MSG = {
 _OWN_MESSAGE = frozenset({"value_error", "assertion_error"})
 _MIN_CUT = 4  # shorter texts ("EUR" aside) would cut ordinary words out of the message
 _MAX_CUTS = 256
+# Values whose text a message may quote: JSON's, and the Python values a mapping given
+# to GuardedProducer.send holds (a validator gets a Decimal or a UUID as it is).
+_QUOTABLE = (str, int, float, Decimal, UUID, date, time, timedelta)
 
 
 def _without_input(msg: str, value: Any) -> str:
-    """``msg`` with every text of ``value`` (a string or number, or those inside a
-    model's input, to a few levels) that it quotes replaced by ``<redacted>``."""
+    """``msg`` with every text of ``value`` (a string, number, UUID or time, or those
+    inside a model's input, to a few levels) that it quotes replaced by ``<redacted>``."""
     texts: set[str] = set()
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo and len(texts) < _MAX_CUTS:
         item, depth = todo.pop()
-        if isinstance(item, str | int | float) and not isinstance(item, bool):
+        if isinstance(item, _QUOTABLE) and not isinstance(item, bool):
             text = str(item)
             if len(text) >= _MIN_CUT:
                 texts.add(text)

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import KafkaError, Message
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 import streamguard as sg
 from streamguard.devbroker import DevBroker
@@ -154,6 +154,39 @@ def test_a_violation_hides_the_int_keys_of_a_mapping(bootstrap: str) -> None:
         producer.send("tally", {"counts": {4111111111111111: "x"}}, contract=Tally)
     assert [e["loc"] for e in info.value.errors] == [["counts", "*"]]
     assert "4111111111111111" not in str(info.value) + info.value.errors_json().decode()
+
+
+class Payout(sg.Contract):
+    """A contract whose validators quote the value they were given."""
+
+    __subject__ = "tests.Payout"
+    __version__ = 1
+    payout_id: UUID
+    amount: Decimal
+    due: datetime
+
+    @field_validator("payout_id", "amount", "due")
+    @classmethod
+    def refused(cls, value: Any) -> Any:
+        raise ValueError(f"refused {value}")
+
+
+def test_a_validators_message_loses_the_python_values_of_a_mapping(bootstrap: str) -> None:
+    """A mapping sent with contract= holds Python values (a UUID, a Decimal, a datetime),
+    and the contract's validators get them as they are: where a validator's message
+    quotes one, it is cut, as the text of a consumed record is."""
+    producer = sg.GuardedProducer(bootstrap)
+    event = {
+        "payout_id": UUID(int=0x4242424242),
+        "amount": Decimal("4242.42"),
+        "due": datetime(2042, 4, 2, 4, 2, 42),
+    }
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("payouts", event, contract=Payout)
+    shown = str(info.value) + info.value.errors_json().decode()
+    assert [e["msg"] for e in info.value.errors] == ["Value error, refused <redacted>"] * 3
+    for value in event.values():
+        assert str(value) not in shown
 
 
 def test_mapping_without_contract_is_a_configuration_error(bootstrap: str) -> None:
