@@ -410,6 +410,8 @@ def _without_input(msg: str, value: Any) -> str:
             text = str(item)
             if len(text) >= _MIN_CUT:
                 texts.add(text)
+                if isinstance(item, str):  # as {value!r} quotes it: escaped, if it must be
+                    texts.add(repr(item)[1:-1])
         elif depth < 4 and isinstance(item, dict):
             todo.extend((v, depth + 1) for pair in item.items() for v in pair)
         elif depth < 4 and isinstance(item, list | tuple):

@@ -310,10 +310,11 @@ class Checked(sg.Contract):
     ("value", "kept"),
     [
         ({"sku": SECRET}, "(ask the catalogue)"),
+        ({"sku": f"{SECRET}\nsecond line\\x"}, "(ask the catalogue)"),
         ({"sku": "ok", "amount": 42424242420}, "is too large"),
         ({"sku": "SECRET-4242-whole"}, "refused"),
     ],
-    ids=["field", "assert", "model"],
+    ids=["field", "field-repr-escaped", "assert", "model"],
 )
 def test_a_validators_own_message_loses_the_input_it_quotes(
     value: dict[str, Any], kept: str
