@@ -156,8 +156,9 @@ class GuardedProducer:
                 changed (errors of type ``round_trip`` name each such field); nothing
                 was sent.
             DecodeError: the encoded event is over the codec's size limit; nothing sent.
-            ConfigurationError: the topic name is illegal or the contract is missing,
-                or (with a registry) its schema is not registered under the subject.
+            ConfigurationError: the topic name is illegal or the contract is missing
+                or not an ``sg.Contract``, or (with a registry) its schema is not
+                registered under the subject.
             RegistryUnavailable: the schema registry could not be reached; nothing sent.
         """
         model = self._validated(event, contract)
@@ -262,6 +263,12 @@ class GuardedProducer:
             raise ConfigurationError(
                 "send() got a mapping without a contract: pass contract=YourContract so "
                 "the producer can validate it"
+            )
+        if not (isinstance(contract, type) and issubclass(contract, Contract)):
+            raise ConfigurationError(
+                f"contract {getattr(contract, '__qualname__', type(contract).__name__)} is "
+                "not an sg.Contract: the producer stamps subject and version headers, so it "
+                "needs __subject__ and __version__"
             )
         try:
             return contract.model_validate(event)

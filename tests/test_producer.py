@@ -214,6 +214,20 @@ def test_plain_model_is_refused(bootstrap: str) -> None:
         producer.send("orders", Loose(x=1))
 
 
+@pytest.mark.parametrize("value", [1, "not a number"], ids=["valid", "invalid"])
+def test_a_plain_model_as_contract_of_a_mapping_is_refused(bootstrap: str, value: Any) -> None:
+    """A plain pydantic model given as contract= for a mapping is refused as a plain
+    model event is, whether or not the mapping fits it (an AssertionError and an
+    AttributeError came out of send())."""
+
+    class Loose(BaseModel):
+        x: int
+
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(ConfigurationError, match=r"not an sg\.Contract"):
+        producer.send("orders", {"x": value}, contract=Loose)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("topic", ["bad name!", "", ".", "..", "a" * 250, "orders/eu"])
 def test_illegal_topic_name_is_refused(bootstrap: str, topic: str) -> None:
     """A topic name Kafka would refuse is refused before anything is queued."""
