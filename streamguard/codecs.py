@@ -447,11 +447,6 @@ def _encode_errors(event: BaseModel, exc: Exception) -> list[ErrorDetail]:
         pass
     avro = not isinstance(exc, PydanticSerializationError)
     kind, fits = ("avro_encode", "its Avro schema") if avro else ("json_encode", "JSON")
-    hint = (
-        "; bytes that are not UTF-8 need ser_json_bytes='base64' and val_json_bytes='base64'"
-        if "utf-8" in str(exc).lower()
-        else ""
-    )
     unwritable: list[ErrorDetail] = []
     for name in type(event).model_fields:
         try:
@@ -461,9 +456,19 @@ def _encode_errors(event: BaseModel, exc: Exception) -> list[ErrorDetail]:
                 {
                     "loc": [name],
                     "type": kind,
-                    "msg": f"does not fit {fits} ({type(field_exc).__name__}){hint}",
+                    "msg": f"does not fit {fits} ({type(field_exc).__name__}){_hint(field_exc)}",
                 }
             )
     return unwritable or [
-        {"loc": [], "type": kind, "msg": f"does not fit {fits} ({type(exc).__name__}){hint}"}
+        {"loc": [], "type": kind, "msg": f"does not fit {fits} ({type(exc).__name__}){_hint(exc)}"}
     ]
+
+
+def _hint(exc: Exception) -> str:
+    """What to do about a value UTF-8 cannot hold: its text names the kind, not the value."""
+    text = str(exc).lower()
+    if "surrogates not allowed" in text:  # a str, from surrogateescape decoding say
+        return "; text with a lone surrogate (U+D800 to U+DFFF) is not Unicode any format holds"
+    if "utf-8" in text:
+        return "; bytes that are not UTF-8 need ser_json_bytes='base64' and val_json_bytes='base64'"
+    return ""

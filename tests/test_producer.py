@@ -573,6 +573,30 @@ def test_bytes_no_format_can_hold_are_refused_naming_the_field(wire: str) -> Non
 
 
 @pytest.mark.parametrize("wire", ["json", "avro"])
+def test_a_text_with_a_lone_surrogate_is_refused_without_the_bytes_hint(wire: str) -> None:
+    """A str holding a lone surrogate (what surrogateescape decoding leaves) is no
+    Unicode any format holds: the error says so, not that bytes need base64, which the
+    field has none of."""
+    contract = type(
+        "Named",
+        (sg.Contract,),
+        {
+            "__module__": __name__,
+            "__subject__": f"tests.named.{wire}",
+            "__version__": 1,
+            "__wire_format__": wire,
+            "__annotations__": {"name": str},
+        },
+    )
+    producer = sg.GuardedProducer("127.0.0.1:9")  # refused before any byte is sent
+    with pytest.raises(sg.ContractViolation, match="surrogate") as info:
+        producer.send("names", contract(name="SECRET-4242\udcff"))
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [(["name"], f"{wire}_encode")]
+    assert "ser_json_bytes" not in info.value.errors[0]["msg"]
+    assert "4242" not in f"{info.value} {info.value.errors_json()!r}"
+
+
+@pytest.mark.parametrize("wire", ["json", "avro"])
 @pytest.mark.parametrize("fold", [0, 1])
 def test_a_zone_time_in_the_hour_the_clock_goes_back_is_sent(wire: str, fold: int) -> None:
     """An aware datetime in a zone's repeated hour reads back as the same instant in
