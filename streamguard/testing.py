@@ -38,6 +38,7 @@ from streamguard.deadletter import Failure
 from streamguard.headers import Headers, Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import stamp_headers
+from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport, headers_for
 from streamguard.runtime.eventloop import LoopLane, LoopRunner, new_event_loop, stop_event_loop
@@ -258,7 +259,12 @@ class ServiceHarness(Generic[S]):
         codec = self.spec.codec
         if wire_format(contract) != wire_format(self.spec.contract):
             codec = codec_for(contract)  # the producer's own: the consumer cannot read it
-        value = codec.encode(event)
+        if isinstance(codec, RegistryCodec) and isinstance(event, Contract):
+            # Framed for the service's topic, as GuardedProducer does: the subject may
+            # be named after the topic (the default strategy), which encode() has not.
+            value = codec.encoder(type(event), self.spec.topic)(event)
+        else:
+            value = codec.encode(event)
         record_headers: list[tuple[str, bytes | None]] = [*stamp_headers(contract, codec, producer)]
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers

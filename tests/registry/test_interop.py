@@ -20,6 +20,7 @@ from streamguard.demo.contracts import OrderPlaced
 from streamguard.registry import RegistryServer
 from streamguard.registry.codec import RegistryCodec, registry_schema
 from streamguard.schema.avro import contract_avro_schema
+from streamguard.testing import ServiceHarness
 from tests.registry.conftest import PaymentV1, PaymentV2, SlowRegistryClient, avro
 from tests.runtime.conftest import Running, dlq_headers, order, wait_for
 
@@ -290,3 +291,29 @@ def test_async_service_fetches_a_new_writer_schema_off_its_event_loop(
     done.set()
     assert len(gaps) > 10
     assert max(gaps) < slow.delay / 2, max(gaps)
+
+
+def test_the_test_kit_sends_events_to_a_service_with_a_registry(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """``ServiceHarness.send`` frames an event for the service's topic, as a guarded
+    producer does, through the service's registry. It called the codec's ``encode``,
+    which refuses the default TopicNameStrategy (a subject named after the topic), so
+    a service with a registry could be driven by ``send_raw`` only."""
+    client.register_schema("payments-kit-value", avro(PaymentV1))
+    handled: list[PaymentV1] = []
+
+    class Payments(sg.ConsumerService):
+        topic = "payments-kit"
+        contract = PaymentV1
+        group_id = "payments"
+
+        def handle(self, event: PaymentV1, ctx: sg.MessageContext) -> None:
+            handled.append(event)
+
+    with ServiceHarness(
+        Payments(bootstrap_servers="127.0.0.1:9", schema_registry={"url": registry.url})
+    ) as kit:
+        outcome = kit.send(PaymentV1(payment_id="p-1", amount_cents=250))
+    assert outcome.outcome == "handled", outcome
+    assert handled == [PaymentV1(payment_id="p-1", amount_cents=250)]
