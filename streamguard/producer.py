@@ -155,7 +155,9 @@ class GuardedProducer:
             ContractViolation: the event breaks its contract, or would reach consumers
                 changed (errors of type ``round_trip`` name each such field); nothing
                 was sent.
-            DecodeError: the encoded event is over the codec's size limit; nothing sent.
+            DecodeError: the encoded event is over the codec's size limit, or a
+                consumer's codec would refuse to read it back (JSON nested deeper than
+                ``max_depth``, an integer too long for the parser); nothing was sent.
             ConfigurationError: the topic name is illegal or the contract is missing
                 or not an ``sg.Contract``, or (with a registry) its schema is not
                 registered under the subject.
