@@ -333,7 +333,9 @@ class Lane:
                 continue
             break
         if failure is None:
-            outcome = await self._handle(event, record, decoded)
+            # A decode retry's state carries over: its attempts and budget are the
+            # record's, as in a ConsumerService, not the decoding's alone.
+            outcome = await self._handle(event, record, decoded, waiting)
             if outcome == "handled":
                 await self.stream.ack(event)
                 return
@@ -348,17 +350,20 @@ class Lane:
             self._drop(event)
 
     async def _handle(
-        self, event: Any, record: FaustRecord, decoded: Any
+        self, event: Any, record: FaustRecord, decoded: Any, retry: RetryState | None
     ) -> Failure | Literal["handled", "given_up"]:
-        """Run the handler, retrying transient failures: handled, given up, or a Failure."""
+        """Run the handler, retrying transient failures: handled, given up, or a Failure.
+
+        ``retry``: the state a transient decode failure left (None if the first decode
+        succeeded); the handler's calls go on from its attempt.
+        """
         agent = self.agent
         # The event is Faust's current event while its handler and sinks run, as in a
         # plain agent: tables take a change's partition from it (and refuse one made
         # without it), windows its timestamp. The lane's task would otherwise see the
         # event that was current when the actor created it, gone after its handling.
         set_current_event(weakref.ref(event))
-        retry: RetryState | None = None
-        attempt = 1
+        attempt = 1 if retry is None else retry.attempt + 1
         while True:
             start = time.perf_counter()
             try:

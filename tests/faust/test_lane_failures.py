@@ -525,3 +525,82 @@ def test_a_failed_events_handler_frames_are_let_go(
     assert 'in bill\n    raise sg.PermanentError("refused")' in text
     assert text.endswith("streamguard.errors.PermanentError: refused\n")
     assert len(read_all(f"{src}.dlq", 1)) == 1
+
+
+# How many times Stock's validator has failed, per test: it fails the first try only.
+_STOCK_FAILURES: dict[str, int] = {}
+
+
+class Stock(sg.Contract):
+    """A contract whose validator asks a dependency that times out once per record."""
+
+    __subject__ = "tests.Stock"
+    __version__ = 1
+    sku: str
+    run: str
+
+    @field_validator("run")
+    @classmethod
+    def reachable(cls, value: str) -> str:
+        if not _STOCK_FAILURES.get(value):
+            _STOCK_FAILURES[value] = 1
+            raise TimeoutError("stock service timed out")
+        return value
+
+
+def test_a_transient_decode_failure_spends_the_same_attempts_as_in_a_service(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Message]],
+    start_service: Callable[..., Any],
+) -> None:
+    """A record whose first try fails transiently in decoding (a validator's timeout) and
+    whose later tries fail in the handler gets the policy's attempts in all, as in a
+    ``ConsumerService``: the handler sees attempts 2 and 3, and the dead letter says 3.
+    Before, the agent started the handler's count afresh after the decode retry: the
+    handler ran 3 times (4 tries, beyond the policy's attempts and its budget)."""
+    policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=5_000)
+    by_service: list[int] = []
+    by_agent: list[int] = []
+    src_service, src_agent = topic_factory("stock", partitions=1), topic_factory("stock")
+    for src in (src_service, src_agent):
+        raw_producer.produce(src, json.dumps({"sku": "a-1", "run": unique(src)}).encode())
+    raw_producer.flush(10)
+
+    class Stocking(sg.ConsumerService):
+        topic = src_service
+        contract = Stock
+        group_id = unique("stocking")
+        retry = policy
+        breaker = sg.CircuitBreaker(enabled=False)  # the agent has none
+
+        def handle(self, event: Stock, ctx: sg.MessageContext) -> None:
+            by_service.append(ctx.attempt)
+            raise TimeoutError("warehouse timed out")
+
+    running = start_service(Stocking)
+    [from_service] = read_all(f"{src_service}.dlq", 1, timeout=30)
+    running.stop()
+
+    app = make_app()
+
+    @guarded_agent(app, src_agent, contract=Stock, retry=policy)
+    async def stock(event: Stock, ctx: sg.MessageContext) -> None:
+        by_agent.append(ctx.attempt)
+        raise TimeoutError("warehouse timed out")
+
+    async def scenario() -> None:
+        group = str(app.conf.id)
+        assert await until(lambda: committed(bootstrap, group, src_agent).get(0) == 1, 30)
+
+    run_app(app, scenario)
+    [from_agent] = read_all(f"{src_agent}.dlq", 1)
+    assert by_service == [2, 3]
+    assert by_agent == by_service
+    for letter in (from_service, from_agent):
+        headers = dlq_headers(letter)
+        assert headers["sg-dlq-reason"] == "retries_exhausted"
+        assert headers["sg-dlq-attempts"] == "3"
