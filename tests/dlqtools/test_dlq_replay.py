@@ -607,83 +607,62 @@ def test_sigterm_stops_a_replay_like_ctrl_c_committing_what_was_sent(
     assert sorted(keys) == sorted(f"customer-{i}".encode() for i in range(20))
 
 
-def test_ctrl_c_in_the_rate_wait_reports_only_what_was_sent(
+@pytest.mark.parametrize(
+    ("stop", "code", "why"),
+    [
+        (KeyboardInterrupt(), exitcodes.INTERRUPTED, "interrupted"),
+        (
+            sg.RegistryUnavailable("schema registry at http://127.0.0.1:9 unreachable"),
+            exitcodes.FAILED,
+            "stopped by the error below",
+        ),
+    ],
+    ids=["ctrl-c", "error"],
+)
+def test_a_stop_in_the_rate_wait_reports_only_what_was_sent(
     bootstrap: str,
     topic_factory: Callable[..., str],
     dead_letters: Callable[..., list[Sent]],
     read_all: Callable[..., list[Message]],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    stop: BaseException,
+    code: int,
+    why: str,
 ) -> None:
     """Ctrl-C while the third record waits for its turn under --rate (where a paced run
     spends its time): the summary said "replayed 3; ... failed to publish 1" and that
     the run stopped at a record that failed to publish, though two were sent and none
-    failed. It says what the broker acknowledged, and the next run sends the rest."""
+    failed. It says what the broker acknowledged, and the next run sends the rest. An
+    error there (the schema registry out of reach as --revalidate reads the record)
+    printed only the error: the same summary now comes first, then the error."""
     orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
     dead_letters(dlq, [FIXABLE] * 5, original_topic=orders)
     pace = Replayer._pace
     turns: list[float] = []
 
-    def ctrl_c_at_the_third_turn(self: Replayer, rate: float) -> None:
+    def stop_at_the_third_turn(self: Replayer, rate: float) -> None:
         turns.append(rate)
         if len(turns) == 3:
-            raise KeyboardInterrupt  # deterministic: a real signal lands where it lands
+            raise stop  # deterministic: a real signal lands where it lands
         pace(self, rate)
 
-    monkeypatch.setattr(Replayer, "_pace", ctrl_c_at_the_third_turn)
+    monkeypatch.setattr(Replayer, "_pace", stop_at_the_third_turn)
     args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]
-    assert main([*args, "--rate", "20"]) == exitcodes.INTERRUPTED
-    out = capsys.readouterr().out
+    assert main([*args, "--rate", "20"]) == code
+    out, err = capsys.readouterr()
     assert "replayed 2; skipped 0; still invalid 0; not selected 0; failed to publish 0" in out
     assert "failed to publish 1" not in out
     assert "stopped early at a record that failed" not in out
-    assert "interrupted: run the same replay again" in out
+    assert f"{why}: run the same replay again to continue" in out
     assert f"committed under group {default_group(dlq)}: p0=2" in out
+    if not isinstance(stop, KeyboardInterrupt):
+        assert f"RegistryUnavailable: {stop}" in err
     monkeypatch.undo()
     assert main(args) == exitcodes.OK
     assert "replayed 3;" in capsys.readouterr().out
     keys = [m.key() for m in read_all(orders, 6, timeout=4)]
     assert keys == [f"customer-{i}".encode() for i in range(5)]
-
-
-def test_an_error_mid_replay_still_reports_what_was_sent(
-    bootstrap: str,
-    topic_factory: Callable[..., str],
-    dead_letters: Callable[..., list[Sent]],
-    read_all: Callable[..., list[Message]],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An error that ends a replay once records were read (here the schema registry out
-    of reach as --revalidate reads the third record) printed only the error: the
-    operator could not tell that two records were sent and committed, as Ctrl-C's
-    summary says. The summary comes first, then the error; the next run sends the rest."""
-    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
-    dead_letters(dlq, [FIXABLE] * 5, original_topic=orders)
-    pace = Replayer._pace
-    turns: list[float] = []
-
-    def registry_down_at_the_third_turn(self: Replayer, rate: float) -> None:
-        turns.append(rate)
-        if len(turns) == 3:
-            raise sg.RegistryUnavailable("schema registry at http://127.0.0.1:9 unreachable")
-        pace(self, rate)
-
-    monkeypatch.setattr(Replayer, "_pace", registry_down_at_the_third_turn)
-    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]
-    assert main([*args, "--rate", "20"]) == exitcodes.FAILED
-    captured = capsys.readouterr()
-    assert "replayed 2; skipped 0; still invalid 0; not selected 0; failed to publish 0" in (
-        captured.out
-    )
-    assert "stopped by the error below: run the same replay again to continue" in captured.out
-    assert f"committed under group {default_group(dlq)}: p0=2" in captured.out
-    assert "RegistryUnavailable: schema registry at http://127.0.0.1:9 unreachable" in (
-        captured.err
-    )
-    monkeypatch.undo()
-    assert main(args) == exitcodes.OK
-    assert "replayed 3;" in capsys.readouterr().out
 
 
 def test_a_commit_the_broker_refuses_ends_the_run_with_its_summary_and_exit_1(
