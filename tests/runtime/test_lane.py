@@ -408,6 +408,17 @@ HANDLED: list[weakref.ref[Basket]] = []
 ALIVE_WHILE_DECODING: list[bool] = []
 
 
+class Baskets(sg.ConsumerService):
+    """Keeps a weak reference to each event it handles, in HANDLED."""
+
+    topic = "lane-unit"
+    contract = Basket
+    group_id = "lane-unit"
+
+    def handle(self, event: Basket, ctx: sg.MessageContext) -> None:
+        HANDLED.append(weakref.ref(event))
+
+
 def test_a_handled_event_is_let_go_before_the_next_record_decodes() -> None:
     """Neither lane keeps the last event it handled while it decodes the next. Kept,
     each young-generation collection during a decode walked the whole previous event:
@@ -416,14 +427,6 @@ def test_a_handled_event_is_let_go_before_the_next_record_decodes() -> None:
     *Larger events*)."""
     HANDLED.clear()
     ALIVE_WHILE_DECODING.clear()
-
-    class Baskets(sg.ConsumerService):
-        topic = "lane-unit"
-        contract = Basket
-        group_id = "lane-unit"
-
-        def handle(self, event: Basket, ctx: sg.MessageContext) -> None:
-            HANDLED.append(weakref.ref(event))
 
     class AsyncBaskets(Baskets):
         async def handle(self, event: Basket, ctx: sg.MessageContext) -> None:  # type: ignore[override]
@@ -464,14 +467,6 @@ def test_an_idle_pool_thread_does_not_keep_the_last_event_it_handled() -> None:
     thread stayed alive, and was walked by every young collection. With the collector
     off, only reference counting can have freed it."""
     HANDLED.clear()
-
-    class Baskets(sg.ConsumerService):
-        topic = "lane-unit"
-        contract = Basket
-        group_id = "lane-unit"
-
-        def handle(self, event: Basket, ctx: sg.MessageContext) -> None:
-            HANDLED.append(weakref.ref(event))
 
     spec = Baskets(bootstrap_servers="127.0.0.1:9")._spec()
     pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
