@@ -198,6 +198,15 @@ class ServiceRuntime:
                     "dlq": spec.dead_letter_topic,
                 },
             )
+            # Said, or the time until the group's first rebalance (half of librdkafka's
+            # 45 s session timeout on the embedded broker) looked like a hang.
+            log.info(
+                "waiting for partitions from the group",
+                extra={
+                    "group": spec.group_id,
+                    "session_timeout_ms": self.consumer_config.get("session.timeout.ms", 45000),
+                },
+            )
             try:
                 scheduler.run()
             except BaseException:

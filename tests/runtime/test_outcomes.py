@@ -196,6 +196,13 @@ def test_a_group_id_given_in_kafka_config_is_the_one_dead_letters_and_logs_name(
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
     (started,) = [r for r in caplog.records if r.getMessage() == "service started"]
     assert started.group == group  # type: ignore[attr-defined]
+    # Then what it waits for: the group's first rebalance took ~22 s in silence.
+    messages = [r.getMessage() for r in caplog.records]
+    waiting = caplog.records[messages.index("service started") + 1]
+    assert waiting.getMessage() == "waiting for partitions from the group"
+    assert waiting.group == group  # type: ignore[attr-defined]
+    assert waiting.session_timeout_ms == FAST_GROUP["session.timeout.ms"]  # type: ignore[attr-defined]
+    assert messages.index("partitions assigned") > messages.index(waiting.getMessage())
     running.stop()
     assert not running.error
 
