@@ -255,7 +255,9 @@ def _diff(args: argparse.Namespace) -> int:
             raise ConfigurationError("use either --old A.json --new B.json, or SUBJECT [V1 V2]")
         fmt = "avro" if args.old.suffix == ".avsc" and args.new.suffix == ".avsc" else "json"
         changes = compare_versions(_read_file(args.old), _read_file(args.new), fmt, policy)
-        comparison = Comparison(args.new.stem, str(args.old), str(args.new), changes)
+        # Two files name no subject: the report names them alone (it read "v2: ...",
+        # the new file's name where a subject stands).
+        comparison = Comparison("", str(args.old), str(args.new), changes)
         mode = parse_mode(args.mode) if args.mode else config.compatibility
     else:
         if not args.subject or len(args.versions) not in (0, 2):

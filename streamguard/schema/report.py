@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from streamguard.config import MODES
 from streamguard.schema.changes import Change
 from streamguard.schema.checks import Comparison, SubjectResult
 from streamguard.schema.modes import directions
@@ -152,7 +153,8 @@ def _escape(text: str) -> str:
 
 
 def _github(entry: dict[str, Any]) -> str:
-    title = _escape(f"{entry['subject']} {entry['rule']}").replace(",", "%2C").replace(":", "%3A")
+    title = f"{entry['subject']} {entry['rule']}".strip()  # two files name no subject
+    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
     body = f"{entry['old_version']} -> {entry['new_version']} ({entry['mode']}): {entry['message']}"
     if "changed" in entry:
         label = _changed_label(entry).replace("what", "What", 1)
@@ -177,11 +179,18 @@ def _text(groups: list[tuple[str, list[Comparison]]], entries: list[dict[str, An
             bad = [e for e in mine if e["breaking"]]
             verdict = f"{len(bad)} breaking change(s)" if bad else "compatible"
             label = "version check" if mode == "ALWAYS" else mode
-            lines.append(f"{comp.subject}: {comp.old} -> {comp.new} [{label}]: {verdict}")
+            subject = f"{comp.subject}: " if comp.subject else ""
+            lines.append(f"{subject}{comp.old} -> {comp.new} [{label}]: {verdict}")
             for e in mine:
                 mark = "BREAKING" if e["breaking"] else "ok"
                 lines.append(f"  {mark:8} {e['path']}  {e['rule']}{_types(e)}")
-                lines.append(f"           {e['message']}")
+                message = e["message"]
+                if not e["breaking"] and e["breaking_in"] and mode in MODES:
+                    # An ok line whose sentence says which consumers reject what read
+                    # like a failure: say why the mode lets it pass.
+                    broken = " or ".join(e["breaking_in"])
+                    message += f" Allowed under {mode}, which does not check {broken}."
+                lines.append(f"           {message}")
                 if "changed" in e:
                     label = f"{_changed_label(e)}: "
                     for i, item in enumerate(_changed_items(e)):

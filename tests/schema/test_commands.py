@@ -275,7 +275,15 @@ def test_diff_raw_files(tmp_path: Path, cli: Cli) -> None:
     old.write_text(json.dumps({"type": "string", "maxLength": 10}))
     new.write_text(json.dumps({"type": "string", "maxLength": 5}))
     assert cli("schema", "diff", "--old", str(old), "--new", str(new))[0] == 1
-    assert cli("schema", "diff", "--old", str(new), "--new", str(old))[0] == 0
+    code, out, _ = cli("schema", "diff", "--old", str(new), "--new", str(old))
+    assert code == 0
+    # The files alone, where a subject stands ("a: ..." named it after the new file),
+    # and why an ok line whose sentence says who rejects what is ok.
+    assert out.splitlines()[0] == f"{new} -> {old} [BACKWARD]: compatible"
+    assert out.splitlines()[2].endswith(
+        f"consumers on {new} reject data written with {old}. "
+        "Allowed under BACKWARD, which does not check FORWARD."
+    )
     assert cli("schema", "diff", "--old", str(old), "--new", str(new), "--mode", "FORWARD")[0] == 0
     assert cli("schema", "diff", "--old", str(old), "--new", str(tmp_path / "none.json"))[0] == 2
 
