@@ -203,12 +203,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             args.bootstrap_servers, args.topic, group_id=group, kafka_config=kafka_config
         ) as reader,
     ):
+        replayer = Replayer(reader, options)
+        replayer.check_target()  # a --to it refuses is refused before the line below
         print(
             f"replaying {args.topic} as group {group} ({selection.describe()})"
             + (" [dry run: nothing is written or committed]" if args.dry_run else ""),
             flush=True,
         )
-        replayer = Replayer(reader, options)
         try:
             report = replayer.run()
         except BaseException as exc:

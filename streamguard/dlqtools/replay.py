@@ -193,7 +193,8 @@ class Replayer:
         self.options = options
         self.out = out if out is not None else sys.stdout  # resolved now, not at import
         self.report = ReplayReport(reader.topic, reader.group_id, options.dry_run)
-        self._topics: dict[str, int] = {}
+        self._topics: dict[str, int] = {}  # the cluster's, from check_target
+        self._target_checked = False
         # Each open offset says whether it was handed to the producer: open and sent is
         # a failure to publish, open and unsent was stopped before its turn (Ctrl-C in
         # the --rate wait, an unreachable registry), and nothing failed.
@@ -209,12 +210,15 @@ class Replayer:
         self._progress = Progress(0)
         self.errors = self.report.errors
 
-    def run(self) -> ReplayReport:
-        """Replay up to the DLQ's end at start (or ``limit``); return what happened."""
+    def check_target(self) -> None:
+        """Read the cluster's topics and refuse a ``--to`` that cannot be the target
+        (``run`` does it first if not done): a command calls it before saying that it
+        replays, which it printed before this refusal."""
         options = self.options
         self._topics = existing_topics(
             self.reader.admin, servers=self.reader.client_config["bootstrap.servers"]
         )
+        self._target_checked = True
         if options.to is not None:
             check_topic_name(options.to)
             if options.to == self.reader.topic or options.to.startswith("_"):
@@ -226,6 +230,12 @@ class Replayer:
                     f"--to topic {options.to!r} does not exist: create it first, or check "
                     "the name (replay never creates topics)"
                 )
+
+    def run(self) -> ReplayReport:
+        """Replay up to the DLQ's end at start (or ``limit``); return what happened."""
+        options = self.options
+        if not self._target_checked:
+            self.check_target()
         ranges = self.reader.plan(self.reader.committed())
         self.report.to_read = sum(r.size for r in ranges)
         if not options.dry_run:

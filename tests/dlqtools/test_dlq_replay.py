@@ -507,13 +507,16 @@ def test_cli_time_window_and_missing_to_topic(
     unique: Callable[[str], str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--until before the incident selects nothing; a missing --to topic is a usage error."""
+    """--until before the incident selects nothing; a missing --to topic is a usage error,
+    refused before the command says that it replays (it said so, then refused)."""
     _, dlq, _ = incident
     args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--group", unique("g")]
     assert main([*args, "--until", "2020-01-01", "--dry-run"]) == 0
     assert "would replay 0; skipped 0; still invalid 0; not selected 5;" in capsys.readouterr().out
     assert main([*args, "--to", unique("missing")]) == 2
-    assert "does not exist: create it first" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "does not exist: create it first" in err
+    assert "replaying" not in out
     assert main([*args, "--since", "last tuesday"]) == 2
     assert "cannot read time" in capsys.readouterr().err
 
