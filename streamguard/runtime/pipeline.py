@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -151,8 +152,16 @@ class Pipeline:
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(MessageContext(msg, failure.attempts), failure)
-            except Exception:
-                log.exception(
+            except Exception as exc:
+                # The hook is the user's code, and its error's text may quote the record
+                # (a KeyError of a field value): its class and frames, never that text,
+                # as a handler's error is logged.
+                log.error(
                     "on_dead_letter hook failed",
-                    extra={"partition": msg.partition(), "offset": msg.offset()},
+                    extra={
+                        "partition": msg.partition(),
+                        "offset": msg.offset(),
+                        "error_class": type(exc).__name__,
+                        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+                    },
                 )

@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.observe.logs import JsonFormatter, TextFormatter
 from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
@@ -390,3 +391,46 @@ def test_a_contract_violation_raised_by_the_handler_is_a_permanent_error(
     assert headers["sg-dlq-attempts"] == "2"
     assert headers["sg-dlq-error-class"] == "streamguard.errors.ContractViolation"
     assert int(headers["sg-dlq-first-failure-ms"]) < int(headers["sg-dlq-dead-lettered-ms"])
+
+
+def test_a_failing_on_dead_letter_hook_is_logged_without_its_error_text(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    caplog: Any,
+) -> None:
+    """The hook is the user's code, and its error's text may quote the record (a
+    KeyError of a field value): the line names the error's class and the hook's frames,
+    never that text."""
+    src = topic_factory("orders")
+    group = unique("hook")
+    canary = "canary-4f1c9e"
+    raw_producer.produce(src, b"{broken", key=b"b")
+    raw_producer.flush(10)
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            raise KeyError(f"customer {canary}")
+
+    caplog.set_level(logging.INFO)
+    running = start_service(Billing)
+    assert wait_for(
+        lambda: any(r.getMessage() == "on_dead_letter hook failed" for r in caplog.records),
+        timeout=30,
+    )
+    running.stop()
+    assert not running.error
+    (line,) = [r for r in caplog.records if r.getMessage() == "on_dead_letter hook failed"]
+    assert line.error_class == "KeyError"  # type: ignore[attr-defined]
+    assert "on_dead_letter" in line.traceback  # type: ignore[attr-defined]
+    for formatter in (JsonFormatter(), TextFormatter()):
+        assert canary not in formatter.format(line)
