@@ -121,6 +121,17 @@ def test_dashboard_queries_only_metrics_streamguard_exports() -> None:
             assert family in exported, f"{title} queries {name}, which streamguard does not export"
 
 
+def test_per_topic_panels_keep_services_apart() -> None:
+    """A panel that groups by topic keeps the ``service`` label too: with the service
+    filter at All, two consumer groups reading one topic showed as one (the larger of
+    their lags, one latency for a slow and a busy fast service), as the alerts did."""
+    for title, expr in exprs():
+        for labels in re.findall(r"\bby \(([^)]*)\)", expr):
+            names = {name.strip() for name in labels.split(",")}
+            if "topic" in names:
+                assert "service" in names, f"{title}: by ({labels}) merges services"
+
+
 def test_every_panel_is_documented_with_its_question() -> None:
     """docs/operations.md's dashboard table lists each panel, in order, with the question
     it answers."""
