@@ -910,7 +910,14 @@ class LoopRunner:
         had records at the start of 56% of the waits, and its 10,000 retries added
         5.4-7.1 s to 200,000 records (3.8-4.3 s with this poll and flow control's
         short-wait rule together).
+
+        A lane already closed is not waited for: closed during the handler call that
+        failed, it was not cancelled (``_close`` leaves a run in a handler), and under
+        partition order its run still counts in ``running``, so a revoke or stop slept
+        through the whole backoff (up to its timeout, then warned of a handler).
         """
+        if lane.closed:
+            return False
         if not self.keyed:
             lane.retry = retry  # the whole partition waits (flow control may pause it)
             if not any(run.queue for run in self._runs.values() if run.lane is not lane):

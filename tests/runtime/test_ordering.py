@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import signal
 import threading
 import time
@@ -734,3 +735,61 @@ def test_every_async_handler_call_is_timed_when_handlers_wait(
     assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == count
     running.stop()
     assert not running.error
+
+
+class _LongestWait(random.Random):
+    """Full jitter that always draws its cap: the retry waits the whole backoff."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_transient_failure_as_its_partition_closes_is_not_waited_for(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    caplog: pytest.LogCaptureFixture,
+    ordering: str,
+) -> None:
+    """A handler that fails transiently after its partition closed (the stop began
+    during its call) leaves its record uncommitted at once, as a record already waiting
+    to be retried is. Under partition order the stop used to sleep through the retry's
+    whole backoff (capped by shutdown_timeout), then warn that a handler was still
+    running."""
+    src = topic_factory("orders")
+    group = unique("closing")
+    raw_producer.produce(src, order(1).model_dump_json().encode(), key=b"K")
+    raw_producer.flush(10)
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Failing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        options = sg.ServiceOptions(shutdown_timeout=8.0, revoke_timeout=8.0)
+        retry = sg.RetryPolicy(
+            attempts=3, base_delay=20.0, max_delay=20.0, max_budget_ms=60_000, rng=_LongestWait()
+        )
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            entered.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            raise sg.TransientError("the dependency went away as the service stopped")
+
+    Failing.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Failing)
+    assert wait_for(entered.is_set)
+    began = time.monotonic()
+    running.service.stop()
+    time.sleep(1.0)  # the stop closes the partition while the call runs
+    release.set()
+    running.thread.join(30)
+    took = time.monotonic() - began
+    assert not running.thread.is_alive()
+    assert not running.error
+    assert took < 4.0, f"the stop took {took:.1f} s"
+    assert not [r for r in caplog.records if r.getMessage().startswith("handler still")]
+    assert committed(bootstrap, group, src).get(0, 0) == 0  # redelivered
