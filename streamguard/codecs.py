@@ -330,6 +330,7 @@ class AvroCodec:
         self._writers: dict[bytes, Any] = {}
         for schema in self.writer_schemas:
             parsed, fingerprint = _parsed_avro(dict(schema))
+            _refuse_zero_width_arrays(schema)
             self._writers[fingerprint] = parsed
         self._schemas: dict[type[BaseModel], tuple[Any, bytes]] = {}
 
@@ -419,6 +420,23 @@ class AvroCodec:
             return event
 
         return decode
+
+
+def _refuse_zero_width_arrays(schema: Mapping[str, Any]) -> None:
+    """Refuse a writer schema with an array of items that take no bytes: its item count
+    alone bounds a read, so one record of a few bytes could hold the consumer for hours
+    (see ``zero_width_array``). Checked once, here, so that no record pays for it."""
+    from streamguard.schema.avro import zero_width_array
+
+    where = zero_width_array(schema)
+    if where is not None:
+        name = schema.get("name", "?")
+        raise ConfigurationError(
+            f"writer schema {name} has an array whose items take no bytes in Avro, {where}: "
+            "a record of a few bytes could claim a billion items and hold the consumer for "
+            "minutes, so streamguard does not read it; leave it out of writer_schemas (its "
+            "records are then a decode_error)"
+        )
 
 
 def _parsed_avro(schema: dict[str, Any]) -> tuple[Any, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -281,3 +282,95 @@ def test_a_nested_model_named_like_the_subject_keeps_its_own_record() -> None:
     )
     codec = sg.AvroCodec()
     assert codec.decode(codec.encode(event), OrderEvent) == event
+
+
+def zigzag(n: int) -> bytes:
+    """An Avro long: zig-zag, then 7 bits a byte."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class Marker(BaseModel):
+    pass
+
+
+class NoneOnly(BaseModel):
+    gone: None = None
+
+
+@pytest.mark.parametrize(
+    "items", [None, Marker, NoneOnly], ids=["none", "model-without-fields", "model-of-none"]
+)
+def test_a_list_of_items_that_take_no_bytes_is_refused(items: Any) -> None:
+    """Such items are zero bytes each on the wire, so a record of a few bytes could claim
+    10^12 of them and fastavro would read them one by one (46 s of CPU for 10^9): the
+    contract's schema is refused when the codec is built, naming the field and the fix."""
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__subject__": "tests.Markers",
+        "__version__": 1,
+        "__wire_format__": "avro",
+        "__annotations__": {"event_id": str, "markers": list[items]},
+    }
+    contract = type("Markers", (sg.Contract,), namespace)
+    with pytest.raises(sg.ConfigurationError, match=r"Markers\.markers .*count them with an int"):
+        sg.AvroCodec().decoder(contract)
+
+
+def test_a_writer_schema_with_an_array_of_nothing_is_refused_and_its_poison_fails_fast() -> None:
+    """A writer schema given in ``writer_schemas`` with an array of ``null`` is refused at
+    construction: before, a 20-byte message written with it, claiming 10^12 items, held
+    the consumer for hours. Such a record is then an unknown schema's, a DecodeError at once."""
+    import fastavro
+
+    writer = contract_avro_schema(PaymentV1)
+    writer["fields"].append({"name": "markers", "type": {"type": "array", "items": "null"}})
+    with pytest.raises(sg.ConfigurationError, match=r"Payment\.markers \(array<null>\)"):
+        sg.AvroCodec(writer_schemas=[writer])
+    canonical = fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(writer))
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    body = zigzag(0) + zigzag(0) + zigzag(0) + zigzag(10**12) + zigzag(0)  # fields then markers
+    poison = SINGLE_OBJECT_MARKER + fingerprint + body
+    assert len(poison) == 20
+    started = time.monotonic()
+    with pytest.raises(sg.DecodeError, match="unknown Avro schema"):
+        sg.AvroCodec().decode(poison, PaymentV1)
+    assert time.monotonic() - started < 0.5
+
+
+class Line(BaseModel):
+    sku: str
+    flag: None = None  # a zero-width field beside one that takes bytes
+
+
+class Basket(sg.Contract):
+    __subject__ = "tests.avro.Basket"
+    __version__ = 1
+    __wire_format__ = "avro"
+    lines: list[Line]
+    counts: list[int]
+    maybe: list[str | None]
+    grid: list[list[bool]]
+    seen: dict[str, None]
+    single: list[Literal["only"]]
+
+
+def test_lists_of_items_that_take_bytes_are_unaffected() -> None:
+    """Items that take a byte at least (a union's or a one-symbol enum's index, a
+    record with one such field, a nested array's count) and maps of null (their keys
+    take bytes) are read as before."""
+    event = Basket(
+        lines=[Line(sku="a")],
+        counts=[1, 2],
+        maybe=[None, "x"],
+        grid=[[True], []],
+        seen={"k": None},
+        single=["only"],
+    )
+    codec = sg.AvroCodec(writer_schemas=[contract_avro_schema(Basket)])
+    assert codec.decode(codec.encode(event), Basket) == event

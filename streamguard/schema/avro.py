@@ -15,7 +15,8 @@ describe the same model: ``int`` -> ``long``, ``float`` -> ``double``, ``X | Non
 travel as strings (their JSON form), so a payload validated by pydantic in JSON mode
 encodes unchanged; Decimal, whose JSON Schema is ``anyOf: [number, string]``, becomes
 ``["double", "string"]`` and is written as its string branch. ``Any`` and fixed-length
-tuples have no Avro type and are refused.
+tuples have no Avro type and are refused, and so is a list whose items take no bytes in
+Avro (``list[None]``, a list of a model without fields): see ``zero_width_array``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,96 @@ def contract_avro_schema(contract: type[Contract]) -> dict[str, Any]:
     derived = _Deriver(doc, namespace).record(doc.resolve(schema), name, schema.get("$ref"))
     if not isinstance(derived, dict):  # pragma: no cover - a root model is always a record
         raise ConfigurationError(f"{contract.__qualname__}: root is not a record")
+    where = zero_width_array(derived)
+    if where is not None:
+        raise ConfigurationError(
+            f"{contract.__qualname__}: Avro field {where} is a list of items that take no "
+            "bytes in Avro (None, or a model whose fields are all None or that has none): a "
+            "record of a few bytes could claim a billion of them and hold a consumer for "
+            "minutes, so streamguard refuses the schema; count them with an int, or give "
+            "the items a field that carries data"
+        )
     return derived
+
+
+_COMPLEX = {"record", "error", "enum", "fixed", "array", "map"}
+
+
+def zero_width_array(schema: Any) -> str | None:
+    """Where ``schema`` has an array whose items take no bytes on the wire, as a path with
+    the array's type (``Order.markers (array<null>)``), else None.
+
+    Avro writes an array as blocks, each opening with its item count. Items of ``null``,
+    of a ``fixed`` of size 0, or of a record whose fields all take no bytes (or that has
+    none) are zero bytes each, so nothing but that count bounds the work of reading them:
+    a record of 15 bytes may claim 10^9 items, which fastavro reads one by one (46 s of
+    CPU measured), and a larger count is a hang or an out-of-memory crash, on every
+    restart. Every other item takes a byte at least (an enum's or union's index, a
+    length), so ``max_bytes`` bounds its count, and a map's entries are bounded by their
+    keys. Readers refuse such schemas up front instead of scanning each record: no
+    schema a contract derives needs one, and the check costs nothing per record.
+    """
+    qualified = _qualified(schema, "", set())
+    names = _names(qualified)
+    empty: dict[str, bool] = {}  # record full name -> takes no bytes
+
+    def takes_nothing(node: Any) -> bool:
+        if isinstance(node, str):
+            if node in _PRIMITIVES or node not in names:
+                return node == "null"
+            node = names[node]
+        if not isinstance(node, dict):
+            return False  # a union: its branch index takes a byte
+        kind = node.get("type")
+        if isinstance(kind, dict | list) or (isinstance(kind, str) and kind not in _COMPLEX):
+            return takes_nothing(kind)  # {"type": "null"}, {"type": "Name"}, {"type": {...}}
+        if kind == "fixed":
+            return node.get("size") == 0
+        name = node.get("name")
+        if kind not in ("record", "error") or not isinstance(name, str):
+            return False
+        known = empty.get(name)
+        if known is None:
+            # A record that holds itself without an array, map or union in between never
+            # ends: fastavro recurses until RecursionError, which is bounded.
+            empty[name] = False
+            fields = node.get("fields", [])
+            known = empty[name] = all(
+                isinstance(f, dict) and takes_nothing(f.get("type")) for f in fields
+            )
+        return known
+
+    def find(node: Any, path: str) -> str | None:
+        if isinstance(node, list):
+            return next((found for b in node if (found := find(b, path)) is not None), None)
+        if not isinstance(node, dict):
+            return None  # a name refers to a type defined (and searched) where it first is
+        kind = node.get("type")
+        if kind in ("record", "error"):
+            base = path or _shown_name(str(node.get("name", "")).rsplit(".", 1)[-1])
+            for field in node.get("fields", []):
+                if isinstance(field, dict):
+                    found = find(field.get("type"), f"{base}.{_shown_name(field.get('name'))}")
+                    if found is not None:
+                        return found
+            return None
+        if kind == "array":
+            items = node.get("items")
+            if takes_nothing(items):
+                return f"{path or '(root)'} (array<{_shown_name(avro_type_name(items))}>)"
+            return find(items, f"{path}[]")
+        if kind == "map":
+            return find(node.get("values"), f"{path}{{}}")
+        return find(kind, path) if isinstance(kind, dict | list) else None
+
+    return find(qualified, "")
+
+
+def _shown_name(name: Any) -> str:
+    """An Avro name as an error may show it, or ``?``: a writer schema from a registry is
+    any producer's text, and fastavro does not check its names (a newline in one would
+    forge a log line)."""
+    return name[:64] if isinstance(name, str) and _NAME.fullmatch(name) else "?"
 
 
 class _Deriver:
