@@ -410,9 +410,22 @@ def _parse_writer(schema_id: int, schema: Any) -> tuple[str, Any]:
         raise DecodeError(f"writer schema id {schema_id} is {schema_type}; expected AVRO or JSON")
     import fastavro
 
+    from streamguard.schema.avro import zero_width_array
+
     try:
-        return "AVRO", fastavro.parse_schema(json.loads(schema.schema_str))
+        raw = json.loads(schema.schema_str)
+        parsed = fastavro.parse_schema(raw)
+        where = zero_width_array(raw)
     except Exception as exc:  # fastavro's many parse errors; the text names no data
         raise DecodeError(
             f"writer schema id {schema_id} is not a valid Avro schema ({type(exc).__name__})"
         ) from None
+    if where is not None:
+        # Checked once per id, not per record. A producer's schema is untrusted input:
+        # its records are dead letters, never a consumer stuck on one of them.
+        raise DecodeError(
+            f"writer schema id {schema_id} has an array whose items take no bytes in Avro, "
+            f"{where}: a record of a few bytes could claim a billion items and hold the "
+            "consumer for minutes, so streamguard does not read this schema"
+        )
+    return "AVRO", parsed

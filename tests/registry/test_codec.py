@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -248,6 +249,28 @@ def test_unresolvable_writer_is_a_decode_error_naming_the_id(
     codec = RegistryCodec({"url": registry.url}, wire_format="avro")
     with pytest.raises(DecodeError, match=f"schema id {schema_id} cannot be resolved"):
         codec.decode(framed(schema_id, body.getvalue()), PaymentV1)
+
+
+def test_a_writer_schema_with_an_array_of_nothing_dead_letters_its_records_at_once(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A producer's schema with an array of ``null`` (zero bytes an item): a 9-byte
+    record claiming 10^8 items held the decoder for seconds (10^12: hours, on every
+    restart). Records of that id are a DecodeError naming the id and the array, at
+    once; a RegistryCodec given such a schema in ``writer_schemas`` is refused."""
+    client.set_compatibility(level="NONE")
+    writer = json.loads(avro(PaymentV1).schema_str)
+    writer["fields"].append({"name": "markers", "type": {"type": "array", "items": "null"}})
+    schema_id = client.register_schema("p-value", Schema(json.dumps(writer), "AVRO"))
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    count = b"\x80\x84\xaf\x5f"  # 10^8 as an Avro long (zig-zag)
+    poison = framed(schema_id, b"\x02p" + b"\x18" + count + b"\x00")  # "p", 12, markers
+    started = time.monotonic()
+    with pytest.raises(DecodeError, match=rf"id {schema_id} has an array .*markers \(array<null>"):
+        codec.decode(poison, PaymentV1)
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(ConfigurationError, match="markers"):
+        RegistryCodec({"url": registry.url}, wire_format="avro", writer_schemas=[writer])
 
 
 def test_size_is_checked_before_the_registry_is_asked(registry: RegistryServer) -> None:
