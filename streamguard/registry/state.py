@@ -30,6 +30,7 @@ from streamguard.config import MODES
 from streamguard.errors import ConfigurationError
 from streamguard.schema.checks import compare_versions
 from streamguard.schema.jsonschema_compat import Policy
+from streamguard.schema.jsonschema_doc import SchemaError
 from streamguard.schema.modes import breaking, directions
 
 SCHEMA_TYPES = ("AVRO", "JSON")
@@ -90,7 +91,25 @@ def parse_schema(schema_type: str, text: str) -> Any:
             raise RegistryError(422, 42201, f"Invalid Avro schema: {exc}") from None
     elif not isinstance(parsed, dict | bool):
         raise RegistryError(422, 42201, "Invalid JSON schema: must be an object or a boolean")
+    else:
+        _check_json_schema(parsed)
     return parsed
+
+
+def _check_json_schema(parsed: Any) -> None:
+    """42201 unless ``parsed`` is valid by its draft's metaschema (draft 7 without a
+    ``$schema``, as Confluent's registry assumes): a keyword of the wrong type, such as
+    ``{"type": 5}``, was registered, and broke the next registration with a 500."""
+    try:
+        from jsonschema import Draft7Validator, validators  # type: ignore[import-untyped]
+        from jsonschema.exceptions import SchemaError as Refused  # type: ignore[import-untyped]
+    except ImportError:  # the registry extra brings it; without it, the engine's check
+        return
+    try:
+        validators.validator_for(parsed, default=Draft7Validator).check_schema(parsed)
+    except Refused as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        raise RegistryError(422, 42201, f"Invalid JSON schema at {where}: {exc.message}") from None
 
 
 class RegistryState:
@@ -236,7 +255,10 @@ class RegistryState:
             if old_type != schema_type:
                 messages.append(f"version {v.version} is {old_type}, the new schema {schema_type}")
                 continue
-            changes = compare_versions(json.loads(old_text), new, fmt, self.policy)
+            try:
+                changes = compare_versions(json.loads(old_text), new, fmt, self.policy)
+            except SchemaError as exc:  # what the engine cannot read (a $ref elsewhere)
+                raise RegistryError(422, 42201, f"Invalid JSON schema: {exc}") from None
             for change in breaking(changes, level):
                 old, cur = f"v{v.version}", "the new schema"
                 messages.append(

@@ -250,3 +250,38 @@ def test_set_config_sets_the_compatibility_level(client: SchemaRegistryClient) -
     level = ConfigCompatibilityLevel.FULL
     client.set_config("s-value", ServerConfig(compatibility_level=level))  # type: ignore[no-untyped-call]
     assert client.get_compatibility("s-value") == "FULL"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": 5},
+        {"type": "object", "properties": {"a": 5}},
+        {"type": "object", "required": "a"},
+    ],
+    ids=["type-not-a-name", "property-not-a-schema", "required-not-a-list"],
+)
+def test_an_invalid_json_schema_is_refused_with_42201_not_500(
+    client: SchemaRegistryClient, schema: dict[str, object]
+) -> None:
+    """A JSON Schema its metaschema refuses is 42201, first version or not, as Confluent
+    answers: it was registered, and the next registration in the subject answered 500
+    (which clients retry, and `schema register --registry` reported as unreachable)."""
+    invalid = Schema(json.dumps(schema), "JSON")
+    assert refused(client.register_schema, "fresh-value", invalid).error_code == 42201
+    client.register_schema("j-value", JSON_SCHEMA)
+    for call in (client.register_schema, client.test_compatibility):
+        error = refused(call, "j-value", invalid)
+        assert (error.http_status_code, error.error_code) == (422, 42201)
+
+
+def test_a_json_schema_the_engine_cannot_compare_is_42201_not_500(
+    client: SchemaRegistryClient,
+) -> None:
+    """A $ref outside the document is valid JSON Schema that streamguard's engine does
+    not follow: comparing it is the schema's refusal (42201), not a backend error."""
+    remote = {"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}}
+    client.register_schema("j-value", JSON_SCHEMA)
+    error = refused(client.register_schema, "j-value", Schema(json.dumps(remote), "JSON"))
+    assert (error.http_status_code, error.error_code) == (422, 42201)
+    assert "$ref" in error.error_message
