@@ -28,7 +28,7 @@ def broker_binary() -> str:
     """Path of the broker binary, or a ``ConfigurationError`` that says how to get it."""
     override = os.environ.get(BINARY_ENV)
     if override:
-        if not os.access(override, os.X_OK):
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
             raise ConfigurationError(f"{BINARY_ENV}={override!r} is not an executable file")
         return override
     try:

@@ -48,6 +48,19 @@ def test_missing_binary_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None
         broker_binary()
 
 
+def test_a_directory_as_the_binary_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CALF_TANSU_BIN naming a directory (executable by its mode bits) is refused like a
+    missing file: `streamguard broker` printed a PermissionError traceback and exit 1."""
+    from streamguard.cli import main
+    from streamguard.devbroker import free_port
+
+    monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path))
+    assert main(["broker", "--port", str(free_port())]) == 2
+    assert "CALF_TANSU_BIN" in capsys.readouterr().err
+
+
 def test_broker_dies_with_the_process_that_started_it(tmp_path: Any) -> None:
     """A process killed with SIGKILL takes its broker with it (no orphaned brokers)."""
     import signal
