@@ -670,7 +670,7 @@ class LoopRunner:
                         exc, 1, None, self._clock(), (lane.partition, msg.offset()), called
                     )
                     if isinstance(verdict, RetryState):
-                        after_try(verdict, None, exc)
+                        after_try(verdict, None, called)
                 if waiters:
                     slots.give()
                     held = False
@@ -841,7 +841,7 @@ class LoopRunner:
                         exc, attempt, retry, self._clock(), (lane.partition, msg.offset()), called
                     )
                     if isinstance(verdict, RetryState):
-                        verdict = after_try(verdict, retry, exc)
+                        verdict = after_try(verdict, retry, called)
                 if verdict is None and returned is not None:  # raises if work went unrun
                     pipe.returned(returned, event is _TOMBSTONE)
                 # Final even if the lane closed meanwhile: revoke commits what finished.

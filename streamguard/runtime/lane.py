@@ -339,7 +339,7 @@ class PartitionLane:
                         exc, attempt, retry, self.clock(), (self.partition, msg.offset()), called
                     )
                     if isinstance(verdict, RetryState):
-                        retry = after_try(verdict, retry, exc)
+                        retry = after_try(verdict, retry, called)
                         retries += 1
                         break  # the head waits; the rest of the batch waits behind it
                     self._dead_letter(msg, verdict)

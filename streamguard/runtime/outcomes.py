@@ -37,8 +37,8 @@ class RetryState:
 
     ``attempt`` counts real handler calls so far (0: parked before its first one).
     ``parked_at`` is set while it waits for the circuit breaker or a retry token: that
-    time is not charged to the message's own time budget. ``drift_checked``: a try got
-    past decoding, so its drift check (or the sample's decision to skip it) is done;
+    time is not charged to the message's own time budget. ``drift_checked``: a try reached
+    the handler, so its drift check (or the sample's decision to skip it) is done;
     not told by ``attempt``, which a failed probe gives back. ``deferred``: the retry
     already waits for a token, and is counted in ``streamguard_retries_deferred_total``.
     ``waits_for``: why ``judge`` gave the failed attempt back (``"outage_suspected"``,
@@ -117,12 +117,13 @@ def _parked(retry: RetryState | None, now: float, breaker: Breaker) -> RetryStat
     )
 
 
-def after_try(verdict: RetryState, retry: RetryState | None, exc: BaseException) -> RetryState:
-    """Mark a retry's state with whether its record's drift was dealt with: every try
-    that failed transiently got past decoding, unless the registry stopped its decode."""
-    verdict.drift_checked = (retry is not None and retry.drift_checked) or not isinstance(
-        exc, RegistryUnavailable
-    )
+def after_try(verdict: RetryState, retry: RetryState | None, called: bool) -> RetryState:
+    """Mark a retry's state with whether its record's drift was dealt with: a try that
+    reached the handler (``called``) got past decoding and the drift check. One that
+    failed before (the registry, or a contract's validator raising a transient error,
+    which pydantic passes on) did not: its retry checks drift, which it skipped before,
+    so a drifting record was handled under ``drift="dead_letter"``."""
+    verdict.drift_checked = (retry is not None and retry.drift_checked) or called
     return verdict
 
 

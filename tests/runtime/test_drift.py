@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
+from pydantic import field_validator
 
 import streamguard as sg
 from streamguard import headers as h
@@ -227,3 +228,75 @@ def test_a_drift_first_seen_while_the_log_budget_is_spent_is_logged_later(
         check.check(_stamp(2, "f" * 64, "checkout-10"), value)
     logged = [r.__dict__["producer"] for r in caplog.records if r.getMessage() == "schema drift"]
     assert logged == [f"checkout-{pod}" for pod in range(11)]
+
+
+class _LookedUp(sg.Contract):
+    """A contract whose validator looks something up, and times out on its first call."""
+
+    __subject__ = "orders.LookedUp"
+    __version__ = 1
+
+    order_id: str
+
+    @field_validator("order_id")
+    @classmethod
+    def _look_up(cls, value: str) -> str:
+        _LOOKUPS.append(value)
+        if len(_LOOKUPS) == 1:
+            raise TimeoutError("lookup timed out")  # pydantic passes it on: transient
+        return value
+
+
+_LOOKUPS: list[str] = []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_record_whose_decode_failed_transiently_is_still_checked_for_drift(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    kind: str,
+) -> None:
+    """A contract's validator raising a transient error (pydantic passes it on) stops
+    the try before the drift check. Its retry used to count the check as done: under
+    drift="dead_letter" a record without schema headers was handled, not dead-lettered."""
+    _LOOKUPS.clear()
+    src = topic_factory("orders")
+    raw_producer.produce(src, b'{"order_id": "o-1"}')  # no schema headers
+    raw_producer.flush(10)
+    handled: list[int] = []
+    group = unique("g")
+
+    if kind == "async":
+
+        class Billing(sg.ConsumerService):
+            topic = src
+            contract = _LookedUp
+            group_id = group
+            drift = "dead_letter"
+            retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)
+
+            async def handle(self, event: _LookedUp, ctx: sg.MessageContext) -> None:
+                handled.append(ctx.offset)
+
+    else:
+
+        class Billing(sg.ConsumerService):  # type: ignore[no-redef]
+            topic = src
+            contract = _LookedUp
+            group_id = group
+            drift = "dead_letter"
+            retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)
+
+            def handle(self, event: _LookedUp, ctx: sg.MessageContext) -> None:
+                handled.append(ctx.offset)
+
+    start_service(Billing)
+    records = read_all(f"{src}.dlq", 1)
+    assert dlq_headers(records[0])["sg-dlq-reason"] == "schema_drift"
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
+    assert len(_LOOKUPS) == 2  # the failed try, then the retry
+    assert handled == []
