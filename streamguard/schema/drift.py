@@ -68,7 +68,16 @@ def _shape(doc: Document, schema: Any, memo: dict[int, _Shape], depth: int = 0) 
         return memo[key]
     shape = _Shape()
     memo[key] = shape
+    any_key = False  # a branch is a map (or a free object): the union takes any key
     for branch in resolved.get("anyOf", []) + resolved.get("oneOf", []):
+        target = doc.resolve(branch)
+        if (
+            isinstance(target, dict)
+            and target.get("type") == "object"
+            and "properties" not in target
+        ):
+            any_key = True
+            continue
         sub = _shape(doc, branch, memo, depth + 1)
         if sub is not None:  # Optional[Model] and friends: the model's branch decides
             shape.names = sub.names if shape.names is None else shape.names | (sub.names or set())
@@ -87,6 +96,9 @@ def _shape(doc: Document, schema: Any, memo: dict[int, _Shape], depth: int = 0) 
     extra = resolved.get("additionalProperties")
     if isinstance(extra, dict):
         shape.values = _shape(doc, extra, memo, depth + 1)
+    if any_key:  # its objects are not looked into, as a union's may match either branch
+        shape.names, shape.values = None, None
+        shape.children = {}
     if shape.names is None and not (shape.children or shape.items or shape.values):
         return None
     return shape

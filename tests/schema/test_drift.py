@@ -117,6 +117,26 @@ def test_known_fields_only_is_not_unknown_fields() -> None:
     assert DriftDetector(Signup).inspect(None, value) == ("no_schema_headers",)
 
 
+class Tagged(sg.Contract):
+    __subject__ = "users.Tagged"
+    __version__ = 1
+    user: str
+    labels: Address | dict[str, str]
+    extra: Address | dict[str, Any] | None = None
+
+
+def test_a_map_in_a_union_with_a_model_takes_any_key() -> None:
+    """A union of a model and a map accepts any key (the map's branch): its keys are
+    not unknown. The map's branch used to be dropped, and every key outside the
+    model's counted as unknown_fields, in the metric and a drift dead letter's kinds."""
+    detector = DriftDetector(Tagged)
+    value = {"user": "u", "labels": {"colour": "red"}, "extra": {"any": 1}}
+    Tagged.model_validate(value)  # valid: the maps take them
+    assert detector.inspect(None, json.dumps(value).encode()) == ("no_schema_headers",)
+    unknown = json.dumps({"user": "u", "labels": {"city": "c"}, "zip": 1}).encode()
+    assert detector.inspect(None, unknown) == ("no_schema_headers", "unknown_fields")
+
+
 def test_non_json_value_is_not_unknown_fields() -> None:
     """Bytes that are not a JSON object are left to the codec."""
     assert DriftDetector(Signup).inspect(None, b"\xc3\x01garbage") == ("no_schema_headers",)
