@@ -142,6 +142,14 @@ class CircuitBreaker:
                 "CircuitBreaker retry_ratio and min_retries_per_second must not be negative "
                 "(nor NaN)"
             )
+        if self.enabled and self.retry_ratio == 0 and self.min_retries_per_second == 0:
+            raise ConfigurationError(
+                "CircuitBreaker(retry_ratio=0, min_retries_per_second=0): the retry budget "
+                "never refills, so once its first tokens are spent every retry waits for "
+                "good and holds its partition; give either a value above 0, lower "
+                "RetryPolicy.attempts to retry less, or CircuitBreaker(enabled=False) to "
+                "turn the budget and the breaker off"
+            )
 
 
 def _refuse_wrong_types(policy: RetryPolicy | CircuitBreaker) -> None:

@@ -135,6 +135,18 @@ def test_custom_transient_tuple_is_honoured() -> None:
     assert classify(TimeoutError(), ()) == "permanent"
 
 
+def test_a_retry_budget_that_never_refills_is_refused() -> None:
+    """``retry_ratio=0`` with ``min_retries_per_second=0`` refills nothing: once the
+    bucket's first 100 tokens were spent, every retry waited for a token that never
+    came, and its record, whose attempts a wait does not spend, held its partition for
+    good. Either alone is fine; the breaker off (``enabled=False``) takes both."""
+    with pytest.raises(ConfigurationError, match="never refills"):
+        sg.CircuitBreaker(retry_ratio=0, min_retries_per_second=0)
+    sg.CircuitBreaker(retry_ratio=0)
+    sg.CircuitBreaker(min_retries_per_second=0)
+    sg.CircuitBreaker(retry_ratio=0, min_retries_per_second=0, enabled=False)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
