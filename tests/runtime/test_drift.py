@@ -270,31 +270,21 @@ def test_a_record_whose_decode_failed_transiently_is_still_checked_for_drift(
     handled: list[int] = []
     group = unique("g")
 
-    if kind == "async":
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = _LookedUp
+        group_id = group
+        drift = "dead_letter"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)
 
-        class Billing(sg.ConsumerService):
-            topic = src
-            contract = _LookedUp
-            group_id = group
-            drift = "dead_letter"
-            retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)
+        def handle(self, event: _LookedUp, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
 
-            async def handle(self, event: _LookedUp, ctx: sg.MessageContext) -> None:
-                handled.append(ctx.offset)
+    class AsyncBilling(Billing):
+        async def handle(self, event: _LookedUp, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            handled.append(ctx.offset)
 
-    else:
-
-        class Billing(sg.ConsumerService):  # type: ignore[no-redef]
-            topic = src
-            contract = _LookedUp
-            group_id = group
-            drift = "dead_letter"
-            retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)
-
-            def handle(self, event: _LookedUp, ctx: sg.MessageContext) -> None:
-                handled.append(ctx.offset)
-
-    start_service(Billing)
+    start_service(AsyncBilling if kind == "async" else Billing)
     records = read_all(f"{src}.dlq", 1)
     assert dlq_headers(records[0])["sg-dlq-reason"] == "schema_drift"
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
