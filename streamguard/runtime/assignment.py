@@ -99,6 +99,10 @@ class Assignment:
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already, so committing now
         # could move its offsets. Drop our work; it is redelivered.
+        if self.closed:
+            # close() serves a session expiry no poll served: shutdown settled every
+            # lane already, and on_stop ran; on_revoke must not come after it.
+            return
         parts = [tp.partition for tp in partitions]
         self._flow.release(parts)
         for part in parts:

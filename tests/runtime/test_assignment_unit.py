@@ -1,0 +1,67 @@
+"""Assignment's rebalance callbacks after the shutdown settled every lane.
+
+Pure logic: the consumer, the publisher, flow control, commits and the lag gauge are
+stand-ins that record what they are asked (the broker tests exercise them for real).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+import streamguard as sg
+from streamguard.runtime.assignment import Assignment
+
+
+def _assignment(events: list[str]) -> Assignment:
+    publisher = SimpleNamespace(flush=lambda timeout: None, writable=True, topic="orders.dlq")
+
+    def release(parts: list[int]) -> list[int]:
+        events.append(f"release {parts}")
+        return []
+
+    flow = SimpleNamespace(release=release)
+    committer = SimpleNamespace(commit=lambda lanes, asynchronous: None, forget=lambda parts: None)
+    lag = SimpleNamespace(forget=lambda parts: None)
+    lane = SimpleNamespace(partition=0, close=lambda: None, give_up=lambda: None)
+    return Assignment(
+        SimpleNamespace(),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        sg.ServiceOptions(),
+        flow,  # type: ignore[arg-type]
+        committer,  # type: ignore[arg-type]
+        lag,  # type: ignore[arg-type]
+        on_assigned=lambda parts: events.append(f"on_assign {parts}"),
+        on_revoked=lambda parts: events.append(f"on_revoke {parts}"),
+        new_lane=lambda part: lane,  # type: ignore[arg-type,return-value]
+    )
+
+
+def _settled(events: list[str]) -> Assignment:
+    assignment = _assignment(events)
+    consumer: Any = None
+    assignment.on_assign(consumer, [TopicPartition("orders", 0)])
+    assignment.lanes[0] = SimpleNamespace(  # type: ignore[assignment]
+        partition=0,
+        close=lambda: None,
+        give_up=lambda: None,
+        wait_idle=lambda timeout: True,
+        unacknowledged_dead_letters=lambda: 0,
+    )
+    assignment.settle_all()
+    events.clear()
+    return assignment
+
+
+def test_partitions_lost_as_the_consumer_closes_reach_no_hook_after_the_shutdown() -> None:
+    """close() serves a session expiry that the last poll did not: its lost partitions
+    were settled by the shutdown already, and on_stop ran. on_revoke must not run after
+    on_stop (what it tears down, on_stop released), as a revoke at close does not."""
+    events: list[str] = []
+    assignment = _settled(events)
+    consumer: Any = None
+    assignment.on_lost(consumer, [TopicPartition("orders", 0)])
+    assignment.on_revoke(consumer, [TopicPartition("orders", 0)])
+    assert events == []
