@@ -133,12 +133,11 @@ class ServiceRuntime:
         self._running = True
         self._loop_stuck_until = None
         spec = self.spec
-        if spec.options.release_memory:
-            from streamguard.runtime.memory import hold_malloc_thresholds  # and ctypes
-
-            hold_malloc_thresholds()
-        restore = self._install_signal_handlers()
-        loop, loop_thread = self._start_event_loop()
+        # Set up inside the try below: a start that fails here (no descriptor left for
+        # the loop's epoll) must give SIGTERM back and not leave the service running.
+        restore: Callable[[], None] | None = None
+        loop: asyncio.AbstractEventLoop | None = None
+        loop_thread: threading.Thread | None = None
         consumer: Consumer | None = None
         dead_letter_producer: Producer | None = None
         health: HealthServer | None = None
@@ -148,6 +147,12 @@ class ServiceRuntime:
         # startup_timeout); once connected, each line.
         librdkafka_lines = RepeatsCollapsed(_librdkafka_log)
         try:
+            if spec.options.release_memory:
+                from streamguard.runtime.memory import hold_malloc_thresholds  # and ctypes
+
+                hold_malloc_thresholds()
+            restore = self._install_signal_handlers()
+            loop, loop_thread = self._start_event_loop()
             if self._metrics_port is not None:
                 # Served before the cluster is reached: a liveness probe must find a
                 # process that waits for Kafka alive (and /readyz saying why it is not
@@ -241,7 +246,8 @@ class ServiceRuntime:
             # One never handed to a publisher (the run stopped or failed first) has
             # nothing queued: dropped here, not kept alive by a traceback's frames.
             dead_letter_producer = None
-            restore()
+            if restore is not None:
+                restore()
             log.info("service stopped", extra={"service": spec.name})
             # This run's stop request is spent: a stop() from here on is the next run's.
             self._stopping = threading.Event()

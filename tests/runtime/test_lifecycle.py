@@ -1077,3 +1077,33 @@ def test_a_stopped_service_holds_no_producer(
             thread.join(30)
         assert not thread.is_alive()
         assert live_producers() == before
+
+
+def test_a_run_that_fails_to_start_its_event_loop_leaves_no_signal_handler_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose event loop cannot be made (no descriptor left for its epoll) raises
+    that error, and gives SIGTERM back to its previous handler: left to the run, SIGTERM
+    only set the stop request of a run that had ended, and the process ignored it. The
+    service is not left "already running" either."""
+    import signal
+
+    import streamguard.runtime.eventloop as eventloop
+
+    def no_descriptors(kind: str = "auto") -> asyncio.AbstractEventLoop:
+        raise OSError(24, "Too many open files")
+
+    class Orders(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "g-orders"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    monkeypatch.setattr(eventloop, "new_event_loop", no_descriptors)
+    before = signal.getsignal(signal.SIGTERM)
+    service = Orders(bootstrap_servers="127.0.0.1:1")
+    for _ in range(2):  # the second run is refused for the same reason, not as running
+        with pytest.raises(OSError, match="Too many open files"):
+            service.run()
+        assert signal.getsignal(signal.SIGTERM) is before
