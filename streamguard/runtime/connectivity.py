@@ -56,6 +56,27 @@ def check_stats_interval(config: Mapping[str, Any], broker_silence: float) -> No
         )
 
 
+def check_heartbeat_interval(config: Mapping[str, Any], broker_silence: float) -> None:
+    """Refuse a ``heartbeat.interval.ms`` of ``broker_silence`` or more.
+
+    With every partition paused (the DLQ or a dependency down) or none assigned, a
+    healthy consumer hears from the cluster only at each heartbeat: a slower one made
+    the link report an outage that was not there.
+    """
+    interval: Any = config.get("heartbeat.interval.ms")
+    try:
+        ms = int(interval)
+    except (TypeError, ValueError):
+        return  # unset (librdkafka's 3000 ms), or librdkafka's to refuse
+    if ms >= broker_silence * 1000:
+        raise ConfigurationError(
+            f"kafka_config heartbeat.interval.ms={interval}: with every partition paused, "
+            "the heartbeat is all a healthy consumer hears from the cluster, so it must be "
+            f"below ServiceOptions.broker_silence ({broker_silence * 1000:.0f} ms); lower "
+            "it, or raise broker_silence"
+        )
+
+
 class ClusterLink:
     """Tracks reachability from statistics; calls ``give_up`` after ``timeout`` away."""
 

@@ -60,8 +60,9 @@ class ServiceOptions:
             flood the logs too. None logs every one.
         broker_silence: seconds without a byte from any broker after which the cluster
             counts as unreachable (a refused, reset or stalled connection): ``/readyz``
-            reports ``broker_reachable: false``. Above ``heartbeat.interval.ms`` and
-            ``fetch.wait.max.ms``, which bound the silence of a healthy consumer.
+            reports ``broker_reachable: false``. Above ``heartbeat.interval.ms`` (one
+            at or above it is refused) and ``fetch.wait.max.ms``, which bound the
+            silence of a healthy consumer.
         broker_timeout: seconds without the cluster after which ``run()`` stops (after
             settling what it can) and raises ``BrokerUnavailable``, so that a supervisor
             restarts the service or alerts; None (the default) waits for the cluster

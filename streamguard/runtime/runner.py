@@ -27,7 +27,12 @@ from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
-from streamguard.runtime.connectivity import STATS_INTERVAL_MS, ClusterLink, check_stats_interval
+from streamguard.runtime.connectivity import (
+    STATS_INTERVAL_MS,
+    ClusterLink,
+    check_heartbeat_interval,
+    check_stats_interval,
+)
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.flow import FlowControl
 from streamguard.runtime.lag import LagMonitor
@@ -96,6 +101,7 @@ class ServiceRuntime:
     ) -> None:
         self.spec = spec
         check_stats_interval(consumer_config, spec.options.broker_silence)
+        check_heartbeat_interval(consumer_config, spec.options.broker_silence)
         self.consumer_config = dict(consumer_config)
         self.dead_letter_config = dict(dead_letter_config)
         self.registry = registry

@@ -106,3 +106,27 @@ def test_a_statistics_interval_that_would_blind_the_link_is_refused(interval: in
     with pytest.raises(sg.ConfigurationError, match=f"statistics.interval.ms={interval}"):
         Billing(bootstrap_servers="127.0.0.1:9", kafka_config=config)
     Billing(bootstrap_servers="127.0.0.1:9", kafka_config={"statistics.interval.ms": 500})
+
+
+def test_a_heartbeat_slower_than_broker_silence_is_refused() -> None:
+    """With every partition paused (the DLQ or a dependency down) or none assigned, a
+    healthy consumer hears from the cluster only at each heartbeat: one slower than
+    broker_silence made the link log "cannot reach the cluster" and /readyz report the
+    cluster unreachable with nothing wrong, as the option's docstring warned."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    slow = {"heartbeat.interval.ms": "12000", "session.timeout.ms": "45000"}
+    with pytest.raises(sg.ConfigurationError, match=r"heartbeat\.interval\.ms=12000"):
+        Billing(bootstrap_servers="127.0.0.1:9", kafka_config=slow)
+
+    class Patient(Billing):
+        options = sg.ServiceOptions(broker_silence=15.0)
+
+    Patient(bootstrap_servers="127.0.0.1:9", kafka_config=slow)
+    Billing(bootstrap_servers="127.0.0.1:9", kafka_config={"heartbeat.interval.ms": 3000})
