@@ -232,10 +232,10 @@ class Lane:
                     raise  # the lane is stopped: the event stays unacked, for redelivery
                 await self._crash(event, exc)  # a handler's own CancelledError
                 return
-            except (KeyboardInterrupt, SystemExit):
-                self._drop(event)
-                raise
             except BaseException as exc:  # a bug, or a handler's BaseException: never ack
+                # SystemExit and KeyboardInterrupt (a handler's sys.exit()) too: raised
+                # out of the lane's task, they stopped the loop, and the app's stop then
+                # waited forever for the events queued behind this one, never acked.
                 await self._crash(event, exc)
                 return
             finally:
