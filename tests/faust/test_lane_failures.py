@@ -41,6 +41,9 @@ pytestmark = pytest.mark.broker
 FAST_RETRY = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=1_000)
 
 
+# Faust's mode thread may end with "Event loop is closed" as the crashed app is torn
+# down: the crash is the outcome tested, and the test asserts what was committed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_handlers_own_cancellation_stops_the_worker_and_loses_nothing(
     bootstrap: str,
     topic_factory: Callable[..., str],
