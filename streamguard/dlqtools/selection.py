@@ -51,9 +51,9 @@ def parse_time(text: str, *, now: datetime | None = None) -> int:
     a duration ago (``30m``, ``2h``, ``1d``), or epoch milliseconds (``1795788000000``).
     """
     value = text.strip()
-    if value.isdigit() and len(value) >= 12:
-        return int(value)
     try:
+        if value.isdigit() and len(value) >= 12:
+            return int(value)  # ValueError past Python's 4,300 digits
         relative = _RELATIVE.fullmatch(value)
         if relative:
             amount, unit = int(relative.group(1)), relative.group(2)
