@@ -26,6 +26,9 @@ from streamguard.observe.untrusted import printable
 from streamguard.topics import dead_letter_topic_for, is_dead_letter_topic
 
 MAX_SHOWN_VALUE = 200
+# A table cell holds header text anyone can write: one forged value of megabytes would
+# widen every row of the table to its length. JSON shows the values whole.
+MAX_SHOWN_CELL = 100
 MAX_SHOWN_ERRORS = 3
 # The dead letters whose error text holds no input: a codec's DecodeError, the one error
 # the runtime gives these reasons. Other texts may quote data: a handler's exception kept
@@ -182,6 +185,11 @@ def to_json(summary: Summary) -> str:
     )
 
 
+def _cell(text: str) -> str:
+    """A table cell of record text: printable, and cut to ``MAX_SHOWN_CELL``."""
+    return printable(text if len(text) <= MAX_SHOWN_CELL else text[:MAX_SHOWN_CELL] + "...")
+
+
 def _short_class(name: str) -> str:
     # Module paths make the table wide; the class name is what an operator recognises.
     return name.rsplit(".", 1)[-1]
@@ -210,10 +218,10 @@ def render_table(summary: Summary) -> str:
     rows = [
         (
             str(g.count),
-            printable(g.key.original_topic),
-            printable(g.key.reason),
-            printable(_short_class(g.key.error_class)),
-            printable(g.key.expected),
+            _cell(g.key.original_topic),
+            _cell(g.key.reason),
+            _cell(_short_class(g.key.error_class)),
+            _cell(g.key.expected),
             format_ms(g.first_ms),
             format_ms(g.last_ms),
         )

@@ -415,3 +415,33 @@ def test_a_dlq_holding_a_few_records_of_another_writer_is_still_called_a_dlq() -
     assert "no dead letters" in table
     none = render_table(summarize("orders.dlq", [record(0, []), record(1, [])]))
     assert "'orders.dlq' is probably not a dead-letter topic" in none
+
+
+def test_a_huge_forged_header_widens_no_row_of_the_table() -> None:
+    """A forged sg-dlq-* header of 200 KB is cut in its table cell, so the other groups'
+    rows stay readable; JSON keeps the value whole."""
+    from streamguard.deadletter import DeadLetter
+    from streamguard.dlqtools.inspect import render_table, summarize, to_json
+    from streamguard.dlqtools.reader import DlqRecord
+
+    huge = "x" * 200_000
+    records = [
+        DlqRecord(
+            DeadLetter.from_record(
+                topic="orders.dlq",
+                partition=0,
+                offset=offset,
+                key=None,
+                value=b"{}",
+                headers=[("sg-dlq-reason", reason.encode()), ("sg-dlq-original-topic", b"orders")],
+            ),
+            1_700_000_000_000,
+        )
+        for offset, reason in enumerate(["permanent_error", huge])
+    ]
+    summary = summarize("orders.dlq", records)
+    table = render_table(summary)
+    assert max(len(line) for line in table.splitlines()) < 400, table[:500]
+    assert "xxx..." in table
+    assert [line for line in table.splitlines() if "permanent_error" in line]
+    assert huge in [g["reason"] for g in json.loads(to_json(summary))["groups"]]
