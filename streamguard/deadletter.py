@@ -53,7 +53,9 @@ _set = object.__setattr__
 
 
 def _text(value: object) -> bytes:
-    return str(value).encode("utf-8")
+    # A str may hold lone surrogates (bytes decoded with surrogateescape, a hostname, a
+    # JSON "\\udcff" the json module parsed), which strict UTF-8 cannot encode: escaped.
+    return str(value).encode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True, slots=True, init=False)

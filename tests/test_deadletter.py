@@ -427,3 +427,16 @@ def test_a_repeated_violation_is_described_like_the_first() -> None:
     ]
     built = headers(edited, 10)
     assert json.loads(built[h.DLQ_ERRORS] or b"")[0]["msg"] == "edited in place"
+
+
+def test_an_error_text_with_a_lone_surrogate_is_written_as_valid_utf8() -> None:
+    """A handler's error text may hold a lone surrogate (bytes decoded with
+    ``surrogateescape``, a JSON ``"\\udcff"`` parsed by the json module): the header is
+    still built, as valid UTF-8 with the surrogate escaped, instead of raising
+    UnicodeEncodeError, which refused the dead letter and retried it for good."""
+    text = b"no customer \xff".decode("utf-8", "surrogateescape")
+    message = dict(envelope(sg.Failure("permanent_error", sg.PermanentError(text))))[
+        h.DLQ_ERROR_MESSAGE
+    ]
+    assert message is not None
+    assert message.decode("utf-8") == "no customer \\udcff"
