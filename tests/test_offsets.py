@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from streamguard.offsets import FinalPrefix
 
 
@@ -56,3 +59,36 @@ def test_releasing_an_unknown_offset_is_harmless() -> None:
     prefix.advance(3)
     assert prefix.release(1) is None
     assert prefix.position == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_position_never_passes_an_open_offset(data: st.DataObject) -> None:
+    """Records join in offset order, with gaps (compaction, transaction markers), each
+    final on arrival or held; releases come in any order, some for offsets never held or
+    already released. The position is always the lowest open offset, or the end of
+    everything that joined: never past a record without a final outcome."""
+    prefix = FinalPrefix[int]()
+    offset = data.draw(st.integers(0, 1000))
+    open_: set[int] = set()
+    last = -1
+    for gap in data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=40)):
+        while open_:
+            if not data.draw(st.booleans()):
+                break
+            released = data.draw(st.sampled_from(sorted(open_)))
+            assert prefix.release(released) == released
+            open_.discard(released)
+        if data.draw(st.booleans()):
+            prefix.hold(offset, offset)
+            open_.add(offset)
+        else:
+            prefix.advance(offset + 1)
+        last = offset
+        stray = data.draw(st.integers(-1, offset + 5))
+        if stray not in open_:
+            assert prefix.release(stray) is None
+        assert prefix.position == (min(open_) if open_ else last + 1)
+        assert prefix.end == last + 1
+        assert list(prefix.open_items()) == sorted(open_)
+        offset += gap
