@@ -360,7 +360,10 @@ def error_text(error: BaseException, include_any: bool = False) -> str:
             return f"{error} ({error_text(last, include_any)})"
         return f"{error} ({REDACTED})"
     if include_any or isinstance(error, StreamguardError):
-        return str(error)
+        try:
+            return str(error)
+        except Exception as exc:  # a __str__ that raises: no dead letter could be built
+            return f"{type(error).__name__} (no text: its __str__ raised {type(exc).__name__})"
     return f"{type(error).__name__} ({REDACTED})"
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 import streamguard as sg
 from streamguard import headers as h
-from streamguard.deadletter import MAX_ERROR_MESSAGE, dead_letter_headers, error_text
+from streamguard.deadletter import MAX_ERROR_MESSAGE, REDACTED, dead_letter_headers, error_text
 from streamguard.errors import error_details
 
 SECRET = "SECRET-4242"
@@ -440,3 +440,20 @@ def test_an_error_text_with_a_lone_surrogate_is_written_as_valid_utf8() -> None:
     ]
     assert message is not None
     assert message.decode("utf-8") == "no customer \\udcff"
+
+
+class _NoText(sg.PermanentError):
+    def __str__(self) -> str:
+        raise AttributeError("no text")
+
+
+def test_an_error_whose_str_raises_is_described_by_its_class() -> None:
+    """An exception whose ``__str__`` raises still gets its headers, the message naming
+    its class and what its ``__str__`` raised: before, building them raised, and the
+    dead letter was refused and retried for good (a DLQ counted as unwritable)."""
+    assert error_text(_NoText()) == "_NoText (no text: its __str__ raised AttributeError)"
+    assert error_text(KeyError(SECRET)) == f"KeyError ({REDACTED})"
+    headers = dict(envelope(sg.Failure("permanent_error", _NoText())))
+    assert headers[h.DLQ_ERROR_MESSAGE] == b"_NoText (no text: its __str__ raised AttributeError)"
+    exhausted = sg.RetriesExhausted(3, 10, _NoText())
+    assert error_text(exhausted).endswith("(_NoText (no text: its __str__ raised AttributeError))")

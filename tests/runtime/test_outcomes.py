@@ -280,6 +280,50 @@ def test_an_error_text_with_a_lone_surrogate_is_dead_lettered_and_processing_goe
     assert not running.error
 
 
+def test_an_error_whose_text_cannot_be_read_is_dead_lettered_and_processing_goes_on(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """A PermanentError whose __str__ raises is dead-lettered, its message saying so,
+    and the records after it are handled and committed. Its headers could not be built
+    before: the dead letter was refused and retried for good, the DLQ counted as
+    unwritable, and every partition stayed paused."""
+    src = topic_factory("orders")
+    group = unique("billing")
+    raw_producer.produce(src, order(1).model_dump_json().encode(), key=b"bad")
+    raw_producer.produce(src, order(2).model_dump_json().encode(), key=b"good")
+    raw_producer.flush(10)
+    handled: list[bytes] = []
+
+    class Refused(sg.PermanentError):
+        def __str__(self) -> str:
+            raise AttributeError("no text")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.key == b"bad":
+                raise Refused()
+            handled.append(ctx.key or b"")
+
+    running = start_service(Billing, kafka_config={**FAST_GROUP, "group.id": group})
+    (letter,) = read_all(f"{src}.dlq", 1)
+    assert dlq_headers(letter)["sg-dlq-error-message"] == (
+        "Refused (no text: its __str__ raised AttributeError)"
+    )
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2)
+    assert handled == [b"good"]
+    running.stop()
+    assert not running.error
+
+
 def test_subclass_attribute_names_are_the_users_own(
     bootstrap: str,
     topic_factory: Callable[..., str],
