@@ -88,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit
+    except BrokenPipeError:
+        # Nobody reads the rest: no traceback, and none again when Python flushes
+        # stdout at exit (it would print "Exception ignored ... BrokenPipeError").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.FAILED
     except ConfigurationError as exc:
         print(f"streamguard: error: {exc}", file=sys.stderr)
         return exitcodes.USAGE

@@ -288,6 +288,28 @@ def test_diff_raw_files(tmp_path: Path, cli: Cli) -> None:
     assert cli("schema", "diff", "--old", str(old), "--new", str(tmp_path / "none.json"))[0] == 2
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`streamguard ... | head`: a command whose reader closed the pipe ended in a
+    BrokenPipeError traceback (or Python's "Exception ignored" as it flushed stdout at
+    exit). It exits 1, as a pipeline's `pipefail` expects, and says nothing more."""
+    old, new = tmp_path / "a.json", tmp_path / "b.json"
+    old.write_text(json.dumps({"type": "string", "maxLength": 10}))
+    new.write_text(json.dumps({"type": "string", "maxLength": 5}))
+    cmd = [sys.executable, "-m", "streamguard.cli", "schema", "diff"]
+    proc = subprocess.Popen(
+        [*cmd, "--old", str(new), "--new", str(old)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes (it imports first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 1
+    assert "Traceback" not in err, err
+    assert "BrokenPipeError" not in err, err
+
+
 def test_export_stdout_and_out_dir(project_factory: Callable[[], Project], cli: Cli) -> None:
     """export prints every contract's normalised schema, or writes them under --out."""
     project = project_factory()
