@@ -241,18 +241,38 @@ def test_handler_exception_text_is_redacted_by_default(
     assert dlq_headers(second)["sg-dlq-error-message"] == "customer account is closed"
 
 
-def test_an_error_text_with_a_lone_surrogate_is_dead_lettered_and_processing_goes_on(
+class _TextRaises(sg.PermanentError):
+    def __str__(self) -> str:
+        raise AttributeError("no text")
+
+
+def _surrogate(key: bytes) -> Exception:
+    return sg.PermanentError(f"no customer {key.decode('utf-8', 'surrogateescape')}")
+
+
+@pytest.mark.parametrize(
+    ("refuse", "message"),
+    [
+        (_surrogate, "no customer bad\\udcff"),
+        (lambda key: _TextRaises(), "_TextRaises (no text: its __str__ raised AttributeError)"),
+    ],
+    ids=["lone-surrogate", "str-raises"],
+)
+def test_an_error_text_that_cannot_be_encoded_is_dead_lettered_and_processing_goes_on(
     bootstrap: str,
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
     start_service: Callable[..., Running],
     raw_producer: Producer,
     read_all: Callable[..., list[Any]],
+    refuse: Callable[[bytes], Exception],
+    message: str,
 ) -> None:
-    """A PermanentError quoting a key decoded with surrogateescape (a lone surrogate)
-    is dead-lettered with the surrogate escaped; the records after it are handled and
-    committed. Its headers could not be built before: the dead letter was refused and
-    retried for good, the DLQ counted as unwritable, and nothing was processed."""
+    """A PermanentError quoting a key decoded with surrogateescape (a lone surrogate) is
+    dead-lettered with the surrogate escaped, one whose __str__ raises with a message
+    saying so; the records after it are handled and committed. Their headers could not
+    be built before: the dead letter was refused and retried for good, the DLQ counted
+    as unwritable, and every partition stayed paused."""
     src = topic_factory("orders")
     group = unique("billing")
     raw_producer.produce(src, order(1).model_dump_json().encode(), key=b"bad\xff")
@@ -268,56 +288,12 @@ def test_an_error_text_with_a_lone_surrogate_is_dead_lettered_and_processing_goe
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             key = ctx.key or b""
             if key.startswith(b"bad"):
-                raise sg.PermanentError(f"no customer {key.decode('utf-8', 'surrogateescape')}")
+                raise refuse(key)
             handled.append(key)
 
     running = start_service(Billing, kafka_config={**FAST_GROUP, "group.id": group})
     (letter,) = read_all(f"{src}.dlq", 1)
-    assert dlq_headers(letter)["sg-dlq-error-message"] == "no customer bad\\udcff"
-    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2)
-    assert handled == [b"good"]
-    running.stop()
-    assert not running.error
-
-
-def test_an_error_whose_text_cannot_be_read_is_dead_lettered_and_processing_goes_on(
-    bootstrap: str,
-    topic_factory: Callable[..., str],
-    unique: Callable[[str], str],
-    start_service: Callable[..., Running],
-    raw_producer: Producer,
-    read_all: Callable[..., list[Any]],
-) -> None:
-    """A PermanentError whose __str__ raises is dead-lettered, its message saying so,
-    and the records after it are handled and committed. Its headers could not be built
-    before: the dead letter was refused and retried for good, the DLQ counted as
-    unwritable, and every partition stayed paused."""
-    src = topic_factory("orders")
-    group = unique("billing")
-    raw_producer.produce(src, order(1).model_dump_json().encode(), key=b"bad")
-    raw_producer.produce(src, order(2).model_dump_json().encode(), key=b"good")
-    raw_producer.flush(10)
-    handled: list[bytes] = []
-
-    class Refused(sg.PermanentError):
-        def __str__(self) -> str:
-            raise AttributeError("no text")
-
-    class Billing(sg.ConsumerService):
-        topic = src
-        contract = OrderPlaced
-        group_id = group
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            if ctx.key == b"bad":
-                raise Refused()
-            handled.append(ctx.key or b"")
-
-    running = start_service(Billing, kafka_config={**FAST_GROUP, "group.id": group})
-    (letter,) = read_all(f"{src}.dlq", 1)
-    assert dlq_headers(letter)["sg-dlq-error-message"] == (
-        "Refused (no text: its __str__ raised AttributeError)"
-    )
+    assert dlq_headers(letter)["sg-dlq-error-message"] == message
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2)
     assert handled == [b"good"]
     running.stop()
