@@ -73,7 +73,8 @@ def test_a_handlers_system_exit_stops_the_worker_and_loses_nothing(
         first.wait(10)
         pytest.fail("the worker did not exit after its handler's SystemExit")
     assert marker.exists()
-    assert first.returncode != 0
+    if command == "faust-worker":
+        assert first.returncode == 3  # the handler's own code (the module's is its own choice)
     assert committed(bootstrap, group, src).get(0, 0) <= EXIT_AT
     assert EXIT_AT not in {o for _, o in handled_lines(out)}
 
