@@ -35,46 +35,43 @@ log = logging.getLogger("streamguard.runtime")
 STATS_INTERVAL_MS = 1000
 
 
-def check_stats_interval(config: Mapping[str, Any], broker_silence: float) -> None:
-    """Refuse a ``statistics.interval.ms`` that would blind ``ClusterLink``.
+def check_link_settings(config: Mapping[str, Any], broker_silence: float) -> None:
+    """Refuse the consumer settings that would blind ``ClusterLink`` or fool it.
 
-    At 0 librdkafka sends no statistics, so ``/readyz`` and ``broker_timeout`` would
-    never learn that the cluster is gone; above ``broker_silence`` the link would call a
-    healthy cluster unreachable between two reports.
+    ``statistics.interval.ms``: at 0 librdkafka sends no statistics, so ``/readyz`` and
+    ``broker_timeout`` would never learn that the cluster is gone; above
+    ``broker_silence`` the link would call a healthy cluster unreachable between two
+    reports. ``heartbeat.interval.ms``: with every partition paused (the DLQ or a
+    dependency down) or none assigned, a healthy consumer hears from the cluster only at
+    each heartbeat, so one of ``broker_silence`` or more made the link report an outage
+    that was not there.
     """
-    interval: Any = config.get("statistics.interval.ms")
-    try:
-        ms = int(interval)  # librdkafka takes strings too
-    except (TypeError, ValueError):
-        return  # unset, or not a number: librdkafka says so when the consumer is made
-    if not 0 < ms <= broker_silence * 1000:
+    silence_ms = broker_silence * 1000
+    stats = _ms(config, "statistics.interval.ms")
+    if stats is not None and not 0 < stats <= silence_ms:
         raise ConfigurationError(
-            f"kafka_config statistics.interval.ms={interval}: the runtime reads librdkafka's "
-            "statistics to know whether the cluster is reachable, so it must be between 1 "
-            f"and ServiceOptions.broker_silence ({broker_silence * 1000:.0f} ms); leave it "
-            f"out for the default of {STATS_INTERVAL_MS} ms"
+            f"kafka_config statistics.interval.ms={config['statistics.interval.ms']}: the "
+            "runtime reads librdkafka's statistics to know whether the cluster is reachable, "
+            f"so it must be between 1 and ServiceOptions.broker_silence ({silence_ms:.0f} "
+            f"ms); leave it out for the default of {STATS_INTERVAL_MS} ms"
+        )
+    heartbeat = _ms(config, "heartbeat.interval.ms")
+    if heartbeat is not None and heartbeat >= silence_ms:
+        raise ConfigurationError(
+            f"kafka_config heartbeat.interval.ms={config['heartbeat.interval.ms']}: with every "
+            "partition paused, the heartbeat is all a healthy consumer hears from the "
+            f"cluster, so it must be below ServiceOptions.broker_silence ({silence_ms:.0f} "
+            "ms); lower it, or raise broker_silence"
         )
 
 
-def check_heartbeat_interval(config: Mapping[str, Any], broker_silence: float) -> None:
-    """Refuse a ``heartbeat.interval.ms`` of ``broker_silence`` or more.
-
-    With every partition paused (the DLQ or a dependency down) or none assigned, a
-    healthy consumer hears from the cluster only at each heartbeat: a slower one made
-    the link report an outage that was not there.
-    """
-    interval: Any = config.get("heartbeat.interval.ms")
+def _ms(config: Mapping[str, Any], key: str) -> int | None:
+    """A millisecond setting as a number; None when unset or not one (librdkafka, which
+    takes strings too, says so when the consumer is made)."""
     try:
-        ms = int(interval)
+        return int(config.get(key))  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return  # unset (librdkafka's 3000 ms), or librdkafka's to refuse
-    if ms >= broker_silence * 1000:
-        raise ConfigurationError(
-            f"kafka_config heartbeat.interval.ms={interval}: with every partition paused, "
-            "the heartbeat is all a healthy consumer hears from the cluster, so it must be "
-            f"below ServiceOptions.broker_silence ({broker_silence * 1000:.0f} ms); lower "
-            "it, or raise broker_silence"
-        )
+        return None
 
 
 class ClusterLink:

@@ -30,8 +30,7 @@ from streamguard.runtime.commits import Committer
 from streamguard.runtime.connectivity import (
     STATS_INTERVAL_MS,
     ClusterLink,
-    check_heartbeat_interval,
-    check_stats_interval,
+    check_link_settings,
 )
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.flow import FlowControl
@@ -100,8 +99,7 @@ class ServiceRuntime:
         metrics_host: str = "127.0.0.1",
     ) -> None:
         self.spec = spec
-        check_stats_interval(consumer_config, spec.options.broker_silence)
-        check_heartbeat_interval(consumer_config, spec.options.broker_silence)
+        check_link_settings(consumer_config, spec.options.broker_silence)
         self.consumer_config = dict(consumer_config)
         self.dead_letter_config = dict(dead_letter_config)
         self.registry = registry
