@@ -86,7 +86,7 @@ def _shown(data: bytes | None) -> str | None:
     if data is None:
         return None
     text = data.decode("utf-8", "backslashreplace")
-    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE] + "..."
+    return _cut(text, MAX_SHOWN_VALUE)
 
 
 def _loc(error: dict[str, Any]) -> str:
@@ -187,7 +187,12 @@ def to_json(summary: Summary) -> str:
 
 def _cell(text: str) -> str:
     """A table cell of record text: printable, and cut to ``MAX_SHOWN_CELL``."""
-    return printable(text if len(text) <= MAX_SHOWN_CELL else text[:MAX_SHOWN_CELL] + "...")
+    return printable(_cut(text, MAX_SHOWN_CELL))
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and ``...``."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _short_class(name: str) -> str:
