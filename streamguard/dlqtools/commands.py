@@ -155,7 +155,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         }
         summary.stopped_idle = reader.stopped_idle
     print(to_json(summary) if args.format == "json" else render_table(summary))
-    return exitcodes.OK
+    # Counts that stopped short are not the DLQ's: a script must not take them for it.
+    return exitcodes.FAILED if summary.stopped_idle else exitcodes.OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -255,7 +256,10 @@ def render_report(report: ReplayReport) -> str:
             "(--group must name a group of the replay's own, never a running consumer's)"
         )
     if report.stopped_idle:
-        lines.append("  note: stopped after an idle period before the end recorded at start")
+        lines.append(
+            "  stopped: nothing arrived from the cluster for the idle timeout before the "
+            "end recorded at start; run the same replay again to continue"
+        )
     for error in report.errors[:SHOWN_REFUSED]:
         lines.append(f"  failed: {error}")
     if report.failed:

@@ -123,7 +123,8 @@ class ReplayOptions:
 @dataclass
 class ReplayReport:
     """What a run did; ``failed`` > 0 means some records were not acknowledged in time,
-    and the run stopped there, short of the end.
+    and the run stopped there, short of the end; ``stopped_idle`` that the cluster sent
+    nothing for the reader's idle timeout before the end, and the run stopped short too.
 
     ``replayed`` counts the records the broker acknowledged (a dry run: those it would
     send), so that an interrupted or failed run says what actually reached the topics.
@@ -151,7 +152,9 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.commit_error is None
+        # Stopped idle, the run did not reach the end: a script that purges the DLQ
+        # after a replay that exits 0 would purge records that were never replayed.
+        return self.failed == 0 and self.commit_error is None and not self.stopped_idle
 
 
 @dataclass(frozen=True, slots=True)

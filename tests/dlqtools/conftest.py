@@ -7,6 +7,7 @@ the one production writes, not a hand-made imitation.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import streamguard as sg
 from streamguard import headers as h
 from streamguard.codecs import JsonCodec
 from streamguard.deadletter import Failure, dead_letter_headers
+from streamguard.dlqtools.reader import DlqReader, PartitionRange
 from tests.dlqtools.dlqcases import OrderV1, Sent, encode
 
 
@@ -82,3 +84,37 @@ def dead_letters(bootstrap: str) -> Callable[..., list[Sent]]:
         return sent
 
     return write
+
+
+class _GoesQuiet:
+    """The reader's consumer, passing on the first ``after`` records and then nothing:
+    a cluster that stops answering mid-read, as the reader sees it."""
+
+    def __init__(self, consumer: Any, after: int) -> None:
+        self._consumer, self._left = consumer, after
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        if self._left <= 0:
+            time.sleep(timeout)
+            return []
+        batch = self._consumer.consume(num_messages=min(num_messages, self._left), timeout=timeout)
+        self._left -= sum(1 for m in batch if m.error() is None)
+        return batch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+@pytest.fixture
+def cluster_goes_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After planning, a DLQ reader receives 2 records and then nothing, and gives up
+    after 0.5 s of silence instead of the 10 s default."""
+    plan = DlqReader.plan
+
+    def then_quiet(self: DlqReader, start: Any = None) -> list[PartitionRange]:
+        ranges = plan(self, start)
+        self.idle_timeout = 0.5
+        self._consumer = _GoesQuiet(self._consumer, after=2)  # type: ignore[assignment]
+        return ranges
+
+    monkeypatch.setattr(DlqReader, "plan", then_quiet)

@@ -258,6 +258,26 @@ def test_inspect_with_a_limit_says_how_far_it_read(
     )
 
 
+@pytest.mark.usefixtures("cluster_goes_quiet")
+def test_inspect_that_stopped_short_of_the_end_exits_1(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Counts read before the cluster went quiet are not the DLQ's: the note says so and
+    the exit status fails, so a script does not take them for the whole DLQ."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 3, original_topic="orders")
+    base = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]
+    assert main(base) == 1
+    out = capsys.readouterr().out
+    assert "2 dead-lettered record(s)" in out
+    assert "note: stopped after an idle period before reaching those offsets" in out
+    assert main([*base, "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["stopped_idle"] is True
+
+
 @pytest.mark.parametrize("rate", ["abc", "0", "-1"])
 def test_a_rate_that_is_no_positive_number_is_named_plainly(
     rate: str, capsys: pytest.CaptureFixture[str]

@@ -360,6 +360,23 @@ def test_publish_failure_exits_1_and_commits_nothing_after_it(
     assert keys == [b"customer-0", b"customer-1", b"customer-2"]
 
 
+@pytest.mark.usefixtures("cluster_goes_quiet")
+def test_a_replay_that_stopped_short_of_the_end_exits_1(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A replay whose cluster went quiet before the end recorded at start commits what
+    it sent but fails: exit 0 would tell a script that the DLQ was replayed, and the
+    records after the stop would be purged with it."""
+    _, dlq, _ = incident
+    assert main(["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]) == 1
+    out = capsys.readouterr().out
+    assert "replayed 2; skipped 0;" in out
+    assert "stopped: nothing arrived from the cluster for the idle timeout" in out
+    assert committed(bootstrap, dlq, default_group(dlq)) == [2]
+
+
 class _FirstFlushTimesOut:
     """A flush timeout that runs out at once the first time, then is long enough: a
     broker that answers only after the replay stopped waiting for it."""
