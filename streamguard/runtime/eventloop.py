@@ -793,7 +793,8 @@ class LoopRunner:
         if retry is not None and not await self._wait_to_retry(lane, retry):
             return False
         breaker, publisher = pipe.breaker, pipe.publisher
-        while not lane.closed:
+        # A closed lane is seen where a handler would start (below), and by every wait.
+        while True:
             # With the breaker closed and the DLQ writable, no coroutine is needed.
             ready = breaker.closed and publisher.writable
             if not ready and not await self._until_processing(lane):
@@ -803,7 +804,8 @@ class LoopRunner:
                 parked = gate(pipe.breaker, retry, self._clock(), (lane.partition, msg.offset()))
                 if parked is not None:  # the breaker or the retry budget holds it
                     retry = parked
-                    await self._wait_to_retry(lane, parked)
+                    if not await self._wait_to_retry(lane, parked):
+                        return False
                     continue
             attempt = 1 if retry is None else retry.attempt + 1
             if not self.slots.try_take():  # the common case needs no coroutine
@@ -813,11 +815,17 @@ class LoopRunner:
                     # Waiting for a slot is not the record's doing: like time parked by
                     # the breaker, it is not charged to its retry budget.
                     retry.first_failure_mono += self._clock() - waiting_since
-                if lane.closed:  # revoked while waiting: its new owner runs it
-                    self.slots.give()
-                    return False
             run.in_handler = True
             lane.running += 1
+            # Read after ``running`` is raised, never before: a revoke on another thread
+            # sets ``closed``, then waits for ``running`` at zero. Read before it, a
+            # revoke landing in between saw no handler, committed and handed the
+            # partition over, and this record ran here and at its new owner.
+            if lane.closed:  # its new owner runs it
+                run.in_handler = False
+                lane.running -= 1
+                self.slots.give()
+                return False
             verdict: Failure | RetryState | None
             self.in_handlers += 1
             try:
@@ -868,14 +876,14 @@ class LoopRunner:
                 # is down no call succeeds, and the retries of an outage, the ones the
                 # counter is for, would never reach the metrics.
                 self._schedule_flush()
-                await self._wait_to_retry(lane, retry)
+                if not await self._wait_to_retry(lane, retry):
+                    return False
                 continue
             self._schedule_flush()
             self._since_poll += 1
             if self._since_poll >= _POLL_EVERY:
                 self._poll_here()
             return True
-        return False
 
     async def _until_processing(self, lane: LoopLane) -> bool:
         """Wait while no work may start (DLQ unwritable, breaker open); False if the

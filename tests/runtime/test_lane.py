@@ -307,6 +307,58 @@ def test_a_key_run_cancelled_before_its_first_step_is_forgotten() -> None:
         loop.close()
 
 
+class KeyedOrders(sg.ConsumerService):
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    ordering = "key"
+    handled: ClassVar[list[int]] = []
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        self.handled.append(ctx.offset)
+
+
+def test_a_revoke_that_saw_no_handler_running_keeps_the_record_from_starting() -> None:
+    """A revoke on another thread closes the lane, then waits for ``running`` at zero.
+    Landing between the loop's last look at ``closed`` and its raising of ``running``
+    (here: inside the slot take, between the two), it saw nothing running, committed and
+    handed the partition over, and the record was handled here as well as by its new
+    owner."""
+    KeyedOrders.handled.clear()
+    spec = KeyedOrders(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    loop = asyncio.new_event_loop()
+    try:
+        runner = LoopRunner(pipeline, loop, "key", max_in_flight=8)
+        lane = LoopLane(0, pipeline, runner)
+        revoke_saw_idle: list[bool] = []
+        take = runner.slots.try_take
+
+        def revoked_meanwhile() -> bool:
+            def revoke() -> None:  # Assignment.settle's order: close, then wait
+                lane.close()
+                revoke_saw_idle.append(lane.wait_idle(0.0))
+
+            thread = threading.Thread(target=revoke)
+            thread.start()
+            thread.join()
+            return take()
+
+        runner.slots.try_take = revoked_meanwhile  # type: ignore[method-assign]
+        lane.enqueue([record(valid(0), key="k", topic="lane-unit", offset=0)])
+        lane.drain()
+        for _ in range(50):
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if not runner.busy:
+                break
+        assert revoke_saw_idle == [True]
+        assert KeyedOrders.handled == []  # its new owner handles it
+        assert lane.running == 0
+        assert runner.slots.running == 0
+    finally:
+        loop.close()
+
+
 def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
     """A failed probe gives the record its attempt back, so its next try is attempt 1
     again: drift is counted once a try gets past decoding, not on every attempt 1."""
