@@ -65,6 +65,9 @@ class Assignment:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self.assigned_once = False
+        # While a revoke waits for handlers: when that wait ends. The thread that polls
+        # is inside it meanwhile, so health counts it as polling until then.
+        self.revoke_ends: float | None = None
         self.closed = False  # after shutdown: callbacks from close() change nothing
         # Once shutdown settles: when the stop's documented bound (twice
         # shutdown_timeout from here) runs out; the runner's last waits stay within it.
@@ -91,7 +94,12 @@ class Assignment:
         parts = [tp.partition for tp in partitions]
         self._flow.release(parts)
         lanes = [self.lanes.pop(p) for p in parts if p in self.lanes]
-        self.settle(lanes, self._options.revoke_timeout)
+        timeout = self._options.revoke_timeout
+        self.revoke_ends = time.monotonic() + timeout
+        try:
+            self.settle(lanes, timeout)
+        finally:
+            self.revoke_ends = None
         self._forget(parts)
         log.info("partitions revoked", extra={"partitions": parts})
         self._on_revoked(parts)

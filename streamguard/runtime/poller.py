@@ -106,6 +106,14 @@ class Poller:
             self._lag.update(lanes, self.flow.paused, self.committer.committed)
         return claimed
 
+    def polled_at(self) -> float:
+        """When the consumer was last polled; during a revoke, the end of its wait for
+        handlers: the poll that runs the revoke is in progress until then."""
+        revoke_ends = self.assignment.revoke_ends
+        if revoke_ends is not None and revoke_ends > self.last_poll:
+            return min(revoke_ends, time.monotonic())
+        return self.last_poll
+
     @property
     def lag_due(self) -> bool:
         """The lag gauge wants a broker request (see ``refresh_lag``)."""

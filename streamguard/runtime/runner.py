@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamguard.runtime")
 _librdkafka_log = logging.getLogger("streamguard.librdkafka")
 
-# /readyz reports "not polling" when no poll happened for this long.
+# /readyz reports "not polling" when no poll happened for this long, not counting a
+# revoke's wait for handlers (up to revoke_timeout, which may be longer).
 POLL_STALE_AFTER = 10.0
 # The longest single wait for the cluster at start-up: a stop (SIGTERM) is seen between two.
 CONNECT_WAIT = 0.5
@@ -392,7 +393,7 @@ class ServiceRuntime:
         checks = {
             "running": self._running and not self._stopping.is_set(),
             "assigned": bool(poller and poller.assignment.assigned_once),
-            "polling": bool(poller and time.monotonic() - poller.last_poll < POLL_STALE_AFTER),
+            "polling": bool(poller and time.monotonic() - poller.polled_at() < POLL_STALE_AFTER),
             "dlq_writable": bool(publisher and publisher.writable),
             # Open or probing: a dependency failed most recent calls; nothing is handled.
             "breaker_closed": self._breaker is None or self._breaker.closed,

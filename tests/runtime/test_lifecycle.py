@@ -304,6 +304,56 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
     assert status("/healthz") == 0  # the server is gone with the service
 
 
+def test_a_revoke_waiting_for_a_slow_handler_still_counts_as_polling(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revoke waits up to revoke_timeout for the handlers of the partitions it takes
+    away, inside the poll that runs it. revoke_timeout may be longer than the 10 s after
+    which /readyz says "polling": false, the check's "the poll loop is stuck": a slow
+    handler made a healthy member unready. Here the bound is 1 s, the wait seconds."""
+    monkeypatch.setattr("streamguard.runtime.runner.POLL_STALE_AFTER", 1.0)
+    src = topic_factory("orders", partitions=2)
+    group = unique("slow")
+    revoked: list[list[int]] = []
+    started: list[int] = []
+
+    class Slow(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(revoke_timeout=8.0, shutdown_timeout=8.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.append(ctx.partition)
+            time.sleep(5.0)
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            revoked.append(partitions)
+
+    first = start_service(Slow)
+    assert wait_for(lambda: first.service.health()["checks"]["assigned"])
+    for part in (0, 1):
+        raw_producer.produce(src, order(part).model_dump_json().encode(), partition=part)
+    raw_producer.flush(10)
+    assert wait_for(lambda: len(started) == 2)  # every partition's handler is busy
+    second = start_service(Slow)
+    polling: list[bool] = []
+    deadline = time.monotonic() + 20
+    while not revoked and time.monotonic() < deadline:
+        polling.append(first.service.health()["checks"]["polling"])
+        time.sleep(0.05)
+    assert revoked, "no partition was revoked"
+    assert all(polling), f"not polling in {polling.count(False)} of {len(polling)} looks"
+    first.stop()
+    second.stop()
+    assert not first.error
+    assert not second.error
+
+
 def test_a_base_class_is_refused_as_a_service_to_run(capsys: pytest.CaptureFixture[str]) -> None:
     """ConsumerService itself, or a base marked ``__abstract__``, is a usage error with a
     hint (exit 2 from ``streamguard run``), not an AttributeError about group_id."""
