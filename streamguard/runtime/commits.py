@@ -34,6 +34,10 @@ class Committer:
         self._topic = topic
         self._failures = metrics.commit_failures
         self._committed: dict[int, int] = {}
+        # Partitions whose last commit was asynchronous and has not been acknowledged
+        # (its callback comes only with a later poll): a synchronous commit, the last
+        # of a revoke or shutdown, sends their offset again rather than count on it.
+        self._unconfirmed: set[int] = set()
 
     @property
     def committed(self) -> Mapping[int, int]:
@@ -47,7 +51,9 @@ class Committer:
             position = self._settled(lane)
             last = self._committed.get(lane.partition)
             # Never below the last accepted commit, whatever the lane reports.
-            if position is not None and (last is None or position > last):
+            if position is None or (last is not None and position < last):
+                continue
+            if position != last or (not asynchronous and lane.partition in self._unconfirmed):
                 offsets.append(TopicPartition(self._topic, lane.partition, position))
                 self._committed[lane.partition] = position
         if not offsets:
@@ -55,8 +61,10 @@ class Committer:
         try:
             if asynchronous:  # two calls: the client's stubs overload on the literal
                 self._consumer.commit(offsets=offsets, asynchronous=True)
+                self._unconfirmed.update(tp.partition for tp in offsets)
             else:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
+                self._unconfirmed.difference_update(tp.partition for tp in offsets)
         except KafkaException as exc:
             self.failed(exc.args[0], offsets)
 
@@ -86,6 +94,10 @@ class Committer:
         failed = [tp for tp in partitions if tp.error is not None]
         if error is not None or failed:
             self.failed(error, failed or partitions)
+            return
+        for tp in partitions:
+            if self._committed.get(tp.partition) == tp.offset:
+                self._unconfirmed.discard(tp.partition)
 
     def failed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         self._failures.inc()
@@ -95,8 +107,10 @@ class Committer:
         )
         for tp in partitions:
             self._committed.pop(tp.partition, None)  # commit again on the next round
+            self._unconfirmed.discard(tp.partition)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions no longer ours: a later owner's commits are not ours to compare."""
         for part in partitions:
             self._committed.pop(part, None)
+            self._unconfirmed.discard(part)

@@ -1,0 +1,64 @@
+"""Which offsets a commit sends; no broker: a stub consumer records the calls."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.commits import Committer
+from streamguard.runtime.lane import PartitionLane
+
+
+class Calls:
+    """A consumer that records its commits and answers none of them."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[list[tuple[int, int]], bool]] = []
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(([(tp.partition, tp.offset) for tp in offsets], asynchronous))
+
+
+class Lane:
+    closed = True  # the client's position is not asked for
+    fetched_to = None
+
+    def __init__(self, partition: int, position: int) -> None:
+        self.partition = partition
+        self.position = position
+
+    def commit_position(self) -> int:
+        return self.position
+
+
+def committer() -> tuple[Committer, Calls]:
+    calls = Calls()
+    metrics = ServiceMetrics(CollectorRegistry())
+    return Committer(cast(Consumer, calls), "t", metrics), calls
+
+
+def lanes(*lanes: Any) -> list[PartitionLane]:
+    return cast(list[PartitionLane], list(lanes))
+
+
+def test_the_final_commit_sends_again_what_an_unacknowledged_async_commit_sent() -> None:
+    """A revoke or shutdown ends with a synchronous commit. It skipped an offset that a
+    periodic asynchronous commit had just sent: when that one then failed (its callback
+    comes only with a later poll, after the partition had gone), the offset was never
+    committed and the records were handled again by the next owner or after a restart."""
+    commits, calls = committer()
+    commits.commit(lanes(Lane(0, 5), Lane(1, 7)), asynchronous=True)
+    commits.on_commit(None, [TopicPartition("t", 1, 7)])  # only partition 1's came back
+    commits.commit(lanes(Lane(0, 5), Lane(1, 7)), asynchronous=False)
+    assert calls.commits == [([(0, 5), (1, 7)], True), ([(0, 5)], False)]
+
+
+def test_an_unmoved_offset_is_not_sent_again_asynchronously() -> None:
+    commits, calls = committer()
+    commits.commit(lanes(Lane(0, 5)), asynchronous=True)
+    commits.commit(lanes(Lane(0, 5)), asynchronous=True)
+    commits.commit(lanes(Lane(0, 4)), asynchronous=False)  # never backwards
+    assert calls.commits == [([(0, 5)], True)]
