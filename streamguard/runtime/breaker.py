@@ -51,6 +51,7 @@ class Breaker:
         self._opened_at = 0.0
         self._probing = False
         self._probe_started = 0.0
+        self._probe: Hashable = None  # the message probing now (see _is_probe)
         self._failed_probe: Hashable = None  # the message whose probe failed last
         self._open_total = 0.0  # seconds spent not closed, before the current period
         self._last_success = float("-inf")  # no call has succeeded yet
@@ -88,6 +89,7 @@ class Breaker:
                     return False
                 self._probing = True
                 self._probe_started = now
+                self._probe = message
                 return True
             return False
 
@@ -115,12 +117,24 @@ class Breaker:
         # fell a rounding error short of a cool-down such as 0.3 s.
         return self._opened_at + self.config.cool_down
 
-    def release_probe(self) -> None:
-        """The probe ended without calling the dependency (invalid input): another
-        message may probe."""
+    def release_probe(self, message: Hashable = None) -> None:
+        """The probe (``message``) ended without calling the dependency (invalid input):
+        another message may probe. Another record's release leaves the probe be."""
         if not self.closed:
             with self._lock:
-                self._probing = False
+                if self._is_probe(message):
+                    self._probing = False
+
+    def _is_probe(self, message: Hashable) -> bool:
+        """Whether a result of ``message`` is the half-open probe's (lock held).
+
+        Only the probe's result decides the half-open state: a call that started before
+        the breaker went half-open (in the closed state, or a probe given up) belongs to
+        an earlier state. Before, such a call's failure reopened the breaker, and cut
+        short the probe in flight, as if the dependency had failed it. A caller that
+        names no message cannot be told apart, and counts as the probe.
+        """
+        return self._probing and (message is None or self._probe is None or message == self._probe)
 
     def _probe_busy(self, now: float) -> bool:
         # A probe that never reported back (its lane was revoked, it was cancelled)
@@ -134,14 +148,15 @@ class Breaker:
                 return self._open_total
             return self._open_total + self._clock() - self._opened_at
 
-    def succeeded(self, calls: int = 1) -> None:
-        """``calls`` handler calls ended without a transient failure."""
+    def succeeded(self, calls: int = 1, message: Hashable = None) -> None:
+        """``calls`` handler calls ended without a transient failure (``message``'s, if
+        given: it closes a half-open breaker only if it is the probe)."""
         if not calls or not self.config.enabled:
             return
         with self._lock:
             self._count(calls, 0)
             self._last_success = self._clock()
-            if self.state == HALF_OPEN and self._probing:
+            if self.state == HALF_OPEN and self._is_probe(message):
                 self._probing = False
                 self._failed_probe = None
                 self._open_total += self._clock() - self._opened_at
@@ -153,8 +168,10 @@ class Breaker:
         """A handler call of ``message`` failed transiently (with an exception of class
         ``error``, which the log names when the breaker opens): maybe open the breaker.
 
-        Returns True when the breaker was probing: the failure says the dependency is
-        still down, not that the message is bad, so its attempt is not spent.
+        Returns True when ``message`` was the probe: the failure says the dependency is
+        still down, not that the message is bad, so its attempt is not spent. A call that
+        started before the breaker went half-open fails as if it were still open: it
+        counts, but neither reopens the breaker nor ends the probe.
         """
         if not self.config.enabled:
             return False
@@ -166,7 +183,7 @@ class Breaker:
                 self._failing.move_to_end(message)
                 while len(self._failing) > _MAX_TRACKED:
                     self._failing.popitem(last=False)
-            if self.state == HALF_OPEN:
+            if self.state == HALF_OPEN and self._is_probe(message):
                 self._probing = False
                 self._failed_probe = message
                 self._open(now, "the probe failed", error)

@@ -841,7 +841,7 @@ class LoopRunner:
                         called = True
                         returned = await self._call(event, ctx)
                     else:  # schema drift: no call reached the dependency
-                        breaker.release_probe()
+                        breaker.release_probe((lane.partition, msg.offset()))
                 except Exception as exc:
                     event = None  # not held while its dead letter waits, or its retry
                     self._fold_successes()  # the verdict weighs every success before it

@@ -309,8 +309,8 @@ class PartitionLane:
                         event = decode(value)
                         if not index % sample and (retry is None or not retry.drift_checked):
                             drift = inspect_drift(msg, value)
-                            if drift is not None:
-                                breaker.release_probe()  # no call reached the dependency
+                            if drift is not None:  # no call reached the dependency
+                                breaker.release_probe((self.partition, msg.offset()))
                                 self._dead_letter(msg, Failure("schema_drift", drift))
                                 done += 1
                                 continue

@@ -158,7 +158,7 @@ def judge(
     """
     if not by_handler and isinstance(exc, _INVALID_INPUT):  # a poison flood's path
         if breaker is not None and not breaker.closed:
-            breaker.release_probe()  # no call reached the dependency
+            breaker.release_probe(message)  # no call reached the dependency
         # Held until the DLQ acknowledges: without the codec's frames and pydantic's
         # error (which holds the input), a poison flood keeps a few small objects per
         # record alive instead of object graphs the garbage collector walks again and
@@ -177,12 +177,12 @@ def judge(
     )
     if isinstance(exc, RegistryUnavailable):
         if breaker is not None:
-            breaker.release_probe()
+            breaker.release_probe(message)
         mark = breaker.open_total() if breaker is not None else 0.0
         return _wait_for_registry(exc, attempt, retry, policy, now, first_ms, mark)
     if classify(exc, transient) == "permanent":
         if breaker is not None:
-            breaker.succeeded()  # the dependency answered; the message is at fault
+            breaker.succeeded(1, message)  # the dependency answered; the message is at fault
             breaker.recovered(message)
         return Failure("permanent_error", exc, attempt, first_ms)
     if breaker is not None and breaker.failed(message, type(exc).__name__):

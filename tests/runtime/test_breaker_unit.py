@@ -454,3 +454,44 @@ def test_a_wait_for_the_schema_registry_is_logged_as_waiting(
             "streamguard.errors.RegistryUnavailable",
         )
     }
+
+
+def test_only_the_probe_decides_a_half_open_breaker() -> None:
+    """A call that started before the breaker went half-open (here (0, 9), in the
+    closed state) and fails or succeeds meanwhile neither reopens nor closes it, nor
+    ends the probe; the probe's own failure reopens it. Before, the old call's failure
+    reopened the breaker for another cool-down although the probe had not answered."""
+    b, clock, registry = breaker(min_calls=2, cool_down=3.0)
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 3
+    assert b.allow((2, 1))  # the probe
+    assert not b.failed((0, 9), "TimeoutError")  # its attempt is spent as usual
+    assert b.state == HALF_OPEN
+    assert (
+        registry.get_sample_value(
+            "streamguard_breaker_opened_total", {"runtime": "consumer", "topic": "t"}
+        )
+        == 1
+    )
+    b.release_probe((0, 8))  # another record's invalid input
+    b.succeeded(1, (0, 7))  # another record's permanent error
+    assert b.state == HALF_OPEN
+    assert not b.allow((1, 2))  # the probe is still in flight
+    assert b.failed((2, 1), "TimeoutError")
+    assert b.state == OPEN
+
+
+def test_an_old_calls_permanent_error_does_not_close_a_half_open_breaker() -> None:
+    """judge() tells the breaker of a permanent error as a success of that message:
+    one that is not the probe leaves the breaker half-open."""
+    b, clock, _ = breaker(min_calls=2, cool_down=3.0)
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 3
+    assert b.allow((2, 1))
+    policy = sg.RetryPolicy(attempts=3)
+    judge(ValueError("bad"), 1, None, policy, (TimeoutError,), clock.now, b, (0, 9))
+    assert b.state == HALF_OPEN
+    judge(ValueError("bad"), 1, None, policy, (TimeoutError,), clock.now, b, (2, 1))
+    assert b.state == CLOSED
