@@ -333,6 +333,27 @@ class DeadLetterLog(LineBudget):
             },
         )
 
+    def resending(self, record: Any, failure: Failure, write: int) -> None:
+        """Log write ``write`` (2 or more) of a dead letter whose earlier write failed.
+
+        Its own line, under the same rate: a resend logged as ``dead-lettering message``
+        again showed one record dead-lettered once per write while the DLQ was down.
+        """
+        skipped = self._take()
+        if skipped is None:
+            return
+        self._log.warning(
+            "re-sending dead letter",
+            extra={
+                "topic": record.topic(),
+                "partition": record.partition(),
+                "offset": record.offset(),
+                "reason": failure.reason,
+                "write": write,
+                "not_logged": skipped,
+            },
+        )
+
     def flush(self) -> None:
         """Say how many lines were skipped, if any, once the rate allows a line.
 

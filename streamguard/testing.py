@@ -163,6 +163,9 @@ class _MemoryDeadLetters:
         self.letters[msg.offset()] = (failure, self._headers.for_record(msg, failure))
         done(None, None)
 
+    def resend(self, msg: Record, failure: Failure, done: DeliveryReport, write: int) -> None:
+        self.publish(msg, failure, done)  # never called: publish always succeeds
+
     def failed(self, error: KafkaError) -> None:  # never called: publish always succeeds
         raise AssertionError(f"in-memory dead letters cannot fail: {error.str()}")
 

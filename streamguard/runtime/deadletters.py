@@ -47,6 +47,8 @@ class DeadLetterSink(Protocol):
 
     def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None: ...
 
+    def resend(self, msg: Record, failure: Failure, done: DeliveryReport, write: int) -> None: ...
+
     def failed(self, error: KafkaError) -> None: ...
 
 
@@ -96,6 +98,15 @@ class DeadLetterPublisher:
         record before sending it).
         """
         self._log(msg, failure)
+        self._send(msg, failure, done)
+
+    def resend(self, msg: Record, failure: Failure, done: DeliveryReport, write: int) -> None:
+        """``publish`` again after a failed write (``write``: this write's number),
+        logged as a resend, not as the record's dead-lettering again."""
+        self._log.resending(msg, failure, write)
+        self._send(msg, failure, done)
+
+    def _send(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
         try:
             refused = enqueue(
                 self._producer,

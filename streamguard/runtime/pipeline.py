@@ -51,6 +51,7 @@ class Pipeline:
         self.publish_dead_letter: Callable[[Record, Failure, DeliveryReport], None] = (
             publisher.publish
         )
+        self.resend_dead_letter = publisher.resend
         self.decode: Callable[[bytes | None], Any] = spec.codec.decoder(spec.contract)
         # A registry codec's request for a schema id it has not seen (which blocks), or
         # None: an event loop's lanes make it in a thread before they decode.

@@ -412,6 +412,41 @@ def test_one_failed_dead_letter_is_not_excused_by_a_later_success(
     assert error == "Unable to produce message: Broker: Message size too large"
 
 
+def test_a_dead_letter_written_again_is_logged_as_dead_lettered_once(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dead letter whose write fails is sent again on backoff: one
+    ``dead-lettering message`` line for the record, then a ``re-sending dead letter``
+    line per write. Before, each write logged ``dead-lettering message`` again, and the
+    record read as dead-lettered once per write."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    src = topic_factory("orders", partitions=1)
+    producer = sg.GuardedProducer(bootstrap)
+    producer.produce_raw(src, b"x" * 3000, key=b"big", headers=[])  # the DLQ refuses it
+    producer.flush()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    def lines(message: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == message and r.offset == 0]  # type: ignore[attr-defined]
+
+    running = start_service(Billing, dead_letter_config={"message.max.bytes": 2000})
+    failures = "streamguard_dead_letter_failures_total"
+    assert wait_for(lambda: running.metric(failures, topic=src) >= 3, 20)  # two resends failed
+    assert len(lines("dead-lettering message")) == 1
+    writes = [r.write for r in lines("re-sending dead letter")]  # type: ignore[attr-defined]
+    assert writes[:2] == [2, 3]
+
+
 def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headroom(
     bootstrap: str,
     unique: Callable[[str], str],

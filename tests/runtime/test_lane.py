@@ -39,6 +39,9 @@ class HeldDeadLetters:
     def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
         self.waiting.append((msg.offset(), done))
 
+    def resend(self, msg: Record, failure: Failure, done: DeliveryReport, write: int) -> None:
+        self.publish(msg, failure, done)
+
     def failed(self, error: KafkaError) -> None:
         self.writable = False
 
