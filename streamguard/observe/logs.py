@@ -12,8 +12,16 @@ import logging
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
+
+
+def frames(error: BaseException) -> str:
+    """``error``'s traceback frames without its text: for a line about an error the
+    user's code raised, whose text may quote a record's field (its class goes beside)."""
+    return "".join(traceback.format_tb(error.__traceback__))
+
 
 # Attributes every LogRecord has; anything else was passed in ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}

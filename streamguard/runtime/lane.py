@@ -28,6 +28,7 @@ from streamguard.errors import (
     SchemaDrift,
 )
 from streamguard.headers import Record
+from streamguard.observe.logs import frames
 from streamguard.offsets import FinalPrefix
 from streamguard.policy import RetryPolicy
 from streamguard.runtime.breaker import Breaker
@@ -255,8 +256,17 @@ class PartitionLane:
             self.done_in_batch = 0
             try:
                 self._process(batch)
-            except BaseException:
-                log.exception("partition lane crashed", extra={"partition": self.partition})
+            except BaseException as exc:
+                # A handler's own (SystemExit, a BaseException subclass): its text may
+                # quote the record, so its class and frames only, as for its errors.
+                log.error(
+                    "partition lane crashed",
+                    extra={
+                        "partition": self.partition,
+                        "error_class": type(exc).__name__,
+                        "traceback": frames(exc),
+                    },
+                )
                 with self.lock:
                     self.scheduled = False
                 raise

@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from streamguard.observe.logs import frames
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.poller import Poller
 
@@ -272,7 +273,11 @@ class Scheduler:
                     return
                 active = True
         except BaseException as exc:
-            log.exception("worker failed; stopping the service")
+            # Mostly a handler's crash out of its lane: class and frames, not the text.
+            log.error(
+                "worker failed; stopping the service",
+                extra={"error_class": type(exc).__name__, "traceback": frames(exc)},
+            )
             self.fail(exc)
         finally:
             if active:

@@ -4,6 +4,7 @@ and nothing from its record on is committed: a restart handles the record."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.observe.logs import JsonFormatter, TextFormatter
 from tests.runtime.conftest import Running, committed, wait_for
 
 pytestmark = pytest.mark.broker
@@ -196,3 +198,53 @@ def test_a_failing_on_stop_never_hides_the_error_that_ended_the_run(
         assert [r.service for r in logged] == ["Billing"]  # type: ignore[attr-defined]
         assert logged[0].exc_info is not None
         assert logged[0].exc_info[0] is HookFailed
+
+
+class Abort(BaseException):
+    """A handler's own BaseException, whose text quotes a field value."""
+
+
+CANARY = "canary-7d2b51"
+
+
+@pytest.mark.parametrize(
+    ("kind", "lines"),
+    [("sync", {"partition lane crashed", "worker failed; stopping the service"})],
+)
+def test_a_handler_crash_is_logged_without_its_error_text(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    lines: set[str],
+) -> None:
+    """The lines about a handler's crash name its class and frames, never its text,
+    which may quote the record (as a handler's errors are logged). Before, they carried
+    the text in their ``exception`` field."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 1)
+
+    class SyncCrash(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, unique("billing")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise Abort(f"customer {CANARY}")
+
+    class AsyncCrash(SyncCrash):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            raise Abort(f"customer {CANARY}")
+
+    caplog.set_level(logging.INFO)
+    crashed = start_service(SyncCrash if kind == "sync" else AsyncCrash)
+    crashed.thread.join(30)
+    assert [type(e) for e in crashed.error] == [Abort]
+    logged = [r for r in caplog.records if r.getMessage() in lines]
+    assert {r.getMessage() for r in logged} == lines
+    for line in caplog.records:
+        for formatter in (JsonFormatter(), TextFormatter()):
+            assert CANARY not in formatter.format(line)
+    for line in logged:
+        assert vars(line).get("error_class", vars(line).get("error")) == "Abort"
+        assert "handle" in line.traceback  # type: ignore[attr-defined]
