@@ -40,6 +40,7 @@ from typing import Any
 
 from streamguard.deadletter import Failure
 from streamguard.headers import Record
+from streamguard.observe.logs import frames
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.outcomes import RetryState, after_try, gate
@@ -555,10 +556,14 @@ class LoopRunner:
         the partition would commit past it. Not raised on: the loop must live on to
         settle the other lanes as the service stops.
         """
+        # Mostly a handler's own: its text may quote the record, so class and frames.
         log.error(
             "event-loop lane crashed; stopping the service",
-            exc_info=exc,
-            extra={"partition": lane.partition, "error": type(exc).__name__},
+            extra={
+                "partition": lane.partition,
+                "error": type(exc).__name__,
+                "traceback": frames(exc),
+            },
         )
         lane.close()
         if self.failure is None:

@@ -209,7 +209,10 @@ CANARY = "canary-7d2b51"
 
 @pytest.mark.parametrize(
     ("kind", "lines"),
-    [("sync", {"partition lane crashed", "worker failed; stopping the service"})],
+    [
+        ("sync", {"partition lane crashed", "worker failed; stopping the service"}),
+        ("async", {"event-loop lane crashed; stopping the service"}),
+    ],
 )
 def test_a_handler_crash_is_logged_without_its_error_text(
     topic_factory: Callable[..., str],
