@@ -29,6 +29,7 @@ from faust.types import TP
 
 from streamguard.deadletter import Failure
 from streamguard.errors import ContractViolation, DecodeError
+from streamguard.observe.logs import frames
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.outcomes import RetryState, judge
 from streamguard.runtime.spec import returned_unrun, unrun_error
@@ -247,10 +248,14 @@ class Lane:
         A lane that just ended instead would leave its event unacked while the next
         lane of the partition acked later ones, and Faust would commit past it.
         """
+        # Mostly a handler's own: its text may quote the record, so class and frames.
         log.error(
             "guarded agent lane crashed",
-            exc_info=exc,
-            extra={"partition": self.partition, "error": type(exc).__name__},
+            extra={
+                "partition": self.partition,
+                "error": type(exc).__name__,
+                "traceback": frames(exc),
+            },
         )
         self._drop(event)
         await self.agent.app.crash(exc)

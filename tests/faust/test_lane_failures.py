@@ -25,6 +25,7 @@ import streamguard as sg
 from streamguard.deadletter import DeadLetterLog, Failure
 from streamguard.demo.contracts import LineItem, OrderPlaced
 from streamguard.faust import guarded_agent
+from streamguard.observe.logs import JsonFormatter, TextFormatter
 from streamguard.registry import RegistryServer
 from tests.faust.conftest import run_app, until
 from tests.registry.conftest import (  # noqa: F401 (fixtures)
@@ -97,6 +98,46 @@ def test_a_handlers_own_cancellation_stops_the_worker_and_loses_nothing(
 
     run_app(second, all_committed)
     assert handled[-3:] == [1, 2, 3]
+
+
+class Abort(BaseException):
+    """A handler's own BaseException, whose text quotes a field value."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_handler_crash_is_logged_without_its_error_text(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lane's crash line names the error's class and frames, never its text, which
+    may quote the record (as a handler's errors are logged). Before, its ``exception``
+    field ended with the text. (Faust's own crash line is Faust's.)"""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 1)
+    app = make_app(unique("billing"))
+    canary = "canary-93e0aa"
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def crashing(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        raise Abort(f"customer {canary}")
+
+    async def until_crashed() -> None:
+        assert await until(lambda: app.should_stop, 30)
+
+    caplog.set_level(logging.INFO, logger="streamguard")
+    with contextlib.suppress(asyncio.CancelledError, RuntimeError):  # a crashed app's end
+        run_app(app, until_crashed)
+    assert isinstance(app.crash_reason, Abort)
+    ours = [r for r in caplog.records if r.name.startswith("streamguard")]
+    for line in ours:
+        for formatter in (JsonFormatter(), TextFormatter()):
+            assert canary not in formatter.format(line)
+    [line] = [r for r in ours if r.getMessage() == "guarded agent lane crashed"]
+    assert line.error == "Abort"  # type: ignore[attr-defined]
+    assert "crashing" in line.traceback  # type: ignore[attr-defined]
 
 
 # The worker's thread ends with the TypeError on purpose: the crash is the outcome tested.
