@@ -150,3 +150,43 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
     silent = {name for name, empty in cases if empty}
     assert firing == EXPECTED_ALERTS
     assert silent == EXPECTED_ALERTS
+
+
+def kept_labels(expr: str) -> set[str] | None:
+    """The labels an alert's series keep: those every ``by (...)`` of its expression
+    keeps (``le`` is spent by ``histogram_quantile``); None when nothing aggregates, so
+    the selected series keep all of theirs."""
+    clauses = [
+        {label.strip() for label in group.split(",") if label.strip()}
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+    ]
+    if not clauses:
+        return None
+    kept = set.intersection(*clauses)
+    return kept - {"le"} if "histogram_quantile" in expr else kept
+
+
+def test_annotations_name_only_labels_their_expression_keeps() -> None:
+    """A ``$labels.X`` its expression aggregates away renders ``<no value>`` in every
+    alert: each one must be in the labels every ``by (...)`` keeps."""
+    checked = 0
+    for rule in parse_rules(ALERTS):
+        expr_lines: list[str] = []
+        annotations: list[str] = []
+        section = ""
+        for line in rule.text:
+            key = re.match(r"\s{8}(\w+):", line)
+            if key:
+                section = key.group(1)
+            if section == "expr":
+                expr_lines.append(line)
+            elif section == "annotations":
+                annotations.append(line)
+        kept = kept_labels(" ".join(expr_lines))
+        if kept is None:
+            continue
+        used = set(re.findall(r"\$labels\.(\w+)", " ".join(annotations)))
+        assert used, rule.name
+        assert used <= kept, f"{rule.name}: {sorted(used - kept)} aggregated away"
+        checked += 1
+    assert checked >= 8  # the aggregating rules were found
