@@ -44,6 +44,9 @@ class RetryState:
     ``waits_for``: why ``judge`` gave the failed attempt back (``"outage_suspected"``,
     ``"probe_failed"``, ``"registry_unavailable"``), None for an ordinary retry: its log line
     says the message waits, instead of a retry of the same attempt again and again.
+    ``registry_waits``: its waits for the schema registry since its last ordinary
+    failure, the exponent of their backoff (a wait gives its attempt back, so
+    ``attempt`` cannot grow it).
     """
 
     attempt: int
@@ -55,6 +58,7 @@ class RetryState:
     drift_checked: bool = False
     deferred: bool = False
     waits_for: str | None = None
+    registry_waits: int = 0
 
 
 # Input that can never be handled: dead-lettered at once, never retried.
@@ -114,6 +118,7 @@ def _parked(retry: RetryState | None, now: float, breaker: Breaker) -> RetryStat
         retry.open_mark,
         retry.drift_checked,
         retry.deferred,
+        registry_waits=retry.registry_waits,
     )
 
 
@@ -282,7 +287,11 @@ def _wait_for_registry(
     if retry is None:  # once per waiting message, not per attempt
         log.warning("schema registry unavailable; the message waits", extra={"error": str(exc)})
     first_mono = retry.first_failure_mono if retry and retry.attempt else now
-    delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(attempt)))  # never a spin
+    # Backed off by the waits, not the attempt, which each wait gives back: the cap
+    # stayed at base_delay, and each waiting partition asked the registry about nine
+    # times a second (default policy) for as long as it was down.
+    waits = (retry.registry_waits if retry is not None else 0) + 1
+    delay = max(0.05, policy.rng.uniform(0.0, policy.backoff_cap(waits)))  # never a spin
     parked_at = retry.parked_at if retry is not None and retry.parked_at is not None else now
     return RetryState(
         attempt - 1,
@@ -292,6 +301,7 @@ def _wait_for_registry(
         parked_at,
         open_mark,
         waits_for="registry_unavailable",
+        registry_waits=waits,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -495,3 +496,34 @@ def test_an_old_calls_permanent_error_does_not_close_a_half_open_breaker() -> No
     assert b.state == HALF_OPEN
     judge(ValueError("bad"), 1, None, policy, (TimeoutError,), clock.now, b, (2, 1))
     assert b.state == CLOSED
+
+
+class _Highest(random.Random):
+    """Draws the top of each range: the backoff's cap."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_waits_for_the_schema_registry_back_off_exponentially_to_the_cap() -> None:
+    """Each wait for an unreachable registry doubles the cap of the next, up to the
+    policy's max_delay, with the policy's jitter; an ordinary failure starts it again.
+    Before, a wait gave its attempt back and so kept the first retry's cap: every
+    waiting partition asked the registry about nine times a second all outage long."""
+    policy = sg.RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0, rng=_Highest())
+    waiting: RetryState | None = None
+    delays = []
+    for _ in range(5):
+        attempt = 1 if waiting is None else waiting.attempt + 1
+        verdict = judge(sg.RegistryUnavailable("down"), attempt, waiting, policy, (), 100.0)
+        assert isinstance(verdict, RetryState)
+        delays.append(round(verdict.due - 100.0, 6))
+        waiting = verdict
+    assert delays == [0.2, 0.4, 0.8, 1.0, 1.0]
+    assert waiting is not None
+    assert waiting.attempt == 0  # still no attempt spent
+    failed = judge(TimeoutError("slow"), 1, waiting, policy, (TimeoutError,), 100.0)
+    assert isinstance(failed, RetryState)
+    again = judge(sg.RegistryUnavailable("down"), 2, failed, policy, (), 100.0)
+    assert isinstance(again, RetryState)
+    assert round(again.due - 100.0, 6) == 0.2
