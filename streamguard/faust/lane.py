@@ -31,7 +31,7 @@ from streamguard.deadletter import Failure
 from streamguard.errors import ContractViolation, DecodeError
 from streamguard.observe.logs import frames
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.outcomes import RetryState, judge
+from streamguard.runtime.outcomes import RetryState, judge, unpark
 from streamguard.runtime.spec import returned_unrun, unrun_error
 
 if TYPE_CHECKING:
@@ -335,6 +335,7 @@ class Lane:
                 if not await self._backoff(max(0.0, waiting.due - now), msg):
                     self._drop(event)
                     return
+                unpark(waiting, time.monotonic())
                 continue
             break
         if failure is None:
@@ -397,6 +398,7 @@ class Lane:
                 agent.retried(event.message, attempt, exc, verdict, now)
                 if not await self._backoff(max(0.0, retry.due - now), event.message):
                     return "given_up"
+                unpark(retry, time.monotonic())
                 attempt = retry.attempt + 1
                 continue
             self.durations.append(end - start)

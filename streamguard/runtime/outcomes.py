@@ -103,6 +103,17 @@ def gate(
     return None
 
 
+def unpark(retry: RetryState, now: float) -> None:
+    """Give back the time ``retry`` waited with its attempt given back (``parked_at``):
+    what ``gate`` does in a lane with a breaker. A guarded Faust agent has none, so a
+    record that failed once and then waited out a registry outage had that outage
+    charged to its time budget, and its next ordinary failure ended it
+    ``retries_exhausted``, where a ``ConsumerService`` retried it."""
+    if retry.parked_at is not None:
+        retry.first_failure_mono += now - retry.parked_at
+        retry.parked_at = None
+
+
 def _parked(retry: RetryState | None, now: float, breaker: Breaker) -> RetryState:
     # The mark carries over: without it, the next gate() would credit the message with
     # every second the breaker was ever open, and its budget would stop applying.

@@ -35,7 +35,7 @@ from tests.registry.conftest import (  # noqa: F401 (fixtures)
     client,
     registry,
 )
-from tests.runtime.conftest import committed, dlq_headers, order
+from tests.runtime.conftest import committed, dlq_headers, order, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -648,3 +648,79 @@ def test_a_transient_decode_failure_spends_the_same_attempts_as_in_a_service(
         headers = dlq_headers(letter)
         assert headers["sg-dlq-reason"] == "retries_exhausted"
         assert headers["sg-dlq-attempts"] == "3"
+
+
+class _OutageScript:
+    """A handler's dependency: a timeout, then a registry outage of ``outage`` seconds
+    (the handler's own GuardedProducer cannot reach the registry), one more timeout,
+    then success. Keeps the attempt of each call."""
+
+    def __init__(self, outage: float) -> None:
+        self.outage = outage
+        self.attempts: list[int] = []
+        self.started = 0.0
+        self.failed_after = False
+
+    def __call__(self, attempt: int) -> None:
+        self.attempts.append(attempt)
+        if not self.started:
+            self.started = time.monotonic()
+            raise TimeoutError("warehouse timed out")
+        if time.monotonic() - self.started < self.outage:
+            raise sg.RegistryUnavailable("schema registry unavailable")
+        if not self.failed_after:
+            self.failed_after = True
+            raise TimeoutError("warehouse timed out")
+
+
+def test_a_registry_outage_after_a_failure_is_not_charged_to_the_budget_as_in_a_service(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    read_all: Callable[..., list[Message]],
+    start_service: Callable[..., Any],
+) -> None:
+    """A record that failed once, then waited out a registry outage longer than the
+    policy's time budget, and then failed once more is retried and handled by a guarded
+    agent as by a ``ConsumerService``: the outage is the registry's, not the record's.
+    Before, the agent charged the wait to the record's budget, and dead-lettered the
+    valid record as ``retries_exhausted`` when the registry was back."""
+    by_service, by_agent = _OutageScript(1.5), _OutageScript(1.5)  # the budget is 1 s
+    src_service, src_agent = topic_factory("stock", partitions=1), topic_factory("stock")
+    producer = sg.GuardedProducer(bootstrap_servers=bootstrap)
+    for src in (src_service, src_agent):
+        producer.send(src, order(1))
+    producer.flush(10)
+
+    class Stocking(sg.ConsumerService):
+        topic = src_service
+        contract = OrderPlaced
+        group_id = unique("stocking")
+        retry = FAST_RETRY
+        breaker = sg.CircuitBreaker(enabled=False)  # the agent has none
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            by_service(ctx.attempt)
+
+    running = start_service(Stocking)
+    assert wait_for(lambda: by_service.attempts[-1:] == [3], 30)
+    running.stop()
+
+    app = make_app()
+
+    @guarded_agent(app, src_agent, contract=OrderPlaced, retry=FAST_RETRY)
+    async def stock(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        by_agent(ctx.attempt)
+
+    async def scenario() -> None:
+        group = str(app.conf.id)
+        assert await until(lambda: committed(bootstrap, group, src_agent).get(0) == 1, 30)
+
+    run_app(app, scenario)
+    assert read_all(f"{src_service}.dlq", 1, timeout=2) == []
+    assert read_all(f"{src_agent}.dlq", 1, timeout=2) == []
+    for script in (by_service, by_agent):
+        assert script.attempts[0] == 1
+        assert set(script.attempts[1:-2]) == {2}  # the waits gave their attempt back
+        assert script.attempts[-2:] == [2, 3]
