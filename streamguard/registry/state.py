@@ -337,7 +337,19 @@ class RegistryState:
 
     def delete_version(self, subject: str, spec: str, permanent: bool) -> int:
         with self.lock:
-            v = self.version(subject, spec, deleted=permanent)
+            # A soft-deleted version is found too, as Confluent's registry finds it, to
+            # answer a second soft delete with its 40406, not 40402 (or 40401); "latest"
+            # names the latest live version while there is one.
+            live = any(not v.deleted for v in self.subjects.get(subject, []))
+            latest = spec in ("latest", "-1")
+            v = self.version(subject, spec, deleted=permanent or not latest or not live)
+            if not permanent and v.deleted:
+                raise RegistryError(
+                    404,
+                    40406,
+                    f"Subject '{subject}' Version {v.version} was soft deleted. Set "
+                    "permanent=true to delete permanently",
+                )
             if permanent:
                 if not v.deleted:
                     raise RegistryError(

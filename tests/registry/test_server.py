@@ -117,6 +117,26 @@ def test_soft_and_permanent_delete(client: SchemaRegistryClient) -> None:
     assert client.register_schema("s-value", BREAKS) not in (first, first + 1)
 
 
+def test_soft_deleting_a_soft_deleted_version_again_is_40406(
+    client: SchemaRegistryClient,
+) -> None:
+    """As in Confluent's registry: a second soft delete of a version is 40406 (version
+    soft-deleted), also by ``latest`` once the subject has no live version left;
+    reading it or a version never registered stays 40402. Before, the embedded registry
+    said 40402, or 40401 once the subject's last version was deleted."""
+    client.register_schema("s-value", V1)
+    client.register_schema("s-value", V2)
+    assert client.delete_version("s-value", 1) == 1
+    assert refused(client.delete_version, "s-value", 1).error_code == 40406
+    assert refused(client.get_version, "s-value", 1).error_code == 40402
+    assert refused(client.delete_version, "s-value", 3).error_code == 40402
+    assert client.delete_version("s-value", 2) == 2
+    assert refused(client.delete_version, "s-value", 2).error_code == 40406
+    assert refused(client.delete_version, "s-value", "latest").error_code == 40406
+    assert refused(client.delete_version, "t-value", 1).error_code == 40401
+    assert client.delete_version("s-value", 2, permanent=True) == 2
+
+
 def test_global_and_subject_config(client: SchemaRegistryClient) -> None:
     """The global level defaults to BACKWARD; a subject's own level is 40408 until set,
     can be deleted back to the global one; an unknown level is 42203."""
