@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -21,6 +20,7 @@ from streamguard import headers as h
 from streamguard.deadletter import REASONS, Failure
 from streamguard.errors import SchemaDrift
 from streamguard.headers import Record
+from streamguard.observe.logs import frames
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
@@ -163,6 +163,6 @@ class Pipeline:
                         "partition": msg.partition(),
                         "offset": msg.offset(),
                         "error_class": type(exc).__name__,
-                        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+                        "traceback": frames(exc),
                     },
                 )
