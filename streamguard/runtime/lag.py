@@ -17,6 +17,12 @@ at a time into a consumer's calls, so the loop's next poll would wait for the re
 The supervisor holds the poll lock meanwhile, and the others' polls skip rather than
 wait: the workers and the loop go on with their records, unfetched for that long.
 
+A partition with no outcome yet counts from the group's committed offset, else from where
+``auto.offset.reset`` puts the consumer: the low mark (earliest: the history is lag, it
+will be consumed), or the first high mark seen (latest: the history is skipped, so it is
+not lag). The consumer's position cannot tell where the reset went: librdkafka reports
+none until a record is consumed.
+
 State (where counting starts for a partition with no outcome yet, the marks asked for)
 belongs to this object and is touched only by the thread holding the poll lock.
 """
@@ -38,6 +44,8 @@ from streamguard.runtime.lane import PartitionLane
 PAUSED_REFRESH = 5.0
 PAUSED_QUERY_WAIT = 0.5
 COMMITTED_QUERY_WAIT = 2.0
+# librdkafka's names of auto.offset.reset's "latest".
+_FROM_LATEST = frozenset({"latest", "largest", "end"})
 
 
 class LagMonitor:
@@ -49,14 +57,17 @@ class LagMonitor:
         topic: str,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.monotonic,
+        offset_reset: str = "earliest",
     ) -> None:
         self._consumer = consumer
         self._topic = topic
         self._gauge = metrics.consumer_lag
         self._clock = clock
-        # The group's committed offset of each partition, None if it has none (counting
-        # then starts at the low mark); asked once per assignment.
+        # Where counting starts in each partition: the group's committed offset (asked
+        # once per assignment), with latest the first high mark seen if it has none;
+        # None if it has none (counting then starts at the low mark).
         self._committed: dict[int, int | None] = {}
+        self._from_latest = str(offset_reset).lower() in _FROM_LATEST
         self._unstarted: set[int] = set()  # the group's offset is wanted
         self._paused: list[int] = []  # the paused partitions the last update saw
         self._listed: dict[int, int] = {}  # high marks ListOffsets gave for paused partitions
@@ -92,7 +103,7 @@ class LagMonitor:
                 # the first fetched record was done by a previous owner.
                 done = lane.first_fetched
             if done is None:
-                done = self._start_of(part, low)
+                done = self._start_of(part, low, high)
             if high < 0 or done is None:
                 continue  # no fetch response yet: the high watermark is unknown
             self._gauge.labels(self._topic, str(part)).set(max(0, high - done))
@@ -140,15 +151,22 @@ class LagMonitor:
         else:
             self._listed[tp.partition] = max(marks[1], self._listed.get(tp.partition, -1))
 
-    def _start_of(self, partition: int, low: int) -> int | None:
-        """The group's committed offset (asked once per assignment), else the low mark;
-        None until the group's offset is known (the next ``refresh`` asks for it)."""
+    def _start_of(self, partition: int, low: int, high: int) -> int | None:
+        """The group's committed offset (asked once per assignment), else where the reset
+        put the consumer; None until both are known (the next ``refresh`` asks for the
+        group's offset, a fetch response brings the marks)."""
         if partition not in self._committed:
             self._unstarted.add(partition)
             return None
         committed = self._committed[partition]
         if committed is not None:
             return committed
+        if self._from_latest:
+            # Reset to the high mark: the first one seen stands for it, and is kept, so
+            # that records arriving later are lag until the first of them is fetched.
+            if high >= 0:
+                self._committed[partition] = high
+            return high if high >= 0 else None
         return low if low >= 0 else None
 
     def _ask_start(self, tp: TopicPartition) -> bool:

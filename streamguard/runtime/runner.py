@@ -316,7 +316,12 @@ class ServiceRuntime:
         pipeline = Pipeline(spec, publisher, metrics)
         flow = FlowControl(consumer, spec.topic, options)
         committer = Committer(consumer, spec.topic, metrics)
-        lag = LagMonitor(consumer, spec.topic, metrics)
+        lag = LagMonitor(
+            consumer,
+            spec.topic,
+            metrics,
+            offset_reset=str(self.consumer_config.get("auto.offset.reset", "earliest")),
+        )
         hooks = self._hooks
         new_lane: Callable[[int], PartitionLane] | None = None
         give_up: Callable[[], None] | None = None

@@ -169,6 +169,54 @@ def test_caught_up_partition_has_no_lag_after_a_restart(
     assert second.metric("streamguard_consumer_lag", topic=src, partition="0") == 0
 
 
+def test_a_new_group_reading_from_latest_reports_no_lag_for_the_history(
+    send_orders: Callable[..., None],
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """With ``auto.offset.reset=latest`` a new group starts at the high watermark: the
+    records already there are never consumed, so they are not lag. Before, counting
+    started at the low mark, and an idle topic with history showed its whole history as
+    lag until a new record arrived. New records still count until handled."""
+    src = topic_factory("orders")
+    # One batch per record: the embedded broker answers ListOffsets(latest) with the
+    # last batch's base offset, and a consumer reset there would read the history.
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(50):
+        producer.send(src, order(i))
+        producer.flush()
+    handled = threading.Event()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        options = sg.ServiceOptions(commit_interval=0.2)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.set()
+
+    running = start_service(
+        Billing, kafka_config=fast_group_config(**{"auto.offset.reset": "latest"})
+    )
+
+    def lag() -> float | None:
+        return running.registry.get_sample_value(
+            "streamguard_consumer_lag",
+            {"runtime": "consumer", "topic": src, "partition": "0"},
+        )
+
+    assert wait_for(lambda: lag() is not None)
+    time.sleep(1.0)  # a few maintenance ticks (commit_interval) later
+    assert lag() == 0
+    assert not handled.is_set()  # the history was skipped indeed
+    send_orders(src, 5)
+    assert wait_for(handled.is_set)
+    assert wait_for(lambda: lag() == 0)
+
+
 def test_a_stopped_service_reports_no_lag_for_partitions_it_gave_up(
     send_orders: Callable[..., None],
     bootstrap: str,

@@ -176,3 +176,41 @@ def test_the_tick_makes_no_broker_request_and_the_supervisor_makes_them() -> Non
     assert lag("0") == 21
     assert lag("1") == 7
     assert not monitor.due  # asked already: nothing more for PAUSED_REFRESH
+
+
+def test_from_latest_counting_starts_at_the_first_high_mark_seen() -> None:
+    """With ``auto.offset.reset=latest`` and no committed offset, the history before the
+    first high mark seen is not lag (it is never consumed); what arrives later is, until
+    fetched. With earliest, the history is lag: it will be consumed."""
+    marks = [(0, 50)]
+
+    class Cluster:
+        def get_watermark_offsets(
+            self, tp: Any, timeout: float | None = None, cached: bool = False
+        ) -> tuple[int, int]:
+            return marks[0]
+
+        def committed(self, tps: list[Any], timeout: float | None = None) -> list[Any]:
+            return [TopicPartition(tps[0].topic, tps[0].partition, -1001)]
+
+    lanes: Any = {0: SimpleNamespace(commit_position=lambda: None, first_fetched=None)}
+    lags: dict[str, tuple[float | None, float | None]] = {}
+    for reset in ("latest", "earliest"):
+        registry = CollectorRegistry()
+        monitor = LagMonitor(
+            cast(Consumer, Cluster()), "t", ServiceMetrics(registry), offset_reset=reset
+        )
+        marks[0] = (0, 50)
+        monitor.update(lanes)
+        monitor.refresh(lanes)
+        monitor.update(lanes)
+        first = registry.get_sample_value(
+            "streamguard_consumer_lag", {"runtime": "consumer", "topic": "t", "partition": "0"}
+        )
+        marks[0] = (0, 53)  # three records arrive, not fetched yet
+        monitor.update(lanes)
+        later = registry.get_sample_value(
+            "streamguard_consumer_lag", {"runtime": "consumer", "topic": "t", "partition": "0"}
+        )
+        lags[reset] = (first, later)
+    assert lags == {"latest": (0, 3), "earliest": (50, 53)}
