@@ -1,10 +1,11 @@
 """What a DLQ holds, grouped so an operator sees the few causes behind many records.
 
 Records are grouped by original topic, reason, error class and expected contract; each
-group shows its count, when its first and last record was dead-lettered, and one
-example: where it sits in the DLQ and the original topic, and pydantic's error
-locations. Field values (the record's key and value, and a handler's free-form error
-text, which may quote them) are shown only when asked for with ``show_values``. A decode
+group shows its count, when its first and last record was dead-lettered, how many came
+back after a replay (``sg-replay-count``), and one example: where it sits in the DLQ
+and the original topic, and pydantic's error locations. Field values (the record's key
+and value, and a handler's free-form error text, which may quote them) are shown only
+when asked for with ``show_values``. A decode
 error's text is shown always: streamguard's codecs build it from positions, sizes,
 limits, schema ids and exception class names, never from the input, and ``dlq replay
 --revalidate`` prints the same text for the same record.
@@ -20,6 +21,7 @@ from typing import Any
 
 from streamguard import headers as h
 from streamguard.dlqtools.reader import DlqRecord
+from streamguard.dlqtools.replay import replay_count
 from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
 from streamguard.errors import DecodeError
 from streamguard.observe.untrusted import printable
@@ -58,6 +60,10 @@ class Group:
     example: dict[str, Any] = field(default_factory=dict)
     # How often each error location occurs in the group: one cause often hides two.
     locations: Counter[str] = field(default_factory=Counter)
+    # Records dead-lettered again after a replay (sg-replay-count set): a fix that did
+    # not hold, or a loop on its way to the replay limit. An unreadable count counts.
+    replayed: int = 0
+    max_replay_count: int = 0
 
 
 @dataclass
@@ -149,6 +155,10 @@ def summarize(
             {f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)}
         )
         group.count += 1
+        replays = replay_count(letter.original_headers)
+        if replays != 0:
+            group.replayed += 1
+            group.max_replay_count = max(group.max_replay_count, replays or 0)
         if moment >= 0:  # a record without any time leaves the group's span alone
             group.first_ms = moment if group.first_ms < 0 else min(group.first_ms, moment)
             group.last_ms = max(group.last_ms, moment)
@@ -176,6 +186,8 @@ def to_json(summary: Summary) -> str:
                     "first": format_ms(g.first_ms),
                     "last": format_ms(g.last_ms),
                     "error_locations": dict(g.locations.most_common()),
+                    "replayed": g.replayed,
+                    "max_replay_count": g.max_replay_count,
                     "example": g.example,
                 }
                 for g in summary.ordered()
@@ -248,6 +260,12 @@ def render_table(summary: Summary) -> str:
             more = len(group.locations) - 4
             lines.append(
                 printable(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
+            )
+        if group.replayed:
+            most = f", sg-replay-count up to {group.max_replay_count}"
+            lines.append(
+                f"      replayed before: {group.replayed} of these record(s)"
+                f"{most if group.max_replay_count else ''}: dead-lettered again after a replay"
             )
         lines.extend("      " + printable(text) for text in _example_lines(group.example))
     return "\n".join(lines)

@@ -258,6 +258,31 @@ def test_inspect_with_a_limit_says_how_far_it_read(
     )
 
 
+def test_inspect_counts_the_records_a_replay_did_not_fix(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records dead-lettered again after a replay (sg-replay-count set) are counted per
+    group, with the highest count: a fix that did not hold, or a loop on its way to the
+    replay limit, is seen without reading headers one by one."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [HOPELESS] * 2, original_topic="orders")
+    dead_letters(dlq, [HOPELESS], original_topic="orders", replay_count=1)
+    dead_letters(dlq, [HOPELESS], original_topic="orders", replay_count=3)
+    dead_letters(dlq, [FIXABLE], original_topic="orders", reason="permanent_error")
+    base = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert out.count("replayed before:") == 1  # the group that was never replayed: no line
+    assert "replayed before: 2 of these record(s), sg-replay-count up to 3" in out
+    assert main([*base, "--format", "json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    counts = {g["reason"]: (g["count"], g["replayed"], g["max_replay_count"]) for g in groups}
+    assert counts == {"contract_violation": (4, 2, 3), "permanent_error": (1, 0, 0)}
+
+
 @pytest.mark.usefixtures("cluster_goes_quiet")
 def test_inspect_that_stopped_short_of_the_end_exits_1(
     bootstrap: str,
