@@ -214,14 +214,44 @@ class RegistryCodec:
                     f"{subject!r}: {exc}"
                 ) from None
             if not self.auto_register:
-                raise ConfigurationError(
-                    f"{contract.__qualname__} (v{contract.__version__}) is not registered "
-                    f"under subject {subject!r} at {self._url}; register it with `streamguard "
-                    "schema register --registry URL`, or pass auto_register=True"
-                ) from None
+                raise ConfigurationError(self._unregistered(contract, subject, schema)) from None
             schema_id = self._register(contract, subject, schema)
         self._ids[(contract, subject)] = schema_id
         return schema_id
+
+    def _unregistered(self, contract: type[Contract], subject: str, schema: Any) -> str:
+        """Why ``contract`` has no id under ``subject``, and the fix.
+
+        ``schema register --registry`` registers under the contract's ``__subject__``
+        unless pyproject maps it to a ``registry_subject``, while the producer looks the
+        schema up under the strategy's subject: with TopicNameStrategy, ``<topic>-value``.
+        So "run schema register" alone sent users in a circle; the hint names the mapping.
+        """
+        text = (
+            f"{contract.__qualname__} (v{contract.__version__}) is not registered under "
+            f"subject {subject!r} ({self.subject_name_strategy}) at {self._url}"
+        )
+        own = contract.__subject__
+        if subject == own:
+            return (
+                f"{text}; register it with `streamguard schema register --registry URL`, "
+                "or pass auto_register=True"
+            )
+        try:  # one more request, on this error path only: is it where the CLI puts it?
+            found = int(call(self._url, lambda: self._client.lookup_schema(own, schema)).schema_id)
+        except Exception:  # not there, or the registry failed now: the hint stands alone
+            found = None
+        if found is not None:
+            text += (
+                f"; it is registered under subject {own!r} (id {found}), where `streamguard "
+                "schema register --registry` puts a contract with no registry_subject"
+            )
+        return (
+            f"{text}. To register it under {subject!r}, set registry_subject = "
+            f'"{subject}" under [tool.streamguard.subjects."{own}"] in pyproject.toml, '
+            "then run `streamguard schema register --registry URL`; or pass "
+            "auto_register=True"
+        )
 
     def _register(self, contract: type[Contract], subject: str, schema: Any) -> int:
         try:

@@ -313,6 +313,25 @@ def test_encoder_refuses_an_unregistered_schema_unless_auto_register(
     assert client.get_subjects() == ["payments.Payment"]
 
 
+def test_unregistered_hint_names_the_subject_mapping_and_where_the_schema_is(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """`schema register --registry` without registry_subject registers under __subject__,
+    while TopicNameStrategy looks under <topic>-value: the hint names the pyproject
+    mapping that makes the two agree, and the subject the schema was found under."""
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    mapping = 'registry_subject = "pay-value" under [tool.streamguard.subjects."payments.Payment"]'
+    with pytest.raises(ConfigurationError) as info:
+        codec.encoder(PaymentV1, "pay")
+    assert mapping in str(info.value)
+    assert "it is registered under subject" not in str(info.value)
+    schema_id = client.register_schema("payments.Payment", avro(PaymentV1))
+    with pytest.raises(ConfigurationError) as info:
+        codec.encoder(PaymentV1, "pay")
+    assert mapping in str(info.value)
+    assert f"registered under subject 'payments.Payment' (id {schema_id})" in str(info.value)
+
+
 def test_subject_name_strategies() -> None:
     """Subjects are named as Confluent's serializers name them."""
     assert subject_name("TopicNameStrategy", "orders", "a.B") == "orders-value"
