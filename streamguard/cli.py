@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streamguard import exitcodes
 from streamguard.dlqtools.commands import add_dlq_parser
-from streamguard.errors import ConfigurationError, StreamguardError
+from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
 from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.commands import add_registry_parser
 from streamguard.runtime.commands import add_run_parser
@@ -97,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"streamguard: error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
+    except RegistryUnavailable as exc:
+        # Its text says records wait, as they do in a service; a command stops here.
+        print(f"streamguard: {type(exc).__name__}: {exc.registry}", file=sys.stderr)
+        return exitcodes.FAILED
     except StreamguardError as exc:
         print(f"streamguard: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exitcodes.FAILED

@@ -308,8 +308,15 @@ class RegistryUnavailable(TransientError, ConnectionError):
 
     Raised while decoding a record whose writer schema is not cached yet. It is not the
     record's fault, so the runtime never dead-letters it: the partition waits, with the
-    retry policy's backoff, until the registry answers again. The CLI exits 2 on it.
+    retry policy's backoff, until the registry answers again.
+
+    ``registry`` is what failed, without what a service does about it: the CLI's
+    commands (``dlq replay --revalidate``) stop instead of waiting, and print that part.
     """
+
+    def __init__(self, message: str, *, registry: str | None = None) -> None:
+        super().__init__(message)
+        self.registry = message if registry is None else registry
 
 
 class RetriesExhausted(StreamguardError):

@@ -187,9 +187,12 @@ def call(url: str, request: Callable[[], T]) -> T:
         return request()
     except Exception as exc:
         if is_unavailable(exc):
-            raise RegistryUnavailable(
+            what = (
                 f"schema registry at {redact_url(url)} is unavailable ({type(exc).__name__}"
-                f"{_status(exc)}); records needing it wait and are retried"
+                f"{_status(exc)})"
+            )
+            raise RegistryUnavailable(
+                f"{what}; records needing it wait and are retried", registry=what
             ) from None
         raise
 

@@ -414,10 +414,12 @@ class RegistryCodec:
                 ) from None
             status = getattr(exc, "http_status_code", None)
             answer = f"HTTP {status}" if isinstance(status, int) else type(exc).__name__
-            raise RegistryUnavailable(
+            what = (
                 f"schema registry at {self._url} gave no schema for id {schema_id} "
-                f"({answer}, not the registry's 40403): check the URL; records needing "
-                "it wait and are retried"
+                f"({answer}, not the registry's 40403): check the URL"
+            )
+            raise RegistryUnavailable(
+                f"{what}; records needing it wait and are retried", registry=what
             ) from None
 
 

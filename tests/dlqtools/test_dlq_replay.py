@@ -35,7 +35,15 @@ from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import RegistryUnavailable
 from tests.conftest import fast_group_config
-from tests.dlqtools.dlqcases import FIXABLE, HOPELESS, Closed, OrderV2, Sent, closed_dead_letter
+from tests.dlqtools.dlqcases import (
+    FIXABLE,
+    HOPELESS,
+    Closed,
+    OrderV2,
+    Sent,
+    closed_dead_letter,
+    encode,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -448,6 +456,35 @@ def test_cli_revalidate_reads_contracts_from_config(
     assert code == 0
     assert "replayed 3; skipped 0; still invalid 2;" in out
     assert "refused dlq 0@1: still_invalid: amount: Input should be greater than 0" in out
+
+
+def test_cli_replay_with_the_registry_down_says_the_run_stopped_not_that_records_wait(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    tmp_path: Any,
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--revalidate --schema-registry with the registry down printed the service's text,
+    "records needing it wait and are retried", though the replay stops there: the CLI
+    says what failed, and stdout says to run the replay again."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [b"\x00\x00\x00\x00\x01" + encode(FIXABLE)], original_topic=orders)
+    module = unique("fixed_contracts").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(
+        "import streamguard as sg\nclass Order(sg.Contract):\n"
+        "    __subject__ = 'dlqtest.Order'\n    __version__ = 3\n"
+        "    order_id: str\n    amount: int\n    currency: str\n"
+    )
+    (tmp_path / "pyproject.toml").write_text(f'[tool.streamguard]\ncontracts = ["{module}"]\n')
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--revalidate"]
+    args += ["--config", str(tmp_path / "pyproject.toml"), "--group", unique("g")]
+    assert main([*args, "--schema-registry", "http://127.0.0.1:9"]) == exitcodes.FAILED
+    out, err = capsys.readouterr()
+    assert "stopped by the error below: run the same replay again to continue" in out
+    assert "RegistryUnavailable: schema registry at http://127.0.0.1:9 is unavailable" in err
+    assert "wait" not in err
 
 
 def test_rate_paces_the_replay(
