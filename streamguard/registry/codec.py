@@ -285,6 +285,7 @@ class RegistryCodec:
         # two schemas on every record otherwise, which made Confluent framing 13% slower
         # than single-object encoding (benchmarks/registry_decode.py).
         plans: dict[int, tuple[str, Any, Any]] = {}
+        unresolved: dict[int, str] = {}  # id -> its error text, composed once
         fetch = self._writer
         max_bytes, include_input = self.max_bytes, self.include_input
 
@@ -312,10 +313,10 @@ class RegistryCodec:
             try:
                 record = schemaless_reader(io.BytesIO(data[5:]), writer, resolve_to)
             except SchemaResolutionError:
-                raise DecodeError(
-                    f"writer schema id {schema_id} cannot be resolved to the contract's Avro "
-                    "schema by Avro's rules; check the subject's compatibility"
-                ) from None
+                why = unresolved.get(schema_id)
+                if why is None:  # a registry request and a comparison: once per id
+                    why = unresolved[schema_id] = self._unresolvable(schema_id, writer, reader)
+                raise DecodeError(why) from None
             except Exception as exc:  # fastavro raises many types on corrupt input
                 raise DecodeError(
                     f"corrupt Avro record (schema id {schema_id}): {type(exc).__name__}"
@@ -327,6 +328,34 @@ class RegistryCodec:
             return event
 
         return decode
+
+    def _unresolvable(self, schema_id: int, writer: Any, reader: Any) -> str:
+        """Why Avro cannot resolve ``writer`` to ``reader``: the first mismatch our rules
+        find (schema text: field paths and type names, never record values, so not
+        fastavro's message, which may quote an enum symbol read), and the subjects the
+        id is registered under, since the writer's subject may not be the contract's."""
+        from streamguard.schema.avro import compare_avro_schemas
+        from streamguard.schema.changes import field_path
+
+        text = f"writer schema id {schema_id} cannot be resolved to the contract's Avro schema"
+        try:
+            broken = [f for f in compare_avro_schemas(writer, reader) if not f.safe]
+        except Exception:  # the comparison is a hint: its failure must not hide the error
+            broken = []
+        if broken:
+            first = broken[0]
+            types = f" {first.old_type} -> {first.new_type}" if first.old_type else ""
+            text += f" by Avro's rules: {field_path(first.path)}: {first.rule}{types}"
+        else:
+            text += " by Avro's rules"
+        try:  # GET /schemas/ids/{id}/versions, once per id on this error path
+            found = call(self._url, lambda: self._client.get_schema_versions(schema_id))
+            subjects = sorted({str(v.subject) for v in found})
+        except Exception:  # the registry failed now, or lacks the endpoint: no subjects
+            subjects = []
+        if subjects:
+            text += f" (id {schema_id} is registered under {', '.join(map(repr, subjects))})"
+        return f"{text}; the producer's schema and the contract's must be made compatible"
 
     def unfetched(self, data: bytes | None) -> Callable[[], object] | None:
         """The registry request decoding ``data`` would block on first, or None.
