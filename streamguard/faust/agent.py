@@ -24,20 +24,22 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from faust.agents import Agent
 from faust.types import ChannelT
 from prometheus_client import CollectorRegistry
 
-from streamguard.codecs import Codec, codec_for
+from streamguard.codecs import Codec
 from streamguard.contracts import Contract
 from streamguard.deadletter import REASONS, DeadLetterHeaders, DeadLetterLog, Reason
 from streamguard.errors import ConfigurationError
 from streamguard.faust.lane import Lane, through_wrapper
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.policy import DEFAULT_TRANSIENT, RetryPolicy, check_transient
+from streamguard.registry.client import resolve_registry_config
+from streamguard.registry.codec import reading_codec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
 from streamguard.runtime.outcomes import RetryLog, RetryState
@@ -81,6 +83,7 @@ def guarded_agent(
     name: str | None = None,
     registry: CollectorRegistry | None = None,
     partition_buffer: int = 1000,
+    schema_registry: Mapping[str, Any] | str | None = None,
 ) -> Callable[[Handler], GuardedAgent]:
     """Declare ``async def handler(event, ctx)`` as a guarded Faust agent on ``topic``.
 
@@ -96,7 +99,10 @@ def guarded_agent(
         retry: the ``RetryPolicy`` for transient failures. Its ``max_budget_ms`` must
             stay within half the app's ``broker_rebalance_timeout`` (checked here).
         transient: exception types retried; everything else is permanent.
-        codec: the wire format; the contract's default codec if None.
+        codec: the wire format; the contract's default codec if None. With a schema
+            registry, it is wrapped in a ``RegistryCodec`` keeping its limits and
+            ``writer_schemas``, as a ``ConsumerService``'s is (a ``RegistryCodec`` is
+            used as it is).
         drift: ``"count"`` counts and logs schema drift; ``"dead_letter"`` dead-letters
             drifted messages (reason ``schema_drift``).
         drift_sample: under ``"count"``, check every message that comes 10 ms or more
@@ -112,6 +118,10 @@ def guarded_agent(
         partition_buffer: events held per partition ahead of its handler; at this mark
             the partition is paused in Faust's consumer (the others keep flowing) and
             resumed when half of them are done.
+        schema_registry: a Confluent-compatible schema registry (the
+            ``SchemaRegistryClient`` config dict, or a URL); else
+            ``$STREAMGUARD_SCHEMA_REGISTRY_URL``, read at decoration. With one, records
+            in the Confluent wire format are read too, as by a ``ConsumerService``.
     """
     policy = retry if retry is not None else RetryPolicy()
 
@@ -132,6 +142,7 @@ def guarded_agent(
             name=name,
             registry=registry,
             partition_buffer=partition_buffer,
+            schema_registry=schema_registry,
         )
 
     return decorate
@@ -161,6 +172,7 @@ class GuardedAgent:
         name: str | None,
         registry: CollectorRegistry | None,
         partition_buffer: int,
+        schema_registry: Mapping[str, Any] | str | None = None,
     ) -> None:
         label = f"guarded_agent({getattr(handler, '__qualname__', handler)!r})"
         _check(app, handler, topic, contract, dead_letter_topic, retry, transient, drift, label)
@@ -199,7 +211,9 @@ class GuardedAgent:
                 f"{label}: the app already has an agent named {self.name!r} (the name "
                 "defaults to the handler's qualified name); pass name=... to tell them apart"
             )
-        wire = codec_for(contract, codec)
+        # The registry as a ConsumerService finds it: without it, a worker configured
+        # only by the environment dead-lettered every Confluent-framed record.
+        wire = reading_codec(contract, codec, resolve_registry_config(schema_registry))
         self.decode = wire.decoder(contract)
         # A registry codec's request for a schema id it has not seen (which blocks), or
         # None: the lanes make it in a thread, off Faust's event loop, before decoding.

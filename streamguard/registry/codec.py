@@ -33,8 +33,10 @@ from streamguard.codecs import (
     DEFAULT_MAX_BYTES,
     JSON_CONTENT_TYPE,
     AvroCodec,
+    Codec,
     JsonCodec,
     _classify,
+    codec_for,
     json_bytes,
     wire_by_alias,
 )
@@ -88,6 +90,28 @@ def record_name(contract: type[Contract]) -> str:
         namespace = avsc.get("namespace")
         return f"{namespace}.{avsc['name']}" if namespace else str(avsc["name"])
     return str(contract.json_schema().get("title") or contract.__subject__)
+
+
+def reading_codec(
+    contract: type[Contract], codec: Codec | None, schema_registry: Mapping[str, Any] | None
+) -> Codec:
+    """The codec a consumer of ``contract`` reads with: ``codec`` (or the contract's
+    default), and with a schema registry a ``RegistryCodec`` that also reads Confluent
+    framing, keeping that codec's limits and writer schemas. A ``RegistryCodec`` given
+    as ``codec`` is used as it is. Shared by ``ConsumerService`` and ``guarded_agent``
+    so both read a topic alike."""
+    base = codec_for(contract, codec)
+    if schema_registry is None or isinstance(base, RegistryCodec):
+        return base
+    return RegistryCodec(
+        schema_registry,
+        wire_format=contract.__wire_format__,
+        max_bytes=getattr(codec, "max_bytes", DEFAULT_MAX_BYTES),
+        include_input=getattr(codec, "include_input", False),
+        # Its single-object records of older writers still decode, as without a registry.
+        writer_schemas=codec.writer_schemas if isinstance(codec, AvroCodec) else (),
+        max_depth=getattr(codec, "max_depth", None),
+    )
 
 
 class RegistryCodec:

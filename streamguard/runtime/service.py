@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
-from streamguard.codecs import DEFAULT_MAX_BYTES, AvroCodec, Codec, codec_for
+from streamguard.codecs import Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
 from streamguard.policy import DEFAULT_TRANSIENT, CircuitBreaker, RetryPolicy, check_transient
 from streamguard.registry.client import redact_registry_config, resolve_registry_config
-from streamguard.registry.codec import RegistryCodec
+from streamguard.registry.codec import reading_codec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.runner import Hooks, ServiceRuntime
@@ -216,7 +216,7 @@ class ConsumerService:
             dead_letter_topic=cls.dead_letter_topic or dead_letter_topic_for(cls.topic),
             retry=cls.retry,
             transient=tuple(cls.transient),
-            codec=_wire_codec(cls, self.__schema_registry),
+            codec=reading_codec(cls.contract, cls.codec, self.__schema_registry),
             drift=cls.drift,
             ordering=cls.ordering,
             breaker=cls.breaker,
@@ -326,22 +326,6 @@ def _refuse_auto_commit(config: Mapping[str, Any]) -> None:
             "handled or dead-lettered, and a crash would skip it. A service commits "
             "each record's offset itself, once it has its outcome: leave both out"
         )
-
-
-def _wire_codec(cls: type[ConsumerService], schema_registry: dict[str, Any] | None) -> Codec:
-    """The class's codec; with a schema registry, one that also reads Confluent framing."""
-    if schema_registry is None or isinstance(cls.codec, RegistryCodec):
-        return codec_for(cls.contract, cls.codec)
-    base = cls.codec
-    return RegistryCodec(
-        schema_registry,
-        wire_format=cls.contract.__wire_format__,
-        max_bytes=getattr(base, "max_bytes", DEFAULT_MAX_BYTES),
-        include_input=getattr(base, "include_input", False),
-        # Its single-object records of older writers still decode, as without a registry.
-        writer_schemas=base.writer_schemas if isinstance(base, AvroCodec) else (),
-        max_depth=getattr(base, "max_depth", None),
-    )
 
 
 def _check_declaration(cls: type[ConsumerService]) -> None:

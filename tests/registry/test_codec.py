@@ -468,7 +468,7 @@ def test_a_service_with_a_registry_keeps_its_json_codec_s_max_depth() -> None:
     """A service whose JsonCodec sets max_depth keeps that limit with a registry. The
     registry's codec left it out, so deeper JSON than the service allows was parsed."""
     from streamguard.demo.contracts import OrderPlaced
-    from streamguard.runtime.service import _wire_codec
+    from streamguard.registry.codec import reading_codec
 
     class Deep(sg.ConsumerService):
         topic = "orders"
@@ -479,7 +479,7 @@ def test_a_service_with_a_registry_keeps_its_json_codec_s_max_depth() -> None:
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             pass
 
-    codec = _wire_codec(Deep, {"url": "http://127.0.0.1:9"})
+    codec = reading_codec(Deep.contract, Deep.codec, {"url": "http://127.0.0.1:9"})
     assert isinstance(codec, RegistryCodec)
     with pytest.raises(DecodeError, match=r"deep|depth|nest"):
         codec.decode(b'{"x": [[[[1]]]]}', OrderPlaced)
