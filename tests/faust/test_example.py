@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
-import streamguard as sg
 from examples.faust_billing.app import create_app
+from examples.faust_billing.send_orders import send_orders
 from streamguard.devbroker import free_port
 from tests.faust.conftest import FAST_FAUST, run_app, until
-from tests.runtime.conftest import committed, order
+from tests.runtime.conftest import committed
 
 pytestmark = pytest.mark.broker
 
@@ -23,17 +22,11 @@ pytestmark = pytest.mark.broker
 def test_example_bills_forwards_and_dead_letters(
     bootstrap: str,
     tmp_path: Path,
-    raw_producer: Producer,
     read_all: Callable[..., list[Any]],
 ) -> None:
     """Valid and flaky orders are billed and invoiced; closed and down customers and
     poison input end in orders.dlq with the reasons the README lists."""
-    producer = sg.GuardedProducer(bootstrap)
-    for i, customer in enumerate(["alice", "flaky-1", "down-1", "closed-1"]):
-        producer.send("orders", order(i, customer_id=customer))
-    producer.flush()
-    raw_producer.produce("orders", b"nope")
-    raw_producer.flush(10)
+    send_orders(bootstrap)  # what the README runs: producing only
     port = free_port()
     settings = {**FAST_FAUST, "web_enabled": True, "web_port": port, "web_host": "127.0.0.1"}
     app, bill = create_app(f"kafka://{bootstrap}", datadir=str(tmp_path), **settings)
