@@ -50,9 +50,16 @@ class Committer:
         for lane in lanes:
             position = self._settled(lane)
             last = self._committed.get(lane.partition)
-            # Never below the last accepted commit, whatever the lane reports.
-            if position is None or (last is not None and position < last):
+            if position is None:
                 continue
+            # Never below the last accepted commit, whatever the lane reports.
+            if last is not None and position < last:
+                # A closed lane reports its own position, not the client's, which an
+                # async commit may have sent past transaction markers: that offset is
+                # still the one to make sure of, if its commit is unacknowledged.
+                if asynchronous or lane.partition not in self._unconfirmed:
+                    continue
+                position = last
             if position != last or (not asynchronous and lane.partition in self._unconfirmed):
                 offsets.append(TopicPartition(self._topic, lane.partition, position))
                 self._committed[lane.partition] = position

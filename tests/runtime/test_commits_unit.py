@@ -60,5 +60,20 @@ def test_an_unmoved_offset_is_not_sent_again_asynchronously() -> None:
     commits, calls = committer()
     commits.commit(lanes(Lane(0, 5)), asynchronous=True)
     commits.commit(lanes(Lane(0, 5)), asynchronous=True)
+    commits.on_commit(None, [TopicPartition("t", 0, 5)])
     commits.commit(lanes(Lane(0, 4)), asynchronous=False)  # never backwards
     assert calls.commits == [([(0, 5)], True)]
+
+
+def test_the_final_commit_sends_again_an_unacknowledged_offset_past_a_closed_lanes() -> None:
+    """On a transactional topic the periodic async commit sends the client's position,
+    past the commit marker after the lane's last record; the lane, closed by the revoke,
+    then reports its own position, one less. The final synchronous commit skipped the
+    partition as "backwards" though the async commit was unacknowledged: when that one
+    failed, nothing committed the offset and the records were handled again."""
+    commits, calls = committer()
+    commits.commit(lanes(Lane(0, 6)), asynchronous=True)  # 6: the client's position
+    commits.commit(lanes(Lane(0, 5)), asynchronous=False)  # the closed lane's own
+    assert calls.commits == [([(0, 6)], True), ([(0, 6)], False)]
+    commits.commit(lanes(Lane(0, 5)), asynchronous=False)  # confirmed now: not again
+    assert len(calls.commits) == 2
