@@ -338,7 +338,7 @@ class RegistryCodec:
                 record = schemaless_reader(io.BytesIO(data[5:]), writer, resolve_to)
             except SchemaResolutionError:
                 why = unresolved.get(schema_id)
-                if why is None:  # a registry request and a comparison: once per id
+                if why is None:  # a comparison of the two schemas: once per id
                     why = unresolved[schema_id] = self._unresolvable(schema_id, writer, reader)
                 raise DecodeError(why) from None
             except Exception as exc:  # fastavro raises many types on corrupt input
@@ -356,8 +356,8 @@ class RegistryCodec:
     def _unresolvable(self, schema_id: int, writer: Any, reader: Any) -> str:
         """Why Avro cannot resolve ``writer`` to ``reader``: the first mismatch our rules
         find (schema text: field paths and type names, never record values, so not
-        fastavro's message, which may quote an enum symbol read), and the subjects the
-        id is registered under, since the writer's subject may not be the contract's."""
+        fastavro's message, which may quote an enum symbol read), and where to look up
+        the id's subjects, since the writer's subject may not be the contract's."""
         from streamguard.schema.avro import compare_avro_schemas
         from streamguard.schema.changes import field_path
 
@@ -372,14 +372,13 @@ class RegistryCodec:
             text += f" by Avro's rules: {field_path(first.path)}: {first.rule}{types}"
         else:
             text += " by Avro's rules"
-        try:  # GET /schemas/ids/{id}/versions, once per id on this error path
-            found = call(self._url, lambda: self._client.get_schema_versions(schema_id))
-            subjects = sorted({str(v.subject) for v in found})
-        except Exception:  # the registry failed now, or lacks the endpoint: no subjects
-            subjects = []
-        if subjects:
-            text += f" (id {schema_id} is registered under {', '.join(map(repr, subjects))})"
-        return f"{text}; the producer's schema and the contract's must be made compatible"
+        # No request for the id's subjects here: this runs inside decode, on the event
+        # loop of an async service or a Faust agent, which a registry request must not
+        # hold (see ``unfetched``). The id names them: GET /schemas/ids/{id}/versions.
+        return (
+            f"{text}; the producer's schema (id {schema_id}; its subjects: GET "
+            f"/schemas/ids/{schema_id}/versions) and the contract's must be made compatible"
+        )
 
     def unfetched(self, data: bytes | None) -> Callable[[], object] | None:
         """The registry request decoding ``data`` would block on first, or None.
