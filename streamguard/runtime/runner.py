@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.health import HealthServer
 from streamguard.observe.librdkafka_logs import RepeatsCollapsed
+from streamguard.observe.logs import frames
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.breaker import Breaker
@@ -291,10 +292,15 @@ class ServiceRuntime:
             return
         try:
             self._hooks.on_stop()
-        except BaseException:
-            log.exception(
+        except BaseException as exc:
+            # The user's code: its text may quote a record it held, so class and frames.
+            log.error(
                 "on_stop failed; run() raises the error that ended the run",
-                extra={"service": self.spec.name},
+                extra={
+                    "service": self.spec.name,
+                    "error_class": type(exc).__name__,
+                    "traceback": frames(exc),
+                },
             )
 
     def _new_dead_letter_producer(
