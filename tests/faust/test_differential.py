@@ -33,7 +33,11 @@ from tests.runtime.conftest import Running, committed, order, wait_for
 pytestmark = pytest.mark.broker
 
 SECRET = "SECRET-4242"
-POLICY = sg.RetryPolicy(attempts=4, base_delay=0.02, max_delay=0.05, max_budget_ms=400)
+# The budget decides "exhausts_budget" after its third call on both sides: its second
+# failure comes about 0.3 s after its first (a 0.25 s call and a backoff), well inside
+# the budget even on a loaded machine (at 400 ms a busy full run once gave one side two
+# calls and the other three); its third comes 0.5 s or more after, always past it.
+POLICY = sg.RetryPolicy(attempts=4, base_delay=0.02, max_delay=0.05, max_budget_ms=480)
 STAMPED = stamp_headers(OrderPlaced, sg.JsonCodec(), "orders-app")
 NEWER = [(k, b"2" if k == "sg-version" else v) for k, v in STAMPED]
 NEWER = [(k, b"sha256:other" if k == "sg-fingerprint" else v) for k, v in NEWER]
@@ -131,7 +135,7 @@ class Logic:
         if key == b"exhausts_budget":
             position = committed(self.bootstrap, self.group, self.topic).get(ctx.partition, 0)
             self.commits_while_retrying.append((position, ctx.offset))
-            return 0.25  # 250 ms a call: the 400 ms budget runs out before the attempts
+            return 0.25  # 250 ms a call: the budget runs out before the attempts
         if key == b"leaks_a_value":
             raise ValueError(f"no account for {event.customer_id}")
         if key == b"sends_invalid":
