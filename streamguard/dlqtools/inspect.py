@@ -24,7 +24,7 @@ from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.replay import replay_count
 from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
 from streamguard.errors import DecodeError
-from streamguard.observe.untrusted import printable
+from streamguard.observe.untrusted import escaped, printable
 from streamguard.topics import dead_letter_topic_for, is_dead_letter_topic
 
 MAX_SHOWN_VALUE = 200
@@ -89,10 +89,7 @@ class Summary:
 
 
 def _shown(data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    text = data.decode("utf-8", "backslashreplace")
-    return _cut(text, MAX_SHOWN_VALUE)
+    return None if data is None else escaped(data, MAX_SHOWN_VALUE)
 
 
 def _loc(error: dict[str, Any]) -> str:
@@ -303,5 +300,11 @@ def _example_lines(example: dict[str, Any]) -> list[str]:
     if "error_message" in example:
         out.append(f"message: {example['error_message']}")
     if "value" in example:
-        out.append(f"key: {example['key']!r}  value: {example['value']!r}")
+        out.append(f"key: {_quoted(example['key'])}  value: {_quoted(example['value'])}")
     return out
+
+
+def _quoted(text: str | None) -> str:
+    # ``text`` is already escaped: repr would double its backslashes. A quote is escaped
+    # so that a key cannot end early and forge the value after it.
+    return "None" if text is None else "'" + text.replace("'", "\\'") + "'"

@@ -40,6 +40,32 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def escaped(data: bytes, limit: int | None = None) -> str:
+    r"""``data`` as UTF-8 text in which a backslash always starts an escape, cut to
+    ``limit`` characters of the data.
+
+    A byte that is no UTF-8 is written ``\xff``, a character that is not printable as
+    its escape, and a backslash of the data as ``\\``: left alone, a ``\xff`` typed in a
+    value would read the same as the byte 0xff.
+    """
+    text = data.decode("utf-8", "surrogateescape")
+    cut = limit is not None and len(text) > limit
+    # Cut before escaping, so the cut never splits an escape.
+    return "".join(_escape(c) for c in text[:limit]) + ("..." if cut else "")
+
+
+def _escape(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if "\udc80" <= c <= "\udcff":  # surrogateescape's stand-in for an undecodable byte
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    if c.isprintable():
+        return c
+    if "\x80" <= c <= "\xff":  # unicode_escape's \x85 would read as the byte 0x85
+        return f"\\u{ord(c):04x}"
+    return c.encode("unicode_escape").decode()
+
+
 class LogBudget:
     """Allows ``rate`` log lines per ``per`` seconds; counts what it suppressed."""
 

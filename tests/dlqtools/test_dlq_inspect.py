@@ -490,3 +490,44 @@ def test_a_huge_forged_header_widens_no_row_of_the_table() -> None:
     assert "xxx..." in table
     assert [line for line in table.splitlines() if "permanent_error" in line]
     assert huge in [g["reason"] for g in json.loads(to_json(summary))["groups"]]
+
+
+def test_shown_values_tell_a_typed_backslash_from_a_byte_that_is_no_utf8() -> None:
+    """With --show-values, the byte 0xff and the four characters ``\\xff`` in a value
+    are shown differently, in the table and in JSON; a terminal escape still is not."""
+    from streamguard.deadletter import DeadLetter
+    from streamguard.dlqtools.inspect import render_table, summarize, to_json
+    from streamguard.dlqtools.reader import DlqRecord
+    from streamguard.observe.untrusted import escaped
+
+    values = {"permanent_error": b"\xff", "decode_error": b"\\xff", "oversize": b"\x1b[2J"}
+    records = [
+        DlqRecord(
+            DeadLetter.from_record(
+                topic="orders.dlq",
+                partition=0,
+                offset=offset,
+                key=b"k'ey",
+                value=value,
+                headers=[("sg-dlq-reason", reason.encode()), ("sg-dlq-original-topic", b"orders")],
+            ),
+            1_700_000_000_000,
+        )
+        for offset, (reason, value) in enumerate(values.items())
+    ]
+    summary = summarize("orders.dlq", records, show_values=True)
+    examples = {g.key.reason: g.example["value"] for g in summary.ordered()}
+    assert examples == {
+        "permanent_error": "\\xff",
+        "decode_error": "\\\\xff",
+        "oversize": "\\x1b[2J",
+    }
+    shown = [g["example"]["value"] for g in json.loads(to_json(summary))["groups"]]
+    assert sorted(shown) == sorted(examples.values())
+    table = render_table(summary)
+    assert "key: 'k\\'ey'  value: '\\xff'" in table
+    assert "key: 'k\\'ey'  value: '\\\\xff'" in table
+    assert "value: '\\x1b[2J'" in table
+    assert "\x1b" not in table
+    # Nor do the byte 0x85 and the character U+0085 (a control, so escaped too).
+    assert (escaped(b"\x85"), escaped("\x85".encode())) == ("\\x85", "\\u0085")
