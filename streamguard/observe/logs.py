@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -25,6 +25,19 @@ def frames(error: BaseException) -> str:
 
 # Attributes every LogRecord has; anything else was passed in ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def _context(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
+    """The attributes passed in ``extra``, in the order they were set."""
+    for key, value in vars(record).items():
+        if key in _STANDARD or key.startswith("_"):
+            continue
+        # mode's formatter (which Faust's worker puts on the root logger before the
+        # handlers passed to it) sets ``extra`` on each record it formats to the text of
+        # its ``data``: nearly always empty, which is no context.
+        if key == "extra" and value == "":
+            continue
+        yield key, value
 
 
 class LineBudget:
@@ -105,9 +118,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        entry.update(_context(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -118,11 +129,7 @@ class TextFormatter(logging.Formatter):
     context appended as key=value pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
-        context = " ".join(
-            f"{k}={v}"
-            for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_")
-        )
+        context = " ".join(f"{k}={v}" for k, v in _context(record))
         base = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
         text = f"{base} {context}" if context else base
         if record.exc_info:

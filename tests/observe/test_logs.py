@@ -27,3 +27,20 @@ def test_text_lines_start_with_the_json_lines_time() -> None:
     stamp = json.loads(JsonFormatter().format(record()))["ts"]
     assert text.startswith(stamp)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+
+
+def test_a_record_faust_logged_ends_with_no_empty_extra() -> None:
+    """Faust's worker installs mode's formatter on the root logger, before any handler
+    passed to it: formatting a record, that formatter sets ``record.extra`` to the text
+    of its ``data``, empty unless a flight recorder adds some. A streamguard handler
+    formatting the record after it showed that as a stray ``extra=``."""
+    from mode.utils.logging import DefaultFormatter
+
+    entry = record()
+    DefaultFormatter("%(message)s %(extra)s").format(entry)
+    assert entry.extra == ""  # what mode leaves on the record
+    assert TextFormatter().format(entry).endswith("partitions assigned partitions=[0, 1]")
+    assert "extra" not in json.loads(JsonFormatter().format(entry))
+    entry.data = {"topic": "orders"}  # what mode's flight recorder passes in ``extra``
+    DefaultFormatter("%(message)s %(extra)s").format(entry)
+    assert "extra=topic='orders'" in TextFormatter().format(entry)  # not empty: shown
