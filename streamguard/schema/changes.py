@@ -195,11 +195,13 @@ def field_path(path: tuple[str, ...]) -> str:
     """Render a schema path the way the data is addressed (``(root)`` for the top)."""
     out = ""
     i = 0
-    if path and path[-1] in _CONSTRAINTS:
-        path = path[:-1]
     while i < len(path):
         part = path[i]
         nxt = path[i + 1] if i + 1 < len(path) else None
+        if nxt is None and part in _CONSTRAINTS:
+            # The constraint the rule already names. A field called `format` or `enum`
+            # never gets here: it is taken with the `properties` before it.
+            break
         if part in ("properties", "fields", "required", "dependencies") and nxt is not None:
             out += ("." if out else "") + nxt
             i += 2

@@ -741,3 +741,26 @@ def test_compatible_forward_means_new_values_validate(case: Case, data: st.DataO
     value = data.draw(values(new_schema, Document(new_schema)))
     case.new.model_validate(value)
     case.old.model_validate(value)
+
+
+def test_field_path_keeps_fields_named_like_keywords() -> None:
+    """A field called `format`, `pattern` or `enum` is a name, not the constraint at the
+    end of a path: the report names it (it said `/properties`, and `meta/properties`)."""
+
+    class Old(BaseModel):
+        format: int
+        maximum: int
+
+    class New(BaseModel):
+        format: str
+        maximum: float
+
+    found = {(c.field_path, c.rule) for c in diff_json_schemas(schema_of(Old), schema_of(New))}
+    assert found == {("format", "TYPE_CHANGED"), ("maximum", "TYPE_EXTENDED")}
+    assert Change(("properties", "meta", "properties", "enum"), "TYPE_CHANGED").field_path == (
+        "meta.enum"
+    )
+    # A trailing constraint keyword is still left to the rule id.
+    assert Change(("properties", "code", "maxLength"), "MAX_LENGTH_DECREASED").field_path == (
+        "code"
+    )
