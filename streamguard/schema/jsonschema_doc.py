@@ -49,6 +49,50 @@ class SchemaError(ConfigurationError):
     """A schema cannot be read (an unresolvable or remote ``$ref``, a cycle of refs)."""
 
 
+# The shape the rules read each of these keywords in. A hand-edited file under schemas/
+# that breaks one ("properties": [...]) is a configuration error, exit 2: it ended the
+# check with a traceback and exit 1, which CI reads as a breaking change.
+_OBJECT = (dict, "an object")
+_SHAPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "properties": _OBJECT,
+    "patternProperties": _OBJECT,
+    "dependencies": _OBJECT,
+    "dependentRequired": _OBJECT,
+    "dependentSchemas": _OBJECT,
+    "required": (list, "a list"),
+    "enum": (list, "a list"),
+    "prefixItems": (list, "a list"),
+    "type": ((str, list), "a string or a list"),
+    **dict.fromkeys(COMBINATORS, (list, "a list")),
+}
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of a value, for an error message (never the value: it may be long)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    kinds = {dict: "an object", list: "a list", str: "a string"}
+    return next((name for t, name in kinds.items() if isinstance(value, t)), "a number")
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def check_keywords(schema: dict[str, Any]) -> None:
+    """Raise SchemaError for a keyword whose value the rules cannot read."""
+    for key, (kind, what) in _SHAPES.items():
+        if key in schema and not isinstance(schema[key], kind):
+            raise SchemaError(f"{key!r} must be {what}, not {_kind(schema[key])}")
+    for key in ("required", "type"):
+        if isinstance(schema.get(key), list) and not _names(schema[key]):
+            raise SchemaError(f"{key!r} must list strings only")
+    for key in ("dependencies", "dependentRequired"):
+        for name, value in (schema.get(key) or {}).items():
+            if isinstance(value, list) and not _names(value):
+                raise SchemaError(f"{key!r} of {name!r} must list property names")
+
+
 @dataclass
 class Node:
     """One resolved subschema, classified; ``schema`` is the resolved raw value."""
@@ -113,6 +157,7 @@ class Document:
         if not isinstance(resolved, dict):
             raise SchemaError(f"a schema must be an object or a boolean, not {resolved!r}")
         rest = {k: v for k, v in resolved.items() if k not in IGNORED_KEYWORDS}
+        check_keywords(rest)
         parts = [(c, rest.pop(c)) for c in COMBINATORS if isinstance(rest.get(c), list)]
         if parts:
             if not rest and len(parts) == 1:

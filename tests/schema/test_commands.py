@@ -134,6 +134,30 @@ def test_missing_contracts_is_configuration_error(
     assert "contracts = " in err
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"properties": ["order_id", "customer"]}, "'properties' must be an object, not a list"),
+        ({"dependencies": ["order_id"]}, "'dependencies' must be an object, not a list"),
+        ({"required": [{"name": "order_id"}]}, "'required' must list strings only"),
+        ({"anyOf": {"type": "object"}}, "'anyOf' must be a list, not an object"),
+    ],
+)
+def test_hand_edited_schema_of_the_wrong_shape_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli, edit: dict[str, object], said: str
+) -> None:
+    """A stored file whose keyword has the wrong shape exits 2 saying which keyword: it
+    ended the check with a traceback and exit 1, read by CI as a breaking change."""
+    project = registered(project_factory, cli)
+    stored = project.schemas / "orders.OrderPlaced" / "v1.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), **edit}))
+    project.contracts(V2_COMPATIBLE)
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert said in err
+    assert "Traceback" not in err
+
+
 def test_json_and_github_formats(project_factory: Callable[[], Project], cli: Cli) -> None:
     """--format json prints a machine list; --format github prints ::error annotations."""
     project = registered(project_factory, cli)
