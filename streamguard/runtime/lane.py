@@ -291,7 +291,7 @@ class PartitionLane:
         clock = time.perf_counter
         durations: list[float] = []
         timed = durations.append
-        handled = retries = done = 0
+        handled = retries = done = seen = 0  # seen: records decoded, for the drift sample
         retry = self.retry
         breaker = pipe.breaker
         # A batch is up to batch_size records: with slow handlers, folding only at its
@@ -300,7 +300,7 @@ class PartitionLane:
         end = 0.0
         fold_at = clock() + FOLD_EVERY
         try:
-            for index, msg in enumerate(batch):
+            for msg in batch:
                 if self.closed:
                     break
                 if retry is not None or not breaker.closed:
@@ -320,13 +320,16 @@ class PartitionLane:
                         timed(end - start)  # a handled tombstone is a handler call too
                     else:
                         event = decode(value)
-                        if not index % sample and (retry is None or not retry.drift_checked):
+                        # Counted over the records that decode: a batch whose first
+                        # record is invalid still has its first valid one checked.
+                        if not seen % sample and (retry is None or not retry.drift_checked):
                             drift = inspect_drift(msg, value)
                             if drift is not None:  # no call reached the dependency
                                 breaker.release_probe((self.partition, msg.offset()))
                                 self._dead_letter(msg, Failure("schema_drift", drift))
                                 done += 1
                                 continue
+                        seen += 1
                         ctx = MessageContext(msg, attempt)  # not built for invalid input
                         called = True
                         start = clock()

@@ -34,13 +34,13 @@ class ServiceOptions:
             draining is throttled, and one that stopped draining is paused, letting
             the other partitions flow.
         drift_sample: under ``drift="count"``, check the writer schema of one record
-            in this many: the first of each batch and every ``drift_sample``-th after
-            it (on the event loop, the first record run after each hand-over of
-            batches, and every ``drift_sample``-th after it). A check reads the
-            record's headers (1 µs for the five a guarded producer stamps) and, without
-            the contract's fingerprint, parses the value for unknown fields (5 µs, a
-            validation's cost); 256 keeps it under 1% of the per-record cost. 1 checks
-            every message.
+            in this many: the first of each batch that decodes and every
+            ``drift_sample``-th decoded after it (on the event loop, the first record
+            run after each hand-over of batches, and every ``drift_sample``-th after
+            it). A check reads the record's headers (1 µs for the five a guarded
+            producer stamps) and, without the contract's fingerprint, parses the value
+            for unknown fields (5 µs, a validation's cost); 256 keeps it under 1% of
+            the per-record cost. 1 checks every message.
         workers: threads running sync handlers under partition order; partitions beyond
             this many wait their turn.
         commit_interval: seconds between periodic commits of final-outcome prefixes.

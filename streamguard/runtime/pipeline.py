@@ -63,8 +63,8 @@ class Pipeline:
         self._subject = spec.contract.__subject__
         # A drift check of a record without the contract's fingerprint parses its value
         # for unknown fields (a validation's cost), so "count" checks the first message
-        # of each batch and every drift_sample-th after it: every message while a
-        # partition keeps up, a sample while it is behind.
+        # of each batch that decodes and every drift_sample-th after it: every message
+        # while a partition keeps up, a sample while it is behind.
         self.drift_sample = 1 if self._drift_dead_letters else spec.options.drift_sample
         self.metrics = metrics
         metrics.start_series(self.topic, REASONS)

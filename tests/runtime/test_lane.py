@@ -444,6 +444,38 @@ def test_a_record_parked_before_its_first_try_still_counts_its_drift() -> None:
     assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 2.0
 
 
+def test_a_batch_whose_first_record_is_invalid_still_has_its_drift_checked() -> None:
+    """The drift sample counts the records that decode: with the batch's position, a
+    producer's batch that began with an invalid record had none of its records checked,
+    so drift behind such a record was never counted."""
+    from streamguard.testing import ServiceHarness
+
+    handled: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = "orders-kit", OrderPlaced, "g"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+    registry = CollectorRegistry()
+    kit = ServiceHarness(Billing, registry=registry)
+    lane = PartitionLane(0, kit.pipeline, clock=kit._clock)
+    msgs = [
+        record(b"not json", topic="orders-kit", offset=0),
+        record(order(1).model_dump_json().encode(), topic="orders-kit", offset=1),
+    ]
+    if lane.enqueue(msgs):
+        lane.drain()
+    labels = {
+        "runtime": "consumer",
+        "subject": OrderPlaced.__subject__,
+        "kind": "no_schema_headers",
+    }
+    assert handled == [1]
+    assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 1.0
+
+
 class Basket(sg.Contract):
     """A contract whose validation notes whether an event handled earlier is still alive."""
 
