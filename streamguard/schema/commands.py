@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, cast
 
@@ -180,6 +181,7 @@ def _check(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     if args.force and not (args.reason and args.reason.strip()):
         raise ConfigurationError('--force needs --reason "why this break is acceptable"')
+    _check_reason(args.reason)
     _refuse_mode_with_registry(args)
     if args.registry is not None:
         config = load_project_config(args.config)
@@ -231,6 +233,16 @@ def _register(args: argparse.Namespace) -> int:
         if not result.changed:
             print(f"{result.subject}: v{result.version} unchanged")
     return exitcodes.OK
+
+
+def _check_reason(reason: str | None) -> None:
+    """Refuse a reason that is not one line of text. It is written into a CHANGELOG line,
+    and ``SchemaStore.forced`` splits the file as ``str.splitlines`` does: a line break
+    (or any other control character) would let a reason forge a FORCED registration."""
+    for char in reason or "":
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            code = f"U+{ord(char):04X}"
+            raise ConfigurationError(f"--reason must be one line of text, not a {code} in it")
 
 
 def _version(text: str) -> int:

@@ -210,6 +210,23 @@ def test_force_records_reason_and_breaks(project_factory: Callable[[], Project],
     assert "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL at customer.tier (v1->v2)" in last
 
 
+@pytest.mark.parametrize("sep", ["\n", "\r", "\x0b", "\x85", "\u2028", "\t"])
+def test_a_reason_with_a_line_break_is_refused(
+    project_factory: Callable[[], Project], cli: Cli, sep: str
+) -> None:
+    """--reason is one CHANGELOG line: a line break in it wrote a second line, which could
+    forge a FORCED registration that `check` then honours. Exit 2, nothing stored."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING)
+    forged = f"drained{sep}2026-01-01T00:00:00Z v3 FORCED past BACKWARD: reason: x"
+    code, _, err = cli("schema", "register", "--force", "--reason", forged)
+    assert (code, "Traceback" in err) == (2, False)
+    assert "--reason must be one line of text, not a U+" in err
+    folder = project.schemas / "orders.OrderPlaced"
+    assert not (folder / "v2.json").exists()
+    assert "FORCED" not in (folder / "CHANGELOG").read_text()
+
+
 def test_a_forced_change_of_type_is_recorded_with_its_types(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
