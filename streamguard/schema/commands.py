@@ -8,7 +8,6 @@ registration, 2 usage or configuration error (raised as ConfigurationError, whic
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import unicodedata
 from pathlib import Path
@@ -37,7 +36,7 @@ from streamguard.schema.checks import (
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
 from streamguard.schema.report import FORMATS, render, result_groups
-from streamguard.schema.store import SchemaStore, dump_schema, read_text
+from streamguard.schema.store import SchemaStore, dump_schema, read_schema
 
 
 def add_schema_parser(subparsers: Any) -> None:
@@ -252,13 +251,6 @@ def _version(text: str) -> int:
         raise ConfigurationError(f"{text!r} is not a version (use 2 or v2)") from None
 
 
-def _read_file(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
-
-
 def _diff(args: argparse.Namespace) -> int:
     config, store = _project(args)
     policy = cast(Policy, args.policy)
@@ -266,7 +258,7 @@ def _diff(args: argparse.Namespace) -> int:
         if args.old is None or args.new is None or args.subject:
             raise ConfigurationError("use either --old A.json --new B.json, or SUBJECT [V1 V2]")
         fmt = "avro" if args.old.suffix == ".avsc" and args.new.suffix == ".avsc" else "json"
-        changes = compare_versions(_read_file(args.old), _read_file(args.new), fmt, policy)
+        changes = compare_versions(read_schema(args.old), read_schema(args.new), fmt, policy)
         # Two files name no subject: the report names them alone (it read "v2: ...",
         # the new file's name where a subject stands).
         comparison = Comparison("", str(args.old), str(args.new), changes)

@@ -49,6 +49,18 @@ def read_text(path: Path) -> str:
         ) from exc
 
 
+def read_schema(path: Path) -> Any:
+    """A schema file's JSON. ``null`` is a configuration error, exit 2: no format has it as
+    a schema, and the rules read None as "no schema" (SCHEMA_ADDED, a false break)."""
+    try:
+        schema = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
+    if schema is None:
+        raise ConfigurationError(f"{path}: null is not a schema")
+    return schema
+
+
 def _unwritable(path: Path, exc: OSError) -> ConfigurationError:
     return ConfigurationError(f"cannot write {path}: {exc.strerror or exc}")
 
@@ -95,10 +107,7 @@ class SchemaStore:
             raise ConfigurationError(
                 f"{subject} has no stored v{version}{suffix} (stored: {known})"
             )
-        try:
-            return json.loads(read_text(path))
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
+        return read_schema(path)
 
     def has(self, subject: str, version: int, suffix: str = ".json") -> bool:
         """Whether a version's file exists."""

@@ -158,6 +158,26 @@ def test_hand_edited_schema_of_the_wrong_shape_is_a_configuration_error(
     assert "Traceback" not in err
 
 
+def test_a_stored_schema_of_null_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A stored file holding JSON ``null`` exits 2 naming the file: it was read as no
+    schema at all (SCHEMA_ADDED, exit 1), a breaking change that is not there."""
+    project = registered(project_factory, cli)
+    stored = project.schemas / "orders.OrderPlaced" / "v1.json"
+    stored.write_text("null\n")
+    project.contracts(V2_COMPATIBLE)
+    code, out, err = cli("schema", "check")
+    assert (code, "SCHEMA_ADDED" in out) == (2, False)
+    assert f"{stored}: null is not a schema" in err
+    other = project.root / "other.json"
+    other.write_text("{}")
+    for old, new in ((stored, other), (other, stored)):
+        code, _, err = cli("schema", "diff", "--old", str(old), "--new", str(new))
+        assert code == 2
+        assert f"{stored}: null is not a schema" in err
+
+
 def test_json_and_github_formats(project_factory: Callable[[], Project], cli: Cli) -> None:
     """--format json prints a machine list; --format github prints ::error annotations."""
     project = registered(project_factory, cli)
