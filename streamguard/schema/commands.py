@@ -257,7 +257,16 @@ def _diff(args: argparse.Namespace) -> int:
     if args.old is not None or args.new is not None:
         if args.old is None or args.new is None or args.subject:
             raise ConfigurationError("use either --old A.json --new B.json, or SUBJECT [V1 V2]")
-        fmt = "avro" if args.old.suffix == ".avsc" and args.new.suffix == ".avsc" else "json"
+        avro = (args.old.suffix == ".avsc", args.new.suffix == ".avsc")
+        if avro[0] != avro[1]:
+            # No rules judge an Avro schema against a JSON Schema: the JSON rules read
+            # the .avsc as a JSON Schema and reported TYPE_CHANGED record -> object.
+            old_kind, new_kind = ("an Avro schema (.avsc)" if a else "a JSON Schema" for a in avro)
+            raise ConfigurationError(
+                f"--old is {old_kind}, --new {new_kind}: compare two files of one format "
+                "(an Avro contract's .json beside its .avsc is its JSON Schema)"
+            )
+        fmt = "avro" if avro[0] else "json"
         changes = compare_versions(read_schema(args.old), read_schema(args.new), fmt, policy)
         # Two files name no subject: the report names them alone (it read "v2: ...",
         # the new file's name where a subject stands).

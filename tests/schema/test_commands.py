@@ -415,6 +415,27 @@ def test_avro_contract_uses_schema_resolution(
     assert "tag  FIELD_ADDED_WITHOUT_DEFAULT" in out
 
 
+def test_diff_of_an_avsc_and_a_json_file_is_a_usage_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """--old A.avsc --new B.json was judged by the JSON Schema rules, the Avro schema read
+    as one (TYPE_CHANGED record -> object, exit 1): the two formats have no common rules,
+    so the mix exits 2 naming both. Two .avsc files still use Avro's rules."""
+    project = project_factory()
+    project.contracts(AVRO_V1)
+    assert cli("schema", "register")[0] == 0
+    folder = project.schemas / "payments.Payment"
+    avsc, json_schema = folder / "v1.avsc", folder / "v1.json"
+    for old, new, said in (
+        (avsc, json_schema, "--old is an Avro schema (.avsc), --new a JSON Schema"),
+        (json_schema, avsc, "--old is a JSON Schema, --new an Avro schema (.avsc)"),
+    ):
+        code, out, err = cli("schema", "diff", "--old", str(old), "--new", str(new))
+        assert (code, "TYPE_CHANGED" in out) == (2, False)
+        assert said in err
+    assert cli("schema", "diff", "--old", str(avsc), "--new", str(avsc))[0] == 0
+
+
 def test_console_script_in_project(project_factory: Callable[[], Project], cli: Cli) -> None:
     """The installed `streamguard` script reads ./pyproject.toml and exits 1 on a break."""
     project = registered(project_factory, cli)
