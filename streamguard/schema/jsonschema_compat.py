@@ -20,7 +20,7 @@ fields and writes them out) is read strictly under both policies.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -164,6 +164,37 @@ def _exclusive(node: Node, key: str, plain: str) -> Any:
     if value is True:
         return node.get(plain)
     return None if value is False else value
+
+
+_Bound = tuple[Decimal, bool]  # (value, exclusive)
+
+
+def _bound(node: Node, plain: str, key: str, lower: bool) -> _Bound | None:
+    """The bound ``plain`` and its exclusive keyword set together: the tighter of the two,
+    the exclusive one on a tie (``minimum: 0`` and ``exclusiveMinimum: 0`` is > 0)."""
+    found = [
+        (value, exclusive)
+        for value, exclusive in (
+            (_number(node.get(plain)), False),
+            (_number(_exclusive(node, key, plain)), True),
+        )
+        if value is not None
+    ]
+    if not found:
+        return None
+    return max(found) if lower else min(found, key=lambda b: (b[0], not b[1]))
+
+
+def _admits(reader: _Bound | None, writer: _Bound | None, lower: bool) -> bool:
+    """Whether every number within the writer's bound is within the reader's."""
+    if reader is None:
+        return True
+    if writer is None:
+        return False
+    (r, r_exclusive), (w, w_exclusive) = reader, writer
+    if r != w:
+        return r < w if lower else r > w
+    return w_exclusive or not r_exclusive
 
 
 class Comparer:
@@ -316,10 +347,9 @@ class Comparer:
             else:
                 return [self.retyped(path, "TYPE_CHANGED", o, n)]
         out += self._enum(o, n, path)
-        for key in ("minLength", "maxLength", "minimum", "maximum"):
+        for key in ("minLength", "maxLength"):
             out += self.limit(path, key, o.get(key), n.get(key))
-        for key, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-            out += self.limit(path, key, _exclusive(o, key, plain), _exclusive(n, key, plain))
+        out += self._bounds(o, n, path)
         out += self._multiple_of(path, o.get("multipleOf"), n.get("multipleOf"))
         for key in ("pattern", "format"):
             out += self._exact(path, key, o.get(key), n.get(key))
@@ -360,6 +390,21 @@ class Comparer:
             return [self.finding((*path, key), f"{name}_REMOVED")]
         grew = b > a
         return [self.finding((*path, key), f"{name}_{'INCREASED' if grew else 'DECREASED'}")]
+
+    def _bounds(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        out: list[Finding] = []
+        for plain, key, lower in (
+            ("minimum", "exclusiveMinimum", True),
+            ("maximum", "exclusiveMaximum", False),
+        ):
+            found = self.limit(path, plain, o.get(plain), n.get(plain))
+            found += self.limit(path, key, _exclusive(o, key, plain), _exclusive(n, key, plain))
+            # Each keyword alone misjudges one bound spelled another way: gt=0 -> ge=0 is
+            # MINIMUM_ADDED, yet the reader admits every number the writer did.
+            if _admits(_bound(n, plain, key, lower), _bound(o, plain, key, lower), lower):
+                found = [replace(f, safe=True) for f in found]
+            out += found
+        return out
 
     def _multiple_of(self, path: Path, old: Any, new: Any) -> list[Finding]:
         a, b = _number(old), _number(new)

@@ -241,6 +241,18 @@ class Ge5(BaseModel):
     n: int = Field(ge=5)
 
 
+class Gt0(BaseModel):
+    n: int = Field(gt=0)
+
+
+class Gt5(BaseModel):
+    n: int = Field(gt=5)
+
+
+class Lt100(BaseModel):
+    n: int = Field(lt=100)
+
+
 class PlainN(BaseModel):
     n: int
 
@@ -421,6 +433,13 @@ CASES = [
     Case("ge loosened", Ge5, Ge0, True, False),
     Case("ge tightened", Ge0, Ge5, False, True, "MINIMUM_INCREASED", "n"),
     Case("le tightened", Le100, Le10, False, True, "MAXIMUM_DECREASED", "n"),
+    # One bound spelled with the other keyword: judged by the numbers it admits.
+    Case("gt -> ge at the same bound", Gt0, Ge0, True, False),
+    Case("ge -> gt at the same bound", Ge0, Gt0, False, True, "EXCLUSIVE_MINIMUM_ADDED", "n"),
+    Case("gt -> ge at a lower bound", Gt5, Ge0, True, False),
+    Case("ge -> gt at a higher bound", Ge0, Gt5, False, True, "EXCLUSIVE_MINIMUM_ADDED", "n"),
+    Case("lt -> le at the same bound", Lt100, Le100, True, False),
+    Case("le -> lt at the same bound", Le100, Lt100, False, True, "EXCLUSIVE_MAXIMUM_ADDED", "n"),
     Case("multiple_of expanded", Mult2, Mult4, False, True, "MULTIPLE_OF_EXPANDED", "n"),
     Case("multiple_of reduced", Mult4, Mult2, True, False),
     Case("str -> UUID", Base, IdUuid, False, True, "FORMAT_ADDED", "id"),
@@ -664,6 +683,29 @@ def test_rules_without_a_type_change_name_no_types() -> None:
     assert all(f.old_type is None and f.new_type is None for f in found)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "backward", "forward"),
+    [
+        ({"exclusiveMinimum": 0}, {"minimum": 0}, True, False),
+        ({"exclusiveMaximum": 1.5}, {"maximum": 1.5}, True, False),
+        ({"minimum": 0, "exclusiveMinimum": True}, {"minimum": 0}, True, False),  # draft-04
+        ({"minimum": 0, "exclusiveMinimum": 5}, {"minimum": 3}, True, False),
+        ({"minimum": 0, "exclusiveMinimum": 0}, {"exclusiveMinimum": 0}, True, True),
+        ({"exclusiveMinimum": 0}, {"minimum": 0.5}, False, True),
+        ({"exclusiveMaximum": 0}, {"maximum": -1, "exclusiveMaximum": 2}, False, True),
+    ],
+)
+def test_a_bound_is_judged_by_the_numbers_it_admits(
+    old: dict[str, Any], new: dict[str, Any], backward: bool, forward: bool
+) -> None:
+    """minimum and exclusiveMinimum (maximum, exclusiveMaximum) are one bound together:
+    > 0 -> >= 0 admits every old number (MINIMUM_ADDED broke BACKWARD), not every new one."""
+    changes = diff_json_schemas({"type": "number", **old}, {"type": "number", **new})
+    assert (not breaking(changes, "BACKWARD")) is backward, changes
+    assert (not breaking(changes, "FORWARD")) is forward, changes
+    assert (not breaking(changes, "FULL")) is (backward and forward), changes
+
+
 def test_change_pointer_escapes_names() -> None:
     """The JSON pointer of a change escapes '/' and '~' in property names."""
     change = Change(("properties", "a/b~c"), "TYPE_CHANGED")
@@ -692,7 +734,8 @@ def values(schema: Any, doc: Document, depth: int = 0) -> st.SearchStrategy[Any]
             return st.from_regex(s["pattern"], fullmatch=True)
         return st.text(min_size=s.get("minLength", 0), max_size=s.get("maxLength", 12))
     if kind == "integer":
-        lo, hi = s.get("minimum", -1000), s.get("maximum", 1000)
+        lo = max(s.get("minimum", -1000), s.get("exclusiveMinimum", -1001) + 1)
+        hi = min(s.get("maximum", 1000), s.get("exclusiveMaximum", 1001) - 1)
         ints = st.integers(lo, hi)
         step = s.get("multipleOf")
         return ints.map(lambda i: i - i % step) if step else ints
