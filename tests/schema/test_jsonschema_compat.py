@@ -507,6 +507,17 @@ def test_strict_policy_breaks_optional_field_added_to_open_model() -> None:
     ]
 
 
+@pytest.mark.parametrize("old", [{"type": "string"}, {"oneOf": [{"type": "string"}]}])
+def test_a_hand_written_one_of_a_number_and_a_string_takes_any_string(old: Any) -> None:
+    """Only pydantic's ``anyOf`` of a number and a string is a Decimal (numeric strings):
+    read into a hand-written ``oneOf`` too, a string widened to a number or a string
+    broke BACKWARD, where Confluent's diff (and the schema) says it does not."""
+    one_of = {"oneOf": [{"type": "number"}, {"type": "string"}]}
+    assert not breaking(diff_json_schemas(old, one_of, "strict"), "BACKWARD")
+    any_of = {"anyOf": [{"type": "number"}, {"type": "string"}]}
+    assert breaking(diff_json_schemas(old, any_of, "strict"), "BACKWARD")
+
+
 def test_allow_model_writes_what_a_closed_reader_rejects() -> None:
     """Closing an extra='allow' model breaks BACKWARD: its producers sent undeclared fields."""
     old = JsonCodec().encode(AllowBase.model_validate({"id": "a", "coupon": "X1"}))
