@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import sysconfig
@@ -19,6 +20,8 @@ from streamguard.observe.logs import configure_logging
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.service import ConsumerService
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args, tcp_port
+
+log = logging.getLogger("streamguard.runtime")
 
 
 def load_service_class(target: str) -> type[ConsumerService]:
@@ -98,7 +101,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         schema_registry=schema_registry,
     )
-    service.run()
+    try:
+        service.run()
+    except (Exception, KeyboardInterrupt):
+        raise  # for main, as before: streamguard's errors; KeyboardInterrupt exits 130
+    except BaseException as exc:
+        # What a handler raised that is no outcome (SystemExit, its own CancelledError):
+        # Python would print its text, which may quote the record, in a traceback that
+        # is no JSON line. The runtime logged its frames already: name its class.
+        log.error(
+            "service crashed; exiting",
+            extra={"error_class": type(exc).__name__, "exit_code": exitcodes.FAILED},
+        )
+        return exitcodes.FAILED
     return exitcodes.OK
 
 

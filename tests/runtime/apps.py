@@ -63,3 +63,27 @@ class KeyedRecorder(sg.ConsumerService):
         with open(os.environ["SG_TEST_OUT"], "a") as out:
             out.write(f"{ctx.partition}:{ctx.offset}\n")
             out.flush()
+
+
+class ExitsWithTheRecord(sg.ConsumerService):
+    """Raises ``SystemExit`` quoting the record's customer: no outcome, a crash."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        raise SystemExit(f"exit {event.customer_id}")
+
+
+class CancelledWithTheRecord(sg.ConsumerService):
+    """An async handler raising its own ``CancelledError`` quoting the record's customer."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        import asyncio
+
+        raise asyncio.CancelledError(f"cancelled for {event.customer_id}")

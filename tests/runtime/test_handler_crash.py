@@ -4,7 +4,11 @@ and nothing from its record on is committed: a restart handles the record."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +19,8 @@ import pytest
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.observe.logs import JsonFormatter, TextFormatter
-from tests.runtime.conftest import Running, committed, wait_for
+from tests.conftest import FAST_GROUP
+from tests.runtime.conftest import Running, committed, order, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -145,6 +150,42 @@ def test_a_handler_crashing_while_the_service_stops_is_raised_by_run(
     running.stop()
     assert [type(e) for e in running.error] == [KeyboardInterrupt]
     assert committed(bootstrap, group, src).get(0, 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("app", "error"),
+    [("ExitsWithTheRecord", "SystemExit"), ("CancelledWithTheRecord", "CancelledError")],
+)
+def test_streamguard_run_exits_on_a_handler_crash_without_its_text(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    app: str,
+    error: str,
+) -> None:
+    """``streamguard run`` ends a run a handler's ``SystemExit`` or ``CancelledError``
+    crashed with exit 1 and a JSON line naming the class. Before, Python printed the
+    exception's text (the record's customer here) below a plain traceback, or alone for
+    ``SystemExit``: a field value in the logs, on lines that are not JSON."""
+    src = topic_factory("orders")
+    canary = unique("SECRET-customer")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(customer_id=canary))
+    producer.flush()
+    env = {**os.environ, "SG_TEST_TOPIC": src, "SG_TEST_GROUP": unique("g")}
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", f"tests.runtime.apps:{app}",
+        "--bootstrap-servers", bootstrap,
+        *(arg for key, value in FAST_GROUP.items() for arg in ("-X", f"{key}={value}")),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert canary not in output
+    lines = [json.loads(line) for line in output.splitlines()]  # each line is JSON
+    assert {"event": "service crashed; exiting", "error_class": error} in [
+        {k: line.get(k) for k in ("event", "error_class")} for line in lines
+    ]
 
 
 class HookFailed(Exception):
