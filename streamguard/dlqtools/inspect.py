@@ -24,7 +24,7 @@ from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.replay import replay_count
 from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
 from streamguard.errors import DecodeError
-from streamguard.observe.untrusted import escaped, printable
+from streamguard.observe.untrusted import escaped, printable, quoted
 from streamguard.topics import dead_letter_topic_for, is_dead_letter_topic
 
 MAX_SHOWN_VALUE = 200
@@ -300,11 +300,5 @@ def _example_lines(example: dict[str, Any]) -> list[str]:
     if "error_message" in example:
         out.append(f"message: {example['error_message']}")
     if "value" in example:
-        out.append(f"key: {_quoted(example['key'])}  value: {_quoted(example['value'])}")
+        out.append(f"key: {quoted(example['key'])}  value: {quoted(example['value'])}")
     return out
-
-
-def _quoted(text: str | None) -> str:
-    # ``text`` is already escaped: repr would double its backslashes. A quote is escaped
-    # so that a key cannot end early and forge the value after it.
-    return "None" if text is None else "'" + text.replace("'", "\\'") + "'"

@@ -52,7 +52,7 @@ from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
-from streamguard.observe.untrusted import printable
+from streamguard.observe.untrusted import escaped, printable, quoted
 from streamguard.observe.untrusted import shown as safe_text
 from streamguard.offsets import FinalPrefix
 from streamguard.producer import PRODUCER_DEFAULTS
@@ -426,17 +426,16 @@ class Replayer:
         if value is None:
             shown = "null (tombstone)"
         elif self.options.show_values:
-            shown = repr(value.decode("utf-8", "backslashreplace"))
+            shown = quoted(escaped(value))
         else:
             shown = f"{len(value)} bytes sha256:{hashlib.sha256(value).hexdigest()[:16]}"
         where = send.topic if send.partition is None else f"{send.topic}[{send.partition}]"
         if self.options.show_values:
-            key = repr(
-                None if letter.key is None else letter.key.decode("utf-8", "backslashreplace")
-            )
+            # Escaped so that a backslash always starts an escape: a value's byte 0xff
+            # and a "\\xff" typed in it read apart.
+            key = quoted(None if letter.key is None else escaped(letter.key))
             headers = ", ".join(
-                f"{k}={'' if v is None else v.decode('utf-8', 'backslashreplace')}"
-                for k, v in send.headers
+                f"{escaped(k.encode())}={'' if v is None else escaped(v)}" for k, v in send.headers
             )
         else:  # keys and header values may be personal data too
             key = "None" if letter.key is None else f"<{len(letter.key)} bytes>"

@@ -54,6 +54,13 @@ def escaped(data: bytes, limit: int | None = None) -> str:
     return "".join(_escape(c) for c in text[:limit]) + ("..." if cut else "")
 
 
+def quoted(text: str | None) -> str:
+    """``escaped`` text in quotes, as a line shows it: ``repr`` would double its
+    backslashes. A quote is escaped, so that a key cannot end early and forge what follows.
+    """
+    return "None" if text is None else "'" + text.replace("'", "\\'") + "'"
+
+
 def _escape(c: str) -> str:
     if c == "\\":
         return "\\\\"

@@ -193,6 +193,35 @@ def test_dry_run_shows_no_value_of_a_producers_own_headers_and_nothing_unsafe(
     assert "sg-replay-count=1" in text
 
 
+def test_dry_run_shown_values_tell_a_typed_backslash_from_a_byte_that_is_no_utf8(
+    bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """With --show-values a backslash of the data is shown as \\\\: the byte 0xff and the
+    four characters \\xff typed in a value (or key) read apart."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    headers = dead_letter_headers(
+        original_headers=[],
+        topic=orders,
+        partition=0,
+        offset=0,
+        timestamp_ms=None,
+        failure=Failure("permanent_error", sg.PermanentError("refused")),
+        group_id="billing",
+        service="billing-svc",
+        expected_subject="dlqtest.Order",
+        expected_version=1,
+    )
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(dlq, b"\xff", key=b"k\\xff", headers=headers)
+    producer.produce(dlq, b"\\xff", key=b"k\xff", headers=headers)
+    assert producer.flush(10) == 0
+    out = io.StringIO()
+    assert replay(bootstrap, dlq, dry_run=True, out=out, show_values=True).replayed == 2
+    first, second = out.getvalue().splitlines()
+    assert "key='k\\\\xff' value='\\xff'" in first
+    assert "key='k\\xff' value='\\\\xff'" in second
+
+
 def test_replay_sends_exactly_the_fixable_ones_once(
     bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
 ) -> None:
