@@ -27,7 +27,7 @@ from typing import Any
 from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError
 from streamguard.schema.jsonschema_compat import Finding
-from streamguard.schema.jsonschema_doc import Document
+from streamguard.schema.jsonschema_doc import Document, SchemaError, json_kind
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -296,8 +296,68 @@ def _untyped(hint: str) -> ConfigurationError:
 
 def compare_avro_schemas(writer: Any, reader: Any) -> list[Finding]:
     """Every difference met when a ``reader`` schema resolves data of ``writer``."""
+    check_avro_shape(writer)
+    check_avro_shape(reader)
     writer, reader = _qualified(writer, "", set()), _qualified(reader, "", set())
     return _Resolver(_names(writer), _names(reader)).resolve(writer, reader, ())
+
+
+def check_avro_shape(schema: Any, where: str = "(root)") -> None:
+    """Raise SchemaError where ``schema`` is not shaped as the rules read Avro: a hand-edited
+    ``.avsc`` (``"fields": {...}``, a field without a type) ended the check with a
+    traceback and exit 1, which CI reads as a breaking change. Names stay unchecked: a
+    reference to a type defined elsewhere (a registry's schema reference) reads as a name."""
+    if isinstance(schema, str):
+        return
+    if isinstance(schema, list):
+        for branch in schema:
+            check_avro_shape(branch, where)
+        return
+    if not isinstance(schema, dict) or "type" not in schema:
+        what = "an object without 'type'" if isinstance(schema, dict) else json_kind(schema)
+        raise SchemaError(f"Avro type at {where} must be a name, a union or a type, not {what}")
+    kind = schema["type"]
+    if kind in ("record", "error", "enum", "fixed"):
+        _texts(schema, "name", where, single=True)
+        _texts(schema, "aliases", where)
+    if kind in ("record", "error"):
+        fields = schema.get("fields", [])
+        if not isinstance(fields, list):
+            raise SchemaError(f"'fields' at {where} must be a list, not {json_kind(fields)}")
+        for field in fields:
+            if not isinstance(field, dict) or "type" not in field:
+                raise SchemaError(f"each of 'fields' at {where} must be an object with a 'type'")
+            _texts(field, "name", where, single=True)
+            _texts(field, "aliases", where)
+            check_avro_shape(field["type"], f"{where}.{field['name']}".removeprefix("(root)."))
+    elif kind == "enum":
+        _texts(schema, "symbols", where, required=True)
+    elif kind in ("array", "map"):
+        key = "items" if kind == "array" else "values"
+        if key not in schema:
+            raise SchemaError(f"Avro {kind} at {where} needs {key!r}")
+        check_avro_shape(schema[key], where)
+    elif kind not in ("fixed", *_PRIMITIVES):
+        check_avro_shape(kind, where)  # {"type": {...}}, {"type": [...]}, {"type": "Name"}
+
+
+def _texts(
+    schema: dict[str, Any], key: str, where: str, single: bool = False, required: bool = False
+) -> None:
+    """Raise SchemaError unless ``key`` is text (``single``) or a list of texts."""
+    if key not in schema:
+        if single or required:
+            raise SchemaError(f"Avro {schema.get('type')} at {where} needs {key!r}")
+        return
+    value = schema[key]
+    ok = (
+        isinstance(value, str)
+        if single
+        else isinstance(value, list) and all(isinstance(v, str) for v in value)
+    )
+    if not ok:
+        what = "a string" if single else "a list of strings"
+        raise SchemaError(f"{key!r} at {where} must be {what}, not {json_kind(value)}")
 
 
 def _qualified(schema: Any, ns: str, defined: set[str]) -> Any:

@@ -67,7 +67,7 @@ _SHAPES: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """The JSON kind of a value, for an error message (never the value: it may be long)."""
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
@@ -83,7 +83,7 @@ def check_keywords(schema: dict[str, Any]) -> None:
     """Raise SchemaError for a keyword whose value the rules cannot read."""
     for key, (kind, what) in _SHAPES.items():
         if key in schema and not isinstance(schema[key], kind):
-            raise SchemaError(f"{key!r} must be {what}, not {_kind(schema[key])}")
+            raise SchemaError(f"{key!r} must be {what}, not {json_kind(schema[key])}")
     for key in ("required", "type"):
         if isinstance(schema.get(key), list) and not _names(schema[key]):
             raise SchemaError(f"{key!r} must list strings only")

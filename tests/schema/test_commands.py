@@ -415,6 +415,39 @@ def test_avro_contract_uses_schema_resolution(
     assert "tag  FIELD_ADDED_WITHOUT_DEFAULT" in out
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"fields": {"id": "string"}}, "'fields' at (root) must be a list, not an object"),
+        ({"fields": [{"name": "id"}]}, "'fields' at (root) must be an object with a 'type'"),
+        (
+            {"fields": [{"name": "id", "type": {"type": "array"}}]},
+            "Avro array at id needs 'items'",
+        ),
+        (
+            {"fields": [{"name": "id", "type": {"type": "enum", "name": "E", "symbols": "AB"}}]},
+            "'symbols' at id must be a list of strings, not a string",
+        ),
+    ],
+)
+def test_hand_edited_avsc_of_the_wrong_shape_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli, edit: dict[str, object], said: str
+) -> None:
+    """A stored .avsc the Avro rules cannot read exits 2 saying where, as a wrong-shaped
+    JSON Schema does: it ended the check with a traceback and exit 1, a breaking change
+    to CI."""
+    project = project_factory()
+    project.contracts(AVRO_V1)
+    assert cli("schema", "register")[0] == 0
+    stored = project.schemas / "payments.Payment" / "v1.avsc"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), **edit}))
+    project.contracts(AVRO_V1.replace("__version__ = 1", "__version__ = 2"))
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert said in err
+    assert "Traceback" not in err
+
+
 def test_diff_of_an_avsc_and_a_json_file_is_a_usage_error(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
