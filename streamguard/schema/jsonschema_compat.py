@@ -249,7 +249,7 @@ class Comparer:
                     return found
             elif n.criterion in ("anyOf", "oneOf"):
                 # A plain writer is never a Decimal, so it never meets a decimal string.
-                for sub in _decimal_strings(n.subschemas, n.criterion, self.reader):
+                for sub in _decimal_strings(n.subschemas, n, self.reader):
                     found = self.compare(o.schema, sub, path)
                     if self.ok(found):
                         return [*found, self.retyped(path, "SUM_TYPE_EXTENDED", o, n)]
@@ -294,8 +294,8 @@ class Comparer:
                 return out
         olds = list({canonical(s): s for s in o.subschemas}.values())
         news = list({canonical(s): s for s in n.subschemas}.values())
-        olds = _decimal_strings(olds, oc, self.writer)
-        news = _decimal_strings(news, nc, self.reader)
+        olds = _decimal_strings(olds, o, self.writer)
+        news = _decimal_strings(news, n, self.reader)
         if len(olds) < len(news):
             rule = "PRODUCT_TYPE_EXTENDED" if nc == "allOf" else "SUM_TYPE_EXTENDED"
             out.append(self.retyped(path, rule, o, n))
@@ -452,14 +452,15 @@ class Comparer:
 # any string, `str` -> `Decimal` would pass BACKWARD while every non-numeric old value
 # breaks. ``float | str`` has the same schema and is read the same way (too strictly).
 # Only in an ``anyOf``, the form pydantic writes: a hand-written ``oneOf`` of a number
-# and a string means any string, as Confluent's own diff reads it.
+# and a string, or ``"type": ["number", "string"]``, means any string, as Confluent's own
+# diff reads it.
 _DECIMAL_STRING = {"type": "string", "format": "decimal"}
 
 
-def _decimal_strings(branches: list[Any], criterion: str | None, doc: Document) -> list[Any]:
+def _decimal_strings(branches: list[Any], union: Node, doc: Document) -> list[Any]:
     """The branches of a union, a bare string beside a number in an ``anyOf`` marked as a
     decimal string."""
-    if criterion != "anyOf":
+    if union.criterion != "anyOf" or union.typed:
         return branches
     kinds = [doc.classify(b) for b in branches]
     if not any(k.kind == "plain" and k.get("type") == "number" for k in kinds):

@@ -101,6 +101,7 @@ class Node:
     schema: Any
     criterion: str = ""
     subschemas: list[Any] = field(default_factory=list)
+    typed: bool = False  # an anyOf spelled as a ``type`` list, which pydantic never writes
 
     def get(self, key: str, default: Any = None) -> Any:
         """A keyword of a plain schema (``default`` for booleans and absent keys)."""
@@ -171,7 +172,7 @@ class Document:
                 rest["type"] = types[0]
             elif types:
                 branches = [{**rest, "type": t} for t in types]
-                return Node("combined", {"anyOf": branches}, "anyOf", branches)
+                return Node("combined", {"anyOf": branches}, "anyOf", branches, typed=True)
             else:
                 rest.pop("type")
         if not rest:

@@ -518,6 +518,16 @@ def test_a_hand_written_one_of_a_number_and_a_string_takes_any_string(old: Any) 
     assert breaking(diff_json_schemas(old, any_of, "strict"), "BACKWARD")
 
 
+@pytest.mark.parametrize("types", [["number", "string"], ["string", "number", "null"]])
+def test_a_type_list_of_a_number_and_a_string_takes_any_string(types: list[str]) -> None:
+    """``"type": [..., "number", "string"]`` is hand-written too (pydantic writes an
+    ``anyOf``): read as a Decimal's numeric strings, a string widened to it broke BACKWARD
+    (TYPE_CHANGED), where the schema and Confluent's diff say it does not."""
+    changes = diff_json_schemas({"type": "string"}, {"type": types}, "strict")
+    assert not breaking(changes, "BACKWARD")
+    assert [c.rule for c in changes] == ["SUM_TYPE_EXTENDED"]
+
+
 def test_allow_model_writes_what_a_closed_reader_rejects() -> None:
     """Closing an extra='allow' model breaks BACKWARD: its producers sent undeclared fields."""
     old = JsonCodec().encode(AllowBase.model_validate({"id": "a", "coupon": "X1"}))
