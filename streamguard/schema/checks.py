@@ -16,6 +16,7 @@ from streamguard.contracts import Contract, schema_fingerprint
 from streamguard.schema.avro import compare_avro_schemas, contract_avro_schema
 from streamguard.schema.changes import Change, diff_json_schemas, merge_directions
 from streamguard.schema.jsonschema_compat import Policy
+from streamguard.schema.jsonschema_doc import SchemaError
 from streamguard.schema.modes import breaking, versions_to_check
 from streamguard.schema.store import SchemaStore
 
@@ -59,11 +60,20 @@ class SubjectResult:
         return not self.problems and not any(c.breaking(self.mode) for c in self.comparisons)
 
 
-def compare_versions(old: Any, new: Any, fmt: str, policy: Policy) -> list[Change]:
-    """Changes between two stored schemas of one format (``json`` or ``avro``)."""
-    if fmt == "avro":
-        return merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
-    return diff_json_schemas(old, new, policy)
+def compare_versions(old: Any, new: Any, fmt: str, policy: Policy, where: str = "") -> list[Change]:
+    """Changes between two stored schemas of one format (``json`` or ``avro``).
+
+    ``where`` names the two (files, or a subject's versions) in a ``SchemaError``: a
+    project with many subjects cannot tell from the keyword alone which file to mend.
+    """
+    try:
+        if fmt == "avro":
+            return merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
+        return diff_json_schemas(old, new, policy)
+    except SchemaError as exc:
+        if not where:
+            raise
+        raise SchemaError(f"{where}: {exc}") from None
 
 
 def current_schema(contract: type[Contract]) -> tuple[Any, str, str]:
@@ -98,8 +108,10 @@ def unbumped_comparison(
     fmt_old = "avro" if store.has(subject, version, ".avsc") else "json"
     if fmt_old != fmt_new:
         return format_switch(subject, (version, fmt_old), (version, fmt_new), ", stored")
-    old = store.load(subject, version, ".avsc" if fmt_old == "avro" else ".json")
-    changes = compare_versions(old, new, fmt_old, policy)
+    suffix = ".avsc" if fmt_old == "avro" else ".json"
+    old = store.load(subject, version, suffix)
+    where = str(store.subject_dir(subject) / f"v{version}{suffix}")  # the stored one
+    changes = compare_versions(old, new, fmt_old, policy, where)
     return Comparison(subject, f"v{version} (stored)", f"v{version}", changes)
 
 
@@ -164,6 +176,7 @@ def check_contract(
         if old_fmt != fmt:
             result.comparisons.append(format_switch(subject, (old, old_fmt), (version, fmt)))
             continue
-        changes = compare_versions(store.load(subject, old, suffix), schema, fmt, policy)
+        where = str(store.subject_dir(subject) / f"v{old}{suffix}")  # the stored one
+        changes = compare_versions(store.load(subject, old, suffix), schema, fmt, policy, where)
         result.comparisons.append(Comparison(subject, f"v{old}", f"v{version}", changes))
     return result

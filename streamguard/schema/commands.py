@@ -267,7 +267,8 @@ def _diff(args: argparse.Namespace) -> int:
                 "(an Avro contract's .json beside its .avsc is its JSON Schema)"
             )
         fmt = "avro" if avro[0] else "json"
-        changes = compare_versions(read_schema(args.old), read_schema(args.new), fmt, policy)
+        where = f"{args.old} -> {args.new}"
+        changes = compare_versions(read_schema(args.old), read_schema(args.new), fmt, policy, where)
         # Two files name no subject: the report names them alone (it read "v2: ...",
         # the new file's name where a subject stands).
         comparison = Comparison("", str(args.old), str(args.new), changes)
@@ -321,4 +322,5 @@ def _subject_comparison(
     (old, fmt_old), (new, fmt_new) = load(v1), load(v2)
     if fmt_old != fmt_new:
         return format_switch(subject, (v1, fmt_old), (v2, fmt_new))
-    return Comparison(subject, f"v{v1}", f"v{v2}", compare_versions(old, new, fmt_old, policy))
+    changes = compare_versions(old, new, fmt_old, policy, f"{subject} v{v1} -> v{v2}")
+    return Comparison(subject, f"v{v1}", f"v{v2}", changes)

@@ -154,7 +154,7 @@ def test_hand_edited_schema_of_the_wrong_shape_is_a_configuration_error(
     project.contracts(V2_COMPATIBLE)
     code, _, err = cli("schema", "check")
     assert code == 2
-    assert said in err
+    assert f"{stored}: {said}" in err  # which file to mend, among many subjects
     assert "Traceback" not in err
 
 
@@ -444,6 +444,7 @@ def test_hand_edited_avsc_of_the_wrong_shape_is_a_configuration_error(
     project.contracts(AVRO_V1.replace("__version__ = 1", "__version__ = 2"))
     code, _, err = cli("schema", "check")
     assert code == 2
+    assert f"{stored}: " in err
     assert said in err
     assert "Traceback" not in err
 
