@@ -64,6 +64,13 @@ _SHAPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "prefixItems": (list, "a list"),
     "type": ((str, list), "a string or a list"),
     **dict.fromkeys(COMBINATORS, (list, "a list")),
+    # A limit written as text ("minimum": "0") was taken for no limit at all.
+    **dict.fromkeys(
+        ("minimum", "maximum", "multipleOf", "minLength", "maxLength", "minItems", "maxItems"),
+        ((int, float), "a number"),
+    ),
+    # A number, or draft-04's boolean beside "minimum"/"maximum".
+    **dict.fromkeys(("exclusiveMinimum", "exclusiveMaximum"), ((int, float, bool), "a number")),
 }
 
 

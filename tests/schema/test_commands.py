@@ -141,6 +141,8 @@ def test_missing_contracts_is_configuration_error(
         ({"dependencies": ["order_id"]}, "'dependencies' must be an object, not a list"),
         ({"required": [{"name": "order_id"}]}, "'required' must list strings only"),
         ({"anyOf": {"type": "object"}}, "'anyOf' must be a list, not an object"),
+        ({"minimum": "0"}, "'minimum' must be a number, not a string"),
+        ({"exclusiveMaximum": None}, "'exclusiveMaximum' must be a number, not null"),
     ],
 )
 def test_hand_edited_schema_of_the_wrong_shape_is_a_configuration_error(
