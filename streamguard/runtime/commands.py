@@ -59,7 +59,10 @@ def _user_line(exc: BaseException, module_name: str) -> str:
     libraries = (
         *(os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "purelib", "platlib")),
         os.path.join(os.path.dirname(os.path.dirname(__file__)), ""),  # streamguard
-        "<frozen",
+        # Code with no file: "<frozen ...>", and "<string>", the __init__ a dataclass
+        # generates (ServiceOptions, RetryPolicy), which named "<string>:19", not the
+        # declaration's line.
+        "<",
     )
     frames = traceback.extract_tb(exc.__traceback__)
     project = _package_paths(module_name)

@@ -123,8 +123,10 @@ class ServiceOptions:
             )
         if self.revoke_timeout > self.shutdown_timeout:
             raise ConfigurationError(
-                "ServiceOptions.revoke_timeout must not exceed shutdown_timeout: shutdown "
-                "waits for a rebalance in progress before it closes the consumer"
+                f"ServiceOptions.revoke_timeout ({self.revoke_timeout:g}) must not exceed "
+                f"shutdown_timeout ({self.shutdown_timeout:g}): shutdown waits for a "
+                "rebalance in progress before it closes the consumer; with a "
+                "shutdown_timeout this short, set revoke_timeout too"
             )
         if self.dead_letter_log_rate is not None and self.dead_letter_log_rate <= 0:
             raise ConfigurationError(

@@ -387,6 +387,23 @@ def test_a_service_module_raising_at_import_is_a_usage_error(
     assert "Traceback" not in err
 
 
+def test_a_bad_declaration_names_its_own_line_not_the_generated_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ServiceOptions and RetryPolicy refuse bad values in the ``__init__`` a dataclass
+    generates, whose code has no file ("<string>"): the line named was "<string>:19"."""
+    from streamguard.cli import main
+
+    name = f"sg_bad_options_{uuid.uuid4().hex[:8]}"
+    source = "import streamguard as sg\n\nOPTIONS = sg.ServiceOptions(shutdown_timeout=2.0)\n"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", f"{name}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"(at {tmp_path / name}.py:3)" in err
+    assert "<string>" not in err
+
+
 @pytest.mark.parametrize("layout", ["package", "module"])
 def test_a_service_installed_in_site_packages_raising_at_import_names_its_own_line(
     tmp_path: Path,

@@ -41,7 +41,9 @@ def test_a_value_of_the_wrong_type_is_refused(option: str, value: Any, message: 
         ("commit_interval", 0, "commit_interval must be positive seconds"),
         ("dead_letter_log_rate", 0, "dead_letter_log_rate must be positive"),
         ("broker_timeout", -1, "broker_timeout must be positive seconds"),
-        ("revoke_timeout", 20.0, "revoke_timeout must not exceed shutdown_timeout"),
+        ("revoke_timeout", 20.0, r"revoke_timeout \(20\) must not exceed shutdown_timeout \(10\)"),
+        # revoke_timeout's default (5) is over it: the message says to set both.
+        ("shutdown_timeout", 2.0, r"revoke_timeout \(5\) .* set revoke_timeout too"),
         ("dead_letter_backoff_max", 0, "dead_letter_backoff_max must be positive seconds"),
         ("commit_interval", float("inf"), "commit_interval must be finite seconds"),
         ("commit_interval", float("nan"), "commit_interval must be a number, not NaN"),
