@@ -865,9 +865,16 @@ class LoopRunner:
                         if retry is not None:  # it may have failed before: no longer
                             breaker.recovered((lane.partition, msg.offset()))
                         self._handled += 1
-                        self._succeeded += 1
-                        if self._succeeded >= _FOLD or not breaker.closed:  # a probe closes it
+                        if breaker.closed:
+                            self._succeeded += 1
+                            if self._succeeded >= _FOLD:
+                                self._fold_successes()
+                        else:
+                            # Named: only the probe's success closes it. Counted without
+                            # the record, a call that started before the breaker opened
+                            # and answered late closed it while the probe was still out.
                             self._fold_successes()
+                            breaker.succeeded(1, (lane.partition, msg.offset()))
                     lane.finished(msg, verdict)
             finally:
                 self.in_handlers -= 1

@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import pytest
@@ -747,4 +748,86 @@ def test_letting_go_of_a_failure_does_not_close_a_coroutine_that_is_still_suspen
         ThroughBackend.backend.task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
     finally:
+        loop.close()
+
+
+class OutageWithASlowCall(sg.ConsumerService):
+    """Keys "a" and "b" fail (the dependency is down); key "slow" was called before the
+    breaker opened and answers late, successfully. A probe's call waits for ``probe``."""
+
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    ordering = "key"
+    retry = sg.RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.01)
+    breaker = sg.CircuitBreaker(min_calls=2, cool_down=0.2)
+    slow: ClassVar[asyncio.Event]
+    probe: ClassVar[asyncio.Event]
+    probing: ClassVar[list[int]] = []
+    back: ClassVar[bool] = False
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if event.customer_id == "slow":
+            await self.slow.wait()
+            return
+        if self.back:
+            return
+        if ctx.attempt > 1:
+            self.probing.append(ctx.offset)
+            await self.probe.wait()
+        raise TimeoutError("down")
+
+
+def test_an_old_calls_success_does_not_close_a_half_open_breaker_on_the_loop() -> None:
+    """Only the probe decides a half-open breaker (see Breaker._is_probe). Under key
+    ordering, a call that started before the breaker opened and succeeded while the
+    probe was still out closed the breaker: the loop told it of the success without
+    naming the record, which counts as the probe's. Every waiting record then called
+    the dependency that the probe had not yet found back."""
+    from streamguard.runtime.breaker import HALF_OPEN, OPEN
+
+    service = OutageWithASlowCall
+    service.probing.clear()
+    service.back = False
+    pipeline = Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        HeldDeadLetters(),
+        ServiceMetrics(CollectorRegistry()),
+    )
+    breaker = pipeline.breaker
+    loop = asyncio.new_event_loop()
+    runner = LoopRunner(pipeline, loop, "key", max_in_flight=8)
+
+    def run_until(done: Callable[[], bool]) -> None:
+        for _ in range(1000):  # bounded: 10 s
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if done():
+                return
+        raise AssertionError("timed out")
+
+    try:
+        service.slow, service.probe = asyncio.Event(), asyncio.Event()
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue(
+            [
+                record(valid(0, "slow"), key="slow", topic="lane-unit", offset=0),
+                record(valid(1), key="a", topic="lane-unit", offset=1),
+                record(valid(2), key="b", topic="lane-unit", offset=2),
+            ]
+        )
+        lane.drain()
+        run_until(lambda: breaker.state == OPEN)
+        run_until(lambda: bool(service.probing))  # half-open: one record probes
+        assert breaker.state == HALF_OPEN
+        service.slow.set()  # the old call succeeds
+        run_until(lambda: lane.commit_position() == 1)
+        assert breaker.state == HALF_OPEN  # the probe has not answered yet
+        service.probe.set()  # the probe fails: the dependency is still down
+        run_until(lambda: breaker.state == OPEN)
+        service.back = True  # the next probe's success closes it, and all is handled
+        run_until(lambda: lane.commit_position() == 3)
+        assert breaker.closed
+    finally:
+        runner.cancel_all()
+        loop.run_until_complete(asyncio.sleep(0.01))
         loop.close()
