@@ -820,6 +820,13 @@ class LoopRunner:
                     # Waiting for a slot is not the record's doing: like time parked by
                     # the breaker, it is not charged to its retry budget.
                     retry.first_failure_mono += self._clock() - waiting_since
+                if ready and not (breaker.closed and publisher.writable):
+                    # The breaker opened (or the DLQ failed) while it waited: it waits as
+                    # records not yet let through do. Else every record queued for a slot
+                    # called the dependency the breaker had just found down. (A probe,
+                    # let through an open breaker, was not ``ready``: it goes on.)
+                    self.slots.give()
+                    continue
             run.in_handler = True
             lane.running += 1
             # Read after ``running`` is raised, never before: a revoke on another thread

@@ -831,3 +831,98 @@ def test_an_old_calls_success_does_not_close_a_half_open_breaker_on_the_loop() -
         runner.cancel_all()
         loop.run_until_complete(asyncio.sleep(0.01))
         loop.close()
+
+
+class DownWithOneSlot(sg.ConsumerService):
+    """Every call fails: the dependency is down. Each call notes the breaker's state."""
+
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    ordering = "none"
+    retry = sg.RetryPolicy(attempts=5, base_delay=1.0, max_delay=1.0)
+    breaker = sg.CircuitBreaker(min_calls=2, cool_down=5.0)
+    states: ClassVar[list[str]] = []
+    pipeline: ClassVar[Pipeline]
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        self.states.append(self.pipeline.breaker.state_name)
+        await asyncio.sleep(0.001)
+        raise TimeoutError("down")
+
+
+def test_records_waiting_for_a_slot_call_no_handler_once_the_breaker_opens() -> None:
+    """An open breaker stops handler calls. Records queued for a ``max_in_flight`` slot
+    when it opened were let through the breaker before they waited: each called the
+    dependency the breaker had found down as soon as it got its slot (under no ordering,
+    every buffered record of the partition)."""
+    service = DownWithOneSlot
+    service.states.clear()
+    pipeline = Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        HeldDeadLetters(),
+        ServiceMetrics(CollectorRegistry()),
+    )
+    service.pipeline = pipeline
+    loop = asyncio.new_event_loop()
+    runner = LoopRunner(pipeline, loop, "none", max_in_flight=1)
+    try:
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(6)])
+        lane.drain()
+        for _ in range(30):  # bounded: the retries are due after a second, the probe after 5
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert not pipeline.breaker.closed
+        assert service.states == ["closed", "closed"]  # the two calls that opened it
+    finally:
+        runner.cancel_all()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+
+
+class DlqFailsWithOneSlot(sg.ConsumerService):
+    """The first record's call sees the DLQ fail (another record's dead letter, say)."""
+
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    ordering = "none"
+    called: ClassVar[list[int]] = []
+    sink: ClassVar[HeldDeadLetters]
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        self.called.append(ctx.offset)
+        await asyncio.sleep(0.001)
+        self.sink.writable = False
+
+
+def test_records_waiting_for_a_slot_start_no_work_once_the_dlq_is_unwritable() -> None:
+    """No work starts while the DLQ cannot be written; records queued for a slot when it
+    failed started theirs as soon as they got one."""
+    service = DlqFailsWithOneSlot
+    service.called.clear()
+    service.sink = HeldDeadLetters()
+    pipeline = Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        service.sink,
+        ServiceMetrics(CollectorRegistry()),
+    )
+    loop = asyncio.new_event_loop()
+    runner = LoopRunner(pipeline, loop, "none", max_in_flight=1)
+    try:
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(4)])
+        lane.drain()
+        for _ in range(10):
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert service.called == [0]
+        service.sink.writable = True  # the DLQ is back: the others are handled
+        for _ in range(100):  # bounded: 1 s
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if lane.commit_position() == 4:
+                break
+        assert sorted(service.called) == [0, 1, 2, 3]
+    finally:
+        runner.cancel_all()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
