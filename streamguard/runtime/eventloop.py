@@ -58,6 +58,8 @@ DLQ_WAIT = 0.05
 _TOMBSTONE = object()
 # Records of an in-order run whose bookkeeping is folded into one lane update.
 _FOLD = 64
+# Names successes counted while the breaker was closed: never a half-open probe's.
+_NO_PROBE = ("successes before the probe",)
 # Records the loop runs between two polls of its own (a consume batch's worth).
 _POLL_EVERY = 512
 # Handler counts and times reach the metrics at least every METRICS_EVERY seconds, and
@@ -782,7 +784,8 @@ class LoopRunner:
         if done and last is not None:
             self._handled += done
             self._since_poll += done
-            self.pipeline.breaker.succeeded(done)
+            # Named by the last one: only the probe's success closes a half-open breaker.
+            self.pipeline.breaker.succeeded(done, (lane.partition, last.offset()))
             with lane.lock:
                 lane.offsets.advance(last.offset() + 1)
                 if not lane.closed:
@@ -990,7 +993,9 @@ class LoopRunner:
         against 17.7), so they go ``_FOLD`` at a time, as an in-order run's do
         (``_fold``), and before ``_process`` judges a failure or gates a retry."""
         if self._succeeded:
-            self.pipeline.breaker.succeeded(self._succeeded)
+            # Counted while the breaker was closed (a half-open one's successes go named):
+            # none of them is a probe's, so none may close it.
+            self.pipeline.breaker.succeeded(self._succeeded, _NO_PROBE)
             self._succeeded = 0
 
     def _schedule_flush(self) -> None:

@@ -389,7 +389,13 @@ class PartitionLane:
             with self.lock:
                 self.offsets.advance(batch[done - 1].offset() + 1)
         self.pipeline.record_batch(handled, durations, retries)
-        self.pipeline.breaker.succeeded(handled)
+        # Named by the last success: a half-open breaker closes only on the probe's. A
+        # call that started before it opened and answered late closed it unnamed, and
+        # every parked record then called a dependency the probe had not found back.
+        last = self.last_handled
+        self.pipeline.breaker.succeeded(
+            handled, None if last is None else (self.partition, last.offset())
+        )
         durations.clear()  # the same list: _process appends through its bound method
 
     def _dead_letter(self, msg: Record, failure: Failure) -> None:

@@ -477,6 +477,38 @@ def test_a_batch_whose_first_record_is_invalid_still_has_its_drift_checked() -> 
     assert registry.get_sample_value("streamguard_schema_drift_total", labels) == 1.0
 
 
+def test_an_old_calls_success_does_not_close_a_half_open_breaker_in_a_partition_lane() -> None:
+    """Only the probe decides a half-open breaker. A sync lane told the breaker of its
+    successes without naming a record, which counts as the probe's: a call that started
+    before the breaker opened and answered while another partition's probe was out
+    closed it, and every parked record then called the dependency."""
+    from streamguard.runtime.breaker import HALF_OPEN
+    from streamguard.testing import ServiceHarness
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = "orders-kit", OrderPlaced, "g"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 0:  # meanwhile the dependency failed, and partition 1 probes
+                with breaker._lock:
+                    breaker._open(kit._clock(), "others failed", "TimeoutError")
+                kit._clock.now += breaker.config.cool_down
+                assert breaker.allow((1, 99))
+
+    kit = ServiceHarness(Billing, registry=CollectorRegistry())
+    breaker = kit.pipeline.breaker
+    lane = PartitionLane(0, kit.pipeline, clock=kit._clock)
+    msgs = [
+        record(order(i).model_dump_json().encode(), topic="orders-kit", offset=i) for i in (0, 1)
+    ]
+    if lane.enqueue(msgs):
+        lane.drain(max_batches=1)
+    assert lane.commit_position() == 1  # offset 1 is parked behind the breaker
+    assert breaker.state == HALF_OPEN
+    breaker.succeeded(1, (1, 99))  # the probe's answer closes it
+    assert breaker.closed
+
+
 class Basket(sg.Contract):
     """A contract whose validation notes whether an event handled earlier is still alive."""
 
@@ -925,4 +957,36 @@ def test_records_waiting_for_a_slot_start_no_work_once_the_dlq_is_unwritable() -
     finally:
         runner.cancel_all()
         loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_successes_folded_on_the_loop_do_not_close_a_half_open_breaker(ordering: str) -> None:
+    """The loop reports successes in folds: an in-order run's (``_fold``) and a key
+    run's counted while the breaker was closed (``_fold_successes``). Unnamed, a fold
+    made after the breaker went half-open counted as the probe's answer and closed it."""
+    from streamguard.runtime.breaker import HALF_OPEN
+
+    pipeline = Pipeline(
+        OutageWithASlowCall(bootstrap_servers="127.0.0.1:9")._spec(),
+        HeldDeadLetters(),
+        ServiceMetrics(CollectorRegistry()),
+    )
+    breaker = pipeline.breaker
+    loop = asyncio.new_event_loop()
+    try:
+        runner = LoopRunner(pipeline, loop, ordering, max_in_flight=8)
+        lane = LoopLane(0, pipeline, runner)
+        msgs = [record(valid(i), key="k", topic="lane-unit", offset=i) for i in range(3)]
+        runner._succeeded = 3  # counted while closed, as a key run does
+        with breaker._lock:
+            breaker._open(time.monotonic(), "others failed", "TimeoutError")
+        breaker._opened_at -= breaker.config.cool_down
+        assert breaker.allow((1, 99))  # partition 1's record probes
+        if ordering == "partition":
+            runner._fold(lane, 3, msgs[-1])
+        else:
+            runner._fold_successes()
+        assert breaker.state == HALF_OPEN
+    finally:
         loop.close()
