@@ -817,17 +817,20 @@ class LoopRunner:
                     continue
             attempt = 1 if retry is None else retry.attempt + 1
             if not self.slots.try_take():  # the common case needs no coroutine
+                # Let through a breaker that was not closed: the probe, which goes on.
+                # Not told by ``ready``: a record that waited for the DLQ was not ready
+                # either, and its slot wait skipped the look below.
+                probe = not breaker.closed
                 waiting_since = self._clock()
                 await self.slots.take(first=retry is not None)
                 if retry is not None:
                     # Waiting for a slot is not the record's doing: like time parked by
                     # the breaker, it is not charged to its retry budget.
                     retry.first_failure_mono += self._clock() - waiting_since
-                if ready and not (breaker.closed and publisher.writable):
+                if not probe and not (breaker.closed and publisher.writable):
                     # The breaker opened (or the DLQ failed) while it waited: it waits as
                     # records not yet let through do. Else every record queued for a slot
-                    # called the dependency the breaker had just found down. (A probe,
-                    # let through an open breaker, was not ``ready``: it goes on.)
+                    # called the dependency the breaker had just found down.
                     self.slots.give()
                     continue
             run.in_handler = True

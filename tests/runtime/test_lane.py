@@ -926,7 +926,8 @@ class DlqFailsWithOneSlot(sg.ConsumerService):
     async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
         self.called.append(ctx.offset)
         await asyncio.sleep(0.001)
-        self.sink.writable = False
+        if ctx.offset == 0:  # the first only: a later call failing it would hold the rest
+            self.sink.writable = False
 
 
 def test_records_waiting_for_a_slot_start_no_work_once_the_dlq_is_unwritable() -> None:
@@ -990,4 +991,39 @@ def test_successes_folded_on_the_loop_do_not_close_a_half_open_breaker(ordering:
             runner._fold_successes()
         assert breaker.state == HALF_OPEN
     finally:
+        loop.close()
+
+
+def test_records_that_waited_for_the_dlq_call_no_handler_once_the_breaker_opens() -> None:
+    """A record that waited for an unwritable DLQ (breaker closed) was not let through a
+    probe, yet it skipped the look after its slot wait: when the DLQ came back, every
+    buffered record queued for a slot called the dependency the breaker had just found
+    down."""
+    service = DownWithOneSlot
+    service.states.clear()
+    sink = HeldDeadLetters()
+    sink.writable = False  # every record waits for the DLQ first
+    pipeline = Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        sink,
+        ServiceMetrics(CollectorRegistry()),
+    )
+    service.pipeline = pipeline
+    loop = asyncio.new_event_loop()
+    runner = LoopRunner(pipeline, loop, "none", max_in_flight=1)
+    try:
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(6)])
+        lane.drain()
+        for _ in range(5):
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert service.states == []
+        sink.writable = True  # the DLQ is back: each record queues for the one slot
+        for _ in range(30):  # bounded: the retries are due after a second, the probe after 5
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert not pipeline.breaker.closed
+        assert service.states == ["closed", "closed"]  # the two calls that opened it
+    finally:
+        runner.cancel_all()
+        loop.run_until_complete(asyncio.sleep(0.01))
         loop.close()
