@@ -640,6 +640,12 @@ class LoopRunner:
                     if lane.closed:
                         slots.give()
                         return
+                    if not (breaker.closed and publisher.writable):
+                        # The breaker opened (or the DLQ failed) while it waited: looked
+                        # at again above. Else each partition queued for a slot called
+                        # the dependency the breaker had just found down.
+                        slots.give()
+                        continue
                 held = True
                 msg = next_record()
                 value = msg.value()

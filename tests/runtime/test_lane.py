@@ -1027,3 +1027,39 @@ def test_records_that_waited_for_the_dlq_call_no_handler_once_the_breaker_opens(
         runner.cancel_all()
         loop.run_until_complete(asyncio.sleep(0.01))
         loop.close()
+
+
+class DownInOrder(DownWithOneSlot):
+    ordering = "partition"
+
+
+def test_a_partition_waiting_for_a_slot_calls_no_handler_once_the_breaker_opens() -> None:
+    """Under partition order a run waiting for a ``max_in_flight`` slot looked at the
+    breaker before it waited: once two partitions' calls opened it, a third partition
+    queued for the slot called the dependency the breaker had just found down."""
+    service = DownInOrder
+    service.states.clear()
+    pipeline = Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        HeldDeadLetters(),
+        ServiceMetrics(CollectorRegistry()),
+    )
+    service.pipeline = pipeline
+    loop = asyncio.new_event_loop()
+    runner = LoopRunner(pipeline, loop, "partition", max_in_flight=1)
+    try:
+        for partition in range(3):
+            lane = LoopLane(partition, pipeline, runner)
+            records = [
+                record(valid(i), topic="lane-unit", partition=partition, offset=i) for i in (0, 1)
+            ]
+            lane.enqueue(records)
+            lane.drain()
+        for _ in range(30):  # bounded: the retries are due after a second, the probe after 5
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert not pipeline.breaker.closed
+        assert service.states == ["closed", "closed"]  # the two calls that opened it
+    finally:
+        runner.cancel_all()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
