@@ -903,7 +903,7 @@ def test_records_waiting_for_a_slot_call_no_handler_once_the_breaker_opens() -> 
         lane = LoopLane(0, pipeline, runner)
         lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(6)])
         lane.drain()
-        for _ in range(30):  # bounded: the retries are due after a second, the probe after 5
+        for _ in range(30):  # bounded: the retries are due after 10 s, the probe after 30
             loop.run_until_complete(asyncio.sleep(0.01))
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
@@ -1019,7 +1019,7 @@ def test_records_that_waited_for_the_dlq_call_no_handler_once_the_breaker_opens(
             loop.run_until_complete(asyncio.sleep(0.01))
         assert service.states == []
         sink.writable = True  # the DLQ is back: each record queues for the one slot
-        for _ in range(30):  # bounded: the retries are due after a second, the probe after 5
+        for _ in range(30):  # bounded: the retries are due after 10 s, the probe after 30
             loop.run_until_complete(asyncio.sleep(0.01))
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
@@ -1055,7 +1055,7 @@ def test_a_partition_waiting_for_a_slot_calls_no_handler_once_the_breaker_opens(
             ]
             lane.enqueue(records)
             lane.drain()
-        for _ in range(30):  # bounded: the retries are due after a second, the probe after 5
+        for _ in range(30):  # bounded: the retries are due after 10 s, the probe after 30
             loop.run_until_complete(asyncio.sleep(0.01))
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
