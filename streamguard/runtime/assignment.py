@@ -1,7 +1,8 @@
 """Which partitions are ours: a lane per assigned partition, settled when it goes.
 
 On assign a lane is created. On revoke its in-flight handler gets
-``revoke_timeout`` to finish (then an async one is cancelled, ``give_up``), its dead
+``revoke_timeout`` to finish (then it is given up on, ``give_up``: an async one is
+cancelled and briefly waited for, and whatever it still comes to is ignored), its dead
 letters are awaited and its final-outcome
 prefix is committed before the partition moves; nothing after that prefix is. A *lost*
 partition (the session expired) may already belong to another member, so nothing is
@@ -117,7 +118,7 @@ class Assignment:
             lane = self.lanes.pop(part, None)
             if lane is not None:
                 lane.close()
-                # Not waited for, as a revoke waits: an async handler is cancelled now,
+                # Not given a timeout, as a revoke is: an async handler is cancelled now,
                 # or it would run on beside the new owner's call of its record (and
                 # beside this member's own if the partition came back).
                 lane.give_up()

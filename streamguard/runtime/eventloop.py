@@ -73,6 +73,9 @@ METRICS_MAX = 1024
 # a millisecond, then twice as long each time, up to IDLE_CHECK_MAX.
 IDLE_CHECK = 0.001
 IDLE_CHECK_MAX = 0.016
+# How long a handler given up on gets to end once cancelled (a plain cancellation ends
+# it on the loop's next turn), before it is reported and what it does is ignored.
+CANCEL_WAIT = 0.1
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -160,8 +163,27 @@ class LoopLane(PartitionLane):
         Left running, an async handler of a revoked partition went on beside the new
         owner's call of the same record, and beside this member's own if the partition
         came back (two handlers of one key at once); it also kept its slot.
+
+        Cancelling only asks: a handler that awaits in its cleanup, or swallows the
+        cancellation, goes on. It gets ``CANCEL_WAIT`` to end (what it comes to then is
+        settled with the lane); past that it is reported and abandoned, so that what it
+        still does leaves no dead letter once the partition moved. Its record stays
+        uncommitted either way unless it finished.
         """
         self.runner.cancel_lane(self)
+        if self.wait_idle(CANCEL_WAIT):
+            self.abandon()
+            return
+        log.warning(
+            "handler still running after it was cancelled; it may run on beside the "
+            "partition's next owner, and its outcome is ignored",
+            extra={"partition": self.partition, "wait": CANCEL_WAIT},
+        )
+        self.abandon()
+        # An outcome the loop was recording as the flag was set is sent before this
+        # returns, and so before the revoke's flush and commit: none goes out after.
+        if not self.runner.on_loop_thread():
+            self.runner.barrier(CANCEL_WAIT)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait (bounded) until no handler of this lane runs; False on timeout.

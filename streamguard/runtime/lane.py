@@ -121,6 +121,9 @@ class PartitionLane:
         self.in_hand: list[Record] | None = None
         self.scheduled = False
         self.closed = False
+        # Given up on by a revoke, a shutdown or a loss: the partition may be another
+        # member's already, so a handler that outlived it leaves no dead letter behind.
+        self.abandoned = False
         self.idle = threading.Event()  # set while no handler of this lane is running
         self.idle.set()
         self.retry: RetryState | None = None
@@ -186,7 +189,14 @@ class PartitionLane:
 
     def give_up(self) -> None:
         """Settling stopped waiting for this lane's handler. A worker thread cannot be
-        stopped: its handler runs on, and its record stays uncommitted."""
+        stopped: its handler runs on, its record stays uncommitted, and what it comes
+        to is ignored."""
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Ignore the outcomes still to come: the lane's last commit is about to go."""
+        with self.lock:
+            self.abandoned = True
 
     def commit_position(self) -> int | None:
         """The end of the longest prefix of final outcomes (None: nothing final yet)."""
@@ -401,7 +411,18 @@ class PartitionLane:
     def _dead_letter(self, msg: Record, failure: Failure) -> None:
         pending = PendingDeadLetter(msg, failure)
         with self.lock:
-            self.offsets.hold(msg.offset(), pending)
+            abandoned = self.abandoned
+            if not abandoned:
+                self.offsets.hold(msg.offset(), pending)
+        if abandoned:
+            # Its partition was handed over uncommitted: the new owner runs the record
+            # again, and decides on its dead letter.
+            log.warning(
+                "handler given up on failed after its partition was settled; "
+                "no dead letter, its message is redelivered",
+                extra={"partition": self.partition, "offset": msg.offset()},
+            )
+            return
         self.pipeline.publish_dead_letter(msg, failure, partial(self._acked, pending))
 
     def republish(self, pending: PendingDeadLetter) -> None:

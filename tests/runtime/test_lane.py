@@ -10,6 +10,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, ClassVar, cast
 
 import pytest
@@ -22,10 +23,12 @@ from streamguard.deadletter import Failure
 from streamguard.demo.contracts import LineItem, OrderPlaced
 from streamguard.headers import Record
 from streamguard.observe.metrics import ServiceMetrics
+from streamguard.runtime.assignment import Assignment
 from streamguard.runtime.deadletters import DeliveryReport
-from streamguard.runtime.eventloop import LoopLane, LoopRunner
+from streamguard.runtime.eventloop import LoopLane, LoopRunner, stop_event_loop
 from streamguard.runtime.lane import PartitionLane
 from streamguard.runtime.pipeline import Pipeline
+from streamguard.runtime.spec import Ordering
 from streamguard.testing import record
 from tests.runtime.conftest import order
 
@@ -361,6 +364,76 @@ def test_a_revoke_that_saw_no_handler_running_keeps_the_record_from_starting() -
         assert runner.slots.running == 0
     finally:
         loop.close()
+
+
+class SlowCleanup(sg.ConsumerService):
+    """A handler whose cleanup awaits, then fails: it outlives its cancellation."""
+
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    started: ClassVar[threading.Event] = threading.Event()
+    cleaned: ClassVar[threading.Event] = threading.Event()
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        SlowCleanup.started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(1.0)  # a rollback, say: well past CANCEL_WAIT
+            SlowCleanup.cleaned.set()
+            raise sg.PermanentError("rollback failed")
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key", "none"])
+def test_a_handler_that_outlives_its_cancellation_leaves_nothing_after_the_revoke(
+    ordering: Ordering, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revoke past revoke_timeout cancels the handler, but cancelling only asks: one
+    that awaits in its cleanup ran on after the revoke had committed and handed the
+    partition over, and its failure was dead-lettered by the old owner, beside the new
+    owner's call of the same record. It is reported, and its outcome ignored; its record
+    stays uncommitted."""
+    SlowCleanup.started.clear()
+    SlowCleanup.cleaned.clear()
+    sink = HeldDeadLetters()
+    spec = SlowCleanup(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, sink, ServiceMetrics(CollectorRegistry()))
+    commits: list[int | None] = []
+    assignment = Assignment(
+        pipeline,
+        SimpleNamespace(flush=lambda timeout: None, writable=True),  # type: ignore[arg-type]
+        sg.ServiceOptions(),
+        SimpleNamespace(),  # type: ignore[arg-type]
+        SimpleNamespace(  # type: ignore[arg-type]
+            commit=lambda lanes, asynchronous: commits.extend(
+                lane.commit_position() for lane in lanes
+            )
+        ),
+        SimpleNamespace(),  # type: ignore[arg-type]
+        on_assigned=lambda parts: None,
+        on_revoked=lambda parts: None,
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        runner = LoopRunner(pipeline, loop, ordering, max_in_flight=8)
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue([record(valid(0), key="k", topic="lane-unit", offset=0)])
+        lane.drain()
+        assert SlowCleanup.started.wait(5.0)
+        with caplog.at_level("WARNING", logger="streamguard.runtime"):
+            assignment.settle([lane], 0.05)  # the revoke, from the polling thread
+        assert SlowCleanup.cleaned.wait(5.0)
+        assert runner.barrier(5.0)  # the loop recorded what the cleanup came to
+        # Committed up to its record at most: the new owner runs it again.
+        assert commits in ([None], [0])
+        assert sink.waiting == []  # no dead letter from the old owner
+        assert "handler still running after it was cancelled" in caplog.text
+        assert lane.running == 0
+    finally:
+        stop_event_loop(loop, thread)
 
 
 def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
