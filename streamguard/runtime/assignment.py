@@ -1,7 +1,7 @@
 """Which partitions are ours: a lane per assigned partition, settled when it goes.
 
 On assign a lane is created. On revoke its in-flight handler gets
-``revoke_timeout`` to finish (then it is given up on, ``give_up``: an async one is
+``revoke_timeout`` to finish (then it is given up on, ``give_up_all``: an async one is
 cancelled and briefly waited for, and whatever it still comes to is ignored), its dead
 letters are awaited and its final-outcome
 prefix is committed before the partition moves; nothing after that prefix is. A *lost*
@@ -26,7 +26,7 @@ from streamguard.runtime.commits import Committer
 from streamguard.runtime.deadletters import DeadLetterPublisher
 from streamguard.runtime.flow import FlowControl
 from streamguard.runtime.lag import LagMonitor
-from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.lane import PartitionLane, give_up_all
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.pipeline import Pipeline
 
@@ -114,14 +114,13 @@ class Assignment:
             return
         parts = [tp.partition for tp in partitions]
         self._flow.release(parts)
-        for part in parts:
-            lane = self.lanes.pop(part, None)
-            if lane is not None:
-                lane.close()
-                # Not given a timeout, as a revoke is: an async handler is cancelled now,
-                # or it would run on beside the new owner's call of its record (and
-                # beside this member's own if the partition came back).
-                lane.give_up()
+        lost = [lane for part in parts if (lane := self.lanes.pop(part, None)) is not None]
+        for lane in lost:
+            lane.close()
+        # Not given a timeout, as a revoke is: an async handler is cancelled now, or it
+        # would run on beside the new owner's call of its record (and beside this
+        # member's own if the partition came back).
+        give_up_all(lost)
         self._forget(parts)
         log.warning("partitions lost", extra={"partitions": parts})
         # The hook hears of them as revoked (as confluent-kafka and the Java client do
@@ -143,13 +142,15 @@ class Assignment:
         deadline = time.monotonic() + timeout
         for lane in lanes:
             lane.close()
+        stuck = []
         for lane in lanes:
             if not lane.wait_idle(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "handler still running after the timeout; its message will be redelivered",
                     extra={"partition": lane.partition, "timeout": timeout},
                 )
-                lane.give_up()  # an async handler is cancelled
+                stuck.append(lane)
+        give_up_all(stuck)  # async handlers are cancelled, together
         self._publisher.flush(max(0.0, deadline + ack_wait - time.monotonic()))
         held = [(lane.partition, lane.unacknowledged_dead_letters()) for lane in lanes]
         if any(count for _, count in held):

@@ -42,7 +42,7 @@ from streamguard.deadletter import Failure
 from streamguard.headers import Record
 from streamguard.observe.logs import frames
 from streamguard.runtime.context import MessageContext
-from streamguard.runtime.lane import PartitionLane
+from streamguard.runtime.lane import CANCEL_WAIT, PartitionLane
 from streamguard.runtime.outcomes import RetryState, after_try, gate
 from streamguard.runtime.pipeline import Pipeline
 from streamguard.runtime.poller import Poller
@@ -73,9 +73,6 @@ METRICS_MAX = 1024
 # a millisecond, then twice as long each time, up to IDLE_CHECK_MAX.
 IDLE_CHECK = 0.001
 IDLE_CHECK_MAX = 0.016
-# How long a handler given up on gets to end once cancelled (a plain cancellation ends
-# it on the loop's next turn), before it is reported and what it does is ignored.
-CANCEL_WAIT = 0.1
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -157,21 +154,23 @@ class LoopLane(PartitionLane):
         super().close()
         self.runner.close_lane(self)
 
-    def give_up(self) -> None:
+    def cancel(self) -> None:
         """A revoke or shutdown stopped waiting for this lane's handlers: cancel them.
 
         Left running, an async handler of a revoked partition went on beside the new
         owner's call of the same record, and beside this member's own if the partition
         came back (two handlers of one key at once); it also kept its slot.
-
-        Cancelling only asks: a handler that awaits in its cleanup, or swallows the
-        cancellation, goes on. It gets ``CANCEL_WAIT`` to end (what it comes to then is
-        settled with the lane); past that it is reported and abandoned, so that what it
-        still does leaves no dead letter once the partition moved. Its record stays
-        uncommitted either way unless it finished.
         """
         self.runner.cancel_lane(self)
-        if self.wait_idle(CANCEL_WAIT):
+
+    def abandon_by(self, deadline: float) -> None:
+        """Cancelling only asks: a handler that awaits in its cleanup, or swallows the
+        cancellation, goes on. It gets until ``deadline`` to end (what it comes to then
+        is settled with the lane); past that it is reported and abandoned, so that what
+        it still does leaves no dead letter once the partition moved. Its record stays
+        uncommitted either way unless it finished.
+        """
+        if self.wait_idle(max(0.0, deadline - time.monotonic())):
             self.abandon()
             return
         log.warning(
@@ -182,8 +181,10 @@ class LoopLane(PartitionLane):
         self.abandon()
         # An outcome the loop was recording as the flag was set is sent before this
         # returns, and so before the revoke's flush and commit: none goes out after.
+        # Bounded by the deadline and one CANCEL_WAIT more for all lanes together: a
+        # blocked loop answers none of them.
         if not self.runner.on_loop_thread():
-            self.runner.barrier(CANCEL_WAIT)
+            self.runner.barrier(max(0.0, deadline + CANCEL_WAIT - time.monotonic()))
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait (bounded) until no handler of this lane runs; False on timeout.

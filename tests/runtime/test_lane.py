@@ -436,6 +436,52 @@ def test_a_handler_that_outlives_its_cancellation_leaves_nothing_after_the_revok
         stop_event_loop(loop, thread)
 
 
+def test_handlers_given_up_on_share_one_wait_for_their_cancellation() -> None:
+    """A stop gives every handler still running one CANCEL_WAIT together to end once
+    cancelled: a wait a lane, in turn, made a stop whose handlers outlive their
+    cancellation (or whose loop is blocked) 0.1-0.2 s longer for every partition."""
+    cancel_wait = 0.1  # CANCEL_WAIT
+
+    SlowCleanup.started.clear()
+    spec = SlowCleanup(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    assignment = Assignment(
+        pipeline,
+        SimpleNamespace(flush=lambda timeout: None, writable=True),  # type: ignore[arg-type]
+        sg.ServiceOptions(),
+        SimpleNamespace(),  # type: ignore[arg-type]
+        SimpleNamespace(commit=lambda lanes, asynchronous: None),  # type: ignore[arg-type]
+        SimpleNamespace(),  # type: ignore[arg-type]
+        on_assigned=lambda parts: None,
+        on_revoked=lambda parts: None,
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        runner = LoopRunner(pipeline, loop, "partition", max_in_flight=8)
+        lanes = [LoopLane(p, pipeline, runner) for p in range(6)]
+        for p, lane in enumerate(lanes):
+            lane.enqueue([record(valid(0), topic="lane-unit", partition=p, offset=0)])
+            lane.drain()
+        deadline = time.monotonic() + 5
+        while sum(lane.running for lane in lanes) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        start = time.monotonic()
+        assignment.settle(lanes, 0.05)
+        took = time.monotonic() - start
+        # One shared wait, and a barrier the running loop answers at once: well under
+        # the 0.65 s six waits in turn took at the least.
+        assert took < 0.05 + 3 * cancel_wait + 0.15, took
+        assert all(lane.abandoned for lane in lanes)
+        deadline = time.monotonic() + 5  # the cleanups end (1 s) before the loop stops
+        while any(lane.running for lane in lanes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runner.barrier(5.0)
+    finally:
+        stop_event_loop(loop, thread)
+
+
 def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
     """A failed probe gives the record its attempt back, so its next try is attempt 1
     again: drift is counted once a try gets past decoding, not on every attempt 1."""
