@@ -45,6 +45,11 @@ _offset = methodcaller("offset")
 # event-loop runner's metrics reach the registry every METRICS_EVERY).
 FOLD_EVERY = 0.5
 
+# How long handlers given up on get to end once cancelled (a plain cancellation ends an
+# async one on its loop's next turn), all of them together, before they are reported and
+# what they still do is ignored.
+CANCEL_WAIT = 0.1
+
 
 class Pipeline(Protocol):
     """What a lane needs from its service; shared by all lanes, safe across threads."""
@@ -464,12 +469,6 @@ class PartitionLane:
             pending.in_flight = False
             pending.error = error.str()
         self.pipeline.dead_letter_failed(error)
-
-
-# How long handlers given up on get to end once cancelled (a plain cancellation ends an
-# async one on its loop's next turn), all of them together, before they are reported and
-# what they still do is ignored.
-CANCEL_WAIT = 0.1
 
 
 def give_up_all(lanes: list[PartitionLane]) -> None:
