@@ -155,6 +155,24 @@ def test_dry_run_lines_start_clear_of_the_progress_bar_on_a_terminal(
     assert all(line.startswith("would send") for line in lines), lines
 
 
+def refused_headers(
+    orders: str, original: list[tuple[str, bytes | None]] | None = None
+) -> list[tuple[str, bytes | None]]:
+    """The dead-letter headers of a record of ``orders`` its handler refused."""
+    return dead_letter_headers(
+        original_headers=original or [],
+        topic=orders,
+        partition=0,
+        offset=0,
+        timestamp_ms=None,
+        failure=Failure("permanent_error", sg.PermanentError("refused")),
+        group_id="billing",
+        service="billing-svc",
+        expected_subject="dlqtest.Order",
+        expected_version=1,
+    )
+
+
 def test_dry_run_shows_no_value_of_a_producers_own_headers_and_nothing_unsafe(
     bootstrap: str, topic_factory: Callable[..., str]
 ) -> None:
@@ -167,18 +185,7 @@ def test_dry_run_shows_no_value_of_a_producers_own_headers_and_nothing_unsafe(
         ("sg-customer-email", b"jane.doe@example.com"),
         ("trace\n\x1b]0;title\x07", b"jane.doe@example.com"),
     ]
-    headers = dead_letter_headers(
-        original_headers=hostile,
-        topic=orders,
-        partition=0,
-        offset=0,
-        timestamp_ms=None,
-        failure=Failure("permanent_error", sg.PermanentError("refused")),
-        group_id="billing",
-        service="billing-svc",
-        expected_subject="dlqtest.Order",
-        expected_version=1,
-    )
+    headers = refused_headers(orders, hostile)
     producer = Producer({"bootstrap.servers": bootstrap})
     producer.produce(dlq, b"{}", key=b"k", headers=headers)
     assert producer.flush(10) == 0
@@ -199,18 +206,7 @@ def test_dry_run_shown_values_tell_a_typed_backslash_from_a_byte_that_is_no_utf8
     """With --show-values a backslash of the data is shown as \\\\: the byte 0xff and the
     four characters \\xff typed in a value (or key) read apart."""
     orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
-    headers = dead_letter_headers(
-        original_headers=[],
-        topic=orders,
-        partition=0,
-        offset=0,
-        timestamp_ms=None,
-        failure=Failure("permanent_error", sg.PermanentError("refused")),
-        group_id="billing",
-        service="billing-svc",
-        expected_subject="dlqtest.Order",
-        expected_version=1,
-    )
+    headers = refused_headers(orders)
     producer = Producer({"bootstrap.servers": bootstrap})
     producer.produce(dlq, b"\xff", key=b"k\\xff", headers=headers)
     producer.produce(dlq, b"\\xff", key=b"k\xff", headers=headers)

@@ -4,12 +4,13 @@ never starts work while the DLQ is unwritable. No broker: records are built in m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
 
@@ -366,6 +367,25 @@ def test_a_revoke_that_saw_no_handler_running_keeps_the_record_from_starting() -
         loop.close()
 
 
+def settling(pipeline: Pipeline, commits: list[int | None]) -> Assignment:
+    """An Assignment for ``settle`` alone: a DLQ that is always flushed, and a committer
+    that notes each lane's commit position in ``commits``."""
+    return Assignment(
+        pipeline,
+        SimpleNamespace(flush=lambda timeout: None, writable=True),  # type: ignore[arg-type]
+        sg.ServiceOptions(),
+        SimpleNamespace(),  # type: ignore[arg-type]
+        SimpleNamespace(  # type: ignore[arg-type]
+            commit=lambda lanes, asynchronous: commits.extend(
+                lane.commit_position() for lane in lanes
+            )
+        ),
+        SimpleNamespace(),  # type: ignore[arg-type]
+        on_assigned=lambda parts: None,
+        on_revoked=lambda parts: None,
+    )
+
+
 class SlowCleanup(sg.ConsumerService):
     """A handler whose cleanup awaits, then fails: it outlives its cancellation."""
 
@@ -400,20 +420,7 @@ def test_a_handler_that_outlives_its_cancellation_leaves_nothing_after_the_revok
     spec = SlowCleanup(bootstrap_servers="127.0.0.1:9")._spec()
     pipeline = Pipeline(spec, sink, ServiceMetrics(CollectorRegistry()))
     commits: list[int | None] = []
-    assignment = Assignment(
-        pipeline,
-        SimpleNamespace(flush=lambda timeout: None, writable=True),  # type: ignore[arg-type]
-        sg.ServiceOptions(),
-        SimpleNamespace(),  # type: ignore[arg-type]
-        SimpleNamespace(  # type: ignore[arg-type]
-            commit=lambda lanes, asynchronous: commits.extend(
-                lane.commit_position() for lane in lanes
-            )
-        ),
-        SimpleNamespace(),  # type: ignore[arg-type]
-        on_assigned=lambda parts: None,
-        on_revoked=lambda parts: None,
-    )
+    assignment = settling(pipeline, commits)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -445,16 +452,7 @@ def test_handlers_given_up_on_share_one_wait_for_their_cancellation() -> None:
     SlowCleanup.started.clear()
     spec = SlowCleanup(bootstrap_servers="127.0.0.1:9")._spec()
     pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
-    assignment = Assignment(
-        pipeline,
-        SimpleNamespace(flush=lambda timeout: None, writable=True),  # type: ignore[arg-type]
-        sg.ServiceOptions(),
-        SimpleNamespace(),  # type: ignore[arg-type]
-        SimpleNamespace(commit=lambda lanes, asynchronous: None),  # type: ignore[arg-type]
-        SimpleNamespace(),  # type: ignore[arg-type]
-        on_assigned=lambda parts: None,
-        on_revoked=lambda parts: None,
-    )
+    assignment = settling(pipeline, [])
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -984,6 +982,38 @@ def test_an_old_calls_success_does_not_close_a_half_open_breaker_on_the_loop() -
         loop.close()
 
 
+def loop_pipeline(
+    service: type[sg.ConsumerService], sink: HeldDeadLetters | None = None
+) -> Pipeline:
+    """A pipeline of ``service`` whose dead letters ``sink`` (or a new one) holds."""
+    return Pipeline(
+        service(bootstrap_servers="127.0.0.1:9")._spec(),
+        sink or HeldDeadLetters(),
+        ServiceMetrics(CollectorRegistry()),
+    )
+
+
+@contextlib.contextmanager
+def loop_runner(
+    pipeline: Pipeline, ordering: Ordering, max_in_flight: int
+) -> Iterator[tuple[asyncio.AbstractEventLoop, LoopRunner]]:
+    """A runner on a loop this thread turns (``turn``); its tasks cancelled after."""
+    loop = asyncio.new_event_loop()
+    runner = LoopRunner(pipeline, loop, ordering, max_in_flight=max_in_flight)
+    try:
+        yield loop, runner
+    finally:
+        runner.cancel_all()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+
+
+def turn(loop: asyncio.AbstractEventLoop, times: int) -> None:
+    """Let the loop run for ``times`` turns of 10 ms."""
+    for _ in range(times):
+        loop.run_until_complete(asyncio.sleep(0.01))
+
+
 class DownWithOneSlot(sg.ConsumerService):
     """Every call fails: the dependency is down. Each call notes the breaker's state."""
 
@@ -1010,26 +1040,14 @@ def test_records_waiting_for_a_slot_call_no_handler_once_the_breaker_opens() -> 
     every buffered record of the partition)."""
     service = DownWithOneSlot
     service.states.clear()
-    pipeline = Pipeline(
-        service(bootstrap_servers="127.0.0.1:9")._spec(),
-        HeldDeadLetters(),
-        ServiceMetrics(CollectorRegistry()),
-    )
-    service.pipeline = pipeline
-    loop = asyncio.new_event_loop()
-    runner = LoopRunner(pipeline, loop, "none", max_in_flight=1)
-    try:
+    service.pipeline = pipeline = loop_pipeline(service)
+    with loop_runner(pipeline, "none", max_in_flight=1) as (loop, runner):
         lane = LoopLane(0, pipeline, runner)
         lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(6)])
         lane.drain()
-        for _ in range(30):  # bounded: the retries are due after 10 s, the probe after 30
-            loop.run_until_complete(asyncio.sleep(0.01))
+        turn(loop, 30)  # bounded: the retries are due after 10 s, the probe after 30
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
-    finally:
-        runner.cancel_all()
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
 
 
 class DlqFailsWithOneSlot(sg.ConsumerService):
@@ -1055,30 +1073,19 @@ def test_records_waiting_for_a_slot_start_no_work_once_the_dlq_is_unwritable() -
     service = DlqFailsWithOneSlot
     service.called.clear()
     service.sink = HeldDeadLetters()
-    pipeline = Pipeline(
-        service(bootstrap_servers="127.0.0.1:9")._spec(),
-        service.sink,
-        ServiceMetrics(CollectorRegistry()),
-    )
-    loop = asyncio.new_event_loop()
-    runner = LoopRunner(pipeline, loop, "none", max_in_flight=1)
-    try:
+    pipeline = loop_pipeline(service, service.sink)
+    with loop_runner(pipeline, "none", max_in_flight=1) as (loop, runner):
         lane = LoopLane(0, pipeline, runner)
         lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(4)])
         lane.drain()
-        for _ in range(10):
-            loop.run_until_complete(asyncio.sleep(0.01))
+        turn(loop, 10)
         assert service.called == [0]
         service.sink.writable = True  # the DLQ is back: the others are handled
         for _ in range(1000):  # bounded: 10 s (a loaded machine)
-            loop.run_until_complete(asyncio.sleep(0.01))
+            turn(loop, 1)
             if lane.commit_position() == 4:
                 break
         assert sorted(service.called) == [0, 1, 2, 3]
-    finally:
-        runner.cancel_all()
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
 
 
 @pytest.mark.parametrize("ordering", ["partition", "key"])
@@ -1122,30 +1129,17 @@ def test_records_that_waited_for_the_dlq_call_no_handler_once_the_breaker_opens(
     service.states.clear()
     sink = HeldDeadLetters()
     sink.writable = False  # every record waits for the DLQ first
-    pipeline = Pipeline(
-        service(bootstrap_servers="127.0.0.1:9")._spec(),
-        sink,
-        ServiceMetrics(CollectorRegistry()),
-    )
-    service.pipeline = pipeline
-    loop = asyncio.new_event_loop()
-    runner = LoopRunner(pipeline, loop, "none", max_in_flight=1)
-    try:
+    service.pipeline = pipeline = loop_pipeline(service, sink)
+    with loop_runner(pipeline, "none", max_in_flight=1) as (loop, runner):
         lane = LoopLane(0, pipeline, runner)
         lane.enqueue([record(valid(i), topic="lane-unit", offset=i) for i in range(6)])
         lane.drain()
-        for _ in range(5):
-            loop.run_until_complete(asyncio.sleep(0.01))
+        turn(loop, 5)
         assert service.states == []
         sink.writable = True  # the DLQ is back: each record queues for the one slot
-        for _ in range(30):  # bounded: the retries are due after 10 s, the probe after 30
-            loop.run_until_complete(asyncio.sleep(0.01))
+        turn(loop, 30)  # bounded: the retries are due after 10 s, the probe after 30
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
-    finally:
-        runner.cancel_all()
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
 
 
 class DownInOrder(DownWithOneSlot):
@@ -1158,15 +1152,8 @@ def test_a_partition_waiting_for_a_slot_calls_no_handler_once_the_breaker_opens(
     queued for the slot called the dependency the breaker had just found down."""
     service = DownInOrder
     service.states.clear()
-    pipeline = Pipeline(
-        service(bootstrap_servers="127.0.0.1:9")._spec(),
-        HeldDeadLetters(),
-        ServiceMetrics(CollectorRegistry()),
-    )
-    service.pipeline = pipeline
-    loop = asyncio.new_event_loop()
-    runner = LoopRunner(pipeline, loop, "partition", max_in_flight=1)
-    try:
+    service.pipeline = pipeline = loop_pipeline(service)
+    with loop_runner(pipeline, "partition", max_in_flight=1) as (loop, runner):
         for partition in range(3):
             lane = LoopLane(partition, pipeline, runner)
             records = [
@@ -1174,11 +1161,6 @@ def test_a_partition_waiting_for_a_slot_calls_no_handler_once_the_breaker_opens(
             ]
             lane.enqueue(records)
             lane.drain()
-        for _ in range(30):  # bounded: the retries are due after 10 s, the probe after 30
-            loop.run_until_complete(asyncio.sleep(0.01))
+        turn(loop, 30)  # bounded: the retries are due after 10 s, the probe after 30
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
-    finally:
-        runner.cancel_all()
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
