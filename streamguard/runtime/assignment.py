@@ -84,7 +84,10 @@ class Assignment:
         for tp in partitions:
             if tp.partition not in self.lanes:
                 self.lanes[tp.partition] = self._new_lane(tp.partition)
-        self.assigned_once = True
+        # An empty assignment (more members than partitions) is no assignment: an idle
+        # member stays unready, as the runbook and the Deployment's comment say.
+        if partitions:
+            self.assigned_once = True
         parts = [tp.partition for tp in partitions]
         log.info("partitions assigned", extra={"partitions": parts})
         self._on_assigned(parts)

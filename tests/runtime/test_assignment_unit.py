@@ -65,3 +65,20 @@ def test_partitions_lost_as_the_consumer_closes_reach_no_hook_after_the_shutdown
     assignment.on_lost(consumer, [TopicPartition("orders", 0)])
     assignment.on_revoke(consumer, [TopicPartition("orders", 0)])
     assert events == []
+
+
+def test_an_empty_assignment_does_not_count_as_assigned() -> None:
+    """A member of a group with more members than partitions gets on_assign with no
+    partitions: it must stay "assigned": false (/readyz 503), which the runbook gives as
+    the sign of too many replicas; one that was given a partition counts from then on,
+    also after a rebalance leaves it none."""
+    events: list[str] = []
+    assignment = _assignment(events)
+    consumer: Any = None
+    assignment.on_assign(consumer, [])
+    assert not assignment.assigned_once
+    assert events == ["on_assign []"]  # the hook still hears of it
+    assignment.on_assign(consumer, [TopicPartition("orders", 0)])
+    assert assignment.assigned_once
+    assignment.on_assign(consumer, [])
+    assert assignment.assigned_once
