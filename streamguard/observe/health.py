@@ -6,7 +6,9 @@ Served from a daemon thread on loopback by default; a pod exposes it by binding
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -36,6 +38,21 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class _Server6(_Server):
+    """For an IPv6 address (``::`` on an IPv6 or dual-stack cluster, whose probes come to
+    the pod's IPv6 address): an IPv4 socket refused it as an address family it does not
+    support."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # ``::`` takes IPv4 connections too where the system allows, as ``0.0.0.0`` does
+        # not take IPv6 ones: one setting for dual-stack pods, whichever family probes.
+        with contextlib.suppress(OSError, AttributeError):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class HealthServer:
     """Serves the registry and the service's health report.
 
@@ -55,7 +72,8 @@ class HealthServer:
         self._registry = registry
         self._health = health
         try:
-            self._server = _Server((host, port), self._handler_class())
+            server = _Server6 if ":" in host else _Server  # an IPv6 literal, not a name
+            self._server = server((host, port), self._handler_class())
         except (OSError, OverflowError) as exc:  # in use, not an address here, out of range
             raise ConfigurationError(
                 f"cannot serve /metrics on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; "

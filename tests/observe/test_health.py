@@ -103,3 +103,32 @@ def test_head_answers_as_get_without_a_body(path: str, ready: bool, status: int)
         connection.close()
     finally:
         server.stop()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize(("host", "clients"), [("::1", ["::1"]), ("::", ["::1", "127.0.0.1"])])
+def test_an_ipv6_metrics_host_is_served(host: str, clients: list[str]) -> None:
+    """On an IPv6 cluster the kubelet probes the pod's IPv6 address, which 0.0.0.0 does
+    not take: --metrics-host :: (or an IPv6 address) must serve, not fail the start as an
+    address family not supported; :: answers IPv4 probes as well."""
+    import http.client
+
+    server = HealthServer(CollectorRegistry(), lambda: {"ready": True}, host)
+    server.start()
+    try:
+        for client in clients:
+            connection = http.client.HTTPConnection(client, server.port, timeout=5)
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().status == 200, client
+            connection.close()
+    finally:
+        server.stop()
