@@ -8,6 +8,7 @@ broker did not take.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -24,8 +25,10 @@ from streamguard.errors import (
     ConfigurationError,
     ContractViolation,
     DeliveryFailed,
+    RegistryUnavailable,
     error_details,
 )
+from streamguard.observe.logs import frames
 from streamguard.registry.client import (
     SubjectNameStrategy,
     redact_registry_config,
@@ -35,6 +38,8 @@ from streamguard.registry.codec import RegistryCodec
 from streamguard.roundtrip import round_trip_changes
 from streamguard.settings import client_config, redact
 from streamguard.topics import check_topic_name
+
+log = logging.getLogger("streamguard.producer")
 
 # acks=all and idempotence: a record the broker acknowledged is durable and not
 # duplicated by the client's own retries.
@@ -165,7 +170,15 @@ class GuardedProducer:
         """
         model = self._validated(event, contract)
         record_headers = list(self._stamp(type(model)))
-        value = self._encoder(type(model), check_topic_name(topic))(model)
+        try:
+            value = self._encoder(type(model), check_topic_name(topic))(model)
+        except RegistryUnavailable as exc:
+            # The registry's own text tells what a consumer does (its records wait and
+            # are retried); here nothing was queued, and nothing retries it.
+            raise RegistryUnavailable(
+                f"{exc.registry}; nothing was sent: send it again once the registry answers",
+                registry=exc.registry,
+            ) from None
         changes = round_trip_changes(model, self._decoders[type(model)](value))
         if changes:
             raise ContractViolation(getattr(model, "__subject__", "?"), changes)
@@ -201,7 +214,7 @@ class GuardedProducer:
                 with self._lock:
                     self._failures.append((msg.topic() or topic, err.str()))
             if on_delivery is not None:
-                on_delivery(err, msg)
+                _call(on_delivery, err, msg)
 
         refused = enqueue(
             self._producer,
@@ -218,7 +231,7 @@ class GuardedProducer:
             with self._lock:
                 self._failures.append((topic, refused.str()))
             if on_delivery is not None:
-                on_delivery(refused, None)  # no record object exists for it
+                _call(on_delivery, refused, None)  # no record object exists for it
             return
         self._producer.poll(0)
 
@@ -243,8 +256,19 @@ class GuardedProducer:
     def __enter__(self) -> GuardedProducer:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        # The block failed: what it queued is still delivered (or told of), but a
+        # DeliveryFailed must not take the place of the block's own exception.
+        try:
+            self.close()
+        except DeliveryFailed as exc:
+            log.warning(
+                "records not delivered as the producer's block failed",
+                extra={"failed": len(exc.failures), "pending": exc.pending},
+            )
 
     def _validated(
         self, event: BaseModel | Mapping[str, Any], contract: type[Contract] | None
@@ -313,3 +337,17 @@ def stamp_headers(contract: type[Contract], codec: Codec, producer: str) -> list
         (h.PRODUCER, producer.encode()),
         (h.CONTENT_TYPE, codec.content_type.encode()),
     ]
+
+
+def _call(on_delivery: DeliveryCallback, err: KafkaError | None, msg: Message | None) -> None:
+    """The caller's delivery callback, which runs inside ``poll()`` or ``flush()``: what
+    it raised came out of a later ``send()``, whose record had been queued (a caller
+    retrying it sent it twice), or out of ``flush()`` instead of its report. Logged with
+    its class and frames (its text may quote the record), never raised."""
+    try:
+        on_delivery(err, msg)
+    except Exception as exc:
+        log.error(
+            "on_delivery callback failed",
+            extra={"error_class": type(exc).__name__, "traceback": frames(exc)},
+        )

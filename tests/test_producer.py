@@ -327,6 +327,48 @@ def test_on_delivery_sees_each_report(bootstrap: str, topic_factory: Callable[..
     assert reports == [(None, topic)] * 3
 
 
+def test_a_failing_on_delivery_does_not_fail_a_later_send(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    read_all: Reader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The callback runs inside the client's poll(): what it raised came out of the next
+    send(), whose record had been queued (a caller retrying it sent it twice), and out of
+    flush() instead of its report. It is logged, by class: its text may quote a record."""
+    topic = topic_factory("orders")
+
+    def failing(err: KafkaError | None, msg: Message | None) -> None:
+        raise RuntimeError("callback for customer-secret-7")
+
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(topic, OrderPlaced(order_id=1, currency="EUR"), on_delivery=failing)
+    producer.flush()  # the first report, and its callback, run here
+    producer.send(topic, OrderPlaced(order_id=2, currency="EUR"), on_delivery=failing)
+    with caplog.at_level("ERROR", logger="streamguard.producer"):
+        producer.send(topic, OrderPlaced(order_id=3, currency="EUR"))  # polls the report
+        producer.flush()
+    assert len(read_all(topic, 3)) == 3
+    failed = [r for r in caplog.records if r.getMessage() == "on_delivery callback failed"]
+    assert [r.error_class for r in failed] == ["RuntimeError"] * 2  # type: ignore[attr-defined]
+    assert "customer-secret-7" not in caplog.text
+
+
+def test_a_failing_block_keeps_its_own_exception() -> None:
+    """Leaving a with-block by an exception still flushes, but a DeliveryFailed (the
+    broker down, say) took the place of the block's own exception."""
+
+    def block() -> None:
+        with sg.GuardedProducer(
+            f"127.0.0.1:{closed_port()}", kafka_config={"message.timeout.ms": 200}
+        ) as producer:
+            producer.send("orders-nowhere", OrderPlaced(order_id=1, currency="EUR"))
+            raise KeyError("the block's own")
+
+    with pytest.raises(KeyError):
+        block()
+
+
 def test_context_manager_flushes(
     bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
 ) -> None:

@@ -22,6 +22,7 @@ from streamguard.registry import RegistryCodec, RegistryServer
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config, subject_name
 from tests.registry.conftest import PaymentV1, PaymentV2, avro
 from tests.test_avro_codec import StrictPayment
+from tests.test_producer import closed_port
 
 SECRET = "hunter2-secret"
 
@@ -480,3 +481,16 @@ def test_a_service_with_a_registry_keeps_its_json_codec_s_max_depth() -> None:
     assert isinstance(codec, RegistryCodec)
     with pytest.raises(DecodeError, match=r"deep|depth|nest"):
         codec.decode(b'{"x": [[[[1]]]]}', OrderPlaced)
+
+
+def test_a_producer_without_its_registry_says_nothing_was_sent() -> None:
+    """The registry's error said "records needing it wait and are retried", what a
+    consumer does; a producer queues nothing, and nothing retries it."""
+    producer = sg.GuardedProducer(
+        "127.0.0.1:1", schema_registry={"url": f"http://127.0.0.1:{closed_port()}"}
+    )
+    event = PaymentV1(payment_id="p-1", amount_cents=100)
+    with pytest.raises(sg.RegistryUnavailable) as raised:
+        producer.send("payments", event)
+    assert "nothing was sent" in str(raised.value)
+    assert "retried" not in str(raised.value)
