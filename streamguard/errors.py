@@ -7,10 +7,11 @@ so they are safe to log and to put into dead-letter headers.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
-from datetime import date, time, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 from uuid import UUID
@@ -406,19 +407,62 @@ _MAX_CUTS = 256
 _QUOTABLE = (str, int, float, Decimal, UUID, date, time, timedelta)
 
 
+# A validator is handed what pydantic parsed, not the input: "1999-01-01T00:00:00Z" is a
+# datetime whose str() is "1999-01-01 00:00:00+00:00", an upper-case UUID's str() is
+# lower-case. So the texts of what an input parses as are cut too. Only strings short
+# enough to be one are tried (a violation's cost, not a valid record's).
+_PARSED_AS = (datetime, date, time, timedelta, UUID, Decimal)
+_MAX_PARSED = 64
+
+
+@functools.cache
+def _parsers() -> list[Callable[[Any], Any]]:
+    from pydantic import TypeAdapter  # imported here: only a violation needs it
+
+    # datetime.fromisoformat too: it takes forms pydantic does not ("19990101T000000Z")
+    return [datetime.fromisoformat, *(TypeAdapter(kind).validate_python for kind in _PARSED_AS)]
+
+
+def _parsed_as(item: str | int | float) -> list[Any]:
+    """The values ``item`` parses as: each of ``_PARSED_AS`` as pydantic parses it."""
+    if isinstance(item, str) and (len(item) > _MAX_PARSED or not any(map(str.isdigit, item))):
+        return []
+    parsed = []
+    for parse in _parsers():
+        try:
+            parsed.append(parse(item))
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            continue
+    return parsed
+
+
+def _texts_of(value: Any) -> Iterator[str]:
+    """How a validator's message may quote ``value``: ``{v}``, ``{v!r}``, ``.isoformat()``."""
+    yield str(value)
+    if isinstance(value, str):  # as {value!r} quotes it: escaped, if it must be
+        yield repr(value)[1:-1]
+        return
+    if not isinstance(value, int | float):
+        yield repr(value)
+    if isinstance(value, date | time):
+        yield value.isoformat()
+    elif isinstance(value, UUID):
+        yield value.hex
+
+
 def _without_input(msg: str, value: Any) -> str:
     """``msg`` with every text of ``value`` (a string, number, UUID or time, or those
-    inside a model's input, to a few levels) that it quotes replaced by ``<redacted>``."""
+    inside a model's input, to a few levels), or of what pydantic parses it as, that it
+    quotes replaced by ``<redacted>``."""
     texts: set[str] = set()
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo and len(texts) < _MAX_CUTS:
         item, depth = todo.pop()
         if isinstance(item, _QUOTABLE) and not isinstance(item, bool):
-            text = str(item)
-            if len(text) >= _MIN_CUT:
-                texts.add(text)
-                if isinstance(item, str):  # as {value!r} quotes it: escaped, if it must be
-                    texts.add(repr(item)[1:-1])
+            forms = [item]
+            if isinstance(item, str | int | float):
+                forms.extend(_parsed_as(item))
+            texts.update(t for form in forms for t in _texts_of(form) if len(t) >= _MIN_CUT)
         elif depth < 4 and isinstance(item, dict):
             todo.extend((v, depth + 1) for pair in item.items() for v in pair)
         elif depth < 4 and isinstance(item, list | tuple):

@@ -330,6 +330,35 @@ def test_a_validators_own_message_loses_the_input_it_quotes(
     assert "<redacted>" in info.value.errors[0]["msg"]
 
 
+class Dated(sg.Contract):
+    """A contract whose validator quotes the datetime pydantic parsed from the record."""
+
+    __subject__ = "tests.Dated"
+    __version__ = 1
+    placed_at: datetime
+    order_id: UUID
+
+    @field_validator("placed_at", "order_id")
+    @classmethod
+    def refused(cls, value: Any) -> Any:
+        raise ValueError(f"{value} ({value!r}) is refused")
+
+
+def test_a_validators_message_loses_what_the_input_was_parsed_as() -> None:
+    """A record's "1999-01-01T00:00:00Z" reaches a validator as a datetime shown as
+    "1999-01-01 00:00:00+00:00", an upper-case UUID as a lower-case one: not the
+    record's text, and cut from the message all the same."""
+    record = {"placed_at": "1999-01-01T00:00:00Z", "order_id": str(UUID(int=0x4242)).upper()}
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps(record).encode(), Dated)
+    shown = str(info.value) + info.value.errors_json().decode()
+    assert [e["msg"] for e in info.value.errors] == [
+        "Value error, <redacted> (<redacted>) is refused"
+    ] * 2
+    assert "1999" not in shown
+    assert "4242" not in shown
+
+
 def test_tombstone_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
     """A record without a value (a tombstone) is a decode error, not a crash."""
     with pytest.raises(sg.DecodeError, match="tombstone") as info:

@@ -189,6 +189,48 @@ def test_a_validators_message_loses_the_python_values_of_a_mapping(bootstrap: st
         assert str(value) not in shown
 
 
+class Placed(sg.Contract):
+    """A contract whose validators quote the value pydantic parsed from the input."""
+
+    __subject__ = "tests.Placed"
+    __version__ = 1
+    placed_at: datetime
+    payout_id: UUID
+    amount: Decimal
+
+    @field_validator("placed_at")
+    @classmethod
+    def recent(cls, value: datetime) -> datetime:
+        raise ValueError(f"placed_at {value} ({value!r}, {value.isoformat()}) is too old")
+
+    @field_validator("payout_id", "amount")
+    @classmethod
+    def refused(cls, value: Any) -> Any:
+        raise ValueError(f"refused {value} ({value!r})")
+
+
+def test_a_validators_message_loses_what_pydantic_parsed_the_input_as(bootstrap: str) -> None:
+    """A validator is given what pydantic parsed a string into, whose text is not the
+    input's ("1999-01-01T00:00:00Z" becomes a datetime shown as "1999-01-01
+    00:00:00+00:00", an upper-case UUID a lower-case one): that is cut too."""
+    producer = sg.GuardedProducer(bootstrap)
+    event = {
+        "placed_at": "1999-01-01T00:00:00Z",
+        "payout_id": "4242ABCD-0000-4000-8000-00000000ABCD",
+        "amount": "4242.4200",
+    }
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("placed", event, contract=Placed)
+    shown = str(info.value) + info.value.errors_json().decode()
+    assert [e["msg"] for e in info.value.errors] == [
+        "Value error, placed_at <redacted> (<redacted>, <redacted>) is too old",
+        "Value error, refused <redacted> (<redacted>)",
+        "Value error, refused <redacted> (<redacted>)",
+    ]
+    for text in ("1999", "4242", "abcd", "ABCD"):
+        assert text not in shown
+
+
 def test_mapping_without_contract_is_a_configuration_error(bootstrap: str) -> None:
     """send() refuses a mapping without contract=, saying what to pass."""
     producer = sg.GuardedProducer(bootstrap)
