@@ -146,7 +146,8 @@ class GuardedProducer:
             event: a contract instance, or a mapping validated against ``contract``.
             contract: required when ``event`` is a mapping; checked against the type of
                 ``event`` otherwise.
-            headers: extra headers, appended after streamguard's own.
+            headers: extra headers, appended after streamguard's own; not ``sg-*`` ones
+                nor ``content-type`` (see ``caller_header``).
             on_delivery: also called with each delivery report, for callers that track
                 records one by one.
 
@@ -165,7 +166,7 @@ class GuardedProducer:
                 ``max_depth``, an integer too long for the parser); nothing was sent.
             ConfigurationError: the topic name is illegal or the contract is missing
                 or not an ``sg.Contract``, or (with a registry) its schema is not
-                registered under the subject.
+                registered under the subject, or a header is streamguard's own.
             RegistryUnavailable: the schema registry could not be reached; nothing sent.
         """
         model = self._validated(event, contract)
@@ -184,7 +185,9 @@ class GuardedProducer:
             raise ContractViolation(getattr(model, "__subject__", "?"), changes)
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
-            record_headers.extend((k, v.encode() if isinstance(v, str) else v) for k, v in items)
+            record_headers.extend(
+                (caller_header(k), v.encode() if isinstance(v, str) else v) for k, v in items
+            )
         self.produce_raw(
             check_topic_name(topic),
             value,
@@ -351,3 +354,23 @@ def _call(on_delivery: DeliveryCallback, err: KafkaError | None, msg: Message | 
             "on_delivery callback failed",
             extra={"error_class": type(exc).__name__, "traceback": frames(exc)},
         )
+
+
+def caller_header(name: str) -> str:
+    """``name``, if a caller may add a header so named to a guarded record.
+
+    Consumers read a header's last value, and a caller's headers follow the stamps: an
+    ``sg-subject`` of its own would override the stamped one, passing a record off as
+    another contract's. ``sg-`` is streamguard's namespace (its DLQ and replay tools
+    write theirs with a plain client, not through ``send``), ``content-type`` a stamp.
+
+    Raises:
+        ConfigurationError: the name is one of those (in any case).
+    """
+    folded = name.lower()
+    if folded.startswith("sg-") or folded == h.CONTENT_TYPE:
+        raise ConfigurationError(
+            f"header {name!r} is streamguard's own (sg-* and content-type are its stamps "
+            "and its tools' headers): a caller cannot set it"
+        )
+    return name

@@ -37,7 +37,7 @@ from streamguard.contracts import Contract, wire_format
 from streamguard.deadletter import Failure
 from streamguard.headers import Headers, Record
 from streamguard.observe.metrics import ServiceMetrics
-from streamguard.producer import stamp_headers
+from streamguard.producer import caller_header, stamp_headers
 from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport, headers_for
@@ -256,7 +256,9 @@ class ServiceHarness(Generic[S]):
         As a producer does, it stamps the event's own contract, which may be another
         version than the service's (a newer producer): drift is then seen, as it
         would be on the wire. ``headers`` are what ``GuardedProducer.send`` takes (a
-        mapping, or pairs; text values are sent as UTF-8), appended after the stamps.
+        mapping, or pairs; text values are sent as UTF-8), appended after the stamps, and
+        refused as it refuses them (an ``sg-*`` or ``content-type`` header: to feed the
+        service a record that carries one, use ``send_raw``).
         """
         contract = type(event) if isinstance(event, Contract) else self.spec.contract
         codec = self.spec.codec
@@ -271,7 +273,9 @@ class ServiceHarness(Generic[S]):
         record_headers: list[tuple[str, bytes | None]] = [*stamp_headers(contract, codec, producer)]
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
-            record_headers.extend((k, v.encode() if isinstance(v, str) else v) for k, v in items)
+            record_headers.extend(
+                (caller_header(k), v.encode() if isinstance(v, str) else v) for k, v in items
+            )
         return self.send_raw(value, key=key, headers=record_headers, timestamp_ms=timestamp_ms)
 
     def send_raw(

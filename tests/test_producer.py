@@ -108,6 +108,35 @@ def test_mapping_headers_are_appended(
     assert headers_of(record)[-1] == ("tenant", b"t1")
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("trace-id", "abc"), ("sg-subject", b"spoof")],
+        {"SG-Version": "7"},
+        [("sg-dlq-reason", b"permanent_error")],
+        [("Content-Type", b"text/plain")],
+    ],
+    ids=["stamp", "upper-case", "namespace", "content-type"],
+)
+def test_a_callers_sg_header_is_refused(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader, headers: Any
+) -> None:
+    """Consumers read a header's last value, and a caller's headers follow the stamps:
+    an sg-* or content-type header of the caller's would override them (a record passed
+    off as another contract's), so send() refuses it, naming it, and sends nothing."""
+    topic = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    name = [*headers][-1] if isinstance(headers, dict) else headers[-1][0]
+    with pytest.raises(ConfigurationError, match=f"header '{name}' is streamguard's own"):
+        producer.send(topic, OrderPlaced(order_id=1, currency="EUR"), headers=headers)
+    producer.send(topic, OrderPlaced(order_id=2, currency="EUR"), headers={"tenant": "t1"})
+    producer.flush()
+
+    [record] = read_all(topic, 1)
+    assert value_of(record)["order_id"] == 2
+    assert headers_of(record)[0] == ("sg-subject", b"orders.OrderPlaced")
+
+
 def test_dict_event_is_validated_against_the_contract(
     bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
 ) -> None:

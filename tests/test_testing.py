@@ -692,6 +692,16 @@ def test_send_takes_the_headers_a_guarded_producer_takes(headers: Any) -> None:
     assert result.dead_letter_headers[5:7] == [("trace", b"t1"), ("tenant", b"eu")]
 
 
+def test_send_refuses_the_headers_a_guarded_producer_refuses() -> None:
+    """``send`` refuses an ``sg-*`` header as ``GuardedProducer.send`` does (it would
+    override the stamps); ``send_raw`` still feeds the service such a record."""
+    with ServiceHarness(Billing) as kit:
+        with pytest.raises(sg.ConfigurationError, match="header 'sg-subject'"):
+            kit.send(order(1), headers=[("sg-subject", b"spoof")])
+        stamped = kit.send(order(1, customer_id="closed-1"))
+    assert stamped.reason == "permanent_error"  # the kit's lane still serves
+
+
 def _traced(fn: Any) -> Any:
     """A decorator whose plain ``def`` wrapper returns what it wraps returns."""
 
