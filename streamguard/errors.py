@@ -413,6 +413,8 @@ _QUOTABLE = (str, int, float, Decimal, UUID, date, time, timedelta)
 # enough to be one are tried (a violation's cost, not a valid record's).
 _PARSED_AS = (datetime, date, time, timedelta, UUID, Decimal)
 _MAX_PARSED = 64
+_MAX_PARSED_ITEMS = 32  # values of one input parsed: a violation's cost stays bounded
+_PARSEABLE = (str, int, float)
 
 
 @functools.cache
@@ -455,18 +457,31 @@ def _without_input(msg: str, value: Any) -> str:
     inside a model's input, to a few levels), or of what pydantic parses it as, that it
     quotes replaced by ``<redacted>``."""
     texts: set[str] = set()
+    parseable: list[str | int | float] = []
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo and len(texts) < _MAX_CUTS:
         item, depth = todo.pop()
         if isinstance(item, _QUOTABLE) and not isinstance(item, bool):
-            forms = [item]
-            if isinstance(item, str | int | float):
-                forms.extend(_parsed_as(item))
-            texts.update(t for form in forms for t in _texts_of(form) if len(t) >= _MIN_CUT)
+            if isinstance(item, _PARSEABLE):  # most of an input: written out
+                text = str(item)
+                if len(text) >= _MIN_CUT:
+                    texts.add(text)
+                    if isinstance(item, str):  # as {value!r} quotes it: escaped, if it must be
+                        texts.add(repr(item)[1:-1])
+                if len(parseable) < _MAX_PARSED_ITEMS:
+                    parseable.append(item)
+            else:
+                texts.update(t for t in _texts_of(item) if len(t) >= _MIN_CUT)
         elif depth < 4 and isinstance(item, dict):
             todo.extend((v, depth + 1) for pair in item.items() for v in pair)
         elif depth < 4 and isinstance(item, list | tuple):
             todo.extend((v, depth + 1) for v in item)
+    # What an input parses as, only for a message holding a digit (every such form has
+    # one): parsing each input seven ways costs about 15 µs, and a flood of records
+    # failing a model validator would pay it for every value of every record.
+    if any(c.isdigit() for c in msg):
+        parsed = (form for item in parseable for form in _parsed_as(item))
+        texts.update(t for form in parsed for t in _texts_of(form) if len(t) >= _MIN_CUT)
     for text in sorted(texts, key=len, reverse=True):  # a longer text before its parts
         msg = msg.replace(text, "<redacted>")
     return msg
