@@ -568,6 +568,13 @@ class LoopRunner:
             if task is None or not task.cancelling():
                 self._crashed(lane, exc)  # a handler's own, e.g. from a task cancelled elsewhere
             # else the lane was closed or the service gave up: records stay uncommitted
+        except GeneratorExit:
+            # Destroyed unfinished: the service stopped and closed the loop while its
+            # handler ignored every cancellation (the stop warned of it). Not a crash,
+            # and nothing may be scheduled on a closed loop, as ``_forget`` would.
+            if self._runs.get(ident) is run:
+                del self._runs[ident]
+            raise
         except BaseException as exc:
             self._crashed(lane, exc)
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import threading
 import time
 import traceback
@@ -478,6 +479,70 @@ def test_handlers_given_up_on_share_one_wait_for_their_cancellation() -> None:
         assert runner.barrier(5.0)
     finally:
         stop_event_loop(loop, thread)
+
+
+class DeafCleanup(SlowCleanup):
+    """A handler whose cleanup ignores every cancellation: it outlives the stop."""
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        SlowCleanup.started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            while True:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(60)
+
+
+def test_a_handler_left_running_when_the_loop_closes_is_no_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoke gives up on the handlers, the stop cancels them again (``cancel_all``),
+    then closes the loop (``run()``'s end) with them still pending. Collected later,
+    their runs end in GeneratorExit: each was logged as a lane crash stopping the
+    service, after the service had stopped, and scheduled its flush on the closed loop."""
+    SlowCleanup.started.clear()
+    spec = DeafCleanup(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    assignment = settling(pipeline, [])
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    failures: list[BaseException] = []
+    runner = LoopRunner(pipeline, loop, "partition", max_in_flight=2)
+    runner.attach(
+        SimpleNamespace(),  # type: ignore[arg-type]
+        threading.Event(),
+        lambda: None,
+        failures.append,
+    )
+    lanes = [LoopLane(p, pipeline, runner) for p in range(3)]  # one waits for a slot
+    for p, lane in enumerate(lanes):
+        lane.enqueue([record(valid(0), topic="lane-unit", partition=p, offset=0)])
+        lane.drain()
+    deadline = time.monotonic() + 5
+    while sum(lane.running for lane in lanes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with caplog.at_level("ERROR", logger="streamguard.runtime"):
+        assignment.settle(lanes, 0.05)  # the revoke
+        runner.cancel_all()  # the stop gives up on them as well
+        assert runner.barrier(5.0)
+        assert sum(lane.running for lane in lanes) == 2  # deaf to both
+        runner.shutdown()
+        stop_event_loop(loop, thread)  # run()'s end
+        assert loop.is_closed()
+        runner._flush_due = False  # no flush pending: a run's end would schedule one
+        unraisable: list[str] = []
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda args: unraisable.append(repr(args.exc_value))
+        try:
+            del runner, lanes, lane
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+    assert "crashed" not in caplog.text
+    assert failures == []
+    assert unraisable == []
 
 
 def test_a_record_that_probed_in_vain_counts_its_drift_once() -> None:
