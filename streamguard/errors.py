@@ -425,9 +425,15 @@ def _parsers() -> list[Callable[[Any], Any]]:
     return [datetime.fromisoformat, *(TypeAdapter(kind).validate_python for kind in _PARSED_AS)]
 
 
+def _may_parse(item: str | int | float) -> bool:
+    """Whether ``item`` may parse as one of ``_PARSED_AS``: a number, or a string short
+    enough, with a digit (a field's name is not, so it takes none of the parsed slots)."""
+    return not isinstance(item, str) or (len(item) <= _MAX_PARSED and any(map(str.isdigit, item)))
+
+
 def _parsed_as(item: str | int | float) -> list[Any]:
     """The values ``item`` parses as: each of ``_PARSED_AS`` as pydantic parses it."""
-    if isinstance(item, str) and (len(item) > _MAX_PARSED or not any(map(str.isdigit, item))):
+    if not _may_parse(item):
         return []
     parsed = []
     for parse in _parsers():
@@ -468,14 +474,16 @@ def _without_input(msg: str, value: Any) -> str:
                     texts.add(text)
                     if isinstance(item, str):  # as {value!r} quotes it: escaped, if it must be
                         texts.add(repr(item)[1:-1])
-                if len(parseable) < _MAX_PARSED_ITEMS:
+                if len(parseable) < _MAX_PARSED_ITEMS and _may_parse(item):
                     parseable.append(item)
             else:
                 texts.update(t for t in _texts_of(item) if len(t) >= _MIN_CUT)
+        # Pushed in reverse, so popped in the input's order: the first values are parsed
+        # (a model validator quoting one most likely quotes the first).
         elif depth < 4 and isinstance(item, dict):
-            todo.extend((v, depth + 1) for pair in item.items() for v in pair)
+            todo.extend((v, depth + 1) for pair in reversed(item.items()) for v in pair[::-1])
         elif depth < 4 and isinstance(item, list | tuple):
-            todo.extend((v, depth + 1) for v in item)
+            todo.extend((v, depth + 1) for v in reversed(item))
     # What an input parses as, only for a message holding a digit (every such form has
     # one): parsing each input seven ways costs about 15 µs, and a flood of records
     # failing a model validator would pay it for every value of every record.

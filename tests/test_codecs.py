@@ -359,6 +359,31 @@ def test_a_validators_message_loses_what_the_input_was_parsed_as() -> None:
     assert "4242" not in shown
 
 
+class Schedule(sg.Contract):
+    """A contract whose model validator quotes the first of many parsed datetimes."""
+
+    __subject__ = "tests.Schedule"
+    __version__ = 1
+    runs: list[datetime]
+
+    @model_validator(mode="after")
+    def first_run(self) -> Schedule:
+        raise ValueError(f"first run {self.runs[0]} is before the schedule opens")
+
+
+def test_the_first_values_of_an_input_are_the_ones_parsed() -> None:
+    """Only 32 values of an input are parsed, and they are its first ones: a model
+    validator quoting the first of 40 datetimes has it cut (the last were parsed once)."""
+    runs = [f"2031-01-{day:02d}T00:00:00Z" for day in range(1, 29)]
+    runs += [f"2031-02-{day:02d}T00:00:00Z" for day in range(1, 13)]
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps({"runs": runs}).encode(), Schedule)
+    assert [e["msg"] for e in info.value.errors] == [
+        "Value error, first run <redacted> is before the schedule opens"
+    ]
+    assert "2031-01-01" not in str(info.value) + info.value.errors_json().decode()
+
+
 def test_tombstone_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
     """A record without a value (a tombstone) is a decode error, not a crash."""
     with pytest.raises(sg.DecodeError, match="tombstone") as info:
