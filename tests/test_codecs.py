@@ -359,6 +359,29 @@ def test_a_validators_message_loses_what_the_input_was_parsed_as() -> None:
     assert "4242" not in shown
 
 
+class Account(sg.Contract):
+    """A contract whose validator quotes the int pydantic parsed from a whole float."""
+
+    __subject__ = "tests.Account"
+    __version__ = 1
+    account: int
+
+    @field_validator("account")
+    @classmethod
+    def unknown(cls, value: int) -> int:
+        raise ValueError(f"account {value} is unknown")
+
+
+@pytest.mark.parametrize("account", [123456.0, "123456.0"], ids=["number", "string"])
+def test_a_whole_float_reaches_an_int_fields_validator_as_an_int(account: float | str) -> None:
+    """A record's 123456.0 (a number, or a string) reaches an int field's validator as
+    123456: not the record's text, and cut from the message all the same."""
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps({"account": account}).encode(), Account)
+    assert [e["msg"] for e in info.value.errors] == ["Value error, account <redacted> is unknown"]
+    assert "123456" not in str(info.value) + info.value.errors_json().decode()
+
+
 class Schedule(sg.Contract):
     """A contract whose model validator quotes the first of many parsed datetimes."""
 
