@@ -426,13 +426,14 @@ def _parsers() -> list[Callable[[Any], Any]]:
     return [datetime.fromisoformat, *(TypeAdapter(kind).validate_python for kind in _PARSED_AS)]
 
 
-def _may_parse(item: str | int | float) -> bool:
-    """Whether ``item`` may parse as one of ``_PARSED_AS``: a number, or a string short
-    enough, with a digit (a field's name is not, so it takes none of the parsed slots)."""
+def _may_parse(item: Any) -> bool:
+    """Whether ``item`` may parse as one of ``_PARSED_AS``: a number or a Python value of
+    a mapping, or a string short enough, with a digit (a field's name is not, so it takes
+    none of the parsed slots)."""
     return not isinstance(item, str) or (len(item) <= _MAX_PARSED and any(map(str.isdigit, item)))
 
 
-def _parsed_as(item: str | int | float) -> list[Any]:
+def _parsed_as(item: Any) -> list[Any]:
     """The values ``item`` parses as: each of ``_PARSED_AS`` as pydantic parses it."""
     if not _may_parse(item):
         return []
@@ -464,7 +465,7 @@ def _without_input(msg: str, value: Any) -> str:
     inside a model's input, to a few levels), or of what pydantic parses it as, that it
     quotes replaced by ``<redacted>``."""
     texts: set[str] = set()
-    parseable: list[str | int | float] = []
+    parseable: list[Any] = []
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo and len(texts) < _MAX_CUTS:
         item, depth = todo.pop()
@@ -477,8 +478,10 @@ def _without_input(msg: str, value: Any) -> str:
                         texts.add(repr(item)[1:-1])
                 if len(parseable) < _MAX_PARSED_ITEMS and _may_parse(item):
                     parseable.append(item)
-            else:
+            else:  # a mapping's Python value: a datetime reaches a date field as a date
                 texts.update(t for t in _texts_of(item) if len(t) >= _MIN_CUT)
+                if len(parseable) < _MAX_PARSED_ITEMS:
+                    parseable.append(item)
         # Pushed in reverse, so popped in the input's order: the first values are parsed
         # (a model validator quoting one most likely quotes the first).
         elif depth < 4 and isinstance(item, dict):

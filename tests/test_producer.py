@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -216,6 +216,40 @@ def test_a_validators_message_loses_the_python_values_of_a_mapping(bootstrap: st
     assert [e["msg"] for e in info.value.errors] == ["Value error, refused <redacted>"] * 3
     for value in event.values():
         assert str(value) not in shown
+
+
+class Settlement(sg.Contract):
+    """A contract whose validators quote what pydantic made of a mapping's Python values."""
+
+    __subject__ = "tests.Settlement"
+    __version__ = 1
+    booked_on: date
+    cents: int
+    rate: float
+
+    @field_validator("booked_on", "cents", "rate")
+    @classmethod
+    def refused(cls, value: Any) -> Any:
+        raise ValueError(f"refused {value}")
+
+
+def test_a_validators_message_loses_what_a_mappings_python_values_became(
+    bootstrap: str,
+) -> None:
+    """A mapping's datetime reaches a date field's validator as a date, a Decimal an int
+    or float field's as an int or float: not the value's own text, and cut all the same."""
+    producer = sg.GuardedProducer(bootstrap)
+    event = {
+        "booked_on": datetime(2042, 4, 2),
+        "cents": Decimal("424242.0"),
+        "rate": Decimal("-4242.50"),
+    }
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("settlements", event, contract=Settlement)
+    shown = str(info.value) + info.value.errors_json().decode()
+    assert [e["msg"] for e in info.value.errors] == ["Value error, refused <redacted>"] * 3
+    for quoted in ("2042-04-02", "424242", "4242.5"):
+        assert quoted not in shown
 
 
 class Placed(sg.Contract):
