@@ -455,7 +455,7 @@ class RegistryCodec:
         configuration or the registry to be fixed instead of being dead-lettered.
         """
         try:
-            return call(self._url, lambda: self._client.get_schema(schema_id))
+            schema = call(self._url, lambda: self._client.get_schema(schema_id))
         except RegistryUnavailable:
             raise
         except Exception as exc:
@@ -466,13 +466,25 @@ class RegistryCodec:
                 ) from None
             status = getattr(exc, "http_status_code", None)
             answer = f"HTTP {status}" if isinstance(status, int) else type(exc).__name__
-            what = (
-                f"schema registry at {self._url} gave no schema for id {schema_id} "
-                f"({answer}, not the registry's 40403): check the URL"
-            )
-            raise RegistryUnavailable(
-                f"{what}; records needing it wait and are retried", registry=what
-            ) from None
+            raise self._no_schema(schema_id, answer) from None
+        if not isinstance(schema.schema_str, str) or not isinstance(schema.schema_type, str | None):
+            # A 200 whose JSON is no schema (``{}`` from another service's catch-all
+            # route): the URL's fault, not the record's. The client cached it by id, and
+            # would answer every later request with it: forget it, so it is asked again.
+            clear = getattr(self._client, "clear_caches", None)
+            if clear is not None:
+                clear()
+            raise self._no_schema(schema_id, "HTTP 200 without a schema")
+        return schema
+
+    def _no_schema(self, schema_id: int, answer: str) -> RegistryUnavailable:
+        what = (
+            f"schema registry at {self._url} gave no schema for id {schema_id} "
+            f"({answer}, not the registry's 40403): check the URL"
+        )
+        return RegistryUnavailable(
+            f"{what}; records needing it wait and are retried", registry=what
+        )
 
 
 def _canonical(parsed: Any) -> str:

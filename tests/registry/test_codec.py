@@ -20,6 +20,7 @@ import streamguard as sg
 from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavailable
 from streamguard.registry import RegistryCodec, RegistryServer
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config, subject_name
+from streamguard.registry.codec import registry_schema
 from tests.registry.conftest import PaymentV1, PaymentV2, avro
 from tests.test_avro_codec import StrictPayment
 from tests.test_producer import closed_port
@@ -170,6 +171,45 @@ def test_a_url_that_leads_to_no_registry_holds_records_instead_of_dead_lettering
         with pytest.raises(RegistryUnavailable, match=f"no schema for id {schema_id}.*404"):
             decode(record)
         assert codec.unfetched(record) is not None
+
+
+def test_a_200_without_a_schema_holds_records_and_is_asked_again() -> None:
+    """A 200 whose JSON is no schema (another service's catch-all route answering
+    ``{}``) says nothing of the id either: the record waits, and once the URL answers
+    with the schema it decodes. It was dead-lettered as "not a valid Avro schema" and
+    refused for a minute, and the client's cache kept the empty answer for good."""
+    text, _ = registry_schema(PaymentV1)
+    answers = [{}, {"schema": text, "schemaType": "AVRO"}]
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(answers.pop(0) if answers else {}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        codec = RegistryCodec(
+            {"url": f"http://127.0.0.1:{server.server_address[1]}"}, wire_format="avro"
+        )
+        decode = codec.decoder(PaymentV1)
+        record = framed(7, b"\x02p\x02")  # payment_id "p", amount_cents 1
+        with pytest.raises(RegistryUnavailable, match="no schema for id 7"):
+            decode(record)
+        assert codec.unfetched(record) is not None  # not remembered as a refusal
+        assert decode(record) == PaymentV1(payment_id="p", amount_cents=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_credentials_in_the_registry_url_are_sent_but_never_logged(
