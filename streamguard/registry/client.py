@@ -130,11 +130,22 @@ def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
         ConfigurationError: a URL after the first carries other credentials than the
             first. The client authenticates every URL with the first's (or none), so
             they would not be used as written, and requests to that URL would log them.
+            Or a URL's password holds an unencoded '/', '?' or '#'.
     """
     url = config.get("url")
     if not isinstance(url, str) or "@" not in url:
         return config
     urls = [urlsplit(one.strip()) for one in url.split(",")]
+    for one in urls:
+        if one.netloc and "@" not in one.netloc and "@" in urlunsplit(one):
+            # The '@' lies past the host: a '/', '?' or '#' in the password ended the
+            # host part early, and the HTTP client's "Invalid port" error quoted the
+            # password up to it.
+            raise ConfigurationError(
+                f"the schema registry URL {redact_url(urlunsplit(one))} has an '@' after "
+                "its host: percent-encode a '/', '?' or '#' in the password (%2F, %3F, "
+                "%23), or set 'basic.auth.user.info'"
+            )
     first = urls[0]
     for later in urls[1:]:
         if later.password is not None and (later.username, later.password) != (

@@ -445,6 +445,19 @@ def test_a_url_the_client_refuses_is_quoted_without_its_password(url: str) -> No
     assert "bob:***@r" in str(info.value)
 
 
+@pytest.mark.parametrize("cut", ["/", "?", "#"])
+def test_a_password_that_ends_the_host_early_is_refused_without_quoting_it(cut: str) -> None:
+    """A '/', '?' or '#' left unencoded in a URL's password ends its host part there:
+    the HTTP client then read the password's start as the port, and its "Invalid port"
+    error, quoted by ``schema check --registry`` and the producer, showed it."""
+    url = f"http://bob:{SECRET[:7]}{cut}{SECRET[7:]}@127.0.0.1:1"
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        RegistryCodec({"url": url})
+    assert SECRET[:7] not in str(info.value)
+    encoded = url.replace(cut, {"/": "%2F", "?": "%3F", "#": "%23"}[cut], 1)
+    RegistryCodec({"url": encoded})  # the encoded form is taken
+
+
 def test_refused_credentials_and_server_errors_wait_not_found_does_not() -> None:
     """401/403, 429 and 5xx answers mean "not now" (records wait); 404 means the schema
     does not exist (the record is dead-lettered)."""
