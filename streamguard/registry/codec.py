@@ -390,9 +390,12 @@ class RegistryCodec:
         """
         if data and data[0] == 0 and len(data) >= HEADER_SIZE:
             schema_id = int.from_bytes(data[1:5], "big")
+            # An oversize record is refused before its id is looked at, as ``decode``
+            # does: it must not wait for a registry that is down.
             if (
                 schema_id not in self._writers
                 and schema_id <= MAX_SCHEMA_ID
+                and len(data) <= self.max_bytes
                 and self._refusal(schema_id) is None
             ):
                 return functools.partial(self._writer, schema_id)

@@ -293,6 +293,41 @@ def test_async_service_fetches_a_new_writer_schema_off_its_event_loop(
     assert max(gaps) < slow.delay / 2, max(gaps)
 
 
+def test_an_async_service_dead_letters_an_oversize_record_while_the_registry_is_down(
+    registry: RegistryServer,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """The size limit is checked before the id is looked at on an event loop too: an
+    oversize Confluent-framed record of a new id is dead-lettered as oversize. Its id
+    was fetched first, in a thread, so with the registry down it waited for it."""
+    src = topic_factory("orders")
+    url = registry.url
+    registry.stop()
+    raw_producer.produce(src, b"\x00" + (7).to_bytes(4, "big") + b"{" + b" " * 2000 + b"}")
+    raw_producer.produce(src, order(1).model_dump_json().encode())  # plain JSON
+    raw_producer.flush(10)
+    seen: list[Any] = []
+
+    class Watch(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        codec = RegistryCodec({"url": url}, wire_format="json", max_bytes=1024)
+        retry = FAST_RETRY
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            seen.append(event)
+
+    start_service(Watch)
+    (dead,) = read_all(f"{src}.dlq", 1)
+    assert dlq_headers(dead)["sg-dlq-reason"] == "oversize"
+    assert wait_for(lambda: seen == [order(1)])
+
+
 def test_the_test_kit_sends_events_to_a_service_with_a_registry(
     registry: RegistryServer, client: SchemaRegistryClient
 ) -> None:
