@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from streamguard import headers as h
-from streamguard.codecs import Codec, codec_for
+from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
 from streamguard.contracts import Contract
 from streamguard.delivery import enqueue
 from streamguard.errors import (
@@ -97,19 +97,18 @@ class GuardedProducer:
         self._registry_config = resolve_registry_config(schema_registry)
         self._registry_codecs: dict[str, RegistryCodec] = {}
         if self._registry_config is not None:
+            # The codec's limits hold as a consumer's reading_codec keeps them: without
+            # them, a producer sent what a consumer with the same codec dead-letters.
+            limits: dict[str, Any] = {
+                "subject_name_strategy": subject_name_strategy,
+                "auto_register": auto_register,
+                "max_bytes": getattr(codec, "max_bytes", DEFAULT_MAX_BYTES),
+                "include_input": getattr(codec, "include_input", False),
+                "max_depth": getattr(codec, "max_depth", None),
+            }
             # One client for both formats: its id cache is shared.
-            avro = RegistryCodec(
-                self._registry_config,
-                wire_format="avro",
-                subject_name_strategy=subject_name_strategy,
-                auto_register=auto_register,
-            )
-            json_codec = RegistryCodec(
-                avro.client,
-                wire_format="json",
-                subject_name_strategy=subject_name_strategy,
-                auto_register=auto_register,
-            )
+            avro = RegistryCodec(self._registry_config, wire_format="avro", **limits)
+            json_codec = RegistryCodec(avro.client, wire_format="json", **limits)
             self._registry_codecs = {"avro": avro, "json": json_codec}
         self._encoders: dict[tuple[type[BaseModel], str], Callable[[BaseModel], bytes]] = {}
         self.service_name = (

@@ -547,3 +547,19 @@ def test_a_producer_without_its_registry_says_nothing_was_sent() -> None:
         producer.send("payments", event)
     assert "nothing was sent" in str(raised.value)
     assert "retried" not in str(raised.value)
+
+
+def test_a_producer_with_a_registry_keeps_its_codec_s_size_limit(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A registry's framing keeps the limits of the producer's ``codec``, as a consumer's
+    does: an event over its ``max_bytes`` is refused, nothing sent. The producer framed
+    with the default limit instead (1 MiB), so it sent what a consumer configured with
+    the same codec dead-letters as oversize."""
+    client.register_schema("payments-value", avro(PaymentV1))
+    codec = sg.AvroCodec(max_bytes=64)
+    producer = sg.GuardedProducer("127.0.0.1:1", codec=codec, schema_registry=registry.url)
+    event = PaymentV1(payment_id="p" * 100, amount_cents=1)
+    with pytest.raises(DecodeError) as raised:
+        producer.send("payments", event)
+    assert raised.value.reason == "oversize"
