@@ -172,6 +172,9 @@ class GuardedProducer:
         record_headers = list(self._stamp(type(model)))
         try:
             value = self._encoder(type(model), check_topic_name(topic))(model)
+            # Reading the record back may ask the registry too (a new id is cached under
+            # its subject, not for the decoder's lookup by id alone).
+            decoded = self._decoders[type(model)](value)
         except RegistryUnavailable as exc:
             # The registry's own text tells what a consumer does (its records wait and
             # are retried); here nothing was queued, and nothing retries it.
@@ -179,7 +182,7 @@ class GuardedProducer:
                 f"{exc.registry}; nothing was sent: send it again once the registry answers",
                 registry=exc.registry,
             ) from None
-        changes = round_trip_changes(model, self._decoders[type(model)](value))
+        changes = round_trip_changes(model, decoded)
         if changes:
             raise ContractViolation(getattr(model, "__subject__", "?"), changes)
         if headers:

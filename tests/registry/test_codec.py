@@ -549,6 +549,49 @@ def test_a_producer_without_its_registry_says_nothing_was_sent() -> None:
     assert "retried" not in str(raised.value)
 
 
+def test_a_producer_whose_registry_fails_reading_back_says_nothing_was_sent() -> None:
+    """The id of the event's schema was found, but reading the framed record back asks
+    the registry again (by id alone), and that request failed: the error still says
+    nothing was sent. It said the consumer's "records needing it wait and are retried"."""
+    text, _ = registry_schema(PaymentV1)
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def answer(self, status: int, payload: object) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # the lookup of the schema under its subject
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.answer(200, {"subject": "payments-value", "id": 7, "version": 1, "schema": text})
+
+        def do_GET(self) -> None:  # the schema by id: the registry fails
+            self.answer(500, {"error_code": 50001, "message": "storage error"})
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        producer = sg.GuardedProducer(
+            "127.0.0.1:1",
+            schema_registry={"url": f"http://127.0.0.1:{server.server_address[1]}"},
+        )
+        with pytest.raises(sg.RegistryUnavailable) as raised:
+            producer.send("payments", PaymentV1(payment_id="p-1", amount_cents=100))
+        assert "nothing was sent" in str(raised.value)
+        assert "retried" not in str(raised.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 def test_a_producer_with_a_registry_keeps_its_codec_s_size_limit(
     registry: RegistryServer, client: SchemaRegistryClient
 ) -> None:
