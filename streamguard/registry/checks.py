@@ -132,7 +132,10 @@ class RegistryChecker:
                 # against the latest (or all) like a new schema.
         to_compare = versions if level.endswith("_TRANSITIVE") else versions[-1:]
         for version in to_compare if directions(level) else []:
-            registered = self._call(lambda v=version: self.client.get_version(subject, v))
+            # Listed a moment ago, it may be gone (40402): any refusal is exit 2.
+            registered = self._missing(
+                lambda v=version: self.client.get_version(subject, v), (), None
+            )
             old_type = (registered.schema.schema_type or "AVRO").upper()
             if old_type != schema_type:
                 formats = (
@@ -150,7 +153,9 @@ class RegistryChecker:
         verdict = None
         if versions:
             verdict = bool(
-                self._call(lambda: self.client.test_compatibility_all_versions(subject, schema))
+                self._missing(
+                    lambda: self.client.test_compatibility_all_versions(subject, schema), (), None
+                )
             )
         return RegistryCheck(
             contract, result, registered_as, verdict, versions[-1] if versions else None
