@@ -74,6 +74,11 @@ class Assignment:
         # shutdown_timeout from here) runs out; the runner's last waits stay within it.
         self.stop_deadline: float | None = None
 
+    def _names(self) -> dict[str, str]:
+        """Whose partitions: the services of one process (one per topic) share a log."""
+        spec = self._pipeline.spec
+        return {"service": spec.name, "topic": spec.topic}
+
     def inflight(self) -> float:
         """Messages fetched and not final, all partitions (a gauge, read at scrape time)."""
         return float(sum(lane.inflight() for lane in list(self.lanes.values())))
@@ -89,7 +94,7 @@ class Assignment:
         if partitions:
             self.assigned_once = True
         parts = [tp.partition for tp in partitions]
-        log.info("partitions assigned", extra={"partitions": parts})
+        log.info("partitions assigned", extra={**self._names(), "partitions": parts})
         self._on_assigned(parts)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -105,7 +110,7 @@ class Assignment:
         finally:
             self.revoke_ends = None
         self._forget(parts)
-        log.info("partitions revoked", extra={"partitions": parts})
+        log.info("partitions revoked", extra={**self._names(), "partitions": parts})
         self._on_revoked(parts)
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -125,7 +130,7 @@ class Assignment:
         # member's own if the partition came back).
         give_up_all(lost)
         self._forget(parts)
-        log.warning("partitions lost", extra={"partitions": parts})
+        log.warning("partitions lost", extra={**self._names(), "partitions": parts})
         # The hook hears of them as revoked (as confluent-kafka and the Java client do
         # when no lost callback is given): what it set up per partition in on_assign
         # must be torn down either way, and on_assign comes again when they return.

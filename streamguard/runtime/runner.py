@@ -214,6 +214,7 @@ class ServiceRuntime:
             log.info(
                 "waiting for partitions from the group",
                 extra={
+                    "service": spec.name,
                     "group": spec.group_id,
                     "session_timeout_ms": self.consumer_config.get("session.timeout.ms", 45000),
                 },

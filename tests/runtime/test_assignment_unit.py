@@ -27,7 +27,7 @@ def _assignment(events: list[str]) -> Assignment:
     lag = SimpleNamespace(forget=lambda parts: None)
     lane = SimpleNamespace(partition=0, close=lambda: None, give_up=lambda: None)
     return Assignment(
-        SimpleNamespace(),  # type: ignore[arg-type]
+        SimpleNamespace(spec=SimpleNamespace(name="Svc", topic="t")),  # type: ignore[arg-type]
         publisher,  # type: ignore[arg-type]
         sg.ServiceOptions(),
         flow,  # type: ignore[arg-type]

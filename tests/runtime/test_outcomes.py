@@ -208,6 +208,50 @@ def test_a_group_id_given_in_kafka_config_is_the_one_dead_letters_and_logs_name(
     assert not running.error
 
 
+def test_rebalance_log_lines_name_their_service_and_topic(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two services of one process (one per topic) write one log: "partitions
+    assigned" (and revoked, lost) carried only partition numbers, and "waiting for
+    partitions from the group" no service, so a reader could not tell whose they were."""
+    sources = topic_factory("payments"), topic_factory("refunds")
+
+    def service(src: str, name: str) -> type[sg.ConsumerService]:
+        class Ledger(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("ledger")
+            service_name = name
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+        return Ledger
+
+    caplog.set_level(logging.INFO, logger="streamguard")
+    running = [start_service(service(src, f"svc-{i}")) for i, src in enumerate(sources)]
+
+    def lines(message: str) -> set[tuple[str, str]]:
+        return {
+            (getattr(r, "service", "?"), getattr(r, "topic", "?"))
+            for r in caplog.records
+            if r.getMessage() == message
+        }
+
+    expected = {(f"svc-{i}", src) for i, src in enumerate(sources)}
+    assert wait_for(lambda: lines("partitions assigned") == expected), lines("partitions assigned")
+    assert {
+        r.service for r in caplog.records if r.getMessage().startswith("waiting for partitions")
+    } == {  # type: ignore[attr-defined]
+        "svc-0",
+        "svc-1",
+    }
+    for each in running:
+        each.stop()
+
+
 def test_handler_exception_text_is_redacted_by_default(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
