@@ -334,7 +334,8 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
         if not hasattr(cls, attr):
             raise ConfigurationError(
                 f"{name} must set the class attribute {attr!r} "
-                "(topic, contract and group_id are required)"
+                "(topic, contract and group_id are required), or set __abstract__ = True "
+                "if it is a base shared by services"
             )
     check_topic_name(cls.topic)
     if cls.dead_letter_topic is not None:

@@ -51,6 +51,31 @@ def test_missing_declaration_fails_at_class_creation() -> None:
             def handle(self, event: Any, ctx: sg.MessageContext) -> None: ...
 
 
+def test_a_shared_base_is_named_in_the_missing_declaration_hint() -> None:
+    """A base holding what two services share (the database, transient, retry) had no
+    documented way past the check: the error now names ``__abstract__ = True``, and a
+    base that sets it lets its subclasses declare the rest."""
+    with pytest.raises(sg.ConfigurationError, match="__abstract__ = True"):
+
+        class Shared(sg.ConsumerService):
+            group_id = "ledger"
+
+    class Base(sg.ConsumerService):
+        __abstract__ = True
+        group_id = "ledger"
+        transient = (TimeoutError,)
+
+    class Payments(Base):
+        topic = "payments"
+        contract = OrderPlaced
+
+        def handle(self, event: Any, ctx: sg.MessageContext) -> None: ...
+
+    assert Payments.transient == (TimeoutError,)
+    assert Payments.group_id == "ledger"
+    Payments(bootstrap_servers="127.0.0.1:1")  # a service to run, not a base
+
+
 @pytest.mark.parametrize(
     ("attrs", "match"),
     [
