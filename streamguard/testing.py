@@ -226,6 +226,15 @@ class ServiceHarness(Generic[S]):
                 clock=self._clock,
             )
             self._lane = LoopLane(0, self.pipeline, self._runner)
+        # As run() does before its first record: what a handler needs (a connection,
+        # a schema) is often set up there, and without it every record failed.
+        self._started = False
+        try:
+            self.service.on_start()
+        except BaseException:
+            self.close()
+            raise
+        self._started = True
 
     def __enter__(self) -> Self:
         return self
@@ -234,7 +243,15 @@ class ServiceHarness(Generic[S]):
         self.close()
 
     def close(self) -> None:
-        """Stop the event loop of async handlers, if one was started."""
+        """Call the service's ``on_stop``, then stop the event loop of async handlers."""
+        try:
+            if self._started:
+                self._started = False
+                self.service.on_stop()
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
         if self._runner is not None:
             self._runner.shutdown()
         if self._loop is not None and self._loop_thread is not None:

@@ -156,6 +156,29 @@ def test_on_dead_letter_hears_each_dead_letter() -> None:
     assert kit.service.dead == [(1, "decode_error"), (2, "permanent_error")]
 
 
+def test_on_start_and_on_stop_run_around_the_records() -> None:
+    """The harness calls on_start before the first record and on_stop when it closes,
+    as run() does: a handler that uses what on_start sets up (the SQLite ledger
+    example's connections) was dead-lettered as an AttributeError on every record."""
+    calls: list[str] = []
+
+    class Ledger(Billing):
+        def on_start(self) -> None:
+            self.ready = True
+            calls.append("start")
+
+        def on_stop(self) -> None:
+            calls.append("stop")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            assert self.ready
+            calls.append("handle")
+
+    with ServiceHarness(Ledger) as kit:
+        assert kit.send(order(1)).handled
+    assert calls == ["start", "handle", "stop"]
+
+
 def test_tombstones_are_dead_lettered_unless_handled() -> None:
     """A null value is a decode_error by default, and handled with handle_tombstone."""
 
