@@ -34,12 +34,16 @@ a consumer that must be exactly-once can recognise a replay.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -48,7 +52,7 @@ from streamguard import headers as h
 from streamguard.deadletter import DeadLetter
 from streamguard.delivery import enqueue
 from streamguard.dlqtools.progress import Progress
-from streamguard.dlqtools.reader import DlqReader, DlqRecord, existing_topics
+from streamguard.dlqtools.reader import DlqReader, DlqRecord, PartitionRange, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
 from streamguard.errors import ConfigurationError
@@ -164,6 +168,66 @@ class _Send:
     headers: list[tuple[str, bytes | None]]
 
 
+class _HeldSignals:
+    """Ctrl-C and SIGTERM held while ``holding``, then passed on to the handlers before.
+
+    Delivery reports run inside the producer's poll() and flush(): a KeyboardInterrupt
+    raised in one skipped its bookkeeping, so an acknowledged record stayed open,
+    nothing after it in its DLQ partition was committed (the next run sent it all
+    again) and flush() failed with a SystemError. Installed once per run, so that a
+    record costs two attribute writes, not four signal() calls. Only a run's first
+    signal is held: an operator who presses Ctrl-C again need not wait for a broker
+    that stalls.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held: list[int] = []
+        self.stopping = False  # a signal came: the next ones pass on at once
+        self._previous: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may set handlers; its caller owns the signals
+            return
+        for s in self.SIGNALS:
+            previous = signal.getsignal(s)
+            if previous is not None:  # None: a handler Python did not set; leave it
+                self._previous[s] = previous
+                signal.signal(s, self._on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
+
+    def release(self) -> None:
+        """End a held stretch, passing on the signal that came during it."""
+        self.holding = False
+        if self.held:
+            self._pass_on(self.held.pop(), None)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        held = self.holding and not self.stopping
+        self.stopping = True
+        if held:
+            self.held.append(signum)
+        else:
+            self._pass_on(signum, frame)
+
+    def _pass_on(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum, signal.default_int_handler)
+        if callable(previous):
+            previous(signum, frame)  # default_int_handler: KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+
 def replay_count(headers: h.Headers) -> int | None:
     """The record's ``sg-replay-count``: 0 if absent, None if unreadable.
 
@@ -211,6 +275,7 @@ class Replayer:
         # anything after it (GuardedProducer defers such refusals to flush()).
         self._producer: Producer | None = None
         self._progress = Progress(0)
+        self._signals = _HeldSignals()
         self.errors = self.report.errors
 
     def check_target(self) -> None:
@@ -249,6 +314,11 @@ class Replayer:
             )
         progress = self._progress = Progress(self.report.to_read)
         self._last_settle = time.monotonic()
+        with self._signals.installed():
+            return self._run(ranges, progress)
+
+    def _run(self, ranges: list[PartitionRange], progress: Progress) -> ReplayReport:
+        options = self.options
         try:
             for record in self.reader.read(ranges):
                 if not self._handle(record):
@@ -323,6 +393,7 @@ class Replayer:
         prefix.hold(letter.dlq_offset, True)  # sent: open until the broker acknowledges it
         self._sent += 1
         self._unsettled += 1
+        self._signals.holding = True
         try:
             self._produce(record, decision, prefix)
         except KafkaException as exc:
@@ -330,6 +401,8 @@ class Replayer:
             # publish like any other, so it stays open (uncommitted) and the run stops.
             self.errors.append(f"dlq {letter.dlq_partition}@{letter.dlq_offset}: {exc}")
             return False
+        finally:
+            self._signals.release()
         return True
 
     def _pace(self, rate: float) -> None:
@@ -458,8 +531,16 @@ class Replayer:
         """Wait for acknowledgements, then commit each partition's finished prefix.
 
         Returns False when a record failed: the run stops there, and nothing at or
-        after the failed record is committed, so the next run retries it.
+        after the failed record is committed, so the next run retries it. Ctrl-C waits
+        for both: the reports flush() runs and the commit of what they acknowledged.
         """
+        self._signals.holding = True
+        try:
+            return self._settle_held()
+        finally:
+            self._signals.release()
+
+    def _settle_held(self) -> bool:
         self._last_settle = time.monotonic()
         if self._producer is not None:
             # Each record's outcome arrives through its own delivery report.

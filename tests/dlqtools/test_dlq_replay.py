@@ -657,6 +657,44 @@ def test_a_run_stopped_before_a_records_outcome_commits_short_of_it(
     assert keys == [f"customer-{i}".encode() for i in range(5)]
 
 
+def test_ctrl_c_during_a_delivery_report_loses_no_acknowledgement(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    read_all: Callable[..., list[Message]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C that lands while flush() runs a delivery report: the report stopped before
+    its bookkeeping, so a record the broker acknowledged stayed open, nothing after it in
+    its partition was committed (the next run sent them all again) and the run ended
+    in a SystemError from flush(), exit 1. The signal now waits for the reports."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 5, original_topic=orders)
+    report = Replayer._report
+    signalled: list[bool] = []
+
+    def ctrl_c_in_the_first_report(self: Replayer, letter: DeadLetter, prefix: Any) -> Any:
+        on_delivery = report(self, letter, prefix)
+
+        def deliver(err: Any, msg: Message) -> None:
+            if not signalled:
+                signalled.append(True)
+                signal.raise_signal(signal.SIGINT)  # as a real Ctrl-C lands: in the report
+            on_delivery(err, msg)
+
+        return deliver
+
+    monkeypatch.setattr(Replayer, "_report", ctrl_c_in_the_first_report)
+    with pytest.raises(KeyboardInterrupt):
+        replay(bootstrap, dlq)
+    assert signalled
+    assert committed(bootstrap, dlq, default_group(dlq)) == [5]
+    monkeypatch.undo()
+    assert replay(bootstrap, dlq).replayed == 0
+    keys = [m.key() for m in read_all(orders, 6, timeout=4)]
+    assert keys == [f"customer-{i}".encode() for i in range(5)]
+
+
 def test_sigterm_stops_a_replay_like_ctrl_c_committing_what_was_sent(
     bootstrap: str,
     topic_factory: Callable[..., str],
