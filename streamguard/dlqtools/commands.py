@@ -221,7 +221,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             if interrupted or replayer.report.read:
                 print(render_report(replayer.report), flush=True)
                 why = "interrupted" if interrupted else "stopped by the error below"
-                print(f"{why}: run the same replay again to continue", flush=True)
+                # Run again as it is, a configuration error stops at the same record.
+                fix = "fix it, then " if isinstance(exc, ConfigurationError) else ""
+                print(f"{why}: {fix}run the same replay again to continue", flush=True)
             raise
     print(render_report(report))
     return exitcodes.OK if report.ok else exitcodes.FAILED

@@ -512,6 +512,33 @@ def test_cli_replay_with_the_registry_down_says_the_run_stopped_not_that_records
     assert "wait" not in err
 
 
+def test_cli_replay_stopped_by_a_missing_contract_says_to_fix_it_first(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    tmp_path: Any,
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A record whose subject has no contract under --revalidate stops the run (exit 2):
+    stdout said "run the same replay again to continue", which stops at the same record
+    again. It now says to fix the error first; the error says what to fix."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, FIXABLE], original_topic=orders)
+    module = unique("other_contracts").replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(
+        "import streamguard as sg\nclass Parcel(sg.Contract):\n"
+        "    __subject__ = 'dlqtest.Parcel'\n    __version__ = 1\n    parcel_id: str\n"
+    )
+    (tmp_path / "pyproject.toml").write_text(f'[tool.streamguard]\ncontracts = ["{module}"]\n')
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--revalidate"]
+    args += ["--config", str(tmp_path / "pyproject.toml"), "--group", unique("g")]
+    assert main(args) == exitcodes.USAGE
+    out, err = capsys.readouterr()
+    assert "stopped by the error below: fix it, then run the same replay again" in out
+    assert "no contract for subject 'dlqtest.Order'" in err
+
+
 def test_rate_paces_the_replay(
     bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
 ) -> None:
