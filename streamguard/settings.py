@@ -164,9 +164,11 @@ def kafka_config_from_args(
     for item in from_env or []:
         key, sep, variable = (part.strip() for part in item.partition("="))
         if not sep or not key or not variable:
+            # Not the item itself: "sasl.password:hunter2", meant for -X, is the secret.
             raise ConfigurationError(
-                "--kafka-config-env: expected KEY=VARIABLE such as "
-                f"sasl.password=KAFKA_PASSWORD, got {item!r}"
+                f"--kafka-config-env: an item of {len(item)} characters is not "
+                "KEY=VARIABLE (not shown: it may hold a secret); expected KEY=VARIABLE "
+                "such as sasl.password=KAFKA_PASSWORD"
             )
         if variable not in os.environ:
             if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", variable):

@@ -182,13 +182,16 @@ def test_a_setting_read_from_the_environment_stays_off_the_command_line(
         ("sasl.password=hunter2!", r"sasl.password=\.\.\.: no environment variable"),
         ("sasl.password", "expected KEY=VARIABLE"),
         ("=KAFKA_PASSWORD", "expected KEY=VARIABLE"),
+        # The secret itself, mistyped as to -X (no '=', or no key): not echoed either.
+        ("sasl.password:hunter2", "expected KEY=VARIABLE"),
+        ("=hunter2", "expected KEY=VARIABLE"),
     ],
 )
 def test_a_setting_from_a_missing_variable_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, item: str, message: str
 ) -> None:
-    """A variable that is not set, or an item that is not KEY=VARIABLE, is refused
-    with the item named (it holds no secret), never taken as an empty setting."""
+    """A variable that is not set, or an item that is not KEY=VARIABLE, is refused,
+    never taken as an empty setting, and never with a value that may be the secret."""
     from streamguard.settings import kafka_config_from_args
 
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
