@@ -117,6 +117,17 @@ def _schemas_dir(value: Any) -> str:
     return value
 
 
+def _registry_subject(value: Any, where: str) -> str:
+    # Not str(value): registry_subject = 5 (or a list) would check and register the
+    # contract under a subject "5" no producer looks up.
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            f'{where}: registry_subject must be a subject name such as "orders-value", '
+            f"got {value!r}"
+        )
+    return value
+
+
 def _check_mode(mode: Any, where: str) -> str:
     if not isinstance(mode, str) or mode.upper() not in MODES:
         raise ConfigurationError(
@@ -171,7 +182,7 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
     if url is not None and not isinstance(url, str):
         raise ConfigurationError(f"{file}: [tool.streamguard] schema_registry_url must be a URL")
     registry_subjects = {
-        subject: str(cfg["registry_subject"])
+        subject: _registry_subject(cfg["registry_subject"], f"{file}: subject {subject!r}")
         for subject, cfg in subjects.items()
         if "registry_subject" in cfg
     }

@@ -698,6 +698,23 @@ def test_schemas_dir_must_be_a_path(project_factory: Callable[[], Project], cli:
     assert "schemas_dir must be a path" in err
 
 
+@pytest.mark.parametrize("value", ["5", '["orders-value"]', '""'])
+def test_registry_subject_must_be_a_name(
+    project_factory: Callable[[], Project], cli: Cli, value: str
+) -> None:
+    """A registry_subject that is no text, or empty, is a usage error, not a registry
+    subject named "5" or "['orders-value']" that no producer looks up."""
+    project = project_factory()
+    project.contracts(V1)
+    with (project.root / "pyproject.toml").open("a") as pyproject:
+        pyproject.write(
+            f'[tool.streamguard.subjects."orders.OrderPlaced"]\nregistry_subject = {value}\n'
+        )
+    code, _, err = cli("schema", "check")
+    assert (code, "Traceback" in err) == (2, False)
+    assert "registry_subject must be a subject name" in err
+
+
 def test_schema_files_that_cannot_be_read_are_configuration_errors(
     project_factory: Callable[[], Project], cli: Cli, tmp_path: Path
 ) -> None:
