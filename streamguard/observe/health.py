@@ -71,6 +71,13 @@ class HealthServer:
     ) -> None:
         self._registry = registry
         self._health = health
+        if not host.strip():
+            # The socket's "" is every interface: an unset variable in --metrics-host
+            # "$HOST" would expose the endpoints beyond loopback unasked.
+            raise ConfigurationError(
+                "the metrics host is empty, which would serve on every interface; give "
+                "an address (127.0.0.1, or 0.0.0.0 to serve on all)"
+            )
         try:
             server = _Server6 if ":" in host else _Server  # an IPv6 literal, not a name
             self._server = server((host, port), self._handler_class())

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamguard.errors import ConfigurationError
 from streamguard.observe.health import HealthServer
 
 
@@ -132,3 +133,11 @@ def test_an_ipv6_metrics_host_is_served(host: str, clients: list[str]) -> None:
             connection.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_metrics_host_is_refused(host: str) -> None:
+    """--metrics-host "" (an unset variable) bound every interface, silently exposing
+    the endpoints that are on loopback unless 0.0.0.0 is asked for."""
+    with pytest.raises(ConfigurationError, match="metrics host is empty"):
+        HealthServer(CollectorRegistry(), lambda: {"ready": True}, host)
