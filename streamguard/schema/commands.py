@@ -100,7 +100,8 @@ def _contracts(config: ProjectConfig) -> dict[str, type[Contract]]:
 
 
 def _mode(args: argparse.Namespace, config: ProjectConfig, subject: str) -> str:
-    return parse_mode(args.mode) if args.mode else config.mode_for(subject)
+    # "is not None": an empty --mode "$MODE" is refused, not taken for the configured mode.
+    return parse_mode(args.mode) if args.mode is not None else config.mode_for(subject)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -160,7 +161,7 @@ def _print_report(
 
 
 def _refuse_mode_with_registry(args: argparse.Namespace) -> None:
-    if args.registry is not None and getattr(args, "mode", None):
+    if args.registry is not None and getattr(args, "mode", None) is not None:
         raise ConfigurationError(
             "--mode does not apply with --registry: the registry's compatibility level "
             "for each subject decides (set it there, e.g. PUT /config/<subject>)"
@@ -272,7 +273,7 @@ def _diff(args: argparse.Namespace) -> int:
         # Two files name no subject: the report names them alone (it read "v2: ...",
         # the new file's name where a subject stands).
         comparison = Comparison("", str(args.old), str(args.new), changes)
-        mode = parse_mode(args.mode) if args.mode else config.compatibility
+        mode = parse_mode(args.mode) if args.mode is not None else config.compatibility
     else:
         if not args.subject or len(args.versions) not in (0, 2):
             raise ConfigurationError("usage: schema diff SUBJECT [V1 V2] | --old A --new B")

@@ -123,6 +123,19 @@ def test_unknown_mode_is_usage_error(project_factory: Callable[[], Project], cli
     assert "BACKWARD_TRANSITIVE" in err
 
 
+@pytest.mark.parametrize("action", [["check"], ["register"], ["diff", "orders.OrderPlaced"]])
+def test_an_empty_mode_is_usage_error(
+    project_factory: Callable[[], Project], cli: Cli, action: list[str]
+) -> None:
+    """--mode "" (an unset $MODE in CI) is refused, not judged in the configured mode:
+    it passed a change the mode the job asked for would have refused."""
+    project = registered(project_factory, cli)
+    project.contracts(V2_BREAKING, mode="NONE")
+    code, _, err = cli("schema", *action, "--mode", "")
+    assert code == 2
+    assert "unknown compatibility mode ''" in err
+
+
 def test_missing_contracts_is_configuration_error(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
