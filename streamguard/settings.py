@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamguard.errors import ConfigurationError
@@ -137,6 +138,17 @@ def tcp_port(text: str, lowest: int = 0) -> int:
     if not lowest <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port ({lowest}-65535)")
     return port
+
+
+def directory(text: str) -> Path:
+    """A command's folder argument (``--out``, ``--dir``), or a usage error when empty:
+    ``Path("")`` is the current directory, so an unset ``--dir "$DIR"`` would write
+    there, not do what leaving the option out does."""
+    import argparse  # only a command parses arguments
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty string")
+    return Path(text)
 
 
 def kafka_config_from_args(

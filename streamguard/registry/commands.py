@@ -10,7 +10,6 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 from typing import Any, cast
 
 from streamguard.config import ProjectConfig
@@ -23,7 +22,7 @@ from streamguard.schema.checks import version_problems
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.report import render, result_groups
 from streamguard.schema.store import SchemaStore
-from streamguard.settings import redact_url, tcp_port
+from streamguard.settings import directory, redact_url, tcp_port
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -52,7 +51,7 @@ def add_registry_parser(subparsers: Any) -> None:
         "--port", type=tcp_port, default=8081, help="port to listen on (8081; 0: a free one)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
-    parser.add_argument("--dir", type=Path, default=None, help="keep its state in DIR")
+    parser.add_argument("--dir", type=directory, default=None, help="keep its state in DIR")
     parser.add_argument(
         "--policy", choices=POLICIES, default="lenient", help="JSON Schema policy of its checks"
     )

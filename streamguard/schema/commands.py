@@ -37,6 +37,7 @@ from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
 from streamguard.schema.report import FORMATS, render, result_groups
 from streamguard.schema.store import SchemaStore, dump_schema, read_schema
+from streamguard.settings import directory
 
 
 def add_schema_parser(subparsers: Any) -> None:
@@ -57,7 +58,7 @@ def add_schema_parser(subparsers: Any) -> None:
     actions = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
 
     export = actions.add_parser("export", parents=[common], help="print or write contract schemas")
-    export.add_argument("--out", type=Path, default=None, help="write DIR/<subject>/v<N>.json")
+    export.add_argument("--out", type=directory, default=None, help="write DIR/<subject>/v<N>.json")
     export.set_defaults(func=_export)
 
     check = actions.add_parser(

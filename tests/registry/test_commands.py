@@ -87,6 +87,23 @@ def test_a_state_directory_it_cannot_write_is_refused_at_start(
 
 
 @pytest.mark.parametrize(
+    "argv", [["registry", "--port", "0", "--dir", ""], ["schema", "export", "--out", " "]]
+)
+def test_an_empty_folder_option_is_a_usage_error(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`registry --dir ""` and `schema export --out ""` (an unset variable) exit 2 at
+    argument parsing: they took Path(""), the current directory, and wrote there
+    (registry.json; a folder per subject) instead of what leaving them out does."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "expected a folder, got an empty string" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("command", "port"),
     [("registry", "99999"), ("registry", "-1"), ("broker", "70000"), ("broker", "0")],
 )
