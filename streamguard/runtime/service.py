@@ -181,6 +181,13 @@ class ConsumerService:
             bootstrap_servers, kafka_config, {**CONSUMER_DEFAULTS, "group.id": cls.group_id}
         )
         _refuse_auto_commit(consumer_config)
+        if not str(consumer_config["group.id"]).strip():
+            # librdkafka makes no group queue for it, and confluent-kafka then aborts
+            # the process (a failed C assertion, exit 134) when the consumer is built.
+            raise ConfigurationError(
+                "kafka_config group.id is empty: leave it out to consume in the class's "
+                f"group_id ({cls.group_id!r}), or name another group"
+            )
         shared = {
             k: v
             for k, v in consumer_config.items()

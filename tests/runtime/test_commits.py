@@ -83,6 +83,23 @@ def test_librdkafkas_automatic_commits_are_refused(config: dict[str, Any]) -> No
         Billing(bootstrap_servers="127.0.0.1:1", kafka_config={key: config[key]})
 
 
+@pytest.mark.parametrize("group", ["", " "])
+def test_an_empty_group_id_in_kafka_config_is_refused(group: str) -> None:
+    """kafka_config (or `streamguard run -X group.id=`) with an empty group.id is a
+    ConfigurationError when the service is built: run() aborted the process in
+    confluent-kafka's C code (a failed assertion, exit 134, no message)."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    with pytest.raises(sg.ConfigurationError, match=r"group\.id is empty"):
+        Billing(bootstrap_servers="127.0.0.1:1", kafka_config={"group.id": group})
+
+
 def test_sigkill_and_restart_loses_nothing(
     bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
 ) -> None:
