@@ -22,7 +22,7 @@ from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.commands import add_registry_parser
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
-from streamguard.settings import tcp_port
+from streamguard.settings import bind_address, tcp_port
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=9092,
         help="port to listen on (9092)",
     )
-    broker.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    broker.add_argument(
+        "--host", type=bind_address, default="127.0.0.1", help="address to bind (loopback)"
+    )
     broker.set_defaults(func=_cmd_broker)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on an embedded broker")

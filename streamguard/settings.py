@@ -140,6 +140,18 @@ def tcp_port(text: str, lowest: int = 0) -> int:
     return port
 
 
+def bind_address(text: str) -> str:
+    """A command's ``--host`` to listen on, or a usage error when empty: a socket bound
+    to "" listens on every interface, where "(loopback)" is the promise."""
+    import argparse  # only a command parses arguments
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "expected an address (127.0.0.1, or 0.0.0.0 for every interface), got an empty string"
+        )
+    return text
+
+
 def directory(text: str) -> Path:
     """A command's folder argument (``--out``, ``--dir``), or a usage error when empty:
     ``Path("")`` is the current directory, so an unset ``--dir "$DIR"`` would write

@@ -22,7 +22,7 @@ from streamguard.schema.checks import version_problems
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.report import render, result_groups
 from streamguard.schema.store import SchemaStore
-from streamguard.settings import directory, redact_url, tcp_port
+from streamguard.settings import bind_address, directory, redact_url, tcp_port
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -50,7 +50,9 @@ def add_registry_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--port", type=tcp_port, default=8081, help="port to listen on (8081; 0: a free one)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    parser.add_argument(
+        "--host", type=bind_address, default="127.0.0.1", help="address to bind (loopback)"
+    )
     parser.add_argument("--dir", type=directory, default=None, help="keep its state in DIR")
     parser.add_argument(
         "--policy", choices=POLICIES, default="lenient", help="JSON Schema policy of its checks"

@@ -103,6 +103,18 @@ def test_an_empty_folder_option_is_a_usage_error(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["registry", "broker"])
+def test_an_empty_host_is_a_usage_error(command: str, capsys: Any) -> None:
+    """`registry --host ""` listened on every interface (0.0.0.0), and `broker --host ""`
+    failed with "did not start on": both are refused at argument parsing, exit 2."""
+    from streamguard.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--host", ""])
+    assert info.value.code == 2
+    assert "expected an address" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("command", "port"),
     [("registry", "99999"), ("registry", "-1"), ("broker", "70000"), ("broker", "0")],
