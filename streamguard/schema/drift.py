@@ -21,7 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic_core import from_json
+from pydantic import AliasChoices, AliasPath, BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema, from_json
 
 from streamguard import headers as h
 from streamguard.contracts import Contract
@@ -47,6 +49,57 @@ KINDS = (
 )
 
 _MAX_DEPTH = 32  # the codec already bounds nesting; this only stops a runaway walk
+_READS = "x-sg-reads"  # a model's keys that its schema does not name: see _ReadKeys
+
+
+def _first_key(path: AliasPath) -> str | None:
+    return path.path[0] if path.path and isinstance(path.path[0], str) else None
+
+
+def _other_keys(model: type[BaseModel]) -> dict[str, str | None]:
+    """The top-level keys ``model`` reads besides its schema's property names, each
+    mapped to the property of the field it fills (None where the key only leads to it).
+    """
+    config = model.model_config
+    by_name = bool(config.get("validate_by_name") or config.get("populate_by_name"))
+    keys: dict[str, str | None] = {}
+    for name, info in model.model_fields.items():
+        alias = info.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        # The schema's name for the field, as pydantic picks it: the alias, or the first
+        # choice that is a key, or the field name.
+        prop = name
+        for choice in choices:
+            if isinstance(choice, str):
+                prop = choice
+                break
+            if isinstance(choice, AliasPath) and len(choice.path) == 1:
+                prop = _first_key(choice) or name
+                break
+        for choice in choices:
+            if isinstance(choice, str):
+                keys[choice] = prop
+            elif isinstance(choice, AliasPath) and (key := _first_key(choice)) is not None:
+                keys[key] = prop if len(choice.path) == 1 else None
+        if by_name or alias is None:
+            keys[name] = prop
+    return {key: target for key, target in keys.items() if key != target}
+
+
+class _ReadKeys(GenerateJsonSchema):
+    """The validation schema, with the other keys each model reads under ``x-sg-reads``.
+
+    A schema names one key per field, but a model also reads its field names under
+    ``populate_by_name`` (``validate_by_name``) and every choice of an ``AliasChoices``:
+    such keys are declared, not drift.
+    """
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        out = super().model_schema(schema)
+        reads = _other_keys(schema["cls"])
+        if reads and "properties" in out:
+            out[_READS] = reads
+        return out
 
 
 @dataclass
@@ -91,6 +144,12 @@ def _shape(doc: Document, schema: Any, memo: dict[int, _Shape], depth: int = 0) 
             sub = _shape(doc, sub_schema, memo, depth + 1)
             if sub is not None:
                 shape.children[name] = sub
+        reads = resolved.get(_READS)
+        if isinstance(reads, dict):
+            shape.names |= frozenset(reads)
+            for key, prop in reads.items():
+                if prop in shape.children:
+                    shape.children[key] = shape.children[prop]
     if resolved.get("items") is not None:
         shape.items = _shape(doc, resolved["items"], memo, depth + 1)
     extra = resolved.get("additionalProperties")
@@ -139,7 +198,7 @@ class DriftDetector:
         self._subject = contract.__subject__.encode()
         self._version = contract.__version__
         self._json = contract.__wire_format__ == "json"
-        schema = contract.json_schema()
+        schema = contract.model_json_schema(mode="validation", schema_generator=_ReadKeys)
         self._shape = _shape(Document(schema), schema, {})
 
     def inspect(self, headers: Headers | None, value: bytes | None) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 import streamguard as sg
 from streamguard.schema import drift as drift_module
@@ -135,6 +135,44 @@ def test_a_map_in_a_union_with_a_model_takes_any_key() -> None:
     assert detector.inspect(None, json.dumps(value).encode()) == ("no_schema_headers",)
     unknown = json.dumps({"user": "u", "labels": {"city": "c"}, "zip": 1}).encode()
     assert detector.inspect(None, unknown) == ("no_schema_headers", "unknown_fields")
+
+
+class Place(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    city_name: str = Field(alias="cityName")
+
+
+class Renamed(sg.Contract):
+    __subject__ = "users.Renamed"
+    __version__ = 1
+    model_config = ConfigDict(populate_by_name=True)
+    user_id: str = Field(alias="userId")
+    place: Place = Field(alias="placeOf")
+    note: str = Field("", validation_alias=AliasChoices("note", "remark"))
+
+
+class AliasOnly(sg.Contract):
+    __subject__ = "users.AliasOnly"
+    __version__ = 1
+    user_id: str = Field(alias="userId")
+
+
+def test_keys_a_model_reads_besides_its_schema_names_are_not_unknown() -> None:
+    """Field names under populate_by_name, and every AliasChoices choice, are keys the
+    model reads (its schema names only the alias, or the first choice): they counted as
+    unknown_fields, at top level and in nested models, though nothing was dropped."""
+    detector = DriftDetector(Renamed)
+    value = {"user_id": "u", "place": {"city_name": "c"}, "remark": "r"}
+    assert Renamed.model_validate(value).place.city_name == "c"
+    assert detector.inspect(None, json.dumps(value).encode()) == ("no_schema_headers",)
+    nested = json.dumps({"user_id": "u", "place": {"city_name": "c", "zip": 1}}).encode()
+    assert detector.inspect(None, nested) == ("no_schema_headers", "unknown_fields")
+    # Without populate_by_name a field name is not read: it is dropped, so it counts.
+    dropped = json.dumps({"userId": "u", "user_id": "v"}).encode()
+    assert DriftDetector(AliasOnly).inspect(None, dropped) == (
+        "no_schema_headers",
+        "unknown_fields",
+    )
 
 
 def test_non_json_value_is_not_unknown_fields() -> None:
