@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from streamguard.contracts import wire_format
+from streamguard.contracts import Contract, shared_schema, wire_format
 from streamguard.errors import (
     ConfigurationError,
     ContractViolation,
@@ -278,7 +278,7 @@ def _classify_anew(
     exc: ValidationError, contract: type[BaseModel], include_input: bool
 ) -> Exception:
     # The schema lets error_details hide map keys in error locations (they are data).
-    schema = getattr(contract, "json_schema", contract.model_json_schema)()
+    schema = shared_schema(contract)
     subject = getattr(contract, "__subject__", contract.__qualname__)
     details = error_details(exc, include_input=include_input, schema=schema)
     for detail in details:
@@ -459,8 +459,8 @@ def _encode_errors(event: BaseModel, exc: Exception) -> list[ErrorDetail]:
     try:
         type(event).model_validate(event.model_dump(warnings=False))
     except ValidationError as invalid:
-        schema = getattr(type(event), "json_schema", None)
-        return error_details(invalid, schema=schema() if callable(schema) else None)
+        schema = shared_schema(type(event)) if isinstance(event, Contract) else None
+        return error_details(invalid, schema=schema)
     except Exception:  # noqa: S110  # a dump that fails says no more than the writer did
         pass
     avro = not isinstance(exc, PydanticSerializationError)

@@ -8,6 +8,7 @@ schema a message was written with.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from functools import cache
@@ -89,8 +90,12 @@ class Contract(BaseModel):
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
-        """The contract's normalised JSON Schema (keys sorted, as stored in ``schemas/``)."""
-        return _schema_document(cls)
+        """The contract's normalised JSON Schema (keys sorted, as stored in ``schemas/``).
+
+        A copy: the fingerprint is computed from a cached original, which a caller's edit
+        (adding ``$id`` to publish it, say) must not change.
+        """
+        return copy.deepcopy(_schema_document(cls))
 
     @classmethod
     def fingerprint(cls) -> str:
@@ -111,6 +116,14 @@ def registered_contracts(modules: list[str] | None = None) -> list[type[Contract
     """Every concrete contract defined so far, optionally only those in ``modules``."""
     found = [c for c in _REGISTRY.values() if modules is None or c.__module__ in modules]
     return sorted(found, key=lambda c: (c.__subject__, c.__version__, c.__qualname__))
+
+
+def shared_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A contract's cached schema, shared and read-only (no copy, for error paths that
+    run per invalid record), or a plain model's schema."""
+    if isinstance(model, type) and issubclass(model, Contract):
+        return _schema_document(model)
+    return model.model_json_schema()
 
 
 @cache

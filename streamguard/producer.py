@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from streamguard import headers as h
 from streamguard.codecs import DEFAULT_MAX_BYTES, Codec, codec_for
-from streamguard.contracts import Contract
+from streamguard.contracts import Contract, shared_schema
 from streamguard.delivery import enqueue
 from streamguard.errors import (
     ConfigurationError,
@@ -304,7 +304,7 @@ class GuardedProducer:
         try:
             return contract.model_validate(event)
         except ValidationError as exc:
-            details = error_details(exc, schema=contract.json_schema())
+            details = error_details(exc, schema=shared_schema(contract))
             raise ContractViolation(contract.__subject__, details) from None
 
     def _encoder(self, model_type: type[BaseModel], topic: str) -> Callable[[BaseModel], bytes]:

@@ -150,6 +150,19 @@ def test_fingerprint_changes_with_the_field_set() -> None:
     )
 
 
+def test_editing_the_returned_schema_leaves_the_contract_alone() -> None:
+    """json_schema() returned the cached document the fingerprint is computed from: a
+    caller's edit (an $id to publish it, a constraint) changed the fingerprint its
+    producer stamps, and every consumer saw the records as unknown_fingerprint drift."""
+    contract = make_order_contract()
+    fingerprint, schema = contract.fingerprint(), contract.json_schema()
+    edited = contract.json_schema()
+    edited["$id"] = "https://example.com/order.json"
+    edited["properties"]["amount"]["minimum"] = 0
+    assert contract.fingerprint() == fingerprint
+    assert contract.json_schema() == schema
+
+
 def test_fingerprint_ignores_documentation() -> None:
     """A docstring, description or title change does not change the fingerprint."""
     plain, documented = make_order_contract(), make_order_contract(with_docs=True)
