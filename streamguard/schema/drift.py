@@ -202,17 +202,32 @@ class DriftDetector:
         self._shape = _shape(Document(schema), schema, {})
 
     def inspect(self, headers: Headers | None, value: bytes | None) -> tuple[str, ...]:
-        """Drift kinds for one message; ``()`` when the headers carry this fingerprint.
+        """Drift kinds for one message; ``()`` when the headers carry this fingerprint
+        and this subject (or none).
 
-        The hot path compares the last ``sg-fingerprint`` header's raw bytes with the
-        expected bytes and returns; everything else is the slow path.
+        The hot path compares the last ``sg-fingerprint`` and ``sg-subject`` headers' raw
+        bytes with the expected bytes and returns; everything else is the slow path. The
+        subject counts too: contracts of one shape share a fingerprint (it leaves titles
+        out), so a fingerprint alone passed another event type off as this one.
         """
         if headers:
+            fingerprint = subject = False  # the last one of each seen, and ours
             for key, raw in reversed(headers):
-                if key == h.FINGERPRINT:
-                    if raw == self._fingerprint:
+                if key == h.FINGERPRINT and not fingerprint:
+                    if raw != self._fingerprint:
+                        break
+                    if subject:
                         return ()
-                    break
+                    fingerprint = True
+                elif key == h.SUBJECT and not subject:
+                    if raw != self._subject:
+                        break
+                    if fingerprint:
+                        return ()
+                    subject = True
+            else:
+                if fingerprint:  # no subject header: the fingerprint decides
+                    return ()
         return self._slow(headers, value)
 
     def _slow(self, headers: Headers | None, value: bytes | None) -> tuple[str, ...]:

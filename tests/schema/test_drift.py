@@ -76,6 +76,24 @@ def test_header_kinds(headers: list[tuple[str, bytes | None]] | None, kind: str)
     assert DriftDetector(Signup).inspect(headers, VALUE) == (kind,)
 
 
+def test_another_subject_of_the_same_shape_is_other_subject() -> None:
+    """Two contracts of one shape share a fingerprint (it leaves titles out, and the
+    subject is not in the schema): a record stamped as the other one is still another
+    subject's. The fingerprint's match returned at once, and under drift="dead_letter"
+    such a record was handled as this contract's."""
+    assert DriftDetector(Signup).inspect(stamped(sg_subject=b"users.Deleted"), VALUE) == (
+        "other_subject",
+    )
+    # A subject header before the fingerprint's, after it, or none: the last one counts.
+    detector = DriftDetector(Signup)
+    later = [*stamped(), ("sg-subject", b"users.Deleted")]
+    assert detector.inspect(later, VALUE) == ("other_subject",)
+    corrected = [("sg-subject", b"users.Deleted"), *stamped()]
+    assert detector.inspect(corrected, VALUE) == ()
+    unnamed = [(k, v) for k, v in stamped() if k != "sg-subject"]
+    assert detector.inspect(unnamed, VALUE) == ()
+
+
 @pytest.mark.parametrize(
     "value",
     [
