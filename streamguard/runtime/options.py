@@ -14,6 +14,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from streamguard.errors import ConfigurationError
 from streamguard.runtime.drift import DRIFT_SAMPLE
 
+# A day: far above any grace period a supervisor gives a stop, far below where the
+# stop's waits overflow (see ServiceOptions.__post_init__).
+MAX_SHUTDOWN_TIMEOUT = 86_400.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceOptions:
@@ -48,7 +52,7 @@ class ServiceOptions:
             partitions. Must stay well under ``max.poll.interval.ms``: the rebalance
             callback blocks the thread that polls.
         shutdown_timeout: seconds ``stop()`` waits for in-flight handlers, then as long
-            again for dead letters to be acknowledged.
+            again for dead letters to be acknowledged; finite, at most a day.
         startup_timeout: seconds to reach the cluster before ``run()`` fails.
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
             write a dead letter while the DLQ is unwritable.
@@ -148,6 +152,16 @@ class ServiceOptions:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"ServiceOptions.{name} must be positive seconds")
+        # The stop's waits go to Python's lock waits, which overflow past
+        # threading.TIMEOUT_MAX, and librdkafka's, in int milliseconds: an infinite
+        # shutdown_timeout (or revoke_timeout, which may not exceed it) crashed the stop
+        # with an OverflowError before it settled or committed anything.
+        if self.shutdown_timeout > MAX_SHUTDOWN_TIMEOUT:
+            raise ConfigurationError(
+                f"ServiceOptions.shutdown_timeout must be finite seconds, at most "
+                f"{MAX_SHUTDOWN_TIMEOUT:g}: a stop waits up to twice it for handlers and "
+                "dead letters, and must end"
+            )
         if math.isinf(self.commit_interval):
             raise ConfigurationError(
                 "ServiceOptions.commit_interval must be finite seconds: offsets are committed "

@@ -49,6 +49,9 @@ def test_a_value_of_the_wrong_type_is_refused(option: str, value: Any, message: 
         ("commit_interval", float("nan"), "commit_interval must be a number, not NaN"),
         ("dead_letter_log_rate", float("nan"), "dead_letter_log_rate must be a number, not NaN"),
         ("shutdown_timeout", float("nan"), "shutdown_timeout must be a number, not NaN"),
+        # Infinite, it crashed the stop with an OverflowError before anything was committed.
+        ("shutdown_timeout", float("inf"), "shutdown_timeout must be finite seconds"),
+        ("shutdown_timeout", 1e10, "shutdown_timeout must be finite seconds, at most 86400"),
     ],
 )
 def test_a_value_out_of_range_is_refused(option: str, value: Any, message: str) -> None:
