@@ -43,7 +43,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         _refuse_wrong_types(self)
-        if self.attempts < 1:
+        if not self.attempts >= 1:  # NaN too: no attempt would ever be the last
             raise ConfigurationError(
                 f"RetryPolicy(attempts={self.attempts}): attempts counts the first try, "
                 "so it must be at least 1 (use 1 to never retry)"
@@ -127,7 +127,7 @@ class CircuitBreaker:
                 f"CircuitBreaker(failure_ratio={self.failure_ratio}) must be in (0, 1]: "
                 "the share of recent handler calls that failed transiently"
             )
-        if self.min_calls < 1:
+        if not self.min_calls >= 1:  # NaN too: the breaker could never open
             raise ConfigurationError("CircuitBreaker.min_calls must be at least 1")
         if not (self.window > 0 and self.cool_down > 0):  # NaN too
             raise ConfigurationError("CircuitBreaker window and cool_down are positive seconds")

@@ -89,6 +89,8 @@ def test_budget_bounds_retries() -> None:
         ({"base_delay": float("nan")}, "must not be negative \\(nor NaN\\)"),
         ({"max_delay": float("nan")}, "must not be negative \\(nor NaN\\)"),
         ({"max_budget_ms": float("nan")}, "max_budget_ms must not be negative"),
+        # NaN passed "attempts < 1", and "attempt >= NaN" never held: no attempt limit.
+        ({"attempts": float("nan")}, "at least 1"),
     ],
 )
 def test_invalid_values_are_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -154,6 +156,8 @@ def test_a_retry_budget_that_never_refills_is_refused() -> None:
         {"cool_down": float("nan")},
         {"retry_ratio": float("nan")},
         {"min_retries_per_second": float("nan")},
+        # Accepted, "calls >= NaN" never held: the breaker could never open.
+        {"min_calls": float("nan")},
     ],
 )
 def test_a_breaker_with_nan_is_refused(kwargs: dict[str, Any]) -> None:
