@@ -188,10 +188,13 @@ class ConsumerService:
                 "kafka_config group.id is empty: leave it out to consume in the class's "
                 f"group_id ({cls.group_id!r}), or name another group"
             )
+        # Nor message.max.bytes: a dead letter is a record the consumer received, up to
+        # 100 MiB, and a kafka_config's (librdkafka's 1 MB default, copied from a
+        # producer's config) made a larger one unwritable, and the DLQ stuck for good.
         shared = {
             k: v
             for k, v in consumer_config.items()
-            if k != "group.id" and not k.startswith(_CONSUMER_ONLY)
+            if k not in ("group.id", "message.max.bytes") and not k.startswith(_CONSUMER_ONLY)
         }
         # One private attribute holds all runtime state, and the runtime reads only the
         # spec built here: a subclass may use any attribute name of its own.

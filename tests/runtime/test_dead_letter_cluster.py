@@ -9,12 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
+from tests.conftest import fast_group_config
 from tests.faults.proxy import FaultProxy
 from tests.runtime.conftest import Running, committed, dlq_headers, wait_for
 
@@ -117,3 +118,39 @@ def test_a_stop_commits_a_dead_letter_acknowledged_in_its_second_wait(
         resume.join(10)
         proxy.stop()
         other.stop()
+
+
+def test_a_message_max_bytes_in_kafka_config_does_not_shrink_the_dlq_producer(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    read_all: Callable[..., list[Any]],
+) -> None:
+    """kafka_config's message.max.bytes (here librdkafka's 1 MB default) replaced the DLQ
+    producer's 100 MiB: a 1.2 MB record the consumer received could not be dead-lettered,
+    the DLQ stayed unwritable and nothing was committed."""
+    src = topic_factory("orders")
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 5_000_000})
+    producer.produce(src, b"x" * 1_200_000, key=b"big")
+    producer.produce(src, b"not json")
+    assert producer.flush(10) == 0
+    group = unique("g")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(
+        Billing, kafka_config=fast_group_config(**{"message.max.bytes": 1_000_000})
+    )
+    records = read_all(f"{src}.dlq", 2, timeout=10)
+    assert [(len(m.value()), dlq_headers(m)["sg-dlq-reason"]) for m in records] == [
+        (1_200_000, "oversize"),
+        (8, "decode_error"),
+    ]
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2, timeout=10)
+    assert running.service.health()["checks"]["dlq_writable"]
