@@ -33,6 +33,8 @@ log = logging.getLogger("streamguard.runtime")
 
 # How often librdkafka reports statistics: how soon a lost or regained cluster shows.
 STATS_INTERVAL_MS = 1000
+# librdkafka's default heartbeat.interval.ms.
+HEARTBEAT_MS = 3000
 
 
 def check_link_settings(config: Mapping[str, Any], broker_silence: float) -> None:
@@ -47,18 +49,20 @@ def check_link_settings(config: Mapping[str, Any], broker_silence: float) -> Non
     that was not there.
     """
     silence_ms = broker_silence * 1000
-    stats = _ms(config, "statistics.interval.ms")
+    # Unset, each has its default, which a short broker_silence can be under too: 2 s
+    # with librdkafka's 3 s heartbeat had /readyz flap unready with nothing wrong.
+    stats = _ms({"statistics.interval.ms": STATS_INTERVAL_MS, **config}, "statistics.interval.ms")
     if stats is not None and not 0 < stats <= silence_ms:
         raise ConfigurationError(
-            f"kafka_config statistics.interval.ms={config['statistics.interval.ms']}: the "
-            "runtime reads librdkafka's statistics to know whether the cluster is reachable, "
-            f"so it must be between 1 and ServiceOptions.broker_silence ({silence_ms:.0f} "
-            f"ms); leave it out for the default of {STATS_INTERVAL_MS} ms"
+            f"kafka_config statistics.interval.ms={stats}: the runtime reads librdkafka's "
+            "statistics to know whether the cluster is reachable, so it must be between 1 "
+            f"and ServiceOptions.broker_silence ({silence_ms:.0f} ms); leave it out for the "
+            f"default of {STATS_INTERVAL_MS} ms, or raise broker_silence"
         )
-    heartbeat = _ms(config, "heartbeat.interval.ms")
+    heartbeat = _ms({"heartbeat.interval.ms": HEARTBEAT_MS, **config}, "heartbeat.interval.ms")
     if heartbeat is not None and heartbeat >= silence_ms:
         raise ConfigurationError(
-            f"kafka_config heartbeat.interval.ms={config['heartbeat.interval.ms']}: with every "
+            f"kafka_config heartbeat.interval.ms={heartbeat}: with every "
             "partition paused, the heartbeat is all a healthy consumer hears from the "
             f"cluster, so it must be below ServiceOptions.broker_silence ({silence_ms:.0f} "
             "ms); lower it, or raise broker_silence"

@@ -130,3 +130,28 @@ def test_a_heartbeat_slower_than_broker_silence_is_refused() -> None:
 
     Patient(bootstrap_servers="127.0.0.1:9", kafka_config=slow)
     Billing(bootstrap_servers="127.0.0.1:9", kafka_config={"heartbeat.interval.ms": 3000})
+
+
+@pytest.mark.parametrize(
+    ("silence", "setting"),
+    [(2.0, r"heartbeat\.interval\.ms=3000"), (0.5, r"statistics\.interval\.ms=1000")],
+)
+def test_a_broker_silence_under_a_default_interval_is_refused(silence: float, setting: str) -> None:
+    """Only a heartbeat or statistics interval set in kafka_config was checked: with
+    broker_silence=2 and librdkafka's 3 s heartbeat, a healthy consumer whose partitions
+    were all paused had /readyz report the cluster unreachable for a second of every
+    three. The defaults are checked too."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+        options = sg.ServiceOptions(broker_silence=silence)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    config = {"session.timeout.ms": 6000}
+    with pytest.raises(sg.ConfigurationError, match=setting):
+        Billing(bootstrap_servers="127.0.0.1:9", kafka_config=config)
+    fast = {**config, "heartbeat.interval.ms": 400, "statistics.interval.ms": 400}
+    Billing(bootstrap_servers="127.0.0.1:9", kafka_config=fast)
