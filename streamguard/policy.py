@@ -52,6 +52,12 @@ class RetryPolicy:
         # refused too: a NaN delay would schedule a retry that never falls due.
         if not (self.base_delay >= 0 and self.max_delay >= 0):
             raise ConfigurationError("RetryPolicy delays must not be negative (nor NaN)")
+        if math.isinf(self.base_delay):
+            # Every wait drawn from [0, inf) is infinite: no retry within a budget, and
+            # without one a record that holds its partition for good.
+            raise ConfigurationError(
+                "RetryPolicy.base_delay must be finite seconds (use attempts=1 to never retry)"
+            )
         if self.max_delay < self.base_delay:
             raise ConfigurationError(
                 f"RetryPolicy(max_delay={self.max_delay}) is below base_delay="

@@ -91,6 +91,9 @@ def test_budget_bounds_retries() -> None:
         ({"max_budget_ms": float("nan")}, "max_budget_ms must not be negative"),
         # NaN passed "attempts < 1", and "attempt >= NaN" never held: no attempt limit.
         ({"attempts": float("nan")}, "at least 1"),
+        # An infinite first wait: with a budget, never a retry; without, a record that
+        # holds its partition for good.
+        ({"base_delay": float("inf"), "max_delay": float("inf")}, "base_delay must be finite"),
     ],
 )
 def test_invalid_values_are_refused(kwargs: dict[str, Any], match: str) -> None:
