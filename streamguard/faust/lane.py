@@ -414,6 +414,10 @@ class Lane:
 
     async def _backoff(self, delay: float, msg: Any) -> bool:
         """Sleep ``delay`` seconds; False as soon as a rebalance or stop begins."""
+        # What the lane handled before this wait is counted now, as a ConsumerService
+        # folds its counts when a retry ends its batch: the lane's own flushes come after
+        # a success or when it runs dry, and a wait may last the whole retry budget.
+        self.flush_counts()
         self.waiting = True
         try:
             deadline = time.monotonic() + delay

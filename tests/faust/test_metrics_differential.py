@@ -232,3 +232,38 @@ def test_handler_seconds_leave_out_the_sinks(
         assert total < slow
 
     run_app(app, scenario, timeout=30)
+
+
+def test_what_was_handled_reaches_the_metrics_while_the_next_event_retries(
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """Events handled before one that is retrying are counted while it waits, as a
+    ``ConsumerService`` folds its counts when a retry ends the batch. Before, a lane that
+    went from a success straight into a retry's backoff kept them until its next
+    success: for the retry budget, or for as long as a schema registry outage lasts."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 3)
+    app = make_app()
+    failures: list[int] = []
+    patient = sg.RetryPolicy(attempts=100, base_delay=0.5, max_delay=0.5, max_budget_ms=20_000)
+
+    @guarded_agent(app, src, contract=OrderPlaced, retry=patient)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.offset == 0:
+            await asyncio.sleep(0.2)  # the next events are queued when it is done
+        if ctx.offset == 1:
+            failures.append(ctx.attempt)
+            raise sg.TransientError("downstream is down")
+
+    def value(name: str, **labels: str) -> float:
+        found = bill.registry.get_sample_value(name, {"runtime": "faust", "topic": src, **labels})
+        return 0.0 if found is None else found
+
+    async def scenario() -> None:
+        assert await until(lambda: len(failures) >= 1, 20)
+        assert await until(lambda: value("streamguard_messages_total", outcome="handled") == 1, 2)
+        assert value("streamguard_handler_seconds_count") == 1
+
+    run_app(app, scenario, timeout=30)
