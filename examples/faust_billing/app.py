@@ -1,6 +1,8 @@
 """Billing as a guarded Faust agent: the ``ConsumerService`` example, the Faust way.
 
-Run a worker against any cluster (``streamguard broker`` starts a local one on 9092)::
+Run a worker against the cluster in ``$STREAMGUARD_BOOTSTRAP_SERVERS``, else
+127.0.0.1:9092 (``streamguard broker`` starts a local one there), as ``send_orders``
+picks its broker::
 
     faust -A examples.faust_billing.app worker -l info
 
@@ -14,6 +16,7 @@ web port serves the guard's metrics (``runtime="faust"``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import faust
@@ -33,9 +36,16 @@ async def charge(order: OrderPlaced, attempt: int) -> None:
         raise TimeoutError("payment gateway did not answer within 2s")
 
 
-def create_app(broker: str = "kafka://127.0.0.1:9092", **settings: Any) -> tuple[Any, GuardedAgent]:
+def default_broker() -> str:
+    """Faust's broker URL for ``$STREAMGUARD_BOOTSTRAP_SERVERS`` (``host:port,...``), else
+    127.0.0.1:9092: the worker reads the cluster ``send_orders`` writes to."""
+    servers = os.environ.get("STREAMGUARD_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+    return "kafka://" + ";".join(s.strip() for s in servers.split(",") if s.strip())
+
+
+def create_app(broker: str | None = None, **settings: Any) -> tuple[Any, GuardedAgent]:
     """The Faust app and its guarded billing agent; ``settings`` go to ``faust.App``."""
-    app = faust.App("faust-billing", broker=broker, **settings)
+    app = faust.App("faust-billing", broker=broker or default_broker(), **settings)
     invoices = app.topic("invoices", value_serializer="json")
 
     @guarded_agent(

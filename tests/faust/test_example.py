@@ -56,3 +56,20 @@ def test_example_bills_forwards_and_dead_letters(
     assert reasons == [b"decode_error", b"permanent_error", b"retries_exhausted"]
     labels = {"runtime": "faust", "topic": "orders", "outcome": "handled"}
     assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 2
+
+
+def test_the_example_worker_reads_the_cluster_send_orders_writes_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``send_orders`` writes to ``$STREAMGUARD_BOOTSTRAP_SERVERS`` (what ``streamguard
+    broker`` prints to export); the worker reads the same cluster. Before, it always
+    read 127.0.0.1:9092, and saw none of the orders sent elsewhere."""
+    monkeypatch.setenv("STREAMGUARD_BOOTSTRAP_SERVERS", "127.0.0.1:19092, 127.0.0.2:19093")
+    app, _ = create_app(datadir=str(tmp_path))
+    assert [str(url) for url in app.conf.broker] == [
+        "kafka://127.0.0.1:19092",
+        "kafka://127.0.0.2:19093",
+    ]
+    monkeypatch.delenv("STREAMGUARD_BOOTSTRAP_SERVERS")
+    app, _ = create_app(datadir=str(tmp_path))
+    assert [str(url) for url in app.conf.broker] == ["kafka://127.0.0.1:9092"]
