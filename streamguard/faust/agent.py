@@ -309,6 +309,8 @@ class GuardedAgent:
                 lane.task.cancel()
                 lane.flush_counts()
             await asyncio.gather(*(lane.task for lane in lanes.values()), return_exceptions=True)
+            for lane in lanes.values():
+                lane.release()  # a restarted actor's lanes start with nothing held
             lanes.clear()
 
     def interrupted(self, msg: Any) -> bool:

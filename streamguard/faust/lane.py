@@ -108,6 +108,14 @@ FLUSH_WAIT = 0.05
 DRIFT_EVERY = 0.01
 
 
+# The lanes holding each partition at their ``partition_buffer``, per app. Faust's flow
+# control is per partition, and the guarded agents of one app on one topic (billing and
+# audit) each have a lane for it: the partition is fetched again only once no lane
+# holds it, or the first to drain resumed it for a lane still full, whose queue then
+# grew without bound.
+_HOLDERS: weakref.WeakKeyDictionary[Any, dict[Any, set[Lane]]] = weakref.WeakKeyDictionary()
+
+
 class FaustRecord:
     """A Faust message seen through the accessors a ``MessageContext`` reads.
 
@@ -170,6 +178,7 @@ class Lane:
         self._wakeup: asyncio.Future[None] | None = None
         self.high = high
         self.paused_tp: Any = None
+        self._holders = _HOLDERS.setdefault(agent.app, {})
         self.busy = False
         self.waiting = False  # in a retry or dead-letter backoff
         self.dead_letter_failing = False  # its dead letter was refused and waits to retry
@@ -280,15 +289,27 @@ class Lane:
             # again until on_buffer_drop. Faust's own TP: the client's TopicPartition
             # fails the consumer's checks.
             self.paused_tp = TP(event.message.topic, event.message.partition)
+            self._holders.setdefault(self.paused_tp, set()).add(self)
             self.agent.app.consumer.on_buffer_full(self.paused_tp)
 
+    def release(self) -> bool:
+        """Stop holding the partition; True if no other lane of the app holds it."""
+        tp, self.paused_tp = self.paused_tp, None
+        holders = self._holders.get(tp)
+        if holders is not None:
+            holders.discard(self)
+            if holders:
+                return False
+            del self._holders[tp]
+        return True
+
     def _resume(self) -> None:
+        tp = self.paused_tp
         # Not while a rebalance is under way: the new assignment makes every assigned
         # partition active again anyway.
         app = self.agent.app
-        if app.flow_control.is_active() and not app.rebalancing:
-            app.consumer.on_buffer_drop(self.paused_tp)
-        self.paused_tp = None
+        if self.release() and app.flow_control.is_active() and not app.rebalancing:
+            app.consumer.on_buffer_drop(tp)
 
     async def process(self, event: Any) -> None:
         """Bring one event to a final outcome and ack it, or give it up unacked."""
@@ -482,5 +503,5 @@ class Lane:
         """
         msg = event.message
         self.dropped_generation = msg.generation_id
-        self.paused_tp = None  # the new assignment after the rebalance makes it active
+        self.release()  # the new assignment after the rebalance makes it active
         self.agent.app.consumer.unacked.discard(msg)

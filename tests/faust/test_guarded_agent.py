@@ -788,6 +788,59 @@ def test_held_partition_stops_fetching_and_loses_nothing(
     assert seen == list(range(3300))
 
 
+def test_a_partition_held_by_one_agent_stays_held_while_another_drains_it(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+) -> None:
+    """Two agents of one app on one topic (billing and audit) share the partition's
+    fetching: when audit drains its own lane, a partition billing holds at its
+    ``partition_buffer`` is not fetched again. Before, audit's release resumed the
+    partition, and billing's held lane took every event produced meanwhile."""
+    src = topic_factory("orders", partitions=1)
+    value = order(0).model_dump_json().encode()
+
+    def produce_many(count: int) -> None:
+        for _ in range(count):
+            raw_producer.produce(src, value)
+            raw_producer.poll(0)
+        raw_producer.flush(30)
+
+    produce_many(300)
+    app = make_app()
+    release = asyncio.Event()
+    audited: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced, partition_buffer=100, name="billing")
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if ctx.offset == 0:
+            await release.wait()
+
+    @guarded_agent(app, src, contract=OrderPlaced, partition_buffer=100, name="audit")
+    async def audit(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        await asyncio.sleep(0.001)  # slower than the fetch: its lane fills and drains
+        audited.append(ctx.offset)
+
+    def held() -> int:
+        lane = bill._lanes.get(0)
+        return 0 if lane is None else lane.inflight
+
+    async def scenario() -> None:
+        try:
+            assert await until(lambda: held() >= 100 and len(audited) >= 300, 30)
+            before = held()
+            await asyncio.to_thread(produce_many, 3000)
+            await asyncio.sleep(2.0)  # several fetch rounds, were the partition fetched
+            assert held() == before <= 300
+        finally:
+            release.set()  # also on failure, so that the app can stop
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3300, 60)
+
+    run_app(app, scenario, timeout=120)
+    assert audited == list(range(3300))
+
+
 def test_a_poison_flood_logs_a_few_lines_that_account_for_every_dead_letter(
     bootstrap: str,
     topic_factory: Callable[..., str],
