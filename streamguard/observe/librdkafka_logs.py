@@ -17,6 +17,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 LOGGER = logging.getLogger("streamguard.librdkafka")
 
@@ -24,32 +27,49 @@ LOGGER = logging.getLogger("streamguard.librdkafka")
 # tag in front, the time since the state change and librdkafka's own repeat count behind.
 _THREAD = re.compile(r"^\[thrd:[^\]]*\]: ")
 _TIMING = re.compile(r" \(after \d+ms in state .*\)$")
+# After pass_through, the least time between two lines of one kind: librdkafka retries a
+# broker that is down about 20 times a second (its bootstrap connection, whatever
+# reconnect.backoff.max.ms says), an error line each.
+PASS_THROUGH_EVERY = 10.0
+_MAX_KINDS = 1024  # kinds remembered; a text that varies must not grow them for good
 
 
 class RepeatsCollapsed:
     """A client's ``logger``: the first line of each kind to ``logger``, repeats counted."""
 
-    def __init__(self, logger: logging.Logger = LOGGER) -> None:
+    def __init__(
+        self, logger: logging.Logger = LOGGER, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._log = logger
+        self._clock = clock
         self._lock = threading.Lock()  # a client is served on the thread that polls it
-        self._kinds: dict[tuple[str, str], list[int]] = {}  # kind -> [level, repeats]
+        # kind -> [level, repeats, when its last line was written]
+        self._kinds: dict[tuple[str, str], list[Any]] = {}
         self._collapsing = True
 
     def log(self, level: int, msg: str, *args: object) -> None:
         """confluent-kafka's call: ``log(level, "%s [%s] %s", facility, client, text)``."""
-        if not self._collapsing:
-            self._log.log(level, msg, *args)
+        if level < logging.INFO and not self._collapsing:
+            self._log.log(level, msg, *args)  # once connected, what -X debug asked for
             return
         facility, text = (str(args[0]), str(args[2])) if len(args) == 3 else ("", msg % args)
         kind = (facility, _TIMING.sub("", _THREAD.sub("", text)))
+        now = self._clock()
         with self._lock:
             seen = self._kinds.get(kind)
-            if seen is not None:
+            if seen is not None and (self._collapsing or now - seen[2] < PASS_THROUGH_EVERY):
                 seen[0] = max(seen[0], level)
                 seen[1] += 1
                 return
-            self._kinds[kind] = [level, 0]
+            if len(self._kinds) >= _MAX_KINDS:  # texts that vary: forget the quiet ones
+                self._kinds = {k: v for k, v in self._kinds.items() if v[1]}
+            self._kinds[kind] = [level, 0, now]
+        if seen is not None and seen[1]:
+            self._report(facility, kind[1], max(seen[0], level), seen[1])
         self._log.log(level, msg, *args)
+
+    def _report(self, facility: str, text: str, level: int, repeats: int) -> None:
+        self._log.log(level, "%s: %d more line(s) like this not shown: %s", facility, repeats, text)
 
     def flush(self) -> None:
         """Log how many lines of each kind were left out since the last flush.
@@ -61,9 +81,7 @@ class RepeatsCollapsed:
             for seen in self._kinds.values():
                 seen[1] = 0
         for (facility, text), level, repeats in counts:
-            self._log.log(
-                level, "%s: %d more line(s) like this not shown: %s", facility, repeats, text
-            )
+            self._report(facility, text, level, repeats)
 
     def __enter__(self) -> RepeatsCollapsed:
         return self
@@ -73,11 +91,13 @@ class RepeatsCollapsed:
         self.flush()
 
     def pass_through(self) -> None:
-        """Log the counts, then every later line as it comes.
+        """Log the counts, then later lines as they come, each kind at most once every
+        ``PASS_THROUGH_EVERY`` seconds, with the count of those left out since (debug
+        lines, which ``debug`` asked for, each).
 
-        For a client whose start-up waits are collapsed but whose later lines are
-        worth seeing each: during an outage they come one per reconnect backoff, and a
-        count logged only at the end would leave the outage's course untold.
+        For a client whose start-up waits are collapsed but whose later lines are worth
+        seeing: a count logged only at the end would leave an outage's course untold,
+        and a line each would be some 20 a second for the whole outage.
         """
         self.flush()
         self._collapsing = False

@@ -45,24 +45,54 @@ def test_a_kind_is_logged_once_and_its_repeats_counted_at_flush(
     )
 
 
-def test_after_pass_through_every_line_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """A service collapses its consumer's lines only while it connects: pass_through()
-    logs the counts so far, then each later line (a later outage's course shows)."""
-    lines = RepeatsCollapsed(logging.getLogger("test.librdkafka"))
+def test_after_pass_through_each_kind_is_logged_every_ten_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A service collapses its consumer's lines fully only while it connects: after
+    pass_through() a kind is written at most every 10 s, with the count of those left
+    out since. A later outage's course shows, without the ~20 connect failures a second
+    librdkafka logs for a bootstrap broker that is down (one line each flooded the log)."""
+    now = [0.0]
+    lines = RepeatsCollapsed(logging.getLogger("test.librdkafka"), clock=lambda: now[0])
     refused = REFUSED.format(ms=0, suppressed="")
+    counted = (
+        "FAIL: {} more line(s) like this not shown: 127.0.0.1:1/bootstrap: "
+        "Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+    )
     with caplog.at_level(logging.DEBUG, "test.librdkafka"):
         for _ in range(3):
             lines.log(logging.ERROR, FORMAT, "FAIL", "rdkafka#consumer-1", refused)
         lines.pass_through()
-        for _ in range(2):
+        for i in range(300):  # an outage a minute later: 20 lines a second for 15 s
+            now[0] = 60.0 + i / 20
             lines.log(logging.ERROR, FORMAT, "FAIL", "rdkafka#consumer-1", refused)
+            lines.log(logging.INFO, FORMAT, "FAIL", "rdkafka#consumer-1", SSL)
         lines.flush()
     shown = [r.getMessage() for r in caplog.records]
     line = FORMAT % ("FAIL", "rdkafka#consumer-1", refused)
+    ssl = FORMAT % ("FAIL", "rdkafka#consumer-1", SSL)
+    ssl_counted = (
+        "FAIL: {} more line(s) like this not shown: ssl://k:9093/bootstrap: SSL handshake failed"
+    )
     assert shown == [
         line,
-        "FAIL: 2 more line(s) like this not shown: 127.0.0.1:1/bootstrap: "
-        "Connect to ipv4#127.0.0.1:1 failed: Connection refused",
+        counted.format(2),
+        line,  # at 60 s: the outage began
+        ssl,  # another kind: its own line
+        counted.format(199),  # at 70 s
         line,
-        line,
+        ssl_counted.format(199),
+        ssl,
+        counted.format(99),  # at the flush
+        ssl_counted.format(99),
     ]
+
+
+def test_after_pass_through_debug_lines_are_all_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Debug lines come only when asked for (``-X debug=...``): each is written."""
+    lines = RepeatsCollapsed(logging.getLogger("test.librdkafka"), clock=lambda: 0.0)
+    lines.pass_through()
+    with caplog.at_level(logging.DEBUG, "test.librdkafka"):
+        for _ in range(3):
+            lines.log(logging.DEBUG, FORMAT, "HEARTBEAT", "rdkafka#consumer-1", "Heartbeat")
+    assert len(caplog.records) == 3
