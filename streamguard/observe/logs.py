@@ -121,7 +121,21 @@ class JsonFormatter(logging.Formatter):
         entry.update(_context(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        try:
+            return json.dumps(entry, default=str, allow_nan=False)
+        except (TypeError, ValueError):
+            # A value JSON cannot hold (a dict with tuple keys, a cycle, NaN) raised here,
+            # and logging printed a traceback to stderr instead of the line: its text.
+            return json.dumps({key: _writable(value) for key, value in entry.items()})
+
+
+def _writable(value: Any) -> Any:
+    """``value`` if JSON can hold it as it is (or by ``str`` of its parts), else its text."""
+    try:
+        json.dumps(value, default=str, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
 
 
 class TextFormatter(logging.Formatter):

@@ -6,6 +6,8 @@ import json
 import logging
 import re
 
+import pytest
+
 from streamguard.observe.logs import JsonFormatter, TextFormatter
 
 
@@ -44,3 +46,23 @@ def test_a_record_faust_logged_ends_with_no_empty_extra() -> None:
     entry.data = {"topic": "orders"}  # what mode's flight recorder passes in ``extra``
     DefaultFormatter("%(message)s %(extra)s").format(entry)
     assert "extra=topic='orders'" in TextFormatter().format(entry)  # not empty: shown
+
+
+def test_a_json_line_is_written_whatever_the_extra_values() -> None:
+    """Values JSON cannot hold made the formatter raise: logging then printed a
+    traceback to stderr, which is no JSON line, and the line was lost. Each such value
+    is now its text, the others are kept, and the line is strict JSON (no NaN)."""
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    entry = record()
+    entry.by_pair = {(0, 1): 3}  # keys JSON cannot hold
+    entry.cyclic = cyclic
+    entry.ratio = float("nan")
+    line = JsonFormatter().format(entry)
+    assert "\n" not in line
+    parsed = json.loads(line, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert parsed["by_pair"] == "{(0, 1): 3}"
+    assert parsed["cyclic"] == "[[...]]"
+    assert parsed["ratio"] == "nan"
+    assert parsed["partitions"] == [0, 1]
+    assert parsed["event"] == "partitions assigned"
