@@ -216,7 +216,10 @@ class ServiceRuntime:
                 extra={
                     "service": spec.name,
                     "group": spec.group_id,
-                    "session_timeout_ms": self.consumer_config.get("session.timeout.ms", 45000),
+                    # A number in the line, also when -X gave it as text.
+                    "session_timeout_ms": int(
+                        self.consumer_config.get("session.timeout.ms", 45000)
+                    ),
                 },
             )
             try:

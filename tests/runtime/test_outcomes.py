@@ -191,7 +191,9 @@ def test_a_group_id_given_in_kafka_config_is_the_one_dead_letters_and_logs_name(
             pass
 
     caplog.set_level(logging.INFO, logger="streamguard")
-    running = start_service(Billing, kafka_config={**FAST_GROUP, "group.id": group})
+    # The session timeout as text, as `streamguard run -X` gives every setting.
+    config = {**FAST_GROUP, "group.id": group, "session.timeout.ms": "2000"}
+    running = start_service(Billing, kafka_config=config)
     (record,) = read_all(f"{src}.dlq", 1)
     assert dlq_headers(record)["sg-dlq-consumer-group"] == group
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
@@ -202,7 +204,8 @@ def test_a_group_id_given_in_kafka_config_is_the_one_dead_letters_and_logs_name(
     waiting = caplog.records[messages.index("service started") + 1]
     assert waiting.getMessage() == "waiting for partitions from the group"
     assert waiting.group == group  # type: ignore[attr-defined]
-    assert waiting.session_timeout_ms == FAST_GROUP["session.timeout.ms"]  # type: ignore[attr-defined]
+    # A number, however it was given: "2000" from -X, 45000 by default, in one JSON type.
+    assert waiting.session_timeout_ms == 2000  # type: ignore[attr-defined]
     assert messages.index("partitions assigned") > messages.index(waiting.getMessage())
     running.stop()
     assert not running.error
