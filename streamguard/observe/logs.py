@@ -121,6 +121,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(_context(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:  # log(..., stack_info=True): where it was called from
+            entry["stack"] = self.formatStack(record.stack_info)
         try:
             return json.dumps(entry, default=str, allow_nan=False)
         except (TypeError, ValueError):
@@ -148,6 +150,8 @@ class TextFormatter(logging.Formatter):
         text = f"{base} {context}" if context else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
         return text
 
 

@@ -66,3 +66,12 @@ def test_a_json_line_is_written_whatever_the_extra_values() -> None:
     assert parsed["ratio"] == "nan"
     assert parsed["partitions"] == [0, 1]
     assert parsed["event"] == "partitions assigned"
+
+
+def test_both_formats_keep_the_stack_a_caller_asked_for() -> None:
+    """``log.warning(..., stack_info=True)`` adds where it was called from, which both
+    formatters left out as they build their lines themselves."""
+    entry = record()
+    entry.stack_info = 'Stack (most recent call last):\n  File "app.py", line 3, in main'
+    assert json.loads(JsonFormatter().format(entry))["stack"] == entry.stack_info
+    assert TextFormatter().format(entry).endswith("\n" + entry.stack_info)
