@@ -15,7 +15,7 @@ from typing import Any
 
 from streamguard import exitcodes
 from streamguard.config import load_project_config
-from streamguard.errors import ConfigurationError
+from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
 from streamguard.observe.logs import configure_logging
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.service import ConsumerService
@@ -89,6 +89,24 @@ def _package_paths(module_name: str) -> tuple[str, ...]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
+    if args.log_format != "json":
+        return _run(args)
+    try:
+        return _run(args)
+    except StreamguardError as exc:
+        # The CLI would print it as text (`streamguard: BrokerUnavailable: ...`): the
+        # last line, and the one that says why, was then no JSON line, which a log
+        # pipeline could not parse (jq stopped on it). The same text, as main writes it.
+        code = exitcodes.USAGE if isinstance(exc, ConfigurationError) else exitcodes.FAILED
+        text = exc.registry if isinstance(exc, RegistryUnavailable) else str(exc)
+        log.error(
+            "service failed; exiting",
+            extra={"error_class": type(exc).__name__, "error": text, "exit_code": code},
+        )
+        return code
+
+
+def _run(args: argparse.Namespace) -> int:
     cls = load_service_class(args.target)
     kafka_config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
     if args.kafka_config_json:

@@ -579,12 +579,12 @@ def test_a_metrics_port_in_use_fails_the_start_before_the_cluster_is_reached() -
         taken.close()
 
 
-def _run_against(address: str, **env: str) -> subprocess.Popen[bytes]:
+def _run_against(address: str, log_format: str = "text", **env: str) -> subprocess.Popen[bytes]:
     """``streamguard run`` of ``tests.runtime.apps:Recorder`` at ``address``, logging in
-    the text format to a pipe (a real process and Kafka client, nothing mocked)."""
+    ``log_format`` to a pipe (a real process and Kafka client, nothing mocked)."""
     cmd = [
         sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:Recorder",
-        "--bootstrap-servers", address, "--log-format", "text",
+        "--bootstrap-servers", address, "--log-format", log_format,
     ]  # fmt: skip
     return subprocess.Popen(
         cmd,
@@ -623,6 +623,24 @@ def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for()
     # The first one written during the wait, not with the count when it ended.
     first, last = (datetime.fromisoformat(line.split()[0]) for line in (failures[0], counted[0]))
     assert (last - first).total_seconds() > 1.5, failures
+
+
+def test_streamguard_run_in_json_ends_with_a_json_line_saying_why_it_failed() -> None:
+    """In the JSON format, the error that ends ``streamguard run`` is a JSON line too:
+    the CLI printed it as text (``streamguard: BrokerUnavailable: ...``), the one line a
+    log pipeline could not parse (jq stopped on it), and the one that says why."""
+    with refusing_port() as down:
+        address = f"127.0.0.1:{port_of(down)}"
+        process = _run_against(address, "json", SG_TEST_STARTUP_TIMEOUT="2")
+        _, err = process.communicate(timeout=60)
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert process.returncode == 1, lines
+    last = lines[-1]
+    assert last["event"] == "service failed; exiting", lines
+    assert last["level"] == "error"
+    assert last["error_class"] == "BrokerUnavailable"
+    assert last["error"].startswith(f"could not reach Kafka at {address}")
+    assert last["exit_code"] == 1
 
 
 def test_a_cluster_that_comes_up_during_the_wait_is_no_outage(
