@@ -354,13 +354,14 @@ class DeadLetterLog(LineBudget):
             },
         )
 
-    def flush(self) -> None:
+    def flush(self, last: bool = False) -> None:
         """Say how many lines were skipped, if any, once the rate allows a line.
 
         Called on the maintenance tick, so that the count of a flood that ended does
-        not wait for the next dead letter.
+        not wait for the next dead letter; and as the run ends (``last``), whatever the
+        rate, or the count of a flood's last moments was never written.
         """
-        skipped = self._take_skipped()
+        skipped = self._take_skipped(last)
         if skipped:
             self._log.warning("dead-lettered messages not logged", extra={"not_logged": skipped})
 

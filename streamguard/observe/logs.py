@@ -90,11 +90,11 @@ class LineBudget:
             skipped, self.not_logged = self.not_logged, 0
         return skipped
 
-    def _take_skipped(self) -> int:
+    def _take_skipped(self, last: bool = False) -> int:
         """The count of skipped lines, reset, when there are some and the rate allows a
-        line to report them; else 0."""
+        line to report them (or it is the ``last`` line: no later one would); else 0."""
         with self._lock:
-            if not self.not_logged or not self._spend():
+            if not self.not_logged or not (last or self._spend()):
                 return 0
             skipped, self.not_logged = self.not_logged, 0
         return skipped

@@ -165,6 +165,7 @@ class DeadLetterPublisher:
         reconnecting to a cluster that went away. Dead letters it still holds were
         never acknowledged: their offsets stay uncommitted, and are read again.
         """
+        self._log.flush(last=True)
         self._producer.purge(in_queue=True, in_flight=True, blocking=False)
         del self._producer
 

@@ -453,6 +453,48 @@ def test_a_poison_flood_is_dead_lettered_whole_with_rate_limited_log_lines(
     assert not running.error
 
 
+def test_the_dead_letter_lines_skipped_last_are_counted_when_the_service_stops(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    caplog: Any,
+) -> None:
+    """The count of the lines skipped is written once the rate allows a line: a
+    service that stopped before then never wrote it, and the log no longer accounted
+    for the last dead letters of a flood (here the rate allows one line a 100 s)."""
+    src = topic_factory("orders")
+    group = unique("flood-stop")
+    count = 40
+    for i in range(count):
+        bad = order(i).model_dump_json().replace('"EUR"', '"GBP"').encode()
+        raw_producer.produce(src, bad)
+    raw_producer.flush(10)
+
+    class Flooded(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(dead_letter_log_rate=0.01)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise AssertionError("no record of the flood is valid")
+
+    caplog.set_level("WARNING", logger="streamguard.runtime")
+    running = start_service(Flooded, kafka_config=FAST_GROUP)
+    assert len(read_all(f"{src}.dlq", count, timeout=30)) >= count
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == count)
+    running.stop()
+    assert not running.error
+    names = ("dead-lettering message", "dead-lettered messages not logged")
+    ours = [r for r in caplog.records if r.getMessage() in names]
+    lines = [r for r in ours if r.getMessage() == names[0]]
+    assert len(lines) == 1
+    assert len(lines) + sum(r.not_logged for r in ours) == count  # type: ignore[attr-defined]
+
+
 class Invoice(sg.Contract):
     """What a handler derives from an order and sends on with a ``GuardedProducer``."""
 
