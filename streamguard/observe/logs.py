@@ -108,6 +108,10 @@ def _timestamp(record: logging.LogRecord) -> str:
     )
 
 
+# The keys a JSON line sets itself, whatever the record's ``extra``.
+_OWN = frozenset({"ts", "level", "logger", "event", "exception", "stack"})
+
+
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON line: time, level, logger, message, then context."""
 
@@ -118,7 +122,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        entry.update(_context(record))
+        for key, value in _context(record):
+            # The line's own keys stay its own: an ``extra`` "level" or "event" made an
+            # error line read as info, or took the place of its message.
+            entry[f"context.{key}" if key in _OWN else key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:  # log(..., stack_info=True): where it was called from

@@ -75,3 +75,17 @@ def test_both_formats_keep_the_stack_a_caller_asked_for() -> None:
     entry.stack_info = 'Stack (most recent call last):\n  File "app.py", line 3, in main'
     assert json.loads(JsonFormatter().format(entry))["stack"] == entry.stack_info
     assert TextFormatter().format(entry).endswith("\n" + entry.stack_info)
+
+
+def test_an_extra_never_takes_the_place_of_a_json_lines_own_keys() -> None:
+    """``extra={"level": ..., "event": ...}`` replaced the line's level and message: an
+    error line read as info. The line's keys stay; the context's go beside them."""
+    entry = record()
+    entry.levelname = "ERROR"
+    entry.level, entry.event, entry.exception = "info", "forged", "none"
+    parsed = json.loads(JsonFormatter().format(entry))
+    assert (parsed["level"], parsed["event"]) == ("error", "partitions assigned")
+    assert "exception" not in parsed
+    assert parsed["context.level"] == "info"
+    assert parsed["context.event"] == "forged"
+    assert parsed["context.exception"] == "none"
