@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from streamguard import headers as h
 from streamguard.codecs import AvroCodec, Codec, JsonCodec
 from streamguard.contracts import Contract
-from streamguard.deadletter import DeadLetter
-from streamguard.errors import ConfigurationError, ContractViolation, DecodeError
+from streamguard.deadletter import DeadLetter, error_text
+from streamguard.errors import ConfigurationError, ContractViolation, DecodeError, StreamguardError
 from streamguard.registry.codec import RegistryCodec
 
 Problem = list[dict[str, object]]
@@ -93,6 +93,14 @@ class Revalidator:
             ]
         except DecodeError as exc:
             return [{"loc": "", "type": exc.reason, "msg": str(exc)}]
+        except StreamguardError:
+            raise  # the registry or the configuration, not the record (RegistryUnavailable)
+        except Exception as exc:
+            # A contract's validator raising another exception (KeyError(value)): a
+            # service dead-letters the record for it, so it is still invalid. Its text may
+            # quote the value, and escaping it would stop the replay here on every run
+            # with the value in the traceback: only its class is shown.
+            return [{"loc": "", "type": "permanent_error", "msg": error_text(exc)}]
         return []
 
     def _codec_of(self, contract: type[Contract]) -> Codec:

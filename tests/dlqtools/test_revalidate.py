@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from pydantic import field_validator
+
 import streamguard as sg
 from streamguard import headers as h
 from streamguard.deadletter import DeadLetter
@@ -49,3 +51,27 @@ def test_an_unknown_avro_writer_is_a_decode_problem() -> None:
     value = sg.AvroCodec().encode(PaymentV1(payment_id=UUID(int=1), cents=5, currency="EUR"))
     problems = Revalidator({"tests.avro.Payment": PaymentV2}).problems(letter(value))
     assert problems[0]["type"] == "decode_error"
+
+
+class Lookup(sg.Contract):
+    __subject__ = "tests.revalidate.Lookup"
+    __version__ = 1
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        raise KeyError(v)  # a validator's lookup failing, quoting the value
+
+
+def test_a_validator_raising_another_exception_is_still_invalid_without_its_text() -> None:
+    """A validator's ``KeyError(value)`` is a problem naming its class only, as the
+    service dead-letters it; it neither stops the replay nor shows the value."""
+    value = b'{"name": "zqcanary-7f3a-qz"}'
+    problems = Revalidator({Lookup.__subject__: Lookup}).problems(
+        letter(value, subject=Lookup.__subject__)
+    )
+    assert problems
+    assert problems[0]["type"] == "permanent_error"
+    assert "KeyError" in str(problems[0]["msg"])
+    assert "7f3a" not in repr(problems)
