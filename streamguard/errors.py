@@ -13,8 +13,10 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, get_args
 from uuid import UUID
+
+from pydantic_core.core_schema import ErrorType
 
 # One encoder for every violation's JSON: json.dumps with separators builds one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -400,6 +402,10 @@ _VALUE_FREE_MSG = {
 # Errors whose message the contract's own validator wrote (``ValueError(f"unknown sku
 # {v}")``): the input it was given is cut wherever it appears there word for word.
 _OWN_MESSAGE = frozenset({"value_error", "assertion_error"})
+# A validator's PydanticCustomError("sku_unknown", "unknown sku {sku}", {"sku": v}) has a
+# type of its author's naming and a message its author wrote: any type pydantic-core
+# does not define is a validator's own message too.
+_BUILT_IN_TYPES = frozenset(get_args(ErrorType)) - _OWN_MESSAGE
 _MIN_CUT = 4  # shorter texts ("EUR" aside) would cut ordinary words out of the message
 _MAX_CUTS = 256
 # Values whose text a message may quote: JSON's, and the Python values a mapping given
@@ -562,7 +568,7 @@ def error_details(
         msg, loc = err["msg"], list(err["loc"])
         if not include_input:
             msg = _VALUE_FREE_MSG.get(err["type"]) or _QUOTED_INPUT.sub("", msg)
-            if err["type"] in _OWN_MESSAGE and "input" in err:
+            if err["type"] not in _BUILT_IN_TYPES and "input" in err:
                 msg = _without_input(msg, err["input"])
             if masked is not None:
                 loc = masked(err["loc"])

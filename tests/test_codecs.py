@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 import streamguard as sg
 from streamguard.codecs import JsonCodec
@@ -328,6 +329,29 @@ def test_a_validators_own_message_loses_the_input_it_quotes(
     assert "42424242420" not in str(info.value) + info.value.errors_json().decode()
     assert kept in info.value.errors[0]["msg"]
     assert "<redacted>" in info.value.errors[0]["msg"]
+
+
+class CustomError(sg.Contract):
+    """A contract whose validator raises a ``PydanticCustomError`` quoting the value."""
+
+    __subject__ = "tests.CustomError"
+    __version__ = 1
+    sku: str
+
+    @field_validator("sku")
+    @classmethod
+    def known_sku(cls, value: str) -> str:
+        raise PydanticCustomError("sku_unknown", "unknown sku {sku}", {"sku": value})
+
+
+def test_a_custom_errors_message_loses_the_input_it_quotes() -> None:
+    """A ``PydanticCustomError`` is a validator's own message under a type of its own
+    naming: the input it quotes is cut as from a ``ValueError``'s."""
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps({"sku": SECRET}).encode(), CustomError)
+    assert_no_secret(info.value)
+    assert info.value.errors[0]["type"] == "sku_unknown"
+    assert info.value.errors[0]["msg"] == "unknown sku <redacted>"
 
 
 class Dated(sg.Contract):
