@@ -551,7 +551,11 @@ def _masked_locations(schema: dict[str, Any]) -> _MaskedLocations:
 
 
 def error_details(
-    exc: Any, *, include_input: bool = False, schema: dict[str, Any] | None = None
+    exc: Any,
+    *,
+    include_input: bool = False,
+    schema: dict[str, Any] | None = None,
+    record: Callable[[], Any] | None = None,
 ) -> list[ErrorDetail]:
     """Turn a pydantic ``ValidationError`` into value-free ``{loc, type, msg}`` dicts.
 
@@ -560,9 +564,12 @@ def error_details(
     With the model's JSON ``schema``, the keys of declared maps in ``loc`` (a
     ``dict[str, int]`` keyed by e-mail address, say) become ``*``: they are data too.
     ``include_input=False`` also drops the ``input`` and ``ctx`` keys, and cuts the
-    input out of the messages a contract's own validators wrote, where they quote it.
+    input out of the messages a contract's own validators wrote, where they quote it;
+    with ``record`` (a function giving the whole input), the record's values too, which
+    a field's validator may quote from ``info.data``.
     """
     details: list[ErrorDetail] = []
+    whole: list[Any] = []  # the record, asked for once, and only for such a message
     masked = _masked_locations(schema) if schema is not None and not include_input else None
     for err in exc.errors(include_url=False, include_context=False):
         msg, loc = err["msg"], list(err["loc"])
@@ -570,6 +577,11 @@ def error_details(
             msg = _VALUE_FREE_MSG.get(err["type"]) or _QUOTED_INPUT.sub("", msg)
             if err["type"] not in _BUILT_IN_TYPES and "input" in err:
                 msg = _without_input(msg, err["input"])
+                if record is not None and err["loc"]:  # at the root, the input is the record
+                    if not whole:  # its values: its keys are field names
+                        values = record()
+                        whole.append(list(values.values()) if isinstance(values, dict) else values)
+                    msg = _without_input(msg, whole[0])
             if masked is not None:
                 loc = masked(err["loc"])
         detail: ErrorDetail = {"loc": loc, "type": err["type"], "msg": msg}

@@ -304,7 +304,7 @@ class GuardedProducer:
         try:
             return contract.model_validate(event)
         except ValidationError as exc:
-            details = error_details(exc, schema=shared_schema(contract))
+            details = error_details(exc, schema=shared_schema(contract), record=lambda: event)
             raise ContractViolation(contract.__subject__, details) from None
 
     def _encoder(self, model_type: type[BaseModel], topic: str) -> Callable[[BaseModel], bytes]:

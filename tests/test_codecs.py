@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -22,6 +22,7 @@ from pydantic import (
     Json,
     StringConstraints,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -352,6 +353,39 @@ def test_a_custom_errors_message_loses_the_input_it_quotes() -> None:
     assert_no_secret(info.value)
     assert info.value.errors[0]["type"] == "sku_unknown"
     assert info.value.errors[0]["msg"] == "unknown sku <redacted>"
+
+
+class Sibling(sg.Contract):
+    """A contract whose field validator quotes another field's value (``info.data``)."""
+
+    __subject__ = "tests.Sibling"
+    __version__ = 1
+    email: str
+    placed_on: date
+    plan: str
+
+    @field_validator("plan")
+    @classmethod
+    def allowed(cls, value: str, info: ValidationInfo) -> str:
+        raise ValueError(f"plan {value} not allowed for {info.data} ({info.data['email']})")
+
+
+def test_a_validators_message_loses_the_other_fields_it_quotes() -> None:
+    """A field's validator quoting the fields validated before it (``info.data``) loses
+    their values too, in the error text and the DLQ headers, Avro's too."""
+    record = {"email": "zq-4242@example.org", "placed_on": "1987-06-05", "plan": "gold-4242"}
+    parsed = {**record, "placed_on": date(1987, 6, 5)}
+    avro = sg.AvroCodec()
+    for decode in (
+        lambda: JsonCodec().decode(json.dumps(record).encode(), Sibling),
+        lambda: avro.decode(avro.encode(Sibling.model_construct(**parsed)), Sibling),
+    ):
+        with pytest.raises(sg.ContractViolation) as info:
+            decode()
+        shown = str(info.value) + info.value.errors_json().decode()
+        assert "4242" not in shown
+        assert "1987" not in shown
+        assert "not allowed for" in info.value.errors[0]["msg"]
 
 
 class Dated(sg.Contract):

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import KafkaError, Message
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 import streamguard as sg
 from streamguard.devbroker import DevBroker
@@ -216,6 +216,31 @@ def test_a_validators_message_loses_the_python_values_of_a_mapping(bootstrap: st
     assert [e["msg"] for e in info.value.errors] == ["Value error, refused <redacted>"] * 3
     for value in event.values():
         assert str(value) not in shown
+
+
+class Referral(sg.Contract):
+    """A contract whose field validator quotes another field's value (``info.data``)."""
+
+    __subject__ = "tests.Referral"
+    __version__ = 1
+    email: str
+    code: str
+
+    @field_validator("code")
+    @classmethod
+    def refused(cls, value: str, info: ValidationInfo) -> str:
+        raise ValueError(f"code refused for {info.data['email']}")
+
+
+def test_a_validators_message_loses_the_other_fields_of_a_mapping(bootstrap: str) -> None:
+    """A mapping's other fields, quoted by a field's validator from ``info.data``, are
+    cut from the violation as the field's own value is."""
+    producer = sg.GuardedProducer(bootstrap)
+    with pytest.raises(sg.ContractViolation) as info:
+        producer.send("referrals", {"email": "zq-4242@example.org", "code": "x"}, contract=Referral)
+    shown = str(info.value) + info.value.errors_json().decode()
+    assert info.value.errors[0]["msg"] == "Value error, code refused for <redacted>"
+    assert "4242" not in shown
 
 
 class Settlement(sg.Contract):

@@ -348,7 +348,7 @@ class RegistryCodec:
             try:
                 event: C = validate(record, strict=False)  # as AvroCodec's, for the same reason
             except ValidationError as exc:
-                raise _classify(exc, contract, include_input) from None
+                raise _classify(exc, contract, include_input, record) from None
             return event
 
         return decode
