@@ -399,6 +399,12 @@ _VALUE_FREE_MSG = {
 }
 
 
+# bytes in base64 or hex ("Data should be valid base64: Invalid symbol 42, offset 3",
+# "Data should be valid hex: Invalid character 'z' at position 2"): the decoder's detail,
+# after the colon, quotes a character of the input, so only the encoding is kept.
+_DETAIL_QUOTES_INPUT = frozenset({"bytes_invalid_encoding"})
+
+
 # Errors whose message the contract's own validator wrote (``ValueError(f"unknown sku
 # {v}")``): the input it was given is cut wherever it appears there word for word.
 _OWN_MESSAGE = frozenset({"value_error", "assertion_error"})
@@ -575,6 +581,8 @@ def error_details(
         msg, loc = err["msg"], list(err["loc"])
         if not include_input:
             msg = _VALUE_FREE_MSG.get(err["type"]) or _QUOTED_INPUT.sub("", msg)
+            if err["type"] in _DETAIL_QUOTES_INPUT:
+                msg = msg.partition(":")[0]
             if err["type"] not in _BUILT_IN_TYPES and "input" in err:
                 msg = _without_input(msg, err["input"])
                 if record is not None and err["loc"]:  # at the root, the input is the record

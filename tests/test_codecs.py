@@ -332,6 +332,45 @@ def test_a_validators_own_message_loses_the_input_it_quotes(
     assert "<redacted>" in info.value.errors[0]["msg"]
 
 
+class Base64Encoded(sg.Contract):
+    """A contract of a bytes field read from base64 text."""
+
+    __subject__ = "tests.Base64Encoded"
+    __version__ = 1
+    model_config = ConfigDict(val_json_bytes="base64")
+    blob: bytes
+
+
+class HexEncoded(sg.Contract):
+    """A contract of a bytes field read from hex text."""
+
+    __subject__ = "tests.HexEncoded"
+    __version__ = 1
+    model_config = ConfigDict(val_json_bytes="hex")
+    blob: bytes
+
+
+@pytest.mark.parametrize(
+    ("contract", "blob", "kept"),
+    [
+        (Base64Encoded, "AB*Q", "Data should be valid base64"),
+        (HexEncoded, "00Q1", "Data should be valid hex"),
+    ],
+    ids=["base64", "hex"],
+)
+def test_a_bytes_decoding_error_does_not_quote_an_input_character(
+    contract: type[sg.Contract], blob: str, kept: str
+) -> None:
+    """pydantic's base64 and hex errors name the offending character of the input
+    (``Invalid symbol 42, offset 2``, ``Invalid character 'Q'``): only the encoding is kept."""
+    with pytest.raises(sg.ContractViolation) as info:
+        JsonCodec().decode(json.dumps({"blob": blob}).encode(), contract)
+    assert [e["msg"] for e in info.value.errors] == [kept]
+    shown = str(info.value) + info.value.errors_json().decode()
+    assert "42" not in shown
+    assert "'Q'" not in shown
+
+
 class CustomError(sg.Contract):
     """A contract whose validator raises a ``PydanticCustomError`` quoting the value."""
 
