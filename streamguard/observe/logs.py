@@ -135,7 +135,8 @@ class JsonFormatter(logging.Formatter):
         except (TypeError, ValueError):
             # A value JSON cannot hold (a dict with tuple keys, a cycle, NaN) raised here,
             # and logging printed a traceback to stderr instead of the line: its text.
-            return json.dumps({key: _writable(value) for key, value in entry.items()})
+            # default=str here too: a value _writable keeps may need it (a datetime).
+            return json.dumps({key: _writable(value) for key, value in entry.items()}, default=str)
 
 
 def _writable(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -66,6 +67,18 @@ def test_a_json_line_is_written_whatever_the_extra_values() -> None:
     assert parsed["ratio"] == "nan"
     assert parsed["partitions"] == [0, 1]
     assert parsed["event"] == "partitions assigned"
+
+
+def test_a_json_line_with_an_unwritable_value_keeps_the_values_str_writes() -> None:
+    """The fallback for a value JSON cannot hold dumped the line again without
+    ``default=str``: a datetime beside a NaN then raised TypeError, and the line was
+    lost to a logging traceback."""
+    entry = record()
+    entry.when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    entry.ratio = float("nan")
+    parsed = json.loads(JsonFormatter().format(entry))
+    assert parsed["when"] == "2026-01-02 03:04:05"
+    assert parsed["ratio"] == "nan"
 
 
 def test_both_formats_keep_the_stack_a_caller_asked_for() -> None:
