@@ -55,6 +55,7 @@ class RepeatsCollapsed:
         facility, text = (str(args[0]), str(args[2])) if len(args) == 3 else ("", msg % args)
         kind = (facility, _TIMING.sub("", _THREAD.sub("", text)))
         now = self._clock()
+        evicted: list[tuple[tuple[str, str], list[Any]]] = []
         with self._lock:
             seen = self._kinds.get(kind)
             if seen is not None and (self._collapsing or now - seen[2] < PASS_THROUGH_EVERY):
@@ -62,8 +63,15 @@ class RepeatsCollapsed:
                 seen[1] += 1
                 return
             if len(self._kinds) >= _MAX_KINDS:  # texts that vary: forget the quiet ones
-                self._kinds = {k: v for k, v in self._kinds.items() if v[1]}
+                kept = {k: v for k, v in self._kinds.items() if v[1]}
+                if len(kept) >= _MAX_KINDS // 2:
+                    # Varying texts that each repeat: keeping them grew the kinds for
+                    # good, each new one copying them all. Their counts are logged now.
+                    evicted, kept = list(kept.items()), {}
+                self._kinds = kept
             self._kinds[kind] = [level, 0, now]
+        for (evicted_facility, evicted_text), (evicted_level, repeats, _) in evicted:
+            self._report(evicted_facility, evicted_text, evicted_level, repeats)
         if seen is not None and seen[1]:
             self._report(facility, kind[1], max(seen[0], level), seen[1])
         self._log.log(level, msg, *args)

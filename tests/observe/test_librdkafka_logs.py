@@ -96,3 +96,27 @@ def test_after_pass_through_debug_lines_are_all_logged(caplog: pytest.LogCapture
         for _ in range(3):
             lines.log(logging.DEBUG, FORMAT, "HEARTBEAT", "rdkafka#consumer-1", "Heartbeat")
     assert len(caplog.records) == 3
+
+
+def test_kinds_of_varying_repeated_texts_stay_bounded_and_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Texts that vary (an address each) and each repeat: the kinds that had repeats
+    were all kept, so they grew without bound (and each new kind copied them all).
+    They are now forgotten once too many, their counts logged then, none lost."""
+    clock = [0.0]
+    lines = RepeatsCollapsed(logging.getLogger("test.librdkafka"), clock=lambda: clock[0])
+    lines.pass_through()
+    kinds = 5000
+    with caplog.at_level(logging.DEBUG, "test.librdkafka"):
+        for i in range(kinds):
+            for _ in range(3):
+                lines.log(
+                    logging.WARNING, FORMAT, "FAIL", "rdkafka#consumer-1", f"to 10.{i} failed"
+                )
+            assert len(lines._kinds) <= 1024
+        lines.flush()
+    shown = [r.getMessage() for r in caplog.records]
+    assert sum(1 for m in shown if m.startswith("FAIL [")) == kinds
+    counted = [m for m in shown if "more line(s) like this not shown" in m]
+    assert sum(int(m.split()[1]) for m in counted) == 2 * kinds
