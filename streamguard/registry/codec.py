@@ -40,7 +40,7 @@ from streamguard.codecs import (
     json_bytes,
     wire_by_alias,
 )
-from streamguard.contracts import Contract
+from streamguard.contracts import Contract, shared_schema
 from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavailable
 from streamguard.registry.client import (
     SubjectNameStrategy,
@@ -77,7 +77,7 @@ def registry_schema(contract: type[Contract]) -> tuple[str, str]:
         from streamguard.schema.avro import contract_avro_schema
 
         return json.dumps(contract_avro_schema(contract)), "AVRO"
-    return json.dumps(contract.json_schema()), "JSON"
+    return json.dumps(shared_schema(contract)), "JSON"
 
 
 def record_name(contract: type[Contract]) -> str:
@@ -89,7 +89,8 @@ def record_name(contract: type[Contract]) -> str:
         avsc = contract_avro_schema(contract)
         namespace = avsc.get("namespace")
         return f"{namespace}.{avsc['name']}" if namespace else str(avsc["name"])
-    return str(contract.json_schema().get("title") or contract.__subject__)
+    # The shared schema, not json_schema()'s copy: encode() asks for it per record.
+    return str(shared_schema(contract).get("title") or contract.__subject__)
 
 
 def reading_codec(

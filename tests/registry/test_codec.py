@@ -367,6 +367,34 @@ def test_encoder_refuses_an_unregistered_schema_unless_auto_register(
     assert client.get_subjects() == ["payments.Payment"]
 
 
+class Note(sg.Contract):
+    __subject__ = "notes"
+    __version__ = 1
+    text: str
+
+
+def test_encode_does_not_copy_the_schema_per_record(
+    registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encode() looks up the record name per record: since json_schema() returns a
+    deep copy, that copied the whole JSON Schema for every record encoded. It reads
+    the contract's shared schema instead."""
+    codec = RegistryCodec(
+        {"url": registry.url},
+        wire_format="json",
+        subject_name_strategy="RecordNameStrategy",
+        auto_register=True,
+    )
+
+    def copied(cls: type[sg.Contract]) -> dict[str, object]:
+        raise AssertionError("json_schema() copied the schema")
+
+    monkeypatch.setattr(Note, "json_schema", classmethod(copied))
+    first, second = codec.encode(Note(text="a")), codec.encode(Note(text="b"))
+    assert first[5:] == b'{"text":"a"}'
+    assert second[5:] == b'{"text":"b"}'
+
+
 def test_unregistered_hint_names_the_subject_mapping_and_where_the_schema_is(
     registry: RegistryServer, client: SchemaRegistryClient
 ) -> None:
