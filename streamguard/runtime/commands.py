@@ -13,6 +13,8 @@ import sysconfig
 import traceback
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
 from streamguard import exitcodes
 from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
@@ -104,6 +106,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             extra={"error_class": type(exc).__name__, "error": text, "exit_code": code},
         )
         return code
+    except KafkaException as exc:
+        # A -X setting librdkafka refuses: main's usage error, which was a text line too.
+        error = exc.args[0] if exc.args else None
+        if not (isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG):
+            raise
+        log.error(
+            "service failed; exiting",
+            extra={
+                "error_class": "KafkaException",
+                "error": f"a Kafka setting was refused: {error.str()}",
+                "exit_code": exitcodes.USAGE,
+            },
+        )
+        return exitcodes.USAGE
 
 
 def _run(args: argparse.Namespace) -> int:

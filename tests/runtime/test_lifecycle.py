@@ -643,6 +643,25 @@ def test_streamguard_run_in_json_ends_with_a_json_line_saying_why_it_failed() ->
     assert last["exit_code"] == 1
 
 
+def test_streamguard_run_in_json_ends_with_a_json_line_for_a_refused_kafka_setting() -> None:
+    """A ``-X`` setting librdkafka refuses ends ``streamguard run`` with exit 2, as
+    before, and in the JSON format with a JSON line: it was the CLI's text line
+    (``streamguard: error: a Kafka setting was refused: ...``)."""
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:Recorder",
+        "--bootstrap-servers", "127.0.0.1:9", "--log-format", "json", "-X", "bogus.key=1",
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, env={**os.environ, "SG_TEST_OUT": os.devnull}, capture_output=True, timeout=60
+    )
+    lines = [json.loads(line) for line in done.stderr.decode().splitlines()]
+    assert done.returncode == 2, lines
+    last = lines[-1]
+    assert last["event"] == "service failed; exiting", lines
+    assert last["exit_code"] == 2
+    assert "bogus.key" in last["error"]
+
+
 def test_a_cluster_that_comes_up_during_the_wait_is_no_outage(
     start_service: Callable[..., Running],
     caplog: pytest.LogCaptureFixture,
