@@ -193,6 +193,7 @@ class _HeldSignals:
         if threading.current_thread() is not threading.main_thread():
             yield  # only the main thread may set handlers; its caller owns the signals
             return
+        self.stopping, self.held = False, []  # a run of its own
         for s in self.SIGNALS:
             previous = signal.getsignal(s)
             if previous is not None:  # None: a handler Python did not set; leave it
@@ -226,6 +227,9 @@ class _HeldSignals:
         elif previous == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
+        # The handler let the run go on (a caller's that sets a flag, or SIG_IGN): the
+        # next signal is held again, or it would land inside a delivery report.
+        self.stopping = False
 
 
 def replay_count(headers: h.Headers) -> int | None:

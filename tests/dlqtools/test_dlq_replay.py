@@ -931,3 +931,24 @@ def test_records_without_dead_letter_headers_are_never_replayed(
         assert reader.plan()[0].end == 3  # nothing written back into the topic read
     with DlqReader(bootstrap, target, group_id="check") as reader:
         assert reader.plan()[0].end == 0
+
+
+def test_a_signal_a_callers_handler_lets_pass_leaves_the_next_one_held() -> None:
+    """A library caller's SIGTERM handler that only sets a flag lets the replay go on:
+    the next SIGTERM is held like the first, not passed on inside a delivery report
+    (after one signal, every later one went straight through)."""
+    from streamguard.dlqtools.replay import _HeldSignals
+
+    calls: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        held = _HeldSignals()
+        with held.installed():
+            for expected in (1, 2):
+                held.holding = True
+                signal.raise_signal(signal.SIGTERM)
+                assert len(calls) == expected - 1  # held while reports run
+                held.release()
+                assert len(calls) == expected  # passed on at the end of the stretch
+    finally:
+        signal.signal(signal.SIGTERM, before)
