@@ -539,8 +539,20 @@ class ServiceRuntime:
             # without a warning.
             try:
                 admin = AdminClient({"bootstrap.servers": servers, **admin_config})
+                wait_until = time.monotonic() + DLQ_CREATE_WAIT
                 try:
-                    dead_letter_topics = admin.list_topics(timeout=DLQ_CREATE_WAIT).topics
+                    while True:
+                        # In short waits, as for the source's cluster: one wait of 5 s
+                        # held the main thread, and a SIGTERM, for all of it.
+                        wait = max(0.001, min(CONNECT_WAIT, wait_until - time.monotonic()))
+                        try:
+                            dead_letter_topics = admin.list_topics(timeout=wait).topics
+                            break
+                        except KafkaException:
+                            if stopping.is_set():
+                                return False
+                            if time.monotonic() >= wait_until:
+                                raise
                 finally:
                     admin.poll(0)  # nothing else serves it: its log lines, now or never
             except KafkaException as exc:

@@ -1238,3 +1238,32 @@ def test_a_run_that_fails_to_start_its_event_loop_leaves_no_signal_handler_behin
         with pytest.raises(OSError, match="Too many open files"):
             service.run()
         assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stop_while_waiting_for_a_dlq_cluster_that_is_down_returns_at_once(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A DLQ on another cluster is waited for up to 5 s at start-up. A stop (SIGTERM)
+    meanwhile returns at once, as one while the source's cluster is waited for: the
+    wait was a single call that held the thread, and the stop, for all of it."""
+    src = topic_factory("orders")
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    with refusing_port() as down:
+        running = start_service(
+            Billing, dead_letter_config={"bootstrap.servers": f"127.0.0.1:{port_of(down)}"}
+        )
+        time.sleep(1.0)  # the source's cluster answered at once: into the DLQ's wait
+        stopped = time.monotonic()
+        running.stop()
+        assert time.monotonic() - stopped < 2.0
+    assert running.error == []
+    assert not running.service.health()["checks"]["assigned"]  # it never joined
