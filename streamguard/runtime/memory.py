@@ -4,14 +4,15 @@ glibc's malloc raises its mmap threshold to the size of any mmapped block that i
 freed, up to 32 MiB, and its trim threshold to twice that ("dynamic threshold").
 librdkafka's fetch buffers are such blocks, so soon after a consumer starts they come
 from the heap instead, and the heap keeps what they free. Over a million records the
-sync service's RSS grew from 52 to 54-63 MiB and the async one's from 54 to 68-74; with
-the thresholds held at glibc's defaults it ended at 52 and 61 (docs/benchmark-notes.md,
-*Memory*).
+sync service's RSS grew from 52 to 54-63 MiB and the async one's from 54 to 60-64; with
+the thresholds held at glibc's defaults it ended at 52.5 and 54-55 (docs/consumer.md and
+docs/benchmark-notes.md, *Memory*).
 
 Holding them is what ``MALLOC_TRIM_THRESHOLD_=131072`` in the environment does, for the
 whole process. It has a price: the freed buffers come back as fresh pages, 0.08-0.10 page
 faults per record against 0.01-0.04, which cost 0.1-0.5 µs more kernel time per record
-(median 0.34 over eleven pairs: about 3% of a sync service's CPU). So it is opt-in
+(median 0.34 over eleven pairs: about 3% of a sync service's CPU with the 4 MiB fetch
+queue of before, about 1% with today's 2 MiB). So it is opt-in
 (``ServiceOptions.release_memory``), for services whose memory matters more than that.
 Any malloc tuning already in the environment is left as it is, and so is every
 allocator but glibc's.

@@ -78,11 +78,12 @@ class ServiceOptions:
             macOS), else asyncio's loop; ``"asyncio"``: always asyncio's.
         release_memory: on glibc, hold malloc's trim and mmap thresholds at their
             defaults when the service starts, so that memory librdkafka frees goes
-            back to the OS: RSS after a million records 53-55 MiB against 67-70 for a
-            sync service, 61-63 against 83-86 for an async one. The price is page
-            faults: the freed buffers are mapped afresh, 0.1-0.5 µs more kernel time
-            per record (about 3% of a sync service's CPU). Off by default for that
-            price, and because it applies to the whole process, as
+            back to the OS: RSS after a million records 52.5 MiB against 54-63 for a
+            sync service, 54-55 against 60-64 for an async one (docs/consumer.md,
+            *Memory*). The price is page faults: the freed buffers are mapped afresh,
+            0.1-0.5 µs more kernel time per record (about 1% of a sync service's CPU
+            with the 2 MiB fetch queue, 3% with the 4 MiB of before). Off by default
+            for that price, and because it applies to the whole process, as
             ``MALLOC_TRIM_THRESHOLD_=131072`` would. Malloc tuning in the environment
             takes precedence; on another C library it does nothing.
     """
