@@ -64,9 +64,10 @@ class ServiceOptions:
             flood the logs too. None logs every one.
         broker_silence: seconds without a byte from any broker after which the cluster
             counts as unreachable (a refused, reset or stalled connection): ``/readyz``
-            reports ``broker_reachable: false``. Above ``heartbeat.interval.ms`` (one
-            at or above it is refused) and ``fetch.wait.max.ms``, which bound the
-            silence of a healthy consumer.
+            reports ``broker_reachable: false``. Above ``heartbeat.interval.ms`` and
+            at or above ``statistics.interval.ms`` (set or librdkafka's defaults, 3 s
+            and the runtime's 1 s; else refused), which bound the silence of a healthy
+            consumer with every partition paused.
         broker_timeout: seconds without the cluster after which ``run()`` stops (after
             settling what it can) and raises ``BrokerUnavailable``, so that a supervisor
             restarts the service or alerts; None (the default) waits for the cluster
