@@ -152,7 +152,9 @@ def summarize(
             {f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)}
         )
         group.count += 1
-        replays = replay_count(letter.original_headers)
+        # Only a dead letter was dead-lettered again after a replay: a replayed record
+        # in its source topic (``inspect orders``) carries the count but no sg-dlq-*.
+        replays = replay_count(letter.original_headers) if letter.context else 0
         if replays != 0:
             group.replayed += 1
             group.max_replay_count = max(group.max_replay_count, replays or 0)

@@ -462,6 +462,35 @@ def test_a_dlq_holding_a_few_records_of_another_writer_is_still_called_a_dlq() -
     assert "'orders.dlq' is probably not a dead-letter topic" in none
 
 
+def test_replayed_records_of_a_source_topic_are_not_called_dead_lettered_again() -> None:
+    """``inspect`` given the source topic, which holds replayed records (sg-replay-count,
+    no sg-dlq-* header): they are no dead letters, so no line says they were
+    dead-lettered again after a replay, and JSON counts none as replayed."""
+    from streamguard.deadletter import DeadLetter
+    from streamguard.dlqtools.inspect import render_table, summarize, to_json
+    from streamguard.dlqtools.reader import DlqRecord
+
+    def record(offset: int, headers: list[tuple[str, bytes | None]]) -> DlqRecord:
+        letter = DeadLetter.from_record(
+            topic="orders", partition=0, offset=offset, key=None, value=b"{}", headers=headers
+        )
+        return DlqRecord(letter, 1_700_000_000_000)
+
+    replayed = [record(i, [("sg-replay-count", b"1"), ("sg-replay-at", b"1")]) for i in range(3)]
+    summary = summarize("orders", [record(3, []), *replayed])
+    table = render_table(summary)
+    assert "note: 4 of the 4 record(s) carry no streamguard dead-letter headers" in table
+    assert "replayed before" not in table
+    (group,) = json.loads(to_json(summary))["groups"]
+    assert (group["replayed"], group["max_replay_count"]) == (0, 0)
+    # A dead letter with the same count is still counted as dead-lettered again.
+    dead = [("sg-dlq-reason", b"decode_error"), ("sg-dlq-original-topic", b"orders")]
+    again = render_table(
+        summarize("orders.dlq", [record(0, [*replayed[0].letter.original_headers, *dead])])
+    )
+    assert "replayed before: 1 of these record(s), sg-replay-count up to 1" in again
+
+
 def test_a_huge_forged_header_widens_no_row_of_the_table() -> None:
     """A forged sg-dlq-* header of 200 KB is cut in its table cell, so the other groups'
     rows stay readable; JSON keeps the value whole."""
