@@ -35,6 +35,7 @@ from streamguard import headers as h
 from streamguard.codecs import codec_for
 from streamguard.contracts import Contract, wire_format
 from streamguard.deadletter import Failure
+from streamguard.errors import ConfigurationError
 from streamguard.headers import Headers, Record
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import caller_header, stamp_headers
@@ -190,6 +191,12 @@ class ServiceHarness(Generic[S]):
         max_attempts: int | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
+        if max_attempts is not None and not (isinstance(max_attempts, int) and max_attempts >= 1):
+            # 0 still made the one call every record gets: say so rather than ignore it.
+            raise ConfigurationError(
+                f"ServiceHarness(max_attempts={max_attempts!r}) counts handler calls: an "
+                "int of at least 1, or None for the service's RetryPolicy"
+            )
         self.service: S = (
             service(bootstrap_servers=_NO_CLUSTER) if isinstance(service, type) else service
         )

@@ -138,6 +138,13 @@ def test_a_permanent_error_is_dead_lettered_at_once() -> None:
     assert result.header(h.DLQ_ERROR_MESSAGE) == "customer account is closed"
 
 
+@pytest.mark.parametrize("attempts", [0, -1, 1.5])
+def test_max_attempts_below_one_call_is_refused(attempts: Any) -> None:
+    """Every record gets one handler call: max_attempts=0 was accepted and ignored."""
+    with pytest.raises(sg.ConfigurationError, match="max_attempts"):
+        ServiceHarness(Billing, max_attempts=attempts)
+
+
 def test_max_attempts_reports_a_record_still_waiting() -> None:
     """max_attempts stops a retrying record and reports it as waiting."""
     with ServiceHarness(Billing, max_attempts=2) as kit:
