@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, from_json
@@ -350,6 +350,7 @@ class AvroCodec:
             parsed, fingerprint = _parsed_avro(dict(schema))
             _refuse_zero_width_arrays(schema)
             self._writers[fingerprint] = parsed
+        self._recursive_writer = any(map(_recursive, self.writer_schemas))
         self._schemas: dict[type[BaseModel], tuple[Any, bytes]] = {}
 
     def __repr__(self) -> str:
@@ -392,10 +393,9 @@ class AvroCodec:
         Built once per contract so that the hot path is one call; it raises
         ``DecodeError`` or ``ContractViolation``, never with input values.
         """
-        from fastavro import schemaless_reader
-
         reader, own = self._schema(contract)
         writers = {**self._writers, own: reader}
+        schemaless_reader = avro_reader(self._recursive_writer or _recursive(reader))
         validate = contract.__pydantic_validator__.validate_python
         max_bytes, include_input = self.max_bytes, self.include_input
 
@@ -438,6 +438,27 @@ class AvroCodec:
             return event
 
         return decode
+
+
+def _recursive(schema: Any) -> bool:
+    from streamguard.schema.avro import recursive
+
+    return recursive(schema)
+
+
+def avro_reader(recursive: bool) -> Callable[[IO[bytes], Any, Any], Any]:
+    """fastavro's ``schemaless_reader`` for a writer schema: its compiled one, or for a
+    ``recursive`` schema its pure-Python one. The compiled reader recurses on the C stack
+    with no limit, so a record of a self-holding schema nesting a few thousand levels
+    (10 KB) crashed the consumer with SIGSEGV, on every restart; the Python reader raises
+    RecursionError, a ``decode_error``. Chosen once per writer schema, not per record."""
+    if recursive:
+        from fastavro._read_py import schemaless_reader as python_reader
+
+        return python_reader
+    from fastavro import schemaless_reader
+
+    return schemaless_reader
 
 
 def _refuse_zero_width_arrays(schema: Mapping[str, Any]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -374,3 +377,43 @@ def test_lists_of_items_that_take_bytes_are_unaffected() -> None:
     )
     codec = sg.AvroCodec(writer_schemas=[contract_avro_schema(Basket)])
     assert codec.decode(codec.encode(event), Basket) == event
+
+
+def test_a_deeply_nested_record_of_a_recursive_contract_is_a_decode_error() -> None:
+    """A contract that holds itself (a tree) lets a record nest as deep as its bytes go:
+    fastavro's compiled reader recursed on the C stack, and a 30 KB record nesting
+    10,000 levels killed the consumer with SIGSEGV, on every restart. It is now a
+    DecodeError, and shallow trees still decode. In a subprocess: the crash took the
+    test run with it."""
+    code = textwrap.dedent(
+        """
+        from __future__ import annotations
+        import streamguard as sg
+        from streamguard.codecs import SINGLE_OBJECT_MARKER, _parsed_avro
+        from streamguard.schema.avro import contract_avro_schema
+
+        class Node(sg.Contract):
+            __subject__ = "tests.avro.Node"
+            __version__ = 1
+            __wire_format__ = "avro"
+            v: int
+            children: list[Node] = []
+            parent: Node | None = None
+
+        codec = sg.AvroCodec()
+        tree = Node(v=1, children=[Node(v=2, parent=Node(v=3))])
+        assert codec.decode(codec.encode(tree), Node) == tree
+        fingerprint = _parsed_avro(contract_avro_schema(Node))[1]
+        # v = 0, no children, parent: the union's Node branch; 10,000 times
+        deep = SINGLE_OBJECT_MARKER + fingerprint + b"\\x00\\x00\\x02" * 10_000 + b"\\x00" * 3
+        try:
+            codec.decode(deep, Node)
+        except sg.DecodeError as exc:
+            print(type(exc).__name__)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["DecodeError"]

@@ -36,6 +36,7 @@ from streamguard.codecs import (
     Codec,
     JsonCodec,
     _classify,
+    avro_reader,
     codec_for,
     json_bytes,
     wire_by_alias,
@@ -297,28 +298,31 @@ class RegistryCodec:
 
     def decoder(self, contract: type[C]) -> Callable[[bytes | None], C]:
         """A function decoding any of the three framings into a validated ``contract``."""
-        from fastavro import schemaless_reader  # not at import: see AvroCodec.encode
-        from fastavro.read import SchemaResolutionError
+        from fastavro.read import SchemaResolutionError  # not at import: see AvroCodec.encode
+
+        from streamguard.schema.avro import recursive
 
         json_decode = self._json.decoder(contract)
         is_avro = getattr(contract, "__wire_format__", "json") == "avro"
         single_object = self._avro.decoder(contract) if is_avro else json_decode
         reader = self._avro._schema(contract)[0] if is_avro else None
         validate = contract.__pydantic_validator__.validate_python
-        # Per id: (type, writer, reader) as fastavro takes them. A writer with the reader's
-        # canonical form reads as the reader without resolution: fastavro compares the
-        # two schemas on every record otherwise, which made Confluent framing 13% slower
-        # than single-object encoding (benchmarks/registry_decode.py).
-        plans: dict[int, tuple[str, Any, Any]] = {}
+        # Per id: (type, writer, reader) as fastavro takes them, and the fastavro reader
+        # for that writer (see avro_reader). A writer with the reader's canonical form
+        # reads as the reader without resolution: fastavro compares the two schemas on
+        # every record otherwise, which made Confluent framing 13% slower than
+        # single-object encoding (benchmarks/registry_decode.py).
+        plans: dict[int, tuple[str, Any, Any, Callable[..., Any]]] = {}
         unresolved: dict[int, str] = {}  # id -> its error text, composed once
         fetch = self._writer
         max_bytes, include_input = self.max_bytes, self.include_input
 
-        def plan(schema_id: int) -> tuple[str, Any, Any]:
+        def plan(schema_id: int) -> tuple[str, Any, Any, Callable[..., Any]]:
             kind, writer = fetch(schema_id)
             if kind == "AVRO" and reader is not None and _canonical(writer) == _canonical(reader):
                 writer = reader
-            found = plans[schema_id] = (kind, writer, None if writer is reader else reader)
+            read = avro_reader(kind == "AVRO" and recursive(writer))
+            found = plans[schema_id] = (kind, writer, None if writer is reader else reader, read)
             return found
 
         def decode(data: bytes | None) -> C:
@@ -332,7 +336,7 @@ class RegistryCodec:
             if len(data) < HEADER_SIZE:
                 raise DecodeError("Confluent framing cut short: no 4-byte schema id")
             schema_id = int.from_bytes(data[1:5], "big")
-            kind, writer, resolve_to = plans.get(schema_id) or plan(schema_id)
+            kind, writer, resolve_to, schemaless_reader = plans.get(schema_id) or plan(schema_id)
             if kind == "JSON":
                 return json_decode(data[5:])
             try:

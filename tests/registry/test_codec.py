@@ -7,6 +7,9 @@ import base64
 import http.server
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from datetime import UTC, datetime
@@ -325,6 +328,40 @@ def test_a_writer_schema_with_an_array_of_nothing_dead_letters_its_records_at_on
     assert time.monotonic() - started < 0.5
     with pytest.raises(ConfigurationError, match="markers"):
         RegistryCodec({"url": registry.url}, wire_format="avro", writer_schemas=[writer])
+
+
+def test_a_deep_record_of_a_recursive_writer_schema_is_a_decode_error(
+    registry: RegistryServer, client: SchemaRegistryClient
+) -> None:
+    """A producer's schema with a field that holds itself, which the contract lacks: the
+    reader skips it, and fastavro's compiled reader skipped 20,000 nested levels (a 20 KB
+    record) on the C stack until the consumer died of SIGSEGV, on every restart. The
+    record is now a DecodeError. In a subprocess: the crash took the test run with it."""
+    writer = json.loads(avro(PaymentV1).schema_str)
+    next_junk = {"name": "next", "type": ["null", "Junk"]}
+    junk = {"type": "record", "name": "Junk", "fields": [next_junk]}
+    writer["fields"].append({"name": "junk", "type": ["null", junk], "default": None})
+    schema_id = client.register_schema("p-value", Schema(json.dumps(writer), "AVRO"))
+    # "p", 12, then junk's Junk branch and each next's Junk branch, 20,000 deep
+    poison = framed(schema_id, b"\x02p" + b"\x18" + b"\x02" * 20_000 + b"\x00")
+    code = textwrap.dedent(
+        f"""
+        import streamguard as sg
+        from streamguard.registry import RegistryCodec
+        from tests.registry.conftest import PaymentV1
+
+        codec = RegistryCodec({{"url": {registry.url!r}}}, wire_format="avro")
+        try:
+            codec.decode({poison!r}, PaymentV1)
+        except sg.DecodeError as exc:
+            print(type(exc).__name__)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["DecodeError"]
 
 
 def test_size_is_checked_before_the_registry_is_asked(registry: RegistryServer) -> None:
