@@ -393,6 +393,8 @@ class AvroCodec:
         Built once per contract so that the hot path is one call; it raises
         ``DecodeError`` or ``ContractViolation``, never with input values.
         """
+        from fastavro.read import SchemaResolutionError
+
         reader, own = self._schema(contract)
         writers = {**self._writers, own: reader}
         schemaless_reader = avro_reader(self._recursive_writer or _recursive(reader))
@@ -425,6 +427,8 @@ class AvroCodec:
                 )
             try:
                 record = schemaless_reader(io.BytesIO(data[10:]), writer, reader)
+            except SchemaResolutionError:
+                raise DecodeError(_unresolvable(data[2:10].hex(), writer, reader)) from None
             except Exception as exc:  # fastavro raises many types on corrupt input
                 raise DecodeError(f"corrupt Avro record: {type(exc).__name__}") from None
             try:
@@ -438,6 +442,26 @@ class AvroCodec:
             return event
 
         return decode
+
+
+def _unresolvable(fingerprint: str, writer: Any, reader: Any) -> str:
+    """Why a record of one of ``writer_schemas`` cannot be read as the contract: the first
+    mismatch of the two schemas (field paths and type names, never a value: fastavro's
+    own text may quote an enum symbol read). It said "corrupt Avro record", and the
+    record was sound: a schema in ``writer_schemas`` the contract cannot resolve."""
+    from streamguard.schema.avro import compare_avro_schemas
+    from streamguard.schema.changes import field_path
+
+    text = f"writer schema {fingerprint} cannot be resolved to the contract's Avro schema"
+    try:
+        broken = [f for f in compare_avro_schemas(writer, reader) if not f.safe]
+    except Exception:  # the comparison is a hint: its failure must not hide the error
+        broken = []
+    if broken:
+        first = broken[0]
+        types = f" {first.old_type} -> {first.new_type}" if first.old_type else ""
+        text += f" by Avro's rules: {field_path(first.path)}: {first.rule}{types}"
+    return text + "; the writer's schema and the contract's must be made compatible"
 
 
 def _recursive(schema: Any) -> bool:

@@ -115,6 +115,32 @@ def test_truncated_record_is_a_decode_error() -> None:
         sg.AvroCodec().decode(data[:12], PaymentV1)
 
 
+class PaymentV3(sg.Contract):
+    __subject__ = "tests.avro.Payment"
+    __version__ = 3
+    __wire_format__ = "avro"
+    payment_id: UUID
+    cents: int = Field(gt=0)
+    currency: Literal["EUR"]
+    merchant: str
+
+
+def test_an_unresolvable_writer_schema_is_named_not_called_corrupt() -> None:
+    """A record of one of ``writer_schemas`` that the contract cannot resolve (a field
+    added without a default, a symbol removed) is a DecodeError naming the writer's
+    fingerprint and the first mismatch; it said "corrupt Avro record", of a sound
+    record. No value: fastavro's text quoted the enum symbol read."""
+    data = sg.AvroCodec().encode(PaymentV1(payment_id=UUID(int=7), cents=5, currency="USD"))
+    codec = sg.AvroCodec(writer_schemas=[contract_avro_schema(PaymentV1)])
+    with pytest.raises(sg.DecodeError) as info:
+        codec.decode(data, PaymentV3)
+    text = str(info.value)
+    assert f"writer schema {data[2:10].hex()} cannot be resolved" in text
+    assert "by Avro's rules: currency: ENUM_ARRAY_NARROWED" in text
+    assert "corrupt" not in text
+    assert "USD" not in text
+
+
 def test_oversize_is_refused_before_parsing() -> None:
     """A message over max_bytes is refused with reason oversize."""
     data = sg.AvroCodec().encode(payment())
