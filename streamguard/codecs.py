@@ -542,9 +542,29 @@ def _encode_errors(event: BaseModel, exc: Exception) -> list[ErrorDetail]:
                     "msg": f"does not fit {fits} ({type(field_exc).__name__}){_hint(field_exc)}",
                 }
             )
+    if avro and not unwritable:
+        # An int beyond 64 bits is valid to a contract's `int` and to JSON, not to an Avro
+        # long: fastavro's OverflowError names no field, and the error named none either.
+        for name in type(event).model_fields:
+            try:
+                value = event.model_dump(mode="json", include={name}, warnings=False)
+            except Exception:  # noqa: S112  # a dump that fails names nothing more
+                continue
+            if _beyond_long(value):
+                msg = "does not fit its Avro schema (an integer beyond Avro's 64-bit long)"
+                unwritable.append({"loc": [name], "type": kind, "msg": msg})
     return unwritable or [
         {"loc": [], "type": kind, "msg": f"does not fit {fits} ({type(exc).__name__}){_hint(exc)}"}
     ]
+
+
+def _beyond_long(value: Any) -> bool:
+    """Whether a dumped value holds an int outside Avro's long, -2**63 to 2**63 - 1."""
+    if isinstance(value, dict):
+        return any(_beyond_long(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_beyond_long(v) for v in value)
+    return isinstance(value, int) and not -(2**63) <= value < 2**63
 
 
 def _hint(exc: Exception) -> str:

@@ -141,6 +141,33 @@ def test_an_unresolvable_writer_schema_is_named_not_called_corrupt() -> None:
     assert "USD" not in text
 
 
+class Counter(sg.Contract):
+    __subject__ = "tests.avro.Counter"
+    __version__ = 1
+    __wire_format__ = "avro"
+    label: str
+    total: int
+    history: list[int] = Field(default_factory=list)
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [({"total": 2**63}, "total"), ({"total": 1, "history": [-(2**63) - 1]}, "history")],
+)
+def test_an_int_beyond_avro_s_long_is_refused_naming_its_field(
+    fields: dict[str, Any], loc: str
+) -> None:
+    """A Python int beyond 64 bits fits the contract's ``int`` but not Avro's long: the
+    refusal names the field (it was ``loc=[]``, fastavro's OverflowError naming none),
+    never the value."""
+    with pytest.raises(sg.ContractViolation) as info:
+        sg.AvroCodec().encode(Counter(label="a", **fields))
+    assert [e["loc"] for e in info.value.errors] == [[loc]]
+    assert "64-bit long" in info.value.errors[0]["msg"]
+    assert "9223372036854775808" not in str(info.value)
+    assert sg.AvroCodec().encode(Counter(label="a", total=2**63 - 1, history=[-(2**63)]))
+
+
 def test_oversize_is_refused_before_parsing() -> None:
     """A message over max_bytes is refused with reason oversize."""
     data = sg.AvroCodec().encode(payment())
