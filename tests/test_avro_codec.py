@@ -255,13 +255,19 @@ def test_avro_contract_round_trips_through_producer_and_service(
 
 @pytest.mark.parametrize(
     ("annotation", "match"),
-    [(Any, "any type"), (dict[str, Any], "any type"), (tuple[int, int], "fixed-length tuple")],
-    ids=["any", "map-of-any", "tuple"],
+    [
+        (Any, "any type"),
+        (dict[str, Any], "any type"),
+        (tuple[int, int], "fixed-length tuple"),
+        (Literal["a", 1], "Literal or Enum whose values are of several types"),
+    ],
+    ids=["any", "map-of-any", "tuple", "mixed-literal"],
 )
 def test_an_avro_contract_refuses_fields_avro_cannot_carry(annotation: Any, match: str) -> None:
     """Any became a string field that refused every value but a string (and ``= None`` an
     invalid schema), a tuple an array of strings: every valid event was refused. Now the
-    contract's schema is refused, naming the fix."""
+    contract's schema is refused, naming the fix. A Literal of a str and an int was
+    refused as "a value of any type (Any, ...)", which it is not."""
     namespace: dict[str, Any] = {
         "__module__": __name__,
         "__subject__": "tests.Loose",

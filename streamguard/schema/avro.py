@@ -308,6 +308,13 @@ class _Deriver:
                 "items": self.type_of(resolved.get("items", {}), f"{name}_item"),
             }
         if kind is None:
+            if "enum" in resolved or "const" in resolved:
+                # Literal["a", 1]: its JSON Schema has no type; "of any type (Any...)" misled.
+                raise ConfigurationError(
+                    f"Avro type {hint}: a Literal or Enum whose values are of several types "
+                    "has no Avro type (an Avro field holds one); use values of one type, "
+                    "valid names for an Avro enum"
+                )
             raise _untyped(hint)
         simple = {"integer": "long", "number": "double", "boolean": "boolean", "null": "null"}
         return simple.get(str(kind), "string")
