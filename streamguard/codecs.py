@@ -449,19 +449,28 @@ def _unresolvable(fingerprint: str, writer: Any, reader: Any) -> str:
     mismatch of the two schemas (field paths and type names, never a value: fastavro's
     own text may quote an enum symbol read). It said "corrupt Avro record", and the
     record was sound: a schema in ``writer_schemas`` the contract cannot resolve."""
+    return (
+        f"writer schema {fingerprint} cannot be resolved to the contract's Avro schema"
+        f"{first_mismatch(writer, reader)}; the writer's schema and the contract's must be "
+        "made compatible"
+    )
+
+
+def first_mismatch(writer: Any, reader: Any) -> str:
+    """`` by Avro's rules: <field path>: <rule> <old> -> <new>``, the first change of
+    ``writer`` to ``reader`` that Avro cannot resolve: schema text only, never a value."""
     from streamguard.schema.avro import compare_avro_schemas
     from streamguard.schema.changes import field_path
 
-    text = f"writer schema {fingerprint} cannot be resolved to the contract's Avro schema"
     try:
         broken = [f for f in compare_avro_schemas(writer, reader) if not f.safe]
     except Exception:  # the comparison is a hint: its failure must not hide the error
-        broken = []
-    if broken:
-        first = broken[0]
-        types = f" {first.old_type} -> {first.new_type}" if first.old_type else ""
-        text += f" by Avro's rules: {field_path(first.path)}: {first.rule}{types}"
-    return text + "; the writer's schema and the contract's must be made compatible"
+        return " by Avro's rules"
+    if not broken:
+        return " by Avro's rules"
+    first = broken[0]
+    types = f" {first.old_type} -> {first.new_type}" if first.old_type else ""
+    return f" by Avro's rules: {field_path(first.path)}: {first.rule}{types}"
 
 
 def _recursive(schema: Any) -> bool:

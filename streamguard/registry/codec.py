@@ -38,6 +38,7 @@ from streamguard.codecs import (
     _classify,
     avro_reader,
     codec_for,
+    first_mismatch,
     json_bytes,
     wire_by_alias,
 )
@@ -363,20 +364,10 @@ class RegistryCodec:
         find (schema text: field paths and type names, never record values, so not
         fastavro's message, which may quote an enum symbol read), and where to look up
         the id's subjects, since the writer's subject may not be the contract's."""
-        from streamguard.schema.avro import compare_avro_schemas
-        from streamguard.schema.changes import field_path
-
-        text = f"writer schema id {schema_id} cannot be resolved to the contract's Avro schema"
-        try:
-            broken = [f for f in compare_avro_schemas(writer, reader) if not f.safe]
-        except Exception:  # the comparison is a hint: its failure must not hide the error
-            broken = []
-        if broken:
-            first = broken[0]
-            types = f" {first.old_type} -> {first.new_type}" if first.old_type else ""
-            text += f" by Avro's rules: {field_path(first.path)}: {first.rule}{types}"
-        else:
-            text += " by Avro's rules"
+        text = (
+            f"writer schema id {schema_id} cannot be resolved to the contract's Avro schema"
+            f"{first_mismatch(writer, reader)}"
+        )
         # No request for the id's subjects here: this runs inside decode, on the event
         # loop of an async service or a Faust agent, which a registry request must not
         # hold (see ``unfetched``). The id names them: GET /schemas/ids/{id}/versions.
