@@ -4,7 +4,6 @@ registry become."""
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import logging
 import subprocess
@@ -24,6 +23,7 @@ from streamguard.errors import ConfigurationError, DecodeError, RegistryUnavaila
 from streamguard.registry import RegistryCodec, RegistryServer
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config, subject_name
 from streamguard.registry.codec import registry_schema
+from tests.json_http import JsonHandler, serving
 from tests.registry.conftest import PaymentV1, PaymentV2, avro
 from tests.test_avro_codec import StrictPayment
 from tests.test_producer import closed_port
@@ -184,35 +184,18 @@ def test_a_200_without_a_schema_holds_records_and_is_asked_again() -> None:
     text, _ = registry_schema(PaymentV1)
     answers = [{}, {"schema": text, "schemaType": "AVRO"}]
 
-    class Registry(http.server.BaseHTTPRequestHandler):
+    class Registry(JsonHandler):
         def do_GET(self) -> None:
-            body = json.dumps(answers.pop(0) if answers else {}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, answers.pop(0) if answers else {})
 
-        def log_message(self, *args: object) -> None:
-            """Quiet."""
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        codec = RegistryCodec(
-            {"url": f"http://127.0.0.1:{server.server_address[1]}"}, wire_format="avro"
-        )
+    with serving(Registry) as url:
+        codec = RegistryCodec({"url": url}, wire_format="avro")
         decode = codec.decoder(PaymentV1)
         record = framed(7, b"\x02p\x02")  # payment_id "p", amount_cents 1
         with pytest.raises(RegistryUnavailable, match="no schema for id 7"):
             decode(record)
         assert codec.unfetched(record) is not None  # not remembered as a refusal
         assert decode(record) == PaymentV1(payment_id="p", amount_cents=1)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_credentials_in_the_registry_url_are_sent_but_never_logged(
@@ -223,32 +206,17 @@ def test_credentials_in_the_registry_url_are_sent_but_never_logged(
     which ``streamguard run`` shows)."""
     seen: list[str | None] = []
 
-    class Registry(http.server.BaseHTTPRequestHandler):
+    class Registry(JsonHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("Authorization"))
-            body = json.dumps({"error_code": 40403, "message": "Schema not found"}).encode()
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(404, {"error_code": 40403, "message": "Schema not found"})
 
-        def log_message(self, *args: object) -> None:
-            """Quiet: the test reads the records of the code under test only."""
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Registry) as base:
         caplog.set_level(logging.DEBUG)
-        url = f"http://bob:{SECRET}@127.0.0.1:{server.server_address[1]}"
+        url = base.replace("http://", f"http://bob:{SECRET}@")
         codec = RegistryCodec({"url": url}, wire_format="json")
         with pytest.raises(DecodeError, match="schema id 9 is unknown"):
             codec.decode(framed(9, b"{}"), PaymentV1)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     token = base64.b64encode(f"bob:{SECRET}".encode()).decode()
     assert seen == [f"Basic {token}"]
     assert caplog.records, "the client logged no request: nothing was checked"
@@ -542,7 +510,6 @@ def test_known_and_refused_ids_decode_while_another_id_is_fetched(
     """The codec's lock is held for the whole of a registry request; an id already
     fetched, or refused a moment ago, is answered from memory without waiting for it
     (an event loop decodes those itself: ``unfetched`` says they need no request)."""
-    import threading
     import time
 
     from tests.registry.conftest import SlowRegistryClient
@@ -620,41 +587,20 @@ def test_a_producer_whose_registry_fails_reading_back_says_nothing_was_sent() ->
     nothing was sent. It said the consumer's "records needing it wait and are retried"."""
     text, _ = registry_schema(PaymentV1)
 
-    class Registry(http.server.BaseHTTPRequestHandler):
-        def answer(self, status: int, payload: object) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Registry(JsonHandler):
         def do_POST(self) -> None:  # the lookup of the schema under its subject
-            self.rfile.read(int(self.headers["Content-Length"]))
+            self.read_body()
             self.answer(200, {"subject": "payments-value", "id": 7, "version": 1, "schema": text})
 
         def do_GET(self) -> None:  # the schema by id: the registry fails
             self.answer(500, {"error_code": 50001, "message": "storage error"})
 
-        def log_message(self, *args: object) -> None:
-            """Quiet."""
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        producer = sg.GuardedProducer(
-            "127.0.0.1:1",
-            schema_registry={"url": f"http://127.0.0.1:{server.server_address[1]}"},
-        )
+    with serving(Registry) as url:
+        producer = sg.GuardedProducer("127.0.0.1:1", schema_registry={"url": url})
         with pytest.raises(sg.RegistryUnavailable) as raised:
             producer.send("payments", PaymentV1(payment_id="p-1", amount_cents=100))
         assert "nothing was sent" in str(raised.value)
         assert "retried" not in str(raised.value)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_a_producer_with_a_registry_keeps_its_codec_s_size_limit(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import importlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,6 +14,7 @@ from streamguard.codecs import JsonCodec
 from streamguard.errors import ContractViolation
 from streamguard.registry import RegistryServer
 from streamguard.registry.client import REGISTRY_URL_ENV
+from tests.json_http import JsonHandler, serving
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -172,15 +171,7 @@ def test_a_refusal_mid_check_exits_2_with_the_registry_s_answer(
     two requests: 40402) ends the check with exit 2 and what it answered. The refusal
     escaped as a traceback and exit 1, which CI reads as an incompatible change."""
 
-    class Racing(http.server.BaseHTTPRequestHandler):
-        def answer(self, status: int, payload: object) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Racing(JsonHandler):
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             if path.startswith("/config"):
@@ -191,23 +182,12 @@ def test_a_refusal_mid_check_exits_2_with_the_registry_s_answer(
                 self.answer(404, {"error_code": 40402, "message": "Version 1 not found."})
 
         def do_POST(self) -> None:  # the lookup of this schema: not registered
-            self.rfile.read(int(self.headers["Content-Length"]))
+            self.read_body()
             self.answer(404, {"error_code": 40403, "message": "Schema not found"})
 
-        def log_message(self, *args: object) -> None:
-            """Quiet."""
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Racing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        project_factory().contracts(V1)
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    project_factory().contracts(V1)
+    with serving(Racing) as url:
         code, _, err = cli("schema", "check", "--registry", url)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert code == 2, err
     assert "refused a request" in err
     assert "Traceback" not in err
