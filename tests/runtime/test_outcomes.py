@@ -395,6 +395,30 @@ def test_subclass_attribute_names_are_the_users_own(
     assert not running.error
 
 
+def flood(producer: Producer, topic: str, count: int) -> None:
+    """``count`` orders in a currency the contract refuses, keyed over seven keys."""
+    for i in range(count):
+        bad = order(i).model_dump_json().replace('"EUR"', '"GBP"').encode()
+        producer.produce(topic, bad, key=b"k%d" % (i % 7))
+    producer.flush(10)
+
+
+def flooded(src: str, group: str, log_rate: float) -> type[sg.ConsumerService]:
+    """A service of ``src`` whose every record is invalid, its dead-letter lines
+    limited to ``log_rate`` a second."""
+
+    class Flooded(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(dead_letter_log_rate=log_rate)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise AssertionError("no record of the flood is valid")
+
+    return Flooded
+
+
 def test_a_poison_flood_is_dead_lettered_whole_with_rate_limited_log_lines(
     bootstrap: str,
     topic_factory: Callable[..., str],
@@ -410,22 +434,9 @@ def test_a_poison_flood_is_dead_lettered_whole_with_rate_limited_log_lines(
     src = topic_factory("orders")
     group = unique("flood")
     count = 600
-    for i in range(count):
-        bad = order(i).model_dump_json().replace('"EUR"', '"GBP"').encode()
-        raw_producer.produce(src, bad, key=b"k%d" % (i % 7))
-    raw_producer.flush(10)
-
-    class Flooded(sg.ConsumerService):
-        topic = src
-        contract = OrderPlaced
-        group_id = group
-        options = sg.ServiceOptions(dead_letter_log_rate=5)
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            raise AssertionError("no record of the flood is valid")
-
+    flood(raw_producer, src, count)
     caplog.set_level("WARNING", logger="streamguard.runtime")
-    running = start_service(Flooded)
+    running = start_service(flooded(src, group, log_rate=5))
     dlq = read_all(f"{src}.dlq", count, timeout=30)
     assert len(dlq) >= count  # at least once: all of them, none lost
     assert {dlq_headers(m)["sg-dlq-original-offset"] for m in dlq} == {str(i) for i in range(count)}
@@ -468,22 +479,9 @@ def test_the_dead_letter_lines_skipped_last_are_counted_when_the_service_stops(
     src = topic_factory("orders")
     group = unique("flood-stop")
     count = 40
-    for i in range(count):
-        bad = order(i).model_dump_json().replace('"EUR"', '"GBP"').encode()
-        raw_producer.produce(src, bad)
-    raw_producer.flush(10)
-
-    class Flooded(sg.ConsumerService):
-        topic = src
-        contract = OrderPlaced
-        group_id = group
-        options = sg.ServiceOptions(dead_letter_log_rate=0.01)
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
-            raise AssertionError("no record of the flood is valid")
-
+    flood(raw_producer, src, count)
     caplog.set_level("WARNING", logger="streamguard.runtime")
-    running = start_service(Flooded, kafka_config=FAST_GROUP)
+    running = start_service(flooded(src, group, log_rate=0.01), kafka_config=FAST_GROUP)
     assert len(read_all(f"{src}.dlq", count, timeout=30)) >= count
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == count)
     running.stop()
