@@ -20,6 +20,10 @@ DeliveryReport = Callable[[KafkaError | None, Message], None]
 # How long to serve delivery reports while waiting for room in a full local queue.
 ROOM_WAIT = 0.1
 
+TOO_LARGE_FOR_QUEUE = (
+    "record larger than the local queue (queue.buffering.max.kbytes): it can never be queued"
+)
+
 
 def enqueue(
     producer: Producer,
@@ -34,10 +38,12 @@ def enqueue(
     """Queue one record, waiting while the local queue is full.
 
     Returns None once the record is queued (``on_delivery`` reports its fate later),
-    or the error when librdkafka refused it before queueing: then no report comes.
+    or the error when librdkafka refused it before queueing (or it is too large for even
+    an empty local queue): then no report comes.
     """
     # Any: the stubs want a list of (str, str | bytes | None), and a list is invariant.
     sent: Any = headers if headers is None or isinstance(headers, list) else list(headers)
+    drained = False  # the queue was found empty after the last refusal
     while True:
         try:
             if partition is None:  # keywords, not a dict of them: a dead-letter flood's hot path
@@ -49,6 +55,15 @@ def enqueue(
                 )  # fmt: skip
             return None
         except BufferError:
+            if len(producer) == 0:
+                # No room in an empty queue: the record alone is larger than
+                # queue.buffering.max.kbytes, and waiting would never end. Refused only
+                # when it happens twice, as other threads may have just drained the queue.
+                if drained:
+                    return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, TOO_LARGE_FOR_QUEUE)
+                drained = True
+                continue
+            drained = False
             producer.poll(ROOM_WAIT)  # serve delivery reports to make room; drop nothing
         except KafkaException as exc:
             error: KafkaError = exc.args[0]

@@ -381,6 +381,37 @@ def test_record_over_message_max_bytes_fails_at_flush(
     assert "too large" in text.lower()
 
 
+def test_a_record_larger_than_the_local_queue_fails_at_flush(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A record over queue.buffering.max.kbytes (but within message.max.bytes) can never
+    be queued: send() returns and flush() reports it. send() used to wait for room in
+    the empty queue forever."""
+    topic = topic_factory("queue-big")
+    producer = sg.GuardedProducer(bootstrap, kafka_config={"queue.buffering.max.kbytes": 1})
+    done = threading.Event()
+    codes: list[int] = []
+
+    def send() -> None:
+        producer.send(
+            topic,
+            OrderPlaced(order_id=1, currency="E" * 5000),
+            on_delivery=lambda err, msg: codes.append(err.code() if err else 0),
+        )
+        done.set()
+
+    threading.Thread(target=send, daemon=True).start()  # daemon: it hung without the fix
+    assert done.wait(10), "send() waited forever for room the record can never have"
+    producer.send(topic, OrderPlaced(order_id=2, currency="EUR"))
+    with pytest.raises(sg.DeliveryFailed) as info:
+        producer.flush(10)
+    [(failed_topic, text)] = info.value.failures
+    assert failed_topic == topic
+    assert "queue.buffering.max.kbytes" in text
+    assert codes == [KafkaError.MSG_SIZE_TOO_LARGE]  # permanent: not worth a retry
+    assert [value_of(r)["order_id"] for r in read_all(topic, 1)] == [2]
+
+
 def test_unreachable_broker_fails_at_flush() -> None:
     """When the broker never acknowledges, flush() raises DeliveryFailed naming the topic."""
     producer = sg.GuardedProducer(
