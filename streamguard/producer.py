@@ -270,9 +270,11 @@ class GuardedProducer:
         try:
             self.close()
         except DeliveryFailed as exc:
+            # failures ends with one pair standing for all the pending records: not a failure.
+            failed = len(exc.failures) - (1 if exc.pending else 0)
             log.warning(
                 "records not delivered as the producer's block failed",
-                extra={"failed": len(exc.failures), "pending": exc.pending},
+                extra={"failed": failed, "pending": exc.pending},
             )
 
     def _validated(

@@ -530,6 +530,29 @@ def test_a_failing_block_keeps_its_own_exception() -> None:
         block()
 
 
+def test_a_failing_blocks_log_counts_pending_records_apart_from_failed_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record still queued when the failing block's flush times out is pending, not
+    failed; the log counted the pair that stands for the pending records as a failure."""
+
+    class QuickClose(sg.GuardedProducer):
+        def close(self, timeout: float = 1.0) -> None:  # the block's flush, shortened
+            super().close(timeout)
+
+    def block() -> None:
+        with QuickClose(
+            f"127.0.0.1:{closed_port()}", kafka_config={"message.timeout.ms": 60_000}
+        ) as producer:
+            producer.send("orders-nowhere", OrderPlaced(order_id=1, currency="EUR"))
+            raise KeyError("the block's own")
+
+    with caplog.at_level("WARNING", logger="streamguard.producer"), pytest.raises(KeyError):
+        block()
+    [record] = [r for r in caplog.records if r.getMessage().startswith("records not delivered")]
+    assert (record.failed, record.pending) == (0, 1)  # type: ignore[attr-defined]
+
+
 def test_context_manager_flushes(
     bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
 ) -> None:
