@@ -114,9 +114,11 @@ def test_probes_hit_the_endpoints_the_health_server_serves(health_server: Health
 
 
 def test_grace_period_outlasts_the_shutdown() -> None:
-    """terminationGracePeriodSeconds covers two shutdown timeouts (handlers, DLQ flush)."""
+    """terminationGracePeriodSeconds covers a revoke that the SIGTERM lands in, then two
+    shutdown timeouts (handlers, DLQ acknowledgements), and the commit and close."""
     grace = int(scalar("terminationGracePeriodSeconds"))
-    assert grace >= 2 * sg.ServiceOptions().shutdown_timeout + 10
+    options = sg.ServiceOptions()
+    assert grace >= options.revoke_timeout + 2 * options.shutdown_timeout + 10
 
 
 def test_bootstrap_servers_come_from_the_environment_variable_the_runtime_reads() -> None:
