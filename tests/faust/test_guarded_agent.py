@@ -9,7 +9,7 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -739,6 +739,46 @@ def partitions_of(bootstrap: str, topic: str) -> int:
     return 0 if found is None else len(found.partitions)
 
 
+def copies_of_one_order(producer: Producer, topic: str) -> Callable[[int], None]:
+    """Produces ``count`` copies of one valid order to ``topic`` and waits for them."""
+    value = order(0).model_dump_json().encode()
+
+    def produce_many(count: int) -> None:
+        for _ in range(count):
+            producer.produce(topic, value)
+            producer.poll(0)
+        producer.flush(30)
+
+    return produce_many
+
+
+def stays_unfetched(
+    full: Callable[[], Awaitable[bool]],
+    held: Callable[[], float],
+    produce_many: Callable[[int], None],
+    release: asyncio.Event,
+    bootstrap: str,
+    app: Any,
+    topic: str,
+) -> Callable[[], Awaitable[None]]:
+    """The scenario of a partition held at its buffer: once ``full``, 3,000 more events
+    produced meanwhile stay in Kafka (``held`` does not grow); once released, all
+    3,300 are committed."""
+
+    async def scenario() -> None:
+        try:
+            assert await full()
+            before = held()
+            await asyncio.to_thread(produce_many, 3000)
+            await asyncio.sleep(2.0)  # several fetch rounds, were the partition fetched
+            assert held() == before <= 300
+        finally:
+            release.set()  # also on failure, so that the app can stop
+        assert await until(lambda: committed(bootstrap, app.conf.id, topic).get(0) == 3300, 60)
+
+    return scenario
+
+
 def test_held_partition_stops_fetching_and_loses_nothing(
     bootstrap: str,
     topic_factory: Callable[..., str],
@@ -749,14 +789,7 @@ def test_held_partition_stops_fetching_and_loses_nothing(
     full, so events produced meanwhile stay in Kafka, not in memory; released, it is
     fetched again and every event is handled in order, none skipped."""
     src = topic_factory("orders", partitions=1)
-    value = order(0).model_dump_json().encode()
-
-    def produce_many(count: int) -> None:
-        for _ in range(count):
-            raw_producer.produce(src, value)
-            raw_producer.poll(0)
-        raw_producer.flush(30)
-
+    produce_many = copies_of_one_order(raw_producer, src)
     produce_many(300)
     app = make_app()
     release = asyncio.Event()
@@ -772,18 +805,13 @@ def test_held_partition_stops_fetching_and_loses_nothing(
         labels = {"runtime": "faust", "topic": src}
         return bill.registry.get_sample_value("streamguard_inflight", labels) or 0.0
 
-    async def scenario() -> None:
-        try:
-            assert await until(lambda: inflight() >= 100, 30)
-            await asyncio.sleep(0.5)
-            before = inflight()
-            await asyncio.to_thread(produce_many, 3000)
-            await asyncio.sleep(2.0)  # several fetch rounds, were the partition fetched
-            assert inflight() == before <= 300
-        finally:
-            release.set()  # also on failure, so that the app can stop
-        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3300, 60)
+    async def full() -> bool:
+        if not await until(lambda: inflight() >= 100, 30):
+            return False
+        await asyncio.sleep(0.5)
+        return True
 
+    scenario = stays_unfetched(full, inflight, produce_many, release, bootstrap, app, src)
     run_app(app, scenario, timeout=120)
     assert seen == list(range(3300))
 
@@ -799,14 +827,7 @@ def test_a_partition_held_by_one_agent_stays_held_while_another_drains_it(
     ``partition_buffer`` is not fetched again. Before, audit's release resumed the
     partition, and billing's held lane took every event produced meanwhile."""
     src = topic_factory("orders", partitions=1)
-    value = order(0).model_dump_json().encode()
-
-    def produce_many(count: int) -> None:
-        for _ in range(count):
-            raw_producer.produce(src, value)
-            raw_producer.poll(0)
-        raw_producer.flush(30)
-
+    produce_many = copies_of_one_order(raw_producer, src)
     produce_many(300)
     app = make_app()
     release = asyncio.Event()
@@ -826,17 +847,10 @@ def test_a_partition_held_by_one_agent_stays_held_while_another_drains_it(
         lane = bill._lanes.get(0)
         return 0 if lane is None else lane.inflight
 
-    async def scenario() -> None:
-        try:
-            assert await until(lambda: held() >= 100 and len(audited) >= 300, 30)
-            before = held()
-            await asyncio.to_thread(produce_many, 3000)
-            await asyncio.sleep(2.0)  # several fetch rounds, were the partition fetched
-            assert held() == before <= 300
-        finally:
-            release.set()  # also on failure, so that the app can stop
-        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 3300, 60)
+    async def full() -> bool:
+        return await until(lambda: held() >= 100 and len(audited) >= 300, 30)
 
+    scenario = stays_unfetched(full, held, produce_many, release, bootstrap, app, src)
     run_app(app, scenario, timeout=120)
     assert audited == list(range(3300))
 
