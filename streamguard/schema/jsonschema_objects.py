@@ -13,7 +13,8 @@ pydantic writes ``additionalProperties: false`` for ``extra='forbid'``, nothing 
 stored schema already says whether its model is open or closed: no annotation is needed.
 The lenient policy's premise, that data carries only the fields its writer declares,
 holds for ``extra='ignore'`` only: a model with ``extra='allow'`` keeps undeclared
-fields and writes them out, so a writer that says ``true`` is judged strictly.
+fields and writes them out, and a ``dict`` is nothing but such names, so a writer that
+says ``true`` or gives a schema is judged strictly.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class _Content:
         resolved = doc.resolve(raw) if raw is not None else None
         self.permits = resolved is not False
         self.schema: Any = None if resolved in (None, True, {}) or resolved is False else raw
-        # Said open (pydantic's extra='allow'), not left open: its data may carry any name.
-        self.sends_extras = raw is not None and resolved in (True, {})
+        # Said open (pydantic's extra='allow') or given a schema (a dict's values), not
+        # left open: its data carries names it does not declare.
+        self.sends_extras = raw is not None and resolved is not False
         patterns = node.get("patternProperties") if extra_key == "additionalProperties" else None
         self.patterns: dict[str, Any] = patterns if isinstance(patterns, dict) else {}
 

@@ -311,6 +311,19 @@ class Renamed(BaseModel):
     ident: str
 
 
+class DictOfInt(BaseModel):
+    m: dict[str, int]
+
+
+class ClosedM(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: int = 0
+
+
+class ClosedMField(BaseModel):
+    m: ClosedM
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -373,6 +386,16 @@ CASES = [
         "note",
     ),
     Case("closed model allows extras", ClosedBase, AllowBase, True, False),
+    # A dict's data carries keys it does not declare: closing it breaks under lenient too.
+    Case(
+        "dict -> closed model",
+        DictOfInt,
+        ClosedMField,
+        False,
+        True,
+        "ADDITIONAL_PROPERTIES_REMOVED",
+        "m{}",
+    ),
     Case("allow -> ignore", AllowBase, Base, True, True),
     Case("required -> optional", IntF, IntOptional, True, False),
     Case("default added", IntF, IntDefault, True, False),
