@@ -241,7 +241,20 @@ def compare_arrays(cmp: Comparer, o: Node, n: Node, path: Path) -> list[Finding]
     """Item schemas, tuples, additional items, and size/uniqueness/contains limits."""
     all_o, tuple_o, extra_o = _items(o, cmp.writer)
     all_n, tuple_n, extra_n = _items(n, cmp.reader)
-    out = cmp.compare(all_o, all_n, (*path, "items"))
+    if tuple_o and not tuple_n and all_n is not None:
+        # A tuple read as a list (tuple[int, int] -> list[int]): each position, and any
+        # item past them, meets the list's item schema. Compared as a whole, the tuple's
+        # missing item schema read as SCHEMA_ADDED and broke a safe widening.
+        out = [
+            finding
+            for i, item in enumerate(tuple_o)
+            for finding in cmp.compare(item, all_n, (*path, "items", str(i)))
+        ]
+        bound = o.get("maxItems")
+        if extra_o.permits and not (isinstance(bound, int) and bound <= len(tuple_o)):
+            out += cmp.compare(extra_o.schema, all_n, (*path, "additionalItems"))
+    else:
+        out = cmp.compare(all_o, all_n, (*path, "items"))
     for i in range(max(len(tuple_o), len(tuple_n))):
         where = (*path, "items", str(i))
         if i < len(tuple_o) and i < len(tuple_n):

@@ -311,6 +311,10 @@ class Renamed(BaseModel):
     ident: str
 
 
+class PairOfInts(BaseModel):
+    xs: tuple[int, int]
+
+
 class DictOfInt(BaseModel):
     m: dict[str, int]
 
@@ -479,6 +483,7 @@ CASES = [
     ),
     Case("int -> Decimal", IntF, DecX, True, False),
     Case("tuple grows", Pair, Triple, False, False),
+    Case("tuple -> list of its item type", PairOfInts, ListInt, True, False),
     Case("field renamed", Base, Renamed, False, False),
 ]
 MODES = ("BACKWARD", "FORWARD", "FULL", "NONE")
