@@ -264,7 +264,11 @@ class Comparer:
                     if self.ok(found):
                         return [*found, self.retyped(path, "PRODUCT_TYPE_NARROWED", o, n)]
             elif n.kind != "any":
-                return [self.retyped(path, "SUM_TYPE_NARROWED", o, n)]
+                narrowed = self.retyped(path, "SUM_TYPE_NARROWED", o, n)
+                # Safe when every branch reads as the one left: int | float -> float.
+                olds = _decimal_strings(o.subschemas, o, self.writer)
+                found = [f for sub in olds for f in self.compare(sub, n.schema, path)]
+                return [*found, replace(narrowed, safe=True)] if self.ok(found) else [narrowed]
         if o.kind != n.kind:
             if o.kind == "never" or n.kind == "any":
                 return []
@@ -306,9 +310,25 @@ class Comparer:
         for i, old in enumerate(olds):
             for j, new in enumerate(news):
                 pairs[(i, j)] = self.compare(old, new, (*path, oc, str(i)))
-        match = _max_matching(len(olds), len(news), {k for k, v in pairs.items() if self.ok(v)})
+        edges = {k for k, v in pairs.items() if self.ok(v)}
+        match = _max_matching(len(olds), len(news), edges)
         for i, j in sorted(match.items()):
             out += pairs[(i, j)]
+        if "allOf" not in (oc, nc):
+            # A union reads an old value with any branch that takes it, not one branch
+            # each: int | float | None -> float | None keeps every old value.
+            spare = {
+                i: next((j for j in range(len(news)) if (i, j) in edges), -1)
+                for i in range(len(olds))
+                if i not in match
+            }
+            if -1 not in spare.values():
+                for i, partner in sorted(spare.items()):
+                    out += pairs[(i, partner)]
+                return [
+                    replace(f, safe=True) if f.rule == "SUM_TYPE_NARROWED" and f.path == path else f
+                    for f in out
+                ]
         if len(match) < min(len(olds), len(news)):
             out.append(self.finding(path, "COMBINED_TYPE_SUBSCHEMAS_CHANGED"))
             # Say why: pair each unmatched old branch with a new branch nothing matched, one

@@ -311,6 +311,18 @@ class Renamed(BaseModel):
     ident: str
 
 
+class IntOrFloat(BaseModel):
+    x: int | float
+
+
+class IntFloatOrNone(BaseModel):
+    x: int | float | None
+
+
+class FloatOrNone(BaseModel):
+    x: float | None
+
+
 class PairOfInts(BaseModel):
     xs: tuple[int, int]
 
@@ -411,6 +423,9 @@ CASES = [
     Case("int -> str", IntF, StrF, False, False, "TYPE_CHANGED", "x"),
     Case("union widened", IntF, IntOrStr, True, False),
     Case("union narrowed", IntOrStr, IntF, False, True, "SUM_TYPE_NARROWED", "x"),
+    # Narrowed to branches that still take every old value: no old value is lost.
+    Case("union narrowed to a wider branch", IntOrFloat, FloatF, True, True),
+    Case("nullable union narrowed to a wider branch", IntFloatOrNone, FloatOrNone, True, True),
     Case("literal value added", Cur2, Cur3, True, False),
     Case("literal value removed", Cur2, Cur1, False, True, "ENUM_ARRAY_NARROWED", "currency"),
     Case("literal replaced", Cur2, CurOther, False, False, "ENUM_ARRAY_CHANGED", "currency"),
