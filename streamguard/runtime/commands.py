@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from streamguard import exitcodes
 from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
-from streamguard.observe.logs import configure_logging
+from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.service import ConsumerService
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args, tcp_port
@@ -110,7 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # A -X setting librdkafka refuses: main's usage error, which was a text line too.
         error = exc.args[0] if exc.args else None
         if not (isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG):
-            raise
+            return _failed(exc)
         log.error(
             "service failed; exiting",
             extra={
@@ -120,6 +120,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             },
         )
         return exitcodes.USAGE
+    except Exception as exc:
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """The JSON line of a run the user's code ended (``on_start`` raised, say): Python's
+    traceback was no JSON line. Its class and frames only, as the runtime logs the
+    user's errors: its text may quote what the code held (a record, a secret)."""
+    log.error(
+        "service failed; exiting",
+        extra={
+            "error_class": type(exc).__name__,
+            "error": f"{type(exc).__name__} (its text is not logged; see traceback)",
+            "exit_code": exitcodes.FAILED,
+            "traceback": frames(exc),
+        },
+    )
+    return exitcodes.FAILED
 
 
 def _run(args: argparse.Namespace) -> int:

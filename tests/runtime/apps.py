@@ -87,3 +87,16 @@ class CancelledWithTheRecord(sg.ConsumerService):
         import asyncio
 
         raise asyncio.CancelledError(f"cancelled for {event.customer_id}")
+
+
+class StartFails(sg.ConsumerService):
+    """An ``on_start`` that raises a plain exception quoting $SG_TEST_SECRET."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+
+    def on_start(self) -> None:
+        raise RuntimeError(f"cannot open the ledger with {os.environ.get('SG_TEST_SECRET')}")
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...

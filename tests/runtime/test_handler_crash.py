@@ -296,3 +296,39 @@ def test_a_handler_crash_is_logged_without_its_error_text(
     for line in logged:
         assert vars(line).get("error_class", vars(line).get("error")) == "Abort"
         assert "handle" in line.traceback  # type: ignore[attr-defined]
+
+
+def _run_app(bootstrap: str, app: str, **env: str) -> tuple[int, str]:
+    """``streamguard run tests.runtime.apps:APP`` in JSON: its exit code and output."""
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", f"tests.runtime.apps:{app}",
+        "--bootstrap-servers", bootstrap, "--log-format", "json",
+        *(arg for key, value in FAST_GROUP.items() for arg in ("-X", f"{key}={value}")),
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_streamguard_run_in_json_ends_with_a_json_line_when_on_start_raises(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+) -> None:
+    """An ``on_start`` that raises a plain exception ends ``streamguard run`` with exit
+    1 and a JSON line naming its class, with its frames, never its text. Before, Python
+    printed a traceback quoting its text: lines that are not JSON, which a log pipeline
+    could not parse."""
+    canary = unique("SECRET-dsn")
+    code, output = _run_app(
+        bootstrap, "StartFails", SG_TEST_TOPIC=topic_factory("orders"),
+        SG_TEST_GROUP=unique("g"), SG_TEST_SECRET=canary,
+    )  # fmt: skip
+    assert code == 1, output
+    assert canary not in output
+    lines = [json.loads(line) for line in output.splitlines()]  # each line is JSON
+    last = lines[-1]
+    assert last["event"] == "service failed; exiting", lines
+    assert last["level"] == "error"
+    assert last["error_class"] == "RuntimeError"
+    assert last["exit_code"] == 1
+    assert "in on_start" in last["traceback"]
