@@ -20,6 +20,7 @@ from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
 from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
+from streamguard.runtime.runner import raised_by_on_start
 from streamguard.runtime.service import ConsumerService
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args, tcp_port
 
@@ -160,16 +161,31 @@ def _run(args: argparse.Namespace) -> int:
         service.run()
     except (Exception, KeyboardInterrupt):
         raise  # for main, as before: streamguard's errors; KeyboardInterrupt exits 130
-    except BaseException as exc:
-        # What a handler raised that is no outcome (SystemExit, its own CancelledError):
-        # Python would print its text, which may quote the record, in a traceback that
-        # is no JSON line. The runtime logged its frames already: name its class.
-        log.error(
-            "service crashed; exiting",
-            extra={"error_class": type(exc).__name__, "exit_code": exitcodes.FAILED},
+    except SystemExit as exc:
+        if not raised_by_on_start(exc):
+            return _crashed(exc)
+        # sys.exit(n) in on_start: the service's own stop, with the code Python would
+        # exit with (its text, if it carried one, is not printed: exit 1, as Python).
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        log.warning(
+            "on_start exited; exiting",
+            extra={"error_class": "SystemExit", "exit_code": code},
         )
-        return exitcodes.FAILED
+        return code
+    except BaseException as exc:
+        return _crashed(exc)
     return exitcodes.OK
+
+
+def _crashed(exc: BaseException) -> int:
+    """What a handler raised that is no outcome (SystemExit, its own CancelledError):
+    Python would print its text, which may quote the record, in a traceback that is no
+    JSON line. The runtime logged its frames already: name its class."""
+    log.error(
+        "service crashed; exiting",
+        extra={"error_class": type(exc).__name__, "exit_code": exitcodes.FAILED},
+    )
+    return exitcodes.FAILED
 
 
 def _json_config(text: str) -> dict[str, Any]:

@@ -70,6 +70,16 @@ CRASH_RECORD_WAIT = 0.5
 LOOP_STOP_WAIT = 5.0
 
 
+_ON_START = "streamguard_on_start"
+
+
+def raised_by_on_start(exc: SystemExit) -> bool:
+    """Whether ``on_start`` raised ``exc`` (``sys.exit(3)`` in it), not a handler:
+    ``streamguard run`` keeps the exit code of the service's own stop, as Python does,
+    but not a handler's, which its record may have chosen."""
+    return vars(exc).get(_ON_START) is True
+
+
 class Hooks:
     """The lifecycle callbacks of a service (all optional, none may block for long)."""
 
@@ -199,7 +209,11 @@ class ServiceRuntime:
             poller, scheduler = self._assemble(consumer, dead_letter_producer, loop, stopping)
             dead_letter_producer = None  # the publisher's now, released with it
             poller.subscribe()
-            self._hooks.on_start()
+            try:
+                self._hooks.on_start()
+            except SystemExit as exc:
+                vars(exc)[_ON_START] = True  # see raised_by_on_start
+                raise
             log.info(
                 "service started",
                 extra={

@@ -100,3 +100,10 @@ class StartFails(sg.ConsumerService):
         raise RuntimeError(f"cannot open the ledger with {os.environ.get('SG_TEST_SECRET')}")
 
     def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+
+class StartExits(StartFails):
+    """An ``on_start`` that calls ``sys.exit($SG_TEST_EXIT_CODE)``."""
+
+    def on_start(self) -> None:
+        raise SystemExit(int(os.environ["SG_TEST_EXIT_CODE"]))

@@ -332,3 +332,20 @@ def test_streamguard_run_in_json_ends_with_a_json_line_when_on_start_raises(
     assert last["error_class"] == "RuntimeError"
     assert last["exit_code"] == 1
     assert "in on_start" in last["traceback"]
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_start(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], exit_code: int
+) -> None:
+    """``sys.exit(n)`` in ``on_start`` ends ``streamguard run`` with n, as Python does,
+    and a JSON line: it exited 1 like a handler's ``SystemExit``, whose code (maybe
+    its text, which may quote the record) is not kept."""
+    code, output = _run_app(
+        bootstrap, "StartExits", SG_TEST_TOPIC=topic_factory("orders"),
+        SG_TEST_GROUP=unique("g"), SG_TEST_EXIT_CODE=str(exit_code),
+    )  # fmt: skip
+    assert code == exit_code, output
+    last = [json.loads(line) for line in output.splitlines()][-1]
+    assert last["event"] == "on_start exited; exiting", last
+    assert last["exit_code"] == exit_code
