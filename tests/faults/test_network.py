@@ -8,7 +8,9 @@ valid record handled, every poison record dead-lettered, commits at the end.
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.broker
 
 # Fast fault detection for tests: a healthy consumer here hears from the broker every
 # 0.5 s (heartbeats, fetch.wait.max.ms), so 1.5 s of silence means a broken link.
-FAST = {"broker_silence": 1.5}
+FAST: dict[str, Any] = {"broker_silence": 1.5}
 
 
 def _check_nothing_lost(net: ProxiedBroker, group: str, seen: Seen, work: Workload) -> None:
@@ -119,8 +121,17 @@ def test_refused_connections_make_dead_letters_wait_and_the_service_unready(
     letters are written, the service is ready, and nothing is lost."""
     topic = new_topic(proxied.bootstrap)
     seen = Seen()
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_first(partition: int, offset: int) -> None:
+        # Partition 0's first record is valid and every other record after it poison:
+        # held here, none of them is dead-lettered before connections are refused.
+        if (partition, offset) == (0, 0):
+            held.set()
+            release.wait(30)
+
     running = start(
-        recording_service(topic, "g-refuse", seen, delay=0.05, **FAST),
+        recording_service(topic, "g-refuse", seen, delay=0.05, before=hold_the_first, **FAST),
         proxied.bootstrap,
         # Not idempotent: after refused connections the local broker answers an
         # idempotent producer's next writes with PRODUCER_FENCED for good, which Apache
@@ -134,12 +145,28 @@ def test_refused_connections_make_dead_letters_wait_and_the_service_unready(
     )
     try:
         assert wait_for(lambda: running.service.health()["ready"], timeout=20)
-        # Sent while the proxy accepts; the slow handler still works through them (and
-        # writes their dead letters) when connections start being refused.
+        # Sent while the proxy accepts. All the poison records are on partition 0, after
+        # its first record, which the handler holds: once partition 1 is handled, what
+        # is still in flight is partition 0's, so 2 or more means poison records were
+        # fetched, and none was dead-lettered yet. Waiting for a count of handled
+        # records instead, a loaded machine could refuse connections before a poison
+        # record was fetched, or after every dead letter was written: no write failed.
         work = send_workload(proxied.bootstrap, topic, valid=60, poison_every=2)
-        assert wait_for(lambda: len(seen.handled) >= 2, timeout=20)
+        second = {(p, o) for p, o in work.valid if p == 1}
+
+        def poison_fetched() -> bool:
+            inflight = running.registry.get_sample_value(
+                "streamguard_inflight", {"runtime": "consumer", "topic": topic}
+            )
+            return second <= seen.handled and (inflight or 0) >= 2
+
+        assert (0, 0) in work.valid
+        assert all(p == 0 for p, _ in work.poison)
+        assert held.wait(20)
+        assert wait_for(poison_fetched, timeout=20)
         proxied.proxy.refuse()
         proxied.proxy.reset()
+        release.set()  # its dead letters are written while every connection is refused
         # Generous bounds: under a loaded CI machine, statistics and delivery timeouts
         # arrive late; the test is about what happens, not how fast.
         assert wait_for(
@@ -151,6 +178,7 @@ def test_refused_connections_make_dead_letters_wait_and_the_service_unready(
         assert ok, running.service.health()
         _check_nothing_lost(proxied, "g-refuse", seen, work)
     finally:
+        release.set()
         proxied.proxy.refuse(False)
         running.stop()
     assert not running.error

@@ -37,9 +37,15 @@ class Seen:
 
 
 def recording_service(
-    topic: str, group: str, seen: Seen, delay: float = 0.0, **options: Any
+    topic: str,
+    group: str,
+    seen: Seen,
+    delay: float = 0.0,
+    before: Callable[[int, int], None] | None = None,
+    **options: Any,
 ) -> type[sg.ConsumerService]:
-    """A service class that records each handled record (and sleeps ``delay``)."""
+    """A service class that records each handled record (and sleeps ``delay``; calls
+    ``before(partition, offset)`` first, if given)."""
 
     source, opts = topic, sg.ServiceOptions(commit_interval=0.2, batch_size=20, **options)
 
@@ -50,6 +56,8 @@ def recording_service(
         options = opts
 
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if before is not None:
+                before(ctx.partition, ctx.offset)
             if delay:
                 time.sleep(delay)
             seen.add(ctx.partition, ctx.offset)
