@@ -654,5 +654,14 @@ def _admin_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of an admin client of the same cluster as a client's ``config``
     (bootstrap servers aside): its TLS and SASL settings, and librdkafka's lines through
     the logger the service's other clients use."""
-    security = {k: v for k, v in config.items() if k.startswith(("security.", "sasl.", "ssl."))}
+    security = {
+        k: v for k, v in config.items() if k.startswith(_SECURITY_PREFIXES) or k == "oauth_cb"
+    }
     return {**security, "logger": _librdkafka_log}
+
+
+# Not only ``sasl.*`` and ``ssl.*``: ``enable.ssl.certificate.verification``,
+# ``enable.sasl.oauthbearer.unsecure.jwt``, the OIDC token endpoint's ``https.*``, and
+# confluent-kafka's ``oauth_cb`` (OAUTHBEARER tokens, as for AWS MSK IAM) decide whether
+# a client gets in too; without them the admin clients failed where the others connect.
+_SECURITY_PREFIXES = ("security.", "sasl.", "ssl.", "enable.ssl.", "enable.sasl.", "https.")

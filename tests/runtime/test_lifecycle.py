@@ -219,6 +219,31 @@ def test_an_oauth_callback_bound_to_a_secret_stays_out_of_repr() -> None:
     assert "'oauth_cb': '<partial>'" in repr(service)
 
 
+def test_the_admin_clients_get_every_tls_and_sasl_setting() -> None:
+    """The admin clients that read the source's size limit and create the DLQ connect
+    as the consumer and the DLQ producer do: an ``oauth_cb`` (OAUTHBEARER, as AWS MSK
+    IAM uses) or ``enable.ssl.certificate.verification`` left out made them fail to
+    authenticate, and the DLQ was not created."""
+    from streamguard.runtime.runner import _admin_config
+
+    def get_token(config: str) -> tuple[str, float]:
+        return "token", time.time() + 3600
+
+    security = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "OAUTHBEARER",
+        "oauth_cb": get_token,
+        "enable.sasl.oauthbearer.unsecure.jwt": "false",
+        "ssl.ca.location": "/etc/ca.pem",
+        "enable.ssl.certificate.verification": "false",
+        "https.ca.location": "/etc/idp-ca.pem",
+    }
+    config = {**security, "bootstrap.servers": "127.0.0.1:1", "group.id": "billing"}
+    admin = _admin_config(config)
+    assert {k: admin.get(k) for k in security} == security
+    assert "group.id" not in admin  # a consumer's setting, which an admin client warns of
+
+
 def test_tombstones_are_dead_lettered_unless_handled(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
