@@ -63,7 +63,8 @@ def _plain(value: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part replaced by ``***``.
+    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (a
+    ``TOKEN@`` part, which has no password, by ``***`` whole).
 
     Registry URLs may carry basic-auth credentials; every URL shown or logged goes
     through here. Several comma-separated URLs are each redacted, and so is one without
@@ -77,8 +78,13 @@ def redact_url(url: str) -> str:
             scheme, rest = "", one
         userinfo, at, host = rest.rpartition("@")
         if at:
-            user = userinfo.split(":", 1)[0]
-            one = f"{scheme}{sep}{user}:{REDACTED}@{host}"
+            # A userinfo without ':' is a token alone (``https://TOKEN@registry``).
+            user, colon, _ = userinfo.partition(":")
+            one = (
+                f"{scheme}{sep}{user}:{REDACTED}@{host}"
+                if colon
+                else f"{scheme}{sep}{REDACTED}@{host}"
+            )
         parts.append(one)
     return ",".join(parts)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from streamguard.errors import ConfigurationError, RegistryUnavailable, extra_hint
 from streamguard.settings import redact, redact_url
@@ -148,10 +148,7 @@ def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
             )
     first = urls[0]
     for later in urls[1:]:
-        if later.password is not None and (later.username, later.password) != (
-            first.username,
-            first.password,
-        ):
+        if "@" in later.netloc and _userinfo(later) != _userinfo(first):
             raise ConfigurationError(
                 f"the schema registry URL {redact_url(urlunsplit(later))} carries other "
                 "credentials than the first URL, and the client authenticates every URL "
@@ -160,11 +157,18 @@ def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
             )
     if "basic.auth.user.info" in config:
         return config
-    if first.username is None or first.password is None:
-        return config  # no password: nothing to hide, and the client sends no auth
-    user, password = unquote(first.username), unquote(first.password or "")
+    if "@" not in first.netloc:
+        return config
+    # A user alone too: the HTTP client sends ``https://TOKEN@registry``'s token as
+    # basic auth (with an empty password), and logged it with each request's URL.
+    user, password = _userinfo(first)
     bare = ",".join(urlunsplit(one._replace(netloc=one.netloc.rpartition("@")[2])) for one in urls)
     return {**config, "url": bare, "basic.auth.user.info": f"{user}:{password}"}
+
+
+def _userinfo(url: SplitResult) -> tuple[str, str]:
+    """A URL's ``user:password@`` (either may be empty), decoded."""
+    return unquote(url.username or ""), unquote(url.password or "")
 
 
 def registry_error_code(exc: BaseException) -> int | None:

@@ -223,6 +223,35 @@ def test_credentials_in_the_registry_url_are_sent_but_never_logged(
     assert SECRET not in caplog.text
 
 
+def test_a_token_as_the_registry_urls_user_is_sent_but_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A URL whose userinfo is a token alone (``https://TOKEN@registry``) is sent as
+    basic auth by the HTTP client all the same: it is a credential, and the request log
+    (and an error quoting the URL) showed it in clear."""
+    seen: list[str | None] = []
+
+    class Registry(JsonHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.answer(404, {"error_code": 40403, "message": "Schema not found"})
+
+    with serving(Registry) as base:
+        caplog.set_level(logging.DEBUG)
+        codec = RegistryCodec({"url": base.replace("http://", f"http://{SECRET}@")})
+        with pytest.raises(DecodeError, match="schema id 9 is unknown"):
+            codec.decode(framed(9, b"{}"), PaymentV1)
+    token = base64.b64encode(f"{SECRET}:".encode()).decode()
+    assert seen == [f"Basic {token}"]
+    assert caplog.records, "the client logged no request: nothing was checked"
+    assert SECRET not in caplog.text
+    with pytest.raises(RegistryUnavailable) as info:
+        RegistryCodec({"url": f"http://{SECRET}@127.0.0.1:{closed_port()}"}).decode(
+            framed(9, b"{}"), PaymentV1
+        )
+    assert SECRET not in str(info.value)
+
+
 def test_other_credentials_on_a_later_registry_url_are_refused_at_start() -> None:
     """Credentials on a URL of a list other than the first's are refused when the codec
     is made, without the password: the client authenticates every URL with the first's,
