@@ -568,7 +568,13 @@ class LoopRunner:
             if task is None or not task.cancelling():
                 self._crashed(lane, exc)  # a handler's own, e.g. from a task cancelled elsewhere
             # else the lane was closed or the service gave up: records stay uncommitted
-        except GeneratorExit:
+        except GeneratorExit as exc:
+            if run.task is not None and asyncio.current_task(self.loop) is run.task:
+                # Raised within a step of the run: the handler's own, a crash. (Taken
+                # for the case below, the run vanished with its records, and the
+                # partition's later ones were committed past them.)
+                self._crashed(lane, exc)
+                return
             # Destroyed unfinished: the service stopped and closed the loop while its
             # handler ignored every cancellation (the stop warned of it). Not a crash,
             # and nothing may be scheduled on a closed loop, as ``_forget`` would.

@@ -41,6 +41,8 @@ async def _await_a_task_cancelled_elsewhere() -> None:
         ("async", "key", asyncio.CancelledError),
         ("async", "none", asyncio.CancelledError),
         ("async", "partition", KeyboardInterrupt),
+        ("async", "partition", GeneratorExit),
+        ("async", "key", GeneratorExit),
     ],
 )
 def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
@@ -56,7 +58,9 @@ def test_a_handler_raising_no_outcome_stops_the_service_and_loses_nothing(
     """Before, an async handler's own ``CancelledError`` ended its run silently: later
     records ran in a new run and the commit passed the dropped ones (lost), or, under
     key ordering, the partition stalled for good; a ``KeyboardInterrupt`` killed the
-    event loop's thread while the service went on "running"."""
+    event loop's thread while the service went on "running". A handler's own
+    ``GeneratorExit`` was taken for the loop closing the run: the run vanished with its
+    records, and later ones were handled and committed past them (lost)."""
     src = topic_factory("orders")
     send_orders(src, 6, key=lambda i: f"customer-{i % 2}")
     group = unique("billing")
