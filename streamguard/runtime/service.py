@@ -23,7 +23,13 @@ from streamguard.registry.codec import reading_codec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.runner import Hooks, ServiceRuntime
-from streamguard.runtime.spec import DriftPolicy, Ordering, ServiceSpec, check_handler
+from streamguard.runtime.spec import (
+    DriftPolicy,
+    Ordering,
+    ServiceSpec,
+    check_handler,
+    check_hook,
+)
 from streamguard.settings import client_config, redact
 from streamguard.topics import (
     MAX_RECORD_BYTES,
@@ -393,5 +399,8 @@ def _check_declaration(cls: type[ConsumerService]) -> None:
     check_handler(cls.handle, f"{name}.handle")
     if cls.handle_tombstone is not ConsumerService.handle_tombstone:
         check_handler(cls.handle_tombstone, f"{name}.handle_tombstone")
+    for hook in ("on_start", "on_stop", "on_assign", "on_revoke", "on_dead_letter"):
+        if getattr(cls, hook) is not getattr(ConsumerService, hook):
+            check_hook(getattr(cls, hook), f"{name}.{hook}")
     if not isinstance(cls.options, ServiceOptions):
         raise ConfigurationError(f"{name}.options must be an sg.ServiceOptions(...)")

@@ -91,6 +91,18 @@ def check_handler(fn: Callable[..., Any], name: str) -> None:
         )
 
 
+def check_hook(fn: Callable[..., Any], name: str) -> None:
+    """Refuse a hook that is ``async def`` (or a generator): hooks are called on the
+    runtime's threads and never awaited, so its body would never run. ``name`` names
+    it in the error."""
+    code = _code_of(fn)
+    if is_async(fn) or inspect.isgeneratorfunction(code) or inspect.isasyncgenfunction(code):
+        raise ConfigurationError(
+            f"{name} is 'async def' (or has a yield): hooks are called, never awaited, "
+            "so its body would never run. Make it a plain def"
+        )
+
+
 def check_returned(result: object, name: str) -> None:
     """A handler returned ``result``, not None: refuse work it handed back unrun.
 

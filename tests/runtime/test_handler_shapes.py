@@ -166,6 +166,28 @@ def test_a_generator_handler_is_refused_when_the_class_is_defined(method: str, k
         type("Billing", (sg.ConsumerService,), attrs)
 
 
+@pytest.mark.parametrize(
+    "hook", ["on_start", "on_stop", "on_assign", "on_revoke", "on_dead_letter"]
+)
+def test_an_async_hook_is_refused_when_the_class_is_defined(hook: str) -> None:
+    """Hooks are called on the runtime's threads and never awaited: an ``async def``
+    one returned its coroutine unrun, so it silently never ran (no alert for a dead
+    letter, nothing set up in ``on_start``). The class is refused at import, naming it."""
+
+    async def coro_hook(self: Any, *args: Any) -> None:
+        pass
+
+    attrs: dict[str, Any] = {
+        "topic": "orders",
+        "contract": OrderPlaced,
+        "group_id": "billing",
+        "handle": lambda self, event, ctx: None,
+        hook: coro_hook,
+    }
+    with pytest.raises(sg.ConfigurationError, match=f"Billing.{hook} is 'async def'"):
+        type("Billing", (sg.ConsumerService,), attrs)
+
+
 @pytest.mark.parametrize("ordering", ["key", "none"])
 def test_a_sync_handler_raising_stop_iteration_on_the_loop_gets_an_outcome(
     bootstrap: str,
