@@ -180,14 +180,23 @@ def _refuse_wrong_types(policy: RetryPolicy | CircuitBreaker) -> None:
 
 
 def classify(exc: BaseException, transient: tuple[type[BaseException], ...]) -> Verdict:
-    """Transient if ``exc`` is an instance of ``transient``; otherwise permanent.
+    """Transient if ``exc`` is an instance of ``transient`` (or a group of such errors
+    only); otherwise permanent.
 
     ``PermanentError`` always wins, even if it also inherits from a transient type, so
     a handler's explicit "never retry" is never second-guessed.
     """
     if isinstance(exc, PermanentError):
         return "permanent"
-    return "transient" if isinstance(exc, transient) else "permanent"
+    if isinstance(exc, transient):
+        return "transient"
+    # What ``asyncio.TaskGroup`` raises: transient when every error in it is, so a
+    # timeout of a handler that fans out is retried as it is when it does not.
+    if isinstance(exc, BaseExceptionGroup) and all(
+        classify(e, transient) == "transient" for e in exc.exceptions
+    ):
+        return "transient"
+    return "permanent"
 
 
 def check_transient(transient: tuple[type[BaseException], ...], name: str) -> None:

@@ -50,6 +50,59 @@ def test_transient_failure_is_retried_until_it_succeeds(
     assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 1)
 
 
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_transient_failure_inside_a_task_group_is_retried(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    read_all: Callable[..., list[Any]],
+    ordering: str,
+) -> None:
+    """An async handler that fans out with ``asyncio.TaskGroup`` raises its children's
+    errors as an ``ExceptionGroup``. One of only transient errors is retried, as each
+    alone would be; one holding any other error is dead-lettered as permanent. Before,
+    every group was permanent: a dependency timing out dead-lettered the record at once
+    (and in an outage, every record)."""
+    src = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(0), key="a")
+    producer.send(src, order(1), key="b")
+    producer.flush()
+    attempts: dict[int, list[int]] = {0: [], 1: []}
+    group = unique("g")
+
+    async def call(error: Exception | None) -> None:
+        await asyncio.sleep(0.001)
+        if error is not None:
+            raise error
+
+    class Enrich(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=5, base_delay=0.02, max_delay=0.05)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            attempts[ctx.offset].append(ctx.attempt)
+            if ctx.attempt > 2:
+                return
+            failing = TimeoutError("slow") if ctx.offset == 0 else ValueError("bad")
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(call(failing))
+                tasks.create_task(call(ConnectionError("reset") if ctx.offset == 0 else None))
+
+    Enrich.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Enrich)
+    assert wait_for(lambda: committed(bootstrap, group, src).get(0) == 2)
+    assert attempts == {0: [1, 2, 3], 1: [1]}
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 1
+    assert running.metric("streamguard_retries_total", topic=src) == 2
+    (dead,) = read_all(f"{src}.dlq", 1)
+    headers = dlq_headers(dead)
+    assert (headers["sg-dlq-reason"], headers["sg-dlq-original-offset"]) == ("permanent_error", "1")
+
+
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_each_retry_is_logged_without_the_value(
     asynchronous: bool,
