@@ -73,6 +73,10 @@ class Assignment:
         # Once shutdown settles: when the stop's documented bound (twice
         # shutdown_timeout from here) runs out; the runner's last waits stay within it.
         self.stop_deadline: float | None = None
+        # Lanes taken out of ``lanes`` by a revoke or shutdown while ``settle`` waits for
+        # their handlers and dead letters: still in flight until then (a tuple, replaced
+        # whole, so that a scrape reads it without a lock).
+        self._settling: tuple[PartitionLane, ...] = ()
 
     def _names(self) -> dict[str, str]:
         """Whose partitions: the services of one process (one per topic) share a log."""
@@ -81,7 +85,8 @@ class Assignment:
 
     def inflight(self) -> float:
         """Messages fetched and not final, all partitions (a gauge, read at scrape time)."""
-        return float(sum(lane.inflight() for lane in list(self.lanes.values())))
+        lanes = [*self.lanes.values(), *self._settling]
+        return float(sum(lane.inflight() for lane in lanes))
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.closed:
@@ -147,6 +152,13 @@ class Assignment:
         the commit comes after both, so that a dead letter acknowledged meanwhile is
         committed rather than dead-lettered again by the next owner.
         """
+        self._settling = (*self._settling, *lanes)
+        try:
+            self._settle(lanes, timeout, ack_wait)
+        finally:
+            self._settling = tuple(lane for lane in self._settling if lane not in lanes)
+
+    def _settle(self, lanes: list[PartitionLane], timeout: float, ack_wait: float) -> None:
         deadline = time.monotonic() + timeout
         for lane in lanes:
             lane.close()

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -830,6 +831,47 @@ def test_an_async_service_reports_its_last_counts_when_it_stops(
     assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 5
     assert running.metric("streamguard_retries_total", topic=src) == 1
     assert running.metric("streamguard_handler_seconds_count", topic=src) == 5
+
+
+def test_a_handler_a_stop_waits_for_is_still_in_flight(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+) -> None:
+    """While a stop waits for a handler, its record is still in ``streamguard_inflight``
+    (docs/operations.md: a hung handler shows there). Shutdown took the lanes out of the
+    assignment before that wait, and the gauge read 0 for up to twice shutdown_timeout."""
+    src = topic_factory("orders")
+    send_orders(src, 3)
+    entered, release = threading.Event(), threading.Event()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 1:
+                entered.set()
+                release.wait(20)
+
+    running = start_service(Billing)
+    try:
+        assert entered.wait(20)
+        assert wait_for(lambda: running.metric("streamguard_inflight", topic=src) == 2)
+        stopping = threading.Thread(target=running.service.stop)
+        stopping.start()
+        assert wait_for(lambda: not running.service.health()["checks"]["running"])
+        time.sleep(0.3)  # the shutdown is past closing the lanes, waiting for the handler
+        # The held record and the one fetched after it, which goes back to Kafka.
+        assert running.metric("streamguard_inflight", topic=src) == 2
+    finally:
+        release.set()
+    running.thread.join(20)
+    stopping.join(5)
+    assert not running.error
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
 
 
 def test_an_exception_in_on_assign_stops_the_service_and_run_raises_it(
