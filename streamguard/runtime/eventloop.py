@@ -211,6 +211,10 @@ class LoopLane(PartitionLane):
     def inflight(self) -> int:
         with self.lock:
             dead_letters = sum(1 for p in self.offsets.open_items() if p is not None)
+            if self.closed:
+                # close() dropped ``buffered``, records in a handler included: while a
+                # revoke or stop waits for them, those handlers are what is in flight.
+                return self.running + dead_letters
             return self.buffered + dead_letters
 
     def finished(self, msg: Record, dead_letter: Failure | None) -> None:
