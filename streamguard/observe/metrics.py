@@ -210,7 +210,8 @@ class ServiceMetrics:
         self.retries = self._bound(
             Counter,
             "streamguard_retries",
-            "Retries scheduled after a transient handler failure.",
+            "Tries scheduled again: after a transient handler failure, and each wait of a "
+            "message held for a dependency (an open circuit breaker, a registry down).",
             "topic",
         )
         self.handler_seconds = BoundHistogram(
@@ -242,7 +243,8 @@ class ServiceMetrics:
         self.consumer_lag = self._bound(
             Gauge,
             "streamguard_consumer_lag",
-            "High watermark minus committed offset, per assigned partition.",
+            "High watermark minus the position the next commit stores (the first message "
+            "without a final outcome), per assigned partition.",
             "topic",
             "partition",
         )
