@@ -367,6 +367,11 @@ class LoopRunner:
         self._flush_due = False
         self._seen = 0
         self._succeeded = 0  # successes not yet told to the breaker (_fold_successes)
+        # A clean stop's end, on this loop's clock, once it began (``finish_fetched``):
+        # a retry due later is not waited for.
+        self._finish_by: float | None = None
+        # Under key or no ordering, the runs sleeping until a retry is due, and when.
+        self._retrying: dict[asyncio.Task[None], float] = {}
 
     def _caller(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         pool, loop = self._pool, self.loop
@@ -458,6 +463,31 @@ class LoopRunner:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._cancel_all)
 
+    def finish_fetched(self, deadline: float) -> None:
+        """A clean stop, with fetching over: wait, until ``deadline`` (monotonic) at
+        most, for the records already on the loop to reach their outcome, so that the
+        commit can pass them. Records queued behind a key or for a slot run; a retry
+        runs if it is due by then, else its record is dropped uncommitted at once.
+
+        Under key or no ordering the commit stops at a partition's first record without
+        an outcome, typically one waiting for its retry, and every record of other keys
+        handled past it was delivered again after the restart. Not waited for: records
+        that cannot start (DLQ unwritable, breaker open) and a crashed run's.
+        """
+        if self.loop.is_closed() or self.on_loop_thread() or not self.busy:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._finish_until, deadline)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        pause = IDLE_CHECK
+        while self.busy and self.failure is None and self.pipeline.can_process():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, IDLE_CHECK_MAX)
+
     def barrier(self, timeout: float) -> bool:
         """Return once the loop has run what it was running, at most ``timeout`` later;
         False when it did not answer (a handler blocks its thread).
@@ -481,6 +511,15 @@ class LoopRunner:
             self.loop.call_soon_threadsafe(self._report_metrics)
 
     # -- the loop thread ---------------------------------------------------------------
+
+    def _finish_until(self, deadline: float) -> None:
+        """The stop waits for the loop's records until ``deadline`` (monotonic): give up
+        at once the retries due after it, as a closed lane's (uncommitted)."""
+        until = self._clock() + max(0.0, deadline - time.monotonic())
+        self._finish_by = until
+        for task, due in list(self._retrying.items()):
+            if due > until:
+                task.cancel()
 
     def _arrived(self, lane: LoopLane) -> None:
         """A lane handed over by another thread reached the loop."""
@@ -997,14 +1036,21 @@ class LoopRunner:
         """
         if lane.closed:
             return False
+        task = None
         if not self.keyed:
             lane.retry = retry  # the whole partition waits (flow control may pause it)
             if not any(run.queue for run in self._runs.values() if run.lane is not lane):
                 self._poll_here()
+        elif (task := asyncio.current_task()) is not None:
+            self._retrying[task] = retry.due  # a clean stop gives up those due too late
+            if self._finish_by is not None and retry.due > self._finish_by:
+                task.cancel()  # the stop ends first: uncommitted, as a closed lane's
         try:
             await self._sleep(max(0.0, retry.due - self._clock()))
         finally:
             lane.retry = None
+            if task is not None:
+                del self._retrying[task]
         return not lane.closed
 
     def _prepare(self, msg: Record, first: bool) -> tuple[Failure | None, Any]:

@@ -172,11 +172,12 @@ class Poller:
             raise KafkaException(error)
         log.warning("consumer error", extra={"error": error.str()})
 
-    def shutdown(self, stopping: threading.Event, wait: float) -> None:
+    def shutdown(self, stopping: threading.Event, wait: float, clean: bool = False) -> None:
         """Settle every lane and commit; takes the poll lock for good.
 
         No worker may touch the consumer once it closes. A worker may be inside a
         rebalance callback, which takes at most ``revoke_timeout``: ``wait`` covers it.
+        ``clean``: a stop asked for, not a failure (see ``Assignment.settle_all``).
         """
         stopping.set()
         if not self.lock.acquire(timeout=wait):
@@ -184,4 +185,5 @@ class Poller:
                 "a worker held the consumer past the shutdown wait; closing it anyway",
                 extra={"wait": wait},
             )
-        self.assignment.settle_all()
+            clean = False  # a rebalance may be under way: no record is waited for
+        self.assignment.settle_all(clean)

@@ -285,7 +285,11 @@ class ServiceRuntime:
         it would replace the run's own error, the one the operator has to see.
         """
         options = self.spec.options
-        poller.shutdown(scheduler.stopping, options.revoke_timeout + options.shutdown_timeout)
+        poller.shutdown(
+            scheduler.stopping,
+            options.revoke_timeout + options.shutdown_timeout,
+            clean=not failing and scheduler.failure is None,
+        )
         deadline = poller.assignment.stop_deadline
 
         def left() -> float:
@@ -349,6 +353,7 @@ class ServiceRuntime:
         hooks = self._hooks
         new_lane: Callable[[int], PartitionLane] | None = None
         give_up: Callable[[], None] | None = None
+        finish: Callable[[float], None] | None = None
         if loop is not None:
             from streamguard.runtime.eventloop import LoopLane, LoopRunner
 
@@ -356,6 +361,10 @@ class ServiceRuntime:
             self._loop_runner = runner
             new_lane = partial(LoopLane, pipeline=pipeline, runner=runner)
             give_up = runner.cancel_all
+            if runner.keyed:
+                # Under partition order nothing is handled past a record still waiting:
+                # dropping it at the stop redelivers nothing else.
+                finish = runner.finish_fetched
             metrics.track_handlers(
                 spec.topic,
                 lambda: float(runner.slots.running),
@@ -373,6 +382,7 @@ class ServiceRuntime:
             hooks.on_revoke,
             new_lane=new_lane,
             give_up=give_up,
+            finish=finish,
         )
         poller = Poller(
             consumer,

@@ -793,3 +793,100 @@ def test_a_transient_failure_as_its_partition_closes_is_not_waited_for(
     assert took < 4.0, f"the stop took {took:.1f} s"
     assert not [r for r in caplog.records if r.getMessage().startswith("handler still")]
     assert committed(bootstrap, group, src).get(0, 0) == 0  # redelivered
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+def test_a_clean_stop_lets_fetched_records_reach_their_outcome(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    ordering: str,
+) -> None:
+    """A stop while a record waits for its retry (due well within shutdown_timeout)
+    gives it its retry, and runs the record queued behind its key: the commit reaches
+    the partition's end, and a restart handles nothing again. The stop used to drop
+    the waiting records uncommitted, and the records of other keys handled past them
+    came again after the restart."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(0), key="A")
+    for i in range(1, 21):
+        producer.send(src, order(i), key=f"B{i}")
+    producer.send(src, order(21), key="A")
+    producer.flush()
+    handled: list[int] = []
+    attempts: dict[int, int] = defaultdict(int)
+
+    class Enrich(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        options = sg.ServiceOptions(shutdown_timeout=5.0)
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.5, max_delay=0.5, rng=_LongestWait())
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            attempts[ctx.offset] += 1
+            if ctx.offset == 0 and attempts[0] == 1:
+                raise TimeoutError("dependency timed out")
+            handled.append(ctx.offset)
+
+    Enrich.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Enrich)
+    assert wait_for(lambda: set(range(1, 21)) <= set(handled), timeout=30)
+    assert attempts[0] == 1, "the retry came before the stop: the test proves nothing"
+    began = time.monotonic()
+    running.stop()
+    took = time.monotonic() - began
+    assert not running.error
+    assert attempts[0] == 2
+    assert sorted(handled) == list(range(22))
+    assert took < 5.0, f"the stop took {took:.1f} s"
+    assert committed(bootstrap, group, src) == {0: 22}
+    handled.clear()
+    again = start_service(Enrich)
+    producer.send(src, order(22), key="C")
+    producer.flush()
+    assert wait_for(lambda: 22 in handled, timeout=30)
+    again.stop()
+    assert handled == [22], "records handled before the stop came again"
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+def test_a_clean_stop_drops_a_retry_due_after_its_deadline(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    ordering: str,
+) -> None:
+    """A retry whose backoff ends after the stop's shutdown_timeout is not waited for:
+    its record is dropped uncommitted at once, and the stop stays within its bound."""
+    src = topic_factory("clicks")
+    group = unique("enrich")
+    send_keyed(bootstrap, src, 10, keys=10)
+    handled: list[int] = []
+    attempts: dict[int, int] = defaultdict(int)
+
+    class Enrich(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        options = sg.ServiceOptions(shutdown_timeout=3.0, revoke_timeout=3.0)
+        retry = sg.RetryPolicy(
+            attempts=3, base_delay=6.0, max_delay=6.0, max_budget_ms=60_000, rng=_LongestWait()
+        )
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            attempts[ctx.offset] += 1
+            if ctx.offset == 0:
+                raise TimeoutError("dependency timed out")
+            handled.append(ctx.offset)
+
+    Enrich.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Enrich)
+    assert wait_for(lambda: len(handled) == 9, timeout=30)
+    began = time.monotonic()
+    running.stop()
+    took = time.monotonic() - began
+    assert not running.error
+    assert took < 2.0, f"the stop took {took:.1f} s"  # not waited for
+    assert attempts[0] == 1
+    assert committed(bootstrap, group, src).get(0, 0) == 0  # redelivered
