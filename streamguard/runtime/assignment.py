@@ -17,6 +17,7 @@ holds that lock for good. Other threads read it through ``list()`` snapshots.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,10 @@ from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.pipeline import Pipeline
 
 log = logging.getLogger("streamguard.runtime")
+
+# The longest single wait of a settle: a hurried stop (``hurry``) ends its waits this
+# soon at most after it was asked for.
+HURRY_CHECK = 0.1
 
 
 class Assignment:
@@ -48,7 +53,8 @@ class Assignment:
         on_revoked: Callable[[list[int]], None],
         new_lane: Callable[[int], PartitionLane] | None = None,
         give_up: Callable[[], None] | None = None,
-        finish: Callable[[float], None] | None = None,
+        finish: Callable[[float, threading.Event], None] | None = None,
+        hurry: threading.Event | None = None,
     ) -> None:
         """Args:
         new_lane: builds the lane of a newly assigned partition (worker-thread lanes
@@ -57,11 +63,14 @@ class Assignment:
         finish: on a clean stop, lets the records already fetched reach their
             outcome until the deadline it is given (key or no ordering, see
             ``LoopRunner.finish_fetched``); none: the lanes close at once.
+        hurry: once set (a second signal), settles wait no more for handlers, fetched
+            records or dead letters: what has no outcome yet stays uncommitted.
         """
         self.lanes: dict[int, PartitionLane] = {}
         self._new_lane = new_lane or (lambda part: PartitionLane(part, pipeline))
         self._give_up = give_up or (lambda: None)
         self._finish = finish
+        self.hurry = hurry or threading.Event()
         self._pipeline = pipeline
         self._publisher = publisher
         self._options = options
@@ -169,14 +178,14 @@ class Assignment:
             lane.close()
         stuck = []
         for lane in lanes:
-            if not lane.wait_idle(max(0.0, deadline - time.monotonic())):
+            if not self._wait(lane.wait_idle, deadline):
                 log.warning(
                     "handler still running after the timeout; its message will be redelivered",
                     extra={"partition": lane.partition, "timeout": timeout},
                 )
                 stuck.append(lane)
         give_up_all(stuck)  # async handlers are cancelled, together
-        self._publisher.flush(max(0.0, deadline + ack_wait - time.monotonic()))
+        self._wait(lambda wait: self._publisher.flush(wait) == 0, deadline + ack_wait)
         held = [(lane.partition, lane.unacknowledged_dead_letters()) for lane in lanes]
         if any(count for _, count in held):
             # Said, as for a handler given up on: a stop that waited out its timeout for
@@ -196,6 +205,17 @@ class Assignment:
             )
         self._committer.commit(lanes, asynchronous=False)
 
+    def _wait(self, ready: Callable[[float], bool], deadline: float) -> bool:
+        """``ready(wait)`` until it is true or ``deadline`` passes, in waits of at most
+        ``HURRY_CHECK``: a signal's handler runs between them, and once it set ``hurry``
+        only one more look, without waiting, is taken."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.hurry.is_set():
+                return ready(0.0)
+            if ready(min(HURRY_CHECK, left)):
+                return True
+
     def settle_all(self, clean: bool = False) -> None:
         """Shutdown: settle every lane, handlers within ``shutdown_timeout`` and dead
         letters within as long again; later callbacks no-op.
@@ -212,7 +232,7 @@ class Assignment:
         now = time.monotonic()
         self.stop_deadline = now + 2 * timeout
         if clean and self._finish is not None and lanes:
-            self._finish(now + timeout)
+            self._finish(now + timeout, self.hurry)
         left = max(0.0, now + timeout - time.monotonic())
         self.settle(lanes, left, ack_wait=timeout)
         # No partition is ours any more: a lag left set would stay frozen in the

@@ -154,9 +154,10 @@ class DeadLetterPublisher:
         """Dead letters whose delivery report has not run yet."""
         return len(self._producer)
 
-    def flush(self, timeout: float) -> None:
-        """Wait (bounded) for every dead letter's acknowledgement."""
-        self._producer.flush(timeout)
+    def flush(self, timeout: float) -> int:
+        """Wait (bounded) for every dead letter's acknowledgement; return how many are
+        still unacknowledged."""
+        return self._producer.flush(timeout)
 
     def release(self) -> None:
         """Let the producer go as the run ends, with its threads and connections.

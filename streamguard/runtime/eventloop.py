@@ -41,6 +41,7 @@ from typing import Any
 from streamguard.deadletter import Failure
 from streamguard.headers import Record
 from streamguard.observe.logs import frames
+from streamguard.runtime.assignment import HURRY_CHECK
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import CANCEL_WAIT, PartitionLane
 from streamguard.runtime.outcomes import RetryState, after_try, gate
@@ -94,17 +95,26 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 
 
 def stop_event_loop(
-    loop: asyncio.AbstractEventLoop, thread: threading.Thread, timeout: float = 5.0
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    timeout: float = 5.0,
+    hurry: threading.Event | None = None,
 ) -> None:
     """Stop a loop running forever on ``thread`` and close it once the thread is done.
 
     Closed, not left to the collector: uvloop's loop is never collected, and kept five
     descriptors (epoll, pipes) per run or test harness. A thread still running after
     ``timeout`` (a handler blocks it: a blocking call inside ``async def``) is left, a
-    daemon, with its loop open.
+    daemon, with its loop open; at once when ``hurry`` is set (a second signal), which
+    is looked at every ``HURRY_CHECK``.
     """
     loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and not (hurry is not None and hurry.is_set()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        thread.join(timeout=min(HURRY_CHECK, left))
     if not thread.is_alive():
         loop.close()
 
@@ -463,7 +473,7 @@ class LoopRunner:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._cancel_all)
 
-    def finish_fetched(self, deadline: float) -> None:
+    def finish_fetched(self, deadline: float, hurry: threading.Event) -> None:
         """A clean stop, with fetching over: wait, until ``deadline`` (monotonic) at
         most, for the records already on the loop to reach their outcome, so that the
         commit can pass them. Records queued behind a key or for a slot run; a retry
@@ -472,7 +482,8 @@ class LoopRunner:
         Under key or no ordering the commit stops at a partition's first record without
         an outcome, typically one waiting for its retry, and every record of other keys
         handled past it was delivered again after the restart. Not waited for: records
-        that cannot start (DLQ unwritable, breaker open) and a crashed run's.
+        that cannot start (DLQ unwritable, breaker open) and a crashed run's. Nor,
+        once ``hurry`` is set (a second signal), anything more.
         """
         if self.loop.is_closed() or self.on_loop_thread() or not self.busy:
             return
@@ -481,7 +492,12 @@ class LoopRunner:
         except RuntimeError:  # the loop closed meanwhile
             return
         pause = IDLE_CHECK
-        while self.busy and self.failure is None and self.pipeline.can_process():
+        while (
+            self.busy
+            and self.failure is None
+            and self.pipeline.can_process()
+            and not hurry.is_set()
+        ):
             left = deadline - time.monotonic()
             if left <= 0:
                 return

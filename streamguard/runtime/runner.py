@@ -141,6 +141,8 @@ class ServiceRuntime:
         if self._running:
             raise RuntimeError("this service is already running")
         stopping = self._stopping  # the scheduler stops on this very event (see stop())
+        # Set by a signal while the run stops already: its waits end at once.
+        hurry = threading.Event()
         # A run after an earlier one starts afresh: /readyz must not report the last
         # run's assignment and polls while this one connects.
         self._scheduler = self._poller = self._loop_runner = None
@@ -167,7 +169,7 @@ class ServiceRuntime:
                 from streamguard.runtime.memory import hold_malloc_thresholds  # and ctypes
 
                 hold_malloc_thresholds()
-            restore = self._install_signal_handlers()
+            restore = self._install_signal_handlers(stopping, hurry)
             loop, loop_thread = self._start_event_loop()
             if self._metrics_port is not None:
                 # Served before the cluster is reached: a liveness probe must find a
@@ -206,7 +208,9 @@ class ServiceRuntime:
             if self._link is not None:
                 self._link.watch()  # reached: an outage from now on is one to report
             librdkafka_lines.pass_through()
-            poller, scheduler = self._assemble(consumer, dead_letter_producer, loop, stopping)
+            poller, scheduler = self._assemble(
+                consumer, dead_letter_producer, loop, stopping, hurry
+            )
             dead_letter_producer = None  # the publisher's now, released with it
             poller.subscribe()
             try:
@@ -264,7 +268,7 @@ class ServiceRuntime:
 
                 until = self._loop_stuck_until
                 wait = LOOP_STOP_WAIT if until is None else max(0.0, until - time.monotonic())
-                stop_event_loop(loop, loop_thread, wait)
+                stop_event_loop(loop, loop_thread, wait, hurry)
             if self._publisher is not None:
                 self._publisher.release()  # last: nothing of the run publishes any more
             # One never handed to a publisher (the run stopped or failed first) has
@@ -336,6 +340,7 @@ class ServiceRuntime:
         dead_letter_producer: Producer,
         loop: asyncio.AbstractEventLoop | None,
         stopping: threading.Event,
+        hurry: threading.Event,
     ) -> tuple[Poller, Scheduler]:
         spec, metrics, options = self.spec, self.metrics, self.spec.options
         publisher = DeadLetterPublisher(
@@ -353,7 +358,7 @@ class ServiceRuntime:
         hooks = self._hooks
         new_lane: Callable[[int], PartitionLane] | None = None
         give_up: Callable[[], None] | None = None
-        finish: Callable[[float], None] | None = None
+        finish: Callable[[float, threading.Event], None] | None = None
         if loop is not None:
             from streamguard.runtime.eventloop import LoopLane, LoopRunner
 
@@ -383,6 +388,7 @@ class ServiceRuntime:
             new_lane=new_lane,
             give_up=give_up,
             finish=finish,
+            hurry=hurry,
         )
         poller = Poller(
             consumer,
@@ -420,7 +426,9 @@ class ServiceRuntime:
 
         It applies to the run in progress, also one that is connecting or returning;
         made while no ``run()`` is in progress, to the next one, which then returns at
-        once (a thread told to stop before it got to ``run()`` must not run on).
+        once (a thread told to stop before it got to ``run()`` must not run on). Called
+        again, it changes nothing: only a signal hurries a stop (see
+        ``_install_signal_handlers``).
         """
         # One read picks the run, and its scheduler stops on the same event: a stop()
         # that lands as a run returns sets that run's event, never the next run's.
@@ -631,12 +639,22 @@ class ServiceRuntime:
                 )
         return True
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
+    def _install_signal_handlers(
+        self, stopping: threading.Event, hurry: threading.Event
+    ) -> Callable[[], None]:
+        """SIGTERM and SIGINT stop the run; one while it stops already (a second
+        Ctrl-C) hurries the stop: its waits for handlers, fetched records and dead
+        letters end at once, and what has no outcome yet stays uncommitted."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("stop requested by signal", extra={"signal": signal.Signals(signum).name})
+            name = signal.Signals(signum).name
+            if stopping.is_set():
+                log.warning("stop hurried by signal", extra={"signal": name})
+                hurry.set()
+                return
+            log.info("stop requested by signal", extra={"signal": name})
             self.stop()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -107,3 +107,66 @@ class StartExits(StartFails):
 
     def on_start(self) -> None:
         raise SystemExit(int(os.environ["SG_TEST_EXIT_CODE"]))
+
+
+def _holds(offset: int) -> bool:
+    """Whether the record at ``offset`` is the one $SG_TEST_HOLD names: its handler
+    writes ``held`` and then waits (a minute at most) for the file $SG_TEST_RELEASE."""
+    if offset != int(os.environ.get("SG_TEST_HOLD", "-1")):
+        return False
+    with open(os.environ["SG_TEST_OUT"], "a") as out:
+        out.write("held\n")
+    return True
+
+
+def _released() -> bool:
+    return os.path.exists(os.environ.get("SG_TEST_RELEASE", "/nonexistent"))
+
+
+def _record(ctx: sg.MessageContext) -> None:
+    with open(os.environ["SG_TEST_OUT"], "a") as out:
+        out.write(f"{ctx.partition}:{ctx.offset}\n")
+
+
+_HOLDING_OPTIONS = sg.ServiceOptions(
+    commit_interval=0.2,
+    shutdown_timeout=float(os.environ.get("SG_TEST_SHUTDOWN", "20")),
+    revoke_timeout=1.0,
+)
+
+
+class Holding(sg.ConsumerService):
+    """Records each handled message as Recorder does; the one at $SG_TEST_HOLD waits
+    first (see ``_holds``). Ordered as $SG_TEST_ORDERING says."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+    ordering = os.environ.get("SG_TEST_ORDERING", "partition")  # type: ignore[assignment]
+    options = _HOLDING_OPTIONS
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if _holds(ctx.offset):
+            deadline = time.monotonic() + 60
+            while not _released() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        _record(ctx)
+
+
+class HoldingAsync(sg.ConsumerService):
+    """Holding, with an ``async def`` handler that awaits while it waits."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+    ordering = os.environ.get("SG_TEST_ORDERING", "partition")  # type: ignore[assignment]
+    options = _HOLDING_OPTIONS
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        import asyncio
+
+        if _holds(ctx.offset):
+            deadline = time.monotonic() + 60
+            while not _released() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        _record(ctx)

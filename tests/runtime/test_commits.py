@@ -826,3 +826,185 @@ def test_a_transactional_topic_is_committed_to_its_end_and_shows_no_lag(
     )
     assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 1
     assert len(handled) == 4
+
+
+def _run_holding(
+    bootstrap: str, topic: str, group: str, tmp: Path, app: str, ordering: str, run: str, **env: str
+) -> tuple[Any, Path, Path]:
+    """``streamguard run`` of a Holding app; returns the process, its records file and
+    its log file (read while it runs)."""
+    out, logs = tmp / f"handled-{run}.txt", tmp / f"log-{run}.txt"
+    environ = {
+        **os.environ,
+        "SG_TEST_TOPIC": topic,
+        "SG_TEST_GROUP": group,
+        "SG_TEST_OUT": str(out),
+        "SG_TEST_ORDERING": ordering,
+        "SG_TEST_RELEASE": str(tmp / "release"),
+        **env,
+    }
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", f"tests.runtime.apps:{app}",
+        "--bootstrap-servers", bootstrap, "-X", "session.timeout.ms=2000",
+        "-X", "heartbeat.interval.ms=500",
+    ]  # fmt: skip
+    with logs.open("w") as log_file:
+        proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log_file)
+    return proc, out, logs
+
+
+def _send_keyed(bootstrap: str, topic: str, count: int) -> None:
+    """``count`` orders in one partition, keys k0..k3 in turn."""
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(count):
+        producer.send(topic, order(i), key=f"k{i % 4}")
+    producer.flush()
+
+
+@pytest.mark.parametrize(
+    ("app", "ordering", "second"),
+    [
+        ("Holding", "partition", "SIGTERM"),
+        ("Holding", "key", "SIGINT"),
+        ("HoldingAsync", "key", "SIGTERM"),
+    ],
+)
+def test_a_second_signal_hurries_the_stop_and_commits_nothing_past_the_held_record(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    app: str,
+    ordering: str,
+    second: str,
+) -> None:
+    """A signal while the service stops already (a second Ctrl-C) ends the wait for a
+    handler still running at once, not after shutdown_timeout (20 s here): the process
+    exits 0 within seconds, the commit stops at the held record (under key ordering the
+    later records of other keys were handled), and the restart handles it and the rest.
+    Before, the second signal was only logged and the stop waited the 20 s."""
+    src = topic_factory("orders", partitions=1)
+    group = unique("g")
+    _send_keyed(bootstrap, src, 12)
+    proc, out, logs = _run_holding(
+        bootstrap, src, group, tmp_path, app, ordering, "first", SG_TEST_HOLD="2"
+    )
+    try:
+        assert wait_for(lambda: out.exists() and "held" in out.read_text(), timeout=30)
+        if ordering == "key":  # the records of the other keys pass the held one
+            assert wait_for(lambda: (0, 11) in _handled_lines(out), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "stop requested by signal" in logs.read_text(), timeout=10)
+        began = time.monotonic()
+        proc.send_signal(signal.Signals[second])
+        code = proc.wait(10)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = logs.read_text()
+    assert code == 0, text
+    assert took < 8, took
+    assert '"event": "stop hurried by signal"' in text
+    assert f'"signal": "{second}"' in text
+    assert "Traceback" not in text
+    assert committed(bootstrap, group, src) == {0: 2}
+
+    proc, out, logs = _run_holding(bootstrap, src, group, tmp_path, app, ordering, "second")
+    try:
+        assert wait_for(lambda: set(range(2, 12)) <= {o for _, o in _handled_lines(out)})
+        assert min(o for _, o in _handled_lines(out)) == 2  # 0 and 1 were committed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, logs.read_text()
+    assert committed(bootstrap, group, src) == {0: 12}
+
+
+def test_without_a_second_signal_the_stop_waits_for_the_running_handler(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """One SIGTERM: the held handler is waited for (within shutdown_timeout); once it
+    ends the service commits past it and exits 0."""
+    src = topic_factory("orders", partitions=1)
+    group = unique("g")
+    _send_keyed(bootstrap, src, 4)
+    proc, out, logs = _run_holding(
+        bootstrap, src, group, tmp_path, "Holding", "partition", "only", SG_TEST_HOLD="3"
+    )
+    try:
+        assert wait_for(lambda: out.exists() and "held" in out.read_text(), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "stop requested by signal" in logs.read_text(), timeout=10)
+        time.sleep(1.0)
+        assert proc.poll() is None  # still waiting for the handler
+        (tmp_path / "release").touch()
+        code = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert code == 0, logs.read_text()
+    assert "stop hurried" not in logs.read_text()
+    assert (0, 3) in _handled_lines(out)
+    assert committed(bootstrap, group, src) == {0: 4}
+
+
+def _handled_lines(out: Path) -> list[tuple[int, int]]:
+    """``_handled``, skipping the ``held`` lines of a Holding app."""
+    if not out.exists():
+        return []
+    lines = out.read_text().split("\n")[:-1]
+    return [(int(p), int(o)) for p, o in (line.split(":") for line in lines if line != "held")]
+
+
+def test_a_second_signal_stops_waiting_for_dead_letters_the_dlq_has_not_acknowledged(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A dead letter in flight to a DLQ cluster that is down is waited for up to twice
+    shutdown_timeout (40 s here); a second signal ends that wait at once: the process
+    exits within seconds and its record stays uncommitted. Before, the second signal
+    was only logged."""
+    src = topic_factory("orders", partitions=1)
+    group = unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(0))
+    producer.produce_raw(src, b"poison", key=b"k", headers=[])
+    producer.send(src, order(2))
+    producer.flush()
+    down = refusing_port()  # the DLQ cluster is down
+    out, logs = tmp_path / "handled.txt", tmp_path / "log.txt"
+    script = (
+        "from streamguard.observe.logs import configure_logging\n"
+        "from tests.runtime.apps import Holding\n"
+        "configure_logging()\n"
+        f"Holding(bootstrap_servers={bootstrap!r}, kafka_config={dict(FAST_GROUP)!r},"
+        f" dead_letter_config={{'bootstrap.servers': '127.0.0.1:{port_of(down)}',"
+        " 'message.timeout.ms': 60000, 'enable.idempotence': False}).run()\n"
+    )
+    env = {**os.environ, "SG_TEST_TOPIC": src, "SG_TEST_GROUP": group, "SG_TEST_OUT": str(out)}
+    with logs.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+    try:
+        assert wait_for(lambda: (0, 2) in _handled_lines(out), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "stop requested by signal" in logs.read_text(), timeout=10)
+        time.sleep(0.5)
+        assert proc.poll() is None  # waiting for the dead letter
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+        took = time.monotonic() - began
+    finally:
+        down.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = logs.read_text()
+    assert code == 0, text
+    assert took < 8, took
+    assert "dead letters not acknowledged by the DLQ" in text
+    assert committed(bootstrap, group, src) == {0: 1}
