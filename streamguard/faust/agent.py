@@ -12,6 +12,8 @@ What Faust does on its own, and what this changes (faust-streaming 0.15.3):
   exception escape, and acks only a final outcome.
 - Faust waits for every unacknowledged event before a rebalance or shutdown completes.
   A retry backoff stops when either begins, and the event is left for redelivery.
+- Faust drops the acked offsets of revoked partitions before its revoke-time commit;
+  ``_RevokeCommit`` commits them, so a rebalance does not redeliver acked events.
 """
 
 from __future__ import annotations
@@ -58,6 +60,75 @@ _APP_REGISTRIES: weakref.WeakKeyDictionary[Any, CollectorRegistry] = weakref.Wea
 _PEERS: weakref.WeakKeyDictionary[CollectorRegistry, list[GuardedAgent]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+class _RevokeCommit:
+    """Commits, at a rebalance, the offsets acked since Faust's last interval commit.
+
+    Faust (0.15.3) forgets the acked offsets of revoked partitions (``Consumer._acked``)
+    before its own revoke-time commit (``wait_empty``), which then commits only what is
+    acked while it waits: with the eager protocol every partition is revoked, so each
+    rebalance delivered again, to whichever worker got the partition, every event acked
+    in the last ``broker_commit_interval``. The acked lists are noted when the
+    rebalance starts (called synchronously in the consumer's thread, before that) and
+    put back and committed once Faust's revoke has waited for the events in flight.
+    Work per rebalance only; one per app, for the topics of its guarded agents. Not
+    under ``processing_guarantee="exactly_once"``, whose transactions Faust ends first.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = weakref.ref(app)  # the app keeps this one, not the other way round
+        self.topics: set[str] = set()
+        self._noted: tuple[dict[Any, list[int]], dict[Any, int | None]] = ({}, {})
+        started = app.on_rebalance_start
+
+        def on_rebalance_start() -> None:
+            self._note()
+            started()
+
+        app.on_rebalance_start = on_rebalance_start
+        app.on_partitions_revoked.connect(self._commit_noted)
+
+    def _note(self) -> None:
+        app = self._app()
+        if app is None or app.in_transaction:
+            return
+        consumer = app.consumer
+        # Copies of the dicts, made in one step (the event loop's thread acks meanwhile);
+        # the lists stay shared, so acks made before Faust drops them are in them too.
+        self._noted = (dict(consumer._acked), dict(consumer._committed_offset))
+
+    async def _commit_noted(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        (acked, committed), self._noted = self._noted, ({}, {})
+        app = self._app()
+        if app is None or not acked:
+            return
+        consumer = app.consumer
+        put_back: dict[Any, list[int]] = {}
+        for tp in revoked:
+            offsets = acked.get(tp)
+            if tp.topic not in self.topics or not offsets or consumer._acked.get(tp) is offsets:
+                continue  # not one of ours, nothing acked, or not dropped by Faust
+            index = consumer._acked_index[tp]
+            fresh = [offset for offset in offsets if offset not in index]
+            consumer._acked[tp].extend(fresh)
+            index.update(fresh)
+            if consumer._committed_offset.get(tp) is None:  # dropped too: its gap check
+                consumer._committed_offset[tp] = committed.get(tp)
+            put_back[tp] = fresh
+        if not put_back:
+            return
+        # Never below what Faust committed while it waited (its _should_commit).
+        await consumer.force_commit(set(put_back))
+        for tp, fresh in put_back.items():
+            # What a gap kept from the commit goes, as Faust would have dropped it: the
+            # events come again after the rebalance and are acked anew.
+            left = set(fresh)
+            consumer._acked[tp][:] = [o for o in consumer._acked[tp] if o not in left]
+            consumer._acked_index[tp].difference_update(left)
+
+
+_REVOKE_COMMITS: weakref.WeakKeyDictionary[Any, _RevokeCommit] = weakref.WeakKeyDictionary()
 
 
 def _metrics_for(registry: CollectorRegistry) -> ServiceMetrics:
@@ -256,6 +327,10 @@ class GuardedAgent:
             lambda: sum(a._paused() for a in peers if a.topic == topic),
         )
         self.metrics.track_ready(self, lambda agent: agent.ready)
+        revoke_commit = _REVOKE_COMMITS.get(app)
+        if revoke_commit is None:
+            revoke_commit = _REVOKE_COMMITS[app] = _RevokeCommit(app)
+        revoke_commit.topics.add(topic)
         source = app.topic(topic, key_serializer="raw", value_serializer="raw")
         self.agent = app.agent(source, name=self.name, concurrency=1)(self._consume)
 
