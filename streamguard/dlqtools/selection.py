@@ -86,6 +86,36 @@ def dead_lettered_ms(record: DlqRecord) -> int:
     return moment if 0 <= moment <= MAX_SHOWN_MS else record.timestamp_ms
 
 
+# Keys whose headers streamguard writes as decimal integers, and the least value each takes.
+_INTEGER_KEYS: dict[str, tuple[int, str]] = {
+    h.DLQ_ORIGINAL_PARTITION: (0, "a partition number, 0 or more"),
+    h.DLQ_EXPECTED_VERSION: (1, "a contract version, 1 or more"),
+}
+
+
+def _where_value(item: str, header: str, value: str) -> str:
+    """A ``--where`` value as the header holds it; one that streamguard never writes
+    (empty, a reason's typo, a partition that is no number) would select nothing,
+    silently, and show in the report as a filter: refused, naming the form expected."""
+    text = value.strip()
+    if not text:
+        raise ConfigurationError(f"--where {item!r}: expected a value after the =")
+    if header == h.DLQ_REASON and text not in REASONS:
+        raise ConfigurationError(
+            f"--where {item!r}: no such reason; the reasons are {', '.join(REASONS)}"
+        )
+    if header in _INTEGER_KEYS:
+        least, form = _INTEGER_KEYS[header]
+        try:
+            number = int(text)
+        except ValueError:
+            number = least - 1
+        if number < least:
+            raise ConfigurationError(f"--where {item!r}: expected {form}")
+        return str(number)  # as written ("%d"): 07 selects partition 7
+    return text
+
+
 @dataclass(frozen=True)
 class Selection:
     """The records an operator asked for; ``describe()`` says it in words for reports."""
@@ -112,12 +142,7 @@ class Selection:
                     f"--where {item!r}: expected KEY=VALUE with KEY one of "
                     f"{', '.join(sorted(WHERE_KEYS))}"
                 )
-            if header == h.DLQ_REASON and value.strip() not in REASONS:
-                # A typo would select nothing, silently.
-                raise ConfigurationError(
-                    f"--where {item!r}: no such reason; the reasons are {', '.join(REASONS)}"
-                )
-            wanted.setdefault(header, set()).add(value.strip())
+            wanted.setdefault(header, set()).add(_where_value(item, header, value))
         since_ms = parse_time(since) if since else None
         until_ms = parse_time(until) if until else None
         if since_ms is not None and until_ms is not None and since_ms > until_ms:

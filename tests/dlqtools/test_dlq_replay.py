@@ -627,6 +627,55 @@ def test_cli_time_window_and_missing_to_topic(
     assert "cannot read time" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("original-partition=x", "expected a partition number, 0 or more"),
+        ("original-partition=-1", "expected a partition number, 0 or more"),
+        ("expected-version=v1", "expected a contract version, 1 or more"),
+        ("expected-version=0", "expected a contract version, 1 or more"),
+        ("error-class=", "expected a value after the ="),
+        ("topic= ", "expected a value after the ="),
+    ],
+)
+def test_cli_where_refuses_values_no_dead_letter_has(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+    expected: str,
+) -> None:
+    """A --where value streamguard never writes (a partition that is no number, an empty
+    value) selected nothing, silently, and the report showed it as "in {x}": a usage
+    error, as a reason's typo is."""
+    _, dlq, _ = incident
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--group", unique("g")]
+    assert main([*args, "--dry-run", "--where", where]) == 2
+    out, err = capsys.readouterr()
+    assert f"--where {where!r}: {expected}" in err
+    assert "replaying" not in out
+
+
+def test_cli_where_selects_partitions_and_versions_as_written(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Numbers select as the headers write them (07 is partition 7); an error class that
+    no record has yet is a filter that selects nothing, not an error."""
+    _, dlq, _ = incident
+    args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--dry-run"]
+    where = ["--where", "original-partition=00", "--where", "expected-version=+1"]
+    assert main([*args, "--group", unique("g"), *where]) == 0
+    out = capsys.readouterr().out
+    assert "expected-version in {1}; original-partition in {0}" in out
+    assert "would replay 5; skipped 0; still invalid 0; not selected 0;" in out
+    assert main([*args, "--group", unique("g"), "--where", "error-class=NoSuchError"]) == 0
+    assert "not selected 5;" in capsys.readouterr().out
+
+
 class _StopsAtThird(Revalidator):
     """Passes every record, and on the third one raises ``stop`` (or arms a Ctrl-C)."""
 
