@@ -78,6 +78,9 @@ class Pipeline:
         self._tombstone = spec.handle_tombstone
         self.handles_tombstones = spec.handle_tombstone is not None
         self._on_dead_letter = spec.on_dead_letter
+        # Stops the service with an error run() raises (the runner sets it to the
+        # scheduler's ``fail``); by default the error is raised where it happened.
+        self.fail: Callable[[BaseException], None] = _reraise
         self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
         self._retry_log = RetryLog(log)
 
@@ -146,14 +149,15 @@ class Pipeline:
 
         The hook runs on the thread that serves delivery reports (usually the one
         polling): it must be short. Its exceptions are logged and never change the
-        message's outcome, which is already final.
+        message's outcome, which is already final; one that is not an ``Exception``
+        also stops the service (``fail``).
         """
         self._dead_lettered.inc()
         self._by_reason[failure.reason].inc()
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(MessageContext(msg, failure.attempts), failure)
-            except Exception as exc:
+            except BaseException as exc:
                 # The hook is the user's code, and its error's text may quote the record
                 # (a KeyError of a field value): its class and frames, never that text,
                 # as a handler's error is logged.
@@ -166,3 +170,12 @@ class Pipeline:
                         "traceback": frames(exc),
                     },
                 )
+                if not isinstance(exc, Exception):
+                    # SystemExit, KeyboardInterrupt: the service stops, as on a handler's.
+                    # Recorded, not raised: raised out of a delivery report, it cut the
+                    # stop's flush short, and with it the final commit and on_stop.
+                    self.fail(exc)
+
+
+def _reraise(error: BaseException) -> None:
+    raise error

@@ -416,6 +416,7 @@ class ServiceRuntime:
                 poller, options.workers, lambda: loop_runner.busy, stopping, refill_below
             )
             loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
+        pipeline.fail = scheduler.fail
         metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
         self._publisher, self._committer = publisher, committer
         self._poller, self._scheduler = poller, scheduler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -393,6 +394,72 @@ def test_subclass_attribute_names_are_the_users_own(
     assert all(getattr(service, name) == f"user's own {name}" for name in names)
     running.stop()
     assert not running.error
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "when"),
+    [
+        ("sync", SystemExit, "running"),
+        ("async", KeyboardInterrupt, "running"),
+        ("sync", KeyboardInterrupt, "stopping"),
+        ("async", SystemExit, "stopping"),
+    ],
+)
+def test_an_on_dead_letter_hook_raising_no_exception_stops_the_service_cleanly(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    kind: str,
+    error: type[BaseException],
+    when: str,
+) -> None:
+    """A ``SystemExit`` or ``KeyboardInterrupt`` of the hook stops the service as a
+    handler's does: ``run()`` raises it, ``on_stop`` runs, and what is final is committed,
+    the acknowledged dead letter's record too. Before, raised out of the delivery report
+    that the stop's flush served ("stopping": the DLQ producer lingers until then), it
+    skipped the final commit and ``on_stop``. The hook never runs on the event loop."""
+    src = topic_factory("orders", partitions=1)
+    group = unique("hook")
+    raw_producer.produce(src, order(0).model_dump_json().encode(), key=b"a")
+    raw_producer.produce(src, b"{broken", key=b"b")
+    raw_producer.produce(src, order(2).model_dump_json().encode(), key=b"a")
+    raw_producer.flush(10)
+    handled: list[int] = []
+    calls: list[str] = []
+
+    class Sync(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            handled.append(ctx.offset)
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            calls.append(threading.current_thread().name)
+            raise error(3)
+
+        def on_stop(self) -> None:
+            calls.append("on_stop")
+
+    class Async(Sync):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            handled.append(ctx.offset)
+
+    linger = {"linger.ms": 20_000} if when == "stopping" else {}
+    running = start_service(Sync if kind == "sync" else Async, dead_letter_config=linger)
+    if when == "stopping":
+        assert wait_for(lambda: handled == [0, 2], 30), (handled, running.error)
+        assert not calls  # the dead letter waits in the producer for the stop's flush
+        running.stop()
+    else:
+        running.thread.join(30)
+        assert not running.thread.is_alive(), "the service went on after the hook's error"
+    assert [type(e) for e in running.error] == [error]
+    assert committed(bootstrap, group, src) == {0: 3}
+    hook_thread, stopped = calls
+    assert stopped == "on_stop"
+    assert hook_thread != "streamguard-loop"
 
 
 def flood(producer: Producer, topic: str, count: int) -> None:
