@@ -20,7 +20,7 @@ from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
 from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
-from streamguard.runtime.runner import raised_by_on_start
+from streamguard.runtime.runner import exited_in
 from streamguard.runtime.service import ConsumerService
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args, tcp_port
 
@@ -162,15 +162,18 @@ def _run(args: argparse.Namespace) -> int:
     except (Exception, KeyboardInterrupt):
         raise  # for main, as before: streamguard's errors; KeyboardInterrupt exits 130
     except SystemExit as exc:
-        if not raised_by_on_start(exc):
+        hook = exited_in(exc)
+        if hook is None:
             return _crashed(exc)
-        # sys.exit(n) in on_start: the service's own stop, with the code Python would
-        # exit with (its text, if it carried one, is not printed: exit 1, as Python).
+        # sys.exit(n) in on_start, or in on_stop after a clean stop: the service's own
+        # stop, with the code Python would exit with (its text, if it carried one, is
+        # not printed: exit 1, as Python).
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        log.warning(
-            "on_start exited; exiting",
-            extra={"error_class": "SystemExit", "exit_code": code},
-        )
+        extra = {"error_class": "SystemExit", "exit_code": code}
+        if hook == "on_start":  # literal events: the runbook's table is checked against them
+            log.warning("on_start exited; exiting", extra=extra)
+        else:
+            log.warning("on_stop exited; exiting", extra=extra)
         return code
     except BaseException as exc:
         return _crashed(exc)

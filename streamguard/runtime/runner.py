@@ -70,14 +70,20 @@ CRASH_RECORD_WAIT = 0.5
 LOOP_STOP_WAIT = 5.0
 
 
-_ON_START = "streamguard_on_start"
+_EXITED_IN = "streamguard_exited_in"
 
 
-def raised_by_on_start(exc: SystemExit) -> bool:
-    """Whether ``on_start`` raised ``exc`` (``sys.exit(3)`` in it), not a handler:
-    ``streamguard run`` keeps the exit code of the service's own stop, as Python does,
-    but not a handler's, which its record may have chosen."""
-    return vars(exc).get(_ON_START) is True
+def exited_in(exc: SystemExit) -> str | None:
+    """The hook that raised ``exc`` (``sys.exit(3)`` in ``on_start``, or in ``on_stop``
+    after a clean stop), None for a handler's: ``streamguard run`` keeps the exit code
+    of the service's own stop, as Python does, but not a handler's, which its record
+    may have chosen."""
+    hook = vars(exc).get(_EXITED_IN)
+    return hook if isinstance(hook, str) else None
+
+
+def _mark_exit(exc: SystemExit, hook: str) -> None:
+    vars(exc)[_EXITED_IN] = hook  # see exited_in
 
 
 class Hooks:
@@ -216,7 +222,7 @@ class ServiceRuntime:
             try:
                 self._hooks.on_start()
             except SystemExit as exc:
-                vars(exc)[_ON_START] = True  # see raised_by_on_start
+                _mark_exit(exc, "on_start")
                 raise
             log.info(
                 "service started",
@@ -314,7 +320,11 @@ class ServiceRuntime:
             # thread is joined only for what is left of the bound, then left, a daemon.
             self._loop_stuck_until = time.monotonic() if deadline is None else deadline
         if not failing and scheduler.failure is None:
-            self._hooks.on_stop()
+            try:
+                self._hooks.on_stop()
+            except SystemExit as exc:
+                _mark_exit(exc, "on_stop")
+                raise
             return
         try:
             self._hooks.on_stop()

@@ -109,6 +109,22 @@ class StartExits(StartFails):
         raise SystemExit(int(os.environ["SG_TEST_EXIT_CODE"]))
 
 
+class StopExits(sg.ConsumerService):
+    """Records each record's offset in $SG_TEST_OUT; ``on_stop`` calls
+    ``sys.exit($SG_TEST_EXIT_CODE)``."""
+
+    topic = os.environ.get("SG_TEST_TOPIC", "sg-test-unset")
+    contract = OrderPlaced
+    group_id = os.environ.get("SG_TEST_GROUP", "sg-test-unset")
+
+    def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        with open(os.environ["SG_TEST_OUT"], "a") as out:
+            out.write(f"{ctx.offset}\n")
+
+    def on_stop(self) -> None:
+        raise SystemExit(int(os.environ["SG_TEST_EXIT_CODE"]))
+
+
 def _holds(offset: int) -> bool:
     """Whether the record at ``offset`` is the one $SG_TEST_HOLD names: its handler
     writes ``held`` and then waits (a minute at most) for the file $SG_TEST_RELEASE."""

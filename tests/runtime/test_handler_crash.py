@@ -7,11 +7,13 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -353,3 +355,41 @@ def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_start(
     last = [json.loads(line) for line in output.splitlines()][-1]
     assert last["event"] == "on_start exited; exiting", last
     assert last["exit_code"] == exit_code
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_stop(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    tmp_path: Path,
+    exit_code: int,
+) -> None:
+    """``sys.exit(n)`` in ``on_stop`` after a clean stop (SIGTERM) ends ``streamguard
+    run`` with n, as in ``on_start``: it exited 1 with "service crashed; exiting", as
+    for a handler's. The stop committed first."""
+    src, group, out = topic_factory("orders"), unique("g"), tmp_path / "handled.txt"
+    send_orders(src, 2)
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "tests.runtime.apps:StopExits",
+        "--bootstrap-servers", bootstrap, "--log-format", "json",
+        *(arg for key, value in FAST_GROUP.items() for arg in ("-X", f"{key}={value}")),
+    ]  # fmt: skip
+    env = {
+        **os.environ, "SG_TEST_TOPIC": src, "SG_TEST_GROUP": group,
+        "SG_TEST_OUT": str(out), "SG_TEST_EXIT_CODE": str(exit_code),
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert wait_for(lambda: out.exists() and len(out.read_text().split()) == 2, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == exit_code, output
+    last = [json.loads(line) for line in output.splitlines()][-1]
+    assert last["event"] == "on_stop exited; exiting", last
+    assert last["exit_code"] == exit_code
+    assert committed(bootstrap, group, src) == {0: 2}
