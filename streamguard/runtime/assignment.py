@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -166,9 +167,16 @@ class Assignment:
         the commit comes after both, so that a dead letter acknowledged meanwhile is
         committed rather than dead-lettered again by the next owner.
         """
+        with self._in_flight(lanes):
+            self._settle(lanes, timeout, ack_wait)
+
+    @contextmanager
+    def _in_flight(self, lanes: list[PartitionLane]) -> Iterator[None]:
+        """Count ``lanes``, taken out of ``lanes`` by a revoke or stop, in ``inflight``
+        while they settle."""
         self._settling = (*self._settling, *lanes)
         try:
-            self._settle(lanes, timeout, ack_wait)
+            yield
         finally:
             self._settling = tuple(lane for lane in self._settling if lane not in lanes)
 
@@ -231,10 +239,11 @@ class Assignment:
         timeout = self._options.shutdown_timeout
         now = time.monotonic()
         self.stop_deadline = now + 2 * timeout
-        if clean and self._finish is not None and lanes:
-            self._finish(now + timeout, self.hurry)
-        left = max(0.0, now + timeout - time.monotonic())
-        self.settle(lanes, left, ack_wait=timeout)
+        with self._in_flight(lanes):  # the finish's wait included
+            if clean and self._finish is not None and lanes:
+                self._finish(now + timeout, self.hurry)
+            left = max(0.0, now + timeout - time.monotonic())
+            self._settle(lanes, left, ack_wait=timeout)
         # No partition is ours any more: a lag left set would stay frozen in the
         # registry, which outlives the run (scraped, or the service run again).
         self._forget([lane.partition for lane in lanes])

@@ -1348,3 +1348,48 @@ def test_a_stop_while_waiting_for_a_dlq_cluster_that_is_down_returns_at_once(
         assert time.monotonic() - stopped < 2.0
     assert running.error == []
     assert not running.service.health()["checks"]["assigned"]  # it never joined
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+def test_a_record_a_clean_stop_lets_finish_is_still_in_flight(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    ordering: str,
+) -> None:
+    """Under key or no ordering a clean stop first lets fetched records reach their
+    outcome; meanwhile they are still in ``streamguard_inflight``. The stop took the
+    lanes out of the assignment before that wait, and the gauge read 0 throughout it."""
+    src = topic_factory("orders")
+    send_orders(src, 3, key=str)
+    entered, release = threading.Event(), threading.Event()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 1:
+                entered.set()
+                await asyncio.to_thread(release.wait, 20)
+
+    Billing.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Billing)
+    try:
+        assert entered.wait(20)
+        assert wait_for(
+            lambda: running.metric("streamguard_messages_total", topic=src, outcome="handled") == 2
+        )
+        stopping = threading.Thread(target=running.service.stop)
+        stopping.start()
+        assert wait_for(lambda: not running.service.health()["checks"]["running"])
+        time.sleep(0.3)  # the stop waits for the held record to finish
+        assert running.metric("streamguard_inflight", topic=src) == 1
+    finally:
+        release.set()
+    running.thread.join(20)
+    stopping.join(5)
+    assert not running.error
+    assert running.metric("streamguard_messages_total", topic=src, outcome="handled") == 3
