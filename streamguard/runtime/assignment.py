@@ -168,7 +168,7 @@ class Assignment:
         committed rather than dead-lettered again by the next owner.
         """
         with self._in_flight(lanes):
-            self._settle(lanes, timeout, ack_wait)
+            self._settle(lanes, time.monotonic() + timeout, timeout, ack_wait)
 
     @contextmanager
     def _in_flight(self, lanes: list[PartitionLane]) -> Iterator[None]:
@@ -180,8 +180,11 @@ class Assignment:
         finally:
             self._settling = tuple(lane for lane in self._settling if lane not in lanes)
 
-    def _settle(self, lanes: list[PartitionLane], timeout: float, ack_wait: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _settle(
+        self, lanes: list[PartitionLane], deadline: float, timeout: float, ack_wait: float
+    ) -> None:
+        """``settle`` with the handlers' ``deadline`` (monotonic), ``timeout`` the wait
+        they were given in all (said in the warning: a stop's finish may have used it)."""
         for lane in lanes:
             lane.close()
         stuck = []
@@ -242,8 +245,7 @@ class Assignment:
         with self._in_flight(lanes):  # the finish's wait included
             if clean and self._finish is not None and lanes:
                 self._finish(now + timeout, self.hurry)
-            left = max(0.0, now + timeout - time.monotonic())
-            self._settle(lanes, left, ack_wait=timeout)
+            self._settle(lanes, now + timeout, timeout, ack_wait=timeout)
         # No partition is ours any more: a lag left set would stay frozen in the
         # registry, which outlives the run (scraped, or the service run again).
         self._forget([lane.partition for lane in lanes])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import signal
 import threading
@@ -890,3 +891,38 @@ def test_a_clean_stop_drops_a_retry_due_after_its_deadline(
     assert took < 2.0, f"the stop took {took:.1f} s"  # not waited for
     assert attempts[0] == 1
     assert committed(bootstrap, group, src).get(0, 0) == 0  # redelivered
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_handler_the_stop_gives_up_on_is_reported_with_shutdown_timeout(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+    ordering: str,
+) -> None:
+    """The warning for a handler still running when the stop gives up names the
+    shutdown_timeout it was given. Under key or no ordering the clean stop's wait for
+    the fetched records used that time up first, and the warning said ``timeout``: 0.0,
+    as if the service were set to wait for no handler."""
+    src = topic_factory("orders")
+    send_orders(src, 1, key=str)
+    entered = threading.Event()
+
+    class Slow(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, unique("slow")
+        options = sg.ServiceOptions(shutdown_timeout=1.0, revoke_timeout=1.0)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            entered.set()
+            await asyncio.sleep(30)
+
+    Slow.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Slow)
+    assert entered.wait(20)
+    with caplog.at_level(logging.WARNING, logger="streamguard.runtime"):
+        running.stop()
+    assert not running.error
+    (warning,) = [r for r in caplog.records if r.getMessage().startswith("handler still")]
+    assert warning.timeout == 1.0  # type: ignore[attr-defined]
