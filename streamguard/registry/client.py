@@ -124,13 +124,15 @@ def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
     requests to the URLs as given, and its HTTP library logs every request's URL at
     INFO: with the credentials in it, ``streamguard run`` wrote the password in clear on
     every registry request. A config that also sets ``basic.auth.user.info`` is left
-    for the client to refuse, as it does.
+    for the client to refuse, as it does, unless the userinfo is a token alone, which
+    the client lets through.
 
     Raises:
         ConfigurationError: a URL after the first carries other credentials than the
             first. The client authenticates every URL with the first's (or none), so
             they would not be used as written, and requests to that URL would log them.
-            Or a URL's password holds an unencoded '/', '?' or '#'.
+            Or a URL's password holds an unencoded '/', '?' or '#'. Or the first URL
+            carries a token and ``basic.auth.user.info`` is set too.
     """
     url = config.get("url")
     if not isinstance(url, str) or "@" not in url:
@@ -156,6 +158,13 @@ def _credentials_out_of_url(config: Mapping[str, Any]) -> Mapping[str, Any]:
                 "set 'basic.auth.user.info'"
             )
     if "basic.auth.user.info" in config:
+        if first.username and first.password is None:
+            # The client refuses a user:password@ beside it, not a token alone, which
+            # then stayed in the URL that each request's log line shows.
+            raise ConfigurationError(
+                f"the schema registry URL {redact_url(urlunsplit(first))} carries a "
+                "credential and 'basic.auth.user.info' is set too: keep only one"
+            )
         return config
     if "@" not in first.netloc:
         return config

@@ -252,6 +252,17 @@ def test_a_token_as_the_registry_urls_user_is_sent_but_never_logged(
     assert SECRET not in str(info.value)
 
 
+def test_a_token_in_the_registry_url_beside_basic_auth_user_info_is_refused() -> None:
+    """A ``TOKEN@`` URL with ``basic.auth.user.info`` set too is refused when the codec
+    is made, without the token, as the client refuses a ``user:password@`` one. The
+    client checks only the latter: the token stayed in the URL, and the HTTP client's
+    log line of every request showed it in clear."""
+    config = {"url": f"http://{SECRET}@127.0.0.1:1", "basic.auth.user.info": "bob:pw"}
+    with pytest.raises(ConfigurationError, match=r"basic\.auth\.user\.info") as info:
+        RegistryCodec(config)
+    assert SECRET not in str(info.value)
+
+
 def test_other_credentials_on_a_later_registry_url_are_refused_at_start() -> None:
     """Credentials on a URL of a list other than the first's are refused when the codec
     is made, without the password: the client authenticates every URL with the first's,
