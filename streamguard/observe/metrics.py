@@ -210,8 +210,9 @@ class ServiceMetrics:
         self.retries = self._bound(
             Counter,
             "streamguard_retries",
-            "Tries scheduled again: after a transient handler failure, and each wait of a "
-            "message held for a dependency (an open circuit breaker, a registry down).",
+            "Tries scheduled again after a transient failure, also one that makes the "
+            "message wait for a dependency (a failed breaker probe, a suspected outage, a "
+            "registry down); not the waits of messages an open breaker holds uncalled.",
             "topic",
         )
         self.handler_seconds = BoundHistogram(
