@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import math
 import queue
 import threading
 import time
@@ -380,7 +381,8 @@ class LoopRunner:
         # A clean stop's end, on this loop's clock, once it began (``finish_fetched``):
         # a retry due later is not waited for.
         self._finish_by: float | None = None
-        # Under key or no ordering, the runs sleeping until a retry is due, and when.
+        # Under key or no ordering, the runs sleeping until a retry is due, and when
+        # (never, for a wait for a dependency).
         self._retrying: dict[asyncio.Task[None], float] = {}
 
     def _caller(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -482,7 +484,8 @@ class LoopRunner:
         Under key or no ordering the commit stops at a partition's first record without
         an outcome, typically one waiting for its retry, and every record of other keys
         handled past it was delivered again after the restart. Not waited for: records
-        that cannot start (DLQ unwritable, breaker open) and a crashed run's. Nor,
+        that cannot start (DLQ unwritable, breaker open), records waiting for a
+        dependency (an outage suspected, the registry down) and a crashed run's. Nor,
         once ``hurry`` is set (a second signal), anything more.
         """
         if self.loop.is_closed() or self.on_loop_thread() or not self.busy:
@@ -1058,8 +1061,12 @@ class LoopRunner:
             if not any(run.queue for run in self._runs.values() if run.lane is not lane):
                 self._poll_here()
         elif (task := asyncio.current_task()) is not None:
-            self._retrying[task] = retry.due  # a clean stop gives up those due too late
-            if self._finish_by is not None and retry.due > self._finish_by:
+            # A clean stop gives up those due too late, and those waiting for a dependency
+            # (an outage suspected, the registry down): their record has no outcome before
+            # it is back, and the stop waited out shutdown_timeout retrying them.
+            due = retry.due if retry.waits_for is None else math.inf
+            self._retrying[task] = due
+            if self._finish_by is not None and due > self._finish_by:
                 task.cancel()  # the stop ends first: uncommitted, as a closed lane's
         try:
             await self._sleep(max(0.0, retry.due - self._clock()))

@@ -926,3 +926,43 @@ def test_a_handler_the_stop_gives_up_on_is_reported_with_shutdown_timeout(
     assert not running.error
     (warning,) = [r for r in caplog.records if r.getMessage().startswith("handler still")]
     assert warning.timeout == 1.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+def test_a_clean_stop_drops_records_waiting_for_a_suspected_outage(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    send_orders: Callable[..., None],
+    ordering: str,
+) -> None:
+    """A record whose retries ran out while every call fails waits for the dependency
+    (an outage is suspected, the breaker not open yet), with no outcome before it is
+    back: a clean stop drops it uncommitted at once, as one the open breaker holds. The
+    stop used to wait out shutdown_timeout, calling the dependency every 0.1 s."""
+    src = topic_factory("orders")
+    send_orders(src, 3, key=lambda i: f"k{i}")
+    group = unique("g")
+    calls = [0]
+
+    class Down(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        options = sg.ServiceOptions(shutdown_timeout=4.0, revoke_timeout=4.0)
+        retry = sg.RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+        breaker = sg.CircuitBreaker(min_calls=10**6)  # suspects an outage, never opens
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            calls[0] += 1
+            raise TimeoutError("the dependency is down")
+
+    Down.ordering = ordering  # type: ignore[assignment]
+    running = start_service(Down)
+    assert wait_for(lambda: calls[0] >= 12, timeout=20)  # past their 2 attempts: parked
+    began = time.monotonic()
+    running.stop()
+    took = time.monotonic() - began
+    assert not running.error
+    assert took < 2.0, f"the stop took {took:.1f} s"
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+    assert not any(committed(bootstrap, group, src).values())  # redelivered
