@@ -1135,6 +1135,44 @@ def test_runs_of_an_async_service_leave_no_event_loop_open(
     assert descriptors[2] - descriptors[0] < 5, descriptors
 
 
+def test_a_hurried_stop_still_closes_an_event_loop_that_is_not_blocked(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    start_service: Callable[..., Running],
+) -> None:
+    """A stop hurried before the loop was stopped (a second signal while a handler
+    awaits) gives the loop's thread a short join and closes the loop: it was left
+    open, its descriptors kept, whenever the hurry came first."""
+    src = topic_factory("orders")
+    send_orders(src, 1)
+    started = threading.Event()
+
+    class Awaits(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        options = sg.ServiceOptions(shutdown_timeout=20.0)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            await asyncio.sleep(30)  # cancellable: the loop's thread is not blocked
+
+    running = start_service(Awaits)
+    assert started.wait(20)
+    runtime = running.service._ConsumerService__runtime  # type: ignore[attr-defined]
+    began = time.monotonic()
+    running.service.stop()
+    # What a second SIGTERM does (runner's on_signal): run() is on a thread here, where
+    # no signal handler is installed.
+    runtime._poller.assignment.hurry.set()
+    running.thread.join(10)
+    assert not running.thread.is_alive()
+    assert time.monotonic() - began < 10  # hurried: not the 20 s shutdown_timeout
+    assert running.error == []
+    assert runtime._loop_runner.loop.is_closed()
+
+
 def test_services_of_one_process_share_a_registry(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
