@@ -488,9 +488,10 @@ class LoopRunner:
         handled past it was delivered again after the restart. Not waited for: records
         that cannot start (DLQ unwritable, breaker open), records waiting for a
         dependency (an outage suspected, the registry down) and a crashed run's. Nor,
-        once ``hurry`` is set (a second signal), anything more.
+        once ``hurry`` is set (a second signal), anything more. Nor the runs of lanes
+        closed already (see ``_open_runs``).
         """
-        if self.loop.is_closed() or self.on_loop_thread() or not self.busy:
+        if self.loop.is_closed() or self.on_loop_thread() or not self._open_runs():
             return
         try:
             self.loop.call_soon_threadsafe(self._finish_until, deadline)
@@ -498,7 +499,7 @@ class LoopRunner:
             return
         pause = IDLE_CHECK
         while (
-            self.busy
+            self._open_runs()
             and self.failure is None
             and self.pipeline.can_process()
             and not hurry.is_set()
@@ -508,6 +509,15 @@ class LoopRunner:
                 return
             time.sleep(min(pause, left))
             pause = min(pause * 2, IDLE_CHECK_MAX)
+
+    def _open_runs(self) -> bool:
+        """Runs of lanes not closed, or batches on their way: what ``finish_fetched``
+        waits for. Not ``busy``: that counts too the runs of a partition revoked earlier
+        whose handler ignored its cancellation, which held a clean stop for the whole
+        ``shutdown_timeout`` though the partition was no longer ours."""
+        # list(): the loop thread changes ``_runs`` meanwhile.
+        runs = list(self._runs.values())
+        return self._in_transit > 0 or any(not run.lane.closed for run in runs)
 
     def barrier(self, timeout: float) -> bool:
         """Return once the loop has run what it was running, at most ``timeout`` later;

@@ -4,6 +4,7 @@ never passes a record without a final outcome. Through the real broker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -533,6 +534,63 @@ def test_a_handler_still_running_after_revoke_timeout_is_cancelled(
         assert start >= end, f"offset {offset} of key K started while another ran"
     assert wait_for(lambda: committed(bootstrap, group, src) == {0: 2})
     first.stop()
+    assert not first.error
+    assert not second.error
+
+
+def test_a_clean_stop_does_not_wait_for_a_revoked_partitions_deaf_handler(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """A clean stop lets the fetched records of its own partitions finish, not the run
+    of a partition revoked earlier whose handler ignores its cancellation: the stop
+    waited the whole ``shutdown_timeout`` for it, for a partition no longer ours."""
+    src = topic_factory("orders", partitions=2)
+    group = unique("enrich")
+    shutdown_timeout = 10.0
+    release = threading.Event()
+    started: list[int] = []
+    revoked: list[list[int]] = []
+
+    class Enrich(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        ordering = "key"
+        options = sg.ServiceOptions(revoke_timeout=0.5, shutdown_timeout=shutdown_timeout)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.append(ctx.partition)
+            for _ in range(3000):  # until released (30 s at most), deaf to cancelling
+                if release.is_set():
+                    return
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            revoked.append(partitions)
+
+    class Takeover(Enrich):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    first = start_service(Enrich)
+    try:
+        assert wait_for(lambda: first.service.health()["checks"]["assigned"])
+        raw_producer.produce(src, order(1).model_dump_json().encode(), key=b"K", partition=0)
+        raw_producer.flush(10)
+        assert wait_for(lambda: started == [0])
+        second = start_service(Takeover)  # takes partition 0 (cooperative-sticky)
+        assert wait_for(lambda: revoked, timeout=20)
+        assert revoked[0] == [0], f"the assignor moved {revoked[0]}"
+        began = time.monotonic()
+        first.stop()  # partition 1 is ours and idle: nothing to finish
+        took = time.monotonic() - began
+        assert took < shutdown_timeout / 2, f"the stop took {took:.1f} s"
+    finally:
+        release.set()
+    second.stop()
     assert not first.error
     assert not second.error
 
