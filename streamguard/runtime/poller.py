@@ -20,7 +20,7 @@ from typing import cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streamguard.headers import Record
-from streamguard.runtime.assignment import Assignment
+from streamguard.runtime.assignment import HURRY_CHECK, Assignment
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.deadletters import DeadLetterPublisher
@@ -176,14 +176,24 @@ class Poller:
         """Settle every lane and commit; takes the poll lock for good.
 
         No worker may touch the consumer once it closes. A worker may be inside a
-        rebalance callback, which takes at most ``revoke_timeout``: ``wait`` covers it.
+        rebalance callback, which takes at most ``revoke_timeout`` (a slow ``on_revoke``
+        hook longer): ``wait`` covers it, in waits of at most ``HURRY_CHECK`` so that a
+        hurried stop (``assignment.hurry``, a second signal) waits no more.
         ``clean``: a stop asked for, not a failure (see ``Assignment.settle_all``).
         """
         stopping.set()
-        if not self.lock.acquire(timeout=wait):
+        hurry = self.assignment.hurry
+        deadline = time.monotonic() + wait
+        acquired = False
+        while not acquired:
+            left = deadline - time.monotonic()
+            acquired = self.lock.acquire(timeout=max(0.0, min(HURRY_CHECK, left)))
+            if left <= 0 or hurry.is_set():
+                break
+        if not acquired:
             log.error(
                 "a worker held the consumer past the shutdown wait; closing it anyway",
-                extra={"wait": wait},
+                extra={"wait": wait, "hurried": hurry.is_set()},
             )
             clean = False  # a rebalance may be under way: no record is waited for
         self.assignment.settle_all(clean)

@@ -1173,6 +1173,51 @@ def test_a_hurried_stop_still_closes_an_event_loop_that_is_not_blocked(
     assert runtime._loop_runner.loop.is_closed()
 
 
+def test_a_hurried_stop_does_not_wait_for_a_worker_holding_the_consumer(
+    bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """The shutdown's wait for the poll lock, held by a worker inside a rebalance
+    callback (a slow ``on_revoke`` hook), ends once the stop is hurried (a second
+    signal): it waited its whole ``revoke_timeout + shutdown_timeout``. The runtime's
+    own Poller, over a real consumer and DLQ producer of the broker."""
+
+    class Idle(sg.ConsumerService):
+        topic = unique("never-subscribed")
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    runtime = Idle(bootstrap)._ConsumerService__runtime  # type: ignore[attr-defined]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("g")})
+    producer = Producer({"bootstrap.servers": bootstrap})
+    stopping, hurry = threading.Event(), threading.Event()
+    poller, _ = runtime._assemble(consumer, producer, None, stopping, hurry)
+    done = threading.Event()
+
+    def shut_down() -> None:
+        poller.shutdown(stopping, 20.0, clean=True)
+        done.set()
+
+    poller.lock.acquire()  # the worker in its slow on_revoke hook
+    shutting = threading.Thread(target=shut_down, daemon=True)
+    try:
+        shutting.start()
+        assert not done.wait(0.5)  # it waits for the worker meanwhile
+        hurried = time.monotonic()
+        hurry.set()  # what a second SIGTERM does (runner's on_signal)
+        assert done.wait(5), "the hurried shutdown still waited for the poll lock"
+        assert time.monotonic() - hurried < 1
+        assert poller.assignment.closed  # settled: the run goes on to close the clients
+    finally:
+        poller.lock.release()
+        shutting.join(25)
+        runtime.metrics.untrack(Idle.topic)
+        runtime._publisher.release()
+        consumer.close()
+
+
 def test_services_of_one_process_share_a_registry(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
