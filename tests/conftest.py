@@ -8,6 +8,7 @@ import itertools
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -53,6 +54,22 @@ def own_broker() -> Iterator[DevBroker]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(dev.pid, signal.SIGCONT)
         dev.stop()
+
+
+def suspend(pid: int | None) -> None:
+    """SIGSTOP the broker ``pid`` and return once the kernel shows it stopped: the signal
+    takes effect a moment later, and a request sent within it could still be answered
+    (a test saw records acknowledged right after the kill)."""
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The state follows the command in parentheses, which may hold spaces.
+            if stat.read().rpartition(")")[2].split()[0] in ("T", "t"):
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"broker {pid} not stopped 5 s after SIGSTOP")
 
 
 def _close_clients_left_behind() -> None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 import streamguard as sg
 from streamguard.devbroker import DevBroker
 from streamguard.errors import ConfigurationError
+from tests.conftest import suspend
 
 pytestmark = pytest.mark.broker
 
@@ -648,7 +649,7 @@ def test_records_unacknowledged_at_flush_are_counted_and_still_delivered() -> No
         producer = sg.GuardedProducer(broker.bootstrap_servers)
         producer.send("orders-paused", OrderPlaced(order_id=0, currency="EUR"))
         producer.flush(15)  # connected, topic known
-        os.kill(broker.pid, signal.SIGSTOP)
+        suspend(broker.pid)
         try:
             for i in range(1, 4):
                 producer.send("orders-paused", OrderPlaced(order_id=i, currency="EUR"))

@@ -14,6 +14,7 @@ from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
 from streamguard.producer import stamp_headers
 from streamguard.topics import create_topics
+from tests.conftest import suspend
 from tests.faults.workload import POISON, dead_lettered, new_topic, start
 from tests.runtime.conftest import order, wait_for
 
@@ -153,7 +154,7 @@ def test_lost_partitions_reach_on_revoke(own_broker: DevBroker) -> None:
     running = start(Hooked, bootstrap)
     try:
         assert wait_for(lambda: ("assign", [0]) in events)
-        os.kill(own_broker.pid or 0, signal.SIGSTOP)
+        suspend(own_broker.pid)
         try:
             # Longer than the session timeout (2 s in tests) with no heartbeat answered.
             assert wait_for(lambda: ("revoke", [0]) in events, timeout=15)
@@ -195,7 +196,7 @@ def test_an_async_handler_of_a_lost_partition_is_cancelled(own_broker: DevBroker
     running = start(Slow, bootstrap)
     try:
         assert started.wait(20)
-        os.kill(own_broker.pid or 0, signal.SIGSTOP)
+        suspend(own_broker.pid)
         try:
             # Longer than the session timeout (2 s in tests) with no heartbeat answered.
             assert cancelled.wait(15), "the lost partition's handler ran on"

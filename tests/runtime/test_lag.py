@@ -20,6 +20,7 @@ from streamguard.devbroker import DevBroker
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.runtime.lag import LagMonitor
 from streamguard.topics import create_topics
+from tests.conftest import suspend
 from tests.faults.workload import start
 from tests.runtime.conftest import order, wait_for
 
@@ -112,7 +113,7 @@ def test_a_cluster_that_does_not_answer_does_not_stall_the_event_loop(
         assert wait_for(lambda: len(attempts) >= 3 and ticks.started.is_set())
         assert wait_for(lambda: running.metric("streamguard_paused_partitions", topic=src) == 1)
         assert wait_for(lambda: lag() == 1)
-        os.kill(own_broker.pid or 0, signal.SIGSTOP)
+        suspend(own_broker.pid)
         try:
             ticks.measure_from_now()
             before = len(attempts)
