@@ -39,6 +39,21 @@ log = logging.getLogger("streamguard.runtime")
 HURRY_CHECK = 0.1
 
 
+def wait_unless_hurried(
+    ready: Callable[[float], bool], deadline: float, hurry: threading.Event
+) -> bool:
+    """``ready(wait)`` until it is true or ``deadline`` (monotonic) passes, in waits of
+    at most ``HURRY_CHECK``: a signal's handler runs between them, and once it set
+    ``hurry`` only one more look, without waiting, is taken. Every bounded wait of a
+    stop goes through here, so that a second signal ends each of them."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or hurry.is_set():
+            return ready(0.0)
+        if ready(min(HURRY_CHECK, left)):
+            return True
+
+
 class Assignment:
     """The lanes of the assigned partitions, and the rebalance callbacks that change them."""
 
@@ -189,14 +204,16 @@ class Assignment:
             lane.close()
         stuck = []
         for lane in lanes:
-            if not self._wait(lane.wait_idle, deadline):
+            if not wait_unless_hurried(lane.wait_idle, deadline, self.hurry):
                 log.warning(
                     "handler still running after the timeout; its message will be redelivered",
                     extra={"partition": lane.partition, "timeout": timeout},
                 )
                 stuck.append(lane)
         give_up_all(stuck)  # async handlers are cancelled, together
-        self._wait(lambda wait: self._publisher.flush(wait) == 0, deadline + ack_wait)
+        wait_unless_hurried(
+            lambda wait: self._publisher.flush(wait) == 0, deadline + ack_wait, self.hurry
+        )
         held = [(lane.partition, lane.unacknowledged_dead_letters()) for lane in lanes]
         if any(count for _, count in held):
             # Said, as for a handler given up on: a stop that waited out its timeout for
@@ -215,17 +232,6 @@ class Assignment:
                 },
             )
         self._committer.commit(lanes, asynchronous=False)
-
-    def _wait(self, ready: Callable[[float], bool], deadline: float) -> bool:
-        """``ready(wait)`` until it is true or ``deadline`` passes, in waits of at most
-        ``HURRY_CHECK``: a signal's handler runs between them, and once it set ``hurry``
-        only one more look, without waiting, is taken."""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.hurry.is_set():
-                return ready(0.0)
-            if ready(min(HURRY_CHECK, left)):
-                return True
 
     def settle_all(self, clean: bool = False) -> None:
         """Shutdown: settle every lane, handlers within ``shutdown_timeout`` and dead

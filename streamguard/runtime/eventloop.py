@@ -42,7 +42,7 @@ from typing import Any
 from streamguard.deadletter import Failure
 from streamguard.headers import Record
 from streamguard.observe.logs import frames
-from streamguard.runtime.assignment import HURRY_CHECK
+from streamguard.runtime.assignment import HURRY_CHECK, wait_unless_hurried
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.lane import CANCEL_WAIT, PartitionLane
 from streamguard.runtime.outcomes import RetryState, after_try, gate
@@ -112,12 +112,14 @@ def stop_event_loop(
     """
     loop.call_soon_threadsafe(loop.stop)
     deadline = time.monotonic() + timeout
-    thread.join(timeout=min(HURRY_CHECK, timeout))  # even hurried: see above
-    while thread.is_alive() and not (hurry is not None and hurry.is_set()):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        thread.join(timeout=min(HURRY_CHECK, left))
+
+    def ended(wait: float) -> bool:
+        thread.join(timeout=wait)
+        return not thread.is_alive()
+
+    # A first wait even hurried (see above), then as any bounded wait of a stop.
+    if not ended(min(HURRY_CHECK, timeout)):
+        wait_unless_hurried(ended, deadline, hurry or threading.Event())
     if not thread.is_alive():
         loop.close()
 

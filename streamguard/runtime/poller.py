@@ -20,7 +20,7 @@ from typing import cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streamguard.headers import Record
-from streamguard.runtime.assignment import HURRY_CHECK, Assignment
+from streamguard.runtime.assignment import Assignment, wait_unless_hurried
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.deadletters import DeadLetterPublisher
@@ -183,13 +183,9 @@ class Poller:
         """
         stopping.set()
         hurry = self.assignment.hurry
-        deadline = time.monotonic() + wait
-        acquired = False
-        while not acquired:
-            left = deadline - time.monotonic()
-            acquired = self.lock.acquire(timeout=max(0.0, min(HURRY_CHECK, left)))
-            if left <= 0 or hurry.is_set():
-                break
+        acquired = wait_unless_hurried(
+            lambda timeout: self.lock.acquire(timeout=timeout), time.monotonic() + wait, hurry
+        )
         if not acquired:
             log.error(
                 "a worker held the consumer past the shutdown wait; closing it anyway",
