@@ -196,10 +196,16 @@ class Assignment:
             self._settling = tuple(lane for lane in self._settling if lane not in lanes)
 
     def _settle(
-        self, lanes: list[PartitionLane], deadline: float, timeout: float, ack_wait: float
+        self,
+        lanes: list[PartitionLane],
+        deadline: float,
+        timeout: float,
+        ack_wait: float,
+        commit: bool = True,
     ) -> None:
         """``settle`` with the handlers' ``deadline`` (monotonic), ``timeout`` the wait
-        they were given in all (said in the warning: a stop's finish may have used it)."""
+        they were given in all (said in the warning: a stop's finish may have used it);
+        ``commit`` False leaves the offsets as they are (see ``settle_all``)."""
         for lane in lanes:
             lane.close()
         stuck = []
@@ -231,9 +237,10 @@ class Assignment:
                     else publisher.last_error,
                 },
             )
-        self._committer.commit(lanes, asynchronous=False)
+        if commit:
+            self._committer.commit(lanes, asynchronous=False)
 
-    def settle_all(self, clean: bool = False) -> None:
+    def settle_all(self, clean: bool = False, commit: bool = True) -> None:
         """Shutdown: settle every lane, handlers within ``shutdown_timeout`` and dead
         letters within as long again; later callbacks no-op.
 
@@ -242,6 +249,9 @@ class Assignment:
         (``finish``). Under key or no ordering the commit stops at a partition's first
         record without one, and every record of other keys handled past it came
         again after the restart (30% of those handled, measured).
+
+        ``commit`` False: another thread is inside a poll of the consumer, which must
+        not be used meanwhile; what has an outcome is delivered again after the restart.
         """
         lanes = list(self.lanes.values())
         self.lanes.clear()
@@ -251,7 +261,7 @@ class Assignment:
         with self._in_flight(lanes):  # the finish's wait included
             if clean and self._finish is not None and lanes:
                 self._finish(now + timeout, self.hurry)
-            self._settle(lanes, now + timeout, timeout, ack_wait=timeout)
+            self._settle(lanes, now + timeout, timeout, ack_wait=timeout, commit=commit)
         # No partition is ours any more: a lag left set would stay frozen in the
         # registry, which outlives the run (scraped, or the service run again).
         self._forget([lane.partition for lane in lanes])

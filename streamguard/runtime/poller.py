@@ -62,6 +62,7 @@ class Poller:
         self.last_poll = time.monotonic()
         self.last_fetched = 0  # records the last poll fetched
         self.polls = 0  # polls so far, by any thread
+        self.owned = False  # ``lock`` taken for good: no thread polls from now on
 
     def subscribe(self) -> None:
         a = self.assignment
@@ -178,18 +179,30 @@ class Poller:
         No worker may touch the consumer once it closes. A worker may be inside a
         rebalance callback, which takes at most ``revoke_timeout`` (a slow ``on_revoke``
         hook longer): ``wait`` covers it, in waits of at most ``HURRY_CHECK`` so that a
-        hurried stop (``assignment.hurry``, a second signal) waits no more.
+        hurried stop (``assignment.hurry``, a second signal) waits no more. If the lock
+        is not had by then, the lanes are settled without a commit: a synchronous
+        commit waits for the rebalance in progress, for as long as its hook takes.
         ``clean``: a stop asked for, not a failure (see ``Assignment.settle_all``).
         """
         stopping.set()
         hurry = self.assignment.hurry
-        acquired = wait_unless_hurried(
+        self.owned = wait_unless_hurried(
             lambda timeout: self.lock.acquire(timeout=timeout), time.monotonic() + wait, hurry
         )
-        if not acquired:
+        if not self.owned:
             log.error(
-                "a worker held the consumer past the shutdown wait; closing it anyway",
+                "a worker held the consumer past the shutdown wait; nothing more is committed",
                 extra={"wait": wait, "hurried": hurry.is_set()},
             )
             clean = False  # a rebalance may be under way: no record is waited for
-        self.assignment.settle_all(clean)
+        self.assignment.settle_all(clean, commit=self.owned)
+
+    def take_consumer(self) -> bool:
+        """Take the poll lock for good if no thread holds it; True once taken.
+
+        Closing the consumer while another thread is inside ``consume()`` (a rebalance
+        callback) is unsafe in librdkafka: it may crash or hang the process.
+        """
+        if not self.owned:
+            self.owned = self.lock.acquire(blocking=False)
+        return self.owned

@@ -256,7 +256,17 @@ class ServiceRuntime:
             if scheduler.failure is not None:  # a handler in flight crashed as it stopped
                 raise scheduler.failure
         finally:
-            if consumer is not None:
+            # A worker still inside a poll (a rebalance callback past the stop's wait)
+            # uses the consumer and the DLQ producer: both are left to it, unclosed.
+            owned = self._poller is None or self._poller.take_consumer()
+            if consumer is not None and not owned:
+                # A close() under the poll could crash the process; the group moves the
+                # partitions after session.timeout.ms.
+                log.error(
+                    "consumer left unclosed: a worker is still inside a poll of it",
+                    extra={"service": spec.name},
+                )
+            elif consumer is not None:
                 try:
                     consumer.close()
                 except (KafkaException, RuntimeError) as exc:
@@ -275,7 +285,7 @@ class ServiceRuntime:
                 until = self._loop_stuck_until
                 wait = LOOP_STOP_WAIT if until is None else max(0.0, until - time.monotonic())
                 stop_event_loop(loop, loop_thread, wait, hurry)
-            if self._publisher is not None:
+            if self._publisher is not None and owned:
                 self._publisher.release()  # last: nothing of the run publishes any more
             # One never handed to a publisher (the run stopped or failed first) has
             # nothing queued: dropped here, not kept alive by a traceback's frames.

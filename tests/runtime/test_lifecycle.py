@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker, free_port
-from tests.conftest import port_of, refusing_port
+from tests.conftest import FAST_GROUP, port_of, refusing_port
 from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
 
 
@@ -1216,6 +1216,91 @@ def test_a_hurried_stop_does_not_wait_for_a_worker_holding_the_consumer(
         runtime.metrics.untrack(Idle.topic)
         runtime._publisher.release()
         consumer.close()
+
+
+def test_a_hurried_stop_leaves_the_consumer_to_a_worker_inside_a_rebalance(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop hurried while a worker's poll runs a slow ``on_revoke`` hook returns at
+    once, and leaves the consumer unclosed to that worker: the stop's synchronous
+    commit, then its ``close()`` (unsafe under a running poll besides), waited for the
+    rebalance, as long as the hook took. The hook returning later ends the poll as usual."""
+    caplog.set_level(logging.INFO, logger="streamguard.runtime")
+    src = topic_factory("orders", partitions=2)
+    group = unique("g")
+    in_hook, release = threading.Event(), threading.Event()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        options = sg.ServiceOptions(revoke_timeout=1.0, shutdown_timeout=1.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            # A worker's poll only: the supervisor's runs on the thread that stops.
+            if threading.current_thread().name == "streamguard-worker" and not in_hook.is_set():
+                in_hook.set()
+                release.wait(20)
+
+    def feed() -> None:
+        # A record every 50 ms keeps a worker lingering: it polls, not the supervisor.
+        producer = sg.GuardedProducer(bootstrap)
+        deadline = time.monotonic() + 60
+        for i in range(1200):
+            if in_hook.is_set() or time.monotonic() > deadline:
+                break
+            producer.send(src, order(i))
+            producer.flush(5)
+            time.sleep(0.05)
+
+    running = start_service(Billing)
+    runtime = running.service._ConsumerService__runtime  # type: ignore[attr-defined]
+    threading.Thread(target=feed, daemon=True).start()
+    assert wait_for(lambda: running.service.health()["checks"]["assigned"])
+    other: Consumer | None = None
+    try:
+        for _ in range(5):  # a member joining revokes a partition; until a worker's poll
+            other = Consumer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": group,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    **FAST_GROUP,
+                }
+            )
+            other.subscribe([src])
+            deadline = time.monotonic() + 8
+            while not in_hook.is_set() and time.monotonic() < deadline:
+                other.poll(0.1)
+            if in_hook.is_set():
+                break
+            other.close()
+            other = None
+        assert in_hook.is_set(), "no revoke ran on a worker's poll"
+        hurried = time.monotonic()
+        running.service.stop()
+        runtime._poller.assignment.hurry.set()  # what a second SIGTERM does
+        running.thread.join(5)
+        assert not running.thread.is_alive(), "the hurried stop waited for the hook"
+        assert time.monotonic() - hurried < 2
+        assert not release.is_set()  # the worker was inside the poll all along
+        assert "consumer left unclosed" in caplog.text
+        assert running.error == []
+    finally:
+        release.set()
+        if other is not None:
+            other.close()
+    poller = runtime._poller
+    # Its poll ends once the hook returns; then the consumer is free to close.
+    assert wait_for(poller.take_consumer, timeout=10)
+    poller.consumer.close()
 
 
 def test_services_of_one_process_share_a_registry(
