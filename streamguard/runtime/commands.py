@@ -165,13 +165,17 @@ def _run(args: argparse.Namespace) -> int:
         hook = exited_in(exc)
         if hook is None:
             return _crashed(exc)
-        # sys.exit(n) in on_start, or in on_stop after a clean stop: the service's own
-        # stop, with the code Python would exit with (its text, if it carried one, is
-        # not printed: exit 1, as Python).
+        # sys.exit(n) in on_start, on_assign, on_revoke, or in on_stop after a clean
+        # stop: the service's own stop, with the code Python would exit with (its text,
+        # if it carried one, is not printed: exit 1, as Python).
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         extra = {"error_class": "SystemExit", "exit_code": code}
         if hook == "on_start":  # literal events: the runbook's table is checked against them
             log.warning("on_start exited; exiting", extra=extra)
+        elif hook == "on_assign":
+            log.warning("on_assign exited; exiting", extra=extra)
+        elif hook == "on_revoke":
+            log.warning("on_revoke exited; exiting", extra=extra)
         else:
             log.warning("on_stop exited; exiting", extra=extra)
         return code

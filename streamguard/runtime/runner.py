@@ -74,16 +74,31 @@ _EXITED_IN = "streamguard_exited_in"
 
 
 def exited_in(exc: SystemExit) -> str | None:
-    """The hook that raised ``exc`` (``sys.exit(3)`` in ``on_start``, or in ``on_stop``
-    after a clean stop), None for a handler's: ``streamguard run`` keeps the exit code
-    of the service's own stop, as Python does, but not a handler's, which its record
-    may have chosen."""
+    """The hook that raised ``exc`` (``sys.exit(3)`` in ``on_start``, ``on_assign``,
+    ``on_revoke``, or in ``on_stop`` after a clean stop), None for a handler's:
+    ``streamguard run`` keeps the exit code of the service's own stop, as Python does,
+    but not a handler's, which its record may have chosen."""
     hook = vars(exc).get(_EXITED_IN)
     return hook if isinstance(hook, str) else None
 
 
 def _mark_exit(exc: SystemExit, hook: str) -> None:
     vars(exc)[_EXITED_IN] = hook  # see exited_in
+
+
+def _marking_exit(hook: Callable[[list[int]], None], name: str) -> Callable[[list[int]], None]:
+    """``hook`` (``on_assign``, ``on_revoke``), its ``SystemExit`` marked as its own:
+    it runs in a rebalance callback inside the consumer's poll, which re-raises the
+    same exception, so ``run()`` raised it unmarked, as if a handler's (exit 1)."""
+
+    def call(partitions: list[int]) -> None:
+        try:
+            hook(partitions)
+        except SystemExit as exc:
+            _mark_exit(exc, name)
+            raise
+
+    return call
 
 
 class Hooks:
@@ -403,8 +418,8 @@ class ServiceRuntime:
             flow,
             committer,
             lag,
-            hooks.on_assign,
-            hooks.on_revoke,
+            _marking_exit(hooks.on_assign, "on_assign"),
+            _marking_exit(hooks.on_revoke, "on_revoke"),
             new_lane=new_lane,
             give_up=give_up,
             finish=finish,

@@ -109,6 +109,15 @@ class StartExits(StartFails):
         raise SystemExit(int(os.environ["SG_TEST_EXIT_CODE"]))
 
 
+class AssignExits(StartFails):
+    """An ``on_assign`` that calls ``sys.exit($SG_TEST_EXIT_CODE)``."""
+
+    def on_start(self) -> None: ...
+
+    def on_assign(self, partitions: list[int]) -> None:
+        raise SystemExit(int(os.environ["SG_TEST_EXIT_CODE"]))
+
+
 class StopExits(sg.ConsumerService):
     """Records each record's offset in $SG_TEST_OUT; ``on_stop`` calls
     ``sys.exit($SG_TEST_EXIT_CODE)``."""

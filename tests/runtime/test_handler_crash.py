@@ -357,6 +357,60 @@ def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_start(
     assert last["exit_code"] == exit_code
 
 
+def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_assign(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+) -> None:
+    """``sys.exit(n)`` in ``on_assign`` (run inside the consumer's poll, by a rebalance
+    callback) ends ``streamguard run`` with n, as in ``on_start``: it exited 1 with
+    "service crashed; exiting", as for a handler's."""
+    code, output = _run_app(
+        bootstrap, "AssignExits", SG_TEST_TOPIC=topic_factory("orders"),
+        SG_TEST_GROUP=unique("g"), SG_TEST_EXIT_CODE="3",
+    )  # fmt: skip
+    assert code == 3, output
+    last = [json.loads(line) for line in output.splitlines()][-1]
+    assert last["event"] == "on_assign exited; exiting", last
+    assert last["exit_code"] == 3
+
+
+def test_a_system_exit_from_on_revoke_is_the_hook_s_own(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """``sys.exit(4)`` in ``on_revoke`` (a second member's join revokes a partition)
+    is what ``run()`` raises, marked as the hook's, so that ``streamguard run`` exits 4:
+    it came out of the consumer's poll unmarked, as a handler's (exit 1)."""
+    from streamguard.runtime.runner import exited_in
+
+    src, group = topic_factory("orders", partitions=2), unique("g")
+    assigned = threading.Event()
+
+    class RevokeExits(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+        def on_assign(self, partitions: list[int]) -> None:
+            if partitions:
+                assigned.set()
+
+        def on_revoke(self, partitions: list[int]) -> None:
+            raise SystemExit(4)
+
+    first = start_service(RevokeExits)
+    assert assigned.wait(20)
+    start_service(RevokeExits)  # joins: the group moves a partition to it
+    first.thread.join(30)
+    assert not first.thread.is_alive()
+    [error] = first.error
+    assert isinstance(error, SystemExit)
+    assert error.code == 4
+    assert exited_in(error) == "on_revoke"
+
+
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_stop(
     bootstrap: str,
