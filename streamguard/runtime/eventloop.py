@@ -521,9 +521,10 @@ class LoopRunner:
         runs = list(self._runs.values())
         return self._in_transit > 0 or any(not run.lane.closed for run in runs)
 
-    def barrier(self, timeout: float) -> bool:
-        """Return once the loop has run what it was running, at most ``timeout`` later;
-        False when it did not answer (a handler blocks its thread).
+    def barrier(self, timeout: float, hurry: threading.Event | None = None) -> bool:
+        """Return once the loop has run what it was running, at most ``timeout`` later
+        and a ``HURRY_CHECK`` after ``hurry`` is set; False when it did not answer (a
+        handler blocks its thread, or the stop was hurried first).
 
         After the shutdown: a run whose handler crashed as the service stopped leaves
         its lane idle and records the crash (``_crashed``) in the same step of the
@@ -533,7 +534,9 @@ class LoopRunner:
             return True
         done = threading.Event()
         self.loop.call_soon_threadsafe(done.set)
-        return done.wait(timeout)
+        if hurry is None:
+            return done.wait(timeout)
+        return wait_unless_hurried(done.wait, time.monotonic() + timeout, hurry)
 
     def shutdown(self) -> None:
         """The service stops: release the thread pool, and write the counts and times

@@ -335,11 +335,19 @@ class ServiceRuntime:
             return min(CRASH_RECORD_WAIT, max(0.0, deadline - time.monotonic()))
 
         # A handler that crashed as the service stopped is recorded just after its lane
-        # turned idle: wait for that (bounded), so that run() raises it.
-        scheduler.await_workers(left())
+        # turned idle: wait for that (bounded), so that run() raises it. A hurried stop
+        # (a second signal) gives that up: it waited its whole bound for a stuck handler.
+        hurry = poller.assignment.hurry
+        scheduler.await_workers(left(), hurry)
         # A loop that answers does so within milliseconds: 50 ms at least, so that one
         # is not taken for blocked when the DLQ's wait used up the bound.
-        if self._loop_runner is not None and not self._loop_runner.barrier(max(0.05, left())):
+        if (
+            self._loop_runner is not None
+            and not self._loop_runner.barrier(max(0.05, left()), hurry)
+            # Hurried, not taken for blocked: the loop thread's join is short then
+            # anyway, and a loop that ends in it is closed.
+            and not hurry.is_set()
+        ):
             # A handler blocks the loop's thread (a blocking call inside async def, not
             # an await: cancelling cannot stop it). Its record stays uncommitted; the
             # thread is joined only for what is left of the bound, then left, a daemon.

@@ -211,16 +211,17 @@ class Scheduler:
         """Look again now: the event loop ran out of work and stopped polling."""
         self._wake.set()
 
-    def await_workers(self, timeout: float) -> None:
-        """Wait, at most ``timeout``, until no worker is active.
+    def await_workers(self, timeout: float, hurry: threading.Event) -> None:
+        """Wait, at most ``timeout`` and not once ``hurry`` is set, until no worker is
+        active.
 
         After the shutdown: a worker whose handler crashed as the service stopped
         records it (``fail``) just after its lane turned idle, which is all the
         shutdown waits for. Only a handler stuck past the shutdown wait costs the
-        whole ``timeout``.
+        whole ``timeout``; a hurried stop (a second signal) gives that crash up.
         """
         deadline = time.monotonic() + timeout
-        while self.active_workers and time.monotonic() < deadline:
+        while self.active_workers and time.monotonic() < deadline and not hurry.is_set():
             time.sleep(0.005)
 
     def fail(self, error: BaseException) -> None:

@@ -1173,6 +1173,63 @@ def test_a_hurried_stop_still_closes_an_event_loop_that_is_not_blocked(
     assert runtime._loop_runner.loop.is_closed()
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_hurried_stop_does_not_wait_to_record_a_stuck_handler_s_crash(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    send_orders: Callable[..., None],
+    start_service: Callable[..., Running],
+    kind: str,
+) -> None:
+    """Once the stop is hurried (a second signal), the wind-down's waits for a crash to
+    be recorded (the workers', the event loop's barrier) end at once: with a handler
+    stuck (a sync one, or a blocking call inside ``async def``), each still waited its
+    whole CRASH_RECORD_WAIT (0.5 s) before ``on_stop`` ran."""
+    src = topic_factory("orders")
+    send_orders(src, 1)
+    started, release = threading.Event(), threading.Event()
+    stopped_at: list[float] = []
+
+    class Stuck(sg.ConsumerService):
+        __abstract__ = True  # handle comes below, sync or async
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+        options = sg.ServiceOptions(shutdown_timeout=20.0)
+
+        def on_stop(self) -> None:
+            stopped_at.append(time.monotonic())
+
+    if kind == "sync":
+
+        def handle(self: Any, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            release.wait(30)
+
+    else:
+
+        async def handle(self: Any, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            release.wait(30)  # blocks the loop's thread: no cancel can end it
+
+    Service = type("Service", (Stuck,), {"handle": handle})
+    running = start_service(Service)
+    try:
+        assert started.wait(20)
+        runtime = running.service._ConsumerService__runtime  # type: ignore[attr-defined]
+        running.service.stop()
+        time.sleep(0.5)  # the stop waits for the handler meanwhile (shutdown_timeout)
+        hurried = time.monotonic()
+        runtime._poller.assignment.hurry.set()  # what a second SIGTERM does
+        assert wait_for(lambda: bool(stopped_at), 10)
+        assert stopped_at[0] - hurried < 0.4  # one HURRY_CHECK, not 0.1 + 0.5 s
+    finally:
+        release.set()
+        running.thread.join(10)
+    assert not running.thread.is_alive()
+    assert running.error == []
+
+
 def test_a_hurried_stop_does_not_wait_for_a_worker_holding_the_consumer(
     bootstrap: str, unique: Callable[[str], str]
 ) -> None:
