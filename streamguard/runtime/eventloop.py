@@ -795,7 +795,13 @@ class LoopRunner:
                         self._fold(lane, done, last)
                         done = 0
                     verdict = pipe.judge(
-                        exc, 1, None, self._clock(), (lane.partition, msg.offset()), called
+                        exc,
+                        1,
+                        None,
+                        self._clock(),
+                        (lane.partition, msg.offset()),
+                        called,
+                        -math.inf if lane.closed else self._finish_by,  # see _wait_to_retry
                     )
                     if isinstance(verdict, RetryState):
                         after_try(verdict, None, called)
@@ -985,7 +991,13 @@ class LoopRunner:
                     event = None  # not held while its dead letter waits, or its retry
                     self._fold_successes()  # the verdict weighs every success before it
                     verdict = pipe.judge(
-                        exc, attempt, retry, self._clock(), (lane.partition, msg.offset()), called
+                        exc,
+                        attempt,
+                        retry,
+                        self._clock(),
+                        (lane.partition, msg.offset()),
+                        called,
+                        -math.inf if lane.closed else self._finish_by,  # see _wait_to_retry
                     )
                     if isinstance(verdict, RetryState):
                         verdict = after_try(verdict, retry, called)

@@ -11,6 +11,7 @@ lag keep theirs in their own modules.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -69,6 +70,7 @@ class Pipeline(Protocol):
         now: float,
         message: Hashable,
         by_handler: bool,
+        runs_until: float | None = None,
     ) -> Failure | RetryState: ...
 
     def decode(self, value: bytes | None) -> Any: ...
@@ -371,7 +373,13 @@ class PartitionLane:
                         self._fold(batch, done, handled, 0, durations)
                         handled = 0
                     verdict = pipe.judge(
-                        exc, attempt, retry, self.clock(), (self.partition, msg.offset()), called
+                        exc,
+                        attempt,
+                        retry,
+                        self.clock(),
+                        (self.partition, msg.offset()),
+                        called,
+                        -math.inf if self.closed else None,  # a closed lane retries nothing
                     )
                     if isinstance(verdict, RetryState):
                         retry = after_try(verdict, retry, called)

@@ -320,10 +320,11 @@ class RetryLog(LineBudget):
     """The lines of a record that failed transiently and waits for its next try:
     ``retrying message`` for an ordinary retry, ``message waits for a dependency`` when
     ``judge`` gave the attempt back (an outage is suspected, the breaker's probe failed,
-    the schema registry is down). Before, a parked record repeated ``retrying message``
-    with the same ``attempt`` every ``PARK_WAIT``, which read as a retry loop past the
-    policy. At most ``per_second`` lines a second, both kinds together (an outage fails
-    every record in flight); a line written after skipped ones says how many
+    the schema registry is down), ``retry dropped ...`` when its lane closes first.
+    Before, a parked record repeated ``retrying message`` with the same ``attempt``
+    every ``PARK_WAIT``, which read as a retry loop past the policy. At most
+    ``per_second`` lines a second, all kinds together (an outage fails every record in
+    flight); a line written after skipped ones says how many
     (``not_logged``), and ``streamguard_retries_total`` counts them all. No value, no
     key, no error text."""
 
@@ -336,15 +337,28 @@ class RetryLog(LineBudget):
         verdict: RetryState,
         now: float,
         attempts: int,
+        dropped: bool = False,
     ) -> None:
         """Log the ``verdict`` on try ``attempt`` of ``message`` (``now``: the clock the
-        verdict's ``due`` is on; ``attempts``: the retry policy's)."""
+        verdict's ``due`` is on; ``attempts``: the retry policy's). ``dropped``: its lane
+        closes (a revoke, a stop) before the retry: there is none, it is redelivered."""
         skipped = self._take()
         if skipped is None:
             return
         partition, offset = message if isinstance(message, tuple) else (None, None)
         where = {"topic": topic, "partition": partition, "offset": offset}
         error_class = f"{type(error).__module__}.{type(error).__qualname__}"
+        if dropped:
+            self._log.info(
+                "retry dropped as its partition closes; the message will be delivered again",
+                extra={
+                    **where,
+                    "attempt": attempt,
+                    "error_class": error_class,
+                    "not_logged": skipped,
+                },
+            )
+            return
         wait = round(max(0.0, verdict.due - now), 3)
         why = verdict.waits_for
         if why is None:

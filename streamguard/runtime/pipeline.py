@@ -10,6 +10,7 @@ module decides what happens to one message.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -108,12 +109,16 @@ class Pipeline:
         now: float,
         message: Hashable,
         by_handler: bool,
+        runs_until: float | None = None,
     ) -> Failure | RetryState:
         """The verdict on a failed attempt under this service's policies (see outcomes);
         ``by_handler``: ``exc`` came out of the user's handler, not out of decoding. A
         retry is logged (rate-limited): its metric alone left a recovered failure
         invisible in the logs; a record parked with its attempt given back is logged as
-        waiting, not as a retry (see ``RetryLog``)."""
+        waiting, not as a retry (see ``RetryLog``). ``runs_until``: the latest ``due``
+        (on ``now``'s clock) at which the lane still retries, -inf for a closed lane
+        (a revoke or stop), a clean stop's finish on the event loop; past it the line
+        says the retry is dropped, as it is (the record stays uncommitted)."""
         verdict = judge(
             exc,
             attempt,
@@ -126,7 +131,12 @@ class Pipeline:
             by_handler=by_handler,
         )
         if isinstance(verdict, RetryState):
-            self._retry_log(self.topic, message, attempt, exc, verdict, now, self.retry.attempts)
+            # One waiting for a dependency has no due time a stop's finish waits for.
+            due = verdict.due if verdict.waits_for is None else math.inf
+            dropped = runs_until is not None and due > runs_until
+            self._retry_log(
+                self.topic, message, attempt, exc, verdict, now, self.retry.attempts, dropped
+            )
         return verdict
 
     def can_process(self) -> bool:
