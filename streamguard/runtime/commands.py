@@ -93,7 +93,14 @@ def _package_paths(module_name: str) -> tuple[str, ...]:
 def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     if args.log_format != "json":
-        return _run(args)
+        try:
+            return _run(args)
+        except (StreamguardError, KafkaException):
+            raise  # main's plain `streamguard: ...` lines
+        except Exception as exc:
+            # The user's code (on_start, say): Python's traceback printed its text,
+            # which the JSON format leaves out as it may quote a record or a secret.
+            return _failed(exc)
     try:
         return _run(args)
     except StreamguardError as exc:

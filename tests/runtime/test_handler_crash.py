@@ -304,11 +304,12 @@ def test_a_handler_crash_is_logged_without_its_error_text(
         assert "handle" in line.traceback  # type: ignore[attr-defined]
 
 
-def _run_app(bootstrap: str, app: str, **env: str) -> tuple[int, str]:
-    """``streamguard run tests.runtime.apps:APP`` in JSON: its exit code and output."""
+def _run_app(bootstrap: str, app: str, log_format: str = "json", **env: str) -> tuple[int, str]:
+    """``streamguard run tests.runtime.apps:APP`` (in JSON unless ``log_format`` says
+    otherwise): its exit code and output."""
     cmd = [
         sys.executable, "-m", "streamguard.cli", "run", f"tests.runtime.apps:{app}",
-        "--bootstrap-servers", bootstrap, "--log-format", "json",
+        "--bootstrap-servers", bootstrap, "--log-format", log_format,
         *(arg for key, value in FAST_GROUP.items() for arg in ("-X", f"{key}={value}")),
     ]  # fmt: skip
     done = subprocess.run(
@@ -338,6 +339,27 @@ def test_streamguard_run_in_json_ends_with_a_json_line_when_on_start_raises(
     assert last["error_class"] == "RuntimeError"
     assert last["exit_code"] == 1
     assert "in on_start" in last["traceback"]
+
+
+def test_streamguard_run_in_text_ends_without_the_error_text_when_on_start_raises(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+) -> None:
+    """In the text format too, an ``on_start`` that raises a plain exception ends
+    ``streamguard run`` with exit 1 and the ``service failed; exiting`` line (class and
+    frames), never its text: Python's traceback printed it there, which the JSON format
+    leaves out because it may quote what the code held (a record, a secret)."""
+    canary = unique("SECRET-dsn")
+    code, output = _run_app(
+        bootstrap, "StartFails", log_format="text", SG_TEST_TOPIC=topic_factory("orders"),
+        SG_TEST_GROUP=unique("g"), SG_TEST_SECRET=canary,
+    )  # fmt: skip
+    assert code == 1, output
+    assert canary not in output
+    assert "Traceback (most recent call last)" not in output
+    [line] = [line for line in output.splitlines() if "service failed; exiting" in line]
+    assert "error_class=RuntimeError" in line
+    assert "exit_code=1" in line
+    assert "in on_start" in output  # its frames
 
 
 @pytest.mark.parametrize("exit_code", [0, 3])
