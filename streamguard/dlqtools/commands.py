@@ -24,7 +24,7 @@ from streamguard.dlqtools.replay import (
     default_group,
 )
 from streamguard.dlqtools.revalidate import Revalidator
-from streamguard.dlqtools.selection import Selection
+from streamguard.dlqtools.selection import WHERE_KEYS, Selection
 from streamguard.errors import ConfigurationError
 from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.observe.librdkafka_logs import LOGGER, RepeatsCollapsed
@@ -74,14 +74,40 @@ def _client_config(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         yield {**config, "logger": lines}
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, limit_help: str) -> None:
     parser.add_argument("topic", metavar="TOPIC", help="the dead-letter topic, e.g. orders.dlq")
     add_kafka_arguments(parser)
-    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N")
+    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help=limit_help)
     parser.add_argument(
         "--show-values",
         action="store_true",
         help="also show keys' and values' contents and handler error texts (may be personal data)",
+    )
+
+
+def _selection_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--where``/``--since``/``--until``, the same for both commands, so that an
+    operator inspects exactly the records a replay with the same flags selects."""
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what} this sg-dlq-* header value, e.g. reason=contract_violation; keys: "
+        f"{', '.join(sorted(WHERE_KEYS))} (repeat a key for any of its values)",
+    )
+    parser.add_argument(
+        "--since",
+        default=None,
+        metavar="TIME",
+        help=f"{what} dead-lettered at or after TIME: ISO 8601 (UTC if no zone), a duration "
+        "ago (30m, 2h, 1d) or epoch ms",
+    )
+    parser.add_argument(
+        "--until",
+        default=None,
+        metavar="TIME",
+        help=f"{what} dead-lettered before TIME (same forms as --since)",
     )
 
 
@@ -93,22 +119,15 @@ def add_dlq_parser(subparsers: Any) -> None:
     inspect = sub.add_parser(
         "inspect", help="summarise a DLQ by cause, reading it without joining a group"
     )
-    _common(inspect)
+    _common(inspect, "summarise only the first N (selected) records")
     inspect.add_argument("--format", choices=("table", "json"), default="table")
+    _selection_arguments(inspect, "summarise only records that match")
     inspect.set_defaults(func=_cmd_inspect)
 
     replay = sub.add_parser("replay", help="republish selected dead letters to their topics")
-    _common(replay)
+    _common(replay, "stop after N replayed records; the next run continues from there")
     replay.add_argument("--to", default=None, metavar="TOPIC", help="write here instead")
-    replay.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="select by DLQ header, e.g. reason=contract_violation (repeatable)",
-    )
-    replay.add_argument("--since", default=None, metavar="TIME", help="ISO time or 2h/1d ago")
-    replay.add_argument("--until", default=None, metavar="TIME", help="ISO time or 2h/1d ago")
+    _selection_arguments(replay, "replay only records that match")
     replay.add_argument("--rate", type=_positive_float, default=None, metavar="MSG_PER_S")
     replay.add_argument("--dry-run", action="store_true", help="write and commit nothing")
     replay.add_argument(
@@ -138,6 +157,7 @@ def add_dlq_parser(subparsers: Any) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    selection = Selection.parse(args.where, args.since, args.until)
     with (
         _client_config(args) as kafka_config,
         DlqReader(
@@ -146,7 +166,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     ):
         ranges = reader.plan()
         summary = summarize(
-            args.topic, reader.read(ranges), show_values=args.show_values, limit=args.limit
+            args.topic,
+            reader.read(ranges),
+            show_values=args.show_values,
+            limit=args.limit,
+            selection=selection,
         )
         summary.total = sum(r.size for r in ranges)
         summary.ends = {

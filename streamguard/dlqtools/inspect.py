@@ -22,7 +22,7 @@ from typing import Any
 from streamguard import headers as h
 from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.replay import replay_count
-from streamguard.dlqtools.selection import dead_lettered_ms, format_ms
+from streamguard.dlqtools.selection import Selection, dead_lettered_ms, format_ms
 from streamguard.errors import DecodeError
 from streamguard.observe.untrusted import escaped, printable, quoted
 from streamguard.topics import dead_letter_topic_for, is_dead_letter_topic
@@ -83,6 +83,9 @@ class Summary:
     # Records with no ``sg-dlq-*`` header at all: streamguard did not write them, so
     # they are no dead letters, and the topic read is most likely not a DLQ.
     without_dlq_headers: int = 0
+    # --where/--since/--until: the records read that it left out of the groups.
+    selection: Selection = field(default_factory=Selection)
+    not_selected: int = 0
 
     def ordered(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: (-g.count, g.key))
@@ -124,18 +127,28 @@ def _example(record: DlqRecord, show_values: bool) -> dict[str, Any]:
 
 
 def summarize(
-    topic: str, records: Iterable[DlqRecord], *, show_values: bool = False, limit: int | None = None
+    topic: str,
+    records: Iterable[DlqRecord],
+    *,
+    show_values: bool = False,
+    limit: int | None = None,
+    selection: Selection | None = None,
 ) -> Summary:
-    """Group ``records`` (at most ``limit`` of them) into a ``Summary``."""
-    summary = Summary(topic)
+    """Group the ``records`` that ``selection`` matches (at most ``limit`` of them, the
+    first ones) into a ``Summary``; the selection is the one ``dlq replay`` applies."""
+    summary = Summary(topic, selection=selection or Selection())
+    filtering = summary.selection.filters()
     for record in records:
         if limit is not None and summary.records >= limit:
             summary.limited = True
             break
         letter = record.letter
-        if not letter.context:
-            summary.without_dlq_headers += 1
         summary.read_to[letter.dlq_partition] = letter.dlq_offset + 1
+        if not letter.context:  # of every record read: a filter must not hide a wrong topic
+            summary.without_dlq_headers += 1
+        if filtering and not summary.selection.matches(record):
+            summary.not_selected += 1
+            continue
         subject = letter.context.get(h.DLQ_EXPECTED_SUBJECT, "")
         version = letter.context.get(h.DLQ_EXPECTED_VERSION, "")
         key = GroupKey(
@@ -175,6 +188,8 @@ def to_json(summary: Summary) -> str:
             "total": summary.total,
             "stopped_idle": summary.stopped_idle,
             "without_dlq_headers": summary.without_dlq_headers,
+            "selection": summary.selection.describe(),
+            "not_selected": summary.not_selected,
             "groups": [
                 {
                     "original_topic": g.key.original_topic,
@@ -215,13 +230,24 @@ def render_table(summary: Summary) -> str:
     """A plain-text table: one row per group, its example indented beneath it."""
     ends = ", ".join(f"p{p}<{o}" for p, o in sorted(summary.ends.items()))
     counted = f"{summary.records} dead-lettered record(s)"
+    filtered = summary.selection.filters()
     if summary.limited:
-        of = f" of {summary.total}" if summary.total is not None else ""
+        # Of the DLQ's total only when every record read counts; a selection's total
+        # is not known before the whole DLQ is read.
+        of = f" of {summary.total}" if summary.total is not None and not filtered else ""
         counted = f"the first {summary.records}{of} dead-lettered record(s)"
     lines = [
         f"{summary.topic}: {counted} in {len(summary.groups)} group(s) "
         f"(read up to offsets {ends or '-'}{', stopped by --limit' if summary.limited else ''})"
     ]
+    if filtered:
+        read = summary.records + summary.not_selected
+        lines.append(
+            printable(
+                f"  selected: {summary.selection.describe()}: {summary.records} of the {read} "
+                f"record(s) read ({summary.not_selected} not selected)"
+            )
+        )
     if summary.stopped_idle:
         lines.append("  note: stopped after an idle period before reaching those offsets")
     if summary.without_dlq_headers:
@@ -274,7 +300,8 @@ def _not_a_dlq_note(summary: Summary) -> str:
     """Say that records without any ``sg-dlq-*`` header are no dead letters: the table
     alone shows them as an ``unknown`` reason from topic ``?``, which reads like a DLQ
     whose headers were lost rather than the wrong topic."""
-    if summary.without_dlq_headers < summary.records:
+    read = summary.records + summary.not_selected
+    if summary.without_dlq_headers < read:
         # Dead letters too: a DLQ that also holds records another writer put there.
         what = "no dead letters, written to the topic by something else"
     else:
@@ -283,7 +310,7 @@ def _not_a_dlq_note(summary: Summary) -> str:
             dlq = dead_letter_topic_for(summary.topic)
             what += f" (by default, dead letters of {summary.topic!r} go to {dlq!r})"
     return printable(
-        f"  note: {summary.without_dlq_headers} of the {summary.records} record(s) carry no "
+        f"  note: {summary.without_dlq_headers} of the {read} record(s) carry no "
         f"streamguard dead-letter headers ({h.DLQ_REASON}, {h.DLQ_ORIGINAL_TOPIC}, ...): "
         f"{what}"
     )

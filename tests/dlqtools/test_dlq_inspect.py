@@ -283,6 +283,62 @@ def test_inspect_counts_the_records_a_replay_did_not_fix(
     assert counts == {"contract_violation": (4, 2, 3), "permanent_error": (1, 0, 0)}
 
 
+def test_inspect_selects_the_records_a_replay_with_the_same_filters_would(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--where/--since/--until summarise only the records `dlq replay` with the same
+    flags selects, and say how many of those read they left out."""
+    dlq = topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE, HOPELESS, b"{not json"], original_topic="orders")
+    boundary = str(int(time.time() * 1000) + 1)
+    time.sleep(0.01)
+    dead_letters(dlq, [FIXABLE] * 2, original_topic="orders", original_partition=3)
+    base = ["dlq", "inspect", dlq, "--bootstrap-servers", bootstrap]
+    assert main([*base, "--where", "reason=contract_violation"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:2] == [
+        f"{dlq}: 4 dead-lettered record(s) in 1 group(s) (read up to offsets p0<5)",
+        "  selected: reason in {contract_violation}: 4 of the 5 record(s) read (1 not selected)",
+    ]
+    assert "decode_error" not in out
+    json_args = [*base, "--format", "json", "--where", "original-partition=3"]
+    assert main([*json_args, "--where", "error-class=ContractViolation"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["records"], shown["not_selected"]) == (2, 3)
+    assert shown["groups"][0]["example"]["dlq"] == "0@3"
+    assert main([*base, "--format", "json", "--since", boundary]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 2
+    assert main([*base, "--format", "json", "--until", boundary]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 3
+    # --limit counts selected records: the first one, found after one left out.
+    assert main([*base, "--where", "reason=decode_error", "--limit", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{dlq}: the first 1 dead-lettered record(s) in 1 group(s) "
+        "(read up to offsets p0<3, stopped by --limit)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--where", "reason=contract_violaton"], "no such reason"),
+        (["--where", "partition=1"], "expected KEY=VALUE with KEY one of"),
+        (["--where", "original-partition=-1"], "a partition number, 0 or more"),
+        (["--since", "1h", "--until", "2h"], "is after --until"),
+        (["--since", "yesterday"], "cannot read time"),
+    ],
+)
+def test_inspect_refuses_a_selection_as_replay_does(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A selection that can match nothing is a usage error before any cluster is asked."""
+    assert main(["dlq", "inspect", "orders.dlq", "--bootstrap-servers", "127.0.0.1:1", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("cluster_goes_quiet")
 def test_inspect_that_stopped_short_of_the_end_exits_1(
     bootstrap: str,
@@ -429,6 +485,9 @@ def test_inspect_of_a_topic_that_is_no_dlq_says_so(
     ) in out
     assert main([*args, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["without_dlq_headers"] == 3
+    # A filter that selects none of them does not hide it.
+    assert main([*args, "--where", "reason=decode_error"]) == 0
+    assert "note: 3 of the 3 record(s) carry no streamguard" in capsys.readouterr().out
     # A real DLQ gets no such note, and says 0 in JSON.
     dlq = topic_factory("parcels.dlq")
     dead_letters(dlq, [FIXABLE], original_topic=parcels)
