@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Without argv, main() is the program (the console script, python -m): a command
+    # may then decide how the process exits; a caller's own process is left alone.
+    args.program = argv is None
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit

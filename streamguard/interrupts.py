@@ -29,4 +29,17 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # Unless the block chose another handler itself (ignore_sigterm_until_exit).
+        if signal.getsignal(signal.SIGTERM) is stop:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def ignore_sigterm_until_exit() -> None:
+    """Ignore SIGTERM from here to the process's exit.
+
+    For a command run as the program whose outcome is final and said: what is left is
+    tearing down clients and Python's own exit (some 0.2 s with streamguard imported),
+    and a SIGTERM then must not turn its exit status into 143 (killed).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

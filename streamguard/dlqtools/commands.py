@@ -26,7 +26,7 @@ from streamguard.dlqtools.replay import (
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import WHERE_KEYS, Selection
 from streamguard.errors import ConfigurationError
-from streamguard.interrupts import sigterm_as_ctrl_c
+from streamguard.interrupts import ignore_sigterm_until_exit, sigterm_as_ctrl_c
 from streamguard.observe.librdkafka_logs import LOGGER, RepeatsCollapsed
 from streamguard.observe.logs import configure_logging
 from streamguard.observe.untrusted import printable
@@ -221,36 +221,56 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         show_values=args.show_values,
     )
     group = args.group or default_group(args.topic, selection)
-    with (
-        sigterm_as_ctrl_c(),
-        _client_config(args) as kafka_config,
-        DlqReader(
-            args.bootstrap_servers, args.topic, group_id=group, kafka_config=kafka_config
-        ) as reader,
-    ):
-        replayer = Replayer(reader, options)
-        replayer.check_target()  # a --to it refuses is refused before the line below
-        print(
-            f"replaying {args.topic} as group {group} ({selection.describe()})"
-            + (" [dry run: nothing is written or committed]" if args.dry_run else ""),
-            flush=True,
-        )
-        try:
-            report = replayer.run()
-        except BaseException as exc:
-            # Ctrl-C, SIGTERM, or an error once records were read (the registry out of
-            # reach under --revalidate, say): what was sent is settled and committed by
-            # now; say what that came to, or the operator cannot tell where it stopped.
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            if interrupted or replayer.report.read:
-                print(render_report(replayer.report), flush=True)
-                why = "interrupted" if interrupted else "stopped by the error below"
-                # Run again as it is, a configuration error stops at the same record.
-                fix = "fix it, then " if isinstance(exc, ConfigurationError) else ""
-                print(f"{why}: {fix}run the same replay again to continue", flush=True)
+    report: ReplayReport | None = None
+    try:
+        with (
+            sigterm_as_ctrl_c(),
+            _client_config(args) as kafka_config,
+            DlqReader(
+                args.bootstrap_servers, args.topic, group_id=group, kafka_config=kafka_config
+            ) as reader,
+        ):
+            report = _replay(args, reader, options, selection, group)
+            if getattr(args, "program", False):
+                ignore_sigterm_until_exit()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM once the run had finished, in the clients' teardown: it
+        # changes nothing, the replay's own status stands.
+        if report is None:
             raise
     print(render_report(report))
     return exitcodes.OK if report.ok else exitcodes.FAILED
+
+
+def _replay(
+    args: argparse.Namespace,
+    reader: DlqReader,
+    options: ReplayOptions,
+    selection: Selection,
+    group: str,
+) -> ReplayReport:
+    """Say what is replayed, replay it, and on a stop say how far it came."""
+    replayer = Replayer(reader, options)
+    replayer.check_target()  # a --to it refuses is refused before the line below
+    print(
+        f"replaying {args.topic} as group {group} ({selection.describe()})"
+        + (" [dry run: nothing is written or committed]" if args.dry_run else ""),
+        flush=True,
+    )
+    try:
+        return replayer.run()
+    except BaseException as exc:
+        # Ctrl-C, SIGTERM, or an error once records were read (the registry out of
+        # reach under --revalidate, say): what was sent is settled and committed by
+        # now; say what that came to, or the operator cannot tell where it stopped.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if interrupted or replayer.report.read:
+            print(render_report(replayer.report), flush=True)
+            why = "interrupted" if interrupted else "stopped by the error below"
+            # Run again as it is, a configuration error stops at the same record.
+            fix = "fix it, then " if isinstance(exc, ConfigurationError) else ""
+            print(f"{why}: {fix}run the same replay again to continue", flush=True)
+        raise
 
 
 def render_report(report: ReplayReport) -> str:

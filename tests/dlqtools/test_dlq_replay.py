@@ -803,6 +803,62 @@ def test_sigterm_stops_a_replay_like_ctrl_c_committing_what_was_sent(
     assert sorted(keys) == sorted(f"customer-{i}".encode() for i in range(20))
 
 
+# Sends SIGTERM to itself once the replay has finished: as its summary is printed, and
+# again in Python's own exit (atexit), the ~0.2 s a stop from outside may land in.
+SIGTERM_WHEN_DONE = """
+import atexit, os, signal, sys
+import streamguard.dlqtools.commands as commands
+render = commands.render_report
+def render_then_sigterm(report):
+    text = render(report)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return text
+commands.render_report = render_then_sigterm
+atexit.register(os.kill, os.getpid(), signal.SIGTERM)
+from streamguard.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_sigterm_after_a_finished_replay_leaves_its_exit_status(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+) -> None:
+    """The replay finished and committed: a SIGTERM while it prints its summary or while
+    Python exits changes nothing, so the status is the replay's (was 143, killed)."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 2, original_topic=orders)
+    cmd = [sys.executable, "-c", SIGTERM_WHEN_DONE, "dlq", "replay", dlq]
+    done = subprocess.run(
+        [*cmd, "--bootstrap-servers", bootstrap], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == exitcodes.OK, done.stderr
+    assert f"{dlq}: replayed 2; skipped 0;" in done.stdout
+
+
+def test_ctrl_c_in_the_teardown_of_a_finished_replay_leaves_its_exit_status(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    dead_letters: Callable[..., list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C (or SIGTERM, raised as Ctrl-C) while the reader closes after the run: the
+    summary is printed and the status is the replay's, not 130."""
+    orders, dlq = topic_factory("orders"), topic_factory("orders.dlq")
+    dead_letters(dlq, [FIXABLE] * 2, original_topic=orders)
+    close = DlqReader.close
+
+    def close_then_ctrl_c(self: DlqReader) -> None:
+        close(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DlqReader, "close", close_then_ctrl_c)
+    assert main(["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]) == exitcodes.OK
+    assert f"{dlq}: replayed 2; skipped 0;" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("stop", "code", "why"),
     [
