@@ -212,7 +212,7 @@ def _boundary(ms: int) -> str:
     (``--until 1795788000100`` and ``--until 1795788000900``) must not share one, or the
     second run would resume past the records the first did not select.
     """
-    if ms % 1000 == 0:
+    if ms % 1000 == 0 or ms > MAX_SHOWN_MS:  # past the year 9999: the number, as format_ms
         return format_ms(ms)
     return format_ms(ms - ms % 1000).removesuffix("Z") + f".{ms % 1000:03d}Z"
 

@@ -199,6 +199,13 @@ def test_windows_that_differ_within_a_second_get_groups_of_their_own() -> None:
     assert whole.describe() == "dead-lettered before 2026-11-27T14:00:00Z"
 
 
+def test_a_time_past_the_year_9999_is_shown_as_the_number_given() -> None:
+    """Epoch milliseconds no date can show are said as they are; they were cut to the
+    second and glued to their milliseconds ('99999999999999999000.999Z')."""
+    far = Selection.parse((), None, "99999999999999999999")
+    assert far.describe() == "dead-lettered before 99999999999999999999"
+
+
 def test_the_summary_counts_every_refused_record_beyond_those_listed() -> None:
     """Past the MAX_REPORTED records listed in the report, the summary's "more refused"
     still counts them all."""
