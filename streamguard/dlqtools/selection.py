@@ -143,10 +143,14 @@ class Selection:
                     f"{', '.join(sorted(WHERE_KEYS))}"
                 )
             wanted.setdefault(header, set()).add(_where_value(item, header, value))
-        since_ms = parse_time(since) if since else None
-        until_ms = parse_time(until) if until else None
-        if since_ms is not None and until_ms is not None and since_ms > until_ms:
-            raise ConfigurationError(f"--since {since!r} is after --until {until!r}")
+        now = datetime.now(UTC)  # one clock for both: "--since 1h --until 1h" is one time
+        since_ms = parse_time(since, now=now) if since else None
+        until_ms = parse_time(until, now=now) if until else None
+        # The window includes --since and excludes --until: equal, it selects nothing.
+        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+            raise ConfigurationError(
+                f"--since {since!r} is not before --until {until!r}: the window selects nothing"
+            )
         return cls(
             {k: frozenset(v) for k, v in wanted.items()},
             since_ms,

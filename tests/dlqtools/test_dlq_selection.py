@@ -92,6 +92,17 @@ def test_unknown_where_key_is_refused_with_the_known_ones() -> None:
         Selection.parse(["reasn=oversize"])
 
 
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [("1795788000000", "2026-11-27T14:00:00Z"), ("1h", "1h"), ("30m", "1800s")],
+)
+def test_an_empty_window_is_refused_like_a_reversed_one(since: str, until: str) -> None:
+    """--since is inclusive and --until exclusive: the same time for both selects
+    nothing, a usage error as --since after --until is (relative times share one now)."""
+    with pytest.raises(ConfigurationError, match="is not before --until"):
+        Selection.parse([], since=since, until=until)
+
+
 def test_time_window_uses_the_dead_lettered_time() -> None:
     """--since is inclusive and --until exclusive, on sg-dlq-dead-lettered-ms."""
     selection = Selection.parse([], since="1795788000000", until="1795788001000")
