@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 # The reader of `inspect` never commits; librdkafka still wants a group id to exist.
 INSPECT_GROUP = "streamguard-inspect"
 SHOWN_REFUSED = 20
+MAX_WAIT = threading.TIMEOUT_MAX  # seconds: the longest wait time.sleep() takes
 
 
 def _positive_int(text: str) -> int:
@@ -54,6 +56,17 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A ``--rate``: a positive number whose interval between records can be waited for
+    (1e-300 made time.sleep() raise OverflowError at the second record)."""
+    value = _positive_float(text)
+    if 1.0 / value > MAX_WAIT:
+        raise argparse.ArgumentTypeError(
+            f"expected at least {1.0 / MAX_WAIT:.1e} messages a second, got {text}"
+        )
     return value
 
 
@@ -128,7 +141,13 @@ def add_dlq_parser(subparsers: Any) -> None:
     _common(replay, "stop after N replayed records; the next run continues from there")
     replay.add_argument("--to", default=None, metavar="TOPIC", help="write here instead")
     _selection_arguments(replay, "replay only records that match")
-    replay.add_argument("--rate", type=_positive_float, default=None, metavar="MSG_PER_S")
+    replay.add_argument(
+        "--rate",
+        type=_rate,
+        default=None,
+        metavar="MSG_PER_S",
+        help="send at most this many records a second",
+    )
     replay.add_argument("--dry-run", action="store_true", help="write and commit nothing")
     replay.add_argument(
         "--revalidate",

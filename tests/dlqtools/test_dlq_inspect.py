@@ -373,6 +373,15 @@ def test_a_rate_that_is_no_positive_number_is_named_plainly(
     assert "_positive_float" not in err
 
 
+def test_a_rate_too_low_to_wait_for_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """A rate whose interval no sleep can wait (1e-300 a second) is a usage error, not
+    an OverflowError traceback at the second record."""
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "replay", "orders.dlq", "--rate", "1e-300"])
+    assert exited.value.code == 2
+    assert "argument --rate: expected at least 1.1e-10 messages a second" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("command", "option"),
     [(["inspect"], "--limit"), (["replay"], "--limit"), (["replay"], "--max-replays")],
