@@ -36,6 +36,9 @@ from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 # The reader of `inspect` never commits; librdkafka still wants a group id to exist.
 INSPECT_GROUP = "streamguard-inspect"
 SHOWN_REFUSED = 20
+# A refusal's detail quotes header text anyone can write (an illegal original topic of
+# megabytes) or a still-invalid value's field names: cut, as inspect cuts table cells.
+MAX_SHOWN_DETAIL = 500
 MAX_WAIT = threading.TIMEOUT_MAX  # seconds: the longest wait time.sleep() takes
 
 
@@ -307,7 +310,10 @@ def render_report(report: ReplayReport) -> str:
     ]
     for item in report.refused[:SHOWN_REFUSED]:
         # A still-invalid record's locations may name its undeclared fields: printable.
-        lines.append(printable(f"  refused dlq {item['dlq']}: {item['reason']}: {item['detail']}"))
+        detail = str(item["detail"])
+        if len(detail) > MAX_SHOWN_DETAIL:
+            detail = detail[:MAX_SHOWN_DETAIL] + "..."
+        lines.append(printable(f"  refused dlq {item['dlq']}: {item['reason']}: {detail}"))
     skipped = sum(report.skipped.values())  # report.refused lists at most MAX_REPORTED
     if skipped > SHOWN_REFUSED:
         lines.append(f"  ... and {skipped - SHOWN_REFUSED} more refused")

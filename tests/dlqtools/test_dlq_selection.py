@@ -230,3 +230,16 @@ def test_the_summary_counts_every_refused_record_beyond_those_listed() -> None:
         {"dlq": f"0@{i}", "reason": "replay_limit", "detail": "-"} for i in range(MAX_REPORTED)
     ]
     assert f"... and {1500 - SHOWN_REFUSED} more refused" in render_report(report)
+
+
+def test_a_huge_refusal_detail_is_cut_in_the_summary() -> None:
+    """A forged sg-dlq-original-topic of 200 kB made the summary a 200 kB line: the
+    detail is cut, as inspect cuts its table cells."""
+    from streamguard.dlqtools.commands import MAX_SHOWN_DETAIL, render_report
+    from streamguard.dlqtools.replay import INVALID_TOPIC, ReplayReport
+
+    detail = f"sg-dlq-original-topic {'o' * 200_000 + '!'!r} is not a legal topic name"
+    report = ReplayReport("orders.dlq", "g", dry_run=True)
+    report.refused = [{"dlq": "0@0", "reason": INVALID_TOPIC, "detail": detail}]
+    (line,) = [x for x in render_report(report).splitlines() if "refused dlq" in x]
+    assert line == f"  refused dlq 0@0: invalid_topic: {detail[:MAX_SHOWN_DETAIL]}..."
