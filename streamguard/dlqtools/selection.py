@@ -106,10 +106,8 @@ def _where_value(item: str, header: str, value: str) -> str:
         )
     if header in _INTEGER_KEYS:
         least, form = _INTEGER_KEYS[header]
-        try:
-            number = int(text)
-        except ValueError:
-            number = least - 1
+        # Decimal digits only: int() also reads "1_0" as 10 and "\u0663" as 3.
+        number = int(text) if text.isascii() and text.isdigit() else least - 1
         if number < least:
             raise ConfigurationError(f"--where {item!r}: expected {form}")
         return str(number)  # as written ("%d"): 07 selects partition 7
