@@ -109,8 +109,10 @@ def _selection_arguments(parser: argparse.ArgumentParser, what: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"{what} this sg-dlq-* header value, e.g. reason=contract_violation; keys: "
-        f"{', '.join(sorted(WHERE_KEYS))} (repeat a key for any of its values)",
+        help=f"{what} whose sg-dlq-KEY header is VALUE, e.g. reason=contract_violation; "
+        f"KEY is one of {', '.join(sorted(WHERE_KEYS))} (topic, subject and group are "
+        "short for original-topic, expected-subject and consumer-group; a repeated key: "
+        "any of its values; different keys: all must match)",
     )
     parser.add_argument(
         "--since",
@@ -137,13 +139,13 @@ def add_dlq_parser(subparsers: Any) -> None:
     )
     _common(inspect, "summarise only the first N (selected) records")
     inspect.add_argument("--format", choices=("table", "json"), default="table")
-    _selection_arguments(inspect, "summarise only records that match")
+    _selection_arguments(inspect, "summarise only records")
     inspect.set_defaults(func=_cmd_inspect)
 
     replay = sub.add_parser("replay", help="republish selected dead letters to their topics")
     _common(replay, "stop after N replayed records; the next run continues from there")
     replay.add_argument("--to", default=None, metavar="TOPIC", help="write here instead")
-    _selection_arguments(replay, "replay only records that match")
+    _selection_arguments(replay, "replay only records")
     replay.add_argument(
         "--rate",
         type=_rate,
