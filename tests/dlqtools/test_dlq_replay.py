@@ -667,7 +667,7 @@ def test_cli_where_selects_partitions_and_versions_as_written(
     no record has yet is a filter that selects nothing, not an error."""
     _, dlq, _ = incident
     args = ["dlq", "replay", dlq, "--bootstrap-servers", bootstrap, "--dry-run"]
-    where = ["--where", "original-partition=00", "--where", "expected-version=+1"]
+    where = ["--where", "original-partition=00", "--where", "expected-version=01"]
     assert main([*args, "--group", unique("g"), *where]) == 0
     out = capsys.readouterr().out
     assert "expected-version in {1}; original-partition in {0}" in out
