@@ -1,8 +1,17 @@
 """A billing service: the demo's service and the runnable example of the README.
 
-Run it against any cluster (``streamguard broker`` starts a local one)::
+Run it against any cluster (``streamguard broker`` starts a local one). Create its
+topics first: a topic created after the service started is seen only at librdkafka's
+next metadata refresh (5 minutes by default), and a DLQ the service creates meanwhile
+gets one partition::
 
-    streamguard run streamguard.demo.billing:Billing --bootstrap-servers 127.0.0.1:9092
+    >>> from streamguard.topics import create_topics
+    >>> create_topics("127.0.0.1:9092", ["orders", "orders.dlq"], partitions=3)
+
+then (``--metrics-port`` serves ``/metrics``, ``/healthz`` and ``/readyz``)::
+
+    export STREAMGUARD_BOOTSTRAP_SERVERS=127.0.0.1:9092
+    streamguard run streamguard.demo.billing:Billing --metrics-port 9102
 
 The payment gateway is simulated so the example shows every outcome: customers named
 ``closed-*`` are refused for good (dead-lettered at once), ``flaky-*`` time out twice
