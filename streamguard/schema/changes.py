@@ -81,6 +81,12 @@ _HINTS: tuple[tuple[str, str], ...] = (
         "keep accepting unknown fields (extra='ignore') until every producer stopped sending them",
     ),
     (
+        r"^ONE_OF_BRANCHES_",
+        "keep a oneOf's branches apart (a discriminator field with its own Literal per branch, "
+        "or types or ranges that cannot meet), or use anyOf (a plain pydantic union), which "
+        "takes a value that several branches take",
+    ),
+    (
         r"^(TYPE|SUM_TYPE|PRODUCT_TYPE|COMBINED_TYPE|NOT_TYPE)_|^SCHEMA_ADDED|TYPE_CHANGED",
         "widen instead of replacing (e.g. `int | str`, `int -> float`), or publish the new shape "
         "under a new subject",

@@ -7,7 +7,7 @@ verdicts follow Confluent Schema Registry's JSON Schema diff (open, partially op
 closed content models; sum and product types; numeric and string limits), so that
 ``--policy strict`` gives the same answer as a registry would; the differences
 streamguard adds (``REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL``, ``FORMAT_*``,
-``ENUM_ARRAY_ADDED``) are listed in docs/schema-compatibility.md.
+``ENUM_ARRAY_ADDED``, ``ONE_OF_BRANCHES_*``) are listed in docs/schema-compatibility.md.
 
 Policies: ``strict`` is Confluent's default. ``lenient`` (streamguard's default) reads
 an open model the way a pydantic model with ``extra='ignore'`` behaves: data never
@@ -26,6 +26,7 @@ from typing import Any
 
 from streamguard.schema.jsonschema_doc import Document, Node, canonical
 from streamguard.schema.jsonschema_objects import compare_arrays, compare_objects
+from streamguard.schema.jsonschema_overlap import disjoint, tagged_apart
 from streamguard.schema.rules import POLICIES, Policy, is_safe
 
 __all__ = [
@@ -200,11 +201,23 @@ def _admits(reader: _Bound | None, writer: _Bound | None, lower: bool) -> bool:
 class Comparer:
     """One comparison of a writer and a reader document under a policy."""
 
-    def __init__(self, writer: Document, reader: Document, policy: Policy) -> None:
+    def __init__(
+        self,
+        writer: Document,
+        reader: Document,
+        policy: Policy,
+        active: set[tuple[int, ...]] | None = None,
+    ) -> None:
         self.writer = writer
         self.reader = reader
         self.policy = policy
-        self._active: set[tuple[int, int]] = set()
+        # Pairs being compared, shared with the comparers a oneOf check derives (which
+        # meet the same recursive pairs again): keyed by documents and policy too.
+        self._active: set[tuple[int, ...]] = set() if active is None else active
+
+    def derived(self, writer: Document, reader: Document, policy: Policy) -> Comparer:
+        """Another comparison that shares this one's guard against recursion."""
+        return Comparer(writer, reader, policy, self._active)
 
     def finding(
         self,
@@ -232,14 +245,48 @@ class Comparer:
             return [self.finding(path, "SCHEMA_ADDED")]
         if new is None:
             return [self.finding(path, "SCHEMA_REMOVED")]
-        key = (id(old), id(new))
+        key = (id(self.writer), id(self.reader), self.policy == "strict", id(old), id(new))
         if key in self._active:  # a recursive model meets itself: judged where it started
             return []
         self._active.add(key)
         try:
-            return self._compare_nodes(self.writer.classify(old), self.reader.classify(new), path)
+            o, n = self.writer.classify(old), self.reader.classify(new)
+            found = self._compare_nodes(o, n, path)
+            if n.kind == "combined" and n.criterion == "oneOf" and len(n.subschemas) > 1:
+                found += self._one_of(o, n, path)
+            return found
         finally:
             self._active.discard(key)
+
+    def _one_of(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        """A reader's ``oneOf`` refuses a value two of its branches take: each pair must
+        be shown apart for the writer's values. Two branches within two different
+        branches of a writer's ``oneOf`` are: a writer's value matched only one of those."""
+        within: dict[int, set[int]] = {}  # reader branch -> writer branches holding it
+        if o.kind == "combined" and o.criterion == "oneOf":
+            back = self.derived(self.reader, self.writer, "strict")
+            within = {
+                j: {i for i, old in enumerate(o.subschemas) if self.ok(back.compare(new, old, ()))}
+                for j, new in enumerate(n.subschemas)
+            }
+        same = self.derived(self.reader, self.reader, "strict")
+        rules: dict[int, str] = {}
+        for k, b in enumerate(n.subschemas):
+            for j, a in enumerate(n.subschemas[:k]):
+                if any(i != m for i in within.get(j, ()) for m in within.get(k, ())):
+                    continue
+                if (
+                    disjoint(a, self.reader, b, self.reader)
+                    or tagged_apart(n, a, b, self.reader)
+                    or disjoint(o.schema, self.writer, a, self.reader)
+                    or disjoint(o.schema, self.writer, b, self.reader)
+                ):
+                    continue
+                # One branch taking every value of the other is an overlap for sure.
+                subset = self.ok(same.compare(a, b, ())) or self.ok(same.compare(b, a, ()))
+                if rules.get(k) != "ONE_OF_BRANCHES_OVERLAP":
+                    rules[k] = f"ONE_OF_BRANCHES_{'' if subset else 'MAY_'}OVERLAP"
+        return [self.finding((*path, "oneOf", str(k)), rule) for k, rule in rules.items()]
 
     def _compare_nodes(self, o: Node, n: Node, path: Path) -> list[Finding]:
         if o.kind != "combined" and n.kind == "combined":

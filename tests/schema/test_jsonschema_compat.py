@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import pytest
@@ -674,6 +674,126 @@ def test_unmatched_branch_is_not_paired_with_a_matched_one(key: str) -> None:
         ((key, "1", "properties", "p"), added),
         ((key, "1", "properties", "q"), added),
     ]
+
+
+_INT, _NUM, _STR = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rule", "path"),
+    [
+        # 1 matches both new branches, so the new oneOf rejects it.
+        (_INT, {"oneOf": [_INT, _NUM]}, "ONE_OF_BRANCHES_OVERLAP", ("oneOf", "1")),
+        (
+            {"oneOf": [_INT, _STR]},
+            {"oneOf": [_INT, _STR, _NUM]},
+            "ONE_OF_BRANCHES_OVERLAP",
+            ("oneOf", "2"),
+        ),
+        (
+            {"oneOf": [_INT, _STR]},
+            {"oneOf": [_INT, _INT, _STR]},
+            "ONE_OF_BRANCHES_OVERLAP",
+            ("oneOf", "1"),
+        ),
+        # A branch widened onto another: an old 12-character string matches both.
+        (
+            {"oneOf": [{**_STR, "maxLength": 3}, {**_STR, "minLength": 10}]},
+            {"oneOf": [{**_STR, "maxLength": 20}, {**_STR, "minLength": 10}]},
+            "ONE_OF_BRANCHES_MAY_OVERLAP",
+            ("oneOf", "1"),
+        ),
+        # A tag widened onto another branch's: {"k": "b"} matches both.
+        (
+            {
+                "oneOf": [
+                    {"type": "object", "properties": {"k": {"const": t}}, "required": ["k"]}
+                    for t in "ab"
+                ]
+            },
+            {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {"k": {"enum": ["a", "b"]}},
+                        "required": ["k"],
+                    },
+                    {"type": "object", "properties": {"k": {"const": "b"}}, "required": ["k"]},
+                ]
+            },
+            "ONE_OF_BRANCHES_OVERLAP",
+            ("oneOf", "1"),
+        ),
+    ],
+)
+def test_a_one_of_whose_branches_come_to_overlap_breaks(
+    old: Any, new: Any, rule: str, path: tuple[str, ...]
+) -> None:
+    """A oneOf takes a value exactly one branch takes: a change that lets an old value
+    match two branches broke its readers, yet passed as SUM_TYPE_EXTENDED (or a safe
+    widening), every old value still matching some branch."""
+    changes = diff_json_schemas(old, new)
+    assert [(c.path, c.rule) for c in breaking(changes, "BACKWARD")] == [(path, rule)]
+    assert next(c for c in changes if c.rule == rule).hint.startswith("keep a oneOf's branches")
+
+
+def test_a_recursive_one_of_terminates() -> None:
+    """The oneOf check compares branches with comparers of its own: they share the
+    guard against recursion (a recursive oneOf ran into RecursionError)."""
+
+    def tree(extra: dict[str, Any]) -> dict[str, Any]:
+        kids = {"type": "array", "items": {"$ref": "#/$defs/N"}}
+        node = {"type": "object", "properties": {"kids": kids, **extra}}
+        return {"$defs": {"N": {"oneOf": [node, _INT]}}, "$ref": "#/$defs/N"}
+
+    changes = diff_json_schemas(tree({}), tree({"x": _STR}))
+    assert [(c.field_path, c.rule) for c in changes] == [
+        ("<oneOf[0]>.x", "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL")
+    ]
+
+
+class _TagA(BaseModel):
+    kind: Literal["a"] = "a"  # not required: told apart by B's required tag
+    x: int
+
+
+class _TagA2(_TagA):
+    note: str | None = None
+
+
+class _TagB(BaseModel):
+    kind: Literal["b"]
+    y: int
+
+
+class _TagC(BaseModel):
+    kind: Literal["c"]
+    y: int
+
+
+class _Tagged1(BaseModel):
+    v: Annotated[_TagA | _TagB, Field(discriminator="kind")]
+
+
+class _Tagged2(BaseModel):
+    v: Annotated[_TagA2 | _TagB | _TagC, Field(discriminator="kind")]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"oneOf": [_INT, _STR]}, {"oneOf": [_INT, _STR, {"type": "boolean"}]}),
+        (_STR, {"oneOf": [_NUM, _STR]}),
+        (
+            {"oneOf": [{**_INT, "maximum": 0}, {**_INT, "minimum": 10}]},
+            {"oneOf": [{**_INT, "maximum": 5}, {**_INT, "minimum": 10}]},
+        ),
+        (schema_of(_Tagged1), schema_of(_Tagged2)),
+    ],
+)
+def test_a_one_of_whose_branches_stay_apart_passes(old: Any, new: Any) -> None:
+    """Branches of different types, ranges, or discriminator tags never share a value."""
+    assert not breaking(diff_json_schemas(old, new), "BACKWARD")
 
 
 @pytest.mark.parametrize(
