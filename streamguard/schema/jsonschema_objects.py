@@ -127,11 +127,12 @@ def _added_property(
 ) -> list[Finding]:
     required = name in req_n and not has_default(new, cmp.reader)
     if content_o.open:
-        # The old writer could have sent this name with any value, or not at all.
-        if cmp.reader.classify(new).kind == "any":
-            return [cmp.finding(where, "PROPERTY_WITH_EMPTY_SCHEMA_ADDED_TO_OPEN_CONTENT_MODEL")]
+        # The old writer could have sent this name with any value, or not at all: a
+        # required field breaks even if it takes any value (`x: Any`).
         if required:
             return [cmp.finding(where, "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL")]
+        if cmp.reader.classify(new).kind == "any":
+            return [cmp.finding(where, "PROPERTY_WITH_EMPTY_SCHEMA_ADDED_TO_OPEN_CONTENT_MODEL")]
         rule = "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
         return [cmp.finding(where, rule, content_o.policy)]
     out: list[Finding] = []

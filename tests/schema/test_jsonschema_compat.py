@@ -311,6 +311,16 @@ class Renamed(BaseModel):
     ident: str
 
 
+class AnyAdded(BaseModel):
+    id: str
+    extra: Any
+
+
+class AnyOptAdded(BaseModel):
+    id: str
+    extra: Any = None
+
+
 class IntOrFloat(BaseModel):
     x: int | float
 
@@ -500,6 +510,17 @@ CASES = [
     Case("tuple grows", Pair, Triple, False, False),
     Case("tuple -> list of its item type", PairOfInts, ListInt, True, False),
     Case("field renamed", Base, Renamed, False, False),
+    # Taking any value, a required field is still missing from old data.
+    Case(
+        "required Any field added",
+        Base,
+        AnyAdded,
+        False,
+        True,
+        "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+        "extra",
+    ),
+    Case("optional Any field added", Base, AnyOptAdded, True, True),
 ]
 MODES = ("BACKWARD", "FORWARD", "FULL", "NONE")
 
