@@ -296,10 +296,24 @@ class Comparer:
                     return found
             elif n.criterion in ("anyOf", "oneOf"):
                 # A plain writer is never a Decimal, so it never meets a decimal string.
-                for sub in _decimal_strings(n.subschemas, n, self.reader):
-                    found = self.compare(o.schema, sub, path)
+                extended = self.retyped(path, "SUM_TYPE_EXTENDED", o, n)
+                tries = [
+                    (sub, self.compare(o.schema, sub, path))
+                    for sub in _decimal_strings(n.subschemas, n, self.reader)
+                ]
+                for _, found in tries:
                     if self.ok(found):
-                        return [*found, self.retyped(path, "SUM_TYPE_EXTENDED", o, n)]
+                        return [*found, extended]
+                # None takes it: say why with the branch of its own type (model with
+                # model, not with null) that breaks least; it was TYPE_CHANGED. A string
+                # read as a Decimal's is still a change of type, as the docs say.
+                alike = [
+                    found
+                    for sub, found in tries
+                    if sub is not _DECIMAL_STRING and self._same_type(o, sub)
+                ]
+                if alike:
+                    return [*min(alike, key=lambda f: sum(not x.safe for x in f)), extended]
         elif o.kind == "combined" and n.kind != "combined":
             if len(o.subschemas) == 1:
                 found = self.compare(o.subschemas[0], n.schema, path)
@@ -403,6 +417,14 @@ class Comparer:
             return False
         to, tn = _types(o), _types(n)
         return o.kind != "plain" or _covers(to, tn) or _covers(tn, to)
+
+    def _same_type(self, o: Node, new: Any) -> bool:
+        """Whether a branch declares the writer's type (or a wider or narrower one)."""
+        n = self.reader.classify(new)
+        to, tn = _types(o), _types(n)
+        if o.kind != "plain" or n.kind != "plain" or to is None or tn is None:
+            return False
+        return _covers(to, tn) or _covers(tn, to)
 
     # -- plain schemas -----------------------------------------------------------------
     def _plain(self, o: Node, n: Node, path: Path) -> list[Finding]:

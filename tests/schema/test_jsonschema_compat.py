@@ -677,6 +677,19 @@ def test_optional_nested_model_names_its_own_breaks(new: type[BaseModel]) -> Non
     ]
 
 
+class Shipment4(BaseModel):
+    billing: Address2 | None = None
+
+
+def test_a_model_made_optional_names_its_own_breaks() -> None:
+    """A model that becomes `X | None` and breaks is compared with the new model: the
+    report said TYPE_CHANGED from object to object | null, naming no field."""
+    changes = diff_json_schemas(schema_of(Shipment1), schema_of(Shipment4))
+    found = sorted((c.field_path, c.rule) for c in breaking(changes, "BACKWARD"))
+    added = "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"
+    assert found == [("billing.city", added), ("billing.zip", added)]
+
+
 @pytest.mark.parametrize("key", ["anyOf", "oneOf"])
 def test_unmatched_branch_is_not_paired_with_a_matched_one(key: str) -> None:
     """The reason given for an unmatched branch comes from a branch nothing else matched."""
