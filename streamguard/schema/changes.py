@@ -81,6 +81,11 @@ _HINTS: tuple[tuple[str, str], ...] = (
         "keep accepting unknown fields (extra='ignore') until every producer stopped sending them",
     ),
     (
+        r"^UNCOMPARED_KEYWORD_",
+        "the check cannot compare if/then/else, unevaluatedProperties/Items or dynamic refs: "
+        "validate old data with the new schema yourself, then register with --force --reason",
+    ),
+    (
         r"^ONE_OF_BRANCHES_",
         "keep a oneOf's branches apart (a discriminator field with its own Literal per branch, "
         "or types or ranges that cannot meet), or use anyOf (a plain pydantic union), which "

@@ -69,6 +69,17 @@ _OBJECT_KEYS = frozenset(
         "propertyNames",
     }
 )
+# Assertions the rules cannot compare: a change to one is judged by whether the reader
+# gains it (may refuse old values) or loses it (accepts more).
+_UNCOMPARED = (
+    "if",
+    "then",
+    "else",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "$dynamicRef",
+    "$recursiveRef",
+)
 _ARRAY_KEYS = frozenset(
     {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains"}
 )
@@ -445,6 +456,7 @@ class Comparer:
         for key in ("pattern", "format"):
             out += self._exact(path, key, o.get(key), n.get(key))
         out += self._not(o, n, path)
+        out += self._uncompared(o, n, path)
         keys = set(o.schema) | set(n.schema)
         if keys & _OBJECT_KEYS:
             out += compare_objects(self, o, n, path)
@@ -518,6 +530,17 @@ class Comparer:
         name = key.upper()
         change = "ADDED" if old is None else "REMOVED" if new is None else "CHANGED"
         return [self.finding((*path, key), f"{name}_{change}")]
+
+    def _uncompared(self, o: Node, n: Node, path: Path) -> list[Finding]:
+        """Assertions the rules do not read: any difference the reader gains may reject
+        old values (it was ignored, so an added ``if``/``then`` passed)."""
+        out: list[Finding] = []
+        for key in _UNCOMPARED:
+            old, new = o.get(key), n.get(key)
+            if canonical(old) != canonical(new):
+                change = "ADDED" if old is None else "REMOVED" if new is None else "CHANGED"
+                out.append(self.finding((*path, key), f"UNCOMPARED_KEYWORD_{change}"))
+        return out
 
     def _not(self, o: Node, n: Node, path: Path) -> list[Finding]:
         old, new = o.get("not"), n.get("not")

@@ -82,6 +82,7 @@ SAFE_RULES: frozenset[str] = frozenset(
         "SUM_TYPE_EXTENDED",
         "NOT_TYPE_NARROWED",
         "NOT_REMOVED",
+        "UNCOMPARED_KEYWORD_REMOVED",
     }
 )
 # Safe only when open models are read as "data never carries undeclared fields".

@@ -1004,6 +1004,32 @@ def test_compatible_forward_means_new_values_validate(case: Case, data: st.DataO
     case.old.model_validate(value)
 
 
+@pytest.mark.parametrize(
+    "added",
+    [
+        {"if": {"properties": {"a": {"const": 1}}}, "then": {"required": ["b"]}},
+        {"unevaluatedProperties": False},
+        {"$dynamicRef": "#node"},
+    ],
+    ids=["if-then", "unevaluatedProperties", "dynamicRef"],
+)
+def test_an_assertion_the_rules_do_not_read_is_refused_when_the_reader_gains_it(
+    added: dict[str, Any],
+) -> None:
+    """An if/then, unevaluatedProperties or dynamic ref the reader gains may reject old
+    data ({"a": 1} without "b"): it was ignored and passed. Losing one accepts more."""
+    old = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    new = {**old, **added}
+    changes = diff_json_schemas(old, new)
+    found = {(c.path[-1], c.rule) for c in breaking(changes, "BACKWARD")}
+    assert found == {(key, "UNCOMPARED_KEYWORD_ADDED") for key in added}
+    assert not breaking(changes, "FORWARD")
+    changed = {**old, **{key: {"not": value} for key, value in added.items()}}
+    assert {c.rule for c in breaking(diff_json_schemas(new, changed), "BACKWARD")} == {
+        "UNCOMPARED_KEYWORD_CHANGED"
+    }
+
+
 def test_field_path_keeps_fields_named_like_keywords() -> None:
     """A field called `format`, `pattern` or `enum` is a name, not the constraint at the
     end of a path: the report names it (it said `/properties`, and `meta/properties`)."""
