@@ -83,6 +83,10 @@ def compare_objects(cmp: Comparer, o: Node, n: Node, path: Path) -> list[Finding
                 out.append(cmp.finding(where, "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED"))
             else:
                 out.append(cmp.finding(where, "REQUIRED_ATTRIBUTE_ADDED"))
+    # A name the reader requires without declaring it (hand-written: pydantic declares
+    # each): old data may lack it, and no property rule above sees it.
+    for name in sorted(req_n - req_o - set(props_n)):
+        out.append(cmp.finding((*path, "required", name), "REQUIRED_ATTRIBUTE_ADDED"))
     content_o = _Content(o, cmp.writer, "additionalProperties")
     content_n = _Content(n, cmp.reader, "additionalProperties")
     for name in [*props_o, *(k for k in props_n if k not in props_o)]:

@@ -637,6 +637,19 @@ def test_pattern_properties_and_dependencies() -> None:
     assert rules == ["DEPENDENCY_ARRAY_ADDED"]
 
 
+@pytest.mark.parametrize("extra", [{}, {"additionalProperties": False}], ids=["open", "closed"])
+def test_a_required_name_the_reader_does_not_declare_breaks(extra: dict[str, Any]) -> None:
+    """A hand-written reader requiring a name outside its properties rejects old data
+    without it ({"a": 1}); only declared names were looked at, so it passed."""
+    old = {"type": "object", "properties": {"a": {"type": "integer"}}, **extra}
+    new = {**old, "required": ["b"]}
+    changes = diff_json_schemas(old, new)
+    assert [(c.field_path, c.rule) for c in breaking(changes, "BACKWARD")] == [
+        ("b", "REQUIRED_ATTRIBUTE_ADDED")
+    ]
+    assert not breaking(changes, "FORWARD")
+
+
 class Address1(BaseModel):
     street: str
 
