@@ -101,6 +101,25 @@ def _marking_exit(hook: Callable[[list[int]], None], name: str) -> Callable[[lis
     return call
 
 
+def _close_when_free(poller: Poller, publisher: DeadLetterPublisher | None) -> None:
+    """Close the consumer once the poll a worker is still inside ends, then release the
+    DLQ producer, on a daemon thread. Nobody else would: the consumer's heartbeats go on
+    without polls, so it kept its partitions until ``max.poll.interval.ms`` (5 minutes
+    by default) in a process that lives on, and the producer its connections."""
+
+    def close() -> None:
+        poller.lock.acquire()  # held for good: that worker polls no more
+        poller.owned = True
+        try:
+            poller.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close failed", extra={"error": str(exc)})
+        if publisher is not None:
+            publisher.release()
+
+    threading.Thread(target=close, name="streamguard-close", daemon=True).start()
+
+
 class Hooks:
     """The lifecycle callbacks of a service (all optional, none may block for long)."""
 
@@ -275,12 +294,13 @@ class ServiceRuntime:
             # uses the consumer and the DLQ producer: both are left to it, unclosed.
             owned = self._poller is None or self._poller.take_consumer()
             if consumer is not None and not owned:
-                # A close() under the poll could crash the process; the group moves the
-                # partitions after session.timeout.ms.
+                # A close() under the poll could crash the process: closed once it ends.
                 log.error(
                     "consumer left unclosed: a worker is still inside a poll of it",
                     extra={"service": spec.name},
                 )
+                if self._poller is not None:
+                    _close_when_free(self._poller, self._publisher)
             elif consumer is not None:
                 try:
                     consumer.close()

@@ -1354,10 +1354,24 @@ def test_a_hurried_stop_leaves_the_consumer_to_a_worker_inside_a_rebalance(
         release.set()
         if other is not None:
             other.close()
-    poller = runtime._poller
-    # Its poll ends once the hook returns; then the consumer is free to close.
-    assert wait_for(poller.take_consumer, timeout=10)
-    poller.consumer.close()
+    poller, publisher = runtime._poller, runtime._publisher
+
+    def closed() -> bool:
+        try:
+            poller.consumer.assignment()
+        except RuntimeError:  # "Consumer closed"
+            return True
+        return False
+
+    # Its poll ends once the hook returns; the runtime then closes the consumer (left
+    # open, it heartbeated on and kept its partitions until max.poll.interval.ms) and
+    # releases the DLQ producer.
+    try:
+        assert wait_for(closed, timeout=10), "the consumer was left open"
+        assert not hasattr(publisher, "_producer"), "the DLQ producer was not released"
+    finally:
+        if not closed() and wait_for(poller.take_consumer, timeout=10):
+            poller.consumer.close()
 
 
 def test_services_of_one_process_share_a_registry(
