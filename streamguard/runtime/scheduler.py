@@ -74,6 +74,8 @@ LINGER_POLL = 0.025
 # How often a parked worker looks whether the service is stopping (``stopping`` is an
 # Event, which the parked worker's condition does not hear; ``run`` wakes them as it ends).
 PARK_CHECK = 0.5
+# How often the supervisor, waiting for the poll lock, looks whether the service stops.
+STOP_CHECK = 0.1
 
 
 class Scheduler:
@@ -131,10 +133,14 @@ class Scheduler:
             if poller.lag_due:
                 # Requests that may wait for the cluster: here, never in a worker's or
                 # the event loop's poll. Theirs skip while this holds the lock.
-                with poller.lock:
+                if not self._lock_unless_stopping():
+                    break
+                try:
                     if self.stopping.is_set():
                         break
                     poller.refresh_lag()
+                finally:
+                    poller.lock.release()
             now = time.monotonic()
             waited = self._oldest_ready_wait(now)
             active = self.active_workers + self._loop_busy()
@@ -156,7 +162,9 @@ class Scheduler:
                 self._wake.wait(max(0.001, pause))
                 self._wake.clear()
                 continue
-            with poller.lock:
+            if not self._lock_unless_stopping():
+                break
+            try:
                 if self.stopping.is_set():
                     break
                 if not active:
@@ -166,6 +174,8 @@ class Scheduler:
                 claimed = poller.poll_once(wait)
                 polled = poller.polls
                 self._make_ready(claimed)  # before a lingering worker can take the lock
+            finally:
+                poller.lock.release()
             # An event loop polls itself only while none of its handlers is suspended
             # (see eventloop), so one whose handlers all wait on I/O (key ordering) is
             # fed by these polls alone, and records come a partition after another, a
@@ -190,6 +200,19 @@ class Scheduler:
                 self._wake.clear()
         if self.failure is not None:
             raise self.failure
+
+    def _lock_unless_stopping(self) -> bool:
+        """Take the poll lock; False, without it, once the service is stopping.
+
+        A worker inside a rebalance callback (a slow ``on_revoke`` hook) holds it for as
+        long as the hook takes: waited for at once, the stop was never reached, and a
+        second signal did not hurry it (the shutdown's own wait for it is bounded).
+        """
+        lock = self._poller.lock
+        while not lock.acquire(timeout=STOP_CHECK):
+            if self.stopping.is_set():
+                return False
+        return True
 
     def _idle_poll(self, now: float) -> float:
         """``IDLE_POLL``, or less when a lane's retry falls due sooner (poll lock held).

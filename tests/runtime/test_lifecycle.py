@@ -1341,6 +1341,8 @@ def test_a_hurried_stop_leaves_the_consumer_to_a_worker_inside_a_rebalance(
             other.close()
             other = None
         assert in_hook.is_set(), "no revoke ran on a worker's poll"
+        # Past FALLBACK_POLL_GAP: the supervisor waits for the poll lock meanwhile.
+        time.sleep(0.3)
         hurried = time.monotonic()
         running.service.stop()
         runtime._poller.assignment.hurry.set()  # what a second SIGTERM does
