@@ -95,8 +95,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.log_format != "json":
         try:
             return _run(args)
-        except (StreamguardError, KafkaException):
+        except StreamguardError:
             raise  # main's plain `streamguard: ...` lines
+        except KafkaException as exc:
+            if _refused_setting(exc) is not None:
+                raise  # main's `streamguard: error: a Kafka setting was refused: ...`
+            # Another one (a fatal consumer error, one on_start raised): main let it out
+            # as Python's traceback, with its text, unlike the JSON format.
+            return _failed(exc)
         except Exception as exc:
             # The user's code (on_start, say): Python's traceback printed its text,
             # which the JSON format leaves out as it may quote a record or a secret.
@@ -116,8 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return code
     except KafkaException as exc:
         # A -X setting librdkafka refuses: main's usage error, which was a text line too.
-        error = exc.args[0] if exc.args else None
-        if not (isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG):
+        error = _refused_setting(exc)
+        if error is None:
             return _failed(exc)
         log.error(
             "service failed; exiting",
@@ -130,6 +136,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     except Exception as exc:
         return _failed(exc)
+
+
+def _refused_setting(exc: KafkaException) -> KafkaError | None:
+    """The error of a Kafka setting librdkafka refused, None for another ``exc``."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
+        return error
+    return None
 
 
 def _failed(exc: Exception) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import time
 
+from confluent_kafka import KafkaError, KafkaException
+
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 
@@ -100,6 +102,14 @@ class StartFails(sg.ConsumerService):
         raise RuntimeError(f"cannot open the ledger with {os.environ.get('SG_TEST_SECRET')}")
 
     def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+
+class StartKafkaFails(StartFails):
+    """An ``on_start`` that raises a ``KafkaException`` quoting $SG_TEST_SECRET."""
+
+    def on_start(self) -> None:
+        secret = os.environ.get("SG_TEST_SECRET")
+        raise KafkaException(KafkaError(KafkaError._FAIL, f"cannot reach {secret}"))
 
 
 class StartExits(StartFails):

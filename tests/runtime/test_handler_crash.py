@@ -362,6 +362,25 @@ def test_streamguard_run_in_text_ends_without_the_error_text_when_on_start_raise
     assert "in on_start" in output  # its frames
 
 
+def test_streamguard_run_in_text_ends_without_the_text_of_a_kafka_error_of_on_start(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+) -> None:
+    """A ``KafkaException`` of the service's own code that is no refused setting ends the
+    text format as in JSON (``service failed; exiting``, class and frames): main let
+    it out as Python's traceback, with its text."""
+    canary = unique("SECRET-host")
+    code, output = _run_app(
+        bootstrap, "StartKafkaFails", log_format="text", SG_TEST_TOPIC=topic_factory("orders"),
+        SG_TEST_GROUP=unique("g"), SG_TEST_SECRET=canary,
+    )  # fmt: skip
+    assert code == 1, output
+    assert canary not in output
+    assert "Traceback (most recent call last)" not in output
+    [line] = [line for line in output.splitlines() if "service failed; exiting" in line]
+    assert "error_class=KafkaException" in line
+    assert "in on_start" in output  # its frames
+
+
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_streamguard_run_exits_with_the_code_of_a_system_exit_from_on_start(
     bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], exit_code: int
