@@ -137,7 +137,9 @@ class Assignment:
             return  # close() revokes after shutdown settled and committed everything
         parts = [tp.partition for tp in partitions]
         self._flow.release(parts)
-        lanes = [self.lanes.pop(p) for p in parts if p in self.lanes]
+        # pop(p, None): a stop that gave up on this poll (a slow hook before it) clears
+        # the lanes from its own thread, between a membership test and a pop.
+        lanes = [lane for p in parts if (lane := self.lanes.pop(p, None)) is not None]
         timeout = self._options.revoke_timeout
         self.revoke_ends = time.monotonic() + timeout
         try:
