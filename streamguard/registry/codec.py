@@ -57,6 +57,10 @@ C = TypeVar("C", bound=BaseModel)
 
 MAGIC_BYTE = b"\x00"
 HEADER_SIZE = 5  # magic byte + 4-byte schema id
+GUID_FRAMING = (
+    "Confluent framing with a schema GUID (magic byte 01) is not supported: "
+    "have the producer write the schema id framing (magic byte 00)"
+)
 # An id the registry refused (unknown to it, or a schema streamguard cannot read) is
 # answered from memory for this many seconds: a producer writing against another
 # registry frames every record with such an id, and asking again for each record made
@@ -328,7 +332,16 @@ class RegistryCodec:
 
         def decode(data: bytes | None) -> C:
             if not data or data[0] != 0:  # tombstones and empty values fail in there
-                return single_object(data) if data and data[0] == 0xC3 else json_decode(data)
+                if data and data[0] == 0xC3:
+                    return single_object(data)
+                try:
+                    return json_decode(data)
+                except DecodeError as exc:
+                    # Byte 01 starts no JSON: it is Confluent's schema-GUID framing, which
+                    # "Invalid JSON" would hide. Named here, off the path of a good record.
+                    if data and data[0] == 1 and exc.reason == "decode_error":
+                        raise DecodeError(GUID_FRAMING) from None
+                    raise
             if len(data) > max_bytes:
                 raise DecodeError(
                     f"message is {len(data)} bytes, over the limit of {max_bytes}",

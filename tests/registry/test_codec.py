@@ -82,6 +82,17 @@ def test_unknown_id_is_a_decode_error_naming_it(registry: RegistryServer) -> Non
     assert info.value.reason == "decode_error"
 
 
+def test_schema_guid_framing_is_named_not_called_invalid_json(registry: RegistryServer) -> None:
+    """Confluent's newer framing (byte 01 + a 16-byte GUID) is refused as such: the plain
+    JSON reader's "Invalid JSON" sent its users looking for a broken producer."""
+    decode = RegistryCodec({"url": registry.url}, wire_format="avro").decoder(PaymentV1)
+    with pytest.raises(DecodeError, match=r"schema GUID \(magic byte 01\)") as caught:
+        decode(b"\x01" + bytes(16) + b"\x02p\x02")
+    assert caught.value.reason == "decode_error"
+    with pytest.raises(DecodeError, match="Invalid JSON"):  # other bytes: as before
+        decode(b"\x02p\x02")
+
+
 def test_an_unknown_id_is_asked_for_once_then_remembered(registry: RegistryServer) -> None:
     """Records of an id the registry refused are decode errors without asking it again:
     a producer of another registry must not cost a registry request per record."""
