@@ -122,6 +122,13 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
     for c in checks:
         subject, verdict = c.result.subject, c.registry_compatible
         if args.format == "github":
+            if c.latest is None and c.registered_as is None:
+                lines.append(
+                    f"::warning title={subject} not in the registry::nothing compared: the "
+                    f"registry holds no version of {subject}; if producers register under "
+                    "another subject (<topic>-value by default), set registry_subject under "
+                    f'[tool.streamguard.subjects."{c.contract.__subject__}"]'
+                )
             if c.disagreement:
                 ours = "compatible" if c.compatible else "incompatible"
                 lines.append(
@@ -134,6 +141,16 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
             lines.append(
                 f"{subject}: v{c.contract.__version__} is registered as version "
                 f"{c.registered_as}{older} [{c.result.mode}]"
+            )
+        elif c.latest is None:
+            # Passing, but maybe against the wrong subject: producers look their schema up
+            # under <topic>-value by default, and an unmapped contract is checked under
+            # its __subject__, which the registry may never hold.
+            lines.append(
+                f"{subject}: v{c.contract.__version__} has nothing to compare with "
+                f"[{c.result.mode}]: the registry holds no version of {subject}; if "
+                "producers register under another subject (<topic>-value by default), set "
+                f'registry_subject under [tool.streamguard.subjects."{c.contract.__subject__}"]'
             )
         elif not c.result.comparisons:
             lines.append(

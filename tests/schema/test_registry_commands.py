@@ -55,6 +55,22 @@ def registered(project_factory: Callable[[], Project], cli: Cli, url: str) -> Pr
     return project
 
 
+def test_a_subject_the_registry_lacks_is_named_with_the_mapping_to_set(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """A contract whose registry subject holds nothing passes (exit 0), but the report says
+    so and names the mapping: producers register under <topic>-value, so an unmapped
+    contract was checked against an empty subject and any break passed green."""
+    project_factory().contracts(V1)
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 0
+    assert "the registry holds no version of orders.OrderPlaced" in out
+    assert '[tool.streamguard.subjects."orders.OrderPlaced"]' in out
+    code, out, _ = cli("schema", "check", "--registry", registry.url, "--format", "github")
+    assert code == 0
+    assert out.startswith("::warning title=orders.OrderPlaced not in the registry::")
+
+
 def test_register_then_unchanged(
     project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
 ) -> None:
