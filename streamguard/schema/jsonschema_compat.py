@@ -27,6 +27,7 @@ from typing import Any
 from streamguard.schema.jsonschema_doc import Document, Node, canonical
 from streamguard.schema.jsonschema_objects import compare_arrays, compare_objects
 from streamguard.schema.jsonschema_overlap import disjoint, tagged_apart
+from streamguard.schema.recursion import RecursionGuard
 from streamguard.schema.rules import POLICIES, Policy, is_safe
 
 __all__ = [
@@ -217,18 +218,19 @@ class Comparer:
         writer: Document,
         reader: Document,
         policy: Policy,
-        active: set[tuple[int, ...]] | None = None,
+        guard: RecursionGuard | None = None,
     ) -> None:
         self.writer = writer
         self.reader = reader
         self.policy = policy
-        # Pairs being compared, shared with the comparers a oneOf check derives (which
-        # meet the same recursive pairs again): keyed by documents and policy too.
-        self._active: set[tuple[int, ...]] = set() if active is None else active
+        # Pairs being compared and compared, shared with the comparers a oneOf check
+        # derives (which meet the same recursive pairs again): keyed by documents and
+        # policy too.
+        self._guard = RecursionGuard() if guard is None else guard
 
     def derived(self, writer: Document, reader: Document, policy: Policy) -> Comparer:
         """Another comparison that shares this one's guard against recursion."""
-        return Comparer(writer, reader, policy, self._active)
+        return Comparer(writer, reader, policy, self._guard)
 
     def finding(
         self,
@@ -257,17 +259,19 @@ class Comparer:
         if new is None:
             return [self.finding(path, "SCHEMA_REMOVED")]
         key = (id(self.writer), id(self.reader), self.policy == "strict", id(old), id(new))
-        if key in self._active:  # a recursive model meets itself: judged where it started
-            return []
-        self._active.add(key)
+        known = self._guard.enter(key, path)
+        if known is not None:  # met before, or a recursive model meeting itself
+            return known
         try:
             o, n = self.writer.classify(old), self.reader.classify(new)
             found = self._compare_nodes(o, n, path)
             if n.kind == "combined" and n.criterion == "oneOf" and len(n.subschemas) > 1:
                 found += self._one_of(o, n, path)
-            return found
-        finally:
-            self._active.discard(key)
+        except BaseException:
+            self._guard.abandon(key)
+            raise
+        self._guard.leave(key, path, found, keep=(old, new))
+        return found
 
     def _one_of(self, o: Node, n: Node, path: Path) -> list[Finding]:
         """A reader's ``oneOf`` refuses a value two of its branches take: each pair must

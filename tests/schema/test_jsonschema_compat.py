@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -797,6 +798,100 @@ def test_a_recursive_one_of_terminates() -> None:
     assert [(c.field_path, c.rule) for c in changes] == [
         ("<oneOf[0]>.x", "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL")
     ]
+
+
+def _expressions(change: str, *, tagged: bool) -> dict[str, Any]:
+    """A recursive union of three models (an expression tree) and a change to it."""
+    value: Any = str if change == "v: str" else int
+
+    class Num(BaseModel):
+        kind: Literal["num"] = "num"
+        v: value
+
+    class Add(BaseModel):
+        kind: Literal["add"] = "add"
+        left: Expr  # noqa: F821 (resolved by model_rebuild below)
+        right: Expr  # noqa: F821
+        if change == "required z in Add":
+            z: int
+
+    class Mul(BaseModel):
+        kind: Literal["mul"] = "mul"
+        left: Expr  # noqa: F821
+        right: Expr  # noqa: F821
+        if change == "optional note in Mul":
+            note: str | None = None
+
+    union: Any = Num | Add | Mul
+    expr: Any = Annotated[union, Field(discriminator="kind")] if tagged else union
+    for model in (Num, Add, Mul):
+        model.model_rebuild(_types_namespace={"Expr": expr})
+
+    class Calc(BaseModel):
+        e: expr
+
+    return schema_of(Calc)
+
+
+def _within(seconds: float, compare: Any) -> Any:
+    """compare()'s result, failing (not hanging) when it takes longer than ``seconds``."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(compare()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"the comparison did not finish within {seconds} s"
+    return result[0]
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["anyOf", "discriminated"])
+@pytest.mark.parametrize(
+    ("change", "rules", "at", "directions"),
+    [
+        ("", set(), "", set()),
+        (
+            "optional note in Mul",
+            {"OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"},
+            "e<{u}[2]>.note",
+            set(),
+        ),
+        (
+            "required z in Add",
+            {"COMBINED_TYPE_SUBSCHEMAS_CHANGED", "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"},
+            "e<{u}[1]>.z",
+            {"BACKWARD"},
+        ),
+        (
+            "v: str",
+            {"COMBINED_TYPE_SUBSCHEMAS_CHANGED", "TYPE_CHANGED"},
+            "e<{u}[0]>.v",
+            {"BACKWARD", "FORWARD"},
+        ),
+    ],
+)
+def test_a_recursive_union_of_several_models_is_judged_in_time(
+    tagged: bool, change: str, rules: set[str], at: str, directions: set[str]
+) -> None:
+    """Every branch of a recursive union is compared with every branch of the other: a
+    pair met again under another path was compared again, so `schema check` on a union
+    of three recursive models ran for minutes (a CI job hung)."""
+    old, new = _expressions("", tagged=tagged), _expressions(change, tagged=tagged)
+    changes: list[Change] = _within(5, lambda: diff_json_schemas(old, new))
+    assert {c.rule for c in changes} == rules
+    assert {d for c in changes for d in c.breaking_in} == directions
+    if change:
+        # Found where the union is first met, and again where the recursion leads.
+        where = at.format(u="oneOf" if tagged else "anyOf")
+        assert where in [c.field_path for c in changes]
+        leaf = where.split(">", 1)[1]
+        assert all(
+            c.field_path.endswith(leaf)
+            for c in changes
+            if c.rule != "COMBINED_TYPE_SUBSCHEMAS_CHANGED"
+        )
+    if directions:
+        assert ("e", "COMBINED_TYPE_SUBSCHEMAS_CHANGED") in [
+            (c.field_path, c.rule) for c in changes
+        ]
 
 
 class _TagA(BaseModel):
