@@ -28,6 +28,7 @@ from streamguard.contracts import Contract
 from streamguard.errors import ConfigurationError
 from streamguard.schema.jsonschema_compat import Finding
 from streamguard.schema.jsonschema_doc import Document, SchemaError, json_kind
+from streamguard.schema.recursion import RecursionGuard
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -487,7 +488,10 @@ class _Resolver:
     def __init__(self, writer_names: dict[str, Any], reader_names: dict[str, Any]) -> None:
         self.wn = writer_names
         self.rn = reader_names
-        self._active: set[tuple[str, str]] = set()
+        # Named pairs being compared and compared: a recursive record meeting itself is
+        # judged where it started, and a pair's findings are reused where it recurs (each
+        # branch of a union is tried with each of the other's, exponentially often).
+        self._guard = RecursionGuard()
 
     def _deref(self, schema: Any, names: dict[str, Any]) -> Any:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
@@ -545,19 +549,22 @@ class _Resolver:
         ):
             out.append(Finding(path, "NAME_CHANGED", False))
         key = (w["name"], r["name"])
-        if key in self._active:
-            return out
-        self._active.add(key)
+        known = self._guard.enter(key, path)
+        if known is not None:
+            return [*out, *known]
+        found: list[Finding] = []
         try:
             if kind == "enum":
-                out += self._enum(w, r, path)
+                found = self._enum(w, r, path)
             elif kind == "fixed" and w.get("size") != r.get("size"):
-                out.append(Finding(path, "FIXED_SIZE_CHANGED", False))
+                found = [Finding(path, "FIXED_SIZE_CHANGED", False)]
             elif kind in ("record", "error"):
-                out += self._record(w, r, path)
-        finally:
-            self._active.discard(key)
-        return out
+                found = self._record(w, r, path)
+        except BaseException:
+            self._guard.abandon(key)
+            raise
+        self._guard.leave(key, path, found)
+        return [*out, *found]
 
     def _enum(self, w: dict[str, Any], r: dict[str, Any], path: tuple[str, ...]) -> list[Finding]:
         old, new = set(w["symbols"]), set(r["symbols"])

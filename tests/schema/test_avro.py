@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -397,3 +398,51 @@ def test_a_short_reference_names_the_type_of_its_enclosing_namespace() -> None:
     out.seek(0)
     with pytest.raises(fastavro.read.SchemaResolutionError):
         fastavro.schemaless_reader(out, writer, reader)
+
+
+def _expressions(change: str = "") -> dict[str, Any]:
+    """A record holding a recursive union of five records (an expression tree)."""
+    kinds = ["Num", "Add", "Sub", "Mul", "Div"]
+    value = "string" if change == "v: string" else "int"
+    records: list[Any] = [
+        {"type": "record", "name": "Num", "fields": [{"name": "v", "type": value}]}
+    ]
+    for name in kinds[1:]:
+        fields = [{"name": "left", "type": kinds}, {"name": "right", "type": kinds}]
+        if name == "Add" and change == "required z in Add":
+            fields.append({"name": "z", "type": "int"})
+        records.append({"type": "record", "name": name, "fields": fields})
+    return {"type": "record", "name": "Calc", "fields": [{"name": "e", "type": records}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "narrowed", "directions"),
+    [
+        ("", [], set()),
+        ("required z in Add", ["1", "2", "3", "4"], {"BACKWARD"}),
+        ("v: string", ["0", "1", "2", "3", "4"], {"BACKWARD", "FORWARD"}),
+    ],
+)
+def test_a_recursive_union_of_several_records_is_judged_in_time(
+    change: str, narrowed: list[str], directions: set[str]
+) -> None:
+    """Each branch of a union is tried with each branch of the other, and the guard
+    against recursion cut only a pair recurring on the current path: a union of five
+    recursive records ran for minutes. Every branch holding the changed record breaks."""
+    old, new = _expressions(), _expressions(change)
+    result: list[Any] = []
+
+    def compare() -> None:
+        result.append(
+            merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
+        )
+
+    worker = threading.Thread(target=compare, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert result, "the comparison did not finish within 5 s"
+    changes = result[0]
+    assert [(c.path, c.rule) for c in breaking(changes, "BACKWARD")] == [
+        (("fields", "e", "branches", i), "SUM_TYPE_NARROWED") for i in narrowed
+    ]
+    assert {d for c in changes for d in c.breaking_in} == directions
