@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from streamguard import exitcodes
 from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
+from streamguard.interrupts import ignore_sigterm_until_exit
 from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.runner import exited_in
@@ -202,6 +203,11 @@ def _run(args: argparse.Namespace) -> int:
         return code
     except BaseException as exc:
         return _crashed(exc)
+    if getattr(args, "program", False):
+        # Stopped, committed and closed: a SIGTERM in Python's exit now (a supervisor's
+        # second one) must not turn this exit 0 into 143, as the run gave SIGTERM back
+        # its default.
+        ignore_sigterm_until_exit()
     return exitcodes.OK
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -686,6 +687,48 @@ def test_streamguard_run_in_json_ends_with_a_json_line_for_a_refused_kafka_setti
     assert last["event"] == "service failed; exiting", lines
     assert last["exit_code"] == 2
     assert "bogus.key" in last["error"]
+
+
+# `streamguard run` as the program, SIGTERMing itself in Python's exit (atexit): where a
+# supervisor's second SIGTERM lands once the stop it asked for has finished.
+SIGTERM_AT_EXIT = """
+import atexit, os, signal, sys
+atexit.register(os.kill, os.getpid(), signal.SIGTERM)
+from streamguard.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_sigterm_after_a_finished_stop_leaves_exit_0(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """A stop asked by SIGTERM settled, committed and closed: a second SIGTERM while the
+    process exits changes nothing, the exit status is 0 (was 143: run() had given SIGTERM
+    back its default, and the randomized drive saw a double SIGTERM exit so)."""
+    topic = topic_factory("orders")
+    err = tmp_path / "err"
+    cmd = [
+        sys.executable, "-c", SIGTERM_AT_EXIT, "run", "tests.runtime.apps:Recorder",
+        "--bootstrap-servers", bootstrap,
+        *(f"-X{key}={value}" for key, value in FAST_GROUP.items()),
+    ]  # fmt: skip
+    env = {**os.environ, "SG_TEST_OUT": os.devnull, "SG_TEST_TOPIC": topic}
+    with err.open("wb") as out:
+        process = subprocess.Popen(
+            cmd, env={**env, "SG_TEST_GROUP": unique("g")}, stdout=out, stderr=out
+        )
+        try:
+            assert wait_for(lambda: "partitions assigned" in err.read_text(), 30), err.read_text()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, err.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert "service stopped" in err.read_text()
 
 
 def test_a_cluster_that_comes_up_during_the_wait_is_no_outage(
