@@ -341,43 +341,34 @@ def test_streamguard_run_in_json_ends_with_a_json_line_when_on_start_raises(
     assert "in on_start" in last["traceback"]
 
 
+@pytest.mark.parametrize(
+    ("app", "error_class"),
+    [("StartFails", "RuntimeError"), ("StartKafkaFails", "KafkaException")],
+    ids=["plain", "kafka"],
+)
 def test_streamguard_run_in_text_ends_without_the_error_text_when_on_start_raises(
-    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+    app: str,
+    error_class: str,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
 ) -> None:
-    """In the text format too, an ``on_start`` that raises a plain exception ends
-    ``streamguard run`` with exit 1 and the ``service failed; exiting`` line (class and
-    frames), never its text: Python's traceback printed it there, which the JSON format
-    leaves out because it may quote what the code held (a record, a secret)."""
-    canary = unique("SECRET-dsn")
+    """In the text format too, an ``on_start`` that raises a plain exception (or a
+    ``KafkaException`` that is no refused setting) ends ``streamguard run`` with exit 1
+    and the ``service failed; exiting`` line (class and frames), never its text:
+    Python's traceback printed it there, which the JSON format leaves out because it
+    may quote what the code held (a record, a secret)."""
+    canary = unique("SECRET")
     code, output = _run_app(
-        bootstrap, "StartFails", log_format="text", SG_TEST_TOPIC=topic_factory("orders"),
+        bootstrap, app, log_format="text", SG_TEST_TOPIC=topic_factory("orders"),
         SG_TEST_GROUP=unique("g"), SG_TEST_SECRET=canary,
     )  # fmt: skip
     assert code == 1, output
     assert canary not in output
     assert "Traceback (most recent call last)" not in output
     [line] = [line for line in output.splitlines() if "service failed; exiting" in line]
-    assert "error_class=RuntimeError" in line
+    assert f"error_class={error_class}" in line
     assert "exit_code=1" in line
-    assert "in on_start" in output  # its frames
-
-
-def test_streamguard_run_in_text_ends_without_the_text_of_a_kafka_error_of_on_start(
-    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
-) -> None:
-    """A ``KafkaException`` of the service's own code that is no refused setting ends the
-    text format as in JSON (``service failed; exiting``, class and frames): main let
-    it out as Python's traceback, with its text."""
-    canary = unique("SECRET-host")
-    code, output = _run_app(
-        bootstrap, "StartKafkaFails", log_format="text", SG_TEST_TOPIC=topic_factory("orders"),
-        SG_TEST_GROUP=unique("g"), SG_TEST_SECRET=canary,
-    )  # fmt: skip
-    assert code == 1, output
-    assert canary not in output
-    assert "Traceback (most recent call last)" not in output
-    [line] = [line for line in output.splitlines() if "service failed; exiting" in line]
-    assert "error_class=KafkaException" in line
     assert "in on_start" in output  # its frames
 
 
