@@ -21,6 +21,7 @@ is tested against a real one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from streamguard.contracts import Contract, wire_format
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
 from streamguard.headers import Headers, Record
+from streamguard.observe.logs import frames
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import caller_header, stamp_headers
 from streamguard.registry.codec import RegistryCodec
@@ -56,6 +58,8 @@ _LOOP_TIMEOUT = 30.0
 _MAX_PASSES = 10_000
 # Used when a test gives no bootstrap address: nothing connects to it.
 _NO_CLUSTER = "127.0.0.1:9"
+
+log = logging.getLogger("streamguard.testing")
 
 S = TypeVar("S", bound=ConsumerService)
 
@@ -246,15 +250,33 @@ class ServiceHarness(Generic[S]):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._close(failing=exc is not None)
 
     def close(self) -> None:
         """Call the service's ``on_stop``, then stop the event loop of async handlers."""
+        self._close(failing=False)
+
+    def _close(self, *, failing: bool) -> None:
         try:
             if self._started:
                 self._started = False
-                self.service.on_stop()
+                if not failing:
+                    self.service.on_stop()
+                    return
+                try:
+                    self.service.on_stop()
+                except BaseException as error:
+                    # As run() does: the error that ended the block (a failed assertion,
+                    # a handler's KeyboardInterrupt) is the one the test must see.
+                    log.error(
+                        "on_stop failed; the harness raises the error that ended its block",
+                        extra={
+                            "service": self.spec.name,
+                            "error_class": type(error).__name__,
+                            "traceback": frames(error),
+                        },
+                    )
         finally:
             self._close_loop()
 

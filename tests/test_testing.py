@@ -762,3 +762,30 @@ def test_a_decorated_async_handler_is_awaited(ordering: str) -> None:
         result = kit.send(order(1))
     assert result.reason == "permanent_error"
     assert result.attempts == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_on_stop_error_does_not_hide_the_error_that_ended_the_block(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A block that fails (a handler's KeyboardInterrupt, a failed assertion) raises its
+    own error, with on_stop's logged, as run() does: the test used to see on_stop's."""
+
+    class Leaky(Billing):
+        def on_stop(self) -> None:
+            raise RuntimeError("pool already closed")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise KeyboardInterrupt
+
+    class AsyncLeaky(Leaky):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            raise KeyboardInterrupt
+
+    service = Leaky if kind == "sync" else AsyncLeaky
+    with pytest.raises(KeyboardInterrupt), ServiceHarness(service) as kit:
+        kit.send(order(1))
+    assert "on_stop failed" in caplog.text
+    assert "pool already closed" not in caplog.text
+    with pytest.raises(RuntimeError, match="pool already closed"), ServiceHarness(service):
+        pass  # a clean block still raises on_stop's error, as a clean stop does
