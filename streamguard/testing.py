@@ -61,7 +61,8 @@ _NO_CLUSTER = "127.0.0.1:9"
 
 log = logging.getLogger("streamguard.testing")
 
-S = TypeVar("S", bound=ConsumerService)
+# Covariant: a ServiceHarness[Sub] is a ServiceHarness[Base] (``service`` is read-only).
+S = TypeVar("S", bound=ConsumerService, covariant=True)
 
 
 def record(
@@ -201,7 +202,7 @@ class ServiceHarness(Generic[S]):
                 f"ServiceHarness(max_attempts={max_attempts!r}) counts handler calls: an "
                 "int of at least 1, or None for the service's RetryPolicy"
             )
-        self.service: S = (
+        self._service: S = (
             service(bootstrap_servers=_NO_CLUSTER) if isinstance(service, type) else service
         )
         self.spec: ServiceSpec = self.service._spec()
@@ -246,6 +247,13 @@ class ServiceHarness(Generic[S]):
             self.close()
             raise
         self._started = True
+
+    @property
+    def service(self) -> S:
+        """The service the records run through, typed as your class. Read-only, so the
+        harness is covariant: ``kit`` may hold a harness of a subclass after one of
+        its base class, as a test that reuses the name does."""
+        return self._service
 
     def __enter__(self) -> Self:
         return self

@@ -78,6 +78,14 @@ def unit_test(registry: CollectorRegistry) -> None:
         print(async_kit.send_raw(None).attempts)
     kit.service.handle(payment, message_context(b"{}", key="k", attempt=2))
 
+    class OneTry(Payments):  # a variant defined in the test, as tests do
+        retry = sg.RetryPolicy(attempts=1)
+
+    with ServiceHarness(Payments) as each:
+        print(each.send(payment).handled)
+    with ServiceHarness(OneTry) as each:  # the name reused for a subclass's harness
+        print(each.send(payment).handled)
+
 
 def produce(producer: sg.GuardedProducer) -> None:
     producer.send("payments", Payment(payment_id=UUID(int=1), amount=Decimal(1), currency="EUR"))
