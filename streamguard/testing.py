@@ -347,6 +347,13 @@ class ServiceHarness(Generic[S]):
                 consumer reads from Kafka has one (a handler reading
                 ``ctx.timestamp_ms`` gets a number, as in a running service).
         """
+        if not self._started:
+            # A running service calls no handler after on_stop; a sync handler here
+            # would meet what on_stop released, an async one a closed event loop.
+            raise RuntimeError(
+                f"the ServiceHarness of {self.spec.name} is closed (its on_stop ran): "
+                "send records inside its with block"
+            )
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
         offset = self._next_offset

@@ -789,3 +789,21 @@ def test_an_on_stop_error_does_not_hide_the_error_that_ended_the_block(
     assert "pool already closed" not in caplog.text
     with pytest.raises(RuntimeError, match="pool already closed"), ServiceHarness(service):
         pass  # a clean block still raises on_stop's error, as a clean stop does
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_closed_harness_refuses_records(kind: str) -> None:
+    """After on_stop no handler runs, as in a service: a sync handler used to run
+    anyway (on what on_stop released), an async one failed on a closed event loop."""
+
+    class Async(Billing):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            self.seen.append("handled")
+
+    with ServiceHarness(Billing if kind == "sync" else Async) as kit:
+        assert kit.send(order(1)).handled
+    with pytest.raises(RuntimeError, match=r"ServiceHarness of .* is closed"):
+        kit.send(order(2))
+    with pytest.raises(RuntimeError, match=r"ServiceHarness of .* is closed"):
+        kit.send_raw(b"{")
+    assert len(kit.service.seen) == 1
