@@ -54,7 +54,8 @@ __all__ = ["Outcome", "ServiceHarness", "dead_letter_headers_of", "message_conte
 
 # Real seconds a record may take on the event loop (handlers really run).
 _LOOP_TIMEOUT = 30.0
-# Passes of the lane per record; far above any retry policy's attempts.
+# Passes of the lane (handler calls on the event loop) per record; far above any retry
+# policy's attempts.
 _MAX_PASSES = 10_000
 # Used when a test gives no bootstrap address: nothing connects to it.
 _NO_CLUSTER = "127.0.0.1:9"
@@ -372,7 +373,10 @@ class ServiceHarness(Generic[S]):
         """Record a retry wait and skip it; at ``max_attempts``, wait for good."""
         self._delays.append(seconds)
         self._clock.now += seconds
-        if self._max_attempts is not None and self._calls >= self._max_attempts:
+        # Bounded as a worker's record is: one that waits for good (the schema registry
+        # down, which spends no attempt) is left waiting, not spun for _LOOP_TIMEOUT.
+        limit = self._max_attempts if self._max_attempts is not None else _MAX_PASSES
+        if self._calls >= limit:
             self._stalled.set()
             await asyncio.Event().wait()  # cancelled when the harness moves on
 

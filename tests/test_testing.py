@@ -807,3 +807,33 @@ def test_a_closed_harness_refuses_records(kind: str) -> None:
     with pytest.raises(RuntimeError, match=r"ServiceHarness of .* is closed"):
         kit.send_raw(b"{")
     assert len(kit.service.seen) == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_record_waiting_for_the_schema_registry_is_left_waiting(kind: str) -> None:
+    """A handler whose own guarded producer finds the registry down holds its record
+    without spending attempts, as a service does: the kit reports it waiting (an async
+    service's record used to spin for 30 s, then raise TimeoutError), and handles a
+    record once the registry answers again."""
+
+    class Publishing(Billing):
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            left = self.failures_left.get(event.customer_id, 10**9)
+            if left:
+                self.failures_left[event.customer_id] = left - 1
+                raise sg.RegistryUnavailable("registry down")
+
+    class AsyncPublishing(Publishing):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Publishing.handle(self, event, ctx)
+
+    started = time.monotonic()
+    with ServiceHarness(Publishing if kind == "sync" else AsyncPublishing) as kit:
+        held = kit.send(order(1, customer_id="down-for-good"))
+        kit.service.failures_left["back-soon"] = 2
+        back = kit.send(order(2, customer_id="back-soon"))
+    assert held.outcome == "waiting"
+    assert held.reason is None
+    assert time.monotonic() - started < 15
+    assert back.handled
+    assert back.attempts == 3
