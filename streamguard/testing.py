@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -159,16 +160,35 @@ class _VirtualClock:
 
 
 class _MemoryDeadLetters:
-    """A dead-letter sink that acknowledges at once and keeps what it was given."""
+    """A dead-letter sink that acknowledges every record and keeps what it was given.
 
-    def __init__(self, spec: ServiceSpec) -> None:
+    With ``deferred`` (a service on the event loop) the acknowledgements wait for
+    ``deliver``, called by the harness's own thread: a service's delivery reports, and
+    with them ``on_dead_letter``, run on the thread that polls, never on the loop.
+    """
+
+    def __init__(self, spec: ServiceSpec, *, deferred: bool = False) -> None:
         self._headers = headers_for(spec)
         self.writable = True
         self.letters: dict[int, tuple[Failure, list[tuple[str, bytes | None]]]] = {}
+        self._deferred = deferred
+        self._reports: queue.SimpleQueue[DeliveryReport] = queue.SimpleQueue()
 
     def publish(self, msg: Record, failure: Failure, done: DeliveryReport) -> None:
         self.letters[msg.offset()] = (failure, self._headers.for_record(msg, failure))
-        done(None, None)
+        if self._deferred:
+            self._reports.put(done)
+        else:
+            done(None, None)
+
+    def deliver(self) -> None:
+        """Acknowledge the dead letters published since the last call."""
+        while True:
+            try:
+                done = self._reports.get_nowait()
+            except queue.Empty:
+                return
+            done(None, None)
 
     def resend(self, msg: Record, failure: Failure, done: DeliveryReport, write: int) -> None:
         self.publish(msg, failure, done)  # never called: publish always succeeds
@@ -210,7 +230,7 @@ class ServiceHarness(Generic[S]):
         self.registry = registry if registry is not None else CollectorRegistry()
         self._max_attempts = max_attempts
         self._clock = _VirtualClock()
-        self._dead_letters = _MemoryDeadLetters(self.spec)
+        self._dead_letters = _MemoryDeadLetters(self.spec, deferred=self.spec.on_event_loop)
         self.pipeline = Pipeline(
             self.spec, self._dead_letters, ServiceMetrics(self.registry), clock=self._clock
         )
@@ -411,7 +431,10 @@ class ServiceHarness(Generic[S]):
             lane.enqueue([msg])
             lane.drain()
             deadline = time.monotonic() + _LOOP_TIMEOUT
-            while not self._final(offset):
+            while True:
+                self._dead_letters.deliver()  # on this thread, as a service's poll thread
+                if self._final(offset):
+                    break
                 if runner.failure is not None:  # raised as a worker's handler would raise it
                     raise runner.failure
                 if not breaker.closed and probe is None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
+import threading
 import time
 from typing import Any
 
@@ -837,3 +840,47 @@ def test_a_record_waiting_for_the_schema_registry_is_left_waiting(kind: str) -> 
     assert time.monotonic() - started < 15
     assert back.handled
     assert back.attempts == 3
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key", "sync-key"])
+def test_on_dead_letter_never_runs_on_the_event_loop(ordering: str) -> None:
+    """As in a service, on_dead_letter of a service on the event loop runs on the
+    thread that polls (the test's, in the kit), never on the loop: it ran on the
+    kit's loop, so a hook waiting on a coroutine it sends to the loop deadlocked."""
+
+    class Hooked(Billing):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            self.loop = asyncio.get_running_loop()
+            raise sg.PermanentError("no")
+
+        async def note(self, offset: int) -> None:
+            self.dead.append((offset, "noted on the loop"))
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            assert self.loop is not None
+            self.seen.append(f"{threading.get_ident()}")
+            asyncio.run_coroutine_threadsafe(self.note(ctx.offset), self.loop).result(5)
+
+    class SyncHooked(Billing):
+        ordering = "key"
+
+        def on_dead_letter(self, ctx: sg.MessageContext, failure: sg.Failure) -> None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop()
+                self.dead.append((ctx.offset, "on a running loop"))
+            self.seen.append(f"{threading.get_ident()}")
+
+    if ordering == "sync-key":
+        service: type[Billing] = SyncHooked
+    else:
+        service = type("Ordered", (Hooked,), {"ordering": ordering})
+    with ServiceHarness(service) as kit:
+        result = kit.send(order(1, customer_id="closed-1"))
+    assert result.reason == "permanent_error"
+    assert kit.service.seen[-1] == f"{threading.get_ident()}"
+    if ordering == "sync-key":
+        assert kit.service.dead == []
+    else:
+        assert kit.service.dead == [(0, "noted on the loop")]
