@@ -38,7 +38,7 @@ from streamguard.codecs import codec_for
 from streamguard.contracts import Contract, wire_format
 from streamguard.deadletter import Failure
 from streamguard.errors import ConfigurationError
-from streamguard.headers import Headers, Record
+from streamguard.headers import Record
 from streamguard.observe.logs import frames
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.producer import caller_header, stamp_headers
@@ -67,11 +67,26 @@ log = logging.getLogger("streamguard.testing")
 S = TypeVar("S", bound=ConsumerService, covariant=True)
 
 
+# Headers as a test gives them: a mapping or pairs, values text (sent as UTF-8) or bytes,
+# as GuardedProducer.send takes them.
+TestHeaders = Mapping[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]]
+
+
+def _as_consumed(headers: TestHeaders | None) -> list[tuple[str, str | bytes | None]] | None:
+    """Headers as a consumer reads them: pairs with bytes values. A dict iterated as
+    pairs gave its keys alone, and a text value is never what Kafka delivers: both
+    broke the record in ways no service sees."""
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+
+
 def record(
     value: bytes | None,
     *,
     key: bytes | str | None = None,
-    headers: Headers | None = None,
+    headers: TestHeaders | None = None,
     topic: str = "test-topic",
     partition: int = 0,
     offset: int = 0,
@@ -88,7 +103,7 @@ def record(
         offset=offset,
         key=encoded_key,
         value=value,
-        headers=list(headers) if headers is not None else None,
+        headers=_as_consumed(headers),
         **kwargs,
     )
 
@@ -97,7 +112,7 @@ def message_context(
     value: bytes | None = b"",
     *,
     key: bytes | str | None = None,
-    headers: Headers | None = None,
+    headers: TestHeaders | None = None,
     topic: str = "test-topic",
     partition: int = 0,
     offset: int = 0,
@@ -358,7 +373,7 @@ class ServiceHarness(Generic[S]):
         value: bytes | None,
         *,
         key: bytes | str | None = None,
-        headers: Headers | None = None,
+        headers: TestHeaders | None = None,
         timestamp_ms: int | None = None,
     ) -> Outcome:
         """Process the bytes as they would arrive (poison input included).

@@ -884,3 +884,18 @@ def test_on_dead_letter_never_runs_on_the_event_loop(ordering: str) -> None:
         assert kit.service.dead == []
     else:
         assert kit.service.dead == [(0, "noted on the loop")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"trace": b"t1", "n": None}, {"trace": "t1", "n": None}, [("trace", "t1"), ("n", None)]],
+)
+def test_raw_records_and_contexts_take_headers_as_send_does(headers: Any) -> None:
+    """send_raw and message_context take a mapping or pairs with text or bytes values, as
+    send does, and hand the handler bytes, as Kafka does: a dict crashed the lane (its
+    keys iterated as pairs) and a text value reached ctx.headers as text."""
+    with ServiceHarness(Billing) as kit:
+        assert kit.send_raw(order(1).model_dump_json().encode(), headers=headers).handled
+    ctx = message_context(b"{}", headers=headers)
+    assert ctx.headers == [("trace", b"t1"), ("n", None)]
+    assert ctx.header("trace") == "t1"
