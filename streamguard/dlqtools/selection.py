@@ -86,6 +86,10 @@ def dead_lettered_ms(record: DlqRecord) -> int:
     return moment if 0 <= moment <= MAX_SHOWN_MS else record.timestamp_ms
 
 
+# The most digits a --where integer may have: int() converts this many under any limit
+# Python may be set to (sys.int_info.str_digits_check_threshold), and no partition or
+# version comes near it.
+_MAX_DIGITS = 640
 # Keys whose headers streamguard writes as decimal integers, and the least value each takes.
 _INTEGER_KEYS: dict[str, tuple[int, str]] = {
     h.DLQ_ORIGINAL_PARTITION: (0, "a partition number, 0 or more"),
@@ -106,8 +110,10 @@ def _where_value(item: str, header: str, value: str) -> str:
         )
     if header in _INTEGER_KEYS:
         least, form = _INTEGER_KEYS[header]
-        # Decimal digits only: int() also reads "1_0" as 10 and "\u0663" as 3.
-        number = int(text) if text.isascii() and text.isdigit() else least - 1
+        # Decimal digits only: int() also reads "1_0" as 10 and "\u0663" as 3; and no
+        # more than int() converts (4,300 by default): past that it raised a traceback.
+        digits = text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS
+        number = int(text) if digits else least - 1
         if number < least:
             raise ConfigurationError(f"--where {item!r}: expected {form}")
         return str(number)  # as written ("%d"): 07 selects partition 7

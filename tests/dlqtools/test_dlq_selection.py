@@ -86,10 +86,11 @@ def test_an_unknown_reason_is_refused_with_the_known_ones() -> None:
     assert Selection.parse(["reason=retries_exhausted"]).filters()
 
 
-@pytest.mark.parametrize("value", ["1_0", "\u0663", "+3", "-0", "3.0"])
+@pytest.mark.parametrize("value", ["1_0", "\u0663", "+3", "-0", "3.0", "9" * 5000])
 def test_a_number_in_a_form_no_header_holds_is_refused(value: str) -> None:
     """Integer headers are written as decimal digits: "1_0", which int() reads as 10, or
-    an Arabic-Indic digit selected a version the operator did not type; refused."""
+    an Arabic-Indic digit selected a version the operator did not type; refused. So is
+    one of more digits than int() converts, which raised a ValueError (a traceback)."""
     with pytest.raises(ConfigurationError, match="expected a contract version"):
         Selection.parse([f"expected-version={value}"])
     assert Selection.parse(["expected-version=03"]).where == {
