@@ -39,7 +39,11 @@ SHOWN_REFUSED = 20
 # A refusal's detail quotes header text anyone can write (an illegal original topic of
 # megabytes) or a still-invalid value's field names: cut, as inspect cuts table cells.
 MAX_SHOWN_DETAIL = 500
-MAX_WAIT = threading.TIMEOUT_MAX  # seconds: the longest wait time.sleep() takes
+# Seconds: the longest wait --rate may ask for. time.sleep() waits until monotonic()
+# plus the wait, in nanoseconds that must fit 64 bits (TIMEOUT_MAX): a wait near
+# TIMEOUT_MAX itself raised OSError (EINVAL) on a machine up for hours. Half of it
+# leaves the clock some 146 years.
+MAX_WAIT = threading.TIMEOUT_MAX / 2
 
 
 def _positive_int(text: str) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import streamguard as sg
 from streamguard.cli import main
 from streamguard.codecs import JsonCodec
 from streamguard.deadletter import Failure, dead_letter_headers
-from streamguard.dlqtools.commands import INSPECT_GROUP
+from streamguard.dlqtools.commands import INSPECT_GROUP, _rate
 from streamguard.dlqtools.reader import DlqReader
 from tests.conftest import port_of, refusing_port
 from tests.dlqtools.dlqcases import (
@@ -379,7 +381,15 @@ def test_a_rate_too_low_to_wait_for_is_refused(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exited:
         main(["dlq", "replay", "orders.dlq", "--rate", "1e-300"])
     assert exited.value.code == 2
-    assert "argument --rate: expected at least 1.1e-10 messages a second" in capsys.readouterr().err
+    assert "argument --rate: expected at least 2.2e-10 messages a second" in capsys.readouterr().err
+
+
+def test_a_rate_whose_wait_overflows_the_clock_is_refused() -> None:
+    """An interval just under threading.TIMEOUT_MAX was accepted, but time.sleep()
+    waits until monotonic() plus it, which then no longer fits: OSError (EINVAL) at
+    the second record, a traceback after the first was sent."""
+    with pytest.raises(argparse.ArgumentTypeError, match="expected at least"):
+        _rate(repr(1.0 / (threading.TIMEOUT_MAX - 1.0)))
 
 
 @pytest.mark.parametrize(
