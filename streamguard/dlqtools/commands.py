@@ -30,7 +30,7 @@ from streamguard.errors import ConfigurationError
 from streamguard.interrupts import ignore_sigterm_until_exit, sigterm_as_ctrl_c
 from streamguard.observe.librdkafka_logs import LOGGER, RepeatsCollapsed
 from streamguard.observe.logs import configure_logging
-from streamguard.observe.untrusted import printable
+from streamguard.observe.untrusted import cut, printable
 from streamguard.settings import add_kafka_arguments, kafka_config_from_args
 
 # The reader of `inspect` never commits; librdkafka still wants a group id to exist.
@@ -316,9 +316,7 @@ def render_report(report: ReplayReport) -> str:
     ]
     for item in report.refused[:SHOWN_REFUSED]:
         # A still-invalid record's locations may name its undeclared fields: printable.
-        detail = str(item["detail"])
-        if len(detail) > MAX_SHOWN_DETAIL:
-            detail = detail[:MAX_SHOWN_DETAIL] + "..."
+        detail = cut(str(item["detail"]), MAX_SHOWN_DETAIL)
         lines.append(printable(f"  refused dlq {item['dlq']}: {item['reason']}: {detail}"))
     skipped = sum(report.skipped.values())  # report.refused lists at most MAX_REPORTED
     if skipped > SHOWN_REFUSED:

@@ -24,7 +24,7 @@ from streamguard.dlqtools.reader import DlqRecord
 from streamguard.dlqtools.replay import replay_count
 from streamguard.dlqtools.selection import Selection, dead_lettered_ms, format_ms
 from streamguard.errors import DecodeError
-from streamguard.observe.untrusted import escaped, printable, quoted
+from streamguard.observe.untrusted import cut, escaped, printable, quoted
 from streamguard.topics import dead_letter_topic_for, is_dead_letter_topic
 
 MAX_SHOWN_VALUE = 200
@@ -213,12 +213,7 @@ def to_json(summary: Summary) -> str:
 
 def _cell(text: str) -> str:
     """A table cell of record text: printable, and cut to ``MAX_SHOWN_CELL``."""
-    return printable(_cut(text, MAX_SHOWN_CELL))
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and ``...``."""
-    return text if len(text) <= limit else text[:limit] + "..."
+    return printable(cut(text, MAX_SHOWN_CELL))
 
 
 def _short_class(name: str) -> str:

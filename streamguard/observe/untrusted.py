@@ -19,12 +19,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 MAX_SHOWN = 64
 
 
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and ``...``."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def shown(value: str | None, limit: int = MAX_SHOWN) -> str | None:
     """``value`` with every unsafe character replaced by ``?``, cut to ``limit``."""
     if value is None:
         return None
-    safe = _UNSAFE.sub("?", value[: limit + 1])
-    return safe if len(safe) <= limit else safe[:limit] + "..."
+    return cut(_UNSAFE.sub("?", value[: limit + 1]), limit)
 
 
 def printable(text: str) -> str:
@@ -49,9 +53,9 @@ def escaped(data: bytes, limit: int | None = None) -> str:
     value would read the same as the byte 0xff.
     """
     text = data.decode("utf-8", "surrogateescape")
-    cut = limit is not None and len(text) > limit
+    longer = limit is not None and len(text) > limit
     # Cut before escaping, so the cut never splits an escape.
-    return "".join(_escape(c) for c in text[:limit]) + ("..." if cut else "")
+    return "".join(_escape(c) for c in text[:limit]) + ("..." if longer else "")
 
 
 def quoted(text: str | None) -> str:
