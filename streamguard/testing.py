@@ -305,12 +305,11 @@ class ServiceHarness(Generic[S]):
         try:
             if self._started:
                 self._started = False
-                if not failing:
-                    self.service.on_stop()
-                    return
                 try:
                     self.service.on_stop()
                 except BaseException as error:
+                    if not failing:
+                        raise
                     # As run() does: the error that ended the block (a failed assertion,
                     # a handler's KeyboardInterrupt) is the one the test must see.
                     log.error(
