@@ -155,13 +155,6 @@ def _covers(wide: frozenset[str] | None, narrow: frozenset[str] | None) -> bool:
     return all(t in wide or (t == "integer" and "number" in wide) for t in narrow)
 
 
-def _enum(node: Node) -> list[Any] | None:
-    if "const" in (node.schema if isinstance(node.schema, dict) else {}):
-        return [node.get("const")]
-    value = node.get("enum")
-    return list(value) if isinstance(value, list) else None
-
-
 def _number(value: Any) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -469,7 +462,7 @@ class Comparer:
         return out
 
     def _enum(self, o: Node, n: Node, path: Path) -> list[Finding]:
-        old, new = _enum(o), _enum(n)
+        old, new = o.values(), n.values()
         where = (*path, "const" if "const" in n.schema or "const" in o.schema else "enum")
         if old is None and new is None:
             return []

@@ -114,6 +114,13 @@ class Node:
         """A keyword of a plain schema (``default`` for booleans and absent keys)."""
         return self.schema.get(key, default) if isinstance(self.schema, dict) else default
 
+    def values(self) -> list[Any] | None:
+        """The values a ``const`` or an ``enum`` allows; None when it has neither."""
+        if isinstance(self.schema, dict) and "const" in self.schema:
+            return [self.schema["const"]]
+        value = self.get("enum")
+        return list(value) if isinstance(value, list) else None
+
 
 class Document:
     """A whole schema document, so that local ``$ref`` pointers can be followed."""

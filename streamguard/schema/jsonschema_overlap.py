@@ -39,20 +39,13 @@ def _value_key(value: Any) -> str:
     return canonical(value)
 
 
-def _values(node: Node) -> list[Any] | None:
-    if isinstance(node.schema, dict) and "const" in node.schema:
-        return [node.schema["const"]]
-    value = node.get("enum")
-    return list(value) if isinstance(value, list) else None
-
-
 def _kinds(node: Node) -> set[str]:
     """The JSON types a plain schema's values can have (``integer`` within ``number``)."""
     declared = node.get("type")
     kinds = {declared} & _TYPES if isinstance(declared, str) else set(_TYPES)
     if "number" in kinds:
         kinds.add("integer")
-    values = _values(node)
+    values = node.values()
     if values is not None:
         kinds &= {_json_type(v) for v in values} | (
             {"number"} if any(_json_type(v) == "integer" for v in values) else set()
@@ -116,7 +109,7 @@ def _objects_apart(a: Node, da: Document, b: Node, db: Document, depth: int) -> 
 
 
 def _plain_apart(a: Node, da: Document, b: Node, db: Document, depth: int) -> bool:
-    values_a, values_b = _values(a), _values(b)
+    values_a, values_b = a.values(), b.values()
     if values_a is not None and values_b is not None:
         return not {_value_key(v) for v in values_a} & {_value_key(v) for v in values_b}
     common = _kinds(a) & _kinds(b)
