@@ -110,6 +110,17 @@ def _run_checks(
     return checker, checks
 
 
+def _not_in_registry(c: RegistryCheck) -> str:
+    """Why an empty subject may be the wrong one: producers register under
+    ``<topic>-value`` by default, and an unmapped contract is checked under its
+    ``__subject__``, which the registry may never hold."""
+    return (
+        f"the registry holds no version of {c.result.subject}; if producers register under "
+        "another subject (<topic>-value by default), set registry_subject under "
+        f'[tool.streamguard.subjects."{c.contract.__subject__}"]'
+    )
+
+
 def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
     groups = result_groups(c.result for c in checks)
     if args.format == "json":
@@ -124,10 +135,8 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
         if args.format == "github":
             if c.latest is None and c.registered_as is None:
                 lines.append(
-                    f"::warning title={subject} not in the registry::nothing compared: the "
-                    f"registry holds no version of {subject}; if producers register under "
-                    "another subject (<topic>-value by default), set registry_subject under "
-                    f'[tool.streamguard.subjects."{c.contract.__subject__}"]'
+                    f"::warning title={subject} not in the registry::nothing compared: "
+                    + _not_in_registry(c)
                 )
             if c.disagreement:
                 ours = "compatible" if c.compatible else "incompatible"
@@ -142,15 +151,10 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
                 f"{subject}: v{c.contract.__version__} is registered as version "
                 f"{c.registered_as}{older} [{c.result.mode}]"
             )
-        elif c.latest is None:
-            # Passing, but maybe against the wrong subject: producers look their schema up
-            # under <topic>-value by default, and an unmapped contract is checked under
-            # its __subject__, which the registry may never hold.
+        elif c.latest is None:  # passing, but maybe against the wrong subject
             lines.append(
                 f"{subject}: v{c.contract.__version__} has nothing to compare with "
-                f"[{c.result.mode}]: the registry holds no version of {subject}; if "
-                "producers register under another subject (<topic>-value by default), set "
-                f'registry_subject under [tool.streamguard.subjects."{c.contract.__subject__}"]'
+                f"[{c.result.mode}]: {_not_in_registry(c)}"
             )
         elif not c.result.comparisons:
             lines.append(
