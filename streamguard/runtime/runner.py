@@ -101,6 +101,14 @@ def _marking_exit(hook: Callable[[list[int]], None], name: str) -> Callable[[lis
     return call
 
 
+def _close_consumer(consumer: Consumer) -> None:
+    """Close ``consumer``; a failure (the cluster gone, say) is logged: the run is over."""
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.warning("consumer close failed", extra={"error": str(exc)})
+
+
 def _close_when_free(poller: Poller, publisher: DeadLetterPublisher | None) -> None:
     """Close the consumer once the poll a worker is still inside ends, then release the
     DLQ producer, on a daemon thread. Nobody else would: the consumer's heartbeats go on
@@ -110,10 +118,7 @@ def _close_when_free(poller: Poller, publisher: DeadLetterPublisher | None) -> N
     def close() -> None:
         poller.lock.acquire()  # held for good: that worker polls no more
         poller.owned = True
-        try:
-            poller.consumer.close()
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("consumer close failed", extra={"error": str(exc)})
+        _close_consumer(poller.consumer)
         if publisher is not None:
             publisher.release()
 
@@ -302,10 +307,7 @@ class ServiceRuntime:
                 if self._poller is not None:
                     _close_when_free(self._poller, self._publisher)
             elif consumer is not None:
-                try:
-                    consumer.close()
-                except (KafkaException, RuntimeError) as exc:
-                    log.warning("consumer close failed", extra={"error": str(exc)})
+                _close_consumer(consumer)
             librdkafka_lines.flush()  # a start-up's counts, before the error run() raises
             if health is not None:
                 health.stop()
