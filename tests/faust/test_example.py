@@ -28,7 +28,8 @@ def test_example_bills_forwards_and_dead_letters(
     poison input end in orders.dlq with the reasons the README lists."""
     send_orders(bootstrap)  # what the README runs: producing only
     port = free_port()
-    settings = {**FAST_FAUST, "web_enabled": True, "web_port": port, "web_host": "127.0.0.1"}
+    web = {"web_enabled": True, "web_port": port, "web_host": "127.0.0.1", "web_bind": "127.0.0.1"}
+    settings = {**FAST_FAUST, **web}  # web_bind, not web_host, keeps it off 0.0.0.0
     app, bill = create_app(f"kafka://{bootstrap}", datadir=str(tmp_path), **settings)
     scraped: list[str] = []
 

@@ -58,12 +58,17 @@ def test_a_handlers_system_exit_stops_the_worker_and_loses_nothing(
         argv = [sys.executable, "-m", "tests.faust.exit_worker"]
     else:  # as examples/faust_billing is run
         faust_cli = str(Path(sys.executable).with_name("faust"))
-        argv = [faust_cli, "-A", "tests.faust.exit_worker", "worker", "-l", "warn"]
+        # without its web server, which would bind 0.0.0.0:6066: off loopback, and taken
+        # by any other 'faust worker' on the machine (the worker then crashes at start)
+        argv = [faust_cli, "-A", "tests.faust.exit_worker", "worker", "--without-web"]
+        argv += ["-l", "warn"]
+    log = tmp_path / "worker.log"
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+            )
 
     first = start()
     try:
@@ -71,8 +76,8 @@ def test_a_handlers_system_exit_stops_the_worker_and_loses_nothing(
     except subprocess.TimeoutExpired:
         first.kill()
         first.wait(10)
-        pytest.fail("the worker did not exit after its handler's SystemExit")
-    assert marker.exists()
+        pytest.fail(f"the worker did not exit after its handler's SystemExit:\n{tail(log)}")
+    assert marker.exists(), tail(log)
     if command == "faust-worker":
         assert first.returncode == 3  # the handler's own code (the module's is its own choice)
     assert committed(bootstrap, group, src).get(0, 0) <= EXIT_AT
@@ -80,9 +85,8 @@ def test_a_handlers_system_exit_stops_the_worker_and_loses_nothing(
 
     second = start()
     try:
-        assert wait_for(lambda: committed(bootstrap, group, src).get(0) == TOTAL, 60), committed(
-            bootstrap, group, src
-        )
+        done = wait_for(lambda: committed(bootstrap, group, src).get(0) == TOTAL, 60)
+        assert done, f"{committed(bootstrap, group, src)}\n{tail(log)}"
     finally:
         second.terminate()
         try:
@@ -91,3 +95,9 @@ def test_a_handlers_system_exit_stops_the_worker_and_loses_nothing(
             second.kill()
             second.wait(10)
     assert {o for _, o in handled_lines(out)} == set(range(TOTAL))
+
+
+def tail(log: Path) -> str:
+    """The worker's last log lines, librdkafka's connection noise left out."""
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join([line for line in lines if not line.startswith("%")][-40:])
