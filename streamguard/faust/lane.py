@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from faust.streams import _current_event
 from faust.types import TP
+from mode import Service
 
 from streamguard.deadletter import Failure
 from streamguard.errors import ContractViolation, DecodeError
@@ -161,6 +162,25 @@ class FaustRecord:
         return kind, round(seconds * 1000)
 
 
+def crash_worker(app: Any, exc: BaseException) -> None:
+    """Crash the app and the worker that runs it, as ``app.crash`` would, but leave the
+    app's services to the stop that follows.
+
+    ``app.crash`` marks every service crashed at once, the consumer's thread too: that
+    thread then shuts its own loop down while the stop still commits through it, and a
+    commit that lands after the thread stopped serving calls never returns (the process
+    hung, about one crash in thirty under load). Marked crashed, the app and its worker
+    stop (``app.should_stop``) and the worker exits with ``exc``; the services stop in
+    order.
+    """
+    app.log.error("Crashed reason=%r", exc)
+    for node in app.beacon.walk():  # the app, then up to the root (`faust worker`'s)
+        service = node.data
+        if isinstance(service, Service) and not service.crashed:
+            service.crash_reason = exc
+            service._crashed.set()  # as Service._crash does, without the children
+
+
 class Lane:
     """The events of one partition, processed in offset order by one task."""
 
@@ -240,18 +260,18 @@ class Lane:
             except asyncio.CancelledError as exc:
                 if self.task.cancelling():
                     raise  # the lane is stopped: the event stays unacked, for redelivery
-                await self._crash(event, exc)  # a handler's own CancelledError
+                self._crash(event, exc)  # a handler's own CancelledError
                 return
             except BaseException as exc:  # a bug, or a handler's BaseException: never ack
                 # SystemExit and KeyboardInterrupt (a handler's sys.exit()) too: raised
                 # out of the lane's task, they stopped the loop, and the app's stop then
                 # waited forever for the events queued behind this one, never acked.
-                await self._crash(event, exc)
+                self._crash(event, exc)
                 return
             finally:
                 self.busy = False
 
-    async def _crash(self, event: Any, exc: BaseException) -> None:
+    def _crash(self, event: Any, exc: BaseException) -> None:
         """Stop the worker without acking ``event``; Faust restarts from the commit.
 
         A lane that just ended instead would leave its event unacked while the next
@@ -267,7 +287,10 @@ class Lane:
             },
         )
         self._drop(event)
-        await self.agent.app.crash(exc)
+        queue = self.queue
+        while queue:  # never to run: were they left unacked, the app's stop would wait
+            self._drop(queue.popleft())
+        crash_worker(self.agent.app, exc)
 
     def offer(self, event: Any) -> None:
         """Queue an event (the actor calls this); stop fetching its partition at the mark."""

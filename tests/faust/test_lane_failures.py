@@ -724,3 +724,39 @@ def test_a_registry_outage_after_a_failure_is_not_charged_to_the_budget_as_in_a_
         assert script.attempts[0] == 1
         assert set(script.attempts[1:-2]) == {2}  # the waits gave their attempt back
         assert script.attempts[-2:] == [2, 3]
+
+
+def test_a_crash_leaves_the_consumer_to_the_stop_which_commits_what_was_handled(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """A handler's crash at offset 3 stops the app, and the stop commits 0-2 through a
+    consumer still serving: nothing past 3 runs. Before, ``app.crash`` crashed the
+    consumer and its thread too, and the run ended cancelled; the thread shut down
+    under the stop's commit, which under load now and then never returned (a
+    ``faust worker`` process that hung instead of exiting)."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 8)
+    group = unique("billing")
+    app = make_app(group, broker_commit_interval=60)  # only the stop commits
+    seen: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def crashing(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        seen.append(ctx.offset)
+        if ctx.offset == 3:
+            raise Abort("a bug")
+
+    async def until_crashed() -> None:
+        assert await until(lambda: app.should_stop, 30)
+        assert not app.consumer.crashed  # left to the stop, thread and all
+
+    started = time.monotonic()
+    run_app(app, until_crashed)  # ends as a stop does, not cancelled with the consumer
+    assert time.monotonic() - started < 30
+    assert isinstance(app.crash_reason, Abort)
+    assert seen == [0, 1, 2, 3]
+    assert committed(bootstrap, group, src) == {0: 3}
