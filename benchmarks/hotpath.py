@@ -169,7 +169,7 @@ def measure(
 
     def metrics_run() -> None:
         for batch in batches:
-            pipe.record_batch(len(batch), durations[: len(batch)], 0)
+            pipe.record_batch(len(batch), durations[: len(batch)])
 
     ctx = MessageContext(records[0], 1)
     parts: dict[str, Callable[[], None]] = {

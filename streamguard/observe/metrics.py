@@ -212,7 +212,8 @@ class ServiceMetrics:
             "streamguard_retries",
             "Tries scheduled again after a transient failure, also one that makes the "
             "message wait for a dependency (a failed breaker probe, a suspected outage, a "
-            "registry down); not the waits of messages an open breaker holds uncalled.",
+            "registry down); not the waits of messages an open breaker holds uncalled, nor "
+            "a retry dropped as its partition closes (a revoke, a stop).",
             "topic",
         )
         self.handler_seconds = BoundHistogram(

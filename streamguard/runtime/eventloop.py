@@ -377,7 +377,6 @@ class LoopRunner:
             self._caller(spec.handle_tombstone) if spec.handle_tombstone is not None else None
         )
         self._handled = 0
-        self._retries = 0
         self._durations: list[float] = []
         self._flush_due = False
         self._seen = 0
@@ -831,8 +830,6 @@ class LoopRunner:
                 if isinstance(verdict, Failure):
                     lane.finished(msg, verdict)
                     continue
-                self._retries += 1
-                self._schedule_flush()  # see _process: no success may come to write it
                 await self._aside(run, msg, verdict)
         finally:
             self.in_handlers -= 1
@@ -1029,11 +1026,6 @@ class LoopRunner:
                 self.slots.give()
             if isinstance(verdict, RetryState):
                 retry = verdict
-                self._retries += 1
-                # Written by the flush a success schedules, too; but while a dependency
-                # is down no call succeeds, and the retries of an outage, the ones the
-                # counter is for, would never reach the metrics.
-                self._schedule_flush()
                 if not await self._wait_to_retry(lane, retry):
                     return False
                 continue
@@ -1158,8 +1150,8 @@ class LoopRunner:
 
     def _report_metrics(self) -> None:
         self._fold_successes()
-        self.pipeline.record_batch(self._handled, self._durations, self._retries)
-        self._handled = self._retries = 0
+        self.pipeline.record_batch(self._handled, self._durations)
+        self._handled = 0
         # The same list, emptied: a partition's run binds its append once, and a flush
         # can run while one of its handlers is suspended, or from within the run.
         self._durations.clear()

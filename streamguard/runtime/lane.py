@@ -82,7 +82,7 @@ class Pipeline(Protocol):
     def resend_dead_letter(
         self, msg: Record, failure: Failure, done: DeliveryReport, write: int
     ) -> None: ...
-    def record_batch(self, handled: int, durations: list[float], retries: int) -> None: ...
+    def record_batch(self, handled: int, durations: list[float]) -> None: ...
     def dead_lettered(self, msg: Record, failure: Failure) -> None: ...
     def dead_letter_failed(self, error: KafkaError) -> None: ...
     def can_process(self) -> bool: ...
@@ -312,7 +312,7 @@ class PartitionLane:
         clock = time.perf_counter
         durations: list[float] = []
         timed = durations.append
-        handled = retries = done = seen = 0  # seen: records decoded, for the drift sample
+        handled = done = seen = 0  # seen: records decoded, for the drift sample
         retry = self.retry
         breaker = pipe.breaker
         # A batch is up to batch_size records: with slow handlers, folding only at its
@@ -370,7 +370,7 @@ class PartitionLane:
                         # The verdict weighs every success before it: folded after it,
                         # they told the breaker something succeeded since this record
                         # first failed, and an outage's first failure was dead-lettered.
-                        self._fold(batch, done, handled, 0, durations)
+                        self._fold(batch, done, handled, durations)
                         handled = 0
                     verdict = pipe.judge(
                         exc,
@@ -383,7 +383,6 @@ class PartitionLane:
                     )
                     if isinstance(verdict, RetryState):
                         retry = after_try(verdict, retry, called)
-                        retries += 1
                         break  # the head waits; the rest of the batch waits behind it
                     self._dead_letter(msg, verdict)
                     del verdict  # or this frame and the error it keeps would hold each other
@@ -398,24 +397,22 @@ class PartitionLane:
                 done += 1
                 if end >= fold_at:
                     fold_at = end + FOLD_EVERY
-                    self._fold(batch, done, handled, 0, durations)
+                    self._fold(batch, done, handled, durations)
                     handled = 0
         finally:
             self.retry = retry
             self.done_in_batch = done
-            self._fold(batch, done, handled, retries, durations)
+            self._fold(batch, done, handled, durations)
         return done
 
-    def _fold(
-        self, batch: list[Record], done: int, handled: int, retries: int, durations: list[float]
-    ) -> None:
+    def _fold(self, batch: list[Record], done: int, handled: int, durations: list[float]) -> None:
         """Count what the first ``done`` records of ``batch`` came to (each final, or
         held until its dead letter is acknowledged): the offsets they pass, the metrics
         and the breaker's successes. Mid-batch, and at its end (a retry ends the batch)."""
         if done:
             with self.lock:
                 self.offsets.advance(batch[done - 1].offset() + 1)
-        self.pipeline.record_batch(handled, durations, retries)
+        self.pipeline.record_batch(handled, durations)
         # Named by the last success: a half-open breaker closes only on the probe's. A
         # call that started before it opened and answered late closed it unnamed, and
         # every parked record then called a dependency the probe had not found back.

@@ -325,8 +325,8 @@ class RetryLog(LineBudget):
     every ``PARK_WAIT``, which read as a retry loop past the policy. At most
     ``per_second`` lines a second, all kinds together (an outage fails every record in
     flight); a line written after skipped ones says how many
-    (``not_logged``), and ``streamguard_retries_total`` counts them all. No value, no
-    key, no error text."""
+    (``not_logged``), and ``streamguard_retries_total`` counts them all, but for the
+    dropped retries (``Pipeline.judge`` counts). No value, no key, no error text."""
 
     def __call__(
         self,

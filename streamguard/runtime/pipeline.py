@@ -137,6 +137,8 @@ class Pipeline:
             self._retry_log(
                 self.topic, message, attempt, exc, verdict, now, self.retry.attempts, dropped
             )
+            if not dropped:  # counted here, with the line: a dropped retry never runs
+                self._retries.inc()
         return verdict
 
     def can_process(self) -> bool:
@@ -146,13 +148,11 @@ class Pipeline:
     def dead_letter_failed(self, error: KafkaError) -> None:
         self.publisher.failed(error)
 
-    def record_batch(self, handled: int, durations: list[float], retries: int) -> None:
+    def record_batch(self, handled: int, durations: list[float]) -> None:
         if handled:
             self._handled.inc(handled)
         if durations:
             self.metrics.handler_seconds.observe_many(self.topic, durations)
-        if retries:
-            self._retries.inc(retries)
 
     def dead_lettered(self, msg: Record, failure: Failure) -> None:
         """The broker acknowledged a dead letter: count it, then run the user's hook.
