@@ -556,6 +556,23 @@ class LoopRunner:
             if due > until:
                 task.cancel()
 
+    def _runs_until(self, lane: LoopLane) -> float | None:
+        """For ``judge``: the latest due of a retry of ``lane`` that still runs (see
+        ``_wait_to_retry``). None runs once it closed, nor, under partition order, once
+        the stop was asked for (no finish waits for it); under key or no ordering, those
+        due by a clean stop's finish do (``shutdown_timeout`` away when it begins)."""
+        if self._dropping(lane):
+            return -math.inf
+        if self._finish_by is None and self.pipeline.stopping.is_set():
+            return self._clock() + self.pipeline.spec.options.shutdown_timeout
+        return self._finish_by
+
+    def _dropping(self, lane: LoopLane) -> bool:
+        """A retry of ``lane`` is given up: it closed, or under partition order the
+        service stops. Until the lane closed, a retry due soon enough ran, after a line
+        that said it was dropped, or the line said it ran and it did not."""
+        return lane.closed or (not self.keyed and self.pipeline.stopping.is_set())
+
     def _arrived(self, lane: LoopLane) -> None:
         """A lane handed over by another thread reached the loop."""
         try:
@@ -800,7 +817,7 @@ class LoopRunner:
                         self._clock(),
                         (lane.partition, msg.offset()),
                         called,
-                        -math.inf if lane.closed else self._finish_by,  # see _wait_to_retry
+                        self._runs_until(lane),
                     )
                     if isinstance(verdict, RetryState):
                         after_try(verdict, None, called)
@@ -994,7 +1011,7 @@ class LoopRunner:
                         self._clock(),
                         (lane.partition, msg.offset()),
                         called,
-                        -math.inf if lane.closed else self._finish_by,  # see _wait_to_retry
+                        self._runs_until(lane),
                     )
                     if isinstance(verdict, RetryState):
                         verdict = after_try(verdict, retry, called)
@@ -1074,7 +1091,7 @@ class LoopRunner:
         partition order its run still counts in ``running``, so a revoke or stop slept
         through the whole backoff (up to its timeout, then warned of a handler).
         """
-        if lane.closed:
+        if self._dropping(lane):
             return False
         task = None
         if not self.keyed:

@@ -61,6 +61,7 @@ class Pipeline(Protocol):
     transient: tuple[type[BaseException], ...]
     breaker: Breaker
     handles_tombstones: bool
+    stopping: threading.Event
 
     def judge(
         self,
@@ -379,7 +380,9 @@ class PartitionLane:
                         self.clock(),
                         (self.partition, msg.offset()),
                         called,
-                        -math.inf if self.closed else None,  # a closed lane retries nothing
+                        # A closed lane retries nothing; nor does one whose service
+                        # stops, which no poll claims again before it closes.
+                        -math.inf if self.closed or pipe.stopping.is_set() else None,
                     )
                     if isinstance(verdict, RetryState):
                         retry = after_try(verdict, retry, called)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -82,6 +83,9 @@ class Pipeline:
         # Stops the service with an error run() raises (the runner sets it to the
         # scheduler's ``fail``); by default the error is raised where it happened.
         self.fail: Callable[[BaseException], None] = _reraise
+        # The run's stop request (the runner sets it to the scheduler's): once set, a
+        # lane's retry runs only within a clean stop's finish (see the lanes' judge).
+        self.stopping = threading.Event()
         self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
         self._retry_log = RetryLog(log)
 

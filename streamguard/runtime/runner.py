@@ -482,6 +482,7 @@ class ServiceRuntime:
             )
             loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
         pipeline.fail = scheduler.fail
+        pipeline.stopping = scheduler.stopping
         metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
         self._publisher, self._committer = publisher, committer
         self._poller, self._scheduler = poller, scheduler

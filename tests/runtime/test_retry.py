@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -196,6 +197,64 @@ def test_a_transient_failure_after_the_stop_is_logged_as_dropped_not_retried(
     [dropped] = [r for r in caplog.records if r.getMessage().startswith("retry dropped")]
     assert (dropped.partition, dropped.offset, dropped.attempt) == (0, 0, 1)  # type: ignore[attr-defined]
     # No retry ran, so none is counted: the counter had counted this one.
+    assert running.metric("streamguard_retries_total", topic=src) == 0
+    assert committed(bootstrap, group, src) == {}  # delivered again after a restart
+
+
+class _Longest(random.Random):
+    """Full jitter drawn at its cap: every backoff is ``max_delay``."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_transient_failure_just_after_the_stop_request_is_logged_as_dropped(
+    asynchronous: bool,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that fails transiently right after ``stop()``, before the stop has
+    closed its lane: no retry comes (nothing claims the lane again), so the line says
+    it is dropped. Its lane was still open and the line said ``retrying message``."""
+    src, group = topic_factory("orders"), unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(src, order(1))
+    producer.flush()
+    started, release = threading.Event(), threading.Event()
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=5, base_delay=1.0, max_delay=1.0, rng=_Longest())
+        options = sg.ServiceOptions(shutdown_timeout=10.0)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            started.set()
+            release.wait(10)
+            raise TimeoutError("no answer")
+
+    class AsyncBilling(Billing):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            started.set()
+            await asyncio.to_thread(release.wait, 10)
+            raise TimeoutError("no answer")
+
+    with caplog.at_level("INFO", logger="streamguard.runtime"):
+        running = start_service(AsyncBilling if asynchronous else Billing)
+        assert started.wait(20)
+        running.service.stop()
+        release.set()  # at once: the stop has not closed the lane yet
+        running.thread.join(15)
+        assert not running.thread.is_alive()
+    events = [r.getMessage() for r in caplog.records]
+    assert "retrying message" not in events
+    [dropped] = [r for r in caplog.records if r.getMessage().startswith("retry dropped")]
+    assert (dropped.partition, dropped.offset, dropped.attempt) == (0, 0, 1)  # type: ignore[attr-defined]
     assert running.metric("streamguard_retries_total", topic=src) == 0
     assert committed(bootstrap, group, src) == {}  # delivered again after a restart
 
