@@ -164,7 +164,10 @@ def add_dlq_parser(subparsers: Any) -> None:
         help="replay only values that pass their subject's current contract",
     )
     replay.add_argument(
-        "--config", default=None, metavar="PATH", help="pyproject.toml with [tool.streamguard]"
+        "--config",
+        default=None,
+        metavar="PATH",
+        help="with --revalidate, the pyproject.toml with [tool.streamguard]",
     )
     replay.add_argument(
         "--schema-registry",
@@ -212,6 +215,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    # Only --revalidate reads them: without it they were ignored, and a user who gave
+    # them took the replay for checked against those contracts or that registry.
+    unused = [
+        flag
+        for flag, value in (("--config", args.config), ("--schema-registry", args.schema_registry))
+        if value is not None
+    ]
+    if unused and not args.revalidate:
+        raise ConfigurationError(
+            f"{' and '.join(unused)} only apply with --revalidate: add it, or leave them out"
+        )
     selection = Selection.parse(args.where, args.since, args.until)
     revalidator = None
     if args.revalidate:

@@ -1057,3 +1057,27 @@ def test_a_signal_a_callers_handler_lets_pass_leaves_the_next_one_held() -> None
                 assert len(calls) == expected  # passed on at the end of the stretch
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--config", "pyproject.toml"], "--config"),
+        (["--schema-registry", "http://127.0.0.1:9"], "--schema-registry"),
+        (
+            ["--config", "pyproject.toml", "--schema-registry", "http://127.0.0.1:9"],
+            "--config and --schema-registry",
+        ),
+    ],
+)
+def test_cli_refuses_revalidate_options_without_revalidate(
+    capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    """--config and --schema-registry are read only by --revalidate: without it they
+    were ignored, and the replay sent records unchecked. A usage error, before any
+    client is made (no broker listens on the bootstrap address)."""
+    args = ["dlq", "replay", "orders.dlq", "--bootstrap-servers", "127.0.0.1:9", *flags]
+    assert main(args) == exitcodes.USAGE
+    out, err = capsys.readouterr()
+    assert f"{named} only apply with --revalidate" in err
+    assert "replaying" not in out
