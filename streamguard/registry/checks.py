@@ -54,6 +54,11 @@ class RegistryCheck:
         return not any(c.breaking(self.result.mode) for c in self.result.comparisons)
 
     @property
+    def in_registry(self) -> bool:
+        """The registry holds a version of the subject."""
+        return self.latest is not None or self.registered_as is not None
+
+    @property
     def disagreement(self) -> bool:
         """The registry and streamguard reach different verdicts."""
         return self.registry_compatible is not None and self.registry_compatible != self.compatible
@@ -66,6 +71,9 @@ class RegistryCheck:
             "version": self.contract.__version__,
             "compatibility": self.result.mode,
             "registered_as": self.registered_as,
+            # False: nothing was compared, maybe against the wrong subject (the text
+            # and github formats say so; a script reading json could not tell).
+            "in_registry": self.in_registry,
             "compatible": self.result.ok,
             "registry_compatible": self.registry_compatible,
             "disagreement": self.disagreement,

@@ -133,7 +133,7 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
     for c in checks:
         subject, verdict = c.result.subject, c.registry_compatible
         if args.format == "github":
-            if c.latest is None and c.registered_as is None:
+            if not c.in_registry:
                 lines.append(
                     f"::warning title={subject} not in the registry::nothing compared: "
                     + _not_in_registry(c)

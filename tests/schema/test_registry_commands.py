@@ -69,6 +69,11 @@ def test_a_subject_the_registry_lacks_is_named_with_the_mapping_to_set(
     code, out, _ = cli("schema", "check", "--registry", registry.url, "--format", "github")
     assert code == 0
     assert out.startswith("::warning title=orders.OrderPlaced not in the registry::")
+    # The json format says it too (it said nothing: a script could not tell).
+    code, out, _ = cli("schema", "check", "--registry", registry.url, "--format", "json")
+    assert code == 0
+    (subject,) = json.loads(out)["subjects"]
+    assert (subject["registry_subject"], subject["in_registry"]) == ("orders.OrderPlaced", False)
 
 
 def test_register_then_unchanged(
@@ -104,6 +109,7 @@ def test_breaking_change_fails_naming_the_field(
     assert subject["registry_subject"] == "orders.OrderPlaced"
     assert (subject["compatible"], subject["registry_compatible"]) == (False, False)
     assert subject["disagreement"] is False
+    assert subject["in_registry"] is True
     code, _, err = cli("schema", "register", "--registry", registry.url)
     assert code == 1
     assert "refused" in err
