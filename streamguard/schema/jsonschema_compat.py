@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from streamguard.schema.jsonschema_doc import Document, Node, canonical
+from streamguard.schema.jsonschema_doc import Document, Node, canonical, value_key
 from streamguard.schema.jsonschema_objects import compare_arrays, compare_objects
 from streamguard.schema.jsonschema_overlap import disjoint, tagged_apart
 from streamguard.schema.recursion import RecursionGuard
@@ -470,7 +470,7 @@ class Comparer:
             return [self.finding(where, "ENUM_ARRAY_ADDED")]
         if new is None:
             return [self.finding(where, "ENUM_ARRAY_REMOVED")]
-        olds, news = {canonical(v) for v in old}, {canonical(v) for v in new}
+        olds, news = {value_key(v) for v in old}, {value_key(v) for v in new}
         if olds == news:
             return []
         if olds <= news:

@@ -12,7 +12,9 @@ however it is spelled.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -197,6 +199,20 @@ class Document:
 def canonical(schema: Any) -> str:
     """Canonical JSON text of a schema, used to collapse duplicate subschemas."""
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def value_key(value: Any) -> Hashable:
+    """A key under which two JSON values are equal as JSON Schema compares them (``const``,
+    ``enum``): 1 and 1.0 are one value, at any depth; true and 1 are not."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, int | float):
+        return ("number", str(Decimal(str(value)).normalize()))
+    if isinstance(value, list):
+        return ("array", tuple(value_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((k, value_key(v)) for k, v in value.items()))
+    return ("other", canonical(value))
 
 
 def has_default(schema: Any, doc: Document) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from streamguard.schema.jsonschema_doc import Document, Node, canonical
+from streamguard.schema.jsonschema_doc import Document, Node, value_key
 
 _TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
 # Recursive models are cut off here: past it, nothing is shown disjoint.
@@ -30,13 +30,6 @@ def _json_type(value: Any) -> str:
         return "integer"
     kinds = {float: "number", str: "string", list: "array", dict: "object"}
     return next((k for t, k in kinds.items() if isinstance(value, t)), "object")
-
-
-def _value_key(value: Any) -> str:
-    # JSON Schema equality: 1 and 1.0 are one value, true and 1 are not.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"n:{Decimal(str(value)).normalize()}"
-    return canonical(value)
 
 
 def _kinds(node: Node) -> set[str]:
@@ -111,7 +104,7 @@ def _objects_apart(a: Node, da: Document, b: Node, db: Document, depth: int) -> 
 def _plain_apart(a: Node, da: Document, b: Node, db: Document, depth: int) -> bool:
     values_a, values_b = a.values(), b.values()
     if values_a is not None and values_b is not None:
-        return not {_value_key(v) for v in values_a} & {_value_key(v) for v in values_b}
+        return not {value_key(v) for v in values_a} & {value_key(v) for v in values_b}
     common = _kinds(a) & _kinds(b)
     checks = {
         "integer": lambda: _numbers_apart(a, b),

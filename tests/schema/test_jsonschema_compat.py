@@ -1159,3 +1159,22 @@ def test_field_path_keeps_fields_named_like_keywords() -> None:
     assert Change(("properties", "code", "maxLength"), "MAX_LENGTH_DECREASED").field_path == (
         "code"
     )
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"const": 1}, {"const": 1.0}),
+        ({"enum": [1, 2]}, {"enum": [2.0, 1.0]}),
+        ({"enum": [[1], {"a": 2}]}, {"enum": [[1.0], {"a": 2.0}]}),
+    ],
+)
+def test_const_and_enum_values_compare_as_json(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """JSON Schema equality makes 1 and 1.0 one value: `const: 1` -> `const: 1.0` was
+    ENUM_ARRAY_CHANGED, breaking both ways, though both accept the same values."""
+    assert diff_json_schemas(old, new) == []
+    narrowed = diff_json_schemas({"enum": [1, 2]}, {"enum": [1.0]})
+    assert [(c.rule, c.breaking_in) for c in narrowed] == [("ENUM_ARRAY_NARROWED", {"BACKWARD"})]
+    assert [c.rule for c in diff_json_schemas({"const": 1}, {"const": True})] == [
+        "ENUM_ARRAY_CHANGED"
+    ]
