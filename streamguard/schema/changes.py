@@ -101,7 +101,7 @@ _HINTS: tuple[tuple[str, str], ...] = (
         "only add values; to drop one, keep accepting it (map it on read) or bump to a new subject",
     ),
     (
-        r"_(ADDED|INCREASED|DECREASED|CHANGED|EXPANDED)$",
+        r"_(ADDED|INCREASED|DECREASED|CHANGED|EXPANDED)$|^FORMAT_NARROWED$",
         "loosen constraints, never tighten them, in a compatible change; tighten in a new subject "
         "or after every old message has expired",
     ),

@@ -81,6 +81,8 @@ _UNCOMPARED = (
     "$dynamicRef",
     "$recursiveRef",
 )
+# The formats pydantic writes for UUID1..UUID8; a plain UUID is "uuid".
+_UUID_VERSIONS = frozenset(f"uuid{v}" for v in range(1, 9))
 _ARRAY_KEYS = frozenset(
     {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains"}
 )
@@ -450,8 +452,8 @@ class Comparer:
             out += self.limit(path, key, o.get(key), n.get(key))
         out += self._bounds(o, n, path)
         out += self._multiple_of(path, o.get("multipleOf"), n.get("multipleOf"))
-        for key in ("pattern", "format"):
-            out += self._exact(path, key, o.get(key), n.get(key))
+        out += self._exact(path, "pattern", o.get("pattern"), n.get("pattern"))
+        out += self._format(path, o.get("format"), n.get("format"))
         out += self._not(o, n, path)
         out += self._uncompared(o, n, path)
         keys = set(o.schema) | set(n.schema)
@@ -527,6 +529,14 @@ class Comparer:
         name = key.upper()
         change = "ADDED" if old is None else "REMOVED" if new is None else "CHANGED"
         return [self.finding((*path, key), f"{name}_{change}")]
+
+    def _format(self, path: Path, old: Any, new: Any) -> list[Finding]:
+        # pydantic's UUID1..UUID8 accept one version each, a plain UUID any of them.
+        if old in _UUID_VERSIONS and new == "uuid":
+            return [self.finding((*path, "format"), "FORMAT_EXTENDED")]
+        if old == "uuid" and new in _UUID_VERSIONS:
+            return [self.finding((*path, "format"), "FORMAT_NARROWED")]
+        return self._exact(path, "format", old, new)
 
     def _uncompared(self, o: Node, n: Node, path: Path) -> list[Finding]:
         """Assertions the rules do not read: any difference the reader gains may reject

@@ -28,6 +28,7 @@ SAFE_RULES: frozenset[str] = frozenset(
         "MIN_LENGTH_REMOVED",
         "PATTERN_REMOVED",
         "FORMAT_REMOVED",
+        "FORMAT_EXTENDED",
         "MAXIMUM_INCREASED",
         "MAXIMUM_REMOVED",
         "MINIMUM_DECREASED",

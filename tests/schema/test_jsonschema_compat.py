@@ -1178,3 +1178,30 @@ def test_const_and_enum_values_compare_as_json(old: dict[str, Any], new: dict[st
     assert [c.rule for c in diff_json_schemas({"const": 1}, {"const": True})] == [
         "ENUM_ARRAY_CHANGED"
     ]
+
+
+def test_a_uuid_version_widened_to_any_uuid() -> None:
+    """pydantic writes `format: uuid4` for UUID4 and `uuid` for UUID, which takes every
+    version: UUID4 -> UUID was FORMAT_CHANGED, refused in BACKWARD too."""
+    from pydantic import UUID1, UUID4
+
+    class V4(BaseModel):
+        id: UUID4
+
+    class Any_(BaseModel):
+        id: UUID
+
+    class V1(BaseModel):
+        id: UUID1
+
+    old = V4(id=UUID("6f1c3c1e-8c2a-4f3b-9d6e-2f0a8b7c5d4e")).model_dump_json()
+    assert Any_.model_validate_json(old).id.version == 4  # the widening is real
+    widened = diff_json_schemas(schema_of(V4), schema_of(Any_))
+    assert [(c.field_path, c.rule, c.breaking_in) for c in widened] == [
+        ("id", "FORMAT_EXTENDED", {"FORWARD"})
+    ]
+    assert not breaking(widened, "BACKWARD")
+    narrowed = diff_json_schemas(schema_of(Any_), schema_of(V4))
+    assert [(c.rule, c.breaking_in) for c in narrowed] == [("FORMAT_NARROWED", {"BACKWARD"})]
+    other = diff_json_schemas(schema_of(V1), schema_of(V4))
+    assert [(c.rule, c.breaking_in) for c in other] == [("FORMAT_CHANGED", {"BACKWARD", "FORWARD"})]
