@@ -362,6 +362,8 @@ class Comparer:
                 nc == "anyOf"
                 or (nc == "oneOf" and (single_o or oc == "allOf"))
                 or (nc == "allOf" and single_o and single_n)
+                # A oneOf whose branches no old value can match two of reads as an anyOf.
+                or (nc == "oneOf" and oc == "anyOf" and not self._one_of(o, n, path))
             )
             rule = "COMBINED_TYPE_EXTENDED" if widened else "COMBINED_TYPE_CHANGED"
             out.append(self.finding(path, rule, types=(oc, nc)))

@@ -959,7 +959,8 @@ def test_a_one_of_whose_branches_stay_apart_passes(old: Any, new: Any) -> None:
         ),
         (
             {"anyOf": [{"type": "integer"}, {"type": "string"}]},
-            {"oneOf": [{"type": "integer"}, {"type": "boolean"}]},
+            # Branches that overlap (1 is both): disjoint ones make it an extension.
+            {"oneOf": [{"type": "integer"}, {"type": "number"}]},
             "COMBINED_TYPE_CHANGED",
             ("anyOf", "oneOf"),
         ),
@@ -1205,3 +1206,39 @@ def test_a_uuid_version_widened_to_any_uuid() -> None:
     assert [(c.rule, c.breaking_in) for c in narrowed] == [("FORMAT_NARROWED", {"BACKWARD"})]
     other = diff_json_schemas(schema_of(V1), schema_of(V4))
     assert [(c.rule, c.breaking_in) for c in other] == [("FORMAT_CHANGED", {"BACKWARD", "FORWARD"})]
+
+
+class _Plain(BaseModel):
+    v: _TagB | _TagC
+
+
+class _Discriminated(BaseModel):
+    v: Annotated[_TagB | _TagC, Field(discriminator="kind")]
+
+
+_STR_INT = [{"type": "string"}, {"type": "integer"}]
+_NUM_INT = [{"type": "number"}, {"type": "integer"}]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rules"),
+    [
+        # A plain union made discriminated: anyOf -> oneOf, branches told apart by tag.
+        (schema_of(_Plain), schema_of(_Discriminated), set()),
+        (schema_of(_Discriminated), schema_of(_Plain), set()),
+        ({"anyOf": _STR_INT}, {"oneOf": _STR_INT}, set()),
+        # 1 matches both branches: a oneOf reader refuses it.
+        (
+            {"anyOf": _NUM_INT},
+            {"oneOf": _NUM_INT},
+            {"COMBINED_TYPE_CHANGED", "ONE_OF_BRANCHES_OVERLAP"},
+        ),
+    ],
+)
+def test_any_of_to_one_of_with_disjoint_branches(
+    old: dict[str, Any], new: dict[str, Any], rules: set[str]
+) -> None:
+    """anyOf -> oneOf was COMBINED_TYPE_CHANGED, refused in BACKWARD, even when no value
+    can match two branches, so that the oneOf takes every value the anyOf did."""
+    assert {c.rule for c in breaking(diff_json_schemas(old, new), "BACKWARD")} == rules
+    assert not breaking(diff_json_schemas(old, new), "FORWARD")
