@@ -253,7 +253,18 @@ class Comparer:
             return [self.finding(path, "SCHEMA_ADDED")]
         if new is None:
             return [self.finding(path, "SCHEMA_REMOVED")]
-        key = (id(self.writer), id(self.reader), self.policy == "strict", id(old), id(new))
+        # Keyed by what a ref stands for, and an inline union by its text: a recursive
+        # model met again through another ref to it (`children[]`), or a recursive union
+        # written out again in each field that holds it (`left`, `right`), is the same
+        # pair, judged where it was met first, not reported again at each deeper path.
+        old, new = self.writer.target(old), self.reader.target(new)
+        key = (
+            id(self.writer),
+            id(self.reader),
+            self.policy == "strict",
+            _identity(old),
+            _identity(new),
+        )
         known = self._guard.enter(key, path)
         if known is not None:  # met before, or a recursive model meeting itself
             return known
@@ -566,6 +577,15 @@ class Comparer:
             return []
         rule = "NOT_TYPE_NARROWED" if self.ok(inner) else "NOT_TYPE_EXTENDED"
         return [self.finding((*path, "not"), rule)]
+
+
+def _identity(schema: Any) -> Any:
+    """What a compared schema is keyed by: an inline union by its text without the
+    field's own title and description (pydantic repeats a recursive union in each field),
+    anything else by its object."""
+    if isinstance(schema, dict) and any(c in schema for c in ("anyOf", "oneOf", "allOf")):
+        return canonical({k: v for k, v in schema.items() if k not in ("title", "description")})
+    return id(schema)
 
 
 # What pydantic writes for a Decimal: ``anyOf: [{"type": "number"}, {"type": "string"}]``.

@@ -147,6 +147,24 @@ class Document:
             schema = target
         return schema
 
+    def target(self, schema: Any) -> Any:
+        """The schema a ``$ref`` without siblings that matter stands for (``schema``
+        itself otherwise, or when the ref cannot be followed: :meth:`resolve` says why).
+        One object per definition, wherever it is referred to from."""
+        seen: set[str] = set()
+        while isinstance(schema, dict) and "$ref" in schema:
+            ref = schema["$ref"]
+            if not isinstance(ref, str) or ref in seen:
+                return schema
+            if any(k != "$ref" and k not in IGNORED_KEYWORDS for k in schema):
+                return schema
+            seen.add(ref)
+            try:
+                schema = self._lookup(ref)
+            except SchemaError:
+                return schema
+        return schema
+
     def _lookup(self, ref: str) -> Any:
         if not ref.startswith("#"):
             raise SchemaError(

@@ -879,7 +879,7 @@ def test_a_recursive_union_of_several_models_is_judged_in_time(
     assert {c.rule for c in changes} == rules
     assert {d for c in changes for d in c.breaking_in} == directions
     if change:
-        # Found where the union is first met, and again where the recursion leads.
+        # Found where the union is first met (and not again where the recursion leads).
         where = at.format(u="oneOf" if tagged else "anyOf")
         assert where in [c.field_path for c in changes]
         leaf = where.split(">", 1)[1]
@@ -1242,3 +1242,42 @@ def test_any_of_to_one_of_with_disjoint_branches(
     can match two branches, so that the oneOf takes every value the anyOf did."""
     assert {c.rule for c in breaking(diff_json_schemas(old, new), "BACKWARD")} == rules
     assert not breaking(diff_json_schemas(old, new), "FORWARD")
+
+
+class _Tree1(BaseModel):
+    v: int
+    children: list[_Tree1] = []
+    left: _Tree1 | None = None
+
+
+class _Tree2(BaseModel):
+    v: str
+    z: int
+    children: list[_Tree2] = []
+    left: _Tree2 | None = None
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["anyOf", "discriminated"])
+def test_a_change_in_a_recursive_schema_is_reported_once(tagged: bool) -> None:
+    """Each change of a recursive model was listed again at every ref to it and every
+    copy of its union (`children[].v`, `left<anyOf[0]>.v`, `children[].left<anyOf[0]>.v`;
+    32 lines for two changes in an expression tree): now once, where it is met first."""
+    changes = diff_json_schemas(schema_of(_Tree1), schema_of(_Tree2))
+    assert sorted((c.field_path, c.rule, c.breaking_in) for c in changes) == [
+        ("v", "TYPE_CHANGED", {"BACKWARD", "FORWARD"}),
+        ("z", "REQUIRED_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL", {"BACKWARD"}),
+    ]
+    u = "oneOf" if tagged else "anyOf"
+    old, new = _expressions("", tagged=tagged), _expressions("v: str", tagged=tagged)
+    assert sorted((c.field_path, c.rule) for c in diff_json_schemas(old, new)) == [
+        ("e", "COMBINED_TYPE_SUBSCHEMAS_CHANGED"),
+        (f"e<{u}[0]>.v", "TYPE_CHANGED"),
+    ]
+    # Two fields holding one model still name both: each is a place in the data.
+    twice = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/T"}, "b": {"$ref": "#/$defs/T"}},
+    }
+    old_t = {**twice, "$defs": {"T": {"type": "object", "properties": {"x": _INT}}}}
+    new_t = {**twice, "$defs": {"T": {"type": "object", "properties": {"x": _STR}}}}
+    assert sorted(c.field_path for c in diff_json_schemas(old_t, new_t)) == ["a.x", "b.x"]
