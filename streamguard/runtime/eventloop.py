@@ -651,13 +651,16 @@ class LoopRunner:
         lane = run.lane
         queue = run.queue
         try:
-            if not self.keyed:
-                await self._run_in_order(run)
+            if not self.keyed and not await self._run_in_order(run):
+                return
             while queue and not lane.closed:
-                if await self._process(run, queue[0]):
-                    queue.popleft()
-                    if queue and self.keyed:
-                        self.waiting -= 1
+                if not await self._process(run, queue[0]):
+                    # Its lane closed, or under partition order the stop gave its retry
+                    # up: nothing after it may run, or the commit would pass it.
+                    break
+                queue.popleft()
+                if queue and self.keyed:
+                    self.waiting -= 1
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is None or not task.cancelling():
@@ -703,7 +706,7 @@ class LoopRunner:
             self.failure = exc
         self._on_failure(exc)
 
-    async def _run_in_order(self, run: _KeyRun) -> None:
+    async def _run_in_order(self, run: _KeyRun) -> bool:
         """Partition order, the fast path: first attempts inline, a batch's bookkeeping
         folded into one update per ``_FOLD`` records.
 
@@ -714,7 +717,7 @@ class LoopRunner:
         (``_next_turn``), as workers serve lanes round-robin. The run counts once in
         ``in_handlers`` for as long as it runs, not once per handler call: when it is
         suspended, it is in a handler, except where it takes itself out (waiting for a
-        slot, aside, between turns).
+        slot, aside, between turns). True if the run goes on through ``_process``.
         """
         lane, queue, pipe = run.lane, run.queue, self.pipeline
         next_record = queue.popleft
@@ -746,19 +749,20 @@ class LoopRunner:
                         held = False
                     if await self._next_turn(run):
                         continue
-                    return
+                    return False
                 # can_process() per record cost more than the handler call; while the
                 # breaker is closed it is exactly the DLQ's writability.
                 if not (breaker.closed and publisher.writable):
                     if not pipe.can_process():
-                        return  # _run goes on through _process, which waits
+                        return True  # _run goes on through _process, which waits
                     if not breaker.closed:  # the breaker decides call by call: slow path
                         self._fold(lane, done, last)
                         done = 0
                         if held:
                             slots.give()
                             held = False
-                        await self._aside(run, next_record())
+                        if not await self._aside(run, next_record()):
+                            return False  # see _aside
                         continue
                 if not held and not slots.try_take():  # max_in_flight holds partition order
                     self._fold(lane, done, last)
@@ -770,7 +774,7 @@ class LoopRunner:
                         await slots.take()
                     if lane.closed:
                         slots.give()
-                        return
+                        return False
                     if not (breaker.closed and publisher.writable):
                         # The breaker opened (or the DLQ failed) while it waited: looked
                         # at again above. Else each partition queued for a slot called
@@ -847,7 +851,9 @@ class LoopRunner:
                 if isinstance(verdict, Failure):
                     lane.finished(msg, verdict)
                     continue
-                await self._aside(run, msg, verdict)
+                if not await self._aside(run, msg, verdict):
+                    return False  # see _aside
+            return False
         finally:
             self.in_handlers -= 1
             if held:
@@ -874,11 +880,13 @@ class LoopRunner:
                 self._poll_here()
         return bool(run.queue)
 
-    async def _aside(self, run: _KeyRun, msg: Record, retry: RetryState | None = None) -> None:
+    async def _aside(self, run: _KeyRun, msg: Record, retry: RetryState | None = None) -> bool:
         """Take a record of an in-order run to its outcome through ``_process`` (which
-        counts its own handler calls), the run meanwhile counted as not in a handler."""
+        counts its own handler calls), the run meanwhile counted as not in a handler.
+        False as ``_process``: the record has no outcome (its lane closed, or the stop
+        gave its retry up), so the run ends, or the next record's commit passed it."""
         with self._outside_handlers(run):
-            await self._process(run, msg, retry)
+            return await self._process(run, msg, retry)
 
     @contextlib.contextmanager
     def _outside_handlers(self, run: _KeyRun | None = None) -> Iterator[None]:

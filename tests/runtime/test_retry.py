@@ -472,3 +472,45 @@ def test_a_retry_waiting_for_a_handler_slot_keeps_its_budget(
     assert dead == []
     assert [attempt for attempt, _ in calls] == [1, 2, 3]
     assert calls[-1][1] - calls[0][1] < 1.0  # within the budget, slot waits and all
+
+
+def test_a_transient_failure_just_after_the_stop_request_commits_nothing_past_it(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """Partition order, async: offset 0 fails transiently right after ``stop()``, its
+    lane still open with offsets 1-4 queued behind it. Its retry is dropped, so nothing
+    after it may run: the run went on with 1-4 and the stop committed 5, past a record
+    that never reached an outcome (lost)."""
+    src, group = topic_factory("orders"), unique("g")
+    producer = sg.GuardedProducer(bootstrap)
+    for i in range(5):
+        producer.send(src, order(i))
+    producer.flush()
+    started, release = threading.Event(), threading.Event()
+    handled: list[int] = []
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+        retry = sg.RetryPolicy(attempts=5, base_delay=1.0, max_delay=1.0, rng=_Longest())
+        options = sg.ServiceOptions(shutdown_timeout=10.0)
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if ctx.offset == 0:
+                started.set()
+                await asyncio.to_thread(release.wait, 10)
+                raise TimeoutError("no answer")
+            handled.append(ctx.offset)
+
+    running = start_service(Billing)
+    assert started.wait(20)
+    running.service.stop()
+    release.set()  # at once: the stop has not closed the lane yet
+    running.thread.join(15)
+    assert not running.thread.is_alive()
+    assert committed(bootstrap, group, src) == {}  # all five delivered again
+    assert handled == []  # nothing after the dropped retry ran
