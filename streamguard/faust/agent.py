@@ -514,10 +514,14 @@ class GuardedAgent:
         self, msg: Any, attempt: int, error: BaseException, verdict: RetryState, now: float
     ) -> None:
         """Count a retry of ``msg``'s event and log it (rate-limited, as a service does):
-        a wait with the attempt given back (the registry is down) is logged as a wait."""
-        self._retries.inc()
+        a wait with the attempt given back (the registry is down) is logged as a wait.
+        Once a rebalance or stop began the lane gives the event up before any retry:
+        logged as dropped and not counted, as a ``ConsumerService``'s closed lane."""
+        dropped = self.interrupted(msg)
+        if not dropped:
+            self._retries.inc()
         where = (msg.partition, msg.offset)
-        self.log_retry(msg.topic, where, attempt, error, verdict, now, self.retry.attempts)
+        self.log_retry(msg.topic, where, attempt, error, verdict, now, self.retry.attempts, dropped)
 
     def dead_lettered(self, reason: Reason) -> None:
         if self._dead_letters_down and self.dead_letter_writable:

@@ -760,3 +760,40 @@ def test_a_crash_leaves_the_consumer_to_the_stop_which_commits_what_was_handled(
     assert isinstance(app.crash_reason, Abort)
     assert seen == [0, 1, 2, 3]
     assert committed(bootstrap, group, src) == {0: 3}
+
+
+def test_a_transient_failure_after_the_stop_began_is_a_dropped_retry_not_counted(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that fails transiently once the app's stop has begun gets no retry
+    (the lane gives the event up, unacked): the line says it is dropped and
+    ``streamguard_retries_total`` does not count it, as in a ``ConsumerService``. It
+    logged ``retrying message`` and counted a retry that never ran."""
+    src = topic_factory("orders", partitions=1)
+    send_orders(src, 1)
+    app = make_app(unique("billing"))
+    started = asyncio.Event()
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        started.set()
+        for _ in range(400):  # until the stop begins, 20 s at most
+            if app.should_stop:
+                break
+            await asyncio.sleep(0.05)
+        raise TimeoutError("no answer")
+
+    async def until_called() -> None:
+        await asyncio.wait_for(started.wait(), 30)
+
+    with caplog.at_level("INFO", logger="streamguard"):
+        run_app(app, until_called)
+    events = [r.getMessage() for r in caplog.records]
+    assert "retrying message" not in events
+    assert any(e.startswith("retry dropped") for e in events)
+    labels = {"runtime": "faust", "topic": src}
+    assert (bill.registry.get_sample_value("streamguard_retries_total", labels) or 0.0) == 0
