@@ -279,10 +279,12 @@ class Comparer:
         self._guard.leave(key, path, found, keep=(old, new))
         return found
 
-    def _one_of(self, o: Node, n: Node, path: Path) -> list[Finding]:
+    def _one_of(self, o: Node, n: Node, path: Path, required_tags: bool = False) -> list[Finding]:
         """A reader's ``oneOf`` refuses a value two of its branches take: each pair must
         be shown apart for the writer's values. Two branches within two different
-        branches of a writer's ``oneOf`` are: a writer's value matched only one of those."""
+        branches of a writer's ``oneOf`` are: a writer's value matched only one of those.
+        ``required_tags``: a discriminator tells two branches apart only if one of them
+        requires its property (see ``tagged_apart``)."""
         within: dict[int, set[int]] = {}  # reader branch -> writer branches holding it
         if o.kind == "combined" and o.criterion == "oneOf":
             back = self.derived(self.reader, self.writer, "strict")
@@ -298,7 +300,7 @@ class Comparer:
                     continue
                 if (
                     disjoint(a, self.reader, b, self.reader)
-                    or tagged_apart(n, a, b, self.reader)
+                    or tagged_apart(n, a, b, self.reader, required_tags)
                     or disjoint(o.schema, self.writer, a, self.reader)
                     or disjoint(o.schema, self.writer, b, self.reader)
                 ):
@@ -374,7 +376,8 @@ class Comparer:
                 or (nc == "oneOf" and (single_o or oc == "allOf"))
                 or (nc == "allOf" and single_o and single_n)
                 # A oneOf whose branches no old value can match two of reads as an anyOf.
-                or (nc == "oneOf" and oc == "anyOf" and not self._one_of(o, n, path))
+                # An anyOf's values may lack a discriminator's tag that no branch requires.
+                or (nc == "oneOf" and oc == "anyOf" and not self._one_of(o, n, path, True))
             )
             rule = "COMBINED_TYPE_EXTENDED" if widened else "COMBINED_TYPE_CHANGED"
             out.append(self.finding(path, rule, types=(oc, nc)))

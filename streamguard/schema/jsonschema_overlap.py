@@ -136,9 +136,11 @@ def disjoint(a: Any, da: Document, b: Any, db: Document, depth: int = 0) -> bool
     return _plain_apart(na, da, nb, db, depth)
 
 
-def tagged_apart(union: Node, a: Any, b: Any, doc: Document) -> bool:
+def tagged_apart(union: Node, a: Any, b: Any, doc: Document, required: bool = False) -> bool:
     """Whether a ``oneOf``'s ``discriminator`` tells branches ``a`` and ``b`` apart: a
-    reader that declares one (pydantic, OpenAPI) picks the branch by that property."""
+    reader that declares one (pydantic, OpenAPI) picks the branch by that property.
+    ``required``: for a writer whose values may lack the tag (an ``anyOf``'s), only
+    if a branch requires it; a value without it matches both branches otherwise."""
     tag = union.get("discriminator")
     name = tag.get("propertyName") if isinstance(tag, dict) else None
     if not isinstance(name, str):
@@ -151,4 +153,6 @@ def tagged_apart(union: Node, a: Any, b: Any, doc: Document) -> bool:
         return False
     if name not in props_a or name not in props_b:
         return False
+    if required and not any(name in (x.get("required") or ()) for x in (na, nb)):
+        return False  # a pydantic tag with a default is not required
     return disjoint(props_a[name], doc, props_b[name], doc)

@@ -1216,6 +1216,24 @@ class _Discriminated(BaseModel):
     v: Annotated[_TagB | _TagC, Field(discriminator="kind")]
 
 
+class _DefaultA(BaseModel):
+    kind: Literal["a"] = "a"  # not required: {} is valid for both branches
+    x: int = 0
+
+
+class _DefaultB(BaseModel):
+    kind: Literal["b"] = "b"
+    y: int = 0
+
+
+class _PlainDefaults(BaseModel):
+    v: _DefaultA | _DefaultB
+
+
+class _DiscriminatedDefaults(BaseModel):
+    v: Annotated[_DefaultA | _DefaultB, Field(discriminator="kind")]
+
+
 _STR_INT = [{"type": "string"}, {"type": "integer"}]
 _NUM_INT = [{"type": "number"}, {"type": "integer"}]
 
@@ -1227,6 +1245,9 @@ _NUM_INT = [{"type": "number"}, {"type": "integer"}]
         (schema_of(_Plain), schema_of(_Discriminated), set()),
         (schema_of(_Discriminated), schema_of(_Plain), set()),
         ({"anyOf": _STR_INT}, {"oneOf": _STR_INT}, set()),
+        # Tags with defaults: {"v": {}} was valid and matches both branches (pydantic's
+        # discriminated union refuses it for want of its tag).
+        (schema_of(_PlainDefaults), schema_of(_DiscriminatedDefaults), {"COMBINED_TYPE_CHANGED"}),
         # 1 matches both branches: a oneOf reader refuses it.
         (
             {"anyOf": _NUM_INT},
