@@ -164,18 +164,19 @@ class FaustRecord:
 
 def crash_worker(app: Any, exc: BaseException) -> None:
     """Crash the app and the worker that runs it, as ``app.crash`` would, but leave the
-    app's services to the stop that follows.
+    consumer's thread to the stop that follows.
 
     ``app.crash`` marks every service crashed at once, the consumer's thread too: that
     thread then shuts its own loop down while the stop still commits through it, and a
     commit that lands after the thread stopped serving calls never returns (the process
     hung, about one crash in thirty under load). Marked crashed, the app and its worker
-    stop (``app.should_stop``) and the worker exits with ``exc``; the services stop in
-    order.
+    stop (``app.should_stop``) and the worker exits with ``exc``; the consumer, marked
+    too, does not wait for handlers still running in other partitions, as a stop does
+    (they are cancelled, their events unacked), and commits through its running thread.
     """
     app.log.error("Crashed reason=%r", exc)
-    for node in app.beacon.walk():  # the app, then up to the root (`faust worker`'s)
-        service = node.data
+    services = [node.data for node in app.beacon.walk()]  # the app, up to the root
+    for service in [app.consumer, *services]:
         if isinstance(service, Service) and not service.crashed:
             service.crash_reason = exc
             service._crashed.set()  # as Service._crash does, without the children

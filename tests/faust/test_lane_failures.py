@@ -752,7 +752,7 @@ def test_a_crash_leaves_the_consumer_to_the_stop_which_commits_what_was_handled(
 
     async def until_crashed() -> None:
         assert await until(lambda: app.should_stop, 30)
-        assert not app.consumer.crashed  # left to the stop, thread and all
+        assert not app.consumer._thread.crashed  # its thread is left to the stop
 
     started = time.monotonic()
     run_app(app, until_crashed)  # ends as a stop does, not cancelled with the consumer
@@ -797,3 +797,34 @@ def test_a_transient_failure_after_the_stop_began_is_a_dropped_retry_not_counted
     assert any(e.startswith("retry dropped") for e in events)
     labels = {"runtime": "faust", "topic": src}
     assert (bill.registry.get_sample_value("streamguard_retries_total", labels) or 0.0) == 0
+
+
+def test_a_crash_does_not_wait_for_a_handler_running_in_another_partition(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+) -> None:
+    """One partition's crash stops the app at once, though another partition's handler
+    runs for 30 s: a crash is not a stop that lets work finish. Before, the stop waited
+    for that handler (``faust worker`` forever, for one that never returns)."""
+    src = topic_factory("orders", partitions=2)
+    send_orders(src, 10, key=str)
+    app = make_app(unique("billing"))
+    slow: list[int] = []  # the partition whose first event is slow
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def crashing(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if not slow:
+            slow.append(ctx.partition)
+            await asyncio.sleep(30)
+        elif ctx.partition != slow[0]:
+            raise Abort("a bug")
+
+    async def until_crashed() -> None:
+        assert await until(lambda: app.should_stop, 30)
+
+    started = time.monotonic()
+    run_app(app, until_crashed)
+    assert isinstance(app.crash_reason, Abort)
+    assert time.monotonic() - started < 15
