@@ -173,8 +173,9 @@ def crash_worker(app: Any, exc: BaseException) -> None:
     stop (``app.should_stop``) and the worker exits with ``exc``; the consumer, marked
     too, does not wait for handlers still running in other partitions, as a stop does
     (they are cancelled, their events unacked), and commits through its running thread.
+    The lane has logged the crash (its error's class and frames, not its text, which
+    ``app.crash`` logged).
     """
-    app.log.error("Crashed reason=%r", exc)
     services = [node.data for node in app.beacon.walk()]  # the app, up to the root
     for service in [app.consumer, *services]:
         if isinstance(service, Service) and not service.crashed:
@@ -289,7 +290,7 @@ class Lane:
         )
         self._drop(event)
         queue = self.queue
-        while queue:  # never to run: were they left unacked, the app's stop would wait
+        while queue:  # never to run: given up unacked too, for redelivery
             self._drop(queue.popleft())
         crash_worker(self.agent.app, exc)
 

@@ -114,7 +114,7 @@ def test_a_handler_crash_is_logged_without_its_error_text(
 ) -> None:
     """The lane's crash line names the error's class and frames, never its text, which
     may quote the record (as a handler's errors are logged). Before, its ``exception``
-    field ended with the text. (Faust's own crash line is Faust's.)"""
+    field ended with the text, and ``app.crash()``'s line quoted it."""
     src = topic_factory("orders", partitions=1)
     send_orders(src, 1)
     app = make_app(unique("billing"))
@@ -127,10 +127,13 @@ def test_a_handler_crash_is_logged_without_its_error_text(
     async def until_crashed() -> None:
         assert await until(lambda: app.should_stop, 30)
 
-    caplog.set_level(logging.INFO, logger="streamguard")
+    caplog.set_level(logging.INFO)
     with contextlib.suppress(asyncio.CancelledError, RuntimeError):  # a crashed app's end
         run_app(app, until_crashed)
     assert isinstance(app.crash_reason, Abort)
+    # Faust's and mode's lines too: the crash no longer goes through app.crash(), which
+    # logged the error's repr, text and all.
+    assert canary not in caplog.text
     ours = [r for r in caplog.records if r.name.startswith("streamguard")]
     for line in ours:
         for formatter in (JsonFormatter(), TextFormatter()):
