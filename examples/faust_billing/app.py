@@ -4,14 +4,15 @@ Run a worker against the cluster in ``$STREAMGUARD_BOOTSTRAP_SERVERS``, else
 127.0.0.1:9092 (``streamguard broker`` starts a local one there), as ``send_orders``
 picks its broker::
 
-    faust -A examples.faust_billing.app worker -l info
+    faust -A examples.faust_billing.app worker -l info --web-bind 127.0.0.1
 
 Each valid order is billed and its invoice forwarded to ``invoices``; poison input and
 orders the gateway refuses go to ``orders.dlq`` with the ``sg-dlq-*`` headers a
 ``ConsumerService`` writes. Customers named ``closed-*`` are refused for good
 (dead-lettered at once), ``flaky-*`` time out twice and then succeed (retried),
 ``down-*`` always time out (retried, then dead-lettered). ``/metrics`` on the worker's
-web port serves the guard's metrics (``runtime="faust"``).
+web port (Faust binds it to 0.0.0.0 unless told ``--web-bind``) serves the guard's
+metrics (``runtime="faust"``).
 """
 
 from __future__ import annotations
