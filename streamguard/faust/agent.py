@@ -312,7 +312,9 @@ class GuardedAgent:
                 registry = _APP_REGISTRIES[app] = CollectorRegistry()
         self.registry = registry
         self.metrics = _metrics_for(registry)
-        self.drift = DriftCheck(contract, self.metrics, dead_letter=drift == "dead_letter")
+        self.drift = DriftCheck(
+            contract, self.metrics, dead_letter=drift == "dead_letter", codec=wire, topic=topic
+        )
         self.drift_sample = 1 if drift == "dead_letter" else drift_sample
         self._partition_buffer = partition_buffer
         self._lanes: dict[int, Lane] = {}

@@ -6,6 +6,7 @@ Faust agent, so both count and log drift alike.
 from __future__ import annotations
 
 import logging
+import sys
 
 from prometheus_client import Counter
 
@@ -38,6 +39,9 @@ class DriftCheck:
         dead_letter: the ``dead_letter`` drift policy: a drifted message comes back as
             the ``SchemaDrift`` to dead-letter it with.
         log_budget: the rate of ``schema drift`` lines (``LogBudget()`` by default).
+        codec, topic: the codec the consumer reads ``topic`` with; a ``RegistryCodec``
+            has Confluent-framed records without ``sg-*`` headers judged by the schema
+            id in their frame (see ``streamguard.registry.drift``).
     """
 
     def __init__(
@@ -46,8 +50,17 @@ class DriftCheck:
         metrics: ServiceMetrics,
         dead_letter: bool,
         log_budget: LogBudget | None = None,
+        codec: object = None,
+        topic: str = "",
     ):
-        self._detector = DriftDetector(contract)
+        framed = None
+        # Loaded already when the codec is a RegistryCodec: no import for other services.
+        registry = sys.modules.get("streamguard.registry.codec")
+        if registry is not None and isinstance(codec, registry.RegistryCodec):
+            from streamguard.registry.drift import FrameDrift
+
+            framed = FrameDrift(codec, contract, topic, self._late)
+        self._detector = DriftDetector(contract, framed)
         self._subject = contract.__subject__
         self._version = contract.__version__
         # labels() costs about a microsecond (a lock and a tuple key); there are six
@@ -61,15 +74,24 @@ class DriftCheck:
         self._seen = FirstSeen()
         self._budget = log_budget or LogBudget()
 
+    def _late(self, kinds: tuple[str, ...], count: int) -> None:
+        """Count ``count`` framed records whose schema id was resolved after their check
+        (called from the resolving thread; they were not dead-lettered for it)."""
+        self._count(kinds, None, count)
+
     def check(self, headers: h.Headers | None, value: bytes | None) -> SchemaDrift | None:
         kinds = self._detector.inspect(headers, value)
         if not kinds:
             return None
+        self._count(kinds, headers, 1)
+        return SchemaDrift(kinds, self._subject) if self._dead_letter else None
+
+    def _count(self, kinds: tuple[str, ...], headers: h.Headers | None, count: int) -> None:
         # Remembered and logged reduced: the header is any size a record may be, and
         # FirstSeen keeps 1,024 names (whole, a megabyte each, they held a gigabyte).
         producer = shown(producer_of(headers)) or "unknown"
         for kind in kinds:
-            self._series[kind].inc()
+            self._series[kind].inc(count)
             # Remembered only once its line is written: a pair first seen while the
             # budget was spent (by other producers' first lines) is logged later, not
             # never.
@@ -85,4 +107,3 @@ class DriftCheck:
                         "reader_version": self._version,
                     },
                 )
-        return SchemaDrift(kinds, self._subject) if self._dead_letter else None

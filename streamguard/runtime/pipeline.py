@@ -61,7 +61,13 @@ class Pipeline:
             spec.codec, "unfetched", None
         )
         self._drift_dead_letters = spec.drift == "dead_letter"
-        self._drift = DriftCheck(spec.contract, metrics, dead_letter=self._drift_dead_letters)
+        self._drift = DriftCheck(
+            spec.contract,
+            metrics,
+            dead_letter=self._drift_dead_letters,
+            codec=spec.codec,
+            topic=spec.topic,
+        )
         self._subject = spec.contract.__subject__
         # A drift check of a record without the contract's fingerprint parses its value
         # for unknown fields (a validation's cost), so "count" checks the first message

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,9 +192,17 @@ def _has_unknown(value: Any, shape: _Shape | None, depth: int = 0) -> bool:
 class DriftDetector:
     """Tells, per message, how its writer's schema differs from a contract's."""
 
-    __slots__ = ("_fingerprint", "_json", "_shape", "_subject", "_version")
+    __slots__ = ("_fingerprint", "_framed", "_json", "_shape", "_subject", "_version")
 
-    def __init__(self, contract: type[Contract]) -> None:
+    def __init__(
+        self,
+        contract: type[Contract],
+        framed: Callable[[bytes], tuple[str, ...] | None] | None = None,
+    ) -> None:
+        """``framed``: with a schema registry, the kinds of a Confluent-framed value
+        without ``sg-*`` headers, told by its schema id (None: not known yet, nothing
+        to count now); without one such a value is ``no_schema_headers``."""
+        self._framed = framed
         self._fingerprint = contract.fingerprint().encode()
         self._subject = contract.__subject__.encode()
         self._version = contract.__version__
@@ -241,7 +250,11 @@ class DriftDetector:
                 fingerprint = raw
         kinds: list[str] = []
         if subject is None and version is None and fingerprint is None:
-            kinds.append(NO_SCHEMA_HEADERS)
+            # Only records without schema headers get here, and only on a drift check.
+            if self._framed is not None and value and value[0] == 0 and len(value) >= 5:
+                kinds.extend(self._framed(value) or ())
+            else:
+                kinds.append(NO_SCHEMA_HEADERS)
         elif subject is not None and subject != self._subject:
             kinds.append(OTHER_SUBJECT)
         else:

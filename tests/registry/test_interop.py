@@ -79,6 +79,46 @@ def test_confluent_avro_serializer_to_service_v1_read_by_v2(
     ]
 
 
+def test_confluent_framed_records_count_drift_by_their_schema_id(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+) -> None:
+    """Records from Confluent's AvroSerializer carry no sg-* headers: their frame's schema
+    id tells the drift. One written with the subject's older version counts as
+    older_version, one written with the contract's own schema counts as nothing; neither
+    is no_schema_headers (which both were, whatever their writer)."""
+    src = topic_factory("payments")
+    ctx = SerializationContext(src, MessageField.VALUE)
+    for contract, fields in (
+        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
+        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
+    ):
+        serialize = AvroSerializer(client, registry_schema(contract)[0])
+        raw_producer.produce(src, serialize(fields, ctx))
+    raw_producer.flush(10)
+
+    cls, seen = collector(src, PaymentV2, unique("g"), drift="dead_letter")
+    running = start_service(cls, schema_registry={"url": registry.url})
+    assert wait_for(lambda: len(seen) == 2)
+
+    def drift(kind: str) -> float:
+        return running.metric(
+            "streamguard_schema_drift_total", subject=PaymentV2.__subject__, kind=kind
+        )
+
+    # An id is resolved in the background (the check never waits for the registry):
+    # its records are counted once it is.
+    assert wait_for(lambda: drift("older_version") == 1, timeout=10)
+    time.sleep(0.3)  # anything else would be counted by now
+    assert drift("older_version") == 1
+    for kind in ("newer_version", "no_schema_headers", "other_subject", "unknown_fingerprint"):
+        assert drift(kind) == 0, kind
+
+
 def test_a_service_with_a_registry_reads_single_object_records_of_its_writer_schemas(
     registry: RegistryServer,
     topic_factory: Callable[..., str],
