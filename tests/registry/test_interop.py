@@ -60,14 +60,7 @@ def test_confluent_avro_serializer_to_service_v1_read_by_v2(
     """Records from confluent-kafka's AvroSerializer, written with v1 and v2 schemas, are
     consumed by a v2 contract: v1 records resolve by Avro's rules (the default fills in)."""
     src = topic_factory("payments")
-    ctx = SerializationContext(src, MessageField.VALUE)
-    for contract, fields in (
-        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
-        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
-    ):
-        serialize = AvroSerializer(client, registry_schema(contract)[0])
-        raw_producer.produce(src, serialize(fields, ctx))
-    raw_producer.flush(10)
+    send_v1_and_v2(client, raw_producer, src)
     assert client.get_versions(f"{src}-value") == [1, 2]
 
     cls, seen = collector(src, PaymentV2, unique("g"))
@@ -92,14 +85,7 @@ def test_confluent_framed_records_count_drift_by_their_schema_id(
     older_version, one written with the contract's own schema counts as nothing; neither
     is no_schema_headers (which both were, whatever their writer)."""
     src = topic_factory("payments")
-    ctx = SerializationContext(src, MessageField.VALUE)
-    for contract, fields in (
-        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
-        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
-    ):
-        serialize = AvroSerializer(client, registry_schema(contract)[0])
-        raw_producer.produce(src, serialize(fields, ctx))
-    raw_producer.flush(10)
+    send_v1_and_v2(client, raw_producer, src)
 
     cls, seen = collector(src, PaymentV2, unique("g"), drift="dead_letter")
     running = start_service(cls, schema_registry={"url": registry.url})
@@ -392,3 +378,16 @@ def test_the_test_kit_sends_events_to_a_service_with_a_registry(
         outcome = kit.send(PaymentV1(payment_id="p-1", amount_cents=250))
     assert outcome.outcome == "handled", outcome
     assert handled == [PaymentV1(payment_id="p-1", amount_cents=250)]
+
+
+def send_v1_and_v2(client: SchemaRegistryClient, producer: Producer, topic: str) -> None:
+    """One payment written by Confluent's AvroSerializer with PaymentV1's schema, then
+    one with PaymentV2's: the subject's versions 1 and 2."""
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    for contract, fields in (
+        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
+        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
+    ):
+        serialize = AvroSerializer(client, registry_schema(contract)[0])
+        producer.produce(topic, serialize(fields, ctx))
+    producer.flush(10)
