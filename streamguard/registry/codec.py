@@ -205,6 +205,11 @@ class RegistryCodec:
         assert issubclass(contract, Contract)
         return self.encoder(contract, "")(event)
 
+    def subject_for(self, contract: type[Contract], topic: str) -> str:
+        """The subject ``contract``'s values on ``topic`` are registered under, by the
+        naming strategy (``<topic>-value`` with the default one)."""
+        return subject_name(self.subject_name_strategy, topic, record_name(contract))
+
     def encoder(self, contract: type[Contract], topic: str) -> Callable[[BaseModel], bytes]:
         """A function framing events of ``contract`` for ``topic`` with their schema id.
 
@@ -215,7 +220,7 @@ class RegistryCodec:
                 ``auto_register`` is off), or the registry refused to register it.
             RegistryUnavailable: the registry could not be reached.
         """
-        subject = subject_name(self.subject_name_strategy, topic, record_name(contract))
+        subject = self.subject_for(contract, topic)
         prefix = MAGIC_BYTE + self._schema_id(contract, subject).to_bytes(4, "big")
         if contract.__wire_format__ == "avro":
             avro = self._avro

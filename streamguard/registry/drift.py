@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from streamguard.contracts import Contract
-from streamguard.registry.client import call, subject_name
+from streamguard.registry.client import call
 from streamguard.schema.drift import NEWER_VERSION, OLDER_VERSION, OTHER_SUBJECT
 
 if TYPE_CHECKING:
@@ -54,11 +54,11 @@ class FrameDrift:
     def __init__(
         self, codec: RegistryCodec, contract: type[Contract], topic: str, report: Report
     ) -> None:
-        from streamguard.registry.codec import record_name, registry_schema
+        from streamguard.registry.codec import registry_schema
 
         self._client = codec.client
         self._url = codec._url
-        self._subject = subject_name(codec.subject_name_strategy, topic, record_name(contract))
+        self._subject = codec.subject_for(contract, topic)
         self._schema = registry_schema(contract)
         self._report = report
         self._kinds: dict[int, tuple[str, ...]] = {}
