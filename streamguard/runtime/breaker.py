@@ -148,14 +148,21 @@ class Breaker:
                 return self._open_total
             return self._open_total + self._clock() - self._opened_at
 
-    def succeeded(self, calls: int = 1, message: Hashable = None) -> None:
+    def succeeded(self, calls: int = 1, message: Hashable = None, ago: float = 0.0) -> None:
         """``calls`` handler calls ended without a transient failure (``message``'s, if
-        given: it closes a half-open breaker only if it is the probe)."""
+        given: it closes a half-open breaker only if it is the probe), the last of them
+        ``ago`` seconds before.
+
+        Lanes tell their successes a batch at a time. Timed by the telling, a lane's
+        successes from before an outage, told when its own first record failed, came
+        after another partition's first failure: that message then looked as if it
+        failed while others succeeded, and was dead-lettered when its retries ran out.
+        """
         if not calls or not self.config.enabled:
             return
         with self._lock:
             self._count(calls, 0)
-            self._last_success = self._clock()
+            self._last_success = max(self._last_success, self._clock() - ago)
             if self.state == HALF_OPEN and self._is_probe(message):
                 self._probing = False
                 self._failed_probe = None

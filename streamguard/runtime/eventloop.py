@@ -742,7 +742,7 @@ class LoopRunner:
         try:
             while not lane.closed:
                 if not queue:
-                    self._fold(lane, done, last)
+                    self._fold(lane, done, last, end)
                     done = 0
                     if held:  # the poll may settle revoked lanes: hold nothing
                         slots.give()
@@ -756,7 +756,7 @@ class LoopRunner:
                     if not pipe.can_process():
                         return True  # _run goes on through _process, which waits
                     if not breaker.closed:  # the breaker decides call by call: slow path
-                        self._fold(lane, done, last)
+                        self._fold(lane, done, last, end)
                         done = 0
                         if held:
                             slots.give()
@@ -765,7 +765,7 @@ class LoopRunner:
                             return False  # see _aside
                         continue
                 if not held and not slots.try_take():  # max_in_flight holds partition order
-                    self._fold(lane, done, last)
+                    self._fold(lane, done, last, end)
                     done = 0
                     # Not in a handler while it waits: a revoke cancels the run at once
                     # (``_close``) rather than wait, up to revoke_timeout, for another
@@ -812,7 +812,7 @@ class LoopRunner:
                 except Exception as exc:
                     event = None  # see lane.py: the dead letter's error links back here
                     if called and done:  # the verdict weighs every success before it
-                        self._fold(lane, done, last)
+                        self._fold(lane, done, last, end)
                         done = 0
                     verdict = pipe.judge(
                         exc,
@@ -835,7 +835,7 @@ class LoopRunner:
                     lane.last_handled = last = msg  # committable before the next fold
                     if done >= _FOLD or end >= fold_at:
                         fold_at = clock() + METRICS_EVERY
-                        self._fold(lane, done, last)
+                        self._fold(lane, done, last, end)
                         done = 0
                         if self._since_poll >= _POLL_EVERY:  # a batch's worth: a turn
                             if held:
@@ -843,7 +843,7 @@ class LoopRunner:
                                 held = False
                             await self._next_turn(run)
                     continue
-                self._fold(lane, done, last)
+                self._fold(lane, done, last, end)
                 done = 0
                 if held:
                     slots.give()
@@ -858,7 +858,7 @@ class LoopRunner:
             self.in_handlers -= 1
             if held:
                 slots.give()
-            self._fold(lane, done, last)
+            self._fold(lane, done, last, end)
             run.in_handler = False
             lane.running -= 1
 
@@ -928,13 +928,16 @@ class LoopRunner:
         for lane in claimed:
             lane.drain()  # on this thread: accepted at once
 
-    def _fold(self, lane: LoopLane, done: int, last: Record | None) -> None:
-        """Record ``done`` handled records of a lane, the last of them ``last``."""
+    def _fold(self, lane: LoopLane, done: int, last: Record | None, end: float) -> None:
+        """Record ``done`` handled records of a lane, the last of them ``last``, whose
+        call ended at ``end`` (perf_counter): the breaker times the successes by it."""
         if done and last is not None:
             self._handled += done
             self._since_poll += done
             # Named by the last one: only the probe's success closes a half-open breaker.
-            self.pipeline.breaker.succeeded(done, (lane.partition, last.offset()))
+            self.pipeline.breaker.succeeded(
+                done, (lane.partition, last.offset()), time.perf_counter() - end
+            )
             with lane.lock:
                 lane.offsets.advance(last.offset() + 1)
                 if not lane.closed:

@@ -371,7 +371,7 @@ class PartitionLane:
                         # The verdict weighs every success before it: folded after it,
                         # they told the breaker something succeeded since this record
                         # first failed, and an outage's first failure was dead-lettered.
-                        self._fold(batch, done, handled, durations)
+                        self._fold(batch, done, handled, durations, end)
                         handled = 0
                     verdict = pipe.judge(
                         exc,
@@ -400,18 +400,21 @@ class PartitionLane:
                 done += 1
                 if end >= fold_at:
                     fold_at = end + FOLD_EVERY
-                    self._fold(batch, done, handled, durations)
+                    self._fold(batch, done, handled, durations, end)
                     handled = 0
         finally:
             self.retry = retry
             self.done_in_batch = done
-            self._fold(batch, done, handled, durations)
+            self._fold(batch, done, handled, durations, end)
         return done
 
-    def _fold(self, batch: list[Record], done: int, handled: int, durations: list[float]) -> None:
+    def _fold(
+        self, batch: list[Record], done: int, handled: int, durations: list[float], end: float
+    ) -> None:
         """Count what the first ``done`` records of ``batch`` came to (each final, or
         held until its dead letter is acknowledged): the offsets they pass, the metrics
-        and the breaker's successes. Mid-batch, and at its end (a retry ends the batch)."""
+        and the breaker's successes, the last of which ended at ``end`` (perf_counter).
+        Mid-batch, and at its end (a retry ends the batch)."""
         if done:
             with self.lock:
                 self.offsets.advance(batch[done - 1].offset() + 1)
@@ -420,9 +423,12 @@ class PartitionLane:
         # call that started before it opened and answered late closed it unnamed, and
         # every parked record then called a dependency the probe had not found back.
         last = self.last_handled
-        self.pipeline.breaker.succeeded(
-            handled, None if last is None else (self.partition, last.offset())
-        )
+        if handled:
+            self.pipeline.breaker.succeeded(
+                handled,
+                None if last is None else (self.partition, last.offset()),
+                time.perf_counter() - end,
+            )
         durations.clear()  # the same list: _process appends through its bound method
 
     def _dead_letter(self, msg: Record, failure: Failure) -> None:

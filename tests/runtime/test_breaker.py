@@ -17,6 +17,32 @@ from tests.runtime.conftest import Running, committed, order, wait_for
 OUTAGE = 10.0
 
 
+class FirstCalls:
+    """Holds each partition's first handler call (up to 10 s) until every partition has
+    made one, so that an outage starting at the first call reaches several messages at
+    once. Otherwise a partition fetched a tenth of a second before the others has its
+    head fail alone, and a message that fails alone is dead-lettered when its retries
+    run out, as designed: nothing else says the dependency is down."""
+
+    def __init__(self, partitions: int = 3) -> None:
+        self.partitions = partitions
+        self.seen: set[int] = set()
+
+    def _met(self, partition: int, deadline: float) -> bool:
+        self.seen.add(partition)
+        return len(self.seen) >= self.partitions or time.monotonic() >= deadline
+
+    def wait(self, partition: int) -> None:
+        deadline = time.monotonic() + 10
+        while not self._met(partition, deadline):
+            time.sleep(0.005)
+
+    async def wait_async(self, partition: int) -> None:
+        deadline = time.monotonic() + 10
+        while not self._met(partition, deadline):
+            await asyncio.sleep(0.005)
+
+
 def test_an_outage_opens_the_breaker_and_nothing_is_dead_lettered(
     bootstrap: str,
     topic_factory: Callable[..., str],
@@ -36,6 +62,7 @@ def test_an_outage_opens_the_breaker_and_nothing_is_dead_lettered(
     started: list[float] = []
     calls_in_outage = 0
     handled: set[tuple[int, int]] = set()
+    first_calls = FirstCalls()
 
     class Billing(sg.ConsumerService):
         topic = src
@@ -46,6 +73,7 @@ def test_an_outage_opens_the_breaker_and_nothing_is_dead_lettered(
 
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             nonlocal calls_in_outage
+            first_calls.wait(ctx.partition)
             with lock:
                 if not started:
                     started.append(time.monotonic())
@@ -154,8 +182,10 @@ def test_records_in_flight_through_an_outage_recover_at_full_speed(
 def billing(
     kind: str, src: str, group: str, call: Callable[[sg.MessageContext], None]
 ) -> type[sg.ConsumerService]:
-    """A service on ``src`` whose handler, sync or async by ``kind``, makes ``call``,
-    with short retries and a half-second cool-down."""
+    """A service on ``src`` (3 partitions) whose handler, sync or async by ``kind``, makes
+    ``call`` once every partition has been called (``FirstCalls``), with short retries
+    and a half-second cool-down."""
+    first_calls = FirstCalls()
 
     class SyncBilling(sg.ConsumerService):
         topic, contract, group_id = src, OrderPlaced, group
@@ -163,10 +193,12 @@ def billing(
         breaker = sg.CircuitBreaker(cool_down=0.5)
 
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            first_calls.wait(ctx.partition)
             call(ctx)
 
     class AsyncBilling(SyncBilling):
         async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            await first_calls.wait_async(ctx.partition)
             call(ctx)
 
     return SyncBilling if kind == "sync" else AsyncBilling
@@ -252,6 +284,69 @@ def test_a_message_failing_on_its_own_does_not_keep_the_breaker_open(
         running.metric("streamguard_dead_letters_total", topic=src, reason="retries_exhausted") == 1
     )
     assert running.service.health()["checks"]["breaker_closed"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_successes_told_after_an_outage_began_do_not_dead_letter_its_first_failure(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Any,
+    kind: str,
+) -> None:
+    """Partition 1 handles a record; then partition 0's head fails, the dependency is
+    down, and partition 1's next record fails too. A lane tells the breaker its
+    successes a batch at a time: that success, told when partition 1's record failed,
+    was timed after the head's first failure, so the head looked as if it failed while
+    others succeeded and was dead-lettered when its retries ran out."""
+    src = topic_factory("orders", partitions=2)
+    for i, partition in enumerate((1, 1, 0)):
+        raw_producer.produce(src, order(i).model_dump_json().encode(), partition=partition)
+    raw_producer.flush(10)
+    group = unique("billing")
+    lock = threading.Lock()
+    handled: set[tuple[int, int]] = set()
+    down_since: list[float] = []
+    deadline = time.monotonic() + 10
+
+    def ready(ctx: sg.MessageContext) -> bool:
+        """Partition 0's head goes first once (1, 0) is handled; (1, 1) once it failed."""
+        if time.monotonic() > deadline:
+            return True
+        with lock:
+            if ctx.partition == 0:
+                return (1, 0) in handled
+            return ctx.offset == 0 or bool(down_since)
+
+    def call(ctx: sg.MessageContext) -> None:
+        with lock:
+            if ctx.partition == 0 and not down_since:
+                down_since.append(time.monotonic())
+            if down_since and time.monotonic() - down_since[0] < 3.0:
+                raise ConnectionError("database is down")
+            handled.add((ctx.partition, ctx.offset))
+
+    class SyncBilling(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
+        breaker = sg.CircuitBreaker(cool_down=0.5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            while not ready(ctx):
+                time.sleep(0.005)
+            call(ctx)
+
+    class AsyncBilling(SyncBilling):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            while not ready(ctx):
+                await asyncio.sleep(0.005)
+            call(ctx)
+
+    running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
+    assert wait_for(lambda: len(handled) == 3, timeout=30), f"{sorted(handled)} handled"
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+    running.stop()
+    assert not running.error
 
 
 def test_a_message_failing_alone_after_one_that_recovered_is_dead_lettered(

@@ -169,6 +169,23 @@ def test_a_lone_failing_message_is_not_an_outage() -> None:
     assert not b.outage_suspected((0, 7), since)
 
 
+def test_successes_told_late_count_when_they_happened() -> None:
+    """A lane tells its successes a batch at a time: those that ended before a message
+    first failed, told after, do not say that something succeeded since."""
+    b, clock, _ = breaker(min_calls=1000)
+    clock.now += 1
+    since = clock.now  # (0, 7) fails first; the other lane's successes ended 0.3 s before
+    b.failed((0, 7))
+    clock.now += 0.2
+    b.succeeded(40, (1, 39), ago=0.5)  # told now, when its own next record fails
+    b.failed((1, 40))
+    assert b.outage_suspected((0, 7), since)
+    b.succeeded(1, (2, 0), ago=0.1)  # ended 0.1 s after (0, 7) first failed
+    assert not b.outage_suspected((0, 7), since)
+    b.succeeded(5, (1, 45), ago=10.0)  # an older report keeps the latest success
+    assert not b.outage_suspected((0, 7), since)
+
+
 def test_a_probe_that_never_reports_back_is_given_up() -> None:
     """A probe that ends without a verdict (revoked, invalid input) does not keep the
     breaker half-open: after a cool-down another message may probe."""

@@ -1177,7 +1177,7 @@ def test_successes_folded_on_the_loop_do_not_close_a_half_open_breaker(ordering:
         breaker._opened_at -= breaker.config.cool_down
         assert breaker.allow((1, 99))  # partition 1's record probes
         if ordering == "partition":
-            runner._fold(lane, 3, msgs[-1])
+            runner._fold(lane, 3, msgs[-1], time.perf_counter())
         else:
             runner._fold_successes()
         assert breaker.state == HALF_OPEN
