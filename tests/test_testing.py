@@ -587,6 +587,36 @@ def test_a_record_that_recovered_makes_no_later_failure_an_outage(kind: str) -> 
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_record_failing_alone_after_one_handled_is_dead_lettered(kind: str) -> None:
+    """A record that fails on its own after another was handled is dead-lettered, even
+    if one failed before that (no virtual time passing between the three). A success
+    was timed by the real seconds since its call ended, on the virtual clock: the
+    handled record looked older than the first failure, so the third record looked
+    as if it failed during an outage and was held (``waiting``), the breaker open."""
+
+    class Orders(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            if event.customer_id.startswith("bad"):
+                raise TimeoutError("fails for this record only")
+
+    class AsyncOrders(Orders):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            Orders.handle(self, event, ctx)
+
+    with ServiceHarness(Orders if kind == "sync" else AsyncOrders) as kit:
+        assert kit.send(order(1, customer_id="bad-1")).reason == "retries_exhausted"
+        assert kit.send(order(2)).handled
+        bad = kit.send(order(3, customer_id="bad-2"))
+        assert (bad.outcome, bad.reason, bad.attempts) == ("dead_lettered", "retries_exhausted", 3)
+        assert kit.pipeline.breaker.closed
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("cool_down", [0.3, 1.0])
 def test_a_cool_down_of_any_length_lets_the_harness_probe(kind: str, cool_down: float) -> None:
     """The harness moves its clock to the end of the cool-down, and the breaker then lets

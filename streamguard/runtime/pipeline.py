@@ -92,7 +92,11 @@ class Pipeline:
         # The run's stop request (the runner sets it to the scheduler's): once set, a
         # lane's retry runs only within a clean stop's finish (see the lanes' judge).
         self.stopping = threading.Event()
-        self.breaker = Breaker(spec.breaker, metrics, spec.topic, clock)
+        # A success's age is real seconds, meaningless on the test kit's virtual clock:
+        # a handled record then looked older than the failures before it on that clock.
+        self.breaker = Breaker(
+            spec.breaker, metrics, spec.topic, clock, ages=clock is time.monotonic
+        )
         self._retry_log = RetryLog(log)
 
     def invoke_tombstone(self, ctx: MessageContext) -> object:
