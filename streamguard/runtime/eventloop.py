@@ -814,6 +814,9 @@ class LoopRunner:
                     if called and done:  # the verdict weighs every success before it
                         self._fold(lane, done, last, end)
                         done = 0
+                    # And the successes of retried records (``_process``), or one from
+                    # before this failure was told after it, at this record's retry.
+                    self._fold_successes()
                     verdict = pipe.judge(
                         exc,
                         1,
