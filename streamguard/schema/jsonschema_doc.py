@@ -221,11 +221,14 @@ def canonical(schema: Any) -> str:
 
 def value_key(value: Any) -> Hashable:
     """A key under which two JSON values are equal as JSON Schema compares them (``const``,
-    ``enum``): 1 and 1.0 are one value, at any depth; true and 1 are not."""
+    ``enum``): 1 and 1.0 are one value, at any depth; true and 1 are not, and JSON has
+    one zero: -0.0 is 0."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return (type(value).__name__, value)
     if isinstance(value, int | float):
-        return ("number", str(Decimal(str(value)).normalize()))
+        number = Decimal(str(value)).normalize()
+        # Decimal keeps a zero's sign (-0.0 normalizes to -0): drop it.
+        return ("number", str(number.copy_abs() if number.is_zero() else number))
     if isinstance(value, list):
         return ("array", tuple(value_key(v) for v in value))
     if isinstance(value, dict):

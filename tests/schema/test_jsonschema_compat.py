@@ -1168,11 +1168,15 @@ def test_field_path_keeps_fields_named_like_keywords() -> None:
         ({"const": 1}, {"const": 1.0}),
         ({"enum": [1, 2]}, {"enum": [2.0, 1.0]}),
         ({"enum": [[1], {"a": 2}]}, {"enum": [[1.0], {"a": 2.0}]}),
+        ({"const": 0}, {"const": -0.0}),
+        ({"enum": [-0.0, 1]}, {"enum": [0.0, 1]}),
+        ({"enum": [[0], {"a": -0.0}]}, {"enum": [[-0.0], {"a": 0}]}),
     ],
 )
 def test_const_and_enum_values_compare_as_json(old: dict[str, Any], new: dict[str, Any]) -> None:
     """JSON Schema equality makes 1 and 1.0 one value: `const: 1` -> `const: 1.0` was
-    ENUM_ARRAY_CHANGED, breaking both ways, though both accept the same values."""
+    ENUM_ARRAY_CHANGED, breaking both ways, though both accept the same values. JSON
+    has one zero: `const: 0` -> `const: -0.0` was ENUM_ARRAY_CHANGED too."""
     assert diff_json_schemas(old, new) == []
     narrowed = diff_json_schemas({"enum": [1, 2]}, {"enum": [1.0]})
     assert [(c.rule, c.breaking_in) for c in narrowed] == [("ENUM_ARRAY_NARROWED", {"BACKWARD"})]
