@@ -13,7 +13,8 @@ not resolved yet is remembered with the number of records checked, and a backgro
 thread asks the registry (the contract's id, then the subject's versions) and reports
 those records' kinds once it has the answer. A registry that cannot be reached, or a
 subject without the contract's schema, leaves them pending (bounded) and is asked again
-at most once a minute. Resolved ids are cached for the service's life.
+at most once a minute. Resolved ids are cached for the service's life, with their
+version in the subject (the ``schema drift`` line's ``writer_version``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ MAX_PENDING_IDS = 1024  # ids are 4 bytes of input: a flood may name a new one e
 MAX_VERSIONS = 100  # the subject's latest versions looked at; older ids are other_subject
 MAX_RESOLVED_IDS = 4096  # resolved ids kept; past it the cache starts again
 
-Report = Callable[[tuple[str, ...], int], None]
+# kinds, records checked before the id was resolved, the schema id, its subject version
+Report = Callable[[tuple[str, ...], int, int, int | None], None]
 
 
 class FrameDrift:
@@ -48,7 +50,8 @@ class FrameDrift:
     Args:
         codec: the service's ``RegistryCodec`` (its client and naming strategy).
         report: called from the background thread with the kinds of an id resolved
-            late and the number of records checked before then.
+            late, the number of records checked before then, the id, and its version
+            in the subject (None: not one of the subject's).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class FrameDrift:
         self._schema = registry_schema(contract)
         self._report = report
         self._kinds: dict[int, tuple[str, ...]] = {}
+        self._versions: dict[int, int] = {}  # resolved ids of the subject -> version
         self._pending: dict[int, int] = {}  # id -> records checked before it was resolved
         self._lock = threading.Lock()
         self._busy = False
@@ -87,6 +91,11 @@ class FrameDrift:
                 ).start()
         return None
 
+    def version(self, schema_id: int) -> int | None:
+        """The subject's version of a resolved ``schema_id`` (None: not resolved yet, or
+        not one of the subject's); from the cache only, never asking the registry."""
+        return self._versions.get(schema_id)
+
     def _resolve(self) -> None:
         from confluent_kafka.schema_registry import Schema
 
@@ -111,13 +120,16 @@ class FrameDrift:
             pending, self._pending = self._pending, {}
             if len(self._kinds) + len(pending) > MAX_RESOLVED_IDS:
                 self._kinds.clear()
+                self._versions.clear()
             for schema_id in pending:
                 self._kinds[schema_id] = _kind(schema_id, own_id, own_version, versions)
+                if schema_id in versions:
+                    self._versions[schema_id] = versions[schema_id]
             self._kinds.setdefault(own_id, ())
             self._busy = False
         for schema_id, count in pending.items():
             if self._kinds[schema_id]:
-                self._report(self._kinds[schema_id], count)
+                self._report(self._kinds[schema_id], count, schema_id, versions.get(schema_id))
 
 
 def _kind(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
@@ -16,6 +17,9 @@ from streamguard.errors import SchemaDrift
 from streamguard.observe.metrics import ServiceMetrics
 from streamguard.observe.untrusted import LogBudget, shown
 from streamguard.schema.drift import KINDS, DriftDetector, FirstSeen, producer_of
+
+if TYPE_CHECKING:
+    from streamguard.registry.drift import FrameDrift
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -53,14 +57,14 @@ class DriftCheck:
         codec: object = None,
         topic: str = "",
     ):
-        framed = None
+        self._frames: FrameDrift | None = None
         # Loaded already when the codec is a RegistryCodec: no import for other services.
         registry = sys.modules.get("streamguard.registry.codec")
         if registry is not None and isinstance(codec, registry.RegistryCodec):
             from streamguard.registry.drift import FrameDrift
 
-            framed = FrameDrift(codec, contract, topic, self._late)
-        self._detector = DriftDetector(contract, framed)
+            self._frames = FrameDrift(codec, contract, topic, self._late)
+        self._detector = DriftDetector(contract, self._frames)
         self._subject = contract.__subject__
         self._version = contract.__version__
         # labels() costs about a microsecond (a lock and a tuple key); there are six
@@ -74,19 +78,30 @@ class DriftCheck:
         self._seen = FirstSeen()
         self._budget = log_budget or LogBudget()
 
-    def _late(self, kinds: tuple[str, ...], count: int) -> None:
+    def _late(
+        self, kinds: tuple[str, ...], count: int, schema_id: int, version: int | None
+    ) -> None:
         """Count ``count`` framed records whose schema id was resolved after their check
         (called from the resolving thread; they were not dead-lettered for it)."""
-        self._count(kinds, None, count)
+        self._count(kinds, None, None, count, (schema_id, version))
 
     def check(self, headers: h.Headers | None, value: bytes | None) -> SchemaDrift | None:
         kinds = self._detector.inspect(headers, value)
         if not kinds:
             return None
-        self._count(kinds, headers, 1)
+        self._count(kinds, headers, value, 1)
         return SchemaDrift(kinds, self._subject) if self._dead_letter else None
 
-    def _count(self, kinds: tuple[str, ...], headers: h.Headers | None, count: int) -> None:
+    def _count(
+        self,
+        kinds: tuple[str, ...],
+        headers: h.Headers | None,
+        value: bytes | None,
+        count: int,
+        frame: tuple[int, int | None] | None = None,
+    ) -> None:
+        """``frame``: the schema id and subject version of a framed record judged by its
+        id (see ``_frame``, asked only when a line is written)."""
         # Remembered and logged reduced: the header is any size a record may be, and
         # FirstSeen keeps 1,024 names (whole, a megabyte each, they held a gigabyte).
         producer = shown(producer_of(headers)) or "unknown"
@@ -97,13 +112,28 @@ class DriftCheck:
             # never.
             if not self._seen.known(producer, kind) and self._budget.allow():
                 self._seen(producer, kind)
+                frame = frame or self._frame(headers, value)
+                if frame is None:
+                    schema_id, writer = None, shown(h.last(headers, h.VERSION), 16)
+                else:  # the registry's version: the record has no sg-version header
+                    schema_id, writer = frame[0], None if frame[1] is None else str(frame[1])
                 log.warning(
                     "schema drift",
                     extra={
                         "subject": self._subject,
                         "kind": kind,
                         "producer": producer,
-                        "writer_version": shown(h.last(headers, h.VERSION), 16),
+                        "writer_version": writer,
                         "reader_version": self._version,
+                        "schema_id": schema_id,
                     },
                 )
+
+    def _frame(
+        self, headers: h.Headers | None, value: bytes | None
+    ) -> tuple[int, int | None] | None:
+        """The schema id and cached subject version of a record judged by its frame."""
+        if self._frames is None:
+            return None
+        schema_id = self._detector.frame_id(headers, value)
+        return None if schema_id is None else (schema_id, self._frames.version(schema_id))

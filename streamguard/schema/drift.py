@@ -49,6 +49,7 @@ KINDS = (
     OTHER_SUBJECT,
 )
 
+_SCHEMA_HEADERS = frozenset((h.SUBJECT, h.VERSION, h.FINGERPRINT))
 _MAX_DEPTH = 32  # the codec already bounds nesting; this only stops a runaway walk
 _READS = "x-sg-reads"  # a model's keys that its schema does not name: see _ReadKeys
 
@@ -271,6 +272,15 @@ class DriftDetector:
         if self._json and self._unknown_fields(value):
             kinds.append(UNKNOWN_FIELDS)
         return tuple(kinds)
+
+    def frame_id(self, headers: Headers | None, value: bytes | None) -> int | None:
+        """The schema id in the frame of a value judged by it (a registry's framed drift,
+        no ``sg-*`` schema headers), or None. For the drift line only: not per record."""
+        if self._framed is None or not value or value[0] != 0 or len(value) < 5:
+            return None
+        if any(key in _SCHEMA_HEADERS for key, _ in headers or ()):
+            return None
+        return int.from_bytes(value[1:5], "big")
 
     def _unknown_fields(self, value: bytes | None) -> bool:
         """Whether the JSON value has object keys the contract does not declare.

@@ -700,3 +700,44 @@ def test_a_framed_record_s_drift_check_never_waits_for_an_unreachable_registry(
     for kind in ("no_schema_headers", "older_version", "newer_version", "other_subject"):
         labels = {"runtime": "consumer", "subject": PaymentV2.__subject__, "kind": kind}
         assert metrics.get_sample_value("streamguard_schema_drift_total", labels) == 0
+
+
+def test_a_drift_line_logged_after_its_id_resolved_names_the_cached_version(
+    registry: RegistryServer, client: SchemaRegistryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A framed record whose id is resolved already is judged on the consumer's thread:
+    its `schema drift` line (here written by a later record, the line of the first one
+    having been over the log budget) gives the subject's version of the id from the
+    cache, and the id. It gave writer_version None."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.observe.untrusted import LogBudget
+    from streamguard.runtime.drift import DriftCheck
+
+    v1_id = client.register_schema("t-value", avro(PaymentV1))
+    client.register_schema("t-value", avro(PaymentV2))
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    metrics = CollectorRegistry()
+    now = [0.0]
+    budget = LogBudget(rate=1, per=60, clock=lambda: now[0])
+    check = DriftCheck(
+        PaymentV2, ServiceMetrics(metrics), False, log_budget=budget, codec=codec, topic="t"
+    )
+    labels = {"runtime": "consumer", "subject": PaymentV2.__subject__, "kind": "older_version"}
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    assert budget.allow()  # spent: the first record's line (written late) is suppressed
+    assert check.check(None, framed(v1_id, b"")) is None  # not resolved yet
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not metrics.get_sample_value(
+        "streamguard_schema_drift_total", labels
+    ):
+        time.sleep(0.02)
+    assert metrics.get_sample_value("streamguard_schema_drift_total", labels) == 1
+    assert [r for r in caplog.records if r.getMessage() == "schema drift"] == []
+
+    now[0] = 60.0  # a new budget window
+    assert check.check(None, framed(v1_id, b"")) is None  # resolved: counted now
+    assert metrics.get_sample_value("streamguard_schema_drift_total", labels) == 2
+    (line,) = [r for r in caplog.records if r.getMessage() == "schema drift"]
+    assert (line.__dict__.get("writer_version"), line.__dict__.get("schema_id")) == ("1", v1_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +104,43 @@ def test_confluent_framed_records_count_drift_by_their_schema_id(
     assert drift("older_version") == 1
     for kind in ("newer_version", "no_schema_headers", "other_subject", "unknown_fingerprint"):
         assert drift(kind) == 0, kind
+
+
+def test_the_drift_line_of_a_framed_record_names_its_registry_version_and_id(
+    registry: RegistryServer,
+    client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Producer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The `schema drift` line of a record from Confluent's AvroSerializer (no sg-*
+    headers) gives the registry's version of its schema id as writer_version, and the
+    id: it gave writer_version None, though the registry had told the version."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    src = topic_factory("payments")
+    send_v1_and_v2(client, raw_producer, src)
+    v1_id = client.get_version(f"{src}-value", 1).schema_id
+
+    cls, seen = collector(src, PaymentV2, unique("g"))
+    start_service(cls, schema_registry={"url": registry.url})
+    assert wait_for(lambda: len(seen) == 2)
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "schema drift"]
+
+    assert wait_for(lambda: lines() != [], timeout=10)
+    time.sleep(0.3)  # anything else would be logged by now
+    (line,) = lines()
+    got = {k: line.__dict__.get(k) for k in ("kind", "producer", "writer_version", "schema_id")}
+    assert got == {
+        "kind": "older_version",
+        "producer": "unknown",
+        "writer_version": "1",
+        "schema_id": v1_id,
+    }
+    assert line.__dict__["reader_version"] == 2
 
 
 def test_a_service_with_a_registry_reads_single_object_records_of_its_writer_schemas(
