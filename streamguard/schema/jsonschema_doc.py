@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -226,7 +226,9 @@ def value_key(value: Any) -> Hashable:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return (type(value).__name__, value)
     if isinstance(value, int | float):
-        number = Decimal(str(value)).normalize()
+        text = str(value)
+        # normalize() rounds to the context's 28 digits: 10**30 and 10**30 + 1 were one.
+        number = Decimal(text).normalize(Context(prec=max(28, len(text))))
         # Decimal keeps a zero's sign (-0.0 normalizes to -0): drop it.
         return ("number", str(number.copy_abs() if number.is_zero() else number))
     if isinstance(value, list):

@@ -1185,6 +1185,15 @@ def test_const_and_enum_values_compare_as_json(old: dict[str, Any], new: dict[st
     ]
 
 
+def test_const_values_of_more_than_28_digits_stay_apart() -> None:
+    """Numbers were compared rounded to Decimal's 28 digits: `const: 10**30` ->
+    `const: 10**30 + 1` was no change, though the two accept different values."""
+    big = 10**30
+    assert [c.rule for c in diff_json_schemas({"const": big}, {"const": big + 1})] == [
+        "ENUM_ARRAY_CHANGED"
+    ]
+
+
 def test_a_uuid_version_widened_to_any_uuid() -> None:
     """pydantic writes `format: uuid4` for UUID4 and `uuid` for UUID, which takes every
     version: UUID4 -> UUID was FORMAT_CHANGED, refused in BACKWARD too."""
