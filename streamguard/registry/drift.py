@@ -125,7 +125,10 @@ class FrameDrift:
                 self._kinds[schema_id] = _kind(schema_id, own_id, own_version, versions)
                 if schema_id in versions:
                     self._versions[schema_id] = versions[schema_id]
+            # The own id with its version: a JSON record framed with it may still be
+            # unknown_fields, and its line names the version.
             self._kinds.setdefault(own_id, ())
+            self._versions.setdefault(own_id, own_version)
             self._busy = False
         for schema_id, count in pending.items():
             if self._kinds[schema_id]:

@@ -741,3 +741,52 @@ def test_a_drift_line_logged_after_its_id_resolved_names_the_cached_version(
     assert metrics.get_sample_value("streamguard_schema_drift_total", labels) == 2
     (line,) = [r for r in caplog.records if r.getMessage() == "schema drift"]
     assert (line.__dict__.get("writer_version"), line.__dict__.get("schema_id")) == ("1", v1_id)
+
+
+class NoteV1(sg.Contract):
+    __subject__ = "notes.Note"
+    __version__ = 1
+    text: str
+
+
+class NoteV2(sg.Contract):
+    __subject__ = "notes.Note"
+    __version__ = 2
+    text: str
+    tag: str = ""
+
+
+def test_the_drift_line_of_a_record_with_the_contract_s_own_id_names_its_version(
+    registry: RegistryServer, client: SchemaRegistryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JSON record framed with the contract's own schema id, with a field the contract
+    lacks, is `unknown_fields`; its line gives the subject's version of that id. When the
+    lookup was started by a record of another id, the own id was resolved without its
+    version, so the line said writer_version None for as long as the service ran."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.drift import DriftCheck
+
+    v1_id = client.register_schema("t-value", Schema(*registry_schema(NoteV1)))
+    own_id = client.register_schema("t-value", Schema(*registry_schema(NoteV2)))
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    metrics = CollectorRegistry()
+    check = DriftCheck(NoteV2, ServiceMetrics(metrics), False, codec=codec, topic="t")
+    older = {"runtime": "consumer", "subject": "notes.Note", "kind": "older_version"}
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    assert check.check(None, framed(v1_id, b'{"text": "a"}')) is None  # starts the lookup
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not metrics.get_sample_value(
+        "streamguard_schema_drift_total", older
+    ):
+        time.sleep(0.02)
+    assert metrics.get_sample_value("streamguard_schema_drift_total", older) == 1
+
+    assert check.check(None, framed(own_id, b'{"text": "a", "extra": 1}')) is None
+    (line,) = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "schema drift" and r.__dict__.get("kind") == "unknown_fields"
+    ]
+    assert (line.__dict__.get("writer_version"), line.__dict__.get("schema_id")) == ("2", own_id)
