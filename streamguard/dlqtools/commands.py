@@ -223,8 +223,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if value is not None
     ]
     if unused and not args.revalidate:
+        verb, them = ("apply", "them") if len(unused) > 1 else ("applies", "it")
         raise ConfigurationError(
-            f"{' and '.join(unused)} only apply with --revalidate: add it, or leave them out"
+            f"{' and '.join(unused)} only {verb} with --revalidate: add it, or leave {them} out"
         )
     selection = Selection.parse(args.where, args.since, args.until)
     revalidator = None

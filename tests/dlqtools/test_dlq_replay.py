@@ -1062,11 +1062,11 @@ def test_a_signal_a_callers_handler_lets_pass_leaves_the_next_one_held() -> None
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--config", "pyproject.toml"], "--config"),
-        (["--schema-registry", "http://127.0.0.1:9"], "--schema-registry"),
+        (["--config", "pyproject.toml"], "--config only applies"),
+        (["--schema-registry", "http://127.0.0.1:9"], "--schema-registry only applies"),
         (
             ["--config", "pyproject.toml", "--schema-registry", "http://127.0.0.1:9"],
-            "--config and --schema-registry",
+            "--config and --schema-registry only apply",
         ),
     ],
 )
@@ -1075,9 +1075,11 @@ def test_cli_refuses_revalidate_options_without_revalidate(
 ) -> None:
     """--config and --schema-registry are read only by --revalidate: without it they
     were ignored, and the replay sent records unchecked. A usage error, before any
-    client is made (no broker listens on the bootstrap address)."""
+    client is made (no broker listens on the bootstrap address). One flag alone is
+    named in the singular: it said "--config only apply ... leave them out"."""
     args = ["dlq", "replay", "orders.dlq", "--bootstrap-servers", "127.0.0.1:9", *flags]
     assert main(args) == exitcodes.USAGE
     out, err = capsys.readouterr()
-    assert f"{named} only apply with --revalidate" in err
+    assert f"{named} with --revalidate" in err
+    assert ("leave them out" in err) == (" and " in named)
     assert "replaying" not in out
