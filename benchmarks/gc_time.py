@@ -87,6 +87,7 @@ def consume(run: str, bootstrap: str, source: str, count: int) -> str:
                 "group.id": group,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 2000,
+                "heartbeat.interval.ms": 500,
             }
         )
         consumer.subscribe([source])
@@ -113,7 +114,9 @@ def consume(run: str, bootstrap: str, source: str, count: int) -> str:
 
         service = AsyncOrders if run == "async" else Orders
         running = service(
-            bootstrap_servers=bootstrap, kafka_config={"session.timeout.ms": 2000}, metrics_port=0
+            bootstrap_servers=bootstrap,
+            kafka_config={"session.timeout.ms": 2000, "heartbeat.interval.ms": 500},
+            metrics_port=0,
         )
         threading.Thread(target=running.run, daemon=True).start()
         done.wait(300)

@@ -33,8 +33,9 @@ log = logging.getLogger("streamguard.runtime")
 
 # How often librdkafka reports statistics: how soon a lost or regained cluster shows.
 STATS_INTERVAL_MS = 1000
-# librdkafka's default heartbeat.interval.ms.
+# librdkafka's default heartbeat.interval.ms and session.timeout.ms.
 HEARTBEAT_MS = 3000
+SESSION_TIMEOUT_MS = 45000
 
 
 def check_link_settings(config: Mapping[str, Any], broker_silence: float) -> None:
@@ -66,6 +67,16 @@ def check_link_settings(config: Mapping[str, Any], broker_silence: float) -> Non
             "partition paused, the heartbeat is all a healthy consumer hears from the "
             f"cluster, so it must be below ServiceOptions.broker_silence ({silence_ms:.0f} "
             "ms); lower it, or raise broker_silence"
+        )
+    # librdkafka takes a session timeout at or under the heartbeat (Java's client
+    # refuses it): the group then expires the member between two heartbeats, and the
+    # service loses its partitions every session.timeout.ms, without an error.
+    session = _ms({"session.timeout.ms": SESSION_TIMEOUT_MS, **config}, "session.timeout.ms")
+    if heartbeat is not None and session is not None and heartbeat >= session:
+        raise ConfigurationError(
+            f"kafka_config session.timeout.ms={session} is not above heartbeat.interval.ms"
+            f"={heartbeat}: the group would expire the consumer between two heartbeats; "
+            "set heartbeat.interval.ms to at most a third of session.timeout.ms"
         )
 
 

@@ -132,6 +132,24 @@ def test_a_heartbeat_slower_than_broker_silence_is_refused() -> None:
     Billing(bootstrap_servers="127.0.0.1:9", kafka_config={"heartbeat.interval.ms": 3000})
 
 
+def test_a_session_timeout_not_above_the_heartbeat_is_refused() -> None:
+    """session.timeout.ms=2000 with librdkafka's default 3 s heartbeat was taken: the
+    group expired the consumer before each heartbeat, and the service lost and got back
+    its partitions every 2 s with no error but librdkafka's SESSTMOUT lines."""
+
+    class Billing(sg.ConsumerService):
+        topic = "orders"
+        contract = OrderPlaced
+        group_id = "billing"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    with pytest.raises(sg.ConfigurationError, match=r"session\.timeout\.ms=2000 .*=3000"):
+        Billing(bootstrap_servers="127.0.0.1:9", kafka_config={"session.timeout.ms": 2000})
+    fast = {"session.timeout.ms": "2000", "heartbeat.interval.ms": "500"}
+    Billing(bootstrap_servers="127.0.0.1:9", kafka_config=fast)
+
+
 @pytest.mark.parametrize(
     ("silence", "setting"),
     [(2.0, r"heartbeat\.interval\.ms=3000"), (0.5, r"statistics\.interval\.ms=1000")],
