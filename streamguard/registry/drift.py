@@ -111,9 +111,17 @@ class FrameDrift:
             with self._lock:
                 self._busy = False
                 self._next_try = time.monotonic() + RETRY_SECONDS
+            # The registry's code tells "register the contract's schema" (40401, 40403)
+            # from an outage (None): the class alone is SchemaRegistryError for both kinds
+            # of refusal. A number, never the message, which may quote the schema.
+            code = getattr(exc, "error_code", None)
             log.warning(
                 "schema drift lookup failed",
-                extra={"subject": subject, "error": type(exc).__name__},
+                extra={
+                    "subject": subject,
+                    "error": type(exc).__name__,
+                    "error_code": code if isinstance(code, int) else None,
+                },
             )
             return
         with self._lock:

@@ -790,3 +790,33 @@ def test_the_drift_line_of_a_record_with_the_contract_s_own_id_names_its_version
         if r.getMessage() == "schema drift" and r.__dict__.get("kind") == "unknown_fields"
     ]
     assert (line.__dict__.get("writer_version"), line.__dict__.get("schema_id")) == ("2", own_id)
+
+
+def test_a_drift_lookup_refused_by_the_registry_names_its_error_code(
+    registry: RegistryServer, client: SchemaRegistryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subject that does not hold the contract's schema (deployed before CI
+    registered it) failed the lookup with only the class, SchemaRegistryError, as an
+    error of any other kind does: the line now gives the registry's code (40403) too."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.drift import DriftCheck
+
+    v1_id = client.register_schema("t-value", avro(PaymentV1))
+    codec = RegistryCodec({"url": registry.url}, wire_format="avro")
+    check = DriftCheck(
+        PaymentV2, ServiceMetrics(CollectorRegistry()), False, codec=codec, topic="t"
+    )
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    assert check.check(None, framed(v1_id, b"")) is None
+    deadline = time.monotonic() + 10
+    failed: list[logging.LogRecord] = []
+    while time.monotonic() < deadline and not failed:
+        time.sleep(0.02)
+        failed = [r for r in caplog.records if r.getMessage() == "schema drift lookup failed"]
+    (line,) = failed
+    assert (line.__dict__["error"], line.__dict__.get("error_code")) == (
+        "SchemaRegistryError",
+        40403,
+    )
