@@ -424,10 +424,14 @@ class PartitionLane:
         # every parked record then called a dependency the probe had not found back.
         last = self.last_handled
         if handled:
+            # Timed by the start of the last success's call (its end less its duration):
+            # the dependency answered at some point after it. Its end, read after the call
+            # returned, could come after another lane's first failure of an outage (a
+            # thread switch, 5 ms or more under load), which was then dead-lettered.
             self.pipeline.breaker.succeeded(
                 handled,
                 None if last is None else (self.partition, last.offset()),
-                time.perf_counter() - end,
+                time.perf_counter() - end + durations[-1],
             )
         durations.clear()  # the same list: _process appends through its bound method
 

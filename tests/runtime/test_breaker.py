@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -410,6 +411,65 @@ def test_a_retried_success_told_after_an_outage_began_does_not_dead_letter_its_f
 
     running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
     assert wait_for(lambda: len(handled) == 3, timeout=30), f"{sorted(handled)} handled"
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+    running.stop()
+    assert not running.error
+
+
+def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_it(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    raw_producer: Any,
+) -> None:
+    """(1, 0)'s call gets its answer from the dependency, then goes on until partition
+    0's head has failed: the dependency went down in between. A sync lane timed that
+    success by the end of its call, after the head's first failure, so the head looked
+    as if it failed while others succeeded and was dead-lettered when its retries ran
+    out. Under load, a thread switch between a call's return and the clock read did
+    the same (CI: test_an_outage_starting_mid_batch...[sync], the success timed 5.4 ms
+    after the first failure): a success is timed by the start of its call."""
+    src = topic_factory("orders", partitions=2)
+    for i, partition in enumerate((1, 1, 0)):
+        raw_producer.produce(src, order(i).model_dump_json().encode(), partition=partition)
+    raw_producer.flush(10)
+    group = unique("billing")
+    lock = threading.Lock()
+    answered: set[tuple[int, int]] = set()  # calls the dependency answered
+    failed: dict[tuple[int, int], float] = {}  # first failures, as the handler saw them
+    down_since: list[float] = []
+    deadline = time.monotonic() + 10
+
+    def waited(until: Callable[[], bool]) -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if until():
+                    return
+            time.sleep(0.005)
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, group
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
+        breaker = sg.CircuitBreaker(cool_down=0.5)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            key = (ctx.partition, ctx.offset)
+            if key == (0, 0) and ctx.attempt == 1:  # the head goes once (1, 0) was answered
+                waited(lambda: (1, 0) in answered)
+            elif key == (0, 0):  # its last tries once (1, 1) failed, and (1, 0) was told
+                waited(lambda: time.monotonic() - failed.get((1, 1), math.inf) > 0.2)
+            with lock:
+                if key == (0, 0) and not down_since:
+                    down_since.append(time.monotonic())
+                if down_since and time.monotonic() - down_since[0] < 3.0:
+                    failed.setdefault(key, time.monotonic())
+                    raise ConnectionError("database is down")
+                answered.add(key)
+            if key == (1, 0):  # the call goes on after its answer, past the head's failure
+                waited(lambda: time.monotonic() - failed.get((0, 0), math.inf) > 0.2)
+
+    running = start_service(Billing)
+    assert wait_for(lambda: len(answered) == 3, timeout=30), f"{sorted(answered)} answered"
     assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
     running.stop()
     assert not running.error
