@@ -16,7 +16,7 @@ from typing import Any, cast
 from streamguard import exitcodes
 from streamguard.config import ProjectConfig, load_project_config
 from streamguard.contracts import Contract
-from streamguard.errors import ConfigurationError
+from streamguard.errors import ConfigurationError, StreamguardError
 from streamguard.registry.commands import (
     add_registry_argument,
     check_registry,
@@ -35,7 +35,7 @@ from streamguard.schema.checks import (
 )
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
-from streamguard.schema.report import FORMATS, render, result_groups
+from streamguard.schema.report import FORMATS, github_error, render, result_groups
 from streamguard.schema.store import SchemaStore, dump_schema, read_schema
 from streamguard.settings import directory
 
@@ -170,6 +170,15 @@ def _refuse_mode_with_registry(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    try:
+        return _run_check(args)
+    except StreamguardError as exc:  # exit 2 (or 1), with the error on stderr
+        if args.format == "github":
+            print(github_error("streamguard schema check could not run", str(exc)))
+        raise
+
+
+def _run_check(args: argparse.Namespace) -> int:
     _refuse_mode_with_registry(args)
     if args.registry is not None:
         config = load_project_config(args.config)

@@ -152,6 +152,13 @@ def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+def github_error(title: str, message: str) -> str:
+    """A GitHub Actions ``::error`` annotation: a check that could not run shows on the
+    run's summary as a failed comparison does, not only in the step's log."""
+    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
+    return f"::error title={title}::{_escape(message)}"
+
+
 def _github(entry: dict[str, Any]) -> str:
     title = f"{entry['subject']} {entry['rule']}".strip()  # two files name no subject
     title = _escape(title).replace(",", "%2C").replace(":", "%3A")

@@ -186,6 +186,22 @@ def test_unreachable_registry_exits_2(
     assert "s3cret-pw" not in err
 
 
+def test_an_unreachable_registry_is_a_github_error_annotation_too(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """Under ``--format github`` a check that cannot run is an ``::error`` annotation as
+    well as exit 2: it printed to stderr only, which the run's summary does not show."""
+    url = registry.url.replace("http://", "http://ci:s3cret-pw@")
+    registry.stop()
+    project_factory().contracts(V1)
+    code, out, err = cli("schema", "check", "--registry", url, "--format", "github")
+    assert code == 2
+    assert "cannot reach the schema registry" in err
+    (line,) = out.splitlines()
+    assert line.startswith("::error title=streamguard schema check could not run::cannot reach")
+    assert "s3cret-pw" not in out + err
+
+
 def test_a_refusal_mid_check_exits_2_with_the_registry_s_answer(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
