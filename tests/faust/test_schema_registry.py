@@ -20,8 +20,8 @@ from tests.registry.conftest import (  # noqa: F401 (fixtures)
     avro,
     client,
     registry,
+    send_v1_and_v2,
 )
-from tests.registry.test_interop import send_v1_and_v2
 
 pytestmark = pytest.mark.broker
 

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 import streamguard as sg
 from streamguard.registry import RegistryServer
@@ -94,6 +97,19 @@ def record(fields: list[tuple[str, str]], name: str = "R") -> str:
     return json.dumps(
         {"type": "record", "name": name, "fields": [{"name": n, "type": t} for n, t in fields]}
     )
+
+
+def send_v1_and_v2(client: SchemaRegistryClient, producer: Producer, topic: str) -> None:
+    """One payment written by Confluent's AvroSerializer with PaymentV1's schema, then
+    one with PaymentV2's: the subject's versions 1 and 2."""
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    for contract, fields in (
+        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
+        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
+    ):
+        serialize = AvroSerializer(client, registry_schema(contract)[0])
+        producer.produce(topic, serialize(fields, ctx))
+    producer.flush(10)
 
 
 # The runtime suite's service fixtures, shared here (importing a fixture registers it).

@@ -25,6 +25,7 @@ from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_confi
 from streamguard.registry.codec import registry_schema
 from tests.json_http import JsonHandler, serving
 from tests.registry.conftest import PaymentV1, PaymentV2, avro
+from tests.runtime.conftest import wait_for
 from tests.test_avro_codec import StrictPayment
 from tests.test_producer import closed_port
 
@@ -728,12 +729,10 @@ def test_a_drift_line_logged_after_its_id_resolved_names_the_cached_version(
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     assert budget.allow()  # spent: the first record's line (written late) is suppressed
     assert check.check(None, framed(v1_id, b"")) is None  # not resolved yet
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not metrics.get_sample_value(
-        "streamguard_schema_drift_total", labels
-    ):
-        time.sleep(0.02)
-    assert metrics.get_sample_value("streamguard_schema_drift_total", labels) == 1
+    assert wait_for(
+        lambda: metrics.get_sample_value("streamguard_schema_drift_total", labels) == 1,
+        timeout=10,
+    )
     assert [r for r in caplog.records if r.getMessage() == "schema drift"] == []
 
     now[0] = 60.0  # a new budget window
@@ -776,12 +775,10 @@ def test_the_drift_line_of_a_record_with_the_contract_s_own_id_names_its_version
     older = {"runtime": "consumer", "subject": "notes.Note", "kind": "older_version"}
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     assert check.check(None, framed(v1_id, b'{"text": "a"}')) is None  # starts the lookup
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not metrics.get_sample_value(
-        "streamguard_schema_drift_total", older
-    ):
-        time.sleep(0.02)
-    assert metrics.get_sample_value("streamguard_schema_drift_total", older) == 1
+    assert wait_for(
+        lambda: metrics.get_sample_value("streamguard_schema_drift_total", older) == 1,
+        timeout=10,
+    )
 
     assert check.check(None, framed(own_id, b'{"text": "a", "extra": 1}')) is None
     (line,) = [
@@ -810,12 +807,12 @@ def test_a_drift_lookup_refused_by_the_registry_names_its_error_code(
     )
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     assert check.check(None, framed(v1_id, b"")) is None
-    deadline = time.monotonic() + 10
-    failed: list[logging.LogRecord] = []
-    while time.monotonic() < deadline and not failed:
-        time.sleep(0.02)
-        failed = [r for r in caplog.records if r.getMessage() == "schema drift lookup failed"]
-    (line,) = failed
+
+    def failed() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "schema drift lookup failed"]
+
+    assert wait_for(lambda: failed() != [], timeout=10)
+    (line,) = failed()
     assert (line.__dict__["error"], line.__dict__.get("error_code")) == (
         "SchemaRegistryError",
         40403,

@@ -22,7 +22,13 @@ from streamguard.registry import RegistryServer
 from streamguard.registry.codec import RegistryCodec, registry_schema
 from streamguard.schema.avro import contract_avro_schema
 from streamguard.testing import ServiceHarness
-from tests.registry.conftest import PaymentV1, PaymentV2, SlowRegistryClient, avro
+from tests.registry.conftest import (
+    PaymentV1,
+    PaymentV2,
+    SlowRegistryClient,
+    avro,
+    send_v1_and_v2,
+)
 from tests.runtime.conftest import Running, dlq_headers, order, wait_for
 
 pytestmark = pytest.mark.broker
@@ -80,13 +86,18 @@ def test_confluent_framed_records_count_drift_by_their_schema_id(
     unique: Callable[[str], str],
     start_service: Callable[..., Running],
     raw_producer: Producer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Records from Confluent's AvroSerializer carry no sg-* headers: their frame's schema
     id tells the drift. One written with the subject's older version counts as
     older_version, one written with the contract's own schema counts as nothing; neither
-    is no_schema_headers (which both were, whatever their writer)."""
+    is no_schema_headers (which both were, whatever their writer). The `schema drift`
+    line gives the registry's version of the id as writer_version, and the id: it gave
+    writer_version None, though the registry had told the version."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     src = topic_factory("payments")
     send_v1_and_v2(client, raw_producer, src)
+    v1_id = client.get_version(f"{src}-value", 1).schema_id
 
     cls, seen = collector(src, PaymentV2, unique("g"), drift="dead_letter")
     running = start_service(cls, schema_registry={"url": registry.url})
@@ -97,41 +108,16 @@ def test_confluent_framed_records_count_drift_by_their_schema_id(
             "streamguard_schema_drift_total", subject=PaymentV2.__subject__, kind=kind
         )
 
-    # An id is resolved in the background (the check never waits for the registry):
-    # its records are counted once it is.
-    assert wait_for(lambda: drift("older_version") == 1, timeout=10)
-    time.sleep(0.3)  # anything else would be counted by now
-    assert drift("older_version") == 1
-    for kind in ("newer_version", "no_schema_headers", "other_subject", "unknown_fingerprint"):
-        assert drift(kind) == 0, kind
-
-
-def test_the_drift_line_of_a_framed_record_names_its_registry_version_and_id(
-    registry: RegistryServer,
-    client: SchemaRegistryClient,
-    topic_factory: Callable[..., str],
-    unique: Callable[[str], str],
-    start_service: Callable[..., Running],
-    raw_producer: Producer,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The `schema drift` line of a record from Confluent's AvroSerializer (no sg-*
-    headers) gives the registry's version of its schema id as writer_version, and the
-    id: it gave writer_version None, though the registry had told the version."""
-    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
-    src = topic_factory("payments")
-    send_v1_and_v2(client, raw_producer, src)
-    v1_id = client.get_version(f"{src}-value", 1).schema_id
-
-    cls, seen = collector(src, PaymentV2, unique("g"))
-    start_service(cls, schema_registry={"url": registry.url})
-    assert wait_for(lambda: len(seen) == 2)
-
     def lines() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.getMessage() == "schema drift"]
 
-    assert wait_for(lambda: lines() != [], timeout=10)
-    time.sleep(0.3)  # anything else would be logged by now
+    # An id is resolved in the background (the check never waits for the registry):
+    # its records are counted, and logged, once it is.
+    assert wait_for(lambda: drift("older_version") == 1 and lines() != [], timeout=10)
+    time.sleep(0.3)  # anything else would be counted and logged by now
+    assert drift("older_version") == 1
+    for kind in ("newer_version", "no_schema_headers", "other_subject", "unknown_fingerprint"):
+        assert drift(kind) == 0, kind
     (line,) = lines()
     got = {k: line.__dict__.get(k) for k in ("kind", "producer", "writer_version", "schema_id")}
     assert got == {
@@ -416,16 +402,3 @@ def test_the_test_kit_sends_events_to_a_service_with_a_registry(
         outcome = kit.send(PaymentV1(payment_id="p-1", amount_cents=250))
     assert outcome.outcome == "handled", outcome
     assert handled == [PaymentV1(payment_id="p-1", amount_cents=250)]
-
-
-def send_v1_and_v2(client: SchemaRegistryClient, producer: Producer, topic: str) -> None:
-    """One payment written by Confluent's AvroSerializer with PaymentV1's schema, then
-    one with PaymentV2's: the subject's versions 1 and 2."""
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    for contract, fields in (
-        (PaymentV1, {"payment_id": "p1", "amount_cents": 100}),
-        (PaymentV2, {"payment_id": "p2", "amount_cents": 200, "currency": "USD"}),
-    ):
-        serialize = AvroSerializer(client, registry_schema(contract)[0])
-        producer.produce(topic, serialize(fields, ctx))
-    producer.flush(10)
