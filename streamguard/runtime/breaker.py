@@ -157,7 +157,8 @@ class Breaker:
     def succeeded(self, calls: int = 1, message: Hashable = None, ago: float = 0.0) -> None:
         """``calls`` handler calls ended without a transient failure (``message``'s, if
         given: it closes a half-open breaker only if it is the probe), the last of them
-        ``ago`` seconds before.
+        started ``ago`` seconds before (its start: the dependency may have answered any
+        time after it).
 
         Lanes tell their successes a batch at a time. Timed by the telling, a lane's
         successes from before an outage, told when its own first record failed, came

@@ -381,6 +381,7 @@ class LoopRunner:
         self._flush_due = False
         self._seen = 0
         self._succeeded = 0  # successes not yet told to the breaker (_fold_successes)
+        self._began = 0.0  # when the last successful call of ``_call`` started
         # A clean stop's end, on this loop's clock, once it began (``finish_fetched``):
         # a retry due later is not waited for.
         self._finish_by: float | None = None
@@ -729,6 +730,7 @@ class LoopRunner:
         breaker, publisher = pipe.breaker, pipe.publisher
         done = 0
         last: Record | None = None  # the last record handled since the last fold
+        began = 0.0  # when its call started: the breaker times the successes by it
         seen = 0  # records decoded by this run: its first, then every sample-th, drift-checked
         held = False  # a slot kept from one record to the next while nobody waits
         # Slow handlers fold by time as well: _FOLD records of a 1 s handler kept the
@@ -742,7 +744,7 @@ class LoopRunner:
         try:
             while not lane.closed:
                 if not queue:
-                    self._fold(lane, done, last, end)
+                    self._fold(lane, done, last, began)
                     done = 0
                     if held:  # the poll may settle revoked lanes: hold nothing
                         slots.give()
@@ -756,7 +758,7 @@ class LoopRunner:
                     if not pipe.can_process():
                         return True  # _run goes on through _process, which waits
                     if not breaker.closed:  # the breaker decides call by call: slow path
-                        self._fold(lane, done, last, end)
+                        self._fold(lane, done, last, began)
                         done = 0
                         if held:
                             slots.give()
@@ -765,7 +767,7 @@ class LoopRunner:
                             return False  # see _aside
                         continue
                 if not held and not slots.try_take():  # max_in_flight holds partition order
-                    self._fold(lane, done, last, end)
+                    self._fold(lane, done, last, began)
                     done = 0
                     # Not in a handler while it waits: a revoke cancels the run at once
                     # (``_close``) rather than wait, up to revoke_timeout, for another
@@ -812,7 +814,7 @@ class LoopRunner:
                 except Exception as exc:
                     event = None  # see lane.py: the dead letter's error links back here
                     if called and done:  # the verdict weighs every success before it
-                        self._fold(lane, done, last, end)
+                        self._fold(lane, done, last, began)
                         done = 0
                     # And the successes of retried records (``_process``), or one from
                     # before this failure was told after it, at this record's retry.
@@ -836,9 +838,10 @@ class LoopRunner:
                         pipe.returned(returned, value is None)
                     done += 1
                     lane.last_handled = last = msg  # committable before the next fold
+                    began = start
                     if done >= _FOLD or end >= fold_at:
                         fold_at = clock() + METRICS_EVERY
-                        self._fold(lane, done, last, end)
+                        self._fold(lane, done, last, began)
                         done = 0
                         if self._since_poll >= _POLL_EVERY:  # a batch's worth: a turn
                             if held:
@@ -846,7 +849,7 @@ class LoopRunner:
                                 held = False
                             await self._next_turn(run)
                     continue
-                self._fold(lane, done, last, end)
+                self._fold(lane, done, last, began)
                 done = 0
                 if held:
                     slots.give()
@@ -861,7 +864,7 @@ class LoopRunner:
             self.in_handlers -= 1
             if held:
                 slots.give()
-            self._fold(lane, done, last, end)
+            self._fold(lane, done, last, began)
             run.in_handler = False
             lane.running -= 1
 
@@ -931,15 +934,17 @@ class LoopRunner:
         for lane in claimed:
             lane.drain()  # on this thread: accepted at once
 
-    def _fold(self, lane: LoopLane, done: int, last: Record | None, end: float) -> None:
+    def _fold(self, lane: LoopLane, done: int, last: Record | None, began: float) -> None:
         """Record ``done`` handled records of a lane, the last of them ``last``, whose
-        call ended at ``end`` (perf_counter): the breaker times the successes by it."""
+        call began at ``began`` (perf_counter): the breaker times the successes by it.
+        Not by its end: a task resumed after its dependency answered, past another
+        partition's first failure, made that failure look as if others succeeded since."""
         if done and last is not None:
             self._handled += done
             self._since_poll += done
             # Named by the last one: only the probe's success closes a half-open breaker.
             self.pipeline.breaker.succeeded(
-                done, (lane.partition, last.offset()), time.perf_counter() - end
+                done, (lane.partition, last.offset()), time.perf_counter() - began
             )
             with lane.lock:
                 lane.offsets.advance(last.offset() + 1)
@@ -1155,6 +1160,7 @@ class LoopRunner:
         else:
             returned = await self._handle(event, ctx)
         self._durations.append(time.perf_counter() - start)
+        self._began = start  # the breaker times successes by it (see _fold)
         return returned
 
     def _fold_successes(self) -> None:
@@ -1165,7 +1171,9 @@ class LoopRunner:
         if self._succeeded:
             # Counted while the breaker was closed (a half-open one's successes go named):
             # none of them is a probe's, so none may close it.
-            self.pipeline.breaker.succeeded(self._succeeded, _NO_PROBE)
+            self.pipeline.breaker.succeeded(
+                self._succeeded, _NO_PROBE, time.perf_counter() - self._began
+            )
             self._succeeded = 0
 
     def _schedule_flush(self) -> None:

@@ -355,22 +355,27 @@ def test_successes_told_after_an_outage_began_do_not_dead_letter_its_first_failu
     assert not running.error
 
 
+@pytest.mark.parametrize("kind", ["sync", "async", "async-key"])
 def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_it(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
     start_service: Callable[..., Running],
     raw_producer: Any,
+    kind: str,
 ) -> None:
     """(1, 0)'s call gets its answer from the dependency, then goes on until partition
-    0's head has failed: the dependency went down in between. A sync lane timed that
-    success by the end of its call, after the head's first failure, so the head looked
-    as if it failed while others succeeded and was dead-lettered when its retries ran
-    out. Under load, a thread switch between a call's return and the clock read did
-    the same (CI: test_an_outage_starting_mid_batch...[sync], the success timed 5.4 ms
-    after the first failure): a success is timed by the start of its call."""
+    0's head has failed: the dependency went down in between. Timed by the end of its
+    call, that success came after the head's first failure, so the head looked as if it
+    failed while others succeeded and was dead-lettered when its retries ran out. Under
+    load, a thread switch between a call's return and the clock read did the same (CI:
+    test_an_outage_starting_mid_batch...[sync], the success timed 5.4 ms after the first
+    failure); an async handler's task resumed late does so too, in partition or key
+    order: a success is timed by the start of its call. One key, so that key order runs
+    (1, 0) and (1, 1) one after the other too."""
     src = topic_factory("orders", partitions=2)
     for i, partition in enumerate((1, 1, 0)):
-        raw_producer.produce(src, order(i).model_dump_json().encode(), partition=partition)
+        value = order(i).model_dump_json().encode()
+        raw_producer.produce(src, value, key=b"c1", partition=partition)
     raw_producer.flush(10)
     group = unique("billing")
     lock = threading.Lock()
@@ -379,35 +384,56 @@ def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_i
     down_since: list[float] = []
     deadline = time.monotonic() + 10
 
-    def waited(until: Callable[[], bool]) -> None:
-        while time.monotonic() < deadline:
-            with lock:
-                if until():
-                    return
-            time.sleep(0.005)
+    def before(key: tuple[int, int], attempt: int) -> Callable[[], bool]:
+        if key == (0, 0) and attempt == 1:  # the head goes once (1, 0) was answered
+            return lambda: (1, 0) in answered
+        if key == (0, 0):  # its last tries once (1, 1) failed, and (1, 0) was told
+            return lambda: time.monotonic() - failed.get((1, 1), math.inf) > 0.2
+        return lambda: True
 
-    class Billing(sg.ConsumerService):
+    def dependency(key: tuple[int, int]) -> None:
+        with lock:
+            if key == (0, 0) and not down_since:
+                down_since.append(time.monotonic())
+            if down_since and time.monotonic() - down_since[0] < 3.0:
+                failed.setdefault(key, time.monotonic())
+                raise ConnectionError("database is down")
+            answered.add(key)
+
+    def after(key: tuple[int, int]) -> Callable[[], bool]:
+        if key == (1, 0):  # the call goes on after its answer, past the head's failure
+            return lambda: time.monotonic() - failed.get((0, 0), math.inf) > 0.2
+        return lambda: True
+
+    def met(until: Callable[[], bool]) -> bool:
+        with lock:
+            return until() or time.monotonic() > deadline
+
+    class SyncBilling(sg.ConsumerService):
         topic, contract, group_id = src, OrderPlaced, group
         retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
         breaker = sg.CircuitBreaker(cool_down=0.5)
 
         def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
             key = (ctx.partition, ctx.offset)
-            if key == (0, 0) and ctx.attempt == 1:  # the head goes once (1, 0) was answered
-                waited(lambda: (1, 0) in answered)
-            elif key == (0, 0):  # its last tries once (1, 1) failed, and (1, 0) was told
-                waited(lambda: time.monotonic() - failed.get((1, 1), math.inf) > 0.2)
-            with lock:
-                if key == (0, 0) and not down_since:
-                    down_since.append(time.monotonic())
-                if down_since and time.monotonic() - down_since[0] < 3.0:
-                    failed.setdefault(key, time.monotonic())
-                    raise ConnectionError("database is down")
-                answered.add(key)
-            if key == (1, 0):  # the call goes on after its answer, past the head's failure
-                waited(lambda: time.monotonic() - failed.get((0, 0), math.inf) > 0.2)
+            while not met(before(key, ctx.attempt)):
+                time.sleep(0.005)
+            dependency(key)
+            while not met(after(key)):
+                time.sleep(0.005)
 
-    running = start_service(Billing)
+    class AsyncBilling(SyncBilling):
+        ordering = "key" if kind == "async-key" else "partition"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            key = (ctx.partition, ctx.offset)
+            while not met(before(key, ctx.attempt)):
+                await asyncio.sleep(0.005)
+            dependency(key)
+            while not met(after(key)):
+                await asyncio.sleep(0.005)
+
+    running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
     assert wait_for(lambda: len(answered) == 3, timeout=30), f"{sorted(answered)} answered"
     assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
     running.stop()
