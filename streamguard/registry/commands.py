@@ -122,15 +122,18 @@ def _not_in_registry(c: RegistryCheck) -> str:
 
 
 def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
-    groups = result_groups(c.result for c in checks)
     if args.format == "json":
-        entries = json.loads(render(groups, "json"))
+        entries = json.loads(render(result_groups(c.result for c in checks), "json"))
         doc = {"changes": entries, "subjects": [c.summary() for c in checks]}
         print(json.dumps(doc, indent=2))
         return
-    text = render(groups, args.format)
-    lines = [text] if text else []
+    lines = []
     for c in checks:
+        # A subject's changes, then what the registry says of it: rendered all at once,
+        # every subject's changes came first and the registry's verdicts after them.
+        text = render(result_groups([c.result]), args.format)
+        if text:
+            lines.append(text)
         subject, verdict = c.result.subject, c.registry_compatible
         if args.format == "github":
             if not c.in_registry:

@@ -131,6 +131,35 @@ def test_compatible_change_passes_and_registers(
     assert client.get_versions("orders.OrderPlaced") == [1, 2]
 
 
+def test_each_subject_s_changes_come_with_its_registry_verdict(
+    project_factory: Callable[[], Project], cli: Cli, registry: RegistryServer
+) -> None:
+    """Two subjects broken at once: each one's changes are followed by what the registry
+    says of it, not every subject's changes first and the verdicts after them all."""
+    refunds = """
+class RefundIssued(sg.Contract):
+    __subject__ = "refunds.RefundIssued"
+    __version__ = 1
+    refund_id: str
+"""
+    project = project_factory()
+    project.contracts(V1 + refunds)
+    code, _, err = cli("schema", "register", "--registry", registry.url)
+    assert code == 0, err
+    broken = refunds.replace("__version__ = 1", "__version__ = 2") + "    reason: str\n"
+    project.contracts(V2_BREAKING + broken)
+    code, out, _ = cli("schema", "check", "--registry", registry.url)
+    assert code == 1
+    lines = out.splitlines()
+    verdicts = [i for i, line in enumerate(lines) if "the registry says incompatible" in line]
+    assert len(verdicts) == 2, out
+    first = [i for i, line in enumerate(lines) if line.startswith("orders.OrderPlaced")]
+    second = [i for i, line in enumerate(lines) if line.startswith("refunds.RefundIssued")]
+    assert max(first) < min(second), out
+    assert "customer.tier" in "\n".join(lines[: min(second)]), out
+    assert "reason" in "\n".join(lines[min(second) :]), out
+
+
 def test_disagreement_is_reported_and_fails(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
