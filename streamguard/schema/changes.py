@@ -261,9 +261,14 @@ def merge_directions(backward: list[Finding], forward: list[Finding]) -> list[Ch
             types.setdefault(key, (f.new_type, f.old_type))
         if not f.safe:
             merged[key].add("FORWARD")
+    # The two passes name one addition or removal differently (an optional property
+    # added to a closed model, seen back as a property removed from it); its safe name
+    # would say "readers in both directions are unaffected" beside the breaking one.
+    broken = {path for (path, _), dirs in merged.items() if dirs}
     return [
         Change(key[0], key[1], frozenset(dirs), *types.get(key, (None, None)))
         for key, dirs in merged.items()
+        if dirs or key[0] not in broken
     ]
 
 

@@ -1315,3 +1315,36 @@ def test_a_change_in_a_recursive_schema_is_reported_once(tagged: bool) -> None:
     old_t = {**twice, "$defs": {"T": {"type": "object", "properties": {"x": _INT}}}}
     new_t = {**twice, "$defs": {"T": {"type": "object", "properties": {"x": _STR}}}}
     assert sorted(c.field_path for c in diff_json_schemas(old_t, new_t)) == ["a.x", "b.x"]
+
+
+class _WithNote(BaseModel):
+    order_id: int
+    note: str
+
+
+class _WithoutNote(BaseModel):
+    order_id: int
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: int
+
+
+class _ClosedWithZip(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: int
+    zip: str | None = None
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(_WithNote, _WithoutNote), (_Closed, _ClosedWithZip)], ids=["removed", "added"]
+)
+def test_a_change_that_breaks_one_way_is_not_also_listed_as_harmless(
+    old: type[BaseModel], new: type[BaseModel]
+) -> None:
+    # Each pass names the same removal or addition its own way; the safe name from one
+    # side said "readers in both directions are unaffected" beside the breaking one.
+    changes = diff_json_schemas(schema_of(old), schema_of(new))
+    assert changes
+    assert all(c.breaking_in for c in changes), [(c.rule, c.breaking_in) for c in changes]
