@@ -35,7 +35,13 @@ from streamguard.schema.checks import (
 )
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
 from streamguard.schema.modes import parse_mode
-from streamguard.schema.report import FORMATS, github_error, render, result_groups
+from streamguard.schema.report import (
+    FORMATS,
+    github_error,
+    github_warning,
+    render,
+    result_groups,
+)
 from streamguard.schema.store import SchemaStore, dump_schema, read_schema
 from streamguard.settings import directory
 
@@ -155,6 +161,19 @@ def _print_report(
             else f"{r.subject}: v{r.version} is not stored in schemas/ yet [{r.mode}]: run "
             "`streamguard schema register` and commit it, so that later changes are checked"
             for r in first
+        ]
+        text = "\n".join([*notes, text] if text else notes)
+    elif args.format == "github":
+        # The CI job the docs give: a subject never stored passes, and so would every
+        # later change to it, so say so where the run's summary shows it.
+        notes = [
+            github_warning(
+                f"{r.subject} not stored yet",
+                f"v{r.version} is not stored in schemas/ yet, so no change to it is checked: "
+                "run `streamguard schema register` and commit schemas/",
+            )
+            for r in results
+            if not r.comparisons and not r.problems and not store.versions(r.subject)
         ]
         text = "\n".join([*notes, text] if text else notes)
     if text:

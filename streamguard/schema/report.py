@@ -159,6 +159,12 @@ def github_error(title: str, message: str) -> str:
     return f"::error title={title}::{_escape(message)}"
 
 
+def github_warning(title: str, message: str) -> str:
+    """A GitHub Actions ``::warning`` annotation: shown on the run, without failing it."""
+    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
+    return f"::warning title={title}::{_escape(message)}"
+
+
 def _github(entry: dict[str, Any]) -> str:
     title = f"{entry['subject']} {entry['rule']}".strip()  # two files name no subject
     title = _escape(title).replace(",", "%2C").replace(":", "%3A")

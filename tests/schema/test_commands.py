@@ -72,6 +72,20 @@ def test_check_without_stored_versions_passes(
     assert "orders.OrderPlaced: v1 has nothing to compare with" in out
 
 
+def test_github_format_warns_of_a_subject_not_stored_yet(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """The CI job the docs give runs --format github: a schemas/ never committed (or a
+    schemas_dir that names the wrong folder) must show there, not pass in silence."""
+    project_factory().contracts(V1)
+    code, out, _ = cli("schema", "check", "--format", "github")
+    assert code == 0
+    assert out.startswith("::warning title=orders.OrderPlaced not stored yet::")
+    assert "streamguard schema register" in out
+    assert cli("schema", "register")[0] == 0
+    assert cli("schema", "check", "--format", "github")[:2] == (0, "")
+
+
 def test_register_stores_version_and_changelog(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
