@@ -54,6 +54,8 @@ class ProjectConfig:
     subject_modes: dict[str, str] = field(default_factory=dict)
     schema_registry_url: str | None = None
     registry_subjects: dict[str, str] = field(default_factory=dict)
+    # The file read; None when there was none (defaults, rooted at the current directory).
+    config_file: Path | None = None
 
     def mode_for(self, subject: str) -> str:
         """The subject's own mode if set, else the project default."""
@@ -194,6 +196,7 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
         schemas_dir=root / _schemas_dir(table.get("schemas_dir", "schemas")),
         compatibility=_check_mode(table.get("compatibility", "BACKWARD"), str(file)),
         subject_modes=subject_modes,
+        config_file=file,
     )
 
 

@@ -98,6 +98,11 @@ def _project(args: argparse.Namespace) -> tuple[ProjectConfig, SchemaStore]:
 
 def _contracts(config: ProjectConfig) -> dict[str, type[Contract]]:
     contracts = config.contracts_by_subject()
+    if not contracts and config.config_file is None:
+        raise ConfigurationError(
+            f"no contracts found: no pyproject.toml in {config.root}; run the command from "
+            "the project's root folder, or pass --config PATH"
+        )
     if not contracts:
         raise ConfigurationError(
             "no contracts found: list the modules that define them in pyproject.toml, "

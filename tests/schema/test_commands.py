@@ -86,6 +86,18 @@ def test_github_format_warns_of_a_subject_not_stored_yet(
     assert cli("schema", "check", "--format", "github")[:2] == (0, "")
 
 
+def test_check_outside_the_project_says_there_is_no_pyproject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
+) -> None:
+    """Run from another folder than the project's (a CI step's working directory), the
+    check said to list modules in a pyproject.toml, not that there was none to read."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert f"no pyproject.toml in {tmp_path.resolve()}" in err
+    assert "--config" in err
+
+
 def test_register_stores_version_and_changelog(
     project_factory: Callable[[], Project], cli: Cli
 ) -> None:
