@@ -8,6 +8,7 @@ registration, 2 usage or configuration error (raised as ConfigurationError, whic
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import unicodedata
 from pathlib import Path
@@ -107,6 +108,14 @@ def _contracts(config: ProjectConfig) -> dict[str, type[Contract]]:
         raise ConfigurationError(
             "no contracts found: list the modules that define them in pyproject.toml, "
             'e.g. [tool.streamguard] contracts = ["myapp.contracts"]'
+        )
+    # A misspelt subject would leave its contract checked in the default mode, silently.
+    for subject in sorted({*config.subject_modes, *config.registry_subjects} - contracts.keys()):
+        close = difflib.get_close_matches(subject, list(contracts), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigurationError(
+            f'[tool.streamguard.subjects."{subject}"] names no contract of the modules '
+            f"listed in contracts{hint}"
         )
     return contracts
 

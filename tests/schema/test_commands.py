@@ -580,6 +580,21 @@ def test_subjects_that_are_not_tables_are_a_configuration_error(
     assert "table of tables" in err
 
 
+def test_a_subject_table_naming_no_contract_is_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A misspelt subject in [tool.streamguard.subjects] was ignored, and the contract
+    checked in the default mode (BACKWARD where FULL was meant), passing in silence."""
+    project = project_factory()
+    project.contracts(V1)
+    with (project.root / "pyproject.toml").open("a") as toml:
+        toml.write('[tool.streamguard.subjects."orders.OrderPlace"]\ncompatibility = "FULL"\n')
+    code, _, err = cli("schema", "check")
+    assert code == 2
+    assert '[tool.streamguard.subjects."orders.OrderPlace"] names no contract' in err
+    assert "did you mean 'orders.OrderPlaced'?" in err
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
