@@ -54,6 +54,7 @@ def create_app(broker: str | None = None, **settings: Any) -> tuple[Any, Guarded
         "orders",
         contract=OrderPlaced,
         dead_letter_topic="orders.dlq",
+        name="billing",  # sg-dlq-service; by default the handler's qualified name
         retry=sg.RetryPolicy(attempts=3, base_delay=0.2, max_budget_ms=5_000),
         sink=[invoices],
     )

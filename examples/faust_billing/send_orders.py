@@ -23,7 +23,8 @@ CUSTOMERS = ("alice", "flaky-1", "down-1", "closed-1")
 
 
 def send_orders(bootstrap: str, topic: str = "orders") -> None:
-    """One valid order per customer in ``CUSTOMERS``, then one value that is not JSON."""
+    """One valid order per customer in ``CUSTOMERS``, then two poison records: a value
+    that is not JSON, and JSON that is not an ``OrderPlaced``."""
     producer = sg.GuardedProducer(bootstrap)
     for customer in CUSTOMERS:
         order = OrderPlaced(
@@ -38,11 +39,12 @@ def send_orders(bootstrap: str, topic: str = "orders") -> None:
     # A GuardedProducer refuses poison, so it goes through a plain producer.
     raw = Producer({"bootstrap.servers": bootstrap})
     raw.produce(topic, b"not json")
+    raw.produce(topic, b'{"order_id": "not-a-uuid"}')
     if raw.flush(10):
-        raise SystemExit("the broker did not confirm the poison record within 10 s")
+        raise SystemExit("the broker did not confirm the poison records within 10 s")
 
 
 if __name__ == "__main__":
     bootstrap = os.environ.get("STREAMGUARD_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
     send_orders(bootstrap)
-    print(f"sent {len(CUSTOMERS)} orders and 1 poison record to orders on {bootstrap}")
+    print(f"sent {len(CUSTOMERS)} orders and 2 poison records to orders on {bootstrap}")

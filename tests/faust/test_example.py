@@ -40,7 +40,7 @@ def test_example_bills_forwards_and_dead_letters(
     handled = 'streamguard_messages_total{outcome="handled",runtime="faust",topic="orders"} 2.0'
 
     async def scenario() -> None:
-        assert await until(lambda: sum(committed(bootstrap, app.conf.id, "orders").values()) == 5)
+        assert await until(lambda: sum(committed(bootstrap, app.conf.id, "orders").values()) == 6)
         # A lane counts what it handled shortly after it runs dry, not per event: the
         # commit may come first (under load it did), so scrape until the count is in.
         for _ in range(50):
@@ -53,8 +53,15 @@ def test_example_bills_forwards_and_dead_letters(
     assert handled in scraped[-1]
     invoices = read_all("invoices", 2, timeout=15)
     assert len(invoices) == 2
-    reasons = sorted(dict(r.headers())["sg-dlq-reason"] for r in read_all("orders.dlq", 3))
-    assert reasons == [b"decode_error", b"permanent_error", b"retries_exhausted"]
+    dead = read_all("orders.dlq", 4)
+    reasons = sorted(dict(r.headers())["sg-dlq-reason"] for r in dead)
+    assert reasons == [
+        b"contract_violation",
+        b"decode_error",
+        b"permanent_error",
+        b"retries_exhausted",
+    ]
+    assert {dict(r.headers())["sg-dlq-service"] for r in dead} == {b"billing"}
     labels = {"runtime": "faust", "topic": "orders", "outcome": "handled"}
     assert bill.registry.get_sample_value("streamguard_messages_total", labels) == 2
 
