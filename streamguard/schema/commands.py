@@ -162,20 +162,25 @@ def _results(args: argparse.Namespace) -> tuple[ProjectConfig, SchemaStore, list
     return config, store, results
 
 
+def _uncompared(r: SubjectResult, store: SchemaStore) -> str:
+    """The text report's line for a subject that was compared with nothing, and why."""
+    if not store.versions(r.subject):
+        # Passing, yet every later change would pass too while nothing is stored.
+        return (
+            f"{r.subject}: v{r.version} is not stored in schemas/ yet [{r.mode}]: run "
+            "`streamguard schema register` and commit it, so that later changes are checked"
+        )
+    if r.mode == "NONE":  # "nothing to compare with" read as if nothing were stored
+        return f"{r.subject}: v{r.version} is not compared with the stored versions [NONE]"
+    return f"{r.subject}: v{r.version} has nothing to compare with [{r.mode}]"
+
+
 def _print_report(
     args: argparse.Namespace, results: list[SubjectResult], store: SchemaStore
 ) -> None:
     text = render(result_groups(results), args.format)
     if args.format == "text":
-        first = [r for r in results if not r.comparisons and not r.problems]
-        notes = [
-            f"{r.subject}: v{r.version} has nothing to compare with [{r.mode}]"
-            if store.versions(r.subject)
-            # Passing, yet every later change would pass too while nothing is stored.
-            else f"{r.subject}: v{r.version} is not stored in schemas/ yet [{r.mode}]: run "
-            "`streamguard schema register` and commit it, so that later changes are checked"
-            for r in first
-        ]
+        notes = [_uncompared(r, store) for r in results if not r.comparisons and not r.problems]
         text = "\n".join([*notes, text] if text else notes)
     elif args.format == "github":
         # The CI job the docs give: a subject never stored passes, and so would every
