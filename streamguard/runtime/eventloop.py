@@ -382,6 +382,7 @@ class LoopRunner:
         self._seen = 0
         self._succeeded = 0  # successes not yet told to the breaker (_fold_successes)
         self._began = 0.0  # when the last successful call of ``_call`` started
+        self._failed_began = 0.0  # when the call ``_call`` raised out of last started
         # A clean stop's end, on this loop's clock, once it began (``finish_fetched``):
         # a retry due later is not waited for.
         self._finish_by: float | None = None
@@ -827,6 +828,7 @@ class LoopRunner:
                         (lane.partition, msg.offset()),
                         called,
                         self._runs_until(lane),
+                        clock() - start if called else 0.0,  # see _fold
                     )
                     if isinstance(verdict, RetryState):
                         after_try(verdict, None, called)
@@ -1031,6 +1033,7 @@ class LoopRunner:
                         (lane.partition, msg.offset()),
                         called,
                         self._runs_until(lane),
+                        time.perf_counter() - self._failed_began if called else 0.0,
                     )
                     if isinstance(verdict, RetryState):
                         verdict = after_try(verdict, retry, called)
@@ -1154,11 +1157,17 @@ class LoopRunner:
     async def _call(self, event: Any, ctx: MessageContext) -> object:
         """A try's handler call (or tombstone handler's), timed; what it returned."""
         start = time.perf_counter()
-        if event is _TOMBSTONE:
-            assert self._tombstone is not None
-            returned = await self._tombstone(ctx)
-        else:
-            returned = await self._handle(event, ctx)
+        try:
+            if event is _TOMBSTONE:
+                assert self._tombstone is not None
+                returned = await self._tombstone(ctx)
+            else:
+                returned = await self._handle(event, ctx)
+        except Exception:
+            # Read by _process's judging before anything else runs on the loop: a
+            # permanent failure counts as an answer of the dependency as of it.
+            self._failed_began = start
+            raise
         self._durations.append(time.perf_counter() - start)
         self._began = start  # the breaker times successes by it (see _fold)
         return returned

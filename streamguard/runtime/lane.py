@@ -72,6 +72,7 @@ class Pipeline(Protocol):
         message: Hashable,
         by_handler: bool,
         runs_until: float | None = None,
+        ago: float = 0.0,
     ) -> Failure | RetryState: ...
 
     def decode(self, value: bytes | None) -> Any: ...
@@ -383,6 +384,7 @@ class PartitionLane:
                         # A closed lane retries nothing; nor does one whose service
                         # stops, which no poll claims again before it closes.
                         -math.inf if self.closed or pipe.stopping.is_set() else None,
+                        clock() - start if called else 0.0,  # see _fold
                     )
                     if isinstance(verdict, RetryState):
                         retry = after_try(verdict, retry, called)

@@ -355,6 +355,7 @@ def test_successes_told_after_an_outage_began_do_not_dead_letter_its_first_failu
     assert not running.error
 
 
+@pytest.mark.parametrize("ends", ["returns", "rejects"])
 @pytest.mark.parametrize("kind", ["sync", "async", "async-key"])
 def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_it(
     topic_factory: Callable[..., str],
@@ -362,6 +363,7 @@ def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_i
     start_service: Callable[..., Running],
     raw_producer: Any,
     kind: str,
+    ends: str,
 ) -> None:
     """(1, 0)'s call gets its answer from the dependency, then goes on until partition
     0's head has failed: the dependency went down in between. Timed by the end of its
@@ -371,7 +373,9 @@ def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_i
     test_an_outage_starting_mid_batch...[sync], the success timed 5.4 ms after the first
     failure); an async handler's task resumed late does so too, in partition or key
     order: a success is timed by the start of its call. One key, so that key order runs
-    (1, 0) and (1, 1) one after the other too."""
+    (1, 0) and (1, 1) one after the other too. ``rejects``: (1, 0) then fails
+    permanently, which tells the breaker the dependency answered, as a success does:
+    timed by its judging, it dead-lettered the head all the same."""
     src = topic_factory("orders", partitions=2)
     for i, partition in enumerate((1, 1, 0)):
         value = order(i).model_dump_json().encode()
@@ -409,6 +413,10 @@ def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_i
         with lock:
             return until() or time.monotonic() > deadline
 
+    def rejected(key: tuple[int, int]) -> None:
+        if key == (1, 0) and ends == "rejects":
+            raise ValueError("order rejected")  # permanent: dead-lettered at once
+
     class SyncBilling(sg.ConsumerService):
         topic, contract, group_id = src, OrderPlaced, group
         retry = sg.RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, max_budget_ms=2_000)
@@ -421,6 +429,7 @@ def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_i
             dependency(key)
             while not met(after(key)):
                 time.sleep(0.005)
+            rejected(key)
 
     class AsyncBilling(SyncBilling):
         ordering = "key" if kind == "async-key" else "partition"
@@ -432,10 +441,12 @@ def test_a_success_whose_call_ran_on_past_an_outage_start_does_not_dead_letter_i
             dependency(key)
             while not met(after(key)):
                 await asyncio.sleep(0.005)
+            rejected(key)
 
     running = start_service(SyncBilling if kind == "sync" else AsyncBilling)
     assert wait_for(lambda: len(answered) == 3, timeout=30), f"{sorted(answered)} answered"
-    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == 0
+    dead = 1 if ends == "rejects" else 0  # (1, 0)'s, never the head's
+    assert running.metric("streamguard_messages_total", topic=src, outcome="dead_lettered") == dead
     running.stop()
     assert not running.error
 
