@@ -154,11 +154,13 @@ class Breaker:
                 return self._open_total
             return self._open_total + self._clock() - self._opened_at
 
-    def succeeded(self, calls: int = 1, message: Hashable = None, ago: float = 0.0) -> None:
+    def succeeded(
+        self, calls: int = 1, message: Hashable = None, began: float | None = None
+    ) -> None:
         """``calls`` handler calls ended without a transient failure (``message``'s, if
         given: it closes a half-open breaker only if it is the probe), the last of them
-        started ``ago`` seconds before (its start: the dependency may have answered any
-        time after it).
+        started at ``began`` (``time.perf_counter``; None: now). Its start: the
+        dependency may have answered any time after it.
 
         Lanes tell their successes a batch at a time. Timed by the telling, a lane's
         successes from before an outage, told when its own first record failed, came
@@ -170,7 +172,13 @@ class Breaker:
         with self._lock:
             self._count(calls, 0)
             now = self._clock()
-            self._last_success = max(self._last_success, now - ago if self._ages else now)
+            if began is not None and self._ages:
+                # Aged here, after ``now`` was read, never before: aged by the caller,
+                # a wait for this lock or a thread switch in between (5 ms and more
+                # under load) timed the success that much later than its start, past
+                # another lane's first failure of an outage, which was dead-lettered.
+                now -= time.perf_counter() - began
+            self._last_success = max(self._last_success, now)
             if self.state == HALF_OPEN and self._is_probe(message):
                 self._probing = False
                 self._failed_probe = None

@@ -828,7 +828,7 @@ class LoopRunner:
                         (lane.partition, msg.offset()),
                         called,
                         self._runs_until(lane),
-                        clock() - start if called else 0.0,  # see _fold
+                        start if called else None,  # see _fold
                     )
                     if isinstance(verdict, RetryState):
                         after_try(verdict, None, called)
@@ -945,9 +945,7 @@ class LoopRunner:
             self._handled += done
             self._since_poll += done
             # Named by the last one: only the probe's success closes a half-open breaker.
-            self.pipeline.breaker.succeeded(
-                done, (lane.partition, last.offset()), time.perf_counter() - began
-            )
+            self.pipeline.breaker.succeeded(done, (lane.partition, last.offset()), began)
             with lane.lock:
                 lane.offsets.advance(last.offset() + 1)
                 if not lane.closed:
@@ -1033,7 +1031,7 @@ class LoopRunner:
                         (lane.partition, msg.offset()),
                         called,
                         self._runs_until(lane),
-                        time.perf_counter() - self._failed_began if called else 0.0,
+                        self._failed_began if called else None,
                     )
                     if isinstance(verdict, RetryState):
                         verdict = after_try(verdict, retry, called)
@@ -1180,9 +1178,7 @@ class LoopRunner:
         if self._succeeded:
             # Counted while the breaker was closed (a half-open one's successes go named):
             # none of them is a probe's, so none may close it.
-            self.pipeline.breaker.succeeded(
-                self._succeeded, _NO_PROBE, time.perf_counter() - self._began
-            )
+            self.pipeline.breaker.succeeded(self._succeeded, _NO_PROBE, self._began)
             self._succeeded = 0
 
     def _schedule_flush(self) -> None:

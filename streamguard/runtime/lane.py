@@ -72,7 +72,7 @@ class Pipeline(Protocol):
         message: Hashable,
         by_handler: bool,
         runs_until: float | None = None,
-        ago: float = 0.0,
+        began: float | None = None,
     ) -> Failure | RetryState: ...
 
     def decode(self, value: bytes | None) -> Any: ...
@@ -384,7 +384,7 @@ class PartitionLane:
                         # A closed lane retries nothing; nor does one whose service
                         # stops, which no poll claims again before it closes.
                         -math.inf if self.closed or pipe.stopping.is_set() else None,
-                        clock() - start if called else 0.0,  # see _fold
+                        start if called else None,  # see _fold
                     )
                     if isinstance(verdict, RetryState):
                         retry = after_try(verdict, retry, called)
@@ -433,7 +433,7 @@ class PartitionLane:
             self.pipeline.breaker.succeeded(
                 handled,
                 None if last is None else (self.partition, last.offset()),
-                time.perf_counter() - end + durations[-1],
+                end - durations[-1],
             )
         durations.clear()  # the same list: _process appends through its bound method
 

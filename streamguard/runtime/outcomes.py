@@ -154,7 +154,7 @@ def judge(
     message: Hashable = None,
     *,
     by_handler: bool = False,
-    ago: float = 0.0,
+    began: float | None = None,
 ) -> Failure | RetryState:
     """The verdict on attempt ``attempt`` of a message that raised ``exc``.
 
@@ -169,8 +169,8 @@ def judge(
             raises (an invalid event it tried to send with a ``GuardedProducer``, say)
             says nothing about the record's own validity: it is judged like any other
             exception of the handler, with the attempts made so far.
-        ago: how long ago (real seconds) the failed call started. A permanent failure
-            tells the breaker the dependency answered, as of then, as a success does
+        began: when the failed call started (``time.perf_counter``). A permanent
+            failure tells the breaker the dependency answered, as of then, as a success does
             (``Breaker.succeeded``): timed by its judging, a call answered before an
             outage and judged after its first failure dead-lettered that message.
 
@@ -203,7 +203,7 @@ def judge(
         return _wait_for_registry(exc, attempt, retry, policy, now, first_ms, mark)
     if classify(exc, transient) == "permanent":
         if breaker is not None:
-            breaker.succeeded(1, message, ago)  # the dependency answered; the message is at fault
+            breaker.succeeded(1, message, began)  # the dependency answered; the message is at fault
             breaker.recovered(message)
         return Failure("permanent_error", exc, attempt, first_ms)
     if breaker is not None and breaker.failed(message, type(exc).__name__):

@@ -124,7 +124,7 @@ class Pipeline:
         message: Hashable,
         by_handler: bool,
         runs_until: float | None = None,
-        ago: float = 0.0,
+        began: float | None = None,
     ) -> Failure | RetryState:
         """The verdict on a failed attempt under this service's policies (see outcomes);
         ``by_handler``: ``exc`` came out of the user's handler, not out of decoding. A
@@ -133,8 +133,8 @@ class Pipeline:
         waiting, not as a retry (see ``RetryLog``). ``runs_until``: the latest ``due``
         (on ``now``'s clock) at which the lane still retries, -inf for a closed lane
         (a revoke or stop), a clean stop's finish on the event loop; past it the line
-        says the retry is dropped, as it is (the record stays uncommitted). ``ago``: when
-        the failed call started, in seconds before now (see outcomes.judge)."""
+        says the retry is dropped, as it is (the record stays uncommitted). ``began``:
+        when the failed call started, on ``time.perf_counter`` (see outcomes.judge)."""
         verdict = judge(
             exc,
             attempt,
@@ -145,7 +145,7 @@ class Pipeline:
             self.breaker,
             message,
             by_handler=by_handler,
-            ago=ago,
+            began=began,
         )
         if isinstance(verdict, RetryState):
             # One waiting for a dependency has no due time a stop's finish waits for.

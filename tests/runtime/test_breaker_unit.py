@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -177,12 +178,13 @@ def test_successes_told_late_count_when_they_happened() -> None:
     since = clock.now  # (0, 7) fails first; the other lane's successes ended 0.3 s before
     b.failed((0, 7))
     clock.now += 0.2
-    b.succeeded(40, (1, 39), ago=0.5)  # told now, when its own next record fails
+    # Told now, when its own next record fails; its last call started 0.5 s before.
+    b.succeeded(40, (1, 39), began=time.perf_counter() - 0.5)
     b.failed((1, 40))
     assert b.outage_suspected((0, 7), since)
-    b.succeeded(1, (2, 0), ago=0.1)  # ended 0.1 s after (0, 7) first failed
+    b.succeeded(1, (2, 0), began=time.perf_counter() - 0.1)  # 0.1 s after (0, 7) first failed
     assert not b.outage_suspected((0, 7), since)
-    b.succeeded(5, (1, 45), ago=10.0)  # an older report keeps the latest success
+    b.succeeded(5, (1, 45), began=time.perf_counter() - 10.0)  # an older one keeps the latest
     assert not b.outage_suspected((0, 7), since)
 
 

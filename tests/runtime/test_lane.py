@@ -1229,3 +1229,33 @@ def test_a_partition_waiting_for_a_slot_calls_no_handler_once_the_breaker_opens(
         turn(loop, 30)  # bounded: the retries are due after 10 s, the probe after 30
         assert not pipeline.breaker.closed
         assert service.states == ["closed", "closed"]  # the two calls that opened it
+
+
+def test_a_success_told_while_the_breaker_is_busy_counts_as_of_its_call_start() -> None:
+    """A lane's success waits for the breaker's lock (another lane in it, a thread
+    switch): aged by the lane before that wait, it counted as of later than its call
+    began, past a failure that came after, which then looked as if something succeeded
+    since and was dead-lettered when its retries ran out. The breaker ages it itself."""
+    returned = threading.Event()
+
+    class Orders(sg.ConsumerService):
+        topic, contract, group_id = "lane-unit", OrderPlaced, "lane-unit"
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            returned.set()
+
+    spec = Orders(bootstrap_servers="127.0.0.1:9")._spec()
+    pipeline = Pipeline(spec, HeldDeadLetters(), ServiceMetrics(CollectorRegistry()))
+    breaker = pipeline.breaker
+    lane = PartitionLane(1, pipeline)
+    assert lane.enqueue(batch(valid(0)))
+    drained = threading.Thread(target=lane.drain)
+    with breaker._lock:  # another lane is in the breaker
+        drained.start()
+        assert returned.wait(5)
+        time.sleep(0.05)  # the call returned; its success waits to be told
+        since = time.monotonic()  # the dependency is down: (0, 7) fails first
+    drained.join(5)
+    breaker.failed((0, 7))
+    breaker.failed((2, 3))
+    assert breaker.outage_suspected((0, 7), since)
