@@ -264,7 +264,10 @@ def merge_directions(backward: list[Finding], forward: list[Finding]) -> list[Ch
     # The two passes name one addition or removal differently (an optional property
     # added to a closed model, seen back as a property removed from it); its safe name
     # would say "readers in both directions are unaffected" beside the breaking one.
-    broken = {path for (path, _), dirs in merged.items() if dirs}
+    # Only where the forward pass broke (every safe change left is the backward pass's):
+    # a path the backward pass breaks itself may hold another change of its own (an
+    # Avro field renamed with an alias and narrowed), which ``schema diff`` must list.
+    broken = {f.path for f in forward if not f.safe}
     return [
         Change(key[0], key[1], frozenset(dirs), *types.get(key, (None, None)))
         for key, dirs in merged.items()

@@ -446,3 +446,15 @@ def test_a_recursive_union_of_several_records_is_judged_in_time(
         (("fields", "e", "branches", i), "SUM_TYPE_NARROWED") for i in narrowed
     ]
     assert {d for c in changes for d in c.breaking_in} == directions
+
+
+def test_a_rename_is_listed_beside_a_type_change_of_the_same_field() -> None:
+    """A field renamed with an alias and narrowed is two changes at one path: dropping
+    safe changes where a change breaks left the rename out of ``schema diff``, which
+    then read as a field removed."""
+    old = record({"name": "a", "type": "long"})
+    new = record({"name": "b", "type": "int", "aliases": ["a"]})
+    changes = merge_directions(compare_avro_schemas(old, new), compare_avro_schemas(new, old))
+    rules = {(c.field_path, c.rule): sorted(c.breaking_in) for c in changes}
+    assert rules[("b", "FIELD_RENAMED_WITH_ALIAS")] == []
+    assert rules[("b", "TYPE_NARROWED")] == ["BACKWARD"]
