@@ -1053,8 +1053,9 @@ class LoopRunner:
                             # Named: only the probe's success closes it. Counted without
                             # the record, a call that started before the breaker opened
                             # and answered late closed it while the probe was still out.
+                            # As of its call's start, as every success (see _fold).
                             self._fold_successes()
-                            breaker.succeeded(1, (lane.partition, msg.offset()))
+                            breaker.succeeded(1, (lane.partition, msg.offset()), self._began)
                     lane.finished(msg, verdict)
             finally:
                 self.in_handlers -= 1

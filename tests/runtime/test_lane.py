@@ -1259,3 +1259,41 @@ def test_a_success_told_while_the_breaker_is_busy_counts_as_of_its_call_start() 
     breaker.failed((0, 7))
     breaker.failed((2, 3))
     assert breaker.outage_suspected((0, 7), since)
+
+
+class SlowProbe(sg.ConsumerService):
+    """The probe's call gets its answer, then its task goes on for 0.2 s."""
+
+    topic = "lane-unit"
+    contract = OrderPlaced
+    group_id = "lane-unit"
+    began: ClassVar[list[float]] = []
+
+    async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        self.began.append(time.monotonic())
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_a_probes_success_on_the_loop_counts_as_of_its_call_start(ordering: str) -> None:
+    """A half-open breaker's probe succeeded on the loop and told the breaker at once,
+    unaged: its success counted as of its task's resumption, not its call's start, as
+    every other success does, and a failure in between looked as if something had
+    succeeded since it (dead-lettered when its retries ran out, an outage's or not)."""
+    SlowProbe.began.clear()
+    pipeline = loop_pipeline(SlowProbe)
+    breaker = pipeline.breaker
+    with loop_runner(pipeline, ordering, max_in_flight=8) as (loop, runner):
+        with breaker._lock:
+            breaker._open(time.monotonic(), "others failed", "TimeoutError")
+        breaker._opened_at -= breaker.config.cool_down  # a probe is due
+        lane = LoopLane(0, pipeline, runner)
+        lane.enqueue([record(valid(0), key="k", topic="lane-unit", offset=0)])
+        lane.drain()
+        for _ in range(500):  # bounded: 5 s
+            turn(loop, 1)
+            if lane.commit_position() == 1:
+                break
+        assert breaker.closed
+        [began] = SlowProbe.began
+        assert breaker._last_success - began < 0.1
