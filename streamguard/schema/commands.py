@@ -110,7 +110,10 @@ def _contracts(config: ProjectConfig) -> dict[str, type[Contract]]:
             'e.g. [tool.streamguard] contracts = ["myapp.contracts"]'
         )
     # A misspelt subject would leave its contract checked in the default mode, silently.
-    for subject in sorted({*config.subject_modes, *config.registry_subjects} - contracts.keys()):
+    # One with stored versions is a retired contract's: `schema diff` still reads its mode.
+    store = SchemaStore(config.schemas_dir)
+    configured = {*config.subject_modes, *config.registry_subjects} - contracts.keys()
+    for subject in sorted(s for s in configured if not store.versions(s)):
         close = difflib.get_close_matches(subject, list(contracts), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigurationError(

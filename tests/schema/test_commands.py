@@ -598,6 +598,23 @@ def test_a_subject_table_naming_no_contract_is_a_configuration_error(
     assert "did you mean 'orders.OrderPlaced'?" in err
 
 
+def test_a_retired_subject_s_table_is_not_a_configuration_error(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """A subject whose contract was removed, its versions still in schemas/, keeps its
+    table (``schema diff`` reads its mode there): only a subject with nothing stored and
+    no contract is taken for a misspelling."""
+    project = project_factory()
+    project.contracts(V1)
+    assert cli("schema", "register")[0] == 0
+    project.contracts(V1.replace("orders.OrderPlaced", "orders.OrderShipped"))
+    with (project.root / "pyproject.toml").open("a") as toml:
+        toml.write('[tool.streamguard.subjects."orders.OrderPlaced"]\ncompatibility = "FULL"\n')
+    code, out, err = cli("schema", "check")
+    assert code == 0, err
+    assert "orders.OrderShipped" in out
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
