@@ -57,9 +57,10 @@ class ServiceOptions:
         dead_letter_backoff_max: seconds; the cap of the backoff between attempts to
             write a dead letter while the DLQ is unwritable.
         dead_letter_log_rate: ``dead-lettering message`` lines a second on average, in
-            bursts of up to as many; past it lines are skipped, and counted in a ``dead-lettered messages not logged``
-            line as soon as the rate allows one (``not_logged``). Every
-            dead letter is still counted and kept in the DLQ with its reason. A line
+            bursts of up to as many; past it lines are skipped, and counted in a
+            ``dead-lettered messages not logged`` line as soon as the rate allows one
+            (``not_logged``). Every dead letter is still counted and kept in the DLQ
+            with its reason. A line
             each cost more than the dead letter itself in a poison flood, and would
             flood the logs too. None logs every one.
         broker_silence: seconds without a byte from any broker after which the cluster
