@@ -170,9 +170,11 @@ def judge(
             says nothing about the record's own validity: it is judged like any other
             exception of the handler, with the attempts made so far.
         began: when the failed call started (``time.perf_counter``). A permanent
-            failure tells the breaker the dependency answered, as of then, as a success does
-            (``Breaker.succeeded``): timed by its judging, a call answered before an
-            outage and judged after its first failure dead-lettered that message.
+            failure of the handler tells the breaker the dependency answered, as of
+            then, as a success does (``Breaker.succeeded``): timed by its judging, a
+            call answered before an outage and judged after its first failure
+            dead-lettered that message. One out of decoding (a validator raising
+            something other than ``ValueError``) tells it nothing: no call was made.
 
     The frames ``exc`` went through are cleared of their locals (``release_frames``):
     called where the failed attempt was caught, before anything holds ``exc``.
@@ -203,7 +205,10 @@ def judge(
         return _wait_for_registry(exc, attempt, retry, policy, now, first_ms, mark)
     if classify(exc, transient) == "permanent":
         if breaker is not None:
-            breaker.succeeded(1, message, began)  # the dependency answered; the message is at fault
+            if by_handler:  # the dependency answered; the message is at fault
+                breaker.succeeded(1, message, began)
+            else:  # decoding failed (a validator's own error): no call reached it
+                breaker.release_probe(message)
             breaker.recovered(message)
         return Failure("permanent_error", exc, attempt, first_ms)
     if breaker is not None and breaker.failed(message, type(exc).__name__):

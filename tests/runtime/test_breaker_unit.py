@@ -511,10 +511,47 @@ def test_an_old_calls_permanent_error_does_not_close_a_half_open_breaker() -> No
     clock.now += 3
     assert b.allow((2, 1))
     policy = sg.RetryPolicy(attempts=3)
-    judge(ValueError("bad"), 1, None, policy, (TimeoutError,), clock.now, b, (0, 9))
+    for message in ((0, 9), (2, 1)):
+        judge(
+            ValueError("bad"),
+            1,
+            None,
+            policy,
+            (TimeoutError,),
+            clock.now,
+            b,
+            message,
+            by_handler=True,
+        )
+        assert b.state == (HALF_OPEN if message == (0, 9) else CLOSED)
+
+
+def test_a_permanent_error_out_of_decoding_is_no_answer_of_the_dependency() -> None:
+    """A validator raising something pydantic does not wrap (a ``KeyError``, say) is a
+    permanent error before any handler call: it neither closes a half-open breaker nor
+    counts as a success (which, during an outage, made the first failing message look
+    as if it failed alone). It lets another message probe."""
+    policy = sg.RetryPolicy(attempts=3)
+    b, clock, _ = breaker(min_calls=100)
+    b.failed((0, 1))
+    b.failed((1, 1))
+    since = clock.now
+    clock.now += 1
+    verdict = judge(KeyError("x"), 1, None, policy, (TimeoutError,), clock.now, b, (2, 1))
+    assert isinstance(verdict, sg.Failure)
+    assert verdict.reason == "permanent_error"
+    assert b.outage_suspected((0, 1), since)  # nothing answered since (0, 1) failed
+    judge(KeyError("x"), 1, None, policy, (TimeoutError,), clock.now, b, (2, 2), by_handler=True)
+    assert not b.outage_suspected((0, 1), since)  # a handler's own error is an answer
+
+    b, clock, _ = breaker(min_calls=2, cool_down=3.0)
+    b.failed((0, 1))
+    b.failed((1, 1))
+    clock.now += 3
+    assert b.allow((2, 1))  # (2, 1) probes
+    judge(KeyError("x"), 1, None, policy, (TimeoutError,), clock.now, b, (2, 1))
     assert b.state == HALF_OPEN
-    judge(ValueError("bad"), 1, None, policy, (TimeoutError,), clock.now, b, (2, 1))
-    assert b.state == CLOSED
+    assert b.allow((2, 2))  # the probe was released: another message probes
 
 
 class _Highest(random.Random):
