@@ -1,4 +1,5 @@
-"""Commits: each partition's final-outcome prefix, never backwards, retried on failure.
+"""Commits: each partition's final-outcome prefix, never backwards; a periodic commit
+that fails is retried on the next round, a revoke's or shutdown's final one cannot be.
 
 Records a transactional producer wrote are followed by a commit (or abort) marker that
 takes an offset and is never delivered, as are aborted records under
@@ -73,7 +74,7 @@ class Committer:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
                 self._unconfirmed.difference_update(tp.partition for tp in offsets)
         except KafkaException as exc:
-            self.failed(exc.args[0], offsets)
+            self.failed(exc.args[0], offsets, final=not asynchronous)
 
     def _settled(self, lane: PartitionLane) -> int | None:
         """The lane's commit position, moved past what the client skipped after it.
@@ -106,12 +107,20 @@ class Committer:
             if self._committed.get(tp.partition) == tp.offset:
                 self._unconfirmed.discard(tp.partition)
 
-    def failed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    def failed(
+        self, error: KafkaError | None, partitions: list[TopicPartition], final: bool = False
+    ) -> None:
+        """``final``: a revoke's or shutdown's synchronous commit, which nothing retries
+        (the partitions are going): said so, rather than "will retry"."""
         self._failures.inc()
-        log.warning(
-            "offset commit failed; will retry",
-            extra={"error": error.str() if error else "partition error"},
-        )
+        reason = error.str() if error else "partition error"
+        if final:
+            log.warning(
+                "final offset commit failed; records since the last commit come again",
+                extra={"error": reason, "partitions": sorted(tp.partition for tp in partitions)},
+            )
+        else:
+            log.warning("offset commit failed; will retry", extra={"error": reason})
         for tp in partitions:
             self._committed.pop(tp.partition, None)  # commit again on the next round
             self._unconfirmed.discard(tp.partition)

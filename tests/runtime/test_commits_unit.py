@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
-from confluent_kafka import Consumer, TopicPartition
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamguard.observe.metrics import ServiceMetrics
@@ -77,3 +79,32 @@ def test_the_final_commit_sends_again_an_unacknowledged_offset_past_a_closed_lan
     assert calls.commits == [([(0, 6)], True), ([(0, 6)], False)]
     commits.commit(lanes(Lane(0, 5)), asynchronous=False)  # confirmed now: not again
     assert len(calls.commits) == 2
+
+
+class Refusing(Calls):
+    """A consumer whose commits the group refuses, as during a rebalance."""
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        super().commit(offsets=offsets, asynchronous=asynchronous)
+        raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+
+
+def test_a_refused_final_commit_says_its_records_come_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoke's or shutdown's synchronous commit is not retried (the partitions are
+    going): it was logged as "offset commit failed; will retry", which a cold trial's
+    rolling restart took for a retry that never came (282 records delivered again)."""
+    calls = Refusing()
+    metrics = ServiceMetrics(CollectorRegistry())
+    commits = Committer(cast(Consumer, calls), "t", metrics)
+    with caplog.at_level(logging.WARNING, "streamguard.runtime"):
+        commits.commit(lanes(Lane(0, 5)), asynchronous=True)
+        commits.commit(lanes(Lane(0, 5), Lane(2, 9)), asynchronous=False)
+    periodic, final = caplog.records
+    assert periodic.getMessage() == "offset commit failed; will retry"
+    assert final.getMessage() == (
+        "final offset commit failed; records since the last commit come again"
+    )
+    assert final.partitions == [0, 2]  # type: ignore[attr-defined]
+    assert "generation" in final.error  # type: ignore[attr-defined]
