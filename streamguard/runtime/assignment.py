@@ -1,13 +1,13 @@
 """Which partitions are ours: a lane per assigned partition, settled when it goes.
 
-On assign a lane is created. On revoke its in-flight handler gets
-``revoke_timeout`` to finish (then it is given up on, ``give_up_all``: an async one is
-cancelled and briefly waited for, and whatever it still comes to is ignored), its dead
-letters are awaited and its final-outcome
-prefix is committed before the partition moves; nothing after that prefix is. A *lost*
-partition (the session expired) may already belong to another member, so nothing is
-committed for it: its work is dropped and redelivered. Shutdown settles every lane
-the same way, within ``shutdown_timeout``.
+On assign a lane is created. On revoke its in-flight handler (and, under key or no
+ordering, its records already fetched) gets ``revoke_timeout`` to finish (then it is
+given up on, ``give_up_all``: an async one is cancelled and briefly waited for, and
+whatever it still comes to is ignored), its dead letters are awaited and its
+final-outcome prefix is committed before the partition moves; nothing after that
+prefix is. A *lost* partition (the session expired) may already belong to another
+member, so nothing is committed for it: its work is dropped and redelivered. Shutdown
+settles every lane the same way, within ``shutdown_timeout``.
 
 The lanes dict is changed only by the rebalance callbacks, which librdkafka runs
 inside ``consume()`` on the thread holding the poll lock, and by shutdown, which
@@ -70,6 +70,7 @@ class Assignment:
         new_lane: Callable[[int], PartitionLane] | None = None,
         give_up: Callable[[], None] | None = None,
         finish: Callable[[float, threading.Event], None] | None = None,
+        finish_revoked: Callable[[list[PartitionLane], float, threading.Event], None] | None = None,
         hurry: threading.Event | None = None,
     ) -> None:
         """Args:
@@ -79,6 +80,8 @@ class Assignment:
         finish: on a clean stop, lets the records already fetched reach their
             outcome until the deadline it is given (key or no ordering, see
             ``LoopRunner.finish_fetched``); none: the lanes close at once.
+        finish_revoked: the same for a revoke, given its lanes and deadline (see
+            ``LoopRunner.finish_revoked``).
         hurry: once set (a second signal), settles wait no more for handlers, fetched
             records or dead letters: what has no outcome yet stays uncommitted.
         """
@@ -86,6 +89,7 @@ class Assignment:
         self._new_lane = new_lane or (lambda part: PartitionLane(part, pipeline))
         self._give_up = give_up or (lambda: None)
         self._finish = finish
+        self._finish_revoked = finish_revoked
         self.hurry = hurry or threading.Event()
         self._pipeline = pipeline
         self._publisher = publisher
@@ -141,9 +145,12 @@ class Assignment:
         # the lanes from its own thread, between a membership test and a pop.
         lanes = [lane for p in parts if (lane := self.lanes.pop(p, None)) is not None]
         timeout = self._options.revoke_timeout
-        self.revoke_ends = time.monotonic() + timeout
+        deadline = self.revoke_ends = time.monotonic() + timeout
         try:
-            self.settle(lanes, timeout)
+            with self._in_flight(lanes):
+                if self._finish_revoked is not None and lanes:
+                    self._finish_revoked(lanes, deadline, self.hurry)
+                self._settle(lanes, deadline, timeout, 0.0)
         finally:
             self.revoke_ends = None
         self._forget(parts)

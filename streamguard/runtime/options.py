@@ -49,7 +49,8 @@ class ServiceOptions:
             this many wait their turn.
         commit_interval: seconds between periodic commits of final-outcome prefixes.
         revoke_timeout: seconds a rebalance waits for in-flight handlers of revoked
-            partitions. Must stay well under ``max.poll.interval.ms``: the rebalance
+            partitions (and, under key or no ordering, records queued behind their
+            keys). Must stay well under ``max.poll.interval.ms``: the rebalance
             callback blocks the thread that polls.
         shutdown_timeout: seconds ``stop()`` waits for in-flight handlers, then as long
             again for dead letters to be acknowledged; finite, at most a day.

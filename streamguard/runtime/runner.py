@@ -424,6 +424,8 @@ class ServiceRuntime:
         new_lane: Callable[[int], PartitionLane] | None = None
         give_up: Callable[[], None] | None = None
         finish: Callable[[float, threading.Event], None] | None = None
+        FinishLanes = Callable[[list[PartitionLane], float, threading.Event], None]
+        finish_revoked: FinishLanes | None = None
         if loop is not None:
             from streamguard.runtime.eventloop import LoopLane, LoopRunner
 
@@ -435,6 +437,7 @@ class ServiceRuntime:
                 # Under partition order nothing is handled past a record still waiting:
                 # dropping it at the stop redelivers nothing else.
                 finish = runner.finish_fetched
+                finish_revoked = runner.finish_revoked
             metrics.track_handlers(
                 spec.topic,
                 lambda: float(runner.slots.running),
@@ -453,6 +456,7 @@ class ServiceRuntime:
             new_lane=new_lane,
             give_up=give_up,
             finish=finish,
+            finish_revoked=finish_revoked,
             hurry=hurry,
         )
         poller = Poller(
