@@ -77,6 +77,19 @@ IDLE_CHECK = 0.001
 IDLE_CHECK_MAX = 0.016
 
 
+def _poll_until(done: Callable[[], bool], deadline: float) -> bool:
+    """Whether ``done()`` came true before ``deadline`` (monotonic), looked at after
+    ``IDLE_CHECK``, then twice as long each time up to ``IDLE_CHECK_MAX``."""
+    pause = IDLE_CHECK
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, IDLE_CHECK_MAX)
+    return True
+
+
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     """uvloop's loop where it is installed (``"auto"``), else asyncio's own.
 
@@ -213,15 +226,7 @@ class LoopLane(PartitionLane):
         # happens only while no handler is suspended: nothing of this lane can run.
         if self.runner.on_loop_thread():
             return True
-        deadline = time.monotonic() + timeout
-        pause = IDLE_CHECK
-        while self.running:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, IDLE_CHECK_MAX)
-        return True
+        return _poll_until(lambda: not self.running, time.monotonic() + timeout)
 
     def inflight(self) -> int:
         with self.lock:
@@ -500,18 +505,15 @@ class LoopRunner:
             self.loop.call_soon_threadsafe(self._finish_until, deadline)
         except RuntimeError:  # the loop closed meanwhile
             return
-        pause = IDLE_CHECK
-        while (
-            self._open_runs()
-            and self.failure is None
-            and self.pipeline.can_process()
-            and not hurry.is_set()
-        ):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, IDLE_CHECK_MAX)
+        _poll_until(
+            lambda: (
+                not self._open_runs()
+                or self.failure is not None
+                or not self.pipeline.can_process()
+                or hurry.is_set()
+            ),
+            deadline,
+        )
 
     def finish_revoked(
         self, lanes: list[PartitionLane], deadline: float, hurry: threading.Event
@@ -529,21 +531,18 @@ class LoopRunner:
         """
         if self.loop.is_closed() or self.on_loop_thread():
             return
-        pause = IDLE_CHECK
-        while self.failure is None and not hurry.is_set():
-            if not self._revoked_running(lanes):
-                # A slot passed on as a handler ended reaches its waiter on the loop's
-                # next step: look once more after it.
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.barrier(left, hurry):
-                    return
-                if not self._revoked_running(lanes):
-                    return
-            left = deadline - time.monotonic()
-            if left <= 0:
+
+        def given_up() -> bool:
+            return self.failure is not None or hurry.is_set()
+
+        while _poll_until(lambda: given_up() or not self._revoked_running(lanes), deadline):
+            if given_up():
                 return
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, IDLE_CHECK_MAX)
+            # A slot passed on as a handler ended reaches its waiter on the loop's next
+            # step: look once more after it.
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.barrier(left, hurry) or not self._revoked_running(lanes):
+                return
 
     def _revoked_running(self, lanes: list[PartitionLane]) -> bool:
         """A handler of ``lanes`` runs, or batches of theirs are on their way here."""
