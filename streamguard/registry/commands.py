@@ -20,7 +20,7 @@ from streamguard.registry.checks import RegistrationRefused, RegistryCheck, Regi
 from streamguard.registry.client import REGISTRY_URL_ENV, new_client, resolve_registry_config
 from streamguard.schema.checks import version_problems
 from streamguard.schema.jsonschema_compat import POLICIES, Policy
-from streamguard.schema.report import render, result_groups
+from streamguard.schema.report import github_warning, render, result_groups
 from streamguard.schema.store import SchemaStore
 from streamguard.settings import bind_address, directory, redact_url, tcp_port
 
@@ -138,14 +138,18 @@ def _report(args: argparse.Namespace, checks: list[RegistryCheck]) -> None:
         if args.format == "github":
             if not c.in_registry:
                 lines.append(
-                    f"::warning title={subject} not in the registry::nothing compared: "
-                    + _not_in_registry(c)
+                    github_warning(
+                        f"{subject} not in the registry", "nothing compared: " + _not_in_registry(c)
+                    )
                 )
             if c.disagreement:
                 ours = "compatible" if c.compatible else "incompatible"
                 lines.append(
-                    f"::warning title={subject} registry verdict::the registry says "
-                    f"{'compatible' if verdict else 'incompatible'}, streamguard says {ours}"
+                    github_warning(
+                        f"{subject} registry verdict",
+                        f"the registry says {'compatible' if verdict else 'incompatible'}, "
+                        f"streamguard says {ours}",
+                    )
                 )
             continue
         if c.registered_as is not None:

@@ -152,29 +152,32 @@ def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+def _annotation(level: str, title: str, message: str) -> str:
+    """A GitHub Actions workflow command, its title and message escaped as it reads them."""
+    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
+    return f"::{level} title={title}::{_escape(message)}"
+
+
 def github_error(title: str, message: str) -> str:
     """A GitHub Actions ``::error`` annotation: a check that could not run shows on the
     run's summary as a failed comparison does, not only in the step's log."""
-    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
-    return f"::error title={title}::{_escape(message)}"
+    return _annotation("error", title, message)
 
 
 def github_warning(title: str, message: str) -> str:
     """A GitHub Actions ``::warning`` annotation: shown on the run, without failing it."""
-    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
-    return f"::warning title={title}::{_escape(message)}"
+    return _annotation("warning", title, message)
 
 
 def _github(entry: dict[str, Any]) -> str:
     title = f"{entry['subject']} {entry['rule']}".strip()  # two files name no subject
-    title = _escape(title).replace(",", "%2C").replace(":", "%3A")
     body = f"{entry['old_version']} -> {entry['new_version']} ({entry['mode']}): {entry['message']}"
     if "changed" in entry:
         label = _changed_label(entry).replace("what", "What", 1)
         body += f" {label}: {'; '.join(_changed_items(entry, ' '))}."
     if entry["hint"]:
         body += f" Fix: {entry['hint']}."
-    return f"::error title={title}::{_escape(body)}"
+    return _annotation("error", title, body)
 
 
 def _text(groups: list[tuple[str, list[Comparison]]], entries: list[dict[str, Any]]) -> str:
