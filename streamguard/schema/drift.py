@@ -20,7 +20,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import AliasChoices, AliasPath, BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -190,6 +190,11 @@ def _has_unknown(value: Any, shape: _Shape | None, depth: int = 0) -> bool:
     return False
 
 
+def _is_framed(value: bytes | None) -> TypeGuard[bytes]:
+    """Confluent's framing: byte 00, then a 4-byte schema id."""
+    return value is not None and len(value) >= 5 and value[0] == 0
+
+
 class DriftDetector:
     """Tells, per message, how its writer's schema differs from a contract's."""
 
@@ -252,7 +257,7 @@ class DriftDetector:
         kinds: list[str] = []
         if subject is None and version is None and fingerprint is None:
             # Only records without schema headers get here, and only on a drift check.
-            if self._framed is not None and value and value[0] == 0 and len(value) >= 5:
+            if self._framed is not None and _is_framed(value):
                 kinds.extend(self._framed(value) or ())
             else:
                 kinds.append(NO_SCHEMA_HEADERS)
@@ -276,7 +281,7 @@ class DriftDetector:
     def frame_id(self, headers: Headers | None, value: bytes | None) -> int | None:
         """The schema id in the frame of a value judged by it (a registry's framed drift,
         no ``sg-*`` schema headers), or None. For the drift line only: not per record."""
-        if self._framed is None or not value or value[0] != 0 or len(value) < 5:
+        if self._framed is None or not _is_framed(value):
             return None
         if any(key in _SCHEMA_HEADERS for key, _ in headers or ()):
             return None
