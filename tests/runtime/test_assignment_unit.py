@@ -16,7 +16,9 @@ from streamguard.runtime.assignment import Assignment
 
 
 def _assignment(events: list[str]) -> Assignment:
-    publisher = SimpleNamespace(flush=lambda timeout: None, writable=True, topic="orders.dlq")
+    # flush returns what is still unacknowledged: None would keep a settle waiting out
+    # its whole deadline (20 s with the default shutdown_timeout).
+    publisher = SimpleNamespace(flush=lambda timeout: 0, writable=True, topic="orders.dlq")
 
     def release(parts: list[int]) -> list[int]:
         events.append(f"release {parts}")
