@@ -171,6 +171,9 @@ class Bound(Generic[M]):
 _FAMILIES = "_streamguard_families"
 _FAMILIES_LOCK = threading.Lock()
 
+# The values of streamguard_rebalances_total's ``change`` label.
+REBALANCE_CHANGES = ("assigned", "revoked", "lost")
+
 
 class ServiceMetrics:
     """The metric families of one service, in one registry.
@@ -312,6 +315,21 @@ class ServiceMetrics:
             "Retries that waited because the service-wide retry budget was spent (each once).",
             "topic",
         )
+        self.assigned_partitions = self._bound(
+            Gauge,
+            "streamguard_assigned_partitions",
+            "Partitions of the topic assigned to this member now (a ConsumerService).",
+            "topic",
+        )
+        self.rebalances = self._bound(
+            Counter,
+            "streamguard_rebalances",
+            "Changes of this member's assignment (a ConsumerService): assigned (each "
+            "assignment the group gives it, an empty one included), revoked, and lost "
+            "(its session expired: work in flight dropped, to be redelivered).",
+            "topic",
+            "change",
+        )
 
     def _family(self, name: str, make: Callable[[], F]) -> F:
         """The registry's family ``name``, made by ``make`` if no service made it yet."""
@@ -345,10 +363,19 @@ class ServiceMetrics:
 
         self.ready.set_function(ready)
 
-    def track(self, topic: str, inflight: Callable[[], float], paused: Callable[[], float]) -> None:
-        """Compute the gauges at scrape time from the runtime's own state."""
+    def track(
+        self,
+        topic: str,
+        inflight: Callable[[], float],
+        paused: Callable[[], float],
+        assigned: Callable[[], float] | None = None,
+    ) -> None:
+        """Compute the gauges at scrape time from the runtime's own state (``assigned``:
+        a ConsumerService's partitions; a guarded Faust agent's are Faust's to report)."""
         self.inflight.labels(topic).set_function(inflight)
         self.paused_partitions.labels(topic).set_function(paused)
+        if assigned is not None:
+            self.assigned_partitions.labels(topic).set_function(assigned)
 
     def track_handlers(
         self,
@@ -361,6 +388,12 @@ class ServiceMetrics:
         self.handlers_in_flight.labels(topic).set_function(running)
         self.waiting_for_key.labels(topic).set_function(waiting)
         self.handlers_limit.labels(topic).set(limit)
+
+    def rebalances_of(self, topic: str) -> Callable[[str], None]:
+        """A ConsumerService's count of its assignment's changes, each series at zero
+        from its start (so that the first lost partition shows in ``increase()``)."""
+        series = {change: self.rebalances.labels(topic, change) for change in REBALANCE_CHANGES}
+        return lambda change: series[change].inc()
 
     def untrack(self, topic: str) -> None:
         """Drop the gauges ``track`` and ``track_handlers`` made for ``topic``, and the
@@ -379,6 +412,7 @@ class ServiceMetrics:
             self.waiting_for_key,
             self.handlers_limit,
             self.breaker_state,
+            self.assigned_partitions,
         ):
             gauge.remove(topic)
 

@@ -72,6 +72,7 @@ class Assignment:
         finish: Callable[[float, threading.Event], None] | None = None,
         finish_revoked: Callable[[list[PartitionLane], float, threading.Event], None] | None = None,
         hurry: threading.Event | None = None,
+        rebalanced: Callable[[str], None] | None = None,
     ) -> None:
         """Args:
         new_lane: builds the lane of a newly assigned partition (worker-thread lanes
@@ -84,6 +85,8 @@ class Assignment:
             ``LoopRunner.finish_revoked``).
         hurry: once set (a second signal), settles wait no more for handlers, fetched
             records or dead letters: what has no outcome yet stays uncommitted.
+        rebalanced: told of each change of the assignment, as it is made: "assigned",
+            "revoked" or "lost" (``streamguard_rebalances_total``).
         """
         self.lanes: dict[int, PartitionLane] = {}
         self._new_lane = new_lane or (lambda part: PartitionLane(part, pipeline))
@@ -91,6 +94,7 @@ class Assignment:
         self._finish = finish
         self._finish_revoked = finish_revoked
         self.hurry = hurry or threading.Event()
+        self._rebalanced = rebalanced or (lambda change: None)
         self._pipeline = pipeline
         self._publisher = publisher
         self._options = options
@@ -133,6 +137,7 @@ class Assignment:
         if partitions:
             self.assigned_once = True
         parts = [tp.partition for tp in partitions]
+        self._rebalanced("assigned")
         log.info("partitions assigned", extra={**self._names(), "partitions": parts})
         self._on_assigned(parts)
 
@@ -140,6 +145,7 @@ class Assignment:
         if self.closed:
             return  # close() revokes after shutdown settled and committed everything
         parts = [tp.partition for tp in partitions]
+        self._rebalanced("revoked")
         self._flow.release(parts)
         # pop(p, None): a stop that gave up on this poll (a slow hook before it) clears
         # the lanes from its own thread, between a membership test and a pop.
@@ -165,6 +171,7 @@ class Assignment:
             # lane already, and on_stop ran; on_revoke must not come after it.
             return
         parts = [tp.partition for tp in partitions]
+        self._rebalanced("lost")
         self._flow.release(parts)
         lost = [lane for part in parts if (lane := self.lanes.pop(part, None)) is not None]
         for lane in lost:

@@ -458,6 +458,7 @@ class ServiceRuntime:
             finish=finish,
             finish_revoked=finish_revoked,
             hurry=hurry,
+            rebalanced=metrics.rebalances_of(spec.topic),
         )
         poller = Poller(
             consumer,
@@ -487,7 +488,12 @@ class ServiceRuntime:
             loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
         pipeline.fail = scheduler.fail
         pipeline.stopping = scheduler.stopping
-        metrics.track(spec.topic, assignment.inflight, lambda: float(len(flow.paused)))
+        metrics.track(
+            spec.topic,
+            assignment.inflight,
+            lambda: float(len(flow.paused)),
+            lambda: float(len(assignment.lanes)),
+        )
         self._publisher, self._committer = publisher, committer
         self._poller, self._scheduler = poller, scheduler
         return poller, scheduler

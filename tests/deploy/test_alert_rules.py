@@ -29,6 +29,8 @@ EXPECTED_ALERTS = {
     "StreamguardNotReady",
     "StreamguardCircuitBreakerOpen",
     "StreamguardHandlersAtLimit",
+    "StreamguardPartitionsLost",
+    "StreamguardRebalancing",
 }
 
 

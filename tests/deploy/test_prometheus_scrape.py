@@ -12,6 +12,7 @@ import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import free_port
 from tests.deploy.conftest import ROOT, PrometheusServer
+from tests.deploy.test_alert_rules import EXPECTED_ALERTS
 from tests.runtime.conftest import Running, order, wait_for
 
 PROMQL_START = ("streamguard_", "sum", "rate", "increase", "histogram_quantile", "up{")
@@ -93,7 +94,12 @@ def test_prometheus_scrapes_message_outcomes(
         return [(r["name"], r["health"]) for g in data["groups"] for r in g["rules"]]
 
     assert wait_for(
-        lambda: len(rule_health()) == 11 and all(h == "ok" for _, h in rule_health()), 15, 0.5
+        lambda: (
+            {name for name, _ in rule_health()} == EXPECTED_ALERTS
+            and all(h == "ok" for _, h in rule_health())
+        ),
+        15,
+        0.5,
     ), f"alert rules did not all evaluate: {rule_health()}"
     queries = runbook_queries()
     assert len(queries) >= 10

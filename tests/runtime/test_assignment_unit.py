@@ -6,6 +6,7 @@ stand-ins that record what they are asked (the broker tests exercise them for re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +16,7 @@ import streamguard as sg
 from streamguard.runtime.assignment import Assignment
 
 
-def _assignment(events: list[str]) -> Assignment:
+def _assignment(events: list[str], rebalanced: Callable[[str], None] | None = None) -> Assignment:
     # flush returns what is still unacknowledged: None would keep a settle waiting out
     # its whole deadline (20 s with the default shutdown_timeout).
     publisher = SimpleNamespace(flush=lambda timeout: 0, writable=True, topic="orders.dlq")
@@ -27,7 +28,13 @@ def _assignment(events: list[str]) -> Assignment:
     flow = SimpleNamespace(release=release)
     committer = SimpleNamespace(commit=lambda lanes, asynchronous: None, forget=lambda parts: None)
     lag = SimpleNamespace(forget=lambda parts: None)
-    lane = SimpleNamespace(partition=0, close=lambda: None, give_up=lambda: None)
+    lane = SimpleNamespace(
+        partition=0,
+        close=lambda: None,
+        give_up=lambda: None,
+        cancel=lambda: None,
+        abandon_by=lambda deadline: None,
+    )
     return Assignment(
         SimpleNamespace(spec=SimpleNamespace(name="Svc", topic="t")),  # type: ignore[arg-type]
         publisher,  # type: ignore[arg-type]
@@ -38,6 +45,7 @@ def _assignment(events: list[str]) -> Assignment:
         on_assigned=lambda parts: events.append(f"on_assign {parts}"),
         on_revoked=lambda parts: events.append(f"on_revoke {parts}"),
         new_lane=lambda part: lane,  # type: ignore[arg-type,return-value]
+        rebalanced=rebalanced,
     )
 
 
@@ -84,3 +92,21 @@ def test_an_empty_assignment_does_not_count_as_assigned() -> None:
     assert assignment.assigned_once
     assignment.on_assign(consumer, [])
     assert assignment.assigned_once
+
+
+def test_each_change_of_the_assignment_is_counted_until_the_shutdown() -> None:
+    """streamguard_rebalances_total hears of every assignment (an empty one too: the
+    member took part in a rebalance) and every loss; once the shutdown settled, the
+    revoke and loss that close() serves are no change of a running member's."""
+    events: list[str] = []
+    changes: list[str] = []
+    assignment = _assignment(events, changes.append)
+    consumer: Any = None
+    assignment.on_assign(consumer, [TopicPartition("orders", 0)])
+    assignment.on_lost(consumer, [TopicPartition("orders", 0)])
+    assignment.on_assign(consumer, [])
+    assert changes == ["assigned", "lost", "assigned"]
+    assignment.settle_all()
+    assignment.on_lost(consumer, [TopicPartition("orders", 0)])
+    assignment.on_revoke(consumer, [TopicPartition("orders", 0)])
+    assert changes == ["assigned", "lost", "assigned"]
