@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from streamguard.demo.run import run_demo
+from streamguard.demo.run import _registry_demo, run_demo
 
 pytestmark = pytest.mark.broker  # starts brokers of its own
 
@@ -31,3 +33,15 @@ def test_demo_handles_retries_and_dead_letters_everything(
     assert "handled        12  (writer schema fetched once by id" in out
     assert "dead-lettered  1  decode_error (schema id 999 is unknown)" in out
     assert "production" in out
+
+
+def test_demo_skips_the_registry_part_without_the_registry_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With only the broker extra installed (no confluent_kafka.schema_registry deps),
+    the Avro part is skipped with the extra to install, not a traceback."""
+    monkeypatch.setitem(sys.modules, "confluent_kafka.schema_registry", None)
+    assert _registry_demo("127.0.0.1:9") is True  # returns before touching a broker
+    out = capsys.readouterr().out
+    assert "skipped the Confluent-framed Avro topic" in out
+    assert "registry extra" in out
