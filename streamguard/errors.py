@@ -169,11 +169,14 @@ class ConfigurationError(StreamguardError, ValueError):
 
 
 def extra_hint(extra: str) -> str:
-    """How to install one of streamguard's extras: from a checkout, never from PyPI,
+    """How to install one of streamguard's extras: from a checkout, or in the direct
+    reference of a project installed from a wheel (deploy/README.md), never from PyPI,
     where the name ``streamguard`` belongs to an unrelated project."""
     return (
-        f"install the {extra} extra from the streamguard checkout, pip install -e "
-        f"'.[{extra}]' (not from PyPI, whose 'streamguard' is an unrelated project)"
+        f"install the {extra} extra: from the streamguard checkout, pip install -e "
+        f"'.[{extra}]'; in a project that depends on a streamguard wheel or archive, "
+        f"\"streamguard[{extra}] @ <its URL>\" (not from PyPI, whose 'streamguard' is an "
+        "unrelated project)"
     )
 
 

