@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
-from streamguard.demo.run import _registry_demo, run_demo
+from streamguard.demo.run import _registry_demo, _replay_hint, run_demo
 
 pytestmark = pytest.mark.broker  # starts brokers of its own
 
@@ -45,3 +46,17 @@ def test_demo_skips_the_registry_part_without_the_registry_extra(
     out = capsys.readouterr().out
     assert "skipped the Confluent-framed Avro topic" in out
     assert "registry extra" in out
+
+
+def test_the_replay_hint_says_where_revalidate_finds_the_demo_contracts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Run from an installed wheel outside the checkout, the demo's suggested
+    `dlq replay --revalidate` failed with "found no contracts": the hint now says which
+    pyproject.toml it needs there, and stays the bare command where it is listed."""
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml, as in a user's empty directory
+    assert 'contracts = ["streamguard.demo.contracts"]' in _replay_hint()
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.streamguard]\ncontracts = ["streamguard.demo.contracts"]\n'
+    )
+    assert _replay_hint() == "`streamguard dlq replay orders.dlq --revalidate --dry-run`"

@@ -21,9 +21,10 @@ from decimal import Decimal
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
+from streamguard.config import load_project_config
 from streamguard.contracts import Contract
 from streamguard.devbroker import DevBroker
-from streamguard.errors import ContractViolation, extra_hint
+from streamguard.errors import ConfigurationError, ContractViolation, extra_hint
 from streamguard.observe.librdkafka_logs import RepeatsCollapsed
 from streamguard.observe.logs import configure_logging
 from streamguard.producer import GuardedProducer
@@ -34,6 +35,7 @@ TOPIC = "orders"
 DLQ = "orders.dlq"
 PAYMENTS = "payments"
 PAYMENTS_DLQ = "payments.dlq"
+DEMO_CONTRACTS = "streamguard.demo.contracts"
 REASONS = ("decode_error", "contract_violation", "permanent_error", "retries_exhausted")
 
 
@@ -179,6 +181,23 @@ def _registry_demo(bootstrap: str) -> bool:
     return True
 
 
+def _replay_hint() -> str:
+    """The replay command to try next, and where it works: ``--revalidate`` finds
+    contracts through ./pyproject.toml, which lists the demo's only in the checkout, so
+    from an installed wheel the bare command fails with "found no contracts"."""
+    command = f"`streamguard dlq replay {DLQ} --revalidate --dry-run`"
+    try:
+        listed = DEMO_CONTRACTS in load_project_config().contracts
+    except ConfigurationError:
+        listed = False
+    if listed:
+        return command
+    return (
+        f"{command} in the streamguard checkout, or in a directory whose pyproject.toml "
+        f'has [tool.streamguard] contracts = ["{DEMO_CONTRACTS}"]'
+    )
+
+
 def run_demo(bootstrap_servers: str | None = None) -> int:
     """Run the demo; returns the process exit code (0 when everything added up)."""
     from streamguard.cli import main as cli_main
@@ -232,10 +251,7 @@ def run_demo(bootstrap_servers: str | None = None) -> int:
                 "`streamguard broker` and run `streamguard demo --bootstrap-servers "
                 "127.0.0.1:9092`."
             )
-        _say(
-            "\nNext: fix the producer or the contract, then "
-            f"`streamguard dlq replay {DLQ} --revalidate --dry-run`. {kept}"
-        )
+        _say(f"\nNext: fix the producer or the contract, then {_replay_hint()}. {kept}")
         if done < sent:
             _say(f"demo: only {done:.0f} of {sent} messages reached an outcome in time")
             return 1
