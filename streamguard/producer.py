@@ -8,9 +8,12 @@ broker did not take.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import socket
 import threading
+import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +51,10 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "enable.idempotence": True,
     "linger.ms": 5,
 }
+
+# How long, at interpreter exit, the producers still alive may take in all to deliver
+# the records they queue (or report them): the client, destroyed, would drop them.
+EXIT_FLUSH = 10.0
 
 Key = str | bytes | None
 # The record is None only when the client refused it before queueing (no report comes).
@@ -121,6 +128,7 @@ class GuardedProducer:
         self._failures: list[tuple[str, str]] = []
         self._stamps: dict[type[BaseModel], list[tuple[str, bytes]]] = {}
         self._decoders: dict[type[BaseModel], Callable[[bytes | None], BaseModel]] = {}
+        _alive.add(self)
 
     def __repr__(self) -> str:
         shown = f"service_name={self.service_name!r}, config={redact(self._config)}"
@@ -270,12 +278,7 @@ class GuardedProducer:
         try:
             self.close()
         except DeliveryFailed as exc:
-            # failures ends with one pair standing for all the pending records: not a failure.
-            failed = len(exc.failures) - (1 if exc.pending else 0)
-            log.warning(
-                "records not delivered as the producer's block failed",
-                extra={"failed": failed, "pending": exc.pending},
-            )
+            _log_undelivered("records not delivered as the producer's block failed", exc)
 
     def _validated(
         self, event: BaseModel | Mapping[str, Any], contract: type[Contract] | None
@@ -333,6 +336,34 @@ class GuardedProducer:
             # too (threads may share a producer; two may set a contract up at once).
             stamp = self._stamps[model_type] = stamp_headers(model_type, codec, self.service_name)
         return stamp
+
+
+# The producers not yet collected, flushed at interpreter exit (weakly held: one dropped
+# is collected as before).
+_alive: weakref.WeakSet[GuardedProducer] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Deliver what live producers still queue when the interpreter exits, within
+    ``EXIT_FLUSH`` in all, and log what was not delivered: a process that ended without
+    ``close()`` lost its queued records without a word (and its unreported failures)."""
+    deadline = time.monotonic() + EXIT_FLUSH
+    for producer in list(_alive):
+        try:
+            if not len(producer._producer) and not producer._failures:
+                continue
+            producer.flush(max(0.0, deadline - time.monotonic()))
+        except DeliveryFailed as exc:
+            _log_undelivered("records not delivered at exit", exc)
+        except RuntimeError:
+            continue  # its client was closed already
+
+
+def _log_undelivered(message: str, exc: DeliveryFailed) -> None:
+    # failures ends with one pair standing for all the pending records: not a failure.
+    failed = len(exc.failures) - (1 if exc.pending else 0)
+    log.warning(message, extra={"failed": failed, "pending": exc.pending})
 
 
 def stamp_headers(contract: type[Contract], codec: Codec, producer: str) -> list[tuple[str, bytes]]:

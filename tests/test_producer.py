@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -563,6 +564,49 @@ def test_context_manager_flushes(
         for i in range(5):
             producer.send(topic, OrderPlaced(order_id=i, currency="EUR"))
     assert len(read_all(topic, 5)) == 5
+
+
+# A process that sends and exits without close(): linger.ms keeps the records queued.
+EXITING_SENDER = """
+import sys
+import streamguard as sg
+
+class Order(sg.Contract):
+    __subject__ = "orders.Exit"
+    __version__ = 1
+    order_id: int
+
+producer = sg.GuardedProducer(
+    sys.argv[1], kafka_config={"linger.ms": 1000, "message.timeout.ms": 3000}
+)
+for i in range(20):
+    producer.send(sys.argv[2], Order(order_id=i))
+"""
+
+
+def test_records_queued_at_exit_are_delivered(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A process that exits without close() still delivers what it queued: the client,
+    destroyed at exit, dropped the records without a word."""
+    topic = topic_factory("exiting")
+    run = subprocess.run(
+        [sys.executable, "-c", EXITING_SENDER, bootstrap, topic],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = read_all(topic, 20)
+    assert sorted(value_of(r)["order_id"] for r in got) == list(range(20))
+
+
+def test_records_undeliverable_at_exit_are_logged() -> None:
+    """Records that cannot be delivered before the process exits are reported then."""
+    run = subprocess.run(
+        [sys.executable, "-c", EXITING_SENDER, f"127.0.0.1:{closed_port()}", "orders-nowhere"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "records not delivered at exit" in run.stderr
 
 
 @pytest.mark.parametrize(
