@@ -63,7 +63,24 @@ DeliveryCallback = Callable[[KafkaError | None, Message | None], None]
 
 def encode_key(key: Key) -> bytes | None:
     """Keys are bytes on the wire; text keys are UTF-8."""
-    return key.encode() if isinstance(key, str) else key
+    return utf8(key, "the key") if isinstance(key, str) else key
+
+
+def utf8(text: str, what: str) -> bytes:
+    """``text`` in UTF-8, for a key or header value a caller gave as ``str``.
+
+    Raises:
+        ConfigurationError: ``text`` holds a lone surrogate (bytes decoded with
+            ``surrogateescape``, say). Python's own error quotes the character and holds
+            the whole text, which may be a value the caller's data carried.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{what} holds a lone surrogate (U+D800 to U+DFFF) at position {exc.start}, "
+            "which UTF-8 cannot encode: pass it as bytes; nothing was sent"
+        ) from None
 
 
 class GuardedProducer:
@@ -173,7 +190,8 @@ class GuardedProducer:
                 ``max_depth``, an integer too long for the parser); nothing was sent.
             ConfigurationError: the topic name is illegal or the contract is missing
                 or not an ``sg.Contract``, or (with a registry) its schema is not
-                registered under the subject, or a header is streamguard's own.
+                registered under the subject, or a header is streamguard's own, or a
+                ``str`` key or header value holds a lone surrogate (see ``utf8``).
             RegistryUnavailable: the schema registry could not be reached; nothing sent.
         """
         model = self._validated(event, contract)
@@ -196,7 +214,8 @@ class GuardedProducer:
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
             record_headers.extend(
-                (caller_header(k), v.encode() if isinstance(v, str) else v) for k, v in items
+                (caller_header(k), utf8(v, f"header {k!r}") if isinstance(v, str) else v)
+                for k, v in items
             )
         self.produce_raw(
             check_topic_name(topic),

@@ -139,6 +139,29 @@ def test_a_callers_sg_header_is_refused(
     assert headers_of(record)[0] == ("sg-subject", b"orders.OrderPlaced")
 
 
+@pytest.mark.parametrize("where", ["key", "header"])
+def test_text_utf8_cannot_encode_is_refused_without_its_value(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader, where: str
+) -> None:
+    """A key or header value with a lone surrogate (bytes decoded with surrogateescape)
+    is refused with a ConfigurationError that neither quotes it nor chains Python's
+    UnicodeEncodeError, which quoted the character and held the whole text; nothing is
+    sent."""
+    topic = topic_factory("orders")
+    producer = sg.GuardedProducer(bootstrap)
+    text = b"customer-secret-\xff".decode("utf-8", "surrogateescape")
+    extra: dict[str, Any] = {"key": text} if where == "key" else {"headers": {"tenant": text}}
+    with pytest.raises(ConfigurationError, match="lone surrogate") as info:
+        producer.send(topic, OrderPlaced(order_id=1, currency="EUR"), **extra)
+    assert "secret" not in str(info.value)
+    assert "\udcff" not in str(info.value)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+    producer.send(topic, OrderPlaced(order_id=2, currency="EUR"))
+    producer.flush()
+    assert [value_of(r)["order_id"] for r in read_all(topic, 2, timeout=5)] == [2]
+
+
 def test_dict_event_is_validated_against_the_contract(
     bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
 ) -> None:
