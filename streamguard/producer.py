@@ -419,8 +419,17 @@ def caller_header(name: str) -> str:
     write theirs with a plain client, not through ``send``), ``content-type`` a stamp.
 
     Raises:
-        ConfigurationError: the name is one of those (in any case).
+        ConfigurationError: the name is one of those (in any case), or UTF-8 cannot
+            encode it.
     """
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:
+        # confluent-kafka does not check this encoding: such a name crashed the process.
+        raise ConfigurationError(
+            f"a header name holds a lone surrogate (U+D800 to U+DFFF) at position "
+            f"{exc.start}, which UTF-8 cannot encode; nothing was sent"
+        ) from None
     folded = name.lower()
     if folded.startswith("sg-") or folded == h.CONTENT_TYPE:
         raise ConfigurationError(

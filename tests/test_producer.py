@@ -162,6 +162,43 @@ def test_text_utf8_cannot_encode_is_refused_without_its_value(
     assert [value_of(r)["order_id"] for r in read_all(topic, 2, timeout=5)] == [2]
 
 
+# Sends with a header name UTF-8 cannot encode, then a valid record; exits 0 if refused.
+SURROGATE_HEADER_SENDER = """
+import sys
+import streamguard as sg
+
+class Order(sg.Contract):
+    __subject__ = "orders.Surrogate"
+    __version__ = 1
+    order_id: int
+
+producer = sg.GuardedProducer(sys.argv[1])
+try:
+    producer.send(sys.argv[2], Order(order_id=1), headers={"ten\\udcffant": "t1"})
+except sg.ConfigurationError as exc:
+    assert "lone surrogate" in str(exc), str(exc)
+else:
+    sys.exit("sent")
+producer.send(sys.argv[2], Order(order_id=2))
+producer.flush()
+"""
+
+
+def test_a_header_name_utf8_cannot_encode_is_refused(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """A caller's header name with a lone surrogate is refused and nothing is sent:
+    confluent-kafka does not check its encoding, and the process died of a segfault.
+    (In a child process, which the crash would kill, not the test run.)"""
+    topic = topic_factory("orders")
+    run = subprocess.run(
+        [sys.executable, "-c", SURROGATE_HEADER_SENDER, bootstrap, topic],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert [value_of(r)["order_id"] for r in read_all(topic, 2, timeout=5)] == [2]
+
+
 def test_dict_event_is_validated_against_the_contract(
     bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
 ) -> None:
