@@ -221,8 +221,9 @@ class ServiceHarness(Generic[S]):
             instance, typed as your class, so a test reads its attributes as they are.
         max_attempts: stop retrying a record after this many handler calls and report
             it as ``"waiting"``; by default the service's ``RetryPolicy`` decides.
-        registry: where the service's metrics go (a private one by default), to
-            assert on counts.
+        registry: where the service's metrics go, to assert on counts; by default the
+            registry the service was built with (an instance's ``registry=``), as in
+            ``run()``.
     """
 
     def __init__(
@@ -242,7 +243,11 @@ class ServiceHarness(Generic[S]):
             service(bootstrap_servers=_NO_CLUSTER) if isinstance(service, type) else service
         )
         self.spec: ServiceSpec = self.service._spec()
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            # The registry the service was built with (its ``registry=``, else its private
+            # one), where run() writes: a test reads the metrics where the service has them.
+            registry = vars(self.service)["_ConsumerService__runtime"].registry
+        self.registry: CollectorRegistry = registry
         self._max_attempts = max_attempts
         self._clock = _VirtualClock()
         self._dead_letters = _MemoryDeadLetters(self.spec, deferred=self.spec.on_event_loop)

@@ -286,6 +286,31 @@ def test_a_handler_raising_no_outcome_raises_out_of_the_harness(kind: str) -> No
         kit.send(order(1))
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_metrics_go_to_the_registry_the_service_was_built_with(kind: str) -> None:
+    """An instance built with ``registry=`` has its metrics there, as its ``run()`` would,
+    unless the harness is given another: they went to a private registry of the
+    harness's, and a test reading the service's own found no counts at all."""
+
+    class AsyncBilling(sg.ConsumerService):
+        topic = "orders-kit"
+        contract = OrderPlaced
+        group_id = "billing-kit"
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    registry = CollectorRegistry()
+    service = (Billing if kind == "sync" else AsyncBilling)(
+        bootstrap_servers="127.0.0.1:9", registry=registry
+    )
+    with ServiceHarness(service) as kit:
+        kit.send(order(1))
+        assert kit.registry is registry
+    labels = {"runtime": "consumer", "topic": "orders-kit", "outcome": "handled"}
+    assert registry.get_sample_value("streamguard_messages_total", labels) == 1
+
+
 def test_metrics_are_counted() -> None:
     """The service's metrics count the outcomes the harness produced."""
     registry = CollectorRegistry()
