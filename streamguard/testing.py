@@ -93,6 +93,14 @@ def record(
     timestamp_ms: int | None = None,
 ) -> Record:
     """A consumed record, as ``Consumer.poll`` returns it, built in memory."""
+    # Kafka carries bytes (a producer refuses anything else): an int key reached the
+    # handler as ctx.key == 5, which no running service ever sees.
+    if not (key is None or isinstance(key, str | bytes)):
+        raise TypeError(f"a record's key is bytes, str or None, not {type(key).__name__}")
+    if not (value is None or isinstance(value, bytes)):
+        raise TypeError(
+            f"a record's value is bytes or None (a tombstone), not {type(value).__name__}"
+        )
     encoded_key = key.encode() if isinstance(key, str) else key
     kwargs: dict[str, Any] = {}
     if timestamp_ms is not None:

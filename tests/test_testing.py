@@ -954,3 +954,17 @@ def test_raw_records_and_contexts_take_headers_as_send_does(headers: Any) -> Non
     ctx = message_context(b"{}", headers=headers)
     assert ctx.headers == [("trace", b"t1"), ("n", None)]
     assert ctx.header("trace") == "t1"
+
+
+def test_a_key_or_value_kafka_cannot_carry_is_refused() -> None:
+    """Kafka carries bytes: an int key reached the handler as ``ctx.key == 5`` and a text
+    value was decoded as if it were bytes, records no running service ever gets (a
+    ``GuardedProducer`` refuses such a key with ``TypeError`` too)."""
+    with ServiceHarness(Billing) as kit:
+        with pytest.raises(TypeError, match="key is bytes, str or None, not int"):
+            kit.send(order(1), key=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="value is bytes or None"):
+            kit.send_raw(order(1).model_dump_json())  # type: ignore[arg-type]
+        assert kit.service.seen == []
+    with pytest.raises(TypeError, match="key is bytes"):
+        message_context(b"{}", key=7)  # type: ignore[arg-type]
