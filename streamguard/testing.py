@@ -362,6 +362,14 @@ class ServiceHarness(Generic[S]):
         refused as it refuses them (an ``sg-*`` or ``content-type`` header: to feed the
         service a record that carries one, use ``send_raw``).
         """
+        if not isinstance(event, BaseModel):
+            # Else an AttributeError from deep in the codec ('dict' object has no
+            # attribute 'model_dump_json'), which named neither the call nor the fix.
+            raise TypeError(
+                f"ServiceHarness.send() takes an event (an instance of "
+                f"{self.spec.contract.__name__} or another pydantic model), not "
+                f"{type(event).__name__}: send other bytes with send_raw()"
+            )
         contract = type(event) if isinstance(event, Contract) else self.spec.contract
         codec = self.spec.codec
         if wire_format(contract) != wire_format(self.spec.contract):

@@ -968,3 +968,13 @@ def test_a_key_or_value_kafka_cannot_carry_is_refused() -> None:
         assert kit.service.seen == []
     with pytest.raises(TypeError, match="key is bytes"):
         message_context(b"{}", key=7)  # type: ignore[arg-type]
+
+
+def test_sending_a_mapping_says_what_send_takes() -> None:
+    """A dict given to ``send`` failed deep in the codec with ``AttributeError: 'dict'
+    object has no attribute 'model_dump_json'``, naming neither the call nor the fix."""
+    with (
+        ServiceHarness(Billing) as kit,
+        pytest.raises(TypeError, match=r"send\(\) takes an event .*OrderPlaced.* not dict"),
+    ):
+        kit.send(order(1).model_dump(mode="json"))  # type: ignore[arg-type]
