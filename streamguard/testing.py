@@ -220,6 +220,22 @@ class _MemoryDeadLetters:
         raise AssertionError(f"in-memory dead letters cannot fail: {error.str()}")
 
 
+def _build(service: type[S]) -> S:
+    """``service(bootstrap_servers=...)``, for a class given to the harness. A constructor
+    of the user's own that takes other arguments failed with "got an unexpected keyword
+    argument 'bootstrap_servers'", an argument the test never passed: say what was called
+    and how to give the service its arguments."""
+    try:
+        return service(bootstrap_servers=_NO_CLUSTER)
+    except TypeError as exc:
+        name = service.__name__
+        raise TypeError(
+            f"ServiceHarness({name}) builds {name}(bootstrap_servers={_NO_CLUSTER!r}), which "
+            f"failed: {exc}. Build it with your own arguments and pass the instance: "
+            f"ServiceHarness({name}(...))"
+        ) from exc
+
+
 class ServiceHarness(Generic[S]):
     """A service's real per-message logic, driven one record at a time, in memory.
 
@@ -247,9 +263,7 @@ class ServiceHarness(Generic[S]):
                 f"ServiceHarness(max_attempts={max_attempts!r}) counts handler calls: an "
                 "int of at least 1, or None for the service's RetryPolicy"
             )
-        self._service: S = (
-            service(bootstrap_servers=_NO_CLUSTER) if isinstance(service, type) else service
-        )
+        self._service: S = _build(service) if isinstance(service, type) else service
         self.spec: ServiceSpec = self.service._spec()
         if registry is None:
             # The registry the service was built with (its ``registry=``, else its private

@@ -978,3 +978,18 @@ def test_sending_a_mapping_says_what_send_takes() -> None:
         pytest.raises(TypeError, match=r"send\(\) takes an event .*OrderPlaced.* not dict"),
     ):
         kit.send(order(1).model_dump(mode="json"))  # type: ignore[arg-type]
+
+
+def test_a_class_the_harness_cannot_build_says_how_to_pass_one() -> None:
+    """A service whose constructor takes its own arguments failed with "got an unexpected
+    keyword argument 'bootstrap_servers'", an argument the test never passed."""
+
+    class Ledgered(Billing):
+        def __init__(self, ledger: list[str]) -> None:
+            super().__init__(bootstrap_servers="127.0.0.1:9")
+            self.ledger = ledger
+
+    with pytest.raises(TypeError, match=r"ServiceHarness\(Ledgered\) builds Ledgered\(") as e:
+        ServiceHarness(Ledgered)
+    assert "pass the instance: ServiceHarness(Ledgered(...))" in str(e.value)
+    assert isinstance(e.value.__cause__, TypeError)
