@@ -173,10 +173,24 @@ class Outcome:
 
 
 class _VirtualClock:
-    """Monotonic seconds that move only when the harness skips a retry wait."""
+    """Monotonic seconds: real time, plus the retry waits the harness skipped.
+
+    Real time counts as in a service: a handler's own calls (a bank call that times out
+    after a while) use up ``max_budget_ms``. A clock moved by skipped waits alone gave a
+    slow handler all its ``attempts`` where a service gave up after a few.
+    """
 
     def __init__(self) -> None:
-        self.now = 1_000.0
+        self._skipped = 1_000.0 - time.monotonic()
+
+    @property
+    def now(self) -> float:
+        return time.monotonic() + self._skipped
+
+    @now.setter
+    def now(self, value: float) -> None:
+        # Only ever moved forward (a skipped wait): real time keeps running from there.
+        self._skipped = value - time.monotonic()
 
     def __call__(self) -> float:
         return self.now

@@ -993,3 +993,30 @@ def test_a_class_the_harness_cannot_build_says_how_to_pass_one() -> None:
         ServiceHarness(Ledgered)
     assert "pass the instance: ServiceHarness(Ledgered(...))" in str(e.value)
     assert isinstance(e.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_slow_handler_uses_up_the_retry_budget_as_in_a_service(kind: str) -> None:
+    """A handler's own time counts against ``max_budget_ms``, as in a running service
+    (which gave up after 4 attempts of 0.2 s against a 0.5 s budget): the harness's
+    clock moved only by skipped waits, and gave the record all 10 attempts."""
+
+    class Slow(Billing):
+        retry = sg.RetryPolicy(attempts=10, base_delay=0.001, max_delay=0.001, max_budget_ms=500)
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            time.sleep(0.2)
+            raise TimeoutError("bank API timed out")
+
+    class AsyncSlow(Billing):
+        retry = Slow.retry
+
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            await asyncio.sleep(0.2)
+            raise TimeoutError("bank API timed out")
+
+    with ServiceHarness(Slow if kind == "sync" else AsyncSlow) as kit:
+        result = kit.send(order(1))
+    assert result.reason == "retries_exhausted"
+    # Retries start at 0.2, 0.4 and 0.6 s, and 0.8 is past the budget (3 on a slow machine).
+    assert 3 <= result.attempts <= 4
