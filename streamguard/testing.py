@@ -41,7 +41,7 @@ from streamguard.errors import ConfigurationError
 from streamguard.headers import Record
 from streamguard.observe.logs import frames
 from streamguard.observe.metrics import ServiceMetrics
-from streamguard.producer import caller_header, stamp_headers
+from streamguard.producer import caller_header, encode_key, stamp_headers, utf8
 from streamguard.registry.codec import RegistryCodec
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport, headers_for
@@ -79,7 +79,7 @@ def _as_consumed(headers: TestHeaders | None) -> list[tuple[str, str | bytes | N
     if headers is None:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+    return [(k, utf8(v, f"header {k!r}") if isinstance(v, str) else v) for k, v in items]
 
 
 def record(
@@ -101,7 +101,7 @@ def record(
         raise TypeError(
             f"a record's value is bytes or None (a tombstone), not {type(value).__name__}"
         )
-    encoded_key = key.encode() if isinstance(key, str) else key
+    encoded_key = encode_key(key)
     kwargs: dict[str, Any] = {}
     if timestamp_ms is not None:
         kwargs["timestamp"] = (TIMESTAMP_CREATE_TIME, timestamp_ms)
@@ -412,7 +412,8 @@ class ServiceHarness(Generic[S]):
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
             record_headers.extend(
-                (caller_header(k), v.encode() if isinstance(v, str) else v) for k, v in items
+                (caller_header(k), utf8(v, f"header {k!r}") if isinstance(v, str) else v)
+                for k, v in items
             )
         return self.send_raw(value, key=key, headers=record_headers, timestamp_ms=timestamp_ms)
 

@@ -1018,5 +1018,19 @@ def test_a_slow_handler_uses_up_the_retry_budget_as_in_a_service(kind: str) -> N
     with ServiceHarness(Slow if kind == "sync" else AsyncSlow) as kit:
         result = kit.send(order(1))
     assert result.reason == "retries_exhausted"
-    # Retries start at 0.2, 0.4 and 0.6 s, and 0.8 is past the budget (3 on a slow machine).
-    assert 3 <= result.attempts <= 4
+    # Retries start at 0.2, 0.4 and 0.6 s, and 0.8 is past the budget; fewer on a loaded
+    # machine, whose sleeps overshoot. Never the 10 a clock of skipped waits alone gave.
+    assert 2 <= result.attempts <= 4
+
+
+@pytest.mark.parametrize("where", ["key", "header"])
+def test_text_utf8_cannot_encode_is_refused_as_the_producer_refuses_it(where: str) -> None:
+    """A str key or header value holding a lone surrogate is refused with the
+    ConfigurationError GuardedProducer.send raises, naming no character of it (Python's
+    own UnicodeEncodeError quotes it and holds the whole text)."""
+    secret = "acct-\udc80-4711"
+    key, headers = (secret, None) if where == "key" else (None, {"trace": secret})
+    with ServiceHarness(Billing) as kit, pytest.raises(sg.ConfigurationError) as e:
+        kit.send(order(1), key=key, headers=headers)
+    assert "4711" not in str(e.value)
+    assert "lone surrogate" in str(e.value)
