@@ -305,7 +305,8 @@ class TransientError(StreamguardError):
 
     The runtime retries the message per the service's ``RetryPolicy`` while its
     partition is paused; when attempts or budget run out it is dead-lettered with
-    reason ``retries_exhausted``.
+    reason ``retries_exhausted``. Retried whatever the service's ``transient`` lists,
+    as a ``PermanentError`` is never retried whatever it lists.
     """
 
 

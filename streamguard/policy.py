@@ -184,11 +184,13 @@ def classify(exc: BaseException, transient: tuple[type[BaseException], ...]) -> 
     only); otherwise permanent.
 
     ``PermanentError`` always wins, even if it also inherits from a transient type, so
-    a handler's explicit "never retry" is never second-guessed.
+    a handler's explicit "never retry" is never second-guessed; and ``TransientError``,
+    its explicit "retry", is transient whatever ``transient`` lists: a service that
+    named only its own types (``transient = (BankDown,)``) dead-lettered it at once.
     """
     if isinstance(exc, PermanentError):
         return "permanent"
-    if isinstance(exc, transient):
+    if isinstance(exc, (TransientError, *transient)):
         return "transient"
     # What ``asyncio.TaskGroup`` raises: transient when every error in it is, so a
     # timeout of a handler that fans out is retried as it is when it does not.

@@ -132,6 +132,20 @@ def test_other_exceptions_are_permanent_by_default() -> None:
     assert classify(sg.ContractViolation("s", []), DEFAULT_TRANSIENT) == "permanent"
 
 
+def test_transient_error_is_always_transient() -> None:
+    """sg.TransientError is a handler's explicit "retry": a service whose transient
+    tuple names only its own types still retries it (it was dead-lettered at once as a
+    permanent error), and so does a group of it, as asyncio.TaskGroup raises."""
+
+    class BankDown(Exception):
+        pass
+
+    assert classify(sg.TransientError("later"), (BankDown,)) == "transient"
+    assert classify(sg.TransientError("later"), ()) == "transient"
+    group = ExceptionGroup("fan-out", [sg.TransientError("a"), BankDown()])
+    assert classify(group, (BankDown,)) == "transient"
+
+
 def test_custom_transient_tuple_is_honoured() -> None:
     """A service's own transient tuple decides, and replaces the default one."""
     transient = (KeyError,)
