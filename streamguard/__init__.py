@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from streamguard.devbroker import DevBroker
     from streamguard.registry import RegistryServer
 
+# The release, as pyproject.toml's [project] version (a test keeps the two equal): read
+# here, not through importlib.metadata, which a service's process need not load.
+__version__ = "0.1.0"
+
 __all__ = [
     "AvroCodec",
     "BrokerUnavailable",

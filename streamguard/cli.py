@@ -15,7 +15,7 @@ from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException
 
-from streamguard import exitcodes
+from streamguard import __version__, exitcodes
 from streamguard.dlqtools.commands import add_dlq_parser
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
 from streamguard.interrupts import sigterm_as_ctrl_c
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamguard",
         description="Schema-guarded Kafka consumers, schema checks and dead-letter tools.",
     )
+    parser.add_argument("--version", action="version", version=f"streamguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     broker = sub.add_parser("broker", help="run the embedded Kafka broker in the foreground")

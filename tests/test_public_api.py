@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+import pytest
 
 import streamguard as sg
+from streamguard.cli import main
 
 
 def test_all_names_exist_and_are_sorted() -> None:
@@ -76,3 +81,16 @@ def test_importing_the_package_leaves_out_what_a_json_service_never_uses() -> No
     assert out[0] == "[]", out
     assert out[1] == "[]", out  # no module of the package imported them
     assert out[2] == "True True", out  # the embedded registry still loads, with its Avro
+
+
+def test_the_version_is_the_projects_and_the_cli_says_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``streamguard.__version__`` and ``streamguard --version`` give pyproject.toml's
+    version: a team can tell which release an image holds."""
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert sg.__version__ == project["project"]["version"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"streamguard {sg.__version__}\n"
