@@ -145,7 +145,10 @@ class Assignment:
         if self.closed:
             return  # close() revokes after shutdown settled and committed everything
         parts = [tp.partition for tp in partitions]
-        self._rebalanced("revoked")
+        # The eager protocol (a kafka_config overriding cooperative-sticky) revokes an idle
+        # member's empty assignment at every rebalance: nothing changed.
+        if parts:
+            self._rebalanced("revoked")
         self._flow.release(parts)
         # pop(p, None): a stop that gave up on this poll (a slow hook before it) clears
         # the lanes from its own thread, between a membership test and a pop.
@@ -171,7 +174,8 @@ class Assignment:
             # lane already, and on_stop ran; on_revoke must not come after it.
             return
         parts = [tp.partition for tp in partitions]
-        self._rebalanced("lost")
+        if parts:  # a member holding none lost nothing: no StreamguardPartitionsLost
+            self._rebalanced("lost")
         self._flow.release(parts)
         lost = [lane for part in parts if (lane := self.lanes.pop(part, None)) is not None]
         for lane in lost:

@@ -110,3 +110,18 @@ def test_each_change_of_the_assignment_is_counted_until_the_shutdown() -> None:
     assignment.on_lost(consumer, [TopicPartition("orders", 0)])
     assignment.on_revoke(consumer, [TopicPartition("orders", 0)])
     assert changes == ["assigned", "lost", "assigned"]
+
+
+def test_a_revoke_or_loss_of_no_partitions_is_no_change() -> None:
+    """A member holding no partition is handed an empty revoke (the eager protocol's
+    each rebalance) or an empty loss (its session expired while idle): it gave up
+    nothing, so neither ``revoked`` nor ``lost`` counts (StreamguardPartitionsLost would
+    fire for a member that lost nothing). Its empty assignment still counts."""
+    events: list[str] = []
+    changes: list[str] = []
+    assignment = _assignment(events, changes.append)
+    consumer: Any = None
+    assignment.on_assign(consumer, [])
+    assignment.on_revoke(consumer, [])
+    assignment.on_lost(consumer, [])
+    assert changes == ["assigned"]
