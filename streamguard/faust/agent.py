@@ -176,7 +176,8 @@ def guarded_agent(
         dead_letter_topic: defaults to ``f"{topic}.dlq"``; created at startup.
         retry: the ``RetryPolicy`` for transient failures. Its ``max_budget_ms`` must
             stay within half the app's ``broker_rebalance_timeout`` (checked here).
-        transient: exception types retried; everything else is permanent.
+        transient: exception types retried (``sg.TransientError`` is, whatever it
+            lists); everything else is permanent.
         codec: the wire format; the contract's default codec if None. With a schema
             registry, it is wrapped in a ``RegistryCodec`` keeping its limits and
             ``writer_schemas``, as a ``ConsumerService``'s is (a ``RegistryCodec`` is

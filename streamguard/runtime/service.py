@@ -111,7 +111,8 @@ class ConsumerService:
         retry: the ``RetryPolicy`` for transient failures, per message.
         breaker: the ``CircuitBreaker``: a service-wide retry budget, and a breaker
             that pauses the service while a dependency fails most calls (on by default).
-        transient: exception types retried; everything else is permanent.
+        transient: exception types retried (``sg.TransientError`` is, whatever it
+            lists); everything else is permanent.
         codec: the wire format; by default ``JsonCodec()`` for JSON contracts and
             ``AvroCodec()`` for Avro ones (``__wire_format__ = "avro"``).
         drift: ``"count"`` (default) counts and logs messages written with another
