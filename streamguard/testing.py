@@ -173,24 +173,20 @@ class Outcome:
 
 
 class _VirtualClock:
-    """Monotonic seconds: real time, plus the retry waits the harness skipped.
+    """Monotonic seconds: the retry waits the harness skipped, plus the time handlers ran.
 
-    Real time counts as in a service: a handler's own calls (a bank call that times out
-    after a while) use up ``max_budget_ms``. A clock moved by skipped waits alone gave a
-    slow handler all its ``attempts`` where a service gave up after a few.
+    A handler's own time counts as in a service: its calls (a bank call that times out
+    after a while) use up ``max_budget_ms``. The harness's own time does not: a clock
+    running in real time made ``retry_delays`` fall short of the delays the policy chose
+    by the time between a verdict and its reading.
     """
 
     def __init__(self) -> None:
-        self._skipped = 1_000.0 - time.monotonic()
+        self.now = 1_000.0
 
-    @property
-    def now(self) -> float:
-        return time.monotonic() + self._skipped
-
-    @now.setter
-    def now(self, value: float) -> None:
-        # Only ever moved forward (a skipped wait): real time keeps running from there.
-        self._skipped = value - time.monotonic()
+    def ran(self, started: float) -> None:
+        """A handler call that began at ``started`` (``time.perf_counter``) ended."""
+        self.now += time.perf_counter() - started
 
     def __call__(self) -> float:
         return self.now
@@ -479,7 +475,11 @@ class ServiceHarness(Generic[S]):
 
         async def counted(*args: Any) -> Any:
             self._calls += 1
-            return await handle(*args)
+            started = time.perf_counter()
+            try:
+                return await handle(*args)
+            finally:
+                self._clock.ran(started)
 
         runner._handle = counted
         tombstone = runner._tombstone
@@ -487,7 +487,11 @@ class ServiceHarness(Generic[S]):
 
             async def counted_tombstone(*args: Any) -> Any:
                 self._calls += 1
-                return await tombstone(*args)
+                started = time.perf_counter()
+                try:
+                    return await tombstone(*args)
+                finally:
+                    self._clock.ran(started)
 
             runner._tombstone = counted_tombstone
         breaker, probe = self.pipeline.breaker, None
@@ -569,7 +573,7 @@ class ServiceHarness(Generic[S]):
         lane, clock = self._lane, self._clock
         offset = msg.offset()
         delays: list[float] = []
-        calls = _CallCounter(self.pipeline)
+        calls = _CallCounter(self.pipeline, clock)
         breaker, probe = self.pipeline.breaker, None
         claimed = lane.enqueue([msg])
         try:
@@ -618,9 +622,9 @@ class ServiceHarness(Generic[S]):
 
 class _CallCounter:
     """Counts handler calls of one record by wrapping the pipeline's invokers: ``handle``
-    and, for a tombstone, ``handle_tombstone``."""
+    and, for a tombstone, ``handle_tombstone``; their time moves ``clock``."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, clock: _VirtualClock) -> None:
         self.count = 0
         self._pipeline = pipeline
         self._invoke = invoke = pipeline.invoke
@@ -628,11 +632,19 @@ class _CallCounter:
 
         def counted(event: Any, ctx: MessageContext) -> object:
             self.count += 1
-            return invoke(event, ctx)
+            started = time.perf_counter()
+            try:
+                return invoke(event, ctx)
+            finally:
+                clock.ran(started)
 
         def counted_tombstone(ctx: MessageContext) -> object:
             self.count += 1
-            return invoke_tombstone(ctx)
+            started = time.perf_counter()
+            try:
+                return invoke_tombstone(ctx)
+            finally:
+                clock.ran(started)
 
         pipeline.invoke = counted
         pipeline.invoke_tombstone = counted_tombstone  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import random
 import threading
 import time
 from typing import Any
@@ -1034,3 +1035,32 @@ def test_text_utf8_cannot_encode_is_refused_as_the_producer_refuses_it(where: st
         kit.send(order(1), key=key, headers=headers)
     assert "4711" not in str(e.value)
     assert "lone surrogate" in str(e.value)
+
+
+class _Longest(random.Random):
+    """Every backoff is its cap, so the delays the policy chose are known."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_retry_delays_are_the_delays_the_policy_chose(kind: str) -> None:
+    """``retry_delays`` are the policy's backoffs, not shortened by the harness's own
+    time between a verdict and its reading (a clock running in real time gave
+    0.1998 for a 0.2 s backoff)."""
+
+    class Down(Billing):
+        retry = sg.RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0, rng=_Longest())
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            raise TimeoutError("bank API timed out")
+
+    class AsyncDown(Down):
+        async def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:  # type: ignore[override]
+            raise TimeoutError("bank API timed out")
+
+    with ServiceHarness(Down if kind == "sync" else AsyncDown) as kit:
+        result = kit.send(order(1))
+    assert result.reason == "retries_exhausted"
+    assert result.retry_delays == pytest.approx([0.2, 0.4], rel=1e-9)
