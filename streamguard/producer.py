@@ -239,7 +239,13 @@ class GuardedProducer:
         """Queue already-encoded bytes, waiting for room when the local queue is full.
 
         A record the client refuses outright is reported by ``flush()`` as well.
+
+        Raises:
+            ConfigurationError: a header name holds a lone surrogate (see
+                ``check_header_name``); nothing was sent.
         """
+        for name, _ in headers or ():  # None too, as confluent-kafka takes it
+            check_header_name(name)
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
@@ -410,6 +416,22 @@ def _call(on_delivery: DeliveryCallback, err: KafkaError | None, msg: Message | 
         )
 
 
+def check_header_name(name: str) -> None:
+    """Refuse a header name UTF-8 cannot encode.
+
+    Raises:
+        ConfigurationError: ``name`` holds a lone surrogate. confluent-kafka does not
+            check this encoding: such a name crashed the process (a segfault).
+    """
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"a header name holds a lone surrogate (U+D800 to U+DFFF) at position "
+            f"{exc.start}, which UTF-8 cannot encode; nothing was sent"
+        ) from None
+
+
 def caller_header(name: str) -> str:
     """``name``, if a caller may add a header so named to a guarded record.
 
@@ -422,14 +444,7 @@ def caller_header(name: str) -> str:
         ConfigurationError: the name is one of those (in any case), or UTF-8 cannot
             encode it.
     """
-    try:
-        name.encode()
-    except UnicodeEncodeError as exc:
-        # confluent-kafka does not check this encoding: such a name crashed the process.
-        raise ConfigurationError(
-            f"a header name holds a lone surrogate (U+D800 to U+DFFF) at position "
-            f"{exc.start}, which UTF-8 cannot encode; nothing was sent"
-        ) from None
+    check_header_name(name)
     folded = name.lower()
     if folded.startswith("sg-") or folded == h.CONTENT_TYPE:
         raise ConfigurationError(

@@ -199,6 +199,38 @@ def test_a_header_name_utf8_cannot_encode_is_refused(
     assert [value_of(r)["order_id"] for r in read_all(topic, 2, timeout=5)] == [2]
 
 
+# produce_raw with a header name UTF-8 cannot encode, then a valid record; exits 0 if refused.
+SURROGATE_RAW_SENDER = """
+import sys
+import streamguard as sg
+
+producer = sg.GuardedProducer(sys.argv[1])
+try:
+    producer.produce_raw(sys.argv[2], b"1", key=None, headers=[("ten\\udcffant", b"t1")])
+except sg.ConfigurationError as exc:
+    assert "lone surrogate" in str(exc), str(exc)
+else:
+    sys.exit("queued")
+producer.produce_raw(sys.argv[2], b"2", key=None, headers=[("tenant", b"t1")])
+producer.flush()
+"""
+
+
+def test_produce_raw_refuses_a_header_name_utf8_cannot_encode(
+    bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
+) -> None:
+    """``produce_raw`` checks no contract or stamp, but a header name with a lone
+    surrogate crashed the process in confluent-kafka (a segfault): it is refused, and
+    nothing is sent. (In a child process, which the crash would kill.)"""
+    topic = topic_factory("orders")
+    run = subprocess.run(
+        [sys.executable, "-c", SURROGATE_RAW_SENDER, bootstrap, topic],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert [r.value() for r in read_all(topic, 2, timeout=5)] == [b"2"]
+
+
 def test_dict_event_is_validated_against_the_contract(
     bootstrap: str, topic_factory: Callable[..., str], read_all: Reader
 ) -> None:
