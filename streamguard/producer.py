@@ -54,7 +54,7 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 
 # How long, at interpreter exit, the producers still alive may take in all to deliver
 # the records they queue (or report them): the client, destroyed, would drop them.
-EXIT_FLUSH = 10.0
+EXIT_FLUSH = 5.0
 
 Key = str | bytes | None
 # The record is None only when the client refused it before queueing (no report comes).
