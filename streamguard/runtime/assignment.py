@@ -129,6 +129,10 @@ class Assignment:
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.closed:
             return
+        # Counted before the lanes that streamguard_assigned_partitions counts appear, as
+        # a revoke or loss is counted before its lanes go: whoever reads the new gauge
+        # reads this change in the counter too.
+        self._rebalanced("assigned")
         for tp in partitions:
             if tp.partition not in self.lanes:
                 self.lanes[tp.partition] = self._new_lane(tp.partition)
@@ -137,7 +141,6 @@ class Assignment:
         if partitions:
             self.assigned_once = True
         parts = [tp.partition for tp in partitions]
-        self._rebalanced("assigned")
         log.info("partitions assigned", extra={**self._names(), "partitions": parts})
         self._on_assigned(parts)
 

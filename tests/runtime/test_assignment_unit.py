@@ -125,3 +125,24 @@ def test_a_revoke_or_loss_of_no_partitions_is_no_change() -> None:
     assignment.on_revoke(consumer, [])
     assignment.on_lost(consumer, [])
     assert changes == ["assigned"]
+
+
+def test_a_change_is_counted_before_the_partitions_gauge_shows_it() -> None:
+    """streamguard_assigned_partitions counts the lanes; a reader (a scrape, or a test
+    that waits for the gauge and then reads the counter) that sees the new gauge must
+    see the change in streamguard_rebalances_total too. An assignment counted after its
+    lanes appeared left a moment when it did not (a test read ``assigned`` 0 there)."""
+    events: list[str] = []
+    lanes_when_counted: list[tuple[str, int]] = []
+
+    def rebalanced(change: str) -> None:
+        lanes_when_counted.append((change, len(assignment.lanes)))
+
+    assignment = _assignment(events, rebalanced)
+    consumer: Any = None
+    assignment.on_assign(consumer, [TopicPartition("orders", 0)])
+    assignment.on_lost(consumer, [TopicPartition("orders", 0)])
+    assignment.on_assign(consumer, [TopicPartition("orders", 0)])
+    # A loss (as a revoke) is counted while its lanes are still there; an assignment
+    # before its lanes are.
+    assert lanes_when_counted == [("assigned", 0), ("lost", 1), ("assigned", 0)]
