@@ -22,7 +22,7 @@ from streamguard.interrupts import sigterm_as_ctrl_c
 from streamguard.registry.commands import add_registry_parser
 from streamguard.runtime.commands import add_run_parser
 from streamguard.schema.commands import add_schema_parser
-from streamguard.settings import bind_address, tcp_port
+from streamguard.settings import bind_address, refused_setting_text, tcp_port
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -116,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = exc.args[0] if exc.args else None
         if not (isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG):
             raise
-        print(f"streamguard: error: a Kafka setting was refused: {error.str()}", file=sys.stderr)
+        refused = refused_setting_text(error.str())
+        print(f"streamguard: error: a Kafka setting was refused: {refused}", file=sys.stderr)
         return exitcodes.USAGE
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED

@@ -56,6 +56,17 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (REDACTED if is_secret(k) else _plain(v)) for k, v in config.items()}
 
 
+def refused_setting_text(text: str) -> str:
+    """librdkafka's refusal of a setting without the value it quotes
+    (``Invalid value "..." for configuration property "security.protocol"``): the value
+    may be a secret, read with ``--kafka-config-env`` from a variable given to the
+    wrong key. The property's name says what to fix."""
+    return _QUOTED_VALUE.sub("Invalid value for configuration property", text)
+
+
+_QUOTED_VALUE = re.compile(r'Invalid value ".*?" for configuration property', re.DOTALL)
+
+
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float):  # bool is an int
         return value

@@ -23,7 +23,12 @@ from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.runner import exited_in
 from streamguard.runtime.service import ConsumerService
-from streamguard.settings import add_kafka_arguments, kafka_config_from_args, tcp_port
+from streamguard.settings import (
+    add_kafka_arguments,
+    kafka_config_from_args,
+    refused_setting_text,
+    tcp_port,
+)
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -130,7 +135,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "service failed; exiting",
             extra={
                 "error_class": "KafkaException",
-                "error": f"a Kafka setting was refused: {error.str()}",
+                "error": f"a Kafka setting was refused: {refused_setting_text(error.str())}",
                 "exit_code": exitcodes.USAGE,
             },
         )

@@ -527,6 +527,34 @@ def test_a_kafka_setting_librdkafka_refuses_is_a_usage_error(
     assert "sesion.timeout.ms" in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "tests.runtime.apps:Recorder", "--log-format", "text"],
+        ["run", "tests.runtime.apps:Recorder", "--log-format", "json"],
+        ["dlq", "inspect", "orders.dlq"],
+    ],
+)
+def test_a_refused_setting_read_from_the_environment_is_not_echoed(
+    command: list[str],
+) -> None:
+    """A secret given to the wrong key (``--kafka-config-env security.protocol=
+    KAFKA_PASSWORD``) is refused by librdkafka in a message that quoted the value: the
+    error names the property only."""
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", *command,
+        "--bootstrap-servers", "127.0.0.1:9",
+        "--kafka-config-env", "security.protocol=SG_TEST_PASSWORD",
+    ]  # fmt: skip
+    env = {**os.environ, "SG_TEST_OUT": os.devnull, "SG_TEST_PASSWORD": "Hunter2Secret"}
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "a Kafka setting was refused" in err
+    assert "security.protocol" in err
+    assert "Hunter2Secret" not in err
+
+
 def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
     """The health server names the port it cannot bind, as a ConfigurationError (exit 2
     from ``streamguard run``) rather than an OSError traceback."""
