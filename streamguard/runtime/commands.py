@@ -65,6 +65,10 @@ def _user_line(exc: BaseException, module_name: str) -> str:
     (``os.environ[...]`` raises in os.py, a bad declaration in streamguard or pydantic).
     The project's code is what lies outside the libraries, or inside the package
     imported (a project installed into site-packages, as in a container image)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        # Raised by the compiler, not in a frame of the file: the traceback holds only
+        # importlib's (``<frozen importlib._bootstrap>:241``); the error knows the line.
+        return f"{exc.filename}:{exc.lineno}"
     libraries = (
         *(os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "purelib", "platlib")),
         os.path.join(os.path.dirname(os.path.dirname(__file__)), ""),  # streamguard

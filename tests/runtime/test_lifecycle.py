@@ -493,6 +493,23 @@ def test_a_service_installed_in_site_packages_raising_at_import_names_its_own_li
     assert f"cannot import {module!r}: KeyError: 'SG_NO_SUCH_SETTING' (at {where})" in err
 
 
+def test_a_service_module_with_a_syntax_error_names_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SyntaxError has no frame of the project's code: the error named importlib's
+    (``<frozen importlib._bootstrap>:241``); it names the file and line of the mistake."""
+    from streamguard.cli import main
+
+    name = f"sg_syntax_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("import os\n\ndef broken(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", f"{name}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot import {name!r}: SyntaxError: " in err
+    assert f"(at {tmp_path / name}.py:3)" in err
+
+
 @pytest.mark.parametrize(
     "args", [["--log-level", "bogus"], ["--metrics-port", "99999"], ["--metrics-port", "x"]]
 )
