@@ -245,7 +245,22 @@ def _json_config(text: str) -> dict[str, Any]:
             "--kafka-config-json must be a JSON object of librdkafka settings, got "
             f"{type(parsed).__name__}"
         )
+    for key, value in parsed.items():
+        if value is None or not isinstance(value, str | int | float):  # bool is an int
+            # The Kafka client would take its Python text: ["a:9092", "b:9092"] as
+            # bootstrap.servers failed to resolve "['a:9092'" for startup_timeout.
+            # The value is not shown: it may be a secret.
+            raise ConfigurationError(
+                f"--kafka-config-json: the value of {key!r} is "
+                f"{'null' if value is None else 'a JSON ' + _json_kind(value)}; librdkafka "
+                "takes a string, a number or a boolean (a list as one comma-separated "
+                'string, such as "a:9092,b:9092")'
+            )
     return parsed
+
+
+def _json_kind(value: Any) -> str:
+    return "array" if isinstance(value, list) else "object"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

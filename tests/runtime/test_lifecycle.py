@@ -572,6 +572,30 @@ def test_a_refused_setting_read_from_the_environment_is_not_echoed(
     assert "Hunter2Secret" not in err
 
 
+@pytest.mark.parametrize(
+    ("setting", "kind"),
+    [
+        ('{"bootstrap.servers": ["127.0.0.1:1"]}', "a JSON array"),
+        ('{"sasl.password": {"v": "Hunter2Secret"}}', "a JSON object"),
+        ('{"client.id": null}', "null"),
+    ],
+)
+def test_kafka_config_json_refuses_a_value_librdkafka_cannot_take(
+    setting: str, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list, object or null in --kafka-config-json reached the client as its Python
+    text (bootstrap.servers "['127.0.0.1:1']" failed to resolve until startup_timeout):
+    it is a usage error naming the key, never the value."""
+    from streamguard.cli import main
+
+    args = ["run", "tests.runtime.apps:Recorder", "--log-format", "text"]
+    assert main([*args, "--kafka-config-json", setting]) == 2
+    err = capsys.readouterr().err
+    assert f"the value of {next(iter(json.loads(setting)))!r} is {kind};" in err
+    assert "Hunter2Secret" not in err
+    assert "127.0.0.1:1" not in err
+
+
 def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
     """The health server names the port it cannot bind, as a ConfigurationError (exit 2
     from ``streamguard run``) rather than an OSError traceback."""
