@@ -34,6 +34,25 @@ PASS_THROUGH_EVERY = 10.0
 _MAX_KINDS = 1024  # kinds remembered; a text that varies must not grow them for good
 
 
+# librdkafka's CONFWARN quotes the value it warns about ("Configuration property
+# `sasl.mechanism` set to `...` but ..."): a secret read with --kafka-config-env and
+# given to the wrong key would be logged. The key and the advice are what to act on.
+_SET_TO = re.compile(r"(set to )`[^`]*`")
+
+
+class _ConfigValuesHidden(logging.Filter):
+    """Drops the value from librdkafka's configuration warnings (``CONFWARN``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("CONFWARN") and "set to `" in message:
+            record.msg, record.args = _SET_TO.sub(r"\1`***`", message), None
+        return True
+
+
+LOGGER.addFilter(_ConfigValuesHidden())
+
+
 class RepeatsCollapsed:
     """A client's ``logger``: the first line of each kind to ``logger``, repeats counted."""
 

@@ -120,3 +120,27 @@ def test_kinds_of_varying_repeated_texts_stay_bounded_and_are_counted(
     assert sum(1 for m in shown if m.startswith("FAIL [")) == kinds
     counted = [m for m in shown if "more line(s) like this not shown" in m]
     assert sum(int(m.split()[1]) for m in counted) == 2 * kinds
+
+
+def test_a_configuration_warning_does_not_quote_the_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """librdkafka's CONFWARN quoted the value it warns about: a secret read with
+    --kafka-config-env and given to the wrong key (sasl.mechanisms=KAFKA_PASSWORD) was
+    logged. The line keeps the key and the advice, not the value; so does its count."""
+    from confluent_kafka import Consumer
+
+    from streamguard.observe.librdkafka_logs import LOGGER
+
+    lines = RepeatsCollapsed(LOGGER)
+    config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "logger": lines}
+    with caplog.at_level(logging.INFO, LOGGER.name):
+        for _ in range(2):  # two clients: the second line is counted, then flushed
+            consumer = Consumer({**config, "sasl.mechanisms": "Hunter2Secret"})
+            consumer.poll(0.2)  # librdkafka hands its lines over when a client is served
+            consumer.close()
+        lines.flush()
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CONFWARN")]
+    assert len(warnings) == 2, warnings
+    assert all("`sasl.mechanism` set to `***` but" in line for line in warnings), warnings
+    assert not [r for r in caplog.records if "Hunter2Secret" in r.getMessage()]
