@@ -115,6 +115,18 @@ class HealthServer:
             # load balancers probe with HEAD, and would read 501 as the service down.
             do_HEAD = do_GET
 
+            def _refuse(self) -> None:
+                """405 with the methods it takes, not http.server's HTML 501 page."""
+                self.send_response(405)
+                self.send_header("Allow", "GET, HEAD")
+                self.send_header("Content-Type", "text/plain")
+                body = b"method not allowed: GET or HEAD\n"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)

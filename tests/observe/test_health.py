@@ -106,6 +106,26 @@ def test_head_answers_as_get_without_a_body(path: str, ready: bool, status: int)
         server.stop()
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_get_405_with_the_methods_it_takes(method: str) -> None:
+    """The endpoints are read-only: any other method gets a plain 405 naming GET and
+    HEAD, not http.server's HTML 501 page."""
+    import http.client
+
+    server = HealthServer(CollectorRegistry(), lambda: {"ready": True})
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request(method, "/readyz", body=b"{}")
+        got = connection.getresponse()
+        assert got.status == 405
+        assert got.getheader("Allow") == "GET, HEAD"
+        assert got.read() == b"method not allowed: GET or HEAD\n"
+        connection.close()
+    finally:
+        server.stop()
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:
