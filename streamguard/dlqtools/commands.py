@@ -345,6 +345,13 @@ def render_report(report: ReplayReport) -> str:
             "stopped, and the next run sends again what it sent after its last commit "
             "(--group must name a group of the replay's own, never a running consumer's)"
         )
+    if report.group_moved is not None:
+        lines.append(
+            f"  not committed under group {report.group_id}: another run committed under it "
+            f"meanwhile ({report.group_moved}): both runs sent what each read since; this run "
+            "stopped: run the same replay again once the other has finished, and give "
+            "concurrent replays a --group each"
+        )
     if report.stopped_idle:
         lines.append(
             "  stopped: nothing arrived from the cluster for the idle timeout before the "

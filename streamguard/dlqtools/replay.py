@@ -55,7 +55,7 @@ from streamguard.dlqtools.progress import Progress
 from streamguard.dlqtools.reader import DlqReader, DlqRecord, PartitionRange, existing_topics
 from streamguard.dlqtools.revalidate import Revalidator
 from streamguard.dlqtools.selection import Selection
-from streamguard.errors import ConfigurationError
+from streamguard.errors import BrokerUnavailable, ConfigurationError
 from streamguard.observe.untrusted import escaped, printable, quoted
 from streamguard.observe.untrusted import shown as safe_text
 from streamguard.offsets import FinalPrefix
@@ -147,6 +147,9 @@ class ReplayReport:
     committed: dict[int, int] = field(default_factory=dict)
     # The broker refused or did not answer a commit: the run stopped there.
     commit_error: str | None = None
+    # Another run committed under the group meanwhile (two operators, one group): the
+    # run stopped and left the group's offsets to the other run.
+    group_moved: str | None = None
     errors: list[str] = field(default_factory=list)
     stopped_idle: bool = False
 
@@ -158,7 +161,12 @@ class ReplayReport:
     def ok(self) -> bool:
         # Stopped idle, the run did not reach the end: a script that purges the DLQ
         # after a replay that exits 0 would purge records that were never replayed.
-        return self.failed == 0 and self.commit_error is None and not self.stopped_idle
+        return (
+            self.failed == 0
+            and self.commit_error is None
+            and self.group_moved is None
+            and not self.stopped_idle
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +278,8 @@ class Replayer:
         # a failure to publish, open and unsent was stopped before its turn (Ctrl-C in
         # the --rate wait, an unreachable registry), and nothing failed.
         self._prefixes: dict[int, FinalPrefix[bool]] = {}
+        # The group's offsets as this run last saw or committed them (None: none).
+        self._group_offsets: dict[int, int | None] = {}
         self._sent = 0  # records handed to the producer (a dry run: decided to send)
         self._unsettled = 0  # records produced since the last settle
         self._next_send = 0.0  # monotonic time the next record may go under --rate
@@ -308,7 +318,8 @@ class Replayer:
         options = self.options
         if not self._target_checked:
             self.check_target()
-        ranges = self.reader.plan(self.reader.committed())
+        self._group_offsets = self.reader.committed()
+        ranges = self.reader.plan(self._group_offsets)
         self.report.to_read = sum(r.size for r in ranges)
         if not options.dry_run:
             # acks=all + idempotence, as GuardedProducer: an acknowledged replay is
@@ -567,6 +578,8 @@ class Replayer:
         self.report.failed = max(self.report.failed, unpublished)
         healthy = not any(len(p) for p in self._prefixes.values())
         if offsets and not self.options.dry_run and self.report.commit_error is None:
+            if self.report.group_moved is not None or self._group_moved():
+                return False
             try:
                 self.reader.commit(offsets)
             except KafkaException as exc:
@@ -579,4 +592,22 @@ class Replayer:
                 )
                 return False
             self.report.committed.update(offsets)
+            self._group_offsets.update(offsets)
         return healthy
+
+    def _group_moved(self) -> bool:
+        """Whether another run committed under the group since this one last did.
+
+        Two replays under one group (two operators running the same command) would
+        each send every record, and each exit 0. Checked before each commit (a round
+        trip a settle, not a record), so the second run stops within one settle of
+        the other's first commit, and commits nothing over it.
+        """
+        try:
+            now = self.reader.committed()
+        except BrokerUnavailable:
+            return False  # the commit that follows reports the cluster's trouble
+        moved = [f"p{p}={o}" for p, o in sorted(now.items()) if o != self._group_offsets.get(p)]
+        if moved:
+            self.report.group_moved = ", ".join(moved)
+        return bool(moved)

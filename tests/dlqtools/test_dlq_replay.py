@@ -1083,3 +1083,35 @@ def test_cli_refuses_revalidate_options_without_revalidate(
     assert f"{named} with --revalidate" in err
     assert ("leave them out" in err) == (" and " in named)
     assert "replaying" not in out
+
+
+def test_a_second_run_under_the_same_group_at_once_stops_at_the_others_commit(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    read_all: Callable[..., list[Message]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two operators run the same replay at once (same default group): each sent every
+    record and exited 0, replaying the whole DLQ twice. A run now sees the other's
+    commit at its next settle, stops there without committing over it, and fails."""
+    from streamguard.dlqtools import replay as replay_module
+
+    orders, dlq, _ = incident
+    monkeypatch.setattr(replay_module, "COMMIT_INTERVAL", 0.0)  # settle after each record
+    with DlqReader(bootstrap, dlq, group_id=default_group(dlq), idle_timeout=5) as reader:
+        read = reader.read
+
+        def the_other_operator_runs_after_the_first_record(ranges: Any) -> Any:
+            for i, record in enumerate(read(ranges)):
+                if i == 1:
+                    assert replay(bootstrap, dlq).ok  # the other run, to the end
+                yield record
+
+        reader.read = the_other_operator_runs_after_the_first_record  # type: ignore[method-assign]
+        report = Replayer(reader, ReplayOptions(), out=io.StringIO()).run()
+    assert not report.ok
+    assert report.group_moved == "p0=5"
+    assert "another run committed under it meanwhile (p0=5)" in render_report(report)
+    assert report.replayed == 2  # its first record, and the one read before it stopped
+    assert committed(bootstrap, dlq, default_group(dlq)) == [5]  # the other run's
+    assert len(read_all(orders, 7, timeout=4)) == 6  # one record sent twice, not five
