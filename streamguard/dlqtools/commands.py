@@ -327,7 +327,10 @@ def render_report(report: ReplayReport) -> str:
         f"still invalid {report.still_invalid}; not selected {report.not_selected}; "
         f"failed to publish {report.failed}",
         f"  read {report.read} of the {report.to_read} record(s) between the position of "
-        f"group {report.group_id} and the end of the DLQ at start",
+        f"group {report.group_id} and the end of the DLQ at start"
+        if report.planned
+        # Stopped while finding the range, whose size is unknown: not "0 of the 0".
+        else "  stopped before reading the DLQ: nothing was read, sent or committed",
     ]
     for item in report.refused[:SHOWN_REFUSED]:
         # A still-invalid record's locations may name its undeclared fields: printable.

@@ -137,6 +137,8 @@ class ReplayReport:
     dlq_topic: str
     group_id: str
     dry_run: bool
+    # The range to read was fixed (to_read is known): a stop before it read nothing.
+    planned: bool = False
     to_read: int = 0
     read: int = 0
     replayed: int = 0
@@ -321,6 +323,7 @@ class Replayer:
         self._group_offsets = self.reader.committed()
         ranges = self.reader.plan(self._group_offsets)
         self.report.to_read = sum(r.size for r in ranges)
+        self.report.planned = True
         if not options.dry_run:
             # acks=all + idempotence, as GuardedProducer: an acknowledged replay is
             # durable and not duplicated by the client's own retries.

@@ -1115,3 +1115,28 @@ def test_a_second_run_under_the_same_group_at_once_stops_at_the_others_commit(
     assert report.replayed == 2  # its first record, and the one read before it stopped
     assert committed(bootstrap, dlq, default_group(dlq)) == [5]  # the other run's
     assert len(read_all(orders, 7, timeout=4)) == 6  # one record sent twice, not five
+
+
+def test_ctrl_c_before_the_dlq_is_read_does_not_say_it_held_nothing(
+    bootstrap: str,
+    incident: tuple[str, str, list[Sent]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the run still found the DLQ's end (its first second): the summary
+    said "read 0 of the 0 record(s) between the position of group ... and the end",
+    as if nothing were left to replay. It says the run stopped before reading."""
+    _, dlq, _ = incident
+
+    def interrupted(self: DlqReader, start: Any = None) -> Any:
+        raise KeyboardInterrupt  # deterministic: a real signal lands where it lands
+
+    monkeypatch.setattr(DlqReader, "plan", interrupted)
+    assert main(["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]) == exitcodes.INTERRUPTED
+    out = capsys.readouterr().out
+    assert "read 0 of the 0" not in out
+    assert "stopped before reading the DLQ: nothing was read, sent or committed" in out
+    assert "interrupted: run the same replay again to continue" in out
+    monkeypatch.undo()
+    assert main(["dlq", "replay", dlq, "--bootstrap-servers", bootstrap]) == exitcodes.OK
+    assert "read 5 of the 5 record(s)" in capsys.readouterr().out
