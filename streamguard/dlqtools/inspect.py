@@ -32,6 +32,10 @@ MAX_SHOWN_VALUE = 200
 # widen every row of the table to its length. JSON shows the values whole.
 MAX_SHOWN_CELL = 100
 MAX_SHOWN_ERRORS = 3
+# Distinct error locations tallied per group. A location may hold a dict key (a SKU, an
+# id) or a forged name, so each record can bring new ones: untallied, 50,000 records of
+# 60 such errors each took 890 MB. Occurrences past the cap are only counted.
+MAX_LOCATIONS = 1000
 # The dead letters whose error text holds no input: a codec's DecodeError, the one error
 # the runtime gives these reasons. Other texts may quote data: a handler's exception kept
 # with include_error_text, a violation described by a codec with include_input=True.
@@ -60,6 +64,8 @@ class Group:
     example: dict[str, Any] = field(default_factory=dict)
     # How often each error location occurs in the group: one cause often hides two.
     locations: Counter[str] = field(default_factory=Counter)
+    # Occurrences of locations left out of ``locations`` once it held MAX_LOCATIONS.
+    locations_left_out: int = 0
     # Records dead-lettered again after a replay (sg-replay-count set): a fix that did
     # not hold, or a loop on its way to the replay limit. An unreadable count counts.
     replayed: int = 0
@@ -161,9 +167,14 @@ def summarize(
         if group is None:
             group = summary.groups[key] = Group(key, example=_example(record, show_values))
         moment = dead_lettered_ms(record)
-        group.locations.update(
-            {f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)}
-        )
+        locations = group.locations
+        for found in {
+            f"{_loc(e)} ({e.get('type', '')})" for e in letter.errors if isinstance(e, dict)
+        }:
+            if found in locations or len(locations) < MAX_LOCATIONS:
+                locations[found] += 1
+            else:
+                group.locations_left_out += 1
         group.count += 1
         # Only a dead letter was dead-lettered again after a replay: a replayed record
         # in its source topic (``inspect orders``) carries the count but no sg-dlq-*.
@@ -200,6 +211,7 @@ def to_json(summary: Summary) -> str:
                     "first": format_ms(g.first_ms),
                     "last": format_ms(g.last_ms),
                     "error_locations": dict(g.locations.most_common()),
+                    "error_locations_left_out": g.locations_left_out,
                     "replayed": g.replayed,
                     "max_replay_count": g.max_replay_count,
                     "example": g.example,
@@ -278,8 +290,18 @@ def render_table(summary: Summary) -> str:
             ranked = sorted(group.locations.items(), key=lambda item: (-item[1], item[0]))
             top = ", ".join(f"{loc} x{n}" for loc, n in ranked[:4])  # ties by name: stable
             more = len(group.locations) - 4
+            left_out = (
+                f" (+{group.locations_left_out} occurrence(s) of locations past the first "
+                f"{MAX_LOCATIONS}, not tallied)"
+                if group.locations_left_out
+                else ""
+            )
             lines.append(
-                printable(f"      error locations: {top}" + (f" +{more} more" if more > 0 else ""))
+                printable(
+                    f"      error locations: {top}"
+                    + (f" +{more} more" if more > 0 else "")
+                    + left_out
+                )
             )
         if group.replayed:
             most = f", sg-replay-count up to {group.max_replay_count}"

@@ -638,3 +638,36 @@ def test_shown_values_tell_a_typed_backslash_from_a_byte_that_is_no_utf8() -> No
     assert "\x1b" not in table
     # Nor do the byte 0x85 and the character U+0085 (a control, so escaped too).
     assert (escaped(b"\x85"), escaped("\x85".encode())) == ("\\x85", "\\u0085")
+
+
+def test_locations_that_differ_in_every_record_keep_memory_bounded() -> None:
+    """A location may hold a dict key (a SKU), so every record can bring new ones: each
+    was tallied, and 50,000 dead letters of 60 such errors took 890 MB. A group tallies
+    its first 1,000 distinct locations, and counts the occurrences of the rest."""
+    from streamguard.deadletter import DeadLetter
+    from streamguard.dlqtools.inspect import render_table, summarize, to_json
+    from streamguard.dlqtools.reader import DlqRecord
+
+    def record(offset: int) -> DlqRecord:
+        errors = [
+            {"loc": ["prices", f"sku-{offset}-{j}", "amount"], "type": "greater_than", "msg": ""}
+            for j in range(10)
+        ]
+        headers = [
+            ("sg-dlq-reason", b"contract_violation"),
+            ("sg-dlq-original-topic", b"orders"),
+            ("sg-dlq-errors", json.dumps(errors).encode()),
+        ]
+        letter = DeadLetter.from_record(
+            topic="orders.dlq", partition=0, offset=offset, key=None, value=b"{}", headers=headers
+        )
+        return DlqRecord(letter, 1_700_000_000_000)
+
+    summary = summarize("orders.dlq", (record(i) for i in range(300)))
+    (group,) = summary.groups.values()
+    assert len(group.locations) == 1000
+    assert sum(group.locations.values()) + group.locations_left_out == 3000
+    assert "+996 more (+2000 occurrence(s) of locations past the first 1000" in render_table(
+        summary
+    )
+    assert json.loads(to_json(summary))["groups"][0]["error_locations_left_out"] == 2000
