@@ -355,6 +355,11 @@ def render_report(report: ReplayReport) -> str:
             "stopped: run the same replay again once the other has finished, and give "
             "concurrent replays a --group each"
         )
+    if report.limit_reached:
+        lines.append(
+            "  stopped at --limit: the rest of the range stays in the DLQ; run the same "
+            "replay again to continue from what was committed"
+        )
     if report.stopped_idle:
         lines.append(
             "  stopped: nothing arrived from the cluster for the idle timeout before the "

@@ -154,6 +154,8 @@ class ReplayReport:
     group_moved: str | None = None
     errors: list[str] = field(default_factory=list)
     stopped_idle: bool = False
+    # --limit records were sent: the rest of the range stays for the next run.
+    limit_reached: bool = False
 
     @property
     def still_invalid(self) -> int:
@@ -349,6 +351,7 @@ class Replayer:
                         f"  not selected {report.not_selected}",
                     )
                 if options.limit is not None and self._sent >= options.limit:
+                    report.limit_reached = report.read < report.to_read
                     break
                 if (
                     time.monotonic() - self._last_settle >= COMMIT_INTERVAL

@@ -254,10 +254,15 @@ def test_second_replay_sends_nothing(
 def test_limit_walks_the_dlq_in_chunks_without_duplicates(
     bootstrap: str, incident: tuple[str, str, list[Sent]], read_all: Callable[..., list[Message]]
 ) -> None:
-    """Runs with --limit pick up where the previous one stopped, so each record goes once."""
+    """Runs with --limit pick up where the previous one stopped, so each record goes once;
+    the summary of a run the limit stopped says so, and that of the run that reached the
+    end does not."""
     orders, dlq, _ = incident
-    counts = [replay(bootstrap, dlq, limit=2).replayed for _ in range(4)]
-    assert counts == [2, 2, 1, 0]
+    reports = [replay(bootstrap, dlq, limit=2) for _ in range(4)]
+    assert [r.replayed for r in reports] == [2, 2, 1, 0]
+    assert [r.limit_reached for r in reports] == [True, True, False, False]
+    assert "stopped at --limit" in render_report(reports[0])
+    assert "stopped at --limit" not in render_report(reports[2])
     got = read_all(orders, 6, timeout=4)
     assert sorted(m.key() for m in got) == [f"customer-{i}".encode() for i in range(5)]
 
