@@ -61,10 +61,19 @@ def refused_setting_text(text: str) -> str:
     (``Invalid value "..." for configuration property "security.protocol"``): the value
     may be a secret, read with ``--kafka-config-env`` from a variable given to the
     wrong key. The property's name says what to fix."""
-    return _QUOTED_VALUE.sub("Invalid value for configuration property", text)
+    text = _QUOTED_VALUE.sub("Invalid value for configuration property", text)
+    return _TRAILING_VALUE.sub(r"\1", text)
 
 
 _QUOTED_VALUE = re.compile(r'Invalid value ".*?" for configuration property', re.DOTALL)
+# The forms that put the value last, after a colon: a string property checked against
+# its list (``partitioner``), and the client's own checks when it is built
+# (``Failed to create consumer: Unsupported SASL mechanism: ...``).
+_TRAILING_VALUE = re.compile(
+    r'(Invalid value for configuration property "[^"]*"'
+    r"|Unsupported SASL mechanism|Unsupported partition\.assignment\.strategy): .*",
+    re.DOTALL,
+)
 
 
 def _plain(value: Any) -> Any:

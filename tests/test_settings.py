@@ -12,6 +12,7 @@ from streamguard.settings import (
     is_secret,
     redact,
     redact_url,
+    refused_setting_text,
     resolve_bootstrap,
 )
 
@@ -198,3 +199,28 @@ def test_a_setting_from_a_missing_variable_is_a_usage_error(
     with pytest.raises(ConfigurationError, match=message) as refused:
         kafka_config_from_args(None, [item])
     assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("client", "setting"),
+    [
+        ("consumer", {"security.protocol": "Hunter2Secret"}),
+        ("producer", {"partitioner": "Hunter2Secret"}),
+        ("consumer", {"security.protocol": "sasl_plaintext", "sasl.mechanism": "Hunter2Secret"}),
+        ("consumer", {"partition.assignment.strategy": "Hunter2Secret"}),
+    ],
+)
+def test_a_refused_setting_text_never_holds_the_value(client: str, setting: dict[str, str]) -> None:
+    """librdkafka quotes the value it refuses (``Invalid value "..." for ...``), or puts
+    it last, after a colon (``...property "partitioner": ...``, ``Failed to create
+    consumer: Unsupported SASL mechanism: ...``): each form is shown without it."""
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g", **setting}
+    with pytest.raises(KafkaException) as refused:
+        (Consumer if client == "consumer" else Producer)(config)
+    text = refused.value.args[0].str()
+    assert "Hunter2Secret" in text  # librdkafka's own text holds it
+    shown = refused_setting_text(text)
+    assert "Hunter2Secret" not in shown
+    assert shown.strip(), text
