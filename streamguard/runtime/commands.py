@@ -65,9 +65,11 @@ def _user_line(exc: BaseException, module_name: str) -> str:
     (``os.environ[...]`` raises in os.py, a bad declaration in streamguard or pydantic).
     The project's code is what lies outside the libraries, or inside the package
     imported (a project installed into site-packages, as in a container image)."""
-    if isinstance(exc, SyntaxError) and exc.filename:
+    if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         # Raised by the compiler, not in a frame of the file: the traceback holds only
         # importlib's (``<frozen importlib._bootstrap>:241``); the error knows the line.
+        # Not one of code with no file (``ast.literal_eval`` at import: "<unknown>"),
+        # raised in a frame of the project's code, which the frames below find.
         return f"{exc.filename}:{exc.lineno}"
     libraries = (
         *(os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "purelib", "platlib")),

@@ -510,6 +510,23 @@ def test_a_service_module_with_a_syntax_error_names_its_line(
     assert f"(at {tmp_path / name}.py:3)" in err
 
 
+def test_a_syntax_error_raised_by_the_modules_own_code_names_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SyntaxError of text parsed at import (``ast.literal_eval``) is no mistake in a
+    file: its file is "<unknown>"; the line named is the module's own that parsed it."""
+    from streamguard.cli import main
+
+    name = f"sg_parsed_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text('import ast\n\nLIMITS = ast.literal_eval("(1,")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", f"{name}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot import {name!r}: SyntaxError: " in err
+    assert f"(at {tmp_path / name}.py:3)" in err
+
+
 @pytest.mark.parametrize(
     "args", [["--log-level", "bogus"], ["--metrics-port", "99999"], ["--metrics-port", "x"]]
 )
