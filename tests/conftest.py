@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import logging
 import os
 import signal
 import socket
@@ -26,6 +27,19 @@ FAST_GROUP = {
     "heartbeat.interval.ms": 500,
     "topic.metadata.refresh.interval.ms": 1000,
 }
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Each test leaves the root logger as it found it. One that runs the demo or the
+    CLI in-process (``configure_logging``) left a handler on a capture stream closed
+    after it, and a later test's log line (httpx's, say) printed "Logging error" and a
+    traceback into the stderr that test checks."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
