@@ -171,13 +171,19 @@ def dead_letters(records: list[Any]) -> dict[bytes | None, tuple[Any, ...]]:
     return {record.key(): comparable(record) for record in records}
 
 
+# A ConsumerService's own, documented as such: a Faust app counts its rebalances itself.
+SERVICE_ONLY = ("streamguard_rebalances",)
+
+
 def samples(registry: CollectorRegistry, runtime: str, topic: str) -> dict[Any, float]:
-    """The streamguard_* counter samples of ``runtime`` for ``topic``, labels but topic."""
+    """The streamguard_* counter samples of ``runtime`` for ``topic``, labels but topic
+    (not those only a ConsumerService has)."""
     found = {}
     for family in registry.collect():
-        if not family.name.startswith("streamguard_") or family.type not in (
-            "counter",
-            "histogram",
+        if (
+            not family.name.startswith("streamguard_")
+            or family.type not in ("counter", "histogram")
+            or family.name in SERVICE_ONLY
         ):
             continue
         for sample in family.samples:
