@@ -493,32 +493,30 @@ def test_a_service_installed_in_site_packages_raising_at_import_names_its_own_li
     assert f"cannot import {module!r}: KeyError: 'SG_NO_SUCH_SETTING' (at {where})" in err
 
 
-def test_a_service_module_with_a_syntax_error_names_its_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "source",
+    [
+        # No frame of the project's code: the error named importlib's
+        # (``<frozen importlib._bootstrap>:241``), not the file and line of the mistake.
+        "import os\n\ndef broken(:\n",
+        # Text parsed at import (``ast.literal_eval``): the error's file is "<unknown>",
+        # so the line named is the module's own that parsed it.
+        'import ast\n\nLIMITS = ast.literal_eval("(1,")\n',
+    ],
+    ids=["in-the-file", "raised-by-its-code"],
+)
+def test_a_syntax_error_at_import_names_the_modules_line(
+    source: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A SyntaxError has no frame of the project's code: the error named importlib's
-    (``<frozen importlib._bootstrap>:241``); it names the file and line of the mistake."""
+    """A service module whose import raises SyntaxError is a usage error naming the
+    line of the module where it happened."""
     from streamguard.cli import main
 
     name = f"sg_syntax_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text("import os\n\ndef broken(:\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", f"{name}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
-    err = capsys.readouterr().err
-    assert f"cannot import {name!r}: SyntaxError: " in err
-    assert f"(at {tmp_path / name}.py:3)" in err
-
-
-def test_a_syntax_error_raised_by_the_modules_own_code_names_its_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A SyntaxError of text parsed at import (``ast.literal_eval``) is no mistake in a
-    file: its file is "<unknown>"; the line named is the module's own that parsed it."""
-    from streamguard.cli import main
-
-    name = f"sg_parsed_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text('import ast\n\nLIMITS = ast.literal_eval("(1,")\n')
+    (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert main(["run", f"{name}:Billing", "--bootstrap-servers", "127.0.0.1:1"]) == 2
