@@ -66,8 +66,8 @@ def encode_key(key: Key) -> bytes | None:
     return utf8(key, "the key") if isinstance(key, str) else key
 
 
-def utf8(text: str, what: str) -> bytes:
-    """``text`` in UTF-8, for a key or header value a caller gave as ``str``.
+def utf8(text: str, what: str, advice: str = ": pass it as bytes") -> bytes:
+    """``text`` in UTF-8, for a key, a header's value or name a caller gave as ``str``.
 
     Raises:
         ConfigurationError: ``text`` holds a lone surrogate (bytes decoded with
@@ -79,7 +79,7 @@ def utf8(text: str, what: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise ConfigurationError(
             f"{what} holds a lone surrogate (U+D800 to U+DFFF) at position {exc.start}, "
-            "which UTF-8 cannot encode: pass it as bytes; nothing was sent"
+            f"which UTF-8 cannot encode{advice}; nothing was sent"
         ) from None
 
 
@@ -423,13 +423,7 @@ def check_header_name(name: str) -> None:
         ConfigurationError: ``name`` holds a lone surrogate. confluent-kafka does not
             check this encoding: such a name crashed the process (a segfault).
     """
-    try:
-        name.encode()
-    except UnicodeEncodeError as exc:
-        raise ConfigurationError(
-            f"a header name holds a lone surrogate (U+D800 to U+DFFF) at position "
-            f"{exc.start}, which UTF-8 cannot encode; nothing was sent"
-        ) from None
+    utf8(name, "a header name", advice="")  # a name is text: no bytes to pass instead
 
 
 def caller_header(name: str) -> str:
