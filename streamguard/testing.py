@@ -25,7 +25,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Self, TypeVar
 
@@ -184,9 +185,14 @@ class _VirtualClock:
     def __init__(self) -> None:
         self.now = 1_000.0
 
-    def ran(self, started: float) -> None:
-        """A handler call that began at ``started`` (``time.perf_counter``) ended."""
-        self.now += time.perf_counter() - started
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Around a handler call: the time it takes moves the clock."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.now += time.perf_counter() - started
 
     def __call__(self) -> float:
         return self.now
@@ -475,11 +481,8 @@ class ServiceHarness(Generic[S]):
 
         async def counted(*args: Any) -> Any:
             self._calls += 1
-            started = time.perf_counter()
-            try:
+            with self._clock.running():
                 return await handle(*args)
-            finally:
-                self._clock.ran(started)
 
         runner._handle = counted
         tombstone = runner._tombstone
@@ -487,11 +490,8 @@ class ServiceHarness(Generic[S]):
 
             async def counted_tombstone(*args: Any) -> Any:
                 self._calls += 1
-                started = time.perf_counter()
-                try:
+                with self._clock.running():
                     return await tombstone(*args)
-                finally:
-                    self._clock.ran(started)
 
             runner._tombstone = counted_tombstone
         breaker, probe = self.pipeline.breaker, None
@@ -632,19 +632,13 @@ class _CallCounter:
 
         def counted(event: Any, ctx: MessageContext) -> object:
             self.count += 1
-            started = time.perf_counter()
-            try:
+            with clock.running():
                 return invoke(event, ctx)
-            finally:
-                clock.ran(started)
 
         def counted_tombstone(ctx: MessageContext) -> object:
             self.count += 1
-            started = time.perf_counter()
-            try:
+            with clock.running():
                 return invoke_tombstone(ctx)
-            finally:
-                clock.ran(started)
 
         pipeline.invoke = counted
         pipeline.invoke_tombstone = counted_tombstone  # type: ignore[method-assign]
