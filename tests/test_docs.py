@@ -1,4 +1,4 @@
-"""The Python code blocks of the README and the consumer guide run as written, the
+"""The Python code blocks of every documentation page run as written, the
 guide's ServiceOptions table matches the dataclass, the runbook's metric and log tables
 match what the runtime registers and logs, the docs' links find their pages, and the
 pages that promise value-free error texts warn about a handler's own."""
@@ -18,19 +18,58 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
+# `<!-- docs-test: skip (why) -->` on the line before a fence (invisible when rendered)
+# marks a block that cannot run on its own: a fragment continuing an earlier one, say.
+SKIP = re.compile(r"^<!-- docs-test: skip \(.+\) -->\n```python\n", re.MULTILINE)
+# The address `streamguard broker` listens on by default, as the pages write it.
+LOCAL_BROKER = "127.0.0.1:9092"
+
+
 def _blocks(page: str) -> list[str]:
     return BLOCK.findall((ROOT / page).read_text())
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/consumer.md", "docs/registry.md"])
-def test_python_blocks_run(page: str, bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each ```python block of the page executes without error against a real broker."""
+def _runnable_blocks(page: str) -> list[str]:
+    """The page's python blocks but those marked to skip, each preceded by blank lines
+    so that a traceback's line number is the page's."""
+    text = (ROOT / page).read_text()
+    assert text.count("<!-- docs-test: skip") == len(SKIP.findall(text)), (
+        f"{page}: a docs-test skip marker without a reason or not right before a python block"
+    )
+    text = SKIP.sub("\n```skipped\n", text)  # the same lines, the block no longer python
+    return ["\n" * text.count("\n", 0, m.start(1)) + m[1] for m in BLOCK.finditer(text)]
+
+
+def _python_pages() -> list[str]:
+    """Every page with a python block: the README, docs/, and the pages of benchmarks/,
+    deploy/, examples/ and schemas/, so that a new page is run without being listed here."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for folder in ("benchmarks", "deploy", "examples", "schemas"):
+        pages += sorted((ROOT / folder).glob("**/*.md"))
+    found = [str(p.relative_to(ROOT)) for p in pages if "```python" in p.read_text()]
+    assert {"README.md", "docs/consumer.md"} <= set(found)
+    return found
+
+
+@pytest.mark.parametrize("page", _python_pages())
+def test_python_blocks_run(
+    page: str, bootstrap: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each ```python block of the page executes without error against a real broker,
+    the one the suite runs in place of the local broker the pages address. Pages import
+    the README's quick start as `myapp`, as its reader saves it."""
     monkeypatch.setenv("STREAMGUARD_BOOTSTRAP_SERVERS", bootstrap)
-    blocks = _blocks(page)
-    assert blocks, f"{page} has no python block"
-    for code in blocks:
-        namespace: dict[str, object] = {"__name__": "__main__"}  # as `python file.py`
-        exec(compile(code, page, "exec"), namespace)  # noqa: S102  # our own documentation
+    (tmp_path / "myapp.py").write_text(_blocks("README.md")[0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    blocks = _runnable_blocks(page)
+    assert blocks, f"{page} has no python block that runs"
+    try:
+        for code in blocks:
+            namespace: dict[str, object] = {"__name__": "__main__"}  # as `python file.py`
+            code = code.replace(LOCAL_BROKER, bootstrap)
+            exec(compile(code, page, "exec"), namespace)  # noqa: S102  # our own documentation
+    finally:
+        sys.modules.pop("myapp", None)
 
 
 def test_readme_quick_start_delivers_a_stamped_event(
