@@ -336,6 +336,12 @@ class GuardedAgent:
             lambda: sum(a._inflight() for a in peers if a.topic == topic),
             lambda: sum(a._paused() for a in peers if a.topic == topic),
         )
+        # Ready only once the group gave the app partitions of the topic, as a
+        # service's ``assigned`` check: between the app's start and its first join it
+        # is neither rebalancing nor consuming. Faust's public signal, once per
+        # rebalance; the flag stays set, as ``Assignment.assigned_once`` does.
+        self._assigned_once = False
+        app.on_partitions_assigned.connect(self._on_partitions_assigned)
         self.metrics.track_ready(self, lambda agent: agent.ready)
         revoke_commit = _REVOKE_COMMITS.get(app)
         if revoke_commit is None:
@@ -356,14 +362,22 @@ class GuardedAgent:
 
     @property
     def ready(self) -> bool:
-        """Started, not stopping or rebalancing, and the DLQ writable (``streamguard_ready``)."""
+        """Started, assigned partitions of the topic at least once, not stopping or
+        rebalancing, and the DLQ writable (``streamguard_ready``)."""
         app = self.app
         return bool(
-            app.started
+            self._assigned_once
+            and app.started
             and not app.should_stop
             and not app.rebalancing
             and self.dead_letter_writable
         )
+
+    def _on_partitions_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Note an assignment with partitions of the topic; an empty one (a member
+        beyond the partition count) or one of other topics only does not count."""
+        if not self._assigned_once:
+            self._assigned_once = any(tp.topic == self.topic for tp in assigned)
 
     @property
     def group_id(self) -> str:

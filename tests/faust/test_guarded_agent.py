@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
+from faust.contrib.asgi import faust_app_running
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
@@ -682,6 +683,52 @@ def test_a_dead_letter_the_broker_is_slow_to_confirm_is_written_once(
     # One record per counted dead letter (a rebalance after the stall may redeliver
     # the event, which is then dead-lettered and counted again: at least once).
     assert len(records) == dead_lettered
+
+
+def test_not_ready_until_the_app_is_assigned_partitions_of_the_topic(
+    topic_factory: Callable[..., str], make_app: Callable[..., Any]
+) -> None:
+    """Between the app's start and its first group join (about half the session
+    timeout) the agent is not ready, as a service's ``assigned`` check keeps it; ready
+    once the group gave the app the topic's partition."""
+    src = topic_factory("orders")
+    app = make_app()
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    def assigned() -> bool:
+        try:
+            return any(tp.topic == src for tp in app.consumer.assignment())
+        except Exception:  # the consumer is not started yet
+            return False
+
+    def gauge() -> float | None:
+        return bill.registry.get_sample_value("streamguard_ready", {"runtime": "faust"})
+
+    # (ready, started and not rebalancing), every 10 ms until the assignment: watched
+    # while the app starts, as a readiness probe would.
+    early: list[tuple[bool, bool]] = []
+
+    async def watch() -> None:
+        deadline = time.monotonic() + 20
+        while not assigned() and time.monotonic() < deadline:
+            early.append((bill.ready, bool(app.started and not app.rebalancing)))
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        watcher = asyncio.ensure_future(watch())
+        async with faust_app_running(app, stop_timeout=20):
+            await asyncio.wait_for(watcher, 25)
+            assert assigned()
+            assert any(idle for _, idle in early)  # up, not rebalancing, not assigned
+            assert not any(ready for ready, _ in early)
+            assert await until(lambda: bill.ready, 20)
+            assert gauge() == 1.0
+
+    asyncio.run(main())
+    assert gauge() == 0.0
 
 
 def test_dead_letter_topic_is_created_at_startup(
