@@ -170,3 +170,7 @@ def configure_logging(fmt: str = "json", level: str | int = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())
+    # Python's warnings (pydantic's about a contract, a library's deprecation) went to
+    # stderr as raw text, lines a JSON pipeline cannot parse (jq stopped on them): they
+    # come through the ``py.warnings`` logger, in the chosen format, instead.
+    logging.captureWarnings(True)

@@ -773,6 +773,34 @@ def test_streamguard_run_in_json_ends_with_a_json_line_for_a_refused_kafka_setti
     assert "bogus.key" in last["error"]
 
 
+WARNS_AT_IMPORT = """
+import warnings
+from tests.runtime.apps import Recorder
+warnings.warn("Default value of Billing.tags is not JSON serializable", UserWarning)
+"""
+
+
+def test_streamguard_run_in_json_writes_python_warnings_as_json_lines(tmp_path: Path) -> None:
+    """A Python warning (pydantic's about a contract's default, say) is a JSON line of
+    the logger ``py.warnings``: Python wrote it to stderr as raw text, two lines a log
+    pipeline could not parse (jq stopped on them)."""
+    (tmp_path / "warns_at_import.py").write_text(WARNS_AT_IMPORT)
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "warns_at_import:Recorder",
+        "--bootstrap-servers", "127.0.0.1:9", "--log-format", "json",
+    ]  # fmt: skip
+    path = os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "SG_TEST_OUT": os.devnull, "SG_TEST_STARTUP_TIMEOUT": "1"}
+    with refusing_port() as down:
+        cmd[cmd.index("127.0.0.1:9")] = f"127.0.0.1:{port_of(down)}"
+        done = subprocess.run(cmd, env={**env, "PYTHONPATH": path}, capture_output=True, timeout=60)
+    lines = [json.loads(line) for line in done.stderr.decode().splitlines()]
+    assert done.returncode == 1, lines
+    (warning,) = [line for line in lines if line["logger"] == "py.warnings"]
+    assert warning["level"] == "warning"
+    assert "UserWarning: Default value of Billing.tags" in warning["event"]
+
+
 # `streamguard run` as the program, SIGTERMing itself in Python's exit (atexit): where a
 # supervisor's second SIGTERM lands once the stop it asked for has finished.
 SIGTERM_AT_EXIT = """
