@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,12 +35,17 @@ def _root_logging_restored() -> Iterator[None]:
     """Each test leaves the root logger as it found it. One that runs the demo or the
     CLI in-process (``configure_logging``) left a handler on a capture stream closed
     after it, and a later test's log line (httpx's, say) printed "Logging error" and a
-    traceback into the stderr that test checks."""
+    traceback into the stderr that test checks. ``configure_logging`` also routes
+    Python's warnings through logging, which is undone too."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    showwarning = warnings.showwarning
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    if warnings.showwarning is not showwarning:
+        logging.captureWarnings(False)
+        warnings.showwarning = showwarning
 
 
 @pytest.fixture(scope="session")
