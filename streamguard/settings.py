@@ -189,6 +189,24 @@ def directory(text: str) -> Path:
     return Path(text)
 
 
+# confluent-kafka's settings that take a Python callable: from a command line they are
+# text, which the client refuses with a TypeError when it is built (a traceback).
+CALLABLE_SETTINGS = frozenset(
+    ("error_cb", "logger", "oauth_cb", "on_commit", "on_delivery", "stats_cb", "throttle_cb")
+)
+
+
+def refuse_callable_setting(key: str, option: str) -> None:
+    """A usage error for ``key`` given on the command line with ``option`` if only a
+    Python callable can be its value (``error_cb``...). The value is not shown: it may
+    be a secret meant for another key."""
+    if key in CALLABLE_SETTINGS:
+        raise ConfigurationError(
+            f"{option} {key}: this setting takes a Python callable and cannot be "
+            "given on the command line (set it in the service's kafka_config)"
+        )
+
+
 def kafka_config_from_args(
     items: list[str] | None, from_env: list[str] | None = None
 ) -> dict[str, Any]:
@@ -210,6 +228,7 @@ def kafka_config_from_args(
                 f"--kafka-config: an item has no '=' (or no key) in its {len(item)} "
                 "characters; expected librdkafka KEY=VALUE"
             )
+        refuse_callable_setting(key.strip(), "--kafka-config")
         config[key.strip()] = value
     for item in from_env or []:
         key, sep, variable = (part.strip() for part in item.partition("="))
@@ -232,6 +251,7 @@ def kafka_config_from_args(
                 f"--kafka-config-env {key}={variable}: the environment variable "
                 f"{variable} is not set"
             )
+        refuse_callable_setting(key, "--kafka-config-env")
         config[key] = os.environ[variable]
     return config
 

@@ -7,9 +7,11 @@ import pytest
 from streamguard.errors import ConfigurationError
 from streamguard.settings import (
     BOOTSTRAP_ENV,
+    CALLABLE_SETTINGS,
     REDACTED,
     client_config,
     is_secret,
+    kafka_config_from_args,
     redact,
     redact_url,
     refused_setting_text,
@@ -224,3 +226,17 @@ def test_a_refused_setting_text_never_holds_the_value(client: str, setting: dict
     shown = refused_setting_text(text)
     assert "Hunter2Secret" not in shown
     assert shown.strip(), text
+
+
+@pytest.mark.parametrize("key", sorted(CALLABLE_SETTINGS))
+def test_a_callable_setting_from_the_command_line_is_a_usage_error(
+    key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-X error_cb=...`` reached the client as text, which it refused with a
+    TypeError traceback when it was built: a usage error naming the key, not the value."""
+    monkeypatch.setenv("SG_TEST_CALLBACK", "Hunter2Secret")
+    for args in (([f"{key}=Hunter2Secret"], None), (None, [f"{key}=SG_TEST_CALLBACK"])):
+        with pytest.raises(ConfigurationError, match="takes a Python callable") as refused:
+            kafka_config_from_args(*args)
+        assert key in str(refused.value)
+        assert "Hunter2Secret" not in str(refused.value)

@@ -26,6 +26,7 @@ from streamguard.runtime.service import ConsumerService
 from streamguard.settings import (
     add_kafka_arguments,
     kafka_config_from_args,
+    refuse_callable_setting,
     refused_setting_text,
     tcp_port,
 )
@@ -248,6 +249,7 @@ def _json_config(text: str) -> dict[str, Any]:
             f"{type(parsed).__name__}"
         )
     for key, value in parsed.items():
+        refuse_callable_setting(key, "--kafka-config-json")
         if value is None or not isinstance(value, str | int | float):  # bool is an int
             # The Kafka client would take its Python text: ["a:9092", "b:9092"] as
             # bootstrap.servers failed to resolve "['a:9092'" for startup_timeout.

@@ -341,6 +341,26 @@ def test_inspect_refuses_a_selection_as_replay_does(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dlq", "inspect", "orders.dlq"],
+        ["dlq", "replay", "orders.dlq", "--dry-run"],
+        ["run", "tests.runtime.apps:Recorder", "--log-format", "text"],
+    ],
+)
+def test_a_callable_setting_on_the_command_line_is_a_usage_error(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-X error_cb=x`` ended in the client's TypeError traceback: one line, exit 2."""
+    args = [*command, "--bootstrap-servers", "127.0.0.1:1", "-X", "error_cb=Hunter2Secret"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error_cb: this setting takes a Python callable" in err
+    assert "Hunter2Secret" not in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.usefixtures("cluster_goes_quiet")
 def test_inspect_that_stopped_short_of_the_end_exits_1(
     bootstrap: str,

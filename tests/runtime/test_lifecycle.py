@@ -611,6 +611,18 @@ def test_kafka_config_json_refuses_a_value_librdkafka_cannot_take(
     assert "127.0.0.1:1" not in err
 
 
+def test_kafka_config_json_refuses_a_callable_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """``{"stats_cb": "x"}`` reached the client as text: a TypeError traceback."""
+    from streamguard.cli import main
+
+    args = ["run", "tests.runtime.apps:Recorder", "--log-format", "text"]
+    setting = '{"stats_cb": "Hunter2Secret"}'
+    assert main([*args, "--bootstrap-servers", "127.0.0.1:1", "--kafka-config-json", setting]) == 2
+    err = capsys.readouterr().err
+    assert "--kafka-config-json stats_cb: this setting takes a Python callable" in err
+    assert "Hunter2Secret" not in err
+
+
 def test_a_metrics_port_in_use_is_a_configuration_error() -> None:
     """The health server names the port it cannot bind, as a ConfigurationError (exit 2
     from ``streamguard run``) rather than an OSError traceback."""
