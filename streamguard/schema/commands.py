@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import sys
 import unicodedata
 from pathlib import Path
@@ -198,8 +199,34 @@ def _print_report(
             if not r.comparisons and not r.problems and not store.versions(r.subject)
         ]
         text = "\n".join([*notes, text] if text else notes)
+    elif args.format == "json":
+        # The same note as an entry of the list, shaped as a change's (no old version,
+        # breaking nothing), so that a script sees the subject passed unchecked.
+        unstored = [
+            _not_stored_entry(r)
+            for r in results
+            if not r.comparisons and not r.problems and not store.versions(r.subject)
+        ]
+        if unstored:
+            text = json.dumps([*unstored, *json.loads(text)], indent=2)
     if text:
         print(text)
+
+
+def _not_stored_entry(r: SubjectResult) -> dict[str, Any]:
+    return {
+        "subject": r.subject,
+        "old_version": None,
+        "new_version": f"v{r.version}",
+        "path": "",
+        "pointer": "",
+        "rule": "SUBJECT_NOT_STORED",
+        "breaking": False,
+        "breaking_in": [],
+        "message": f"v{r.version} is not stored in schemas/ yet, so no change to it is checked",
+        "hint": "run `streamguard schema register` and commit schemas/",
+        "mode": r.mode,
+    }
 
 
 def _refuse_mode_with_registry(args: argparse.Namespace) -> None:

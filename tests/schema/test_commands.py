@@ -86,6 +86,27 @@ def test_github_format_warns_of_a_subject_not_stored_yet(
     assert cli("schema", "check", "--format", "github")[:2] == (0, "")
 
 
+def test_json_format_says_a_subject_is_not_stored_yet(
+    project_factory: Callable[[], Project], cli: Cli
+) -> None:
+    """The text and github formats say a subject never stored passed unchecked; the json
+    list said nothing (an empty list, as for a subject checked and unchanged)."""
+    project_factory().contracts(V1)
+    code, out, _ = cli("schema", "check", "--format", "json")
+    assert code == 0
+    [entry] = json.loads(out)
+    assert entry["subject"] == "orders.OrderPlaced"
+    assert (entry["old_version"], entry["new_version"]) == (None, "v1")
+    assert (entry["rule"], entry["breaking"], entry["breaking_in"]) == (
+        "SUBJECT_NOT_STORED",
+        False,
+        [],
+    )
+    assert "streamguard schema register" in entry["hint"]
+    assert cli("schema", "register")[0] == 0
+    assert json.loads(cli("schema", "check", "--format", "json")[1]) == []
+
+
 def test_check_outside_the_project_says_there_is_no_pyproject(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
