@@ -40,8 +40,11 @@ MAX_PENDING_IDS = 1024  # ids are 4 bytes of input: a flood may name a new one e
 MAX_VERSIONS = 100  # the subject's latest versions looked at; older ids are other_subject
 MAX_RESOLVED_IDS = 4096  # resolved ids kept; past it the cache starts again
 
-# kinds, records checked before the id was resolved, the schema id, its subject version
-Report = Callable[[tuple[str, ...], int, int, int | None], None]
+# A drift line held until its id's version is known: (producer, kind).
+Line = tuple[str, str]
+# kinds, records checked before the id was resolved, the schema id, its subject version,
+# the lines held for it
+Report = Callable[[tuple[str, ...], int, int, int | None, list[Line]], None]
 
 
 class FrameDrift:
@@ -50,8 +53,8 @@ class FrameDrift:
     Args:
         codec: the service's ``RegistryCodec`` (its client and naming strategy).
         report: called from the background thread with the kinds of an id resolved
-            late, the number of records checked before then, the id, and its version
-            in the subject (None: not one of the subject's).
+            late, the number of records checked before then, the id, its version in the
+            subject (None: not one of the subject's), and the lines held for it.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FrameDrift:
         self._kinds: dict[int, tuple[str, ...]] = {}
         self._versions: dict[int, int] = {}  # resolved ids of the subject -> version
         self._pending: dict[int, int] = {}  # id -> records checked before it was resolved
+        self._held: dict[int, list[Line]] = {}  # pending id -> its lines (see hold)
         self._lock = threading.Lock()
         self._busy = False
         self._next_try = 0.0
@@ -95,6 +99,17 @@ class FrameDrift:
         """The subject's version of a resolved ``schema_id`` (None: not resolved yet, or
         not one of the subject's); from the cache only, never asking the registry."""
         return self._versions.get(schema_id)
+
+    def hold(self, schema_id: int, line: Line) -> bool:
+        """Keep a drift line of a pending ``schema_id`` to be given to ``report`` with its
+        version once the lookup answers: written now, it said ``writer_version`` null,
+        read as not one of the subject's. False if the id is not pending (resolved, or
+        past ``MAX_PENDING_IDS``): the line is written now."""
+        with self._lock:
+            if schema_id not in self._pending:
+                return False
+            self._held.setdefault(schema_id, []).append(line)
+            return True
 
     def _resolve(self) -> None:
         from confluent_kafka.schema_registry import Schema
@@ -126,6 +141,7 @@ class FrameDrift:
             return
         with self._lock:
             pending, self._pending = self._pending, {}
+            held, self._held = self._held, {}
             if len(self._kinds) + len(pending) > MAX_RESOLVED_IDS:
                 self._kinds.clear()
                 self._versions.clear()
@@ -139,8 +155,10 @@ class FrameDrift:
             self._versions.setdefault(own_id, own_version)
             self._busy = False
         for schema_id, count in pending.items():
-            if self._kinds[schema_id]:
-                self._report(self._kinds[schema_id], count, schema_id, versions.get(schema_id))
+            lines = held.get(schema_id, [])
+            if self._kinds[schema_id] or lines:
+                kinds, version = self._kinds[schema_id], self._versions.get(schema_id)
+                self._report(kinds, count, schema_id, version, lines)
 
 
 def _kind(

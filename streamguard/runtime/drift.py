@@ -19,7 +19,7 @@ from streamguard.observe.untrusted import LogBudget, shown
 from streamguard.schema.drift import KINDS, DriftDetector, FirstSeen, producer_of
 
 if TYPE_CHECKING:
-    from streamguard.registry.drift import FrameDrift
+    from streamguard.registry.drift import FrameDrift, Line
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -79,11 +79,19 @@ class DriftCheck:
         self._budget = log_budget or LogBudget()
 
     def _late(
-        self, kinds: tuple[str, ...], count: int, schema_id: int, version: int | None
+        self,
+        kinds: tuple[str, ...],
+        count: int,
+        schema_id: int,
+        version: int | None,
+        held: list[Line],
     ) -> None:
         """Count ``count`` framed records whose schema id was resolved after their check
-        (called from the resolving thread; they were not dead-lettered for it)."""
+        (called from the resolving thread; they were not dead-lettered for it), and write
+        the lines held until the id's version was known."""
         self._count(kinds, None, None, count, (schema_id, version))
+        for producer, kind in held:
+            self._line(kind, producer, None, (schema_id, version))
 
     def check(self, headers: h.Headers | None, value: bytes | None) -> SchemaDrift | None:
         kinds = self._detector.inspect(headers, value)
@@ -113,21 +121,35 @@ class DriftCheck:
             if not self._seen.known(producer, kind) and self._budget.allow():
                 self._seen(producer, kind)
                 frame = frame or self._frame(headers, value)
-                if frame is None:
-                    schema_id, writer = None, shown(h.last(headers, h.VERSION), 16)
-                else:  # the registry's version: the record has no sg-version header
-                    schema_id, writer = frame[0], None if frame[1] is None else str(frame[1])
-                log.warning(
-                    "schema drift",
-                    extra={
-                        "subject": self._subject,
-                        "kind": kind,
-                        "producer": producer,
-                        "writer_version": writer,
-                        "reader_version": self._version,
-                        "schema_id": schema_id,
-                    },
-                )
+                if frame is not None and frame[1] is None and self._hold(frame[0], producer, kind):
+                    continue  # an id whose lookup is under way: its line waits for _late
+                self._line(kind, producer, headers, frame)
+
+    def _hold(self, schema_id: int, producer: str, kind: str) -> bool:
+        return self._frames is not None and self._frames.hold(schema_id, (producer, kind))
+
+    def _line(
+        self,
+        kind: str,
+        producer: str,
+        headers: h.Headers | None,
+        frame: tuple[int, int | None] | None,
+    ) -> None:
+        if frame is None:
+            schema_id, writer = None, shown(h.last(headers, h.VERSION), 16)
+        else:  # the registry's version: the record has no sg-version header
+            schema_id, writer = frame[0], None if frame[1] is None else str(frame[1])
+        log.warning(
+            "schema drift",
+            extra={
+                "subject": self._subject,
+                "kind": kind,
+                "producer": producer,
+                "writer_version": writer,
+                "reader_version": self._version,
+                "schema_id": schema_id,
+            },
+        )
 
     def _frame(
         self, headers: h.Headers | None, value: bytes | None

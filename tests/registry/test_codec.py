@@ -817,3 +817,32 @@ def test_a_drift_lookup_refused_by_the_registry_names_its_error_code(
         "SchemaRegistryError",
         40403,
     )
+
+
+def test_the_drift_line_of_a_record_whose_id_is_not_resolved_yet_waits_for_its_version(
+    registry: RegistryServer, client: SchemaRegistryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first JSON record framed with the contract's own id, with a field the
+    contract lacks, is `unknown_fields` before its id is resolved: its line was written at
+    once with writer_version None (read as "not one of the subject's") and, being the
+    producer's first of the kind, no later line corrected it. It is written once the
+    lookup answers, with the id's version."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.drift import DriftCheck
+
+    client.register_schema("t-value", Schema(*registry_schema(NoteV1)))
+    own_id = client.register_schema("t-value", Schema(*registry_schema(NoteV2)))
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    check = DriftCheck(NoteV2, ServiceMetrics(CollectorRegistry()), False, codec=codec, topic="t")
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "schema drift"]
+
+    assert check.check(None, framed(own_id, b'{"text": "a", "extra": 1}')) is None
+    assert wait_for(lambda: lines() != [], timeout=10)
+    (line,) = lines()
+    got = {k: line.__dict__.get(k) for k in ("kind", "writer_version", "schema_id")}
+    assert got == {"kind": "unknown_fields", "writer_version": "2", "schema_id": own_id}
