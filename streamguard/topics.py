@@ -38,6 +38,9 @@ MAX_RECORD_BYTES = 100 * 1024 * 1024
 # What a dead letter adds to its record: the sg-dlq-* headers (error locations capped at
 # 8 KiB, an error text at 1000 characters, positions and names), with room to spare.
 DEAD_LETTER_HEADROOM = 100_000
+# librdkafka's default batch.size: a producer fills a batch up to it, and never splits
+# one the broker refuses as too large, so a topic must take a batch of this size.
+PRODUCER_BATCH_BYTES = 1_000_000
 
 
 def dead_letter_topic_for(topic: str) -> str:

@@ -42,7 +42,13 @@ from streamguard.runtime.poller import Poller
 from streamguard.runtime.scheduler import Scheduler
 from streamguard.runtime.spec import ServiceSpec
 from streamguard.settings import BOOTSTRAP_ENV
-from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
+from streamguard.topics import (
+    DEAD_LETTER_HEADROOM,
+    MAX_RECORD_BYTES,
+    PRODUCER_BATCH_BYTES,
+    create_topics,
+    max_message_bytes,
+)
 
 if TYPE_CHECKING:
     # A sync service under partition order runs no event loop: the event-loop runtime
@@ -685,8 +691,16 @@ class ServiceRuntime:
                 if spec.topic in topics
                 else None
             )
+            # Nor below the DLQ producer's batch: librdkafka batches small dead letters
+            # up to batch.size and never splits a batch the broker refuses as too
+            # large, so a flood of them into a smaller DLQ was refused, batch after
+            # batch, for good (a source of 100000 made a DLQ of 200000).
+            batch = min(
+                int(self.dead_letter_config.get("batch.size", PRODUCER_BATCH_BYTES)),
+                int(self.dead_letter_config.get("message.max.bytes", MAX_RECORD_BYTES)),
+            )
             topic_config = (
-                {"max.message.bytes": str(source_limit + DEAD_LETTER_HEADROOM)}
+                {"max.message.bytes": str(max(source_limit, batch) + DEAD_LETTER_HEADROOM)}
                 if source_limit is not None
                 else {}
             )

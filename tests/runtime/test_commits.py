@@ -505,6 +505,39 @@ def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headr
     assert "max_message_bytes" not in created[f"{plain}.dlq"]
 
 
+def test_a_dlq_the_service_creates_takes_a_whole_batch_of_its_producer(
+    bootstrap: str,
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+) -> None:
+    """A DLQ of a source with a small max.message.bytes still takes a batch of the DLQ
+    producer: librdkafka batches small dead letters up to batch.size (1000000 by
+    default) and never splits a batch the broker refuses, so a DLQ of the source's
+    100000 plus the headroom refused every batch of a poison flood, for good. A smaller
+    batch.size in dead_letter_config is what the DLQ must take then. (The embedded
+    broker enforces no size limit: the DLQ's setting is read back from the broker.)"""
+
+    def assigned(running: Running) -> bool:
+        return bool(running.service.health()["checks"]["assigned"])
+
+    default, small = unique("orders"), unique("orders")
+    create_topics(bootstrap, [default, small], topic_config={"max.message.bytes": "100000"})
+    for src, dlq_config in ((default, {}), (small, {"batch.size": 50000})):
+
+        class Billing(sg.ConsumerService):
+            topic = src
+            contract = OrderPlaced
+            group_id = unique("g")
+
+            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+        running = start_service(Billing, dead_letter_config=dlq_config)
+        assert wait_for(functools.partial(assigned, running))
+        running.stop()
+    assert max_message_bytes(bootstrap, f"{default}.dlq") == 1_000_000 + DEAD_LETTER_HEADROOM
+    assert max_message_bytes(bootstrap, f"{small}.dlq") == 100000 + DEAD_LETTER_HEADROOM
+
+
 def test_a_dlq_cluster_that_does_not_answer_at_start_only_warns(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],
