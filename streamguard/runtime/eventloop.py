@@ -735,6 +735,9 @@ class LoopRunner:
         log.error(
             "event-loop lane crashed; stopping the service",
             extra={
+                # Which service: a process may run several (one per topic).
+                "service": lane.pipeline.spec.name,
+                "topic": lane.pipeline.topic,
                 "partition": lane.partition,
                 "error": type(exc).__name__,
                 "traceback": frames(exc),

@@ -36,6 +36,7 @@ from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.deadletters import DeliveryReport
 from streamguard.runtime.outcomes import RetryState, after_try, gate
+from streamguard.runtime.spec import ServiceSpec
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -55,6 +56,7 @@ CANCEL_WAIT = 0.1
 class Pipeline(Protocol):
     """What a lane needs from its service; shared by all lanes, safe across threads."""
 
+    spec: ServiceSpec
     topic: str
     drift_sample: int
     retry: RetryPolicy
@@ -285,6 +287,9 @@ class PartitionLane:
                 log.error(
                     "partition lane crashed",
                     extra={
+                        # Which service: a process may run several (one per topic).
+                        "service": self.pipeline.spec.name,
+                        "topic": self.pipeline.topic,
                         "partition": self.partition,
                         "error_class": type(exc).__name__,
                         "traceback": frames(exc),

@@ -480,7 +480,7 @@ class ServiceRuntime:
         self._breaker = pipeline.breaker
         loop_runner = self._loop_runner
         if loop_runner is None:
-            scheduler = Scheduler(poller, options.workers, stopping=stopping)
+            scheduler = Scheduler(poller, options.workers, stopping=stopping, service=spec.name)
         else:
             # Four partitions' buffers, every handler the loop may run and a batch: on up
             # to four partitions the lanes' own limits bind first, as before (with one
@@ -489,7 +489,12 @@ class ServiceRuntime:
             # Scheduler._supervise).
             refill_below = 4 * options.max_buffered + options.max_in_flight + options.batch_size
             scheduler = Scheduler(
-                poller, options.workers, lambda: loop_runner.busy, stopping, refill_below
+                poller,
+                options.workers,
+                lambda: loop_runner.busy,
+                stopping,
+                refill_below,
+                service=spec.name,
             )
             loop_runner.attach(poller, scheduler.stopping, scheduler.wake, scheduler.fail)
         pipeline.fail = scheduler.fail

@@ -88,6 +88,7 @@ class Scheduler:
         loop_busy: Callable[[], bool] | None = None,
         stopping: threading.Event | None = None,
         refill_below: int = 0,
+        service: str = "",
     ) -> None:
         """Args:
         loop_busy: True while the event loop has records to run; it then polls
@@ -96,8 +97,10 @@ class Scheduler:
             set it while the service connects); set here too on a failure.
         refill_below: the supervisor polls on at once for a busy event loop only
             while the lanes hold fewer records than this (see ``_supervise``).
+        service: the service's name, for the line of a worker's failure.
         """
         self._poller = poller
+        self._service = service
         self._workers = workers
         self._loop_busy = loop_busy or (lambda: False)
         self._refill_below = refill_below
@@ -300,7 +303,13 @@ class Scheduler:
             # Mostly a handler's crash out of its lane: class and frames, not the text.
             log.error(
                 "worker failed; stopping the service",
-                extra={"error_class": type(exc).__name__, "traceback": frames(exc)},
+                extra={
+                    # Which service: a process may run several (one per topic).
+                    "service": self._service,
+                    "topic": self._poller.topic,
+                    "error_class": type(exc).__name__,
+                    "traceback": frames(exc),
+                },
             )
             self.fail(exc)
         finally:
