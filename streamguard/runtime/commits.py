@@ -117,10 +117,17 @@ class Committer:
         if final:
             log.warning(
                 "final offset commit failed; records since the last commit come again",
-                extra={"error": reason, "partitions": sorted(tp.partition for tp in partitions)},
+                extra={
+                    "topic": self._topic,
+                    "error": reason,
+                    "partitions": sorted(tp.partition for tp in partitions),
+                },
             )
         else:
-            log.warning("offset commit failed; will retry", extra={"error": reason})
+            # The topic tells which service: a process may run several (one per topic).
+            log.warning(
+                "offset commit failed; will retry", extra={"topic": self._topic, "error": reason}
+            )
         for tp in partitions:
             self._committed.pop(tp.partition, None)  # commit again on the next round
             self._unconfirmed.discard(tp.partition)

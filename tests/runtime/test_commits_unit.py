@@ -108,3 +108,15 @@ def test_a_refused_final_commit_says_its_records_come_again(
     )
     assert final.partitions == [0, 2]  # type: ignore[attr-defined]
     assert "generation" in final.error  # type: ignore[attr-defined]
+
+
+def test_a_refused_commit_names_its_topic(caplog: pytest.LogCaptureFixture) -> None:
+    """In a process of several services (one per topic, docs/consumer.md) both lines
+    tell whose commit failed; before, they said only the error."""
+    commits = Committer(
+        cast(Consumer, Refusing()), "refunds.v1", ServiceMetrics(CollectorRegistry())
+    )
+    with caplog.at_level(logging.WARNING, "streamguard.runtime"):
+        commits.commit(lanes(Lane(0, 5)), asynchronous=True)
+        commits.commit(lanes(Lane(0, 5)), asynchronous=False)
+    assert [vars(r).get("topic") for r in caplog.records] == ["refunds.v1", "refunds.v1"]
