@@ -24,7 +24,7 @@ from streamguard.lazy import lazy_exports
 from streamguard.policy import CircuitBreaker, RetryPolicy
 from streamguard.producer import GuardedProducer
 from streamguard.registry import RegistryCodec
-from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions
+from streamguard.runtime import ConsumerService, MessageContext, ServiceOptions, run_services
 
 if TYPE_CHECKING:
     from streamguard.devbroker import DevBroker
@@ -61,6 +61,7 @@ __all__ = [
     "StreamguardError",
     "TransientError",
     "registered_contracts",
+    "run_services",
 ]
 
 

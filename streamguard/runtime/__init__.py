@@ -3,5 +3,6 @@
 from streamguard.runtime.context import MessageContext
 from streamguard.runtime.options import ServiceOptions
 from streamguard.runtime.service import ConsumerService
+from streamguard.runtime.together import run_services
 
-__all__ = ["ConsumerService", "MessageContext", "ServiceOptions"]
+__all__ = ["ConsumerService", "MessageContext", "ServiceOptions", "run_services"]

@@ -175,6 +175,8 @@ class ServiceRuntime:
         # each run ends by making its successor's, so a stop() landing as a run returns
         # reaches that run, and one made before a run() stops that run at once.
         self._stopping = threading.Event()
+        # The run in progress's: set, its stop's waits end at once (see stop()).
+        self._hurry = threading.Event()
         self._scheduler: Scheduler | None = None
         self._poller: Poller | None = None
         self._publisher: DeadLetterPublisher | None = None
@@ -192,8 +194,9 @@ class ServiceRuntime:
         if self._running:
             raise RuntimeError("this service is already running")
         stopping = self._stopping  # the scheduler stops on this very event (see stop())
-        # Set by a signal while the run stops already: its waits end at once.
-        hurry = threading.Event()
+        # Set by a signal while the run stops already, or stop(hurry=True): its waits
+        # end at once.
+        hurry = self._hurry = threading.Event()
         # A run after an earlier one starts afresh: /readyz must not report the last
         # run's assignment and polls while this one connects.
         self._scheduler = self._poller = self._loop_runner = None
@@ -509,18 +512,21 @@ class ServiceRuntime:
         self._poller, self._scheduler = poller, scheduler
         return poller, scheduler
 
-    def stop(self) -> None:
+    def stop(self, hurry: bool = False) -> None:
         """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close.
 
         It applies to the run in progress, also one that is connecting or returning;
         made while no ``run()`` is in progress, to the next one, which then returns at
         once (a thread told to stop before it got to ``run()`` must not run on). Called
-        again, it changes nothing: only a signal hurries a stop (see
-        ``_install_signal_handlers``).
+        again, it changes nothing unless ``hurry``, which ends the stop's waits at once,
+        as a second signal does (see ``_install_signal_handlers``); a hurry made while
+        no run is in progress is the last run's, spent.
         """
         # One read picks the run, and its scheduler stops on the same event: a stop()
         # that lands as a run returns sets that run's event, never the next run's.
         self._stopping.set()
+        if hurry:
+            self._hurry.set()
 
     def health(self) -> dict[str, Any]:
         """Readiness and its reasons, as ``/readyz`` reports it."""

@@ -313,9 +313,14 @@ class ConsumerService:
         """
         self.__runtime.run()
 
-    def stop(self) -> None:
-        """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close."""
-        self.__runtime.stop()
+    def stop(self, *, hurry: bool = False) -> None:
+        """Ask ``run()`` to finish: stop fetching, settle in-flight work, commit, close.
+
+        ``hurry``: also end the stop's waits (for handlers, fetched records and dead
+        letters) at once, as a second SIGTERM or Ctrl-C does; what has no outcome yet
+        stays uncommitted and is delivered again after the restart.
+        """
+        self.__runtime.stop(hurry)
 
     def health(self) -> dict[str, Any]:
         """Readiness and its checks, as ``/readyz`` reports it (``health()["ready"]``)."""
