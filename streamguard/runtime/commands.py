@@ -1,4 +1,5 @@
-"""``streamguard run MODULE:CLASS``: run a consumer service from the command line."""
+"""``streamguard run MODULE:CLASS [MODULE:CLASS ...]``: run consumer services from the
+command line, several in one process as ``run_services`` runs them."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import os
 import sys
 import sysconfig
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import CollectorRegistry
 
 from streamguard import exitcodes
 from streamguard.config import load_project_config
 from streamguard.errors import ConfigurationError, RegistryUnavailable, StreamguardError
 from streamguard.interrupts import ignore_sigterm_until_exit
+from streamguard.observe.health import HealthServer
 from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.runner import exited_in
 from streamguard.runtime.service import ConsumerService
+from streamguard.runtime.together import run_services, service_name
 from streamguard.settings import (
     add_kafka_arguments,
     kafka_config_from_args,
@@ -176,7 +181,9 @@ def _failed(exc: Exception) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cls = load_service_class(args.target)
+    classes = [load_service_class(target) for target in args.target]
+    if len(set(classes)) != len(classes):
+        raise ConfigurationError("streamguard run: a service class is given twice")
     kafka_config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
     if args.kafka_config_json:
         kafka_config.update(_json_config(args.kafka_config_json))
@@ -184,15 +191,32 @@ def _run(args: argparse.Namespace) -> int:
     schema_registry = resolve_registry_config(
         args.schema_registry, load_project_config().schema_registry_url
     )
-    service = cls(
-        bootstrap_servers=args.bootstrap_servers,
-        kafka_config=kafka_config,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        schema_registry=schema_registry,
-    )
+    if len(classes) == 1:
+        service = classes[0](
+            bootstrap_servers=args.bootstrap_servers,
+            kafka_config=kafka_config,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            schema_registry=schema_registry,
+        )
+        run: Callable[[], None] = service.run
+    else:
+        registry = CollectorRegistry()  # one /metrics for them all
+        services = [
+            cls(
+                bootstrap_servers=args.bootstrap_servers,
+                kafka_config=kafka_config,
+                registry=registry,
+                schema_registry=schema_registry,
+            )
+            for cls in classes
+        ]
+
+        def run() -> None:
+            _run_together(services, registry, args.metrics_host, args.metrics_port)
+
     try:
-        service.run()
+        run()
     except (Exception, KeyboardInterrupt):
         raise  # for main, as before: streamguard's errors; KeyboardInterrupt exits 130
     except SystemExit as exc:
@@ -221,6 +245,31 @@ def _run(args: argparse.Namespace) -> int:
         # its default.
         ignore_sigterm_until_exit()
     return exitcodes.OK
+
+
+def _run_together(
+    services: list[ConsumerService], registry: CollectorRegistry, host: str, port: int | None
+) -> None:
+    """``run_services``, with one ``/metrics`` for all and a ``/readyz`` that is ready
+    when every service is: one service's own endpoint would answer for it alone, and a
+    readiness probe would pass while another had no partition."""
+    health = None
+    if port is not None:
+
+        def report() -> dict[str, Any]:
+            reports = {service_name(service): service.health() for service in services}
+            return {
+                "ready": all(each["ready"] for each in reports.values()),
+                "services": reports,
+            }
+
+        health = HealthServer(registry, report, host, port)
+        health.start()
+    try:
+        run_services(*services)
+    finally:
+        if health is not None:
+            health.stop()
 
 
 def _crashed(exc: BaseException) -> int:
@@ -271,8 +320,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def add_run_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="run a ConsumerService subclass until SIGTERM/SIGINT")
-    run.add_argument("target", metavar="MODULE:CLASS", help="e.g. myapp.billing:Billing")
+    run = sub.add_parser(
+        "run", help="run ConsumerService subclasses (one process) until SIGTERM/SIGINT"
+    )
+    run.add_argument(
+        "target",
+        metavar="MODULE:CLASS",
+        nargs="+",
+        help="e.g. myapp.billing:Billing; several run in one process, one /metrics and "
+        "/readyz for all",
+    )
     add_kafka_arguments(run)
     run.add_argument("--kafka-config-json", default=None, help="librdkafka settings as JSON")
     run.add_argument(

@@ -87,7 +87,7 @@ def run_services(*services: ConsumerService) -> None:
             log.error(
                 "service ended; stopping the others",
                 extra={
-                    "service": type(first).service_name or type(first).__name__,
+                    "service": service_name(first),
                     "error": None if error is None else type(error).__name__,
                 },
             )
@@ -102,6 +102,12 @@ def run_services(*services: ConsumerService) -> None:
     errors = [error for _, error in ended if error is not None]
     if errors:
         raise errors[0]
+
+
+def service_name(service: ConsumerService) -> str:
+    """The name a service's log lines and dead letters give it (``sg-dlq-service``)."""
+    cls = type(service)
+    return cls.service_name or cls.__name__
 
 
 def _handle_signals(handler: Callable[[int, FrameType | None], None]) -> Callable[[], None]:

@@ -111,7 +111,8 @@ def test_service_command_parses_with_the_real_cli_and_names_a_real_service() -> 
     topic and DLQ kafka-init creates, reaches Kafka on its internal listener and serves
     its metrics on the published port."""
     args = run_args()
-    service = load_service_class(args.target)
+    (target,) = args.target
+    service = load_service_class(target)
     init = " ".join(SERVICES["kafka-init"]["command"])
     for topic in (service.topic, service.dead_letter_topic):
         assert f"--topic {topic} " in init, topic

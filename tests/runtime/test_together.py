@@ -20,6 +20,7 @@ import pytest
 
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
+from streamguard.devbroker import free_port
 from tests.conftest import FAST_GROUP
 from tests.runtime.conftest import committed, order, wait_for
 
@@ -222,7 +223,8 @@ def test_a_failing_service_stops_the_others_and_its_error_is_raised(
     caller.start()
     caller.join(60)
     assert not caller.is_alive()
-    assert len(raised) == 1 and isinstance(raised[0], RuntimeError)
+    assert len(raised) == 1
+    assert isinstance(raised[0], RuntimeError)
     assert not services[0].health()["checks"]["running"]
     ended = [r for r in caplog.records if r.getMessage() == "service ended; stopping the others"]
     assert [(r.__dict__["service"], r.__dict__["error"]) for r in ended] == [
@@ -236,3 +238,98 @@ def test_run_services_refuses_no_service_and_a_service_twice(bootstrap: str) -> 
     service = type("Once", (_Quiet,), {"topic": "t", "group_id": "g"})(bootstrap_servers=bootstrap)
     with pytest.raises(ValueError, match="twice"):
         sg.run_services(service, service)
+
+
+# Two service classes for `streamguard run`, from the environment's topics and group.
+CLI_MODULE = textwrap.dedent(
+    """
+    import os
+
+    import streamguard as sg
+    from streamguard.demo.contracts import OrderPlaced
+
+
+    class Payments(sg.ConsumerService):
+        topic = os.environ["SG_TEST_FIRST"]
+        group_id = os.environ["SG_TEST_GROUP"] + "-payments"
+        contract = OrderPlaced
+
+        def handle(self, event, ctx):
+            pass
+
+
+    class Refunds(Payments):
+        topic = os.environ["SG_TEST_SECOND"]
+        group_id = os.environ["SG_TEST_GROUP"] + "-refunds"
+    """
+)
+
+
+def test_streamguard_run_runs_several_classes_with_one_readyz_for_all(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """`streamguard run a:A b:B --metrics-port P`: one process, one /metrics with both
+    topics' series, a /readyz ready once every service is (each one's report under its
+    name), exit 0 on SIGTERM with each service's records committed."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    first, second = topic_factory("payments"), topic_factory("refunds")
+    group = unique("g")
+    _send(bootstrap, first, 3)
+    _send(bootstrap, second, 4)
+    (tmp_path / "ledger_services.py").write_text(CLI_MODULE)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "SG_TEST_FIRST": first,
+        "SG_TEST_SECOND": second,
+        "SG_TEST_GROUP": group,
+    }
+    logs = tmp_path / "logs"
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run",
+        "ledger_services:Payments", "ledger_services:Refunds",
+        "--bootstrap-servers", bootstrap, "--metrics-port", str(port),
+        "-X", "session.timeout.ms=2000", "-X", "heartbeat.interval.ms=500",
+    ]  # fmt: skip
+
+    def readyz() -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
+
+    with logs.open("w") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        assert wait_for(lambda: readyz()[0] == 200, timeout=40), (readyz(), logs.read_text())
+        report = readyz()[1]
+        assert report["ready"] is True
+        assert set(report["services"]) == {"Payments", "Refunds"}
+        assert all(each["checks"]["assigned"] for each in report["services"].values())
+        assert wait_for(
+            lambda: (
+                sum(committed(bootstrap, f"{group}-payments", first).values()) == 3
+                and sum(committed(bootstrap, f"{group}-refunds", second).values()) == 4
+            ),
+            timeout=30,
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            metrics = r.read().decode()
+        handled = {
+            line.split('topic="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("streamguard_messages_total{") and 'outcome="handled"' in line
+        }
+        assert handled == {first: 3.0, second: 4.0}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    code = _ended(proc, 30)
+    assert code == 0, logs.read_text()
+    assert logs.read_text().count('"event": "service stopped"') == 2
