@@ -69,6 +69,10 @@ class SqliteLedger(sg.ConsumerService):
         return conn
 
     def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        if not event.items:
+            # The amount is shared by the lines: with none, nothing would be booked and
+            # the key would still mark the order applied, losing it for good.
+            raise sg.PermanentError("an order without line items cannot be booked")
         key = f"order:{event.order_id}"
         conn = self._connection()
         # IMMEDIATE takes the write lock now, so two workers never both read "not yet

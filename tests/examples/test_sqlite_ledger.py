@@ -6,11 +6,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Message
 
 import streamguard as sg
 from examples.sqlite_ledger.service import SqliteLedger
@@ -117,3 +119,31 @@ def test_half_way_failures_roll_back_and_redelivery_writes_nothing(
     assert not again.error
     assert _rows(db, "SELECT COUNT(*) FROM ledger_lines")[0][0] == ORDERS * LINES
     assert _rows(db, "SELECT COUNT(*) FROM applied")[0][0] == ORDERS
+
+
+def test_an_order_without_items_is_dead_lettered_not_marked_applied(
+    bootstrap: str, tmp_path: Path, read_all: Callable[..., list[Message]]
+) -> None:
+    """``items`` is optional in ``OrderPlaced`` (the Faust example sends none): such an
+    order has no line to book its amount on. Before, it was marked applied with no row,
+    its amount lost and a replay unable to bring it back; now it is dead-lettered."""
+    topic = f"ledger-{uuid.uuid4().hex[:10]}"
+    create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=1)
+    producer = sg.GuardedProducer(bootstrap)
+    producer.send(topic, order(0, items=[{"sku": "sku-0", "quantity": 1}]), key="c0")
+    producer.send(topic, order(1), key="c1")  # no items
+    producer.send(topic, order(2, items=[{"sku": "sku-2", "quantity": 2}]), key="c2")
+    producer.flush()
+    db = tmp_path / "ledger.db"
+    running = start(_ledger(topic, "ledger-empty", db, []), bootstrap)
+    try:
+        dead = read_all(f"{topic}.dlq", 1, timeout=30)
+        assert wait_for(lambda: _applied(db) == 2, timeout=30)
+    finally:
+        running.stop()
+    assert not running.error
+    assert [dict(r.headers() or [])["sg-dlq-reason"] for r in dead] == [b"permanent_error"]
+    assert _rows(db, "SELECT COUNT(*) FROM ledger_lines")[0][0] == 2
+    assert _rows(
+        db, "SELECT COUNT(*) FROM applied WHERE idempotency_key LIKE '%-000000000002'"
+    ) == [(0,)]
