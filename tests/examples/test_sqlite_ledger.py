@@ -3,7 +3,11 @@ succeed, and no row is ever written twice, even when every message comes again."
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -12,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 import streamguard as sg
 from examples.sqlite_ledger.service import SqliteLedger
 from streamguard.demo.contracts import LineItem, OrderPlaced
 from streamguard.topics import create_topics
 from tests.faults.workload import start
-from tests.runtime.conftest import order, wait_for
+from tests.runtime.conftest import committed, order, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -147,3 +151,67 @@ def test_an_order_without_items_is_dead_lettered_not_marked_applied(
     assert _rows(
         db, "SELECT COUNT(*) FROM applied WHERE idempotency_key LIKE '%-000000000002'"
     ) == [(0,)]
+
+
+def _run_ledger(bootstrap: str, topic: str, group: str, db: Path, delay: str) -> Any:
+    """The example under ``streamguard run``, as its README starts it."""
+    env = {
+        **os.environ,
+        "STREAMGUARD_LEDGER_DB": str(db),
+        "SG_TEST_TOPIC": topic,
+        "SG_TEST_GROUP": group,
+        "SG_TEST_DELAY": delay,
+    }
+    cmd = [
+        sys.executable, "-m", "streamguard.cli", "run", "tests.examples.ledger_app:SlowLedger",
+        "--bootstrap-servers", bootstrap,
+        "-X", "session.timeout.ms=2000", "-X", "heartbeat.interval.ms=500",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_mid_run_and_restart_books_every_order_once(bootstrap: str, tmp_path: Path) -> None:
+    """The README's crash claim, as a process: killed with SIGKILL while booking, the
+    ledger restarted books every order with all its lines exactly once (what the dead
+    process committed in SQLite but not in Kafka comes again and writes nothing), and
+    a SIGTERM then exits 0 with the group's offsets at the end."""
+    topic = f"ledger-{uuid.uuid4().hex[:10]}"
+    create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=2)
+    producer = sg.GuardedProducer(bootstrap)
+    total = 300
+    for i in range(total):
+        items = [{"sku": f"sku-{n}", "quantity": n + 1} for n in range(LINES)]
+        producer.send(topic, order(i, items=items), key=f"c{i}")
+    producer.flush()
+    db = tmp_path / "ledger.db"
+    first = _run_ledger(bootstrap, topic, "ledger-crash", db, delay="0.003")
+    try:
+        assert wait_for(lambda: _applied(db) >= 40, timeout=60), "no progress"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    at_kill = _applied(db)
+    assert at_kill < total, "finished before the kill"
+    again = _run_ledger(bootstrap, topic, "ledger-crash", db, delay="0")
+    try:
+        assert wait_for(lambda: _applied(db) == total, timeout=60)
+        ends = {0: 0, 1: 0}
+        for p, o in _rows(db, 'SELECT partition, MAX("offset") FROM applied GROUP BY partition'):
+            ends[p] = o + 1
+        assert wait_for(lambda: committed(bootstrap, "ledger-crash", topic) == ends, timeout=30)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+    assert _rows(db, "SELECT COUNT(*) FROM ledger_lines")[0][0] == total * LINES
+    counts = _rows(db, "SELECT COUNT(*) FROM ledger_lines GROUP BY order_id")
+    assert {c for (c,) in counts} == {LINES}
+    # A redelivered order wrote nothing: none failed on the rows' primary key either.
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-crash-dlq"})
+    try:
+        dlq = [reader.get_watermark_offsets(TopicPartition(f"{topic}.dlq", p))[1] for p in (0, 1)]
+    finally:
+        reader.close()
+    assert dlq == [0, 0]
