@@ -10,10 +10,13 @@ writes one database transaction that also records the message's idempotency key:
 - the key and the rows commit together, so there is no moment where one exists
   without the other.
 
-Run it (``STREAMGUARD_LEDGER_DB`` names the database file)::
+Run it (``STREAMGUARD_LEDGER_DB`` names the database file, else ``ledger.db`` in the
+current directory) once ``orders`` exists: a service started before its topic sees it
+only at librdkafka's next metadata refresh, 5 minutes later. README.md here has the
+steps::
 
-    streamguard run examples.sqlite_ledger.service:SqliteLedger \\
-        --bootstrap-servers 127.0.0.1:9092
+    STREAMGUARD_LEDGER_DB=/tmp/ledger.db streamguard run \\
+        examples.sqlite_ledger.service:SqliteLedger --bootstrap-servers 127.0.0.1:9092
 """
 
 from __future__ import annotations
