@@ -49,6 +49,14 @@ def run_services(*services: ConsumerService) -> None:
     wake = threading.Event()  # a signal, or a service's run() ended
     stopping = threading.Event()
 
+    def stop(hurry: bool = False) -> None:
+        # Not a service whose run() returned: a stop() then is its next run's, which
+        # would return at once (a main calling run_services again, as a retry).
+        ended_ids = {id(service) for service, _ in list(ended)}
+        for service in services:
+            if id(service) not in ended_ids:
+                service.stop(hurry=hurry)
+
     def run(service: ConsumerService) -> None:
         error: BaseException | None = None
         try:
@@ -63,8 +71,7 @@ def run_services(*services: ConsumerService) -> None:
         name = signal.Signals(signum).name
         if stopping.is_set():
             log.warning("stop hurried by signal", extra={"signal": name})
-            for service in services:
-                service.stop(hurry=True)
+            stop(hurry=True)
             return
         log.info("stop requested by signal", extra={"signal": name})
         wake.set()
@@ -93,8 +100,7 @@ def run_services(*services: ConsumerService) -> None:
             )
     finally:
         stopping.set()
-        for service in services:
-            service.stop()
+        stop()
         for thread in threads:
             while thread.is_alive():
                 thread.join(WAKE_EVERY)

@@ -333,3 +333,60 @@ def test_streamguard_run_runs_several_classes_with_one_readyz_for_all(
     code = _ended(proc, 30)
     assert code == 0, logs.read_text()
     assert logs.read_text().count('"event": "service stopped"') == 2
+
+
+class _FailsOnce(_Quiet):
+    __abstract__ = True
+    failed = False
+
+    def on_start(self) -> None:
+        if not type(self).failed:
+            type(self).failed = True
+            raise RuntimeError("the ledger's database is not there yet")
+
+
+def test_a_service_that_ended_first_runs_again_in_the_next_run_services(
+    bootstrap: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+) -> None:
+    """run_services stopped every service once one had ended, the ended one too: that
+    stop() came after its run() had returned, so it was its next run's, which then
+    returned at once (and a main that called run_services again, as a retry, had the
+    others stopped by it at once, for good)."""
+    quiet = type("Quiet", (_Quiet,), {"topic": topic_factory("a"), "group_id": unique("g")})
+    flaky = type("Flaky", (_FailsOnce,), {"topic": topic_factory("b"), "group_id": unique("g")})
+    config: dict[str, Any] = dict(FAST_GROUP)
+    services = [
+        quiet(bootstrap_servers=bootstrap, kafka_config=config),
+        flaky(bootstrap_servers=bootstrap, kafka_config=config),
+    ]
+    raised: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            sg.run_services(*services)
+        except BaseException as exc:
+            raised.append(exc)
+        else:
+            raised.append(None)
+
+    first = threading.Thread(target=call)  # off the main thread: no signal handler
+    first.start()
+    first.join(60)
+    assert not first.is_alive()
+    assert isinstance(raised.pop(), RuntimeError)
+    again = threading.Thread(target=call)
+    again.start()
+    try:
+        assert wait_for(
+            lambda: all(service.health()["checks"]["running"] for service in services),
+            timeout=20,
+        ), raised
+        time.sleep(1)
+        assert again.is_alive()
+        assert not raised
+    finally:
+        for service in services:
+            service.stop()
+        again.join(60)
+    assert not again.is_alive()
+    assert raised == [None]
