@@ -184,6 +184,15 @@ def _run(args: argparse.Namespace) -> int:
     classes = [load_service_class(target) for target in args.target]
     if len(set(classes)) != len(classes):
         raise ConfigurationError("streamguard run: a service class is given twice")
+    # The /readyz body holds each service's report under its name, and the log lines
+    # and dead letters tell services apart by it: one of two alike was lost there.
+    names = [cls.service_name or cls.__name__ for cls in classes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigurationError(
+                f"streamguard run: two services are named {name!r}; give one a "
+                "service_name of its own"
+            )
     kafka_config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
     if args.kafka_config_json:
         kafka_config.update(_json_config(args.kafka_config_json))

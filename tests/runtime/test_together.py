@@ -390,3 +390,36 @@ def test_a_service_that_ended_first_runs_again_in_the_next_run_services(
         again.join(60)
     assert not again.is_alive()
     assert raised == [None]
+
+
+def test_streamguard_run_refuses_two_services_of_one_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two classes named alike (``Billing`` of two modules) ran, and the /readyz body,
+    keyed by name, held one report: it answered 200 while the other was not ready. A
+    usage error (exit 2) naming the name, before anything connects."""
+    from streamguard.cli import main
+
+    for module in ("sg_eu_billing", "sg_us_billing"):
+        (tmp_path / f"{module}.py").write_text(
+            textwrap.dedent(
+                f"""
+                import streamguard as sg
+                from streamguard.demo.contracts import OrderPlaced
+
+
+                class Billing(sg.ConsumerService):
+                    topic = "{module}"
+                    group_id = "{module}"
+                    contract = OrderPlaced
+                    options = sg.ServiceOptions(startup_timeout=1.0)
+
+                    def handle(self, event, ctx):
+                        pass
+                """
+            )
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["run", "sg_eu_billing:Billing", "sg_us_billing:Billing"]
+    assert main([*args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "two services are named 'Billing'" in capsys.readouterr().err
