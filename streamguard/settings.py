@@ -198,12 +198,18 @@ CALLABLE_SETTINGS = frozenset(
 
 def refuse_callable_setting(key: str, option: str) -> None:
     """A usage error for ``key`` given on the command line with ``option`` if only a
-    Python callable can be its value (``error_cb``...). The value is not shown: it may
+    Python callable (``error_cb``...) or a dict (``default.topic.config``) can be its
+    value. The value is not shown: it may
     be a secret meant for another key."""
     if key in CALLABLE_SETTINGS:
         raise ConfigurationError(
             f"{option} {key}: this setting takes a Python callable and cannot be "
             "given on the command line (set it in the service's kafka_config)"
+        )
+    if key == "default.topic.config":  # a dict: as text, an AttributeError traceback
+        raise ConfigurationError(
+            f"{option} {key}: this setting takes a dict and cannot be given on the "
+            "command line; give each topic setting as a key of its own"
         )
 
 

@@ -240,3 +240,20 @@ def test_a_callable_setting_from_the_command_line_is_a_usage_error(
             kafka_config_from_args(*args)
         assert key in str(refused.value)
         assert "Hunter2Secret" not in str(refused.value)
+
+
+def test_default_topic_config_from_the_command_line_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``-X default.topic.config=...`` reached the client as text, which it refused with
+    an AttributeError traceback (``'str' object has no attribute 'keys'``) when it was
+    built: a usage error naming the key, not the value, and what to give instead."""
+    monkeypatch.setenv("SG_TEST_TOPIC_CONFIG", "Hunter2Secret")
+    for args in (
+        (["default.topic.config=Hunter2Secret"], None),
+        (None, ["default.topic.config=SG_TEST_TOPIC_CONFIG"]),
+    ):
+        with pytest.raises(ConfigurationError, match="takes a dict") as refused:
+            kafka_config_from_args(*args)
+        assert "default.topic.config" in str(refused.value)
+        assert "Hunter2Secret" not in str(refused.value)
