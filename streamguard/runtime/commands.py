@@ -193,6 +193,15 @@ def _run(args: argparse.Namespace) -> int:
                 f"streamguard run: two services are named {name!r}; give one a "
                 "service_name of its own"
             )
+    # One registry for all: its gauges are per topic (in flight, paused, lag), so two
+    # services of one topic wrote each other's series, and the first to stop dropped both.
+    topics = [cls.topic for cls in classes]
+    for topic in topics:
+        if topics.count(topic) > 1:
+            raise ConfigurationError(
+                f"streamguard run: two services consume {topic!r}; run them in processes "
+                "of their own (one /metrics holds one series per topic)"
+            )
     kafka_config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
     if args.kafka_config_json:
         kafka_config.update(_json_config(args.kafka_config_json))

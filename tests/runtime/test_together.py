@@ -423,3 +423,39 @@ def test_streamguard_run_refuses_two_services_of_one_name(
     args = ["run", "sg_eu_billing:Billing", "sg_us_billing:Billing"]
     assert main([*args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "two services are named 'Billing'" in capsys.readouterr().err
+
+
+def test_streamguard_run_refuses_two_services_of_one_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two classes on one topic (two groups) ran with one registry, whose gauges are
+    per topic (in flight, paused, lag): each wrote the other's series, and the first to
+    stop removed both. A usage error (exit 2) before anything connects."""
+    from streamguard.cli import main
+
+    (tmp_path / "sg_one_topic.py").write_text(
+        textwrap.dedent(
+            """
+            import streamguard as sg
+            from streamguard.demo.contracts import OrderPlaced
+
+
+            class Billing(sg.ConsumerService):
+                topic = "sg-one-topic"
+                group_id = "billing"
+                contract = OrderPlaced
+                options = sg.ServiceOptions(startup_timeout=1.0)
+
+                def handle(self, event, ctx):
+                    pass
+
+
+            class Ledger(Billing):
+                group_id = "ledger"
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["run", "sg_one_topic:Billing", "sg_one_topic:Ledger"]
+    assert main([*args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "two services consume 'sg-one-topic'" in capsys.readouterr().err
