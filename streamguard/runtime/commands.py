@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigurationError("streamguard run: a service class is given twice")
     # The /readyz body holds each service's report under its name, and the log lines
     # and dead letters tell services apart by it: one of two alike was lost there.
-    names = [cls.service_name or cls.__name__ for cls in classes]
+    names = [service_name(cls) for cls in classes]
     for name in names:
         if names.count(name) > 1:
             raise ConfigurationError(
@@ -275,7 +275,7 @@ def _run_together(
     if port is not None:
 
         def report() -> dict[str, Any]:
-            reports = {service_name(service): service.health() for service in services}
+            reports = {service_name(type(service)): service.health() for service in services}
             return {
                 "ready": all(each["ready"] for each in reports.values()),
                 "services": reports,

@@ -74,10 +74,13 @@ def run_services(*services: ConsumerService) -> None:
             stop(hurry=True)
             return
         log.info("stop requested by signal", extra={"signal": name})
+        stopping.set()  # now: a second signal before the main thread wakes hurries
         wake.set()
 
     threads = [
-        threading.Thread(target=run, args=(service,), name=f"streamguard-{type(service).__name__}")
+        threading.Thread(
+            target=run, args=(service,), name=f"streamguard-{service_name(type(service))}"
+        )
         for service in services
     ]
     # Held until every service has stopped: with Python's defaults back, a second signal
@@ -94,7 +97,7 @@ def run_services(*services: ConsumerService) -> None:
             log.error(
                 "service ended; stopping the others",
                 extra={
-                    "service": service_name(first),
+                    "service": service_name(type(first)),
                     "error": None if error is None else type(error).__name__,
                 },
             )
@@ -110,9 +113,8 @@ def run_services(*services: ConsumerService) -> None:
         raise errors[0]
 
 
-def service_name(service: ConsumerService) -> str:
-    """The name a service's log lines and dead letters give it (``sg-dlq-service``)."""
-    cls = type(service)
+def service_name(cls: type[ConsumerService]) -> str:
+    """The name a service class's log lines and dead letters give it (``sg-dlq-service``)."""
     return cls.service_name or cls.__name__
 
 
