@@ -126,6 +126,10 @@ class FrameDrift:
             with self._lock:
                 self._busy = False
                 self._next_try = time.monotonic() + RETRY_SECONDS
+                # The held lines are written now, without a version, after the line
+                # saying why: a registry that keeps refusing (the contract's schema not
+                # registered) would hold them for good. The records stay pending.
+                held, self._held = self._held, {}
             # The registry's code tells "register the contract's schema" (40401, 40403)
             # from an outage (None): the class alone is SchemaRegistryError for both kinds
             # of refusal. A number, never the message, which may quote the schema.
@@ -138,6 +142,8 @@ class FrameDrift:
                     "error_code": code if isinstance(code, int) else None,
                 },
             )
+            for schema_id, lines in held.items():
+                self._report((), 0, schema_id, None, lines)
             return
         with self._lock:
             pending, self._pending = self._pending, {}

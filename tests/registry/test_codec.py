@@ -846,3 +846,32 @@ def test_the_drift_line_of_a_record_whose_id_is_not_resolved_yet_waits_for_its_v
     (line,) = lines()
     got = {k: line.__dict__.get(k) for k in ("kind", "writer_version", "schema_id")}
     assert got == {"kind": "unknown_fields", "writer_version": "2", "schema_id": own_id}
+
+
+def test_a_held_drift_line_is_written_without_a_version_when_the_lookup_fails(
+    registry: RegistryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line held for its id's version is written, with writer_version None, after
+    the `schema drift lookup failed` line, when the registry refuses the lookup (here
+    the subject lacks the contract's schema): held until a lookup answered, it was never
+    written while the registry kept refusing."""
+    from prometheus_client import CollectorRegistry
+
+    from streamguard.observe.metrics import ServiceMetrics
+    from streamguard.runtime.drift import DriftCheck
+
+    codec = RegistryCodec({"url": registry.url}, wire_format="json")
+    check = DriftCheck(
+        NoteV2, ServiceMetrics(CollectorRegistry()), False, codec=codec, topic="unregistered"
+    )
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+
+    def events() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("schema drift")]
+
+    assert check.check(None, framed(7, b'{"text": "a", "extra": 1}')) is None
+    assert wait_for(lambda: "schema drift" in events(), timeout=10), events()
+    assert events() == ["schema drift lookup failed", "schema drift"]
+    (line,) = [r for r in caplog.records if r.getMessage() == "schema drift"]
+    got = {k: line.__dict__.get(k) for k in ("kind", "writer_version", "schema_id")}
+    assert got == {"kind": "unknown_fields", "writer_version": None, "schema_id": 7}
