@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -163,6 +164,38 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+# pydantic's serializer warnings quote the value they could not serialize as expected
+# ("... [field_name='n', input_value='SECRET', input_type=str])", and before
+# pydantic-core 2.28 "... but got `str` with value `'SECRET'` - serialized value ..."):
+# a record's field, when a handler dumps a model built with ``model_construct``. Each
+# entry is one line (a ``str``'s repr escapes newlines), so greedy within it.
+_WARNING_VALUES = (
+    re.compile(r"(input_value=).*(, input_type=)"),
+    re.compile(r"(with value `).*(` - serialized value may not be as expected)"),
+)
+# A value the patterns missed (an object whose repr spans lines): the rest is cut.
+_VALUE_LEFT = re.compile(r"input_value=(?!\*\*\*, )|with value `(?!\*\*\*`)")
+
+
+class _WarningValuesHidden(logging.Filter):
+    """Drops the input values from pydantic's warnings on the ``py.warnings`` logger,
+    keeping the category, the field's name and the types."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "input_value=" in message or "with value `" in message:
+            for pattern in _WARNING_VALUES:
+                message = pattern.sub(r"\1***\2", message)
+            left = _VALUE_LEFT.search(message)
+            if left is not None:
+                message = message[: left.end()] + "*** (the rest is not shown)"
+            record.msg, record.args = message, None
+        return True
+
+
+_WARNINGS_HIDDEN = _WarningValuesHidden()
+
+
 def configure_logging(fmt: str = "json", level: str | int = "INFO") -> None:
     """Send streamguard's logs to stderr in ``fmt`` ("json" or "text")."""
     handler = logging.StreamHandler(sys.stderr)
@@ -173,4 +206,6 @@ def configure_logging(fmt: str = "json", level: str | int = "INFO") -> None:
     # Python's warnings (pydantic's about a contract, a library's deprecation) went to
     # stderr as raw text, lines a JSON pipeline cannot parse (jq stopped on them): they
     # come through the ``py.warnings`` logger, in the chosen format, instead.
+    # Their values are masked first: logs never carry a record's field values.
+    logging.getLogger("py.warnings").addFilter(_WARNINGS_HIDDEN)  # once: addFilter dedups
     logging.captureWarnings(True)

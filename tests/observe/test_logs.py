@@ -6,10 +6,12 @@ import datetime
 import json
 import logging
 import re
+import warnings
 
 import pytest
+from pydantic import BaseModel
 
-from streamguard.observe.logs import JsonFormatter, TextFormatter
+from streamguard.observe.logs import JsonFormatter, TextFormatter, configure_logging
 
 
 def record() -> logging.LogRecord:
@@ -102,3 +104,32 @@ def test_an_extra_never_takes_the_place_of_a_json_lines_own_keys() -> None:
     assert parsed["context.level"] == "info"
     assert parsed["context.event"] == "forged"
     assert parsed["context.exception"] == "none"
+
+
+class _Line(BaseModel):
+    sku: str
+
+
+class _Order(BaseModel):
+    amount: int
+    line: _Line | int = 0
+
+
+def test_pydantic_warnings_reach_the_logs_without_the_input_values(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``configure_logging`` routes Python's warnings through logging, and pydantic's
+    serializer warnings quote the value they met (``input_value='...'``): a handler that
+    dumped a model built with ``model_construct`` wrote a record's field into its logs.
+    The value is masked; the category, the field's name and the types stay."""
+    configure_logging("json")
+    order = _Order.model_construct(amount="SECRET-4242", line={"sku": "SECRET-SKU"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        order.model_dump_json()
+    (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
+    assert line["logger"] == "py.warnings"
+    assert "SECRET" not in line["event"], line
+    assert "UserWarning: Pydantic serializer warnings" in line["event"]
+    assert "[field_name='amount', input_value=***, input_type=str]" in line["event"]
+    assert "input_type=dict" in line["event"]
