@@ -31,6 +31,7 @@ from streamguard.errors import (
     RegistryUnavailable,
     error_details,
 )
+from streamguard.observe.librdkafka_logs import LOGGER as LIBRDKAFKA_LOGGER
 from streamguard.observe.logs import frames
 from streamguard.registry.client import (
     SubjectNameStrategy,
@@ -140,7 +141,11 @@ class GuardedProducer:
         )
         self._codec = codec
         self._codecs: dict[type[BaseModel], Codec] = {}
-        self._producer = Producer(self._config)
+        # librdkafka's lines through the logger the services' clients use, whose filter
+        # masks the values its CONFWARN lines quote (a secret given to the wrong key):
+        # without one, librdkafka wrote them to stderr itself. A config's own wins. The
+        # lines are handed over when the client is served: each send() and flush().
+        self._producer = Producer({"logger": LIBRDKAFKA_LOGGER, **self._config})
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
         self._stamps: dict[type[BaseModel], list[tuple[str, bytes]]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -716,6 +717,35 @@ def test_repr_never_shows_secrets(secrets: dict[str, Any]) -> None:
     assert "hunter2" not in text
     assert f"{next(iter(secrets))!r}: '***'" in text
     assert "'bootstrap.servers': '127.0.0.1:9'" in text
+
+
+def test_librdkafka_lines_come_through_the_logger_with_config_values_masked(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A producer's client was given no logger: librdkafka wrote its lines to stderr
+    itself, past the mask of the services' clients, and its CONFWARN quoted the value of
+    a setting it warns about (a secret read from the environment given to the wrong key,
+    here ``sasl.mechanisms``). They come through ``streamguard.librdkafka``, masked."""
+    config = {"sasl.mechanisms": "Hunter2Secret"}
+    with caplog.at_level(logging.INFO, "streamguard.librdkafka"):
+        producer = sg.GuardedProducer(f"127.0.0.1:{closed_port()}", kafka_config=config)
+        producer.flush(1.0)  # serves the client: librdkafka hands its lines over
+    warnings = [r for r in caplog.records if r.getMessage().startswith("CONFWARN")]
+    assert any("`sasl.mechanism` set to `***` but" in r.getMessage() for r in warnings), warnings
+    assert all(r.name == "streamguard.librdkafka" for r in warnings)
+    assert not [r for r in caplog.records if "Hunter2Secret" in r.getMessage()]
+    assert "Hunter2Secret" not in capfd.readouterr().err
+
+
+def test_a_logger_in_the_config_gets_librdkafkas_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A ``logger`` of the caller's own config is the one its client logs to."""
+    own = logging.getLogger("test.producer.librdkafka")
+    config = {"sasl.mechanisms": "PLAIN", "logger": own}
+    with caplog.at_level(logging.INFO):
+        producer = sg.GuardedProducer(f"127.0.0.1:{closed_port()}", kafka_config=config)
+        producer.flush(1.0)
+    assert [r for r in caplog.records if r.name == own.name and "CONFWARN" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name == "streamguard.librdkafka"]
 
 
 def test_missing_bootstrap_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
