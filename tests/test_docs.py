@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from streamguard.devbroker import DevBroker
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
@@ -53,11 +55,15 @@ def _python_pages() -> list[str]:
 
 @pytest.mark.parametrize("page", _python_pages())
 def test_python_blocks_run(
-    page: str, bootstrap: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    page: str, own_broker: DevBroker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Each ```python block of the page executes without error against a real broker,
     the one the suite runs in place of the local broker the pages address. Pages import
-    the README's quick start as `myapp`, as its reader saves it."""
+    the README's quick start as `myapp`, as its reader saves it. A broker of the page's
+    own: the pages write to fixed topics (`orders`), and the local broker guide's invalid
+    records, left on the worker's broker, were dead-lettered by the Faust example's test
+    in the same worker."""
+    bootstrap = own_broker.bootstrap_servers
     monkeypatch.setenv("STREAMGUARD_BOOTSTRAP_SERVERS", bootstrap)
     (tmp_path / "myapp.py").write_text(_blocks("README.md")[0])
     monkeypatch.syspath_prepend(str(tmp_path))
