@@ -12,6 +12,7 @@ import os
 import sys
 import sysconfig
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -184,24 +185,6 @@ def _run(args: argparse.Namespace) -> int:
     classes = [load_service_class(target) for target in args.target]
     if len(set(classes)) != len(classes):
         raise ConfigurationError("streamguard run: a service class is given twice")
-    # The /readyz body holds each service's report under its name, and the log lines
-    # and dead letters tell services apart by it: one of two alike was lost there.
-    names = [service_name(cls) for cls in classes]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigurationError(
-                f"streamguard run: two services are named {name!r}; give one a "
-                "service_name of its own"
-            )
-    # One registry for all: its gauges are per topic (in flight, paused, lag), so two
-    # services of one topic wrote each other's series, and the first to stop dropped both.
-    topics = [cls.topic for cls in classes]
-    for topic in topics:
-        if topics.count(topic) > 1:
-            raise ConfigurationError(
-                f"streamguard run: two services consume {topic!r}; run them in processes "
-                "of their own (one /metrics holds one series per topic)"
-            )
     kafka_config = kafka_config_from_args(args.kafka_config, args.kafka_config_env)
     if args.kafka_config_json:
         kafka_config.update(_json_config(args.kafka_config_json))
@@ -229,6 +212,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             for cls in classes
         ]
+        _refuse_clashes(classes)  # once built: a base class is refused as such first
 
         def run() -> None:
             _run_together(services, registry, args.metrics_host, args.metrics_port)
@@ -263,6 +247,28 @@ def _run(args: argparse.Namespace) -> int:
         # its default.
         ignore_sigterm_until_exit()
     return exitcodes.OK
+
+
+def _refuse_clashes(classes: list[type[ConsumerService]]) -> None:
+    """Several services of one command need names and topics of their own: the
+    ``/readyz`` body holds each report under its service's name (the log lines and dead
+    letters tell services apart by it too), and the one registry's gauges are per topic
+    (in flight, paused, lag): two of one topic wrote each other's series, and the first
+    to stop dropped both."""
+    names = Counter(service_name(cls) for cls in classes)
+    for name, count in names.items():
+        if count > 1:
+            raise ConfigurationError(
+                f"streamguard run: two services are named {name!r}; give one a "
+                "service_name of its own"
+            )
+    topics = Counter(cls.topic for cls in classes)
+    for topic, count in topics.items():
+        if count > 1:
+            raise ConfigurationError(
+                f"streamguard run: two services consume {topic!r}; run them in processes "
+                "of their own (one /metrics holds one series per topic)"
+            )
 
 
 def _run_together(
