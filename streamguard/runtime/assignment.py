@@ -236,7 +236,7 @@ class Assignment:
             if not wait_unless_hurried(lane.wait_idle, deadline, self.hurry):
                 log.warning(
                     "handler still running after the timeout; its message will be redelivered",
-                    extra={"partition": lane.partition, "timeout": timeout},
+                    extra={**self._names(), "partition": lane.partition, "timeout": timeout},
                 )
                 stuck.append(lane)
         give_up_all(stuck)  # async handlers are cancelled, together

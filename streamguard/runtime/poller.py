@@ -171,7 +171,7 @@ class Poller:
             return
         if error.fatal():
             raise KafkaException(error)
-        log.warning("consumer error", extra={"error": error.str()})
+        log.warning("consumer error", extra={"topic": self.topic, "error": error.str()})
 
     def shutdown(self, stopping: threading.Event, wait: float, clean: bool = False) -> None:
         """Settle every lane and commit; takes the poll lock for good.

@@ -576,7 +576,14 @@ class ServiceRuntime:
             f"{away:.0f}s (ServiceOptions.broker_timeout); stopping so that a supervisor "
             "restarts the service"
         )
-        log.error("giving up on the cluster", extra={"away_seconds": round(away, 1)})
+        log.error(
+            "giving up on the cluster",
+            extra={
+                "service": self.spec.name,
+                "topic": self.spec.topic,
+                "away_seconds": round(away, 1),
+            },
+        )
         if self._scheduler is not None:
             self._scheduler.fail(error)
 
@@ -749,14 +756,15 @@ class ServiceRuntime:
         letters end at once, and what has no outcome yet stays uncommitted."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
+        service = self.spec.name
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
             if stopping.is_set():
-                log.warning("stop hurried by signal", extra={"signal": name})
+                log.warning("stop hurried by signal", extra={"signal": name, "service": service})
                 hurry.set()
                 return
-            log.info("stop requested by signal", extra={"signal": name})
+            log.info("stop requested by signal", extra={"signal": name, "service": service})
             self.stop()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

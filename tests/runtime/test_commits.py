@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import signal
@@ -941,6 +942,8 @@ def test_a_second_signal_hurries_the_stop_and_commits_nothing_past_the_held_reco
     assert took < 8, took
     assert '"event": "stop hurried by signal"' in text
     assert f'"signal": "{second}"' in text
+    hurried = [json.loads(line) for line in text.splitlines() if "stop hurried by signal" in line]
+    assert [line["service"] for line in hurried] == [app]
     assert "Traceback" not in text
     assert committed(bootstrap, group, src) == {0: 2}
 

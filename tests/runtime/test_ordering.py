@@ -1060,6 +1060,7 @@ def test_a_handler_the_stop_gives_up_on_is_reported_with_shutdown_timeout(
     assert not running.error
     (warning,) = [r for r in caplog.records if r.getMessage().startswith("handler still")]
     assert warning.timeout == 1.0  # type: ignore[attr-defined]
+    assert (warning.service, warning.topic) == ("Slow", src)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("ordering", ["key", "none"])
