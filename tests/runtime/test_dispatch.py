@@ -28,8 +28,9 @@ class Lane:
 
 def poller(*partitions: int) -> tuple[Poller, dict[int, Lane]]:
     lanes = {p: Lane(p) for p in partitions}
-    p = Poller.__new__(Poller)  # _dispatch needs the assignment's lanes only
+    p = Poller.__new__(Poller)  # _dispatch needs the assignment's lanes and the topic
     p.assignment = SimpleNamespace(lanes=lanes)  # type: ignore[assignment]
+    p.topic = "t"  # named by the line of a consumer error
     return p, lanes
 
 
