@@ -667,7 +667,10 @@ def test_a_dead_letter_the_broker_is_slow_to_confirm_is_written_once(
 
     async def scenario() -> None:
         assert await until(lambda: 0 in bill._lanes and bill._lanes[0].busy, 30)
-        await asyncio.sleep(0.5)  # the poison is fetched behind the held event
+        # The poison and the last event are fetched behind the held one before the stall:
+        # a fixed 0.5 s was too short under a loaded CI run, and with the poison never
+        # fetched no dead letter was tried while the broker stalled.
+        assert await until(lambda: len(bill._lanes[0].queue) >= 2, 30)
         os.kill(broker.pid, signal.SIGSTOP)  # the broker stalls: nothing is confirmed
         try:
             release.set()
