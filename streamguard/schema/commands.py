@@ -190,27 +190,32 @@ def _print_report(
         # The CI job the docs give: a subject never stored passes, and so would every
         # later change to it, so say so where the run's summary shows it.
         notes = [
-            github_warning(
-                f"{r.subject} not stored yet",
-                f"v{r.version} is not stored in schemas/ yet, so no change to it is checked: "
-                "run `streamguard schema register` and commit schemas/",
-            )
-            for r in results
-            if not r.comparisons and not r.problems and not store.versions(r.subject)
+            github_warning(f"{r.subject} not stored yet", f"{_not_stored(r)}: {REGISTER}")
+            for r in _unstored(results, store)
         ]
         text = "\n".join([*notes, text] if text else notes)
     elif args.format == "json":
         # The same note as an entry of the list, shaped as a change's (no old version,
         # breaking nothing), so that a script sees the subject passed unchecked.
-        unstored = [
-            _not_stored_entry(r)
-            for r in results
-            if not r.comparisons and not r.problems and not store.versions(r.subject)
-        ]
+        unstored = [_not_stored_entry(r) for r in _unstored(results, store)]
         if unstored:
             text = json.dumps([*unstored, *json.loads(text)], indent=2)
     if text:
         print(text)
+
+
+REGISTER = "run `streamguard schema register` and commit schemas/"
+
+
+def _unstored(results: list[SubjectResult], store: SchemaStore) -> list[SubjectResult]:
+    """The subjects that passed only because nothing of theirs is stored yet."""
+    return [
+        r for r in results if not r.comparisons and not r.problems and not store.versions(r.subject)
+    ]
+
+
+def _not_stored(r: SubjectResult) -> str:
+    return f"v{r.version} is not stored in schemas/ yet, so no change to it is checked"
 
 
 def _not_stored_entry(r: SubjectResult) -> dict[str, Any]:
@@ -223,8 +228,8 @@ def _not_stored_entry(r: SubjectResult) -> dict[str, Any]:
         "rule": "SUBJECT_NOT_STORED",
         "breaking": False,
         "breaking_in": [],
-        "message": f"v{r.version} is not stored in schemas/ yet, so no change to it is checked",
-        "hint": "run `streamguard schema register` and commit schemas/",
+        "message": _not_stored(r),
+        "hint": REGISTER,
         "mode": r.mode,
     }
 
