@@ -199,8 +199,7 @@ CALLABLE_SETTINGS = frozenset(
 def refuse_callable_setting(key: str, option: str) -> None:
     """A usage error for ``key`` given on the command line with ``option`` if only a
     Python callable (``error_cb``...) or a dict (``default.topic.config``) can be its
-    value. The value is not shown: it may
-    be a secret meant for another key."""
+    value. The value is not shown: it may be a secret meant for another key."""
     if key in CALLABLE_SETTINGS:
         raise ConfigurationError(
             f"{option} {key}: this setting takes a Python callable and cannot be "

@@ -27,8 +27,8 @@ from streamguard.observe.health import HealthServer
 from streamguard.observe.logs import configure_logging, frames
 from streamguard.registry.client import REGISTRY_URL_ENV, resolve_registry_config
 from streamguard.runtime.runner import exited_in
-from streamguard.runtime.service import ConsumerService
-from streamguard.runtime.together import run_services, service_name
+from streamguard.runtime.service import ConsumerService, service_name
+from streamguard.runtime.together import run_services
 from streamguard.settings import (
     add_kafka_arguments,
     kafka_config_from_args,

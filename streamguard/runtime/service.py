@@ -226,7 +226,7 @@ class ConsumerService:
     def _spec(self) -> ServiceSpec:
         cls = type(self)
         return ServiceSpec(
-            name=cls.service_name or cls.__name__,
+            name=service_name(cls),
             topic=cls.topic,
             contract=cls.contract,
             group_id=self.__group_id,
@@ -325,6 +325,11 @@ class ConsumerService:
     def health(self) -> dict[str, Any]:
         """Readiness and its checks, as ``/readyz`` reports it (``health()["ready"]``)."""
         return self.__runtime.health()
+
+
+def service_name(cls: type[ConsumerService]) -> str:
+    """The name a service class's log lines and dead letters give it (``sg-dlq-service``)."""
+    return cls.service_name or cls.__name__
 
 
 def _refuse_auto_commit(config: Mapping[str, Any]) -> None:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from streamguard.runtime.service import ConsumerService
+from streamguard.runtime.service import ConsumerService, service_name
 
 log = logging.getLogger("streamguard.runtime")
 
@@ -111,11 +111,6 @@ def run_services(*services: ConsumerService) -> None:
     errors = [error for _, error in ended if error is not None]
     if errors:
         raise errors[0]
-
-
-def service_name(cls: type[ConsumerService]) -> str:
-    """The name a service class's log lines and dead letters give it (``sg-dlq-service``)."""
-    return cls.service_name or cls.__name__
 
 
 def _handle_signals(handler: Callable[[int, FrameType | None], None]) -> Callable[[], None]:
