@@ -392,70 +392,65 @@ def test_a_service_that_ended_first_runs_again_in_the_next_run_services(
     assert raised == [None]
 
 
-def test_streamguard_run_refuses_two_services_of_one_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+# A service class of a module the refusal tests write: {name} on {topic}, group {group}.
+REFUSED_CLASS = textwrap.dedent(
+    """
+    class {name}(sg.ConsumerService):
+        topic = "{topic}"
+        group_id = "{group}"
+        contract = OrderPlaced
+        options = sg.ServiceOptions(startup_timeout=1.0)
+
+        def handle(self, event, ctx):
+            pass
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("modules", "error"),
+    [
+        # Two classes named alike (``Billing`` of two modules) ran, and the /readyz
+        # body, keyed by name, held one report: it answered 200 while the other was not
+        # ready.
+        (
+            {
+                "sg_eu_billing": [("Billing", "sg_eu_billing", "sg_eu_billing")],
+                "sg_us_billing": [("Billing", "sg_us_billing", "sg_us_billing")],
+            },
+            "two services are named 'Billing'",
+        ),
+        # Two classes on one topic (two groups) ran with one registry, whose gauges are
+        # per topic (in flight, paused, lag): each wrote the other's series, and the
+        # first to stop removed both.
+        (
+            {
+                "sg_one_topic": [
+                    ("Billing", "sg-one-topic", "billing"),
+                    ("Ledger", "sg-one-topic", "ledger"),
+                ]
+            },
+            "two services consume 'sg-one-topic'",
+        ),
+    ],
+)
+def test_streamguard_run_refuses_two_services_of_one_name_or_topic(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    modules: dict[str, list[tuple[str, str, str]]],
+    error: str,
 ) -> None:
-    """Two classes named alike (``Billing`` of two modules) ran, and the /readyz body,
-    keyed by name, held one report: it answered 200 while the other was not ready. A
-    usage error (exit 2) naming the name, before anything connects."""
+    """A usage error (exit 2) naming the clash, before anything connects."""
     from streamguard.cli import main
 
-    for module in ("sg_eu_billing", "sg_us_billing"):
-        (tmp_path / f"{module}.py").write_text(
-            textwrap.dedent(
-                f"""
-                import streamguard as sg
-                from streamguard.demo.contracts import OrderPlaced
-
-
-                class Billing(sg.ConsumerService):
-                    topic = "{module}"
-                    group_id = "{module}"
-                    contract = OrderPlaced
-                    options = sg.ServiceOptions(startup_timeout=1.0)
-
-                    def handle(self, event, ctx):
-                        pass
-                """
-            )
-        )
+    targets = []
+    for module, classes in modules.items():
+        source = "import streamguard as sg\nfrom streamguard.demo.contracts import OrderPlaced\n"
+        for name, topic, group in classes:
+            source += REFUSED_CLASS.format(name=name, topic=topic, group=group)
+            targets.append(f"{module}:{name}")
+        (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["run", "sg_eu_billing:Billing", "sg_us_billing:Billing"]
-    assert main([*args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
-    assert "two services are named 'Billing'" in capsys.readouterr().err
-
-
-def test_streamguard_run_refuses_two_services_of_one_topic(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Two classes on one topic (two groups) ran with one registry, whose gauges are
-    per topic (in flight, paused, lag): each wrote the other's series, and the first to
-    stop removed both. A usage error (exit 2) before anything connects."""
-    from streamguard.cli import main
-
-    (tmp_path / "sg_one_topic.py").write_text(
-        textwrap.dedent(
-            """
-            import streamguard as sg
-            from streamguard.demo.contracts import OrderPlaced
-
-
-            class Billing(sg.ConsumerService):
-                topic = "sg-one-topic"
-                group_id = "billing"
-                contract = OrderPlaced
-                options = sg.ServiceOptions(startup_timeout=1.0)
-
-                def handle(self, event, ctx):
-                    pass
-
-
-            class Ledger(Billing):
-                group_id = "ledger"
-            """
-        )
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["run", "sg_one_topic:Billing", "sg_one_topic:Ledger"]
-    assert main([*args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
-    assert "two services consume 'sg-one-topic'" in capsys.readouterr().err
+    assert main(["run", *targets, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert error in capsys.readouterr().err
