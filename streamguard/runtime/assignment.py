@@ -225,10 +225,12 @@ class Assignment:
         timeout: float,
         ack_wait: float,
         commit: bool = True,
+        at_close: bool = False,
     ) -> None:
         """``settle`` with the handlers' ``deadline`` (monotonic), ``timeout`` the wait
         they were given in all (said in the warning: a stop's finish may have used it);
-        ``commit`` False leaves the offsets as they are (see ``settle_all``)."""
+        ``commit`` False leaves the offsets as they are (see ``settle_all``);
+        ``at_close``: the stop's, whose commit the consumer's close confirms."""
         for lane in lanes:
             lane.close()
         stuck = []
@@ -261,7 +263,9 @@ class Assignment:
                 },
             )
         if commit:
-            self._committer.commit(lanes, asynchronous=False)
+            # A stop's is sent asynchronously: the consumer's close waits for it, in a
+            # bound of its own (see runner.close_consumer).
+            self._committer.commit(lanes, asynchronous=at_close, final=True)
 
     def settle_all(self, clean: bool = False, commit: bool = True) -> None:
         """Shutdown: settle every lane, handlers within ``shutdown_timeout`` and dead
@@ -284,7 +288,9 @@ class Assignment:
         with self._in_flight(lanes):  # the finish's wait included
             if clean and self._finish is not None and lanes:
                 self._finish(now + timeout, self.hurry)
-            self._settle(lanes, now + timeout, timeout, ack_wait=timeout, commit=commit)
+            self._settle(
+                lanes, now + timeout, timeout, ack_wait=timeout, commit=commit, at_close=True
+            )
         # No partition is ours any more: a lag left set would stay frozen in the
         # registry, which outlives the run (scraped, or the service run again).
         self._forget([lane.partition for lane in lanes])

@@ -11,7 +11,8 @@ that position instead.
 
 State (the last offset accepted per partition) belongs to this object. It is touched
 by the thread holding the poll lock, and by librdkafka's commit callback, which runs
-inside that thread's ``consume()`` call.
+inside that thread's ``consume()`` call, or inside the consumer's ``close()`` once the
+stop has taken the lock for good.
 """
 
 from __future__ import annotations
@@ -39,14 +40,27 @@ class Committer:
         # (its callback comes only with a later poll): a synchronous commit, the last
         # of a revoke or shutdown, sends their offset again rather than count on it.
         self._unconfirmed: set[int] = set()
+        # Set once the stop's final commit is sent: the callbacks that come after it
+        # (in the consumer's close) report failures nothing will retry.
+        self._final_sent = False
 
     @property
     def committed(self) -> Mapping[int, int]:
         """The last offset sent for commit per partition (dropped again if it failed)."""
         return self._committed
 
-    def commit(self, lanes: Iterable[PartitionLane], *, asynchronous: bool) -> None:
-        """Commit each lane's final-outcome prefix if it moved since the last commit."""
+    def commit(
+        self, lanes: Iterable[PartitionLane], *, asynchronous: bool, final: bool = False
+    ) -> None:
+        """Commit each lane's final-outcome prefix if it moved since the last commit.
+
+        ``final``: the last commit of these partitions, a revoke's (synchronous) or the
+        stop's, which nothing retries: it sends again what an unacknowledged
+        asynchronous commit sent, and its failure is reported as final. The stop's is
+        asynchronous: the consumer's close waits for it, within a bound of its own (a
+        synchronous commit waits without limit while the group coordinator is away).
+        """
+        final = final or not asynchronous
         offsets: list[TopicPartition] = []
         for lane in lanes:
             position = self._settled(lane)
@@ -58,12 +72,14 @@ class Committer:
                 # A closed lane reports its own position, not the client's, which an
                 # async commit may have sent past transaction markers: that offset is
                 # still the one to make sure of, if its commit is unacknowledged.
-                if asynchronous or lane.partition not in self._unconfirmed:
+                if not final or lane.partition not in self._unconfirmed:
                     continue
                 position = last
-            if position != last or (not asynchronous and lane.partition in self._unconfirmed):
+            if position != last or (final and lane.partition in self._unconfirmed):
                 offsets.append(TopicPartition(self._topic, lane.partition, position))
                 self._committed[lane.partition] = position
+        if final and asynchronous:
+            self._final_sent = True
         if not offsets:
             return
         try:
@@ -74,7 +90,7 @@ class Committer:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
                 self._unconfirmed.difference_update(tp.partition for tp in offsets)
         except KafkaException as exc:
-            self.failed(exc.args[0], offsets, final=not asynchronous)
+            self.failed(exc.args[0], offsets, final=final)
 
     def _settled(self, lane: PartitionLane) -> int | None:
         """The lane's commit position, moved past what the client skipped after it.
@@ -101,7 +117,7 @@ class Committer:
         """librdkafka's commit callback: a failed commit is retried on the next round."""
         failed = [tp for tp in partitions if tp.error is not None]
         if error is not None or failed:
-            self.failed(error, failed or partitions)
+            self.failed(error, failed or partitions, final=self._final_sent)
             return
         for tp in partitions:
             if self._committed.get(tp.partition) == tp.offset:
@@ -110,8 +126,8 @@ class Committer:
     def failed(
         self, error: KafkaError | None, partitions: list[TopicPartition], final: bool = False
     ) -> None:
-        """``final``: a revoke's or shutdown's synchronous commit, which nothing retries
-        (the partitions are going): said so, rather than "will retry"."""
+        """``final``: a revoke's or the stop's commit, which nothing retries (the
+        partitions are going): said so, rather than "will retry"."""
         self._failures.inc()
         reason = error.str() if error else "partition error"
         if final:

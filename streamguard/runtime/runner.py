@@ -25,7 +25,7 @@ from streamguard.observe.health import HealthServer
 from streamguard.observe.librdkafka_logs import RepeatsCollapsed
 from streamguard.observe.logs import frames
 from streamguard.observe.metrics import ServiceMetrics
-from streamguard.runtime.assignment import Assignment
+from streamguard.runtime.assignment import Assignment, wait_unless_hurried
 from streamguard.runtime.breaker import Breaker
 from streamguard.runtime.commits import Committer
 from streamguard.runtime.connectivity import (
@@ -74,6 +74,12 @@ CRASH_RECORD_WAIT = 0.5
 # The longest wait for the event loop's thread to end once its loop answered: it ends
 # within milliseconds, and is then closed (its descriptors released).
 LOOP_STOP_WAIT = 5.0
+# The longest wait for the consumer's close, which waits for the stop's final commit:
+# librdkafka retries that without limit while the group coordinator is down or silent.
+# A healthy close takes milliseconds; one leaving a silent coordinator's group, 5 s.
+CLOSE_WAIT = 10.0
+# A hurried stop's (a second signal): still time for a healthy close and its commit.
+HURRIED_CLOSE_WAIT = 1.0
 
 
 _EXITED_IN = "streamguard_exited_in"
@@ -113,6 +119,31 @@ def _close_consumer(consumer: Consumer) -> None:
         consumer.close()
     except (KafkaException, RuntimeError) as exc:
         log.warning("consumer close failed", extra={"error": str(exc)})
+
+
+def _close_in_time(consumer: Consumer, hurry: threading.Event, names: Mapping[str, str]) -> None:
+    """Close ``consumer`` on a daemon thread, waiting ``CLOSE_WAIT`` at most (hurried,
+    ``HURRIED_CLOSE_WAIT``): past that, the close, and the final commit it waits for,
+    are left to that thread, so that a stop stays within its bound. Nothing is lost: a
+    commit that never lands leaves its records to be delivered again."""
+    closed = threading.Event()
+
+    def close() -> None:
+        try:
+            _close_consumer(consumer)
+        finally:
+            closed.set()
+
+    threading.Thread(target=close, name="streamguard-close", daemon=True).start()
+    deadline = time.monotonic() + CLOSE_WAIT
+    if not wait_unless_hurried(closed.wait, deadline, hurry):
+        closed.wait(max(0.0, min(HURRIED_CLOSE_WAIT, deadline - time.monotonic())))
+    if not closed.is_set():
+        log.warning(
+            "consumer close did not end in time; the final commit is unconfirmed, and "
+            "records since the last confirmed one may be delivered again",
+            extra={**names, "wait": CLOSE_WAIT, "hurried": hurry.is_set()},
+        )
 
 
 def _close_when_free(poller: Poller, publisher: DeadLetterPublisher | None) -> None:
@@ -316,7 +347,7 @@ class ServiceRuntime:
                 if self._poller is not None:
                     _close_when_free(self._poller, self._publisher)
             elif consumer is not None:
-                _close_consumer(consumer)
+                _close_in_time(consumer, hurry, {"service": spec.name, "topic": spec.topic})
             librdkafka_lines.flush()  # a start-up's counts, before the error run() raises
             if health is not None:
                 health.stop()

@@ -16,7 +16,7 @@ from streamguard.producer import stamp_headers
 from streamguard.topics import create_topics
 from tests.conftest import suspend
 from tests.faults.workload import POISON, dead_lettered, new_topic, start
-from tests.runtime.conftest import order, wait_for
+from tests.runtime.conftest import committed, order, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -34,7 +34,7 @@ class Customers:
 
     def service(self, topic: str, **options: object) -> type[sg.ConsumerService]:
         ids, lock, source = self.ids, self.lock, topic
-        opts = sg.ServiceOptions(commit_interval=0.2, **options)  # type: ignore[arg-type]
+        opts = sg.ServiceOptions(**{"commit_interval": 0.2, **options})  # type: ignore[arg-type]
 
         class Orders(sg.ConsumerService):
             topic = source
@@ -205,3 +205,55 @@ def test_an_async_handler_of_a_lost_partition_is_cancelled(own_broker: DevBroker
     finally:
         running.stop()
     assert not running.error, running.error
+
+
+@pytest.mark.parametrize("hurried", [False, True], ids=["one-stop", "hurried"])
+def test_a_stop_facing_a_silent_coordinator_ends_in_its_bound(
+    own_broker: DevBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    hurried: bool,
+) -> None:
+    """librdkafka retries a commit without limit while the group coordinator is silent,
+    and the consumer's close waits for it: a stop facing a suspended broker did not end
+    until the broker came back (23 s measured). The close is now waited for
+    ``CLOSE_WAIT`` at most (a second stop, ``HURRIED_CLOSE_WAIT``), then left to its
+    thread, which lands the commit once the coordinator answers."""
+    import os
+    import signal
+
+    from streamguard.runtime import runner
+
+    monkeypatch.setattr(runner, "CLOSE_WAIT", 3.0)
+    bootstrap = own_broker.bootstrap_servers
+    src = new_topic(bootstrap, partitions=1)
+    _send(bootstrap, src, 0, 5)
+    customers = Customers()
+    # No periodic commit: only the stop's final one commits.
+    orders = customers.service(src, commit_interval=600.0, shutdown_timeout=1.0, revoke_timeout=1.0)
+    running = start(orders, bootstrap)
+    try:
+        assert wait_for(lambda: len(customers.ids) == 5)
+        suspend(own_broker.pid)
+        try:
+            started = time.monotonic()
+            running.service.stop()
+            if hurried:
+                time.sleep(0.5)
+                running.service.stop(hurry=True)
+            running.thread.join(20)
+            took = time.monotonic() - started
+            assert not running.thread.is_alive(), "the stop waited for the coordinator"
+        finally:
+            os.kill(own_broker.pid or 0, signal.SIGCONT)
+        assert not running.error, running.error
+        # The settle takes milliseconds here; then the close's wait.
+        assert took < (0.5 + runner.HURRIED_CLOSE_WAIT + 1.0 if hurried else 3.0 + 2.0), took
+        if not hurried:
+            assert took >= 3.0, took
+        assert "consumer close did not end in time" in caplog.text
+        # The commit was not dropped: the close's thread lands it once the broker answers.
+        assert wait_for(lambda: committed(bootstrap, f"g-{src}", src) == {0: 5}, timeout=30)
+    finally:
+        if running.thread.is_alive():
+            running.stop()

@@ -26,7 +26,9 @@ def _assignment(events: list[str], rebalanced: Callable[[str], None] | None = No
         return []
 
     flow = SimpleNamespace(release=release)
-    committer = SimpleNamespace(commit=lambda lanes, asynchronous: None, forget=lambda parts: None)
+    committer = SimpleNamespace(
+        commit=lambda lanes, asynchronous, final=False: None, forget=lambda parts: None
+    )
     lag = SimpleNamespace(forget=lambda parts: None)
     lane = SimpleNamespace(
         partition=0,

@@ -46,16 +46,20 @@ def lanes(*lanes: Any) -> list[PartitionLane]:
     return cast(list[PartitionLane], list(lanes))
 
 
-def test_the_final_commit_sends_again_what_an_unacknowledged_async_commit_sent() -> None:
-    """A revoke or shutdown ends with a synchronous commit. It skipped an offset that a
-    periodic asynchronous commit had just sent: when that one then failed (its callback
-    comes only with a later poll, after the partition had gone), the offset was never
-    committed and the records were handled again by the next owner or after a restart."""
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["revoke", "stop"])
+def test_the_final_commit_sends_again_what_an_unacknowledged_async_commit_sent(
+    asynchronous: bool,
+) -> None:
+    """A revoke or shutdown ends with a final commit (the stop's asynchronous, which
+    the consumer's close waits for). It skipped an offset that a periodic asynchronous
+    commit had just sent: when that one then failed (its callback comes only with a
+    later poll, after the partition had gone), the offset was never committed and the
+    records were handled again by the next owner or after a restart."""
     commits, calls = committer()
     commits.commit(lanes(Lane(0, 5), Lane(1, 7)), asynchronous=True)
     commits.on_commit(None, [TopicPartition("t", 1, 7)])  # only partition 1's came back
-    commits.commit(lanes(Lane(0, 5), Lane(1, 7)), asynchronous=False)
-    assert calls.commits == [([(0, 5), (1, 7)], True), ([(0, 5)], False)]
+    commits.commit(lanes(Lane(0, 5), Lane(1, 7)), asynchronous=asynchronous, final=True)
+    assert calls.commits == [([(0, 5), (1, 7)], True), ([(0, 5)], asynchronous)]
 
 
 def test_an_unmoved_offset_is_not_sent_again_asynchronously() -> None:
@@ -120,3 +124,21 @@ def test_a_refused_commit_names_its_topic(caplog: pytest.LogCaptureFixture) -> N
         commits.commit(lanes(Lane(0, 5)), asynchronous=True)
         commits.commit(lanes(Lane(0, 5)), asynchronous=False)
     assert [vars(r).get("topic") for r in caplog.records] == ["refunds.v1", "refunds.v1"]
+
+
+def test_a_refused_stop_commit_says_its_records_come_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stop's final commit is asynchronous: its refusal comes through the callback,
+    in the consumer's close, and nothing retries it after that: said as final."""
+    commits, _ = committer()
+    refused = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)
+    with caplog.at_level(logging.WARNING, "streamguard.runtime"):
+        commits.commit(lanes(Lane(0, 5)), asynchronous=True)
+        commits.on_commit(refused, [TopicPartition("t", 0, 5)])
+        commits.commit(lanes(Lane(0, 5)), asynchronous=True, final=True)
+        commits.on_commit(refused, [TopicPartition("t", 0, 5)])
+    assert [r.getMessage() for r in caplog.records] == [
+        "offset commit failed; will retry",
+        "final offset commit failed; records since the last commit come again",
+    ]

@@ -377,7 +377,7 @@ def settling(pipeline: Pipeline, commits: list[int | None]) -> Assignment:
         sg.ServiceOptions(),
         SimpleNamespace(),  # type: ignore[arg-type]
         SimpleNamespace(  # type: ignore[arg-type]
-            commit=lambda lanes, asynchronous: commits.extend(
+            commit=lambda lanes, asynchronous, final=False: commits.extend(
                 lane.commit_position() for lane in lanes
             )
         ),
