@@ -43,9 +43,12 @@ class Breaker:
         topic: str,
         clock: Callable[[], float] = time.monotonic,
         *,
+        service: str,
         ages: bool = True,
     ) -> None:
         self.config = config
+        # Every line says whose breaker it is: a process may run several services.
+        self._names = {"service": service, "topic": topic}
         self._clock = clock
         # Whether ``succeeded``'s ``ago`` (real seconds) applies on ``clock``: not on the
         # test kit's virtual one, which stands still while handlers run and records go
@@ -85,7 +88,9 @@ class Breaker:
             now = self._clock()
             if self.state == OPEN and now >= self._half_open_at():
                 self._set(HALF_OPEN)
-                log.warning("circuit breaker half-open; probing with one message")
+                log.warning(
+                    "circuit breaker half-open; probing with one message", extra=self._names
+                )
             if self.state == HALF_OPEN and not self._probe_busy(now):
                 if (
                     message is not None
@@ -185,7 +190,9 @@ class Breaker:
                 self._open_total += self._clock() - self._opened_at
                 self._set(CLOSED)
                 self._buckets.clear()  # start counting afresh
-                log.warning("circuit breaker closed; the dependency answers again")
+                log.warning(
+                    "circuit breaker closed; the dependency answers again", extra=self._names
+                )
 
     def failed(self, message: Hashable = None, error: str = "") -> bool:
         """A handler call of ``message`` failed transiently (with an exception of class
@@ -309,7 +316,12 @@ class Breaker:
         self._opened.inc()
         log.error(
             "circuit breaker open; pausing every partition and calling no handler",
-            extra={"why": why, "error": error, "cool_down": self.config.cool_down},
+            extra={
+                **self._names,
+                "why": why,
+                "error": error,
+                "cool_down": self.config.cool_down,
+            },
         )
 
     def _set(self, state: int) -> None:

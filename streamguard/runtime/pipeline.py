@@ -95,7 +95,12 @@ class Pipeline:
         # A success's age is real seconds, meaningless on the test kit's virtual clock:
         # a handled record then looked older than the failures before it on that clock.
         self.breaker = Breaker(
-            spec.breaker, metrics, spec.topic, clock, ages=clock is time.monotonic
+            spec.breaker,
+            metrics,
+            spec.topic,
+            clock,
+            service=spec.name,
+            ages=clock is time.monotonic,
         )
         self._retry_log = RetryLog(log)
 

@@ -25,7 +25,13 @@ class Clock:
 
 def breaker(**config: float) -> tuple[Breaker, Clock, CollectorRegistry]:
     clock, registry = Clock(), CollectorRegistry()
-    made = Breaker(sg.CircuitBreaker(**config), ServiceMetrics(registry), "t", clock)  # type: ignore[arg-type]
+    made = Breaker(
+        sg.CircuitBreaker(**config),  # type: ignore[arg-type]
+        ServiceMetrics(registry),
+        "t",
+        clock,
+        service="billing",
+    )
     return made, clock, registry
 
 
@@ -72,9 +78,13 @@ def test_old_calls_leave_the_window() -> None:
     assert b.state == OPEN
 
 
-def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
-    """After cool_down exactly one call may start; its success closes the breaker."""
+def test_half_open_lets_one_probe_through_and_closes_on_success(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After cool_down exactly one call may start; its success closes the breaker.
+    Each of its lines names the service and topic: a process may run several."""
     b, clock, _ = breaker(min_calls=2, cool_down=3.0)
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     b.failed((0, 1))
     b.failed((1, 1))
     assert not b.accepting()
@@ -87,6 +97,13 @@ def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
     b.succeeded()
     assert b.state == CLOSED
     assert b.allow()
+    lines = [r for r in caplog.records if r.getMessage().startswith("circuit breaker")]
+    assert [r.getMessage().split(";")[0] for r in lines] == [
+        "circuit breaker open",
+        "circuit breaker half-open",
+        "circuit breaker closed",
+    ]
+    assert [(r.service, r.topic) for r in lines] == [("billing", "t")] * 3  # type: ignore[attr-defined]
 
 
 def test_a_failed_probe_opens_it_again() -> None:
@@ -159,7 +176,13 @@ def test_a_lone_failing_message_is_not_an_outage() -> None:
     for _ in range(50):
         b.failed((0, 7))
     assert b.state == CLOSED  # 50 failures, all of one message
-    b = Breaker(sg.CircuitBreaker(min_calls=1000), ServiceMetrics(CollectorRegistry()), "t", clock)
+    b = Breaker(
+        sg.CircuitBreaker(min_calls=1000),
+        ServiceMetrics(CollectorRegistry()),
+        "t",
+        clock,
+        service="s",
+    )
     for _ in range(5):
         b.failed((0, 7))
     assert not b.outage_suspected((0, 7), since)
@@ -316,6 +339,7 @@ def test_the_open_log_names_the_exception_class(caplog: pytest.LogCaptureFixture
             )
     (line,) = [r for r in caplog.records if r.getMessage().startswith("circuit breaker open")]
     assert line.error == "ConnectionRefusedError"  # type: ignore[attr-defined]
+    assert (line.service, line.topic) == ("billing", "t")  # type: ignore[attr-defined]
 
 
 def test_a_message_that_recovered_no_longer_counts_as_failing() -> None:
