@@ -99,9 +99,13 @@ class ClusterLink:
         give_up: Callable[[float], None],
         clock: Callable[[], float] = time.monotonic,
         *,
+        service: str,
+        topic: str,
         watching: bool = True,
     ) -> None:
         self._silence_us = silence * 1e6
+        # Whose link each line is about: a process may run several services.
+        self._names = {"service": service, "topic": topic}
         self._timeout = timeout
         self._give_up = give_up
         self._clock = clock
@@ -133,7 +137,10 @@ class ClusterLink:
             if not self.reachable:
                 log.info(
                     "cluster reachable again",
-                    extra={"away_seconds": round(now - (self.away_since or now), 1)},
+                    extra={
+                        **self._names,
+                        "away_seconds": round(now - (self.away_since or now), 1),
+                    },
                 )
             self.reachable, self.away_since = True, None
             return
@@ -141,7 +148,7 @@ class ClusterLink:
             log.error(
                 "cannot reach the cluster: no connection answered recently; fetching and "
                 "dead-lettering wait, and the service reports unready",
-                extra={"silence_seconds": self._silence_us / 1e6},
+                extra={**self._names, "silence_seconds": self._silence_us / 1e6},
             )
             self.reachable, self.away_since = False, now
         away = now - (self.away_since if self.away_since is not None else now)

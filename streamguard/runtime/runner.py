@@ -585,7 +585,12 @@ class ServiceRuntime:
         """
         options = self.spec.options
         link = ClusterLink(
-            options.broker_silence, options.broker_timeout, self._lost_cluster, watching=False
+            options.broker_silence,
+            options.broker_timeout,
+            self._lost_cluster,
+            service=self.spec.name,
+            topic=self.spec.topic,
+            watching=False,
         )
         self._link = link
         config = dict(self.consumer_config)

@@ -3,6 +3,7 @@ nothing across a restart), or does not come back at all."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -66,10 +67,14 @@ def _cpu_share_over(seconds: float) -> float:
     return (time.process_time() - cpu) / (time.monotonic() - wall)
 
 
-def test_broker_restart_unready_while_away_no_spin_then_recovers(own_broker: DevBroker) -> None:
+def test_broker_restart_unready_while_away_no_spin_then_recovers(
+    own_broker: DevBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     """The broker dies and comes back on its port with nothing kept: the service stays
     up (no crash, no spin), reports unready while the broker is away, then rejoins,
-    handles new records and writes dead letters again."""
+    handles new records and writes dead letters again. Its lines about the cluster say
+    whose they are (a process may run several services)."""
+    caplog.set_level(logging.INFO, logger="streamguard.runtime")
     topic = new_topic(own_broker.bootstrap_servers)
     seen = Customers()
     _send(own_broker.bootstrap_servers, topic, 0, 50)
@@ -105,6 +110,13 @@ def test_broker_restart_unready_while_away_no_spin_then_recovers(own_broker: Dev
     finally:
         running.stop()
     assert not running.error, running.error
+    link_lines = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith(("cannot reach the cluster", "cluster reachable again"))
+    ]
+    assert link_lines
+    assert {(r.service, r.topic) for r in link_lines} == {("Orders", topic)}
 
 
 def test_broker_timeout_ends_run_with_a_clear_error(own_broker: DevBroker) -> None:

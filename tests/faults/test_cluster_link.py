@@ -28,14 +28,14 @@ class Clock:
 
 def test_a_connection_heard_from_recently_means_reachable() -> None:
     """One UP connection with a recent receive is enough, whatever the others say."""
-    link = ClusterLink(2.0, None, lambda away: None)
+    link = ClusterLink(2.0, None, lambda away: None, service="billing", topic="orders")
     link.on_stats(_stats(("INIT", -1), ("UP", 5_000_000), ("UP", 300_000)))
     assert link.reachable
 
 
 def test_silent_or_down_connections_mean_unreachable_then_reachable_again() -> None:
     """Only silent (stalled) or not-UP connections: unreachable; a fresh receive: back."""
-    link = ClusterLink(2.0, None, lambda away: None)
+    link = ClusterLink(2.0, None, lambda away: None, service="billing", topic="orders")
     link.on_stats(_stats(("UP", 2_500_000), ("APIVERSION_QUERY", -1)))
     assert not link.reachable
     link.on_stats(_stats(("TRY_CONNECT", -1)))
@@ -49,8 +49,8 @@ def test_gives_up_once_after_the_timeout_and_never_without_one() -> None:
     """give_up runs once, when the cluster has been away for broker_timeout; with no
     timeout it never runs."""
     clock, calls = Clock(), []
-    link = ClusterLink(1.0, 5.0, calls.append, clock=clock)
-    patient = ClusterLink(1.0, None, calls.append, clock=clock)
+    link = ClusterLink(1.0, 5.0, calls.append, clock=clock, service="billing", topic="orders")
+    patient = ClusterLink(1.0, None, calls.append, clock=clock, service="billing", topic="orders")
     for _ in range(12):
         link.on_stats(_stats(("DOWN", -1)))
         patient.on_stats(_stats(("DOWN", -1)))
@@ -65,7 +65,9 @@ def test_before_the_cluster_was_first_reached_the_link_neither_reports_nor_gives
     reachability but logs no outage and never gives up: startup_timeout decides, and
     its "fetching and dead-lettering wait" line came just before the service exited."""
     clock, calls = Clock(), []
-    link = ClusterLink(1.0, 2.0, calls.append, clock=clock, watching=False)
+    link = ClusterLink(
+        1.0, 2.0, calls.append, clock=clock, watching=False, service="billing", topic="orders"
+    )
     caplog.set_level(logging.INFO, logger="streamguard.runtime")
     for _ in range(5):
         link.on_stats(_stats(("TRY_CONNECT", -1)))
@@ -78,13 +80,19 @@ def test_before_the_cluster_was_first_reached_the_link_neither_reports_nor_gives
     for _ in range(3):
         link.on_stats(_stats(("DOWN", -1)))
         clock.now += 1.0
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["cannot reach the cluster"]
     assert calls == [2.0]
+    link.on_stats(_stats(("UP", 10_000)))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "cannot reach the cluster",
+        "cluster reachable again",
+    ]
+    # Whose link: a process may run several services.
+    assert [(r.service, r.topic) for r in caplog.records] == [("billing", "orders")] * 2
 
 
 def test_garbage_statistics_change_nothing() -> None:
     """A report that is not JSON leaves the state as it was."""
-    link = ClusterLink(1.0, None, lambda away: None)
+    link = ClusterLink(1.0, None, lambda away: None, service="billing", topic="orders")
     link.on_stats("not json")
     assert link.reachable
 
