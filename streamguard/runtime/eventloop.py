@@ -204,7 +204,13 @@ class LoopLane(PartitionLane):
         log.warning(
             "handler still running after it was cancelled; it may run on beside the "
             "partition's next owner, and its outcome is ignored",
-            extra={"partition": self.partition, "wait": CANCEL_WAIT},
+            extra={
+                # Which service: a process may run several (one per topic).
+                "service": self.pipeline.spec.name,
+                "topic": self.pipeline.topic,
+                "partition": self.partition,
+                "wait": CANCEL_WAIT,
+            },
         )
         self.abandon()
         # An outcome the loop was recording as the flag was set is sent before this
