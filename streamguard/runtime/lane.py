@@ -454,7 +454,13 @@ class PartitionLane:
             log.warning(
                 "handler given up on failed after its partition was settled; "
                 "no dead letter, its message is redelivered",
-                extra={"partition": self.partition, "offset": msg.offset()},
+                extra={
+                    # Which service: a process may run several (one per topic).
+                    "service": self.pipeline.spec.name,
+                    "topic": self.pipeline.topic,
+                    "partition": self.partition,
+                    "offset": msg.offset(),
+                },
             )
             return
         self.pipeline.publish_dead_letter(msg, failure, partial(self._acked, pending))

@@ -445,6 +445,12 @@ def test_a_handler_that_outlives_its_cancellation_leaves_nothing_after_the_revok
         ]
         # Whose handler: a process may run several services.
         assert (line.service, line.topic) == ("SlowCleanup", "lane-unit")
+        # The failure its cleanup came to, ignored, says whose too (written by now: the
+        # barrier above waited for the loop to record it).
+        (ignored,) = [
+            r for r in caplog.records if "after its partition was settled" in r.getMessage()
+        ]
+        assert (ignored.service, ignored.topic) == ("SlowCleanup", "lane-unit")
         assert lane.running == 0
     finally:
         stop_event_loop(loop, thread)
