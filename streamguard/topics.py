@@ -43,6 +43,24 @@ DEAD_LETTER_HEADROOM = 100_000
 PRODUCER_BATCH_BYTES = 1_000_000
 
 
+def dead_letter_max_message_bytes(
+    source_limit: int | None, producer_config: Mapping[str, Any]
+) -> int:
+    """The ``max.message.bytes`` a DLQ needs: its source topic's (when known) plus room
+    for the sg-dlq-* headers, and never below a whole batch of the DLQ producer
+    (``producer_config``'s ``batch.size``, capped by its ``message.max.bytes``).
+
+    librdkafka batches small dead letters up to batch.size and never splits a batch the
+    broker refuses as too large, so a flood of them into a smaller DLQ was refused,
+    batch after batch, for good (a source of 100000 made a DLQ of 200000).
+    """
+    batch = min(
+        int(producer_config.get("batch.size", PRODUCER_BATCH_BYTES)),
+        int(producer_config.get("message.max.bytes", MAX_RECORD_BYTES)),
+    )
+    return max(source_limit or 0, batch) + DEAD_LETTER_HEADROOM
+
+
 def dead_letter_topic_for(topic: str) -> str:
     """The default dead-letter topic of ``topic``: ``orders`` -> ``orders.dlq``."""
     return topic + DEAD_LETTER_SUFFIX

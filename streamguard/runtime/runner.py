@@ -43,10 +43,8 @@ from streamguard.runtime.scheduler import Scheduler
 from streamguard.runtime.spec import ServiceSpec
 from streamguard.settings import BOOTSTRAP_ENV
 from streamguard.topics import (
-    DEAD_LETTER_HEADROOM,
-    MAX_RECORD_BYTES,
-    PRODUCER_BATCH_BYTES,
     create_topics,
+    dead_letter_max_message_bytes,
     max_message_bytes,
 )
 
@@ -730,34 +728,26 @@ class ServiceRuntime:
                     extra={"dlq": spec.dead_letter_topic, "error": str(exc.args[0].str())},
                 )
                 return True
-        if spec.dead_letter_topic not in dead_letter_topics:
+        # A dead letter is its record plus sg-dlq-* headers: a DLQ at the broker's default
+        # size limit could not take the largest records of a source that allows more, and
+        # one of them would hold its partition. Read on the source's cluster, with the
+        # consumer's security settings.
+        source_limit = (
+            max_message_bytes(
+                self.consumer_config["bootstrap.servers"],
+                spec.topic,
+                config=_admin_config(self.consumer_config),
+                timeout=DLQ_CREATE_WAIT,
+            )
+            if spec.topic in topics
+            else None
+        )
+        needed = dead_letter_max_message_bytes(source_limit, self.dead_letter_config)
+        if spec.dead_letter_topic in dead_letter_topics:
+            self._check_dead_letter_size(servers, admin_config, needed)
+        else:
             partitions = len(topics[spec.topic].partitions) if spec.topic in topics else 1
-            # A dead letter is its record plus sg-dlq-* headers: a DLQ at the broker's
-            # default size limit could not take the largest records of a source that
-            # allows more, and one of them would hold its partition. Read on the
-            # source's cluster, with the consumer's security settings.
-            source_limit = (
-                max_message_bytes(
-                    self.consumer_config["bootstrap.servers"],
-                    spec.topic,
-                    config=_admin_config(self.consumer_config),
-                )
-                if spec.topic in topics
-                else None
-            )
-            # Nor below the DLQ producer's batch: librdkafka batches small dead letters
-            # up to batch.size and never splits a batch the broker refuses as too
-            # large, so a flood of them into a smaller DLQ was refused, batch after
-            # batch, for good (a source of 100000 made a DLQ of 200000).
-            batch = min(
-                int(self.dead_letter_config.get("batch.size", PRODUCER_BATCH_BYTES)),
-                int(self.dead_letter_config.get("message.max.bytes", MAX_RECORD_BYTES)),
-            )
-            topic_config = (
-                {"max.message.bytes": str(max(source_limit, batch) + DEAD_LETTER_HEADROOM)}
-                if source_limit is not None
-                else {}
-            )
+            topic_config = {"max.message.bytes": str(needed)} if source_limit is not None else {}
             try:
                 create_topics(  # a topic made meanwhile counts as created
                     servers,
@@ -783,6 +773,32 @@ class ServiceRuntime:
                     extra={"dlq": spec.dead_letter_topic, "error": str(exc)},
                 )
         return True
+
+    def _check_dead_letter_size(
+        self, servers: str, admin_config: Mapping[str, Any], needed: int
+    ) -> None:
+        """Warn once when the existing DLQ takes less than the service would have made
+        it with: the first flood of dead letters would then stall the service.
+
+        Not a refusal to start: an operator may know the records to be small. A DLQ
+        whose setting cannot be read (no ``DescribeConfigs``, no answer) is not warned of.
+        """
+        dlq = self.spec.dead_letter_topic
+        size = max_message_bytes(servers, dlq, config=admin_config, timeout=DLQ_CREATE_WAIT)
+        if size is None or size >= needed:
+            return
+        log.warning(
+            "dead-letter topic smaller than the dead letters it may get",
+            extra={
+                "dlq": dlq,
+                "max_message_bytes": size,
+                "needed": needed,
+                "command": (
+                    f"kafka-configs.sh --bootstrap-server {servers} --alter --entity-type "
+                    f"topics --entity-name {dlq} --add-config max.message.bytes={needed}"
+                ),
+            },
+        )
 
     def _install_signal_handlers(
         self, stopping: threading.Event, hurry: threading.Event

@@ -539,6 +539,67 @@ def test_a_dlq_the_service_creates_takes_a_whole_batch_of_its_producer(
     assert max_message_bytes(bootstrap, f"{small}.dlq") == 100000 + DEAD_LETTER_HEADROOM
 
 
+@pytest.mark.parametrize(
+    ("source_size", "dlq_size", "needed"),
+    [
+        (None, 200_000, 1_000_000 + DEAD_LETTER_HEADROOM),  # below a producer's batch
+        (5_242_880, 1_100_000, 5_242_880 + DEAD_LETTER_HEADROOM),  # below the source's
+        (None, 1_000_000 + DEAD_LETTER_HEADROOM, None),  # what the service would make
+    ],
+)
+def test_a_dlq_that_exists_smaller_than_the_service_would_make_it_is_warned_of(
+    bootstrap: str,
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+    source_size: int | None,
+    dlq_size: int,
+    needed: int | None,
+) -> None:
+    """A DLQ the operator made is not resized, and before nothing looked at it: one of
+    200000 refused every batch of a poison flood for good (librdkafka never splits a
+    batch), found only when the service stalled. Now the start-up reads its
+    max.message.bytes and warns once, with the command that raises it, when it is below
+    what the service would have created it with; the service starts anyway."""
+    caplog.set_level(logging.INFO, logger="streamguard")
+    src = unique("orders")
+    given = {} if source_size is None else {"max.message.bytes": str(source_size)}
+    create_topics(bootstrap, [src], topic_config=given)
+    create_topics(bootstrap, [f"{src}.dlq"], topic_config={"max.message.bytes": str(dlq_size)})
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing)
+    assert wait_for(lambda: bool(running.service.health()["checks"]["assigned"]))
+    running.stop()
+    assert not running.error
+    warned = [
+        r.__dict__
+        for r in caplog.records
+        if r.getMessage() == "dead-letter topic smaller than the dead letters it may get"
+    ]
+    if needed is None:
+        assert warned == []
+        return
+    assert len(warned) == 1
+    assert warned[0]["levelname"] == "WARNING"
+    assert (warned[0]["dlq"], warned[0]["max_message_bytes"], warned[0]["needed"]) == (
+        f"{src}.dlq",
+        dlq_size,
+        needed,
+    )
+    assert warned[0]["command"] == (
+        f"kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
+        f"--entity-name {src}.dlq --add-config max.message.bytes={needed}"
+    )
+    assert not any(r.getMessage() == "created dead-letter topic" for r in caplog.records)
+
+
 def test_a_dlq_cluster_that_does_not_answer_at_start_only_warns(
     topic_factory: Callable[..., str],
     unique: Callable[[str], str],

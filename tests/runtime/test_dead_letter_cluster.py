@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
+from streamguard.topics import create_topics
 from tests.conftest import fast_group_config
 from tests.faults.proxy import FaultProxy
 from tests.runtime.conftest import Running, committed, dlq_headers, wait_for
@@ -66,6 +67,40 @@ def test_the_dead_letter_topic_is_made_on_the_cluster_it_is_written_to(
         finally:
             reader.close()
         assert dlq_headers(found[0])["sg-dlq-reason"] == "decode_error"
+
+
+def test_a_small_dlq_on_another_cluster_is_warned_of_where_it_lives(
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+    start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The existing DLQ's size is read where its producer writes, as it is created
+    there: the warning and its command name the dead-letter cluster."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    src = topic_factory("orders")
+
+    class Billing(sg.ConsumerService):
+        topic, contract, group_id = src, OrderPlaced, unique("billing")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            pass
+
+    with DevBroker() as other:
+        dead_letters = other.bootstrap_servers
+        create_topics(dead_letters, [f"{src}.dlq"], topic_config={"max.message.bytes": "200000"})
+        running = start_service(Billing, dead_letter_config={"bootstrap.servers": dead_letters})
+        assert wait_for(lambda: bool(running.service.health()["checks"]["assigned"]), 30)
+        running.stop()
+    warned = [
+        r.__dict__
+        for r in caplog.records
+        if r.getMessage() == "dead-letter topic smaller than the dead letters it may get"
+    ]
+    assert [(w["dlq"], w["max_message_bytes"], w["needed"]) for w in warned] == [
+        (f"{src}.dlq", 200_000, 1_100_000)
+    ]
+    assert f"--bootstrap-server {dead_letters} " in warned[0]["command"]
 
 
 def test_a_stop_commits_a_dead_letter_acknowledged_in_its_second_wait(
