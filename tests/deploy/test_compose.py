@@ -19,6 +19,7 @@ import yaml
 
 from streamguard.cli import build_parser
 from streamguard.runtime.commands import load_service_class
+from streamguard.topics import dead_letter_max_message_bytes
 from tests.deploy.conftest import PROMETHEUS_DIR, ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -122,6 +123,26 @@ def test_service_command_parses_with_the_real_cli_and_names_a_real_service() -> 
     assert SERVICES["billing"]["depends_on"]["kafka-init"] == {
         "condition": "service_completed_successfully"
     }
+
+
+# Apache Kafka's max.message.bytes when a topic sets none: 1 MiB plus the record batch's
+# 12-byte log overhead (KAFKA-4203), what the broker describes for the source topic.
+APACHE_KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024 + 12
+
+
+def test_the_dlq_of_kafka_init_and_the_readme_is_as_large_as_the_service_needs() -> None:
+    """kafka-init and deploy/README.md created the DLQ with 1148576 (1 MiB + 100000), 12
+    bytes below what the service needs for a source at Apache Kafka's default, so the
+    stack's own service warned at every start that its DLQ was too small."""
+    needed = dead_letter_max_message_bytes(APACHE_KAFKA_DEFAULT_MAX_MESSAGE_BYTES, {})
+    init = " ".join(SERVICES["kafka-init"]["command"])
+    dlq = init[
+        init.index(f"--topic {load_service_class(run_args().target[0]).dead_letter_topic} ") :
+    ]
+    (composed,) = re.findall(r"--config max\.message\.bytes=(\d+)", dlq)
+    readme = re.findall(r"max\.message\.bytes=(\d+)", (DEPLOY / "README.md").read_text())
+    assert int(composed) >= needed
+    assert [int(size) for size in readme] == [int(composed)]
 
 
 def test_prometheus_scrapes_the_service_and_loads_the_alerts(promtool: str) -> None:
