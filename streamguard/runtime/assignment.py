@@ -116,7 +116,7 @@ class Assignment:
         # whole, so that a scrape reads it without a lock).
         self._settling: tuple[PartitionLane, ...] = ()
 
-    def _names(self) -> dict[str, str]:
+    def names(self) -> dict[str, str]:
         """Whose partitions: the services of one process (one per topic) share a log."""
         spec = self._pipeline.spec
         return {"service": spec.name, "topic": spec.topic}
@@ -141,7 +141,7 @@ class Assignment:
         if partitions:
             self.assigned_once = True
         parts = [tp.partition for tp in partitions]
-        log.info("partitions assigned", extra={**self._names(), "partitions": parts})
+        log.info("partitions assigned", extra={**self.names(), "partitions": parts})
         self._on_assigned(parts)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -166,7 +166,7 @@ class Assignment:
         finally:
             self.revoke_ends = None
         self._forget(parts)
-        log.info("partitions revoked", extra={**self._names(), "partitions": parts})
+        log.info("partitions revoked", extra={**self.names(), "partitions": parts})
         self._on_revoked(parts)
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -188,7 +188,7 @@ class Assignment:
         # member's own if the partition came back).
         give_up_all(lost)
         self._forget(parts)
-        log.warning("partitions lost", extra={**self._names(), "partitions": parts})
+        log.warning("partitions lost", extra={**self.names(), "partitions": parts})
         # The hook hears of them as revoked (as confluent-kafka and the Java client do
         # when no lost callback is given): what it set up per partition in on_assign
         # must be torn down either way, and on_assign comes again when they return.
@@ -238,7 +238,7 @@ class Assignment:
             if not wait_unless_hurried(lane.wait_idle, deadline, self.hurry):
                 log.warning(
                     "handler still running after the timeout; its message will be redelivered",
-                    extra={**self._names(), "partition": lane.partition, "timeout": timeout},
+                    extra={**self.names(), "partition": lane.partition, "timeout": timeout},
                 )
                 stuck.append(lane)
         give_up_all(stuck)  # async handlers are cancelled, together

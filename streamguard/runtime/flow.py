@@ -43,9 +43,13 @@ REFETCH_AHEAD = 0.05
 class FlowControl:
     """Pause, resume and throttle decisions for one consumer's partitions."""
 
-    def __init__(self, consumer: Consumer, topic: str, options: ServiceOptions) -> None:
+    def __init__(
+        self, consumer: Consumer, topic: str, options: ServiceOptions, *, service: str
+    ) -> None:
         self._consumer = consumer
         self._topic = topic
+        # Whose partitions each line is about: a process may run several services.
+        self._names = {"service": service, "topic": topic}
         self._high = options.max_buffered
         self._low = max(1, options.max_buffered // 2)
         self._pause_after = options.pause_after
@@ -136,7 +140,7 @@ class FlowControl:
                 # within a second. (A partition being revoked, or the consumer closing.)
                 log.debug(
                     "seek after resume failed",
-                    extra={"partition": tp.partition, "error": str(exc)},
+                    extra={**self._names, "partition": tp.partition, "error": str(exc)},
                 )
 
     def release(self, partitions: list[int]) -> list[int]:
@@ -154,5 +158,8 @@ class FlowControl:
             try:
                 self._consumer.resume([TopicPartition(self._topic, p) for p in paused])
             except KafkaException as exc:
-                log.warning("could not resume revoked partitions", extra={"error": str(exc)})
+                log.warning(
+                    "could not resume revoked partitions",
+                    extra={**self._names, "error": str(exc)},
+                )
         return paused

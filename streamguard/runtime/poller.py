@@ -192,7 +192,7 @@ class Poller:
         if not self.owned:
             log.error(
                 "a worker held the consumer past the shutdown wait; nothing more is committed",
-                extra={"wait": wait, "hurried": hurry.is_set()},
+                extra={**self.assignment.names(), "wait": wait, "hurried": hurry.is_set()},
             )
             clean = False  # a rebalance may be under way: no record is waited for
         self.assignment.settle_all(clean, commit=self.owned)

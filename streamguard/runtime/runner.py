@@ -111,12 +111,13 @@ def _marking_exit(hook: Callable[[list[int]], None], name: str) -> Callable[[lis
     return call
 
 
-def _close_consumer(consumer: Consumer) -> None:
-    """Close ``consumer``; a failure (the cluster gone, say) is logged: the run is over."""
+def _close_consumer(consumer: Consumer, names: Mapping[str, str]) -> None:
+    """Close ``consumer``; a failure (the cluster gone, say) is logged: the run is over.
+    ``names``: its service and topic, for the line (a process may run several)."""
     try:
         consumer.close()
     except (KafkaException, RuntimeError) as exc:
-        log.warning("consumer close failed", extra={"error": str(exc)})
+        log.warning("consumer close failed", extra={**names, "error": str(exc)})
 
 
 def _close_in_time(consumer: Consumer, hurry: threading.Event, names: Mapping[str, str]) -> None:
@@ -128,7 +129,7 @@ def _close_in_time(consumer: Consumer, hurry: threading.Event, names: Mapping[st
 
     def close() -> None:
         try:
-            _close_consumer(consumer)
+            _close_consumer(consumer, names)
         finally:
             closed.set()
 
@@ -144,7 +145,9 @@ def _close_in_time(consumer: Consumer, hurry: threading.Event, names: Mapping[st
         )
 
 
-def _close_when_free(poller: Poller, publisher: DeadLetterPublisher | None) -> None:
+def _close_when_free(
+    poller: Poller, publisher: DeadLetterPublisher | None, names: Mapping[str, str]
+) -> None:
     """Close the consumer once the poll a worker is still inside ends, then release the
     DLQ producer, on a daemon thread. Nobody else would: the consumer's heartbeats go on
     without polls, so it kept its partitions until ``max.poll.interval.ms`` (5 minutes
@@ -153,7 +156,7 @@ def _close_when_free(poller: Poller, publisher: DeadLetterPublisher | None) -> N
     def close() -> None:
         poller.lock.acquire()  # held for good: that worker polls no more
         poller.owned = True
-        _close_consumer(poller.consumer)
+        _close_consumer(poller.consumer, names)
         if publisher is not None:
             publisher.release()
 
@@ -336,16 +339,17 @@ class ServiceRuntime:
             # A worker still inside a poll (a rebalance callback past the stop's wait)
             # uses the consumer and the DLQ producer: both are left to it, unclosed.
             owned = self._poller is None or self._poller.take_consumer()
+            names = {"service": spec.name, "topic": spec.topic}
             if consumer is not None and not owned:
                 # A close() under the poll could crash the process: closed once it ends.
                 log.error(
                     "consumer left unclosed: a worker is still inside a poll of it",
-                    extra={"service": spec.name},
+                    extra=names,
                 )
                 if self._poller is not None:
-                    _close_when_free(self._poller, self._publisher)
+                    _close_when_free(self._poller, self._publisher, names)
             elif consumer is not None:
-                _close_in_time(consumer, hurry, {"service": spec.name, "topic": spec.topic})
+                _close_in_time(consumer, hurry, names)
             librdkafka_lines.flush()  # a start-up's counts, before the error run() raises
             if health is not None:
                 health.stop()
@@ -450,7 +454,7 @@ class ServiceRuntime:
             spec, self._new_dead_letter_producer, metrics, dead_letter_producer
         )
         pipeline = Pipeline(spec, publisher, metrics)
-        flow = FlowControl(consumer, spec.topic, options)
+        flow = FlowControl(consumer, spec.topic, options, service=spec.name)
         committer = Committer(consumer, spec.topic, metrics)
         lag = LagMonitor(
             consumer,

@@ -318,7 +318,7 @@ def test_partitions_resumed_after_all_were_paused_are_fetched_at_once(
     send_orders(src, 3000, key=str)
     # fetch.wait.max.ms=10: an in-flight fetch ends before the resume
     fed = FedLanes(bootstrap, unique("g"), range(3), **{"fetch.wait.max.ms": 10})
-    flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
+    flow = FlowControl(fed.consumer, src, sg.ServiceOptions(), service="s")
 
     def set_waiting(waiting: bool, now: float) -> None:
         for lane in fed.lanes.values():
@@ -362,7 +362,7 @@ def test_a_partition_resumed_next_to_an_idle_one_waits_at_most_the_fetch_wait(
     raw_producer.flush(10)
     fed = FedLanes(bootstrap, unique("g"), range(2))
     busy = fed.lanes[1]
-    flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
+    flow = FlowControl(fed.consumer, src, sg.ServiceOptions(), service="s")
     waits = []
     try:
         fed.read_until(src, lambda: busy.fetched_to is not None)
@@ -393,7 +393,7 @@ def test_a_retry_due_within_a_refetch_keeps_what_was_prefetched_and_a_longer_one
     send_orders(src, 3000, key=str)
     fed = FedLanes(bootstrap, unique("g"), range(1))
     lane = fed.lanes[0]
-    flow = FlowControl(fed.consumer, src, sg.ServiceOptions())
+    flow = FlowControl(fed.consumer, src, sg.ServiceOptions(), service="s")
     try:
         fed.read_until(src, lambda: lane.fetched_to is not None)
         time.sleep(0.2)  # librdkafka prefetches the rest

@@ -8,9 +8,11 @@ Pure logic: the consumer here only records which partitions were paused and resu
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import streamguard as sg
@@ -49,7 +51,7 @@ def _waits(due: float, parked_at: float | None = None, attempt: int = 1) -> Retr
 def _flow() -> tuple[FlowControl, Recorder, SimpleNamespace]:
     consumer = Recorder()
     options = sg.ServiceOptions(max_buffered=100, pause_after=0.25)
-    flow = FlowControl(consumer, "orders", options)  # type: ignore[arg-type]
+    flow = FlowControl(consumer, "orders", options, service="billing")  # type: ignore[arg-type]
     return flow, consumer, _lane()
 
 
@@ -165,3 +167,29 @@ def test_a_resumed_partition_is_sought_to_where_its_lane_s_records_end() -> None
     flow.update(lanes, now=0.1, writable=True)
     assert consumer.calls[-1] == ("resume", [0, 7, 8, 9])
     assert consumer.sought == [(0, 120, None), (9, 9, None)]  # None: no epoch
+
+
+def test_failed_resume_and_seek_lines_name_the_service_and_topic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process may run several services: the lines of a failed seek (a partition
+    being revoked) and of a failed resume of revoked partitions say whose they are."""
+    flow, consumer, _ = _flow()
+    caplog.set_level(logging.DEBUG, logger="streamguard.runtime")
+    failing = _lane(buffered=100, fetched_to=5)
+    flow.update({7: failing}, now=0.0, writable=True)  # type: ignore[dict-item]
+    flow.update({7: failing}, now=1.0, writable=True)  # type: ignore[dict-item]
+    assert 7 in flow.paused
+    failing.buffered = 0
+    flow.update({7: failing}, now=1.1, writable=True)  # type: ignore[dict-item]
+    (seek,) = [r for r in caplog.records if r.getMessage() == "seek after resume failed"]
+    assert (seek.service, seek.topic) == ("billing", "orders")  # type: ignore[attr-defined]
+
+    def refuse(partitions: list[Any]) -> None:
+        raise KafkaException(KafkaError(KafkaError._STATE))
+
+    flow.paused.add(3)
+    consumer.resume = refuse  # type: ignore[method-assign]
+    assert flow.release([3]) == [3]
+    (line,) = [r for r in caplog.records if r.getMessage() == "could not resume revoked partitions"]
+    assert (line.service, line.topic) == ("billing", "orders")  # type: ignore[attr-defined]

@@ -1518,6 +1518,11 @@ def test_a_hurried_stop_leaves_the_consumer_to_a_worker_inside_a_rebalance(
         assert time.monotonic() - hurried < 2
         assert not release.is_set()  # the worker was inside the poll all along
         assert "consumer left unclosed" in caplog.text
+        # Both lines say whose consumer: a process may run several services.
+        names = ("consumer left unclosed", "a worker held the consumer past the shutdown wait")
+        lines = [r for r in caplog.records if r.getMessage().startswith(names)]
+        assert len(lines) == 2
+        assert {(r.service, r.topic) for r in lines} == {(runtime.spec.name, src)}  # type: ignore[attr-defined]
         assert running.error == []
     finally:
         release.set()
