@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -313,7 +314,22 @@ class DeadLetterLog(LineBudget):
 
     Args (see ``LineBudget``):
         per_second: lines a second, in bursts of up to as many; None logs every one.
+        service, topic: whose dead letters, named in every line: a process may run
+            several services (or Faust agents), some on one topic.
     """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: float | None = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        service: str,
+        topic: str,
+    ) -> None:
+        super().__init__(logger, per_second, clock)
+        self._service = service
+        self._names = {"service": service, "topic": topic}
 
     def __call__(self, record: Any, failure: Failure) -> None:
         """Log this dead letter, unless the rate is spent (then count it)."""
@@ -323,6 +339,7 @@ class DeadLetterLog(LineBudget):
         self._log.warning(
             "dead-lettering message",
             extra={
+                "service": self._service,
                 "topic": record.topic(),
                 "partition": record.partition(),
                 "offset": record.offset(),
@@ -345,6 +362,7 @@ class DeadLetterLog(LineBudget):
         self._log.warning(
             "re-sending dead letter",
             extra={
+                "service": self._service,
                 "topic": record.topic(),
                 "partition": record.partition(),
                 "offset": record.offset(),
@@ -363,7 +381,9 @@ class DeadLetterLog(LineBudget):
         """
         skipped = self._take_skipped(last)
         if skipped:
-            self._log.warning("dead-lettered messages not logged", extra={"not_logged": skipped})
+            self._log.warning(
+                "dead-lettered messages not logged", extra={**self._names, "not_logged": skipped}
+            )
 
 
 REDACTED = "text redacted: not a streamguard error"

@@ -301,7 +301,9 @@ def test_dead_letter_lines_are_rate_limited_and_account_for_every_skip(caplog: A
     from streamguard.deadletter import DeadLetterLog, Failure
 
     clock = _Clock()
-    lines = DeadLetterLog(logging.getLogger("tests.dlq"), per_second=3, clock=clock)
+    lines = DeadLetterLog(
+        logging.getLogger("tests.dlq"), per_second=3, clock=clock, service="billing", topic="orders"
+    )
     failure = Failure("decode_error", sg.DecodeError("bad bytes"))
     caplog.set_level("WARNING", logger="tests.dlq")
     for _ in range(10):
@@ -323,6 +325,8 @@ def test_dead_letter_lines_are_rate_limited_and_account_for_every_skip(caplog: A
     lines.flush()
     assert caplog.records[-1].getMessage() == "dead-lettered messages not logged"
     assert caplog.records[-1].not_logged == 4  # type: ignore[attr-defined]
+    # Each line says whose dead letters: a process may run several services.
+    assert {(r.service, r.topic) for r in caplog.records} == {("billing", "orders")}  # type: ignore[attr-defined]
     assert lines.not_logged == 0
 
 
@@ -331,13 +335,15 @@ def test_unlimited_dead_letter_lines_log_every_one(caplog: Any) -> None:
 
     from streamguard.deadletter import DeadLetterLog, Failure
 
-    lines = DeadLetterLog(logging.getLogger("tests.dlq.all"), per_second=None)
+    lines = DeadLetterLog(
+        logging.getLogger("tests.dlq.all"), per_second=None, service="s", topic="t"
+    )
     caplog.set_level("WARNING", logger="tests.dlq.all")
     for _ in range(50):
         lines(_Record(), Failure("decode_error", sg.DecodeError("bad bytes")))
     assert len(caplog.records) == 50
     with pytest.raises(ValueError, match="positive"):
-        DeadLetterLog(logging.getLogger("x"), per_second=0)
+        DeadLetterLog(logging.getLogger("x"), per_second=0, service="s", topic="t")
     with pytest.raises(sg.ConfigurationError, match="dead_letter_log_rate"):
         sg.ServiceOptions(dead_letter_log_rate=-1)
 

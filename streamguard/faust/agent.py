@@ -305,7 +305,9 @@ class GuardedAgent:
             service=self.name,
             include_error_text=include_error_text,
         )
-        self.log_dead_letter = DeadLetterLog(log)
+        # Whose lines, named as a ConsumerService's are: a worker may run several agents.
+        self.names = {"service": self.name, "topic": topic}
+        self.log_dead_letter = DeadLetterLog(log, service=self.name, topic=topic)
         self.log_retry = RetryLog(log)
         if registry is None:
             registry = _APP_REGISTRIES.get(app)

@@ -360,7 +360,9 @@ class Lane:
                     if drift is not None:
                         failure = Failure("schema_drift", drift)
             except (DecodeError, ContractViolation) as exc:
-                verdict = judge(exc, 1, None, agent.retry, agent.transient, time.monotonic())
+                verdict = judge(
+                    exc, 1, None, agent.retry, agent.transient, time.monotonic(), names=agent.names
+                )
                 assert isinstance(verdict, Failure)  # invalid input is never retried
                 failure = verdict
             except Exception as exc:
@@ -372,7 +374,9 @@ class Lane:
                 # value, and which crashed again on every restart).
                 now = time.monotonic()
                 attempt = 1 if waiting is None else waiting.attempt + 1
-                judged = judge(exc, attempt, waiting, agent.retry, agent.transient, now)
+                judged = judge(
+                    exc, attempt, waiting, agent.retry, agent.transient, now, names=agent.names
+                )
                 if isinstance(judged, Failure):
                     failure = judged
                     break
@@ -433,7 +437,14 @@ class Lane:
                     raise  # a bug, not an outcome: crashes the worker, unacked (see _run)
                 now = time.monotonic()
                 verdict = judge(
-                    exc, attempt, retry, agent.retry, agent.transient, now, by_handler=True
+                    exc,
+                    attempt,
+                    retry,
+                    agent.retry,
+                    agent.transient,
+                    now,
+                    by_handler=True,
+                    names=agent.names,
                 )
                 if isinstance(verdict, Failure):
                     # Not kept by this frame, which the handler's frame (in the error)

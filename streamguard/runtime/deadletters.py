@@ -79,7 +79,9 @@ class DeadLetterPublisher:
         """
         self.topic = spec.dead_letter_topic
         self._headers = headers_for(spec)
-        self._log = DeadLetterLog(log, spec.options.dead_letter_log_rate)
+        self._log = DeadLetterLog(
+            log, spec.options.dead_letter_log_rate, service=spec.name, topic=spec.topic
+        )
         self._new_producer = new_producer
         self._producer = producer if producer is not None else new_producer()
         self._broken = False  # the producer hit a fatal error: replace it

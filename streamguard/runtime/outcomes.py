@@ -13,9 +13,9 @@ import gc
 import inspect
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 
 from streamguard.deadletter import Failure
 from streamguard.errors import (
@@ -29,6 +29,7 @@ from streamguard.policy import RetryPolicy, classify
 from streamguard.runtime.breaker import Breaker
 
 log = logging.getLogger("streamguard.runtime")
+_NO_NAMES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -155,6 +156,7 @@ def judge(
     *,
     by_handler: bool = False,
     began: float | None = None,
+    names: Mapping[str, str] = _NO_NAMES,
 ) -> Failure | RetryState:
     """The verdict on attempt ``attempt`` of a message that raised ``exc``.
 
@@ -175,6 +177,8 @@ def judge(
             call answered before an outage and judged after its first failure
             dead-lettered that message. One out of decoding (a validator raising
             something other than ``ValueError``) tells it nothing: no call was made.
+        names: the service's (or agent's) ``service`` and ``topic``, for the line of
+            a message that waits for the schema registry: a process may run several.
 
     The frames ``exc`` went through are cleared of their locals (``release_frames``):
     called where the failed attempt was caught, before anything holds ``exc``.
@@ -202,7 +206,7 @@ def judge(
         if breaker is not None:
             breaker.release_probe(message)
         mark = breaker.open_total() if breaker is not None else 0.0
-        return _wait_for_registry(exc, attempt, retry, policy, now, first_ms, mark)
+        return _wait_for_registry(exc, attempt, retry, policy, now, first_ms, mark, names)
     if classify(exc, transient) == "permanent":
         if breaker is not None:
             if by_handler:  # the dependency answered; the message is at fault
@@ -301,12 +305,16 @@ def _wait_for_registry(
     now: float,
     first_ms: int,
     open_mark: float,
+    names: Mapping[str, str],
 ) -> RetryState:
     """Back off as the retry policy does, but without its limits: an outage of the
     schema registry is not the message's fault, so it holds the message (like an
     unwritable DLQ) and spends none of its attempts or budget; never a dead letter."""
     if retry is None:  # once per waiting message, not per attempt
-        log.warning("schema registry unavailable; the message waits", extra={"error": str(exc)})
+        log.warning(
+            "schema registry unavailable; the message waits",
+            extra={**names, "error": str(exc)},
+        )
     first_mono = retry.first_failure_mono if retry and retry.attempt else now
     # Backed off by the waits, not the attempt, which each wait gives back: the cap
     # stayed at base_delay, and each waiting partition asked the registry about nine

@@ -69,6 +69,8 @@ class Pipeline:
             topic=spec.topic,
         )
         self._subject = spec.contract.__subject__
+        # Whose lines: a process may run several services. Only rare lines use it.
+        self._names = {"service": spec.name, "topic": spec.topic}
         # A drift check of a record without the contract's fingerprint parses its value
         # for unknown fields (a validation's cost), so "count" checks the first message
         # of each batch that decodes and every drift_sample-th after it: every message
@@ -151,6 +153,7 @@ class Pipeline:
             message,
             by_handler=by_handler,
             began=began,
+            names=self._names,
         )
         if isinstance(verdict, RetryState):
             # One waiting for a dependency has no due time a stop's finish waits for.
@@ -196,6 +199,7 @@ class Pipeline:
                 log.error(
                     "on_dead_letter hook failed",
                     extra={
+                        **self._names,
                         "partition": msg.partition(),
                         "offset": msg.offset(),
                         "error_class": type(exc).__name__,

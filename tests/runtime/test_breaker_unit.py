@@ -607,3 +607,22 @@ def test_waits_for_the_schema_registry_back_off_exponentially_to_the_cap() -> No
     again = judge(sg.RegistryUnavailable("down"), 2, failed, policy, (), 100.0)
     assert isinstance(again, RetryState)
     assert round(again.due - 100.0, 6) == 0.2
+
+
+def test_the_registry_wait_line_names_the_service_and_topic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process may run several services: the line of a message that waits for the
+    schema registry says whose message it is (once per waiting message)."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
+    names = {"service": "billing", "topic": "orders"}
+    policy = sg.RetryPolicy()
+    waiting = judge(sg.RegistryUnavailable("down"), 1, None, policy, (), 100.0, names=names)
+    assert isinstance(waiting, RetryState)
+    judge(sg.RegistryUnavailable("down"), 1, waiting, policy, (), 100.0, names=names)
+    (line,) = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "schema registry unavailable; the message waits"
+    ]
+    assert (line.service, line.topic) == ("billing", "orders")  # type: ignore[attr-defined]

@@ -644,6 +644,7 @@ def test_a_failing_on_dead_letter_hook_is_logged_without_its_error_text(
     assert not running.error
     (line,) = [r for r in caplog.records if r.getMessage() == "on_dead_letter hook failed"]
     assert line.error_class == "KeyError"  # type: ignore[attr-defined]
+    assert (line.service, line.topic) == ("Billing", src)  # type: ignore[attr-defined]
     assert "on_dead_letter" in line.traceback  # type: ignore[attr-defined]
     for formatter in (JsonFormatter(), TextFormatter()):
         assert canary not in formatter.format(line)
