@@ -283,6 +283,7 @@ class Lane:
         log.error(
             "guarded agent lane crashed",
             extra={
+                **self.agent.names,  # whose lane: a worker may run several agents
                 "partition": self.partition,
                 "error": type(exc).__name__,
                 "traceback": frames(exc),

@@ -140,6 +140,7 @@ def test_a_handler_crash_is_logged_without_its_error_text(
             assert canary not in formatter.format(line)
     [line] = [r for r in ours if r.getMessage() == "guarded agent lane crashed"]
     assert line.error == "Abort"  # type: ignore[attr-defined]
+    assert (line.service, line.topic) == (crashing.name, src)  # type: ignore[attr-defined]
     assert "crashing" in line.traceback  # type: ignore[attr-defined]
 
 
