@@ -113,14 +113,22 @@ class ClusterLink:
         self.away_since: float | None = None
         self._gave_up = False
         self._watching = watching
+        self._ended = False
 
     def watch(self) -> None:
         """The service reached the cluster: from now on, report outages and give up."""
         self.reachable, self.away_since = True, None
         self._watching = True
 
+    def end(self) -> None:
+        """The run is over: later statistics (served by a consumer's close, which may
+        outlive ``run()`` on its thread) report no outage and give up on nothing."""
+        self._ended = True
+
     def on_stats(self, stats: str) -> None:
         """librdkafka's ``stats_cb``: update reachability, give up when away too long."""
+        if self._ended:
+            return
         try:
             brokers: dict[str, Any] = json.loads(stats).get("brokers", {})
         except ValueError:

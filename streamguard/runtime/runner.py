@@ -336,6 +336,10 @@ class ServiceRuntime:
             if scheduler.failure is not None:  # a handler in flight crashed as it stopped
                 raise scheduler.failure
         finally:
+            # The close serves statistics, maybe after run() returned (left to its
+            # thread): an outage they show is not this run's to report or act on.
+            if self._link is not None:
+                self._link.end()
             # A worker still inside a poll (a rebalance callback past the stop's wait)
             # uses the consumer and the DLQ producer: both are left to it, unclosed.
             owned = self._poller is None or self._poller.take_consumer()

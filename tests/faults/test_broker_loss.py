@@ -269,3 +269,51 @@ def test_a_stop_facing_a_silent_coordinator_ends_in_its_bound(
     finally:
         if running.thread.is_alive():
             running.stop()
+
+
+def test_a_close_left_to_its_thread_reports_no_outage_after_the_stop(
+    own_broker: DevBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A close left to its thread still serves the consumer's statistics, which fed the
+    run's cluster link: once the stop had returned, it logged the cluster lost and then
+    `giving up on the cluster` (stopping a service that had stopped already, and failing
+    whichever run of it was in progress)."""
+    import os
+    import signal
+
+    from streamguard.runtime import runner
+
+    monkeypatch.setattr(runner, "CLOSE_WAIT", 1.0)
+    bootstrap = own_broker.bootstrap_servers
+    src = new_topic(bootstrap, partitions=1)
+    _send(bootstrap, src, 0, 5)
+    customers = Customers()
+    orders = customers.service(
+        src,
+        commit_interval=600.0,
+        shutdown_timeout=1.0,
+        revoke_timeout=1.0,
+        broker_silence=1.0,
+        broker_timeout=2.0,
+    )
+    caplog.set_level(logging.INFO, "streamguard.runtime")
+    running = start(orders, bootstrap)
+    try:
+        assert wait_for(lambda: len(customers.ids) == 5)
+        suspend(own_broker.pid)
+        try:
+            running.service.stop()
+            running.thread.join(20)
+            assert not running.thread.is_alive(), "the stop waited for the coordinator"
+            # Past broker_silence and broker_timeout, the broker still away.
+            time.sleep(4.0)
+        finally:
+            os.kill(own_broker.pid or 0, signal.SIGCONT)
+        assert not running.error, running.error
+        events = [r.getMessage() for r in caplog.records]
+        assert "consumer close did not end in time" in caplog.text
+        after = events[events.index("service stopped") :]
+        assert not [e for e in after if "cluster" in e], after
+    finally:
+        if running.thread.is_alive():
+            running.stop()
