@@ -281,8 +281,9 @@ class ConsumerService:
         """Called once the service reached the cluster, before the first poll."""
 
     def on_stop(self) -> None:
-        """Called after the final commit, before the clients close; also when ``run()``
-        ends with an error, so that it can release what ``on_start`` acquired.
+        """Called once the final commit is sent (the consumer's close confirms it),
+        before the clients close; also when ``run()`` ends with an error, so that it can
+        release what ``on_start`` acquired.
 
         When the run is failing, an exception it raises is logged and ``run()`` raises
         the run's own error; after a clean stop, ``run()`` raises the hook's.

@@ -219,6 +219,11 @@ def test_an_async_handler_of_a_lost_partition_is_cancelled(own_broker: DevBroker
     assert not running.error, running.error
 
 
+def closes_ended() -> bool:
+    """Whether every consumer close left to its thread (``streamguard-close``) ended."""
+    return not any(t.name == "streamguard-close" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize("hurried", [False, True], ids=["one-stop", "hurried"])
 def test_a_stop_facing_a_silent_coordinator_ends_in_its_bound(
     own_broker: DevBroker,
@@ -266,6 +271,7 @@ def test_a_stop_facing_a_silent_coordinator_ends_in_its_bound(
         assert "consumer close did not end in time" in caplog.text
         # The commit was not dropped: the close's thread lands it once the broker answers.
         assert wait_for(lambda: committed(bootstrap, f"g-{src}", src) == {0: 5}, timeout=30)
+        assert wait_for(closes_ended, timeout=30)
     finally:
         if running.thread.is_alive():
             running.stop()
@@ -314,6 +320,8 @@ def test_a_close_left_to_its_thread_reports_no_outage_after_the_stop(
         assert "consumer close did not end in time" in caplog.text
         after = events[events.index("service stopped") :]
         assert not [e for e in after if "cluster" in e], after
+        # Not left to the broker's teardown: a close under way as it goes.
+        assert wait_for(closes_ended, timeout=30)
     finally:
         if running.thread.is_alive():
             running.stop()
