@@ -145,6 +145,16 @@ def _close_in_time(consumer: Consumer, hurry: threading.Event, names: Mapping[st
         )
 
 
+class _CommitAnswers:
+    """librdkafka's commit callback of one run's consumer, for that run's committer."""
+
+    committer: Committer | None = None
+
+    def __call__(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if self.committer is not None:
+            self.committer.on_commit(error, partitions)
+
+
 def _close_when_free(
     poller: Poller, publisher: DeadLetterPublisher | None, names: Mapping[str, str]
 ) -> None:
@@ -266,11 +276,14 @@ class ServiceRuntime:
                     self.registry, self.health, self._metrics_host, self._metrics_port
                 )
                 health.start()
+            # This run's: a close left to its thread (see _close_in_time) may serve a
+            # commit's answer while the service runs again, whose committer it is not.
+            commits_answered = _CommitAnswers()
             consumer = Consumer(
                 {
                     **self._with_cluster_link(),
                     "logger": librdkafka_lines,
-                    "on_commit": self._on_commit,
+                    "on_commit": commits_answered,
                 }
             )
             # Built before the cluster is reached, like the consumer: a DLQ setting
@@ -297,6 +310,7 @@ class ServiceRuntime:
             poller, scheduler = self._assemble(
                 consumer, dead_letter_producer, loop, stopping, hurry
             )
+            commits_answered.committer = self._committer
             dead_letter_producer = None  # the publisher's now, released with it
             poller.subscribe()
             try:
@@ -628,10 +642,6 @@ class ServiceRuntime:
         )
         if self._scheduler is not None:
             self._scheduler.fail(error)
-
-    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if self._committer is not None:
-            self._committer.on_commit(error, partitions)
 
     def _connect(
         self,
