@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -465,6 +464,26 @@ def test_a_dead_letter_written_again_is_logged_as_dead_lettered_once(
     assert writes[:2] == [2, 3]
 
 
+def start_until_assigned(
+    start_service: Callable[..., Running], src: str, group: str, **kwargs: Any
+) -> Running:
+    """Run an idle service of ``src`` until it is assigned partitions (its DLQ made or
+    checked by then), and stop it."""
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = group
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    running = start_service(Billing, **kwargs)
+    assert wait_for(lambda: bool(running.service.health()["checks"]["assigned"]))
+    running.stop()
+    assert not running.error
+    return running
+
+
 def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headroom(
     bootstrap: str,
     unique: Callable[[str], str],
@@ -478,25 +497,11 @@ def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headr
     size limit: what is checked is the DLQ's setting, read back from the broker.)
     The log line names the size it set, and no ``max_message_bytes`` when it set none."""
     caplog.set_level(logging.INFO, logger="streamguard")
-
-    def assigned(running: Running) -> bool:
-        return bool(running.service.health()["checks"]["assigned"])
-
     big, plain = unique("orders"), unique("orders")
     create_topics(bootstrap, [big], topic_config={"max.message.bytes": "5242880"})
     create_topics(bootstrap, [plain])
     for src in (big, plain):
-
-        class Billing(sg.ConsumerService):
-            topic = src
-            contract = OrderPlaced
-            group_id = unique("g")
-
-            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
-
-        running = start_service(Billing)
-        assert wait_for(functools.partial(assigned, running))
-        running.stop()
+        start_until_assigned(start_service, src, unique("g"))
     assert max_message_bytes(bootstrap, f"{big}.dlq") == 5242880 + DEAD_LETTER_HEADROOM
     assert max_message_bytes(bootstrap, f"{plain}.dlq") is None
     created = {
@@ -517,24 +522,10 @@ def test_a_dlq_the_service_creates_takes_a_whole_batch_of_its_producer(
     100000 plus the headroom refused every batch of a poison flood, for good. A smaller
     batch.size in dead_letter_config is what the DLQ must take then. (The embedded
     broker enforces no size limit: the DLQ's setting is read back from the broker.)"""
-
-    def assigned(running: Running) -> bool:
-        return bool(running.service.health()["checks"]["assigned"])
-
     default, small = unique("orders"), unique("orders")
     create_topics(bootstrap, [default, small], topic_config={"max.message.bytes": "100000"})
     for src, dlq_config in ((default, {}), (small, {"batch.size": 50000})):
-
-        class Billing(sg.ConsumerService):
-            topic = src
-            contract = OrderPlaced
-            group_id = unique("g")
-
-            def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
-
-        running = start_service(Billing, dead_letter_config=dlq_config)
-        assert wait_for(functools.partial(assigned, running))
-        running.stop()
+        start_until_assigned(start_service, src, unique("g"), dead_letter_config=dlq_config)
     assert max_message_bytes(bootstrap, f"{default}.dlq") == 1_000_000 + DEAD_LETTER_HEADROOM
     assert max_message_bytes(bootstrap, f"{small}.dlq") == 100000 + DEAD_LETTER_HEADROOM
 
@@ -566,18 +557,7 @@ def test_a_dlq_that_exists_smaller_than_the_service_would_make_it_is_warned_of(
     given = {} if source_size is None else {"max.message.bytes": str(source_size)}
     create_topics(bootstrap, [src], topic_config=given)
     create_topics(bootstrap, [f"{src}.dlq"], topic_config={"max.message.bytes": str(dlq_size)})
-
-    class Billing(sg.ConsumerService):
-        topic = src
-        contract = OrderPlaced
-        group_id = unique("g")
-
-        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
-
-    running = start_service(Billing)
-    assert wait_for(lambda: bool(running.service.health()["checks"]["assigned"]))
-    running.stop()
-    assert not running.error
+    start_until_assigned(start_service, src, unique("g"))
     warned = [
         r.__dict__
         for r in caplog.records
