@@ -808,6 +808,8 @@ class ServiceRuntime:
         log.warning(
             "dead-letter topic smaller than the dead letters it may get",
             extra={
+                "service": self.spec.name,
+                "topic": self.spec.topic,
                 "dlq": dlq,
                 "max_message_bytes": size,
                 "needed": needed,

@@ -568,7 +568,10 @@ def test_a_dlq_that_exists_smaller_than_the_service_would_make_it_is_warned_of(
         return
     assert len(warned) == 1
     assert warned[0]["levelname"] == "WARNING"
-    assert (warned[0]["dlq"], warned[0]["max_message_bytes"], warned[0]["needed"]) == (
+    fields = ("service", "topic", "dlq", "max_message_bytes", "needed")
+    assert tuple(warned[0][field] for field in fields) == (
+        "Billing",
+        src,
         f"{src}.dlq",
         dlq_size,
         needed,
