@@ -78,6 +78,8 @@ class DeadLetterPublisher:
         producer: the first producer, if already built; else ``new_producer()``.
         """
         self.topic = spec.dead_letter_topic
+        # Whose DLQ each line is about: a process may run several services.
+        self._names = {"service": spec.name, "topic": spec.topic, "dlq": self.topic}
         self._headers = headers_for(spec)
         self._log = DeadLetterLog(
             log, spec.options.dead_letter_log_rate, service=spec.name, topic=spec.topic
@@ -133,9 +135,7 @@ class DeadLetterPublisher:
         """
         old = self._producer
         self._broken = False
-        log.warning(
-            "replacing the dead-letter producer after a fatal error", extra={"dlq": self.topic}
-        )
+        log.warning("replacing the dead-letter producer after a fatal error", extra=self._names)
         old.purge(in_queue=True, in_flight=True, blocking=False)
         old.flush(0)  # serves the purge reports
         self._producer = self._new_producer()
@@ -181,7 +181,7 @@ class DeadLetterPublisher:
             log.error(
                 "cannot write to the dead-letter topic; pausing every partition, holding "
                 "commits and backing off",
-                extra={"dlq": self.topic, "error": error.str()},
+                extra={**self._names, "error": error.str()},
             )
         self.writable = False
         self.last_error = error.str()
@@ -205,7 +205,7 @@ class DeadLetterPublisher:
                 self._next_retry = now + self._backoff
                 self._backoff = min(self._backoff * 2, self._backoff_max)
         elif not self.writable:
-            log.info("dead-letter topic is writable again", extra={"dlq": self.topic})
+            log.info("dead-letter topic is writable again", extra=self._names)
             self.writable = True
             self._backoff = FIRST_BACKOFF
             self._next_retry = 0.0

@@ -743,7 +743,7 @@ class ServiceRuntime:
             except KafkaException as exc:
                 log.warning(
                     "dead-letter cluster not reachable at start-up; dead letters wait for it",
-                    extra={"dlq": spec.dead_letter_topic, "error": str(exc.args[0].str())},
+                    extra={**self._names(), "error": str(exc.args[0].str())},
                 )
                 return True
         # A dead letter is its record plus sg-dlq-* headers: a DLQ at the broker's default
@@ -775,10 +775,7 @@ class ServiceRuntime:
                     config=admin_config,
                     topic_config=topic_config,
                 )
-                created: dict[str, Any] = {
-                    "dlq": spec.dead_letter_topic,
-                    "bootstrap_servers": servers,
-                }
+                created: dict[str, Any] = {**self._names(), "bootstrap_servers": servers}
                 # Only a size the DLQ was given: with none (the source's could not be
                 # read) it has the broker's default, which a null would not say.
                 if "max.message.bytes" in topic_config:
@@ -788,9 +785,14 @@ class ServiceRuntime:
                 log.warning(
                     "could not create the dead-letter topic; create it before the "
                     "first dead letter",
-                    extra={"dlq": spec.dead_letter_topic, "error": str(exc)},
+                    extra={**self._names(), "error": str(exc)},
                 )
         return True
+
+    def _names(self) -> dict[str, str]:
+        """Whose DLQ a start-up line is about: a process may run several services."""
+        spec = self.spec
+        return {"service": spec.name, "topic": spec.topic, "dlq": spec.dead_letter_topic}
 
     def _check_dead_letter_size(
         self, servers: str, admin_config: Mapping[str, Any], needed: int
@@ -808,9 +810,7 @@ class ServiceRuntime:
         log.warning(
             "dead-letter topic smaller than the dead letters it may get",
             extra={
-                "service": self.spec.name,
-                "topic": self.spec.topic,
-                "dlq": dlq,
+                **self._names(),
                 "max_message_bytes": size,
                 "needed": needed,
                 "command": (

@@ -508,6 +508,7 @@ def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headr
         r.dlq: r.__dict__ for r in caplog.records if r.getMessage() == "created dead-letter topic"
     }
     assert created[f"{big}.dlq"]["max_message_bytes"] == str(5242880 + DEAD_LETTER_HEADROOM)
+    assert (created[f"{big}.dlq"]["service"], created[f"{big}.dlq"]["topic"]) == ("Billing", big)
     assert "max_message_bytes" not in created[f"{plain}.dlq"]
 
 
@@ -1086,5 +1087,10 @@ def test_a_second_signal_stops_waiting_for_dead_letters_the_dlq_has_not_acknowle
     text = logs.read_text()
     assert code == 0, text
     assert took < 8, took
-    assert "dead letters not acknowledged by the DLQ" in text
+    (held,) = [
+        line
+        for line in map(json.loads, text.splitlines())
+        if line["event"].startswith("dead letters not acknowledged by the DLQ")
+    ]
+    assert (held["service"], held["topic"], held["dlq"]) == ("Holding", src, f"{src}.dlq")
     assert committed(bootstrap, group, src) == {0: 1}
