@@ -265,7 +265,7 @@ class Assignment:
             )
         if commit:
             # A stop's is sent asynchronously: the consumer's close waits for it, in a
-            # bound of its own (see runner.close_consumer).
+            # bound of its own (see runner._close_in_time).
             self._committer.commit(lanes, asynchronous=at_close, final=True)
 
     def settle_all(self, clean: bool = False, commit: bool = True) -> None:

@@ -37,8 +37,8 @@ class Committer:
         self._failures = metrics.commit_failures
         self._committed: dict[int, int] = {}
         # Partitions whose last commit was asynchronous and has not been acknowledged
-        # (its callback comes only with a later poll): a synchronous commit, the last
-        # of a revoke or shutdown, sends their offset again rather than count on it.
+        # (its callback comes only with a later poll): a final commit, a revoke's or
+        # the stop's, sends their offset again rather than count on it.
         self._unconfirmed: set[int] = set()
         # Set once the stop's final commit is sent: the callbacks that come after it
         # (in the consumer's close) report failures nothing will retry.
