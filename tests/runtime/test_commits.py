@@ -466,7 +466,7 @@ def test_a_dead_letter_written_again_is_logged_as_dead_lettered_once(
 
 def start_until_assigned(
     start_service: Callable[..., Running], src: str, group: str, **kwargs: Any
-) -> Running:
+) -> None:
     """Run an idle service of ``src`` until it is assigned partitions (its DLQ made or
     checked by then), and stop it."""
 
@@ -481,7 +481,6 @@ def start_until_assigned(
     assert wait_for(lambda: bool(running.service.health()["checks"]["assigned"]))
     running.stop()
     assert not running.error
-    return running
 
 
 def test_a_dlq_the_service_creates_takes_the_source_topics_record_size_and_headroom(
