@@ -196,6 +196,43 @@ class _Failing(_Quiet):
         raise RuntimeError("the ledger's database is not there")
 
 
+def quiet_and(
+    other: type[sg.ConsumerService],
+    name: str,
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    unique: Callable[[str], str],
+) -> list[sg.ConsumerService]:
+    """A quiet service and one of class ``other`` (named ``name``), each on a topic and
+    group of its own."""
+    config: dict[str, Any] = dict(FAST_GROUP)
+    return [
+        type(cls_name, (base,), {"topic": topic_factory(cls_name), "group_id": unique("g")})(
+            bootstrap_servers=bootstrap, kafka_config=config
+        )
+        for cls_name, base in (("Quiet", _Quiet), (name, other))
+    ]
+
+
+def run_services_noting(
+    services: list[sg.ConsumerService], raised: list[BaseException | None]
+) -> threading.Thread:
+    """``run_services`` on a thread of its own (off the main thread: no signal handler),
+    appending the error it raised, or None, to ``raised``."""
+
+    def call() -> None:
+        try:
+            sg.run_services(*services)
+        except BaseException as exc:
+            raised.append(exc)
+        else:
+            raised.append(None)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
 def test_a_failing_service_stops_the_others_and_its_error_is_raised(
     bootstrap: str,
     topic_factory: Callable[..., str],
@@ -204,23 +241,9 @@ def test_a_failing_service_stops_the_others_and_its_error_is_raised(
 ) -> None:
     """Before, a run() that raised on its thread ended that service alone: the process
     ran on, reported ready, and exited 0 at the next SIGTERM."""
-    quiet = type("Quiet", (_Quiet,), {"topic": topic_factory("a"), "group_id": unique("g")})
-    failing = type("Failing", (_Failing,), {"topic": topic_factory("b"), "group_id": unique("g")})
-    config: dict[str, Any] = dict(FAST_GROUP)
-    services = [
-        quiet(bootstrap_servers=bootstrap, kafka_config=config),
-        failing(bootstrap_servers=bootstrap, kafka_config=config),
-    ]
-    raised: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            sg.run_services(*services)
-        except BaseException as exc:
-            raised.append(exc)
-
-    caller = threading.Thread(target=call)  # off the main thread: no signal handler
-    caller.start()
+    services = quiet_and(_Failing, "Failing", bootstrap, topic_factory, unique)
+    raised: list[BaseException | None] = []
+    caller = run_services_noting(services, raised)
     caller.join(60)
     assert not caller.is_alive()
     assert len(raised) == 1
@@ -352,30 +375,13 @@ def test_a_service_that_ended_first_runs_again_in_the_next_run_services(
     stop() came after its run() had returned, so it was its next run's, which then
     returned at once (and a main that called run_services again, as a retry, had the
     others stopped by it at once, for good)."""
-    quiet = type("Quiet", (_Quiet,), {"topic": topic_factory("a"), "group_id": unique("g")})
-    flaky = type("Flaky", (_FailsOnce,), {"topic": topic_factory("b"), "group_id": unique("g")})
-    config: dict[str, Any] = dict(FAST_GROUP)
-    services = [
-        quiet(bootstrap_servers=bootstrap, kafka_config=config),
-        flaky(bootstrap_servers=bootstrap, kafka_config=config),
-    ]
+    services = quiet_and(_FailsOnce, "Flaky", bootstrap, topic_factory, unique)
     raised: list[BaseException | None] = []
-
-    def call() -> None:
-        try:
-            sg.run_services(*services)
-        except BaseException as exc:
-            raised.append(exc)
-        else:
-            raised.append(None)
-
-    first = threading.Thread(target=call)  # off the main thread: no signal handler
-    first.start()
+    first = run_services_noting(services, raised)
     first.join(60)
     assert not first.is_alive()
     assert isinstance(raised.pop(), RuntimeError)
-    again = threading.Thread(target=call)
-    again.start()
+    again = run_services_noting(services, raised)
     try:
         assert wait_for(
             lambda: all(service.health()["checks"]["running"] for service in services),
