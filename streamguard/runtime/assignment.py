@@ -118,8 +118,7 @@ class Assignment:
 
     def names(self) -> dict[str, str]:
         """Whose partitions: the services of one process (one per topic) share a log."""
-        spec = self._pipeline.spec
-        return {"service": spec.name, "topic": spec.topic}
+        return self._pipeline.spec.names()
 
     def inflight(self) -> float:
         """Messages fetched and not final, all partitions (a gauge, read at scrape time)."""

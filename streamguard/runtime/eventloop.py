@@ -205,9 +205,7 @@ class LoopLane(PartitionLane):
             "handler still running after it was cancelled; it may run on beside the "
             "partition's next owner, and its outcome is ignored",
             extra={
-                # Which service: a process may run several (one per topic).
-                "service": self.pipeline.spec.name,
-                "topic": self.pipeline.topic,
+                **self.pipeline.spec.names(),
                 "partition": self.partition,
                 "wait": CANCEL_WAIT,
             },

@@ -287,9 +287,7 @@ class PartitionLane:
                 log.error(
                     "partition lane crashed",
                     extra={
-                        # Which service: a process may run several (one per topic).
-                        "service": self.pipeline.spec.name,
-                        "topic": self.pipeline.topic,
+                        **self.pipeline.spec.names(),
                         "partition": self.partition,
                         "error_class": type(exc).__name__,
                         "traceback": frames(exc),
@@ -455,9 +453,7 @@ class PartitionLane:
                 "handler given up on failed after its partition was settled; "
                 "no dead letter, its message is redelivered",
                 extra={
-                    # Which service: a process may run several (one per topic).
-                    "service": self.pipeline.spec.name,
-                    "topic": self.pipeline.topic,
+                    **self.pipeline.spec.names(),
                     "partition": self.partition,
                     "offset": msg.offset(),
                 },

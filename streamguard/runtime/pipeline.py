@@ -70,7 +70,7 @@ class Pipeline:
         )
         self._subject = spec.contract.__subject__
         # Whose lines: a process may run several services. Only rare lines use it.
-        self._names = {"service": spec.name, "topic": spec.topic}
+        self._names = spec.names()
         # A drift check of a record without the contract's fingerprint parses its value
         # for unknown fields (a validation's cost), so "count" checks the first message
         # of each batch that decodes and every drift_sample-th after it: every message

@@ -357,7 +357,7 @@ class ServiceRuntime:
             # A worker still inside a poll (a rebalance callback past the stop's wait)
             # uses the consumer and the DLQ producer: both are left to it, unclosed.
             owned = self._poller is None or self._poller.take_consumer()
-            names = {"service": spec.name, "topic": spec.topic}
+            names = spec.names()
             if consumer is not None and not owned:
                 # A close() under the poll could crash the process: closed once it ends.
                 log.error(
@@ -634,11 +634,7 @@ class ServiceRuntime:
         )
         log.error(
             "giving up on the cluster",
-            extra={
-                "service": self.spec.name,
-                "topic": self.spec.topic,
-                "away_seconds": round(away, 1),
-            },
+            extra={**self.spec.names(), "away_seconds": round(away, 1)},
         )
         if self._scheduler is not None:
             self._scheduler.fail(error)
@@ -791,8 +787,7 @@ class ServiceRuntime:
 
     def _names(self) -> dict[str, str]:
         """Whose DLQ a start-up line is about: a process may run several services."""
-        spec = self.spec
-        return {"service": spec.name, "topic": spec.topic, "dlq": spec.dead_letter_topic}
+        return {**self.spec.names(), "dlq": self.spec.dead_letter_topic}
 
     def _check_dead_letter_size(
         self, servers: str, admin_config: Mapping[str, Any], needed: int

@@ -50,6 +50,11 @@ class ServiceSpec:
     ordering: Ordering = "partition"
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
+    def names(self) -> dict[str, str]:
+        """Its service and topic, for the log lines of one service: a process may run
+        several (one per topic), and each line must say whose it is."""
+        return {"service": self.name, "topic": self.topic}
+
     @property
     def on_event_loop(self) -> bool:
         """True when handlers run on the event loop: an ``async def`` handler, or

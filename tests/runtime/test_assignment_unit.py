@@ -38,7 +38,7 @@ def _assignment(events: list[str], rebalanced: Callable[[str], None] | None = No
         abandon_by=lambda deadline: None,
     )
     return Assignment(
-        SimpleNamespace(spec=SimpleNamespace(name="Svc", topic="t")),  # type: ignore[arg-type]
+        SimpleNamespace(spec=SimpleNamespace(names=lambda: {"service": "Svc", "topic": "t"})),  # type: ignore[arg-type]
         publisher,  # type: ignore[arg-type]
         sg.ServiceOptions(),
         flow,  # type: ignore[arg-type]
