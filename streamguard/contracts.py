@@ -14,7 +14,7 @@ import json
 from functools import cache
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from streamguard.errors import ConfigurationError
 
@@ -46,7 +46,15 @@ class Contract(BaseModel):
     A subclass meant only as a shared base sets ``__abstract__ = True``. Nested models
     may be plain pydantic models. Strictness and unknown-field handling are pydantic's
     own ``model_config`` (``strict=True``, ``extra="forbid"``), set per contract.
+
+    JSON parsing caches only object keys (``cache_strings="keys"``), where pydantic
+    caches every short string: an event's values (ids, timestamps) rarely repeat, so
+    caching them cost about 5% of validation's CPU and held 1.1 MiB for nothing
+    (docs/benchmark-notes.md, *String cache*). A contract whose values do repeat can
+    set ``model_config = ConfigDict(cache_strings="all")``.
     """
+
+    model_config = ConfigDict(cache_strings="keys")
 
     __subject__: ClassVar[str]
     __version__: ClassVar[int]

@@ -70,6 +70,10 @@ def test_peers_and_json_loops_validate_with_a_twin_of_the_contract(
 
     assert events.OrderPlaced.model_json_schema() == OrderPlaced.model_json_schema()
     assert dict(CONSUMER_DEFAULTS) == TUNED
+    # The tuned loop's twin parses as a contract does.
+    cache = OrderPlaced.model_config["cache_strings"]
+    assert events.TunedOrderPlaced.model_config["cache_strings"] == cache
+    assert events.OrderPlaced.model_config.get("cache_strings", True) != cache
     valid = dataset.json_value(7)
     twin = events.OrderPlaced.model_validate_json(valid)
     assert twin.model_dump() == OrderPlaced.model_validate_json(valid).model_dump()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import streamguard as sg
 from streamguard.contracts import strip_documentation
@@ -133,6 +133,30 @@ def test_nested_plain_models_validate() -> None:
     )
     assert event.address == Address(street="Main St 1", city="Graz")
     assert "Address" in CustomerRegistered.json_schema()["$defs"]
+
+
+def test_json_parsing_caches_only_keys_unless_a_contract_says_otherwise() -> None:
+    """Contracts cache object keys, not values, when parsing JSON; a contract's own
+    model_config keeps that, and may set another cache."""
+
+    class Strict(sg.Contract):
+        __subject__ = "x.Strict"
+        __version__ = 1
+        model_config = ConfigDict(strict=True, extra="forbid")
+        name: str
+
+    class Repetitive(sg.Contract):
+        __subject__ = "x.Repetitive"
+        __version__ = 1
+        model_config = ConfigDict(cache_strings="all")
+        status: str
+
+    assert CustomerRegistered.model_config["cache_strings"] == "keys"
+    assert Strict.model_config == {"cache_strings": "keys", "strict": True, "extra": "forbid"}
+    assert Repetitive.model_config["cache_strings"] == "all"
+    # The schema, and so the fingerprint, does not see it.
+    assert "cache" not in str(Strict.json_schema())
+    assert Strict.model_validate_json(b'{"name":"a"}').name == "a"
 
 
 def test_fingerprint_is_stable_for_the_same_definition() -> None:

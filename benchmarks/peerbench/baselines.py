@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from peerbench.events import OrderPlaced
+from peerbench.events import OrderPlaced, TunedOrderPlaced
 from peerbench.kafka import FAST_JOIN, POLL_TIMEOUT, fetch_wait
 from peerbench.registry import Run, contender
 
@@ -71,12 +71,12 @@ def loop_untuned(run: Run) -> None:
 
 @contender(
     "loop-tuned",
-    "confluent-kafka loop + model_validate_json, streamguard's librdkafka settings",
+    "confluent-kafka loop + model_validate_json, streamguard's librdkafka and parse settings",
     modes=("throughput", "latency"),
     tags=("baseline",),
 )
 def loop_tuned(run: Run) -> None:
-    consume_loop(run, tuned_config(run), OrderPlaced.model_validate_json)
+    consume_loop(run, tuned_config(run), TunedOrderPlaced.model_validate_json)
 
 
 @contender(
