@@ -300,11 +300,12 @@ def _classify_anew(
 
 def _parsed(record: Any) -> Any:
     """The values of a record: JSON bytes parsed (pydantic parsed them already, so
-    they parse), an Avro record as it is."""
+    they parse), an Avro record as it is. Keys alone are cached, as a contract's own
+    parse does: a flood of distinct violations would fill the cache with values."""
     if not isinstance(record, bytes):
         return record
     try:
-        return from_json(record)
+        return from_json(record, cache_strings="keys")
     except ValueError:
         return None
 

@@ -504,6 +504,18 @@ def test_the_first_values_of_an_input_are_the_ones_parsed() -> None:
     assert "2031-01-01" not in str(info.value) + info.value.errors_json().decode()
 
 
+def test_a_violations_record_is_parsed_caching_keys_only() -> None:
+    """The record parsed for a validator's message caches its keys alone, as the
+    contract's own parse does: a flood of distinct violations keeps its values out of
+    the process's string cache."""
+    from streamguard.codecs import _parsed
+
+    first, second = (_parsed(b'{"name":"customer-7"}') for _ in range(2))
+    assert first == second == {"name": "customer-7"}
+    assert first["name"] is not second["name"]
+    assert next(iter(first)) is next(iter(second))
+
+
 def test_tombstone_is_a_decode_error(decode: Callable[[bytes | None], OrderPlaced]) -> None:
     """A record without a value (a tombstone) is a decode error, not a crash."""
     with pytest.raises(sg.DecodeError, match="tombstone") as info:
