@@ -253,8 +253,7 @@ class Assignment:
                 "dead letters not acknowledged by the DLQ; their messages stay uncommitted "
                 "and will be delivered again",
                 extra={
-                    **self.names(),
-                    "dlq": publisher.topic,
+                    **self._pipeline.spec.dead_letter_names(),
                     "partitions": [part for part, count in held if count],
                     "dead_letters": sum(count for _, count in held),
                     "error": "not acknowledged in time"

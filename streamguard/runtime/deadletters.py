@@ -79,7 +79,7 @@ class DeadLetterPublisher:
         """
         self.topic = spec.dead_letter_topic
         # Whose DLQ each line is about: a process may run several services.
-        self._names = {**spec.names(), "dlq": self.topic}
+        self._names = spec.dead_letter_names()
         self._headers = headers_for(spec)
         self._log = DeadLetterLog(
             log, spec.options.dead_letter_log_rate, service=spec.name, topic=spec.topic

@@ -320,12 +320,7 @@ class ServiceRuntime:
                 raise
             log.info(
                 "service started",
-                extra={
-                    "service": spec.name,
-                    "topic": spec.topic,
-                    "group": spec.group_id,
-                    "dlq": spec.dead_letter_topic,
-                },
+                extra={**spec.dead_letter_names(), "group": spec.group_id},
             )
             # Said, or the time until the group's first rebalance (half of librdkafka's
             # 45 s session timeout on the embedded broker) looked like a hang.
@@ -739,7 +734,7 @@ class ServiceRuntime:
             except KafkaException as exc:
                 log.warning(
                     "dead-letter cluster not reachable at start-up; dead letters wait for it",
-                    extra={**self._names(), "error": str(exc.args[0].str())},
+                    extra={**self.spec.dead_letter_names(), "error": str(exc.args[0].str())},
                 )
                 return True
         # A dead letter is its record plus sg-dlq-* headers: a DLQ at the broker's default
@@ -771,7 +766,10 @@ class ServiceRuntime:
                     config=admin_config,
                     topic_config=topic_config,
                 )
-                created: dict[str, Any] = {**self._names(), "bootstrap_servers": servers}
+                created: dict[str, Any] = {
+                    **self.spec.dead_letter_names(),
+                    "bootstrap_servers": servers,
+                }
                 # Only a size the DLQ was given: with none (the source's could not be
                 # read) it has the broker's default, which a null would not say.
                 if "max.message.bytes" in topic_config:
@@ -781,13 +779,9 @@ class ServiceRuntime:
                 log.warning(
                     "could not create the dead-letter topic; create it before the "
                     "first dead letter",
-                    extra={**self._names(), "error": str(exc)},
+                    extra={**self.spec.dead_letter_names(), "error": str(exc)},
                 )
         return True
-
-    def _names(self) -> dict[str, str]:
-        """Whose DLQ a start-up line is about: a process may run several services."""
-        return {**self.spec.names(), "dlq": self.spec.dead_letter_topic}
 
     def _check_dead_letter_size(
         self, servers: str, admin_config: Mapping[str, Any], needed: int
@@ -805,7 +799,7 @@ class ServiceRuntime:
         log.warning(
             "dead-letter topic smaller than the dead letters it may get",
             extra={
-                **self._names(),
+                **self.spec.dead_letter_names(),
                 "max_message_bytes": size,
                 "needed": needed,
                 "command": (

@@ -55,6 +55,10 @@ class ServiceSpec:
         several (one per topic), and each line must say whose it is."""
         return {"service": self.name, "topic": self.topic}
 
+    def dead_letter_names(self) -> dict[str, str]:
+        """``names()`` and its DLQ, for the lines about the service's dead letters."""
+        return {**self.names(), "dlq": self.dead_letter_topic}
+
     @property
     def on_event_loop(self) -> bool:
         """True when handlers run on the event loop: an ``async def`` handler, or
