@@ -123,7 +123,7 @@ def measure(
         except sg.ContractViolation as exc:
             failures.append(Failure("contract_violation", exc))
     build = headers_for(pipe.spec)
-    quiet = DeadLetterLog(logging.getLogger("dlqpath"))
+    quiet = DeadLetterLog(logging.getLogger("dlqpath"), **pipe.spec.names())
 
     def decode_all() -> None:
         for v in values:
