@@ -7,6 +7,7 @@ message headers, which are untrusted input.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -59,6 +60,42 @@ def dead_letter_max_message_bytes(
         int(producer_config.get("message.max.bytes", MAX_RECORD_BYTES)),
     )
     return max(source_limit or 0, batch) + DEAD_LETTER_HEADROOM
+
+
+def warn_if_dead_letter_topic_small(
+    log: logging.Logger,
+    names: Mapping[str, Any],
+    bootstrap_servers: str,
+    size: int | None,
+    needed: int,
+) -> None:
+    """Warn, with the command that raises it, when an existing DLQ takes ``size`` bytes,
+    less than the ``needed`` it would have been created with: the first flood of dead
+    letters would then stall the consumer. One line for a ``ConsumerService`` and a
+    guarded agent alike.
+
+    Not a refusal to start: an operator may know the records to be small. A DLQ whose
+    setting could not be read (``size`` None: no ``DescribeConfigs``, no answer) is not
+    warned of.
+
+    Args:
+        names: the consumer's ``service``, ``topic`` and ``dlq``.
+    """
+    if size is None or size >= needed:
+        return
+    log.warning(
+        "dead-letter topic smaller than the dead letters it may get",
+        extra={
+            **names,
+            "max_message_bytes": size,
+            "needed": needed,
+            "command": (
+                f"kafka-configs.sh --bootstrap-server {bootstrap_servers} --alter "
+                f"--entity-type topics --entity-name {names['dlq']} --add-config "
+                f"max.message.bytes={needed}"
+            ),
+        },
+    )
 
 
 def dead_letter_topic_for(topic: str) -> str:
@@ -166,6 +203,11 @@ def max_message_bytes(
         return None
     finally:
         admin.poll(0)  # its log lines, as in create_topics
-    if entry is None or entry.value is None or not str(entry.value).isdigit():
+    return None if entry is None else message_bytes_value(entry.value)
+
+
+def message_bytes_value(value: object) -> int | None:
+    """A described ``max.message.bytes`` as a number, or None when it is not one."""
+    if value is None or not str(value).isdigit():
         return None
-    return int(entry.value)
+    return int(str(value))

@@ -216,6 +216,8 @@ def _logged_events(package: str = "runtime") -> set[str]:
         sources += [ROOT / "streamguard" / "deadletter.py", ROOT / "streamguard" / "headers.py"]
         # The drift check of Confluent-framed records, on the runtime's logger.
         sources.append(ROOT / "streamguard" / "registry" / "drift.py")
+        # The DLQ size warning, which guarded Faust agents write too.
+        sources.append(ROOT / "streamguard" / "topics.py")
     events = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):

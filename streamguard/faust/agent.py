@@ -29,7 +29,10 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from aiokafka.admin.config_resource import ConfigResourceType
+from aiokafka.protocol.admin import DescribeConfigsRequest
 from faust.agents import Agent
+from faust.transport.drivers.aiokafka import server_list
 from faust.types import ChannelT
 from prometheus_client import CollectorRegistry
 
@@ -46,7 +49,13 @@ from streamguard.runtime.context import MessageContext
 from streamguard.runtime.drift import DRIFT_SAMPLE, DriftCheck
 from streamguard.runtime.outcomes import RetryLog, RetryState
 from streamguard.runtime.spec import async_only_inside, check_handler, is_async
-from streamguard.topics import check_default_dead_letter_topic, check_topic_name
+from streamguard.topics import (
+    check_default_dead_letter_topic,
+    check_topic_name,
+    dead_letter_max_message_bytes,
+    message_bytes_value,
+    warn_if_dead_letter_topic_small,
+)
 
 log = logging.getLogger("streamguard.faust")
 
@@ -136,6 +145,34 @@ class _RevokeCommit:
 
 
 _REVOKE_COMMITS: weakref.WeakKeyDictionary[Any, _RevokeCommit] = weakref.WeakKeyDictionary()
+
+# Faust's port for a ``kafka://`` URL that names none.
+DEFAULT_KAFKA_PORT = 9092
+# How long a topic's description may take at startup, as for a ConsumerService
+# (runner.DLQ_CREATE_WAIT).
+DESCRIBE_WAIT = 5.0
+
+
+async def _max_message_bytes(client: Any, topic: str) -> int | None:
+    """``topics.max_message_bytes`` asked through the app's own aiokafka ``client``:
+    None when the description gives none or cannot be read (no ``DescribeConfigs``, no
+    answer within ``DESCRIBE_WAIT``)."""
+    # Every setting of the topic: a request for one by name made the embedded broker
+    # (Tansu) close the connection, the app producer's.
+    request = DescribeConfigsRequest([(ConfigResourceType.TOPIC, topic, None)])
+    try:
+        response = await asyncio.wait_for(
+            client.send(client.get_random_node(), request), DESCRIBE_WAIT
+        )
+        ((error, _, _, _, entries),) = response.resources
+    except Exception:
+        return None
+    if error:
+        return None
+    return next(
+        (message_bytes_value(entry[1]) for entry in entries if entry[0] == "max.message.bytes"),
+        None,
+    )
 
 
 def _metrics_for(registry: CollectorRegistry) -> ServiceMetrics:
@@ -322,6 +359,7 @@ class GuardedAgent:
         self._partition_buffer = partition_buffer
         self._lanes: dict[int, Lane] = {}
         self._dlq_declared: asyncio.Future[None] | None = None
+        self._dlq_size_checked = False
         self._handled = self.metrics.messages.labels(topic, "handled")
         self._dead_lettered = self.metrics.messages.labels(topic, "dead_lettered")
         self._retries = self.metrics.retries.labels(topic)
@@ -445,14 +483,31 @@ class GuardedAgent:
     # -- the dead-letter topic -----------------------------------------------------------
 
     async def _declare_dead_letter_topic(self) -> None:
-        """Create the DLQ topic at startup, with the source's partition count: a send to
-        a missing topic would wait for metadata forever."""
+        """Create the DLQ topic at startup, with the source's partition count (a send to
+        a missing topic would wait for metadata forever) and, as a ``ConsumerService``
+        does, a ``max.message.bytes`` that takes a dead letter of the source's largest
+        record: at the broker's default, one such record would hold its partition. An
+        existing DLQ that takes less is warned of, once."""
         partitions = await self._source_partitions()
+        client = await self._cluster_client()
+        source_limit = None if client is None else await _max_message_bytes(client, self.topic)
+        conf = self.app.conf
+        # The DLQ producer is the app's aiokafka one: its batches, as librdkafka's, are
+        # never split when the broker refuses them as too large.
+        needed = dead_letter_max_message_bytes(
+            source_limit,
+            {
+                "batch.size": conf.producer_max_batch_size,
+                "message.max.bytes": conf.producer_max_request_size,
+            },
+        )
         topic = self.app.topic(
             self.dead_letter_topic,
             partitions=partitions,
             key_serializer="raw",
             value_serializer="raw",
+            # With no source limit, the broker's default, as a ConsumerService leaves it.
+            config=None if source_limit is None else {"max.message.bytes": str(needed)},
         )
         try:
             await topic.maybe_declare()
@@ -462,6 +517,27 @@ class GuardedAgent:
                 "could not create the dead-letter topic; create it before the first dead letter",
                 extra={"dlq": self.dead_letter_topic, "error": str(exc)},
             )
+            return
+        if client is None or self._dlq_size_checked:  # a restarted actor: said already
+            return
+        self._dlq_size_checked = True
+        # Faust leaves an existing topic as it is: one made smaller than this is read back.
+        size = await _max_message_bytes(client, self.dead_letter_topic)
+        servers = ",".join(server_list(conf.broker, DEFAULT_KAFKA_PORT))
+        names = {**self.names, "dlq": self.dead_letter_topic}
+        warn_if_dead_letter_topic_small(log, names, servers, size, needed)
+
+    async def _cluster_client(self) -> Any:
+        """The aiokafka client of the app's producer, started, or None (another driver).
+
+        It reaches the cluster as the app does, with its ``broker_credentials``, and
+        asks without blocking the event loop. A private attribute of Faust's aiokafka
+        driver, looked up defensively.
+        """
+        producer = self.app.producer
+        with contextlib.suppress(Exception):  # stopping, or the cluster does not answer
+            await producer.maybe_start()
+        return getattr(getattr(producer, "_producer", None), "client", None)
 
     async def _source_partitions(self) -> int | None:
         """The source topic's partition count, or None (Faust's default) if unknown.

@@ -46,6 +46,7 @@ from streamguard.topics import (
     create_topics,
     dead_letter_max_message_bytes,
     max_message_bytes,
+    warn_if_dead_letter_topic_small,
 )
 
 if TYPE_CHECKING:
@@ -787,27 +788,10 @@ class ServiceRuntime:
         self, servers: str, admin_config: Mapping[str, Any], needed: int
     ) -> None:
         """Warn once when the existing DLQ takes less than the service would have made
-        it with: the first flood of dead letters would then stall the service.
-
-        Not a refusal to start: an operator may know the records to be small. A DLQ
-        whose setting cannot be read (no ``DescribeConfigs``, no answer) is not warned of.
-        """
+        it with (``warn_if_dead_letter_topic_small``)."""
         dlq = self.spec.dead_letter_topic
         size = max_message_bytes(servers, dlq, config=admin_config, timeout=DLQ_CREATE_WAIT)
-        if size is None or size >= needed:
-            return
-        log.warning(
-            "dead-letter topic smaller than the dead letters it may get",
-            extra={
-                **self.spec.dead_letter_names(),
-                "max_message_bytes": size,
-                "needed": needed,
-                "command": (
-                    f"kafka-configs.sh --bootstrap-server {servers} --alter --entity-type "
-                    f"topics --entity-name {dlq} --add-config max.message.bytes={needed}"
-                ),
-            },
-        )
+        warn_if_dead_letter_topic_small(log, self.spec.dead_letter_names(), servers, size, needed)
 
     def _install_signal_handlers(
         self, stopping: threading.Event, hurry: threading.Event

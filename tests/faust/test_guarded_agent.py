@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import streamguard as sg
 from streamguard.demo.contracts import OrderPlaced
 from streamguard.faust import guarded_agent
 from streamguard.faust import lane as lane_module
+from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
 from tests.faust.conftest import run_app, until
 from tests.runtime.conftest import Running, committed, order
 
@@ -779,6 +781,104 @@ def test_dead_letter_topic_takes_the_source_partition_count_without_the_group_jo
 
     run_app(app, scenario)
     assert partitions_of(bootstrap, f"{src}.dlq") == 3
+
+
+def test_the_dead_letter_topic_takes_a_dead_letter_of_the_sources_largest_record(
+    bootstrap: str,
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+) -> None:
+    """A dead letter is its record plus the sg-dlq-* headers: the DLQ of a source that
+    takes 5 MiB records is created with the source's max.message.bytes plus their room,
+    as a ConsumerService's. Before, Faust created it at the broker's default, and the
+    dead letter of one large record held its partition for good. A source whose limit is
+    the broker's default leaves the DLQ's at it too. (The embedded broker enforces no
+    size limit: the setting is read back from the broker.)"""
+    big, plain = unique("orders"), unique("orders")
+    create_topics(bootstrap, [big], topic_config={"max.message.bytes": "5242880"})
+    create_topics(bootstrap, [plain])
+    app = make_app()
+    agents = []
+    for src in (big, plain):
+
+        @guarded_agent(app, src, contract=OrderPlaced, name=f"bill-{src}")
+        async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+            return None
+
+        agents.append(bill)
+
+    async def scenario() -> None:
+        assert await until(lambda: all(a._dlq_declared is not None for a in agents), 20)
+        for agent in agents:
+            await asyncio.wait_for(agent.dead_letter_topic_ready(), 30)
+
+    run_app(app, scenario)
+    assert max_message_bytes(bootstrap, f"{big}.dlq") == 5242880 + DEAD_LETTER_HEADROOM
+    assert partitions_of(bootstrap, f"{plain}.dlq") == 1
+    assert max_message_bytes(bootstrap, f"{plain}.dlq") is None
+
+
+@pytest.mark.parametrize(
+    ("source_size", "dlq_size", "needed"),
+    [
+        # Below a batch of the app's aiokafka producer (producer_max_batch_size, 16384).
+        (None, 100_000, 16_384 + DEAD_LETTER_HEADROOM),
+        (5_242_880, 1_100_000, 5_242_880 + DEAD_LETTER_HEADROOM),  # below the source's
+        (5_242_880, 5_242_880 + DEAD_LETTER_HEADROOM, None),  # what the agent would make
+    ],
+)
+def test_a_dead_letter_topic_that_exists_smaller_than_needed_is_warned_of(
+    bootstrap: str,
+    unique: Callable[[str], str],
+    make_app: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    source_size: int | None,
+    dlq_size: int,
+    needed: int | None,
+) -> None:
+    """Faust leaves an existing DLQ as it is, and nothing looked at its size: one too
+    small for the source's records stalled a partition at its first large dead letter.
+    The agent now warns once, as a ConsumerService does, with the command that raises
+    it; it starts anyway."""
+    caplog.set_level(logging.INFO, logger="streamguard.faust")
+    src = unique("orders")
+    given = {} if source_size is None else {"max.message.bytes": str(source_size)}
+    create_topics(bootstrap, [src], topic_config=given)
+    create_topics(bootstrap, [f"{src}.dlq"], topic_config={"max.message.bytes": str(dlq_size)})
+    app = make_app()
+
+    @guarded_agent(app, src, contract=OrderPlaced, name="Billing")
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    async def scenario() -> None:
+        assert await until(lambda: bill._dlq_declared is not None, 20)
+        await asyncio.wait_for(bill.dead_letter_topic_ready(), 30)
+
+    run_app(app, scenario)
+    warned = [
+        r.__dict__
+        for r in caplog.records
+        if r.getMessage() == "dead-letter topic smaller than the dead letters it may get"
+    ]
+    assert max_message_bytes(bootstrap, f"{src}.dlq") == dlq_size  # not resized
+    if needed is None:
+        assert warned == []
+        return
+    assert len(warned) == 1
+    assert warned[0]["levelname"] == "WARNING"
+    fields = ("service", "topic", "dlq", "max_message_bytes", "needed")
+    assert tuple(warned[0][field] for field in fields) == (
+        "Billing",
+        src,
+        f"{src}.dlq",
+        dlq_size,
+        needed,
+    )
+    assert warned[0]["command"] == (
+        f"kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
+        f"--entity-name {src}.dlq --add-config max.message.bytes={needed}"
+    )
 
 
 def partitions_of(bootstrap: str, topic: str) -> int:
