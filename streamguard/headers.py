@@ -81,6 +81,9 @@ def read(record: Record) -> list[tuple[str, bytes | None]]:
             log.warning(
                 "record headers unreadable (a header key that is not UTF-8); going on without them",
                 extra={
+                    # No service: this function is not told whose record it reads (a
+                    # parameter would be passed on every record's read, for this line).
+                    "topic": record.topic(),
                     "partition": record.partition(),
                     "offset": record.offset(),
                     "error": type(exc.__cause__ or exc).__name__,

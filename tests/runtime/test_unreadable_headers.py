@@ -9,6 +9,7 @@ the retry, on every restart.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -67,10 +68,19 @@ def test_a_header_key_that_is_not_utf8_neither_crashes_nor_loops(
     start_service: Callable[..., Running],
     send_orders: Callable[..., None],
     read_all: Callable[..., list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
     kind: str,
 ) -> None:
     """Invalid input is dead-lettered (without the headers nobody can read), a valid
-    event is handled, and the service goes on to the next record."""
+    event is handled, and the service goes on to the next record. The warning names
+    the record's topic, as a process may run several services."""
+    from streamguard import headers as h
+    from streamguard.observe.untrusted import LogBudget
+
+    # A budget of this test's own: another test's lines must not have spent it.
+    monkeypatch.setattr(h, "_unreadable_lines", LogBudget())
+    caplog.set_level(logging.WARNING, logger="streamguard")
     src = topic_factory("orders")
     produce_with_a_bad_header_key(
         bootstrap, src, ["not json", order(1).model_dump_json(), order(2).model_dump_json()]
@@ -100,6 +110,9 @@ def test_a_header_key_that_is_not_utf8_neither_crashes_nor_loops(
     assert [k for k, _ in dead.headers() if not k.startswith("sg-dlq-")] == []
     assert running.thread.is_alive()
     assert running.error == []
+    lines = [r for r in caplog.records if r.getMessage().startswith("record headers unreadable")]
+    assert lines
+    assert {(r.__dict__["topic"], r.__dict__["partition"]) for r in lines} == {(src, 0)}
 
 
 def test_the_dlq_tools_read_a_record_whose_header_key_is_not_utf8(
@@ -127,6 +140,9 @@ class _Unreadable:
 
     def set_headers(self, headers: list[Any]) -> None: ...
 
+    def topic(self) -> str:
+        return "orders"
+
     def partition(self) -> int:
         return 0
 
@@ -140,8 +156,6 @@ def test_a_flood_of_unreadable_headers_logs_a_few_lines(
     """Any producer may write such a key on every record: at most LogBudget's rate of
     warnings, the later ones counting the lines skipped, not one line per record (a
     flood of 4,000 records logged 2,016)."""
-    import logging
-
     from streamguard import headers as h
     from streamguard.observe.untrusted import LogBudget
 
@@ -153,6 +167,7 @@ def test_a_flood_of_unreadable_headers_logs_a_few_lines(
     lines = [r for r in caplog.records if r.getMessage().startswith("record headers unreadable")]
     assert len(lines) == 10
     assert [r.not_logged for r in lines] == [0] * 10
+    assert {r.__dict__["topic"] for r in lines} == {"orders"}
     now[0] = 60.0  # the next window
     assert h.read(_Unreadable(500)) == []
     last = [r for r in caplog.records if r.getMessage().startswith("record headers unreadable")]
