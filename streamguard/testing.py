@@ -358,7 +358,7 @@ class ServiceHarness(Generic[S]):
                     log.error(
                         "on_stop failed; the harness raises the error that ended its block",
                         extra={
-                            "service": self.spec.name,
+                            **self.spec.names(),
                             "error_class": type(error).__name__,
                             "traceback": frames(error),
                         },

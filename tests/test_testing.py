@@ -844,7 +844,8 @@ def test_an_on_stop_error_does_not_hide_the_error_that_ended_the_block(
     service = Leaky if kind == "sync" else AsyncLeaky
     with pytest.raises(KeyboardInterrupt), ServiceHarness(service) as kit:
         kit.send(order(1))
-    assert "on_stop failed" in caplog.text
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("on_stop failed")]
+    assert (logged.service, logged.topic) == (service.__name__, "orders-kit")  # type: ignore[attr-defined]
     assert "pool already closed" not in caplog.text
     with pytest.raises(RuntimeError, match="pool already closed"), ServiceHarness(service):
         pass  # a clean block still raises on_stop's error, as a clean stop does

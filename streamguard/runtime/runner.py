@@ -328,7 +328,7 @@ class ServiceRuntime:
             log.info(
                 "waiting for partitions from the group",
                 extra={
-                    "service": spec.name,
+                    **spec.names(),
                     "group": spec.group_id,
                     # A number in the line, also when -X gave it as text.
                     "session_timeout_ms": int(
@@ -385,7 +385,7 @@ class ServiceRuntime:
             dead_letter_producer = None
             if restore is not None:
                 restore()
-            log.info("service stopped", extra={"service": spec.name})
+            log.info("service stopped", extra=names)
             # This run's stop request is spent: a stop() from here on is the next run's.
             self._stopping = threading.Event()
             self._running = False
@@ -444,7 +444,7 @@ class ServiceRuntime:
             log.error(
                 "on_stop failed; run() raises the error that ended the run",
                 extra={
-                    "service": self.spec.name,
+                    **self.spec.names(),
                     "error_class": type(exc).__name__,
                     "traceback": frames(exc),
                 },
@@ -658,7 +658,7 @@ class ServiceRuntime:
         log.info(
             "connecting to the cluster",
             extra={
-                "service": spec.name,
+                **spec.names(),
                 "bootstrap_servers": self.consumer_config["bootstrap.servers"],
                 "startup_timeout": timeout,
             },
@@ -682,7 +682,7 @@ class ServiceRuntime:
                     log.warning(
                         "stopped before reaching the cluster",
                         extra={
-                            "service": spec.name,
+                            **spec.names(),
                             "bootstrap_servers": self.consumer_config["bootstrap.servers"],
                             "waited_seconds": round(timeout - (deadline - time.monotonic()), 1),
                         },

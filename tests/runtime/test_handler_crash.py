@@ -243,7 +243,7 @@ def test_a_failing_on_stop_never_hides_the_error_that_ended_the_run(
         assert logged == []
     else:
         assert [type(e) for e in running.error] == [KeyboardInterrupt]
-        assert [r.service for r in logged] == ["Billing"]  # type: ignore[attr-defined]
+        assert [(r.service, r.topic) for r in logged] == [("Billing", src)]  # type: ignore[attr-defined]
         assert logged[0].error_class == "HookFailed"  # type: ignore[attr-defined]
         assert "on_stop" in logged[0].traceback  # type: ignore[attr-defined]
         # The hook's text is not logged: it may quote a record the hook held.

@@ -728,12 +728,13 @@ def test_streamguard_run_against_an_unreachable_cluster_says_what_it_waits_for()
     all at once."""
     with refusing_port() as down:
         address = f"127.0.0.1:{port_of(down)}"
-        process = _run_against(address, SG_TEST_STARTUP_TIMEOUT="3")
+        process = _run_against(address, SG_TEST_STARTUP_TIMEOUT="3", SG_TEST_TOPIC="orders-up")
         _, err = process.communicate(timeout=60)
     lines = err.decode().splitlines()
     assert process.returncode == 1, lines
     assert "connecting to the cluster" in lines[0], lines
     assert f"bootstrap_servers={address}" in lines[0]
+    assert "service=Recorder topic=orders-up " in lines[0]  # whose: a process may run several
     assert lines[-1].startswith(
         f"streamguard: BrokerUnavailable: could not reach Kafka at {address}"
     )
@@ -923,7 +924,7 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
 
     down = refusing_port()
     address = f"127.0.0.1:{port_of(down)}"
-    process = _run_against(address)
+    process = _run_against(address, SG_TEST_TOPIC="orders-up")
     try:
         # Signal only once it waits for the cluster: its Kafka client exists (librdkafka's
         # threads are named rdk:*), so its SIGTERM handler is in place. Any earlier, and
@@ -946,6 +947,7 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
     lines = err.decode().splitlines()
     (stopped,) = [line for line in lines if "stopped before reaching the cluster" in line]
     assert f"bootstrap_servers={address}" in stopped
+    assert "service=Recorder topic=orders-up " in stopped  # whose: a process may run several
     # Then "service stopped"; a client closed last may still count its collapsed lines.
     after = [line for line in lines[lines.index(stopped) + 1 :] if "not shown" not in line]
     assert ["service stopped" in line for line in after] == [True], lines

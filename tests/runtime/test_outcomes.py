@@ -205,11 +205,15 @@ def test_a_group_id_given_in_kafka_config_is_the_one_dead_letters_and_logs_name(
     waiting = caplog.records[messages.index("service started") + 1]
     assert waiting.getMessage() == "waiting for partitions from the group"
     assert waiting.group == group  # type: ignore[attr-defined]
+    # Whose: a process may run several services, some on one topic.
+    assert (waiting.service, waiting.topic) == ("Billing", src)  # type: ignore[attr-defined]
     # A number, however it was given: "2000" from -X, 45000 by default, in one JSON type.
     assert waiting.session_timeout_ms == 2000  # type: ignore[attr-defined]
     assert messages.index("partitions assigned") > messages.index(waiting.getMessage())
     running.stop()
     assert not running.error
+    (stopped,) = [r for r in caplog.records if r.getMessage() == "service stopped"]
+    assert (stopped.service, stopped.topic) == ("Billing", src)  # type: ignore[attr-defined]
 
 
 def test_rebalance_log_lines_name_their_service_and_topic(
