@@ -353,7 +353,12 @@ class GuardedAgent:
         self.registry = registry
         self.metrics = _metrics_for(registry)
         self.drift = DriftCheck(
-            contract, self.metrics, dead_letter=drift == "dead_letter", codec=wire, topic=topic
+            contract,
+            self.metrics,
+            dead_letter=drift == "dead_letter",
+            codec=wire,
+            topic=topic,
+            service=self.name,
         )
         self.drift_sample = 1 if drift == "dead_letter" else drift_sample
         self._partition_buffer = partition_buffer

@@ -46,6 +46,8 @@ class DriftCheck:
         codec, topic: the codec the consumer reads ``topic`` with; a ``RegistryCodec``
             has Confluent-framed records without ``sg-*`` headers judged by the schema
             id in their frame (see ``streamguard.registry.drift``).
+        service: who consumes ``topic`` (a service's or agent's name): the ``schema
+            drift`` line names it and the topic, as a process may run several.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class DriftCheck:
         log_budget: LogBudget | None = None,
         codec: object = None,
         topic: str = "",
+        service: str = "",
     ):
         self._frames: FrameDrift | None = None
         # Loaded already when the codec is a RegistryCodec: no import for other services.
@@ -66,6 +69,7 @@ class DriftCheck:
             self._frames = FrameDrift(codec, contract, topic, self._late)
         self._detector = DriftDetector(contract, self._frames)
         self._subject = contract.__subject__
+        self._names = {"service": service, "topic": topic}
         self._version = contract.__version__
         # labels() costs about a microsecond (a lock and a tuple key); there are six
         # kinds and one subject, so each series is looked up once, here. That also
@@ -142,6 +146,7 @@ class DriftCheck:
         log.warning(
             "schema drift",
             extra={
+                **self._names,
                 "subject": self._subject,
                 "kind": kind,
                 "producer": producer,

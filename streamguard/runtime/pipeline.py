@@ -67,6 +67,7 @@ class Pipeline:
             dead_letter=self._drift_dead_letters,
             codec=spec.codec,
             topic=spec.topic,
+            service=spec.name,
         )
         self._subject = spec.contract.__subject__
         # Whose lines: a process may run several services. Only rare lines use it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -206,7 +207,9 @@ def test_agent_and_service_treat_every_case_alike(
     raw_producer: Producer,
     read_all: Callable[..., list[Any]],
     start_service: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     app = make_app()
     sides: list[tuple[str, bool, Logic, Logic, str, str, Running, Any]] = []
     for drift in ("count", "dead_letter"):
@@ -289,3 +292,12 @@ def test_agent_and_service_treat_every_case_alike(
             agent_metrics = {k: v for k, v in agent_metrics.items() if k[0] != drift_total}
             service_metrics = {k: v for k, v in service_metrics.items() if k[0] != drift_total}
         assert agent_metrics == service_metrics, drift
+    # Each side's drift lines name it and its topic, as a process may run several. Under
+    # "dead_letter" every record is checked, so both sides have written theirs.
+    drifts = {(r.__dict__["service"], r.__dict__["topic"]) for r in caplog.records
+              if r.getMessage() == "schema drift"}  # fmt: skip
+    whose = {
+        drift: {(f"billing-{drift}", src_agent), (f"billing-{drift}", src_service)}
+        for drift, _, _, _, src_agent, src_service, _, _ in sides
+    }
+    assert whose["dead_letter"] <= drifts <= whose["dead_letter"] | whose["count"]

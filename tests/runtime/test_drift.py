@@ -82,6 +82,9 @@ def test_drift_is_counted_by_kind_and_logged_once_per_producer(
               if r.getMessage() == "schema drift"]  # fmt: skip
     assert logged.count(("checkout", "newer_version")) == 1
     assert ("legacy", "unknown_fields") in logged
+    # Whose drift: a process may run several services, some on one topic.
+    lines = [r for r in caplog.records if r.getMessage() == "schema drift"]
+    assert {(r.__dict__["service"], r.__dict__["topic"]) for r in lines} == {("Billing", src)}
 
 
 def test_drift_policy_dead_letter_sends_drifting_messages_to_the_dlq(
