@@ -344,6 +344,8 @@ class GuardedAgent:
         )
         # Whose lines, named as a ConsumerService's are: a worker may run several agents.
         self.names = {"service": self.name, "topic": topic}
+        # And its DLQ, for the lines about its dead letters (ServiceSpec.dead_letter_names).
+        self.dead_letter_names = {**self.names, "dlq": self.dead_letter_topic}
         self.log_dead_letter = DeadLetterLog(log, service=self.name, topic=topic)
         self.log_retry = RetryLog(log)
         if registry is None:
@@ -516,11 +518,11 @@ class GuardedAgent:
         )
         try:
             await topic.maybe_declare()
-            log.info("dead-letter topic ready", extra={"dlq": self.dead_letter_topic})
+            log.info("dead-letter topic ready", extra=self.dead_letter_names)
         except Exception as exc:
             log.warning(
                 "could not create the dead-letter topic; create it before the first dead letter",
-                extra={"dlq": self.dead_letter_topic, "error": str(exc)},
+                extra={**self.dead_letter_names, "error": str(exc)},
             )
             return
         if client is None or self._dlq_size_checked:  # a restarted actor: said already
@@ -626,7 +628,7 @@ class GuardedAgent:
     def dead_lettered(self, reason: Reason) -> None:
         if self._dead_letters_down and self.dead_letter_writable:
             self._dead_letters_down = False
-            log.info("dead-letter topic is writable again", extra={"dlq": self.dead_letter_topic})
+            log.info("dead-letter topic is writable again", extra=self.dead_letter_names)
         self._dead_lettered.inc()
         self.metrics.dead_letters.labels(self.topic, reason).inc()
 
@@ -636,7 +638,7 @@ class GuardedAgent:
             self._dead_letters_down = True
             log.error(
                 "cannot write to the dead-letter topic; holding the partition and backing off",
-                extra={"dlq": self.dead_letter_topic, "error": f"{type(error).__name__}"},
+                extra={**self.dead_letter_names, "error": f"{type(error).__name__}"},
             )
 
     def _inflight(self) -> float:

@@ -645,11 +645,14 @@ def test_a_dead_letter_the_broker_is_slow_to_confirm_is_written_once(
     raw_producer: Producer,
     read_all: Callable[..., list[Any]],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A dead letter whose confirmation outlasts a try (the broker stalls) is waited
     for, not sent again: the DLQ holds one record per dead letter counted, however
-    many tries the stall took, and everything is committed once the broker is back."""
+    many tries the stall took, and everything is committed once the broker is back.
+    The lines saying the DLQ failed and recovered name the agent, its topic and DLQ."""
     monkeypatch.setattr(lane_module, "DEAD_LETTER_TIMEOUT", 1.0)  # 30 s in production
+    caplog.set_level("INFO", logger="streamguard.faust")
     src = topic_factory("orders")
     raw_producer.produce(src, order(0).model_dump_json().encode())
     raw_producer.produce(src, b"{not json")
@@ -688,6 +691,14 @@ def test_a_dead_letter_the_broker_is_slow_to_confirm_is_written_once(
     # One record per counted dead letter (a rebalance after the stall may redeliver
     # the event, which is then dead-lettered and counted again: at least once).
     assert len(records) == dead_lettered
+    down = "cannot write to the dead-letter topic; holding the partition and backing off"
+    said = [r for r in caplog.records if r.getMessage() in (down, WRITABLE_AGAIN)]
+    assert [r.getMessage() for r in said][:2] == [down, WRITABLE_AGAIN]
+    whose = {(r.service, r.topic, r.dlq) for r in said}  # type: ignore[attr-defined]
+    assert whose == {(bill.name, src, f"{src}.dlq")}
+
+
+WRITABLE_AGAIN = "dead-letter topic is writable again"
 
 
 def test_not_ready_until_the_app_is_assigned_partitions_of_the_topic(
@@ -764,6 +775,7 @@ def test_dead_letter_topic_takes_the_source_partition_count_without_the_group_jo
     bootstrap: str,
     topic_factory: Callable[..., str],
     make_app: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Faust's group join waits for half its session timeout (30 s by default, here 12 s):
     the DLQ is still declared at once with the source's partition count, from the
@@ -771,16 +783,67 @@ def test_dead_letter_topic_takes_the_source_partition_count_without_the_group_jo
     default count (8)."""
     src = topic_factory("orders", partitions=3)
     app = make_app(broker_session_timeout=24)
+    caplog.set_level("INFO", logger="streamguard.faust")
 
     @guarded_agent(app, src, contract=OrderPlaced)
     async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
         return None
 
+    def ready() -> list[Any]:
+        return [r for r in caplog.records if r.getMessage() == "dead-letter topic ready"]
+
     async def scenario() -> None:
         assert await until(lambda: partitions_of(bootstrap, f"{src}.dlq") > 0, 12)
+        assert await until(lambda: len(ready()) == 1, 10)
 
     run_app(app, scenario)
     assert partitions_of(bootstrap, f"{src}.dlq") == 3
+    # Whose DLQ: a worker may run several agents, some on one topic.
+    (line,) = ready()
+    assert (line.service, line.topic, line.dlq) == (bill.name, src, f"{src}.dlq")
+
+
+def test_a_dead_letter_topic_that_cannot_be_declared_only_warns(
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    send_orders: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A DLQ the agent cannot create at start-up (here its declaration fails) leaves
+    the agent consuming, with a warning naming the agent, its topic and DLQ."""
+    import faust.topics
+
+    src = topic_factory("orders")
+    send_orders(src, 1)
+    app = make_app()
+    declare = faust.topics.Topic.__dict__["maybe_declare"]  # a descriptor (mode's stampede)
+
+    async def refused(topic: Any) -> None:
+        if topic.get_topic_name() == f"{src}.dlq":
+            raise RuntimeError("topic creation refused")
+        await declare.__get__(topic, type(topic))()
+
+    monkeypatch.setattr(faust.topics.Topic, "maybe_declare", refused)
+    caplog.set_level("INFO", logger="streamguard.faust")
+    handled: list[int] = []
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        handled.append(ctx.offset)
+
+    warning = "could not create the dead-letter topic; create it before the first dead letter"
+
+    def said() -> list[Any]:
+        return [r for r in caplog.records if r.getMessage() == warning]
+
+    async def scenario() -> None:
+        assert await until(lambda: len(said()) == 1 and handled == [0], 30)
+
+    run_app(app, scenario)
+    (line,) = said()
+    assert (line.service, line.topic, line.dlq) == (bill.name, src, f"{src}.dlq")
+    assert line.error == "topic creation refused"
 
 
 def test_the_dead_letter_topic_takes_a_dead_letter_of_the_sources_largest_record(
