@@ -531,8 +531,7 @@ class GuardedAgent:
         # Faust leaves an existing topic as it is: one made smaller than this is read back.
         size = await _max_message_bytes(client, self.dead_letter_topic)
         servers = ",".join(server_list(conf.broker, DEFAULT_KAFKA_PORT))
-        names = {**self.names, "dlq": self.dead_letter_topic}
-        warn_if_dead_letter_topic_small(log, names, servers, size, needed)
+        warn_if_dead_letter_topic_small(log, self.dead_letter_names, servers, size, needed)
 
     async def _cluster_client(self) -> Any:
         """The aiokafka client of the app's producer, started, or None (another driver).
