@@ -24,7 +24,7 @@ from streamguard.faust import guarded_agent
 from streamguard.faust import lane as lane_module
 from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
 from tests.faust.conftest import run_app, until
-from tests.runtime.conftest import Running, committed, order
+from tests.runtime.conftest import Running, check_dead_letter_size_warning, committed, order
 
 pytestmark = pytest.mark.broker
 
@@ -919,29 +919,8 @@ def test_a_dead_letter_topic_that_exists_smaller_than_needed_is_warned_of(
         await asyncio.wait_for(bill.dead_letter_topic_ready(), 30)
 
     run_app(app, scenario)
-    warned = [
-        r.__dict__
-        for r in caplog.records
-        if r.getMessage() == "dead-letter topic smaller than the dead letters it may get"
-    ]
     assert max_message_bytes(bootstrap, f"{src}.dlq") == dlq_size  # not resized
-    if needed is None:
-        assert warned == []
-        return
-    assert len(warned) == 1
-    assert warned[0]["levelname"] == "WARNING"
-    fields = ("service", "topic", "dlq", "max_message_bytes", "needed")
-    assert tuple(warned[0][field] for field in fields) == (
-        "Billing",
-        src,
-        f"{src}.dlq",
-        dlq_size,
-        needed,
-    )
-    assert warned[0]["command"] == (
-        f"kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
-        f"--entity-name {src}.dlq --add-config max.message.bytes={needed}"
-    )
+    check_dead_letter_size_warning(caplog.records, bootstrap, src, dlq_size, needed)
 
 
 def partitions_of(bootstrap: str, topic: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
@@ -146,3 +147,37 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 def dlq_headers(msg: Any) -> dict[str, str]:
     """The ``sg-dlq-*`` headers of a DLQ record, decoded."""
     return {k: v.decode() for k, v in (msg.headers() or []) if k.startswith("sg-dlq-") and v}
+
+
+def check_dead_letter_size_warning(
+    records: list[logging.LogRecord],
+    bootstrap: str,
+    src: str,
+    dlq_size: int,
+    needed: int | None,
+) -> None:
+    """The ``dead-letter topic smaller ...`` warning a service named Billing on ``src``
+    (or a guarded agent) writes: once, with the sizes and the command that raises the
+    DLQ's, when ``needed`` is more than ``dlq_size``; none when ``needed`` is None."""
+    warned = [
+        r.__dict__
+        for r in records
+        if r.getMessage() == "dead-letter topic smaller than the dead letters it may get"
+    ]
+    if needed is None:
+        assert warned == []
+        return
+    assert len(warned) == 1
+    assert warned[0]["levelname"] == "WARNING"
+    fields = ("service", "topic", "dlq", "max_message_bytes", "needed")
+    assert tuple(warned[0][field] for field in fields) == (
+        "Billing",
+        src,
+        f"{src}.dlq",
+        dlq_size,
+        needed,
+    )
+    assert warned[0]["command"] == (
+        f"kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
+        f"--entity-name {src}.dlq --add-config max.message.bytes={needed}"
+    )

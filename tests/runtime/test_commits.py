@@ -23,7 +23,14 @@ from streamguard.demo.contracts import OrderPlaced
 from streamguard.devbroker import DevBroker
 from streamguard.topics import DEAD_LETTER_HEADROOM, create_topics, max_message_bytes
 from tests.conftest import FAST_GROUP, port_of, refusing_port
-from tests.runtime.conftest import Running, committed, dlq_headers, order, wait_for
+from tests.runtime.conftest import (
+    Running,
+    check_dead_letter_size_warning,
+    committed,
+    dlq_headers,
+    order,
+    wait_for,
+)
 
 
 def _run_recorder(
@@ -558,28 +565,7 @@ def test_a_dlq_that_exists_smaller_than_the_service_would_make_it_is_warned_of(
     create_topics(bootstrap, [src], topic_config=given)
     create_topics(bootstrap, [f"{src}.dlq"], topic_config={"max.message.bytes": str(dlq_size)})
     start_until_assigned(start_service, src, unique("g"))
-    warned = [
-        r.__dict__
-        for r in caplog.records
-        if r.getMessage() == "dead-letter topic smaller than the dead letters it may get"
-    ]
-    if needed is None:
-        assert warned == []
-        return
-    assert len(warned) == 1
-    assert warned[0]["levelname"] == "WARNING"
-    fields = ("service", "topic", "dlq", "max_message_bytes", "needed")
-    assert tuple(warned[0][field] for field in fields) == (
-        "Billing",
-        src,
-        f"{src}.dlq",
-        dlq_size,
-        needed,
-    )
-    assert warned[0]["command"] == (
-        f"kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
-        f"--entity-name {src}.dlq --add-config max.message.bytes={needed}"
-    )
+    check_dead_letter_size_warning(caplog.records, bootstrap, src, dlq_size, needed)
     assert not any(r.getMessage() == "created dead-letter topic" for r in caplog.records)
 
 
