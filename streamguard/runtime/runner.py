@@ -700,7 +700,7 @@ class ServiceRuntime:
                     ) from None
         topics = metadata.topics
         if spec.topic not in topics:
-            log.warning("topic does not exist yet; waiting for it", extra={"topic": spec.topic})
+            log.warning("topic does not exist yet; waiting for it", extra=spec.names())
         # The DLQ lives where its producer writes: another cluster when dead_letter_config
         # says so, which the consumer's metadata knows nothing of.
         servers = self.dead_letter_config.get(
@@ -801,15 +801,15 @@ class ServiceRuntime:
         letters end at once, and what has no outcome yet stays uncommitted."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        service = self.spec.name
+        names = self.spec.names()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
             if stopping.is_set():
-                log.warning("stop hurried by signal", extra={"signal": name, "service": service})
+                log.warning("stop hurried by signal", extra={"signal": name, **names})
                 hurry.set()
                 return
-            log.info("stop requested by signal", extra={"signal": name, "service": service})
+            log.info("stop requested by signal", extra={"signal": name, **names})
             self.stop()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

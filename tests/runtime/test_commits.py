@@ -973,7 +973,9 @@ def test_a_second_signal_hurries_the_stop_and_commits_nothing_past_the_held_reco
     assert '"event": "stop hurried by signal"' in text
     assert f'"signal": "{second}"' in text
     hurried = [json.loads(line) for line in text.splitlines() if "stop hurried by signal" in line]
-    assert [line["service"] for line in hurried] == [app]
+    assert [(line["service"], line["topic"]) for line in hurried] == [(app, src)]
+    requested = [json.loads(line) for line in text.splitlines() if "stop requested by" in line]
+    assert [(line["service"], line["topic"]) for line in requested] == [(app, src)]
     assert "Traceback" not in text
     assert committed(bootstrap, group, src) == {0: 2}
 

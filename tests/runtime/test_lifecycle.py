@@ -914,6 +914,34 @@ def test_a_cluster_that_comes_up_during_the_wait_is_no_outage(
     assert len(refused) <= 2, refused  # the first, maybe a retry's; the rest counted
 
 
+def test_a_topic_missing_at_the_start_is_warned_of_naming_the_service_and_topic(
+    start_service: Callable[..., Running],
+    unique: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning for a topic not created yet names the service and its topic: a
+    process may run several services, some on one topic."""
+    src = unique("orders")  # never created
+
+    class Billing(sg.ConsumerService):
+        topic = src
+        contract = OrderPlaced
+        group_id = unique("g")
+
+        def handle(self, event: OrderPlaced, ctx: sg.MessageContext) -> None: ...
+
+    message = "topic does not exist yet; waiting for it"
+    caplog.set_level(logging.INFO, logger="streamguard.runtime")
+    running = start_service(Billing)
+    try:
+        assert wait_for(lambda: message in caplog.messages, timeout=30)
+    finally:
+        running.stop(30)
+    assert running.error == []
+    (warned,) = [r.__dict__ for r in caplog.records if r.getMessage() == message]
+    assert (warned["levelname"], warned["service"], warned["topic"]) == ("WARNING", "Billing", src)
+
+
 def test_sigterm_while_waiting_for_the_cluster_stops_at_once() -> None:
     """``streamguard run`` against a cluster it cannot reach yet stops on SIGTERM within
     a second, exit 0, instead of sitting out the 30 s start-up timeout (librdkafka held
