@@ -52,13 +52,21 @@ class FrameDrift:
 
     Args:
         codec: the service's ``RegistryCodec`` (its client and naming strategy).
+        service: who consumes ``topic``: the ``schema drift lookup failed`` line names
+            it and the topic, as a process may run several services on one topic.
         report: called from the background thread with the kinds of an id resolved
             late, the number of records checked before then, the id, its version in the
             subject (None: not one of the subject's), and the lines held for it.
     """
 
     def __init__(
-        self, codec: RegistryCodec, contract: type[Contract], topic: str, report: Report
+        self,
+        codec: RegistryCodec,
+        contract: type[Contract],
+        topic: str,
+        report: Report,
+        *,
+        service: str,
     ) -> None:
         from streamguard.registry.codec import registry_schema
 
@@ -67,6 +75,7 @@ class FrameDrift:
         self._subject = codec.subject_for(contract, topic)
         self._schema = registry_schema(contract)
         self._report = report
+        self._names = {"service": service, "topic": topic}
         self._kinds: dict[int, tuple[str, ...]] = {}
         self._versions: dict[int, int] = {}  # resolved ids of the subject -> version
         self._pending: dict[int, int] = {}  # id -> records checked before it was resolved
@@ -137,6 +146,7 @@ class FrameDrift:
             log.warning(
                 "schema drift lookup failed",
                 extra={
+                    **self._names,
                     "subject": subject,
                     "error": type(exc).__name__,
                     "error_code": code if isinstance(code, int) else None,

@@ -66,7 +66,7 @@ class DriftCheck:
         if registry is not None and isinstance(codec, registry.RegistryCodec):
             from streamguard.registry.drift import FrameDrift
 
-            self._frames = FrameDrift(codec, contract, topic, self._late)
+            self._frames = FrameDrift(codec, contract, topic, self._late, service=service)
         self._detector = DriftDetector(contract, self._frames)
         self._subject = contract.__subject__
         self._names = {"service": service, "topic": topic}

@@ -677,7 +677,7 @@ def test_a_framed_record_s_drift_check_never_waits_for_an_unreachable_registry(
     """The contract's own schema id is looked up in the background: with the registry
     unreachable, the check of a Confluent-framed record returns at once, passes the
     record even under drift="dead_letter", counts it as no kind (not no_schema_headers),
-    and the failed lookup is logged by the error's class."""
+    and the failed lookup is logged by the error's class, naming the service and topic."""
     from prometheus_client import CollectorRegistry
 
     from streamguard.observe.metrics import ServiceMetrics
@@ -685,7 +685,14 @@ def test_a_framed_record_s_drift_check_never_waits_for_an_unreachable_registry(
 
     codec = RegistryCodec({"url": f"http://127.0.0.1:{closed_port()}"}, wire_format="avro")
     metrics = CollectorRegistry()
-    check = DriftCheck(PaymentV2, ServiceMetrics(metrics), dead_letter=True, codec=codec, topic="t")
+    check = DriftCheck(
+        PaymentV2,
+        ServiceMetrics(metrics),
+        dead_letter=True,
+        codec=codec,
+        topic="t",
+        service="Billing",
+    )
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     started = time.monotonic()
     assert check.check(None, framed(1, b"")) is None
@@ -697,7 +704,8 @@ def test_a_framed_record_s_drift_check_never_waits_for_an_unreachable_registry(
         time.sleep(0.02)
     failed = [r for r in caplog.records if r.getMessage() == "schema drift lookup failed"]
     assert len(failed) == 1
-    assert failed[0].__dict__["subject"] == "t-value"
+    fields = ("service", "topic", "subject")
+    assert tuple(failed[0].__dict__.get(f) for f in fields) == ("Billing", "t", "t-value")
     for kind in ("no_schema_headers", "older_version", "newer_version", "other_subject"):
         labels = {"runtime": "consumer", "subject": PaymentV2.__subject__, "kind": kind}
         assert metrics.get_sample_value("streamguard_schema_drift_total", labels) == 0
