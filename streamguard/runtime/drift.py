@@ -46,8 +46,9 @@ class DriftCheck:
         codec, topic: the codec the consumer reads ``topic`` with; a ``RegistryCodec``
             has Confluent-framed records without ``sg-*`` headers judged by the schema
             id in their frame (see ``streamguard.registry.drift``).
-        service: who consumes ``topic`` (a service's or agent's name): the ``schema
-            drift`` line names it and the topic, as a process may run several.
+        service: who consumes ``topic`` (a service's or agent's name): the drift lines
+            name it and the topic, as a process may run several. Both are required: a
+            line naming an empty service or topic would match no operator's filter.
     """
 
     def __init__(
@@ -57,8 +58,9 @@ class DriftCheck:
         dead_letter: bool,
         log_budget: LogBudget | None = None,
         codec: object = None,
-        topic: str = "",
-        service: str = "",
+        *,
+        topic: str,
+        service: str,
     ):
         self._frames: FrameDrift | None = None
         # Loaded already when the codec is a RegistryCodec: no import for other services.

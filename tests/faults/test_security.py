@@ -147,7 +147,13 @@ def test_long_producer_names_are_remembered_reduced() -> None:
     from streamguard.observe.metrics import ServiceMetrics
     from streamguard.runtime.drift import DriftCheck
 
-    check = DriftCheck(OrderPlaced, ServiceMetrics(CollectorRegistry()), dead_letter=False)
+    check = DriftCheck(
+        OrderPlaced,
+        ServiceMetrics(CollectorRegistry()),
+        dead_letter=False,
+        topic="orders",
+        service="Billing",
+    )
     tracemalloc.start()
     try:
         for i in range(50):

@@ -731,7 +731,13 @@ def test_a_drift_line_logged_after_its_id_resolved_names_the_cached_version(
     now = [0.0]
     budget = LogBudget(rate=1, per=60, clock=lambda: now[0])
     check = DriftCheck(
-        PaymentV2, ServiceMetrics(metrics), False, log_budget=budget, codec=codec, topic="t"
+        PaymentV2,
+        ServiceMetrics(metrics),
+        False,
+        log_budget=budget,
+        codec=codec,
+        topic="t",
+        service="Billing",
     )
     labels = {"runtime": "consumer", "subject": PaymentV2.__subject__, "kind": "older_version"}
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
@@ -779,7 +785,9 @@ def test_the_drift_line_of_a_record_with_the_contract_s_own_id_names_its_version
     own_id = client.register_schema("t-value", Schema(*registry_schema(NoteV2)))
     codec = RegistryCodec({"url": registry.url}, wire_format="json")
     metrics = CollectorRegistry()
-    check = DriftCheck(NoteV2, ServiceMetrics(metrics), False, codec=codec, topic="t")
+    check = DriftCheck(
+        NoteV2, ServiceMetrics(metrics), False, codec=codec, topic="t", service="Billing"
+    )
     older = {"runtime": "consumer", "subject": "notes.Note", "kind": "older_version"}
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     assert check.check(None, framed(v1_id, b'{"text": "a"}')) is None  # starts the lookup
@@ -811,7 +819,12 @@ def test_a_drift_lookup_refused_by_the_registry_names_its_error_code(
     v1_id = client.register_schema("t-value", avro(PaymentV1))
     codec = RegistryCodec({"url": registry.url}, wire_format="avro")
     check = DriftCheck(
-        PaymentV2, ServiceMetrics(CollectorRegistry()), False, codec=codec, topic="t"
+        PaymentV2,
+        ServiceMetrics(CollectorRegistry()),
+        False,
+        codec=codec,
+        topic="t",
+        service="Billing",
     )
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     assert check.check(None, framed(v1_id, b"")) is None
@@ -843,7 +856,14 @@ def test_the_drift_line_of_a_record_whose_id_is_not_resolved_yet_waits_for_its_v
     client.register_schema("t-value", Schema(*registry_schema(NoteV1)))
     own_id = client.register_schema("t-value", Schema(*registry_schema(NoteV2)))
     codec = RegistryCodec({"url": registry.url}, wire_format="json")
-    check = DriftCheck(NoteV2, ServiceMetrics(CollectorRegistry()), False, codec=codec, topic="t")
+    check = DriftCheck(
+        NoteV2,
+        ServiceMetrics(CollectorRegistry()),
+        False,
+        codec=codec,
+        topic="t",
+        service="Billing",
+    )
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
 
     def lines() -> list[logging.LogRecord]:
@@ -870,7 +890,12 @@ def test_a_held_drift_line_is_written_without_a_version_when_the_lookup_fails(
 
     codec = RegistryCodec({"url": registry.url}, wire_format="json")
     check = DriftCheck(
-        NoteV2, ServiceMetrics(CollectorRegistry()), False, codec=codec, topic="unregistered"
+        NoteV2,
+        ServiceMetrics(CollectorRegistry()),
+        False,
+        codec=codec,
+        topic="unregistered",
+        service="Billing",
     )
     caplog.set_level(logging.WARNING, logger="streamguard.runtime")
 

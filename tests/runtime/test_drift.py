@@ -222,6 +222,8 @@ def test_a_drift_first_seen_while_the_log_budget_is_spent_is_logged_later(
         ServiceMetrics(CollectorRegistry()),
         dead_letter=False,
         log_budget=LogBudget(rate=10, per=60.0, clock=lambda: now[0]),
+        topic="orders",
+        service="Billing",
     )
     value = order(1).model_dump_json().encode()
     for pod in range(11):  # eleven replicas of a producer, each named by its host
@@ -231,6 +233,16 @@ def test_a_drift_first_seen_while_the_log_budget_is_spent_is_logged_later(
         check.check(_stamp(2, "f" * 64, "checkout-10"), value)
     logged = [r.__dict__["producer"] for r in caplog.records if r.getMessage() == "schema drift"]
     assert logged == [f"checkout-{pod}" for pod in range(11)]
+
+
+def test_a_drift_check_is_refused_without_the_service_and_topic_its_lines_name() -> None:
+    """Its lines would name an empty service and topic, which no operator's filter on
+    them matches: both are required, not defaulted to ``""``."""
+    metrics = ServiceMetrics(CollectorRegistry())
+    with pytest.raises(TypeError, match="service"):
+        DriftCheck(OrderPlaced, metrics, dead_letter=False, topic="orders")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="topic"):
+        DriftCheck(OrderPlaced, metrics, dead_letter=False, service="Billing")  # type: ignore[call-arg]
 
 
 class _LookedUp(sg.Contract):
