@@ -46,10 +46,14 @@ class Poller:
         committer: Committer,
         lag: LagMonitor,
         breaker: Breaker,
+        *,
+        service: str,
     ) -> None:
         self.consumer = consumer
         self._breaker = breaker
         self.topic = topic
+        # Named by its lines: a process may run several services, some on one topic.
+        self._names = {"service": service, "topic": topic}
         self.lock = threading.Lock()  # held by whoever calls the consumer
         self._batch_size = options.batch_size
         self._commit_interval = options.commit_interval
@@ -171,7 +175,7 @@ class Poller:
             return
         if error.fatal():
             raise KafkaException(error)
-        log.warning("consumer error", extra={"topic": self.topic, "error": error.str()})
+        log.warning("consumer error", extra={**self._names, "error": error.str()})
 
     def shutdown(self, stopping: threading.Event, wait: float, clean: bool = False) -> None:
         """Settle every lane and commit; takes the poll lock for good.

@@ -526,6 +526,7 @@ class ServiceRuntime:
             committer,
             lag,
             pipeline.breaker,
+            service=spec.name,
         )
         self._breaker = pipeline.breaker
         loop_runner = self._loop_runner

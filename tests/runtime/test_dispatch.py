@@ -4,6 +4,7 @@ errors. No broker: records are built in memory."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,9 +29,9 @@ class Lane:
 
 def poller(*partitions: int) -> tuple[Poller, dict[int, Lane]]:
     lanes = {p: Lane(p) for p in partitions}
-    p = Poller.__new__(Poller)  # _dispatch needs the assignment's lanes and the topic
+    p = Poller.__new__(Poller)  # _dispatch needs the assignment's lanes and the names
     p.assignment = SimpleNamespace(lanes=lanes)  # type: ignore[assignment]
-    p.topic = "t"  # named by the line of a consumer error
+    p._names = {"service": "billing", "topic": "t"}  # named by the line of a consumer error
     return p, lanes
 
 
@@ -69,8 +70,10 @@ def test_records_of_an_unassigned_partition_are_dropped() -> None:
     assert lanes[0].batches == [[(0, 1)]]
 
 
-def test_errors_are_skipped_and_the_rest_dispatched() -> None:
-    """End-of-partition events are ignored, other errors logged; records still flow."""
+def test_errors_are_skipped_and_the_rest_dispatched(caplog: pytest.LogCaptureFixture) -> None:
+    """End-of-partition events are ignored, other errors logged, naming the service and
+    topic (a process may run several); records still flow."""
+    caplog.set_level(logging.WARNING, logger="streamguard.runtime")
     p, lanes = poller(0, 1)
     batch = fetched((1, 1), (0, 1))
     batch[1:1] = [error(KafkaError._PARTITION_EOF), error(KafkaError._TRANSPORT)]
@@ -78,6 +81,8 @@ def test_errors_are_skipped_and_the_rest_dispatched() -> None:
     assert p._dispatch(batch) == [lanes[1], lanes[0]]
     assert lanes[1].batches == [[(1, 1), (1, 2)]]
     assert lanes[0].batches == [[(0, 1)]]
+    logged = [r.__dict__ for r in caplog.records if r.getMessage() == "consumer error"]
+    assert [(r["service"], r["topic"]) for r in logged] == [("billing", "t")]
 
 
 def test_a_fatal_error_raises() -> None:
