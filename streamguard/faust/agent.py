@@ -347,7 +347,7 @@ class GuardedAgent:
         # And its DLQ, for the lines about its dead letters (ServiceSpec.dead_letter_names).
         self.dead_letter_names = {**self.names, "dlq": self.dead_letter_topic}
         self.log_dead_letter = DeadLetterLog(log, service=self.name, topic=topic)
-        self.log_retry = RetryLog(log)
+        self.log_retry = RetryLog(log, service=self.name)
         if registry is None:
             registry = _APP_REGISTRIES.get(app)
             if registry is None:

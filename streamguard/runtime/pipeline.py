@@ -105,7 +105,7 @@ class Pipeline:
             service=spec.name,
             ages=clock is time.monotonic,
         )
-        self._retry_log = RetryLog(log)
+        self._retry_log = RetryLog(log, service=spec.name)
 
     def invoke_tombstone(self, ctx: MessageContext) -> object:
         """Run the tombstone handler; lanes call it only when ``handles_tombstones``

@@ -434,7 +434,7 @@ def test_a_parked_wait_is_logged_as_waiting_not_as_a_retry(
     of the policy's. Before, it repeated ``retrying message`` with ``attempt: 3`` under
     ``RetryPolicy(attempts=3)`` every PARK_WAIT, which read as a retry loop."""
     b, clock, _ = breaker(min_calls=3, cool_down=5.0)
-    retry_log = RetryLog(logging.getLogger("streamguard.runtime"))
+    retry_log = RetryLog(logging.getLogger("streamguard.runtime"), service="billing")
     policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=60_000)
 
     def fail(attempt: int, retry: RetryState | None, message: tuple[int, int]) -> RetryState:
@@ -474,7 +474,7 @@ def test_a_wait_for_the_schema_registry_is_logged_as_waiting(
     """A decode stopped by an unreachable registry gives its attempt back (the guarded
     Faust agent's path: no breaker): each look logs a wait for the registry with the
     handler calls made, not ``retrying message`` with ``attempt: 1`` over and over."""
-    retry_log = RetryLog(logging.getLogger("streamguard.runtime"))
+    retry_log = RetryLog(logging.getLogger("streamguard.runtime"), service="billing")
     policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05)
     waiting: RetryState | None = None
     with caplog.at_level("INFO", logger="streamguard.runtime"):
