@@ -31,9 +31,13 @@ log = logging.getLogger("streamguard.runtime")
 class Committer:
     """Commits the lanes' commit positions for one topic."""
 
-    def __init__(self, consumer: Consumer, topic: str, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, consumer: Consumer, topic: str, metrics: ServiceMetrics, *, service: str
+    ) -> None:
         self._consumer = consumer
         self._topic = topic
+        # Whose commit failed, in its lines: a process may run several services.
+        self._names = {"service": service, "topic": topic}
         self._failures = metrics.commit_failures
         self._committed: dict[int, int] = {}
         # Partitions whose last commit was asynchronous and has not been acknowledged
@@ -134,16 +138,13 @@ class Committer:
             log.warning(
                 "final offset commit failed; records since the last commit come again",
                 extra={
-                    "topic": self._topic,
+                    **self._names,
                     "error": reason,
                     "partitions": sorted(tp.partition for tp in partitions),
                 },
             )
         else:
-            # The topic tells which service: a process may run several (one per topic).
-            log.warning(
-                "offset commit failed; will retry", extra={"topic": self._topic, "error": reason}
-            )
+            log.warning("offset commit failed; will retry", extra={**self._names, "error": reason})
         for tp in partitions:
             self._committed.pop(tp.partition, None)  # commit again on the next round
             self._unconfirmed.discard(tp.partition)

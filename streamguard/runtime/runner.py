@@ -469,7 +469,7 @@ class ServiceRuntime:
         )
         pipeline = Pipeline(spec, publisher, metrics)
         flow = FlowControl(consumer, spec.topic, options, service=spec.name)
-        committer = Committer(consumer, spec.topic, metrics)
+        committer = Committer(consumer, spec.topic, metrics, service=spec.name)
         lag = LagMonitor(
             consumer,
             spec.topic,

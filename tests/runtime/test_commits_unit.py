@@ -39,7 +39,7 @@ class Lane:
 def committer() -> tuple[Committer, Calls]:
     calls = Calls()
     metrics = ServiceMetrics(CollectorRegistry())
-    return Committer(cast(Consumer, calls), "t", metrics), calls
+    return Committer(cast(Consumer, calls), "t", metrics, service="billing"), calls
 
 
 def lanes(*lanes: Any) -> list[PartitionLane]:
@@ -101,7 +101,7 @@ def test_a_refused_final_commit_says_its_records_come_again(
     rolling restart took for a retry that never came (282 records delivered again)."""
     calls = Refusing()
     metrics = ServiceMetrics(CollectorRegistry())
-    commits = Committer(cast(Consumer, calls), "t", metrics)
+    commits = Committer(cast(Consumer, calls), "t", metrics, service="billing")
     with caplog.at_level(logging.WARNING, "streamguard.runtime"):
         commits.commit(lanes(Lane(0, 5)), asynchronous=True)
         commits.commit(lanes(Lane(0, 5), Lane(2, 9)), asynchronous=False)
@@ -114,16 +114,20 @@ def test_a_refused_final_commit_says_its_records_come_again(
     assert "generation" in final.error  # type: ignore[attr-defined]
 
 
-def test_a_refused_commit_names_its_topic(caplog: pytest.LogCaptureFixture) -> None:
-    """In a process of several services (one per topic, docs/consumer.md) both lines
-    tell whose commit failed; before, they said only the error."""
+def test_a_refused_commit_names_its_service_and_topic(caplog: pytest.LogCaptureFixture) -> None:
+    """In a process of several services, some on one topic, both lines tell whose
+    commit failed; before, they said only the error, then only the topic."""
     commits = Committer(
-        cast(Consumer, Refusing()), "refunds.v1", ServiceMetrics(CollectorRegistry())
+        cast(Consumer, Refusing()),
+        "refunds.v1",
+        ServiceMetrics(CollectorRegistry()),
+        service="refunds",
     )
     with caplog.at_level(logging.WARNING, "streamguard.runtime"):
         commits.commit(lanes(Lane(0, 5)), asynchronous=True)
         commits.commit(lanes(Lane(0, 5)), asynchronous=False)
-    assert [vars(r).get("topic") for r in caplog.records] == ["refunds.v1", "refunds.v1"]
+    named = [(vars(r).get("service"), vars(r).get("topic")) for r in caplog.records]
+    assert named == [("refunds", "refunds.v1")] * 2
 
 
 def test_a_refused_stop_commit_says_its_records_come_again(
