@@ -518,7 +518,14 @@ class GuardedAgent:
         )
         try:
             await topic.maybe_declare()
-            log.info("dead-letter topic ready", extra=self.dead_letter_names)
+            if conf.topic_allow_declare:
+                log.info("dead-letter topic ready", extra=self.dead_letter_names)
+            else:  # Faust declares nothing then: "ready" would vouch for a DLQ unmade
+                log.info(
+                    "dead-letter topic not declared (Faust's topic_allow_declare is off); "
+                    "it must exist",
+                    extra=self.dead_letter_names,
+                )
         except Exception as exc:
             log.warning(
                 "could not create the dead-letter topic; create it before the first dead letter",

@@ -1134,3 +1134,37 @@ def test_a_contract_violation_raised_by_the_handler_is_a_permanent_error(
     assert headers["sg-dlq-reason"] == b"permanent_error"
     assert headers["sg-dlq-attempts"] == b"2"
     assert headers["sg-dlq-error-class"] == b"streamguard.errors.ContractViolation"
+
+
+def test_an_app_that_declares_no_topics_is_told_its_dlq_must_exist(
+    bootstrap: str,
+    topic_factory: Callable[..., str],
+    make_app: Callable[..., Any],
+    raw_producer: Producer,
+    read_all: Callable[..., list[Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With Faust's ``topic_allow_declare`` off, Faust creates no topic: the agent said
+    ``dead-letter topic ready`` all the same, of a DLQ nobody had created. It now says
+    the DLQ must exist, and dead-letters into one made beforehand."""
+    src = topic_factory("orders")
+    create_topics(bootstrap, [f"{src}.dlq"])
+    produce(raw_producer, src, [b"not json"], 1_700_000_000_000)
+    app = make_app(topic_allow_declare=False)
+    caplog.set_level(logging.INFO, logger="streamguard.faust")
+
+    @guarded_agent(app, src, contract=OrderPlaced)
+    async def bill(event: OrderPlaced, ctx: sg.MessageContext) -> None:
+        return None
+
+    async def scenario() -> None:
+        assert await until(lambda: committed(bootstrap, app.conf.id, src).get(0) == 1, 40)
+
+    run_app(app, scenario)
+    said = {r.getMessage(): r.__dict__ for r in caplog.records}
+    assert "dead-letter topic ready" not in said
+    line = said[
+        "dead-letter topic not declared (Faust's topic_allow_declare is off); it must exist"
+    ]
+    assert (line["service"], line["topic"], line["dlq"]) == (bill.name, src, f"{src}.dlq")
+    assert [m.offset() for m in read_all(f"{src}.dlq", 1)] == [0]
