@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -311,25 +310,8 @@ class DeadLetterLog(LineBudget):
     skipped and counted; ``flush()`` (on the maintenance tick) reports the count in a
     line of its own once the rate allows one, and a record's line written first carries
     it instead (``not_logged``). Kafka Connect, for comparison, logs none by default.
-
-    Args (see ``LineBudget``):
-        per_second: lines a second, in bursts of up to as many; None logs every one.
-        service, topic: whose dead letters, named in every line: a process may run
-            several services (or Faust agents), some on one topic.
+    Its arguments are ``LineBudget``'s.
     """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        per_second: float | None = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        service: str,
-        topic: str,
-    ) -> None:
-        super().__init__(logger, per_second, clock)
-        self._service = service
-        self._names = {"service": service, "topic": topic}
 
     def __call__(self, record: Any, failure: Failure) -> None:
         """Log this dead letter, unless the rate is spent (then count it)."""
@@ -339,7 +321,7 @@ class DeadLetterLog(LineBudget):
         self._log.warning(
             "dead-lettering message",
             extra={
-                "service": self._service,
+                "service": self._names["service"],
                 "topic": record.topic(),
                 "partition": record.partition(),
                 "offset": record.offset(),
@@ -362,7 +344,7 @@ class DeadLetterLog(LineBudget):
         self._log.warning(
             "re-sending dead letter",
             extra={
-                "service": self._service,
+                "service": self._names["service"],
                 "topic": record.topic(),
                 "partition": record.partition(),
                 "offset": record.offset(),

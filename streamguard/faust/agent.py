@@ -347,7 +347,7 @@ class GuardedAgent:
         # And its DLQ, for the lines about its dead letters (ServiceSpec.dead_letter_names).
         self.dead_letter_names = {**self.names, "dlq": self.dead_letter_topic}
         self.log_dead_letter = DeadLetterLog(log, service=self.name, topic=topic)
-        self.log_retry = RetryLog(log, service=self.name)
+        self.log_retry = RetryLog(log, service=self.name, topic=topic)
         if registry is None:
             registry = _APP_REGISTRIES.get(app)
             if registry is None:
@@ -629,7 +629,7 @@ class GuardedAgent:
         if not dropped:
             self._retries.inc()
         where = (msg.partition, msg.offset)
-        self.log_retry(msg.topic, where, attempt, error, verdict, now, self.retry.attempts, dropped)
+        self.log_retry(where, attempt, error, verdict, now, self.retry.attempts, dropped)
 
     def dead_lettered(self, reason: Reason) -> None:
         if self._dead_letters_down and self.dead_letter_writable:

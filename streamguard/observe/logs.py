@@ -50,6 +50,11 @@ class LineBudget:
     outage): every such event is counted in the metrics, and a line each would flood
     the logs and cost more CPU than the event. Subclasses ``_take()`` a token and log
     when they get one.
+
+    Args:
+        per_second: lines a second, in bursts of up to as many; None logs every one.
+        service, topic: whose lines (``_names``), named in each: a process may run
+            several services (or Faust agents), some on one topic.
     """
 
     def __init__(
@@ -57,9 +62,13 @@ class LineBudget:
         logger: logging.Logger,
         per_second: float | None = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        service: str,
+        topic: str,
     ) -> None:
         if per_second is not None and per_second <= 0:
             raise ValueError(f"per_second must be positive or None, got {per_second}")
+        self._names = {"service": service, "topic": topic}
         self._log = logger
         self._rate = per_second
         self._burst = max(1.0, per_second or 1.0)

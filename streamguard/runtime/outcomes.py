@@ -13,7 +13,7 @@ import gc
 import inspect
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 
@@ -344,27 +344,11 @@ class RetryLog(LineBudget):
     ``per_second`` lines a second, all kinds together (an outage fails every record in
     flight); a line written after skipped ones says how many
     (``not_logged``), and ``streamguard_retries_total`` counts them all, but for the
-    dropped retries (``Pipeline.judge`` counts). No value, no key, no error text.
-
-    Args (see ``LineBudget``):
-        service: whose records, named in every line with their topic: a process may run
-            several services (or Faust agents), some on one topic.
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        per_second: float | None = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        service: str,
-    ) -> None:
-        super().__init__(logger, per_second, clock)
-        self._service = service
+    dropped retries (``Pipeline.judge`` counts). No value, no key, no error text. Its
+    arguments are ``LineBudget``'s: the service and the topic every line names."""
 
     def __call__(
         self,
-        topic: str,
         message: Hashable,
         attempt: int,
         error: BaseException,
@@ -380,7 +364,7 @@ class RetryLog(LineBudget):
         if skipped is None:
             return
         partition, offset = message if isinstance(message, tuple) else (None, None)
-        where = {"service": self._service, "topic": topic, "partition": partition, "offset": offset}
+        where = {**self._names, "partition": partition, "offset": offset}
         error_class = f"{type(error).__module__}.{type(error).__qualname__}"
         if dropped:
             self._log.info(

@@ -105,7 +105,7 @@ class Pipeline:
             service=spec.name,
             ages=clock is time.monotonic,
         )
-        self._retry_log = RetryLog(log, service=spec.name)
+        self._retry_log = RetryLog(log, service=spec.name, topic=spec.topic)
 
     def invoke_tombstone(self, ctx: MessageContext) -> object:
         """Run the tombstone handler; lanes call it only when ``handles_tombstones``
@@ -160,9 +160,7 @@ class Pipeline:
             # One waiting for a dependency has no due time a stop's finish waits for.
             due = verdict.due if verdict.waits_for is None else math.inf
             dropped = runs_until is not None and due > runs_until
-            self._retry_log(
-                self.topic, message, attempt, exc, verdict, now, self.retry.attempts, dropped
-            )
+            self._retry_log(message, attempt, exc, verdict, now, self.retry.attempts, dropped)
             if not dropped:  # counted here, with the line: a dropped retry never runs
                 self._retries.inc()
         return verdict

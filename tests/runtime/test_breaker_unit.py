@@ -434,7 +434,7 @@ def test_a_parked_wait_is_logged_as_waiting_not_as_a_retry(
     of the policy's. Before, it repeated ``retrying message`` with ``attempt: 3`` under
     ``RetryPolicy(attempts=3)`` every PARK_WAIT, which read as a retry loop."""
     b, clock, _ = breaker(min_calls=3, cool_down=5.0)
-    retry_log = RetryLog(logging.getLogger("streamguard.runtime"), service="billing")
+    retry_log = RetryLog(logging.getLogger("streamguard.runtime"), service="billing", topic="t")
     policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05, max_budget_ms=60_000)
 
     def fail(attempt: int, retry: RetryState | None, message: tuple[int, int]) -> RetryState:
@@ -442,7 +442,7 @@ def test_a_parked_wait_is_logged_as_waiting_not_as_a_retry(
             TimeoutError("secret"), attempt, retry, policy, (TimeoutError,), clock.now, b, message
         )
         assert isinstance(verdict, RetryState)
-        retry_log("t", message, attempt, TimeoutError("secret"), verdict, clock.now, 3)
+        retry_log(message, attempt, TimeoutError("secret"), verdict, clock.now, 3)
         return verdict
 
     with caplog.at_level("INFO", logger="streamguard.runtime"):
@@ -474,7 +474,7 @@ def test_a_wait_for_the_schema_registry_is_logged_as_waiting(
     """A decode stopped by an unreachable registry gives its attempt back (the guarded
     Faust agent's path: no breaker): each look logs a wait for the registry with the
     handler calls made, not ``retrying message`` with ``attempt: 1`` over and over."""
-    retry_log = RetryLog(logging.getLogger("streamguard.runtime"), service="billing")
+    retry_log = RetryLog(logging.getLogger("streamguard.runtime"), service="billing", topic="t")
     policy = sg.RetryPolicy(attempts=3, base_delay=0.02, max_delay=0.05)
     waiting: RetryState | None = None
     with caplog.at_level("INFO", logger="streamguard.runtime"):
@@ -483,7 +483,7 @@ def test_a_wait_for_the_schema_registry_is_logged_as_waiting(
             error = sg.RegistryUnavailable("registry down")
             verdict = judge(error, attempt, waiting, policy, (), 100.0)
             assert isinstance(verdict, RetryState)
-            retry_log("t", (0, 4), attempt, error, verdict, 100.0, policy.attempts)
+            retry_log((0, 4), attempt, error, verdict, 100.0, policy.attempts)
             waiting = verdict
     lines = [r for r in caplog.records if r.levelname == "INFO"]
     assert [r.getMessage() for r in lines] == ["message waits for a dependency"] * 2
