@@ -71,6 +71,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--rss-records", type=int, default=1_000_000, help="records of the rss pass"
     )
     parser.add_argument(
+        "--rss-rounds", type=int, default=3, help="alternating runs of each row in the rss pass"
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=ROOT / "benchmarks" / "results.json",
@@ -130,7 +133,7 @@ PASS_SETTINGS: dict[str, tuple[str, ...]] = {
     "throughput": ("records", "rounds"),
     "io": ("io",),
     "latency": ("latency",),
-    "rss": ("rss_records",),
+    "rss": ("rss_records", "rss_rounds"),
 }
 
 
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             fetch_wait_ms=args.fetch_wait_ms,
             latency_rounds=args.latency_rounds,
             rss_records=args.rss_records,
+            rss_rounds=args.rss_rounds,
             modes=tuple(dict.fromkeys([*args.modes, *(["rss"] if args.rss else [])])),
             verbose=not args.quiet,
         )

@@ -173,6 +173,32 @@ def test_tiny_round_writes_results_and_the_page_table(
     assert "Read no target from fewer than 3 rounds." in text
 
 
+def test_the_memory_pass_runs_alternating_rounds_and_shows_each_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--rss-rounds 2 runs each row twice over the same records; the table gives the
+    median after the last record, every run's figure, and says how many runs it took."""
+    out = tmp_path / "results.json"
+    done = peers(
+        "--modes", "rss", "--rss-records", "2000", "--rss-rounds", "2",
+        "--only", "sg-sync", "loop-untuned", "--out", str(out), "--no-render", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert results["meta"]["rss_rounds"] == 2
+    for name in ("sg-sync", "loop-untuned"):
+        runs = results["contenders"][name]["rss"]["runs"]
+        assert [r.get("count") for r in runs] == [2000, 2000], runs
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import rss_table, section
+
+    row = next(line for line in rss_table(results) if line.startswith("| `sg-sync`"))
+    first, second = (r["rss_end_mib"] for r in results["contenders"]["sg-sync"]["rss"]["runs"])
+    assert f"| {first:.1f}, {second:.1f} | 2,000 |" in row
+    assert "the median of 2 runs a row" in section(results, "chart.png")
+
+
 def test_a_page_of_its_own_and_the_row_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

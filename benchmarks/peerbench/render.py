@@ -293,6 +293,10 @@ def _runs_overlap(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> boo
     return low <= peer_high and peer_low <= high
 
 
+def _runs_phrase(runs: int) -> str:
+    return "one run" if runs == 1 else f"{runs} runs"
+
+
 def _figure(value: float) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}"
 
@@ -379,15 +383,17 @@ def rss_table(results: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "| contender | RSS MiB at first record | after the last | records |",
-        "| --- | ---: | ---: | ---: |",
+        "| contender | RSS MiB at first record | after the last | the last, each run | records |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, row in rows:
         e = row["rss"]
         if "rss_end_mib" in e:
-            count = e["runs"][0]["count"]
+            good = [r for r in e["runs"] if "rss_end_mib" in r]
+            each = ", ".join(f"{r['rss_end_mib']:.1f}" for r in good)
             lines.append(
-                f"| `{name}` | {e['rss_start_mib']:.0f} | {e['rss_end_mib']:.0f} | {count:,} |"
+                f"| `{name}` | {e['rss_start_mib']:.0f} | {e['rss_end_mib']:.1f} | {each} "
+                f"| {good[0]['count']:,} |"
             )
     return lines
 
@@ -424,10 +430,12 @@ def section(results: dict[str, Any], chart: str) -> str:
             "",
             *rss,
             "",
-            f"RSS of the contender's process, one run a row: a process's growth over the "
-            f"run moves by several MiB from one run to the next (glibc keeps what the "
-            f"client's fetch buffers free), so compare rows of one pass and read the "
-            f"notes' alternating runs for a change.{_earlier(results, 'rss')}",
+            f"RSS of the contender's process, the median of "
+            f"{_runs_phrase(results['meta'].get('rss_rounds', 1))} a row, the rows' order "
+            f"alternating between rounds: a process's growth over the run moves by several "
+            f"MiB from one run to the next (glibc keeps or returns what the client's fetch "
+            f"buffers free), so read each row's runs as well as its median."
+            f"{_earlier(results, 'rss')}",
         ]
     if results.get("skipped"):
         parts += ["", "Not run (missing from this install):"]

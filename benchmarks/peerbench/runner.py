@@ -53,6 +53,7 @@ class Settings:
     fetch_wait_ms: int = 10
     latency_rounds: int = 4
     rss_records: int = 1_000_000
+    rss_rounds: int = 3
     modes: tuple[str, ...] = ("throughput", "io", "latency")  # and "rss"
     verbose: bool = True
 
@@ -386,19 +387,31 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
                 collect(c, "latency", run)
         if "rss" in settings.modes:
             results["meta"]["rss_records"] = settings.rss_records
+            results["meta"]["rss_rounds"] = settings.rss_rounds
             say(settings, f"rss over {settings.rss_records} records")
             topic = f"peers-rss-{run_id}"
             create_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=events.PARTITIONS)
             dataset.produce(bootstrap, topic, "json", settings.rss_records)
-            for c in [c for c in runnable if "throughput" in c.modes and c.data == "json"]:
-                timeout = 60 + settings.rss_records / 1000
-                collect(
-                    c,
-                    "rss",
-                    run_worker(  # type: ignore[arg-type]
-                        c, "throughput", bootstrap, topic, settings.rss_records, settings, timeout
-                    ),
-                )
+            # Alternating rounds, as in the throughput pass: one run's end moves by
+            # several MiB (glibc keeps or returns what was freed), so a row is a median.
+            jobs = [c for c in runnable if "throughput" in c.modes and c.data == "json"]
+            for r in range(settings.rss_rounds):
+                say(settings, f"rss round {r + 1}/{settings.rss_rounds}")
+                for c in jobs if r % 2 == 0 else reversed(jobs):
+                    timeout = 60 + settings.rss_records / 1000
+                    collect(
+                        c,
+                        "rss",
+                        run_worker(  # type: ignore[arg-type]
+                            c,
+                            "throughput",
+                            bootstrap,
+                            topic,
+                            settings.rss_records,
+                            settings,
+                            timeout,
+                        ),
+                    )
     for entry in results["contenders"].values():
         for mode in ("throughput", "io", "latency", "rss"):
             if mode in entry:
