@@ -125,7 +125,10 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            # Every other method HTTP defines; one it does not define gets http.server's
+            # 501 Not Implemented, which is what HTTP says to answer.
             do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+            do_TRACE = do_CONNECT = _refuse
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

@@ -106,10 +106,12 @@ def test_head_answers_as_get_without_a_body(path: str, ready: bool, status: int)
         server.stop()
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize(
+    "method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
+)
 def test_other_methods_get_405_with_the_methods_it_takes(method: str) -> None:
-    """The endpoints are read-only: any other method gets a plain 405 naming GET and
-    HEAD, not http.server's HTML 501 page."""
+    """The endpoints are read-only: every other method HTTP defines gets a plain 405
+    naming GET and HEAD, not http.server's HTML 501 page."""
     import http.client
 
     server = HealthServer(CollectorRegistry(), lambda: {"ready": True})
