@@ -115,6 +115,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--partitions must be at least 1")
     if args.line_items < 0:
         parser.error("--line-items must be at least 0")
+    if args.rss_rounds < 1:
+        parser.error("--rss-rounds must be at least 1")
     # Read by every contender's process too (they inherit the environment).
     os.environ["PEERBENCH_PARTITIONS"] = str(args.partitions)
     os.environ["PEERBENCH_LINE_ITEMS"] = str(args.line_items)

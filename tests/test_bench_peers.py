@@ -199,6 +199,13 @@ def test_the_memory_pass_runs_alternating_rounds_and_shows_each_run(
     assert "the median of 2 runs a row" in section(results, "chart.png")
 
 
+def test_refuses_a_memory_pass_of_no_rounds() -> None:
+    """--rss-rounds 0 would run no row and publish an empty memory table: exit 2."""
+    done = peers("--modes", "rss", "--rss-rounds", "0", "--no-render")
+    assert done.returncode == 2
+    assert "--rss-rounds must be at least 1" in done.stderr
+
+
 def test_a_page_of_its_own_and_the_row_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
