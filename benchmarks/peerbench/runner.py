@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,17 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def alternating(
+    jobs: list[Contender], rounds: int, settings: Settings, label: str
+) -> Iterator[Contender]:
+    """The rows of each round in turn, forward in the first, backward in the next, ...:
+    no row always runs first or last, where the VM's speed of those minutes would
+    favour or penalise it."""
+    for r in range(rounds):
+        say(settings, f"{label} {r + 1}/{rounds}")
+        yield from jobs if r % 2 == 0 else reversed(jobs)
+
+
 def say(settings: Settings, text: str) -> None:
     if settings.verbose:
         print(text, flush=True)
@@ -339,24 +351,22 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
 
         if "throughput" in settings.modes:
             jobs = paired([c for c in runnable if "throughput" in c.modes])
-            for r in range(settings.rounds):
-                say(settings, f"round {r + 1}/{settings.rounds}")
-                for c in jobs if r % 2 == 0 else reversed(jobs):
-                    timeout = 60 + settings.records / 1000
-                    collect(
+            for c in alternating(jobs, settings.rounds, settings, "round"):
+                timeout = 60 + settings.records / 1000
+                collect(
+                    c,
+                    "throughput",
+                    run_worker(
                         c,
                         "throughput",
-                        run_worker(
-                            c,
-                            "throughput",
-                            bootstrap,
-                            topics[c.data],
-                            settings.records,
-                            settings,
-                            timeout,
-                            registry_url=registry_url,
-                        ),
-                    )
+                        bootstrap,
+                        topics[c.data],
+                        settings.records,
+                        settings,
+                        timeout,
+                        registry_url=registry_url,
+                    ),
+                )
         if "io" in settings.modes:
             say(settings, "io rows")
             for c in [c for c in runnable if "io" in c.modes]:
@@ -395,23 +405,15 @@ def run_all(contenders: list[Contender], settings: Settings) -> dict[str, Any]:
             # Alternating rounds, as in the throughput pass: one run's end moves by
             # several MiB (glibc keeps or returns what was freed), so a row is a median.
             jobs = [c for c in runnable if "throughput" in c.modes and c.data == "json"]
-            for r in range(settings.rss_rounds):
-                say(settings, f"rss round {r + 1}/{settings.rss_rounds}")
-                for c in jobs if r % 2 == 0 else reversed(jobs):
-                    timeout = 60 + settings.rss_records / 1000
-                    collect(
-                        c,
-                        "rss",
-                        run_worker(  # type: ignore[arg-type]
-                            c,
-                            "throughput",
-                            bootstrap,
-                            topic,
-                            settings.rss_records,
-                            settings,
-                            timeout,
-                        ),
-                    )
+            for c in alternating(jobs, settings.rss_rounds, settings, "rss round"):
+                timeout = 60 + settings.rss_records / 1000
+                collect(
+                    c,
+                    "rss",  # type: ignore[arg-type]  # a pass of its own, not a worker's mode
+                    run_worker(
+                        c, "throughput", bootstrap, topic, settings.rss_records, settings, timeout
+                    ),
+                )
     for entry in results["contenders"].values():
         for mode in ("throughput", "io", "latency", "rss"):
             if mode in entry:
