@@ -199,6 +199,25 @@ def test_the_memory_pass_runs_alternating_rounds_and_shows_each_run(
     assert "the median of 2 runs a row" in section(results, "chart.png")
 
 
+def test_the_latency_table_gives_each_runs_p50_and_p99(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peers' table may say a p99 verdict's runs overlap: the reader sees them."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peerbench.render import latency_table
+
+    runs = [
+        {"p50_ms": 9.9, "p99_ms": 46.8, "max_ms": 60.0, "latency_n": 10},
+        {"p50_ms": 8.2, "p99_ms": 35.5, "max_ms": 65.3, "latency_n": 10},
+    ]
+    results = {
+        "meta": {"latency": {"rate_per_s": 1000.0, "seconds": 10.0, "rounds": 2}},
+        "contenders": {
+            "sg-sync": {"latency": {"p50_ms": 9.05, "p99_ms": 41.2, "max_ms": 65.3, "runs": runs}}
+        },
+    }
+    row = next(line for line in latency_table(results) if line.startswith("| `sg-sync`"))
+    assert row == "| `sg-sync` | 9.1 | 41.2 | 65.3 | 9.9, 8.2 | 46.8, 35.5 | 20 |"
+
+
 def test_refuses_a_memory_pass_of_no_rounds() -> None:
     """--rss-rounds 0 would run no row and publish an empty memory table: exit 2."""
     done = peers("--modes", "rss", "--rss-rounds", "0", "--no-render")
