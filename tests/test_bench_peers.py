@@ -28,6 +28,15 @@ def peers(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     )
 
 
+def measured(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """The results of a run of the script with ``args`` (no page rendered), which
+    must exit 0."""
+    out = tmp_path / "results.json"
+    done = peers(*args, "--out", str(out), "--no-render", "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(out.read_text()))
+
+
 def test_lists_every_row_and_says_which_need_the_bench_extra() -> None:
     """--list names the baselines and streamguard's rows, marks any row whose
     framework is not installed as skipped with the module it needs, and ends with the
@@ -131,13 +140,10 @@ def test_tiny_round_writes_results_and_the_page_table(
     """A 2,000-record round of two contenders (one of them a hand-written loop, whose
     worker loads no streamguard) reports each one's rate, CPU and RSS, and the page
     renders a row between the markers."""
-    out = tmp_path / "results.json"
-    done = peers(
-        "--records", "2000", "--rounds", "1", "--modes", "throughput",
-        "--only", "sg-sync", "loop-untuned", "--out", str(out), "--no-render", "--quiet",
+    results = measured(
+        tmp_path, "--records", "2000", "--rounds", "1", "--modes", "throughput",
+        "--only", "sg-sync", "loop-untuned",
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())
     loop = results["contenders"]["loop-untuned"]["throughput"]["runs"][0]
     assert "error" not in loop, loop  # a worker that loads no streamguard
     assert loop["count"] == 2000
@@ -178,13 +184,10 @@ def test_the_memory_pass_runs_alternating_rounds_and_shows_each_run(
 ) -> None:
     """--rss-rounds 2 runs each row twice over the same records; the table gives the
     median after the last record, every run's figure, and says how many runs it took."""
-    out = tmp_path / "results.json"
-    done = peers(
-        "--modes", "rss", "--rss-records", "2000", "--rss-rounds", "2",
-        "--only", "sg-sync", "loop-untuned", "--out", str(out), "--no-render", "--quiet",
+    results = measured(
+        tmp_path, "--modes", "rss", "--rss-records", "2000", "--rss-rounds", "2",
+        "--only", "sg-sync", "loop-untuned",
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())
     assert results["meta"]["rss_rounds"] == 2
     for name in ("sg-sync", "loop-untuned"):
         runs = results["contenders"][name]["rss"]["runs"]
